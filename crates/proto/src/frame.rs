@@ -1,0 +1,263 @@
+//! The fixed frame header that opens every request and reply, and the operation ids.
+//!
+//! A message is one UCX Active Message: the AM header is a [`FrameHeader`]; the AM data is
+//! `body_len` bytes of operation body followed by `payload_len` bytes of inline payload.
+//! Payloads above the RDMA threshold are not inline: the body carries a remote buffer
+//! descriptor and the server moves the bytes with RMA get/put.
+
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::wire::DecodeError;
+
+/// "BFS1" in little-endian: the first four bytes of every frame.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
+/// The protocol version this build speaks; peers must match exactly.
+pub const VERSION: u16 = 1;
+/// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
+pub const BODY_LEN_MAX: u32 = 64 * 1024;
+/// Largest inline payload a frame may declare.
+pub const PAYLOAD_INLINE_MAX: u64 = 1024 * 1024;
+
+/// Set in `flags` on replies.
+pub const FLAG_REPLY: u16 = 1;
+
+/// Every operation, with its wire id.
+///
+/// **Invariant:** this is the only list of operation ids; two operations cannot share a
+/// number without a compile error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum OpCode {
+    /// Connection handshake: magic, version, job secret.
+    Hello = 1,
+    /// Round trip with an optional payload that the server discards.
+    Ping = 2,
+    /// Read part of a chunk.
+    ReadChunk = 3,
+    /// Write part of a chunk.
+    WriteChunk = 4,
+    /// Look up the metadata of a path.
+    MetadataLookup = 5,
+    /// Create a file record.
+    MetadataCreateFile = 6,
+    /// Create a directory record.
+    MetadataCreateDir = 7,
+    /// Remove a record.
+    MetadataDelete = 8,
+    /// List this server's share of a directory.
+    Readdir = 9,
+    /// Cut or extend one chunk.
+    TruncateChunk = 10,
+    /// Grow or set a file's size.
+    UpdateSize = 11,
+    /// Flush the server's store and metadata to stable storage.
+    Fsync = 12,
+    /// Store a record as given (rename destination, replica).
+    MetadataInsert = 13,
+    /// Server counters.
+    Stats = 14,
+    /// Remove every chunk of a file held by this server.
+    RemoveChunks = 15,
+}
+
+impl OpCode {
+    /// Every operation.
+    pub const ALL: [OpCode; 15] = [
+        OpCode::Hello,
+        OpCode::Ping,
+        OpCode::ReadChunk,
+        OpCode::WriteChunk,
+        OpCode::MetadataLookup,
+        OpCode::MetadataCreateFile,
+        OpCode::MetadataCreateDir,
+        OpCode::MetadataDelete,
+        OpCode::Readdir,
+        OpCode::TruncateChunk,
+        OpCode::UpdateSize,
+        OpCode::Fsync,
+        OpCode::MetadataInsert,
+        OpCode::Stats,
+        OpCode::RemoveChunks,
+    ];
+
+    /// Decodes a wire id.
+    pub fn from_wire(id: u16) -> Option<OpCode> {
+        OpCode::ALL.iter().copied().find(|op| *op as u16 == id)
+    }
+}
+
+/// The 32-byte header of every frame, little-endian, alignment 1.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct FrameHeader {
+    /// [`MAGIC`].
+    pub magic: U32,
+    /// [`VERSION`].
+    pub version: U16,
+    /// An [`OpCode`].
+    pub op: U16,
+    /// Chosen by the client; the reply carries it back.
+    pub request_id: U64,
+    /// A [`Status`](crate::Status) in replies; 0 in requests.
+    pub status: U16,
+    /// [`FLAG_REPLY`] and future flags.
+    pub flags: U16,
+    /// Bytes of operation body at the start of the AM data.
+    pub body_len: U32,
+    /// Bytes of inline payload after the body.
+    pub payload_len: U64,
+}
+
+/// Size of [`FrameHeader`] on the wire.
+pub const FRAME_HEADER_LEN: usize = 32;
+const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
+const _: () = assert!(std::mem::align_of::<FrameHeader>() == 1);
+
+/// A frame header checked against the protocol and the bytes that came with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// The operation.
+    pub op: OpCode,
+    /// The request id.
+    pub request_id: u64,
+    /// The raw status (replies).
+    pub status: u16,
+    /// Whether this frame is a reply.
+    pub is_reply: bool,
+    /// Body length in bytes.
+    pub body_len: usize,
+    /// Inline payload length in bytes.
+    pub payload_len: usize,
+}
+
+impl Frame {
+    /// Encodes a header for a frame with these lengths.
+    pub fn header(op: OpCode, request_id: u64, status: u16, is_reply: bool, body_len: usize, payload_len: usize) -> FrameHeader {
+        FrameHeader {
+            magic: MAGIC.into(),
+            version: VERSION.into(),
+            op: (op as u16).into(),
+            request_id: request_id.into(),
+            status: status.into(),
+            flags: if is_reply { FLAG_REPLY } else { 0 }.into(),
+            body_len: u32::try_from(body_len).unwrap_or(u32::MAX).into(),
+            payload_len: (payload_len as u64).into(),
+        }
+    }
+
+    /// Decodes an AM header and checks it against `data_len`, the bytes of AM data that
+    /// arrived (or will arrive, for a rendezvous message).
+    pub fn decode(header: &[u8], data_len: usize) -> Result<Frame, DecodeError> {
+        let h = FrameHeader::read_from_bytes(header).map_err(|_| {
+            if header.len() < FRAME_HEADER_LEN {
+                DecodeError::Truncated {
+                    needed: FRAME_HEADER_LEN,
+                    available: header.len(),
+                }
+            } else {
+                DecodeError::Trailing(header.len() - FRAME_HEADER_LEN)
+            }
+        })?;
+        if h.magic.get() != MAGIC {
+            return Err(DecodeError::BadMagic(h.magic.get()));
+        }
+        if h.version.get() != VERSION {
+            return Err(DecodeError::BadVersion {
+                got: h.version.get(),
+                ours: VERSION,
+            });
+        }
+        let op = OpCode::from_wire(h.op.get()).ok_or(DecodeError::UnknownOp(h.op.get()))?;
+        if h.flags.get() & !FLAG_REPLY != 0 {
+            return Err(DecodeError::BadField {
+                field: "flags",
+                reason: "unknown flag bits",
+            });
+        }
+        let body_len = h.body_len.get();
+        if body_len > BODY_LEN_MAX {
+            return Err(DecodeError::BadField {
+                field: "body_len",
+                reason: "above BODY_LEN_MAX",
+            });
+        }
+        let payload_len = h.payload_len.get();
+        if payload_len > PAYLOAD_INLINE_MAX {
+            return Err(DecodeError::BadField {
+                field: "payload_len",
+                reason: "above PAYLOAD_INLINE_MAX",
+            });
+        }
+        let declared = u64::from(body_len) + payload_len;
+        if declared != data_len as u64 {
+            return Err(DecodeError::LengthMismatch {
+                field: "body_len + payload_len",
+                declared,
+                actual: data_len as u64,
+            });
+        }
+        Ok(Frame {
+            op,
+            request_id: h.request_id.get(),
+            status: h.status.get(),
+            is_reply: h.flags.get() & FLAG_REPLY != 0,
+            body_len: body_len as usize,
+            payload_len: payload_len as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    fn encode(op: OpCode, body: usize, payload: usize) -> Vec<u8> {
+        Frame::header(op, 42, 0, false, body, payload).as_bytes().to_vec()
+    }
+
+    #[test]
+    fn round_trip() {
+        for op in OpCode::ALL {
+            let f = Frame::decode(&encode(op, 10, 20), 30).unwrap();
+            assert_eq!((f.op, f.request_id, f.body_len, f.payload_len, f.is_reply), (op, 42, 10, 20, false));
+        }
+        let reply = Frame::header(OpCode::Ping, 7, 3, true, 0, 0);
+        let f = Frame::decode(reply.as_bytes(), 0).unwrap();
+        assert!(f.is_reply);
+        assert_eq!(f.status, 3);
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        let good = encode(OpCode::Ping, 4, 0);
+        assert!(matches!(Frame::decode(&good[..31], 4), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(Frame::decode(&[good.clone(), vec![0]].concat(), 4), Err(DecodeError::Trailing(1))));
+        assert!(matches!(Frame::decode(&good, 5), Err(DecodeError::LengthMismatch { .. })));
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        assert!(matches!(Frame::decode(&bad, 4), Err(DecodeError::BadMagic(_))));
+        let mut bad = good.clone();
+        bad[4] = 9;
+        assert_eq!(Frame::decode(&bad, 4), Err(DecodeError::BadVersion { got: 9, ours: VERSION }));
+        let mut bad = good.clone();
+        bad[6] = 0xff;
+        assert!(matches!(Frame::decode(&bad, 4), Err(DecodeError::UnknownOp(_))));
+        let huge = Frame::header(OpCode::Ping, 1, 0, false, BODY_LEN_MAX as usize + 1, 0);
+        assert!(matches!(Frame::decode(huge.as_bytes(), BODY_LEN_MAX as usize + 1), Err(DecodeError::BadField { .. })));
+        let huge = Frame::header(OpCode::Ping, 1, 0, false, 0, PAYLOAD_INLINE_MAX as usize + 1);
+        assert!(matches!(Frame::decode(huge.as_bytes(), PAYLOAD_INLINE_MAX as usize + 1), Err(DecodeError::BadField { .. })));
+    }
+
+    #[test]
+    fn op_ids_are_distinct() {
+        for (i, a) in OpCode::ALL.iter().enumerate() {
+            assert_eq!(OpCode::from_wire(*a as u16), Some(*a));
+            for b in &OpCode::ALL[i + 1..] {
+                assert_ne!(*a as u16, *b as u16);
+            }
+        }
+        assert_eq!(OpCode::from_wire(0), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! Every decoder meets arbitrary bytes and must answer with a value or an error, never a
+//! panic; every encoder's output decodes back to the same value.
+
+use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::ops::*;
+use benchfs_proto::{Frame, Message, OpCode};
+use proptest::prelude::*;
+
+fn decode_all(bytes: &[u8]) {
+    let _ = Frame::decode(bytes, bytes.len());
+    let _ = Frame::decode(bytes.get(..32).unwrap_or(bytes), bytes.len().saturating_sub(32));
+    let _ = HelloRequest::from_bytes(bytes);
+    let _ = HelloReply::from_bytes(bytes);
+    let _ = ChunkIo::from_bytes(bytes);
+    let _ = ChunkIoReply::from_bytes(bytes);
+    let _ = PathRequest::from_bytes(bytes);
+    let _ = CreateRequest::from_bytes(bytes);
+    let _ = DeleteRequest::from_bytes(bytes);
+    let _ = MetadataReply::from_bytes(bytes);
+    let _ = ReaddirRequest::from_bytes(bytes);
+    let _ = ReaddirReply::from_bytes(bytes);
+    let _ = TruncateChunkRequest::from_bytes(bytes);
+    let _ = UpdateSizeRequest::from_bytes(bytes);
+    let _ = InsertRequest::from_bytes(bytes);
+    let _ = RemoveChunksRequest::from_bytes(bytes);
+    let _ = CountReply::from_bytes(bytes);
+    let _ = StatsReply::from_bytes(bytes);
+}
+
+fn meta() -> impl Strategy<Value = FileMetadata> {
+    (any::<u64>(), any::<bool>(), any::<u64>(), any::<u32>(), 12u32..27, any::<u64>(), any::<u64>()).prop_map(
+        |(file_id, dir, size, mode, shift, mtime_ns, ctime_ns)| FileMetadata {
+            file_id,
+            kind: if dir { EntryKind::Directory } else { EntryKind::File },
+            size,
+            mode,
+            chunk_size: 1 << shift,
+            mtime_ns,
+            ctime_ns,
+        },
+    )
+}
+
+fn round_trip<M: Message + PartialEq + std::fmt::Debug>(m: &M) -> Result<(), TestCaseError> {
+    let bytes = m.to_bytes();
+    prop_assert_eq!(&M::from_bytes(&bytes).unwrap(), m);
+    for cut in 0..bytes.len() {
+        prop_assert!(M::from_bytes(&bytes[..cut]).is_err(), "a truncated body must not decode");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        decode_all(&bytes);
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(op in 0usize..OpCode::ALL.len(), body in 0usize..100, flip in 0usize..32, bit in 0u8..8) {
+        let h = Frame::header(OpCode::ALL[op], 1, 0, false, body, 0);
+        let mut bytes = zerocopy::IntoBytes::as_bytes(&h).to_vec();
+        bytes[flip] ^= 1 << bit;
+        let _ = Frame::decode(&bytes, body);
+    }
+
+    #[test]
+    fn messages_round_trip(
+        path in "/[a-z]{0,40}",
+        m in meta(),
+        id in any::<u64>(),
+        len in any::<u64>(),
+        rkey in proptest::collection::vec(any::<u8>(), 0..64),
+        names in proptest::collection::vec(("[a-z0-9]{1,20}", meta()), 0..20),
+    ) {
+        round_trip(&PathRequest { path: path.clone() })?;
+        round_trip(&CreateRequest { path: path.clone(), mode: 0o644 })?;
+        round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory) })?;
+        round_trip(&MetadataReply { meta: m })?;
+        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true })?;
+        round_trip(&UpdateSizeRequest { path: path.clone(), size: len, how: SizeUpdate::Exact })?;
+        round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10, remote: None })?;
+        round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10, remote: Some(RemoteBuffer { addr: len, len: 10, rkey }) })?;
+        round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
+        round_trip(&ReaddirReply { entries: names, done: true })?;
+        round_trip(&TruncateChunkRequest { file_id: id, index: 1, len })?;
+        round_trip(&HelloRequest { client: "c".into(), secret: vec![1, 2] })?;
+        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768 })?;
+        round_trip(&StatsReply { chunks: id, ..Default::default() })?;
+        round_trip(&CountReply { count: id })?;
+    }
+}

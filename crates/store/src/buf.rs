@@ -1,0 +1,322 @@
+//! Owned, 4096-aligned byte buffers, and the pool of registered buffers behind the
+//! io_uring store.
+//!
+//! A [`ChunkBuf`] moves by value into a store call and comes back with the result, so an
+//! in-flight io_uring operation always owns the memory the kernel writes to. Moving a
+//! `ChunkBuf` never moves its bytes.
+
+use std::alloc::{self, Layout};
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use crate::limits::ALIGN;
+
+/// An owned byte buffer aligned to [`ALIGN`] (4096) bytes, fit for O_DIRECT.
+///
+/// It has a length (`len`, the bytes a write sends or a read may fill) and a fixed
+/// capacity (a multiple of 4096). Fresh buffers are zeroed up to `len`. A buffer from
+/// an io_uring store's pool returns to the pool when dropped; any other buffer is freed.
+/// Buffers are not `Send`: each store lives on one thread.
+pub struct ChunkBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    capacity: usize,
+    owner: Owner,
+}
+
+enum Owner {
+    /// Allocated with `Layout::from_size_align(capacity, ALIGN)`.
+    Heap,
+    /// A slot of this pool, starting at `ptr`.
+    Pool(Rc<BufPool>),
+}
+
+impl ChunkBuf {
+    /// A zeroed, unregistered buffer of `len` bytes.
+    ///
+    /// # Panics
+    /// If `len` rounded up to 4096 overflows `isize`, as `Vec` does.
+    pub fn with_len(len: usize) -> ChunkBuf {
+        let capacity = len
+            .max(1)
+            .checked_next_multiple_of(ALIGN)
+            .expect("ChunkBuf capacity overflow");
+        let layout = Layout::from_size_align(capacity, ALIGN).expect("ChunkBuf capacity overflow");
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
+        ChunkBuf {
+            ptr,
+            len,
+            capacity,
+            owner: Owner::Heap,
+        }
+    }
+
+    /// Bytes in use.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `len` is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes allocated; a multiple of 4096.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sets the length. Bytes between the old and new length keep whatever they held
+    /// (zeros, or data from an earlier use of this buffer).
+    ///
+    /// # Panics
+    /// If `len > capacity()`.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity, "set_len({len}) beyond capacity {}", self.capacity);
+        self.len = len;
+    }
+
+    /// Shortens the buffer to `len` bytes; does nothing if it is already shorter.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// The first `len` bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `capacity >= len` initialised bytes that this buffer owns.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The first `len` bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Whether this buffer is a slot of an io_uring store's registered pool.
+    pub fn is_registered(&self) -> bool {
+        matches!(self.owner, Owner::Pool(_))
+    }
+
+    /// Address of the first byte, for handing to the kernel.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Whether this buffer is a slot of `pool`.
+    pub(crate) fn in_pool(&self, pool: &Rc<BufPool>) -> bool {
+        matches!(&self.owner, Owner::Pool(p) if Rc::ptr_eq(p, pool))
+    }
+}
+
+impl Drop for ChunkBuf {
+    fn drop(&mut self) {
+        match &self.owner {
+            Owner::Heap => {
+                let layout = Layout::from_size_align(self.capacity, ALIGN)
+                    .expect("the layout was valid at allocation");
+                // SAFETY: `ptr` came from `alloc_zeroed` with this very layout.
+                unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+            }
+            Owner::Pool(pool) => pool.release(self.ptr),
+        }
+    }
+}
+
+impl Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl DerefMut for ChunkBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl fmt::Debug for ChunkBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("registered", &self.is_registered())
+            .finish()
+    }
+}
+
+/// An anonymous private mapping, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: an anonymous mapping at a kernel-chosen address touches no existing memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(Mapping { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr+len` is exactly the mapping made in `new`, and no buffer into
+        // it survives: every `ChunkBuf` slot holds an `Rc` to the pool that owns this.
+        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if rc != 0 {
+            tracing::error!(error = %io::Error::last_os_error(), "munmap of the buffer pool failed");
+        }
+    }
+}
+
+/// One size class of pool slots, laid out back to back from `offset`.
+struct SlotClass {
+    offset: usize,
+    slot_bytes: usize,
+    slots: usize,
+    free: RefCell<Vec<usize>>,
+}
+
+impl SlotClass {
+    fn new(offset: usize, slot_bytes: usize, slots: usize) -> SlotClass {
+        SlotClass {
+            offset,
+            slot_bytes,
+            slots,
+            free: RefCell::new((0..slots).rev().collect()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.slot_bytes * self.slots
+    }
+}
+
+/// Fixed-size buffers carved from ONE mapping, so the whole region can be registered
+/// with io_uring (and later UCX) once. Two size classes: small slots for small requests,
+/// chunk-sized slots for the rest.
+pub(crate) struct BufPool {
+    mapping: Mapping,
+    small: SlotClass,
+    large: SlotClass,
+}
+
+impl BufPool {
+    /// Maps `small_slots` slots of `small_bytes` followed by `large_slots` of `large_bytes`.
+    pub(crate) fn new(
+        small_slots: usize,
+        small_bytes: usize,
+        large_slots: usize,
+        large_bytes: usize,
+    ) -> io::Result<Rc<BufPool>> {
+        assert!(small_bytes % ALIGN == 0 && large_bytes % ALIGN == 0);
+        assert!(small_slots > 0 && large_slots > 0);
+        let small = SlotClass::new(0, small_bytes, small_slots);
+        let large = SlotClass::new(small.bytes(), large_bytes, large_slots);
+        let mapping = Mapping::new(small.bytes() + large.bytes())?;
+        Ok(Rc::new(BufPool {
+            mapping,
+            small,
+            large,
+        }))
+    }
+
+    /// Start and length of the whole region.
+    pub(crate) fn region(&self) -> (*const u8, usize) {
+        (self.mapping.ptr.as_ptr().cast_const(), self.mapping.len)
+    }
+
+    /// A slot of at least `len` bytes, or `None` if `len` fits no class or that class is
+    /// empty. The first `len` bytes are zeroed.
+    pub(crate) fn take(self: &Rc<Self>, len: usize) -> Option<ChunkBuf> {
+        let class = if len <= self.small.slot_bytes {
+            &self.small
+        } else if len <= self.large.slot_bytes {
+            &self.large
+        } else {
+            return None;
+        };
+        let slot = class.free.borrow_mut().pop()?;
+        let offset = class.offset + slot * class.slot_bytes;
+        // SAFETY: `offset + slot_bytes <= mapping.len` by the layout in `new`.
+        let ptr = unsafe { self.mapping.ptr.add(offset) };
+        let mut buf = ChunkBuf {
+            ptr,
+            len,
+            capacity: class.slot_bytes,
+            owner: Owner::Pool(Rc::clone(self)),
+        };
+        buf.as_mut_slice().fill(0);
+        Some(buf)
+    }
+
+    fn release(&self, ptr: NonNull<u8>) {
+        let offset = ptr.as_ptr() as usize - self.mapping.ptr.as_ptr() as usize;
+        let class = if offset < self.large.offset {
+            &self.small
+        } else {
+            &self.large
+        };
+        let slot = (offset - class.offset) / class.slot_bytes;
+        assert!(slot < class.slots && (offset - class.offset) % class.slot_bytes == 0);
+        class.free.borrow_mut().push(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_alignment_and_len() {
+        for len in [0, 1, 4095, 4096, 4097, 1 << 20] {
+            let mut buf = ChunkBuf::with_len(len);
+            assert_eq!(buf.as_mut_ptr() as usize % ALIGN, 0);
+            assert_eq!(buf.len(), len);
+            assert!(buf.capacity() >= len.max(1) && buf.capacity() % ALIGN == 0);
+            assert!(buf.iter().all(|&b| b == 0));
+            assert!(!buf.is_registered());
+        }
+    }
+
+    #[test]
+    fn pool_slots_return() {
+        let pool = BufPool::new(2, 4096, 1, 8192).unwrap();
+        let a = pool.take(10).unwrap();
+        let b = pool.take(4096).unwrap();
+        assert!(pool.take(1).is_none(), "small class is empty");
+        let mut c = pool.take(5000).unwrap();
+        assert!(pool.take(8192).is_none(), "large class is empty");
+        assert!(pool.take(8193).is_none(), "fits no class");
+        assert!(c.in_pool(&pool) && c.capacity() == 8192);
+        c.as_mut_slice().fill(7);
+        drop(c);
+        let c = pool.take(8192).unwrap();
+        assert!(c.iter().all(|&b| b == 0), "a reused slot is zeroed");
+        drop((a, b));
+        assert!(pool.take(1).is_some());
+    }
+}

@@ -1,0 +1,426 @@
+//! What the file and io_uring stores share: the directory of chunk files, an in-memory
+//! index of chunk lengths, a bounded cache of open files, and the set of chunks to sync.
+//!
+//! **Invariant:** the index holds every chunk file under `<data_dir>/chunks` and its
+//! length as of the last completed (or reserved) write; it is rebuilt by a scan at open.
+//! A write reserves its new length before the I/O, so the capacity check holds with
+//! many writes in flight; a failed write re-reads the length from the file.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::id::{self, ChunkId};
+use crate::limits::{ALIGN, FD_CACHE_MAX};
+use crate::{check_chunk_size, check_range, ChunkStat, StoreConfig, StoreError, StoreUsage};
+
+/// An open chunk file: a buffered descriptor, and with O_DIRECT a second, direct one.
+#[derive(Debug)]
+pub(crate) struct ChunkFile {
+    buffered: File,
+    direct: Option<File>,
+}
+
+impl ChunkFile {
+    /// The descriptor for a request: the direct one when the store uses O_DIRECT and the
+    /// file offset, length and memory address are all 4096-aligned, else the buffered
+    /// one. Linux keeps the two coherent (direct I/O writes back and invalidates the
+    /// page cache over its range).
+    pub(crate) fn fd_for(&self, offset: u64, len: usize, addr: *const u8) -> &File {
+        let align = ALIGN as u64;
+        match &self.direct {
+            Some(direct)
+                if offset % align == 0 && len as u64 % align == 0 && addr as u64 % align == 0 =>
+            {
+                direct
+            }
+            _ => &self.buffered,
+        }
+    }
+
+    /// The buffered descriptor, for metadata calls.
+    pub(crate) fn buffered(&self) -> &File {
+        &self.buffered
+    }
+}
+
+/// A write's reservation in the index: what to restore if the write fails before any
+/// byte reaches the file.
+pub(crate) struct Reservation {
+    id: ChunkId,
+    previous_len: Option<u64>,
+}
+
+/// The chunk files under one `data_dir`.
+#[derive(Debug)]
+pub(crate) struct ChunkDir {
+    data_dir: PathBuf,
+    chunk_size: u64,
+    o_direct: bool,
+    capacity_bytes: Option<u64>,
+    index: RefCell<BTreeMap<ChunkId, u64>>,
+    used_bytes: Cell<u64>,
+    files: RefCell<HashMap<ChunkId, (Rc<ChunkFile>, u64)>>,
+    /// Monotonic use counter; the cached file with the smallest stamp is evicted first.
+    tick: Cell<u64>,
+    dirty_chunks: RefCell<BTreeSet<ChunkId>>,
+    /// Directories whose entries changed since the last sync: file ids, and `None` for
+    /// `<data_dir>/chunks` itself.
+    dirty_dirs: RefCell<BTreeSet<Option<u64>>>,
+}
+
+impl ChunkDir {
+    /// Creates `<data_dir>/chunks` if needed and indexes every chunk in it. Names that
+    /// are not chunk names are skipped with a warning.
+    pub(crate) fn open(config: &StoreConfig) -> Result<ChunkDir, StoreError> {
+        config.validate()?;
+        check_chunk_size(config.chunk_size)?;
+        let chunks = id::chunks_dir(&config.data_dir);
+        fs::create_dir_all(&chunks).map_err(|source| StoreError::Io {
+            op: "create data_dir",
+            source,
+        })?;
+        if config.o_direct {
+            probe_o_direct(&config.data_dir)?;
+        }
+        let (index, used_bytes) = scan(&chunks)?;
+        tracing::debug!(dir = %config.data_dir.display(), chunks = index.len(), used_bytes, "indexed chunks");
+        Ok(ChunkDir {
+            data_dir: config.data_dir.clone(),
+            chunk_size: config.chunk_size,
+            o_direct: config.o_direct,
+            capacity_bytes: config.capacity_bytes,
+            index: RefCell::new(index),
+            used_bytes: Cell::new(used_bytes),
+            files: RefCell::new(HashMap::new()),
+            tick: Cell::new(0),
+            dirty_chunks: RefCell::new(BTreeSet::new()),
+            dirty_dirs: RefCell::new(BTreeSet::new()),
+        })
+    }
+
+    pub(crate) fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    pub(crate) fn check_range(&self, offset: u64, len: usize) -> Result<u64, StoreError> {
+        check_range(self.chunk_size, offset, len)
+    }
+
+    /// Reserves room for a chunk to reach `end` bytes.
+    pub(crate) fn reserve(&self, id: ChunkId, end: u64) -> Result<Reservation, StoreError> {
+        let mut index = self.index.borrow_mut();
+        let previous_len = index.get(&id).copied();
+        let old = previous_len.unwrap_or(0);
+        if end > old {
+            let needed = end - old;
+            if let Some(capacity) = self.capacity_bytes {
+                let available = capacity.saturating_sub(self.used_bytes.get());
+                if needed > available {
+                    return Err(StoreError::NoSpace { needed, available });
+                }
+            }
+            self.used_bytes.set(self.used_bytes.get() + needed);
+            index.insert(id, end);
+        } else if previous_len.is_none() {
+            index.insert(id, 0);
+        }
+        Ok(Reservation { id, previous_len })
+    }
+
+    /// Undoes a reservation whose write never reached the file.
+    pub(crate) fn unreserve(&self, reservation: Reservation) {
+        match reservation.previous_len {
+            Some(len) => self.set_len(reservation.id, Some(len)),
+            None => self.set_len(reservation.id, None),
+        }
+    }
+
+    /// Re-reads a chunk's length from its file after a failed write.
+    pub(crate) fn refresh(&self, id: ChunkId, file: &ChunkFile) {
+        match file.buffered.metadata() {
+            Ok(meta) => self.set_len(id, Some(meta.len())),
+            Err(e) => tracing::warn!(%id, error = %e, "cannot re-read chunk length"),
+        }
+    }
+
+    fn set_len(&self, id: ChunkId, len: Option<u64>) {
+        let mut index = self.index.borrow_mut();
+        let old = match len {
+            Some(len) => index.insert(id, len),
+            None => index.remove(&id),
+        };
+        let used = self.used_bytes.get() - old.unwrap_or(0) + len.unwrap_or(0);
+        self.used_bytes.set(used);
+    }
+
+    /// Notes a completed write for the next `sync`.
+    pub(crate) fn mark_dirty(&self, id: ChunkId) {
+        self.dirty_chunks.borrow_mut().insert(id);
+    }
+
+    /// The open file of a chunk, creating the chunk (and its directory) if missing.
+    pub(crate) fn open_for_write(&self, id: ChunkId) -> Result<Rc<ChunkFile>, StoreError> {
+        if let Some(file) = self.cached(id) {
+            return Ok(file);
+        }
+        let path = id::chunk_path(&self.data_dir, id);
+        let file = match self.open_file(&path, true) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = id::file_dir(&self.data_dir, id.file_id);
+                match fs::create_dir(&dir) {
+                    Ok(()) => {
+                        self.dirty_dirs.borrow_mut().insert(None);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(StoreError::io("mkdir", e, 0)),
+                }
+                self.open_file(&path, true)
+            }
+            other => other,
+        }
+        .map_err(|e| StoreError::io("open chunk", e, 0))?;
+        self.dirty_dirs.borrow_mut().insert(Some(id.file_id));
+        Ok(self.insert_cached(id, file))
+    }
+
+    /// The open file of a chunk, or `None` if the chunk does not exist.
+    pub(crate) fn open_for_read(&self, id: ChunkId) -> Result<Option<Rc<ChunkFile>>, StoreError> {
+        if let Some(file) = self.cached(id) {
+            return Ok(Some(file));
+        }
+        if !self.index.borrow().contains_key(&id) {
+            return Ok(None);
+        }
+        match self.open_file(&id::chunk_path(&self.data_dir, id), false) {
+            Ok(file) => Ok(Some(self.insert_cached(id, file))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(%id, "indexed chunk vanished from disk");
+                self.set_len(id, None);
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::io("open chunk", e, 0)),
+        }
+    }
+
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<ChunkFile> {
+        let open = |direct: bool| {
+            let mut options = OpenOptions::new();
+            options.read(true).write(true).create(create);
+            if direct {
+                options.custom_flags(libc::O_DIRECT);
+            }
+            options.open(path)
+        };
+        let buffered = open(false)?;
+        let direct = if self.o_direct { Some(open(true)?) } else { None };
+        Ok(ChunkFile { buffered, direct })
+    }
+
+    fn cached(&self, id: ChunkId) -> Option<Rc<ChunkFile>> {
+        let mut files = self.files.borrow_mut();
+        let (file, stamp) = files.get_mut(&id)?;
+        self.tick.set(self.tick.get() + 1);
+        *stamp = self.tick.get();
+        Some(Rc::clone(file))
+    }
+
+    fn insert_cached(&self, id: ChunkId, file: ChunkFile) -> Rc<ChunkFile> {
+        let mut files = self.files.borrow_mut();
+        if files.len() >= FD_CACHE_MAX {
+            let oldest = files
+                .iter()
+                .min_by_key(|(_, (_, stamp))| *stamp)
+                .map(|(id, _)| *id)
+                .expect("the cache is full, so not empty");
+            files.remove(&oldest);
+        }
+        let file = Rc::new(file);
+        self.tick.set(self.tick.get() + 1);
+        files.insert(id, (Rc::clone(&file), self.tick.get()));
+        file
+    }
+
+    /// Sets a chunk's length, creating it if missing.
+    pub(crate) fn truncate(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        self.check_range(len, 0)?;
+        let reservation = self.reserve(id, len)?;
+        let file = match self.open_for_write(id) {
+            Ok(file) => file,
+            Err(e) => {
+                self.unreserve(reservation);
+                return Err(e);
+            }
+        };
+        let result = file.buffered.set_len(len);
+        match result {
+            Ok(()) => {
+                self.set_len(id, Some(len));
+                self.mark_dirty(id);
+                Ok(())
+            }
+            Err(e) => {
+                self.refresh(id, &file);
+                Err(StoreError::io("ftruncate", e, len))
+            }
+        }
+    }
+
+    pub(crate) fn remove(&self, id: ChunkId) -> Result<bool, StoreError> {
+        self.files.borrow_mut().remove(&id);
+        self.dirty_chunks.borrow_mut().remove(&id);
+        let existed = match fs::remove_file(id::chunk_path(&self.data_dir, id)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::io("unlink chunk", e, 0)),
+        };
+        self.set_len(id, None);
+        if existed {
+            self.dirty_dirs.borrow_mut().insert(Some(id.file_id));
+        }
+        Ok(existed)
+    }
+
+    /// Unlinks every chunk file of `file_id` and then its directory.
+    pub(crate) fn remove_file(&self, file_id: u64) -> Result<u64, StoreError> {
+        let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
+        self.files.borrow_mut().retain(|id, _| id.file_id != file_id);
+        self.dirty_chunks.borrow_mut().retain(|id| id.file_id != file_id);
+        let ids: Vec<ChunkId> = self.index.borrow().range(range).map(|(id, _)| *id).collect();
+        let dir = id::file_dir(&self.data_dir, file_id);
+        let mut removed = 0;
+        for id in ids {
+            match fs::remove_file(id::chunk_path(&self.data_dir, id)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("unlink chunk", e, 0)),
+            }
+            self.set_len(id, None);
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => {
+                self.dirty_dirs.borrow_mut().insert(None);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "file directory not removed")
+            }
+        }
+        self.dirty_dirs.borrow_mut().remove(&Some(file_id));
+        Ok(removed)
+    }
+
+    pub(crate) fn stat(&self, id: ChunkId) -> Option<ChunkStat> {
+        self.index.borrow().get(&id).map(|&len| ChunkStat { len })
+    }
+
+    pub(crate) fn list(&self) -> Vec<ChunkId> {
+        self.index.borrow().keys().copied().collect()
+    }
+
+    pub(crate) fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            used_bytes: self.used_bytes.get(),
+            capacity_bytes: self.capacity_bytes,
+            chunks: self.index.borrow().len() as u64,
+        }
+    }
+
+    /// Takes the chunks written since the last sync, with their open files.
+    pub(crate) fn take_dirty(&self) -> Result<Vec<(ChunkId, Rc<ChunkFile>)>, StoreError> {
+        let ids = std::mem::take(&mut *self.dirty_chunks.borrow_mut());
+        let mut files = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(file) = self.open_for_read(id)? {
+                files.push((id, file));
+            }
+        }
+        Ok(files)
+    }
+
+    /// Fsyncs every directory whose entries changed since the last sync.
+    pub(crate) fn sync_dirs(&self) -> Result<(), StoreError> {
+        let dirs = std::mem::take(&mut *self.dirty_dirs.borrow_mut());
+        // Children first, so a new file's entry is durable before its parent's.
+        for dir in dirs.iter().rev() {
+            let path = match dir {
+                Some(file_id) => id::file_dir(&self.data_dir, *file_id),
+                None => id::chunks_dir(&self.data_dir),
+            };
+            match File::open(&path) {
+                Ok(dir) => dir.sync_all().map_err(|e| StoreError::io("fsync dir", e, 0))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("open dir", e, 0)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Indexes `<data_dir>/chunks`: returns every chunk with its length, and the total.
+fn scan(chunks: &Path) -> Result<(BTreeMap<ChunkId, u64>, u64), StoreError> {
+    let read_dir = |path: &Path| fs::read_dir(path).map_err(|e| StoreError::io("readdir", e, 0));
+    let mut index = BTreeMap::new();
+    let mut used = 0;
+    for entry in read_dir(chunks)? {
+        let entry = entry.map_err(|e| StoreError::io("readdir", e, 0))?;
+        let file_id = parse_entry(&entry, true)?;
+        let Some(file_id) = file_id else { continue };
+        for chunk in read_dir(&entry.path())? {
+            let chunk = chunk.map_err(|e| StoreError::io("readdir", e, 0))?;
+            let Some(index_no) = parse_entry(&chunk, false)? else {
+                continue;
+            };
+            let len = chunk
+                .metadata()
+                .map_err(|e| StoreError::io("stat chunk", e, 0))?
+                .len();
+            index.insert(ChunkId::new(file_id, index_no), len);
+            used += len;
+        }
+    }
+    Ok((index, used))
+}
+
+/// The number a directory entry names, if it is a well-formed directory (`dir`) or
+/// regular file; anything else is skipped with a warning.
+fn parse_entry(entry: &fs::DirEntry, dir: bool) -> Result<Option<u64>, StoreError> {
+    let kind = entry
+        .file_type()
+        .map_err(|e| StoreError::io("stat chunk", e, 0))?;
+    let number = id::parse_name(&entry.file_name());
+    let kind_ok = if dir { kind.is_dir() } else { kind.is_file() };
+    if number.is_none() || !kind_ok {
+        tracing::warn!(path = %entry.path().display(), "skipping a name that is not a chunk");
+        return Ok(None);
+    }
+    Ok(number)
+}
+
+/// Fails with [`StoreError::Unsupported`] if `data_dir` cannot take O_DIRECT (tmpfs).
+fn probe_o_direct(data_dir: &Path) -> Result<(), StoreError> {
+    let path = data_dir.join(".o_direct_probe");
+    let result = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let _ = fs::remove_file(&path);
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(StoreError::Unsupported {
+            feature: "O_DIRECT",
+            reason: format!(
+                "the file system under {} refuses O_DIRECT (tmpfs?): {e}",
+                data_dir.display()
+            ),
+        }),
+        Err(e) => Err(StoreError::io("open O_DIRECT probe", e, 0)),
+    }
+}

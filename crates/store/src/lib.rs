@@ -1,0 +1,264 @@
+//! BenchFS chunk stores: server-side storage of fixed-size file chunks.
+//!
+//! Three backends implement [`ChunkStore`]:
+//! - [`InMemoryChunkStore`]: a capacity-bounded map, for tests and memory-only jobs.
+//! - [`FileChunkStore`]: one plain file per chunk, `pread`/`pwrite` through `std::fs`.
+//!   Calls block the (single) runtime thread; it is the baseline.
+//! - [`IoUringChunkStore`]: one file per chunk, I/O through io_uring with registered
+//!   buffers and optional O_DIRECT.
+//!
+//! [`AnyChunkStore`] picks one at runtime from a [`StoreConfig`]. The on-disk layout is
+//! described in [`id`](ChunkId): `<data_dir>/chunks/<file_id:016x>/<index:016x>`.
+//!
+//! **Invariant:** buffers move by value into every read and write and come back with
+//! the result, so memory the kernel is using is never borrowed.
+//! **Boundary:** stores are single-threaded (`!Send`): one per runtime thread, as the
+//! server runs one current-thread runtime per process.
+
+mod any;
+mod buf;
+mod disk;
+mod error;
+mod file;
+mod id;
+pub mod limits;
+mod memory;
+mod uring;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use any::AnyChunkStore;
+pub use buf::ChunkBuf;
+pub use error::StoreError;
+pub use file::FileChunkStore;
+pub use id::ChunkId;
+pub use memory::InMemoryChunkStore;
+pub use uring::IoUringChunkStore;
+
+use limits::{CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, QUEUE_DEPTH_MAX};
+
+/// What [`ChunkStore::stat`] reports about a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkStat {
+    /// Bytes in the chunk, holes included.
+    pub len: u64,
+}
+
+/// Space a store uses, from [`ChunkStore::usage`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Sum of the chunk lengths (holes count as used).
+    pub used_bytes: u64,
+    /// The configured bound, if any.
+    pub capacity_bytes: Option<u64>,
+    /// Number of chunks.
+    pub chunks: u64,
+}
+
+/// Storage of fixed-size chunks, addressed by [`ChunkId`].
+///
+/// All offsets are within one chunk: a request must satisfy
+/// `offset + len <= chunk_size`, else it fails with [`StoreError::OutOfRange`].
+/// Not object-safe; choose a backend at runtime with [`AnyChunkStore`].
+#[allow(async_fn_in_trait)]
+pub trait ChunkStore {
+    /// The chunk size every request is bounded by.
+    fn chunk_size(&self) -> u64;
+
+    /// A zeroed buffer of `len` bytes (at most the chunk size), as fast as this store
+    /// can take it: the io_uring store hands out registered pool slots when it can.
+    async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError>;
+
+    /// Writes all of `buf` at `offset`, creating the chunk and growing it as needed
+    /// (skipped bytes read as zeros). A zero-length write changes nothing. The buffer
+    /// comes back whatever the outcome.
+    async fn write(&self, id: ChunkId, offset: u64, buf: ChunkBuf)
+        -> (Result<(), StoreError>, ChunkBuf);
+
+    /// Reads up to `buf.len()` bytes at `offset` into `buf` and returns the count: short
+    /// only at the end of the chunk, 0 for a missing chunk or an offset past its end.
+    /// `buf.len()` itself is left unchanged.
+    async fn read(&self, id: ChunkId, offset: u64, buf: ChunkBuf)
+        -> (Result<usize, StoreError>, ChunkBuf);
+
+    /// Sets the chunk's length to `len` (at most the chunk size), shrinking it or growing
+    /// it with zeros. A missing chunk is created, so `stat` then reports `len`.
+    async fn truncate(&self, id: ChunkId, len: u64) -> Result<(), StoreError>;
+
+    /// Removes a chunk; returns whether it existed.
+    async fn remove(&self, id: ChunkId) -> Result<bool, StoreError>;
+
+    /// Removes every chunk of `file_id`; returns how many there were.
+    async fn remove_file(&self, file_id: u64) -> Result<u64, StoreError>;
+
+    /// The chunk's length, or `None` if it does not exist.
+    async fn stat(&self, id: ChunkId) -> Result<Option<ChunkStat>, StoreError>;
+
+    /// Every chunk, in [`ChunkId`] order.
+    async fn list(&self) -> Result<Vec<ChunkId>, StoreError>;
+
+    /// Makes every completed write, truncate and removal durable.
+    async fn sync(&self) -> Result<(), StoreError>;
+
+    /// Space in use now.
+    fn usage(&self) -> StoreUsage;
+}
+
+/// Which [`ChunkStore`] implementation to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// [`InMemoryChunkStore`]; spelled `memory`.
+    Memory,
+    /// [`FileChunkStore`]; spelled `file`.
+    File,
+    /// [`IoUringChunkStore`]; spelled `iouring`.
+    IoUring,
+}
+
+impl Backend {
+    /// Every backend, in a stable order.
+    pub const ALL: [Backend; 3] = [Backend::Memory, Backend::File, Backend::IoUring];
+
+    /// The name `FromStr` accepts and `Display` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::File => "file",
+            Backend::IoUring => "iouring",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Backend, StoreError> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| StoreError::InvalidConfig {
+                field: "backend",
+                reason: format!("{s:?} is not one of memory, file, iouring"),
+            })
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Which implementation.
+    pub backend: Backend,
+    /// Root of the on-disk layout (unused by the memory backend).
+    pub data_dir: PathBuf,
+    /// Largest chunk, in bytes; within [`CHUNK_SIZE_MIN`]..=[`CHUNK_SIZE_MAX`].
+    pub chunk_size: u64,
+    /// Use O_DIRECT for aligned requests (disk backends). Unaligned requests still work:
+    /// they go through a second, buffered descriptor.
+    pub o_direct: bool,
+    /// Bound on the bytes stored; `None` is unbounded.
+    pub capacity_bytes: Option<u64>,
+    /// Most io_uring operations in flight, 1..=[`QUEUE_DEPTH_MAX`].
+    pub queue_depth: u32,
+}
+
+impl StoreConfig {
+    /// Default chunk size: 4 MiB.
+    pub const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
+    /// Default queue depth.
+    pub const QUEUE_DEPTH_DEFAULT: u32 = 32;
+
+    /// A config with defaults: 4 MiB chunks, buffered I/O, no capacity bound, depth 32.
+    pub fn new(backend: Backend, data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            backend,
+            data_dir: data_dir.into(),
+            chunk_size: StoreConfig::CHUNK_SIZE_DEFAULT,
+            o_direct: false,
+            capacity_bytes: None,
+            queue_depth: StoreConfig::QUEUE_DEPTH_DEFAULT,
+        }
+    }
+
+    /// Checks every bound.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        check_chunk_size(self.chunk_size)?;
+        if !(1..=QUEUE_DEPTH_MAX).contains(&self.queue_depth) {
+            return Err(StoreError::InvalidConfig {
+                field: "queue_depth",
+                reason: format!("{} is not within 1..={QUEUE_DEPTH_MAX}", self.queue_depth),
+            });
+        }
+        if self.backend != Backend::Memory && self.data_dir.as_os_str().is_empty() {
+            return Err(StoreError::InvalidConfig {
+                field: "data_dir",
+                reason: "empty path".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_chunk_size(chunk_size: u64) -> Result<(), StoreError> {
+    if (CHUNK_SIZE_MIN..=CHUNK_SIZE_MAX).contains(&chunk_size) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidConfig {
+            field: "chunk_size",
+            reason: format!("{chunk_size} is not within {CHUNK_SIZE_MIN}..={CHUNK_SIZE_MAX}"),
+        })
+    }
+}
+
+/// Checks `offset + len <= chunk_size`.
+pub(crate) fn check_range(chunk_size: u64, offset: u64, len: usize) -> Result<u64, StoreError> {
+    let len = len as u64;
+    match offset.checked_add(len) {
+        Some(end) if end <= chunk_size => Ok(end),
+        _ => Err(StoreError::OutOfRange {
+            offset,
+            len,
+            chunk_size,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names() {
+        for b in Backend::ALL {
+            assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
+        }
+        assert!("io_uring".parse::<Backend>().is_err());
+        assert!("".parse::<Backend>().is_err());
+    }
+
+    #[test]
+    fn range() {
+        assert_eq!(check_range(10, 0, 10).unwrap(), 10);
+        assert_eq!(check_range(10, 10, 0).unwrap(), 10);
+        assert!(check_range(10, 10, 1).is_err());
+        assert!(check_range(10, u64::MAX, 2).is_err());
+    }
+
+    #[test]
+    fn config_bounds() {
+        let mut cfg = StoreConfig::new(Backend::File, "/x");
+        cfg.validate().unwrap();
+        cfg.queue_depth = 0;
+        assert!(cfg.validate().is_err());
+        cfg.queue_depth = 1;
+        cfg.chunk_size = CHUNK_SIZE_MAX + 1;
+        assert!(cfg.validate().is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! The io_uring instance behind [`IoUringChunkStore`](crate::IoUringChunkStore): the ring,
+//! the table of in-flight operations, and how their completions are polled.
+//!
+//! **Invariant:** an operation's buffer and file live in its table slot from the moment
+//! its SQE is pushed until its CQE is reaped, even if the future that submitted it is
+//! dropped. At most `queue_depth` operations are in flight (a semaphore), the SQ has at
+//! least that many entries, and the CQ twice that, so neither overflows.
+//!
+//! Polling: every push is followed by `io_uring_enter` and an immediate reap, so
+//! completions that finish inline cost no wakeup. A pending op then yields to the
+//! scheduler a few times ([`SPIN_POLLS_MAX`]), reaping each time, and after that sleeps
+//! on an eventfd registered with the ring. Tokio's `AsyncFd` remembers only the most
+//! recent waiter, so the op registered there hands the role on (wakes another pending
+//! op) when it completes or is dropped.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{squeue, IoUring};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Semaphore;
+
+use crate::buf::ChunkBuf;
+use crate::disk::ChunkFile;
+use crate::limits::SPIN_POLLS_MAX;
+use crate::StoreError;
+
+/// What an in-flight operation keeps alive for the kernel.
+pub(crate) struct Keep {
+    /// The memory the kernel reads or writes, if any.
+    pub(crate) buf: Option<ChunkBuf>,
+    /// The file the operation targets, so its descriptors stay open.
+    pub(crate) file: Rc<ChunkFile>,
+}
+
+enum Slot {
+    Free,
+    /// Submitted; `waker` is woken when the CQE arrives.
+    Pending { waker: Option<Waker>, keep: Keep },
+    /// Completed; waiting for its future to take the result.
+    Done { result: i32, keep: Keep },
+    /// Submitted, but its future was dropped: the slot frees itself at the CQE.
+    Abandoned { keep: Keep },
+}
+
+#[derive(Default)]
+struct OpTable {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Operations submitted whose CQE has not been reaped.
+    in_flight: usize,
+}
+
+impl OpTable {
+    fn insert(&mut self, keep: Keep) -> usize {
+        let slot = Slot::Pending { waker: None, keep };
+        self.in_flight += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = slot;
+                index
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn release(&mut self, index: usize) -> Slot {
+        self.free.push(index);
+        std::mem::replace(&mut self.slots[index], Slot::Free)
+    }
+
+    /// Records a CQE; returns a waker to wake.
+    fn complete(&mut self, index: usize, result: i32) -> Option<Waker> {
+        self.in_flight -= 1;
+        match std::mem::replace(&mut self.slots[index], Slot::Free) {
+            Slot::Pending { waker, keep } => {
+                self.slots[index] = Slot::Done { result, keep };
+                waker
+            }
+            Slot::Abandoned { keep } => {
+                self.free.push(index);
+                drop(keep);
+                None
+            }
+            Slot::Free | Slot::Done { .. } => unreachable!("CQE for slot {index}, which is not in flight"),
+        }
+    }
+
+    /// Any pending op's waker, to hand the eventfd-waiter role to.
+    fn any_waker(&self) -> Option<Waker> {
+        self.slots.iter().find_map(|slot| match slot {
+            Slot::Pending {
+                waker: Some(waker), ..
+            } => Some(waker.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// The ring and its in-flight operations.
+///
+/// Drop order: `Drop` first waits (blocking) for every in-flight operation, so no buffer
+/// or file the kernel uses is freed; then the ring is closed, then the table, whose
+/// buffers may return to a pool that outlives this driver.
+pub(crate) struct Driver {
+    ring: RefCell<IoUring>,
+    ops: RefCell<OpTable>,
+    permits: Semaphore,
+    eventfd: AsyncFd<OwnedFd>,
+    /// The op whose waker `eventfd` holds, if any.
+    waiter: Cell<Option<usize>>,
+}
+
+impl Driver {
+    /// Sets up a ring for `queue_depth` operations in flight, with an eventfd attached.
+    pub(crate) fn new(queue_depth: u32) -> Result<Driver, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::InvalidConfig {
+                field: "backend",
+                reason: "the io_uring store must be opened inside a tokio runtime".into(),
+            });
+        }
+        let entries = queue_depth.next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSYS | libc::EPERM | libc::EACCES | libc::EOPNOTSUPP) => {
+                    StoreError::Unsupported {
+                        feature: "io_uring",
+                        reason: format!(
+                            "io_uring_setup failed ({e}): the kernel lacks io_uring, or it \
+                             is disabled (sysctl kernel.io_uring_disabled, seccomp)"
+                        ),
+                    }
+                }
+                _ => StoreError::Io {
+                    op: "io_uring_setup",
+                    source: e,
+                },
+            })?;
+        // SAFETY: eventfd takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(StoreError::Io {
+                op: "eventfd",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        ring.submitter()
+            .register_eventfd(eventfd.as_raw_fd())
+            .map_err(|source| StoreError::Io {
+                op: "io_uring register eventfd",
+                source,
+            })?;
+        let eventfd = AsyncFd::new(eventfd).map_err(|source| StoreError::Io {
+            op: "register eventfd with tokio",
+            source,
+        })?;
+        Ok(Driver {
+            ring: RefCell::new(ring),
+            ops: RefCell::new(OpTable::default()),
+            permits: Semaphore::new(queue_depth as usize),
+            eventfd,
+            waiter: Cell::new(None),
+        })
+    }
+
+    /// Registers `region` as fixed buffer 0.
+    ///
+    /// # Safety
+    /// `region` must stay mapped until this driver is dropped.
+    pub(crate) unsafe fn register_region(&self, region: (*const u8, usize)) -> io::Result<()> {
+        let iovec = libc::iovec {
+            iov_base: region.0.cast_mut().cast(),
+            iov_len: region.1,
+        };
+        // SAFETY: the caller keeps the region mapped for the ring's lifetime.
+        unsafe { self.ring.borrow().submitter().register_buffers(&[iovec]) }
+    }
+
+    /// Submits `entry` and waits for its completion; returns the CQE result (a byte count
+    /// or `-errno`) and what the op kept alive.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must point into memory owned by `keep` (its buffer, or
+    /// registered memory that `keep.buf` is a slot of), and every fd must be one of
+    /// `keep.file`'s.
+    pub(crate) async unsafe fn run(&self, entry: squeue::Entry, keep: Keep) -> (i32, Keep) {
+        self.permits
+            .acquire()
+            .await
+            .expect("the in-flight semaphore is never closed")
+            .forget();
+        let index = self.ops.borrow_mut().insert(keep);
+        let entry = entry.user_data(index as u64);
+        {
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: the caller guarantees the entry only refers to `keep`, which now
+            // lives in slot `index` until the CQE is reaped.
+            unsafe { ring.submission().push(&entry) }
+                .expect("in-flight ops are bounded by queue_depth, so the SQ has room");
+        }
+        self.submit();
+        Op {
+            driver: self,
+            index,
+            finished: false,
+            spins: 0,
+        }
+        .await
+    }
+
+    /// Hands queued SQEs to the kernel. A failure leaves them queued for the next call.
+    fn submit(&self) {
+        let mut ring = self.ring.borrow_mut();
+        if ring.submission().is_empty() {
+            return;
+        }
+        loop {
+            match ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring_enter failed; retrying on the next poll");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves every CQE into its slot and wakes the waiting futures.
+    fn reap(&self) {
+        let mut wakers = Vec::new();
+        let mut reaped = 0;
+        {
+            let mut ring = self.ring.borrow_mut();
+            let mut ops = self.ops.borrow_mut();
+            for cqe in ring.completion() {
+                reaped += 1;
+                wakers.extend(ops.complete(cqe.user_data() as usize, cqe.result()));
+            }
+        }
+        if reaped > 0 {
+            self.permits.add_permits(reaped);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Empties the eventfd counter; readiness is cleared by the caller.
+    fn drain_eventfd(&self) {
+        let mut counter = 0u64;
+        // SAFETY: reads 8 bytes into a local `u64`; the fd is a valid non-blocking eventfd.
+        let n = unsafe {
+            libc::read(
+                self.eventfd.get_ref().as_raw_fd(),
+                (&raw mut counter).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                tracing::warn!(error = %e, "reading the io_uring eventfd failed");
+            }
+        }
+    }
+
+    /// Called when op `index` leaves: if it was the eventfd waiter, wake another pending op
+    /// to take over.
+    fn hand_off(&self, index: usize) {
+        if self.waiter.get() == Some(index) {
+            self.waiter.set(None);
+            let waker = self.ops.borrow().any_waker();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Blocks the thread until op `index` completes; used only when the runtime's I/O
+    /// driver is gone and the eventfd cannot be awaited.
+    fn wait_blocking(&self, index: usize) {
+        while matches!(self.ops.borrow().slots[index], Slot::Pending { .. }) {
+            if let Err(e) = self.ring.borrow().submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "io_uring_enter failed while waiting");
+                }
+            }
+            self.reap();
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        while self.ops.borrow().in_flight > 0 {
+            if let Err(e) = self.ring.borrow().submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "io_uring_enter failed while draining");
+                }
+            }
+            self.reap();
+        }
+    }
+}
+
+/// The future of one submitted operation.
+struct Op<'a> {
+    driver: &'a Driver,
+    index: usize,
+    finished: bool,
+    spins: u8,
+}
+
+impl Future for Op<'_> {
+    type Output = (i32, Keep);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, Keep)> {
+        let driver = self.driver;
+        loop {
+            driver.submit();
+            driver.reap();
+            {
+                let mut ops = driver.ops.borrow_mut();
+                match &mut ops.slots[self.index] {
+                    Slot::Done { .. } => {
+                        let Slot::Done { result, keep } = ops.release(self.index) else {
+                            unreachable!("matched Done just above")
+                        };
+                        drop(ops);
+                        self.finished = true;
+                        driver.hand_off(self.index);
+                        return Poll::Ready((result, keep));
+                    }
+                    Slot::Pending { waker, .. } => {
+                        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            *waker = Some(cx.waker().clone());
+                        }
+                    }
+                    Slot::Free | Slot::Abandoned { .. } => {
+                        unreachable!("a live op's slot is pending or done")
+                    }
+                }
+            }
+            if self.spins < SPIN_POLLS_MAX {
+                self.spins += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match driver.eventfd.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => {
+                    driver.drain_eventfd();
+                    guard.clear_ready();
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::error!(error = %e, "cannot await the io_uring eventfd; blocking");
+                    driver.wait_blocking(self.index);
+                }
+                Poll::Pending => {
+                    driver.waiter.set(Some(self.index));
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut ops = self.driver.ops.borrow_mut();
+        match std::mem::replace(&mut ops.slots[self.index], Slot::Free) {
+            // The kernel may still use the buffer: park it in the slot until the CQE.
+            Slot::Pending { keep, .. } => ops.slots[self.index] = Slot::Abandoned { keep },
+            Slot::Done { keep, .. } => {
+                ops.free.push(self.index);
+                drop(keep);
+            }
+            Slot::Free | Slot::Abandoned { .. } => {
+                unreachable!("a live op's slot is pending or done")
+            }
+        }
+        drop(ops);
+        self.driver.hand_off(self.index);
+    }
+}

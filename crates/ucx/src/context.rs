@@ -1,0 +1,143 @@
+//! `Context`: one UCX application context (`ucp_context_h`) per process.
+
+use std::ffi::CString;
+use std::sync::Arc;
+
+use crate::error::{check, Status, UcxError};
+use crate::sys;
+
+/// Which UCX capabilities a [`Context`] enables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features(u64);
+
+impl Features {
+    /// Active Messages (`UCP_FEATURE_AM`).
+    pub const AM: Features = Features(sys::UCP_FEATURE_AM as u64);
+    /// Remote memory access: put and get (`UCP_FEATURE_RMA`).
+    pub const RMA: Features = Features(sys::UCP_FEATURE_RMA as u64);
+    /// Event-fd wakeup (`UCP_FEATURE_WAKEUP`); needed by
+    /// [`Worker::run_progress`](crate::Worker::run_progress).
+    pub const WAKEUP: Features = Features(sys::UCP_FEATURE_WAKEUP as u64);
+    /// Everything BenchFS uses: AM, RMA and wakeup.
+    pub const ALL: Features = Features(Self::AM.0 | Self::RMA.0 | Self::WAKEUP.0);
+
+    /// Whether every feature in `other` is also in `self`.
+    pub fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Features {
+    type Output = Features;
+    fn bitor(self, rhs: Features) -> Features {
+        Features(self.0 | rhs.0)
+    }
+}
+
+/// A UCX application context.
+///
+/// Workers on several threads may share one context (it is created with
+/// `mt_workers_shared`), so it is `Send + Sync` and handed out as an `Arc`. Every
+/// [`Worker`](crate::Worker) and [`MemoryRegion`](crate::MemoryRegion) holds an `Arc` to
+/// its context, so the context is cleaned up last.
+#[derive(Debug)]
+pub struct Context {
+    handle: sys::ucp_context_h,
+    features: Features,
+}
+
+// SAFETY: the context is created with UCP_PARAM_FIELD_MT_WORKERS_SHARED = 1, which makes
+// UCX guard the context-level state (memory registration, rkey packing) with its own lock,
+// and this system UCX is built with --enable-mt. The handle is only destroyed in Drop.
+unsafe impl Send for Context {}
+// SAFETY: as above; shared references only call context-level functions that UCX locks.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// Creates a context with UCX's configuration from the environment (`UCX_*`).
+    pub fn new(features: Features) -> Result<Arc<Context>, UcxError> {
+        Self::with_config(features, &[])
+    }
+
+    /// Creates a context, overriding UCX configuration keys after reading the environment.
+    /// Keys are given without the `UCX_` prefix, e.g. `("TLS", "tcp")`.
+    pub fn with_config(
+        features: Features,
+        overrides: &[(&str, &str)],
+    ) -> Result<Arc<Context>, UcxError> {
+        let config = Config::read()?;
+        for (key, value) in overrides {
+            config.modify(key, value)?;
+        }
+        let params = sys::ucp_params_t {
+            field_mask: (sys::UCP_PARAM_FIELD_FEATURES | sys::UCP_PARAM_FIELD_MT_WORKERS_SHARED)
+                as u64,
+            features: features.0,
+            mt_workers_shared: 1,
+            ..Default::default()
+        };
+        let mut handle: sys::ucp_context_h = std::ptr::null_mut();
+        // SAFETY: params and config are valid for the call; ucp_init (a header inline in C)
+        // is ucp_init_version with the API version we were generated against.
+        let status = unsafe {
+            sys::ucp_init_version(
+                sys::UCP_API_MAJOR,
+                sys::UCP_API_MINOR,
+                &params,
+                config.0,
+                &mut handle,
+            )
+        };
+        check("ucp_init", status)?;
+        tracing::debug!(?features, "UCX context created");
+        Ok(Arc::new(Context { handle, features }))
+    }
+
+    /// The features this context was created with.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    pub(crate) fn handle(&self) -> sys::ucp_context_h {
+        self.handle
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from ucp_init; workers and memory regions hold an Arc to
+        // this context, so none of them is alive any more.
+        unsafe { sys::ucp_cleanup(self.handle) };
+    }
+}
+
+/// A `ucp_config_t`, released on drop.
+struct Config(*mut sys::ucp_config_t);
+
+impl Config {
+    fn read() -> Result<Config, UcxError> {
+        let mut config: *mut sys::ucp_config_t = std::ptr::null_mut();
+        // SAFETY: null env prefix and filename mean "UCX_" and no file; config is an
+        // out-pointer.
+        let status =
+            unsafe { sys::ucp_config_read(std::ptr::null(), std::ptr::null(), &mut config) };
+        check("ucp_config_read", status)?;
+        Ok(Config(config))
+    }
+
+    fn modify(&self, key: &str, value: &str) -> Result<(), UcxError> {
+        let invalid = || UcxError::from_status("ucp_config_modify", Status::INVALID_PARAM);
+        let key = CString::new(key).map_err(|_| invalid())?;
+        let value = CString::new(value).map_err(|_| invalid())?;
+        // SAFETY: self.0 is a live config; key and value are NUL-terminated for the call.
+        let status = unsafe { sys::ucp_config_modify(self.0, key.as_ptr(), value.as_ptr()) };
+        check("ucp_config_modify", status)
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        // SAFETY: self.0 came from ucp_config_read and is released once.
+        unsafe { sys::ucp_config_release(self.0) };
+    }
+}

@@ -1,0 +1,239 @@
+//! `Endpoint`: a connection to a peer worker, with peer-failure handling.
+//!
+//! Every endpoint is created with `UCP_ERR_HANDLING_MODE_PEER` and an error handler. When
+//! the peer fails, UCX completes the endpoint's outstanding requests with an error and calls
+//! the handler, which marks the endpoint failed; later operations on it fail at once with
+//! the recorded status. Nothing waits forever on a dead peer.
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::error::{check, UcxError};
+use crate::request::{Callback, Request};
+use crate::sockaddr::RawSockAddr;
+use crate::sys;
+use crate::worker::{Worker, WorkerAddress};
+
+/// A connection to a peer. Cloning shares the connection; it is closed when the last clone
+/// (including those held by in-flight requests and remote keys) is dropped.
+///
+/// **Drop order:** closing is non-blocking (flush mode for a healthy endpoint, force mode
+/// for a failed one); the worker finishes it during progress, or when it is destroyed.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub(crate) inner: Rc<EndpointInner>,
+}
+
+pub(crate) struct EndpointInner {
+    handle: sys::ucp_ep_h,
+    failure: Rc<Failure>,
+    worker: Rc<Worker>,
+}
+
+/// The error handler's argument. It outlives the endpoint handle: the worker keeps it until
+/// the close request finishes.
+pub(crate) struct Failure {
+    status: Cell<Option<sys::ucs_status_t>>,
+}
+
+/// How an endpoint is reached.
+enum Target<'a> {
+    Address(&'a WorkerAddress),
+    Socket(SocketAddr),
+    ConnRequest(sys::ucp_conn_request_h),
+}
+
+impl Endpoint {
+    /// Connects to a worker by its address (from [`Worker::address`] of the peer).
+    pub fn connect_address(
+        worker: &Rc<Worker>,
+        address: &WorkerAddress,
+    ) -> Result<Endpoint, UcxError> {
+        if address.as_bytes().is_empty() {
+            return Err(UcxError::from_status("ucp_ep_create", crate::Status::INVALID_PARAM));
+        }
+        Self::create(worker, Target::Address(address))
+    }
+
+    /// Connects to a [`Listener`](crate::Listener) at `addr` (client-server mode). The
+    /// connection is set up asynchronously; operations started before it is ready wait.
+    pub fn connect_socket(worker: &Rc<Worker>, addr: SocketAddr) -> Result<Endpoint, UcxError> {
+        Self::create(worker, Target::Socket(addr))
+    }
+
+    pub(crate) fn accept(
+        worker: &Rc<Worker>,
+        request: sys::ucp_conn_request_h,
+    ) -> Result<Endpoint, UcxError> {
+        Self::create(worker, Target::ConnRequest(request))
+    }
+
+    fn create(worker: &Rc<Worker>, target: Target<'_>) -> Result<Endpoint, UcxError> {
+        let failure = Rc::new(Failure { status: Cell::new(None) });
+        let mut params = sys::ucp_ep_params_t {
+            field_mask: (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
+                | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64,
+            err_mode: sys::UCP_ERR_HANDLING_MODE_PEER,
+            err_handler: sys::ucp_err_handler_t {
+                cb: Some(on_endpoint_error),
+                arg: Rc::as_ptr(&failure) as *mut c_void,
+            },
+            ..Default::default()
+        };
+        let sockaddr;
+        match target {
+            Target::Address(address) => {
+                params.field_mask |= sys::UCP_EP_PARAM_FIELD_REMOTE_ADDRESS as u64;
+                params.address = address.as_bytes().as_ptr() as *const sys::ucp_address_t;
+            }
+            Target::Socket(addr) => {
+                sockaddr = RawSockAddr::new(addr);
+                params.field_mask |=
+                    (sys::UCP_EP_PARAM_FIELD_FLAGS | sys::UCP_EP_PARAM_FIELD_SOCK_ADDR) as u64;
+                params.flags = sys::UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+                params.sockaddr = sockaddr.as_ucs();
+            }
+            Target::ConnRequest(request) => {
+                params.field_mask |= sys::UCP_EP_PARAM_FIELD_CONN_REQUEST as u64;
+                params.conn_request = request;
+            }
+        }
+        let mut handle: sys::ucp_ep_h = std::ptr::null_mut();
+        // SAFETY: the worker is alive; params and everything it points to (address bytes,
+        // sockaddr, the failure cell) are valid for the call, and the failure cell stays
+        // alive until the endpoint is destroyed (see Failure).
+        let status = unsafe { sys::ucp_ep_create(worker.handle(), &params, &mut handle) };
+        check("ucp_ep_create", status)?;
+        let inner = Rc::new(EndpointInner { handle, failure, worker: Rc::clone(worker) });
+        worker.endpoints.borrow_mut().insert(handle as usize, Rc::downgrade(&inner));
+        Ok(Endpoint { inner })
+    }
+
+    /// Looks up an endpoint of this worker by its handle (for AM reply endpoints).
+    pub(crate) fn find(worker: &Worker, handle: sys::ucp_ep_h) -> Option<Endpoint> {
+        let endpoints = worker.endpoints.try_borrow().ok()?;
+        let inner = endpoints.get(&(handle as usize))?.upgrade()?;
+        Some(Endpoint { inner })
+    }
+
+    pub(crate) fn handle(&self) -> sys::ucp_ep_h {
+        self.inner.handle
+    }
+
+    /// The worker this endpoint belongs to.
+    pub fn worker(&self) -> &Rc<Worker> {
+        &self.inner.worker
+    }
+
+    /// The error the peer-failure handler recorded, if the endpoint has failed.
+    pub fn failure(&self) -> Option<UcxError> {
+        let status = self.inner.failure.status.get()?;
+        Some(UcxError::new("endpoint failed", status))
+    }
+
+    /// Whether the endpoint has failed; every operation on it now fails.
+    pub fn is_failed(&self) -> bool {
+        self.inner.failure.status.get().is_some()
+    }
+
+    /// Whether two handles share one connection.
+    pub fn same_as(&self, other: &Endpoint) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Completes when every operation started on this endpoint has completed remotely
+    /// (`ucp_ep_flush_nbx`); in particular, puts are visible at the target after it.
+    pub fn flush(&self) -> Request<()> {
+        if let Some(request) = self.refuse_if_failed("ucp_ep_flush_nbx") {
+            return request;
+        }
+        let handle = self.handle();
+        Request::start(self.worker(), "ucp_ep_flush_nbx", Callback::Send, (), None, |_, param| {
+            // SAFETY: the endpoint is alive (self holds it); param is valid for the call.
+            unsafe { sys::ucp_ep_flush_nbx(handle, param) }
+        })
+    }
+
+    /// A request that fails at once if the endpoint has failed.
+    pub(crate) fn refuse_if_failed<T: 'static>(&self, op: &'static str) -> Option<Request<T>> {
+        let status = self.inner.failure.status.get()?;
+        Some(Request::failed(self.worker(), op, crate::Status::from_raw(status)))
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("handle", &self.inner.handle)
+            .field("failed", &self.inner.failure.status.get())
+            .finish()
+    }
+}
+
+impl Drop for EndpointInner {
+    fn drop(&mut self) {
+        if let Ok(mut endpoints) = self.worker.endpoints.try_borrow_mut() {
+            endpoints.remove(&(self.handle as usize));
+        }
+        let force = self.failure.status.get().is_some();
+        let param = sys::ucp_request_param_t {
+            op_attr_mask: sys::UCP_OP_ATTR_FIELD_FLAGS,
+            flags: if force { sys::UCP_EP_CLOSE_FLAG_FORCE } else { 0 },
+            ..Default::default()
+        };
+        // SAFETY: the handle is a live endpoint of a live worker (we hold an Rc to it);
+        // this is the only close. Requests on it hold this endpoint or complete on close.
+        let ptr = unsafe { sys::ucp_ep_close_nbx(self.handle, &param) };
+        if ptr.is_null() || sys::ptr_is_err(ptr) {
+            if sys::ptr_is_err(ptr) {
+                tracing::debug!(status = sys::ptr_status(ptr), "ucp_ep_close_nbx");
+            }
+            return;
+        }
+        self.worker
+            .push_closing(ClosingEndpoint { request: ptr, failure: Rc::clone(&self.failure) });
+    }
+}
+
+/// An endpoint close that has not finished yet.
+pub(crate) struct ClosingEndpoint {
+    request: *mut c_void,
+    failure: Rc<Failure>,
+}
+
+impl ClosingEndpoint {
+    pub(crate) fn is_done(&self) -> bool {
+        // SAFETY: the request came from ucp_ep_close_nbx and is freed only in Drop.
+        unsafe { sys::ucp_request_check_status(self.request) != sys::UCS_INPROGRESS }
+    }
+
+    /// Frees the close request (UCX finishes it on its own, at the latest when the worker is
+    /// destroyed) and returns the error-handler argument, which must outlive the worker.
+    pub(crate) fn release(self) -> Rc<Failure> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: freed once: Drop does not run for `this`.
+        unsafe { sys::ucp_request_free(this.request) };
+        // SAFETY: moving the Rc out of the ManuallyDrop, which is never used again.
+        unsafe { std::ptr::read(&this.failure) }
+    }
+}
+
+impl Drop for ClosingEndpoint {
+    fn drop(&mut self) {
+        // SAFETY: the request came from ucp_ep_close_nbx and is freed once, here; after a
+        // completed close the endpoint is gone and the failure cell may be dropped.
+        unsafe { sys::ucp_request_free(self.request) };
+    }
+}
+
+unsafe extern "C" fn on_endpoint_error(arg: *mut c_void, ep: sys::ucp_ep_h, status: sys::ucs_status_t) {
+    // SAFETY: arg is the Failure given at ucp_ep_create, kept alive until the endpoint is
+    // destroyed (by the endpoint, then the close list, then the worker's drop).
+    let failure = unsafe { &*(arg as *const Failure) };
+    if failure.status.get().is_none() {
+        failure.status.set(Some(status));
+    }
+    tracing::debug!(?ep, status = sys::status_string(status), "UCX endpoint failed");
+}

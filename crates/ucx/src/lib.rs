@@ -1,0 +1,1 @@
+//! A thin, safe binding of the system UCX.

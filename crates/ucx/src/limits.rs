@@ -1,0 +1,25 @@
+//! Bounds on every queue this crate owns, in one place.
+
+use std::time::Duration;
+
+/// Connection requests a [`Listener`](crate::Listener) holds before it rejects new ones.
+pub const LISTENER_BACKLOG_MAX: usize = 1024;
+
+/// Default bound on received, not yet drained Active Messages per handler id.
+pub const AM_QUEUE_CAPACITY_DEFAULT: usize = 64 * 1024;
+
+/// `ucp_worker_progress` calls in one burst before the progress task yields to others.
+pub const PROGRESS_BURST_MAX: u32 = 64;
+
+/// Longest the progress task sleeps on the event fd before progressing anyway. This bounds
+/// the cost of a missed wakeup and lets UCX's keepalive run on idle workers, so that a dead
+/// peer fails pending requests even when no event arrives.
+pub const PROGRESS_IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// How long dropping a [`Worker`](crate::Worker) progresses to finish closing endpoints
+/// before destroying it anyway.
+pub const WORKER_CLOSE_DRAIN_MAX: Duration = Duration::from_millis(500);
+
+const _: () = assert!(LISTENER_BACKLOG_MAX > 0);
+const _: () = assert!(AM_QUEUE_CAPACITY_DEFAULT > 0);
+const _: () = assert!(PROGRESS_BURST_MAX > 0);

@@ -1,0 +1,331 @@
+//! `Worker`: one UCX worker per event-loop thread, and the task that drives its progress.
+//!
+//! **Progress protocol** ([`Worker::run_progress`]): progress in bursts while UCX reports
+//! work; when idle, keep polling (yielding to other tasks between polls) for the busy-poll
+//! window; then `ucp_worker_arm`. If arming returns `UCS_ERR_BUSY`, events are already
+//! pending, so progress again. If it returns `UCS_OK`, sleep until the worker's event fd is
+//! readable, a request is started on this worker (see [`Worker::wake_progress`]), or
+//! [`PROGRESS_IDLE_TICK`] passes, whichever is first.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::am::AmQueue;
+use crate::context::Context;
+use crate::endpoint::{ClosingEndpoint, EndpointInner};
+use crate::error::{check, ProgressError, UcxError};
+use crate::limits::{PROGRESS_BURST_MAX, PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX};
+use crate::memory::RemoteKey;
+use crate::sys;
+
+/// The packed address of a worker, to give to another process so it can connect with
+/// [`Endpoint::connect_address`](crate::Endpoint::connect_address).
+///
+/// **Boundary:** UCX parses these bytes without a length, so only use addresses that came
+/// from a trusted peer of the same job (as UCX itself assumes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerAddress(Vec<u8>);
+
+impl WorkerAddress {
+    /// Wraps address bytes received from a peer.
+    pub fn from_bytes(bytes: Vec<u8>) -> WorkerAddress {
+        WorkerAddress(bytes)
+    }
+
+    /// The packed address.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WorkerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerAddress({} bytes)", self.0.len())
+    }
+}
+
+/// Whether [`Worker::arm`] armed the event fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Armed {
+    /// The event fd will become readable on the next event; it is safe to sleep on it.
+    Ready,
+    /// Events are pending (`UCS_ERR_BUSY`); call [`Worker::progress`] instead of sleeping.
+    Busy,
+}
+
+/// A UCX worker (`ucp_worker_h`), created in single-thread mode.
+///
+/// A worker belongs to the thread that created it: it is `!Send`, and everything made from
+/// it (endpoints, listeners, AM streams, requests) holds an `Rc<Worker>`.
+///
+/// **Drop order:** endpoints, listeners, AM streams, remote keys and requests hold the
+/// worker, so the worker is destroyed after all of them; the worker holds its
+/// [`Context`], which is destroyed last.
+pub struct Worker {
+    handle: sys::ucp_worker_h,
+    context: Arc<Context>,
+    max_am_header: usize,
+    /// Per Active Message id, the queue its handler fills.
+    pub(crate) am_queues: RefCell<HashMap<u16, Rc<AmQueue>>>,
+    /// Endpoints made on this worker, by `ucp_ep_h`, so that an AM's reply endpoint can be
+    /// handed out as an [`Endpoint`](crate::Endpoint).
+    pub(crate) endpoints: RefCell<HashMap<usize, Weak<EndpointInner>>>,
+    /// Endpoints being closed; reaped by `progress`.
+    closing: RefCell<Vec<ClosingEndpoint>>,
+    /// Remote keys to destroy outside UCX callbacks; reaped by `progress`.
+    deferred_rkeys: RefCell<Vec<RemoteKey>>,
+    progress_waker: Cell<Option<Waker>>,
+    kicked: Cell<bool>,
+    stopped: Cell<bool>,
+}
+
+impl Worker {
+    /// Creates a worker on `context`, single-threaded (`UCS_THREAD_MODE_SINGLE`).
+    pub fn new(context: &Arc<Context>) -> Result<Rc<Worker>, UcxError> {
+        let params = sys::ucp_worker_params_t {
+            field_mask: sys::UCP_WORKER_PARAM_FIELD_THREAD_MODE as u64,
+            thread_mode: sys::UCS_THREAD_MODE_SINGLE,
+            ..Default::default()
+        };
+        let mut handle: sys::ucp_worker_h = std::ptr::null_mut();
+        // SAFETY: the context is alive (we hold an Arc for the worker's lifetime); params
+        // and handle are valid for the call.
+        let status = unsafe { sys::ucp_worker_create(context.handle(), &params, &mut handle) };
+        check("ucp_worker_create", status)?;
+        let mut attr = sys::ucp_worker_attr_t {
+            field_mask: sys::UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER as u64,
+            ..Default::default()
+        };
+        // SAFETY: handle is the worker just created; attr is a valid out-parameter.
+        let status = unsafe { sys::ucp_worker_query(handle, &mut attr) };
+        if let Err(error) = check("ucp_worker_query", status) {
+            // SAFETY: nothing else references the new worker yet.
+            unsafe { sys::ucp_worker_destroy(handle) };
+            return Err(error);
+        }
+        Ok(Rc::new(Worker {
+            handle,
+            context: Arc::clone(context),
+            max_am_header: attr.max_am_header,
+            am_queues: RefCell::new(HashMap::new()),
+            endpoints: RefCell::new(HashMap::new()),
+            closing: RefCell::new(Vec::new()),
+            deferred_rkeys: RefCell::new(Vec::new()),
+            progress_waker: Cell::new(None),
+            kicked: Cell::new(false),
+            stopped: Cell::new(false),
+        }))
+    }
+
+    pub(crate) fn handle(&self) -> sys::ucp_worker_h {
+        self.handle
+    }
+
+    /// The context this worker was made from.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    /// The largest Active Message header this worker can send (`max_am_header`).
+    pub fn max_am_header(&self) -> usize {
+        self.max_am_header
+    }
+
+    /// This worker's address, for peers to connect with
+    /// [`Endpoint::connect_address`](crate::Endpoint::connect_address).
+    pub fn address(&self) -> Result<WorkerAddress, UcxError> {
+        let mut address: *mut sys::ucp_address_t = std::ptr::null_mut();
+        let mut length: usize = 0;
+        // SAFETY: the worker is alive; address and length are out-parameters.
+        let status = unsafe { sys::ucp_worker_get_address(self.handle, &mut address, &mut length) };
+        check("ucp_worker_get_address", status)?;
+        // SAFETY: UCX returned `length` readable bytes at `address`.
+        let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, length) }.to_vec();
+        // SAFETY: address came from ucp_worker_get_address on this worker; released once.
+        unsafe { sys::ucp_worker_release_address(self.handle, address) };
+        Ok(WorkerAddress(bytes))
+    }
+
+    /// Runs one `ucp_worker_progress` and returns how many events it handled. Completion
+    /// callbacks and Active Message handlers run inside this call.
+    pub fn progress(&self) -> u32 {
+        // SAFETY: the worker is alive and used only from its own thread (`Worker: !Send`).
+        let count = unsafe { sys::ucp_worker_progress(self.handle) };
+        self.reap();
+        count
+    }
+
+    /// The worker's event fd, readable after [`Worker::arm`] when there is work. UCX owns
+    /// the fd; do not close it.
+    pub fn event_fd(&self) -> Result<RawFd, UcxError> {
+        let mut fd: RawFd = -1;
+        // SAFETY: the worker is alive; fd is an out-parameter.
+        let status = unsafe { sys::ucp_worker_get_efd(self.handle, &mut fd) };
+        check("ucp_worker_get_efd", status)?;
+        Ok(fd)
+    }
+
+    /// Arms the event fd (`ucp_worker_arm`). Needs [`Features::WAKEUP`](crate::Features).
+    pub fn arm(&self) -> Result<Armed, UcxError> {
+        // SAFETY: the worker is alive and used from its own thread.
+        let status = unsafe { sys::ucp_worker_arm(self.handle) };
+        match status {
+            sys::UCS_OK => Ok(Armed::Ready),
+            sys::UCS_ERR_BUSY => Ok(Armed::Busy),
+            _ => Err(UcxError::new("ucp_worker_arm", status)),
+        }
+    }
+
+    /// Wakes [`Worker::run_progress`] if it sleeps, because new work needs progress (a
+    /// request was started) even though no event may arrive on the fd.
+    pub fn wake_progress(&self) {
+        self.kicked.set(true);
+        if let Some(waker) = self.progress_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Makes [`Worker::run_progress`] return at its next step.
+    pub fn stop_progress(&self) {
+        self.stopped.set(true);
+        self.wake_progress();
+    }
+
+    /// Drives this worker until [`Worker::stop_progress`] is called. Run it as a task on a
+    /// tokio current-thread runtime with IO and time enabled (inside a `LocalSet`, since
+    /// the worker is `!Send`).
+    ///
+    /// After the last progress call that found work, it keeps polling for `busy_poll`
+    /// (yielding to other tasks between polls), then arms the worker and sleeps on the event
+    /// fd; see the module docs. A zero `busy_poll` sleeps as soon as the worker is idle.
+    pub async fn run_progress(self: Rc<Self>, busy_poll: Duration) -> Result<(), ProgressError> {
+        let fd = AsyncFd::with_interest(EventFd(self.event_fd()?), Interest::READABLE)
+            .map_err(ProgressError::Reactor)?;
+        self.stopped.set(false);
+        let mut idle_since: Option<Instant> = None;
+        while !self.stopped.get() {
+            let mut bursts = 0;
+            while bursts < PROGRESS_BURST_MAX && self.progress() != 0 {
+                bursts += 1;
+            }
+            if bursts > 0 {
+                idle_since = None;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let now = Instant::now();
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) < busy_poll {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if self.arm()? == Armed::Busy {
+                continue;
+            }
+            idle_since = None;
+            self.kicked.set(false);
+            let sleep = poll_fn(|cx| {
+                if self.kicked.replace(false) || self.stopped.get() {
+                    return Poll::Ready(());
+                }
+                if let Poll::Ready(guard) = fd.poll_read_ready(cx) {
+                    match guard {
+                        Ok(mut guard) => guard.clear_ready(),
+                        Err(error) => tracing::warn!(%error, "polling the UCX event fd"),
+                    }
+                    return Poll::Ready(());
+                }
+                self.progress_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            });
+            // A timeout is the normal end of an idle tick, not an error.
+            let _ = tokio::time::timeout(PROGRESS_IDLE_TICK, sleep).await;
+            self.progress_waker.take();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn push_closing(&self, closing: ClosingEndpoint) {
+        if let Ok(mut list) = self.closing.try_borrow_mut() {
+            list.push(closing);
+        } else {
+            // Only reachable if a close starts inside `reap`; leaking the close request is
+            // safe (UCX finishes it when the worker is destroyed).
+            tracing::warn!("endpoint close started while reaping; leaving it to worker destroy");
+            std::mem::forget(closing);
+        }
+    }
+
+    pub(crate) fn defer_rkey_destroy(&self, rkey: RemoteKey) {
+        match self.deferred_rkeys.try_borrow_mut() {
+            Ok(mut list) => list.push(rkey),
+            Err(_) => std::mem::forget(rkey),
+        }
+    }
+
+    /// Frees finished endpoint-close requests and deferred remote keys. Runs outside UCX
+    /// callbacks (after `ucp_worker_progress` returned).
+    fn reap(&self) {
+        let rkeys = match self.deferred_rkeys.try_borrow_mut() {
+            Ok(mut list) if !list.is_empty() => std::mem::take(&mut *list),
+            _ => Vec::new(),
+        };
+        drop(rkeys);
+        let done = match self.closing.try_borrow_mut() {
+            Ok(mut list) if !list.is_empty() => {
+                let (done, still): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut *list).into_iter().partition(ClosingEndpoint::is_done);
+                *list = still;
+                done
+            }
+            _ => Vec::new(),
+        };
+        drop(done);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Give flush-mode endpoint closes a bounded time to finish, then destroy anyway:
+        // ucp_worker_destroy destroys the remaining endpoints itself.
+        let deadline = Instant::now() + WORKER_CLOSE_DRAIN_MAX;
+        while !self.closing.borrow().is_empty() && Instant::now() < deadline {
+            self.progress();
+        }
+        let leftover = std::mem::take(&mut *self.closing.borrow_mut());
+        if !leftover.is_empty() {
+            tracing::debug!(count = leftover.len(), "endpoints still closing at worker destroy");
+        }
+        for closing in leftover {
+            closing.release();
+        }
+        self.deferred_rkeys.borrow_mut().clear();
+        // SAFETY: every endpoint, listener, AM stream, remote key and request holds an Rc to
+        // this worker, so none is alive; the handle is destroyed once.
+        unsafe { sys::ucp_worker_destroy(self.handle) };
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("handle", &self.handle).finish_non_exhaustive()
+    }
+}
+
+/// The worker's event fd, owned by UCX: this wrapper never closes it.
+struct EventFd(RawFd);
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}

@@ -1,0 +1,714 @@
+//! `benchfs.toml`: parsing, `BENCHFS_*` environment overrides and validation.
+//!
+//! The file is parsed into a raw, all-optional form with unknown keys rejected, overlaid
+//! with environment variables, and then validated into [`ServerConfig`], whose fields are
+//! typed and checked. Every error names the key it is about and the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits;
+pub use benchfs_store::Backend;
+
+/// What went wrong while loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("invalid config{}: {message}", origin.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file being parsed, if the input came from a file.
+        origin: Option<PathBuf>,
+        /// The parser's message, which names the key and its line.
+        message: String,
+    },
+    /// A `BENCHFS_*` environment variable could not be applied.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("config key {key}: {reason}")]
+    Invalid {
+        /// The key, as `section.key`.
+        key: &'static str,
+        /// Why the value was rejected.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Log verbosity of a server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Normal operation messages.
+    Info,
+    /// Developer diagnostics.
+    Debug,
+    /// Everything, per request.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level's lower-case name, as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err(format!(
+                "unknown log level {s:?}; expected error, warn, info, debug or trace"
+            )),
+        }
+    }
+}
+
+/// The `[node]` section: who this server is and where it keeps its files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Stable name of this server; it is the server's identity on the placement ring, so a
+    /// server restarted with the same id owns the same keys.
+    pub node_id: String,
+    /// Directory for chunks, metadata and the log.
+    pub data_dir: PathBuf,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+}
+
+/// The `[storage]` section: the chunk store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// Which chunk store backend holds the data.
+    pub backend: Backend,
+    /// Size of one chunk in bytes: a power of two in 4 KiB..=64 MiB.
+    pub chunk_size_bytes: u64,
+    /// Open chunk files with O_DIRECT (file and io_uring backends).
+    pub o_direct: bool,
+    /// Most bytes this server stores; `None` means no limit beyond the device.
+    pub capacity_bytes: Option<u64>,
+    /// Most io_uring operations in flight at once.
+    pub queue_depth: u32,
+}
+
+/// The `[network]` section: the UCX transport and discovery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// Address the server listens on (port 0 picks a free port).
+    pub bind_addr: SocketAddr,
+    /// Payloads above this many bytes move by RDMA, smaller ones ride inline.
+    pub rdma_threshold_bytes: u64,
+    /// Directory, visible to every node of the job, where servers publish their addresses.
+    pub registry_dir: PathBuf,
+    /// Time after which an RPC without a reply fails with a timeout error.
+    pub rpc_timeout: Duration,
+    /// How long the event loop keeps polling after the last event before it sleeps.
+    pub busy_poll: Duration,
+    /// Most requests in flight on one connection.
+    pub inflight_max: u32,
+}
+
+/// The `[cache]` section: client-side caches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Entries in the client's metadata LRU cache (0 turns it off).
+    pub metadata_cache_entries: u64,
+    /// MiB of client-side chunk read cache (0 turns it off).
+    pub chunk_cache_mb: u64,
+    /// Seconds a cached entry stays valid; 0 means entries are valid until the client
+    /// itself changes the file (close-to-open consistency).
+    pub cache_ttl_secs: u64,
+}
+
+/// The `[replication]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicationConfig {
+    /// Copies of each chunk and metadata record, on distinct servers in ring order.
+    pub replicas: u32,
+}
+
+/// The `[placement]` section: the consistent-hashing ring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementConfig {
+    /// Virtual nodes per server on the ring.
+    pub virtual_nodes: u32,
+}
+
+/// A validated BenchFS configuration, shared by the server and the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[network]`.
+    pub network: NetworkConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[replication]`.
+    pub replication: ReplicationConfig,
+    /// `[placement]`.
+    pub placement: PlacementConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node: NodeConfig {
+                node_id: "node0".to_string(),
+                data_dir: PathBuf::from("/tmp/benchfs"),
+                log_level: LogLevel::Info,
+            },
+            storage: StorageConfig {
+                backend: Backend::IoUring,
+                chunk_size_bytes: 4 * 1024 * 1024,
+                o_direct: false,
+                capacity_bytes: None,
+                queue_depth: 128,
+            },
+            network: NetworkConfig {
+                bind_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+                rdma_threshold_bytes: 32 * 1024,
+                registry_dir: PathBuf::from("/tmp/benchfs-registry"),
+                rpc_timeout: Duration::from_secs(30),
+                busy_poll: Duration::from_micros(50),
+                inflight_max: 1024,
+            },
+            cache: CacheConfig {
+                metadata_cache_entries: 1000,
+                chunk_cache_mb: 100,
+                cache_ttl_secs: 0,
+            },
+            replication: ReplicationConfig { replicas: 1 },
+            placement: PlacementConfig {
+                virtual_nodes: limits::VIRTUAL_NODES_DEFAULT,
+            },
+        }
+    }
+}
+
+// The raw file form. Every key is optional so a file states only what it changes;
+// `deny_unknown_fields` turns a misspelt key into an error instead of a silent default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    replication: RawReplication,
+    #[serde(default)]
+    placement: RawPlacement,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    node_id: Option<NodeIdValue>,
+    data_dir: Option<String>,
+    log_level: Option<String>,
+}
+
+// Older configs wrote `node_id = 3`; both spellings name the same server.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NodeIdValue {
+    Name(String),
+    Number(u64),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: Option<String>,
+    chunk_size: Option<i64>,
+    o_direct: Option<bool>,
+    capacity: Option<i64>,
+    queue_depth: Option<i64>,
+    /// Legacy spelling of `backend = "iouring"` (true) or `"file"` (false).
+    use_iouring: Option<bool>,
+    /// Legacy spelling of `capacity` in GiB; 0 means unlimited.
+    max_storage_gb: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    bind_addr: Option<String>,
+    rdma_threshold_bytes: Option<i64>,
+    registry_dir: Option<String>,
+    rpc_timeout: Option<i64>,
+    busy_poll_us: Option<i64>,
+    inflight_max: Option<i64>,
+    /// Legacy spelling of `rpc_timeout`.
+    timeout_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    metadata_cache_entries: Option<i64>,
+    chunk_cache_mb: Option<i64>,
+    cache_ttl_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    replicas: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    virtual_nodes: Option<i64>,
+}
+
+/// The environment variables that [`ServerConfig::from_env_and_str`] reads:
+/// `BENCHFS_<SECTION>_<KEY>`, with the kind of value each takes.
+const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
+    ("node", "node_id", EnvKind::Str),
+    ("node", "data_dir", EnvKind::Str),
+    ("node", "log_level", EnvKind::Str),
+    ("storage", "backend", EnvKind::Str),
+    ("storage", "chunk_size", EnvKind::Int),
+    ("storage", "o_direct", EnvKind::Bool),
+    ("storage", "capacity", EnvKind::Int),
+    ("storage", "queue_depth", EnvKind::Int),
+    ("network", "bind_addr", EnvKind::Str),
+    ("network", "rdma_threshold_bytes", EnvKind::Int),
+    ("network", "registry_dir", EnvKind::Str),
+    ("network", "rpc_timeout", EnvKind::Int),
+    ("network", "busy_poll_us", EnvKind::Int),
+    ("network", "inflight_max", EnvKind::Int),
+    ("cache", "metadata_cache_entries", EnvKind::Int),
+    ("cache", "chunk_cache_mb", EnvKind::Int),
+    ("cache", "cache_ttl_secs", EnvKind::Int),
+    ("replication", "replicas", EnvKind::Int),
+    ("placement", "virtual_nodes", EnvKind::Int),
+];
+
+const ENV_SECTIONS: &[&str] = &[
+    "node",
+    "storage",
+    "network",
+    "cache",
+    "replication",
+    "placement",
+];
+
+#[derive(Debug, Clone, Copy)]
+enum EnvKind {
+    Str,
+    Int,
+    Bool,
+}
+
+impl ServerConfig {
+    /// Reads `path`, applies `BENCHFS_*` environment overrides and validates the result.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, Some(path), std::env::vars())
+    }
+
+    /// Parses TOML text (no environment overrides) and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, None, std::iter::empty())
+    }
+
+    /// Defaults overlaid with `BENCHFS_*` environment variables, validated.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::parse("", None, std::env::vars())
+    }
+
+    /// Parses TOML text, overlays the given `BENCHFS_*` variables and validates.
+    pub fn from_env_and_str(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::parse(text, None, vars)
+    }
+
+    fn parse(
+        text: &str,
+        origin: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            origin: origin.map(Path::to_path_buf),
+            message,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        apply_env(&mut table, vars)?;
+        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        let config = Self::from_raw(raw)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let mut c = ServerConfig::default();
+        if let Some(id) = raw.node.node_id {
+            c.node.node_id = match id {
+                NodeIdValue::Name(name) => name,
+                NodeIdValue::Number(n) => format!("node{n}"),
+            };
+        }
+        if let Some(dir) = raw.node.data_dir {
+            c.node.data_dir = PathBuf::from(dir);
+        }
+        if let Some(level) = raw.node.log_level {
+            c.node.log_level = level.parse().map_err(|e| invalid("node.log_level", e))?;
+        }
+
+        let s = raw.storage;
+        c.storage.backend = match (s.backend, s.use_iouring) {
+            (Some(b), None) => b.parse().map_err(|e: String| invalid("storage.backend", e))?,
+            (None, Some(true)) => Backend::IoUring,
+            (None, Some(false)) => Backend::File,
+            (None, None) => c.storage.backend,
+            (Some(b), Some(u)) => {
+                let backend: Backend = b.parse().map_err(|e: String| invalid("storage.backend", e))?;
+                if (backend == Backend::IoUring) != u {
+                    return Err(invalid(
+                        "storage.use_iouring",
+                        format!("use_iouring = {u} contradicts backend = \"{backend}\"; keep only backend"),
+                    ));
+                }
+                backend
+            }
+        };
+        if let Some(v) = s.chunk_size {
+            c.storage.chunk_size_bytes = non_negative("storage.chunk_size", v)?;
+        }
+        if let Some(v) = s.o_direct {
+            c.storage.o_direct = v;
+        }
+        c.storage.capacity_bytes = match (s.capacity, s.max_storage_gb) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "storage.max_storage_gb",
+                    "give either capacity (bytes) or max_storage_gb, not both",
+                ))
+            }
+            (Some(bytes), None) => Some(non_negative("storage.capacity", bytes)?),
+            (None, Some(gib)) => Some(
+                non_negative("storage.max_storage_gb", gib)?
+                    .checked_mul(1 << 30)
+                    .ok_or_else(|| invalid("storage.max_storage_gb", "too large"))?,
+            ),
+            (None, None) => None,
+        }
+        .filter(|&bytes| bytes != 0);
+        if let Some(v) = s.queue_depth {
+            c.storage.queue_depth = to_u32("storage.queue_depth", v)?;
+        }
+
+        let n = raw.network;
+        if let Some(addr) = n.bind_addr {
+            c.network.bind_addr = addr.parse().map_err(|e| {
+                invalid("network.bind_addr", format!("{addr:?} is not an IP:port address ({e})"))
+            })?;
+        }
+        if let Some(v) = n.rdma_threshold_bytes {
+            c.network.rdma_threshold_bytes = non_negative("network.rdma_threshold_bytes", v)?;
+        }
+        if let Some(dir) = n.registry_dir {
+            c.network.registry_dir = PathBuf::from(dir);
+        }
+        c.network.rpc_timeout = match (n.rpc_timeout, n.timeout_secs) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "network.timeout_secs",
+                    "give either rpc_timeout (ms) or timeout_secs, not both",
+                ))
+            }
+            (Some(ms), None) => Duration::from_millis(non_negative("network.rpc_timeout", ms)?),
+            (None, Some(secs)) => Duration::from_secs(non_negative("network.timeout_secs", secs)?),
+            (None, None) => c.network.rpc_timeout,
+        };
+        if let Some(v) = n.busy_poll_us {
+            c.network.busy_poll = Duration::from_micros(non_negative("network.busy_poll_us", v)?);
+        }
+        if let Some(v) = n.inflight_max {
+            c.network.inflight_max = to_u32("network.inflight_max", v)?;
+        }
+
+        if let Some(v) = raw.cache.metadata_cache_entries {
+            c.cache.metadata_cache_entries = non_negative("cache.metadata_cache_entries", v)?;
+        }
+        if let Some(v) = raw.cache.chunk_cache_mb {
+            c.cache.chunk_cache_mb = non_negative("cache.chunk_cache_mb", v)?;
+        }
+        if let Some(v) = raw.cache.cache_ttl_secs {
+            c.cache.cache_ttl_secs = non_negative("cache.cache_ttl_secs", v)?;
+        }
+        if let Some(v) = raw.replication.replicas {
+            c.replication.replicas = to_u32("replication.replicas", v)?;
+        }
+        if let Some(v) = raw.placement.virtual_nodes {
+            c.placement.virtual_nodes = to_u32("placement.virtual_nodes", v)?;
+        }
+        Ok(c)
+    }
+
+    /// Checks every value and how values relate, without touching the file system.
+    pub fn validate_values(&self) -> Result<(), ConfigError> {
+        let id = &self.node.node_id;
+        if id.is_empty() || id.len() > limits::NODE_ID_LEN_MAX {
+            return Err(invalid(
+                "node.node_id",
+                format!("must be 1..={} characters", limits::NODE_ID_LEN_MAX),
+            ));
+        }
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(invalid(
+                "node.node_id",
+                format!("{id:?} may hold only ASCII letters, digits, '.', '_' and '-'"),
+            ));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(invalid("node.data_dir", "must not be empty"));
+        }
+        let chunk = self.storage.chunk_size_bytes;
+        if !chunk.is_power_of_two() {
+            return Err(invalid(
+                "storage.chunk_size",
+                format!("{chunk} is not a power of two"),
+            ));
+        }
+        if !(limits::CHUNK_SIZE_MIN..=limits::CHUNK_SIZE_MAX).contains(&chunk) {
+            return Err(invalid(
+                "storage.chunk_size",
+                format!(
+                    "{chunk} is outside {}..={} bytes (4 KiB..64 MiB)",
+                    limits::CHUNK_SIZE_MIN,
+                    limits::CHUNK_SIZE_MAX
+                ),
+            ));
+        }
+        if self.storage.o_direct && self.storage.backend == Backend::Memory {
+            return Err(invalid(
+                "storage.o_direct",
+                "O_DIRECT applies to the file and iouring backends, not memory",
+            ));
+        }
+        if !(1..=limits::QUEUE_DEPTH_MAX).contains(&self.storage.queue_depth) {
+            return Err(invalid(
+                "storage.queue_depth",
+                format!("must be 1..={}", limits::QUEUE_DEPTH_MAX),
+            ));
+        }
+        if let Some(capacity) = self.storage.capacity_bytes {
+            if capacity < chunk {
+                return Err(invalid(
+                    "storage.capacity",
+                    format!("{capacity} bytes is less than one chunk ({chunk})"),
+                ));
+            }
+        }
+        if self.network.rdma_threshold_bytes > chunk {
+            return Err(invalid(
+                "network.rdma_threshold_bytes",
+                format!(
+                    "{} is above chunk_size ({chunk}); no payload could ever use RDMA",
+                    self.network.rdma_threshold_bytes
+                ),
+            ));
+        }
+        if self.network.rdma_threshold_bytes > limits::INLINE_PAYLOAD_MAX {
+            return Err(invalid(
+                "network.rdma_threshold_bytes",
+                format!(
+                    "{} is above the largest inline payload ({})",
+                    self.network.rdma_threshold_bytes,
+                    limits::INLINE_PAYLOAD_MAX
+                ),
+            ));
+        }
+        if self.network.registry_dir.as_os_str().is_empty() {
+            return Err(invalid("network.registry_dir", "must not be empty"));
+        }
+        if self.network.rpc_timeout.is_zero() || self.network.rpc_timeout > limits::RPC_TIMEOUT_MAX {
+            return Err(invalid(
+                "network.rpc_timeout",
+                format!(
+                    "must be 1..={} ms",
+                    limits::RPC_TIMEOUT_MAX.as_millis()
+                ),
+            ));
+        }
+        if self.network.busy_poll > limits::BUSY_POLL_MAX {
+            return Err(invalid(
+                "network.busy_poll_us",
+                format!("must be at most {} us", limits::BUSY_POLL_MAX.as_micros()),
+            ));
+        }
+        if !(1..=limits::INFLIGHT_MAX).contains(&self.network.inflight_max) {
+            return Err(invalid(
+                "network.inflight_max",
+                format!("must be 1..={}", limits::INFLIGHT_MAX),
+            ));
+        }
+        if self.cache.metadata_cache_entries > limits::METADATA_CACHE_ENTRIES_MAX {
+            return Err(invalid(
+                "cache.metadata_cache_entries",
+                format!("must be at most {}", limits::METADATA_CACHE_ENTRIES_MAX),
+            ));
+        }
+        if self.cache.chunk_cache_mb > limits::CHUNK_CACHE_MB_MAX {
+            return Err(invalid(
+                "cache.chunk_cache_mb",
+                format!("must be at most {}", limits::CHUNK_CACHE_MB_MAX),
+            ));
+        }
+        if !(1..=limits::REPLICAS_MAX).contains(&self.replication.replicas) {
+            return Err(invalid(
+                "replication.replicas",
+                format!(
+                    "{} is not in 1..={}",
+                    self.replication.replicas,
+                    limits::REPLICAS_MAX
+                ),
+            ));
+        }
+        if !(1..=limits::VIRTUAL_NODES_MAX).contains(&self.placement.virtual_nodes) {
+            return Err(invalid(
+                "placement.virtual_nodes",
+                format!("must be 1..={}", limits::VIRTUAL_NODES_MAX),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks every value, then that `data_dir` exists or can be made, and is writable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_values()?;
+        let dir = &self.node.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            invalid("node.data_dir", format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let probe = dir.join(format!(".benchfs-write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"probe")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| invalid("node.data_dir", format!("{} is not writable: {e}", dir.display())))?;
+        Ok(())
+    }
+
+    /// The chunk store settings this configuration describes.
+    pub fn store_config(&self) -> benchfs_store::StoreConfig {
+        benchfs_store::StoreConfig {
+            backend: self.storage.backend,
+            data_dir: self.node.data_dir.clone(),
+            chunk_size: self.storage.chunk_size_bytes,
+            o_direct: self.storage.o_direct,
+            capacity_bytes: self.storage.capacity_bytes,
+            queue_depth: self.storage.queue_depth,
+        }
+    }
+}
+
+fn non_negative(key: &'static str, value: i64) -> Result<u64, ConfigError> {
+    u64::try_from(value).map_err(|_| invalid(key, format!("{value} is negative")))
+}
+
+fn to_u32(key: &'static str, value: i64) -> Result<u32, ConfigError> {
+    u32::try_from(value).map_err(|_| invalid(key, format!("{value} is not in 0..={}", u32::MAX)))
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in vars {
+        let Some(rest) = var.strip_prefix("BENCHFS_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        // Other BENCHFS_* variables (BENCHFS_CONFIG, BENCHFS_REGISTRY, ...) belong to other
+        // tools; only those naming a config section are overrides.
+        let Some(section) = ENV_SECTIONS
+            .iter()
+            .find(|s| rest.strip_prefix(*s).is_some_and(|r| r.starts_with('_')))
+        else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let env_error = |reason: String| ConfigError::Env {
+            var: var.clone(),
+            reason,
+        };
+        let Some(&(_, _, kind)) = ENV_KEYS.iter().find(|(s, k, _)| s == section && *k == key) else {
+            return Err(env_error(format!("[{section}] has no key {key:?}")));
+        };
+        let parsed = match kind {
+            EnvKind::Str => toml::Value::String(value.clone()),
+            EnvKind::Int => toml::Value::Integer(
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|e| env_error(format!("{value:?} is not an integer ({e})")))?,
+            ),
+            EnvKind::Bool => toml::Value::Boolean(match value.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                other => return Err(env_error(format!("{other:?} is not a boolean"))),
+            }),
+        };
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(env_error(format!("[{section}] in the file is not a table")));
+        };
+        section_table.insert(key.to_string(), parsed);
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The metadata table one server keeps for the paths the placement ring gives it.
+//!
+//! There is no metadata server: the record of `/a/b` lives on the server that owns
+//! `hash("/a/b")`, and a directory's entries are spread over every server. A
+//! [`MetadataManager`] is one server's share. It checks only what it can see locally
+//! (existence and kind of the record itself); the client checks the parent and, for
+//! `rmdir`, emptiness across all servers (see ARCHITECTURE.md for what that leaves open).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use benchfs_proto::Status;
+
+use crate::path;
+
+pub use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One server's share of the namespace.
+#[derive(Debug)]
+pub struct MetadataManager {
+    /// Keyed by normalised path; ordered so a directory's local children are one range.
+    entries: BTreeMap<String, FileMetadata>,
+    /// High 32 bits of every inode number this server hands out.
+    id_prefix: u64,
+    /// Low 32 bits of the next inode number.
+    next_id: u64,
+    chunk_size: u64,
+}
+
+impl MetadataManager {
+    /// An empty table. `node_tag` (unique per server, see
+    /// [`node_tag`](crate::placement::node_tag)) makes this server's inode numbers unique
+    /// in the cluster; `chunk_size` is given to new files.
+    pub fn new(node_tag: u32, chunk_size: u64) -> Self {
+        MetadataManager {
+            entries: BTreeMap::new(),
+            id_prefix: u64::from(node_tag) << 32,
+            next_id: 1,
+            chunk_size,
+        }
+    }
+
+    /// Number of records held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn allocate_id(&mut self) -> Result<u64, Status> {
+        if self.next_id > u64::from(u32::MAX) {
+            return Err(Status::NoSpace);
+        }
+        let id = self.id_prefix | self.next_id;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// The record of `path`.
+    pub fn lookup(&self, path: &str) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        self.entries.get(&path).copied().ok_or(Status::NotFound)
+    }
+
+    fn create(&mut self, path: &str, kind: EntryKind, mode: u32) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        if path == "/" || self.entries.contains_key(&path) {
+            return Err(Status::Exists);
+        }
+        let now = now_ns();
+        let meta = FileMetadata {
+            file_id: self.allocate_id()?,
+            kind,
+            size: 0,
+            mode,
+            chunk_size: self.chunk_size,
+            mtime_ns: now,
+            ctime_ns: now,
+        };
+        self.entries.insert(path, meta);
+        Ok(meta)
+    }
+
+    /// Creates a file record; `Exists` if the path has a record already.
+    pub fn create_file(&mut self, path: &str, mode: u32) -> Result<FileMetadata, Status> {
+        self.create(path, EntryKind::File, mode)
+    }
+
+    /// Creates a directory record; `Exists` if the path has a record already.
+    pub fn create_dir(&mut self, path: &str, mode: u32) -> Result<FileMetadata, Status> {
+        self.create(path, EntryKind::Directory, mode)
+    }
+
+    /// Stores a record as given (a rename's destination, or a replica).
+    pub fn insert(&mut self, path: &str, meta: FileMetadata, exclusive: bool) -> Result<(), Status> {
+        let path = path::normalize(path)?;
+        if path == "/" || (exclusive && self.entries.contains_key(&path)) {
+            return Err(Status::Exists);
+        }
+        self.entries.insert(path, meta);
+        Ok(())
+    }
+
+    /// Removes and returns the record of `path`; `expect` says which kind the caller
+    /// means (unlink a file, rmdir a directory).
+    pub fn delete(&mut self, path: &str, expect: Option<EntryKind>) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        let meta = self.entries.get(&path).ok_or(Status::NotFound)?;
+        match (expect, meta.kind) {
+            (Some(EntryKind::File), EntryKind::Directory) => return Err(Status::IsDir),
+            (Some(EntryKind::Directory), EntryKind::File) => return Err(Status::NotDir),
+            _ => {}
+        }
+        self.entries.remove(&path).ok_or(Status::NotFound)
+    }
+
+    /// Applies a size update to a file and returns the new record.
+    pub fn update_size(&mut self, path: &str, size: u64, how: SizeUpdate) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        if meta.is_dir() {
+            return Err(Status::IsDir);
+        }
+        meta.size = match how {
+            SizeUpdate::AtLeast => meta.size.max(size),
+            SizeUpdate::Exact => size,
+        };
+        meta.mtime_ns = now_ns();
+        Ok(*meta)
+    }
+
+    /// The names and records of this server's share of `dir`'s entries, in name order,
+    /// starting after `after` (for paging), at most `limit` of them.
+    pub fn list_children(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, FileMetadata)>, Status> {
+        let dir = path::normalize(dir)?;
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        let start = match after {
+            Some(name) => std::ops::Bound::Excluded(format!("{prefix}{name}")),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let out = self
+            .entries
+            .range::<String, _>((start, std::ops::Bound::Unbounded))
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .filter_map(|(path, meta)| {
+                let name = &path[prefix.len()..];
+                (!name.is_empty() && !name.contains('/')).then(|| (name.to_string(), *meta))
+            })
+            .take(limit)
+            .collect();
+        Ok(out)
+    }
+
+    /// Every record, in path order (for persistence and tests).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &FileMetadata)> {
+        self.entries.iter().map(|(p, m)| (p.as_str(), m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager() -> MetadataManager {
+        MetadataManager::new(7, 4096)
+    }
+
+    #[test]
+    fn create_lookup_delete() {
+        let mut m = manager();
+        let f = m.create_file("/a", 0o644).unwrap();
+        assert_eq!(f.file_id >> 32, 7);
+        assert_eq!(m.lookup("//a/").unwrap(), f);
+        assert_eq!(m.create_file("/a", 0o644), Err(Status::Exists));
+        assert_eq!(m.create_dir("/a", 0o755), Err(Status::Exists));
+        assert_eq!(m.create_file("/", 0o644), Err(Status::Exists));
+        assert_eq!(m.delete("/a", Some(EntryKind::Directory)), Err(Status::NotDir));
+        assert_eq!(m.delete("/a", Some(EntryKind::File)).unwrap(), f);
+        assert_eq!(m.lookup("/a"), Err(Status::NotFound));
+        assert_eq!(m.delete("/a", None), Err(Status::NotFound));
+        m.create_dir("/d", 0o755).unwrap();
+        assert_eq!(m.delete("/d", Some(EntryKind::File)), Err(Status::IsDir));
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let mut m = manager();
+        let a = m.create_file("/a", 0).unwrap().file_id;
+        m.delete("/a", None).unwrap();
+        let b = m.create_file("/a", 0).unwrap().file_id;
+        assert_ne!(a, b, "a recreated file must not reuse the old inode's chunks");
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        let mut m = manager();
+        assert_eq!(m.create_file("a", 0), Err(Status::InvalidArgument));
+        assert_eq!(m.create_file("/a/../b", 0), Err(Status::InvalidArgument));
+        assert_eq!(m.lookup(""), Err(Status::InvalidArgument));
+        assert_eq!(m.create_file(&format!("/{}", "n".repeat(300)), 0), Err(Status::NameTooLong));
+    }
+
+    #[test]
+    fn sizes() {
+        let mut m = manager();
+        m.create_file("/f", 0).unwrap();
+        assert_eq!(m.update_size("/f", 10, SizeUpdate::AtLeast).unwrap().size, 10);
+        assert_eq!(m.update_size("/f", 5, SizeUpdate::AtLeast).unwrap().size, 10);
+        assert_eq!(m.update_size("/f", 5, SizeUpdate::Exact).unwrap().size, 5);
+        m.create_dir("/d", 0).unwrap();
+        assert_eq!(m.update_size("/d", 5, SizeUpdate::Exact), Err(Status::IsDir));
+        assert_eq!(m.update_size("/nope", 5, SizeUpdate::Exact), Err(Status::NotFound));
+    }
+
+    #[test]
+    fn lists_direct_children_only() {
+        let mut m = manager();
+        for p in ["/a", "/a/x", "/a/y", "/a/y/z", "/ab", "/b"] {
+            m.create_dir(p, 0).unwrap();
+        }
+        let names = |dir: &str, after: Option<&str>, limit: usize| -> Vec<String> {
+            m.list_children(dir, after, limit).unwrap().into_iter().map(|(n, _)| n).collect()
+        };
+        assert_eq!(names("/", None, 100), ["a", "ab", "b"]);
+        assert_eq!(names("/a", None, 100), ["x", "y"]);
+        assert_eq!(names("/a", Some("x"), 100), ["y"]);
+        assert_eq!(names("/", None, 2), ["a", "ab"]);
+        assert_eq!(names("/a/y", None, 100), ["z"]);
+        assert!(names("/zzz", None, 100).is_empty());
+    }
+}
