@@ -410,12 +410,12 @@ impl ServerConfig {
 
         let s = raw.storage;
         c.storage.backend = match (s.backend, s.use_iouring) {
-            (Some(b), None) => b.parse().map_err(|e: String| invalid("storage.backend", e))?,
+            (Some(b), None) => b.parse().map_err(|e: benchfs_store::StoreError| invalid("storage.backend", e.to_string()))?,
             (None, Some(true)) => Backend::IoUring,
             (None, Some(false)) => Backend::File,
             (None, None) => c.storage.backend,
             (Some(b), Some(u)) => {
-                let backend: Backend = b.parse().map_err(|e: String| invalid("storage.backend", e))?;
+                let backend: Backend = b.parse().map_err(|e: benchfs_store::StoreError| invalid("storage.backend", e.to_string()))?;
                 if (backend == Backend::IoUring) != u {
                     return Err(invalid(
                         "storage.use_iouring",
@@ -711,4 +711,35 @@ fn apply_env(
         section_table.insert(key.to_string(), parsed);
     }
     Ok(())
+}
+
+/// The rank a process was given by the job launcher, from the first of
+/// `OMPI_COMM_WORLD_RANK` (Open MPI), `PMI_RANK` (MPICH, Intel MPI, Hydra) and
+/// `SLURM_PROCID` (srun) that is set. A set but malformed value is an error.
+pub fn launcher_rank(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Option<u32>, ConfigError> {
+    const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"];
+    let vars: std::collections::HashMap<String, String> = vars.into_iter().collect();
+    for name in RANK_VARS {
+        if let Some(value) = vars.get(name) {
+            return value.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+                var: name.to_string(),
+                reason: format!("{value:?} is not a rank"),
+            });
+        }
+    }
+    Ok(None)
+}
+
+impl ServerConfig {
+    /// Makes this configuration distinct for launcher rank `rank`: the node id gains
+    /// `-r<rank>` and the data directory a `r<rank>` subdirectory, so `mpirun -np N
+    /// benchfsd` starts N distinct servers from one file.
+    pub fn for_rank(mut self, rank: u32) -> Result<Self, ConfigError> {
+        self.node.node_id = format!("{}-r{rank}", self.node.node_id);
+        self.node.data_dir = self.node.data_dir.join(format!("r{rank}"));
+        self.validate()?;
+        Ok(self)
+    }
 }

@@ -167,7 +167,8 @@ mod tests {
         assert_eq!(layout.chunk_len(4097, 0), 4096);
         assert_eq!(layout.chunk_len(4097, 1), 1);
         assert_eq!(layout.chunk_len(4097, 2), 0);
-        assert_eq!(layout.chunk_len(u64::MAX, u64::MAX), u64::MAX & 4095);
+        assert_eq!(layout.chunk_len(u64::MAX, u64::MAX >> 12), 4095);
+        assert_eq!(layout.chunk_len(u64::MAX, u64::MAX), 0);
     }
 
     proptest! {

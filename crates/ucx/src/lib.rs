@@ -1,1 +1,75 @@
-//! A thin, safe binding of the system UCX.
+//! A thin, safe binding of the system UCX (ucp): contexts, workers, endpoints, listeners,
+//! Active Messages, registered memory and RMA, with every non-blocking operation exposed as
+//! a `Future` driven by a per-thread progress task.
+//!
+//! # Bindings
+//!
+//! The raw declarations (`src/sys/bindings.rs`) are generated once by bindgen from the
+//! system headers with an allowlist of the functions and types we use, and checked in. The
+//! build then needs only `pkg-config` and libucx, not libclang or the bindgen crate, and
+//! stays fast. `scripts/gen-ucx-bindings.sh` regenerates them; the generated file carries
+//! compile-time size, alignment and offset assertions for every struct, so a mismatch with
+//! the headers fails the build. They were generated from UCX 1.13.1 (Debian 12); `build.rs`
+//! requires at least 1.12 (the `*_nbx` and AM v2 API).
+//!
+//! # Threads and progress
+//!
+//! A [`Context`] is shared (`Arc`, `mt_workers_shared`). A [`Worker`] is single-threaded and
+//! `!Send`: create one per event-loop thread, on a tokio current-thread runtime in a
+//! `LocalSet`, and spawn [`Worker::run_progress`] on it. All completions and Active Message
+//! handlers run inside `ucp_worker_progress` on that thread. The callbacks never run user
+//! code: they record the completion, queue the message and wake a task.
+//!
+//! # Ownership and drop order
+//!
+//! Handles are RAII. [`Endpoint`]s, [`Listener`]s, [`AmStream`]s, [`RemoteKey`]s and
+//! in-flight [`Request`]s hold an `Rc<Worker>`; workers and [`MemoryRegion`]s hold an
+//! `Arc<Context>`. So remote keys go before their endpoint, endpoints before their worker,
+//! and the worker before the context, whatever order the caller drops them in. An in-flight
+//! operation owns its buffers (see [`Request`]): dropping the future never frees memory UCX
+//! still uses.
+//!
+//! # Failures
+//!
+//! Endpoints use `UCP_ERR_HANDLING_MODE_PEER`. A failed peer completes pending requests with
+//! an error and marks the endpoint failed; nothing waits forever on a dead peer. UCX errors
+//! are [`UcxError`]s with the operation, the status and UCX's text. Header and data bytes
+//! from the network are handed over as bytes, whatever their length; this crate does not
+//! panic on them.
+//!
+//! # Transports
+//!
+//! UCX's defaults are used (`UCX_TLS` unset: `self`, shared memory `posix`/`sysv`/`cma`,
+//! and `tcp`, with `tcp` sockcm for client-server connections); on Debian 12 with UCX 1.13.1
+//! they work on loopback for AM (eager and rendezvous) and RMA. No configuration is forced;
+//! [`Context::with_config`] overrides keys when needed.
+
+mod am;
+mod context;
+mod endpoint;
+mod error;
+pub mod limits;
+mod listener;
+mod memory;
+mod request;
+mod rma;
+mod sockaddr;
+mod sys;
+mod worker;
+
+pub use am::{AmMessage, AmProto, AmStream};
+pub use context::{Context, Features};
+pub use endpoint::Endpoint;
+pub use error::{ProgressError, Status, UcxError};
+pub use listener::Listener;
+pub use memory::{MemoryRegion, RemoteKey};
+pub use request::Request;
+pub use worker::{Armed, Worker, WorkerAddress};
+
+/// The version of the UCX library loaded at run time, as (major, minor, release).
+pub fn ucx_version() -> (u32, u32, u32) {
+    let (mut major, mut minor, mut release) = (0, 0, 0);
+    // SAFETY: ucp_get_version only writes the three out-parameters.
+    unsafe { sys::ucp_get_version(&mut major, &mut minor, &mut release) };
+    (major, minor, release)
+}

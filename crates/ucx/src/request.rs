@@ -58,7 +58,7 @@ pub struct Request<T> {
     /// Set when the operation finished at submission (or was refused before it).
     immediate: Option<Result<T, UcxError>>,
     /// Keeps the worker (and so the request handle) alive while the request is.
-    worker: Rc<Worker>,
+    _worker: Rc<Worker>,
 }
 
 impl<T> Unpin for Request<T> {}
@@ -71,7 +71,18 @@ impl<T: 'static> Request<T> {
             state: None,
             handle: sys::null_mut(),
             immediate: Some(Err(UcxError::from_status(op, status))),
-            worker: Rc::clone(worker),
+            _worker: Rc::clone(worker),
+        }
+    }
+
+    /// A request that already completed with `value` (no UCX operation was needed).
+    pub(crate) fn ready(worker: &Rc<Worker>, op: &'static str, value: T) -> Request<T> {
+        Request {
+            op,
+            state: None,
+            handle: sys::null_mut(),
+            immediate: Some(Ok(value)),
+            _worker: Rc::clone(worker),
         }
     }
 
@@ -126,11 +137,11 @@ impl<T: 'static> Request<T> {
                 state: None,
                 handle: sys::null_mut(),
                 immediate: Some(result),
-                worker: Rc::clone(worker),
+                _worker: Rc::clone(worker),
             };
         }
         worker.wake_progress();
-        Request { op, state: Some(state), handle: ptr, immediate: None, worker: Rc::clone(worker) }
+        Request { op, state: Some(state), handle: ptr, immediate: None, _worker: Rc::clone(worker) }
     }
 }
 
@@ -179,7 +190,6 @@ impl<T> Drop for Request<T> {
             state.abandoned.set(true);
             state.waker.take();
         }
-        let _ = &self.worker;
     }
 }
 

@@ -305,13 +305,12 @@ impl Drop for Worker {
         if !leftover.is_empty() {
             tracing::debug!(count = leftover.len(), "endpoints still closing at worker destroy");
         }
-        for closing in leftover {
-            closing.release();
-        }
-        self.deferred_rkeys.borrow_mut().clear();
+        // The error handlers of endpoints still closing may run until the worker is gone.
+        let failures: Vec<_> = leftover.into_iter().map(ClosingEndpoint::release).collect();
         // SAFETY: every endpoint, listener, AM stream, remote key and request holds an Rc to
         // this worker, so none is alive; the handle is destroyed once.
         unsafe { sys::ucp_worker_destroy(self.handle) };
+        drop(failures);
     }
 }
 

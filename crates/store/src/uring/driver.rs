@@ -3,15 +3,19 @@
 //!
 //! **Invariant:** an operation's buffer and file live in its table slot from the moment
 //! its SQE is pushed until its CQE is reaped, even if the future that submitted it is
-//! dropped. At most `queue_depth` operations are in flight (a semaphore), the SQ has at
-//! least that many entries, and the CQ twice that, so neither overflows.
+//! dropped. At most `queue_depth` operations are in flight (a submitter waits for a
+//! free place first), the SQ has at least that many entries, and the CQ twice that, so
+//! neither overflows.
 //!
 //! Polling: every push is followed by `io_uring_enter` and an immediate reap, so
 //! completions that finish inline cost no wakeup. A pending op then yields to the
 //! scheduler a few times ([`SPIN_POLLS_MAX`]), reaping each time, and after that sleeps
-//! on an eventfd registered with the ring. Tokio's `AsyncFd` remembers only the most
-//! recent waiter, so the op registered there hands the role on (wakes another pending
-//! op) when it completes or is dropped.
+//! on an eventfd registered with the ring. Whoever wakes reaps the whole CQ and wakes the
+//! owners of what completed. Tokio's `AsyncFd` remembers only the most recent waiter, so
+//! the future registered there hands the role on (wakes another pending op, or failing
+//! that the submitters waiting for a place) when it completes or is dropped. Submitters
+//! waiting for a place also sleep on the eventfd, so ops whose futures were all dropped
+//! still get reaped.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -23,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 
 use io_uring::{squeue, IoUring};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::Semaphore;
+use tokio::io::Interest;
 
 use crate::buf::ChunkBuf;
 use crate::disk::ChunkFile;
@@ -113,10 +117,14 @@ impl OpTable {
 pub(crate) struct Driver {
     ring: RefCell<IoUring>,
     ops: RefCell<OpTable>,
-    permits: Semaphore,
+    queue_depth: usize,
+    /// Submitters waiting for an op to leave the ring.
+    place_waiters: RefCell<Vec<Waker>>,
     eventfd: AsyncFd<OwnedFd>,
-    /// The op whose waker `eventfd` holds, if any.
-    waiter: Cell<Option<usize>>,
+    /// Token of the future whose waker `eventfd` holds; 0 if none.
+    waiter: Cell<u64>,
+    /// Source of waiter tokens; 0 is never handed out.
+    last_token: Cell<u64>,
 }
 
 impl Driver {
@@ -163,16 +171,21 @@ impl Driver {
                 op: "io_uring register eventfd",
                 source,
             })?;
-        let eventfd = AsyncFd::new(eventfd).map_err(|source| StoreError::Io {
-            op: "register eventfd with tokio",
-            source,
-        })?;
+        // SAFETY: `eventfd` is an owned, open descriptor; the AsyncFd owns it from here on,
+        // and `OwnedFd::as_raw_fd` always returns that same descriptor.
+        let eventfd = unsafe { AsyncFd::register_with_interest(eventfd, Interest::READABLE) }
+            .map_err(|e| StoreError::Io {
+                op: "register eventfd with tokio",
+                source: e.into_parts().1,
+            })?;
         Ok(Driver {
             ring: RefCell::new(ring),
             ops: RefCell::new(OpTable::default()),
-            permits: Semaphore::new(queue_depth as usize),
+            queue_depth: queue_depth as usize,
+            place_waiters: RefCell::new(Vec::new()),
             eventfd,
-            waiter: Cell::new(None),
+            waiter: Cell::new(0),
+            last_token: Cell::new(0),
         })
     }
 
@@ -197,11 +210,12 @@ impl Driver {
     /// registered memory that `keep.buf` is a slot of), and every fd must be one of
     /// `keep.file`'s.
     pub(crate) async unsafe fn run(&self, entry: squeue::Entry, keep: Keep) -> (i32, Keep) {
-        self.permits
-            .acquire()
-            .await
-            .expect("the in-flight semaphore is never closed")
-            .forget();
+        Place {
+            driver: self,
+            token: self.token(),
+        }
+        .await;
+        // No await between finding a place and taking it.
         let index = self.ops.borrow_mut().insert(keep);
         let entry = entry.user_data(index as u64);
         {
@@ -215,10 +229,16 @@ impl Driver {
         Op {
             driver: self,
             index,
+            token: self.token(),
             finished: false,
             spins: 0,
         }
         .await
+    }
+
+    fn token(&self) -> u64 {
+        self.last_token.set(self.last_token.get() + 1);
+        self.last_token.get()
     }
 
     /// Hands queued SQEs to the kernel. A failure leaves them queued for the next call.
@@ -252,7 +272,7 @@ impl Driver {
             }
         }
         if reaped > 0 {
-            self.permits.add_permits(reaped);
+            wakers.append(&mut self.place_waiters.borrow_mut());
         }
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -276,29 +296,45 @@ impl Driver {
         }
     }
 
-    /// Called when op `index` leaves: if it was the eventfd waiter, wake another pending op
-    /// to take over.
-    fn hand_off(&self, index: usize) {
-        if self.waiter.get() == Some(index) {
-            self.waiter.set(None);
-            let waker = self.ops.borrow().any_waker();
-            if let Some(waker) = waker {
-                waker.wake();
+    /// Called when the future holding `token` leaves: if it was the eventfd waiter, wake
+    /// another to take over.
+    fn hand_off(&self, token: u64) {
+        if self.waiter.get() != token {
+            return;
+        }
+        self.waiter.set(0);
+        let waker = self.ops.borrow().any_waker();
+        match waker {
+            Some(waker) => waker.wake(),
+            None => {
+                let waiters = std::mem::take(&mut *self.place_waiters.borrow_mut());
+                waiters.into_iter().for_each(Waker::wake);
             }
         }
     }
 
-    /// Blocks the thread until op `index` completes; used only when the runtime's I/O
-    /// driver is gone and the eventfd cannot be awaited.
-    fn wait_blocking(&self, index: usize) {
-        while matches!(self.ops.borrow().slots[index], Slot::Pending { .. }) {
-            if let Err(e) = self.ring.borrow().submit_and_wait(1) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "io_uring_enter failed while waiting");
+    /// Sleeps on the eventfd until a CQE may have arrived; `Ready` means "reap again".
+    fn poll_eventfd(&self, token: u64, cx: &mut Context<'_>) -> Poll<()> {
+        match self.eventfd.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut guard)) => {
+                self.drain_eventfd();
+                guard.clear_ready();
+            }
+            Poll::Ready(Err(e)) => {
+                // The runtime's I/O driver is gone: block for one completion instead.
+                tracing::error!(error = %e, "cannot await the io_uring eventfd; blocking");
+                if self.ops.borrow().in_flight > 0 {
+                    if let Err(e) = self.ring.borrow().submit_and_wait(1) {
+                        tracing::error!(error = %e, "io_uring_enter failed while waiting");
+                    }
                 }
             }
-            self.reap();
+            Poll::Pending => {
+                self.waiter.set(token);
+                return Poll::Pending;
+            }
         }
+        Poll::Ready(())
     }
 }
 
@@ -315,10 +351,43 @@ impl Drop for Driver {
     }
 }
 
+/// Waits until fewer than `queue_depth` operations are in flight.
+struct Place<'a> {
+    driver: &'a Driver,
+    token: u64,
+}
+
+impl Future for Place<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let driver = self.driver;
+        loop {
+            driver.submit();
+            driver.reap();
+            if driver.ops.borrow().in_flight < driver.queue_depth {
+                driver.hand_off(self.token);
+                return Poll::Ready(());
+            }
+            driver.place_waiters.borrow_mut().push(cx.waker().clone());
+            if driver.poll_eventfd(self.token, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.driver.hand_off(self.token);
+    }
+}
+
 /// The future of one submitted operation.
 struct Op<'a> {
     driver: &'a Driver,
     index: usize,
+    token: u64,
     finished: bool,
     spins: u8,
 }
@@ -340,7 +409,7 @@ impl Future for Op<'_> {
                         };
                         drop(ops);
                         self.finished = true;
-                        driver.hand_off(self.index);
+                        driver.hand_off(self.token);
                         return Poll::Ready((result, keep));
                     }
                     Slot::Pending { waker, .. } => {
@@ -358,19 +427,8 @@ impl Future for Op<'_> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            match driver.eventfd.poll_read_ready(cx) {
-                Poll::Ready(Ok(mut guard)) => {
-                    driver.drain_eventfd();
-                    guard.clear_ready();
-                }
-                Poll::Ready(Err(e)) => {
-                    tracing::error!(error = %e, "cannot await the io_uring eventfd; blocking");
-                    driver.wait_blocking(self.index);
-                }
-                Poll::Pending => {
-                    driver.waiter.set(Some(self.index));
-                    return Poll::Pending;
-                }
+            if driver.poll_eventfd(self.token, cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }
@@ -394,6 +452,6 @@ impl Drop for Op<'_> {
             }
         }
         drop(ops);
-        self.driver.hand_off(self.index);
+        self.driver.hand_off(self.token);
     }
 }

@@ -1,0 +1,115 @@
+//! [`AnyChunkStore`]: the backend chosen at runtime, by dispatch.
+
+use crate::{Backend, ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError};
+use crate::{FileChunkStore, InMemoryChunkStore, IoUringChunkStore, StoreUsage};
+
+/// One of the three stores, picked by [`StoreConfig::backend`].
+#[derive(Debug)]
+pub enum AnyChunkStore {
+    /// The in-memory store.
+    Memory(InMemoryChunkStore),
+    /// The plain-file store.
+    File(FileChunkStore),
+    /// The io_uring store.
+    IoUring(IoUringChunkStore),
+}
+
+impl AnyChunkStore {
+    /// Opens the configured backend. The memory backend with no `capacity_bytes` is
+    /// unbounded.
+    pub fn open(config: &StoreConfig) -> Result<AnyChunkStore, StoreError> {
+        config.validate()?;
+        Ok(match config.backend {
+            Backend::Memory => AnyChunkStore::Memory(InMemoryChunkStore::new(
+                config.chunk_size,
+                config.capacity_bytes.unwrap_or(u64::MAX),
+            )?),
+            Backend::File => AnyChunkStore::File(FileChunkStore::open(config)?),
+            Backend::IoUring => AnyChunkStore::IoUring(IoUringChunkStore::open(config)?),
+        })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            AnyChunkStore::Memory(_) => Backend::Memory,
+            AnyChunkStore::File(_) => Backend::File,
+            AnyChunkStore::IoUring(_) => Backend::IoUring,
+        }
+    }
+
+    /// The registered buffer region (io_uring store only); see
+    /// [`IoUringChunkStore::registered_region`].
+    pub fn registered_region(&self) -> Option<(*const u8, usize)> {
+        match self {
+            AnyChunkStore::IoUring(s) => s.registered_region(),
+            AnyChunkStore::Memory(_) | AnyChunkStore::File(_) => None,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyChunkStore::Memory($s) => $call,
+            AnyChunkStore::File($s) => $call,
+            AnyChunkStore::IoUring($s) => $call,
+        }
+    };
+}
+
+impl ChunkStore for AnyChunkStore {
+    fn chunk_size(&self) -> u64 {
+        dispatch!(self, s => s.chunk_size())
+    }
+
+    async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
+        dispatch!(self, s => s.buffer(len).await)
+    }
+
+    async fn write(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<(), StoreError>, ChunkBuf) {
+        dispatch!(self, s => s.write(id, offset, buf).await)
+    }
+
+    async fn read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<usize, StoreError>, ChunkBuf) {
+        dispatch!(self, s => s.read(id, offset, buf).await)
+    }
+
+    async fn truncate(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.truncate(id, len).await)
+    }
+
+    async fn remove(&self, id: ChunkId) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remove(id).await)
+    }
+
+    async fn remove_file(&self, file_id: u64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.remove_file(file_id).await)
+    }
+
+    async fn stat(&self, id: ChunkId) -> Result<Option<ChunkStat>, StoreError> {
+        dispatch!(self, s => s.stat(id).await)
+    }
+
+    async fn list(&self) -> Result<Vec<ChunkId>, StoreError> {
+        dispatch!(self, s => s.list().await)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.sync().await)
+    }
+
+    fn usage(&self) -> StoreUsage {
+        dispatch!(self, s => s.usage())
+    }
+}
