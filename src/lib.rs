@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod layout;
 pub mod limits;
 pub mod metadata;
 pub mod path;
+pub mod server;
 pub mod placement;
 
 /// Chunk stores (re-exported from `benchfs-store`).

@@ -48,6 +48,19 @@ impl MetadataManager {
         }
     }
 
+    /// The next inode number this server would hand out.
+    pub fn next_file_id(&self) -> u64 {
+        self.id_prefix | self.next_id
+    }
+
+    /// Makes sure no inode number at or below `file_id` is handed out again (used when
+    /// replaying a journal, which may hold ids of files since deleted).
+    pub fn reserve_file_id(&mut self, file_id: u64) {
+        if file_id & !0xffff_ffff == self.id_prefix {
+            self.next_id = self.next_id.max((file_id & 0xffff_ffff) + 1);
+        }
+    }
+
     /// Number of records held.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -19,8 +19,10 @@ use crate::worker::{Worker, WorkerAddress};
 /// A connection to a peer. Cloning shares the connection; it is closed when the last clone
 /// (including those held by in-flight requests and remote keys) is dropped.
 ///
-/// **Drop order:** closing is non-blocking (flush mode for a healthy endpoint, force mode
-/// for a failed one); the worker finishes it during progress, or when it is destroyed.
+/// **Drop order:** the last drop closes the endpoint in force mode without waiting: requests
+/// still in flight on it complete with [`Status::CANCELED`](crate::Status::CANCELED). Await
+/// [`Endpoint::flush`] first for a graceful close. The worker finishes the close during
+/// progress, or when it is destroyed.
 #[derive(Clone)]
 pub struct Endpoint {
     pub(crate) inner: Rc<EndpointInner>,
@@ -177,10 +179,13 @@ impl Drop for EndpointInner {
         if let Ok(mut endpoints) = self.worker.endpoints.try_borrow_mut() {
             endpoints.remove(&(self.handle as usize));
         }
-        let force = self.failure.status.get().is_some();
+        // Force mode: a flush-mode close needs the peer to answer, and UCX 1.13 aborts in
+        // ucp_worker_destroy if such a close is still pending. Callers wanting delivery of
+        // what they sent await `flush` first. The peer still learns of the close (the
+        // client-server connection is disconnected) and fails its endpoint.
         let param = sys::ucp_request_param_t {
             op_attr_mask: sys::UCP_OP_ATTR_FIELD_FLAGS,
-            flags: if force { sys::UCP_EP_CLOSE_FLAG_FORCE } else { 0 },
+            flags: sys::UCP_EP_CLOSE_FLAG_FORCE,
             ..Default::default()
         };
         // SAFETY: the handle is a live endpoint of a live worker (we hold an Rc to it);

@@ -208,8 +208,11 @@ impl Worker {
     /// (yielding to other tasks between polls), then arms the worker and sleeps on the event
     /// fd; see the module docs. A zero `busy_poll` sleeps as soon as the worker is idle.
     pub async fn run_progress(self: Rc<Self>, busy_poll: Duration) -> Result<(), ProgressError> {
-        let fd = AsyncFd::with_interest(EventFd(self.event_fd()?), Interest::READABLE)
-            .map_err(ProgressError::Reactor)?;
+        let event_fd = EventFd(self.event_fd()?);
+        // SAFETY: the fd is owned by the worker and stays open until ucp_worker_destroy; this
+        // AsyncFd is dropped at the end of this function, which holds an Rc to the worker.
+        let fd = unsafe { AsyncFd::register_with_interest(event_fd, Interest::READABLE) }
+            .map_err(|error| ProgressError::Reactor(error.into_parts().1))?;
         self.stopped.set(false);
         let mut idle_since: Option<Instant> = None;
         while !self.stopped.get() {

@@ -1,0 +1,357 @@
+//! Real UCX workers on loopback: Active Messages (eager and rendezvous), replies, connecting
+//! by worker address, RMA, many concurrent sends, and a peer process that dies.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use benchfs_ucx::{
+    AmProto, AmStream, Context, Endpoint, Features, Listener, MemoryRegion, ProgressError,
+    RemoteKey, Status, Worker,
+};
+use tokio::task::JoinHandle;
+
+const REQUEST_ID: u16 = 1;
+const REPLY_ID: u16 = 2;
+const QUEUE: usize = 1024;
+/// A safety net only: every test finishes in well under a second when UCX behaves.
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+const BUSY_POLL: Duration = Duration::from_micros(50);
+
+fn run<F: Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local
+        .block_on(&runtime, async { tokio::time::timeout(TEST_TIMEOUT, future).await })
+        .expect("test hit its safety timeout: an operation hung")
+}
+
+struct Node {
+    worker: Rc<Worker>,
+    progress: JoinHandle<Result<(), ProgressError>>,
+}
+
+impl Node {
+    fn start(context: &Arc<Context>) -> Node {
+        let worker = Worker::new(context).expect("worker");
+        let progress = tokio::task::spawn_local(Rc::clone(&worker).run_progress(BUSY_POLL));
+        Node { worker, progress }
+    }
+
+    async fn stop(self) {
+        self.worker.stop_progress();
+        self.progress.await.expect("progress task").expect("progress loop");
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// Echoes every request on the reply endpoint: header byte 1 says whether the data came by
+/// rendezvous, the rest is the request header; the data is echoed back.
+async fn echo_server(requests: AmStream, count: usize) {
+    for _ in 0..count {
+        let message = requests.recv().await;
+        let rendezvous = message.is_rendezvous();
+        let mut header = vec![u8::from(rendezvous)];
+        header.extend_from_slice(message.header());
+        let reply = message.reply_endpoint().cloned().expect("reply endpoint");
+        let data = message.into_data().await.expect("receive data");
+        reply.am_send(REPLY_ID, header, data, AmProto::Auto).await.expect("send reply");
+    }
+}
+
+#[test]
+fn am_round_trips_eager_and_rendezvous_over_listener() {
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(listener.local_addr().port(), 0);
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let replies = client.worker.set_am_handler(REPLY_ID, QUEUE).unwrap();
+
+        let cases: &[(usize, AmProto, bool)] = &[
+            (0, AmProto::Eager, false),
+            (1, AmProto::Eager, false),
+            (100, AmProto::Auto, false),
+            (8 * 1024, AmProto::Eager, false),
+            (1 << 20, AmProto::Rndv, true),
+            (4 << 20, AmProto::Rndv, true),
+            (4 << 20, AmProto::Auto, true),
+        ];
+        let addr = listener.local_addr();
+        let server_task = tokio::task::spawn_local(async move {
+            let accepted = listener.accept().await.expect("accept");
+            echo_server(requests, cases.len()).await;
+            accepted
+        });
+        let ep = Endpoint::connect_socket(&client.worker, addr).unwrap();
+        for (index, &(len, proto, rendezvous)) in cases.iter().enumerate() {
+            let data = pattern(len, index as u8);
+            let header = format!("case {index}").into_bytes();
+            ep.am_send(REQUEST_ID, header.clone(), data.clone(), proto).await.unwrap();
+            let mut reply = replies.recv().await;
+            assert_eq!(reply.header()[0], u8::from(rendezvous), "case {index}: protocol");
+            assert_eq!(&reply.header()[1..], &header[..]);
+            let echoed = reply.recv_data(vec![0u8; len]).await.unwrap();
+            assert!(echoed == data, "case {index}: {len} bytes differ after the round trip");
+        }
+        let accepted = server_task.await.unwrap();
+        assert!(!accepted.is_failed() && !ep.is_failed());
+        drop((ep, accepted, replies));
+        client.stop().await;
+        server.stop().await;
+    });
+}
+
+#[test]
+fn connect_by_worker_address_and_answer_on_a_connect_back() {
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let replies = client.worker.set_am_handler(REPLY_ID, QUEUE).unwrap();
+
+        let ep = Endpoint::connect_address(&client.worker, &server.worker.address().unwrap())
+            .unwrap();
+        let client_address = client.worker.address().unwrap().as_bytes().to_vec();
+        ep.am_send(REQUEST_ID, b"hello".to_vec(), client_address, AmProto::Auto).await.unwrap();
+
+        let message = requests.recv().await;
+        assert_eq!(message.header(), b"hello");
+        // UCX's endpoint for a sender that connected by address is internal: not handed out.
+        assert!(message.reply_endpoint().is_none());
+        let address = benchfs_ucx::WorkerAddress::from_bytes(message.into_data().await.unwrap());
+        let back = Endpoint::connect_address(&server.worker, &address).unwrap();
+        back.am_send(REPLY_ID, b"world".to_vec(), pattern(64 << 10, 7), AmProto::Rndv)
+            .await
+            .unwrap();
+
+        let reply = replies.recv().await;
+        assert_eq!(reply.header(), b"world");
+        assert!(reply.reply_endpoint().is_none());
+        assert_eq!(reply.into_data().await.unwrap(), pattern(64 << 10, 7));
+        drop((ep, back, requests, replies));
+        client.stop().await;
+        server.stop().await;
+    });
+}
+
+#[test]
+fn rma_put_and_get_one_mebibyte_with_exchanged_rkeys() {
+    const LEN: usize = 1 << 20;
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let keys = client.worker.set_am_handler(REPLY_ID, QUEUE).unwrap();
+        let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
+        let accepted = listener.accept().await.unwrap();
+
+        // Two regions: one UCX allocates, one registered from our buffer.
+        let allocated = MemoryRegion::allocate(&context, LEN).unwrap();
+        let registered = MemoryRegion::register(&context, pattern(LEN, 3)).unwrap();
+        for region in [&allocated, &registered] {
+            let header = region.address().to_le_bytes().to_vec();
+            accepted.am_send(REPLY_ID, header, region.pack_rkey().unwrap(), AmProto::Auto)
+                .await
+                .unwrap();
+        }
+
+        let mut remotes = Vec::new();
+        for _ in 0..2 {
+            let message = keys.recv().await;
+            let address = u64::from_le_bytes(message.header().try_into().unwrap());
+            let rkey = RemoteKey::unpack(&ep, &message.into_data().await.unwrap()).unwrap();
+            remotes.push((address, rkey));
+        }
+
+        // Put into the allocated region, flush, and check it on the server side.
+        let (address, rkey) = &remotes[0];
+        let data = pattern(LEN, 9);
+        let returned = ep.put(data.clone(), *address, rkey).await.unwrap();
+        assert_eq!(returned.len(), LEN);
+        ep.flush().await.unwrap();
+        let mut seen = vec![0u8; LEN];
+        allocated.read_at(0, &mut seen).unwrap();
+        assert!(seen == data, "put data differs at the target");
+        // And read it back.
+        let got = ep.get(vec![0u8; LEN], *address, rkey).await.unwrap();
+        assert!(got == data, "get of the put data differs");
+
+        // Get from the registered region, then a partial get at an offset.
+        let (address, rkey) = &remotes[1];
+        let got = ep.get(vec![0u8; LEN], *address, rkey).await.unwrap();
+        assert!(got == pattern(LEN, 3), "get from the registered region differs");
+        let got = ep.get([0u8; 16], address + 1000, rkey).await.unwrap();
+        assert_eq!(&got[..], &pattern(LEN, 3)[1000..1016]);
+
+        // A key unpacked for another endpoint is refused.
+        let other = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
+        let other_accepted = listener.accept().await.unwrap();
+        let error = other.get(vec![0u8; 8], *address, rkey).await.unwrap_err();
+        assert_eq!(error.status, Status::INVALID_PARAM);
+        assert_eq!(allocated.read_at(LEN - 1, &mut [0; 2]).unwrap_err().status, Status::OUT_OF_RANGE);
+
+        drop((remotes, ep, other, other_accepted, accepted, listener, keys));
+        drop((allocated, registered));
+        client.stop().await;
+        server.stop().await;
+    });
+}
+
+#[test]
+fn many_concurrent_am_sends_all_arrive_intact() {
+    const SENDS: usize = 256;
+    const LEN: usize = 4096;
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
+        let _accepted = listener.accept().await.unwrap();
+
+        let sends: Vec<_> = (0..SENDS)
+            .map(|i| {
+                let header = (i as u32).to_le_bytes().to_vec();
+                ep.am_send(REQUEST_ID, header, pattern(LEN, i as u8), AmProto::Auto)
+            })
+            .collect();
+        for send in sends {
+            send.await.unwrap();
+        }
+        let mut seen = vec![false; SENDS];
+        for _ in 0..SENDS {
+            let message = requests.recv().await;
+            let index = u32::from_le_bytes(message.header().try_into().unwrap()) as usize;
+            assert!(!seen[index], "message {index} arrived twice");
+            seen[index] = true;
+            assert!(message.into_data().await.unwrap() == pattern(LEN, index as u8));
+        }
+        assert_eq!(requests.dropped_count(), 0);
+        drop((ep, _accepted, listener, requests));
+        client.stop().await;
+        server.stop().await;
+    });
+}
+
+#[test]
+fn dropping_a_request_early_leaves_the_buffer_to_ucx() {
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
+        let _accepted = listener.accept().await.unwrap();
+
+        // Start a rendezvous send and drop its future at once: the data must still arrive
+        // intact, because the request, not the future, owns the buffer.
+        drop(ep.am_send(REQUEST_ID, b"detached".to_vec(), pattern(2 << 20, 5), AmProto::Rndv));
+        let message = requests.recv().await;
+        assert_eq!(message.header(), b"detached");
+        assert!(message.into_data().await.unwrap() == pattern(2 << 20, 5));
+
+        // A rendezvous message dropped unreceived releases the sender.
+        let send = ep.am_send(REQUEST_ID, Vec::new(), pattern(1 << 20, 6), AmProto::Rndv);
+        drop(requests.recv().await);
+        send.await.unwrap();
+
+        // Too small a buffer is refused and the data stays receivable.
+        let sent = ep.am_send(REQUEST_ID, Vec::new(), pattern(1 << 20, 8), AmProto::Rndv);
+        let mut message = requests.recv().await;
+        let error = message.recv_data(vec![0u8; 10]).await.unwrap_err();
+        assert_eq!(error.status, Status::MESSAGE_TRUNCATED);
+        assert!(message.recv_data(vec![0u8; 1 << 20]).await.unwrap() == pattern(1 << 20, 8));
+        sent.await.unwrap();
+
+        // An oversized header is refused locally.
+        let header = vec![0u8; client.worker.max_am_header() + 1];
+        let error = ep.am_send(REQUEST_ID, header, Vec::new(), AmProto::Auto).await.unwrap_err();
+        assert_eq!(error.status, Status::INVALID_PARAM);
+        drop((ep, _accepted, listener, requests));
+        client.stop().await;
+        server.stop().await;
+    });
+}
+
+const CHILD_ENV: &str = "BENCHFS_UCX_TEST_CHILD";
+
+/// Not a test on its own: the body of the child process `peer_process_exit_fails_pending_
+/// operations` starts. It listens, reports its port on stdout, and exits as soon as the
+/// first message arrives, leaving that message's rendezvous data unreceived.
+#[test]
+fn child_peer_process() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "PORT={}", listener.local_addr().port()).unwrap();
+        stdout.flush().unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        let message = requests.recv().await;
+        assert!(message.is_rendezvous());
+        // Die without closing anything, like a crashed daemon.
+        std::process::exit(0);
+    });
+}
+
+#[test]
+fn peer_process_exit_fails_pending_operations() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "child_peer_process", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child peer");
+    let stdout = child.stdout.take().unwrap();
+    let port = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("PORT=").map(|port| port.parse::<u16>().unwrap()))
+        .expect("child reported its port");
+
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let client = Node::start(&context);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let ep = Endpoint::connect_socket(&client.worker, addr).unwrap();
+        // The child takes the header and exits, so this rendezvous send can only end with
+        // an error from the peer-failure handling.
+        let error = ep
+            .am_send(REQUEST_ID, b"die".to_vec(), pattern(4 << 20, 1), AmProto::Rndv)
+            .await
+            .unwrap_err();
+        assert!(error.status.is_peer_failure() || error.status == Status::CANCELED, "{error}");
+        // The endpoint is marked failed and new operations fail at once.
+        let failure = ep.failure().expect("endpoint marked failed");
+        assert!(failure.status.is_peer_failure(), "{failure}");
+        let error = ep.am_send(REQUEST_ID, Vec::new(), vec![1u8; 8], AmProto::Eager).await;
+        assert_eq!(error.unwrap_err().status, failure.status);
+        assert!(ep.flush().await.is_err());
+        drop(ep);
+        client.stop().await;
+    });
+    assert!(child.wait().unwrap().success());
+}

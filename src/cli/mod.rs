@@ -1,0 +1,36 @@
+//! The `benchfs` command line: argument parsing and the subcommands behind it.
+//!
+//! Subcommands print their results on stdout; that is their job, so this module (and only
+//! this module among the library's) may print.
+#![allow(clippy::print_stdout)]
+
+mod placement_stats;
+
+use clap::{Parser, Subcommand};
+
+/// BenchFS: an ad hoc distributed file system and benchmark framework.
+#[derive(Debug, Parser)]
+#[command(name = "benchfs", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure how evenly the placement ring spreads keys and how many move when a server
+    /// joins or leaves.
+    PlacementStats(placement_stats::Args),
+}
+
+/// An error from a subcommand, printed as one line.
+pub type CliError = Box<dyn std::error::Error>;
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::PlacementStats(args) => placement_stats::run(args),
+    }
+}

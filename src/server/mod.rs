@@ -1,0 +1,368 @@
+//! The server's state and its request handlers, independent of the transport.
+//!
+//! [`ServerState::handle`] takes one decoded request and produces its reply. The transport
+//! (`crate::rpc::server`) decodes frames, hands over the body and inline payload, moves
+//! RDMA data through a [`DataMover`], and sends the reply.
+//!
+//! **Invariant:** a handler never panics on request content; every malformed or refused
+//! request becomes a reply with a non-`Ok` [`Status`].
+
+mod journal;
+
+use std::cell::{Cell, RefCell};
+
+use benchfs_proto::ops::{self as op, Message, RemoteBuffer};
+use benchfs_proto::{OpCode, Status};
+use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, StoreError};
+
+use crate::config::ServerConfig;
+use crate::metadata::{MetadataManager, SizeUpdate};
+use crate::placement::node_tag;
+
+pub use journal::{Journal, JournalError};
+
+/// Moves payload bytes between a client's registered buffer and a server buffer (RMA).
+#[allow(async_fn_in_trait)]
+pub trait DataMover {
+    /// Fills `buf` (its whole length) from the client's `remote` buffer.
+    async fn pull(&self, remote: &RemoteBuffer, buf: ChunkBuf) -> (Result<(), Status>, ChunkBuf);
+    /// Sends `buf` (its whole length) into the client's `remote` buffer.
+    async fn push(&self, buf: ChunkBuf, remote: &RemoteBuffer) -> (Result<(), Status>, ChunkBuf);
+}
+
+/// A handler's answer: a status, a body and an optional inline payload.
+#[derive(Debug)]
+pub struct Reply {
+    /// The outcome.
+    pub status: Status,
+    /// The encoded reply body (empty unless `status` is `Ok`).
+    pub body: Vec<u8>,
+    /// Inline payload bytes that follow the body (chunk reads at or below the threshold).
+    pub payload: Option<ChunkBuf>,
+}
+
+impl Reply {
+    fn ok<M: Message>(body: &M) -> Reply {
+        Reply {
+            status: Status::Ok,
+            body: body.to_bytes(),
+            payload: None,
+        }
+    }
+
+    fn error(status: Status) -> Reply {
+        Reply {
+            status,
+            body: Vec::new(),
+            payload: None,
+        }
+    }
+}
+
+impl From<Result<Reply, Status>> for Reply {
+    fn from(r: Result<Reply, Status>) -> Reply {
+        r.unwrap_or_else(Reply::error)
+    }
+}
+
+/// Turns a store error into a wire status, logging what the status cannot carry.
+fn store_status(e: StoreError) -> Status {
+    let status = match e.errno() {
+        libc::ENOSPC => Status::NoSpace,
+        libc::EINVAL | libc::ERANGE | libc::EFBIG => Status::InvalidArgument,
+        libc::EOPNOTSUPP => Status::Unsupported,
+        _ => Status::Io,
+    };
+    tracing::warn!(error = %e, ?status, "chunk store error");
+    status
+}
+
+/// Counters a server keeps about its requests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests handled.
+    pub requests: Cell<u64>,
+    /// Requests refused as malformed.
+    pub malformed: Cell<u64>,
+}
+
+/// Everything one server process holds: its metadata share and its chunk store.
+#[derive(Debug)]
+pub struct ServerState {
+    node_id: String,
+    chunk_size: u64,
+    rdma_threshold: u64,
+    secret: Vec<u8>,
+    metadata: RefCell<MetadataManager>,
+    journal: Option<RefCell<Journal>>,
+    store: AnyChunkStore,
+    /// Request counters.
+    pub counters: Counters,
+}
+
+impl ServerState {
+    /// Opens the chunk store and, for persistent backends, replays the metadata journal.
+    pub fn open(config: &ServerConfig, secret: Vec<u8>) -> Result<ServerState, crate::server::OpenError> {
+        let store = AnyChunkStore::open(&config.store_config())?;
+        let mut metadata = MetadataManager::new(node_tag(&config.node.node_id), config.storage.chunk_size_bytes);
+        let journal = if store.backend() == benchfs_store::Backend::Memory {
+            None
+        } else {
+            Some(RefCell::new(Journal::open(&config.node.data_dir.join("metadata.journal"), &mut metadata)?))
+        };
+        Ok(ServerState {
+            node_id: config.node.node_id.clone(),
+            chunk_size: config.storage.chunk_size_bytes,
+            rdma_threshold: config.network.rdma_threshold_bytes,
+            secret,
+            metadata: RefCell::new(metadata),
+            journal,
+            store,
+            counters: Counters::default(),
+        })
+    }
+
+    /// This server's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The chunk store (for registering its buffers with the transport).
+    pub fn store(&self) -> &AnyChunkStore {
+        &self.store
+    }
+
+    /// Records one metadata change in the journal, if there is one. A failed journal write
+    /// fails the request: an acknowledged change must survive a restart.
+    fn log(&self, record: journal::Record<'_>) -> Result<(), Status> {
+        if let Some(j) = &self.journal {
+            j.borrow_mut().append(&record).map_err(|e| {
+                tracing::error!(error = %e, "metadata journal append failed");
+                Status::Io
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Handles one request. `body` is the operation body, `payload` the inline payload.
+    pub async fn handle<M: DataMover>(&self, op: OpCode, body: &[u8], payload: &[u8], mover: &M) -> Reply {
+        self.counters.requests.set(self.counters.requests.get() + 1);
+        let reply = self.dispatch(op, body, payload, mover).await;
+        if reply.status == Status::Protocol {
+            self.counters.malformed.set(self.counters.malformed.get() + 1);
+        }
+        reply
+    }
+
+    async fn dispatch<M: DataMover>(&self, op: OpCode, body: &[u8], payload: &[u8], mover: &M) -> Reply {
+        fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
+            T::from_bytes(body).map_err(|e| {
+                tracing::warn!(error = %e, "malformed request body");
+                Status::Protocol
+            })
+        }
+        if op != OpCode::WriteChunk && op != OpCode::Ping && !payload.is_empty() {
+            return Reply::error(Status::Protocol);
+        }
+        let result: Result<Reply, Status> = async {
+            Ok(match op {
+                OpCode::Hello => self.hello(decode(body)?)?,
+                OpCode::Ping => {
+                    decode::<op::Empty>(body)?;
+                    Reply::ok(&op::Empty)
+                }
+                OpCode::ReadChunk => return Ok(self.read_chunk(decode(body)?, mover).await),
+                OpCode::WriteChunk => return Ok(self.write_chunk(decode(body)?, payload, mover).await),
+                OpCode::MetadataLookup => {
+                    let req: op::PathRequest = decode(body)?;
+                    Reply::ok(&op::MetadataReply {
+                        meta: self.metadata.borrow().lookup(&req.path)?,
+                    })
+                }
+                OpCode::MetadataCreateFile | OpCode::MetadataCreateDir => {
+                    let req: op::CreateRequest = decode(body)?;
+                    let mut m = self.metadata.borrow_mut();
+                    let meta = if op == OpCode::MetadataCreateFile {
+                        m.create_file(&req.path, req.mode)?
+                    } else {
+                        m.create_dir(&req.path, req.mode)?
+                    };
+                    drop(m);
+                    self.log(journal::Record::Put { path: &req.path, meta })?;
+                    Reply::ok(&op::MetadataReply { meta })
+                }
+                OpCode::MetadataDelete => {
+                    let req: op::DeleteRequest = decode(body)?;
+                    let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
+                    self.log(journal::Record::Delete { path: &req.path, file_id: meta.file_id })?;
+                    Reply::ok(&op::MetadataReply { meta })
+                }
+                OpCode::MetadataInsert => {
+                    let req: op::InsertRequest = decode(body)?;
+                    self.metadata.borrow_mut().insert(&req.path, req.meta, req.exclusive)?;
+                    self.log(journal::Record::Put { path: &req.path, meta: req.meta })?;
+                    Reply::ok(&op::Empty)
+                }
+                OpCode::UpdateSize => {
+                    let req: op::UpdateSizeRequest = decode(body)?;
+                    let meta = self.metadata.borrow_mut().update_size(&req.path, req.size, req.how)?;
+                    if req.how == SizeUpdate::Exact || meta.size == req.size {
+                        self.log(journal::Record::Put { path: &req.path, meta })?;
+                    }
+                    Reply::ok(&op::MetadataReply { meta })
+                }
+                OpCode::Readdir => {
+                    let req: op::ReaddirRequest = decode(body)?;
+                    let limit = req.limit.clamp(1, op::READDIR_PAGE_MAX) as usize;
+                    // One extra entry tells whether this page is the last.
+                    let mut entries = self.metadata.borrow().list_children(&req.dir, req.after.as_deref(), limit + 1)?;
+                    let done = entries.len() <= limit;
+                    entries.truncate(limit);
+                    Reply::ok(&op::ReaddirReply { entries, done })
+                }
+                OpCode::TruncateChunk => {
+                    let req: op::TruncateChunkRequest = decode(body)?;
+                    if req.len > self.chunk_size {
+                        return Err(Status::InvalidArgument);
+                    }
+                    let id = ChunkId { file_id: req.file_id, index: req.index };
+                    self.store.truncate(id, req.len).await.map_err(store_status)?;
+                    Reply::ok(&op::Empty)
+                }
+                OpCode::RemoveChunks => {
+                    let req: op::RemoveChunksRequest = decode(body)?;
+                    let count = self.store.remove_file(req.file_id).await.map_err(store_status)?;
+                    Reply::ok(&op::CountReply { count })
+                }
+                OpCode::Fsync => {
+                    decode::<op::Empty>(body)?;
+                    self.store.sync().await.map_err(store_status)?;
+                    if let Some(j) = &self.journal {
+                        j.borrow_mut().sync().map_err(|e| {
+                            tracing::error!(error = %e, "metadata journal sync failed");
+                            Status::Io
+                        })?;
+                    }
+                    Reply::ok(&op::Empty)
+                }
+                OpCode::Stats => {
+                    decode::<op::Empty>(body)?;
+                    let usage = self.store.usage();
+                    Reply::ok(&op::StatsReply {
+                        metadata_records: self.metadata.borrow().len() as u64,
+                        chunks: usage.chunks,
+                        used_bytes: usage.used_bytes,
+                        capacity_bytes: usage.capacity_bytes.unwrap_or(0),
+                        requests: self.counters.requests.get(),
+                        malformed: self.counters.malformed.get(),
+                    })
+                }
+            })
+        }
+        .await;
+        result.into()
+    }
+
+    fn hello(&self, req: op::HelloRequest) -> Result<Reply, Status> {
+        if req.secret != self.secret {
+            tracing::warn!(client = %req.client, "handshake refused: job secret mismatch");
+            return Err(Status::PermissionDenied);
+        }
+        Ok(Reply::ok(&op::HelloReply {
+            node_id: self.node_id.clone(),
+            chunk_size: self.chunk_size,
+            rdma_threshold: self.rdma_threshold,
+        }))
+    }
+
+    fn check_range(&self, req: &op::ChunkIo) -> Result<(ChunkId, usize), Status> {
+        let end = req.offset.checked_add(req.len).ok_or(Status::InvalidArgument)?;
+        if end > self.chunk_size {
+            return Err(Status::InvalidArgument);
+        }
+        let len = usize::try_from(req.len).map_err(|_| Status::InvalidArgument)?;
+        Ok((ChunkId { file_id: req.file_id, index: req.index }, len))
+    }
+
+    async fn write_chunk<M: DataMover>(&self, req: op::ChunkIo, payload: &[u8], mover: &M) -> Reply {
+        let (id, len) = match self.check_range(&req) {
+            Ok(v) => v,
+            Err(s) => return Reply::error(s),
+        };
+        let mut buf = match self.store.buffer(len).await {
+            Ok(b) => b,
+            Err(e) => return Reply::error(store_status(e)),
+        };
+        match &req.remote {
+            None => {
+                if payload.len() != len {
+                    return Reply::error(Status::Protocol);
+                }
+                buf.as_mut_slice().copy_from_slice(payload);
+            }
+            Some(remote) => {
+                if !payload.is_empty() {
+                    return Reply::error(Status::Protocol);
+                }
+                let (r, b) = mover.pull(remote, buf).await;
+                buf = b;
+                if let Err(s) = r {
+                    return Reply::error(s);
+                }
+            }
+        }
+        let (r, _buf) = self.store.write(id, req.offset, buf).await;
+        match r {
+            Ok(()) => Reply::ok(&op::ChunkIoReply { len: req.len }),
+            Err(e) => Reply::error(store_status(e)),
+        }
+    }
+
+    async fn read_chunk<M: DataMover>(&self, req: op::ChunkIo, mover: &M) -> Reply {
+        let (id, len) = match self.check_range(&req) {
+            Ok(v) => v,
+            Err(s) => return Reply::error(s),
+        };
+        if req.remote.is_none() && req.len > benchfs_proto::frame::PAYLOAD_INLINE_MAX {
+            return Reply::error(Status::InvalidArgument);
+        }
+        let buf = match self.store.buffer(len).await {
+            Ok(b) => b,
+            Err(e) => return Reply::error(store_status(e)),
+        };
+        let (r, mut buf) = self.store.read(id, req.offset, buf).await;
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => return Reply::error(store_status(e)),
+        };
+        buf.truncate(n);
+        match &req.remote {
+            None => Reply {
+                status: Status::Ok,
+                body: op::ChunkIoReply { len: n as u64 }.to_bytes(),
+                payload: Some(buf),
+            },
+            Some(remote) => {
+                if n > 0 {
+                    let (r, _) = mover.push(buf, remote).await;
+                    if let Err(s) = r {
+                        return Reply::error(s);
+                    }
+                }
+                Reply::ok(&op::ChunkIoReply { len: n as u64 })
+            }
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The chunk store did not open.
+    #[error("chunk store: {0}")]
+    Store(#[from] StoreError),
+    /// The metadata journal could not be read or created.
+    #[error("metadata journal: {0}")]
+    Journal(#[from] JournalError),
+}
