@@ -9,12 +9,15 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod layout;
 pub mod limits;
 pub mod metadata;
 pub mod path;
 pub mod server;
 pub mod placement;
+pub mod registry;
+pub mod rpc;
 
 /// Chunk stores (re-exported from `benchfs-store`).
 pub mod storage {

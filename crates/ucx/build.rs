@@ -2,7 +2,12 @@
 //! bindings are checked in (see `scripts/gen-ucx-bindings.sh`).
 
 fn main() {
-    if let Err(error) = pkg_config::Config::new().atleast_version("1.12").probe("ucx") {
-        panic!("libucx >= 1.12 not found by pkg-config (Debian: apt-get install libucx-dev): {error}");
+    if let Err(error) = pkg_config::Config::new()
+        .atleast_version("1.12")
+        .probe("ucx")
+    {
+        panic!(
+            "libucx >= 1.12 not found by pkg-config (Debian: apt-get install libucx-dev): {error}"
+        );
     }
 }

@@ -1,1 +1,19 @@
-fn main() {}
+//! `benchfsd`: the BenchFS server daemon.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    match benchfs::daemon::run(benchfs::daemon::Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("benchfsd: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

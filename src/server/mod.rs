@@ -30,6 +30,27 @@ pub trait DataMover {
     async fn push(&self, buf: ChunkBuf, remote: &RemoteBuffer) -> (Result<(), Status>, ChunkBuf);
 }
 
+/// The inline payload that came with a request.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// No payload.
+    None,
+    /// Bytes borrowed from an eager message.
+    Bytes(&'a [u8]),
+    /// A store buffer the transport received the payload into (rendezvous).
+    Buf(ChunkBuf),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::None => 0,
+            Payload::Bytes(b) => b.len(),
+            Payload::Buf(b) => b.len(),
+        }
+    }
+}
+
 /// A handler's answer: a status, a body and an optional inline payload.
 #[derive(Debug)]
 pub struct Reply {
@@ -122,6 +143,14 @@ impl ServerState {
         })
     }
 
+    /// Makes every metadata change so far durable.
+    pub fn sync_metadata(&self) -> Result<(), JournalError> {
+        match &self.journal {
+            Some(j) => j.borrow_mut().sync(),
+            None => Ok(()),
+        }
+    }
+
     /// This server's node id.
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -145,7 +174,7 @@ impl ServerState {
     }
 
     /// Handles one request. `body` is the operation body, `payload` the inline payload.
-    pub async fn handle<M: DataMover>(&self, op: OpCode, body: &[u8], payload: &[u8], mover: &M) -> Reply {
+    pub async fn handle<M: DataMover>(&self, op: OpCode, body: &[u8], payload: Payload<'_>, mover: &M) -> Reply {
         self.counters.requests.set(self.counters.requests.get() + 1);
         let reply = self.dispatch(op, body, payload, mover).await;
         if reply.status == Status::Protocol {
@@ -154,14 +183,14 @@ impl ServerState {
         reply
     }
 
-    async fn dispatch<M: DataMover>(&self, op: OpCode, body: &[u8], payload: &[u8], mover: &M) -> Reply {
+    async fn dispatch<M: DataMover>(&self, op: OpCode, body: &[u8], payload: Payload<'_>, mover: &M) -> Reply {
         fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
             T::from_bytes(body).map_err(|e| {
                 tracing::warn!(error = %e, "malformed request body");
                 Status::Protocol
             })
         }
-        if op != OpCode::WriteChunk && op != OpCode::Ping && !payload.is_empty() {
+        if op != OpCode::WriteChunk && op != OpCode::Ping && payload.len() != 0 {
             return Reply::error(Status::Protocol);
         }
         let result: Result<Reply, Status> = async {
@@ -284,33 +313,35 @@ impl ServerState {
         Ok((ChunkId { file_id: req.file_id, index: req.index }, len))
     }
 
-    async fn write_chunk<M: DataMover>(&self, req: op::ChunkIo, payload: &[u8], mover: &M) -> Reply {
+    async fn write_chunk<M: DataMover>(&self, req: op::ChunkIo, payload: Payload<'_>, mover: &M) -> Reply {
         let (id, len) = match self.check_range(&req) {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
-        let mut buf = match self.store.buffer(len).await {
-            Ok(b) => b,
-            Err(e) => return Reply::error(store_status(e)),
-        };
-        match &req.remote {
-            None => {
-                if payload.len() != len {
-                    return Reply::error(Status::Protocol);
-                }
-                buf.as_mut_slice().copy_from_slice(payload);
-            }
-            Some(remote) => {
-                if !payload.is_empty() {
-                    return Reply::error(Status::Protocol);
-                }
-                let (r, b) = mover.pull(remote, buf).await;
-                buf = b;
-                if let Err(s) = r {
-                    return Reply::error(s);
-                }
-            }
+        if payload.len() != if req.remote.is_some() { 0 } else { len } {
+            return Reply::error(Status::Protocol);
         }
+        let buf = match payload {
+            Payload::Buf(b) => b,
+            other => {
+                let mut buf = match self.store.buffer(len).await {
+                    Ok(b) => b,
+                    Err(e) => return Reply::error(store_status(e)),
+                };
+                match (&req.remote, other) {
+                    (Some(remote), _) => {
+                        let (r, b) = mover.pull(remote, buf).await;
+                        if let Err(s) = r {
+                            return Reply::error(s);
+                        }
+                        buf = b;
+                    }
+                    (None, Payload::Bytes(bytes)) => buf.as_mut_slice().copy_from_slice(bytes),
+                    (None, _) => {}
+                }
+                buf
+            }
+        };
         let (r, _buf) = self.store.write(id, req.offset, buf).await;
         match r {
             Ok(()) => Reply::ok(&op::ChunkIoReply { len: req.len }),

@@ -1,7 +1,10 @@
 //! The fixed frame header that opens every request and reply, and the operation ids.
 //!
-//! A message is one UCX Active Message: the AM header is a [`FrameHeader`]; the AM data is
-//! `body_len` bytes of operation body followed by `payload_len` bytes of inline payload.
+//! A message is one UCX Active Message. The AM header is a [`FrameHeader`], followed by the
+//! `body_len` bytes of operation body when they fit in the transport's AM header limit; the
+//! AM data is the payload, preceded by the body when it did not fit. So a payload always
+//! starts the AM data when the body rides in the header, and a rendezvous receive lands it
+//! straight in a chunk-store buffer.
 //! Payloads above the RDMA threshold are not inline: the body carries a remote buffer
 //! descriptor and the server moves the bytes with RMA get/put.
 
@@ -109,6 +112,15 @@ pub struct FrameHeader {
     pub payload_len: U64,
 }
 
+impl FrameHeader {
+    /// The header's 32 wire bytes.
+    pub fn to_bytes(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut out = [0u8; FRAME_HEADER_LEN];
+        out.copy_from_slice(self.as_bytes());
+        out
+    }
+}
+
 /// Size of [`FrameHeader`] on the wire.
 pub const FRAME_HEADER_LEN: usize = 32;
 const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
@@ -129,6 +141,8 @@ pub struct Frame {
     pub body_len: usize,
     /// Inline payload length in bytes.
     pub payload_len: usize,
+    /// Whether the body followed the fixed header in the AM header (else it opens the data).
+    pub body_in_header: bool,
 }
 
 impl Frame {
@@ -146,18 +160,14 @@ impl Frame {
         }
     }
 
-    /// Decodes an AM header and checks it against `data_len`, the bytes of AM data that
-    /// arrived (or will arrive, for a rendezvous message).
+    /// Decodes an AM header (a frame header, optionally followed by the whole body) and
+    /// checks it against `data_len`, the bytes of AM data that arrived (or will arrive, for
+    /// a rendezvous message).
     pub fn decode(header: &[u8], data_len: usize) -> Result<Frame, DecodeError> {
-        let h = FrameHeader::read_from_bytes(header).map_err(|_| {
-            if header.len() < FRAME_HEADER_LEN {
-                DecodeError::Truncated {
-                    needed: FRAME_HEADER_LEN,
-                    available: header.len(),
-                }
-            } else {
-                DecodeError::Trailing(header.len() - FRAME_HEADER_LEN)
-            }
+        let (fixed, body_in_header) = header.split_at(header.len().min(FRAME_HEADER_LEN));
+        let h = FrameHeader::read_from_bytes(fixed).map_err(|_| DecodeError::Truncated {
+            needed: FRAME_HEADER_LEN,
+            available: header.len(),
         })?;
         if h.magic.get() != MAGIC {
             return Err(DecodeError::BadMagic(h.magic.get()));
@@ -189,7 +199,15 @@ impl Frame {
                 reason: "above PAYLOAD_INLINE_MAX",
             });
         }
-        let declared = u64::from(body_len) + payload_len;
+        let body_in_header = !body_in_header.is_empty();
+        if body_in_header && header.len() - FRAME_HEADER_LEN != body_len as usize {
+            return Err(DecodeError::LengthMismatch {
+                field: "body_len",
+                declared: u64::from(body_len),
+                actual: (header.len() - FRAME_HEADER_LEN) as u64,
+            });
+        }
+        let declared = if body_in_header { payload_len } else { u64::from(body_len) + payload_len };
         if declared != data_len as u64 {
             return Err(DecodeError::LengthMismatch {
                 field: "body_len + payload_len",
@@ -204,6 +222,7 @@ impl Frame {
             is_reply: h.flags.get() & FLAG_REPLY != 0,
             body_len: body_len as usize,
             payload_len: payload_len as usize,
+            body_in_header,
         })
     }
 }
@@ -233,7 +252,12 @@ mod tests {
     fn rejects_bad_frames() {
         let good = encode(OpCode::Ping, 4, 0);
         assert!(matches!(Frame::decode(&good[..31], 4), Err(DecodeError::Truncated { .. })));
-        assert!(matches!(Frame::decode(&[good.clone(), vec![0]].concat(), 4), Err(DecodeError::Trailing(1))));
+        assert!(matches!(Frame::decode(&[good.clone(), vec![0]].concat(), 0), Err(DecodeError::LengthMismatch { .. })));
+        let with_body = [good.clone(), vec![1, 2, 3, 4]].concat();
+        let f = Frame::decode(&with_body, 0).unwrap();
+        assert!(f.body_in_header);
+        assert_eq!(f.body_len, 4);
+        assert!(matches!(Frame::decode(&with_body, 4), Err(DecodeError::LengthMismatch { .. })));
         assert!(matches!(Frame::decode(&good, 5), Err(DecodeError::LengthMismatch { .. })));
         let mut bad = good.clone();
         bad[0] ^= 1;

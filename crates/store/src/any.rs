@@ -5,6 +5,8 @@ use crate::{FileChunkStore, InMemoryChunkStore, IoUringChunkStore, StoreUsage};
 
 /// One of the three stores, picked by [`StoreConfig::backend`].
 #[derive(Debug)]
+// A server holds one store for its lifetime, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyChunkStore {
     /// The in-memory store.
     Memory(InMemoryChunkStore),

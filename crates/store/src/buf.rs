@@ -80,7 +80,11 @@ impl ChunkBuf {
     /// # Panics
     /// If `len > capacity()`.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity, "set_len({len}) beyond capacity {}", self.capacity);
+        assert!(
+            len <= self.capacity,
+            "set_len({len}) beyond capacity {}",
+            self.capacity
+        );
         self.len = len;
     }
 

@@ -217,7 +217,11 @@ impl ChunkDir {
             options.open(path)
         };
         let buffered = open(false)?;
-        let direct = if self.o_direct { Some(open(true)?) } else { None };
+        let direct = if self.o_direct {
+            Some(open(true)?)
+        } else {
+            None
+        };
         Ok(ChunkFile { buffered, direct })
     }
 
@@ -288,9 +292,18 @@ impl ChunkDir {
     /// Unlinks every chunk file of `file_id` and then its directory.
     pub(crate) fn remove_file(&self, file_id: u64) -> Result<u64, StoreError> {
         let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
-        self.files.borrow_mut().retain(|id, _| id.file_id != file_id);
-        self.dirty_chunks.borrow_mut().retain(|id| id.file_id != file_id);
-        let ids: Vec<ChunkId> = self.index.borrow().range(range).map(|(id, _)| *id).collect();
+        self.files
+            .borrow_mut()
+            .retain(|id, _| id.file_id != file_id);
+        self.dirty_chunks
+            .borrow_mut()
+            .retain(|id| id.file_id != file_id);
+        let ids: Vec<ChunkId> = self
+            .index
+            .borrow()
+            .range(range)
+            .map(|(id, _)| *id)
+            .collect();
         let dir = id::file_dir(&self.data_dir, file_id);
         let mut removed = 0;
         for id in ids {
@@ -352,7 +365,9 @@ impl ChunkDir {
                 None => id::chunks_dir(&self.data_dir),
             };
             match File::open(&path) {
-                Ok(dir) => dir.sync_all().map_err(|e| StoreError::io("fsync dir", e, 0))?,
+                Ok(dir) => dir
+                    .sync_all()
+                    .map_err(|e| StoreError::io("fsync dir", e, 0))?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io("open dir", e, 0)),
             }

@@ -94,8 +94,14 @@ mod tests {
             },
             libc::ENOSPC,
         );
-        check(StoreError::io("pwrite", io::Error::from_raw_os_error(libc::ENOSPC), 4), libc::ENOSPC);
-        check(StoreError::io("pread", io::Error::from_raw_os_error(libc::EBADF), 4), libc::EBADF);
+        check(
+            StoreError::io("pwrite", io::Error::from_raw_os_error(libc::ENOSPC), 4),
+            libc::ENOSPC,
+        );
+        check(
+            StoreError::io("pread", io::Error::from_raw_os_error(libc::EBADF), 4),
+            libc::EBADF,
+        );
         check(StoreError::io("pread", io::Error::other("x"), 4), libc::EIO);
         check(
             StoreError::OutOfRange {

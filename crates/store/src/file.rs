@@ -29,7 +29,10 @@ impl FileChunkStore {
 
 /// Whether a failed call is worth repeating as is.
 fn transient(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
 }
 
 impl ChunkStore for FileChunkStore {
@@ -76,7 +79,13 @@ impl ChunkStore for FileChunkStore {
                 Ok(0) => {
                     self.dir.refresh(id, &file);
                     let source = io::Error::from(io::ErrorKind::WriteZero);
-                    return (Err(StoreError::Io { op: "pwrite", source }), buf);
+                    return (
+                        Err(StoreError::Io {
+                            op: "pwrite",
+                            source,
+                        }),
+                        buf,
+                    );
                 }
                 Ok(n) => done += n,
                 Err(e) if transient(&e) && retries < RETRIES_MAX => retries += 1,

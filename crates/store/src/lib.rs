@@ -74,14 +74,22 @@ pub trait ChunkStore {
     /// Writes all of `buf` at `offset`, creating the chunk and growing it as needed
     /// (skipped bytes read as zeros). A zero-length write changes nothing. The buffer
     /// comes back whatever the outcome.
-    async fn write(&self, id: ChunkId, offset: u64, buf: ChunkBuf)
-        -> (Result<(), StoreError>, ChunkBuf);
+    async fn write(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<(), StoreError>, ChunkBuf);
 
     /// Reads up to `buf.len()` bytes at `offset` into `buf` and returns the count: short
     /// only at the end of the chunk, 0 for a missing chunk or an offset past its end.
     /// `buf.len()` itself is left unchanged.
-    async fn read(&self, id: ChunkId, offset: u64, buf: ChunkBuf)
-        -> (Result<usize, StoreError>, ChunkBuf);
+    async fn read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<usize, StoreError>, ChunkBuf);
 
     /// Sets the chunk's length to `len` (at most the chunk size), shrinking it or growing
     /// it with zeros. A missing chunk is created, so `stat` then reports `len`.

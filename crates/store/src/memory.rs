@@ -40,10 +40,12 @@ impl InMemoryChunkStore {
         if needed > available {
             return Err(StoreError::NoSpace { needed, available });
         }
-        chunk.try_reserve_exact(new - old).map_err(|_| StoreError::NoSpace {
-            needed,
-            available: 0,
-        })?;
+        chunk
+            .try_reserve_exact(new - old)
+            .map_err(|_| StoreError::NoSpace {
+                needed,
+                available: 0,
+            })?;
         chunk.resize(new, 0);
         self.used_bytes.set(self.used_bytes.get() + needed);
         Ok(())

@@ -63,24 +63,31 @@ impl Endpoint {
                 AmProto::Auto => 0,
             };
         let ep = self.handle();
-        Request::start(self.worker(), OP, Callback::Send, (header, data), None, |buffers, param| {
-            param.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_FLAGS;
-            param.flags = flags;
-            let (header, data) = (buffers.0.as_ref(), buffers.1.as_ref());
-            // SAFETY: the endpoint is alive (self); header and data point into the payload,
-            // which the Pending keeps at a fixed address until the callback has run.
-            unsafe {
-                sys::ucp_am_send_nbx(
-                    ep,
-                    u32::from(id),
-                    header.as_ptr() as *const c_void,
-                    header.len(),
-                    data.as_ptr() as *const c_void,
-                    data.len(),
-                    param,
-                )
-            }
-        })
+        Request::start(
+            self.worker(),
+            OP,
+            Callback::Send,
+            (header, data),
+            None,
+            |buffers, param| {
+                param.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_FLAGS;
+                param.flags = flags;
+                let (header, data) = (buffers.0.as_ref(), buffers.1.as_ref());
+                // SAFETY: the endpoint is alive (self); header and data point into the payload,
+                // which the Pending keeps at a fixed address until the callback has run.
+                unsafe {
+                    sys::ucp_am_send_nbx(
+                        ep,
+                        u32::from(id),
+                        header.as_ptr() as *const c_void,
+                        header.len(),
+                        data.as_ptr() as *const c_void,
+                        data.len(),
+                        param,
+                    )
+                }
+            },
+        )
     }
 }
 
@@ -118,7 +125,11 @@ impl Worker {
         let status = unsafe { sys::ucp_worker_set_am_recv_handler(self.handle(), &params) };
         check(OP, status)?;
         self.am_queues.borrow_mut().insert(id, Rc::clone(&queue));
-        Ok(AmStream { id, queue, worker: Rc::clone(self) })
+        Ok(AmStream {
+            id,
+            queue,
+            worker: Rc::clone(self),
+        })
     }
 }
 
@@ -208,7 +219,10 @@ impl Drop for AmStream {
 
 impl std::fmt::Debug for AmStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmStream").field("id", &self.id).field("queued", &self.len()).finish()
+        f.debug_struct("AmStream")
+            .field("id", &self.id)
+            .field("queued", &self.len())
+            .finish()
     }
 }
 
@@ -299,22 +313,29 @@ impl AmMessage {
                 let rndv = std::mem::ManuallyDrop::new(rndv);
                 let (desc, len) = (rndv.desc, rndv.len);
                 let worker = self.worker.handle();
-                Request::start(&self.worker, OP, Callback::RecvAm, buf, None, |buf, param| {
-                    let buf = buf.as_mut();
-                    // SAFETY: desc is a rendezvous descriptor of this worker that was not
-                    // released or received before (it moved out of self.data); buf has at
-                    // least len bytes and stays at a fixed address in the Pending until
-                    // the callback has run. UCX owns desc from here on.
-                    unsafe {
-                        sys::ucp_am_recv_data_nbx(
-                            worker,
-                            desc,
-                            buf.as_mut_ptr() as *mut c_void,
-                            len,
-                            param,
-                        )
-                    }
-                })
+                Request::start(
+                    &self.worker,
+                    OP,
+                    Callback::RecvAm,
+                    buf,
+                    None,
+                    |buf, param| {
+                        let buf = buf.as_mut();
+                        // SAFETY: desc is a rendezvous descriptor of this worker that was not
+                        // released or received before (it moved out of self.data); buf has at
+                        // least len bytes and stays at a fixed address in the Pending until
+                        // the callback has run. UCX owns desc from here on.
+                        unsafe {
+                            sys::ucp_am_recv_data_nbx(
+                                worker,
+                                desc,
+                                buf.as_mut_ptr() as *mut c_void,
+                                len,
+                                param,
+                            )
+                        }
+                    },
+                )
             }
         }
     }
@@ -393,7 +414,11 @@ unsafe extern "C" fn on_am_message(
     };
     if messages.len() >= queue.capacity {
         queue.dropped.set(queue.dropped.get() + 1);
-        tracing::warn!(capacity = queue.capacity, rendezvous, "AM queue full; message dropped");
+        tracing::warn!(
+            capacity = queue.capacity,
+            rendezvous,
+            "AM queue full; message dropped"
+        );
         return sys::UCS_OK;
     }
     let reply = if recv_attr & u64::from(sys::UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 {
@@ -404,12 +429,26 @@ unsafe extern "C" fn on_am_message(
     // SAFETY: UCX passes header_length readable bytes at header for this call.
     let header = unsafe { copy_bytes(header, header_length) };
     let (data, status) = if rendezvous {
-        (AmData::Rendezvous(RndvData { desc: data, len: length }), sys::UCS_INPROGRESS)
+        (
+            AmData::Rendezvous(RndvData {
+                desc: data,
+                len: length,
+            }),
+            sys::UCS_INPROGRESS,
+        )
     } else {
         // SAFETY: for eager data UCX passes `length` readable bytes at data for this call.
-        (AmData::Eager(unsafe { copy_bytes(data, length) }), sys::UCS_OK)
+        (
+            AmData::Eager(unsafe { copy_bytes(data, length) }),
+            sys::UCS_OK,
+        )
     };
-    messages.push_back(AmMessage { header, data, reply, worker });
+    messages.push_back(AmMessage {
+        header,
+        data,
+        reply,
+        worker,
+    });
     drop(messages);
     if let Some(waker) = queue.waker.take() {
         waker.wake();

@@ -54,7 +54,10 @@ impl Endpoint {
         address: &WorkerAddress,
     ) -> Result<Endpoint, UcxError> {
         if address.as_bytes().is_empty() {
-            return Err(UcxError::from_status("ucp_ep_create", crate::Status::INVALID_PARAM));
+            return Err(UcxError::from_status(
+                "ucp_ep_create",
+                crate::Status::INVALID_PARAM,
+            ));
         }
         Self::create(worker, Target::Address(address))
     }
@@ -73,7 +76,9 @@ impl Endpoint {
     }
 
     fn create(worker: &Rc<Worker>, target: Target<'_>) -> Result<Endpoint, UcxError> {
-        let failure = Rc::new(Failure { status: Cell::new(None) });
+        let failure = Rc::new(Failure {
+            status: Cell::new(None),
+        });
         let mut params = sys::ucp_ep_params_t {
             field_mask: (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
                 | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64,
@@ -108,8 +113,15 @@ impl Endpoint {
         // alive until the endpoint is destroyed (see Failure).
         let status = unsafe { sys::ucp_ep_create(worker.handle(), &params, &mut handle) };
         check("ucp_ep_create", status)?;
-        let inner = Rc::new(EndpointInner { handle, failure, worker: Rc::clone(worker) });
-        worker.endpoints.borrow_mut().insert(handle as usize, Rc::downgrade(&inner));
+        let inner = Rc::new(EndpointInner {
+            handle,
+            failure,
+            worker: Rc::clone(worker),
+        });
+        worker
+            .endpoints
+            .borrow_mut()
+            .insert(handle as usize, Rc::downgrade(&inner));
         Ok(Endpoint { inner })
     }
 
@@ -152,16 +164,27 @@ impl Endpoint {
             return request;
         }
         let handle = self.handle();
-        Request::start(self.worker(), "ucp_ep_flush_nbx", Callback::Send, (), None, |_, param| {
-            // SAFETY: the endpoint is alive (self holds it); param is valid for the call.
-            unsafe { sys::ucp_ep_flush_nbx(handle, param) }
-        })
+        Request::start(
+            self.worker(),
+            "ucp_ep_flush_nbx",
+            Callback::Send,
+            (),
+            None,
+            |_, param| {
+                // SAFETY: the endpoint is alive (self holds it); param is valid for the call.
+                unsafe { sys::ucp_ep_flush_nbx(handle, param) }
+            },
+        )
     }
 
     /// A request that fails at once if the endpoint has failed.
     pub(crate) fn refuse_if_failed<T: 'static>(&self, op: &'static str) -> Option<Request<T>> {
         let status = self.inner.failure.status.get()?;
-        Some(Request::failed(self.worker(), op, crate::Status::from_raw(status)))
+        Some(Request::failed(
+            self.worker(),
+            op,
+            crate::Status::from_raw(status),
+        ))
     }
 }
 
@@ -197,8 +220,10 @@ impl Drop for EndpointInner {
             }
             return;
         }
-        self.worker
-            .push_closing(ClosingEndpoint { request: ptr, failure: Rc::clone(&self.failure) });
+        self.worker.push_closing(ClosingEndpoint {
+            request: ptr,
+            failure: Rc::clone(&self.failure),
+        });
     }
 }
 
@@ -233,12 +258,20 @@ impl Drop for ClosingEndpoint {
     }
 }
 
-unsafe extern "C" fn on_endpoint_error(arg: *mut c_void, ep: sys::ucp_ep_h, status: sys::ucs_status_t) {
+unsafe extern "C" fn on_endpoint_error(
+    arg: *mut c_void,
+    ep: sys::ucp_ep_h,
+    status: sys::ucs_status_t,
+) {
     // SAFETY: arg is the Failure given at ucp_ep_create, kept alive until the endpoint is
     // destroyed (by the endpoint, then the close list, then the worker's drop).
     let failure = unsafe { &*(arg as *const Failure) };
     if failure.status.get().is_none() {
         failure.status.set(Some(status));
     }
-    tracing::debug!(?ep, status = sys::status_string(status), "UCX endpoint failed");
+    tracing::debug!(
+        ?ep,
+        status = sys::status_string(status),
+        "UCX endpoint failed"
+    );
 }

@@ -88,7 +88,11 @@ impl UcxError {
 
     /// An error for `op` with a status.
     pub(crate) fn from_status(op: &'static str, status: Status) -> UcxError {
-        UcxError { op, status, message: status.message() }
+        UcxError {
+            op,
+            status,
+            message: status.message(),
+        }
     }
 }
 
@@ -120,7 +124,10 @@ mod tests {
     #[test]
     fn display_names_the_operation_and_status() {
         let error = UcxError::from_status("ucp_get_nbx", Status::CANCELED);
-        assert_eq!(error.to_string(), "ucp_get_nbx: Request canceled (status -16)");
+        assert_eq!(
+            error.to_string(),
+            "ucp_get_nbx: Request canceled (status -16)"
+        );
         assert!(!Status::CANCELED.is_peer_failure());
         assert!(Status::CONNECTION_RESET.is_peer_failure());
         assert!(Status::ENDPOINT_TIMEOUT.is_peer_failure());

@@ -58,7 +58,12 @@ impl Listener {
         let status = unsafe { sys::ucp_listener_create(worker.handle(), &params, &mut handle) };
         check("ucp_listener_create", status)?;
         queue.listener.set(handle);
-        let mut listener = Listener { handle, queue, local_addr: addr, worker: Rc::clone(worker) };
+        let mut listener = Listener {
+            handle,
+            queue,
+            local_addr: addr,
+            worker: Rc::clone(worker),
+        };
         let mut attr = sys::ucp_listener_attr_t {
             field_mask: sys::UCP_LISTENER_ATTR_FIELD_SOCKADDR as u64,
             ..Default::default()
@@ -112,7 +117,9 @@ impl Drop for Listener {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("local_addr", &self.local_addr).finish()
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .finish()
     }
 }
 
@@ -128,7 +135,10 @@ unsafe extern "C" fn on_conn_request(request: sys::ucp_conn_request_h, arg: *mut
         _ => true,
     };
     if full {
-        tracing::warn!(backlog = LISTENER_BACKLOG_MAX, "listener backlog full; rejecting");
+        tracing::warn!(
+            backlog = LISTENER_BACKLOG_MAX,
+            "listener backlog full; rejecting"
+        );
         // SAFETY: the listener is alive (callbacks run only before its destroy) and the
         // request is unanswered.
         unsafe { sys::ucp_listener_reject(queue.listener.get(), request) };

@@ -39,7 +39,12 @@ impl MemoryRegion {
         if len == 0 {
             return Err(UcxError::from_status("ucp_mem_map", Status::INVALID_PARAM));
         }
-        let handle = map(context, std::ptr::null_mut(), len, sys::UCP_MEM_MAP_ALLOCATE)?;
+        let handle = map(
+            context,
+            std::ptr::null_mut(),
+            len,
+            sys::UCP_MEM_MAP_ALLOCATE,
+        )?;
         let mut attr = sys::ucp_mem_attr_t {
             field_mask: (sys::UCP_MEM_ATTR_FIELD_ADDRESS | sys::UCP_MEM_ATTR_FIELD_LENGTH) as u64,
             ..Default::default()
@@ -55,7 +60,10 @@ impl MemoryRegion {
         };
         check("ucp_mem_query", status)?;
         if region.address.is_null() || region.len < len {
-            return Err(UcxError::from_status("ucp_mem_query", Status::INVALID_PARAM));
+            return Err(UcxError::from_status(
+                "ucp_mem_query",
+                Status::INVALID_PARAM,
+            ));
         }
         // SAFETY: UCX allocated at least `len` writable bytes at `address` for us.
         unsafe { std::ptr::write_bytes(region.address, 0, region.len) };
@@ -70,7 +78,13 @@ impl MemoryRegion {
         let address = buffer.as_mut_ptr();
         let len = buffer.len();
         let handle = map(context, address as *mut c_void, len, 0)?;
-        Ok(MemoryRegion { handle, address, len, _buffer: Some(buffer), context: Arc::clone(context) })
+        Ok(MemoryRegion {
+            handle,
+            address,
+            len,
+            _buffer: Some(buffer),
+            context: Arc::clone(context),
+        })
     }
 
     /// The region's start address, to send to peers along with the packed key.
@@ -108,7 +122,9 @@ impl MemoryRegion {
     pub fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), UcxError> {
         self.check_range("MemoryRegion::read_at", offset, out.len())?;
         // SAFETY: the range is inside the mapping (checked); `out` is a distinct Rust slice.
-        unsafe { std::ptr::copy_nonoverlapping(self.address.add(offset), out.as_mut_ptr(), out.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.address.add(offset), out.as_mut_ptr(), out.len())
+        };
         Ok(())
     }
 
@@ -117,7 +133,9 @@ impl MemoryRegion {
         self.check_range("MemoryRegion::write_at", offset, data.len())?;
         // SAFETY: the range is inside the mapping (checked), which is writable memory that
         // no Rust reference points into; `data` is a distinct Rust slice.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.address.add(offset), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.address.add(offset), data.len())
+        };
         Ok(())
     }
 
@@ -190,16 +208,28 @@ impl RemoteKey {
     /// Unpacks a key a peer made with [`MemoryRegion::pack_rkey`], for use on `endpoint`.
     pub fn unpack(endpoint: &Endpoint, packed: &[u8]) -> Result<RemoteKey, UcxError> {
         if packed.is_empty() {
-            return Err(UcxError::from_status("ucp_ep_rkey_unpack", Status::INVALID_PARAM));
+            return Err(UcxError::from_status(
+                "ucp_ep_rkey_unpack",
+                Status::INVALID_PARAM,
+            ));
         }
         let mut handle: sys::ucp_rkey_h = std::ptr::null_mut();
         // SAFETY: the endpoint is alive; packed is readable for the call (see the module
         // docs for why its contents must come from a trusted peer).
         let status = unsafe {
-            sys::ucp_ep_rkey_unpack(endpoint.handle(), packed.as_ptr() as *const c_void, &mut handle)
+            sys::ucp_ep_rkey_unpack(
+                endpoint.handle(),
+                packed.as_ptr() as *const c_void,
+                &mut handle,
+            )
         };
         check("ucp_ep_rkey_unpack", status)?;
-        Ok(RemoteKey { inner: Rc::new(RemoteKeyInner { handle, endpoint: endpoint.clone() }) })
+        Ok(RemoteKey {
+            inner: Rc::new(RemoteKeyInner {
+                handle,
+                endpoint: endpoint.clone(),
+            }),
+        })
     }
 
     /// The endpoint this key was unpacked for.
@@ -228,6 +258,8 @@ impl Drop for RemoteKeyInner {
 
 impl std::fmt::Debug for RemoteKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteKey").field("handle", &self.inner.handle).finish()
+        f.debug_struct("RemoteKey")
+            .field("handle", &self.inner.handle)
+            .finish()
     }
 }

@@ -141,7 +141,13 @@ impl<T: 'static> Request<T> {
             };
         }
         worker.wake_progress();
-        Request { op, state: Some(state), handle: ptr, immediate: None, _worker: Rc::clone(worker) }
+        Request {
+            op,
+            state: Some(state),
+            handle: ptr,
+            immediate: None,
+            _worker: Rc::clone(worker),
+        }
     }
 }
 
@@ -178,7 +184,9 @@ impl<T> Future for Request<T> {
 
 impl<T> Drop for Request<T> {
     fn drop(&mut self) {
-        let Some(state) = self.state.take() else { return };
+        let Some(state) = self.state.take() else {
+            return;
+        };
         if self.handle.is_null() {
             return;
         }

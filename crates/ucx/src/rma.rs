@@ -23,14 +23,28 @@ impl Endpoint {
             return request;
         }
         let (ep, key) = (self.handle(), rkey.handle());
-        Request::start(self.worker(), OP, Callback::Send, local, Some(rkey.clone()), |local, param| {
-            let local = local.as_ref();
-            // SAFETY: endpoint and key are alive (the request holds the key until it
-            // completes); local stays at a fixed address in the Pending until then.
-            unsafe {
-                sys::ucp_put_nbx(ep, local.as_ptr() as *const c_void, local.len(), remote_addr, key, param)
-            }
-        })
+        Request::start(
+            self.worker(),
+            OP,
+            Callback::Send,
+            local,
+            Some(rkey.clone()),
+            |local, param| {
+                let local = local.as_ref();
+                // SAFETY: endpoint and key are alive (the request holds the key until it
+                // completes); local stays at a fixed address in the Pending until then.
+                unsafe {
+                    sys::ucp_put_nbx(
+                        ep,
+                        local.as_ptr() as *const c_void,
+                        local.len(),
+                        remote_addr,
+                        key,
+                        param,
+                    )
+                }
+            },
+        )
     }
 
     /// Reads `local.len()` bytes of the peer's memory at `remote_addr` into `local`.
@@ -46,14 +60,28 @@ impl Endpoint {
             return request;
         }
         let (ep, key) = (self.handle(), rkey.handle());
-        Request::start(self.worker(), OP, Callback::Send, local, Some(rkey.clone()), |local, param| {
-            let local = local.as_mut();
-            // SAFETY: as for put; UCX writes local.len() bytes into local, which nothing else
-            // accesses until the request completes.
-            unsafe {
-                sys::ucp_get_nbx(ep, local.as_mut_ptr() as *mut c_void, local.len(), remote_addr, key, param)
-            }
-        })
+        Request::start(
+            self.worker(),
+            OP,
+            Callback::Send,
+            local,
+            Some(rkey.clone()),
+            |local, param| {
+                let local = local.as_mut();
+                // SAFETY: as for put; UCX writes local.len() bytes into local, which nothing else
+                // accesses until the request completes.
+                unsafe {
+                    sys::ucp_get_nbx(
+                        ep,
+                        local.as_mut_ptr() as *mut c_void,
+                        local.len(),
+                        remote_addr,
+                        key,
+                        param,
+                    )
+                }
+            },
+        )
     }
 
     fn refuse<T: 'static>(&self, op: &'static str, rkey: &RemoteKey) -> Option<Request<T>> {

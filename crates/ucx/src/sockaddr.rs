@@ -19,7 +19,9 @@ impl RawSockAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v4.ip()).to_be(),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
@@ -31,7 +33,9 @@ impl RawSockAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: v6.port().to_be(),
                     sin6_flowinfo: v6.flowinfo(),
-                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
                     sin6_scope_id: v6.scope_id(),
                 };
                 // SAFETY: as above.
@@ -39,7 +43,10 @@ impl RawSockAddr {
                 std::mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        RawSockAddr { storage, len: len as libc::socklen_t }
+        RawSockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
     }
 
     /// The address as UCX's `ucs_sock_addr_t`, valid while `self` is.
@@ -60,7 +67,10 @@ pub(crate) fn from_storage(storage: &sys::sockaddr_storage) -> Option<SocketAddr
             // read_unaligned because the C storage type's alignment is not libc's.
             let sin = unsafe { std::ptr::read_unaligned(ptr as *const libc::sockaddr_in) };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for sockaddr_in6.

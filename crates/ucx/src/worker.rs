@@ -285,8 +285,9 @@ impl Worker {
         drop(rkeys);
         let done = match self.closing.try_borrow_mut() {
             Ok(mut list) if !list.is_empty() => {
-                let (done, still): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut *list).into_iter().partition(ClosingEndpoint::is_done);
+                let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
+                    .into_iter()
+                    .partition(ClosingEndpoint::is_done);
                 *list = still;
                 done
             }
@@ -306,7 +307,10 @@ impl Drop for Worker {
         }
         let leftover = std::mem::take(&mut *self.closing.borrow_mut());
         if !leftover.is_empty() {
-            tracing::debug!(count = leftover.len(), "endpoints still closing at worker destroy");
+            tracing::debug!(
+                count = leftover.len(),
+                "endpoints still closing at worker destroy"
+            );
         }
         // The error handlers of endpoints still closing may run until the worker is gone.
         let failures: Vec<_> = leftover.into_iter().map(ClosingEndpoint::release).collect();
@@ -319,7 +323,9 @@ impl Drop for Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("handle", &self.handle).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
     }
 }
 

@@ -29,7 +29,9 @@ fn run<F: Future>(future: F) -> F::Output {
         .expect("tokio runtime");
     let local = tokio::task::LocalSet::new();
     local
-        .block_on(&runtime, async { tokio::time::timeout(TEST_TIMEOUT, future).await })
+        .block_on(&runtime, async {
+            tokio::time::timeout(TEST_TIMEOUT, future).await
+        })
         .expect("test hit its safety timeout: an operation hung")
 }
 
@@ -47,12 +49,17 @@ impl Node {
 
     async fn stop(self) {
         self.worker.stop_progress();
-        self.progress.await.expect("progress task").expect("progress loop");
+        self.progress
+            .await
+            .expect("progress task")
+            .expect("progress loop");
     }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Echoes every request on the reply endpoint: header byte 1 says whether the data came by
@@ -65,7 +72,10 @@ async fn echo_server(requests: AmStream, count: usize) {
         header.extend_from_slice(message.header());
         let reply = message.reply_endpoint().cloned().expect("reply endpoint");
         let data = message.into_data().await.expect("receive data");
-        reply.am_send(REPLY_ID, header, data, AmProto::Auto).await.expect("send reply");
+        reply
+            .am_send(REPLY_ID, header, data, AmProto::Auto)
+            .await
+            .expect("send reply");
     }
 }
 
@@ -99,12 +109,21 @@ fn am_round_trips_eager_and_rendezvous_over_listener() {
         for (index, &(len, proto, rendezvous)) in cases.iter().enumerate() {
             let data = pattern(len, index as u8);
             let header = format!("case {index}").into_bytes();
-            ep.am_send(REQUEST_ID, header.clone(), data.clone(), proto).await.unwrap();
+            ep.am_send(REQUEST_ID, header.clone(), data.clone(), proto)
+                .await
+                .unwrap();
             let mut reply = replies.recv().await;
-            assert_eq!(reply.header()[0], u8::from(rendezvous), "case {index}: protocol");
+            assert_eq!(
+                reply.header()[0],
+                u8::from(rendezvous),
+                "case {index}: protocol"
+            );
             assert_eq!(&reply.header()[1..], &header[..]);
             let echoed = reply.recv_data(vec![0u8; len]).await.unwrap();
-            assert!(echoed == data, "case {index}: {len} bytes differ after the round trip");
+            assert!(
+                echoed == data,
+                "case {index}: {len} bytes differ after the round trip"
+            );
         }
         let accepted = server_task.await.unwrap();
         assert!(!accepted.is_failed() && !ep.is_failed());
@@ -123,10 +142,12 @@ fn connect_by_worker_address_and_answer_on_a_connect_back() {
         let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
         let replies = client.worker.set_am_handler(REPLY_ID, QUEUE).unwrap();
 
-        let ep = Endpoint::connect_address(&client.worker, &server.worker.address().unwrap())
-            .unwrap();
+        let ep =
+            Endpoint::connect_address(&client.worker, &server.worker.address().unwrap()).unwrap();
         let client_address = client.worker.address().unwrap().as_bytes().to_vec();
-        ep.am_send(REQUEST_ID, b"hello".to_vec(), client_address, AmProto::Auto).await.unwrap();
+        ep.am_send(REQUEST_ID, b"hello".to_vec(), client_address, AmProto::Auto)
+            .await
+            .unwrap();
 
         let message = requests.recv().await;
         assert_eq!(message.header(), b"hello");
@@ -134,14 +155,23 @@ fn connect_by_worker_address_and_answer_on_a_connect_back() {
         assert!(message.reply_endpoint().is_none());
         let address = benchfs_ucx::WorkerAddress::from_bytes(message.into_data().await.unwrap());
         let back = Endpoint::connect_address(&server.worker, &address).unwrap();
-        back.am_send(REPLY_ID, b"world".to_vec(), pattern(64 << 10, 7), AmProto::Rndv)
-            .await
-            .unwrap();
+        // A rendezvous send completes only once the receiver pulls the data, so receive
+        // before awaiting it.
+        let sent = back.am_send(
+            REPLY_ID,
+            b"world".to_vec(),
+            pattern(64 << 10, 7),
+            AmProto::Rndv,
+        );
 
         let reply = replies.recv().await;
         assert_eq!(reply.header(), b"world");
-        assert!(reply.reply_endpoint().is_none());
+        // UCX matches the connect-back to the client's own endpoint, which is handed out.
+        assert!(reply
+            .reply_endpoint()
+            .is_none_or(|reply| reply.same_as(&ep)));
         assert_eq!(reply.into_data().await.unwrap(), pattern(64 << 10, 7));
+        sent.await.unwrap();
         drop((ep, back, requests, replies));
         client.stop().await;
         server.stop().await;
@@ -165,7 +195,8 @@ fn rma_put_and_get_one_mebibyte_with_exchanged_rkeys() {
         let registered = MemoryRegion::register(&context, pattern(LEN, 3)).unwrap();
         for region in [&allocated, &registered] {
             let header = region.address().to_le_bytes().to_vec();
-            accepted.am_send(REPLY_ID, header, region.pack_rkey().unwrap(), AmProto::Auto)
+            accepted
+                .am_send(REPLY_ID, header, region.pack_rkey().unwrap(), AmProto::Auto)
                 .await
                 .unwrap();
         }
@@ -194,7 +225,10 @@ fn rma_put_and_get_one_mebibyte_with_exchanged_rkeys() {
         // Get from the registered region, then a partial get at an offset.
         let (address, rkey) = &remotes[1];
         let got = ep.get(vec![0u8; LEN], *address, rkey).await.unwrap();
-        assert!(got == pattern(LEN, 3), "get from the registered region differs");
+        assert!(
+            got == pattern(LEN, 3),
+            "get from the registered region differs"
+        );
         let got = ep.get([0u8; 16], address + 1000, rkey).await.unwrap();
         assert_eq!(&got[..], &pattern(LEN, 3)[1000..1016]);
 
@@ -203,7 +237,10 @@ fn rma_put_and_get_one_mebibyte_with_exchanged_rkeys() {
         let other_accepted = listener.accept().await.unwrap();
         let error = other.get(vec![0u8; 8], *address, rkey).await.unwrap_err();
         assert_eq!(error.status, Status::INVALID_PARAM);
-        assert_eq!(allocated.read_at(LEN - 1, &mut [0; 2]).unwrap_err().status, Status::OUT_OF_RANGE);
+        assert_eq!(
+            allocated.read_at(LEN - 1, &mut [0; 2]).unwrap_err().status,
+            Status::OUT_OF_RANGE
+        );
 
         drop((remotes, ep, other, other_accepted, accepted, listener, keys));
         drop((allocated, registered));
@@ -262,7 +299,7 @@ fn dropping_a_request_early_leaves_the_buffer_to_ucx() {
 
         // Start a rendezvous send and drop its future at once: the data must still arrive
         // intact, because the request, not the future, owns the buffer.
-        drop(ep.am_send(REQUEST_ID, b"detached".to_vec(), pattern(2 << 20, 5), AmProto::Rndv));
+        drop(ep.am_send(REQUEST_ID, b"detached", pattern(2 << 20, 5), AmProto::Rndv));
         let message = requests.recv().await;
         assert_eq!(message.header(), b"detached");
         assert!(message.into_data().await.unwrap() == pattern(2 << 20, 5));
@@ -282,7 +319,10 @@ fn dropping_a_request_early_leaves_the_buffer_to_ucx() {
 
         // An oversized header is refused locally.
         let header = vec![0u8; client.worker.max_am_header() + 1];
-        let error = ep.am_send(REQUEST_ID, header, Vec::new(), AmProto::Auto).await.unwrap_err();
+        let error = ep
+            .am_send(REQUEST_ID, header, Vec::new(), AmProto::Auto)
+            .await
+            .unwrap_err();
         assert_eq!(error.status, Status::INVALID_PARAM);
         drop((ep, _accepted, listener, requests));
         client.stop().await;
@@ -320,7 +360,12 @@ fn child_peer_process() {
 fn peer_process_exit_fails_pending_operations() {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "child_peer_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_peer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, "1")
         .stdout(Stdio::piped())
         .spawn()
@@ -329,7 +374,11 @@ fn peer_process_exit_fails_pending_operations() {
     let port = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("PORT=").map(|port| port.parse::<u16>().unwrap()))
+        .find_map(|line| {
+            // libtest prints "test child_peer_process ... " before the test's own output.
+            let port = line.split_once("PORT=")?.1;
+            Some(port.trim().parse::<u16>().expect("port number"))
+        })
         .expect("child reported its port");
 
     run(async {
@@ -340,14 +389,24 @@ fn peer_process_exit_fails_pending_operations() {
         // The child takes the header and exits, so this rendezvous send can only end with
         // an error from the peer-failure handling.
         let error = ep
-            .am_send(REQUEST_ID, b"die".to_vec(), pattern(4 << 20, 1), AmProto::Rndv)
+            .am_send(
+                REQUEST_ID,
+                b"die".to_vec(),
+                pattern(4 << 20, 1),
+                AmProto::Rndv,
+            )
             .await
             .unwrap_err();
-        assert!(error.status.is_peer_failure() || error.status == Status::CANCELED, "{error}");
+        assert!(
+            error.status.is_peer_failure() || error.status == Status::CANCELED,
+            "{error}"
+        );
         // The endpoint is marked failed and new operations fail at once.
         let failure = ep.failure().expect("endpoint marked failed");
         assert!(failure.status.is_peer_failure(), "{failure}");
-        let error = ep.am_send(REQUEST_ID, Vec::new(), vec![1u8; 8], AmProto::Eager).await;
+        let error = ep
+            .am_send(REQUEST_ID, Vec::new(), vec![1u8; 8], AmProto::Eager)
+            .await;
         assert_eq!(error.unwrap_err().status, failure.status);
         assert!(ep.flush().await.is_err());
         drop(ep);

@@ -45,11 +45,19 @@ pub(crate) struct Keep {
 enum Slot {
     Free,
     /// Submitted; `waker` is woken when the CQE arrives.
-    Pending { waker: Option<Waker>, keep: Keep },
+    Pending {
+        waker: Option<Waker>,
+        keep: Keep,
+    },
     /// Completed; waiting for its future to take the result.
-    Done { result: i32, keep: Keep },
+    Done {
+        result: i32,
+        keep: Keep,
+    },
     /// Submitted, but its future was dropped: the slot frees itself at the CQE.
-    Abandoned { keep: Keep },
+    Abandoned {
+        keep: Keep,
+    },
 }
 
 #[derive(Default)]
@@ -94,7 +102,9 @@ impl OpTable {
                 drop(keep);
                 None
             }
-            Slot::Free | Slot::Done { .. } => unreachable!("CQE for slot {index}, which is not in flight"),
+            Slot::Free | Slot::Done { .. } => {
+                unreachable!("CQE for slot {index}, which is not in flight")
+            }
         }
     }
 
@@ -284,7 +294,7 @@ impl Driver {
         let n = unsafe {
             libc::read(
                 self.eventfd.get_ref().as_raw_fd(),
-                (&raw mut counter).cast(),
+                std::ptr::addr_of_mut!(counter).cast(),
                 std::mem::size_of::<u64>(),
             )
         };

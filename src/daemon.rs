@@ -1,0 +1,214 @@
+//! `benchfsd`: one server process. Loads the configuration, opens the store, listens,
+//! publishes its address, serves until SIGTERM or SIGINT, then drains and exits.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use benchfs_store::ChunkStore;
+use benchfs_ucx::{Context, Features, Listener, Worker};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+use crate::config::{launcher_rank, Backend, ConfigError, ServerConfig};
+use crate::registry::{self, ServerEntry};
+use crate::rpc::server::{serve, ServeOptions};
+use crate::server::ServerState;
+
+/// Command-line arguments of `benchfsd`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "benchfsd", version, about = "BenchFS server: one per core of each node of a job")]
+pub struct Args {
+    /// Configuration file; without it, defaults and BENCHFS_* variables apply.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Registry directory (overrides network.registry_dir).
+    #[arg(long)]
+    pub registry: Option<PathBuf>,
+    /// Data directory (overrides node.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Node id (overrides node.node_id).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Listen address (overrides network.bind_addr).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Chunk store backend (overrides storage.backend).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Job secret file; clients must present the same bytes in the handshake.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The server state could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::server::OpenError),
+    /// UCX failed to start.
+    #[error("UCX: {0}")]
+    Ucx(#[from] benchfs_ucx::UcxError),
+    /// The registry could not be written.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// Setting up the runtime, the log or the signal handlers failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the configuration from the file, the environment, the flags and the launcher
+/// rank, in that order of precedence (later wins).
+pub fn load_config(args: &Args) -> Result<ServerConfig, DaemonError> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::from_env()?,
+    };
+    if let Some(dir) = &args.registry {
+        config.network.registry_dir = dir.clone();
+    }
+    if let Some(dir) = &args.data_dir {
+        config.node.data_dir = dir.clone();
+    }
+    if let Some(id) = &args.node_id {
+        config.node.node_id = id.clone();
+    }
+    if let Some(addr) = args.bind {
+        config.network.bind_addr = addr;
+    }
+    if let Some(backend) = &args.backend {
+        config.storage.backend = backend.parse().map_err(|e: benchfs_store::StoreError| ConfigError::Invalid {
+            key: "storage.backend",
+            reason: e.to_string(),
+        })?;
+        if config.storage.backend == Backend::Memory {
+            config.storage.o_direct = false;
+        }
+    }
+    config.validate()?;
+    if let Some(rank) = launcher_rank(std::env::vars())? {
+        config = config.for_rank(rank)?;
+        // One port per rank on a node; port 0 lets the OS choose.
+        config.network.bind_addr.set_port(0);
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &ServerConfig) -> Result<(), DaemonError> {
+    let path = config.node.data_dir.join("benchfs.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Setup { what: "opening benchfs.log", source })?;
+    let level = match config.node.log_level {
+        crate::config::LogLevel::Error => tracing::Level::ERROR,
+        crate::config::LogLevel::Warn => tracing::Level::WARN,
+        crate::config::LogLevel::Info => tracing::Level::INFO,
+        crate::config::LogLevel::Debug => tracing::Level::DEBUG,
+        crate::config::LogLevel::Trace => tracing::Level::TRACE,
+    };
+    let writer = std::io::stderr.and(Arc::new(file)).with_max_level(level);
+    // A second init (tests in one process) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(writer).with_max_level(level).try_init();
+    Ok(())
+}
+
+/// The address clients should use: the bound one, or for a wildcard bind, this host's
+/// first non-loopback IPv4 address (loopback when there is none).
+fn advertised_addr(bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let ip = (host.trim(), bound.port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() && !a.ip().is_loopback()))
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, bound.port())
+}
+
+/// Runs a server until SIGTERM or SIGINT.
+pub fn run(args: Args) -> Result<(), DaemonError> {
+    let config = load_config(&args)?;
+    init_logging(&config)?;
+    let secret = match &args.secret_file {
+        Some(path) => std::fs::read(path).map_err(|source| DaemonError::Setup { what: "reading the secret file", source })?,
+        None => Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Setup { what: "starting the runtime", source })?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve_until_signal(config, secret))
+}
+
+async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let state = Rc::new(ServerState::open(&config, secret)?);
+    let context = Context::new(Features::ALL)?;
+    let worker = Worker::new(&context)?;
+    let progress = tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
+    let listener = Listener::bind(&worker, config.network.bind_addr)?;
+    let addr = advertised_addr(listener.local_addr());
+    let entry = ServerEntry { node_id: config.node.node_id.clone(), addr };
+    registry::publish(&config.network.registry_dir, &entry)?;
+    tracing::info!(
+        node_id = %entry.node_id,
+        %addr,
+        backend = %config.storage.backend,
+        chunk_size = config.storage.chunk_size_bytes,
+        data_dir = %config.node.data_dir.display(),
+        "benchfsd serving"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let setup = |source| DaemonError::Setup { what: "installing signal handlers", source };
+    let mut term = signal(SignalKind::terminate()).map_err(setup)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
+    {
+        let stop = Arc::clone(&stop);
+        tokio::task::spawn_local(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received; draining");
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let options = ServeOptions {
+        inflight_max: config.network.inflight_max as usize,
+        rdma_threshold: config.network.rdma_threshold_bytes as usize,
+    };
+    let served = serve(Rc::clone(&state), Rc::clone(&worker), listener, options, Arc::clone(&stop)).await;
+    // Withdraw first so no new client finds us, then make everything durable.
+    let withdrawn = registry::withdraw(&config.network.registry_dir, &config.node.node_id);
+    if let Err(e) = state.store().sync().await {
+        tracing::error!(error = %e, "final store sync failed");
+    }
+    if let Err(e) = state.sync_metadata() {
+        tracing::error!(error = %e, "final metadata sync failed");
+    }
+    worker.stop_progress();
+    let _ = progress.await;
+    served?;
+    withdrawn?;
+    tracing::info!("benchfsd stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Discovery: servers publish their addresses as files in a directory every node sees.
+//!
+//! Each server writes `<registry_dir>/<node_id>.addr` holding `<node_id> <ip:port>\n`,
+//! atomically (write a temporary file, then rename), and removes it on a clean exit.
+//! Clients read every `*.addr` file; anything else in the directory is ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// One published server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// The server's node id.
+    pub node_id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Why the registry could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A file system operation failed.
+    #[error("registry {path}: {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file in the registry does not hold a valid entry.
+    #[error("registry file {path} is malformed: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError {
+    let path = path.to_path_buf();
+    move |source| RegistryError::Io { op, path, source }
+}
+
+/// The file a server's entry lives in.
+pub fn entry_path(dir: &Path, node_id: &str) -> PathBuf {
+    dir.join(format!("{node_id}.addr"))
+}
+
+/// Publishes `entry` atomically.
+pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let path = entry_path(dir, &entry.node_id);
+    let tmp = dir.join(format!(".{}.addr.tmp.{}", entry.node_id, std::process::id()));
+    std::fs::write(&tmp, format!("{} {}\n", entry.node_id, entry.addr)).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    Ok(path)
+}
+
+/// Removes a server's entry; a missing entry is not an error.
+pub fn withdraw(dir: &Path, node_id: &str) -> Result<(), RegistryError> {
+    let path = entry_path(dir, node_id);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Parses one entry file's contents.
+pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
+    let mut words = text.split_whitespace();
+    let (Some(node_id), Some(addr), None) = (words.next(), words.next(), words.next()) else {
+        return Err("expected `<node_id> <ip:port>`".to_string());
+    };
+    let addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    Ok(ServerEntry {
+        node_id: node_id.to_string(),
+        addr,
+    })
+}
+
+/// Every published server, sorted by node id.
+pub fn read(dir: &Path) -> Result<Vec<ServerEntry>, RegistryError> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let item = item.map_err(io("list", dir))?;
+        let path = item.path();
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".addr") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        let entry = parse_entry(&text).map_err(|reason| RegistryError::Malformed {
+            path: path.clone(),
+            reason,
+        })?;
+        out.push(entry);
+    }
+    out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_read_withdraw() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ServerEntry { node_id: "b".into(), addr: "127.0.0.1:1".parse().unwrap() };
+        let b = ServerEntry { node_id: "a".into(), addr: "127.0.0.1:2".parse().unwrap() };
+        publish(dir.path(), &a).unwrap();
+        publish(dir.path(), &b).unwrap();
+        std::fs::write(dir.path().join("README"), "not an entry").unwrap();
+        std::fs::write(dir.path().join(".x.addr.tmp.1"), "half").unwrap();
+        assert_eq!(read(dir.path()).unwrap(), vec![b.clone(), a.clone()]);
+        withdraw(dir.path(), "a").unwrap();
+        withdraw(dir.path(), "a").unwrap();
+        assert_eq!(read(dir.path()).unwrap(), vec![a]);
+        std::fs::write(dir.path().join("bad.addr"), "x").unwrap();
+        assert!(matches!(read(dir.path()), Err(RegistryError::Malformed { .. })));
+    }
+
+    #[test]
+    fn parses_entries() {
+        assert!(parse_entry("n 127.0.0.1:5\n").is_ok());
+        assert!(parse_entry("n [::1]:5").is_ok());
+        assert!(parse_entry("n").is_err());
+        assert!(parse_entry("n host:5").is_err());
+        assert!(parse_entry("n 1.2.3.4:5 extra").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The client side of the RPC: one [`RpcClient`] per thread (it owns that thread's UCX
+//! worker) and one [`Connection`] per server.
+//!
+//! **Invariant:** every call ends within the RPC timeout: with a reply, an error status, a
+//! transport error, or `Timeout`. A reply that comes after its call gave up is dropped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use benchfs_proto::frame::FRAME_HEADER_LEN;
+use benchfs_proto::ops::{Hello, HelloReply, HelloRequest};
+use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
+use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, Worker};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::{RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
+
+/// Settings of an [`RpcClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long a call waits for its reply.
+    pub rpc_timeout: Duration,
+    /// Payloads above this go by rendezvous.
+    pub rdma_threshold: usize,
+    /// Busy-poll window of the progress task.
+    pub busy_poll: Duration,
+    /// Most calls in flight on one connection.
+    pub inflight_max: usize,
+    /// The job secret sent in the handshake.
+    pub secret: Vec<u8>,
+    /// The name this client gives in the handshake.
+    pub name: String,
+}
+
+/// A thread's RPC endpoint: its UCX worker, reply queue and calls in flight.
+pub struct RpcClient {
+    worker: Rc<Worker>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<AmMessage>>>,
+    next_id: Cell<u64>,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient").field("pending", &self.pending.borrow().len()).finish()
+    }
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        self.worker.stop_progress();
+    }
+}
+
+impl RpcClient {
+    /// Creates the worker and starts its progress and reply tasks. Call inside a tokio
+    /// `LocalSet` on a current-thread runtime.
+    pub fn start(context: &Arc<Context>, options: ClientOptions) -> Result<Rc<RpcClient>, benchfs_ucx::UcxError> {
+        let worker = Worker::new(context)?;
+        let replies = worker.set_am_handler(REPLY_AM_ID, CLIENT_QUEUE_MAX)?;
+        let progress = Rc::clone(&worker).run_progress(options.busy_poll);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = progress.await {
+                tracing::error!(error = %e, "client progress loop failed");
+            }
+        });
+        let client = Rc::new(RpcClient {
+            worker,
+            pending: RefCell::default(),
+            next_id: Cell::new(1),
+            options,
+        });
+        tokio::task::spawn_local(route_replies(Rc::downgrade(&client), replies));
+        Ok(client)
+    }
+
+    /// The client's UCX worker.
+    pub fn worker(&self) -> &Rc<Worker> {
+        &self.worker
+    }
+
+    /// The client's settings.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Connects to a server and performs the handshake.
+    pub async fn connect(self: &Rc<Self>, addr: SocketAddr) -> Result<Connection, RpcError> {
+        let server = addr.to_string();
+        let ep = Endpoint::connect_socket(&self.worker, addr).map_err(|source| RpcError::Transport {
+            server: server.clone(),
+            source,
+        })?;
+        let mut conn = Connection {
+            ep,
+            client: Rc::clone(self),
+            server,
+            inflight: Semaphore::new(self.options.inflight_max),
+            hello: None,
+        };
+        let hello = conn
+            .call::<Hello>(&HelloRequest {
+                client: self.options.name.clone(),
+                secret: self.options.secret.clone(),
+            })
+            .await?;
+        conn.server = format!("{}@{}", hello.node_id, addr);
+        conn.hello = Some(hello);
+        Ok(conn)
+    }
+}
+
+/// Hands each reply to the call waiting for it.
+async fn route_replies(client: Weak<RpcClient>, replies: AmStream) {
+    loop {
+        let msg = replies.recv().await;
+        let Some(client) = client.upgrade() else { return };
+        match Frame::decode(msg.header(), msg.data_len()) {
+            Ok(frame) if frame.is_reply => {
+                if let Some(waiter) = client.pending.borrow_mut().remove(&frame.request_id) {
+                    // The caller may have given up meanwhile; then the reply is dropped.
+                    let _ = waiter.send(msg);
+                }
+            }
+            Ok(_) => tracing::warn!("a request arrived on the reply channel; dropped"),
+            Err(e) => tracing::warn!(error = %e, "malformed reply frame; dropped"),
+        }
+    }
+}
+
+/// A reply: its body decoded, and its payload.
+#[derive(Debug)]
+pub struct Response<R> {
+    /// The decoded reply body.
+    pub reply: R,
+    /// Payload bytes that came with it.
+    pub payload: Vec<u8>,
+}
+
+/// A connection to one server, after a successful handshake.
+pub struct Connection {
+    ep: Endpoint,
+    client: Rc<RpcClient>,
+    server: String,
+    inflight: Semaphore,
+    hello: Option<HelloReply>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("server", &self.server).finish()
+    }
+}
+
+/// Removes a call's entry from the pending table however the call ends.
+struct PendingGuard<'a> {
+    client: &'a RpcClient,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.client.pending.borrow_mut().remove(&self.id);
+    }
+}
+
+impl Connection {
+    /// What the server said in the handshake.
+    pub fn hello(&self) -> Option<&HelloReply> {
+        self.hello.as_ref()
+    }
+
+    /// The server's name, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Whether the transport reported this connection failed.
+    pub fn is_failed(&self) -> bool {
+        self.ep.is_failed()
+    }
+
+    /// Calls `R` with no payload.
+    pub async fn call<R: Rpc>(&self, request: &R::Request) -> Result<R::Reply, RpcError> {
+        Ok(self.call_with::<R>(request, Vec::new()).await?.reply)
+    }
+
+    /// Calls `R` with a payload (sent eagerly up to the threshold, by rendezvous above).
+    pub async fn call_with<R: Rpc>(&self, request: &R::Request, payload: Vec<u8>) -> Result<Response<R::Reply>, RpcError> {
+        let timeout = self.client.options.rpc_timeout;
+        match tokio::time::timeout(timeout, self.exchange(R::OP, request.to_bytes(), payload)).await {
+            Ok(result) => {
+                let (frame, body, payload) = result?;
+                let reply = R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))?;
+                debug_assert_eq!(frame.op, R::OP);
+                Ok(Response { reply, payload })
+            }
+            Err(_) => Err(RpcError::Timeout {
+                server: self.server.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    fn protocol(&self, source: benchfs_proto::DecodeError) -> RpcError {
+        RpcError::Protocol {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
+    fn transport(&self, source: benchfs_ucx::UcxError) -> RpcError {
+        RpcError::Transport {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
+    async fn exchange(&self, op: OpCode, body: Vec<u8>, payload: Vec<u8>) -> Result<(Frame, Vec<u8>, Vec<u8>), RpcError> {
+        let _permit = self.inflight.acquire().await.map_err(|_| RpcError::Status {
+            server: self.server.clone(),
+            status: Status::Busy,
+        })?;
+        let client = &self.client;
+        let id = client.next_id.get();
+        client.next_id.set(id.wrapping_add(1));
+        let (tx, rx) = oneshot::channel();
+        client.pending.borrow_mut().insert(id, tx);
+        let _guard = PendingGuard { client, id };
+
+        let mut header = Frame::header(op, id, 0, false, body.len(), payload.len()).to_bytes().to_vec();
+        let proto = if payload.len() > client.options.rdma_threshold { AmProto::Rndv } else { AmProto::Eager };
+        let sent = if FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header() {
+            header.extend_from_slice(&body);
+            self.ep.am_send(REQUEST_AM_ID, header, payload, proto).await.map(drop)
+        } else {
+            let mut data = body;
+            data.extend_from_slice(&payload);
+            self.ep.am_send(REQUEST_AM_ID, header, data, proto).await.map(drop)
+        };
+        sent.map_err(|e| self.transport(e))?;
+
+        let msg = rx.await.map_err(|_| RpcError::Status {
+            server: self.server.clone(),
+            status: Status::Unavailable,
+        })?;
+        let frame = Frame::decode(msg.header(), msg.data_len()).map_err(|e| self.protocol(e))?;
+        if frame.op != op {
+            return Err(self.protocol(benchfs_proto::DecodeError::BadField {
+                field: "op",
+                reason: "reply is for another operation",
+            }));
+        }
+        let status = Status::from_wire(frame.status).ok_or_else(|| {
+            self.protocol(benchfs_proto::DecodeError::BadField {
+                field: "status",
+                reason: "unknown status",
+            })
+        })?;
+        if status != Status::Ok {
+            return Err(RpcError::Status {
+                server: self.server.clone(),
+                status,
+            });
+        }
+        let header_body = msg.header()[FRAME_HEADER_LEN..].to_vec();
+        let mut data = msg.into_data().await.map_err(|e| self.transport(e))?;
+        if frame.body_in_header {
+            Ok((frame, header_body, data))
+        } else {
+            let payload = data.split_off(frame.body_len.min(data.len()));
+            Ok((frame, data, payload))
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Typed RPC over UCX Active Messages: the client's connections and the server's loop.
+//!
+//! Requests travel on AM id [`REQUEST_AM_ID`], replies on [`REPLY_AM_ID`]. The AM header
+//! holds the [`FrameHeader`](benchfs_proto::FrameHeader) and, when it fits, the operation
+//! body; the AM data holds the payload. Payloads up to the RDMA threshold go eager (copied
+//! once at the receiver); larger ones go by UCX rendezvous, which the receiver pulls
+//! straight into its destination buffer: on the server, a chunk-store buffer (registered
+//! with io_uring), so the bytes cross no extra copy between the wire and the store. See
+//! ARCHITECTURE.md for why rendezvous rather than explicit get/put is the default.
+
+pub mod client;
+pub mod server;
+
+use benchfs_proto::{DecodeError, Status};
+use benchfs_store::ChunkBuf;
+
+/// Active Message id of requests.
+pub const REQUEST_AM_ID: u16 = 10;
+/// Active Message id of replies.
+pub const REPLY_AM_ID: u16 = 11;
+/// Most messages a server queues before it drops new ones (the sender then times out).
+pub const SERVER_QUEUE_MAX: usize = 8192;
+/// Most replies a client queues.
+pub const CLIENT_QUEUE_MAX: usize = 8192;
+
+/// What an RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// No reply came within the RPC timeout.
+    #[error("no reply from {server} within {timeout_ms} ms")]
+    Timeout {
+        /// The server's name or address.
+        server: String,
+        /// The timeout that ran out.
+        timeout_ms: u64,
+    },
+    /// The transport failed (the peer is gone, the connection was refused, ...).
+    #[error("transport to {server}: {source}")]
+    Transport {
+        /// The server's name or address.
+        server: String,
+        /// UCX's error.
+        source: benchfs_ucx::UcxError,
+    },
+    /// A reply or request broke the protocol.
+    #[error("protocol error from {server}: {source}")]
+    Protocol {
+        /// The peer's name or address.
+        server: String,
+        /// What was wrong.
+        source: DecodeError,
+    },
+    /// The server answered with an error status.
+    #[error("{server}: {status}")]
+    Status {
+        /// The server's name or address.
+        server: String,
+        /// The status.
+        status: Status,
+    },
+}
+
+impl RpcError {
+    /// The wire status that describes this error.
+    pub fn status(&self) -> Status {
+        match self {
+            RpcError::Timeout { .. } => Status::TimedOut,
+            RpcError::Transport { .. } => Status::Unavailable,
+            RpcError::Protocol { .. } => Status::Protocol,
+            RpcError::Status { status, .. } => *status,
+        }
+    }
+}
+
+/// A chunk-store buffer as a UCX send or receive buffer.
+pub(crate) struct StoreBuf(pub ChunkBuf);
+
+impl AsRef<[u8]> for StoreBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for StoreBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+}
