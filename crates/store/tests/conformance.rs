@@ -347,8 +347,8 @@ async fn names_stay_inside(mut h: Harness) {
     for id in edge {
         write(&*h.store, id, 0, b"edge").await;
     }
-    let chunks = h.dir.path().join("chunks");
-    let outside: Vec<_> = std::fs::read_dir(h.dir.path())
+    let chunks = h.config.data_dir.join("chunks");
+    let outside: Vec<_> = std::fs::read_dir(&h.config.data_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();

@@ -294,6 +294,12 @@ impl AmMessage {
         self.reply.as_ref()
     }
 
+    /// Takes the reply endpoint out of the message (see [`AmMessage::reply_endpoint`]), so
+    /// that the message no longer keeps the connection open.
+    pub fn take_reply_endpoint(&mut self) -> Option<Endpoint> {
+        self.reply.take()
+    }
+
     /// Receives the data into `buf[..data_len]`, by rendezvous if needed. Eager data is
     /// copied. Fails with [`Status::MESSAGE_TRUNCATED`] if `buf` is shorter than the data
     /// (the data stays receivable), and with [`Status::INVALID_PARAM`] if it was already

@@ -39,11 +39,16 @@
 //!
 //! # Transports
 //!
-//! UCX's defaults are used (`UCX_TLS` unset: `self`, shared memory `posix`/`sysv`/`cma`,
-//! and `tcp`, with `tcp` sockcm for client-server connections); on Debian 12 with UCX 1.13.1
-//! they work on loopback for AM (eager and rendezvous) and RMA. No configuration is forced;
+//! No UCX setting is forced: UCX's defaults (`UCX_TLS` unset, i.e. `all`) work on this
+//! project's machines (Debian 12, UCX 1.13.1, loopback only), and the tests pass with
+//! `UCX_TLS` set to `tcp`, `posix,cma,self,tcp`, `sm,self,tcp`, `sysv,self,tcp` or `all`.
 //! [`Context::with_config`] overrides keys when needed.
-
+//!
+//! **Invariant:** `UCX_TLS` must include `tcp`. Endpoints ask for peer-failure handling,
+//! which UCX 1.13 does not offer over `self`, `posix` or `sysv` ("no peer failure
+//! handler"), so Active Messages between processes on one node travel over `tcp` (and
+//! client-server connections always use the `tcp` sockcm). Without `tcp`, endpoint creation
+//! succeeds but wireup fails and operations never complete.
 mod am;
 mod context;
 mod endpoint;

@@ -194,13 +194,15 @@ impl Worker {
         }
     }
 
-    /// Makes [`Worker::run_progress`] return at its next step.
+    /// Makes the running [`Worker::run_progress`] return at its next step (or the next one
+    /// to start, if none is running).
     pub fn stop_progress(&self) {
         self.stopped.set(true);
         self.wake_progress();
     }
 
-    /// Drives this worker until [`Worker::stop_progress`] is called. Run it as a task on a
+    /// Drives this worker until [`Worker::stop_progress`] is called. Errors from arming the
+    /// worker end the loop; requests then stop completing, so treat them as fatal. Run it as a task on a
     /// tokio current-thread runtime with IO and time enabled (inside a `LocalSet`, since
     /// the worker is `!Send`).
     ///
@@ -213,7 +215,6 @@ impl Worker {
         // AsyncFd is dropped at the end of this function, which holds an Rc to the worker.
         let fd = unsafe { AsyncFd::register_with_interest(event_fd, Interest::READABLE) }
             .map_err(|error| ProgressError::Reactor(error.into_parts().1))?;
-        self.stopped.set(false);
         let mut idle_since: Option<Instant> = None;
         while !self.stopped.get() {
             let mut bursts = 0;
@@ -254,6 +255,8 @@ impl Worker {
             let _ = tokio::time::timeout(PROGRESS_IDLE_TICK, sleep).await;
             self.progress_waker.take();
         }
+        // Consume the stop request, so that a later run_progress runs again.
+        self.stopped.set(false);
         Ok(())
     }
 

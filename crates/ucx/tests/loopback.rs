@@ -20,7 +20,9 @@ const REPLY_ID: u16 = 2;
 const QUEUE: usize = 1024;
 /// A safety net only: every test finishes in well under a second when UCX behaves.
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
-const BUSY_POLL: Duration = Duration::from_micros(50);
+/// No busy polling: every wakeup goes through `ucp_worker_arm` and the event fd, the path
+/// most likely to hang if the protocol were wrong.
+const BUSY_POLL: Duration = Duration::ZERO;
 
 fn run<F: Future>(future: F) -> F::Output {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -413,4 +415,45 @@ fn peer_process_exit_fails_pending_operations() {
         client.stop().await;
     });
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn peer_closing_the_connection_fails_the_clients_endpoint() {
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
+        let accepted = listener.accept().await.unwrap();
+        ep.am_send(REQUEST_ID, b"hi", Vec::new(), AmProto::Eager)
+            .await
+            .unwrap();
+        assert_eq!(requests.recv().await.header(), b"hi");
+
+        // A rendezvous send the server does not pull before closing the connection.
+        let pending = ep.am_send(REQUEST_ID, Vec::new(), pattern(1 << 20, 2), AmProto::Rndv);
+        let mut unreceived = requests.recv().await;
+        assert!(unreceived.is_rendezvous());
+        let reply = unreceived.take_reply_endpoint().expect("reply endpoint");
+        assert!(reply.same_as(&accepted));
+        drop((reply, accepted));
+
+        let error = pending.await.unwrap_err();
+        assert!(
+            error.status.is_peer_failure() || error.status == Status::CANCELED,
+            "{error}"
+        );
+        while !ep.is_failed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let error = ep
+            .am_send(REQUEST_ID, Vec::new(), vec![0u8; 8], AmProto::Eager)
+            .await;
+        assert!(error.unwrap_err().status.is_peer_failure());
+        drop((ep, unreceived, listener, requests));
+        client.stop().await;
+        server.stop().await;
+    });
 }

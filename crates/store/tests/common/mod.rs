@@ -17,8 +17,6 @@ pub const QD: u32 = 4;
 
 /// A store and the directory it lives in.
 pub struct Harness {
-    /// The store's data_dir; removed on drop.
-    pub dir: TempDir,
     /// How the store was opened.
     pub config: StoreConfig,
     /// The store under test.
@@ -33,8 +31,12 @@ pub fn skip(what: &str, error: &StoreError) {
 
 impl Harness {
     /// Opens a store, or reports a skip if the kernel or file system lacks a feature.
-    pub fn open(backend: Backend, o_direct: bool, capacity_bytes: Option<u64>) -> Option<Harness> {
-        let dir = test_dir();
+    pub fn open(
+        dir: &TempDir,
+        backend: Backend,
+        o_direct: bool,
+        capacity_bytes: Option<u64>,
+    ) -> Option<Harness> {
         let config = StoreConfig {
             backend,
             data_dir: dir.path().to_owned(),
@@ -45,7 +47,6 @@ impl Harness {
         };
         match AnyChunkStore::open(&config) {
             Ok(store) => Some(Harness {
-                dir,
                 config,
                 store: Rc::new(store),
             }),
@@ -74,7 +75,9 @@ pub fn test_dir() -> TempDir {
     }
 }
 
-/// Runs `case` on a current-thread runtime inside a LocalSet.
+/// Runs `case` on a current-thread runtime inside a LocalSet, on a store in a fresh
+/// directory. This function owns the directory, so it outlives the case whatever fields
+/// of the `Harness` the case's future captures.
 pub fn run<F, Fut>(backend: Backend, o_direct: bool, capacity_bytes: Option<u64>, case: F)
 where
     F: FnOnce(Harness) -> Fut,
@@ -85,11 +88,13 @@ where
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        if let Some(harness) = Harness::open(backend, o_direct, capacity_bytes) {
+    let dir = test_dir();
+    local.block_on(&rt, async {
+        if let Some(harness) = Harness::open(&dir, backend, o_direct, capacity_bytes) {
             case(harness).await;
         }
     });
+    drop(dir);
 }
 
 /// Deterministic bytes for `(seed, i)`.

@@ -1,0 +1,165 @@
+//! The client's caches: metadata by path, and chunk data by (file, chunk), both LRU and
+//! bounded, with an optional time to live.
+
+use std::time::{Duration, Instant};
+
+use benchfs_proto::meta::FileMetadata;
+use lru::LruCache;
+
+/// Path → metadata, at most `capacity` entries.
+#[derive(Debug)]
+pub(crate) struct MetadataCache {
+    entries: Option<LruCache<String, (FileMetadata, Instant)>>,
+    ttl: Option<Duration>,
+}
+
+impl MetadataCache {
+    /// A cache of `capacity` entries (0 turns it off); entries expire after `ttl`.
+    pub(crate) fn new(capacity: usize, ttl: Option<Duration>) -> Self {
+        MetadataCache {
+            entries: std::num::NonZeroUsize::new(capacity).map(LruCache::new),
+            ttl,
+        }
+    }
+
+    pub(crate) fn get(&mut self, path: &str) -> Option<FileMetadata> {
+        let entries = self.entries.as_mut()?;
+        let (meta, at) = *entries.get(path)?;
+        if self.ttl.is_some_and(|ttl| at.elapsed() > ttl) {
+            entries.pop(path);
+            return None;
+        }
+        Some(meta)
+    }
+
+    pub(crate) fn put(&mut self, path: &str, meta: FileMetadata) {
+        if let Some(entries) = self.entries.as_mut() {
+            entries.put(path.to_string(), (meta, Instant::now()));
+        }
+    }
+
+    pub(crate) fn remove(&mut self, path: &str) {
+        if let Some(entries) = self.entries.as_mut() {
+            entries.pop(path);
+        }
+    }
+}
+
+/// (file, chunk) → the bytes last read from it at some offset, at most `capacity_bytes`.
+#[derive(Debug)]
+pub(crate) struct ChunkCache {
+    entries: LruCache<(u64, u64), CachedSpan>,
+    bytes: u64,
+    capacity_bytes: u64,
+    ttl: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct CachedSpan {
+    offset: u64,
+    data: Vec<u8>,
+    /// Whether the read came back short: the chunk ends at `offset + data.len()`.
+    at: Instant,
+}
+
+impl ChunkCache {
+    /// A cache of `capacity_bytes` (0 turns it off); entries expire after `ttl`.
+    pub(crate) fn new(capacity_bytes: u64, ttl: Option<Duration>) -> Self {
+        ChunkCache {
+            entries: LruCache::unbounded(),
+            bytes: 0,
+            capacity_bytes,
+            ttl,
+        }
+    }
+
+    /// The bytes of `[offset, offset + len)` of a chunk, if a cached read covers them.
+    pub(crate) fn get(&mut self, file_id: u64, index: u64, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let span = self.entries.get(&(file_id, index))?;
+        if self.ttl.is_some_and(|ttl| span.at.elapsed() > ttl) {
+            let gone = self.entries.pop(&(file_id, index))?;
+            self.bytes -= gone.data.len() as u64;
+            return None;
+        }
+        let end = offset.checked_add(len)?;
+        let cached_end = span.offset + span.data.len() as u64;
+        // A hit needs the whole range; a short cached read is no proof the chunk ends there.
+        if offset < span.offset || end > cached_end {
+            return None;
+        }
+        let from = (offset - span.offset) as usize;
+        Some(span.data[from..from + len as usize].to_vec())
+    }
+
+    pub(crate) fn put(&mut self, file_id: u64, index: u64, offset: u64, data: &[u8]) {
+        let size = data.len() as u64;
+        if size == 0 || size > self.capacity_bytes {
+            return;
+        }
+        if let Some(old) = self.entries.put((file_id, index), CachedSpan { offset, data: data.to_vec(), at: Instant::now() }) {
+            self.bytes -= old.data.len() as u64;
+        }
+        self.bytes += size;
+        while self.bytes > self.capacity_bytes {
+            let Some((_, gone)) = self.entries.pop_lru() else { break };
+            self.bytes -= gone.data.len() as u64;
+        }
+    }
+
+    /// Drops every cached chunk of a file (after this client wrote or cut it, or opened it
+    /// again: close-to-open).
+    pub(crate) fn invalidate_file(&mut self, file_id: u64) {
+        let keys: Vec<_> = self.entries.iter().filter(|((f, _), _)| *f == file_id).map(|(k, _)| *k).collect();
+        for key in keys {
+            if let Some(gone) = self.entries.pop(&key) {
+                self.bytes -= gone.data.len() as u64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use benchfs_proto::meta::EntryKind;
+
+    fn meta(size: u64) -> FileMetadata {
+        FileMetadata { file_id: 1, kind: EntryKind::File, size, mode: 0, chunk_size: 4096, mtime_ns: 0, ctime_ns: 0 }
+    }
+
+    #[test]
+    fn metadata_cache_is_bounded_and_expires() {
+        let mut c = MetadataCache::new(2, None);
+        c.put("/a", meta(1));
+        c.put("/b", meta(2));
+        c.put("/c", meta(3));
+        assert_eq!(c.get("/a"), None, "least recently used is evicted");
+        assert_eq!(c.get("/c").unwrap().size, 3);
+        c.remove("/c");
+        assert_eq!(c.get("/c"), None);
+        let mut off = MetadataCache::new(0, None);
+        off.put("/a", meta(1));
+        assert_eq!(off.get("/a"), None);
+        let mut ttl = MetadataCache::new(4, Some(Duration::ZERO));
+        ttl.put("/a", meta(1));
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(ttl.get("/a"), None);
+    }
+
+    #[test]
+    fn chunk_cache_hits_only_covered_ranges_and_stays_bounded() {
+        let mut c = ChunkCache::new(10, None);
+        c.put(1, 0, 4, &[1, 2, 3, 4]);
+        assert_eq!(c.get(1, 0, 5, 2), Some(vec![2, 3]));
+        assert_eq!(c.get(1, 0, 3, 2), None);
+        assert_eq!(c.get(1, 0, 6, 4), None);
+        c.put(2, 0, 0, &[9; 8]);
+        assert!(c.bytes <= 10);
+        assert_eq!(c.get(1, 0, 5, 2), None, "evicted to stay within capacity");
+        c.invalidate_file(2);
+        assert_eq!(c.bytes, 0);
+        let mut off = ChunkCache::new(0, None);
+        off.put(1, 0, 0, &[1]);
+        assert_eq!(off.get(1, 0, 0, 1), None);
+    }
+}

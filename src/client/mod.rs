@@ -1,0 +1,676 @@
+//! The file-system client: path operations, open files, chunked I/O, replication and
+//! caches, as async methods on [`FsClient`] (one per thread). [`crate::api::BenchFS`] wraps it
+//! in a blocking API.
+//!
+//! **Consistency (close-to-open, like NFS):** `open` always asks the metadata owner, so it
+//! sees every change closed or fsynced before it; a file's size is pushed to its metadata
+//! owner on `close`, `fsync` and `stat` of a file this client has open, not on every write.
+//! Chunk data goes to the servers before `write` returns, so readers that open after the
+//! writer closed see it. Cached metadata serves only parent checks and `stat`; it expires
+//! after `cache_ttl_secs` (0: kept until this client changes the path).
+
+mod cache;
+mod fanout;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::ops::{self, Rpc};
+use benchfs_proto::Status;
+use benchfs_ucx::{Context, Features};
+use futures_util::future::join_all;
+
+use crate::api::{ApiError, OpenFlags};
+use crate::config::ServerConfig;
+use crate::layout::ChunkLayout;
+use crate::path;
+use crate::placement::{PlacementKey, PlacementRing, ServerIndex};
+use crate::registry::ServerEntry;
+use crate::rpc::client::{ClientOptions, Connection, RpcClient};
+use crate::rpc::RpcError;
+
+use cache::{ChunkCache, MetadataCache};
+
+/// A file handle number, as `open` returns it.
+pub type Fd = u64;
+
+/// Where `seek` counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    /// From the start of the file.
+    Start,
+    /// From the current position.
+    Current,
+    /// From the end of the file.
+    End,
+}
+
+/// A directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name.
+    pub name: String,
+    /// Its metadata.
+    pub meta: FileMetadata,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    path: String,
+    meta: FileMetadata,
+    flags: OpenFlags,
+    pos: u64,
+    /// The size as this client knows it: the size at open, grown by its own writes.
+    size: u64,
+    /// Whether `size` grew past what the metadata owner holds.
+    size_dirty: bool,
+}
+
+/// One server of the job and this client's connection to it.
+struct ServerSlot {
+    entry: ServerEntry,
+    conn: RefCell<Option<Rc<Connection>>>,
+}
+
+/// The per-thread file-system client.
+pub struct FsClient {
+    rpc: Rc<RpcClient>,
+    ring: PlacementRing,
+    servers: Vec<ServerSlot>,
+    replicas: usize,
+    files: RefCell<HashMap<Fd, OpenFile>>,
+    next_fd: Cell<Fd>,
+    meta_cache: RefCell<MetadataCache>,
+    chunk_cache: RefCell<ChunkCache>,
+    rdma_threshold: usize,
+}
+
+impl std::fmt::Debug for FsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsClient").field("servers", &self.servers.len()).finish()
+    }
+}
+
+/// Root directory metadata; "/" has no record on any server.
+fn root_meta() -> FileMetadata {
+    FileMetadata {
+        file_id: 0,
+        kind: EntryKind::Directory,
+        size: 0,
+        mode: 0o755,
+        chunk_size: crate::limits::CHUNK_SIZE_MIN,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    }
+}
+
+fn fs_err(op: &'static str, path: &str, status: Status) -> ApiError {
+    ApiError::Fs {
+        op,
+        path: path.to_string(),
+        status,
+    }
+}
+
+fn rpc_err<'a>(op: &'static str, path: &'a str) -> impl Fn(RpcError) -> ApiError + 'a {
+    move |e| {
+        tracing::debug!(error = %e, op, path, "rpc failed");
+        fs_err(op, path, e.status())
+    }
+}
+
+fn norm(path: &str) -> Result<String, ApiError> {
+    path::normalize(path).map_err(|source| ApiError::Path {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Whether an error means "this server did not answer", so a replica may.
+fn is_unreachable(e: &RpcError) -> bool {
+    matches!(e.status(), Status::TimedOut | Status::Unavailable)
+}
+
+impl FsClient {
+    /// Connects to the servers listed in `entries`. Call inside a tokio `LocalSet`.
+    pub fn new(config: &ServerConfig, entries: Vec<ServerEntry>, secret: Vec<u8>) -> Result<FsClient, ApiError> {
+        if entries.is_empty() {
+            return Err(ApiError::Cluster("the registry lists no servers".into()));
+        }
+        let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), config.placement.virtual_nodes)
+            .map_err(|e| ApiError::Cluster(e.to_string()))?;
+        let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
+        for entry in entries {
+            let index = ring.index_of(&entry.node_id).expect("every entry is on the ring") as usize;
+            slots[index] = Some(ServerSlot {
+                entry,
+                conn: RefCell::new(None),
+            });
+        }
+        let context = Context::new(Features::ALL).map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
+        let options = ClientOptions {
+            rpc_timeout: config.network.rpc_timeout,
+            rdma_threshold: config.network.rdma_threshold_bytes as usize,
+            busy_poll: config.network.busy_poll,
+            inflight_max: config.network.inflight_max as usize,
+            secret,
+            name: format!("client-{}", std::process::id()),
+        };
+        let rpc = RpcClient::start(&context, options).map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
+        let ttl = (config.cache.cache_ttl_secs > 0).then(|| Duration::from_secs(config.cache.cache_ttl_secs));
+        Ok(FsClient {
+            rpc,
+            ring,
+            servers: slots.into_iter().map(|s| s.expect("one slot per ring node")).collect(),
+            replicas: config.replication.replicas as usize,
+            files: RefCell::default(),
+            next_fd: Cell::new(3),
+            meta_cache: RefCell::new(MetadataCache::new(config.cache.metadata_cache_entries as usize, ttl)),
+            chunk_cache: RefCell::new(ChunkCache::new(config.cache.chunk_cache_mb.saturating_mul(1 << 20), ttl)),
+            rdma_threshold: config.network.rdma_threshold_bytes as usize,
+        })
+    }
+
+    /// The servers, in ring order.
+    pub fn servers(&self) -> impl Iterator<Item = &ServerEntry> {
+        self.servers.iter().map(|s| &s.entry)
+    }
+
+    /// The connection to server `index`, made (or remade after a failure) on demand.
+    async fn conn(&self, index: ServerIndex) -> Result<Rc<Connection>, RpcError> {
+        let slot = &self.servers[index as usize];
+        if let Some(c) = slot.conn.borrow().as_ref() {
+            if !c.is_failed() {
+                return Ok(Rc::clone(c));
+            }
+        }
+        let conn = Rc::new(self.rpc.connect(slot.entry.addr).await?);
+        *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Calls `R` on one server; a transport failure drops the connection so the next call
+    /// reconnects (a restarted server is picked up).
+    async fn call_on<R: Rpc>(&self, index: ServerIndex, req: &R::Request, payload: Vec<u8>) -> Result<(R::Reply, Vec<u8>), RpcError> {
+        let conn = self.conn(index).await?;
+        let result = conn.call_with::<R>(req, payload).await;
+        if let Err(e) = &result {
+            if is_unreachable(e) {
+                self.servers[index as usize].conn.borrow_mut().take();
+            }
+        }
+        result.map(|r| (r.reply, r.payload))
+    }
+
+    fn replica_set(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
+        self.ring.replicas(key, self.replicas)
+    }
+
+    /// Reads from the first replica that answers.
+    async fn read_any<R: Rpc>(&self, key: PlacementKey<'_>, req: &R::Request) -> Result<(R::Reply, Vec<u8>), RpcError> {
+        let mut last = None;
+        for server in self.replica_set(key) {
+            match self.call_on::<R>(server, req, Vec::new()).await {
+                Err(e) if is_unreachable(&e) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one replica"))
+    }
+
+    /// Writes to every replica at once; all must succeed.
+    async fn write_all<R: Rpc>(&self, key: PlacementKey<'_>, req: &R::Request, payload: &[u8]) -> Result<R::Reply, RpcError> {
+        let servers = self.replica_set(key);
+        let results = join_all(servers.iter().map(|&s| self.call_on::<R>(s, req, payload.to_vec()))).await;
+        let mut first = None;
+        for r in results {
+            match r {
+                Ok((reply, _)) => {
+                    first.get_or_insert(reply);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(first.expect("at least one replica"))
+    }
+
+    /// The metadata of a normalised path, from the cache if allowed.
+    async fn lookup(&self, op: &'static str, path: &str, cached: bool) -> Result<FileMetadata, ApiError> {
+        if path == "/" {
+            return Ok(root_meta());
+        }
+        if cached {
+            if let Some(m) = self.meta_cache.borrow_mut().get(path) {
+                return Ok(m);
+            }
+        }
+        let (reply, _) = self
+            .read_any::<ops::MetadataLookup>(PlacementKey::Metadata(path), &ops::PathRequest { path: path.to_string() })
+            .await
+            .map_err(rpc_err(op, path))?;
+        self.meta_cache.borrow_mut().put(path, reply.meta);
+        Ok(reply.meta)
+    }
+
+    async fn check_parent(&self, op: &'static str, path: &str) -> Result<(), ApiError> {
+        let (parent, _) = path::split_parent(path).map_err(|e| fs_err(op, path, e.status()))?;
+        match self.lookup(op, parent, true).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(fs_err(op, path, Status::NotDir)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn forget(&self, path: &str) {
+        self.meta_cache.borrow_mut().remove(path);
+    }
+
+    /// Creates a record on the owner, then copies it to the other replicas.
+    async fn create_record(&self, op: &'static str, path: &str, kind: EntryKind, mode: u32) -> Result<FileMetadata, RpcError> {
+        let key = PlacementKey::Metadata(path);
+        let servers = self.replica_set(key);
+        let req = ops::CreateRequest { path: path.to_string(), mode };
+        let (reply, _) = match kind {
+            EntryKind::File => self.call_on::<ops::MetadataCreateFile>(servers[0], &req, Vec::new()).await?,
+            EntryKind::Directory => self.call_on::<ops::MetadataCreateDir>(servers[0], &req, Vec::new()).await?,
+        };
+        let insert = ops::InsertRequest { path: path.to_string(), meta: reply.meta, exclusive: false };
+        for r in join_all(servers[1..].iter().map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, Vec::new()))).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, op, path, "replica did not take the new record");
+                return Err(e);
+            }
+        }
+        Ok(reply.meta)
+    }
+
+    /// Opens (and with CREATE, creates) a file; returns its handle.
+    pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
+        let path = norm(path)?;
+        let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
+        let mut meta = if flags.contains(OpenFlags::CREATE) {
+            self.check_parent("open", &path).await?;
+            match self.create_record("open", &path, EntryKind::File, mode).await {
+                Ok(m) => m,
+                Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => self.lookup("open", &path, false).await?,
+                Err(e) => return Err(rpc_err("open", &path)(e)),
+            }
+        } else {
+            self.lookup("open", &path, false).await?
+        };
+        if meta.is_dir() && writable {
+            return Err(fs_err("open", &path, Status::IsDir));
+        }
+        if flags.contains(OpenFlags::TRUNC) && writable && meta.size > 0 {
+            meta = self.truncate_meta(&path, meta, 0).await?;
+        }
+        self.meta_cache.borrow_mut().put(&path, meta);
+        let fd = self.next_fd.get();
+        self.next_fd.set(fd + 1);
+        let size = meta.size;
+        self.files.borrow_mut().insert(fd, OpenFile { path, meta, flags, pos: 0, size, size_dirty: false });
+        Ok(fd)
+    }
+
+    fn with_file<T>(&self, fd: Fd, f: impl FnOnce(&mut OpenFile) -> T) -> Result<T, ApiError> {
+        let mut files = self.files.borrow_mut();
+        let file = files.get_mut(&fd).ok_or_else(|| fs_err("fd", &format!("#{fd}"), Status::BadHandle))?;
+        Ok(f(file))
+    }
+
+    /// Pushes a handle's grown size to the metadata owner (and replicas).
+    async fn flush_size(&self, fd: Fd) -> Result<(), ApiError> {
+        let Some((path, size)) = self.with_file(fd, |f| f.size_dirty.then(|| (f.path.clone(), f.size)))? else {
+            return Ok(());
+        };
+        let req = ops::UpdateSizeRequest { path: path.clone(), size, how: SizeUpdate::AtLeast };
+        let reply = self
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(&path), &req, &[])
+            .await
+            .map_err(rpc_err("size update", &path))?;
+        self.meta_cache.borrow_mut().put(&path, reply.meta);
+        self.with_file(fd, |f| {
+            f.size_dirty = false;
+            f.size = f.size.max(reply.meta.size);
+        })?;
+        Ok(())
+    }
+
+    /// Closes a handle, publishing its size.
+    pub async fn close(&self, fd: Fd) -> Result<(), ApiError> {
+        let flushed = self.flush_size(fd).await;
+        self.files.borrow_mut().remove(&fd);
+        flushed
+    }
+
+    /// Writes at the handle's position (or the end, with APPEND) and advances it.
+    pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
+        let offset = self.with_file(fd, |f| if f.flags.contains(OpenFlags::APPEND) { f.size } else { f.pos })?;
+        let n = self.pwrite(fd, data, offset).await?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        Ok(n)
+    }
+
+    /// Reads at the handle's position and advances it.
+    pub async fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize, ApiError> {
+        let offset = self.with_file(fd, |f| f.pos)?;
+        let n = self.pread(fd, buf, offset).await?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        Ok(n)
+    }
+
+    /// Moves the handle's position.
+    pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
+        self.with_file(fd, |f| {
+            let base = match whence {
+                Whence::Start => 0,
+                Whence::Current => f.pos,
+                Whence::End => f.size,
+            };
+            let pos = base.checked_add_signed(offset).ok_or(Status::InvalidArgument)?;
+            f.pos = pos;
+            Ok(pos)
+        })?
+        .map_err(|s| fs_err("seek", &format!("#{fd}"), s))
+    }
+
+    /// Writes `data` at `offset`, chunk by chunk, to every chunk's servers concurrently.
+    pub async fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
+        let (path, meta, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.flags))?;
+        if !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
+            return Err(fs_err("write", &path, Status::BadHandle));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let layout = ChunkLayout::new(meta.chunk_size);
+        let spans = layout.spans(offset, data.len() as u64).map_err(|_| fs_err("write", &path, Status::InvalidArgument))?;
+        let writes = spans.map(|span| {
+            let bytes = &data[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
+            let req = ops::ChunkIo { file_id: meta.file_id, index: span.index, offset: span.offset_in_chunk, len: span.len, remote: None };
+            async move {
+                let key = PlacementKey::Chunk { file_id: meta.file_id, index: span.index };
+                self.write_all::<ops::WriteChunk>(key, &req, bytes).await
+            }
+        });
+        for r in join_all(writes).await {
+            r.map_err(rpc_err("write", &path))?;
+        }
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let end = offset + data.len() as u64;
+        self.with_file(fd, |f| {
+            if end > f.size {
+                f.size = end;
+                f.size_dirty = true;
+            }
+        })?;
+        Ok(data.len())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; holes read as zeros; stops at the size.
+    pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
+        let (path, meta, size, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
+        if meta.is_dir() {
+            return Err(fs_err("read", &path, Status::IsDir));
+        }
+        if !flags.contains(OpenFlags::READ) {
+            return Err(fs_err("read", &path, Status::BadHandle));
+        }
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(size - offset);
+        let buf = &mut buf[..len as usize];
+        let layout = ChunkLayout::new(meta.chunk_size);
+        let spans: Vec<_> = layout.spans(offset, len).map_err(|_| fs_err("read", &path, Status::InvalidArgument))?.collect();
+        let reads = spans.iter().map(|span| self.read_span(meta, span.index, span.offset_in_chunk, span.len));
+        let results = join_all(reads).await;
+        for (span, result) in spans.iter().zip(results) {
+            let bytes = result.map_err(rpc_err("read", &path))?;
+            let dst = &mut buf[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
+            let n = bytes.len().min(dst.len());
+            dst[..n].copy_from_slice(&bytes[..n]);
+            // Past the chunk's end, inside the file: a hole.
+            dst[n..].fill(0);
+        }
+        Ok(len as usize)
+    }
+
+    async fn read_span(&self, meta: FileMetadata, index: u64, offset: u64, len: u64) -> Result<Vec<u8>, RpcError> {
+        if let Some(bytes) = self.chunk_cache.borrow_mut().get(meta.file_id, index, offset, len) {
+            return Ok(bytes);
+        }
+        let req = ops::ChunkIo { file_id: meta.file_id, index, offset, len, remote: None };
+        let (reply, payload) = self.read_any::<ops::ReadChunk>(PlacementKey::Chunk { file_id: meta.file_id, index }, &req).await?;
+        if reply.len != payload.len() as u64 || reply.len > len {
+            return Err(RpcError::Protocol {
+                server: "chunk server".into(),
+                source: benchfs_proto::DecodeError::LengthMismatch { field: "read payload", declared: reply.len, actual: payload.len() as u64 },
+            });
+        }
+        self.chunk_cache.borrow_mut().put(meta.file_id, index, offset, &payload);
+        Ok(payload)
+    }
+
+    /// Makes a handle's data and size durable on the servers.
+    pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
+        self.flush_size(fd).await?;
+        let path = self.with_file(fd, |f| f.path.clone())?;
+        let all = (0..self.servers.len() as ServerIndex).map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, Vec::new()));
+        for r in join_all(all).await {
+            r.map_err(rpc_err("fsync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// The metadata of an open handle, with this client's own writes counted.
+    pub async fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
+        self.flush_size(fd).await?;
+        self.with_file(fd, |f| FileMetadata { size: f.size, ..f.meta })
+    }
+
+    /// The metadata of a path.
+    pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
+        let path = norm(path)?;
+        let open: Vec<Fd> = self.files.borrow().iter().filter(|(_, f)| f.path == path && f.size_dirty).map(|(fd, _)| *fd).collect();
+        for fd in open {
+            self.flush_size(fd).await?;
+        }
+        self.lookup("stat", &path, true).await
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            return Err(fs_err("mkdir", &path, Status::Exists));
+        }
+        self.check_parent("mkdir", &path).await?;
+        let meta = self.create_record("mkdir", &path, EntryKind::Directory, mode).await.map_err(rpc_err("mkdir", &path))?;
+        self.meta_cache.borrow_mut().put(&path, meta);
+        Ok(())
+    }
+
+    /// Removes the record of `path` from every replica; returns it.
+    async fn delete_record(&self, op: &'static str, path: &str, expect: EntryKind) -> Result<FileMetadata, ApiError> {
+        self.forget(path);
+        let req = ops::DeleteRequest { path: path.to_string(), expect: Some(expect) };
+        let reply = self.write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, &[]).await.map_err(rpc_err(op, path))?;
+        Ok(reply.meta)
+    }
+
+    /// Removes every chunk of a file from every server.
+    async fn remove_chunks(&self, op: &'static str, path: &str, file_id: u64) -> Result<(), ApiError> {
+        self.chunk_cache.borrow_mut().invalidate_file(file_id);
+        let req = ops::RemoveChunksRequest { file_id };
+        let all = (0..self.servers.len() as ServerIndex).map(|s| self.call_on::<ops::RemoveChunks>(s, &req, Vec::new()));
+        for r in join_all(all).await {
+            r.map_err(rpc_err(op, path))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a file and its data.
+    pub async fn unlink(&self, path: &str) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            return Err(fs_err("unlink", &path, Status::IsDir));
+        }
+        let meta = self.delete_record("unlink", &path, EntryKind::File).await?;
+        self.remove_chunks("unlink", &path, meta.file_id).await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, path: &str) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            return Err(fs_err("rmdir", &path, Status::Busy));
+        }
+        let meta = self.lookup("rmdir", &path, false).await?;
+        if !meta.is_dir() {
+            return Err(fs_err("rmdir", &path, Status::NotDir));
+        }
+        if !self.list(&path, 1).await?.is_empty() {
+            return Err(fs_err("rmdir", &path, Status::NotEmpty));
+        }
+        self.delete_record("rmdir", &path, EntryKind::Directory).await?;
+        Ok(())
+    }
+
+    /// The entries of a directory, sorted by name, from every server.
+    pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, ApiError> {
+        let path = norm(path)?;
+        let meta = self.lookup("readdir", &path, false).await?;
+        if !meta.is_dir() {
+            return Err(fs_err("readdir", &path, Status::NotDir));
+        }
+        self.list(&path, usize::MAX).await
+    }
+
+    /// Lists a directory on every server, merging the pages; stops after `limit` entries.
+    async fn list(&self, dir: &str, limit: usize) -> Result<Vec<DirEntry>, ApiError> {
+        let pages = (0..self.servers.len() as ServerIndex).map(|s| fanout::list_server(self, s, dir, limit));
+        let mut merged = BTreeMap::new();
+        for page in join_all(pages).await {
+            for (name, meta) in page.map_err(rpc_err("readdir", dir))? {
+                merged.entry(name).or_insert(meta);
+            }
+        }
+        Ok(merged.into_iter().take(limit).map(|(name, meta)| DirEntry { name, meta }).collect())
+    }
+
+    /// Cuts or extends a file.
+    pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        let meta = self.lookup("truncate", &path, false).await?;
+        if meta.is_dir() {
+            return Err(fs_err("truncate", &path, Status::IsDir));
+        }
+        // This client's unpublished writes count toward the old size.
+        let open_size = self.files.borrow().values().filter(|f| f.path == path).map(|f| f.size).max().unwrap_or(0);
+        let meta = FileMetadata { size: meta.size.max(open_size), ..meta };
+        let meta = self.truncate_meta(&path, meta, size).await?;
+        for f in self.files.borrow_mut().values_mut().filter(|f| f.path == path) {
+            f.size = meta.size;
+            f.size_dirty = false;
+        }
+        Ok(())
+    }
+
+    async fn truncate_meta(&self, path: &str, meta: FileMetadata, size: u64) -> Result<FileMetadata, ApiError> {
+        let layout = ChunkLayout::new(meta.chunk_size);
+        if size < meta.size {
+            // Cut the chunk the new end falls in and empty every chunk after it, so bytes
+            // past the new end read as zeros if the file grows again.
+            let first = layout.chunk_index(size);
+            let last = layout.chunk_count(meta.size);
+            let cuts = (first..last).map(|index| {
+                let len = if index == first { size - index * meta.chunk_size } else { 0 };
+                let req = ops::TruncateChunkRequest { file_id: meta.file_id, index, len };
+                async move { self.write_all::<ops::TruncateChunk>(PlacementKey::Chunk { file_id: meta.file_id, index }, &req, &[]).await }
+            });
+            for r in join_all(cuts).await {
+                r.map_err(rpc_err("truncate", path))?;
+            }
+            self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        }
+        let req = ops::UpdateSizeRequest { path: path.to_string(), size, how: SizeUpdate::Exact };
+        let reply = self.write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, &[]).await.map_err(rpc_err("truncate", path))?;
+        self.meta_cache.borrow_mut().put(path, reply.meta);
+        Ok(reply.meta)
+    }
+
+    /// Renames a file or an empty directory. A file at `to` is replaced; a directory at
+    /// `to` must be empty and `from` must be a directory too.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
+        let (from, to) = (norm(from)?, norm(to)?);
+        if from == "/" || to == "/" {
+            return Err(fs_err("rename", &from, Status::Busy));
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(fs_err("rename", &to, Status::InvalidArgument));
+        }
+        let meta = self.lookup("rename", &from, false).await?;
+        if from == to {
+            return Ok(());
+        }
+        self.check_parent("rename", &to).await?;
+        if meta.is_dir() && !self.list(&from, 1).await?.is_empty() {
+            // Records are keyed by full path, so moving a populated directory would move
+            // every record under it, which cannot be made atomic here.
+            return Err(fs_err("rename", &from, Status::Unsupported));
+        }
+        let replaced = match self.lookup("rename", &to, false).await {
+            Ok(existing) => Some(existing),
+            Err(e) if e.status() == Some(Status::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(existing) = replaced {
+            match (meta.is_dir(), existing.is_dir()) {
+                (false, true) => return Err(fs_err("rename", &to, Status::IsDir)),
+                (true, false) => return Err(fs_err("rename", &to, Status::NotDir)),
+                (true, true) if !self.list(&to, 1).await?.is_empty() => return Err(fs_err("rename", &to, Status::NotEmpty)),
+                _ => {}
+            }
+        }
+        let insert = ops::InsertRequest { path: to.clone(), meta, exclusive: false };
+        self.write_all::<ops::MetadataInsert>(PlacementKey::Metadata(&to), &insert, &[]).await.map_err(rpc_err("rename", &to))?;
+        self.forget(&to);
+        self.delete_record("rename", &from, meta.kind).await?;
+        if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
+            self.remove_chunks("rename", &to, old.file_id).await?;
+        }
+        for f in self.files.borrow_mut().values_mut().filter(|f| f.path == from) {
+            f.path = to.clone();
+        }
+        Ok(())
+    }
+
+    /// Counters of every server, in ring order.
+    pub async fn server_stats(&self) -> Vec<(ServerEntry, Result<ops::StatsReply, ApiError>)> {
+        let all = (0..self.servers.len() as ServerIndex).map(|s| async move {
+            let r = self.call_on::<ops::Stats>(s, &ops::Empty, Vec::new()).await.map(|(r, _)| r);
+            (self.servers[s as usize].entry.clone(), r.map_err(rpc_err("stats", "/")))
+        });
+        join_all(all).await
+    }
+
+    /// Round trip to one server with a payload it discards (for the RPC benchmark).
+    pub async fn ping(&self, server: ServerIndex, payload: Vec<u8>) -> Result<(), ApiError> {
+        self.call_on::<ops::Ping>(server, &ops::Empty, payload).await.map(drop).map_err(rpc_err("ping", "/"))
+    }
+
+    /// Payloads above this many bytes travel by rendezvous.
+    pub fn rdma_threshold(&self) -> usize {
+        self.rdma_threshold
+    }
+
+    /// Shared UCX context of this client, for tools that need their own worker.
+    pub fn context(&self) -> &Arc<Context> {
+        self.rpc.worker().context()
+    }
+}
