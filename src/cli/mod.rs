@@ -4,6 +4,8 @@
 //! this module among the library's) may print.
 #![allow(clippy::print_stdout)]
 
+pub mod cluster;
+pub mod files;
 mod placement_stats;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,12 @@ pub enum Command {
     /// Measure how evenly the placement ring spreads keys and how many move when a server
     /// joins or leaves.
     PlacementStats(placement_stats::Args),
+    /// Start, inspect or stop a local cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// File commands (ls, stat, mkdir, rm, put, get, cat).
+    #[command(flatten)]
+    File(files::FileCommand),
 }
 
 /// An error from a subcommand, printed as one line.
@@ -32,5 +40,7 @@ pub type CliError = Box<dyn std::error::Error>;
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::PlacementStats(args) => placement_stats::run(args),
+        Command::Cluster(c) => cluster::run(c),
+        Command::File(c) => files::run(c),
     }
 }
