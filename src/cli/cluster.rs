@@ -73,8 +73,9 @@ pub struct UpArgs {
     /// Busy-poll window in microseconds.
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
+    /// Which cluster.
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
 }
 
 /// Runs a `benchfs cluster` subcommand.

@@ -18,6 +18,7 @@ pub enum FileCommand {
         /// The directory.
         #[arg(default_value = "/")]
         path: String,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },
@@ -25,6 +26,7 @@ pub enum FileCommand {
     Stat {
         /// The path.
         path: String,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },
@@ -32,6 +34,7 @@ pub enum FileCommand {
     Mkdir {
         /// The path.
         path: String,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },
@@ -39,6 +42,7 @@ pub enum FileCommand {
     Rm {
         /// The path.
         path: String,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },
@@ -48,6 +52,7 @@ pub enum FileCommand {
         local: PathBuf,
         /// The BenchFS path.
         path: String,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },
@@ -57,6 +62,7 @@ pub enum FileCommand {
         path: String,
         /// The local file.
         local: PathBuf,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },
@@ -64,6 +70,7 @@ pub enum FileCommand {
     Cat {
         /// The BenchFS path.
         path: String,
+        /// Which cluster.
         #[command(flatten)]
         target: Target,
     },

@@ -354,7 +354,7 @@ impl ServerState {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
-        if req.remote.is_none() && req.len > benchfs_proto::frame::PAYLOAD_INLINE_MAX {
+        if req.remote.is_none() && req.len > benchfs_proto::frame::PAYLOAD_LEN_MAX {
             return Reply::error(Status::InvalidArgument);
         }
         let buf = match self.store.buffer(len).await {

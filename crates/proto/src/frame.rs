@@ -19,8 +19,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 pub const VERSION: u16 = 1;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
-/// Largest inline payload a frame may declare.
-pub const PAYLOAD_INLINE_MAX: u64 = 1024 * 1024;
+/// Largest payload a frame may declare: one whole chunk of the largest chunk size.
+pub const PAYLOAD_LEN_MAX: u64 = 64 * 1024 * 1024;
 
 /// Set in `flags` on replies.
 pub const FLAG_REPLY: u16 = 1;
@@ -193,10 +193,10 @@ impl Frame {
             });
         }
         let payload_len = h.payload_len.get();
-        if payload_len > PAYLOAD_INLINE_MAX {
+        if payload_len > PAYLOAD_LEN_MAX {
             return Err(DecodeError::BadField {
                 field: "payload_len",
-                reason: "above PAYLOAD_INLINE_MAX",
+                reason: "above PAYLOAD_LEN_MAX",
             });
         }
         let body_in_header = !body_in_header.is_empty();
@@ -270,8 +270,8 @@ mod tests {
         assert!(matches!(Frame::decode(&bad, 4), Err(DecodeError::UnknownOp(_))));
         let huge = Frame::header(OpCode::Ping, 1, 0, false, BODY_LEN_MAX as usize + 1, 0);
         assert!(matches!(Frame::decode(huge.as_bytes(), BODY_LEN_MAX as usize + 1), Err(DecodeError::BadField { .. })));
-        let huge = Frame::header(OpCode::Ping, 1, 0, false, 0, PAYLOAD_INLINE_MAX as usize + 1);
-        assert!(matches!(Frame::decode(huge.as_bytes(), PAYLOAD_INLINE_MAX as usize + 1), Err(DecodeError::BadField { .. })));
+        let huge = Frame::header(OpCode::Ping, 1, 0, false, 0, PAYLOAD_LEN_MAX as usize + 1);
+        assert!(matches!(Frame::decode(huge.as_bytes(), PAYLOAD_LEN_MAX as usize + 1), Err(DecodeError::BadField { .. })));
     }
 
     #[test]
