@@ -1,0 +1,192 @@
+//! Test fixture: a cluster of real `benchfsd` processes on loopback, in a temporary
+//! directory, stopped (SIGKILL) when dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use benchfs::api::BenchFS;
+use benchfs::config::ServerConfig;
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Number of servers.
+    pub servers: usize,
+    /// memory | file | iouring
+    pub backend: &'static str,
+    /// Bytes per chunk.
+    pub chunk_size: u64,
+    /// Copies per chunk and record.
+    pub replicas: u32,
+    /// RPC timeout.
+    pub rpc_timeout_ms: u64,
+    /// RDMA threshold.
+    pub rdma_threshold: u64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec { servers: 4, backend: "memory", chunk_size: 64 * 1024, replicas: 1, rpc_timeout_ms: 3000, rdma_threshold: 32 * 1024 }
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// Starts the servers and waits until all have published their addresses.
+    pub fn start(spec: ClusterSpec) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("benchfs-test").tempdir_in(test_root()).unwrap();
+        let config_path = dir.path().join("benchfs.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\n\
+                 [network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{registry}\"\nrpc_timeout = {timeout}\nrdma_threshold_bytes = {threshold}\n\
+                 [replication]\nreplicas = {replicas}\n[cache]\nchunk_cache_mb = 0\n",
+                data = dir.path().join("data").display(),
+                backend = spec.backend,
+                chunk = spec.chunk_size,
+                registry = dir.path().join("registry").display(),
+                timeout = spec.rpc_timeout_ms,
+                threshold = spec.rdma_threshold,
+                replicas = spec.replicas,
+            ),
+        )
+        .unwrap();
+        let mut cluster = Cluster { spec, dir, config_path, children: Vec::new() };
+        for i in 0..cluster.spec.servers {
+            let child = cluster.spawn(i);
+            cluster.children.push(Some(child));
+        }
+        cluster.wait_published(cluster.spec.servers);
+        cluster
+    }
+
+    pub fn node_id(i: usize) -> String {
+        format!("node{i}")
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.dir.path().join("registry")
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("data").join(Self::node_id(i))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", Self::node_id(i)))
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node-id")
+            .arg(Self::node_id(i))
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn benchfsd")
+    }
+
+    /// Waits until `n` servers are in the registry.
+    pub fn wait_published(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while benchfs::registry::read(&self.registry()).map(|e| e.len()).unwrap_or(0) < n {
+            assert!(Instant::now() < deadline, "servers did not come up; see {}", self.dir.path().display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The cluster's configuration, as a client loads it.
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig::from_file(&self.config_path).unwrap()
+    }
+
+    /// A new client.
+    pub fn client(&self) -> BenchFS {
+        BenchFS::connect(&self.config()).expect("connect")
+    }
+
+    /// SIGKILL server `i`, leaving its registry entry behind as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM server `i` and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self, i: usize) -> bool {
+        let child = self.children[i].take().expect("server running");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        wait_exit(child)
+    }
+
+    /// Starts server `i` again on the same data directory and waits for it.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "stop or kill it first");
+        let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
+        let _ = std::fs::remove_file(entry);
+        self.children[i] = Some(self.spawn(i));
+        self.wait_published(self.spec.servers);
+    }
+}
+
+fn wait_exit(mut child: Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where test clusters live: a real disk (O_DIRECT and io_uring need one), not tmpfs.
+pub fn test_root() -> PathBuf {
+    let root = std::env::var_os("BENCHFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf());
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
