@@ -4,6 +4,7 @@
 //! this module among the library's) may print.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 pub mod cluster;
 pub mod files;
 mod placement_stats;
@@ -25,6 +26,9 @@ pub enum Command {
     /// Measure how evenly the placement ring spreads keys and how many move when a server
     /// joins or leaves.
     PlacementStats(placement_stats::Args),
+    /// The standard benchmark: sequential bandwidth and small-I/O and metadata latency,
+    /// beside the same workload on a local directory.
+    Bench(bench::Args),
     /// Start, inspect or stop a local cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -40,6 +44,7 @@ pub type CliError = Box<dyn std::error::Error>;
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::PlacementStats(args) => placement_stats::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Cluster(c) => cluster::run(c),
         Command::File(c) => files::run(c),
     }

@@ -190,3 +190,62 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+impl Cluster {
+    /// Starts `spec.servers` servers, each given `extra` command-line arguments (for
+    /// example `--secret-file`), and waits until all have published their addresses.
+    pub fn start_with_args(spec: ClusterSpec, extra: &[String]) -> Cluster {
+        let servers = spec.servers;
+        let mut cluster = Cluster::start(ClusterSpec { servers: 0, ..spec });
+        cluster.spec.servers = servers;
+        for i in 0..servers {
+            let child = cluster.spawn_with_args(i, extra);
+            cluster.children.push(Some(child));
+        }
+        cluster.wait_published(servers);
+        cluster
+    }
+
+    /// Starts server `i` with `extra` arguments after the usual ones.
+    fn spawn_with_args(&self, i: usize, extra: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node-id")
+            .arg(Self::node_id(i))
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn benchfsd")
+    }
+
+    /// Starts server `i` again on the same data directory, listening on `bind` (for
+    /// example the address it had before), and waits for it.
+    pub fn restart_at(&mut self, i: usize, bind: std::net::SocketAddr) {
+        assert!(self.children[i].is_none(), "stop or kill it first");
+        let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
+        let _ = std::fs::remove_file(entry);
+        self.children[i] = Some(self.spawn_with_args(i, &["--bind".to_string(), bind.to_string()]));
+        self.wait_published(self.spec.servers);
+    }
+
+    /// The address server `i` published in the registry.
+    pub fn addr(&self, i: usize) -> std::net::SocketAddr {
+        let id = Self::node_id(i);
+        let entries = benchfs::registry::read(&self.registry()).unwrap();
+        entries.into_iter().find(|e| e.node_id == id).unwrap_or_else(|| panic!("{id} is not in the registry")).addr
+    }
+
+    /// Whether server `i` was started and has not exited (a crash or a panic shows here).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.children[i].as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
