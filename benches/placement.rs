@@ -1,4 +1,5 @@
 //! Placement ring lookup cost for growing clusters; it should grow like log n.
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
 
 use benchfs::placement::{PlacementKey, PlacementRing};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -11,7 +12,10 @@ fn lookup(c: &mut Criterion) {
             let mut i = 0u64;
             b.iter(|| {
                 i = i.wrapping_add(1);
-                black_box(ring.owner(PlacementKey::Chunk { file_id: i >> 3, index: i & 7 }))
+                black_box(ring.owner(PlacementKey::Chunk {
+                    file_id: i >> 3,
+                    index: i & 7,
+                }))
             })
         });
         group.bench_with_input(BenchmarkId::new("metadata", servers), &ring, |b, ring| {

@@ -3,10 +3,14 @@
 //! Run against a cluster: `benchfs cluster up --servers 4 --dir /tmp/bfs`, then
 //! `cargo run --example quickstart -- /tmp/bfs/registry`.
 
+#![allow(clippy::print_stdout)] // An example program prints its result.
+
 use benchfs::api::{BenchFS, OpenFlags};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let registry = std::env::args().nth(1).unwrap_or_else(|| "/tmp/benchfs-registry".into());
+    let registry = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/tmp/benchfs-registry".into());
     let fs = BenchFS::connect_registry(&registry)?;
 
     let fd = fs.create("/hello.txt", 0o644)?;

@@ -25,7 +25,9 @@ pub struct BenchFS {
 
 impl std::fmt::Debug for BenchFS {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BenchFS").field("client", &self.client).finish()
+        f.debug_struct("BenchFS")
+            .field("client", &self.client)
+            .finish()
     }
 }
 
@@ -44,15 +46,23 @@ impl BenchFS {
     }
 
     /// Connects, presenting `secret` in every handshake.
-    pub fn connect_with_secret(config: &ServerConfig, secret: Vec<u8>) -> Result<BenchFS, ApiError> {
-        let entries = registry::read(&config.network.registry_dir).map_err(|e| ApiError::Cluster(e.to_string()))?;
+    pub fn connect_with_secret(
+        config: &ServerConfig,
+        secret: Vec<u8>,
+    ) -> Result<BenchFS, ApiError> {
+        let entries = registry::read(&config.network.registry_dir)
+            .map_err(|e| ApiError::Cluster(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ApiError::Cluster(format!("runtime: {e}")))?;
         let local = tokio::task::LocalSet::new();
         let client = local.block_on(&runtime, async { FsClient::new(config, entries, secret) })?;
-        Ok(BenchFS { runtime, local, client })
+        Ok(BenchFS {
+            runtime,
+            local,
+            client,
+        })
     }
 
     /// Runs an async client operation to completion (for callers that want several
@@ -68,7 +78,11 @@ impl BenchFS {
 
     /// Creates (or truncates) a file and opens it for writing.
     pub fn create(&self, path: &str, mode: u32) -> Result<Fd, ApiError> {
-        self.open(path, OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::TRUNC, mode)
+        self.open(
+            path,
+            OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::TRUNC,
+            mode,
+        )
     }
 
     /// Opens a file.
@@ -278,16 +292,26 @@ mod tests {
         assert!(f.contains(OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC));
         assert!(!f.contains(OpenFlags::READ));
         assert_eq!(OpenFlags::from_posix(libc::O_RDONLY), OpenFlags::READ);
-        assert_eq!(OpenFlags::from_posix(libc::O_RDWR | libc::O_APPEND), OpenFlags::RDWR | OpenFlags::APPEND);
+        assert_eq!(
+            OpenFlags::from_posix(libc::O_RDWR | libc::O_APPEND),
+            OpenFlags::RDWR | OpenFlags::APPEND
+        );
         assert_eq!(OpenFlags::from_bits(1 << 6), None);
         assert_eq!(OpenFlags::from_bits(3), Some(OpenFlags::RDWR));
     }
 
     #[test]
     fn errnos() {
-        let e = ApiError::Fs { op: "rmdir", path: "/d".into(), status: Status::NotEmpty };
+        let e = ApiError::Fs {
+            op: "rmdir",
+            path: "/d".into(),
+            status: Status::NotEmpty,
+        };
         assert_eq!(e.errno(), libc::ENOTEMPTY);
-        let e = ApiError::Path { path: "/x/..".into(), source: PathError::DotDot };
+        let e = ApiError::Path {
+            path: "/x/..".into(),
+            source: PathError::DotDot,
+        };
         assert_eq!(e.errno(), libc::EINVAL);
     }
 }

@@ -385,9 +385,13 @@ impl ServerConfig {
             origin: origin.map(Path::to_path_buf),
             message,
         };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
         apply_env(&mut table, vars)?;
-        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
         let config = Self::from_raw(raw)?;
         config.validate()?;
         Ok(config)
@@ -410,12 +414,16 @@ impl ServerConfig {
 
         let s = raw.storage;
         c.storage.backend = match (s.backend, s.use_iouring) {
-            (Some(b), None) => b.parse().map_err(|e: benchfs_store::StoreError| invalid("storage.backend", e.to_string()))?,
+            (Some(b), None) => b.parse().map_err(|e: benchfs_store::StoreError| {
+                invalid("storage.backend", e.to_string())
+            })?,
             (None, Some(true)) => Backend::IoUring,
             (None, Some(false)) => Backend::File,
             (None, None) => c.storage.backend,
             (Some(b), Some(u)) => {
-                let backend: Backend = b.parse().map_err(|e: benchfs_store::StoreError| invalid("storage.backend", e.to_string()))?;
+                let backend: Backend = b.parse().map_err(|e: benchfs_store::StoreError| {
+                    invalid("storage.backend", e.to_string())
+                })?;
                 if (backend == Backend::IoUring) != u {
                     return Err(invalid(
                         "storage.use_iouring",
@@ -454,7 +462,10 @@ impl ServerConfig {
         let n = raw.network;
         if let Some(addr) = n.bind_addr {
             c.network.bind_addr = addr.parse().map_err(|e| {
-                invalid("network.bind_addr", format!("{addr:?} is not an IP:port address ({e})"))
+                invalid(
+                    "network.bind_addr",
+                    format!("{addr:?} is not an IP:port address ({e})"),
+                )
             })?;
         }
         if let Some(v) = n.rdma_threshold_bytes {
@@ -508,7 +519,10 @@ impl ServerConfig {
                 format!("must be 1..={} characters", limits::NODE_ID_LEN_MAX),
             ));
         }
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
             return Err(invalid(
                 "node.node_id",
                 format!("{id:?} may hold only ASCII letters, digits, '.', '_' and '-'"),
@@ -576,13 +590,11 @@ impl ServerConfig {
         if self.network.registry_dir.as_os_str().is_empty() {
             return Err(invalid("network.registry_dir", "must not be empty"));
         }
-        if self.network.rpc_timeout.is_zero() || self.network.rpc_timeout > limits::RPC_TIMEOUT_MAX {
+        if self.network.rpc_timeout.is_zero() || self.network.rpc_timeout > limits::RPC_TIMEOUT_MAX
+        {
             return Err(invalid(
                 "network.rpc_timeout",
-                format!(
-                    "must be 1..={} ms",
-                    limits::RPC_TIMEOUT_MAX.as_millis()
-                ),
+                format!("must be 1..={} ms", limits::RPC_TIMEOUT_MAX.as_millis()),
             ));
         }
         if self.network.busy_poll > limits::BUSY_POLL_MAX {
@@ -633,12 +645,20 @@ impl ServerConfig {
         self.validate_values()?;
         let dir = &self.node.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
-            invalid("node.data_dir", format!("cannot create {}: {e}", dir.display()))
+            invalid(
+                "node.data_dir",
+                format!("cannot create {}: {e}", dir.display()),
+            )
         })?;
         let probe = dir.join(format!(".benchfs-write-probe-{}", std::process::id()));
         std::fs::write(&probe, b"probe")
             .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| invalid("node.data_dir", format!("{} is not writable: {e}", dir.display())))?;
+            .map_err(|e| {
+                invalid(
+                    "node.data_dir",
+                    format!("{} is not writable: {e}", dir.display()),
+                )
+            })?;
         Ok(())
     }
 
@@ -685,7 +705,8 @@ fn apply_env(
             var: var.clone(),
             reason,
         };
-        let Some(&(_, _, kind)) = ENV_KEYS.iter().find(|(s, k, _)| s == section && *k == key) else {
+        let Some(&(_, _, kind)) = ENV_KEYS.iter().find(|(s, k, _)| s == section && *k == key)
+        else {
             return Err(env_error(format!("[{section}] has no key {key:?}")));
         };
         let parsed = match kind {
@@ -723,10 +744,14 @@ pub fn launcher_rank(
     let vars: std::collections::HashMap<String, String> = vars.into_iter().collect();
     for name in RANK_VARS {
         if let Some(value) = vars.get(name) {
-            return value.trim().parse().map(Some).map_err(|_| ConfigError::Env {
-                var: name.to_string(),
-                reason: format!("{value:?} is not a rank"),
-            });
+            return value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::Env {
+                    var: name.to_string(),
+                    reason: format!("{value:?} is not a rank"),
+                });
         }
     }
     Ok(None)

@@ -18,7 +18,11 @@ use crate::server::ServerState;
 
 /// Command-line arguments of `benchfsd`.
 #[derive(Debug, clap::Parser)]
-#[command(name = "benchfsd", version, about = "BenchFS server: one per core of each node of a job")]
+#[command(
+    name = "benchfsd",
+    version,
+    about = "BenchFS server: one per core of each node of a job"
+)]
 pub struct Args {
     /// Configuration file; without it, defaults and BENCHFS_* variables apply.
     #[arg(long, short)]
@@ -89,10 +93,13 @@ pub fn load_config(args: &Args) -> Result<ServerConfig, DaemonError> {
         config.network.bind_addr = addr;
     }
     if let Some(backend) = &args.backend {
-        config.storage.backend = backend.parse().map_err(|e: benchfs_store::StoreError| ConfigError::Invalid {
-            key: "storage.backend",
-            reason: e.to_string(),
-        })?;
+        config.storage.backend =
+            backend
+                .parse()
+                .map_err(|e: benchfs_store::StoreError| ConfigError::Invalid {
+                    key: "storage.backend",
+                    reason: e.to_string(),
+                })?;
         if config.storage.backend == Backend::Memory {
             config.storage.o_direct = false;
         }
@@ -112,7 +119,10 @@ fn init_logging(config: &ServerConfig) -> Result<(), DaemonError> {
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|source| DaemonError::Setup { what: "opening benchfs.log", source })?;
+        .map_err(|source| DaemonError::Setup {
+            what: "opening benchfs.log",
+            source,
+        })?;
     let level = match config.node.log_level {
         crate::config::LogLevel::Error => tracing::Level::ERROR,
         crate::config::LogLevel::Warn => tracing::Level::WARN,
@@ -122,7 +132,11 @@ fn init_logging(config: &ServerConfig) -> Result<(), DaemonError> {
     };
     let writer = std::io::stderr.and(Arc::new(file)).with_max_level(level);
     // A second init (tests in one process) keeps the first subscriber; that is fine.
-    let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(writer).with_max_level(level).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(writer)
+        .with_max_level(level)
+        .try_init();
     Ok(())
 }
 
@@ -147,13 +161,19 @@ pub fn run(args: Args) -> Result<(), DaemonError> {
     let config = load_config(&args)?;
     init_logging(&config)?;
     let secret = match &args.secret_file {
-        Some(path) => std::fs::read(path).map_err(|source| DaemonError::Setup { what: "reading the secret file", source })?,
+        Some(path) => std::fs::read(path).map_err(|source| DaemonError::Setup {
+            what: "reading the secret file",
+            source,
+        })?,
         None => Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| DaemonError::Setup { what: "starting the runtime", source })?;
+        .map_err(|source| DaemonError::Setup {
+            what: "starting the runtime",
+            source,
+        })?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve_until_signal(config, secret))
 }
@@ -163,10 +183,14 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let state = Rc::new(ServerState::open(&config, secret)?);
     let context = Context::new(Features::ALL)?;
     let worker = Worker::new(&context)?;
-    let progress = tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
+    let progress =
+        tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
     let listener = Listener::bind(&worker, config.network.bind_addr)?;
     let addr = advertised_addr(listener.local_addr());
-    let entry = ServerEntry { node_id: config.node.node_id.clone(), addr };
+    let entry = ServerEntry {
+        node_id: config.node.node_id.clone(),
+        addr,
+    };
     registry::publish(&config.network.registry_dir, &entry)?;
     tracing::info!(
         node_id = %entry.node_id,
@@ -178,7 +202,10 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let setup = |source| DaemonError::Setup { what: "installing signal handlers", source };
+    let setup = |source| DaemonError::Setup {
+        what: "installing signal handlers",
+        source,
+    };
     let mut term = signal(SignalKind::terminate()).map_err(setup)?;
     let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
     {
@@ -196,7 +223,14 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         inflight_max: config.network.inflight_max as usize,
         rdma_threshold: config.network.rdma_threshold_bytes as usize,
     };
-    let served = serve(Rc::clone(&state), Rc::clone(&worker), listener, options, Arc::clone(&stop)).await;
+    let served = serve(
+        Rc::clone(&state),
+        Rc::clone(&worker),
+        listener,
+        options,
+        Arc::clone(&stop),
+    )
+    .await;
     // Withdraw first so no new client finds us, then make everything durable.
     let withdrawn = registry::withdraw(&config.network.registry_dir, &config.node.node_id);
     if let Err(e) = state.store().sync().await {

@@ -40,7 +40,10 @@ impl ChunkLayout {
     /// # Panics
     /// If `chunk_size` is not a power of two; configurations are validated before this.
     pub fn new(chunk_size: u64) -> Self {
-        assert!(chunk_size.is_power_of_two(), "chunk size {chunk_size} is not a power of two");
+        assert!(
+            chunk_size.is_power_of_two(),
+            "chunk size {chunk_size} is not a power of two"
+        );
         ChunkLayout {
             chunk_size,
             shift: chunk_size.trailing_zeros(),
@@ -142,7 +145,12 @@ mod tests {
         check(4096, 0, 4096, &[(0, 0, 4096)]);
         check(4096, 4095, 2, &[(0, 4095, 1), (1, 0, 1)]);
         check(4096, 4096, 4096, &[(1, 0, 4096)]);
-        check(4096, 100, 10000, &[(0, 100, 3996), (1, 0, 4096), (2, 0, 1908)]);
+        check(
+            4096,
+            100,
+            10000,
+            &[(0, 100, 3996), (1, 0, 4096), (2, 0, 1908)],
+        );
         check(1 << 22, (1 << 22) * 3 - 1, 1, &[(2, (1 << 22) - 1, 1)]);
         check(4096, u64::MAX - 1, 1, &[(u64::MAX >> 12, 4094, 1)]);
     }
@@ -152,7 +160,10 @@ mod tests {
         let layout = ChunkLayout::new(4096);
         assert_eq!(
             layout.spans(u64::MAX, 1).unwrap_err(),
-            RangeOverflow { offset: u64::MAX, len: 1 }
+            RangeOverflow {
+                offset: u64::MAX,
+                len: 1
+            }
         );
         assert!(layout.spans(u64::MAX, 0).unwrap().next().is_none());
     }

@@ -15,10 +15,10 @@ pub mod layout;
 pub mod limits;
 pub mod metadata;
 pub mod path;
-pub mod server;
 pub mod placement;
 pub mod registry;
 pub mod rpc;
+pub mod server;
 
 /// Chunk stores (re-exported from `benchfs-store`).
 pub mod storage {

@@ -116,7 +116,12 @@ impl MetadataManager {
     }
 
     /// Stores a record as given (a rename's destination, or a replica).
-    pub fn insert(&mut self, path: &str, meta: FileMetadata, exclusive: bool) -> Result<(), Status> {
+    pub fn insert(
+        &mut self,
+        path: &str,
+        meta: FileMetadata,
+        exclusive: bool,
+    ) -> Result<(), Status> {
         let path = path::normalize(path)?;
         if path == "/" || (exclusive && self.entries.contains_key(&path)) {
             return Err(Status::Exists);
@@ -127,7 +132,11 @@ impl MetadataManager {
 
     /// Removes and returns the record of `path`; `expect` says which kind the caller
     /// means (unlink a file, rmdir a directory).
-    pub fn delete(&mut self, path: &str, expect: Option<EntryKind>) -> Result<FileMetadata, Status> {
+    pub fn delete(
+        &mut self,
+        path: &str,
+        expect: Option<EntryKind>,
+    ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
         let meta = self.entries.get(&path).ok_or(Status::NotFound)?;
         match (expect, meta.kind) {
@@ -139,7 +148,12 @@ impl MetadataManager {
     }
 
     /// Applies a size update to a file and returns the new record.
-    pub fn update_size(&mut self, path: &str, size: u64, how: SizeUpdate) -> Result<FileMetadata, Status> {
+    pub fn update_size(
+        &mut self,
+        path: &str,
+        size: u64,
+        how: SizeUpdate,
+    ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         if meta.is_dir() {
@@ -162,7 +176,11 @@ impl MetadataManager {
         limit: usize,
     ) -> Result<Vec<(String, FileMetadata)>, Status> {
         let dir = path::normalize(dir)?;
-        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        let prefix = if dir == "/" {
+            "/".to_string()
+        } else {
+            format!("{dir}/")
+        };
         let start = match after {
             Some(name) => std::ops::Bound::Excluded(format!("{prefix}{name}")),
             None => std::ops::Bound::Included(prefix.clone()),
@@ -203,7 +221,10 @@ mod tests {
         assert_eq!(m.create_file("/a", 0o644), Err(Status::Exists));
         assert_eq!(m.create_dir("/a", 0o755), Err(Status::Exists));
         assert_eq!(m.create_file("/", 0o644), Err(Status::Exists));
-        assert_eq!(m.delete("/a", Some(EntryKind::Directory)), Err(Status::NotDir));
+        assert_eq!(
+            m.delete("/a", Some(EntryKind::Directory)),
+            Err(Status::NotDir)
+        );
         assert_eq!(m.delete("/a", Some(EntryKind::File)).unwrap(), f);
         assert_eq!(m.lookup("/a"), Err(Status::NotFound));
         assert_eq!(m.delete("/a", None), Err(Status::NotFound));
@@ -217,7 +238,10 @@ mod tests {
         let a = m.create_file("/a", 0).unwrap().file_id;
         m.delete("/a", None).unwrap();
         let b = m.create_file("/a", 0).unwrap().file_id;
-        assert_ne!(a, b, "a recreated file must not reuse the old inode's chunks");
+        assert_ne!(
+            a, b,
+            "a recreated file must not reuse the old inode's chunks"
+        );
     }
 
     #[test]
@@ -226,19 +250,34 @@ mod tests {
         assert_eq!(m.create_file("a", 0), Err(Status::InvalidArgument));
         assert_eq!(m.create_file("/a/../b", 0), Err(Status::InvalidArgument));
         assert_eq!(m.lookup(""), Err(Status::InvalidArgument));
-        assert_eq!(m.create_file(&format!("/{}", "n".repeat(300)), 0), Err(Status::NameTooLong));
+        assert_eq!(
+            m.create_file(&format!("/{}", "n".repeat(300)), 0),
+            Err(Status::NameTooLong)
+        );
     }
 
     #[test]
     fn sizes() {
         let mut m = manager();
         m.create_file("/f", 0).unwrap();
-        assert_eq!(m.update_size("/f", 10, SizeUpdate::AtLeast).unwrap().size, 10);
-        assert_eq!(m.update_size("/f", 5, SizeUpdate::AtLeast).unwrap().size, 10);
+        assert_eq!(
+            m.update_size("/f", 10, SizeUpdate::AtLeast).unwrap().size,
+            10
+        );
+        assert_eq!(
+            m.update_size("/f", 5, SizeUpdate::AtLeast).unwrap().size,
+            10
+        );
         assert_eq!(m.update_size("/f", 5, SizeUpdate::Exact).unwrap().size, 5);
         m.create_dir("/d", 0).unwrap();
-        assert_eq!(m.update_size("/d", 5, SizeUpdate::Exact), Err(Status::IsDir));
-        assert_eq!(m.update_size("/nope", 5, SizeUpdate::Exact), Err(Status::NotFound));
+        assert_eq!(
+            m.update_size("/d", 5, SizeUpdate::Exact),
+            Err(Status::IsDir)
+        );
+        assert_eq!(
+            m.update_size("/nope", 5, SizeUpdate::Exact),
+            Err(Status::NotFound)
+        );
     }
 
     #[test]
@@ -248,7 +287,11 @@ mod tests {
             m.create_dir(p, 0).unwrap();
         }
         let names = |dir: &str, after: Option<&str>, limit: usize| -> Vec<String> {
-            m.list_children(dir, after, limit).unwrap().into_iter().map(|(n, _)| n).collect()
+            m.list_children(dir, after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
         };
         assert_eq!(names("/", None, 100), ["a", "ab", "b"]);
         assert_eq!(names("/a", None, 100), ["x", "y"]);

@@ -111,7 +111,11 @@ mod tests {
     use super::*;
 
     fn check(input: &str, expected: Result<&str, PathError>) {
-        assert_eq!(normalize(input).as_deref().map_err(|e| *e), expected, "input {input:?}");
+        assert_eq!(
+            normalize(input).as_deref().map_err(|e| *e),
+            expected,
+            "input {input:?}"
+        );
     }
 
     #[test]
@@ -133,8 +137,14 @@ mod tests {
         check("/a/../b", Err(PathError::DotDot));
         check("/..", Err(PathError::DotDot));
         check("/a\0b", Err(PathError::Nul));
-        check(&format!("/{}", "x".repeat(NAME_LEN_MAX + 1)), Err(PathError::NameTooLong));
-        check(&format!("/{}", "x".repeat(NAME_LEN_MAX)), Ok(&format!("/{}", "x".repeat(NAME_LEN_MAX))));
+        check(
+            &format!("/{}", "x".repeat(NAME_LEN_MAX + 1)),
+            Err(PathError::NameTooLong),
+        );
+        check(
+            &format!("/{}", "x".repeat(NAME_LEN_MAX)),
+            Ok(&format!("/{}", "x".repeat(NAME_LEN_MAX))),
+        );
         let long = "/abcdefg".repeat(PATH_LEN_MAX / 8 + 1);
         check(&long, Err(PathError::TooLong));
         assert_eq!(PathError::TooLong.status().errno(), libc::ENAMETOOLONG);

@@ -198,12 +198,18 @@ mod tests {
     #[test]
     fn rejects_bad_rings() {
         let none: [&str; 0] = [];
-        assert_eq!(PlacementRing::new(none, 150).unwrap_err(), PlacementError::NoServers);
+        assert_eq!(
+            PlacementRing::new(none, 150).unwrap_err(),
+            PlacementError::NoServers
+        );
         assert_eq!(
             PlacementRing::new(["a", "b", "a"], 150).unwrap_err(),
             PlacementError::DuplicateNode("a".into())
         );
-        assert_eq!(PlacementRing::new(["a"], 0).unwrap_err(), PlacementError::NoVirtualNodes);
+        assert_eq!(
+            PlacementRing::new(["a"], 0).unwrap_err(),
+            PlacementError::NoVirtualNodes
+        );
     }
 
     #[test]
@@ -214,7 +220,11 @@ mod tests {
         let a = ring(8, 150);
         let b = PlacementRing::new((0..8).rev().map(|i| format!("node{i}")), 150).unwrap();
         for i in 0..1000 {
-            assert_eq!(a.owner(chunk(i)), b.owner(chunk(i)), "order of joining must not matter");
+            assert_eq!(
+                a.owner(chunk(i)),
+                b.owner(chunk(i)),
+                "order of joining must not matter"
+            );
         }
     }
 
@@ -228,7 +238,11 @@ mod tests {
             let set: BTreeSet<_> = reps.iter().collect();
             assert_eq!(set.len(), 3);
         }
-        assert_eq!(r.replicas(chunk(1), 9).len(), 5, "capped at the server count");
+        assert_eq!(
+            r.replicas(chunk(1), 9).len(),
+            5,
+            "capped at the server count"
+        );
         assert_eq!(ring(1, 150).replicas(chunk(1), 2), vec![0]);
     }
 
@@ -250,8 +264,16 @@ mod tests {
         let servers = 1024;
         let r = ring(servers, 150);
         let stats = LoadStats::measure(&r, 1_000_000);
-        assert!(stats.max_over_mean < 1.5, "max/mean {}", stats.max_over_mean);
-        assert!(stats.stddev_over_mean < 0.15, "stddev/mean {}", stats.stddev_over_mean);
+        assert!(
+            stats.max_over_mean < 1.5,
+            "max/mean {}",
+            stats.max_over_mean
+        );
+        assert!(
+            stats.stddev_over_mean < 0.15,
+            "stddev/mean {}",
+            stats.stddev_over_mean
+        );
     }
 
     #[test]
@@ -267,7 +289,10 @@ mod tests {
             let new_owner = after.owner(chunk(i));
             if old_owner != &after.nodes()[new_owner as usize] {
                 moved += 1;
-                assert_eq!(new_owner, new, "a key may only move to the server that joined");
+                assert_eq!(
+                    new_owner, new,
+                    "a key may only move to the server that joined"
+                );
             }
         }
         let fraction = moved as f64 / keys as f64;
@@ -282,7 +307,8 @@ mod tests {
     fn leave_moves_only_the_leavers_keys() {
         let n = 64;
         let before = ring(n, 150);
-        let after = PlacementRing::new((0..n).filter(|&i| i != 5).map(|i| format!("node{i}")), 150).unwrap();
+        let after = PlacementRing::new((0..n).filter(|&i| i != 5).map(|i| format!("node{i}")), 150)
+            .unwrap();
         for i in 0..50_000 {
             let old = &before.nodes()[before.owner(chunk(i)) as usize];
             let new = &after.nodes()[after.owner(chunk(i)) as usize];
@@ -292,7 +318,10 @@ mod tests {
         }
         let fraction = LoadStats::moved_fraction(&before, &after, 200_000);
         let ideal = 1.0 / n as f64;
-        assert!(fraction > ideal * 0.5 && fraction < ideal * 1.5, "moved {fraction}, ideal {ideal}");
+        assert!(
+            fraction > ideal * 0.5 && fraction < ideal * 1.5,
+            "moved {fraction}, ideal {ideal}"
+        );
     }
 }
 
@@ -334,7 +363,8 @@ impl LoadStats {
                     file_id: i / 7,
                     index: i % 7,
                 };
-                before.nodes()[before.owner(key) as usize] != after.nodes()[after.owner(key) as usize]
+                before.nodes()[before.owner(key) as usize]
+                    != after.nodes()[after.owner(key) as usize]
             })
             .count();
         moved as f64 / keys as f64

@@ -54,8 +54,13 @@ pub fn entry_path(dir: &Path, node_id: &str) -> PathBuf {
 pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let path = entry_path(dir, &entry.node_id);
-    let tmp = dir.join(format!(".{}.addr.tmp.{}", entry.node_id, std::process::id()));
-    std::fs::write(&tmp, format!("{} {}\n", entry.node_id, entry.addr)).map_err(io("write", &tmp))?;
+    let tmp = dir.join(format!(
+        ".{}.addr.tmp.{}",
+        entry.node_id,
+        std::process::id()
+    ));
+    std::fs::write(&tmp, format!("{} {}\n", entry.node_id, entry.addr))
+        .map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
     Ok(path)
 }
@@ -75,7 +80,9 @@ pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
     let (Some(node_id), Some(addr), None) = (words.next(), words.next(), words.next()) else {
         return Err("expected `<node_id> <ip:port>`".to_string());
     };
-    let addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
     Ok(ServerEntry {
         node_id: node_id.to_string(),
         addr,
@@ -111,8 +118,14 @@ mod tests {
     #[test]
     fn publish_read_withdraw() {
         let dir = tempfile::tempdir().unwrap();
-        let a = ServerEntry { node_id: "b".into(), addr: "127.0.0.1:1".parse().unwrap() };
-        let b = ServerEntry { node_id: "a".into(), addr: "127.0.0.1:2".parse().unwrap() };
+        let a = ServerEntry {
+            node_id: "b".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let b = ServerEntry {
+            node_id: "a".into(),
+            addr: "127.0.0.1:2".parse().unwrap(),
+        };
         publish(dir.path(), &a).unwrap();
         publish(dir.path(), &b).unwrap();
         std::fs::write(dir.path().join("README"), "not an entry").unwrap();
@@ -122,7 +135,10 @@ mod tests {
         withdraw(dir.path(), "a").unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![a]);
         std::fs::write(dir.path().join("bad.addr"), "x").unwrap();
-        assert!(matches!(read(dir.path()), Err(RegistryError::Malformed { .. })));
+        assert!(matches!(
+            read(dir.path()),
+            Err(RegistryError::Malformed { .. })
+        ));
     }
 
     #[test]

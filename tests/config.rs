@@ -15,10 +15,17 @@ fn with_dir(dir: &tempfile::TempDir, body: &str) -> String {
 /// Asserts that `text` is refused with a message that names `key`.
 fn check_rejected(body: &str, key: &str) {
     let d = dir();
-    let text = if body.contains("[node]") { body.replace("DATA_DIR", &d.path().display().to_string()) } else { with_dir(&d, body) };
+    let text = if body.contains("[node]") {
+        body.replace("DATA_DIR", &d.path().display().to_string())
+    } else {
+        with_dir(&d, body)
+    };
     let err = ServerConfig::from_toml_str(&text).expect_err(body);
     let msg = err.to_string();
-    assert!(msg.contains(key), "error for {body:?} should name {key:?}: {msg}");
+    assert!(
+        msg.contains(key),
+        "error for {body:?} should name {key:?}: {msg}"
+    );
 }
 
 #[test]
@@ -77,7 +84,9 @@ fn defaults_and_example_file() {
     assert_eq!(c.replication.replicas, 1);
     c.validate_values().unwrap();
     // The documented example holds every key with its default value.
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benchfs.toml.example")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benchfs.toml.example"))
+            .unwrap();
     let d = dir();
     let example = example.replace("/tmp/benchfs\"", &format!("{}\"", d.path().display()));
     let mut parsed = ServerConfig::from_toml_str(&example).unwrap();
@@ -90,7 +99,13 @@ fn from_file_reads_and_reports_missing_files() {
     let d = dir();
     let path = d.path().join("benchfs.toml");
     std::fs::write(&path, with_dir(&d, "[storage]\nchunk_size = 65536\n")).unwrap();
-    assert_eq!(ServerConfig::from_file(&path).unwrap().storage.chunk_size_bytes, 65536);
+    assert_eq!(
+        ServerConfig::from_file(&path)
+            .unwrap()
+            .storage
+            .chunk_size_bytes,
+        65536
+    );
     let err = ServerConfig::from_file(d.path().join("missing.toml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     assert!(err.to_string().contains("missing.toml"));
@@ -108,7 +123,8 @@ fn environment_overrides_the_file() {
         ("HOME", "/root"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
-    let c = ServerConfig::from_env_and_str(&with_dir(&d, "[storage]\nchunk_size = 65536\n"), vars).unwrap();
+    let c = ServerConfig::from_env_and_str(&with_dir(&d, "[storage]\nchunk_size = 65536\n"), vars)
+        .unwrap();
     assert_eq!(c.storage.chunk_size_bytes, 1 << 20);
     assert_eq!(c.storage.backend, Backend::Memory);
     assert_eq!(c.node.node_id, "n7");
@@ -118,12 +134,24 @@ fn environment_overrides_the_file() {
 fn bad_environment_is_refused() {
     let d = dir();
     for (var, value, needle) in [
-        ("BENCHFS_STORAGE_CHUNK_SIZE", "big", "BENCHFS_STORAGE_CHUNK_SIZE"),
+        (
+            "BENCHFS_STORAGE_CHUNK_SIZE",
+            "big",
+            "BENCHFS_STORAGE_CHUNK_SIZE",
+        ),
         ("BENCHFS_STORAGE_NOPE", "1", "BENCHFS_STORAGE_NOPE"),
-        ("BENCHFS_STORAGE_O_DIRECT", "maybe", "BENCHFS_STORAGE_O_DIRECT"),
+        (
+            "BENCHFS_STORAGE_O_DIRECT",
+            "maybe",
+            "BENCHFS_STORAGE_O_DIRECT",
+        ),
         ("BENCHFS_STORAGE_CHUNK_SIZE", "1000", "storage.chunk_size"),
     ] {
-        let err = ServerConfig::from_env_and_str(&with_dir(&d, ""), [(var.to_string(), value.to_string())]).unwrap_err();
+        let err = ServerConfig::from_env_and_str(
+            &with_dir(&d, ""),
+            [(var.to_string(), value.to_string())],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(needle), "{var}={value}: {err}");
     }
 }
@@ -137,23 +165,53 @@ fn each_bad_value_names_its_key() {
     check_rejected("[storage]\nchunk_size = 134217728\n", "storage.chunk_size");
     check_rejected("[storage]\nchunk_size = -4096\n", "storage.chunk_size");
     check_rejected("[storage]\nchunk_size = \"4MiB\"\n", "chunk_size");
-    check_rejected("[storage]\nchunk_size = 65536\n[network]\nrdma_threshold_bytes = 131072\n", "network.rdma_threshold_bytes");
+    check_rejected(
+        "[storage]\nchunk_size = 65536\n[network]\nrdma_threshold_bytes = 131072\n",
+        "network.rdma_threshold_bytes",
+    );
     check_rejected("[replication]\nreplicas = 0\n", "replication.replicas");
     check_rejected("[replication]\nreplicas = 9\n", "replication.replicas");
     check_rejected("[storage]\nbackend = \"tape\"\n", "storage.backend");
-    check_rejected("[storage]\nbackend = \"memory\"\nuse_iouring = true\n", "storage.use_iouring");
-    check_rejected("[storage]\nbackend = \"memory\"\no_direct = true\n", "storage.o_direct");
+    check_rejected(
+        "[storage]\nbackend = \"memory\"\nuse_iouring = true\n",
+        "storage.use_iouring",
+    );
+    check_rejected(
+        "[storage]\nbackend = \"memory\"\no_direct = true\n",
+        "storage.o_direct",
+    );
     check_rejected("[storage]\nqueue_depth = 0\n", "storage.queue_depth");
     check_rejected("[storage]\ncapacity = 100\n", "storage.capacity");
-    check_rejected("[storage]\ncapacity = 1\nmax_storage_gb = 1\n", "storage.max_storage_gb");
-    check_rejected("[network]\nbind_addr = \"localhost\"\n", "network.bind_addr");
+    check_rejected(
+        "[storage]\ncapacity = 1\nmax_storage_gb = 1\n",
+        "storage.max_storage_gb",
+    );
+    check_rejected(
+        "[network]\nbind_addr = \"localhost\"\n",
+        "network.bind_addr",
+    );
     check_rejected("[network]\nrpc_timeout = 0\n", "network.rpc_timeout");
-    check_rejected("[network]\nbusy_poll_us = 1000000\n", "network.busy_poll_us");
+    check_rejected(
+        "[network]\nbusy_poll_us = 1000000\n",
+        "network.busy_poll_us",
+    );
     check_rejected("[network]\ninflight_max = 0\n", "network.inflight_max");
-    check_rejected("[placement]\nvirtual_nodes = 0\n", "placement.virtual_nodes");
-    check_rejected("[node]\ndata_dir = \"DATA_DIR\"\nnode_id = \"bad id\"\n", "node.node_id");
-    check_rejected("[node]\ndata_dir = \"DATA_DIR\"\nnode_id = \"\"\n", "node.node_id");
-    check_rejected("[node]\ndata_dir = \"DATA_DIR\"\nlog_level = \"loud\"\n", "node.log_level");
+    check_rejected(
+        "[placement]\nvirtual_nodes = 0\n",
+        "placement.virtual_nodes",
+    );
+    check_rejected(
+        "[node]\ndata_dir = \"DATA_DIR\"\nnode_id = \"bad id\"\n",
+        "node.node_id",
+    );
+    check_rejected(
+        "[node]\ndata_dir = \"DATA_DIR\"\nnode_id = \"\"\n",
+        "node.node_id",
+    );
+    check_rejected(
+        "[node]\ndata_dir = \"DATA_DIR\"\nlog_level = \"loud\"\n",
+        "node.log_level",
+    );
     check_rejected("[node]\ndata_dir = \"DATA_DIR\"\n[node]\n", "node");
     check_rejected("not toml at all", "invalid config");
 }
@@ -163,20 +221,31 @@ fn unwritable_data_dir_is_refused() {
     let d = dir();
     let file = d.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let err = ServerConfig::from_toml_str(&format!("[node]\ndata_dir = \"{}/sub\"\n", file.display())).unwrap_err();
+    let err =
+        ServerConfig::from_toml_str(&format!("[node]\ndata_dir = \"{}/sub\"\n", file.display()))
+            .unwrap_err();
     assert!(err.to_string().contains("node.data_dir"), "{err}");
 }
 
 #[test]
 fn launcher_rank_makes_servers_distinct() {
     let vars = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-    assert_eq!(launcher_rank(vars("OMPI_COMM_WORLD_RANK", "3")).unwrap(), Some(3));
+    assert_eq!(
+        launcher_rank(vars("OMPI_COMM_WORLD_RANK", "3")).unwrap(),
+        Some(3)
+    );
     assert_eq!(launcher_rank(vars("PMI_RANK", "1")).unwrap(), Some(1));
     assert_eq!(launcher_rank(vars("SLURM_PROCID", "12")).unwrap(), Some(12));
     assert_eq!(launcher_rank(vars("HOME", "/")).unwrap(), None);
-    assert!(launcher_rank(vars("SLURM_PROCID", "x")).unwrap_err().to_string().contains("SLURM_PROCID"));
+    assert!(launcher_rank(vars("SLURM_PROCID", "x"))
+        .unwrap_err()
+        .to_string()
+        .contains("SLURM_PROCID"));
     let d = dir();
-    let c = ServerConfig::from_toml_str(&with_dir(&d, "")).unwrap().for_rank(2).unwrap();
+    let c = ServerConfig::from_toml_str(&with_dir(&d, ""))
+        .unwrap()
+        .for_rank(2)
+        .unwrap();
     assert_eq!(c.node.node_id, "node0-r2");
     assert_eq!(c.node.data_dir, d.path().join("r2"));
     assert!(c.node.data_dir.is_dir());

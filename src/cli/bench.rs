@@ -49,7 +49,11 @@ struct Latency {
 fn latency(mut nanos: Vec<u64>) -> Latency {
     nanos.sort_unstable();
     let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
-    Latency { p50: at(0.5), p99: at(0.99), mean: nanos.iter().sum::<u64>() as f64 / nanos.len() as f64 / 1000.0 }
+    Latency {
+        p50: at(0.5),
+        p99: at(0.99),
+        mean: nanos.iter().sum::<u64>() as f64 / nanos.len() as f64 / 1000.0,
+    }
 }
 
 fn timed(mut op: impl FnMut() -> Result<(), CliError>) -> Result<u64, CliError> {
@@ -108,7 +112,7 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
     config.cache.metadata_cache_entries = 0;
     config.cache.chunk_cache_mb = 0;
     let fs = BenchFS::connect(&config)?;
-    let servers = fs.client().servers().count();
+    let servers = fs.client().servers().len();
     let total = args.size_mb << 20;
     let block = vec![0xa5u8; args.transfer];
     std::fs::create_dir_all(&args.local_dir)?;
@@ -117,7 +121,11 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
     println!("# benchfs bench");
     println!(
         "servers={servers} backend={} chunk_size={} rdma_threshold={} transfer={} size={} MiB",
-        config.storage.backend, config.storage.chunk_size_bytes, config.network.rdma_threshold_bytes, args.transfer, args.size_mb
+        config.storage.backend,
+        config.storage.chunk_size_bytes,
+        config.network.rdma_threshold_bytes,
+        args.transfer,
+        args.size_mb
     );
     let _ = fs.mkdir("/bench", 0o755);
 
@@ -172,9 +180,24 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
     }
     let local_read = mb_per_s(read, start.elapsed());
 
-    println!("{:<26} {:>12} {:>12} {:>8}", "workload", "benchfs", "local", "ratio");
-    println!("{:<26} {:>12.1} {:>12.1} {:>8.2}", "seq write MB/s", bfs_write, local_write, bfs_write / local_write);
-    println!("{:<26} {:>12.1} {:>12.1} {:>8.2}", "seq read MB/s", bfs_read, local_read, bfs_read / local_read);
+    println!(
+        "{:<26} {:>12} {:>12} {:>8}",
+        "workload", "benchfs", "local", "ratio"
+    );
+    println!(
+        "{:<26} {:>12.1} {:>12.1} {:>8.2}",
+        "seq write MB/s",
+        bfs_write,
+        local_write,
+        bfs_write / local_write
+    );
+    println!(
+        "{:<26} {:>12.1} {:>12.1} {:>8.2}",
+        "seq read MB/s",
+        bfs_read,
+        local_read,
+        bfs_read / local_read
+    );
 
     // 4 KiB random reads over the first 64 MiB (or the whole file).
     let span = total.min(64 << 20) / 4096;
@@ -184,7 +207,9 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
     let mut bfs = Vec::with_capacity(args.reads);
     for _ in 0..args.reads {
         let off = next_random(&mut x) % span * 4096;
-        bfs.push(timed(|| fs.pread(fd, &mut small, off).map(drop).map_err(Into::into))?);
+        bfs.push(timed(|| {
+            fs.pread(fd, &mut small, off).map(drop).map_err(Into::into)
+        })?);
     }
     fs.close(fd)?;
     let mut file = std::fs::File::open(&local)?;
@@ -213,17 +238,31 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
             let fd = fs.open(&path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)?;
             fs.close(fd).map_err(Into::into)
         })?);
-        creates.1.push(timed(|| std::fs::File::create(md_local.join(name)).map(drop).map_err(Into::into))?);
+        creates.1.push(timed(|| {
+            std::fs::File::create(md_local.join(name))
+                .map(drop)
+                .map_err(Into::into)
+        })?);
     }
     for name in &names {
         let path = format!("/bench/md/{name}");
-        stats.0.push(timed(|| fs.stat(&path).map(drop).map_err(Into::into))?);
-        stats.1.push(timed(|| std::fs::metadata(md_local.join(name)).map(drop).map_err(Into::into))?);
+        stats
+            .0
+            .push(timed(|| fs.stat(&path).map(drop).map_err(Into::into))?);
+        stats.1.push(timed(|| {
+            std::fs::metadata(md_local.join(name))
+                .map(drop)
+                .map_err(Into::into)
+        })?);
     }
     for name in &names {
         let path = format!("/bench/md/{name}");
-        unlinks.0.push(timed(|| fs.unlink(&path).map_err(Into::into))?);
-        unlinks.1.push(timed(|| std::fs::remove_file(md_local.join(name)).map_err(Into::into))?);
+        unlinks
+            .0
+            .push(timed(|| fs.unlink(&path).map_err(Into::into))?);
+        unlinks.1.push(timed(|| {
+            std::fs::remove_file(md_local.join(name)).map_err(Into::into)
+        })?);
     }
     print_latency("create+close", latency(creates.0), latency(creates.1));
     print_latency("stat", latency(stats.0), latency(stats.1));

@@ -1,8 +1,8 @@
 //! `benchfs cluster up|status|down`: a local cluster of real `benchfsd` processes on
 //! loopback, kept in one directory (config, registry, data, logs, pids).
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,12 @@ impl Target {
     pub fn config(&self) -> Result<ServerConfig, CliError> {
         let path = self.dir.join("benchfs.toml");
         if !path.exists() {
-            return Err(format!("no cluster in {} (run `benchfs cluster up --dir {}`)", self.dir.display(), self.dir.display()).into());
+            return Err(format!(
+                "no cluster in {} (run `benchfs cluster up --dir {}`)",
+                self.dir.display(),
+                self.dir.display()
+            )
+            .into());
         }
         Ok(ServerConfig::from_file(path)?)
     }
@@ -89,7 +94,9 @@ pub fn run(command: ClusterCommand) -> Result<(), CliError> {
 
 fn benchfsd_path() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or("cannot locate the benchfs binary's directory")?;
+    let dir = exe
+        .parent()
+        .ok_or("cannot locate the benchfs binary's directory")?;
     // Examples and tests live one level below the binaries.
     for candidate in [dir.join("benchfsd"), dir.join("../benchfsd")] {
         if candidate.exists() {
@@ -105,7 +112,12 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
     }
     let dir = &args.target.dir;
     if pids(dir).iter().any(|&pid| alive(pid)) {
-        return Err(format!("a cluster is already running in {} (benchfs cluster down --dir {})", dir.display(), dir.display()).into());
+        return Err(format!(
+            "a cluster is already running in {} (benchfs cluster down --dir {})",
+            dir.display(),
+            dir.display()
+        )
+        .into());
     }
     let _ = std::fs::remove_dir_all(dir.join("registry"));
     let _ = std::fs::remove_dir_all(dir.join("data"));
@@ -155,23 +167,37 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
             .spawn()?;
         started.push(child.id());
     }
-    std::fs::write(dir.join("pids"), started.iter().map(|p| format!("{p}\n")).collect::<String>())?;
+    std::fs::write(
+        dir.join("pids"),
+        started.iter().map(|p| format!("{p}\n")).collect::<String>(),
+    )?;
     wait_for_servers(dir, args.servers)?;
-    println!("cluster up: {} servers, backend {}, dir {}", args.servers, args.backend, dir.display());
+    println!(
+        "cluster up: {} servers, backend {}, dir {}",
+        args.servers,
+        args.backend,
+        dir.display()
+    );
     Ok(())
 }
 
 fn wait_for_servers(dir: &Path, n: usize) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let published = registry::read(&dir.join("registry")).map(|e| e.len()).unwrap_or(0);
+        let published = registry::read(&dir.join("registry"))
+            .map(|e| e.len())
+            .unwrap_or(0);
         if published >= n {
             return Ok(());
         }
         if Instant::now() > deadline || pids(dir).iter().any(|&p| !alive(p)) {
             let log = std::fs::read_to_string(dir.join("logs/node0.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(format!("only {published} of {n} servers came up; node0.log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n")).into());
+            return Err(format!(
+                "only {published} of {n} servers came up; node0.log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+            .into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -188,12 +214,20 @@ fn pids(dir: &Path) -> Vec<u32> {
 fn alive(pid: u32) -> bool {
     // A zombie (exited, not yet reaped) counts as gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+        .map(|s| {
+            !s.split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn down(target: &Target) -> Result<(), CliError> {
@@ -210,18 +244,31 @@ fn down(target: &Target) -> Result<(), CliError> {
         signal(pid, "KILL");
     }
     let _ = std::fs::remove_file(target.dir.join("pids"));
-    println!("cluster down: {} servers stopped ({} forced)", pids.len(), forced.len());
+    println!(
+        "cluster down: {} servers stopped ({} forced)",
+        pids.len(),
+        forced.len()
+    );
     Ok(())
 }
 
 fn status(target: &Target) -> Result<(), CliError> {
     let fs = target.connect()?;
-    println!("{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9}", "node", "address", "records", "chunks", "bytes", "requests", "malformed");
+    println!(
+        "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9}",
+        "node", "address", "records", "chunks", "bytes", "requests", "malformed"
+    );
     for (entry, stats) in fs.block_on(fs.client().server_stats()) {
         match stats {
             Ok(s) => println!(
                 "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9}",
-                entry.node_id, entry.addr, s.metadata_records, s.chunks, s.used_bytes, s.requests, s.malformed
+                entry.node_id,
+                entry.addr,
+                s.metadata_records,
+                s.chunks,
+                s.used_bytes,
+                s.requests,
+                s.malformed
             ),
             Err(e) => println!("{:<10} {:<22} unreachable: {e}", entry.node_id, entry.addr),
         }

@@ -105,7 +105,10 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
         FileCommand::Stat { path, target } => {
             let m = target.connect()?.stat(&path)?;
             let kind = if m.is_dir() { "directory" } else { "file" };
-            println!("{path}: {kind}, size {}, mode {:o}, inode {:#x}, chunk size {}", m.size, m.mode, m.file_id, m.chunk_size);
+            println!(
+                "{path}: {kind}, size {}, mode {:o}, inode {:#x}, chunk size {}",
+                m.size, m.mode, m.file_id, m.chunk_size
+            );
         }
         FileCommand::Mkdir { path, target } => target.connect()?.mkdir(&path, 0o755)?,
         FileCommand::Rm { path, target } => {
@@ -116,7 +119,11 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
                 fs.unlink(&path)?;
             }
         }
-        FileCommand::Put { local, path, target } => {
+        FileCommand::Put {
+            local,
+            path,
+            target,
+        } => {
             let fs = target.connect()?;
             let mut file = std::fs::File::open(&local)?;
             let fd = fs.create(&path, 0o644)?;
@@ -130,7 +137,11 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
             }
             fs.close(fd)?;
         }
-        FileCommand::Get { path, local, target } => {
+        FileCommand::Get {
+            path,
+            local,
+            target,
+        } => {
             let fs = target.connect()?;
             let mut file = std::fs::File::create(&local)?;
             copy_out(&fs, &path, &mut file)?;

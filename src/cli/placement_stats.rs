@@ -18,8 +18,14 @@ pub struct Args {
     vnodes: u32,
 }
 
-fn ring(servers: impl Iterator<Item = usize>, vnodes: u32) -> Result<PlacementRing, super::CliError> {
-    Ok(PlacementRing::new(servers.map(|i| format!("node{i}")), vnodes)?)
+fn ring(
+    servers: impl Iterator<Item = usize>,
+    vnodes: u32,
+) -> Result<PlacementRing, super::CliError> {
+    Ok(PlacementRing::new(
+        servers.map(|i| format!("node{i}")),
+        vnodes,
+    )?)
 }
 
 /// Prints load max/mean, stddev/mean and the moved fraction on a join and a leave.
@@ -39,15 +45,31 @@ pub fn run(args: Args) -> Result<(), super::CliError> {
     let start = Instant::now();
     let mut sink = 0u64;
     for i in 0..lookups {
-        sink = sink.wrapping_add(u64::from(base.owner(PlacementKey::Chunk { file_id: i, index: 0 })));
+        sink = sink.wrapping_add(u64::from(base.owner(PlacementKey::Chunk {
+            file_id: i,
+            index: 0,
+        })));
     }
     let ns = start.elapsed().as_nanos() as f64 / lookups as f64;
 
-    println!("placement: servers={n} vnodes={} keys={} hash=xxh3-64", args.vnodes, args.keys);
+    println!(
+        "placement: servers={n} vnodes={} keys={} hash=xxh3-64",
+        args.vnodes, args.keys
+    );
     println!("load max/mean      {:.3}", load.max_over_mean);
     println!("load stddev/mean   {:.3}", load.stddev_over_mean);
-    println!("moved on join      {:.5} (ideal 1/(n+1) = {:.5}, ratio {:.2})", join, 1.0 / (n + 1) as f64, join * (n + 1) as f64);
-    println!("moved on leave     {:.5} (ideal 1/n = {:.5}, ratio {:.2})", leave, 1.0 / n as f64, leave * n as f64);
+    println!(
+        "moved on join      {:.5} (ideal 1/(n+1) = {:.5}, ratio {:.2})",
+        join,
+        1.0 / (n + 1) as f64,
+        join * (n + 1) as f64
+    );
+    println!(
+        "moved on leave     {:.5} (ideal 1/n = {:.5}, ratio {:.2})",
+        leave,
+        1.0 / n as f64,
+        leave * n as f64
+    );
     println!("lookup             {ns:.1} ns (checksum {})", sink % 7);
     Ok(())
 }

@@ -74,7 +74,13 @@ impl ChunkCache {
     }
 
     /// The bytes of `[offset, offset + len)` of a chunk, if a cached read covers them.
-    pub(crate) fn get(&mut self, file_id: u64, index: u64, offset: u64, len: u64) -> Option<Vec<u8>> {
+    pub(crate) fn get(
+        &mut self,
+        file_id: u64,
+        index: u64,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<u8>> {
         let span = self.entries.get(&(file_id, index))?;
         if self.ttl.is_some_and(|ttl| span.at.elapsed() > ttl) {
             let gone = self.entries.pop(&(file_id, index))?;
@@ -96,12 +102,21 @@ impl ChunkCache {
         if size == 0 || size > self.capacity_bytes {
             return;
         }
-        if let Some(old) = self.entries.put((file_id, index), CachedSpan { offset, data: data.to_vec(), at: Instant::now() }) {
+        if let Some(old) = self.entries.put(
+            (file_id, index),
+            CachedSpan {
+                offset,
+                data: data.to_vec(),
+                at: Instant::now(),
+            },
+        ) {
             self.bytes -= old.data.len() as u64;
         }
         self.bytes += size;
         while self.bytes > self.capacity_bytes {
-            let Some((_, gone)) = self.entries.pop_lru() else { break };
+            let Some((_, gone)) = self.entries.pop_lru() else {
+                break;
+            };
             self.bytes -= gone.data.len() as u64;
         }
     }
@@ -109,7 +124,12 @@ impl ChunkCache {
     /// Drops every cached chunk of a file (after this client wrote or cut it, or opened it
     /// again: close-to-open).
     pub(crate) fn invalidate_file(&mut self, file_id: u64) {
-        let keys: Vec<_> = self.entries.iter().filter(|((f, _), _)| *f == file_id).map(|(k, _)| *k).collect();
+        let keys: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|((f, _), _)| *f == file_id)
+            .map(|(k, _)| *k)
+            .collect();
         for key in keys {
             if let Some(gone) = self.entries.pop(&key) {
                 self.bytes -= gone.data.len() as u64;
@@ -124,7 +144,15 @@ mod tests {
     use benchfs_proto::meta::EntryKind;
 
     fn meta(size: u64) -> FileMetadata {
-        FileMetadata { file_id: 1, kind: EntryKind::File, size, mode: 0, chunk_size: 4096, mtime_ns: 0, ctime_ns: 0 }
+        FileMetadata {
+            file_id: 1,
+            kind: EntryKind::File,
+            size,
+            mode: 0,
+            chunk_size: 4096,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        }
     }
 
     #[test]

@@ -9,12 +9,23 @@ use crate::placement::ServerIndex;
 use crate::rpc::RpcError;
 
 /// This server's entries of `dir`, in name order, at most `limit`.
-pub(super) async fn list_server(client: &FsClient, server: ServerIndex, dir: &str, limit: usize) -> Result<Vec<(String, FileMetadata)>, RpcError> {
+pub(super) async fn list_server(
+    client: &FsClient,
+    server: ServerIndex,
+    dir: &str,
+    limit: usize,
+) -> Result<Vec<(String, FileMetadata)>, RpcError> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let req = ops::ReaddirRequest { dir: dir.to_string(), after: after.take(), limit: READDIR_PAGE_MAX };
-        let (page, _) = client.call_on::<ops::Readdir>(server, &req, Vec::new()).await?;
+        let req = ops::ReaddirRequest {
+            dir: dir.to_string(),
+            after: after.take(),
+            limit: READDIR_PAGE_MAX,
+        };
+        let (page, _) = client
+            .call_on::<ops::Readdir>(server, &req, Vec::new())
+            .await?;
         let last = page.entries.last().map(|(name, _)| name.clone());
         out.extend(page.entries);
         if page.done || out.len() >= limit || last.is_none() {

@@ -72,8 +72,10 @@ struct OpenFile {
 
 /// One server of the job and this client's connection to it.
 struct ServerSlot {
-    entry: ServerEntry,
+    entry: RefCell<ServerEntry>,
     conn: RefCell<Option<Rc<Connection>>>,
+    /// Held while connecting, so concurrent calls share one connection attempt.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// The per-thread file-system client.
@@ -87,11 +89,14 @@ pub struct FsClient {
     meta_cache: RefCell<MetadataCache>,
     chunk_cache: RefCell<ChunkCache>,
     rdma_threshold: usize,
+    registry_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for FsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsClient").field("servers", &self.servers.len()).finish()
+        f.debug_struct("FsClient")
+            .field("servers", &self.servers.len())
+            .finish()
     }
 }
 
@@ -137,21 +142,32 @@ fn is_unreachable(e: &RpcError) -> bool {
 
 impl FsClient {
     /// Connects to the servers listed in `entries`. Call inside a tokio `LocalSet`.
-    pub fn new(config: &ServerConfig, entries: Vec<ServerEntry>, secret: Vec<u8>) -> Result<FsClient, ApiError> {
+    pub fn new(
+        config: &ServerConfig,
+        entries: Vec<ServerEntry>,
+        secret: Vec<u8>,
+    ) -> Result<FsClient, ApiError> {
         if entries.is_empty() {
             return Err(ApiError::Cluster("the registry lists no servers".into()));
         }
-        let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), config.placement.virtual_nodes)
-            .map_err(|e| ApiError::Cluster(e.to_string()))?;
+        let ring = PlacementRing::new(
+            entries.iter().map(|e| e.node_id.as_str()),
+            config.placement.virtual_nodes,
+        )
+        .map_err(|e| ApiError::Cluster(e.to_string()))?;
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
         for entry in entries {
-            let index = ring.index_of(&entry.node_id).expect("every entry is on the ring") as usize;
+            let index = ring
+                .index_of(&entry.node_id)
+                .expect("every entry is on the ring") as usize;
             slots[index] = Some(ServerSlot {
-                entry,
+                entry: RefCell::new(entry),
                 conn: RefCell::new(None),
+                connecting: tokio::sync::Mutex::new(()),
             });
         }
-        let context = Context::new(Features::ALL).map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
+        let context =
+            Context::new(Features::ALL).map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
         let options = ClientOptions {
             rpc_timeout: config.network.rpc_timeout,
             rdma_threshold: config.network.rdma_threshold_bytes as usize,
@@ -160,42 +176,91 @@ impl FsClient {
             secret,
             name: format!("client-{}", std::process::id()),
         };
-        let rpc = RpcClient::start(&context, options).map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
-        let ttl = (config.cache.cache_ttl_secs > 0).then(|| Duration::from_secs(config.cache.cache_ttl_secs));
+        let rpc = RpcClient::start(&context, options)
+            .map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
+        let ttl = (config.cache.cache_ttl_secs > 0)
+            .then(|| Duration::from_secs(config.cache.cache_ttl_secs));
         Ok(FsClient {
             rpc,
             ring,
-            servers: slots.into_iter().map(|s| s.expect("one slot per ring node")).collect(),
+            servers: slots
+                .into_iter()
+                .map(|s| s.expect("one slot per ring node"))
+                .collect(),
             replicas: config.replication.replicas as usize,
             files: RefCell::default(),
             next_fd: Cell::new(3),
-            meta_cache: RefCell::new(MetadataCache::new(config.cache.metadata_cache_entries as usize, ttl)),
-            chunk_cache: RefCell::new(ChunkCache::new(config.cache.chunk_cache_mb.saturating_mul(1 << 20), ttl)),
+            meta_cache: RefCell::new(MetadataCache::new(
+                config.cache.metadata_cache_entries as usize,
+                ttl,
+            )),
+            chunk_cache: RefCell::new(ChunkCache::new(
+                config.cache.chunk_cache_mb.saturating_mul(1 << 20),
+                ttl,
+            )),
             rdma_threshold: config.network.rdma_threshold_bytes as usize,
+            registry_dir: config.network.registry_dir.clone(),
         })
     }
 
     /// The servers, in ring order.
-    pub fn servers(&self) -> impl Iterator<Item = &ServerEntry> {
-        self.servers.iter().map(|s| &s.entry)
+    pub fn servers(&self) -> Vec<ServerEntry> {
+        self.servers
+            .iter()
+            .map(|s| s.entry.borrow().clone())
+            .collect()
     }
 
-    /// The connection to server `index`, made (or remade after a failure) on demand.
+    fn live_conn(slot: &ServerSlot) -> Option<Rc<Connection>> {
+        slot.conn
+            .borrow()
+            .as_ref()
+            .filter(|c| !c.is_failed())
+            .cloned()
+    }
+
+    /// The connection to server `index`, made (or remade after a failure) on demand. A
+    /// server that restarted may listen elsewhere, so a failed attempt re-reads its
+    /// registry entry and tries the address found there.
     async fn conn(&self, index: ServerIndex) -> Result<Rc<Connection>, RpcError> {
         let slot = &self.servers[index as usize];
-        if let Some(c) = slot.conn.borrow().as_ref() {
-            if !c.is_failed() {
-                return Ok(Rc::clone(c));
-            }
+        if let Some(c) = Self::live_conn(slot) {
+            return Ok(c);
         }
-        let conn = Rc::new(self.rpc.connect(slot.entry.addr).await?);
+        let _connecting = slot.connecting.lock().await;
+        if let Some(c) = Self::live_conn(slot) {
+            return Ok(c);
+        }
+        let addr = slot.entry.borrow().addr;
+        let conn = match self.rpc.connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                let node_id = slot.entry.borrow().node_id.clone();
+                let path = crate::registry::entry_path(&self.registry_dir, &node_id);
+                let moved = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| crate::registry::parse_entry(&text).ok())
+                    .filter(|entry| entry.node_id == node_id && entry.addr != addr);
+                let Some(entry) = moved else { return Err(e) };
+                tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
+                let conn = self.rpc.connect(entry.addr).await?;
+                *slot.entry.borrow_mut() = entry;
+                conn
+            }
+        };
+        let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
         Ok(conn)
     }
 
     /// Calls `R` on one server; a transport failure drops the connection so the next call
     /// reconnects (a restarted server is picked up).
-    async fn call_on<R: Rpc>(&self, index: ServerIndex, req: &R::Request, payload: Vec<u8>) -> Result<(R::Reply, Vec<u8>), RpcError> {
+    async fn call_on<R: Rpc>(
+        &self,
+        index: ServerIndex,
+        req: &R::Request,
+        payload: Vec<u8>,
+    ) -> Result<(R::Reply, Vec<u8>), RpcError> {
         let conn = self.conn(index).await?;
         let result = conn.call_with::<R>(req, payload).await;
         if let Err(e) = &result {
@@ -211,7 +276,11 @@ impl FsClient {
     }
 
     /// Reads from the first replica that answers.
-    async fn read_any<R: Rpc>(&self, key: PlacementKey<'_>, req: &R::Request) -> Result<(R::Reply, Vec<u8>), RpcError> {
+    async fn read_any<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+    ) -> Result<(R::Reply, Vec<u8>), RpcError> {
         let mut last = None;
         for server in self.replica_set(key) {
             match self.call_on::<R>(server, req, Vec::new()).await {
@@ -223,9 +292,19 @@ impl FsClient {
     }
 
     /// Writes to every replica at once; all must succeed.
-    async fn write_all<R: Rpc>(&self, key: PlacementKey<'_>, req: &R::Request, payload: &[u8]) -> Result<R::Reply, RpcError> {
+    async fn write_all<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+        payload: &[u8],
+    ) -> Result<R::Reply, RpcError> {
         let servers = self.replica_set(key);
-        let results = join_all(servers.iter().map(|&s| self.call_on::<R>(s, req, payload.to_vec()))).await;
+        let results = join_all(
+            servers
+                .iter()
+                .map(|&s| self.call_on::<R>(s, req, payload.to_vec())),
+        )
+        .await;
         let mut first = None;
         for r in results {
             match r {
@@ -239,7 +318,12 @@ impl FsClient {
     }
 
     /// The metadata of a normalised path, from the cache if allowed.
-    async fn lookup(&self, op: &'static str, path: &str, cached: bool) -> Result<FileMetadata, ApiError> {
+    async fn lookup(
+        &self,
+        op: &'static str,
+        path: &str,
+        cached: bool,
+    ) -> Result<FileMetadata, ApiError> {
         if path == "/" {
             return Ok(root_meta());
         }
@@ -249,7 +333,12 @@ impl FsClient {
             }
         }
         let (reply, _) = self
-            .read_any::<ops::MetadataLookup>(PlacementKey::Metadata(path), &ops::PathRequest { path: path.to_string() })
+            .read_any::<ops::MetadataLookup>(
+                PlacementKey::Metadata(path),
+                &ops::PathRequest {
+                    path: path.to_string(),
+                },
+            )
             .await
             .map_err(rpc_err(op, path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);
@@ -270,16 +359,41 @@ impl FsClient {
     }
 
     /// Creates a record on the owner, then copies it to the other replicas.
-    async fn create_record(&self, op: &'static str, path: &str, kind: EntryKind, mode: u32) -> Result<FileMetadata, RpcError> {
+    async fn create_record(
+        &self,
+        op: &'static str,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+    ) -> Result<FileMetadata, RpcError> {
         let key = PlacementKey::Metadata(path);
         let servers = self.replica_set(key);
-        let req = ops::CreateRequest { path: path.to_string(), mode };
-        let (reply, _) = match kind {
-            EntryKind::File => self.call_on::<ops::MetadataCreateFile>(servers[0], &req, Vec::new()).await?,
-            EntryKind::Directory => self.call_on::<ops::MetadataCreateDir>(servers[0], &req, Vec::new()).await?,
+        let req = ops::CreateRequest {
+            path: path.to_string(),
+            mode,
         };
-        let insert = ops::InsertRequest { path: path.to_string(), meta: reply.meta, exclusive: false };
-        for r in join_all(servers[1..].iter().map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, Vec::new()))).await {
+        let (reply, _) = match kind {
+            EntryKind::File => {
+                self.call_on::<ops::MetadataCreateFile>(servers[0], &req, Vec::new())
+                    .await?
+            }
+            EntryKind::Directory => {
+                self.call_on::<ops::MetadataCreateDir>(servers[0], &req, Vec::new())
+                    .await?
+            }
+        };
+        let insert = ops::InsertRequest {
+            path: path.to_string(),
+            meta: reply.meta,
+            exclusive: false,
+        };
+        for r in join_all(
+            servers[1..]
+                .iter()
+                .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, Vec::new())),
+        )
+        .await
+        {
             if let Err(e) = r {
                 tracing::warn!(error = %e, op, path, "replica did not take the new record");
                 return Err(e);
@@ -294,9 +408,14 @@ impl FsClient {
         let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
         let mut meta = if flags.contains(OpenFlags::CREATE) {
             self.check_parent("open", &path).await?;
-            match self.create_record("open", &path, EntryKind::File, mode).await {
+            match self
+                .create_record("open", &path, EntryKind::File, mode)
+                .await
+            {
                 Ok(m) => m,
-                Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => self.lookup("open", &path, false).await?,
+                Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => {
+                    self.lookup("open", &path, false).await?
+                }
                 Err(e) => return Err(rpc_err("open", &path)(e)),
             }
         } else {
@@ -312,22 +431,40 @@ impl FsClient {
         let fd = self.next_fd.get();
         self.next_fd.set(fd + 1);
         let size = meta.size;
-        self.files.borrow_mut().insert(fd, OpenFile { path, meta, flags, pos: 0, size, size_dirty: false });
+        self.files.borrow_mut().insert(
+            fd,
+            OpenFile {
+                path,
+                meta,
+                flags,
+                pos: 0,
+                size,
+                size_dirty: false,
+            },
+        );
         Ok(fd)
     }
 
     fn with_file<T>(&self, fd: Fd, f: impl FnOnce(&mut OpenFile) -> T) -> Result<T, ApiError> {
         let mut files = self.files.borrow_mut();
-        let file = files.get_mut(&fd).ok_or_else(|| fs_err("fd", &format!("#{fd}"), Status::BadHandle))?;
+        let file = files
+            .get_mut(&fd)
+            .ok_or_else(|| fs_err("fd", &format!("#{fd}"), Status::BadHandle))?;
         Ok(f(file))
     }
 
     /// Pushes a handle's grown size to the metadata owner (and replicas).
     async fn flush_size(&self, fd: Fd) -> Result<(), ApiError> {
-        let Some((path, size)) = self.with_file(fd, |f| f.size_dirty.then(|| (f.path.clone(), f.size)))? else {
+        let Some((path, size)) =
+            self.with_file(fd, |f| f.size_dirty.then(|| (f.path.clone(), f.size)))?
+        else {
             return Ok(());
         };
-        let req = ops::UpdateSizeRequest { path: path.clone(), size, how: SizeUpdate::AtLeast };
+        let req = ops::UpdateSizeRequest {
+            path: path.clone(),
+            size,
+            how: SizeUpdate::AtLeast,
+        };
         let reply = self
             .write_all::<ops::UpdateSize>(PlacementKey::Metadata(&path), &req, &[])
             .await
@@ -349,7 +486,13 @@ impl FsClient {
 
     /// Writes at the handle's position (or the end, with APPEND) and advances it.
     pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
-        let offset = self.with_file(fd, |f| if f.flags.contains(OpenFlags::APPEND) { f.size } else { f.pos })?;
+        let offset = self.with_file(fd, |f| {
+            if f.flags.contains(OpenFlags::APPEND) {
+                f.size
+            } else {
+                f.pos
+            }
+        })?;
         let n = self.pwrite(fd, data, offset).await?;
         self.with_file(fd, |f| f.pos = offset + n as u64)?;
         Ok(n)
@@ -371,7 +514,9 @@ impl FsClient {
                 Whence::Current => f.pos,
                 Whence::End => f.size,
             };
-            let pos = base.checked_add_signed(offset).ok_or(Status::InvalidArgument)?;
+            let pos = base
+                .checked_add_signed(offset)
+                .ok_or(Status::InvalidArgument)?;
             f.pos = pos;
             Ok(pos)
         })?
@@ -388,12 +533,23 @@ impl FsClient {
             return Ok(0);
         }
         let layout = ChunkLayout::new(meta.chunk_size);
-        let spans = layout.spans(offset, data.len() as u64).map_err(|_| fs_err("write", &path, Status::InvalidArgument))?;
+        let spans = layout
+            .spans(offset, data.len() as u64)
+            .map_err(|_| fs_err("write", &path, Status::InvalidArgument))?;
         let writes = spans.map(|span| {
             let bytes = &data[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
-            let req = ops::ChunkIo { file_id: meta.file_id, index: span.index, offset: span.offset_in_chunk, len: span.len, remote: None };
+            let req = ops::ChunkIo {
+                file_id: meta.file_id,
+                index: span.index,
+                offset: span.offset_in_chunk,
+                len: span.len,
+                remote: None,
+            };
             async move {
-                let key = PlacementKey::Chunk { file_id: meta.file_id, index: span.index };
+                let key = PlacementKey::Chunk {
+                    file_id: meta.file_id,
+                    index: span.index,
+                };
                 self.write_all::<ops::WriteChunk>(key, &req, bytes).await
             }
         });
@@ -413,7 +569,8 @@ impl FsClient {
 
     /// Reads up to `buf.len()` bytes at `offset`; holes read as zeros; stops at the size.
     pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
-        let (path, meta, size, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
+        let (path, meta, size, flags) =
+            self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
         if meta.is_dir() {
             return Err(fs_err("read", &path, Status::IsDir));
         }
@@ -426,8 +583,13 @@ impl FsClient {
         let len = (buf.len() as u64).min(size - offset);
         let buf = &mut buf[..len as usize];
         let layout = ChunkLayout::new(meta.chunk_size);
-        let spans: Vec<_> = layout.spans(offset, len).map_err(|_| fs_err("read", &path, Status::InvalidArgument))?.collect();
-        let reads = spans.iter().map(|span| self.read_span(meta, span.index, span.offset_in_chunk, span.len));
+        let spans: Vec<_> = layout
+            .spans(offset, len)
+            .map_err(|_| fs_err("read", &path, Status::InvalidArgument))?
+            .collect();
+        let reads = spans
+            .iter()
+            .map(|span| self.read_span(meta, span.index, span.offset_in_chunk, span.len));
         let results = join_all(reads).await;
         for (span, result) in spans.iter().zip(results) {
             let bytes = result.map_err(rpc_err("read", &path))?;
@@ -440,19 +602,49 @@ impl FsClient {
         Ok(len as usize)
     }
 
-    async fn read_span(&self, meta: FileMetadata, index: u64, offset: u64, len: u64) -> Result<Vec<u8>, RpcError> {
-        if let Some(bytes) = self.chunk_cache.borrow_mut().get(meta.file_id, index, offset, len) {
+    async fn read_span(
+        &self,
+        meta: FileMetadata,
+        index: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, RpcError> {
+        if let Some(bytes) = self
+            .chunk_cache
+            .borrow_mut()
+            .get(meta.file_id, index, offset, len)
+        {
             return Ok(bytes);
         }
-        let req = ops::ChunkIo { file_id: meta.file_id, index, offset, len, remote: None };
-        let (reply, payload) = self.read_any::<ops::ReadChunk>(PlacementKey::Chunk { file_id: meta.file_id, index }, &req).await?;
+        let req = ops::ChunkIo {
+            file_id: meta.file_id,
+            index,
+            offset,
+            len,
+            remote: None,
+        };
+        let (reply, payload) = self
+            .read_any::<ops::ReadChunk>(
+                PlacementKey::Chunk {
+                    file_id: meta.file_id,
+                    index,
+                },
+                &req,
+            )
+            .await?;
         if reply.len != payload.len() as u64 || reply.len > len {
             return Err(RpcError::Protocol {
                 server: "chunk server".into(),
-                source: benchfs_proto::DecodeError::LengthMismatch { field: "read payload", declared: reply.len, actual: payload.len() as u64 },
+                source: benchfs_proto::DecodeError::LengthMismatch {
+                    field: "read payload",
+                    declared: reply.len,
+                    actual: payload.len() as u64,
+                },
             });
         }
-        self.chunk_cache.borrow_mut().put(meta.file_id, index, offset, &payload);
+        self.chunk_cache
+            .borrow_mut()
+            .put(meta.file_id, index, offset, &payload);
         Ok(payload)
     }
 
@@ -460,7 +652,8 @@ impl FsClient {
     pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
         self.flush_size(fd).await?;
         let path = self.with_file(fd, |f| f.path.clone())?;
-        let all = (0..self.servers.len() as ServerIndex).map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, Vec::new()));
+        let all = (0..self.servers.len() as ServerIndex)
+            .map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, Vec::new()));
         for r in join_all(all).await {
             r.map_err(rpc_err("fsync", &path))?;
         }
@@ -470,13 +663,22 @@ impl FsClient {
     /// The metadata of an open handle, with this client's own writes counted.
     pub async fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
         self.flush_size(fd).await?;
-        self.with_file(fd, |f| FileMetadata { size: f.size, ..f.meta })
+        self.with_file(fd, |f| FileMetadata {
+            size: f.size,
+            ..f.meta
+        })
     }
 
     /// The metadata of a path.
     pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
         let path = norm(path)?;
-        let open: Vec<Fd> = self.files.borrow().iter().filter(|(_, f)| f.path == path && f.size_dirty).map(|(fd, _)| *fd).collect();
+        let open: Vec<Fd> = self
+            .files
+            .borrow()
+            .iter()
+            .filter(|(_, f)| f.path == path && f.size_dirty)
+            .map(|(fd, _)| *fd)
+            .collect();
         for fd in open {
             self.flush_size(fd).await?;
         }
@@ -490,24 +692,44 @@ impl FsClient {
             return Err(fs_err("mkdir", &path, Status::Exists));
         }
         self.check_parent("mkdir", &path).await?;
-        let meta = self.create_record("mkdir", &path, EntryKind::Directory, mode).await.map_err(rpc_err("mkdir", &path))?;
+        let meta = self
+            .create_record("mkdir", &path, EntryKind::Directory, mode)
+            .await
+            .map_err(rpc_err("mkdir", &path))?;
         self.meta_cache.borrow_mut().put(&path, meta);
         Ok(())
     }
 
     /// Removes the record of `path` from every replica; returns it.
-    async fn delete_record(&self, op: &'static str, path: &str, expect: EntryKind) -> Result<FileMetadata, ApiError> {
+    async fn delete_record(
+        &self,
+        op: &'static str,
+        path: &str,
+        expect: EntryKind,
+    ) -> Result<FileMetadata, ApiError> {
         self.forget(path);
-        let req = ops::DeleteRequest { path: path.to_string(), expect: Some(expect) };
-        let reply = self.write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, &[]).await.map_err(rpc_err(op, path))?;
+        let req = ops::DeleteRequest {
+            path: path.to_string(),
+            expect: Some(expect),
+        };
+        let reply = self
+            .write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, &[])
+            .await
+            .map_err(rpc_err(op, path))?;
         Ok(reply.meta)
     }
 
     /// Removes every chunk of a file from every server.
-    async fn remove_chunks(&self, op: &'static str, path: &str, file_id: u64) -> Result<(), ApiError> {
+    async fn remove_chunks(
+        &self,
+        op: &'static str,
+        path: &str,
+        file_id: u64,
+    ) -> Result<(), ApiError> {
         self.chunk_cache.borrow_mut().invalidate_file(file_id);
         let req = ops::RemoveChunksRequest { file_id };
-        let all = (0..self.servers.len() as ServerIndex).map(|s| self.call_on::<ops::RemoveChunks>(s, &req, Vec::new()));
+        let all = (0..self.servers.len() as ServerIndex)
+            .map(|s| self.call_on::<ops::RemoveChunks>(s, &req, Vec::new()));
         for r in join_all(all).await {
             r.map_err(rpc_err(op, path))?;
         }
@@ -537,7 +759,8 @@ impl FsClient {
         if !self.list(&path, 1).await?.is_empty() {
             return Err(fs_err("rmdir", &path, Status::NotEmpty));
         }
-        self.delete_record("rmdir", &path, EntryKind::Directory).await?;
+        self.delete_record("rmdir", &path, EntryKind::Directory)
+            .await?;
         Ok(())
     }
 
@@ -553,14 +776,19 @@ impl FsClient {
 
     /// Lists a directory on every server, merging the pages; stops after `limit` entries.
     async fn list(&self, dir: &str, limit: usize) -> Result<Vec<DirEntry>, ApiError> {
-        let pages = (0..self.servers.len() as ServerIndex).map(|s| fanout::list_server(self, s, dir, limit));
+        let pages = (0..self.servers.len() as ServerIndex)
+            .map(|s| fanout::list_server(self, s, dir, limit));
         let mut merged = BTreeMap::new();
         for page in join_all(pages).await {
             for (name, meta) in page.map_err(rpc_err("readdir", dir))? {
                 merged.entry(name).or_insert(meta);
             }
         }
-        Ok(merged.into_iter().take(limit).map(|(name, meta)| DirEntry { name, meta }).collect())
+        Ok(merged
+            .into_iter()
+            .take(limit)
+            .map(|(name, meta)| DirEntry { name, meta })
+            .collect())
     }
 
     /// Cuts or extends a file.
@@ -571,17 +799,37 @@ impl FsClient {
             return Err(fs_err("truncate", &path, Status::IsDir));
         }
         // This client's unpublished writes count toward the old size.
-        let open_size = self.files.borrow().values().filter(|f| f.path == path).map(|f| f.size).max().unwrap_or(0);
-        let meta = FileMetadata { size: meta.size.max(open_size), ..meta };
+        let open_size = self
+            .files
+            .borrow()
+            .values()
+            .filter(|f| f.path == path)
+            .map(|f| f.size)
+            .max()
+            .unwrap_or(0);
+        let meta = FileMetadata {
+            size: meta.size.max(open_size),
+            ..meta
+        };
         let meta = self.truncate_meta(&path, meta, size).await?;
-        for f in self.files.borrow_mut().values_mut().filter(|f| f.path == path) {
+        for f in self
+            .files
+            .borrow_mut()
+            .values_mut()
+            .filter(|f| f.path == path)
+        {
             f.size = meta.size;
             f.size_dirty = false;
         }
         Ok(())
     }
 
-    async fn truncate_meta(&self, path: &str, meta: FileMetadata, size: u64) -> Result<FileMetadata, ApiError> {
+    async fn truncate_meta(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+    ) -> Result<FileMetadata, ApiError> {
         let layout = ChunkLayout::new(meta.chunk_size);
         if size < meta.size {
             // Cut the chunk the new end falls in and empty every chunk after it, so bytes
@@ -589,17 +837,42 @@ impl FsClient {
             let first = layout.chunk_index(size);
             let last = layout.chunk_count(meta.size);
             let cuts = (first..last).map(|index| {
-                let len = if index == first { size - index * meta.chunk_size } else { 0 };
-                let req = ops::TruncateChunkRequest { file_id: meta.file_id, index, len };
-                async move { self.write_all::<ops::TruncateChunk>(PlacementKey::Chunk { file_id: meta.file_id, index }, &req, &[]).await }
+                let len = if index == first {
+                    size - index * meta.chunk_size
+                } else {
+                    0
+                };
+                let req = ops::TruncateChunkRequest {
+                    file_id: meta.file_id,
+                    index,
+                    len,
+                };
+                async move {
+                    self.write_all::<ops::TruncateChunk>(
+                        PlacementKey::Chunk {
+                            file_id: meta.file_id,
+                            index,
+                        },
+                        &req,
+                        &[],
+                    )
+                    .await
+                }
             });
             for r in join_all(cuts).await {
                 r.map_err(rpc_err("truncate", path))?;
             }
             self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
         }
-        let req = ops::UpdateSizeRequest { path: path.to_string(), size, how: SizeUpdate::Exact };
-        let reply = self.write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, &[]).await.map_err(rpc_err("truncate", path))?;
+        let req = ops::UpdateSizeRequest {
+            path: path.to_string(),
+            size,
+            how: SizeUpdate::Exact,
+        };
+        let reply = self
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, &[])
+            .await
+            .map_err(rpc_err("truncate", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);
         Ok(reply.meta)
     }
@@ -633,18 +906,31 @@ impl FsClient {
             match (meta.is_dir(), existing.is_dir()) {
                 (false, true) => return Err(fs_err("rename", &to, Status::IsDir)),
                 (true, false) => return Err(fs_err("rename", &to, Status::NotDir)),
-                (true, true) if !self.list(&to, 1).await?.is_empty() => return Err(fs_err("rename", &to, Status::NotEmpty)),
+                (true, true) if !self.list(&to, 1).await?.is_empty() => {
+                    return Err(fs_err("rename", &to, Status::NotEmpty))
+                }
                 _ => {}
             }
         }
-        let insert = ops::InsertRequest { path: to.clone(), meta, exclusive: false };
-        self.write_all::<ops::MetadataInsert>(PlacementKey::Metadata(&to), &insert, &[]).await.map_err(rpc_err("rename", &to))?;
+        let insert = ops::InsertRequest {
+            path: to.clone(),
+            meta,
+            exclusive: false,
+        };
+        self.write_all::<ops::MetadataInsert>(PlacementKey::Metadata(&to), &insert, &[])
+            .await
+            .map_err(rpc_err("rename", &to))?;
         self.forget(&to);
         self.delete_record("rename", &from, meta.kind).await?;
         if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
             self.remove_chunks("rename", &to, old.file_id).await?;
         }
-        for f in self.files.borrow_mut().values_mut().filter(|f| f.path == from) {
+        for f in self
+            .files
+            .borrow_mut()
+            .values_mut()
+            .filter(|f| f.path == from)
+        {
             f.path = to.clone();
         }
         Ok(())
@@ -653,15 +939,24 @@ impl FsClient {
     /// Counters of every server, in ring order.
     pub async fn server_stats(&self) -> Vec<(ServerEntry, Result<ops::StatsReply, ApiError>)> {
         let all = (0..self.servers.len() as ServerIndex).map(|s| async move {
-            let r = self.call_on::<ops::Stats>(s, &ops::Empty, Vec::new()).await.map(|(r, _)| r);
-            (self.servers[s as usize].entry.clone(), r.map_err(rpc_err("stats", "/")))
+            let r = self
+                .call_on::<ops::Stats>(s, &ops::Empty, Vec::new())
+                .await
+                .map(|(r, _)| r);
+            (
+                self.servers[s as usize].entry.borrow().clone(),
+                r.map_err(rpc_err("stats", "/")),
+            )
         });
         join_all(all).await
     }
 
     /// Round trip to one server with a payload it discards (for the RPC benchmark).
     pub async fn ping(&self, server: ServerIndex, payload: Vec<u8>) -> Result<(), ApiError> {
-        self.call_on::<ops::Ping>(server, &ops::Empty, payload).await.map(drop).map_err(rpc_err("ping", "/"))
+        self.call_on::<ops::Ping>(server, &ops::Empty, payload)
+            .await
+            .map(drop)
+            .map_err(rpc_err("ping", "/"))
     }
 
     /// Payloads above this many bytes travel by rendezvous.

@@ -46,7 +46,9 @@ pub struct RpcClient {
 
 impl std::fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcClient").field("pending", &self.pending.borrow().len()).finish()
+        f.debug_struct("RpcClient")
+            .field("pending", &self.pending.borrow().len())
+            .finish()
     }
 }
 
@@ -59,7 +61,10 @@ impl Drop for RpcClient {
 impl RpcClient {
     /// Creates the worker and starts its progress and reply tasks. Call inside a tokio
     /// `LocalSet` on a current-thread runtime.
-    pub fn start(context: &Arc<Context>, options: ClientOptions) -> Result<Rc<RpcClient>, benchfs_ucx::UcxError> {
+    pub fn start(
+        context: &Arc<Context>,
+        options: ClientOptions,
+    ) -> Result<Rc<RpcClient>, benchfs_ucx::UcxError> {
         let worker = Worker::new(context)?;
         let replies = worker.set_am_handler(REPLY_AM_ID, CLIENT_QUEUE_MAX)?;
         let progress = Rc::clone(&worker).run_progress(options.busy_poll);
@@ -91,10 +96,11 @@ impl RpcClient {
     /// Connects to a server and performs the handshake.
     pub async fn connect(self: &Rc<Self>, addr: SocketAddr) -> Result<Connection, RpcError> {
         let server = addr.to_string();
-        let ep = Endpoint::connect_socket(&self.worker, addr).map_err(|source| RpcError::Transport {
-            server: server.clone(),
-            source,
-        })?;
+        let ep =
+            Endpoint::connect_socket(&self.worker, addr).map_err(|source| RpcError::Transport {
+                server: server.clone(),
+                source,
+            })?;
         let mut conn = Connection {
             ep,
             client: Rc::clone(self),
@@ -118,7 +124,9 @@ impl RpcClient {
 async fn route_replies(client: Weak<RpcClient>, replies: AmStream) {
     loop {
         let msg = replies.recv().await;
-        let Some(client) = client.upgrade() else { return };
+        let Some(client) = client.upgrade() else {
+            return;
+        };
         match Frame::decode(msg.header(), msg.data_len()) {
             Ok(frame) if frame.is_reply => {
                 if let Some(waiter) = client.pending.borrow_mut().remove(&frame.request_id) {
@@ -152,7 +160,9 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("server", &self.server).finish()
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .finish()
     }
 }
 
@@ -190,9 +200,14 @@ impl Connection {
     }
 
     /// Calls `R` with a payload (sent eagerly up to the threshold, by rendezvous above).
-    pub async fn call_with<R: Rpc>(&self, request: &R::Request, payload: Vec<u8>) -> Result<Response<R::Reply>, RpcError> {
+    pub async fn call_with<R: Rpc>(
+        &self,
+        request: &R::Request,
+        payload: Vec<u8>,
+    ) -> Result<Response<R::Reply>, RpcError> {
         let timeout = self.client.options.rpc_timeout;
-        match tokio::time::timeout(timeout, self.exchange(R::OP, request.to_bytes(), payload)).await {
+        match tokio::time::timeout(timeout, self.exchange(R::OP, request.to_bytes(), payload)).await
+        {
             Ok(result) => {
                 let (frame, body, payload) = result?;
                 let reply = R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))?;
@@ -220,11 +235,20 @@ impl Connection {
         }
     }
 
-    async fn exchange(&self, op: OpCode, body: Vec<u8>, payload: Vec<u8>) -> Result<(Frame, Vec<u8>, Vec<u8>), RpcError> {
-        let _permit = self.inflight.acquire().await.map_err(|_| RpcError::Status {
-            server: self.server.clone(),
-            status: Status::Busy,
-        })?;
+    async fn exchange(
+        &self,
+        op: OpCode,
+        body: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> Result<(Frame, Vec<u8>, Vec<u8>), RpcError> {
+        let _permit = self
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| RpcError::Status {
+                server: self.server.clone(),
+                status: Status::Busy,
+            })?;
         let client = &self.client;
         let id = client.next_id.get();
         client.next_id.set(id.wrapping_add(1));
@@ -232,15 +256,27 @@ impl Connection {
         client.pending.borrow_mut().insert(id, tx);
         let _guard = PendingGuard { client, id };
 
-        let mut header = Frame::header(op, id, 0, false, body.len(), payload.len()).to_bytes().to_vec();
-        let proto = if payload.len() > client.options.rdma_threshold { AmProto::Rndv } else { AmProto::Eager };
+        let mut header = Frame::header(op, id, 0, false, body.len(), payload.len())
+            .to_bytes()
+            .to_vec();
+        let proto = if payload.len() > client.options.rdma_threshold {
+            AmProto::Rndv
+        } else {
+            AmProto::Eager
+        };
         let sent = if FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header() {
             header.extend_from_slice(&body);
-            self.ep.am_send(REQUEST_AM_ID, header, payload, proto).await.map(drop)
+            self.ep
+                .am_send(REQUEST_AM_ID, header, payload, proto)
+                .await
+                .map(drop)
         } else {
             let mut data = body;
             data.extend_from_slice(&payload);
-            self.ep.am_send(REQUEST_AM_ID, header, data, proto).await.map(drop)
+            self.ep
+                .am_send(REQUEST_AM_ID, header, data, proto)
+                .await
+                .map(drop)
         };
         sent.map_err(|e| self.transport(e))?;
 

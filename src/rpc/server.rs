@@ -79,7 +79,10 @@ pub async fn serve(
     accept.abort();
     let _all = inflight.acquire_many(options.inflight_max as u32).await;
     if requests.dropped_count() > 0 {
-        tracing::warn!(dropped = requests.dropped_count(), "requests dropped because the queue was full");
+        tracing::warn!(
+            dropped = requests.dropped_count(),
+            "requests dropped because the queue was full"
+        );
     }
     Ok(())
 }
@@ -102,10 +105,24 @@ async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usiz
             return;
         }
         Err(e) => {
-            state.counters.malformed.set(state.counters.malformed.get() + 1);
+            state
+                .counters
+                .malformed
+                .set(state.counters.malformed.get() + 1);
             tracing::warn!(error = %e, "malformed request frame");
             if let Some(id) = raw_request_id(msg.header()) {
-                send_reply(&ep, OpCode::Ping, id, Reply { status: Status::Protocol, body: Vec::new(), payload: None }, threshold).await;
+                send_reply(
+                    &ep,
+                    OpCode::Ping,
+                    id,
+                    Reply {
+                        status: Status::Protocol,
+                        body: Vec::new(),
+                        payload: None,
+                    },
+                    threshold,
+                )
+                .await;
             }
             return;
         }
@@ -120,7 +137,11 @@ async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usiz
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "no buffer for an incoming payload");
-                let busy = Reply { status: Status::Busy, body: Vec::new(), payload: None };
+                let busy = Reply {
+                    status: Status::Busy,
+                    body: Vec::new(),
+                    payload: None,
+                };
                 send_reply(&ep, frame.op, frame.request_id, busy, threshold).await;
                 return;
             }
@@ -160,15 +181,32 @@ async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usiz
 async fn send_reply(ep: &Endpoint, op: OpCode, request_id: u64, reply: Reply, threshold: usize) {
     let payload_len = reply.payload.as_ref().map_or(0, |p| p.len());
     let fits = FRAME_HEADER_LEN + reply.body.len() <= ep.worker().max_am_header();
-    let mut header = Frame::header(op, request_id, reply.status.to_wire(), true, reply.body.len(), payload_len)
-        .to_bytes()
-        .to_vec();
-    let proto = if payload_len > threshold { AmProto::Rndv } else { AmProto::Eager };
+    let mut header = Frame::header(
+        op,
+        request_id,
+        reply.status.to_wire(),
+        true,
+        reply.body.len(),
+        payload_len,
+    )
+    .to_bytes()
+    .to_vec();
+    let proto = if payload_len > threshold {
+        AmProto::Rndv
+    } else {
+        AmProto::Eager
+    };
     let result = if fits {
         header.extend_from_slice(&reply.body);
         match reply.payload {
-            Some(p) => ep.am_send(REPLY_AM_ID, header, StoreBuf(p), proto).await.map(drop),
-            None => ep.am_send(REPLY_AM_ID, header, Vec::new(), proto).await.map(drop),
+            Some(p) => ep
+                .am_send(REPLY_AM_ID, header, StoreBuf(p), proto)
+                .await
+                .map(drop),
+            None => ep
+                .am_send(REPLY_AM_ID, header, Vec::new(), proto)
+                .await
+                .map(drop),
         }
     } else {
         let mut data = reply.body;
@@ -220,13 +258,14 @@ impl DataMover for UcxMover {
             Err(s) => return (Err(s), buf),
         };
         let len = buf.len();
-        let result: Result<(), benchfs_ucx::UcxError> = match self.ep.put(StoreBuf(buf), remote.addr, &rkey).await {
-            Ok(StoreBuf(b)) => match self.ep.flush().await {
-                Ok(()) => return (Ok(()), b),
+        let result: Result<(), benchfs_ucx::UcxError> =
+            match self.ep.put(StoreBuf(buf), remote.addr, &rkey).await {
+                Ok(StoreBuf(b)) => match self.ep.flush().await {
+                    Ok(()) => return (Ok(()), b),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+            };
         if let Err(e) = result {
             tracing::warn!(error = %e, "RMA put failed");
         }

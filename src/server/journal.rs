@@ -88,7 +88,9 @@ fn encode(record: &Record<'_>) -> Vec<u8> {
     }
     let body = body.into_vec();
     let mut out = Writer::new();
-    out.u32(body.len() as u32).u32(xxh3_64(&body) as u32).bytes(&body);
+    out.u32(body.len() as u32)
+        .u32(xxh3_64(&body) as u32)
+        .bytes(&body);
     out.into_vec()
 }
 
@@ -142,7 +144,11 @@ impl Journal {
     pub fn open(path: &Path, table: &mut MetadataManager) -> Result<Journal, JournalError> {
         let io = |op: &'static str, p: &Path| {
             let p = p.to_path_buf();
-            move |source| JournalError::Io { op, path: p, source }
+            move |source| JournalError::Io {
+                op,
+                path: p,
+                source,
+            }
         };
         let mut bytes = Vec::new();
         match File::open(path) {
@@ -161,16 +167,24 @@ impl Journal {
         let mut snapshot = Vec::new();
         snapshot.extend(encode(&Record::HighWater(table.next_file_id())));
         for (p, meta) in table.entries() {
-            snapshot.extend(encode(&Record::Put { path: p, meta: *meta }));
+            snapshot.extend(encode(&Record::Put {
+                path: p,
+                meta: *meta,
+            }));
         }
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&snapshot).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         std::fs::rename(&tmp, path).map_err(io("rename", path))?;
         if let Some(dir) = path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync", dir))?;
         }
-        let file = OpenOptions::new().append(true).open(path).map_err(io("open", path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io("open", path))?;
         Ok(Journal {
             file,
             path: path.to_path_buf(),
@@ -179,11 +193,13 @@ impl Journal {
 
     /// Appends one record (to the page cache).
     pub fn append(&mut self, record: &Record<'_>) -> Result<(), JournalError> {
-        self.file.write_all(&encode(record)).map_err(|source| JournalError::Io {
-            op: "append",
-            path: self.path.clone(),
-            source,
-        })
+        self.file
+            .write_all(&encode(record))
+            .map_err(|source| JournalError::Io {
+                op: "append",
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Makes every appended record durable.
@@ -211,17 +227,39 @@ mod tests {
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
         let a = t.create_file("/a", 0o644).unwrap();
-        j.append(&Record::Put { path: "/a", meta: a }).unwrap();
+        j.append(&Record::Put {
+            path: "/a",
+            meta: a,
+        })
+        .unwrap();
         let b = t.create_dir("/b", 0o755).unwrap();
-        j.append(&Record::Put { path: "/b", meta: b }).unwrap();
+        j.append(&Record::Put {
+            path: "/b",
+            meta: b,
+        })
+        .unwrap();
         let gone = t.create_file("/gone", 0).unwrap();
-        j.append(&Record::Put { path: "/gone", meta: gone }).unwrap();
+        j.append(&Record::Put {
+            path: "/gone",
+            meta: gone,
+        })
+        .unwrap();
         t.delete("/gone", None).unwrap();
-        j.append(&Record::Delete { path: "/gone", file_id: gone.file_id }).unwrap();
+        j.append(&Record::Delete {
+            path: "/gone",
+            file_id: gone.file_id,
+        })
+        .unwrap();
         drop(j);
         // A torn record at the end, as a crash mid-append leaves.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&encode(&Record::Put { path: "/torn", meta: a })[..20]).unwrap();
+        f.write_all(
+            &encode(&Record::Put {
+                path: "/torn",
+                meta: a,
+            })[..20],
+        )
+        .unwrap();
         drop(f);
 
         let mut t2 = table();
@@ -230,18 +268,30 @@ mod tests {
         assert_eq!(t2.lookup("/b").unwrap(), b);
         assert!(t2.lookup("/gone").is_err());
         assert!(t2.lookup("/torn").is_err());
-        assert!(t2.next_file_id() > gone.file_id, "a deleted file's inode number is not reused");
+        assert!(
+            t2.next_file_id() > gone.file_id,
+            "a deleted file's inode number is not reused"
+        );
         let reopened_len = std::fs::metadata(&path).unwrap().len();
         let mut t3 = table();
         Journal::open(&path, &mut t3).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), reopened_len, "snapshot is stable");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            reopened_len,
+            "snapshot is stable"
+        );
         assert_eq!(t3.len(), 2);
     }
 
     #[test]
     fn corrupt_bytes_replay_nothing_and_do_not_panic() {
         let mut t = table();
-        for junk in [&b""[..], b"\xff\xff\xff\xff\0\0\0\0", b"\x05\0\0\0abcd\x01", &[0u8; 64]] {
+        for junk in [
+            &b""[..],
+            b"\xff\xff\xff\xff\0\0\0\0",
+            b"\x05\0\0\0abcd\x01",
+            &[0u8; 64],
+        ] {
             assert_eq!(replay(junk, &mut t), 0);
         }
         assert!(t.is_empty());

@@ -123,13 +123,22 @@ pub struct ServerState {
 
 impl ServerState {
     /// Opens the chunk store and, for persistent backends, replays the metadata journal.
-    pub fn open(config: &ServerConfig, secret: Vec<u8>) -> Result<ServerState, crate::server::OpenError> {
+    pub fn open(
+        config: &ServerConfig,
+        secret: Vec<u8>,
+    ) -> Result<ServerState, crate::server::OpenError> {
         let store = AnyChunkStore::open(&config.store_config())?;
-        let mut metadata = MetadataManager::new(node_tag(&config.node.node_id), config.storage.chunk_size_bytes);
+        let mut metadata = MetadataManager::new(
+            node_tag(&config.node.node_id),
+            config.storage.chunk_size_bytes,
+        );
         let journal = if store.backend() == benchfs_store::Backend::Memory {
             None
         } else {
-            Some(RefCell::new(Journal::open(&config.node.data_dir.join("metadata.journal"), &mut metadata)?))
+            Some(RefCell::new(Journal::open(
+                &config.node.data_dir.join("metadata.journal"),
+                &mut metadata,
+            )?))
         };
         Ok(ServerState {
             node_id: config.node.node_id.clone(),
@@ -174,16 +183,30 @@ impl ServerState {
     }
 
     /// Handles one request. `body` is the operation body, `payload` the inline payload.
-    pub async fn handle<M: DataMover>(&self, op: OpCode, body: &[u8], payload: Payload<'_>, mover: &M) -> Reply {
+    pub async fn handle<M: DataMover>(
+        &self,
+        op: OpCode,
+        body: &[u8],
+        payload: Payload<'_>,
+        mover: &M,
+    ) -> Reply {
         self.counters.requests.set(self.counters.requests.get() + 1);
         let reply = self.dispatch(op, body, payload, mover).await;
         if reply.status == Status::Protocol {
-            self.counters.malformed.set(self.counters.malformed.get() + 1);
+            self.counters
+                .malformed
+                .set(self.counters.malformed.get() + 1);
         }
         reply
     }
 
-    async fn dispatch<M: DataMover>(&self, op: OpCode, body: &[u8], payload: Payload<'_>, mover: &M) -> Reply {
+    async fn dispatch<M: DataMover>(
+        &self,
+        op: OpCode,
+        body: &[u8],
+        payload: Payload<'_>,
+        mover: &M,
+    ) -> Reply {
         fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
             T::from_bytes(body).map_err(|e| {
                 tracing::warn!(error = %e, "malformed request body");
@@ -201,7 +224,9 @@ impl ServerState {
                     Reply::ok(&op::Empty)
                 }
                 OpCode::ReadChunk => return Ok(self.read_chunk(decode(body)?, mover).await),
-                OpCode::WriteChunk => return Ok(self.write_chunk(decode(body)?, payload, mover).await),
+                OpCode::WriteChunk => {
+                    return Ok(self.write_chunk(decode(body)?, payload, mover).await)
+                }
                 OpCode::MetadataLookup => {
                     let req: op::PathRequest = decode(body)?;
                     Reply::ok(&op::MetadataReply {
@@ -217,26 +242,43 @@ impl ServerState {
                         m.create_dir(&req.path, req.mode)?
                     };
                     drop(m);
-                    self.log(journal::Record::Put { path: &req.path, meta })?;
+                    self.log(journal::Record::Put {
+                        path: &req.path,
+                        meta,
+                    })?;
                     Reply::ok(&op::MetadataReply { meta })
                 }
                 OpCode::MetadataDelete => {
                     let req: op::DeleteRequest = decode(body)?;
                     let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
-                    self.log(journal::Record::Delete { path: &req.path, file_id: meta.file_id })?;
+                    self.log(journal::Record::Delete {
+                        path: &req.path,
+                        file_id: meta.file_id,
+                    })?;
                     Reply::ok(&op::MetadataReply { meta })
                 }
                 OpCode::MetadataInsert => {
                     let req: op::InsertRequest = decode(body)?;
-                    self.metadata.borrow_mut().insert(&req.path, req.meta, req.exclusive)?;
-                    self.log(journal::Record::Put { path: &req.path, meta: req.meta })?;
+                    self.metadata
+                        .borrow_mut()
+                        .insert(&req.path, req.meta, req.exclusive)?;
+                    self.log(journal::Record::Put {
+                        path: &req.path,
+                        meta: req.meta,
+                    })?;
                     Reply::ok(&op::Empty)
                 }
                 OpCode::UpdateSize => {
                     let req: op::UpdateSizeRequest = decode(body)?;
-                    let meta = self.metadata.borrow_mut().update_size(&req.path, req.size, req.how)?;
+                    let meta = self
+                        .metadata
+                        .borrow_mut()
+                        .update_size(&req.path, req.size, req.how)?;
                     if req.how == SizeUpdate::Exact || meta.size == req.size {
-                        self.log(journal::Record::Put { path: &req.path, meta })?;
+                        self.log(journal::Record::Put {
+                            path: &req.path,
+                            meta,
+                        })?;
                     }
                     Reply::ok(&op::MetadataReply { meta })
                 }
@@ -244,7 +286,11 @@ impl ServerState {
                     let req: op::ReaddirRequest = decode(body)?;
                     let limit = req.limit.clamp(1, op::READDIR_PAGE_MAX) as usize;
                     // One extra entry tells whether this page is the last.
-                    let mut entries = self.metadata.borrow().list_children(&req.dir, req.after.as_deref(), limit + 1)?;
+                    let mut entries = self.metadata.borrow().list_children(
+                        &req.dir,
+                        req.after.as_deref(),
+                        limit + 1,
+                    )?;
                     let done = entries.len() <= limit;
                     entries.truncate(limit);
                     Reply::ok(&op::ReaddirReply { entries, done })
@@ -254,13 +300,23 @@ impl ServerState {
                     if req.len > self.chunk_size {
                         return Err(Status::InvalidArgument);
                     }
-                    let id = ChunkId { file_id: req.file_id, index: req.index };
-                    self.store.truncate(id, req.len).await.map_err(store_status)?;
+                    let id = ChunkId {
+                        file_id: req.file_id,
+                        index: req.index,
+                    };
+                    self.store
+                        .truncate(id, req.len)
+                        .await
+                        .map_err(store_status)?;
                     Reply::ok(&op::Empty)
                 }
                 OpCode::RemoveChunks => {
                     let req: op::RemoveChunksRequest = decode(body)?;
-                    let count = self.store.remove_file(req.file_id).await.map_err(store_status)?;
+                    let count = self
+                        .store
+                        .remove_file(req.file_id)
+                        .await
+                        .map_err(store_status)?;
                     Reply::ok(&op::CountReply { count })
                 }
                 OpCode::Fsync => {
@@ -305,15 +361,29 @@ impl ServerState {
     }
 
     fn check_range(&self, req: &op::ChunkIo) -> Result<(ChunkId, usize), Status> {
-        let end = req.offset.checked_add(req.len).ok_or(Status::InvalidArgument)?;
+        let end = req
+            .offset
+            .checked_add(req.len)
+            .ok_or(Status::InvalidArgument)?;
         if end > self.chunk_size {
             return Err(Status::InvalidArgument);
         }
         let len = usize::try_from(req.len).map_err(|_| Status::InvalidArgument)?;
-        Ok((ChunkId { file_id: req.file_id, index: req.index }, len))
+        Ok((
+            ChunkId {
+                file_id: req.file_id,
+                index: req.index,
+            },
+            len,
+        ))
     }
 
-    async fn write_chunk<M: DataMover>(&self, req: op::ChunkIo, payload: Payload<'_>, mover: &M) -> Reply {
+    async fn write_chunk<M: DataMover>(
+        &self,
+        req: op::ChunkIo,
+        payload: Payload<'_>,
+        mover: &M,
+    ) -> Reply {
         let (id, len) = match self.check_range(&req) {
             Ok(v) => v,
             Err(s) => return Reply::error(s),

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use benchfs::api::BenchFS;
+use benchfs::api::{ApiError, BenchFS, OpenFlags};
 use benchfs::config::ServerConfig;
+use benchfs_proto::ops::StatsReply;
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -28,7 +29,14 @@ pub struct ClusterSpec {
 
 impl Default for ClusterSpec {
     fn default() -> Self {
-        ClusterSpec { servers: 4, backend: "memory", chunk_size: 64 * 1024, replicas: 1, rpc_timeout_ms: 3000, rdma_threshold: 32 * 1024 }
+        ClusterSpec {
+            servers: 4,
+            backend: "memory",
+            chunk_size: 64 * 1024,
+            replicas: 1,
+            rpc_timeout_ms: 3000,
+            rdma_threshold: 32 * 1024,
+        }
     }
 }
 
@@ -43,7 +51,57 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the servers and waits until all have published their addresses.
     pub fn start(spec: ClusterSpec) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("benchfs-test").tempdir_in(test_root()).unwrap();
+        let mut cluster = Cluster::prepare(spec);
+        for i in 0..cluster.spec.servers {
+            let child = cluster.spawn(i);
+            cluster.children.push(Some(child));
+        }
+        cluster.wait_published(cluster.spec.servers);
+        cluster
+    }
+
+    /// Like [`Cluster::start`], but a server that exits before publishing its address is an
+    /// error (with its log) instead of a panic, so a test can probe for a kernel feature.
+    pub fn try_start(spec: ClusterSpec) -> Result<Cluster, String> {
+        let mut cluster = Cluster::prepare(spec);
+        for i in 0..cluster.spec.servers {
+            let child = cluster.spawn(i);
+            cluster.children.push(Some(child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while benchfs::registry::read(&cluster.registry())
+            .map(|e| e.len())
+            .unwrap_or(0)
+            < cluster.spec.servers
+        {
+            for i in 0..cluster.spec.servers {
+                let exited = cluster.children[i]
+                    .as_mut()
+                    .and_then(|c| c.try_wait().unwrap());
+                if let Some(status) = exited {
+                    let log = std::fs::read_to_string(cluster.log_path(i)).unwrap_or_default();
+                    return Err(format!(
+                        "server {i} exited with {status} before publishing:\n{log}"
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "servers did not come up; see {}",
+                    cluster.dir.path().display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(cluster)
+    }
+
+    /// Writes the configuration into a fresh temporary directory; starts nothing.
+    fn prepare(spec: ClusterSpec) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("benchfs-test")
+            .tempdir_in(test_root())
+            .unwrap();
         let config_path = dir.path().join("benchfs.toml");
         std::fs::write(
             &config_path,
@@ -61,13 +119,12 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let mut cluster = Cluster { spec, dir, config_path, children: Vec::new() };
-        for i in 0..cluster.spec.servers {
-            let child = cluster.spawn(i);
-            cluster.children.push(Some(child));
+        Cluster {
+            spec,
+            dir,
+            config_path,
+            children: Vec::new(),
         }
-        cluster.wait_published(cluster.spec.servers);
-        cluster
     }
 
     pub fn node_id(i: usize) -> String {
@@ -87,7 +144,11 @@ impl Cluster {
     }
 
     fn spawn(&self, i: usize) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
         Command::new(env!("CARGO_BIN_EXE_benchfsd"))
             .arg("--config")
             .arg(&self.config_path)
@@ -105,8 +166,16 @@ impl Cluster {
     /// Waits until `n` servers are in the registry.
     pub fn wait_published(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while benchfs::registry::read(&self.registry()).map(|e| e.len()).unwrap_or(0) < n {
-            assert!(Instant::now() < deadline, "servers did not come up; see {}", self.dir.path().display());
+        while benchfs::registry::read(&self.registry())
+            .map(|e| e.len())
+            .unwrap_or(0)
+            < n
+        {
+            assert!(
+                Instant::now() < deadline,
+                "servers did not come up; see {}",
+                self.dir.path().display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -132,7 +201,11 @@ impl Cluster {
     /// SIGTERM server `i` and wait for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self, i: usize) -> bool {
         let child = self.children[i].take().expect("server running");
-        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
         wait_exit(child)
     }
@@ -144,6 +217,16 @@ impl Cluster {
         let _ = std::fs::remove_file(entry);
         self.children[i] = Some(self.spawn(i));
         self.wait_published(self.spec.servers);
+    }
+}
+
+impl Cluster {
+    /// Whether every server that should be running still is.
+    pub fn all_running(&mut self) -> bool {
+        self.children
+            .iter_mut()
+            .flatten()
+            .all(|c| c.try_wait().unwrap().is_none())
     }
 }
 
@@ -173,7 +256,9 @@ impl Drop for Cluster {
 
 /// Where test clusters live: a real disk (O_DIRECT and io_uring need one), not tmpfs.
 pub fn test_root() -> PathBuf {
-    let root = std::env::var_os("BENCHFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf());
+    let root = std::env::var_os("BENCHFS_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf());
     std::fs::create_dir_all(&root).unwrap();
     root
 }
@@ -208,7 +293,11 @@ impl Cluster {
 
     /// Starts server `i` with `extra` arguments after the usual ones.
     fn spawn_with_args(&self, i: usize, extra: &[String]) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
         Command::new(env!("CARGO_BIN_EXE_benchfsd"))
             .arg("--config")
             .arg(&self.config_path)
@@ -238,7 +327,11 @@ impl Cluster {
     pub fn addr(&self, i: usize) -> std::net::SocketAddr {
         let id = Self::node_id(i);
         let entries = benchfs::registry::read(&self.registry()).unwrap();
-        entries.into_iter().find(|e| e.node_id == id).unwrap_or_else(|| panic!("{id} is not in the registry")).addr
+        entries
+            .into_iter()
+            .find(|e| e.node_id == id)
+            .unwrap_or_else(|| panic!("{id} is not in the registry"))
+            .addr
     }
 
     /// Whether server `i` was started and has not exited (a crash or a panic shows here).
@@ -248,4 +341,55 @@ impl Cluster {
             None => false,
         }
     }
+}
+
+/// Creates (or truncates) `path` and writes `data` to it in one call, then closes it.
+pub fn write_file(fs: &BenchFS, path: &str, data: &[u8]) {
+    let fd = fs
+        .create(path, 0o644)
+        .unwrap_or_else(|e| panic!("create {path}: {e}"));
+    assert_eq!(
+        fs.write(fd, data)
+            .unwrap_or_else(|e| panic!("write {path}: {e}")),
+        data.len()
+    );
+    fs.close(fd).unwrap_or_else(|e| panic!("close {path}: {e}"));
+}
+
+/// Opens `path` for reading and reads it to the end.
+pub fn try_read_file(fs: &BenchFS, path: &str) -> Result<Vec<u8>, ApiError> {
+    let fd = fs.open(path, OpenFlags::READ, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = loop {
+        match fs.read(fd, &mut buf) {
+            Ok(0) => break Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    fs.close(fd)?;
+    result
+}
+
+/// Opens `path` for reading and reads it to the end; panics on error.
+pub fn read_file(fs: &BenchFS, path: &str) -> Vec<u8> {
+    try_read_file(fs, path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// The errno of a call that must fail.
+#[track_caller]
+pub fn errno_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> i32 {
+    match result {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => e.errno(),
+    }
+}
+
+/// Every server's counters; panics if one does not answer.
+pub fn stats(fs: &BenchFS) -> Vec<StatsReply> {
+    fs.block_on(fs.client().server_stats())
+        .into_iter()
+        .map(|(entry, r)| r.unwrap_or_else(|e| panic!("stats of {}: {e}", entry.node_id)))
+        .collect()
 }

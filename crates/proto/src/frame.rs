@@ -147,7 +147,14 @@ pub struct Frame {
 
 impl Frame {
     /// Encodes a header for a frame with these lengths.
-    pub fn header(op: OpCode, request_id: u64, status: u16, is_reply: bool, body_len: usize, payload_len: usize) -> FrameHeader {
+    pub fn header(
+        op: OpCode,
+        request_id: u64,
+        status: u16,
+        is_reply: bool,
+        body_len: usize,
+        payload_len: usize,
+    ) -> FrameHeader {
         FrameHeader {
             magic: MAGIC.into(),
             version: VERSION.into(),
@@ -207,7 +214,11 @@ impl Frame {
                 actual: (header.len() - FRAME_HEADER_LEN) as u64,
             });
         }
-        let declared = if body_in_header { payload_len } else { u64::from(body_len) + payload_len };
+        let declared = if body_in_header {
+            payload_len
+        } else {
+            u64::from(body_len) + payload_len
+        };
         if declared != data_len as u64 {
             return Err(DecodeError::LengthMismatch {
                 field: "body_len + payload_len",
@@ -233,14 +244,19 @@ mod tests {
     use zerocopy::IntoBytes;
 
     fn encode(op: OpCode, body: usize, payload: usize) -> Vec<u8> {
-        Frame::header(op, 42, 0, false, body, payload).as_bytes().to_vec()
+        Frame::header(op, 42, 0, false, body, payload)
+            .as_bytes()
+            .to_vec()
     }
 
     #[test]
     fn round_trip() {
         for op in OpCode::ALL {
             let f = Frame::decode(&encode(op, 10, 20), 30).unwrap();
-            assert_eq!((f.op, f.request_id, f.body_len, f.payload_len, f.is_reply), (op, 42, 10, 20, false));
+            assert_eq!(
+                (f.op, f.request_id, f.body_len, f.payload_len, f.is_reply),
+                (op, 42, 10, 20, false)
+            );
         }
         let reply = Frame::header(OpCode::Ping, 7, 3, true, 0, 0);
         let f = Frame::decode(reply.as_bytes(), 0).unwrap();
@@ -251,27 +267,57 @@ mod tests {
     #[test]
     fn rejects_bad_frames() {
         let good = encode(OpCode::Ping, 4, 0);
-        assert!(matches!(Frame::decode(&good[..31], 4), Err(DecodeError::Truncated { .. })));
-        assert!(matches!(Frame::decode(&[good.clone(), vec![0]].concat(), 0), Err(DecodeError::LengthMismatch { .. })));
+        assert!(matches!(
+            Frame::decode(&good[..31], 4),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            Frame::decode(&[good.clone(), vec![0]].concat(), 0),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
         let with_body = [good.clone(), vec![1, 2, 3, 4]].concat();
         let f = Frame::decode(&with_body, 0).unwrap();
         assert!(f.body_in_header);
         assert_eq!(f.body_len, 4);
-        assert!(matches!(Frame::decode(&with_body, 4), Err(DecodeError::LengthMismatch { .. })));
-        assert!(matches!(Frame::decode(&good, 5), Err(DecodeError::LengthMismatch { .. })));
+        assert!(matches!(
+            Frame::decode(&with_body, 4),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            Frame::decode(&good, 5),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
         let mut bad = good.clone();
         bad[0] ^= 1;
-        assert!(matches!(Frame::decode(&bad, 4), Err(DecodeError::BadMagic(_))));
+        assert!(matches!(
+            Frame::decode(&bad, 4),
+            Err(DecodeError::BadMagic(_))
+        ));
         let mut bad = good.clone();
         bad[4] = 9;
-        assert_eq!(Frame::decode(&bad, 4), Err(DecodeError::BadVersion { got: 9, ours: VERSION }));
+        assert_eq!(
+            Frame::decode(&bad, 4),
+            Err(DecodeError::BadVersion {
+                got: 9,
+                ours: VERSION
+            })
+        );
         let mut bad = good.clone();
         bad[6] = 0xff;
-        assert!(matches!(Frame::decode(&bad, 4), Err(DecodeError::UnknownOp(_))));
+        assert!(matches!(
+            Frame::decode(&bad, 4),
+            Err(DecodeError::UnknownOp(_))
+        ));
         let huge = Frame::header(OpCode::Ping, 1, 0, false, BODY_LEN_MAX as usize + 1, 0);
-        assert!(matches!(Frame::decode(huge.as_bytes(), BODY_LEN_MAX as usize + 1), Err(DecodeError::BadField { .. })));
+        assert!(matches!(
+            Frame::decode(huge.as_bytes(), BODY_LEN_MAX as usize + 1),
+            Err(DecodeError::BadField { .. })
+        ));
         let huge = Frame::header(OpCode::Ping, 1, 0, false, 0, PAYLOAD_LEN_MAX as usize + 1);
-        assert!(matches!(Frame::decode(huge.as_bytes(), PAYLOAD_LEN_MAX as usize + 1), Err(DecodeError::BadField { .. })));
+        assert!(matches!(
+            Frame::decode(huge.as_bytes(), PAYLOAD_LEN_MAX as usize + 1),
+            Err(DecodeError::BadField { .. })
+        ));
     }
 
     #[test]

@@ -201,7 +201,10 @@ pub struct ChunkIo {
 
 impl Message for ChunkIo {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.file_id).u64(self.index).u64(self.offset).u64(self.len);
+        w.u64(self.file_id)
+            .u64(self.index)
+            .u64(self.offset)
+            .u64(self.len);
         match &self.remote {
             None => {
                 w.u8(0);
@@ -307,7 +310,8 @@ pub struct DeleteRequest {
 
 impl Message for DeleteRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u8(self.expect.map_or(0, |k| k as u8)).str16(self.path.as_bytes());
+        w.u8(self.expect.map_or(0, |k| k as u8))
+            .str16(self.path.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let expect = match r.u8()? {
@@ -444,7 +448,9 @@ pub struct UpdateSizeRequest {
 
 impl Message for UpdateSizeRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.size).u8(self.how as u8).str16(self.path.as_bytes());
+        w.u64(self.size)
+            .u8(self.how as u8)
+            .str16(self.path.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let size = r.u64()?;

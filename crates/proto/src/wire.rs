@@ -197,7 +197,12 @@ mod tests {
         r.finish().unwrap();
         for cut in 0..bytes.len() {
             let mut r = Reader::new(&bytes[..cut]);
-            let full = r.u8().and_then(|_| r.u16()).and_then(|_| r.u32()).and_then(|_| r.u64()).and_then(|_| r.utf8("s", 3));
+            let full = r
+                .u8()
+                .and_then(|_| r.u16())
+                .and_then(|_| r.u32())
+                .and_then(|_| r.u64())
+                .and_then(|_| r.utf8("s", 3));
             assert!(full.is_err(), "cut at {cut} must fail");
         }
         let mut r = Reader::new(&bytes[15..]);

@@ -8,7 +8,10 @@ use proptest::prelude::*;
 
 fn decode_all(bytes: &[u8]) {
     let _ = Frame::decode(bytes, bytes.len());
-    let _ = Frame::decode(bytes.get(..32).unwrap_or(bytes), bytes.len().saturating_sub(32));
+    let _ = Frame::decode(
+        bytes.get(..32).unwrap_or(bytes),
+        bytes.len().saturating_sub(32),
+    );
     let _ = HelloRequest::from_bytes(bytes);
     let _ = HelloReply::from_bytes(bytes);
     let _ = ChunkIo::from_bytes(bytes);
@@ -28,24 +31,40 @@ fn decode_all(bytes: &[u8]) {
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
-    (any::<u64>(), any::<bool>(), any::<u64>(), any::<u32>(), 12u32..27, any::<u64>(), any::<u64>()).prop_map(
-        |(file_id, dir, size, mode, shift, mtime_ns, ctime_ns)| FileMetadata {
-            file_id,
-            kind: if dir { EntryKind::Directory } else { EntryKind::File },
-            size,
-            mode,
-            chunk_size: 1 << shift,
-            mtime_ns,
-            ctime_ns,
-        },
+    (
+        any::<u64>(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<u32>(),
+        12u32..27,
+        any::<u64>(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(file_id, dir, size, mode, shift, mtime_ns, ctime_ns)| FileMetadata {
+                file_id,
+                kind: if dir {
+                    EntryKind::Directory
+                } else {
+                    EntryKind::File
+                },
+                size,
+                mode,
+                chunk_size: 1 << shift,
+                mtime_ns,
+                ctime_ns,
+            },
+        )
 }
 
 fn round_trip<M: Message + PartialEq + std::fmt::Debug>(m: &M) -> Result<(), TestCaseError> {
     let bytes = m.to_bytes();
     prop_assert_eq!(&M::from_bytes(&bytes).unwrap(), m);
     for cut in 0..bytes.len() {
-        prop_assert!(M::from_bytes(&bytes[..cut]).is_err(), "a truncated body must not decode");
+        prop_assert!(
+            M::from_bytes(&bytes[..cut]).is_err(),
+            "a truncated body must not decode"
+        );
     }
     Ok(())
 }

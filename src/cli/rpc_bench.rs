@@ -1,0 +1,485 @@
+//! `benchfs rpc-bench`: `Ping` round-trip latency and pipelined one-way bandwidth against a
+//! freshly started local `benchfsd`, once per busy-poll setting, side by side in one run.
+//!
+//! Each busy-poll setting gets its own server process and its own client, both configured
+//! with that setting, so "polling on" and "polling off" are measured the same way. Results
+//! are printed as `key=value` records (one per line, first word is the record type) and
+//! then as a table; `scripts/rpc-vs-ucx-perftest.sh` parses the records.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use super::CliError;
+use crate::api::{ApiError, BenchFS, FsClient};
+use crate::config::ServerConfig;
+use crate::{limits, registry};
+
+/// Byte every payload is filled with, so that its pages are resident before timing starts.
+const PAYLOAD_FILL: u8 = 0xA5;
+/// Most payload bytes pre-built for one bandwidth round.
+const ROUND_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most pings in one bandwidth round.
+const ROUND_PINGS_MAX: usize = 65_536;
+/// A latency figure stops after this many bandwidth budgets even if `--pings` is not reached.
+const RTT_BUDGET_FACTOR: f64 = 10.0;
+/// How long a server may take to publish its address.
+const SERVER_START_MAX: Duration = Duration::from_secs(30);
+/// How long a server may take to drain after SIGTERM before it is killed.
+const SERVER_STOP_MAX: Duration = Duration::from_secs(5);
+/// Smallest chunk size the benchmark's servers use (the config default).
+const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
+
+const _: () = assert!(ROUND_BYTES_MAX as u64 >= limits::CHUNK_SIZE_MAX);
+const _: () = assert!(CHUNK_SIZE_DEFAULT >= limits::CHUNK_SIZE_MIN && CHUNK_SIZE_DEFAULT <= limits::CHUNK_SIZE_MAX);
+
+/// Arguments of `benchfs rpc-bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Busy-poll windows to compare, in microseconds, comma-separated (0 = sleep as soon as
+    /// idle). Each gets its own server; server and client use the same value.
+    #[arg(long, value_delimiter = ',', default_value = "0,50")]
+    pub busy_poll_us: Vec<u64>,
+    /// Round trips timed per latency figure.
+    #[arg(long, default_value_t = 20_000)]
+    pub pings: usize,
+    /// Untimed round trips before each latency figure.
+    #[arg(long, default_value_t = 1_000)]
+    pub warmup: usize,
+    /// Payload sizes of the bandwidth figures, in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,4096,32768,65536,1048576,4194304")]
+    pub sizes: Vec<usize>,
+    /// Pings in flight during a bandwidth figure.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Seconds of timed pings per bandwidth figure.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Payloads above this many bytes go by rendezvous (default: the config default).
+    #[arg(long)]
+    pub rdma_threshold: Option<u64>,
+}
+
+/// Latency of one payload size.
+#[derive(Debug, Clone)]
+struct RttFigure {
+    payload_bytes: usize,
+    pings: usize,
+    p50_ns: u64,
+    p99_ns: u64,
+    mean_ns: u64,
+    max_ns: u64,
+}
+
+/// Bandwidth of one payload size.
+#[derive(Debug, Clone)]
+struct BwFigure {
+    payload_bytes: usize,
+    pings: usize,
+    elapsed: Duration,
+}
+
+impl BwFigure {
+    fn mib_per_s(&self) -> f64 {
+        (self.payload_bytes * self.pings) as f64 / self.elapsed.as_secs_f64() / (1024.0 * 1024.0)
+    }
+
+    fn pings_per_s(&self) -> f64 {
+        self.pings as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// All figures of one busy-poll setting.
+#[derive(Debug)]
+struct Variant {
+    busy_poll_us: u64,
+    rtt: Vec<RttFigure>,
+    bw: Vec<BwFigure>,
+}
+
+/// Runs `benchfs rpc-bench`.
+pub fn run(args: Args) -> Result<(), CliError> {
+    check_args(&args)?;
+    let largest = args.sizes.iter().copied().max().unwrap_or(0) as u64;
+    let chunk_size = largest.next_power_of_two().max(CHUNK_SIZE_DEFAULT);
+    let defaults = ServerConfig::default();
+    let rdma_threshold = args.rdma_threshold.unwrap_or(defaults.network.rdma_threshold_bytes);
+    let (ucx_major, ucx_minor, ucx_release) = benchfs_ucx::ucx_version();
+    println!("host nproc={} cpu=\"{}\"", nproc(), cpu_model());
+    println!(
+        "build commit={} profile={} ucx={ucx_major}.{ucx_minor}.{ucx_release} ucx_tls={}",
+        commit(),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
+    );
+    println!(
+        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size}",
+        join(&args.busy_poll_us),
+        args.pings,
+        args.warmup,
+        args.window,
+        args.seconds,
+    );
+    let mut variants = Vec::new();
+    for &busy_poll_us in &args.busy_poll_us {
+        let server = Server::start(busy_poll_us, rdma_threshold, chunk_size)?;
+        let fs = BenchFS::connect(&server.config)?;
+        let variant = measure(&fs, busy_poll_us, &args)?;
+        drop(fs);
+        server.stop();
+        variants.push(variant);
+    }
+    print_table(&variants);
+    Ok(())
+}
+
+fn check_args(args: &Args) -> Result<(), CliError> {
+    if args.busy_poll_us.is_empty() {
+        return Err("--busy-poll-us needs at least one value".into());
+    }
+    if let Some(&us) = args.busy_poll_us.iter().find(|&&us| Duration::from_micros(us) > limits::BUSY_POLL_MAX) {
+        return Err(format!("--busy-poll-us {us} is above the limit of {} us", limits::BUSY_POLL_MAX.as_micros()).into());
+    }
+    if args.pings == 0 || args.pings > 10_000_000 {
+        return Err("--pings must be 1..=10000000".into());
+    }
+    if args.warmup > 1_000_000 {
+        return Err("--warmup must be at most 1000000".into());
+    }
+    if args.window == 0 || args.window > ServerConfig::default().network.inflight_max as usize {
+        return Err(format!("--window must be 1..={}", ServerConfig::default().network.inflight_max).into());
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+        return Err("--seconds must be in (0, 600]".into());
+    }
+    if let Some(&size) = args.sizes.iter().find(|&&s| s as u64 > limits::CHUNK_SIZE_MAX) {
+        return Err(format!("payload size {size} is above the largest chunk ({} bytes)", limits::CHUNK_SIZE_MAX).into());
+    }
+    Ok(())
+}
+
+/// Measures every figure of one busy-poll setting, printing each record as it is done.
+fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliError> {
+    let budget = Duration::from_secs_f64(args.seconds);
+    let mut variant = Variant { busy_poll_us, rtt: Vec::new(), bw: Vec::new() };
+    for payload_bytes in [0, 8] {
+        let r = round_trips(fs, payload_bytes, args.pings, args.warmup, budget.mul_f64(RTT_BUDGET_FACTOR))?;
+        println!(
+            "rtt busy_poll_us={busy_poll_us} payload_bytes={} pings={} p50_us={:.2} p99_us={:.2} mean_us={:.2} max_us={:.2}",
+            r.payload_bytes,
+            r.pings,
+            us(r.p50_ns),
+            us(r.p99_ns),
+            us(r.mean_ns),
+            us(r.max_ns)
+        );
+        variant.rtt.push(r);
+    }
+    for &size in &args.sizes {
+        let b = bandwidth(fs, size, args.window, budget)?;
+        println!(
+            "bw busy_poll_us={busy_poll_us} payload_bytes={} window={} pings={} seconds={:.3} mib_per_s={:.2} pings_per_s={:.0}",
+            b.payload_bytes,
+            args.window,
+            b.pings,
+            b.elapsed.as_secs_f64(),
+            b.mib_per_s(),
+            b.pings_per_s()
+        );
+        variant.bw.push(b);
+    }
+    Ok(variant)
+}
+
+/// One ping at a time; every round trip is timed. Payloads are built before timing starts.
+fn round_trips(fs: &BenchFS, payload_bytes: usize, pings: usize, warmup: usize, budget: Duration) -> Result<RttFigure, CliError> {
+    let client = fs.client();
+    let mut warm: Vec<Vec<u8>> = (0..warmup).map(|_| vec![PAYLOAD_FILL; payload_bytes]).collect();
+    let mut timed: Vec<Vec<u8>> = (0..pings).map(|_| vec![PAYLOAD_FILL; payload_bytes]).collect();
+    let mut nanos: Vec<u64> = Vec::with_capacity(pings);
+    fs.block_on(async {
+        while let Some(payload) = warm.pop() {
+            client.ping(0, payload).await?;
+        }
+        let deadline = Instant::now() + budget;
+        while let Some(payload) = timed.pop() {
+            let start = Instant::now();
+            client.ping(0, payload).await?;
+            let end = Instant::now();
+            nanos.push(end.duration_since(start).as_nanos() as u64);
+            if end > deadline {
+                break;
+            }
+        }
+        Ok::<(), ApiError>(())
+    })?;
+    assert!(!nanos.is_empty(), "at least one timed ping");
+    nanos.sort_unstable();
+    let sum: u128 = nanos.iter().map(|&n| u128::from(n)).sum();
+    Ok(RttFigure {
+        payload_bytes,
+        pings: nanos.len(),
+        p50_ns: percentile(&nanos, 50.0),
+        p99_ns: percentile(&nanos, 99.0),
+        mean_ns: (sum / nanos.len() as u128) as u64,
+        max_ns: nanos[nanos.len() - 1],
+    })
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[u64], pct: f64) -> u64 {
+    assert!(!sorted.is_empty() && (0.0..=100.0).contains(&pct));
+    let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `window` pings in flight at a time for about `budget`, in rounds: each round's payloads
+/// are built untimed, then sent by `window` lanes that each start a new ping as soon as
+/// their last one is answered. One untimed round warms up.
+fn bandwidth(fs: &BenchFS, size: usize, window: usize, budget: Duration) -> Result<BwFigure, CliError> {
+    let round = (ROUND_BYTES_MAX / size.max(1)).clamp(window * 4, ROUND_PINGS_MAX.max(window * 4));
+    let warmup = round.min(window * 8);
+    let pool = RefCell::new((0..warmup).map(|_| vec![PAYLOAD_FILL; size]).collect::<Vec<_>>());
+    fs.block_on(lanes(fs.client(), &pool, window))?;
+    let mut elapsed = Duration::ZERO;
+    let mut pings = 0;
+    while elapsed < budget {
+        // Later rounds are sized to the rate seen so far, so the figure ends close to budget.
+        let n = if pings == 0 {
+            round.min(window * 16)
+        } else {
+            let rate = pings as f64 / elapsed.as_secs_f64();
+            ((budget - elapsed).as_secs_f64() * rate).ceil().clamp(window as f64, round as f64) as usize
+        };
+        *pool.borrow_mut() = (0..n).map(|_| vec![PAYLOAD_FILL; size]).collect();
+        let start = Instant::now();
+        fs.block_on(lanes(fs.client(), &pool, window))?;
+        elapsed += start.elapsed();
+        pings += n;
+    }
+    Ok(BwFigure { payload_bytes: size, pings, elapsed })
+}
+
+/// Sends every payload in `pool` with `window` pings in flight.
+async fn lanes(client: &FsClient, pool: &RefCell<Vec<Vec<u8>>>, window: usize) -> Result<(), ApiError> {
+    let lane = || async {
+        loop {
+            // A separate statement, so the pool is not borrowed across the await.
+            let next = pool.borrow_mut().pop();
+            let Some(payload) = next else { return Ok(()) };
+            client.ping(0, payload).await?;
+        }
+    };
+    join_all((0..window).map(|_| lane())).await.into_iter().collect()
+}
+
+/// A `benchfsd` started for this run, in its own temporary directory. Dropping it stops
+/// the process and removes the directory.
+struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: ServerConfig,
+}
+
+impl Server {
+    fn start(busy_poll_us: u64, rdma_threshold: u64, chunk_size: u64) -> Result<Server, CliError> {
+        let dir = std::env::temp_dir().join(format!("benchfs-rpc-bench-{}-{busy_poll_us}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+        let toml = format!(
+            "[node]\ndata_dir = {}\n[storage]\nbackend = \"memory\"\nchunk_size = {chunk_size}\n[network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = {}\nbusy_poll_us = {busy_poll_us}\nrdma_threshold_bytes = {rdma_threshold}\n",
+            quoted(&dir.join("data")),
+            quoted(&dir.join("registry")),
+        );
+        let config_path = dir.join("benchfs.toml");
+        std::fs::write(&config_path, toml)?;
+        let config = ServerConfig::from_file(&config_path)?;
+        let log = std::fs::File::create(dir.join("benchfsd.log"))?;
+        let child = Command::new(benchfsd_path()?)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--node-id")
+            .arg("node0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut server = Server { child: Some(child), dir, config };
+        server.wait_published()?;
+        Ok(server)
+    }
+
+    fn wait_published(&mut self) -> Result<(), CliError> {
+        let deadline = Instant::now() + SERVER_START_MAX;
+        loop {
+            if registry::read(&self.config.network.registry_dir).is_ok_and(|e| !e.is_empty()) {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait()?.is_some(),
+                None => true,
+            };
+            if exited || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("benchfsd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!("benchfsd did not come up; its log ends:\n{}", tail.join("\n")).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited in time.
+    fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + SERVER_STOP_MAX;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn benchfsd_path() -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or("cannot locate the benchfs binary's directory")?;
+    // Examples and tests live one level below the binaries.
+    for candidate in [dir.join("benchfsd"), dir.join("../benchfsd")] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("benchfsd not found next to {}", exe.display()).into())
+}
+
+fn print_table(variants: &[Variant]) {
+    let Some(first) = variants.first() else { return };
+    let mut header = format!("{:<26}", "figure");
+    for v in variants {
+        header.push_str(&format!(" {:>14}", format!("poll={}us", v.busy_poll_us)));
+    }
+    println!();
+    println!("{header}");
+    let row = |label: String, cells: Vec<f64>| {
+        let mut line = format!("{label:<26}");
+        for c in cells {
+            line.push_str(&format!(" {c:>14.2}"));
+        }
+        println!("{line}");
+    };
+    for (i, r) in first.rtt.iter().enumerate() {
+        let size = r.payload_bytes;
+        row(format!("rtt p50 us ({size} B)"), variants.iter().map(|v| us(v.rtt[i].p50_ns)).collect());
+        row(format!("rtt p99 us ({size} B)"), variants.iter().map(|v| us(v.rtt[i].p99_ns)).collect());
+        row(format!("rtt mean us ({size} B)"), variants.iter().map(|v| us(v.rtt[i].mean_ns)).collect());
+    }
+    for (i, b) in first.bw.iter().enumerate() {
+        row(format!("bw MiB/s ({})", size_label(b.payload_bytes)), variants.iter().map(|v| v.bw[i].mib_per_s()).collect());
+    }
+}
+
+fn size_label(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+fn us(nanos: u64) -> f64 {
+    nanos as f64 / 1000.0
+}
+
+fn join(values: &[u64]) -> String {
+    values.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().replace('"', "'"))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The source tree's commit, with `-dirty` when tracked files differ from it.
+fn commit() -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(sha) if !sha.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{sha}-dirty")
+            } else {
+                sha
+            }
+        }
+        _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(samples: &[u64], pct: f64, expected: u64) {
+        assert_eq!(percentile(samples, pct), expected, "{pct} of {samples:?}");
+    }
+
+    #[test]
+    fn percentile_nearest_rank() {
+        check(&[5], 50.0, 5);
+        check(&[5], 99.0, 5);
+        check(&[1, 2, 3, 4], 50.0, 2);
+        check(&[1, 2, 3, 4], 99.0, 4);
+        check(&[1, 2, 3, 4], 0.0, 1);
+        check(&(1..=100).collect::<Vec<_>>(), 99.0, 99);
+        check(&(1..=100).collect::<Vec<_>>(), 100.0, 100);
+    }
+
+    #[test]
+    fn size_labels() {
+        assert_eq!(size_label(8), "8 B");
+        assert_eq!(size_label(4096), "4 KiB");
+        assert_eq!(size_label(4 << 20), "4 MiB");
+        assert_eq!(size_label(1000), "1000 B");
+    }
+}
