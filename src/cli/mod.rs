@@ -8,6 +8,7 @@ mod bench;
 pub mod cluster;
 pub mod files;
 mod placement_stats;
+mod rpc_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,9 @@ pub enum Command {
     /// The standard benchmark: sequential bandwidth and small-I/O and metadata latency,
     /// beside the same workload on a local directory.
     Bench(bench::Args),
+    /// RPC round-trip latency and pipelined bandwidth of `Ping` against local servers,
+    /// with busy polling on and off side by side.
+    RpcBench(rpc_bench::Args),
     /// Start, inspect or stop a local cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::PlacementStats(args) => placement_stats::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::RpcBench(args) => rpc_bench::run(args),
         Command::Cluster(c) => cluster::run(c),
         Command::File(c) => files::run(c),
     }

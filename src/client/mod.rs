@@ -428,6 +428,8 @@ impl FsClient {
             meta = self.truncate_meta(&path, meta, 0).await?;
         }
         self.meta_cache.borrow_mut().put(&path, meta);
+        // Close-to-open: data cached before this open may be stale.
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
         let fd = self.next_fd.get();
         self.next_fd.set(fd + 1);
         let size = meta.size;
