@@ -54,13 +54,21 @@ struct Rt {
 
 impl Rt {
     fn new() -> Rt {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        Rt { runtime, local: tokio::task::LocalSet::new() }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Rt {
+            runtime,
+            local: tokio::task::LocalSet::new(),
+        }
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.local
-            .block_on(&self.runtime, async { tokio::time::timeout(TEST_DEADLINE, future).await })
+            .block_on(&self.runtime, async {
+                tokio::time::timeout(TEST_DEADLINE, future).await
+            })
             .expect("the test hung: an RPC neither completed nor failed")
     }
 }
@@ -88,20 +96,32 @@ fn status_of<T: std::fmt::Debug>(result: Result<T, RpcError>) -> Status {
 }
 
 fn chunk_io(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkIo {
-    ChunkIo { file_id, index, offset, len: len as u64, remote: None }
+    ChunkIo {
+        file_id,
+        index,
+        offset,
+        len: len as u64,
+        remote: None,
+    }
 }
 
 /// Writes `data` at `offset` of a chunk and checks the reply.
 async fn write(conn: &Connection, file_id: u64, index: u64, offset: u64, data: Vec<u8>) {
     let len = data.len();
-    let r = conn.call_with::<ops::WriteChunk>(&chunk_io(file_id, index, offset, len), data).await.unwrap();
+    let r = conn
+        .call_with::<ops::WriteChunk>(&chunk_io(file_id, index, offset, len), data)
+        .await
+        .unwrap();
     assert_eq!(r.reply.len, len as u64);
     assert!(r.payload.is_empty());
 }
 
 /// Reads up to `len` bytes at `offset` of a chunk; checks the reply's length matches the data.
 async fn read(conn: &Connection, file_id: u64, index: u64, offset: u64, len: usize) -> Vec<u8> {
-    let r = conn.call_with::<ops::ReadChunk>(&chunk_io(file_id, index, offset, len), Vec::new()).await.unwrap();
+    let r = conn
+        .call_with::<ops::ReadChunk>(&chunk_io(file_id, index, offset, len), Vec::new())
+        .await
+        .unwrap();
     assert_eq!(r.reply.len, r.payload.len() as u64);
     r.payload
 }
@@ -115,7 +135,10 @@ async fn assert_serves(conn: &Connection, seed: u64) {
     conn.call::<ops::Ping>(&Empty).await.unwrap();
     let data = pattern(THRESHOLD + 7, seed);
     write(conn, 0xfeed, seed, 0, data.clone()).await;
-    assert!(read(conn, 0xfeed, seed, 0, data.len()).await == data, "read back differs");
+    assert!(
+        read(conn, 0xfeed, seed, 0, data.len()).await == data,
+        "read back differs"
+    );
 }
 
 #[test]
@@ -128,71 +151,235 @@ fn every_operation_round_trips() {
 
         // Hello: done by connect, and again by hand; a wrong secret is refused.
         let hello = conn.hello().unwrap().clone();
-        assert_eq!((hello.node_id.as_str(), hello.chunk_size, hello.rdma_threshold), ("node0", CHUNK, THRESHOLD as u64));
-        let again = conn.call::<ops::Hello>(&HelloRequest { client: "again".into(), secret: Vec::new() }).await.unwrap();
+        assert_eq!(
+            (
+                hello.node_id.as_str(),
+                hello.chunk_size,
+                hello.rdma_threshold
+            ),
+            ("node0", CHUNK, THRESHOLD as u64)
+        );
+        let again = conn
+            .call::<ops::Hello>(&HelloRequest {
+                client: "again".into(),
+                secret: Vec::new(),
+            })
+            .await
+            .unwrap();
         assert_eq!(again, hello);
-        let wrong = conn.call::<ops::Hello>(&HelloRequest { client: "intruder".into(), secret: b"guess".to_vec() }).await;
+        let wrong = conn
+            .call::<ops::Hello>(&HelloRequest {
+                client: "intruder".into(),
+                secret: b"guess".to_vec(),
+            })
+            .await;
         assert_eq!(status_of(wrong), Status::PermissionDenied);
 
         // Ping, without and with a payload (eager and rendezvous) that the server discards.
         conn.call::<ops::Ping>(&Empty).await.unwrap();
         for len in [100, THRESHOLD + 1] {
-            let r = conn.call_with::<ops::Ping>(&Empty, pattern(len, 1)).await.unwrap();
+            let r = conn
+                .call_with::<ops::Ping>(&Empty, pattern(len, 1))
+                .await
+                .unwrap();
             assert!(r.payload.is_empty());
         }
         let before = stats(&conn).await;
-        assert_eq!((before.metadata_records, before.chunks, before.used_bytes, before.malformed), (0, 0, 0, 0));
+        assert_eq!(
+            (
+                before.metadata_records,
+                before.chunks,
+                before.used_bytes,
+                before.malformed
+            ),
+            (0, 0, 0, 0)
+        );
         assert_eq!(before.capacity_bytes, 0, "the memory store is unbounded");
 
         // Metadata records.
-        let create = |path: &str, mode| ops::CreateRequest { path: path.into(), mode };
+        let create = |path: &str, mode| ops::CreateRequest {
+            path: path.into(),
+            mode,
+        };
         let lookup = |path: &str| ops::PathRequest { path: path.into() };
-        let dir = conn.call::<ops::MetadataCreateDir>(&create("/d", 0o755)).await.unwrap().meta;
-        assert_eq!((dir.kind, dir.mode, dir.size), (EntryKind::Directory, 0o755, 0));
-        let file = conn.call::<ops::MetadataCreateFile>(&create("/d/f", 0o640)).await.unwrap().meta;
-        assert_eq!((file.kind, file.mode, file.size, file.chunk_size), (EntryKind::File, 0o640, 0, CHUNK));
+        let dir = conn
+            .call::<ops::MetadataCreateDir>(&create("/d", 0o755))
+            .await
+            .unwrap()
+            .meta;
+        assert_eq!(
+            (dir.kind, dir.mode, dir.size),
+            (EntryKind::Directory, 0o755, 0)
+        );
+        let file = conn
+            .call::<ops::MetadataCreateFile>(&create("/d/f", 0o640))
+            .await
+            .unwrap()
+            .meta;
+        assert_eq!(
+            (file.kind, file.mode, file.size, file.chunk_size),
+            (EntryKind::File, 0o640, 0, CHUNK)
+        );
         assert_ne!(file.file_id, dir.file_id);
-        assert_eq!(status_of(conn.call::<ops::MetadataCreateFile>(&create("/d/f", 0o600)).await), Status::Exists);
-        assert_eq!(status_of(conn.call::<ops::MetadataCreateDir>(&create("/d", 0o700)).await), Status::Exists);
-        assert_eq!(conn.call::<ops::MetadataLookup>(&lookup("/d/f")).await.unwrap().meta, file);
-        assert_eq!(conn.call::<ops::MetadataLookup>(&lookup("/d")).await.unwrap().meta, dir);
-        assert_eq!(status_of(conn.call::<ops::MetadataLookup>(&lookup("/missing")).await), Status::NotFound);
+        assert_eq!(
+            status_of(
+                conn.call::<ops::MetadataCreateFile>(&create("/d/f", 0o600))
+                    .await
+            ),
+            Status::Exists
+        );
+        assert_eq!(
+            status_of(
+                conn.call::<ops::MetadataCreateDir>(&create("/d", 0o700))
+                    .await
+            ),
+            Status::Exists
+        );
+        assert_eq!(
+            conn.call::<ops::MetadataLookup>(&lookup("/d/f"))
+                .await
+                .unwrap()
+                .meta,
+            file
+        );
+        assert_eq!(
+            conn.call::<ops::MetadataLookup>(&lookup("/d"))
+                .await
+                .unwrap()
+                .meta,
+            dir
+        );
+        assert_eq!(
+            status_of(conn.call::<ops::MetadataLookup>(&lookup("/missing")).await),
+            Status::NotFound
+        );
 
         // Size updates: grow-only never shrinks; exact sets.
-        let size = |size, how| ops::UpdateSizeRequest { path: "/d/f".into(), size, how };
-        assert_eq!(conn.call::<ops::UpdateSize>(&size(100, SizeUpdate::AtLeast)).await.unwrap().meta.size, 100);
-        assert_eq!(conn.call::<ops::UpdateSize>(&size(50, SizeUpdate::AtLeast)).await.unwrap().meta.size, 100);
-        assert_eq!(conn.call::<ops::UpdateSize>(&size(10, SizeUpdate::Exact)).await.unwrap().meta.size, 10);
-        assert_eq!(conn.call::<ops::MetadataLookup>(&lookup("/d/f")).await.unwrap().meta.size, 10);
-        let on_dir = ops::UpdateSizeRequest { path: "/d".into(), size: 1, how: SizeUpdate::Exact };
-        assert_eq!(status_of(conn.call::<ops::UpdateSize>(&on_dir).await), Status::IsDir);
+        let size = |size, how| ops::UpdateSizeRequest {
+            path: "/d/f".into(),
+            size,
+            how,
+        };
+        assert_eq!(
+            conn.call::<ops::UpdateSize>(&size(100, SizeUpdate::AtLeast))
+                .await
+                .unwrap()
+                .meta
+                .size,
+            100
+        );
+        assert_eq!(
+            conn.call::<ops::UpdateSize>(&size(50, SizeUpdate::AtLeast))
+                .await
+                .unwrap()
+                .meta
+                .size,
+            100
+        );
+        assert_eq!(
+            conn.call::<ops::UpdateSize>(&size(10, SizeUpdate::Exact))
+                .await
+                .unwrap()
+                .meta
+                .size,
+            10
+        );
+        assert_eq!(
+            conn.call::<ops::MetadataLookup>(&lookup("/d/f"))
+                .await
+                .unwrap()
+                .meta
+                .size,
+            10
+        );
+        let on_dir = ops::UpdateSizeRequest {
+            path: "/d".into(),
+            size: 1,
+            how: SizeUpdate::Exact,
+        };
+        assert_eq!(
+            status_of(conn.call::<ops::UpdateSize>(&on_dir).await),
+            Status::IsDir
+        );
 
         // Insert (rename's destination) and delete, with and without the expected kind.
-        let insert = |exclusive| ops::InsertRequest { path: "/d/g".into(), meta: file, exclusive };
-        conn.call::<ops::MetadataInsert>(&insert(true)).await.unwrap();
-        assert_eq!(status_of(conn.call::<ops::MetadataInsert>(&insert(true)).await), Status::Exists);
-        conn.call::<ops::MetadataInsert>(&insert(false)).await.unwrap();
-        assert_eq!(conn.call::<ops::MetadataLookup>(&lookup("/d/g")).await.unwrap().meta.file_id, file.file_id);
-        let delete = |path: &str, expect| ops::DeleteRequest { path: path.into(), expect };
-        assert_eq!(status_of(conn.call::<ops::MetadataDelete>(&delete("/d/g", Some(EntryKind::Directory))).await), Status::NotDir);
-        assert_eq!(status_of(conn.call::<ops::MetadataDelete>(&delete("/d", Some(EntryKind::File))).await), Status::IsDir);
-        let deleted = conn.call::<ops::MetadataDelete>(&delete("/d/g", Some(EntryKind::File))).await.unwrap().meta;
+        let insert = |exclusive| ops::InsertRequest {
+            path: "/d/g".into(),
+            meta: file,
+            exclusive,
+        };
+        conn.call::<ops::MetadataInsert>(&insert(true))
+            .await
+            .unwrap();
+        assert_eq!(
+            status_of(conn.call::<ops::MetadataInsert>(&insert(true)).await),
+            Status::Exists
+        );
+        conn.call::<ops::MetadataInsert>(&insert(false))
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.call::<ops::MetadataLookup>(&lookup("/d/g"))
+                .await
+                .unwrap()
+                .meta
+                .file_id,
+            file.file_id
+        );
+        let delete = |path: &str, expect| ops::DeleteRequest {
+            path: path.into(),
+            expect,
+        };
+        assert_eq!(
+            status_of(
+                conn.call::<ops::MetadataDelete>(&delete("/d/g", Some(EntryKind::Directory)))
+                    .await
+            ),
+            Status::NotDir
+        );
+        assert_eq!(
+            status_of(
+                conn.call::<ops::MetadataDelete>(&delete("/d", Some(EntryKind::File)))
+                    .await
+            ),
+            Status::IsDir
+        );
+        let deleted = conn
+            .call::<ops::MetadataDelete>(&delete("/d/g", Some(EntryKind::File)))
+            .await
+            .unwrap()
+            .meta;
         assert_eq!(deleted.file_id, file.file_id);
-        assert_eq!(status_of(conn.call::<ops::MetadataLookup>(&lookup("/d/g")).await), Status::NotFound);
-        assert_eq!(status_of(conn.call::<ops::MetadataDelete>(&delete("/d/g", None)).await), Status::NotFound);
+        assert_eq!(
+            status_of(conn.call::<ops::MetadataLookup>(&lookup("/d/g")).await),
+            Status::NotFound
+        );
+        assert_eq!(
+            status_of(
+                conn.call::<ops::MetadataDelete>(&delete("/d/g", None))
+                    .await
+            ),
+            Status::NotFound
+        );
         assert_eq!(stats(&conn).await.metadata_records, 2);
 
         // Readdir, three entries a page, resuming after the last name of each page.
         let mut names: Vec<String> = (0..10).map(|i| format!("e{i:02}")).collect();
         for name in &names {
-            conn.call::<ops::MetadataCreateFile>(&create(&format!("/d/{name}"), 0o644)).await.unwrap();
+            conn.call::<ops::MetadataCreateFile>(&create(&format!("/d/{name}"), 0o644))
+                .await
+                .unwrap();
         }
         names.push("f".into());
         let mut listed = Vec::new();
         let mut pages = Vec::new();
         let mut after = None;
         loop {
-            let req = ops::ReaddirRequest { dir: "/d".into(), after: after.take(), limit: 3 };
+            let req = ops::ReaddirRequest {
+                dir: "/d".into(),
+                after: after.take(),
+                limit: 3,
+            };
             let page = conn.call::<ops::Readdir>(&req).await.unwrap();
             pages.push(page.entries.len());
             after = page.entries.last().map(|(name, _)| name.clone());
@@ -203,10 +390,24 @@ fn every_operation_round_trips() {
             assert!(pages.len() < 10, "readdir never said done");
         }
         assert_eq!(pages, [3, 3, 3, 2]);
-        assert_eq!(listed.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), names);
+        assert_eq!(
+            listed.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            names
+        );
         assert_eq!(listed.last().unwrap().1.file_id, file.file_id);
-        let root = conn.call::<ops::Readdir>(&ops::ReaddirRequest { dir: "/".into(), after: None, limit: 0 }).await.unwrap();
-        assert_eq!((root.entries.len(), root.done), (1, true), "limit 0 is served as 1; / holds only d");
+        let root = conn
+            .call::<ops::Readdir>(&ops::ReaddirRequest {
+                dir: "/".into(),
+                after: None,
+                limit: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (root.entries.len(), root.done),
+            (1, true),
+            "limit 0 is served as 1; / holds only d"
+        );
         assert_eq!(root.entries[0].0, "d");
         assert_eq!(stats(&conn).await.metadata_records, 12);
 
@@ -217,33 +418,66 @@ fn every_operation_round_trips() {
         write(&conn, id, 0, 0, first.clone()).await;
         write(&conn, id, 1, 1000, second.clone()).await;
         assert_eq!(read(&conn, id, 0, 0, 100).await, first);
-        assert_eq!(read(&conn, id, 0, 0, 4096).await, first, "a read stops at the chunk's end");
+        assert_eq!(
+            read(&conn, id, 0, 0, 4096).await,
+            first,
+            "a read stops at the chunk's end"
+        );
         assert_eq!(read(&conn, id, 0, 30, 20).await, first[30..50]);
         let hole_then_data = read(&conn, id, 1, 0, 1050).await;
         assert!(hole_then_data[..1000].iter().all(|&b| b == 0));
         assert_eq!(hole_then_data[1000..], second);
-        assert!(read(&conn, id, 7, 0, 100).await.is_empty(), "an absent chunk reads empty");
+        assert!(
+            read(&conn, id, 7, 0, 100).await.is_empty(),
+            "an absent chunk reads empty"
+        );
         let s = stats(&conn).await;
         assert_eq!((s.chunks, s.used_bytes), (2, 1150));
 
-        let truncate = |index, len| ops::TruncateChunkRequest { file_id: id, index, len };
-        conn.call::<ops::TruncateChunk>(&truncate(0, 40)).await.unwrap();
+        let truncate = |index, len| ops::TruncateChunkRequest {
+            file_id: id,
+            index,
+            len,
+        };
+        conn.call::<ops::TruncateChunk>(&truncate(0, 40))
+            .await
+            .unwrap();
         assert_eq!(read(&conn, id, 0, 0, 100).await, first[..40]);
-        conn.call::<ops::TruncateChunk>(&truncate(0, 60)).await.unwrap();
+        conn.call::<ops::TruncateChunk>(&truncate(0, 60))
+            .await
+            .unwrap();
         let extended = read(&conn, id, 0, 0, 100).await;
         assert_eq!((&extended[..40], extended.len()), (&first[..40], 60));
-        assert!(extended[40..].iter().all(|&b| b == 0), "an extended chunk reads zeros");
-        assert_eq!(status_of(conn.call::<ops::TruncateChunk>(&truncate(0, CHUNK + 1)).await), Status::InvalidArgument);
+        assert!(
+            extended[40..].iter().all(|&b| b == 0),
+            "an extended chunk reads zeros"
+        );
+        assert_eq!(
+            status_of(
+                conn.call::<ops::TruncateChunk>(&truncate(0, CHUNK + 1))
+                    .await
+            ),
+            Status::InvalidArgument
+        );
         assert_eq!(stats(&conn).await.used_bytes, 60 + 1050);
 
         conn.call::<ops::Fsync>(&Empty).await.unwrap();
 
         let remove = ops::RemoveChunksRequest { file_id: id };
-        assert_eq!(conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count, 2);
-        assert_eq!(conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count, 0);
+        assert_eq!(
+            conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count,
+            2
+        );
+        assert_eq!(
+            conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count,
+            0
+        );
         assert!(read(&conn, id, 0, 0, 100).await.is_empty());
         let after = stats(&conn).await;
-        assert_eq!((after.chunks, after.used_bytes, after.metadata_records), (0, 0, 12));
+        assert_eq!(
+            (after.chunks, after.used_bytes, after.metadata_records),
+            (0, 0, 12)
+        );
         assert!(after.requests > before.requests + 40, "{after:?}");
         assert_eq!(after.malformed, 0, "no request here was malformed");
     });
@@ -254,12 +488,19 @@ fn handshake_checks_the_job_secret() {
     let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
     let secret_file = secrets.path().join("secret");
     std::fs::write(&secret_file, b"job-42-secret").unwrap();
-    let cluster = Cluster::start_with_args(spec(1), &["--secret-file".into(), secret_file.display().to_string()]);
+    let cluster = Cluster::start_with_args(
+        spec(1),
+        &["--secret-file".into(), secret_file.display().to_string()],
+    );
     let addr = cluster.addr(0);
     Rt::new().block_on(async {
         for wrong in [&b""[..], b"job-42-secreT", b"job-42-secret\n"] {
             let refused = rpc_client(wrong).connect(addr).await;
-            assert_eq!(status_of(refused), Status::PermissionDenied, "secret {wrong:?}");
+            assert_eq!(
+                status_of(refused),
+                Status::PermissionDenied,
+                "secret {wrong:?}"
+            );
         }
         let conn = rpc_client(b"job-42-secret").connect(addr).await.unwrap();
         assert_serves(&conn, 1).await;
@@ -272,7 +513,14 @@ fn payloads_around_the_rendezvous_threshold_round_trip() {
     let addr = cluster.addr(0);
     Rt::new().block_on(async {
         let conn = rpc_client(b"").connect(addr).await.unwrap();
-        let sizes = [1, THRESHOLD - 1, THRESHOLD, THRESHOLD + 1, 1 << 20, CHUNK as usize];
+        let sizes = [
+            1,
+            THRESHOLD - 1,
+            THRESHOLD,
+            THRESHOLD + 1,
+            1 << 20,
+            CHUNK as usize,
+        ];
         for (index, &len) in sizes.iter().enumerate() {
             let data = pattern(len, index as u64 + 10);
             write(&conn, 1, index as u64, 0, data.clone()).await;
@@ -290,9 +538,41 @@ fn payloads_around_the_rendezvous_threshold_round_trip() {
         let whole = read(&conn, 1, 5, 0, CHUNK as usize).await;
         let original = pattern(CHUNK as usize, 15);
         let tail = CHUNK as usize - (THRESHOLD + 1);
-        assert!(whole[..tail] == original[..tail], "bytes before the overwrite changed");
+        assert!(
+            whole[..tail] == original[..tail],
+            "bytes before the overwrite changed"
+        );
         let s = stats(&conn).await;
         assert_eq!(s.chunks, sizes.len() as u64);
+
+        // A body too long for the AM header opens the AM data instead; the server must
+        // split body and payload there too, eager and rendezvous.
+        let peer = RawPeer::connect(addr);
+        for (i, (len, proto)) in [(100, AmProto::Eager), (THRESHOLD * 3, AmProto::Rndv)]
+            .into_iter()
+            .enumerate()
+        {
+            let id = 10 + i as u64;
+            let index = 20 + i as u64;
+            let payload = pattern(len, id);
+            let body = chunk_io(1, index, 8, len).to_bytes();
+            let header = raw_header(
+                OpCode::WriteChunk as u16,
+                id,
+                0,
+                body.len() as u32,
+                len as u64,
+            );
+            peer.send(header, [body, payload.clone()].concat(), proto)
+                .await;
+            let (reply, body) = peer.reply(id, FAIL_BOUND).await.expect("no reply");
+            assert_eq!(Status::from_wire(reply.status), Some(Status::Ok));
+            assert_eq!(
+                ops::ChunkIoReply::from_bytes(&body).unwrap().len,
+                len as u64
+            );
+            assert!(read(&conn, 1, index, 8, len).await == payload);
+        }
     });
 }
 
@@ -309,12 +589,19 @@ fn many_concurrent_calls_on_one_connection() {
                     conn.call::<ops::Ping>(&Empty).await.unwrap();
                 }
                 1 => {
-                    let r = conn.call_with::<ops::Ping>(&Empty, pattern(THRESHOLD * 2, i)).await.unwrap();
+                    let r = conn
+                        .call_with::<ops::Ping>(&Empty, pattern(THRESHOLD * 2, i))
+                        .await
+                        .unwrap();
                     assert!(r.payload.is_empty());
                 }
                 _ => {
                     // Eager and rendezvous writes, each read back by the same future.
-                    let len = if i % 4 == 2 { 1000 + i as usize } else { THRESHOLD + 1 + i as usize };
+                    let len = if i % 4 == 2 {
+                        1000 + i as usize
+                    } else {
+                        THRESHOLD + 1 + i as usize
+                    };
                     let data = pattern(len, i);
                     write(conn, 2, i, 64, data.clone()).await;
                     let back = read(conn, 2, i, 64, len).await;
@@ -350,7 +637,8 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
                         async move {
                             let len = if i % 2 == 0 { 512 } else { THRESHOLD * 2 };
                             let req = chunk_io(3, i, 0, len);
-                            conn.call_with::<ops::WriteChunk>(&req, pattern(len, round)).await?;
+                            conn.call_with::<ops::WriteChunk>(&req, pattern(len, round))
+                                .await?;
                             conn.call::<ops::Ping>(&Empty).await
                         }
                     });
@@ -370,7 +658,11 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
             .unwrap();
         assert!(rounds > 0, "no call succeeded before the kill");
         assert!(is_unreachable(&error), "{error:?}");
-        assert!(failed_at - killed_at < FAIL_BOUND, "failed after {:?}", failed_at - killed_at);
+        assert!(
+            failed_at - killed_at < FAIL_BOUND,
+            "failed after {:?}",
+            failed_at - killed_at
+        );
 
         // Later calls on the dead connection, and new connections, fail within the bound.
         for _ in 0..2 {
@@ -390,7 +682,10 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
         let fresh = client.connect(new_addr).await.unwrap();
         assert_eq!(fresh.hello().unwrap().node_id, "node0");
         assert_serves(&fresh, 4).await;
-        assert!(conn.call::<ops::Ping>(&Empty).await.is_err(), "the old connection stays dead");
+        assert!(
+            conn.call::<ops::Ping>(&Empty).await.is_err(),
+            "the old connection stays dead"
+        );
         assert!(cluster.is_running(0));
     });
 }
@@ -398,32 +693,47 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
 #[test]
 fn file_system_client_reconnects_to_a_restarted_server() {
     let mut cluster = Cluster::start(spec(1));
-    let addr = cluster.addr(0);
     let fs = cluster.client();
     let data = pattern(100_000, 5);
-    let fd = fs.create("/before", 0o644).unwrap();
-    fs.write(fd, &data).unwrap();
-    fs.close(fd).unwrap();
+    let round_trip = |path: &str| {
+        let fd = fs.create(path, 0o644).unwrap();
+        fs.write(fd, &data).unwrap();
+        fs.close(fd).unwrap();
+        let fd = fs.open(path, OpenFlags::READ, 0).unwrap();
+        let mut back = vec![0u8; data.len() + 1];
+        assert_eq!(fs.read(fd, &mut back).unwrap(), data.len());
+        assert!(back[..data.len()] == data[..], "{path}: read back differs");
+        fs.close(fd).unwrap();
+    };
+    round_trip("/before");
 
+    // Killed: calls fail within the bound. Restarted on a new port (published in the
+    // registry): the same handle finds it.
     cluster.kill(0);
     let started = Instant::now();
     let error = fs.create("/during", 0o644).unwrap_err();
-    assert!(matches!(error.status(), Some(Status::TimedOut | Status::Unavailable)), "{error:?}");
+    assert!(
+        matches!(error.status(), Some(Status::TimedOut | Status::Unavailable)),
+        "{error:?}"
+    );
     assert!(started.elapsed() < FAIL_BOUND);
+    // Port 0 lets the OS choose; restart_at also lets the next restart reuse that port.
+    cluster.restart_at(0, "127.0.0.1:0".parse().unwrap());
+    round_trip("/after-new-port");
+    let gone = fs.open("/before", OpenFlags::READ, 0).unwrap_err();
+    assert_eq!(
+        gone.status(),
+        Some(Status::NotFound),
+        "a memory store starts empty"
+    );
 
-    // The handle reconnects to the address it knew at start, so restart on that one (see
-    // the report: a restart on a new port is not picked up).
+    // Killed again and restarted on the address it had: the handle reconnects there too.
+    let addr = cluster.addr(0);
+    cluster.kill(0);
+    assert!(fs.create("/during", 0o644).is_err());
     cluster.restart_at(0, addr);
     assert_eq!(cluster.addr(0), addr);
-    let fd = fs.create("/after", 0o644).unwrap();
-    fs.write(fd, &data).unwrap();
-    fs.close(fd).unwrap();
-    let fd = fs.open("/after", OpenFlags::READ, 0).unwrap();
-    let mut back = vec![0u8; data.len()];
-    assert_eq!(fs.read(fd, &mut back).unwrap(), data.len());
-    assert!(back == data);
-    fs.close(fd).unwrap();
-    assert_eq!(fs.stat("/before").unwrap_err().status(), Some(Status::NotFound), "a memory store starts empty");
+    round_trip("/after-same-port");
 }
 
 /// A header built field by field, independent of `FrameHeader`, so it can say anything.
@@ -442,7 +752,13 @@ fn raw_header(op: u16, request_id: u64, flags: u16, body_len: u32, payload_len: 
 
 /// A well-formed request header followed by its body, for a payload of `payload_len`.
 fn request(op: OpCode, request_id: u64, body: &[u8], payload_len: usize) -> Vec<u8> {
-    let mut h = raw_header(op as u16, request_id, 0, body.len() as u32, payload_len as u64);
+    let mut h = raw_header(
+        op as u16,
+        request_id,
+        0,
+        body.len() as u32,
+        payload_len as u64,
+    );
     h.extend_from_slice(body);
     h
 }
@@ -462,20 +778,32 @@ impl RawPeer {
         let replies = worker.set_am_handler(REPLY_AM_ID, 1024).unwrap();
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
         let ep = Endpoint::connect_socket(&worker, addr).unwrap();
-        RawPeer { worker, ep, replies }
+        RawPeer {
+            worker,
+            ep,
+            replies,
+        }
     }
 
     async fn send(&self, header: Vec<u8>, data: Vec<u8>, proto: AmProto) {
-        let sent = tokio::time::timeout(FAIL_BOUND, self.ep.am_send(REQUEST_AM_ID, header, data, proto));
-        sent.await.expect("a send to a live server hung").expect("send");
+        let sent = tokio::time::timeout(
+            FAIL_BOUND,
+            self.ep.am_send(REQUEST_AM_ID, header, data, proto),
+        );
+        sent.await
+            .expect("a send to a live server hung")
+            .expect("send");
     }
 
     /// The reply to `request_id` (its frame and body), or `None` if none came within `wait`.
     async fn reply(&self, request_id: u64, wait: Duration) -> Option<(Frame, Vec<u8>)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.replies.recv()).await.ok()?;
-            let frame = Frame::decode(msg.header(), msg.data_len()).expect("the server sent a malformed reply");
+            let msg = tokio::time::timeout_at(deadline, self.replies.recv())
+                .await
+                .ok()?;
+            let frame = Frame::decode(msg.header(), msg.data_len())
+                .expect("the server sent a malformed reply");
             assert!(frame.is_reply);
             if frame.request_id == request_id {
                 let body = msg.header()[32..].to_vec();
@@ -486,9 +814,20 @@ impl RawPeer {
 
     /// Pings by hand and waits for the answer: the server still serves this connection.
     async fn ping(&self, request_id: u64) {
-        self.send(request(OpCode::Ping, request_id, &[], 0), Vec::new(), AmProto::Eager).await;
-        let (frame, _) = self.reply(request_id, FAIL_BOUND).await.expect("no answer to a ping");
-        assert_eq!((frame.op, frame.status), (OpCode::Ping, Status::Ok.to_wire()));
+        self.send(
+            request(OpCode::Ping, request_id, &[], 0),
+            Vec::new(),
+            AmProto::Eager,
+        )
+        .await;
+        let (frame, _) = self
+            .reply(request_id, FAIL_BOUND)
+            .await
+            .expect("no answer to a ping");
+        assert_eq!(
+            (frame.op, frame.status),
+            (OpCode::Ping, Status::Ok.to_wire())
+        );
     }
 }
 
@@ -520,65 +859,244 @@ fn bad_frames() -> Vec<BadFrame> {
     let ping = OpCode::Ping as u16;
     let mut out = Vec::new();
     let mut add = |what, header: Vec<u8>, data: Vec<u8>, expect| {
-        out.push(BadFrame { what, header, data, proto: AmProto::Eager, expect });
+        out.push(BadFrame {
+            what,
+            header,
+            data,
+            proto: AmProto::Eager,
+            expect,
+        });
     };
     let protocol = Expect::Reply(Status::Protocol);
     let invalid = Expect::Reply(Status::InvalidArgument);
     // The request id of each case is its index plus 1000 (set below).
-    add("header cut to 20 bytes", raw_header(ping, 0, 0, 0, 0)[..20].to_vec(), Vec::new(), protocol);
-    add("header cut to 31 bytes", raw_header(ping, 0, 0, 0, 0)[..31].to_vec(), Vec::new(), protocol);
-    add("header cut to 10 bytes", raw_header(ping, 0, 0, 0, 0)[..10].to_vec(), Vec::new(), Expect::Dropped);
-    add("empty header, some data", Vec::new(), vec![7; 64], Expect::Dropped);
-    add("unknown op 999", raw_header(999, 0, 0, 0, 0), Vec::new(), protocol);
+    add(
+        "header cut to 20 bytes",
+        raw_header(ping, 0, 0, 0, 0)[..20].to_vec(),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "header cut to 31 bytes",
+        raw_header(ping, 0, 0, 0, 0)[..31].to_vec(),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "header cut to 10 bytes",
+        raw_header(ping, 0, 0, 0, 0)[..10].to_vec(),
+        Vec::new(),
+        Expect::Dropped,
+    );
+    add(
+        "empty header, some data",
+        Vec::new(),
+        vec![7; 64],
+        Expect::Dropped,
+    );
+    add(
+        "unknown op 999",
+        raw_header(999, 0, 0, 0, 0),
+        Vec::new(),
+        protocol,
+    );
     add("op 0", raw_header(0, 0, 0, 0, 0), Vec::new(), protocol);
-    add("payload_len above the data", raw_header(ping, 0, 0, 0, 100), vec![1; 50], protocol);
-    add("payload_len below the data", raw_header(ping, 0, 0, 0, 10), vec![1; 50], protocol);
+    add(
+        "payload_len above the data",
+        raw_header(ping, 0, 0, 0, 100),
+        vec![1; 50],
+        protocol,
+    );
+    add(
+        "payload_len below the data",
+        raw_header(ping, 0, 0, 0, 10),
+        vec![1; 50],
+        protocol,
+    );
     let mut short_body = raw_header(ping, 0, 0, 8, 0);
     short_body.extend_from_slice(&[0; 4]);
-    add("body_len above the body in the header", short_body, Vec::new(), protocol);
-    add("body_len + payload_len above the data", raw_header(ping, 0, 0, 16, 0), vec![0; 8], protocol);
+    add(
+        "body_len above the body in the header",
+        short_body,
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "body_len + payload_len above the data",
+        raw_header(ping, 0, 0, 16, 0),
+        vec![0; 8],
+        protocol,
+    );
     let mut bad_magic = raw_header(ping, 0, 0, 0, 0);
     bad_magic[0] ^= 0xff;
     add("bad magic", bad_magic, Vec::new(), protocol);
     let mut bad_version = raw_header(ping, 0, 0, 0, 0);
     bad_version[4] = 2;
     add("bad version", bad_version, Vec::new(), protocol);
-    add("unknown flag bits", raw_header(ping, 0, 0x8000, 0, 0), Vec::new(), protocol);
-    add("body_len above BODY_LEN_MAX", raw_header(ping, 0, 0, BODY_LEN_MAX + 1, 0), Vec::new(), protocol);
-    add("payload_len above PAYLOAD_LEN_MAX", raw_header(ping, 0, 0, 0, PAYLOAD_LEN_MAX + 1), Vec::new(), protocol);
-    add("body_len u32::MAX", raw_header(ping, 0, 0, u32::MAX, 0), Vec::new(), protocol);
-    add("payload_len u64::MAX", raw_header(ping, 0, 0, 0, u64::MAX), Vec::new(), protocol);
-    add("reply flag on a request", raw_header(ping, 0, FLAG_REPLY, 0, 0), Vec::new(), protocol);
-    add("path length beyond the body", request(OpCode::MetadataLookup, 0, &[0xff, 0xff, b'/'], 0), Vec::new(), protocol);
-    add("path not UTF-8", request(OpCode::MetadataLookup, 0, &[2, 0, 0xff, 0xfe], 0), Vec::new(), protocol);
-    add("trailing bytes after an empty body", request(OpCode::Ping, 0, &[1, 2, 3], 0), Vec::new(), protocol);
-    add("garbage body of a chunk write", request(OpCode::WriteChunk, 0, &[9; 13], 0), Vec::new(), protocol);
+    add(
+        "unknown flag bits",
+        raw_header(ping, 0, 0x8000, 0, 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "body_len above BODY_LEN_MAX",
+        raw_header(ping, 0, 0, BODY_LEN_MAX + 1, 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "payload_len above PAYLOAD_LEN_MAX",
+        raw_header(ping, 0, 0, 0, PAYLOAD_LEN_MAX + 1),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "body_len u32::MAX",
+        raw_header(ping, 0, 0, u32::MAX, 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "payload_len u64::MAX",
+        raw_header(ping, 0, 0, 0, u64::MAX),
+        Vec::new(),
+        protocol,
+    );
+    // Regression: the server dropped a reply-flagged request silently, uncounted.
+    add(
+        "reply flag on a request",
+        raw_header(ping, 0, FLAG_REPLY, 0, 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "path length beyond the body",
+        request(OpCode::MetadataLookup, 0, &[0xff, 0xff, b'/'], 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "path not UTF-8",
+        request(OpCode::MetadataLookup, 0, &[2, 0, 0xff, 0xfe], 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "trailing bytes after an empty body",
+        request(OpCode::Ping, 0, &[1, 2, 3], 0),
+        Vec::new(),
+        protocol,
+    );
+    add(
+        "garbage body of a chunk write",
+        request(OpCode::WriteChunk, 0, &[9; 13], 0),
+        Vec::new(),
+        protocol,
+    );
     let lookup = ops::PathRequest { path: "/x".into() }.to_bytes();
-    add("payload on a lookup", request(OpCode::MetadataLookup, 0, &lookup, 10), vec![0; 10], protocol);
-    let mut body = ops::DeleteRequest { path: "/x".into(), expect: None }.to_bytes();
+    add(
+        "payload on a lookup",
+        request(OpCode::MetadataLookup, 0, &lookup, 10),
+        vec![0; 10],
+        protocol,
+    );
+    let mut body = ops::DeleteRequest {
+        path: "/x".into(),
+        expect: None,
+    }
+    .to_bytes();
     body[0] = 9;
-    add("unknown entry kind", request(OpCode::MetadataDelete, 0, &body, 0), Vec::new(), protocol);
-    let big_secret = HelloRequest { client: "c".into(), secret: vec![1; 300] }.to_bytes();
-    add("oversized handshake secret", request(OpCode::Hello, 0, &big_secret, 0), Vec::new(), protocol);
-    let long_after = ops::ReaddirRequest { dir: "/".into(), after: Some("n".repeat(300)), limit: 1 }.to_bytes();
-    add("readdir resume name too long", request(OpCode::Readdir, 0, &long_after, 0), Vec::new(), protocol);
+    add(
+        "unknown entry kind",
+        request(OpCode::MetadataDelete, 0, &body, 0),
+        Vec::new(),
+        protocol,
+    );
+    let big_secret = HelloRequest {
+        client: "c".into(),
+        secret: vec![1; 300],
+    }
+    .to_bytes();
+    add(
+        "oversized handshake secret",
+        request(OpCode::Hello, 0, &big_secret, 0),
+        Vec::new(),
+        protocol,
+    );
+    let long_after = ops::ReaddirRequest {
+        dir: "/".into(),
+        after: Some("n".repeat(300)),
+        limit: 1,
+    }
+    .to_bytes();
+    add(
+        "readdir resume name too long",
+        request(OpCode::Readdir, 0, &long_after, 0),
+        Vec::new(),
+        protocol,
+    );
     let write = chunk_io(4, 0, 0, 100).to_bytes();
-    add("chunk write shorter than its len", request(OpCode::WriteChunk, 0, &write, 50), vec![0; 50], protocol);
+    add(
+        "chunk write shorter than its len",
+        request(OpCode::WriteChunk, 0, &write, 50),
+        vec![0; 50],
+        protocol,
+    );
     let past_end = chunk_io(4, 0, CHUNK - 8, 16).to_bytes();
-    add("chunk write past chunk_size", request(OpCode::WriteChunk, 0, &past_end, 16), vec![0; 16], invalid);
+    add(
+        "chunk write past chunk_size",
+        request(OpCode::WriteChunk, 0, &past_end, 16),
+        vec![0; 16],
+        invalid,
+    );
     let overflow = chunk_io(4, 0, u64::MAX - 4, 16).to_bytes();
-    add("chunk write offset + len overflows", request(OpCode::WriteChunk, 0, &overflow, 16), vec![0; 16], invalid);
+    add(
+        "chunk write offset + len overflows",
+        request(OpCode::WriteChunk, 0, &overflow, 16),
+        vec![0; 16],
+        invalid,
+    );
     let read_past = chunk_io(4, 0, CHUNK, 1).to_bytes();
-    add("chunk read past chunk_size", request(OpCode::ReadChunk, 0, &read_past, 0), Vec::new(), invalid);
+    add(
+        "chunk read past chunk_size",
+        request(OpCode::ReadChunk, 0, &read_past, 0),
+        Vec::new(),
+        invalid,
+    );
     let huge_read = chunk_io(4, 0, 0, usize::MAX).to_bytes();
-    add("chunk read of u64::MAX bytes", request(OpCode::ReadChunk, 0, &huge_read, 0), Vec::new(), invalid);
-    let short_remote = ChunkIo { remote: Some(RemoteBuffer { addr: 0, len: 10, rkey: Vec::new() }), ..chunk_io(4, 0, 0, 100) };
-    add("remote buffer shorter than the transfer", request(OpCode::WriteChunk, 0, &short_remote.to_bytes(), 0), Vec::new(), protocol);
+    add(
+        "chunk read of u64::MAX bytes",
+        request(OpCode::ReadChunk, 0, &huge_read, 0),
+        Vec::new(),
+        invalid,
+    );
+    let short_remote = ChunkIo {
+        remote: Some(RemoteBuffer {
+            addr: 0,
+            len: 10,
+            rkey: Vec::new(),
+        }),
+        ..chunk_io(4, 0, 0, 100)
+    };
+    add(
+        "remote buffer shorter than the transfer",
+        request(OpCode::WriteChunk, 0, &short_remote.to_bytes(), 0),
+        Vec::new(),
+        protocol,
+    );
     // Rendezvous data whose frame is refused must be released, not leaked or waited on.
     let len = THRESHOLD * 4;
     let mut rndv_bad_magic = raw_header(ping, 0, 0, 0, len as u64);
     rndv_bad_magic[1] ^= 0xff;
-    out.push(BadFrame { what: "rendezvous data, bad magic", header: rndv_bad_magic, data: vec![3; len], proto: AmProto::Rndv, expect: protocol });
+    out.push(BadFrame {
+        what: "rendezvous data, bad magic",
+        header: rndv_bad_magic,
+        data: vec![3; len],
+        proto: AmProto::Rndv,
+        expect: protocol,
+    });
+    // Regression: a rendezvous payload longer than a chunk was answered `Busy`.
     let whole_chunk_plus_one = CHUNK as usize + 1;
     let too_big = chunk_io(4, 0, 0, whole_chunk_plus_one).to_bytes();
     out.push(BadFrame {
@@ -614,8 +1132,17 @@ fn malformed_frames_get_errors_and_the_server_keeps_serving() {
                 Expect::Reply(status) => {
                     let reply = peer.reply(id, FAIL_BOUND).await;
                     let (reply, body) = reply.unwrap_or_else(|| panic!("{}: no reply", frame.what));
-                    assert_eq!(Status::from_wire(reply.status), Some(status), "{}", frame.what);
-                    assert!(body.is_empty() && reply.payload_len == 0, "{}: an error reply has no body", frame.what);
+                    assert_eq!(
+                        Status::from_wire(reply.status),
+                        Some(status),
+                        "{}",
+                        frame.what
+                    );
+                    assert!(
+                        body.is_empty() && reply.payload_len == 0,
+                        "{}: an error reply has no body",
+                        frame.what
+                    );
                     counted += u64::from(status == Status::Protocol);
                 }
                 Expect::Dropped => counted += 1,
@@ -624,9 +1151,16 @@ fn malformed_frames_get_errors_and_the_server_keeps_serving() {
             peer.ping(2 + i as u64).await;
             assert!(cluster.is_running(0), "{} stopped the server", frame.what);
         }
-        assert!(peer.reply(0, Duration::from_millis(200)).await.is_none(), "a dropped frame was answered");
+        assert!(
+            peer.reply(0, Duration::from_millis(200)).await.is_none(),
+            "a dropped frame was answered"
+        );
         let after = stats(&conn).await.malformed;
-        assert_eq!(after - before, counted, "every malformed frame is counted once");
+        assert_eq!(
+            after - before,
+            counted,
+            "every malformed frame is counted once"
+        );
         assert_serves(&conn, 7).await;
         assert_serves(&rpc_client(b"").connect(addr).await.unwrap(), 8).await;
     });
@@ -636,12 +1170,24 @@ fn malformed_frames_get_errors_and_the_server_keeps_serving() {
 /// One request to throw at the server: random bytes, or a header that passes the frame
 /// checks with a random body, or a good frame with one byte changed.
 fn arbitrary_frame(max_header: usize) -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
-    let random = (prop::collection::vec(any::<u8>(), 0..=max_header), prop::collection::vec(any::<u8>(), 0..512));
+    let random = (
+        prop::collection::vec(any::<u8>(), 0..=max_header),
+        prop::collection::vec(any::<u8>(), 0..512),
+    );
     let op = prop::sample::select(OpCode::ALL.to_vec());
     let body_max = max_header - 32;
-    let framed = (op.clone(), prop::collection::vec(any::<u8>(), 0..=body_max), prop::collection::vec(any::<u8>(), 0..512))
+    let framed = (
+        op.clone(),
+        prop::collection::vec(any::<u8>(), 0..=body_max),
+        prop::collection::vec(any::<u8>(), 0..512),
+    )
         .prop_map(|(op, body, payload)| (request(op, 77, &body, payload.len()), payload));
-    let flipped = (op, prop::collection::vec(any::<u8>(), 0..=body_max), 0..32usize, any::<u8>())
+    let flipped = (
+        op,
+        prop::collection::vec(any::<u8>(), 0..=body_max),
+        0..32usize,
+        any::<u8>(),
+    )
         .prop_map(|(op, body, at, byte)| {
             let mut header = request(op, 77, &body, 0);
             header[at] = byte;
@@ -655,10 +1201,22 @@ fn arbitrary_frames_never_stop_the_server() {
     let mut cluster = Cluster::start(spec(1));
     let addr = cluster.addr(0);
     let rt = Rt::new();
-    let (peer, conn) = rt.block_on(async { (RawPeer::connect(addr), rpc_client(b"").connect(addr).await.unwrap()) });
+    let (peer, conn) = rt.block_on(async {
+        (
+            RawPeer::connect(addr),
+            rpc_client(b"").connect(addr).await.unwrap(),
+        )
+    });
     let max_header = peer.worker.max_am_header().min(256);
-    assert!(max_header > 32, "the transport's AM header limit is only {max_header} bytes");
-    let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
+    assert!(
+        max_header > 32,
+        "the transport's AM header limit is only {max_header} bytes"
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Config::default()
+    });
     runner
         .run(&arbitrary_frame(max_header), |(header, data)| {
             rt.block_on(async {

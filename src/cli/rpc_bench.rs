@@ -34,7 +34,9 @@ const SERVER_STOP_MAX: Duration = Duration::from_secs(5);
 const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
 
 const _: () = assert!(ROUND_BYTES_MAX as u64 >= limits::CHUNK_SIZE_MAX);
-const _: () = assert!(CHUNK_SIZE_DEFAULT >= limits::CHUNK_SIZE_MIN && CHUNK_SIZE_DEFAULT <= limits::CHUNK_SIZE_MAX);
+const _: () = assert!(
+    CHUNK_SIZE_DEFAULT >= limits::CHUNK_SIZE_MIN && CHUNK_SIZE_DEFAULT <= limits::CHUNK_SIZE_MAX
+);
 
 /// Arguments of `benchfs rpc-bench`.
 #[derive(Debug, clap::Args)]
@@ -50,7 +52,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000)]
     pub warmup: usize,
     /// Payload sizes of the bandwidth figures, in bytes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "8,4096,32768,65536,1048576,4194304")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "8,4096,32768,65536,1048576,4194304"
+    )]
     pub sizes: Vec<usize>,
     /// Pings in flight during a bandwidth figure.
     #[arg(long, default_value_t = 16)]
@@ -106,13 +112,24 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let largest = args.sizes.iter().copied().max().unwrap_or(0) as u64;
     let chunk_size = largest.next_power_of_two().max(CHUNK_SIZE_DEFAULT);
     let defaults = ServerConfig::default();
-    let rdma_threshold = args.rdma_threshold.unwrap_or(defaults.network.rdma_threshold_bytes);
+    let rdma_threshold = args
+        .rdma_threshold
+        .unwrap_or(defaults.network.rdma_threshold_bytes);
     let (ucx_major, ucx_minor, ucx_release) = benchfs_ucx::ucx_version();
-    println!("host nproc={} cpu=\"{}\"", nproc(), cpu_model());
+    println!(
+        "host nproc={} cpu=\"{}\" loadavg=\"{}\"",
+        nproc(),
+        cpu_model(),
+        loadavg()
+    );
     println!(
         "build commit={} profile={} ucx={ucx_major}.{ucx_minor}.{ucx_release} ucx_tls={}",
         commit(),
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
     );
     println!(
@@ -140,8 +157,16 @@ fn check_args(args: &Args) -> Result<(), CliError> {
     if args.busy_poll_us.is_empty() {
         return Err("--busy-poll-us needs at least one value".into());
     }
-    if let Some(&us) = args.busy_poll_us.iter().find(|&&us| Duration::from_micros(us) > limits::BUSY_POLL_MAX) {
-        return Err(format!("--busy-poll-us {us} is above the limit of {} us", limits::BUSY_POLL_MAX.as_micros()).into());
+    if let Some(&us) = args
+        .busy_poll_us
+        .iter()
+        .find(|&&us| Duration::from_micros(us) > limits::BUSY_POLL_MAX)
+    {
+        return Err(format!(
+            "--busy-poll-us {us} is above the limit of {} us",
+            limits::BUSY_POLL_MAX.as_micros()
+        )
+        .into());
     }
     if args.pings == 0 || args.pings > 10_000_000 {
         return Err("--pings must be 1..=10000000".into());
@@ -150,13 +175,25 @@ fn check_args(args: &Args) -> Result<(), CliError> {
         return Err("--warmup must be at most 1000000".into());
     }
     if args.window == 0 || args.window > ServerConfig::default().network.inflight_max as usize {
-        return Err(format!("--window must be 1..={}", ServerConfig::default().network.inflight_max).into());
+        return Err(format!(
+            "--window must be 1..={}",
+            ServerConfig::default().network.inflight_max
+        )
+        .into());
     }
     if !(args.seconds > 0.0 && args.seconds <= 600.0) {
         return Err("--seconds must be in (0, 600]".into());
     }
-    if let Some(&size) = args.sizes.iter().find(|&&s| s as u64 > limits::CHUNK_SIZE_MAX) {
-        return Err(format!("payload size {size} is above the largest chunk ({} bytes)", limits::CHUNK_SIZE_MAX).into());
+    if let Some(&size) = args
+        .sizes
+        .iter()
+        .find(|&&s| s as u64 > limits::CHUNK_SIZE_MAX)
+    {
+        return Err(format!(
+            "payload size {size} is above the largest chunk ({} bytes)",
+            limits::CHUNK_SIZE_MAX
+        )
+        .into());
     }
     Ok(())
 }
@@ -164,9 +201,19 @@ fn check_args(args: &Args) -> Result<(), CliError> {
 /// Measures every figure of one busy-poll setting, printing each record as it is done.
 fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliError> {
     let budget = Duration::from_secs_f64(args.seconds);
-    let mut variant = Variant { busy_poll_us, rtt: Vec::new(), bw: Vec::new() };
+    let mut variant = Variant {
+        busy_poll_us,
+        rtt: Vec::new(),
+        bw: Vec::new(),
+    };
     for payload_bytes in [0, 8] {
-        let r = round_trips(fs, payload_bytes, args.pings, args.warmup, budget.mul_f64(RTT_BUDGET_FACTOR))?;
+        let r = round_trips(
+            fs,
+            payload_bytes,
+            args.pings,
+            args.warmup,
+            budget.mul_f64(RTT_BUDGET_FACTOR),
+        )?;
         println!(
             "rtt busy_poll_us={busy_poll_us} payload_bytes={} pings={} p50_us={:.2} p99_us={:.2} mean_us={:.2} max_us={:.2}",
             r.payload_bytes,
@@ -195,10 +242,20 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
 }
 
 /// One ping at a time; every round trip is timed. Payloads are built before timing starts.
-fn round_trips(fs: &BenchFS, payload_bytes: usize, pings: usize, warmup: usize, budget: Duration) -> Result<RttFigure, CliError> {
+fn round_trips(
+    fs: &BenchFS,
+    payload_bytes: usize,
+    pings: usize,
+    warmup: usize,
+    budget: Duration,
+) -> Result<RttFigure, CliError> {
     let client = fs.client();
-    let mut warm: Vec<Vec<u8>> = (0..warmup).map(|_| vec![PAYLOAD_FILL; payload_bytes]).collect();
-    let mut timed: Vec<Vec<u8>> = (0..pings).map(|_| vec![PAYLOAD_FILL; payload_bytes]).collect();
+    let mut warm: Vec<Vec<u8>> = (0..warmup)
+        .map(|_| vec![PAYLOAD_FILL; payload_bytes])
+        .collect();
+    let mut timed: Vec<Vec<u8>> = (0..pings)
+        .map(|_| vec![PAYLOAD_FILL; payload_bytes])
+        .collect();
     let mut nanos: Vec<u64> = Vec::with_capacity(pings);
     fs.block_on(async {
         while let Some(payload) = warm.pop() {
@@ -239,10 +296,19 @@ fn percentile(sorted: &[u64], pct: f64) -> u64 {
 /// `window` pings in flight at a time for about `budget`, in rounds: each round's payloads
 /// are built untimed, then sent by `window` lanes that each start a new ping as soon as
 /// their last one is answered. One untimed round warms up.
-fn bandwidth(fs: &BenchFS, size: usize, window: usize, budget: Duration) -> Result<BwFigure, CliError> {
+fn bandwidth(
+    fs: &BenchFS,
+    size: usize,
+    window: usize,
+    budget: Duration,
+) -> Result<BwFigure, CliError> {
     let round = (ROUND_BYTES_MAX / size.max(1)).clamp(window * 4, ROUND_PINGS_MAX.max(window * 4));
     let warmup = round.min(window * 8);
-    let pool = RefCell::new((0..warmup).map(|_| vec![PAYLOAD_FILL; size]).collect::<Vec<_>>());
+    let pool = RefCell::new(
+        (0..warmup)
+            .map(|_| vec![PAYLOAD_FILL; size])
+            .collect::<Vec<_>>(),
+    );
     fs.block_on(lanes(fs.client(), &pool, window))?;
     let mut elapsed = Duration::ZERO;
     let mut pings = 0;
@@ -252,7 +318,9 @@ fn bandwidth(fs: &BenchFS, size: usize, window: usize, budget: Duration) -> Resu
             round.min(window * 16)
         } else {
             let rate = pings as f64 / elapsed.as_secs_f64();
-            ((budget - elapsed).as_secs_f64() * rate).ceil().clamp(window as f64, round as f64) as usize
+            ((budget - elapsed).as_secs_f64() * rate)
+                .ceil()
+                .clamp(window as f64, round as f64) as usize
         };
         *pool.borrow_mut() = (0..n).map(|_| vec![PAYLOAD_FILL; size]).collect();
         let start = Instant::now();
@@ -260,11 +328,19 @@ fn bandwidth(fs: &BenchFS, size: usize, window: usize, budget: Duration) -> Resu
         elapsed += start.elapsed();
         pings += n;
     }
-    Ok(BwFigure { payload_bytes: size, pings, elapsed })
+    Ok(BwFigure {
+        payload_bytes: size,
+        pings,
+        elapsed,
+    })
 }
 
 /// Sends every payload in `pool` with `window` pings in flight.
-async fn lanes(client: &FsClient, pool: &RefCell<Vec<Vec<u8>>>, window: usize) -> Result<(), ApiError> {
+async fn lanes(
+    client: &FsClient,
+    pool: &RefCell<Vec<Vec<u8>>>,
+    window: usize,
+) -> Result<(), ApiError> {
     let lane = || async {
         loop {
             // A separate statement, so the pool is not borrowed across the await.
@@ -273,7 +349,10 @@ async fn lanes(client: &FsClient, pool: &RefCell<Vec<Vec<u8>>>, window: usize) -
             client.ping(0, payload).await?;
         }
     };
-    join_all((0..window).map(|_| lane())).await.into_iter().collect()
+    join_all((0..window).map(|_| lane()))
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// A `benchfsd` started for this run, in its own temporary directory. Dropping it stops
@@ -286,7 +365,10 @@ struct Server {
 
 impl Server {
     fn start(busy_poll_us: u64, rdma_threshold: u64, chunk_size: u64) -> Result<Server, CliError> {
-        let dir = std::env::temp_dir().join(format!("benchfs-rpc-bench-{}-{busy_poll_us}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "benchfs-rpc-bench-{}-{busy_poll_us}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
@@ -308,7 +390,11 @@ impl Server {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut server = Server { child: Some(child), dir, config };
+        let mut server = Server {
+            child: Some(child),
+            dir,
+            config,
+        };
         server.wait_published()?;
         Ok(server)
     }
@@ -324,10 +410,15 @@ impl Server {
                 None => true,
             };
             if exited || Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("benchfsd.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.join("benchfsd.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(format!("benchfsd did not come up; its log ends:\n{}", tail.join("\n")).into());
+                return Err(format!(
+                    "benchfsd did not come up; its log ends:\n{}",
+                    tail.join("\n")
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -339,8 +430,14 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).stderr(Stdio::null()).status();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + SERVER_STOP_MAX;
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -361,7 +458,9 @@ impl Drop for Server {
 
 fn benchfsd_path() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or("cannot locate the benchfs binary's directory")?;
+    let dir = exe
+        .parent()
+        .ok_or("cannot locate the benchfs binary's directory")?;
     // Examples and tests live one level below the binaries.
     for candidate in [dir.join("benchfsd"), dir.join("../benchfsd")] {
         if candidate.exists() {
@@ -372,7 +471,9 @@ fn benchfsd_path() -> Result<PathBuf, CliError> {
 }
 
 fn print_table(variants: &[Variant]) {
-    let Some(first) = variants.first() else { return };
+    let Some(first) = variants.first() else {
+        return;
+    };
     let mut header = format!("{:<26}", "figure");
     for v in variants {
         header.push_str(&format!(" {:>14}", format!("poll={}us", v.busy_poll_us)));
@@ -388,12 +489,24 @@ fn print_table(variants: &[Variant]) {
     };
     for (i, r) in first.rtt.iter().enumerate() {
         let size = r.payload_bytes;
-        row(format!("rtt p50 us ({size} B)"), variants.iter().map(|v| us(v.rtt[i].p50_ns)).collect());
-        row(format!("rtt p99 us ({size} B)"), variants.iter().map(|v| us(v.rtt[i].p99_ns)).collect());
-        row(format!("rtt mean us ({size} B)"), variants.iter().map(|v| us(v.rtt[i].mean_ns)).collect());
+        row(
+            format!("rtt p50 us ({size} B)"),
+            variants.iter().map(|v| us(v.rtt[i].p50_ns)).collect(),
+        );
+        row(
+            format!("rtt p99 us ({size} B)"),
+            variants.iter().map(|v| us(v.rtt[i].p99_ns)).collect(),
+        );
+        row(
+            format!("rtt mean us ({size} B)"),
+            variants.iter().map(|v| us(v.rtt[i].mean_ns)).collect(),
+        );
     }
     for (i, b) in first.bw.iter().enumerate() {
-        row(format!("bw MiB/s ({})", size_label(b.payload_bytes)), variants.iter().map(|v| v.bw[i].mib_per_s()).collect());
+        row(
+            format!("bw MiB/s ({})", size_label(b.payload_bytes)),
+            variants.iter().map(|v| v.bw[i].mib_per_s()).collect(),
+        );
     }
 }
 
@@ -410,11 +523,24 @@ fn us(nanos: u64) -> f64 {
 }
 
 fn join(values: &[u64]) -> String {
-    values.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    values
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the host skews every figure.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn nproc() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
 }
 
 fn cpu_model() -> String {
@@ -445,7 +571,8 @@ fn commit() -> String {
     };
     match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(sha) if !sha.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{sha}-dirty")
             } else {

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::ops::RemoteBuffer;
-use benchfs_proto::{Frame, OpCode, Status};
+use benchfs_proto::{DecodeError, Frame, OpCode, Status};
 use benchfs_store::{ChunkBuf, ChunkStore};
 use benchfs_ucx::{AmMessage, AmProto, Endpoint, Listener, RemoteKey, Worker};
 use tokio::sync::Semaphore;
 
 use super::{StoreBuf, REPLY_AM_ID, REQUEST_AM_ID, SERVER_QUEUE_MAX};
-use crate::server::{DataMover, Payload, Reply, ServerState};
+use crate::server::{store_status, DataMover, Payload, Reply, ServerState};
 
 /// Settings of a serving loop.
 #[derive(Debug, Clone)]
@@ -98,12 +98,16 @@ async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usiz
         tracing::warn!("request without a reply endpoint; dropped");
         return;
     };
-    let frame = match Frame::decode(msg.header(), msg.data_len()) {
-        Ok(f) if !f.is_reply => f,
-        Ok(_) => {
-            tracing::warn!("a reply arrived on the request channel; dropped");
-            return;
-        }
+    // A reply on the request channel is as malformed as a bad header: count and refuse it.
+    let decoded = Frame::decode(msg.header(), msg.data_len()).and_then(|f| match f.is_reply {
+        false => Ok(f),
+        true => Err(DecodeError::BadField {
+            field: "flags",
+            reason: "a reply on the request channel",
+        }),
+    });
+    let frame = match decoded {
+        Ok(f) => f,
         Err(e) => {
             state
                 .counters
@@ -136,13 +140,14 @@ async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usiz
         let buf = match state.store().buffer(frame.payload_len).await {
             Ok(b) => b,
             Err(e) => {
+                // The store refuses a buffer longer than a chunk: the request is at fault.
                 tracing::warn!(error = %e, "no buffer for an incoming payload");
-                let busy = Reply {
-                    status: Status::Busy,
+                let refused = Reply {
+                    status: store_status(e),
                     body: Vec::new(),
                     payload: None,
                 };
-                send_reply(&ep, frame.op, frame.request_id, busy, threshold).await;
+                send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
                 return;
             }
         };

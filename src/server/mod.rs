@@ -87,7 +87,7 @@ impl From<Result<Reply, Status>> for Reply {
 }
 
 /// Turns a store error into a wire status, logging what the status cannot carry.
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     let status = match e.errno() {
         libc::ENOSPC => Status::NoSpace,
         libc::EINVAL | libc::ERANGE | libc::EFBIG => Status::InvalidArgument,

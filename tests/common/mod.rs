@@ -284,15 +284,15 @@ impl Cluster {
         let mut cluster = Cluster::start(ClusterSpec { servers: 0, ..spec });
         cluster.spec.servers = servers;
         for i in 0..servers {
-            let child = cluster.spawn_with_args(i, extra);
+            let child = cluster.spawn_with_args(i, extra, &[]);
             cluster.children.push(Some(child));
         }
         cluster.wait_published(servers);
         cluster
     }
 
-    /// Starts server `i` with `extra` arguments after the usual ones.
-    fn spawn_with_args(&self, i: usize, extra: &[String]) -> Child {
+    /// Starts server `i` with `extra` arguments after the usual ones, and `envs` set.
+    fn spawn_with_args(&self, i: usize, extra: &[String], envs: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -306,6 +306,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(extra)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -314,13 +315,32 @@ impl Cluster {
     }
 
     /// Starts server `i` again on the same data directory, listening on `bind` (for
-    /// example the address it had before), and waits for it.
+    /// example the address it had before), and waits for it. The server sets SO_REUSEADDR
+    /// (`UCX_TCP_CM_REUSEADDR`), so a later `restart_at` can take its port back while the
+    /// connections it had linger in TIME_WAIT; Linux allows that only when both the old
+    /// and the new server set the option.
     pub fn restart_at(&mut self, i: usize, bind: std::net::SocketAddr) {
         assert!(self.children[i].is_none(), "stop or kill it first");
         let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
         let _ = std::fs::remove_file(entry);
-        self.children[i] = Some(self.spawn_with_args(i, &["--bind".to_string(), bind.to_string()]));
-        self.wait_published(self.spec.servers);
+        self.children[i] = Some(self.spawn_with_args(
+            i,
+            &["--bind".to_string(), bind.to_string()],
+            &[("UCX_TCP_CM_REUSEADDR", "y")],
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while benchfs::registry::read(&self.registry())
+            .map(|e| e.len())
+            .unwrap_or(0)
+            < self.spec.servers
+        {
+            if !self.is_running(i) || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                panic!("server {i} did not come back on {bind}; its log ends:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The address server `i` published in the registry.
