@@ -181,7 +181,8 @@ pub fn run(args: Args) -> Result<(), DaemonError> {
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let state = Rc::new(ServerState::open(&config, secret)?);
-    let context = Context::new(Features::ALL)?;
+    // A restarted server binds the port it had while old connections sit in TIME_WAIT.
+    let context = Context::with_config(Features::ALL, &[("TCP_CM_REUSEADDR", "y")])?;
     let worker = Worker::new(&context)?;
     let progress =
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use benchfs::api::{BenchFS, OpenFlags, Whence};
 use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops::READDIR_PAGE_MAX;
-use common::{errno_of, pattern, read_file, stats, try_read_file, write_file, Cluster, ClusterSpec};
+use common::{
+    errno_of, pattern, read_file, stats, try_read_file, write_file, Cluster, ClusterSpec,
+};
 
 /// The chunk size every test cluster uses (`ClusterSpec::default`).
 const CHUNK: u64 = 64 * 1024;
@@ -55,7 +57,10 @@ fn files_straddling_chunk_boundaries_round_trip() {
         writer.close(fd).unwrap();
         for path in [&whole, &pieces] {
             assert_eq!(reader.stat(path).unwrap().size, len as u64, "{path}");
-            assert!(read_file(&reader, path) == data, "{path} read back differently");
+            assert!(
+                read_file(&reader, path) == data,
+                "{path} read back differently"
+            );
         }
     }
 }
@@ -68,7 +73,14 @@ fn pwrite_pread_at_odd_offsets() {
     write_file(&fs, "/p", &model);
     let fd = fs.open("/p", OpenFlags::RDWR, 0).unwrap();
     // (offset, len): inside a chunk, across one boundary, across two, and past the end.
-    let writes = [(5, 3), (C - 5, 10), (C + 1, 2 * C), (2 * C - 1, 1), (3 * C + 10, 100), (4 * C + 3, C + 9)];
+    let writes = [
+        (5, 3),
+        (C - 5, 10),
+        (C + 1, 2 * C),
+        (2 * C - 1, 1),
+        (3 * C + 10, 100),
+        (4 * C + 3, C + 9),
+    ];
     for (i, &(offset, len)) in writes.iter().enumerate() {
         let data = pattern(len, 1000 + i as u64);
         assert_eq!(fs.pwrite(fd, &data, offset as u64).unwrap(), len);
@@ -78,16 +90,28 @@ fn pwrite_pread_at_odd_offsets() {
         model[offset..offset + len].copy_from_slice(&data);
     }
     assert_eq!(fs.fstat(fd).unwrap().size, model.len() as u64);
-    for &(offset, len) in &[(0, model.len()), (1, C), (C - 1, 2), (2 * C + 7, C * 2), (model.len() - 3, 10)] {
+    for &(offset, len) in &[
+        (0, model.len()),
+        (1, C),
+        (C - 1, 2),
+        (2 * C + 7, C * 2),
+        (model.len() - 3, 10),
+    ] {
         let mut buf = vec![0xAAu8; len];
         let n = fs.pread(fd, &mut buf, offset as u64).unwrap();
         let want = &model[offset..(offset + len).min(model.len())];
         assert_eq!(n, want.len(), "pread({offset}, {len})");
-        assert!(&buf[..n] == want, "pread({offset}, {len}) returned other bytes");
+        assert!(
+            &buf[..n] == want,
+            "pread({offset}, {len}) returned other bytes"
+        );
     }
     let mut buf = [0u8; 8];
     assert_eq!(fs.pread(fd, &mut buf, model.len() as u64).unwrap(), 0);
-    assert_eq!(fs.pread(fd, &mut buf, model.len() as u64 + CHUNK).unwrap(), 0);
+    assert_eq!(
+        fs.pread(fd, &mut buf, model.len() as u64 + CHUNK).unwrap(),
+        0
+    );
     fs.close(fd).unwrap();
     let other = cluster.client();
     assert!(read_file(&other, "/p") == model);
@@ -102,7 +126,10 @@ fn seek_start_current_end() {
     let fd = fs.open("/s", OpenFlags::RDWR, 0).unwrap();
     let size = data.len() as u64;
     let mut buf = vec![0u8; 40];
-    assert_eq!(fs.seek(fd, CHUNK as i64 - 10, Whence::Start).unwrap(), CHUNK - 10);
+    assert_eq!(
+        fs.seek(fd, CHUNK as i64 - 10, Whence::Start).unwrap(),
+        CHUNK - 10
+    );
     assert_eq!(fs.read(fd, &mut buf[..20]).unwrap(), 20);
     assert_eq!(&buf[..20], &data[C - 10..C + 10]);
     assert_eq!(fs.seek(fd, -30, Whence::Current).unwrap(), CHUNK - 20);
@@ -113,7 +140,10 @@ fn seek_start_current_end() {
     assert_eq!(fs.read(fd, &mut buf).unwrap(), 17);
     assert_eq!(&buf[..17], &data[data.len() - 17..]);
     assert_eq!(fs.read(fd, &mut buf).unwrap(), 0);
-    assert_eq!(errno_of(fs.seek(fd, -(size as i64) - 1, Whence::End)), libc::EINVAL);
+    assert_eq!(
+        errno_of(fs.seek(fd, -(size as i64) - 1, Whence::End)),
+        libc::EINVAL
+    );
     assert_eq!(errno_of(fs.seek(fd, -1, Whence::Start)), libc::EINVAL);
     // Seeking past the end and writing leaves a hole.
     assert_eq!(fs.seek(fd, 10, Whence::End).unwrap(), size + 10);
@@ -131,7 +161,9 @@ fn append_writes_at_the_end() {
     let fs = cluster.client();
     let head = pattern(C - 3, 9);
     write_file(&fs, "/a", &head);
-    let fd = fs.open("/a", OpenFlags::WRITE | OpenFlags::APPEND, 0).unwrap();
+    let fd = fs
+        .open("/a", OpenFlags::WRITE | OpenFlags::APPEND, 0)
+        .unwrap();
     assert_eq!(fs.write(fd, b"0123456789").unwrap(), 10);
     // The position does not matter with APPEND.
     fs.seek(fd, 0, Whence::Start).unwrap();
@@ -156,10 +188,16 @@ fn sparse_writes_read_zeros_in_holes() {
     assert_eq!(fs.pwrite(fd, &data, offset as u64).unwrap(), data.len());
     fs.close(fd).unwrap();
     let reader = cluster.client();
-    assert_eq!(reader.stat("/sparse").unwrap().size, (offset + data.len()) as u64);
+    assert_eq!(
+        reader.stat("/sparse").unwrap().size,
+        (offset + data.len()) as u64
+    );
     let got = read_file(&reader, "/sparse");
     assert_eq!(got.len(), offset + data.len());
-    assert!(got[..offset].iter().all(|&b| b == 0), "the hole before the data is not zeros");
+    assert!(
+        got[..offset].iter().all(|&b| b == 0),
+        "the hole before the data is not zeros"
+    );
     assert!(got[offset..] == data[..]);
 
     // A hole inside one chunk, between two writes to it.
@@ -171,7 +209,10 @@ fn sparse_writes_read_zeros_in_holes() {
     assert_eq!(got.len(), C + 1006);
     assert!(got[..C + 10].iter().all(|&b| b == 0));
     assert_eq!(&got[C + 10..C + 15], b"first");
-    assert!(got[C + 15..C + 1000].iter().all(|&b| b == 0), "the hole inside the chunk is not zeros");
+    assert!(
+        got[C + 15..C + 1000].iter().all(|&b| b == 0),
+        "the hole inside the chunk is not zeros"
+    );
     assert_eq!(&got[C + 1000..], b"second");
 }
 
@@ -193,7 +234,10 @@ fn truncate_shrink_grow_and_trunc_flag() {
     let got = read_file(&reader, "/t");
     assert_eq!(got.len(), grown);
     assert!(got[..cut] == data[..cut]);
-    assert!(got[cut..].iter().all(|&b| b == 0), "old data showed through after shrink and grow");
+    assert!(
+        got[cut..].iter().all(|&b| b == 0),
+        "old data showed through after shrink and grow"
+    );
 
     fs.truncate("/t", 0).unwrap();
     assert_eq!(reader.stat("/t").unwrap().size, 0);
@@ -211,16 +255,23 @@ fn truncate_shrink_grow_and_trunc_flag() {
 
     // TRUNC on open empties the file and its chunks.
     write_file(&fs, "/tf", &data);
-    let fd = fs.open("/tf", OpenFlags::WRITE | OpenFlags::TRUNC, 0).unwrap();
+    let fd = fs
+        .open("/tf", OpenFlags::WRITE | OpenFlags::TRUNC, 0)
+        .unwrap();
     assert_eq!(fs.fstat(fd).unwrap().size, 0);
     fs.pwrite(fd, b"end", 2 * CHUNK).unwrap();
     fs.close(fd).unwrap();
     let got = read_file(&reader, "/tf");
     assert_eq!(got.len(), 2 * C + 3);
-    assert!(got[..2 * C].iter().all(|&b| b == 0), "TRUNC left old data behind");
+    assert!(
+        got[..2 * C].iter().all(|&b| b == 0),
+        "TRUNC left old data behind"
+    );
     assert_eq!(&got[2 * C..], b"end");
     // TRUNC without write access leaves the file alone.
-    let fd = fs.open("/tf", OpenFlags::READ | OpenFlags::TRUNC, 0).unwrap();
+    let fd = fs
+        .open("/tf", OpenFlags::READ | OpenFlags::TRUNC, 0)
+        .unwrap();
     fs.close(fd).unwrap();
     assert_eq!(reader.stat("/tf").unwrap().size, 2 * CHUNK + 3);
 }
@@ -247,7 +298,10 @@ fn concurrent_clients_on_distinct_files() {
     for t in 0..threads {
         for round in 0..3 {
             let path = format!("/t{t}-{round}");
-            assert!(read_file(&fs, &path) == pattern(2 * C + 1234 * t + round, (t * 10 + round) as u64), "{path}");
+            assert!(
+                read_file(&fs, &path) == pattern(2 * C + 1234 * t + round, (t * 10 + round) as u64),
+                "{path}"
+            );
         }
     }
 }
@@ -264,7 +318,9 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
             let (cluster, barrier) = (&cluster, &barrier);
             s.spawn(move || {
                 let fs = cluster.client();
-                let fd = fs.open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644).unwrap();
+                let fd = fs
+                    .open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+                    .unwrap();
                 barrier.wait();
                 // Write the range in odd pieces, last piece first, so sizes grow out of order.
                 let data = pattern(range, 500 + t as u64);
@@ -284,7 +340,10 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
     let got = read_file(&fs, "/shared");
     assert_eq!(got.len(), threads * range);
     for t in 0..threads {
-        assert!(got[t * range..(t + 1) * range] == pattern(range, 500 + t as u64)[..], "range of thread {t} differs");
+        assert!(
+            got[t * range..(t + 1) * range] == pattern(range, 500 + t as u64)[..],
+            "range of thread {t} differs"
+        );
     }
 }
 
@@ -313,20 +372,38 @@ fn readdir_spans_every_server_and_pages() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "readdir is not sorted");
-    let got: BTreeMap<_, _> = entries.iter().map(|e| (e.name.clone(), (e.meta.kind, e.meta.size))).collect();
+    let got: BTreeMap<_, _> = entries
+        .iter()
+        .map(|e| (e.name.clone(), (e.meta.kind, e.meta.size)))
+        .collect();
     assert_eq!(got.len(), entries.len(), "readdir returned a name twice");
     assert_eq!(got, want);
 
     let after = stats(&fs);
-    let landed: Vec<u64> = before.iter().zip(&after).map(|(b, a)| a.metadata_records - b.metadata_records).collect();
+    let landed: Vec<u64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.metadata_records - b.metadata_records)
+        .collect();
     assert_eq!(landed.iter().sum::<u64>(), count as u64);
-    assert!(landed.iter().all(|&n| n > 0), "some server holds no entry: {landed:?}");
-    assert!(landed.iter().any(|&n| n > READDIR_PAGE_MAX as u64), "no server needed a second page: {landed:?}");
+    assert!(
+        landed.iter().all(|&n| n > 0),
+        "some server holds no entry: {landed:?}"
+    );
+    assert!(
+        landed.iter().any(|&n| n > READDIR_PAGE_MAX as u64),
+        "no server needed a second page: {landed:?}"
+    );
 
     assert!(fs.readdir("/d/e0000-0").unwrap().is_empty());
     assert_eq!(errno_of(fs.readdir("/d/e7919-1")), libc::ENOTDIR);
     assert_eq!(errno_of(fs.readdir("/missing")), libc::ENOENT);
-    let root: Vec<_> = fs.readdir("/").unwrap().into_iter().map(|e| e.name).collect();
+    let root: Vec<_> = fs
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(root, ["d"]);
 }
 
@@ -339,7 +416,10 @@ fn namespace_errors_have_the_right_errno() {
     fs.mkdir("/full", 0o755).unwrap();
     write_file(&fs, "/full/child", b"y");
 
-    assert_eq!(errno_of(fs.open("/missing", OpenFlags::READ, 0)), libc::ENOENT);
+    assert_eq!(
+        errno_of(fs.open("/missing", OpenFlags::READ, 0)),
+        libc::ENOENT
+    );
     assert_eq!(errno_of(fs.stat("/missing")), libc::ENOENT);
     assert_eq!(errno_of(fs.create("/nodir/f", 0o644)), libc::ENOENT);
     assert_eq!(errno_of(fs.mkdir("/nodir/d", 0o755)), libc::ENOENT);
@@ -363,14 +443,20 @@ fn namespace_errors_have_the_right_errno() {
 
     assert_eq!(errno_of(fs.unlink("/dir")), libc::EISDIR);
     assert_eq!(errno_of(fs.open("/dir", OpenFlags::WRITE, 0)), libc::EISDIR);
-    assert_eq!(errno_of(fs.open("/dir", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)), libc::EISDIR);
+    assert_eq!(
+        errno_of(fs.open("/dir", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)),
+        libc::EISDIR
+    );
     assert_eq!(errno_of(fs.truncate("/dir", 0)), libc::EISDIR);
 
     assert_eq!(errno_of(fs.rmdir("/full")), libc::ENOTEMPTY);
 
     let name255 = "n".repeat(255);
     fs.mkdir(&format!("/{name255}"), 0o755).unwrap();
-    assert_eq!(errno_of(fs.create(&format!("/{}", "n".repeat(256)), 0o644)), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno_of(fs.create(&format!("/{}", "n".repeat(256)), 0o644)),
+        libc::ENAMETOOLONG
+    );
     let long = format!("/{name255}").repeat(16);
     assert!(long.len() > 4095);
     assert_eq!(errno_of(fs.create(&long, 0o644)), libc::ENAMETOOLONG);
@@ -414,7 +500,12 @@ fn rename_files_and_directories() {
     fs.rename("/b", "/dir/b").unwrap();
     assert!(read_file(&reader, "/dir/b") == a);
     assert_eq!(errno_of(reader.stat("/b")), libc::ENOENT);
-    let names: Vec<_> = reader.readdir("/dir").unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<_> = reader
+        .readdir("/dir")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["b"]);
 
     fs.mkdir("/empty", 0o755).unwrap();
@@ -471,7 +562,11 @@ fn restart_keeps_data(spec: ClusterSpec) {
     };
     let mut files = write_fixture_files(&cluster.client(), 1);
     for i in 0..cluster.spec.servers {
-        assert!(cluster.stop(i), "server {i} did not exit 0 on SIGTERM; see {}", cluster.log_path(i).display());
+        assert!(
+            cluster.stop(i),
+            "server {i} did not exit 0 on SIGTERM; see {}",
+            cluster.log_path(i).display()
+        );
         cluster.restart(i);
     }
     let fs = cluster.client();
@@ -493,17 +588,27 @@ fn restart_keeps_data(spec: ClusterSpec) {
 
 #[test]
 fn restart_keeps_data_file_backend() {
-    restart_keeps_data(ClusterSpec { backend: "file", ..ClusterSpec::default() });
+    restart_keeps_data(ClusterSpec {
+        backend: "file",
+        ..ClusterSpec::default()
+    });
 }
 
 #[test]
 fn restart_keeps_data_iouring_backend() {
-    restart_keeps_data(ClusterSpec { backend: "iouring", ..ClusterSpec::default() });
+    restart_keeps_data(ClusterSpec {
+        backend: "iouring",
+        ..ClusterSpec::default()
+    });
 }
 
 #[test]
 fn reads_fail_over_to_a_replica() {
-    let mut cluster = Cluster::start(ClusterSpec { replicas: 2, rpc_timeout_ms: 1500, ..ClusterSpec::default() });
+    let mut cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        rpc_timeout_ms: 1500,
+        ..ClusterSpec::default()
+    });
     let old = cluster.client();
     let files = write_fixture_files(&old, 1);
     check_files(&old, &files);
@@ -515,7 +620,11 @@ fn reads_fail_over_to_a_replica() {
 #[test]
 fn reads_from_a_dead_server_fail_without_hanging() {
     let timeout = Duration::from_millis(1500);
-    let mut cluster = Cluster::start(ClusterSpec { replicas: 1, rpc_timeout_ms: timeout.as_millis() as u64, ..ClusterSpec::default() });
+    let mut cluster = Cluster::start(ClusterSpec {
+        replicas: 1,
+        rpc_timeout_ms: timeout.as_millis() as u64,
+        ..ClusterSpec::default()
+    });
     let files = write_fixture_files(&cluster.client(), 1);
     cluster.kill(2);
     let fs = cluster.client();
@@ -525,11 +634,18 @@ fn reads_from_a_dead_server_fail_without_hanging() {
         let result = try_read_file(&fs, path);
         let took = start.elapsed();
         // A liveness bound, not a timing assertion: a hang would take forever.
-        assert!(took < timeout + Duration::from_secs(5), "{path}: took {took:?}");
+        assert!(
+            took < timeout + Duration::from_secs(5),
+            "{path}: took {took:?}"
+        );
         match result {
             Ok(got) => assert!(got == *data, "{path} read back differently"),
             Err(e) => {
-                assert!([libc::EIO, libc::ETIMEDOUT].contains(&e.errno()), "{path}: {e} (errno {})", e.errno());
+                assert!(
+                    [libc::EIO, libc::ETIMEDOUT].contains(&e.errno()),
+                    "{path}: {e} (errno {})",
+                    e.errno()
+                );
                 failed += 1;
             }
         }
@@ -561,15 +677,27 @@ fn bad_paths_are_refused_and_create_nothing() {
     for (path, want) in cases {
         let shown = &path[..path.len().min(40)];
         assert_eq!(errno_of(fs.create(path, 0o644)), want, "create {shown:?}");
-        assert_eq!(errno_of(fs.open(path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)), want, "open {shown:?}");
+        assert_eq!(
+            errno_of(fs.open(path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)),
+            want,
+            "open {shown:?}"
+        );
         assert_eq!(errno_of(fs.mkdir(path, 0o755)), want, "mkdir {shown:?}");
         assert_eq!(errno_of(fs.stat(path)), want, "stat {shown:?}");
         assert_eq!(errno_of(fs.unlink(path)), want, "unlink {shown:?}");
         assert_eq!(errno_of(fs.rmdir(path)), want, "rmdir {shown:?}");
         assert_eq!(errno_of(fs.readdir(path)), want, "readdir {shown:?}");
         assert_eq!(errno_of(fs.truncate(path, 1)), want, "truncate {shown:?}");
-        assert_eq!(errno_of(fs.rename("/ok", path)), want, "rename to {shown:?}");
-        assert_eq!(errno_of(fs.rename(path, "/x")), want, "rename from {shown:?}");
+        assert_eq!(
+            errno_of(fs.rename("/ok", path)),
+            want,
+            "rename to {shown:?}"
+        );
+        assert_eq!(
+            errno_of(fs.rename(path, "/x")),
+            want,
+            "rename from {shown:?}"
+        );
     }
     assert_eq!(fs.readdir("/").unwrap(), root_before);
     assert_eq!(records(&cluster.client()), records_before);
@@ -583,7 +711,8 @@ const WRITER_ENV: &str = "BFS_IT_WRITER_CONFIG";
 fn a_client_killed_mid_write_leaves_servers_healthy() {
     if let Some(config) = std::env::var_os(WRITER_ENV) {
         // The child: write a large file, over and over, until killed.
-        let config = benchfs::config::ServerConfig::from_file(std::path::Path::new(&config)).unwrap();
+        let config =
+            benchfs::config::ServerConfig::from_file(std::path::Path::new(&config)).unwrap();
         let fs = BenchFS::connect(&config).unwrap();
         let data = pattern(1 << 20, 3);
         let fd = fs.create("/victim", 0o644).unwrap();
@@ -597,7 +726,12 @@ fn a_client_killed_mid_write_leaves_servers_healthy() {
     }
     let cluster = Cluster::start(ClusterSpec::default());
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_client_killed_mid_write_leaves_servers_healthy", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "a_client_killed_mid_write_leaves_servers_healthy",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(WRITER_ENV, &cluster.config_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -628,12 +762,32 @@ fn a_client_killed_mid_write_leaves_servers_healthy() {
 fn quickstart_example_runs() {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    let example = deps.parent().unwrap().join("examples").join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
-    assert!(example.exists(), "{} is missing; `cargo test` (or `cargo build --examples`) builds it", example.display());
+    let example = deps
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        example.exists(),
+        "{} is missing; `cargo test` (or `cargo build --examples`) builds it",
+        example.display()
+    );
     let cluster = Cluster::start(ClusterSpec::default());
-    let out = Command::new(&example).arg(cluster.registry()).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(&example)
+        .arg(cluster.registry())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "quickstart failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "quickstart failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Hello, BenchFS!"), "{stdout}");
-    assert_eq!(read_file(&cluster.client(), "/hello.txt"), b"Hello, BenchFS!");
+    assert_eq!(
+        read_file(&cluster.client(), "/hello.txt"),
+        b"Hello, BenchFS!"
+    );
 }

@@ -504,6 +504,32 @@ fn handshake_checks_the_job_secret() {
         }
         let conn = rpc_client(b"job-42-secret").connect(addr).await.unwrap();
         assert_serves(&conn, 1).await;
+
+        // A peer that skipped the handshake could create files on a server with a secret:
+        // every request before a successful Hello must be refused.
+        let raw = RawPeer::connect(addr);
+        let body = ops::CreateRequest {
+            path: "/sneaky".into(),
+            mode: 0o644,
+        }
+        .to_bytes();
+        raw.send(
+            request(OpCode::MetadataCreateFile, 7, &body, 0),
+            Vec::new(),
+            AmProto::Eager,
+        )
+        .await;
+        let (frame, _) = raw
+            .reply(7, FAIL_BOUND)
+            .await
+            .expect("an answer to the request");
+        assert_eq!(frame.status, Status::PermissionDenied.to_wire());
+        let lookup = conn
+            .call::<ops::MetadataLookup>(&ops::PathRequest {
+                path: "/sneaky".into(),
+            })
+            .await;
+        assert_eq!(status_of(lookup), Status::NotFound, "nothing was created");
     });
 }
 

@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
-use benchfs_proto::ops::RemoteBuffer;
 use benchfs_proto::{DecodeError, Frame, OpCode, Status};
-use benchfs_store::{ChunkBuf, ChunkStore};
-use benchfs_ucx::{AmMessage, AmProto, Endpoint, Listener, RemoteKey, Worker};
+use benchfs_store::ChunkStore;
+use benchfs_ucx::{AmMessage, AmProto, Endpoint, Listener, Worker};
 use tokio::sync::Semaphore;
 
 use super::{StoreBuf, REPLY_AM_ID, REQUEST_AM_ID, SERVER_QUEUE_MAX};
-use crate::server::{store_status, DataMover, Payload, Reply, ServerState};
+use crate::server::{store_status, Payload, Reply, ServerState};
 
 /// Settings of a serving loop.
 #[derive(Debug, Clone)]
@@ -56,6 +55,7 @@ pub async fn serve(
         })
     };
     let inflight = Arc::new(Semaphore::new(options.inflight_max));
+    let handshakes = Rc::new(Handshakes::new(state.requires_handshake()));
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
     loop {
         let msg = tokio::select! {
@@ -69,9 +69,10 @@ pub async fn serve(
             break;
         };
         let state = Rc::clone(&state);
+        let handshakes = Rc::clone(&handshakes);
         let threshold = options.rdma_threshold;
         tokio::task::spawn_local(async move {
-            handle_message(&state, msg, threshold).await;
+            handle_message(&state, &handshakes, msg, threshold).await;
             drop(permit);
         });
     }
@@ -87,13 +88,51 @@ pub async fn serve(
     Ok(())
 }
 
+/// The connections that completed a handshake with the job secret. Enforced only when the
+/// server has a secret; a list scanned per request, which stays cheap for the few hundred
+/// clients one server sees.
+struct Handshakes {
+    required: bool,
+    admitted: RefCell<Vec<Endpoint>>,
+}
+
+impl Handshakes {
+    fn new(required: bool) -> Self {
+        Handshakes {
+            required,
+            admitted: RefCell::default(),
+        }
+    }
+
+    fn admits(&self, ep: &Endpoint) -> bool {
+        !self.required || self.admitted.borrow().iter().any(|e| e.same_as(ep))
+    }
+
+    fn admit(&self, ep: &Endpoint) {
+        if self.required {
+            let mut admitted = self.admitted.borrow_mut();
+            // Holding the endpoint keeps its handle from being reused by another peer;
+            // failed ones are let go here.
+            admitted.retain(|e| !e.is_failed());
+            if !admitted.iter().any(|e| e.same_as(ep)) {
+                admitted.push(ep.clone());
+            }
+        }
+    }
+}
+
 /// A request id read from the raw header, for answering frames that do not decode.
 fn raw_request_id(header: &[u8]) -> Option<u64> {
     let bytes = header.get(8..16)?;
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
-async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usize) {
+async fn handle_message(
+    state: &ServerState,
+    authenticated: &Handshakes,
+    mut msg: AmMessage,
+    threshold: usize,
+) {
     let Some(ep) = msg.reply_endpoint().cloned() else {
         tracing::warn!("request without a reply endpoint; dropped");
         return;
@@ -177,8 +216,20 @@ async fn handle_message(state: &ServerState, mut msg: AmMessage, threshold: usiz
         None if inline.is_empty() => Payload::None,
         None => Payload::Bytes(inline),
     };
-    let mover = UcxMover { ep: ep.clone() };
-    let reply = state.handle(frame.op, body, payload, &mover).await;
+    let reply = if frame.op != OpCode::Hello && !authenticated.admits(&ep) {
+        tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
+        Reply {
+            status: Status::PermissionDenied,
+            body: Vec::new(),
+            payload: None,
+        }
+    } else {
+        let reply = state.handle(frame.op, body, payload).await;
+        if frame.op == OpCode::Hello && reply.status == Status::Ok {
+            authenticated.admit(&ep);
+        }
+        reply
+    };
     send_reply(&ep, frame.op, frame.request_id, reply, threshold).await;
 }
 
@@ -222,58 +273,5 @@ async fn send_reply(ep: &Endpoint, op: OpCode, request_id: u64, reply: Reply, th
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "sending a reply failed; the client is gone");
-    }
-}
-
-/// Moves RDMA payloads with UCX get/put on the requesting client's endpoint.
-struct UcxMover {
-    ep: Endpoint,
-}
-
-impl UcxMover {
-    fn rkey(&self, remote: &RemoteBuffer) -> Result<RemoteKey, Status> {
-        RemoteKey::unpack(&self.ep, &remote.rkey).map_err(|e| {
-            tracing::warn!(error = %e, "bad remote key");
-            Status::InvalidArgument
-        })
-    }
-}
-
-impl DataMover for UcxMover {
-    async fn pull(&self, remote: &RemoteBuffer, buf: ChunkBuf) -> (Result<(), Status>, ChunkBuf) {
-        let rkey = match self.rkey(remote) {
-            Ok(k) => k,
-            Err(s) => return (Err(s), buf),
-        };
-        // The request owns the buffer until UCX is done with it; on failure it is gone
-        // with the request, so the caller gets a fresh, empty one back.
-        let len = buf.len();
-        match self.ep.get(StoreBuf(buf), remote.addr, &rkey).await {
-            Ok(StoreBuf(b)) => (Ok(()), b),
-            Err(e) => {
-                tracing::warn!(error = %e, "RMA get failed");
-                (Err(Status::Unavailable), ChunkBuf::with_len(len))
-            }
-        }
-    }
-
-    async fn push(&self, buf: ChunkBuf, remote: &RemoteBuffer) -> (Result<(), Status>, ChunkBuf) {
-        let rkey = match self.rkey(remote) {
-            Ok(k) => k,
-            Err(s) => return (Err(s), buf),
-        };
-        let len = buf.len();
-        let result: Result<(), benchfs_ucx::UcxError> =
-            match self.ep.put(StoreBuf(buf), remote.addr, &rkey).await {
-                Ok(StoreBuf(b)) => match self.ep.flush().await {
-                    Ok(()) => return (Ok(()), b),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "RMA put failed");
-        }
-        (Err(Status::Unavailable), ChunkBuf::with_len(len))
     }
 }

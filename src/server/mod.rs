@@ -11,7 +11,7 @@ mod journal;
 
 use std::cell::{Cell, RefCell};
 
-use benchfs_proto::ops::{self as op, Message, RemoteBuffer};
+use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, StoreError};
 
@@ -20,15 +20,6 @@ use crate::metadata::{MetadataManager, SizeUpdate};
 use crate::placement::node_tag;
 
 pub use journal::{Journal, JournalError};
-
-/// Moves payload bytes between a client's registered buffer and a server buffer (RMA).
-#[allow(async_fn_in_trait)]
-pub trait DataMover {
-    /// Fills `buf` (its whole length) from the client's `remote` buffer.
-    async fn pull(&self, remote: &RemoteBuffer, buf: ChunkBuf) -> (Result<(), Status>, ChunkBuf);
-    /// Sends `buf` (its whole length) into the client's `remote` buffer.
-    async fn push(&self, buf: ChunkBuf, remote: &RemoteBuffer) -> (Result<(), Status>, ChunkBuf);
-}
 
 /// The inline payload that came with a request.
 #[derive(Debug)]
@@ -160,6 +151,11 @@ impl ServerState {
         }
     }
 
+    /// Whether clients must complete a handshake with the job secret before anything else.
+    pub fn requires_handshake(&self) -> bool {
+        !self.secret.is_empty()
+    }
+
     /// This server's node id.
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -183,15 +179,9 @@ impl ServerState {
     }
 
     /// Handles one request. `body` is the operation body, `payload` the inline payload.
-    pub async fn handle<M: DataMover>(
-        &self,
-        op: OpCode,
-        body: &[u8],
-        payload: Payload<'_>,
-        mover: &M,
-    ) -> Reply {
+    pub async fn handle(&self, op: OpCode, body: &[u8], payload: Payload<'_>) -> Reply {
         self.counters.requests.set(self.counters.requests.get() + 1);
-        let reply = self.dispatch(op, body, payload, mover).await;
+        let reply = self.dispatch(op, body, payload).await;
         if reply.status == Status::Protocol {
             self.counters
                 .malformed
@@ -200,13 +190,7 @@ impl ServerState {
         reply
     }
 
-    async fn dispatch<M: DataMover>(
-        &self,
-        op: OpCode,
-        body: &[u8],
-        payload: Payload<'_>,
-        mover: &M,
-    ) -> Reply {
+    async fn dispatch(&self, op: OpCode, body: &[u8], payload: Payload<'_>) -> Reply {
         fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
             T::from_bytes(body).map_err(|e| {
                 tracing::warn!(error = %e, "malformed request body");
@@ -223,10 +207,8 @@ impl ServerState {
                     decode::<op::Empty>(body)?;
                     Reply::ok(&op::Empty)
                 }
-                OpCode::ReadChunk => return Ok(self.read_chunk(decode(body)?, mover).await),
-                OpCode::WriteChunk => {
-                    return Ok(self.write_chunk(decode(body)?, payload, mover).await)
-                }
+                OpCode::ReadChunk => return Ok(self.read_chunk(decode(body)?).await),
+                OpCode::WriteChunk => return Ok(self.write_chunk(decode(body)?, payload).await),
                 OpCode::MetadataLookup => {
                     let req: op::PathRequest = decode(body)?;
                     Reply::ok(&op::MetadataReply {
@@ -361,6 +343,12 @@ impl ServerState {
     }
 
     fn check_range(&self, req: &op::ChunkIo) -> Result<(ChunkId, usize), Status> {
+        // Explicit RMA to a client buffer is part of the wire format but not served: UCX
+        // unpacks remote keys without checking them, so a key from the network is trusted
+        // input, and rendezvous already lands payloads in store buffers without a copy.
+        if req.remote.is_some() {
+            return Err(Status::Unsupported);
+        }
         let end = req
             .offset
             .checked_add(req.len)
@@ -378,39 +366,22 @@ impl ServerState {
         ))
     }
 
-    async fn write_chunk<M: DataMover>(
-        &self,
-        req: op::ChunkIo,
-        payload: Payload<'_>,
-        mover: &M,
-    ) -> Reply {
+    async fn write_chunk(&self, req: op::ChunkIo, payload: Payload<'_>) -> Reply {
         let (id, len) = match self.check_range(&req) {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
-        if payload.len() != if req.remote.is_some() { 0 } else { len } {
-            return Reply::error(Status::Protocol);
-        }
         let buf = match payload {
-            Payload::Buf(b) => b,
-            other => {
+            Payload::Buf(b) if b.len() == len => b,
+            Payload::Bytes(bytes) if bytes.len() == len => {
                 let mut buf = match self.store.buffer(len).await {
                     Ok(b) => b,
                     Err(e) => return Reply::error(store_status(e)),
                 };
-                match (&req.remote, other) {
-                    (Some(remote), _) => {
-                        let (r, b) = mover.pull(remote, buf).await;
-                        if let Err(s) = r {
-                            return Reply::error(s);
-                        }
-                        buf = b;
-                    }
-                    (None, Payload::Bytes(bytes)) => buf.as_mut_slice().copy_from_slice(bytes),
-                    (None, _) => {}
-                }
+                buf.as_mut_slice().copy_from_slice(bytes);
                 buf
             }
+            _ => return Reply::error(Status::Protocol),
         };
         let (r, _buf) = self.store.write(id, req.offset, buf).await;
         match r {
@@ -419,14 +390,11 @@ impl ServerState {
         }
     }
 
-    async fn read_chunk<M: DataMover>(&self, req: op::ChunkIo, mover: &M) -> Reply {
+    async fn read_chunk(&self, req: op::ChunkIo) -> Reply {
         let (id, len) = match self.check_range(&req) {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
-        if req.remote.is_none() && req.len > benchfs_proto::frame::PAYLOAD_LEN_MAX {
-            return Reply::error(Status::InvalidArgument);
-        }
         let buf = match self.store.buffer(len).await {
             Ok(b) => b,
             Err(e) => return Reply::error(store_status(e)),
@@ -437,21 +405,10 @@ impl ServerState {
             Err(e) => return Reply::error(store_status(e)),
         };
         buf.truncate(n);
-        match &req.remote {
-            None => Reply {
-                status: Status::Ok,
-                body: op::ChunkIoReply { len: n as u64 }.to_bytes(),
-                payload: Some(buf),
-            },
-            Some(remote) => {
-                if n > 0 {
-                    let (r, _) = mover.push(buf, remote).await;
-                    if let Err(s) = r {
-                        return Reply::error(s);
-                    }
-                }
-                Reply::ok(&op::ChunkIoReply { len: n as u64 })
-            }
+        Reply {
+            status: Status::Ok,
+            body: op::ChunkIoReply { len: n as u64 }.to_bytes(),
+            payload: Some(buf),
         }
     }
 }
