@@ -118,6 +118,26 @@ fn pwrite_pread_at_odd_offsets() {
 }
 
 #[test]
+fn reopen_sees_data_written_since_with_chunk_cache_on() {
+    // A reader with the chunk cache on kept serving the chunks it had cached before another
+    // client rewrote the file and closed it, even after opening the file again, breaking
+    // close-to-open consistency.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let writer = cluster.client();
+    let mut config = cluster.config();
+    config.cache.chunk_cache_mb = 64;
+    let reader = BenchFS::connect(&config).unwrap();
+    let old = pattern(2 * C + 9, 30);
+    write_file(&writer, "/c", &old);
+    assert!(read_file(&reader, "/c") == old);
+    let new = pattern(2 * C + 9, 31);
+    let fd = writer.open("/c", OpenFlags::WRITE, 0).unwrap();
+    writer.write(fd, &new).unwrap();
+    writer.close(fd).unwrap();
+    assert!(read_file(&reader, "/c") == new, "reopen served stale cached chunks");
+}
+
+#[test]
 fn seek_start_current_end() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();
@@ -180,7 +200,16 @@ fn append_writes_at_the_end() {
 
 #[test]
 fn sparse_writes_read_zeros_in_holes() {
-    let cluster = Cluster::start(ClusterSpec::default());
+    sparse_writes(ClusterSpec::default());
+}
+
+#[test]
+fn sparse_writes_read_zeros_in_holes_file_backend() {
+    sparse_writes(ClusterSpec { backend: "file", ..ClusterSpec::default() });
+}
+
+fn sparse_writes(spec: ClusterSpec) {
+    let cluster = Cluster::start(spec);
     let fs = cluster.client();
     let data = pattern(100, 11);
     let offset = 5 * C + 3;
@@ -218,7 +247,16 @@ fn sparse_writes_read_zeros_in_holes() {
 
 #[test]
 fn truncate_shrink_grow_and_trunc_flag() {
-    let cluster = Cluster::start(ClusterSpec::default());
+    truncate_checks(ClusterSpec::default());
+}
+
+#[test]
+fn truncate_shrink_grow_and_trunc_flag_file_backend() {
+    truncate_checks(ClusterSpec { backend: "file", ..ClusterSpec::default() });
+}
+
+fn truncate_checks(spec: ClusterSpec) {
+    let cluster = Cluster::start(spec);
     let fs = cluster.client();
     let data = pattern(4 * C + 100, 12);
     write_file(&fs, "/t", &data);
@@ -240,17 +278,35 @@ fn truncate_shrink_grow_and_trunc_flag() {
     );
 
     fs.truncate("/t", 0).unwrap();
-    assert_eq!(reader.stat("/t").unwrap().size, 0);
+    assert_eq!(cluster.client().stat("/t").unwrap().size, 0);
     assert!(read_file(&reader, "/t").is_empty());
     fs.truncate("/t", CHUNK + 1).unwrap();
     assert!(read_file(&reader, "/t") == vec![0; C + 1]);
+
+    // A cut exactly on a chunk boundary keeps the chunk before it whole.
+    write_file(&fs, "/edge", &data);
+    fs.truncate("/edge", 2 * CHUNK).unwrap();
+    fs.truncate("/edge", 3 * CHUNK).unwrap();
+    let got = read_file(&reader, "/edge");
+    assert!(got[..2 * C] == data[..2 * C]);
+    assert!(got[2 * C..].iter().all(|&b| b == 0), "old data past a chunk-aligned cut");
+    // Writing past a cut does not bring the old bytes in between back.
+    fs.truncate("/edge", 10).unwrap();
+    let fd = fs.open("/edge", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"z", 2 * CHUNK + 1).unwrap();
+    fs.close(fd).unwrap();
+    let got = read_file(&reader, "/edge");
+    assert_eq!(got.len(), 2 * C + 2);
+    assert!(got[..10] == data[..10]);
+    assert!(got[10..2 * C + 1].iter().all(|&b| b == 0), "old data came back after a write past the cut");
+    assert_eq!(got[2 * C + 1], b'z');
 
     // Truncating a file this client has open counts its unpublished writes.
     let fd = fs.create("/open", 0o644).unwrap();
     fs.write(fd, &data[..2 * C]).unwrap();
     fs.truncate("/open", CHUNK - 1).unwrap();
     fs.close(fd).unwrap();
-    assert_eq!(reader.stat("/open").unwrap().size, CHUNK - 1);
+    assert_eq!(cluster.client().stat("/open").unwrap().size, CHUNK - 1);
     assert!(read_file(&reader, "/open") == data[..C - 1]);
 
     // TRUNC on open empties the file and its chunks.
@@ -273,7 +329,7 @@ fn truncate_shrink_grow_and_trunc_flag() {
         .open("/tf", OpenFlags::READ | OpenFlags::TRUNC, 0)
         .unwrap();
     fs.close(fd).unwrap();
-    assert_eq!(reader.stat("/tf").unwrap().size, 2 * CHUNK + 3);
+    assert_eq!(cluster.client().stat("/tf").unwrap().size, 2 * CHUNK + 3);
 }
 
 #[test]
@@ -492,14 +548,14 @@ fn rename_files_and_directories() {
     // Over an existing file: the target's old chunks go away.
     fs.rename("/a2", "/b").unwrap();
     let reader = cluster.client();
-    assert_eq!(errno_of(reader.stat("/a2")), libc::ENOENT);
+    assert_eq!(errno_of(cluster.client().stat("/a2")), libc::ENOENT);
     assert!(read_file(&reader, "/b") == a);
     assert_eq!(chunks(&fs), 4);
 
     fs.mkdir("/dir", 0o755).unwrap();
     fs.rename("/b", "/dir/b").unwrap();
     assert!(read_file(&reader, "/dir/b") == a);
-    assert_eq!(errno_of(reader.stat("/b")), libc::ENOENT);
+    assert_eq!(errno_of(cluster.client().stat("/b")), libc::ENOENT);
     let names: Vec<_> = reader
         .readdir("/dir")
         .unwrap()
@@ -511,7 +567,7 @@ fn rename_files_and_directories() {
     fs.mkdir("/empty", 0o755).unwrap();
     fs.rename("/empty", "/empty2").unwrap();
     assert!(reader.stat("/empty2").unwrap().is_dir());
-    assert_eq!(errno_of(reader.stat("/empty")), libc::ENOENT);
+    assert_eq!(errno_of(cluster.client().stat("/empty")), libc::ENOENT);
 
     assert_eq!(errno_of(fs.rename("/dir", "/dir2")), libc::EOPNOTSUPP);
     assert_eq!(read_file(&reader, "/dir/b").len(), a.len());
@@ -560,7 +616,8 @@ fn restart_keeps_data(spec: ClusterSpec) {
         }
         Err(e) => panic!("{e}"),
     };
-    let mut files = write_fixture_files(&cluster.client(), 1);
+    let old = cluster.client();
+    let mut files = write_fixture_files(&old, 1);
     for i in 0..cluster.spec.servers {
         assert!(
             cluster.stop(i),
@@ -584,6 +641,13 @@ fn restart_keeps_data(spec: ClusterSpec) {
     check_files(&fs, &files);
     files.extend(write_fixture_files(&fs, 3));
     check_files(&cluster.client(), &files);
+    // A client connected before every restart finds the servers again.
+    for (path, data) in &files {
+        let start = Instant::now();
+        let r = try_read_file(&old, path);
+        eprintln!("DBG {path}: {:?} {:?}", r.as_ref().map(|v| v.len() == data.len()).map_err(|e| e.to_string()), start.elapsed());
+    }
+    check_files(&old, &files);
 }
 
 #[test]
@@ -652,6 +716,13 @@ fn reads_from_a_dead_server_fail_without_hanging() {
     }
     // The 1 MiB file has 16 chunks spread over all four servers.
     assert!(failed > 0, "no read touched the dead server");
+    // Once the server is back (it is in-memory, so its share is gone), the same client
+    // works again: creating, writing and reading a new file touches every server.
+    cluster.restart(2);
+    let data = pattern(1 << 20, 77);
+    write_file(&fs, "/after-restart", &data);
+    assert!(read_file(&fs, "/after-restart") == data);
+    assert_eq!(stats(&fs).len(), 4);
 }
 
 #[test]
@@ -706,6 +777,8 @@ fn bad_paths_are_refused_and_create_nothing() {
 
 /// Set in the child process of `a_client_killed_mid_write_leaves_servers_healthy`.
 const WRITER_ENV: &str = "BFS_IT_WRITER_CONFIG";
+/// What the child prints once it is writing (libtest may print other text on that line).
+const WRITER_STARTED: &str = "benchfs-writer-started";
 
 #[test]
 fn a_client_killed_mid_write_leaves_servers_healthy() {
@@ -717,7 +790,7 @@ fn a_client_killed_mid_write_leaves_servers_healthy() {
         let data = pattern(1 << 20, 3);
         let fd = fs.create("/victim", 0o644).unwrap();
         fs.write(fd, &data).unwrap();
-        println!("writing");
+        println!("{WRITER_STARTED}");
         loop {
             for i in 0..16u64 {
                 fs.pwrite(fd, &data, i << 20).unwrap();
@@ -739,7 +812,7 @@ fn a_client_killed_mid_write_leaves_servers_healthy() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let started = lines.any(|l| l.map(|l| l.trim() == "writing").unwrap_or(false));
+    let started = lines.any(|l| l.map(|l| l.contains(WRITER_STARTED)).unwrap_or(false));
     assert!(started, "the writer did not start: {:?}", child.wait());
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
@@ -790,4 +863,115 @@ fn quickstart_example_runs() {
         read_file(&cluster.client(), "/hello.txt"),
         b"Hello, BenchFS!"
     );
+}
+
+#[test]
+fn handles_enforce_their_access_mode() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    write_file(&fs, "/h", b"hello");
+    let ro = fs.open("/h", OpenFlags::READ, 0).unwrap();
+    assert_eq!(errno_of(fs.write(ro, b"x")), libc::EBADF);
+    assert_eq!(errno_of(fs.pwrite(ro, b"x", 0)), libc::EBADF);
+    let wo = fs.open("/h", OpenFlags::WRITE, 0).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(errno_of(fs.read(wo, &mut buf)), libc::EBADF);
+    assert_eq!(fs.write(wo, b"").unwrap(), 0);
+    assert_eq!(fs.read(ro, &mut []).unwrap(), 0);
+    fs.close(wo).unwrap();
+    fs.close(ro).unwrap();
+    assert_eq!(errno_of(fs.close(ro)), libc::EBADF);
+    assert_eq!(errno_of(fs.read(ro, &mut buf)), libc::EBADF);
+    assert_eq!(errno_of(fs.seek(ro, 0, Whence::Start)), libc::EBADF);
+    assert_eq!(errno_of(fs.fstat(ro)), libc::EBADF);
+    assert_eq!(read_file(&fs, "/h"), b"hello");
+    assert_eq!(fs.stat("/h").unwrap().size, 5);
+}
+
+#[test]
+fn exclusive_create_race_has_one_winner() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let threads = 4;
+    let files = 20;
+    let barrier = std::sync::Barrier::new(threads);
+    let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (cluster, barrier) = (&cluster, &barrier);
+                s.spawn(move || {
+                    let fs = cluster.client();
+                    barrier.wait();
+                    (0..files)
+                        .map(|i| {
+                            let flags = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;
+                            match fs.open(&format!("/x{i}"), flags, 0o644) {
+                                Ok(fd) => {
+                                    fs.close(fd).unwrap();
+                                    true
+                                }
+                                Err(e) => {
+                                    assert_eq!(e.errno(), libc::EEXIST, "{e}");
+                                    false
+                                }
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for i in 0..files {
+        let winners = wins.iter().filter(|w| w[i]).count();
+        assert_eq!(winners, 1, "/x{i} was created {winners} times");
+    }
+    assert_eq!(cluster.client().readdir("/").unwrap().len(), files);
+}
+
+#[test]
+fn readdir_lists_direct_children_only() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    for dir in ["/d", "/dd", "/d-", "/d/sub", "/d/sub/deeper", "/e"] {
+        fs.mkdir(dir, 0o755).unwrap();
+    }
+    for file in ["/d/a b", "/d/ü", "/dd/no", "/d-/no", "/d/sub/no", "/d/sub/deeper/no", "/e/no", "/d0"] {
+        write_file(&fs, file, b"1");
+    }
+    let names: Vec<_> = fs.readdir("/d").unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["a b", "sub", "ü"]);
+    let names: Vec<_> = fs.readdir("/d/sub").unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["deeper", "no"]);
+    let names: Vec<_> = fs.readdir("//d/./sub/").unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["deeper", "no"]);
+    let names: Vec<_> = fs.readdir("/").unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["d", "d-", "d0", "dd", "e"]);
+}
+
+#[test]
+fn unlink_frees_chunks_and_names_can_be_reused() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let chunks = |fs: &BenchFS| stats(fs).iter().map(|s| s.chunks).sum::<u64>();
+    let data = pattern(3 * C + 1, 40);
+    write_file(&fs, "/u", &data);
+    assert_eq!(chunks(&fs), 4);
+    fs.unlink("/u").unwrap();
+    assert_eq!(chunks(&fs), 0);
+    assert_eq!(errno_of(fs.open("/u", OpenFlags::READ, 0)), libc::ENOENT);
+    // A new file under the old name starts empty, whatever the old one held.
+    let fd = fs.open("/u", OpenFlags::CREATE | OpenFlags::RDWR, 0o644).unwrap();
+    assert_eq!(fs.fstat(fd).unwrap().size, 0);
+    fs.pwrite(fd, b"new", 2 * CHUNK).unwrap();
+    fs.close(fd).unwrap();
+    let got = read_file(&cluster.client(), "/u");
+    assert_eq!(got.len(), 2 * C + 3);
+    assert!(got[..2 * C].iter().all(|&b| b == 0), "a new file showed the old file's data");
+    // A directory name can become a file and back.
+    fs.mkdir("/n", 0o755).unwrap();
+    fs.rmdir("/n").unwrap();
+    write_file(&fs, "/n", b"file");
+    fs.unlink("/n").unwrap();
+    fs.mkdir("/n", 0o755).unwrap();
+    assert!(cluster.client().stat("/n").unwrap().is_dir());
 }

@@ -67,6 +67,10 @@ pub struct Args {
     /// Payloads above this many bytes go by rendezvous (default: the config default).
     #[arg(long)]
     pub rdma_threshold: Option<u64>,
+    /// Busy-poll window of the client only, in microseconds (default: the server's), to
+    /// tell which side's polling matters.
+    #[arg(long)]
+    pub client_busy_poll_us: Option<u64>,
 }
 
 /// Latency of one payload size.
@@ -133,17 +137,22 @@ pub fn run(args: Args) -> Result<(), CliError> {
         std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
     );
     println!(
-        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size}",
+        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size} client_busy_poll_us={}",
         join(&args.busy_poll_us),
         args.pings,
         args.warmup,
         args.window,
         args.seconds,
+        args.client_busy_poll_us.map_or("same".to_string(), |us| us.to_string()),
     );
     let mut variants = Vec::new();
     for &busy_poll_us in &args.busy_poll_us {
         let server = Server::start(busy_poll_us, rdma_threshold, chunk_size)?;
-        let fs = BenchFS::connect(&server.config)?;
+        let mut client_config = server.config.clone();
+        if let Some(us) = args.client_busy_poll_us {
+            client_config.network.busy_poll = Duration::from_micros(us);
+        }
+        let fs = BenchFS::connect(&client_config)?;
         let variant = measure(&fs, busy_poll_us, &args)?;
         drop(fs);
         server.stop();
@@ -164,6 +173,16 @@ fn check_args(args: &Args) -> Result<(), CliError> {
     {
         return Err(format!(
             "--busy-poll-us {us} is above the limit of {} us",
+            limits::BUSY_POLL_MAX.as_micros()
+        )
+        .into());
+    }
+    if let Some(us) = args
+        .client_busy_poll_us
+        .filter(|&us| Duration::from_micros(us) > limits::BUSY_POLL_MAX)
+    {
+        return Err(format!(
+            "--client-busy-poll-us {us} is above the limit of {} us",
             limits::BUSY_POLL_MAX.as_micros()
         )
         .into());
