@@ -135,6 +135,9 @@ fn norm(path: &str) -> Result<String, ApiError> {
     })
 }
 
+/// Most worker progress calls made before reusing a connection, to notice a dead peer.
+const STALE_PROGRESS_MAX: usize = 64;
+
 /// Whether an error means "this server did not answer", so a replica may.
 fn is_unreachable(e: &RpcError) -> bool {
     matches!(e.status(), Status::TimedOut | Status::Unavailable)
@@ -224,6 +227,14 @@ impl FsClient {
     /// registry entry and tries the address found there.
     async fn conn(&self, index: ServerIndex) -> Result<Rc<Connection>, RpcError> {
         let slot = &self.servers[index as usize];
+        // The worker makes no progress between calls of a blocking client, so a peer that
+        // went away meanwhile is noticed only now; without this the call would go out on
+        // the dead connection and wait the whole RPC timeout.
+        for _ in 0..STALE_PROGRESS_MAX {
+            if self.rpc.worker().progress() == 0 {
+                break;
+            }
+        }
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
@@ -671,19 +682,25 @@ impl FsClient {
         })
     }
 
-    /// The metadata of a path.
-    pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
-        let path = norm(path)?;
-        let open: Vec<Fd> = self
+    /// Publishes the sizes of this client's open handles of `path` that grew.
+    async fn flush_path(&self, path: &str) -> Result<(), ApiError> {
+        let dirty: Vec<Fd> = self
             .files
             .borrow()
             .iter()
             .filter(|(_, f)| f.path == path && f.size_dirty)
             .map(|(fd, _)| *fd)
             .collect();
-        for fd in open {
+        for fd in dirty {
             self.flush_size(fd).await?;
         }
+        Ok(())
+    }
+
+    /// The metadata of a path.
+    pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
+        let path = norm(path)?;
+        self.flush_path(&path).await?;
         self.lookup("stat", &path, true).await
     }
 
@@ -721,18 +738,40 @@ impl FsClient {
         Ok(reply.meta)
     }
 
-    /// Removes every chunk of a file from every server.
+    /// Removes every chunk of a file from the servers that can hold one: the owners (and
+    /// replicas) of its chunks below `size`, or every server for a file with more chunks
+    /// than servers. Chunks lie only below a file's published size (truncate removes the
+    /// ones it cuts away), so a file of size 0 costs no call at all.
     async fn remove_chunks(
         &self,
         op: &'static str,
         path: &str,
-        file_id: u64,
+        meta: FileMetadata,
     ) -> Result<(), ApiError> {
-        self.chunk_cache.borrow_mut().invalidate_file(file_id);
-        let req = ops::RemoveChunksRequest { file_id };
-        let all = (0..self.servers.len() as ServerIndex)
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let chunks = ChunkLayout::new(meta.chunk_size).chunk_count(meta.size);
+        let servers: Vec<ServerIndex> = if chunks >= self.servers.len() as u64 {
+            (0..self.servers.len() as ServerIndex).collect()
+        } else {
+            let mut owners: Vec<ServerIndex> = (0..chunks)
+                .flat_map(|index| {
+                    self.replica_set(PlacementKey::Chunk {
+                        file_id: meta.file_id,
+                        index,
+                    })
+                })
+                .collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners
+        };
+        let req = ops::RemoveChunksRequest {
+            file_id: meta.file_id,
+        };
+        let calls = servers
+            .into_iter()
             .map(|s| self.call_on::<ops::RemoveChunks>(s, &req, Vec::new()));
-        for r in join_all(all).await {
+        for r in join_all(calls).await {
             r.map_err(rpc_err(op, path))?;
         }
         Ok(())
@@ -744,8 +783,10 @@ impl FsClient {
         if path == "/" {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
+        // Chunks are found from the published size, so publish this client's growth first.
+        self.flush_path(&path).await?;
         let meta = self.delete_record("unlink", &path, EntryKind::File).await?;
-        self.remove_chunks("unlink", &path, meta.file_id).await
+        self.remove_chunks("unlink", &path, meta).await
     }
 
     /// Removes an empty directory.
@@ -925,7 +966,7 @@ impl FsClient {
         self.forget(&to);
         self.delete_record("rename", &from, meta.kind).await?;
         if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
-            self.remove_chunks("rename", &to, old.file_id).await?;
+            self.remove_chunks("rename", &to, old).await?;
         }
         for f in self
             .files

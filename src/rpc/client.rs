@@ -260,7 +260,7 @@ impl Connection {
             .to_bytes()
             .to_vec();
         let proto = if payload.len() > client.options.rdma_threshold {
-            AmProto::Rndv
+            AmProto::Auto
         } else {
             AmProto::Eager
         };

@@ -286,10 +286,16 @@ impl ServerState {
                         file_id: req.file_id,
                         index: req.index,
                     };
-                    self.store
-                        .truncate(id, req.len)
-                        .await
-                        .map_err(store_status)?;
+                    // A chunk cut to nothing is removed: it reads as a hole either way, and
+                    // a file's chunks then all lie below its size (unlink relies on it).
+                    if req.len == 0 {
+                        self.store.remove(id).await.map_err(store_status)?;
+                    } else {
+                        self.store
+                            .truncate(id, req.len)
+                            .await
+                            .map_err(store_status)?;
+                    }
                     Reply::ok(&op::Empty)
                 }
                 OpCode::RemoveChunks => {

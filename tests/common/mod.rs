@@ -413,3 +413,9 @@ pub fn stats(fs: &BenchFS) -> Vec<StatsReply> {
         .map(|(entry, r)| r.unwrap_or_else(|e| panic!("stats of {}: {e}", entry.node_id)))
         .collect()
 }
+
+/// Reports a skipped case on stdout, where the test harness shows it.
+#[allow(clippy::print_stdout)]
+pub fn skip(what: &str, why: &str) {
+    println!("SKIPPED {what}: {why}");
+}

@@ -97,6 +97,7 @@ impl<T: 'static> Request<T> {
         rkey: Option<RemoteKey>,
         submit: impl FnOnce(&mut T, &mut sys::ucp_request_param_t) -> sys::ucs_status_ptr_t,
     ) -> Request<T> {
+        worker.note_activity();
         let state = Rc::new(Pending {
             status: Cell::new(None),
             abandoned: Cell::new(false),

@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -85,6 +85,9 @@ pub struct Worker {
     deferred_rkeys: RefCell<Vec<RemoteKey>>,
     progress_waker: Cell<Option<Waker>>,
     kicked: Cell<bool>,
+    /// When this worker last did something: a progress call that found work, or a request
+    /// started. The busy-poll window counts from here.
+    last_activity: Cell<Instant>,
     stopped: Cell<bool>,
 }
 
@@ -122,6 +125,7 @@ impl Worker {
             deferred_rkeys: RefCell::new(Vec::new()),
             progress_waker: Cell::new(None),
             kicked: Cell::new(false),
+            last_activity: Cell::new(Instant::now()),
             stopped: Cell::new(false),
         }))
     }
@@ -185,6 +189,11 @@ impl Worker {
         }
     }
 
+    /// Restarts the busy-poll window: work was just started or finished.
+    pub(crate) fn note_activity(&self) {
+        self.last_activity.set(Instant::now());
+    }
+
     /// Wakes [`Worker::run_progress`] if it sleeps, because new work needs progress (a
     /// request was started) even though no event may arrive on the fd.
     pub fn wake_progress(&self) {
@@ -215,29 +224,35 @@ impl Worker {
         // AsyncFd is dropped at the end of this function, which holds an Rc to the worker.
         let fd = unsafe { AsyncFd::register_with_interest(event_fd, Interest::READABLE) }
             .map_err(|error| ProgressError::Reactor(error.into_parts().1))?;
-        let mut idle_since: Option<Instant> = None;
+        // One timer for the idle tick, reset each time rather than made anew: a fresh
+        // timeout per sleep costs the runtime an extra wakeup.
+        let tick = tokio::time::sleep(PROGRESS_IDLE_TICK);
+        tokio::pin!(tick);
         while !self.stopped.get() {
             let mut bursts = 0;
             while bursts < PROGRESS_BURST_MAX && self.progress() != 0 {
                 bursts += 1;
             }
             if bursts > 0 {
-                idle_since = None;
+                self.note_activity();
                 tokio::task::yield_now().await;
                 continue;
             }
-            let now = Instant::now();
-            let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) < busy_poll {
+            if self.last_activity.get().elapsed() < busy_poll {
+                // Give the CPU to the kernel too, not only to other tasks: a peer on the same
+                // core (client and server of one node) must run for our poll to find work.
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
                 continue;
             }
             if self.arm()? == Armed::Busy {
                 continue;
             }
-            idle_since = None;
             self.kicked.set(false);
-            let sleep = poll_fn(|cx| {
+            tick.as_mut()
+                .reset(tokio::time::Instant::now() + PROGRESS_IDLE_TICK);
+            // Ends on an event, a new request, a stop, or the idle tick (a normal end).
+            poll_fn(|cx| {
                 if self.kicked.replace(false) || self.stopped.get() {
                     return Poll::Ready(());
                 }
@@ -248,11 +263,13 @@ impl Worker {
                     }
                     return Poll::Ready(());
                 }
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
                 self.progress_waker.set(Some(cx.waker().clone()));
                 Poll::Pending
-            });
-            // A timeout is the normal end of an idle tick, not an error.
-            let _ = tokio::time::timeout(PROGRESS_IDLE_TICK, sleep).await;
+            })
+            .await;
             self.progress_waker.take();
         }
         // Consume the stop request, so that a later run_progress runs again.
