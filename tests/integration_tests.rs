@@ -389,10 +389,9 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
             let (cluster, barrier) = (&cluster, &barrier);
             s.spawn(move || {
                 let fs = cluster.client();
-                let fd = fs
-                    .open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
-                    .unwrap();
+                let opened = fs.open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644);
                 barrier.wait();
+                let fd = opened.unwrap();
                 // Write the range in odd pieces, last piece first, so sizes grow out of order.
                 let data = pattern(range, 500 + t as u64);
                 let base = t * range;
@@ -401,7 +400,6 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
                     let end = (at + 10_007).min(range);
                     fs.pwrite(fd, &data[at..end], (base + at) as u64).unwrap();
                 }
-                barrier.wait();
                 fs.close(fd).unwrap();
             });
         }
