@@ -3,8 +3,8 @@
 //!
 //! **Invariant:** a normalised path is absolute, starts with one '/', has no empty, "." or
 //! ".." components, no NUL byte, no trailing '/' (except the root itself), and respects
-//! [`PATH_LEN_MAX`](crate::limits::PATH_LEN_MAX) and
-//! [`NAME_LEN_MAX`](crate::limits::NAME_LEN_MAX). Paths never become names on disk: chunks are
+//! [`PATH_LEN_MAX`] and
+//! [`NAME_LEN_MAX`]. Paths never become names on disk: chunks are
 //! named by inode number.
 
 use benchfs_proto::Status;

@@ -1,8 +1,8 @@
 //! The server's state and its request handlers, independent of the transport.
 //!
 //! [`ServerState::handle`] takes one decoded request and produces its reply. The transport
-//! (`crate::rpc::server`) decodes frames, hands over the body and inline payload, moves
-//! RDMA data through a [`DataMover`], and sends the reply.
+//! (`crate::rpc::server`) decodes frames, hands over the body and the payload (received
+//! straight into a store buffer when it came by rendezvous), and sends the reply.
 //!
 //! **Invariant:** a handler never panics on request content; every malformed or refused
 //! request becomes a reply with a non-`Ok` [`Status`].
