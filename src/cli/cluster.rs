@@ -92,7 +92,8 @@ pub fn run(command: ClusterCommand) -> Result<(), CliError> {
     }
 }
 
-fn benchfsd_path() -> Result<PathBuf, CliError> {
+/// The `benchfsd` binary installed beside this one.
+pub(crate) fn benchfsd_path() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

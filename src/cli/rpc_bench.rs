@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
+use super::cluster::benchfsd_path;
 use super::CliError;
 use crate::api::{ApiError, BenchFS, FsClient};
 use crate::config::ServerConfig;
@@ -473,20 +474,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-fn benchfsd_path() -> Result<PathBuf, CliError> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .ok_or("cannot locate the benchfs binary's directory")?;
-    // Examples and tests live one level below the binaries.
-    for candidate in [dir.join("benchfsd"), dir.join("../benchfsd")] {
-        if candidate.exists() {
-            return Ok(candidate);
-        }
-    }
-    Err(format!("benchfsd not found next to {}", exe.display()).into())
 }
 
 fn print_table(variants: &[Variant]) {

@@ -144,23 +144,7 @@ impl Cluster {
     }
 
     fn spawn(&self, i: usize) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(i))
-            .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_benchfsd"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--node-id")
-            .arg(Self::node_id(i))
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn benchfsd")
+        self.spawn_with_args(i, &[], &[])
     }
 
     /// Waits until `n` servers are in the registry.
