@@ -209,7 +209,7 @@ impl Default for ServerConfig {
                 rdma_threshold_bytes: 32 * 1024,
                 registry_dir: PathBuf::from("/tmp/benchfs-registry"),
                 rpc_timeout: Duration::from_secs(30),
-                busy_poll: Duration::from_micros(50),
+                busy_poll: Duration::from_micros(200),
                 inflight_max: 1024,
             },
             cache: CacheConfig {

@@ -255,6 +255,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         client.pending.borrow_mut().insert(id, tx);
         let _guard = PendingGuard { client, id };
+        let _awaiting = client.worker.expect_replies();
 
         let mut header = Frame::header(op, id, 0, false, body.len(), payload.len())
             .to_bytes()

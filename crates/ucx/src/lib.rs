@@ -69,7 +69,7 @@ pub use error::{ProgressError, Status, UcxError};
 pub use listener::Listener;
 pub use memory::{MemoryRegion, RemoteKey};
 pub use request::Request;
-pub use worker::{Armed, Worker, WorkerAddress};
+pub use worker::{Armed, AwaitingReplies, Worker, WorkerAddress};
 
 /// The version of the UCX library loaded at run time, as (major, minor, release).
 pub fn ucx_version() -> (u32, u32, u32) {

@@ -16,6 +16,11 @@ pub const PROGRESS_BURST_MAX: u32 = 64;
 /// peer fails pending requests even when no event arrives.
 pub const PROGRESS_IDLE_TICK: Duration = Duration::from_millis(50);
 
+/// Longest a worker with busy polling on keeps polling while its user awaits replies
+/// ([`Worker::expect_replies`](crate::Worker::expect_replies)) before it sleeps anyway:
+/// a reply that takes longer is not worth a core.
+pub const POLL_WHILE_AWAITING_MAX: Duration = Duration::from_millis(2);
+
 /// How long dropping a [`Worker`](crate::Worker) progresses to finish closing endpoints
 /// before destroying it anyway.
 pub const WORKER_CLOSE_DRAIN_MAX: Duration = Duration::from_millis(500);

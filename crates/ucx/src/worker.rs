@@ -23,9 +23,21 @@ use crate::am::AmQueue;
 use crate::context::Context;
 use crate::endpoint::{ClosingEndpoint, EndpointInner};
 use crate::error::{check, ProgressError, UcxError};
-use crate::limits::{PROGRESS_BURST_MAX, PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX};
+use crate::limits::{
+    POLL_WHILE_AWAITING_MAX, PROGRESS_BURST_MAX, PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX,
+};
 use crate::memory::RemoteKey;
 use crate::sys;
+
+/// Held while a reply is awaited; see [`Worker::expect_replies`].
+#[derive(Debug)]
+pub struct AwaitingReplies(Rc<Cell<usize>>);
+
+impl Drop for AwaitingReplies {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
 
 /// The packed address of a worker, to give to another process so it can connect with
 /// [`Endpoint::connect_address`](crate::Endpoint::connect_address).
@@ -88,6 +100,8 @@ pub struct Worker {
     /// When this worker last did something: a progress call that found work, or a request
     /// started. The busy-poll window counts from here.
     last_activity: Cell<Instant>,
+    /// Replies the user awaits; see [`Worker::expect_replies`].
+    awaited: Rc<Cell<usize>>,
     stopped: Cell<bool>,
 }
 
@@ -126,6 +140,7 @@ impl Worker {
             progress_waker: Cell::new(None),
             kicked: Cell::new(false),
             last_activity: Cell::new(Instant::now()),
+            awaited: Rc::new(Cell::new(0)),
             stopped: Cell::new(false),
         }))
     }
@@ -189,6 +204,14 @@ impl Worker {
         }
     }
 
+    /// Says that the user awaits a reply (an Active Message) until the guard is dropped.
+    /// With busy polling on, the worker then keeps polling past its window, up to
+    /// [`POLL_WHILE_AWAITING_MAX`], instead of sleeping and paying a wakeup on arrival.
+    pub fn expect_replies(&self) -> AwaitingReplies {
+        self.awaited.set(self.awaited.get() + 1);
+        AwaitingReplies(Rc::clone(&self.awaited))
+    }
+
     /// Restarts the busy-poll window: work was just started or finished.
     pub(crate) fn note_activity(&self) {
         self.last_activity.set(Instant::now());
@@ -238,7 +261,9 @@ impl Worker {
                 tokio::task::yield_now().await;
                 continue;
             }
-            if self.last_activity.get().elapsed() < busy_poll {
+            let idle = self.last_activity.get().elapsed();
+            let awaiting = self.awaited.get() > 0 && idle < POLL_WHILE_AWAITING_MAX;
+            if idle < busy_poll || (awaiting && !busy_poll.is_zero()) {
                 // Give the CPU to the kernel too, not only to other tasks: a peer on the same
                 // core (client and server of one node) must run for our poll to find work.
                 std::thread::yield_now();
