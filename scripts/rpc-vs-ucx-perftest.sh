@@ -7,7 +7,7 @@
 #
 # Usage: scripts/rpc-vs-ucx-perftest.sh
 #   POLL_LIST  busy-poll windows for rpc-bench, us (default 0,10,50,200)
-#   POLL_ON    the window reported as "polling on" (default 50); "off" is 0
+#   POLL_ON    the window reported as "polling on" (default 200, the config default); "off" is 0
 #   WINDOW     pings in flight (default 16); also ucx_perftest -O for ucp_am_bw
 #   SECS       seconds per bandwidth figure (default 1); PINGS per RTT figure (20000)
 #   OUT_DIR    where raw outputs go (default target/rpc-vs-ucx-perftest)
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 POLL_LIST=${POLL_LIST:-0,10,50,200}
-POLL_ON=${POLL_ON:-50}
+POLL_ON=${POLL_ON:-200}
 WINDOW=${WINDOW:-16}
 SECS=${SECS:-1}
 PINGS=${PINGS:-20000}

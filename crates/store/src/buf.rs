@@ -13,7 +13,8 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::rc::Rc;
 
-use crate::limits::ALIGN;
+use crate::limits::{ALIGN, POOL_LARGE_BYTES_MAX, POOL_SMALL_SLOTS_MAX, POOL_SMALL_SLOT_BYTES};
+use crate::StoreError;
 
 /// An owned byte buffer aligned to [`ALIGN`] (4096) bytes, fit for O_DIRECT.
 ///
@@ -219,6 +220,16 @@ impl SlotClass {
     }
 }
 
+impl fmt::Debug for BufPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufPool")
+            .field("bytes", &self.mapping.len)
+            .field("small_free", &self.small.free.borrow().len())
+            .field("large_free", &self.large.free.borrow().len())
+            .finish()
+    }
+}
+
 /// Fixed-size buffers carved from ONE mapping, so the whole region can be registered
 /// with io_uring (and later UCX) once. Two size classes: small slots for small requests,
 /// chunk-sized slots for the rest.
@@ -246,6 +257,31 @@ impl BufPool {
             small,
             large,
         }))
+    }
+
+    /// The pool a store of `chunk_size` with `queue_depth` operations in flight uses: small
+    /// slots for small requests and chunk-sized ones for the rest, within the limits.
+    pub(crate) fn for_chunks(
+        chunk_size: u64,
+        queue_depth: usize,
+    ) -> Result<Rc<BufPool>, StoreError> {
+        let large_bytes = (chunk_size as usize).next_multiple_of(ALIGN);
+        BufPool::new(
+            (2 * queue_depth).clamp(1, POOL_SMALL_SLOTS_MAX),
+            POOL_SMALL_SLOT_BYTES,
+            (POOL_LARGE_BYTES_MAX / large_bytes).clamp(1, queue_depth.max(1)),
+            large_bytes,
+        )
+        .map_err(|source| StoreError::Io {
+            op: "mmap buffer pool",
+            source,
+        })
+    }
+
+    /// A slot for `len` bytes, or a heap buffer when no slot is free. Reusing slots spares
+    /// the page faults a fresh large allocation costs on every request.
+    pub(crate) fn take_or_heap(self: &Rc<Self>, len: usize) -> ChunkBuf {
+        self.take(len).unwrap_or_else(|| ChunkBuf::with_len(len))
     }
 
     /// Start and length of the whole region.

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use crate::buf::BufPool;
 use crate::disk::ChunkDir;
 use crate::limits::RETRIES_MAX;
 use crate::{ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError, StoreUsage};
@@ -15,6 +16,7 @@ use crate::{ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError, S
 #[derive(Debug)]
 pub struct FileChunkStore {
     dir: ChunkDir,
+    pool: std::rc::Rc<BufPool>,
 }
 
 impl FileChunkStore {
@@ -23,6 +25,7 @@ impl FileChunkStore {
     pub fn open(config: &StoreConfig) -> Result<FileChunkStore, StoreError> {
         Ok(FileChunkStore {
             dir: ChunkDir::open(config)?,
+            pool: BufPool::for_chunks(config.chunk_size, config.queue_depth as usize)?,
         })
     }
 }
@@ -42,7 +45,7 @@ impl ChunkStore for FileChunkStore {
 
     async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
         self.dir.check_range(0, len)?;
-        Ok(ChunkBuf::with_len(len))
+        Ok(self.pool.take_or_heap(len))
     }
 
     async fn write(

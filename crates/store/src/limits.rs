@@ -21,6 +21,8 @@ pub const POOL_SMALL_SLOT_BYTES: usize = 64 * 1024;
 pub const POOL_SMALL_SLOTS_MAX: usize = 256;
 /// Most bytes in the large pool class (one chunk-sized slot each).
 pub const POOL_LARGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Buffers in flight the memory store's pool is sized for (it has no queue depth).
+pub const POOL_QUEUE_DEPTH: usize = 32;
 /// Times a request is resubmitted after `EAGAIN` or `EINTR` before the error is returned.
 pub const RETRIES_MAX: u32 = 8;
 /// Times an op future yields to the scheduler, polling the completion queue, before it

@@ -2,7 +2,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
+use crate::buf::BufPool;
+use crate::limits::POOL_QUEUE_DEPTH;
 use crate::{check_chunk_size, check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore};
 use crate::{StoreError, StoreUsage};
 
@@ -15,6 +18,7 @@ pub struct InMemoryChunkStore {
     capacity_bytes: u64,
     chunks: RefCell<BTreeMap<ChunkId, Vec<u8>>>,
     used_bytes: Cell<u64>,
+    pool: Rc<BufPool>,
 }
 
 impl InMemoryChunkStore {
@@ -26,6 +30,7 @@ impl InMemoryChunkStore {
             capacity_bytes,
             chunks: RefCell::new(BTreeMap::new()),
             used_bytes: Cell::new(0),
+            pool: BufPool::for_chunks(chunk_size, POOL_QUEUE_DEPTH)?,
         })
     }
 
@@ -59,7 +64,7 @@ impl ChunkStore for InMemoryChunkStore {
 
     async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
         check_range(self.chunk_size, 0, len)?;
-        Ok(ChunkBuf::with_len(len))
+        Ok(self.pool.take_or_heap(len))
     }
 
     async fn write(

@@ -11,9 +11,7 @@ use io_uring::{opcode, types};
 
 use crate::buf::BufPool;
 use crate::disk::{ChunkDir, ChunkFile};
-use crate::limits::{
-    ALIGN, POOL_LARGE_BYTES_MAX, POOL_SMALL_SLOTS_MAX, POOL_SMALL_SLOT_BYTES, RETRIES_MAX,
-};
+use crate::limits::RETRIES_MAX;
 use crate::{ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError, StoreUsage};
 use driver::{Driver, Keep};
 
@@ -51,17 +49,7 @@ impl IoUringChunkStore {
         let driver = Driver::new(config.queue_depth)?;
         let dir = ChunkDir::open(config)?;
         let queue_depth = config.queue_depth as usize;
-        let large_bytes = (config.chunk_size as usize).next_multiple_of(ALIGN);
-        let pool = BufPool::new(
-            (2 * queue_depth).min(POOL_SMALL_SLOTS_MAX),
-            POOL_SMALL_SLOT_BYTES,
-            (POOL_LARGE_BYTES_MAX / large_bytes).clamp(1, queue_depth),
-            large_bytes,
-        )
-        .map_err(|source| StoreError::Io {
-            op: "mmap buffer pool",
-            source,
-        })?;
+        let pool = BufPool::for_chunks(config.chunk_size, queue_depth)?;
         // SAFETY: `pool` is a field declared after `driver`, so the mapping outlives the
         // ring; buffers handed out keep it alive longer still.
         let fixed = match unsafe { driver.register_region(pool.region()) } {
@@ -141,10 +129,7 @@ impl ChunkStore for IoUringChunkStore {
 
     async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
         self.dir.check_range(0, len)?;
-        Ok(self
-            .pool
-            .take(len)
-            .unwrap_or_else(|| ChunkBuf::with_len(len)))
+        Ok(self.pool.take_or_heap(len))
     }
 
     async fn write(
