@@ -3,7 +3,7 @@
 # root; elsewhere it says what is missing.
 set -euo pipefail
 
-packages=(pkg-config libucx-dev ucx-utils fuse3 libfuse3-dev fio iproute2)
+packages=(pkg-config libucx-dev ucx-utils fuse3 libfuse3-dev fio jq iproute2)
 
 missing=()
 for p in "${packages[@]}"; do

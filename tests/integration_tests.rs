@@ -388,10 +388,13 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
         for t in 0..threads {
             let (cluster, barrier) = (&cluster, &barrier);
             s.spawn(move || {
-                let fs = cluster.client();
-                let opened = fs.open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644);
+                // Wait for every thread even when connecting or opening fails, so none hangs.
+                let opened = BenchFS::connect(&cluster.config()).and_then(|fs| {
+                    let fd = fs.open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)?;
+                    Ok((fs, fd))
+                });
                 barrier.wait();
-                let fd = opened.unwrap();
+                let (fs, fd) = opened.unwrap();
                 // Write the range in odd pieces, last piece first, so sizes grow out of order.
                 let data = pattern(range, 500 + t as u64);
                 let base = t * range;
@@ -961,8 +964,10 @@ fn exclusive_create_race_has_one_winner() {
             .map(|_| {
                 let (cluster, barrier) = (&cluster, &barrier);
                 s.spawn(move || {
-                    let fs = cluster.client();
+                    // Wait for every thread even when connecting fails, so none hangs.
+                    let connected = BenchFS::connect(&cluster.config());
                     barrier.wait();
+                    let fs = connected.unwrap();
                     (0..files)
                         .map(|i| {
                             let flags = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;
