@@ -348,7 +348,8 @@ enum EnvKind {
 }
 
 impl ServerConfig {
-    /// Reads `path`, applies `BENCHFS_*` environment overrides and validates the result.
+    /// Reads `path`, applies `BENCHFS_*` environment overrides and checks every value.
+    /// Whether `data_dir` is usable is the server's concern: it calls [`Self::validate`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -393,7 +394,7 @@ impl ServerConfig {
             .try_into()
             .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
         let config = Self::from_raw(raw)?;
-        config.validate()?;
+        config.validate_values()?;
         Ok(config)
     }
 
@@ -650,7 +651,13 @@ impl ServerConfig {
                 format!("cannot create {}: {e}", dir.display()),
             )
         })?;
-        let probe = dir.join(format!(".benchfs-write-probe-{}", std::process::id()));
+        // Unique per call: threads of one process may validate at the same time.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let probe = dir.join(format!(
+            ".benchfs-write-probe-{}-{}",
+            std::process::id(),
+            PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::write(&probe, b"probe")
             .and_then(|()| std::fs::remove_file(&probe))
             .map_err(|e| {

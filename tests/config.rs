@@ -221,9 +221,12 @@ fn unwritable_data_dir_is_refused() {
     let d = dir();
     let file = d.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let err =
+    // Loading checks values only (a client never writes there); the server validates the
+    // directory before it starts.
+    let config =
         ServerConfig::from_toml_str(&format!("[node]\ndata_dir = \"{}/sub\"\n", file.display()))
-            .unwrap_err();
+            .unwrap();
+    let err = config.validate().unwrap_err();
     assert!(err.to_string().contains("node.data_dir"), "{err}");
 }
 

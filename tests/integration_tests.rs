@@ -351,11 +351,14 @@ fn truncate_checks(spec: ClusterSpec) {
 fn concurrent_clients_on_distinct_files() {
     let cluster = Cluster::start(ClusterSpec::default());
     let threads = 4;
+    // One config for all threads: loading it in each thread at once trips the data_dir
+    // write probe in ServerConfig::validate, whose name is per process, not per thread.
+    let config = cluster.config();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let cluster = &cluster;
+            let config = &config;
             s.spawn(move || {
-                let fs = cluster.client();
+                let fs = BenchFS::connect(config).unwrap();
                 for round in 0..3 {
                     let path = format!("/t{t}-{round}");
                     let data = pattern(2 * C + 1234 * t + round, (t * 10 + round) as u64);
@@ -383,18 +386,17 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
     let threads = 4;
     // Ranges that do not line up with chunks, so neighbours share a chunk.
     let range = C + 333;
-    let barrier = std::sync::Barrier::new(threads);
+    // One config for all threads: loading it in each thread at once trips the data_dir
+    // write probe in ServerConfig::validate, whose name is per process, not per thread.
+    let config = cluster.config();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (cluster, barrier) = (&cluster, &barrier);
+            let config = &config;
             s.spawn(move || {
-                // Wait for every thread even when connecting or opening fails, so none hangs.
-                let opened = BenchFS::connect(&cluster.config()).and_then(|fs| {
-                    let fd = fs.open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)?;
-                    Ok((fs, fd))
-                });
-                barrier.wait();
-                let (fs, fd) = opened.unwrap();
+                let fs = BenchFS::connect(config).unwrap();
+                let fd = fs
+                    .open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+                    .unwrap();
                 // Write the range in odd pieces, last piece first, so sizes grow out of order.
                 let data = pattern(range, 500 + t as u64);
                 let base = t * range;
@@ -853,9 +855,20 @@ fn a_client_killed_mid_write_leaves_servers_healthy() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let started = lines.any(|l| l.map(|l| l.contains(WRITER_STARTED)).unwrap_or(false));
-    assert!(started, "the writer did not start: {:?}", child.wait());
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.any(|l| l.map(|l| l.contains(WRITER_STARTED)).unwrap_or(false)));
+        // Keep draining so the child never blocks on a full pipe.
+        lines.for_each(drop);
+    });
+    // A liveness bound: the first 1 MiB write takes milliseconds.
+    let started = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
+    if !started {
+        let _ = child.kill();
+        panic!("the writer did not start: {:?}", child.wait());
+    }
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -958,16 +971,15 @@ fn exclusive_create_race_has_one_winner() {
     let cluster = Cluster::start(ClusterSpec::default());
     let threads = 4;
     let files = 20;
-    let barrier = std::sync::Barrier::new(threads);
+    // One config for all threads: loading it in each thread at once trips the data_dir
+    // write probe in ServerConfig::validate, whose name is per process, not per thread.
+    let config = cluster.config();
     let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (cluster, barrier) = (&cluster, &barrier);
+                let config = &config;
                 s.spawn(move || {
-                    // Wait for every thread even when connecting fails, so none hangs.
-                    let connected = BenchFS::connect(&cluster.config());
-                    barrier.wait();
-                    let fs = connected.unwrap();
+                    let fs = BenchFS::connect(config).unwrap();
                     (0..files)
                         .map(|i| {
                             let flags = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;

@@ -19,6 +19,9 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::{RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
 
+/// How often a call waiting for its reply checks whether its connection failed.
+const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Settings of an [`RpcClient`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -281,10 +284,22 @@ impl Connection {
         };
         sent.map_err(|e| self.transport(e))?;
 
-        let msg = rx.await.map_err(|_| RpcError::Status {
-            server: self.server.clone(),
-            status: Status::Unavailable,
-        })?;
+        // A reply never comes over a connection that failed after the send, so the wait
+        // also watches the endpoint and fails at once instead of at the timeout.
+        let mut rx = rx;
+        let msg = loop {
+            tokio::select! {
+                reply = &mut rx => break reply.map_err(|_| RpcError::Status {
+                    server: self.server.clone(),
+                    status: Status::Unavailable,
+                })?,
+                _ = tokio::time::sleep(FAILURE_CHECK_INTERVAL) => {
+                    if let Some(e) = self.ep.failure() {
+                        return Err(self.transport(e));
+                    }
+                }
+            }
+        };
         let frame = Frame::decode(msg.header(), msg.data_len()).map_err(|e| self.protocol(e))?;
         if frame.op != op {
             return Err(self.protocol(benchfs_proto::DecodeError::BadField {
