@@ -170,12 +170,13 @@ async fn handle_message(
             return;
         }
     };
-    // The payload goes straight into a store buffer when it came by rendezvous; eager
-    // data is already an owned buffer.
+    // A payload goes straight into a store buffer: by rendezvous with no copy, or copied
+    // once from UCX's eager buffer. Only a body too long for the AM header comes first in
+    // the data, and then the data is taken as one buffer.
     let header = msg.header().to_vec();
     let mut data = Vec::new();
     let mut payload_buf = None;
-    if msg.is_rendezvous() && frame.body_in_header {
+    if frame.body_in_header && frame.payload_len > 0 {
         let buf = match state.store().buffer(frame.payload_len).await {
             Ok(b) => b,
             Err(e) => {
