@@ -228,9 +228,11 @@ impl std::fmt::Debug for AmStream {
 
 /// A received Active Message.
 ///
-/// The header is copied out of UCX. Eager data is copied too; rendezvous data stays at the
-/// sender until [`AmMessage::recv_data`] pulls it. Dropping a message whose rendezvous data
-/// was not received releases it (`ucp_am_data_release`), which completes the sender.
+/// The header is copied out of UCX. Small eager data is copied too; large eager data stays
+/// in UCX's buffer (see [`EAGER_HOLD_MIN`](crate::limits::EAGER_HOLD_MIN)) and rendezvous
+/// data stays at the sender until [`AmMessage::recv_data`] takes it. Dropping a message
+/// releases what it still holds (`ucp_am_data_release`), which for rendezvous data
+/// completes the sender.
 ///
 /// Header and data come from the network: they are plain bytes, of any length the sender
 /// chose; decoding and bounds checks belong to the caller.
@@ -243,12 +245,15 @@ pub struct AmMessage {
 
 enum AmData {
     Eager(Vec<u8>),
+    /// Eager data left in UCX's buffer (`UCS_INPROGRESS` from the callback).
+    Held(RndvData),
     Rendezvous(RndvData),
     /// Already handed to the caller.
     Taken,
 }
 
-/// A rendezvous descriptor UCX lent to us (`UCS_INPROGRESS` from the callback).
+/// A data descriptor UCX lent to us (`UCS_INPROGRESS` from the callback): rendezvous data
+/// still at the sender, or eager data in UCX's buffer.
 struct RndvData {
     desc: *mut c_void,
     len: usize,
@@ -264,6 +269,7 @@ impl AmMessage {
     pub fn data_len(&self) -> usize {
         match &self.data {
             AmData::Eager(data) => data.len(),
+            AmData::Held(held) => held.len,
             AmData::Rendezvous(rndv) => rndv.len,
             AmData::Taken => 0,
         }
@@ -279,6 +285,9 @@ impl AmMessage {
     pub fn eager_data(&self) -> Option<&[u8]> {
         match &self.data {
             AmData::Eager(data) => Some(data),
+            // SAFETY: UCX keeps held eager data readable at desc until we release it, which
+            // only happens when the data is taken or the message dropped.
+            AmData::Held(held) => Some(unsafe { held_bytes(held) }),
             _ => None,
         }
     }
@@ -313,6 +322,14 @@ impl AmMessage {
             AmData::Taken => Request::failed(&self.worker, OP, Status::INVALID_PARAM),
             AmData::Eager(data) => {
                 buf.as_mut()[..data.len()].copy_from_slice(&data);
+                Request::ready(&self.worker, OP, buf)
+            }
+            AmData::Held(held) => {
+                // SAFETY: as in eager_data; the descriptor is released right after.
+                buf.as_mut()[..held.len].copy_from_slice(unsafe { held_bytes(&held) });
+                // SAFETY: held eager data of this worker, released exactly once (it moved
+                // out of self.data).
+                unsafe { sys::ucp_am_data_release(self.worker.handle(), held.desc) };
                 Request::ready(&self.worker, OP, buf)
             }
             AmData::Rendezvous(rndv) => {
@@ -362,10 +379,10 @@ impl AmMessage {
 
 impl Drop for AmMessage {
     fn drop(&mut self) {
-        if let AmData::Rendezvous(rndv) = &self.data {
+        if let AmData::Rendezvous(lent) | AmData::Held(lent) = &self.data {
             // SAFETY: the descriptor was kept with UCS_INPROGRESS, was neither received nor
             // released, and the worker is alive (self.worker).
-            unsafe { sys::ucp_am_data_release(self.worker.handle(), rndv.desc) };
+            unsafe { sys::ucp_am_data_release(self.worker.handle(), lent.desc) };
         }
     }
 }
@@ -379,6 +396,18 @@ impl std::fmt::Debug for AmMessage {
             .field("reply", &self.reply.is_some())
             .finish()
     }
+}
+
+/// The bytes of held eager data.
+///
+/// # Safety
+/// `held` is eager data UCX lent with `UCP_AM_RECV_ATTR_FLAG_DATA` and that was not released.
+unsafe fn held_bytes(held: &RndvData) -> &[u8] {
+    if held.len == 0 || held.desc.is_null() {
+        return &[];
+    }
+    // SAFETY: per the contract, `len` readable bytes at desc, alive until released.
+    unsafe { std::slice::from_raw_parts(held.desc as *const u8, held.len) }
 }
 
 /// Copies `len` bytes at `ptr` (which may be null when `len` is 0).
@@ -437,6 +466,18 @@ unsafe extern "C" fn on_am_message(
     let (data, status) = if rendezvous {
         (
             AmData::Rendezvous(RndvData {
+                desc: data,
+                len: length,
+            }),
+            sys::UCS_INPROGRESS,
+        )
+    } else if recv_attr & u64::from(sys::UCP_AM_RECV_ATTR_FLAG_DATA) != 0
+        && length >= crate::limits::EAGER_HOLD_MIN
+    {
+        // UCX allows keeping this buffer: returning UCS_INPROGRESS hands it to us until
+        // ucp_am_data_release.
+        (
+            AmData::Held(RndvData {
                 desc: data,
                 len: length,
             }),

@@ -8,6 +8,11 @@ pub const LISTENER_BACKLOG_MAX: usize = 1024;
 /// Default bound on received, not yet drained Active Messages per handler id.
 pub const AM_QUEUE_CAPACITY_DEFAULT: usize = 64 * 1024;
 
+/// Eager data at least this long is kept in UCX's buffer (`UCP_AM_RECV_ATTR_FLAG_DATA`)
+/// until the receiver takes it, instead of being copied out in the callback: large
+/// payloads then cost one copy into their destination, not two.
+pub const EAGER_HOLD_MIN: usize = 16 * 1024;
+
 /// `ucp_worker_progress` calls in one burst before the progress task yields to others.
 pub const PROGRESS_BURST_MAX: u32 = 64;
 
