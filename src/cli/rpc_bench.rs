@@ -6,7 +6,7 @@
 //! are printed as `key=value` records (one per line, first word is the record type) and
 //! then as a table; `scripts/rpc-vs-ucx-perftest.sh` parses the records.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -261,7 +261,8 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
     Ok(variant)
 }
 
-/// One ping at a time; every round trip is timed. Payloads are built before timing starts.
+/// One ping at a time; every round trip is timed. The client copies the payload into a
+/// reused send buffer, as a write does.
 fn round_trips(
     fs: &BenchFS,
     payload_bytes: usize,
@@ -270,21 +271,16 @@ fn round_trips(
     budget: Duration,
 ) -> Result<RttFigure, CliError> {
     let client = fs.client();
-    let mut warm: Vec<Vec<u8>> = (0..warmup)
-        .map(|_| vec![PAYLOAD_FILL; payload_bytes])
-        .collect();
-    let mut timed: Vec<Vec<u8>> = (0..pings)
-        .map(|_| vec![PAYLOAD_FILL; payload_bytes])
-        .collect();
+    let payload = vec![PAYLOAD_FILL; payload_bytes];
     let mut nanos: Vec<u64> = Vec::with_capacity(pings);
     fs.block_on(async {
-        while let Some(payload) = warm.pop() {
-            client.ping(0, payload).await?;
+        for _ in 0..warmup {
+            client.ping(0, &payload).await?;
         }
         let deadline = Instant::now() + budget;
-        while let Some(payload) = timed.pop() {
+        for _ in 0..pings {
             let start = Instant::now();
-            client.ping(0, payload).await?;
+            client.ping(0, &payload).await?;
             let end = Instant::now();
             nanos.push(end.duration_since(start).as_nanos() as u64);
             if end > deadline {
@@ -313,9 +309,9 @@ fn percentile(sorted: &[u64], pct: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// `window` pings in flight at a time for about `budget`, in rounds: each round's payloads
-/// are built untimed, then sent by `window` lanes that each start a new ping as soon as
-/// their last one is answered. One untimed round warms up.
+/// `window` pings in flight at a time for about `budget`, in rounds sized to the rate seen
+/// so far; each lane starts a new ping as soon as its last one is answered. One untimed
+/// round warms up.
 fn bandwidth(
     fs: &BenchFS,
     size: usize,
@@ -323,17 +319,12 @@ fn bandwidth(
     budget: Duration,
 ) -> Result<BwFigure, CliError> {
     let round = (ROUND_BYTES_MAX / size.max(1)).clamp(window * 4, ROUND_PINGS_MAX.max(window * 4));
-    let warmup = round.min(window * 8);
-    let pool = RefCell::new(
-        (0..warmup)
-            .map(|_| vec![PAYLOAD_FILL; size])
-            .collect::<Vec<_>>(),
-    );
-    fs.block_on(lanes(fs.client(), &pool, window))?;
+    let payload = vec![PAYLOAD_FILL; size];
+    let left = Cell::new(round.min(window * 8));
+    fs.block_on(lanes(fs.client(), &payload, &left, window))?;
     let mut elapsed = Duration::ZERO;
     let mut pings = 0;
     while elapsed < budget {
-        // Later rounds are sized to the rate seen so far, so the figure ends close to budget.
         let n = if pings == 0 {
             round.min(window * 16)
         } else {
@@ -342,9 +333,9 @@ fn bandwidth(
                 .ceil()
                 .clamp(window as f64, round as f64) as usize
         };
-        *pool.borrow_mut() = (0..n).map(|_| vec![PAYLOAD_FILL; size]).collect();
+        left.set(n);
         let start = Instant::now();
-        fs.block_on(lanes(fs.client(), &pool, window))?;
+        fs.block_on(lanes(fs.client(), &payload, &left, window))?;
         elapsed += start.elapsed();
         pings += n;
     }
@@ -355,19 +346,19 @@ fn bandwidth(
     })
 }
 
-/// Sends every payload in `pool` with `window` pings in flight.
+/// Sends `left` pings of `payload` with `window` in flight.
 async fn lanes(
     client: &FsClient,
-    pool: &RefCell<Vec<Vec<u8>>>,
+    payload: &[u8],
+    left: &Cell<usize>,
     window: usize,
 ) -> Result<(), ApiError> {
     let lane = || async {
-        loop {
-            // A separate statement, so the pool is not borrowed across the await.
-            let next = pool.borrow_mut().pop();
-            let Some(payload) = next else { return Ok(()) };
+        while left.get() > 0 {
+            left.set(left.get() - 1);
             client.ping(0, payload).await?;
         }
+        Ok(())
     };
     join_all((0..window).map(|_| lane()))
         .await

@@ -313,7 +313,7 @@ impl FsClient {
         let results = join_all(
             servers
                 .iter()
-                .map(|&s| self.call_on::<R>(s, req, payload.to_vec())),
+                .map(|&s| self.call_on::<R>(s, req, self.rpc.payload(payload))),
         )
         .await;
         let mut first = None;
@@ -995,8 +995,8 @@ impl FsClient {
     }
 
     /// Round trip to one server with a payload it discards (for the RPC benchmark).
-    pub async fn ping(&self, server: ServerIndex, payload: Vec<u8>) -> Result<(), ApiError> {
-        self.call_on::<ops::Ping>(server, &ops::Empty, payload)
+    pub async fn ping(&self, server: ServerIndex, payload: &[u8]) -> Result<(), ApiError> {
+        self.call_on::<ops::Ping>(server, &ops::Empty, self.rpc.payload(payload))
             .await
             .map(drop)
             .map_err(rpc_err("ping", "/"))

@@ -39,10 +39,18 @@ pub struct ClientOptions {
     pub name: String,
 }
 
+/// Payload buffers kept for reuse, at most.
+const SPARE_PAYLOADS_MAX: usize = 32;
+/// Largest payload buffer kept for reuse (one chunk of the largest chunk size).
+const SPARE_PAYLOAD_BYTES_MAX: usize = 64 << 20;
+
 /// A thread's RPC endpoint: its UCX worker, reply queue and calls in flight.
 pub struct RpcClient {
     worker: Rc<Worker>,
     pending: RefCell<HashMap<u64, oneshot::Sender<AmMessage>>>,
+    /// Buffers of sent payloads, reused so that a large write does not fault in fresh
+    /// pages every time.
+    spare_payloads: RefCell<Vec<Vec<u8>>>,
     next_id: Cell<u64>,
     options: ClientOptions,
 }
@@ -79,11 +87,30 @@ impl RpcClient {
         let client = Rc::new(RpcClient {
             worker,
             pending: RefCell::default(),
+            spare_payloads: RefCell::default(),
             next_id: Cell::new(1),
             options,
         });
         tokio::task::spawn_local(route_replies(Rc::downgrade(&client), replies));
         Ok(client)
+    }
+
+    /// A payload buffer holding a copy of `data`, reusing the buffer of an earlier call.
+    pub fn payload(&self, data: &[u8]) -> Vec<u8> {
+        let mut buf = self.spare_payloads.borrow_mut().pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > SPARE_PAYLOAD_BYTES_MAX {
+            return;
+        }
+        let mut spare = self.spare_payloads.borrow_mut();
+        if spare.len() < SPARE_PAYLOADS_MAX {
+            spare.push(buf);
+        }
     }
 
     /// The client's UCX worker.
@@ -268,21 +295,21 @@ impl Connection {
         } else {
             AmProto::Eager
         };
-        let sent = if FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header() {
+        let data = if FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header() {
             header.extend_from_slice(&body);
-            self.ep
-                .am_send(REQUEST_AM_ID, header, payload, proto)
-                .await
-                .map(drop)
+            payload
         } else {
             let mut data = body;
             data.extend_from_slice(&payload);
-            self.ep
-                .am_send(REQUEST_AM_ID, header, data, proto)
-                .await
-                .map(drop)
+            client.recycle(payload);
+            data
         };
-        sent.map_err(|e| self.transport(e))?;
+        let (_, data) = self
+            .ep
+            .am_send(REQUEST_AM_ID, header, data, proto)
+            .await
+            .map_err(|e| self.transport(e))?;
+        client.recycle(data);
 
         // A reply never comes over a connection that failed after the send, so the wait
         // also watches the endpoint and fails at once instead of at the timeout.

@@ -67,8 +67,9 @@ pub trait ChunkStore {
     /// The chunk size every request is bounded by.
     fn chunk_size(&self) -> u64;
 
-    /// A zeroed buffer of `len` bytes (at most the chunk size), as fast as this store
-    /// can take it: the io_uring store hands out registered pool slots when it can.
+    /// A buffer of `len` bytes (at most the chunk size), as fast as this store can hand
+    /// one out: a reused pool slot (registered, in the io_uring store) when one is free.
+    /// Its contents are unspecified; fill what you write, use what a read reports.
     async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError>;
 
     /// Writes all of `buf` at `offset`, creating the chunk and growing it as needed
