@@ -34,7 +34,8 @@ impl Default for ClusterSpec {
             backend: "memory",
             chunk_size: 64 * 1024,
             replicas: 1,
-            rpc_timeout_ms: 3000,
+            // Generous: the whole suite runs clusters in parallel on two cores.
+            rpc_timeout_ms: 10_000,
             rdma_threshold: 32 * 1024,
         }
     }
@@ -107,7 +108,7 @@ impl Cluster {
             &config_path,
             format!(
                 "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\n\
-                 [network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{registry}\"\nrpc_timeout = {timeout}\nrdma_threshold_bytes = {threshold}\n\
+                 [network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{registry}\"\nrpc_timeout = {timeout}\nrdma_threshold_bytes = {threshold}\nbusy_poll_us = 20\n\
                  [replication]\nreplicas = {replicas}\n[cache]\nchunk_cache_mb = 0\n",
                 data = dir.path().join("data").display(),
                 backend = spec.backend,

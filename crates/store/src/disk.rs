@@ -163,6 +163,40 @@ impl ChunkDir {
         self.dirty_chunks.borrow_mut().insert(id);
     }
 
+    /// Checks a write of `len` bytes at `offset`, reserves the chunk's new length and
+    /// opens the chunk. `None` for an empty write, which changes nothing.
+    pub(crate) fn begin_write(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Rc<ChunkFile>>, StoreError> {
+        let end = self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let reservation = self.reserve(id, end)?;
+        match self.open_for_write(id) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) => {
+                self.unreserve(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a read of `len` bytes at `offset` and opens the chunk; `None` if it does not
+    /// exist.
+    pub(crate) fn begin_read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Rc<ChunkFile>>, StoreError> {
+        self.check_range(offset, len)?;
+        self.open_for_read(id)
+    }
+
     /// The open file of a chunk, creating the chunk (and its directory) if missing.
     pub(crate) fn open_for_write(&self, id: ChunkId) -> Result<Rc<ChunkFile>, StoreError> {
         if let Some(file) = self.cached(id) {

@@ -54,23 +54,10 @@ impl ChunkStore for FileChunkStore {
         offset: u64,
         mut buf: ChunkBuf,
     ) -> (Result<(), StoreError>, ChunkBuf) {
-        let end = match self.dir.check_range(offset, buf.len()) {
-            Ok(end) => end,
+        let file = match self.dir.begin_write(id, offset, buf.len()) {
+            Ok(Some(file)) => file,
+            Ok(None) => return (Ok(()), buf),
             Err(e) => return (Err(e), buf),
-        };
-        if buf.is_empty() {
-            return (Ok(()), buf);
-        }
-        let reservation = match self.dir.reserve(id, end) {
-            Ok(r) => r,
-            Err(e) => return (Err(e), buf),
-        };
-        let file = match self.dir.open_for_write(id) {
-            Ok(file) => file,
-            Err(e) => {
-                self.dir.unreserve(reservation);
-                return (Err(e), buf);
-            }
         };
         let len = buf.len();
         let mut done = 0;
@@ -108,10 +95,7 @@ impl ChunkStore for FileChunkStore {
         offset: u64,
         mut buf: ChunkBuf,
     ) -> (Result<usize, StoreError>, ChunkBuf) {
-        if let Err(e) = self.dir.check_range(offset, buf.len()) {
-            return (Err(e), buf);
-        }
-        let file = match self.dir.open_for_read(id) {
+        let file = match self.dir.begin_read(id, offset, buf.len()) {
             Ok(Some(file)) => file,
             Ok(None) => return (Ok(0), buf),
             Err(e) => return (Err(e), buf),
