@@ -50,6 +50,13 @@ impl BenchFS {
         config: &ServerConfig,
         secret: Vec<u8>,
     ) -> Result<BenchFS, ApiError> {
+        if secret.len() > benchfs_proto::ops::TOKEN_LEN_MAX {
+            return Err(ApiError::Cluster(format!(
+                "the job secret is {} bytes; at most {} are allowed",
+                secret.len(),
+                benchfs_proto::ops::TOKEN_LEN_MAX
+            )));
+        }
         let entries = registry::read(&config.network.registry_dir)
             .map_err(|e| ApiError::Cluster(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread()

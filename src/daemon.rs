@@ -167,6 +167,16 @@ pub fn run(args: Args) -> Result<(), DaemonError> {
         })?,
         None => Vec::new(),
     };
+    if secret.len() > benchfs_proto::ops::TOKEN_LEN_MAX {
+        return Err(DaemonError::Config(ConfigError::Invalid {
+            key: "--secret-file",
+            reason: format!(
+                "the secret is {} bytes; at most {} are allowed",
+                secret.len(),
+                benchfs_proto::ops::TOKEN_LEN_MAX
+            ),
+        }));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -129,6 +129,23 @@ fn bad_configuration_is_refused_with_the_key_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    // A secret longer than the handshake carries is refused up front, not at encode time.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, vec![b's'; 70_000]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+        .args(["--backend", "memory", "--registry"])
+        .arg(dir.path().join("registry"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-file"));
+    let config = benchfs::config::ServerConfig::default();
+    let err = benchfs::api::BenchFS::connect_with_secret(&config, vec![0; 70_000]).unwrap_err();
+    assert!(err.to_string().contains("job secret"), "{err}");
 }
 
 #[test]
