@@ -44,9 +44,11 @@ pub(crate) struct Keep {
 
 enum Slot {
     Free,
-    /// Submitted; `waker` is woken when the CQE arrives.
+    /// Submitted; `waker` is woken when the CQE arrives. `token` is its future's, so the
+    /// eventfd-waiter role can be handed to it.
     Pending {
         waker: Option<Waker>,
+        token: u64,
         keep: Keep,
     },
     /// Completed; waiting for its future to take the result.
@@ -69,8 +71,12 @@ struct OpTable {
 }
 
 impl OpTable {
-    fn insert(&mut self, keep: Keep) -> usize {
-        let slot = Slot::Pending { waker: None, keep };
+    fn insert(&mut self, token: u64, keep: Keep) -> usize {
+        let slot = Slot::Pending {
+            waker: None,
+            token,
+            keep,
+        };
         self.in_flight += 1;
         match self.free.pop() {
             Some(index) => {
@@ -93,7 +99,7 @@ impl OpTable {
     fn complete(&mut self, index: usize, result: i32) -> Option<Waker> {
         self.in_flight -= 1;
         match std::mem::replace(&mut self.slots[index], Slot::Free) {
-            Slot::Pending { waker, keep } => {
+            Slot::Pending { waker, keep, .. } => {
                 self.slots[index] = Slot::Done { result, keep };
                 waker
             }
@@ -108,12 +114,14 @@ impl OpTable {
         }
     }
 
-    /// Any pending op's waker, to hand the eventfd-waiter role to.
-    fn any_waker(&self) -> Option<Waker> {
+    /// Any pending op's token and waker, to hand the eventfd-waiter role to.
+    fn any_waiter(&self) -> Option<(u64, Waker)> {
         self.slots.iter().find_map(|slot| match slot {
             Slot::Pending {
-                waker: Some(waker), ..
-            } => Some(waker.clone()),
+                waker: Some(waker),
+                token,
+                ..
+            } => Some((*token, waker.clone())),
             _ => None,
         })
     }
@@ -131,7 +139,8 @@ pub(crate) struct Driver {
     /// Submitters waiting for an op to leave the ring.
     place_waiters: RefCell<Vec<Waker>>,
     eventfd: AsyncFd<OwnedFd>,
-    /// Token of the future whose waker `eventfd` holds; 0 if none.
+    /// Token of the future responsible for `eventfd`: the one whose waker it holds, or
+    /// the one handed the role and woken to take it up; 0 if none.
     waiter: Cell<u64>,
     /// Source of waiter tokens; 0 is never handed out.
     last_token: Cell<u64>,
@@ -226,7 +235,8 @@ impl Driver {
         }
         .await;
         // No await between finding a place and taking it.
-        let index = self.ops.borrow_mut().insert(keep);
+        let token = self.token();
+        let index = self.ops.borrow_mut().insert(token, keep);
         let entry = entry.user_data(index as u64);
         {
             let mut ring = self.ring.borrow_mut();
@@ -239,7 +249,7 @@ impl Driver {
         Op {
             driver: self,
             index,
-            token: self.token(),
+            token,
             finished: false,
             spins: 0,
         }
@@ -308,14 +318,24 @@ impl Driver {
 
     /// Called when the future holding `token` leaves: if it was the eventfd waiter, wake
     /// another to take over.
+    ///
+    /// The role passes with the wake: the op woken becomes the waiter before it runs, so
+    /// if it completes or is dropped before sleeping on the eventfd itself, it hands on
+    /// in turn. Ops asleep but not registered with `eventfd` would otherwise be left with
+    /// nobody to reap their CQEs.
     fn hand_off(&self, token: u64) {
         if self.waiter.get() != token {
             return;
         }
         self.waiter.set(0);
-        let waker = self.ops.borrow().any_waker();
-        match waker {
-            Some(waker) => waker.wake(),
+        let next = self.ops.borrow().any_waiter();
+        match next {
+            Some((token, waker)) => {
+                self.waiter.set(token);
+                waker.wake();
+            }
+            // No op has a future to poll, so only submitters can be asleep: wake them
+            // all, and each either takes a place or sleeps on the eventfd itself.
             None => {
                 let waiters = std::mem::take(&mut *self.place_waiters.borrow_mut());
                 waiters.into_iter().for_each(Waker::wake);
@@ -463,5 +483,138 @@ impl Drop for Op<'_> {
         }
         drop(ops);
         self.driver.hand_off(self.token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use io_uring::{opcode, types};
+
+    use super::*;
+    use crate::disk::ChunkDir;
+    use crate::{Backend, ChunkBuf, ChunkId, StoreConfig};
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        /// Wakes since the last call.
+        fn take(&self) -> usize {
+            self.0.swap(0, Ordering::SeqCst)
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    /// An op that completes `ms` milliseconds after submission: a timeout whose timespec
+    /// lives in the op's buffer.
+    fn timer(file: &Rc<ChunkFile>, ms: u64) -> (squeue::Entry, Keep) {
+        let mut buf = ChunkBuf::with_len(16);
+        let nanos = i64::try_from(ms * 1_000_000).unwrap();
+        buf.as_mut_slice()[..8].copy_from_slice(&0i64.to_ne_bytes());
+        buf.as_mut_slice()[8..].copy_from_slice(&nanos.to_ne_bytes());
+        let timespec = buf.as_mut_ptr().cast::<types::Timespec>().cast_const();
+        let keep = Keep {
+            buf: Some(buf),
+            file: file.clone(),
+        };
+        (opcode::Timeout::new(timespec).build(), keep)
+    }
+
+    /// Sleeps until the CQ holds at least `n` CQEs (without reaping them).
+    async fn until_cqes(driver: &Driver, n: usize) {
+        for _ in 0..5000 {
+            if driver.ring.borrow_mut().completion().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the kernel never posted {n} CQEs");
+    }
+
+    /// The eventfd waiter left, and the role went to an op that then completed before
+    /// it slept on the eventfd itself; that op did not hand the role on, so an op asleep
+    /// but no longer registered with the eventfd was never woken for its CQE.
+    #[test]
+    fn waiter_role_survives_a_successor_that_completes_before_sleeping() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = ChunkDir::open(&StoreConfig::new(Backend::IoUring, dir.path())).unwrap();
+        let file = chunks.open_for_write(ChunkId::new(1, 0)).unwrap();
+        rt.block_on(async {
+            let driver = match Driver::new(4) {
+                Ok(driver) => driver,
+                Err(e @ StoreError::Unsupported { .. }) => {
+                    #[allow(clippy::print_stdout)]
+                    {
+                        println!("SKIPPED: {e}");
+                    }
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let (x_count, x_waker) = counter();
+            let (a_count, a_waker) = counter();
+            let (_, b_waker) = counter();
+            let poll = |future: &mut Pin<Box<dyn Future<Output = (i32, Keep)> + '_>>,
+                        waker: &Waker,
+                        times: u8| {
+                let mut cx = Context::from_waker(waker);
+                for _ in 0..times {
+                    assert!(future.as_mut().poll(&mut cx).is_pending());
+                }
+            };
+            let (entry, keep) = timer(&file, 100);
+            // SAFETY: the entry points only into `keep.buf`.
+            let mut x: Pin<Box<dyn Future<Output = _>>> =
+                Box::pin(unsafe { driver.run(entry, keep) });
+            let (entry, keep) = timer(&file, 300);
+            // SAFETY: as above.
+            let mut a: Pin<Box<dyn Future<Output = _>>> =
+                Box::pin(unsafe { driver.run(entry, keep) });
+            let (entry, keep) = timer(&file, 400);
+            // SAFETY: as above.
+            let mut b: Pin<Box<dyn Future<Output = _>>> =
+                Box::pin(unsafe { driver.run(entry, keep) });
+            // X (slot 0) is still spinning; A sleeps on the eventfd, then B replaces it there.
+            poll(&mut x, &x_waker, 1);
+            poll(&mut a, &a_waker, SPIN_POLLS_MAX + 1);
+            poll(&mut b, &b_waker, SPIN_POLLS_MAX + 1);
+            // Forget the wakes the spinning futures gave themselves.
+            x_count.take();
+            a_count.take();
+            // B leaves; the role goes to the first pending op, X.
+            drop(b);
+            assert!(x_count.take() > 0, "X was handed the role");
+            until_cqes(&driver, 1).await;
+            let mut cx = Context::from_waker(&x_waker);
+            assert!(x.as_mut().poll(&mut cx).is_ready(), "X's CQE is in the CQ");
+            // A's CQE arrives; let the runtime deliver the eventfd's readiness.
+            until_cqes(&driver, 1).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(
+                a_count.take() > 0,
+                "A's CQE is in the CQ, but nothing woke A"
+            );
+            let mut cx = Context::from_waker(&a_waker);
+            assert!(a.as_mut().poll(&mut cx).is_ready());
+        });
     }
 }
