@@ -279,6 +279,11 @@ impl Driver {
         }
     }
 
+    /// Whether submission entries are still waiting for the kernel.
+    fn has_unsubmitted(&self) -> bool {
+        !self.ring.borrow_mut().submission().is_empty()
+    }
+
     /// Moves every CQE into its slot and wakes the waiting futures.
     fn reap(&self) {
         let mut wakers = Vec::new();
@@ -452,7 +457,9 @@ impl Future for Op<'_> {
                     }
                 }
             }
-            if self.spins < SPIN_POLLS_MAX {
+            // Entries the kernel did not take (io_uring_enter failed, e.g. EAGAIN) would
+            // never complete, so no eventfd signal would come: retry instead of sleeping.
+            if self.spins < SPIN_POLLS_MAX || driver.has_unsubmitted() {
                 self.spins += 1;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
