@@ -15,7 +15,6 @@ mod fanout;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
@@ -88,7 +87,6 @@ pub struct FsClient {
     next_fd: Cell<Fd>,
     meta_cache: RefCell<MetadataCache>,
     chunk_cache: RefCell<ChunkCache>,
-    rdma_threshold: usize,
     registry_dir: std::path::PathBuf,
 }
 
@@ -201,7 +199,6 @@ impl FsClient {
                 config.cache.chunk_cache_mb.saturating_mul(1 << 20),
                 ttl,
             )),
-            rdma_threshold: config.network.rdma_threshold_bytes as usize,
             registry_dir: config.network.registry_dir.clone(),
         })
     }
@@ -1000,15 +997,5 @@ impl FsClient {
             .await
             .map(drop)
             .map_err(rpc_err("ping", "/"))
-    }
-
-    /// Payloads above this many bytes travel by rendezvous.
-    pub fn rdma_threshold(&self) -> usize {
-        self.rdma_threshold
-    }
-
-    /// Shared UCX context of this client, for tools that need their own worker.
-    pub fn context(&self) -> &Arc<Context> {
-        self.rpc.worker().context()
     }
 }
