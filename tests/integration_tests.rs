@@ -1088,3 +1088,34 @@ fn unlink_frees_chunks_and_names_can_be_reused() {
     fs.mkdir("/n", 0o755).unwrap();
     assert!(cluster.client().stat("/n").unwrap().is_dir());
 }
+
+/// A create checks its parent while it makes the record (two servers, one round trip);
+/// the record made under a parent that turned out missing must be gone afterwards.
+#[test]
+fn create_under_a_missing_or_file_parent_leaves_no_record() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let missing = fs.open("/absent/f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644);
+    assert_eq!(errno_of(missing), libc::ENOENT);
+    assert_eq!(errno_of(fs.mkdir("/absent/d", 0o755)), libc::ENOENT);
+    write_file(&fs, "/plain", b"x");
+    assert_eq!(
+        errno_of(fs.open("/plain/f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)),
+        libc::ENOTDIR
+    );
+    fs.mkdir("/absent", 0o755).unwrap();
+    let fresh = cluster.client();
+    assert_eq!(
+        errno_of(fresh.stat("/absent/f")),
+        libc::ENOENT,
+        "the rolled-back file is gone"
+    );
+    assert_eq!(
+        errno_of(fresh.stat("/absent/d")),
+        libc::ENOENT,
+        "the rolled-back directory is gone"
+    );
+    assert!(fresh.readdir("/absent").unwrap().is_empty());
+    let total: u64 = stats(&fresh).iter().map(|s| s.metadata_records).sum();
+    assert_eq!(total, 2, "only /plain and /absent exist");
+}

@@ -410,15 +410,40 @@ impl FsClient {
         Ok(reply.meta)
     }
 
+    /// Creates a record and checks its parent at once: the two live on different servers,
+    /// so a create costs one round trip, not two. A record made under a parent that turns
+    /// out to be missing (or not a directory) is removed again.
+    async fn create_checked(
+        &self,
+        op: &'static str,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+    ) -> Result<Result<FileMetadata, RpcError>, ApiError> {
+        let (parent, created) = futures_util::future::join(
+            self.check_parent(op, path),
+            self.create_record(op, path, kind, mode),
+        )
+        .await;
+        if let Err(e) = parent {
+            if created.is_ok() {
+                if let Err(undo) = self.delete_record(op, path, kind).await {
+                    tracing::warn!(error = %undo, path, "could not remove a record made under a missing parent");
+                }
+            }
+            return Err(e);
+        }
+        Ok(created)
+    }
+
     /// Opens (and with CREATE, creates) a file; returns its handle.
     pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
         let path = norm(path)?;
         let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
         let mut meta = if flags.contains(OpenFlags::CREATE) {
-            self.check_parent("open", &path).await?;
             match self
-                .create_record("open", &path, EntryKind::File, mode)
-                .await
+                .create_checked("open", &path, EntryKind::File, mode)
+                .await?
             {
                 Ok(m) => m,
                 Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => {
@@ -707,10 +732,9 @@ impl FsClient {
         if path == "/" {
             return Err(fs_err("mkdir", &path, Status::Exists));
         }
-        self.check_parent("mkdir", &path).await?;
         let meta = self
-            .create_record("mkdir", &path, EntryKind::Directory, mode)
-            .await
+            .create_checked("mkdir", &path, EntryKind::Directory, mode)
+            .await?
             .map_err(rpc_err("mkdir", &path))?;
         self.meta_cache.borrow_mut().put(&path, meta);
         Ok(())
