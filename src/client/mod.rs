@@ -279,6 +279,11 @@ impl FsClient {
         result.map(|r| (r.reply, r.payload))
     }
 
+    /// Every server's index, for calls that fan out to the whole job.
+    fn all_servers(&self) -> std::ops::Range<ServerIndex> {
+        0..self.servers.len() as ServerIndex
+    }
+
     fn replica_set(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
         self.ring.replicas(key, self.replicas)
     }
@@ -687,7 +692,8 @@ impl FsClient {
     pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
         self.flush_size(fd).await?;
         let path = self.with_file(fd, |f| f.path.clone())?;
-        let all = (0..self.servers.len() as ServerIndex)
+        let all = self
+            .all_servers()
             .map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, Vec::new()));
         for r in join_all(all).await {
             r.map_err(rpc_err("fsync", &path))?;
@@ -772,7 +778,7 @@ impl FsClient {
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
         let chunks = ChunkLayout::new(meta.chunk_size).chunk_count(meta.size);
         let servers: Vec<ServerIndex> = if chunks >= self.servers.len() as u64 {
-            (0..self.servers.len() as ServerIndex).collect()
+            self.all_servers().collect()
         } else {
             let mut owners: Vec<ServerIndex> = (0..chunks)
                 .flat_map(|index| {
@@ -840,7 +846,8 @@ impl FsClient {
 
     /// Lists a directory on every server, merging the pages; stops after `limit` entries.
     async fn list(&self, dir: &str, limit: usize) -> Result<Vec<DirEntry>, ApiError> {
-        let pages = (0..self.servers.len() as ServerIndex)
+        let pages = self
+            .all_servers()
             .map(|s| fanout::list_server(self, s, dir, limit));
         let mut merged = BTreeMap::new();
         for page in join_all(pages).await {
@@ -1002,7 +1009,7 @@ impl FsClient {
 
     /// Counters of every server, in ring order.
     pub async fn server_stats(&self) -> Vec<(ServerEntry, Result<ops::StatsReply, ApiError>)> {
-        let all = (0..self.servers.len() as ServerIndex).map(|s| async move {
+        let all = self.all_servers().map(|s| async move {
             let r = self
                 .call_on::<ops::Stats>(s, &ops::Empty, Vec::new())
                 .await

@@ -148,21 +148,14 @@ async fn handle_message(
     let frame = match decoded {
         Ok(f) => f,
         Err(e) => {
-            state
-                .counters
-                .malformed
-                .set(state.counters.malformed.get() + 1);
+            state.counters.note_malformed();
             tracing::warn!(error = %e, "malformed request frame");
             if let Some(id) = raw_request_id(msg.header()) {
                 send_reply(
                     &ep,
                     OpCode::Ping,
                     id,
-                    Reply {
-                        status: Status::Protocol,
-                        body: Vec::new(),
-                        payload: None,
-                    },
+                    Reply::error(Status::Protocol),
                     threshold,
                 )
                 .await;
@@ -170,6 +163,13 @@ async fn handle_message(
             return;
         }
     };
+    // Refused before any payload is received: an unauthenticated peer gets no work done.
+    if frame.op != OpCode::Hello && !authenticated.admits(&ep) {
+        tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
+        let refused = Reply::error(Status::PermissionDenied);
+        send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
+        return;
+    }
     // A payload goes straight into a store buffer: by rendezvous with no copy, or copied
     // once from UCX's eager buffer. Only a body too long for the AM header comes first in
     // the data, and then the data is taken as one buffer.
@@ -182,11 +182,7 @@ async fn handle_message(
             Err(e) => {
                 // The store refuses a buffer longer than a chunk: the request is at fault.
                 tracing::warn!(error = %e, "no buffer for an incoming payload");
-                let refused = Reply {
-                    status: store_status(e),
-                    body: Vec::new(),
-                    payload: None,
-                };
+                let refused = Reply::error(store_status(e));
                 send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
                 return;
             }
@@ -217,20 +213,10 @@ async fn handle_message(
         None if inline.is_empty() => Payload::None,
         None => Payload::Bytes(inline),
     };
-    let reply = if frame.op != OpCode::Hello && !authenticated.admits(&ep) {
-        tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
-        Reply {
-            status: Status::PermissionDenied,
-            body: Vec::new(),
-            payload: None,
-        }
-    } else {
-        let reply = state.handle(frame.op, body, payload).await;
-        if frame.op == OpCode::Hello && reply.status == Status::Ok {
-            authenticated.admit(&ep);
-        }
-        reply
-    };
+    let reply = state.handle(frame.op, body, payload).await;
+    if frame.op == OpCode::Hello && reply.status == Status::Ok {
+        authenticated.admit(&ep);
+    }
     send_reply(&ep, frame.op, frame.request_id, reply, threshold).await;
 }
 

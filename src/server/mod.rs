@@ -62,7 +62,8 @@ impl Reply {
         }
     }
 
-    fn error(status: Status) -> Reply {
+    /// A reply carrying only a non-`Ok` status.
+    pub(crate) fn error(status: Status) -> Reply {
         Reply {
             status,
             body: Vec::new(),
@@ -96,6 +97,13 @@ pub struct Counters {
     pub requests: Cell<u64>,
     /// Requests refused as malformed.
     pub malformed: Cell<u64>,
+}
+
+impl Counters {
+    /// Counts one request refused as malformed.
+    pub fn note_malformed(&self) {
+        self.malformed.set(self.malformed.get() + 1);
+    }
 }
 
 /// Everything one server process holds: its metadata share and its chunk store.
@@ -183,9 +191,7 @@ impl ServerState {
         self.counters.requests.set(self.counters.requests.get() + 1);
         let reply = self.dispatch(op, body, payload).await;
         if reply.status == Status::Protocol {
-            self.counters
-                .malformed
-                .set(self.counters.malformed.get() + 1);
+            self.counters.note_malformed();
         }
         reply
     }
