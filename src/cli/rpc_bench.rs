@@ -9,6 +9,7 @@
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -17,6 +18,7 @@ use super::cluster::benchfsd_path;
 use super::CliError;
 use crate::api::{ApiError, BenchFS, FsClient};
 use crate::config::ServerConfig;
+use crate::rpc::OutPayload;
 use crate::{limits, registry};
 
 /// Byte every payload is filled with, so that its pages are resident before timing starts.
@@ -72,6 +74,11 @@ pub struct Args {
     /// tell which side's polling matters.
     #[arg(long)]
     pub client_busy_poll_us: Option<u64>,
+    /// Copy each payload from the caller's buffer into a send buffer, as a file write
+    /// does. By default one shared buffer is sent again and again with no copy, as
+    /// ucx_perftest does, so the figures are those of the RPC layer itself.
+    #[arg(long)]
+    pub copy_payload: bool,
 }
 
 /// Latency of one payload size.
@@ -138,13 +145,14 @@ pub fn run(args: Args) -> Result<(), CliError> {
         std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
     );
     println!(
-        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size} client_busy_poll_us={}",
+        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size} client_busy_poll_us={} copy_payload={}",
         join(&args.busy_poll_us),
         args.pings,
         args.warmup,
         args.window,
         args.seconds,
         args.client_busy_poll_us.map_or("same".to_string(), |us| us.to_string()),
+        args.copy_payload,
     );
     let mut variants = Vec::new();
     for &busy_poll_us in &args.busy_poll_us {
@@ -233,6 +241,7 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
             args.pings,
             args.warmup,
             budget.mul_f64(RTT_BUDGET_FACTOR),
+            args.copy_payload,
         )?;
         println!(
             "rtt busy_poll_us={busy_poll_us} payload_bytes={} pings={} p50_us={:.2} p99_us={:.2} mean_us={:.2} max_us={:.2}",
@@ -246,7 +255,7 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
         variant.rtt.push(r);
     }
     for &size in &args.sizes {
-        let b = bandwidth(fs, size, args.window, budget)?;
+        let b = bandwidth(fs, size, args.window, budget, args.copy_payload)?;
         println!(
             "bw busy_poll_us={busy_poll_us} payload_bytes={} window={} pings={} seconds={:.3} mib_per_s={:.2} pings_per_s={:.0}",
             b.payload_bytes,
@@ -261,26 +270,35 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
     Ok(variant)
 }
 
-/// One ping at a time; every round trip is timed. The client copies the payload into a
-/// reused send buffer, as a write does.
+/// The payload of one ping: `shared` itself, or a copy of it when `copy` is set.
+fn ping_payload(client: &FsClient, shared: &Rc<[u8]>, copy: bool) -> OutPayload {
+    if copy {
+        client.copy_payload(shared)
+    } else {
+        OutPayload::Shared(Rc::clone(shared))
+    }
+}
+
+/// One ping at a time; every round trip is timed.
 fn round_trips(
     fs: &BenchFS,
     payload_bytes: usize,
     pings: usize,
     warmup: usize,
     budget: Duration,
+    copy: bool,
 ) -> Result<RttFigure, CliError> {
     let client = fs.client();
-    let payload = vec![PAYLOAD_FILL; payload_bytes];
+    let payload: Rc<[u8]> = vec![PAYLOAD_FILL; payload_bytes].into();
     let mut nanos: Vec<u64> = Vec::with_capacity(pings);
     fs.block_on(async {
         for _ in 0..warmup {
-            client.ping(0, &payload).await?;
+            client.ping(0, ping_payload(client, &payload, copy)).await?;
         }
         let deadline = Instant::now() + budget;
         for _ in 0..pings {
             let start = Instant::now();
-            client.ping(0, &payload).await?;
+            client.ping(0, ping_payload(client, &payload, copy)).await?;
             let end = Instant::now();
             nanos.push(end.duration_since(start).as_nanos() as u64);
             if end > deadline {
@@ -317,11 +335,12 @@ fn bandwidth(
     size: usize,
     window: usize,
     budget: Duration,
+    copy: bool,
 ) -> Result<BwFigure, CliError> {
     let round = (ROUND_BYTES_MAX / size.max(1)).clamp(window * 4, ROUND_PINGS_MAX.max(window * 4));
-    let payload = vec![PAYLOAD_FILL; size];
+    let payload: Rc<[u8]> = vec![PAYLOAD_FILL; size].into();
     let left = Cell::new(round.min(window * 8));
-    fs.block_on(lanes(fs.client(), &payload, &left, window))?;
+    fs.block_on(lanes(fs.client(), &payload, copy, &left, window))?;
     let mut elapsed = Duration::ZERO;
     let mut pings = 0;
     while elapsed < budget {
@@ -335,7 +354,7 @@ fn bandwidth(
         };
         left.set(n);
         let start = Instant::now();
-        fs.block_on(lanes(fs.client(), &payload, &left, window))?;
+        fs.block_on(lanes(fs.client(), &payload, copy, &left, window))?;
         elapsed += start.elapsed();
         pings += n;
     }
@@ -349,14 +368,15 @@ fn bandwidth(
 /// Sends `left` pings of `payload` with `window` in flight.
 async fn lanes(
     client: &FsClient,
-    payload: &[u8],
+    payload: &Rc<[u8]>,
+    copy: bool,
     left: &Cell<usize>,
     window: usize,
 ) -> Result<(), ApiError> {
     let lane = || async {
         while left.get() > 0 {
             left.set(left.get() - 1);
-            client.ping(0, payload).await?;
+            client.ping(0, ping_payload(client, payload, copy)).await?;
         }
         Ok(())
     };

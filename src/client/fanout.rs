@@ -6,7 +6,7 @@ use benchfs_proto::ops::{self, READDIR_PAGE_MAX};
 
 use super::FsClient;
 use crate::placement::ServerIndex;
-use crate::rpc::RpcError;
+use crate::rpc::{OutPayload, RpcError};
 
 /// This server's entries of `dir`, in name order, at most `limit`.
 pub(super) async fn list_server(
@@ -24,7 +24,7 @@ pub(super) async fn list_server(
             limit: READDIR_PAGE_MAX,
         };
         let (page, _) = client
-            .call_on::<ops::Readdir>(server, &req, Vec::new())
+            .call_on::<ops::Readdir>(server, &req, OutPayload::none())
             .await?;
         let last = page.entries.last().map(|(name, _)| name.clone());
         out.extend(page.entries);

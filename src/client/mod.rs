@@ -30,7 +30,7 @@ use crate::path;
 use crate::placement::{PlacementKey, PlacementRing, ServerIndex};
 use crate::registry::ServerEntry;
 use crate::rpc::client::{ClientOptions, Connection, RpcClient};
-use crate::rpc::RpcError;
+use crate::rpc::{OutPayload, RpcError};
 
 use cache::{ChunkCache, MetadataCache};
 
@@ -267,7 +267,7 @@ impl FsClient {
         &self,
         index: ServerIndex,
         req: &R::Request,
-        payload: Vec<u8>,
+        payload: OutPayload,
     ) -> Result<(R::Reply, Vec<u8>), RpcError> {
         let conn = self.conn(index).await?;
         let result = conn.call_with::<R>(req, payload).await;
@@ -296,7 +296,7 @@ impl FsClient {
     ) -> Result<(R::Reply, Vec<u8>), RpcError> {
         let mut last = None;
         for server in self.replica_set(key) {
-            match self.call_on::<R>(server, req, Vec::new()).await {
+            match self.call_on::<R>(server, req, OutPayload::none()).await {
                 Err(e) if is_unreachable(&e) => last = Some(e),
                 other => return other,
             }
@@ -387,11 +387,11 @@ impl FsClient {
         };
         let (reply, _) = match kind {
             EntryKind::File => {
-                self.call_on::<ops::MetadataCreateFile>(servers[0], &req, Vec::new())
+                self.call_on::<ops::MetadataCreateFile>(servers[0], &req, OutPayload::none())
                     .await?
             }
             EntryKind::Directory => {
-                self.call_on::<ops::MetadataCreateDir>(servers[0], &req, Vec::new())
+                self.call_on::<ops::MetadataCreateDir>(servers[0], &req, OutPayload::none())
                     .await?
             }
         };
@@ -403,7 +403,7 @@ impl FsClient {
         for r in join_all(
             servers[1..]
                 .iter()
-                .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, Vec::new())),
+                .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
         )
         .await
         {
@@ -694,7 +694,7 @@ impl FsClient {
         let path = self.with_file(fd, |f| f.path.clone())?;
         let all = self
             .all_servers()
-            .map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, Vec::new()));
+            .map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, OutPayload::none()));
         for r in join_all(all).await {
             r.map_err(rpc_err("fsync", &path))?;
         }
@@ -797,7 +797,7 @@ impl FsClient {
         };
         let calls = servers
             .into_iter()
-            .map(|s| self.call_on::<ops::RemoveChunks>(s, &req, Vec::new()));
+            .map(|s| self.call_on::<ops::RemoveChunks>(s, &req, OutPayload::none()));
         for r in join_all(calls).await {
             r.map_err(rpc_err(op, path))?;
         }
@@ -1011,7 +1011,7 @@ impl FsClient {
     pub async fn server_stats(&self) -> Vec<(ServerEntry, Result<ops::StatsReply, ApiError>)> {
         let all = self.all_servers().map(|s| async move {
             let r = self
-                .call_on::<ops::Stats>(s, &ops::Empty, Vec::new())
+                .call_on::<ops::Stats>(s, &ops::Empty, OutPayload::none())
                 .await
                 .map(|(r, _)| r);
             (
@@ -1022,9 +1022,14 @@ impl FsClient {
         join_all(all).await
     }
 
+    /// A payload holding a copy of `data`, as a write sends it.
+    pub fn copy_payload(&self, data: &[u8]) -> OutPayload {
+        self.rpc.payload(data)
+    }
+
     /// Round trip to one server with a payload it discards (for the RPC benchmark).
-    pub async fn ping(&self, server: ServerIndex, payload: &[u8]) -> Result<(), ApiError> {
-        self.call_on::<ops::Ping>(server, &ops::Empty, self.rpc.payload(payload))
+    pub async fn ping(&self, server: ServerIndex, payload: OutPayload) -> Result<(), ApiError> {
+        self.call_on::<ops::Ping>(server, &ops::Empty, payload)
             .await
             .map(drop)
             .map_err(rpc_err("ping", "/"))

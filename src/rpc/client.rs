@@ -17,7 +17,7 @@ use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
 use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, Worker};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::{RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
+use super::{OutPayload, RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
 
 /// How often a call waiting for its reply checks whether its connection failed.
 const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
@@ -95,15 +95,19 @@ impl RpcClient {
         Ok(client)
     }
 
-    /// A payload buffer holding a copy of `data`, reusing the buffer of an earlier call.
-    pub fn payload(&self, data: &[u8]) -> Vec<u8> {
+    /// A payload holding a copy of `data`, in the buffer of an earlier call when one is
+    /// spare.
+    pub fn payload(&self, data: &[u8]) -> OutPayload {
         let mut buf = self.spare_payloads.borrow_mut().pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(data);
-        buf
+        OutPayload::Owned(buf)
     }
 
-    fn recycle(&self, buf: Vec<u8>) {
+    fn recycle(&self, payload: OutPayload) {
+        let OutPayload::Owned(buf) = payload else {
+            return;
+        };
         if buf.capacity() == 0 || buf.capacity() > SPARE_PAYLOAD_BYTES_MAX {
             return;
         }
@@ -226,14 +230,17 @@ impl Connection {
 
     /// Calls `R` with no payload.
     pub async fn call<R: Rpc>(&self, request: &R::Request) -> Result<R::Reply, RpcError> {
-        Ok(self.call_with::<R>(request, Vec::new()).await?.reply)
+        Ok(self
+            .call_with::<R>(request, OutPayload::none())
+            .await?
+            .reply)
     }
 
     /// Calls `R` with a payload (sent eagerly up to the threshold, by rendezvous above).
     pub async fn call_with<R: Rpc>(
         &self,
         request: &R::Request,
-        payload: Vec<u8>,
+        payload: OutPayload,
     ) -> Result<Response<R::Reply>, RpcError> {
         let timeout = self.client.options.rpc_timeout;
         match tokio::time::timeout(timeout, self.exchange(R::OP, request.to_bytes(), payload)).await
@@ -269,7 +276,7 @@ impl Connection {
         &self,
         op: OpCode,
         body: Vec<u8>,
-        payload: Vec<u8>,
+        payload: OutPayload,
     ) -> Result<(Frame, Vec<u8>, Vec<u8>), RpcError> {
         let _permit = self
             .inflight
@@ -300,9 +307,9 @@ impl Connection {
             payload
         } else {
             let mut data = body;
-            data.extend_from_slice(&payload);
+            data.extend_from_slice(payload.as_ref());
             client.recycle(payload);
-            data
+            OutPayload::Owned(data)
         };
         let (_, data) = self
             .ep

@@ -11,6 +11,8 @@
 pub mod client;
 pub mod server;
 
+use std::rc::Rc;
+
 use benchfs_proto::{DecodeError, Status};
 use benchfs_store::ChunkBuf;
 
@@ -85,5 +87,54 @@ impl AsRef<[u8]> for StoreBuf {
 impl AsMut<[u8]> for StoreBuf {
     fn as_mut(&mut self) -> &mut [u8] {
         self.0.as_mut_slice()
+    }
+}
+
+/// The payload a call sends after its body. UCX reads it in place until the send
+/// completes, so either kind goes out without another copy.
+#[derive(Debug, Clone)]
+pub enum OutPayload {
+    /// A buffer the call owns; the client keeps it for reuse once the send completes.
+    Owned(Vec<u8>),
+    /// Bytes shared with the caller, e.g. one buffer sent to every replica or sent again
+    /// and again by a benchmark.
+    Shared(Rc<[u8]>),
+}
+
+impl OutPayload {
+    /// No payload.
+    pub fn none() -> Self {
+        OutPayload::Owned(Vec::new())
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl AsRef<[u8]> for OutPayload {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            OutPayload::Owned(v) => v,
+            OutPayload::Shared(s) => s,
+        }
+    }
+}
+
+impl From<Vec<u8>> for OutPayload {
+    fn from(v: Vec<u8>) -> Self {
+        OutPayload::Owned(v)
+    }
+}
+
+impl From<Rc<[u8]>> for OutPayload {
+    fn from(s: Rc<[u8]>) -> Self {
+        OutPayload::Shared(s)
     }
 }

@@ -141,7 +141,8 @@ pub struct Frame {
     pub body_len: usize,
     /// Inline payload length in bytes.
     pub payload_len: usize,
-    /// Whether the body followed the fixed header in the AM header (else it opens the data).
+    /// Whether the body followed the fixed header in the AM header, or is empty (else it
+    /// opens the data). When set, the data is all payload.
     pub body_in_header: bool,
 }
 
@@ -206,7 +207,9 @@ impl Frame {
                 reason: "above PAYLOAD_LEN_MAX",
             });
         }
-        let body_in_header = !body_in_header.is_empty();
+        // An empty body is "in the header" too: then the data is all payload either way,
+        // and the receiver can take it as one buffer.
+        let body_in_header = !body_in_header.is_empty() || body_len == 0;
         if body_in_header && header.len() - FRAME_HEADER_LEN != body_len as usize {
             return Err(DecodeError::LengthMismatch {
                 field: "body_len",
@@ -262,6 +265,17 @@ mod tests {
         let f = Frame::decode(reply.as_bytes(), 0).unwrap();
         assert!(f.is_reply);
         assert_eq!(f.status, 3);
+    }
+
+    #[test]
+    fn empty_body_leaves_all_data_to_the_payload() {
+        let ping = Frame::header(OpCode::Ping, 9, 0, false, 0, 4096);
+        let f = Frame::decode(ping.as_bytes(), 4096).unwrap();
+        assert!(f.body_in_header, "an empty body counts as in the header");
+        assert_eq!((f.body_len, f.payload_len), (0, 4096));
+        let with_body = Frame::header(OpCode::Ping, 9, 0, false, 8, 4096);
+        let f = Frame::decode(with_body.as_bytes(), 8 + 4096).unwrap();
+        assert!(!f.body_in_header, "a body not in the header opens the data");
     }
 
     #[test]
