@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Runs `benchfs rpc-bench` (Ping over our RPC layer, busy polling on and off) and
-# ucx_perftest (ucp_am_lat, ucp_am_bw) on localhost in one run, with the same transport,
-# and prints one table with the ratios against the goals:
+# ucx_perftest (ucp_am_lat, ucp_am_bw) on localhost with the same transport, ROUNDS times
+# interleaved, and prints one table with the ratios against the goals:
 #   RTT:       our ping p50 <= 3 x (2 x ucp_am_lat one-way p50)
 #   bandwidth: our pipelined ping >= 0.9 x ucp_am_bw, at 1 MiB and 4 MiB
 #
+# Each round runs both tools back to back, and a ratio is taken within a round; the table
+# gives the median over rounds of each figure and of each ratio, with the smallest and
+# largest ratio, because this kind of machine is shared and one run can be off by 2x.
+#
 # Usage: scripts/rpc-vs-ucx-perftest.sh
+#   ROUNDS     interleaved rounds (default 3)
 #   POLL_LIST  busy-poll windows for rpc-bench, us (default 0,10,50,200)
 #   POLL_ON    the window reported as "polling on" (default 200, the config default); "off" is 0
 #   WINDOW     pings in flight (default 16); also ucx_perftest -O for ucp_am_bw
 #   SECS       seconds per bandwidth figure (default 1); PINGS per RTT figure (20000)
 #   OUT_DIR    where raw outputs go (default target/rpc-vs-ucx-perftest)
+#   RPC_BENCH_ARGS  more rpc-bench flags, e.g. --copy-payload to send as a file write does
+#
+# rpc-bench sends one shared payload buffer without copying it, as ucx_perftest does; with
+# --copy-payload each ping first copies it into a send buffer, as FsClient::write does.
 #
 # Transport: our endpoints ask for peer error handling, which UCX 1.13 offers only over
 # tcp, so BenchFS runs with UCX_TLS=tcp and the like-for-like perftest does too (with -e,
@@ -19,6 +28,7 @@
 # ucx_perftest's "MB/s" is MiB/s (it divides by 2^20); rpc-bench prints MiB/s too.
 set -euo pipefail
 
+ROUNDS=${ROUNDS:-3}
 POLL_LIST=${POLL_LIST:-0,10,50,200}
 POLL_ON=${POLL_ON:-200}
 WINDOW=${WINDOW:-16}
@@ -27,12 +37,14 @@ PINGS=${PINGS:-20000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT_DIR=${OUT_DIR:-$ROOT/target/rpc-vs-ucx-perftest}
 PERFTEST=${PERFTEST:-/usr/bin/ucx_perftest}
+RPC_BENCH_ARGS=${RPC_BENCH_ARGS:-}
 SIZES=(8 4096 32768 65536 1048576 4194304)
 # perftest iterations per bandwidth size, about a second each over loopback tcp.
 declare -A BW_ITERS=([8]=200000 [4096]=100000 [32768]=20000 [65536]=10000 [1048576]=1000 [4194304]=250)
 LAT_ITERS=${LAT_ITERS:-100000}
 
 [ -x "$PERFTEST" ] || { echo "ucx_perftest not found at $PERFTEST" >&2; exit 1; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 1; }
 case ",$POLL_LIST," in *",$POLL_ON,"*) ;; *) echo "POLL_ON=$POLL_ON is not in POLL_LIST=$POLL_LIST" >&2; exit 1 ;; esac
 case ",$POLL_LIST," in *",0,"*) ;; *) echo "POLL_LIST must include 0 (polling off)" >&2; exit 1 ;; esac
 mkdir -p "$OUT_DIR"
@@ -44,19 +56,13 @@ echo "# host=$(hostname) cpus=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuin
      "kernel=$(uname -r) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 echo "# commit=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo none)" \
      "ucx=$(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p' | head -1)"
-echo "# poll_list=$POLL_LIST poll_on=$POLL_ON window=$WINDOW secs=$SECS pings=$PINGS lat_iters=$LAT_ITERS"
+echo "# rounds=$ROUNDS poll_list=$POLL_LIST poll_on=$POLL_ON window=$WINDOW secs=$SECS pings=$PINGS lat_iters=$LAT_ITERS rpc_bench_args=\"$RPC_BENCH_ARGS\""
 
-# --- BenchFS ----------------------------------------------------------------------------
-UCX_TLS=tcp "$BENCHFS" rpc-bench --busy-poll-us "$POLL_LIST" --window "$WINDOW" \
-    --seconds "$SECS" --pings "$PINGS" | tee "$OUT_DIR/rpc-bench.txt"
-grep -q '^bw ' "$OUT_DIR/rpc-bench.txt" || { echo "rpc-bench printed no results" >&2; exit 1; }
-
-# ours KIND POLL SIZE KEY: one value from rpc-bench's key=value records.
+# ours ROUND KIND POLL SIZE KEY: one value from rpc-bench's key=value records.
 ours() {
-    grep "^$1 busy_poll_us=$2 payload_bytes=$3 " "$OUT_DIR/rpc-bench.txt" | sed -n "s/.* $4=\([^ ]*\).*/\1/p" | head -1
+    grep "^$2 busy_poll_us=$3 payload_bytes=$4 " "$OUT_DIR/rpc-bench-$1.txt" | sed -n "s/.* $5=\([^ ]*\).*/\1/p" | head -1
 }
 
-# --- ucx_perftest -----------------------------------------------------------------------
 PORT=$((20000 + RANDOM % 20000))
 
 # perftest TLS NAME ARGS...: runs a server and a client on localhost; prints the final line
@@ -79,52 +85,84 @@ perftest() {
     grep -E '^[[:space:]]*[0-9]+[[:space:]]+[0-9.]+' "$log" | tail -1
 }
 
+# perftest_round TLS ROUND: ucp_am_lat at 8 B and ucp_am_bw at every size, into PT.
 declare -A PT
-for tls in tcp default; do
+perftest_round() {
+    local tls=$1 r=$2 t line size n
     t=$([ "$tls" = default ] && echo "" || echo "$tls")
-    line=$(perftest "$t" "am_lat-$tls" -t ucp_am_lat -e -s 8 -n "$LAT_ITERS" -w $((LAT_ITERS / 10)))
-    PT[lat,$tls]=$(awk '{print $2}' <<<"$line")
-    PT[latavg,$tls]=$(awk '{print $3}' <<<"$line")
-    echo "perftest tls=$tls test=ucp_am_lat size=8 p50_us=${PT[lat,$tls]} avg_us=${PT[latavg,$tls]}"
+    line=$(perftest "$t" "am_lat-$tls-$r" -t ucp_am_lat -e -s 8 -n "$LAT_ITERS" -w $((LAT_ITERS / 10)))
+    PT[lat,$tls,$r]=$(awk '{print $2}' <<<"$line")
+    echo "perftest round=$r tls=$tls test=ucp_am_lat size=8 p50_us=${PT[lat,$tls,$r]} avg_us=$(awk '{print $3}' <<<"$line")"
     for size in "${SIZES[@]}"; do
         n=${BW_ITERS[$size]}
-        line=$(perftest "$t" "am_bw-$size-$tls" -t ucp_am_bw -e -s "$size" -O "$WINDOW" -n "$n" -w $((n / 10)))
-        PT[bw,$tls,$size]=$(awk '{print $6}' <<<"$line")
-        echo "perftest tls=$tls test=ucp_am_bw size=$size window=$WINDOW mib_per_s=${PT[bw,$tls,$size]}"
+        line=$(perftest "$t" "am_bw-$size-$tls-$r" -t ucp_am_bw -e -s "$size" -O "$WINDOW" -n "$n" -w $((n / 10)))
+        PT[bw,$tls,$size,$r]=$(awk '{print $6}' <<<"$line")
+        echo "perftest round=$r tls=$tls test=ucp_am_bw size=$size window=$WINDOW mib_per_s=${PT[bw,$tls,$size,$r]}"
     done
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    # shellcheck disable=SC2086 # RPC_BENCH_ARGS is a list of flags
+    UCX_TLS=tcp "$BENCHFS" rpc-bench --busy-poll-us "$POLL_LIST" --window "$WINDOW" \
+        --seconds "$SECS" --pings "$PINGS" $RPC_BENCH_ARGS | sed "s/^/round=$r /" \
+        | tee "$OUT_DIR/rpc-bench-$r.raw"
+    sed "s/^round=$r //" "$OUT_DIR/rpc-bench-$r.raw" >"$OUT_DIR/rpc-bench-$r.txt"
+    grep -q '^bw ' "$OUT_DIR/rpc-bench-$r.txt" || { echo "rpc-bench printed no results" >&2; exit 1; }
+    perftest_round tcp "$r"
 done
+# The shared-memory reference, once.
+perftest_round default 1
 
 # --- Table --------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "") printf "%.2f", a / b; else printf "n/a" }'; }
 verdict() { awk -v r="$1" -v g="$2" -v dir="$3" 'BEGIN {
     if (r == "n/a") print "n/a"; else if ((dir == "le" && r <= g) || (dir == "ge" && r >= g)) print "ok"; else print "MISS" }'; }
+# stats V...: "median min max" of the numeric arguments ("n/a" if none).
+stats() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{ v[++n] = $1 } END {
+    if (n == 0) { print "n/a n/a n/a"; exit }
+    m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    printf "%.2f %.2f %.2f\n", m, v[1], v[n] }'; }
+median() { stats "$@" | cut -d' ' -f1; }
 
 echo
-echo "# ratios: ours / ucx_perftest (UCX_TLS=tcp); RTT goal <= 3.00, bandwidth goal >= 0.90"
-printf '%-22s %-9s %12s %14s %8s %6s %16s\n' figure polling benchfs perftest_tcp ratio goal perftest_default
-rtt_ref=$(awk -v l="${PT[lat,tcp]}" 'BEGIN { printf "%.2f", 2 * l }')
-rtt_def=$(awk -v l="${PT[lat,default]}" 'BEGIN { printf "%.2f", 2 * l }')
+echo "# medians over $ROUNDS rounds; ratio = ours / ucx_perftest (UCX_TLS=tcp) within a round,"
+echo "# median [min..max] over rounds. Goals: RTT ratio <= 3.00, bandwidth ratio >= 0.90"
+printf '%-22s %-9s %12s %14s %20s %6s %16s\n' figure polling benchfs perftest_tcp "ratio [min..max]" goal perftest_default
 for mode in on off; do
     poll=$([ $mode = on ] && echo "$POLL_ON" || echo 0)
-    ours_rtt=$(ours rtt "$poll" 8 p50_us)
-    r=$(ratio "$ours_rtt" "$rtt_ref")
-    printf '%-22s %-9s %12s %14s %8s %6s %16s\n' "rtt p50 us (8 B)" "$mode($poll)" "$ours_rtt" "$rtt_ref" "$r" "$(verdict "$r" 3 le)" "$rtt_def"
+    vals=() refs=() ratios=()
+    for r in $(seq 1 "$ROUNDS"); do
+        v=$(ours "$r" rtt "$poll" 8 p50_us); ref=$(awk -v l="${PT[lat,tcp,$r]}" 'BEGIN { printf "%.2f", 2 * l }')
+        vals+=("$v"); refs+=("$ref"); ratios+=("$(ratio "$v" "$ref")")
+    done
+    read -r rm rlo rhi <<<"$(stats "${ratios[@]}")"
+    printf '%-22s %-9s %12s %14s %20s %6s %16s\n' "rtt p50 us (8 B)" "$mode($poll)" "$(median "${vals[@]}")" "$(median "${refs[@]}")" \
+        "$rm [$rlo..$rhi]" "$(verdict "$rm" 3 le)" "$(awk -v l="${PT[lat,default,1]}" 'BEGIN { printf "%.2f", 2 * l }')"
 done
 for size in "${SIZES[@]}"; do
     for mode in on off; do
         poll=$([ $mode = on ] && echo "$POLL_ON" || echo 0)
-        ours_bw=$(ours bw "$poll" "$size" mib_per_s)
-        r=$(ratio "$ours_bw" "${PT[bw,tcp,$size]}")
+        vals=() refs=() ratios=()
+        for r in $(seq 1 "$ROUNDS"); do
+            v=$(ours "$r" bw "$poll" "$size" mib_per_s); ref=${PT[bw,tcp,$size,$r]}
+            vals+=("$v"); refs+=("$ref"); ratios+=("$(ratio "$v" "$ref")")
+        done
+        read -r rm rlo rhi <<<"$(stats "${ratios[@]}")"
         goal=-
-        if [ "$size" -ge 1048576 ]; then goal=$(verdict "$r" 0.9 ge); fi
-        printf '%-22s %-9s %12s %14s %8s %6s %16s\n' "bw MiB/s ($size B)" "$mode($poll)" "$ours_bw" "${PT[bw,tcp,$size]}" "$r" "$goal" "${PT[bw,default,$size]}"
+        if [ "$size" -ge 1048576 ]; then goal=$(verdict "$rm" 0.9 ge); fi
+        printf '%-22s %-9s %12s %14s %20s %6s %16s\n' "bw MiB/s ($size B)" "$mode($poll)" "$(median "${vals[@]}")" "$(median "${refs[@]}")" \
+            "$rm [$rlo..$rhi]" "$goal" "${PT[bw,default,$size,1]}"
     done
 done
 
 echo
-echo "# rtt by busy_poll_us (8 B payload): p50 / p99 / mean us"
+echo "# rtt by busy_poll_us (8 B payload), medians over rounds: p50 / p99 / mean us"
 IFS=, read -ra polls <<<"$POLL_LIST"
 for poll in "${polls[@]}"; do
-    printf 'busy_poll_us=%-5s p50=%-9s p99=%-9s mean=%s\n' "$poll" "$(ours rtt "$poll" 8 p50_us)" "$(ours rtt "$poll" 8 p99_us)" "$(ours rtt "$poll" 8 mean_us)"
+    p50=() p99=() mean=()
+    for r in $(seq 1 "$ROUNDS"); do
+        p50+=("$(ours "$r" rtt "$poll" 8 p50_us)"); p99+=("$(ours "$r" rtt "$poll" 8 p99_us)"); mean+=("$(ours "$r" rtt "$poll" 8 mean_us)")
+    done
+    printf 'busy_poll_us=%-5s p50=%-9s p99=%-9s mean=%s\n' "$poll" "$(median "${p50[@]}")" "$(median "${p99[@]}")" "$(median "${mean[@]}")"
 done
 echo "# load at end: $(cut -d' ' -f1-3 /proc/loadavg); raw outputs in $OUT_DIR"

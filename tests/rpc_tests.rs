@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use benchfs::api::OpenFlags;
 use benchfs::rpc::client::{ClientOptions, Connection, RpcClient};
-use benchfs::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
+use benchfs::rpc::{OutPayload, RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, MAGIC, PAYLOAD_LEN_MAX, VERSION};
 use benchfs_proto::meta::{EntryKind, SizeUpdate};
 use benchfs_proto::ops::{self, ChunkIo, Empty, HelloRequest, RemoteBuffer};
@@ -570,6 +570,27 @@ fn payloads_around_the_rendezvous_threshold_round_trip() {
         );
         let s = stats(&conn).await;
         assert_eq!(s.chunks, sizes.len() as u64);
+
+        // One shared buffer sent by several calls at once, with no copy, eager and
+        // rendezvous: each chunk gets the whole buffer intact.
+        for (round, len) in [THRESHOLD - 1, 1 << 20].into_iter().enumerate() {
+            let shared: Rc<[u8]> = pattern(len, 40 + round as u64).into();
+            let indexes: Vec<u64> = (0..4).map(|i| 30 + 10 * round as u64 + i).collect();
+            let writes = indexes.iter().map(|&index| {
+                let payload = OutPayload::Shared(Rc::clone(&shared));
+                let conn = &conn;
+                async move {
+                    conn.call_with::<ops::WriteChunk>(&chunk_io(1, index, 0, len), payload)
+                        .await
+                }
+            });
+            for r in join_all(writes).await {
+                assert_eq!(r.unwrap().reply.len, len as u64);
+            }
+            for index in indexes {
+                assert!(read(&conn, 1, index, 0, len).await == shared[..]);
+            }
+        }
 
         // A body too long for the AM header opens the AM data instead; the server must
         // split body and payload there too, eager and rendezvous.

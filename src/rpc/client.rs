@@ -240,9 +240,10 @@ impl Connection {
     pub async fn call_with<R: Rpc>(
         &self,
         request: &R::Request,
-        payload: OutPayload,
+        payload: impl Into<OutPayload>,
     ) -> Result<Response<R::Reply>, RpcError> {
         let timeout = self.client.options.rpc_timeout;
+        let payload = payload.into();
         match tokio::time::timeout(timeout, self.exchange(R::OP, request.to_bytes(), payload)).await
         {
             Ok(result) => {
@@ -298,7 +299,7 @@ impl Connection {
             .to_bytes()
             .to_vec();
         let proto = if payload.len() > client.options.rdma_threshold {
-            AmProto::Auto
+            AmProto::Rndv
         } else {
             AmProto::Eager
         };
