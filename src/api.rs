@@ -107,9 +107,14 @@ impl BenchFS {
         self.block_on(self.client.read(fd, buf))
     }
 
-    /// Writes at the handle's position.
+    /// Writes at the handle's position. The sends read `data` in place, with no copy, and
+    /// the call returns once UCX has finished with every byte of it.
     pub fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
-        self.block_on(self.client.write(fd, data))
+        benchfs_ucx::lend(
+            data,
+            |loan| self.block_on(self.client.write_lent(fd, loan)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
     }
 
     /// Reads at `offset`.
@@ -117,9 +122,13 @@ impl BenchFS {
         self.block_on(self.client.pread(fd, buf, offset))
     }
 
-    /// Writes at `offset`.
+    /// Writes at `offset`, reading `data` in place as [`BenchFS::write`] does.
     pub fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
-        self.block_on(self.client.pwrite(fd, data, offset))
+        benchfs_ucx::lend(
+            data,
+            |loan| self.block_on(self.client.pwrite_lent(fd, loan, offset)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
     }
 
     /// Moves the handle's position.

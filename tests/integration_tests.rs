@@ -768,6 +768,43 @@ fn reads_from_a_dead_server_fail_without_hanging() {
 }
 
 #[test]
+fn a_write_to_a_stalled_server_fails_in_time_and_the_client_recovers() {
+    // The blocking API lends the caller's slice to UCX without a copy and must not return
+    // while a send still reads it. A server that is alive but stopped never completes a
+    // rendezvous send, so the call has to give up on the connection at the timeout.
+    let timeout = Duration::from_millis(1500);
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        rpc_timeout_ms: timeout.as_millis() as u64,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    let fd = fs.create("/stalled", 0o644).unwrap();
+    let first = pattern(8 * C, 1);
+    assert_eq!(fs.pwrite(fd, &first, 0).unwrap(), first.len());
+
+    cluster.signal(0, "STOP");
+    let start = Instant::now();
+    let stalled = fs.pwrite(fd, &pattern(8 * C, 2), 0);
+    let took = start.elapsed();
+    cluster.signal(0, "CONT");
+    // A liveness bound, not a timing assertion: a hang would take forever.
+    assert!(took < timeout + Duration::from_secs(5), "took {took:?}");
+    let errno = errno_of(stalled);
+    assert!(
+        [libc::EIO, libc::ETIMEDOUT].contains(&errno),
+        "errno {errno}"
+    );
+
+    // The same client reconnects and writes; the data is whole.
+    let last = pattern(8 * C, 3);
+    assert_eq!(fs.pwrite(fd, &last, 0).unwrap(), last.len());
+    fs.close(fd).unwrap();
+    assert!(read_file(&cluster.client(), "/stalled") == last);
+    assert!(cluster.all_running());
+}
+
+#[test]
 fn bad_paths_are_refused_and_create_nothing() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::ops::{self, Rpc};
 use benchfs_proto::Status;
-use benchfs_ucx::{Context, Features};
+use benchfs_ucx::{Context, Features, Loan};
 use futures_util::future::join_all;
 
 use crate::api::{ApiError, OpenFlags};
@@ -137,6 +137,56 @@ fn norm(path: &str) -> Result<String, ApiError> {
 const STALE_PROGRESS_MAX: usize = 64;
 
 /// Whether an error means "this server did not answer", so a replica may.
+/// How often [`FsClient::settle`] makes the worker progress while it waits.
+const SETTLE_PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Where the bytes a call sends come from.
+#[derive(Clone, Copy)]
+enum WriteSource<'a> {
+    /// A borrowed slice, copied into a send buffer per call.
+    Copied(&'a [u8]),
+    /// A range of a loan, sent in place.
+    Lent(&'a Loan, (usize, usize)),
+}
+
+impl<'a> WriteSource<'a> {
+    /// No payload.
+    const NONE: WriteSource<'static> = WriteSource::Copied(&[]);
+
+    /// The whole of a loan.
+    fn lent(loan: &'a Loan) -> Self {
+        WriteSource::Lent(loan, (0, loan.len()))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            WriteSource::Copied(d) => d.len(),
+            WriteSource::Lent(_, (start, end)) => end - start,
+        }
+    }
+
+    /// The bytes in `range` of this source.
+    fn part(&self, range: std::ops::Range<usize>) -> WriteSource<'a> {
+        match *self {
+            WriteSource::Copied(d) => WriteSource::Copied(&d[range]),
+            WriteSource::Lent(loan, (start, _)) => {
+                WriteSource::Lent(loan, (start + range.start, start + range.end))
+            }
+        }
+    }
+
+    /// A payload for one call.
+    fn payload(&self, rpc: &RpcClient) -> OutPayload {
+        match *self {
+            WriteSource::Copied(d) => rpc.payload(d),
+            WriteSource::Lent(loan, (start, end)) => OutPayload::Lent(
+                loan.lend(start..end)
+                    .expect("a part of a loan lies within it"),
+            ),
+        }
+    }
+}
+
 fn is_unreachable(e: &RpcError) -> bool {
     matches!(e.status(), Status::TimedOut | Status::Unavailable)
 }
@@ -309,13 +359,13 @@ impl FsClient {
         &self,
         key: PlacementKey<'_>,
         req: &R::Request,
-        payload: &[u8],
+        payload: WriteSource<'_>,
     ) -> Result<R::Reply, RpcError> {
         let servers = self.replica_set(key);
         let results = join_all(
             servers
                 .iter()
-                .map(|&s| self.call_on::<R>(s, req, self.rpc.payload(payload))),
+                .map(|&s| self.call_on::<R>(s, req, payload.payload(&self.rpc))),
         )
         .await;
         let mut first = None;
@@ -506,7 +556,7 @@ impl FsClient {
             how: SizeUpdate::AtLeast,
         };
         let reply = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(&path), &req, &[])
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(&path), &req, WriteSource::NONE)
             .await
             .map_err(rpc_err("size update", &path))?;
         self.meta_cache.borrow_mut().put(&path, reply.meta);
@@ -524,8 +574,19 @@ impl FsClient {
         flushed
     }
 
-    /// Writes at the handle's position (or the end, with APPEND) and advances it.
+    /// Writes at the handle's position (or the end, with APPEND) and advances it. The
+    /// bytes are copied once into send buffers; see [`FsClient::write_lent`].
     pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
+        self.write_from(fd, WriteSource::Copied(data)).await
+    }
+
+    /// [`FsClient::write`] of a loan's bytes, sent from the lender's memory without a
+    /// copy: the blocking API lends the caller's slice (see [`benchfs_ucx::lend`]).
+    pub async fn write_lent(&self, fd: Fd, loan: &Loan) -> Result<usize, ApiError> {
+        self.write_from(fd, WriteSource::lent(loan)).await
+    }
+
+    async fn write_from(&self, fd: Fd, data: WriteSource<'_>) -> Result<usize, ApiError> {
         let offset = self.with_file(fd, |f| {
             if f.flags.contains(OpenFlags::APPEND) {
                 f.size
@@ -533,7 +594,7 @@ impl FsClient {
                 f.pos
             }
         })?;
-        let n = self.pwrite(fd, data, offset).await?;
+        let n = self.pwrite_from(fd, data, offset).await?;
         self.with_file(fd, |f| f.pos = offset + n as u64)?;
         Ok(n)
     }
@@ -564,20 +625,39 @@ impl FsClient {
     }
 
     /// Writes `data` at `offset`, chunk by chunk, to every chunk's servers concurrently.
+    /// The bytes are copied once into send buffers; see [`FsClient::pwrite_lent`].
     pub async fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
+        self.pwrite_from(fd, WriteSource::Copied(data), offset)
+            .await
+    }
+
+    /// [`FsClient::pwrite`] of a loan's bytes, sent from the lender's memory without a
+    /// copy.
+    pub async fn pwrite_lent(&self, fd: Fd, loan: &Loan, offset: u64) -> Result<usize, ApiError> {
+        self.pwrite_from(fd, WriteSource::lent(loan), offset).await
+    }
+
+    async fn pwrite_from(
+        &self,
+        fd: Fd,
+        data: WriteSource<'_>,
+        offset: u64,
+    ) -> Result<usize, ApiError> {
         let (path, meta, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.flags))?;
         if !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
             return Err(fs_err("write", &path, Status::BadHandle));
         }
-        if data.is_empty() {
+        let len = data.len();
+        if len == 0 {
             return Ok(0);
         }
         let layout = ChunkLayout::new(meta.chunk_size);
         let spans = layout
-            .spans(offset, data.len() as u64)
+            .spans(offset, len as u64)
             .map_err(|_| fs_err("write", &path, Status::InvalidArgument))?;
         let writes = spans.map(|span| {
-            let bytes = &data[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
+            let start = span.buf_offset as usize;
+            let part = data.part(start..start + span.len as usize);
             let req = ops::ChunkIo {
                 file_id: meta.file_id,
                 index: span.index,
@@ -590,21 +670,35 @@ impl FsClient {
                     file_id: meta.file_id,
                     index: span.index,
                 };
-                self.write_all::<ops::WriteChunk>(key, &req, bytes).await
+                self.write_all::<ops::WriteChunk>(key, &req, part).await
             }
         });
         for r in join_all(writes).await {
             r.map_err(rpc_err("write", &path))?;
         }
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        let end = offset + data.len() as u64;
+        let end = offset + len as u64;
         self.with_file(fd, |f| {
             if end > f.size {
                 f.size = end;
                 f.size_dirty = true;
             }
         })?;
-        Ok(data.len())
+        Ok(len)
+    }
+
+    /// Runs the event loop until every view of `loan` is back: until UCX has finished
+    /// every send that reads it. The lender's `settle` (see [`benchfs_ucx::lend`]).
+    pub async fn settle(&self, loan: &Loan) {
+        let _polling = self.rpc.worker().expect_replies();
+        while loan.outstanding() > 0 {
+            tokio::select! {
+                _ = loan.returned() => {}
+                // A send cancelled by a closed endpoint completes during progress, which
+                // an idle worker might not otherwise run.
+                _ = tokio::time::sleep(SETTLE_PROGRESS_INTERVAL) => self.rpc.worker().wake_progress(),
+            }
+        }
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; holes read as zeros; stops at the size.
@@ -759,7 +853,7 @@ impl FsClient {
             expect: Some(expect),
         };
         let reply = self
-            .write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, &[])
+            .write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await
             .map_err(rpc_err(op, path))?;
         Ok(reply.meta)
@@ -925,7 +1019,7 @@ impl FsClient {
                             index,
                         },
                         &req,
-                        &[],
+                        WriteSource::NONE,
                     )
                     .await
                 }
@@ -941,7 +1035,7 @@ impl FsClient {
             how: SizeUpdate::Exact,
         };
         let reply = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, &[])
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await
             .map_err(rpc_err("truncate", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);
@@ -988,9 +1082,13 @@ impl FsClient {
             meta,
             exclusive: false,
         };
-        self.write_all::<ops::MetadataInsert>(PlacementKey::Metadata(&to), &insert, &[])
-            .await
-            .map_err(rpc_err("rename", &to))?;
+        self.write_all::<ops::MetadataInsert>(
+            PlacementKey::Metadata(&to),
+            &insert,
+            WriteSource::NONE,
+        )
+        .await
+        .map_err(rpc_err("rename", &to))?;
         self.forget(&to);
         self.delete_record("rename", &from, meta.kind).await?;
         if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {

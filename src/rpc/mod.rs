@@ -92,13 +92,15 @@ impl AsMut<[u8]> for StoreBuf {
 
 /// The payload a call sends after its body. UCX reads it in place until the send
 /// completes, so either kind goes out without another copy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum OutPayload {
     /// A buffer the call owns; the client keeps it for reuse once the send completes.
     Owned(Vec<u8>),
     /// Bytes shared with the caller, e.g. one buffer sent to every replica or sent again
     /// and again by a benchmark.
     Shared(Rc<[u8]>),
+    /// Part of a caller's slice, lent for a blocking call (see [`benchfs_ucx::lend`]).
+    Lent(benchfs_ucx::Lent),
 }
 
 impl OutPayload {
@@ -123,6 +125,7 @@ impl AsRef<[u8]> for OutPayload {
         match self {
             OutPayload::Owned(v) => v,
             OutPayload::Shared(s) => s,
+            OutPayload::Lent(l) => l.as_ref(),
         }
     }
 }

@@ -183,6 +183,17 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (a name for kill(1), e.g. "STOP") to server `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let child = self.children[i].as_ref().expect("server running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// SIGTERM server `i` and wait for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self, i: usize) -> bool {
         let child = self.children[i].take().expect("server running");
