@@ -16,10 +16,11 @@
 #   WINDOW     pings in flight (default 16); also ucx_perftest -O for ucp_am_bw
 #   SECS       seconds per bandwidth figure (default 1); PINGS per RTT figure (20000)
 #   OUT_DIR    where raw outputs go (default target/rpc-vs-ucx-perftest)
-#   RPC_BENCH_ARGS  more rpc-bench flags, e.g. --copy-payload to send as a file write does
+#   RPC_BENCH_ARGS  more rpc-bench flags, e.g. --copy-payload
 #
-# rpc-bench sends one shared payload buffer without copying it, as ucx_perftest does; with
-# --copy-payload each ping first copies it into a send buffer, as FsClient::write does.
+# rpc-bench sends one shared payload buffer without copying it, as ucx_perftest does and
+# as the blocking API's writes do (they lend the caller's slice); with --copy-payload each
+# ping first copies it into a send buffer, as the async FsClient::write does.
 #
 # Transport: our endpoints ask for peer error handling, which UCX 1.13 offers only over
 # tcp, so BenchFS runs with UCX_TLS=tcp and the like-for-like perftest does too (with -e,

@@ -74,9 +74,10 @@ pub struct Args {
     /// tell which side's polling matters.
     #[arg(long)]
     pub client_busy_poll_us: Option<u64>,
-    /// Copy each payload from the caller's buffer into a send buffer, as a file write
-    /// does. By default one shared buffer is sent again and again with no copy, as
-    /// ucx_perftest does, so the figures are those of the RPC layer itself.
+    /// Copy each payload from the caller's buffer into a send buffer, as the async
+    /// `FsClient::write` does with a borrowed slice. By default one shared buffer is sent
+    /// again and again with no copy, as ucx_perftest does and as the blocking API's
+    /// writes do (they lend the caller's slice), so the figures are the RPC layer's own.
     #[arg(long)]
     pub copy_payload: bool,
 }
