@@ -61,16 +61,17 @@ echo "# rounds=$ROUNDS poll_list=$POLL_LIST poll_on=$POLL_ON window=$WINDOW secs
 
 # ours ROUND KIND POLL SIZE KEY: one value from rpc-bench's key=value records.
 ours() {
-    grep "^$2 busy_poll_us=$3 payload_bytes=$4 " "$OUT_DIR/rpc-bench-$1.txt" | sed -n "s/.* $5=\([^ ]*\).*/\1/p" | head -1
+    { grep "^$2 busy_poll_us=$3 payload_bytes=$4 " "$OUT_DIR/rpc-bench-$1.txt" || true; } \
+        | sed -n "s/.* $5=\([^ ]*\).*/\1/p" | head -1
 }
 
 PORT=$((20000 + RANDOM % 20000))
 
-# perftest TLS NAME ARGS...: runs a server and a client on localhost; prints the final line
-# (-f: iterations, p50, avg, overall latency in us; avg, overall MiB/s; avg, overall msg/s).
+# perftest TLS NAME PORT ARGS...: runs a server and a client on localhost; prints the
+# final line (-f: iterations, p50, avg, overall latency in us; avg, overall MiB/s; avg,
+# overall msg/s). It runs in $(...), so the caller picks a fresh PORT each time.
 perftest() {
-    local tls=$1 name=$2; shift 2
-    PORT=$((PORT + 1))
+    local tls=$1 name=$2 PORT=$3; shift 3
     local log="$OUT_DIR/perftest-$name.txt" srv
     env ${tls:+UCX_TLS=$tls} timeout 120 "$PERFTEST" -p "$PORT" >"$log.server" 2>&1 &
     srv=$!
@@ -91,12 +92,14 @@ declare -A PT
 perftest_round() {
     local tls=$1 r=$2 t line size n
     t=$([ "$tls" = default ] && echo "" || echo "$tls")
-    line=$(perftest "$t" "am_lat-$tls-$r" -t ucp_am_lat -e -s 8 -n "$LAT_ITERS" -w $((LAT_ITERS / 10)))
+    PORT=$((PORT + 1))
+    line=$(perftest "$t" "am_lat-$tls-$r" "$PORT" -t ucp_am_lat -e -s 8 -n "$LAT_ITERS" -w $((LAT_ITERS / 10)))
     PT[lat,$tls,$r]=$(awk '{print $2}' <<<"$line")
     echo "perftest round=$r tls=$tls test=ucp_am_lat size=8 p50_us=${PT[lat,$tls,$r]} avg_us=$(awk '{print $3}' <<<"$line")"
     for size in "${SIZES[@]}"; do
         n=${BW_ITERS[$size]}
-        line=$(perftest "$t" "am_bw-$size-$tls-$r" -t ucp_am_bw -e -s "$size" -O "$WINDOW" -n "$n" -w $((n / 10)))
+        PORT=$((PORT + 1))
+        line=$(perftest "$t" "am_bw-$size-$tls-$r" "$PORT" -t ucp_am_bw -e -s "$size" -O "$WINDOW" -n "$n" -w $((n / 10)))
         PT[bw,$tls,$size,$r]=$(awk '{print $6}' <<<"$line")
         echo "perftest round=$r tls=$tls test=ucp_am_bw size=$size window=$WINDOW mib_per_s=${PT[bw,$tls,$size,$r]}"
     done
@@ -118,12 +121,15 @@ perftest_round default 1
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "") printf "%.2f", a / b; else printf "n/a" }'; }
 verdict() { awk -v r="$1" -v g="$2" -v dir="$3" 'BEGIN {
     if (r == "n/a") print "n/a"; else if ((dir == "le" && r <= g) || (dir == "ge" && r >= g)) print "ok"; else print "MISS" }'; }
-# stats V...: "median min max" of the numeric arguments ("n/a" if none).
-stats() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{ v[++n] = $1 } END {
-    if (n == 0) { print "n/a n/a n/a"; exit }
+# stats V...: "median min max n" of the numeric arguments (a round that printed nothing
+# is left out, and n says how many counted).
+stats() { printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g | awk '{ v[++n] = $1 } END {
+    if (n == 0) { print "n/a n/a n/a 0"; exit }
     m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    printf "%.2f %.2f %.2f\n", m, v[1], v[n] }'; }
+    printf "%.2f %.2f %.2f %d\n", m, v[1], v[n], n }'; }
 median() { stats "$@" | cut -d' ' -f1; }
+# rounds_note N: marks a ratio that fewer than all rounds produced.
+rounds_note() { if [ "$1" -lt "$ROUNDS" ]; then printf ' (%s of %s rounds)' "$1" "$ROUNDS"; fi; }
 
 echo
 echo "# medians over $ROUNDS rounds; ratio = ours / ucx_perftest (UCX_TLS=tcp) within a round,"
@@ -136,9 +142,9 @@ for mode in on off; do
         v=$(ours "$r" rtt "$poll" 8 p50_us); ref=$(awk -v l="${PT[lat,tcp,$r]}" 'BEGIN { printf "%.2f", 2 * l }')
         vals+=("$v"); refs+=("$ref"); ratios+=("$(ratio "$v" "$ref")")
     done
-    read -r rm rlo rhi <<<"$(stats "${ratios[@]}")"
+    read -r rm rlo rhi rn <<<"$(stats "${ratios[@]}")"
     printf '%-22s %-9s %12s %14s %20s %6s %16s\n' "rtt p50 us (8 B)" "$mode($poll)" "$(median "${vals[@]}")" "$(median "${refs[@]}")" \
-        "$rm [$rlo..$rhi]" "$(verdict "$rm" 3 le)" "$(awk -v l="${PT[lat,default,1]}" 'BEGIN { printf "%.2f", 2 * l }')"
+        "$rm [$rlo..$rhi]$(rounds_note "$rn")" "$(verdict "$rm" 3 le)" "$(awk -v l="${PT[lat,default,1]}" 'BEGIN { printf "%.2f", 2 * l }')"
 done
 for size in "${SIZES[@]}"; do
     for mode in on off; do
@@ -148,11 +154,11 @@ for size in "${SIZES[@]}"; do
             v=$(ours "$r" bw "$poll" "$size" mib_per_s); ref=${PT[bw,tcp,$size,$r]}
             vals+=("$v"); refs+=("$ref"); ratios+=("$(ratio "$v" "$ref")")
         done
-        read -r rm rlo rhi <<<"$(stats "${ratios[@]}")"
+        read -r rm rlo rhi rn <<<"$(stats "${ratios[@]}")"
         goal=-
         if [ "$size" -ge 1048576 ]; then goal=$(verdict "$rm" 0.9 ge); fi
         printf '%-22s %-9s %12s %14s %20s %6s %16s\n' "bw MiB/s ($size B)" "$mode($poll)" "$(median "${vals[@]}")" "$(median "${refs[@]}")" \
-            "$rm [$rlo..$rhi]" "$goal" "${PT[bw,default,$size,1]}"
+            "$rm [$rlo..$rhi]$(rounds_note "$rn")" "$goal" "${PT[bw,default,$size,1]}"
     done
 done
 

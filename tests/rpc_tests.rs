@@ -1048,6 +1048,12 @@ fn bad_frames() -> Vec<BadFrame> {
         vec![0; 10],
         protocol,
     );
+    add(
+        "payload on stats, whose body is empty",
+        request(OpCode::Stats, 0, &[], 4096),
+        vec![0; 4096],
+        protocol,
+    );
     let mut body = ops::DeleteRequest {
         path: "/x".into(),
         expect: None,

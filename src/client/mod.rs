@@ -136,7 +136,6 @@ fn norm(path: &str) -> Result<String, ApiError> {
 /// Most worker progress calls made before reusing a connection, to notice a dead peer.
 const STALE_PROGRESS_MAX: usize = 64;
 
-/// Whether an error means "this server did not answer", so a replica may.
 /// How often [`FsClient::settle`] makes the worker progress while it waits.
 const SETTLE_PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -187,6 +186,7 @@ impl<'a> WriteSource<'a> {
     }
 }
 
+/// Whether an error means "this server did not answer", so a replica may.
 fn is_unreachable(e: &RpcError) -> bool {
     matches!(e.status(), Status::TimedOut | Status::Unavailable)
 }
@@ -323,7 +323,11 @@ impl FsClient {
         let result = conn.call_with::<R>(req, payload).await;
         if let Err(e) = &result {
             if is_unreachable(e) {
-                self.servers[index as usize].conn.borrow_mut().take();
+                // Only this connection: another call may have replaced it meanwhile.
+                let mut slot = self.servers[index as usize].conn.borrow_mut();
+                if slot.as_ref().is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+                    slot.take();
+                }
             }
         }
         result.map(|r| (r.reply, r.payload))
@@ -690,13 +694,17 @@ impl FsClient {
     /// Runs the event loop until every view of `loan` is back: until UCX has finished
     /// every send that reads it. The lender's `settle` (see [`benchfs_ucx::lend`]).
     pub async fn settle(&self, loan: &Loan) {
-        let _polling = self.rpc.worker().expect_replies();
+        let worker = self.rpc.worker();
+        let _polling = worker.expect_replies();
         while loan.outstanding() > 0 {
             tokio::select! {
                 _ = loan.returned() => {}
                 // A send cancelled by a closed endpoint completes during progress, which
-                // an idle worker might not otherwise run.
-                _ = tokio::time::sleep(SETTLE_PROGRESS_INTERVAL) => self.rpc.worker().wake_progress(),
+                // an idle worker might not otherwise run, so this does not rely on the
+                // progress task alone.
+                _ = tokio::time::sleep(SETTLE_PROGRESS_INTERVAL) => {
+                    worker.progress();
+                }
             }
         }
     }
@@ -1125,7 +1133,9 @@ impl FsClient {
         self.rpc.payload(data)
     }
 
-    /// Round trip to one server with a payload it discards (for the RPC benchmark).
+    /// Round trip to one server with a payload it discards (for the RPC benchmark). The
+    /// server receives the payload into a store buffer, as a write's, so it may be at
+    /// most a chunk.
     pub async fn ping(&self, server: ServerIndex, payload: OutPayload) -> Result<(), ApiError> {
         self.call_on::<ops::Ping>(server, &ops::Empty, payload)
             .await

@@ -170,6 +170,14 @@ async fn handle_message(
         send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
         return;
     }
+    // Refused before any payload is received, too.
+    if frame.payload_len > 0 && !frame.op.takes_payload() {
+        state.counters.note_malformed();
+        tracing::warn!(op = ?frame.op, "a payload on an operation that takes none; refused");
+        let refused = Reply::error(Status::Protocol);
+        send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
+        return;
+    }
     // A payload goes straight into a store buffer: by rendezvous with no copy, or copied
     // once from UCX's eager buffer. Only a body too long for the AM header comes first in
     // the data, and then the data is taken as one buffer.

@@ -203,7 +203,7 @@ impl ServerState {
                 Status::Protocol
             })
         }
-        if op != OpCode::WriteChunk && op != OpCode::Ping && payload.len() != 0 {
+        if !op.takes_payload() && payload.len() != 0 {
             return Reply::error(Status::Protocol);
         }
         let result: Result<Reply, Status> = async {

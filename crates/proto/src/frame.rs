@@ -88,6 +88,12 @@ impl OpCode {
     pub fn from_wire(id: u16) -> Option<OpCode> {
         OpCode::ALL.iter().copied().find(|op| *op as u16 == id)
     }
+
+    /// Whether a request of this operation may carry a payload (at most a chunk, which
+    /// the server receives into a store buffer).
+    pub fn takes_payload(self) -> bool {
+        matches!(self, OpCode::WriteChunk | OpCode::Ping)
+    }
 }
 
 /// The 32-byte header of every frame, little-endian, alignment 1.

@@ -48,7 +48,8 @@ pub struct Lent {
 ///
 /// A `Lent` that is leaked (`mem::forget`) or never dropped keeps this function from
 /// returning: the scope waits rather than let the caller free memory UCX may still read.
-/// The same holds during a panic in `scope`; a panic in `settle` then aborts.
+/// The same holds during a panic in `scope`. A panic in `settle` aborts the process, since
+/// unwinding out would end the borrow while views are alive.
 pub fn lend<R>(data: &[u8], scope: impl FnOnce(&Loan) -> R, settle: impl FnMut(&Loan)) -> R {
     /// Settles on every way out of `lend`, unwinding included.
     struct Settle<S: FnMut(&Loan)> {
@@ -57,9 +58,19 @@ pub fn lend<R>(data: &[u8], scope: impl FnOnce(&Loan) -> R, settle: impl FnMut(&
     }
     impl<S: FnMut(&Loan)> Drop for Settle<S> {
         fn drop(&mut self) {
+            // A panic out of `settle` would end the borrow with views still alive.
+            let abort = AbortOnUnwind;
             while self.loan.outstanding() > 0 {
                 (self.settle)(&self.loan);
             }
+            std::mem::forget(abort);
+        }
+    }
+    /// Aborts the process if dropped, which only happens when a panic unwinds past it.
+    struct AbortOnUnwind;
+    impl Drop for AbortOnUnwind {
+        fn drop(&mut self) {
+            std::process::abort();
         }
     }
     let guard = Settle {
@@ -111,7 +122,8 @@ impl Loan {
         self.state.outstanding.get()
     }
 
-    /// Resolves once no view is outstanding.
+    /// Resolves once no view is outstanding. One waiter at a time: a second `returned`
+    /// polled meanwhile takes over the wakeup.
     pub async fn returned(&self) {
         poll_fn(|cx| {
             if self.outstanding() == 0 {
