@@ -102,9 +102,14 @@ impl BenchFS {
         self.block_on(self.client.close(fd))
     }
 
-    /// Reads at the handle's position.
+    /// Reads at the handle's position. Replies are received into `buf` in place (unless
+    /// the chunk cache is on), and the call returns once UCX has finished with it.
     pub fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize, ApiError> {
-        self.block_on(self.client.read(fd, buf))
+        benchfs_ucx::lend_mut(
+            buf,
+            |loan| self.block_on(self.client.read_lent(fd, loan)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
     }
 
     /// Writes at the handle's position. The sends read `data` in place, with no copy, and
@@ -117,9 +122,13 @@ impl BenchFS {
         )
     }
 
-    /// Reads at `offset`.
+    /// Reads at `offset`, receiving into `buf` in place as [`BenchFS::read`] does.
     pub fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
-        self.block_on(self.client.pread(fd, buf, offset))
+        benchfs_ucx::lend_mut(
+            buf,
+            |loan| self.block_on(self.client.pread_lent(fd, loan, offset)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
     }
 
     /// Writes at `offset`, reading `data` in place as [`BenchFS::write`] does.

@@ -796,10 +796,28 @@ fn a_write_to_a_stalled_server_fails_in_time_and_the_client_recovers() {
         "errno {errno}"
     );
 
-    // The same client reconnects and writes; the data is whole.
+    // A read lends the caller's buffer to receives the same way.
+    fs.fsync(fd).unwrap();
+    let reader = fs.open("/stalled", OpenFlags::READ, 0).unwrap();
+    let mut buf = vec![0xEE; 8 * C];
+    cluster.signal(0, "STOP");
+    let start = Instant::now();
+    let stalled = fs.pread(reader, &mut buf, 0);
+    let took = start.elapsed();
+    cluster.signal(0, "CONT");
+    assert!(took < timeout + Duration::from_secs(5), "took {took:?}");
+    let errno = errno_of(stalled);
+    assert!(
+        [libc::EIO, libc::ETIMEDOUT].contains(&errno),
+        "errno {errno}"
+    );
+
+    // The same client reconnects, writes and reads; the data is whole.
     let last = pattern(8 * C, 3);
     assert_eq!(fs.pwrite(fd, &last, 0).unwrap(), last.len());
     fs.close(fd).unwrap();
+    assert_eq!(fs.pread(reader, &mut buf, 0).unwrap(), last.len());
+    assert!(buf == last);
     assert!(read_file(&cluster.client(), "/stalled") == last);
     assert!(cluster.all_running());
 }

@@ -73,6 +73,11 @@ impl ChunkCache {
         }
     }
 
+    /// Whether the cache keeps anything.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.capacity_bytes > 0
+    }
+
     /// The bytes of `[offset, offset + len)` of a chunk, if a cached read covers them.
     pub(crate) fn get(
         &mut self,

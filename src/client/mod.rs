@@ -20,16 +20,16 @@ use std::time::Duration;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::ops::{self, Rpc};
 use benchfs_proto::Status;
-use benchfs_ucx::{Context, Features, Loan};
+use benchfs_ucx::{Context, Features, LentMut, Loan};
 use futures_util::future::join_all;
 
 use crate::api::{ApiError, OpenFlags};
 use crate::config::ServerConfig;
-use crate::layout::ChunkLayout;
+use crate::layout::{ChunkLayout, ChunkSpan};
 use crate::path;
 use crate::placement::{PlacementKey, PlacementRing, ServerIndex};
 use crate::registry::ServerEntry;
-use crate::rpc::client::{ClientOptions, Connection, RpcClient};
+use crate::rpc::client::{ClientOptions, Connection, Response, RpcClient};
 use crate::rpc::{OutPayload, RpcError};
 
 use cache::{ChunkCache, MetadataCache};
@@ -186,6 +186,42 @@ impl<'a> WriteSource<'a> {
     }
 }
 
+/// What a read covers: the handle's path and metadata, the bytes to read, and their
+/// chunk spans.
+struct ReadPlan {
+    path: String,
+    meta: FileMetadata,
+    len: usize,
+    spans: Vec<ChunkSpan>,
+}
+
+/// Where a span's bytes came: received in place (this many), or in a buffer.
+enum SpanData {
+    Sunk(usize),
+    Bytes(Vec<u8>),
+}
+
+impl SpanData {
+    /// Completes the span's destination: copies the bytes if they came in a buffer, and
+    /// zeros what lies past the chunk's end (a hole inside the file).
+    fn fill(self, dst: &mut [u8]) {
+        let n = match self {
+            SpanData::Sunk(n) => n.min(dst.len()),
+            SpanData::Bytes(bytes) => {
+                let n = bytes.len().min(dst.len());
+                dst[..n].copy_from_slice(&bytes[..n]);
+                n
+            }
+        };
+        dst[n..].fill(0);
+    }
+}
+
+/// A span's range in the read's buffer.
+fn span_range(span: &ChunkSpan) -> std::ops::Range<usize> {
+    span.buf_offset as usize..(span.buf_offset + span.len) as usize
+}
+
 /// Whether an error means "this server did not answer", so a replica may.
 fn is_unreachable(e: &RpcError) -> bool {
     matches!(e.status(), Status::TimedOut | Status::Unavailable)
@@ -319,8 +355,21 @@ impl FsClient {
         req: &R::Request,
         payload: OutPayload,
     ) -> Result<(R::Reply, Vec<u8>), RpcError> {
+        self.call_on_into::<R>(index, req, payload, None)
+            .await
+            .map(|r| (r.reply, r.payload))
+    }
+
+    /// [`FsClient::call_on`], receiving the reply's payload into `sink` when it fits.
+    async fn call_on_into<R: Rpc>(
+        &self,
+        index: ServerIndex,
+        req: &R::Request,
+        payload: OutPayload,
+        sink: Option<LentMut>,
+    ) -> Result<Response<R::Reply>, RpcError> {
         let conn = self.conn(index).await?;
-        let result = conn.call_with::<R>(req, payload).await;
+        let result = conn.call_into::<R>(req, payload, sink).await;
         if let Err(e) = &result {
             if is_unreachable(e) {
                 // Only this connection: another call may have replaced it meanwhile.
@@ -330,7 +379,7 @@ impl FsClient {
                 }
             }
         }
-        result.map(|r| (r.reply, r.payload))
+        result
     }
 
     /// Every server's index, for calls that fan out to the whole job.
@@ -348,9 +397,26 @@ impl FsClient {
         key: PlacementKey<'_>,
         req: &R::Request,
     ) -> Result<(R::Reply, Vec<u8>), RpcError> {
+        self.read_any_into::<R>(key, req, || None)
+            .await
+            .map(|r| (r.reply, r.payload))
+    }
+
+    /// [`FsClient::read_any`], each attempt receiving into the sink `sink` gives, if any.
+    /// A replica that timed out may still hold the last attempt's sink, and then the next
+    /// attempt gets none and its payload comes as bytes.
+    async fn read_any_into<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+        sink: impl Fn() -> Option<LentMut>,
+    ) -> Result<Response<R::Reply>, RpcError> {
         let mut last = None;
         for server in self.replica_set(key) {
-            match self.call_on::<R>(server, req, OutPayload::none()).await {
+            match self
+                .call_on_into::<R>(server, req, OutPayload::none(), sink())
+                .await
+            {
                 Err(e) if is_unreachable(&e) => last = Some(e),
                 other => return other,
             }
@@ -710,7 +776,58 @@ impl FsClient {
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; holes read as zeros; stops at the size.
+    /// The bytes come in reply buffers and are copied into `buf`; see
+    /// [`FsClient::pread_lent`].
     pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
+        let Some(plan) = self.read_plan(fd, buf.len(), offset)? else {
+            return Ok(0);
+        };
+        let reads = plan
+            .spans
+            .iter()
+            .map(|span| self.read_span(plan.meta, span, None));
+        let results = join_all(reads).await;
+        for (span, result) in plan.spans.iter().zip(results) {
+            let data = result.map_err(rpc_err("read", &plan.path))?;
+            data.fill(&mut buf[span_range(span)]);
+        }
+        Ok(plan.len)
+    }
+
+    /// [`FsClient::pread`] into a loan's memory: replies are received straight into it (by
+    /// rendezvous with no copy) unless the chunk cache is on. The blocking API lends the
+    /// caller's buffer (see [`benchfs_ucx::lend_mut`]).
+    pub async fn pread_lent(&self, fd: Fd, loan: &Loan, offset: u64) -> Result<usize, ApiError> {
+        let Some(plan) = self.read_plan(fd, loan.len(), offset)? else {
+            return Ok(0);
+        };
+        let reads = plan
+            .spans
+            .iter()
+            .map(|span| self.read_span(plan.meta, span, Some(loan)));
+        let results = join_all(reads).await;
+        for (span, result) in plan.spans.iter().zip(results) {
+            let data = result.map_err(rpc_err("read", &plan.path))?;
+            // Every span's receive has finished, so its range is free to lend again.
+            let Some(mut view) = loan.lend_mut(span_range(span)) else {
+                return Err(fs_err("read", &plan.path, Status::Io));
+            };
+            data.fill(view.as_mut());
+        }
+        Ok(plan.len)
+    }
+
+    /// [`FsClient::read`] into a loan's memory, as [`FsClient::pread_lent`].
+    pub async fn read_lent(&self, fd: Fd, loan: &Loan) -> Result<usize, ApiError> {
+        let offset = self.with_file(fd, |f| f.pos)?;
+        let n = self.pread_lent(fd, loan, offset).await?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        Ok(n)
+    }
+
+    /// The chunk spans a read of up to `want` bytes at `offset` covers, after the
+    /// handle's checks; `None` when there is nothing to read.
+    fn read_plan(&self, fd: Fd, want: usize, offset: u64) -> Result<Option<ReadPlan>, ApiError> {
         let (path, meta, size, flags) =
             self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
         if meta.is_dir() {
@@ -719,45 +836,38 @@ impl FsClient {
         if !flags.contains(OpenFlags::READ) {
             return Err(fs_err("read", &path, Status::BadHandle));
         }
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
+        if offset >= size || want == 0 {
+            return Ok(None);
         }
-        let len = (buf.len() as u64).min(size - offset);
-        let buf = &mut buf[..len as usize];
-        let layout = ChunkLayout::new(meta.chunk_size);
-        let spans: Vec<_> = layout
+        let len = (want as u64).min(size - offset);
+        let spans = ChunkLayout::new(meta.chunk_size)
             .spans(offset, len)
             .map_err(|_| fs_err("read", &path, Status::InvalidArgument))?
             .collect();
-        let reads = spans
-            .iter()
-            .map(|span| self.read_span(meta, span.index, span.offset_in_chunk, span.len));
-        let results = join_all(reads).await;
-        for (span, result) in spans.iter().zip(results) {
-            let bytes = result.map_err(rpc_err("read", &path))?;
-            let dst = &mut buf[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
-            let n = bytes.len().min(dst.len());
-            dst[..n].copy_from_slice(&bytes[..n]);
-            // Past the chunk's end, inside the file: a hole.
-            dst[n..].fill(0);
-        }
-        Ok(len as usize)
+        Ok(Some(ReadPlan {
+            path,
+            meta,
+            len: len as usize,
+            spans,
+        }))
     }
 
+    /// Reads one span, from the chunk cache or its servers; into `loan` at the span's
+    /// range when one is given and the cache is off.
     async fn read_span(
         &self,
         meta: FileMetadata,
-        index: u64,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, RpcError> {
-        if let Some(bytes) = self
-            .chunk_cache
-            .borrow_mut()
-            .get(meta.file_id, index, offset, len)
-        {
-            return Ok(bytes);
-        }
+        span: &ChunkSpan,
+        loan: Option<&Loan>,
+    ) -> Result<SpanData, RpcError> {
+        let (index, offset, len) = (span.index, span.offset_in_chunk, span.len);
+        let loan = {
+            let mut cache = self.chunk_cache.borrow_mut();
+            if let Some(bytes) = cache.get(meta.file_id, index, offset, len) {
+                return Ok(SpanData::Bytes(bytes));
+            }
+            loan.filter(|_| !cache.is_enabled())
+        };
         let req = ops::ChunkIo {
             file_id: meta.file_id,
             index,
@@ -765,29 +875,33 @@ impl FsClient {
             len,
             remote: None,
         };
-        let (reply, payload) = self
-            .read_any::<ops::ReadChunk>(
-                PlacementKey::Chunk {
-                    file_id: meta.file_id,
-                    index,
-                },
-                &req,
-            )
+        let key = PlacementKey::Chunk {
+            file_id: meta.file_id,
+            index,
+        };
+        let r = self
+            .read_any_into::<ops::ReadChunk>(key, &req, || {
+                loan.and_then(|l| l.lend_mut(span_range(span)))
+            })
             .await?;
-        if reply.len != payload.len() as u64 || reply.len > len {
+        let got = r.payload.len() + r.sunk;
+        if r.reply.len != got as u64 || r.reply.len > len {
             return Err(RpcError::Protocol {
                 server: "chunk server".into(),
                 source: benchfs_proto::DecodeError::LengthMismatch {
                     field: "read payload",
-                    declared: reply.len,
-                    actual: payload.len() as u64,
+                    declared: r.reply.len,
+                    actual: got as u64,
                 },
             });
         }
+        if r.sunk > 0 {
+            return Ok(SpanData::Sunk(r.sunk));
+        }
         self.chunk_cache
             .borrow_mut()
-            .put(meta.file_id, index, offset, &payload);
-        Ok(payload)
+            .put(meta.file_id, index, offset, &r.payload);
+        Ok(SpanData::Bytes(r.payload))
     }
 
     /// Makes a handle's data and size durable on the servers.

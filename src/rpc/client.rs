@@ -14,7 +14,7 @@ use std::time::Duration;
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::ops::{Hello, HelloReply, HelloRequest};
 use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
-use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, Worker};
+use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Worker};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{OutPayload, RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
@@ -179,8 +179,10 @@ async fn route_replies(client: Weak<RpcClient>, replies: AmStream) {
 pub struct Response<R> {
     /// The decoded reply body.
     pub reply: R,
-    /// Payload bytes that came with it.
+    /// Payload bytes that came with it, unless they went into the call's sink.
     pub payload: Vec<u8>,
+    /// Payload bytes received into the call's sink ([`Connection::call_into`]).
+    pub sunk: usize,
 }
 
 /// A connection to one server, after a successful handshake.
@@ -242,15 +244,30 @@ impl Connection {
         request: &R::Request,
         payload: impl Into<OutPayload>,
     ) -> Result<Response<R::Reply>, RpcError> {
+        self.call_into::<R>(request, payload, None).await
+    }
+
+    /// Calls `R`, receiving the reply's payload straight into `sink` when it fits (by
+    /// rendezvous with no copy; eager data is copied once), else as in
+    /// [`Connection::call_with`].
+    pub async fn call_into<R: Rpc>(
+        &self,
+        request: &R::Request,
+        payload: impl Into<OutPayload>,
+        sink: Option<LentMut>,
+    ) -> Result<Response<R::Reply>, RpcError> {
         let timeout = self.client.options.rpc_timeout;
-        let payload = payload.into();
-        match tokio::time::timeout(timeout, self.exchange(R::OP, request.to_bytes(), payload)).await
-        {
+        let exchange = self.exchange(R::OP, request.to_bytes(), payload.into(), sink);
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => {
-                let (frame, body, payload) = result?;
+                let (frame, body, payload, sunk) = result?;
                 let reply = R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))?;
                 debug_assert_eq!(frame.op, R::OP);
-                Ok(Response { reply, payload })
+                Ok(Response {
+                    reply,
+                    payload,
+                    sunk,
+                })
             }
             Err(_) => Err(RpcError::Timeout {
                 server: self.server.clone(),
@@ -278,7 +295,8 @@ impl Connection {
         op: OpCode,
         body: Vec<u8>,
         payload: OutPayload,
-    ) -> Result<(Frame, Vec<u8>, Vec<u8>), RpcError> {
+        sink: Option<LentMut>,
+    ) -> Result<(Frame, Vec<u8>, Vec<u8>, usize), RpcError> {
         let _permit = self
             .inflight
             .acquire()
@@ -355,12 +373,19 @@ impl Connection {
             });
         }
         let header_body = msg.header()[FRAME_HEADER_LEN..].to_vec();
+        if let Some(sink) = sink.filter(|s| {
+            frame.body_in_header && frame.payload_len > 0 && frame.payload_len <= s.as_ref().len()
+        }) {
+            let mut msg = msg;
+            msg.recv_data(sink).await.map_err(|e| self.transport(e))?;
+            return Ok((frame, header_body, Vec::new(), frame.payload_len));
+        }
         let mut data = msg.into_data().await.map_err(|e| self.transport(e))?;
         if frame.body_in_header {
-            Ok((frame, header_body, data))
+            Ok((frame, header_body, data, 0))
         } else {
             let payload = data.split_off(frame.body_len.min(data.len()));
-            Ok((frame, data, payload))
+            Ok((frame, data, payload, 0))
         }
     }
 }

@@ -67,7 +67,7 @@ pub use am::{AmMessage, AmProto, AmStream};
 pub use context::{Context, Features};
 pub use endpoint::Endpoint;
 pub use error::{ProgressError, Status, UcxError};
-pub use lend::{lend, Lent, Loan};
+pub use lend::{lend, lend_mut, Lent, LentMut, Loan};
 pub use listener::Listener;
 pub use memory::{MemoryRegion, RemoteKey};
 pub use request::Request;
