@@ -16,7 +16,7 @@ use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, MAGIC, PAYLOAD_LEN_MAX, VER
 use benchfs_proto::meta::{EntryKind, SizeUpdate};
 use benchfs_proto::ops::{self, ChunkIo, Empty, HelloRequest, RemoteBuffer};
 use benchfs_proto::{Frame, Message, OpCode, Status};
-use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Worker};
+use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Listener, Worker};
 use common::{pattern, Cluster, ClusterSpec};
 use futures_util::future::join_all;
 use proptest::prelude::*;
@@ -1285,4 +1285,105 @@ fn arbitrary_frames_never_stop_the_server() {
         assert_serves(&conn, 9).await;
     });
     assert!(cluster.is_running(0));
+}
+
+/// A server that completes the handshake, then answers the next request with a rendezvous
+/// payload and stops making progress until `release` says so, so the transfer never ends.
+fn stalling_server(
+    payload_len: usize,
+    addr_tx: std::sync::mpsc::Sender<SocketAddr>,
+    release: std::sync::mpsc::Receiver<()>,
+) {
+    let rt = Rt::new();
+    rt.block_on(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let worker = Worker::new(&context).unwrap();
+        let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
+        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
+        addr_tx.send(listener.local_addr()).unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        loop {
+            let msg = requests.recv().await;
+            let frame = Frame::decode(msg.header(), msg.data_len()).unwrap();
+            let ep = msg.reply_endpoint().cloned().unwrap();
+            if frame.op == OpCode::Hello {
+                let body = ops::HelloReply {
+                    node_id: "stalling".into(),
+                    chunk_size: CHUNK,
+                    rdma_threshold: THRESHOLD as u64,
+                }
+                .to_bytes();
+                let mut header =
+                    Frame::header(OpCode::Hello, frame.request_id, 0, true, body.len(), 0)
+                        .to_bytes()
+                        .to_vec();
+                header.extend_from_slice(&body);
+                ep.am_send(REPLY_AM_ID, header, Vec::new(), AmProto::Eager)
+                    .await
+                    .unwrap();
+                continue;
+            }
+            let header = Frame::header(frame.op, frame.request_id, 0, true, 0, payload_len)
+                .to_bytes()
+                .to_vec();
+            // Submitting puts the rendezvous header on the wire; then no more progress.
+            let _send = ep.am_send(REPLY_AM_ID, header, vec![7u8; payload_len], AmProto::Rndv);
+            release.recv().unwrap();
+            return;
+        }
+    });
+}
+
+#[test]
+fn a_receive_into_a_lent_buffer_ends_when_its_server_stalls_mid_transfer() {
+    // The blocking read path lends the caller's buffer to a rendezvous receive and must not
+    // return while UCX may still write it. Here the server sent the rendezvous header and
+    // then stopped: the call times out, the connection is dropped (as FsClient does), and
+    // closing it must end the receive, or the lending scope would wait forever.
+    const LEN: usize = 1 << 20;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || stalling_server(LEN, addr_tx, release_rx));
+    let addr = addr_rx.recv().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // The client runs on its own thread, so a receive that never ends fails this test
+    // instead of hanging it.
+    std::thread::spawn(move || {
+        let rt = Rt::new();
+        let client = rt.block_on(async { rpc_client(b"") });
+        let conn = rt.block_on(client.connect(addr)).unwrap();
+        let slot = std::cell::RefCell::new(Some(Rc::new(conn)));
+        let mut buf = vec![0u8; LEN];
+        let start = Instant::now();
+        let result = benchfs_ucx::lend_mut(
+            &mut buf,
+            |loan| {
+                let conn = slot.borrow().clone().unwrap();
+                let sink = loan.lend_mut(0..LEN).unwrap();
+                rt.block_on(conn.call_into::<ops::Ping>(&Empty, Vec::new(), Some(sink)))
+                    .map(|r| r.sunk)
+            },
+            |loan| {
+                slot.borrow_mut().take();
+                rt.block_on(async {
+                    while loan.outstanding() > 0 {
+                        tokio::select! {
+                            _ = loan.returned() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {
+                                client.worker().progress();
+                            }
+                        }
+                    }
+                });
+            },
+        );
+        let _ = done_tx.send((result.map_err(|e| e.status()), start.elapsed()));
+    });
+    let outcome = done_rx.recv_timeout(FAIL_BOUND + Duration::from_secs(10));
+    release_tx.send(()).unwrap();
+    let (result, took) = outcome.expect("the lending scope did not end: the receive hung");
+    assert_eq!(result, Err(Status::TimedOut));
+    assert!(took < FAIL_BOUND, "took {took:?}");
+    server.join().unwrap();
 }

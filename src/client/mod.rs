@@ -808,9 +808,15 @@ impl FsClient {
         let results = join_all(reads).await;
         for (span, result) in plan.spans.iter().zip(results) {
             let data = result.map_err(rpc_err("read", &plan.path))?;
-            // Every span's receive has finished, so its range is free to lend again.
-            let Some(mut view) = loan.lend_mut(span_range(span)) else {
-                return Err(fs_err("read", &plan.path, Status::Io));
+            let mut view = match loan.lend_mut(span_range(span)) {
+                Some(view) => view,
+                None => {
+                    // A receive abandoned when its replica timed out still holds the
+                    // range; it ends once UCX cancels it, as the scope's settle would.
+                    self.settle(loan).await;
+                    loan.lend_mut(span_range(span))
+                        .ok_or_else(|| fs_err("read", &plan.path, Status::Io))?
+                }
             };
             data.fill(view.as_mut());
         }
