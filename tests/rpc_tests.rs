@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use benchfs::api::OpenFlags;
+use benchfs::config::ServerConfig;
 use benchfs::rpc::client::{ClientOptions, Connection, RpcClient};
 use benchfs::rpc::{OutPayload, RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, MAGIC, PAYLOAD_LEN_MAX, VERSION};
@@ -1386,4 +1387,58 @@ fn a_receive_into_a_lent_buffer_ends_when_its_server_stalls_mid_transfer() {
     assert_eq!(result, Err(Status::TimedOut));
     assert!(took < FAIL_BOUND, "took {took:?}");
     server.join().unwrap();
+}
+
+#[test]
+fn a_stopped_client_cannot_hold_the_server_hostage() {
+    // A client that is alive but stops taking data (SIGSTOP, a debugger) leaves every
+    // rendezvous reply to it unfinished. Without a bound those replies would hold the
+    // server's in-flight slots for good, and with more of them than slots the server
+    // would answer nobody.
+    const LEN: usize = THRESHOLD * 2;
+    let requests = ServerConfig::default().network.inflight_max as usize + 44;
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    let rt = Rt::new();
+    let conn = rt.block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        write(&conn, 1, 0, 0, pattern(LEN, 1)).await;
+        conn
+    });
+
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let stopped = std::thread::spawn(move || {
+        let rt = Rt::new();
+        rt.block_on(async {
+            let peer = RawPeer::connect(addr);
+            let body = chunk_io(1, 0, 0, LEN).to_bytes();
+            let sends = (0..requests as u64).map(|id| {
+                let header =
+                    raw_header(OpCode::ReadChunk as u16, 100 + id, 0, body.len() as u32, 0);
+                peer.send([header, body.clone()].concat(), Vec::new(), AmProto::Eager)
+            });
+            join_all(sends).await;
+            sent_tx.send(()).unwrap();
+            // Stopped: no more progress, so no rendezvous reply can finish.
+            release_rx.recv().unwrap();
+        });
+    });
+    sent_rx.recv().unwrap();
+
+    // The server answers others again once it gives up on the stopped client.
+    let deadline = Instant::now() + FAIL_BOUND;
+    let answered = rt.block_on(async {
+        loop {
+            match conn.call::<ops::Ping>(&Empty).await {
+                Err(RpcError::Timeout { .. }) if Instant::now() < deadline => continue,
+                other => return other,
+            }
+        }
+    });
+    release_tx.send(()).unwrap();
+    stopped.join().unwrap();
+    answered.expect("the server answered nobody while a client was stopped");
+    let s = rt.block_on(stats(&conn));
+    assert_eq!(s.chunks, 1, "the server still holds its data");
 }

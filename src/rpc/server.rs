@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::{DecodeError, Frame, OpCode, Status};
@@ -26,6 +27,10 @@ pub struct ServeOptions {
     pub inflight_max: usize,
     /// Replies with a payload above this go by rendezvous.
     pub rdma_threshold: usize,
+    /// How long a client may take to accept a reply before its connection is closed:
+    /// a client that is alive but stopped (e.g. SIGSTOP, a debugger) would otherwise hold
+    /// the reply's buffer and its in-flight slot for as long as it stays stopped.
+    pub reply_timeout: Duration,
 }
 
 /// Serves requests until `stop` is set, then finishes the requests in flight and returns.
@@ -70,9 +75,9 @@ pub async fn serve(
         };
         let state = Rc::clone(&state);
         let handshakes = Rc::clone(&handshakes);
-        let threshold = options.rdma_threshold;
+        let options = options.clone();
         tokio::task::spawn_local(async move {
-            handle_message(&state, &handshakes, msg, threshold).await;
+            handle_message(&state, &handshakes, msg, &options).await;
             drop(permit);
         });
     }
@@ -131,12 +136,16 @@ async fn handle_message(
     state: &ServerState,
     authenticated: &Handshakes,
     mut msg: AmMessage,
-    threshold: usize,
+    options: &ServeOptions,
 ) {
     let Some(ep) = msg.reply_endpoint().cloned() else {
         tracing::warn!("request without a reply endpoint; dropped");
         return;
     };
+    if ep.is_failed() {
+        // Queued before its connection failed or was closed; nobody can get the answer.
+        return;
+    }
     // A reply on the request channel is as malformed as a bad header: count and refuse it.
     let decoded = Frame::decode(msg.header(), msg.data_len()).and_then(|f| match f.is_reply {
         false => Ok(f),
@@ -156,7 +165,7 @@ async fn handle_message(
                     OpCode::Ping,
                     id,
                     Reply::error(Status::Protocol),
-                    threshold,
+                    options,
                 )
                 .await;
             }
@@ -167,7 +176,7 @@ async fn handle_message(
     if frame.op != OpCode::Hello && !authenticated.admits(&ep) {
         tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
         let refused = Reply::error(Status::PermissionDenied);
-        send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
+        send_reply(&ep, frame.op, frame.request_id, refused, options).await;
         return;
     }
     // Refused before any payload is received, too.
@@ -175,7 +184,7 @@ async fn handle_message(
         state.counters.note_malformed();
         tracing::warn!(op = ?frame.op, "a payload on an operation that takes none; refused");
         let refused = Reply::error(Status::Protocol);
-        send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
+        send_reply(&ep, frame.op, frame.request_id, refused, options).await;
         return;
     }
     // A payload goes straight into a store buffer: by rendezvous with no copy, or copied
@@ -191,7 +200,7 @@ async fn handle_message(
                 // The store refuses a buffer longer than a chunk: the request is at fault.
                 tracing::warn!(error = %e, "no buffer for an incoming payload");
                 let refused = Reply::error(store_status(e));
-                send_reply(&ep, frame.op, frame.request_id, refused, threshold).await;
+                send_reply(&ep, frame.op, frame.request_id, refused, options).await;
                 return;
             }
         };
@@ -225,11 +234,18 @@ async fn handle_message(
     if frame.op == OpCode::Hello && reply.status == Status::Ok {
         authenticated.admit(&ep);
     }
-    send_reply(&ep, frame.op, frame.request_id, reply, threshold).await;
+    send_reply(&ep, frame.op, frame.request_id, reply, options).await;
 }
 
 /// Sends a reply; the body rides in the AM header when it fits, the payload in the data.
-async fn send_reply(ep: &Endpoint, op: OpCode, request_id: u64, reply: Reply, threshold: usize) {
+/// A client that does not take it within the reply timeout loses its connection.
+async fn send_reply(
+    ep: &Endpoint,
+    op: OpCode,
+    request_id: u64,
+    reply: Reply,
+    options: &ServeOptions,
+) {
     let payload_len = reply.payload.as_ref().map_or(0, |p| p.len());
     let fits = FRAME_HEADER_LEN + reply.body.len() <= ep.worker().max_am_header();
     let mut header = Frame::header(
@@ -242,31 +258,44 @@ async fn send_reply(ep: &Endpoint, op: OpCode, request_id: u64, reply: Reply, th
     )
     .to_bytes()
     .to_vec();
-    let proto = if payload_len > threshold {
+    let proto = if payload_len > options.rdma_threshold {
         AmProto::Rndv
     } else {
         AmProto::Eager
     };
+    let timeout = options.reply_timeout;
     let result = if fits {
         header.extend_from_slice(&reply.body);
         match reply.payload {
-            Some(p) => ep
-                .am_send(REPLY_AM_ID, header, StoreBuf(p), proto)
-                .await
-                .map(drop),
-            None => ep
-                .am_send(REPLY_AM_ID, header, Vec::new(), proto)
-                .await
-                .map(drop),
+            Some(p) => bounded(ep.am_send(REPLY_AM_ID, header, StoreBuf(p), proto), timeout).await,
+            None => bounded(ep.am_send(REPLY_AM_ID, header, Vec::new(), proto), timeout).await,
         }
     } else {
         let mut data = reply.body;
         if let Some(p) = &reply.payload {
             data.extend_from_slice(p.as_slice());
         }
-        ep.am_send(REPLY_AM_ID, header, data, proto).await.map(drop)
+        bounded(ep.am_send(REPLY_AM_ID, header, data, proto), timeout).await
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "sending a reply failed; the client is gone");
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "sending a reply failed; the client is gone"),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "a client did not take a reply in time; closing its connection"
+            );
+            ep.abort();
+        }
     }
+}
+
+/// A send that resolves to `Err(Elapsed)` after `timeout`.
+async fn bounded<T>(
+    send: benchfs_ucx::Request<T>,
+    timeout: Duration,
+) -> Result<Result<(), benchfs_ucx::UcxError>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(timeout, send)
+        .await
+        .map(|r| r.map(drop))
 }

@@ -32,6 +32,11 @@ pub(crate) struct EndpointInner {
     handle: sys::ucp_ep_h,
     failure: Rc<Failure>,
     worker: Rc<Worker>,
+    /// Set once the handle is closed; it is never used again.
+    closed: Cell<bool>,
+    /// Remote keys unpacked for this endpoint and not yet destroyed; UCX wants them
+    /// destroyed before the endpoint is closed.
+    pub(crate) rkeys: Cell<usize>,
 }
 
 /// The error handler's argument. It outlives the endpoint handle: the worker keeps it until
@@ -117,6 +122,8 @@ impl Endpoint {
             handle,
             failure,
             worker: Rc::clone(worker),
+            closed: Cell::new(false),
+            rkeys: Cell::new(0),
         });
         worker
             .endpoints
@@ -155,6 +162,22 @@ impl Endpoint {
     /// Whether two handles share one connection.
     pub fn same_as(&self, other: &Endpoint) -> bool {
         Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Gives up on the connection now, though other clones still hold it: it is marked
+    /// failed with [`Status::CANCELED`](crate::Status::CANCELED), so new operations fail
+    /// at once, and it is closed in force mode, which completes the operations in flight
+    /// on it with an error. For a peer that is alive but stopped taking data, which peer
+    /// failure handling never reports. While a remote key unpacked for it is alive, the
+    /// close waits for the last clone to go, as usual.
+    pub fn abort(&self) {
+        let failure = &self.inner.failure.status;
+        if failure.get().is_none() {
+            failure.set(Some(sys::UCS_ERR_CANCELED));
+        }
+        if self.inner.rkeys.get() == 0 {
+            self.inner.close();
+        }
     }
 
     /// Completes when every operation started on this endpoint has completed remotely
@@ -199,6 +222,16 @@ impl std::fmt::Debug for Endpoint {
 
 impl Drop for EndpointInner {
     fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl EndpointInner {
+    /// Closes the handle, once.
+    fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
         if let Ok(mut endpoints) = self.worker.endpoints.try_borrow_mut() {
             endpoints.remove(&(self.handle as usize));
         }
@@ -212,7 +245,9 @@ impl Drop for EndpointInner {
             ..Default::default()
         };
         // SAFETY: the handle is a live endpoint of a live worker (we hold an Rc to it);
-        // this is the only close. Requests on it hold this endpoint or complete on close.
+        // `closed` makes this the only close, and every use of the handle after it is
+        // refused first: a closed endpoint is marked failed (by `abort`) or has no clones
+        // left (drop). Requests on it hold this endpoint or complete on close.
         let ptr = unsafe { sys::ucp_ep_close_nbx(self.handle, &param) };
         if ptr.is_null() || sys::ptr_is_err(ptr) {
             if sys::ptr_is_err(ptr) {

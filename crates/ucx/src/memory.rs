@@ -213,9 +213,13 @@ impl RemoteKey {
                 Status::INVALID_PARAM,
             ));
         }
+        if let Some(e) = endpoint.failure() {
+            return Err(e);
+        }
         let mut handle: sys::ucp_rkey_h = std::ptr::null_mut();
-        // SAFETY: the endpoint is alive; packed is readable for the call (see the module
-        // docs for why its contents must come from a trusted peer).
+        // SAFETY: the endpoint is alive and open (not failed, so not aborted); packed is
+        // readable for the call (see the module docs for why its contents must come from a
+        // trusted peer).
         let status = unsafe {
             sys::ucp_ep_rkey_unpack(
                 endpoint.handle(),
@@ -224,6 +228,8 @@ impl RemoteKey {
             )
         };
         check("ucp_ep_rkey_unpack", status)?;
+        let rkeys = &endpoint.inner.rkeys;
+        rkeys.set(rkeys.get() + 1);
         Ok(RemoteKey {
             inner: Rc::new(RemoteKeyInner {
                 handle,
@@ -251,8 +257,11 @@ impl RemoteKey {
 impl Drop for RemoteKeyInner {
     fn drop(&mut self) {
         // SAFETY: the key came from ucp_ep_rkey_unpack on self.endpoint, which is still open
-        // (we hold it), and it is destroyed once, outside UCX callbacks.
+        // (we hold it, and `Endpoint::abort` does not close an endpoint with live keys),
+        // and it is destroyed once, outside UCX callbacks.
         unsafe { sys::ucp_rkey_destroy(self.handle) };
+        let rkeys = &self.endpoint.inner.rkeys;
+        rkeys.set(rkeys.get() - 1);
     }
 }
 

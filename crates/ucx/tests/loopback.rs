@@ -457,3 +457,49 @@ fn peer_closing_the_connection_fails_the_clients_endpoint() {
         server.stop().await;
     });
 }
+
+#[test]
+fn abort_ends_a_send_the_peer_never_takes_and_fails_every_clone() {
+    run(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let addr = listener.local_addr();
+        let accept = tokio::task::spawn_local(async move { listener.accept().await });
+        let ep = Endpoint::connect_socket(&client.worker, addr).unwrap();
+        ep.am_send(REQUEST_ID, b"hello".to_vec(), Vec::new(), AmProto::Eager)
+            .await
+            .unwrap();
+        let accepted = accept.await.unwrap().unwrap();
+        let _hello = requests.recv().await;
+
+        // The server holds the rendezvous message without ever receiving its data, as a
+        // stopped peer would: the send cannot complete on its own.
+        let send = ep.am_send(
+            REQUEST_ID,
+            b"big".to_vec(),
+            pattern(1 << 20, 3),
+            AmProto::Rndv,
+        );
+        let held = requests.recv().await;
+        assert!(held.is_rendezvous());
+        let clone = ep.clone();
+        clone.abort();
+        let err = send.await.expect_err("an aborted send cannot succeed");
+        assert!(
+            err.status == Status::CANCELED || err.status.is_peer_failure(),
+            "{err}"
+        );
+        assert!(ep.is_failed() && clone.is_failed());
+        let refused = ep
+            .am_send(REQUEST_ID, b"after".to_vec(), Vec::new(), AmProto::Eager)
+            .await
+            .expect_err("a send on an aborted endpoint fails at once");
+        assert_eq!(refused.status, Status::CANCELED);
+        drop((held, accepted, ep, clone, requests));
+        client.stop().await;
+        server.stop().await;
+    });
+}
