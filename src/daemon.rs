@@ -233,7 +233,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let options = ServeOptions {
         inflight_max: config.network.inflight_max as usize,
         rdma_threshold: config.network.rdma_threshold_bytes as usize,
-        reply_timeout: config.network.rpc_timeout,
+        transfer_timeout: config.network.rpc_timeout,
     };
     let served = serve(
         Rc::clone(&state),

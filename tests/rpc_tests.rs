@@ -1390,11 +1390,20 @@ fn a_receive_into_a_lent_buffer_ends_when_its_server_stalls_mid_transfer() {
 }
 
 #[test]
-fn a_stopped_client_cannot_hold_the_server_hostage() {
-    // A client that is alive but stops taking data (SIGSTOP, a debugger) leaves every
-    // rendezvous reply to it unfinished. Without a bound those replies would hold the
-    // server's in-flight slots for good, and with more of them than slots the server
-    // would answer nobody.
+fn a_stopped_client_cannot_hold_the_server_hostage_with_reads() {
+    stopped_client_holds_transfers(OpCode::ReadChunk);
+}
+
+#[test]
+fn a_stopped_client_cannot_hold_the_server_hostage_with_writes() {
+    stopped_client_holds_transfers(OpCode::WriteChunk);
+}
+
+/// A client that is alive but stops taking data (SIGSTOP, a debugger) leaves every
+/// rendezvous transfer with it unfinished: the replies to its reads, or the payloads of
+/// its writes. Without a bound those would hold the server's in-flight slots for good,
+/// and with more of them than slots the server would answer nobody.
+fn stopped_client_holds_transfers(op: OpCode) {
     const LEN: usize = THRESHOLD * 2;
     let requests = ServerConfig::default().network.inflight_max as usize + 44;
     let cluster = Cluster::start(spec(1));
@@ -1412,16 +1421,29 @@ fn a_stopped_client_cannot_hold_the_server_hostage() {
         let rt = Rt::new();
         rt.block_on(async {
             let peer = RawPeer::connect(addr);
+            peer.ping(1).await;
             let body = chunk_io(1, 0, 0, LEN).to_bytes();
-            let sends = (0..requests as u64).map(|id| {
-                let header =
-                    raw_header(OpCode::ReadChunk as u16, 100 + id, 0, body.len() as u32, 0);
-                peer.send([header, body.clone()].concat(), Vec::new(), AmProto::Eager)
-            });
-            join_all(sends).await;
+            let payload_len = if op == OpCode::WriteChunk { LEN } else { 0 };
+            let header = |id| raw_header(op as u16, id, 0, body.len() as u32, payload_len as u64);
+            let mut in_flight = Vec::new();
+            for id in 0..requests as u64 {
+                let header = [header(100 + id), body.clone()].concat();
+                if op == OpCode::WriteChunk {
+                    // Submitting sends the rendezvous header; the data would need progress.
+                    in_flight.push(peer.ep.am_send(
+                        REQUEST_AM_ID,
+                        header,
+                        pattern(LEN, id),
+                        AmProto::Rndv,
+                    ));
+                } else {
+                    peer.send(header, Vec::new(), AmProto::Eager).await;
+                }
+            }
             sent_tx.send(()).unwrap();
-            // Stopped: no more progress, so no rendezvous reply can finish.
+            // Stopped: no more progress, so no rendezvous transfer can finish.
             release_rx.recv().unwrap();
+            drop(in_flight);
         });
     });
     sent_rx.recv().unwrap();
@@ -1439,6 +1461,9 @@ fn a_stopped_client_cannot_hold_the_server_hostage() {
     release_tx.send(()).unwrap();
     stopped.join().unwrap();
     answered.expect("the server answered nobody while a client was stopped");
-    let s = rt.block_on(stats(&conn));
-    assert_eq!(s.chunks, 1, "the server still holds its data");
+    let back = rt.block_on(read(&conn, 1, 0, 0, LEN));
+    assert!(
+        back == pattern(LEN, 1),
+        "the stalled writes changed nothing"
+    );
 }

@@ -27,10 +27,11 @@ pub struct ServeOptions {
     pub inflight_max: usize,
     /// Replies with a payload above this go by rendezvous.
     pub rdma_threshold: usize,
-    /// How long a client may take to accept a reply before its connection is closed:
-    /// a client that is alive but stopped (e.g. SIGSTOP, a debugger) would otherwise hold
-    /// the reply's buffer and its in-flight slot for as long as it stays stopped.
-    pub reply_timeout: Duration,
+    /// How long a client may take to deliver a request's payload or to take a reply
+    /// before its connection is closed: a client that is alive but stopped (SIGSTOP, a
+    /// debugger) would otherwise hold the transfer's buffer and its in-flight slot for as
+    /// long as it stays stopped.
+    pub transfer_timeout: Duration,
 }
 
 /// Serves requests until `stop` is set, then finishes the requests in flight and returns.
@@ -204,20 +205,22 @@ async fn handle_message(
                 return;
             }
         };
-        match msg.recv_data(StoreBuf(buf)).await {
-            Ok(StoreBuf(b)) => payload_buf = Some(b),
-            Err(e) => {
+        match bounded_transfer(&ep, msg.recv_data(StoreBuf(buf)), options).await {
+            Some(Ok(StoreBuf(b))) => payload_buf = Some(b),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "receiving a request payload failed");
                 return;
             }
+            None => return,
         }
     } else {
-        match msg.into_data().await {
-            Ok(d) => data = d,
-            Err(e) => {
+        match bounded_transfer(&ep, msg.into_data(), options).await {
+            Some(Ok(d)) => data = d,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "receiving a request failed");
                 return;
             }
+            None => return,
         }
     }
     let (body, inline) = if frame.body_in_header {
@@ -238,7 +241,7 @@ async fn handle_message(
 }
 
 /// Sends a reply; the body rides in the AM header when it fits, the payload in the data.
-/// A client that does not take it within the reply timeout loses its connection.
+/// A client that does not take it within the transfer timeout loses its connection.
 async fn send_reply(
     ep: &Endpoint,
     op: OpCode,
@@ -263,39 +266,53 @@ async fn send_reply(
     } else {
         AmProto::Eager
     };
-    let timeout = options.reply_timeout;
     let result = if fits {
         header.extend_from_slice(&reply.body);
         match reply.payload {
-            Some(p) => bounded(ep.am_send(REPLY_AM_ID, header, StoreBuf(p), proto), timeout).await,
-            None => bounded(ep.am_send(REPLY_AM_ID, header, Vec::new(), proto), timeout).await,
+            Some(p) => {
+                let send = ep.am_send(REPLY_AM_ID, header, StoreBuf(p), proto);
+                bounded_transfer(ep, send, options)
+                    .await
+                    .map(|r| r.map(drop))
+            }
+            None => {
+                let send = ep.am_send(REPLY_AM_ID, header, Vec::new(), proto);
+                bounded_transfer(ep, send, options)
+                    .await
+                    .map(|r| r.map(drop))
+            }
         }
     } else {
         let mut data = reply.body;
         if let Some(p) = &reply.payload {
             data.extend_from_slice(p.as_slice());
         }
-        bounded(ep.am_send(REPLY_AM_ID, header, data, proto), timeout).await
+        let send = ep.am_send(REPLY_AM_ID, header, data, proto);
+        bounded_transfer(ep, send, options)
+            .await
+            .map(|r| r.map(drop))
     };
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "sending a reply failed; the client is gone"),
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = timeout.as_millis() as u64,
-                "a client did not take a reply in time; closing its connection"
-            );
-            ep.abort();
-        }
+    if let Some(Err(e)) = result {
+        tracing::debug!(error = %e, "sending a reply failed; the client is gone");
     }
 }
 
-/// A send that resolves to `Err(Elapsed)` after `timeout`.
-async fn bounded<T>(
-    send: benchfs_ucx::Request<T>,
-    timeout: Duration,
-) -> Result<Result<(), benchfs_ucx::UcxError>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(timeout, send)
-        .await
-        .map(|r| r.map(drop))
+/// Runs a transfer with a client, or gives up on the client when it takes longer than the
+/// transfer timeout: its connection is closed, which ends the transfer (`None`).
+async fn bounded_transfer<T>(
+    ep: &Endpoint,
+    transfer: benchfs_ucx::Request<T>,
+    options: &ServeOptions,
+) -> Option<Result<T, benchfs_ucx::UcxError>> {
+    match tokio::time::timeout(options.transfer_timeout, transfer).await {
+        Ok(result) => Some(result),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = options.transfer_timeout.as_millis() as u64,
+                "a client stalled a transfer; closing its connection"
+            );
+            ep.abort();
+            None
+        }
+    }
 }

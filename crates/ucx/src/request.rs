@@ -32,6 +32,8 @@ pub(crate) struct Pending<T> {
     payload: RefCell<Option<T>>,
     /// A remote key the operation uses; kept until completion, see [`RemoteKey`].
     rkey: RefCell<Option<RemoteKey>>,
+    /// The worker's count of operations in flight, which this one is in until completion.
+    in_flight: Rc<Cell<usize>>,
 }
 
 /// Which completion callback type an operation uses.
@@ -104,6 +106,7 @@ impl<T: 'static> Request<T> {
             waker: Cell::new(None),
             payload: RefCell::new(Some(payload)),
             rkey: RefCell::new(rkey),
+            in_flight: Rc::clone(&worker.in_flight),
         });
         let mut param = sys::ucp_request_param_t {
             op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA,
@@ -121,9 +124,11 @@ impl<T: 'static> Request<T> {
             };
             // No callback touches `payload`, so holding the borrow across the call is fine
             // even if UCX completes other requests inside it.
+            worker.in_flight.set(worker.in_flight.get() + 1);
             submit(payload, &mut param)
         };
         if ptr.is_null() || sys::ptr_is_err(ptr) {
+            worker.in_flight.set(worker.in_flight.get() - 1);
             // SAFETY: UCX does not call the callback when the operation completes or fails
             // at submission, so the reference given as user_data is still ours to drop.
             drop(unsafe { Rc::from_raw(param.user_data as *const Pending<T>) });
@@ -220,6 +225,7 @@ unsafe fn complete<T>(request: *mut c_void, status: sys::ucs_status_t, user_data
     // SAFETY: per this function's contract, user_data owns one reference to the Pending.
     let state = unsafe { Rc::from_raw(user_data as *const Pending<T>) };
     state.status.set(Some(status));
+    state.in_flight.set(state.in_flight.get() - 1);
     if state.abandoned.get() {
         // SAFETY: the future is gone and will not free the handle; UCX allows freeing a
         // request from its own completion callback (it is returned after the callback).

@@ -102,6 +102,9 @@ pub struct Worker {
     last_activity: Cell<Instant>,
     /// Replies the user awaits; see [`Worker::expect_replies`].
     awaited: Rc<Cell<usize>>,
+    /// Operations UCX has not completed yet, abandoned ones included; the worker drains
+    /// them before it is destroyed.
+    pub(crate) in_flight: Rc<Cell<usize>>,
     stopped: Cell<bool>,
 }
 
@@ -141,6 +144,7 @@ impl Worker {
             kicked: Cell::new(false),
             last_activity: Cell::new(Instant::now()),
             awaited: Rc::new(Cell::new(0)),
+            in_flight: Rc::new(Cell::new(0)),
             stopped: Cell::new(false),
         }))
     }
@@ -344,11 +348,20 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Give flush-mode endpoint closes a bounded time to finish, then destroy anyway:
-        // ucp_worker_destroy destroys the remaining endpoints itself.
+        // Give endpoint closes, and the operations they cancel, a bounded time to finish,
+        // then destroy anyway: ucp_worker_destroy destroys the remaining endpoints itself,
+        // but UCX 1.13 can crash destroying a worker with a rendezvous send still pending.
         let deadline = Instant::now() + WORKER_CLOSE_DRAIN_MAX;
-        while !self.closing.borrow().is_empty() && Instant::now() < deadline {
+        while (!self.closing.borrow().is_empty() || self.in_flight.get() > 0)
+            && Instant::now() < deadline
+        {
             self.progress();
+        }
+        if self.in_flight.get() > 0 {
+            tracing::debug!(
+                count = self.in_flight.get(),
+                "operations still in flight at worker destroy"
+            );
         }
         let leftover = std::mem::take(&mut *self.closing.borrow_mut());
         if !leftover.is_empty() {
