@@ -117,8 +117,8 @@ impl Handshakes {
     fn admit(&self, ep: &Endpoint) {
         if self.required {
             let mut admitted = self.admitted.borrow_mut();
-            // Holding the endpoint keeps its handle from being reused by another peer;
-            // failed ones are let go here.
+            // Admission is by endpoint identity (`same_as`), never by UCX handle, so a
+            // handle UCX reuses after a close admits nobody; failed ones are let go here.
             admitted.retain(|e| !e.is_failed());
             if !admitted.iter().any(|e| e.same_as(ep)) {
                 admitted.push(ep.clone());

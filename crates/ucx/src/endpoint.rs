@@ -17,7 +17,8 @@ use crate::sys;
 use crate::worker::{Worker, WorkerAddress};
 
 /// A connection to a peer. Cloning shares the connection; it is closed when the last clone
-/// (including those held by in-flight requests and remote keys) is dropped.
+/// (including those held by in-flight requests and remote keys) is dropped, or earlier by
+/// [`Endpoint::abort`].
 ///
 /// **Drop order:** the last drop closes the endpoint in force mode without waiting: requests
 /// still in flight on it complete with [`Status::CANCELED`](crate::Status::CANCELED). Await
@@ -168,8 +169,9 @@ impl Endpoint {
     /// failed with [`Status::CANCELED`](crate::Status::CANCELED), so new operations fail
     /// at once, and it is closed in force mode, which completes the operations in flight
     /// on it with an error. For a peer that is alive but stopped taking data, which peer
-    /// failure handling never reports. While a remote key unpacked for it is alive, the
-    /// close waits for the last clone to go, as usual.
+    /// failure handling never reports. While a remote key unpacked for it is alive (an
+    /// RMA operation in flight holds one), the endpoint is only marked failed and the close
+    /// waits for the last clone to go, as usual: UCX wants keys destroyed first.
     pub fn abort(&self) {
         let failure = &self.inner.failure.status;
         if failure.get().is_none() {
