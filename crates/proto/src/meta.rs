@@ -1,5 +1,8 @@
 //! File metadata as it is stored and sent: plain values with a fixed 48-byte encoding.
 
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
 use crate::wire::{DecodeError, Reader, Writer};
 
 /// Whether a record is a file or a directory.
@@ -67,36 +70,67 @@ pub struct FileMetadata {
 /// Encoded size of [`FileMetadata`].
 pub const FILE_METADATA_LEN: usize = 48;
 
+/// [`FileMetadata`] as it lies on the wire and in the journal.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct FileMetadataWire {
+    /// Inode number.
+    pub file_id: U64,
+    /// [`EntryKind`] as a byte.
+    pub kind: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+    /// Permission bits.
+    pub mode: U32,
+    /// Size in bytes.
+    pub size: U64,
+    /// Chunk size, a power of two.
+    pub chunk_size: U64,
+    /// Last modification, ns since the epoch.
+    pub mtime_ns: U64,
+    /// Last status change, ns since the epoch.
+    pub ctime_ns: U64,
+}
+
+const _: () = assert!(std::mem::size_of::<FileMetadataWire>() == FILE_METADATA_LEN);
+
 impl FileMetadata {
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         self.kind == EntryKind::Directory
     }
 
-    /// Appends the 48-byte encoding: file_id u64, kind u8, 3 zero bytes, mode u32,
-    /// size u64, chunk_size u64, mtime_ns u64, ctime_ns u64.
+    /// Appends the 48-byte encoding ([`FileMetadataWire`]).
     pub fn encode(&self, w: &mut Writer) {
-        w.u64(self.file_id)
-            .u8(self.kind as u8)
-            .bytes(&[0; 3])
-            .u32(self.mode)
-            .u64(self.size)
-            .u64(self.chunk_size)
-            .u64(self.mtime_ns)
-            .u64(self.ctime_ns);
+        w.fixed(&self.to_wire());
     }
 
     /// Decodes the 48-byte encoding.
     pub fn decode(r: &mut Reader<'_>) -> Result<FileMetadata, DecodeError> {
-        let file_id = r.u64()?;
-        let kind = EntryKind::from_wire(r.u8()?).ok_or(DecodeError::BadField {
+        FileMetadata::from_wire(&r.fixed()?)
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> FileMetadataWire {
+        FileMetadataWire {
+            file_id: self.file_id.into(),
+            kind: self.kind as u8,
+            reserved: [0; 3],
+            mode: self.mode.into(),
+            size: self.size.into(),
+            chunk_size: self.chunk_size.into(),
+            mtime_ns: self.mtime_ns.into(),
+            ctime_ns: self.ctime_ns.into(),
+        }
+    }
+
+    /// Checks and converts the wire form.
+    pub fn from_wire(w: &FileMetadataWire) -> Result<FileMetadata, DecodeError> {
+        let kind = EntryKind::from_wire(w.kind).ok_or(DecodeError::BadField {
             field: "kind",
             reason: "not a file or directory",
         })?;
-        r.take(3)?;
-        let mode = r.u32()?;
-        let size = r.u64()?;
-        let chunk_size = r.u64()?;
+        let chunk_size = w.chunk_size.get();
         if !chunk_size.is_power_of_two() {
             return Err(DecodeError::BadField {
                 field: "chunk_size",
@@ -104,13 +138,13 @@ impl FileMetadata {
             });
         }
         Ok(FileMetadata {
-            file_id,
+            file_id: w.file_id.get(),
             kind,
-            size,
-            mode,
+            size: w.size.get(),
+            mode: w.mode.get(),
             chunk_size,
-            mtime_ns: r.u64()?,
-            ctime_ns: r.u64()?,
+            mtime_ns: w.mtime_ns.get(),
+            ctime_ns: w.ctime_ns.get(),
         })
     }
 }

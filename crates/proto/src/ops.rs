@@ -1,9 +1,17 @@
 //! Operation bodies and the [`Rpc`] trait that ties each operation id to its request and
 //! reply types. Adding an operation is one [`OpCode`] variant, one `Rpc` impl here and one
 //! match arm in the server's dispatcher.
+//!
+//! A body is a fixed-size header, a `#[repr(C)]` zerocopy struct of little-endian fields
+//! with its size asserted at compile time, followed by the variable part (strings, an
+//! optional remote buffer, directory entries), if any. Bodies with no fixed field (the
+//! handshake request, a lone path) are all variable part; `Empty` is no bytes at all.
+
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::frame::OpCode;
-use crate::meta::{EntryKind, FileMetadata, SizeUpdate};
+use crate::meta::{EntryKind, FileMetadata, FileMetadataWire, SizeUpdate};
 use crate::wire::{DecodeError, Reader, Writer};
 
 /// Longest path a body may carry (Linux PATH_MAX less the NUL).
@@ -68,6 +76,56 @@ macro_rules! rpc {
     };
 }
 
+/// Declares the fixed-size header of a body: `#[repr(C)]`, alignment 1, little-endian
+/// fields, and its wire size checked at compile time.
+macro_rules! wire_header {
+    ($(#[$doc:meta])* $name:ident = $size:expr, { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+        #[repr(C)]
+        struct $name {
+            $($field: $ty),*
+        }
+        const _: () = assert!(std::mem::size_of::<$name>() == $size);
+    };
+}
+
+wire_header!(/// `HelloReply`, before the node id.
+    HelloReplyHeader = 16, { chunk_size: U64, rdma_threshold: U64 });
+wire_header!(/// `ChunkIo`; `remote` 1 is followed by a `RemoteBufferHeader` and the key.
+    ChunkIoHeader = 33, { file_id: U64, index: U64, offset: U64, len: U64, remote: u8 });
+wire_header!(/// `RemoteBuffer`, before the packed key.
+    RemoteBufferHeader = 16, { addr: U64, len: U64 });
+wire_header!(/// `ChunkIoReply`, whole.
+    ChunkIoReplyHeader = 8, { len: U64 });
+wire_header!(/// `CreateRequest`, before the path.
+    CreateHeader = 4, { mode: U32 });
+wire_header!(/// `DeleteRequest`, before the path; `expect` 0 is any kind.
+    DeleteHeader = 1, { expect: u8 });
+wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
+    ReaddirHeader = 4, { limit: U32 });
+wire_header!(/// `ReaddirReply`, before `count` entries.
+    ReaddirReplyHeader = 5, { done: u8, count: U32 });
+wire_header!(/// `TruncateChunkRequest`, whole.
+    TruncateChunkHeader = 24, { file_id: U64, index: U64, len: U64 });
+wire_header!(/// `UpdateSizeRequest`, before the path.
+    UpdateSizeHeader = 9, { size: U64, how: u8 });
+wire_header!(/// `InsertRequest`, before the path.
+    InsertHeader = 49, { meta: FileMetadataWire, exclusive: u8 });
+wire_header!(/// `RemoveChunksRequest`, whole.
+    RemoveChunksHeader = 8, { file_id: U64 });
+wire_header!(/// `CountReply`, whole.
+    CountHeader = 8, { count: U64 });
+wire_header!(/// `StatsReply`, whole.
+StatsHeader = 48, {
+    metadata_records: U64,
+    chunks: U64,
+    used_bytes: U64,
+    capacity_bytes: U64,
+    requests: U64,
+    malformed: U64,
+});
+
 rpc!(/// Handshake.
     Hello, Hello, HelloRequest, HelloReply);
 rpc!(/// Round trip; an inline payload is discarded by the server.
@@ -104,7 +162,11 @@ fn path_field(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeE
 }
 
 fn bool_field(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
-    match r.u8()? {
+    bool_byte(r.u8()?, field)
+}
+
+fn bool_byte(byte: u8, field: &'static str) -> Result<bool, DecodeError> {
+    match byte {
         0 => Ok(false),
         1 => Ok(true),
         _ => Err(DecodeError::BadField {
@@ -159,15 +221,18 @@ pub struct HelloReply {
 
 impl Message for HelloReply {
     fn encode(&self, w: &mut Writer) {
-        w.str16(self.node_id.as_bytes())
-            .u64(self.chunk_size)
-            .u64(self.rdma_threshold);
+        w.fixed(&HelloReplyHeader {
+            chunk_size: self.chunk_size.into(),
+            rdma_threshold: self.rdma_threshold.into(),
+        })
+        .str16(self.node_id.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: HelloReplyHeader = r.fixed()?;
         Ok(HelloReply {
             node_id: r.utf8("node_id", TOKEN_LEN_MAX)?,
-            chunk_size: r.u64()?,
-            rdma_threshold: r.u64()?,
+            chunk_size: h.chunk_size.get(),
+            rdma_threshold: h.rdma_threshold.get(),
         })
     }
 }
@@ -201,23 +266,28 @@ pub struct ChunkIo {
 
 impl Message for ChunkIo {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.file_id)
-            .u64(self.index)
-            .u64(self.offset)
-            .u64(self.len);
-        match &self.remote {
-            None => {
-                w.u8(0);
-            }
-            Some(b) => {
-                w.u8(1).u64(b.addr).u64(b.len).str16(&b.rkey);
-            }
+        w.fixed(&ChunkIoHeader {
+            file_id: self.file_id.into(),
+            index: self.index.into(),
+            offset: self.offset.into(),
+            len: self.len.into(),
+            remote: u8::from(self.remote.is_some()),
+        });
+        if let Some(b) = &self.remote {
+            w.fixed(&RemoteBufferHeader {
+                addr: b.addr.into(),
+                len: b.len.into(),
+            })
+            .str16(&b.rkey);
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let (file_id, index, offset, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let remote = if bool_field(r, "remote")? {
-            let (addr, blen) = (r.u64()?, r.u64()?);
+        let h: ChunkIoHeader = r.fixed()?;
+        let (file_id, index, offset, len) =
+            (h.file_id.get(), h.index.get(), h.offset.get(), h.len.get());
+        let remote = if bool_byte(h.remote, "remote")? {
+            let b: RemoteBufferHeader = r.fixed()?;
+            let (addr, blen) = (b.addr.get(), b.len.get());
             let rkey = r.str16("rkey", RKEY_LEN_MAX)?.to_vec();
             if blen < len {
                 return Err(DecodeError::BadField {
@@ -252,10 +322,13 @@ pub struct ChunkIoReply {
 
 impl Message for ChunkIoReply {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.len);
+        w.fixed(&ChunkIoReplyHeader {
+            len: self.len.into(),
+        });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ChunkIoReply { len: r.u64()? })
+        let h: ChunkIoReplyHeader = r.fixed()?;
+        Ok(ChunkIoReply { len: h.len.get() })
     }
 }
 
@@ -288,13 +361,16 @@ pub struct CreateRequest {
 
 impl Message for CreateRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u32(self.mode).str16(self.path.as_bytes());
+        w.fixed(&CreateHeader {
+            mode: self.mode.into(),
+        })
+        .str16(self.path.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let mode = r.u32()?;
+        let h: CreateHeader = r.fixed()?;
         Ok(CreateRequest {
             path: path_field(r, "path")?,
-            mode,
+            mode: h.mode.get(),
         })
     }
 }
@@ -310,11 +386,14 @@ pub struct DeleteRequest {
 
 impl Message for DeleteRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u8(self.expect.map_or(0, |k| k as u8))
-            .str16(self.path.as_bytes());
+        w.fixed(&DeleteHeader {
+            expect: self.expect.map_or(0, |k| k as u8),
+        })
+        .str16(self.path.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let expect = match r.u8()? {
+        let h: DeleteHeader = r.fixed()?;
+        let expect = match h.expect {
             0 => None,
             k => Some(EntryKind::from_wire(k).ok_or(DecodeError::BadField {
                 field: "expect",
@@ -359,14 +438,17 @@ pub struct ReaddirRequest {
 
 impl Message for ReaddirRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u32(self.limit).str16(self.dir.as_bytes());
+        w.fixed(&ReaddirHeader {
+            limit: self.limit.into(),
+        })
+        .str16(self.dir.as_bytes());
         match &self.after {
             None => w.u8(0),
             Some(a) => w.u8(1).str16(a.as_bytes()),
         };
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let limit = r.u32()?;
+        let limit = r.fixed::<ReaddirHeader>()?.limit.get();
         let dir = path_field(r, "dir")?;
         let after = if bool_field(r, "after")? {
             Some(r.utf8("after", NAME_LEN_MAX)?)
@@ -389,15 +471,19 @@ pub struct ReaddirReply {
 impl Message for ReaddirReply {
     fn encode(&self, w: &mut Writer) {
         let count = u32::try_from(self.entries.len()).expect("pages are bounded");
-        w.u8(u8::from(self.done)).u32(count);
+        w.fixed(&ReaddirReplyHeader {
+            done: u8::from(self.done),
+            count: count.into(),
+        });
         for (name, meta) in &self.entries {
             w.str16(name.as_bytes());
             meta.encode(w);
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let done = bool_field(r, "done")?;
-        let count = r.u32()?;
+        let h: ReaddirReplyHeader = r.fixed()?;
+        let done = bool_byte(h.done, "done")?;
+        let count = h.count.get();
         if count > READDIR_PAGE_MAX {
             return Err(DecodeError::BadField {
                 field: "count",
@@ -424,13 +510,18 @@ pub struct TruncateChunkRequest {
 
 impl Message for TruncateChunkRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.file_id).u64(self.index).u64(self.len);
+        w.fixed(&TruncateChunkHeader {
+            file_id: self.file_id.into(),
+            index: self.index.into(),
+            len: self.len.into(),
+        });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: TruncateChunkHeader = r.fixed()?;
         Ok(TruncateChunkRequest {
-            file_id: r.u64()?,
-            index: r.u64()?,
-            len: r.u64()?,
+            file_id: h.file_id.get(),
+            index: h.index.get(),
+            len: h.len.get(),
         })
     }
 }
@@ -448,13 +539,16 @@ pub struct UpdateSizeRequest {
 
 impl Message for UpdateSizeRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.size)
-            .u8(self.how as u8)
-            .str16(self.path.as_bytes());
+        w.fixed(&UpdateSizeHeader {
+            size: self.size.into(),
+            how: self.how as u8,
+        })
+        .str16(self.path.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let size = r.u64()?;
-        let how = SizeUpdate::from_wire(r.u8()?).ok_or(DecodeError::BadField {
+        let h: UpdateSizeHeader = r.fixed()?;
+        let size = h.size.get();
+        let how = SizeUpdate::from_wire(h.how).ok_or(DecodeError::BadField {
             field: "how",
             reason: "unknown size update",
         })?;
@@ -479,12 +573,16 @@ pub struct InsertRequest {
 
 impl Message for InsertRequest {
     fn encode(&self, w: &mut Writer) {
-        self.meta.encode(w);
-        w.u8(u8::from(self.exclusive)).str16(self.path.as_bytes());
+        w.fixed(&InsertHeader {
+            meta: self.meta.to_wire(),
+            exclusive: u8::from(self.exclusive),
+        })
+        .str16(self.path.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let meta = FileMetadata::decode(r)?;
-        let exclusive = bool_field(r, "exclusive")?;
+        let h: InsertHeader = r.fixed()?;
+        let meta = FileMetadata::from_wire(&h.meta)?;
+        let exclusive = bool_byte(h.exclusive, "exclusive")?;
         Ok(InsertRequest {
             path: path_field(r, "path")?,
             meta,
@@ -502,10 +600,15 @@ pub struct RemoveChunksRequest {
 
 impl Message for RemoveChunksRequest {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.file_id);
+        w.fixed(&RemoveChunksHeader {
+            file_id: self.file_id.into(),
+        });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(RemoveChunksRequest { file_id: r.u64()? })
+        let h: RemoveChunksHeader = r.fixed()?;
+        Ok(RemoveChunksRequest {
+            file_id: h.file_id.get(),
+        })
     }
 }
 
@@ -518,10 +621,15 @@ pub struct CountReply {
 
 impl Message for CountReply {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.count);
+        w.fixed(&CountHeader {
+            count: self.count.into(),
+        });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(CountReply { count: r.u64()? })
+        let h: CountHeader = r.fixed()?;
+        Ok(CountReply {
+            count: h.count.get(),
+        })
     }
 }
 
@@ -544,21 +652,68 @@ pub struct StatsReply {
 
 impl Message for StatsReply {
     fn encode(&self, w: &mut Writer) {
-        w.u64(self.metadata_records)
-            .u64(self.chunks)
-            .u64(self.used_bytes)
-            .u64(self.capacity_bytes)
-            .u64(self.requests)
-            .u64(self.malformed);
+        w.fixed(&StatsHeader {
+            metadata_records: self.metadata_records.into(),
+            chunks: self.chunks.into(),
+            used_bytes: self.used_bytes.into(),
+            capacity_bytes: self.capacity_bytes.into(),
+            requests: self.requests.into(),
+            malformed: self.malformed.into(),
+        });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: StatsHeader = r.fixed()?;
         Ok(StatsReply {
-            metadata_records: r.u64()?,
-            chunks: r.u64()?,
-            used_bytes: r.u64()?,
-            capacity_bytes: r.u64()?,
-            requests: r.u64()?,
-            malformed: r.u64()?,
+            metadata_records: h.metadata_records.get(),
+            chunks: h.chunks.get(),
+            used_bytes: h.used_bytes.get(),
+            capacity_bytes: h.capacity_bytes.get(),
+            requests: h.requests.get(),
+            malformed: h.malformed.get(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le(values: &[u64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn fixed_headers_lead_the_body_as_documented() {
+        let io = ChunkIo {
+            file_id: 1,
+            index: 2,
+            offset: 3,
+            len: 4,
+            remote: None,
+        };
+        assert_eq!(io.to_bytes(), [le(&[1, 2, 3, 4]), vec![0]].concat());
+        let hello = HelloReply {
+            node_id: "n".into(),
+            chunk_size: 4096,
+            rdma_threshold: 32768,
+        };
+        assert_eq!(
+            hello.to_bytes(),
+            [le(&[4096, 32768]), vec![1, 0, b'n']].concat()
+        );
+        let create = CreateRequest {
+            path: "/a".into(),
+            mode: 0o644,
+        };
+        assert_eq!(
+            create.to_bytes(),
+            [0o644u32.to_le_bytes().to_vec(), vec![2, 0, b'/', b'a']].concat()
+        );
+        // A header cut short is a clean error, never a panic.
+        let bytes = io.to_bytes();
+        assert!(matches!(
+            ChunkIo::from_bytes(&bytes[..32]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 }

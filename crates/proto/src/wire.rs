@@ -91,6 +91,12 @@ impl Writer {
         self.buf.extend_from_slice(v);
         self
     }
+
+    /// Appends a fixed-size `#[repr(C)]` wire struct as it lies in memory.
+    pub fn fixed<T: zerocopy::IntoBytes + zerocopy::Immutable>(&mut self, v: &T) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+
     /// Appends a byte string with a u16 length prefix. Callers bound lengths first
     /// (paths and names are far below 64 KiB); longer input is a bug.
     pub fn str16(&mut self, v: &[u8]) -> &mut Self {
@@ -133,6 +139,17 @@ impl<'a> Reader<'a> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
+    }
+
+    /// Reads a fixed-size `#[repr(C)]` wire struct.
+    pub fn fixed<T>(&mut self) -> Result<T, DecodeError>
+    where
+        T: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+    {
+        let needed = std::mem::size_of::<T>();
+        let available = self.remaining();
+        let bytes = self.take(needed)?;
+        T::read_from_bytes(bytes).map_err(|_| DecodeError::Truncated { needed, available })
     }
 
     /// Reads one byte.
