@@ -1,28 +1,37 @@
 //! BenchFS: an ad hoc distributed file system for the compute nodes of an HPC job, and a
 //! benchmark framework for file-system designs.
 //!
-//! The crate holds everything above the transport and the chunk stores: configuration,
-//! placement, chunk layout, path rules, the per-server metadata table and the client API.
-//! See ARCHITECTURE.md for the map.
+//! This crate is the facade: it re-exports the public paths of the crates underneath
+//! (`benchfs-client`, `benchfs-config`, `benchfs-proto`, `benchfs-server`,
+//! `benchfs-store`) and holds the `benchfsd` and `benchfs` binaries. Nothing underneath
+//! imports it. See ARCHITECTURE.md for the map.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod layout;
-pub mod limits;
-pub mod metadata;
-pub mod path;
-pub mod placement;
-pub mod registry;
-pub mod rpc;
-pub mod server;
+/// The client API: [`api::BenchFS`], its open flags and its error type.
+pub mod api {
+    pub use benchfs_client::api::*;
+    pub use benchfs_client::fs::{DirEntry, Fd, FsClient, Whence};
+    pub use benchfs_proto::meta::FileMetadata;
+}
+
+/// Configuration: `benchfs.toml`, `BENCHFS_*` overrides, validation.
+pub mod config {
+    pub use benchfs_config::*;
+}
+
+/// A server's metadata table and the metadata record.
+pub mod metadata {
+    pub use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+    pub use benchfs_server::metadata::MetadataManager;
+}
 
 /// Chunk stores (re-exported from `benchfs-store`).
 pub mod storage {
     pub use benchfs_store::*;
 }
 
+pub use benchfs_client as client;
+pub use benchfs_config::registry;
 pub use benchfs_proto as proto;
+pub use benchfs_proto::{layout, limits, path, placement};
+pub use benchfs_server as server;

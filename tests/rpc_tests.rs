@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use benchfs::api::OpenFlags;
+use benchfs::client::rpc::{ClientOptions, Connection, RpcClient};
+use benchfs::client::rpc::{OutPayload, RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs::config::ServerConfig;
-use benchfs::rpc::client::{ClientOptions, Connection, RpcClient};
-use benchfs::rpc::{OutPayload, RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, MAGIC, PAYLOAD_LEN_MAX, VERSION};
 use benchfs_proto::meta::{EntryKind, SizeUpdate};
 use benchfs_proto::ops::{self, ChunkIo, Empty, HelloRequest, RemoteBuffer};

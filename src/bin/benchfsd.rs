@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    match benchfs::daemon::run(benchfs::daemon::Args::parse()) {
+    match benchfs_server::daemon::run(benchfs_server::daemon::Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]

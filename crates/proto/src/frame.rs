@@ -24,6 +24,10 @@ pub const PAYLOAD_LEN_MAX: u64 = 64 * 1024 * 1024;
 
 /// Set in `flags` on replies.
 pub const FLAG_REPLY: u16 = 1;
+/// Active Message id of requests.
+pub const REQUEST_AM_ID: u16 = 10;
+/// Active Message id of replies.
+pub const REPLY_AM_ID: u16 = 11;
 
 /// Every operation, with its wire id.
 ///

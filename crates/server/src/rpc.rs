@@ -17,8 +17,28 @@ use benchfs_store::ChunkStore;
 use benchfs_ucx::{AmMessage, AmProto, Endpoint, Listener, Worker};
 use tokio::sync::Semaphore;
 
-use super::{StoreBuf, REPLY_AM_ID, REQUEST_AM_ID, SERVER_QUEUE_MAX};
-use crate::server::{store_status, Payload, Reply, ServerState};
+use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
+use benchfs_store::ChunkBuf;
+
+use crate::handler::{store_status, Payload, Reply, ServerState};
+
+/// Most messages a server queues before it drops new ones (the sender then times out).
+pub const SERVER_QUEUE_MAX: usize = 8192;
+
+/// A chunk-store buffer as a UCX send or receive buffer.
+pub(crate) struct StoreBuf(pub ChunkBuf);
+
+impl AsRef<[u8]> for StoreBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for StoreBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+}
 
 /// Settings of a serving loop.
 #[derive(Debug, Clone)]

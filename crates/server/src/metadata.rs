@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use benchfs_proto::Status;
 
-use crate::path;
+use benchfs_proto::path;
 
 pub use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 
@@ -37,7 +37,7 @@ pub struct MetadataManager {
 
 impl MetadataManager {
     /// An empty table. `node_tag` (unique per server, see
-    /// [`node_tag`](crate::placement::node_tag)) makes this server's inode numbers unique
+    /// [`node_tag`](benchfs_proto::placement::node_tag)) makes this server's inode numbers unique
     /// in the cluster; `chunk_size` is given to new files.
     pub fn new(node_tag: u32, chunk_size: u64) -> Self {
         MetadataManager {

@@ -1,7 +1,7 @@
 //! The server's state and its request handlers, independent of the transport.
 //!
 //! [`ServerState::handle`] takes one decoded request and produces its reply. The transport
-//! (`crate::rpc::server`) decodes frames, hands over the body and the payload (received
+//! (`crate::rpc`) decodes frames, hands over the body and the payload (received
 //! straight into a store buffer when it came by rendezvous), and sends the reply.
 //!
 //! **Invariant:** a handler never panics on request content; every malformed or refused
@@ -15,9 +15,9 @@ use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, StoreError};
 
-use crate::config::ServerConfig;
 use crate::metadata::{MetadataManager, SizeUpdate};
-use crate::placement::node_tag;
+use benchfs_config::ServerConfig;
+use benchfs_proto::placement::node_tag;
 
 pub use journal::{Journal, JournalError};
 
@@ -125,7 +125,7 @@ impl ServerState {
     pub fn open(
         config: &ServerConfig,
         secret: Vec<u8>,
-    ) -> Result<ServerState, crate::server::OpenError> {
+    ) -> Result<ServerState, crate::handler::OpenError> {
         let store = AnyChunkStore::open(&config.store_config())?;
         let mut metadata = MetadataManager::new(
             node_tag(&config.node.node_id),

@@ -16,10 +16,10 @@ use futures_util::future::join_all;
 
 use super::cluster::benchfsd_path;
 use super::CliError;
-use crate::api::{ApiError, BenchFS, FsClient};
-use crate::config::ServerConfig;
-use crate::rpc::OutPayload;
-use crate::{limits, registry};
+use benchfs::api::{ApiError, BenchFS, FsClient};
+use benchfs::client::rpc::OutPayload;
+use benchfs::config::ServerConfig;
+use benchfs::{limits, registry};
 
 /// Byte every payload is filled with, so that its pages are resident before timing starts.
 const PAYLOAD_FILL: u8 = 0xA5;

@@ -1,4 +1,6 @@
-//! `benchfs.toml`: parsing, `BENCHFS_*` environment overrides and validation.
+//! BenchFS configuration and discovery: `benchfs.toml` (parsing, `BENCHFS_*` environment
+//! overrides and validation) and the [`registry`] directory where servers publish their
+//! addresses. Both servers and clients read them.
 //!
 //! The file is parsed into a raw, all-optional form with unknown keys rejected, overlaid
 //! with environment variables, and then validated into [`ServerConfig`], whose fields are
@@ -10,8 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits;
+use benchfs_proto::limits;
 pub use benchfs_store::Backend;
+
+pub mod registry;
 
 /// What went wrong while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> ExitCode {
-    let cli = benchfs::cli::Cli::parse();
-    match benchfs::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]

@@ -1,4 +1,4 @@
-//! Typed RPC over UCX Active Messages: the client's connections and the server's loop.
+//! Typed RPC over UCX Active Messages, the client's side: connections, calls, payloads.
 //!
 //! Requests travel on AM id [`REQUEST_AM_ID`], replies on [`REPLY_AM_ID`]. The AM header
 //! holds the [`FrameHeader`](benchfs_proto::FrameHeader) and, when it fits, the operation
@@ -8,20 +8,15 @@
 //! with io_uring), so the bytes cross no extra copy between the wire and the store. See
 //! ARCHITECTURE.md for why rendezvous rather than explicit get/put is the default.
 
-pub mod client;
-pub mod server;
+mod connection;
+
+pub use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
+pub use connection::{ClientOptions, Connection, Response, RpcClient};
 
 use std::rc::Rc;
 
 use benchfs_proto::{DecodeError, Status};
-use benchfs_store::ChunkBuf;
 
-/// Active Message id of requests.
-pub const REQUEST_AM_ID: u16 = 10;
-/// Active Message id of replies.
-pub const REPLY_AM_ID: u16 = 11;
-/// Most messages a server queues before it drops new ones (the sender then times out).
-pub const SERVER_QUEUE_MAX: usize = 8192;
 /// Most replies a client queues.
 pub const CLIENT_QUEUE_MAX: usize = 8192;
 
@@ -72,21 +67,6 @@ impl RpcError {
             RpcError::Protocol { .. } => Status::Protocol,
             RpcError::Status { status, .. } => *status,
         }
-    }
-}
-
-/// A chunk-store buffer as a UCX send or receive buffer.
-pub(crate) struct StoreBuf(pub ChunkBuf);
-
-impl AsRef<[u8]> for StoreBuf {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_slice()
-    }
-}
-
-impl AsMut<[u8]> for StoreBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        self.0.as_mut_slice()
     }
 }
 

@@ -5,8 +5,8 @@ use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self, READDIR_PAGE_MAX};
 
 use super::FsClient;
-use crate::placement::ServerIndex;
 use crate::rpc::{OutPayload, RpcError};
+use benchfs_proto::placement::ServerIndex;
 
 /// This server's entries of `dir`, in name order, at most `limit`.
 pub(super) async fn list_server(

@@ -11,10 +11,10 @@ use benchfs_store::ChunkStore;
 use benchfs_ucx::{Context, Features, Listener, Worker};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
-use crate::config::{launcher_rank, Backend, ConfigError, ServerConfig};
-use crate::registry::{self, ServerEntry};
-use crate::rpc::server::{serve, ServeOptions};
-use crate::server::ServerState;
+use crate::handler::ServerState;
+use crate::rpc::{serve, ServeOptions};
+use benchfs_config::registry::{self, ServerEntry};
+use benchfs_config::{launcher_rank, Backend, ConfigError, ServerConfig};
 
 /// Command-line arguments of `benchfsd`.
 #[derive(Debug, clap::Parser)]
@@ -56,7 +56,7 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     /// The server state could not be opened.
     #[error(transparent)]
-    Open(#[from] crate::server::OpenError),
+    Open(#[from] crate::handler::OpenError),
     /// UCX failed to start.
     #[error("UCX: {0}")]
     Ucx(#[from] benchfs_ucx::UcxError),
@@ -124,11 +124,11 @@ fn init_logging(config: &ServerConfig) -> Result<(), DaemonError> {
             source,
         })?;
     let level = match config.node.log_level {
-        crate::config::LogLevel::Error => tracing::Level::ERROR,
-        crate::config::LogLevel::Warn => tracing::Level::WARN,
-        crate::config::LogLevel::Info => tracing::Level::INFO,
-        crate::config::LogLevel::Debug => tracing::Level::DEBUG,
-        crate::config::LogLevel::Trace => tracing::Level::TRACE,
+        benchfs_config::LogLevel::Error => tracing::Level::ERROR,
+        benchfs_config::LogLevel::Warn => tracing::Level::WARN,
+        benchfs_config::LogLevel::Info => tracing::Level::INFO,
+        benchfs_config::LogLevel::Debug => tracing::Level::DEBUG,
+        benchfs_config::LogLevel::Trace => tracing::Level::TRACE,
     };
     let writer = std::io::stderr.and(Arc::new(file)).with_max_level(level);
     // A second init (tests in one process) keeps the first subscriber; that is fine.

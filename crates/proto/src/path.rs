@@ -7,7 +7,7 @@
 //! [`NAME_LEN_MAX`]. Paths never become names on disk: chunks are
 //! named by inode number.
 
-use benchfs_proto::Status;
+use crate::Status;
 
 use crate::limits::{NAME_LEN_MAX, PATH_LEN_MAX};
 

@@ -10,11 +10,10 @@ use std::path::Path;
 
 use benchfs_proto::Status;
 
-pub use crate::client::{DirEntry, Fd, FsClient, Whence};
-use crate::config::{ConfigError, ServerConfig};
-pub use crate::metadata::FileMetadata;
-use crate::path::PathError;
-use crate::registry;
+pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
+use benchfs_config::{registry, ConfigError, ServerConfig};
+pub use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::path::PathError;
 
 /// A connection to a BenchFS cluster, for one thread.
 pub struct BenchFS {

@@ -24,13 +24,13 @@ use benchfs_ucx::{Context, Features, LentMut, Loan};
 use futures_util::future::join_all;
 
 use crate::api::{ApiError, OpenFlags};
-use crate::config::ServerConfig;
-use crate::layout::{ChunkLayout, ChunkSpan};
-use crate::path;
-use crate::placement::{PlacementKey, PlacementRing, ServerIndex};
-use crate::registry::ServerEntry;
-use crate::rpc::client::{ClientOptions, Connection, Response, RpcClient};
+use crate::rpc::{ClientOptions, Connection, Response, RpcClient};
 use crate::rpc::{OutPayload, RpcError};
+use benchfs_config::registry::{self, ServerEntry};
+use benchfs_config::ServerConfig;
+use benchfs_proto::layout::{ChunkLayout, ChunkSpan};
+use benchfs_proto::path;
+use benchfs_proto::placement::{PlacementKey, PlacementRing, ServerIndex};
 
 use cache::{ChunkCache, MetadataCache};
 
@@ -105,7 +105,7 @@ fn root_meta() -> FileMetadata {
         kind: EntryKind::Directory,
         size: 0,
         mode: 0o755,
-        chunk_size: crate::limits::CHUNK_SIZE_MIN,
+        chunk_size: benchfs_proto::limits::CHUNK_SIZE_MIN,
         mtime_ns: 0,
         ctime_ns: 0,
     }
@@ -330,10 +330,10 @@ impl FsClient {
             Ok(c) => c,
             Err(e) => {
                 let node_id = slot.entry.borrow().node_id.clone();
-                let path = crate::registry::entry_path(&self.registry_dir, &node_id);
+                let path = registry::entry_path(&self.registry_dir, &node_id);
                 let moved = std::fs::read_to_string(path)
                     .ok()
-                    .and_then(|text| crate::registry::parse_entry(&text).ok())
+                    .and_then(|text| registry::parse_entry(&text).ok())
                     .filter(|entry| entry.node_id == node_id && entry.addr != addr);
                 let Some(entry) = moved else { return Err(e) };
                 tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");

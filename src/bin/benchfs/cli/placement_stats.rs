@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::placement::{LoadStats, PlacementKey, PlacementRing};
+use benchfs::placement::{LoadStats, PlacementKey, PlacementRing};
 
 /// Arguments of `benchfs placement-stats`.
 #[derive(Debug, clap::Args)]
@@ -14,7 +14,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
     /// Virtual nodes per server.
-    #[arg(long, default_value_t = crate::limits::VIRTUAL_NODES_DEFAULT)]
+    #[arg(long, default_value_t = benchfs::limits::VIRTUAL_NODES_DEFAULT)]
     vnodes: u32,
 }
 

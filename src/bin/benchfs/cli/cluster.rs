@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::CliError;
-use crate::api::BenchFS;
-use crate::config::ServerConfig;
-use crate::registry;
+use benchfs::api::BenchFS;
+use benchfs::config::ServerConfig;
+use benchfs::registry;
 
 /// Where a local cluster keeps its files unless told otherwise.
 pub const DEFAULT_DIR: &str = "/tmp/benchfs-cluster";

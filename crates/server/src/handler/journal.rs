@@ -25,7 +25,7 @@ const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_HIGH_WATER: u8 = 3;
 /// Largest record: a tag, metadata, and a path of PATH_LEN_MAX bytes with its prefix.
-const RECORD_LEN_MAX: usize = 1 + FILE_METADATA_LEN + 8 + 2 + crate::limits::PATH_LEN_MAX;
+const RECORD_LEN_MAX: usize = 1 + FILE_METADATA_LEN + 8 + 2 + benchfs_proto::limits::PATH_LEN_MAX;
 
 /// One metadata change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +118,13 @@ fn apply(body: &[u8], table: &mut MetadataManager) -> Option<()> {
     match r.u8().ok()? {
         TAG_PUT => {
             let meta = FileMetadata::decode(&mut r).ok()?;
-            let path = r.utf8("path", crate::limits::PATH_LEN_MAX).ok()?;
+            let path = r.utf8("path", benchfs_proto::limits::PATH_LEN_MAX).ok()?;
             table.insert(&path, meta, false).ok()?;
             table.reserve_file_id(meta.file_id);
         }
         TAG_DELETE => {
             let file_id = r.u64().ok()?;
-            let path = r.utf8("path", crate::limits::PATH_LEN_MAX).ok()?;
+            let path = r.utf8("path", benchfs_proto::limits::PATH_LEN_MAX).ok()?;
             // Replaying a delete of an absent record is harmless.
             let _ = table.delete(&path, None);
             table.reserve_file_id(file_id);

@@ -1,0 +1,15 @@
+//! The BenchFS client: everything a program needs to use a cluster, and nothing of the
+//! server. [`FsClient`] is the async file-system client (one per thread); [`api::BenchFS`]
+//! its blocking face; [`rpc`] the typed RPC over UCX Active Messages underneath.
+//!
+//! Dependencies run one way: the `benchfs` facade, the C API and the FUSE mount use this
+//! crate; it uses `benchfs-proto` (wire types and the pure placement, layout and path
+//! rules), `benchfs-config` and `benchfs-ucx`, and never the server.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod fs;
+pub mod rpc;
+
+pub use api::{ApiError, BenchFS, OpenFlags};
+pub use fs::{DirEntry, Fd, FsClient, Whence};

@@ -1,0 +1,11 @@
+//! The BenchFS server: one `benchfsd` process's share of the namespace and the chunks.
+//!
+//! [`daemon`] runs a server (configuration, registry, signals, the event loop); [`rpc`]
+//! accepts connections and turns frames into requests; [`handler`] answers them against
+//! the [`metadata`] table and a chunk store. Clients never link this crate.
+#![forbid(unsafe_code)]
+
+pub mod daemon;
+pub mod handler;
+pub mod metadata;
+pub mod rpc;
