@@ -1,0 +1,362 @@
+//! The data path: pread and pwrite split into chunk spans, sent to every span's servers
+//! at once, from a copy or from a lent slice, and read back in place or through the
+//! chunk cache.
+
+use std::time::Duration;
+
+use benchfs_proto::layout::{ChunkLayout, ChunkSpan};
+use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::placement::PlacementKey;
+use benchfs_proto::{ops, Status};
+use benchfs_ucx::Loan;
+use futures_util::future::join_all;
+
+use super::{fs_err, rpc_err, Fd, FsClient};
+use crate::api::{ApiError, OpenFlags};
+use crate::rpc::{OutPayload, RpcClient, RpcError};
+
+/// How often [`FsClient::settle`] makes the worker progress while it waits.
+pub(super) const SETTLE_PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Where the bytes a call sends come from.
+#[derive(Clone, Copy)]
+pub(super) enum WriteSource<'a> {
+    /// A borrowed slice, copied into a send buffer per call.
+    Copied(&'a [u8]),
+    /// A range of a loan, sent in place.
+    Lent(&'a Loan, (usize, usize)),
+}
+
+impl<'a> WriteSource<'a> {
+    /// No payload.
+    pub(super) const NONE: WriteSource<'static> = WriteSource::Copied(&[]);
+
+    /// The whole of a loan.
+    pub(super) fn lent(loan: &'a Loan) -> Self {
+        WriteSource::Lent(loan, (0, loan.len()))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            WriteSource::Copied(d) => d.len(),
+            WriteSource::Lent(_, (start, end)) => end - start,
+        }
+    }
+
+    /// The bytes in `range` of this source.
+    pub(super) fn part(&self, range: std::ops::Range<usize>) -> WriteSource<'a> {
+        match *self {
+            WriteSource::Copied(d) => WriteSource::Copied(&d[range]),
+            WriteSource::Lent(loan, (start, _)) => {
+                WriteSource::Lent(loan, (start + range.start, start + range.end))
+            }
+        }
+    }
+
+    /// A payload for one call.
+    pub(super) fn payload(&self, rpc: &RpcClient) -> OutPayload {
+        match *self {
+            WriteSource::Copied(d) => rpc.payload(d),
+            WriteSource::Lent(loan, (start, end)) => OutPayload::Lent(
+                loan.lend(start..end)
+                    .expect("a part of a loan lies within it"),
+            ),
+        }
+    }
+}
+
+/// What a read covers: the handle's path and metadata, the bytes to read, and their
+/// chunk spans.
+pub(super) struct ReadPlan {
+    pub(super) path: String,
+    pub(super) meta: FileMetadata,
+    pub(super) len: usize,
+    pub(super) spans: Vec<ChunkSpan>,
+}
+
+/// Where a span's bytes came: received in place (this many), or in a buffer.
+pub(super) enum SpanData {
+    Sunk(usize),
+    Bytes(Vec<u8>),
+}
+
+impl SpanData {
+    /// Completes the span's destination: copies the bytes if they came in a buffer, and
+    /// zeros what lies past the chunk's end (a hole inside the file).
+    pub(super) fn fill(self, dst: &mut [u8]) {
+        let n = match self {
+            SpanData::Sunk(n) => n.min(dst.len()),
+            SpanData::Bytes(bytes) => {
+                let n = bytes.len().min(dst.len());
+                dst[..n].copy_from_slice(&bytes[..n]);
+                n
+            }
+        };
+        dst[n..].fill(0);
+    }
+}
+
+/// A span's range in the read's buffer.
+pub(super) fn span_range(span: &ChunkSpan) -> std::ops::Range<usize> {
+    span.buf_offset as usize..(span.buf_offset + span.len) as usize
+}
+
+impl FsClient {
+    /// Writes at the handle's position (or the end, with APPEND) and advances it. The
+    /// bytes are copied once into send buffers; see [`FsClient::write_lent`].
+    pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
+        self.write_from(fd, WriteSource::Copied(data)).await
+    }
+
+    /// [`FsClient::write`] of a loan's bytes, sent from the lender's memory without a
+    /// copy: the blocking API lends the caller's slice (see [`benchfs_ucx::lend`]).
+    pub async fn write_lent(&self, fd: Fd, loan: &Loan) -> Result<usize, ApiError> {
+        self.write_from(fd, WriteSource::lent(loan)).await
+    }
+
+    pub(super) async fn write_from(
+        &self,
+        fd: Fd,
+        data: WriteSource<'_>,
+    ) -> Result<usize, ApiError> {
+        let offset = self.with_file(fd, |f| {
+            if f.flags.contains(OpenFlags::APPEND) {
+                f.size
+            } else {
+                f.pos
+            }
+        })?;
+        let n = self.pwrite_from(fd, data, offset).await?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        Ok(n)
+    }
+
+    /// Reads at the handle's position and advances it.
+    pub async fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize, ApiError> {
+        let offset = self.with_file(fd, |f| f.pos)?;
+        let n = self.pread(fd, buf, offset).await?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        Ok(n)
+    }
+
+    /// Writes `data` at `offset`, chunk by chunk, to every chunk's servers concurrently.
+    /// The bytes are copied once into send buffers; see [`FsClient::pwrite_lent`].
+    pub async fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
+        self.pwrite_from(fd, WriteSource::Copied(data), offset)
+            .await
+    }
+
+    /// [`FsClient::pwrite`] of a loan's bytes, sent from the lender's memory without a
+    /// copy.
+    pub async fn pwrite_lent(&self, fd: Fd, loan: &Loan, offset: u64) -> Result<usize, ApiError> {
+        self.pwrite_from(fd, WriteSource::lent(loan), offset).await
+    }
+
+    pub(super) async fn pwrite_from(
+        &self,
+        fd: Fd,
+        data: WriteSource<'_>,
+        offset: u64,
+    ) -> Result<usize, ApiError> {
+        let (path, meta, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.flags))?;
+        if !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
+            return Err(fs_err("write", &path, Status::BadHandle));
+        }
+        let len = data.len();
+        if len == 0 {
+            return Ok(0);
+        }
+        let layout = ChunkLayout::new(meta.chunk_size);
+        let spans = layout
+            .spans(offset, len as u64)
+            .map_err(|_| fs_err("write", &path, Status::InvalidArgument))?;
+        let writes = spans.map(|span| {
+            let start = span.buf_offset as usize;
+            let part = data.part(start..start + span.len as usize);
+            let req = ops::ChunkIo {
+                file_id: meta.file_id,
+                index: span.index,
+                offset: span.offset_in_chunk,
+                len: span.len,
+                remote: None,
+            };
+            async move {
+                let key = PlacementKey::Chunk {
+                    file_id: meta.file_id,
+                    index: span.index,
+                };
+                self.write_all::<ops::WriteChunk>(key, &req, part).await
+            }
+        });
+        for r in join_all(writes).await {
+            r.map_err(rpc_err("write", &path))?;
+        }
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let end = offset + len as u64;
+        self.with_file(fd, |f| {
+            if end > f.size {
+                f.size = end;
+                f.size_dirty = true;
+            }
+        })?;
+        Ok(len)
+    }
+
+    /// Runs the event loop until every view of `loan` is back: until UCX has finished
+    /// every send that reads it. The lender's `settle` (see [`benchfs_ucx::lend`]).
+    pub async fn settle(&self, loan: &Loan) {
+        let worker = self.rpc.worker();
+        let _polling = worker.expect_replies();
+        while loan.outstanding() > 0 {
+            tokio::select! {
+                _ = loan.returned() => {}
+                // A send cancelled by a closed endpoint completes during progress, which
+                // an idle worker might not otherwise run, so this does not rely on the
+                // progress task alone.
+                _ = tokio::time::sleep(SETTLE_PROGRESS_INTERVAL) => {
+                    worker.progress();
+                }
+            }
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; holes read as zeros; stops at the size.
+    /// The bytes come in reply buffers and are copied into `buf`; see
+    /// [`FsClient::pread_lent`].
+    pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
+        let Some(plan) = self.read_plan(fd, buf.len(), offset)? else {
+            return Ok(0);
+        };
+        let reads = plan
+            .spans
+            .iter()
+            .map(|span| self.read_span(plan.meta, span, None));
+        let results = join_all(reads).await;
+        for (span, result) in plan.spans.iter().zip(results) {
+            let data = result.map_err(rpc_err("read", &plan.path))?;
+            data.fill(&mut buf[span_range(span)]);
+        }
+        Ok(plan.len)
+    }
+
+    /// [`FsClient::pread`] into a loan's memory: replies are received straight into it (by
+    /// rendezvous with no copy) unless the chunk cache is on. The blocking API lends the
+    /// caller's buffer (see [`benchfs_ucx::lend_mut`]).
+    pub async fn pread_lent(&self, fd: Fd, loan: &Loan, offset: u64) -> Result<usize, ApiError> {
+        let Some(plan) = self.read_plan(fd, loan.len(), offset)? else {
+            return Ok(0);
+        };
+        let reads = plan
+            .spans
+            .iter()
+            .map(|span| self.read_span(plan.meta, span, Some(loan)));
+        let results = join_all(reads).await;
+        for (span, result) in plan.spans.iter().zip(results) {
+            let data = result.map_err(rpc_err("read", &plan.path))?;
+            let mut view = match loan.lend_mut(span_range(span)) {
+                Some(view) => view,
+                None => {
+                    // A receive abandoned when its replica timed out still holds the
+                    // range; it ends once UCX cancels it, as the scope's settle would.
+                    self.settle(loan).await;
+                    loan.lend_mut(span_range(span))
+                        .ok_or_else(|| fs_err("read", &plan.path, Status::Io))?
+                }
+            };
+            data.fill(view.as_mut());
+        }
+        Ok(plan.len)
+    }
+
+    /// [`FsClient::read`] into a loan's memory, as [`FsClient::pread_lent`].
+    pub async fn read_lent(&self, fd: Fd, loan: &Loan) -> Result<usize, ApiError> {
+        let offset = self.with_file(fd, |f| f.pos)?;
+        let n = self.pread_lent(fd, loan, offset).await?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        Ok(n)
+    }
+
+    /// The chunk spans a read of up to `want` bytes at `offset` covers, after the
+    /// handle's checks; `None` when there is nothing to read.
+    pub(super) fn read_plan(
+        &self,
+        fd: Fd,
+        want: usize,
+        offset: u64,
+    ) -> Result<Option<ReadPlan>, ApiError> {
+        let (path, meta, size, flags) =
+            self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
+        if meta.is_dir() {
+            return Err(fs_err("read", &path, Status::IsDir));
+        }
+        if !flags.contains(OpenFlags::READ) {
+            return Err(fs_err("read", &path, Status::BadHandle));
+        }
+        if offset >= size || want == 0 {
+            return Ok(None);
+        }
+        let len = (want as u64).min(size - offset);
+        let spans = ChunkLayout::new(meta.chunk_size)
+            .spans(offset, len)
+            .map_err(|_| fs_err("read", &path, Status::InvalidArgument))?
+            .collect();
+        Ok(Some(ReadPlan {
+            path,
+            meta,
+            len: len as usize,
+            spans,
+        }))
+    }
+
+    /// Reads one span, from the chunk cache or its servers; into `loan` at the span's
+    /// range when one is given and the cache is off.
+    pub(super) async fn read_span(
+        &self,
+        meta: FileMetadata,
+        span: &ChunkSpan,
+        loan: Option<&Loan>,
+    ) -> Result<SpanData, RpcError> {
+        let (index, offset, len) = (span.index, span.offset_in_chunk, span.len);
+        let loan = {
+            let mut cache = self.chunk_cache.borrow_mut();
+            if let Some(bytes) = cache.get(meta.file_id, index, offset, len) {
+                return Ok(SpanData::Bytes(bytes));
+            }
+            loan.filter(|_| !cache.is_enabled())
+        };
+        let req = ops::ChunkIo {
+            file_id: meta.file_id,
+            index,
+            offset,
+            len,
+            remote: None,
+        };
+        let key = PlacementKey::Chunk {
+            file_id: meta.file_id,
+            index,
+        };
+        let r = self
+            .read_any_into::<ops::ReadChunk>(key, &req, || {
+                loan.and_then(|l| l.lend_mut(span_range(span)))
+            })
+            .await?;
+        let got = r.payload.len() + r.sunk;
+        if r.reply.len != got as u64 || r.reply.len > len {
+            return Err(RpcError::Protocol {
+                server: "chunk server".into(),
+                source: benchfs_proto::DecodeError::LengthMismatch {
+                    field: "read payload",
+                    declared: r.reply.len,
+                    actual: got as u64,
+                },
+            });
+        }
+        if r.sunk > 0 {
+            return Ok(SpanData::Sunk(r.sunk));
+        }
+        self.chunk_cache
+            .borrow_mut()
+            .put(meta.file_id, index, offset, &r.payload);
+        Ok(SpanData::Bytes(r.payload))
+    }
+}

@@ -1,0 +1,167 @@
+//! Open files and their handles: open, close, seek, fsync, fstat, and publishing the
+//! size a handle grew.
+
+use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::placement::PlacementKey;
+use benchfs_proto::{ops, Status};
+use futures_util::future::join_all;
+
+use super::data::WriteSource;
+use super::{fs_err, norm, rpc_err, Fd, FsClient, Whence};
+use crate::api::{ApiError, OpenFlags};
+use crate::rpc::OutPayload;
+
+#[derive(Debug)]
+pub(super) struct OpenFile {
+    pub(super) path: String,
+    pub(super) meta: FileMetadata,
+    pub(super) flags: OpenFlags,
+    pub(super) pos: u64,
+    /// The size as this client knows it: the size at open, grown by its own writes.
+    pub(super) size: u64,
+    /// Whether `size` grew past what the metadata owner holds.
+    pub(super) size_dirty: bool,
+}
+
+impl FsClient {
+    /// Opens (and with CREATE, creates) a file; returns its handle.
+    pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
+        let path = norm(path)?;
+        let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
+        let mut meta = if flags.contains(OpenFlags::CREATE) {
+            match self
+                .create_checked("open", &path, EntryKind::File, mode)
+                .await?
+            {
+                Ok(m) => m,
+                Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => {
+                    self.lookup("open", &path, false).await?
+                }
+                Err(e) => return Err(rpc_err("open", &path)(e)),
+            }
+        } else {
+            self.lookup("open", &path, false).await?
+        };
+        if meta.is_dir() && writable {
+            return Err(fs_err("open", &path, Status::IsDir));
+        }
+        if flags.contains(OpenFlags::TRUNC) && writable && meta.size > 0 {
+            meta = self.truncate_meta(&path, meta, 0).await?;
+        }
+        self.meta_cache.borrow_mut().put(&path, meta);
+        // Close-to-open: data cached before this open may be stale.
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let fd = self.next_fd.get();
+        self.next_fd.set(fd + 1);
+        let size = meta.size;
+        self.files.borrow_mut().insert(
+            fd,
+            OpenFile {
+                path,
+                meta,
+                flags,
+                pos: 0,
+                size,
+                size_dirty: false,
+            },
+        );
+        Ok(fd)
+    }
+
+    pub(super) fn with_file<T>(
+        &self,
+        fd: Fd,
+        f: impl FnOnce(&mut OpenFile) -> T,
+    ) -> Result<T, ApiError> {
+        let mut files = self.files.borrow_mut();
+        let file = files
+            .get_mut(&fd)
+            .ok_or_else(|| fs_err("fd", &format!("#{fd}"), Status::BadHandle))?;
+        Ok(f(file))
+    }
+
+    /// Pushes a handle's grown size to the metadata owner (and replicas).
+    pub(super) async fn flush_size(&self, fd: Fd) -> Result<(), ApiError> {
+        let Some((path, size)) =
+            self.with_file(fd, |f| f.size_dirty.then(|| (f.path.clone(), f.size)))?
+        else {
+            return Ok(());
+        };
+        let req = ops::UpdateSizeRequest {
+            path: path.clone(),
+            size,
+            how: SizeUpdate::AtLeast,
+        };
+        let reply = self
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(&path), &req, WriteSource::NONE)
+            .await
+            .map_err(rpc_err("size update", &path))?;
+        self.meta_cache.borrow_mut().put(&path, reply.meta);
+        self.with_file(fd, |f| {
+            f.size_dirty = false;
+            f.size = f.size.max(reply.meta.size);
+        })?;
+        Ok(())
+    }
+
+    /// Closes a handle, publishing its size.
+    pub async fn close(&self, fd: Fd) -> Result<(), ApiError> {
+        let flushed = self.flush_size(fd).await;
+        self.files.borrow_mut().remove(&fd);
+        flushed
+    }
+
+    /// Moves the handle's position.
+    pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
+        self.with_file(fd, |f| {
+            let base = match whence {
+                Whence::Start => 0,
+                Whence::Current => f.pos,
+                Whence::End => f.size,
+            };
+            let pos = base
+                .checked_add_signed(offset)
+                .ok_or(Status::InvalidArgument)?;
+            f.pos = pos;
+            Ok(pos)
+        })?
+        .map_err(|s| fs_err("seek", &format!("#{fd}"), s))
+    }
+
+    /// Makes a handle's data and size durable on the servers.
+    pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
+        self.flush_size(fd).await?;
+        let path = self.with_file(fd, |f| f.path.clone())?;
+        let all = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, OutPayload::none()));
+        for r in join_all(all).await {
+            r.map_err(rpc_err("fsync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// The metadata of an open handle, with this client's own writes counted.
+    pub async fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
+        self.flush_size(fd).await?;
+        self.with_file(fd, |f| FileMetadata {
+            size: f.size,
+            ..f.meta
+        })
+    }
+
+    /// Publishes the sizes of this client's open handles of `path` that grew.
+    pub(super) async fn flush_path(&self, path: &str) -> Result<(), ApiError> {
+        let dirty: Vec<Fd> = self
+            .files
+            .borrow()
+            .iter()
+            .filter(|(_, f)| f.path == path && f.size_dirty)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in dirty {
+            self.flush_size(fd).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,414 @@
+//! The namespace: lookup and create of records, stat, mkdir, unlink, rmdir, readdir,
+//! truncate and rename.
+
+use std::collections::BTreeMap;
+
+use benchfs_proto::layout::ChunkLayout;
+use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::placement::{PlacementKey, ServerIndex};
+use benchfs_proto::{ops, path, Status};
+use futures_util::future::join_all;
+
+use super::data::WriteSource;
+use super::{fanout, fs_err, norm, root_meta, rpc_err, DirEntry, FsClient};
+use crate::api::ApiError;
+use crate::rpc::{OutPayload, RpcError};
+
+impl FsClient {
+    /// The metadata of a normalised path, from the cache if allowed.
+    pub(super) async fn lookup(
+        &self,
+        op: &'static str,
+        path: &str,
+        cached: bool,
+    ) -> Result<FileMetadata, ApiError> {
+        if path == "/" {
+            return Ok(root_meta());
+        }
+        if cached {
+            if let Some(m) = self.meta_cache.borrow_mut().get(path) {
+                return Ok(m);
+            }
+        }
+        let (reply, _) = self
+            .read_any::<ops::MetadataLookup>(
+                PlacementKey::Metadata(path),
+                &ops::PathRequest {
+                    path: path.to_string(),
+                },
+            )
+            .await
+            .map_err(rpc_err(op, path))?;
+        self.meta_cache.borrow_mut().put(path, reply.meta);
+        Ok(reply.meta)
+    }
+
+    pub(super) async fn check_parent(&self, op: &'static str, path: &str) -> Result<(), ApiError> {
+        let (parent, _) = path::split_parent(path).map_err(|e| fs_err(op, path, e.status()))?;
+        match self.lookup(op, parent, true).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(fs_err(op, path, Status::NotDir)),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn forget(&self, path: &str) {
+        self.meta_cache.borrow_mut().remove(path);
+    }
+
+    /// Creates a record on the owner, then copies it to the other replicas.
+    pub(super) async fn create_record(
+        &self,
+        op: &'static str,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+    ) -> Result<FileMetadata, RpcError> {
+        let key = PlacementKey::Metadata(path);
+        let servers = self.replica_set(key);
+        let req = ops::CreateRequest {
+            path: path.to_string(),
+            mode,
+        };
+        let (reply, _) = match kind {
+            EntryKind::File => {
+                self.call_on::<ops::MetadataCreateFile>(servers[0], &req, OutPayload::none())
+                    .await?
+            }
+            EntryKind::Directory => {
+                self.call_on::<ops::MetadataCreateDir>(servers[0], &req, OutPayload::none())
+                    .await?
+            }
+        };
+        let insert = ops::InsertRequest {
+            path: path.to_string(),
+            meta: reply.meta,
+            exclusive: false,
+        };
+        for r in join_all(
+            servers[1..]
+                .iter()
+                .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
+        )
+        .await
+        {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, op, path, "replica did not take the new record");
+                return Err(e);
+            }
+        }
+        Ok(reply.meta)
+    }
+
+    /// Creates a record and checks its parent at once: the two live on different servers,
+    /// so a create costs one round trip, not two. A record made under a parent that turns
+    /// out to be missing (or not a directory) is removed again.
+    pub(super) async fn create_checked(
+        &self,
+        op: &'static str,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+    ) -> Result<Result<FileMetadata, RpcError>, ApiError> {
+        let (parent, created) = futures_util::future::join(
+            self.check_parent(op, path),
+            self.create_record(op, path, kind, mode),
+        )
+        .await;
+        if let Err(e) = parent {
+            if created.is_ok() {
+                if let Err(undo) = self.delete_record(op, path, kind).await {
+                    tracing::warn!(error = %undo, path, "could not remove a record made under a missing parent");
+                }
+            }
+            return Err(e);
+        }
+        Ok(created)
+    }
+
+    /// The metadata of a path.
+    pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
+        let path = norm(path)?;
+        self.flush_path(&path).await?;
+        self.lookup("stat", &path, true).await
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            return Err(fs_err("mkdir", &path, Status::Exists));
+        }
+        let meta = self
+            .create_checked("mkdir", &path, EntryKind::Directory, mode)
+            .await?
+            .map_err(rpc_err("mkdir", &path))?;
+        self.meta_cache.borrow_mut().put(&path, meta);
+        Ok(())
+    }
+
+    /// Removes the record of `path` from every replica; returns it.
+    pub(super) async fn delete_record(
+        &self,
+        op: &'static str,
+        path: &str,
+        expect: EntryKind,
+    ) -> Result<FileMetadata, ApiError> {
+        self.forget(path);
+        let req = ops::DeleteRequest {
+            path: path.to_string(),
+            expect: Some(expect),
+        };
+        let reply = self
+            .write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
+            .await
+            .map_err(rpc_err(op, path))?;
+        Ok(reply.meta)
+    }
+
+    /// Removes every chunk of a file from the servers that can hold one: the owners (and
+    /// replicas) of its chunks below `size`, or every server for a file with more chunks
+    /// than servers. Chunks lie only below a file's published size (truncate removes the
+    /// ones it cuts away), so a file of size 0 costs no call at all.
+    pub(super) async fn remove_chunks(
+        &self,
+        op: &'static str,
+        path: &str,
+        meta: FileMetadata,
+    ) -> Result<(), ApiError> {
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let chunks = ChunkLayout::new(meta.chunk_size).chunk_count(meta.size);
+        let servers: Vec<ServerIndex> = if chunks >= self.servers.len() as u64 {
+            self.all_servers().collect()
+        } else {
+            let mut owners: Vec<ServerIndex> = (0..chunks)
+                .flat_map(|index| {
+                    self.replica_set(PlacementKey::Chunk {
+                        file_id: meta.file_id,
+                        index,
+                    })
+                })
+                .collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners
+        };
+        let req = ops::RemoveChunksRequest {
+            file_id: meta.file_id,
+        };
+        let calls = servers
+            .into_iter()
+            .map(|s| self.call_on::<ops::RemoveChunks>(s, &req, OutPayload::none()));
+        for r in join_all(calls).await {
+            r.map_err(rpc_err(op, path))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a file and its data.
+    pub async fn unlink(&self, path: &str) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            return Err(fs_err("unlink", &path, Status::IsDir));
+        }
+        // Chunks are found from the published size, so publish this client's growth first.
+        self.flush_path(&path).await?;
+        let meta = self.delete_record("unlink", &path, EntryKind::File).await?;
+        self.remove_chunks("unlink", &path, meta).await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, path: &str) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            return Err(fs_err("rmdir", &path, Status::Busy));
+        }
+        let meta = self.lookup("rmdir", &path, false).await?;
+        if !meta.is_dir() {
+            return Err(fs_err("rmdir", &path, Status::NotDir));
+        }
+        if !self.list(&path, 1).await?.is_empty() {
+            return Err(fs_err("rmdir", &path, Status::NotEmpty));
+        }
+        self.delete_record("rmdir", &path, EntryKind::Directory)
+            .await?;
+        Ok(())
+    }
+
+    /// The entries of a directory, sorted by name, from every server.
+    pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, ApiError> {
+        let path = norm(path)?;
+        let meta = self.lookup("readdir", &path, false).await?;
+        if !meta.is_dir() {
+            return Err(fs_err("readdir", &path, Status::NotDir));
+        }
+        self.list(&path, usize::MAX).await
+    }
+
+    /// Lists a directory on every server, merging the pages; stops after `limit` entries.
+    pub(super) async fn list(&self, dir: &str, limit: usize) -> Result<Vec<DirEntry>, ApiError> {
+        let pages = self
+            .all_servers()
+            .map(|s| fanout::list_server(self, s, dir, limit));
+        let mut merged = BTreeMap::new();
+        for page in join_all(pages).await {
+            for (name, meta) in page.map_err(rpc_err("readdir", dir))? {
+                merged.entry(name).or_insert(meta);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .take(limit)
+            .map(|(name, meta)| DirEntry { name, meta })
+            .collect())
+    }
+
+    /// Cuts or extends a file.
+    pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
+        let path = norm(path)?;
+        let meta = self.lookup("truncate", &path, false).await?;
+        if meta.is_dir() {
+            return Err(fs_err("truncate", &path, Status::IsDir));
+        }
+        // This client's unpublished writes count toward the old size.
+        let open_size = self
+            .files
+            .borrow()
+            .values()
+            .filter(|f| f.path == path)
+            .map(|f| f.size)
+            .max()
+            .unwrap_or(0);
+        let meta = FileMetadata {
+            size: meta.size.max(open_size),
+            ..meta
+        };
+        let meta = self.truncate_meta(&path, meta, size).await?;
+        for f in self
+            .files
+            .borrow_mut()
+            .values_mut()
+            .filter(|f| f.path == path)
+        {
+            f.size = meta.size;
+            f.size_dirty = false;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn truncate_meta(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+    ) -> Result<FileMetadata, ApiError> {
+        let layout = ChunkLayout::new(meta.chunk_size);
+        if size < meta.size {
+            // Cut the chunk the new end falls in and empty every chunk after it, so bytes
+            // past the new end read as zeros if the file grows again.
+            let first = layout.chunk_index(size);
+            let last = layout.chunk_count(meta.size);
+            let cuts = (first..last).map(|index| {
+                let len = if index == first {
+                    size - index * meta.chunk_size
+                } else {
+                    0
+                };
+                let req = ops::TruncateChunkRequest {
+                    file_id: meta.file_id,
+                    index,
+                    len,
+                };
+                async move {
+                    self.write_all::<ops::TruncateChunk>(
+                        PlacementKey::Chunk {
+                            file_id: meta.file_id,
+                            index,
+                        },
+                        &req,
+                        WriteSource::NONE,
+                    )
+                    .await
+                }
+            });
+            for r in join_all(cuts).await {
+                r.map_err(rpc_err("truncate", path))?;
+            }
+            self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        }
+        let req = ops::UpdateSizeRequest {
+            path: path.to_string(),
+            size,
+            how: SizeUpdate::Exact,
+        };
+        let reply = self
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
+            .await
+            .map_err(rpc_err("truncate", path))?;
+        self.meta_cache.borrow_mut().put(path, reply.meta);
+        Ok(reply.meta)
+    }
+
+    /// Renames a file or an empty directory. A file at `to` is replaced; a directory at
+    /// `to` must be empty and `from` must be a directory too.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
+        let (from, to) = (norm(from)?, norm(to)?);
+        if from == "/" || to == "/" {
+            return Err(fs_err("rename", &from, Status::Busy));
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(fs_err("rename", &to, Status::InvalidArgument));
+        }
+        let meta = self.lookup("rename", &from, false).await?;
+        if from == to {
+            return Ok(());
+        }
+        self.check_parent("rename", &to).await?;
+        if meta.is_dir() && !self.list(&from, 1).await?.is_empty() {
+            // Records are keyed by full path, so moving a populated directory would move
+            // every record under it, which cannot be made atomic here.
+            return Err(fs_err("rename", &from, Status::Unsupported));
+        }
+        let replaced = match self.lookup("rename", &to, false).await {
+            Ok(existing) => Some(existing),
+            Err(e) if e.status() == Some(Status::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(existing) = replaced {
+            match (meta.is_dir(), existing.is_dir()) {
+                (false, true) => return Err(fs_err("rename", &to, Status::IsDir)),
+                (true, false) => return Err(fs_err("rename", &to, Status::NotDir)),
+                (true, true) if !self.list(&to, 1).await?.is_empty() => {
+                    return Err(fs_err("rename", &to, Status::NotEmpty))
+                }
+                _ => {}
+            }
+        }
+        let insert = ops::InsertRequest {
+            path: to.clone(),
+            meta,
+            exclusive: false,
+        };
+        self.write_all::<ops::MetadataInsert>(
+            PlacementKey::Metadata(&to),
+            &insert,
+            WriteSource::NONE,
+        )
+        .await
+        .map_err(rpc_err("rename", &to))?;
+        self.forget(&to);
+        self.delete_record("rename", &from, meta.kind).await?;
+        if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
+            self.remove_chunks("rename", &to, old).await?;
+        }
+        for f in self
+            .files
+            .borrow_mut()
+            .values_mut()
+            .filter(|f| f.path == from)
+        {
+            f.path = to.clone();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Routing: which servers hold a key, the connection to each, and calls to one server,
+//! to any replica (reads) or to every replica (writes).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use benchfs_config::registry;
+use benchfs_config::registry::ServerEntry;
+use benchfs_proto::placement::{PlacementKey, ServerIndex};
+use benchfs_proto::{Rpc, Status};
+use benchfs_ucx::LentMut;
+use futures_util::future::join_all;
+
+use super::data::WriteSource;
+use super::FsClient;
+use crate::rpc::{Connection, OutPayload, Response, RpcError};
+
+/// One server of the job and this client's connection to it.
+pub(super) struct ServerSlot {
+    pub(super) entry: RefCell<ServerEntry>,
+    pub(super) conn: RefCell<Option<Rc<Connection>>>,
+    /// Held while connecting, so concurrent calls share one connection attempt.
+    pub(super) connecting: tokio::sync::Mutex<()>,
+}
+
+/// Most worker progress calls made before reusing a connection, to notice a dead peer.
+pub(super) const STALE_PROGRESS_MAX: usize = 64;
+
+/// Whether an error means "this server did not answer", so a replica may.
+pub(super) fn is_unreachable(e: &RpcError) -> bool {
+    matches!(e.status(), Status::TimedOut | Status::Unavailable)
+}
+
+impl FsClient {
+    pub(super) fn live_conn(slot: &ServerSlot) -> Option<Rc<Connection>> {
+        slot.conn
+            .borrow()
+            .as_ref()
+            .filter(|c| !c.is_failed())
+            .cloned()
+    }
+
+    /// The connection to server `index`, made (or remade after a failure) on demand. A
+    /// server that restarted may listen elsewhere, so a failed attempt re-reads its
+    /// registry entry and tries the address found there.
+    pub(super) async fn conn(&self, index: ServerIndex) -> Result<Rc<Connection>, RpcError> {
+        let slot = &self.servers[index as usize];
+        // The worker makes no progress between calls of a blocking client, so a peer that
+        // went away meanwhile is noticed only now; without this the call would go out on
+        // the dead connection and wait the whole RPC timeout.
+        for _ in 0..STALE_PROGRESS_MAX {
+            if self.rpc.worker().progress() == 0 {
+                break;
+            }
+        }
+        if let Some(c) = Self::live_conn(slot) {
+            return Ok(c);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(c) = Self::live_conn(slot) {
+            return Ok(c);
+        }
+        let addr = slot.entry.borrow().addr;
+        let conn = match self.rpc.connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                let node_id = slot.entry.borrow().node_id.clone();
+                let path = registry::entry_path(&self.registry_dir, &node_id);
+                let moved = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| registry::parse_entry(&text).ok())
+                    .filter(|entry| entry.node_id == node_id && entry.addr != addr);
+                let Some(entry) = moved else { return Err(e) };
+                tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
+                let conn = self.rpc.connect(entry.addr).await?;
+                *slot.entry.borrow_mut() = entry;
+                conn
+            }
+        };
+        let conn = Rc::new(conn);
+        *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Calls `R` on one server; a transport failure drops the connection so the next call
+    /// reconnects (a restarted server is picked up).
+    pub(super) async fn call_on<R: Rpc>(
+        &self,
+        index: ServerIndex,
+        req: &R::Request,
+        payload: OutPayload,
+    ) -> Result<(R::Reply, Vec<u8>), RpcError> {
+        self.call_on_into::<R>(index, req, payload, None)
+            .await
+            .map(|r| (r.reply, r.payload))
+    }
+
+    /// [`FsClient::call_on`], receiving the reply's payload into `sink` when it fits.
+    pub(super) async fn call_on_into<R: Rpc>(
+        &self,
+        index: ServerIndex,
+        req: &R::Request,
+        payload: OutPayload,
+        sink: Option<LentMut>,
+    ) -> Result<Response<R::Reply>, RpcError> {
+        let conn = self.conn(index).await?;
+        let result = conn.call_into::<R>(req, payload, sink).await;
+        if let Err(e) = &result {
+            if is_unreachable(e) {
+                // Only this connection: another call may have replaced it meanwhile.
+                let mut slot = self.servers[index as usize].conn.borrow_mut();
+                if slot.as_ref().is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+                    slot.take();
+                }
+            }
+        }
+        result
+    }
+
+    /// Every server's index, for calls that fan out to the whole job.
+    pub(super) fn all_servers(&self) -> std::ops::Range<ServerIndex> {
+        0..self.servers.len() as ServerIndex
+    }
+
+    pub(super) fn replica_set(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
+        self.ring.replicas(key, self.replicas)
+    }
+
+    /// Reads from the first replica that answers.
+    pub(super) async fn read_any<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+    ) -> Result<(R::Reply, Vec<u8>), RpcError> {
+        self.read_any_into::<R>(key, req, || None)
+            .await
+            .map(|r| (r.reply, r.payload))
+    }
+
+    /// [`FsClient::read_any`], each attempt receiving into the sink `sink` gives, if any.
+    /// A replica that timed out may still hold the last attempt's sink, and then the next
+    /// attempt gets none and its payload comes as bytes.
+    pub(super) async fn read_any_into<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+        sink: impl Fn() -> Option<LentMut>,
+    ) -> Result<Response<R::Reply>, RpcError> {
+        let mut last = None;
+        for server in self.replica_set(key) {
+            match self
+                .call_on_into::<R>(server, req, OutPayload::none(), sink())
+                .await
+            {
+                Err(e) if is_unreachable(&e) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one replica"))
+    }
+
+    /// Writes to every replica at once; all must succeed.
+    pub(super) async fn write_all<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+        payload: WriteSource<'_>,
+    ) -> Result<R::Reply, RpcError> {
+        let servers = self.replica_set(key);
+        let results = join_all(
+            servers
+                .iter()
+                .map(|&s| self.call_on::<R>(s, req, payload.payload(&self.rpc))),
+        )
+        .await;
+        let mut first = None;
+        for r in results {
+            match r {
+                Ok((reply, _)) => {
+                    first.get_or_insert(reply);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(first.expect("at least one replica"))
+    }
+}
