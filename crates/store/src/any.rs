@@ -41,7 +41,7 @@ impl AnyChunkStore {
     }
 
     /// The registered buffer region (io_uring store only); see
-    /// [`IoUringChunkStore::registered_region`].
+    /// [`DiskChunkStore::registered_region`](crate::DiskChunkStore::registered_region).
     pub fn registered_region(&self) -> Option<(*const u8, usize)> {
         match self {
             AnyChunkStore::IoUring(s) => s.registered_region(),

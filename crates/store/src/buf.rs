@@ -235,7 +235,10 @@ impl fmt::Debug for BufPool {
 /// Fixed-size buffers carved from ONE mapping, so the whole region can be registered
 /// with io_uring (and later UCX) once. Two size classes: small slots for small requests,
 /// chunk-sized slots for the rest.
-pub(crate) struct BufPool {
+///
+/// Nominally `pub` only because [`IoEngine`](crate::IoEngine) takes it; this module is
+/// private, so nothing outside the crate can name it.
+pub struct BufPool {
     mapping: Mapping,
     small: SlotClass,
     large: SlotClass,

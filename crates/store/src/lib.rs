@@ -7,6 +7,12 @@
 //! - [`IoUringChunkStore`]: one file per chunk, I/O through io_uring with registered
 //!   buffers and optional O_DIRECT.
 //!
+//! The two disk backends are one store, [`DiskChunkStore`], over two [`IoEngine`]s:
+//! `FileChunkStore` is `DiskChunkStore<StdEngine>` and `IoUringChunkStore` is
+//! `DiskChunkStore<UringEngine>`. The store keeps the chunk directory (index, open-file
+//! cache, capacity reservations, sync set) and the retry and short-transfer loops; an
+//! engine only makes single positioned reads, writes and fsyncs.
+//!
 //! [`AnyChunkStore`] picks one at runtime from a [`StoreConfig`]. The on-disk layout is
 //! described in [`id`](ChunkId): `<data_dir>/chunks/<file_id:016x>/<index:016x>`.
 //!
@@ -19,11 +25,9 @@ mod any;
 mod buf;
 mod disk;
 mod error;
-mod file;
 mod id;
 pub mod limits;
 mod memory;
-mod uring;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -31,11 +35,11 @@ use std::str::FromStr;
 
 pub use any::AnyChunkStore;
 pub use buf::ChunkBuf;
+pub use disk::{DiskChunkStore, FileChunkStore, IoUringChunkStore};
+pub use disk::{IoEngine, StdEngine, UringEngine};
 pub use error::StoreError;
-pub use file::FileChunkStore;
 pub use id::ChunkId;
 pub use memory::InMemoryChunkStore;
-pub use uring::IoUringChunkStore;
 
 use limits::{CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, QUEUE_DEPTH_MAX};
 

@@ -1,5 +1,8 @@
-//! What the file and io_uring stores share: the directory of chunk files, an in-memory
-//! index of chunk lengths, a bounded cache of open files, and the set of chunks to sync.
+//! The chunk directory every disk store shares, whatever its I/O engine: the chunk files
+//! under `<data_dir>/chunks`, an in-memory index of their lengths, a bounded cache of
+//! open files, and the set of chunks and directories to sync. Metadata calls (open,
+//! unlink, ftruncate, readdir, mkdir) are ordinary blocking calls made here; only data
+//! transfers and fsync go through the engine.
 //!
 //! **Invariant:** the index holds every chunk file under `<data_dir>/chunks` and its
 //! length as of the last completed (or reserved) write; it is rebuilt by a scan at open.
@@ -19,25 +22,25 @@ use crate::limits::{ALIGN, FD_CACHE_MAX};
 use crate::{check_chunk_size, check_range, ChunkStat, StoreConfig, StoreError, StoreUsage};
 
 /// An open chunk file: a buffered descriptor, and with O_DIRECT a second, direct one.
+///
+/// Nominally `pub` only because [`IoEngine`](super::IoEngine) takes it; this module is
+/// private, so nothing outside the crate can name it.
 #[derive(Debug)]
-pub(crate) struct ChunkFile {
+pub struct ChunkFile {
     buffered: File,
     direct: Option<File>,
 }
 
 impl ChunkFile {
-    /// The descriptor for a request: the direct one when the store uses O_DIRECT and the
-    /// file offset, length and memory address are all 4096-aligned, else the buffered
-    /// one. Linux keeps the two coherent (direct I/O writes back and invalidates the
-    /// page cache over its range).
-    pub(crate) fn fd_for(&self, offset: u64, len: usize, addr: *const u8) -> &File {
+    /// The descriptor for moving `bytes` at file `offset`: the direct one when the store
+    /// uses O_DIRECT and the offset, length and memory address are all 4096-aligned, else
+    /// the buffered one. Linux keeps the two coherent (direct I/O writes back and
+    /// invalidates the page cache over its range).
+    pub(crate) fn fd_for(&self, offset: u64, bytes: &[u8]) -> &File {
         let align = ALIGN as u64;
+        let (len, addr) = (bytes.len() as u64, bytes.as_ptr() as u64);
         match &self.direct {
-            Some(direct)
-                if offset % align == 0 && len as u64 % align == 0 && addr as u64 % align == 0 =>
-            {
-                direct
-            }
+            Some(direct) if offset % align == 0 && len % align == 0 && addr % align == 0 => direct,
             _ => &self.buffered,
         }
     }

@@ -1,4 +1,4 @@
-//! The io_uring instance behind [`IoUringChunkStore`](crate::IoUringChunkStore): the ring,
+//! The io_uring instance behind [`UringEngine`](super::UringEngine): the ring,
 //! the table of in-flight operations, and how their completions are polled.
 //!
 //! **Invariant:** an operation's buffer and file live in its table slot from the moment
@@ -30,7 +30,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::buf::ChunkBuf;
-use crate::disk::ChunkFile;
+use crate::disk::dir::ChunkFile;
 use crate::limits::SPIN_POLLS_MAX;
 use crate::StoreError;
 
@@ -39,6 +39,8 @@ pub(crate) struct Keep {
     /// The memory the kernel reads or writes, if any.
     pub(crate) buf: Option<ChunkBuf>,
     /// The file the operation targets, so its descriptors stay open.
+    // Held, never read: dropping it is its whole job.
+    #[allow(dead_code)]
     pub(crate) file: Rc<ChunkFile>,
 }
 
@@ -503,7 +505,7 @@ mod tests {
     use io_uring::{opcode, types};
 
     use super::*;
-    use crate::disk::ChunkDir;
+    use crate::disk::dir::ChunkDir;
     use crate::{Backend, ChunkBuf, ChunkId, StoreConfig};
 
     /// A waker that counts its wakes.

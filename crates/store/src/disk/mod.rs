@@ -1,0 +1,222 @@
+//! [`DiskChunkStore`]: one file per chunk under `data_dir`, the data moved by an
+//! [`IoEngine`].
+//!
+//! - `dir.rs`: [`ChunkDir`], the chunk files, their index, open-file cache and sync set.
+//! - `engine.rs`: the [`IoEngine`] trait and [`StdEngine`] (`pread`/`pwrite`).
+//! - `uring.rs`, `uring/driver.rs`: [`UringEngine`] and its ring.
+//!
+//! This module holds what the engines share: range and capacity checks (through the
+//! directory), resubmitting short transfers for the rest, retrying `EINTR`/`EAGAIN`, and
+//! every [`ChunkStore`] method, written once.
+
+mod dir;
+mod engine;
+mod uring;
+
+use std::io;
+use std::rc::Rc;
+
+use crate::buf::BufPool;
+use crate::limits::RETRIES_MAX;
+use crate::{ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError, StoreUsage};
+use dir::{ChunkDir, ChunkFile};
+pub use engine::{IoEngine, StdEngine};
+pub use uring::UringEngine;
+
+/// Chunks as plain files under `data_dir`, read and written with `pread`/`pwrite`.
+///
+/// Every call is a blocking system call on the runtime thread; this is the baseline the
+/// io_uring store is measured against. With `o_direct`, aligned requests use an O_DIRECT
+/// descriptor and unaligned ones a buffered descriptor of the same file.
+pub type FileChunkStore = DiskChunkStore<StdEngine>;
+
+/// Chunks as files under `data_dir`, read and written through io_uring.
+///
+/// - Buffers: [`ChunkStore::buffer`] hands out slots of one mapping registered with the
+///   ring as fixed buffer 0 (`ReadFixed`/`WriteFixed`): `2 * queue_depth` (at most 256)
+///   slots of 64 KiB, then up to `queue_depth` chunk-sized slots (at most 64 MiB in all).
+///   A request too large for a slot, or arriving when its class is empty, gets an
+///   unregistered aligned buffer and a plain `Read`/`Write` instead of waiting, so a
+///   client that holds buffers can never stall the others. Any [`ChunkBuf`] is accepted.
+/// - O_DIRECT: each chunk file is opened twice; aligned requests (offset, length and
+///   address multiples of 4096) use the O_DIRECT descriptor, the rest the buffered one.
+/// - Concurrency: at most `queue_depth` ops in flight; short transfers are resubmitted
+///   for the rest. A future dropped mid-flight leaves its buffer with the ring until the
+///   kernel is done with it.
+/// - Metadata (open, unlink, ftruncate, readdir, mkdir) uses ordinary blocking calls.
+///
+/// Must be opened and used inside a tokio runtime with I/O enabled; `open` fails with
+/// [`StoreError::Unsupported`] if this kernel has no usable io_uring.
+pub type IoUringChunkStore = DiskChunkStore<UringEngine>;
+
+/// Chunks as files under `data_dir` (see [`ChunkId`] for the layout), their data moved by
+/// the engine `E`. Use it as [`FileChunkStore`] or [`IoUringChunkStore`].
+///
+/// Buffers come from one reused mapping ([`ChunkStore::buffer`]), or the heap when no
+/// slot is free. With `o_direct`, each chunk file is opened twice, and aligned requests
+/// (offset, length and address multiples of 4096) use the O_DIRECT descriptor.
+#[derive(Debug)]
+pub struct DiskChunkStore<E> {
+    // Drop order matters: the engine goes first, so the io_uring one waits for its
+    // in-flight ops while the files and buffers they use still exist.
+    engine: E,
+    dir: ChunkDir,
+    pool: Rc<BufPool>,
+}
+
+impl<E: IoEngine> DiskChunkStore<E> {
+    /// Opens (creating if needed) the store under `config.data_dir` and indexes the
+    /// chunks already there. Fails with [`StoreError::Unsupported`] if the engine cannot
+    /// run here, or if O_DIRECT is asked for on a file system without it.
+    pub fn open(config: &StoreConfig) -> Result<DiskChunkStore<E>, StoreError> {
+        config.validate()?;
+        let pool = BufPool::for_chunks(config.chunk_size, config.queue_depth as usize)?;
+        // The engine before the directory, so a missing io_uring creates nothing on disk.
+        let engine = E::open(config, &pool)?;
+        let dir = ChunkDir::open(config)?;
+        Ok(DiskChunkStore { engine, dir, pool })
+    }
+
+    /// Moves `buf` to or from `file` at `offset`, resubmitting short transfers for the
+    /// rest and retrying `EINTR`/`EAGAIN` up to [`RETRIES_MAX`] times in all. A read
+    /// stops early at the end of the file; a write that makes no progress fails. Returns
+    /// the bytes moved.
+    async fn transfer_all(
+        &self,
+        write: bool,
+        file: &Rc<ChunkFile>,
+        mut buf: ChunkBuf,
+        offset: u64,
+    ) -> (Result<usize, StoreError>, ChunkBuf) {
+        let len = buf.len();
+        let mut done = 0;
+        let mut retries = 0;
+        while done < len {
+            let at = offset + done as u64;
+            let result;
+            (result, buf) = if write {
+                self.engine.write_at(file, buf, done, at).await
+            } else {
+                self.engine.read_at(file, buf, done, at).await
+            };
+            match result {
+                Ok(0) if write => {
+                    let source = io::Error::from(io::ErrorKind::WriteZero);
+                    let op = E::WRITE_OP;
+                    return (Err(StoreError::Io { op, source }), buf);
+                }
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if transient(&e) && retries < RETRIES_MAX => retries += 1,
+                Err(e) if write => {
+                    let needed = (len - done) as u64;
+                    return (Err(StoreError::io(E::WRITE_OP, e, needed)), buf);
+                }
+                Err(e) => return (Err(StoreError::io(E::READ_OP, e, 0)), buf),
+            }
+        }
+        (Ok(done), buf)
+    }
+}
+
+impl DiskChunkStore<UringEngine> {
+    /// Start and length of the one mapping every pooled [`ChunkBuf`] lives in, for the
+    /// RPC layer to register with UCX. It stays mapped while the store or any of its
+    /// buffers lives.
+    pub fn registered_region(&self) -> Option<(*const u8, usize)> {
+        Some(self.pool.region())
+    }
+}
+
+/// Whether a failed call is worth repeating as is.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
+impl<E: IoEngine> ChunkStore for DiskChunkStore<E> {
+    fn chunk_size(&self) -> u64 {
+        self.dir.chunk_size()
+    }
+
+    async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
+        self.dir.check_range(0, len)?;
+        Ok(self.pool.take_or_heap(len))
+    }
+
+    async fn write(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<(), StoreError>, ChunkBuf) {
+        let file = match self.dir.begin_write(id, offset, buf.len()) {
+            Ok(Some(file)) => file,
+            Ok(None) => return (Ok(()), buf),
+            Err(e) => return (Err(e), buf),
+        };
+        let (result, buf) = self.transfer_all(true, &file, buf, offset).await;
+        match result {
+            Ok(_) => {
+                self.dir.mark_dirty(id);
+                (Ok(()), buf)
+            }
+            // Some bytes may have landed: take the length from the file, not the
+            // reservation.
+            Err(e) => {
+                self.dir.refresh(id, &file);
+                (Err(e), buf)
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<usize, StoreError>, ChunkBuf) {
+        match self.dir.begin_read(id, offset, buf.len()) {
+            Ok(Some(file)) => self.transfer_all(false, &file, buf, offset).await,
+            Ok(None) => (Ok(0), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn truncate(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        self.dir.truncate(id, len)
+    }
+
+    async fn remove(&self, id: ChunkId) -> Result<bool, StoreError> {
+        self.dir.remove(id)
+    }
+
+    async fn remove_file(&self, file_id: u64) -> Result<u64, StoreError> {
+        self.dir.remove_file(file_id)
+    }
+
+    async fn stat(&self, id: ChunkId) -> Result<Option<ChunkStat>, StoreError> {
+        Ok(self.dir.stat(id))
+    }
+
+    async fn list(&self) -> Result<Vec<ChunkId>, StoreError> {
+        Ok(self.dir.list())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        for (id, file) in self.dir.take_dirty()? {
+            if let Err(e) = self.engine.fsync(&file).await {
+                // Still not durable: the next sync tries it again.
+                self.dir.mark_dirty(id);
+                return Err(StoreError::io(E::FSYNC_OP, e, 0));
+            }
+        }
+        self.dir.sync_dirs()
+    }
+
+    fn usage(&self) -> StoreUsage {
+        self.dir.usage()
+    }
+}
