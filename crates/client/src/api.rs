@@ -1,4 +1,4 @@
-//! The client API: [`BenchFS`], its open flags and its error type.
+//! The blocking client API: [`BenchFS`].
 //!
 //! `BenchFS` is the blocking face of [`FsClient`]: each call runs the async client on the
 //! handle's own current-thread runtime until it finishes. A handle belongs to one thread
@@ -8,12 +8,12 @@
 use std::future::Future;
 use std::path::Path;
 
-use benchfs_proto::Status;
-
-pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
-use benchfs_config::{registry, ConfigError, ServerConfig};
+use benchfs_config::{registry, ServerConfig};
 pub use benchfs_proto::meta::FileMetadata;
-use benchfs_proto::path::PathError;
+
+pub use crate::error::ApiError;
+pub use crate::flags::OpenFlags;
+pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
 
 /// A connection to a BenchFS cluster, for one thread.
 pub struct BenchFS {
@@ -50,18 +50,16 @@ impl BenchFS {
         secret: Vec<u8>,
     ) -> Result<BenchFS, ApiError> {
         if secret.len() > benchfs_proto::ops::TOKEN_LEN_MAX {
-            return Err(ApiError::Cluster(format!(
-                "the job secret is {} bytes; at most {} are allowed",
-                secret.len(),
-                benchfs_proto::ops::TOKEN_LEN_MAX
-            )));
+            return Err(ApiError::SecretTooLong {
+                len: secret.len(),
+                max: benchfs_proto::ops::TOKEN_LEN_MAX,
+            });
         }
-        let entries = registry::read(&config.network.registry_dir)
-            .map_err(|e| ApiError::Cluster(e.to_string()))?;
+        let entries = registry::read(&config.network.registry_dir)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ApiError::Cluster(format!("runtime: {e}")))?;
+            .map_err(ApiError::Runtime)?;
         let local = tokio::task::LocalSet::new();
         let client = local.block_on(&runtime, async { FsClient::new(config, entries, secret) })?;
         Ok(BenchFS {
@@ -187,155 +185,5 @@ impl BenchFS {
     /// Renames a file or an empty directory.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
         self.block_on(self.client.rename(from, to))
-    }
-}
-
-/// How a file is opened; combine with `|`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct OpenFlags(u32);
-
-impl OpenFlags {
-    /// Open for reading.
-    pub const READ: OpenFlags = OpenFlags(1);
-    /// Open for writing.
-    pub const WRITE: OpenFlags = OpenFlags(1 << 1);
-    /// Create the file if it does not exist.
-    pub const CREATE: OpenFlags = OpenFlags(1 << 2);
-    /// Cut the file to zero length on open.
-    pub const TRUNC: OpenFlags = OpenFlags(1 << 3);
-    /// Every write goes to the end of the file.
-    pub const APPEND: OpenFlags = OpenFlags(1 << 4);
-    /// With CREATE: fail with EEXIST if the file exists.
-    pub const EXCL: OpenFlags = OpenFlags(1 << 5);
-    /// Read and write.
-    pub const RDWR: OpenFlags = OpenFlags(Self::READ.0 | Self::WRITE.0);
-    const ALL: u32 = (1 << 6) - 1;
-
-    /// The raw bits.
-    pub fn bits(self) -> u32 {
-        self.0
-    }
-
-    /// Flags from raw bits; unknown bits are an error.
-    pub fn from_bits(bits: u32) -> Option<OpenFlags> {
-        (bits & !Self::ALL == 0).then_some(OpenFlags(bits))
-    }
-
-    /// Whether every flag in `other` is set.
-    pub fn contains(self, other: OpenFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// Flags from POSIX `open(2)` flags (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC,
-    /// O_APPEND, O_EXCL); other bits are ignored, as `open(2)` does.
-    pub fn from_posix(flags: i32) -> OpenFlags {
-        let mut out = match flags & libc::O_ACCMODE {
-            libc::O_WRONLY => OpenFlags::WRITE,
-            libc::O_RDWR => OpenFlags::RDWR,
-            _ => OpenFlags::READ,
-        };
-        for (posix, ours) in [
-            (libc::O_CREAT, OpenFlags::CREATE),
-            (libc::O_TRUNC, OpenFlags::TRUNC),
-            (libc::O_APPEND, OpenFlags::APPEND),
-            (libc::O_EXCL, OpenFlags::EXCL),
-        ] {
-            if flags & posix != 0 {
-                out = out | ours;
-            }
-        }
-        out
-    }
-}
-
-impl std::ops::BitOr for OpenFlags {
-    type Output = OpenFlags;
-    fn bitor(self, rhs: OpenFlags) -> OpenFlags {
-        OpenFlags(self.0 | rhs.0)
-    }
-}
-
-/// What a client call can fail with. Every variant has an errno.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApiError {
-    /// The file system refused the operation.
-    #[error("{op} {path}: {status}")]
-    Fs {
-        /// The operation, e.g. "open".
-        op: &'static str,
-        /// The path it was about.
-        path: String,
-        /// Why.
-        status: Status,
-    },
-    /// A path was malformed.
-    #[error("bad path {path:?}: {source}")]
-    Path {
-        /// The path as given.
-        path: String,
-        /// What is wrong with it.
-        source: PathError,
-    },
-    /// The configuration was not usable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// No server could be found or reached.
-    #[error("cluster: {0}")]
-    Cluster(String),
-}
-
-impl ApiError {
-    /// The POSIX errno that describes this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            ApiError::Fs { status, .. } => status.errno(),
-            ApiError::Path { source, .. } => source.status().errno(),
-            ApiError::Config(_) => libc::EINVAL,
-            ApiError::Cluster(_) => libc::EHOSTDOWN,
-        }
-    }
-
-    /// The wire status, where the error has one.
-    pub fn status(&self) -> Option<Status> {
-        match self {
-            ApiError::Fs { status, .. } => Some(*status),
-            ApiError::Path { source, .. } => Some(source.status()),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags() {
-        let f = OpenFlags::from_posix(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC);
-        assert!(f.contains(OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC));
-        assert!(!f.contains(OpenFlags::READ));
-        assert_eq!(OpenFlags::from_posix(libc::O_RDONLY), OpenFlags::READ);
-        assert_eq!(
-            OpenFlags::from_posix(libc::O_RDWR | libc::O_APPEND),
-            OpenFlags::RDWR | OpenFlags::APPEND
-        );
-        assert_eq!(OpenFlags::from_bits(1 << 6), None);
-        assert_eq!(OpenFlags::from_bits(3), Some(OpenFlags::RDWR));
-    }
-
-    #[test]
-    fn errnos() {
-        let e = ApiError::Fs {
-            op: "rmdir",
-            path: "/d".into(),
-            status: Status::NotEmpty,
-        };
-        assert_eq!(e.errno(), libc::ENOTEMPTY);
-        let e = ApiError::Path {
-            path: "/x/..".into(),
-            source: PathError::DotDot,
-        };
-        assert_eq!(e.errno(), libc::EINVAL);
     }
 }

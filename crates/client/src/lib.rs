@@ -8,8 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod error;
+mod flags;
 pub mod fs;
 pub mod rpc;
 
-pub use api::{ApiError, BenchFS, OpenFlags};
+pub use api::BenchFS;
+pub use error::ApiError;
+pub use flags::OpenFlags;
 pub use fs::{DirEntry, Fd, FsClient, Whence};

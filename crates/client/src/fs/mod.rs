@@ -107,9 +107,13 @@ fn fs_err(op: &'static str, path: &str, status: Status) -> ApiError {
 }
 
 fn rpc_err<'a>(op: &'static str, path: &'a str) -> impl Fn(RpcError) -> ApiError + 'a {
-    move |e| {
-        tracing::debug!(error = %e, op, path, "rpc failed");
-        fs_err(op, path, e.status())
+    move |source| {
+        tracing::debug!(error = %source, op, path, "rpc failed");
+        ApiError::Rpc {
+            op,
+            path: path.to_string(),
+            source,
+        }
     }
 }
 
@@ -128,13 +132,14 @@ impl FsClient {
         secret: Vec<u8>,
     ) -> Result<FsClient, ApiError> {
         if entries.is_empty() {
-            return Err(ApiError::Cluster("the registry lists no servers".into()));
+            return Err(ApiError::NoServers {
+                dir: config.network.registry_dir.clone(),
+            });
         }
         let ring = PlacementRing::new(
             entries.iter().map(|e| e.node_id.as_str()),
             config.placement.virtual_nodes,
-        )
-        .map_err(|e| ApiError::Cluster(e.to_string()))?;
+        )?;
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
         for entry in entries {
             let index = ring
@@ -146,8 +151,7 @@ impl FsClient {
                 connecting: tokio::sync::Mutex::new(()),
             });
         }
-        let context =
-            Context::new(Features::ALL).map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
+        let context = Context::new(Features::ALL)?;
         let options = ClientOptions {
             rpc_timeout: config.network.rpc_timeout,
             rdma_threshold: config.network.rdma_threshold_bytes as usize,
@@ -156,8 +160,7 @@ impl FsClient {
             secret,
             name: format!("client-{}", std::process::id()),
         };
-        let rpc = RpcClient::start(&context, options)
-            .map_err(|e| ApiError::Cluster(format!("UCX: {e}")))?;
+        let rpc = RpcClient::start(&context, options)?;
         let ttl = (config.cache.cache_ttl_secs > 0)
             .then(|| Duration::from_secs(config.cache.cache_ttl_secs));
         Ok(FsClient {

@@ -44,7 +44,10 @@ impl FsClient {
     }
 
     pub(super) async fn check_parent(&self, op: &'static str, path: &str) -> Result<(), ApiError> {
-        let (parent, _) = path::split_parent(path).map_err(|e| fs_err(op, path, e.status()))?;
+        let (parent, _) = path::split_parent(path).map_err(|source| ApiError::Path {
+            path: path.to_string(),
+            source,
+        })?;
         match self.lookup(op, parent, true).await {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => Err(fs_err(op, path, Status::NotDir)),
