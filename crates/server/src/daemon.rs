@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use benchfs_store::ChunkStore;
@@ -212,24 +211,19 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         "benchfsd serving"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
     let setup = |source| DaemonError::Setup {
         what: "installing signal handlers",
         source,
     };
     let mut term = signal(SignalKind::terminate()).map_err(setup)?;
     let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
-    {
-        let stop = Arc::clone(&stop);
-        tokio::task::spawn_local(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("signal received; draining");
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received; draining");
+    };
     let options = ServeOptions {
         inflight_max: config.network.inflight_max as usize,
         rdma_threshold: config.network.rdma_threshold_bytes as usize,
@@ -242,7 +236,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         Rc::clone(&worker),
         listener,
         options,
-        Arc::clone(&stop),
+        stop,
     )
     .await;
     // Withdraw first so no new client finds us, then make everything durable.

@@ -6,15 +6,16 @@
 //! dropped otherwise, and a log line says why.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::{DecodeError, Frame, OpCode, Status};
 use benchfs_store::ChunkStore;
-use benchfs_ucx::{AmMessage, AmProto, Endpoint, Listener, Worker};
+use benchfs_ucx::{AmMessage, AmProto, Endpoint, EndpointId, Listener, Worker};
 use tokio::sync::Semaphore;
 
 use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
@@ -24,6 +25,12 @@ use crate::handler::{store_status, Payload, Reply, ServerState};
 
 /// Most messages a server queues before it drops new ones (the sender then times out).
 pub const SERVER_QUEUE_MAX: usize = 8192;
+/// Most client connections one server holds open: every rank of a large MPI job connects
+/// to every server, so this is sized for tens of thousands of ranks.
+pub const CONNECTIONS_MAX: usize = 65_536;
+/// Connections a server holds before it first sweeps out failed ones.
+const CONNECTIONS_SWEEP_MIN: usize = 64;
+const _: () = assert!(CONNECTIONS_SWEEP_MIN <= CONNECTIONS_MAX);
 
 /// A chunk-store buffer as a UCX send or receive buffer.
 pub(crate) struct StoreBuf(pub ChunkBuf);
@@ -54,51 +61,33 @@ pub struct ServeOptions {
     pub transfer_timeout: Duration,
 }
 
-/// Serves requests until `stop` is set, then finishes the requests in flight and returns.
+/// Serves requests until `stop` completes, then finishes the requests in flight and
+/// returns.
 pub async fn serve(
     state: Rc<ServerState>,
     worker: Rc<Worker>,
     listener: Listener,
     options: ServeOptions,
-    stop: Arc<AtomicBool>,
+    stop: impl Future<Output = ()>,
 ) -> Result<(), benchfs_ucx::UcxError> {
     let requests = worker.set_am_handler(REQUEST_AM_ID, SERVER_QUEUE_MAX)?;
-    let connections: Rc<RefCell<Vec<Endpoint>>> = Rc::default();
-    let accept = {
-        let connections = Rc::clone(&connections);
-        tokio::task::spawn_local(async move {
-            loop {
-                match listener.accept().await {
-                    Ok(ep) => {
-                        let mut list = connections.borrow_mut();
-                        list.retain(|e| !e.is_failed());
-                        list.push(ep);
-                        tracing::debug!(connections = list.len(), "accepted a connection");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
-                }
-            }
-        })
-    };
+    let connections = Rc::new(RefCell::new(Connections::new(state.requires_handshake())));
+    let accept = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&connections)));
     let inflight = Arc::new(Semaphore::new(options.inflight_max));
-    let handshakes = Rc::new(Handshakes::new(state.requires_handshake()));
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    tokio::pin!(stop);
     loop {
         let msg = tokio::select! {
             msg = requests.recv() => msg,
-            _ = tick.tick() => {
-                if stop.load(Ordering::Relaxed) { break; }
-                continue;
-            }
+            () = &mut stop => break,
         };
         let Ok(permit) = Arc::clone(&inflight).acquire_owned().await else {
             break;
         };
         let state = Rc::clone(&state);
-        let handshakes = Rc::clone(&handshakes);
+        let connections = Rc::clone(&connections);
         let options = options.clone();
         tokio::task::spawn_local(async move {
-            handle_message(&state, &handshakes, msg, &options).await;
+            handle_message(&state, &connections, msg, &options).await;
             drop(permit);
         });
     }
@@ -114,36 +103,76 @@ pub async fn serve(
     Ok(())
 }
 
-/// The connections that completed a handshake with the job secret. Enforced only when the
-/// server has a secret; a list scanned per request, which stays cheap for the few hundred
-/// clients one server sees.
-struct Handshakes {
-    required: bool,
-    admitted: RefCell<Vec<Endpoint>>,
+/// Accepts connections and keeps them open (an endpoint closes with its last handle).
+async fn accept_loop(listener: Listener, connections: Rc<RefCell<Connections>>) {
+    loop {
+        match listener.accept().await {
+            Ok(ep) => {
+                let mut table = connections.borrow_mut();
+                if table.insert(ep) {
+                    tracing::debug!(connections = table.len(), "accepted a connection");
+                } else {
+                    tracing::warn!(
+                        max = CONNECTIONS_MAX,
+                        "refused a connection: the server holds the most it may"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+        }
+    }
 }
 
-impl Handshakes {
-    fn new(required: bool) -> Self {
-        Handshakes {
-            required,
-            admitted: RefCell::default(),
+/// The connections a server holds open, and which of them completed a handshake with the
+/// job secret (enforced only when the server has one). Keyed by endpoint identity, never
+/// by UCX handle, so a handle UCX reuses after a close admits nobody. Lookups cost the
+/// same for ten clients or ten thousand; failed connections are let go when the table
+/// has doubled since the last sweep, so sweeping costs O(1) per insert.
+struct Connections {
+    handshake_required: bool,
+    table: HashMap<EndpointId, (Endpoint, bool)>,
+    sweep_at: usize,
+}
+
+impl Connections {
+    fn new(handshake_required: bool) -> Self {
+        Connections {
+            handshake_required,
+            table: HashMap::new(),
+            sweep_at: CONNECTIONS_SWEEP_MIN,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Holds `ep` open; false (and `ep` is dropped, which closes it) when the table is
+    /// full of live connections.
+    fn insert(&mut self, ep: Endpoint) -> bool {
+        self.insert_with(ep, false)
+    }
+
+    fn insert_with(&mut self, ep: Endpoint, admitted: bool) -> bool {
+        if self.table.len() >= self.sweep_at {
+            self.table.retain(|_, (e, _)| !e.is_failed());
+            self.sweep_at = (self.table.len() * 2).max(CONNECTIONS_SWEEP_MIN);
+        }
+        if self.table.len() >= CONNECTIONS_MAX && !self.table.contains_key(&ep.id()) {
+            return false;
+        }
+        let entry = self.table.entry(ep.id()).or_insert((ep, false));
+        entry.1 |= admitted;
+        true
     }
 
     fn admits(&self, ep: &Endpoint) -> bool {
-        !self.required || self.admitted.borrow().iter().any(|e| e.same_as(ep))
+        !self.handshake_required || self.table.get(&ep.id()).is_some_and(|(_, ok)| *ok)
     }
 
-    fn admit(&self, ep: &Endpoint) {
-        if self.required {
-            let mut admitted = self.admitted.borrow_mut();
-            // Admission is by endpoint identity (`same_as`), never by UCX handle, so a
-            // handle UCX reuses after a close admits nobody; failed ones are let go here.
-            admitted.retain(|e| !e.is_failed());
-            if !admitted.iter().any(|e| e.same_as(ep)) {
-                admitted.push(ep.clone());
-            }
-        }
+    /// Records a handshake with the right secret; false when the table is full.
+    fn admit(&mut self, ep: &Endpoint) -> bool {
+        !self.handshake_required || self.insert_with(ep.clone(), true)
     }
 }
 
@@ -155,8 +184,8 @@ fn raw_request_id(header: &[u8]) -> Option<u64> {
 
 async fn handle_message(
     state: &ServerState,
-    authenticated: &Handshakes,
-    mut msg: AmMessage,
+    connections: &RefCell<Connections>,
+    msg: AmMessage,
     options: &ServeOptions,
 ) {
     let Some(ep) = msg.reply_endpoint().cloned() else {
@@ -167,97 +196,135 @@ async fn handle_message(
         // Queued before its connection failed or was closed; nobody can get the answer.
         return;
     }
-    // A reply on the request channel is as malformed as a bad header: count and refuse it.
-    let decoded = Frame::decode(msg.header(), msg.data_len()).and_then(|f| match f.is_reply {
-        false => Ok(f),
-        true => Err(DecodeError::BadField {
-            field: "flags",
-            reason: "a reply on the request channel",
-        }),
-    });
-    let frame = match decoded {
+    let frame = match decode_request(&msg) {
         Ok(f) => f,
         Err(e) => {
             state.counters.note_malformed();
             tracing::warn!(error = %e, "malformed request frame");
             if let Some(id) = raw_request_id(msg.header()) {
-                send_reply(
-                    &ep,
-                    OpCode::Ping,
-                    id,
-                    Reply::error(Status::Protocol),
-                    options,
-                )
-                .await;
+                let refused = Reply::error(Status::Protocol);
+                send_reply(&ep, OpCode::Ping, id, refused, options).await;
             }
             return;
         }
     };
-    // Refused before any payload is received: an unauthenticated peer gets no work done.
-    if frame.op != OpCode::Hello && !authenticated.admits(&ep) {
-        tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
-        let refused = Reply::error(Status::PermissionDenied);
+    if let Some(status) = refusal(state, connections, &ep, &frame) {
+        let refused = Reply::error(status);
         send_reply(&ep, frame.op, frame.request_id, refused, options).await;
         return;
     }
-    // Refused before any payload is received, too.
+    let header = msg.header().to_vec();
+    let Some(received) = receive(state, &ep, msg, &frame, options).await else {
+        return;
+    };
+    let data;
+    let (body, payload) = match received {
+        Received::Buf(buf) => (&header[FRAME_HEADER_LEN..], Payload::Buf(buf)),
+        Received::Bytes(bytes) => {
+            data = bytes;
+            let (body, inline) = if frame.body_in_header {
+                (&header[FRAME_HEADER_LEN..], &data[..])
+            } else {
+                data.split_at(frame.body_len.min(data.len()))
+            };
+            let payload = match inline.is_empty() {
+                true => Payload::None,
+                false => Payload::Bytes(inline),
+            };
+            (body, payload)
+        }
+    };
+    let mut reply = state.handle(frame.op, body, payload).await;
+    if frame.op == OpCode::Hello
+        && reply.status == Status::Ok
+        && !connections.borrow_mut().admit(&ep)
+    {
+        tracing::warn!(
+            max = CONNECTIONS_MAX,
+            "handshake refused: too many connections"
+        );
+        reply = Reply::error(Status::Busy);
+    }
+    send_reply(&ep, frame.op, frame.request_id, reply, options).await;
+}
+
+/// The request's frame; a reply on the request channel is as malformed as a bad header.
+fn decode_request(msg: &AmMessage) -> Result<Frame, DecodeError> {
+    Frame::decode(msg.header(), msg.data_len()).and_then(|f| match f.is_reply {
+        false => Ok(f),
+        true => Err(DecodeError::BadField {
+            field: "flags",
+            reason: "a reply on the request channel",
+        }),
+    })
+}
+
+/// Why a request is refused before any of its payload is received, if it is: an
+/// unauthenticated peer gets no work done, and a payload on an operation that takes none
+/// is never taken in.
+fn refusal(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    frame: &Frame,
+) -> Option<Status> {
+    if frame.op != OpCode::Hello && !connections.borrow().admits(ep) {
+        tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
+        return Some(Status::PermissionDenied);
+    }
     if frame.payload_len > 0 && !frame.op.takes_payload() {
         state.counters.note_malformed();
         tracing::warn!(op = ?frame.op, "a payload on an operation that takes none; refused");
-        let refused = Reply::error(Status::Protocol);
-        send_reply(&ep, frame.op, frame.request_id, refused, options).await;
-        return;
+        return Some(Status::Protocol);
     }
-    // A payload goes straight into a store buffer: by rendezvous with no copy, or copied
-    // once from UCX's eager buffer. Only a body too long for the AM header comes first in
-    // the data, and then the data is taken as one buffer.
-    let header = msg.header().to_vec();
-    let mut data = Vec::new();
-    let mut payload_buf = None;
-    if frame.body_in_header && frame.payload_len > 0 {
-        let buf = match state.store().buffer(frame.payload_len).await {
-            Ok(b) => b,
+    None
+}
+
+/// What a request's AM data became.
+enum Received {
+    /// The payload, in a store buffer (the body rode in the AM header).
+    Buf(ChunkBuf),
+    /// The whole data: the body when it did not fit the header, then any inline payload.
+    Bytes(Vec<u8>),
+}
+
+/// Receives a request's data within the transfer bound. A payload goes straight into a
+/// store buffer: by rendezvous with no copy, or copied once from UCX's eager buffer. Only
+/// a body too long for the AM header comes first in the data, and then the data is taken
+/// as one buffer. `None`: the request is over (refused, or its transfer failed).
+async fn receive(
+    state: &ServerState,
+    ep: &Endpoint,
+    mut msg: AmMessage,
+    frame: &Frame,
+    options: &ServeOptions,
+) -> Option<Received> {
+    if !(frame.body_in_header && frame.payload_len > 0) {
+        return match bounded_transfer(ep, msg.into_data(), options).await? {
+            Ok(data) => Some(Received::Bytes(data)),
             Err(e) => {
-                // The store refuses a buffer longer than a chunk: the request is at fault.
-                tracing::warn!(error = %e, "no buffer for an incoming payload");
-                let refused = Reply::error(store_status(e));
-                send_reply(&ep, frame.op, frame.request_id, refused, options).await;
-                return;
+                tracing::warn!(error = %e, "receiving a request failed");
+                None
             }
         };
-        match bounded_transfer(&ep, msg.recv_data(StoreBuf(buf)), options).await {
-            Some(Ok(StoreBuf(b))) => payload_buf = Some(b),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "receiving a request payload failed");
-                return;
-            }
-            None => return,
+    }
+    let buf = match state.store().buffer(frame.payload_len).await {
+        Ok(b) => b,
+        Err(e) => {
+            // The store refuses a buffer longer than a chunk: the request is at fault.
+            tracing::warn!(error = %e, "no buffer for an incoming payload");
+            let refused = Reply::error(store_status(e));
+            send_reply(ep, frame.op, frame.request_id, refused, options).await;
+            return None;
         }
-    } else {
-        match bounded_transfer(&ep, msg.into_data(), options).await {
-            Some(Ok(d)) => data = d,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "receiving a request failed");
-                return;
-            }
-            None => return,
+    };
+    match bounded_transfer(ep, msg.recv_data(StoreBuf(buf)), options).await? {
+        Ok(StoreBuf(buf)) => Some(Received::Buf(buf)),
+        Err(e) => {
+            tracing::warn!(error = %e, "receiving a request payload failed");
+            None
         }
     }
-    let (body, inline) = if frame.body_in_header {
-        (&header[FRAME_HEADER_LEN..], &data[..])
-    } else {
-        data.split_at(frame.body_len.min(data.len()))
-    };
-    let payload = match payload_buf {
-        Some(b) => Payload::Buf(b),
-        None if inline.is_empty() => Payload::None,
-        None => Payload::Bytes(inline),
-    };
-    let reply = state.handle(frame.op, body, payload).await;
-    if frame.op == OpCode::Hello && reply.status == Status::Ok {
-        authenticated.admit(&ep);
-    }
-    send_reply(&ep, frame.op, frame.request_id, reply, options).await;
 }
 
 /// Sends a reply; the body rides in the AM header when it fits, the payload in the data.

@@ -40,6 +40,10 @@ pub(crate) struct EndpointInner {
     pub(crate) rkeys: Cell<usize>,
 }
 
+/// The identity of one connection, for keying tables by connection (see [`Endpoint::id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointId(usize);
+
 /// The error handler's argument. It outlives the endpoint handle: the worker keeps it until
 /// the close request finishes.
 pub(crate) struct Failure {
@@ -163,6 +167,14 @@ impl Endpoint {
     /// Whether two handles share one connection.
     pub fn same_as(&self, other: &Endpoint) -> bool {
         Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The connection's identity, shared by its clones: equal ids are one connection
+    /// while either handle is alive (a table that keys by it holds a clone, so the id is
+    /// not reused under it). Unlike the UCX handle, it is never reused for a new
+    /// connection while an old handle exists.
+    pub fn id(&self) -> EndpointId {
+        EndpointId(Rc::as_ptr(&self.inner) as usize)
     }
 
     /// Gives up on the connection now, though other clones still hold it: it is marked

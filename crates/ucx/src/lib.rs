@@ -65,7 +65,7 @@ mod worker;
 
 pub use am::{AmMessage, AmProto, AmStream};
 pub use context::{Context, Features};
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
 pub use lend::{lend, lend_mut, Lent, LentMut, Loan};
 pub use listener::Listener;

@@ -5,8 +5,10 @@
 //! half of XXH3-64 of the bytes after it), `tag: u8`, then for `Put` the 48-byte metadata
 //! and a u16-prefixed path, for `Delete` the file id and the path, for `HighWater` the next
 //! inode number. On open the journal is replayed up to the first torn or corrupt record,
-//! then rewritten as a compact snapshot (temporary file, fsync, rename), so it stays as
-//! large as the live table.
+//! then rewritten as a compact snapshot (temporary file, fsync, rename). A running server
+//! compacts it the same way once the records appended since the last snapshot outweigh the
+//! snapshot and [`COMPACT_MIN_BYTES`], so it stays within about twice the live table and
+//! each compaction's cost is paid for by the appends before it.
 //!
 //! **Durability:** appends go to the page cache before the reply is sent, so a killed
 //! server loses nothing it acknowledged; `Fsync` makes them survive a power loss too.
@@ -64,11 +66,23 @@ pub enum JournalError {
     },
 }
 
+/// Bytes appended since the last snapshot below which a running server never compacts.
+pub const COMPACT_MIN_BYTES: u64 = 4 << 20;
+
 /// The open journal of one server.
 #[derive(Debug)]
 pub struct Journal {
     file: File,
     path: PathBuf,
+    /// Size of the last snapshot.
+    snapshot_bytes: u64,
+    /// Bytes appended since it.
+    appended_bytes: u64,
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
+    let path = path.to_path_buf();
+    move |source| JournalError::Io { op, path, source }
 }
 
 fn encode(record: &Record<'_>) -> Vec<u8> {
@@ -142,74 +156,83 @@ impl Journal {
     /// Replays the journal at `path` into `table` (which should be empty), then rewrites it
     /// as a snapshot of `table` and opens it for appending.
     pub fn open(path: &Path, table: &mut MetadataManager) -> Result<Journal, JournalError> {
-        let io = |op: &'static str, p: &Path| {
-            let p = p.to_path_buf();
-            move |source| JournalError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
         let mut bytes = Vec::new();
         match File::open(path) {
             Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(io("read", path))?;
+                f.read_to_end(&mut bytes).map_err(io_error("read", path))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("open", path)(e)),
+            Err(e) => return Err(io_error("open", path)(e)),
         }
         let good = replay(&bytes, table);
         if good < bytes.len() {
             tracing::warn!(path = %path.display(), dropped = bytes.len() - good, "metadata journal ends in a torn record; dropping it");
         }
-
-        let tmp = path.with_extension("journal.tmp");
-        let mut snapshot = Vec::new();
-        snapshot.extend(encode(&Record::HighWater(table.next_file_id())));
-        for (p, meta) in table.entries() {
-            snapshot.extend(encode(&Record::Put {
-                path: p,
-                meta: *meta,
-            }));
-        }
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&snapshot).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("rename", path))?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync", dir))?;
-        }
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(io("open", path))?;
+        let (file, snapshot_bytes) = write_snapshot(path, table)?;
         Ok(Journal {
             file,
             path: path.to_path_buf(),
+            snapshot_bytes,
+            appended_bytes: 0,
         })
     }
 
     /// Appends one record (to the page cache).
     pub fn append(&mut self, record: &Record<'_>) -> Result<(), JournalError> {
+        let bytes = encode(record);
         self.file
-            .write_all(&encode(record))
-            .map_err(|source| JournalError::Io {
-                op: "append",
-                path: self.path.clone(),
-                source,
-            })
+            .write_all(&bytes)
+            .map_err(io_error("append", &self.path))?;
+        self.appended_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the appended records outweigh the snapshot enough to compact.
+    pub fn wants_compaction(&self) -> bool {
+        self.appended_bytes >= self.snapshot_bytes.max(COMPACT_MIN_BYTES)
+    }
+
+    /// Rewrites the journal as a snapshot of `table`, which must hold every record
+    /// appended so far. A crash at any point leaves the old journal or the new one whole.
+    pub fn compact(&mut self, table: &MetadataManager) -> Result<(), JournalError> {
+        let (file, snapshot_bytes) = write_snapshot(&self.path, table)?;
+        self.file = file;
+        self.snapshot_bytes = snapshot_bytes;
+        self.appended_bytes = 0;
+        Ok(())
     }
 
     /// Makes every appended record durable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
-        self.file.sync_data().map_err(|source| JournalError::Io {
-            op: "fsync",
-            path: self.path.clone(),
-            source,
-        })
+        self.file.sync_data().map_err(io_error("fsync", &self.path))
     }
+}
+
+/// Writes `table` as a snapshot to a temporary file, syncs it and renames it over `path`
+/// (then syncs the directory); returns `path` opened for appending and the snapshot's size.
+fn write_snapshot(path: &Path, table: &MetadataManager) -> Result<(File, u64), JournalError> {
+    let tmp = path.with_extension("journal.tmp");
+    let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
+    for (p, meta) in table.entries() {
+        snapshot.extend(encode(&Record::Put {
+            path: p,
+            meta: *meta,
+        }));
+    }
+    let mut f = File::create(&tmp).map_err(io_error("create", &tmp))?;
+    f.write_all(&snapshot).map_err(io_error("write", &tmp))?;
+    f.sync_all().map_err(io_error("fsync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_error("rename", path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync", dir))?;
+    }
+    let file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    Ok((file, snapshot.len() as u64))
 }
 
 #[cfg(test)]
@@ -281,6 +304,58 @@ mod tests {
             "snapshot is stable"
         );
         assert_eq!(t3.len(), 2);
+    }
+
+    /// A long-running server once compacted its journal only at restart, so create and
+    /// delete churn grew it without bound.
+    #[test]
+    fn churn_compacts_while_running_and_replays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        let keep = t.create_file("/keep", 0o644).unwrap();
+        j.append(&Record::Put {
+            path: "/keep",
+            meta: keep,
+        })
+        .unwrap();
+        let mut compactions = 0;
+        let mut last = keep;
+        for i in 0..200_000 {
+            let name = format!("/churn-{}", i % 7);
+            last = t.create_file(&name, 0o600).unwrap();
+            j.append(&Record::Put {
+                path: &name,
+                meta: last,
+            })
+            .unwrap();
+            t.delete(&name, None).unwrap();
+            j.append(&Record::Delete {
+                path: &name,
+                file_id: last.file_id,
+            })
+            .unwrap();
+            if j.wants_compaction() {
+                j.compact(&t).unwrap();
+                compactions += 1;
+            }
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(
+                len <= 2 * COMPACT_MIN_BYTES + 4096,
+                "journal grew to {len} bytes"
+            );
+        }
+        assert!(compactions > 0, "churn past the threshold compacts");
+        drop(j);
+        let mut t2 = table();
+        Journal::open(&path, &mut t2).unwrap();
+        assert_eq!(t2.len(), 1);
+        assert_eq!(t2.lookup("/keep").unwrap(), keep);
+        assert!(
+            t2.next_file_id() > last.file_id,
+            "no inode number is reused"
+        );
     }
 
     #[test]

@@ -174,14 +174,23 @@ impl ServerState {
         &self.store
     }
 
-    /// Records one metadata change in the journal, if there is one. A failed journal write
-    /// fails the request: an acknowledged change must survive a restart.
+    /// Records one metadata change, already applied to the table, in the journal if there
+    /// is one, and compacts the journal when it has grown enough. A failed append fails the
+    /// request: an acknowledged change must survive a restart. A failed compaction leaves
+    /// the old journal whole, so it is only logged.
     fn log(&self, record: journal::Record<'_>) -> Result<(), Status> {
-        if let Some(j) = &self.journal {
-            j.borrow_mut().append(&record).map_err(|e| {
-                tracing::error!(error = %e, "metadata journal append failed");
-                Status::Io
-            })?;
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let mut journal = journal.borrow_mut();
+        journal.append(&record).map_err(|e| {
+            tracing::error!(error = %e, "metadata journal append failed");
+            Status::Io
+        })?;
+        if journal.wants_compaction() {
+            if let Err(e) = journal.compact(&self.metadata.borrow()) {
+                tracing::error!(error = %e, "metadata journal compaction failed");
+            }
         }
         Ok(())
     }
