@@ -123,7 +123,8 @@ pub struct NodeConfig {
 pub struct StorageConfig {
     /// Which chunk store backend holds the data.
     pub backend: Backend,
-    /// Size of one chunk in bytes: a power of two in 4 KiB..=64 MiB.
+    /// Size of one chunk in bytes: a power of two in
+    /// [`CHUNK_SIZE_MIN`](limits::CHUNK_SIZE_MIN)..=[`CHUNK_SIZE_MAX`](limits::CHUNK_SIZE_MAX).
     pub chunk_size_bytes: u64,
     /// Open chunk files with O_DIRECT (file and io_uring backends).
     pub o_direct: bool,
@@ -138,8 +139,12 @@ pub struct StorageConfig {
 pub struct NetworkConfig {
     /// Address the server listens on (port 0 picks a free port).
     pub bind_addr: SocketAddr,
-    /// Payloads above this many bytes move by RDMA, smaller ones ride inline.
-    pub rdma_threshold_bytes: u64,
+    /// Payloads above this many bytes go by rendezvous: the receiver pulls them straight
+    /// into its own buffer, which on RDMA transports (InfiniBand, RoCE) is RDMA. Smaller
+    /// ones travel eagerly with their message and are copied once at the receiver. The key
+    /// is `rendezvous_threshold_bytes`; the seed's `rdma_threshold_bytes` is accepted as an
+    /// alias.
+    pub rendezvous_threshold_bytes: u64,
     /// Directory, visible to every node of the job, where servers publish their addresses.
     pub registry_dir: PathBuf,
     /// Time after which an RPC without a reply fails with a timeout error.
@@ -203,25 +208,27 @@ impl Default for ServerConfig {
             },
             storage: StorageConfig {
                 backend: Backend::IoUring,
-                chunk_size_bytes: 4 * 1024 * 1024,
+                chunk_size_bytes: limits::CHUNK_SIZE_DEFAULT,
                 o_direct: false,
                 capacity_bytes: None,
-                queue_depth: 128,
+                queue_depth: limits::QUEUE_DEPTH_DEFAULT,
             },
             network: NetworkConfig {
                 bind_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
-                rdma_threshold_bytes: 32 * 1024,
+                rendezvous_threshold_bytes: limits::RENDEZVOUS_THRESHOLD_DEFAULT,
                 registry_dir: PathBuf::from("/tmp/benchfs-registry"),
-                rpc_timeout: Duration::from_secs(30),
-                busy_poll: Duration::from_micros(200),
-                inflight_max: 1024,
+                rpc_timeout: limits::RPC_TIMEOUT_DEFAULT,
+                busy_poll: limits::BUSY_POLL_DEFAULT,
+                inflight_max: limits::INFLIGHT_DEFAULT,
             },
             cache: CacheConfig {
-                metadata_cache_entries: 1000,
-                chunk_cache_mb: 100,
-                cache_ttl_secs: 0,
+                metadata_cache_entries: limits::METADATA_CACHE_ENTRIES_DEFAULT,
+                chunk_cache_mb: limits::CHUNK_CACHE_MB_DEFAULT,
+                cache_ttl_secs: limits::CACHE_TTL_SECS_DEFAULT,
             },
-            replication: ReplicationConfig { replicas: 1 },
+            replication: ReplicationConfig {
+                replicas: limits::REPLICAS_DEFAULT,
+            },
             placement: PlacementConfig {
                 virtual_nodes: limits::VIRTUAL_NODES_DEFAULT,
             },
@@ -282,6 +289,8 @@ struct RawStorage {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     bind_addr: Option<String>,
+    rendezvous_threshold_bytes: Option<i64>,
+    /// The seed's spelling of `rendezvous_threshold_bytes`.
     rdma_threshold_bytes: Option<i64>,
     registry_dir: Option<String>,
     rpc_timeout: Option<i64>,
@@ -323,6 +332,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "capacity", EnvKind::Int),
     ("storage", "queue_depth", EnvKind::Int),
     ("network", "bind_addr", EnvKind::Str),
+    ("network", "rendezvous_threshold_bytes", EnvKind::Int),
     ("network", "rdma_threshold_bytes", EnvKind::Int),
     ("network", "registry_dir", EnvKind::Str),
     ("network", "rpc_timeout", EnvKind::Int),
@@ -334,6 +344,17 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("replication", "replicas", EnvKind::Int),
     ("placement", "virtual_nodes", EnvKind::Int),
 ];
+
+/// Keys with two spellings, as `(section, key, alias)`: an environment variable for either
+/// one replaces what the file gave under both, and two variables that disagree are an error.
+const KEY_ALIASES: &[(&str, &str, &str)] = &[(
+    "network",
+    "rendezvous_threshold_bytes",
+    "rdma_threshold_bytes",
+)];
+
+/// The rendezvous threshold's key, as errors name it.
+const RENDEZVOUS_KEY: &str = "network.rendezvous_threshold_bytes";
 
 const ENV_SECTIONS: &[&str] = &[
     "node",
@@ -473,9 +494,22 @@ impl ServerConfig {
                 )
             })?;
         }
-        if let Some(v) = n.rdma_threshold_bytes {
-            c.network.rdma_threshold_bytes = non_negative("network.rdma_threshold_bytes", v)?;
-        }
+        c.network.rendezvous_threshold_bytes =
+            match (n.rendezvous_threshold_bytes, n.rdma_threshold_bytes) {
+                (Some(new), Some(old)) if new != old => {
+                    return Err(invalid(
+                        "network.rdma_threshold_bytes",
+                        format!(
+                            "rdma_threshold_bytes = {old} contradicts \
+                             rendezvous_threshold_bytes = {new}; keep only \
+                             rendezvous_threshold_bytes"
+                        ),
+                    ))
+                }
+                (Some(v), _) => non_negative(RENDEZVOUS_KEY, v)?,
+                (None, Some(v)) => non_negative("network.rdma_threshold_bytes", v)?,
+                (None, None) => c.network.rendezvous_threshold_bytes,
+            };
         if let Some(dir) = n.registry_dir {
             c.network.registry_dir = PathBuf::from(dir);
         }
@@ -573,22 +607,24 @@ impl ServerConfig {
                 ));
             }
         }
-        if self.network.rdma_threshold_bytes > chunk {
+        // The typed config does not know which spelling the file used, so both are named.
+        let threshold = self.network.rendezvous_threshold_bytes;
+        if threshold > chunk {
             return Err(invalid(
-                "network.rdma_threshold_bytes",
+                RENDEZVOUS_KEY,
                 format!(
-                    "{} is above chunk_size ({chunk}); no payload could ever use RDMA",
-                    self.network.rdma_threshold_bytes
+                    "{threshold} is above chunk_size ({chunk}), so no payload could ever go \
+                     by rendezvous (the key is also spelt network.rdma_threshold_bytes)"
                 ),
             ));
         }
-        if self.network.rdma_threshold_bytes > limits::INLINE_PAYLOAD_MAX {
+        if threshold > limits::RENDEZVOUS_THRESHOLD_MAX {
             return Err(invalid(
-                "network.rdma_threshold_bytes",
+                RENDEZVOUS_KEY,
                 format!(
-                    "{} is above the largest inline payload ({})",
-                    self.network.rdma_threshold_bytes,
-                    limits::INLINE_PAYLOAD_MAX
+                    "{threshold} is above the largest eager payload ({}) (the key is also \
+                     spelt network.rdma_threshold_bytes)",
+                    limits::RENDEZVOUS_THRESHOLD_MAX
                 ),
             ));
         }
@@ -698,6 +734,8 @@ fn apply_env(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
+    // Every override as (section, key, value, variable), all parsed before any is applied.
+    let mut overrides: Vec<(&'static str, String, toml::Value, String)> = Vec::new();
     for (var, value) in vars {
         let Some(rest) = var.strip_prefix("BENCHFS_") else {
             continue;
@@ -705,7 +743,7 @@ fn apply_env(
         let rest = rest.to_ascii_lowercase();
         // Other BENCHFS_* variables (BENCHFS_CONFIG, BENCHFS_REGISTRY, ...) belong to other
         // tools; only those naming a config section are overrides.
-        let Some(section) = ENV_SECTIONS
+        let Some(&section) = ENV_SECTIONS
             .iter()
             .find(|s| rest.strip_prefix(*s).is_some_and(|r| r.starts_with('_')))
         else {
@@ -716,7 +754,7 @@ fn apply_env(
             var: var.clone(),
             reason,
         };
-        let Some(&(_, _, kind)) = ENV_KEYS.iter().find(|(s, k, _)| s == section && *k == key)
+        let Some(&(_, _, kind)) = ENV_KEYS.iter().find(|(s, k, _)| *s == section && *k == key)
         else {
             return Err(env_error(format!("[{section}] has no key {key:?}")));
         };
@@ -734,13 +772,41 @@ fn apply_env(
                 other => return Err(env_error(format!("{other:?} is not a boolean"))),
             }),
         };
+        overrides.push((section, key.to_string(), parsed, var));
+    }
+    // A variable for either spelling of a key overrides the file's value under both.
+    for &(section, key, alias) in KEY_ALIASES {
+        let find = |k: &str| {
+            overrides
+                .iter()
+                .find(|(s, o, _, _)| *s == section && o == k)
+        };
+        match (find(key), find(alias)) {
+            (Some((_, _, v1, var1)), Some((_, _, v2, var2))) if v1 != v2 => {
+                return Err(ConfigError::Env {
+                    var: var2.clone(),
+                    reason: format!("{v2} contradicts {var1} = {v1}; set only {var1}"),
+                });
+            }
+            (None, None) => continue,
+            _ => {}
+        }
+        if let Some(toml::Value::Table(section_table)) = table.get_mut(section) {
+            section_table.remove(key);
+            section_table.remove(alias);
+        }
+    }
+    for (section, key, value, var) in overrides {
         let entry = table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(section_table) = entry else {
-            return Err(env_error(format!("[{section}] in the file is not a table")));
+            return Err(ConfigError::Env {
+                var,
+                reason: format!("[{section}] in the file is not a table"),
+            });
         };
-        section_table.insert(key.to_string(), parsed);
+        section_table.insert(key, value);
     }
     Ok(())
 }
@@ -777,5 +843,98 @@ impl ServerConfig {
         self.node.data_dir = self.node.data_dir.join(format!("r{rank}"));
         self.validate()?;
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn threshold(text: &str, vars: &[(&str, &str)]) -> Result<u64, ConfigError> {
+        ServerConfig::from_env_and_str(text, env(vars))
+            .map(|c| c.network.rendezvous_threshold_bytes)
+    }
+
+    #[test]
+    fn rendezvous_threshold_has_two_spellings() {
+        let default = limits::RENDEZVOUS_THRESHOLD_DEFAULT;
+        assert_eq!(threshold("", &[]).unwrap(), default);
+        for key in ["rendezvous_threshold_bytes", "rdma_threshold_bytes"] {
+            assert_eq!(
+                threshold(&format!("[network]\n{key} = 4096\n"), &[]).unwrap(),
+                4096
+            );
+            let var = format!("BENCHFS_NETWORK_{}", key.to_ascii_uppercase());
+            assert_eq!(threshold("", &[(&var, "8192")]).unwrap(), 8192);
+        }
+        // Both spellings agreeing is fine; disagreeing names both keys.
+        let both = "[network]\nrendezvous_threshold_bytes = 4096\nrdma_threshold_bytes = 4096\n";
+        assert_eq!(threshold(both, &[]).unwrap(), 4096);
+        let both = "[network]\nrendezvous_threshold_bytes = 4096\nrdma_threshold_bytes = 8192\n";
+        let msg = threshold(both, &[]).unwrap_err().to_string();
+        assert!(
+            msg.contains("rdma_threshold_bytes") && msg.contains("rendezvous_threshold_bytes"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rendezvous_threshold_environment() {
+        // Either variable overrides the file, whichever spelling the file used.
+        let file = "[network]\nrdma_threshold_bytes = 4096\n";
+        let new = ("BENCHFS_NETWORK_RENDEZVOUS_THRESHOLD_BYTES", "8192");
+        let old = ("BENCHFS_NETWORK_RDMA_THRESHOLD_BYTES", "16384");
+        assert_eq!(threshold(file, &[new]).unwrap(), 8192);
+        let file = "[network]\nrendezvous_threshold_bytes = 4096\n";
+        assert_eq!(threshold(file, &[old]).unwrap(), 16384);
+        // Both variables: agreeing is fine, disagreeing names both.
+        let same = ("BENCHFS_NETWORK_RDMA_THRESHOLD_BYTES", "8192");
+        assert_eq!(threshold(file, &[new, same]).unwrap(), 8192);
+        let err = threshold(file, &[new, old]).unwrap_err();
+        assert!(matches!(err, ConfigError::Env { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(new.0) && msg.contains(old.0),
+            "{msg} should name both variables"
+        );
+    }
+
+    #[test]
+    fn rendezvous_threshold_bounds_name_both_spellings() {
+        let text = "[storage]\nchunk_size = 65536\n[network]\nrdma_threshold_bytes = 131072\n";
+        let msg = threshold(text, &[]).unwrap_err().to_string();
+        assert!(
+            msg.contains("network.rendezvous_threshold_bytes")
+                && msg.contains("network.rdma_threshold_bytes"),
+            "{msg}"
+        );
+        let above = limits::RENDEZVOUS_THRESHOLD_MAX + 1;
+        let text = format!("[network]\nrendezvous_threshold_bytes = {above}\n");
+        assert!(threshold(&text, &[]).is_err());
+        let text = "[network]\nrendezvous_threshold_bytes = -1\n";
+        assert!(threshold(text, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("network.rendezvous_threshold_bytes"));
+    }
+
+    #[test]
+    fn defaults_are_the_shared_limits() {
+        let c = ServerConfig::default();
+        c.validate_values().unwrap();
+        assert_eq!(c.storage.chunk_size_bytes, limits::CHUNK_SIZE_DEFAULT);
+        assert_eq!(c.storage.queue_depth, limits::QUEUE_DEPTH_DEFAULT);
+        assert_eq!(c.store_config().queue_depth, limits::QUEUE_DEPTH_DEFAULT);
+        assert_eq!(
+            c.store_config(),
+            benchfs_store::StoreConfig::new(c.storage.backend, &c.node.data_dir)
+        );
     }
 }

@@ -1,41 +1,107 @@
-//! Every bound BenchFS enforces, in one place, with the relations between them checked at
-//! compile time.
+//! Every bound and default that more than one crate uses, defined once here with the
+//! relations between them checked at compile time. Other crates import these; bounds only
+//! one crate cares about (the store's buffer pool, the UCX binding's queues) stay in that
+//! crate's own `limits` module, which imports what it shares from here.
+//!
+//! Naming: `*_MIN`/`*_MAX` are the bounds a value is checked against, `*_DEFAULT` the
+//! value `benchfs.toml` falls back to (the `Default` of `benchfs_config::ServerConfig`).
 
 use std::time::Duration;
+
+// ---- Chunks and the chunk store ([storage]) ----
 
 /// Smallest chunk: one page, the O_DIRECT alignment unit.
 pub const CHUNK_SIZE_MIN: u64 = 4 * 1024;
 /// Largest chunk. Bigger chunks starve parallelism and pin too much registered memory.
 pub const CHUNK_SIZE_MAX: u64 = 64 * 1024 * 1024;
+/// Default chunk size (`storage.chunk_size`): 4 MiB.
+pub const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
+/// Most io_uring operations in flight per store (`storage.queue_depth`).
+pub const QUEUE_DEPTH_MAX: u32 = 4096;
+/// Default io_uring operations in flight per store (`storage.queue_depth`), for servers
+/// and for stores opened with `StoreConfig::new` alike.
+pub const QUEUE_DEPTH_DEFAULT: u32 = 128;
+
+// ---- Transport ([network]) ----
+
+/// Default rendezvous threshold (`network.rendezvous_threshold_bytes`, also spelt
+/// `rdma_threshold_bytes`): payloads up to it travel eagerly with their message and are
+/// copied at the receiver; larger ones go by rendezvous, which the receiver pulls straight
+/// into its own buffer. On RDMA transports (InfiniBand, RoCE) rendezvous is RDMA.
+pub const RENDEZVOUS_THRESHOLD_DEFAULT: u64 = 32 * 1024;
+/// Largest rendezvous threshold, and so the largest payload ever sent eagerly: eager data
+/// is copied through UCX's buffers at both ends, which stops paying off well below this.
+pub const RENDEZVOUS_THRESHOLD_MAX: u64 = 1024 * 1024;
+/// Default time after which an RPC without a reply fails (`network.rpc_timeout`).
+pub const RPC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longest RPC timeout.
+pub const RPC_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// Default busy-poll window before the event loop sleeps (`network.busy_poll_us`).
+pub const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(200);
+/// Longest busy-poll window before the event loop sleeps.
+pub const BUSY_POLL_MAX: Duration = Duration::from_millis(100);
+/// Default for the most requests in flight on one connection (`network.inflight_max`).
+pub const INFLIGHT_DEFAULT: u32 = 1024;
+/// Largest value `network.inflight_max` may take.
+pub const INFLIGHT_MAX: u32 = 65536;
+
+// ---- Client caches ([cache]) ----
+
+/// Default entries in the client's metadata cache (`cache.metadata_cache_entries`).
+pub const METADATA_CACHE_ENTRIES_DEFAULT: u64 = 1000;
+/// Most entries in the client's metadata cache.
+pub const METADATA_CACHE_ENTRIES_MAX: u64 = 100_000_000;
+/// Default client chunk cache, in MiB (`cache.chunk_cache_mb`).
+pub const CHUNK_CACHE_MB_DEFAULT: u64 = 100;
+/// Largest client chunk cache, in MiB.
+pub const CHUNK_CACHE_MB_MAX: u64 = 1024 * 1024;
+/// Default lifetime of a cached entry, in seconds (`cache.cache_ttl_secs`); 0 keeps
+/// entries until the client itself changes the file (close-to-open consistency).
+pub const CACHE_TTL_SECS_DEFAULT: u64 = 0;
+
+// ---- Placement and replication ----
+
+/// Default copies of one chunk or metadata record (`replication.replicas`).
+pub const REPLICAS_DEFAULT: u32 = 1;
+/// Most copies of one chunk or metadata record.
+pub const REPLICAS_MAX: u32 = 8;
 /// Virtual nodes per server on the placement ring, as in CHFS.
 pub const VIRTUAL_NODES_DEFAULT: u32 = 150;
 /// Most virtual nodes per server; the ring of a 4096-server job stays under 64 MiB.
 pub const VIRTUAL_NODES_MAX: u32 = 1024;
-/// Most copies of one chunk or metadata record.
-pub const REPLICAS_MAX: u32 = 8;
+
+// ---- Names ----
+
 /// Longest node id.
 pub const NODE_ID_LEN_MAX: usize = 64;
-/// Most io_uring operations in flight per server.
-pub const QUEUE_DEPTH_MAX: u32 = 4096;
-/// Most requests in flight on one connection.
-pub const INFLIGHT_MAX: u32 = 65536;
-/// Largest payload carried inline in an Active Message; above it data moves by RDMA.
-pub const INLINE_PAYLOAD_MAX: u64 = 1024 * 1024;
-/// Longest RPC timeout.
-pub const RPC_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
-/// Longest busy-poll window before the event loop sleeps.
-pub const BUSY_POLL_MAX: Duration = Duration::from_millis(100);
-/// Most entries in the client's metadata cache.
-pub const METADATA_CACHE_ENTRIES_MAX: u64 = 100_000_000;
-/// Largest client chunk cache, in MiB.
-pub const CHUNK_CACHE_MB_MAX: u64 = 1024 * 1024;
 /// Longest path, in bytes, including the leading '/' (Linux PATH_MAX less the NUL).
 pub const PATH_LEN_MAX: usize = 4095;
 /// Longest single path component, in bytes (Linux NAME_MAX).
 pub const NAME_LEN_MAX: usize = 255;
 
 const _: () = assert!(CHUNK_SIZE_MIN.is_power_of_two() && CHUNK_SIZE_MAX.is_power_of_two());
-const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_MAX);
-const _: () = assert!(INLINE_PAYLOAD_MAX <= CHUNK_SIZE_MAX);
-const _: () = assert!(VIRTUAL_NODES_DEFAULT <= VIRTUAL_NODES_MAX);
+const _: () = assert!(CHUNK_SIZE_DEFAULT.is_power_of_two());
+const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT <= CHUNK_SIZE_MAX);
+const _: () = assert!(QUEUE_DEPTH_DEFAULT >= 1 && QUEUE_DEPTH_DEFAULT <= QUEUE_DEPTH_MAX);
+// The threshold may not exceed the chunk size (config checks it), so the defaults must agree.
+const _: () = assert!(RENDEZVOUS_THRESHOLD_MAX <= CHUNK_SIZE_MAX);
+const _: () = assert!(
+    RENDEZVOUS_THRESHOLD_DEFAULT <= RENDEZVOUS_THRESHOLD_MAX
+        && RENDEZVOUS_THRESHOLD_DEFAULT <= CHUNK_SIZE_DEFAULT
+);
+const _: () = assert!(
+    RPC_TIMEOUT_DEFAULT.as_nanos() > 0
+        && RPC_TIMEOUT_DEFAULT.as_nanos() <= RPC_TIMEOUT_MAX.as_nanos()
+);
+const _: () = assert!(BUSY_POLL_DEFAULT.as_nanos() <= BUSY_POLL_MAX.as_nanos());
+const _: () = assert!(INFLIGHT_DEFAULT >= 1 && INFLIGHT_DEFAULT <= INFLIGHT_MAX);
+const _: () = assert!(METADATA_CACHE_ENTRIES_DEFAULT <= METADATA_CACHE_ENTRIES_MAX);
+const _: () = assert!(CHUNK_CACHE_MB_DEFAULT <= CHUNK_CACHE_MB_MAX);
+const _: () = assert!(REPLICAS_DEFAULT >= 1 && REPLICAS_DEFAULT <= REPLICAS_MAX);
+const _: () = assert!(VIRTUAL_NODES_DEFAULT >= 1 && VIRTUAL_NODES_DEFAULT <= VIRTUAL_NODES_MAX);
 const _: () = assert!(NAME_LEN_MAX < PATH_LEN_MAX);
+// The wire format repeats some of these; it must agree.
+const _: () = assert!(crate::ops::PATH_LEN_MAX == PATH_LEN_MAX);
+const _: () = assert!(crate::ops::NAME_LEN_MAX == NAME_LEN_MAX);
+const _: () = assert!(NODE_ID_LEN_MAX <= crate::ops::TOKEN_LEN_MAX);
+const _: () = assert!(crate::frame::PAYLOAD_LEN_MAX == CHUNK_SIZE_MAX);

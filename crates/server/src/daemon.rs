@@ -226,7 +226,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     };
     let options = ServeOptions {
         inflight_max: config.network.inflight_max as usize,
-        rdma_threshold: config.network.rdma_threshold_bytes as usize,
+        rendezvous_threshold: config.network.rendezvous_threshold_bytes as usize,
         // Twice the RPC timeout: the client has given up on the call by then, and one
         // slow transfer of a busy but live client does not cost it the connection.
         transfer_timeout: config.network.rpc_timeout.saturating_mul(2),

@@ -52,8 +52,9 @@ impl AsMut<[u8]> for StoreBuf {
 pub struct ServeOptions {
     /// Requests handled at once; more wait in the queue.
     pub inflight_max: usize,
-    /// Replies with a payload above this go by rendezvous.
-    pub rdma_threshold: usize,
+    /// Replies with a payload above this go by rendezvous (RDMA on RDMA transports);
+    /// smaller ones travel eagerly with the reply.
+    pub rendezvous_threshold: usize,
     /// How long a client may take to deliver a request's payload or to take a reply
     /// before its connection is closed: a client that is alive but stopped (SIGSTOP, a
     /// debugger) would otherwise hold the transfer's buffer and its in-flight slot for as
@@ -348,7 +349,7 @@ async fn send_reply(
     )
     .to_bytes()
     .to_vec();
-    let proto = if payload_len > options.rdma_threshold {
+    let proto = if payload_len > options.rendezvous_threshold {
         AmProto::Rndv
     } else {
         AmProto::Eager

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use benchfs_store::{AnyChunkStore, Backend, ChunkId, ChunkStore, StoreConfig, StoreError};
 
-const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+/// The chunk size a server uses by default.
+const CHUNK_SIZE: u64 = benchfs_store::limits::CHUNK_SIZE_DEFAULT;
 const FILE_ID: u64 = 1;
 
 struct Args {

@@ -1,6 +1,8 @@
-//! The chunk-store error type and its errno mapping.
+//! The chunk-store error type and its one mapping to a wire [`Status`].
 
 use std::io;
+
+use benchfs_proto::Status;
 
 /// Why a chunk-store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +54,40 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// The errno a client should see for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            StoreError::NoSpace { .. } => libc::ENOSPC,
-            StoreError::OutOfRange { .. } => libc::EINVAL,
-            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            StoreError::Unsupported { .. } => libc::EOPNOTSUPP,
-            StoreError::InvalidConfig { .. } => libc::EINVAL,
+/// The status a client is sent for a store error, decided by the variant: whose fault it
+/// is (the request's, the device's, the server's) is known here, not from an errno.
+///
+/// **Invariant:** this is the only place a store error becomes a status;
+/// [`StoreError::errno`] goes through it and [`Status::errno`].
+impl From<&StoreError> for Status {
+    fn from(e: &StoreError) -> Status {
+        match e {
+            // The store, or the disk under it, is full.
+            StoreError::NoSpace { .. } => Status::NoSpace,
+            // The request reaches past the chunk: the client's argument is wrong.
+            StoreError::OutOfRange { .. } => Status::InvalidArgument,
+            // The device or file system failed. Only errnos that say so unambiguously keep
+            // their meaning (a full disk or quota, an operation the kernel lacks); every
+            // other one, EINVAL and EBADF included, is the server's failure and never the
+            // client's argument or handle.
+            StoreError::Io { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => Status::NoSpace,
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => Status::Unsupported,
+                _ => Status::Io,
+            },
+            // The kernel or file system lacks a feature the server's configuration needs.
+            StoreError::Unsupported { .. } => Status::Unsupported,
+            // The server's own configuration is wrong; no request value causes it, so the
+            // client sees a server failure, not an invalid argument.
+            StoreError::InvalidConfig { .. } => Status::Io,
         }
+    }
+}
+
+impl StoreError {
+    /// The errno a client sees for this error: `Status::from(self).errno()`.
+    pub fn errno(&self) -> i32 {
+        Status::from(self).errno()
     }
 
     /// Wraps an I/O error, turning `ENOSPC` into [`StoreError::NoSpace`] for `needed` bytes.
@@ -83,6 +109,7 @@ mod tests {
 
     fn check(error: StoreError, expected: i32) {
         assert_eq!(error.errno(), expected, "{error}");
+        assert_eq!(Status::from(&error).errno(), expected, "{error}");
     }
 
     #[test]
@@ -98,9 +125,15 @@ mod tests {
             StoreError::io("pwrite", io::Error::from_raw_os_error(libc::ENOSPC), 4),
             libc::ENOSPC,
         );
+        // A kernel errno from the device is the server's failure, not the client's handle
+        // or argument.
         check(
             StoreError::io("pread", io::Error::from_raw_os_error(libc::EBADF), 4),
-            libc::EBADF,
+            libc::EIO,
+        );
+        check(
+            StoreError::io("pwrite", io::Error::from_raw_os_error(libc::EINVAL), 4),
+            libc::EIO,
         );
         check(StoreError::io("pread", io::Error::other("x"), 4), libc::EIO);
         check(
@@ -110,6 +143,43 @@ mod tests {
                 chunk_size: 2,
             },
             libc::EINVAL,
+        );
+        check(
+            StoreError::InvalidConfig {
+                field: "queue_depth",
+                reason: "0".into(),
+            },
+            libc::EIO,
+        );
+        check(
+            StoreError::Unsupported {
+                feature: "io_uring",
+                reason: "old kernel".into(),
+            },
+            libc::EOPNOTSUPP,
+        );
+    }
+
+    #[test]
+    fn status_by_variant() {
+        let io = |errno| StoreError::Io {
+            op: "pwrite",
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(Status::from(&io(libc::ENOSPC)), Status::NoSpace);
+        assert_eq!(Status::from(&io(libc::EDQUOT)), Status::NoSpace);
+        assert_eq!(Status::from(&io(libc::EOPNOTSUPP)), Status::Unsupported);
+        assert_eq!(Status::from(&io(libc::EIO)), Status::Io);
+        assert_eq!(Status::from(&io(libc::EINVAL)), Status::Io);
+        assert_eq!(Status::from(&io(libc::ERANGE)), Status::Io);
+        assert_eq!(Status::from(&io(libc::EFBIG)), Status::Io);
+        assert_eq!(
+            Status::from(&StoreError::OutOfRange {
+                offset: 0,
+                len: 1,
+                chunk_size: 0
+            }),
+            Status::InvalidArgument
         );
     }
 }

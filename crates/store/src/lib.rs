@@ -41,7 +41,8 @@ pub use error::StoreError;
 pub use id::ChunkId;
 pub use memory::InMemoryChunkStore;
 
-use limits::{CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, QUEUE_DEPTH_MAX};
+use limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};
+use limits::{QUEUE_DEPTH_DEFAULT, QUEUE_DEPTH_MAX};
 
 /// What [`ChunkStore::stat`] reports about a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,20 +184,16 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Default chunk size: 4 MiB.
-    pub const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
-    /// Default queue depth.
-    pub const QUEUE_DEPTH_DEFAULT: u32 = 32;
-
-    /// A config with defaults: 4 MiB chunks, buffered I/O, no capacity bound, depth 32.
+    /// A config with the defaults a server uses: [`CHUNK_SIZE_DEFAULT`] chunks,
+    /// [`QUEUE_DEPTH_DEFAULT`] operations in flight, buffered I/O, no capacity bound.
     pub fn new(backend: Backend, data_dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             backend,
             data_dir: data_dir.into(),
-            chunk_size: StoreConfig::CHUNK_SIZE_DEFAULT,
+            chunk_size: CHUNK_SIZE_DEFAULT,
             o_direct: false,
             capacity_bytes: None,
-            queue_depth: StoreConfig::QUEUE_DEPTH_DEFAULT,
+            queue_depth: QUEUE_DEPTH_DEFAULT,
         }
     }
 

@@ -1,18 +1,16 @@
-//! Every bound the chunk stores enforce, in one place, with their relations checked at
-//! compile time.
+//! Every bound the chunk stores enforce, with their relations checked at compile time.
 //!
-//! The chunk-size and queue-depth bounds match the daemon's `benchfs::limits`; this crate
-//! cannot depend on the daemon, so the values are repeated here.
+//! The chunk-size and queue-depth bounds and defaults are shared with the configuration and
+//! the wire, so they are defined once in [`benchfs_proto::limits`] and re-exported here;
+//! the rest are the stores' own.
+
+pub use benchfs_proto::limits::{
+    CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, QUEUE_DEPTH_DEFAULT, QUEUE_DEPTH_MAX,
+};
 
 /// Alignment of every [`ChunkBuf`](crate::ChunkBuf), and the unit O_DIRECT requests must
 /// be aligned to (offset, length and memory address).
 pub const ALIGN: usize = 4096;
-/// Smallest chunk size a store accepts.
-pub const CHUNK_SIZE_MIN: u64 = 4 * 1024;
-/// Largest chunk size a store accepts; every request length then fits an io_uring `u32`.
-pub const CHUNK_SIZE_MAX: u64 = 64 * 1024 * 1024;
-/// Most io_uring operations in flight per store.
-pub const QUEUE_DEPTH_MAX: u32 = 4096;
 /// Most open chunk files a disk store keeps cached (each holds up to two fds).
 pub const FD_CACHE_MAX: usize = 256;
 /// Size of one small pool slot; requests up to this size use the small class.
@@ -21,8 +19,10 @@ pub const POOL_SMALL_SLOT_BYTES: usize = 64 * 1024;
 pub const POOL_SMALL_SLOTS_MAX: usize = 256;
 /// Most bytes in the large pool class (one chunk-sized slot each).
 pub const POOL_LARGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Buffers in flight the memory store's pool is sized for (it has no queue depth).
-pub const POOL_QUEUE_DEPTH: usize = 32;
+/// Requests in flight the memory store's buffer pool is sized for. Not a queue depth, and
+/// not [`QUEUE_DEPTH_DEFAULT`]: the memory store has no I/O queue, so `queue_depth` does
+/// not apply to it; this only sizes its pool of reusable buffers.
+pub const MEMORY_POOL_IN_FLIGHT: usize = 32;
 /// Times a request is resubmitted after `EAGAIN` or `EINTR` before the error is returned.
 pub const RETRIES_MAX: u32 = 8;
 /// Times an op future yields to the scheduler, polling the completion queue, before it
@@ -30,8 +30,8 @@ pub const RETRIES_MAX: u32 = 8;
 pub const SPIN_POLLS_MAX: u8 = 4;
 
 const _: () = assert!(ALIGN.is_power_of_two());
-const _: () = assert!(CHUNK_SIZE_MIN.is_power_of_two() && CHUNK_SIZE_MAX.is_power_of_two());
-const _: () = assert!(CHUNK_SIZE_MIN >= ALIGN as u64 && CHUNK_SIZE_MIN <= CHUNK_SIZE_MAX);
+// Every chunk is whole O_DIRECT blocks, and every request length fits an io_uring `u32`.
+const _: () = assert!(CHUNK_SIZE_MIN >= ALIGN as u64 && CHUNK_SIZE_MIN % ALIGN as u64 == 0);
 const _: () = assert!(CHUNK_SIZE_MAX <= u32::MAX as u64);
 const _: () = assert!(POOL_SMALL_SLOT_BYTES % ALIGN == 0);
 const _: () = assert!(CHUNK_SIZE_MAX as usize <= POOL_LARGE_BYTES_MAX);

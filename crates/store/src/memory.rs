@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::buf::BufPool;
-use crate::limits::POOL_QUEUE_DEPTH;
+use crate::limits::MEMORY_POOL_IN_FLIGHT;
 use crate::{check_chunk_size, check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore};
 use crate::{StoreError, StoreUsage};
 
@@ -30,7 +30,7 @@ impl InMemoryChunkStore {
             capacity_bytes,
             chunks: RefCell::new(BTreeMap::new()),
             used_bytes: Cell::new(0),
-            pool: BufPool::for_chunks(chunk_size, POOL_QUEUE_DEPTH)?,
+            pool: BufPool::for_chunks(chunk_size, MEMORY_POOL_IN_FLIGHT)?,
         })
     }
 

@@ -422,6 +422,39 @@ unsafe fn copy_bytes(ptr: *const c_void, len: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }.to_vec()
 }
 
+/// What to keep of a message's data, and what to answer UCX: rendezvous data and large
+/// eager data UCX lets us hold stay in UCX's hands until received or released
+/// (`UCS_INPROGRESS`); small eager data is copied out now.
+///
+/// # Safety
+/// Called from the AM callback with its arguments: `data` points to `length` bytes that are
+/// readable for the duration of the call.
+unsafe fn take_data(
+    recv_attr: u64,
+    data: *mut c_void,
+    length: usize,
+) -> (AmData, sys::ucs_status_t) {
+    let held = RndvData {
+        desc: data,
+        len: length,
+    };
+    if recv_attr & u64::from(sys::UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 {
+        (AmData::Rendezvous(held), sys::UCS_INPROGRESS)
+    } else if recv_attr & u64::from(sys::UCP_AM_RECV_ATTR_FLAG_DATA) != 0
+        && length >= crate::limits::EAGER_HOLD_MIN
+    {
+        // UCX allows keeping this buffer: returning UCS_INPROGRESS hands it to us until
+        // ucp_am_data_release.
+        (AmData::Held(held), sys::UCS_INPROGRESS)
+    } else {
+        // SAFETY: for eager data UCX passes `length` readable bytes at data for this call.
+        (
+            AmData::Eager(unsafe { copy_bytes(data, length) }),
+            sys::UCS_OK,
+        )
+    }
+}
+
 unsafe extern "C" fn on_am_message(
     arg: *mut c_void,
     header: *const c_void,
@@ -463,33 +496,8 @@ unsafe extern "C" fn on_am_message(
     };
     // SAFETY: UCX passes header_length readable bytes at header for this call.
     let header = unsafe { copy_bytes(header, header_length) };
-    let (data, status) = if rendezvous {
-        (
-            AmData::Rendezvous(RndvData {
-                desc: data,
-                len: length,
-            }),
-            sys::UCS_INPROGRESS,
-        )
-    } else if recv_attr & u64::from(sys::UCP_AM_RECV_ATTR_FLAG_DATA) != 0
-        && length >= crate::limits::EAGER_HOLD_MIN
-    {
-        // UCX allows keeping this buffer: returning UCS_INPROGRESS hands it to us until
-        // ucp_am_data_release.
-        (
-            AmData::Held(RndvData {
-                desc: data,
-                len: length,
-            }),
-            sys::UCS_INPROGRESS,
-        )
-    } else {
-        // SAFETY: for eager data UCX passes `length` readable bytes at data for this call.
-        (
-            AmData::Eager(unsafe { copy_bytes(data, length) }),
-            sys::UCS_OK,
-        )
-    };
+    // SAFETY: UCX passes `length` bytes at data for this call, as `take_data` requires.
+    let (data, status) = unsafe { take_data(recv_attr, data, length) };
     messages.push_back(AmMessage {
         header,
         data,

@@ -154,7 +154,7 @@ impl FsClient {
         let context = Context::new(Features::ALL)?;
         let options = ClientOptions {
             rpc_timeout: config.network.rpc_timeout,
-            rdma_threshold: config.network.rdma_threshold_bytes as usize,
+            rdma_threshold: config.network.rendezvous_threshold_bytes as usize,
             busy_poll: config.network.busy_poll,
             inflight_max: config.network.inflight_max as usize,
             secret,

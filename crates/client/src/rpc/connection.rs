@@ -283,6 +283,13 @@ impl Connection {
         }
     }
 
+    fn status(&self, status: Status) -> RpcError {
+        RpcError::Status {
+            server: self.server.clone(),
+            status,
+        }
+    }
+
     fn transport(&self, source: benchfs_ucx::UcxError) -> RpcError {
         RpcError::Transport {
             server: self.server.clone(),
@@ -290,6 +297,7 @@ impl Connection {
         }
     }
 
+    /// Sends one request and waits for its reply (the caller bounds the wait).
     async fn exchange(
         &self,
         op: OpCode,
@@ -301,10 +309,7 @@ impl Connection {
             .inflight
             .acquire()
             .await
-            .map_err(|_| RpcError::Status {
-                server: self.server.clone(),
-                status: Status::Busy,
-            })?;
+            .map_err(|_| self.status(Status::Busy))?;
         let client = &self.client;
         let id = client.next_id.get();
         client.next_id.set(id.wrapping_add(1));
@@ -312,7 +317,22 @@ impl Connection {
         client.pending.borrow_mut().insert(id, tx);
         let _guard = PendingGuard { client, id };
         let _awaiting = client.worker.expect_replies();
+        self.send_request(op, id, body, payload).await?;
+        let msg = self.wait_reply(rx).await?;
+        let frame = self.check_reply(op, &msg)?;
+        self.take_reply(frame, msg, sink).await
+    }
 
+    /// Sends a request: the body rides in the AM header when it fits, else it leads the
+    /// data; above the threshold the data goes by rendezvous.
+    async fn send_request(
+        &self,
+        op: OpCode,
+        id: u64,
+        body: Vec<u8>,
+        payload: OutPayload,
+    ) -> Result<(), RpcError> {
+        let client = &self.client;
         let mut header = Frame::header(op, id, 0, false, body.len(), payload.len())
             .to_bytes()
             .to_vec();
@@ -336,23 +356,30 @@ impl Connection {
             .await
             .map_err(|e| self.transport(e))?;
         client.recycle(data);
+        Ok(())
+    }
 
-        // A reply never comes over a connection that failed after the send, so the wait
-        // also watches the endpoint and fails at once instead of at the timeout.
-        let mut rx = rx;
-        let msg = loop {
+    /// Waits for the reply. A reply never comes over a connection that failed after the
+    /// send, so the wait also watches the endpoint and fails at once instead of at the
+    /// timeout.
+    async fn wait_reply(
+        &self,
+        mut rx: oneshot::Receiver<AmMessage>,
+    ) -> Result<AmMessage, RpcError> {
+        loop {
             tokio::select! {
-                reply = &mut rx => break reply.map_err(|_| RpcError::Status {
-                    server: self.server.clone(),
-                    status: Status::Unavailable,
-                })?,
+                reply = &mut rx => return reply.map_err(|_| self.status(Status::Unavailable)),
                 _ = tokio::time::sleep(FAILURE_CHECK_INTERVAL) => {
                     if let Some(e) = self.ep.failure() {
                         return Err(self.transport(e));
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// The reply's frame, if it answers `op` with success.
+    fn check_reply(&self, op: OpCode, msg: &AmMessage) -> Result<Frame, RpcError> {
         let frame = Frame::decode(msg.header(), msg.data_len()).map_err(|e| self.protocol(e))?;
         if frame.op != op {
             return Err(self.protocol(benchfs_proto::DecodeError::BadField {
@@ -366,12 +393,19 @@ impl Connection {
                 reason: "unknown status",
             })
         })?;
-        if status != Status::Ok {
-            return Err(RpcError::Status {
-                server: self.server.clone(),
-                status,
-            });
+        match status {
+            Status::Ok => Ok(frame),
+            status => Err(self.status(status)),
         }
+    }
+
+    /// Takes the reply's body and payload: the payload straight into `sink` when it fits.
+    async fn take_reply(
+        &self,
+        frame: Frame,
+        msg: AmMessage,
+        sink: Option<LentMut>,
+    ) -> Result<(Frame, Vec<u8>, Vec<u8>, usize), RpcError> {
         let header_body = msg.header()[FRAME_HEADER_LEN..].to_vec();
         if let Some(sink) = sink.filter(|s| {
             frame.body_in_header && frame.payload_len > 0 && frame.payload_len <= s.as_ref().len()

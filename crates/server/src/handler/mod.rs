@@ -78,14 +78,10 @@ impl From<Result<Reply, Status>> for Reply {
     }
 }
 
-/// Turns a store error into a wire status, logging what the status cannot carry.
+/// Turns a store error into a wire status by the store's one mapping, `Status::from(&e)`,
+/// logging what the status cannot carry.
 pub(crate) fn store_status(e: StoreError) -> Status {
-    let status = match e.errno() {
-        libc::ENOSPC => Status::NoSpace,
-        libc::EINVAL | libc::ERANGE | libc::EFBIG => Status::InvalidArgument,
-        libc::EOPNOTSUPP => Status::Unsupported,
-        _ => Status::Io,
-    };
+    let status = Status::from(&e);
     tracing::warn!(error = %e, ?status, "chunk store error");
     status
 }
@@ -111,7 +107,7 @@ impl Counters {
 pub struct ServerState {
     node_id: String,
     chunk_size: u64,
-    rdma_threshold: u64,
+    rendezvous_threshold: u64,
     secret: Vec<u8>,
     metadata: RefCell<MetadataManager>,
     journal: Option<RefCell<Journal>>,
@@ -142,7 +138,7 @@ impl ServerState {
         Ok(ServerState {
             node_id: config.node.node_id.clone(),
             chunk_size: config.storage.chunk_size_bytes,
-            rdma_threshold: config.network.rdma_threshold_bytes,
+            rendezvous_threshold: config.network.rendezvous_threshold_bytes,
             secret,
             metadata: RefCell::new(metadata),
             journal,
@@ -359,7 +355,7 @@ impl ServerState {
         Ok(Reply::ok(&op::HelloReply {
             node_id: self.node_id.clone(),
             chunk_size: self.chunk_size,
-            rdma_threshold: self.rdma_threshold,
+            rdma_threshold: self.rendezvous_threshold,
         }))
     }
 

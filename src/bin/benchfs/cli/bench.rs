@@ -3,7 +3,7 @@
 //! each beside the same workload on a local directory (std::fs) in the same run.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::cluster::{self, Target, UpArgs};
@@ -113,45 +113,51 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
     config.cache.chunk_cache_mb = 0;
     let fs = BenchFS::connect(&config)?;
     let servers = fs.client().servers().len();
-    let total = args.size_mb << 20;
-    let block = vec![0xa5u8; args.transfer];
     std::fs::create_dir_all(&args.local_dir)?;
     let local = args.local_dir.join("seq");
 
     println!("# benchfs bench");
     println!(
-        "servers={servers} backend={} chunk_size={} rdma_threshold={} transfer={} size={} MiB",
+        "servers={servers} backend={} chunk_size={} rendezvous_threshold={} transfer={} size={} MiB",
         config.storage.backend,
         config.storage.chunk_size_bytes,
-        config.network.rdma_threshold_bytes,
+        config.network.rendezvous_threshold_bytes,
         args.transfer,
         args.size_mb
     );
     let _ = fs.mkdir("/bench", 0o755);
+    sequential(&fs, args, &local)?;
+    random_reads(&fs, args, &local)?;
+    metadata(&fs, args)?;
+    fs.unlink("/bench/seq")?;
+    let _ = std::fs::remove_dir_all(&args.local_dir);
+    Ok(())
+}
 
-    // Sequential write: BenchFS, then the local directory; close included in both.
+/// Sequential write then read of `/bench/seq` and of `local`, close included in both.
+fn sequential(fs: &BenchFS, args: &Args, local: &Path) -> Result<(), CliError> {
+    let total = args.size_mb << 20;
+    let block = vec![0xa5u8; args.transfer];
+    let chunks = || {
+        (0..total)
+            .step_by(args.transfer)
+            .map(move |at| (total - at).min(args.transfer as u64) as usize)
+    };
     let start = Instant::now();
     let fd = fs.create("/bench/seq", 0o644)?;
-    let mut written = 0;
-    while written < total {
-        let n = (total - written).min(args.transfer as u64) as usize;
+    for n in chunks() {
         fs.write(fd, &block[..n])?;
-        written += n as u64;
     }
     fs.close(fd)?;
     let bfs_write = mb_per_s(total, start.elapsed());
     let start = Instant::now();
-    let mut file = std::fs::File::create(&local)?;
-    let mut written = 0;
-    while written < total {
-        let n = (total - written).min(args.transfer as u64) as usize;
+    let mut file = std::fs::File::create(local)?;
+    for n in chunks() {
         file.write_all(&block[..n])?;
-        written += n as u64;
     }
     drop(file);
     let local_write = mb_per_s(total, start.elapsed());
 
-    // Sequential read.
     let mut buf = vec![0u8; args.transfer];
     let start = Instant::now();
     let fd = fs.open("/bench/seq", OpenFlags::READ, 0)?;
@@ -169,7 +175,7 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
     }
     let bfs_read = mb_per_s(total, start.elapsed());
     let start = Instant::now();
-    let mut file = std::fs::File::open(&local)?;
+    let mut file = std::fs::File::open(local)?;
     let mut read = 0u64;
     loop {
         let n = file.read(&mut buf)?;
@@ -184,23 +190,18 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
         "{:<26} {:>12} {:>12} {:>8}",
         "workload", "benchfs", "local", "ratio"
     );
-    println!(
-        "{:<26} {:>12.1} {:>12.1} {:>8.2}",
-        "seq write MB/s",
-        bfs_write,
-        local_write,
-        bfs_write / local_write
-    );
-    println!(
-        "{:<26} {:>12.1} {:>12.1} {:>8.2}",
-        "seq read MB/s",
-        bfs_read,
-        local_read,
-        bfs_read / local_read
-    );
+    for (name, bfs, loc) in [
+        ("seq write MB/s", bfs_write, local_write),
+        ("seq read MB/s", bfs_read, local_read),
+    ] {
+        println!("{name:<26} {bfs:>12.1} {loc:>12.1} {:>8.2}", bfs / loc);
+    }
+    Ok(())
+}
 
-    // 4 KiB random reads over the first 64 MiB (or the whole file).
-    let span = total.min(64 << 20) / 4096;
+/// 4 KiB random reads over the first 64 MiB of the file (or the whole file).
+fn random_reads(fs: &BenchFS, args: &Args, local: &Path) -> Result<(), CliError> {
+    let span = (args.size_mb << 20).min(64 << 20) / 4096;
     let mut x = 0x2545_f491_4f6c_dd1d;
     let mut small = [0u8; 4096];
     let fd = fs.open("/bench/seq", OpenFlags::READ, 0)?;
@@ -212,7 +213,7 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
         })?);
     }
     fs.close(fd)?;
-    let mut file = std::fs::File::open(&local)?;
+    let mut file = std::fs::File::open(local)?;
     let mut loc = Vec::with_capacity(args.reads);
     for _ in 0..args.reads {
         let off = next_random(&mut x) % span * 4096;
@@ -223,52 +224,43 @@ fn measure(args: &Args, target: &Target) -> Result<(), CliError> {
         })?);
     }
     print_latency("4 KiB random read", latency(bfs), latency(loc));
+    Ok(())
+}
 
-    // Metadata: create (open with CREATE, then close), stat, unlink.
+/// Metadata latencies: create (open with CREATE, then close), stat, unlink.
+fn metadata(fs: &BenchFS, args: &Args) -> Result<(), CliError> {
     let _ = fs.mkdir("/bench/md", 0o755);
     let md_local = args.local_dir.join("md");
     std::fs::create_dir_all(&md_local)?;
     let names: Vec<String> = (0..args.files).map(|i| format!("f{i}")).collect();
-    let mut creates = (Vec::new(), Vec::new());
-    let mut stats = (Vec::new(), Vec::new());
-    let mut unlinks = (Vec::new(), Vec::new());
-    for name in &names {
-        let path = format!("/bench/md/{name}");
-        creates.0.push(timed(|| {
-            let fd = fs.open(&path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)?;
+    let phase = |bfs_op: &dyn Fn(&str) -> Result<(), CliError>,
+                 local_op: &dyn Fn(&Path) -> Result<(), CliError>|
+     -> Result<(Vec<u64>, Vec<u64>), CliError> {
+        let mut times = (Vec::new(), Vec::new());
+        for name in &names {
+            let path = format!("/bench/md/{name}");
+            times.0.push(timed(|| bfs_op(&path))?);
+            times.1.push(timed(|| local_op(&md_local.join(name)))?);
+        }
+        Ok(times)
+    };
+    let creates = phase(
+        &|path| {
+            let fd = fs.open(path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)?;
             fs.close(fd).map_err(Into::into)
-        })?);
-        creates.1.push(timed(|| {
-            std::fs::File::create(md_local.join(name))
-                .map(drop)
-                .map_err(Into::into)
-        })?);
-    }
-    for name in &names {
-        let path = format!("/bench/md/{name}");
-        stats
-            .0
-            .push(timed(|| fs.stat(&path).map(drop).map_err(Into::into))?);
-        stats.1.push(timed(|| {
-            std::fs::metadata(md_local.join(name))
-                .map(drop)
-                .map_err(Into::into)
-        })?);
-    }
-    for name in &names {
-        let path = format!("/bench/md/{name}");
-        unlinks
-            .0
-            .push(timed(|| fs.unlink(&path).map_err(Into::into))?);
-        unlinks.1.push(timed(|| {
-            std::fs::remove_file(md_local.join(name)).map_err(Into::into)
-        })?);
-    }
+        },
+        &|path| std::fs::File::create(path).map(drop).map_err(Into::into),
+    )?;
+    let stats = phase(
+        &|path| fs.stat(path).map(drop).map_err(Into::into),
+        &|path| std::fs::metadata(path).map(drop).map_err(Into::into),
+    )?;
+    let unlinks = phase(&|path| fs.unlink(path).map_err(Into::into), &|path| {
+        std::fs::remove_file(path).map_err(Into::into)
+    })?;
     print_latency("create+close", latency(creates.0), latency(creates.1));
     print_latency("stat", latency(stats.0), latency(stats.1));
     print_latency("unlink", latency(unlinks.0), latency(unlinks.1));
-    fs.unlink("/bench/seq")?;
-    let _ = std::fs::remove_dir_all(&args.local_dir);
     Ok(())
 }
 

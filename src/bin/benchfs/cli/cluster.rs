@@ -123,31 +123,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
     let _ = std::fs::remove_dir_all(dir.join("registry"));
     let _ = std::fs::remove_dir_all(dir.join("data"));
     std::fs::create_dir_all(dir.join("logs"))?;
-    let mut toml = format!(
-        "[node]\ndata_dir = \"{}\"\n[storage]\nbackend = \"{}\"\n[network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{}\"\n[replication]\nreplicas = {}\n",
-        dir.join("data").display(),
-        args.backend,
-        dir.join("registry").display(),
-        args.replicas
-    );
-    if let Some(c) = args.chunk_size {
-        toml = toml.replace("[storage]\n", &format!("[storage]\nchunk_size = {c}\n"));
-    }
-    let mut network = String::new();
-    if let Some(ms) = args.rpc_timeout_ms {
-        network.push_str(&format!("rpc_timeout = {ms}\n"));
-    }
-    if let Some(t) = args.rdma_threshold {
-        network.push_str(&format!("rdma_threshold_bytes = {t}\n"));
-    }
-    if let Some(us) = args.busy_poll_us {
-        network.push_str(&format!("busy_poll_us = {us}\n"));
-    }
-    toml = toml.replace("[network]\n", &format!("[network]\n{network}"));
-    let config_path = dir.join("benchfs.toml");
-    std::fs::write(&config_path, &toml)?;
-    ServerConfig::from_file(&config_path)?;
-
+    let config_path = write_config(args)?;
     let daemon = benchfsd_path()?;
     let mut started = Vec::new();
     for i in 0..args.servers {
@@ -180,6 +156,36 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         dir.display()
     );
     Ok(())
+}
+
+/// Writes the cluster's `benchfs.toml` and checks that it loads.
+fn write_config(args: &UpArgs) -> Result<PathBuf, CliError> {
+    let dir = &args.target.dir;
+    let mut toml = format!(
+        "[node]\ndata_dir = \"{}\"\n[storage]\nbackend = \"{}\"\n[network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{}\"\n[replication]\nreplicas = {}\n",
+        dir.join("data").display(),
+        args.backend,
+        dir.join("registry").display(),
+        args.replicas
+    );
+    if let Some(c) = args.chunk_size {
+        toml = toml.replace("[storage]\n", &format!("[storage]\nchunk_size = {c}\n"));
+    }
+    let mut network = String::new();
+    if let Some(ms) = args.rpc_timeout_ms {
+        network.push_str(&format!("rpc_timeout = {ms}\n"));
+    }
+    if let Some(t) = args.rdma_threshold {
+        network.push_str(&format!("rendezvous_threshold_bytes = {t}\n"));
+    }
+    if let Some(us) = args.busy_poll_us {
+        network.push_str(&format!("busy_poll_us = {us}\n"));
+    }
+    toml = toml.replace("[network]\n", &format!("[network]\n{network}"));
+    let config_path = dir.join("benchfs.toml");
+    std::fs::write(&config_path, &toml)?;
+    ServerConfig::from_file(&config_path)?;
+    Ok(config_path)
 }
 
 fn wait_for_servers(dir: &Path, n: usize) -> Result<(), CliError> {

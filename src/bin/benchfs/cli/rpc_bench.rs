@@ -33,13 +33,8 @@ const RTT_BUDGET_FACTOR: f64 = 10.0;
 const SERVER_START_MAX: Duration = Duration::from_secs(30);
 /// How long a server may take to drain after SIGTERM before it is killed.
 const SERVER_STOP_MAX: Duration = Duration::from_secs(5);
-/// Smallest chunk size the benchmark's servers use (the config default).
-const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
 
 const _: () = assert!(ROUND_BYTES_MAX as u64 >= limits::CHUNK_SIZE_MAX);
-const _: () = assert!(
-    CHUNK_SIZE_DEFAULT >= limits::CHUNK_SIZE_MIN && CHUNK_SIZE_DEFAULT <= limits::CHUNK_SIZE_MAX
-);
 
 /// Arguments of `benchfs rpc-bench`.
 #[derive(Debug, clap::Args)]
@@ -123,11 +118,11 @@ struct Variant {
 pub fn run(args: Args) -> Result<(), CliError> {
     check_args(&args)?;
     let largest = args.sizes.iter().copied().max().unwrap_or(0) as u64;
-    let chunk_size = largest.next_power_of_two().max(CHUNK_SIZE_DEFAULT);
-    let defaults = ServerConfig::default();
+    // The servers' chunks are the default size, or larger if a payload needs it.
+    let chunk_size = largest.next_power_of_two().max(limits::CHUNK_SIZE_DEFAULT);
     let rdma_threshold = args
         .rdma_threshold
-        .unwrap_or(defaults.network.rdma_threshold_bytes);
+        .unwrap_or(limits::RENDEZVOUS_THRESHOLD_DEFAULT);
     let (ucx_major, ucx_minor, ucx_release) = benchfs_ucx::ucx_version();
     println!(
         "host nproc={} cpu=\"{}\" loadavg=\"{}\"",
