@@ -425,112 +425,9 @@ impl ServerConfig {
 
     fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
         let mut c = ServerConfig::default();
-        if let Some(id) = raw.node.node_id {
-            c.node.node_id = match id {
-                NodeIdValue::Name(name) => name,
-                NodeIdValue::Number(n) => format!("node{n}"),
-            };
-        }
-        if let Some(dir) = raw.node.data_dir {
-            c.node.data_dir = PathBuf::from(dir);
-        }
-        if let Some(level) = raw.node.log_level {
-            c.node.log_level = level.parse().map_err(|e| invalid("node.log_level", e))?;
-        }
-
-        let s = raw.storage;
-        c.storage.backend = match (s.backend, s.use_iouring) {
-            (Some(b), None) => b.parse().map_err(|e: benchfs_store::StoreError| {
-                invalid("storage.backend", e.to_string())
-            })?,
-            (None, Some(true)) => Backend::IoUring,
-            (None, Some(false)) => Backend::File,
-            (None, None) => c.storage.backend,
-            (Some(b), Some(u)) => {
-                let backend: Backend = b.parse().map_err(|e: benchfs_store::StoreError| {
-                    invalid("storage.backend", e.to_string())
-                })?;
-                if (backend == Backend::IoUring) != u {
-                    return Err(invalid(
-                        "storage.use_iouring",
-                        format!("use_iouring = {u} contradicts backend = \"{backend}\"; keep only backend"),
-                    ));
-                }
-                backend
-            }
-        };
-        if let Some(v) = s.chunk_size {
-            c.storage.chunk_size_bytes = non_negative("storage.chunk_size", v)?;
-        }
-        if let Some(v) = s.o_direct {
-            c.storage.o_direct = v;
-        }
-        c.storage.capacity_bytes = match (s.capacity, s.max_storage_gb) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "storage.max_storage_gb",
-                    "give either capacity (bytes) or max_storage_gb, not both",
-                ))
-            }
-            (Some(bytes), None) => Some(non_negative("storage.capacity", bytes)?),
-            (None, Some(gib)) => Some(
-                non_negative("storage.max_storage_gb", gib)?
-                    .checked_mul(1 << 30)
-                    .ok_or_else(|| invalid("storage.max_storage_gb", "too large"))?,
-            ),
-            (None, None) => None,
-        }
-        .filter(|&bytes| bytes != 0);
-        if let Some(v) = s.queue_depth {
-            c.storage.queue_depth = to_u32("storage.queue_depth", v)?;
-        }
-
-        let n = raw.network;
-        if let Some(addr) = n.bind_addr {
-            c.network.bind_addr = addr.parse().map_err(|e| {
-                invalid(
-                    "network.bind_addr",
-                    format!("{addr:?} is not an IP:port address ({e})"),
-                )
-            })?;
-        }
-        c.network.rendezvous_threshold_bytes =
-            match (n.rendezvous_threshold_bytes, n.rdma_threshold_bytes) {
-                (Some(new), Some(old)) if new != old => {
-                    return Err(invalid(
-                        "network.rdma_threshold_bytes",
-                        format!(
-                            "rdma_threshold_bytes = {old} contradicts \
-                             rendezvous_threshold_bytes = {new}; keep only \
-                             rendezvous_threshold_bytes"
-                        ),
-                    ))
-                }
-                (Some(v), _) => non_negative(RENDEZVOUS_KEY, v)?,
-                (None, Some(v)) => non_negative("network.rdma_threshold_bytes", v)?,
-                (None, None) => c.network.rendezvous_threshold_bytes,
-            };
-        if let Some(dir) = n.registry_dir {
-            c.network.registry_dir = PathBuf::from(dir);
-        }
-        c.network.rpc_timeout = match (n.rpc_timeout, n.timeout_secs) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "network.timeout_secs",
-                    "give either rpc_timeout (ms) or timeout_secs, not both",
-                ))
-            }
-            (Some(ms), None) => Duration::from_millis(non_negative("network.rpc_timeout", ms)?),
-            (None, Some(secs)) => Duration::from_secs(non_negative("network.timeout_secs", secs)?),
-            (None, None) => c.network.rpc_timeout,
-        };
-        if let Some(v) = n.busy_poll_us {
-            c.network.busy_poll = Duration::from_micros(non_negative("network.busy_poll_us", v)?);
-        }
-        if let Some(v) = n.inflight_max {
-            c.network.inflight_max = to_u32("network.inflight_max", v)?;
-        }
-
+        c.apply_node(raw.node)?;
+        c.apply_storage(raw.storage)?;
+        c.apply_network(raw.network)?;
         if let Some(v) = raw.cache.metadata_cache_entries {
             c.cache.metadata_cache_entries = non_negative("cache.metadata_cache_entries", v)?;
         }
@@ -549,8 +446,161 @@ impl ServerConfig {
         Ok(c)
     }
 
+    /// Takes the `[node]` keys the file gives.
+    fn apply_node(&mut self, raw: RawNode) -> Result<(), ConfigError> {
+        if let Some(id) = raw.node_id {
+            self.node.node_id = match id {
+                NodeIdValue::Name(name) => name,
+                NodeIdValue::Number(n) => format!("node{n}"),
+            };
+        }
+        if let Some(dir) = raw.data_dir {
+            self.node.data_dir = PathBuf::from(dir);
+        }
+        if let Some(level) = raw.log_level {
+            self.node.log_level = level.parse().map_err(|e| invalid("node.log_level", e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the `[storage]` keys the file gives, reconciling the legacy ones.
+    fn apply_storage(&mut self, s: RawStorage) -> Result<(), ConfigError> {
+        self.storage.backend = match (s.backend, s.use_iouring) {
+            (Some(b), None) => b.parse().map_err(|e: benchfs_store::StoreError| {
+                invalid("storage.backend", e.to_string())
+            })?,
+            (None, Some(true)) => Backend::IoUring,
+            (None, Some(false)) => Backend::File,
+            (None, None) => self.storage.backend,
+            (Some(b), Some(u)) => {
+                let backend: Backend = b.parse().map_err(|e: benchfs_store::StoreError| {
+                    invalid("storage.backend", e.to_string())
+                })?;
+                if (backend == Backend::IoUring) != u {
+                    return Err(invalid(
+                        "storage.use_iouring",
+                        format!("use_iouring = {u} contradicts backend = \"{backend}\"; keep only backend"),
+                    ));
+                }
+                backend
+            }
+        };
+        if let Some(v) = s.chunk_size {
+            self.storage.chunk_size_bytes = non_negative("storage.chunk_size", v)?;
+        }
+        if let Some(v) = s.o_direct {
+            self.storage.o_direct = v;
+        }
+        self.storage.capacity_bytes = match (s.capacity, s.max_storage_gb) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "storage.max_storage_gb",
+                    "give either capacity (bytes) or max_storage_gb, not both",
+                ))
+            }
+            (Some(bytes), None) => Some(non_negative("storage.capacity", bytes)?),
+            (None, Some(gib)) => Some(
+                non_negative("storage.max_storage_gb", gib)?
+                    .checked_mul(1 << 30)
+                    .ok_or_else(|| invalid("storage.max_storage_gb", "too large"))?,
+            ),
+            (None, None) => None,
+        }
+        .filter(|&bytes| bytes != 0);
+        if let Some(v) = s.queue_depth {
+            self.storage.queue_depth = to_u32("storage.queue_depth", v)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the `[network]` keys the file gives, reconciling the legacy ones.
+    fn apply_network(&mut self, n: RawNetwork) -> Result<(), ConfigError> {
+        if let Some(addr) = n.bind_addr {
+            self.network.bind_addr = addr.parse().map_err(|e| {
+                invalid(
+                    "network.bind_addr",
+                    format!("{addr:?} is not an IP:port address ({e})"),
+                )
+            })?;
+        }
+        self.network.rendezvous_threshold_bytes =
+            match (n.rendezvous_threshold_bytes, n.rdma_threshold_bytes) {
+                (Some(new), Some(old)) if new != old => {
+                    return Err(invalid(
+                        "network.rdma_threshold_bytes",
+                        format!(
+                            "rdma_threshold_bytes = {old} contradicts \
+                             rendezvous_threshold_bytes = {new}; keep only \
+                             rendezvous_threshold_bytes"
+                        ),
+                    ))
+                }
+                (Some(v), _) => non_negative(RENDEZVOUS_KEY, v)?,
+                (None, Some(v)) => non_negative("network.rdma_threshold_bytes", v)?,
+                (None, None) => self.network.rendezvous_threshold_bytes,
+            };
+        if let Some(dir) = n.registry_dir {
+            self.network.registry_dir = PathBuf::from(dir);
+        }
+        self.network.rpc_timeout = match (n.rpc_timeout, n.timeout_secs) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "network.timeout_secs",
+                    "give either rpc_timeout (ms) or timeout_secs, not both",
+                ))
+            }
+            (Some(ms), None) => Duration::from_millis(non_negative("network.rpc_timeout", ms)?),
+            (None, Some(secs)) => Duration::from_secs(non_negative("network.timeout_secs", secs)?),
+            (None, None) => self.network.rpc_timeout,
+        };
+        if let Some(v) = n.busy_poll_us {
+            self.network.busy_poll =
+                Duration::from_micros(non_negative("network.busy_poll_us", v)?);
+        }
+        if let Some(v) = n.inflight_max {
+            self.network.inflight_max = to_u32("network.inflight_max", v)?;
+        }
+        Ok(())
+    }
+
     /// Checks every value and how values relate, without touching the file system.
     pub fn validate_values(&self) -> Result<(), ConfigError> {
+        self.validate_node()?;
+        self.validate_storage()?;
+        self.validate_network()?;
+        if self.cache.metadata_cache_entries > limits::METADATA_CACHE_ENTRIES_MAX {
+            return Err(invalid(
+                "cache.metadata_cache_entries",
+                format!("must be at most {}", limits::METADATA_CACHE_ENTRIES_MAX),
+            ));
+        }
+        if self.cache.chunk_cache_mb > limits::CHUNK_CACHE_MB_MAX {
+            return Err(invalid(
+                "cache.chunk_cache_mb",
+                format!("must be at most {}", limits::CHUNK_CACHE_MB_MAX),
+            ));
+        }
+        if !(1..=limits::REPLICAS_MAX).contains(&self.replication.replicas) {
+            return Err(invalid(
+                "replication.replicas",
+                format!(
+                    "{} is not in 1..={}",
+                    self.replication.replicas,
+                    limits::REPLICAS_MAX
+                ),
+            ));
+        }
+        if !(1..=limits::VIRTUAL_NODES_MAX).contains(&self.placement.virtual_nodes) {
+            return Err(invalid(
+                "placement.virtual_nodes",
+                format!("must be 1..={}", limits::VIRTUAL_NODES_MAX),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node id and data directory.
+    fn validate_node(&self) -> Result<(), ConfigError> {
         let id = &self.node.node_id;
         if id.is_empty() || id.len() > limits::NODE_ID_LEN_MAX {
             return Err(invalid(
@@ -570,6 +620,11 @@ impl ServerConfig {
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data_dir", "must not be empty"));
         }
+        Ok(())
+    }
+
+    /// The chunk size, backend options, queue depth and capacity.
+    fn validate_storage(&self) -> Result<(), ConfigError> {
         let chunk = self.storage.chunk_size_bytes;
         if !chunk.is_power_of_two() {
             return Err(invalid(
@@ -607,6 +662,12 @@ impl ServerConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The rendezvous threshold against the chunk size, and the network bounds.
+    fn validate_network(&self) -> Result<(), ConfigError> {
+        let chunk = self.storage.chunk_size_bytes;
         // The typed config does not know which spelling the file used, so both are named.
         let threshold = self.network.rendezvous_threshold_bytes;
         if threshold > chunk {
@@ -648,34 +709,6 @@ impl ServerConfig {
             return Err(invalid(
                 "network.inflight_max",
                 format!("must be 1..={}", limits::INFLIGHT_MAX),
-            ));
-        }
-        if self.cache.metadata_cache_entries > limits::METADATA_CACHE_ENTRIES_MAX {
-            return Err(invalid(
-                "cache.metadata_cache_entries",
-                format!("must be at most {}", limits::METADATA_CACHE_ENTRIES_MAX),
-            ));
-        }
-        if self.cache.chunk_cache_mb > limits::CHUNK_CACHE_MB_MAX {
-            return Err(invalid(
-                "cache.chunk_cache_mb",
-                format!("must be at most {}", limits::CHUNK_CACHE_MB_MAX),
-            ));
-        }
-        if !(1..=limits::REPLICAS_MAX).contains(&self.replication.replicas) {
-            return Err(invalid(
-                "replication.replicas",
-                format!(
-                    "{} is not in 1..={}",
-                    self.replication.replicas,
-                    limits::REPLICAS_MAX
-                ),
-            ));
-        }
-        if !(1..=limits::VIRTUAL_NODES_MAX).contains(&self.placement.virtual_nodes) {
-            return Err(invalid(
-                "placement.virtual_nodes",
-                format!("must be 1..={}", limits::VIRTUAL_NODES_MAX),
             ));
         }
         Ok(())
@@ -730,12 +763,11 @@ fn to_u32(key: &'static str, value: i64) -> Result<u32, ConfigError> {
     u32::try_from(value).map_err(|_| invalid(key, format!("{value} is not in 0..={}", u32::MAX)))
 }
 
-fn apply_env(
-    table: &mut toml::Table,
+/// The `BENCHFS_<SECTION>_<KEY>` variables among `vars`, parsed by the key's type.
+fn parse_env(
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    // Every override as (section, key, value, variable), all parsed before any is applied.
-    let mut overrides: Vec<(&'static str, String, toml::Value, String)> = Vec::new();
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    let mut overrides = Vec::new();
     for (var, value) in vars {
         let Some(rest) = var.strip_prefix("BENCHFS_") else {
             continue;
@@ -774,6 +806,18 @@ fn apply_env(
         };
         overrides.push((section, key.to_string(), parsed, var));
     }
+    Ok(overrides)
+}
+
+/// One environment override: section, key, value, and the variable that gave it.
+type EnvOverride = (&'static str, String, toml::Value, String);
+
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    // Every override is parsed before any is applied.
+    let overrides = parse_env(vars)?;
     // A variable for either spelling of a key overrides the file's value under both.
     for &(section, key, alias) in KEY_ALIASES {
         let find = |k: &str| {

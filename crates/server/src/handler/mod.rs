@@ -116,6 +116,14 @@ pub struct ServerState {
     pub counters: Counters,
 }
 
+/// A request body, or `Protocol` (logged) when it does not decode.
+fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
+    T::from_bytes(body).map_err(|e| {
+        tracing::warn!(error = %e, "malformed request body");
+        Status::Protocol
+    })
+}
+
 impl ServerState {
     /// Opens the chunk store and, for persistent backends, replays the metadata journal.
     pub fn open(
@@ -202,113 +210,25 @@ impl ServerState {
     }
 
     async fn dispatch(&self, op: OpCode, body: &[u8], payload: Payload<'_>) -> Reply {
-        fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
-            T::from_bytes(body).map_err(|e| {
-                tracing::warn!(error = %e, "malformed request body");
-                Status::Protocol
-            })
-        }
         if !op.takes_payload() && payload.len() != 0 {
             return Reply::error(Status::Protocol);
         }
         let result: Result<Reply, Status> = async {
-            Ok(match op {
-                OpCode::Hello => self.hello(decode(body)?)?,
+            match op {
+                OpCode::Hello => self.hello(decode(body)?),
                 OpCode::Ping => {
                     decode::<op::Empty>(body)?;
-                    Reply::ok(&op::Empty)
+                    Ok(Reply::ok(&op::Empty))
                 }
-                OpCode::ReadChunk => return Ok(self.read_chunk(decode(body)?).await),
-                OpCode::WriteChunk => return Ok(self.write_chunk(decode(body)?, payload).await),
-                OpCode::MetadataLookup => {
-                    let req: op::PathRequest = decode(body)?;
-                    Reply::ok(&op::MetadataReply {
-                        meta: self.metadata.borrow().lookup(&req.path)?,
-                    })
-                }
-                OpCode::MetadataCreateFile | OpCode::MetadataCreateDir => {
-                    let req: op::CreateRequest = decode(body)?;
-                    let mut m = self.metadata.borrow_mut();
-                    let meta = if op == OpCode::MetadataCreateFile {
-                        m.create_file(&req.path, req.mode)?
-                    } else {
-                        m.create_dir(&req.path, req.mode)?
-                    };
-                    drop(m);
-                    self.log(journal::Record::Put {
-                        path: &req.path,
-                        meta,
-                    })?;
-                    Reply::ok(&op::MetadataReply { meta })
-                }
-                OpCode::MetadataDelete => {
-                    let req: op::DeleteRequest = decode(body)?;
-                    let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
-                    self.log(journal::Record::Delete {
-                        path: &req.path,
-                        file_id: meta.file_id,
-                    })?;
-                    Reply::ok(&op::MetadataReply { meta })
-                }
-                OpCode::MetadataInsert => {
-                    let req: op::InsertRequest = decode(body)?;
-                    self.metadata
-                        .borrow_mut()
-                        .insert(&req.path, req.meta, req.exclusive)?;
-                    self.log(journal::Record::Put {
-                        path: &req.path,
-                        meta: req.meta,
-                    })?;
-                    Reply::ok(&op::Empty)
-                }
-                OpCode::UpdateSize => {
-                    let req: op::UpdateSizeRequest = decode(body)?;
-                    let meta = self
-                        .metadata
-                        .borrow_mut()
-                        .update_size(&req.path, req.size, req.how)?;
-                    if req.how == SizeUpdate::Exact || meta.size == req.size {
-                        self.log(journal::Record::Put {
-                            path: &req.path,
-                            meta,
-                        })?;
-                    }
-                    Reply::ok(&op::MetadataReply { meta })
-                }
-                OpCode::Readdir => {
-                    let req: op::ReaddirRequest = decode(body)?;
-                    let limit = req.limit.clamp(1, op::READDIR_PAGE_MAX) as usize;
-                    // One extra entry tells whether this page is the last.
-                    let mut entries = self.metadata.borrow().list_children(
-                        &req.dir,
-                        req.after.as_deref(),
-                        limit + 1,
-                    )?;
-                    let done = entries.len() <= limit;
-                    entries.truncate(limit);
-                    Reply::ok(&op::ReaddirReply { entries, done })
-                }
-                OpCode::TruncateChunk => {
-                    let req: op::TruncateChunkRequest = decode(body)?;
-                    if req.len > self.chunk_size {
-                        return Err(Status::InvalidArgument);
-                    }
-                    let id = ChunkId {
-                        file_id: req.file_id,
-                        index: req.index,
-                    };
-                    // A chunk cut to nothing is removed: it reads as a hole either way, and
-                    // a file's chunks then all lie below its size (unlink relies on it).
-                    if req.len == 0 {
-                        self.store.remove(id).await.map_err(store_status)?;
-                    } else {
-                        self.store
-                            .truncate(id, req.len)
-                            .await
-                            .map_err(store_status)?;
-                    }
-                    Reply::ok(&op::Empty)
-                }
+                OpCode::ReadChunk => Ok(self.read_chunk(decode(body)?).await),
+                OpCode::WriteChunk => Ok(self.write_chunk(decode(body)?, payload).await),
+                OpCode::MetadataLookup | OpCode::Readdir => self.metadata_read(op, body),
+                OpCode::MetadataCreateFile
+                | OpCode::MetadataCreateDir
+                | OpCode::MetadataDelete
+                | OpCode::MetadataInsert
+                | OpCode::UpdateSize => self.metadata_write(op, body),
+                OpCode::TruncateChunk => self.truncate_chunk(decode(body)?).await,
                 OpCode::RemoveChunks => {
                     let req: op::RemoveChunksRequest = decode(body)?;
                     let count = self
@@ -316,35 +236,140 @@ impl ServerState {
                         .remove_file(req.file_id)
                         .await
                         .map_err(store_status)?;
-                    Reply::ok(&op::CountReply { count })
+                    Ok(Reply::ok(&op::CountReply { count }))
                 }
                 OpCode::Fsync => {
                     decode::<op::Empty>(body)?;
-                    self.store.sync().await.map_err(store_status)?;
-                    if let Some(j) = &self.journal {
-                        j.borrow_mut().sync().map_err(|e| {
-                            tracing::error!(error = %e, "metadata journal sync failed");
-                            Status::Io
-                        })?;
-                    }
-                    Reply::ok(&op::Empty)
+                    self.fsync().await
                 }
                 OpCode::Stats => {
                     decode::<op::Empty>(body)?;
-                    let usage = self.store.usage();
-                    Reply::ok(&op::StatsReply {
-                        metadata_records: self.metadata.borrow().len() as u64,
-                        chunks: usage.chunks,
-                        used_bytes: usage.used_bytes,
-                        capacity_bytes: usage.capacity_bytes.unwrap_or(0),
-                        requests: self.counters.requests.get(),
-                        malformed: self.counters.malformed.get(),
-                    })
+                    Ok(self.stats())
                 }
-            })
+            }
         }
         .await;
         result.into()
+    }
+
+    /// Lookups and listings: they read the table and change nothing.
+    fn metadata_read(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
+        if op == OpCode::MetadataLookup {
+            let req: op::PathRequest = decode(body)?;
+            return Ok(Reply::ok(&op::MetadataReply {
+                meta: self.metadata.borrow().lookup(&req.path)?,
+            }));
+        }
+        let req: op::ReaddirRequest = decode(body)?;
+        let limit = req.limit.clamp(1, op::READDIR_PAGE_MAX) as usize;
+        // One extra entry tells whether this page is the last.
+        let mut entries =
+            self.metadata
+                .borrow()
+                .list_children(&req.dir, req.after.as_deref(), limit + 1)?;
+        let done = entries.len() <= limit;
+        entries.truncate(limit);
+        Ok(Reply::ok(&op::ReaddirReply { entries, done }))
+    }
+
+    /// Changes to the table, each journaled before it is acknowledged.
+    fn metadata_write(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
+        match op {
+            OpCode::MetadataCreateFile | OpCode::MetadataCreateDir => {
+                let req: op::CreateRequest = decode(body)?;
+                let meta = if op == OpCode::MetadataCreateFile {
+                    self.metadata
+                        .borrow_mut()
+                        .create_file(&req.path, req.mode)?
+                } else {
+                    self.metadata.borrow_mut().create_dir(&req.path, req.mode)?
+                };
+                self.log(journal::Record::Put {
+                    path: &req.path,
+                    meta,
+                })?;
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+            OpCode::MetadataDelete => {
+                let req: op::DeleteRequest = decode(body)?;
+                let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
+                self.log(journal::Record::Delete {
+                    path: &req.path,
+                    file_id: meta.file_id,
+                })?;
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+            OpCode::MetadataInsert => {
+                let req: op::InsertRequest = decode(body)?;
+                self.metadata
+                    .borrow_mut()
+                    .insert(&req.path, req.meta, req.exclusive)?;
+                self.log(journal::Record::Put {
+                    path: &req.path,
+                    meta: req.meta,
+                })?;
+                Ok(Reply::ok(&op::Empty))
+            }
+            _ => {
+                let req: op::UpdateSizeRequest = decode(body)?;
+                let meta = self
+                    .metadata
+                    .borrow_mut()
+                    .update_size(&req.path, req.size, req.how)?;
+                if req.how == SizeUpdate::Exact || meta.size == req.size {
+                    self.log(journal::Record::Put {
+                        path: &req.path,
+                        meta,
+                    })?;
+                }
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+        }
+    }
+
+    /// Cuts a chunk. A chunk cut to nothing is removed: it reads as a hole either way, and
+    /// a file's chunks then all lie below its size (unlink relies on it).
+    async fn truncate_chunk(&self, req: op::TruncateChunkRequest) -> Result<Reply, Status> {
+        if req.len > self.chunk_size {
+            return Err(Status::InvalidArgument);
+        }
+        let id = ChunkId {
+            file_id: req.file_id,
+            index: req.index,
+        };
+        if req.len == 0 {
+            self.store.remove(id).await.map_err(store_status)?;
+        } else {
+            self.store
+                .truncate(id, req.len)
+                .await
+                .map_err(store_status)?;
+        }
+        Ok(Reply::ok(&op::Empty))
+    }
+
+    /// Makes every acknowledged chunk and metadata change durable.
+    async fn fsync(&self) -> Result<Reply, Status> {
+        self.store.sync().await.map_err(store_status)?;
+        if let Some(j) = &self.journal {
+            j.borrow_mut().sync().map_err(|e| {
+                tracing::error!(error = %e, "metadata journal sync failed");
+                Status::Io
+            })?;
+        }
+        Ok(Reply::ok(&op::Empty))
+    }
+
+    fn stats(&self) -> Reply {
+        let usage = self.store.usage();
+        Reply::ok(&op::StatsReply {
+            metadata_records: self.metadata.borrow().len() as u64,
+            chunks: usage.chunks,
+            used_bytes: usage.used_bytes,
+            capacity_bytes: usage.capacity_bytes.unwrap_or(0),
+            requests: self.counters.requests.get(),
+            malformed: self.counters.malformed.get(),
+        })
     }
 
     fn hello(&self, req: op::HelloRequest) -> Result<Reply, Status> {
