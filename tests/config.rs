@@ -58,7 +58,7 @@ cache_ttl_secs = 0
     assert_eq!(c.storage.chunk_size_bytes, 4 << 20);
     assert_eq!(c.storage.backend, Backend::IoUring);
     assert_eq!(c.network.bind_addr.port(), 50051);
-    assert_eq!(c.network.rdma_threshold_bytes, 32768);
+    assert_eq!(c.network.rendezvous_threshold_bytes, 32768);
     assert_eq!(c.cache.metadata_cache_entries, 1000);
     assert_eq!(c.cache.chunk_cache_mb, 100);
 }
@@ -79,7 +79,7 @@ fn job_script_spellings_are_accepted() {
 fn defaults_and_example_file() {
     let c = ServerConfig::default();
     assert_eq!(c.storage.chunk_size_bytes, 4 << 20);
-    assert_eq!(c.network.rdma_threshold_bytes, 32 << 10);
+    assert_eq!(c.network.rendezvous_threshold_bytes, 32 << 10);
     assert_eq!(c.placement.virtual_nodes, 150);
     assert_eq!(c.replication.replicas, 1);
     c.validate_values().unwrap();

@@ -6,7 +6,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{read_file, test_root, write_file, Cluster, ClusterSpec};
+use common::files::{read_file, write_file};
+use common::{test_root, Cluster, ClusterSpec};
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,14 +1,25 @@
 //! Test fixture: a cluster of real `benchfsd` processes on loopback, in a temporary
-//! directory, stopped (SIGKILL) when dropped.
+//! directory, stopped (SIGKILL) when dropped. [`files`] holds the helpers of the
+//! file-system tests, [`rpc`] those of the tests that speak the RPC protocol directly.
+// Every test binary compiles this whole module but uses only part of it.
 #![allow(dead_code)]
+
+pub mod files;
+pub mod rpc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs::api::BenchFS;
 use benchfs::config::ServerConfig;
-use benchfs_proto::ops::StatsReply;
+
+/// The RPC timeout of the clusters that test failures: short, so a call to a dead or
+/// stopped server gives up soon.
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a failing call may take: the RPC timeout plus a generous margin. A liveness
+/// bound on error paths (a hang would take forever), not a performance assertion.
+pub const FAIL_BOUND: Duration = Duration::from_millis(1500 + 5000);
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -37,6 +48,24 @@ impl Default for ClusterSpec {
             // Generous: the whole suite runs clusters in parallel on two cores.
             rpc_timeout_ms: 10_000,
             rdma_threshold: 32 * 1024,
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// The default cluster on another storage backend.
+    pub fn backend(backend: &'static str) -> ClusterSpec {
+        ClusterSpec {
+            backend,
+            ..ClusterSpec::default()
+        }
+    }
+
+    /// The default cluster with the short [`RPC_TIMEOUT`].
+    pub fn short_timeout() -> ClusterSpec {
+        ClusterSpec {
+            rpc_timeout_ms: RPC_TIMEOUT.as_millis() as u64,
+            ..ClusterSpec::default()
         }
     }
 }
@@ -357,57 +386,6 @@ impl Cluster {
             None => false,
         }
     }
-}
-
-/// Creates (or truncates) `path` and writes `data` to it in one call, then closes it.
-pub fn write_file(fs: &BenchFS, path: &str, data: &[u8]) {
-    let fd = fs
-        .create(path, 0o644)
-        .unwrap_or_else(|e| panic!("create {path}: {e}"));
-    assert_eq!(
-        fs.write(fd, data)
-            .unwrap_or_else(|e| panic!("write {path}: {e}")),
-        data.len()
-    );
-    fs.close(fd).unwrap_or_else(|e| panic!("close {path}: {e}"));
-}
-
-/// Opens `path` for reading and reads it to the end.
-pub fn try_read_file(fs: &BenchFS, path: &str) -> Result<Vec<u8>, ApiError> {
-    let fd = fs.open(path, OpenFlags::READ, 0)?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let result = loop {
-        match fs.read(fd, &mut buf) {
-            Ok(0) => break Ok(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => break Err(e),
-        }
-    };
-    fs.close(fd)?;
-    result
-}
-
-/// Opens `path` for reading and reads it to the end; panics on error.
-pub fn read_file(fs: &BenchFS, path: &str) -> Vec<u8> {
-    try_read_file(fs, path).unwrap_or_else(|e| panic!("read {path}: {e}"))
-}
-
-/// The errno of a call that must fail.
-#[track_caller]
-pub fn errno_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> i32 {
-    match result {
-        Ok(v) => panic!("expected an error, got Ok({v:?})"),
-        Err(e) => e.errno(),
-    }
-}
-
-/// Every server's counters; panics if one does not answer.
-pub fn stats(fs: &BenchFS) -> Vec<StatsReply> {
-    fs.block_on(fs.client().server_stats())
-        .into_iter()
-        .map(|(entry, r)| r.unwrap_or_else(|e| panic!("stats of {}: {e}", entry.node_id)))
-        .collect()
 }
 
 /// Reports a skipped case on stdout, where the test harness shows it.

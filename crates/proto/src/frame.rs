@@ -4,9 +4,8 @@
 //! `body_len` bytes of operation body when they fit in the transport's AM header limit; the
 //! AM data is the payload, preceded by the body when it did not fit. So a payload always
 //! starts the AM data when the body rides in the header, and a rendezvous receive lands it
-//! straight in a chunk-store buffer.
-//! Payloads above the RDMA threshold are not inline: the body carries a remote buffer
-//! descriptor and the server moves the bytes with RMA get/put.
+//! straight in a chunk-store buffer. Payloads above the rendezvous threshold go by UCX
+//! rendezvous, which is RDMA on RDMA transports.
 
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -16,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.

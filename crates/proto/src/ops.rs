@@ -3,8 +3,8 @@
 //! match arm in the server's dispatcher.
 //!
 //! A body is a fixed-size header, a `#[repr(C)]` zerocopy struct of little-endian fields
-//! with its size asserted at compile time, followed by the variable part (strings, an
-//! optional remote buffer, directory entries), if any. Bodies with no fixed field (the
+//! with its size asserted at compile time, followed by the variable part (strings,
+//! directory entries), if any. Bodies with no fixed field (the
 //! handshake request, a lone path) are all variable part; `Empty` is no bytes at all.
 
 use zerocopy::byteorder::little_endian::{U32, U64};
@@ -18,8 +18,6 @@ use crate::wire::{DecodeError, Reader, Writer};
 pub const PATH_LEN_MAX: usize = 4095;
 /// Longest name a body may carry (Linux NAME_MAX).
 pub const NAME_LEN_MAX: usize = 255;
-/// Longest packed remote key a body may carry.
-pub const RKEY_LEN_MAX: usize = 1024;
 /// Longest node id or job secret in a handshake.
 pub const TOKEN_LEN_MAX: usize = 256;
 /// Most entries in one readdir reply; sized so a full page fits in BODY_LEN_MAX.
@@ -92,10 +90,8 @@ macro_rules! wire_header {
 
 wire_header!(/// `HelloReply`, before the node id.
     HelloReplyHeader = 16, { chunk_size: U64, rdma_threshold: U64 });
-wire_header!(/// `ChunkIo`; `remote` 1 is followed by a `RemoteBufferHeader` and the key.
-    ChunkIoHeader = 33, { file_id: U64, index: U64, offset: U64, len: U64, remote: u8 });
-wire_header!(/// `RemoteBuffer`, before the packed key.
-    RemoteBufferHeader = 16, { addr: U64, len: U64 });
+wire_header!(/// `ChunkIo`, whole.
+    ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
 wire_header!(/// `ChunkIoReply`, whole.
     ChunkIoReplyHeader = 8, { len: U64 });
 wire_header!(/// `CreateRequest`, before the path.
@@ -237,19 +233,8 @@ impl Message for HelloReply {
     }
 }
 
-/// A client buffer the server reaches by RMA: its address, length and packed remote key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteBuffer {
-    /// Address in the client's address space.
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// The packed UCX remote key.
-    pub rkey: Vec<u8>,
-}
-
-/// Read or write `len` bytes at `offset` in chunk `index` of file `file_id`. The data rides
-/// inline (after the body) or, when `remote` is set, moves by RMA to or from that buffer.
+/// Read or write `len` bytes at `offset` in chunk `index` of file `file_id`. The data is
+/// the payload: eager up to the rendezvous threshold, by rendezvous above it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIo {
     /// The file's inode number.
@@ -260,8 +245,6 @@ pub struct ChunkIo {
     pub offset: u64,
     /// Bytes to move.
     pub len: u64,
-    /// The client buffer for RMA, if the data does not ride inline.
-    pub remote: Option<RemoteBuffer>,
 }
 
 impl Message for ChunkIo {
@@ -271,49 +254,20 @@ impl Message for ChunkIo {
             index: self.index.into(),
             offset: self.offset.into(),
             len: self.len.into(),
-            remote: u8::from(self.remote.is_some()),
         });
-        if let Some(b) = &self.remote {
-            w.fixed(&RemoteBufferHeader {
-                addr: b.addr.into(),
-                len: b.len.into(),
-            })
-            .str16(&b.rkey);
-        }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: ChunkIoHeader = r.fixed()?;
-        let (file_id, index, offset, len) =
-            (h.file_id.get(), h.index.get(), h.offset.get(), h.len.get());
-        let remote = if bool_byte(h.remote, "remote")? {
-            let b: RemoteBufferHeader = r.fixed()?;
-            let (addr, blen) = (b.addr.get(), b.len.get());
-            let rkey = r.str16("rkey", RKEY_LEN_MAX)?.to_vec();
-            if blen < len {
-                return Err(DecodeError::BadField {
-                    field: "remote.len",
-                    reason: "shorter than the transfer",
-                });
-            }
-            Some(RemoteBuffer {
-                addr,
-                len: blen,
-                rkey,
-            })
-        } else {
-            None
-        };
         Ok(ChunkIo {
-            file_id,
-            index,
-            offset,
-            len,
-            remote,
+            file_id: h.file_id.get(),
+            index: h.index.get(),
+            offset: h.offset.get(),
+            len: h.len.get(),
         })
     }
 }
 
-/// Bytes moved by a chunk read or write (a read's data follows inline or went by RMA).
+/// Bytes moved by a chunk read or write (a read's data is the reply's payload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkIoReply {
     /// Bytes read or written.
@@ -689,9 +643,8 @@ mod tests {
             index: 2,
             offset: 3,
             len: 4,
-            remote: None,
         };
-        assert_eq!(io.to_bytes(), [le(&[1, 2, 3, 4]), vec![0]].concat());
+        assert_eq!(io.to_bytes(), le(&[1, 2, 3, 4]));
         let hello = HelloReply {
             node_id: "n".into(),
             chunk_size: 4096,
@@ -712,7 +665,7 @@ mod tests {
         // A header cut short is a clean error, never a panic.
         let bytes = io.to_bytes();
         assert!(matches!(
-            ChunkIo::from_bytes(&bytes[..32]),
+            ChunkIo::from_bytes(&bytes[..31]),
             Err(DecodeError::Truncated { .. })
         ));
     }

@@ -68,7 +68,6 @@ impl Endpoint {
             OP,
             Callback::Send,
             (header, data),
-            None,
             |buffers, param| {
                 param.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_FLAGS;
                 param.flags = flags;
@@ -336,29 +335,22 @@ impl AmMessage {
                 let rndv = std::mem::ManuallyDrop::new(rndv);
                 let (desc, len) = (rndv.desc, rndv.len);
                 let worker = self.worker.handle();
-                Request::start(
-                    &self.worker,
-                    OP,
-                    Callback::RecvAm,
-                    buf,
-                    None,
-                    |buf, param| {
-                        let buf = buf.as_mut();
-                        // SAFETY: desc is a rendezvous descriptor of this worker that was not
-                        // released or received before (it moved out of self.data); buf has at
-                        // least len bytes and stays at a fixed address in the Pending until
-                        // the callback has run. UCX owns desc from here on.
-                        unsafe {
-                            sys::ucp_am_recv_data_nbx(
-                                worker,
-                                desc,
-                                buf.as_mut_ptr() as *mut c_void,
-                                len,
-                                param,
-                            )
-                        }
-                    },
-                )
+                Request::start(&self.worker, OP, Callback::RecvAm, buf, |buf, param| {
+                    let buf = buf.as_mut();
+                    // SAFETY: desc is a rendezvous descriptor of this worker that was not
+                    // released or received before (it moved out of self.data); buf has at
+                    // least len bytes and stays at a fixed address in the Pending until
+                    // the callback has run. UCX owns desc from here on.
+                    unsafe {
+                        sys::ucp_am_recv_data_nbx(
+                            worker,
+                            desc,
+                            buf.as_mut_ptr() as *mut c_void,
+                            len,
+                            param,
+                        )
+                    }
+                })
             }
         }
     }

@@ -18,7 +18,8 @@ impl Features {
     /// Event-fd wakeup (`UCP_FEATURE_WAKEUP`); needed by
     /// [`Worker::run_progress`](crate::Worker::run_progress).
     pub const WAKEUP: Features = Features(sys::UCP_FEATURE_WAKEUP as u64);
-    /// Everything BenchFS uses: AM, RMA and wakeup.
+    /// Everything BenchFS uses: AM and wakeup, and RMA so that on RDMA transports UCX's
+    /// rendezvous has its get/put lanes.
     pub const ALL: Features = Features(Self::AM.0 | Self::RMA.0 | Self::WAKEUP.0);
 
     /// Whether every feature in `other` is also in `self`.

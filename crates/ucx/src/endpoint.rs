@@ -17,7 +17,7 @@ use crate::sys;
 use crate::worker::{Worker, WorkerAddress};
 
 /// A connection to a peer. Cloning shares the connection; it is closed when the last clone
-/// (including those held by in-flight requests and remote keys) is dropped, or earlier by
+/// (including those held by in-flight requests) is dropped, or earlier by
 /// [`Endpoint::abort`].
 ///
 /// **Drop order:** the last drop closes the endpoint in force mode without waiting: requests
@@ -35,9 +35,6 @@ pub(crate) struct EndpointInner {
     worker: Rc<Worker>,
     /// Set once the handle is closed; it is never used again.
     closed: Cell<bool>,
-    /// Remote keys unpacked for this endpoint and not yet destroyed; UCX wants them
-    /// destroyed before the endpoint is closed.
-    pub(crate) rkeys: Cell<usize>,
 }
 
 /// The identity of one connection, for keying tables by connection (see [`Endpoint::id`]).
@@ -128,7 +125,6 @@ impl Endpoint {
             failure,
             worker: Rc::clone(worker),
             closed: Cell::new(false),
-            rkeys: Cell::new(0),
         });
         worker
             .endpoints
@@ -181,17 +177,13 @@ impl Endpoint {
     /// failed with [`Status::CANCELED`](crate::Status::CANCELED), so new operations fail
     /// at once, and it is closed in force mode, which completes the operations in flight
     /// on it with an error. For a peer that is alive but stopped taking data, which peer
-    /// failure handling never reports. While a remote key unpacked for it is alive (an
-    /// RMA operation in flight holds one), the endpoint is only marked failed and the close
-    /// waits for the last clone to go, as usual: UCX wants keys destroyed first.
+    /// failure handling never reports.
     pub fn abort(&self) {
         let failure = &self.inner.failure.status;
         if failure.get().is_none() {
             failure.set(Some(sys::UCS_ERR_CANCELED));
         }
-        if self.inner.rkeys.get() == 0 {
-            self.inner.close();
-        }
+        self.inner.close();
     }
 
     /// Completes when every operation started on this endpoint has completed remotely
@@ -206,7 +198,6 @@ impl Endpoint {
             "ucp_ep_flush_nbx",
             Callback::Send,
             (),
-            None,
             |_, param| {
                 // SAFETY: the endpoint is alive (self holds it); param is valid for the call.
                 unsafe { sys::ucp_ep_flush_nbx(handle, param) }

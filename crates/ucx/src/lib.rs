@@ -1,5 +1,5 @@
 //! A thin, safe binding of the system UCX (ucp): contexts, workers, endpoints, listeners,
-//! Active Messages, registered memory and RMA, with every non-blocking operation exposed as
+//! and Active Messages, with every non-blocking operation exposed as
 //! a `Future` driven by a per-thread progress task.
 //!
 //! # Bindings
@@ -22,10 +22,10 @@
 //!
 //! # Ownership and drop order
 //!
-//! Handles are RAII. [`Endpoint`]s, [`Listener`]s, [`AmStream`]s, [`RemoteKey`]s and
-//! in-flight [`Request`]s hold an `Rc<Worker>`; workers and [`MemoryRegion`]s hold an
-//! `Arc<Context>`. So remote keys go before their endpoint, endpoints before their worker,
-//! and the worker before the context, whatever order the caller drops them in. An in-flight
+//! Handles are RAII. [`Endpoint`]s, [`Listener`]s, [`AmStream`]s and in-flight
+//! [`Request`]s hold an `Rc<Worker>`; workers hold an `Arc<Context>`. So endpoints go
+//! before their worker, and the worker before the context, whatever order the caller drops
+//! them in. An in-flight
 //! operation owns its buffers (see [`Request`]): dropping the future never frees memory UCX
 //! still uses.
 //!
@@ -56,9 +56,7 @@ mod error;
 mod lend;
 pub mod limits;
 mod listener;
-mod memory;
 mod request;
-mod rma;
 mod sockaddr;
 mod sys;
 mod worker;
@@ -69,7 +67,6 @@ pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
 pub use lend::{lend, lend_mut, Lent, LentMut, Loan};
 pub use listener::Listener;
-pub use memory::{MemoryRegion, RemoteKey};
 pub use request::Request;
 pub use worker::{Armed, AwaitingReplies, Worker, WorkerAddress};
 

@@ -19,7 +19,6 @@ use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use crate::error::{Status, UcxError};
-use crate::memory::RemoteKey;
 use crate::sys;
 use crate::worker::Worker;
 
@@ -30,8 +29,6 @@ pub(crate) struct Pending<T> {
     waker: Cell<Option<Waker>>,
     /// The operation's buffers; taken by the future on completion.
     payload: RefCell<Option<T>>,
-    /// A remote key the operation uses; kept until completion, see [`RemoteKey`].
-    rkey: RefCell<Option<RemoteKey>>,
     /// The worker's count of operations in flight, which this one is in until completion.
     in_flight: Rc<Cell<usize>>,
 }
@@ -96,7 +93,6 @@ impl<T: 'static> Request<T> {
         op: &'static str,
         callback: Callback,
         payload: T,
-        rkey: Option<RemoteKey>,
         submit: impl FnOnce(&mut T, &mut sys::ucp_request_param_t) -> sys::ucs_status_ptr_t,
     ) -> Request<T> {
         worker.note_activity();
@@ -105,7 +101,6 @@ impl<T: 'static> Request<T> {
             abandoned: Cell::new(false),
             waker: Cell::new(None),
             payload: RefCell::new(Some(payload)),
-            rkey: RefCell::new(rkey),
             in_flight: Rc::clone(&worker.in_flight),
         });
         let mut param = sys::ucp_request_param_t {
@@ -179,7 +174,6 @@ impl<T> Future for Request<T> {
             this.handle = sys::null_mut();
         }
         let payload = state.payload.borrow_mut().take();
-        state.rkey.borrow_mut().take();
         this.state = None;
         if status != sys::UCS_OK {
             return Poll::Ready(Err(UcxError::new(this.op, status)));
@@ -230,11 +224,6 @@ unsafe fn complete<T>(request: *mut c_void, status: sys::ucs_status_t, user_data
         // SAFETY: the future is gone and will not free the handle; UCX allows freeing a
         // request from its own completion callback (it is returned after the callback).
         unsafe { sys::ucp_request_free(request) };
-        // Dropping a remote key inside UCX's callback could release it while UCX still uses
-        // it further up the stack, so the worker destroys it on its next progress call.
-        if let Some(rkey) = state.rkey.borrow_mut().take() {
-            rkey.defer_destroy();
-        }
     } else if let Some(waker) = state.waker.take() {
         waker.wake();
     }

@@ -26,7 +26,6 @@ use crate::error::{check, ProgressError, UcxError};
 use crate::limits::{
     POLL_WHILE_AWAITING_MAX, PROGRESS_BURST_MAX, PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX,
 };
-use crate::memory::RemoteKey;
 use crate::sys;
 
 /// Held while a reply is awaited; see [`Worker::expect_replies`].
@@ -79,7 +78,7 @@ pub enum Armed {
 /// A worker belongs to the thread that created it: it is `!Send`, and everything made from
 /// it (endpoints, listeners, AM streams, requests) holds an `Rc<Worker>`.
 ///
-/// **Drop order:** endpoints, listeners, AM streams, remote keys and requests hold the
+/// **Drop order:** endpoints, listeners, AM streams and requests hold the
 /// worker, so the worker is destroyed after all of them; the worker holds its
 /// [`Context`], which is destroyed last.
 pub struct Worker {
@@ -93,8 +92,6 @@ pub struct Worker {
     pub(crate) endpoints: RefCell<HashMap<usize, Weak<EndpointInner>>>,
     /// Endpoints being closed; reaped by `progress`.
     closing: RefCell<Vec<ClosingEndpoint>>,
-    /// Remote keys to destroy outside UCX callbacks; reaped by `progress`.
-    deferred_rkeys: RefCell<Vec<RemoteKey>>,
     progress_waker: Cell<Option<Waker>>,
     kicked: Cell<bool>,
     /// When this worker last did something: a progress call that found work, or a request
@@ -139,7 +136,6 @@ impl Worker {
             am_queues: RefCell::new(HashMap::new()),
             endpoints: RefCell::new(HashMap::new()),
             closing: RefCell::new(Vec::new()),
-            deferred_rkeys: RefCell::new(Vec::new()),
             progress_waker: Cell::new(None),
             kicked: Cell::new(false),
             last_activity: Cell::new(Instant::now()),
@@ -317,21 +313,9 @@ impl Worker {
         }
     }
 
-    pub(crate) fn defer_rkey_destroy(&self, rkey: RemoteKey) {
-        match self.deferred_rkeys.try_borrow_mut() {
-            Ok(mut list) => list.push(rkey),
-            Err(_) => std::mem::forget(rkey),
-        }
-    }
-
-    /// Frees finished endpoint-close requests and deferred remote keys. Runs outside UCX
+    /// Frees finished endpoint-close requests. Runs outside UCX
     /// callbacks (after `ucp_worker_progress` returned).
     fn reap(&self) {
-        let rkeys = match self.deferred_rkeys.try_borrow_mut() {
-            Ok(mut list) if !list.is_empty() => std::mem::take(&mut *list),
-            _ => Vec::new(),
-        };
-        drop(rkeys);
         let done = match self.closing.try_borrow_mut() {
             Ok(mut list) if !list.is_empty() => {
                 let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)

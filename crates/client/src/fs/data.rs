@@ -178,7 +178,6 @@ impl FsClient {
                 index: span.index,
                 offset: span.offset_in_chunk,
                 len: span.len,
-                remote: None,
             };
             async move {
                 let key = PlacementKey::Chunk {
@@ -329,7 +328,6 @@ impl FsClient {
             index,
             offset,
             len,
-            remote: None,
         };
         let key = PlacementKey::Chunk {
             file_id: meta.file_id,

@@ -385,12 +385,6 @@ impl ServerState {
     }
 
     fn check_range(&self, req: &op::ChunkIo) -> Result<(ChunkId, usize), Status> {
-        // Explicit RMA to a client buffer is part of the wire format but not served: UCX
-        // unpacks remote keys without checking them, so a key from the network is trusted
-        // input, and rendezvous already lands payloads in store buffers without a copy.
-        if req.remote.is_some() {
-            return Err(Status::Unsupported);
-        }
         let end = req
             .offset
             .checked_add(req.len)

@@ -1,0 +1,112 @@
+//! Helpers of the file-system tests: whole-file reads and writes through the public API,
+//! errno checks, server counters, and a fixture of files that straddle chunk boundaries.
+
+use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs_proto::ops::StatsReply;
+
+use super::pattern;
+
+/// The chunk size every default test cluster uses (`ClusterSpec::default`).
+pub const CHUNK: u64 = 64 * 1024;
+/// [`CHUNK`] as a length.
+pub const C: usize = CHUNK as usize;
+
+/// Sizes that sit on and around chunk boundaries, plus one large enough (16 chunks of
+/// 64 KiB, each above the 32 KiB threshold) to move by rendezvous.
+pub const SIZES: [usize; 7] = [0, 1, C - 1, C, C + 1, 3 * C + 17, (1 << 20) + 5];
+
+/// Creates (or truncates) `path` and writes `data` to it in one call, then closes it.
+pub fn write_file(fs: &BenchFS, path: &str, data: &[u8]) {
+    let fd = fs
+        .create(path, 0o644)
+        .unwrap_or_else(|e| panic!("create {path}: {e}"));
+    assert_eq!(
+        fs.write(fd, data)
+            .unwrap_or_else(|e| panic!("write {path}: {e}")),
+        data.len()
+    );
+    fs.close(fd).unwrap_or_else(|e| panic!("close {path}: {e}"));
+}
+
+/// Opens `path` for reading and reads it to the end.
+pub fn try_read_file(fs: &BenchFS, path: &str) -> Result<Vec<u8>, ApiError> {
+    let fd = fs.open(path, OpenFlags::READ, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = loop {
+        match fs.read(fd, &mut buf) {
+            Ok(0) => break Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    fs.close(fd)?;
+    result
+}
+
+/// Opens `path` for reading and reads it to the end; panics on error.
+pub fn read_file(fs: &BenchFS, path: &str) -> Vec<u8> {
+    try_read_file(fs, path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// The errno of a call that must fail.
+#[track_caller]
+pub fn errno_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> i32 {
+    match result {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => e.errno(),
+    }
+}
+
+/// Every server's counters; panics if one does not answer.
+pub fn stats(fs: &BenchFS) -> Vec<StatsReply> {
+    fs.block_on(fs.client().server_stats())
+        .into_iter()
+        .map(|(entry, r)| r.unwrap_or_else(|e| panic!("stats of {}: {e}", entry.node_id)))
+        .collect()
+}
+
+/// Writes a set of files whose sizes straddle chunks; returns (path, contents).
+pub fn write_fixture_files(fs: &BenchFS, tag: u64) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (i, &len) in SIZES.iter().enumerate() {
+        let path = format!("/r{tag}-{i}");
+        let data = pattern(len, tag * 100 + i as u64);
+        write_file(fs, &path, &data);
+        files.push((path, data));
+    }
+    fs.mkdir(&format!("/rdir{tag}"), 0o755).unwrap();
+    let path = format!("/rdir{tag}/inner");
+    let data = pattern(C + 7, tag);
+    write_file(fs, &path, &data);
+    files.push((path, data));
+    files
+}
+
+/// Every file of `files` has its size and its contents.
+pub fn check_files(fs: &BenchFS, files: &[(String, Vec<u8>)]) {
+    for (path, data) in files {
+        assert_eq!(fs.stat(path).unwrap().size, data.len() as u64, "{path}");
+        assert!(read_file(fs, path) == *data, "{path} read back differently");
+    }
+}
+
+/// A call that reached a dead or stopped server failed the way it must: EIO or ETIMEDOUT.
+#[track_caller]
+pub fn assert_unreachable(what: &str, e: &ApiError) {
+    assert!(
+        [libc::EIO, libc::ETIMEDOUT].contains(&e.errno()),
+        "{what}: {e} (errno {})",
+        e.errno()
+    );
+}
+
+/// Chunks held by all servers together.
+pub fn total_chunks(fs: &BenchFS) -> u64 {
+    stats(fs).iter().map(|s| s.chunks).sum()
+}
+
+/// Metadata records held by all servers together.
+pub fn total_records(fs: &BenchFS) -> u64 {
+    stats(fs).iter().map(|s| s.metadata_records).sum()
+}

@@ -1,0 +1,115 @@
+//! Several clients at once, each on its own thread, against real `benchfsd` processes:
+//! distinct files, disjoint ranges of one file, and a race to create the same names.
+
+mod common;
+
+use benchfs::api::{BenchFS, OpenFlags};
+use common::files::{read_file, write_file, C};
+use common::{pattern, Cluster, ClusterSpec};
+
+/// Runs `body(t, client)` for each `t` in `0..threads` at once, each on its own thread
+/// with its own client; returns what they returned, in thread order.
+fn on_threads<T: Send>(
+    cluster: &Cluster,
+    threads: usize,
+    body: impl Fn(usize, &BenchFS) -> T + Sync,
+) -> Vec<T> {
+    // One config for all threads: loading it in each thread at once trips the data_dir
+    // write probe in ServerConfig::validate, whose name is per process, not per thread.
+    let config = cluster.config();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (config, body) = (&config, &body);
+                s.spawn(move || body(t, &BenchFS::connect(config).unwrap()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn concurrent_clients_on_distinct_files() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let threads = 4;
+    let file = |t: usize, round: usize| {
+        let path = format!("/t{t}-{round}");
+        let data = pattern(2 * C + 1234 * t + round, (t * 10 + round) as u64);
+        (path, data)
+    };
+    on_threads(&cluster, threads, |t, fs| {
+        for round in 0..3 {
+            let (path, data) = file(t, round);
+            write_file(fs, &path, &data);
+            assert!(read_file(fs, &path) == data, "{path}");
+        }
+    });
+    let fs = cluster.client();
+    for t in 0..threads {
+        for round in 0..3 {
+            let (path, data) = file(t, round);
+            assert!(read_file(&fs, &path) == data, "{path}");
+        }
+    }
+}
+
+#[test]
+fn concurrent_clients_on_one_file_disjoint_ranges() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let threads = 4;
+    // Ranges that do not line up with chunks, so neighbours share a chunk.
+    let range = C + 333;
+    on_threads(&cluster, threads, |t, fs| {
+        let fd = fs
+            .open("/shared", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+            .unwrap();
+        // Write the range in odd pieces, last piece first, so sizes grow out of order.
+        let data = pattern(range, 500 + t as u64);
+        let base = t * range;
+        let pieces: Vec<_> = (0..range).step_by(10_007).collect();
+        for &at in pieces.iter().rev() {
+            let end = (at + 10_007).min(range);
+            fs.pwrite(fd, &data[at..end], (base + at) as u64).unwrap();
+        }
+        fs.close(fd).unwrap();
+    });
+    let fs = cluster.client();
+    assert_eq!(fs.stat("/shared").unwrap().size, (threads * range) as u64);
+    let got = read_file(&fs, "/shared");
+    assert_eq!(got.len(), threads * range);
+    for t in 0..threads {
+        assert!(
+            got[t * range..(t + 1) * range] == pattern(range, 500 + t as u64)[..],
+            "range of thread {t} differs"
+        );
+    }
+}
+
+#[test]
+fn exclusive_create_race_has_one_winner() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let threads = 4;
+    let files = 20;
+    let wins: Vec<Vec<bool>> = on_threads(&cluster, threads, |_, fs| {
+        (0..files)
+            .map(|i| {
+                let flags = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;
+                match fs.open(&format!("/x{i}"), flags, 0o644) {
+                    Ok(fd) => {
+                        fs.close(fd).unwrap();
+                        true
+                    }
+                    Err(e) => {
+                        assert_eq!(e.errno(), libc::EEXIST, "{e}");
+                        false
+                    }
+                }
+            })
+            .collect()
+    });
+    for i in 0..files {
+        let winners = wins.iter().filter(|w| w[i]).count();
+        assert_eq!(winners, 1, "/x{i} was created {winners} times");
+    }
+    assert_eq!(cluster.client().readdir("/").unwrap().len(), files);
+}

@@ -1,0 +1,311 @@
+//! Servers that fail under a file-system client: stopped and killed servers restarted on
+//! their data, a replica standing in for a dead server, dead and stopped servers that make
+//! calls fail in time, and a client killed in the middle of a write.
+
+mod common;
+
+use std::fmt::Debug;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs_proto::Status;
+use common::files::{
+    assert_unreachable, check_files, read_file, stats, try_read_file, write_file,
+    write_fixture_files, C,
+};
+use common::{pattern, rpc, Cluster, ClusterSpec, FAIL_BOUND};
+
+/// Stops (SIGTERM) and then kills (SIGKILL) every server in turn, restarting it on its data
+/// directory, and checks every closed file after each round.
+fn restart_keeps_data(spec: ClusterSpec) {
+    let backend = spec.backend;
+    let mut cluster = match Cluster::try_start(spec) {
+        Ok(c) => c,
+        Err(e) if backend == "iouring" => {
+            common::skip(
+                "restart test on iouring",
+                &format!("the cluster did not start (io_uring unavailable?): {e}"),
+            );
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let old = cluster.client();
+    let mut files = write_fixture_files(&old, 1);
+    for i in 0..cluster.spec.servers {
+        assert!(
+            cluster.stop(i),
+            "server {i} did not exit 0 on SIGTERM; see {}",
+            cluster.log_path(i).display()
+        );
+        cluster.restart(i);
+    }
+    let fs = cluster.client();
+    check_files(&fs, &files);
+    // New files after the restart must not reuse the ids (and so the chunks) of old ones.
+    files.extend(write_fixture_files(&fs, 2));
+    check_files(&fs, &files);
+    drop(fs);
+
+    for i in 0..cluster.spec.servers {
+        cluster.kill(i);
+        cluster.restart(i);
+    }
+    let fs = cluster.client();
+    check_files(&fs, &files);
+    files.extend(write_fixture_files(&fs, 3));
+    check_files(&cluster.client(), &files);
+    // A client connected before every restart finds the servers again.
+    check_files(&old, &files);
+}
+
+#[test]
+fn a_client_idle_across_server_restarts_keeps_working() {
+    // A client that sat idle while a server restarted sent its next request down the dead
+    // connection and failed with ETIMEDOUT after the whole RPC timeout, instead of
+    // reconnecting to the restarted server.
+    let mut cluster = Cluster::start(ClusterSpec::backend("file"));
+    let fs = cluster.client();
+    let files = write_fixture_files(&fs, 1);
+    assert!(cluster.stop(1));
+    cluster.restart(1);
+    cluster.kill(2);
+    cluster.restart(2);
+    for (path, data) in &files {
+        match try_read_file(&fs, path) {
+            Ok(got) => assert!(got == *data, "{path} read back differently"),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+    let data = pattern(C + 1, 2);
+    write_file(&fs, "/new", &data);
+    assert!(read_file(&cluster.client(), "/new") == data);
+}
+
+#[test]
+fn restart_keeps_data_file_backend() {
+    restart_keeps_data(ClusterSpec::backend("file"));
+}
+
+#[test]
+fn restart_keeps_data_iouring_backend() {
+    restart_keeps_data(ClusterSpec::backend("iouring"));
+}
+
+#[test]
+fn reads_fail_over_to_a_replica() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let old = cluster.client();
+    let files = write_fixture_files(&old, 1);
+    check_files(&old, &files);
+    cluster.kill(1);
+    check_files(&cluster.client(), &files);
+    check_files(&old, &files);
+}
+
+#[test]
+fn reads_from_a_dead_server_fail_without_hanging() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        replicas: 1,
+        ..ClusterSpec::short_timeout()
+    });
+    let files = write_fixture_files(&cluster.client(), 1);
+    cluster.kill(2);
+    let fs = cluster.client();
+    let mut failed = 0;
+    for (path, data) in &files {
+        let start = Instant::now();
+        let result = try_read_file(&fs, path);
+        let took = start.elapsed();
+        // A liveness bound, not a timing assertion: a hang would take forever.
+        assert!(took < FAIL_BOUND, "{path}: took {took:?}");
+        match result {
+            Ok(got) => assert!(got == *data, "{path} read back differently"),
+            Err(e) => {
+                assert_unreachable(path, &e);
+                failed += 1;
+            }
+        }
+    }
+    // The 1 MiB file has 16 chunks spread over all four servers.
+    assert!(failed > 0, "no read touched the dead server");
+    // Once the server is back (it is in-memory, so its share is gone), the same client
+    // works again: creating, writing and reading a new file touches every server.
+    cluster.restart(2);
+    let data = pattern(1 << 20, 77);
+    write_file(&fs, "/after-restart", &data);
+    assert!(read_file(&fs, "/after-restart") == data);
+    assert_eq!(stats(&fs).len(), 4);
+}
+
+#[test]
+fn a_write_to_a_stalled_server_fails_in_time_and_the_client_recovers() {
+    // The blocking API lends the caller's slice to UCX without a copy and must not return
+    // while a send still reads it. A server that is alive but stopped never completes a
+    // rendezvous send, so the call has to give up on the connection at the timeout.
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    let fd = fs.create("/stalled", 0o644).unwrap();
+    let first = pattern(8 * C, 1);
+    assert_eq!(fs.pwrite(fd, &first, 0).unwrap(), first.len());
+
+    fails_while_stopped(&cluster, "a write", || fs.pwrite(fd, &pattern(8 * C, 2), 0));
+
+    // A read lends the caller's buffer to receives the same way.
+    fs.fsync(fd).unwrap();
+    let reader = fs.open("/stalled", OpenFlags::READ, 0).unwrap();
+    let mut buf = vec![0xEE; 8 * C];
+    fails_while_stopped(&cluster, "a read", || fs.pread(reader, &mut buf, 0));
+
+    // The same client reconnects, writes and reads; the data is whole.
+    let last = pattern(8 * C, 3);
+    assert_eq!(fs.pwrite(fd, &last, 0).unwrap(), last.len());
+    fs.close(fd).unwrap();
+    assert_eq!(fs.pread(reader, &mut buf, 0).unwrap(), last.len());
+    assert!(buf == last);
+    assert!(read_file(&cluster.client(), "/stalled") == last);
+    assert!(cluster.all_running());
+}
+
+/// Makes `call` while the only server is stopped (SIGSTOP): it must fail as a call to an
+/// unreachable server does, and in time.
+fn fails_while_stopped<T: Debug>(
+    cluster: &Cluster,
+    what: &str,
+    call: impl FnOnce() -> Result<T, ApiError>,
+) {
+    cluster.signal(0, "STOP");
+    let start = Instant::now();
+    let result = call();
+    let took = start.elapsed();
+    cluster.signal(0, "CONT");
+    // A liveness bound, not a timing assertion: a hang would take forever.
+    assert!(took < FAIL_BOUND, "{what}: took {took:?}");
+    match result {
+        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
+        Err(e) => assert_unreachable(what, &e),
+    }
+}
+
+/// Set in the child process of `a_client_killed_mid_write_leaves_servers_healthy`.
+const WRITER_ENV: &str = "BFS_IT_WRITER_CONFIG";
+/// What the child prints once it is writing (libtest may print other text on that line).
+const WRITER_STARTED: &str = "benchfs-writer-started";
+
+#[test]
+fn a_client_killed_mid_write_leaves_servers_healthy() {
+    if let Some(config) = std::env::var_os(WRITER_ENV) {
+        // The child: write a large file, over and over, until killed.
+        let config =
+            benchfs::config::ServerConfig::from_file(std::path::Path::new(&config)).unwrap();
+        let fs = BenchFS::connect(&config).unwrap();
+        let data = pattern(1 << 20, 3);
+        let fd = fs.create("/victim", 0o644).unwrap();
+        fs.write(fd, &data).unwrap();
+        let mut out = std::io::stdout();
+        writeln!(out, "{WRITER_STARTED}").unwrap();
+        out.flush().unwrap();
+        loop {
+            for i in 0..16u64 {
+                fs.pwrite(fd, &data, i << 20).unwrap();
+            }
+        }
+    }
+    let cluster = Cluster::start(ClusterSpec::default());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_client_killed_mid_write_leaves_servers_healthy",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WRITER_ENV, &cluster.config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.any(|l| l.map(|l| l.contains(WRITER_STARTED)).unwrap_or(false)));
+        // Keep draining so the child never blocks on a full pipe.
+        lines.for_each(drop);
+    });
+    // A liveness bound: the first 1 MiB write takes milliseconds.
+    let started = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
+    if !started {
+        let _ = child.kill();
+        panic!("the writer did not start: {:?}", child.wait());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let fs = cluster.client();
+    let data = pattern((1 << 20) + 3, 4);
+    write_file(&fs, "/after", &data);
+    assert!(read_file(&cluster.client(), "/after") == data);
+    // The half-written file is still a file that can be opened, read and removed.
+    let size = fs.stat("/victim").unwrap().size;
+    assert_eq!(read_file(&fs, "/victim").len() as u64, size);
+    fs.unlink("/victim").unwrap();
+    assert_eq!(stats(&fs).len(), cluster.spec.servers);
+    let mut cluster = cluster;
+    assert!(cluster.all_running());
+}
+
+#[test]
+fn file_system_client_reconnects_to_a_restarted_server() {
+    let mut cluster = Cluster::start(rpc::spec(1));
+    let fs = cluster.client();
+    let data = pattern(100_000, 5);
+    let round_trip = |path: &str| {
+        let fd = fs.create(path, 0o644).unwrap();
+        fs.write(fd, &data).unwrap();
+        fs.close(fd).unwrap();
+        let fd = fs.open(path, OpenFlags::READ, 0).unwrap();
+        let mut back = vec![0u8; data.len() + 1];
+        assert_eq!(fs.read(fd, &mut back).unwrap(), data.len());
+        assert!(back[..data.len()] == data[..], "{path}: read back differs");
+        fs.close(fd).unwrap();
+    };
+    round_trip("/before");
+
+    // Killed: calls fail within the bound. Restarted on a new port (published in the
+    // registry): the same handle finds it.
+    cluster.kill(0);
+    let started = Instant::now();
+    let error = fs.create("/during", 0o644).unwrap_err();
+    assert!(
+        matches!(error.status(), Some(Status::TimedOut | Status::Unavailable)),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < FAIL_BOUND);
+    // Port 0 lets the OS choose; restart_at also lets the next restart reuse that port.
+    cluster.restart_at(0, "127.0.0.1:0".parse().unwrap());
+    round_trip("/after-new-port");
+    let gone = fs.open("/before", OpenFlags::READ, 0).unwrap_err();
+    assert_eq!(
+        gone.status(),
+        Some(Status::NotFound),
+        "a memory store starts empty"
+    );
+
+    // Killed again and restarted on the address it had: the handle reconnects there too.
+    let addr = cluster.addr(0);
+    cluster.kill(0);
+    assert!(fs.create("/during", 0o644).is_err());
+    cluster.restart_at(0, addr);
+    assert_eq!(cluster.addr(0), addr);
+    round_trip("/after-same-port");
+}

@@ -1,0 +1,350 @@
+//! The namespace end to end: directory listings across servers, the errno of each failing
+//! call, paths that are refused, rename, unlink, and creates rolled back.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs_proto::meta::EntryKind;
+use benchfs_proto::ops::READDIR_PAGE_MAX;
+use common::files::{
+    errno_of, read_file, stats, total_chunks, total_records, write_file, C, CHUNK,
+};
+use common::{pattern, Cluster, ClusterSpec};
+
+#[test]
+fn readdir_spans_every_server_and_pages() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    fs.mkdir("/d", 0o755).unwrap();
+    let before = stats(&fs);
+    // Enough entries that some server holds more than one page of them.
+    let count = 640;
+    let mut want = BTreeMap::new();
+    for i in 0..count {
+        let name = format!("e{:04}-{}", (i * 7919) % 10_000, i);
+        let path = format!("/d/{name}");
+        if i % 5 == 0 {
+            fs.mkdir(&path, 0o755).unwrap();
+            want.insert(name, (EntryKind::Directory, 0));
+        } else {
+            write_file(&fs, &path, &pattern(i % 7, i as u64));
+            want.insert(name, ((EntryKind::File), (i % 7) as u64));
+        }
+    }
+    let entries = cluster.client().readdir("/d").unwrap();
+    let names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "readdir is not sorted");
+    let got: BTreeMap<_, _> = entries
+        .iter()
+        .map(|e| (e.name.clone(), (e.meta.kind, e.meta.size)))
+        .collect();
+    assert_eq!(got.len(), entries.len(), "readdir returned a name twice");
+    assert_eq!(got, want);
+
+    let after = stats(&fs);
+    let landed: Vec<u64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.metadata_records - b.metadata_records)
+        .collect();
+    assert_eq!(landed.iter().sum::<u64>(), count as u64);
+    assert!(
+        landed.iter().all(|&n| n > 0),
+        "some server holds no entry: {landed:?}"
+    );
+    assert!(
+        landed.iter().any(|&n| n > READDIR_PAGE_MAX as u64),
+        "no server needed a second page: {landed:?}"
+    );
+
+    assert!(fs.readdir("/d/e0000-0").unwrap().is_empty());
+    assert_eq!(errno_of(fs.readdir("/d/e7919-1")), libc::ENOTDIR);
+    assert_eq!(errno_of(fs.readdir("/missing")), libc::ENOENT);
+    assert_eq!(names_in(&fs, "/"), ["d"]);
+}
+
+/// The names `readdir` lists in `dir`, in its order.
+fn names_in(fs: &BenchFS, dir: &str) -> Vec<String> {
+    fs.readdir(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+#[test]
+fn readdir_lists_direct_children_only() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    for dir in ["/d", "/dd", "/d-", "/d/sub", "/d/sub/deeper", "/e"] {
+        fs.mkdir(dir, 0o755).unwrap();
+    }
+    for file in [
+        "/d/a b",
+        "/d/ü",
+        "/dd/no",
+        "/d-/no",
+        "/d/sub/no",
+        "/d/sub/deeper/no",
+        "/e/no",
+        "/d0",
+    ] {
+        write_file(&fs, file, b"1");
+    }
+    let cases: [(&str, &[&str]); 4] = [
+        ("/d", &["a b", "sub", "ü"]),
+        ("/d/sub", &["deeper", "no"]),
+        ("//d/./sub/", &["deeper", "no"]),
+        ("/", &["d", "d-", "d0", "dd", "e"]),
+    ];
+    for (dir, want) in cases {
+        assert_eq!(names_in(&fs, dir), want, "readdir {dir}");
+    }
+}
+
+/// An operation on one path, named for messages, with its result reduced to the error.
+type Op = (&'static str, fn(&BenchFS, &str) -> Result<(), ApiError>);
+
+const CREATE: Op = ("create", |fs, p| fs.create(p, 0o644).map(drop));
+const OPEN_READ: Op = ("open READ", |fs, p| {
+    fs.open(p, OpenFlags::READ, 0).map(drop)
+});
+const OPEN_WRITE: Op = ("open WRITE", |fs, p| {
+    fs.open(p, OpenFlags::WRITE, 0).map(drop)
+});
+const OPEN_CREATE: Op = ("open CREATE|WRITE", |fs, p| {
+    fs.open(p, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .map(drop)
+});
+const OPEN_EXCL: Op = ("open CREATE|EXCL|WRITE", |fs, p| {
+    let excl = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;
+    fs.open(p, excl, 0o644).map(drop)
+});
+const MKDIR: Op = ("mkdir", |fs, p| fs.mkdir(p, 0o755));
+const STAT: Op = ("stat", |fs, p| fs.stat(p).map(drop));
+const UNLINK: Op = ("unlink", |fs, p| fs.unlink(p));
+const RMDIR: Op = ("rmdir", |fs, p| fs.rmdir(p));
+const READDIR: Op = ("readdir", |fs, p| fs.readdir(p).map(drop));
+const TRUNCATE_TO_0: Op = ("truncate to 0", |fs, p| fs.truncate(p, 0));
+const TRUNCATE_TO_1: Op = ("truncate to 1", |fs, p| fs.truncate(p, 1));
+/// `rename("/ok", path)`.
+const RENAME_TO: Op = ("rename to", |fs, p| fs.rename("/ok", p));
+/// `rename(path, "/x")`.
+const RENAME_FROM: Op = ("rename from", |fs, p| fs.rename(p, "/x"));
+
+/// Makes each call, which must fail with its errno.
+fn check(fs: &BenchFS, cases: &[(Op, &str, i32)]) {
+    for &((op, call), path, want) in cases {
+        let shown = &path[..path.len().min(40)];
+        assert_eq!(errno_of(call(fs, path)), want, "{op} {shown:?}");
+    }
+}
+
+#[test]
+fn namespace_errors_have_the_right_errno() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    write_file(&fs, "/file", b"x");
+    fs.mkdir("/dir", 0o755).unwrap();
+    fs.mkdir("/full", 0o755).unwrap();
+    write_file(&fs, "/full/child", b"y");
+    let name255 = "n".repeat(255);
+    fs.mkdir(&format!("/{name255}"), 0o755).unwrap();
+    let name256 = format!("/{}", "n".repeat(256));
+    let long = format!("/{name255}").repeat(16);
+    assert!(long.len() > 4095);
+
+    use libc::{EEXIST, EINVAL, EISDIR, ENAMETOOLONG, ENOENT, ENOTDIR, ENOTEMPTY};
+    check(
+        &fs,
+        &[
+            (OPEN_READ, "/missing", ENOENT),
+            (STAT, "/missing", ENOENT),
+            (CREATE, "/nodir/f", ENOENT),
+            (MKDIR, "/nodir/d", ENOENT),
+            (UNLINK, "/missing", ENOENT),
+            (RMDIR, "/missing", ENOENT),
+            (TRUNCATE_TO_0, "/missing", ENOENT),
+            (MKDIR, "/dir", EEXIST),
+            (MKDIR, "/file", EEXIST),
+            (MKDIR, "/", EEXIST),
+            (OPEN_EXCL, "/file", EEXIST),
+            (OPEN_EXCL, "/dir", EEXIST),
+            (CREATE, "/file/x", ENOTDIR),
+            (MKDIR, "/file/x", ENOTDIR),
+            (RMDIR, "/file", ENOTDIR),
+            (READDIR, "/file", ENOTDIR),
+            (UNLINK, "/dir", EISDIR),
+            (OPEN_WRITE, "/dir", EISDIR),
+            (OPEN_CREATE, "/dir", EISDIR),
+            (TRUNCATE_TO_0, "/dir", EISDIR),
+            (RMDIR, "/full", ENOTEMPTY),
+            (CREATE, &name256, ENAMETOOLONG),
+            (CREATE, &long, ENAMETOOLONG),
+            (CREATE, "", EINVAL),
+            (CREATE, "relative", EINVAL),
+            (CREATE, "/a/../b", EINVAL),
+            (CREATE, "/..", EINVAL),
+            (CREATE, "/a\0b", EINVAL),
+        ],
+    );
+    let excl = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;
+    let fd = fs.open("/new", excl, 0o644).unwrap();
+    fs.close(fd).unwrap();
+
+    // The failures above changed nothing.
+    assert!(fs.stat("/dir").unwrap().is_dir());
+    assert_eq!(read_file(&fs, "/file"), b"x");
+    assert_eq!(read_file(&fs, "/full/child"), b"y");
+    fs.unlink("/full/child").unwrap();
+    fs.rmdir("/full").unwrap();
+    assert_eq!(errno_of(fs.stat("/full")), libc::ENOENT);
+}
+
+#[test]
+fn bad_paths_are_refused_and_create_nothing() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    write_file(&fs, "/ok", b"ok");
+    let root_before = fs.readdir("/").unwrap();
+    let records_before = total_records(&fs);
+    let long_name = format!("/{}", "n".repeat(256));
+    let long_path = format!("/{}", "d".repeat(200)).repeat(21);
+    let paths: [(&str, i32); 8] = [
+        ("", libc::EINVAL),
+        ("relative/x", libc::EINVAL),
+        ("/a/../x", libc::EINVAL),
+        ("/..", libc::EINVAL),
+        ("/a\0b", libc::EINVAL),
+        ("/\0", libc::EINVAL),
+        (&long_name, libc::ENAMETOOLONG),
+        (&long_path, libc::ENAMETOOLONG),
+    ];
+    let ops = [
+        CREATE,
+        OPEN_CREATE,
+        MKDIR,
+        STAT,
+        UNLINK,
+        RMDIR,
+        READDIR,
+        TRUNCATE_TO_1,
+        RENAME_TO,
+        RENAME_FROM,
+    ];
+    for (path, want) in paths {
+        check(&fs, &ops.map(|op| (op, path, want)));
+    }
+    assert_eq!(fs.readdir("/").unwrap(), root_before);
+    assert_eq!(total_records(&cluster.client()), records_before);
+    assert_eq!(read_file(&fs, "/ok"), b"ok");
+}
+
+#[test]
+fn rename_files_and_directories() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let a = pattern(3 * C + 5, 20);
+    let b = pattern(2 * C, 21);
+    write_file(&fs, "/a", &a);
+    write_file(&fs, "/b", &b);
+    assert_eq!(total_chunks(&fs), 6);
+
+    fs.rename("/a", "/a2").unwrap();
+    assert_eq!(errno_of(fs.stat("/a")), libc::ENOENT);
+    assert!(read_file(&cluster.client(), "/a2") == a);
+
+    // Over an existing file: the target's old chunks go away.
+    fs.rename("/a2", "/b").unwrap();
+    let reader = cluster.client();
+    assert_eq!(errno_of(cluster.client().stat("/a2")), libc::ENOENT);
+    assert!(read_file(&reader, "/b") == a);
+    assert_eq!(total_chunks(&fs), 4);
+
+    fs.mkdir("/dir", 0o755).unwrap();
+    fs.rename("/b", "/dir/b").unwrap();
+    assert!(read_file(&reader, "/dir/b") == a);
+    assert_eq!(errno_of(cluster.client().stat("/b")), libc::ENOENT);
+    assert_eq!(names_in(&reader, "/dir"), ["b"]);
+
+    fs.mkdir("/empty", 0o755).unwrap();
+    fs.rename("/empty", "/empty2").unwrap();
+    assert!(reader.stat("/empty2").unwrap().is_dir());
+    assert_eq!(errno_of(cluster.client().stat("/empty")), libc::ENOENT);
+
+    assert_eq!(errno_of(fs.rename("/dir", "/dir2")), libc::EOPNOTSUPP);
+    assert_eq!(read_file(&reader, "/dir/b").len(), a.len());
+    assert_eq!(errno_of(fs.rename("/dir/b", "/nodir/b")), libc::ENOENT);
+    assert_eq!(errno_of(fs.rename("/missing", "/x")), libc::ENOENT);
+    assert_eq!(errno_of(fs.rename("/dir/b", "/empty2")), libc::EISDIR);
+    assert_eq!(errno_of(fs.rename("/empty2", "/dir/b")), libc::ENOTDIR);
+    assert_eq!(errno_of(fs.rename("/empty2", "/empty2/sub")), libc::EINVAL);
+    assert!(read_file(&reader, "/dir/b") == a);
+    assert_eq!(total_chunks(&fs), 4);
+}
+
+#[test]
+fn unlink_frees_chunks_and_names_can_be_reused() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let data = pattern(3 * C + 1, 40);
+    write_file(&fs, "/u", &data);
+    assert_eq!(total_chunks(&fs), 4);
+    fs.unlink("/u").unwrap();
+    assert_eq!(total_chunks(&fs), 0);
+    assert_eq!(errno_of(fs.open("/u", OpenFlags::READ, 0)), libc::ENOENT);
+    // A new file under the old name starts empty, whatever the old one held.
+    let fd = fs
+        .open("/u", OpenFlags::CREATE | OpenFlags::RDWR, 0o644)
+        .unwrap();
+    assert_eq!(fs.fstat(fd).unwrap().size, 0);
+    fs.pwrite(fd, b"new", 2 * CHUNK).unwrap();
+    fs.close(fd).unwrap();
+    let got = read_file(&cluster.client(), "/u");
+    assert_eq!(got.len(), 2 * C + 3);
+    assert!(
+        got[..2 * C].iter().all(|&b| b == 0),
+        "a new file showed the old file's data"
+    );
+    // A directory name can become a file and back.
+    fs.mkdir("/n", 0o755).unwrap();
+    fs.rmdir("/n").unwrap();
+    write_file(&fs, "/n", b"file");
+    fs.unlink("/n").unwrap();
+    fs.mkdir("/n", 0o755).unwrap();
+    assert!(cluster.client().stat("/n").unwrap().is_dir());
+}
+
+/// A create checks its parent while it makes the record (two servers, one round trip);
+/// the record made under a parent that turned out missing must be gone afterwards.
+#[test]
+fn create_under_a_missing_or_file_parent_leaves_no_record() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let missing = fs.open("/absent/f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644);
+    assert_eq!(errno_of(missing), libc::ENOENT);
+    assert_eq!(errno_of(fs.mkdir("/absent/d", 0o755)), libc::ENOENT);
+    write_file(&fs, "/plain", b"x");
+    assert_eq!(
+        errno_of(fs.open("/plain/f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)),
+        libc::ENOTDIR
+    );
+    fs.mkdir("/absent", 0o755).unwrap();
+    let fresh = cluster.client();
+    assert_eq!(
+        errno_of(fresh.stat("/absent/f")),
+        libc::ENOENT,
+        "the rolled-back file is gone"
+    );
+    assert_eq!(
+        errno_of(fresh.stat("/absent/d")),
+        libc::ENOENT,
+        "the rolled-back directory is gone"
+    );
+    assert!(fresh.readdir("/absent").unwrap().is_empty());
+    assert_eq!(total_records(&fresh), 2, "only /plain and /absent exist");
+}

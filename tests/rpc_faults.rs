@@ -1,0 +1,281 @@
+//! RPC peers that fail: a server killed with calls in flight and restarted, a server that
+//! stalls in the middle of a rendezvous reply, and a stopped client whose unfinished
+//! transfers must not hold the server's in-flight slots.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
+use benchfs::config::ServerConfig;
+use benchfs_proto::ops::{self, Empty};
+use benchfs_proto::{Frame, Message, OpCode, Status};
+use benchfs_ucx::{AmProto, Context, Features, Listener, Worker};
+use common::rpc::{
+    assert_serves, chunk_io, is_unreachable, raw_header, read, rpc_client, spec, write, RawPeer,
+    Rt, CHUNK, THRESHOLD,
+};
+use common::{pattern, Cluster, FAIL_BOUND};
+use futures_util::future::join_all;
+
+#[test]
+fn killed_server_fails_calls_and_restarted_server_is_reachable() {
+    let mut cluster = Cluster::start(spec(1));
+    let old_addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let conn = Rc::new(client.connect(old_addr).await.unwrap());
+        // Writes (eager and rendezvous) and pings keep flowing while the server dies.
+        let traffic = tokio::task::spawn_local({
+            let conn = Rc::clone(&conn);
+            async move {
+                for round in 0u64.. {
+                    let calls = (0..8u64).map(|i| {
+                        let conn = &conn;
+                        async move {
+                            let len = if i % 2 == 0 { 512 } else { THRESHOLD * 2 };
+                            let req = chunk_io(3, i, 0, len);
+                            conn.call_with::<ops::WriteChunk>(&req, pattern(len, round))
+                                .await?;
+                            conn.call::<ops::Ping>(&Empty).await
+                        }
+                    });
+                    if let Some(e) = join_all(calls).await.into_iter().find_map(Result::err) {
+                        return (e, Instant::now(), round);
+                    }
+                }
+                unreachable!()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed_at = Instant::now();
+        cluster.kill(0);
+        let (error, failed_at, rounds) = tokio::time::timeout(FAIL_BOUND, traffic)
+            .await
+            .expect("calls in flight to a killed server hung")
+            .unwrap();
+        assert!(rounds > 0, "no call succeeded before the kill");
+        assert!(is_unreachable(&error), "{error:?}");
+        assert!(
+            failed_at - killed_at < FAIL_BOUND,
+            "failed after {:?}",
+            failed_at - killed_at
+        );
+
+        // Later calls on the dead connection, and new connections, fail within the bound.
+        for _ in 0..2 {
+            let started = Instant::now();
+            let error = conn.call::<ops::Ping>(&Empty).await.unwrap_err();
+            assert!(is_unreachable(&error), "{error:?}");
+            assert!(started.elapsed() < FAIL_BOUND);
+        }
+        let started = Instant::now();
+        let error = client.connect(old_addr).await.unwrap_err();
+        assert!(is_unreachable(&error), "{error:?}");
+        assert!(started.elapsed() < FAIL_BOUND);
+
+        // The restarted server publishes a new port; a new connection reaches it.
+        cluster.restart(0);
+        let new_addr = cluster.addr(0);
+        let fresh = client.connect(new_addr).await.unwrap();
+        assert_eq!(fresh.hello().unwrap().node_id, "node0");
+        assert_serves(&fresh, 4).await;
+        assert!(
+            conn.call::<ops::Ping>(&Empty).await.is_err(),
+            "the old connection stays dead"
+        );
+        assert!(cluster.is_running(0));
+    });
+}
+
+/// A server that completes the handshake, then answers the next request with a rendezvous
+/// payload and stops making progress until `release` says so, so the transfer never ends.
+fn stalling_server(
+    payload_len: usize,
+    addr_tx: std::sync::mpsc::Sender<SocketAddr>,
+    release: std::sync::mpsc::Receiver<()>,
+) {
+    let rt = Rt::new();
+    rt.block_on(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let worker = Worker::new(&context).unwrap();
+        let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
+        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
+        addr_tx.send(listener.local_addr()).unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        loop {
+            let msg = requests.recv().await;
+            let frame = Frame::decode(msg.header(), msg.data_len()).unwrap();
+            let ep = msg.reply_endpoint().cloned().unwrap();
+            if frame.op == OpCode::Hello {
+                let body = ops::HelloReply {
+                    node_id: "stalling".into(),
+                    chunk_size: CHUNK,
+                    rdma_threshold: THRESHOLD as u64,
+                }
+                .to_bytes();
+                let mut header =
+                    Frame::header(OpCode::Hello, frame.request_id, 0, true, body.len(), 0)
+                        .to_bytes()
+                        .to_vec();
+                header.extend_from_slice(&body);
+                ep.am_send(REPLY_AM_ID, header, Vec::new(), AmProto::Eager)
+                    .await
+                    .unwrap();
+                continue;
+            }
+            let header = Frame::header(frame.op, frame.request_id, 0, true, 0, payload_len)
+                .to_bytes()
+                .to_vec();
+            // Submitting puts the rendezvous header on the wire; then no more progress.
+            let _send = ep.am_send(REPLY_AM_ID, header, vec![7u8; payload_len], AmProto::Rndv);
+            release.recv().unwrap();
+            return;
+        }
+    });
+}
+
+#[test]
+fn a_receive_into_a_lent_buffer_ends_when_its_server_stalls_mid_transfer() {
+    // The blocking read path lends the caller's buffer to a rendezvous receive and must not
+    // return while UCX may still write it. Here the server sent the rendezvous header and
+    // then stopped: the call times out, the connection is dropped (as FsClient does), and
+    // closing it must end the receive, or the lending scope would wait forever.
+    const LEN: usize = 1 << 20;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || stalling_server(LEN, addr_tx, release_rx));
+    let addr = addr_rx.recv().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // The client runs on its own thread, so a receive that never ends fails this test
+    // instead of hanging it.
+    std::thread::spawn(move || {
+        let rt = Rt::new();
+        let client = rt.block_on(async { rpc_client(b"") });
+        let conn = rt.block_on(client.connect(addr)).unwrap();
+        let slot = std::cell::RefCell::new(Some(Rc::new(conn)));
+        let mut buf = vec![0u8; LEN];
+        let start = Instant::now();
+        let result = benchfs_ucx::lend_mut(
+            &mut buf,
+            |loan| {
+                let conn = slot.borrow().clone().unwrap();
+                let sink = loan.lend_mut(0..LEN).unwrap();
+                rt.block_on(conn.call_into::<ops::Ping>(&Empty, Vec::new(), Some(sink)))
+                    .map(|r| r.sunk)
+            },
+            |loan| {
+                slot.borrow_mut().take();
+                rt.block_on(async {
+                    while loan.outstanding() > 0 {
+                        tokio::select! {
+                            _ = loan.returned() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {
+                                client.worker().progress();
+                            }
+                        }
+                    }
+                });
+            },
+        );
+        let _ = done_tx.send((result.map_err(|e| e.status()), start.elapsed()));
+    });
+    let outcome = done_rx.recv_timeout(FAIL_BOUND + Duration::from_secs(10));
+    release_tx.send(()).unwrap();
+    let (result, took) = outcome.expect("the lending scope did not end: the receive hung");
+    assert_eq!(result, Err(Status::TimedOut));
+    assert!(took < FAIL_BOUND, "took {took:?}");
+    server.join().unwrap();
+}
+
+#[test]
+fn a_stopped_client_cannot_hold_the_server_hostage_with_reads() {
+    stopped_client_holds_transfers(OpCode::ReadChunk);
+}
+
+#[test]
+fn a_stopped_client_cannot_hold_the_server_hostage_with_writes() {
+    stopped_client_holds_transfers(OpCode::WriteChunk);
+}
+
+/// A client that is alive but stops taking data (SIGSTOP, a debugger) leaves every
+/// rendezvous transfer with it unfinished: the replies to its reads, or the payloads of
+/// its writes. Without a bound those would hold the server's in-flight slots for good,
+/// and with more of them than slots the server would answer nobody.
+fn stopped_client_holds_transfers(op: OpCode) {
+    const LEN: usize = THRESHOLD * 2;
+    let requests = ServerConfig::default().network.inflight_max as usize + 44;
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    let rt = Rt::new();
+    let conn = rt.block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        write(&conn, 1, 0, 0, pattern(LEN, 1)).await;
+        conn
+    });
+
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let stopped = std::thread::spawn(move || {
+        let rt = Rt::new();
+        rt.block_on(async {
+            let peer = RawPeer::connect(addr);
+            peer.ping(1).await;
+            let body = chunk_io(1, 0, 0, LEN).to_bytes();
+            let payload_len = if op == OpCode::WriteChunk { LEN } else { 0 };
+            let mut in_flight = Vec::new();
+            for id in 0..requests as u64 {
+                let header = raw_header(
+                    op as u16,
+                    100 + id,
+                    0,
+                    body.len() as u32,
+                    payload_len as u64,
+                );
+                let header = [header, body.clone()].concat();
+                let (data, proto) = match op {
+                    OpCode::WriteChunk => (pattern(LEN, id), AmProto::Rndv),
+                    _ => (Vec::new(), AmProto::Eager),
+                };
+                // Not awaited, and no yield: a rendezvous transfer needs this client's
+                // progress to finish, which it stops giving now. Submitting puts each
+                // small header on the socket at once.
+                in_flight.push(peer.ep.am_send(REQUEST_AM_ID, header, data, proto));
+            }
+            sent_tx.send(()).unwrap();
+            // Stopped: no more progress, so no rendezvous transfer can finish.
+            release_rx.recv().unwrap();
+            // Back again: the server must have given up on this connection.
+            let deadline = Instant::now() + FAIL_BOUND;
+            while !peer.ep.is_failed() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drop(in_flight);
+            peer.ep.is_failed()
+        })
+    });
+    sent_rx.recv().unwrap();
+
+    // The server answers others again once it gives up on the stopped client.
+    let deadline = Instant::now() + FAIL_BOUND;
+    let answered = rt.block_on(async {
+        loop {
+            match conn.call::<ops::Ping>(&Empty).await {
+                Err(RpcError::Timeout { .. }) if Instant::now() < deadline => continue,
+                other => return other,
+            }
+        }
+    });
+    release_tx.send(()).unwrap();
+    let dropped = stopped.join().unwrap();
+    answered.expect("the server answered nobody while a client was stopped");
+    assert!(
+        dropped,
+        "the server never closed the stopped client's connection"
+    );
+    let back = rt.block_on(read(&conn, 1, 0, 0, LEN));
+    assert_eq!(back.len(), LEN);
+}

@@ -1,0 +1,558 @@
+//! Each RPC against a real `benchfsd` over real UCX on loopback: every operation with its
+//! replies and error statuses, the handshake's job secret, payloads around the rendezvous
+//! threshold, and many calls in flight on one connection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use benchfs::client::rpc::{Connection, OutPayload, RpcError};
+use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::ops::{self, Empty, HelloRequest};
+use benchfs_proto::{Message, OpCode, Status};
+use benchfs_ucx::AmProto;
+use common::rpc::{
+    assert_serves, chunk_io, raw_header, read, request, rpc_client, spec, stats, status_of, write,
+    RawPeer, Rt, CHUNK, THRESHOLD,
+};
+use common::{pattern, Cluster, FAIL_BOUND};
+use futures_util::future::join_all;
+
+#[test]
+fn every_operation_round_trips() {
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let conn = client.connect(addr).await.unwrap();
+        hello_and_ping(&conn).await;
+        let before = stats(&conn).await;
+        assert_eq!(
+            (
+                before.metadata_records,
+                before.chunks,
+                before.used_bytes,
+                before.malformed
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(before.capacity_bytes, 0, "the memory store is unbounded");
+
+        let file = metadata_records(&conn).await;
+        assert_eq!(stats(&conn).await.metadata_records, 2);
+        readdir_pages(&conn, file).await;
+        assert_eq!(stats(&conn).await.metadata_records, 12);
+        chunks(&conn, file.file_id).await;
+
+        let after = stats(&conn).await;
+        assert_eq!(
+            (after.chunks, after.used_bytes, after.metadata_records),
+            (0, 0, 12)
+        );
+        assert!(after.requests > before.requests + 40, "{after:?}");
+        assert_eq!(after.malformed, 0, "no request here was malformed");
+    });
+}
+
+/// Hello (done by connect, and again by hand; a wrong secret is refused), and ping without
+/// and with a payload (eager and rendezvous) that the server discards.
+async fn hello_and_ping(conn: &Connection) {
+    let hello = conn.hello().unwrap().clone();
+    assert_eq!(
+        (
+            hello.node_id.as_str(),
+            hello.chunk_size,
+            hello.rdma_threshold
+        ),
+        ("node0", CHUNK, THRESHOLD as u64)
+    );
+    let again = conn
+        .call::<ops::Hello>(&HelloRequest {
+            client: "again".into(),
+            secret: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, hello);
+    let wrong = conn
+        .call::<ops::Hello>(&HelloRequest {
+            client: "intruder".into(),
+            secret: b"guess".to_vec(),
+        })
+        .await;
+    assert_eq!(status_of(wrong), Status::PermissionDenied);
+
+    conn.call::<ops::Ping>(&Empty).await.unwrap();
+    for len in [100, THRESHOLD + 1] {
+        let r = conn
+            .call_with::<ops::Ping>(&Empty, pattern(len, 1))
+            .await
+            .unwrap();
+        assert!(r.payload.is_empty());
+    }
+}
+
+/// One metadata request of the scenario.
+#[derive(Debug, Clone, Copy)]
+enum Meta {
+    CreateDir(&'static str, u32),
+    CreateFile(&'static str, u32),
+    Lookup(&'static str),
+    UpdateSize(&'static str, u64, SizeUpdate),
+    /// Stores the record as given (rename's destination), exclusively or not.
+    Insert(&'static str, FileMetadata, bool),
+    /// Removes the record, if it has the expected kind (`None`: any).
+    Delete(&'static str, Option<EntryKind>),
+}
+
+impl Meta {
+    /// Sends the request; returns the record of the reply (an insert replies with none).
+    async fn send(self, conn: &Connection) -> Result<Option<FileMetadata>, RpcError> {
+        let create = |path: &str, mode| ops::CreateRequest {
+            path: path.into(),
+            mode,
+        };
+        Ok(Some(match self {
+            Meta::CreateDir(path, mode) => {
+                let request = create(path, mode);
+                conn.call::<ops::MetadataCreateDir>(&request).await?.meta
+            }
+            Meta::CreateFile(path, mode) => {
+                let request = create(path, mode);
+                conn.call::<ops::MetadataCreateFile>(&request).await?.meta
+            }
+            Meta::Lookup(path) => {
+                let request = ops::PathRequest { path: path.into() };
+                conn.call::<ops::MetadataLookup>(&request).await?.meta
+            }
+            Meta::UpdateSize(path, size, how) => {
+                let path = path.into();
+                let request = ops::UpdateSizeRequest { path, size, how };
+                conn.call::<ops::UpdateSize>(&request).await?.meta
+            }
+            Meta::Insert(path, meta, exclusive) => {
+                let path = path.into();
+                let request = ops::InsertRequest {
+                    path,
+                    meta,
+                    exclusive,
+                };
+                conn.call::<ops::MetadataInsert>(&request).await?;
+                return Ok(None);
+            }
+            Meta::Delete(path, expect) => {
+                let path = path.into();
+                let request = ops::DeleteRequest { path, expect };
+                conn.call::<ops::MetadataDelete>(&request).await?.meta
+            }
+        }))
+    }
+}
+
+/// What a metadata request must answer.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// This record, whole.
+    Record(FileMetadata),
+    /// A record of this size.
+    Size(u64),
+    /// A record of this file.
+    FileId(u64),
+    /// Success without a record.
+    Done,
+    /// This error status.
+    Fails(Status),
+}
+
+/// Sends `request` and checks that it answers `want`.
+async fn check(conn: &Connection, request: Meta, want: Want) {
+    match (want, request.send(conn).await) {
+        (Want::Fails(status), got) => assert_eq!(status_of(got), status, "{request:?}"),
+        (_, Err(e)) => panic!("{request:?}: {e}"),
+        (Want::Record(meta), Ok(got)) => assert_eq!(got, Some(meta), "{request:?}"),
+        (Want::Size(size), Ok(got)) => {
+            assert_eq!(got.map(|m| m.size), Some(size), "{request:?}")
+        }
+        (Want::FileId(id), Ok(got)) => {
+            assert_eq!(got.map(|m| m.file_id), Some(id), "{request:?}")
+        }
+        (Want::Done, Ok(got)) => assert_eq!(got, None, "{request:?}"),
+    }
+}
+
+/// Creates `/d` and `/d/f`, then looks up, resizes, inserts and deletes records; returns
+/// the record of `/d/f` as created.
+async fn metadata_records(conn: &Connection) -> FileMetadata {
+    let created = |request: Meta| async move {
+        let got = request.send(conn).await;
+        got.unwrap_or_else(|e| panic!("{request:?}: {e}")).unwrap()
+    };
+    let dir = created(Meta::CreateDir("/d", 0o755)).await;
+    assert_eq!(
+        (dir.kind, dir.mode, dir.size),
+        (EntryKind::Directory, 0o755, 0)
+    );
+    let file = created(Meta::CreateFile("/d/f", 0o640)).await;
+    assert_eq!(
+        (file.kind, file.mode, file.size, file.chunk_size),
+        (EntryKind::File, 0o640, 0, CHUNK)
+    );
+    assert_ne!(file.file_id, dir.file_id);
+
+    use EntryKind::{Directory, File};
+    use SizeUpdate::{AtLeast, Exact};
+    let cases = [
+        (Meta::CreateFile("/d/f", 0o600), Want::Fails(Status::Exists)),
+        (Meta::CreateDir("/d", 0o700), Want::Fails(Status::Exists)),
+        (Meta::Lookup("/d/f"), Want::Record(file)),
+        (Meta::Lookup("/d"), Want::Record(dir)),
+        (Meta::Lookup("/missing"), Want::Fails(Status::NotFound)),
+        // Size updates: grow-only never shrinks; exact sets.
+        (Meta::UpdateSize("/d/f", 100, AtLeast), Want::Size(100)),
+        (Meta::UpdateSize("/d/f", 50, AtLeast), Want::Size(100)),
+        (Meta::UpdateSize("/d/f", 10, Exact), Want::Size(10)),
+        (Meta::Lookup("/d/f"), Want::Size(10)),
+        (Meta::UpdateSize("/d", 1, Exact), Want::Fails(Status::IsDir)),
+        // Insert (rename's destination) and delete, with and without the expected kind.
+        (Meta::Insert("/d/g", file, true), Want::Done),
+        (
+            Meta::Insert("/d/g", file, true),
+            Want::Fails(Status::Exists),
+        ),
+        (Meta::Insert("/d/g", file, false), Want::Done),
+        (Meta::Lookup("/d/g"), Want::FileId(file.file_id)),
+        (
+            Meta::Delete("/d/g", Some(Directory)),
+            Want::Fails(Status::NotDir),
+        ),
+        (Meta::Delete("/d", Some(File)), Want::Fails(Status::IsDir)),
+        (Meta::Delete("/d/g", Some(File)), Want::FileId(file.file_id)),
+        (Meta::Lookup("/d/g"), Want::Fails(Status::NotFound)),
+        (Meta::Delete("/d/g", None), Want::Fails(Status::NotFound)),
+    ];
+    for (request, want) in cases {
+        check(conn, request, want).await;
+    }
+    file
+}
+
+/// Ten more files in `/d`, listed three entries a page, resuming after the last name of
+/// each page; `file` is `/d/f`.
+async fn readdir_pages(conn: &Connection, file: FileMetadata) {
+    let mut names: Vec<String> = (0..10).map(|i| format!("e{i:02}")).collect();
+    for name in &names {
+        let request = ops::CreateRequest {
+            path: format!("/d/{name}"),
+            mode: 0o644,
+        };
+        conn.call::<ops::MetadataCreateFile>(&request)
+            .await
+            .unwrap();
+    }
+    names.push("f".into());
+    let mut listed = Vec::new();
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let req = ops::ReaddirRequest {
+            dir: "/d".into(),
+            after: after.take(),
+            limit: 3,
+        };
+        let page = conn.call::<ops::Readdir>(&req).await.unwrap();
+        pages.push(page.entries.len());
+        after = page.entries.last().map(|(name, _)| name.clone());
+        listed.extend(page.entries);
+        if page.done {
+            break;
+        }
+        assert!(pages.len() < 10, "readdir never said done");
+    }
+    assert_eq!(pages, [3, 3, 3, 2]);
+    assert_eq!(
+        listed.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        names
+    );
+    assert_eq!(listed.last().unwrap().1.file_id, file.file_id);
+    let root = conn
+        .call::<ops::Readdir>(&ops::ReaddirRequest {
+            dir: "/".into(),
+            after: None,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (root.entries.len(), root.done),
+        (1, true),
+        "limit 0 is served as 1; / holds only d"
+    );
+    assert_eq!(root.entries[0].0, "d");
+}
+
+/// Chunks of file `id`: write, read (short at the chunk's end, empty when absent),
+/// truncate, fsync, remove.
+async fn chunks(conn: &Connection, id: u64) {
+    let first = pattern(100, 2);
+    let second = pattern(50, 3);
+    write(conn, id, 0, 0, first.clone()).await;
+    write(conn, id, 1, 1000, second.clone()).await;
+    // (index, offset, len): what a read there returns.
+    let reads = [
+        ((0, 0, 100), first.clone(), "a read of what was written"),
+        (
+            (0, 0, 4096),
+            first.clone(),
+            "a read stops at the chunk's end",
+        ),
+        (
+            (0, 30, 20),
+            first[30..50].to_vec(),
+            "a read inside the chunk",
+        ),
+        (
+            (1, 0, 1050),
+            [&[0; 1000][..], &second].concat(),
+            "a hole before the data reads zeros",
+        ),
+        ((7, 0, 100), Vec::new(), "an absent chunk reads empty"),
+    ];
+    for ((index, offset, len), want, what) in reads {
+        assert_eq!(read(conn, id, index, offset, len).await, want, "{what}");
+    }
+    let s = stats(conn).await;
+    assert_eq!((s.chunks, s.used_bytes), (2, 1150));
+
+    let truncate = |index, len| ops::TruncateChunkRequest {
+        file_id: id,
+        index,
+        len,
+    };
+    let cuts = [
+        (40, first[..40].to_vec(), "a cut chunk reads short"),
+        (
+            60,
+            [&first[..40], &[0; 20]].concat(),
+            "an extended chunk reads zeros",
+        ),
+    ];
+    for (len, want, what) in cuts {
+        conn.call::<ops::TruncateChunk>(&truncate(0, len))
+            .await
+            .unwrap();
+        assert_eq!(read(conn, id, 0, 0, 100).await, want, "{what}");
+    }
+    assert_eq!(
+        status_of(
+            conn.call::<ops::TruncateChunk>(&truncate(0, CHUNK + 1))
+                .await
+        ),
+        Status::InvalidArgument
+    );
+    assert_eq!(stats(conn).await.used_bytes, 60 + 1050);
+
+    conn.call::<ops::Fsync>(&Empty).await.unwrap();
+
+    let remove = ops::RemoveChunksRequest { file_id: id };
+    assert_eq!(
+        conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count,
+        2
+    );
+    assert_eq!(
+        conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count,
+        0
+    );
+    assert!(read(conn, id, 0, 0, 100).await.is_empty());
+}
+
+#[test]
+fn handshake_checks_the_job_secret() {
+    let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
+    let secret_file = secrets.path().join("secret");
+    std::fs::write(&secret_file, b"job-42-secret").unwrap();
+    let cluster = Cluster::start_with_args(
+        spec(1),
+        &["--secret-file".into(), secret_file.display().to_string()],
+    );
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        for wrong in [&b""[..], b"job-42-secreT", b"job-42-secret\n"] {
+            let refused = rpc_client(wrong).connect(addr).await;
+            assert_eq!(
+                status_of(refused),
+                Status::PermissionDenied,
+                "secret {wrong:?}"
+            );
+        }
+        let conn = rpc_client(b"job-42-secret").connect(addr).await.unwrap();
+        assert_serves(&conn, 1).await;
+
+        // A peer that skipped the handshake could create files on a server with a secret:
+        // every request before a successful Hello must be refused.
+        let raw = RawPeer::connect(addr);
+        let body = ops::CreateRequest {
+            path: "/sneaky".into(),
+            mode: 0o644,
+        }
+        .to_bytes();
+        raw.send(
+            request(OpCode::MetadataCreateFile, 7, &body, 0),
+            Vec::new(),
+            AmProto::Eager,
+        )
+        .await;
+        let (frame, _) = raw
+            .reply(7, FAIL_BOUND)
+            .await
+            .expect("an answer to the request");
+        assert_eq!(frame.status, Status::PermissionDenied.to_wire());
+        let lookup = conn
+            .call::<ops::MetadataLookup>(&ops::PathRequest {
+                path: "/sneaky".into(),
+            })
+            .await;
+        assert_eq!(status_of(lookup), Status::NotFound, "nothing was created");
+    });
+}
+
+#[test]
+fn payloads_around_the_rendezvous_threshold_round_trip() {
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        let sizes = [
+            1,
+            THRESHOLD - 1,
+            THRESHOLD,
+            THRESHOLD + 1,
+            1 << 20,
+            CHUNK as usize,
+        ];
+        // (index, offset, data): a chunk of each size, then writes to chunk 5 ending
+        // exactly at the chunk's end, above and below the threshold, over old data.
+        let mut writes: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, &len)| (index as u64, 0, pattern(len, index as u64 + 10)))
+            .collect();
+        for (i, len) in [THRESHOLD + 1, THRESHOLD - 1].into_iter().enumerate() {
+            writes.push((5, CHUNK - len as u64, pattern(len, 99 + i as u64)));
+        }
+        for (index, offset, data) in writes {
+            let len = data.len();
+            write(&conn, 1, index, offset, data.clone()).await;
+            let back = read(&conn, 1, index, offset, len).await;
+            assert_eq!(back.len(), len, "chunk {index} at {offset}");
+            assert!(
+                back == data,
+                "{len} bytes at {offset} of chunk {index} came back different"
+            );
+        }
+        let whole = read(&conn, 1, 5, 0, CHUNK as usize).await;
+        let original = pattern(CHUNK as usize, 15);
+        let tail = CHUNK as usize - (THRESHOLD + 1);
+        assert!(
+            whole[..tail] == original[..tail],
+            "bytes before the overwrite changed"
+        );
+        let s = stats(&conn).await;
+        assert_eq!(s.chunks, sizes.len() as u64);
+
+        shared_buffer_round_trips(&conn).await;
+        bodies_in_the_am_data_round_trip(addr, &conn).await;
+    });
+}
+
+/// One shared buffer sent by several calls at once, with no copy, eager and rendezvous:
+/// each chunk gets the whole buffer intact.
+async fn shared_buffer_round_trips(conn: &Connection) {
+    for (round, len) in [THRESHOLD - 1, 1 << 20].into_iter().enumerate() {
+        let shared: Rc<[u8]> = pattern(len, 40 + round as u64).into();
+        let indexes: Vec<u64> = (0..4).map(|i| 30 + 10 * round as u64 + i).collect();
+        let writes = indexes.iter().map(|&index| {
+            let payload = OutPayload::Shared(Rc::clone(&shared));
+            async move {
+                conn.call_with::<ops::WriteChunk>(&chunk_io(1, index, 0, len), payload)
+                    .await
+            }
+        });
+        for r in join_all(writes).await {
+            assert_eq!(r.unwrap().reply.len, len as u64);
+        }
+        for index in indexes {
+            assert!(read(conn, 1, index, 0, len).await == shared[..]);
+        }
+    }
+}
+
+/// A body too long for the AM header opens the AM data instead; the server must split
+/// body and payload there too, eager and rendezvous. `conn` reads the chunks back.
+async fn bodies_in_the_am_data_round_trip(addr: SocketAddr, conn: &Connection) {
+    let peer = RawPeer::connect(addr);
+    for (i, (len, proto)) in [(100, AmProto::Eager), (THRESHOLD * 3, AmProto::Rndv)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = 10 + i as u64;
+        let index = 20 + i as u64;
+        let payload = pattern(len, id);
+        let body = chunk_io(1, index, 8, len).to_bytes();
+        let header = raw_header(
+            OpCode::WriteChunk as u16,
+            id,
+            0,
+            body.len() as u32,
+            len as u64,
+        );
+        peer.send(header, [body, payload.clone()].concat(), proto)
+            .await;
+        let (reply, body) = peer.reply(id, FAIL_BOUND).await.expect("no reply");
+        assert_eq!(Status::from_wire(reply.status), Some(Status::Ok));
+        assert_eq!(
+            ops::ChunkIoReply::from_bytes(&body).unwrap().len,
+            len as u64
+        );
+        assert!(read(conn, 1, index, 8, len).await == payload);
+    }
+}
+
+#[test]
+fn many_concurrent_calls_on_one_connection() {
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        let conn = &conn;
+        let calls = (0..256u64).map(|i| async move {
+            match i % 4 {
+                0 => {
+                    conn.call::<ops::Ping>(&Empty).await.unwrap();
+                }
+                1 => {
+                    let r = conn
+                        .call_with::<ops::Ping>(&Empty, pattern(THRESHOLD * 2, i))
+                        .await
+                        .unwrap();
+                    assert!(r.payload.is_empty());
+                }
+                _ => {
+                    // Eager and rendezvous writes, each read back by the same future.
+                    let len = if i % 4 == 2 {
+                        1000 + i as usize
+                    } else {
+                        THRESHOLD + 1 + i as usize
+                    };
+                    let data = pattern(len, i);
+                    write(conn, 2, i, 64, data.clone()).await;
+                    let back = read(conn, 2, i, 64, len).await;
+                    assert!(back == data, "call {i}: read back differs");
+                }
+            }
+            Empty
+        });
+        assert_eq!(join_all(calls).await.len(), 256);
+        assert_eq!(stats(conn).await.chunks, 128);
+    });
+}
