@@ -35,6 +35,8 @@ struct BadFrame {
     expect: Expect,
 }
 
+// A table with one row per malformed frame; its length is the number of cases.
+#[allow(clippy::too_many_lines)]
 fn bad_frames() -> Vec<BadFrame> {
     use OpCode::{
         Hello, MetadataDelete, MetadataLookup, Ping, ReadChunk, Readdir, Stats, WriteChunk,
