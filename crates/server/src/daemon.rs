@@ -208,6 +208,8 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         backend = %config.storage.backend,
         chunk_size = config.storage.chunk_size_bytes,
         data_dir = %config.node.data_dir.display(),
+        // Whether io_uring got its fixed buffers: without them every I/O maps pages.
+        registered_bytes = state.store().registered_region().map_or(0, |(_, len)| len),
         "benchfsd serving"
     );
 

@@ -12,7 +12,8 @@ use benchfs_ucx::Loan;
 use futures_util::future::join_all;
 
 use super::{fs_err, rpc_err, Fd, FsClient};
-use crate::api::{ApiError, OpenFlags};
+use crate::error::ApiError;
+use crate::flags::OpenFlags;
 use crate::rpc::{OutPayload, RpcClient, RpcError};
 
 /// How often [`FsClient::settle`] makes the worker progress while it waits.

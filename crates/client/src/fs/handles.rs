@@ -8,7 +8,8 @@ use futures_util::future::join_all;
 
 use super::data::WriteSource;
 use super::{fs_err, norm, rpc_err, Fd, FsClient, Whence};
-use crate::api::{ApiError, OpenFlags};
+use crate::error::ApiError;
+use crate::flags::OpenFlags;
 use crate::rpc::OutPayload;
 
 #[derive(Debug)]

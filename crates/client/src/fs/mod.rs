@@ -35,7 +35,7 @@ use benchfs_proto::Status;
 use benchfs_ucx::{Context, Features};
 use futures_util::future::join_all;
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::rpc::{ClientOptions, OutPayload, RpcClient, RpcError};
 use cache::{ChunkCache, MetadataCache};
 use handles::OpenFile;

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 
 use super::data::WriteSource;
 use super::{fanout, fs_err, norm, root_meta, rpc_err, DirEntry, FsClient};
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
 
 impl FsClient {
