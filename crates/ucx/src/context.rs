@@ -39,7 +39,7 @@ impl std::ops::BitOr for Features {
 ///
 /// Workers on several threads may share one context (it is created with
 /// `mt_workers_shared`), so it is `Send + Sync` and handed out as an `Arc`. Every
-/// [`Worker`](crate::Worker) and [`MemoryRegion`](crate::MemoryRegion) holds an `Arc` to
+/// [`Worker`](crate::Worker) holds an `Arc` to
 /// its context, so the context is cleaned up last.
 #[derive(Debug)]
 pub struct Context {
