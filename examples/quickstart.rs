@@ -1,28 +1,30 @@
-//! The README's example: create a file, write it, close it, open it again and read it back.
+//! The README's example: create a file, write it, close it, open it again and read it back,
+//! with the async API on a current-thread runtime.
 //!
-//! Run against a cluster: `benchfs cluster up --servers 4 --dir /tmp/bfs`, then
-//! `cargo run --example quickstart -- /tmp/bfs/registry`.
+//! Run it in a directory holding the cluster's `benchfs.toml`: `benchfs cluster up
+//! --servers 4 --dir /tmp/bfs`, then `cd /tmp/bfs && cargo run --manifest-path
+//! <repo>/Cargo.toml --example quickstart`.
 
 #![allow(clippy::print_stdout)] // An example program prints its result.
 
 use benchfs::api::{BenchFS, OpenFlags};
+use benchfs::config::ServerConfig;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let registry = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "/tmp/benchfs-registry".into());
-    let fs = BenchFS::connect_registry(&registry)?;
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = ServerConfig::from_file("benchfs.toml")?;
+    let fs = BenchFS::new(config).await?;
+    let fd = fs
+        .create("/test.txt", OpenFlags::CREATE | OpenFlags::WRITE)
+        .await?;
+    let written = fs.write(fd, b"Hello, BenchFS!").await?;
+    fs.close(fd).await?;
+    let fd = fs.open("/test.txt", OpenFlags::READ).await?;
+    let mut buffer = vec![0u8; 1024];
+    let read = fs.read(fd, &mut buffer).await?;
+    fs.close(fd).await?;
 
-    let fd = fs.create("/hello.txt", 0o644)?;
-    fs.write(fd, b"Hello, BenchFS!")?;
-    fs.close(fd)?;
-
-    let fd = fs.open("/hello.txt", OpenFlags::READ, 0)?;
-    let mut buf = vec![0u8; 64];
-    let n = fs.read(fd, &mut buf)?;
-    fs.close(fd)?;
-
-    assert_eq!(&buf[..n], b"Hello, BenchFS!");
-    println!("{}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(written, read);
+    println!("{}", String::from_utf8_lossy(&buffer[..read]));
     Ok(())
 }

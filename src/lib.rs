@@ -7,11 +7,16 @@
 //! imports it. See ARCHITECTURE.md for the map.
 #![forbid(unsafe_code)]
 
-/// The client API: [`api::BenchFS`], its open flags and its error type.
+/// The async client API: [`api::BenchFS`] (on a tokio current-thread runtime), its open
+/// flags and its error type.
 pub mod api {
     pub use benchfs_client::api::*;
-    pub use benchfs_client::fs::{DirEntry, Fd, FsClient, Whence};
-    pub use benchfs_proto::meta::FileMetadata;
+}
+
+/// The blocking client API: [`blocking::BenchFS`], one per thread, for programs with no
+/// async runtime; the C API and the FUSE mount build on it.
+pub mod blocking {
+    pub use benchfs_client::blocking::*;
 }
 
 /// Configuration: `benchfs.toml`, `BENCHFS_*` overrides, validation.

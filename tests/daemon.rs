@@ -98,7 +98,7 @@ fn launcher_ranks_start_distinct_servers_from_one_config() {
     }
     let mut config = benchfs::config::ServerConfig::from_file(&config).unwrap();
     config.network.registry_dir = registry;
-    let fs = benchfs::api::BenchFS::connect(&config).unwrap();
+    let fs = benchfs::blocking::BenchFS::connect(&config).unwrap();
     write_file(&fs, "/across-ranks", &[7u8; 100_000]);
     assert_eq!(read_file(&fs, "/across-ranks"), vec![7u8; 100_000]);
     for mut child in children {
@@ -145,7 +145,8 @@ fn bad_configuration_is_refused_with_the_key_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-file"));
     let config = benchfs::config::ServerConfig::default();
-    let err = benchfs::api::BenchFS::connect_with_secret(&config, vec![0; 70_000]).unwrap_err();
+    let err =
+        benchfs::blocking::BenchFS::connect_with_secret(&config, vec![0; 70_000]).unwrap_err();
     assert!(err.to_string().contains("job secret"), "{err}");
 }
 

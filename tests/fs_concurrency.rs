@@ -3,7 +3,7 @@
 
 mod common;
 
-use benchfs::api::{BenchFS, OpenFlags};
+use benchfs::blocking::{BenchFS, OpenFlags};
 use common::files::{read_file, write_file, C};
 use common::{pattern, Cluster, ClusterSpec};
 

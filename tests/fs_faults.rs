@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs_proto::Status;
 use common::files::{
     assert_unreachable, check_files, read_file, stats, try_read_file, write_file,

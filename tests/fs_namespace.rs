@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops::READDIR_PAGE_MAX;
 use common::files::{

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use benchfs::api::{BenchFS, OpenFlags, Whence};
+use benchfs::blocking::{BenchFS, OpenFlags, Whence};
 use common::files::{errno_of, read_file, write_file, C, CHUNK, SIZES};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -437,8 +437,9 @@ fn handles_enforce_their_access_mode() {
 fn quickstart_example_runs() {
     let example = quickstart_binary();
     let cluster = Cluster::start(ClusterSpec::default());
+    // The example reads `benchfs.toml` from its working directory, as the README's does.
     let out = Command::new(&example)
-        .arg(cluster.registry())
+        .current_dir(cluster.registry().parent().unwrap())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -451,7 +452,7 @@ fn quickstart_example_runs() {
     );
     assert!(stdout.contains("Hello, BenchFS!"), "{stdout}");
     assert_eq!(
-        read_file(&cluster.client(), "/hello.txt"),
+        read_file(&cluster.client(), "/test.txt"),
         b"Hello, BenchFS!"
     );
 }

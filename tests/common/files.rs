@@ -1,7 +1,7 @@
 //! Helpers of the file-system tests: whole-file reads and writes through the public API,
 //! errno checks, server counters, and a fixture of files that straddle chunk boundaries.
 
-use benchfs::api::{ApiError, BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs_proto::ops::StatsReply;
 
 use super::pattern;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use benchfs::api::BenchFS;
+use benchfs::blocking::BenchFS;
 use benchfs::config::ServerConfig;
 
 /// The RPC timeout of the clusters that test failures: short, so a call to a dead or

@@ -1,24 +1,42 @@
-//! The blocking client API: [`BenchFS`].
+//! The async client API: [`BenchFS`], for programs on a tokio current-thread runtime.
 //!
-//! `BenchFS` is the blocking face of [`FsClient`]: each call runs the async client on the
-//! handle's own current-thread runtime until it finishes. A handle belongs to one thread
-//! (it owns that thread's UCX worker); a program with several threads opens one per thread,
-//! as the C API and the FUSE mount do.
+//! ```no_run
+//! use benchfs_client::api::{BenchFS, OpenFlags};
+//! use benchfs_config::ServerConfig;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ServerConfig::from_file("benchfs.toml")?;
+//! let fs = BenchFS::new(config).await?;
+//! let fd = fs.create("/test.txt", OpenFlags::CREATE | OpenFlags::WRITE).await?;
+//! let written = fs.write(fd, b"Hello, BenchFS!").await?;
+//! fs.close(fd).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A `BenchFS` is the same [`FsClient`] the blocking [`crate::blocking::BenchFS`] wraps;
+//! it brings its own `LocalSet`, in which the client's UCX progress and reply tasks run
+//! while one of its calls is awaited, so it works under `#[tokio::main(flavor =
+//! "current_thread")]` with no set-up. It is `!Send`: it owns this thread's UCX worker.
+//! Reads and writes copy the caller's bytes once, since a future may be dropped at any
+//! point; the blocking API lends them to UCX instead.
 
 use std::future::Future;
-use std::path::Path;
 
-use benchfs_config::{registry, ServerConfig};
+use benchfs_config::ServerConfig;
 pub use benchfs_proto::meta::FileMetadata;
+use tokio::task::LocalSet;
 
 pub use crate::error::ApiError;
 pub use crate::flags::OpenFlags;
 pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
 
-/// A connection to a BenchFS cluster, for one thread.
+/// Mode of files `create` and `open` make: read-write for the owner, readable by others.
+pub const FILE_MODE_DEFAULT: u32 = 0o644;
+
+/// An async connection to a BenchFS cluster, for one thread.
 pub struct BenchFS {
-    runtime: tokio::runtime::Runtime,
-    local: tokio::task::LocalSet,
+    local: LocalSet,
     client: FsClient,
 }
 
@@ -31,110 +49,84 @@ impl std::fmt::Debug for BenchFS {
 }
 
 impl BenchFS {
-    /// Connects to the servers published in `config.network.registry_dir`.
-    pub fn connect(config: &ServerConfig) -> Result<BenchFS, ApiError> {
-        Self::connect_with_secret(config, Vec::new())
-    }
-
-    /// Connects with the defaults (and `BENCHFS_*` variables), to the servers published in
-    /// `registry_dir`.
-    pub fn connect_registry(registry_dir: impl AsRef<Path>) -> Result<BenchFS, ApiError> {
-        let mut config = ServerConfig::from_env()?;
-        config.network.registry_dir = registry_dir.as_ref().to_path_buf();
-        Self::connect(&config)
+    /// Connects to the servers published in `config.network.registry_dir`. A registry
+    /// that is missing or empty is [`ApiError::NoServers`], whose message says what to do.
+    pub async fn new(config: ServerConfig) -> Result<BenchFS, ApiError> {
+        Self::with_secret(&config, Vec::new()).await
     }
 
     /// Connects, presenting `secret` in every handshake.
-    pub fn connect_with_secret(
-        config: &ServerConfig,
-        secret: Vec<u8>,
-    ) -> Result<BenchFS, ApiError> {
-        if secret.len() > benchfs_proto::ops::TOKEN_LEN_MAX {
-            return Err(ApiError::SecretTooLong {
-                len: secret.len(),
-                max: benchfs_proto::ops::TOKEN_LEN_MAX,
-            });
-        }
-        let entries = registry::read(&config.network.registry_dir)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ApiError::Runtime)?;
-        let local = tokio::task::LocalSet::new();
-        let client = local.block_on(&runtime, async { FsClient::new(config, entries, secret) })?;
-        Ok(BenchFS {
-            runtime,
-            local,
-            client,
-        })
+    pub async fn with_secret(config: &ServerConfig, secret: Vec<u8>) -> Result<BenchFS, ApiError> {
+        let local = LocalSet::new();
+        let client = local
+            .run_until(async { FsClient::connect(config, secret) })
+            .await?;
+        Ok(BenchFS { local, client })
     }
 
-    /// Runs an async client operation to completion (for callers that want several
-    /// operations in flight, like the benchmark driver).
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.local.block_on(&self.runtime, future)
+    /// Runs a client future with the client's background tasks.
+    async fn run<F: Future>(&self, future: F) -> F::Output {
+        self.local.run_until(future).await
     }
 
-    /// The async client underneath.
+    /// The async client underneath, for several operations in flight at once (run them
+    /// inside [`BenchFS::run_with`]).
     pub fn client(&self) -> &FsClient {
         &self.client
     }
 
-    /// Creates (or truncates) a file and opens it for writing.
-    pub fn create(&self, path: &str, mode: u32) -> Result<Fd, ApiError> {
-        self.open(
-            path,
-            OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::TRUNC,
-            mode,
-        )
+    /// Runs `future`, which may use [`BenchFS::client`], with the client's background
+    /// tasks: for callers that want several operations in flight.
+    pub async fn run_with<F: Future>(&self, future: F) -> F::Output {
+        self.run(future).await
     }
 
-    /// Opens a file.
-    pub fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
-        self.block_on(self.client.open(path, flags, mode))
+    /// Creates a file, or truncates one that exists, and opens it with `flags` (which
+    /// should allow writing); its mode is [`FILE_MODE_DEFAULT`].
+    pub async fn create(&self, path: &str, flags: OpenFlags) -> Result<Fd, ApiError> {
+        let flags = flags | OpenFlags::CREATE | OpenFlags::TRUNC;
+        self.open_with_mode(path, flags, FILE_MODE_DEFAULT).await
+    }
+
+    /// Opens a file; with [`OpenFlags::CREATE`], a file it makes gets [`FILE_MODE_DEFAULT`].
+    pub async fn open(&self, path: &str, flags: OpenFlags) -> Result<Fd, ApiError> {
+        self.open_with_mode(path, flags, FILE_MODE_DEFAULT).await
+    }
+
+    /// Opens a file; with [`OpenFlags::CREATE`], a file it makes gets `mode`.
+    pub async fn open_with_mode(
+        &self,
+        path: &str,
+        flags: OpenFlags,
+        mode: u32,
+    ) -> Result<Fd, ApiError> {
+        self.run(self.client.open(path, flags, mode)).await
     }
 
     /// Closes a handle, publishing the file's size.
-    pub fn close(&self, fd: Fd) -> Result<(), ApiError> {
-        self.block_on(self.client.close(fd))
+    pub async fn close(&self, fd: Fd) -> Result<(), ApiError> {
+        self.run(self.client.close(fd)).await
     }
 
-    /// Reads at the handle's position. Replies are received into `buf` in place (unless
-    /// the chunk cache is on), and the call returns once UCX has finished with it.
-    pub fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize, ApiError> {
-        benchfs_ucx::lend_mut(
-            buf,
-            |loan| self.block_on(self.client.read_lent(fd, loan)),
-            |loan| self.block_on(self.client.settle(loan)),
-        )
+    /// Reads at the handle's position and advances it; returns the bytes read, 0 at the
+    /// end of the file.
+    pub async fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize, ApiError> {
+        self.run(self.client.read(fd, buf)).await
     }
 
-    /// Writes at the handle's position. The sends read `data` in place, with no copy, and
-    /// the call returns once UCX has finished with every byte of it.
-    pub fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
-        benchfs_ucx::lend(
-            data,
-            |loan| self.block_on(self.client.write_lent(fd, loan)),
-            |loan| self.block_on(self.client.settle(loan)),
-        )
+    /// Writes at the handle's position (the end, with APPEND) and advances it.
+    pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
+        self.run(self.client.write(fd, data)).await
     }
 
-    /// Reads at `offset`, receiving into `buf` in place as [`BenchFS::read`] does.
-    pub fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
-        benchfs_ucx::lend_mut(
-            buf,
-            |loan| self.block_on(self.client.pread_lent(fd, loan, offset)),
-            |loan| self.block_on(self.client.settle(loan)),
-        )
+    /// Reads at `offset`.
+    pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
+        self.run(self.client.pread(fd, buf, offset)).await
     }
 
-    /// Writes at `offset`, reading `data` in place as [`BenchFS::write`] does.
-    pub fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
-        benchfs_ucx::lend(
-            data,
-            |loan| self.block_on(self.client.pwrite_lent(fd, loan, offset)),
-            |loan| self.block_on(self.client.settle(loan)),
-        )
+    /// Writes at `offset`.
+    pub async fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
+        self.run(self.client.pwrite(fd, data, offset)).await
     }
 
     /// Moves the handle's position.
@@ -143,47 +135,47 @@ impl BenchFS {
     }
 
     /// Makes the handle's data and size durable.
-    pub fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
-        self.block_on(self.client.fsync(fd))
+    pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
+        self.run(self.client.fsync(fd)).await
     }
 
     /// Metadata of an open handle.
-    pub fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
-        self.block_on(self.client.fstat(fd))
+    pub async fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
+        self.run(self.client.fstat(fd)).await
     }
 
     /// Metadata of a path.
-    pub fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
-        self.block_on(self.client.stat(path))
+    pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
+        self.run(self.client.stat(path)).await
     }
 
     /// Removes a file.
-    pub fn unlink(&self, path: &str) -> Result<(), ApiError> {
-        self.block_on(self.client.unlink(path))
+    pub async fn unlink(&self, path: &str) -> Result<(), ApiError> {
+        self.run(self.client.unlink(path)).await
     }
 
     /// Creates a directory.
-    pub fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApiError> {
-        self.block_on(self.client.mkdir(path, mode))
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApiError> {
+        self.run(self.client.mkdir(path, mode)).await
     }
 
     /// Removes an empty directory.
-    pub fn rmdir(&self, path: &str) -> Result<(), ApiError> {
-        self.block_on(self.client.rmdir(path))
+    pub async fn rmdir(&self, path: &str) -> Result<(), ApiError> {
+        self.run(self.client.rmdir(path)).await
     }
 
     /// Lists a directory.
-    pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, ApiError> {
-        self.block_on(self.client.readdir(path))
+    pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, ApiError> {
+        self.run(self.client.readdir(path)).await
     }
 
     /// Cuts or extends a file.
-    pub fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
-        self.block_on(self.client.truncate(path, size))
+    pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
+        self.run(self.client.truncate(path, size)).await
     }
 
     /// Renames a file or an empty directory.
-    pub fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
-        self.block_on(self.client.rename(from, to))
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
+        self.run(self.client.rename(from, to)).await
     }
 }

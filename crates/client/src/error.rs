@@ -54,9 +54,9 @@ pub enum ApiError {
     /// The registry directory could not be read.
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
-    /// The registry lists no server: none was started with this registry directory, or
+    /// The registry directory is missing or lists no server: none was started with it, or
     /// all have stopped.
-    #[error("registry {dir} lists no servers: start benchfsd with --registry {dir} (or network.registry_dir) first", dir = dir.display())]
+    #[error("no BenchFS server is published in {dir}: start servers with `benchfsd --registry {dir}` (or `benchfs cluster up`), or point network.registry_dir at a running cluster's registry", dir = dir.display())]
     NoServers {
         /// The registry directory.
         dir: PathBuf,

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use benchfs_config::registry::ServerEntry;
+use benchfs_config::registry::{self, RegistryError, ServerEntry};
 use benchfs_config::ServerConfig;
 use benchfs_proto::meta::{EntryKind, FileMetadata};
 use benchfs_proto::ops;
@@ -125,6 +125,29 @@ fn norm(path: &str) -> Result<String, ApiError> {
 }
 
 impl FsClient {
+    /// Connects to the servers published in `config.network.registry_dir`, presenting
+    /// `secret` in every handshake. Call inside a tokio `LocalSet`. A registry directory
+    /// that is missing or lists no server is [`ApiError::NoServers`], whose message says
+    /// how to start one.
+    pub fn connect(config: &ServerConfig, secret: Vec<u8>) -> Result<FsClient, ApiError> {
+        if secret.len() > benchfs_proto::ops::TOKEN_LEN_MAX {
+            return Err(ApiError::SecretTooLong {
+                len: secret.len(),
+                max: benchfs_proto::ops::TOKEN_LEN_MAX,
+            });
+        }
+        let dir = &config.network.registry_dir;
+        let entries = match registry::read(dir) {
+            Err(RegistryError::Io { path, source, .. })
+                if &path == dir && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            other => other?,
+        };
+        FsClient::new(config, entries, secret)
+    }
+
     /// Connects to the servers listed in `entries`. Call inside a tokio `LocalSet`.
     pub fn new(
         config: &ServerConfig,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::cluster::{self, Target, UpArgs};
 use super::CliError;
-use benchfs::api::{BenchFS, OpenFlags};
+use benchfs::blocking::{BenchFS, OpenFlags};
 
 /// Arguments of `benchfs bench`.
 #[derive(Debug, clap::Args)]

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::CliError;
-use benchfs::api::BenchFS;
+use benchfs::blocking::BenchFS;
 use benchfs::config::ServerConfig;
 use benchfs::registry;
 

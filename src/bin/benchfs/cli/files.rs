@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::cluster::Target;
 use super::CliError;
-use benchfs::api::{BenchFS, OpenFlags};
+use benchfs::blocking::{BenchFS, OpenFlags};
 
 /// Bytes moved per call by put, get and cat.
 const COPY_BLOCK: usize = 4 << 20;

@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 
 use super::cluster::benchfsd_path;
 use super::CliError;
-use benchfs::api::{ApiError, BenchFS, FsClient};
+use benchfs::blocking::{ApiError, BenchFS, FsClient};
 use benchfs::client::rpc::OutPayload;
 use benchfs::config::ServerConfig;
 use benchfs::{limits, registry};

@@ -1,0 +1,185 @@
+//! The blocking client API: [`BenchFS`], for programs without an async runtime (a C
+//! library, a thread per MPI rank).
+//!
+//! `BenchFS` is the blocking face of [`FsClient`]: each call runs the async client on the
+//! handle's own current-thread runtime until it finishes. A handle belongs to one thread
+//! (it owns that thread's UCX worker); a program with several threads opens one per thread,
+//! as the C API and the FUSE mount do. Blocking reads and writes lend the caller's buffer
+//! to UCX instead of copying it (see [`benchfs_ucx::lend`]); the async
+//! [`crate::api::BenchFS`] cannot, since its futures may be dropped at any point.
+
+use std::future::Future;
+use std::path::Path;
+
+use benchfs_config::ServerConfig;
+pub use benchfs_proto::meta::FileMetadata;
+
+pub use crate::error::ApiError;
+pub use crate::flags::OpenFlags;
+pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
+
+/// A connection to a BenchFS cluster, for one thread.
+pub struct BenchFS {
+    runtime: tokio::runtime::Runtime,
+    local: tokio::task::LocalSet,
+    client: FsClient,
+}
+
+impl std::fmt::Debug for BenchFS {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchFS")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl BenchFS {
+    /// Connects to the servers published in `config.network.registry_dir`.
+    pub fn connect(config: &ServerConfig) -> Result<BenchFS, ApiError> {
+        Self::connect_with_secret(config, Vec::new())
+    }
+
+    /// Connects with the defaults (and `BENCHFS_*` variables), to the servers published in
+    /// `registry_dir`.
+    pub fn connect_registry(registry_dir: impl AsRef<Path>) -> Result<BenchFS, ApiError> {
+        let mut config = ServerConfig::from_env()?;
+        config.network.registry_dir = registry_dir.as_ref().to_path_buf();
+        Self::connect(&config)
+    }
+
+    /// Connects, presenting `secret` in every handshake.
+    pub fn connect_with_secret(
+        config: &ServerConfig,
+        secret: Vec<u8>,
+    ) -> Result<BenchFS, ApiError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ApiError::Runtime)?;
+        let local = tokio::task::LocalSet::new();
+        let client = local.block_on(&runtime, async { FsClient::connect(config, secret) })?;
+        Ok(BenchFS {
+            runtime,
+            local,
+            client,
+        })
+    }
+
+    /// Runs an async client operation to completion (for callers that want several
+    /// operations in flight, like the benchmark driver).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.local.block_on(&self.runtime, future)
+    }
+
+    /// The async client underneath.
+    pub fn client(&self) -> &FsClient {
+        &self.client
+    }
+
+    /// Creates (or truncates) a file and opens it for writing.
+    pub fn create(&self, path: &str, mode: u32) -> Result<Fd, ApiError> {
+        self.open(
+            path,
+            OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::TRUNC,
+            mode,
+        )
+    }
+
+    /// Opens a file.
+    pub fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
+        self.block_on(self.client.open(path, flags, mode))
+    }
+
+    /// Closes a handle, publishing the file's size.
+    pub fn close(&self, fd: Fd) -> Result<(), ApiError> {
+        self.block_on(self.client.close(fd))
+    }
+
+    /// Reads at the handle's position. Replies are received into `buf` in place (unless
+    /// the chunk cache is on), and the call returns once UCX has finished with it.
+    pub fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize, ApiError> {
+        benchfs_ucx::lend_mut(
+            buf,
+            |loan| self.block_on(self.client.read_lent(fd, loan)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
+    /// Writes at the handle's position. The sends read `data` in place, with no copy, and
+    /// the call returns once UCX has finished with every byte of it.
+    pub fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
+        benchfs_ucx::lend(
+            data,
+            |loan| self.block_on(self.client.write_lent(fd, loan)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
+    /// Reads at `offset`, receiving into `buf` in place as [`BenchFS::read`] does.
+    pub fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
+        benchfs_ucx::lend_mut(
+            buf,
+            |loan| self.block_on(self.client.pread_lent(fd, loan, offset)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
+    /// Writes at `offset`, reading `data` in place as [`BenchFS::write`] does.
+    pub fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
+        benchfs_ucx::lend(
+            data,
+            |loan| self.block_on(self.client.pwrite_lent(fd, loan, offset)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
+    /// Moves the handle's position.
+    pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
+        self.client.seek(fd, offset, whence)
+    }
+
+    /// Makes the handle's data and size durable.
+    pub fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
+        self.block_on(self.client.fsync(fd))
+    }
+
+    /// Metadata of an open handle.
+    pub fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
+        self.block_on(self.client.fstat(fd))
+    }
+
+    /// Metadata of a path.
+    pub fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
+        self.block_on(self.client.stat(path))
+    }
+
+    /// Removes a file.
+    pub fn unlink(&self, path: &str) -> Result<(), ApiError> {
+        self.block_on(self.client.unlink(path))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApiError> {
+        self.block_on(self.client.mkdir(path, mode))
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: &str) -> Result<(), ApiError> {
+        self.block_on(self.client.rmdir(path))
+    }
+
+    /// Lists a directory.
+    pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, ApiError> {
+        self.block_on(self.client.readdir(path))
+    }
+
+    /// Cuts or extends a file.
+    pub fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
+        self.block_on(self.client.truncate(path, size))
+    }
+
+    /// Renames a file or an empty directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
+        self.block_on(self.client.rename(from, to))
+    }
+}

@@ -1,0 +1,83 @@
+//! The async API (`benchfs::api::BenchFS`) end to end on a current-thread runtime, beside
+//! the blocking one over the same cluster, and its errors when there is no cluster.
+
+mod common;
+
+use benchfs::api::{ApiError, BenchFS, OpenFlags, Whence};
+use benchfs::config::ServerConfig;
+use common::files::read_file;
+use common::{pattern, Cluster, ClusterSpec};
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+#[test]
+fn async_client_round_trips_and_agrees_with_the_blocking_one() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let data = pattern(5 * 1024 * 1024 + 123, 7);
+    block_on(async {
+        let fs = BenchFS::new(cluster.config()).await.unwrap();
+        fs.mkdir("/d", 0o755).await.unwrap();
+        let fd = fs.create("/d/f", OpenFlags::WRITE).await.unwrap();
+        assert_eq!(fs.write(fd, &data).await.unwrap(), data.len());
+        assert_eq!(fs.fstat(fd).await.unwrap().size, data.len() as u64);
+        fs.close(fd).await.unwrap();
+
+        let fd = fs.open("/d/f", OpenFlags::READ).await.unwrap();
+        let mut buf = vec![0u8; data.len() + 10];
+        assert_eq!(fs.read(fd, &mut buf).await.unwrap(), data.len());
+        assert!(buf[..data.len()] == data[..], "read back differs");
+        assert_eq!(fs.seek(fd, 1000, Whence::Start).unwrap(), 1000);
+        let mut part = [0u8; 100];
+        assert_eq!(fs.pread(fd, &mut part, 4 << 20).await.unwrap(), 100);
+        assert_eq!(&part[..], &data[4 << 20..(4 << 20) + 100]);
+        fs.close(fd).await.unwrap();
+
+        let names: Vec<String> = fs
+            .readdir("/d")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["f"]);
+        fs.rename("/d/f", "/d/g").await.unwrap();
+        assert_eq!(fs.stat("/d/g").await.unwrap().size, data.len() as u64);
+        let e = fs.stat("/d/f").await.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    });
+    // The blocking client reads what the async one wrote.
+    assert!(read_file(&cluster.client(), "/d/g") == data);
+    block_on(async {
+        let fs = BenchFS::new(cluster.config()).await.unwrap();
+        fs.truncate("/d/g", 10).await.unwrap();
+        fs.unlink("/d/g").await.unwrap();
+        fs.rmdir("/d").await.unwrap();
+        assert!(fs.readdir("/").await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn no_cluster_is_a_clear_error() {
+    let root = tempfile::tempdir_in(common::test_root()).unwrap();
+    for (what, dir) in [
+        ("a missing registry", root.path().join("missing")),
+        ("an empty registry", root.path().to_path_buf()),
+    ] {
+        let mut config = ServerConfig::default();
+        config.network.registry_dir = dir.clone();
+        let e = block_on(BenchFS::new(config)).unwrap_err();
+        assert!(matches!(e, ApiError::NoServers { .. }), "{what}: {e:?}");
+        let message = e.to_string();
+        assert!(
+            message.contains(&dir.display().to_string()) && message.contains("benchfsd"),
+            "{what}: the message names the directory and how to start a server: {message}"
+        );
+        assert_eq!(e.errno(), libc::EIO, "{what}");
+    }
+}
