@@ -24,10 +24,13 @@ pub mod config {
     pub use benchfs_config::*;
 }
 
-/// A server's metadata table and the metadata record.
+/// A client's view of the metadata: [`metadata::MetadataManager`] stores and fetches a
+/// path's record on the node that owns it, on a cluster or in a local simulation. (One
+/// server's share of the namespace is `benchfs::server::metadata::MetadataTable`; the
+/// wire record is `benchfs::proto::meta::FileMetadata`.)
 pub mod metadata {
-    pub use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
-    pub use benchfs_server::metadata::MetadataManager;
+    pub use benchfs_client::metadata::*;
+    pub use benchfs_proto::meta::{EntryKind, SizeUpdate};
 }
 
 /// Chunk stores (re-exported from `benchfs-store`).

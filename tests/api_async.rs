@@ -81,3 +81,45 @@ fn no_cluster_is_a_clear_error() {
         assert_eq!(e.errno(), libc::EIO, "{what}");
     }
 }
+
+/// A connected `MetadataManager` is a view of the cluster's one namespace: what it stores
+/// is a file the file system sees, on the server the ring names.
+#[test]
+fn metadata_manager_stores_on_the_owning_server() {
+    use benchfs::metadata::{CachePolicy, FileMetadata, MetadataManager};
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    fs.mkdir("/data", 0o755).unwrap();
+    let records = |fs: &benchfs::blocking::BenchFS| -> Vec<(String, u64)> {
+        fs.block_on(fs.client().server_stats())
+            .into_iter()
+            .map(|(entry, stats)| (entry.node_id, stats.unwrap().metadata_records))
+            .collect()
+    };
+    let before = records(&fs);
+    let owner = block_on(async {
+        let manager = MetadataManager::connect(cluster.config(), CachePolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(manager.nodes().len(), before.len());
+        assert!(
+            !manager.add_node("elsewhere".into()),
+            "a cluster's nodes are its servers"
+        );
+        let metadata = FileMetadata::new(1, "/data/file.txt".to_string(), 1024);
+        manager.store_file_metadata(metadata).await.unwrap();
+        let retrieved = manager.get_file_metadata("/data/file.txt").await.unwrap();
+        assert_eq!(retrieved.size, 1024);
+        let e = manager
+            .store_file_metadata(FileMetadata::new(2, "/missing/f".into(), 1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT, "a record needs its parent: {e}");
+        manager.owner("/data/file.txt").unwrap().unwrap()
+    });
+    assert_eq!(fs.stat("/data/file.txt").unwrap().size, 1024);
+    for ((node, was), (_, now)) in before.iter().zip(records(&fs)) {
+        let expected = if *node == owner { was + 1 } else { *was };
+        assert_eq!(now, expected, "records on {node} (owner {owner})");
+    }
+}

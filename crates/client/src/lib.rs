@@ -13,6 +13,7 @@ pub mod blocking;
 mod error;
 mod flags;
 pub mod fs;
+pub mod metadata;
 pub mod rpc;
 
 pub use error::ApiError;

@@ -2,7 +2,7 @@
 //!
 //! There is no metadata server: the record of `/a/b` lives on the server that owns
 //! `hash("/a/b")`, and a directory's entries are spread over every server. A
-//! [`MetadataManager`] is one server's share. It checks only what it can see locally
+//! [`MetadataTable`] is one server's share. It checks only what it can see locally
 //! (existence and kind of the record itself); the client checks the parent and, for
 //! `rmdir`, emptiness across all servers (see ARCHITECTURE.md for what that leaves open).
 
@@ -25,7 +25,7 @@ pub fn now_ns() -> u64 {
 
 /// One server's share of the namespace.
 #[derive(Debug)]
-pub struct MetadataManager {
+pub struct MetadataTable {
     /// Keyed by normalised path; ordered so a directory's local children are one range.
     entries: BTreeMap<String, FileMetadata>,
     /// High 32 bits of every inode number this server hands out.
@@ -35,12 +35,12 @@ pub struct MetadataManager {
     chunk_size: u64,
 }
 
-impl MetadataManager {
+impl MetadataTable {
     /// An empty table. `node_tag` (unique per server, see
     /// [`node_tag`](benchfs_proto::placement::node_tag)) makes this server's inode numbers unique
     /// in the cluster; `chunk_size` is given to new files.
     pub fn new(node_tag: u32, chunk_size: u64) -> Self {
-        MetadataManager {
+        MetadataTable {
             entries: BTreeMap::new(),
             id_prefix: u64::from(node_tag) << 32,
             next_id: 1,
@@ -208,8 +208,8 @@ impl MetadataManager {
 mod tests {
     use super::*;
 
-    fn manager() -> MetadataManager {
-        MetadataManager::new(7, 4096)
+    fn manager() -> MetadataTable {
+        MetadataTable::new(7, 4096)
     }
 
     #[test]

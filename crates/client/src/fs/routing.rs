@@ -122,6 +122,12 @@ impl FsClient {
         0..self.servers.len() as ServerIndex
     }
 
+    /// The node that owns the record of `path` (normalised).
+    pub fn metadata_owner(&self, path: &str) -> Option<String> {
+        let index = self.ring.owner(PlacementKey::Metadata(path));
+        self.ring.nodes().get(index as usize).cloned()
+    }
+
     pub(super) fn replica_set(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
         self.ring.replicas(key, self.replicas)
     }

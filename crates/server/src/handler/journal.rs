@@ -21,7 +21,7 @@ use benchfs_proto::meta::{FileMetadata, FILE_METADATA_LEN};
 use benchfs_proto::wire::{Reader, Writer};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::metadata::MetadataManager;
+use crate::metadata::MetadataTable;
 
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
@@ -110,7 +110,7 @@ fn encode(record: &Record<'_>) -> Vec<u8> {
 
 /// Applies the well-formed records at the start of `bytes` to `table` and returns how
 /// many bytes they span; a torn or corrupt record ends the replay.
-fn replay(bytes: &[u8], table: &mut MetadataManager) -> usize {
+fn replay(bytes: &[u8], table: &mut MetadataTable) -> usize {
     let mut r = Reader::new(bytes);
     let mut good = 0;
     while let (Ok(len), Ok(check)) = (r.u32(), r.u32()) {
@@ -127,7 +127,7 @@ fn replay(bytes: &[u8], table: &mut MetadataManager) -> usize {
     good
 }
 
-fn apply(body: &[u8], table: &mut MetadataManager) -> Option<()> {
+fn apply(body: &[u8], table: &mut MetadataTable) -> Option<()> {
     let mut r = Reader::new(body);
     match r.u8().ok()? {
         TAG_PUT => {
@@ -155,7 +155,7 @@ fn apply(body: &[u8], table: &mut MetadataManager) -> Option<()> {
 impl Journal {
     /// Replays the journal at `path` into `table` (which should be empty), then rewrites it
     /// as a snapshot of `table` and opens it for appending.
-    pub fn open(path: &Path, table: &mut MetadataManager) -> Result<Journal, JournalError> {
+    pub fn open(path: &Path, table: &mut MetadataTable) -> Result<Journal, JournalError> {
         let mut bytes = Vec::new();
         match File::open(path) {
             Ok(mut f) => {
@@ -194,7 +194,7 @@ impl Journal {
 
     /// Rewrites the journal as a snapshot of `table`, which must hold every record
     /// appended so far. A crash at any point leaves the old journal or the new one whole.
-    pub fn compact(&mut self, table: &MetadataManager) -> Result<(), JournalError> {
+    pub fn compact(&mut self, table: &MetadataTable) -> Result<(), JournalError> {
         let (file, snapshot_bytes) = write_snapshot(&self.path, table)?;
         self.file = file;
         self.snapshot_bytes = snapshot_bytes;
@@ -210,7 +210,7 @@ impl Journal {
 
 /// Writes `table` as a snapshot to a temporary file, syncs it and renames it over `path`
 /// (then syncs the directory); returns `path` opened for appending and the snapshot's size.
-fn write_snapshot(path: &Path, table: &MetadataManager) -> Result<(File, u64), JournalError> {
+fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), JournalError> {
     let tmp = path.with_extension("journal.tmp");
     let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
     for (p, meta) in table.entries() {
@@ -239,8 +239,8 @@ fn write_snapshot(path: &Path, table: &MetadataManager) -> Result<(File, u64), J
 mod tests {
     use super::*;
 
-    fn table() -> MetadataManager {
-        MetadataManager::new(1, 4096)
+    fn table() -> MetadataTable {
+        MetadataTable::new(1, 4096)
     }
 
     #[test]

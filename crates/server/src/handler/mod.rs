@@ -15,7 +15,7 @@ use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, StoreError};
 
-use crate::metadata::{MetadataManager, SizeUpdate};
+use crate::metadata::{MetadataTable, SizeUpdate};
 use benchfs_config::ServerConfig;
 use benchfs_proto::placement::node_tag;
 
@@ -109,7 +109,7 @@ pub struct ServerState {
     chunk_size: u64,
     rendezvous_threshold: u64,
     secret: Vec<u8>,
-    metadata: RefCell<MetadataManager>,
+    metadata: RefCell<MetadataTable>,
     journal: Option<RefCell<Journal>>,
     store: AnyChunkStore,
     /// Request counters.
@@ -131,7 +131,7 @@ impl ServerState {
         secret: Vec<u8>,
     ) -> Result<ServerState, crate::handler::OpenError> {
         let store = AnyChunkStore::open(&config.store_config())?;
-        let mut metadata = MetadataManager::new(
+        let mut metadata = MetadataTable::new(
             node_tag(&config.node.node_id),
             config.storage.chunk_size_bytes,
         );
