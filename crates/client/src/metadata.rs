@@ -53,7 +53,7 @@ impl Default for CachePolicy {
     fn default() -> Self {
         CachePolicy {
             entries: METADATA_CACHE_ENTRIES_DEFAULT,
-            ttl: (CACHE_TTL_SECS_DEFAULT > 0).then(|| Duration::from_secs(CACHE_TTL_SECS_DEFAULT)),
+            ttl: ttl_of(CACHE_TTL_SECS_DEFAULT),
         }
     }
 }
@@ -61,12 +61,16 @@ impl Default for CachePolicy {
 impl CachePolicy {
     /// The policy of a configuration's `[cache]` section.
     pub fn from_config(config: &ServerConfig) -> CachePolicy {
-        let ttl = config.cache.cache_ttl_secs;
         CachePolicy {
             entries: config.cache.metadata_cache_entries,
-            ttl: (ttl > 0).then(|| Duration::from_secs(ttl)),
+            ttl: ttl_of(config.cache.cache_ttl_secs),
         }
     }
+}
+
+/// A `cache_ttl_secs` value as a TTL: 0 is none (kept until this client changes the path).
+fn ttl_of(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// A path and its metadata record.
