@@ -22,7 +22,7 @@ impl AnyChunkStore {
     pub fn open(config: &StoreConfig) -> Result<AnyChunkStore, StoreError> {
         config.validate()?;
         Ok(match config.backend {
-            Backend::Memory => AnyChunkStore::Memory(InMemoryChunkStore::new(
+            Backend::Memory => AnyChunkStore::Memory(InMemoryChunkStore::with_chunk_size(
                 config.chunk_size,
                 config.capacity_bytes.unwrap_or(u64::MAX),
             )?),

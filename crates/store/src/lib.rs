@@ -118,6 +118,78 @@ pub trait ChunkStore {
 
     /// Space in use now.
     fn usage(&self) -> StoreUsage;
+
+    /// Writes `data` at `offset` in chunk `chunk_index` of file `file_id`: [`write`]
+    /// with the copy into a [`buffer`] done for you. Fails with
+    /// [`StoreError::OutOfRange`], changing nothing, if `offset + data.len()` exceeds the
+    /// chunk size, and with [`StoreError::NoSpace`] if the store has no room.
+    ///
+    /// Takes `&mut self`, exclusive access: the convenience form for a single owner. A
+    /// store shared through an `Rc`, as a server holds it, calls [`write`] (`&self`).
+    ///
+    /// [`write`]: ChunkStore::write
+    /// [`buffer`]: ChunkStore::buffer
+    ///
+    /// ```
+    /// use benchfs_store::{ChunkStore, InMemoryChunkStore};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// runtime.block_on(async {
+    ///     let mut store = InMemoryChunkStore::new(1024 * 1024 * 100); // 100 MB
+    ///     let data = vec![42u8; 4096];
+    ///     store.write_chunk(1, 0, 0, &data).await?;
+    ///     let read_data = store.read_chunk(1, 0, 0, 4096).await?;
+    ///     assert_eq!(data, read_data);
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })
+    /// # }
+    /// ```
+    async fn write_chunk(
+        &mut self,
+        file_id: u64,
+        chunk_index: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        // Checked before taking a buffer, so the error names the caller's offset.
+        check_range(self.chunk_size(), offset, data.len())?;
+        let mut buf = self.buffer(data.len()).await?;
+        buf.as_mut_slice().copy_from_slice(data);
+        let id = ChunkId {
+            file_id,
+            index: chunk_index,
+        };
+        self.write(id, offset, buf).await.0
+    }
+
+    /// Reads up to `len` bytes at `offset` in chunk `chunk_index` of file `file_id`:
+    /// [`read`] into a [`buffer`], returning exactly the bytes read. As with `read`, the
+    /// result is short at the end of the chunk and empty for a missing chunk or an offset
+    /// past its end; holes read as zeros. Fails with [`StoreError::OutOfRange`] if
+    /// `offset + len` exceeds the chunk size. Example at [`write_chunk`].
+    ///
+    /// [`read`]: ChunkStore::read
+    /// [`buffer`]: ChunkStore::buffer
+    /// [`write_chunk`]: ChunkStore::write_chunk
+    async fn read_chunk(
+        &self,
+        file_id: u64,
+        chunk_index: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        check_range(self.chunk_size(), offset, len)?;
+        let buf = self.buffer(len).await?;
+        let id = ChunkId {
+            file_id,
+            index: chunk_index,
+        };
+        let (result, buf) = self.read(id, offset, buf).await;
+        // `read` never reports more than `buf.len()`; the `min` keeps slicing panic-free.
+        let n = result?.min(buf.len());
+        Ok(buf[..n].to_vec())
+    }
 }
 
 /// Which [`ChunkStore`] implementation to run.
@@ -259,6 +331,38 @@ mod tests {
         assert_eq!(check_range(10, 10, 0).unwrap(), 10);
         assert!(check_range(10, 10, 1).is_err());
         assert!(check_range(10, u64::MAX, 2).is_err());
+    }
+
+    /// The provided `write_chunk` and `read_chunk` work through every backend.
+    #[test]
+    fn convenience_methods_on_every_backend() {
+        // The io_uring store is opened and used inside a runtime with I/O enabled; the
+        // LocalSet is how the server runs it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for backend in Backend::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = StoreConfig::new(backend, dir.path());
+            config.chunk_size = CHUNK_SIZE_MIN;
+            config.queue_depth = 2;
+            tokio::task::LocalSet::new().block_on(&runtime, async {
+                let mut store = match AnyChunkStore::open(&config) {
+                    Ok(store) => store,
+                    // io_uring may be missing or forbidden where the tests run.
+                    Err(StoreError::Unsupported { .. }) => return,
+                    Err(e) => panic!("open {backend}: {e}"),
+                };
+                store.write_chunk(5, 1, 100, &[7; 50]).await.unwrap();
+                let got = store.read_chunk(5, 1, 90, 100).await.unwrap();
+                assert_eq!(got, [&[0; 10][..], &[7; 50]].concat(), "{backend}");
+                assert!(store.read_chunk(5, 2, 0, 10).await.unwrap().is_empty());
+                let long = vec![0; CHUNK_SIZE_MIN as usize + 1];
+                let err = store.write_chunk(5, 1, 0, &long).await.unwrap_err();
+                assert!(matches!(err, StoreError::OutOfRange { .. }), "{backend}");
+            });
+        }
     }
 
     #[test]

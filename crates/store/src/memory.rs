@@ -1,13 +1,16 @@
 //! [`InMemoryChunkStore`]: chunks as vectors in a map, bounded by a byte capacity.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::buf::BufPool;
-use crate::limits::MEMORY_POOL_IN_FLIGHT;
+use crate::limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, MEMORY_POOL_IN_FLIGHT};
 use crate::{check_chunk_size, check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore};
 use crate::{StoreError, StoreUsage};
+
+// `new` skips `check_chunk_size` for the default; this is what makes that sound.
+const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT <= CHUNK_SIZE_MAX);
 
 /// Chunks held in memory. Writes and truncates that would take the total past the
 /// capacity fail with [`StoreError::NoSpace`] and change nothing. Holes are stored as
@@ -18,20 +21,52 @@ pub struct InMemoryChunkStore {
     capacity_bytes: u64,
     chunks: RefCell<BTreeMap<ChunkId, Vec<u8>>>,
     used_bytes: Cell<u64>,
-    pool: Rc<BufPool>,
+    /// Mapped on first use when built by `new`, so that constructor cannot fail.
+    pool: OnceCell<Rc<BufPool>>,
 }
 
 impl InMemoryChunkStore {
-    /// An empty store; `capacity_bytes == u64::MAX` means unbounded.
-    pub fn new(chunk_size: u64, capacity_bytes: u64) -> Result<InMemoryChunkStore, StoreError> {
+    /// An empty store of [`CHUNK_SIZE_DEFAULT`] chunks holding at most `capacity_bytes`;
+    /// `u64::MAX` means unbounded.
+    ///
+    /// Infallible: the buffer pool is mapped by the first [`ChunkStore::buffer`] call,
+    /// which reports a failure to map it. Use [`with_chunk_size`](Self::with_chunk_size)
+    /// to map it, and so fail, here.
+    pub fn new(capacity_bytes: u64) -> InMemoryChunkStore {
+        InMemoryChunkStore::empty(CHUNK_SIZE_DEFAULT, capacity_bytes)
+    }
+
+    /// An empty store of `chunk_size` chunks holding at most `capacity_bytes`; `u64::MAX`
+    /// means unbounded. Fails if `chunk_size` is out of bounds or the buffer pool cannot
+    /// be mapped: it maps the pool now so a server fails at start-up, not on a request.
+    pub fn with_chunk_size(
+        chunk_size: u64,
+        capacity_bytes: u64,
+    ) -> Result<InMemoryChunkStore, StoreError> {
         check_chunk_size(chunk_size)?;
-        Ok(InMemoryChunkStore {
+        let store = InMemoryChunkStore::empty(chunk_size, capacity_bytes);
+        store.pool()?;
+        Ok(store)
+    }
+
+    fn empty(chunk_size: u64, capacity_bytes: u64) -> InMemoryChunkStore {
+        InMemoryChunkStore {
             chunk_size,
             capacity_bytes,
             chunks: RefCell::new(BTreeMap::new()),
             used_bytes: Cell::new(0),
-            pool: BufPool::for_chunks(chunk_size, MEMORY_POOL_IN_FLIGHT)?,
-        })
+            pool: OnceCell::new(),
+        }
+    }
+
+    /// The buffer pool, mapped now if it is not yet. A failed mapping leaves the cell
+    /// empty, so the next call tries again.
+    fn pool(&self) -> Result<&Rc<BufPool>, StoreError> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = BufPool::for_chunks(self.chunk_size, MEMORY_POOL_IN_FLIGHT)?;
+        Ok(self.pool.get_or_init(|| pool))
     }
 
     /// Checks that growing a chunk from `old` to `new` bytes fits, and reserves the memory.
@@ -64,7 +99,7 @@ impl ChunkStore for InMemoryChunkStore {
 
     async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
         check_range(self.chunk_size, 0, len)?;
-        Ok(self.pool.take_or_heap(len))
+        Ok(self.pool()?.take_or_heap(len))
     }
 
     async fn write(
@@ -176,5 +211,140 @@ impl ChunkStore for InMemoryChunkStore {
             capacity_bytes: (self.capacity_bytes != u64::MAX).then_some(self.capacity_bytes),
             chunks: self.chunks.borrow().len() as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One call of a convenience method on chunk `.0` of file 1, at offset `.1`, and what
+    /// it returns; an error is named by its variant.
+    enum Step {
+        Write(u64, u64, Vec<u8>, Result<(), &'static str>),
+        Read(u64, u64, usize, Result<Vec<u8>, &'static str>),
+    }
+
+    fn kind(e: &StoreError) -> &'static str {
+        match e {
+            StoreError::NoSpace { .. } => "NoSpace",
+            StoreError::OutOfRange { .. } => "OutOfRange",
+            _ => "other",
+        }
+    }
+
+    /// Runs `steps` in order on a fresh store of [`CHUNK_SIZE_MIN`] chunks.
+    fn check(capacity_bytes: u64, steps: Vec<Step>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut store =
+                InMemoryChunkStore::with_chunk_size(CHUNK_SIZE_MIN, capacity_bytes).unwrap();
+            for (i, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Write(index, offset, data, expected) => {
+                        let got = store.write_chunk(1, index, offset, &data).await;
+                        assert_eq!(got.map_err(|e| kind(&e)), expected, "step {i}");
+                    }
+                    Step::Read(index, offset, len, expected) => {
+                        let got = store.read_chunk(1, index, offset, len).await;
+                        assert_eq!(got.map_err(|e| kind(&e)), expected, "step {i}");
+                    }
+                }
+            }
+        });
+    }
+
+    const MIN: usize = CHUNK_SIZE_MIN as usize;
+
+    #[test]
+    fn write_then_read_at_offsets() {
+        use Step::*;
+        check(
+            u64::MAX,
+            vec![
+                Write(0, 0, vec![1; 10], Ok(())),
+                Read(0, 0, 10, Ok(vec![1; 10])),
+                Read(0, 4, 3, Ok(vec![1; 3])),
+                // Short at the end of the chunk, as `read` is.
+                Read(0, 5, 20, Ok(vec![1; 5])),
+                Write(0, 20, vec![2; 4], Ok(())),
+                // The hole between 10 and 20 reads as zeros.
+                Read(0, 8, 16, Ok([&[1; 2][..], &[0; 10], &[2; 4]].concat())),
+                Write(3, (MIN - 4) as u64, vec![3; 4], Ok(())),
+                Read(3, (MIN - 4) as u64, 4, Ok(vec![3; 4])),
+                Write(0, 0, Vec::new(), Ok(())),
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_chunk_reads_empty() {
+        use Step::*;
+        check(
+            u64::MAX,
+            vec![
+                Read(0, 0, 4096, Ok(Vec::new())),
+                Write(1, 0, vec![1; 10], Ok(())),
+                Read(0, 0, 10, Ok(Vec::new())),
+                // Past the end of a chunk that exists.
+                Read(1, 10, 10, Ok(Vec::new())),
+                Read(1, 100, 10, Ok(Vec::new())),
+            ],
+        );
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        use Step::*;
+        check(
+            u64::MAX,
+            vec![
+                Write(0, 0, vec![1; MIN + 1], Err("OutOfRange")),
+                Write(0, 1, vec![1; MIN], Err("OutOfRange")),
+                Write(0, u64::MAX, vec![1; 2], Err("OutOfRange")),
+                Read(0, 0, 0, Ok(Vec::new())),
+                Read(0, 0, MIN + 1, Err("OutOfRange")),
+                Read(0, 1, MIN, Err("OutOfRange")),
+            ],
+        );
+    }
+
+    #[test]
+    fn full_store_is_no_space() {
+        use Step::*;
+        check(
+            16,
+            vec![
+                Write(0, 0, vec![1; 16], Ok(())),
+                Write(1, 0, vec![2; 1], Err("NoSpace")),
+                Write(0, 16, vec![2; 1], Err("NoSpace")),
+                // Overwriting needs no new space, and the failures changed nothing.
+                Write(0, 0, vec![3; 16], Ok(())),
+                Read(0, 0, 32, Ok(vec![3; 16])),
+                Read(1, 0, 1, Ok(Vec::new())),
+            ],
+        );
+    }
+
+    #[test]
+    fn new_is_lazy_with_the_default_chunk_size() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut store = InMemoryChunkStore::new(100 << 20);
+            assert_eq!(store.chunk_size(), CHUNK_SIZE_DEFAULT);
+            assert!(
+                store.pool.get().is_none(),
+                "no pool before the first buffer"
+            );
+            let end = CHUNK_SIZE_DEFAULT - 4;
+            store.write_chunk(7, 2, end, &[9; 4]).await.unwrap();
+            assert!(store.pool.get().is_some());
+            assert_eq!(store.read_chunk(7, 2, end, 4).await.unwrap(), [9; 4]);
+            assert_eq!(store.usage().used_bytes, CHUNK_SIZE_DEFAULT);
+        });
     }
 }
