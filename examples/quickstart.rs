@@ -7,11 +7,11 @@
 
 #![allow(clippy::print_stdout)] // An example program prints its result.
 
-use benchfs::api::{BenchFS, OpenFlags};
+use benchfs::api::{ApiError, BenchFS, OpenFlags};
 use benchfs::config::ServerConfig;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), ApiError> {
     let config = ServerConfig::from_file("benchfs.toml")?;
     let fs = BenchFS::new(config).await?;
     let fd = fs

@@ -5,6 +5,62 @@
 //! (`benchfs-client`, `benchfs-config`, `benchfs-proto`, `benchfs-server`,
 //! `benchfs-store`) and holds the `benchfsd` and `benchfs` binaries. Nothing underneath
 //! imports it. See ARCHITECTURE.md for the map.
+//!
+//! The async client, on a current-thread runtime (`examples/quickstart.rs`, which the
+//! tests run against a live cluster):
+//!
+//! ```no_run
+//! use benchfs::api::{ApiError, BenchFS, OpenFlags};
+//! use benchfs::config::ServerConfig;
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), ApiError> {
+//!     let config = ServerConfig::from_file("benchfs.toml")?;
+//!     let fs = BenchFS::new(config).await?;
+//!     let fd = fs.create("/test.txt", OpenFlags::CREATE | OpenFlags::WRITE).await?;
+//!     let written = fs.write(fd, b"Hello, BenchFS!").await?;
+//!     fs.close(fd).await?;
+//!     let fd = fs.open("/test.txt", OpenFlags::READ).await?;
+//!     let mut buffer = vec![0u8; 1024];
+//!     let read = fs.read(fd, &mut buffer).await?;
+//!     fs.close(fd).await?;
+//!     assert_eq!(read, written);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Metadata by path on the node that owns it, here with no cluster (a simulation over the
+//! servers' ring):
+//!
+//! ```
+//! use benchfs::metadata::{CachePolicy, FileMetadata, MetadataManager};
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let cache_policy = CachePolicy::default();
+//! let manager = MetadataManager::new(cache_policy);
+//! manager.add_node("node1".to_string());
+//! let metadata = FileMetadata::new(1, "/data/file.txt".to_string(), 1024);
+//! manager.store_file_metadata(metadata).await?;
+//! let retrieved = manager.get_file_metadata("/data/file.txt").await?;
+//! assert_eq!(retrieved.size, 1024);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A chunk store on its own:
+//!
+//! ```
+//! use benchfs::storage::{InMemoryChunkStore, ChunkStore};
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let mut store = InMemoryChunkStore::new(1024 * 1024 * 100); // 100 MB
+//! let data = vec![42u8; 4096];
+//! store.write_chunk(1, 0, 0, &data).await?;
+//! let read_data = store.read_chunk(1, 0, 0, 4096).await?;
+//! assert_eq!(data, read_data);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
 /// The async client API: [`api::BenchFS`] (on a tokio current-thread runtime), its open
