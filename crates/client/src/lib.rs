@@ -14,8 +14,10 @@ mod error;
 mod flags;
 pub mod fs;
 pub mod metadata;
-pub mod rpc;
 
 pub use error::ApiError;
 pub use flags::OpenFlags;
 pub use fs::{DirEntry, Fd, FsClient, Whence};
+
+/// The typed RPC underneath (re-exported from `benchfs-rpc`).
+pub use benchfs_rpc as rpc;

@@ -1,12 +1,14 @@
-//! Typed RPC over UCX Active Messages, the client's side: connections, calls, payloads.
+//! Typed RPC over UCX Active Messages, the calling side: connections, calls, payloads.
+//! Clients use it, and so do servers calling their peers.
 //!
 //! Requests travel on AM id [`REQUEST_AM_ID`], replies on [`REPLY_AM_ID`]. The AM header
 //! holds the [`FrameHeader`](benchfs_proto::FrameHeader) and, when it fits, the operation
-//! body; the AM data holds the payload. Payloads up to the RDMA threshold go eager (copied
+//! body; the AM data holds the payload. Payloads up to the rendezvous threshold go eager (copied
 //! once at the receiver); larger ones go by UCX rendezvous, which the receiver pulls
 //! straight into its destination buffer: on the server, a chunk-store buffer (registered
 //! with io_uring), so the bytes cross no extra copy between the wire and the store. See
 //! ARCHITECTURE.md for why rendezvous rather than explicit get/put is the default.
+#![forbid(unsafe_code)]
 
 mod connection;
 
