@@ -60,6 +60,7 @@ fn bad_frames() -> Vec<BadFrame> {
     let mut unknown_kind = ops::DeleteRequest {
         path: "/x".into(),
         expect: None,
+        moved: false,
     }
     .to_bytes();
     unknown_kind[0] = 9;

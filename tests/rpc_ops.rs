@@ -143,7 +143,11 @@ impl Meta {
             }
             Meta::Delete(path, expect) => {
                 let path = path.into();
-                let request = ops::DeleteRequest { path, expect };
+                let request = ops::DeleteRequest {
+                    path,
+                    expect,
+                    moved: false,
+                };
                 conn.call::<ops::MetadataDelete>(&request).await?.meta
             }
         }))

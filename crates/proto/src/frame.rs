@@ -65,11 +65,13 @@ pub enum OpCode {
     Stats = 14,
     /// Remove every chunk of a file held by this server.
     RemoveChunks = 15,
+    /// Which of some inode numbers this server holds a record of (a peer's orphan sweep).
+    FilesExist = 16,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 15] = [
+    pub const ALL: [OpCode; 16] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -85,6 +87,7 @@ impl OpCode {
         OpCode::MetadataInsert,
         OpCode::Stats,
         OpCode::RemoveChunks,
+        OpCode::FilesExist,
     ];
 
     /// Decodes a wire id.

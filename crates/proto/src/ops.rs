@@ -22,6 +22,10 @@ pub const NAME_LEN_MAX: usize = 255;
 pub const TOKEN_LEN_MAX: usize = 256;
 /// Most entries in one readdir reply; sized so a full page fits in BODY_LEN_MAX.
 pub const READDIR_PAGE_MAX: u32 = 128;
+/// Most inode numbers one `FilesExist` request asks about.
+pub const FILE_IDS_MAX: usize = 1024;
+// A reply names each asked number at most twice (named and deleted).
+const _: () = assert!(8 + 2 * FILE_IDS_MAX * 8 <= crate::frame::BODY_LEN_MAX as usize);
 
 const _: () = assert!(
     (READDIR_PAGE_MAX as usize) * (2 + NAME_LEN_MAX + crate::meta::FILE_METADATA_LEN) + 8
@@ -97,7 +101,7 @@ wire_header!(/// `ChunkIoReply`, whole.
 wire_header!(/// `CreateRequest`, before the path.
     CreateHeader = 4, { mode: U32 });
 wire_header!(/// `DeleteRequest`, before the path; `expect` 0 is any kind.
-    DeleteHeader = 1, { expect: u8 });
+    DeleteHeader = 2, { expect: u8, moved: u8 });
 wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
     ReaddirHeader = 4, { limit: U32 });
 wire_header!(/// `ReaddirReply`, before `count` entries.
@@ -112,14 +116,19 @@ wire_header!(/// `RemoveChunksRequest`, whole.
     RemoveChunksHeader = 8, { file_id: U64 });
 wire_header!(/// `CountReply`, whole.
     CountHeader = 8, { count: U64 });
+wire_header!(/// `FileIdsRequest`, before `count` inode numbers.
+    FileIdsHeader = 4, { count: U32 });
+wire_header!(/// `FileStatesReply`, before the named, then the deleted inode numbers.
+    FileStatesHeader = 8, { named: U32, deleted: U32 });
 wire_header!(/// `StatsReply`, whole.
-StatsHeader = 48, {
+StatsHeader = 56, {
     metadata_records: U64,
     chunks: U64,
     used_bytes: U64,
     capacity_bytes: U64,
     requests: U64,
     malformed: U64,
+    orphan_chunks_removed: U64,
 });
 
 rpc!(/// Handshake.
@@ -152,6 +161,8 @@ rpc!(/// Server counters.
     Stats, Stats, Empty, StatsReply);
 rpc!(/// Remove every chunk of a file on this server.
     RemoveChunks, RemoveChunks, RemoveChunksRequest, CountReply);
+rpc!(/// Which of the given inode numbers this server names, and which it deleted.
+    FilesExist, FilesExist, FileIdsRequest, FileStatesReply);
 
 fn path_field(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     r.utf8(field, PATH_LEN_MAX)
@@ -336,12 +347,16 @@ pub struct DeleteRequest {
     pub path: String,
     /// The kind the caller means (unlink: file, rmdir: directory), or any.
     pub expect: Option<EntryKind>,
+    /// The record moved to another path (a rename), so its file lives on: the server
+    /// keeps no tombstone of its inode number.
+    pub moved: bool,
 }
 
 impl Message for DeleteRequest {
     fn encode(&self, w: &mut Writer) {
         w.fixed(&DeleteHeader {
             expect: self.expect.map_or(0, |k| k as u8),
+            moved: u8::from(self.moved),
         })
         .str16(self.path.as_bytes());
     }
@@ -355,6 +370,7 @@ impl Message for DeleteRequest {
             })?),
         };
         Ok(DeleteRequest {
+            moved: bool_byte(h.moved, "moved")?,
             path: path_field(r, "path")?,
             expect,
         })
@@ -587,6 +603,69 @@ impl Message for CountReply {
     }
 }
 
+/// Some inode numbers to ask a server about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileIdsRequest {
+    /// At most [`FILE_IDS_MAX`].
+    pub file_ids: Vec<u64>,
+}
+
+/// What a server knows of the inode numbers it was asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileStatesReply {
+    /// Those a record of this server holds.
+    pub named: Vec<u64>,
+    /// Those whose last record this server deleted (tombstones: an inode number is never
+    /// handed out again, so a deleted file stays deleted).
+    pub deleted: Vec<u64>,
+}
+
+fn id_list(r: &mut Reader<'_>, count: u32) -> Result<Vec<u64>, DecodeError> {
+    if count as usize > FILE_IDS_MAX {
+        return Err(DecodeError::BadField {
+            field: "count",
+            reason: "more inode numbers than FILE_IDS_MAX",
+        });
+    }
+    (0..count).map(|_| r.u64()).collect()
+}
+
+impl Message for FileStatesReply {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&FileStatesHeader {
+            named: (self.named.len() as u32).into(),
+            deleted: (self.deleted.len() as u32).into(),
+        });
+        for id in self.named.iter().chain(&self.deleted) {
+            w.u64(*id);
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: FileStatesHeader = r.fixed()?;
+        Ok(FileStatesReply {
+            named: id_list(r, h.named.get())?,
+            deleted: id_list(r, h.deleted.get())?,
+        })
+    }
+}
+
+impl Message for FileIdsRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&FileIdsHeader {
+            count: (self.file_ids.len() as u32).into(),
+        });
+        for id in &self.file_ids {
+            w.u64(*id);
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: FileIdsHeader = r.fixed()?;
+        Ok(FileIdsRequest {
+            file_ids: id_list(r, h.count.get())?,
+        })
+    }
+}
+
 /// Server counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsReply {
@@ -602,6 +681,8 @@ pub struct StatsReply {
     pub requests: u64,
     /// Requests refused as malformed since start.
     pub malformed: u64,
+    /// Chunks of files with no record anywhere that the orphan sweep removed since start.
+    pub orphan_chunks_removed: u64,
 }
 
 impl Message for StatsReply {
@@ -613,6 +694,7 @@ impl Message for StatsReply {
             capacity_bytes: self.capacity_bytes.into(),
             requests: self.requests.into(),
             malformed: self.malformed.into(),
+            orphan_chunks_removed: self.orphan_chunks_removed.into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -624,6 +706,7 @@ impl Message for StatsReply {
             capacity_bytes: h.capacity_bytes.get(),
             requests: h.requests.get(),
             malformed: h.malformed.get(),
+            orphan_chunks_removed: h.orphan_chunks_removed.get(),
         })
     }
 }

@@ -28,6 +28,8 @@ fn decode_all(bytes: &[u8]) {
     let _ = RemoveChunksRequest::from_bytes(bytes);
     let _ = CountReply::from_bytes(bytes);
     let _ = StatsReply::from_bytes(bytes);
+    let _ = FileIdsRequest::from_bytes(bytes);
+    let _ = FileStatesReply::from_bytes(bytes);
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
@@ -95,7 +97,7 @@ proptest! {
     ) {
         round_trip(&PathRequest { path: path.clone() })?;
         round_trip(&CreateRequest { path: path.clone(), mode: 0o644 })?;
-        round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory) })?;
+        round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), size: len, how: SizeUpdate::Exact })?;
@@ -106,6 +108,8 @@ proptest! {
         round_trip(&HelloRequest { client: "c".into(), secret: vec![1, 2] })?;
         round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768 })?;
         round_trip(&StatsReply { chunks: id, ..Default::default() })?;
+        round_trip(&FileIdsRequest { file_ids: vec![id, len, 0] })?;
+        round_trip(&FileStatesReply { named: vec![id], deleted: vec![len, 0] })?;
         round_trip(&CountReply { count: id })?;
     }
 }

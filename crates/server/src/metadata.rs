@@ -6,7 +6,7 @@
 //! (existence and kind of the record itself); the client checks the parent and, for
 //! `rmdir`, emptiness across all servers (see ARCHITECTURE.md for what that leaves open).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use benchfs_proto::Status;
@@ -23,11 +23,23 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most deletions a server remembers for peers' orphan sweeps (16 bytes each, twice).
+pub const TOMBSTONES_MAX: usize = 1 << 20;
+
 /// One server's share of the namespace.
 #[derive(Debug)]
 pub struct MetadataTable {
     /// Keyed by normalised path; ordered so a directory's local children are one range.
     entries: BTreeMap<String, FileMetadata>,
+    /// How many records hold each inode number (two only while a rename is under way), so
+    /// a peer's orphan sweep can ask "is this file still named?" at O(1) per number.
+    file_ids: HashMap<u64, u32>,
+    /// Inode numbers whose last record this server deleted, oldest first, at most
+    /// [`TOMBSTONES_MAX`]: a peer's orphan sweep removes a file's chunks only on such
+    /// positive evidence, never because a record is merely absent (its server may be down).
+    tombstones: VecDeque<u64>,
+    /// The same numbers, for lookups.
+    tombstone_set: HashSet<u64>,
     /// High 32 bits of every inode number this server hands out.
     id_prefix: u64,
     /// Low 32 bits of the next inode number.
@@ -42,6 +54,9 @@ impl MetadataTable {
     pub fn new(node_tag: u32, chunk_size: u64) -> Self {
         MetadataTable {
             entries: BTreeMap::new(),
+            file_ids: HashMap::new(),
+            tombstones: VecDeque::new(),
+            tombstone_set: HashSet::new(),
             id_prefix: u64::from(node_tag) << 32,
             next_id: 1,
             chunk_size,
@@ -101,8 +116,60 @@ impl MetadataTable {
             mtime_ns: now,
             ctime_ns: now,
         };
-        self.entries.insert(path, meta);
+        self.put(path, meta);
         Ok(meta)
+    }
+
+    /// Whether a record holds inode number `file_id`.
+    pub fn has_file(&self, file_id: u64) -> bool {
+        self.file_ids.contains_key(&file_id)
+    }
+
+    /// Whether this server deleted the last record of `file_id` (and remembers it).
+    pub fn is_deleted(&self, file_id: u64) -> bool {
+        self.tombstone_set.contains(&file_id)
+    }
+
+    /// The remembered deletions, oldest first (for the journal's snapshot).
+    pub fn tombstones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tombstones.iter().copied()
+    }
+
+    /// Remembers that `file_id` was deleted, forgetting the oldest deletion past the bound.
+    pub fn add_tombstone(&mut self, file_id: u64) {
+        if !self.tombstone_set.insert(file_id) {
+            return;
+        }
+        self.tombstones.push_back(file_id);
+        if self.tombstones.len() > TOMBSTONES_MAX {
+            if let Some(old) = self.tombstones.pop_front() {
+                self.tombstone_set.remove(&old);
+            }
+        }
+    }
+
+    /// Stores `meta` under `path`, keeping the inode index in step. A record it replaces
+    /// whose file is then named nowhere here is a deleted file (a rename over it).
+    fn put(&mut self, path: String, meta: FileMetadata) {
+        *self.file_ids.entry(meta.file_id).or_default() += 1;
+        if let Some(old) = self.entries.insert(path, meta) {
+            if self.unindex(old.file_id) {
+                self.add_tombstone(old.file_id);
+            }
+        }
+    }
+
+    /// Drops one record of `file_id` from the index; true if none is left.
+    fn unindex(&mut self, file_id: u64) -> bool {
+        let Some(count) = self.file_ids.get_mut(&file_id) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.file_ids.remove(&file_id);
+            return true;
+        }
+        false
     }
 
     /// Creates a file record; `Exists` if the path has a record already.
@@ -126,7 +193,7 @@ impl MetadataTable {
         if path == "/" || (exclusive && self.entries.contains_key(&path)) {
             return Err(Status::Exists);
         }
-        self.entries.insert(path, meta);
+        self.put(path, meta);
         Ok(())
     }
 
@@ -144,7 +211,20 @@ impl MetadataTable {
             (Some(EntryKind::Directory), EntryKind::File) => return Err(Status::NotDir),
             _ => {}
         }
-        self.entries.remove(&path).ok_or(Status::NotFound)
+        let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
+        if self.unindex(meta.file_id) {
+            self.add_tombstone(meta.file_id);
+        }
+        Ok(meta)
+    }
+
+    /// Removes and returns the record of `path` because it moved to another path (a
+    /// rename, whose new record was stored first): the file lives on, so no tombstone.
+    pub fn move_out(&mut self, path: &str) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
+        self.unindex(meta.file_id);
+        Ok(meta)
     }
 
     /// Applies a size update to a file and returns the new record.
@@ -210,6 +290,40 @@ mod tests {
 
     fn manager() -> MetadataTable {
         MetadataTable::new(7, 4096)
+    }
+
+    #[test]
+    fn the_inode_index_follows_every_change() {
+        let mut m = manager();
+        let f = m.create_file("/a", 0o644).unwrap();
+        assert!(m.has_file(f.file_id));
+        // A rename: the new name first, then the old one moves out; the file lives on.
+        m.insert("/b", f, false).unwrap();
+        m.move_out("/a").unwrap();
+        assert!(m.has_file(f.file_id) && !m.is_deleted(f.file_id));
+        // A rename over a file deletes the file it replaces.
+        let g = m.create_file("/c", 0o644).unwrap();
+        m.insert("/b", g, false).unwrap();
+        assert!(!m.has_file(f.file_id) && m.is_deleted(f.file_id));
+        m.move_out("/c").unwrap();
+        assert!(m.has_file(g.file_id), "still named /b");
+        m.delete("/b", None).unwrap();
+        assert!(!m.has_file(g.file_id) && m.is_deleted(g.file_id));
+        // A file named twice here is deleted only with its last name.
+        let h = m.create_file("/h", 0o644).unwrap();
+        m.insert("/h2", h, false).unwrap();
+        m.delete("/h", None).unwrap();
+        assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
+    }
+
+    #[test]
+    fn tombstones_are_bounded() {
+        let mut m = manager();
+        for id in 0..(TOMBSTONES_MAX as u64 + 10) {
+            m.add_tombstone(id);
+        }
+        assert_eq!(m.tombstones().count(), TOMBSTONES_MAX);
+        assert!(!m.is_deleted(0) && m.is_deleted(10) && m.is_deleted(TOMBSTONES_MAX as u64 + 9));
     }
 
     #[test]

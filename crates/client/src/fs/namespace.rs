@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use benchfs_proto::layout::ChunkLayout;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
-use benchfs_proto::placement::{PlacementKey, ServerIndex};
+use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::{ops, path, Status};
 use futures_util::future::join_all;
 
@@ -120,7 +120,7 @@ impl FsClient {
         .await;
         if let Err(e) = parent {
             if created.is_ok() {
-                if let Err(undo) = self.delete_record(op, path, kind).await {
+                if let Err(undo) = self.delete_record(op, path, kind, false).await {
                     tracing::warn!(error = %undo, path, "could not remove a record made under a missing parent");
                 }
             }
@@ -151,16 +151,21 @@ impl FsClient {
     }
 
     /// Removes the record of `path` from every replica; returns it.
+    /// Removes the record of `path` from its owners. `moved`: a rename took it elsewhere,
+    /// so the servers keep no tombstone (peers' orphan sweeps remove a file's chunks only
+    /// on a tombstone).
     pub(super) async fn delete_record(
         &self,
         op: &'static str,
         path: &str,
         expect: EntryKind,
+        moved: bool,
     ) -> Result<FileMetadata, ApiError> {
         self.forget(path);
         let req = ops::DeleteRequest {
             path: path.to_string(),
             expect: Some(expect),
+            moved,
         };
         let reply = self
             .write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
@@ -169,43 +174,24 @@ impl FsClient {
         Ok(reply.meta)
     }
 
-    /// Removes every chunk of a file from the servers that can hold one: the owners (and
-    /// replicas) of its chunks below `size`, or every server for a file with more chunks
-    /// than servers. Chunks lie only below a file's published size (truncate removes the
-    /// ones it cuts away), so a file of size 0 costs no call at all.
-    pub(super) async fn remove_chunks(
-        &self,
-        op: &'static str,
-        path: &str,
-        meta: FileMetadata,
-    ) -> Result<(), ApiError> {
+    /// Removes every chunk of a deleted file from every server: a file may hold chunks
+    /// past its published size (a writer that never closed, a write that failed midway),
+    /// so the size cannot say where they are. A server that does not answer keeps its
+    /// chunks until its orphan sweep finds the file's tombstone; the delete has happened
+    /// either way, so that is logged, not returned.
+    pub(super) async fn remove_chunks(&self, path: &str, meta: FileMetadata) {
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        let chunks = ChunkLayout::new(meta.chunk_size).chunk_count(meta.size);
-        let servers: Vec<ServerIndex> = if chunks >= self.servers.len() as u64 {
-            self.all_servers().collect()
-        } else {
-            let mut owners: Vec<ServerIndex> = (0..chunks)
-                .flat_map(|index| {
-                    self.replica_set(PlacementKey::Chunk {
-                        file_id: meta.file_id,
-                        index,
-                    })
-                })
-                .collect();
-            owners.sort_unstable();
-            owners.dedup();
-            owners
-        };
         let req = ops::RemoveChunksRequest {
             file_id: meta.file_id,
         };
-        let calls = servers
-            .into_iter()
+        let calls = self
+            .all_servers()
             .map(|s| self.call_on::<ops::RemoveChunks>(s, &req, OutPayload::none()));
         for r in join_all(calls).await {
-            r.map_err(rpc_err(op, path))?;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, path, file_id = meta.file_id, "chunks left for the orphan sweep");
+            }
         }
-        Ok(())
     }
 
     /// Removes a file and its data.
@@ -214,10 +200,17 @@ impl FsClient {
         if path == "/" {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
-        // Chunks are found from the published size, so publish this client's growth first.
-        self.flush_path(&path).await?;
-        let meta = self.delete_record("unlink", &path, EntryKind::File).await?;
-        self.remove_chunks("unlink", &path, meta).await
+        let meta = self
+            .delete_record("unlink", &path, EntryKind::File, false)
+            .await?;
+        self.remove_chunks(&path, meta).await;
+        // This client's handles of the file have nothing left to publish.
+        for file in self.files.borrow_mut().values_mut() {
+            if file.path == path {
+                file.size_dirty = false;
+            }
+        }
+        Ok(())
     }
 
     /// Removes an empty directory.
@@ -233,7 +226,7 @@ impl FsClient {
         if !self.list(&path, 1).await?.is_empty() {
             return Err(fs_err("rmdir", &path, Status::NotEmpty));
         }
-        self.delete_record("rmdir", &path, EntryKind::Directory)
+        self.delete_record("rmdir", &path, EntryKind::Directory, false)
             .await?;
         Ok(())
     }
@@ -400,9 +393,9 @@ impl FsClient {
         .await
         .map_err(rpc_err("rename", &to))?;
         self.forget(&to);
-        self.delete_record("rename", &from, meta.kind).await?;
+        self.delete_record("rename", &from, meta.kind, true).await?;
         if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
-            self.remove_chunks("rename", &to, old).await?;
+            self.remove_chunks(&to, old).await;
         }
         for f in self
             .files

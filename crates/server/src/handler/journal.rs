@@ -26,6 +26,8 @@ use crate::metadata::MetadataTable;
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_HIGH_WATER: u8 = 3;
+const TAG_MOVE_OUT: u8 = 4;
+const TAG_TOMBSTONE: u8 = 5;
 /// Largest record: a tag, metadata, and a path of PATH_LEN_MAX bytes with its prefix.
 const RECORD_LEN_MAX: usize = 1 + FILE_METADATA_LEN + 8 + 2 + benchfs_proto::limits::PATH_LEN_MAX;
 
@@ -48,6 +50,15 @@ pub enum Record<'a> {
     },
     /// Inode numbers below this were handed out.
     HighWater(u64),
+    /// A record left its path for another (a rename); its file lives on.
+    MoveOut {
+        /// The old path.
+        path: &'a str,
+        /// The record's inode number.
+        file_id: u64,
+    },
+    /// A file deleted before the last snapshot, remembered for peers' orphan sweeps.
+    Tombstone(u64),
 }
 
 /// Why the journal could not be used.
@@ -99,6 +110,12 @@ fn encode(record: &Record<'_>) -> Vec<u8> {
         Record::HighWater(id) => {
             body.u8(TAG_HIGH_WATER).u64(*id);
         }
+        Record::MoveOut { path, file_id } => {
+            body.u8(TAG_MOVE_OUT).u64(*file_id).str16(path.as_bytes());
+        }
+        Record::Tombstone(id) => {
+            body.u8(TAG_TOMBSTONE).u64(*id);
+        }
     }
     let body = body.into_vec();
     let mut out = Writer::new();
@@ -146,6 +163,17 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Option<()> {
         TAG_HIGH_WATER => {
             let id = r.u64().ok()?;
             table.reserve_file_id(id.checked_sub(1)?);
+        }
+        TAG_MOVE_OUT => {
+            let file_id = r.u64().ok()?;
+            let path = r.utf8("path", benchfs_proto::limits::PATH_LEN_MAX).ok()?;
+            let _ = table.move_out(&path);
+            table.reserve_file_id(file_id);
+        }
+        TAG_TOMBSTONE => {
+            let file_id = r.u64().ok()?;
+            table.add_tombstone(file_id);
+            table.reserve_file_id(file_id);
         }
         _ => return None,
     }
@@ -213,6 +241,9 @@ impl Journal {
 fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), JournalError> {
     let tmp = path.with_extension("journal.tmp");
     let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
+    for id in table.tombstones() {
+        snapshot.extend(encode(&Record::Tombstone(id)));
+    }
     for (p, meta) in table.entries() {
         snapshot.extend(encode(&Record::Put {
             path: p,
@@ -238,6 +269,7 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::TOMBSTONES_MAX;
 
     fn table() -> MetadataTable {
         MetadataTable::new(1, 4096)
@@ -340,11 +372,13 @@ mod tests {
                 j.compact(&t).unwrap();
                 compactions += 1;
             }
+            // Live records stay few; the rest is the bounded set of tombstones.
+            let tombstone_len = encode(&Record::Tombstone(0)).len() as u64;
+            // One deleted file per round so far.
+            let tombstones = (i + 1).min(TOMBSTONES_MAX as u64) * tombstone_len;
             let len = std::fs::metadata(&path).unwrap().len();
-            assert!(
-                len <= 2 * COMPACT_MIN_BYTES + 4096,
-                "journal grew to {len} bytes"
-            );
+            let bound = 2 * (COMPACT_MIN_BYTES + tombstones) + 4096;
+            assert!(len <= bound, "journal grew to {len} bytes, past {bound}");
         }
         assert!(compactions > 0, "churn past the threshold compacts");
         drop(j);
@@ -352,6 +386,10 @@ mod tests {
         Journal::open(&path, &mut t2).unwrap();
         assert_eq!(t2.len(), 1);
         assert_eq!(t2.lookup("/keep").unwrap(), keep);
+        assert!(
+            t2.is_deleted(last.file_id),
+            "tombstones survive compaction and replay"
+        );
         assert!(
             t2.next_file_id() > last.file_id,
             "no inode number is reused"

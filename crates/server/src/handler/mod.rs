@@ -93,6 +93,8 @@ pub struct Counters {
     pub requests: Cell<u64>,
     /// Requests refused as malformed.
     pub malformed: Cell<u64>,
+    /// Chunks of unnamed files the orphan sweep removed.
+    pub orphan_chunks_removed: Cell<u64>,
 }
 
 impl Counters {
@@ -246,6 +248,15 @@ impl ServerState {
                     decode::<op::Empty>(body)?;
                     Ok(self.stats())
                 }
+                OpCode::FilesExist => {
+                    let req: op::FileIdsRequest = decode(body)?;
+                    let table = self.metadata.borrow();
+                    let ids = req.file_ids.iter().copied();
+                    Ok(Reply::ok(&op::FileStatesReply {
+                        named: ids.clone().filter(|id| table.has_file(*id)).collect(),
+                        deleted: ids.filter(|id| table.is_deleted(*id)).collect(),
+                    }))
+                }
             }
         }
         .await;
@@ -292,6 +303,14 @@ impl ServerState {
             }
             OpCode::MetadataDelete => {
                 let req: op::DeleteRequest = decode(body)?;
+                if req.moved {
+                    let meta = self.metadata.borrow_mut().move_out(&req.path)?;
+                    self.log(journal::Record::MoveOut {
+                        path: &req.path,
+                        file_id: meta.file_id,
+                    })?;
+                    return Ok(Reply::ok(&op::MetadataReply { meta }));
+                }
                 let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
                 self.log(journal::Record::Delete {
                     path: &req.path,
@@ -369,6 +388,7 @@ impl ServerState {
             capacity_bytes: usage.capacity_bytes.unwrap_or(0),
             requests: self.counters.requests.get(),
             malformed: self.counters.malformed.get(),
+            orphan_chunks_removed: self.counters.orphan_chunks_removed.get(),
         })
     }
 
