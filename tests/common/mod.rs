@@ -36,6 +36,9 @@ pub struct ClusterSpec {
     pub rpc_timeout_ms: u64,
     /// RDMA threshold.
     pub rdma_threshold: u64,
+    /// Seconds between orphan sweeps. Short in every test cluster, so that a sweep that
+    /// removed a live file's chunks would fail the tests that read them.
+    pub orphan_sweep_secs: u64,
 }
 
 impl Default for ClusterSpec {
@@ -48,6 +51,7 @@ impl Default for ClusterSpec {
             // Generous: the whole suite runs clusters in parallel on two cores.
             rpc_timeout_ms: 10_000,
             rdma_threshold: 32 * 1024,
+            orphan_sweep_secs: 1,
         }
     }
 }
@@ -136,7 +140,7 @@ impl Cluster {
         std::fs::write(
             &config_path,
             format!(
-                "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\n\
+                "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\norphan_sweep_secs = {sweep}\n\
                  [network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{registry}\"\nrpc_timeout = {timeout}\nrdma_threshold_bytes = {threshold}\nbusy_poll_us = 20\n\
                  [replication]\nreplicas = {replicas}\n[cache]\nchunk_cache_mb = 0\n",
                 data = dir.path().join("data").display(),
@@ -146,6 +150,7 @@ impl Cluster {
                 timeout = spec.rpc_timeout_ms,
                 threshold = spec.rdma_threshold,
                 replicas = spec.replicas,
+                sweep = spec.orphan_sweep_secs,
             ),
         )
         .unwrap();

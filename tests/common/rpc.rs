@@ -32,6 +32,8 @@ pub fn spec(servers: usize) -> ClusterSpec {
         replicas: 1,
         rpc_timeout_ms: RPC_TIMEOUT.as_millis() as u64,
         rdma_threshold: THRESHOLD as u64,
+        // These tests count each server's requests; a sweep's questions would add to them.
+        orphan_sweep_secs: 0,
     }
 }
 
@@ -180,8 +182,13 @@ pub struct RawPeer {
 impl RawPeer {
     /// Connects to `addr`; call inside `Rt::block_on`.
     pub fn connect(addr: SocketAddr) -> RawPeer {
-        let context = Context::new(Features::ALL).unwrap();
-        let worker = Worker::new(&context).unwrap();
+        Self::connect_with(&Context::new(Features::ALL).unwrap(), addr)
+    }
+
+    /// Connects to `addr` with a worker of `context` (one restricted to some network
+    /// devices, for example); call inside `Rt::block_on`.
+    pub fn connect_with(context: &std::sync::Arc<Context>, addr: SocketAddr) -> RawPeer {
+        let worker = Worker::new(context).unwrap();
         let replies = worker.set_am_handler(REPLY_AM_ID, 1024).unwrap();
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
         let ep = Endpoint::connect_socket(&worker, addr).unwrap();

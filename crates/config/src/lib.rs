@@ -132,6 +132,9 @@ pub struct StorageConfig {
     pub capacity_bytes: Option<u64>,
     /// Most io_uring operations in flight at once.
     pub queue_depth: u32,
+    /// Seconds between sweeps for chunks whose file a server deleted and whose removal
+    /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
+    pub orphan_sweep_secs: u64,
 }
 
 /// The `[network]` section: the UCX transport and discovery.
@@ -153,6 +156,11 @@ pub struct NetworkConfig {
     pub busy_poll: Duration,
     /// Most requests in flight on one connection.
     pub inflight_max: u32,
+    /// The UCX network devices the server may use (`UCX_NET_DEVICES`): interface names
+    /// (`eth0`) and RDMA ports (`mlx5_0:1`), or `["all"]`. Empty, the default, means the
+    /// devices of `bind_addr`: its interface and the RDMA ports behind it, or every device
+    /// for a wildcard `bind_addr`. UCX opens a listening socket on each TCP device.
+    pub devices: Vec<String>,
 }
 
 /// The `[cache]` section: client-side caches.
@@ -212,6 +220,7 @@ impl Default for ServerConfig {
                 o_direct: false,
                 capacity_bytes: None,
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
+                orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
             },
             network: NetworkConfig {
                 bind_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
@@ -220,6 +229,7 @@ impl Default for ServerConfig {
                 rpc_timeout: limits::RPC_TIMEOUT_DEFAULT,
                 busy_poll: limits::BUSY_POLL_DEFAULT,
                 inflight_max: limits::INFLIGHT_DEFAULT,
+                devices: Vec::new(),
             },
             cache: CacheConfig {
                 metadata_cache_entries: limits::METADATA_CACHE_ENTRIES_DEFAULT,
@@ -279,6 +289,7 @@ struct RawStorage {
     o_direct: Option<bool>,
     capacity: Option<i64>,
     queue_depth: Option<i64>,
+    orphan_sweep_secs: Option<i64>,
     /// Legacy spelling of `backend = "iouring"` (true) or `"file"` (false).
     use_iouring: Option<bool>,
     /// Legacy spelling of `capacity` in GiB; 0 means unlimited.
@@ -296,6 +307,7 @@ struct RawNetwork {
     rpc_timeout: Option<i64>,
     busy_poll_us: Option<i64>,
     inflight_max: Option<i64>,
+    devices: Option<Vec<String>>,
     /// Legacy spelling of `rpc_timeout`.
     timeout_secs: Option<i64>,
 }
@@ -331,6 +343,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "o_direct", EnvKind::Bool),
     ("storage", "capacity", EnvKind::Int),
     ("storage", "queue_depth", EnvKind::Int),
+    ("storage", "orphan_sweep_secs", EnvKind::Int),
     ("network", "bind_addr", EnvKind::Str),
     ("network", "rendezvous_threshold_bytes", EnvKind::Int),
     ("network", "rdma_threshold_bytes", EnvKind::Int),
@@ -338,6 +351,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("network", "rpc_timeout", EnvKind::Int),
     ("network", "busy_poll_us", EnvKind::Int),
     ("network", "inflight_max", EnvKind::Int),
+    ("network", "devices", EnvKind::List),
     ("cache", "metadata_cache_entries", EnvKind::Int),
     ("cache", "chunk_cache_mb", EnvKind::Int),
     ("cache", "cache_ttl_secs", EnvKind::Int),
@@ -370,6 +384,8 @@ enum EnvKind {
     Str,
     Int,
     Bool,
+    /// Comma-separated strings.
+    List,
 }
 
 impl ServerConfig {
@@ -510,6 +526,9 @@ impl ServerConfig {
         if let Some(v) = s.queue_depth {
             self.storage.queue_depth = to_u32("storage.queue_depth", v)?;
         }
+        if let Some(v) = s.orphan_sweep_secs {
+            self.storage.orphan_sweep_secs = non_negative("storage.orphan_sweep_secs", v)?;
+        }
         Ok(())
     }
 
@@ -559,6 +578,9 @@ impl ServerConfig {
         }
         if let Some(v) = n.inflight_max {
             self.network.inflight_max = to_u32("network.inflight_max", v)?;
+        }
+        if let Some(devices) = n.devices {
+            self.network.devices = devices;
         }
         Ok(())
     }
@@ -648,6 +670,12 @@ impl ServerConfig {
                 "O_DIRECT applies to the file and iouring backends, not memory",
             ));
         }
+        if self.storage.orphan_sweep_secs > limits::ORPHAN_SWEEP_SECS_MAX {
+            return Err(invalid(
+                "storage.orphan_sweep_secs",
+                format!("must be at most {}", limits::ORPHAN_SWEEP_SECS_MAX),
+            ));
+        }
         if !(1..=limits::QUEUE_DEPTH_MAX).contains(&self.storage.queue_depth) {
             return Err(invalid(
                 "storage.queue_depth",
@@ -711,7 +739,7 @@ impl ServerConfig {
                 format!("must be 1..={}", limits::INFLIGHT_MAX),
             ));
         }
-        Ok(())
+        validate_devices(&self.network.devices)
     }
 
     /// Checks every value, then that `data_dir` exists or can be made, and is writable.
@@ -753,6 +781,44 @@ impl ServerConfig {
             queue_depth: self.storage.queue_depth,
         }
     }
+}
+
+/// Most entries in `network.devices`.
+const DEVICES_MAX: usize = 32;
+/// Longest device name: an RDMA device name (at most 63 bytes) and `:port`.
+const DEVICE_NAME_LEN_MAX: usize = 72;
+
+/// The shape of `network.devices`; whether the devices exist is the server's concern, at
+/// start-up, since the config may be read on another host.
+fn validate_devices(devices: &[String]) -> Result<(), ConfigError> {
+    const KEY: &str = "network.devices";
+    if devices.len() > DEVICES_MAX {
+        return Err(invalid(KEY, format!("at most {DEVICES_MAX} devices")));
+    }
+    for name in devices {
+        if name.is_empty() || name.len() > DEVICE_NAME_LEN_MAX {
+            return Err(invalid(
+                KEY,
+                format!("{name:?} must be 1..={DEVICE_NAME_LEN_MAX} characters"),
+            ));
+        }
+        if name
+            .chars()
+            .any(|c| c == ',' || c == '/' || c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "{name:?} is not a device name (an interface such as \"eth0\" or an RDMA \
+                     port such as \"mlx5_0:1\"; one name per list entry)"
+                ),
+            ));
+        }
+    }
+    if devices.len() > 1 && devices.iter().any(|d| d == "all") {
+        return Err(invalid(KEY, "\"all\" stands alone: it means every device"));
+    }
+    Ok(())
 }
 
 fn non_negative(key: &'static str, value: i64) -> Result<u64, ConfigError> {
@@ -797,6 +863,14 @@ fn parse_env(
                     .trim()
                     .parse()
                     .map_err(|e| env_error(format!("{value:?} is not an integer ({e})")))?,
+            ),
+            EnvKind::List => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
             ),
             EnvKind::Bool => toml::Value::Boolean(match value.trim() {
                 "1" | "true" | "yes" | "on" => true,
@@ -967,6 +1041,50 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("network.rendezvous_threshold_bytes"));
+    }
+
+    fn devices(text: &str, vars: &[(&str, &str)]) -> Result<Vec<String>, ConfigError> {
+        ServerConfig::from_env_and_str(text, env(vars)).map(|c| c.network.devices)
+    }
+
+    #[test]
+    fn network_devices() {
+        assert!(
+            devices("", &[]).unwrap().is_empty(),
+            "empty: derive from bind_addr"
+        );
+        assert!(devices("[network]\ndevices = []\n", &[])
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            devices("[network]\ndevices = [\"eth0\", \"mlx5_0:1\"]\n", &[]).unwrap(),
+            ["eth0", "mlx5_0:1"]
+        );
+        assert_eq!(
+            devices("[network]\ndevices = [\"all\"]\n", &[]).unwrap(),
+            ["all"]
+        );
+        // The environment gives a comma-separated list and replaces the file's.
+        let var = ("BENCHFS_NETWORK_DEVICES", "lo, ib0");
+        assert_eq!(
+            devices("[network]\ndevices = [\"eth0\"]\n", &[var]).unwrap(),
+            ["lo", "ib0"]
+        );
+        for bad in [
+            "[\"\"]",
+            "[\"eth0,lo\"]",
+            "[\"eth 0\"]",
+            "[\"../eth0\"]",
+            "[\"all\", \"lo\"]",
+            "\"eth0\"",
+            "[1]",
+        ] {
+            let err = devices(&format!("[network]\ndevices = {bad}\n"), &[]).unwrap_err();
+            assert!(err.to_string().contains("devices"), "{bad}: {err}");
+        }
+        let many = vec!["\"lo\""; DEVICES_MAX + 1].join(", ");
+        let err = devices(&format!("[network]\ndevices = [{many}]\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("network.devices"), "{err}");
     }
 
     #[test]

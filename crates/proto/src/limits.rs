@@ -58,6 +58,10 @@ pub const CHUNK_CACHE_MB_MAX: u64 = 1024 * 1024;
 /// Default lifetime of a cached entry, in seconds (`cache.cache_ttl_secs`); 0 keeps
 /// entries until the client itself changes the file (close-to-open consistency).
 pub const CACHE_TTL_SECS_DEFAULT: u64 = 0;
+/// Seconds between a server's sweeps for chunks of deleted files (0: no sweep).
+pub const ORPHAN_SWEEP_SECS_DEFAULT: u64 = 60;
+/// Longest time between orphan sweeps.
+pub const ORPHAN_SWEEP_SECS_MAX: u64 = 86_400;
 
 // ---- Placement and replication ----
 
@@ -94,6 +98,7 @@ const _: () = assert!(
         && RPC_TIMEOUT_DEFAULT.as_nanos() <= RPC_TIMEOUT_MAX.as_nanos()
 );
 const _: () = assert!(BUSY_POLL_DEFAULT.as_nanos() <= BUSY_POLL_MAX.as_nanos());
+const _: () = assert!(ORPHAN_SWEEP_SECS_DEFAULT <= ORPHAN_SWEEP_SECS_MAX);
 const _: () = assert!(INFLIGHT_DEFAULT >= 1 && INFLIGHT_DEFAULT <= INFLIGHT_MAX);
 const _: () = assert!(METADATA_CACHE_ENTRIES_DEFAULT <= METADATA_CACHE_ENTRIES_MAX);
 const _: () = assert!(CHUNK_CACHE_MB_DEFAULT <= CHUNK_CACHE_MB_MAX);

@@ -7,13 +7,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use benchfs_store::ChunkStore;
+use benchfs_ucx::netif::{self, Interface};
 use benchfs_ucx::{Context, Features, Listener, Worker};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 use crate::handler::ServerState;
 use crate::rpc::{serve, ServeOptions};
 use benchfs_config::registry::{self, ServerEntry};
-use benchfs_config::{launcher_rank, Backend, ConfigError, ServerConfig};
+use benchfs_config::{launcher_rank, Backend, ConfigError, NetworkConfig, ServerConfig};
 
 /// Command-line arguments of `benchfsd`.
 #[derive(Debug, clap::Parser)]
@@ -155,6 +156,172 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
+/// The server's UCX context: SO_REUSEADDR on the listener, and only the network devices
+/// of [`net_devices`].
+fn ucx_context(network: &NetworkConfig) -> Result<Arc<Context>, DaemonError> {
+    // A restarted server binds the port it had while old connections sit in TIME_WAIT.
+    // UCT keys go without their component's prefix: UCX_TCP_CM_REUSEADDR is CM_REUSEADDR
+    // (TCP_CM_REUSEADDR is not applied, and UCX warns "invalid configuration").
+    let mut overrides = vec![("CM_REUSEADDR", "y".to_string())];
+    if let Some(devices) = net_devices(network)? {
+        overrides.push(("NET_DEVICES", devices.join(",")));
+    }
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Ok(Context::with_config(Features::ALL, &overrides)?)
+}
+
+/// The devices UCX may use (`UCX_NET_DEVICES`), so that the server listens only where
+/// it was told: `network.devices` when given, else the interface of `bind_addr` and the RDMA
+/// ports behind it. `None` (UCX's default, every device) for a wildcard `bind_addr`.
+fn net_devices(network: &NetworkConfig) -> Result<Option<Vec<String>>, DaemonError> {
+    let interfaces = netif::interfaces().map_err(|source| DaemonError::Setup {
+        what: "listing network interfaces",
+        source,
+    })?;
+    let devices = if !network.devices.is_empty() {
+        configured_devices(network, &interfaces)?;
+        network.devices.clone()
+    } else if network.bind_addr.ip().is_unspecified() {
+        tracing::warn!(
+            bind_addr = %network.bind_addr,
+            interfaces = %netif::describe(&interfaces),
+            "bind_addr is a wildcard: the listener accepts connections on every interface, \
+             and UCX listens on every network device; set network.devices or a specific \
+             bind_addr to restrict them"
+        );
+        return Ok(None);
+    } else {
+        derived_devices(network, &interfaces)?
+    };
+    if let Ok(env) = std::env::var("UCX_NET_DEVICES") {
+        if env != devices.join(",") {
+            tracing::warn!(
+                UCX_NET_DEVICES = %env,
+                "UCX_NET_DEVICES from the environment is replaced; set network.devices instead"
+            );
+        }
+    }
+    // Where UCX's tcp transport will listen: on each device, its first address.
+    let tcp: Vec<String> = interfaces
+        .iter()
+        .filter(|i| devices.contains(&i.name) || devices == ["all"])
+        .filter_map(|i| Some(format!("{}={}", i.name, i.tcp_listen_addr()?)))
+        .collect();
+    if devices == ["all"] {
+        tracing::warn!(
+            bind_addr = %network.bind_addr,
+            ucx_tcp_listens_on = %tcp.join(","),
+            "network.devices = [\"all\"]: UCX listens on every network device"
+        );
+    } else {
+        tracing::info!(
+            bind_addr = %network.bind_addr,
+            devices = %devices.join(","),
+            ucx_tcp_listens_on = %tcp.join(","),
+            "UCX restricted to network devices"
+        );
+    }
+    Ok(Some(devices))
+}
+
+/// The devices of `bind_addr`: its interface and the RDMA ports behind it. The interface
+/// must be up, or UCX's tcp transport could not use it.
+fn derived_devices(
+    network: &NetworkConfig,
+    interfaces: &[Interface],
+) -> Result<Vec<String>, DaemonError> {
+    let bind = network.bind_addr.ip();
+    let invalid = |reason: String| {
+        DaemonError::Config(ConfigError::Invalid {
+            key: "network.bind_addr",
+            reason,
+        })
+    };
+    let Some(interface) = interfaces.iter().find(|i| i.addrs.contains(&bind)) else {
+        return Err(invalid(format!(
+            "{bind} is not an address of this host; its interfaces have {}",
+            netif::describe(interfaces)
+        )));
+    };
+    match interface.tcp_listen_addr() {
+        None => {
+            return Err(invalid(format!(
+                "interface {} of {bind} is not up and running, so UCX's tcp transport, \
+                 which BenchFS needs, cannot use it",
+                interface.name
+            )))
+        }
+        Some(first) if first != bind => tracing::warn!(
+            bind_addr = %network.bind_addr,
+            interface = %interface.name,
+            "UCX's tcp transport listens on the first address of {}, {first}, not on the \
+             bind address",
+            interface.name
+        ),
+        Some(_) => {}
+    }
+    let mut devices = vec![interface.name.clone()];
+    devices.extend(netif::rdma_ports_of(&interface.name));
+    Ok(devices)
+}
+
+/// Checks `network.devices` against this host: each exists, and at least one is an
+/// interface UCX's tcp transport can use (BenchFS needs it; see `benchfs_ucx`).
+fn configured_devices(
+    network: &NetworkConfig,
+    interfaces: &[Interface],
+) -> Result<(), DaemonError> {
+    let invalid = |reason: String| {
+        DaemonError::Config(ConfigError::Invalid {
+            key: "network.devices",
+            reason,
+        })
+    };
+    if network.devices == ["all"] {
+        return Ok(());
+    }
+    if let Some(missing) = network
+        .devices
+        .iter()
+        .find(|d| !netif::device_exists(d, interfaces))
+    {
+        return Err(invalid(format!(
+            "this host has no network device {missing:?}; its interfaces are {}",
+            netif::describe(interfaces)
+        )));
+    }
+    let usable = interfaces
+        .iter()
+        .any(|i| network.devices.contains(&i.name) && i.tcp_listen_addr().is_some());
+    if !usable {
+        return Err(invalid(format!(
+            "none of {:?} is an interface that is up with an IP address, so UCX's tcp \
+             transport, which BenchFS needs, would have no device; interfaces: {}",
+            network.devices,
+            netif::describe(interfaces)
+        )));
+    }
+    let bind = network.bind_addr.ip();
+    if bind.is_unspecified() {
+        tracing::warn!(
+            bind_addr = %network.bind_addr,
+            "bind_addr is a wildcard: the listener accepts connections on every interface; \
+             network.devices restricts only UCX's own listening sockets"
+        );
+    }
+    if let Some(interface) = interfaces.iter().find(|i| i.addrs.contains(&bind)) {
+        if !network.devices.contains(&interface.name) {
+            tracing::warn!(
+                bind_addr = %network.bind_addr,
+                interface = %interface.name,
+                "network.devices does not include the interface of bind_addr: clients reach \
+                 the listener there, then UCX moves the connection to the listed devices"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs a server until SIGTERM or SIGINT.
 pub fn run(args: Args) -> Result<(), DaemonError> {
     let config = load_config(&args)?;
@@ -187,11 +354,31 @@ pub fn run(args: Args) -> Result<(), DaemonError> {
     local.block_on(&runtime, serve_until_signal(config, secret))
 }
 
+/// Starts the orphan sweep, unless `storage.orphan_sweep_secs` is 0.
+fn start_sweep(
+    config: &ServerConfig,
+    state: &Rc<ServerState>,
+    context: &Arc<Context>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let secs = config.storage.orphan_sweep_secs;
+    if secs == 0 {
+        tracing::info!("orphan sweep off (storage.orphan_sweep_secs = 0)");
+        return None;
+    }
+    let options = crate::sweep::SweepOptions {
+        interval: std::time::Duration::from_secs(secs),
+        registry_dir: config.network.registry_dir.clone(),
+        rpc_timeout: config.network.rpc_timeout,
+    };
+    let sweep = crate::sweep::run(Rc::clone(state), Arc::clone(context), options);
+    Some(tokio::task::spawn_local(sweep))
+}
+
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
+    // First: a network device that does not exist is a configuration error.
+    let context = ucx_context(&config.network)?;
     let state = Rc::new(ServerState::open(&config, secret)?);
-    // A restarted server binds the port it had while old connections sit in TIME_WAIT.
-    let context = Context::with_config(Features::ALL, &[("TCP_CM_REUSEADDR", "y")])?;
     let worker = Worker::new(&context)?;
     let progress =
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
@@ -212,6 +399,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         registered_bytes = state.store().registered_region().map_or(0, |(_, len)| len),
         "benchfsd serving"
     );
+    let sweep = start_sweep(&config, &state, &context);
 
     let setup = |source| DaemonError::Setup {
         what: "installing signal handlers",
@@ -248,6 +436,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     }
     if let Err(e) = state.sync_metadata() {
         tracing::error!(error = %e, "final metadata sync failed");
+    }
+    if let Some(sweep) = sweep {
+        sweep.abort();
     }
     worker.stop_progress();
     let _ = progress.await;

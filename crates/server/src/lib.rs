@@ -2,10 +2,12 @@
 //!
 //! [`daemon`] runs a server (configuration, registry, signals, the event loop); [`rpc`]
 //! accepts connections and turns frames into requests; [`handler`] answers them against
-//! the [`metadata`] table and a chunk store. Clients never link this crate.
+//! the [`metadata`] table and a chunk store; [`sweep`] removes the chunks of deleted
+//! files whose removal did not reach this server. Clients never link this crate.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
 pub mod handler;
 pub mod metadata;
 pub mod rpc;
+pub mod sweep;

@@ -61,7 +61,11 @@ impl Context {
     }
 
     /// Creates a context, overriding UCX configuration keys after reading the environment.
-    /// Keys are given without the `UCX_` prefix, e.g. `("TLS", "tcp")`.
+    /// Keys are given without the `UCX_` prefix. A key of UCP itself takes its full name,
+    /// e.g. `("TLS", "tcp")` or `("NET_DEVICES", "lo")`. A key of a UCT component takes its
+    /// name inside that component, without the component's prefix: `UCX_TCP_CM_REUSEADDR`
+    /// is `CM_REUSEADDR`. UCX applies it to every component that has such a key and, when
+    /// none has, ignores it and warns "invalid configuration" as a worker is created.
     pub fn with_config(
         features: Features,
         overrides: &[(&str, &str)],

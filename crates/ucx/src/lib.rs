@@ -44,6 +44,11 @@
 //! `UCX_TLS` set to `tcp`, `posix,cma,self,tcp`, `sm,self,tcp`, `sysv,self,tcp` or `all`.
 //! [`Context::with_config`] overrides keys when needed.
 //!
+//! **Devices:** by default UCX uses every active network device, and its `tcp` transport
+//! opens a listening socket per worker on each of them, whatever address a [`Listener`] is
+//! bound to. `NET_DEVICES` (`UCX_NET_DEVICES`) restricts that; [`netif::devices_of`] gives
+//! the devices of one address.
+//!
 //! **Invariant:** `UCX_TLS` must include `tcp`. Endpoints ask for peer-failure handling,
 //! which UCX 1.13 does not offer over `self`, `posix` or `sysv` ("no peer failure
 //! handler"), so Active Messages between processes on one node travel over `tcp` (and
@@ -56,6 +61,7 @@ mod error;
 mod lend;
 pub mod limits;
 mod listener;
+pub mod netif;
 mod request;
 mod sockaddr;
 mod sys;
@@ -67,6 +73,7 @@ pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
 pub use lend::{lend, lend_mut, Lent, LentMut, Loan};
 pub use listener::Listener;
+pub use netif::interface_of;
 pub use request::Request;
 pub use worker::{Armed, AwaitingReplies, Worker, WorkerAddress};
 

@@ -180,6 +180,42 @@ impl ServerState {
         &self.store
     }
 
+    /// The job secret peers and clients present.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// Inode numbers of files with chunks here and no record here, at most `max`.
+    pub(crate) async fn unnamed_files(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+        let chunks = self.store.list().await?;
+        let table = self.metadata.borrow();
+        let mut ids: Vec<u64> = chunks
+            .into_iter()
+            .map(|c| c.file_id)
+            .filter(|id| !table.has_file(*id))
+            .collect();
+        ids.dedup();
+        ids.truncate(max);
+        Ok(ids)
+    }
+
+    /// Whether this server deleted the last record of `file_id`.
+    pub(crate) fn deleted_here(&self, file_id: u64) -> bool {
+        self.metadata.borrow().is_deleted(file_id)
+    }
+
+    /// Removes the chunks of a deleted file, unless a record here names it again; counts
+    /// what went.
+    pub(crate) async fn remove_orphan(&self, file_id: u64) -> Result<u64, StoreError> {
+        if self.metadata.borrow().has_file(file_id) {
+            return Ok(0);
+        }
+        let removed = self.store.remove_file(file_id).await?;
+        let counter = &self.counters.orphan_chunks_removed;
+        counter.set(counter.get() + removed);
+        Ok(removed)
+    }
+
     /// Records one metadata change, already applied to the table, in the journal if there
     /// is one, and compacts the journal when it has grown enough. A failed append fails the
     /// request: an acknowledged change must survive a restart. A failed compaction leaves

@@ -262,20 +262,21 @@ fn down(target: &Target) -> Result<(), CliError> {
 fn status(target: &Target) -> Result<(), CliError> {
     let fs = target.connect()?;
     println!(
-        "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9}",
-        "node", "address", "records", "chunks", "bytes", "requests", "malformed"
+        "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
+        "node", "address", "records", "chunks", "bytes", "requests", "malformed", "swept"
     );
     for (entry, stats) in fs.block_on(fs.client().server_stats()) {
         match stats {
             Ok(s) => println!(
-                "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9}",
+                "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
                 entry.node_id,
                 entry.addr,
                 s.metadata_records,
                 s.chunks,
                 s.used_bytes,
                 s.requests,
-                s.malformed
+                s.malformed,
+                s.orphan_chunks_removed
             ),
             Err(e) => println!("{:<10} {:<22} unreachable: {e}", entry.node_id, entry.addr),
         }

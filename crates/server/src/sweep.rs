@@ -1,0 +1,159 @@
+//! The orphan sweep: removes the chunks of files deleted while this server did not get
+//! the removal (it was stopped, the client was killed between the steps, the call timed
+//! out), so a delete that fails part way leaks nothing for long.
+//!
+//! **Invariant:** chunks go only on positive evidence. A file's chunks here are removed
+//! when some server holds a tombstone for its inode number (it deleted the file's last
+//! record; inode numbers are never handed out again) and no server names it, and every
+//! server in the registry answered. A record that is merely absent proves nothing: its
+//! server may be down, and a rename moves a record without a tombstone. One round asks
+//! about at most [`FILE_IDS_MAX`] files.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use benchfs_config::registry::{self, RegistryError};
+use benchfs_proto::ops::{self, FILE_IDS_MAX};
+use benchfs_rpc::{ClientOptions, Connection, RpcClient, RpcError};
+use benchfs_store::StoreError;
+use benchfs_ucx::Context;
+
+use crate::handler::ServerState;
+
+/// How a server sweeps.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Where the peers are published.
+    pub registry_dir: PathBuf,
+    /// How long a peer has to answer.
+    pub rpc_timeout: Duration,
+}
+
+/// Why a round stopped before removing anything.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SweepError {
+    /// The local store could not be listed or changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The registry could not be read.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A peer did not answer, so nothing can be known to be unnamed.
+    #[error("peer {node}: {source}")]
+    Peer {
+        /// The peer's node id.
+        node: String,
+        /// Why.
+        source: RpcError,
+    },
+}
+
+/// Sweeps every `options.interval` until the task is dropped.
+pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOptions) {
+    let client_options = ClientOptions {
+        rpc_timeout: options.rpc_timeout,
+        rdma_threshold: usize::MAX,
+        busy_poll: Duration::ZERO,
+        inflight_max: 1,
+        secret: state.secret().to_vec(),
+        name: format!("sweep-{}", state.node_id()),
+    };
+    let rpc = match RpcClient::start(&context, client_options) {
+        Ok(rpc) => rpc,
+        Err(e) => {
+            tracing::error!(error = %e, "the orphan sweep cannot start");
+            return;
+        }
+    };
+    let mut peers = Peers::default();
+    let mut tick = tokio::time::interval(options.interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match sweep_once(&state, &rpc, &mut peers, &options).await {
+            Ok(0) => {}
+            Ok(chunks) => tracing::info!(chunks, "orphan sweep removed chunks of deleted files"),
+            Err(e) => tracing::debug!(error = %e, "orphan sweep round skipped"),
+        }
+    }
+}
+
+/// Connections to the peers, kept across rounds.
+#[derive(Default)]
+struct Peers {
+    connections: HashMap<String, (SocketAddr, Connection)>,
+}
+
+impl Peers {
+    async fn connection(
+        &mut self,
+        rpc: &Rc<RpcClient>,
+        node: &str,
+        addr: SocketAddr,
+    ) -> Result<&Connection, RpcError> {
+        let stale = match self.connections.get(node) {
+            Some((known, conn)) => *known != addr || conn.is_failed(),
+            None => true,
+        };
+        if stale {
+            let conn = rpc.connect(addr).await?;
+            self.connections.insert(node.to_string(), (addr, conn));
+        }
+        Ok(&self.connections[node].1)
+    }
+}
+
+/// One round: returns the chunks removed.
+async fn sweep_once(
+    state: &ServerState,
+    rpc: &Rc<RpcClient>,
+    peers: &mut Peers,
+    options: &SweepOptions,
+) -> Result<u64, SweepError> {
+    let candidates = state.unnamed_files(FILE_IDS_MAX).await?;
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let mut named = HashSet::new();
+    let mut deleted: HashSet<u64> = candidates
+        .iter()
+        .copied()
+        .filter(|id| state.deleted_here(*id))
+        .collect();
+    let question = ops::FileIdsRequest {
+        file_ids: candidates.clone(),
+    };
+    for entry in registry::read(&options.registry_dir)? {
+        if entry.node_id == state.node_id() {
+            continue;
+        }
+        let peer_error = |source| SweepError::Peer {
+            node: entry.node_id.clone(),
+            source,
+        };
+        let conn = peers
+            .connection(rpc, &entry.node_id, entry.addr)
+            .await
+            .map_err(peer_error)?;
+        let states = conn
+            .call::<ops::FilesExist>(&question)
+            .await
+            .map_err(peer_error)?;
+        named.extend(states.named);
+        deleted.extend(states.deleted);
+    }
+    let mut removed = 0;
+    for id in candidates {
+        if deleted.contains(&id) && !named.contains(&id) {
+            removed += state.remove_orphan(id).await?;
+        }
+    }
+    Ok(removed)
+}
