@@ -65,9 +65,18 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
     Ok(path)
 }
 
-/// Removes a server's entry; a missing entry is not an error.
-pub fn withdraw(dir: &Path, node_id: &str) -> Result<(), RegistryError> {
-    let path = entry_path(dir, node_id);
+/// Removes a server's own entry: only if it still names `entry`'s address, so a server
+/// never withdraws another's (one that took over its node id after it hung, say). A
+/// missing entry is not an error.
+pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
+    let path = entry_path(dir, &entry.node_id);
+    let ours = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| parse_entry(&text).ok())
+        .is_some_and(|published| published == *entry);
+    if !ours {
+        return Ok(());
+    }
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
         _ => Ok(()),
@@ -131,8 +140,15 @@ mod tests {
         std::fs::write(dir.path().join("README"), "not an entry").unwrap();
         std::fs::write(dir.path().join(".x.addr.tmp.1"), "half").unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![b.clone(), a.clone()]);
-        withdraw(dir.path(), "a").unwrap();
-        withdraw(dir.path(), "a").unwrap();
+        // Another server's entry under the same node id is not withdrawn.
+        let impostor = ServerEntry {
+            addr: "127.0.0.1:3".parse().unwrap(),
+            ..b.clone()
+        };
+        withdraw(dir.path(), &impostor).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), vec![b.clone(), a.clone()]);
+        withdraw(dir.path(), &b).unwrap();
+        withdraw(dir.path(), &b).unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![a]);
         std::fs::write(dir.path().join("bad.addr"), "x").unwrap();
         assert!(matches!(

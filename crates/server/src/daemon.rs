@@ -63,6 +63,9 @@ pub enum DaemonError {
     /// The registry could not be written.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
+    /// The node id or the data directory is taken by a running server.
+    #[error(transparent)]
+    Claim(#[from] crate::claim::ClaimError),
     /// Setting up the runtime, the log or the signal handlers failed.
     #[error("{what}: {source}")]
     Setup {
@@ -378,6 +381,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     use tokio::signal::unix::{signal, SignalKind};
     // First: a network device that does not exist is a configuration error.
     let context = ucx_context(&config.network)?;
+    // Claimed before anything is opened: a duplicate must not touch the running one's data.
+    let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
+    crate::claim::check_node_free(&context, &config, &secret).await?;
     let state = Rc::new(ServerState::open(&config, secret)?);
     let worker = Worker::new(&context)?;
     let progress =
@@ -430,7 +436,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     )
     .await;
     // Withdraw first so no new client finds us, then make everything durable.
-    let withdrawn = registry::withdraw(&config.network.registry_dir, &config.node.node_id);
+    let withdrawn = registry::withdraw(&config.network.registry_dir, &entry);
     if let Err(e) = state.store().sync().await {
         tracing::error!(error = %e, "final store sync failed");
     }

@@ -6,6 +6,7 @@
 //! files whose removal did not reach this server. Clients never link this crate.
 #![forbid(unsafe_code)]
 
+pub mod claim;
 pub mod daemon;
 pub mod handler;
 pub mod metadata;

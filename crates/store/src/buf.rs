@@ -252,7 +252,7 @@ impl BufPool {
         large_slots: usize,
         large_bytes: usize,
     ) -> io::Result<Rc<BufPool>> {
-        assert!(small_bytes % ALIGN == 0 && large_bytes % ALIGN == 0);
+        assert!(small_bytes.is_multiple_of(ALIGN) && large_bytes.is_multiple_of(ALIGN));
         assert!(small_slots > 0 && large_slots > 0);
         let small = SlotClass::new(0, small_bytes, small_slots);
         let large = SlotClass::new(small.bytes(), large_bytes, large_slots);
@@ -327,7 +327,7 @@ impl BufPool {
             &self.large
         };
         let slot = (offset - class.offset) / class.slot_bytes;
-        assert!(slot < class.slots && (offset - class.offset) % class.slot_bytes == 0);
+        assert!(slot < class.slots && (offset - class.offset).is_multiple_of(class.slot_bytes));
         class.free.borrow_mut().push(slot);
     }
 }
@@ -342,7 +342,7 @@ mod tests {
             let mut buf = ChunkBuf::with_len(len);
             assert_eq!(buf.as_mut_ptr() as usize % ALIGN, 0);
             assert_eq!(buf.len(), len);
-            assert!(buf.capacity() >= len.max(1) && buf.capacity() % ALIGN == 0);
+            assert!(buf.capacity() >= len.max(1) && buf.capacity().is_multiple_of(ALIGN));
             assert!(buf.iter().all(|&b| b == 0));
             assert!(!buf.is_registered());
         }

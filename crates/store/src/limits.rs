@@ -31,9 +31,10 @@ pub const SPIN_POLLS_MAX: u8 = 4;
 
 const _: () = assert!(ALIGN.is_power_of_two());
 // Every chunk is whole O_DIRECT blocks, and every request length fits an io_uring `u32`.
-const _: () = assert!(CHUNK_SIZE_MIN >= ALIGN as u64 && CHUNK_SIZE_MIN % ALIGN as u64 == 0);
+const _: () =
+    assert!(CHUNK_SIZE_MIN >= ALIGN as u64 && CHUNK_SIZE_MIN.is_multiple_of(ALIGN as u64));
 const _: () = assert!(CHUNK_SIZE_MAX <= u32::MAX as u64);
-const _: () = assert!(POOL_SMALL_SLOT_BYTES % ALIGN == 0);
+const _: () = assert!(POOL_SMALL_SLOT_BYTES.is_multiple_of(ALIGN));
 const _: () = assert!(CHUNK_SIZE_MAX as usize <= POOL_LARGE_BYTES_MAX);
 // The whole pool is registered as one io_uring buffer, which the kernel caps at 1 GiB.
 const _: () = assert!(

@@ -40,7 +40,13 @@ impl ChunkFile {
         let align = ALIGN as u64;
         let (len, addr) = (bytes.len() as u64, bytes.as_ptr() as u64);
         match &self.direct {
-            Some(direct) if offset % align == 0 && len % align == 0 && addr % align == 0 => direct,
+            Some(direct)
+                if offset.is_multiple_of(align)
+                    && len.is_multiple_of(align)
+                    && addr.is_multiple_of(align) =>
+            {
+                direct
+            }
             _ => &self.buffered,
         }
     }

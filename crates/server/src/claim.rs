@@ -1,0 +1,140 @@
+//! Claiming a node id and a data directory before a server opens anything: a second
+//! `benchfsd` with a node id that is already served, or on a data directory another one
+//! holds, refuses to start and names the one that runs. Without this, a duplicate
+//! overwrote the registry entry (clients then read zeros from its empty store) and, on a
+//! shared data directory, rewrote the running server's journal.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use benchfs_config::registry::{self, ServerEntry};
+use benchfs_config::ServerConfig;
+use benchfs_rpc::{ClientOptions, RpcClient, RpcError};
+use benchfs_ucx::Context;
+
+/// Longest a start-up waits for the server a registry entry names to answer.
+const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(3);
+
+/// Why a node id or a data directory cannot be claimed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// A live server already serves this node id.
+    #[error("node {node_id} is already served by the benchfsd at {addr} (registry entry {}); stop it or start this one with another node id", entry.display())]
+    NodeInUse {
+        /// The node id.
+        node_id: String,
+        /// Where the running server answers.
+        addr: std::net::SocketAddr,
+        /// Its registry file.
+        entry: PathBuf,
+    },
+    /// Another process holds the data directory.
+    #[error("data_dir {} is in use by another benchfsd (it holds {}); give each server its own data directory", dir.display(), lock.display())]
+    DataDirInUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+    /// The lock file could not be made.
+    #[error("lock file {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The data directory's lock, held for the life of the server (released on exit, even by
+/// kill -9, since the kernel drops the lock with the file).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Locks `data_dir` (`.benchfsd.lock`, an exclusive advisory lock) or says who holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, ClaimError> {
+    let path = data_dir.join(".benchfsd.lock");
+    let lock_error = |source| ClaimError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(lock_error)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ClaimError::DataDirInUse {
+            dir: data_dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_error(e)),
+    }
+}
+
+/// Fails if the registry names a live server for this node id. An entry whose server does
+/// not answer as this node is stale (a crash left it) and is taken over.
+pub async fn check_node_free(
+    context: &Arc<Context>,
+    config: &ServerConfig,
+    secret: &[u8],
+) -> Result<(), ClaimError> {
+    let node_id = &config.node.node_id;
+    let path = registry::entry_path(&config.network.registry_dir, node_id);
+    let Some(entry) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| registry::parse_entry(&text).ok())
+    else {
+        return Ok(());
+    };
+    if answers_as(context, config, secret, &entry).await {
+        return Err(ClaimError::NodeInUse {
+            node_id: node_id.clone(),
+            addr: entry.addr,
+            entry: path,
+        });
+    }
+    tracing::warn!(%node_id, addr = %entry.addr, "taking over a stale registry entry");
+    Ok(())
+}
+
+/// Whether a server at `entry.addr` completes a handshake as `entry.node_id`, or is live
+/// there but refuses the handshake.
+async fn answers_as(
+    context: &Arc<Context>,
+    config: &ServerConfig,
+    secret: &[u8],
+    entry: &ServerEntry,
+) -> bool {
+    let options = ClientOptions {
+        rpc_timeout: config.network.rpc_timeout.min(PROBE_TIMEOUT_MAX),
+        rdma_threshold: usize::MAX,
+        busy_poll: Duration::ZERO,
+        inflight_max: 1,
+        secret: secret.to_vec(),
+        name: format!("starting-{}", entry.node_id),
+    };
+    let Ok(rpc) = RpcClient::start(context, options) else {
+        return false;
+    };
+    match rpc.connect(entry.addr).await {
+        Ok(conn) => conn
+            .hello()
+            .is_some_and(|hello| hello.node_id == entry.node_id),
+        // Something live at that address refused our secret: it may be this node, so it is
+        // not taken over.
+        Err(RpcError::Status { .. }) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, addr = %entry.addr, "registry entry does not answer");
+            false
+        }
+    }
+}

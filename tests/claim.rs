@@ -1,0 +1,102 @@
+//! A second server for a node id or a data directory that a running one holds refuses to
+//! start, names the running one, and leaves it alone.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::files::{read_file, write_file};
+use common::{pattern, Cluster, ClusterSpec};
+
+/// Runs benchfsd with the cluster's configuration as `node_id` on `data_dir`, waiting
+/// (bounded) for it to exit; panics if it is still running, i.e. if it did not refuse.
+fn run_refused(cluster: &Cluster, node_id: &str, data_dir: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .arg("--node-id")
+        .arg(node_id)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a duplicate of {node_id} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn entry_text(cluster: &Cluster, node_id: &str) -> String {
+    std::fs::read_to_string(cluster.registry().join(format!("{node_id}.addr"))).unwrap()
+}
+
+#[test]
+fn a_duplicate_node_id_refuses_to_start_and_leaves_the_original_alone() {
+    // Regression: a second benchfsd with a registered node id overwrote the entry (reads
+    // then returned zeros from its empty store), and stopping it removed the original's.
+    let cluster = Cluster::start(ClusterSpec::backend("file"));
+    let fs = cluster.client();
+    let data = pattern(300_000, 9);
+    write_file(&fs, "/f", &data);
+    let before = entry_text(&cluster, "node1");
+    let elsewhere = cluster.dir.path().join("elsewhere");
+    let out = run_refused(&cluster, "node1", &elsewhere);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the duplicate exits non-zero");
+    let addr = before.split_whitespace().nth(1).unwrap();
+    assert!(
+        stderr.contains("already served") && stderr.contains(addr),
+        "the message names the running server: {stderr}"
+    );
+    assert_eq!(
+        entry_text(&cluster, "node1"),
+        before,
+        "the entry is untouched"
+    );
+    assert!(
+        read_file(&cluster.client(), "/f") == data,
+        "the data reads back whole"
+    );
+}
+
+#[test]
+fn a_shared_data_dir_refuses_to_start() {
+    // A second server on a running one's data directory would have rewritten its journal.
+    let cluster = Cluster::start(ClusterSpec::backend("file"));
+    let fs = cluster.client();
+    write_file(&fs, "/g", &pattern(100_000, 3));
+    let journal = cluster.data_dir(0).join("metadata.journal");
+    let journal_before = std::fs::read(&journal).unwrap();
+    let out = run_refused(&cluster, "node9", &cluster.data_dir(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        !cluster.registry().join("node9.addr").exists(),
+        "the refused server published nothing"
+    );
+    assert_eq!(std::fs::read(&journal).unwrap(), journal_before);
+}
+
+#[test]
+fn a_crashed_servers_entry_is_taken_over() {
+    let mut cluster = Cluster::start(ClusterSpec::backend("file"));
+    let fs = cluster.client();
+    let data = pattern(200_000, 4);
+    write_file(&fs, "/h", &data);
+    // kill -9 leaves the entry behind; the restarted server finds nobody answering there.
+    cluster.kill(2);
+    assert!(cluster.registry().join("node2.addr").exists());
+    cluster.restart(2);
+    assert!(read_file(&cluster.client(), "/h") == data);
+}
