@@ -302,6 +302,8 @@ fn file_system_client_reconnects_to_a_restarted_server() {
     );
 
     // Killed again and restarted on the address it had: the handle reconnects there too.
+    // Regression: the daemon's SO_REUSEADDR setting never applied (UCX wants
+    // CM_REUSEADDR), so a server killed with -9 could not rebind its port for a minute.
     let addr = cluster.addr(0);
     cluster.kill(0);
     assert!(fs.create("/during", 0o644).is_err());

@@ -345,10 +345,10 @@ impl Cluster {
     }
 
     /// Starts server `i` again on the same data directory, listening on `bind` (for
-    /// example the address it had before), and waits for it. The server sets SO_REUSEADDR
-    /// (`UCX_TCP_CM_REUSEADDR`), so a later `restart_at` can take its port back while the
-    /// connections it had linger in TIME_WAIT; Linux allows that only when both the old
-    /// and the new server set the option.
+    /// example the address it had before), and waits for it. Nothing is set for it here:
+    /// benchfsd itself sets SO_REUSEADDR on its listener (UCX `CM_REUSEADDR`), which is
+    /// what lets a server killed with -9 come back at once on its port while the
+    /// connections it had linger in TIME_WAIT.
     pub fn restart_at(&mut self, i: usize, bind: std::net::SocketAddr) {
         assert!(self.children[i].is_none(), "stop or kill it first");
         let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
@@ -356,7 +356,7 @@ impl Cluster {
         self.children[i] = Some(self.spawn_with_args(
             i,
             &["--bind".to_string(), bind.to_string()],
-            &[("UCX_TCP_CM_REUSEADDR", "y")],
+            &[],
         ));
         let deadline = Instant::now() + Duration::from_secs(30);
         while benchfs::registry::read(&self.registry())
