@@ -311,3 +311,58 @@ fn file_system_client_reconnects_to_a_restarted_server() {
     assert_eq!(cluster.addr(0), addr);
     round_trip("/after-same-port");
 }
+
+#[test]
+fn a_silent_replica_costs_one_timeout_not_one_per_chunk() {
+    // Regression: with a replica stopped (alive but silent), every read of a chunk it
+    // held first waited the whole RPC timeout: 421 s for a 200 MiB file.
+    use benchfs::placement::{PlacementKey, PlacementRing};
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    let chunks = 16;
+    let data = pattern(chunks * C, 6);
+    write_file(&fs, "/r", &data);
+    let file_id = fs.stat("/r").unwrap().file_id;
+    let ids: Vec<String> = (0..cluster.spec.servers).map(Cluster::node_id).collect();
+    let ring = PlacementRing::new(&ids, cluster.config().placement.virtual_nodes).unwrap();
+    let mut first = vec![0usize; ids.len()];
+    for index in 0..chunks as u64 {
+        first[ring.replicas(PlacementKey::Chunk { file_id, index }, 2)[0] as usize] += 1;
+    }
+    // Ring indexes follow sorted node ids, which are the cluster's indexes here.
+    let (stopped, held) = first
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by_key(|&(_, n)| n)
+        .unwrap();
+    assert!(
+        held > 1,
+        "the stopped server reads first for several chunks"
+    );
+    cluster.signal(stopped, "STOP");
+    let reader = cluster.client();
+    let result = (|| -> Result<(), ApiError> {
+        let fd = reader.open("/r", OpenFlags::READ, 0)?;
+        let mut buf = vec![0u8; C];
+        for i in 0..chunks {
+            assert_eq!(reader.pread(fd, &mut buf, (i * C) as u64)?, C);
+            assert!(buf[..] == data[i * C..(i + 1) * C], "chunk {i} differs");
+        }
+        reader.close(fd)
+    })();
+    let counters = reader.client().call_counters();
+    cluster.signal(stopped, "CONT");
+    result.unwrap();
+    assert_eq!(
+        counters.timeouts, 1,
+        "one timeout marks the server: {counters:?}"
+    );
+    assert!(
+        counters.failovers >= 1,
+        "a replica answered for it: {counters:?}"
+    );
+}

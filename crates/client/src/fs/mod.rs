@@ -39,6 +39,7 @@ use crate::error::ApiError;
 use crate::rpc::{ClientOptions, OutPayload, RpcClient, RpcError};
 use cache::{ChunkCache, MetadataCache};
 use handles::OpenFile;
+pub use routing::CallCounters;
 use routing::ServerSlot;
 
 /// A file handle number, as `open` returns it.
@@ -75,6 +76,7 @@ pub struct FsClient {
     meta_cache: RefCell<MetadataCache>,
     chunk_cache: RefCell<ChunkCache>,
     registry_dir: std::path::PathBuf,
+    call_counters: Cell<CallCounters>,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -168,11 +170,7 @@ impl FsClient {
             let index = ring
                 .index_of(&entry.node_id)
                 .expect("every entry is on the ring") as usize;
-            slots[index] = Some(ServerSlot {
-                entry: RefCell::new(entry),
-                conn: RefCell::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            });
+            slots[index] = Some(ServerSlot::new(entry));
         }
         let context = Context::new(Features::ALL)?;
         let options = ClientOptions {
@@ -205,6 +203,7 @@ impl FsClient {
                 ttl,
             )),
             registry_dir: config.network.registry_dir.clone(),
+            call_counters: Cell::default(),
         })
     }
 

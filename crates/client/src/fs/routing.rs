@@ -1,8 +1,9 @@
 //! Routing: which servers hold a key, the connection to each, and calls to one server,
 //! to any replica (reads) or to every replica (writes).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use benchfs_config::registry;
 use benchfs_config::registry::ServerEntry;
@@ -21,6 +22,38 @@ pub(super) struct ServerSlot {
     pub(super) conn: RefCell<Option<Rc<Connection>>>,
     /// Held while connecting, so concurrent calls share one connection attempt.
     pub(super) connecting: tokio::sync::Mutex<()>,
+    /// Set when a call to this server timed out: until then reads ask its replicas first,
+    /// so a silent server (SIGSTOP) costs one timeout per period, not one per chunk.
+    pub(super) suspect_until: Cell<Option<Instant>>,
+}
+
+impl ServerSlot {
+    pub(super) fn new(entry: ServerEntry) -> ServerSlot {
+        ServerSlot {
+            entry: RefCell::new(entry),
+            conn: RefCell::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            suspect_until: Cell::new(None),
+        }
+    }
+
+    fn is_suspect(&self, now: Instant) -> bool {
+        self.suspect_until.get().is_some_and(|until| now < until)
+    }
+}
+
+/// How long a server that timed out is asked last by reads, unless it answers meanwhile.
+pub(super) const SUSPECT_PERIOD: Duration = Duration::from_secs(30);
+
+/// What this client's calls met, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounters {
+    /// Calls made to servers.
+    pub calls: u64,
+    /// Calls that timed out.
+    pub timeouts: u64,
+    /// Reads answered by a replica after another did not answer.
+    pub failovers: u64,
 }
 
 /// Most worker progress calls made before reusing a connection, to notice a dead peer.
@@ -103,8 +136,15 @@ impl FsClient {
         payload: OutPayload,
         sink: Option<LentMut>,
     ) -> Result<Response<R::Reply>, RpcError> {
-        let conn = self.conn(index).await?;
+        let conn = match self.conn(index).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.note_call(index, Some(&e));
+                return Err(e);
+            }
+        };
         let result = conn.call_into::<R>(req, payload, sink).await;
+        self.note_call(index, result.as_ref().err());
         if let Err(e) = &result {
             if is_unreachable(e) {
                 // Only this connection: another call may have replaced it meanwhile.
@@ -115,6 +155,29 @@ impl FsClient {
             }
         }
         result
+    }
+
+    /// Counts a call and marks its server suspect after a timeout, or clears the mark when
+    /// it answered.
+    fn note_call(&self, index: ServerIndex, error: Option<&RpcError>) {
+        let mut counters = self.call_counters.get();
+        counters.calls += 1;
+        let slot = &self.servers[index as usize];
+        match error {
+            Some(e) if e.status() == Status::TimedOut => {
+                counters.timeouts += 1;
+                slot.suspect_until
+                    .set(Some(Instant::now() + SUSPECT_PERIOD));
+            }
+            Some(e) if is_unreachable(e) => {}
+            _ => slot.suspect_until.set(None),
+        }
+        self.call_counters.set(counters);
+    }
+
+    /// What this client's calls met so far.
+    pub fn call_counters(&self) -> CallCounters {
+        self.call_counters.get()
     }
 
     /// Every server's index, for calls that fan out to the whole job.
@@ -130,6 +193,14 @@ impl FsClient {
 
     pub(super) fn replica_set(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
         self.ring.replicas(key, self.replicas)
+    }
+
+    /// The replicas in the order reads ask them: ring order, suspect servers last.
+    fn read_order(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
+        let now = Instant::now();
+        let mut servers = self.replica_set(key);
+        servers.sort_by_key(|&s| self.servers[s as usize].is_suspect(now));
+        servers
     }
 
     /// Reads from the first replica that answers.
@@ -153,12 +224,18 @@ impl FsClient {
         sink: impl Fn() -> Option<LentMut>,
     ) -> Result<Response<R::Reply>, RpcError> {
         let mut last = None;
-        for server in self.replica_set(key) {
+        for server in self.read_order(key) {
             match self
                 .call_on_into::<R>(server, req, OutPayload::none(), sink())
                 .await
             {
                 Err(e) if is_unreachable(&e) => last = Some(e),
+                Ok(reply) if last.is_some() => {
+                    let mut counters = self.call_counters.get();
+                    counters.failovers += 1;
+                    self.call_counters.set(counters);
+                    return Ok(reply);
+                }
                 other => return other,
             }
         }
