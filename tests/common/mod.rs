@@ -353,11 +353,8 @@ impl Cluster {
         assert!(self.children[i].is_none(), "stop or kill it first");
         let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
         let _ = std::fs::remove_file(entry);
-        self.children[i] = Some(self.spawn_with_args(
-            i,
-            &["--bind".to_string(), bind.to_string()],
-            &[],
-        ));
+        self.children[i] =
+            Some(self.spawn_with_args(i, &["--bind".to_string(), bind.to_string()], &[]));
         let deadline = Instant::now() + Duration::from_secs(30);
         while benchfs::registry::read(&self.registry())
             .map(|e| e.len())
