@@ -366,3 +366,53 @@ fn a_silent_replica_costs_one_timeout_not_one_per_chunk() {
         "a replica answered for it: {counters:?}"
     );
 }
+
+#[test]
+fn a_chunk_a_server_lost_is_never_read_as_zeros() {
+    // Regression: a chunk that a server no longer had (a memory store restarted, a data
+    // directory lost) read back as zeros with success, even with another replica holding it.
+    use benchfs::placement::{PlacementKey, PlacementRing};
+    // A memory store restarted, and a disk server back with an empty data directory.
+    for (backend, replicas) in [("memory", 1u32), ("memory", 2), ("file", 1)] {
+        let mut cluster = Cluster::start(ClusterSpec {
+            replicas,
+            ..ClusterSpec::backend(backend)
+        });
+        let fs = cluster.client();
+        let data = pattern(16 * C, 11);
+        write_file(&fs, "/lost", &data);
+        // A server that holds chunks of the file but none of its metadata records.
+        let ids: Vec<String> = (0..cluster.spec.servers).map(Cluster::node_id).collect();
+        let ring = PlacementRing::new(&ids, cluster.config().placement.virtual_nodes).unwrap();
+        let meta_owners = ring.replicas(PlacementKey::Metadata("/lost"), replicas as usize);
+        let holders: Vec<usize> = stats(&fs).iter().map(|s| s.chunks as usize).collect();
+        let lost = (0..ids.len())
+            .find(|&i| holders[i] > 0 && !meta_owners.contains(&(i as u32)))
+            .expect("a chunk holder that owns no record");
+        cluster.kill(lost);
+        std::fs::remove_dir_all(cluster.data_dir(lost)).unwrap();
+        cluster.restart(lost);
+        let reader = cluster.client();
+        match try_read_file(&reader, "/lost") {
+            Ok(got) => {
+                assert_eq!(replicas, 2, "with one copy the lost chunks cannot be read");
+                assert!(got == data, "the other replica's bytes, not zeros");
+            }
+            Err(e) => {
+                assert_eq!(replicas, 1, "with two copies the replica answers: {e}");
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                assert!(
+                    e.to_string().contains(&Cluster::node_id(lost)),
+                    "names the server: {e}"
+                );
+            }
+        }
+        // A file created after the restart has real holes, and they read as zeros.
+        let fd = reader.create("/sparse", 0o644).unwrap();
+        reader.pwrite(fd, b"tail", 5 * C as u64).unwrap();
+        reader.close(fd).unwrap();
+        let got = read_file(&reader, "/sparse");
+        assert_eq!(got.len(), 5 * C + 4);
+        assert!(got[..5 * C].iter().all(|&b| b == 0) && &got[5 * C..] == b"tail");
+    }
+}

@@ -115,6 +115,7 @@ fn stalling_server(
                     node_id: "stalling".into(),
                     chunk_size: CHUNK,
                     rdma_threshold: THRESHOLD as u64,
+                    born_ns: 0,
                 }
                 .to_bytes();
                 let mut header =

@@ -93,7 +93,7 @@ macro_rules! wire_header {
 }
 
 wire_header!(/// `HelloReply`, before the node id.
-    HelloReplyHeader = 16, { chunk_size: U64, rdma_threshold: U64 });
+    HelloReplyHeader = 24, { chunk_size: U64, rdma_threshold: U64, born_ns: U64 });
 wire_header!(/// `ChunkIo`, whole.
     ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
 wire_header!(/// `ChunkIoReply`, whole.
@@ -224,6 +224,10 @@ pub struct HelloReply {
     pub chunk_size: u64,
     /// Payloads above this go by RDMA.
     pub rdma_threshold: u64,
+    /// When the server's chunk store began (ns since the Unix epoch): its data directory
+    /// was made, or, in memory, the process started. A file created before it may have had
+    /// chunks here that the store no longer has, so a hole it reports may be a loss.
+    pub born_ns: u64,
 }
 
 impl Message for HelloReply {
@@ -231,6 +235,7 @@ impl Message for HelloReply {
         w.fixed(&HelloReplyHeader {
             chunk_size: self.chunk_size.into(),
             rdma_threshold: self.rdma_threshold.into(),
+            born_ns: self.born_ns.into(),
         })
         .str16(self.node_id.as_bytes());
     }
@@ -240,6 +245,7 @@ impl Message for HelloReply {
             node_id: r.utf8("node_id", TOKEN_LEN_MAX)?,
             chunk_size: h.chunk_size.get(),
             rdma_threshold: h.rdma_threshold.get(),
+            born_ns: h.born_ns.get(),
         })
     }
 }
@@ -732,10 +738,11 @@ mod tests {
             node_id: "n".into(),
             chunk_size: 4096,
             rdma_threshold: 32768,
+            born_ns: 7,
         };
         assert_eq!(
             hello.to_bytes(),
-            [le(&[4096, 32768]), vec![1, 0, b'n']].concat()
+            [le(&[4096, 32768, 7]), vec![1, 0, b'n']].concat()
         );
         let create = CreateRequest {
             path: "/a".into(),

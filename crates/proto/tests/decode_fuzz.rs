@@ -106,7 +106,7 @@ proptest! {
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&TruncateChunkRequest { file_id: id, index: 1, len })?;
         round_trip(&HelloRequest { client: "c".into(), secret: vec![1, 2] })?;
-        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768 })?;
+        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id })?;
         round_trip(&StatsReply { chunks: id, ..Default::default() })?;
         round_trip(&FileIdsRequest { file_ids: vec![id, len, 0] })?;
         round_trip(&FileStatesReply { named: vec![id], deleted: vec![len, 0] })?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use benchfs_proto::layout::{ChunkLayout, ChunkSpan};
 use benchfs_proto::meta::FileMetadata;
-use benchfs_proto::placement::PlacementKey;
+use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{ops, Status};
 use benchfs_ucx::Loan;
 use futures_util::future::join_all;
@@ -308,6 +308,26 @@ impl FsClient {
         }))
     }
 
+    /// A short read (a hole) from a server whose store began after the file was created
+    /// may be a chunk the server lost (its data directory was lost, a memory store
+    /// restarted): refused as an I/O error, so another replica is asked, and the read
+    /// fails rather than answer zeros for bytes that were written.
+    fn check_not_lost(
+        &self,
+        server: ServerIndex,
+        meta: FileMetadata,
+        short: bool,
+    ) -> Result<(), RpcError> {
+        let slot = &self.servers[server as usize];
+        if short && slot.born_ns.get() > meta.ctime_ns {
+            return Err(RpcError::Status {
+                server: slot.entry.borrow().node_id.clone(),
+                status: Status::Io,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads one span, from the chunk cache or its servers; into `loan` at the span's
     /// range when one is given and the cache is off.
     pub(super) async fn read_span(
@@ -335,9 +355,12 @@ impl FsClient {
             index,
         };
         let r = self
-            .read_any_into::<ops::ReadChunk>(key, &req, || {
-                loan.and_then(|l| l.lend_mut(span_range(span)))
-            })
+            .read_any_into::<ops::ReadChunk>(
+                key,
+                &req,
+                || loan.and_then(|l| l.lend_mut(span_range(span))),
+                |server, r| self.check_not_lost(server, meta, r.reply.len < len),
+            )
             .await?;
         let got = r.payload.len() + r.sunk;
         if r.reply.len != got as u64 || r.reply.len > len {

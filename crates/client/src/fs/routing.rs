@@ -25,6 +25,9 @@ pub(super) struct ServerSlot {
     /// Set when a call to this server timed out: until then reads ask its replicas first,
     /// so a silent server (SIGSTOP) costs one timeout per period, not one per chunk.
     pub(super) suspect_until: Cell<Option<Instant>>,
+    /// When the server's chunk store began, from its handshake: a hole it reports in a
+    /// file created before then may be a chunk it lost.
+    pub(super) born_ns: Cell<u64>,
 }
 
 impl ServerSlot {
@@ -34,6 +37,7 @@ impl ServerSlot {
             conn: RefCell::new(None),
             connecting: tokio::sync::Mutex::new(()),
             suspect_until: Cell::new(None),
+            born_ns: Cell::new(0),
         }
     }
 
@@ -110,6 +114,7 @@ impl FsClient {
                 conn
             }
         };
+        slot.born_ns.set(conn.hello().map_or(0, |h| h.born_ns));
         let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
         Ok(conn)
@@ -209,27 +214,31 @@ impl FsClient {
         key: PlacementKey<'_>,
         req: &R::Request,
     ) -> Result<(R::Reply, Vec<u8>), RpcError> {
-        self.read_any_into::<R>(key, req, || None)
+        self.read_any_into::<R>(key, req, || None, |_, _| Ok(()))
             .await
             .map(|r| (r.reply, r.payload))
     }
 
     /// [`FsClient::read_any`], each attempt receiving into the sink `sink` gives, if any.
     /// A replica that timed out may still hold the last attempt's sink, and then the next
-    /// attempt gets none and its payload comes as bytes.
+    /// attempt gets none and its payload comes as bytes. A reply `accept` refuses counts as
+    /// that replica's failure (the next one is asked); its error is returned if no
+    /// replica is left.
     pub(super) async fn read_any_into<R: Rpc>(
         &self,
         key: PlacementKey<'_>,
         req: &R::Request,
         sink: impl Fn() -> Option<LentMut>,
+        accept: impl Fn(ServerIndex, &Response<R::Reply>) -> Result<(), RpcError>,
     ) -> Result<Response<R::Reply>, RpcError> {
         let mut last = None;
         for server in self.read_order(key) {
-            match self
+            let result = self
                 .call_on_into::<R>(server, req, OutPayload::none(), sink())
                 .await
-            {
-                Err(e) if is_unreachable(&e) => last = Some(e),
+                .and_then(|r| accept(server, &r).map(|()| r));
+            match result {
+                Err(e) if is_unreachable(&e) || e.status() == Status::Io => last = Some(e),
                 Ok(reply) if last.is_some() => {
                     let mut counters = self.call_counters.get();
                     counters.failovers += 1;

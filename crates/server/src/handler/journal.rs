@@ -3,12 +3,28 @@
 //!
 //! Record layout (little-endian): `len: u32` (bytes after this field), `check: u32` (low
 //! half of XXH3-64 of the bytes after it), `tag: u8`, then for `Put` the 48-byte metadata
-//! and a u16-prefixed path, for `Delete` the file id and the path, for `HighWater` the next
-//! inode number. On open the journal is replayed up to the first torn or corrupt record,
-//! then rewritten as a compact snapshot (temporary file, fsync, rename). A running server
-//! compacts it the same way once the records appended since the last snapshot outweigh the
-//! snapshot and [`COMPACT_MIN_BYTES`], so it stays within about twice the live table and
-//! each compaction's cost is paid for by the appends before it.
+//! and a u16-prefixed path, for `Delete` and `MoveOut` the file id and the path, for
+//! `HighWater` the next inode number, for `Tombstone` a file id. On open the journal is
+//! replayed, then rewritten as a compact snapshot (temporary file, fsync, rename). A running
+//! server compacts it the same way once the records appended since the last snapshot
+//! outweigh the snapshot and [`COMPACT_MIN_BYTES`], so it stays within about twice the live
+//! table and each compaction's cost is paid for by the appends before it.
+//!
+//! **Torn tail or corruption.** A crash in the middle of an append leaves a prefix of the
+//! record it was writing at the end of the file, and nothing else. So replay cuts a *torn
+//! tail* (logged as a warning naming the file and the bytes dropped) only when the last
+//! record is such a prefix: fewer than 8 header bytes remain, or its length field runs past
+//! the end of the file, and what is there could begin a record of that length (the length
+//! is within `9..=RECORD_LEN_MAX`, the tag is known, and the length agrees with the tag and
+//! the path-length prefix, each checked when its bytes are present). Anything else is *corruption*,
+//! [`JournalError::Corrupt`], and [`Journal::open`] leaves the file exactly as it was: a
+//! record whose bytes are all there but whose checksum does not match (even the last one:
+//! an append cut short cannot leave its length field complete and its body whole), a
+//! checksum-valid record that does not decode or apply (an unknown tag, a bad field,
+//! trailing bytes: a torn write cannot produce a matching checksum, so this is damage or a
+//! journal from another version), and a length field outside `9..=RECORD_LEN_MAX` (no
+//! append writes one, wherever it sits and however few bytes follow it). A zero-filled
+//! tail, which some file systems can leave after a power loss, is corruption too (length 0).
 //!
 //! **Durability:** appends go to the page cache before the reply is sent, so a killed
 //! server loses nothing it acknowledged; `Fsync` makes them survive a power loss too.
@@ -30,6 +46,10 @@ const TAG_MOVE_OUT: u8 = 4;
 const TAG_TOMBSTONE: u8 = 5;
 /// Largest record: a tag, metadata, and a path of PATH_LEN_MAX bytes with its prefix.
 const RECORD_LEN_MAX: usize = 1 + FILE_METADATA_LEN + 8 + 2 + benchfs_proto::limits::PATH_LEN_MAX;
+/// Smallest record: a tag and a u64 (`HighWater`, `Tombstone`).
+const RECORD_LEN_MIN: usize = 1 + 8;
+/// Bytes of a record's header: the length and the checksum.
+const HEADER_LEN: usize = 8;
 
 /// One metadata change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +94,18 @@ pub enum JournalError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The journal holds a record that no crash in the middle of an append can explain (see
+    /// the module docs for the rules); the file is left exactly as it was, for the operator
+    /// to move aside or restore.
+    #[error("{} is corrupt at byte {offset} ({reason}); the server will not start on it. Move it aside to start with an empty namespace, or restore it from a copy", path.display())]
+    Corrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// Where the first bad record starts.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -125,64 +157,173 @@ fn encode(record: &Record<'_>) -> Vec<u8> {
     out.into_vec()
 }
 
-/// Applies the well-formed records at the start of `bytes` to `table` and returns how
-/// many bytes they span; a torn or corrupt record ends the replay.
-fn replay(bytes: &[u8], table: &mut MetadataTable) -> usize {
-    let mut r = Reader::new(bytes);
-    let mut good = 0;
-    while let (Ok(len), Ok(check)) = (r.u32(), r.u32()) {
-        let len = len as usize;
-        if len > RECORD_LEN_MAX {
-            break;
-        }
-        let Ok(body) = r.take(len) else { break };
-        if xxh3_64(body) as u32 != check || apply(body, table).is_none() {
-            break;
-        }
-        good += 8 + len;
-    }
-    good
+/// How a replay ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Replayed {
+    /// Every byte was a record, and all were applied.
+    Whole,
+    /// The records before `at` were applied; from `at` on is a torn tail.
+    Torn {
+        /// Where the torn record starts.
+        at: usize,
+    },
+    /// The records before `offset` were applied; the one at `offset` is bad.
+    Corrupt {
+        /// Where the bad record starts.
+        offset: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-fn apply(body: &[u8], table: &mut MetadataTable) -> Option<()> {
+/// What the bytes at a record boundary hold.
+enum Next<'a> {
+    /// A whole record whose checksum matches: its body.
+    Record(&'a [u8]),
+    /// The prefix of a record, cut by the end of the file.
+    Torn,
+    /// Something no append writes.
+    Corrupt(String),
+}
+
+/// Applies the records of `bytes` to `table` in order, up to a torn tail or the first bad
+/// record. After `Corrupt` the table holds a partial replay and is to be discarded.
+fn replay(bytes: &[u8], table: &mut MetadataTable) -> Replayed {
+    let mut pos = 0;
+    while let Some(rest) = bytes.get(pos..).filter(|rest| !rest.is_empty()) {
+        match next_record(rest) {
+            Next::Record(body) => {
+                if let Err(reason) = apply(body, table) {
+                    return Replayed::Corrupt {
+                        offset: pos,
+                        reason,
+                    };
+                }
+                pos += HEADER_LEN + body.len();
+            }
+            Next::Torn => return Replayed::Torn { at: pos },
+            Next::Corrupt(reason) => {
+                return Replayed::Corrupt {
+                    offset: pos,
+                    reason,
+                }
+            }
+        }
+    }
+    Replayed::Whole
+}
+
+/// Classifies the record at the start of `rest`, which is not empty.
+fn next_record(rest: &[u8]) -> Next<'_> {
+    let Some(len) = rest.get(..4).and_then(le_u32) else {
+        return Next::Torn;
+    };
+    let len = len as usize;
+    if !(RECORD_LEN_MIN..=RECORD_LEN_MAX).contains(&len) {
+        return Next::Corrupt(format!(
+            "record length {len} is outside {RECORD_LEN_MIN}..={RECORD_LEN_MAX}"
+        ));
+    }
+    let Some(check) = rest.get(4..HEADER_LEN).and_then(le_u32) else {
+        return Next::Torn;
+    };
+    let Some(body) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
+        let prefix = rest.get(HEADER_LEN..).unwrap_or_default();
+        return match could_begin(prefix, len) {
+            Ok(()) => Next::Torn,
+            Err(reason) => Next::Corrupt(reason),
+        };
+    };
+    if xxh3_64(body) as u32 != check {
+        return Next::Corrupt(format!(
+            "the checksum of its {len}-byte record does not match"
+        ));
+    }
+    Next::Record(body)
+}
+
+fn le_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// Whether `prefix`, the body bytes of a record cut by the end of the file, could begin a
+/// body of `len` bytes as [`encode`] writes it: a torn append leaves such a prefix, while a
+/// damaged length field or tag almost never passes, because a damaged record was complete
+/// and so its tag and path-length prefix are there to disagree with its length.
+fn could_begin(prefix: &[u8], len: usize) -> Result<(), String> {
+    let Some(&tag) = prefix.first() else {
+        return Ok(());
+    };
+    // Where the u16 path length sits, and the body length without the path.
+    let (path_len_at, fixed) = match tag {
+        TAG_HIGH_WATER | TAG_TOMBSTONE => (None, 1 + 8),
+        TAG_PUT => (Some(1 + FILE_METADATA_LEN), 1 + FILE_METADATA_LEN + 2),
+        TAG_DELETE | TAG_MOVE_OUT => (Some(1 + 8), 1 + 8 + 2),
+        _ => return Err(format!("unknown record tag {tag}")),
+    };
+    let expected = match path_len_at {
+        None => Some(fixed),
+        Some(at) => prefix
+            .get(at..at + 2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(|b| fixed + usize::from(u16::from_le_bytes(b))),
+    };
+    match expected {
+        Some(expected) if expected != len => Err(format!(
+            "record length {len} disagrees with its contents ({expected} bytes)"
+        )),
+        None if len < fixed => Err(format!("record length {len} is too short for tag {tag}")),
+        _ => Ok(()),
+    }
+}
+
+/// Applies one checksum-valid record body to `table`, or says why it does not decode.
+fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
     let mut r = Reader::new(body);
-    match r.u8().ok()? {
+    let bad = |e: benchfs_proto::wire::DecodeError| format!("record does not decode: {e}");
+    let path_max = benchfs_proto::limits::PATH_LEN_MAX;
+    match r.u8().map_err(bad)? {
         TAG_PUT => {
-            let meta = FileMetadata::decode(&mut r).ok()?;
-            let path = r.utf8("path", benchfs_proto::limits::PATH_LEN_MAX).ok()?;
-            table.insert(&path, meta, false).ok()?;
+            let meta = FileMetadata::decode(&mut r).map_err(bad)?;
+            let path = r.utf8("path", path_max).map_err(bad)?;
+            table
+                .insert(&path, meta, false)
+                .map_err(|status| format!("record for {path:?} does not apply: {status}"))?;
             table.reserve_file_id(meta.file_id);
         }
         TAG_DELETE => {
-            let file_id = r.u64().ok()?;
-            let path = r.utf8("path", benchfs_proto::limits::PATH_LEN_MAX).ok()?;
+            let file_id = r.u64().map_err(bad)?;
+            let path = r.utf8("path", path_max).map_err(bad)?;
             // Replaying a delete of an absent record is harmless.
             let _ = table.delete(&path, None);
             table.reserve_file_id(file_id);
         }
         TAG_HIGH_WATER => {
-            let id = r.u64().ok()?;
-            table.reserve_file_id(id.checked_sub(1)?);
+            let id = r.u64().map_err(bad)?;
+            let below = id.checked_sub(1).ok_or("high-water mark 0")?;
+            table.reserve_file_id(below);
         }
         TAG_MOVE_OUT => {
-            let file_id = r.u64().ok()?;
-            let path = r.utf8("path", benchfs_proto::limits::PATH_LEN_MAX).ok()?;
+            let file_id = r.u64().map_err(bad)?;
+            let path = r.utf8("path", path_max).map_err(bad)?;
             let _ = table.move_out(&path);
             table.reserve_file_id(file_id);
         }
         TAG_TOMBSTONE => {
-            let file_id = r.u64().ok()?;
+            let file_id = r.u64().map_err(bad)?;
             table.add_tombstone(file_id);
             table.reserve_file_id(file_id);
         }
-        _ => return None,
+        tag => return Err(format!("unknown record tag {tag}")),
     }
-    r.finish().ok()
+    r.finish().map_err(bad)
 }
 
 impl Journal {
     /// Replays the journal at `path` into `table` (which should be empty), then rewrites it
-    /// as a snapshot of `table` and opens it for appending.
+    /// as a snapshot of `table` and opens it for appending. A torn tail is cut with a
+    /// warning; a corrupt record is [`JournalError::Corrupt`], with the file untouched and
+    /// `table` holding a partial replay to discard (see the module docs for which is which).
     pub fn open(path: &Path, table: &mut MetadataTable) -> Result<Journal, JournalError> {
         let mut bytes = Vec::new();
         match File::open(path) {
@@ -192,9 +333,18 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error("open", path)(e)),
         }
-        let good = replay(&bytes, table);
-        if good < bytes.len() {
-            tracing::warn!(path = %path.display(), dropped = bytes.len() - good, "metadata journal ends in a torn record; dropping it");
+        match replay(&bytes, table) {
+            Replayed::Whole => {}
+            Replayed::Torn { at } => {
+                tracing::warn!(path = %path.display(), at, dropped = bytes.len() - at, "metadata journal ends in a torn record (an append cut short); dropping it");
+            }
+            Replayed::Corrupt { offset, reason } => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                    reason,
+                });
+            }
         }
         let (file, snapshot_bytes) = write_snapshot(path, table)?;
         Ok(Journal {
@@ -397,16 +547,290 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_bytes_replay_nothing_and_do_not_panic() {
+    fn junk_replays_nothing_and_does_not_panic() {
         let mut t = table();
         for junk in [
-            &b""[..],
-            b"\xff\xff\xff\xff\0\0\0\0",
+            &b"\xff\xff\xff\xff\0\0\0\0"[..],
             b"\x05\0\0\0abcd\x01",
             &[0u8; 64],
+            &[0xa5; 5000],
         ] {
-            assert_eq!(replay(junk, &mut t), 0);
+            assert!(
+                matches!(replay(junk, &mut t), Replayed::Corrupt { offset: 0, .. }),
+                "{junk:?}"
+            );
         }
+        assert_eq!(replay(b"", &mut t), Replayed::Whole);
         assert!(t.is_empty());
+    }
+
+    /// What opening a journal must do.
+    #[derive(Debug)]
+    enum Want {
+        /// Start with exactly these paths (sorted), the file rewritten as a whole snapshot.
+        Starts(&'static [&'static str]),
+        /// Refuse, naming the record that starts at this offset, and leave the file as it was.
+        Refuses(usize),
+    }
+
+    /// Opens a journal holding `bytes` and checks the outcome against `want`.
+    #[track_caller]
+    fn check(case: &str, bytes: &[u8], want: Want) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        std::fs::write(&path, bytes).unwrap();
+        let mut t = table();
+        match (Journal::open(&path, &mut t), want) {
+            (Ok(j), Want::Starts(paths)) => {
+                drop(j);
+                let held: Vec<&str> = t.entries().map(|(p, _)| p).collect();
+                assert_eq!(held, paths, "{case}: replayed records");
+                let rewritten = std::fs::read(&path).unwrap();
+                assert_eq!(
+                    replay(&rewritten, &mut table()),
+                    Replayed::Whole,
+                    "{case}: the torn tail is cut"
+                );
+            }
+            (Err(e @ JournalError::Corrupt { .. }), Want::Refuses(at)) => {
+                let message = e.to_string();
+                let JournalError::Corrupt {
+                    path: p, offset, ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((p, offset), (path.clone(), at as u64), "{case}: {message}");
+                assert!(
+                    message.contains(&format!("is corrupt at byte {at} ("))
+                        && message.contains("will not start on it. Move it aside"),
+                    "{case}: {message}"
+                );
+                let after = std::fs::read(&path).unwrap();
+                assert!(after == bytes, "{case}: the journal was changed");
+                assert!(!path.with_extension("journal.tmp").exists(), "{case}");
+            }
+            (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    /// Three records' metadata: a file, a directory, a file.
+    fn metas() -> [FileMetadata; 3] {
+        let mut t = table();
+        [
+            t.create_file("/a", 0o644).unwrap(),
+            t.create_dir("/b", 0o755).unwrap(),
+            t.create_file("/c", 0o600).unwrap(),
+        ]
+    }
+
+    /// `records` encoded back to back, and where each starts.
+    fn journal(records: &[Record<'_>]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for record in records {
+            starts.push(bytes.len());
+            bytes.extend(encode(record));
+        }
+        (bytes, starts)
+    }
+
+    /// A record of `body` with a correct header and checksum.
+    fn raw(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend((xxh3_64(body) as u32).to_le_bytes());
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_every_point_and_the_rest_replays() {
+        let [a, b, c] = metas();
+        let first = [
+            Record::Put {
+                path: "/a",
+                meta: a,
+            },
+            Record::Put {
+                path: "/b",
+                meta: b,
+            },
+        ];
+        let lasts: [(Record<'_>, &'static [&'static str]); 5] = [
+            (
+                Record::Put {
+                    path: "/c",
+                    meta: c,
+                },
+                &["/a", "/b", "/c"],
+            ),
+            (
+                Record::Delete {
+                    path: "/b",
+                    file_id: b.file_id,
+                },
+                &["/a"],
+            ),
+            (
+                Record::MoveOut {
+                    path: "/b",
+                    file_id: b.file_id,
+                },
+                &["/a"],
+            ),
+            (Record::HighWater(c.file_id + 1), &["/a", "/b"]),
+            (Record::Tombstone(c.file_id), &["/a", "/b"]),
+        ];
+        for (last, whole) in lasts {
+            let (bytes, starts) = journal(&[first[0], first[1], last]);
+            check(&format!("{last:?} whole"), &bytes, Want::Starts(whole));
+            for cut in starts[2] + 1..bytes.len() {
+                let case = format!("{last:?} cut after {cut} of {} bytes", bytes.len());
+                check(&case, &bytes[..cut], Want::Starts(&["/a", "/b"]));
+            }
+        }
+        let (bytes, starts) = journal(&first);
+        for cut in 1..starts[1] {
+            check("a lone torn record", &bytes[..cut], Want::Starts(&[]));
+        }
+    }
+
+    /// One flipped byte in the middle of the journal was taken for a torn tail: the records
+    /// after it were dropped, the journal rewritten, and the server started as if nothing
+    /// had happened. Any one flipped byte, in any record, the last included, now refuses.
+    #[test]
+    fn a_flipped_byte_in_any_record_refuses_and_keeps_the_file() {
+        let [a, b, c] = metas();
+        let (bytes, starts) = journal(&[
+            Record::Put {
+                path: "/a",
+                meta: a,
+            },
+            Record::Delete {
+                path: "/b",
+                file_id: b.file_id,
+            },
+            Record::Put {
+                path: "/c",
+                meta: c,
+            },
+        ]);
+        for at in 0..bytes.len() {
+            for mask in [0x01u8, 0x80] {
+                let mut bad = bytes.clone();
+                bad[at] ^= mask;
+                let record = starts.iter().rposition(|&s| s <= at).unwrap();
+                let case = format!("byte {at} ^ {mask:#04x}, in record {record}");
+                check(&case, &bad, Want::Refuses(starts[record]));
+            }
+        }
+    }
+
+    /// Two whole records, `/a` and `/b`: the good start of every crafted journal.
+    fn good_start() -> Vec<u8> {
+        let [a, b, _] = metas();
+        journal(&[
+            Record::Put {
+                path: "/a",
+                meta: a,
+            },
+            Record::Put {
+                path: "/b",
+                meta: b,
+            },
+        ])
+        .0
+    }
+
+    /// The body `encode` writes for `record`.
+    fn body(record: &Record<'_>) -> Vec<u8> {
+        encode(record)[HEADER_LEN..].to_vec()
+    }
+
+    /// Checks that a journal of [`good_start`] and then each case's bytes refuses, naming
+    /// the first byte after the good start.
+    #[track_caller]
+    fn check_refusals(cases: &[(&str, Vec<u8>)]) {
+        let good = good_start();
+        for (case, tail) in cases {
+            check(case, &[&good[..], tail].concat(), Want::Refuses(good.len()));
+        }
+    }
+
+    #[test]
+    fn a_cut_header_is_torn() {
+        let good = good_start();
+        let high_water = encode(&Record::HighWater(99));
+        check("empty file", &[], Want::Starts(&[]));
+        check("whole", &good, Want::Starts(&["/a", "/b"]));
+        for cut in 1..HEADER_LEN {
+            let bytes = [&good[..], &high_water[..cut]].concat();
+            check(
+                &format!("header cut after {cut}"),
+                &bytes,
+                Want::Starts(&["/a", "/b"]),
+            );
+        }
+    }
+
+    #[test]
+    fn lengths_no_append_writes_refuse() {
+        let high_water = encode(&Record::HighWater(99));
+        let too_long = (RECORD_LEN_MAX as u32 + 1).to_le_bytes();
+        check_refusals(&[
+            (
+                "past the limit, body cut",
+                [&too_long[..], &[0; 4], &[1; 10]].concat(),
+            ),
+            (
+                "past the limit, header cut",
+                [&too_long[..], &[0; 2]].concat(),
+            ),
+            (
+                "past the limit, in the middle",
+                [&too_long[..], &[0; 4], &high_water].concat(),
+            ),
+            ("0, in the middle", [&[0; 8][..], &high_water].concat()),
+            ("0, a zero-filled tail", vec![0; 64]),
+            (
+                "disagreeing with the tag, body cut",
+                [&50u32.to_le_bytes()[..], &[0; 4], &[TAG_HIGH_WATER, 1, 2]].concat(),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn whole_records_with_bad_contents_refuse() {
+        let [_, _, c] = metas();
+        let high_water = encode(&Record::HighWater(c.file_id + 1));
+        let mut last_flipped = encode(&Record::Put {
+            path: "/c",
+            meta: c,
+        });
+        last_flipped[HEADER_LEN + 20] ^= 0x04;
+        let mut trailing = body(&Record::HighWater(7));
+        trailing.push(0);
+        let root = body(&Record::Put { path: "/", meta: c });
+        check_refusals(&[
+            (
+                "the last record's body flipped, its length whole",
+                last_flipped,
+            ),
+            (
+                "an unknown tag, checksum valid, in the middle",
+                [raw(&[9; 9]), high_water.clone()].concat(),
+            ),
+            ("an unknown tag, checksum valid, last", raw(&[9; 9])),
+            ("an unknown tag, body cut", raw(&[9; 40])[..20].to_vec()),
+            ("a checksum-valid record of \"/\"", raw(&root)),
+            (
+                "a checksum-valid high-water mark 0",
+                raw(&body(&Record::HighWater(0))),
+            ),
+            (
+                "a checksum-valid record with a trailing byte",
+                [raw(&trailing), high_water].concat(),
+            ),
+        ]);
     }
 }

@@ -107,6 +107,8 @@ impl Counters {
 /// Everything one server process holds: its metadata share and its chunk store.
 #[derive(Debug)]
 pub struct ServerState {
+    /// When the chunk store began (see [`op::HelloReply::born_ns`]).
+    born_ns: u64,
     node_id: String,
     chunk_size: u64,
     rendezvous_threshold: u64,
@@ -145,7 +147,9 @@ impl ServerState {
                 &mut metadata,
             )?))
         };
+        let born_ns = store_born_ns(config, &store)?;
         Ok(ServerState {
+            born_ns,
             node_id: config.node.node_id.clone(),
             chunk_size: config.storage.chunk_size_bytes,
             rendezvous_threshold: config.network.rendezvous_threshold_bytes,
@@ -437,6 +441,7 @@ impl ServerState {
             node_id: self.node_id.clone(),
             chunk_size: self.chunk_size,
             rdma_threshold: self.rendezvous_threshold,
+            born_ns: self.born_ns,
         }))
     }
 
@@ -515,4 +520,54 @@ pub enum OpenError {
     /// The metadata journal could not be read or created.
     #[error("metadata journal: {0}")]
     Journal(#[from] JournalError),
+    /// The store's birth record (`data_dir/born`) could not be read or made.
+    #[error("{}: {source}", path.display())]
+    Born {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Nanoseconds since the Unix epoch.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// When this server's chunk store began: now for a memory store; for a disk store, the
+/// time its data directory first held a store (`data_dir/born`, made on first start). A
+/// store that has chunks but no record predates it and counts as born at 0 (nothing is
+/// known to be lost).
+fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, OpenError> {
+    if store.backend() == benchfs_store::Backend::Memory {
+        return Ok(now_ns());
+    }
+    let path = config.node.data_dir.join("born");
+    let born_error = |source| OpenError::Born {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            born_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{text:?} is not a time in nanoseconds"),
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let born = if store.usage().chunks > 0 {
+                0
+            } else {
+                now_ns()
+            };
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{born}\n")).map_err(born_error)?;
+            std::fs::rename(&tmp, &path).map_err(born_error)?;
+            Ok(born)
+        }
+        Err(e) => Err(born_error(e)),
+    }
 }

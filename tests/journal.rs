@@ -1,0 +1,115 @@
+//! The metadata journal of a real server: damage that no crash can leave stops `benchfsd`
+//! with a message saying what to do, and the journal stays as it was.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::files::{read_file, write_file};
+use common::{pattern, Cluster, ClusterSpec};
+
+/// Starts server `i` of `cluster` by hand, its output in `log`, and returns its exit
+/// status. The deadline is a liveness bound, not a timing assertion: a server that comes up
+/// instead of refusing is killed and fails the test.
+fn start_expecting_exit(cluster: &Cluster, i: usize, log: &Path) -> ExitStatus {
+    let out = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .arg("--node-id")
+        .arg(Cluster::node_id(i))
+        .arg("--data-dir")
+        .arg(cluster.data_dir(i))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn benchfsd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        let published = benchfs::registry::read(&cluster.registry())
+            .map(|e| e.len())
+            .unwrap_or(0);
+        if published == cluster.spec.servers || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server {i} did not refuse to start; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where the journal record that holds byte `at` starts (the records' length fields say).
+fn record_start(journal: &[u8], at: usize) -> usize {
+    let mut pos = 0;
+    loop {
+        let len = u32::from_le_bytes(journal[pos..pos + 4].try_into().unwrap()) as usize;
+        if at < pos + 8 + len {
+            return pos;
+        }
+        pos += 8 + len;
+    }
+}
+
+/// One flipped byte in the middle of a server's metadata journal was taken for a torn
+/// tail: the server dropped every record after it, rewrote the journal and started as if
+/// nothing had happened. Now it refuses, exits non-zero saying what to do, and leaves the
+/// journal byte for byte as it was, so restoring the byte brings every file back.
+#[test]
+fn a_corrupt_journal_stops_the_server_and_stays_as_it_was() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        backend: "file",
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let files: Vec<(String, Vec<u8>)> = (0..24u64)
+        .map(|i| (format!("/j{i}"), pattern(1000 + 5000 * i as usize, i)))
+        .collect();
+    for (path, data) in &files {
+        write_file(&fs, path, data);
+    }
+    drop(fs);
+    assert!(cluster.stop(0), "benchfsd must exit 0 on SIGTERM");
+
+    let journal = cluster.data_dir(0).join("metadata.journal");
+    let original = std::fs::read(&journal).unwrap();
+    let middle = original.len() / 2;
+    let damaged_record = record_start(&original, middle);
+    assert!(
+        damaged_record > 0 && damaged_record + 200 < original.len(),
+        "records on both sides of the damage ({} journal bytes)",
+        original.len()
+    );
+    let mut damaged = original.clone();
+    damaged[middle] ^= 0x10;
+    std::fs::write(&journal, &damaged).unwrap();
+
+    let log = cluster.dir.path().join("node0-refused.log");
+    let status = start_expecting_exit(&cluster, 0, &log);
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "exit status {status}; output:\n{output}");
+    let expected = format!(
+        "benchfsd: metadata journal: {} is corrupt at byte {damaged_record} (",
+        journal.display()
+    );
+    assert!(
+        output.contains(&expected)
+            && output.contains("); the server will not start on it. Move it aside to start with an empty namespace, or restore it from a copy"),
+        "{output}"
+    );
+    let after = std::fs::read(&journal).unwrap();
+    assert!(after == damaged, "the refused journal was changed");
+
+    std::fs::write(&journal, &original).unwrap();
+    cluster.restart(0);
+    let fs = cluster.client();
+    for (path, data) in &files {
+        assert!(read_file(&fs, path) == *data, "{path} came back changed");
+    }
+}
