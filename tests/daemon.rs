@@ -133,6 +133,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
     // A secret longer than the handshake carries is refused up front, not at encode time.
     let secret = dir.path().join("secret");
     std::fs::write(&secret, vec![b's'; 70_000]).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
         .args(["--backend", "memory", "--registry"])
         .arg(dir.path().join("registry"))

@@ -116,6 +116,7 @@ fn stalling_server(
                     chunk_size: CHUNK,
                     rdma_threshold: THRESHOLD as u64,
                     born_ns: 0,
+                    challenge: Vec::new(),
                 }
                 .to_bytes();
                 let mut header =

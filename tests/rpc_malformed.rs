@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, PAYLOAD_LEN_MAX, VERSION};
-use benchfs_proto::ops::{self, Empty, HelloRequest};
+use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Message, OpCode, Status};
 use benchfs_ucx::AmProto;
 use common::rpc::{
@@ -39,7 +39,7 @@ struct BadFrame {
 #[allow(clippy::too_many_lines)]
 fn bad_frames() -> Vec<BadFrame> {
     use OpCode::{
-        Hello, MetadataDelete, MetadataLookup, Ping, ReadChunk, Readdir, Stats, WriteChunk,
+        Auth, MetadataDelete, MetadataLookup, Ping, ReadChunk, Readdir, Stats, WriteChunk,
     };
     let protocol = Expect::Reply(Status::Protocol);
     let invalid = Expect::Reply(Status::InvalidArgument);
@@ -64,9 +64,8 @@ fn bad_frames() -> Vec<BadFrame> {
     }
     .to_bytes();
     unknown_kind[0] = 9;
-    let big_secret = HelloRequest {
-        client: "c".into(),
-        secret: vec![1; 300],
+    let big_proof = ops::AuthRequest {
+        proof: vec![1; 300],
     }
     .to_bytes();
     let long_after = ops::ReaddirRequest {
@@ -121,7 +120,7 @@ fn bad_frames() -> Vec<BadFrame> {
         ("payload on a lookup", op(MetadataLookup, &lookup, 10), vec![0; 10], protocol),
         ("payload on stats, whose body is empty", op(Stats, &[], 4096), vec![0; 4096], protocol),
         ("unknown entry kind", op(MetadataDelete, &unknown_kind, 0), none(), protocol),
-        ("oversized handshake secret", op(Hello, &big_secret, 0), none(), protocol),
+        ("oversized handshake proof", op(Auth, &big_proof, 0), none(), protocol),
         ("readdir resume name too long", op(Readdir, &long_after, 0), none(), protocol),
         ("chunk write shorter than its len", op(WriteChunk, &write, 50), vec![0; 50], protocol),
         ("chunk write past chunk_size", op(WriteChunk, &past_end, 16), vec![0; 16], invalid),

@@ -70,18 +70,21 @@ async fn hello_and_ping(conn: &Connection) {
     let again = conn
         .call::<ops::Hello>(&HelloRequest {
             client: "again".into(),
-            secret: Vec::new(),
         })
         .await
         .unwrap();
     assert_eq!(again, hello);
-    let wrong = conn
-        .call::<ops::Hello>(&HelloRequest {
-            client: "intruder".into(),
-            secret: b"guess".to_vec(),
+    assert!(
+        hello.challenge.is_empty(),
+        "a server with no secret sets no challenge"
+    );
+    // With no challenge given, there is nothing a proof could answer.
+    let unasked = conn
+        .call::<ops::Auth>(&ops::AuthRequest {
+            proof: benchfs_proto::auth::proof(b"guess", b""),
         })
         .await;
-    assert_eq!(status_of(wrong), Status::PermissionDenied);
+    assert_eq!(status_of(unasked), Status::PermissionDenied);
 
     conn.call::<ops::Ping>(&Empty).await.unwrap();
     for len in [100, THRESHOLD + 1] {
@@ -375,6 +378,11 @@ fn handshake_checks_the_job_secret() {
     let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
     let secret_file = secrets.path().join("secret");
     std::fs::write(&secret_file, b"job-42-secret").unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let cluster = Cluster::start_with_args(
         spec(1),
         &["--secret-file".into(), secret_file.display().to_string()],
@@ -417,6 +425,56 @@ fn handshake_checks_the_job_secret() {
             })
             .await;
         assert_eq!(status_of(lookup), Status::NotFound, "nothing was created");
+
+        // The secret never crosses the wire: the server challenges, and a proof answers
+        // one challenge of one connection, once.
+        let secret = b"job-42-secret";
+        let hello = || {
+            HelloRequest {
+                client: "raw".into(),
+            }
+            .to_bytes()
+        };
+        let ask = |id: u64, op: OpCode, body: Vec<u8>| {
+            let raw = &raw;
+            async move {
+                raw.send(request(op, id, &body, 0), Vec::new(), AmProto::Eager)
+                    .await;
+                raw.reply(id, FAIL_BOUND).await.expect("an answer")
+            }
+        };
+        let auth = |proof: Vec<u8>| ops::AuthRequest { proof }.to_bytes();
+        let (_, body) = ask(20, OpCode::Hello, hello()).await;
+        let challenge = ops::HelloReply::from_bytes(&body).unwrap().challenge;
+        assert_eq!(challenge.len(), benchfs_proto::auth::CHALLENGE_LEN);
+        let other = vec![0u8; challenge.len()];
+        for (id, proof, what) in [
+            (
+                21,
+                benchfs_proto::auth::proof(secret, &other),
+                "a proof of another challenge",
+            ),
+            (
+                22,
+                benchfs_proto::auth::proof(secret, &challenge),
+                "a used-up challenge",
+            ),
+        ] {
+            let (frame, _) = ask(id, OpCode::Auth, auth(proof)).await;
+            assert_eq!(frame.status, Status::PermissionDenied.to_wire(), "{what}");
+        }
+        let (_, body) = ask(23, OpCode::Hello, hello()).await;
+        let fresh = ops::HelloReply::from_bytes(&body).unwrap().challenge;
+        assert_ne!(fresh, challenge, "each Hello gets a new challenge");
+        let (frame, _) = ask(
+            24,
+            OpCode::Auth,
+            auth(benchfs_proto::auth::proof(secret, &fresh)),
+        )
+        .await;
+        assert_eq!(frame.status, Status::Ok.to_wire());
+        let (frame, _) = ask(25, OpCode::Stats, Vec::new()).await;
+        assert_eq!(frame.status, Status::Ok.to_wire(), "admitted");
     });
 }
 

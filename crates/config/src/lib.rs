@@ -16,6 +16,7 @@ use benchfs_proto::limits;
 pub use benchfs_store::Backend;
 
 pub mod registry;
+pub mod secret;
 
 /// What went wrong while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -67,11 +67,13 @@ pub enum OpCode {
     RemoveChunks = 15,
     /// Which of some inode numbers this server holds a record of (a peer's orphan sweep).
     FilesExist = 16,
+    /// Proof of the job secret for the challenge of the connection's `Hello`.
+    Auth = 17,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 16] = [
+    pub const ALL: [OpCode; 17] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -88,6 +90,7 @@ impl OpCode {
         OpCode::Stats,
         OpCode::RemoveChunks,
         OpCode::FilesExist,
+        OpCode::Auth,
     ];
 
     /// Decodes a wire id.

@@ -6,6 +6,7 @@
 //! without a network. Byte layouts are in docs/design.md.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod frame;
 pub mod layout;
 pub mod limits;

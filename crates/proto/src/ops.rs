@@ -133,6 +133,8 @@ StatsHeader = 56, {
 
 rpc!(/// Handshake.
     Hello, Hello, HelloRequest, HelloReply);
+rpc!(/// Proof of the job secret, after a `Hello` whose reply held a challenge.
+    Auth, Auth, AuthRequest, Empty);
 rpc!(/// Round trip; an inline payload is discarded by the server.
     Ping, Ping, Empty, Empty);
 rpc!(/// Read part of a chunk.
@@ -194,23 +196,40 @@ impl Message for Empty {
     }
 }
 
-/// Handshake request: who is calling and the job's secret.
+/// Handshake request: who is calling. The job secret is never sent; a server that has one
+/// answers with a challenge, which the caller proves it knows the secret for with [`Auth`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelloRequest {
     /// The caller's name, for logs.
     pub client: String,
-    /// The job-scoped secret; empty when the job has none.
-    pub secret: Vec<u8>,
 }
 
 impl Message for HelloRequest {
     fn encode(&self, w: &mut Writer) {
-        w.str16(self.client.as_bytes()).str16(&self.secret);
+        w.str16(self.client.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(HelloRequest {
             client: r.utf8("client", TOKEN_LEN_MAX)?,
-            secret: r.str16("secret", TOKEN_LEN_MAX)?.to_vec(),
+        })
+    }
+}
+
+/// Proof of the job secret: HMAC-SHA256 of the connection's challenge
+/// ([`crate::auth::proof`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// The proof, [`crate::auth::PROOF_LEN`] bytes.
+    pub proof: Vec<u8>,
+}
+
+impl Message for AuthRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.str16(&self.proof);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(AuthRequest {
+            proof: r.str16("proof", crate::auth::PROOF_LEN)?.to_vec(),
         })
     }
 }
@@ -228,6 +247,9 @@ pub struct HelloReply {
     /// was made, or, in memory, the process started. A file created before it may have had
     /// chunks here that the store no longer has, so a hole it reports may be a loss.
     pub born_ns: u64,
+    /// Random bytes to prove the job secret for with [`Auth`]; empty when the server has
+    /// no secret (then the connection is admitted by this reply).
+    pub challenge: Vec<u8>,
 }
 
 impl Message for HelloReply {
@@ -237,7 +259,8 @@ impl Message for HelloReply {
             rdma_threshold: self.rdma_threshold.into(),
             born_ns: self.born_ns.into(),
         })
-        .str16(self.node_id.as_bytes());
+        .str16(self.node_id.as_bytes())
+        .str16(&self.challenge);
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: HelloReplyHeader = r.fixed()?;
@@ -246,6 +269,7 @@ impl Message for HelloReply {
             chunk_size: h.chunk_size.get(),
             rdma_threshold: h.rdma_threshold.get(),
             born_ns: h.born_ns.get(),
+            challenge: r.str16("challenge", crate::auth::CHALLENGE_LEN)?.to_vec(),
         })
     }
 }
@@ -739,10 +763,11 @@ mod tests {
             chunk_size: 4096,
             rdma_threshold: 32768,
             born_ns: 7,
+            challenge: vec![9],
         };
         assert_eq!(
             hello.to_bytes(),
-            [le(&[4096, 32768, 7]), vec![1, 0, b'n']].concat()
+            [le(&[4096, 32768, 7]), vec![1, 0, b'n', 1, 0, 9]].concat()
         );
         let create = CreateRequest {
             path: "/a".into(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
-use benchfs_proto::ops::{Hello, HelloReply, HelloRequest};
+use benchfs_proto::ops::{Auth, AuthRequest, Hello, HelloReply, HelloRequest};
 use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
 use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Worker};
 use tokio::sync::{oneshot, Semaphore};
@@ -33,7 +33,7 @@ pub struct ClientOptions {
     pub busy_poll: Duration,
     /// Most calls in flight on one connection.
     pub inflight_max: usize,
-    /// The job secret sent in the handshake.
+    /// The job secret the handshake proves (it is never sent).
     pub secret: Vec<u8>,
     /// The name this client gives in the handshake.
     pub name: String,
@@ -145,10 +145,15 @@ impl RpcClient {
         let hello = conn
             .call::<Hello>(&HelloRequest {
                 client: self.options.name.clone(),
-                secret: self.options.secret.clone(),
             })
             .await?;
         conn.server = format!("{}@{}", hello.node_id, addr);
+        // A server with a job secret challenges; the answer proves the secret without
+        // sending it.
+        if !hello.challenge.is_empty() {
+            let proof = benchfs_proto::auth::proof(&self.options.secret, &hello.challenge);
+            conn.call::<Auth>(&AuthRequest { proof }).await?;
+        }
         conn.hello = Some(hello);
         Ok(conn)
     }

@@ -14,6 +14,7 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 use crate::handler::ServerState;
 use crate::rpc::{serve, ServeOptions};
 use benchfs_config::registry::{self, ServerEntry};
+use benchfs_config::secret;
 use benchfs_config::{launcher_rank, Backend, ConfigError, NetworkConfig, ServerConfig};
 
 /// Command-line arguments of `benchfsd`.
@@ -42,7 +43,8 @@ pub struct Args {
     /// Chunk store backend (overrides storage.backend).
     #[arg(long)]
     pub backend: Option<String>,
-    /// Job secret file; clients must present the same bytes in the handshake.
+    /// Job secret file (private to its owner; default: $BENCHFS_SECRET_FILE); clients prove
+    /// they know the same bytes in the handshake, which never sends them.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
 }
@@ -63,6 +65,9 @@ pub enum DaemonError {
     /// The registry could not be written.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
+    /// The job secret file is not usable.
+    #[error("--secret-file: {0}")]
+    Secret(#[from] secret::SecretError),
     /// The node id or the data directory is taken by a running server.
     #[error(transparent)]
     Claim(#[from] crate::claim::ClaimError),
@@ -329,23 +334,10 @@ fn configured_devices(
 pub fn run(args: Args) -> Result<(), DaemonError> {
     let config = load_config(&args)?;
     init_logging(&config)?;
-    let secret = match &args.secret_file {
-        Some(path) => std::fs::read(path).map_err(|source| DaemonError::Setup {
-            what: "reading the secret file",
-            source,
-        })?,
+    let secret = match secret::secret_file(args.secret_file.as_deref()) {
+        Some(path) => secret::read_secret(&path)?,
         None => Vec::new(),
     };
-    if secret.len() > benchfs_proto::ops::TOKEN_LEN_MAX {
-        return Err(DaemonError::Config(ConfigError::Invalid {
-            key: "--secret-file",
-            reason: format!(
-                "the secret is {} bytes; at most {} are allowed",
-                secret.len(),
-                benchfs_proto::ops::TOKEN_LEN_MAX
-            ),
-        }));
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

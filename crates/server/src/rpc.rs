@@ -124,14 +124,25 @@ async fn accept_loop(listener: Listener, connections: Rc<RefCell<Connections>>) 
     }
 }
 
-/// The connections a server holds open, and which of them completed a handshake with the
-/// job secret (enforced only when the server has one). Keyed by endpoint identity, never
-/// by UCX handle, so a handle UCX reuses after a close admits nobody. Lookups cost the
-/// same for ten clients or ten thousand; failed connections are let go when the table
-/// has doubled since the last sweep, so sweeping costs O(1) per insert.
+/// One connection the server holds, and where its handshake stands.
+struct Entry {
+    ep: Endpoint,
+    /// Whether it proved the job secret (or the server has none).
+    admitted: bool,
+    /// The challenge its last `Hello` got, until an `Auth` uses it.
+    challenge: Option<Vec<u8>>,
+    /// The name it gave in `Hello`, for logs.
+    client: String,
+}
+
+/// The connections a server holds open, and which of them proved the job secret
+/// (enforced only when the server has one). Keyed by endpoint identity, never by UCX
+/// handle, so a handle UCX reuses after a close admits nobody. Lookups cost the same for
+/// ten clients or ten thousand; failed connections are let go when the table has doubled
+/// since the last sweep, so sweeping costs O(1) per insert.
 struct Connections {
     handshake_required: bool,
-    table: HashMap<EndpointId, (Endpoint, bool)>,
+    table: HashMap<EndpointId, Entry>,
     sweep_at: usize,
 }
 
@@ -151,30 +162,82 @@ impl Connections {
     /// Holds `ep` open; false (and `ep` is dropped, which closes it) when the table is
     /// full of live connections.
     fn insert(&mut self, ep: Endpoint) -> bool {
-        self.insert_with(ep, false)
+        self.entry(&ep).is_some()
     }
 
-    fn insert_with(&mut self, ep: Endpoint, admitted: bool) -> bool {
+    /// The entry of `ep`, made if needed; `None` when the table is full.
+    fn entry(&mut self, ep: &Endpoint) -> Option<&mut Entry> {
         if self.table.len() >= self.sweep_at {
-            self.table.retain(|_, (e, _)| !e.is_failed());
+            self.table.retain(|_, e| !e.ep.is_failed());
             self.sweep_at = (self.table.len() * 2).max(CONNECTIONS_SWEEP_MIN);
         }
         if self.table.len() >= CONNECTIONS_MAX && !self.table.contains_key(&ep.id()) {
-            return false;
+            return None;
         }
-        let entry = self.table.entry(ep.id()).or_insert((ep, false));
-        entry.1 |= admitted;
-        true
+        Some(self.table.entry(ep.id()).or_insert_with(|| Entry {
+            ep: ep.clone(),
+            admitted: false,
+            challenge: None,
+            client: String::new(),
+        }))
     }
 
     fn admits(&self, ep: &Endpoint) -> bool {
-        !self.handshake_required || self.table.get(&ep.id()).is_some_and(|(_, ok)| *ok)
+        !self.handshake_required || self.table.get(&ep.id()).is_some_and(|e| e.admitted)
     }
+}
 
-    /// Records a handshake with the right secret; false when the table is full.
-    fn admit(&mut self, ep: &Endpoint) -> bool {
-        !self.handshake_required || self.insert_with(ep.clone(), true)
+/// Answers a `Hello`: with a job secret, a fresh random challenge for this connection.
+fn hello(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    body: &[u8],
+) -> Reply {
+    if !state.requires_handshake() {
+        return state.hello(body, Vec::new());
     }
+    let mut challenge = vec![0u8; benchfs_proto::auth::CHALLENGE_LEN];
+    if let Err(e) = getrandom::fill(&mut challenge) {
+        tracing::error!(error = %e, "no randomness for a handshake challenge");
+        return Reply::error(Status::Io);
+    }
+    let mut table = connections.borrow_mut();
+    let Some(entry) = table.entry(ep) else {
+        tracing::warn!(
+            max = CONNECTIONS_MAX,
+            "handshake refused: too many connections"
+        );
+        return Reply::error(Status::Busy);
+    };
+    entry.challenge = Some(challenge.clone());
+    entry.client = client_name(body);
+    state.hello(body, challenge)
+}
+
+/// The client name a `Hello` body gives, for logs (empty if it does not decode).
+fn client_name(body: &[u8]) -> String {
+    use benchfs_proto::Message;
+    benchfs_proto::ops::HelloRequest::from_bytes(body)
+        .map(|r| r.client)
+        .unwrap_or_default()
+}
+
+/// Checks an `Auth` against this connection's challenge, which it uses up.
+fn authenticate(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    body: &[u8],
+) -> Reply {
+    let mut table = connections.borrow_mut();
+    let Some(entry) = table.entry(ep) else {
+        return Reply::error(Status::Busy);
+    };
+    let challenge = entry.challenge.take();
+    let reply = state.authenticate(body, challenge.as_deref(), &entry.client);
+    entry.admitted |= reply.status == Status::Ok;
+    reply
 }
 
 /// A request id read from the raw header, for answering frames that do not decode.
@@ -235,17 +298,11 @@ async fn handle_message(
             (body, payload)
         }
     };
-    let mut reply = state.handle(frame.op, body, payload).await;
-    if frame.op == OpCode::Hello
-        && reply.status == Status::Ok
-        && !connections.borrow_mut().admit(&ep)
-    {
-        tracing::warn!(
-            max = CONNECTIONS_MAX,
-            "handshake refused: too many connections"
-        );
-        reply = Reply::error(Status::Busy);
-    }
+    let reply = match frame.op {
+        OpCode::Hello => hello(state, connections, &ep, body),
+        OpCode::Auth => authenticate(state, connections, &ep, body),
+        op => state.handle(op, body, payload).await,
+    };
     send_reply(&ep, frame.op, frame.request_id, reply, options).await;
 }
 
@@ -269,7 +326,8 @@ fn refusal(
     ep: &Endpoint,
     frame: &Frame,
 ) -> Option<Status> {
-    if frame.op != OpCode::Hello && !connections.borrow().admits(ep) {
+    let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
+    if !handshake && !connections.borrow().admits(ep) {
         tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
         return Some(Status::PermissionDenied);
     }

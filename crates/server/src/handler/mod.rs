@@ -257,7 +257,8 @@ impl ServerState {
         }
         let result: Result<Reply, Status> = async {
             match op {
-                OpCode::Hello => self.hello(decode(body)?),
+                // Answered by the transport, which knows the connection (see `hello`).
+                OpCode::Hello | OpCode::Auth => Err(Status::Protocol),
                 OpCode::Ping => {
                     decode::<op::Empty>(body)?;
                     Ok(Reply::ok(&op::Empty))
@@ -432,17 +433,45 @@ impl ServerState {
         })
     }
 
-    fn hello(&self, req: op::HelloRequest) -> Result<Reply, Status> {
-        if req.secret != self.secret {
-            tracing::warn!(client = %req.client, "handshake refused: job secret mismatch");
-            return Err(Status::PermissionDenied);
+    /// Answers a `Hello`: this server's identity and settings, and `challenge` (empty
+    /// when the server has no secret). The transport gives each connection its own
+    /// challenge, so `Hello` and `Auth` are answered here and not by [`Self::handle`].
+    pub fn hello(&self, body: &[u8], challenge: Vec<u8>) -> Reply {
+        self.handshake_reply(|| {
+            let req: op::HelloRequest = decode(body)?;
+            tracing::debug!(client = %req.client, "hello");
+            Ok(Reply::ok(&op::HelloReply {
+                node_id: self.node_id.clone(),
+                chunk_size: self.chunk_size,
+                rdma_threshold: self.rendezvous_threshold,
+                born_ns: self.born_ns,
+                challenge,
+            }))
+        })
+    }
+
+    /// Checks an `Auth`: its proof of the job secret for the `challenge` this connection
+    /// was given (none: it sent no `Hello`, or used its challenge already).
+    pub fn authenticate(&self, body: &[u8], challenge: Option<&[u8]>, client: &str) -> Reply {
+        self.handshake_reply(|| {
+            let req: op::AuthRequest = decode(body)?;
+            let proven =
+                challenge.is_some_and(|c| benchfs_proto::auth::verify(&self.secret, c, &req.proof));
+            if !proven {
+                tracing::warn!(client, "handshake refused: no proof of the job secret");
+                return Err(Status::PermissionDenied);
+            }
+            Ok(Reply::ok(&op::Empty))
+        })
+    }
+
+    fn handshake_reply(&self, answer: impl FnOnce() -> Result<Reply, Status>) -> Reply {
+        self.counters.requests.set(self.counters.requests.get() + 1);
+        let reply = Reply::from(answer());
+        if reply.status == Status::Protocol {
+            self.counters.note_malformed();
         }
-        Ok(Reply::ok(&op::HelloReply {
-            node_id: self.node_id.clone(),
-            chunk_size: self.chunk_size,
-            rdma_threshold: self.rendezvous_threshold,
-            born_ns: self.born_ns,
-        }))
+        reply
     }
 
     fn check_range(&self, req: &op::ChunkIo) -> Result<(ChunkId, usize), Status> {
