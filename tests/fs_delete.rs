@@ -96,7 +96,7 @@ fn unlink_frees_chunks_past_the_published_size() {
 }
 
 #[test]
-fn a_chunk_server_stopped_during_rm_frees_its_chunks_by_the_sweep() {
+fn a_chunk_server_stopped_during_rm_frees_its_chunks() {
     // Regression: with a chunk server stopped past the RPC timeout, rm failed, the record
     // was gone, and that server kept the chunks and their descriptors forever.
     let cluster = cluster();
@@ -106,11 +106,31 @@ fn a_chunk_server_stopped_during_rm_frees_its_chunks_by_the_sweep() {
     cluster.signal(stopped, "STOP");
     let removed = fs.unlink("/f");
     cluster.signal(stopped, "CONT");
-    removed.expect("the record is gone, so the file is deleted; its chunks are swept");
+    removed.expect("the record is gone, so the file is deleted; its chunks follow");
     assert!(fs.stat("/f").is_err(), "the file is gone at once");
+    // Freed by the removal arriving late or by the sweep, whichever comes first.
+    wait_all_freed(&cluster, &fs, "after the server resumed");
+}
+
+#[test]
+fn the_sweep_frees_chunks_whose_removal_never_arrived() {
+    // The removal is lost for good: the server is stopped during rm, then killed, and
+    // comes back on its data; only its orphan sweep can free the chunks.
+    let mut cluster = cluster();
+    let fs = cluster.client();
+    write_file(&fs, "/f", &pattern(1 << 20, 1));
+    let stopped = chunk_holder_other_than_owner(&fs, "/f");
+    cluster.signal(stopped, "STOP");
+    fs.unlink("/f").expect("the record is gone");
+    cluster.kill(stopped);
+    cluster.restart(stopped);
+    assert!(
+        usage(&fs)[stopped].1 > 0,
+        "the restarted server still holds the chunks"
+    );
     wait_all_freed(&cluster, &fs, "after the sweep");
     let swept: u64 = stats(&fs).iter().map(|s| s.orphan_chunks_removed).sum();
-    assert!(swept > 0, "the stopped server's sweep removed the chunks");
+    assert!(swept > 0, "the restarted server's sweep removed the chunks");
 }
 
 #[test]
