@@ -425,9 +425,28 @@ fn handshake_checks_the_job_secret() {
             })
             .await;
         assert_eq!(status_of(lookup), Status::NotFound, "nothing was created");
+    });
+}
 
-        // The secret never crosses the wire: the server challenges, and a proof answers
-        // one challenge of one connection, once.
+#[test]
+fn a_proof_answers_one_challenge_once() {
+    // The secret never crosses the wire: the server challenges, and a proof answers one
+    // challenge of one connection, once.
+    let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
+    let secret_file = secrets.path().join("secret");
+    std::fs::write(&secret_file, b"job-42-secret").unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let cluster = Cluster::start_with_args(
+        spec(1),
+        &["--secret-file".into(), secret_file.display().to_string()],
+    );
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let raw = RawPeer::connect(addr);
         let secret = b"job-42-secret";
         let hello = || {
             HelloRequest {

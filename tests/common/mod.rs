@@ -4,6 +4,7 @@
 // Every test binary compiles this whole module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod files;
 pub mod rpc;
 

@@ -1,25 +1,31 @@
 //! `benchfs cluster up|status|down`: a local cluster of real `benchfsd` processes on
 //! loopback, kept in one directory (config, registry, data, logs, pids).
 
+use std::io::ErrorKind;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::CliError;
+use super::{local_error, CliError};
 use benchfs::blocking::BenchFS;
-use benchfs::config::ServerConfig;
+use benchfs::config::secret;
+use benchfs::config::{Backend, ServerConfig};
 use benchfs::registry;
 
 /// Where a local cluster keeps its files unless told otherwise.
 pub const DEFAULT_DIR: &str = "/tmp/benchfs-cluster";
 
-/// Which cluster a command talks to.
+/// Which cluster a command talks to, and the job secret it presents.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// The cluster directory (from `benchfs cluster up --dir`).
     #[arg(long, default_value = DEFAULT_DIR)]
     pub dir: PathBuf,
+    /// File holding the job secret (mode 0600 or stricter); default: the file
+    /// $BENCHFS_SECRET_FILE names. `cluster up` starts the servers with it.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Target {
@@ -37,16 +43,39 @@ impl Target {
         Ok(ServerConfig::from_file(path)?)
     }
 
+    /// The job secret file in use: `--secret-file`, else `BENCHFS_SECRET_FILE`.
+    pub fn secret_path(&self) -> Option<PathBuf> {
+        secret::secret_file(self.secret_file.as_deref())
+    }
+
     /// A client connected to the cluster.
     pub fn connect(&self) -> Result<BenchFS, CliError> {
-        Ok(BenchFS::connect(&self.config()?)?)
+        self.connect_with(&self.config()?)
+    }
+
+    /// A client connected with `config` (the cluster's, perhaps adjusted), presenting the
+    /// job secret if one is given.
+    pub fn connect_with(&self, config: &ServerConfig) -> Result<BenchFS, CliError> {
+        let secret = match self.secret_path() {
+            Some(path) => secret::read_secret(&path)?,
+            None => Vec::new(),
+        };
+        BenchFS::connect_with_secret(config, secret).map_err(|e| {
+            format!(
+                "cannot connect to the cluster in {}: {e}",
+                self.dir.display()
+            )
+            .into()
+        })
     }
 }
 
 /// `benchfs cluster` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
-    /// Start N servers on loopback and wait until all are published.
+    /// Start N servers on loopback and wait until all are published. A directory that
+    /// holds an earlier cluster's data needs --resume (start that cluster again) or --wipe
+    /// (discard its data).
     Up(UpArgs),
     /// Show each server's counters.
     Status(Target),
@@ -58,29 +87,55 @@ pub enum ClusterCommand {
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Number of servers.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, conflicts_with = "resume")]
     pub servers: usize,
     /// Chunk store backend: memory, file or iouring.
-    #[arg(long, default_value = "memory")]
+    #[arg(long, default_value = "memory", conflicts_with = "resume")]
     pub backend: String,
     /// Chunk size in bytes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub chunk_size: Option<u64>,
-    /// Copies of each chunk and record.
-    #[arg(long, default_value_t = 1)]
+    /// Copies of each chunk and record (at most --servers).
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
     pub replicas: u32,
     /// RPC timeout in milliseconds.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub rpc_timeout_ms: Option<u64>,
     /// RDMA threshold in bytes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub rdma_threshold: Option<u64>,
     /// Busy-poll window in microseconds.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub busy_poll_us: Option<u64>,
+    /// Start the stopped cluster in --dir again on its data and configuration: the same
+    /// node ids, data directories and backend.
+    #[arg(long, conflicts_with = "wipe")]
+    pub resume: bool,
+    /// Discard the data of an earlier cluster in --dir and start a new, empty one.
+    #[arg(long)]
+    pub wipe: bool,
     /// Which cluster.
     #[command(flatten)]
     pub target: Target,
+}
+
+impl UpArgs {
+    /// A new cluster of `servers` servers on `backend` in `target`'s directory, with the
+    /// default settings.
+    pub fn new(target: Target, servers: usize, backend: &str) -> UpArgs {
+        UpArgs {
+            servers,
+            backend: backend.to_string(),
+            chunk_size: None,
+            replicas: 1,
+            rpc_timeout_ms: None,
+            rdma_threshold: None,
+            busy_poll_us: None,
+            resume: false,
+            wipe: false,
+            target,
+        }
+    }
 }
 
 /// Runs a `benchfs cluster` subcommand.
@@ -107,10 +162,8 @@ pub(crate) fn benchfsd_path() -> Result<PathBuf, CliError> {
     Err(format!("benchfsd not found next to {}", exe.display()).into())
 }
 
+/// `benchfs cluster up`: a new cluster, or with --resume the stopped one in the directory.
 fn up(args: &UpArgs) -> Result<(), CliError> {
-    if args.servers == 0 || args.servers > 256 {
-        return Err("--servers must be 1..=256".into());
-    }
     let dir = &args.target.dir;
     if pids(dir).iter().any(|&pid| alive(pid)) {
         return Err(format!(
@@ -120,88 +173,289 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    let _ = std::fs::remove_dir_all(dir.join("registry"));
-    let _ = std::fs::remove_dir_all(dir.join("data"));
-    std::fs::create_dir_all(dir.join("logs"))?;
-    let config_path = write_config(args)?;
-    let daemon = benchfsd_path()?;
-    let mut started = Vec::new();
-    for i in 0..args.servers {
-        let node = format!("node{i}");
-        let log = std::fs::File::create(dir.join("logs").join(format!("{node}.log")))?;
-        let child = Command::new(&daemon)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--node-id")
-            .arg(&node)
-            .arg("--data-dir")
-            .arg(dir.join("data").join(&node))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C aimed at this command leaves servers alone.
-            .process_group(0)
-            .spawn()?;
-        started.push(child.id());
+    // Checked (private, readable, short enough) before anything starts; the servers get
+    // its absolute path, so they need not share this command's working directory.
+    let secret_file = match args.target.secret_path() {
+        Some(path) => {
+            secret::read_secret(&path)?;
+            Some(
+                std::fs::canonicalize(&path)
+                    .map_err(|e| local_error("cannot resolve", &path, e))?,
+            )
+        }
+        None => None,
+    };
+    let nodes = if args.resume {
+        resume_nodes(dir)?
+    } else {
+        prepare_new(args)?
+    };
+    let registry = dir.join("registry");
+    // Entries a killed server left behind; every server publishes itself again.
+    match std::fs::remove_dir_all(&registry) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            return Err(local_error("cannot clear the registry", &registry, e))
+        }
+        _ => {}
     }
-    std::fs::write(
-        dir.join("pids"),
-        started.iter().map(|p| format!("{p}\n")).collect::<String>(),
-    )?;
-    wait_for_servers(dir, args.servers)?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| local_error("cannot create", &logs, e))?;
+    let started = spawn_servers(dir, &nodes, secret_file.as_deref())?;
+    wait_for_servers(dir, &nodes, &started)?;
+    let backend = ServerConfig::from_file(dir.join("benchfs.toml"))?
+        .storage
+        .backend;
     println!(
-        "cluster up: {} servers, backend {}, dir {}",
-        args.servers,
-        args.backend,
+        "cluster {}: {} servers, backend {backend}, dir {}",
+        if args.resume { "resumed" } else { "up" },
+        nodes.len(),
         dir.display()
     );
+    if args.resume && backend == Backend::Memory {
+        println!("note: the memory backend keeps nothing across a restart; the cluster is empty");
+    }
     Ok(())
 }
 
-/// Writes the cluster's `benchfs.toml` and checks that it loads.
-fn write_config(args: &UpArgs) -> Result<PathBuf, CliError> {
+/// Checks the settings of a new cluster, refuses a directory holding an earlier cluster's
+/// data (unless --wipe), writes `benchfs.toml`, and returns the node ids to start.
+fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
+    if args.servers == 0 || args.servers > 256 {
+        return Err("--servers must be 1..=256".into());
+    }
+    if args.replicas as usize > args.servers {
+        return Err(format!(
+            "--replicas {} needs at least {} servers, but the cluster has {} servers \
+             (--servers {}): every copy must be on a different server",
+            args.replicas, args.replicas, args.servers, args.servers
+        )
+        .into());
+    }
+    let text = config_text(args)?;
+    ServerConfig::from_toml_str(&text)
+        .map_err(|e| format!("the cluster's settings are not usable: {e}"))?;
     let dir = &args.target.dir;
-    let mut toml = format!(
-        "[node]\ndata_dir = \"{}\"\n[storage]\nbackend = \"{}\"\n[network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{}\"\n[replication]\nreplicas = {}\n",
-        dir.join("data").display(),
-        args.backend,
-        dir.join("registry").display(),
-        args.replicas
-    );
-    if let Some(c) = args.chunk_size {
-        toml = toml.replace("[storage]\n", &format!("[storage]\nchunk_size = {c}\n"));
+    let data = dir.join("data");
+    if holds_data(&data)? {
+        if !args.wipe {
+            return Err(format!(
+                "{dir} holds the data of an earlier cluster ({data}); start that cluster \
+                 again on its data with `benchfs cluster up --resume --dir {dir}`, or \
+                 discard the data with `benchfs cluster up --wipe --dir {dir}`",
+                dir = dir.display(),
+                data = data.display()
+            )
+            .into());
+        }
+        std::fs::remove_dir_all(&data).map_err(|e| local_error("cannot remove", &data, e))?;
     }
-    let mut network = String::new();
-    if let Some(ms) = args.rpc_timeout_ms {
-        network.push_str(&format!("rpc_timeout = {ms}\n"));
-    }
-    if let Some(t) = args.rdma_threshold {
-        network.push_str(&format!("rendezvous_threshold_bytes = {t}\n"));
-    }
-    if let Some(us) = args.busy_poll_us {
-        network.push_str(&format!("busy_poll_us = {us}\n"));
-    }
-    toml = toml.replace("[network]\n", &format!("[network]\n{network}"));
+    std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
     let config_path = dir.join("benchfs.toml");
-    std::fs::write(&config_path, &toml)?;
-    ServerConfig::from_file(&config_path)?;
-    Ok(config_path)
+    std::fs::write(&config_path, text).map_err(|e| local_error("cannot write", &config_path, e))?;
+    Ok((0..args.servers).map(|i| format!("node{i}")).collect())
 }
 
-fn wait_for_servers(dir: &Path, n: usize) -> Result<(), CliError> {
+/// Whether `data` (a cluster's data directory) holds anything.
+fn holds_data(data: &Path) -> Result<bool, CliError> {
+    match std::fs::read_dir(data) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(local_error("cannot read", data, e)),
+    }
+}
+
+/// The node ids of the stopped cluster in `dir`: one per data directory under `data/`,
+/// in order (node0, node1, ..., node10).
+fn resume_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
+    let nothing = |why: String| -> CliError {
+        format!(
+            "nothing to resume in {}: {why} (start a new cluster with `benchfs cluster up \
+             --dir {}`)",
+            dir.display(),
+            dir.display()
+        )
+        .into()
+    };
+    let config_path = dir.join("benchfs.toml");
+    if !config_path.exists() {
+        return Err(nothing(format!("{} does not exist", config_path.display())));
+    }
+    ServerConfig::from_file(&config_path)?;
+    let data = dir.join("data");
+    let entries = match std::fs::read_dir(&data) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(nothing(format!("{} does not exist", data.display())))
+        }
+        other => other.map_err(|e| local_error("cannot read", &data, e))?,
+    };
+    let mut nodes = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| local_error("cannot read", &data, e))?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().into_string().map_err(|name| {
+            format!("{} is not a node id (not UTF-8)", data.join(name).display())
+        })?;
+        nodes.push(name);
+    }
+    if nodes.is_empty() {
+        return Err(nothing(format!(
+            "{} holds no server's data",
+            data.display()
+        )));
+    }
+    nodes.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+    Ok(nodes)
+}
+
+/// Starts one `benchfsd` per node id, each on `data/<node id>`, and records their pids.
+fn spawn_servers(
+    dir: &Path,
+    nodes: &[String],
+    secret_file: Option<&Path>,
+) -> Result<Vec<u32>, CliError> {
+    let daemon = benchfsd_path()?;
+    let mut started = Vec::new();
+    for node in nodes {
+        match spawn_server(&daemon, dir, node, secret_file) {
+            Ok(pid) => started.push(pid),
+            Err(e) => {
+                for &pid in &started {
+                    signal(pid, "KILL");
+                }
+                return Err(e);
+            }
+        }
+    }
+    let pids_path = dir.join("pids");
+    std::fs::write(
+        &pids_path,
+        started.iter().map(|p| format!("{p}\n")).collect::<String>(),
+    )
+    .map_err(|e| local_error("cannot write", &pids_path, e))?;
+    Ok(started)
+}
+
+/// Starts the server `node` of the cluster in `dir`, logging to `logs/<node>.log`.
+fn spawn_server(
+    daemon: &Path,
+    dir: &Path,
+    node: &str,
+    secret_file: Option<&Path>,
+) -> Result<u32, CliError> {
+    let log_path = dir.join("logs").join(format!("{node}.log"));
+    let log = std::fs::File::create(&log_path)
+        .and_then(|log| Ok((log.try_clone()?, log)))
+        .map_err(|e| local_error("cannot create", &log_path, e))?;
+    let mut command = Command::new(daemon);
+    command
+        .arg("--config")
+        .arg(dir.join("benchfs.toml"))
+        .arg("--node-id")
+        .arg(node)
+        .arg("--data-dir")
+        .arg(dir.join("data").join(node));
+    if let Some(secret) = secret_file {
+        command.arg("--secret-file").arg(secret);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.0)
+        .stderr(log.1)
+        // Its own process group: a Ctrl-C aimed at this command leaves servers alone.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| local_error("cannot start", daemon, e))?;
+    Ok(child.id())
+}
+
+/// A path as a TOML string value.
+fn toml_path(path: &Path) -> Result<toml::Value, CliError> {
+    match path.to_str() {
+        Some(s) => Ok(toml::Value::String(s.to_string())),
+        None => Err(format!(
+            "{} is not valid UTF-8, so benchfs.toml cannot name it",
+            path.display()
+        )
+        .into()),
+    }
+}
+
+/// An integer setting as a TOML value.
+fn toml_int(flag: &str, value: u64) -> Result<toml::Value, CliError> {
+    i64::try_from(value)
+        .map(toml::Value::Integer)
+        .map_err(|_| format!("{flag} {value} is too large").into())
+}
+
+/// The cluster's `benchfs.toml`, serialized by the toml crate (so any directory name,
+/// quotes and backslashes included, comes out escaped).
+fn config_text(args: &UpArgs) -> Result<String, CliError> {
+    use toml::{Table, Value};
+    let dir = &args.target.dir;
+    let mut node = Table::new();
+    node.insert("data_dir".into(), toml_path(&dir.join("data"))?);
+    let mut storage = Table::new();
+    storage.insert("backend".into(), Value::String(args.backend.clone()));
+    if let Some(c) = args.chunk_size {
+        storage.insert("chunk_size".into(), toml_int("--chunk-size", c)?);
+    }
+    let mut network = Table::new();
+    network.insert("bind_addr".into(), Value::String("127.0.0.1:0".into()));
+    network.insert("registry_dir".into(), toml_path(&dir.join("registry"))?);
+    for (key, flag, value) in [
+        ("rpc_timeout", "--rpc-timeout-ms", args.rpc_timeout_ms),
+        (
+            "rendezvous_threshold_bytes",
+            "--rdma-threshold",
+            args.rdma_threshold,
+        ),
+        ("busy_poll_us", "--busy-poll-us", args.busy_poll_us),
+    ] {
+        if let Some(v) = value {
+            network.insert(key.into(), toml_int(flag, v)?);
+        }
+    }
+    let mut replication = Table::new();
+    replication.insert("replicas".into(), Value::Integer(args.replicas.into()));
+    let mut config = Table::new();
+    for (section, table) in [
+        ("node", node),
+        ("storage", storage),
+        ("network", network),
+        ("replication", replication),
+    ] {
+        config.insert(section.into(), Value::Table(table));
+    }
+    Ok(config.to_string())
+}
+
+/// Waits until every server of `nodes` (started as `pids`) has published its address; a
+/// server that exits first, or a 30 s wait, is an error that shows the end of its log.
+fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let published = registry::read(&dir.join("registry"))
             .map(|e| e.len())
             .unwrap_or(0);
-        if published >= n {
+        if published >= nodes.len() {
             return Ok(());
         }
-        if Instant::now() > deadline || pids(dir).iter().any(|&p| !alive(p)) {
-            let log = std::fs::read_to_string(dir.join("logs/node0.log")).unwrap_or_default();
+        let dead = pids.iter().position(|&p| !alive(p));
+        if dead.is_some() || Instant::now() > deadline {
+            let node = nodes.get(dead.unwrap_or(0)).map_or("node0", String::as_str);
+            let log_path = dir.join("logs").join(format!("{node}.log"));
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let why = match dead {
+                Some(_) => format!("{node} exited"),
+                None => "30 s passed".to_string(),
+            };
             return Err(format!(
-                "only {published} of {n} servers came up; node0.log ends:\n{}",
+                "only {published} of {} servers came up ({why}); {} ends:\n{}",
+                nodes.len(),
+                log_path.display(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )
             .into());

@@ -1,11 +1,14 @@
 //! File commands against a running cluster: ls, stat, mkdir, rm, put, get, cat.
 
-use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
 
 use super::cluster::Target;
+use super::staged::StagedFile;
 use super::CliError;
-use benchfs::blocking::{BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, Fd, OpenFlags};
 
 /// Bytes moved per call by put, get and cat.
 const COPY_BLOCK: usize = 4 << 20;
@@ -76,20 +79,121 @@ pub enum FileCommand {
     },
 }
 
-fn copy_out(fs: &BenchFS, path: &str, out: &mut dyn Write) -> Result<u64, CliError> {
-    let fd = fs.open(path, OpenFlags::READ, 0)?;
+/// Why a copy between a local file and BenchFS stopped.
+enum CopyError {
+    /// A BenchFS call failed; the error names the path and, for a call to a server, the
+    /// server.
+    Remote(ApiError),
+    /// Reading or writing the local side failed.
+    Local(std::io::Error),
+}
+
+impl CopyError {
+    /// The error as a message, naming the local side `local`.
+    fn describe(&self, local: &dyn Display) -> String {
+        match self {
+            CopyError::Remote(e) => e.to_string(),
+            CopyError::Local(e) => format!("{local}: {e}"),
+        }
+    }
+}
+
+/// Copies the open BenchFS file `fd` from where it stands to its end into `out`.
+fn copy_out(fs: &BenchFS, fd: Fd, out: &mut dyn Write) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; COPY_BLOCK];
     let mut total = 0;
     loop {
-        let n = fs.read(fd, &mut buf)?;
+        let n = fs.read(fd, &mut buf).map_err(CopyError::Remote)?;
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n])?;
+        out.write_all(&buf[..n]).map_err(CopyError::Local)?;
         total += n as u64;
     }
-    fs.close(fd)?;
+    out.flush().map_err(CopyError::Local)?;
     Ok(total)
+}
+
+/// Copies `input` to its end into the open BenchFS file `fd`.
+fn copy_in(fs: &BenchFS, fd: Fd, input: &mut dyn Read) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; COPY_BLOCK];
+    let mut total = 0;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Local(e)),
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        fs.write(fd, &buf[..n]).map_err(CopyError::Remote)?;
+        total += n as u64;
+    }
+}
+
+/// Opens the local source of a put, and checks that it can be read as a file (a
+/// directory opens, but reading it fails), before anything in BenchFS is touched.
+fn open_source(local: &Path) -> Result<File, String> {
+    let file = File::open(local).map_err(|e| format!("cannot open {}: {e}", local.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", local.display()))?;
+    if meta.is_dir() {
+        return Err(format!("{} is a directory, not a file", local.display()));
+    }
+    Ok(file)
+}
+
+/// `benchfs put`: the source is checked before the BenchFS file is created (or truncated).
+fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
+    let fail =
+        |e: &dyn Display| -> CliError { format!("put {} -> {path}: {e}", local.display()).into() };
+    let mut source = open_source(local).map_err(|e| fail(&e))?;
+    let fs = target.connect()?;
+    let fd = fs.create(path, 0o644).map_err(|e| fail(&e))?;
+    let copied = copy_in(&fs, fd, &mut source);
+    let closed = fs.close(fd);
+    match (copied, closed) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(e), _) => Err(fail(&format!(
+            "{} ({path} is left incomplete)",
+            e.describe(&format!("reading {}", local.display()))
+        ))),
+        (Ok(_), Err(e)) => Err(fail(&e)),
+    }
+}
+
+/// `benchfs get`: the local file is replaced only by a complete copy.
+fn get(target: &Target, path: &str, local: &Path) -> Result<(), CliError> {
+    let fail =
+        |e: &dyn Display| -> CliError { format!("get {path} -> {}: {e}", local.display()).into() };
+    let fs = target.connect()?;
+    let fd = fs.open(path, OpenFlags::READ, 0).map_err(|e| fail(&e))?;
+    let result = StagedFile::create(local).and_then(|mut out| {
+        let tmp = format!("writing {}", out.tmp_path().display());
+        copy_out(&fs, fd, out.file()).map_err(|e| e.describe(&tmp))?;
+        out.commit()
+    });
+    let closed = fs.close(fd);
+    result.map_err(|e| fail(&e))?;
+    closed.map_err(|e| fail(&e))
+}
+
+/// `benchfs cat`: a reader that stops early (`benchfs cat f | head`) is not an error.
+fn cat(target: &Target, path: &str) -> Result<(), CliError> {
+    let fs = target.connect()?;
+    let fd = fs.open(path, OpenFlags::READ, 0)?;
+    let copied = copy_out(&fs, fd, &mut std::io::stdout().lock());
+    let closed = fs.close(fd);
+    match copied {
+        Ok(_) => {}
+        Err(CopyError::Local(e)) if e.kind() == ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            return Err(format!("cat {path}: {}", e.describe(&"writing standard output")).into())
+        }
+    }
+    Ok(closed?)
 }
 
 /// Runs a file command.
@@ -123,33 +227,13 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
             local,
             path,
             target,
-        } => {
-            let fs = target.connect()?;
-            let mut file = std::fs::File::open(&local)?;
-            let fd = fs.create(&path, 0o644)?;
-            let mut buf = vec![0u8; COPY_BLOCK];
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                fs.write(fd, &buf[..n])?;
-            }
-            fs.close(fd)?;
-        }
+        } => put(&target, &local, &path)?,
         FileCommand::Get {
             path,
             local,
             target,
-        } => {
-            let fs = target.connect()?;
-            let mut file = std::fs::File::create(&local)?;
-            copy_out(&fs, &path, &mut file)?;
-        }
-        FileCommand::Cat { path, target } => {
-            let fs = target.connect()?;
-            copy_out(&fs, &path, &mut std::io::stdout().lock())?;
-        }
+        } => get(&target, &path, &local)?,
+        FileCommand::Cat { path, target } => cat(&target, &path)?,
     }
     Ok(())
 }

@@ -9,6 +9,9 @@ pub mod cluster;
 pub mod files;
 mod placement_stats;
 mod rpc_bench;
+mod staged;
+
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +46,11 @@ pub enum Command {
 
 /// An error from a subcommand, printed as one line.
 pub type CliError = Box<dyn std::error::Error>;
+
+/// An error about a local file: what was being done, the file, and the system's reason.
+pub(crate) fn local_error(what: &str, path: &Path, e: std::io::Error) -> CliError {
+    format!("{what} {}: {e}", path.display()).into()
+}
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {

@@ -1,0 +1,324 @@
+//! The `benchfs` command line against real servers: put and get never damage the file they
+//! would replace, the benchmark removes only what it created, `cluster up` keeps an earlier
+//! cluster's data, awkward directory names, replica counts, job secrets, and local errors
+//! that name the local file.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::cli::{benchfs, snapshot, ClusterDir};
+use common::files::{read_file, stats, write_file};
+use common::{pattern, Cluster, ClusterSpec};
+
+/// A path as a command-line argument (test paths are UTF-8).
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Runs `benchfs args --dir <the fixture cluster's directory>`.
+fn on(cluster: &Cluster, args: &[&str]) -> common::cli::Run {
+    let mut all = args.to_vec();
+    all.extend(["--dir", arg(cluster.dir.path())]);
+    benchfs(&all, &[])
+}
+
+/// The names in a BenchFS directory, sorted.
+fn names(fs: &benchfs::blocking::BenchFS, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs
+        .readdir(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names in a local directory, sorted.
+fn local_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn put_of_an_unreadable_source_leaves_the_remote_file_alone() {
+    // Regression: a put whose local source was a directory truncated the remote file, then
+    // failed to read the source, leaving the remote file empty.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let data = pattern(200_000, 1);
+    write_file(&fs, "/f", &data);
+    let local = tempfile::tempdir_in(common::test_root()).unwrap();
+    let missing = local.path().join("missing.bin");
+    for source in [local.path(), missing.as_path()] {
+        let stderr = on(&cluster, &["put", arg(source), "/f"]).failed();
+        let fresh = cluster.client();
+        assert_eq!(
+            fresh.stat("/f").unwrap().size,
+            data.len() as u64,
+            "{stderr}"
+        );
+        assert!(read_file(&fresh, "/f") == data, "put {source:?}");
+        assert!(
+            stderr.contains(arg(source)) && stderr.contains("/f"),
+            "the error names the local and the remote path: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_get_leaves_no_partial_local_file() {
+    // Regression: get created (truncated) its destination before reading the remote file,
+    // so a get that failed left an empty or partial local file in place of the old one.
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    let data = pattern(17 * 64 * 1024, 2);
+    write_file(&fs, "/big", &data);
+    let local = tempfile::tempdir_in(common::test_root()).unwrap();
+    let old = local.path().join("old.bin");
+    std::fs::write(&old, b"the previous contents").unwrap();
+    let fresh = local.path().join("fresh.bin");
+
+    on(&cluster, &["get", "/missing", arg(&old)]).failed();
+    on(&cluster, &["get", "/missing", arg(&fresh)]).failed();
+    assert_eq!(std::fs::read(&old).unwrap(), b"the previous contents");
+    assert_eq!(local_names(local.path()), ["old.bin"]);
+
+    // A read that fails part-way: the server that is not the file's metadata owner holds
+    // some of its 17 chunks, and is gone when they are read.
+    let owner = fs.client().metadata_owner("/big").unwrap();
+    let other = fs
+        .block_on(fs.client().server_stats())
+        .into_iter()
+        .find(|(entry, s)| entry.node_id != owner && s.as_ref().unwrap().chunks > 0)
+        .map(|(entry, _)| entry.node_id)
+        .expect("17 chunks spread over both servers");
+    cluster.kill(other.trim_start_matches("node").parse().unwrap());
+    let stderr = on(&cluster, &["get", "/big", arg(&old)]).failed();
+    assert!(stderr.contains("/big"), "{stderr}");
+    assert_eq!(std::fs::read(&old).unwrap(), b"the previous contents");
+    assert_eq!(
+        local_names(local.path()),
+        ["old.bin"],
+        "no temporary file is left"
+    );
+}
+
+#[test]
+fn bench_removes_only_what_it_created() {
+    // Regression: `benchfs bench --local-dir DIR` deleted DIR and everything in it, and
+    // used the fixed BenchFS directory /bench, removing a user's /bench/seq.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    fs.mkdir("/bench", 0o755).unwrap();
+    write_file(
+        &fs,
+        "/bench/seq",
+        b"a user's file named like the benchmark's",
+    );
+    write_file(&fs, "/keep", b"kept");
+    let local = tempfile::tempdir_in(common::test_root()).unwrap();
+    std::fs::write(local.path().join("sentinel"), b"must survive").unwrap();
+
+    let report = on(
+        &cluster,
+        &[
+            "bench",
+            "--size-mb",
+            "1",
+            "--reads",
+            "10",
+            "--files",
+            "5",
+            "--local-dir",
+            arg(local.path()),
+        ],
+    )
+    .ok();
+    assert!(report.contains("seq write MB/s"), "{report}");
+    assert_eq!(
+        std::fs::read(local.path().join("sentinel")).unwrap(),
+        b"must survive"
+    );
+    assert_eq!(local_names(local.path()), ["sentinel"]);
+    let fs = cluster.client();
+    assert_eq!(
+        read_file(&fs, "/bench/seq"),
+        b"a user's file named like the benchmark's"
+    );
+    assert_eq!(read_file(&fs, "/keep"), b"kept");
+    assert_eq!(names(&fs, "/"), ["bench", "keep"]);
+    assert_eq!(names(&fs, "/bench"), ["seq"]);
+    // Every chunk the benchmark wrote is gone with its file: only the two kept files' remain.
+    let chunks: u64 = stats(&fs).iter().map(|s| s.chunks).sum();
+    assert_eq!(chunks, 2);
+}
+
+#[test]
+fn cluster_up_keeps_an_earlier_clusters_data_unless_told() {
+    // Regression: `cluster up` on the directory of a stopped persistent cluster removed its
+    // data directory and started an empty cluster.
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "2", "--backend", "file"]);
+    let local = c.local("in.bin");
+    let data = pattern(300_000, 3);
+    std::fs::write(&local, &data).unwrap();
+    c.cli(&["put", arg(&local), "/kept"]);
+    c.cli(&["cluster", "down"]);
+    let before = snapshot(&c.dir.join("data"));
+    assert!(!before.is_empty());
+
+    let stderr = c
+        .run(&["cluster", "up", "--servers", "2", "--backend", "file"])
+        .failed();
+    assert!(
+        stderr.contains("--resume") && stderr.contains("--wipe") && stderr.contains(c.dir_arg()),
+        "the refusal says how to go on: {stderr}"
+    );
+    assert!(
+        snapshot(&c.dir.join("data")) == before,
+        "a refused up touches no data"
+    );
+
+    c.cli(&["cluster", "up", "--resume"]);
+    let back = c.local("out.bin");
+    c.cli(&["get", "/kept", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
+
+    c.cli(&["cluster", "up", "--servers", "1", "--wipe"]);
+    assert!(!c.cli(&["ls", "/"]).contains("kept"));
+
+    let empty = ClusterDir::new("empty");
+    let stderr = empty.run(&["cluster", "up", "--resume"]).failed();
+    assert!(stderr.contains("nothing to resume"), "{stderr}");
+}
+
+#[test]
+fn cluster_up_takes_a_directory_with_quotes_and_backslashes() {
+    // Regression: `cluster up` pasted the directory into benchfs.toml unescaped, so a path
+    // with a quote or a backslash made a configuration that did not parse.
+    let c = ClusterDir::new(r#"we"ird\dir"#);
+    c.cli(&["cluster", "up", "--servers", "1"]);
+    let local = c.local("in.bin");
+    std::fs::write(&local, b"through an awkward directory").unwrap();
+    c.cli(&["put", arg(&local), "/f"]);
+    assert_eq!(c.cli(&["cat", "/f"]), "through an awkward directory");
+}
+
+#[test]
+fn cluster_up_refuses_more_replicas_than_servers() {
+    // Regression: `cluster up --replicas 3 --servers 2` started a cluster that could not
+    // keep three copies, without a word.
+    let c = ClusterDir::new("c");
+    let stderr = c
+        .run(&["cluster", "up", "--servers", "2", "--replicas", "3"])
+        .failed();
+    assert!(
+        stderr.contains("--replicas 3") && stderr.contains("2 servers"),
+        "{stderr}"
+    );
+    assert!(!c.dir.join("pids").exists(), "no server was started");
+}
+
+#[test]
+fn a_job_secret_reaches_servers_and_file_commands() {
+    // Regression: the command line had no way to pass a job secret, so it could neither
+    // start servers with one nor talk to them.
+    let c = ClusterDir::new("c");
+    let secret = c.local("secret");
+    std::fs::write(&secret, b"job-7-secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.cli(&[
+        "cluster",
+        "up",
+        "--servers",
+        "2",
+        "--secret-file",
+        arg(&secret),
+    ]);
+    let local = c.local("in.bin");
+    std::fs::write(&local, b"guarded").unwrap();
+
+    let stderr = c.run(&["put", arg(&local), "/f"]).failed();
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    c.cli(&["put", arg(&local), "/f", "--secret-file", arg(&secret)]);
+    let env = [("BENCHFS_SECRET_FILE", secret.as_path())];
+    assert_eq!(c.run_with_env(&["cat", "/f"], &env).ok(), "guarded");
+
+    let open = c.local("open-secret");
+    std::fs::write(&open, b"job-7-secret").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = c.run(&["cat", "/f", "--secret-file", arg(&open)]).failed();
+    assert!(
+        stderr.contains(arg(&open)) && stderr.contains("group or others"),
+        "{stderr}"
+    );
+    let other = ClusterDir::new("other");
+    let stderr = other
+        .run(&[
+            "cluster",
+            "up",
+            "--servers",
+            "1",
+            "--secret-file",
+            arg(&open),
+        ])
+        .failed();
+    assert!(stderr.contains(arg(&open)), "{stderr}");
+    assert!(!other.dir.join("pids").exists(), "no server was started");
+}
+
+#[test]
+fn local_file_errors_name_the_local_path() {
+    // Regression: local I/O errors printed only the OS error ("No such file or directory
+    // (os error 2)"), not which local file it was about.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..Default::default()
+    });
+    write_file(&cluster.client(), "/f", b"remote");
+    let local = tempfile::tempdir_in(common::test_root()).unwrap();
+    let missing = local.path().join("missing.bin");
+    let stderr = on(&cluster, &["put", arg(&missing), "/g"]).failed();
+    assert!(stderr.contains(arg(&missing)), "{stderr}");
+
+    let nowhere = local.path().join("no-such-dir").join("out.bin");
+    let stderr = on(&cluster, &["get", "/f", arg(&nowhere)]).failed();
+    assert!(stderr.contains(arg(&nowhere)), "{stderr}");
+
+    let file = local.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let under_file = file.join("sub");
+    let stderr = on(
+        &cluster,
+        &[
+            "bench",
+            "--size-mb",
+            "1",
+            "--reads",
+            "10",
+            "--files",
+            "5",
+            "--local-dir",
+            arg(&under_file),
+        ],
+    )
+    .failed();
+    assert!(stderr.contains(arg(&under_file)), "{stderr}");
+}
