@@ -10,6 +10,7 @@ use benchfs_proto::{ops, path, Status};
 use futures_util::future::join_all;
 
 use super::data::WriteSource;
+use super::routing::is_unreachable;
 use super::{fanout, fs_err, norm, root_meta, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
@@ -242,15 +243,28 @@ impl FsClient {
     }
 
     /// Lists a directory on every server, merging the pages; stops after `limit` entries.
+    /// Every record has `replicas` copies on distinct servers, so fewer than `replicas`
+    /// servers that do not answer hide no entry: the listing goes on without them.
     pub(super) async fn list(&self, dir: &str, limit: usize) -> Result<Vec<DirEntry>, ApiError> {
         let pages = self
             .all_servers()
             .map(|s| fanout::list_server(self, s, dir, limit));
         let mut merged = BTreeMap::new();
+        let mut unreachable = Vec::new();
         for page in join_all(pages).await {
-            for (name, meta) in page.map_err(rpc_err("readdir", dir))? {
-                merged.entry(name).or_insert(meta);
+            match page {
+                Ok(entries) => {
+                    for (name, meta) in entries {
+                        merged.entry(name).or_insert(meta);
+                    }
+                }
+                Err(e) if is_unreachable(&e) => unreachable.push(e),
+                Err(e) => return Err(rpc_err("readdir", dir)(e)),
             }
+        }
+        if unreachable.len() >= self.replicas {
+            let e = unreachable.swap_remove(0);
+            return Err(rpc_err("readdir", dir)(e));
         }
         Ok(merged
             .into_iter()
