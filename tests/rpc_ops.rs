@@ -373,11 +373,11 @@ async fn chunks(conn: &Connection, id: u64) {
     assert!(read(conn, id, 0, 0, 100).await.is_empty());
 }
 
-#[test]
-fn handshake_checks_the_job_secret() {
+/// A one-server cluster whose job secret is `secret` (in a private file, as required).
+fn cluster_with_secret(secret: &[u8]) -> (tempfile::TempDir, Cluster) {
     let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
     let secret_file = secrets.path().join("secret");
-    std::fs::write(&secret_file, b"job-42-secret").unwrap();
+    std::fs::write(&secret_file, secret).unwrap();
     std::fs::set_permissions(
         &secret_file,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -387,6 +387,12 @@ fn handshake_checks_the_job_secret() {
         spec(1),
         &["--secret-file".into(), secret_file.display().to_string()],
     );
+    (secrets, cluster)
+}
+
+#[test]
+fn handshake_checks_the_job_secret() {
+    let (_secrets, cluster) = cluster_with_secret(b"job-42-secret");
     let addr = cluster.addr(0);
     Rt::new().block_on(async {
         for wrong in [&b""[..], b"job-42-secreT", b"job-42-secret\n"] {
@@ -432,18 +438,7 @@ fn handshake_checks_the_job_secret() {
 fn a_proof_answers_one_challenge_once() {
     // The secret never crosses the wire: the server challenges, and a proof answers one
     // challenge of one connection, once.
-    let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
-    let secret_file = secrets.path().join("secret");
-    std::fs::write(&secret_file, b"job-42-secret").unwrap();
-    std::fs::set_permissions(
-        &secret_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let cluster = Cluster::start_with_args(
-        spec(1),
-        &["--secret-file".into(), secret_file.display().to_string()],
-    );
+    let (_secrets, cluster) = cluster_with_secret(b"job-42-secret");
     let addr = cluster.addr(0);
     Rt::new().block_on(async {
         let raw = RawPeer::connect(addr);
