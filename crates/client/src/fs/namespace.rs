@@ -180,8 +180,31 @@ impl FsClient {
     /// so the size cannot say where they are. A server that does not answer keeps its
     /// chunks until its orphan sweep finds the file's tombstone; the delete has happened
     /// either way, so that is logged, not returned.
+    ///
+    /// A file may still have another name (a rename that failed half way leaves two), so
+    /// the chunks go only when every server says no record names the file; a server that
+    /// does not answer also leaves them to the sweep, which asks the same question.
     pub(super) async fn remove_chunks(&self, path: &str, meta: FileMetadata) {
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let question = ops::FileIdsRequest {
+            file_ids: vec![meta.file_id],
+        };
+        let answers = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::FilesExist>(s, &question, OutPayload::none()));
+        for answer in join_all(answers).await {
+            match answer {
+                Ok((states, _)) if states.named.is_empty() => {}
+                Ok(_) => {
+                    tracing::info!(path, file_id = meta.file_id, "another name holds the file; chunks kept");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path, file_id = meta.file_id, "chunks left for the orphan sweep");
+                    return;
+                }
+            }
+        }
         let req = ops::RemoveChunksRequest {
             file_id: meta.file_id,
         };
