@@ -196,7 +196,11 @@ impl FsClient {
             match answer {
                 Ok((states, _)) if states.named.is_empty() => {}
                 Ok(_) => {
-                    tracing::info!(path, file_id = meta.file_id, "another name holds the file; chunks kept");
+                    tracing::info!(
+                        path,
+                        file_id = meta.file_id,
+                        "another name holds the file; chunks kept"
+                    );
                     return;
                 }
                 Err(e) => {
