@@ -62,10 +62,39 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
     std::fs::write(&tmp, format!("{} {}\n", entry.node_id, entry.addr))
         .map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    // Back: no longer departed.
+    let departed = departed_path(dir, &entry.node_id);
+    match std::fs::remove_file(&departed) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("remove", &departed)(e))
+        }
+        _ => {}
+    }
     Ok(path)
 }
 
-/// Removes a server's own entry: only if it still names `entry`'s address, so a server
+/// The marker a server that stopped cleanly leaves: `<node_id>.departed`.
+fn departed_path(dir: &Path, node_id: &str) -> PathBuf {
+    dir.join(format!("{node_id}.departed"))
+}
+
+/// Node ids of servers that stopped cleanly and have not come back. They may still hold
+/// the only record of a file, so nothing may conclude a file is unnamed while one is away.
+pub fn departed(dir: &Path) -> Result<Vec<String>, RegistryError> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let item = item.map_err(io("list", dir))?;
+        let name = item.file_name();
+        if let Some(node_id) = name.to_string_lossy().strip_suffix(".departed") {
+            out.push(node_id.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes a server's own entry, leaving a departed marker (see [`departed`]): only if
+/// the entry still names `entry`'s address, so a server
 /// never withdraws another's (one that took over its node id after it hung, say). A
 /// missing entry is not an error.
 pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
@@ -77,6 +106,8 @@ pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
     if !ours {
         return Ok(());
     }
+    let departed = departed_path(dir, &entry.node_id);
+    std::fs::write(&departed, format!("{}\n", entry.node_id)).map_err(io("write", &departed))?;
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
         _ => Ok(()),

@@ -7,10 +7,9 @@
 //! record; inode numbers are never handed out again) and no server names it, and every
 //! server in the registry answered. A record that is merely absent proves nothing: its
 //! server may be down, and a rename moves a record without a tombstone. One round asks
-//! about at most [`FILE_IDS_MAX`] files. A round waits while a peer this server has seen
-//! is missing from the registry (shut down cleanly, it withdrew its entry but may hold the
-//! only record of a file). The registry is read when the sweep starts and every round; a
-//! peer that was never in it meanwhile is not waited for.
+//! about at most [`FILE_IDS_MAX`] files. A round also waits while a server that stopped
+//! cleanly is away: it leaves a departed marker in the registry
+//! ([`registry::departed`]), since it may hold the only record of a file.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use benchfs_config::registry::{self, RegistryError, ServerEntry};
+use benchfs_config::registry::{self, RegistryError};
 use benchfs_proto::ops::{self, FILE_IDS_MAX};
 use benchfs_rpc::{ClientOptions, Connection, RpcClient, RpcError};
 use benchfs_store::StoreError;
@@ -48,8 +47,8 @@ pub enum SweepError {
     /// The registry could not be read.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// A peer seen before is missing from the registry; it may hold a record.
-    #[error("peer {node} is not in the registry")]
+    /// A peer stopped cleanly and has not come back; it may hold a record.
+    #[error("peer {node} has departed")]
     Missing {
         /// The peer's node id.
         node: String,
@@ -82,11 +81,6 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
         }
     };
     let mut peers = Peers::default();
-    // Learned at once, not at the first round: a peer that stops cleanly before then
-    // would otherwise never be waited for.
-    if let Ok(entries) = registry::read(&options.registry_dir) {
-        peers.learn(&entries);
-    }
     let mut tick = tokio::time::interval(options.interval);
     tick.tick().await;
     loop {
@@ -103,21 +97,9 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
 #[derive(Default)]
 struct Peers {
     connections: HashMap<String, (SocketAddr, Connection)>,
-    /// Every peer ever seen in the registry. One that is gone from it (a clean shutdown
-    /// withdraws its entry) may hold the only record of a file, so rounds wait for it.
-    known: HashSet<String>,
 }
 
 impl Peers {
-    /// Remembers the registry's peers; returns one seen before that is missing from it.
-    fn learn(&mut self, entries: &[ServerEntry]) -> Option<String> {
-        self.known.extend(entries.iter().map(|e| e.node_id.clone()));
-        self.known
-            .iter()
-            .find(|n| !entries.iter().any(|e| &e.node_id == *n))
-            .cloned()
-    }
-
     async fn connection(
         &mut self,
         rpc: &Rc<RpcClient>,
@@ -143,12 +125,10 @@ async fn sweep_once(
     peers: &mut Peers,
     options: &SweepOptions,
 ) -> Result<u64, SweepError> {
-    // Every round learns the peers, so one that leaves is missed even if this server had
-    // nothing to ask about while it was there.
-    let entries = registry::read(&options.registry_dir)?;
-    if let Some(node) = peers.learn(&entries) {
+    if let Some(node) = registry::departed(&options.registry_dir)?.pop() {
         return Err(SweepError::Missing { node });
     }
+    let entries = registry::read(&options.registry_dir)?;
     let candidates = state.unnamed_files(FILE_IDS_MAX).await?;
     if candidates.is_empty() {
         return Ok(0);
