@@ -316,7 +316,7 @@ fn file_system_client_reconnects_to_a_restarted_server() {
 fn a_silent_replica_costs_one_timeout_not_one_per_chunk() {
     // Regression: with a replica stopped (alive but silent), every read of a chunk it
     // held first waited the whole RPC timeout: 421 s for a 200 MiB file.
-    use benchfs::placement::{PlacementKey, PlacementRing};
+    use benchfs::placement::PlacementKey;
     let cluster = Cluster::start(ClusterSpec {
         replicas: 2,
         ..ClusterSpec::short_timeout()
@@ -326,13 +326,11 @@ fn a_silent_replica_costs_one_timeout_not_one_per_chunk() {
     let data = pattern(chunks * C, 6);
     write_file(&fs, "/r", &data);
     let file_id = fs.stat("/r").unwrap().file_id;
-    let ids: Vec<String> = (0..cluster.spec.servers).map(Cluster::node_id).collect();
-    let ring = PlacementRing::new(&ids, cluster.config().placement.virtual_nodes).unwrap();
-    let mut first = vec![0usize; ids.len()];
+    let ring = cluster.ring();
+    let mut first = vec![0usize; cluster.spec.servers];
     for index in 0..chunks as u64 {
         first[ring.replicas(PlacementKey::Chunk { file_id, index }, 2)[0] as usize] += 1;
     }
-    // Ring indexes follow sorted node ids, which are the cluster's indexes here.
     let (stopped, held) = first
         .iter()
         .copied()
@@ -371,7 +369,7 @@ fn a_silent_replica_costs_one_timeout_not_one_per_chunk() {
 fn a_chunk_a_server_lost_is_never_read_as_zeros() {
     // Regression: a chunk that a server no longer had (a memory store restarted, a data
     // directory lost) read back as zeros with success, even with another replica holding it.
-    use benchfs::placement::{PlacementKey, PlacementRing};
+    use benchfs::placement::PlacementKey;
     // A memory store restarted, and a disk server back with an empty data directory.
     for (backend, replicas) in [("memory", 1u32), ("memory", 2), ("file", 1)] {
         let mut cluster = Cluster::start(ClusterSpec {
@@ -382,11 +380,11 @@ fn a_chunk_a_server_lost_is_never_read_as_zeros() {
         let data = pattern(16 * C, 11);
         write_file(&fs, "/lost", &data);
         // A server that holds chunks of the file but none of its metadata records.
-        let ids: Vec<String> = (0..cluster.spec.servers).map(Cluster::node_id).collect();
-        let ring = PlacementRing::new(&ids, cluster.config().placement.virtual_nodes).unwrap();
-        let meta_owners = ring.replicas(PlacementKey::Metadata("/lost"), replicas as usize);
+        let meta_owners = cluster
+            .ring()
+            .replicas(PlacementKey::Metadata("/lost"), replicas as usize);
         let holders: Vec<usize> = stats(&fs).iter().map(|s| s.chunks as usize).collect();
-        let lost = (0..ids.len())
+        let lost = (0..cluster.spec.servers)
             .find(|&i| holders[i] > 0 && !meta_owners.contains(&(i as u32)))
             .expect("a chunk holder that owns no record");
         cluster.kill(lost);

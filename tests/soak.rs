@@ -1472,12 +1472,9 @@ fn random_operations_under_faults_match_the_model() {
 
 /// The replica servers of `key`, in the order reads ask them.
 fn replicas_of(cluster: &Cluster, key: benchfs::placement::PlacementKey<'_>) -> Vec<usize> {
-    let ids: Vec<String> = (0..cluster.spec.servers).map(Cluster::node_id).collect();
-    let ring =
-        benchfs::placement::PlacementRing::new(&ids, cluster.config().placement.virtual_nodes)
-            .expect("ring");
-    // Ring indexes follow sorted node ids, which are the cluster's indexes here.
-    ring.replicas(key, cluster.spec.replicas as usize)
+    cluster
+        .ring()
+        .replicas(key, cluster.spec.replicas as usize)
         .into_iter()
         .map(|i| i as usize)
         .collect()

@@ -167,6 +167,14 @@ impl Cluster {
         format!("node{i}")
     }
 
+    /// The placement ring of this cluster. Its server indexes follow sorted node ids,
+    /// which are the cluster's own indexes (`node0` .. `node<n-1>`, fewer than 11).
+    pub fn ring(&self) -> benchfs::placement::PlacementRing {
+        let ids: Vec<String> = (0..self.spec.servers).map(Self::node_id).collect();
+        benchfs::placement::PlacementRing::new(&ids, self.config().placement.virtual_nodes)
+            .expect("ring")
+    }
+
     pub fn registry(&self) -> PathBuf {
         self.dir.path().join("registry")
     }

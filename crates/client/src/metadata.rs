@@ -34,11 +34,12 @@ use benchfs_proto::limits::{
 };
 use benchfs_proto::meta::{self, EntryKind};
 use benchfs_proto::placement::{PlacementKey, PlacementRing};
-use benchfs_proto::{path, Status};
+use benchfs_proto::Status;
 
 use crate::api::{BenchFS, FILE_MODE_DEFAULT};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
+use crate::fs::norm;
 
 /// How a connected manager caches the records it fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +264,7 @@ impl MetadataManager {
 
     /// The node that owns `path`'s record, if there is a node.
     pub fn owner(&self, path: &str) -> Result<Option<String>, ApiError> {
-        let path = normalize(path)?;
+        let path = norm(path)?;
         Ok(match &self.cluster {
             Some(fs) => fs.client().metadata_owner(&path),
             None => self.local.borrow().owner(&path),
@@ -274,7 +275,7 @@ impl MetadataManager {
     /// file if it does not exist (its parent must) and sets its size and, for a file it
     /// creates, its mode; the servers keep their own inode number and times.
     pub async fn store_file_metadata(&self, metadata: FileMetadata) -> Result<(), ApiError> {
-        let path = normalize(&metadata.path)?;
+        let path = norm(&metadata.path)?;
         let Some(fs) = &self.cluster else {
             let mut local = self.local.borrow_mut();
             let owner = local.owner_or_err("store metadata", &path)?;
@@ -290,7 +291,7 @@ impl MetadataManager {
 
     /// The record of `path`, from the node that owns it.
     pub async fn get_file_metadata(&self, path: &str) -> Result<FileMetadata, ApiError> {
-        let path = normalize(path)?;
+        let path = norm(path)?;
         let Some(fs) = &self.cluster else {
             let local = self.local.borrow();
             let owner = local.owner_or_err("get metadata", &path)?;
@@ -307,13 +308,6 @@ impl MetadataManager {
         let record = fs.stat(&path).await?;
         Ok(FileMetadata::from_record(path, &record))
     }
-}
-
-fn normalize(path: &str) -> Result<String, ApiError> {
-    path::normalize(path).map_err(|source| ApiError::Path {
-        path: path.to_string(),
-        source,
-    })
 }
 
 #[cfg(test)]

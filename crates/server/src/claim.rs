@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use benchfs_config::registry::{self, ServerEntry};
 use benchfs_config::ServerConfig;
-use benchfs_rpc::{ClientOptions, RpcClient, RpcError};
+use benchfs_rpc::RpcError;
 use benchfs_ucx::Context;
 
 /// Longest a start-up waits for the server a registry entry names to answer.
@@ -114,15 +114,9 @@ async fn answers_as(
     secret: &[u8],
     entry: &ServerEntry,
 ) -> bool {
-    let options = ClientOptions {
-        rpc_timeout: config.network.rpc_timeout.min(PROBE_TIMEOUT_MAX),
-        rdma_threshold: usize::MAX,
-        busy_poll: Duration::ZERO,
-        inflight_max: 1,
-        secret: secret.to_vec(),
-        name: format!("starting-{}", entry.node_id),
-    };
-    let Ok(rpc) = RpcClient::start(context, options) else {
+    let timeout = config.network.rpc_timeout.min(PROBE_TIMEOUT_MAX);
+    let name = format!("starting-{}", entry.node_id);
+    let Ok(rpc) = crate::peer::peer_client(context, secret, timeout, name) else {
         return false;
     };
     match rpc.connect(entry.addr).await {

@@ -10,5 +10,6 @@ pub mod claim;
 pub mod daemon;
 pub mod handler;
 pub mod metadata;
+mod peer;
 pub mod rpc;
 pub mod sweep;

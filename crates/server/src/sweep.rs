@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use benchfs_config::registry::{self, RegistryError};
 use benchfs_proto::ops::{self, FILE_IDS_MAX};
-use benchfs_rpc::{ClientOptions, Connection, RpcClient, RpcError};
+use benchfs_rpc::{Connection, RpcClient, RpcError};
 use benchfs_store::StoreError;
 use benchfs_ucx::Context;
 
@@ -65,15 +65,8 @@ pub enum SweepError {
 
 /// Sweeps every `options.interval` until the task is dropped.
 pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOptions) {
-    let client_options = ClientOptions {
-        rpc_timeout: options.rpc_timeout,
-        rdma_threshold: usize::MAX,
-        busy_poll: Duration::ZERO,
-        inflight_max: 1,
-        secret: state.secret().to_vec(),
-        name: format!("sweep-{}", state.node_id()),
-    };
-    let rpc = match RpcClient::start(&context, client_options) {
+    let name = format!("sweep-{}", state.node_id());
+    let rpc = match crate::peer::peer_client(&context, state.secret(), options.rpc_timeout, name) {
         Ok(rpc) => rpc,
         Err(e) => {
             tracing::error!(error = %e, "the orphan sweep cannot start");

@@ -119,7 +119,8 @@ fn rpc_err<'a>(op: &'static str, path: &'a str) -> impl Fn(RpcError) -> ApiError
     }
 }
 
-fn norm(path: &str) -> Result<String, ApiError> {
+/// `path` normalised, or the path error naming it.
+pub(crate) fn norm(path: &str) -> Result<String, ApiError> {
     path::normalize(path).map_err(|source| ApiError::Path {
         path: path.to_string(),
         source,

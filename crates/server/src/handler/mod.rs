@@ -15,7 +15,7 @@ use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, StoreError};
 
-use crate::metadata::{MetadataTable, SizeUpdate};
+use crate::metadata::{now_ns, MetadataTable, SizeUpdate};
 use benchfs_config::ServerConfig;
 use benchfs_proto::placement::node_tag;
 
@@ -557,13 +557,6 @@ pub enum OpenError {
         /// The cause.
         source: std::io::Error,
     },
-}
-
-/// Nanoseconds since the Unix epoch.
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// When this server's chunk store began: now for a memory store; for a disk store, the
