@@ -298,6 +298,56 @@ async fn readdir_pages(conn: &Connection, file: FileMetadata) {
     assert_eq!(root.entries[0].0, "d");
 }
 
+/// `TruncateFile` on chunks 0 (`first`, 100 bytes) and 1 (1050 bytes) of file `id`: a cut
+/// shortens the chunk it falls in, removes every later one, and never lengthens.
+async fn cuts(conn: &Connection, id: u64, first: &[u8]) {
+    let truncate = |index, len| ops::TruncateFileRequest {
+        file_id: id,
+        index,
+        len,
+    };
+    // (index, len): chunk 0 after the cut, and whether chunk 1 is left.
+    let cuts = [
+        (
+            (1, 1100),
+            first,
+            true,
+            "a cut past every end changes nothing",
+        ),
+        (
+            (0, 40),
+            &first[..40],
+            false,
+            "a cut shortens its chunk and removes later ones",
+        ),
+        (
+            (0, 60),
+            &first[..40],
+            false,
+            "a cut never lengthens a chunk",
+        ),
+    ];
+    for ((index, len), want, second_left, what) in cuts {
+        conn.call::<ops::TruncateFile>(&truncate(index, len))
+            .await
+            .unwrap();
+        assert_eq!(read(conn, id, 0, 0, 100).await, want, "{what}");
+        assert_eq!(
+            !read(conn, id, 1, 0, 2000).await.is_empty(),
+            second_left,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        status_of(
+            conn.call::<ops::TruncateFile>(&truncate(0, CHUNK + 1))
+                .await
+        ),
+        Status::InvalidArgument
+    );
+    assert_eq!(stats(conn).await.used_bytes, 40);
+}
+
 /// Chunks of file `id`: write, read (short at the chunk's end, empty when absent),
 /// truncate, fsync, remove.
 async fn chunks(conn: &Connection, id: u64) {
@@ -331,40 +381,14 @@ async fn chunks(conn: &Connection, id: u64) {
     let s = stats(conn).await;
     assert_eq!((s.chunks, s.used_bytes), (2, 1150));
 
-    let truncate = |index, len| ops::TruncateChunkRequest {
-        file_id: id,
-        index,
-        len,
-    };
-    let cuts = [
-        (40, first[..40].to_vec(), "a cut chunk reads short"),
-        (
-            60,
-            [&first[..40], &[0; 20]].concat(),
-            "an extended chunk reads zeros",
-        ),
-    ];
-    for (len, want, what) in cuts {
-        conn.call::<ops::TruncateChunk>(&truncate(0, len))
-            .await
-            .unwrap();
-        assert_eq!(read(conn, id, 0, 0, 100).await, want, "{what}");
-    }
-    assert_eq!(
-        status_of(
-            conn.call::<ops::TruncateChunk>(&truncate(0, CHUNK + 1))
-                .await
-        ),
-        Status::InvalidArgument
-    );
-    assert_eq!(stats(conn).await.used_bytes, 60 + 1050);
+    cuts(conn, id, &first).await;
 
     conn.call::<ops::Fsync>(&Empty).await.unwrap();
 
     let remove = ops::RemoveChunksRequest { file_id: id };
     assert_eq!(
         conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count,
-        2
+        1
     );
     assert_eq!(
         conn.call::<ops::RemoveChunks>(&remove).await.unwrap().count,

@@ -14,8 +14,6 @@
 //! BENCHFS_SOAK_SEED=<s> BENCHFS_SOAK_OPS=<n> cargo test -p benchfs --test soak -- --nocapture
 //! ```
 //!
-//! `BENCHFS_SOAK_STRICT=1` also checks what the open known bug (below) breaks.
-//!
 //! (Which calls a stopped server makes fail also depends on timing, so a replay follows
 //! the same operations and faults but may see a few calls fail differently.)
 //!
@@ -72,18 +70,16 @@
 //!
 //! # Known bugs
 //!
-//! The soak found three bugs. The second and third are fixed; their reproductions are
-//! regression tests at the end of this file. The first is open: by default the model
-//! tolerates exactly it, so the run stays useful for everything else, and
-//! `BENCHFS_SOAK_STRICT=1` checks it too (seeds 5, 10 and 11 of 350 operations fail).
+//! The soak found three bugs, all fixed; their reproductions are regression tests at the
+//! end of this file.
 //!
-//! 1. **Truncate cuts chunks only up to the published size.** `truncate_meta`
-//!    (crates/client/src/fs/namespace.rs) cuts `chunk_index(new size)..chunk_count(size)`
-//!    with the size the metadata owner holds, and `open` with O_TRUNC cuts nothing when
-//!    that size is 0. Chunks past it (a write that failed on one replica and landed on
-//!    the other, a writer that never closed) survive, and when the file grows again the
-//!    hole reads their bytes. Tolerated: after a successful truncate or O_TRUNC of a file
-//!    whose content was not exact, what lay past the new end stays an alternative.
+//! 1. **Fixed: truncate cut chunks only up to the published size.** `truncate_meta`
+//!    (crates/client/src/fs/namespace.rs) cut `chunk_index(new size)..chunk_count(size)`
+//!    with the size the metadata owner held, and `open` with O_TRUNC cut nothing when
+//!    that size was 0. Chunks past it (a write that failed on one replica and landed on
+//!    the other, a writer that never closed) survived, and when the file grew again the
+//!    hole read their bytes. Now every server cuts every chunk of the file past the new
+//!    end (`TruncateFile`), whatever the size says.
 //! 2. **Fixed: a failed rename left two names for one file, and unlinking either lost
 //!    the other's data.** `rename` writes the new record on every replica and then
 //!    deletes the old one; if that delete fails on a replica the old name survives
@@ -240,15 +236,6 @@ impl Alt {
     }
 }
 
-/// Whether the run checks the rule that known bug `bug` breaks: `BENCHFS_SOAK_STRICT`
-/// lists the bugs to check ("1", "1,3") or says "all". See "Known bugs" in the module
-/// documentation.
-fn strict(bug: u32) -> bool {
-    static STRICT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let list = STRICT.get_or_init(|| std::env::var("BENCHFS_SOAK_STRICT").unwrap_or_default());
-    list.trim() == "all" || list.split(',').any(|b| b.trim() == bug.to_string())
-}
-
 /// What a file may hold: see the module documentation.
 #[derive(Clone, Debug)]
 struct Content {
@@ -268,11 +255,6 @@ impl Content {
 
     fn max_size(&self) -> usize {
         self.sizes.last().copied().unwrap_or(0)
-    }
-
-    /// Whether the content is known exactly.
-    fn is_exact(&self) -> bool {
-        self.sizes.len() == 1 && self.alts.is_empty()
     }
 
     /// One past the last byte the file may hold (written bytes, not holes).
@@ -324,15 +306,9 @@ impl Content {
     }
 
     /// A truncate (or a create of an existing file, to 0) succeeded: bytes past `size`
-    /// are gone, and read as zeros if the file grows again. Unless strict, this keeps
-    /// what an uncertain past may have left past `size` (known bug 1).
+    /// are gone, and read as zeros if the file grows again.
     fn truncated(&mut self, size: usize) {
-        if strict(1) || self.is_exact() {
-            self.cut_alts(size, usize::MAX);
-        } else if self.data.len() > size {
-            let past = Alt::data(size, &self.data[size..]);
-            self.alts.push(past);
-        }
+        self.cut_alts(size, usize::MAX);
         self.data.resize(size, 0);
         self.sizes = BTreeSet::from([size]);
     }
@@ -1578,5 +1554,45 @@ fn the_sweep_keeps_a_file_whose_only_record_is_on_a_stopped_server() {
             got.len(),
             got.iter().zip(&data).position(|(a, b)| a != b)
         ),
+    }
+}
+
+#[test]
+fn a_cut_removes_chunks_past_the_published_size() {
+    // Regression, found by the soak (seeds 5, 10 and 11 of 350 operations).
+    // A writer that never closes leaves chunks past the file's published size (0 here).
+    // Truncate and O_TRUNC cut only the chunks below the published size, so those
+    // survived, and when the file grew again its hole read the writer's bytes.
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let data = pattern(5 * C + 100, 13);
+    for how in ["truncate to 0", "open with O_TRUNC"] {
+        let writer = cluster.client();
+        let fd = writer
+            .open("/f", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+            .unwrap();
+        writer.write(fd, &data).unwrap();
+        // The writer dies without closing: its size is never published.
+        drop(writer);
+        let fs = cluster.client();
+        if how == "truncate to 0" {
+            fs.truncate("/f", 0).unwrap();
+        } else {
+            let fd = fs
+                .open("/f", OpenFlags::WRITE | OpenFlags::TRUNC, 0o644)
+                .unwrap();
+            fs.close(fd).unwrap();
+        }
+        fs.truncate("/f", data.len() as u64).unwrap();
+        let got = common::files::read_file(&fs, "/f");
+        assert_eq!(got.len(), data.len(), "{how}");
+        assert!(
+            got.iter().all(|&b| b == 0),
+            "{how}: the hole read old bytes, first at {:?}",
+            got.iter().position(|&b| b != 0)
+        );
+        fs.unlink("/f").unwrap();
     }
 }

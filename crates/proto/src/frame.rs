@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -53,8 +53,8 @@ pub enum OpCode {
     MetadataDelete = 8,
     /// List this server's share of a directory.
     Readdir = 9,
-    /// Cut or extend one chunk.
-    TruncateChunk = 10,
+    /// Cut a file's chunks on one server.
+    TruncateFile = 10,
     /// Grow or set a file's size.
     UpdateSize = 11,
     /// Flush the server's store and metadata to stable storage.
@@ -83,7 +83,7 @@ impl OpCode {
         OpCode::MetadataCreateDir,
         OpCode::MetadataDelete,
         OpCode::Readdir,
-        OpCode::TruncateChunk,
+        OpCode::TruncateFile,
         OpCode::UpdateSize,
         OpCode::Fsync,
         OpCode::MetadataInsert,

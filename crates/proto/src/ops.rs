@@ -106,8 +106,8 @@ wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
     ReaddirHeader = 4, { limit: U32 });
 wire_header!(/// `ReaddirReply`, before `count` entries.
     ReaddirReplyHeader = 5, { done: u8, count: U32 });
-wire_header!(/// `TruncateChunkRequest`, whole.
-    TruncateChunkHeader = 24, { file_id: U64, index: U64, len: U64 });
+wire_header!(/// `TruncateFileRequest`, whole.
+    TruncateFileHeader = 24, { file_id: U64, index: U64, len: U64 });
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 9, { size: U64, how: u8 });
 wire_header!(/// `InsertRequest`, before the path.
@@ -151,8 +151,8 @@ rpc!(/// Remove a record.
     MetadataDelete, MetadataDelete, DeleteRequest, MetadataReply);
 rpc!(/// List this server's share of a directory.
     Readdir, Readdir, ReaddirRequest, ReaddirReply);
-rpc!(/// Cut or extend one chunk.
-    TruncateChunk, TruncateChunk, TruncateChunkRequest, Empty);
+rpc!(/// Cut a file's chunks on one server.
+    TruncateFile, TruncateFile, TruncateFileRequest, Empty);
 rpc!(/// Grow or set a file's size.
     UpdateSize, UpdateSize, UpdateSizeRequest, MetadataReply);
 rpc!(/// Flush to stable storage.
@@ -497,28 +497,29 @@ impl Message for ReaddirReply {
     }
 }
 
-/// Cut or extend one chunk to `len` bytes.
+/// Cut a file: the server's chunk `index` to at most `len` bytes (removed at 0), and every
+/// later chunk of the file removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TruncateChunkRequest {
+pub struct TruncateFileRequest {
     /// The file's inode number.
     pub file_id: u64,
-    /// The chunk.
+    /// The chunk the new end falls in.
     pub index: u64,
-    /// The new length.
+    /// The new end's offset in that chunk.
     pub len: u64,
 }
 
-impl Message for TruncateChunkRequest {
+impl Message for TruncateFileRequest {
     fn encode(&self, w: &mut Writer) {
-        w.fixed(&TruncateChunkHeader {
+        w.fixed(&TruncateFileHeader {
             file_id: self.file_id.into(),
             index: self.index.into(),
             len: self.len.into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let h: TruncateChunkHeader = r.fixed()?;
-        Ok(TruncateChunkRequest {
+        let h: TruncateFileHeader = r.fixed()?;
+        Ok(TruncateFileRequest {
             file_id: h.file_id.get(),
             index: h.index.get(),
             len: h.len.get(),

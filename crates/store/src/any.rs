@@ -107,6 +107,10 @@ impl ChunkStore for AnyChunkStore {
         dispatch!(self, s => s.list().await)
     }
 
+    async fn file_chunks(&self, file_id: u64) -> Result<Vec<(u64, ChunkStat)>, StoreError> {
+        dispatch!(self, s => s.file_chunks(file_id).await)
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.sync().await)
     }

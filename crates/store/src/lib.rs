@@ -113,6 +113,9 @@ pub trait ChunkStore {
     /// Every chunk, in [`ChunkId`] order.
     async fn list(&self) -> Result<Vec<ChunkId>, StoreError>;
 
+    /// The chunks of `file_id` with their lengths, in index order.
+    async fn file_chunks(&self, file_id: u64) -> Result<Vec<(u64, ChunkStat)>, StoreError>;
+
     /// Makes every completed write, truncate and removal durable.
     async fn sync(&self) -> Result<(), StoreError>;
 

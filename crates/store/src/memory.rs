@@ -200,6 +200,22 @@ impl ChunkStore for InMemoryChunkStore {
         Ok(self.chunks.borrow().keys().copied().collect())
     }
 
+    async fn file_chunks(&self, file_id: u64) -> Result<Vec<(u64, ChunkStat)>, StoreError> {
+        let chunks = self.chunks.borrow();
+        let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
+        Ok(chunks
+            .range(range)
+            .map(|(id, c)| {
+                (
+                    id.index,
+                    ChunkStat {
+                        len: c.len() as u64,
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         // Nothing here outlives the process, so there is nothing to make durable.
         Ok(())

@@ -139,6 +139,11 @@ async fn list_and_stat(h: Harness) {
     }
     assert_eq!(s.usage().chunks, 4);
     assert_eq!(s.usage().used_bytes, 1 + 2 + 3 + 4);
+    let of_5 = [(0, ChunkStat { len: 3 }), (1, ChunkStat { len: 1 })];
+    assert_eq!(s.file_chunks(5).await.unwrap(), of_5);
+    let of_max = [(u64::MAX, ChunkStat { len: 4 })];
+    assert_eq!(s.file_chunks(u64::MAX).await.unwrap(), of_max);
+    assert_eq!(s.file_chunks(4).await.unwrap(), []);
 }
 
 async fn out_of_range(h: Harness) {

@@ -29,24 +29,26 @@ impl FsClient {
     pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
         let path = norm(path)?;
         let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
-        let mut meta = if flags.contains(OpenFlags::CREATE) {
+        let (mut meta, created) = if flags.contains(OpenFlags::CREATE) {
             match self
                 .create_checked("open", &path, EntryKind::File, mode)
                 .await?
             {
-                Ok(m) => m,
+                Ok(m) => (m, true),
                 Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => {
-                    self.lookup("open", &path, false).await?
+                    (self.lookup("open", &path, false).await?, false)
                 }
                 Err(e) => return Err(rpc_err("open", &path)(e)),
             }
         } else {
-            self.lookup("open", &path, false).await?
+            (self.lookup("open", &path, false).await?, false)
         };
         if meta.is_dir() && writable {
             return Err(fs_err("open", &path, Status::IsDir));
         }
-        if flags.contains(OpenFlags::TRUNC) && writable && meta.size > 0 {
+        // A file this open created has no chunks anywhere yet; any other may have chunks
+        // past its published size, so even an empty one is cut.
+        if flags.contains(OpenFlags::TRUNC) && writable && !created {
             meta = self.truncate_meta(&path, meta, 0).await?;
         }
         self.meta_cache.borrow_mut().put(&path, meta);

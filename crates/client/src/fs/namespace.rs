@@ -307,19 +307,6 @@ impl FsClient {
         if meta.is_dir() {
             return Err(fs_err("truncate", &path, Status::IsDir));
         }
-        // This client's unpublished writes count toward the old size.
-        let open_size = self
-            .files
-            .borrow()
-            .values()
-            .filter(|f| f.path == path)
-            .map(|f| f.size)
-            .max()
-            .unwrap_or(0);
-        let meta = FileMetadata {
-            size: meta.size.max(open_size),
-            ..meta
-        };
         let meta = self.truncate_meta(&path, meta, size).await?;
         for f in self
             .files
@@ -333,45 +320,29 @@ impl FsClient {
         Ok(())
     }
 
+    /// Cuts the file's chunks at `size` on every server, then sets its size. Every server:
+    /// chunks may lie past the published size (a writer that has not closed, or never
+    /// will), and one left there would show its old bytes when the file grows again. A
+    /// server that does not answer fails the call, so a cut is never half-known.
     pub(super) async fn truncate_meta(
         &self,
         path: &str,
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        let layout = ChunkLayout::new(meta.chunk_size);
-        if size < meta.size {
-            // Cut the chunk the new end falls in and empty every chunk after it, so bytes
-            // past the new end read as zeros if the file grows again.
-            let first = layout.chunk_index(size);
-            let last = layout.chunk_count(meta.size);
-            let cuts = (first..last).map(|index| {
-                let len = if index == first {
-                    size - index * meta.chunk_size
-                } else {
-                    0
-                };
-                let req = ops::TruncateChunkRequest {
-                    file_id: meta.file_id,
-                    index,
-                    len,
-                };
-                async move {
-                    self.write_all::<ops::TruncateChunk>(
-                        PlacementKey::Chunk {
-                            file_id: meta.file_id,
-                            index,
-                        },
-                        &req,
-                        WriteSource::NONE,
-                    )
-                    .await
-                }
-            });
-            for r in join_all(cuts).await {
-                r.map_err(rpc_err("truncate", path))?;
-            }
-            self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        let index = ChunkLayout::new(meta.chunk_size).chunk_index(size);
+        let cut = ops::TruncateFileRequest {
+            file_id: meta.file_id,
+            index,
+            len: size - index * meta.chunk_size,
+        };
+        let cuts = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::TruncateFile>(s, &cut, OutPayload::none()));
+        let results = join_all(cuts).await;
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        for r in results {
+            r.map_err(rpc_err("truncate", path))?;
         }
         let req = ops::UpdateSizeRequest {
             path: path.to_string(),

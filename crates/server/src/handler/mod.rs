@@ -271,7 +271,7 @@ impl ServerState {
                 | OpCode::MetadataDelete
                 | OpCode::MetadataInsert
                 | OpCode::UpdateSize => self.metadata_write(op, body),
-                OpCode::TruncateChunk => self.truncate_chunk(decode(body)?).await,
+                OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
                 OpCode::RemoveChunks => {
                     let req: op::RemoveChunksRequest = decode(body)?;
                     let count = self
@@ -387,23 +387,33 @@ impl ServerState {
         }
     }
 
-    /// Cuts a chunk. A chunk cut to nothing is removed: it reads as a hole either way, and
-    /// a file's chunks then all lie below its size (unlink relies on it).
-    async fn truncate_chunk(&self, req: op::TruncateChunkRequest) -> Result<Reply, Status> {
+    /// Cuts a file at chunk `index`, offset `len`: that chunk is shortened to `len` (removed
+    /// at 0) and every later chunk of the file is removed. Clients send it to every server,
+    /// since chunks may lie past the published size (a writer that never closed), and a
+    /// chunk left past the end would show its old bytes when the file grows again. Never
+    /// lengthens a chunk: bytes past a chunk's end read as zeros anyway.
+    async fn truncate_file(&self, req: op::TruncateFileRequest) -> Result<Reply, Status> {
         if req.len > self.chunk_size {
             return Err(Status::InvalidArgument);
         }
-        let id = ChunkId {
-            file_id: req.file_id,
-            index: req.index,
-        };
-        if req.len == 0 {
-            self.store.remove(id).await.map_err(store_status)?;
-        } else {
-            self.store
-                .truncate(id, req.len)
-                .await
-                .map_err(store_status)?;
+        let chunks = self
+            .store
+            .file_chunks(req.file_id)
+            .await
+            .map_err(store_status)?;
+        for (index, stat) in chunks.into_iter().rev() {
+            let id = ChunkId {
+                file_id: req.file_id,
+                index,
+            };
+            if index > req.index || (index == req.index && req.len == 0) {
+                self.store.remove(id).await.map_err(store_status)?;
+            } else if index == req.index && stat.len > req.len {
+                self.store
+                    .truncate(id, req.len)
+                    .await
+                    .map_err(store_status)?;
+            }
         }
         Ok(Reply::ok(&op::Empty))
     }

@@ -374,6 +374,15 @@ impl ChunkDir {
         self.index.borrow().get(&id).map(|&len| ChunkStat { len })
     }
 
+    pub(crate) fn file_chunks(&self, file_id: u64) -> Vec<(u64, ChunkStat)> {
+        let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
+        self.index
+            .borrow()
+            .range(range)
+            .map(|(id, &len)| (id.index, ChunkStat { len }))
+            .collect()
+    }
+
     pub(crate) fn list(&self) -> Vec<ChunkId> {
         self.index.borrow().keys().copied().collect()
     }

@@ -205,6 +205,10 @@ impl<E: IoEngine> ChunkStore for DiskChunkStore<E> {
         Ok(self.dir.list())
     }
 
+    async fn file_chunks(&self, file_id: u64) -> Result<Vec<(u64, ChunkStat)>, StoreError> {
+        Ok(self.dir.file_chunks(file_id))
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         for (id, file) in self.dir.take_dirty()? {
             if let Err(e) = self.engine.fsync(&file).await {
