@@ -102,7 +102,8 @@ enum Meta {
     CreateDir(&'static str, u32),
     CreateFile(&'static str, u32),
     Lookup(&'static str),
-    UpdateSize(&'static str, u64, SizeUpdate),
+    /// Path, file id, size.
+    UpdateSize(&'static str, u64, u64, SizeUpdate),
     /// Stores the record as given (rename's destination), exclusively or not.
     Insert(&'static str, FileMetadata, bool),
     /// Removes the record, if it has the expected kind (`None`: any).
@@ -129,9 +130,14 @@ impl Meta {
                 let request = ops::PathRequest { path: path.into() };
                 conn.call::<ops::MetadataLookup>(&request).await?.meta
             }
-            Meta::UpdateSize(path, size, how) => {
+            Meta::UpdateSize(path, file_id, size, how) => {
                 let path = path.into();
-                let request = ops::UpdateSizeRequest { path, size, how };
+                let request = ops::UpdateSizeRequest {
+                    path,
+                    file_id,
+                    size,
+                    how,
+                };
                 conn.call::<ops::UpdateSize>(&request).await?.meta
             }
             Meta::Insert(path, meta, exclusive) => {
@@ -209,6 +215,7 @@ async fn metadata_records(conn: &Connection) -> FileMetadata {
 
     use EntryKind::{Directory, File};
     use SizeUpdate::{AtLeast, Exact};
+    let id = file.file_id;
     let cases = [
         (Meta::CreateFile("/d/f", 0o600), Want::Fails(Status::Exists)),
         (Meta::CreateDir("/d", 0o700), Want::Fails(Status::Exists)),
@@ -216,11 +223,19 @@ async fn metadata_records(conn: &Connection) -> FileMetadata {
         (Meta::Lookup("/d"), Want::Record(dir)),
         (Meta::Lookup("/missing"), Want::Fails(Status::NotFound)),
         // Size updates: grow-only never shrinks; exact sets.
-        (Meta::UpdateSize("/d/f", 100, AtLeast), Want::Size(100)),
-        (Meta::UpdateSize("/d/f", 50, AtLeast), Want::Size(100)),
-        (Meta::UpdateSize("/d/f", 10, Exact), Want::Size(10)),
+        (Meta::UpdateSize("/d/f", id, 100, AtLeast), Want::Size(100)),
+        (Meta::UpdateSize("/d/f", id, 50, AtLeast), Want::Size(100)),
+        (Meta::UpdateSize("/d/f", id, 10, Exact), Want::Size(10)),
         (Meta::Lookup("/d/f"), Want::Size(10)),
-        (Meta::UpdateSize("/d", 1, Exact), Want::Fails(Status::IsDir)),
+        (
+            Meta::UpdateSize("/d/f", id + 1, 99, Exact),
+            Want::Fails(Status::Stale),
+        ),
+        (Meta::Lookup("/d/f"), Want::Size(10)),
+        (
+            Meta::UpdateSize("/d", dir.file_id, 1, Exact),
+            Want::Fails(Status::IsDir),
+        ),
         // Insert (rename's destination) and delete, with and without the expected kind.
         (Meta::Insert("/d/g", file, true), Want::Done),
         (

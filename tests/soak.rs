@@ -57,12 +57,13 @@
 //!   listing a directory that certainly exist must succeed; with every server up, no call
 //!   may fail for want of a server. Any other errno fails the run.
 //!
-//! A failed call can leave the two replicas of a record different (one took a create,
-//! a delete or a rename's new record, the other did not), and nothing reconciles them:
-//! later calls on such a path may then fail with ENOENT (a create's cut, a close's size
-//! update) or act on one replica's record; and a create in a missing directory fails
-//! with ENOENT yet leaves its record when a fault stops the undo. The model allows that
-//! only for `Maybe` paths, which is where a failed call leaves them.
+//! A failed create, delete or rename is undone on the replicas that took it, but the undo
+//! itself can fail (a second server down, or the same one stopped), and then the two
+//! replicas of a record differ: later calls on such a path may fail with ENOENT or with
+//! ESTALE (a size update names the file the other replica holds), or read one replica's
+//! file; and a create in a missing directory fails with ENOENT yet leaves its record when
+//! a fault stops the undo. The model allows that only for `Maybe` paths, which is where a
+//! failed call leaves them.
 //!
 //! When the run finds a bug it panics with the seed, the operation, the model's view of
 //! the path and the last 40 operations, copies the servers' logs and the whole operation
@@ -634,6 +635,20 @@ impl Soak {
     fn judge<T>(&mut self, path: &str, what: &str, result: &Result<T, ApiError>) -> Outcome {
         let text = format!(" {what}:{}", short(result));
         self.note(text);
+        if matches!(result, Err(e) if e.status() == Some(Status::Stale)) {
+            // The replicas of the record name different files: only a failed call (whose
+            // undo failed too) leaves them so, and it left the path uncertain.
+            let uncertain = self.model.frozen.contains_key(path)
+                || self.model.files.get(path).map(|f| f.exists) == Some(Exists::Maybe);
+            if !uncertain {
+                self.violation(
+                    path,
+                    &format!("{what}: ESTALE on a path no failed call touched"),
+                );
+            }
+            self.tally.failed_calls += 1;
+            return Outcome::Unreachable;
+        }
         let o = outcome(result).unwrap_or_else(|e| self.violation(path, &format!("{what}: {e}")));
         if o == Outcome::Unreachable {
             self.tally.failed_calls += 1;

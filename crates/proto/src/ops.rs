@@ -109,7 +109,7 @@ wire_header!(/// `ReaddirReply`, before `count` entries.
 wire_header!(/// `TruncateFileRequest`, whole.
     TruncateFileHeader = 24, { file_id: U64, index: U64, len: U64 });
 wire_header!(/// `UpdateSizeRequest`, before the path.
-    UpdateSizeHeader = 9, { size: U64, how: u8 });
+    UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
 wire_header!(/// `InsertRequest`, before the path.
     InsertHeader = 49, { meta: FileMetadataWire, exclusive: u8 });
 wire_header!(/// `RemoveChunksRequest`, whole.
@@ -532,6 +532,8 @@ impl Message for TruncateFileRequest {
 pub struct UpdateSizeRequest {
     /// The path.
     pub path: String,
+    /// The file the caller means: a record naming another one refuses with `Stale`.
+    pub file_id: u64,
     /// The size.
     pub size: u64,
     /// Grow-only or exact.
@@ -541,6 +543,7 @@ pub struct UpdateSizeRequest {
 impl Message for UpdateSizeRequest {
     fn encode(&self, w: &mut Writer) {
         w.fixed(&UpdateSizeHeader {
+            file_id: self.file_id.into(),
             size: self.size.into(),
             how: self.how as u8,
         })
@@ -555,6 +558,7 @@ impl Message for UpdateSizeRequest {
         })?;
         Ok(UpdateSizeRequest {
             path: path_field(r, "path")?,
+            file_id: h.file_id.get(),
             size,
             how,
         })

@@ -41,11 +41,14 @@ pub enum Status {
     PermissionDenied = 15,
     /// The server is shutting down or has too many requests in flight; retry later.
     Busy = 16,
+    /// The path names another file than the caller's: it was replaced, or its replicas
+    /// disagree (a call that failed part way, and whose undo failed too).
+    Stale = 17,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::NotFound,
         Status::Exists,
@@ -63,6 +66,7 @@ impl Status {
         Status::BadHandle,
         Status::PermissionDenied,
         Status::Busy,
+        Status::Stale,
     ];
 
     /// Decodes a wire value; unknown values are `None`.
@@ -95,6 +99,7 @@ impl Status {
             Status::BadHandle => libc::EBADF,
             Status::PermissionDenied => libc::EACCES,
             Status::Busy => libc::EAGAIN,
+            Status::Stale => libc::ESTALE,
         }
     }
 
@@ -118,6 +123,7 @@ impl Status {
             Status::BadHandle => "bad file handle",
             Status::PermissionDenied => "permission denied",
             Status::Busy => "server busy",
+            Status::Stale => "path names another file (replaced, or replicas disagree)",
         }
     }
 }

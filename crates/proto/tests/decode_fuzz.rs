@@ -1,10 +1,18 @@
 //! Every decoder meets arbitrary bytes and must answer with a value or an error, never a
-//! panic; every encoder's output decodes back to the same value.
+//! panic; every encoder's output decodes back to the same value. `BENCHFS_FUZZ_CASES` sets
+//! the number of cases of each test (`make fuzz` runs a long one).
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::ops::*;
 use benchfs_proto::{Frame, Message, OpCode};
 use proptest::prelude::*;
+
+/// Cases per test: `BENCHFS_FUZZ_CASES` when set, else `default`.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("BENCHFS_FUZZ_CASES").map_or(default, |v| {
+        v.parse().expect("BENCHFS_FUZZ_CASES must be a number")
+    })
+}
 
 fn decode_all(bytes: &[u8]) {
     let _ = Frame::decode(bytes, bytes.len());
@@ -22,7 +30,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = MetadataReply::from_bytes(bytes);
     let _ = ReaddirRequest::from_bytes(bytes);
     let _ = ReaddirReply::from_bytes(bytes);
-    let _ = TruncateChunkRequest::from_bytes(bytes);
+    let _ = TruncateFileRequest::from_bytes(bytes);
     let _ = UpdateSizeRequest::from_bytes(bytes);
     let _ = InsertRequest::from_bytes(bytes);
     let _ = RemoveChunksRequest::from_bytes(bytes);
@@ -73,7 +81,7 @@ fn round_trip<M: Message + PartialEq + std::fmt::Debug>(m: &M) -> Result<(), Tes
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(500))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases(500)))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -101,11 +109,11 @@ proptest! {
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true })?;
-        round_trip(&UpdateSizeRequest { path: path.clone(), size: len, how: SizeUpdate::Exact })?;
+        round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
-        round_trip(&TruncateChunkRequest { file_id: id, index: 1, len })?;
+        round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;
         round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, challenge: vec![3; 32] })?;

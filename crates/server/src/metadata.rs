@@ -227,10 +227,12 @@ impl MetadataTable {
         Ok(meta)
     }
 
-    /// Applies a size update to a file and returns the new record.
+    /// Applies a size update to file `file_id` at `path` and returns the new record;
+    /// `Stale` if the path names another file.
     pub fn update_size(
         &mut self,
         path: &str,
+        file_id: u64,
         size: u64,
         how: SizeUpdate,
     ) -> Result<FileMetadata, Status> {
@@ -238,6 +240,9 @@ impl MetadataTable {
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         if meta.is_dir() {
             return Err(Status::IsDir);
+        }
+        if meta.file_id != file_id {
+            return Err(Status::Stale);
         }
         meta.size = match how {
             SizeUpdate::AtLeast => meta.size.max(size),
@@ -373,25 +378,22 @@ mod tests {
     #[test]
     fn sizes() {
         let mut m = manager();
-        m.create_file("/f", 0).unwrap();
+        let id = m.create_file("/f", 0).unwrap().file_id;
+        let mut size = |path, file_id, size, how| m.update_size(path, file_id, size, how);
+        assert_eq!(size("/f", id, 10, SizeUpdate::AtLeast).unwrap().size, 10);
+        assert_eq!(size("/f", id, 5, SizeUpdate::AtLeast).unwrap().size, 10);
+        assert_eq!(size("/f", id, 5, SizeUpdate::Exact).unwrap().size, 5);
+        assert_eq!(size("/f", id + 1, 7, SizeUpdate::Exact), Err(Status::Stale));
         assert_eq!(
-            m.update_size("/f", 10, SizeUpdate::AtLeast).unwrap().size,
-            10
-        );
-        assert_eq!(
-            m.update_size("/f", 5, SizeUpdate::AtLeast).unwrap().size,
-            10
-        );
-        assert_eq!(m.update_size("/f", 5, SizeUpdate::Exact).unwrap().size, 5);
-        m.create_dir("/d", 0).unwrap();
-        assert_eq!(
-            m.update_size("/d", 5, SizeUpdate::Exact),
-            Err(Status::IsDir)
-        );
-        assert_eq!(
-            m.update_size("/nope", 5, SizeUpdate::Exact),
+            size("/nope", id, 5, SizeUpdate::Exact),
             Err(Status::NotFound)
         );
+        let dir = m.create_dir("/d", 0).unwrap().file_id;
+        assert_eq!(
+            m.update_size("/d", dir, 5, SizeUpdate::Exact),
+            Err(Status::IsDir)
+        );
+        assert_eq!(m.lookup("/f").unwrap().size, 5);
     }
 
     #[test]

@@ -85,13 +85,16 @@ impl FsClient {
 
     /// Pushes a handle's grown size to the metadata owner (and replicas).
     pub(super) async fn flush_size(&self, fd: Fd) -> Result<(), ApiError> {
-        let Some((path, size)) =
-            self.with_file(fd, |f| f.size_dirty.then(|| (f.path.clone(), f.size)))?
+        let Some((path, file_id, size)) = self.with_file(fd, |f| {
+            f.size_dirty
+                .then(|| (f.path.clone(), f.meta.file_id, f.size))
+        })?
         else {
             return Ok(());
         };
         let req = ops::UpdateSizeRequest {
             path: path.clone(),
+            file_id,
             size,
             how: SizeUpdate::AtLeast,
         };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use benchfs_proto::layout::ChunkLayout;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
-use benchfs_proto::placement::PlacementKey;
+use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{ops, path, Status};
 use futures_util::future::join_all;
 
@@ -60,7 +60,9 @@ impl FsClient {
         self.meta_cache.borrow_mut().remove(path);
     }
 
-    /// Creates a record on the owner, then copies it to the other replicas.
+    /// Creates a record on the owner, then copies it to the other replicas. If a replica
+    /// does not take the copy, the record is removed again from those that hold it, so
+    /// the replicas stay equal: a create happens on every replica or on none.
     pub(super) async fn create_record(
         &self,
         op: &'static str,
@@ -89,19 +91,66 @@ impl FsClient {
             meta: reply.meta,
             exclusive: false,
         };
-        for r in join_all(
+        let copies = join_all(
             servers[1..]
                 .iter()
                 .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
         )
-        .await
-        {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, op, path, "replica did not take the new record");
-                return Err(e);
+        .await;
+        let mut holders = vec![servers[0]];
+        let mut failed = None;
+        for (&server, copy) in servers[1..].iter().zip(copies) {
+            match copy {
+                Ok(_) => holders.push(server),
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(reply.meta)
+        let Some(e) = failed else {
+            return Ok(reply.meta);
+        };
+        tracing::warn!(error = %e, op, path, "a replica did not take the new record; removing it");
+        self.undo_put(path, None, &holders).await;
+        Err(e)
+    }
+
+    /// Undoes a record put on `servers` at `path`: puts back `previous` (what the path
+    /// held before), or removes the record. A server that does not answer is logged:
+    /// its replica now differs, and calls that name a file there refuse with `Stale`.
+    pub(super) async fn undo_put(
+        &self,
+        path: &str,
+        previous: Option<FileMetadata>,
+        servers: &[ServerIndex],
+    ) {
+        let undos = servers.iter().map(|&s| async move {
+            let result = match previous {
+                Some(meta) => {
+                    let req = ops::InsertRequest {
+                        path: path.to_string(),
+                        meta,
+                        exclusive: false,
+                    };
+                    self.call_on::<ops::MetadataInsert>(s, &req, OutPayload::none())
+                        .await
+                        .map(drop)
+                }
+                None => {
+                    let req = ops::DeleteRequest {
+                        path: path.to_string(),
+                        expect: None,
+                        moved: true,
+                    };
+                    self.call_on::<ops::MetadataDelete>(s, &req, OutPayload::none())
+                        .await
+                        .map(drop)
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, path, "undo failed: the replicas of this record differ");
+            }
+        });
+        join_all(undos).await;
+        self.forget(path);
     }
 
     /// Creates a record and checks its parent at once: the two live on different servers,
@@ -151,28 +200,55 @@ impl FsClient {
         Ok(())
     }
 
-    /// Removes the record of `path` from every replica; returns it.
-    /// Removes the record of `path` from its owners. `moved`: a rename took it elsewhere,
-    /// so the servers keep no tombstone (peers' orphan sweeps remove a file's chunks only
-    /// on a tombstone).
+    /// Removes the record of `path` from every replica; returns what they held (two
+    /// records if the replicas differed). `moved`: a rename took it elsewhere, so the
+    /// servers keep no tombstone (peers' orphan sweeps remove a file's chunks only on a
+    /// tombstone). If a replica fails, the record is put back where it was removed, so a
+    /// delete happens on every replica or on none; a replica that had no record counts
+    /// as removed.
     pub(super) async fn delete_record(
         &self,
         op: &'static str,
         path: &str,
         expect: EntryKind,
         moved: bool,
-    ) -> Result<FileMetadata, ApiError> {
+    ) -> Result<Vec<FileMetadata>, ApiError> {
         self.forget(path);
         let req = ops::DeleteRequest {
             path: path.to_string(),
             expect: Some(expect),
             moved,
         };
-        let reply = self
-            .write_all::<ops::MetadataDelete>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
-            .await
-            .map_err(rpc_err(op, path))?;
-        Ok(reply.meta)
+        let answers = self
+            .write_each::<ops::MetadataDelete>(
+                PlacementKey::Metadata(path),
+                &req,
+                WriteSource::NONE,
+            )
+            .await;
+        let mut removed = Vec::new();
+        let mut missing = None;
+        let mut failed = None;
+        for (server, answer) in answers {
+            match answer {
+                Ok(reply) => removed.push((server, reply.meta)),
+                Err(e) if e.status() == Status::NotFound => missing = Some(e),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            for (server, meta) in &removed {
+                self.undo_put(path, Some(*meta), &[*server]).await;
+            }
+            return Err(rpc_err(op, path)(e));
+        }
+        if let (Some(e), true) = (missing, removed.is_empty()) {
+            return Err(rpc_err(op, path)(e));
+        }
+        let mut metas: Vec<FileMetadata> = removed.into_iter().map(|(_, m)| m).collect();
+        metas.sort_by_key(|m| m.file_id);
+        metas.dedup_by_key(|m| m.file_id);
+        Ok(metas)
     }
 
     /// Removes every chunk of a deleted file from every server: a file may hold chunks
@@ -228,10 +304,12 @@ impl FsClient {
         if path == "/" {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
-        let meta = self
+        for meta in self
             .delete_record("unlink", &path, EntryKind::File, false)
-            .await?;
-        self.remove_chunks(&path, meta).await;
+            .await?
+        {
+            self.remove_chunks(&path, meta).await;
+        }
         // This client's handles of the file have nothing left to publish.
         for file in self.files.borrow_mut().values_mut() {
             if file.path == path {
@@ -346,6 +424,7 @@ impl FsClient {
         }
         let req = ops::UpdateSizeRequest {
             path: path.to_string(),
+            file_id: meta.file_id,
             size,
             how: SizeUpdate::Exact,
         };
@@ -392,20 +471,7 @@ impl FsClient {
                 _ => {}
             }
         }
-        let insert = ops::InsertRequest {
-            path: to.clone(),
-            meta,
-            exclusive: false,
-        };
-        self.write_all::<ops::MetadataInsert>(
-            PlacementKey::Metadata(&to),
-            &insert,
-            WriteSource::NONE,
-        )
-        .await
-        .map_err(rpc_err("rename", &to))?;
-        self.forget(&to);
-        self.delete_record("rename", &from, meta.kind, true).await?;
+        self.move_record(&from, &to, meta, replaced).await?;
         if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
             self.remove_chunks(&to, old).await;
         }
@@ -416,6 +482,48 @@ impl FsClient {
             .filter(|f| f.path == from)
         {
             f.path = to.clone();
+        }
+        Ok(())
+    }
+
+    /// A rename's records: `meta` goes to `to` on every replica, then leaves `from`. If
+    /// either step fails on a replica, both are undone where they happened (`to` gets back
+    /// `replaced`, or nothing), so the rename happens on every replica or on none.
+    async fn move_record(
+        &self,
+        from: &str,
+        to: &str,
+        meta: FileMetadata,
+        replaced: Option<FileMetadata>,
+    ) -> Result<(), ApiError> {
+        let insert = ops::InsertRequest {
+            path: to.to_string(),
+            meta,
+            exclusive: false,
+        };
+        let answers = self
+            .write_each::<ops::MetadataInsert>(
+                PlacementKey::Metadata(to),
+                &insert,
+                WriteSource::NONE,
+            )
+            .await;
+        self.forget(to);
+        let mut holders = Vec::new();
+        let mut failed = None;
+        for (server, answer) in answers {
+            match answer {
+                Ok(_) => holders.push(server),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            self.undo_put(to, replaced, &holders).await;
+            return Err(rpc_err("rename", to)(e));
+        }
+        if let Err(e) = self.delete_record("rename", from, meta.kind, true).await {
+            self.undo_put(to, replaced, &holders).await;
+            return Err(e);
         }
         Ok(())
     }

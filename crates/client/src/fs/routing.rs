@@ -251,13 +251,13 @@ impl FsClient {
         Err(last.expect("at least one replica"))
     }
 
-    /// Writes to every replica at once; all must succeed.
-    pub(super) async fn write_all<R: Rpc>(
+    /// Sends a call to every replica at once; returns each one's answer, in ring order.
+    pub(super) async fn write_each<R: Rpc>(
         &self,
         key: PlacementKey<'_>,
         req: &R::Request,
         payload: WriteSource<'_>,
-    ) -> Result<R::Reply, RpcError> {
+    ) -> Vec<(ServerIndex, Result<R::Reply, RpcError>)> {
         let servers = self.replica_set(key);
         let results = join_all(
             servers
@@ -265,14 +265,23 @@ impl FsClient {
                 .map(|&s| self.call_on::<R>(s, req, payload.payload(&self.rpc))),
         )
         .await;
+        servers
+            .into_iter()
+            .zip(results)
+            .map(|(s, r)| (s, r.map(|(reply, _)| reply)))
+            .collect()
+    }
+
+    /// Writes to every replica at once; all must succeed.
+    pub(super) async fn write_all<R: Rpc>(
+        &self,
+        key: PlacementKey<'_>,
+        req: &R::Request,
+        payload: WriteSource<'_>,
+    ) -> Result<R::Reply, RpcError> {
         let mut first = None;
-        for r in results {
-            match r {
-                Ok((reply, _)) => {
-                    first.get_or_insert(reply);
-                }
-                Err(e) => return Err(e),
-            }
+        for (_, r) in self.write_each::<R>(key, req, payload).await {
+            first.get_or_insert(r?);
         }
         Ok(first.expect("at least one replica"))
     }

@@ -372,10 +372,12 @@ impl ServerState {
             }
             _ => {
                 let req: op::UpdateSizeRequest = decode(body)?;
-                let meta = self
-                    .metadata
-                    .borrow_mut()
-                    .update_size(&req.path, req.size, req.how)?;
+                let meta = self.metadata.borrow_mut().update_size(
+                    &req.path,
+                    req.file_id,
+                    req.size,
+                    req.how,
+                )?;
                 if req.how == SizeUpdate::Exact || meta.size == req.size {
                     self.log(journal::Record::Put {
                         path: &req.path,

@@ -1,0 +1,185 @@
+//! Replicas of a record stay equal. With two replicas and one of a record's servers down,
+//! a create, an unlink or a rename fails, and the replicas that took it undo it: when the
+//! server is back, both copies of every record agree and name the file they named before.
+//! Replicas that disagree anyway (an undo that failed too) are never written through
+//! silently: a size update naming the other replica's file refuses with ESTALE.
+
+mod common;
+
+use benchfs::blocking::OpenFlags;
+use benchfs::placement::PlacementKey;
+use benchfs_proto::ops;
+use benchfs_proto::Status;
+use common::files::{assert_unreachable, read_file, write_file};
+use common::rpc::{rpc_client, status_of, Rt};
+use common::{pattern, Cluster, ClusterSpec};
+
+fn cluster() -> Cluster {
+    Cluster::start(ClusterSpec {
+        replicas: 2,
+        backend: "file",
+        ..ClusterSpec::short_timeout()
+    })
+}
+
+/// The servers holding the record of `path`, owner first.
+fn replicas_of(cluster: &Cluster, path: &str) -> Vec<usize> {
+    let ring = cluster.ring();
+    let servers = ring.replicas(PlacementKey::Metadata(path), 2);
+    servers.into_iter().map(|i| i as usize).collect()
+}
+
+/// A path in `dir` whose record has no copy on server `avoid`.
+fn path_avoiding(cluster: &Cluster, dir: &str, avoid: usize) -> String {
+    (0..)
+        .map(|i| format!("{dir}/p{i}"))
+        .find(|p| !replicas_of(cluster, p).contains(&avoid))
+        .unwrap()
+}
+
+/// What each replica holds at `path`, owner first: the file id of its record, or `None`.
+fn records(cluster: &Cluster, path: &str) -> Vec<Option<u64>> {
+    let servers = cluster.client().client().servers();
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let mut held = Vec::new();
+        for i in replicas_of(cluster, path) {
+            let conn = client.connect(servers[i].addr).await.unwrap();
+            let request = ops::PathRequest { path: path.into() };
+            held.push(match conn.call::<ops::MetadataLookup>(&request).await {
+                Ok(reply) => Some(reply.meta.file_id),
+                Err(e) if e.status() == Status::NotFound => None,
+                Err(e) => panic!("lookup of {path} on server {i}: {e}"),
+            });
+        }
+        held
+    })
+}
+
+fn file_id(cluster: &Cluster, path: &str) -> u64 {
+    cluster.client().stat(path).unwrap().file_id
+}
+
+#[test]
+fn a_create_with_a_replica_down_leaves_no_record() {
+    // Regression: the owner kept the record when the second replica did not take its
+    // copy, so the file existed on one replica only and came and went with the server
+    // a read asked.
+    let mut cluster = cluster();
+    let copy_holder = replicas_of(&cluster, "/new")[1];
+    cluster.kill(copy_holder);
+    let fs = cluster.client();
+    let e = fs
+        .open("/new", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap_err();
+    assert_unreachable("create with a replica down", &e);
+    let e = fs.mkdir("/new", 0o755).unwrap_err();
+    assert_unreachable("mkdir with a replica down", &e);
+    cluster.restart(copy_holder);
+    assert_eq!(records(&cluster, "/new"), [None, None]);
+    let e = cluster.client().stat("/new").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+}
+
+#[test]
+fn an_unlink_with_a_replica_down_keeps_the_file_on_both() {
+    // Regression: the replica that answered deleted its record, the one that was down
+    // kept it; when it came back the removed file was there again, or not, by which
+    // replica a read asked.
+    let mut cluster = cluster();
+    let data = pattern(300_000, 4);
+    for (turn, which) in ["owner", "copy holder"].into_iter().enumerate() {
+        let path = format!("/g{turn}");
+        write_file(&cluster.client(), &path, &data);
+        let id = file_id(&cluster, &path);
+        let down = replicas_of(&cluster, &path)[turn];
+        cluster.kill(down);
+        let e = cluster.client().unlink(&path).unwrap_err();
+        assert_unreachable(&format!("unlink with the {which} down"), &e);
+        cluster.restart(down);
+        assert_eq!(records(&cluster, &path), [Some(id); 2], "{which} down");
+        assert!(read_file(&cluster.client(), &path) == data, "{which} down");
+    }
+}
+
+#[test]
+fn a_rename_with_a_replica_down_changes_neither_name() {
+    // Regression: a rename that failed on one replica left the new record on the other
+    // (or removed the old name there), so the two replicas named different files.
+    let mut cluster = cluster();
+    let data = pattern(200_000, 5);
+    let old = pattern(100_000, 6);
+    // The down server holds a copy of the destination, then of the source.
+    for (turn, down_side) in ["to", "from"].into_iter().enumerate() {
+        let from = format!("/a{turn}");
+        write_file(&cluster.client(), &from, &data);
+        let down = replicas_of(&cluster, &from)[1];
+        let to = if down_side == "from" {
+            path_avoiding(&cluster, "", down)
+        } else {
+            (0..)
+                .map(|i| format!("/b{turn}-{i}"))
+                .find(|p| replicas_of(&cluster, p).contains(&down))
+                .unwrap()
+        };
+        // The destination exists: a rename replaces it, an undone one puts it back.
+        write_file(&cluster.client(), &to, &old);
+        let (from_id, to_id) = (file_id(&cluster, &from), file_id(&cluster, &to));
+        cluster.kill(down);
+        let e = cluster.client().rename(&from, &to).unwrap_err();
+        assert_unreachable(&format!("rename, {down_side} replica down"), &e);
+        cluster.restart(down);
+        assert_eq!(records(&cluster, &from), [Some(from_id); 2], "{down_side}");
+        assert_eq!(records(&cluster, &to), [Some(to_id); 2], "{down_side}");
+        let fs = cluster.client();
+        assert!(read_file(&fs, &from) == data && read_file(&fs, &to) == old);
+        fs.rename(&from, &to).unwrap();
+        assert_eq!(records(&cluster, &to), [Some(from_id); 2], "{down_side}");
+        assert_eq!(records(&cluster, &from), [None, None], "{down_side}");
+    }
+}
+
+#[test]
+fn replicas_that_name_different_files_refuse_size_updates() {
+    // Replicas made to disagree by hand (as an undo that failed would leave them): the
+    // second replica of /x names another file. A size update through the first would
+    // set that other file's size; it refuses with ESTALE instead, naming the path.
+    let cluster = cluster();
+    let fs = cluster.client();
+    write_file(&fs, "/x", b"first");
+    write_file(&fs, "/other", b"second, longer");
+    let other = fs.stat("/other").unwrap();
+    let copy_holder = replicas_of(&cluster, "/x")[1];
+    let servers = fs.client().servers();
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"")
+            .connect(servers[copy_holder].addr)
+            .await
+            .unwrap();
+        let insert = ops::InsertRequest {
+            path: "/x".into(),
+            meta: other,
+            exclusive: false,
+        };
+        conn.call::<ops::MetadataInsert>(&insert).await.unwrap();
+        let size = ops::UpdateSizeRequest {
+            path: "/x".into(),
+            file_id: other.file_id + 1,
+            size: 1,
+            how: benchfs_proto::meta::SizeUpdate::Exact,
+        };
+        assert_eq!(
+            status_of(conn.call::<ops::UpdateSize>(&size).await),
+            Status::Stale
+        );
+    });
+    let e = cluster.client().truncate("/x", 2).unwrap_err();
+    assert_eq!(e.errno(), libc::ESTALE, "{e}");
+    assert!(e.to_string().contains("/x"), "{e}");
+    let fs = cluster.client();
+    let fd = fs.open("/x", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"grown past both", 0).unwrap();
+    let e = fs.close(fd).unwrap_err();
+    assert_eq!(e.errno(), libc::ESTALE, "{e}");
+    assert_eq!(cluster.client().stat("/other").unwrap().size, 14);
+}
