@@ -40,6 +40,8 @@ pub struct ClusterSpec {
     /// Seconds between orphan sweeps. Short in every test cluster, so that a sweep that
     /// removed a live file's chunks would fail the tests that read them.
     pub orphan_sweep_secs: u64,
+    /// `storage.inject_faults`: the chunk store faults every server injects.
+    pub inject_faults: Option<&'static str>,
 }
 
 impl Default for ClusterSpec {
@@ -53,6 +55,7 @@ impl Default for ClusterSpec {
             rpc_timeout_ms: 10_000,
             rdma_threshold: 32 * 1024,
             orphan_sweep_secs: 1,
+            inject_faults: None,
         }
     }
 }
@@ -141,7 +144,7 @@ impl Cluster {
         std::fs::write(
             &config_path,
             format!(
-                "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\norphan_sweep_secs = {sweep}\n\
+                "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\norphan_sweep_secs = {sweep}\n{faults}\
                  [network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{registry}\"\nrpc_timeout = {timeout}\nrdma_threshold_bytes = {threshold}\nbusy_poll_us = 20\n\
                  [replication]\nreplicas = {replicas}\n[cache]\nchunk_cache_mb = 0\n",
                 data = dir.path().join("data").display(),
@@ -152,6 +155,9 @@ impl Cluster {
                 threshold = spec.rdma_threshold,
                 replicas = spec.replicas,
                 sweep = spec.orphan_sweep_secs,
+                faults = spec
+                    .inject_faults
+                    .map_or(String::new(), |plan| format!("inject_faults = \"{plan}\"\n")),
             ),
         )
         .unwrap();

@@ -34,6 +34,7 @@ pub fn spec(servers: usize) -> ClusterSpec {
         rdma_threshold: THRESHOLD as u64,
         // These tests count each server's requests; a sweep's questions would add to them.
         orphan_sweep_secs: 0,
+        inject_faults: None,
     }
 }
 

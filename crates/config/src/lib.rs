@@ -136,6 +136,9 @@ pub struct StorageConfig {
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
     pub orphan_sweep_secs: u64,
+    /// Faults to inject into the chunk store, for testing what sits above it (`None`:
+    /// none; see [`benchfs_store::FaultPlan`]).
+    pub inject_faults: Option<benchfs_store::FaultPlan>,
 }
 
 /// The `[network]` section: the UCX transport and discovery.
@@ -222,6 +225,7 @@ impl Default for ServerConfig {
                 capacity_bytes: None,
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
+                inject_faults: None,
             },
             network: NetworkConfig {
                 bind_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
@@ -291,6 +295,7 @@ struct RawStorage {
     capacity: Option<i64>,
     queue_depth: Option<i64>,
     orphan_sweep_secs: Option<i64>,
+    inject_faults: Option<String>,
     /// Legacy spelling of `backend = "iouring"` (true) or `"file"` (false).
     use_iouring: Option<bool>,
     /// Legacy spelling of `capacity` in GiB; 0 means unlimited.
@@ -345,6 +350,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "capacity", EnvKind::Int),
     ("storage", "queue_depth", EnvKind::Int),
     ("storage", "orphan_sweep_secs", EnvKind::Int),
+    ("storage", "inject_faults", EnvKind::Str),
     ("network", "bind_addr", EnvKind::Str),
     ("network", "rendezvous_threshold_bytes", EnvKind::Int),
     ("network", "rdma_threshold_bytes", EnvKind::Int),
@@ -529,6 +535,14 @@ impl ServerConfig {
         }
         if let Some(v) = s.orphan_sweep_secs {
             self.storage.orphan_sweep_secs = non_negative("storage.orphan_sweep_secs", v)?;
+        }
+        if let Some(plan) = s.inject_faults {
+            let plan = plan.parse().map_err(|e| match e {
+                benchfs_store::StoreError::InvalidConfig { reason, .. } => reason,
+                other => other.to_string(),
+            });
+            self.storage.inject_faults =
+                Some(plan.map_err(|reason| invalid("storage.inject_faults", reason))?);
         }
         Ok(())
     }

@@ -121,7 +121,7 @@ wire_header!(/// `FileIdsRequest`, before `count` inode numbers.
 wire_header!(/// `FileStatesReply`, before the named, then the deleted inode numbers.
     FileStatesHeader = 8, { named: U32, deleted: U32 });
 wire_header!(/// `StatsReply`, whole.
-StatsHeader = 56, {
+StatsHeader = 64, {
     metadata_records: U64,
     chunks: U64,
     used_bytes: U64,
@@ -129,6 +129,7 @@ StatsHeader = 56, {
     requests: U64,
     malformed: U64,
     orphan_chunks_removed: U64,
+    faults_injected: U64,
 });
 
 rpc!(/// Handshake.
@@ -718,6 +719,8 @@ pub struct StatsReply {
     pub malformed: u64,
     /// Chunks of files with no record anywhere that the orphan sweep removed since start.
     pub orphan_chunks_removed: u64,
+    /// Store faults injected since start (`storage.inject_faults`); 0 in normal use.
+    pub faults_injected: u64,
 }
 
 impl Message for StatsReply {
@@ -730,6 +733,7 @@ impl Message for StatsReply {
             requests: self.requests.into(),
             malformed: self.malformed.into(),
             orphan_chunks_removed: self.orphan_chunks_removed.into(),
+            faults_injected: self.faults_injected.into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -742,6 +746,7 @@ impl Message for StatsReply {
             requests: h.requests.get(),
             malformed: h.malformed.get(),
             orphan_chunks_removed: h.orphan_chunks_removed.get(),
+            faults_injected: h.faults_injected.get(),
         })
     }
 }

@@ -25,6 +25,7 @@ mod any;
 mod buf;
 mod disk;
 mod error;
+mod faulty;
 mod id;
 pub mod limits;
 mod memory;
@@ -38,6 +39,7 @@ pub use buf::ChunkBuf;
 pub use disk::{DiskChunkStore, FileChunkStore, IoUringChunkStore};
 pub use disk::{IoEngine, StdEngine, UringEngine};
 pub use error::StoreError;
+pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
 pub use memory::InMemoryChunkStore;
 

@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 
 use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
-use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, StoreError};
+use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, FaultyStore, StoreError};
 
 use crate::metadata::{now_ns, MetadataTable, SizeUpdate};
 use benchfs_config::ServerConfig;
@@ -115,7 +115,7 @@ pub struct ServerState {
     secret: Vec<u8>,
     metadata: RefCell<MetadataTable>,
     journal: Option<RefCell<Journal>>,
-    store: AnyChunkStore,
+    store: FaultyStore<AnyChunkStore>,
     /// Request counters.
     pub counters: Counters,
 }
@@ -148,6 +148,10 @@ impl ServerState {
             )?))
         };
         let born_ns = store_born_ns(config, &store)?;
+        if let Some(plan) = &config.storage.inject_faults {
+            tracing::warn!(%plan, "injecting chunk store faults (storage.inject_faults)");
+        }
+        let store = FaultyStore::new(store, config.storage.inject_faults.clone());
         Ok(ServerState {
             born_ns,
             node_id: config.node.node_id.clone(),
@@ -181,7 +185,7 @@ impl ServerState {
 
     /// The chunk store (for registering its buffers with the transport).
     pub fn store(&self) -> &AnyChunkStore {
-        &self.store
+        self.store.inner()
     }
 
     /// The job secret peers and clients present.
@@ -442,6 +446,7 @@ impl ServerState {
             requests: self.counters.requests.get(),
             malformed: self.counters.malformed.get(),
             orphan_chunks_removed: self.counters.orphan_chunks_removed.get(),
+            faults_injected: self.store.injected(),
         })
     }
 

@@ -521,17 +521,25 @@ fn status(target: &Target) -> Result<(), CliError> {
     );
     for (entry, stats) in fs.block_on(fs.client().server_stats()) {
         match stats {
-            Ok(s) => println!(
-                "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
-                entry.node_id,
-                entry.addr,
-                s.metadata_records,
-                s.chunks,
-                s.used_bytes,
-                s.requests,
-                s.malformed,
-                s.orphan_chunks_removed
-            ),
+            Ok(s) => {
+                println!(
+                    "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
+                    entry.node_id,
+                    entry.addr,
+                    s.metadata_records,
+                    s.chunks,
+                    s.used_bytes,
+                    s.requests,
+                    s.malformed,
+                    s.orphan_chunks_removed
+                );
+                if s.faults_injected > 0 {
+                    println!(
+                        "{:<10} {} store faults injected (storage.inject_faults)",
+                        "", s.faults_injected
+                    );
+                }
+            }
             Err(e) => println!("{:<10} {:<22} unreachable: {e}", entry.node_id, entry.addr),
         }
     }

@@ -1,0 +1,154 @@
+//! Store faults: every server's chunk store fails about one operation in six to twelve by a
+//! seeded plan (`storage.inject_faults`: EIO, ENOSPC, a write torn half way, a delay).
+//! With two replicas, whatever a call acknowledged reads back exactly, a call that failed
+//! said so with EIO or ENOSPC, and a read never answers a byte that no call wrote there.
+
+mod common;
+
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
+use common::files::stats;
+use common::{pattern, Cluster, ClusterSpec};
+
+/// Each plan is one cluster's run.
+const PLANS: [&str; 3] = [
+    "seed=11,every=12,kinds=io+nospace+torn+slow,slow_ms=5",
+    "seed=22,every=12,kinds=io+torn",
+    "seed=33,every=6,kinds=io+nospace+torn+slow,slow_ms=1",
+];
+const FILES: usize = 16;
+/// Reads of an acknowledged file retried while injected faults hit both replicas.
+const READ_TRIES: usize = 30;
+
+/// What a file may hold: `data` for sure, or at some offsets `other` (a failed call's
+/// bytes, or what they would have replaced).
+struct Expect {
+    data: Vec<u8>,
+    other: Option<Vec<u8>>,
+}
+
+impl Expect {
+    fn allows(&self, at: usize, byte: u8) -> bool {
+        let of = |v: &Vec<u8>| v.get(at).copied().unwrap_or(0);
+        byte == of(&self.data) || self.other.as_ref().is_some_and(|o| byte == of(o))
+    }
+}
+
+fn pwrite_and_close(
+    fs: &BenchFS,
+    path: &str,
+    flags: OpenFlags,
+    data: &[u8],
+    at: u64,
+) -> Result<(), ApiError> {
+    let fd = fs.open(path, flags, 0o644)?;
+    let written = fs.pwrite(fd, data, at);
+    let closed = fs.close(fd);
+    written.and(closed)
+}
+
+fn check_failure(what: &str, e: &ApiError) {
+    assert!(
+        [libc::EIO, libc::ENOSPC].contains(&e.errno()),
+        "{what}: an injected store fault must come back as EIO or ENOSPC: {e}"
+    );
+}
+
+/// Reads `path` whole (retrying calls that failed) and checks every byte.
+fn check(fs: &BenchFS, path: &str, expect: &Expect, sure: bool) {
+    for _ in 0..READ_TRIES {
+        match common::files::try_read_file(fs, path) {
+            Ok(got) => {
+                if sure {
+                    assert!(got == expect.data, "{path}: acknowledged bytes differ");
+                }
+                if let Some(at) = (0..got.len()).find(|&i| !expect.allows(i, got[i])) {
+                    panic!(
+                        "{path}: byte {at} is {:#x}, which no call wrote there",
+                        got[at]
+                    );
+                }
+                return;
+            }
+            Err(e) if !sure && e.errno() == libc::ENOENT => return,
+            Err(e) => check_failure(&format!("read {path}"), &e),
+        }
+    }
+    panic!("{path}: {READ_TRIES} reads in a row failed");
+}
+
+/// The counts of a run, shown with `--nocapture`.
+#[allow(clippy::print_stdout)]
+fn note(text: &str) {
+    println!("{text}");
+}
+
+#[test]
+fn store_faults_never_become_wrong_bytes() {
+    for plan in PLANS {
+        run(plan);
+    }
+}
+
+fn run(plan: &'static str) {
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        backend: "file",
+        inject_faults: Some(plan),
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    let create = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC;
+    let mut files = Vec::new();
+    let mut failed = 0;
+    for i in 0..FILES {
+        let path = format!("/f{i}");
+        let data = pattern(20_000 + i * 23_000, i as u64);
+        let (expect, sure) = match pwrite_and_close(&fs, &path, create, &data, 0) {
+            Ok(()) => (Expect { data, other: None }, true),
+            Err(e) => {
+                check_failure(&format!("create {path}"), &e);
+                failed += 1;
+                (
+                    Expect {
+                        data: Vec::new(),
+                        other: Some(data),
+                    },
+                    false,
+                )
+            }
+        };
+        files.push((path, expect, sure));
+    }
+    // Overwrite the middle of every file that certainly exists.
+    for (i, (path, expect, sure)) in files.iter_mut().enumerate() {
+        if !*sure {
+            continue;
+        }
+        let at = expect.data.len() / 3;
+        let patch = pattern(expect.data.len() / 2, 100 + i as u64);
+        let mut new = expect.data.clone();
+        if new.len() < at + patch.len() {
+            new.resize(at + patch.len(), 0);
+        }
+        new[at..at + patch.len()].copy_from_slice(&patch);
+        match pwrite_and_close(&fs, path, OpenFlags::WRITE, &patch, at as u64) {
+            Ok(()) => expect.data = new,
+            Err(e) => {
+                check_failure(&format!("overwrite {path}"), &e);
+                failed += 1;
+                expect.other = Some(new);
+                *sure = false;
+            }
+        }
+    }
+    for (path, expect, sure) in &files {
+        check(&cluster.client(), path, expect, *sure);
+    }
+    let injected: u64 = stats(&fs).iter().map(|s| s.faults_injected).sum();
+    let sure = files.iter().filter(|(_, _, sure)| *sure).count();
+    note(&format!(
+        "{plan}: {injected} faults injected, {failed} calls failed, {sure} files sure"
+    ));
+    assert!(injected > 0, "{plan}: nothing injected");
+    assert!(sure > 0, "{plan}: no file to check exactly");
+}
