@@ -7,7 +7,7 @@
 //! A server's sockets are found by inode: `/proc/<pid>/fd` links (`socket:[inode]`) matched
 //! against `/proc/<pid>/net/{tcp,tcp6,udp,udp6}`, which show the server's own network
 //! namespace. The namespace case builds a network namespace with a veth pair (it needs root;
-//! it says SKIPPED otherwise) and removes both even when the test fails.
+//! it says SKIPPED otherwise; `common::netns`) and removes both even when the test fails.
 
 mod common;
 
@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use benchfs_ucx::{netif, Context, Features};
+use common::netns::Netns;
 use common::rpc::{RawPeer, Rt};
 use common::test_root;
 
@@ -390,93 +391,6 @@ fn unknown_device_stops_the_server_naming_the_key() {
         err.contains("network.bind_addr") && err.contains("203.0.113.77"),
         "{err}"
     );
-}
-
-/// A network namespace and a veth pair into it, removed on drop.
-struct Netns {
-    name: String,
-    /// This side of the veth pair; the other is `inner_link`, inside.
-    host_link: String,
-    inner_link: String,
-}
-
-impl Netns {
-    /// `ip <args>`, and whether it succeeded (with its stderr when it did not).
-    fn ip(args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("ip: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    /// Creates the namespace; `Err` when this process may not (not root, no `ip`).
-    fn create() -> Result<Netns, String> {
-        let pid = std::process::id();
-        let name = format!("benchfs-listen-{pid}");
-        Self::ip(&["netns", "add", &name])?;
-        Ok(Netns {
-            name,
-            host_link: format!("bfs{pid}a"),
-            inner_link: format!("bfs{pid}b"),
-        })
-    }
-
-    /// A veth pair with `host/24` on this side and `inner/24` inside, with the namespace's
-    /// loopback up too, so that it has another interface to not listen on.
-    fn link(&self, host: Ipv4Addr, inner: Ipv4Addr) -> String {
-        let peer = self.inner_link.clone();
-        let ns = ["netns", "exec", self.name.as_str(), "ip"];
-        let inside = |args: &[&str]| Self::ip(&[&ns[..], args].concat()).unwrap();
-        Self::ip(&[
-            "link",
-            "add",
-            &self.host_link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ])
-        .unwrap();
-        Self::ip(&["link", "set", &peer, "netns", &self.name]).unwrap();
-        Self::ip(&["addr", "add", &format!("{host}/24"), "dev", &self.host_link]).unwrap();
-        Self::ip(&["link", "set", &self.host_link, "up"]).unwrap();
-        inside(&["addr", "add", &format!("{inner}/24"), "dev", &peer]);
-        inside(&["link", "set", &peer, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        // UCX uses an interface once it is up and running (carrier on both ends).
-        let deadline = Instant::now() + START_BOUND;
-        loop {
-            let state = Command::new("ip")
-                .args(["netns", "exec", &self.name, "cat"])
-                .arg(format!("/sys/class/net/{peer}/operstate"))
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&state.stdout).trim() == "up" {
-                return peer;
-            }
-            assert!(Instant::now() < deadline, "{peer} did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting one end of a veth pair deletes both; the namespace goes last.
-        let _ = Self::ip(&["link", "del", &self.host_link]);
-        let _ = Self::ip(&["netns", "del", &self.name]);
-    }
 }
 
 #[test]

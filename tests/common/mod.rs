@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod files;
+pub mod netns;
 pub mod rpc;
 
 use std::path::{Path, PathBuf};
