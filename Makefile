@@ -1,12 +1,13 @@
 # BenchFS: two commands on a fresh Debian machine, as root.
 #   make run   build, start a local cluster, run the standard benchmark, print and save the report
 #   make test  formatting, lints, docs and every test
+#   make fuzz  a long run of every decoder fuzz test (BENCHFS_FUZZ_CASES=200000 each)
 # Both install the system packages they need first (scripts/install-deps.sh).
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build run test check fmt clippy doc unit coverage bench clean
+.PHONY: all deps build run test check fmt clippy doc unit fuzz coverage bench clean
 
 all: build
 
@@ -32,6 +33,21 @@ doc: deps
 
 unit: deps
 	$(CARGO) test --workspace
+
+# Every decoder fuzz test, long: BENCHFS_FUZZ_CASES cases each (make test runs the short
+# default of each test).
+# Built optimised with overflow checks and debug assertions kept, so an overflow still
+# panics: the `fuzz` profile, defined here, builds into target/fuzz.
+BENCHFS_FUZZ_CASES ?= 200000
+FUZZ = BENCHFS_FUZZ_CASES=$(BENCHFS_FUZZ_CASES) CARGO_PROFILE_FUZZ_INHERITS=release \
+	CARGO_PROFILE_FUZZ_OVERFLOW_CHECKS=true CARGO_PROFILE_FUZZ_DEBUG_ASSERTIONS=true \
+	$(CARGO) test --profile fuzz
+
+fuzz: deps
+	$(FUZZ) -p benchfs-proto --test decode_fuzz
+	$(FUZZ) -p benchfs-config --test decode_fuzz
+	$(FUZZ) -p benchfs-server --lib journal::tests::fuzz
+	$(FUZZ) --test rpc_malformed arbitrary_frames_never_stop_the_server
 
 bench: build
 	$(CARGO) bench --workspace

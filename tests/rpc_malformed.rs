@@ -1,5 +1,6 @@
 //! Junk on the wire: malformed frames sent by a raw UCX peer get the right error (or are
-//! dropped and counted), and arbitrary frames never stop a `benchfsd` from serving.
+//! dropped and counted), and arbitrary frames never stop a `benchfsd` from serving
+//! (`BENCHFS_FUZZ_CASES` of them when set; `make fuzz` sends many).
 
 mod common;
 
@@ -16,6 +17,13 @@ use common::rpc::{
 use common::{Cluster, FAIL_BOUND};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+
+/// Cases per test: `BENCHFS_FUZZ_CASES` when set, else `default`.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("BENCHFS_FUZZ_CASES").map_or(default, |v| {
+        v.parse().expect("BENCHFS_FUZZ_CASES must be a number")
+    })
+}
 
 /// What the server must do with one bad frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -261,7 +269,7 @@ fn arbitrary_frames_never_stop_the_server() {
         "the transport's AM header limit is only {max_header} bytes"
     );
     let mut runner = TestRunner::new(Config {
-        cases: 32,
+        cases: fuzz_cases(32),
         failure_persistence: None,
         ..Config::default()
     });

@@ -137,7 +137,9 @@ pub fn read(dir: &Path) -> Result<Vec<ServerEntry>, RegistryError> {
         let path = item.path();
         let name = item.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".addr") {
+        // Every `*.addr`, hidden or not: a node id may begin with '.' (temporary files end
+        // in `.tmp.<pid>`).
+        if !name.ends_with(".addr") {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
@@ -186,6 +188,24 @@ mod tests {
             read(dir.path()),
             Err(RegistryError::Malformed { .. })
         ));
+    }
+
+    // A server whose node id begins with '.' (which the configuration accepts) published
+    // `.<id>.addr`, and `read` skipped it as a hidden file: no client or peer ever saw it.
+    #[test]
+    fn a_node_id_beginning_with_a_dot_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<ServerEntry> = [".", "..", ".a"]
+            .iter()
+            .map(|id| ServerEntry {
+                node_id: id.to_string(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+            })
+            .collect();
+        for entry in &entries {
+            publish(dir.path(), entry).unwrap();
+        }
+        assert_eq!(read(dir.path()).unwrap(), entries);
     }
 
     #[test]

@@ -833,4 +833,332 @@ mod tests {
             ),
         ]);
     }
+
+    /// The decoder against the contract in the module docs, with proptest: arbitrary bytes,
+    /// and valid journals cut, flipped and extended. `BENCHFS_FUZZ_CASES` sets the number of
+    /// cases of each test (`make fuzz` runs a long one).
+    mod fuzz {
+        use super::*;
+        use benchfs_proto::meta::EntryKind;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use proptest::test_runner::{Config, TestRunner};
+
+        /// Cases per test: `BENCHFS_FUZZ_CASES` when set, else `default`.
+        fn fuzz_cases(default: u32) -> u32 {
+            std::env::var("BENCHFS_FUZZ_CASES").map_or(default, |v| {
+                v.parse().expect("BENCHFS_FUZZ_CASES must be a number")
+            })
+        }
+
+        fn runner(default: u32) -> TestRunner {
+            TestRunner::new(Config {
+                cases: fuzz_cases(default),
+                failure_persistence: None,
+                ..Config::default()
+            })
+        }
+
+        /// A [`Record`] that owns its path.
+        #[derive(Debug, Clone)]
+        enum Owned {
+            Put(String, FileMetadata),
+            Delete(String, u64),
+            HighWater(u64),
+            MoveOut(String, u64),
+            Tombstone(u64),
+        }
+
+        impl Owned {
+            fn record(&self) -> Record<'_> {
+                match self {
+                    Owned::Put(path, meta) => Record::Put { path, meta: *meta },
+                    Owned::Delete(path, file_id) => Record::Delete {
+                        path,
+                        file_id: *file_id,
+                    },
+                    Owned::HighWater(id) => Record::HighWater(*id),
+                    Owned::MoveOut(path, file_id) => Record::MoveOut {
+                        path,
+                        file_id: *file_id,
+                    },
+                    Owned::Tombstone(id) => Record::Tombstone(*id),
+                }
+            }
+
+            /// The model: what the record means, done through the table's own API.
+            fn apply_to(&self, t: &mut MetadataTable) {
+                match self {
+                    Owned::Put(path, meta) => {
+                        t.insert(path, *meta, false).expect("a valid path");
+                        t.reserve_file_id(meta.file_id);
+                    }
+                    Owned::Delete(path, file_id) => {
+                        let _ = t.delete(path, None);
+                        t.reserve_file_id(*file_id);
+                    }
+                    Owned::HighWater(id) => t.reserve_file_id(id - 1),
+                    Owned::MoveOut(path, file_id) => {
+                        let _ = t.move_out(path);
+                        t.reserve_file_id(*file_id);
+                    }
+                    Owned::Tombstone(id) => {
+                        t.add_tombstone(*id);
+                        t.reserve_file_id(*id);
+                    }
+                }
+            }
+        }
+
+        /// Inode numbers: this server's (tag 1, as [`table`] gives), near its limit, and any.
+        /// Not its very last one, `1 << 32 | 0xffff_ffff`: a table that reserves it reports
+        /// `next_file_id()` with the counter's carry in the tag bits, a high-water mark that
+        /// replays to nothing (a table matter, not the decoder's; reported).
+        fn file_id() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                (1u64..64).prop_map(|n| 1 << 32 | n),
+                (1u64..4).prop_map(|n| (1 << 32 | 0xffff_ffff) - n),
+                any::<u64>(),
+            ]
+        }
+
+        /// Paths a `Put` can hold: normalisable, not the root, some not yet normal.
+        fn put_path() -> impl Strategy<Value = String> {
+            "(/{1,2}[a-c]{1,2}){1,3}/?"
+        }
+
+        fn meta() -> impl Strategy<Value = FileMetadata> {
+            let fields = (any::<bool>(), any::<u64>(), any::<u32>(), 0u32..64);
+            (file_id(), fields, any::<u64>(), any::<u64>()).prop_map(
+                |(file_id, (dir, size, mode, shift), mtime_ns, ctime_ns)| FileMetadata {
+                    file_id,
+                    kind: if dir {
+                        EntryKind::Directory
+                    } else {
+                        EntryKind::File
+                    },
+                    size,
+                    mode,
+                    chunk_size: 1 << shift,
+                    mtime_ns,
+                    ctime_ns,
+                },
+            )
+        }
+
+        /// A record a server could append (delete and move-out paths need not exist, nor
+        /// even be valid: replay ignores those).
+        fn record() -> impl Strategy<Value = Owned> {
+            let any_path = || prop_oneof![put_path(), "\\PC{0,12}"];
+            prop_oneof![
+                3 => (put_path(), meta()).prop_map(|(p, m)| Owned::Put(p, m)),
+                1 => (any_path(), file_id()).prop_map(|(p, id)| Owned::Delete(p, id)),
+                1 => file_id().prop_map(|id| Owned::HighWater(id.max(1))),
+                1 => (any_path(), file_id()).prop_map(|(p, id)| Owned::MoveOut(p, id)),
+                1 => file_id().prop_map(Owned::Tombstone),
+            ]
+        }
+
+        /// A piece of a junk journal: random bytes, a random length, a checksum-valid record
+        /// of random or damaged contents, or a valid record.
+        fn piece() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(any::<u8>(), 0..40),
+                (any::<u32>(), vec(any::<u8>(), 0..80)).prop_map(|(len, rest)| [
+                    &len.to_le_bytes()[..],
+                    &rest
+                ]
+                .concat()),
+                (0u8..7, vec(any::<u8>(), 0..80))
+                    .prop_map(|(tag, rest)| raw(&[&[tag][..], &rest].concat())),
+                (record(), any::<Index>(), 1u8..).prop_map(|(r, at, mask)| {
+                    let mut b = body(&r.record());
+                    let i = at.index(b.len());
+                    b[i] ^= mask;
+                    raw(&b)
+                }),
+                record().prop_map(|r| encode(&r.record())),
+            ]
+        }
+
+        /// Damage done to a valid journal.
+        #[derive(Debug, Clone)]
+        enum Damage {
+            /// Cut it at this point (an index into `0..=len`).
+            Cut(Index),
+            /// Flip one byte (by a non-zero mask) in each named record (record, byte in it),
+            /// then perhaps cut.
+            Flips(Vec<(Index, Index, u8)>, Option<Index>),
+            /// Append these bytes.
+            Junk(Vec<u8>),
+        }
+
+        fn damage() -> impl Strategy<Value = Damage> {
+            prop_oneof![
+                any::<Index>().prop_map(Damage::Cut),
+                (
+                    vec((any::<Index>(), any::<Index>(), 1u8..), 1..4),
+                    proptest::option::of(any::<Index>())
+                )
+                    .prop_map(|(flips, cut)| Damage::Flips(flips, cut)),
+                // No checksum-valid record: one could apply (2^-32 for random bytes).
+                prop_oneof![
+                    vec(any::<u8>(), 1..64),
+                    vec(Just(0u8), 1..64),
+                    (any::<u32>(), vec(any::<u8>(), 0..80)).prop_map(|(len, rest)| [
+                        &len.to_le_bytes()[..],
+                        &rest
+                    ]
+                    .concat()),
+                ]
+                .prop_map(Damage::Junk),
+            ]
+        }
+
+        /// What a table holds: its records, tombstones and next inode number.
+        type State = (Vec<(String, FileMetadata)>, Vec<u64>, u64);
+
+        fn state(t: &MetadataTable) -> State {
+            let entries = t.entries().map(|(p, m)| (p.to_string(), *m)).collect();
+            (entries, t.tombstones().collect(), t.next_file_id())
+        }
+
+        /// What opening a journal did.
+        #[derive(Debug, PartialEq)]
+        enum Opened {
+            /// It opened, with this table.
+            Ok(State),
+            /// It refused, naming the record at this offset.
+            Refused(u64),
+        }
+
+        /// Opens a journal of `bytes` at `path`, checking what holds whatever the bytes: it
+        /// opens and rewrites itself as a snapshot of the same table, or it refuses as
+        /// corrupt at a byte of the file and leaves the file as it was.
+        fn open(path: &Path, bytes: &[u8]) -> Result<Opened, TestCaseError> {
+            std::fs::write(path, bytes).unwrap();
+            let mut t = table();
+            let opened = match Journal::open(path, &mut t) {
+                Ok(j) => {
+                    drop(j);
+                    let rewritten = std::fs::read(path).unwrap();
+                    let mut again = table();
+                    prop_assert_eq!(replay(&rewritten, &mut again), Replayed::Whole);
+                    prop_assert_eq!(state(&again), state(&t), "the snapshot replays the same");
+                    Opened::Ok(state(&t))
+                }
+                Err(JournalError::Corrupt { offset, .. }) => {
+                    let after = std::fs::read(path).unwrap();
+                    prop_assert!(after == bytes, "a refused journal was changed");
+                    prop_assert!(
+                        offset < bytes.len() as u64,
+                        "offset {offset} is past the end"
+                    );
+                    Opened::Refused(offset)
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("not a corruption: {e}"))),
+            };
+            prop_assert!(!path.with_extension("journal.tmp").exists());
+            Ok(opened)
+        }
+
+        /// A valid journal of `records`: its bytes, where each record starts and ends, and
+        /// the model's table after each prefix of the records (`models[k]`: the first k).
+        fn valid(records: &[Owned]) -> (Vec<u8>, Vec<(usize, usize)>, Vec<State>) {
+            let (bytes, starts) = journal(&records.iter().map(Owned::record).collect::<Vec<_>>());
+            let ends = starts.iter().skip(1).copied().chain([bytes.len()]);
+            let spans = starts.iter().copied().zip(ends).collect();
+            let mut t = table();
+            let mut models = vec![state(&t)];
+            for r in records {
+                r.apply_to(&mut t);
+                models.push(state(&t));
+            }
+            (bytes, spans, models)
+        }
+
+        /// Flips one byte in each named record before `cut`, then opens the journal cut
+        /// there: the first flipped record refuses if it is whole; if the cut falls inside
+        /// it, it refuses or is dropped as a torn tail; with no flip left it is a pure cut.
+        fn check_flips(
+            path: &Path,
+            records: &[Owned],
+            flips: &[(Index, Index, u8)],
+            cut: Option<Index>,
+        ) -> Result<(), TestCaseError> {
+            let (mut bytes, spans, models) = valid(records);
+            let cut = cut.map_or(bytes.len(), |c| c.index(bytes.len() + 1));
+            let mut flipped = Vec::new();
+            for &(record, at, mask) in flips {
+                let r = record.index(spans.len());
+                let (start, end) = spans[r];
+                let pos = start + at.index(end - start);
+                if pos < cut && !flipped.contains(&r) {
+                    bytes[pos] ^= mask;
+                    flipped.push(r);
+                }
+            }
+            let got = open(path, &bytes[..cut])?;
+            let whole = spans.iter().filter(|&&(_, end)| end <= cut).count();
+            match flipped.iter().min().map(|&r| (r, spans[r])) {
+                None => prop_assert_eq!(got, Opened::Ok(models[whole].clone())),
+                Some((_, (start, end))) if end <= cut => {
+                    prop_assert_eq!(got, Opened::Refused(start as u64));
+                }
+                Some((r, (start, _))) => prop_assert!(
+                    got == Opened::Ok(models[r].clone()) || got == Opened::Refused(start as u64),
+                    "a flipped torn tail neither refused at {start} nor kept {r} records: {got:?}"
+                ),
+            }
+            Ok(())
+        }
+
+        fn check_damage(
+            path: &Path,
+            records: &[Owned],
+            damage: &Damage,
+        ) -> Result<(), TestCaseError> {
+            let (mut bytes, spans, models) = valid(records);
+            match damage {
+                Damage::Cut(at) => {
+                    let cut = at.index(bytes.len() + 1);
+                    let whole = spans.iter().filter(|&&(_, end)| end <= cut).count();
+                    let got = open(path, &bytes[..cut])?;
+                    prop_assert_eq!(got, Opened::Ok(models[whole].clone()));
+                }
+                Damage::Flips(flips, cut) => check_flips(path, records, flips, *cut)?,
+                Damage::Junk(junk) => {
+                    let len = bytes.len();
+                    bytes.extend(junk);
+                    match open(path, &bytes)? {
+                        Opened::Ok(got) => prop_assert_eq!(&got, &models[records.len()]),
+                        Opened::Refused(at) => prop_assert!(at >= len as u64, "refused at {at}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn arbitrary_bytes_open_or_refuse_untouched() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("metadata.journal");
+            let junk = vec(piece(), 0..6).prop_map(|pieces| pieces.concat());
+            runner(1000)
+                .run(&junk, |bytes| open(&path, &bytes).map(drop))
+                .unwrap();
+        }
+
+        #[test]
+        fn damaged_journals_keep_the_contract() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("metadata.journal");
+            runner(1000)
+                .run(&(vec(record(), 1..10), damage()), |(records, damage)| {
+                    check_damage(&path, &records, &damage)
+                })
+                .unwrap();
+        }
+    }
 }
