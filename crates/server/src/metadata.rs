@@ -63,9 +63,12 @@ impl MetadataTable {
         }
     }
 
-    /// The next inode number this server would hand out.
+    /// The next inode number this server would hand out, as a high-water mark: once all
+    /// are taken it is the next tag's first number (an addition, so the counter's carry
+    /// leaves the mark past this tag instead of back at its start), or `u64::MAX` for the
+    /// last tag.
     pub fn next_file_id(&self) -> u64 {
-        self.id_prefix | self.next_id
+        self.id_prefix.saturating_add(self.next_id)
     }
 
     /// Makes sure no inode number at or below `file_id` is handed out again (used when
@@ -319,6 +322,26 @@ mod tests {
         m.insert("/h2", h, false).unwrap();
         m.delete("/h", None).unwrap();
         assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
+    }
+
+    #[test]
+    fn an_exhausted_counter_stays_exhausted_across_a_replay() {
+        // Regression, found by the journal fuzz: for an odd tag the last number's high-water
+        // mark (`prefix | 1 << 32`) was the prefix itself, which replays to nothing, so
+        // the counter started again at 1 and handed out numbers in use.
+        for tag in [1u32, 2, u32::MAX] {
+            let mut m = MetadataTable::new(tag, 4096);
+            m.reserve_file_id(u64::from(tag) << 32 | 0xffff_ffff);
+            let mark = m.next_file_id();
+            let mut replayed = MetadataTable::new(tag, 4096);
+            let below = if mark == u64::MAX { mark } else { mark - 1 };
+            replayed.reserve_file_id(below);
+            assert_eq!(
+                replayed.create_file("/f", 0),
+                Err(Status::NoSpace),
+                "tag {tag}"
+            );
+        }
     }
 
     #[test]
