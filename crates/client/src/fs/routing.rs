@@ -22,8 +22,9 @@ pub(super) struct ServerSlot {
     pub(super) conn: RefCell<Option<Rc<Connection>>>,
     /// Held while connecting, so concurrent calls share one connection attempt.
     pub(super) connecting: tokio::sync::Mutex<()>,
-    /// Set when a call to this server timed out: until then reads ask its replicas first,
-    /// so a silent server (SIGSTOP) costs one timeout per period, not one per chunk.
+    /// Set when a call found this server unreachable: until then reads ask its replicas
+    /// first, so a silent or unreachable server costs one timeout per period, not one per
+    /// chunk.
     pub(super) suspect_until: Cell<Option<Instant>>,
     /// When the server's chunk store began, from its handshake: a hole it reports in a
     /// file created before then may be a chunk it lost.
@@ -56,6 +57,8 @@ pub struct CallCounters {
     pub calls: u64,
     /// Calls that timed out.
     pub timeouts: u64,
+    /// Calls that found their server unreachable (timeouts included).
+    pub unreachable: u64,
     /// Reads answered by a replica after another did not answer.
     pub failovers: u64,
 }
@@ -97,6 +100,12 @@ impl FsClient {
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
+        self.connect_slot(slot).await
+    }
+
+    /// Connects to the server of `slot`, at the address its registry entry now gives if
+    /// the known one fails.
+    async fn connect_slot(&self, slot: &ServerSlot) -> Result<Rc<Connection>, RpcError> {
         let addr = slot.entry.borrow().addr;
         let conn = match self.rpc.connect(addr).await {
             Ok(c) => c,
@@ -162,19 +171,19 @@ impl FsClient {
         result
     }
 
-    /// Counts a call and marks its server suspect after a timeout, or clears the mark when
-    /// it answered.
+    /// Counts a call and marks its server suspect when it did not answer (a timeout, a
+    /// connection that failed or was lost), or clears the mark when it answered.
     fn note_call(&self, index: ServerIndex, error: Option<&RpcError>) {
         let mut counters = self.call_counters.get();
         counters.calls += 1;
         let slot = &self.servers[index as usize];
         match error {
-            Some(e) if e.status() == Status::TimedOut => {
-                counters.timeouts += 1;
+            Some(e) if is_unreachable(e) => {
+                counters.unreachable += 1;
+                counters.timeouts += u64::from(e.status() == Status::TimedOut);
                 slot.suspect_until
                     .set(Some(Instant::now() + SUSPECT_PERIOD));
             }
-            Some(e) if is_unreachable(e) => {}
             _ => slot.suspect_until.set(None),
         }
         self.call_counters.set(counters);
