@@ -444,6 +444,16 @@ fn handshake_checks_the_job_secret() {
         }
         let conn = rpc_client(b"job-42-secret").connect(addr).await.unwrap();
         assert_serves(&conn, 1).await;
+        // Each refusal is logged with the client's name and the address it came from.
+        let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
+        let refusals: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("handshake refused"))
+            .collect();
+        assert_eq!(refusals.len(), 3, "{log}");
+        for line in refusals {
+            assert!(line.contains("rpc-tests from 127.0.0.1:"), "{line}");
+        }
 
         // A peer that skipped the handshake could create files on a server with a secret:
         // every request before a successful Hello must be refused.

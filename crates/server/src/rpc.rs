@@ -110,11 +110,13 @@ async fn accept_loop(listener: Listener, connections: Rc<RefCell<Connections>>) 
         match listener.accept().await {
             Ok(ep) => {
                 let mut table = connections.borrow_mut();
+                let peer = ep.peer_addr();
                 if table.insert(ep) {
-                    tracing::debug!(connections = table.len(), "accepted a connection");
+                    tracing::debug!(connections = table.len(), ?peer, "accepted a connection");
                 } else {
                     tracing::warn!(
                         max = CONNECTIONS_MAX,
+                        ?peer,
                         "refused a connection: the server holds the most it may"
                     );
                 }
@@ -211,16 +213,21 @@ fn hello(
         return Reply::error(Status::Busy);
     };
     entry.challenge = Some(challenge.clone());
-    entry.client = client_name(body);
+    entry.client = client_name(body, ep);
     state.hello(body, challenge)
 }
 
 /// The client name a `Hello` body gives, for logs (empty if it does not decode).
-fn client_name(body: &[u8]) -> String {
+/// How logs name a client: the name its `Hello` gives and the address it connected from.
+fn client_name(body: &[u8], ep: &Endpoint) -> String {
     use benchfs_proto::Message;
-    benchfs_proto::ops::HelloRequest::from_bytes(body)
+    let name = benchfs_proto::ops::HelloRequest::from_bytes(body)
         .map(|r| r.client)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match ep.peer_addr() {
+        Some(addr) => format!("{name} from {addr}"),
+        None => name,
+    }
 }
 
 /// Checks an `Auth` against this connection's challenge, which it uses up.

@@ -35,6 +35,8 @@ pub(crate) struct EndpointInner {
     worker: Rc<Worker>,
     /// Set once the handle is closed; it is never used again.
     closed: Cell<bool>,
+    /// The other side's socket address, where known (see [`Endpoint::peer_addr`]).
+    peer: Option<SocketAddr>,
 }
 
 /// The identity of one connection, for keying tables by connection (see [`Endpoint::id`]).
@@ -82,6 +84,13 @@ impl Endpoint {
         Self::create(worker, Target::ConnRequest(request))
     }
 
+    /// The other side's socket address: the server's for [`Endpoint::connect_socket`],
+    /// the client's for an accepted connection (as UCX's connection request gave it);
+    /// `None` for worker-address endpoints.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.inner.peer
+    }
+
     fn create(worker: &Rc<Worker>, target: Target<'_>) -> Result<Endpoint, UcxError> {
         let failure = Rc::new(Failure {
             status: Cell::new(None),
@@ -97,12 +106,14 @@ impl Endpoint {
             ..Default::default()
         };
         let sockaddr;
+        let mut peer = None;
         match target {
             Target::Address(address) => {
                 params.field_mask |= sys::UCP_EP_PARAM_FIELD_REMOTE_ADDRESS as u64;
                 params.address = address.as_bytes().as_ptr() as *const sys::ucp_address_t;
             }
             Target::Socket(addr) => {
+                peer = Some(addr);
                 sockaddr = RawSockAddr::new(addr);
                 params.field_mask |=
                     (sys::UCP_EP_PARAM_FIELD_FLAGS | sys::UCP_EP_PARAM_FIELD_SOCK_ADDR) as u64;
@@ -110,6 +121,7 @@ impl Endpoint {
                 params.sockaddr = sockaddr.as_ucs();
             }
             Target::ConnRequest(request) => {
+                peer = client_addr(request);
                 params.field_mask |= sys::UCP_EP_PARAM_FIELD_CONN_REQUEST as u64;
                 params.conn_request = request;
             }
@@ -125,6 +137,7 @@ impl Endpoint {
             failure,
             worker: Rc::clone(worker),
             closed: Cell::new(false),
+            peer,
         });
         worker
             .endpoints
@@ -314,4 +327,23 @@ unsafe extern "C" fn on_endpoint_error(
         status = sys::status_string(status),
         "UCX endpoint failed"
     );
+}
+
+/// The client address of a connection request not yet answered, if UCX gives one.
+fn client_addr(request: sys::ucp_conn_request_h) -> Option<SocketAddr> {
+    let mut attr = sys::ucp_conn_request_attr_t {
+        field_mask: sys::UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR as u64,
+        ..Default::default()
+    };
+    // SAFETY: the request is alive (unanswered until ucp_ep_create takes it); attr is an
+    // out-parameter.
+    let status = unsafe { sys::ucp_conn_request_query(request, &mut attr) };
+    if status != sys::UCS_OK {
+        tracing::debug!(
+            status = sys::status_string(status),
+            "ucp_conn_request_query"
+        );
+        return None;
+    }
+    crate::sockaddr::from_storage(&attr.client_address)
 }
