@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::{ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreError, StoreUsage};
 
-/// One kind of injected fault; see the [module documentation](self).
+/// One kind of injected fault; see [`FaultPlan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
     /// EIO, nothing done.
@@ -137,8 +137,9 @@ impl fmt::Display for FaultPlan {
     }
 }
 
-/// A store that injects the faults of an optional [`FaultPlan`]; see the
-/// [module documentation](self).
+/// A store that injects the faults of an optional [`FaultPlan`]: about one operation in
+/// `every` fails with EIO (nothing done), ENOSPC (writes and truncates, nothing done), a
+/// torn write (its first half stored, then EIO), or is delayed by `slow`.
 #[derive(Debug)]
 pub struct FaultyStore<S> {
     inner: S,
