@@ -97,17 +97,11 @@ impl FsClient {
                 .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
         )
         .await;
-        let mut holders = vec![servers[0]];
-        let mut failed = None;
-        for (&server, copy) in servers[1..].iter().zip(copies) {
-            match copy {
-                Ok(_) => holders.push(server),
-                Err(e) => failed = failed.or(Some(e)),
-            }
-        }
+        let (mut holders, failed) = took_it(servers[1..].iter().copied().zip(copies));
         let Some(e) = failed else {
             return Ok(reply.meta);
         };
+        holders.push(servers[0]);
         tracing::warn!(error = %e, op, path, "a replica did not take the new record; removing it");
         self.undo_put(path, None, &holders).await;
         Err(e)
@@ -237,9 +231,10 @@ impl FsClient {
             }
         }
         if let Some(e) = failed {
-            for (server, meta) in &removed {
-                self.undo_put(path, Some(*meta), &[*server]).await;
-            }
+            let undos = removed.iter().map(|(server, meta)| {
+                self.undo_put(path, Some(*meta), std::slice::from_ref(server))
+            });
+            join_all(undos).await;
             return Err(rpc_err(op, path)(e));
         }
         if let (Some(e), true) = (missing, removed.is_empty()) {
@@ -509,14 +504,7 @@ impl FsClient {
             )
             .await;
         self.forget(to);
-        let mut holders = Vec::new();
-        let mut failed = None;
-        for (server, answer) in answers {
-            match answer {
-                Ok(_) => holders.push(server),
-                Err(e) => failed = failed.or(Some(e)),
-            }
-        }
+        let (holders, failed) = took_it(answers);
         if let Some(e) = failed {
             self.undo_put(to, replaced, &holders).await;
             return Err(rpc_err("rename", to)(e));
@@ -527,4 +515,19 @@ impl FsClient {
         }
         Ok(())
     }
+}
+
+/// The servers that took a call, and the first failure among the others.
+fn took_it<T>(
+    answers: impl IntoIterator<Item = (ServerIndex, Result<T, RpcError>)>,
+) -> (Vec<ServerIndex>, Option<RpcError>) {
+    let mut holders = Vec::new();
+    let mut failed = None;
+    for (server, answer) in answers {
+        match answer {
+            Ok(_) => holders.push(server),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    (holders, failed)
 }

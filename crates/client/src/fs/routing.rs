@@ -100,12 +100,6 @@ impl FsClient {
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
-        self.connect_slot(slot).await
-    }
-
-    /// Connects to the server of `slot`, at the address its registry entry now gives if
-    /// the known one fails.
-    async fn connect_slot(&self, slot: &ServerSlot) -> Result<Rc<Connection>, RpcError> {
         let addr = slot.entry.borrow().addr;
         let conn = match self.rpc.connect(addr).await {
             Ok(c) => c,
