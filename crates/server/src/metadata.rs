@@ -79,6 +79,17 @@ impl MetadataTable {
         }
     }
 
+    /// Makes sure no inode number below the high-water mark `mark` (a
+    /// [`next_file_id`](Self::next_file_id) of before) is handed out again; `u64::MAX`
+    /// covers the last tag's every number.
+    pub fn reserve_below(&mut self, mark: u64) {
+        self.reserve_file_id(if mark == u64::MAX {
+            mark
+        } else {
+            mark.saturating_sub(1)
+        });
+    }
+
     /// Number of records held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -332,10 +343,8 @@ mod tests {
         for tag in [1u32, 2, u32::MAX] {
             let mut m = MetadataTable::new(tag, 4096);
             m.reserve_file_id(u64::from(tag) << 32 | 0xffff_ffff);
-            let mark = m.next_file_id();
             let mut replayed = MetadataTable::new(tag, 4096);
-            let below = if mark == u64::MAX { mark } else { mark - 1 };
-            replayed.reserve_file_id(below);
+            replayed.reserve_below(m.next_file_id());
             assert_eq!(
                 replayed.create_file("/f", 0),
                 Err(Status::NoSpace),

@@ -210,7 +210,8 @@ fn injected_no_space(needed: u64) -> StoreError {
     }
 }
 
-const ANY: [FaultKind; 2] = [FaultKind::Io, FaultKind::Slow];
+/// The faults every operation may meet: any operation can fail or be slow.
+const FAIL_OR_DELAY: [FaultKind; 2] = [FaultKind::Io, FaultKind::Slow];
 
 impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
     fn chunk_size(&self) -> u64 {
@@ -247,7 +248,7 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
         offset: u64,
         buf: ChunkBuf,
     ) -> (Result<usize, StoreError>, ChunkBuf) {
-        match self.fault(&ANY).await {
+        match self.fault(&FAIL_OR_DELAY).await {
             None => self.inner.read(id, offset, buf).await,
             Some(_) => (Err(injected_io()), buf),
         }
@@ -265,14 +266,14 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
     }
 
     async fn remove(&self, id: ChunkId) -> Result<bool, StoreError> {
-        match self.fault(&ANY).await {
+        match self.fault(&FAIL_OR_DELAY).await {
             None => self.inner.remove(id).await,
             Some(_) => Err(injected_io()),
         }
     }
 
     async fn remove_file(&self, file_id: u64) -> Result<u64, StoreError> {
-        match self.fault(&ANY).await {
+        match self.fault(&FAIL_OR_DELAY).await {
             None => self.inner.remove_file(file_id).await,
             Some(_) => Err(injected_io()),
         }
@@ -291,7 +292,7 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        match self.fault(&ANY).await {
+        match self.fault(&FAIL_OR_DELAY).await {
             None => self.inner.sync().await,
             Some(_) => Err(injected_io()),
         }

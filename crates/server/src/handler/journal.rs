@@ -299,13 +299,11 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
             table.reserve_file_id(file_id);
         }
         TAG_HIGH_WATER => {
-            let id = r.u64().map_err(bad)?;
-            // u64::MAX: the last tag's every number is taken (see `next_file_id`).
-            let below = match id {
-                u64::MAX => id,
-                _ => id.checked_sub(1).ok_or("high-water mark 0")?,
-            };
-            table.reserve_file_id(below);
+            let mark = r.u64().map_err(bad)?;
+            if mark == 0 {
+                return Err("high-water mark 0".into());
+            }
+            table.reserve_below(mark);
         }
         TAG_MOVE_OUT => {
             let file_id = r.u64().map_err(bad)?;
@@ -902,7 +900,7 @@ mod tests {
                         let _ = t.delete(path, None);
                         t.reserve_file_id(*file_id);
                     }
-                    Owned::HighWater(id) => t.reserve_file_id(id - 1),
+                    Owned::HighWater(id) => t.reserve_below(*id),
                     Owned::MoveOut(path, file_id) => {
                         let _ = t.move_out(path);
                         t.reserve_file_id(*file_id);
