@@ -11,7 +11,7 @@ use benchfs::placement::PlacementKey;
 use benchfs_proto::ops;
 use benchfs_proto::Status;
 use common::files::{assert_unreachable, read_file, write_file};
-use common::rpc::{rpc_client, status_of, Rt};
+use common::rpc::{insert_record, rpc_client, status_of, Rt};
 use common::{pattern, Cluster, ClusterSpec};
 
 fn cluster() -> Cluster {
@@ -24,9 +24,7 @@ fn cluster() -> Cluster {
 
 /// The servers holding the record of `path`, owner first.
 fn replicas_of(cluster: &Cluster, path: &str) -> Vec<usize> {
-    let ring = cluster.ring();
-    let servers = ring.replicas(PlacementKey::Metadata(path), 2);
-    servers.into_iter().map(|i| i as usize).collect()
+    cluster.replicas_of(PlacementKey::Metadata(path))
 }
 
 /// A path in `dir` whose record has no copy on server `avoid`.
@@ -151,17 +149,10 @@ fn replicas_that_name_different_files_refuse_size_updates() {
     let other = fs.stat("/other").unwrap();
     let copy_holder = replicas_of(&cluster, "/x")[1];
     let servers = fs.client().servers();
+    let copy = servers[copy_holder].addr;
+    insert_record(&[copy], "/x", other);
     Rt::new().block_on(async {
-        let conn = rpc_client(b"")
-            .connect(servers[copy_holder].addr)
-            .await
-            .unwrap();
-        let insert = ops::InsertRequest {
-            path: "/x".into(),
-            meta: other,
-            exclusive: false,
-        };
-        conn.call::<ops::MetadataInsert>(&insert).await.unwrap();
+        let conn = rpc_client(b"").connect(copy).await.unwrap();
         let size = ops::UpdateSizeRequest {
             path: "/x".into(),
             file_id: other.file_id + 1,

@@ -7,7 +7,7 @@ mod common;
 
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use common::files::stats;
-use common::{pattern, Cluster, ClusterSpec};
+use common::{note, pattern, Cluster, ClusterSpec};
 
 /// Each plan is one cluster's run.
 const PLANS: [&str; 3] = [
@@ -74,12 +74,6 @@ fn check(fs: &BenchFS, path: &str, expect: &Expect, sure: bool) {
         }
     }
     panic!("{path}: {READ_TRIES} reads in a row failed");
-}
-
-/// The counts of a run, shown with `--nocapture`.
-#[allow(clippy::print_stdout)]
-fn note(text: &str) {
-    println!("{text}");
 }
 
 #[test]

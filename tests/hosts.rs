@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::Run;
 use common::netns::{self, Host, Hosts};
+use common::note;
 
 /// Hosts with a server each.
 const K: usize = 4;
@@ -49,11 +50,6 @@ const RPC_TIMEOUT_MS: u64 = 3000;
 const CLI_BOUND: Duration = Duration::from_secs(60);
 /// How long servers may take to publish their addresses or to stop. A liveness bound.
 const SERVER_BOUND: Duration = Duration::from_secs(30);
-
-#[allow(clippy::print_stdout)]
-fn note(text: &str) {
-    println!("{text}");
-}
 
 /// Waits for `child` to exit, at most `bound`; kills it (and returns `None`) after that.
 fn wait_bounded(child: &mut Child, bound: Duration) -> Option<ExitStatus> {

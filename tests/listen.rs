@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use benchfs_ucx::{netif, Context, Features};
 use common::netns::Netns;
 use common::rpc::{RawPeer, Rt};
-use common::test_root;
+use common::{note, test_root};
 
 /// How long a server may take to publish its address or to exit. A liveness bound only.
 const START_BOUND: Duration = Duration::from_secs(30);
@@ -277,11 +277,6 @@ fn other_addresses() -> Vec<IpAddr> {
         .filter_map(netif::Interface::tcp_listen_addr)
         .filter(|a| !a.is_loopback())
         .collect()
-}
-
-#[allow(clippy::print_stdout)]
-fn note(text: &str) {
-    println!("{text}");
 }
 
 #[test]

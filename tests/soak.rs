@@ -1461,16 +1461,6 @@ fn random_operations_under_faults_match_the_model() {
 // ---------------------------------------------------------------------------------------
 // Reproductions of the bugs the soak found (see "Known bugs" in the module documentation).
 
-/// The replica servers of `key`, in the order reads ask them.
-fn replicas_of(cluster: &Cluster, key: benchfs::placement::PlacementKey<'_>) -> Vec<usize> {
-    cluster
-        .ring()
-        .replicas(key, cluster.spec.replicas as usize)
-        .into_iter()
-        .map(|i| i as usize)
-        .collect()
-}
-
 #[test]
 fn a_file_with_two_names_keeps_its_chunks_when_one_is_unlinked() {
     // Regression, found by the soak (seeds 2, 3, 9 at 350 operations): the other name
@@ -1480,7 +1470,6 @@ fn a_file_with_two_names_keeps_its_chunks_when_one_is_unlinked() {
     // but an undo can fail too; here the second name is written by hand). Unlinking one
     // name freed the file's chunks on every server, and the other read zeros.
     use benchfs::placement::PlacementKey;
-    use benchfs_proto::ops;
     let cluster = Cluster::start(ClusterSpec {
         replicas: 2,
         ..ClusterSpec::default()
@@ -1490,18 +1479,12 @@ fn a_file_with_two_names_keeps_its_chunks_when_one_is_unlinked() {
     common::files::write_file(&fs, "/a", &data);
     let meta = fs.stat("/a").unwrap();
     let servers = fs.client().servers();
-    common::rpc::Rt::new().block_on(async {
-        let client = common::rpc::rpc_client(b"");
-        for i in replicas_of(&cluster, PlacementKey::Metadata("/b")) {
-            let conn = client.connect(servers[i].addr).await.unwrap();
-            let insert = ops::InsertRequest {
-                path: "/b".into(),
-                meta,
-                exclusive: true,
-            };
-            conn.call::<ops::MetadataInsert>(&insert).await.unwrap();
-        }
-    });
+    let copies: Vec<_> = cluster
+        .replicas_of(PlacementKey::Metadata("/b"))
+        .into_iter()
+        .map(|i| servers[i].addr)
+        .collect();
+    common::rpc::insert_record(&copies, "/b", meta);
     let reader = cluster.client();
     assert!(
         common::files::read_file(&reader, "/b") == data,
@@ -1537,7 +1520,7 @@ fn the_sweep_keeps_a_file_whose_only_record_is_on_a_stopped_server() {
     let data = pattern(8 * C, 12);
     common::files::write_file(&fs, "/f", &data);
     // The record's first replica (the one reads ask first) misses the unlink.
-    let owner = replicas_of(&cluster, PlacementKey::Metadata("/f"))[0];
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/f"))[0];
     cluster.kill(owner);
     assert!(fs.unlink("/f").is_err(), "the record's owner was down");
     cluster.restart(owner);

@@ -174,6 +174,12 @@ impl Cluster {
         format!("node{i}")
     }
 
+    /// The servers holding `key`'s copies (owner first), as cluster indexes.
+    pub fn replicas_of(&self, key: benchfs::placement::PlacementKey<'_>) -> Vec<usize> {
+        let servers = self.ring().replicas(key, self.spec.replicas as usize);
+        servers.into_iter().map(|i| i as usize).collect()
+    }
+
     /// The placement ring of this cluster. Its server indexes follow sorted node ids,
     /// which are the cluster's own indexes (`node0` .. `node<n-1>`, fewer than 11).
     pub fn ring(&self) -> benchfs::placement::PlacementRing {
@@ -410,4 +416,10 @@ impl Cluster {
 #[allow(clippy::print_stdout)]
 pub fn skip(what: &str, why: &str) {
     println!("SKIPPED {what}: {why}");
+}
+
+/// Prints a line of a test's findings (shown with `--nocapture`).
+#[allow(clippy::print_stdout)]
+pub fn note(text: &str) {
+    println!("{text}");
 }

@@ -251,3 +251,20 @@ impl Drop for RawPeer {
         self.worker.stop_progress();
     }
 }
+
+/// Stores `meta` at `path` on each of `servers` by hand, as an insert that only some
+/// replicas took would leave it (replicas that disagree, two names for one file).
+pub fn insert_record(servers: &[SocketAddr], path: &str, meta: benchfs_proto::meta::FileMetadata) {
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        for &addr in servers {
+            let conn = client.connect(addr).await.unwrap();
+            let insert = ops::InsertRequest {
+                path: path.into(),
+                meta,
+                exclusive: false,
+            };
+            conn.call::<ops::MetadataInsert>(&insert).await.unwrap();
+        }
+    });
+}
