@@ -413,9 +413,16 @@ fn assert_names(stderr: &str, what: &str, server: &str) {
     );
 }
 
-/// replicas = 2: with h3 unplugged reads and ls go on, a new file cannot be written.
-fn replicated(hosts: &Hosts, root: &Path, local: &Path) {
-    let mut cluster = Cluster::start(hosts, root.join("replicas2"), 2, 7000);
+/// Starts a cluster with `replicas`, puts the test file so that its chunks lie on every
+/// host (so some live on h3), and unplugs h3.
+fn start_and_unplug<'h>(
+    hosts: &'h Hosts,
+    dir: PathBuf,
+    replicas: u32,
+    port: u16,
+    local: &Path,
+) -> Cluster<'h> {
+    let cluster = Cluster::start(hosts, dir, replicas, port);
     cluster.put_and_check(local, "/file.bin");
     cluster.assert_spread();
     let down = &hosts.hosts[DOWN];
@@ -425,6 +432,13 @@ fn replicated(hosts: &Hosts, root: &Path, local: &Path) {
         cluster.addr_of(down)
     ));
     hosts.set_link(down, false);
+    cluster
+}
+
+/// replicas = 2: with h3 unplugged reads and ls go on, a new file cannot be written.
+fn replicated(hosts: &Hosts, root: &Path, local: &Path) {
+    let mut cluster = start_and_unplug(hosts, root.join("replicas2"), 2, 7000, local);
+    let down = &hosts.hosts[DOWN];
     cluster.assert_get(local, "/file.bin");
     cluster.assert_listed("file.bin", FILE_LEN);
     let stat = cluster.cli(&["stat", "/file.bin"]).run.ok();
@@ -455,16 +469,8 @@ fn replicated(hosts: &Hosts, root: &Path, local: &Path) {
 
 /// replicas = 1: with h3 unplugged, what lives only there cannot be read, and says so.
 fn unreplicated(hosts: &Hosts, root: &Path, local: &Path) {
-    let mut cluster = Cluster::start(hosts, root.join("replicas1"), 1, 7001);
-    cluster.put_and_check(local, "/file.bin");
-    cluster.assert_spread(); // so some of the file's chunks live only on h3
+    let mut cluster = start_and_unplug(hosts, root.join("replicas1"), 1, 7001, local);
     let down = &hosts.hosts[DOWN];
-    note(&format!(
-        "unplugging {} ({})",
-        down.name,
-        cluster.addr_of(down)
-    ));
-    hosts.set_link(down, false);
     let dest = cluster.dir.join("not-there.bin");
     let get = cluster.cli(&["get", "/file.bin", dest.to_str().unwrap()]);
     assert_names(&get.run.failed(), "get /file.bin", &cluster.addr_of(down));
