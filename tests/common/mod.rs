@@ -392,15 +392,14 @@ impl Cluster {
         }
     }
 
-    /// The address server `i` published in the registry.
-    pub fn addr(&self, i: usize) -> std::net::SocketAddr {
+    /// The registry entry server `i` published.
+    pub fn entry(&self, i: usize) -> benchfs::registry::ServerEntry {
         let id = Self::node_id(i);
         let entries = benchfs::registry::read(&self.registry()).unwrap();
         entries
             .into_iter()
             .find(|e| e.node_id == id)
             .unwrap_or_else(|| panic!("{id} is not in the registry"))
-            .addr
     }
 
     /// Whether server `i` was started and has not exited (a crash or a panic shows here).
