@@ -281,8 +281,8 @@ fn file_system_client_reconnects_to_a_restarted_server() {
     };
     round_trip("/before");
 
-    // Killed: calls fail within the bound. Restarted (with a new worker address, published
-    // in the registry): the same handle finds it.
+    // Killed: calls fail within the bound. Restarted on a new port (published in the
+    // registry): the same handle finds it.
     cluster.kill(0);
     let started = Instant::now();
     let error = fs.create("/during", 0o644).unwrap_err();
@@ -291,9 +291,9 @@ fn file_system_client_reconnects_to_a_restarted_server() {
         "{error:?}"
     );
     assert!(started.elapsed() < FAIL_BOUND);
-    let port = free_port();
-    cluster.restart_at(0, format!("127.0.0.1:{port}").parse().unwrap());
-    round_trip("/after-restart");
+    // Port 0 lets the OS choose; restart_at also lets the next restart reuse that port.
+    cluster.restart_at(0, "127.0.0.1:0".parse().unwrap());
+    round_trip("/after-new-port");
     let gone = fs.open("/before", OpenFlags::READ, 0).unwrap_err();
     assert_eq!(
         gone.status(),
@@ -301,20 +301,15 @@ fn file_system_client_reconnects_to_a_restarted_server() {
         "a memory store starts empty"
     );
 
-    // Killed again and restarted on the same fixed port: it comes up at once.
-    // Regression: a server killed with -9 could not bind its fixed port again for a
-    // minute (TIME_WAIT); UCX's TCP transport now takes a free port of the range that
-    // bind_addr's port starts.
+    // Killed again and restarted on the address it had: the handle reconnects there too.
+    // Regression: the daemon's SO_REUSEADDR setting never applied (UCX wants
+    // CM_REUSEADDR), so a server killed with -9 could not rebind its port for a minute.
+    let addr = cluster.addr(0);
     cluster.kill(0);
     assert!(fs.create("/during", 0o644).is_err());
-    cluster.restart_at(0, format!("127.0.0.1:{port}").parse().unwrap());
+    cluster.restart_at(0, addr);
+    assert_eq!(cluster.addr(0), addr);
     round_trip("/after-same-port");
-}
-
-/// A TCP port nothing listens on now.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
 }
 
 #[test]

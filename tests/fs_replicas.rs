@@ -42,7 +42,7 @@ fn records(cluster: &Cluster, path: &str) -> Vec<Option<u64>> {
         let client = rpc_client(b"");
         let mut held = Vec::new();
         for i in replicas_of(cluster, path) {
-            let conn = common::rpc::connect(&client, &servers[i]).await.unwrap();
+            let conn = client.connect(servers[i].addr).await.unwrap();
             let request = ops::PathRequest { path: path.into() };
             held.push(match conn.call::<ops::MetadataLookup>(&request).await {
                 Ok(reply) => Some(reply.meta.file_id),
@@ -149,10 +149,10 @@ fn replicas_that_name_different_files_refuse_size_updates() {
     let other = fs.stat("/other").unwrap();
     let copy_holder = replicas_of(&cluster, "/x")[1];
     let servers = fs.client().servers();
-    let copy = servers[copy_holder].clone();
-    insert_record(std::slice::from_ref(&copy), "/x", other);
+    let copy = servers[copy_holder].addr;
+    insert_record(&[copy], "/x", other);
     Rt::new().block_on(async {
-        let conn = common::rpc::connect(&rpc_client(b""), &copy).await.unwrap();
+        let conn = rpc_client(b"").connect(copy).await.unwrap();
         let size = ops::UpdateSizeRequest {
             path: "/x".into(),
             file_id: other.file_id + 1,

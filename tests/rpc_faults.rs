@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,10 @@ use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs::config::ServerConfig;
 use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Frame, Message, OpCode, Status};
-use benchfs_ucx::{AmProto, Context, Endpoint, Features, Worker, WorkerAddress};
+use benchfs_ucx::{AmProto, Context, Features, Listener, Worker};
 use common::rpc::{
-    assert_serves, chunk_io, is_unreachable, raw_header, read, request, rpc_client, spec, write,
-    RawPeer, Rt, CHUNK, THRESHOLD,
+    assert_serves, chunk_io, is_unreachable, raw_header, read, rpc_client, spec, write, RawPeer,
+    Rt, CHUNK, THRESHOLD,
 };
 use common::{pattern, Cluster, FAIL_BOUND};
 use futures_util::future::join_all;
@@ -22,10 +23,10 @@ use futures_util::future::join_all;
 #[test]
 fn killed_server_fails_calls_and_restarted_server_is_reachable() {
     let mut cluster = Cluster::start(spec(1));
-    let old_addr = cluster.entry(0);
+    let old_addr = cluster.addr(0);
     Rt::new().block_on(async {
         let client = rpc_client(b"");
-        let conn = Rc::new(common::rpc::connect(&client, &old_addr).await.unwrap());
+        let conn = Rc::new(client.connect(old_addr).await.unwrap());
         // Writes (eager and rendezvous) and pings keep flowing while the server dies.
         let traffic = tokio::task::spawn_local({
             let conn = Rc::clone(&conn);
@@ -71,14 +72,14 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
             assert!(started.elapsed() < FAIL_BOUND);
         }
         let started = Instant::now();
-        let error = common::rpc::connect(&client, &old_addr).await.unwrap_err();
+        let error = client.connect(old_addr).await.unwrap_err();
         assert!(is_unreachable(&error), "{error:?}");
         assert!(started.elapsed() < FAIL_BOUND);
 
         // The restarted server publishes a new port; a new connection reaches it.
         cluster.restart(0);
-        let new_addr = cluster.entry(0);
-        let fresh = common::rpc::connect(&client, &new_addr).await.unwrap();
+        let new_addr = cluster.addr(0);
+        let fresh = client.connect(new_addr).await.unwrap();
         assert_eq!(fresh.hello().unwrap().node_id, "node0");
         assert_serves(&fresh, 4).await;
         assert!(
@@ -91,10 +92,9 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
 
 /// A server that completes the handshake, then answers the next request with a rendezvous
 /// payload and stops making progress until `release` says so, so the transfer never ends.
-/// It sends its worker address on `address_tx`.
 fn stalling_server(
     payload_len: usize,
-    address_tx: std::sync::mpsc::Sender<Vec<u8>>,
+    addr_tx: std::sync::mpsc::Sender<SocketAddr>,
     release: std::sync::mpsc::Receiver<()>,
 ) {
     let rt = Rt::new();
@@ -102,25 +102,21 @@ fn stalling_server(
         let context = Context::new(Features::ALL).unwrap();
         let worker = Worker::new(&context).unwrap();
         let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
+        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
-        address_tx
-            .send(worker.address().unwrap().as_bytes().to_vec())
-            .unwrap();
-        let mut back = None;
+        addr_tx.send(listener.local_addr()).unwrap();
+        let _accepted = listener.accept().await.unwrap();
         loop {
             let msg = requests.recv().await;
             let frame = Frame::decode(msg.header(), msg.data_len()).unwrap();
+            let ep = msg.reply_endpoint().cloned().unwrap();
             if frame.op == OpCode::Hello {
-                let body = &msg.header()[benchfs_proto::frame::FRAME_HEADER_LEN..];
-                let hello = ops::HelloRequest::from_bytes(body).unwrap();
-                let address = WorkerAddress::from_bytes(hello.address);
-                let ep = Endpoint::connect_address(&worker, &address).unwrap();
                 let body = ops::HelloReply {
                     node_id: "stalling".into(),
                     chunk_size: CHUNK,
                     rdma_threshold: THRESHOLD as u64,
                     born_ns: 0,
-                    session: 1,
+                    challenge: Vec::new(),
                 }
                 .to_bytes();
                 let mut header =
@@ -131,10 +127,8 @@ fn stalling_server(
                 ep.am_send(REPLY_AM_ID, header, Vec::new(), AmProto::Eager)
                     .await
                     .unwrap();
-                back = Some(ep);
                 continue;
             }
-            let ep = back.as_ref().expect("a request before the Hello");
             let header = Frame::header(frame.op, frame.request_id, 0, true, 0, payload_len)
                 .to_bytes()
                 .to_vec();
@@ -153,17 +147,17 @@ fn a_receive_into_a_lent_buffer_ends_when_its_server_stalls_mid_transfer() {
     // then stopped: the call times out, the connection is dropped (as FsClient does), and
     // closing it must end the receive, or the lending scope would wait forever.
     const LEN: usize = 1 << 20;
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || stalling_server(LEN, address_tx, release_rx));
-    let address = address_rx.recv().unwrap();
+    let server = std::thread::spawn(move || stalling_server(LEN, addr_tx, release_rx));
+    let addr = addr_rx.recv().unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     // The client runs on its own thread, so a receive that never ends fails this test
     // instead of hanging it.
     std::thread::spawn(move || {
         let rt = Rt::new();
         let client = rt.block_on(async { rpc_client(b"") });
-        let conn = rt.block_on(client.connect("stalling", &address)).unwrap();
+        let conn = rt.block_on(client.connect(addr)).unwrap();
         let slot = std::cell::RefCell::new(Some(Rc::new(conn)));
         let mut buf = vec![0u8; LEN];
         let start = Instant::now();
@@ -217,10 +211,10 @@ fn stopped_client_holds_transfers(op: OpCode) {
     const LEN: usize = THRESHOLD * 2;
     let requests = ServerConfig::default().network.inflight_max as usize + 44;
     let cluster = Cluster::start(spec(1));
-    let addr = cluster.entry(0);
+    let addr = cluster.addr(0);
     let rt = Rt::new();
     let conn = rt.block_on(async {
-        let conn = common::rpc::connect(&rpc_client(b""), &addr).await.unwrap();
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
         write(&conn, 1, 0, 0, pattern(LEN, 1)).await;
         conn
     });
@@ -230,7 +224,7 @@ fn stopped_client_holds_transfers(op: OpCode) {
     let stopped = std::thread::spawn(move || {
         let rt = Rt::new();
         rt.block_on(async {
-            let peer = RawPeer::connect(&addr).await;
+            let peer = RawPeer::connect(addr);
             peer.ping(1).await;
             let body = chunk_io(1, 0, 0, LEN).to_bytes();
             let payload_len = if op == OpCode::WriteChunk { LEN } else { 0 };
@@ -243,7 +237,7 @@ fn stopped_client_holds_transfers(op: OpCode) {
                     body.len() as u32,
                     payload_len as u64,
                 );
-                let header = peer.on_session([header, body.clone()].concat());
+                let header = [header, body.clone()].concat();
                 let (data, proto) = match op {
                     OpCode::WriteChunk => (pattern(LEN, id), AmProto::Rndv),
                     _ => (Vec::new(), AmProto::Eager),
@@ -256,12 +250,13 @@ fn stopped_client_holds_transfers(op: OpCode) {
             sent_tx.send(()).unwrap();
             // Stopped: no more progress, so no rendezvous transfer can finish.
             release_rx.recv().unwrap();
-            // Back again: the server must have closed this session (so the client, which
-            // sees its calls time out, opens a new one).
+            // Back again: the server must have given up on this connection.
+            let deadline = Instant::now() + FAIL_BOUND;
+            while !peer.ep.is_failed() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             drop(in_flight);
-            let ping = request(OpCode::Ping, 99, &[], 0);
-            peer.send(ping, Vec::new(), AmProto::Eager).await;
-            peer.reply(99, Duration::from_millis(500)).await.is_none()
+            peer.ep.is_failed()
         })
     });
     sent_rx.recv().unwrap();
@@ -281,7 +276,7 @@ fn stopped_client_holds_transfers(op: OpCode) {
     answered.expect("the server answered nobody while a client was stopped");
     assert!(
         dropped,
-        "the server never closed the stopped client's session"
+        "the server never closed the stopped client's connection"
     );
     let back = rt.block_on(read(&conn, 1, 0, 0, LEN));
     assert_eq!(back.len(), LEN);

@@ -9,17 +9,14 @@ use std::time::Duration;
 use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, PAYLOAD_LEN_MAX, VERSION};
 use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Message, OpCode, Status};
-use benchfs_ucx::{AmProto, Context, Features};
+use benchfs_ucx::AmProto;
 use common::rpc::{
-    assert_serves, chunk_io, cluster_with_secret, raw_header, request, rpc_client, stats, RawPeer,
-    Rt, CHUNK, THRESHOLD,
+    assert_serves, chunk_io, raw_header, request, rpc_client, spec, stats, RawPeer, Rt, CHUNK,
+    THRESHOLD,
 };
-use common::FAIL_BOUND;
+use common::{Cluster, FAIL_BOUND};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-
-/// The job secret of the servers these tests send junk to.
-const SECRET: &[u8] = b"malformed-tests";
 
 /// Cases per test: `BENCHFS_FUZZ_CASES` when set, else `default`.
 fn fuzz_cases(default: u32) -> u32 {
@@ -34,11 +31,8 @@ enum Expect {
     /// Answer this request id with this status (and count the frame as malformed when the
     /// status is `Protocol`).
     Reply(Status),
-    /// Drop it (it names no session, or no address to answer) and count it as malformed.
+    /// Drop it (the request id cannot be read) and count it as malformed.
     Dropped,
-    /// Drop it uncounted: a well-formed request of a session that is not open (one the
-    /// server closed, say).
-    Ignored,
 }
 
 struct BadFrame {
@@ -53,12 +47,11 @@ struct BadFrame {
 #[allow(clippy::too_many_lines)]
 fn bad_frames() -> Vec<BadFrame> {
     use OpCode::{
-        Hello, MetadataDelete, MetadataLookup, Ping, ReadChunk, Readdir, Stats, WriteChunk,
+        Auth, MetadataDelete, MetadataLookup, Ping, ReadChunk, Readdir, Stats, WriteChunk,
     };
     let protocol = Expect::Reply(Status::Protocol);
     let invalid = Expect::Reply(Status::InvalidArgument);
     let dropped = Expect::Dropped;
-    let ignored = Expect::Ignored;
     let none = Vec::new;
     // The request id of each case is its index plus 1000 (set below).
     let ping =
@@ -79,9 +72,7 @@ fn bad_frames() -> Vec<BadFrame> {
     }
     .to_bytes();
     unknown_kind[0] = 9;
-    let big_proof = ops::HelloRequest {
-        client: "junk".into(),
-        address: vec![1; 79],
+    let big_proof = ops::AuthRequest {
         proof: vec![1; 300],
     }
     .to_bytes();
@@ -107,36 +98,13 @@ fn bad_frames() -> Vec<BadFrame> {
         vec![0; 2],
     ];
     let remote_tail = remote_tail.concat();
-    // Hellos without a proof of the job secret: the server must not hand their
-    // addresses to UCX, which aborts the process on a malformed one.
-    let hello = |address: Vec<u8>| {
-        ops::HelloRequest {
-            client: "junk".into(),
-            address,
-            proof: Vec::new(),
-        }
-        .to_bytes()
-    };
-    let mut no_session = ping(0, 0, 0);
-    no_session[32..40].copy_from_slice(&0x5eed_u64.to_le_bytes());
-    let mut junk_address = vec![0u8; 79];
-    for (i, b) in junk_address.iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
-    }
 
     // (what, header and body, data, what the server must do), sent eagerly.
     #[rustfmt::skip]
     let eager = [
-        // A cut header names no session, so there is nobody to answer.
-        ("header cut to 20 bytes", ping(0, 0, 0)[..20].to_vec(), none(), dropped),
-        ("header cut to 39 bytes", ping(0, 0, 0)[..39].to_vec(), none(), dropped),
+        ("header cut to 20 bytes", ping(0, 0, 0)[..20].to_vec(), none(), protocol),
+        ("header cut to 31 bytes", ping(0, 0, 0)[..31].to_vec(), none(), protocol),
         ("header cut to 10 bytes", ping(0, 0, 0)[..10].to_vec(), none(), dropped),
-        ("a session that is not open", no_session, none(), ignored),
-        ("Hello with a garbage body", op(Hello, &[3; 40], 0), none(), dropped),
-        ("Hello with an empty address", op(Hello, &hello(Vec::new()), 0), none(), dropped),
-        ("Hello with a payload", op(Hello, &hello(vec![1; 8]), 16), vec![0; 16], dropped),
-        ("Hello with a junk worker address", op(Hello, &hello(junk_address), 0), none(), dropped),
-        ("Hello with an oversized proof", op(Hello, &big_proof, 0), none(), dropped),
         ("empty header, some data", none(), vec![7; 64], dropped),
         ("unknown op 999", raw_header(999, 0, 0, 0, 0), none(), protocol),
         ("op 0", raw_header(0, 0, 0, 0, 0), none(), protocol),
@@ -160,6 +128,7 @@ fn bad_frames() -> Vec<BadFrame> {
         ("payload on a lookup", op(MetadataLookup, &lookup, 10), vec![0; 10], protocol),
         ("payload on stats, whose body is empty", op(Stats, &[], 4096), vec![0; 4096], protocol),
         ("unknown entry kind", op(MetadataDelete, &unknown_kind, 0), none(), protocol),
+        ("oversized handshake proof", op(Auth, &big_proof, 0), none(), protocol),
         ("readdir resume name too long", op(Readdir, &long_after, 0), none(), protocol),
         ("chunk write shorter than its len", op(WriteChunk, &write, 50), vec![0; 50], protocol),
         ("chunk write past chunk_size", op(WriteChunk, &past_end, 16), vec![0; 16], invalid),
@@ -203,17 +172,13 @@ fn bad_frames() -> Vec<BadFrame> {
 
 #[test]
 fn malformed_frames_get_errors_and_the_server_keeps_serving() {
-    // With a job secret: the junk Hellos carry no proof, so no junk address reaches UCX.
-    let (_secret, mut cluster) = cluster_with_secret(SECRET);
-    let addr = cluster.entry(0);
+    let mut cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
     let frames = bad_frames();
     Rt::new().block_on(async {
-        let conn = common::rpc::connect(&rpc_client(SECRET), &addr)
-            .await
-            .unwrap();
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
         let before = stats(&conn).await.malformed;
-        let peer =
-            RawPeer::connect_with(&Context::new(Features::ALL).unwrap(), &addr, SECRET).await;
+        let peer = RawPeer::connect(addr);
         peer.ping(1).await;
         let mut counted = 0;
         for (i, frame) in frames.into_iter().enumerate() {
@@ -237,7 +202,6 @@ fn malformed_frames_get_errors_and_the_server_keeps_serving() {
                     counted += u64::from(status == Status::Protocol);
                 }
                 Expect::Dropped => counted += 1,
-                Expect::Ignored => {}
             }
             // The same connection still works after every bad frame.
             peer.ping(2 + i as u64).await;
@@ -254,13 +218,7 @@ fn malformed_frames_get_errors_and_the_server_keeps_serving() {
             "every malformed frame is counted once"
         );
         assert_serves(&conn, 7).await;
-        assert_serves(
-            &common::rpc::connect(&rpc_client(SECRET), &addr)
-                .await
-                .unwrap(),
-            8,
-        )
-        .await;
+        assert_serves(&rpc_client(b"").connect(addr).await.unwrap(), 8).await;
     });
     assert!(cluster.is_running(0));
 }
@@ -296,16 +254,13 @@ fn arbitrary_frame(max_header: usize) -> impl Strategy<Value = (Vec<u8>, Vec<u8>
 
 #[test]
 fn arbitrary_frames_never_stop_the_server() {
-    // With a job secret: the junk Hellos carry no proof, so no junk address reaches UCX.
-    let (_secret, mut cluster) = cluster_with_secret(SECRET);
-    let addr = cluster.entry(0);
+    let mut cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
     let rt = Rt::new();
     let (peer, conn) = rt.block_on(async {
         (
-            RawPeer::connect_with(&Context::new(Features::ALL).unwrap(), &addr, SECRET).await,
-            common::rpc::connect(&rpc_client(SECRET), &addr)
-                .await
-                .unwrap(),
+            RawPeer::connect(addr),
+            rpc_client(b"").connect(addr).await.unwrap(),
         )
     });
     let max_header = peer.worker.max_am_header().min(256);

@@ -4,18 +4,17 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use benchfs::client::rpc::{Connection, OutPayload, RpcError};
-use benchfs::registry::ServerEntry;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
-use benchfs_proto::ops::{self, Empty};
+use benchfs_proto::ops::{self, Empty, HelloRequest};
 use benchfs_proto::{Message, OpCode, Status};
-use benchfs_ucx::{AmProto, Context, Features};
+use benchfs_ucx::AmProto;
 use common::rpc::{
-    assert_serves, chunk_io, cluster_with_secret, raw_header, read, request, rpc_client, spec,
-    stats, status_of, write, RawPeer, Rt, CHUNK, THRESHOLD,
+    assert_serves, chunk_io, raw_header, read, request, rpc_client, spec, stats, status_of, write,
+    RawPeer, Rt, CHUNK, THRESHOLD,
 };
 use common::{pattern, Cluster, FAIL_BOUND};
 use futures_util::future::join_all;
@@ -23,10 +22,10 @@ use futures_util::future::join_all;
 #[test]
 fn every_operation_round_trips() {
     let cluster = Cluster::start(spec(1));
-    let addr = cluster.entry(0);
+    let addr = cluster.addr(0);
     Rt::new().block_on(async {
         let client = rpc_client(b"");
-        let conn = common::rpc::connect(&client, &addr).await.unwrap();
+        let conn = client.connect(addr).await.unwrap();
         hello_and_ping(&conn).await;
         let before = stats(&conn).await;
         assert_eq!(
@@ -56,8 +55,8 @@ fn every_operation_round_trips() {
     });
 }
 
-/// Hello (done by connect), and ping without and with a payload (eager and rendezvous)
-/// that the server discards.
+/// Hello (done by connect, and again by hand; a wrong secret is refused), and ping without
+/// and with a payload (eager and rendezvous) that the server discards.
 async fn hello_and_ping(conn: &Connection) {
     let hello = conn.hello().unwrap().clone();
     assert_eq!(
@@ -68,7 +67,24 @@ async fn hello_and_ping(conn: &Connection) {
         ),
         ("node0", CHUNK, THRESHOLD as u64)
     );
-    assert_ne!(hello.session, 0, "0 is no session");
+    let again = conn
+        .call::<ops::Hello>(&HelloRequest {
+            client: "again".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, hello);
+    assert!(
+        hello.challenge.is_empty(),
+        "a server with no secret sets no challenge"
+    );
+    // With no challenge given, there is nothing a proof could answer.
+    let unasked = conn
+        .call::<ops::Auth>(&ops::AuthRequest {
+            proof: benchfs_proto::auth::proof(b"guess", b""),
+        })
+        .await;
+    assert_eq!(status_of(unasked), Status::PermissionDenied);
 
     conn.call::<ops::Ping>(&Empty).await.unwrap();
     for len in [100, THRESHOLD + 1] {
@@ -396,26 +412,39 @@ async fn chunks(conn: &Connection, id: u64) {
     assert!(read(conn, id, 0, 0, 100).await.is_empty());
 }
 
+/// A one-server cluster whose job secret is `secret` (in a private file, as required).
+fn cluster_with_secret(secret: &[u8]) -> (tempfile::TempDir, Cluster) {
+    let secrets = tempfile::tempdir_in(common::test_root()).unwrap();
+    let secret_file = secrets.path().join("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let cluster = Cluster::start_with_args(
+        spec(1),
+        &["--secret-file".into(), secret_file.display().to_string()],
+    );
+    (secrets, cluster)
+}
+
 #[test]
 fn handshake_checks_the_job_secret() {
     let (_secrets, cluster) = cluster_with_secret(b"job-42-secret");
-    let addr = cluster.entry(0);
+    let addr = cluster.addr(0);
     Rt::new().block_on(async {
-        // A server does not connect back to a caller that cannot prove the secret, so the
-        // caller gets no answer: its handshake times out.
         for wrong in [&b""[..], b"job-42-secreT", b"job-42-secret\n"] {
-            let refused = common::rpc::connect(&rpc_client(wrong), &addr).await;
-            assert!(
-                matches!(refused, Err(RpcError::Timeout { .. })),
-                "secret {wrong:?}: {refused:?}"
+            let refused = rpc_client(wrong).connect(addr).await;
+            assert_eq!(
+                status_of(refused),
+                Status::PermissionDenied,
+                "secret {wrong:?}"
             );
         }
-        let conn = common::rpc::connect(&rpc_client(b"job-42-secret"), &addr)
-            .await
-            .unwrap();
+        let conn = rpc_client(b"job-42-secret").connect(addr).await.unwrap();
         assert_serves(&conn, 1).await;
-        // Each refusal is logged with the name the client gave (a BenchFS client's says
-        // which host it runs on: a worker-address connection shows no socket address).
+        // Each refusal is logged with the client's name and the address it came from.
         let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
         let refusals: Vec<&str> = log
             .lines()
@@ -423,12 +452,12 @@ fn handshake_checks_the_job_secret() {
             .collect();
         assert_eq!(refusals.len(), 3, "{log}");
         for line in refusals {
-            assert!(line.contains("rpc-tests"), "{line}");
+            assert!(line.contains("rpc-tests from 127.0.0.1:"), "{line}");
         }
 
         // A peer that skipped the handshake could create files on a server with a secret:
-        // a request that names no session gets no work done.
-        let raw = RawPeer::unopened(&Context::new(Features::ALL).unwrap(), &addr);
+        // every request before a successful Hello must be refused.
+        let raw = RawPeer::connect(addr);
         let body = ops::CreateRequest {
             path: "/sneaky".into(),
             mode: 0o644,
@@ -440,7 +469,11 @@ fn handshake_checks_the_job_secret() {
             AmProto::Eager,
         )
         .await;
-        assert!(raw.reply(7, Duration::from_millis(300)).await.is_none());
+        let (frame, _) = raw
+            .reply(7, FAIL_BOUND)
+            .await
+            .expect("an answer to the request");
+        assert_eq!(frame.status, Status::PermissionDenied.to_wire());
         let lookup = conn
             .call::<ops::MetadataLookup>(&ops::PathRequest {
                 path: "/sneaky".into(),
@@ -451,48 +484,59 @@ fn handshake_checks_the_job_secret() {
 }
 
 #[test]
-fn a_proof_holds_for_one_worker_address() {
-    // The secret never crosses the wire: a Hello proves it for the caller's own worker
-    // address. A proof for another address, or by another secret, is not answered (the
-    // server does not hand an unproven address to UCX), and a Hello replayed by another
-    // peer is answered to the address it names, not to the peer that replayed it.
+fn a_proof_answers_one_challenge_once() {
+    // The secret never crosses the wire: the server challenges, and a proof answers one
+    // challenge of one connection, once.
     let (_secrets, cluster) = cluster_with_secret(b"job-42-secret");
-    let addr = cluster.entry(0);
+    let addr = cluster.addr(0);
     Rt::new().block_on(async {
-        let context = Context::new(Features::ALL).unwrap();
-        let (owner, thief) = (
-            RawPeer::unopened(&context, &addr),
-            RawPeer::unopened(&context, &addr),
-        );
+        let raw = RawPeer::connect(addr);
         let secret = b"job-42-secret";
-        let mut for_another = owner.hello(secret);
-        for_another.proof = benchfs_proto::auth::proof(secret, &thief.hello(b"").address);
-        for (id, hello, what) in [
-            (21, owner.hello(b"job-43-secret"), "another secret"),
-            (22, for_another, "a proof for another address"),
-            (23, owner.hello(b""), "no proof"),
+        let hello = || {
+            HelloRequest {
+                client: "raw".into(),
+            }
+            .to_bytes()
+        };
+        let ask = |id: u64, op: OpCode, body: Vec<u8>| {
+            let raw = &raw;
+            async move {
+                raw.send(request(op, id, &body, 0), Vec::new(), AmProto::Eager)
+                    .await;
+                raw.reply(id, FAIL_BOUND).await.expect("an answer")
+            }
+        };
+        let auth = |proof: Vec<u8>| ops::AuthRequest { proof }.to_bytes();
+        let (_, body) = ask(20, OpCode::Hello, hello()).await;
+        let challenge = ops::HelloReply::from_bytes(&body).unwrap().challenge;
+        assert_eq!(challenge.len(), benchfs_proto::auth::CHALLENGE_LEN);
+        let other = vec![0u8; challenge.len()];
+        for (id, proof, what) in [
+            (
+                21,
+                benchfs_proto::auth::proof(secret, &other),
+                "a proof of another challenge",
+            ),
+            (
+                22,
+                benchfs_proto::auth::proof(secret, &challenge),
+                "a used-up challenge",
+            ),
         ] {
-            let header = request(OpCode::Hello, id, &hello.to_bytes(), 0);
-            owner.send(header, Vec::new(), AmProto::Eager).await;
-            let reply = owner.reply(id, Duration::from_millis(300)).await;
-            assert!(reply.is_none(), "{what} was answered");
+            let (frame, _) = ask(id, OpCode::Auth, auth(proof)).await;
+            assert_eq!(frame.status, Status::PermissionDenied.to_wire(), "{what}");
         }
-        let replayed = request(OpCode::Hello, 24, &owner.hello(secret).to_bytes(), 0);
-        thief.send(replayed, Vec::new(), AmProto::Eager).await;
-        let (frame, body) = owner.reply(24, FAIL_BOUND).await.expect("an answer");
+        let (_, body) = ask(23, OpCode::Hello, hello()).await;
+        let fresh = ops::HelloReply::from_bytes(&body).unwrap().challenge;
+        assert_ne!(fresh, challenge, "each Hello gets a new challenge");
+        let (frame, _) = ask(
+            24,
+            OpCode::Auth,
+            auth(benchfs_proto::auth::proof(secret, &fresh)),
+        )
+        .await;
         assert_eq!(frame.status, Status::Ok.to_wire());
-        assert!(thief.reply(24, Duration::from_millis(300)).await.is_none());
-        owner
-            .session
-            .set(ops::HelloReply::from_bytes(&body).unwrap().session);
-        owner
-            .send(
-                request(OpCode::Stats, 25, &[], 0),
-                Vec::new(),
-                AmProto::Eager,
-            )
-            .await;
-        let (frame, _) = owner.reply(25, FAIL_BOUND).await.expect("an answer");
+        let (frame, _) = ask(25, OpCode::Stats, Vec::new()).await;
         assert_eq!(frame.status, Status::Ok.to_wire(), "admitted");
     });
 }
@@ -500,9 +544,9 @@ fn a_proof_holds_for_one_worker_address() {
 #[test]
 fn payloads_around_the_rendezvous_threshold_round_trip() {
     let cluster = Cluster::start(spec(1));
-    let addr = cluster.entry(0);
+    let addr = cluster.addr(0);
     Rt::new().block_on(async {
-        let conn = common::rpc::connect(&rpc_client(b""), &addr).await.unwrap();
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
         let sizes = [
             1,
             THRESHOLD - 1,
@@ -570,8 +614,8 @@ async fn shared_buffer_round_trips(conn: &Connection) {
 
 /// A body too long for the AM header opens the AM data instead; the server must split
 /// body and payload there too, eager and rendezvous. `conn` reads the chunks back.
-async fn bodies_in_the_am_data_round_trip(addr: ServerEntry, conn: &Connection) {
-    let peer = RawPeer::connect(&addr).await;
+async fn bodies_in_the_am_data_round_trip(addr: SocketAddr, conn: &Connection) {
+    let peer = RawPeer::connect(addr);
     for (i, (len, proto)) in [(100, AmProto::Eager), (THRESHOLD * 3, AmProto::Rndv)]
         .into_iter()
         .enumerate()
@@ -602,9 +646,9 @@ async fn bodies_in_the_am_data_round_trip(addr: ServerEntry, conn: &Connection) 
 #[test]
 fn many_concurrent_calls_on_one_connection() {
     let cluster = Cluster::start(spec(1));
-    let addr = cluster.entry(0);
+    let addr = cluster.addr(0);
     Rt::new().block_on(async {
-        let conn = common::rpc::connect(&rpc_client(b""), &addr).await.unwrap();
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
         let conn = &conn;
         let calls = (0..256u64).map(|i| async move {
             match i % 4 {

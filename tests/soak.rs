@@ -1482,7 +1482,7 @@ fn a_file_with_two_names_keeps_its_chunks_when_one_is_unlinked() {
     let copies: Vec<_> = cluster
         .replicas_of(PlacementKey::Metadata("/b"))
         .into_iter()
-        .map(|i| servers[i].clone())
+        .map(|i| servers[i].addr)
         .collect();
     common::rpc::insert_record(&copies, "/b", meta);
     let reader = cluster.client();

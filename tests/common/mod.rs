@@ -392,14 +392,15 @@ impl Cluster {
         }
     }
 
-    /// The registry entry server `i` published.
-    pub fn entry(&self, i: usize) -> benchfs::registry::ServerEntry {
+    /// The address server `i` published in the registry.
+    pub fn addr(&self, i: usize) -> std::net::SocketAddr {
         let id = Self::node_id(i);
         let entries = benchfs::registry::read(&self.registry()).unwrap();
         entries
             .into_iter()
             .find(|e| e.node_id == id)
             .unwrap_or_else(|| panic!("{id} is not in the registry"))
+            .addr
     }
 
     /// Whether server `i` was started and has not exited (a crash or a panic shows here).

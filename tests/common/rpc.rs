@@ -2,19 +2,18 @@
 //! that check their replies, and a raw UCX peer that builds frames by hand.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use benchfs::client::rpc::{ClientOptions, Connection, RpcClient};
 use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
-use benchfs::registry::ServerEntry;
 use benchfs_proto::frame::{MAGIC, VERSION};
 use benchfs_proto::ops::{self, ChunkIo, Empty};
-use benchfs_proto::Message;
 use benchfs_proto::{Frame, OpCode, Status};
-use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Worker, WorkerAddress};
+use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Worker};
 
-use super::{pattern, Cluster, ClusterSpec, FAIL_BOUND, RPC_TIMEOUT};
+use super::{pattern, ClusterSpec, FAIL_BOUND, RPC_TIMEOUT};
 
 /// Chunk size of every RPC test cluster.
 pub const CHUNK: u64 = 4 << 20;
@@ -37,23 +36,6 @@ pub fn spec(servers: usize) -> ClusterSpec {
         orphan_sweep_secs: 0,
         inject_faults: None,
     }
-}
-
-/// A one-server cluster whose job secret is `secret` (in a private file, as required).
-pub fn cluster_with_secret(secret: &[u8]) -> (tempfile::TempDir, Cluster) {
-    let secrets = tempfile::tempdir_in(super::test_root()).unwrap();
-    let secret_file = secrets.path().join("secret");
-    std::fs::write(&secret_file, secret).unwrap();
-    std::fs::set_permissions(
-        &secret_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let cluster = Cluster::start_with_args(
-        spec(1),
-        &["--secret-file".into(), secret_file.display().to_string()],
-    );
-    (secrets, cluster)
 }
 
 /// A current-thread runtime and a `LocalSet`, kept across `block_on` calls so that a
@@ -96,11 +78,6 @@ pub fn rpc_client(secret: &[u8]) -> Rc<RpcClient> {
         name: "rpc-tests".into(),
     };
     RpcClient::start(&context, options).unwrap()
-}
-
-/// Connects `client` to the server `entry` names (its worker address).
-pub async fn connect(client: &Rc<RpcClient>, entry: &ServerEntry) -> Result<Connection, RpcError> {
-    client.connect(&entry.name(), &entry.worker).await
 }
 
 /// The status of a call that must fail with one.
@@ -171,7 +148,7 @@ pub fn raw_header(
     body_len: u32,
     payload_len: u64,
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(40);
+    let mut h = Vec::with_capacity(32);
     h.extend_from_slice(&MAGIC.to_le_bytes());
     h.extend_from_slice(&VERSION.to_le_bytes());
     h.extend_from_slice(&op.to_le_bytes());
@@ -180,8 +157,6 @@ pub fn raw_header(
     h.extend_from_slice(&flags.to_le_bytes());
     h.extend_from_slice(&body_len.to_le_bytes());
     h.extend_from_slice(&payload_len.to_le_bytes());
-    // The session: `RawPeer::send` writes its own here.
-    h.extend_from_slice(&0u64.to_le_bytes());
     h
 }
 
@@ -198,92 +173,34 @@ pub fn request(op: OpCode, request_id: u64, body: &[u8], payload_len: usize) -> 
     h
 }
 
-/// A UCX peer that speaks the frame format by hand, on a session it opened with a `Hello`.
+/// A UCX peer that speaks the frame format by hand.
 pub struct RawPeer {
     pub worker: Rc<Worker>,
     pub ep: Endpoint,
     replies: AmStream,
-    /// The session its frames name: the one the server's `HelloReply` gave.
-    pub session: std::cell::Cell<u64>,
 }
 
-/// The request id of a raw peer's `Hello`.
-const RAW_HELLO_ID: u64 = u64::MAX;
-
 impl RawPeer {
-    /// This peer's `Hello`, with proof of `secret` (none when empty).
-    pub fn hello(&self, secret: &[u8]) -> ops::HelloRequest {
-        let address = self.worker.address().unwrap().as_bytes().to_vec();
-        let proof = match secret.is_empty() {
-            true => Vec::new(),
-            false => benchfs_proto::auth::proof(secret, &address),
-        };
-        ops::HelloRequest {
-            client: "raw-peer".into(),
-            address,
-            proof,
-        }
+    /// Connects to `addr`; call inside `Rt::block_on`.
+    pub fn connect(addr: SocketAddr) -> RawPeer {
+        Self::connect_with(&Context::new(Features::ALL).unwrap(), addr)
     }
 
-    /// Connects to the server `entry` names and opens a session; call inside
-    /// `Rt::block_on`.
-    pub async fn connect(entry: &ServerEntry) -> RawPeer {
-        Self::connect_with(&Context::new(Features::ALL).unwrap(), entry, b"").await
-    }
-
-    /// Connects with a worker of `context` (one restricted to some network devices, for
-    /// example) and opens a session, proving `secret`; call inside `Rt::block_on`.
-    pub async fn connect_with(
-        context: &std::sync::Arc<Context>,
-        entry: &ServerEntry,
-        secret: &[u8],
-    ) -> RawPeer {
-        let peer = Self::unopened(context, entry);
-        let header = request(
-            OpCode::Hello,
-            RAW_HELLO_ID,
-            &peer.hello(secret).to_bytes(),
-            0,
-        );
-        peer.send(header, Vec::new(), AmProto::Eager).await;
-        let (frame, body) = peer
-            .reply(RAW_HELLO_ID, FAIL_BOUND)
-            .await
-            .expect("no answer to a Hello");
-        assert_eq!(frame.status, Status::Ok.to_wire(), "Hello refused");
-        let reply = ops::HelloReply::from_bytes(&body).unwrap();
-        peer.session.set(reply.session);
-        peer
-    }
-
-    /// Connects to the server `entry` names without a `Hello`: the server has no way to
-    /// answer it. Call inside `Rt::block_on`.
-    pub fn unopened(context: &std::sync::Arc<Context>, entry: &ServerEntry) -> RawPeer {
+    /// Connects to `addr` with a worker of `context` (one restricted to some network
+    /// devices, for example); call inside `Rt::block_on`.
+    pub fn connect_with(context: &std::sync::Arc<Context>, addr: SocketAddr) -> RawPeer {
         let worker = Worker::new(context).unwrap();
         let replies = worker.set_am_handler(REPLY_AM_ID, 1024).unwrap();
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
-        let address = WorkerAddress::from_bytes(entry.worker.clone());
-        let ep = Endpoint::connect_address(&worker, &address).unwrap();
+        let ep = Endpoint::connect_socket(&worker, addr).unwrap();
         RawPeer {
             worker,
             ep,
             replies,
-            session: std::cell::Cell::new(0),
         }
     }
 
-    /// `header` naming this peer's session, when it is long enough to hold one and names
-    /// none (0).
-    pub fn on_session(&self, mut header: Vec<u8>) -> Vec<u8> {
-        if let Some(session) = header.get_mut(32..40).filter(|s| **s == [0; 8]) {
-            session.copy_from_slice(&self.session.get().to_le_bytes());
-        }
-        header
-    }
-
-    /// Sends a request on this peer's session (see [`RawPeer::on_session`]).
     pub async fn send(&self, header: Vec<u8>, data: Vec<u8>, proto: AmProto) {
-        let header = self.on_session(header);
         let sent = tokio::time::timeout(
             FAIL_BOUND,
             self.ep.am_send(REQUEST_AM_ID, header, data, proto),
@@ -304,7 +221,7 @@ impl RawPeer {
                 .expect("the server sent a malformed reply");
             assert!(frame.is_reply);
             if frame.request_id == request_id {
-                let body = msg.header()[benchfs_proto::frame::FRAME_HEADER_LEN..].to_vec();
+                let body = msg.header()[32..].to_vec();
                 return Some((frame, body));
             }
         }
@@ -337,11 +254,11 @@ impl Drop for RawPeer {
 
 /// Stores `meta` at `path` on each of `servers` by hand, as an insert that only some
 /// replicas took would leave it (replicas that disagree, two names for one file).
-pub fn insert_record(servers: &[ServerEntry], path: &str, meta: benchfs_proto::meta::FileMetadata) {
+pub fn insert_record(servers: &[SocketAddr], path: &str, meta: benchfs_proto::meta::FileMetadata) {
     Rt::new().block_on(async {
         let client = rpc_client(b"");
-        for entry in servers {
-            let conn = connect(&client, entry).await.unwrap();
+        for &addr in servers {
+            let conn = client.connect(addr).await.unwrap();
             let insert = ops::InsertRequest {
                 path: path.into(),
                 meta,

@@ -1,10 +1,8 @@
 //! Discovery: servers publish their addresses as files in a directory every node sees.
 //!
-//! Each server writes `<registry_dir>/<node_id>.addr` holding
-//! `<node_id> <ip:port> <worker address in hex> <secret tag in hex, or ->\n`, atomically (write a temporary file,
-//! then rename), and removes it on a clean exit. Clients read every `*.addr` file; anything
-//! else in the directory is ignored. Callers connect by the UCX worker address; the socket
-//! address names the server in messages and says where its TCP transport listens.
+//! Each server writes `<registry_dir>/<node_id>.addr` holding `<node_id> <ip:port>\n`,
+//! atomically (write a temporary file, then rename), and removes it on a clean exit.
+//! Clients read every `*.addr` file; anything else in the directory is ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,43 +12,8 @@ use std::path::{Path, PathBuf};
 pub struct ServerEntry {
     /// The server's node id.
     pub node_id: String,
-    /// Where its TCP transport listens (port 0: a port UCX chose).
+    /// Where it listens.
     pub addr: SocketAddr,
-    /// Its UCX worker address, which callers connect to.
-    pub worker: Vec<u8>,
-    /// `benchfs_proto::auth::registry_tag` of its job secret; `None`: it has none.
-    pub secret_tag: Option<Vec<u8>>,
-}
-
-impl ServerEntry {
-    /// The name messages give the server: `node_id@ip:port`, or `node_id@ip` when UCX
-    /// chose the port.
-    pub fn name(&self) -> String {
-        match self.addr.port() {
-            0 => format!("{}@{}", self.node_id, self.addr.ip()),
-            _ => format!("{}@{}", self.node_id, self.addr),
-        }
-    }
-}
-
-/// Bytes of a secret tag.
-pub const SECRET_TAG_LEN: usize = 32;
-
-/// Longest worker address an entry may hold, in bytes.
-pub const WORKER_ADDRESS_LEN_MAX: usize = benchfs_proto::ops::WORKER_ADDRESS_LEN_MAX;
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// Why the registry could not be read or written.
@@ -96,15 +59,8 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
         entry.node_id,
         std::process::id()
     ));
-    let tag = entry.secret_tag.as_deref().map_or("-".to_string(), to_hex);
-    let line = format!(
-        "{} {} {} {}\n",
-        entry.node_id,
-        entry.addr,
-        to_hex(&entry.worker),
-        tag
-    );
-    std::fs::write(&tmp, line).map_err(io("write", &tmp))?;
+    std::fs::write(&tmp, format!("{} {}\n", entry.node_id, entry.addr))
+        .map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
     // Back: no longer departed.
     let departed = departed_path(dir, &entry.node_id);
@@ -161,39 +117,15 @@ pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
 /// Parses one entry file's contents.
 pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
     let mut words = text.split_whitespace();
-    let (Some(node_id), Some(addr), Some(worker), Some(tag), None) = (
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-    ) else {
-        return Err(
-            "expected `<node_id> <ip:port> <worker address in hex> <secret tag in hex, or ->`"
-                .to_string(),
-        );
+    let (Some(node_id), Some(addr), None) = (words.next(), words.next(), words.next()) else {
+        return Err("expected `<node_id> <ip:port>`".to_string());
     };
     let addr = addr
         .parse()
         .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-    let worker = from_hex(worker)
-        .filter(|w| !w.is_empty() && w.len() <= WORKER_ADDRESS_LEN_MAX)
-        .ok_or_else(|| {
-            format!("bad worker address: not 1 to {WORKER_ADDRESS_LEN_MAX} bytes in hex")
-        })?;
-    let secret_tag = match tag {
-        "-" => None,
-        hex => Some(
-            from_hex(hex)
-                .filter(|t| t.len() == SECRET_TAG_LEN)
-                .ok_or_else(|| format!("bad secret tag: not {SECRET_TAG_LEN} bytes in hex"))?,
-        ),
-    };
     Ok(ServerEntry {
         node_id: node_id.to_string(),
         addr,
-        worker,
-        secret_tag,
     })
 }
 
@@ -231,14 +163,10 @@ mod tests {
         let a = ServerEntry {
             node_id: "b".into(),
             addr: "127.0.0.1:1".parse().unwrap(),
-            worker: vec![1, 2, 0xff],
-            secret_tag: Some(vec![7; SECRET_TAG_LEN]),
         };
         let b = ServerEntry {
             node_id: "a".into(),
             addr: "127.0.0.1:2".parse().unwrap(),
-            worker: vec![3],
-            secret_tag: None,
         };
         publish(dir.path(), &a).unwrap();
         publish(dir.path(), &b).unwrap();
@@ -247,7 +175,7 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), vec![b.clone(), a.clone()]);
         // Another server's entry under the same node id is not withdrawn.
         let impostor = ServerEntry {
-            worker: vec![4],
+            addr: "127.0.0.1:3".parse().unwrap(),
             ..b.clone()
         };
         withdraw(dir.path(), &impostor).unwrap();
@@ -272,8 +200,6 @@ mod tests {
             .map(|id| ServerEntry {
                 node_id: id.to_string(),
                 addr: "127.0.0.1:1".parse().unwrap(),
-                worker: vec![0xab],
-                secret_tag: None,
             })
             .collect();
         for entry in &entries {
@@ -284,20 +210,10 @@ mod tests {
 
     #[test]
     fn parses_entries() {
-        let entry = parse_entry("n 127.0.0.1:5 00ff -\n").unwrap();
-        assert_eq!((entry.worker, entry.secret_tag), (vec![0, 0xff], None));
-        let tag = "ab".repeat(SECRET_TAG_LEN);
-        let entry = parse_entry(&format!("n [::1]:5 0A {tag}")).unwrap();
-        assert_eq!(entry.secret_tag, Some(vec![0xab; SECRET_TAG_LEN]));
+        assert!(parse_entry("n 127.0.0.1:5\n").is_ok());
+        assert!(parse_entry("n [::1]:5").is_ok());
         assert!(parse_entry("n").is_err());
-        assert!(parse_entry("n 127.0.0.1:5 00").is_err(), "no secret tag");
-        assert!(
-            parse_entry("n 127.0.0.1:5 00 ab").is_err(),
-            "a short secret tag"
-        );
-        assert!(parse_entry("n host:5 00 -").is_err());
-        assert!(parse_entry("n 1.2.3.4:5 0 -").is_err(), "odd hex");
-        assert!(parse_entry("n 1.2.3.4:5 zz -").is_err(), "not hex");
-        assert!(parse_entry("n 1.2.3.4:5 00 - extra").is_err());
+        assert!(parse_entry("n host:5").is_err());
+        assert!(parse_entry("n 1.2.3.4:5 extra").is_err());
     }
 }

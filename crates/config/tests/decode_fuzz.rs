@@ -55,32 +55,12 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
     ]
 }
 
-/// A worker address in hex, as an entry holds it: good, or of odd length, or not hex.
-fn worker_hex() -> impl Strategy<Value = String> {
-    prop_oneof![
-        4 => "([0-9a-fA-F]{2}){1,80}",
-        1 => "[0-9a-f]{1,9}",
-        1 => "[0-9a-z+-]{1,12}",
-    ]
-}
-
-/// A secret tag as an entry holds it: `-`, good hex, or hex of the wrong length.
-fn tag_text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        2 => Just("-".to_string()),
-        2 => "([0-9a-f]{2}){32}",
-        1 => "[0-9a-f]{2,10}",
-    ]
-}
-
-/// Words and white space that come near an entry: node ids, addresses good and bad, worker
-/// addresses, secret tags, and anything printable.
+/// Words and white space that come near an entry: node ids, addresses good and bad, and
+/// anything printable.
 fn entry_text() -> impl Strategy<Value = String> {
     let word = prop_oneof![
         node_id(),
         addr().prop_map(|a| a.to_string()),
-        worker_hex(),
-        tag_text(),
         "[0-9a-f.:%\\[\\]]{0,30}",
         "\\PC{0,20}",
     ];
@@ -121,12 +101,11 @@ fn file_name() -> impl Strategy<Value = Vec<u8>> {
 /// UTF-8, a huge line.
 fn contents() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        (node_id(), addr(), worker_hex(), tag_text())
-            .prop_map(|(n, a, w, t)| format!("{n} {a} {w} {t}\n").into_bytes()),
+        (node_id(), addr()).prop_map(|(n, a)| format!("{n} {a}\n").into_bytes()),
         entry_text().prop_map(String::into_bytes),
         vec(any::<u8>(), 0..64),
-        (node_id(), addr(), worker_hex(), vec(128u8.., 1..4)).prop_map(|(n, a, w, junk)| [
-            format!("{n} {a} {w} -").as_bytes(),
+        (node_id(), addr(), vec(128u8.., 1..4)).prop_map(|(n, a, junk)| [
+            format!("{n} {a}").as_bytes(),
             &junk
         ]
         .concat()),
@@ -136,7 +115,7 @@ fn contents() -> impl Strategy<Value = Vec<u8>> {
 
 /// Entries in a comparable order (`read` sorts by node id only).
 fn sorted(mut entries: Vec<ServerEntry>) -> Vec<ServerEntry> {
-    entries.sort_by_key(|e| (e.node_id.clone(), e.addr.to_string(), e.worker.clone()));
+    entries.sort_by_key(|e| (e.node_id.clone(), e.addr.to_string()));
     entries
 }
 
@@ -165,31 +144,16 @@ proptest! {
     #![proptest_config(config(1000))]
 
     #[test]
-    fn parse_entry_takes_a_node_id_an_address_a_worker_address_and_a_tag(
+    fn parse_entry_takes_exactly_a_word_and_an_address(
         text in prop_oneof![4 => entry_text(), 1 => any::<String>(), 1 => huge_line()],
     ) {
         let words: Vec<&str> = text.split_whitespace().collect();
-        let hex = |w: &str| {
-            !w.is_empty()
-                && w.len().is_multiple_of(2)
-                && w.len() <= 2 * registry::WORKER_ADDRESS_LEN_MAX
-                && w.bytes().all(|b| b.is_ascii_hexdigit())
-        };
-        let tag = |w: &str| {
-            w == "-" || (w.len() == 2 * registry::SECRET_TAG_LEN && hex(w))
-        };
-        let valid = words.len() == 4
-            && words[1].parse::<SocketAddr>().is_ok()
-            && hex(words[2])
-            && tag(words[3]);
+        let valid = words.len() == 2 && words[1].parse::<SocketAddr>().is_ok();
         match registry::parse_entry(&text) {
             Ok(entry) => {
                 prop_assert!(valid, "{text:?} parsed as {entry:?}");
                 prop_assert_eq!(&entry.node_id, words[0]);
-                prop_assert_eq!(entry.worker.len() * 2, words[2].len());
-                let worker: String = entry.worker.iter().map(|b| format!("{b:02x}")).collect();
-                prop_assert_eq!(&worker, &words[2].to_ascii_lowercase());
-                let canonical = format!("{} {} {} {}\n", entry.node_id, entry.addr, worker, words[3].to_ascii_lowercase());
+                let canonical = format!("{} {}\n", entry.node_id, entry.addr);
                 prop_assert_eq!(registry::parse_entry(&canonical), Ok(entry));
             }
             Err(reason) => prop_assert!(!valid && !reason.is_empty(), "{text:?}: {reason}"),
@@ -198,14 +162,13 @@ proptest! {
 
     #[test]
     fn published_entries_read_back_equal(
-        entries in vec((node_id(), addr(), vec(any::<u8>(), 1..100), any::<bool>()), 1..6),
+        entries in vec((node_id(), addr()), 1..6),
         withdrawn in vec(any::<Index>(), 0..3),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut model = BTreeMap::new();
-        for (node_id, addr, worker, tagged) in entries {
-            let secret_tag = tagged.then(|| vec![0x5a; registry::SECRET_TAG_LEN]);
-            let entry = ServerEntry { node_id: node_id.clone(), addr, worker, secret_tag };
+        for (node_id, addr) in entries {
+            let entry = ServerEntry { node_id: node_id.clone(), addr };
             registry::publish(dir.path(), &entry).unwrap();
             model.insert(node_id, entry);
         }

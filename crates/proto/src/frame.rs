@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 3;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -35,8 +35,7 @@ pub const REPLY_AM_ID: u16 = 11;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum OpCode {
-    /// Connection handshake: who calls, the worker address the server answers on, and
-    /// proof of the job secret.
+    /// Connection handshake: magic, version, job secret.
     Hello = 1,
     /// Round trip with an optional payload that the server discards.
     Ping = 2,
@@ -68,12 +67,13 @@ pub enum OpCode {
     RemoveChunks = 15,
     /// Which of some inode numbers this server holds a record of (a peer's orphan sweep).
     FilesExist = 16,
-    // 17 was `Auth`, the second step of the version 3 handshake.
+    /// Proof of the job secret for the challenge of the connection's `Hello`.
+    Auth = 17,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 16] = [
+    pub const ALL: [OpCode; 17] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -90,6 +90,7 @@ impl OpCode {
         OpCode::Stats,
         OpCode::RemoveChunks,
         OpCode::FilesExist,
+        OpCode::Auth,
     ];
 
     /// Decodes a wire id.
@@ -104,7 +105,7 @@ impl OpCode {
     }
 }
 
-/// The 40-byte header of every frame, little-endian, alignment 1.
+/// The 32-byte header of every frame, little-endian, alignment 1.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
 #[repr(C)]
 pub struct FrameHeader {
@@ -124,28 +125,19 @@ pub struct FrameHeader {
     pub body_len: U32,
     /// Bytes of inline payload after the body.
     pub payload_len: U64,
-    /// The caller's session, from its `HelloReply`; 0 in a `Hello` and in replies. The
-    /// server answers a request on the session's connection back to the caller.
-    pub session: U64,
 }
 
 impl FrameHeader {
-    /// The header's 40 wire bytes.
+    /// The header's 32 wire bytes.
     pub fn to_bytes(&self) -> [u8; FRAME_HEADER_LEN] {
         let mut out = [0u8; FRAME_HEADER_LEN];
         out.copy_from_slice(self.as_bytes());
         out
     }
-
-    /// The header with `session` set.
-    pub fn with_session(mut self, session: u64) -> FrameHeader {
-        self.session = session.into();
-        self
-    }
 }
 
 /// Size of [`FrameHeader`] on the wire.
-pub const FRAME_HEADER_LEN: usize = 40;
+pub const FRAME_HEADER_LEN: usize = 32;
 const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
 const _: () = assert!(std::mem::align_of::<FrameHeader>() == 1);
 
@@ -158,8 +150,6 @@ pub struct Frame {
     pub request_id: u64,
     /// The raw status (replies).
     pub status: u16,
-    /// The caller's session (requests after the `Hello`).
-    pub session: u64,
     /// Whether this frame is a reply.
     pub is_reply: bool,
     /// Body length in bytes.
@@ -190,7 +180,6 @@ impl Frame {
             flags: if is_reply { FLAG_REPLY } else { 0 }.into(),
             body_len: u32::try_from(body_len).unwrap_or(u32::MAX).into(),
             payload_len: (payload_len as u64).into(),
-            session: 0.into(),
         }
     }
 
@@ -259,7 +248,6 @@ impl Frame {
             op,
             request_id: h.request_id.get(),
             status: h.status.get(),
-            session: h.session.get(),
             is_reply: h.flags.get() & FLAG_REPLY != 0,
             body_len: body_len as usize,
             payload_len: payload_len as usize,

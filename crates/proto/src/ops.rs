@@ -93,7 +93,7 @@ macro_rules! wire_header {
 }
 
 wire_header!(/// `HelloReply`, before the node id.
-    HelloReplyHeader = 32, { chunk_size: U64, rdma_threshold: U64, born_ns: U64, session: U64 });
+    HelloReplyHeader = 24, { chunk_size: U64, rdma_threshold: U64, born_ns: U64 });
 wire_header!(/// `ChunkIo`, whole.
     ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
 wire_header!(/// `ChunkIoReply`, whole.
@@ -134,6 +134,8 @@ StatsHeader = 64, {
 
 rpc!(/// Handshake.
     Hello, Hello, HelloRequest, HelloReply);
+rpc!(/// Proof of the job secret, after a `Hello` whose reply held a challenge.
+    Auth, Auth, AuthRequest, Empty);
 rpc!(/// Round trip; an inline payload is discarded by the server.
     Ping, Ping, Empty, Empty);
 rpc!(/// Read part of a chunk.
@@ -195,40 +197,39 @@ impl Message for Empty {
     }
 }
 
-/// Handshake request: who is calling, the UCX worker address the server connects back to
-/// for its answers, and proof of the job secret for that address ([`crate::auth`]).
+/// Handshake request: who is calling. The job secret is never sent; a server that has one
+/// answers with a challenge, which the caller proves it knows the secret for with [`Auth`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelloRequest {
     /// The caller's name, for logs.
     pub client: String,
-    /// The caller's UCX worker address.
-    pub address: Vec<u8>,
-    /// [`crate::auth::proof`] of the job secret for `address`; empty without a secret.
-    pub proof: Vec<u8>,
 }
-
-/// Longest worker address a `Hello` may carry: UCX packs one entry per transport and
-/// device, a few hundred bytes on a node with several RDMA ports.
-pub const WORKER_ADDRESS_LEN_MAX: usize = 16 * 1024;
 
 impl Message for HelloRequest {
     fn encode(&self, w: &mut Writer) {
-        w.str16(self.client.as_bytes())
-            .str16(&self.address)
-            .str16(&self.proof);
+        w.str16(self.client.as_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let client = r.utf8("client", TOKEN_LEN_MAX)?;
-        let address = r.str16("address", WORKER_ADDRESS_LEN_MAX)?;
-        if address.is_empty() {
-            return Err(DecodeError::BadField {
-                field: "address",
-                reason: "empty",
-            });
-        }
         Ok(HelloRequest {
-            client,
-            address: address.to_vec(),
+            client: r.utf8("client", TOKEN_LEN_MAX)?,
+        })
+    }
+}
+
+/// Proof of the job secret: HMAC-SHA256 of the connection's challenge
+/// ([`crate::auth::proof`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// The proof, [`crate::auth::PROOF_LEN`] bytes.
+    pub proof: Vec<u8>,
+}
+
+impl Message for AuthRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.str16(&self.proof);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(AuthRequest {
             proof: r.str16("proof", crate::auth::PROOF_LEN)?.to_vec(),
         })
     }
@@ -247,8 +248,9 @@ pub struct HelloReply {
     /// was made, or, in memory, the process started. A file created before it may have had
     /// chunks here that the store no longer has, so a hole it reports may be a loss.
     pub born_ns: u64,
-    /// The caller's session: every later request carries it in its frame header.
-    pub session: u64,
+    /// Random bytes to prove the job secret for with [`Auth`]; empty when the server has
+    /// no secret (then the connection is admitted by this reply).
+    pub challenge: Vec<u8>,
 }
 
 impl Message for HelloReply {
@@ -257,9 +259,9 @@ impl Message for HelloReply {
             chunk_size: self.chunk_size.into(),
             rdma_threshold: self.rdma_threshold.into(),
             born_ns: self.born_ns.into(),
-            session: self.session.into(),
         })
-        .str16(self.node_id.as_bytes());
+        .str16(self.node_id.as_bytes())
+        .str16(&self.challenge);
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: HelloReplyHeader = r.fixed()?;
@@ -268,7 +270,7 @@ impl Message for HelloReply {
             chunk_size: h.chunk_size.get(),
             rdma_threshold: h.rdma_threshold.get(),
             born_ns: h.born_ns.get(),
-            session: h.session.get(),
+            challenge: r.str16("challenge", crate::auth::CHALLENGE_LEN)?.to_vec(),
         })
     }
 }
@@ -771,11 +773,11 @@ mod tests {
             chunk_size: 4096,
             rdma_threshold: 32768,
             born_ns: 7,
-            session: 3,
+            challenge: vec![9],
         };
         assert_eq!(
             hello.to_bytes(),
-            [le(&[4096, 32768, 7, 3]), vec![1, 0, b'n']].concat()
+            [le(&[4096, 32768, 7]), vec![1, 0, b'n', 1, 0, 9]].concat()
         );
         let create = CreateRequest {
             path: "/a".into(),

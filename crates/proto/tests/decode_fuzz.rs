@@ -38,6 +38,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = StatsReply::from_bytes(bytes);
     let _ = FileIdsRequest::from_bytes(bytes);
     let _ = FileStatesReply::from_bytes(bytes);
+    let _ = AuthRequest::from_bytes(bytes);
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
@@ -113,8 +114,9 @@ proptest! {
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;
-        round_trip(&HelloRequest { client: "c".into(), address: vec![5; 79], proof: vec![1, 2] })?;
-        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, session: id })?;
+        round_trip(&HelloRequest { client: "c".into() })?;
+        round_trip(&AuthRequest { proof: vec![1, 2] })?;
+        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, challenge: vec![3; 32] })?;
         round_trip(&StatsReply { chunks: id, ..Default::default() })?;
         round_trip(&FileIdsRequest { file_ids: vec![id, len, 0] })?;
         round_trip(&FileStatesReply { named: vec![id], deleted: vec![len, 0] })?;

@@ -6,16 +6,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
-use benchfs_proto::ops::{Hello, HelloReply, HelloRequest};
+use benchfs_proto::ops::{Auth, AuthRequest, Hello, HelloReply, HelloRequest};
 use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
-use benchfs_ucx::{
-    AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Worker, WorkerAddress,
-};
+use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Worker};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{OutPayload, RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
@@ -48,8 +47,6 @@ const SPARE_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// A thread's RPC endpoint: its UCX worker, reply queue and calls in flight.
 pub struct RpcClient {
     worker: Rc<Worker>,
-    /// The worker's address, which every `Hello` carries so that servers can answer.
-    address: WorkerAddress,
     pending: RefCell<HashMap<u64, oneshot::Sender<AmMessage>>>,
     /// Buffers of sent payloads, reused so that a large write does not fault in fresh
     /// pages every time.
@@ -80,7 +77,6 @@ impl RpcClient {
         options: ClientOptions,
     ) -> Result<Rc<RpcClient>, benchfs_ucx::UcxError> {
         let worker = Worker::new(context)?;
-        let address = worker.address()?;
         let replies = worker.set_am_handler(REPLY_AM_ID, CLIENT_QUEUE_MAX)?;
         let progress = Rc::clone(&worker).run_progress(options.busy_poll);
         tokio::task::spawn_local(async move {
@@ -90,7 +86,6 @@ impl RpcClient {
         });
         let client = Rc::new(RpcClient {
             worker,
-            address,
             pending: RefCell::default(),
             spare_payloads: RefCell::default(),
             next_id: Cell::new(1),
@@ -132,44 +127,33 @@ impl RpcClient {
         &self.options
     }
 
-    /// Connects to the server at UCX worker `address` and performs the handshake: the
-    /// `Hello` carries this client's worker address, to which the server connects back to
-    /// answer, signed with the job secret (see `benchfs_proto::auth`). A server with
-    /// another secret does not answer: the call times out. `server` names it in errors.
-    pub async fn connect(
-        self: &Rc<Self>,
-        server: &str,
-        address: &[u8],
-    ) -> Result<Connection, RpcError> {
-        let address = WorkerAddress::from_bytes(address.to_vec());
-        let ep = Endpoint::connect_address(&self.worker, &address).map_err(|source| {
-            RpcError::Transport {
-                server: server.to_string(),
+    /// Connects to a server and performs the handshake.
+    pub async fn connect(self: &Rc<Self>, addr: SocketAddr) -> Result<Connection, RpcError> {
+        let server = addr.to_string();
+        let ep =
+            Endpoint::connect_socket(&self.worker, addr).map_err(|source| RpcError::Transport {
+                server: server.clone(),
                 source,
-            }
-        })?;
+            })?;
         let mut conn = Connection {
             ep,
             client: Rc::clone(self),
-            server: server.to_string(),
+            server,
             inflight: Semaphore::new(self.options.inflight_max),
-            session: 0,
-            timed_out: Cell::new(false),
             hello: None,
-        };
-        let address = self.address.as_bytes().to_vec();
-        let proof = match self.options.secret.is_empty() {
-            true => Vec::new(),
-            false => benchfs_proto::auth::proof(&self.options.secret, &address),
         };
         let hello = conn
             .call::<Hello>(&HelloRequest {
                 client: self.options.name.clone(),
-                address,
-                proof,
             })
             .await?;
-        conn.session = hello.session;
+        conn.server = format!("{}@{}", hello.node_id, addr);
+        // A server with a job secret challenges; the answer proves the secret without
+        // sending it.
+        if !hello.challenge.is_empty() {
+            let proof = benchfs_proto::auth::proof(&self.options.secret, &hello.challenge);
+            conn.call::<Auth>(&AuthRequest { proof }).await?;
+        }
         conn.hello = Some(hello);
         Ok(conn)
     }
@@ -212,11 +196,6 @@ pub struct Connection {
     client: Rc<RpcClient>,
     server: String,
     inflight: Semaphore,
-    /// The session the server gave in its `HelloReply`.
-    session: u64,
-    /// Set when a call timed out: the server may have closed the session (it does so to a
-    /// caller that stalls a transfer), and requests of a closed session get no answer.
-    timed_out: Cell<bool>,
     hello: Option<HelloReply>,
 }
 
@@ -251,10 +230,9 @@ impl Connection {
         &self.server
     }
 
-    /// Whether the connection should be replaced: the transport reported it failed, or a
-    /// call on it timed out.
+    /// Whether the transport reported this connection failed.
     pub fn is_failed(&self) -> bool {
-        self.timed_out.get() || self.ep.is_failed()
+        self.ep.is_failed()
     }
 
     /// Calls `R` with no payload.
@@ -296,13 +274,10 @@ impl Connection {
                     sunk,
                 })
             }
-            Err(_) => {
-                self.timed_out.set(true);
-                Err(RpcError::Timeout {
-                    server: self.server.clone(),
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-            }
+            Err(_) => Err(RpcError::Timeout {
+                server: self.server.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
         }
     }
 
@@ -364,7 +339,6 @@ impl Connection {
     ) -> Result<(), RpcError> {
         let client = &self.client;
         let mut header = Frame::header(op, id, 0, false, body.len(), payload.len())
-            .with_session(self.session)
             .to_bytes()
             .to_vec();
         let proto = if payload.len() > client.options.rdma_threshold {

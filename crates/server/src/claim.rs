@@ -119,7 +119,7 @@ async fn answers_as(
     let Ok(rpc) = crate::peer::peer_client(context, secret, timeout, name) else {
         return false;
     };
-    match rpc.connect(&entry.name(), &entry.worker).await {
+    match rpc.connect(entry.addr).await {
         Ok(conn) => conn
             .hello()
             .is_some_and(|hello| hello.node_id == entry.node_id),

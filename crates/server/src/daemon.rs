@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use benchfs_store::ChunkStore;
 use benchfs_ucx::netif::{self, Interface};
-use benchfs_ucx::{Context, Features, Worker};
+use benchfs_ucx::{Context, Features, Listener, Worker};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 use crate::handler::ServerState;
@@ -148,8 +148,8 @@ fn init_logging(config: &ServerConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The address the registry names the server by: the bound one, or for a wildcard bind,
-/// this host's first non-loopback IPv4 address (loopback when there is none).
+/// The address clients should use: the bound one, or for a wildcard bind, this host's
+/// first non-loopback IPv4 address (loopback when there is none).
 fn advertised_addr(bound: SocketAddr) -> SocketAddr {
     if !bound.ip().is_unspecified() {
         return bound;
@@ -164,22 +164,13 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// Ports from `bind_addr`'s port on that UCX's TCP transport may listen in.
-pub const PORT_RANGE_LEN: u16 = 64;
-
-/// The server's UCX context: only the network devices of [`net_devices`], and TCP ports
-/// from `bind_addr`'s port when it is not 0.
+/// The server's UCX context: SO_REUSEADDR on the listener, and only the network devices
+/// of [`net_devices`].
 fn ucx_context(network: &NetworkConfig) -> Result<Arc<Context>, DaemonError> {
-    let mut overrides = Vec::new();
-    // UCX's TCP transport binds without SO_REUSEADDR, so a single fixed port could not be
-    // bound again for a minute after kill -9 (TIME_WAIT). In a range it takes a free port
-    // at random, and a restarted server binds at once. UCT keys go without their
-    // component's prefix: UCX_TCP_PORT_RANGE is PORT_RANGE.
-    let port = network.bind_addr.port();
-    if port != 0 {
-        let last = port.saturating_add(PORT_RANGE_LEN - 1);
-        overrides.push(("PORT_RANGE", format!("{port}-{last}")));
-    }
+    // A restarted server binds the port it had while old connections sit in TIME_WAIT.
+    // UCT keys go without their component's prefix: UCX_TCP_CM_REUSEADDR is CM_REUSEADDR
+    // (TCP_CM_REUSEADDR is not applied, and UCX warns "invalid configuration").
+    let mut overrides = vec![("CM_REUSEADDR", "y".to_string())];
     if let Some(devices) = net_devices(network)? {
         overrides.push(("NET_DEVICES", devices.join(",")));
     }
@@ -202,8 +193,9 @@ fn net_devices(network: &NetworkConfig) -> Result<Option<Vec<String>>, DaemonErr
         tracing::warn!(
             bind_addr = %network.bind_addr,
             interfaces = %netif::describe(&interfaces),
-            "bind_addr is a wildcard: UCX listens on every network device; set \
-             network.devices or a specific bind_addr to restrict it"
+            "bind_addr is a wildcard: the listener accepts connections on every interface, \
+             and UCX listens on every network device; set network.devices or a specific \
+             bind_addr to restrict them"
         );
         return Ok(None);
     } else {
@@ -318,13 +310,20 @@ fn configured_devices(
         )));
     }
     let bind = network.bind_addr.ip();
+    if bind.is_unspecified() {
+        tracing::warn!(
+            bind_addr = %network.bind_addr,
+            "bind_addr is a wildcard: the listener accepts connections on every interface; \
+             network.devices restricts only UCX's own listening sockets"
+        );
+    }
     if let Some(interface) = interfaces.iter().find(|i| i.addrs.contains(&bind)) {
         if !network.devices.contains(&interface.name) {
             tracing::warn!(
                 bind_addr = %network.bind_addr,
                 interface = %interface.name,
-                "network.devices does not include the interface of bind_addr: the registry \
-                 names the server by bind_addr, but UCX listens only on the listed devices"
+                "network.devices does not include the interface of bind_addr: clients reach \
+                 the listener there, then UCX moves the connection to the listed devices"
             );
         }
     }
@@ -377,18 +376,15 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     // Claimed before anything is opened: a duplicate must not touch the running one's data.
     let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
     crate::claim::check_node_free(&context, &config, &secret).await?;
-    let secret_empty = secret.is_empty();
     let state = Rc::new(ServerState::open(&config, secret)?);
     let worker = Worker::new(&context)?;
     let progress =
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
-    let addr = advertised_addr(config.network.bind_addr);
+    let listener = Listener::bind(&worker, config.network.bind_addr)?;
+    let addr = advertised_addr(listener.local_addr());
     let entry = ServerEntry {
         node_id: config.node.node_id.clone(),
         addr,
-        worker: worker.address()?.as_bytes().to_vec(),
-        secret_tag: (!secret_empty)
-            .then(|| benchfs_proto::auth::registry_tag(state.secret(), &config.node.node_id)),
     };
     registry::publish(&config.network.registry_dir, &entry)?;
     tracing::info!(
@@ -423,7 +419,14 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         // slow transfer of a busy but live client does not cost it the connection.
         transfer_timeout: config.network.rpc_timeout.saturating_mul(2),
     };
-    let served = serve(Rc::clone(&state), Rc::clone(&worker), options, stop).await;
+    let served = serve(
+        Rc::clone(&state),
+        Rc::clone(&worker),
+        listener,
+        options,
+        stop,
+    )
+    .await;
     // Withdraw first so no new client finds us, then make everything durable.
     let withdrawn = registry::withdraw(&config.network.registry_dir, &entry);
     if let Err(e) = state.store().sync().await {

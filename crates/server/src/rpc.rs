@@ -1,18 +1,9 @@
-//! The server side of the RPC: take each request, decode it, run its handler as a task on
-//! the event loop, and send the reply on the caller's session.
-//!
-//! A caller connects to the server's UCX worker address (from the registry) and opens with
-//! a `Hello` that carries its own worker address. The server connects back to it, opens a
-//! session under a random 64-bit id, and answers every later request that names the
-//! session over that connection. A server with a job secret first checks the `Hello`'s
-//! proof of the secret for that address, and drops a `Hello` without one unanswered: UCX
-//! aborts the process on a malformed worker address, so no unproven address reaches it.
-//! The server has no listening socket of its own: UCX's transports listen, and they drop a
-//! connection that does not open with their own handshake.
+//! The server side of the RPC: accept connections, decode each request, run its handler
+//! as a task on the event loop, and send the reply on the connection it came from.
 //!
 //! **Invariant:** nothing a peer sends can stop the loop. A frame that does not decode is
-//! answered with `Protocol` when it names a session (so the caller fails fast) and dropped
-//! otherwise; either way it is counted as malformed and a log line says why.
+//! answered with `Protocol` when its request id can be read (so the caller fails fast) and
+//! dropped otherwise, and a log line says why.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
-use benchfs_proto::ops::HelloRequest;
-use benchfs_proto::{DecodeError, Frame, Message, OpCode, Status};
+use benchfs_proto::{DecodeError, Frame, OpCode, Status};
 use benchfs_store::ChunkStore;
-use benchfs_ucx::{AmMessage, AmProto, Endpoint, Worker, WorkerAddress};
+use benchfs_ucx::{AmMessage, AmProto, Endpoint, EndpointId, Listener, Worker};
 use tokio::sync::Semaphore;
 
 use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
@@ -35,12 +25,12 @@ use crate::handler::{store_status, Payload, Reply, ServerState};
 
 /// Most messages a server queues before it drops new ones (the sender then times out).
 pub const SERVER_QUEUE_MAX: usize = 8192;
-/// Most sessions one server holds open: every rank of a large MPI job connects to every
-/// server, so this is sized for tens of thousands of ranks.
-pub const SESSIONS_MAX: usize = 65_536;
-/// Sessions a server holds before it first sweeps out those whose connection failed.
-const SESSIONS_SWEEP_MIN: usize = 64;
-const _: () = assert!(SESSIONS_SWEEP_MIN <= SESSIONS_MAX);
+/// Most client connections one server holds open: every rank of a large MPI job connects
+/// to every server, so this is sized for tens of thousands of ranks.
+pub const CONNECTIONS_MAX: usize = 65_536;
+/// Connections a server holds before it first sweeps out failed ones.
+const CONNECTIONS_SWEEP_MIN: usize = 64;
+const _: () = assert!(CONNECTIONS_SWEEP_MIN <= CONNECTIONS_MAX);
 
 /// A chunk-store buffer as a UCX send or receive buffer.
 pub(crate) struct StoreBuf(pub ChunkBuf);
@@ -66,22 +56,24 @@ pub struct ServeOptions {
     /// smaller ones travel eagerly with the reply.
     pub rendezvous_threshold: usize,
     /// How long a client may take to deliver a request's payload or to take a reply
-    /// before its session is closed: a client that is alive but stopped (SIGSTOP, a
+    /// before its connection is closed: a client that is alive but stopped (SIGSTOP, a
     /// debugger) would otherwise hold the transfer's buffer and its in-flight slot for as
     /// long as it stays stopped.
     pub transfer_timeout: Duration,
 }
 
-/// Serves requests that arrive on `worker` until `stop` completes, then finishes the
-/// requests in flight and returns.
+/// Serves requests until `stop` completes, then finishes the requests in flight and
+/// returns.
 pub async fn serve(
     state: Rc<ServerState>,
     worker: Rc<Worker>,
+    listener: Listener,
     options: ServeOptions,
     stop: impl Future<Output = ()>,
 ) -> Result<(), benchfs_ucx::UcxError> {
     let requests = worker.set_am_handler(REQUEST_AM_ID, SERVER_QUEUE_MAX)?;
-    let sessions = Rc::new(RefCell::new(Sessions::new()));
+    let connections = Rc::new(RefCell::new(Connections::new(state.requires_handshake())));
+    let accept = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&connections)));
     let inflight = Arc::new(Semaphore::new(options.inflight_max));
     tokio::pin!(stop);
     loop {
@@ -93,15 +85,15 @@ pub async fn serve(
             break;
         };
         let state = Rc::clone(&state);
-        let sessions = Rc::clone(&sessions);
-        let worker = Rc::clone(&worker);
+        let connections = Rc::clone(&connections);
         let options = options.clone();
         tokio::task::spawn_local(async move {
-            handle_message(&state, &worker, &sessions, msg, &options).await;
+            handle_message(&state, &connections, msg, &options).await;
             drop(permit);
         });
     }
-    // Wait for every request in flight to finish.
+    // Stop accepting, then wait for every request in flight to finish.
+    accept.abort();
     let _all = inflight.acquire_many(options.inflight_max as u32).await;
     if requests.dropped_count() > 0 {
         tracing::warn!(
@@ -112,150 +104,182 @@ pub async fn serve(
     Ok(())
 }
 
-/// The sessions a server holds open: the connection back to each caller, by session id.
-/// Ids are random, so a peer cannot name (and ride on) a session another caller proved
-/// the secret for. Lookups cost the same for ten clients or ten thousand; sessions whose
-/// connection failed are let go when the table has doubled since the last sweep, so
-/// sweeping costs O(1) per insert.
-struct Sessions {
-    table: HashMap<u64, Endpoint>,
+/// Accepts connections and keeps them open (an endpoint closes with its last handle).
+async fn accept_loop(listener: Listener, connections: Rc<RefCell<Connections>>) {
+    loop {
+        match listener.accept().await {
+            Ok(ep) => {
+                let mut table = connections.borrow_mut();
+                let peer = ep.peer_addr();
+                if table.insert(ep) {
+                    tracing::debug!(connections = table.len(), ?peer, "accepted a connection");
+                } else {
+                    tracing::warn!(
+                        max = CONNECTIONS_MAX,
+                        ?peer,
+                        "refused a connection: the server holds the most it may"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+        }
+    }
+}
+
+/// One connection the server holds, and where its handshake stands.
+struct Entry {
+    ep: Endpoint,
+    /// Whether it proved the job secret (or the server has none).
+    admitted: bool,
+    /// The challenge its last `Hello` got, until an `Auth` uses it.
+    challenge: Option<Vec<u8>>,
+    /// The name it gave in `Hello`, for logs.
+    client: String,
+}
+
+/// The connections a server holds open, and which of them proved the job secret
+/// (enforced only when the server has one). Keyed by endpoint identity, never by UCX
+/// handle, so a handle UCX reuses after a close admits nobody. Lookups cost the same for
+/// ten clients or ten thousand; failed connections are let go when the table has doubled
+/// since the last sweep, so sweeping costs O(1) per insert.
+struct Connections {
+    handshake_required: bool,
+    table: HashMap<EndpointId, Entry>,
     sweep_at: usize,
 }
 
-impl Sessions {
-    fn new() -> Self {
-        Sessions {
+impl Connections {
+    fn new(handshake_required: bool) -> Self {
+        Connections {
+            handshake_required,
             table: HashMap::new(),
-            sweep_at: SESSIONS_SWEEP_MIN,
+            sweep_at: CONNECTIONS_SWEEP_MIN,
         }
     }
 
-    /// Opens a session over `ep`; `None` when the table is full of live sessions or no
-    /// random id could be drawn.
-    fn open(&mut self, ep: Endpoint) -> Option<u64> {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Holds `ep` open; false (and `ep` is dropped, which closes it) when the table is
+    /// full of live connections.
+    fn insert(&mut self, ep: Endpoint) -> bool {
+        self.entry(&ep).is_some()
+    }
+
+    /// The entry of `ep`, made if needed; `None` when the table is full.
+    fn entry(&mut self, ep: &Endpoint) -> Option<&mut Entry> {
         if self.table.len() >= self.sweep_at {
-            self.table.retain(|_, ep| !ep.is_failed());
-            self.sweep_at = (self.table.len() * 2).max(SESSIONS_SWEEP_MIN);
+            self.table.retain(|_, e| !e.ep.is_failed());
+            self.sweep_at = (self.table.len() * 2).max(CONNECTIONS_SWEEP_MIN);
         }
-        if self.table.len() >= SESSIONS_MAX {
+        if self.table.len() >= CONNECTIONS_MAX && !self.table.contains_key(&ep.id()) {
             return None;
         }
-        let id = loop {
-            let mut bytes = [0u8; 8];
-            if let Err(e) = getrandom::fill(&mut bytes) {
-                tracing::error!(error = %e, "no randomness for a session id");
-                return None;
-            }
-            let id = u64::from_le_bytes(bytes);
-            // 0 is "no session" on the wire.
-            if id != 0 && !self.table.contains_key(&id) {
-                break id;
-            }
-        };
-        self.table.insert(id, ep);
-        Some(id)
+        Some(self.table.entry(ep.id()).or_insert_with(|| Entry {
+            ep: ep.clone(),
+            admitted: false,
+            challenge: None,
+            client: String::new(),
+        }))
+    }
+
+    fn admits(&self, ep: &Endpoint) -> bool {
+        !self.handshake_required || self.table.get(&ep.id()).is_some_and(|e| e.admitted)
     }
 }
 
-/// Answers a `Hello`: checks its proof of the job secret, connects back to the caller's
-/// worker address and opens a session. A `Hello` that cannot be answered (its body is
-/// bad, or its proof, so its address is not to be trusted) is dropped and counted.
-async fn hello(
+/// Answers a `Hello`: with a job secret, a fresh random challenge for this connection.
+fn hello(
     state: &ServerState,
-    worker: &Rc<Worker>,
-    sessions: &RefCell<Sessions>,
-    frame: &Frame,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
     body: &[u8],
-    options: &ServeOptions,
-) {
-    let request = match HelloRequest::from_bytes(body) {
-        Ok(r) => r,
-        Err(e) => {
-            state.counters.note_malformed();
-            tracing::warn!(error = %e, "malformed Hello; dropped (no address to answer)");
-            return;
-        }
-    };
-    if !state.proves_secret(&request.address, &request.proof) {
-        state.counters.note_malformed();
-        tracing::warn!(
-            client = %request.client,
-            "handshake refused: no proof of the job secret; dropped unanswered"
-        );
-        return;
+) -> Reply {
+    if !state.requires_handshake() {
+        return state.hello(body, Vec::new());
     }
-    let address = WorkerAddress::from_bytes(request.address);
-    let ep = match Endpoint::connect_address(worker, &address) {
-        Ok(ep) => ep,
-        Err(e) => {
-            tracing::warn!(client = %request.client, error = %e, "cannot connect back to a caller; Hello dropped");
-            return;
-        }
+    let mut challenge = vec![0u8; benchfs_proto::auth::CHALLENGE_LEN];
+    if let Err(e) = getrandom::fill(&mut challenge) {
+        tracing::error!(error = %e, "no randomness for a handshake challenge");
+        return Reply::error(Status::Io);
+    }
+    let mut table = connections.borrow_mut();
+    let Some(entry) = table.entry(ep) else {
+        tracing::warn!(
+            max = CONNECTIONS_MAX,
+            "handshake refused: too many connections"
+        );
+        return Reply::error(Status::Busy);
     };
-    let opened = sessions.borrow_mut().open(ep.clone());
-    let reply = match opened {
-        Some(session) => state.hello(&request.client, session),
-        None => {
-            tracing::warn!(max = SESSIONS_MAX, client = %request.client, "handshake refused: the server holds the most sessions it may");
-            Reply::error(Status::Busy)
-        }
-    };
-    send_reply(&ep, frame.op, frame.request_id, reply, options).await;
+    entry.challenge = Some(challenge.clone());
+    entry.client = client_name(body, ep);
+    state.hello(body, challenge)
 }
 
-/// The request id and session read from a raw header, for answering frames that do not
-/// decode.
-fn raw_ids(header: &[u8]) -> Option<(u64, u64)> {
-    let id = header.get(8..16)?;
-    let session = header.get(32..40)?;
-    Some((
-        u64::from_le_bytes(id.try_into().ok()?),
-        u64::from_le_bytes(session.try_into().ok()?),
-    ))
+/// The client name a `Hello` body gives, for logs (empty if it does not decode).
+/// How logs name a client: the name its `Hello` gives and the address it connected from.
+fn client_name(body: &[u8], ep: &Endpoint) -> String {
+    use benchfs_proto::Message;
+    let name = benchfs_proto::ops::HelloRequest::from_bytes(body)
+        .map(|r| r.client)
+        .unwrap_or_default();
+    match ep.peer_addr() {
+        Some(addr) => format!("{name} from {addr}"),
+        None => name,
+    }
 }
 
-/// The connection back to `session`'s caller, if the session is open.
-fn session_ep(sessions: &RefCell<Sessions>, session: u64) -> Option<Endpoint> {
-    let sessions = sessions.borrow();
-    sessions.table.get(&session).cloned()
+/// Checks an `Auth` against this connection's challenge, which it uses up.
+fn authenticate(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    body: &[u8],
+) -> Reply {
+    let mut table = connections.borrow_mut();
+    let Some(entry) = table.entry(ep) else {
+        return Reply::error(Status::Busy);
+    };
+    let challenge = entry.challenge.take();
+    let reply = state.authenticate(body, challenge.as_deref(), &entry.client);
+    entry.admitted |= reply.status == Status::Ok;
+    reply
+}
+
+/// A request id read from the raw header, for answering frames that do not decode.
+fn raw_request_id(header: &[u8]) -> Option<u64> {
+    let bytes = header.get(8..16)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 async fn handle_message(
     state: &ServerState,
-    worker: &Rc<Worker>,
-    sessions: &RefCell<Sessions>,
+    connections: &RefCell<Connections>,
     msg: AmMessage,
     options: &ServeOptions,
 ) {
+    let Some(ep) = msg.reply_endpoint().cloned() else {
+        tracing::warn!("request without a reply endpoint; dropped");
+        return;
+    };
+    if ep.is_failed() {
+        // Queued before its connection failed or was closed; nobody can get the answer.
+        return;
+    }
     let frame = match decode_request(&msg) {
         Ok(f) => f,
         Err(e) => {
             state.counters.note_malformed();
             tracing::warn!(error = %e, "malformed request frame");
-            let raw = raw_ids(msg.header());
-            if let Some((ep, id)) = raw.and_then(|(id, s)| Some((session_ep(sessions, s)?, id))) {
+            if let Some(id) = raw_request_id(msg.header()) {
                 let refused = Reply::error(Status::Protocol);
                 send_reply(&ep, OpCode::Ping, id, refused, options).await;
             }
             return;
         }
     };
-    if frame.op == OpCode::Hello {
-        let Some(body) = hello_body(state, msg, &frame, options).await else {
-            return;
-        };
-        hello(state, worker, sessions, &frame, &body, options).await;
-        return;
-    }
-    let Some(ep) = session_ep(sessions, frame.session) else {
-        tracing::warn!(op = ?frame.op, "a request of no open session; dropped");
-        return;
-    };
-    if ep.is_failed() {
-        // Its caller is gone or its session was closed; nobody can get the answer.
-        return;
-    }
-    if let Some(status) = refusal(state, &frame) {
+    if let Some(status) = refusal(state, connections, &ep, &frame) {
         let refused = Reply::error(status);
         send_reply(&ep, frame.op, frame.request_id, refused, options).await;
         return;
@@ -281,37 +305,12 @@ async fn handle_message(
             (body, payload)
         }
     };
-    let reply = state.handle(frame.op, body, payload).await;
+    let reply = match frame.op {
+        OpCode::Hello => hello(state, connections, &ep, body),
+        OpCode::Auth => authenticate(state, connections, &ep, body),
+        op => state.handle(op, body, payload).await,
+    };
     send_reply(&ep, frame.op, frame.request_id, reply, options).await;
-}
-
-/// The body of a `Hello`, which may carry no payload. It is taken within the transfer
-/// bound; there is no session to close when the caller stalls, so the request is dropped.
-async fn hello_body(
-    state: &ServerState,
-    msg: AmMessage,
-    frame: &Frame,
-    options: &ServeOptions,
-) -> Option<Vec<u8>> {
-    if frame.payload_len > 0 {
-        state.counters.note_malformed();
-        tracing::warn!("a payload on a Hello; dropped");
-        return None;
-    }
-    if frame.body_in_header {
-        return Some(msg.header()[FRAME_HEADER_LEN..].to_vec());
-    }
-    match tokio::time::timeout(options.transfer_timeout, msg.into_data()).await {
-        Ok(Ok(body)) => Some(body),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "receiving a Hello failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("a caller stalled its Hello; dropped");
-            None
-        }
-    }
 }
 
 /// The request's frame; a reply on the request channel is as malformed as a bad header.
@@ -325,9 +324,20 @@ fn decode_request(msg: &AmMessage) -> Result<Frame, DecodeError> {
     })
 }
 
-/// Why a request is refused before any of its payload is received, if it is: a payload
-/// on an operation that takes none is never taken in.
-fn refusal(state: &ServerState, frame: &Frame) -> Option<Status> {
+/// Why a request is refused before any of its payload is received, if it is: an
+/// unauthenticated peer gets no work done, and a payload on an operation that takes none
+/// is never taken in.
+fn refusal(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    frame: &Frame,
+) -> Option<Status> {
+    let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
+    if !handshake && !connections.borrow().admits(ep) {
+        tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
+        return Some(Status::PermissionDenied);
+    }
     if frame.payload_len > 0 && !frame.op.takes_payload() {
         state.counters.note_malformed();
         tracing::warn!(op = ?frame.op, "a payload on an operation that takes none; refused");
@@ -452,7 +462,7 @@ async fn bounded_transfer<T>(
         Err(_) => {
             tracing::warn!(
                 timeout_ms = options.transfer_timeout.as_millis() as u64,
-                "a client stalled a transfer; closing its session"
+                "a client stalled a transfer; closing its connection"
             );
             ep.abort();
             None

@@ -12,12 +12,13 @@
 //! ([`registry::departed`]), since it may hold the only record of a file.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use benchfs_config::registry::{self, RegistryError, ServerEntry};
+use benchfs_config::registry::{self, RegistryError};
 use benchfs_proto::ops::{self, FILE_IDS_MAX};
 use benchfs_rpc::{Connection, RpcClient, RpcError};
 use benchfs_store::StoreError;
@@ -88,25 +89,23 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
 /// Connections to the peers, kept across rounds.
 #[derive(Default)]
 struct Peers {
-    /// Each peer's connection, and the worker address it was made to.
-    connections: HashMap<String, (Vec<u8>, Connection)>,
+    connections: HashMap<String, (SocketAddr, Connection)>,
 }
 
 impl Peers {
     async fn connection(
         &mut self,
         rpc: &Rc<RpcClient>,
-        entry: &ServerEntry,
+        node: &str,
+        addr: SocketAddr,
     ) -> Result<&Connection, RpcError> {
-        let node = &entry.node_id;
         let stale = match self.connections.get(node) {
-            Some((known, conn)) => *known != entry.worker || conn.is_failed(),
+            Some((known, conn)) => *known != addr || conn.is_failed(),
             None => true,
         };
         if stale {
-            let conn = rpc.connect(&entry.name(), &entry.worker).await?;
-            self.connections
-                .insert(node.clone(), (entry.worker.clone(), conn));
+            let conn = rpc.connect(addr).await?;
+            self.connections.insert(node.to_string(), (addr, conn));
         }
         Ok(&self.connections[node].1)
     }
@@ -144,7 +143,10 @@ async fn sweep_once(
             node: entry.node_id.clone(),
             source,
         };
-        let conn = peers.connection(rpc, &entry).await.map_err(peer_error)?;
+        let conn = peers
+            .connection(rpc, &entry.node_id, entry.addr)
+            .await
+            .map_err(peer_error)?;
         let states = conn
             .call::<ops::FilesExist>(&question)
             .await

@@ -55,8 +55,7 @@ unsafe impl Send for Context {}
 unsafe impl Sync for Context {}
 
 impl Context {
-    /// Creates a context with UCX's configuration from the environment (`UCX_*`), and
-    /// non-blocking TCP connects (see [`Context::with_config`]).
+    /// Creates a context with UCX's configuration from the environment (`UCX_*`).
     pub fn new(features: Features) -> Result<Arc<Context>, UcxError> {
         Self::with_config(features, &[])
     }
@@ -67,19 +66,11 @@ impl Context {
     /// name inside that component, without the component's prefix: `UCX_TCP_CM_REUSEADDR`
     /// is `CM_REUSEADDR`. UCX applies it to every component that has such a key and, when
     /// none has, ignores it and warns "invalid configuration" as a worker is created.
-    ///
-    /// Unless `UCX_TCP_CONN_NB` or an override says otherwise, TCP connects do not block:
-    /// connecting to a worker address on a host whose link is down would otherwise block
-    /// the calling thread, and with it every call on its event loop, for the kernel's
-    /// whole SYN timeout (minutes).
     pub fn with_config(
         features: Features,
         overrides: &[(&str, &str)],
     ) -> Result<Arc<Context>, UcxError> {
         let config = Config::read()?;
-        if std::env::var_os("UCX_TCP_CONN_NB").is_none() {
-            config.modify("CONN_NB", "y")?;
-        }
         for (key, value) in overrides {
             config.modify(key, value)?;
         }

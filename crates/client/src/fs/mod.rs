@@ -180,9 +180,7 @@ impl FsClient {
             busy_poll: config.network.busy_poll,
             inflight_max: config.network.inflight_max as usize,
             secret,
-            // Servers log a caller by this name (a worker-address connection shows them
-            // no socket address), so it says which host the caller runs on.
-            name: format!("client-{}@{}", std::process::id(), host_name()),
+            name: format!("client-{}", std::process::id()),
         };
         let rpc = RpcClient::start(&context, options)?;
         let ttl = (config.cache.cache_ttl_secs > 0)
@@ -247,11 +245,4 @@ impl FsClient {
             .map(drop)
             .map_err(rpc_err("ping", "/"))
     }
-}
-
-/// This host's name, for the name a client gives servers.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".to_string())
 }

@@ -81,8 +81,8 @@ impl FsClient {
     }
 
     /// The connection to server `index`, made (or remade after a failure) on demand. A
-    /// server that restarted has a new worker address, so a new connection goes to the
-    /// address its registry entry holds now.
+    /// server that restarted may listen elsewhere, so a failed attempt re-reads its
+    /// registry entry and tries the address found there.
     pub(super) async fn conn(&self, index: ServerIndex) -> Result<Rc<Connection>, RpcError> {
         let slot = &self.servers[index as usize];
         // The worker makes no progress between calls of a blocking client, so a peer that
@@ -100,50 +100,27 @@ impl FsClient {
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
-        let node_id = slot.entry.borrow().node_id.clone();
-        let path = registry::entry_path(&self.registry_dir, &node_id);
-        let published = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| registry::parse_entry(&text).ok())
-            .filter(|entry| entry.node_id == node_id);
-        if let Some(entry) = published {
-            if entry.worker != slot.entry.borrow().worker {
-                tracing::info!(server = %entry.name(), "server restarted; connecting to its new address");
+        let addr = slot.entry.borrow().addr;
+        let conn = match self.rpc.connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                let node_id = slot.entry.borrow().node_id.clone();
+                let path = registry::entry_path(&self.registry_dir, &node_id);
+                let moved = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| registry::parse_entry(&text).ok())
+                    .filter(|entry| entry.node_id == node_id && entry.addr != addr);
+                let Some(entry) = moved else { return Err(e) };
+                tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
+                let conn = self.rpc.connect(entry.addr).await?;
+                *slot.entry.borrow_mut() = entry;
+                conn
             }
-            *slot.entry.borrow_mut() = entry;
-        }
-        let (name, worker) = {
-            let entry = slot.entry.borrow();
-            self.check_secret(&entry)?;
-            (entry.name(), entry.worker.clone())
         };
-        let conn = self.rpc.connect(&name, &worker).await?;
         slot.born_ns.set(conn.hello().map_or(0, |h| h.born_ns));
         let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
         Ok(conn)
-    }
-
-    /// Refuses at once to connect to a server whose job secret differs from this client's
-    /// (its registry entry carries a tag of it): the server would leave the handshake
-    /// unanswered, and the caller would wait the whole RPC timeout to learn nothing.
-    fn check_secret(&self, entry: &registry::ServerEntry) -> Result<(), RpcError> {
-        let Some(theirs) = &entry.secret_tag else {
-            return Ok(()); // a server without a secret admits every caller
-        };
-        let secret = &self.rpc.options().secret;
-        let why = if secret.is_empty() {
-            "the server has a job secret and this client none"
-        } else if benchfs_proto::auth::registry_tag(secret, &entry.node_id) != *theirs {
-            "the server has another job secret"
-        } else {
-            return Ok(());
-        };
-        tracing::warn!(server = %entry.name(), why, "not connecting");
-        Err(RpcError::Status {
-            server: entry.name(),
-            status: benchfs_proto::Status::PermissionDenied,
-        })
     }
 
     /// Calls `R` on one server; a transport failure drops the connection so the next call

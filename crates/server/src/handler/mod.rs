@@ -262,7 +262,7 @@ impl ServerState {
         let result: Result<Reply, Status> = async {
             match op {
                 // Answered by the transport, which knows the connection (see `hello`).
-                OpCode::Hello => Err(Status::Protocol),
+                OpCode::Hello | OpCode::Auth => Err(Status::Protocol),
                 OpCode::Ping => {
                     decode::<op::Empty>(body)?;
                     Ok(Reply::ok(&op::Empty))
@@ -450,26 +450,36 @@ impl ServerState {
         })
     }
 
-    /// Answers a `Hello`: this server's identity and settings, and the caller's
-    /// `session`. Only the transport can open a session, so `Hello` is answered here and
-    /// not by [`Self::handle`].
-    pub fn hello(&self, client: &str, session: u64) -> Reply {
+    /// Answers a `Hello`: this server's identity and settings, and `challenge` (empty
+    /// when the server has no secret). The transport gives each connection its own
+    /// challenge, so `Hello` and `Auth` are answered here and not by [`Self::handle`].
+    pub fn hello(&self, body: &[u8], challenge: Vec<u8>) -> Reply {
         self.handshake_reply(|| {
-            tracing::debug!(client, session, "hello");
+            let req: op::HelloRequest = decode(body)?;
+            tracing::debug!(client = %req.client, "hello");
             Ok(Reply::ok(&op::HelloReply {
                 node_id: self.node_id.clone(),
                 chunk_size: self.chunk_size,
                 rdma_threshold: self.rendezvous_threshold,
                 born_ns: self.born_ns,
-                session,
+                challenge,
             }))
         })
     }
 
-    /// Whether `proof` proves the job secret for a caller's worker `address` (any proof
-    /// does when the server has no secret).
-    pub fn proves_secret(&self, address: &[u8], proof: &[u8]) -> bool {
-        !self.requires_handshake() || benchfs_proto::auth::verify(&self.secret, address, proof)
+    /// Checks an `Auth`: its proof of the job secret for the `challenge` this connection
+    /// was given (none: it sent no `Hello`, or used its challenge already).
+    pub fn authenticate(&self, body: &[u8], challenge: Option<&[u8]>, client: &str) -> Reply {
+        self.handshake_reply(|| {
+            let req: op::AuthRequest = decode(body)?;
+            let proven =
+                challenge.is_some_and(|c| benchfs_proto::auth::verify(&self.secret, c, &req.proof));
+            if !proven {
+                tracing::warn!(client, "handshake refused: no proof of the job secret");
+                return Err(Status::PermissionDenied);
+            }
+            Ok(Reply::ok(&op::Empty))
+        })
     }
 
     fn handshake_reply(&self, answer: impl FnOnce() -> Result<Reply, Status>) -> Reply {
