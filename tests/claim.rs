@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::files::{read_file, write_file};
@@ -13,14 +13,8 @@ use common::{pattern, Cluster, ClusterSpec};
 /// Runs benchfsd with the cluster's configuration as `node_id` on `data_dir`, waiting
 /// (bounded) for it to exit; panics if it is still running, i.e. if it did not refuse.
 fn run_refused(cluster: &Cluster, node_id: &str, data_dir: &Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
-        .arg("--config")
-        .arg(&cluster.config_path)
-        .arg("--node-id")
-        .arg(node_id)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null())
+    let mut child = cluster
+        .server_command(node_id, data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

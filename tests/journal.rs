@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::files::{read_file, write_file};
@@ -15,14 +15,8 @@ use common::{pattern, Cluster, ClusterSpec};
 /// instead of refusing is killed and fails the test.
 fn start_expecting_exit(cluster: &Cluster, i: usize, log: &Path) -> ExitStatus {
     let out = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
-        .arg("--config")
-        .arg(&cluster.config_path)
-        .arg("--node-id")
-        .arg(Cluster::node_id(i))
-        .arg("--data-dir")
-        .arg(cluster.data_dir(i))
-        .stdin(Stdio::null())
+    let mut child = cluster
+        .server_command(&Cluster::node_id(i), &cluster.data_dir(i))
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()

@@ -343,6 +343,21 @@ impl Cluster {
         cluster
     }
 
+    /// `benchfsd` with this cluster's configuration, as node `node_id` on `data_dir`, with
+    /// no stdin; the caller adds arguments, environment and where the output goes.
+    pub fn server_command(&self, node_id: &str, data_dir: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_benchfsd"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node-id")
+            .arg(node_id)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null());
+        command
+    }
+
     /// Starts server `i` with `extra` arguments after the usual ones, and `envs` set.
     fn spawn_with_args(&self, i: usize, extra: &[String], envs: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
@@ -350,16 +365,9 @@ impl Cluster {
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_benchfsd"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--node-id")
-            .arg(Self::node_id(i))
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
+        self.server_command(&Self::node_id(i), &self.data_dir(i))
             .args(extra)
             .envs(envs.iter().copied())
-            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
