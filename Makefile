@@ -2,12 +2,13 @@
 #   make run   build, start a local cluster, run the standard benchmark, print and save the report
 #   make test  formatting, lints, docs and every test
 #   make fuzz  a long run of every decoder fuzz test (BENCHFS_FUZZ_CASES=200000 each)
+#   make install PREFIX=DIR  benchfsd, benchfs, libbenchfs, benchfs.h and benchfs.pc
 # Both install the system packages they need first (scripts/install-deps.sh).
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build run test check fmt clippy doc unit fuzz coverage bench clean
+.PHONY: all deps build install run test check fmt clippy doc unit fuzz coverage bench clean
 
 all: build
 
@@ -16,6 +17,14 @@ deps:
 
 build: deps
 	$(CARGO) build --release --bins
+
+# PROFILE=dev installs the debug build (the tests install one into a temporary prefix).
+PREFIX ?= /usr/local
+PROFILE ?= release
+BUILD_DIR = target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+install: deps
+	$(CARGO) build --profile $(PROFILE) -p benchfs -p benchfs-capi
+	scripts/install.sh $(PREFIX) $(BUILD_DIR)
 
 run: build
 	scripts/run.sh

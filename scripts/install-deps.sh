@@ -3,7 +3,9 @@
 # root; elsewhere it says what is missing.
 set -euo pipefail
 
-packages=(pkg-config libucx-dev ucx-utils fuse3 libfuse3-dev fio jq iproute2)
+# build-essential: cc and make for the C API tests; MPI and autotools: IOR and mdtest.
+packages=(pkg-config libucx-dev ucx-utils fuse3 libfuse3-dev fio jq iproute2 build-essential
+    openmpi-bin libopenmpi-dev autoconf automake libtool)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -116,6 +116,7 @@ impl Meta {
         let create = |path: &str, mode| ops::CreateRequest {
             path: path.into(),
             mode,
+            chunk_size: 0,
         };
         Ok(Some(match self {
             Meta::CreateDir(path, mode) => {
@@ -267,6 +268,7 @@ async fn readdir_pages(conn: &Connection, file: FileMetadata) {
         let request = ops::CreateRequest {
             path: format!("/d/{name}"),
             mode: 0o644,
+            chunk_size: 0,
         };
         conn.call::<ops::MetadataCreateFile>(&request)
             .await
@@ -461,6 +463,7 @@ fn handshake_checks_the_job_secret() {
         let body = ops::CreateRequest {
             path: "/sneaky".into(),
             mode: 0o644,
+            chunk_size: 0,
         }
         .to_bytes();
         raw.send(

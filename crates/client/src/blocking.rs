@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::path::Path;
 
+use benchfs_config::registry::ServerEntry;
 use benchfs_config::ServerConfig;
 pub use benchfs_proto::meta::FileMetadata;
 
@@ -52,12 +53,26 @@ impl BenchFS {
         config: &ServerConfig,
         secret: Vec<u8>,
     ) -> Result<BenchFS, ApiError> {
+        Self::start(|| FsClient::connect(config, secret))
+    }
+
+    /// Connects to the servers in `entries` (a registry read once and shared by the
+    /// threads of a process), presenting `secret` in every handshake.
+    pub fn with_servers(
+        config: &ServerConfig,
+        entries: Vec<ServerEntry>,
+        secret: Vec<u8>,
+    ) -> Result<BenchFS, ApiError> {
+        Self::start(|| FsClient::new(config, entries, secret))
+    }
+
+    fn start(connect: impl FnOnce() -> Result<FsClient, ApiError>) -> Result<BenchFS, ApiError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ApiError::Runtime)?;
         let local = tokio::task::LocalSet::new();
-        let client = local.block_on(&runtime, async { FsClient::connect(config, secret) })?;
+        let client = local.block_on(&runtime, async { connect() })?;
         Ok(BenchFS {
             runtime,
             local,
@@ -176,6 +191,11 @@ impl BenchFS {
     /// Cuts or extends a file.
     pub fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
         self.block_on(self.client.truncate(path, size))
+    }
+
+    /// Cuts or extends the file open as `fd`.
+    pub fn ftruncate(&self, fd: Fd, size: u64) -> Result<(), ApiError> {
+        self.block_on(self.client.ftruncate(fd, size))
     }
 
     /// Renames a file or an empty directory.

@@ -99,7 +99,7 @@ wire_header!(/// `ChunkIo`, whole.
 wire_header!(/// `ChunkIoReply`, whole.
     ChunkIoReplyHeader = 8, { len: U64 });
 wire_header!(/// `CreateRequest`, before the path.
-    CreateHeader = 4, { mode: U32 });
+    CreateHeader = 12, { mode: U32, chunk_size: U64 });
 wire_header!(/// `DeleteRequest`, before the path; `expect` 0 is any kind.
     DeleteHeader = 2, { expect: u8, moved: u8 });
 wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
@@ -353,12 +353,16 @@ pub struct CreateRequest {
     pub path: String,
     /// Permission bits.
     pub mode: u32,
+    /// Chunk size for a new file (a power of two within the limits); 0 takes the
+    /// server's configured size. Ignored for directories.
+    pub chunk_size: u64,
 }
 
 impl Message for CreateRequest {
     fn encode(&self, w: &mut Writer) {
         w.fixed(&CreateHeader {
             mode: self.mode.into(),
+            chunk_size: self.chunk_size.into(),
         })
         .str16(self.path.as_bytes());
     }
@@ -367,6 +371,7 @@ impl Message for CreateRequest {
         Ok(CreateRequest {
             path: path_field(r, "path")?,
             mode: h.mode.get(),
+            chunk_size: h.chunk_size.get(),
         })
     }
 }
@@ -782,10 +787,16 @@ mod tests {
         let create = CreateRequest {
             path: "/a".into(),
             mode: 0o644,
+            chunk_size: 1 << 16,
         };
         assert_eq!(
             create.to_bytes(),
-            [0o644u32.to_le_bytes().to_vec(), vec![2, 0, b'/', b'a']].concat()
+            [
+                0o644u32.to_le_bytes().to_vec(),
+                (1u64 << 16).to_le_bytes().to_vec(),
+                vec![2, 0, b'/', b'a']
+            ]
+            .concat()
         );
         // A header cut short is a clean error, never a panic.
         let bytes = io.to_bytes();

@@ -105,7 +105,7 @@ proptest! {
         names in proptest::collection::vec(("[a-z0-9]{1,20}", meta()), 0..20),
     ) {
         round_trip(&PathRequest { path: path.clone() })?;
-        round_trip(&CreateRequest { path: path.clone(), mode: 0o644 })?;
+        round_trip(&CreateRequest { path: path.clone(), mode: 0o644, chunk_size: 1 << 16 })?;
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true })?;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use benchfs_proto::limits;
 use benchfs_proto::Status;
 
 use benchfs_proto::path;
@@ -115,7 +116,13 @@ impl MetadataTable {
         self.entries.get(&path).copied().ok_or(Status::NotFound)
     }
 
-    fn create(&mut self, path: &str, kind: EntryKind, mode: u32) -> Result<FileMetadata, Status> {
+    fn create(
+        &mut self,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+        chunk_size: u64,
+    ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
         if path == "/" || self.entries.contains_key(&path) {
             return Err(Status::Exists);
@@ -126,7 +133,7 @@ impl MetadataTable {
             kind,
             size: 0,
             mode,
-            chunk_size: self.chunk_size,
+            chunk_size,
             mtime_ns: now,
             ctime_ns: now,
         };
@@ -187,13 +194,29 @@ impl MetadataTable {
     }
 
     /// Creates a file record; `Exists` if the path has a record already.
-    pub fn create_file(&mut self, path: &str, mode: u32) -> Result<FileMetadata, Status> {
-        self.create(path, EntryKind::File, mode)
+    /// Creates a file record. `chunk_size` 0 gives the file the table's chunk size; any
+    /// other must be a power of two within the limits, or the call is `InvalidArgument`.
+    pub fn create_file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        chunk_size: u64,
+    ) -> Result<FileMetadata, Status> {
+        let chunk_size = match chunk_size {
+            0 => self.chunk_size,
+            c if c.is_power_of_two()
+                && (limits::CHUNK_SIZE_MIN..=limits::CHUNK_SIZE_MAX).contains(&c) =>
+            {
+                c
+            }
+            _ => return Err(Status::InvalidArgument),
+        };
+        self.create(path, EntryKind::File, mode, chunk_size)
     }
 
     /// Creates a directory record; `Exists` if the path has a record already.
     pub fn create_dir(&mut self, path: &str, mode: u32) -> Result<FileMetadata, Status> {
-        self.create(path, EntryKind::Directory, mode)
+        self.create(path, EntryKind::Directory, mode, self.chunk_size)
     }
 
     /// Stores a record as given (a rename's destination, or a replica).
@@ -314,14 +337,14 @@ mod tests {
     #[test]
     fn the_inode_index_follows_every_change() {
         let mut m = manager();
-        let f = m.create_file("/a", 0o644).unwrap();
+        let f = m.create_file("/a", 0o644, 0).unwrap();
         assert!(m.has_file(f.file_id));
         // A rename: the new name first, then the old one moves out; the file lives on.
         m.insert("/b", f, false).unwrap();
         m.move_out("/a").unwrap();
         assert!(m.has_file(f.file_id) && !m.is_deleted(f.file_id));
         // A rename over a file deletes the file it replaces.
-        let g = m.create_file("/c", 0o644).unwrap();
+        let g = m.create_file("/c", 0o644, 0).unwrap();
         m.insert("/b", g, false).unwrap();
         assert!(!m.has_file(f.file_id) && m.is_deleted(f.file_id));
         m.move_out("/c").unwrap();
@@ -329,7 +352,7 @@ mod tests {
         m.delete("/b", None).unwrap();
         assert!(!m.has_file(g.file_id) && m.is_deleted(g.file_id));
         // A file named twice here is deleted only with its last name.
-        let h = m.create_file("/h", 0o644).unwrap();
+        let h = m.create_file("/h", 0o644, 0).unwrap();
         m.insert("/h2", h, false).unwrap();
         m.delete("/h", None).unwrap();
         assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
@@ -346,7 +369,7 @@ mod tests {
             let mut replayed = MetadataTable::new(tag, 4096);
             replayed.reserve_below(m.next_file_id());
             assert_eq!(
-                replayed.create_file("/f", 0),
+                replayed.create_file("/f", 0, 0),
                 Err(Status::NoSpace),
                 "tag {tag}"
             );
@@ -366,12 +389,12 @@ mod tests {
     #[test]
     fn create_lookup_delete() {
         let mut m = manager();
-        let f = m.create_file("/a", 0o644).unwrap();
+        let f = m.create_file("/a", 0o644, 0).unwrap();
         assert_eq!(f.file_id >> 32, 7);
         assert_eq!(m.lookup("//a/").unwrap(), f);
-        assert_eq!(m.create_file("/a", 0o644), Err(Status::Exists));
+        assert_eq!(m.create_file("/a", 0o644, 0), Err(Status::Exists));
         assert_eq!(m.create_dir("/a", 0o755), Err(Status::Exists));
-        assert_eq!(m.create_file("/", 0o644), Err(Status::Exists));
+        assert_eq!(m.create_file("/", 0o644, 0), Err(Status::Exists));
         assert_eq!(
             m.delete("/a", Some(EntryKind::Directory)),
             Err(Status::NotDir)
@@ -384,11 +407,32 @@ mod tests {
     }
 
     #[test]
+    fn a_create_may_choose_its_chunk_size() {
+        let mut m = manager();
+        let default = m.create_file("/default", 0o644, 0).unwrap();
+        assert_eq!(default.chunk_size, m.chunk_size);
+        let small = m.create_file("/small", 0o644, 1 << 16).unwrap();
+        assert_eq!(small.chunk_size, 1 << 16);
+        for bad in [
+            3 << 16,
+            limits::CHUNK_SIZE_MIN / 2,
+            limits::CHUNK_SIZE_MAX * 2,
+        ] {
+            assert_eq!(
+                m.create_file("/bad", 0o644, bad),
+                Err(Status::InvalidArgument),
+                "chunk size {bad}"
+            );
+        }
+        assert_eq!(m.lookup("/bad"), Err(Status::NotFound));
+    }
+
+    #[test]
     fn ids_are_unique() {
         let mut m = manager();
-        let a = m.create_file("/a", 0).unwrap().file_id;
+        let a = m.create_file("/a", 0, 0).unwrap().file_id;
         m.delete("/a", None).unwrap();
-        let b = m.create_file("/a", 0).unwrap().file_id;
+        let b = m.create_file("/a", 0, 0).unwrap().file_id;
         assert_ne!(
             a, b,
             "a recreated file must not reuse the old inode's chunks"
@@ -398,11 +442,11 @@ mod tests {
     #[test]
     fn bad_paths_are_refused() {
         let mut m = manager();
-        assert_eq!(m.create_file("a", 0), Err(Status::InvalidArgument));
-        assert_eq!(m.create_file("/a/../b", 0), Err(Status::InvalidArgument));
+        assert_eq!(m.create_file("a", 0, 0), Err(Status::InvalidArgument));
+        assert_eq!(m.create_file("/a/../b", 0, 0), Err(Status::InvalidArgument));
         assert_eq!(m.lookup(""), Err(Status::InvalidArgument));
         assert_eq!(
-            m.create_file(&format!("/{}", "n".repeat(300)), 0),
+            m.create_file(&format!("/{}", "n".repeat(300)), 0, 0),
             Err(Status::NameTooLong)
         );
     }
@@ -410,7 +454,7 @@ mod tests {
     #[test]
     fn sizes() {
         let mut m = manager();
-        let id = m.create_file("/f", 0).unwrap().file_id;
+        let id = m.create_file("/f", 0, 0).unwrap().file_id;
         let mut size = |path, file_id, size, how| m.update_size(path, file_id, size, how);
         assert_eq!(size("/f", id, 10, SizeUpdate::AtLeast).unwrap().size, 10);
         assert_eq!(size("/f", id, 5, SizeUpdate::AtLeast).unwrap().size, 10);

@@ -117,6 +117,17 @@ impl FsClient {
         flushed
     }
 
+    /// Cuts or extends the file open as `fd`, which must be open for writing
+    /// (`InvalidArgument` otherwise, as ftruncate(2) says).
+    pub async fn ftruncate(&self, fd: Fd, size: u64) -> Result<(), ApiError> {
+        let (path, writable) =
+            self.with_file(fd, |f| (f.path.clone(), f.flags.contains(OpenFlags::WRITE)))?;
+        if !writable {
+            return Err(fs_err("ftruncate", &path, Status::InvalidArgument));
+        }
+        self.truncate(&path, size).await
+    }
+
     /// Moves the handle's position.
     pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
         self.with_file(fd, |f| {

@@ -77,6 +77,8 @@ pub struct FsClient {
     chunk_cache: RefCell<ChunkCache>,
     registry_dir: std::path::PathBuf,
     call_counters: Cell<CallCounters>,
+    /// Chunk size asked for in each file create; 0 takes the servers' configured size.
+    create_chunk_size: Cell<u64>,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -205,7 +207,26 @@ impl FsClient {
             )),
             registry_dir: config.network.registry_dir.clone(),
             call_counters: Cell::default(),
+            create_chunk_size: Cell::new(0),
         })
+    }
+
+    /// Sets the chunk size of the files this client creates from now on: a power of two
+    /// within the limits, or 0 for the servers' configured size.
+    pub fn set_chunk_size(&self, bytes: u64) -> Result<(), ApiError> {
+        let valid = bytes == 0
+            || (bytes.is_power_of_two()
+                && (benchfs_proto::limits::CHUNK_SIZE_MIN..=benchfs_proto::limits::CHUNK_SIZE_MAX)
+                    .contains(&bytes));
+        if !valid {
+            return Err(ApiError::Fs {
+                op: "set_chunk_size",
+                path: bytes.to_string(),
+                status: Status::InvalidArgument,
+            });
+        }
+        self.create_chunk_size.set(bytes);
+        Ok(())
     }
 
     /// The servers, in ring order.

@@ -31,6 +31,14 @@ impl FsClient {
                 return Ok(m);
             }
         }
+        match self.lookup_uncached(path).await {
+            Ok(meta) => Ok(meta),
+            Err(e) if e.status() == Status::NotFound => Err(self.why_not_found(op, path, e).await),
+            Err(e) => Err(rpc_err(op, path)(e)),
+        }
+    }
+
+    async fn lookup_uncached(&self, path: &str) -> Result<FileMetadata, RpcError> {
         let (reply, _) = self
             .read_any::<ops::MetadataLookup>(
                 PlacementKey::Metadata(path),
@@ -38,10 +46,33 @@ impl FsClient {
                     path: path.to_string(),
                 },
             )
-            .await
-            .map_err(rpc_err(op, path))?;
+            .await?;
         self.meta_cache.borrow_mut().put(path, reply.meta);
         Ok(reply.meta)
+    }
+
+    /// A path with no record: `NotDir` if its nearest existing ancestor is a file (as
+    /// POSIX says of "/file/x"), else the `NotFound` the lookup gave. Only failed lookups
+    /// pay for the walk, and a cached parent costs nothing.
+    async fn why_not_found(&self, op: &'static str, path: &str, not_found: RpcError) -> ApiError {
+        let mut ancestor = path;
+        while let Ok((parent, _)) = path::split_parent(ancestor) {
+            if parent == "/" {
+                break;
+            }
+            let cached = self.meta_cache.borrow_mut().get(parent);
+            let found = match cached {
+                Some(meta) => Ok(meta),
+                None => self.lookup_uncached(parent).await,
+            };
+            match found {
+                Ok(meta) if meta.is_dir() => break,
+                Ok(_) => return fs_err(op, path, Status::NotDir),
+                Err(e) if e.status() == Status::NotFound => ancestor = parent,
+                Err(_) => break,
+            }
+        }
+        rpc_err(op, path)(not_found)
     }
 
     pub(super) async fn check_parent(&self, op: &'static str, path: &str) -> Result<(), ApiError> {
@@ -75,6 +106,7 @@ impl FsClient {
         let req = ops::CreateRequest {
             path: path.to_string(),
             mode,
+            chunk_size: self.create_chunk_size.get(),
         };
         let (reply, _) = match kind {
             EntryKind::File => {

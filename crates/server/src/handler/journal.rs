@@ -433,7 +433,7 @@ mod tests {
         let path = dir.path().join("metadata.journal");
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
-        let a = t.create_file("/a", 0o644).unwrap();
+        let a = t.create_file("/a", 0o644, 0).unwrap();
         j.append(&Record::Put {
             path: "/a",
             meta: a,
@@ -445,7 +445,7 @@ mod tests {
             meta: b,
         })
         .unwrap();
-        let gone = t.create_file("/gone", 0).unwrap();
+        let gone = t.create_file("/gone", 0, 0).unwrap();
         j.append(&Record::Put {
             path: "/gone",
             meta: gone,
@@ -498,7 +498,7 @@ mod tests {
         let path = dir.path().join("metadata.journal");
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
-        let keep = t.create_file("/keep", 0o644).unwrap();
+        let keep = t.create_file("/keep", 0o644, 0).unwrap();
         j.append(&Record::Put {
             path: "/keep",
             meta: keep,
@@ -508,7 +508,7 @@ mod tests {
         let mut last = keep;
         for i in 0..200_000 {
             let name = format!("/churn-{}", i % 7);
-            last = t.create_file(&name, 0o600).unwrap();
+            last = t.create_file(&name, 0o600, 0).unwrap();
             j.append(&Record::Put {
                 path: &name,
                 meta: last,
@@ -620,9 +620,9 @@ mod tests {
     fn metas() -> [FileMetadata; 3] {
         let mut t = table();
         [
-            t.create_file("/a", 0o644).unwrap(),
+            t.create_file("/a", 0o644, 0).unwrap(),
             t.create_dir("/b", 0o755).unwrap(),
-            t.create_file("/c", 0o600).unwrap(),
+            t.create_file("/c", 0o600, 0).unwrap(),
         ]
     }
 

@@ -336,7 +336,7 @@ impl ServerState {
                 let meta = if op == OpCode::MetadataCreateFile {
                     self.metadata
                         .borrow_mut()
-                        .create_file(&req.path, req.mode)?
+                        .create_file(&req.path, req.mode, req.chunk_size)?
                 } else {
                     self.metadata.borrow_mut().create_dir(&req.path, req.mode)?
                 };

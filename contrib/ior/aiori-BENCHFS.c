@@ -1,0 +1,249 @@
+/*
+ * IOR and mdtest backend for BenchFS (-a BENCHFS), through libbenchfs.
+ *
+ * Options:
+ *   --benchfs.registry=DIR     registry of the servers (default: $BENCHFS_REGISTRY)
+ *   --benchfs.chunk_size=N     chunk size of files created (default: the servers')
+ *
+ * Paths are BenchFS paths (-o /ior.dat, -d /mdtest). Each rank is one BenchFS client.
+ * Copy into IOR's src/ with scripts/build-ior.sh, which also registers it.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <benchfs.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "aiori.h"
+#include "ior.h"
+
+struct benchfs_options {
+    char *registry;
+    int chunk_size;
+};
+
+struct benchfs_file {
+    int fd;
+};
+
+static aiori_xfer_hint_t *hints;
+
+static option_help *BENCHFS_options(aiori_mod_opt_t **backend_options,
+                                    aiori_mod_opt_t *init_values)
+{
+    struct benchfs_options *o = calloc(1, sizeof(*o));
+    if (init_values != NULL)
+        memcpy(o, init_values, sizeof(*o));
+    *backend_options = (aiori_mod_opt_t *)o;
+
+    option_help h[] = {
+        {0, "benchfs.registry", "Registry directory of the BenchFS servers", OPTION_OPTIONAL_ARGUMENT,
+         's', &o->registry},
+        {0, "benchfs.chunk_size", "Chunk size of created files (0: the servers')",
+         OPTION_OPTIONAL_ARGUMENT, 'd', &o->chunk_size},
+        LAST_OPTION};
+    option_help *help = malloc(sizeof(h));
+    memcpy(help, h, sizeof(h));
+    return help;
+}
+
+static void BENCHFS_xfer_hints(aiori_xfer_hint_t *params)
+{
+    hints = params;
+}
+
+static void BENCHFS_initialize(aiori_mod_opt_t *options)
+{
+    struct benchfs_options *o = (struct benchfs_options *)options;
+    if (o != NULL && o->chunk_size > 0 && benchfs_set_chunk_size((size_t)o->chunk_size) != 0)
+        ERRF("--benchfs.chunk_size=%d: %s", o->chunk_size, benchfs_last_error());
+    if (benchfs_init(o != NULL ? o->registry : NULL) != 0)
+        ERRF("benchfs_init: %s", benchfs_last_error());
+}
+
+static void BENCHFS_finalize(aiori_mod_opt_t *options)
+{
+    (void)options;
+    if (benchfs_term() != 0)
+        WARNF("benchfs_term: %s", benchfs_last_error());
+}
+
+/* IOR's open flags as open(2)'s. */
+static int posix_flags(int iorflags)
+{
+    int flags = 0;
+    if (iorflags & IOR_RDWR)
+        flags |= O_RDWR;
+    else if (iorflags & IOR_WRONLY)
+        flags |= O_WRONLY;
+    else
+        flags |= O_RDONLY;
+    if (iorflags & IOR_APPEND)
+        flags |= O_APPEND;
+    if (iorflags & IOR_CREAT)
+        flags |= O_CREAT;
+    if (iorflags & IOR_TRUNC)
+        flags |= O_TRUNC;
+    if (iorflags & IOR_EXCL)
+        flags |= O_EXCL;
+    return flags;
+}
+
+static aiori_fd_t *open_file(const char *op, char *path, int flags)
+{
+    if (hints->dryRun)
+        return NULL;
+    int fd = benchfs_open(path, flags, 0664);
+    if (fd < 0)
+        ERRF("%s %s: %s", op, path, benchfs_last_error());
+    struct benchfs_file *f = malloc(sizeof(*f));
+    f->fd = fd;
+    return (aiori_fd_t *)f;
+}
+
+static aiori_fd_t *BENCHFS_create(char *path, int iorflags, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return open_file("create", path, posix_flags(iorflags) | O_CREAT);
+}
+
+static aiori_fd_t *BENCHFS_open(char *path, int iorflags, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return open_file("open", path, posix_flags(iorflags));
+}
+
+static IOR_offset_t BENCHFS_xfer(int access, aiori_fd_t *file, IOR_size_t *buffer,
+                                 IOR_offset_t length, IOR_offset_t offset,
+                                 aiori_mod_opt_t *options)
+{
+    (void)options;
+    if (hints->dryRun)
+        return length;
+    struct benchfs_file *f = (struct benchfs_file *)file;
+    ssize_t n = access == WRITE ? benchfs_pwrite(f->fd, buffer, length, offset)
+                                : benchfs_pread(f->fd, buffer, length, offset);
+    if (n < 0)
+        WARNF("%s of %lld bytes at %lld: %s", access == WRITE ? "write" : "read",
+              (long long)length, (long long)offset, benchfs_last_error());
+    return n;
+}
+
+static void BENCHFS_close(aiori_fd_t *file, aiori_mod_opt_t *options)
+{
+    (void)options;
+    if (hints->dryRun)
+        return;
+    struct benchfs_file *f = (struct benchfs_file *)file;
+    if (benchfs_close(f->fd) != 0)
+        ERRF("close: %s", benchfs_last_error());
+    free(f);
+}
+
+static void BENCHFS_delete(char *path, aiori_mod_opt_t *options)
+{
+    (void)options;
+    if (hints->dryRun)
+        return;
+    if (benchfs_unlink(path) != 0)
+        WARNF("unlink %s: %s", path, benchfs_last_error());
+}
+
+static char *BENCHFS_version(void)
+{
+    return "BenchFS";
+}
+
+static void BENCHFS_fsync(aiori_fd_t *file, aiori_mod_opt_t *options)
+{
+    (void)options;
+    if (hints->dryRun)
+        return;
+    struct benchfs_file *f = (struct benchfs_file *)file;
+    if (benchfs_fsync(f->fd) != 0)
+        ERRF("fsync: %s", benchfs_last_error());
+}
+
+static IOR_offset_t BENCHFS_get_file_size(aiori_mod_opt_t *options, char *path)
+{
+    (void)options;
+    struct stat st;
+    if (hints->dryRun)
+        return 0;
+    if (benchfs_stat(path, &st) != 0)
+        ERRF("stat %s: %s", path, benchfs_last_error());
+    return st.st_size;
+}
+
+static int BENCHFS_statfs(const char *path, ior_aiori_statfs_t *st, aiori_mod_opt_t *options)
+{
+    (void)path;
+    (void)options;
+    memset(st, 0, sizeof(*st));
+    return 0;
+}
+
+static int BENCHFS_mkdir(const char *path, mode_t mode, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return hints->dryRun ? 0 : benchfs_mkdir(path, mode);
+}
+
+static int BENCHFS_rmdir(const char *path, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return hints->dryRun ? 0 : benchfs_rmdir(path);
+}
+
+static int BENCHFS_access(const char *path, int mode, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return hints->dryRun ? 0 : benchfs_access(path, mode);
+}
+
+static int BENCHFS_stat(const char *path, struct stat *buf, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return hints->dryRun ? 0 : benchfs_stat(path, buf);
+}
+
+static int BENCHFS_rename(const char *from, const char *to, aiori_mod_opt_t *options)
+{
+    (void)options;
+    return hints->dryRun ? 0 : benchfs_rename(from, to);
+}
+
+static void BENCHFS_sync(aiori_mod_opt_t *options)
+{
+    (void)options;
+}
+
+ior_aiori_t benchfs_aiori = {
+    .name = "BENCHFS",
+    .name_legacy = NULL,
+    .create = BENCHFS_create,
+    .open = BENCHFS_open,
+    .xfer_hints = BENCHFS_xfer_hints,
+    .xfer = BENCHFS_xfer,
+    .close = BENCHFS_close,
+    .delete = BENCHFS_delete,
+    .get_version = BENCHFS_version,
+    .fsync = BENCHFS_fsync,
+    .get_file_size = BENCHFS_get_file_size,
+    .statfs = BENCHFS_statfs,
+    .mkdir = BENCHFS_mkdir,
+    .rmdir = BENCHFS_rmdir,
+    .access = BENCHFS_access,
+    .stat = BENCHFS_stat,
+    .rename = BENCHFS_rename,
+    .initialize = BENCHFS_initialize,
+    .finalize = BENCHFS_finalize,
+    .get_options = BENCHFS_options,
+    .sync = BENCHFS_sync,
+    .enable_mdtest = true,
+};

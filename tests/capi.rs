@@ -1,0 +1,176 @@
+//! libbenchfs from C: `make install` into a temporary prefix, compile
+//! `tests/c/capi_test.c` with cc against the installed header and library (shared, then
+//! static, both through benchfs.pc), and run it against a 4-server cluster. The program
+//! calls every function, checks results and errno, and runs 4 threads at once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{Cluster, ClusterSpec};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `make install PROFILE=dev` into a prefix under the test directory, once per run.
+fn installed_prefix() -> &'static Path {
+    static PREFIX: OnceLock<PathBuf> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi-prefix");
+        let out = Command::new("make")
+            .current_dir(ROOT)
+            .args(["--no-print-directory", "install", "PROFILE=dev"])
+            .arg(format!("PREFIX={}", prefix.display()))
+            .arg(format!("CARGO={}", env!("CARGO")))
+            .output()
+            .expect("make runs");
+        assert!(
+            out.status.success(),
+            "make install failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for file in [
+            "lib/libbenchfs.so",
+            "lib/libbenchfs.a",
+            "include/benchfs.h",
+            "lib/pkgconfig/benchfs.pc",
+        ] {
+            assert!(
+                prefix.join(file).is_file(),
+                "make install did not install {file}"
+            );
+        }
+        prefix
+    })
+}
+
+/// What `pkg-config` says about benchfs in `prefix`.
+fn pkg_config(prefix: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new("pkg-config")
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .args(args)
+        .arg("benchfs")
+        .output()
+        .expect("pkg-config runs");
+    assert!(
+        out.status.success(),
+        "pkg-config {args:?} benchfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Compiles `source` into `out` with `link` arguments.
+fn compile(source: &Path, out: &Path, cflags: &[String], link: &[String]) {
+    let result = Command::new("cc")
+        .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread"])
+        .args(cflags)
+        .arg(source)
+        .args(link)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("cc runs");
+    assert!(
+        result.status.success(),
+        "cc {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+/// Runs a compiled test program against `cluster` and checks it passed.
+fn run_against(program: &Path, cluster: &Cluster) {
+    let out = Command::new(program)
+        .env("BENCHFS_REGISTRY", cluster.registry())
+        .env_remove("BENCHFS_CONFIG")
+        .output()
+        .expect("the test program runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    common::note(&format!("{}: {}", program.display(), stdout.trim()));
+    assert!(
+        out.status.success() && stdout.contains(" 0 failed"),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        program.display(),
+        out.status
+    );
+}
+
+#[test]
+fn c_program_calls_every_function_shared_and_static() {
+    let prefix = installed_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(ROOT).join("tests/c/capi_test.c");
+    let cflags = pkg_config(prefix, &["--cflags"]);
+
+    let shared = dir.path().join("capi_test");
+    let mut link = pkg_config(prefix, &["--libs"]);
+    link.push(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+    compile(&source, &shared, &cflags, &link);
+
+    // The static archive named by path, so the linker cannot pick the shared library.
+    let archive = prefix.join("lib/libbenchfs.a").display().to_string();
+    let static_link: Vec<String> = pkg_config(prefix, &["--static", "--libs"])
+        .into_iter()
+        .map(|arg| {
+            if arg == "-lbenchfs" {
+                archive.clone()
+            } else {
+                arg
+            }
+        })
+        .collect();
+    let fixed = dir.path().join("capi_test_static");
+    compile(&source, &fixed, &cflags, &static_link);
+    let needed = Command::new("readelf")
+        .arg("-d")
+        .arg(&fixed)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&needed.stdout).contains("libbenchfs"),
+        "the static build must not need libbenchfs.so"
+    );
+
+    let cluster = Cluster::start(ClusterSpec::default());
+    run_against(&shared, &cluster);
+    run_against(&fixed, &cluster);
+}
+
+/// The header declares exactly the functions the library exports.
+#[test]
+fn header_declares_every_exported_function() {
+    let prefix = installed_prefix();
+    let header = std::fs::read_to_string(prefix.join("include/benchfs.h")).unwrap();
+    let mut declared: Vec<String> = header
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("benchfs_") && !w.ends_with("_t"))
+        .map(str::to_string)
+        .collect();
+    declared.sort();
+    declared.dedup();
+    let nm = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(prefix.join("lib/libbenchfs.so"))
+        .output()
+        .expect("nm runs");
+    assert!(nm.status.success());
+    let mut exported: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| s.starts_with("benchfs_"))
+        .map(str::to_string)
+        .collect();
+    exported.sort();
+    assert_eq!(
+        declared, exported,
+        "include/benchfs.h and libbenchfs.so disagree"
+    );
+}
