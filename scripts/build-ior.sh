@@ -38,7 +38,9 @@ log="$out/build.log"
     make -j"$jobs"
     make install
 } >"$log" 2>&1 || { tail -30 "$log" >&2; echo "build-ior.sh: build failed; full log: $log" >&2; exit 1; }
-"$out/bin/ior" -h 2>&1 | grep -q BENCHFS || {
+# ior -h exits non-zero, so its output is captured before it is searched.
+help=$("$out/bin/ior" -h 2>&1 || true)
+grep -q BENCHFS <<<"$help" || {
     echo "build-ior.sh: ior was built without the BENCHFS backend; see $log" >&2
     exit 1
 }

@@ -21,6 +21,7 @@
 
 #include "aiori.h"
 #include "ior.h"
+#include "utilities.h"
 
 struct benchfs_options {
     char *registry;
@@ -109,7 +110,19 @@ static aiori_fd_t *open_file(const char *op, char *path, int flags)
 static aiori_fd_t *BENCHFS_create(char *path, int iorflags, aiori_mod_opt_t *options)
 {
     (void)options;
-    return open_file("create", path, posix_flags(iorflags) | O_CREAT);
+    int flags = posix_flags(iorflags) | O_CREAT;
+    if (hints->dryRun || hints->filePerProc || !(flags & O_TRUNC))
+        return open_file("create", path, flags);
+    /* One shared file, created by every rank with O_TRUNC: a rank whose open came
+     * after another rank's first writes would cut them. Rank 0 creates and cuts; the
+     * others open once it has (as IOR's POSIX backend does for Lustre striping). */
+    aiori_fd_t *file = NULL;
+    if (rank == 0)
+        file = open_file("create", path, flags);
+    MPI_CHECK(MPI_Barrier(testComm), "barrier error");
+    if (rank != 0)
+        file = open_file("open", path, flags & ~O_TRUNC);
+    return file;
 }
 
 static aiori_fd_t *BENCHFS_open(char *path, int iorflags, aiori_mod_opt_t *options)

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod files;
+pub mod install;
 pub mod netns;
 pub mod rpc;
 

@@ -26,9 +26,14 @@ impl FsClient {
         if path == "/" {
             return Ok(root_meta());
         }
+        // Only directory records are served from the cache: a file's size changes with
+        // every other client's close, and a stat must see it (IOR checks sizes across
+        // ranks, mdtest times real stats).
         if cached {
             if let Some(m) = self.meta_cache.borrow_mut().get(path) {
-                return Ok(m);
+                if m.is_dir() {
+                    return Ok(m);
+                }
             }
         }
         match self.lookup_uncached(path).await {

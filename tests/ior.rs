@@ -1,0 +1,183 @@
+//! IOR and mdtest with `-a BENCHFS`: IOR 4.0.0 is built from its public source tarball
+//! with `scripts/build-ior.sh` against libbenchfs installed by `make install`, then run
+//! under `mpirun -np 2` against a 4-server cluster. Any data-check error fails the test.
+//! Without the tarball (or MPI) the test says loudly that it skipped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::install::{installed_prefix, ROOT};
+use common::{Cluster, ClusterSpec};
+
+/// The IOR source: $BENCHFS_IOR_SOURCE, else the peers' tarball beside the project.
+fn ior_source() -> Option<PathBuf> {
+    let source = std::env::var_os("BENCHFS_IOR_SOURCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join("../shared/peers/ior-4.0.0.tar.gz"));
+    source.exists().then_some(source)
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Builds IOR with the BENCHFS backend into `target/tmp/ior`, again only when the backend
+/// or the patch changed (libbenchfs is linked shared, so a new library needs no rebuild).
+fn build_ior(source: &Path) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ior");
+    let inputs: String = [
+        "contrib/ior/aiori-BENCHFS.c",
+        "contrib/ior/ior-4.0.0-benchfs.patch",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(Path::new(ROOT).join(f)).unwrap())
+    .collect();
+    let stamp = out.join("inputs.stamp");
+    if out.join("bin/ior").is_file()
+        && out.join("bin/mdtest").is_file()
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
+    {
+        return out;
+    }
+    let result = Command::new(Path::new(ROOT).join("scripts/build-ior.sh"))
+        .arg(source)
+        .arg(&out)
+        .env("BENCHFS_PREFIX", installed_prefix())
+        .output()
+        .expect("build-ior.sh runs");
+    assert!(
+        result.status.success(),
+        "build-ior.sh failed:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::write(&stamp, inputs).unwrap();
+    out
+}
+
+/// Runs `program args` under `mpirun -np 2` and returns its output; fails the test on a
+/// non-zero exit or on any sign of wrong data in the output.
+fn mpirun(program: &Path, args: &[String]) -> String {
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg("mpirun")
+        .args(["--oversubscribe", "-np", "2"])
+        .arg(program)
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let command = format!("mpirun -np 2 {} {}", program.display(), args.join(" "));
+    assert!(
+        out.status.success(),
+        "{command} failed ({}):\n{text}",
+        out.status
+    );
+    for bad in [
+        "Incorrect data",
+        "ERROR",
+        "inconsistent file size",
+        "not supported",
+    ] {
+        assert!(!text.contains(bad), "{command} reported {bad:?}:\n{text}");
+    }
+    text
+}
+
+#[test]
+fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
+    let Some(source) = ior_source() else {
+        common::skip(
+            "IOR and mdtest with -a BENCHFS",
+            "no IOR source (../shared/peers/ior-4.0.0.tar.gz or $BENCHFS_IOR_SOURCE)",
+        );
+        return;
+    };
+    if !have("mpicc") || !have("mpirun") {
+        common::skip(
+            "IOR and mdtest with -a BENCHFS",
+            "no MPI (mpicc, mpirun): run scripts/install-deps.sh",
+        );
+        return;
+    }
+    let ior_dir = build_ior(&source);
+    let cluster = Cluster::start(ClusterSpec::default());
+    let registry = format!("--benchfs.registry={}", cluster.registry().display());
+    let args = |list: &[&str]| -> Vec<String> {
+        std::iter::once(registry.clone())
+            .chain(list.iter().map(|s| s.to_string()))
+            .collect()
+    };
+
+    // Write, then read back with data checks (-W, -R) and reordered readers (-C), so a
+    // rank reads what the other wrote; file per process and one shared file, transfer
+    // sizes 1 MiB and 47008 bytes (not a divisor of the 64 KiB chunk).
+    let ior = ior_dir.join("bin/ior");
+    for (name, transfer, block, shared) in [
+        ("fpp-1m", "1m", "4m", false),
+        ("shared-1m", "1m", "4m", true),
+        ("fpp-47008", "47008", "470080", false),
+        ("shared-47008", "47008", "470080", true),
+    ] {
+        let mut list = vec![
+            "-a", "BENCHFS", "-w", "-r", "-W", "-R", "-C", "-e", "-s", "3", "-t", transfer, "-b",
+            block,
+        ];
+        if !shared {
+            list.push("-F");
+        }
+        let path = format!("/ior-{name}");
+        list.extend(["-o", &path]);
+        let out = mpirun(&ior, &args(&list));
+        assert!(
+            out.lines().any(|l| l.starts_with("write "))
+                && out.lines().any(|l| l.starts_with("read ")),
+            "ior {name} printed no results:\n{out}"
+        );
+        common::note(&format!("ior {name}: ok"));
+    }
+
+    // mdtest: create, stat, read (verified, -X), remove; one shared directory and one
+    // per rank (-u).
+    let mdtest = ior_dir.join("bin/mdtest");
+    for (name, unique) in [("shared-dir", false), ("dir-per-rank", true)] {
+        let dir = format!("/md-{name}");
+        let mut list = vec![
+            "-a", "BENCHFS", "-n", "50", "-F", "-C", "-T", "-E", "-r", "-w", "3901", "-e", "3901",
+            "-X", "-d", &dir,
+        ];
+        if unique {
+            list.push("-u");
+        }
+        let out = mpirun(&mdtest, &args(&list));
+        for phase in ["File creation", "File stat", "File read", "File removal"] {
+            assert!(
+                out.contains(phase),
+                "mdtest {name} printed no {phase:?}:\n{out}"
+            );
+        }
+        common::note(&format!("mdtest {name}: ok"));
+    }
+
+    // Everything IOR and mdtest made was removed again (-e/-r and IOR's own delete).
+    let client = cluster.client();
+    let left: Vec<String> = client
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.starts_with("ior-"))
+        .collect();
+    assert!(left.is_empty(), "IOR left files behind: {left:?}");
+}
