@@ -114,16 +114,32 @@ fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
     let ior_dir = build_ior(&source);
     let cluster = Cluster::start(ClusterSpec::default());
     let registry = format!("--benchfs.registry={}", cluster.registry().display());
-    let args = |list: &[&str]| -> Vec<String> {
-        std::iter::once(registry.clone())
-            .chain(list.iter().map(|s| s.to_string()))
-            .collect()
-    };
+    run_ior(&ior_dir.join("bin/ior"), &registry);
+    run_mdtest(&ior_dir.join("bin/mdtest"), &registry);
 
+    // Everything IOR and mdtest made was removed again (-e/-r and IOR's own delete).
+    let client = cluster.client();
+    let left: Vec<String> = client
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.starts_with("ior-"))
+        .collect();
+    assert!(left.is_empty(), "IOR left files behind: {left:?}");
+}
+
+/// `registry` followed by `list`.
+fn with_registry(registry: &str, list: &[&str]) -> Vec<String> {
+    std::iter::once(registry.to_string())
+        .chain(list.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+fn run_ior(ior: &Path, registry: &str) {
     // Write, then read back with data checks (-W, -R) and reordered readers (-C), so a
     // rank reads what the other wrote; file per process and one shared file, transfer
     // sizes 1 MiB and 47008 bytes (not a divisor of the 64 KiB chunk).
-    let ior = ior_dir.join("bin/ior");
     for (name, transfer, block, shared) in [
         ("fpp-1m", "1m", "4m", false),
         ("shared-1m", "1m", "4m", true),
@@ -139,7 +155,7 @@ fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
         }
         let path = format!("/ior-{name}");
         list.extend(["-o", &path]);
-        let out = mpirun(&ior, &args(&list));
+        let out = mpirun(ior, &with_registry(registry, &list));
         assert!(
             out.lines().any(|l| l.starts_with("write "))
                 && out.lines().any(|l| l.starts_with("read ")),
@@ -147,10 +163,11 @@ fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
         );
         common::note(&format!("ior {name}: ok"));
     }
+}
 
+fn run_mdtest(mdtest: &Path, registry: &str) {
     // mdtest: create, stat, read (verified, -X), remove; one shared directory and one
     // per rank (-u).
-    let mdtest = ior_dir.join("bin/mdtest");
     for (name, unique) in [("shared-dir", false), ("dir-per-rank", true)] {
         let dir = format!("/md-{name}");
         let mut list = vec![
@@ -160,7 +177,7 @@ fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
         if unique {
             list.push("-u");
         }
-        let out = mpirun(&mdtest, &args(&list));
+        let out = mpirun(mdtest, &with_registry(registry, &list));
         for phase in ["File creation", "File stat", "File read", "File removal"] {
             assert!(
                 out.contains(phase),
@@ -169,15 +186,4 @@ fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
         }
         common::note(&format!("mdtest {name}: ok"));
     }
-
-    // Everything IOR and mdtest made was removed again (-e/-r and IOR's own delete).
-    let client = cluster.client();
-    let left: Vec<String> = client
-        .readdir("/")
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .filter(|n| n.starts_with("ior-"))
-        .collect();
-    assert!(left.is_empty(), "IOR left files behind: {left:?}");
 }
