@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use common::install::{installed_prefix, ROOT};
 use common::{Cluster, ClusterSpec};
@@ -24,6 +25,22 @@ fn have(program: &str) -> bool {
         .args(["-c", &format!("command -v {program}")])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// IOR built with the BENCHFS backend (once per run), or why the tests cannot have it.
+fn ior_build() -> Result<&'static Path, &'static str> {
+    static BUILT: OnceLock<Result<PathBuf, &'static str>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let source = ior_source()
+                .ok_or("no IOR source (../shared/peers/ior-4.0.0.tar.gz or $BENCHFS_IOR_SOURCE)")?;
+            if !have("mpicc") || !have("mpirun") {
+                return Err("no MPI (mpicc, mpirun): run scripts/install-deps.sh");
+            }
+            Ok(build_ior(&source))
+        })
+        .as_deref()
+        .map_err(|e| *e)
 }
 
 /// Builds IOR with the BENCHFS backend into `target/tmp/ior`, again only when the backend
@@ -97,21 +114,10 @@ fn mpirun(program: &Path, args: &[String]) -> String {
 
 #[test]
 fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
-    let Some(source) = ior_source() else {
-        common::skip(
-            "IOR and mdtest with -a BENCHFS",
-            "no IOR source (../shared/peers/ior-4.0.0.tar.gz or $BENCHFS_IOR_SOURCE)",
-        );
-        return;
+    let ior_dir = match ior_build() {
+        Ok(dir) => dir,
+        Err(why) => return common::skip("IOR and mdtest with -a BENCHFS", why),
     };
-    if !have("mpicc") || !have("mpirun") {
-        common::skip(
-            "IOR and mdtest with -a BENCHFS",
-            "no MPI (mpicc, mpirun): run scripts/install-deps.sh",
-        );
-        return;
-    }
-    let ior_dir = build_ior(&source);
     let cluster = Cluster::start(ClusterSpec::default());
     let registry = format!("--benchfs.registry={}", cluster.registry().display());
     run_ior(&ior_dir.join("bin/ior"), &registry);
@@ -186,4 +192,70 @@ fn run_mdtest(mdtest: &Path, registry: &str) {
         }
         common::note(&format!("mdtest {name}: ok"));
     }
+}
+
+/// The example Slurm job, run under mpirun with the environment Slurm would give it: it
+/// starts 4 servers, waits for them, runs IOR and mdtest, stops the servers and collects
+/// their logs and counters.
+#[test]
+fn slurm_example_job_runs_its_steps_under_mpirun() {
+    let ior_dir = match ior_build() {
+        Ok(dir) => dir,
+        Err(why) => return common::skip("the example Slurm job", why),
+    };
+    let prefix = installed_prefix();
+    let dir = tempfile::tempdir_in(common::test_root()).unwrap();
+    let job_dir = dir.path().join("job");
+    let data_dir = dir.path().join("data");
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg(Path::new(ROOT).join("examples/slurm/benchfs-ior.sbatch"))
+        .env("SLURM_JOB_ID", format!("test{}", std::process::id()))
+        .env("SLURM_JOB_NUM_NODES", "1")
+        .env("SLURM_SUBMIT_DIR", dir.path())
+        .env("LAUNCHER", "mpirun")
+        .env("BENCHFS_PREFIX", prefix)
+        .env("IOR_PREFIX", ior_dir)
+        .env("SERVERS_PER_NODE", "4")
+        .env("CLIENTS_PER_NODE", "2")
+        .env("JOB_DIR", &job_dir)
+        .env("DATA_DIR", &data_dir)
+        .env("IOR_BLOCK", "8m")
+        .env("IOR_HARD_SEGMENTS", "100")
+        .env("MDTEST_FILES", "100")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("the job script runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the job failed ({}):\n{text}",
+        out.status
+    );
+    for bad in ["Incorrect data", "ERROR", "unreachable"] {
+        assert!(!text.contains(bad), "the job reported {bad:?}:\n{text}");
+    }
+    let read = |name: &str| std::fs::read_to_string(job_dir.join(name)).unwrap_or_default();
+    assert!(read("ior-easy.txt").lines().any(|l| l.starts_with("read ")));
+    assert!(read("ior-hard.txt")
+        .lines()
+        .any(|l| l.starts_with("write ")));
+    assert!(read("mdtest.txt").contains("File removal"));
+    assert_eq!(
+        read("server-stats.txt").matches("-r").count(),
+        4,
+        "counters of 4 servers:\n{}",
+        read("server-stats.txt")
+    );
+    let logs = std::fs::read_dir(job_dir.join("logs")).unwrap().count();
+    assert_eq!(logs, 4, "one log per server");
+    let published = benchfs::registry::read(&job_dir.join("registry")).unwrap();
+    assert!(published.is_empty(), "stopped servers left {published:?}");
+    assert!(!data_dir.exists(), "the job removes its node-local data");
+    common::note("example Slurm job: ok");
 }

@@ -94,6 +94,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             &Target {
                 dir: dir.clone(),
                 secret_file: args.secret_file.clone(),
+                registry: None,
             },
         ),
         None => with_own_cluster(&args),
@@ -107,6 +108,7 @@ fn with_own_cluster(args: &Args) -> Result<(), CliError> {
     let target = Target {
         dir: dir.clone(),
         secret_file: args.secret_file.clone(),
+        registry: None,
     };
     let up = UpArgs::new(target.clone(), args.servers, &args.backend);
     let result =

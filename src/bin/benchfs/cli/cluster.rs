@@ -26,11 +26,21 @@ pub struct Target {
     /// $BENCHFS_SECRET_FILE names. `cluster up` starts the servers with it.
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// The registry of servers started by a job launcher (`mpirun`/`srun benchfsd
+    /// --registry DIR`), used instead of a cluster directory with the defaults and
+    /// BENCHFS_* variables.
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
 }
 
 impl Target {
     /// The cluster's configuration, with its registry.
     pub fn config(&self) -> Result<ServerConfig, CliError> {
+        if let Some(registry) = &self.registry {
+            let mut config = ServerConfig::from_env()?;
+            config.network.registry_dir = registry.clone();
+            return Ok(config);
+        }
         let path = self.dir.join("benchfs.toml");
         if !path.exists() {
             return Err(format!(
@@ -60,13 +70,16 @@ impl Target {
             Some(path) => secret::read_secret(&path)?,
             None => Vec::new(),
         };
-        BenchFS::connect_with_secret(config, secret).map_err(|e| {
-            format!(
-                "cannot connect to the cluster in {}: {e}",
-                self.dir.display()
-            )
-            .into()
-        })
+        BenchFS::connect_with_secret(config, secret)
+            .map_err(|e| format!("cannot connect to the cluster {}: {e}", self.describe()).into())
+    }
+
+    /// The cluster as messages name it: its registry, or its directory.
+    pub fn describe(&self) -> String {
+        match &self.registry {
+            Some(registry) => format!("with registry {}", registry.display()),
+            None => format!("in {}", self.dir.display()),
+        }
     }
 }
 
@@ -81,6 +94,23 @@ pub enum ClusterCommand {
     Status(Target),
     /// Stop the servers (SIGTERM, then SIGKILL after 10 s).
     Down(Target),
+    /// Wait until N servers are published and every one answers (for job scripts that
+    /// start servers with mpirun or srun).
+    Wait(WaitArgs),
+}
+
+/// Arguments of `benchfs cluster wait`.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Number of servers to wait for.
+    #[arg(long)]
+    pub servers: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Which cluster.
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// Arguments of `benchfs cluster up`.
@@ -140,10 +170,19 @@ impl UpArgs {
 
 /// Runs a `benchfs cluster` subcommand.
 pub fn run(command: ClusterCommand) -> Result<(), CliError> {
+    let launched = match &command {
+        ClusterCommand::Up(args) => args.target.registry.is_some(),
+        ClusterCommand::Down(target) => target.registry.is_some(),
+        _ => false,
+    };
+    if launched {
+        return Err("cluster up and down manage a local cluster in --dir; servers found by --registry were started by a launcher (mpirun, srun), which stops them".into());
+    }
     match command {
         ClusterCommand::Up(args) => up(&args),
         ClusterCommand::Status(target) => status(&target),
         ClusterCommand::Down(target) => down(&target),
+        ClusterCommand::Wait(args) => wait(&args),
     }
 }
 
@@ -509,6 +548,51 @@ fn down(target: &Target) -> Result<(), CliError> {
         "cluster down: {} servers stopped ({} forced)",
         pids.len(),
         forced.len()
+    );
+    Ok(())
+}
+
+/// `benchfs cluster wait`: polls the registry until it lists `servers` servers, then
+/// checks that each answers.
+fn wait(args: &WaitArgs) -> Result<(), CliError> {
+    let config = args.target.config()?;
+    let dir = &config.network.registry_dir;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+    let mut published = 0;
+    loop {
+        if let Ok(entries) = registry::read(dir) {
+            published = entries.len();
+        }
+        if published >= args.servers {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cluster wait: {published} of {} servers published in {} after {} s; see the servers' logs (benchfs.log in each data directory)",
+                args.servers,
+                dir.display(),
+                args.timeout
+            )
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let fs = args.target.connect_with(&config)?;
+    let silent: Vec<String> = fs
+        .block_on(fs.client().server_stats())
+        .into_iter()
+        .filter_map(|(entry, stats)| stats.err().map(|e| format!("{} ({e})", entry.node_id)))
+        .collect();
+    if !silent.is_empty() {
+        return Err(format!(
+            "cluster wait: published but not answering: {}",
+            silent.join(", ")
+        )
+        .into());
+    }
+    println!(
+        "{published} servers published in {} and answering",
+        dir.display()
     );
     Ok(())
 }
