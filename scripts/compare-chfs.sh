@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# IOR and mdtest on CHFS and on BenchFS, side by side in one run: 4 servers each on this
+# machine, the same client count, chunk size and RDMA threshold, the same IOR binary
+# (built with both backends), interleaved rounds (CHFS then BenchFS, each round on fresh
+# servers). Prints a table of the median of the rounds with the ratio BenchFS / CHFS.
+#
+#   scripts/compare-chfs.sh PEERS_PREFIX [ROUNDS]
+#
+# PEERS_PREFIX: where ../shared/peers/build.sh installed CHFS (sbin/chfsd, bin/chlist,
+# lib/pkgconfig/chfs.pc); the IOR source is taken from $IOR_SOURCE (default: the peers'
+# tarball). BenchFS is installed (release build) into target/compare.
+#
+# How CHFS is run, and why it is fair:
+#   chfsd -f -H 0 -T 1 -p tcp   foreground, no heartbeat loop (an idle server would
+#                                spin), one handler thread per server (BenchFS servers
+#                                are single-threaded too), libfabric tcp (ucx+tcp does not
+#                                work with this UCX/Mercury pair)
+#   -c /dev/shm/...              its store on tmpfs, against BenchFS's memory backend
+#   CHFS_CHUNK_SIZE, CHFS_RDMA_THRESH  the same chunk size and threshold as BenchFS
+# Margo busy-polls 10 ms after each event and chfsd cannot change it; BenchFS's busy-poll
+# window is its default. 4 servers and 2 clients share this machine's cores.
+# Sizes: IOR_EASY_BLOCK (256m), IOR_HARD_SEGMENTS (2000), MDTEST_FILES (2000) per rank.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+peers=${1:?usage: compare-chfs.sh PEERS_PREFIX [ROUNDS]}
+rounds=${2:-3}
+ior_source=${IOR_SOURCE:-$root/../shared/peers/ior-4.0.0.tar.gz}
+easy_block=${IOR_EASY_BLOCK:-256m}
+hard_segments=${IOR_HARD_SEGMENTS:-2000}
+md_files=${MDTEST_FILES:-2000}
+chunk_sizes=(4194304 65536)
+rdma_thresh=32768
+ranks=2
+servers=4
+
+missing=()
+for f in sbin/chfsd bin/chlist lib/pkgconfig/chfs.pc; do
+    [ -e "$peers/$f" ] || missing+=("$peers/$f")
+done
+[ -e "$ior_source" ] || missing+=("$ior_source (IOR source; set IOR_SOURCE)")
+command -v mpirun >/dev/null || missing+=("mpirun (scripts/install-deps.sh)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "compare-chfs.sh: missing: ${missing[*]}" >&2
+    echo "build CHFS and its stack with ../shared/peers/build.sh (PREFIX=$peers)" >&2
+    exit 1
+fi
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export LD_LIBRARY_PATH=$peers/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PATH=$peers/bin:$peers/sbin:$PATH
+bfs=$root/target/compare
+make -C "$root" --no-print-directory install PREFIX="$bfs" >"$bfs.install.log" 2>&1 ||
+    { tail -20 "$bfs.install.log" >&2; exit 1; }
+# One IOR with both backends: -a CHFS and -a BENCHFS run the same benchmark code.
+PKG_CONFIG_PATH=$peers/lib/pkgconfig BENCHFS_PREFIX=$bfs \
+    "$root/scripts/build-ior.sh" "$ior_source" "$bfs/ior" >/dev/null
+ior=$bfs/ior/bin/ior
+mdtest=$bfs/ior/bin/mdtest
+grep -q CHFS <<<"$("$ior" -h 2>&1 || true)" || { echo "compare-chfs.sh: IOR was built without CHFS" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/compare-chfs.XXXXXX)
+results=$work/results.txt
+chfs_pids=()
+port=$((50100 + (RANDOM % 200) * 10))
+cleanup() {
+    stop_chfs
+    "$bfs/bin/benchfs" cluster down --dir "$work/benchfs" >/dev/null 2>&1 || true
+    rm -rf "$work" /dev/shm/compare-chfs-$$
+}
+trap cleanup EXIT
+
+stop_chfs() {
+    [ ${#chfs_pids[@]} -gt 0 ] || return 0
+    kill -TERM "${chfs_pids[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "${chfs_pids[@]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "${chfs_pids[@]}" 2>/dev/null || true
+    wait "${chfs_pids[@]}" 2>/dev/null || true
+    chfs_pids=()
+}
+
+# start_chfs: 4 servers on fresh ports and tmpfs directories; sets CHFS_SERVER.
+start_chfs() {
+    local t=/dev/shm/compare-chfs-$$
+    rm -rf "$t" && mkdir -p "$t"
+    port=$((port + 10))
+    chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$port -n s0 -c "$t/s0" -l "$t/s0.log" -S "$t/info" &
+    chfs_pids+=($!)
+    for _ in $(seq 100); do [ -s "$t/info" ] && break; sleep 0.1; done
+    local first
+    first=$(head -1 "$t/info")
+    for i in $(seq 1 $((servers - 1))); do
+        chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$((port + i)) -n "s$i" -c "$t/s$i" -l "$t/s$i.log" "$first" &
+        chfs_pids+=($!)
+        sleep 1
+    done
+    export CHFS_SERVER=$first
+    CHFS_SERVER=$(chlist -c)
+    export CHFS_SERVER
+}
+
+# run FS CHUNK: one round of the three workloads on FS (chfs or benchfs).
+run() {
+    local fs=$1 chunk=$2 api=() env=()
+    if [ "$fs" = chfs ]; then
+        start_chfs
+        api=(-a CHFS)
+        env=(-x CHFS_SERVER -x CHFS_CHUNK_SIZE=$chunk -x CHFS_RDMA_THRESH=$rdma_thresh)
+    else
+        "$bfs/bin/benchfs" cluster up --wipe --dir "$work/benchfs" --servers $servers \
+            --backend memory --chunk-size "$chunk" --rdma-threshold $rdma_thresh >/dev/null
+        api=(-a BENCHFS "--benchfs.registry=$work/benchfs/registry" "--benchfs.chunk_size=$chunk")
+    fi
+    local mpi=(mpirun --oversubscribe -np $ranks "${env[@]}")
+    local out=$work/$fs-$chunk.out
+    "${mpi[@]}" "$ior" "${api[@]}" -w -r -C -F -t 1m -b "$easy_block" -o /easy >"$out" 2>&1
+    awk -v fs="$fs" -v c="$chunk" '/^(write|read) / && NF == 11 { print fs, c, "ior-easy-" $1, $2 }' "$out" >>"$results"
+    "${mpi[@]}" "$ior" "${api[@]}" -w -r -C -t 47008 -b 47008 -s "$hard_segments" -o /hard >"$out" 2>&1
+    awk -v fs="$fs" -v c="$chunk" '/^(write|read) / && NF == 11 { print fs, c, "ior-hard-" $1, $2 }' "$out" >>"$results"
+    "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -r -u -d /md >"$out" 2>&1
+    awk -v fs="$fs" -v c="$chunk" '/File (creation|stat|removal)/ { print fs, c, "mdtest-" $2, $3 }' "$out" >>"$results"
+    if [ "$fs" = chfs ]; then stop_chfs; else "$bfs/bin/benchfs" cluster down --dir "$work/benchfs" >/dev/null; fi
+}
+
+for round in $(seq "$rounds"); do
+    for chunk in "${chunk_sizes[@]}"; do
+        echo "round $round/$rounds, chunk $chunk: CHFS, then BenchFS" >&2
+        run chfs "$chunk"
+        run benchfs "$chunk"
+    done
+done
+
+echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds"
+echo "# ior-easy: -F -t 1m -b $easy_block; ior-hard: shared file -t 47008 -s $hard_segments; mdtest: -n $md_files -F -u (MiB/s; ops/s)"
+printf '%-22s %9s %12s %12s %8s\n' workload chunk CHFS BenchFS ratio
+awk '
+    { key = $3 " " $2; v[$1, key, ++n[$1, key]] = $4; keys[key] = 1 }
+    function median(fs, key,    m, i, j, t, a) {
+        m = n[fs, key]; if (m == 0) return 0
+        for (i = 1; i <= m; i++) a[i] = v[fs, key, i]
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+    }
+    END {
+        for (key in keys) {
+            split(key, part, " ")
+            c = median("chfs", key); b = median("benchfs", key)
+            printf "%-22s %9s %12.1f %12.1f %7.1fx\n", part[1], part[2], c, b, (c > 0 ? b / c : 0)
+        }
+    }' "$results" | sort
