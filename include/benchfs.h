@@ -44,7 +44,8 @@ int benchfs_term(void);
 /* The calling thread's last error message ("" if none); valid until its next failure. */
 const char *benchfs_last_error(void);
 
-/* Chunk size of files created from now on: a power of two from 4 KiB to 64 MiB, or 0
+/* Chunk size of files created from now on: a power of two from 4 KiB up to the servers'
+ * configured chunk size (a create asking for more fails with EINVAL), or 0
  * for the servers' configured size. May be called at any time. */
 int benchfs_set_chunk_size(size_t bytes);
 /* Payloads above this size move by rendezvous (RDMA). Before benchfs_init() only. */

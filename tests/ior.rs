@@ -12,12 +12,22 @@ use std::sync::OnceLock;
 use common::install::{installed_prefix, ROOT};
 use common::{Cluster, ClusterSpec};
 
-/// The IOR source: $BENCHFS_IOR_SOURCE, else the peers' tarball beside the project.
+/// The IOR source: $BENCHFS_IOR_SOURCE, else the peers' tarball beside the project, or
+/// beside the repository this one was cloned from (CI runs in a fresh clone).
 fn ior_source() -> Option<PathBuf> {
-    let source = std::env::var_os("BENCHFS_IOR_SOURCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("../shared/peers/ior-4.0.0.tar.gz"));
-    source.exists().then_some(source)
+    if let Some(source) = std::env::var_os("BENCHFS_IOR_SOURCE") {
+        return Some(PathBuf::from(source));
+    }
+    let beside = |root: &Path| root.join("../shared/peers/ior-4.0.0.tar.gz");
+    let origin = Command::new("git")
+        .args(["-C", ROOT, "remote", "get-url", "origin"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    std::iter::once(beside(Path::new(ROOT)))
+        .chain(origin.filter(|o| o.is_dir()).map(|o| beside(&o)))
+        .find(|p| p.exists())
 }
 
 fn have(program: &str) -> bool {
@@ -33,7 +43,7 @@ fn ior_build() -> Result<&'static Path, &'static str> {
     BUILT
         .get_or_init(|| {
             let source = ior_source()
-                .ok_or("no IOR source (../shared/peers/ior-4.0.0.tar.gz or $BENCHFS_IOR_SOURCE)")?;
+                .ok_or("no IOR source: ../shared/peers/ior-4.0.0.tar.gz beside the project or its origin, or $BENCHFS_IOR_SOURCE")?;
             if !have("mpicc") || !have("mpirun") {
                 return Err("no MPI (mpicc, mpirun): run scripts/install-deps.sh");
             }

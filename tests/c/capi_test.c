@@ -172,12 +172,27 @@ static void settings(void)
     CHECK(benchfs_set_chunk_size(1 << 16) == 0);
     int fd = benchfs_create("/chunked", O_WRONLY, 0644);
     CHECK(fd >= 0 && benchfs_fstat(fd, &st) == 0 && st.st_blksize == 1 << 16);
+    /* Written across several of its chunks, and read back. */
+    static unsigned char data[200000], back[200000];
+    fill(data, sizeof data, 7);
+    CHECK(benchfs_pwrite(fd, data, sizeof data, 0) == (ssize_t)sizeof data);
     CHECK(benchfs_close(fd) == 0);
+    CHECK(benchfs_set_chunk_size(1 << 14) == 0);
+    fd = benchfs_create("/chunked2", O_RDWR, 0644);
+    CHECK(fd >= 0 && benchfs_fstat(fd, &st) == 0 && st.st_blksize == 1 << 14);
+    CHECK(benchfs_pwrite(fd, data, sizeof data, 0) == (ssize_t)sizeof data);
+    CHECK(benchfs_pread(fd, back, sizeof back, 0) == (ssize_t)sizeof back);
+    CHECK(memcmp(back, data, sizeof data) == 0);
+    CHECK(benchfs_close(fd) == 0);
+    /* Larger than the servers' chunk stores hold (64 KiB in the test cluster). */
     CHECK(benchfs_set_chunk_size(1 << 20) == 0);
-    fd = benchfs_create("/chunked2", O_WRONLY, 0644);
-    CHECK(fd >= 0 && benchfs_fstat(fd, &st) == 0 && st.st_blksize == 1 << 20);
+    CHECK_ERR(benchfs_create("/chunked3", O_WRONLY, 0644), EINVAL);
+    CHECK(benchfs_stat("/chunked", &st) == 0 && st.st_blksize == 1 << 16 &&
+          st.st_size == (off_t)sizeof data);
+    fd = benchfs_open("/chunked", O_RDONLY, 0);
+    CHECK(benchfs_pread(fd, back, sizeof back, 0) == (ssize_t)sizeof back);
+    CHECK(memcmp(back, data, sizeof data) == 0);
     CHECK(benchfs_close(fd) == 0);
-    CHECK(benchfs_stat("/chunked", &st) == 0 && st.st_blksize == 1 << 16);
     CHECK(benchfs_unlink("/chunked") == 0 && benchfs_unlink("/chunked2") == 0);
     CHECK(benchfs_set_chunk_size(0) == 0);
 }

@@ -421,10 +421,11 @@ impl Cluster {
     }
 }
 
-/// Reports a skipped case on stdout, where the test harness shows it.
-#[allow(clippy::print_stdout)]
+/// Reports a skipped case loudly: straight to the process's stderr, which the test
+/// harness does not capture, so it shows even when the test passes.
 pub fn skip(what: &str, why: &str) {
-    println!("SKIPPED {what}: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");
 }
 
 /// Prints a line of a test's findings (shown with `--nocapture`).

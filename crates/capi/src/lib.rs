@@ -136,7 +136,8 @@ pub extern "C" fn benchfs_last_error() -> *const c_char {
 }
 
 /// Sets the chunk size of the files created from now on (0: the servers' configured
-/// size). A power of two from 4 KiB to 64 MiB.
+/// size). A power of two from 4 KiB up to the servers' configured size; a create that
+/// asks for more fails with EINVAL.
 #[no_mangle]
 pub extern "C" fn benchfs_set_chunk_size(bytes: size_t) -> c_int {
     entry(|| settings::set_chunk_size(bytes as u64).map(|()| 0))

@@ -194,8 +194,10 @@ impl MetadataTable {
     }
 
     /// Creates a file record; `Exists` if the path has a record already.
-    /// Creates a file record. `chunk_size` 0 gives the file the table's chunk size; any
-    /// other must be a power of two within the limits, or the call is `InvalidArgument`.
+    /// Creates a file record. `chunk_size` 0 gives the file the table's chunk size (the
+    /// servers' configured one); any other must be a power of two from the smallest
+    /// chunk size up to that one, the largest the chunk stores hold, or the call is
+    /// `InvalidArgument`.
     pub fn create_file(
         &mut self,
         path: &str,
@@ -204,9 +206,7 @@ impl MetadataTable {
     ) -> Result<FileMetadata, Status> {
         let chunk_size = match chunk_size {
             0 => self.chunk_size,
-            c if c.is_power_of_two()
-                && (limits::CHUNK_SIZE_MIN..=limits::CHUNK_SIZE_MAX).contains(&c) =>
-            {
+            c if c.is_power_of_two() && (limits::CHUNK_SIZE_MIN..=self.chunk_size).contains(&c) => {
                 c
             }
             _ => return Err(Status::InvalidArgument),
@@ -408,16 +408,13 @@ mod tests {
 
     #[test]
     fn a_create_may_choose_its_chunk_size() {
-        let mut m = manager();
+        let mut m = MetadataTable::new(7, 1 << 20);
         let default = m.create_file("/default", 0o644, 0).unwrap();
         assert_eq!(default.chunk_size, m.chunk_size);
         let small = m.create_file("/small", 0o644, 1 << 16).unwrap();
         assert_eq!(small.chunk_size, 1 << 16);
-        for bad in [
-            3 << 16,
-            limits::CHUNK_SIZE_MIN / 2,
-            limits::CHUNK_SIZE_MAX * 2,
-        ] {
+        // Not a power of two, below the minimum, larger than the servers' stores hold.
+        for bad in [3 << 16, limits::CHUNK_SIZE_MIN / 2, 2 << 20] {
             assert_eq!(
                 m.create_file("/bad", 0o644, bad),
                 Err(Status::InvalidArgument),
