@@ -20,6 +20,8 @@
 # Margo busy-polls 10 ms after each event and chfsd cannot change it; BenchFS's busy-poll
 # window is its default. 4 servers and 2 clients share this machine's cores.
 # Sizes: IOR_EASY_BLOCK (256m), IOR_HARD_SEGMENTS (2000), MDTEST_FILES (2000) per rank.
+# BUSY_POLL_US sets BenchFS's polling window, servers and clients (default: its default);
+# 0 suits a machine with fewer cores than servers plus clients.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 peers=${1:?usage: compare-chfs.sh PEERS_PREFIX [ROUNDS]}
@@ -46,6 +48,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+[ -z "${BUSY_POLL_US:-}" ] || export BENCHFS_NETWORK_BUSY_POLL_US=$BUSY_POLL_US
 export LD_LIBRARY_PATH=$peers/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=$peers/bin:$peers/sbin:$PATH
 bfs=$root/target/compare
@@ -110,7 +113,8 @@ run() {
         env=(-x CHFS_SERVER -x CHFS_CHUNK_SIZE=$chunk -x CHFS_RDMA_THRESH=$rdma_thresh)
     else
         "$bfs/bin/benchfs" cluster up --wipe --dir "$work/benchfs" --servers $servers \
-            --backend memory --chunk-size "$chunk" --rdma-threshold $rdma_thresh >/dev/null
+            --backend memory --chunk-size "$chunk" --rdma-threshold $rdma_thresh \
+            ${BUSY_POLL_US:+--busy-poll-us "$BUSY_POLL_US"} >/dev/null
         api=(-a BENCHFS "--benchfs.registry=$work/benchfs/registry" "--benchfs.chunk_size=$chunk")
     fi
     local mpi=(mpirun --oversubscribe -np $ranks "${env[@]}")
@@ -132,7 +136,7 @@ for round in $(seq "$rounds"); do
     done
 done
 
-echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds"
+echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us"
 echo "# ior-easy: -F -t 1m -b $easy_block; ior-hard: shared file -t 47008 -s $hard_segments; mdtest: -n $md_files -F -u (MiB/s; ops/s)"
 printf '%-22s %9s %12s %12s %8s\n' workload chunk CHFS BenchFS ratio
 awk '
