@@ -89,13 +89,13 @@ start_chfs() {
     local t=/dev/shm/compare-chfs-$$
     rm -rf "$t" && mkdir -p "$t"
     port=$((port + 10))
-    chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$port -n s0 -c "$t/s0" -l "$t/s0.log" -S "$t/info" &
+    chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$port -n s0 -c "$t/s0" -l "$t/s0.log" -S "$t/info" >"$t/s0.out" 2>&1 &
     chfs_pids+=($!)
     for _ in $(seq 100); do [ -s "$t/info" ] && break; sleep 0.1; done
     local first
     first=$(head -1 "$t/info")
     for i in $(seq 1 $((servers - 1))); do
-        chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$((port + i)) -n "s$i" -c "$t/s$i" -l "$t/s$i.log" "$first" &
+        chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$((port + i)) -n "s$i" -c "$t/s$i" -l "$t/s$i.log" "$first" >"$t/s$i.out" 2>&1 &
         chfs_pids+=($!)
         sleep 1
     done
