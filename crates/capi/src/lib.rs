@@ -99,7 +99,8 @@ fn buffer_ok(buf: *const c_void, size: size_t) -> Result<(), Failure> {
 /// settings (`BENCHFS_CHUNK_SIZE`, `BENCHFS_RDMA_THRESH`, `BENCHFS_RPC_TIMEOUT_MSEC`,
 /// and any setter called before), the secret (`BENCHFS_SECRET_FILE`), and the servers in
 /// `registry` (NULL: `BENCHFS_REGISTRY`, else the configuration's `registry_dir`), and
-/// connects the calling thread. Calling it again starts over with fresh settings.
+/// connects the calling thread. Calling it again reconnects every thread (at its next
+/// call) with the environment and setters of then.
 ///
 /// # Safety
 /// `registry` is NULL or a NUL-terminated string.
@@ -202,13 +203,8 @@ pub unsafe extern "C" fn benchfs_pwrite(
     size: size_t,
     offset: off_t,
 ) -> ssize_t {
-    entry(|| {
-        buffer_ok(buf, size)?;
-        let offset = non_negative("offset", offset)?;
-        // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
-        let data = unsafe { byte_slice(buf, size) };
-        with_client(|t| t.pwrite(fd, data, Some(offset)))
-    }) as ssize_t
+    // SAFETY: the caller's contract is write_at's.
+    unsafe { write_at(fd, buf, size, Some(offset)) }
 }
 
 /// Writes `size` bytes at the descriptor's position, which moves past them.
@@ -217,12 +213,8 @@ pub unsafe extern "C" fn benchfs_pwrite(
 /// `buf` is valid for reading `size` bytes (or NULL with size 0).
 #[no_mangle]
 pub unsafe extern "C" fn benchfs_write(fd: c_int, buf: *const c_void, size: size_t) -> ssize_t {
-    entry(|| {
-        buffer_ok(buf, size)?;
-        // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
-        let data = unsafe { byte_slice(buf, size) };
-        with_client(|t| t.pwrite(fd, data, None))
-    }) as ssize_t
+    // SAFETY: the caller's contract is write_at's.
+    unsafe { write_at(fd, buf, size, None) }
 }
 
 /// Reads up to `size` bytes at `offset`; returns the count read (0 at the end).
@@ -236,13 +228,8 @@ pub unsafe extern "C" fn benchfs_pread(
     size: size_t,
     offset: off_t,
 ) -> ssize_t {
-    entry(|| {
-        buffer_ok(buf, size)?;
-        let offset = non_negative("offset", offset)?;
-        // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
-        let data = unsafe { byte_slice_mut(buf, size) };
-        with_client(|t| t.pread(fd, data, Some(offset)))
-    }) as ssize_t
+    // SAFETY: the caller's contract is read_at's.
+    unsafe { read_at(fd, buf, size, Some(offset)) }
 }
 
 /// Reads up to `size` bytes at the descriptor's position, which moves past them.
@@ -251,11 +238,35 @@ pub unsafe extern "C" fn benchfs_pread(
 /// `buf` is valid for writing `size` bytes (or NULL with size 0).
 #[no_mangle]
 pub unsafe extern "C" fn benchfs_read(fd: c_int, buf: *mut c_void, size: size_t) -> ssize_t {
+    // SAFETY: the caller's contract is read_at's.
+    unsafe { read_at(fd, buf, size, None) }
+}
+
+/// Writes at `offset`, or at the descriptor's position when `None`.
+///
+/// # Safety
+/// `buf` is valid for reading `size` bytes (or NULL with size 0).
+unsafe fn write_at(fd: c_int, buf: *const c_void, size: size_t, offset: Option<off_t>) -> ssize_t {
     entry(|| {
         buffer_ok(buf, size)?;
+        let offset = offset.map(|o| non_negative("offset", o)).transpose()?;
+        // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
+        let data = unsafe { byte_slice(buf, size) };
+        with_client(|t| t.pwrite(fd, data, offset))
+    }) as ssize_t
+}
+
+/// Reads at `offset`, or at the descriptor's position when `None`.
+///
+/// # Safety
+/// `buf` is valid for writing `size` bytes (or NULL with size 0).
+unsafe fn read_at(fd: c_int, buf: *mut c_void, size: size_t, offset: Option<off_t>) -> ssize_t {
+    entry(|| {
+        buffer_ok(buf, size)?;
+        let offset = offset.map(|o| non_negative("offset", o)).transpose()?;
         // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
         let data = unsafe { byte_slice_mut(buf, size) };
-        with_client(|t| t.pread(fd, data, None))
+        with_client(|t| t.pread(fd, data, offset))
     }) as ssize_t
 }
 
