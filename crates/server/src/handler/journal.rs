@@ -647,17 +647,8 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_at_every_point_and_the_rest_replays() {
-        let [a, b, c] = metas();
-        let first = [
-            Record::Put {
-                path: "/a",
-                meta: a,
-            },
-            Record::Put {
-                path: "/b",
-                meta: b,
-            },
-        ];
+        let [_, b, c] = metas();
+        let first = good_records();
         let lasts: [(Record<'_>, &'static [&'static str]); 5] = [
             (
                 Record::Put {
@@ -728,10 +719,10 @@ mod tests {
         }
     }
 
-    /// Two whole records, `/a` and `/b`: the good start of every crafted journal.
-    fn good_start() -> Vec<u8> {
+    /// Puts of `/a` and `/b`: the good start of every crafted journal.
+    fn good_records() -> [Record<'static>; 2] {
         let [a, b, _] = metas();
-        journal(&[
+        [
             Record::Put {
                 path: "/a",
                 meta: a,
@@ -740,8 +731,12 @@ mod tests {
                 path: "/b",
                 meta: b,
             },
-        ])
-        .0
+        ]
+    }
+
+    /// [`good_records`], encoded.
+    fn good_start() -> Vec<u8> {
+        journal(&good_records()).0
     }
 
     /// The body `encode` writes for `record`.
