@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use benchfs_config::registry::{self, ServerEntry};
+use benchfs_client::{ApiError, FsClient};
+use benchfs_config::registry::ServerEntry;
 use benchfs_config::{secret, ServerConfig};
 use benchfs_proto::limits;
 
@@ -124,17 +125,14 @@ pub(crate) fn init(registry: Option<&str>) -> Result<(), Failure> {
         })?,
         None => Vec::new(),
     };
-    let dir = &config.network.registry_dir;
-    let servers = registry::read(dir).map_err(|e| Failure::new(libc::ENOENT, e.to_string()))?;
-    if servers.is_empty() {
-        return Err(Failure::new(
-            libc::ENOENT,
-            format!(
-                "no BenchFS server is published in {}: start servers with `benchfsd --registry {0}`",
-                dir.display()
-            ),
-        ));
-    }
+    // No registry, or no server in it, is ENOENT: there is nothing to connect to.
+    let servers = FsClient::published_servers(&config.network.registry_dir).map_err(|e| {
+        let errno = match e {
+            ApiError::NoServers { .. } | ApiError::Registry(_) => libc::ENOENT,
+            _ => e.errno(),
+        };
+        Failure::new(errno, e.to_string())
+    })?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
     *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Settings {
         generation,
@@ -155,10 +153,7 @@ pub(crate) fn term() {
 }
 
 fn check_chunk_size(bytes: u64) -> Result<(), Failure> {
-    if bytes == 0
-        || (bytes.is_power_of_two()
-            && (limits::CHUNK_SIZE_MIN..=limits::CHUNK_SIZE_MAX).contains(&bytes))
-    {
+    if bytes == 0 || limits::is_chunk_size(bytes, limits::CHUNK_SIZE_MAX) {
         Ok(())
     } else {
         Err(einval(format!(

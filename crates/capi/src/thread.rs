@@ -86,7 +86,6 @@ pub(crate) fn with_client<T>(
             *slot = Some(ThreadClient::connect(&settings)?);
         }
         let client = slot.as_mut().ok_or_else(not_connected)?;
-        client.fs.client().set_chunk_size(settings::chunk_size())?;
         f(client)
     })
 }
@@ -151,6 +150,8 @@ impl ThreadClient {
                 "this process has used up BenchFS descriptor numbers".into(),
             ));
         }
+        // The chunk size may have been set on another thread since this one last opened.
+        self.fs.client().set_chunk_size(settings::chunk_size())?;
         let fd = self.fs.open(path, flags, mode & 0o7777)?;
         self.fds.insert(number, fd);
         Ok(number)

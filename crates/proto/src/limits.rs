@@ -16,6 +16,11 @@ pub const CHUNK_SIZE_MIN: u64 = 4 * 1024;
 pub const CHUNK_SIZE_MAX: u64 = 64 * 1024 * 1024;
 /// Default chunk size (`storage.chunk_size`): 4 MiB.
 pub const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
+
+/// Whether `bytes` is a chunk size: a power of two from [`CHUNK_SIZE_MIN`] to `max`.
+pub fn is_chunk_size(bytes: u64, max: u64) -> bool {
+    bytes.is_power_of_two() && (CHUNK_SIZE_MIN..=max).contains(&bytes)
+}
 /// Most io_uring operations in flight per store (`storage.queue_depth`).
 pub const QUEUE_DEPTH_MAX: u32 = 4096;
 /// Default io_uring operations in flight per store (`storage.queue_depth`), for servers

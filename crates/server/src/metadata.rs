@@ -206,9 +206,7 @@ impl MetadataTable {
     ) -> Result<FileMetadata, Status> {
         let chunk_size = match chunk_size {
             0 => self.chunk_size,
-            c if c.is_power_of_two() && (limits::CHUNK_SIZE_MIN..=self.chunk_size).contains(&c) => {
-                c
-            }
+            c if limits::is_chunk_size(c, self.chunk_size) => c,
             _ => return Err(Status::InvalidArgument),
         };
         self.create(path, EntryKind::File, mode, chunk_size)

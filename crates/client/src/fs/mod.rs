@@ -141,16 +141,27 @@ impl FsClient {
                 max: benchfs_proto::ops::TOKEN_LEN_MAX,
             });
         }
-        let dir = &config.network.registry_dir;
+        let entries = FsClient::published_servers(&config.network.registry_dir)?;
+        FsClient::new(config, entries, secret)
+    }
+
+    /// The servers published in the registry `dir`. A registry that is missing or lists
+    /// no server is [`ApiError::NoServers`], whose message says how to start one.
+    pub fn published_servers(dir: &std::path::Path) -> Result<Vec<ServerEntry>, ApiError> {
         let entries = match registry::read(dir) {
             Err(RegistryError::Io { path, source, .. })
-                if &path == dir && source.kind() == std::io::ErrorKind::NotFound =>
+                if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
             {
                 Vec::new()
             }
             other => other?,
         };
-        FsClient::new(config, entries, secret)
+        if entries.is_empty() {
+            return Err(ApiError::NoServers {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(entries)
     }
 
     /// Connects to the servers listed in `entries`. Call inside a tokio `LocalSet`.
@@ -214,11 +225,8 @@ impl FsClient {
     /// Sets the chunk size of the files this client creates from now on: a power of two
     /// within the limits, or 0 for the servers' configured size.
     pub fn set_chunk_size(&self, bytes: u64) -> Result<(), ApiError> {
-        let valid = bytes == 0
-            || (bytes.is_power_of_two()
-                && (benchfs_proto::limits::CHUNK_SIZE_MIN..=benchfs_proto::limits::CHUNK_SIZE_MAX)
-                    .contains(&bytes));
-        if !valid {
+        use benchfs_proto::limits;
+        if bytes != 0 && !limits::is_chunk_size(bytes, limits::CHUNK_SIZE_MAX) {
             return Err(ApiError::Fs {
                 op: "set_chunk_size",
                 path: bytes.to_string(),
