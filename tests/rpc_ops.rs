@@ -117,6 +117,8 @@ impl Meta {
             path: path.into(),
             mode,
             chunk_size: 0,
+            uid: 0,
+            gid: 0,
         };
         Ok(Some(match self {
             Meta::CreateDir(path, mode) => {
@@ -269,6 +271,8 @@ async fn readdir_pages(conn: &Connection, file: FileMetadata) {
             path: format!("/d/{name}"),
             mode: 0o644,
             chunk_size: 0,
+            uid: 0,
+            gid: 0,
         };
         conn.call::<ops::MetadataCreateFile>(&request)
             .await
@@ -464,6 +468,8 @@ fn handshake_checks_the_job_secret() {
             path: "/sneaky".into(),
             mode: 0o644,
             chunk_size: 0,
+            uid: 0,
+            gid: 0,
         }
         .to_bytes();
         raw.send(

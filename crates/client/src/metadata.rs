@@ -129,9 +129,12 @@ impl FileMetadata {
             kind: self.kind,
             size: self.size,
             mode: self.mode,
+            uid: 0,
+            gid: 0,
             chunk_size: CHUNK_SIZE_DEFAULT,
             mtime_ns: self.mtime_ns,
             ctime_ns: self.ctime_ns,
+            atime_ns: self.mtime_ns,
         }
     }
 }

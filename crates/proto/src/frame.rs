@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -69,11 +69,15 @@ pub enum OpCode {
     FilesExist = 16,
     /// Proof of the job secret for the challenge of the connection's `Hello`.
     Auth = 17,
+    /// Create a symbolic link's record (its target is then written as its data).
+    MetadataCreateSymlink = 18,
+    /// Change a record's mode, owner or times.
+    SetAttr = 19,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 17] = [
+    pub const ALL: [OpCode; 19] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -91,6 +95,8 @@ impl OpCode {
         OpCode::RemoveChunks,
         OpCode::FilesExist,
         OpCode::Auth,
+        OpCode::MetadataCreateSymlink,
+        OpCode::SetAttr,
     ];
 
     /// Decodes a wire id.

@@ -1,11 +1,11 @@
-//! File metadata as it is stored and sent: plain values with a fixed 48-byte encoding.
+//! File metadata as it is stored and sent: plain values with a fixed 64-byte encoding.
 
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::wire::{DecodeError, Reader, Writer};
 
-/// Whether a record is a file or a directory.
+/// Whether a record is a file, a directory or a symbolic link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum EntryKind {
@@ -13,6 +13,9 @@ pub enum EntryKind {
     File = 1,
     /// A directory.
     Directory = 2,
+    /// A symbolic link: a file whose bytes are its target, so its record stays fixed-size
+    /// and the target moves with the same chunk code as any data.
+    Symlink = 3,
 }
 
 impl EntryKind {
@@ -21,9 +24,19 @@ impl EntryKind {
         match value {
             1 => Some(EntryKind::File),
             2 => Some(EntryKind::Directory),
+            3 => Some(EntryKind::Symlink),
             _ => None,
         }
     }
+}
+
+/// Who owns a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// How a size update applies.
@@ -53,22 +66,28 @@ impl SizeUpdate {
 pub struct FileMetadata {
     /// Cluster-unique inode number; chunks are keyed by it, so a rename moves no data.
     pub file_id: u64,
-    /// File or directory.
+    /// File, directory or symbolic link.
     pub kind: EntryKind,
-    /// Size in bytes (0 for directories).
+    /// Size in bytes (0 for directories, the target's length for a symbolic link).
     pub size: u64,
-    /// Permission bits.
+    /// Permission bits (and set-id and sticky bits); the kind gives the file type.
     pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
     /// Chunk size the file was created with; later configuration changes leave it alone.
     pub chunk_size: u64,
     /// Last modification, nanoseconds since the Unix epoch.
     pub mtime_ns: u64,
     /// Last status change, nanoseconds since the Unix epoch.
     pub ctime_ns: u64,
+    /// Last access as last set: reads do not move it (as a `noatime` mount).
+    pub atime_ns: u64,
 }
 
 /// Encoded size of [`FileMetadata`].
-pub const FILE_METADATA_LEN: usize = 48;
+pub const FILE_METADATA_LEN: usize = 64;
 
 /// [`FileMetadata`] as it lies on the wire and in the journal.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -90,6 +109,12 @@ pub struct FileMetadataWire {
     pub mtime_ns: U64,
     /// Last status change, ns since the epoch.
     pub ctime_ns: U64,
+    /// Last access, ns since the epoch.
+    pub atime_ns: U64,
+    /// Owner.
+    pub uid: U32,
+    /// Group.
+    pub gid: U32,
 }
 
 const _: () = assert!(std::mem::size_of::<FileMetadataWire>() == FILE_METADATA_LEN);
@@ -100,12 +125,22 @@ impl FileMetadata {
         self.kind == EntryKind::Directory
     }
 
-    /// Appends the 48-byte encoding ([`FileMetadataWire`]).
+    /// Whether this is a symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        self.kind == EntryKind::Symlink
+    }
+
+    /// Whether this record holds data in chunks (a file or a symbolic link).
+    pub fn has_chunks(&self) -> bool {
+        self.kind != EntryKind::Directory
+    }
+
+    /// Appends the 64-byte encoding ([`FileMetadataWire`]).
     pub fn encode(&self, w: &mut Writer) {
         w.fixed(&self.to_wire());
     }
 
-    /// Decodes the 48-byte encoding.
+    /// Decodes the 64-byte encoding.
     pub fn decode(r: &mut Reader<'_>) -> Result<FileMetadata, DecodeError> {
         FileMetadata::from_wire(&r.fixed()?)
     }
@@ -121,6 +156,9 @@ impl FileMetadata {
             chunk_size: self.chunk_size.into(),
             mtime_ns: self.mtime_ns.into(),
             ctime_ns: self.ctime_ns.into(),
+            atime_ns: self.atime_ns.into(),
+            uid: self.uid.into(),
+            gid: self.gid.into(),
         }
     }
 
@@ -128,7 +166,7 @@ impl FileMetadata {
     pub fn from_wire(w: &FileMetadataWire) -> Result<FileMetadata, DecodeError> {
         let kind = EntryKind::from_wire(w.kind).ok_or(DecodeError::BadField {
             field: "kind",
-            reason: "not a file or directory",
+            reason: "not a file, directory or symbolic link",
         })?;
         let chunk_size = w.chunk_size.get();
         if !chunk_size.is_power_of_two() {
@@ -145,6 +183,9 @@ impl FileMetadata {
             chunk_size,
             mtime_ns: w.mtime_ns.get(),
             ctime_ns: w.ctime_ns.get(),
+            atime_ns: w.atime_ns.get(),
+            uid: w.uid.get(),
+            gid: w.gid.get(),
         })
     }
 }
@@ -154,7 +195,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoding_is_48_bytes_and_round_trips() {
+    fn encoding_is_64_bytes_and_round_trips() {
         let m = FileMetadata {
             file_id: 1 << 40 | 5,
             kind: EntryKind::Directory,
@@ -163,6 +204,9 @@ mod tests {
             chunk_size: 4096,
             mtime_ns: 9,
             ctime_ns: 10,
+            atime_ns: 11,
+            uid: 1000,
+            gid: 100,
         };
         let mut w = Writer::new();
         m.encode(&mut w);
@@ -171,7 +215,7 @@ mod tests {
         let mut r = Reader::new(&bytes);
         assert_eq!(FileMetadata::decode(&mut r).unwrap(), m);
         let mut bad = bytes.clone();
-        bad[8] = 3;
+        bad[8] = 4;
         assert!(FileMetadata::decode(&mut Reader::new(&bad)).is_err());
     }
 }

@@ -99,7 +99,7 @@ wire_header!(/// `ChunkIo`, whole.
 wire_header!(/// `ChunkIoReply`, whole.
     ChunkIoReplyHeader = 8, { len: U64 });
 wire_header!(/// `CreateRequest`, before the path.
-    CreateHeader = 12, { mode: U32, chunk_size: U64 });
+    CreateHeader = 20, { mode: U32, chunk_size: U64, uid: U32, gid: U32 });
 wire_header!(/// `DeleteRequest`, before the path; `expect` 0 is any kind.
     DeleteHeader = 2, { expect: u8, moved: u8 });
 wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
@@ -111,7 +111,18 @@ wire_header!(/// `TruncateFileRequest`, whole.
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
 wire_header!(/// `InsertRequest`, before the path.
-    InsertHeader = 49, { meta: FileMetadataWire, exclusive: u8 });
+    InsertHeader = 65, { meta: FileMetadataWire, exclusive: u8 });
+wire_header!(/// `SetAttrRequest`, before the path.
+SetAttrHeader = 48, {
+    file_id: U64,
+    set: U32,
+    mode: U32,
+    uid: U32,
+    gid: U32,
+    atime_ns: U64,
+    mtime_ns: U64,
+    ctime_ns: U64,
+});
 wire_header!(/// `RemoveChunksRequest`, whole.
     RemoveChunksHeader = 8, { file_id: U64 });
 wire_header!(/// `CountReply`, whole.
@@ -148,6 +159,10 @@ rpc!(/// Create a file record.
     MetadataCreateFile, MetadataCreateFile, CreateRequest, MetadataReply);
 rpc!(/// Create a directory record.
     MetadataCreateDir, MetadataCreateDir, CreateRequest, MetadataReply);
+rpc!(/// Create a symbolic link's record, empty until its target is written.
+    MetadataCreateSymlink, MetadataCreateSymlink, CreateRequest, MetadataReply);
+rpc!(/// Change a record's mode, owner or times, on every replica.
+    SetAttr, SetAttr, SetAttrRequest, MetadataReply);
 rpc!(/// Remove a record.
     MetadataDelete, MetadataDelete, DeleteRequest, MetadataReply);
 rpc!(/// List this server's share of a directory.
@@ -356,6 +371,10 @@ pub struct CreateRequest {
     /// Chunk size for a new file (a power of two within the limits); 0 takes the
     /// server's configured size. Ignored for directories.
     pub chunk_size: u64,
+    /// Owner of the new record.
+    pub uid: u32,
+    /// Group of the new record.
+    pub gid: u32,
 }
 
 impl Message for CreateRequest {
@@ -363,6 +382,8 @@ impl Message for CreateRequest {
         w.fixed(&CreateHeader {
             mode: self.mode.into(),
             chunk_size: self.chunk_size.into(),
+            uid: self.uid.into(),
+            gid: self.gid.into(),
         })
         .str16(self.path.as_bytes());
     }
@@ -372,6 +393,8 @@ impl Message for CreateRequest {
             path: path_field(r, "path")?,
             mode: h.mode.get(),
             chunk_size: h.chunk_size.get(),
+            uid: h.uid.get(),
+            gid: h.gid.get(),
         })
     }
 }
@@ -567,6 +590,83 @@ impl Message for UpdateSizeRequest {
             file_id: h.file_id.get(),
             size,
             how,
+        })
+    }
+}
+
+/// Which attributes a [`SetAttrRequest`] sets (bits of `SetAttrRequest::set`).
+pub mod set_attr {
+    /// Permission bits.
+    pub const MODE: u32 = 1;
+    /// Owner.
+    pub const UID: u32 = 2;
+    /// Group.
+    pub const GID: u32 = 4;
+    /// Access time.
+    pub const ATIME: u32 = 8;
+    /// Modification time.
+    pub const MTIME: u32 = 16;
+    /// Every bit defined.
+    pub const ALL: u32 = MODE | UID | GID | ATIME | MTIME;
+}
+
+/// Change some of a record's attributes; the change time is always set. The caller
+/// chooses every time, so all replicas store the same values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAttrRequest {
+    /// The path.
+    pub path: String,
+    /// The file the caller means: a record naming another one refuses with `Stale`.
+    pub file_id: u64,
+    /// Which of the fields below apply ([`set_attr`] bits).
+    pub set: u32,
+    /// Permission bits (only the low 12 bits are kept).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access time, ns since the epoch.
+    pub atime_ns: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: u64,
+    /// Change time, ns since the epoch.
+    pub ctime_ns: u64,
+}
+
+impl Message for SetAttrRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&SetAttrHeader {
+            file_id: self.file_id.into(),
+            set: self.set.into(),
+            mode: self.mode.into(),
+            uid: self.uid.into(),
+            gid: self.gid.into(),
+            atime_ns: self.atime_ns.into(),
+            mtime_ns: self.mtime_ns.into(),
+            ctime_ns: self.ctime_ns.into(),
+        })
+        .str16(self.path.as_bytes());
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: SetAttrHeader = r.fixed()?;
+        let set = h.set.get();
+        if set & !set_attr::ALL != 0 {
+            return Err(DecodeError::BadField {
+                field: "set",
+                reason: "unknown attribute bit",
+            });
+        }
+        Ok(SetAttrRequest {
+            path: path_field(r, "path")?,
+            file_id: h.file_id.get(),
+            set,
+            mode: h.mode.get(),
+            uid: h.uid.get(),
+            gid: h.gid.get(),
+            atime_ns: h.atime_ns.get(),
+            mtime_ns: h.mtime_ns.get(),
+            ctime_ns: h.ctime_ns.get(),
         })
     }
 }
@@ -788,12 +888,16 @@ mod tests {
             path: "/a".into(),
             mode: 0o644,
             chunk_size: 1 << 16,
+            uid: 5,
+            gid: 6,
         };
         assert_eq!(
             create.to_bytes(),
             [
                 0o644u32.to_le_bytes().to_vec(),
                 (1u64 << 16).to_le_bytes().to_vec(),
+                5u32.to_le_bytes().to_vec(),
+                6u32.to_le_bytes().to_vec(),
                 vec![2, 0, b'/', b'a']
             ]
             .concat()

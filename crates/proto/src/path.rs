@@ -106,9 +106,27 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// Where normalised `path` is after normalised `from` was renamed to `to`: `None` if
+/// `path` is neither `from` nor under it.
+pub fn moved(path: &str, from: &str, to: &str) -> Option<String> {
+    if path == from {
+        return Some(to.to_string());
+    }
+    let rest = path.strip_prefix(from)?;
+    (rest.starts_with('/') && from != "/").then(|| format!("{to}{rest}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moved_follows_a_rename_of_the_path_or_an_ancestor() {
+        assert_eq!(moved("/a", "/a", "/b").as_deref(), Some("/b"));
+        assert_eq!(moved("/a/x/y", "/a", "/b/c").as_deref(), Some("/b/c/x/y"));
+        assert_eq!(moved("/ab", "/a", "/b"), None);
+        assert_eq!(moved("/c", "/a", "/b"), None);
+    }
 
     fn check(input: &str, expected: Result<&str, PathError>) {
         assert_eq!(

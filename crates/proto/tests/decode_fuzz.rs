@@ -39,31 +39,35 @@ fn decode_all(bytes: &[u8]) {
     let _ = FileIdsRequest::from_bytes(bytes);
     let _ = FileStatesReply::from_bytes(bytes);
     let _ = AuthRequest::from_bytes(bytes);
+    let _ = SetAttrRequest::from_bytes(bytes);
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
     (
-        any::<u64>(),
-        any::<bool>(),
-        any::<u64>(),
-        any::<u32>(),
-        12u32..27,
-        any::<u64>(),
-        any::<u64>(),
+        (
+            any::<u64>(),
+            0usize..3,
+            any::<u64>(),
+            any::<u32>(),
+            12u32..27,
+        ),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u32>(), any::<u32>()),
     )
         .prop_map(
-            |(file_id, dir, size, mode, shift, mtime_ns, ctime_ns)| FileMetadata {
-                file_id,
-                kind: if dir {
-                    EntryKind::Directory
-                } else {
-                    EntryKind::File
-                },
-                size,
-                mode,
-                chunk_size: 1 << shift,
-                mtime_ns,
-                ctime_ns,
+            |((file_id, kind, size, mode, shift), (mtime_ns, ctime_ns, atime_ns), (uid, gid))| {
+                FileMetadata {
+                    file_id,
+                    kind: [EntryKind::File, EntryKind::Directory, EntryKind::Symlink][kind],
+                    size,
+                    mode,
+                    uid,
+                    gid,
+                    chunk_size: 1 << shift,
+                    mtime_ns,
+                    ctime_ns,
+                    atime_ns,
+                }
             },
         )
 }
@@ -105,7 +109,8 @@ proptest! {
         names in proptest::collection::vec(("[a-z0-9]{1,20}", meta()), 0..20),
     ) {
         round_trip(&PathRequest { path: path.clone() })?;
-        round_trip(&CreateRequest { path: path.clone(), mode: 0o644, chunk_size: 1 << 16 })?;
+        round_trip(&CreateRequest { path: path.clone(), mode: 0o644, chunk_size: 1 << 16, uid: 7, gid: 8 })?;
+        round_trip(&SetAttrRequest { path: path.clone(), file_id: id, set: set_attr::ALL, mode: 0o600, uid: 1, gid: 2, atime_ns: len, mtime_ns: id, ctime_ns: 3 })?;
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true })?;

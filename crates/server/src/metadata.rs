@@ -14,7 +14,8 @@ use benchfs_proto::Status;
 
 use benchfs_proto::path;
 
-pub use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+pub use benchfs_proto::meta::{EntryKind, FileMetadata, Owner, SizeUpdate};
+use benchfs_proto::ops::{set_attr, SetAttrRequest};
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> u64 {
@@ -59,7 +60,8 @@ impl MetadataTable {
             tombstones: VecDeque::new(),
             tombstone_set: HashSet::new(),
             id_prefix: u64::from(node_tag) << 32,
-            next_id: 1,
+            // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
+            next_id: if node_tag == 0 { 2 } else { 1 },
             chunk_size,
         }
     }
@@ -122,6 +124,7 @@ impl MetadataTable {
         kind: EntryKind,
         mode: u32,
         chunk_size: u64,
+        owner: Owner,
     ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
         if path == "/" || self.entries.contains_key(&path) {
@@ -132,10 +135,13 @@ impl MetadataTable {
             file_id: self.allocate_id()?,
             kind,
             size: 0,
-            mode,
+            mode: mode & 0o7777,
+            uid: owner.uid,
+            gid: owner.gid,
             chunk_size,
             mtime_ns: now,
             ctime_ns: now,
+            atime_ns: now,
         };
         self.put(path, meta);
         Ok(meta)
@@ -203,18 +209,57 @@ impl MetadataTable {
         path: &str,
         mode: u32,
         chunk_size: u64,
+        owner: Owner,
     ) -> Result<FileMetadata, Status> {
         let chunk_size = match chunk_size {
             0 => self.chunk_size,
             c if limits::is_chunk_size(c, self.chunk_size) => c,
             _ => return Err(Status::InvalidArgument),
         };
-        self.create(path, EntryKind::File, mode, chunk_size)
+        self.create(path, EntryKind::File, mode, chunk_size, owner)
     }
 
     /// Creates a directory record; `Exists` if the path has a record already.
-    pub fn create_dir(&mut self, path: &str, mode: u32) -> Result<FileMetadata, Status> {
-        self.create(path, EntryKind::Directory, mode, self.chunk_size)
+    pub fn create_dir(
+        &mut self,
+        path: &str,
+        mode: u32,
+        owner: Owner,
+    ) -> Result<FileMetadata, Status> {
+        self.create(path, EntryKind::Directory, mode, self.chunk_size, owner)
+    }
+
+    /// Creates an empty symbolic link record (mode 0777, as Linux gives every link); the
+    /// client then writes the target as its data and grows its size.
+    pub fn create_symlink(&mut self, path: &str, owner: Owner) -> Result<FileMetadata, Status> {
+        self.create(path, EntryKind::Symlink, 0o777, self.chunk_size, owner)
+    }
+
+    /// Sets the attributes `req.set` names, and the change time, of the record `req.path`;
+    /// `Stale` if the path names another file.
+    pub fn set_attr(&mut self, req: &SetAttrRequest) -> Result<FileMetadata, Status> {
+        let path = path::normalize(&req.path)?;
+        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        if meta.file_id != req.file_id {
+            return Err(Status::Stale);
+        }
+        if req.set & set_attr::MODE != 0 {
+            meta.mode = req.mode & 0o7777;
+        }
+        if req.set & set_attr::UID != 0 {
+            meta.uid = req.uid;
+        }
+        if req.set & set_attr::GID != 0 {
+            meta.gid = req.gid;
+        }
+        if req.set & set_attr::ATIME != 0 {
+            meta.atime_ns = req.atime_ns;
+        }
+        if req.set & set_attr::MTIME != 0 {
+            meta.mtime_ns = req.mtime_ns;
+        }
+        meta.ctime_ns = req.ctime_ns;
+        Ok(*meta)
     }
 
     /// Stores a record as given (a rename's destination, or a replica).
@@ -243,7 +288,9 @@ impl MetadataTable {
         let meta = self.entries.get(&path).ok_or(Status::NotFound)?;
         match (expect, meta.kind) {
             (Some(EntryKind::File), EntryKind::Directory) => return Err(Status::IsDir),
-            (Some(EntryKind::Directory), EntryKind::File) => return Err(Status::NotDir),
+            (Some(EntryKind::Directory), EntryKind::File | EntryKind::Symlink) => {
+                return Err(Status::NotDir)
+            }
             _ => {}
         }
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
@@ -333,16 +380,64 @@ mod tests {
     }
 
     #[test]
+    fn set_attr_changes_what_it_names_and_refuses_another_file() {
+        let mut m = manager();
+        let owner = Owner { uid: 10, gid: 20 };
+        let f = m.create_file("/f", 0o100644, 0, owner).unwrap();
+        assert_eq!((f.mode, f.uid, f.gid), (0o644, 10, 20));
+        let mut req = SetAttrRequest {
+            path: "/f".into(),
+            file_id: f.file_id,
+            set: set_attr::MODE | set_attr::MTIME,
+            mode: 0o4755,
+            uid: 99,
+            gid: 99,
+            atime_ns: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+        };
+        let g = m.set_attr(&req).unwrap();
+        assert_eq!((g.mode, g.uid, g.gid), (0o4755, 10, 20));
+        assert_eq!((g.atime_ns, g.mtime_ns, g.ctime_ns), (f.atime_ns, 2, 3));
+        req.file_id += 1;
+        assert_eq!(m.set_attr(&req), Err(Status::Stale));
+    }
+
+    #[test]
+    fn a_symlink_is_unlinked_like_a_file_and_is_no_directory() {
+        let mut m = manager();
+        let l = m.create_symlink("/l", Owner::default()).unwrap();
+        assert_eq!((l.kind, l.mode, l.size), (EntryKind::Symlink, 0o777, 0));
+        assert_eq!(
+            m.delete("/l", Some(EntryKind::Directory)),
+            Err(Status::NotDir)
+        );
+        assert_eq!(
+            m.delete("/l", Some(EntryKind::File)).unwrap().file_id,
+            l.file_id
+        );
+    }
+
+    #[test]
+    fn the_root_inode_number_is_never_handed_out() {
+        let mut m = MetadataTable::new(0, 4096);
+        assert_ne!(
+            m.create_file("/a", 0, 0, Owner::default()).unwrap().file_id,
+            1
+        );
+    }
+
+    #[test]
     fn the_inode_index_follows_every_change() {
         let mut m = manager();
-        let f = m.create_file("/a", 0o644, 0).unwrap();
+        let f = m.create_file("/a", 0o644, 0, Owner::default()).unwrap();
         assert!(m.has_file(f.file_id));
         // A rename: the new name first, then the old one moves out; the file lives on.
         m.insert("/b", f, false).unwrap();
         m.move_out("/a").unwrap();
         assert!(m.has_file(f.file_id) && !m.is_deleted(f.file_id));
         // A rename over a file deletes the file it replaces.
-        let g = m.create_file("/c", 0o644, 0).unwrap();
+        let g = m.create_file("/c", 0o644, 0, Owner::default()).unwrap();
         m.insert("/b", g, false).unwrap();
         assert!(!m.has_file(f.file_id) && m.is_deleted(f.file_id));
         m.move_out("/c").unwrap();
@@ -350,7 +445,7 @@ mod tests {
         m.delete("/b", None).unwrap();
         assert!(!m.has_file(g.file_id) && m.is_deleted(g.file_id));
         // A file named twice here is deleted only with its last name.
-        let h = m.create_file("/h", 0o644, 0).unwrap();
+        let h = m.create_file("/h", 0o644, 0, Owner::default()).unwrap();
         m.insert("/h2", h, false).unwrap();
         m.delete("/h", None).unwrap();
         assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
@@ -367,7 +462,7 @@ mod tests {
             let mut replayed = MetadataTable::new(tag, 4096);
             replayed.reserve_below(m.next_file_id());
             assert_eq!(
-                replayed.create_file("/f", 0, 0),
+                replayed.create_file("/f", 0, 0, Owner::default()),
                 Err(Status::NoSpace),
                 "tag {tag}"
             );
@@ -387,12 +482,21 @@ mod tests {
     #[test]
     fn create_lookup_delete() {
         let mut m = manager();
-        let f = m.create_file("/a", 0o644, 0).unwrap();
+        let f = m.create_file("/a", 0o644, 0, Owner::default()).unwrap();
         assert_eq!(f.file_id >> 32, 7);
         assert_eq!(m.lookup("//a/").unwrap(), f);
-        assert_eq!(m.create_file("/a", 0o644, 0), Err(Status::Exists));
-        assert_eq!(m.create_dir("/a", 0o755), Err(Status::Exists));
-        assert_eq!(m.create_file("/", 0o644, 0), Err(Status::Exists));
+        assert_eq!(
+            m.create_file("/a", 0o644, 0, Owner::default()),
+            Err(Status::Exists)
+        );
+        assert_eq!(
+            m.create_dir("/a", 0o755, Owner::default()),
+            Err(Status::Exists)
+        );
+        assert_eq!(
+            m.create_file("/", 0o644, 0, Owner::default()),
+            Err(Status::Exists)
+        );
         assert_eq!(
             m.delete("/a", Some(EntryKind::Directory)),
             Err(Status::NotDir)
@@ -400,21 +504,25 @@ mod tests {
         assert_eq!(m.delete("/a", Some(EntryKind::File)).unwrap(), f);
         assert_eq!(m.lookup("/a"), Err(Status::NotFound));
         assert_eq!(m.delete("/a", None), Err(Status::NotFound));
-        m.create_dir("/d", 0o755).unwrap();
+        m.create_dir("/d", 0o755, Owner::default()).unwrap();
         assert_eq!(m.delete("/d", Some(EntryKind::File)), Err(Status::IsDir));
     }
 
     #[test]
     fn a_create_may_choose_its_chunk_size() {
         let mut m = MetadataTable::new(7, 1 << 20);
-        let default = m.create_file("/default", 0o644, 0).unwrap();
+        let default = m
+            .create_file("/default", 0o644, 0, Owner::default())
+            .unwrap();
         assert_eq!(default.chunk_size, m.chunk_size);
-        let small = m.create_file("/small", 0o644, 1 << 16).unwrap();
+        let small = m
+            .create_file("/small", 0o644, 1 << 16, Owner::default())
+            .unwrap();
         assert_eq!(small.chunk_size, 1 << 16);
         // Not a power of two, below the minimum, larger than the servers' stores hold.
         for bad in [3 << 16, limits::CHUNK_SIZE_MIN / 2, 2 << 20] {
             assert_eq!(
-                m.create_file("/bad", 0o644, bad),
+                m.create_file("/bad", 0o644, bad, Owner::default()),
                 Err(Status::InvalidArgument),
                 "chunk size {bad}"
             );
@@ -425,9 +533,9 @@ mod tests {
     #[test]
     fn ids_are_unique() {
         let mut m = manager();
-        let a = m.create_file("/a", 0, 0).unwrap().file_id;
+        let a = m.create_file("/a", 0, 0, Owner::default()).unwrap().file_id;
         m.delete("/a", None).unwrap();
-        let b = m.create_file("/a", 0, 0).unwrap().file_id;
+        let b = m.create_file("/a", 0, 0, Owner::default()).unwrap().file_id;
         assert_ne!(
             a, b,
             "a recreated file must not reuse the old inode's chunks"
@@ -437,11 +545,17 @@ mod tests {
     #[test]
     fn bad_paths_are_refused() {
         let mut m = manager();
-        assert_eq!(m.create_file("a", 0, 0), Err(Status::InvalidArgument));
-        assert_eq!(m.create_file("/a/../b", 0, 0), Err(Status::InvalidArgument));
+        assert_eq!(
+            m.create_file("a", 0, 0, Owner::default()),
+            Err(Status::InvalidArgument)
+        );
+        assert_eq!(
+            m.create_file("/a/../b", 0, 0, Owner::default()),
+            Err(Status::InvalidArgument)
+        );
         assert_eq!(m.lookup(""), Err(Status::InvalidArgument));
         assert_eq!(
-            m.create_file(&format!("/{}", "n".repeat(300)), 0, 0),
+            m.create_file(&format!("/{}", "n".repeat(300)), 0, 0, Owner::default()),
             Err(Status::NameTooLong)
         );
     }
@@ -449,7 +563,7 @@ mod tests {
     #[test]
     fn sizes() {
         let mut m = manager();
-        let id = m.create_file("/f", 0, 0).unwrap().file_id;
+        let id = m.create_file("/f", 0, 0, Owner::default()).unwrap().file_id;
         let mut size = |path, file_id, size, how| m.update_size(path, file_id, size, how);
         assert_eq!(size("/f", id, 10, SizeUpdate::AtLeast).unwrap().size, 10);
         assert_eq!(size("/f", id, 5, SizeUpdate::AtLeast).unwrap().size, 10);
@@ -459,7 +573,7 @@ mod tests {
             size("/nope", id, 5, SizeUpdate::Exact),
             Err(Status::NotFound)
         );
-        let dir = m.create_dir("/d", 0).unwrap().file_id;
+        let dir = m.create_dir("/d", 0, Owner::default()).unwrap().file_id;
         assert_eq!(
             m.update_size("/d", dir, 5, SizeUpdate::Exact),
             Err(Status::IsDir)
@@ -471,7 +585,7 @@ mod tests {
     fn lists_direct_children_only() {
         let mut m = manager();
         for p in ["/a", "/a/x", "/a/y", "/a/y/z", "/ab", "/b"] {
-            m.create_dir(p, 0).unwrap();
+            m.create_dir(p, 0, Owner::default()).unwrap();
         }
         let names = |dir: &str, after: Option<&str>, limit: usize| -> Vec<String> {
             m.list_children(dir, after, limit)

@@ -154,9 +154,12 @@ mod tests {
             kind: EntryKind::File,
             size,
             mode: 0,
+            uid: 0,
+            gid: 0,
             chunk_size: 4096,
             mtime_ns: 0,
             ctime_ns: 0,
+            atime_ns: 0,
         }
     }
 

@@ -167,10 +167,31 @@ impl FsClient {
         if len == 0 {
             return Ok(0);
         }
+        self.write_spans(&path, meta, data, offset).await?;
+        let end = offset + len as u64;
+        self.with_file(fd, |f| {
+            if end > f.size {
+                f.size = end;
+                f.size_dirty = true;
+            }
+        })?;
+        Ok(len)
+    }
+
+    /// Writes `data` at `offset` of the file `meta` to every chunk's servers at once. The
+    /// size is not published: the caller does that when the write is complete.
+    pub(super) async fn write_spans(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        data: WriteSource<'_>,
+        offset: u64,
+    ) -> Result<(), ApiError> {
+        let len = data.len();
         let layout = ChunkLayout::new(meta.chunk_size);
         let spans = layout
             .spans(offset, len as u64)
-            .map_err(|_| fs_err("write", &path, Status::InvalidArgument))?;
+            .map_err(|_| fs_err("write", path, Status::InvalidArgument))?;
         let writes = spans.map(|span| {
             let start = span.buf_offset as usize;
             let part = data.part(start..start + span.len as usize);
@@ -189,17 +210,56 @@ impl FsClient {
             }
         });
         for r in join_all(writes).await {
-            r.map_err(rpc_err("write", &path))?;
+            r.map_err(rpc_err("write", path))?;
         }
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        let end = offset + len as u64;
-        self.with_file(fd, |f| {
-            if end > f.size {
-                f.size = end;
-                f.size_dirty = true;
-            }
-        })?;
-        Ok(len)
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of the file `meta`, named `path`, with no handle: the
+    /// bytes reach every replica of every chunk they touch, but the size is left to the
+    /// caller ([`FsClient::grow_size`]), as a mount publishes it at flush.
+    pub async fn write_at(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<(), ApiError> {
+        if !meta.has_chunks() {
+            return Err(fs_err("write", path, Status::IsDir));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.write_spans(path, meta, WriteSource::Copied(data), offset)
+            .await
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` of the file `meta`, named `path`, with
+    /// no handle, as far as `size` (the size the caller knows, which may be past the
+    /// published one by its own writes). Holes read as zeros.
+    pub async fn read_at(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<usize, ApiError> {
+        let Some(plan) = plan_read(path, meta, size, buf.len(), offset)? else {
+            return Ok(0);
+        };
+        let reads = plan
+            .spans
+            .iter()
+            .map(|span| self.read_span(plan.meta, span, None));
+        let results = join_all(reads).await;
+        for (span, result) in plan.spans.iter().zip(results) {
+            let data = result.map_err(rpc_err("read", &plan.path))?;
+            data.fill(&mut buf[span_range(span)]);
+        }
+        Ok(plan.len)
     }
 
     /// Runs the event loop until every view of `loan` is back: until UCX has finished
@@ -286,26 +346,10 @@ impl FsClient {
     ) -> Result<Option<ReadPlan>, ApiError> {
         let (path, meta, size, flags) =
             self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
-        if meta.is_dir() {
-            return Err(fs_err("read", &path, Status::IsDir));
-        }
-        if !flags.contains(OpenFlags::READ) {
+        if !flags.contains(OpenFlags::READ) && !meta.is_dir() {
             return Err(fs_err("read", &path, Status::BadHandle));
         }
-        if offset >= size || want == 0 {
-            return Ok(None);
-        }
-        let len = (want as u64).min(size - offset);
-        let spans = ChunkLayout::new(meta.chunk_size)
-            .spans(offset, len)
-            .map_err(|_| fs_err("read", &path, Status::InvalidArgument))?
-            .collect();
-        Ok(Some(ReadPlan {
-            path,
-            meta,
-            len: len as usize,
-            spans,
-        }))
+        plan_read(&path, meta, size, want, offset)
     }
 
     /// A short read (a hole) from a server whose store began after the file was created
@@ -381,4 +425,32 @@ impl FsClient {
             .put(meta.file_id, index, offset, &r.payload);
         Ok(SpanData::Bytes(r.payload))
     }
+}
+
+/// The chunk spans a read of up to `want` bytes at `offset` of a file of `size` bytes
+/// covers; `None` when there is nothing to read.
+fn plan_read(
+    path: &str,
+    meta: FileMetadata,
+    size: u64,
+    want: usize,
+    offset: u64,
+) -> Result<Option<ReadPlan>, ApiError> {
+    if meta.is_dir() {
+        return Err(fs_err("read", path, Status::IsDir));
+    }
+    if offset >= size || want == 0 {
+        return Ok(None);
+    }
+    let len = (want as u64).min(size - offset);
+    let spans = ChunkLayout::new(meta.chunk_size)
+        .spans(offset, len)
+        .map_err(|_| fs_err("read", path, Status::InvalidArgument))?
+        .collect();
+    Ok(Some(ReadPlan {
+        path: path.to_string(),
+        meta,
+        len: len as usize,
+        spans,
+    }))
 }

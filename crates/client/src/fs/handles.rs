@@ -92,22 +92,35 @@ impl FsClient {
         else {
             return Ok(());
         };
+        let meta = self.grow_size(&path, file_id, size).await?;
+        self.with_file(fd, |f| {
+            f.size_dirty = false;
+            f.size = f.size.max(meta.size);
+        })?;
+        Ok(())
+    }
+
+    /// Grows the published size of file `file_id`, named `path`, to at least `size` on
+    /// every replica (a size update never shrinks, so concurrent writers' updates
+    /// commute); returns the record.
+    pub async fn grow_size(
+        &self,
+        path: &str,
+        file_id: u64,
+        size: u64,
+    ) -> Result<FileMetadata, ApiError> {
         let req = ops::UpdateSizeRequest {
-            path: path.clone(),
+            path: path.to_string(),
             file_id,
             size,
             how: SizeUpdate::AtLeast,
         };
         let reply = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(&path), &req, WriteSource::NONE)
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await
-            .map_err(rpc_err("size update", &path))?;
-        self.meta_cache.borrow_mut().put(&path, reply.meta);
-        self.with_file(fd, |f| {
-            f.size_dirty = false;
-            f.size = f.size.max(reply.meta.size);
-        })?;
-        Ok(())
+            .map_err(rpc_err("size update", path))?;
+        self.meta_cache.borrow_mut().put(path, reply.meta);
+        Ok(reply.meta)
     }
 
     /// Closes a handle, publishing its size.
@@ -149,11 +162,17 @@ impl FsClient {
     pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
         self.flush_size(fd).await?;
         let path = self.with_file(fd, |f| f.path.clone())?;
+        self.sync_servers(&path).await
+    }
+
+    /// Makes every server flush its store and metadata to stable storage (a file's
+    /// chunks may be on any of them); `path` names the file the caller syncs.
+    pub async fn sync_servers(&self, path: &str) -> Result<(), ApiError> {
         let all = self
             .all_servers()
             .map(|s| self.call_on::<ops::Fsync>(s, &ops::Empty, OutPayload::none()));
         for r in join_all(all).await {
-            r.map_err(rpc_err("fsync", &path))?;
+            r.map_err(rpc_err("fsync", path))?;
         }
         Ok(())
     }

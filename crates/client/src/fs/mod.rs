@@ -13,12 +13,14 @@
 //! (open files), `data` (pread/pwrite and lending), `namespace` (records and directory
 //! operations), `cache` and `fanout` (listing across servers).
 
+mod attrs;
 mod cache;
 mod data;
 mod fanout;
 mod handles;
 mod namespace;
 mod routing;
+mod tree;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use benchfs_config::registry::{self, RegistryError, ServerEntry};
 use benchfs_config::ServerConfig;
-use benchfs_proto::meta::{EntryKind, FileMetadata};
+use benchfs_proto::meta::{EntryKind, FileMetadata, Owner};
 use benchfs_proto::ops;
 use benchfs_proto::path;
 use benchfs_proto::placement::{PlacementRing, ServerIndex};
@@ -79,6 +81,8 @@ pub struct FsClient {
     call_counters: Cell<CallCounters>,
     /// Chunk size asked for in each file create; 0 takes the servers' configured size.
     create_chunk_size: Cell<u64>,
+    /// Owner of the records this client creates.
+    owner: Cell<Owner>,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -89,6 +93,24 @@ impl std::fmt::Debug for FsClient {
     }
 }
 
+/// The process's effective user and group, from `/proc/self/status` (this crate has no
+/// unsafe code to call geteuid); root's if that cannot be read.
+fn process_owner() -> Owner {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0)
+    };
+    Owner {
+        uid: effective("Uid:"),
+        gid: effective("Gid:"),
+    }
+}
+
 /// Root directory metadata; "/" has no record on any server.
 fn root_meta() -> FileMetadata {
     FileMetadata {
@@ -96,9 +118,12 @@ fn root_meta() -> FileMetadata {
         kind: EntryKind::Directory,
         size: 0,
         mode: 0o755,
+        uid: 0,
+        gid: 0,
         chunk_size: benchfs_proto::limits::CHUNK_SIZE_MIN,
         mtime_ns: 0,
         ctime_ns: 0,
+        atime_ns: 0,
     }
 }
 
@@ -219,6 +244,7 @@ impl FsClient {
             registry_dir: config.network.registry_dir.clone(),
             call_counters: Cell::default(),
             create_chunk_size: Cell::new(0),
+            owner: Cell::new(process_owner()),
         })
     }
 

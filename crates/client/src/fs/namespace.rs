@@ -112,6 +112,8 @@ impl FsClient {
             path: path.to_string(),
             mode,
             chunk_size: self.create_chunk_size.get(),
+            uid: self.owner.get().uid,
+            gid: self.owner.get().gid,
         };
         let (reply, _) = match kind {
             EntryKind::File => {
@@ -120,6 +122,10 @@ impl FsClient {
             }
             EntryKind::Directory => {
                 self.call_on::<ops::MetadataCreateDir>(servers[0], &req, OutPayload::none())
+                    .await?
+            }
+            EntryKind::Symlink => {
+                self.call_on::<ops::MetadataCreateSymlink>(servers[0], &req, OutPayload::none())
                     .await?
             }
         };
@@ -468,8 +474,9 @@ impl FsClient {
         Ok(reply.meta)
     }
 
-    /// Renames a file or an empty directory. A file at `to` is replaced; a directory at
-    /// `to` must be empty and `from` must be a directory too.
+    /// Renames a file or a directory with everything under it (see `tree.rs` for the
+    /// cost). A file at `to` is replaced; a directory at `to` must be empty and `from`
+    /// must be a directory too.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
         let (from, to) = (norm(from)?, norm(to)?);
         if from == "/" || to == "/" {
@@ -483,11 +490,6 @@ impl FsClient {
             return Ok(());
         }
         self.check_parent("rename", &to).await?;
-        if meta.is_dir() && !self.list(&from, 1).await?.is_empty() {
-            // Records are keyed by full path, so moving a populated directory would move
-            // every record under it, which cannot be made atomic here.
-            return Err(fs_err("rename", &from, Status::Unsupported));
-        }
         let replaced = match self.lookup("rename", &to, false).await {
             Ok(existing) => Some(existing),
             Err(e) if e.status() == Some(Status::NotFound) => None,
@@ -503,17 +505,32 @@ impl FsClient {
                 _ => {}
             }
         }
-        self.move_record(&from, &to, meta, replaced).await?;
+        let subtree = if meta.is_dir() {
+            self.subtree(&from).await?
+        } else {
+            Vec::new()
+        };
+        self.move_subtree(&from, &to, &subtree).await?;
+        if let Err(e) = self.move_record(&from, &to, meta, replaced).await {
+            if !subtree.is_empty() {
+                // Put the entries back under the name their directory kept.
+                let back: Vec<_> = subtree
+                    .iter()
+                    .map(|(old, m)| (format!("{to}{}", &old[from.len()..]), *m))
+                    .collect();
+                if let Err(undo) = self.move_subtree(&to, &from, &back).await {
+                    tracing::error!(error = %undo, from, to, "undo of a directory rename failed");
+                }
+            }
+            return Err(e);
+        }
         if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
             self.remove_chunks(&to, old).await;
         }
-        for f in self
-            .files
-            .borrow_mut()
-            .values_mut()
-            .filter(|f| f.path == from)
-        {
-            f.path = to.clone();
+        for f in self.files.borrow_mut().values_mut() {
+            if let Some(moved) = path::moved(&f.path, &from, &to) {
+                f.path = moved;
+            }
         }
         Ok(())
     }

@@ -421,7 +421,7 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::TOMBSTONES_MAX;
+    use crate::metadata::{Owner, TOMBSTONES_MAX};
 
     fn table() -> MetadataTable {
         MetadataTable::new(1, 4096)
@@ -433,19 +433,19 @@ mod tests {
         let path = dir.path().join("metadata.journal");
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
-        let a = t.create_file("/a", 0o644, 0).unwrap();
+        let a = t.create_file("/a", 0o644, 0, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/a",
             meta: a,
         })
         .unwrap();
-        let b = t.create_dir("/b", 0o755).unwrap();
+        let b = t.create_dir("/b", 0o755, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/b",
             meta: b,
         })
         .unwrap();
-        let gone = t.create_file("/gone", 0, 0).unwrap();
+        let gone = t.create_file("/gone", 0, 0, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/gone",
             meta: gone,
@@ -498,7 +498,7 @@ mod tests {
         let path = dir.path().join("metadata.journal");
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
-        let keep = t.create_file("/keep", 0o644, 0).unwrap();
+        let keep = t.create_file("/keep", 0o644, 0, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/keep",
             meta: keep,
@@ -508,7 +508,7 @@ mod tests {
         let mut last = keep;
         for i in 0..200_000 {
             let name = format!("/churn-{}", i % 7);
-            last = t.create_file(&name, 0o600, 0).unwrap();
+            last = t.create_file(&name, 0o600, 0, Owner::default()).unwrap();
             j.append(&Record::Put {
                 path: &name,
                 meta: last,
@@ -620,9 +620,9 @@ mod tests {
     fn metas() -> [FileMetadata; 3] {
         let mut t = table();
         [
-            t.create_file("/a", 0o644, 0).unwrap(),
-            t.create_dir("/b", 0o755).unwrap(),
-            t.create_file("/c", 0o600, 0).unwrap(),
+            t.create_file("/a", 0o644, 0, Owner::default()).unwrap(),
+            t.create_dir("/b", 0o755, Owner::default()).unwrap(),
+            t.create_file("/c", 0o600, 0, Owner::default()).unwrap(),
         ]
     }
 
@@ -924,20 +924,28 @@ mod tests {
         }
 
         fn meta() -> impl Strategy<Value = FileMetadata> {
-            let fields = (any::<bool>(), any::<u64>(), any::<u32>(), 0u32..64);
-            (file_id(), fields, any::<u64>(), any::<u64>()).prop_map(
-                |(file_id, (dir, size, mode, shift), mtime_ns, ctime_ns)| FileMetadata {
+            let fields = (0usize..3, any::<u64>(), any::<u32>(), 0u32..64);
+            let times = (any::<u64>(), any::<u64>(), any::<u64>());
+            let owner = (any::<u32>(), any::<u32>());
+            (file_id(), fields, times, owner).prop_map(
+                |(
                     file_id,
-                    kind: if dir {
-                        EntryKind::Directory
-                    } else {
-                        EntryKind::File
-                    },
-                    size,
-                    mode,
-                    chunk_size: 1 << shift,
-                    mtime_ns,
-                    ctime_ns,
+                    (kind, size, mode, shift),
+                    (mtime_ns, ctime_ns, atime_ns),
+                    (uid, gid),
+                )| {
+                    FileMetadata {
+                        file_id,
+                        kind: [EntryKind::File, EntryKind::Directory, EntryKind::Symlink][kind],
+                        size,
+                        mode,
+                        uid,
+                        gid,
+                        chunk_size: 1 << shift,
+                        mtime_ns,
+                        ctime_ns,
+                        atime_ns,
+                    }
                 },
             )
         }

@@ -15,7 +15,7 @@ use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, FaultyStore, StoreError};
 
-use crate::metadata::{now_ns, MetadataTable, SizeUpdate};
+use crate::metadata::{now_ns, MetadataTable, Owner, SizeUpdate};
 use benchfs_config::ServerConfig;
 use benchfs_proto::placement::node_tag;
 
@@ -272,8 +272,10 @@ impl ServerState {
                 OpCode::MetadataLookup | OpCode::Readdir => self.metadata_read(op, body),
                 OpCode::MetadataCreateFile
                 | OpCode::MetadataCreateDir
+                | OpCode::MetadataCreateSymlink
                 | OpCode::MetadataDelete
                 | OpCode::MetadataInsert
+                | OpCode::SetAttr
                 | OpCode::UpdateSize => self.metadata_write(op, body),
                 OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
                 OpCode::RemoveChunks => {
@@ -328,24 +330,35 @@ impl ServerState {
         Ok(Reply::ok(&op::ReaddirReply { entries, done }))
     }
 
+    /// Creates a file, directory or symbolic link record, journaled before it is
+    /// acknowledged.
+    fn create(&self, op: OpCode, req: op::CreateRequest) -> Result<Reply, Status> {
+        let owner = Owner {
+            uid: req.uid,
+            gid: req.gid,
+        };
+        let mut table = self.metadata.borrow_mut();
+        let meta = match op {
+            OpCode::MetadataCreateFile => {
+                table.create_file(&req.path, req.mode, req.chunk_size, owner)?
+            }
+            OpCode::MetadataCreateDir => table.create_dir(&req.path, req.mode, owner)?,
+            _ => table.create_symlink(&req.path, owner)?,
+        };
+        drop(table);
+        self.log(journal::Record::Put {
+            path: &req.path,
+            meta,
+        })?;
+        Ok(Reply::ok(&op::MetadataReply { meta }))
+    }
+
     /// Changes to the table, each journaled before it is acknowledged.
     fn metadata_write(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
         match op {
-            OpCode::MetadataCreateFile | OpCode::MetadataCreateDir => {
-                let req: op::CreateRequest = decode(body)?;
-                let meta = if op == OpCode::MetadataCreateFile {
-                    self.metadata
-                        .borrow_mut()
-                        .create_file(&req.path, req.mode, req.chunk_size)?
-                } else {
-                    self.metadata.borrow_mut().create_dir(&req.path, req.mode)?
-                };
-                self.log(journal::Record::Put {
-                    path: &req.path,
-                    meta,
-                })?;
-                Ok(Reply::ok(&op::MetadataReply { meta }))
-            }
+            OpCode::MetadataCreateFile
+            | OpCode::MetadataCreateDir
+            | OpCode::MetadataCreateSymlink => self.create(op, decode(body)?),
             OpCode::MetadataDelete => {
                 let req: op::DeleteRequest = decode(body)?;
                 if req.moved {
@@ -373,6 +386,15 @@ impl ServerState {
                     meta: req.meta,
                 })?;
                 Ok(Reply::ok(&op::Empty))
+            }
+            OpCode::SetAttr => {
+                let req: op::SetAttrRequest = decode(body)?;
+                let meta = self.metadata.borrow_mut().set_attr(&req)?;
+                self.log(journal::Record::Put {
+                    path: &req.path,
+                    meta,
+                })?;
+                Ok(Reply::ok(&op::MetadataReply { meta }))
             }
             _ => {
                 let req: op::UpdateSizeRequest = decode(body)?;

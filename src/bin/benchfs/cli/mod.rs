@@ -7,6 +7,7 @@
 mod bench;
 pub mod cluster;
 pub mod files;
+mod mount;
 mod placement_stats;
 mod rpc_bench;
 mod staged;
@@ -39,6 +40,8 @@ pub enum Command {
     /// Start, inspect or stop a local cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Mount the file system with FUSE, so unmodified programs use it.
+    Mount(mount::Args),
     /// File commands (ls, stat, mkdir, rm, put, get, cat).
     #[command(flatten)]
     File(files::FileCommand),
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::run(args),
         Command::RpcBench(args) => rpc_bench::run(args),
         Command::Cluster(c) => cluster::run(c),
+        Command::Mount(args) => mount::run(args),
         Command::File(c) => files::run(c),
     }
 }

@@ -1,0 +1,118 @@
+//! Renaming a directory with entries. Records are keyed by full path, so every record
+//! under the directory gets a new key and, by hashing, usually a new server; chunks are
+//! keyed by inode number and do not move. The cost is one listing per directory in the
+//! tree, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time.
+
+use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::ops;
+use benchfs_proto::placement::PlacementKey;
+use futures_util::future::join_all;
+
+use super::data::WriteSource;
+use super::{rpc_err, FsClient};
+use crate::error::ApiError;
+
+/// Records moved at once.
+pub(super) const MOVE_BATCH: usize = 64;
+
+impl FsClient {
+    /// Every record under directory `dir` (not `dir` itself), each parent before its
+    /// children.
+    pub(super) async fn subtree(&self, dir: &str) -> Result<Vec<(String, FileMetadata)>, ApiError> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        let mut dirs = vec![dir.to_string()];
+        while next < dirs.len() {
+            let parent = dirs[next].clone();
+            next += 1;
+            for entry in self.list(&parent, usize::MAX).await? {
+                let path = format!("{}/{}", parent.trim_end_matches('/'), entry.name);
+                if entry.meta.is_dir() {
+                    dirs.push(path.clone());
+                }
+                out.push((path, entry.meta));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the records under `from` to the same names under `to` (the directory
+    /// records themselves are the caller's): first every new record is stored, parents
+    /// first, then every old one removed, children first. If a step fails the steps
+    /// before it are undone, so the tree is whole at one of its names; only a second
+    /// failure during that undo (logged) leaves records at both.
+    pub(super) async fn move_subtree(
+        &self,
+        from: &str,
+        to: &str,
+        records: &[(String, FileMetadata)],
+    ) -> Result<(), ApiError> {
+        let moved: Vec<(String, String, FileMetadata)> = records
+            .iter()
+            .map(|(old, meta)| (old.clone(), format!("{to}{}", &old[from.len()..]), *meta))
+            .collect();
+        let mut stored = 0;
+        for batch in moved.chunks(MOVE_BATCH) {
+            let done = join_all(
+                batch
+                    .iter()
+                    .map(|(_, new, meta)| self.store_everywhere(new, *meta)),
+            )
+            .await;
+            let failed = done.into_iter().find_map(Result::err);
+            stored += batch.len();
+            if let Some(e) = failed {
+                self.remove_everywhere(moved[..stored].iter().map(|(_, new, _)| new.as_str()))
+                    .await;
+                return Err(e);
+            }
+        }
+        let mut removed = moved.len();
+        for batch in moved.rchunks(MOVE_BATCH) {
+            let done = join_all(batch.iter().map(|(old, _, meta)| async move {
+                self.forget(old);
+                self.delete_record("rename", old, meta.kind, true).await
+            }))
+            .await;
+            removed -= batch.len();
+            if let Some(e) = done.into_iter().find_map(Result::err) {
+                // Put back what this batch and those before it removed, then drop the copies.
+                for (old, _, meta) in &moved[removed..] {
+                    if let Err(undo) = self.store_everywhere(old, *meta).await {
+                        tracing::error!(error = %undo, path = old, "undo of a directory rename failed");
+                    }
+                }
+                self.remove_everywhere(moved.iter().map(|(_, new, _)| new.as_str()))
+                    .await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `meta` at `path` on every replica, replacing what is there.
+    async fn store_everywhere(&self, path: &str, meta: FileMetadata) -> Result<(), ApiError> {
+        let insert = ops::InsertRequest {
+            path: path.to_string(),
+            meta,
+            exclusive: false,
+        };
+        self.forget(path);
+        self.write_all::<ops::MetadataInsert>(
+            PlacementKey::Metadata(path),
+            &insert,
+            WriteSource::NONE,
+        )
+        .await
+        .map(drop)
+        .map_err(rpc_err("rename", path))
+    }
+
+    /// Removes the records at `paths` (copies a failed rename made), children first.
+    async fn remove_everywhere(&self, paths: impl DoubleEndedIterator<Item = &str>) {
+        for path in paths.rev() {
+            let servers = self.replica_set(PlacementKey::Metadata(path));
+            self.undo_put(path, None, &servers).await;
+        }
+    }
+}

@@ -1,0 +1,897 @@
+//! The FUSE operations. Each request runs on one of the session's threads, through that
+//! thread's own BenchFS client (a client and its UCX worker belong to one thread); what
+//! all threads must agree on, the node ids and the open handles, is shared here.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use benchfs_client::blocking::BenchFS;
+use benchfs_client::{ApiError, DirEntry};
+use benchfs_proto::meta::{EntryKind, FileMetadata, Owner};
+use benchfs_proto::ops::{set_attr, SetAttrRequest, NAME_LEN_MAX};
+use benchfs_proto::path;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::attr::{self, ino_of};
+use crate::handles::Handles;
+use crate::inodes::{Inodes, ROOT};
+use crate::{CacheMode, Settings};
+
+/// Names an unlinked file that is still open in this mount takes until its last close
+/// (as NFS clients do), so its data outlives the name as POSIX says.
+const UNLINKED_PREFIX: &str = ".benchfs-unlinked-";
+
+/// Free space reported for servers whose store has no capacity limit (the convention of
+/// object-store mounts: effectively unbounded).
+const UNBOUNDED_BYTES: u64 = 1 << 60;
+
+/// Block size statfs reports.
+const STATFS_BLOCK: u64 = 4096;
+
+thread_local! {
+    static CLIENT: RefCell<Option<BenchFS>> = const { RefCell::new(None) };
+}
+
+/// BenchFS as the kernel's FUSE file system.
+pub struct BenchFuse {
+    settings: Arc<Settings>,
+    inodes: Inodes,
+    handles: Handles,
+    /// Directory listings taken at opendir, by handle, so paging through one with
+    /// offsets sees one consistent list.
+    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_listing: std::sync::atomic::AtomicU64,
+    /// Who mounted: the root directory's owner.
+    owner: Owner,
+    mounted_ns: u64,
+}
+
+type Result<T> = std::result::Result<T, Errno>;
+
+impl BenchFuse {
+    /// A file system over the servers in `settings`; each thread connects on its first
+    /// request.
+    pub(crate) fn new(settings: Arc<Settings>, owner: Owner) -> BenchFuse {
+        BenchFuse {
+            settings,
+            inodes: Inodes::new(),
+            handles: Handles::default(),
+            listings: Mutex::default(),
+            next_listing: std::sync::atomic::AtomicU64::new(1),
+            owner,
+            mounted_ns: attr::ns(SystemTime::now()),
+        }
+    }
+
+    /// Runs `f` on this thread's client, connecting it first; the caller's user and group
+    /// own what `f` creates.
+    fn call<T>(
+        &self,
+        req: &Request,
+        f: impl FnOnce(&BenchFS) -> std::result::Result<T, ApiError>,
+    ) -> Result<T> {
+        CLIENT.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.is_none() {
+                let s = &self.settings;
+                let fs = BenchFS::with_servers(&s.config, s.servers.clone(), s.secret.clone())
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot connect to the servers");
+                        Errno::EIO
+                    })?;
+                *slot = Some(fs);
+            }
+            let Some(fs) = slot.as_ref() else {
+                return Err(Errno::EIO);
+            };
+            fs.client().set_owner(Owner {
+                uid: req.uid(),
+                gid: req.gid(),
+            });
+            f(fs).map_err(|e| attr::errno(&e))
+        })
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Result<String> {
+        self.inodes.path(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name.len() > NAME_LEN_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        Ok(path::join(&self.path_of(parent)?, name))
+    }
+
+    fn stat(&self, req: &Request, path: &str) -> Result<FileMetadata> {
+        self.call(req, |fs| fs.stat(path))
+    }
+
+    /// The attributes of `meta`, with the size this mount's own unpublished writes reached.
+    fn attr(&self, meta: &FileMetadata) -> FileAttr {
+        let size = self
+            .handles
+            .size_of(ino_of(meta), true)
+            .map_or(meta.size, |s| s.max(meta.size));
+        attr::of(meta, size)
+    }
+
+    /// The current record of node `ino`: `ESTALE` if its path now names another file.
+    fn record(&self, req: &Request, ino: INodeNo) -> Result<(String, FileMetadata)> {
+        let path = self.path_of(ino)?;
+        let meta = self.stat(req, &path)?;
+        if ino_of(&meta) != ino.0 {
+            return Err(Errno::ESTALE);
+        }
+        Ok((path, meta))
+    }
+
+    /// Answers a lookup-like call: the kernel now holds one more reference to the node.
+    fn entry(&self, path: &str, meta: &FileMetadata, reply: ReplyEntry) {
+        self.inodes.remember(ino_of(meta), path);
+        reply.entry(
+            &self.settings.entry_timeout,
+            &self.attr(meta),
+            Generation(0),
+        );
+    }
+
+    fn open_flags(&self) -> FopenFlags {
+        match self.settings.cache {
+            CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            CacheMode::Page | CacheMode::Writeback => FopenFlags::empty(),
+        }
+    }
+
+    fn open_handle(&self, path: &str, meta: &FileMetadata) -> u64 {
+        let ino = ino_of(meta);
+        let mut meta = *meta;
+        if let Some(size) = self.handles.size_of(ino, false) {
+            meta.size = meta.size.max(size);
+        }
+        self.handles.open(ino, path, meta)
+    }
+
+    /// Tells the servers the size handle `fh`'s writes reached, if they do not know it.
+    fn publish(&self, req: &Request, fh: FileHandle) -> Result<()> {
+        let handle = self.handles.get(fh.0).ok_or(Errno::EBADF)?;
+        if !handle.dirty {
+            return Ok(());
+        }
+        self.call(req, |fs| {
+            fs.block_on(
+                fs.client()
+                    .grow_size(&handle.path, handle.meta.file_id, handle.size),
+            )
+        })?;
+        self.handles.published(fh.0, handle.size);
+        Ok(())
+    }
+
+    fn set_times(
+        &self,
+        req: &mut SetAttrRequest,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) {
+        let now = attr::ns(SystemTime::now());
+        let at = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => attr::ns(t),
+            TimeOrNow::Now => now,
+        };
+        if let Some(t) = atime {
+            req.set |= set_attr::ATIME;
+            req.atime_ns = at(t);
+        }
+        if let Some(t) = mtime {
+            req.set |= set_attr::MTIME;
+            req.mtime_ns = at(t);
+        }
+        req.ctime_ns = now;
+    }
+
+    fn listing(&self, fh: FileHandle) -> Result<Arc<Vec<DirEntry>>> {
+        let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        listings.get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn create_inner(
+        &self,
+        req: &Request,
+        path: &str,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(FileMetadata, u64)> {
+        let made = self.call(req, |fs| {
+            fs.block_on(fs.client().make(path, EntryKind::File, mode))
+        });
+        let meta = match made {
+            Ok(meta) => meta,
+            Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
+                let meta = self.stat(req, path)?;
+                if meta.is_dir() {
+                    return Err(Errno::EISDIR);
+                }
+                if flags & libc::O_TRUNC != 0 && meta.size > 0 {
+                    self.call(req, |fs| fs.truncate(path, 0))?;
+                    self.handles.truncated(ino_of(&meta), 0);
+                    self.stat(req, path)?
+                } else {
+                    meta
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((meta, self.open_handle(path, &meta)))
+    }
+
+    fn setattr_inner(&self, req: &Request, ino: INodeNo, changes: AttrChanges) -> Result<FileAttr> {
+        if ino.0 == ROOT {
+            return Err(Errno::EPERM);
+        }
+        let (path, mut meta) = self.record(req, ino)?;
+        if let Some(size) = changes.size {
+            if meta.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            self.call(req, |fs| fs.truncate(&path, size))?;
+            self.handles.truncated(ino.0, size);
+            meta.size = size;
+        }
+        let mut set = SetAttrRequest {
+            path: path.clone(),
+            file_id: meta.file_id,
+            set: 0,
+            mode: changes.mode.unwrap_or(0),
+            uid: changes.uid.unwrap_or(0),
+            gid: changes.gid.unwrap_or(0),
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        };
+        for (given, bit) in [
+            (changes.mode.is_some(), set_attr::MODE),
+            (changes.uid.is_some(), set_attr::UID),
+            (changes.gid.is_some(), set_attr::GID),
+        ] {
+            if given {
+                set.set |= bit;
+            }
+        }
+        self.set_times(&mut set, changes.atime, changes.mtime);
+        if set.set != 0 {
+            meta = self.call(req, |fs| fs.block_on(fs.client().set_attr(set)))?;
+        } else if changes.size.is_some() {
+            meta = self.stat(req, &path)?;
+        }
+        Ok(self.attr(&meta))
+    }
+
+    fn rename_inner(&self, req: &Request, from: &str, to: &str, flags: RenameFlags) -> Result<()> {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.bits() & !RENAME_SUPPORTED != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            match self.stat(req, to) {
+                Ok(_) => return Err(Errno::EEXIST),
+                Err(e) if e == Errno::ENOENT => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.call(req, |fs| fs.block_on(fs.client().rename(from, to)))?;
+        self.inodes.renamed(from, to);
+        self.handles.renamed(from, to);
+        Ok(())
+    }
+
+    fn unlink_inner(&self, req: &Request, path: &str) -> Result<()> {
+        let meta = self.stat(req, path)?;
+        if meta.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let ino = ino_of(&meta);
+        if self.handles.is_open(ino) {
+            let (parent, _) = path::split_parent(path).map_err(|_| Errno::EINVAL)?;
+            let hidden = path::join(parent, &format!("{UNLINKED_PREFIX}{ino:x}"));
+            return self.rename_inner(req, path, &hidden, RenameFlags::empty());
+        }
+        self.call(req, |fs| fs.unlink(path))
+    }
+
+    fn statfs_inner(&self, req: &Request) -> Result<[u64; 5]> {
+        let stats = self.call(req, |fs| Ok(fs.block_on(fs.client().server_stats())))?;
+        let (mut total, mut used, mut records) = (0u64, 0u64, 0u64);
+        for (entry, stat) in stats {
+            let s = stat.map_err(|e| {
+                tracing::warn!(server = %entry.node_id, error = %e, "statfs: a server did not answer");
+                Errno::EIO
+            })?;
+            let capacity = if s.capacity_bytes == 0 {
+                UNBOUNDED_BYTES
+            } else {
+                s.capacity_bytes
+            };
+            total = total.saturating_add(capacity.max(s.used_bytes));
+            used = used.saturating_add(s.used_bytes);
+            records = records.saturating_add(s.metadata_records);
+        }
+        let free = total - used.min(total);
+        let replicas = u64::from(self.settings.config.replication.replicas.max(1));
+        Ok([
+            total / STATFS_BLOCK / replicas,
+            free / STATFS_BLOCK / replicas,
+            records / replicas,
+            u64::from(u32::MAX),
+            STATFS_BLOCK,
+        ])
+    }
+
+    fn readdir_entries(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+    ) -> Result<Arc<Vec<DirEntry>>> {
+        match self.listing(fh) {
+            Ok(l) => Ok(l),
+            Err(_) => {
+                let path = self.path_of(ino)?;
+                Ok(Arc::new(self.call(req, |fs| fs.readdir(&path))?))
+            }
+        }
+    }
+}
+
+/// The rename flags this file system handles (RENAME_NOREPLACE; RENAME_EXCHANGE is EINVAL).
+const RENAME_SUPPORTED: u32 = libc::RENAME_NOREPLACE;
+
+/// What a setattr asks to change.
+struct AttrChanges {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
+fn kind_of(meta: &FileMetadata) -> FileType {
+    match meta.kind {
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Directory => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn done(reply: ReplyEmpty, r: Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for BenchFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let max_write = self.settings.max_write;
+        if let Err(nearest) = config.set_max_write(max_write) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(max_write) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.settings.cache == CacheMode::Writeback {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if let Err(missing) = config.add_capabilities(wanted) {
+            if missing.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
+                return Err(std::io::Error::other(
+                    "the kernel does not offer the writeback cache this mount asked for",
+                ));
+            }
+            let _ = config.add_capabilities(wanted & !missing);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self
+            .child(parent, name)
+            .and_then(|p| Ok((self.stat(req, &p)?, p)))
+        {
+            Ok((meta, path)) => self.entry(&path, &meta, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT {
+            let root = attr::root(self.owner, self.mounted_ns);
+            return reply.attr(&self.settings.attr_timeout, &root);
+        }
+        match self.record(req, ino) {
+            Ok((_, meta)) => reply.attr(&self.settings.attr_timeout, &self.attr(&meta)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = AttrChanges {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        match self.setattr_inner(req, ino, changes) {
+            Ok(attr) => reply.attr(&self.settings.attr_timeout, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = self
+            .path_of(ino)
+            .and_then(|p| self.call(req, |fs| fs.block_on(fs.client().readlink(&p))));
+        match target {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files: device nodes, FIFOs and sockets have no meaning here.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let made = self.child(parent, name).and_then(|path| {
+            let meta = self.call(req, |fs| {
+                fs.block_on(fs.client().make(&path, EntryKind::File, mode & !umask))
+            })?;
+            Ok((path, meta))
+        });
+        match made {
+            Ok((path, meta)) => self.entry(&path, &meta, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let made = self.child(parent, name).and_then(|path| {
+            let meta = self.call(req, |fs| {
+                fs.block_on(fs.client().make(&path, EntryKind::Directory, mode & !umask))
+            })?;
+            Ok((path, meta))
+        });
+        match made {
+            Ok((path, meta)) => self.entry(&path, &meta, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        done(
+            reply,
+            self.child(parent, name)
+                .and_then(|p| self.unlink_inner(req, &p)),
+        );
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .child(parent, name)
+            .and_then(|p| self.call(req, |fs| fs.rmdir(&p)));
+        done(reply, r);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let made = self.child(parent, link_name).and_then(|path| {
+            let target = target.to_str().ok_or(Errno::EINVAL)?;
+            let meta = self.call(req, |fs| fs.block_on(fs.client().symlink(target, &path)))?;
+            Ok((path, meta))
+        });
+        match made {
+            Ok((path, meta)) => self.entry(&path, &meta, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.child(parent, name).and_then(|from| {
+            let to = self.child(newparent, newname)?;
+            self.rename_inner(req, &from, &to, flags)
+        });
+        done(reply, r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // No hard links: link(2) documents EPERM for a file system without them.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.record(req, ino) {
+            Ok((_, meta)) if meta.is_dir() => reply.error(Errno::EISDIR),
+            Ok((path, meta)) => {
+                let fh = self.open_handle(&path, &meta);
+                reply.opened(FileHandle(fh), self.open_flags());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(handle) = self.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let limit = self
+            .handles
+            .size_of(ino.0, false)
+            .map_or(handle.size, |s| s.max(handle.size));
+        let mut buf = vec![0; size as usize];
+        let read = self.call(req, |fs| {
+            fs.block_on(
+                fs.client()
+                    .read_at(&handle.path, handle.meta, limit, &mut buf, offset),
+            )
+        });
+        match read {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(handle) = self.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Ok(len) = u32::try_from(data.len()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let written = self.call(req, |fs| {
+            fs.block_on(
+                fs.client()
+                    .write_at(&handle.path, handle.meta, data, offset),
+            )
+        });
+        match written {
+            Ok(()) => {
+                self.handles.wrote(fh.0, offset + u64::from(len));
+                reply.written(len);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        done(reply, self.publish(req, fh));
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let published = self.publish(req, fh);
+        if let Some((handle, others)) = self.handles.close(fh.0) {
+            let name = handle.path.rsplit('/').next().unwrap_or_default();
+            if !others && name.starts_with(UNLINKED_PREFIX) {
+                if let Err(e) = self.call(req, |fs| fs.unlink(&handle.path)) {
+                    tracing::warn!(path = handle.path, errno = ?e, "could not remove an unlinked file at its last close");
+                }
+            }
+        }
+        done(reply, published);
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.publish(req, fh).and_then(|()| {
+            let path = self.handles.get(fh.0).map(|h| h.path).unwrap_or_default();
+            self.call(req, |fs| fs.block_on(fs.client().sync_servers(&path)))
+        });
+        done(reply, r);
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let listed = self
+            .path_of(ino)
+            .and_then(|path| self.call(req, |fs| fs.readdir(&path)));
+        match listed {
+            Ok(entries) => {
+                let fh = self
+                    .next_listing
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.listings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.readdir_entries(req, ino, fh) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        // Offsets 1 and 2 are "." and ".."; entry i is offset i + 3.
+        let dots = [(ino, ".", 1u64), (INodeNo(ROOT), "..", 2)];
+        for (node, name, next) in dots.into_iter().skip(offset.min(2) as usize) {
+            if reply.add(node, next, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let start = offset.saturating_sub(2) as usize;
+        for (i, entry) in entries.iter().enumerate().skip(start) {
+            let node = INodeNo(ino_of(&entry.meta));
+            if reply.add(node, i as u64 + 3, kind_of(&entry.meta), &entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (entries, dir) = match self
+            .readdir_entries(req, ino, fh)
+            .and_then(|e| Ok((e, self.path_of(ino)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let ttl = self.settings.entry_timeout;
+        if offset < 1 {
+            let me = if ino.0 == ROOT {
+                attr::root(self.owner, self.mounted_ns)
+            } else {
+                match self.record(req, ino) {
+                    Ok((_, meta)) => self.attr(&meta),
+                    Err(e) => return reply.error(e),
+                }
+            };
+            if reply.add(ino, 1, ".", &ttl, &me, Generation(0)) {
+                return reply.ok();
+            }
+        }
+        if offset < 2 {
+            // The kernel takes no reference for "." and ".."; their attributes are unused.
+            let parent = attr::root(self.owner, self.mounted_ns);
+            if reply.add(parent.ino, 2, "..", &ttl, &parent, Generation(0)) {
+                return reply.ok();
+            }
+        }
+        let start = offset.saturating_sub(2) as usize;
+        for (i, entry) in entries.iter().enumerate().skip(start) {
+            let attr = self.attr(&entry.meta);
+            if reply.add(
+                attr.ino,
+                i as u64 + 3,
+                &entry.name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+            // An entry given with its attributes counts as a lookup the kernel holds.
+            self.inodes
+                .remember(attr.ino.0, &path::join(&dir, &entry.name));
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.statfs_inner(req) {
+            Ok([blocks, free, files, ffree, bsize]) => reply.statfs(
+                blocks,
+                free,
+                free,
+                files,
+                ffree,
+                bsize as u32,
+                NAME_LEN_MAX as u32,
+                bsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are checked by the kernel (default_permissions); this only
+        // says whether the node still exists.
+        if ino.0 == ROOT {
+            return reply.ok();
+        }
+        done(reply, self.record(req, ino).map(drop));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let made = self
+            .child(parent, name)
+            .and_then(|path| Ok((self.create_inner(req, &path, mode & !umask, flags)?, path)));
+        match made {
+            Ok(((meta, fh), path)) => {
+                self.inodes.remember(ino_of(&meta), &path);
+                reply.created(
+                    &self.settings.entry_timeout,
+                    &self.attr(&meta),
+                    Generation(0),
+                    FileHandle(fh),
+                    self.open_flags(),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Chunks are allocated as they are written; space cannot be reserved ahead.
+        reply.error(Errno::EOPNOTSUPP);
+    }
+}
+
+/// Attribute timeout used when the configuration sets no cache lifetime.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);

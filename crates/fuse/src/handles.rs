@@ -1,0 +1,117 @@
+//! Open files. Any thread may serve any request, so a handle lives here, shared, not in
+//! one thread's client: it holds the record, the size its writes reached and whether the
+//! servers have been told.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::path;
+
+/// One open file.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle {
+    /// Node id.
+    pub ino: u64,
+    /// The file's path, following renames.
+    pub path: String,
+    /// The record at open.
+    pub meta: FileMetadata,
+    /// The size as this mount knows it: the size at open, moved by this mount's writes
+    /// and truncates.
+    pub size: u64,
+    /// Whether `size` grew past what the servers hold.
+    pub dirty: bool,
+}
+
+/// Every open handle of the mount.
+#[derive(Default)]
+pub(crate) struct Handles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Handle>>,
+}
+
+impl Handles {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Handle>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a handle; returns its number.
+    pub(crate) fn open(&self, ino: u64, path: &str, meta: FileMetadata) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = Handle {
+            ino,
+            path: path.to_string(),
+            meta,
+            size: meta.size,
+            dirty: false,
+        };
+        self.lock().insert(fh, handle);
+        fh
+    }
+
+    /// A copy of handle `fh`.
+    pub(crate) fn get(&self, fh: u64) -> Option<Handle> {
+        self.lock().get(&fh).cloned()
+    }
+
+    /// Closes handle `fh`; returns it, and whether another handle of its node is open.
+    pub(crate) fn close(&self, fh: u64) -> Option<(Handle, bool)> {
+        let mut open = self.lock();
+        let handle = open.remove(&fh)?;
+        let others = open.values().any(|h| h.ino == handle.ino);
+        Some((handle, others))
+    }
+
+    /// A write through `fh` ended at `end`.
+    pub(crate) fn wrote(&self, fh: u64, end: u64) {
+        if let Some(h) = self.lock().get_mut(&fh) {
+            if end > h.size {
+                h.size = end;
+                h.dirty = true;
+            }
+        }
+    }
+
+    /// The servers now hold size `size` for handle `fh`, taken when it was `seen`.
+    pub(crate) fn published(&self, fh: u64, seen: u64) {
+        if let Some(h) = self.lock().get_mut(&fh) {
+            if h.size == seen {
+                h.dirty = false;
+            }
+        }
+    }
+
+    /// The largest size an open handle of `ino` knows (only those with a size still to
+    /// publish, if `unpublished`), if there is one.
+    pub(crate) fn size_of(&self, ino: u64, unpublished: bool) -> Option<u64> {
+        self.lock()
+            .values()
+            .filter(|h| h.ino == ino && (h.dirty || !unpublished))
+            .map(|h| h.size)
+            .max()
+    }
+
+    /// Whether a handle of `ino` is open.
+    pub(crate) fn is_open(&self, ino: u64) -> bool {
+        self.lock().values().any(|h| h.ino == ino)
+    }
+
+    /// A truncate set `ino`'s size: no handle has a larger size left to publish.
+    pub(crate) fn truncated(&self, ino: u64, size: u64) {
+        for h in self.lock().values_mut().filter(|h| h.ino == ino) {
+            h.size = size;
+            h.dirty = false;
+        }
+    }
+
+    /// Follows a rename of `from` to `to`.
+    pub(crate) fn renamed(&self, from: &str, to: &str) {
+        for h in self.lock().values_mut() {
+            if let Some(moved) = path::moved(&h.path, from, to) {
+                h.path = moved;
+            }
+        }
+    }
+}
