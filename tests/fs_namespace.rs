@@ -276,7 +276,24 @@ fn rename_files_and_directories() {
     assert!(reader.stat("/empty2").unwrap().is_dir());
     assert_eq!(errno_of(cluster.client().stat("/empty")), libc::ENOENT);
 
-    assert_eq!(errno_of(fs.rename("/dir", "/dir2")), libc::EOPNOTSUPP);
+    // A populated directory moves with everything under it; its chunks stay put.
+    fs.mkdir("/dir/sub", 0o755).unwrap();
+    fs.mkdir("/dir/sub/deeper", 0o700).unwrap();
+    fs.rename("/dir", "/dir2").unwrap();
+    assert!(read_file(&cluster.client(), "/dir2/b") == a);
+    assert_eq!(
+        cluster.client().stat("/dir2/sub/deeper").unwrap().mode,
+        0o700
+    );
+    for gone in ["/dir", "/dir/b", "/dir/sub", "/dir/sub/deeper"] {
+        assert_eq!(
+            errno_of(cluster.client().stat(gone)),
+            libc::ENOENT,
+            "{gone}"
+        );
+    }
+    assert_eq!(names_in(&cluster.client(), "/dir2"), ["b", "sub"]);
+    fs.rename("/dir2", "/dir").unwrap();
     assert_eq!(read_file(&reader, "/dir/b").len(), a.len());
     assert_eq!(errno_of(fs.rename("/dir/b", "/nodir/b")), libc::ENOENT);
     assert_eq!(errno_of(fs.rename("/missing", "/x")), libc::ENOENT);

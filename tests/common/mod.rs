@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod files;
 pub mod install;
+pub mod mount;
 pub mod netns;
 pub mod rpc;
 

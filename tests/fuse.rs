@@ -1,0 +1,594 @@
+//! `benchfs mount`: a real FUSE mount of a real cluster, used through std::fs, the shell's
+//! tools and several processes, checked byte for byte and errno for errno.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::mount::{is_mounted, spawn_mount, Mounted};
+use common::{pattern, ClusterSpec};
+
+/// The chunk size of the test clusters (64 KiB), so small files cross chunk boundaries.
+const C: usize = 64 * 1024;
+
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("the call should fail")
+        .raw_os_error()
+        .unwrap_or(0)
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn shell(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes, reads back, appends, truncates and leaves holes across chunk boundaries.
+fn data_round_trips(m: &Mounted) {
+    let f = m.path("data");
+    let a = pattern(3 * C + 17, 1);
+    fs::write(&f, &a).unwrap();
+    assert!(read(&f) == a, "read back");
+    assert_eq!(fs::metadata(&f).unwrap().len(), a.len() as u64);
+
+    let tail = pattern(C + 5, 2);
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(&tail)
+        .unwrap();
+    let mut want = a.clone();
+    want.extend_from_slice(&tail);
+    assert!(read(&f) == want, "append");
+
+    // Shrink into the middle of a chunk, then grow: the cut bytes read as zeros.
+    let file = OpenOptions::new().write(true).open(&f).unwrap();
+    file.set_len(C as u64 + 3).unwrap();
+    file.set_len(2 * C as u64 + 9).unwrap();
+    drop(file);
+    want.truncate(C + 3);
+    want.resize(2 * C + 9, 0);
+    assert!(read(&f) == want, "truncate shrink then grow");
+
+    // A write far past the end leaves a hole of zeros.
+    let file = OpenOptions::new().write(true).open(&f).unwrap();
+    file.write_all_at(b"end", 5 * C as u64 + 1).unwrap();
+    drop(file);
+    want.resize(5 * C + 1, 0);
+    want.extend_from_slice(b"end");
+    assert!(read(&f) == want, "sparse hole");
+
+    // Overwrite across a chunk boundary, read at odd offsets.
+    let file = OpenOptions::new().read(true).write(true).open(&f).unwrap();
+    let patch = pattern(C, 3);
+    file.write_all_at(&patch, C as u64 - 100).unwrap();
+    want[C - 100..2 * C - 100].copy_from_slice(&patch);
+    let mut buf = vec![0; 3 * C];
+    file.read_exact_at(&mut buf, 7).unwrap();
+    assert!(buf == want[7..7 + 3 * C], "overwrite across a boundary");
+    drop(file);
+
+    // O_TRUNC on open.
+    fs::write(&f, b"short").unwrap();
+    assert_eq!(read(&f), b"short");
+}
+
+#[test]
+fn files_round_trip_in_every_cache_mode() {
+    for options in ["", "direct_io", "writeback_cache"] {
+        let Some(m) = Mounted::start("fuse round trip", ClusterSpec::default(), options) else {
+            return;
+        };
+        data_round_trips(&m);
+        // What one mount wrote, a fresh client reads through the native API.
+        let fs = m.cluster.client();
+        let fd = fs.open("/data", benchfs::api::OpenFlags::READ, 0).unwrap();
+        let mut buf = [0; 16];
+        let n = fs.read(fd, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"short", "{options}");
+    }
+}
+
+#[test]
+fn attributes_links_renames_and_listings() {
+    let Some(m) = Mounted::start("fuse attributes", ClusterSpec::default(), "") else {
+        return;
+    };
+    let f = m.path("f");
+    let before = SystemTime::now() - Duration::from_secs(1);
+    fs::write(&f, b"12345").unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!(md.len(), 5);
+    assert_eq!(md.mode() & 0o170000, libc::S_IFREG);
+    assert_eq!(md.nlink(), 1);
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(md.uid(), unsafe { libc::geteuid() });
+    assert!(md.modified().unwrap() >= before);
+
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let t = UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
+    File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+        .unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!(md.modified().unwrap(), t);
+    assert_eq!(md.accessed().unwrap(), t);
+    // A new client (another node) sees the same attributes.
+    let native = m.cluster.client().stat("/f").unwrap();
+    assert_eq!((native.mode, native.uid, native.gid), (0o640, 1234, 5678));
+
+    // Symbolic links.
+    std::os::unix::fs::symlink("f", m.path("link")).unwrap();
+    assert_eq!(fs::read_link(m.path("link")).unwrap(), Path::new("f"));
+    assert_eq!(read(&m.path("link")), b"12345");
+    assert!(fs::symlink_metadata(m.path("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::os::unix::fs::symlink("/no/such/target", m.path("dangling")).unwrap();
+    assert_eq!(errno(fs::read(m.path("dangling"))), libc::ENOENT);
+    fs::remove_file(m.path("dangling")).unwrap();
+
+    // Renames across directories, of files and of whole trees.
+    fs::create_dir_all(m.path("a/b/c")).unwrap();
+    fs::write(m.path("a/b/c/deep"), pattern(C + 1, 9)).unwrap();
+    fs::write(m.path("a/top"), b"top").unwrap();
+    fs::create_dir(m.path("z")).unwrap();
+    fs::rename(m.path("a/top"), m.path("z/top")).unwrap();
+    assert_eq!(read(&m.path("z/top")), b"top");
+    fs::rename(m.path("a"), m.path("z/moved")).unwrap();
+    assert!(read(&m.path("z/moved/b/c/deep")) == pattern(C + 1, 9));
+    assert_eq!(errno(fs::metadata(m.path("a"))), libc::ENOENT);
+    assert_eq!(errno(fs::metadata(m.path("a/b/c/deep"))), libc::ENOENT);
+
+    // A directory of 5,000 entries lists whole, once each.
+    let big = m.path("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..5000 {
+        File::create(big.join(format!("entry-{i:05}"))).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..5000).map(|i| format!("entry-{i:05}")).collect();
+    assert_eq!(names, want);
+
+    // An unlinked file stays readable through a descriptor still open.
+    let mut open = File::open(m.path("z/top")).unwrap();
+    fs::remove_file(m.path("z/top")).unwrap();
+    assert_eq!(errno(fs::metadata(m.path("z/top"))), libc::ENOENT);
+    let mut s = String::new();
+    open.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "top");
+    drop(open);
+    let left: Vec<_> = fs::read_dir(m.path("z"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["moved"],
+        "the hidden name is gone after the last close"
+    );
+
+    // statfs reports the servers' totals.
+    let out = shell(&m.root, "df -P . | tail -1");
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert!(fields[1].parse::<u64>().unwrap() > 0, "{out}");
+}
+
+#[test]
+fn failures_give_the_errno_linux_programs_expect() {
+    let Some(m) = Mounted::start("fuse errnos", ClusterSpec::default(), "") else {
+        return;
+    };
+    fs::write(m.path("file"), b"x").unwrap();
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/inner"), b"y").unwrap();
+
+    let long = "n".repeat(256);
+    assert_eq!(errno(File::create(m.path(&long))), libc::ENAMETOOLONG);
+    assert_eq!(errno(fs::create_dir(m.path(&long))), libc::ENAMETOOLONG);
+    assert_eq!(errno(File::create(m.path("file/x"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::metadata(m.path("file/x"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::remove_dir(m.path("dir"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::remove_dir(m.path("file"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::remove_file(m.path("dir"))), libc::EISDIR);
+    assert_eq!(errno(fs::create_dir(m.path("dir"))), libc::EEXIST);
+    assert_eq!(errno(fs::metadata(m.path("missing"))), libc::ENOENT);
+    assert_eq!(errno(fs::remove_file(m.path("missing"))), libc::ENOENT);
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m.path("file"))
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(OpenOptions::new().write(true).open(m.path("dir"))),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(fs::hard_link(m.path("file"), m.path("hard"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(fs::rename(m.path("dir"), m.path("dir/inside"))),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs::rename(m.path("file"), m.path("dir"))),
+        libc::EISDIR
+    );
+    fs::create_dir(m.path("empty")).unwrap();
+    assert_eq!(
+        errno(fs::rename(m.path("empty"), m.path("file"))),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(fs::rename(m.path("dir"), m.path("empty2/x"))),
+        libc::ENOENT
+    );
+    assert_eq!(errno(fs::read_link(m.path("file"))), libc::EINVAL);
+
+    let c = |p: &str| std::ffi::CString::new(m.path(p).to_str().unwrap()).unwrap();
+    let renameat2 = |from: &str, to: &str, flags: u32| {
+        // SAFETY: both paths are valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                c(from).as_ptr(),
+                libc::AT_FDCWD,
+                c(to).as_ptr(),
+                flags,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    fs::write(m.path("other"), b"o").unwrap();
+    assert_eq!(
+        errno(renameat2("file", "other", libc::RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(renameat2("file", "other", libc::RENAME_EXCHANGE)),
+        libc::EINVAL
+    );
+    renameat2("file", "fresh", libc::RENAME_NOREPLACE).unwrap();
+    assert_eq!(read(&m.path("fresh")), b"x");
+
+    let file = OpenOptions::new()
+        .write(true)
+        .open(m.path("fresh"))
+        .unwrap();
+    // SAFETY: a valid descriptor; fallocate only reads its arguments.
+    let rc = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, 4096) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+    // SAFETY: a valid path; mkfifo only reads it.
+    let rc = unsafe { libc::mkfifo(c("fifo").as_ptr(), 0o644) };
+    assert_eq!(
+        (rc, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EPERM))
+    );
+    // Nothing above left a stray entry.
+    let mut names: Vec<_> = fs::read_dir(&m.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dir", "empty", "fresh", "other"]);
+}
+
+#[test]
+fn shell_tools_work_on_the_mount() {
+    let Some(m) = Mounted::start("fuse shell tools", ClusterSpec::default(), "") else {
+        return;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates");
+    let script = format!(
+        "cp -a {src} tree && diff -r {src} tree
+         tar cf ../t.tar tree && mkdir x && tar xf ../t.tar -C x && diff -r tree x/tree
+         test \"$(find tree -type f | wc -l)\" = \"$(find {src} -type f | wc -l)\"
+         du -s tree >/dev/null
+         dd if=/dev/urandom of=../r.bin bs=64k count=33 status=none
+         dd if=../r.bin of=r.bin bs=1M status=none && cmp ../r.bin r.bin
+         if command -v rsync >/dev/null; then rsync -a tree/ r/ && diff -r tree r; fi
+         mkdir repo && cd repo && git init -q && cp -a {src}/proto . && git add -A
+         git -c user.name=t -c user.email=t@t commit -qm first && git log --oneline | wc -l",
+        src = src.display()
+    );
+    let out = shell(&m.root, &script);
+    assert_eq!(out.trim(), "1");
+}
+
+#[test]
+fn a_seeded_exerciser_matches_a_model() {
+    let Some(m) = Mounted::start("fuse exerciser", ClusterSpec::default(), "") else {
+        return;
+    };
+    let seed: u64 = std::env::var("BENCHFS_FSX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let ops: usize = std::env::var("BENCHFS_FSX_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let path = m.path("fsx");
+    let mut model: Vec<u8> = Vec::new();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(&path)
+        .unwrap();
+    let mut x = seed | 1;
+    let mut next = |bound: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % bound.max(1)
+    };
+    const MAX: u64 = 6 * C as u64;
+    for op in 0..ops {
+        let context = format!("seed {seed} op {op}");
+        match next(10) {
+            0..=3 => {
+                let off = next(MAX);
+                let len = next(2 * C as u64) as usize + 1;
+                let data = pattern(len, seed ^ op as u64);
+                file.write_all_at(&data, off).unwrap();
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+            }
+            4..=6 => {
+                let off = next(MAX);
+                let len = next(2 * C as u64) as usize + 1;
+                let mut buf = vec![0; len];
+                let mut got = 0;
+                while got < len {
+                    let n = file.read_at(&mut buf[got..], off + got as u64).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                let start = (off as usize).min(model.len());
+                let end = (off as usize + len).min(model.len());
+                assert_eq!(got, end - start, "{context}: read length");
+                assert!(buf[..got] == model[start..end], "{context}: read bytes");
+            }
+            7 => {
+                let size = next(MAX);
+                file.set_len(size).unwrap();
+                model.resize(size as usize, 0);
+            }
+            8 => {
+                assert_eq!(
+                    file.metadata().unwrap().len(),
+                    model.len() as u64,
+                    "{context}: size"
+                );
+            }
+            _ => {
+                // Close and reopen: what was written is what the servers publish.
+                file.sync_all().unwrap();
+                drop(file);
+                file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
+                assert_eq!(
+                    fs::metadata(&path).unwrap().len(),
+                    model.len() as u64,
+                    "{context}"
+                );
+            }
+        }
+    }
+    drop(file);
+    assert!(read(&path) == model, "seed {seed}: final contents");
+    common::note(&format!(
+        "fsx: {ops} operations, seed {seed}, final size {}",
+        model.len()
+    ));
+}
+
+#[test]
+fn processes_write_files_and_append_to_one_at_once() {
+    let Some(m) = Mounted::start("fuse concurrency", ClusterSpec::default(), "") else {
+        return;
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new("sh")
+                .arg("-ec")
+                .arg(format!(
+                    "head -c {} /dev/zero | tr '\\0' '{}' > w{i}",
+                    3 * C + i * 1000,
+                    (b'a' + i as u8) as char
+                ))
+                .current_dir(&m.root)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let appenders: Vec<_> = ["A", "B"]
+        .iter()
+        .map(|tag| {
+            Command::new("sh")
+                .arg("-ec")
+                .arg(format!(
+                    "i=0; while [ $i -lt 200 ]; do echo {tag}-$i-xxxxxxxxxxxxxxxx >> log; i=$((i+1)); done"
+                ))
+                .current_dir(&m.root)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in writers.into_iter().chain(appenders) {
+        assert!(c.wait().unwrap().success());
+    }
+    for i in 0..4usize {
+        let data = read(&m.path(&format!("w{i}")));
+        assert_eq!(data.len(), 3 * C + i * 1000);
+        assert!(data.iter().all(|&b| b == b'a' + i as u8));
+    }
+    let log = String::from_utf8(read(&m.path("log"))).unwrap();
+    let mut lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 400, "every append landed whole");
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines.len(), 400, "no append overwrote another");
+    assert!(lines.iter().all(|l| l.ends_with("-xxxxxxxxxxxxxxxx")));
+}
+
+#[test]
+fn reads_survive_a_killed_server_with_two_replicas() {
+    let spec = ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    };
+    let Some(mut m) = Mounted::start("fuse replicas", spec, "") else {
+        return;
+    };
+    let data = pattern(8 * C + 3, 11);
+    fs::write(m.path("r"), &data).unwrap();
+    m.cluster.kill(1);
+    assert!(read(&m.path("r")) == data);
+    let mut f = File::open(m.path("r")).unwrap();
+    f.seek(SeekFrom::Start(C as u64 * 5)).unwrap();
+    let mut buf = vec![0; C];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf == data[5 * C..6 * C]);
+}
+
+#[test]
+fn signals_unmount_cleanly_and_a_stale_mount_is_refused_with_the_cure() {
+    let Some(mut m) = Mounted::start("fuse signals", ClusterSpec::default(), "") else {
+        return;
+    };
+    fs::write(m.path("kept"), b"kept").unwrap();
+    // SIGTERM: unmounts, exits 0.
+    let pid = m.child.as_ref().unwrap().id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = m.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}: {}", m.log_text());
+    assert!(!is_mounted(&m.root));
+
+    // fusermount3 -u: the same.
+    m.child = Some(spawn_mount(&m.cluster, &m.root, "", &m.log));
+    m.wait_mounted();
+    assert_eq!(read(&m.path("kept")), b"kept");
+    assert_eq!(m.unmount(), Some(0), "{}", m.log_text());
+    assert!(!is_mounted(&m.root));
+
+    // kill -9 leaves a stale mount: `benchfs mount` says how to clear it.
+    m.child = Some(spawn_mount(&m.cluster, &m.root, "", &m.log));
+    m.wait_mounted();
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(errno(fs::metadata(m.path("kept"))), libc::ENOTCONN);
+    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .arg("mount")
+        .arg(&m.root)
+        .arg("--config")
+        .arg(&m.cluster.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("stale") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+    let cleared = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.root)
+        .status()
+        .unwrap();
+    assert!(cleared.success());
+    m.child = Some(spawn_mount(&m.cluster, &m.root, "", &m.log));
+    m.wait_mounted();
+    assert_eq!(read(&m.path("kept")), b"kept");
+}
+
+#[test]
+fn bad_mount_options_are_refused_before_mounting() {
+    if !common::mount::fuse_available("fuse options") {
+        return;
+    }
+    let cluster = common::Cluster::start(ClusterSpec {
+        servers: 1,
+        ..ClusterSpec::default()
+    });
+    let root = cluster.dir.path().join("mnt");
+    fs::create_dir(&root).unwrap();
+    for (options, says) in [
+        ("threads=0", "thread count"),
+        ("max_write=3", "power of two"),
+        ("bogus", "unknown option"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+            .arg("mount")
+            .arg(&root)
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(["-o", options])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{options}: {err}"
+        );
+        assert!(!is_mounted(&root));
+    }
+}
