@@ -114,6 +114,13 @@ fn attributes_links_renames_and_listings() {
     let Some(m) = Mounted::start("fuse attributes", ClusterSpec::default(), "") else {
         return;
     };
+    attributes(&m);
+    links_and_renames(&m);
+    listings_and_unlinked_files(&m);
+}
+
+/// stat fields, chmod, chown and utimens, seen by the mount and by another client.
+fn attributes(m: &Mounted) {
     let f = m.path("f");
     let before = SystemTime::now() - Duration::from_secs(1);
     fs::write(&f, b"12345").unwrap();
@@ -143,8 +150,10 @@ fn attributes_links_renames_and_listings() {
     // A new client (another node) sees the same attributes.
     let native = m.cluster.client().stat("/f").unwrap();
     assert_eq!((native.mode, native.uid, native.gid), (0o640, 1234, 5678));
+}
 
-    // Symbolic links.
+/// Symbolic links, and renames of files and trees across directories.
+fn links_and_renames(m: &Mounted) {
     std::os::unix::fs::symlink("f", m.path("link")).unwrap();
     assert_eq!(fs::read_link(m.path("link")).unwrap(), Path::new("f"));
     assert_eq!(read(&m.path("link")), b"12345");
@@ -167,8 +176,10 @@ fn attributes_links_renames_and_listings() {
     assert!(read(&m.path("z/moved/b/c/deep")) == pattern(C + 1, 9));
     assert_eq!(errno(fs::metadata(m.path("a"))), libc::ENOENT);
     assert_eq!(errno(fs::metadata(m.path("a/b/c/deep"))), libc::ENOENT);
+}
 
-    // A directory of 5,000 entries lists whole, once each.
+/// A directory of 5,000 entries, a file unlinked while open, and statfs.
+fn listings_and_unlinked_files(m: &Mounted) {
     let big = m.path("big");
     fs::create_dir(&big).unwrap();
     for i in 0..5000 {
@@ -261,7 +272,18 @@ fn failures_give_the_errno_linux_programs_expect() {
         libc::ENOENT
     );
     assert_eq!(errno(fs::read_link(m.path("file"))), libc::EINVAL);
+    rename_flags_and_unsupported_calls(&m);
+    // Nothing above left a stray entry.
+    let mut names: Vec<_> = fs::read_dir(&m.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dir", "empty", "fresh", "other"]);
+}
 
+/// renameat2 flags, fallocate and mkfifo.
+fn rename_flags_and_unsupported_calls(m: &Mounted) {
     let c = |p: &str| std::ffi::CString::new(m.path(p).to_str().unwrap()).unwrap();
     let renameat2 = |from: &str, to: &str, flags: u32| {
         // SAFETY: both paths are valid NUL-terminated strings.
@@ -340,100 +362,126 @@ fn shell_tools_work_on_the_mount() {
     assert_eq!(out.trim(), "1");
 }
 
+/// Random reads, writes, truncates and reopens of one file, checked against a copy in
+/// memory; seeded (BENCHFS_FSX_SEED) and reproducible.
+struct Exerciser {
+    path: std::path::PathBuf,
+    file: File,
+    model: Vec<u8>,
+    seed: u64,
+    x: u64,
+}
+
+impl Exerciser {
+    /// Largest offset an operation starts at.
+    const SPAN: u64 = 6 * C as u64;
+
+    fn next(&mut self, bound: u64) -> u64 {
+        self.x ^= self.x << 13;
+        self.x ^= self.x >> 7;
+        self.x ^= self.x << 17;
+        self.x % bound.max(1)
+    }
+
+    fn open(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
+    fn write(&mut self, op: usize) {
+        let off = self.next(Self::SPAN);
+        let len = self.next(2 * C as u64) as usize + 1;
+        let data = pattern(len, self.seed ^ op as u64);
+        self.file.write_all_at(&data, off).unwrap();
+        let end = off as usize + len;
+        if self.model.len() < end {
+            self.model.resize(end, 0);
+        }
+        self.model[off as usize..end].copy_from_slice(&data);
+    }
+
+    fn read(&mut self, context: &str) {
+        let off = self.next(Self::SPAN);
+        let len = self.next(2 * C as u64) as usize + 1;
+        let mut buf = vec![0; len];
+        let mut got = 0;
+        while got < len {
+            let n = self
+                .file
+                .read_at(&mut buf[got..], off + got as u64)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let start = (off as usize).min(self.model.len());
+        let end = (off as usize + len).min(self.model.len());
+        assert_eq!(got, end - start, "{context}: read length");
+        assert!(
+            buf[..got] == self.model[start..end],
+            "{context}: read bytes"
+        );
+    }
+
+    fn step(&mut self, op: usize) {
+        let context = format!("seed {} op {op}", self.seed);
+        match self.next(10) {
+            0..=3 => self.write(op),
+            4..=6 => self.read(&context),
+            7 => {
+                let size = self.next(Self::SPAN);
+                self.file.set_len(size).unwrap();
+                self.model.resize(size as usize, 0);
+            }
+            8 => {
+                let len = self.file.metadata().unwrap().len();
+                assert_eq!(len, self.model.len() as u64, "{context}: size");
+            }
+            _ => {
+                // Close and reopen: what was written is what the servers publish.
+                self.file.sync_all().unwrap();
+                self.file = Self::open(&self.path);
+                let len = fs::metadata(&self.path).unwrap().len();
+                assert_eq!(len, self.model.len() as u64, "{context}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_seeded_exerciser_matches_a_model() {
     let Some(m) = Mounted::start("fuse exerciser", ClusterSpec::default(), "") else {
         return;
     };
-    let seed: u64 = std::env::var("BENCHFS_FSX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    let ops: usize = std::env::var("BENCHFS_FSX_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
-    let path = m.path("fsx");
-    let mut model: Vec<u8> = Vec::new();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .open(&path)
-        .unwrap();
-    let mut x = seed | 1;
-    let mut next = |bound: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % bound.max(1)
+    let env = |key: &str, default: u64| {
+        std::env::var(key)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
     };
-    const MAX: u64 = 6 * C as u64;
+    let seed = env("BENCHFS_FSX_SEED", 0x5eed);
+    let ops = env("BENCHFS_FSX_OPS", 3000) as usize;
+    let path = m.path("fsx");
+    File::create(&path).unwrap();
+    let mut fsx = Exerciser {
+        file: Exerciser::open(&path),
+        path,
+        model: Vec::new(),
+        seed,
+        x: seed | 1,
+    };
     for op in 0..ops {
-        let context = format!("seed {seed} op {op}");
-        match next(10) {
-            0..=3 => {
-                let off = next(MAX);
-                let len = next(2 * C as u64) as usize + 1;
-                let data = pattern(len, seed ^ op as u64);
-                file.write_all_at(&data, off).unwrap();
-                let end = off as usize + len;
-                if model.len() < end {
-                    model.resize(end, 0);
-                }
-                model[off as usize..end].copy_from_slice(&data);
-            }
-            4..=6 => {
-                let off = next(MAX);
-                let len = next(2 * C as u64) as usize + 1;
-                let mut buf = vec![0; len];
-                let mut got = 0;
-                while got < len {
-                    let n = file.read_at(&mut buf[got..], off + got as u64).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    got += n;
-                }
-                let start = (off as usize).min(model.len());
-                let end = (off as usize + len).min(model.len());
-                assert_eq!(got, end - start, "{context}: read length");
-                assert!(buf[..got] == model[start..end], "{context}: read bytes");
-            }
-            7 => {
-                let size = next(MAX);
-                file.set_len(size).unwrap();
-                model.resize(size as usize, 0);
-            }
-            8 => {
-                assert_eq!(
-                    file.metadata().unwrap().len(),
-                    model.len() as u64,
-                    "{context}: size"
-                );
-            }
-            _ => {
-                // Close and reopen: what was written is what the servers publish.
-                file.sync_all().unwrap();
-                drop(file);
-                file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .unwrap();
-                assert_eq!(
-                    fs::metadata(&path).unwrap().len(),
-                    model.len() as u64,
-                    "{context}"
-                );
-            }
-        }
+        fsx.step(op);
     }
-    drop(file);
-    assert!(read(&path) == model, "seed {seed}: final contents");
+    drop(fsx.file);
+    assert!(read(&fsx.path) == fsx.model, "seed {seed}: final contents");
     common::note(&format!(
         "fsx: {ops} operations, seed {seed}, final size {}",
-        model.len()
+        fsx.model.len()
     ));
 }
 
