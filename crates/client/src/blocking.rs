@@ -139,6 +139,39 @@ impl BenchFS {
         )
     }
 
+    /// Reads up to `buf.len()` bytes at `offset` of file `meta` (named `path`) with no
+    /// handle, as far as `size`; received in place ([`FsClient::read_at`]).
+    pub fn read_at(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<usize, ApiError> {
+        benchfs_ucx::lend_mut(
+            buf,
+            |loan| self.block_on(self.client.read_at_lent(path, meta, size, loan, offset)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
+    /// Writes `data` at `offset` of file `meta` (named `path`) with no handle, sent in
+    /// place; the size is the caller's to publish ([`FsClient::write_at`]).
+    pub fn write_at(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<(), ApiError> {
+        benchfs_ucx::lend(
+            data,
+            |loan| self.block_on(self.client.write_at_lent(path, meta, loan, offset)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
     /// Writes at `offset`, reading `data` in place as [`BenchFS::write`] does.
     pub fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
         benchfs_ucx::lend(

@@ -392,8 +392,21 @@ impl Filesystem for BenchFuse {
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS;
-        if self.settings.cache == CacheMode::Writeback {
-            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        match self.settings.cache {
+            CacheMode::Writeback => wanted |= InitFlags::FUSE_WRITEBACK_CACHE,
+            // Lets programs mmap a file opened for direct I/O (git, executables), through
+            // the page cache; kernels before 6.6 refuse such an mmap with ENODEV.
+            CacheMode::Direct
+                if config
+                    .capabilities()
+                    .contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) =>
+            {
+                wanted |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            }
+            CacheMode::Direct => {
+                tracing::warn!("this kernel cannot mmap direct-I/O files; mount with -o kernel_cache for programs that mmap");
+            }
+            CacheMode::Page => {}
         }
         if let Err(missing) = config.add_capabilities(wanted) {
             if missing.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
@@ -614,10 +627,7 @@ impl Filesystem for BenchFuse {
             .map_or(handle.size, |s| s.max(handle.size));
         let mut buf = vec![0; size as usize];
         let read = self.call(req, |fs| {
-            fs.block_on(
-                fs.client()
-                    .read_at(&handle.path, handle.meta, limit, &mut buf, offset),
-            )
+            fs.read_at(&handle.path, handle.meta, limit, &mut buf, offset)
         });
         match read {
             Ok(n) => reply.data(&buf[..n]),
@@ -644,10 +654,7 @@ impl Filesystem for BenchFuse {
             return reply.error(Errno::EINVAL);
         };
         let written = self.call(req, |fs| {
-            fs.block_on(
-                fs.client()
-                    .write_at(&handle.path, handle.meta, data, offset),
-            )
+            fs.write_at(&handle.path, handle.meta, data, offset)
         });
         match written {
             Ok(()) => {

@@ -27,7 +27,7 @@ pub use fs::BenchFuse;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
     /// No page cache: every read and write goes to the servers with the caller's size
-    /// (`-o direct_io`).
+    /// (`-o direct_io`, the default: fastest for large sequential I/O, see docs/fuse.md).
     Direct,
     /// Reads are cached and read ahead; writes go through at once (`-o kernel_cache`).
     Page,
@@ -98,7 +98,7 @@ pub enum MountError {
 }
 
 impl Settings {
-    /// Settings with the defaults: page cache, four threads, 1 MiB writes, and the
+    /// Settings with the defaults: direct I/O, four threads, 1 MiB writes, and the
     /// configuration's cache lifetime (one second if it sets none) as both timeouts.
     pub fn new(config: ServerConfig, servers: Vec<ServerEntry>, secret: Vec<u8>) -> Settings {
         let timeout = match config.cache.cache_ttl_secs {
@@ -114,7 +114,7 @@ impl Settings {
             config,
             servers,
             secret,
-            cache: CacheMode::Page,
+            cache: CacheMode::Direct,
             threads: 4,
             max_write: 1 << 20,
             attr_timeout: timeout,

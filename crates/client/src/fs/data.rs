@@ -306,6 +306,43 @@ impl FsClient {
         let Some(plan) = self.read_plan(fd, loan.len(), offset)? else {
             return Ok(0);
         };
+        self.read_into_loan(plan, loan).await
+    }
+
+    /// [`FsClient::read_at`] into a loan's memory, as [`FsClient::pread_lent`].
+    pub async fn read_at_lent(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+        loan: &Loan,
+        offset: u64,
+    ) -> Result<usize, ApiError> {
+        let Some(plan) = plan_read(path, meta, size, loan.len(), offset)? else {
+            return Ok(0);
+        };
+        self.read_into_loan(plan, loan).await
+    }
+
+    /// [`FsClient::write_at`] of a loan's bytes, sent in place.
+    pub async fn write_at_lent(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        loan: &Loan,
+        offset: u64,
+    ) -> Result<(), ApiError> {
+        if !meta.has_chunks() {
+            return Err(fs_err("write", path, Status::IsDir));
+        }
+        if loan.is_empty() {
+            return Ok(());
+        }
+        self.write_spans(path, meta, WriteSource::lent(loan), offset)
+            .await
+    }
+
+    async fn read_into_loan(&self, plan: ReadPlan, loan: &Loan) -> Result<usize, ApiError> {
         let reads = plan
             .spans
             .iter()

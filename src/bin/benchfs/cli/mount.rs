@@ -29,7 +29,7 @@ pub struct Args {
     /// its registry_dir names the servers unless --registry is given.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Mount options, comma-separated: direct_io | kernel_cache (default) |
+    /// Mount options, comma-separated: direct_io (default) | kernel_cache |
     /// writeback_cache, threads=N (default 4), max_write=BYTES (default 1 MiB),
     /// attr_timeout=SECS, entry_timeout=SECS, allow_other, ro, rw.
     #[arg(short = 'o', value_name = "OPTIONS")]
