@@ -146,6 +146,26 @@ impl BenchFuse {
         );
     }
 
+    /// Creates a file or directory `name` in `parent` and answers with its entry.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: EntryKind,
+        mode: u32,
+        reply: ReplyEntry,
+    ) {
+        let made = self.child(parent, name).and_then(|path| {
+            let meta = self.call(req, |fs| fs.block_on(fs.client().make(&path, kind, mode)))?;
+            Ok((path, meta))
+        });
+        match made {
+            Ok((path, meta)) => self.entry(&path, &meta, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn open_flags(&self) -> FopenFlags {
         match self.settings.cache {
             CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
@@ -500,16 +520,7 @@ impl Filesystem for BenchFuse {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let made = self.child(parent, name).and_then(|path| {
-            let meta = self.call(req, |fs| {
-                fs.block_on(fs.client().make(&path, EntryKind::File, mode & !umask))
-            })?;
-            Ok((path, meta))
-        });
-        match made {
-            Ok((path, meta)) => self.entry(&path, &meta, reply),
-            Err(e) => reply.error(e),
-        }
+        self.make(req, parent, name, EntryKind::File, mode & !umask, reply);
     }
 
     fn mkdir(
@@ -521,16 +532,14 @@ impl Filesystem for BenchFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let made = self.child(parent, name).and_then(|path| {
-            let meta = self.call(req, |fs| {
-                fs.block_on(fs.client().make(&path, EntryKind::Directory, mode & !umask))
-            })?;
-            Ok((path, meta))
-        });
-        match made {
-            Ok((path, meta)) => self.entry(&path, &meta, reply),
-            Err(e) => reply.error(e),
-        }
+        self.make(
+            req,
+            parent,
+            name,
+            EntryKind::Directory,
+            mode & !umask,
+            reply,
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -226,14 +226,24 @@ impl FsClient {
         data: &[u8],
         offset: u64,
     ) -> Result<(), ApiError> {
+        self.write_unpublished(path, meta, WriteSource::Copied(data), offset)
+            .await
+    }
+
+    async fn write_unpublished(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        data: WriteSource<'_>,
+        offset: u64,
+    ) -> Result<(), ApiError> {
         if !meta.has_chunks() {
             return Err(fs_err("write", path, Status::IsDir));
         }
-        if data.is_empty() {
+        if data.len() == 0 {
             return Ok(());
         }
-        self.write_spans(path, meta, WriteSource::Copied(data), offset)
-            .await
+        self.write_spans(path, meta, data, offset).await
     }
 
     /// Reads up to `buf.len()` bytes at `offset` of the file `meta`, named `path`, with
@@ -247,9 +257,14 @@ impl FsClient {
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize, ApiError> {
-        let Some(plan) = plan_read(path, meta, size, buf.len(), offset)? else {
-            return Ok(0);
-        };
+        match plan_read(path, meta, size, buf.len(), offset)? {
+            Some(plan) => self.read_copied(plan, buf).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Reads a plan's spans and copies each reply into `buf`.
+    async fn read_copied(&self, plan: ReadPlan, buf: &mut [u8]) -> Result<usize, ApiError> {
         let reads = plan
             .spans
             .iter()
@@ -284,19 +299,10 @@ impl FsClient {
     /// The bytes come in reply buffers and are copied into `buf`; see
     /// [`FsClient::pread_lent`].
     pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
-        let Some(plan) = self.read_plan(fd, buf.len(), offset)? else {
-            return Ok(0);
-        };
-        let reads = plan
-            .spans
-            .iter()
-            .map(|span| self.read_span(plan.meta, span, None));
-        let results = join_all(reads).await;
-        for (span, result) in plan.spans.iter().zip(results) {
-            let data = result.map_err(rpc_err("read", &plan.path))?;
-            data.fill(&mut buf[span_range(span)]);
+        match self.read_plan(fd, buf.len(), offset)? {
+            Some(plan) => self.read_copied(plan, buf).await,
+            None => Ok(0),
         }
-        Ok(plan.len)
     }
 
     /// [`FsClient::pread`] into a loan's memory: replies are received straight into it (by
@@ -332,13 +338,7 @@ impl FsClient {
         loan: &Loan,
         offset: u64,
     ) -> Result<(), ApiError> {
-        if !meta.has_chunks() {
-            return Err(fs_err("write", path, Status::IsDir));
-        }
-        if loan.is_empty() {
-            return Ok(());
-        }
-        self.write_spans(path, meta, WriteSource::lent(loan), offset)
+        self.write_unpublished(path, meta, WriteSource::lent(loan), offset)
             .await
     }
 

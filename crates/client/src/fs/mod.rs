@@ -95,7 +95,7 @@ impl std::fmt::Debug for FsClient {
 
 /// The process's effective user and group, from `/proc/self/status` (this crate has no
 /// unsafe code to call geteuid); root's if that cannot be read.
-fn process_owner() -> Owner {
+pub fn process_owner() -> Owner {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = |key: &str| {
         status

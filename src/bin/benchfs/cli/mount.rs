@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::cluster::Target;
 use super::{local_error, CliError};
-use benchfs::client::FsClient;
+use benchfs::client::{process_owner, FsClient};
 use benchfs::config::ServerConfig;
-use benchfs::proto::meta::Owner;
 use benchfs_fuse::{check_mountpoint, Mount, Settings};
 
 /// How long a detached mount may take to appear.
@@ -69,6 +68,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         return detach(&args);
     }
     init_logging();
+    // The user who mounts owns the root directory.
     let mount = Mount::new(&args.mountpoint, settings, process_owner())?;
     mount.serve()?;
     Ok(())
@@ -142,23 +142,6 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
         point == Some(wanted.as_ref())
             && (line.contains(" - fuse.benchfs ") || line.contains(" - fuse benchfs "))
     })
-}
-
-/// The user who mounts owns the root directory.
-fn process_owner() -> Owner {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(0)
-    };
-    Owner {
-        uid: effective("Uid:"),
-        gid: effective("Gid:"),
-    }
 }
 
 fn init_logging() {
