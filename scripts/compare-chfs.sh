@@ -63,48 +63,17 @@ grep -q CHFS <<<"$("$ior" -h 2>&1 || true)" || { echo "compare-chfs.sh: IOR was 
 
 work=$(mktemp -d /tmp/compare-chfs.XXXXXX)
 results=$work/results.txt
-chfs_pids=()
+chfs_dir=/dev/shm/compare-chfs-$$
 port=$((50100 + (RANDOM % 200) * 10))
+# shellcheck source=scripts/chfs-servers.sh
+. "$root/scripts/chfs-servers.sh"
 cleanup() {
     stop_chfs
     "$bfs/bin/benchfs" cluster down --dir "$work/benchfs" >/dev/null 2>&1 || true
-    rm -rf "$work" /dev/shm/compare-chfs-$$
+    rm -rf "$work" "$chfs_dir"
 }
 trap cleanup EXIT
 
-stop_chfs() {
-    [ ${#chfs_pids[@]} -gt 0 ] || return 0
-    kill -TERM "${chfs_pids[@]}" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "${chfs_pids[@]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "${chfs_pids[@]}" 2>/dev/null || true
-    wait "${chfs_pids[@]}" 2>/dev/null || true
-    chfs_pids=()
-}
-
-# start_chfs: 4 servers on fresh ports and tmpfs directories; sets CHFS_SERVER.
-start_chfs() {
-    local t=/dev/shm/compare-chfs-$$
-    rm -rf "$t" && mkdir -p "$t"
-    port=$((port + 10))
-    chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$port -n s0 -c "$t/s0" -l "$t/s0.log" -S "$t/info" >"$t/s0.out" 2>&1 &
-    chfs_pids+=($!)
-    for _ in $(seq 100); do [ -s "$t/info" ] && break; sleep 0.1; done
-    local first
-    first=$(head -1 "$t/info")
-    for i in $(seq 1 $((servers - 1))); do
-        chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$((port + i)) -n "s$i" -c "$t/s$i" -l "$t/s$i.log" "$first" >"$t/s$i.out" 2>&1 &
-        chfs_pids+=($!)
-        sleep 1
-    done
-    export CHFS_SERVER=$first
-    CHFS_SERVER=$(chlist -c)
-    export CHFS_SERVER
-}
-
-# run FS CHUNK: one round of the three workloads on FS (chfs or benchfs).
 run() {
     local fs=$1 chunk=$2 api=() env=()
     if [ "$fs" = chfs ]; then

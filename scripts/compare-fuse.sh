@@ -43,23 +43,17 @@ work=$(mktemp -d /tmp/compare-fuse.XXXXXX)
 mnt=$work/mnt
 mkdir -p "$mnt"
 results=$work/results.txt
-chfs_pids=()
+chfs_dir=/dev/shm/compare-fuse-$$
+port=$((50100 + (RANDOM % 200) * 10))
+# shellcheck source=scripts/chfs-servers.sh
+. "$root/scripts/chfs-servers.sh"
 cleanup() {
     fusermount3 -u "$mnt" 2>/dev/null || true
     stop_chfs
     "$benchfs" cluster down --dir "$work/cluster" >/dev/null 2>&1 || true
-    rm -rf "$work" /dev/shm/compare-fuse-$$
+    rm -rf "$work" "$chfs_dir"
 }
 trap cleanup EXIT
-
-stop_chfs() {
-    [ ${#chfs_pids[@]} -gt 0 ] || return 0
-    kill -TERM "${chfs_pids[@]}" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "${chfs_pids[@]}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${chfs_pids[@]}" 2>/dev/null || true
-    wait "${chfs_pids[@]}" 2>/dev/null || true
-    chfs_pids=()
-}
 
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 put() { echo "$1 $2 $3" >>"$results"; }
@@ -134,20 +128,8 @@ awk '/^(write|read) / && NF == 11 { print "native-api", "ior-" $1 "-1m", int($2)
 
 if [ -n "$peers" ]; then
     export LD_LIBRARY_PATH=$peers/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PATH=$peers/bin:$peers/sbin:$PATH
-    t=/dev/shm/compare-fuse-$$
-    mkdir -p "$t"
-    port=$((50100 + (RANDOM % 200) * 10))
-    chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$port -n s0 -c "$t/s0" -l "$t/s0.log" -S "$t/info" >"$t/s0.out" 2>&1 &
-    chfs_pids+=($!)
-    for _ in $(seq 100); do [ -s "$t/info" ] && break; sleep 0.1; done
-    first=$(head -1 "$t/info")
-    for i in $(seq 1 $((servers - 1))); do
-        chfsd -f -H 0 -T 1 -p tcp -h 127.0.0.1:$((port + i)) -n "s$i" -c "$t/s$i" -l "$t/s$i.log" "$first" >"$t/s$i.out" 2>&1 &
-        chfs_pids+=($!)
-        sleep 1
-    done
-    export CHFS_SERVER=$first CHFS_CHUNK_SIZE=$chunk CHFS_RDMA_THRESH=32768
-    CHFS_SERVER=$(chlist -c)
+    start_chfs
+    export CHFS_CHUNK_SIZE=$chunk CHFS_RDMA_THRESH=32768
     echo "chfuse" >&2
     chfuse -f "$mnt" >"$work/chfuse.log" 2>&1 &
     chfs_pids+=($!)

@@ -17,13 +17,17 @@ fn time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-/// The kernel's attributes of record `meta` whose size is `size`.
-pub(crate) fn of(meta: &FileMetadata, size: u64) -> FileAttr {
-    let kind = match meta.kind {
+/// The kernel's file type of a record.
+pub(crate) fn kind_of(meta: &FileMetadata) -> FileType {
+    match meta.kind {
         EntryKind::File => FileType::RegularFile,
         EntryKind::Directory => FileType::Directory,
         EntryKind::Symlink => FileType::Symlink,
-    };
+    }
+}
+
+/// The kernel's attributes of record `meta` whose size is `size`.
+pub(crate) fn of(meta: &FileMetadata, size: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino_of(meta)),
         size,
@@ -32,7 +36,7 @@ pub(crate) fn of(meta: &FileMetadata, size: u64) -> FileAttr {
         mtime: time(meta.mtime_ns),
         ctime: time(meta.ctime_ns),
         crtime: time(meta.ctime_ns),
-        kind,
+        kind: kind_of(meta),
         perm: (meta.mode & 0o7777) as u16,
         // No hard links; a directory counts 1 as on btrfs, which tells find(1) not to
         // infer its subdirectory count.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use benchfs_client::blocking::BenchFS;
 use benchfs_client::{ApiError, DirEntry};
@@ -21,7 +21,7 @@ use fuser::{
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::attr::{self, ino_of};
+use crate::attr::{self, ino_of, kind_of};
 use crate::handles::Handles;
 use crate::inodes::{Inodes, ROOT};
 use crate::{CacheMode, Settings};
@@ -383,14 +383,6 @@ struct AttrChanges {
     size: Option<u64>,
     atime: Option<TimeOrNow>,
     mtime: Option<TimeOrNow>,
-}
-
-fn kind_of(meta: &FileMetadata) -> FileType {
-    match meta.kind {
-        EntryKind::File => FileType::RegularFile,
-        EntryKind::Directory => FileType::Directory,
-        EntryKind::Symlink => FileType::Symlink,
-    }
 }
 
 fn done(reply: ReplyEmpty, r: Result<()>) {
@@ -908,6 +900,3 @@ impl Filesystem for BenchFuse {
         reply.error(Errno::EOPNOTSUPP);
     }
 }
-
-/// Attribute timeout used when the configuration sets no cache lifetime.
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -23,6 +23,9 @@ use fuser::{Config, MountOption, SessionACL};
 
 pub use fs::BenchFuse;
 
+/// Attribute and entry timeout when the configuration sets no cache lifetime.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How file data meets the kernel's page cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
@@ -102,7 +105,7 @@ impl Settings {
     /// configuration's cache lifetime (one second if it sets none) as both timeouts.
     pub fn new(config: ServerConfig, servers: Vec<ServerEntry>, secret: Vec<u8>) -> Settings {
         let timeout = match config.cache.cache_ttl_secs {
-            0 => fs::DEFAULT_TIMEOUT,
+            0 => DEFAULT_TIMEOUT,
             s => Duration::from_secs(s),
         };
         let mut config = config;
