@@ -355,7 +355,7 @@ fn shell_tools_work_on_the_mount() {
          dd if=../r.bin of=r.bin bs=1M status=none && cmp ../r.bin r.bin
          if command -v rsync >/dev/null; then rsync -a tree/ r/ && diff -r tree r; fi
          mkdir repo && cd repo && git init -q && cp -a {src}/proto . && git add -A
-         git -c user.name=t -c user.email=t@t commit -qm first && git log --oneline | wc -l",
+         git -c user.name=t -c user.email=t@t -c maintenance.auto=false commit -qm first && git log --oneline | wc -l",
         src = src.display()
     );
     let out = shell(&m.root, &script);

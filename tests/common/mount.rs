@@ -103,12 +103,25 @@ impl Mounted {
     }
 
     /// Unmounts with fusermount3 and waits for the mount process; returns its exit code.
+    /// A mount kept busy (a stray process with its working directory there) is retried,
+    /// then detached lazily, so no test leaves a mount behind.
     pub fn unmount(&mut self) -> Option<i32> {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.root)
-            .stderr(Stdio::null())
-            .status();
+        let fusermount = |flags: &str| {
+            Command::new("fusermount3")
+                .arg(flags)
+                .arg(&self.root)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_mounted(&self.root) && !fusermount("-u") {
+            if Instant::now() > deadline {
+                fusermount("-uz");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mut child = self.child.take()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
