@@ -3,9 +3,10 @@
 # root; elsewhere it says what is missing.
 set -euo pipefail
 
-# build-essential: cc and make for the C API tests; MPI and autotools: IOR and mdtest.
+# build-essential: cc and make for the C API tests; MPI and autotools: IOR and mdtest;
+# fonts-dejavu-core: the font of the benchmark plots.
 packages=(pkg-config libucx-dev ucx-utils fuse3 libfuse3-dev fio jq iproute2 build-essential
-    openmpi-bin libopenmpi-dev autoconf automake libtool)
+    openmpi-bin libopenmpi-dev autoconf automake libtool fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

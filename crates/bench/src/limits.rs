@@ -1,0 +1,98 @@
+//! The machine's own limits, measured in the same run as the workloads so every result can
+//! be read as a share of what the hardware allows: the round trip and the bandwidth of the
+//! transport between these clients and these servers (the `Ping` RPC: one UCX Active
+//! Message each way, its payload received by the server and dropped), and each server's
+//! store (`StoreProbe`, the server's own backend on its own data_dir).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use benchfs_client::blocking::BenchFS;
+use benchfs_client::rpc::OutPayload;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BenchError, Result};
+use crate::hist::Latencies;
+use crate::phase::RankPhase;
+
+/// What the limits were measured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Median round trip of an empty `Ping` (µs).
+    pub rtt_p50_us: f64,
+    /// All ranks sending `Ping` payloads to all servers at once (MiB/s).
+    pub network_mib_s: f64,
+    /// The payload of the bandwidth probe.
+    pub network_payload: u64,
+    /// Sum over servers of their store's write bandwidth (MiB/s), when probed.
+    pub store_write_mib_s: Option<f64>,
+    /// Sum over servers of their store's read bandwidth (MiB/s), when probed.
+    pub store_read_mib_s: Option<f64>,
+}
+
+/// Empty pings each rank times at most.
+const RTT_PINGS: usize = 5000;
+/// How long each probe runs at most.
+const PROBE_TIME: Duration = Duration::from_millis(700);
+/// Pings in flight per server during the bandwidth probe.
+const WINDOW_PER_SERVER: usize = 8;
+
+fn ping_error(e: benchfs_client::ApiError) -> BenchError {
+    BenchError(format!("limit probe: {e}"))
+}
+
+/// One rank's round trips: empty pings to one server after another.
+pub fn round_trips(fs: &BenchFS, rank: u32) -> Result<RankPhase> {
+    let client = fs.client();
+    let servers = client.servers().len().max(1);
+    let mut lat = Latencies::default();
+    let mut share = RankPhase::start(rank);
+    let deadline = Instant::now() + PROBE_TIME;
+    fs.block_on(async {
+        for i in 0..RTT_PINGS {
+            let server = ((rank as usize + i) % servers) as u32;
+            let t = Instant::now();
+            client.ping(server, OutPayload::none()).await?;
+            lat.record("ping", t.elapsed().as_nanos() as u64);
+            share.ops += 1;
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        Ok::<(), benchfs_client::ApiError>(())
+    })
+    .map_err(ping_error)?;
+    Ok(share.finish(&lat))
+}
+
+/// One rank's share of the bandwidth probe: `payload`-byte pings, [`WINDOW_PER_SERVER`]
+/// in flight to every server, for [`PROBE_TIME`].
+pub fn bandwidth(fs: &BenchFS, rank: u32, payload: u64) -> Result<RankPhase> {
+    let client = fs.client();
+    let data: Rc<[u8]> = vec![0xa5u8; payload as usize].into();
+    let mut share = RankPhase::start(rank);
+    let deadline = Instant::now() + PROBE_TIME;
+    let lanes = (0..client.servers().len() as u32)
+        .flat_map(|s| std::iter::repeat_n(s, WINDOW_PER_SERVER))
+        .map(|server| {
+            let data = Rc::clone(&data);
+            async move {
+                let mut sent = 0u64;
+                while Instant::now() < deadline {
+                    client
+                        .ping(server, OutPayload::Shared(Rc::clone(&data)))
+                        .await?;
+                    sent += 1;
+                }
+                Ok::<u64, benchfs_client::ApiError>(sent)
+            }
+        });
+    let sent = fs.block_on(join_all(lanes));
+    for lane in sent {
+        let n = lane.map_err(ping_error)?;
+        share.ops += n;
+        share.bytes += n * payload;
+    }
+    Ok(share.finish(&Latencies::default()))
+}
