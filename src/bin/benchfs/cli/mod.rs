@@ -31,8 +31,8 @@ pub enum Command {
     /// Measure how evenly the placement ring spreads keys and how many move when a server
     /// joins or leaves.
     PlacementStats(placement_stats::Args),
-    /// The standard benchmark: sequential bandwidth and small-I/O and metadata latency,
-    /// beside the same workload on a local directory.
+    /// Benchmarks: IOR- and mdtest-like workloads, IO500, the standard suite and sweeps,
+    /// with a report directory of JSON, CSV and plots.
     Bench(bench::Args),
     /// RPC round-trip latency and pipelined bandwidth of `Ping` against local servers,
     /// with busy polling on and off side by side.
@@ -53,6 +53,34 @@ pub type CliError = Box<dyn std::error::Error>;
 /// An error about a local file: what was being done, the file, and the system's reason.
 pub(crate) fn local_error(what: &str, path: &Path, e: std::io::Error) -> CliError {
     format!("{what} {}: {e}", path.display()).into()
+}
+
+/// The source tree's commit, with `-dirty` when tracked files differ from it.
+pub(crate) fn commit() -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(sha) if !sha.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{sha}-dirty")
+            } else {
+                sha
+            }
+        }
+        _ => "unknown".into(),
+    }
 }
 
 /// Runs one parsed command line.

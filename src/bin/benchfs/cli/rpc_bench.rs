@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use super::cluster::benchfsd_path;
-use super::CliError;
+use super::{commit, CliError};
 use benchfs::blocking::{ApiError, BenchFS, FsClient};
 use benchfs::client::rpc::OutPayload;
 use benchfs::config::ServerConfig;
@@ -566,34 +566,6 @@ fn cpu_model() -> String {
                 .map(|(_, m)| m.trim().replace('"', "'"))
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// The source tree's commit, with `-dirty` when tracked files differ from it.
-fn commit() -> String {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(repo)
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(sha) if !sha.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{sha}-dirty")
-            } else {
-                sha
-            }
-        }
-        _ => "unknown".into(),
-    }
 }
 
 #[cfg(test)]

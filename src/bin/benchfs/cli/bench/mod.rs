@@ -1,0 +1,52 @@
+//! `benchfs bench`: IOR- and mdtest-like workloads, the IO500 phases, the standard suite
+//! and sweeps over cluster settings, on the native client or a POSIX directory, by one or
+//! many processes (local ones it starts, or MPI ranks), with a report directory of JSON,
+//! CSV, plots and a summary page. The framework is `benchfs-bench`; this module turns a
+//! command line into its plans, starts clusters and processes, and prints.
+
+mod args;
+mod launch;
+mod sweep;
+
+use std::path::PathBuf;
+
+pub use args::Args;
+use args::{Common, Workload};
+use benchfs_bench::run::Plan;
+
+use super::CliError;
+
+/// Runs `benchfs bench`.
+pub fn run(args: Args) -> Result<(), CliError> {
+    match args.workload {
+        Workload::Worker(w) => launch::worker(&w),
+        Workload::Sweep(s) => sweep::run(&s),
+        other => {
+            let common = other.common().clone();
+            let name = other.name();
+            let phases = other.phases()?;
+            launch::run(&common, &name, phases, &std::collections::BTreeMap::new()).map(drop)
+        }
+    }
+}
+
+/// Where a run's report goes unless --out says: `bench-results/<UTC time>-<workload>`.
+fn default_out(name: &str) -> PathBuf {
+    PathBuf::from("bench-results").join(format!("{}-{name}", benchfs_bench::report::utc_stamp(std::time::SystemTime::now())))
+}
+
+/// A plan's fixed part from the command line.
+fn plan(common: &Common, phases: Vec<benchfs_bench::run::Phase>, workspace: String) -> Plan {
+    Plan {
+        phases,
+        targets: Vec::new(),
+        reps: common.reps,
+        stonewall_secs: common.stonewall,
+        seed: common.seed,
+        keep: common.keep,
+        limits: !common.no_limits,
+        network_payload: 1 << 20,
+        workspace,
+        barrier_timeout_secs: common.barrier_timeout,
+    }
+}

@@ -1,0 +1,136 @@
+//! `benchfs bench sweep`: one workload over a grid of cluster settings. Each point gets a
+//! cluster of its own, started with that point's settings and stopped after it.
+
+use std::time::SystemTime;
+
+use benchfs_bench::report;
+
+use super::args::{parse_size, suite_phases, Common};
+use super::launch::{self, Point};
+use crate::cli::cluster::UpArgs;
+use crate::cli::CliError;
+
+/// Settings a sweep can vary.
+const PARAMETERS: [&str; 5] = ["chunk_size", "rdma_threshold", "backend", "replicas", "servers"];
+
+/// Arguments of `benchfs bench sweep`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    /// A swept setting and its values, as NAME=V1,V2,... (repeatable; the grid is every
+    /// combination). NAME is one of chunk_size, rdma_threshold, backend, replicas, servers.
+    #[arg(long = "param", required = true, value_parser = parse_param)]
+    pub params: Vec<(String, Vec<String>)>,
+    /// The workload at each point: ior-easy, ior-hard, mdtest-easy, mdtest-hard or suite.
+    #[arg(long, default_value = "ior-easy", value_parser = ["ior-easy", "ior-hard", "mdtest-easy", "mdtest-hard", "suite"])]
+    pub workload: String,
+    /// Bytes per rank of ior-easy.
+    #[arg(long, default_value = "256m", value_parser = parse_size)]
+    pub easy_block: u64,
+    /// 47008-byte segments per rank of ior-hard.
+    #[arg(long, default_value_t = 2000)]
+    pub hard_segments: u64,
+    /// Files per rank of mdtest-easy.
+    #[arg(long, default_value_t = 2000)]
+    pub easy_files: u64,
+    /// Files per rank of mdtest-hard.
+    #[arg(long, default_value_t = 1000)]
+    pub hard_files: u64,
+    /// Everything else.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+fn parse_param(s: &str) -> Result<(String, Vec<String>), String> {
+    let (name, values) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=V1,V2,..."))?;
+    if !PARAMETERS.contains(&name) {
+        return Err(format!("{name:?} cannot be swept; one of {}", PARAMETERS.join(", ")));
+    }
+    let values: Vec<String> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect();
+    if values.is_empty() {
+        return Err(format!("{name}: no values"));
+    }
+    Ok((name.to_owned(), values))
+}
+
+/// Sets a point's values on the cluster about to start.
+pub fn apply(point: &Point, up: &mut UpArgs) -> Result<(), CliError> {
+    for (name, value) in point {
+        let bad = |e: String| -> CliError { format!("sweep {name}={value}: {e}").into() };
+        match name.as_str() {
+            "chunk_size" => up.chunk_size = Some(parse_size(value).map_err(bad)?),
+            "rdma_threshold" => up.rdma_threshold = Some(parse_size(value).map_err(bad)?),
+            "backend" => up.backend.clone_from(value),
+            "replicas" => up.replicas = value.parse().map_err(|_| bad("not a number".into()))?,
+            "servers" => up.servers = value.parse().map_err(|_| bad("not a number".into()))?,
+            _ => return Err(bad("not a sweepable setting".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Every combination of the swept values, the first parameter varying slowest.
+fn grid(params: &[(String, Vec<String>)]) -> Vec<Point> {
+    params.iter().fold(vec![Point::new()], |points, (name, values)| {
+        points
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |v| {
+                    let mut p = p.clone();
+                    p.insert(name.clone(), v.clone());
+                    p
+                })
+            })
+            .collect()
+    })
+}
+
+/// Runs the sweep and reports every point together.
+pub fn run(args: &SweepArgs) -> Result<(), CliError> {
+    let common = &args.common;
+    if common.dir.is_some() || common.registry.is_some() || common.posix.is_some() {
+        return Err("a sweep starts a cluster per point: it takes no --dir, --registry or --posix".into());
+    }
+    let (easy, hard) = (benchfs_bench::ior::IorSpec::easy(args.easy_block), benchfs_bench::ior::IorSpec::hard(args.hard_segments));
+    let (md_easy, md_hard) = (benchfs_bench::mdtest::MdSpec::easy(args.easy_files), benchfs_bench::mdtest::MdSpec::hard(args.hard_files));
+    let suite = suite_phases(&easy, &hard, &md_easy, &md_hard);
+    let prefix = format!("{}-", args.workload);
+    let phases: Vec<_> = suite.into_iter().filter(|p| args.workload == "suite" || p.name().starts_with(&prefix)).collect();
+    let load_before = report::load_average();
+    let started = SystemTime::now();
+    let mut measured = Vec::new();
+    for point in grid(&args.params) {
+        eprintln!("sweep point {}", point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+        if let Some(m) = launch::measure(common, phases.clone(), &point)? {
+            measured.push(m);
+        }
+    }
+    if measured.is_empty() {
+        return Ok(());
+    }
+    let mut report = launch::build_report(measured, load_before, started);
+    for key in args.params.iter().map(|(k, _)| k) {
+        report.meta.config.insert(key.clone(), "swept".into());
+    }
+    launch::emit(common, &format!("sweep-{}", args.workload), &report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_is_every_combination_in_order() {
+        let params = vec![
+            ("chunk_size".to_owned(), vec!["1m".to_owned(), "4m".to_owned()]),
+            ("replicas".to_owned(), vec!["1".to_owned(), "2".to_owned(), "3".to_owned()]),
+        ];
+        let g = grid(&params);
+        assert_eq!(g.len(), 6);
+        assert_eq!(g[0]["chunk_size"], "1m");
+        assert_eq!(g[2]["replicas"], "3");
+        assert_eq!(g[3]["chunk_size"], "4m");
+        assert!(parse_param("chunk_size=").is_err());
+        assert!(parse_param("colour=red").is_err());
+        assert_eq!(parse_param("backend=memory, file").unwrap().1, ["memory", "file"]);
+    }
+}
