@@ -119,7 +119,8 @@ fn a_failed_get_leaves_no_partial_local_file() {
 #[test]
 fn bench_removes_only_what_it_created() {
     // Regression: `benchfs bench --local-dir DIR` deleted DIR and everything in it, and
-    // used the fixed BenchFS directory /bench, removing a user's /bench/seq.
+    // used the fixed BenchFS directory /bench, removing a user's /bench/seq. Now every
+    // workload of the suite, by two client processes, beside a local baseline.
     let cluster = Cluster::start(ClusterSpec {
         servers: 2,
         ..Default::default()
@@ -135,22 +136,30 @@ fn bench_removes_only_what_it_created() {
     let local = tempfile::tempdir_in(common::test_root()).unwrap();
     std::fs::write(local.path().join("sentinel"), b"must survive").unwrap();
 
+    let out = tempfile::tempdir_in(common::test_root()).unwrap();
     let report = on(
         &cluster,
         &[
             "bench",
-            "--size-mb",
-            "1",
-            "--reads",
+            "suite",
+            "--easy-block",
+            "2m",
+            "--hard-segments",
             "10",
-            "--files",
+            "--easy-files",
             "5",
-            "--local-dir",
+            "--hard-files",
+            "5",
+            "--clients",
+            "2",
+            "--baseline",
             arg(local.path()),
+            "--out",
+            arg(out.path()),
         ],
     )
     .ok();
-    assert!(report.contains("seq write MB/s"), "{report}");
+    assert!(report.contains("ior-easy-write"), "{report}");
     assert_eq!(
         std::fs::read(local.path().join("sentinel")).unwrap(),
         b"must survive"
@@ -309,14 +318,13 @@ fn local_file_errors_name_the_local_path() {
         &cluster,
         &[
             "bench",
-            "--size-mb",
-            "1",
-            "--reads",
-            "10",
-            "--files",
-            "5",
-            "--local-dir",
+            "ior",
+            "-b",
+            "1m",
+            "--baseline",
             arg(&under_file),
+            "--out",
+            arg(&local.path().join("out")),
         ],
     )
     .failed();

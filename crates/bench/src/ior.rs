@@ -227,7 +227,8 @@ pub fn read(ctx: &mut RankCtx<'_>, spec: &IorSpec, written: u64) -> Result<RankP
             {
                 let _ = storage.close(h, &path);
                 return Err(format!(
-                    "verify failed: {path} on {} holds a wrong byte at offset {} (read by rank {})",
+                    "verify failed: {} on {} holds a wrong byte at offset {} (read by rank {})",
+                    storage.display(&path),
                     ctx.label,
                     offset + at as u64,
                     ctx.ranks.rank

@@ -163,8 +163,10 @@ fn one(
             let size = storage.stat_size(path)?;
             if size != spec.write_bytes {
                 return Err(format!(
-                    "{path} on {} is {size} bytes, {} were written",
-                    ctx.label, spec.write_bytes
+                    "{} on {} is {size} bytes, {} were written",
+                    storage.display(path),
+                    ctx.label,
+                    spec.write_bytes
                 )
                 .into());
             }
@@ -177,7 +179,8 @@ fn one(
                 if spec.verify && pattern::first_mismatch(data, ctx.seed, key, 0).is_some() {
                     let _ = storage.close(h, path);
                     return Err(format!(
-                        "verify failed: {path} on {} holds bytes that were not written",
+                        "verify failed: {} on {} holds bytes that were not written",
+                        storage.display(path),
                         ctx.label
                     )
                     .into());

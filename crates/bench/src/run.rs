@@ -61,6 +61,18 @@ impl Phase {
         }
     }
 
+    /// Whether it changes the workspace.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Phase::IorWrite(_)
+                | Phase::Md {
+                    md: MdOp::Create | MdOp::Remove,
+                    ..
+                }
+        )
+    }
+
     fn validate(&self) -> Result<()> {
         match self {
             Phase::IorWrite(s) | Phase::IorRead(s) => s.validate(),
@@ -119,8 +131,12 @@ pub struct Plan {
     pub limits: bool,
     /// Payload of the network probe (at most the cluster's chunk size).
     pub network_payload: u64,
-    /// Name of the fresh directory each target's run works in (under its root).
+    /// Name of the directory each target's run works in (under its root): a fresh one,
+    /// made by the run, unless `reuse`.
     pub workspace: String,
+    /// The workspace is an earlier run's, kept with `keep`: a read-only plan reads it
+    /// and leaves it as it is.
+    pub reuse: bool,
     /// How long a rank waits at a barrier for the others.
     pub barrier_timeout_secs: u64,
 }
@@ -130,6 +146,12 @@ impl Plan {
     pub fn validate(&self) -> Result<()> {
         if self.phases.is_empty() || self.targets.is_empty() || self.reps == 0 {
             return Err("a run needs at least one phase, one target and one repetition".into());
+        }
+        if self.reuse && self.phases.iter().any(Phase::writes) {
+            return Err(
+                "a run on an earlier run's workspace only reads: no write, create or remove phase"
+                    .into(),
+            );
         }
         if self
             .stonewall_secs
@@ -326,6 +348,17 @@ impl<'a> Runner<'a> {
     /// then every rank makes its own directories.
     fn setup(&mut self) -> Result<()> {
         let work = &self.plan.workspace;
+        if self.plan.reuse {
+            if self.ranks.rank == 0 && !self.storage.exists(work) {
+                let e = BenchError(format!(
+                    "no workspace {work} on {} to read",
+                    self.target.label
+                ));
+                self.barrier.abort(&e.0);
+                return Err(e);
+            }
+            return self.barrier.wait();
+        }
         if self.ranks.rank == 0 {
             let made = (|| {
                 self.storage.mkdir(work)?;

@@ -46,6 +46,14 @@ impl Storage {
         format!("/{}", rel.trim_start_matches('/'))
     }
 
+    /// `rel` as a user names it: its BenchFS path, or its local path.
+    pub fn display(&self, rel: &str) -> String {
+        match self {
+            Storage::Native(_) => Self::remote(rel),
+            Storage::Posix(root) => Self::local(root, rel).display().to_string(),
+        }
+    }
+
     /// How reads of this target avoid a client-side cache, in a few words for the report.
     pub fn read_cache_note(&self) -> String {
         match self {

@@ -71,6 +71,14 @@ pub struct Common {
     /// Also run the same phases on this local directory, as the baseline, in the same run.
     #[arg(long, value_name = "DIR")]
     pub baseline: Option<PathBuf>,
+    /// Label of the --baseline target in the report.
+    #[arg(long, default_value = "local")]
+    pub baseline_label: String,
+    /// Work in this directory under the target's root instead of a fresh one. With
+    /// --keep, a later run of only read phases (ior --phases read, mdtest --phases
+    /// stat,read) on the same name reads what this run left, and removes nothing.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
     /// Client processes started on this machine (ignored under mpirun/srun, whose ranks
     /// are the clients).
     #[arg(long, default_value_t = 1)]
@@ -261,10 +269,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 0),
     };
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-fn standard_specs(easy_block: u64, hard_segments: u64, easy_files: u64, hard_files: u64) -> (IorSpec, IorSpec, MdSpec, MdSpec) {
+fn standard_specs(
+    easy_block: u64,
+    hard_segments: u64,
+    easy_files: u64,
+    hard_files: u64,
+) -> (IorSpec, IorSpec, MdSpec, MdSpec) {
     (
         IorSpec::easy(easy_block),
         IorSpec::hard(hard_segments),
@@ -302,13 +316,15 @@ impl Workload {
     pub fn phases(&self) -> Result<Vec<Phase>, CliError> {
         Ok(match self {
             Workload::Suite(a) => {
-                let (easy, hard, md_easy, md_hard) = standard_specs(a.easy_block, a.hard_segments, a.easy_files, a.hard_files);
+                let (easy, hard, md_easy, md_hard) =
+                    standard_specs(a.easy_block, a.hard_segments, a.easy_files, a.hard_files);
                 suite_phases(&easy, &hard, &md_easy, &md_hard)
             }
             Workload::Ior(a) => a.phases(),
             Workload::Mdtest(a) => a.phases(),
             Workload::Io500(a) => {
-                let (easy, hard, md_easy, md_hard) = standard_specs(a.easy_block, a.hard_segments, a.easy_files, a.hard_files);
+                let (easy, hard, md_easy, md_hard) =
+                    standard_specs(a.easy_block, a.hard_segments, a.easy_files, a.hard_files);
                 io500::phases(&easy, &hard, &md_easy, &md_hard)
             }
             Workload::Sweep(_) | Workload::Worker(_) => return Err("no phases of their own".into()),
@@ -317,8 +333,16 @@ impl Workload {
 }
 
 /// The standard suite's phases.
-pub fn suite_phases(easy: &IorSpec, hard: &IorSpec, md_easy: &MdSpec, md_hard: &MdSpec) -> Vec<Phase> {
-    let md = |spec: &MdSpec, md: MdOp| Phase::Md { spec: spec.clone(), md };
+pub fn suite_phases(
+    easy: &IorSpec,
+    hard: &IorSpec,
+    md_easy: &MdSpec,
+    md_hard: &MdSpec,
+) -> Vec<Phase> {
+    let md = |spec: &MdSpec, md: MdOp| Phase::Md {
+        spec: spec.clone(),
+        md,
+    };
     vec![
         Phase::IorWrite(easy.clone()),
         Phase::IorRead(easy.clone()),
@@ -350,7 +374,13 @@ impl IorArgs {
         let transfer = self.transfer.unwrap_or(base.transfer);
         IorSpec {
             transfer,
-            block: self.block.unwrap_or(if self.transfer.is_some() && self.preset.as_deref() == Some("hard") { transfer } else { base.block }),
+            block: self.block.unwrap_or(
+                if self.transfer.is_some() && self.preset.as_deref() == Some("hard") {
+                    transfer
+                } else {
+                    base.block
+                },
+            ),
             segments: self.segments.unwrap_or(base.segments),
             file_per_process: base.file_per_process && !self.shared,
             random: self.random,

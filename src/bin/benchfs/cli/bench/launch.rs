@@ -31,7 +31,12 @@ pub struct Measured {
 
 /// Runs `phases` as `common` says, prints the table and writes the report; under a
 /// launcher, only rank 0 reports.
-pub fn run(common: &Common, name: &str, phases: Vec<Phase>, point: &Point) -> Result<Option<Report>, CliError> {
+pub fn run(
+    common: &Common,
+    name: &str,
+    phases: Vec<Phase>,
+    point: &Point,
+) -> Result<Option<Report>, CliError> {
     let load_before = report::load_average();
     let started = SystemTime::now();
     let Some(measured) = measure(common, phases, point)? else {
@@ -44,8 +49,20 @@ pub fn run(common: &Common, name: &str, phases: Vec<Phase>, point: &Point) -> Re
 
 /// Prints the report and writes its directory.
 pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError> {
-    let out = common.out.clone().unwrap_or_else(|| super::default_out(name));
-    println!("# benchfs bench {name}: {}", report.meta.config.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| super::default_out(name));
+    println!(
+        "# benchfs bench {name}: {}",
+        report
+            .meta
+            .config
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if let Some(l) = &report.limits {
         println!(
             "limits: round trip p50 {:.1} µs, network {:.0} MiB/s ({} KiB pings, all ranks to all servers){}",
@@ -69,7 +86,11 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
         );
     }
     let plots = report.write(&out)?;
-    println!("report: {} ({} plots)", out.join("index.html").display(), plots.len());
+    println!(
+        "report: {} ({} plots)",
+        out.join("index.html").display(),
+        plots.len()
+    );
     Ok(())
 }
 
@@ -88,8 +109,16 @@ pub fn build_report(measured: Vec<Measured>, load_before: [f64; 3], started: Sys
             limits.clone_from(&m.outcome.limits);
         }
     }
-    let targets: Vec<String> = measured[0].plan.targets.iter().map(|t| t.label.clone()).collect();
-    let io500 = targets.iter().filter_map(|t| io500::score(t, &results)).collect();
+    let targets: Vec<String> = measured[0]
+        .plan
+        .targets
+        .iter()
+        .map(|t| t.label.clone())
+        .collect();
+    let io500 = targets
+        .iter()
+        .filter_map(|t| io500::score(t, &results))
+        .collect();
     Report {
         meta: Meta {
             command: std::env::args().collect(),
@@ -116,7 +145,11 @@ pub fn build_report(measured: Vec<Measured>, load_before: [f64; 3], started: Sys
 
 /// Measures `phases`: the whole run on rank 0 (`Some`), this rank's part under a launcher
 /// (`None` on the other ranks).
-pub fn measure(common: &Common, phases: Vec<Phase>, point: &Point) -> Result<Option<Measured>, CliError> {
+pub fn measure(
+    common: &Common,
+    phases: Vec<Phase>,
+    point: &Point,
+) -> Result<Option<Measured>, CliError> {
     if let Some(ranks) = Ranks::from_env()?.filter(|r| r.size > 1) {
         return measure_launched(common, phases, ranks);
     }
@@ -124,7 +157,9 @@ pub fn measure(common: &Common, phases: Vec<Phase>, point: &Point) -> Result<Opt
         (None, None) if common.posix.is_none() => Some(OwnCluster::start(common, point)?),
         _ => None,
     };
-    let target = cluster.as_ref().map_or_else(|| target_of(common), |c| c.target.clone());
+    let target = cluster
+        .as_ref()
+        .map_or_else(|| target_of(common), |c| c.target.clone());
     let mut plan = super::plan(common, phases, fresh_name("benchfs-bench"));
     let config = settings(common, &target, &mut plan)?;
     let dirs = LocalDirs::create(common)?;
@@ -142,16 +177,25 @@ pub fn measure(common: &Common, phases: Vec<Phase>, point: &Point) -> Result<Opt
     for r in &mut outcome.results {
         r.point.clone_from(point);
     }
-    Ok(Some(Measured { plan, outcome, config }))
+    Ok(Some(Measured {
+        plan,
+        outcome,
+        config,
+    }))
 }
 
 /// Under mpirun or srun: every rank runs this; they meet in a run directory shared by all
 /// hosts (named after the job), and rank 0 reports.
-fn measure_launched(common: &Common, phases: Vec<Phase>, ranks: Ranks) -> Result<Option<Measured>, CliError> {
+fn measure_launched(
+    common: &Common,
+    phases: Vec<Phase>,
+    ranks: Ranks,
+) -> Result<Option<Measured>, CliError> {
     if common.dir.is_none() && common.registry.is_none() && common.posix.is_none() {
         return Err("under mpirun or srun, give the cluster with --registry or --dir (the ranks do not start one)".into());
     }
-    let job = job_id().ok_or("cannot tell this job's id from the launcher's environment; give --run-dir")?;
+    let job = job_id()
+        .ok_or("cannot tell this job's id from the launcher's environment; give --run-dir")?;
     let target = target_of(common);
     let mut plan = super::plan(common, phases, format!("benchfs-bench-{job}"));
     let config = settings(common, &target, &mut plan)?;
@@ -159,36 +203,68 @@ fn measure_launched(common: &Common, phases: Vec<Phase>, ranks: Ranks) -> Result
     let run_dir = match (&common.run_dir, &common.registry) {
         (Some(d), _) => d.join(&plan.workspace),
         (None, Some(r)) => r.join("bench-runs").join(&plan.workspace),
-        (None, None) => common.dir.clone().unwrap_or_default().join("bench-runs").join(&plan.workspace),
+        (None, None) => common
+            .dir
+            .clone()
+            .unwrap_or_default()
+            .join("bench-runs")
+            .join(&plan.workspace),
     };
     let outcome = run::execute(&plan, ranks, &run_dir, &connect)?;
     if ranks.rank != 0 {
         return Ok(None);
     }
-    Ok(Some(Measured { plan, outcome, config }))
+    Ok(Some(Measured {
+        plan,
+        outcome,
+        config,
+    }))
 }
 
 /// The job's id from the launcher, the same on every rank.
 fn job_id() -> Option<String> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let Some(job) = var("SLURM_JOB_ID") {
-        return Some(format!("{job}.{}", var("SLURM_STEP_ID").unwrap_or_default()));
+        return Some(format!(
+            "{job}.{}",
+            var("SLURM_STEP_ID").unwrap_or_default()
+        ));
     }
-    ["PMIX_NAMESPACE", "OMPI_MCA_orte_ess_jobid", "OMPI_MCA_ess_base_jobid", "PBS_JOBID"]
-        .iter()
-        .find_map(|k| var(k))
-        .map(|v| v.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect())
+    [
+        "PMIX_NAMESPACE",
+        "OMPI_MCA_orte_ess_jobid",
+        "OMPI_MCA_ess_base_jobid",
+        "PBS_JOBID",
+    ]
+    .iter()
+    .find_map(|k| var(k))
+    .map(|v| {
+        v.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    })
 }
 
 /// A name no earlier run took: the process and the time.
 fn fresh_name(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
 }
 
 fn target_of(common: &Common) -> Target {
     Target {
-        dir: common.dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+        dir: common
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
         secret_file: common.secret_file.clone(),
         registry: common.registry.clone(),
     }
@@ -197,7 +273,10 @@ fn target_of(common: &Common) -> Target {
 /// The targets of the plan: the native cluster (or --posix), then --baseline.
 fn targets(common: &Common, target: &Target) -> Vec<TargetSpec> {
     let main = match &common.posix {
-        Some(dir) => TargetSpec { label: "posix".into(), kind: TargetKind::Posix { dir: dir.clone() } },
+        Some(dir) => TargetSpec {
+            label: "posix".into(),
+            kind: TargetKind::Posix { dir: dir.clone() },
+        },
         None => TargetSpec {
             label: "benchfs".into(),
             kind: TargetKind::Native {
@@ -207,12 +286,19 @@ fn targets(common: &Common, target: &Target) -> Vec<TargetSpec> {
             },
         },
     };
-    let baseline = common.baseline.as_ref().map(|dir| TargetSpec { label: "local".into(), kind: TargetKind::Posix { dir: dir.clone() } });
+    let baseline = common.baseline.as_ref().map(|dir| TargetSpec {
+        label: common.baseline_label.clone(),
+        kind: TargetKind::Posix { dir: dir.clone() },
+    });
     std::iter::once(main).chain(baseline).collect()
 }
 
 /// The cluster's settings for the report; the network probe's payload fits its chunks.
-fn settings(common: &Common, target: &Target, plan: &mut Plan) -> Result<BTreeMap<String, String>, CliError> {
+fn settings(
+    common: &Common,
+    target: &Target,
+    plan: &mut Plan,
+) -> Result<BTreeMap<String, String>, CliError> {
     let mut out = BTreeMap::new();
     out.insert("clients".into(), common.clients.max(1).to_string());
     if common.posix.is_some() {
@@ -222,10 +308,17 @@ fn settings(common: &Common, target: &Target, plan: &mut Plan) -> Result<BTreeMa
     let config = target.config()?;
     plan.network_payload = config.storage.chunk_size_bytes.min(1 << 20);
     out.insert("backend".into(), config.storage.backend.to_string());
-    out.insert("chunk_size".into(), config.storage.chunk_size_bytes.to_string());
-    out.insert("rdma_threshold".into(), config.network.rendezvous_threshold_bytes.to_string());
+    out.insert(
+        "chunk_size".into(),
+        config.storage.chunk_size_bytes.to_string(),
+    );
+    out.insert(
+        "rdma_threshold".into(),
+        config.network.rendezvous_threshold_bytes.to_string(),
+    );
     out.insert("replicas".into(), config.replication.replicas.to_string());
-    let servers = benchfs::blocking::FsClient::published_servers(&config.network.registry_dir).map_or(0, |s| s.len());
+    let servers = benchfs::blocking::FsClient::published_servers(&config.network.registry_dir)
+        .map_or(0, |s| s.len());
     out.insert("servers".into(), servers.to_string());
     Ok(out)
 }
@@ -234,9 +327,15 @@ fn settings(common: &Common, target: &Target, plan: &mut Plan) -> Result<BTreeMa
 pub fn connect(spec: &TargetSpec) -> benchfs_bench::Result<Storage> {
     match &spec.kind {
         TargetKind::Posix { dir } => Ok(Storage::Posix(dir.clone())),
-        TargetKind::Native { cluster, registry, secret_file } => {
+        TargetKind::Native {
+            cluster,
+            registry,
+            secret_file,
+        } => {
             let target = Target {
-                dir: cluster.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+                dir: cluster
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
                 secret_file: secret_file.clone(),
                 registry: registry.clone(),
             };
@@ -247,7 +346,9 @@ pub fn connect(spec: &TargetSpec) -> benchfs_bench::Result<Storage> {
                 config.cache.chunk_cache_mb = 0;
                 target.connect_with(&config)
             });
-            opened.map(|fs| Storage::Native(Box::new(fs))).map_err(|e| e.to_string().into())
+            opened
+                .map(|fs| Storage::Native(Box::new(fs)))
+                .map_err(|e| e.to_string().into())
         }
     }
 }
@@ -256,7 +357,8 @@ pub fn connect(spec: &TargetSpec) -> benchfs_bench::Result<Storage> {
 fn run_local(plan: &Plan, run_dir: &Path, clients: u32) -> Result<Outcome, CliError> {
     std::fs::create_dir_all(run_dir).map_err(|e| local_error("cannot create", run_dir, e))?;
     let plan_path = run_dir.join("plan.json");
-    std::fs::write(&plan_path, serde_json::to_vec(plan)?).map_err(|e| local_error("cannot write", &plan_path, e))?;
+    std::fs::write(&plan_path, serde_json::to_vec(plan)?)
+        .map_err(|e| local_error("cannot write", &plan_path, e))?;
     let mut children = Vec::new();
     for rank in 1..clients {
         let spawned = Command::new(std::env::current_exe()?)
@@ -276,9 +378,14 @@ fn run_local(plan: &Plan, run_dir: &Path, clients: u32) -> Result<Outcome, CliEr
         }
     }
     let watcher = watch(children, run_dir.to_path_buf(), clients);
-    let ranks = Ranks { rank: 0, size: clients };
+    let ranks = Ranks {
+        rank: 0,
+        size: clients,
+    };
     let outcome = run::execute(plan, ranks, run_dir, &connect);
-    let failed = watcher.join().unwrap_or_else(|_| vec!["the watcher of the client processes failed".into()]);
+    let failed = watcher
+        .join()
+        .unwrap_or_else(|_| vec!["the watcher of the client processes failed".into()]);
     let outcome = outcome?;
     if let Some(first) = failed.first() {
         return Err(first.clone().into());
@@ -287,7 +394,14 @@ fn run_local(plan: &Plan, run_dir: &Path, clients: u32) -> Result<Outcome, CliEr
 }
 
 fn abort(run_dir: &Path, clients: u32, reason: &str) {
-    if let Ok(b) = FileBarrier::new(run_dir, Ranks { rank: 0, size: clients.max(1) }, Duration::ZERO) {
+    if let Ok(b) = FileBarrier::new(
+        run_dir,
+        Ranks {
+            rank: 0,
+            size: clients.max(1),
+        },
+        Duration::ZERO,
+    ) {
         b.abort(reason);
     }
 }
@@ -309,17 +423,29 @@ fn reap(children: Vec<(u32, Child)>, run_dir: &Path, clients: u32) -> Vec<String
 }
 
 /// Waits for the client processes in a thread; one that fails stops the others.
-fn watch(children: Vec<(u32, Child)>, run_dir: PathBuf, clients: u32) -> std::thread::JoinHandle<Vec<String>> {
+fn watch(
+    children: Vec<(u32, Child)>,
+    run_dir: PathBuf,
+    clients: u32,
+) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || reap(children, &run_dir, clients))
 }
 
 /// `benchfs bench worker`: one rank of a run that `benchfs bench` started.
 pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
     let bytes = std::fs::read(&args.plan).map_err(|e| local_error("cannot read", &args.plan, e))?;
-    let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| format!("{} is not a plan: {e}", args.plan.display()))?;
-    let ranks = Ranks { rank: args.rank, size: args.size };
+    let plan: Plan = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a plan: {e}", args.plan.display()))?;
+    let ranks = Ranks {
+        rank: args.rank,
+        size: args.size,
+    };
     if ranks.rank == 0 || ranks.rank >= ranks.size {
-        return Err(format!("worker rank {} of {}: workers are ranks 1 and up", args.rank, args.size).into());
+        return Err(format!(
+            "worker rank {} of {}: workers are ranks 1 and up",
+            args.rank, args.size
+        )
+        .into());
     }
     run::execute(&plan, ranks, &args.run_dir, &connect)?;
     Ok(())
@@ -335,7 +461,11 @@ impl OwnCluster {
     fn start(common: &Common, point: &Point) -> Result<OwnCluster, CliError> {
         let dir = std::env::temp_dir().join(fresh_name("benchfs-bench-cluster"));
         std::fs::create_dir(&dir).map_err(|e| local_error("cannot create", &dir, e))?;
-        let target = Target { dir: dir.clone(), secret_file: common.secret_file.clone(), registry: None };
+        let target = Target {
+            dir: dir.clone(),
+            secret_file: common.secret_file.clone(),
+            registry: None,
+        };
         let mut up = UpArgs::new(target.clone(), common.servers, &common.backend);
         up.chunk_size = common.chunk_size;
         up.rdma_threshold = common.rdma_threshold;
@@ -369,7 +499,11 @@ impl LocalDirs {
     fn create(common: &Common) -> Result<LocalDirs, CliError> {
         let mut created = Vec::new();
         for dir in common.posix.iter().chain(&common.baseline) {
-            let top = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).last().map(Path::to_path_buf);
+            let top = dir
+                .ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                .last()
+                .map(Path::to_path_buf);
             std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
             if let Some(top) = top {
                 created.push((dir.clone(), top));

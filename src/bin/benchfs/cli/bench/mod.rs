@@ -32,21 +32,26 @@ pub fn run(args: Args) -> Result<(), CliError> {
 
 /// Where a run's report goes unless --out says: `bench-results/<UTC time>-<workload>`.
 fn default_out(name: &str) -> PathBuf {
-    PathBuf::from("bench-results").join(format!("{}-{name}", benchfs_bench::report::utc_stamp(std::time::SystemTime::now())))
+    PathBuf::from("bench-results").join(format!(
+        "{}-{name}",
+        benchfs_bench::report::utc_stamp(std::time::SystemTime::now())
+    ))
 }
 
 /// A plan's fixed part from the command line.
-fn plan(common: &Common, phases: Vec<benchfs_bench::run::Phase>, workspace: String) -> Plan {
+fn plan(common: &Common, phases: Vec<benchfs_bench::run::Phase>, fresh: String) -> Plan {
+    let reuse = common.workspace.is_some() && !phases.iter().any(benchfs_bench::run::Phase::writes);
     Plan {
         phases,
         targets: Vec::new(),
         reps: common.reps,
         stonewall_secs: common.stonewall,
         seed: common.seed,
-        keep: common.keep,
+        keep: common.keep || reuse,
         limits: !common.no_limits,
         network_payload: 1 << 20,
-        workspace,
+        workspace: common.workspace.clone().unwrap_or(fresh),
+        reuse,
         barrier_timeout_secs: common.barrier_timeout,
     }
 }

@@ -11,7 +11,13 @@ use crate::cli::cluster::UpArgs;
 use crate::cli::CliError;
 
 /// Settings a sweep can vary.
-const PARAMETERS: [&str; 5] = ["chunk_size", "rdma_threshold", "backend", "replicas", "servers"];
+const PARAMETERS: [&str; 5] = [
+    "chunk_size",
+    "rdma_threshold",
+    "backend",
+    "replicas",
+    "servers",
+];
 
 /// Arguments of `benchfs bench sweep`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,11 +47,21 @@ pub struct SweepArgs {
 }
 
 fn parse_param(s: &str) -> Result<(String, Vec<String>), String> {
-    let (name, values) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=V1,V2,..."))?;
+    let (name, values) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=V1,V2,..."))?;
     if !PARAMETERS.contains(&name) {
-        return Err(format!("{name:?} cannot be swept; one of {}", PARAMETERS.join(", ")));
+        return Err(format!(
+            "{name:?} cannot be swept; one of {}",
+            PARAMETERS.join(", ")
+        ));
     }
-    let values: Vec<String> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect();
+    let values: Vec<String> = values
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect();
     if values.is_empty() {
         return Err(format!("{name}: no values"));
     }
@@ -70,36 +86,56 @@ pub fn apply(point: &Point, up: &mut UpArgs) -> Result<(), CliError> {
 
 /// Every combination of the swept values, the first parameter varying slowest.
 fn grid(params: &[(String, Vec<String>)]) -> Vec<Point> {
-    params.iter().fold(vec![Point::new()], |points, (name, values)| {
-        points
-            .into_iter()
-            .flat_map(|p| {
-                values.iter().map(move |v| {
-                    let mut p = p.clone();
-                    p.insert(name.clone(), v.clone());
-                    p
+    params
+        .iter()
+        .fold(vec![Point::new()], |points, (name, values)| {
+            points
+                .into_iter()
+                .flat_map(|p| {
+                    values.iter().map(move |v| {
+                        let mut p = p.clone();
+                        p.insert(name.clone(), v.clone());
+                        p
+                    })
                 })
-            })
-            .collect()
-    })
+                .collect()
+        })
 }
 
 /// Runs the sweep and reports every point together.
 pub fn run(args: &SweepArgs) -> Result<(), CliError> {
     let common = &args.common;
     if common.dir.is_some() || common.registry.is_some() || common.posix.is_some() {
-        return Err("a sweep starts a cluster per point: it takes no --dir, --registry or --posix".into());
+        return Err(
+            "a sweep starts a cluster per point: it takes no --dir, --registry or --posix".into(),
+        );
     }
-    let (easy, hard) = (benchfs_bench::ior::IorSpec::easy(args.easy_block), benchfs_bench::ior::IorSpec::hard(args.hard_segments));
-    let (md_easy, md_hard) = (benchfs_bench::mdtest::MdSpec::easy(args.easy_files), benchfs_bench::mdtest::MdSpec::hard(args.hard_files));
+    let (easy, hard) = (
+        benchfs_bench::ior::IorSpec::easy(args.easy_block),
+        benchfs_bench::ior::IorSpec::hard(args.hard_segments),
+    );
+    let (md_easy, md_hard) = (
+        benchfs_bench::mdtest::MdSpec::easy(args.easy_files),
+        benchfs_bench::mdtest::MdSpec::hard(args.hard_files),
+    );
     let suite = suite_phases(&easy, &hard, &md_easy, &md_hard);
     let prefix = format!("{}-", args.workload);
-    let phases: Vec<_> = suite.into_iter().filter(|p| args.workload == "suite" || p.name().starts_with(&prefix)).collect();
+    let phases: Vec<_> = suite
+        .into_iter()
+        .filter(|p| args.workload == "suite" || p.name().starts_with(&prefix))
+        .collect();
     let load_before = report::load_average();
     let started = SystemTime::now();
     let mut measured = Vec::new();
     for point in grid(&args.params) {
-        eprintln!("sweep point {}", point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+        eprintln!(
+            "sweep point {}",
+            point
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         if let Some(m) = launch::measure(common, phases.clone(), &point)? {
             measured.push(m);
         }
@@ -121,8 +157,14 @@ mod tests {
     #[test]
     fn the_grid_is_every_combination_in_order() {
         let params = vec![
-            ("chunk_size".to_owned(), vec!["1m".to_owned(), "4m".to_owned()]),
-            ("replicas".to_owned(), vec!["1".to_owned(), "2".to_owned(), "3".to_owned()]),
+            (
+                "chunk_size".to_owned(),
+                vec!["1m".to_owned(), "4m".to_owned()],
+            ),
+            (
+                "replicas".to_owned(),
+                vec!["1".to_owned(), "2".to_owned(), "3".to_owned()],
+            ),
         ];
         let g = grid(&params);
         assert_eq!(g.len(), 6);
@@ -131,6 +173,9 @@ mod tests {
         assert_eq!(g[3]["chunk_size"], "4m");
         assert!(parse_param("chunk_size=").is_err());
         assert!(parse_param("colour=red").is_err());
-        assert_eq!(parse_param("backend=memory, file").unwrap().1, ["memory", "file"]);
+        assert_eq!(
+            parse_param("backend=memory, file").unwrap().1,
+            ["memory", "file"]
+        );
     }
 }

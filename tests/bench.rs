@@ -1,0 +1,498 @@
+//! `benchfs bench` end to end against real clusters: the report directory (JSON, CSV,
+//! plots, pages) agrees with the table it printed, a sweep restarts the cluster per point,
+//! a verify run catches a corrupted chunk, IO500 runs its phases in order and scores them,
+//! stonewalling stops a phase and the reads read what was written, and MPI ranks meet
+//! through the registry.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use benchfs_bench::io500;
+use benchfs_bench::phase::PhaseResult;
+use benchfs_bench::report::{figure, Report, CSV_HEADER};
+use common::cli::{benchfs, Run};
+use common::{Cluster, ClusterSpec};
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Runs `benchfs bench args --dir <cluster>`.
+fn bench(cluster: &Cluster, args: &[&str]) -> Run {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend(["--dir", arg(cluster.dir.path())]);
+    benchfs(&all, &[])
+}
+
+fn read_report(out: &Path) -> Report {
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report.json parses back into a Report")
+}
+
+fn out_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(common::test_root()).unwrap()
+}
+
+/// The CSV rows, as field lists, checked against the header.
+fn csv_rows(out: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(CSV_HEADER));
+    let columns = CSV_HEADER.split(',').count();
+    lines
+        .map(|l| {
+            let fields: Vec<String> = l.split(',').map(str::to_owned).collect();
+            assert_eq!(fields.len(), columns, "{l}");
+            fields
+        })
+        .collect()
+}
+
+fn result<'a>(report: &'a Report, target: &str, phase: &str, rep: u32) -> &'a PhaseResult {
+    report
+        .results
+        .iter()
+        .find(|r| r.target == target && r.phase == phase && r.rep == rep)
+        .unwrap_or_else(|| panic!("no result {target} {phase} rep {rep}"))
+}
+
+/// Every CSV row is one JSON result with the same figures.
+fn check_csv_agrees(report: &Report, out: &Path) {
+    let rows = csv_rows(out);
+    assert_eq!(rows.len(), report.results.len());
+    for f in rows {
+        let r = result(report, &f[0], &f[2], f[4].parse().unwrap());
+        assert_eq!(f[7].parse::<u64>().unwrap(), r.ops, "{f:?}");
+        assert_eq!(f[6].parse::<u64>().unwrap(), r.bytes, "{f:?}");
+        assert!(
+            (f[9].parse::<f64>().unwrap() - r.mib_s).abs() < 1e-3,
+            "{f:?}"
+        );
+        assert!(
+            (f[10].parse::<f64>().unwrap() - r.ops_s).abs() < 1e-3,
+            "{f:?}"
+        );
+    }
+}
+
+/// Every summary is the mean and sample deviation of its repetitions, and the printed
+/// table shows them.
+fn check_table_agrees(report: &Report, stdout: &str) {
+    for s in &report.summary {
+        let values: Vec<f64> = report
+            .results
+            .iter()
+            .filter(|r| r.target == s.target && r.phase == s.phase)
+            .map(PhaseResult::value)
+            .collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+            / (values.len() - 1) as f64)
+            .sqrt();
+        assert!((s.mean - mean).abs() <= 1e-9 * mean.max(1.0), "{s:?}");
+        assert!((s.stddev - sd).abs() <= 1e-9 * sd.max(1.0), "{s:?}");
+        let cell = format!("{} ± {}", figure(s.mean), figure(s.stddev));
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(s.phase.as_str()))
+            .unwrap_or_else(|| panic!("no row for {} in\n{stdout}", s.phase));
+        assert!(row.contains(&cell), "row {row:?} lacks {cell:?}");
+    }
+}
+
+fn check_plots(out: &Path, names: &[&str]) {
+    for name in names {
+        let svg = std::fs::read_to_string(out.join("plots").join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.len() > 1000, "{name}.svg");
+        let png = std::fs::read(out.join("plots").join(format!("{name}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 1000,
+            "{name}.png"
+        );
+    }
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for name in names {
+        assert!(
+            html.contains(&format!("plots/{name}.svg")),
+            "index.html lacks {name}"
+        );
+    }
+    assert!(std::fs::read_to_string(out.join("summary.md"))
+        .unwrap()
+        .contains("```"));
+}
+
+#[test]
+fn suite_report_parses_back_and_agrees_with_the_table() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let out = out_dir();
+    let local = out_dir();
+    let stdout = bench(
+        &cluster,
+        &[
+            "suite",
+            "--easy-block",
+            "4m",
+            "--hard-segments",
+            "20",
+            "--easy-files",
+            "20",
+            "--hard-files",
+            "20",
+            "--clients",
+            "2",
+            "--reps",
+            "2",
+            "--baseline",
+            arg(local.path()),
+            "--out",
+            arg(out.path()),
+        ],
+    )
+    .ok();
+    let report = read_report(out.path());
+    // 11 phases, 2 repetitions, 2 targets.
+    assert_eq!(report.results.len(), 44);
+    assert_eq!(report.summary.len(), 22);
+    check_csv_agrees(&report, out.path());
+    check_table_agrees(&report, &stdout);
+    check_plots(
+        out.path(),
+        &["bandwidth", "metadata", "latency-benchfs", "latency-local"],
+    );
+
+    let write = result(&report, "benchfs", "ior-easy-write", 1);
+    assert_eq!((write.ranks, write.bytes), (2, 2 * (4 << 20)));
+    assert!(write.latency["write"].count == 4 && write.latency["write"].p50_us > 0.0);
+    let hard = result(&report, "benchfs", "mdtest-hard-write", 0);
+    assert_eq!((hard.ops, hard.bytes), (40, 40 * 3901));
+    let limits = report.limits.as_ref().expect("limits measured");
+    assert!(limits.rtt_p50_us > 0.0 && limits.network_mib_s > 0.0);
+    assert!(write.efficiency.as_ref().is_some_and(|e| e.percent > 0.0));
+    assert!(result(&report, "local", "ior-easy-write", 0)
+        .efficiency
+        .is_none());
+    // The servers saw the phase: their request counters moved by at least one write per
+    // chunk.
+    let after = report
+        .servers
+        .iter()
+        .find(|s| s.phase == "ior-easy-write")
+        .unwrap();
+    let requests: u64 = after
+        .servers
+        .iter()
+        .map(|s| s.requests_in_phase.unwrap())
+        .sum();
+    assert!(requests >= 8, "{requests}");
+    assert!(report.meta.load_before.iter().all(|l| *l >= 0.0) && !report.meta.commit.is_empty());
+    assert_eq!(
+        std::fs::read_dir(local.path()).unwrap().count(),
+        0,
+        "the baseline's files are gone"
+    );
+}
+
+#[test]
+fn sweep_over_two_chunk_sizes_gives_a_point_each() {
+    let out = out_dir();
+    let stdout = benchfs(
+        &[
+            "bench",
+            "sweep",
+            "--param",
+            "chunk_size=1m,2m",
+            "--workload",
+            "ior-easy",
+            "--easy-block",
+            "4m",
+            "--servers",
+            "2",
+            "--no-limits",
+            "--out",
+            arg(out.path()),
+        ],
+        &[],
+    )
+    .ok();
+    let report = read_report(out.path());
+    let points: Vec<String> = report
+        .results
+        .iter()
+        .map(|r| format!("{}:{}", r.point["chunk_size"], r.phase))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            "1m:ior-easy-write",
+            "1m:ior-easy-read",
+            "2m:ior-easy-write",
+            "2m:ior-easy-read"
+        ]
+    );
+    // Each point ran on a cluster with its own chunk size: 4 MiB is 4 chunks, then 2.
+    let chunks: Vec<u64> = report
+        .servers
+        .iter()
+        .filter(|s| s.phase == "ior-easy-write")
+        .map(|s| s.servers.iter().map(|c| c.chunks.unwrap()).sum())
+        .collect();
+    assert_eq!(chunks, [4, 2]);
+    assert!(
+        stdout.contains("[chunk_size=1m]") && stdout.contains("[chunk_size=2m]"),
+        "{stdout}"
+    );
+    check_plots(out.path(), &["sweep-bandwidth"]);
+}
+
+/// The chunk files of every server of a file-backend cluster, with their chunk index.
+fn chunk_files(cluster: &Cluster) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for i in 0..cluster.spec.servers {
+        let Ok(files) = std::fs::read_dir(cluster.data_dir(i).join("chunks")) else {
+            continue;
+        };
+        for file_dir in files.flatten() {
+            for chunk in std::fs::read_dir(file_dir.path()).unwrap().flatten() {
+                let index = u64::from_str_radix(&chunk.file_name().to_string_lossy(), 16).unwrap();
+                out.push((chunk.path(), index));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn verify_detects_a_corrupted_chunk() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        chunk_size: 1 << 20,
+        ..ClusterSpec::backend("file")
+    });
+    let out = out_dir();
+    let common = [
+        "-b",
+        "3m",
+        "-t",
+        "256k",
+        "--verify",
+        "--no-limits",
+        "--workspace",
+        "verify-run",
+        "--out",
+        arg(out.path()),
+    ];
+    let with = |phases: &str, extra: &[&str]| -> Run {
+        let mut args = vec!["ior", "--phases", phases];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        bench(&cluster, &args)
+    };
+    with("write", &["--keep"]).ok();
+    // Untouched, the data reads back and checks.
+    with("read", &[]).ok();
+    let chunks = chunk_files(&cluster);
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    let (path, index) = &chunks[1];
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(path, &bytes).unwrap();
+    let stderr = with("read", &[]).failed();
+    let offset = index * (1 << 20) + 1000;
+    assert!(
+        stderr.contains("verify failed")
+            && stderr.contains(&format!("wrong byte at offset {offset}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/verify-run/ior/file.00000000"), "{stderr}");
+    // A reading run leaves the earlier run's files alone.
+    assert_eq!(chunk_files(&cluster).len(), 3);
+    let stderr = with("write", &[]).failed();
+    assert!(
+        stderr.contains("verify-run"),
+        "a writing run refuses a workspace that exists: {stderr}"
+    );
+}
+
+#[test]
+fn io500_runs_every_phase_in_order_and_scores() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let out = out_dir();
+    let stdout = bench(
+        &cluster,
+        &[
+            "io500",
+            "--easy-block",
+            "4m",
+            "--hard-segments",
+            "20",
+            "--easy-files",
+            "20",
+            "--hard-files",
+            "20",
+            "--out",
+            arg(out.path()),
+        ],
+    )
+    .ok();
+    let report = read_report(out.path());
+    let phases: Vec<&str> = report.results.iter().map(|r| r.phase.as_str()).collect();
+    assert_eq!(phases, io500::ORDER);
+    let score = &report.io500[0];
+    let recomputed = io500::score("benchfs", &report.results).unwrap();
+    // The score printed and saved is IO500's formula over the saved phase results (equal
+    // up to the last digit JSON keeps).
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+    assert!(
+        close(score.score, recomputed.score)
+            && close(score.bandwidth_gib_s, recomputed.bandwidth_gib_s)
+    );
+    assert!(close(score.metadata_kiops, recomputed.metadata_kiops));
+    for (a, b) in score.phases.iter().zip(&recomputed.phases) {
+        assert!(
+            a.name == b.name && a.unit == b.unit && close(a.value, b.value),
+            "{a:?} {b:?}"
+        );
+    }
+    assert!(score.score > 0.0 && score.bandwidth_gib_s > 0.0 && score.metadata_kiops > 0.0);
+    let find = result(&report, "benchfs", "find", 0);
+    assert_eq!(
+        (find.ops, find.bytes),
+        (20 + 20 + 2, 20 * 3901),
+        "find saw every file, 20 of 3901 bytes"
+    );
+    assert!(
+        stdout.contains(&format!("score {:.3}", score.score))
+            && stdout.contains(io500::NOT_OFFICIAL),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn stonewalling_stops_writes_and_reads_read_what_was_written() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let out = out_dir();
+    bench(
+        &cluster,
+        &[
+            "ior",
+            "-b",
+            "8g",
+            "-t",
+            "1m",
+            "--stonewall",
+            "0.5",
+            "--verify",
+            "--no-limits",
+            "--out",
+            arg(out.path()),
+        ],
+    )
+    .ok();
+    let report = read_report(out.path());
+    let (write, read) = (
+        result(&report, "benchfs", "ior-write", 0),
+        result(&report, "benchfs", "ior-read", 0),
+    );
+    assert!(write.stonewalled && !read.stonewalled);
+    assert!(write.bytes > 0 && write.bytes < 8 << 30, "{}", write.bytes);
+    assert_eq!(read.bytes, write.bytes);
+}
+
+#[test]
+fn bad_workloads_are_refused_by_name() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..Default::default()
+    });
+    let stderr = bench(&cluster, &["ior", "-b", "3m", "-t", "2m"]).failed();
+    assert!(stderr.contains("not a multiple of transfer"), "{stderr}");
+    let stderr = bench(&cluster, &["ior", "--stonewall", "0"]).failed();
+    assert!(stderr.contains("time limit"), "{stderr}");
+    let stderr = bench(&cluster, &["mdtest", "-n", "0"]).failed();
+    assert!(stderr.contains("files per rank"), "{stderr}");
+    let stderr = bench(
+        &cluster,
+        &["ior", "--phases", "read", "--workspace", "never-written"],
+    )
+    .failed();
+    assert!(stderr.contains("no workspace never-written"), "{stderr}");
+    let stderr = benchfs(&["bench", "sweep", "--param", "colour=red"], &[]).failed();
+    assert!(stderr.contains("colour"), "{stderr}");
+    let stderr = benchfs(&["bench", "ior", "-t", "1q"], &[]).failed();
+    assert!(stderr.contains("suffix"), "{stderr}");
+}
+
+#[test]
+fn mpi_ranks_meet_through_the_registry() {
+    let have_mpirun = std::process::Command::new("sh")
+        .args(["-c", "command -v mpirun"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_mpirun {
+        common::skip(
+            "mpi_ranks_meet_through_the_registry",
+            "mpirun is not installed (scripts/install-deps.sh)",
+        );
+        return;
+    }
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let out = out_dir();
+    let run = std::process::Command::new("mpirun")
+        .args([
+            "--oversubscribe",
+            "-np",
+            "3",
+            env!("CARGO_BIN_EXE_benchfs"),
+            "bench",
+            "mdtest",
+            "-n",
+            "30",
+            "-w",
+            "100",
+            "--no-limits",
+        ])
+        .args([
+            "--registry",
+            arg(&cluster.registry()),
+            "--out",
+            arg(out.path()),
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        stdout.matches("report:").count(),
+        1,
+        "only rank 0 reports: {stdout}"
+    );
+    let report = read_report(out.path());
+    let create = result(&report, "benchfs", "mdtest-write", 0);
+    assert_eq!((create.ranks, create.ops), (3, 90));
+    let fs = cluster.client();
+    assert!(
+        fs.readdir("/").unwrap().is_empty(),
+        "the run removed what it made"
+    );
+}
