@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# The main job: starts a local cluster, runs the standard BenchFS benchmark on it beside
-# the local disk, prints the report and saves it under bench-results/.
+# The main job: starts a 4-server cluster on loopback (io_uring backend under a temporary
+# directory), runs the standard suite on it and the same suite on the local disk as the
+# baseline, prints the comparison with each result's share of the limits measured in the
+# same run, and writes the report directory (JSON, CSV, plots, index.html) under
+# bench-results/. The cluster is stopped and removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=target/release
-out=bench-results
-mkdir -p "$out"
-report="$out/report-$(date -u +%Y%m%dT%H%M%SZ).txt"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out="bench-results/$stamp-suite"
+# The baseline runs on a real disk (not tmpfs), in a new subdirectory the run removes.
+baseline=${BENCHFS_BASELINE_DIR:-/var/tmp/benchfs-baseline}
+mkdir -p bench-results
 
 {
-    echo "# BenchFS report"
-    echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "host:    $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-    echo "ucx:     $(pkg-config --modversion ucx)"
+    echo "# BenchFS main job, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), UCX $(pkg-config --modversion ucx)"
     echo
-    echo "## Standard benchmark: 4 servers on loopback vs the local disk"
-    "$bin/benchfs" bench --servers 4 --backend memory --size-mb 512
-    echo
-    echo "## Placement ring"
-    "$bin/benchfs" placement-stats --servers 1024 --keys 1000000
-} 2>&1 | tee "$report"
-echo "report saved to $report"
+    "$bin/benchfs" bench suite --servers 4 --backend iouring --clients 2 \
+        --baseline "$baseline" --out "$out"
+} 2>&1 | tee "bench-results/$stamp-suite.txt"
+cp "bench-results/$stamp-suite.txt" "$out/stdout.txt"
+echo "open $out/index.html for the plots"

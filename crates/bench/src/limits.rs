@@ -33,6 +33,8 @@ pub struct Limits {
 
 /// Empty pings each rank times at most.
 const RTT_PINGS: usize = 5000;
+/// Untimed pings before the timed ones.
+const WARMUP_PINGS: usize = 200;
 /// How long each probe runs at most.
 const PROBE_TIME: Duration = Duration::from_millis(700);
 /// Pings in flight per server during the bandwidth probe.
@@ -47,6 +49,15 @@ pub fn round_trips(fs: &BenchFS, rank: u32) -> Result<RankPhase> {
     let client = fs.client();
     let servers = client.servers().len().max(1);
     let mut lat = Latencies::default();
+    fs.block_on(async {
+        // Untimed: connections made, buffers and caches warm.
+        for i in 0..WARMUP_PINGS {
+            let server = ((rank as usize + i) % servers) as u32;
+            client.ping(server, OutPayload::none()).await?;
+        }
+        Ok::<(), benchfs_client::ApiError>(())
+    })
+    .map_err(ping_error)?;
     let mut share = RankPhase::start(rank);
     let deadline = Instant::now() + PROBE_TIME;
     fs.block_on(async {

@@ -162,12 +162,19 @@ fn bars<DB: DrawingBackend>(
     let k = targets.len() as i32;
     // Each bar is two units wide; a group is its bars and a two-unit gap.
     let group = 2 * k + 2;
+    // A log scale: a file system and its baseline often differ by orders of magnitude.
     let ymax = rows
         .iter()
         .map(|s| s.mean + s.stddev)
         .fold(0.0, f64::max)
         .max(1e-9)
-        * 1.15;
+        * 2.0;
+    let ymin = rows
+        .iter()
+        .map(|s| s.mean - s.stddev)
+        .filter(|v| *v > 0.0)
+        .fold(ymax, f64::min)
+        / 2.0;
     let mut chart = ChartBuilder::on(&area)
         .caption(
             format!(
@@ -183,7 +190,7 @@ fn bars<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(0..group * phases.len() as i32, 0.0..ymax)
+        .build_cartesian_2d(0..group * phases.len() as i32, (ymin..ymax).log_scale())
         .map_err(draw_error)?;
     chart
         .configure_mesh()
@@ -200,7 +207,7 @@ fn bars<DB: DrawingBackend>(
             }
         })
         .x_label_style((FONT, 12))
-        .y_desc(unit)
+        .y_desc(format!("{unit} (log)"))
         .y_label_style((FONT, 12))
         .draw()
         .map_err(draw_error)?;
@@ -217,17 +224,19 @@ fn bars<DB: DrawingBackend>(
             })
             .collect();
         chart
-            .draw_series(
-                bars.iter()
-                    .map(|(x, s)| Rectangle::new([(*x, 0.0), (*x + 2, s.mean)], color.filled())),
-            )
+            .draw_series(bars.iter().map(|(x, s)| {
+                Rectangle::new([(*x, ymin), (*x + 2, s.mean.max(ymin))], color.filled())
+            }))
             .map_err(draw_error)?
             .label(*target)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         chart
             .draw_series(bars.iter().filter(|(_, s)| s.stddev > 0.0).map(|(x, s)| {
                 PathElement::new(
-                    vec![(*x + 1, s.mean - s.stddev), (*x + 1, s.mean + s.stddev)],
+                    vec![
+                        (*x + 1, (s.mean - s.stddev).max(ymin)),
+                        (*x + 1, s.mean + s.stddev),
+                    ],
                     BLACK.stroke_width(2),
                 )
             }))
