@@ -5,8 +5,8 @@
 #   scripts/compare-fuse.sh [PEERS_PREFIX]
 #
 # Rows (MiB/s; IOPS for 4 KiB random reads):
-#   native         `benchfs bench`'s own workload through the Rust API, and the same
-#                  workload through std::fs on the mount (its --local-dir), one run
+#   native         `benchfs bench ior` through the Rust API, and the same
+#                  workload through std::fs on the mount (its --baseline), one run
 #   fio            1 MiB sequential write and read, and 4 KiB random read, with the psync
 #                  and io_uring engines, and libaio at iodepth 16 (O_DIRECT)
 #   dd             1 MiB blocks, write (conv=fsync) and read
@@ -116,8 +116,9 @@ for mode in direct_io kernel_cache writeback_cache; do
     workloads "benchfs-$mode"
     if [ $mode = direct_io ]; then
         # The native API and std::fs on the mount, one `benchfs bench` run.
-        "$benchfs" bench --dir "$work/cluster" --local-dir "$mnt" --size-mb "$size_mb" >"$work/bench.out" 2>&1
-        grep -E '^(workload|seq |rand|stat|create|unlink|open)' "$work/bench.out" >"$work/bench.rows" || true
+        "$benchfs" bench ior --dir "$work/cluster" -b "${size_mb}m" -t 1m --baseline "$mnt" \
+            --baseline-label fuse --no-limits --out "$work/bench-report" >"$work/bench.out" 2>&1
+        grep -E '^(phase|ior-)' "$work/bench.out" >"$work/bench.rows" || true
     fi
     fusermount3 -u "$mnt"
 done
@@ -153,5 +154,5 @@ for w in $(awk '{print $2}' "$results" | awk '!seen[$0]++'); do
     echo
 done
 echo
-echo "# benchfs bench: the native API (benchfs) beside std::fs on the mount (local; direct_io), one run"
+echo "# benchfs bench ior: the native API (benchfs) beside std::fs on the mount (fuse; direct_io), one run"
 cat "$work/bench.rows" 2>/dev/null || true
