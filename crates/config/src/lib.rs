@@ -117,6 +117,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// A file that gets detailed tracing output: every event at trace level, and a span
+    /// per RPC with its operation, sizes, status and latency. `None`, the default: off.
+    pub trace_file: Option<PathBuf>,
 }
 
 /// The `[storage]` section: the chunk store.
@@ -165,6 +168,9 @@ pub struct NetworkConfig {
     /// devices of `bind_addr`: its interface and the RDMA ports behind it, or every device
     /// for a wildcard `bind_addr`. UCX opens a listening socket on each TCP device.
     pub devices: Vec<String>,
+    /// Where the server answers `GET /metrics` in the Prometheus text format (TCP,
+    /// `IP:port`; port 0 picks a free one). `None`, the default: no endpoint.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The `[cache]` section: client-side caches.
@@ -217,6 +223,7 @@ impl Default for ServerConfig {
                 node_id: "node0".to_string(),
                 data_dir: PathBuf::from("/tmp/benchfs"),
                 log_level: LogLevel::Info,
+                trace_file: None,
             },
             storage: StorageConfig {
                 backend: Backend::IoUring,
@@ -235,6 +242,7 @@ impl Default for ServerConfig {
                 busy_poll: limits::BUSY_POLL_DEFAULT,
                 inflight_max: limits::INFLIGHT_DEFAULT,
                 devices: Vec::new(),
+                metrics_addr: None,
             },
             cache: CacheConfig {
                 metadata_cache_entries: limits::METADATA_CACHE_ENTRIES_DEFAULT,
@@ -276,6 +284,7 @@ struct RawNode {
     node_id: Option<NodeIdValue>,
     data_dir: Option<String>,
     log_level: Option<String>,
+    trace_file: Option<String>,
 }
 
 // Older configs wrote `node_id = 3`; both spellings name the same server.
@@ -314,6 +323,7 @@ struct RawNetwork {
     busy_poll_us: Option<i64>,
     inflight_max: Option<i64>,
     devices: Option<Vec<String>>,
+    metrics_addr: Option<String>,
     /// Legacy spelling of `rpc_timeout`.
     timeout_secs: Option<i64>,
 }
@@ -344,6 +354,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("node", "node_id", EnvKind::Str),
     ("node", "data_dir", EnvKind::Str),
     ("node", "log_level", EnvKind::Str),
+    ("node", "trace_file", EnvKind::Str),
     ("storage", "backend", EnvKind::Str),
     ("storage", "chunk_size", EnvKind::Int),
     ("storage", "o_direct", EnvKind::Bool),
@@ -359,6 +370,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("network", "busy_poll_us", EnvKind::Int),
     ("network", "inflight_max", EnvKind::Int),
     ("network", "devices", EnvKind::List),
+    ("network", "metrics_addr", EnvKind::Str),
     ("cache", "metadata_cache_entries", EnvKind::Int),
     ("cache", "chunk_cache_mb", EnvKind::Int),
     ("cache", "cache_ttl_secs", EnvKind::Int),
@@ -483,6 +495,10 @@ impl ServerConfig {
         if let Some(level) = raw.log_level {
             self.node.log_level = level.parse().map_err(|e| invalid("node.log_level", e))?;
         }
+        // Empty turns it off, so an environment variable can undo the file's.
+        if let Some(path) = raw.trace_file {
+            self.node.trace_file = (!path.is_empty()).then(|| PathBuf::from(path));
+        }
         Ok(())
     }
 
@@ -596,6 +612,19 @@ impl ServerConfig {
         }
         if let Some(devices) = n.devices {
             self.network.devices = devices;
+        }
+        // Empty turns it off, so an environment variable can undo the file's.
+        match n.metrics_addr.as_deref() {
+            None => {}
+            Some("") => self.network.metrics_addr = None,
+            Some(addr) => {
+                self.network.metrics_addr = Some(addr.parse().map_err(|e| {
+                    invalid(
+                        "network.metrics_addr",
+                        format!("{addr:?} is not an IP:port address ({e})"),
+                    )
+                })?);
+            }
         }
         Ok(())
     }
@@ -753,6 +782,15 @@ impl ServerConfig {
                 "network.inflight_max",
                 format!("must be 1..={}", limits::INFLIGHT_MAX),
             ));
+        }
+        if let Some(metrics) = self.network.metrics_addr {
+            let bind = self.network.bind_addr;
+            if metrics.port() != 0 && metrics.port() == bind.port() {
+                return Err(invalid(
+                    "network.metrics_addr",
+                    format!("{metrics} has the port of network.bind_addr ({bind})"),
+                ));
+            }
         }
         validate_devices(&self.network.devices)
     }
@@ -969,11 +1007,14 @@ pub fn launcher_rank(
 
 impl ServerConfig {
     /// Makes this configuration distinct for launcher rank `rank`: the node id gains
-    /// `-r<rank>` and the data directory a `r<rank>` subdirectory, so `mpirun -np N
-    /// benchfsd` starts N distinct servers from one file.
+    /// `-r<rank>`, the data directory a `r<rank>` subdirectory and a trace file the suffix
+    /// `.r<rank>`, so `mpirun -np N benchfsd` starts N distinct servers from one file.
     pub fn for_rank(mut self, rank: u32) -> Result<Self, ConfigError> {
         self.node.node_id = format!("{}-r{rank}", self.node.node_id);
         self.node.data_dir = self.node.data_dir.join(format!("r{rank}"));
+        if let Some(path) = &mut self.node.trace_file {
+            path.as_mut_os_string().push(format!(".r{rank}"));
+        }
         self.validate()?;
         Ok(self)
     }
@@ -1100,6 +1141,44 @@ mod tests {
         let many = vec!["\"lo\""; DEVICES_MAX + 1].join(", ");
         let err = devices(&format!("[network]\ndevices = [{many}]\n"), &[]).unwrap_err();
         assert!(err.to_string().contains("network.devices"), "{err}");
+    }
+
+    #[test]
+    fn metrics_addr_and_trace_file() {
+        let c = ServerConfig::from_env_and_str("", env(&[])).unwrap();
+        assert_eq!((c.network.metrics_addr, c.node.trace_file), (None, None));
+        let file =
+            "[node]\ntrace_file = \"/tmp/t.log\"\n[network]\nmetrics_addr = \"127.0.0.1:9100\"\n";
+        let c = ServerConfig::from_env_and_str(file, env(&[])).unwrap();
+        assert_eq!(
+            c.network.metrics_addr,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(c.node.trace_file, Some(PathBuf::from("/tmp/t.log")));
+        // The environment replaces the file's, and empty turns either off.
+        let vars = [
+            ("BENCHFS_NETWORK_METRICS_ADDR", ""),
+            ("BENCHFS_NODE_TRACE_FILE", ""),
+        ];
+        let c = ServerConfig::from_env_and_str(file, env(&vars)).unwrap();
+        assert_eq!((c.network.metrics_addr, c.node.trace_file), (None, None));
+        let vars = [("BENCHFS_NETWORK_METRICS_ADDR", "0.0.0.0:0")];
+        let c = ServerConfig::from_env_and_str("", env(&vars)).unwrap();
+        assert_eq!(c.network.metrics_addr, Some("0.0.0.0:0".parse().unwrap()));
+        // A rank gets its own trace file.
+        let data = tempfile::tempdir().unwrap();
+        let mut c = ServerConfig::from_env_and_str(file, env(&[])).unwrap();
+        c.node.data_dir = data.path().to_path_buf();
+        let ranked = c.for_rank(3).unwrap();
+        assert_eq!(ranked.node.trace_file, Some(PathBuf::from("/tmp/t.log.r3")));
+        for bad in ["localhost", "1.2.3.4", "127.0.0.1:99999", "0.0.0.0:50051"] {
+            let text = format!("[network]\nmetrics_addr = \"{bad}\"\n");
+            let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+            assert!(
+                err.to_string().contains("network.metrics_addr"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

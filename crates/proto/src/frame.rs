@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -73,11 +73,13 @@ pub enum OpCode {
     MetadataCreateSymlink = 18,
     /// Change a record's mode, owner or times.
     SetAttr = 19,
+    /// Measure the server's own chunk store: write, read back and remove scratch data.
+    StoreProbe = 20,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 19] = [
+    pub const ALL: [OpCode; 20] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -97,11 +99,38 @@ impl OpCode {
         OpCode::Auth,
         OpCode::MetadataCreateSymlink,
         OpCode::SetAttr,
+        OpCode::StoreProbe,
     ];
 
     /// Decodes a wire id.
     pub fn from_wire(id: u16) -> Option<OpCode> {
         OpCode::ALL.iter().copied().find(|op| *op as u16 == id)
+    }
+
+    /// The operation's name in snake case, as metrics and `benchfs stats` label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpCode::Hello => "hello",
+            OpCode::Ping => "ping",
+            OpCode::ReadChunk => "read_chunk",
+            OpCode::WriteChunk => "write_chunk",
+            OpCode::MetadataLookup => "metadata_lookup",
+            OpCode::MetadataCreateFile => "metadata_create_file",
+            OpCode::MetadataCreateDir => "metadata_create_dir",
+            OpCode::MetadataDelete => "metadata_delete",
+            OpCode::Readdir => "readdir",
+            OpCode::TruncateFile => "truncate_file",
+            OpCode::UpdateSize => "update_size",
+            OpCode::Fsync => "fsync",
+            OpCode::MetadataInsert => "metadata_insert",
+            OpCode::Stats => "stats",
+            OpCode::RemoveChunks => "remove_chunks",
+            OpCode::FilesExist => "files_exist",
+            OpCode::Auth => "auth",
+            OpCode::MetadataCreateSymlink => "metadata_create_symlink",
+            OpCode::SetAttr => "set_attr",
+            OpCode::StoreProbe => "store_probe",
+        }
     }
 
     /// Whether a request of this operation may carry a payload (at most a chunk, which
@@ -364,5 +393,27 @@ mod tests {
             }
         }
         assert_eq!(OpCode::from_wire(0), None);
+    }
+
+    #[test]
+    fn op_names_are_distinct_snake_case() {
+        for (i, a) in OpCode::ALL.iter().enumerate() {
+            let name = a.name();
+            assert!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            for b in &OpCode::ALL[i + 1..] {
+                assert_ne!(name, b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn all_is_in_wire_order() {
+        // Stats replies list operations by increasing id, which is the order of ALL.
+        for pair in OpCode::ALL.windows(2) {
+            assert!((pair[0] as u16) < (pair[1] as u16));
+        }
     }
 }

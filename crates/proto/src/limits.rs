@@ -27,6 +27,11 @@ pub const QUEUE_DEPTH_MAX: u32 = 4096;
 /// and for stores opened with `StoreConfig::new` alike.
 pub const QUEUE_DEPTH_DEFAULT: u32 = 128;
 
+/// Most bytes one `StoreProbe` may write (and read back): enough to get past a device's
+/// caches on a short probe, small enough to finish well within the default RPC timeout on
+/// a disk of a few hundred MB/s.
+pub const STORE_PROBE_BYTES_MAX: u64 = 1 << 30;
+
 // ---- Transport ([network]) ----
 
 /// Default rendezvous threshold (`network.rendezvous_threshold_bytes`, also spelt
@@ -91,6 +96,9 @@ pub const NAME_LEN_MAX: usize = 255;
 const _: () = assert!(CHUNK_SIZE_MIN.is_power_of_two() && CHUNK_SIZE_MAX.is_power_of_two());
 const _: () = assert!(CHUNK_SIZE_DEFAULT.is_power_of_two());
 const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT <= CHUNK_SIZE_MAX);
+// A probe's blocks are at most a chunk, and the request carries the block size as a u32.
+const _: () = assert!(CHUNK_SIZE_MAX <= u32::MAX as u64);
+const _: () = assert!(STORE_PROBE_BYTES_MAX >= CHUNK_SIZE_MAX);
 const _: () = assert!(QUEUE_DEPTH_DEFAULT >= 1 && QUEUE_DEPTH_DEFAULT <= QUEUE_DEPTH_MAX);
 // The threshold may not exceed the chunk size (config checks it), so the defaults must agree.
 const _: () = assert!(RENDEZVOUS_THRESHOLD_MAX <= CHUNK_SIZE_MAX);

@@ -7,7 +7,7 @@
 //! directory entries), if any. Bodies with no fixed field (the
 //! handshake request, a lone path) are all variable part; `Empty` is no bytes at all.
 
-use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::frame::OpCode;
@@ -131,8 +131,8 @@ wire_header!(/// `FileIdsRequest`, before `count` inode numbers.
     FileIdsHeader = 4, { count: U32 });
 wire_header!(/// `FileStatesReply`, before the named, then the deleted inode numbers.
     FileStatesHeader = 8, { named: U32, deleted: U32 });
-wire_header!(/// `StatsReply`, whole.
-StatsHeader = 64, {
+wire_header!(/// `StatsReply`, before `op_count` operation entries.
+StatsHeader = 84, {
     metadata_records: U64,
     chunks: U64,
     used_bytes: U64,
@@ -141,7 +141,34 @@ StatsHeader = 64, {
     malformed: U64,
     orphan_chunks_removed: U64,
     faults_injected: U64,
+    queue_depth: U64,
+    queue_depth_max: U64,
+    op_count: U32,
 });
+wire_header!(/// One `OpStats` entry of a `StatsReply`, whole.
+OpStatsHeader = 82, {
+    op: U16,
+    requests: U64,
+    errors: U64,
+    bytes_in: U64,
+    bytes_out: U64,
+    latency_p50_ns: U64,
+    latency_p90_ns: U64,
+    latency_p99_ns: U64,
+    latency_p999_ns: U64,
+    latency_max_ns: U64,
+    latency_sum_ns: U64,
+});
+wire_header!(/// `StoreProbeRequest`, whole.
+    StoreProbeHeader = 12, { bytes: U64, block: U32 });
+wire_header!(/// `StoreProbeReply`, whole.
+    StoreProbeReplyHeader = 24, { bytes: U64, write_ns: U64, read_ns: U64 });
+
+// A stats reply with an entry for every operation fits in one body.
+const _: () = assert!(
+    std::mem::size_of::<StatsHeader>() + OpCode::ALL.len() * std::mem::size_of::<OpStatsHeader>()
+        <= crate::frame::BODY_LEN_MAX as usize
+);
 
 rpc!(/// Handshake.
     Hello, Hello, HelloRequest, HelloReply);
@@ -181,6 +208,8 @@ rpc!(/// Remove every chunk of a file on this server.
     RemoveChunks, RemoveChunks, RemoveChunksRequest, CountReply);
 rpc!(/// Which of the given inode numbers this server names, and which it deleted.
     FilesExist, FilesExist, FileIdsRequest, FileStatesReply);
+rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
+    StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
 
 fn path_field(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     r.utf8(field, PATH_LEN_MAX)
@@ -807,8 +836,76 @@ impl Message for FileIdsRequest {
     }
 }
 
+/// One operation's counters since the server started, in a [`StatsReply`]. Latency runs
+/// from the request's frame decoded to its reply handed to the transport (and, for a
+/// reply with a payload, sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpStats {
+    /// The operation.
+    pub op: OpCode,
+    /// Requests of it that the server took (decoded frames), answered or not.
+    pub requests: u64,
+    /// Those answered with a status other than `Ok`, or not answered.
+    pub errors: u64,
+    /// Payload bytes that came with the requests (a write's data).
+    pub bytes_in: u64,
+    /// Payload bytes that went with the replies (a read's data).
+    pub bytes_out: u64,
+    /// Median latency, ns (within 1%).
+    pub latency_p50_ns: u64,
+    /// 90th percentile latency, ns.
+    pub latency_p90_ns: u64,
+    /// 99th percentile latency, ns.
+    pub latency_p99_ns: u64,
+    /// 99.9th percentile latency, ns.
+    pub latency_p999_ns: u64,
+    /// Largest latency, ns.
+    pub latency_max_ns: u64,
+    /// Sum of every latency, ns (the mean is this over `requests`).
+    pub latency_sum_ns: u64,
+}
+
+impl OpStats {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&OpStatsHeader {
+            op: (self.op as u16).into(),
+            requests: self.requests.into(),
+            errors: self.errors.into(),
+            bytes_in: self.bytes_in.into(),
+            bytes_out: self.bytes_out.into(),
+            latency_p50_ns: self.latency_p50_ns.into(),
+            latency_p90_ns: self.latency_p90_ns.into(),
+            latency_p99_ns: self.latency_p99_ns.into(),
+            latency_p999_ns: self.latency_p999_ns.into(),
+            latency_max_ns: self.latency_max_ns.into(),
+            latency_sum_ns: self.latency_sum_ns.into(),
+        });
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: OpStatsHeader = r.fixed()?;
+        let op = OpCode::from_wire(h.op.get()).ok_or(DecodeError::BadField {
+            field: "op",
+            reason: "unknown operation",
+        })?;
+        Ok(OpStats {
+            op,
+            requests: h.requests.get(),
+            errors: h.errors.get(),
+            bytes_in: h.bytes_in.get(),
+            bytes_out: h.bytes_out.get(),
+            latency_p50_ns: h.latency_p50_ns.get(),
+            latency_p90_ns: h.latency_p90_ns.get(),
+            latency_p99_ns: h.latency_p99_ns.get(),
+            latency_p999_ns: h.latency_p999_ns.get(),
+            latency_max_ns: h.latency_max_ns.get(),
+            latency_sum_ns: h.latency_sum_ns.get(),
+        })
+    }
+}
+
 /// Server counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatsReply {
     /// Metadata records held.
     pub metadata_records: u64,
@@ -826,6 +923,21 @@ pub struct StatsReply {
     pub orphan_chunks_removed: u64,
     /// Store faults injected since start (`storage.inject_faults`); 0 in normal use.
     pub faults_injected: u64,
+    /// Requests the server is handling now (taken off the transport's queue, not yet
+    /// answered), this `Stats` request included.
+    pub queue_depth: u64,
+    /// The most requests it handled at once since start.
+    pub queue_depth_max: u64,
+    /// One entry per operation the server has seen, by increasing operation id; at most
+    /// one per [`OpCode`].
+    pub ops: Vec<OpStats>,
+}
+
+impl StatsReply {
+    /// The entry of `op`, if the server has seen it.
+    pub fn op(&self, op: OpCode) -> Option<&OpStats> {
+        self.ops.iter().find(|s| s.op == op)
+    }
 }
 
 impl Message for StatsReply {
@@ -839,10 +951,38 @@ impl Message for StatsReply {
             malformed: self.malformed.into(),
             orphan_chunks_removed: self.orphan_chunks_removed.into(),
             faults_injected: self.faults_injected.into(),
+            queue_depth: self.queue_depth.into(),
+            queue_depth_max: self.queue_depth_max.into(),
+            op_count: (self.ops.len() as u32).into(),
         });
+        for entry in &self.ops {
+            entry.encode(w);
+        }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: StatsHeader = r.fixed()?;
+        let count = h.op_count.get();
+        if count as usize > OpCode::ALL.len() {
+            return Err(DecodeError::BadField {
+                field: "op_count",
+                reason: "more entries than operations",
+            });
+        }
+        let mut ops: Vec<OpStats> = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let entry = OpStats::decode(r)?;
+            // Increasing ids: one entry per operation, so the count stays bounded.
+            if ops
+                .last()
+                .is_some_and(|last| last.op as u16 >= entry.op as u16)
+            {
+                return Err(DecodeError::BadField {
+                    field: "op",
+                    reason: "entries not in increasing operation order",
+                });
+            }
+            ops.push(entry);
+        }
         Ok(StatsReply {
             metadata_records: h.metadata_records.get(),
             chunks: h.chunks.get(),
@@ -852,6 +992,67 @@ impl Message for StatsReply {
             malformed: h.malformed.get(),
             orphan_chunks_removed: h.orphan_chunks_removed.get(),
             faults_injected: h.faults_injected.get(),
+            queue_depth: h.queue_depth.get(),
+            queue_depth_max: h.queue_depth_max.get(),
+            ops,
+        })
+    }
+}
+
+/// Measure the server's chunk store: write `bytes` in `block`-sized writes to a scratch
+/// file no real file can be, make them durable, read them back, and remove them. The
+/// server refuses 0 bytes, more than [`STORE_PROBE_BYTES_MAX`](crate::limits::STORE_PROBE_BYTES_MAX),
+/// a block of 0 or above its chunk size (`InvalidArgument`), more bytes than its store has
+/// room for (`NoSpace`), and a probe while another runs (`Busy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreProbeRequest {
+    /// Bytes to write and read back.
+    pub bytes: u64,
+    /// Bytes per write and per read.
+    pub block: u32,
+}
+
+impl Message for StoreProbeRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&StoreProbeHeader {
+            bytes: self.bytes.into(),
+            block: self.block.into(),
+        });
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: StoreProbeHeader = r.fixed()?;
+        Ok(StoreProbeRequest {
+            bytes: h.bytes.get(),
+            block: h.block.get(),
+        })
+    }
+}
+
+/// What a store probe measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreProbeReply {
+    /// Bytes written and read back.
+    pub bytes: u64,
+    /// Time to write them and make them durable (a store sync), ns.
+    pub write_ns: u64,
+    /// Time to read them back, ns.
+    pub read_ns: u64,
+}
+
+impl Message for StoreProbeReply {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&StoreProbeReplyHeader {
+            bytes: self.bytes.into(),
+            write_ns: self.write_ns.into(),
+            read_ns: self.read_ns.into(),
+        });
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: StoreProbeReplyHeader = r.fixed()?;
+        Ok(StoreProbeReply {
+            bytes: h.bytes.get(),
+            write_ns: h.write_ns.get(),
+            read_ns: h.read_ns.get(),
         })
     }
 }
@@ -902,11 +1103,74 @@ mod tests {
             ]
             .concat()
         );
+        let probe = StoreProbeRequest {
+            bytes: 1 << 20,
+            block: 4096,
+        };
+        assert_eq!(
+            probe.to_bytes(),
+            [le(&[1 << 20]), 4096u32.to_le_bytes().to_vec()].concat()
+        );
         // A header cut short is a clean error, never a panic.
         let bytes = io.to_bytes();
         assert!(matches!(
             ChunkIo::from_bytes(&bytes[..31]),
             Err(DecodeError::Truncated { .. })
         ));
+    }
+
+    fn op_stats(op: OpCode) -> OpStats {
+        OpStats {
+            op,
+            requests: 3,
+            errors: 1,
+            bytes_in: 10,
+            bytes_out: 20,
+            latency_p50_ns: 100,
+            latency_p90_ns: 200,
+            latency_p99_ns: 300,
+            latency_p999_ns: 400,
+            latency_max_ns: 500,
+            latency_sum_ns: 600,
+        }
+    }
+
+    #[test]
+    fn stats_entries_are_bounded_and_ordered() {
+        let reply = StatsReply {
+            requests: 9,
+            queue_depth: 1,
+            queue_depth_max: 4,
+            ops: vec![op_stats(OpCode::Ping), op_stats(OpCode::WriteChunk)],
+            ..Default::default()
+        };
+        let bytes = reply.to_bytes();
+        assert_eq!(bytes.len(), 84 + 2 * 82);
+        assert_eq!(StatsReply::from_bytes(&bytes).unwrap(), reply);
+        // The same operation twice, or out of order, is refused.
+        let twice = StatsReply {
+            ops: vec![op_stats(OpCode::Ping), op_stats(OpCode::Ping)],
+            ..reply.clone()
+        };
+        assert!(StatsReply::from_bytes(&twice.to_bytes()).is_err());
+        let backwards = StatsReply {
+            ops: vec![op_stats(OpCode::WriteChunk), op_stats(OpCode::Ping)],
+            ..reply.clone()
+        };
+        assert!(StatsReply::from_bytes(&backwards.to_bytes()).is_err());
+        // A count above the number of operations is refused before any entry is read.
+        let mut huge = bytes.clone();
+        huge[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            StatsReply::from_bytes(&huge),
+            Err(DecodeError::BadField {
+                field: "op_count",
+                ..
+            })
+        ));
+        // An unknown operation id is refused.
+        let mut unknown = bytes;
+        unknown[84..86].copy_from_slice(&999u16.to_le_bytes());
+        assert!(StatsReply::from_bytes(&unknown).is_err());
     }
 }

@@ -40,6 +40,8 @@ fn decode_all(bytes: &[u8]) {
     let _ = FileStatesReply::from_bytes(bytes);
     let _ = AuthRequest::from_bytes(bytes);
     let _ = SetAttrRequest::from_bytes(bytes);
+    let _ = StoreProbeRequest::from_bytes(bytes);
+    let _ = StoreProbeReply::from_bytes(bytes);
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
@@ -72,6 +74,41 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
         )
 }
 
+/// A stats reply with an entry for every other operation, its numbers from `a` and `b`.
+fn stats_with_ops(a: u64, b: u64) -> StatsReply {
+    let ops = OpCode::ALL
+        .iter()
+        .step_by(2)
+        .map(|&op| OpStats {
+            op,
+            requests: a,
+            errors: b,
+            bytes_in: a ^ b,
+            bytes_out: 1,
+            latency_p50_ns: 2,
+            latency_p90_ns: 3,
+            latency_p99_ns: 4,
+            latency_p999_ns: 5,
+            latency_max_ns: b,
+            latency_sum_ns: a,
+        })
+        .collect();
+    StatsReply {
+        queue_depth: a,
+        queue_depth_max: b,
+        ops,
+        ..Default::default()
+    }
+}
+
+/// A stats reply's bytes with one byte of its operation entries changed.
+fn corrupt_stats(a: u64, at: usize, byte: u8) -> Vec<u8> {
+    let mut bytes = stats_with_ops(a, a).to_bytes();
+    let at = 84 + at % (bytes.len() - 84);
+    bytes[at] = byte;
+    bytes
+}
+
 fn round_trip<M: Message + PartialEq + std::fmt::Debug>(m: &M) -> Result<(), TestCaseError> {
     let bytes = m.to_bytes();
     prop_assert_eq!(&M::from_bytes(&bytes).unwrap(), m);
@@ -101,6 +138,15 @@ proptest! {
     }
 
     #[test]
+    fn corrupted_stats_never_panic(a in any::<u64>(), at in any::<usize>(), byte in any::<u8>()) {
+        let bytes = corrupt_stats(a, at, byte);
+        if let Ok(reply) = StatsReply::from_bytes(&bytes) {
+            prop_assert!(reply.ops.len() <= OpCode::ALL.len());
+            prop_assert!(reply.ops.windows(2).all(|w| (w[0].op as u16) < (w[1].op as u16)));
+        }
+    }
+
+    #[test]
     fn messages_round_trip(
         path in "/[a-z]{0,40}",
         m in meta(),
@@ -123,6 +169,9 @@ proptest! {
         round_trip(&AuthRequest { proof: vec![1, 2] })?;
         round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, challenge: vec![3; 32] })?;
         round_trip(&StatsReply { chunks: id, ..Default::default() })?;
+        round_trip(&stats_with_ops(id, len))?;
+        round_trip(&StoreProbeRequest { bytes: id, block: len as u32 })?;
+        round_trip(&StoreProbeReply { bytes: id, write_ns: len, read_ns: 7 })?;
         round_trip(&FileIdsRequest { file_ids: vec![id, len, 0] })?;
         round_trip(&FileStatesReply { named: vec![id], deleted: vec![len, 0] })?;
         round_trip(&CountReply { count: id })?;

@@ -9,7 +9,12 @@ use std::sync::Arc;
 use benchfs_store::ChunkStore;
 use benchfs_ucx::netif::{self, Interface};
 use benchfs_ucx::{Context, Features, Listener, Worker};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use crate::handler::ServerState;
 use crate::rpc::{serve, ServeOptions};
@@ -117,6 +122,9 @@ pub fn load_config(args: &Args) -> Result<ServerConfig, DaemonError> {
         config = config.for_rank(rank)?;
         // One port per rank on a node; port 0 lets the OS choose.
         config.network.bind_addr.set_port(0);
+        if let Some(metrics) = &mut config.network.metrics_addr {
+            metrics.set_port(0);
+        }
     }
     Ok(config)
 }
@@ -138,15 +146,76 @@ fn init_logging(config: &ServerConfig) -> Result<(), DaemonError> {
         benchfs_config::LogLevel::Debug => tracing::Level::DEBUG,
         benchfs_config::LogLevel::Trace => tracing::Level::TRACE,
     };
-    let writer = std::io::stderr.and(Arc::new(file)).with_max_level(level);
-    // A second init (tests in one process) keeps the first subscriber; that is fine.
-    let _ = tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(false)
-        .with_writer(writer)
-        .with_max_level(level)
+        .with_writer(std::io::stderr.and(Arc::new(file)))
+        .with_filter(LevelFilter::from_level(level));
+    let trace = match &config.node.trace_file {
+        Some(path) => Some(trace_layer(path)?),
+        None => None,
+    };
+    // A second init (tests in one process) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(trace)
         .try_init();
     Ok(())
 }
+
+/// The layer of `node.trace_file`: everything at trace level, the span of each RPC
+/// included, written when the span closes (with its fields: operation, sizes, status,
+/// latency). Off by default, so the spans cost a level check.
+fn trace_layer<S>(path: &std::path::Path) -> Result<impl Layer<S>, DaemonError>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| DaemonError::Setup {
+            what: "opening node.trace_file",
+            source,
+        })?;
+    Ok(tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(Arc::new(file))
+        .with_span_events(FmtSpan::CLOSE)
+        .with_filter(LevelFilter::TRACE))
+}
+
+/// Starts the Prometheus endpoint when `network.metrics_addr` is set, and writes the
+/// address it listens on to `data_dir/metrics.addr` (port 0, or a launcher's rank, lets
+/// the OS choose the port). Done before the server publishes itself, so the file is this
+/// run's once the server is in the registry.
+async fn start_metrics(
+    config: &ServerConfig,
+    state: &Rc<ServerState>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let Some(addr) = config.network.metrics_addr else {
+        return Ok(None);
+    };
+    let bind = |source| DaemonError::Setup {
+        what: "listening on network.metrics_addr",
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
+    let path = config.node.data_dir.join(METRICS_ADDR_FILE);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{bound}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| DaemonError::Setup {
+            what: "writing metrics.addr",
+            source,
+        })?;
+    tracing::info!(%bound, "metrics endpoint listening (network.metrics_addr)");
+    let serve = crate::prometheus::serve(listener, Rc::clone(state));
+    Ok(Some(tokio::task::spawn_local(serve)))
+}
+
+/// The file in the data directory that names the address the metrics endpoint listens on.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
 /// The address clients should use: the bound one, or for a wildcard bind, this host's
 /// first non-loopback IPv4 address (loopback when there is none).
@@ -369,14 +438,33 @@ fn start_sweep(
     Some(tokio::task::spawn_local(sweep))
 }
 
-async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
+/// Completes at the first SIGTERM or SIGINT.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
+    let setup = |source| DaemonError::Setup {
+        what: "installing signal handlers",
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(setup)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received; draining");
+    })
+}
+
+async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     // First: a network device that does not exist is a configuration error.
     let context = ucx_context(&config.network)?;
     // Claimed before anything is opened: a duplicate must not touch the running one's data.
     let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
     crate::claim::check_node_free(&context, &config, &secret).await?;
     let state = Rc::new(ServerState::open(&config, secret)?);
+    state.remove_probe_leftovers().await;
+    let metrics = start_metrics(&config, &state).await?;
     let worker = Worker::new(&context)?;
     let progress =
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
@@ -398,20 +486,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         "benchfsd serving"
     );
     let sweep = start_sweep(&config, &state, &context);
-
-    let setup = |source| DaemonError::Setup {
-        what: "installing signal handlers",
-        source,
-    };
-    let mut term = signal(SignalKind::terminate()).map_err(setup)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("signal received; draining");
-    };
+    let stop = stop_signal()?;
     let options = ServeOptions {
         inflight_max: config.network.inflight_max as usize,
         rendezvous_threshold: config.network.rendezvous_threshold_bytes as usize,
@@ -437,6 +512,10 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     }
     if let Some(sweep) = sweep {
         sweep.abort();
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
+        let _ = std::fs::remove_file(config.node.data_dir.join(METRICS_ADDR_FILE));
     }
     worker.stop_progress();
     let _ = progress.await;

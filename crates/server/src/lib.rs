@@ -3,13 +3,17 @@
 //! [`daemon`] runs a server (configuration, registry, signals, the event loop); [`rpc`]
 //! accepts connections and turns frames into requests; [`handler`] answers them against
 //! the [`metadata`] table and a chunk store; [`sweep`] removes the chunks of deleted
-//! files whose removal did not reach this server. Clients never link this crate.
+//! files whose removal did not reach this server; [`metrics`] counts and times every
+//! request, and [`prometheus`] serves those numbers over HTTP. Clients never link this
+//! crate.
 #![forbid(unsafe_code)]
 
 pub mod claim;
 pub mod daemon;
 pub mod handler;
 pub mod metadata;
+pub mod metrics;
 mod peer;
+pub mod prometheus;
 pub mod rpc;
 pub mod sweep;

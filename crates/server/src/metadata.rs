@@ -93,6 +93,13 @@ impl MetadataTable {
         });
     }
 
+    /// An inode number this server never hands out: its own prefix with a counter of 0
+    /// (counters start at 1, see [`MetadataTable::new`]), and every other server's numbers
+    /// carry another prefix. A store probe writes its scratch data under it.
+    pub fn scratch_file_id(&self) -> u64 {
+        self.id_prefix
+    }
+
     /// Number of records held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -466,6 +473,28 @@ mod tests {
                 Err(Status::NoSpace),
                 "tag {tag}"
             );
+        }
+    }
+
+    #[test]
+    fn the_scratch_file_id_is_never_handed_out() {
+        for tag in [0u32, 7, u32::MAX] {
+            let mut m = MetadataTable::new(tag, 4096);
+            let scratch = m.scratch_file_id();
+            assert_eq!(scratch >> 32, u64::from(tag), "within this server's prefix");
+            for i in 0..100 {
+                let f = m
+                    .create_file(&format!("/f{i}"), 0, 0, Owner::default())
+                    .unwrap();
+                assert_ne!(f.file_id, scratch, "tag {tag}");
+            }
+            // Not after a replay that reserves numbers either: the counter only grows.
+            m.reserve_file_id(scratch);
+            let f = m.create_file("/after", 0, 0, Owner::default()).unwrap();
+            assert_ne!(f.file_id, scratch);
+            // Another server's numbers carry another prefix.
+            let other = MetadataTable::new(tag.wrapping_add(1), 4096);
+            assert_ne!(other.scratch_file_id() >> 32, scratch >> 32);
         }
     }
 

@@ -4,24 +4,34 @@
 //! **Invariant:** nothing a peer sends can stop the loop. A frame that does not decode is
 //! answered with `Protocol` when its request id can be read (so the caller fails fast) and
 //! dropped otherwise, and a log line says why.
+//!
+//! Every decoded request is measured here ([`crate::metrics`]): from its frame decoded to
+//! its reply handed to UCX (for a reply with a payload, until UCX has sent it), within a
+//! trace-level span (`benchfs::rpc`) that records the operation, the sizes, the status and
+//! the latency; disabled, as it is unless `node.trace_file` is set, it costs a level check.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::{DecodeError, Frame, OpCode, Status};
 use benchfs_store::ChunkStore;
 use benchfs_ucx::{AmMessage, AmProto, Endpoint, EndpointId, Listener, Worker};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_store::ChunkBuf;
 
 use crate::handler::{store_status, Payload, Reply, ServerState};
+use crate::metrics::Outcome;
+
+/// The tracing target of the span around each request, which `node.trace_file` records.
+pub const RPC_SPAN_TARGET: &str = "benchfs::rpc";
 
 /// Most messages a server queues before it drops new ones (the sender then times out).
 pub const SERVER_QUEUE_MAX: usize = 8192;
@@ -279,14 +289,58 @@ async fn handle_message(
             return;
         }
     };
-    if let Some(status) = refusal(state, connections, &ep, &frame) {
+    let _in_flight = state.metrics.enter();
+    let started = Instant::now();
+    let span = tracing::trace_span!(
+        target: RPC_SPAN_TARGET,
+        "rpc",
+        op = frame.op.name(),
+        request_id = frame.request_id,
+        request_bytes = (frame.body_len + frame.payload_len) as u64,
+        status = tracing::field::Empty,
+        reply_bytes = tracing::field::Empty,
+        latency_ns = tracing::field::Empty,
+    );
+    let (status, outcome) = answer(state, connections, &ep, msg, &frame, options)
+        .instrument(span.clone())
+        .await;
+    let latency = started.elapsed();
+    state.metrics.record(frame.op, outcome, latency);
+    match status {
+        Some(status) => span.record("status", tracing::field::debug(status)),
+        None => span.record("status", "unanswered"),
+    };
+    span.record("reply_bytes", outcome.bytes_out);
+    span.record(
+        "latency_ns",
+        u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+    );
+}
+
+/// Answers one decoded request: refuses it, or receives its data, runs its handler and
+/// sends the reply. Returns the reply's status (`None`: no reply could be sent) and what
+/// the metrics count.
+async fn answer(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    msg: AmMessage,
+    frame: &Frame,
+    options: &ServeOptions,
+) -> (Option<Status>, Outcome) {
+    let unanswered = Outcome {
+        ok: false,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    if let Some(status) = refusal(state, connections, ep, frame) {
         let refused = Reply::error(status);
-        send_reply(&ep, frame.op, frame.request_id, refused, options).await;
-        return;
+        send_reply(ep, frame.op, frame.request_id, refused, options).await;
+        return (Some(status), unanswered);
     }
     let header = msg.header().to_vec();
-    let Some(received) = receive(state, &ep, msg, &frame, options).await else {
-        return;
+    let Some(received) = receive(state, ep, msg, frame, options).await else {
+        return (None, unanswered);
     };
     let data;
     let (body, payload) = match received {
@@ -306,11 +360,19 @@ async fn handle_message(
         }
     };
     let reply = match frame.op {
-        OpCode::Hello => hello(state, connections, &ep, body),
-        OpCode::Auth => authenticate(state, connections, &ep, body),
+        OpCode::Hello => hello(state, connections, ep, body),
+        OpCode::Auth => authenticate(state, connections, ep, body),
         op => state.handle(op, body, payload).await,
     };
-    send_reply(&ep, frame.op, frame.request_id, reply, options).await;
+    let status = reply.status;
+    let bytes_out = reply.payload.as_ref().map_or(0, |p| p.len() as u64);
+    let sent = send_reply(ep, frame.op, frame.request_id, reply, options).await;
+    let outcome = Outcome {
+        ok: sent && status == Status::Ok,
+        bytes_in: frame.payload_len as u64,
+        bytes_out,
+    };
+    (sent.then_some(status), outcome)
 }
 
 /// The request's frame; a reply on the request channel is as malformed as a bad header.
@@ -395,13 +457,14 @@ async fn receive(
 
 /// Sends a reply; the body rides in the AM header when it fits, the payload in the data.
 /// A client that does not take it within the transfer timeout loses its connection.
+/// Returns whether the reply went.
 async fn send_reply(
     ep: &Endpoint,
     op: OpCode,
     request_id: u64,
     reply: Reply,
     options: &ServeOptions,
-) {
+) -> bool {
     let payload_len = reply.payload.as_ref().map_or(0, |p| p.len());
     let fits = FRAME_HEADER_LEN + reply.body.len() <= ep.worker().max_am_header();
     let mut header = Frame::header(
@@ -445,8 +508,13 @@ async fn send_reply(
             .await
             .map(|r| r.map(drop))
     };
-    if let Some(Err(e)) = result {
-        tracing::debug!(error = %e, "sending a reply failed; the client is gone");
+    match result {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "sending a reply failed; the client is gone");
+            false
+        }
+        None => false,
     }
 }
 

@@ -286,6 +286,33 @@ impl FsClient {
         join_all(all).await
     }
 
+    /// Measures one server's chunk store (`StoreProbe`): the server writes `bytes` in
+    /// `block`-sized writes to a scratch file of its own, syncs, reads them back and
+    /// removes them, and reports how long writing and reading took. The server refuses 0
+    /// bytes, more than [`STORE_PROBE_BYTES_MAX`](benchfs_proto::limits::STORE_PROBE_BYTES_MAX),
+    /// a block of 0 or above its chunk size (EINVAL), more than its store has room for
+    /// (ENOSPC) and a second probe while one runs (EAGAIN). The call has the client's RPC
+    /// timeout, which must allow for the probe.
+    pub async fn probe_store(
+        &self,
+        server: ServerIndex,
+        bytes: u64,
+        block: u32,
+    ) -> Result<ops::StoreProbeReply, ApiError> {
+        if server as usize >= self.servers.len() {
+            return Err(ApiError::Fs {
+                op: "probe_store",
+                path: format!("server {server}"),
+                status: Status::InvalidArgument,
+            });
+        }
+        let req = ops::StoreProbeRequest { bytes, block };
+        self.call_on::<ops::StoreProbe>(server, &req, OutPayload::none())
+            .await
+            .map(|(reply, _)| reply)
+            .map_err(rpc_err("probe_store", "/"))
+    }
+
     /// A payload holding a copy of `data`, as a write sends it.
     pub fn copy_payload(&self, data: &[u8]) -> OutPayload {
         self.rpc.payload(data)

@@ -8,6 +8,7 @@
 //! request becomes a reply with a non-`Ok` [`Status`].
 
 mod journal;
+mod probe;
 
 use std::cell::{Cell, RefCell};
 
@@ -16,6 +17,7 @@ use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, FaultyStore, StoreError};
 
 use crate::metadata::{now_ns, MetadataTable, Owner, SizeUpdate};
+use crate::metrics::Metrics;
 use benchfs_config::ServerConfig;
 use benchfs_proto::placement::node_tag;
 
@@ -116,8 +118,12 @@ pub struct ServerState {
     metadata: RefCell<MetadataTable>,
     journal: Option<RefCell<Journal>>,
     store: FaultyStore<AnyChunkStore>,
+    /// Whether a `StoreProbe` is running (one at a time: they share a scratch file).
+    probe_running: Cell<bool>,
     /// Request counters.
     pub counters: Counters,
+    /// Per-operation counters, latencies and the queue depth, kept by the transport.
+    pub metrics: Metrics,
 }
 
 /// A request body, or `Protocol` (logged) when it does not decode.
@@ -161,7 +167,9 @@ impl ServerState {
             metadata: RefCell::new(metadata),
             journal,
             store,
+            probe_running: Cell::new(false),
             counters: Counters::default(),
+            metrics: Metrics::default(),
         })
     }
 
@@ -197,10 +205,12 @@ impl ServerState {
     pub(crate) async fn unnamed_files(&self, max: usize) -> Result<Vec<u64>, StoreError> {
         let chunks = self.store.list().await?;
         let table = self.metadata.borrow();
+        // A store probe's scratch file is no file of anyone's; the probe removes it.
+        let scratch = table.scratch_file_id();
         let mut ids: Vec<u64> = chunks
             .into_iter()
             .map(|c| c.file_id)
-            .filter(|id| !table.has_file(*id))
+            .filter(|id| !table.has_file(*id) && *id != scratch)
             .collect();
         ids.dedup();
         ids.truncate(max);
@@ -293,8 +303,9 @@ impl ServerState {
                 }
                 OpCode::Stats => {
                     decode::<op::Empty>(body)?;
-                    Ok(self.stats())
+                    Ok(Reply::ok(&self.stats()))
                 }
+                OpCode::StoreProbe => self.store_probe(decode(body)?).await,
                 OpCode::FilesExist => {
                     let req: op::FileIdsRequest = decode(body)?;
                     let table = self.metadata.borrow();
@@ -458,9 +469,10 @@ impl ServerState {
         Ok(Reply::ok(&op::Empty))
     }
 
-    fn stats(&self) -> Reply {
+    /// This server's counters, as a `Stats` request answers them.
+    pub fn stats(&self) -> op::StatsReply {
         let usage = self.store.usage();
-        Reply::ok(&op::StatsReply {
+        op::StatsReply {
             metadata_records: self.metadata.borrow().len() as u64,
             chunks: usage.chunks,
             used_bytes: usage.used_bytes,
@@ -469,7 +481,10 @@ impl ServerState {
             malformed: self.counters.malformed.get(),
             orphan_chunks_removed: self.counters.orphan_chunks_removed.get(),
             faults_injected: self.store.injected(),
-        })
+            queue_depth: self.metrics.queue_depth(),
+            queue_depth_max: self.metrics.queue_depth_max(),
+            ops: self.metrics.ops(),
+        }
     }
 
     /// Answers a `Hello`: this server's identity and settings, and `challenge` (empty

@@ -11,6 +11,7 @@ mod mount;
 mod placement_stats;
 mod rpc_bench;
 mod staged;
+mod stats;
 
 use std::path::Path;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Mount the file system with FUSE, so unmodified programs use it.
     Mount(mount::Args),
+    /// Every server's counters, queue depth and per-operation latency (tables, or --json).
+    Stats(stats::Args),
     /// File commands (ls, stat, mkdir, rm, put, get, cat).
     #[command(flatten)]
     File(files::FileCommand),
@@ -91,6 +94,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::RpcBench(args) => rpc_bench::run(args),
         Command::Cluster(c) => cluster::run(c),
         Command::Mount(args) => mount::run(args),
+        Command::Stats(args) => stats::run(&args),
         Command::File(c) => files::run(c),
     }
 }
