@@ -124,6 +124,42 @@ fn check_plots(out: &Path, names: &[&str]) {
         .contains("```"));
 }
 
+/// The servers saw each phase: their request counters moved, and their per-operation
+/// counters took in every byte written. The limits probed their stores.
+fn check_server_counters(report: &Report) {
+    let limits = report.limits.as_ref().expect("limits measured");
+    // The servers saw the phase: their request counters moved by at least one write per
+    // chunk.
+    let after = report
+        .servers
+        .iter()
+        .find(|s| s.phase == "ior-easy-write")
+        .unwrap();
+    let requests: u64 = after
+        .servers
+        .iter()
+        .map(|s| s.requests_in_phase.unwrap())
+        .sum();
+    assert!(requests >= 8, "{requests}");
+    // Their per-operation counters took in every byte the phase wrote (the limits' store
+    // probe runs inside the store, not over the wire).
+    let written: u64 = after
+        .servers
+        .iter()
+        .flat_map(|s| s.ops.iter().filter(|o| o.op == "write_chunk"))
+        .map(|o| o.bytes_in)
+        .sum();
+    assert!(written >= 2 * (4 << 20), "{written}");
+    assert!(
+        limits.store_write_mib_s.is_some_and(|w| w > 0.0),
+        "{limits:?}"
+    );
+    assert!(
+        limits.store_read_mib_s.is_some_and(|r| r > 0.0),
+        "{limits:?}"
+    );
+}
+
 #[test]
 fn suite_report_parses_back_and_agrees_with_the_table() {
     let cluster = Cluster::start(ClusterSpec {
@@ -177,19 +213,7 @@ fn suite_report_parses_back_and_agrees_with_the_table() {
     assert!(result(&report, "local", "ior-easy-write", 0)
         .efficiency
         .is_none());
-    // The servers saw the phase: their request counters moved by at least one write per
-    // chunk.
-    let after = report
-        .servers
-        .iter()
-        .find(|s| s.phase == "ior-easy-write")
-        .unwrap();
-    let requests: u64 = after
-        .servers
-        .iter()
-        .map(|s| s.requests_in_phase.unwrap())
-        .sum();
-    assert!(requests >= 8, "{requests}");
+    check_server_counters(&report);
     assert!(report.meta.load_before.iter().all(|l| *l >= 0.0) && !report.meta.commit.is_empty());
     assert_eq!(
         std::fs::read_dir(local.path()).unwrap().count(),

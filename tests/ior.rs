@@ -47,6 +47,9 @@ fn ior_build() -> Result<&'static Path, &'static str> {
             if !have("mpicc") || !have("mpirun") {
                 return Err("no MPI (mpicc, mpirun): run scripts/install-deps.sh");
             }
+            // The library IOR links is this tree's, installed anew each run even when
+            // IOR itself is not rebuilt: an older one may speak an older wire version.
+            installed_prefix();
             Ok(build_ior(&source))
         })
         .as_deref()
@@ -268,4 +271,75 @@ fn slurm_example_job_runs_its_steps_under_mpirun() {
     assert!(published.is_empty(), "stopped servers left {published:?}");
     assert!(!data_dir.exists(), "the job removes its node-local data");
     common::note("example Slurm job: ok");
+}
+
+/// `benchfs bench suite --ior-bin`: IOR and mdtest through the C API are one more target of
+/// the report, their figures read from what they printed, beside the native client's.
+#[test]
+fn bench_reports_ior_and_mdtest_beside_the_native_client() {
+    let ior_dir = match ior_build() {
+        Ok(dir) => dir,
+        Err(why) => return common::skip("benchfs bench --ior-bin", why),
+    };
+    let cluster = Cluster::start(ClusterSpec::default());
+    let out = tempfile::tempdir_in(common::test_root()).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args([
+            "bench",
+            "suite",
+            "--easy-block",
+            "4m",
+            "--hard-segments",
+            "20",
+        ])
+        .args(["--easy-files", "20", "--hard-files", "20", "--clients", "2"])
+        .arg("--ior-bin")
+        .arg(ior_dir.join("bin"))
+        .arg("--dir")
+        .arg(cluster.dir.path())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: benchfs_bench::report::Report =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    let capi: Vec<&benchfs_bench::phase::PhaseResult> = report
+        .results
+        .iter()
+        .filter(|r| r.target == "ior-capi")
+        .collect();
+    let phases: Vec<&str> = capi.iter().map(|r| r.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "ior-easy-write",
+            "ior-easy-read",
+            "ior-hard-write",
+            "ior-hard-read",
+            "mdtest-easy-write",
+            "mdtest-easy-stat",
+            "mdtest-easy-delete",
+            "mdtest-hard-write",
+            "mdtest-hard-stat",
+            "mdtest-hard-read",
+            "mdtest-hard-delete",
+        ]
+    );
+    for r in &capi {
+        assert!(r.value() > 0.0 && r.ranks == 2, "{r:?}");
+    }
+    assert_eq!(capi[0].bytes, 2 * (4 << 20));
+    assert!(stdout.contains("ior-capi (mean ± sd)"), "{stdout}");
+    let fs = cluster.client();
+    assert!(
+        fs.readdir("/").unwrap().is_empty(),
+        "IOR, mdtest and the run removed what they made"
+    );
 }

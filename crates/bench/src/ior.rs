@@ -75,7 +75,7 @@ impl IorSpec {
             )
             .into());
         }
-        if self.block % self.transfer != 0 {
+        if !self.block.is_multiple_of(self.transfer) {
             return Err(format!(
                 "{}: block {} is not a multiple of transfer {}",
                 self.name, self.block, self.transfer

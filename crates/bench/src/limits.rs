@@ -77,8 +77,8 @@ pub fn round_trips(fs: &BenchFS, rank: u32) -> Result<RankPhase> {
     Ok(share.finish(&lat))
 }
 
-/// One rank's share of the bandwidth probe: `payload`-byte pings, [`WINDOW_PER_SERVER`]
-/// in flight to every server, for [`PROBE_TIME`].
+/// One rank's share of the bandwidth probe: `payload`-byte pings, 8
+/// in flight to every server, for 0.7 s.
 pub fn bandwidth(fs: &BenchFS, rank: u32, payload: u64) -> Result<RankPhase> {
     let client = fs.client();
     let data: Rc<[u8]> = vec![0xa5u8; payload as usize].into();
@@ -106,4 +106,27 @@ pub fn bandwidth(fs: &BenchFS, rank: u32, payload: u64) -> Result<RankPhase> {
         share.bytes += n * payload;
     }
     Ok(share.finish(&Latencies::default()))
+}
+
+/// Bytes each server's store probe writes and reads back.
+pub const STORE_PROBE_BYTES: u64 = 128 << 20;
+
+/// Every server's store probed at once (rank 0 only): the aggregate write and read
+/// bandwidth in MiB/s, all bytes over the slowest server's time, as the servers work
+/// together in a phase.
+pub fn stores(fs: &BenchFS, block: u64) -> Result<(f64, f64)> {
+    let client = fs.client();
+    let block = u32::try_from(block).unwrap_or(u32::MAX);
+    let probes =
+        (0..client.servers().len() as u32).map(|s| client.probe_store(s, STORE_PROBE_BYTES, block));
+    let replies = fs.block_on(join_all(probes));
+    let (mut bytes, mut write_ns, mut read_ns) = (0u64, 1u64, 1u64);
+    for reply in replies {
+        let r = reply.map_err(|e| BenchError(format!("store probe: {e}")))?;
+        bytes += r.bytes;
+        write_ns = write_ns.max(r.write_ns);
+        read_ns = read_ns.max(r.read_ns);
+    }
+    let mib_s = |ns: u64| bytes as f64 / f64::from(1u32 << 20) / (ns as f64 / 1e9);
+    Ok((mib_s(write_ns), mib_s(read_ns)))
 }

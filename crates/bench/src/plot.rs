@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::error::{BenchError, Result};
@@ -150,19 +150,9 @@ fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     v
 }
 
-/// Grouped bars: a group per phase, a bar per target (its mean, with a ±sd whisker).
-fn bars<DB: DrawingBackend>(
-    area: DrawingArea<DB, Shift>,
-    rows: &[&Summary],
-    unit: &str,
-) -> Result<()> {
-    area.fill(&WHITE).map_err(draw_error)?;
-    let phases = distinct(rows.iter().map(|s| s.phase.as_str()));
-    let targets = distinct(rows.iter().map(|s| s.target.as_str()));
-    let k = targets.len() as i32;
-    // Each bar is two units wide; a group is its bars and a two-unit gap.
-    let group = 2 * k + 2;
-    // A log scale: a file system and its baseline often differ by orders of magnitude.
+/// The y range of a log-scaled bar plot: a file system and its baseline often differ by
+/// orders of magnitude.
+fn log_range(rows: &[&Summary]) -> (f64, f64) {
     let ymax = rows
         .iter()
         .map(|s| s.mean + s.stddev)
@@ -175,18 +165,47 @@ fn bars<DB: DrawingBackend>(
         .filter(|v| *v > 0.0)
         .fold(ymax, f64::min)
         / 2.0;
+    (ymin, ymax)
+}
+
+fn bars_title(unit: &str) -> &'static str {
+    if unit == "MiB/s" {
+        "Bandwidth per phase"
+    } else {
+        "Metadata rate per phase"
+    }
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    size: u32,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, size))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(draw_error)
+}
+
+/// Grouped bars: a group per phase, a bar per target (its mean, with a ±sd whisker).
+fn bars<DB: DrawingBackend>(
+    area: DrawingArea<DB, Shift>,
+    rows: &[&Summary],
+    unit: &str,
+) -> Result<()> {
+    area.fill(&WHITE).map_err(draw_error)?;
+    let phases = distinct(rows.iter().map(|s| s.phase.as_str()));
+    let targets = distinct(rows.iter().map(|s| s.target.as_str()));
+    let k = targets.len() as i32;
+    // Each bar is two units wide; a group is its bars and a two-unit gap.
+    let group = 2 * k + 2;
+    let (ymin, ymax) = log_range(rows);
     let mut chart = ChartBuilder::on(&area)
-        .caption(
-            format!(
-                "{} per phase",
-                if unit == "MiB/s" {
-                    "Bandwidth"
-                } else {
-                    "Metadata rate"
-                }
-            ),
-            (FONT, 22),
-        )
+        .caption(bars_title(unit), (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
@@ -242,14 +261,7 @@ fn bars<DB: DrawingBackend>(
             }))
             .map_err(draw_error)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;
     area.present().map_err(draw_error)
 }
 
@@ -317,15 +329,17 @@ fn latency<DB: DrawingBackend>(
             .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(draw_error)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 12))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
     area.present().map_err(draw_error)
+}
+
+/// A sweep point as a label: `name=value` pairs.
+fn point_label(s: &Summary) -> String {
+    s.point
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A line per phase (first target) over the swept points, in the order they ran.
@@ -335,26 +349,14 @@ fn sweep<DB: DrawingBackend>(
     unit: &str,
 ) -> Result<()> {
     area.fill(&WHITE).map_err(draw_error)?;
-    let label = |s: &Summary| {
-        s.point
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     let target = rows[0].target.clone();
     let rows: Vec<&Summary> = rows
         .iter()
         .copied()
         .filter(|s| s.target == target)
         .collect();
-    let mut points: Vec<String> = Vec::new();
-    for s in &rows {
-        let l = label(s);
-        if !points.contains(&l) {
-            points.push(l);
-        }
-    }
+    let labels: Vec<String> = rows.iter().map(|s| point_label(s)).collect();
+    let points = distinct(labels.iter().map(String::as_str));
     let phases = distinct(rows.iter().map(|s| s.phase.as_str()));
     let ymax = rows
         .iter()
@@ -376,7 +378,11 @@ fn sweep<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_labels(n as usize + 2)
-        .x_label_formatter(&|i| points.get(*i as usize).cloned().unwrap_or_default())
+        .x_label_formatter(&|i| {
+            points
+                .get(*i as usize)
+                .map_or(String::new(), |p| (*p).to_owned())
+        })
         .x_label_style((FONT, 12))
         .y_desc(unit)
         .y_label_style((FONT, 12))
@@ -390,7 +396,7 @@ fn sweep<DB: DrawingBackend>(
             .filter_map(|s| {
                 points
                     .iter()
-                    .position(|p| *p == label(s))
+                    .position(|p| *p == point_label(s))
                     .map(|x| (x as i32, s.mean))
             })
             .collect();
@@ -405,12 +411,6 @@ fn sweep<DB: DrawingBackend>(
             .draw_series(line.iter().map(|p| Circle::new(*p, 4, color.filled())))
             .map_err(draw_error)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 12))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
     area.present().map_err(draw_error)
 }

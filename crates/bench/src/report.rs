@@ -45,7 +45,7 @@ pub struct Meta {
 }
 
 /// One server's counters at a point of the run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerCounters {
     /// Node id.
     pub node: String,
@@ -63,6 +63,47 @@ pub struct ServerCounters {
     pub used_bytes: Option<u64>,
     /// Requests refused as malformed.
     pub malformed: Option<u64>,
+    /// Requests in the server now, and the most at once since it started.
+    pub queue_depth: Option<[u64; 2]>,
+    /// Per operation, since the server started.
+    pub ops: Vec<OpCounters>,
+}
+
+/// One server's counters of one operation, since it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpCounters {
+    /// The operation's wire name.
+    pub op: String,
+    /// Requests taken.
+    pub requests: u64,
+    /// Requests not answered with success.
+    pub errors: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Median latency in the server, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Slowest, µs.
+    pub max_us: f64,
+}
+
+fn op_counters(s: &StatsReply) -> Vec<OpCounters> {
+    s.ops
+        .iter()
+        .map(|o| OpCounters {
+            op: o.op.name().to_owned(),
+            requests: o.requests,
+            errors: o.errors,
+            bytes_in: o.bytes_in,
+            bytes_out: o.bytes_out,
+            p50_us: o.latency_p50_ns as f64 / 1000.0,
+            p99_us: o.latency_p99_ns as f64 / 1000.0,
+            max_us: o.latency_max_ns as f64 / 1000.0,
+        })
+        .collect()
 }
 
 impl ServerCounters {
@@ -77,12 +118,14 @@ impl ServerCounters {
             chunks: stats.as_ref().map(|s| s.chunks),
             used_bytes: stats.as_ref().map(|s| s.used_bytes),
             malformed: stats.as_ref().map(|s| s.malformed),
+            queue_depth: stats.as_ref().map(|s| [s.queue_depth, s.queue_depth_max]),
+            ops: stats.as_ref().map(op_counters).unwrap_or_default(),
         }
     }
 }
 
 /// Every server's counters after one phase.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerSnapshot {
     /// Target label.
     pub target: String,

@@ -484,7 +484,8 @@ impl<'a> Runner<'a> {
             .collect()
     }
 
-    /// Every rank's round trips and bandwidth to the servers, then rank 0's store probe.
+    /// Every rank's round trips and bandwidth to the servers, then rank 0's probe of every
+    /// server's store.
     fn measure_limits(&mut self) -> Result<Limits> {
         let Storage::Native(fs) = self.storage else {
             return Err("limits are measured on a native target".into());
@@ -495,14 +496,21 @@ impl<'a> Runner<'a> {
         self.barrier.wait()?;
         let bw = limits::bandwidth(fs, self.ranks.rank, self.plan.network_payload)?;
         let bw = self.exchange("limit-network", &bw)?;
+        // Rank 0 alone: the stores are the servers', and probing them from every rank
+        // would only queue the probes.
+        let stores = match self.ranks.rank {
+            0 => Some(limits::stores(fs, self.plan.network_payload)?),
+            _ => None,
+        };
+        self.barrier.wait()?;
         let rtt = PhaseResult::aggregate("", "", Kind::Metadata, 0, &rtt);
         let bw = PhaseResult::aggregate("", "", Kind::Bandwidth, 0, &bw);
         Ok(Limits {
             rtt_p50_us: rtt.latency.get("ping").map_or(0.0, |l| l.p50_us),
             network_mib_s: bw.mib_s,
             network_payload: self.plan.network_payload,
-            store_write_mib_s: None,
-            store_read_mib_s: None,
+            store_write_mib_s: stores.map(|s| s.0),
+            store_read_mib_s: stores.map(|s| s.1),
         })
     }
 
@@ -567,7 +575,7 @@ impl<'a> Runner<'a> {
 
 /// The limit a result is measured against: bandwidth against the network probe (and the
 /// stores, when probed); metadata against one round trip per operation per rank.
-fn efficiency(r: &PhaseResult, phase: &Phase, l: &Limits) -> Option<Efficiency> {
+pub fn efficiency(r: &PhaseResult, phase: &Phase, l: &Limits) -> Option<Efficiency> {
     let (limit, of) = match phase.kind() {
         Kind::Bandwidth => {
             let store = match phase {

@@ -34,7 +34,7 @@ pub enum Command {
     PlacementStats(placement_stats::Args),
     /// Benchmarks: IOR- and mdtest-like workloads, IO500, the standard suite and sweeps,
     /// with a report directory of JSON, CSV and plots.
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// RPC round-trip latency and pipelined bandwidth of `Ping` against local servers,
     /// with busy polling on and off side by side.
     RpcBench(rpc_bench::Args),
@@ -90,7 +90,7 @@ pub(crate) fn commit() -> String {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::PlacementStats(args) => placement_stats::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::RpcBench(args) => rpc_bench::run(args),
         Command::Cluster(c) => cluster::run(c),
         Command::Mount(args) => mount::run(args),

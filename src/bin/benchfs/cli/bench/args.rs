@@ -79,6 +79,11 @@ pub struct Common {
     /// stat,read) on the same name reads what this run left, and removes nothing.
     #[arg(long, value_name = "NAME")]
     pub workspace: Option<String>,
+    /// Also run the phases with IOR and mdtest from this directory (built with the BENCHFS
+    /// backend by scripts/build-ior.sh), through the C API under mpirun, as the target
+    /// `ior-capi` of the same report.
+    #[arg(long, value_name = "DIR")]
+    pub ior_bin: Option<PathBuf>,
     /// Client processes started on this machine (ignored under mpirun/srun, whose ranks
     /// are the clients).
     #[arg(long, default_value_t = 1)]

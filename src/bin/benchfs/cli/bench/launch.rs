@@ -13,6 +13,7 @@ use benchfs_bench::storage::Storage;
 use benchfs_bench::sync::{FileBarrier, Ranks};
 
 use super::args::{Common, WorkerArgs};
+use super::external;
 use crate::cli::cluster::{self, ClusterCommand, Target, UpArgs, DEFAULT_DIR};
 use crate::cli::{commit, local_error, CliError};
 
@@ -168,7 +169,22 @@ pub fn measure(
         Some(d) => d.join(&plan.workspace),
         None => std::env::temp_dir().join(fresh_name("benchfs-bench-run")),
     };
-    let outcome = run_local(&plan, &run_dir, common.clients.max(1));
+    let clients = common.clients.max(1);
+    let outcome = run_local(&plan, &run_dir, clients).and_then(|mut outcome| {
+        if let (Some(bin), None) = (&common.ior_bin, &common.posix) {
+            let registry = target.config()?.network.registry_dir;
+            let ran = external::run(
+                bin,
+                &plan.phases,
+                &registry,
+                clients,
+                &plan.workspace,
+                outcome.limits.as_ref(),
+            )?;
+            outcome.results.extend(ran);
+        }
+        Ok(outcome)
+    });
     let _ = std::fs::remove_dir_all(&run_dir);
     dirs.remove();
     let stopped = cluster.map_or(Ok(()), OwnCluster::stop);

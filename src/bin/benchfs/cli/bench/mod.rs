@@ -5,6 +5,7 @@
 //! command line into its plans, starts clusters and processes, and prints.
 
 mod args;
+mod external;
 mod launch;
 mod sweep;
 

@@ -128,7 +128,7 @@ pub fn run(args: &SweepArgs) -> Result<(), CliError> {
     let started = SystemTime::now();
     let mut measured = Vec::new();
     for point in grid(&args.params) {
-        eprintln!(
+        println!(
             "sweep point {}",
             point
                 .iter()
