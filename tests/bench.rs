@@ -271,7 +271,7 @@ fn sweep_over_two_chunk_sizes_gives_a_point_each() {
         stdout.contains("[chunk_size=1m]") && stdout.contains("[chunk_size=2m]"),
         "{stdout}"
     );
-    check_plots(out.path(), &["sweep-bandwidth"]);
+    check_plots(out.path(), &["sweep-bandwidth", "sweep-latency"]);
 }
 
 /// The chunk files of every server of a file-backend cluster, with their chunk index.

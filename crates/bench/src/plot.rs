@@ -108,6 +108,13 @@ pub fn all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             )?);
         }
     }
+    files.extend(sweep_plots(report, &dir)?);
+    Ok(files)
+}
+
+/// The sweep's figures and latencies against its points (none outside a sweep).
+fn sweep_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let swept: Vec<&Summary> = report
         .summary
         .iter()
@@ -121,14 +128,22 @@ pub fn all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             let rows: Vec<&Summary> = swept.iter().copied().filter(|s| s.kind == kind).collect();
             if !rows.is_empty() {
                 files.extend(both(
-                    &dir,
+                    dir,
                     name,
                     (900, 520),
-                    &|a| sweep(a, &rows, unit),
-                    &|a| sweep(a, &rows, unit),
+                    &|a| sweep(a, &rows, unit, |s| Some(s.mean)),
+                    &|a| sweep(a, &rows, unit, |s| Some(s.mean)),
                 )?);
             }
         }
+        let unit = "median latency of the main operation, µs";
+        files.extend(both(
+            dir,
+            "sweep-latency",
+            (900, 520),
+            &|a| sweep(a, &swept, unit, |s| s.p50_us),
+            &|a| sweep(a, &swept, unit, |s| s.p50_us),
+        )?);
     }
     Ok(files)
 }
@@ -347,6 +362,7 @@ fn sweep<DB: DrawingBackend>(
     area: DrawingArea<DB, Shift>,
     rows: &[&Summary],
     unit: &str,
+    value: fn(&Summary) -> Option<f64>,
 ) -> Result<()> {
     area.fill(&WHITE).map_err(draw_error)?;
     let target = rows[0].target.clone();
@@ -358,22 +374,24 @@ fn sweep<DB: DrawingBackend>(
     let labels: Vec<String> = rows.iter().map(|s| point_label(s)).collect();
     let points = distinct(labels.iter().map(String::as_str));
     let phases = distinct(rows.iter().map(|s| s.phase.as_str()));
-    let ymax = rows
+    // A log scale: the phases' figures differ by orders of magnitude.
+    let values: Vec<f64> = rows
         .iter()
-        .map(|s| s.mean + s.stddev)
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
+        .filter_map(|s| value(s))
+        .filter(|v| *v > 0.0)
+        .collect();
+    let ymax = values.iter().copied().fold(1e-9, f64::max) * 2.0;
+    let ymin = values.iter().copied().fold(ymax, f64::min) / 2.0;
     let n = points.len() as i32;
     let mut chart = ChartBuilder::on(&area)
         .caption(
-            format!("{target}: {unit} against the swept parameters"),
+            format!("{target}, against the swept parameters"),
             (FONT, 20),
         )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(-1..n, 0.0..ymax)
+        .build_cartesian_2d(-1..n, (ymin..ymax).log_scale())
         .map_err(draw_error)?;
     chart
         .configure_mesh()
@@ -384,7 +402,7 @@ fn sweep<DB: DrawingBackend>(
                 .map_or(String::new(), |p| (*p).to_owned())
         })
         .x_label_style((FONT, 12))
-        .y_desc(unit)
+        .y_desc(format!("{unit} (log)"))
         .y_label_style((FONT, 12))
         .draw()
         .map_err(draw_error)?;
@@ -397,7 +415,8 @@ fn sweep<DB: DrawingBackend>(
                 points
                     .iter()
                     .position(|p| *p == point_label(s))
-                    .map(|x| (x as i32, s.mean))
+                    .zip(value(s))
+                    .map(|(x, v)| (x as i32, v.max(ymin)))
             })
             .collect();
         chart
