@@ -26,6 +26,14 @@ fn bench(cluster: &Cluster, args: &[&str]) -> Run {
     benchfs(&all, &[])
 }
 
+/// A cluster of two memory servers.
+fn two_servers() -> Cluster {
+    Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    })
+}
+
 fn read_report(out: &Path) -> Report {
     let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
     serde_json::from_str(&text).expect("report.json parses back into a Report")
@@ -162,10 +170,7 @@ fn check_server_counters(report: &Report) {
 
 #[test]
 fn suite_report_parses_back_and_agrees_with_the_table() {
-    let cluster = Cluster::start(ClusterSpec {
-        servers: 2,
-        ..Default::default()
-    });
+    let cluster = two_servers();
     let out = out_dir();
     let local = out_dir();
     let stdout = bench(
@@ -345,10 +350,7 @@ fn verify_detects_a_corrupted_chunk() {
 
 #[test]
 fn io500_runs_every_phase_in_order_and_scores() {
-    let cluster = Cluster::start(ClusterSpec {
-        servers: 2,
-        ..Default::default()
-    });
+    let cluster = two_servers();
     let out = out_dir();
     let stdout = bench(
         &cluster,
@@ -402,10 +404,7 @@ fn io500_runs_every_phase_in_order_and_scores() {
 
 #[test]
 fn stonewalling_stops_writes_and_reads_read_what_was_written() {
-    let cluster = Cluster::start(ClusterSpec {
-        servers: 2,
-        ..Default::default()
-    });
+    let cluster = two_servers();
     let out = out_dir();
     bench(
         &cluster,
@@ -471,10 +470,7 @@ fn mpi_ranks_meet_through_the_registry() {
         );
         return;
     }
-    let cluster = Cluster::start(ClusterSpec {
-        servers: 2,
-        ..Default::default()
-    });
+    let cluster = two_servers();
     let out = out_dir();
     let run = std::process::Command::new("mpirun")
         .args([

@@ -412,7 +412,13 @@ impl Report {
     }
 
     fn html(&self, plots: &[String]) -> String {
-        let md = self.markdown(&[]);
+        // The markdown's text in a <pre>, without its code fences.
+        let md: String = self
+            .markdown(&[])
+            .lines()
+            .filter(|l| *l != "```")
+            .map(|l| format!("{l}\n"))
+            .collect();
         let escaped = md
             .replace('&', "&amp;")
             .replace('<', "&lt;")

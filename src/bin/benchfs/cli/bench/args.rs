@@ -115,9 +115,9 @@ pub struct Common {
     pub barrier_timeout: u64,
 }
 
-/// `benchfs bench suite`.
+/// The sizes of the IO500 shapes that the suite, io500 and sweep use.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SuiteArgs {
+pub struct Sizes {
     /// Bytes per rank of ior-easy.
     #[arg(long, default_value = "256m", value_parser = parse_size)]
     pub easy_block: u64,
@@ -130,6 +130,26 @@ pub struct SuiteArgs {
     /// Files per rank of mdtest-hard.
     #[arg(long, default_value_t = 1000)]
     pub hard_files: u64,
+}
+
+impl Sizes {
+    /// ior-easy, ior-hard, mdtest-easy and mdtest-hard at these sizes.
+    pub fn specs(&self) -> (IorSpec, IorSpec, MdSpec, MdSpec) {
+        (
+            IorSpec::easy(self.easy_block),
+            IorSpec::hard(self.hard_segments),
+            MdSpec::easy(self.easy_files),
+            MdSpec::hard(self.hard_files),
+        )
+    }
+}
+
+/// `benchfs bench suite`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// The sizes of the IO500 shapes.
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Everything else.
     #[command(flatten)]
     pub common: Common,
@@ -223,18 +243,9 @@ pub enum MdPhase {
 /// `benchfs bench io500`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Io500Args {
-    /// Bytes per rank of ior-easy.
-    #[arg(long, default_value = "256m", value_parser = parse_size)]
-    pub easy_block: u64,
-    /// 47008-byte segments per rank of ior-hard.
-    #[arg(long, default_value_t = 2000)]
-    pub hard_segments: u64,
-    /// Files per rank of mdtest-easy.
-    #[arg(long, default_value_t = 2000)]
-    pub easy_files: u64,
-    /// Files per rank of mdtest-hard.
-    #[arg(long, default_value_t = 1000)]
-    pub hard_files: u64,
+    /// The sizes of the IO500 shapes.
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Everything else.
     #[command(flatten)]
     pub common: Common,
@@ -278,20 +289,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-fn standard_specs(
-    easy_block: u64,
-    hard_segments: u64,
-    easy_files: u64,
-    hard_files: u64,
-) -> (IorSpec, IorSpec, MdSpec, MdSpec) {
-    (
-        IorSpec::easy(easy_block),
-        IorSpec::hard(hard_segments),
-        MdSpec::easy(easy_files),
-        MdSpec::hard(hard_files),
-    )
-}
-
 impl Workload {
     /// The options every workload shares.
     pub fn common(&self) -> &Common {
@@ -321,15 +318,13 @@ impl Workload {
     pub fn phases(&self) -> Result<Vec<Phase>, CliError> {
         Ok(match self {
             Workload::Suite(a) => {
-                let (easy, hard, md_easy, md_hard) =
-                    standard_specs(a.easy_block, a.hard_segments, a.easy_files, a.hard_files);
+                let (easy, hard, md_easy, md_hard) = a.sizes.specs();
                 suite_phases(&easy, &hard, &md_easy, &md_hard)
             }
             Workload::Ior(a) => a.phases(),
             Workload::Mdtest(a) => a.phases(),
             Workload::Io500(a) => {
-                let (easy, hard, md_easy, md_hard) =
-                    standard_specs(a.easy_block, a.hard_segments, a.easy_files, a.hard_files);
+                let (easy, hard, md_easy, md_hard) = a.sizes.specs();
                 io500::phases(&easy, &hard, &md_easy, &md_hard)
             }
             Workload::Sweep(_) | Workload::Worker(_) => return Err("no phases of their own".into()),

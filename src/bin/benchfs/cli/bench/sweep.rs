@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use benchfs_bench::report;
 
-use super::args::{parse_size, suite_phases, Common};
+use super::args::{parse_size, suite_phases, Common, Sizes};
 use super::launch::{self, Point};
 use crate::cli::cluster::UpArgs;
 use crate::cli::CliError;
@@ -29,18 +29,9 @@ pub struct SweepArgs {
     /// The workload at each point: ior-easy, ior-hard, mdtest-easy, mdtest-hard or suite.
     #[arg(long, default_value = "ior-easy", value_parser = ["ior-easy", "ior-hard", "mdtest-easy", "mdtest-hard", "suite"])]
     pub workload: String,
-    /// Bytes per rank of ior-easy.
-    #[arg(long, default_value = "256m", value_parser = parse_size)]
-    pub easy_block: u64,
-    /// 47008-byte segments per rank of ior-hard.
-    #[arg(long, default_value_t = 2000)]
-    pub hard_segments: u64,
-    /// Files per rank of mdtest-easy.
-    #[arg(long, default_value_t = 2000)]
-    pub easy_files: u64,
-    /// Files per rank of mdtest-hard.
-    #[arg(long, default_value_t = 1000)]
-    pub hard_files: u64,
+    /// The sizes of the IO500 shapes.
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Everything else.
     #[command(flatten)]
     pub common: Common,
@@ -110,14 +101,7 @@ pub fn run(args: &SweepArgs) -> Result<(), CliError> {
             "a sweep starts a cluster per point: it takes no --dir, --registry or --posix".into(),
         );
     }
-    let (easy, hard) = (
-        benchfs_bench::ior::IorSpec::easy(args.easy_block),
-        benchfs_bench::ior::IorSpec::hard(args.hard_segments),
-    );
-    let (md_easy, md_hard) = (
-        benchfs_bench::mdtest::MdSpec::easy(args.easy_files),
-        benchfs_bench::mdtest::MdSpec::hard(args.hard_files),
-    );
+    let (easy, hard, md_easy, md_hard) = args.sizes.specs();
     let suite = suite_phases(&easy, &hard, &md_easy, &md_hard);
     let prefix = format!("{}-", args.workload);
     let phases: Vec<_> = suite
