@@ -26,6 +26,18 @@ fn bench(cluster: &Cluster, args: &[&str]) -> Run {
     benchfs(&all, &[])
 }
 
+/// The IO500 shapes at sizes a test runs in seconds.
+const TINY: [&str; 8] = [
+    "--easy-block",
+    "4m",
+    "--hard-segments",
+    "20",
+    "--easy-files",
+    "20",
+    "--hard-files",
+    "20",
+];
+
 /// A cluster of two memory servers.
 fn two_servers() -> Cluster {
     Cluster::start(ClusterSpec {
@@ -173,29 +185,20 @@ fn suite_report_parses_back_and_agrees_with_the_table() {
     let cluster = two_servers();
     let out = out_dir();
     let local = out_dir();
-    let stdout = bench(
-        &cluster,
+    let args = [
+        &["suite"][..],
+        &TINY,
         &[
-            "suite",
-            "--easy-block",
-            "4m",
-            "--hard-segments",
-            "20",
-            "--easy-files",
-            "20",
-            "--hard-files",
-            "20",
             "--clients",
             "2",
             "--reps",
             "2",
             "--baseline",
             arg(local.path()),
-            "--out",
-            arg(out.path()),
         ],
-    )
-    .ok();
+        &["--out", arg(out.path())],
+    ];
+    let stdout = bench(&cluster, &args.concat()).ok();
     let report = read_report(out.path());
     // 11 phases, 2 repetitions, 2 targets.
     assert_eq!(report.results.len(), 44);
@@ -354,19 +357,7 @@ fn io500_runs_every_phase_in_order_and_scores() {
     let out = out_dir();
     let stdout = bench(
         &cluster,
-        &[
-            "io500",
-            "--easy-block",
-            "4m",
-            "--hard-segments",
-            "20",
-            "--easy-files",
-            "20",
-            "--hard-files",
-            "20",
-            "--out",
-            arg(out.path()),
-        ],
+        &[&["io500"][..], &TINY, &["--out", arg(out.path())]].concat(),
     )
     .ok();
     let report = read_report(out.path());

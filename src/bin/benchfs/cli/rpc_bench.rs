@@ -20,6 +20,7 @@ use benchfs::blocking::{ApiError, BenchFS, FsClient};
 use benchfs::client::rpc::OutPayload;
 use benchfs::config::ServerConfig;
 use benchfs::{limits, registry};
+use benchfs_bench::report;
 
 /// Byte every payload is filled with, so that its pages are resident before timing starts.
 const PAYLOAD_FILL: u8 = 0xA5;
@@ -124,11 +125,11 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .rdma_threshold
         .unwrap_or(limits::RENDEZVOUS_THRESHOLD_DEFAULT);
     let (ucx_major, ucx_minor, ucx_release) = benchfs_ucx::ucx_version();
+    let [one, five, fifteen] = report::load_average();
     println!(
-        "host nproc={} cpu=\"{}\" loadavg=\"{}\"",
-        nproc(),
+        "host nproc={} cpu=\"{}\" loadavg=\"{one:.2} {five:.2} {fifteen:.2}\"",
+        report::host_facts().2,
         cpu_model(),
-        loadavg()
     );
     println!(
         "build commit={} profile={} ucx={ucx_major}.{ucx_minor}.{ucx_release} ucx_tls={}",
@@ -541,19 +542,6 @@ fn join(values: &[u64]) -> String {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// The 1, 5 and 15 minute load averages: other work on the host skews every figure.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0)
 }
 
 fn cpu_model() -> String {
