@@ -14,6 +14,7 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use crate::limits::{ALIGN, POOL_LARGE_BYTES_MAX, POOL_SMALL_SLOTS_MAX, POOL_SMALL_SLOT_BYTES};
+use crate::mapping::Mapping;
 use crate::StoreError;
 
 /// An owned byte buffer aligned to [`ALIGN`] (4096) bytes, fit for O_DIRECT.
@@ -161,44 +162,6 @@ impl fmt::Debug for ChunkBuf {
     }
 }
 
-/// An anonymous private mapping, unmapped on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
-        // SAFETY: an anonymous mapping at a kernel-chosen address touches no existing memory.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
-        Ok(Mapping { ptr, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr..ptr+len` is exactly the mapping made in `new`, and no buffer into
-        // it survives: every `ChunkBuf` slot holds an `Rc` to the pool that owns this.
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        if rc != 0 {
-            tracing::error!(error = %io::Error::last_os_error(), "munmap of the buffer pool failed");
-        }
-    }
-}
-
 /// One size class of pool slots, laid out back to back from `offset`.
 struct SlotClass {
     offset: usize,
@@ -225,7 +188,7 @@ impl SlotClass {
 impl fmt::Debug for BufPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufPool")
-            .field("bytes", &self.mapping.len)
+            .field("bytes", &self.mapping.len())
             .field("small_free", &self.small.free.borrow().len())
             .field("large_free", &self.large.free.borrow().len())
             .finish()
@@ -256,7 +219,7 @@ impl BufPool {
         assert!(small_slots > 0 && large_slots > 0);
         let small = SlotClass::new(0, small_bytes, small_slots);
         let large = SlotClass::new(small.bytes(), large_bytes, large_slots);
-        let mapping = Mapping::new(small.bytes() + large.bytes())?;
+        let mapping = Mapping::populated(small.bytes() + large.bytes())?;
         Ok(Rc::new(BufPool {
             mapping,
             small,
@@ -291,7 +254,7 @@ impl BufPool {
 
     /// Start and length of the whole region.
     pub(crate) fn region(&self) -> (*const u8, usize) {
-        (self.mapping.ptr.as_ptr().cast_const(), self.mapping.len)
+        (self.mapping.ptr().as_ptr().cast_const(), self.mapping.len())
     }
 
     /// A slot of at least `len` bytes, or `None` if `len` fits no class or that class is
@@ -308,8 +271,8 @@ impl BufPool {
         };
         let slot = class.free.borrow_mut().pop()?;
         let offset = class.offset + slot * class.slot_bytes;
-        // SAFETY: `offset + slot_bytes <= mapping.len` by the layout in `new`.
-        let ptr = unsafe { self.mapping.ptr.add(offset) };
+        // SAFETY: `offset + slot_bytes <= mapping.len()` by the layout in `new`.
+        let ptr = unsafe { self.mapping.ptr().add(offset) };
         let buf = ChunkBuf {
             ptr,
             len,
@@ -320,7 +283,7 @@ impl BufPool {
     }
 
     fn release(&self, ptr: NonNull<u8>) {
-        let offset = ptr.as_ptr() as usize - self.mapping.ptr.as_ptr() as usize;
+        let offset = ptr.as_ptr() as usize - self.mapping.ptr().as_ptr() as usize;
         let class = if offset < self.large.offset {
             &self.small
         } else {

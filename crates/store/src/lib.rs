@@ -28,7 +28,9 @@ mod error;
 mod faulty;
 mod id;
 pub mod limits;
+mod mapping;
 mod memory;
+mod pages;
 
 use std::fmt;
 use std::path::PathBuf;

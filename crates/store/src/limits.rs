@@ -23,6 +23,16 @@ pub const POOL_LARGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// not [`QUEUE_DEPTH_DEFAULT`]: the memory store has no I/O queue, so `queue_depth` does
 /// not apply to it; this only sizes its pool of reusable buffers.
 pub const MEMORY_POOL_IN_FLIGHT: usize = 32;
+/// Size of one page of the memory store's page pool: the unit in which chunk memory is
+/// handed out and recycled, so a small chunk holds little more memory than its bytes.
+pub const PAGE_BYTES: usize = ALIGN;
+/// A transparent huge page on x86-64 and aarch64 with 4 KiB pages: the alignment the
+/// page pool maps its segments at, so the kernel can back them with huge pages.
+pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Largest segment the page pool maps at once. It grows by doubling from one huge page,
+/// so a store holds at most about twice the memory its chunks use, and a large store
+/// grows in few mappings.
+pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Times a request is resubmitted after `EAGAIN` or `EINTR` before the error is returned.
 pub const RETRIES_MAX: u32 = 8;
 /// Times an op future yields to the scheduler, polling the completion queue, before it
@@ -35,6 +45,10 @@ const _: () =
     assert!(CHUNK_SIZE_MIN >= ALIGN as u64 && CHUNK_SIZE_MIN.is_multiple_of(ALIGN as u64));
 const _: () = assert!(CHUNK_SIZE_MAX <= u32::MAX as u64);
 const _: () = assert!(POOL_SMALL_SLOT_BYTES.is_multiple_of(ALIGN));
+// Chunks are whole pages, and segments whole huge pages, which are whole pages.
+const _: () = assert!(CHUNK_SIZE_MIN.is_multiple_of(PAGE_BYTES as u64));
+const _: () = assert!(HUGE_PAGE_BYTES.is_multiple_of(PAGE_BYTES));
+const _: () = assert!(PAGE_SEGMENT_BYTES_MAX.is_multiple_of(HUGE_PAGE_BYTES));
 const _: () = assert!(CHUNK_SIZE_MAX as usize <= POOL_LARGE_BYTES_MAX);
 // The whole pool is registered as one io_uring buffer, which the kernel caps at 1 GiB.
 const _: () = assert!(
