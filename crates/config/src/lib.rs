@@ -136,6 +136,10 @@ pub struct StorageConfig {
     pub capacity_bytes: Option<u64>,
     /// Most io_uring operations in flight at once.
     pub queue_depth: u32,
+    /// Bytes of chunks the tiered backend keeps in memory before it writes the least
+    /// recently used ones back to `data_dir` (whole chunks: at least one chunk). Other
+    /// backends ignore it.
+    pub memory_tier_bytes: u64,
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
     pub orphan_sweep_secs: u64,
@@ -250,6 +254,7 @@ impl Default for ServerConfig {
                 cache_ttl_secs: limits::CACHE_TTL_SECS_DEFAULT,
             },
             replication: ReplicationConfig {
+                memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 replicas: limits::REPLICAS_DEFAULT,
             },
             placement: PlacementConfig {
@@ -329,6 +334,7 @@ struct RawNetwork {
 }
 
 #[derive(Debug, Default, Deserialize)]
+    memory_tier_bytes: Option<i64>,
 #[serde(deny_unknown_fields)]
 struct RawCache {
     metadata_cache_entries: Option<i64>,
@@ -394,6 +400,7 @@ const ENV_SECTIONS: &[&str] = &[
     "storage",
     "network",
     "cache",
+    ("storage", "memory_tier_bytes", EnvKind::Int),
     "replication",
     "placement",
 ];
@@ -593,6 +600,9 @@ impl ServerConfig {
             self.network.registry_dir = PathBuf::from(dir);
         }
         self.network.rpc_timeout = match (n.rpc_timeout, n.timeout_secs) {
+        if let Some(v) = s.memory_tier_bytes {
+            self.storage.memory_tier_bytes = non_negative("storage.memory_tier_bytes", v)?;
+        }
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "network.timeout_secs",
@@ -711,7 +721,7 @@ impl ServerConfig {
         if self.storage.o_direct && self.storage.backend == Backend::Memory {
             return Err(invalid(
                 "storage.o_direct",
-                "O_DIRECT applies to the file and iouring backends, not memory",
+                "O_DIRECT applies to the file, iouring and tiered backends, not memory",
             ));
         }
         if self.storage.orphan_sweep_secs > limits::ORPHAN_SWEEP_SECS_MAX {
@@ -794,6 +804,13 @@ impl ServerConfig {
         }
         validate_devices(&self.network.devices)
     }
+        let tier = self.storage.memory_tier_bytes;
+        if self.storage.backend == Backend::Tiered && tier < chunk {
+            return Err(invalid(
+                "storage.memory_tier_bytes",
+                format!("{tier} bytes is less than one chunk ({chunk}): the memory tier holds whole chunks"),
+            ));
+        }
 
     /// Checks every value, then that `data_dir` exists or can be made, and is writable.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -900,6 +917,7 @@ fn parse_env(
         else {
             continue;
         };
+            memory_tier_bytes: self.storage.memory_tier_bytes,
         let key = &rest[section.len() + 1..];
         let env_error = |reason: String| ConfigError::Env {
             var: var.clone(),
@@ -1194,3 +1212,29 @@ mod tests {
         );
     }
 }
+    #[test]
+    fn memory_tier_bytes() {
+        let tiered = "[storage]\nbackend = \"tiered\"\nchunk_size = 65536\n";
+        let c = ServerConfig::from_env_and_str(tiered, env(&[])).unwrap();
+        assert_eq!(c.storage.backend, Backend::Tiered);
+        let default = benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT;
+        assert_eq!(c.store_config().memory_tier_bytes, default);
+        let file = format!("{tiered}memory_tier_bytes = 131072\n");
+        let c = ServerConfig::from_env_and_str(&file, env(&[])).unwrap();
+        assert_eq!(c.store_config().memory_tier_bytes, 131_072);
+        let var = ("BENCHFS_STORAGE_MEMORY_TIER_BYTES", "262144");
+        let c = ServerConfig::from_env_and_str(&file, env(&[var])).unwrap();
+        assert_eq!(c.storage.memory_tier_bytes, 262_144);
+        for bad in ["-1", "65535"] {
+            let text = format!("{tiered}memory_tier_bytes = {bad}\n");
+            let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+            assert!(
+                err.to_string().contains("storage.memory_tier_bytes"),
+                "{bad}: {err}"
+            );
+        }
+        // Less than a chunk is fine where there is no memory tier.
+        let text = "[storage]\nchunk_size = 65536\nmemory_tier_bytes = 4096\n";
+        ServerConfig::from_env_and_str(text, env(&[])).unwrap();
+    }
+

@@ -177,6 +177,7 @@ async fn run_backend(args: &Args, backend: Backend, direct: bool) {
         o_direct: direct,
         capacity_bytes: (backend == Backend::Memory).then_some(size),
         queue_depth: args.qd,
+        memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
     };
     let store = match AnyChunkStore::open(&config) {
         Ok(store) => Rc::new(store),

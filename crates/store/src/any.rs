@@ -1,9 +1,9 @@
 //! [`AnyChunkStore`]: the backend chosen at runtime, by dispatch.
 
 use crate::{Backend, ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError};
-use crate::{FileChunkStore, InMemoryChunkStore, IoUringChunkStore, StoreUsage};
+use crate::{FileChunkStore, InMemoryChunkStore, IoUringChunkStore, StoreUsage, TieredChunkStore};
 
-/// One of the three stores, picked by [`StoreConfig::backend`].
+/// One of the four stores, picked by [`StoreConfig::backend`].
 #[derive(Debug)]
 // A server holds one store for its lifetime, so the variants' size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -14,6 +14,8 @@ pub enum AnyChunkStore {
     File(FileChunkStore),
     /// The io_uring store.
     IoUring(IoUringChunkStore),
+    /// Memory over the io_uring store.
+    Tiered(TieredChunkStore),
 }
 
 impl AnyChunkStore {
@@ -28,6 +30,7 @@ impl AnyChunkStore {
             )?),
             Backend::File => AnyChunkStore::File(FileChunkStore::open(config)?),
             Backend::IoUring => AnyChunkStore::IoUring(IoUringChunkStore::open(config)?),
+            Backend::Tiered => AnyChunkStore::Tiered(TieredChunkStore::open(config)?),
         })
     }
 
@@ -37,14 +40,17 @@ impl AnyChunkStore {
             AnyChunkStore::Memory(_) => Backend::Memory,
             AnyChunkStore::File(_) => Backend::File,
             AnyChunkStore::IoUring(_) => Backend::IoUring,
+            AnyChunkStore::Tiered(_) => Backend::Tiered,
         }
     }
 
-    /// The registered buffer region (io_uring store only); see
+    /// The registered buffer region (the io_uring store, and the tiered store's lower
+    /// tier, whose buffers it hands out); see
     /// [`DiskChunkStore::registered_region`](crate::DiskChunkStore::registered_region).
     pub fn registered_region(&self) -> Option<(*const u8, usize)> {
         match self {
             AnyChunkStore::IoUring(s) => s.registered_region(),
+            AnyChunkStore::Tiered(s) => s.registered_region(),
             AnyChunkStore::Memory(_) | AnyChunkStore::File(_) => None,
         }
     }
@@ -56,6 +62,7 @@ macro_rules! dispatch {
             AnyChunkStore::Memory($s) => $call,
             AnyChunkStore::File($s) => $call,
             AnyChunkStore::IoUring($s) => $call,
+            AnyChunkStore::Tiered($s) => $call,
         }
     };
 }

@@ -1,11 +1,14 @@
 //! BenchFS chunk stores: server-side storage of fixed-size file chunks.
 //!
-//! Three backends implement [`ChunkStore`]:
-//! - [`InMemoryChunkStore`]: a capacity-bounded map, for tests and memory-only jobs.
+//! Four backends implement [`ChunkStore`]:
+//! - [`InMemoryChunkStore`]: a capacity-bounded map of chunks made of pre-faulted,
+//!   recycled pages, for tests and memory-only jobs.
 //! - [`FileChunkStore`]: one plain file per chunk, `pread`/`pwrite` through `std::fs`.
 //!   Calls block the (single) runtime thread; it is the baseline.
 //! - [`IoUringChunkStore`]: one file per chunk, I/O through io_uring with registered
 //!   buffers and optional O_DIRECT.
+//! - [`TieredChunkStore`]: hot chunks in memory, written back to an io_uring store under
+//!   `data_dir` by recency (LRU) when the memory tier is full, and on `sync`.
 //!
 //! The two disk backends are one store, [`DiskChunkStore`], over two [`IoEngine`]s:
 //! `FileChunkStore` is `DiskChunkStore<StdEngine>` and `IoUringChunkStore` is
@@ -31,6 +34,7 @@ pub mod limits;
 mod mapping;
 mod memory;
 mod pages;
+mod tiered;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -44,9 +48,10 @@ pub use error::StoreError;
 pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
 pub use memory::InMemoryChunkStore;
+pub use tiered::TieredChunkStore;
 
 use limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};
-use limits::{QUEUE_DEPTH_DEFAULT, QUEUE_DEPTH_MAX};
+use limits::{MEMORY_TIER_BYTES_DEFAULT, QUEUE_DEPTH_DEFAULT, QUEUE_DEPTH_MAX};
 
 /// What [`ChunkStore::stat`] reports about a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,11 +213,18 @@ pub enum Backend {
     File,
     /// [`IoUringChunkStore`]; spelled `iouring`.
     IoUring,
+    /// [`TieredChunkStore`]: memory over io_uring; spelled `tiered`.
+    Tiered,
 }
 
 impl Backend {
     /// Every backend, in a stable order.
-    pub const ALL: [Backend; 3] = [Backend::Memory, Backend::File, Backend::IoUring];
+    pub const ALL: [Backend; 4] = [
+        Backend::Memory,
+        Backend::File,
+        Backend::IoUring,
+        Backend::Tiered,
+    ];
 
     /// The name `FromStr` accepts and `Display` prints.
     pub fn as_str(self) -> &'static str {
@@ -220,6 +232,7 @@ impl Backend {
             Backend::Memory => "memory",
             Backend::File => "file",
             Backend::IoUring => "iouring",
+            Backend::Tiered => "tiered",
         }
     }
 }
@@ -239,7 +252,7 @@ impl FromStr for Backend {
             .find(|b| b.as_str() == s)
             .ok_or_else(|| StoreError::InvalidConfig {
                 field: "backend",
-                reason: format!("{s:?} is not one of memory, file, iouring"),
+                reason: format!("{s:?} is not one of memory, file, iouring, tiered"),
             })
     }
 }
@@ -260,11 +273,16 @@ pub struct StoreConfig {
     pub capacity_bytes: Option<u64>,
     /// Most io_uring operations in flight, 1..=[`QUEUE_DEPTH_MAX`].
     pub queue_depth: u32,
+    /// Bytes of chunks the tiered backend keeps in memory (whole chunks: it holds up to
+    /// `memory_tier_bytes / chunk_size` of them); at least one chunk. Other backends
+    /// ignore it.
+    pub memory_tier_bytes: u64,
 }
 
 impl StoreConfig {
     /// A config with the defaults a server uses: [`CHUNK_SIZE_DEFAULT`] chunks,
-    /// [`QUEUE_DEPTH_DEFAULT`] operations in flight, buffered I/O, no capacity bound.
+    /// [`QUEUE_DEPTH_DEFAULT`] operations in flight, buffered I/O, no capacity bound, a
+    /// memory tier of [`MEMORY_TIER_BYTES_DEFAULT`].
     pub fn new(backend: Backend, data_dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             backend,
@@ -273,6 +291,7 @@ impl StoreConfig {
             o_direct: false,
             capacity_bytes: None,
             queue_depth: QUEUE_DEPTH_DEFAULT,
+            memory_tier_bytes: MEMORY_TIER_BYTES_DEFAULT,
         }
     }
 
@@ -289,6 +308,15 @@ impl StoreConfig {
             return Err(StoreError::InvalidConfig {
                 field: "data_dir",
                 reason: "empty path".into(),
+            });
+        }
+        if self.backend == Backend::Tiered && self.memory_tier_bytes < self.chunk_size {
+            return Err(StoreError::InvalidConfig {
+                field: "memory_tier_bytes",
+                reason: format!(
+                    "{} is less than one chunk ({})",
+                    self.memory_tier_bytes, self.chunk_size
+                ),
             });
         }
         Ok(())
@@ -381,5 +409,22 @@ mod tests {
         cfg.queue_depth = 1;
         cfg.chunk_size = CHUNK_SIZE_MAX + 1;
         assert!(cfg.validate().is_err());
+        let mut cfg = StoreConfig::new(Backend::Tiered, "/x");
+        cfg.validate().unwrap();
+        cfg.memory_tier_bytes = cfg.chunk_size - 1;
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::InvalidConfig {
+                    field: "memory_tier_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Only the tiered backend has a memory tier.
+        cfg.backend = Backend::IoUring;
+        cfg.validate().unwrap();
     }
 }

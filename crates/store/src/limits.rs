@@ -33,6 +33,9 @@ pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// so a store holds at most about twice the memory its chunks use, and a large store
 /// grows in few mappings.
 pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Memory tier of the tiered store when none is configured: 1 GiB, 256 chunks of the
+/// default size, a share of a compute node's memory a job can spare beside its own.
+pub const MEMORY_TIER_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// Times a request is resubmitted after `EAGAIN` or `EINTR` before the error is returned.
 pub const RETRIES_MAX: u32 = 8;
 /// Times an op future yields to the scheduler, polling the completion queue, before it
@@ -50,6 +53,8 @@ const _: () = assert!(CHUNK_SIZE_MIN.is_multiple_of(PAGE_BYTES as u64));
 const _: () = assert!(HUGE_PAGE_BYTES.is_multiple_of(PAGE_BYTES));
 const _: () = assert!(PAGE_SEGMENT_BYTES_MAX.is_multiple_of(HUGE_PAGE_BYTES));
 const _: () = assert!(CHUNK_SIZE_MAX as usize <= POOL_LARGE_BYTES_MAX);
+// The default memory tier holds at least one chunk of any size.
+const _: () = assert!(MEMORY_TIER_BYTES_DEFAULT >= CHUNK_SIZE_MAX);
 // The whole pool is registered as one io_uring buffer, which the kernel caps at 1 GiB.
 const _: () = assert!(
     POOL_SMALL_SLOT_BYTES * POOL_SMALL_SLOTS_MAX + POOL_LARGE_BYTES_MAX <= 1024 * 1024 * 1024

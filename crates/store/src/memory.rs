@@ -60,7 +60,8 @@ impl InMemoryChunkStore {
         Ok(store)
     }
 
-    fn empty(chunk_size: u64, capacity_bytes: u64) -> InMemoryChunkStore {
+    /// A store that maps nothing until it is used; the caller has checked `chunk_size`.
+    pub(crate) fn empty(chunk_size: u64, capacity_bytes: u64) -> InMemoryChunkStore {
         InMemoryChunkStore {
             chunk_size,
             capacity_bytes,

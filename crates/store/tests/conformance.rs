@@ -1,6 +1,7 @@
-//! One conformance suite, run against every backend: the memory, file and io_uring
-//! stores must give the same answers. The io_uring cases skip (and say so) where the
-//! kernel has no io_uring.
+//! One conformance suite, run against every backend: the memory, file, io_uring and
+//! tiered stores must give the same answers. The io_uring and tiered cases skip (and say
+//! so) where the kernel has no io_uring. The tiered store's memory tier holds four chunks
+//! here, so most cases also move chunks between its tiers.
 
 mod common;
 
@@ -351,6 +352,8 @@ async fn names_stay_inside(mut h: Harness) {
     for id in edge {
         write(&*h.store, id, 0, b"edge").await;
     }
+    // The tiered store writes its memory tier to disk on sync.
+    h.store.sync().await.unwrap();
     let chunks = h.config.data_dir.join("chunks");
     let outside: Vec<_> = std::fs::read_dir(&h.config.data_dir)
         .unwrap()
@@ -430,6 +433,8 @@ backend!(file, Backend::File, false);
 backend!(file_direct, Backend::File, true);
 backend!(iouring, Backend::IoUring, false);
 backend!(iouring_direct, Backend::IoUring, true);
+backend!(tiered, Backend::Tiered, false);
+backend!(tiered_direct, Backend::Tiered, true);
 
 #[test]
 fn iouring_pool_buffers_are_registered() {

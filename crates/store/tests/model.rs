@@ -203,3 +203,10 @@ fn iouring() {
 fn iouring_direct() {
     drive(Backend::IoUring, true, 64);
 }
+
+/// Nine chunk ids over a memory tier of four: the model also checks eviction, write-back
+/// and the reopen after a sync.
+#[test]
+fn tiered() {
+    drive(Backend::Tiered, false, 128);
+}

@@ -119,6 +119,22 @@ impl<E: IoEngine> DiskChunkStore<E> {
     }
 }
 
+impl<E: IoEngine> DiskChunkStore<E> {
+    /// A chunk's length as indexed, without I/O; `None` if it does not exist.
+    pub(crate) fn chunk_len(&self, id: ChunkId) -> Option<u64> {
+        self.dir.stat(id).map(|stat| stat.len)
+    }
+
+    /// Every chunk with its length, in id order, without I/O.
+    pub(crate) fn indexed(&self) -> Vec<(ChunkId, u64)> {
+        self.dir
+            .list()
+            .into_iter()
+            .filter_map(|id| Some((id, self.dir.stat(id)?.len)))
+            .collect()
+    }
+}
+
 impl DiskChunkStore<UringEngine> {
     /// Start and length of the one mapping every pooled [`ChunkBuf`] lives in, for the
     /// RPC layer to register with UCX. It stays mapped while the store or any of its

@@ -14,6 +14,8 @@ use tempfile::TempDir;
 pub const CHUNK: u64 = 64 * 1024;
 /// Queue depth for tests: small, so concurrency cases exceed it.
 pub const QD: u32 = 4;
+/// Memory tier of the tiered store in tests: four chunks, so most cases evict.
+pub const MEMORY_TIER: u64 = 4 * CHUNK;
 
 /// A store and the directory it lives in.
 pub struct Harness {
@@ -44,6 +46,7 @@ impl Harness {
             o_direct,
             capacity_bytes,
             queue_depth: QD,
+            memory_tier_bytes: MEMORY_TIER,
         };
         match AnyChunkStore::open(&config) {
             Ok(store) => Some(Harness {

@@ -1,0 +1,656 @@
+//! [`TieredChunkStore`]: hot chunks in memory, the rest in a disk store under `data_dir`.
+//!
+//! - Upper tier: an [`InMemoryChunkStore`] holding at most `memory_tier_bytes /
+//!   chunk_size` chunks (slots are whole chunks, so a resident chunk can always grow to
+//!   the chunk size without evicting anything, and the tier never holds more than
+//!   `memory_tier_bytes` of chunk data).
+//! - Lower tier: a [`DiskChunkStore`] (io_uring by default) on the usual layout.
+//! - Writes allocate: a write to a chunk that is not resident brings it in (reading the
+//!   lower copy first unless the write covers all of it), evicting the least recently
+//!   written or read resident chunk if no slot is free. With no slot to be had (every
+//!   resident chunk busy), the write goes straight to the lower tier.
+//! - Write-back: a resident chunk is dirty until it is written to the lower tier, which
+//!   happens when it is evicted and on [`sync`](ChunkStore::sync). Reads, truncates of
+//!   chunks that are not resident, and reads of spilled chunks go to the lower tier
+//!   without bringing the chunk in: a read-mostly working set larger than the tier would
+//!   otherwise write back a chunk on every read.
+//!
+//! **Durability contract:** when `sync` returns, every write, truncate and removal that
+//! completed before it was called is on the lower tier and fsynced (chunk files and
+//! directories), as with the disk stores. An evicted chunk is written to the lower tier
+//! (the page cache) before its memory is dropped, and fsynced by the next `sync`. A clean
+//! server shutdown syncs. A store dropped without `sync` (or a killed process) loses what
+//! was written since the last `sync`, and nothing else: the lower tier then holds each
+//! chunk as of its last write-back.
+//!
+//! **Invariant:** the index holds every chunk with its length and place: `Memory` (the
+//! upper tier has it; the lower copy, if any, is current unless `dirty`) or `Disk` (only
+//! the lower tier has it). An operation that must await with a chunk in a state another
+//! operation could see half-done holds that chunk (`busy`); operations on a held chunk
+//! wait, except reads, which see memory only as changed between awaits. When a hold ends
+//! the chunk's length is taken again from the tier that has it, so a dropped future
+//! leaves the index true.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+
+use tokio::sync::Notify;
+
+use crate::disk::{DiskChunkStore, IoEngine, UringEngine};
+use crate::{check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore, InMemoryChunkStore};
+use crate::{StoreConfig, StoreError, StoreUsage};
+
+/// Chunks in memory over chunks on disk, written back by recency; see the module docs
+/// for the policy and the durability contract. The lower tier is the io_uring store
+/// unless `E` says otherwise. Must be opened and used inside a tokio runtime with I/O
+/// enabled, as the io_uring store.
+#[derive(Debug)]
+pub struct TieredChunkStore<E: IoEngine = UringEngine> {
+    upper: InMemoryChunkStore,
+    lower: DiskChunkStore<E>,
+    /// Chunks the upper tier may hold.
+    slots: usize,
+    capacity_bytes: Option<u64>,
+    state: RefCell<State>,
+    /// Sum of the indexed lengths.
+    used_bytes: Cell<u64>,
+    /// Growth that operations in flight have checked against the capacity.
+    reserved_bytes: Cell<u64>,
+    /// Woken whenever a hold ends.
+    released: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: BTreeMap<ChunkId, Entry>,
+    /// Chunks an operation holds across an await.
+    busy: HashSet<ChunkId>,
+    /// Resident chunks by last use, oldest first.
+    lru: BTreeMap<u64, ChunkId>,
+    tick: u64,
+    /// Slots taken: resident chunks, and those being brought in.
+    resident: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    len: u64,
+    place: Place,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the upper tier; `stamp` is its key in the LRU.
+    Memory { dirty: bool, stamp: u64 },
+    /// Only in the lower tier.
+    Disk,
+}
+
+impl State {
+    /// Marks `id` (resident) used now.
+    fn touch(&mut self, id: ChunkId) {
+        let Some(entry) = self.index.get_mut(&id) else {
+            return;
+        };
+        let Place::Memory { stamp, dirty } = entry.place else {
+            return;
+        };
+        self.tick += 1;
+        self.lru.remove(&stamp);
+        self.lru.insert(self.tick, id);
+        entry.place = Place::Memory {
+            dirty,
+            stamp: self.tick,
+        };
+    }
+
+    /// Makes `id` resident with `dirty`, taking the slot its operation holds.
+    fn make_resident(&mut self, id: ChunkId, dirty: bool) {
+        self.tick += 1;
+        self.lru.insert(self.tick, id);
+        let place = Place::Memory {
+            dirty,
+            stamp: self.tick,
+        };
+        self.index
+            .entry(id)
+            .and_modify(|e| e.place = place)
+            .or_insert(Entry { len: 0, place });
+    }
+
+    /// Marks `id` as no longer resident; returns whether it was.
+    fn make_spilled(&mut self, id: ChunkId) -> bool {
+        let Some(entry) = self.index.get_mut(&id) else {
+            return false;
+        };
+        let Place::Memory { stamp, .. } = entry.place else {
+            return false;
+        };
+        self.lru.remove(&stamp);
+        entry.place = Place::Disk;
+        self.resident -= 1;
+        true
+    }
+}
+
+/// An operation's hold on a chunk. Ending it (also when the operation's future is
+/// dropped) gives back what the operation reserved and did not use, takes the chunk's
+/// length again from its tier, and wakes the operations waiting.
+struct Hold<'a, E: IoEngine> {
+    store: &'a TieredChunkStore<E>,
+    id: ChunkId,
+    reserved: u64,
+    /// A slot taken for this chunk that it does not occupy yet.
+    slot: bool,
+}
+
+impl<E: IoEngine> Drop for Hold<'_, E> {
+    fn drop(&mut self) {
+        let store = self.store;
+        store
+            .reserved_bytes
+            .set(store.reserved_bytes.get() - self.reserved);
+        {
+            let mut state = store.state.borrow_mut();
+            state.busy.remove(&self.id);
+            if self.slot {
+                state.resident -= 1;
+            }
+        }
+        store.refresh(self.id);
+        store.released.notify_waiters();
+    }
+}
+
+impl<E: IoEngine> TieredChunkStore<E> {
+    /// Opens (creating if needed) the lower tier under `config.data_dir` and indexes the
+    /// chunks already there, all spilled; the memory tier starts empty. Fails as the
+    /// disk store does, and if `memory_tier_bytes` is less than one chunk.
+    pub fn open(config: &StoreConfig) -> Result<TieredChunkStore<E>, StoreError> {
+        config.validate()?;
+        // The capacity bounds both tiers together, so this store checks it.
+        let lower_config = StoreConfig {
+            capacity_bytes: None,
+            ..config.clone()
+        };
+        let lower = DiskChunkStore::<E>::open(&lower_config)?;
+        let slots = usize::try_from(config.memory_tier_bytes / config.chunk_size)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        // Slots are whole chunks, so this bound only caps the page pool's growth.
+        let upper = InMemoryChunkStore::empty(config.chunk_size, config.memory_tier_bytes);
+        let mut index = BTreeMap::new();
+        let mut used_bytes = 0;
+        for (id, len) in lower.indexed() {
+            index.insert(
+                id,
+                Entry {
+                    len,
+                    place: Place::Disk,
+                },
+            );
+            used_bytes += len;
+        }
+        Ok(TieredChunkStore {
+            upper,
+            lower,
+            slots,
+            capacity_bytes: config.capacity_bytes,
+            state: RefCell::new(State {
+                index,
+                ..State::default()
+            }),
+            used_bytes: Cell::new(used_bytes),
+            reserved_bytes: Cell::new(0),
+            released: Notify::new(),
+        })
+    }
+
+    /// Chunks in the memory tier now, and how many it may hold.
+    pub fn resident_chunks(&self) -> (usize, usize) {
+        (self.state.borrow().lru.len(), self.slots)
+    }
+
+    /// Holds `id`, waiting while another operation does.
+    async fn hold(&self, id: ChunkId) -> Hold<'_, E> {
+        loop {
+            // Made before the check, so a release between the two is not missed.
+            let released = self.released.notified();
+            if self.state.borrow_mut().busy.insert(id) {
+                return Hold {
+                    store: self,
+                    id,
+                    reserved: 0,
+                    slot: false,
+                };
+            }
+            released.await;
+        }
+    }
+
+    /// Takes `id`'s length again from the tier that has it (the index's truth when no
+    /// operation holds it).
+    fn refresh(&self, id: ChunkId) {
+        let mut state = self.state.borrow_mut();
+        let place = state.index.get(&id).map(|e| e.place);
+        let len = match place {
+            Some(Place::Memory { .. }) => self.upper.chunk_len(id),
+            Some(Place::Disk) | None => self.lower.chunk_len(id),
+        };
+        let old = state.index.get(&id).map_or(0, |e| e.len);
+        match (len, place) {
+            (Some(len), Some(_)) => {
+                if let Some(entry) = state.index.get_mut(&id) {
+                    entry.len = len;
+                }
+            }
+            (Some(len), None) => {
+                let place = Place::Disk;
+                state.index.insert(id, Entry { len, place });
+            }
+            (None, _) => {
+                state.make_spilled(id);
+                state.index.remove(&id);
+            }
+        }
+        let used = self.used_bytes.get() - old + len.unwrap_or(0);
+        self.used_bytes.set(used);
+    }
+
+    /// Checks that a chunk may grow from `old` to `new` bytes and reserves the growth in
+    /// `hold` (given back when the hold ends).
+    fn reserve(&self, hold: &mut Hold<'_, E>, old: u64, new: u64) -> Result<(), StoreError> {
+        let needed = new.saturating_sub(old);
+        self.check_space(needed)?;
+        hold.reserved += needed;
+        self.reserved_bytes.set(self.reserved_bytes.get() + needed);
+        Ok(())
+    }
+
+    fn check_space(&self, needed: u64) -> Result<(), StoreError> {
+        let Some(capacity) = self.capacity_bytes else {
+            return Ok(());
+        };
+        let used = self.used_bytes.get() + self.reserved_bytes.get();
+        let available = capacity.saturating_sub(used);
+        if needed > available {
+            return Err(StoreError::NoSpace { needed, available });
+        }
+        Ok(())
+    }
+
+    /// Writes `data` into `id` if it is resident (and not held by another operation),
+    /// before returning; `None` if it is not resident.
+    fn write_resident(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        held: bool,
+    ) -> Option<Result<(), StoreError>> {
+        let end = offset + data.len() as u64;
+        {
+            let state = self.state.borrow();
+            let entry = state.index.get(&id)?;
+            if !matches!(entry.place, Place::Memory { .. }) || (!held && state.busy.contains(&id)) {
+                return None;
+            }
+            if let Err(e) = self.check_space(end.saturating_sub(entry.len)) {
+                return Some(Err(e));
+            }
+        }
+        if let Err(e) = self.upper.write_bytes(id, offset, data) {
+            return Some(Err(e));
+        }
+        self.mark_dirty(id);
+        Some(Ok(()))
+    }
+
+    /// Marks resident `id` dirty and used now, with the upper tier's length.
+    fn mark_dirty(&self, id: ChunkId) {
+        {
+            let mut state = self.state.borrow_mut();
+            if let Some(Entry {
+                place: Place::Memory { dirty, .. },
+                ..
+            }) = state.index.get_mut(&id)
+            {
+                *dirty = true;
+            }
+            state.touch(id);
+        }
+        self.refresh(id);
+    }
+
+    /// A write to a chunk that is not resident, with the chunk held.
+    async fn write_spilled(
+        &self,
+        hold: &mut Hold<'_, E>,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<(), StoreError>, ChunkBuf) {
+        let id = hold.id;
+        let end = offset + buf.len() as u64;
+        let old = self.state.borrow().index.get(&id).map_or(0, |e| e.len);
+        if let Err(e) = self.reserve(hold, old, end) {
+            return (Err(e), buf);
+        }
+        if !self.admit(hold).await {
+            // Nothing to evict: the lower tier, which has the chunk's bytes, takes it.
+            return self.lower.write(id, offset, buf).await;
+        }
+        // The write replaces all the chunk holds only if it starts at 0 and reaches its end.
+        if old > 0 && (offset > 0 || end < old) {
+            if let Err(e) = self.load(id, old).await {
+                self.upper.remove_chunk(id);
+                return (Err(e), buf);
+            }
+        }
+        if let Err(e) = self.upper.write_bytes(id, offset, buf.as_slice()) {
+            self.upper.remove_chunk(id);
+            return (Err(e), buf);
+        }
+        self.state.borrow_mut().make_resident(id, true);
+        hold.slot = false;
+        (Ok(()), buf)
+    }
+
+    /// Takes a slot for `hold`'s chunk, writing back and evicting the least recently used
+    /// resident chunk no one holds if the tier is full. `false` if no slot can be had:
+    /// every resident chunk is held, or the chosen one could not be written back (the
+    /// caller then uses the lower tier, where the same fault will show).
+    async fn admit(&self, hold: &mut Hold<'_, E>) -> bool {
+        let victim = {
+            let mut state = self.state.borrow_mut();
+            if state.resident < self.slots {
+                state.resident += 1;
+                hold.slot = true;
+                return true;
+            }
+            let victim = state
+                .lru
+                .values()
+                .find(|v| !state.busy.contains(v))
+                .copied();
+            match victim {
+                Some(victim) => {
+                    state.busy.insert(victim);
+                    victim
+                }
+                None => return false,
+            }
+        };
+        // Held like any other operation's chunk, so the hold's end wakes waiters.
+        let victim_hold = Hold {
+            store: self,
+            id: victim,
+            reserved: 0,
+            slot: false,
+        };
+        if let Err(e) = self.write_back(victim).await {
+            tracing::warn!(chunk = %victim, error = %e, "write-back on eviction failed");
+            return false;
+        }
+        self.upper.remove_chunk(victim);
+        // The victim's slot passes to the held chunk.
+        self.state.borrow_mut().make_spilled(victim);
+        self.state.borrow_mut().resident += 1;
+        hold.slot = true;
+        drop(victim_hold);
+        true
+    }
+
+    /// Copies `len` bytes of `id` from the lower tier into the upper one.
+    async fn load(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        let buf = self.lower.buffer(len as usize).await?;
+        let (result, buf) = self.lower.read(id, 0, buf).await;
+        let n = result?.min(buf.len());
+        self.upper.write_bytes(id, 0, &buf[..n])?;
+        if (n as u64) < len {
+            self.upper.set_len(id, len)?;
+        }
+        Ok(())
+    }
+
+    /// Writes held, resident `id` to the lower tier if it is dirty, so the lower copy is
+    /// exactly the chunk, and marks it clean.
+    async fn write_back(&self, id: ChunkId) -> Result<(), StoreError> {
+        let place = self.state.borrow().index.get(&id).map(|e| e.place);
+        let Some(Place::Memory { dirty: true, .. }) = place else {
+            return Ok(());
+        };
+        let len = self.upper.chunk_len(id).unwrap_or(0);
+        if len > 0 {
+            let mut buf = self.lower.buffer(len as usize).await?;
+            self.upper.read_bytes(id, 0, buf.as_mut_slice())?;
+            self.lower.write(id, 0, buf).await.0?;
+        }
+        // Cuts a longer stale copy, or makes an empty chunk.
+        if self.lower.chunk_len(id) != Some(len) {
+            self.lower.truncate(id, len).await?;
+        }
+        if let Some(entry) = self.state.borrow_mut().index.get_mut(&id) {
+            if let Place::Memory { stamp, .. } = entry.place {
+                entry.place = Place::Memory {
+                    dirty: false,
+                    stamp,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets resident `id`'s length, before returning; `None` if it is not resident (or,
+    /// unless `held`, another operation holds it).
+    fn truncate_resident(
+        &self,
+        id: ChunkId,
+        len: u64,
+        held: bool,
+    ) -> Option<Result<(), StoreError>> {
+        {
+            let state = self.state.borrow();
+            let entry = state.index.get(&id)?;
+            if !matches!(entry.place, Place::Memory { .. }) || (!held && state.busy.contains(&id)) {
+                return None;
+            }
+            if let Err(e) = self.check_space(len.saturating_sub(entry.len)) {
+                return Some(Err(e));
+            }
+        }
+        if let Err(e) = self.upper.set_len(id, len) {
+            return Some(Err(e));
+        }
+        self.mark_dirty(id);
+        Some(Ok(()))
+    }
+
+    /// Removes held `id` from both tiers; returns whether it existed.
+    async fn remove_held(&self, id: ChunkId) -> Result<bool, StoreError> {
+        let existed = self.state.borrow().index.contains_key(&id);
+        // The lower copy first (a resident chunk's may be stale), so a failure leaves
+        // the chunk as it was.
+        self.lower.remove(id).await?;
+        if self.state.borrow_mut().make_spilled(id) {
+            self.upper.remove_chunk(id);
+        }
+        Ok(existed)
+    }
+}
+
+impl TieredChunkStore<UringEngine> {
+    /// The lower tier's registered buffer region, where [`ChunkStore::buffer`]'s buffers
+    /// come from; see [`DiskChunkStore::registered_region`].
+    pub fn registered_region(&self) -> Option<(*const u8, usize)> {
+        self.lower.registered_region()
+    }
+}
+
+impl<E: IoEngine> Drop for TieredChunkStore<E> {
+    fn drop(&mut self) {
+        let state = self.state.borrow();
+        let dirty = state
+            .index
+            .values()
+            .filter(|e| matches!(e.place, Place::Memory { dirty: true, .. }))
+            .count();
+        if dirty > 0 {
+            tracing::warn!(
+                dirty,
+                "tiered store dropped with chunks written since the last sync; they are lost"
+            );
+        }
+    }
+}
+
+impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
+    fn chunk_size(&self) -> u64 {
+        self.lower.chunk_size()
+    }
+
+    async fn buffer(&self, len: usize) -> Result<ChunkBuf, StoreError> {
+        self.lower.buffer(len).await
+    }
+
+    async fn write(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: ChunkBuf,
+    ) -> (Result<(), StoreError>, ChunkBuf) {
+        if let Err(e) = check_range(self.chunk_size(), offset, buf.len()) {
+            return (Err(e), buf);
+        }
+        if buf.is_empty() {
+            return (Ok(()), buf);
+        }
+        if let Some(result) = self.write_resident(id, offset, buf.as_slice(), false) {
+            return (result, buf);
+        }
+        let mut hold = self.hold(id).await;
+        // It may have come in while this write waited.
+        if let Some(result) = self.write_resident(id, offset, buf.as_slice(), true) {
+            return (result, buf);
+        }
+        self.write_spilled(&mut hold, offset, buf).await
+    }
+
+    async fn read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        mut buf: ChunkBuf,
+    ) -> (Result<usize, StoreError>, ChunkBuf) {
+        let resident = {
+            let mut state = self.state.borrow_mut();
+            let resident = matches!(
+                state.index.get(&id).map(|e| e.place),
+                Some(Place::Memory { .. })
+            );
+            if resident {
+                state.touch(id);
+            }
+            resident
+        };
+        if resident {
+            let result = self.upper.read_bytes(id, offset, buf.as_mut_slice());
+            return (result, buf);
+        }
+        self.lower.read(id, offset, buf).await
+    }
+
+    async fn truncate(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        check_range(self.chunk_size(), len, 0)?;
+        if let Some(result) = self.truncate_resident(id, len, false) {
+            return result;
+        }
+        let mut hold = self.hold(id).await;
+        if let Some(result) = self.truncate_resident(id, len, true) {
+            return result;
+        }
+        let old = self.state.borrow().index.get(&id).map_or(0, |e| e.len);
+        self.reserve(&mut hold, old, len)?;
+        self.lower.truncate(id, len).await
+    }
+
+    async fn remove(&self, id: ChunkId) -> Result<bool, StoreError> {
+        let _hold = self.hold(id).await;
+        self.remove_held(id).await
+    }
+
+    async fn remove_file(&self, file_id: u64) -> Result<u64, StoreError> {
+        let ids: Vec<ChunkId> = self
+            .state
+            .borrow()
+            .index
+            .range(ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut removed = 0;
+        for id in ids {
+            let _hold = self.hold(id).await;
+            removed += u64::from(self.remove_held(id).await?);
+        }
+        // The disk store removes the file's directory only here. A chunk of the file
+        // written to the lower tier meanwhile went with it: take its length again.
+        self.lower.remove_file(file_id).await?;
+        let spilled: Vec<ChunkId> = {
+            let state = self.state.borrow();
+            let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
+            state
+                .index
+                .range(range)
+                .filter(|(id, e)| e.place == Place::Disk && !state.busy.contains(id))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in spilled {
+            self.refresh(id);
+        }
+        Ok(removed)
+    }
+
+    async fn stat(&self, id: ChunkId) -> Result<Option<ChunkStat>, StoreError> {
+        let state = self.state.borrow();
+        Ok(state.index.get(&id).map(|e| ChunkStat { len: e.len }))
+    }
+
+    async fn list(&self) -> Result<Vec<ChunkId>, StoreError> {
+        Ok(self.state.borrow().index.keys().copied().collect())
+    }
+
+    async fn file_chunks(&self, file_id: u64) -> Result<Vec<(u64, ChunkStat)>, StoreError> {
+        let state = self.state.borrow();
+        let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
+        Ok(state
+            .index
+            .range(range)
+            .map(|(id, e)| (id.index, ChunkStat { len: e.len }))
+            .collect())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let dirty: Vec<ChunkId> = self
+            .state
+            .borrow()
+            .index
+            .iter()
+            .filter(|(_, e)| matches!(e.place, Place::Memory { dirty: true, .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dirty {
+            let _hold = self.hold(id).await;
+            self.write_back(id).await?;
+        }
+        self.lower.sync().await
+    }
+
+    fn usage(&self) -> StoreUsage {
+        let state = self.state.borrow();
+        StoreUsage {
+            used_bytes: self.used_bytes.get(),
+            capacity_bytes: self.capacity_bytes,
+            chunks: state.index.len() as u64,
+        }
+    }
+}

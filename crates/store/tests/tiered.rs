@@ -1,0 +1,137 @@
+//! The tiered store's own promises, beyond the conformance suite: data past the memory
+//! tier reads back, evicted chunks come back right, `sync` puts every dirty chunk in its
+//! file, and a store dropped without `sync` loses only what was written since the last
+//! one. The memory tier holds four chunks (`common::MEMORY_TIER`). Skips where the kernel
+//! has no io_uring.
+
+mod common;
+
+use std::path::Path;
+
+use benchfs_store::{AnyChunkStore, Backend, ChunkId, ChunkStat, ChunkStore, TieredChunkStore};
+use common::{pattern, read, run, write, Harness, CHUNK, MEMORY_TIER};
+
+const SLOTS: usize = (MEMORY_TIER / CHUNK) as usize;
+
+fn tiered(h: &Harness) -> &TieredChunkStore {
+    match &*h.store {
+        AnyChunkStore::Tiered(s) => s,
+        other => panic!("not a tiered store: {other:?}"),
+    }
+}
+
+/// The chunk's file under `data_dir`, if there is one.
+fn chunk_file(data_dir: &Path, id: ChunkId) -> Option<Vec<u8>> {
+    let path = data_dir
+        .join("chunks")
+        .join(format!("{:016x}", id.file_id))
+        .join(format!("{:016x}", id.index));
+    std::fs::read(path).ok()
+}
+
+#[test]
+fn data_past_the_memory_tier_reads_back() {
+    run(Backend::Tiered, false, None, |h| async move {
+        let s = &*h.store;
+        // Three tiers' worth of whole chunks, then a partial rewrite of each.
+        let chunks = 3 * SLOTS as u64;
+        for index in 0..chunks {
+            write(
+                s,
+                ChunkId::new(1, index),
+                0,
+                &pattern(index, CHUNK as usize),
+            )
+            .await;
+            assert!(tiered(&h).resident_chunks().0 <= SLOTS);
+        }
+        for index in 0..chunks {
+            write(s, ChunkId::new(1, index), 100 * index, &pattern(99, 1000)).await;
+        }
+        for index in 0..chunks {
+            let mut want = pattern(index, CHUNK as usize);
+            let at = 100 * index as usize;
+            want[at..at + 1000].copy_from_slice(&pattern(99, 1000));
+            let id = ChunkId::new(1, index);
+            assert!(read(s, id, 0, CHUNK as usize).await == want, "{id}");
+        }
+        assert_eq!(tiered(&h).resident_chunks(), (SLOTS, SLOTS));
+        assert_eq!(s.usage().used_bytes, chunks * CHUNK);
+    });
+}
+
+#[test]
+fn an_evicted_chunk_reads_back_and_takes_partial_writes() {
+    run(Backend::Tiered, false, None, |h| async move {
+        let s = &*h.store;
+        let a = ChunkId::new(2, 0);
+        write(s, a, 5000, &pattern(1, 3000)).await;
+        // Fill the tier with others: `a`, the least recently used, is written back.
+        for index in 1..=SLOTS as u64 {
+            write(s, ChunkId::new(2, index), 0, &pattern(index, 10)).await;
+        }
+        let mut want = [vec![0; 5000], pattern(1, 3000)].concat();
+        let on_disk = chunk_file(&h.config.data_dir, a);
+        assert!(on_disk.as_ref() == Some(&want), "evicted chunk in its file");
+        assert_eq!(read(s, a, 0, CHUNK as usize).await, want, "read from disk");
+        // A partial write brings it back in on top of what the disk had.
+        write(s, a, 7000, &pattern(2, 2000)).await;
+        want.resize(9000, 0);
+        want[7000..].copy_from_slice(&pattern(2, 2000));
+        assert_eq!(read(s, a, 0, CHUNK as usize).await, want);
+        assert_eq!(s.stat(a).await.unwrap(), Some(ChunkStat { len: 9000 }));
+        // And shrinks, evicted again, to exactly its new length on disk.
+        s.truncate(a, 6000).await.unwrap();
+        for index in 1..=SLOTS as u64 {
+            write(s, ChunkId::new(3, index), 0, &pattern(index, 10)).await;
+        }
+        let on_disk = chunk_file(&h.config.data_dir, a);
+        assert!(on_disk.as_deref() == Some(&want[..6000]), "cut on disk too");
+        assert_eq!(read(s, a, 0, CHUNK as usize).await, want[..6000]);
+    });
+}
+
+#[test]
+fn sync_puts_dirty_chunks_in_their_files() {
+    run(Backend::Tiered, false, None, |h| async move {
+        let s = &*h.store;
+        let ids = [ChunkId::new(4, 0), ChunkId::new(4, 1), ChunkId::new(5, 9)];
+        for (i, id) in ids.iter().enumerate() {
+            write(s, *id, 10 * i as u64, &pattern(i as u64, 4000)).await;
+        }
+        s.truncate(ChunkId::new(6, 0), 0).await.unwrap();
+        // Write-back: nothing the memory tier holds is on disk before a sync.
+        for id in ids {
+            assert_eq!(chunk_file(&h.config.data_dir, id), None, "{id} before sync");
+        }
+        s.sync().await.unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let want = [vec![0; 10 * i], pattern(i as u64, 4000)].concat();
+            let got = chunk_file(&h.config.data_dir, *id);
+            assert!(got == Some(want), "{id} after sync");
+        }
+        let empty = chunk_file(&h.config.data_dir, ChunkId::new(6, 0));
+        assert_eq!(empty, Some(Vec::new()), "an empty chunk is a file too");
+        // A removed chunk leaves no file behind.
+        assert!(s.remove(ids[0]).await.unwrap());
+        s.sync().await.unwrap();
+        assert_eq!(chunk_file(&h.config.data_dir, ids[0]), None);
+    });
+}
+
+#[test]
+fn a_store_dropped_without_sync_loses_only_what_came_after_the_last() {
+    run(Backend::Tiered, false, None, |mut h| async move {
+        let (a, b) = (ChunkId::new(7, 0), ChunkId::new(7, 1));
+        write(&*h.store, a, 0, &pattern(1, 6000)).await;
+        h.store.sync().await.unwrap();
+        write(&*h.store, a, 0, &pattern(2, 8000)).await;
+        write(&*h.store, b, 0, &pattern(3, 100)).await;
+        // A crash, as far as the store can tell: no sync before it goes.
+        h.reopen();
+        let s = &*h.store;
+        assert_eq!(s.list().await.unwrap(), [a]);
+        assert_eq!(read(s, a, 0, CHUNK as usize).await, pattern(1, 6000));
+        assert_eq!(s.usage().used_bytes, 6000);
+    });
+}
