@@ -2,10 +2,17 @@
 //! 4 MiB sequential writes and reads (MB/s), at a fixed queue depth over a file set.
 //!
 //! A plain `main` (no criterion): each workload runs for a fixed time and prints one line
-//! `store_bench backend=.. direct=.. workload=.. bs=.. qd=.. secs=.. ops=.. iops=.. mbps=..`.
-//! Arguments (or env `BENCH_*`): `--dir` (default `target/store-bench`), `--size-mib`
-//! (256), `--qd` (32), `--secs` (3), `--backends` (`memory,file,iouring`), `--direct`
-//! (`off,on`). `scripts/fio-compare.sh` runs it beside fio.
+//! `store_bench backend=.. direct=.. workload=.. bs=.. qd=.. secs=.. ops=.. iops=.. mbps=..`
+//! (the tiered backend adds `tier_mib=..`, its memory tier, once per `--tiers` fraction of
+//! the file set). Arguments (or env `BENCH_*`): `--dir` (default `target/store-bench`),
+//! `--size-mib` (256), `--qd` (32), `--secs` (3), `--backends` (`memory,file,iouring`),
+//! `--direct` (`off,on`), `--tiers` (`1,0.5`: a tier that holds the whole set, and one
+//! that holds half of it). `scripts/fio-compare.sh` runs it beside fio.
+//!
+//! With the memory backend in the list it first measures page faults on the memory
+//! store's write path, the seed's store beside today's, in the same process: minor faults
+//! (getrusage, this thread) and time to write the set, remove it and write it again
+//! (`store_bench faults impl=.. round=cold|steady minflt=.. secs=.. mbps=..`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -27,6 +34,7 @@ struct Args {
     secs: f64,
     backends: Vec<Backend>,
     direct: Vec<bool>,
+    tiers: Vec<f64>,
 }
 
 fn parse_args() -> Args {
@@ -39,6 +47,9 @@ fn parse_args() -> Args {
             s.parse().expect("backend")
         }),
         direct: parse_list(&env_or("BENCH_DIRECT", "off,on"), parse_on_off),
+        tiers: parse_list(&env_or("BENCH_TIERS", "1,0.5"), |s| {
+            s.parse().expect("tiers")
+        }),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +62,7 @@ fn parse_args() -> Args {
             "--secs" => args.secs = value().parse().expect("secs"),
             "--backends" => args.backends = parse_list(&value(), |s| s.parse().expect("backend")),
             "--direct" => args.direct = parse_list(&value(), parse_on_off),
+            "--tiers" => args.tiers = parse_list(&value(), |s| s.parse().expect("tiers")),
             _ => {}
         }
     }
@@ -143,12 +155,21 @@ fn main() {
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
+        if args.backends.contains(&Backend::Memory) {
+            faults::compare(args.size_mib * 1024 * 1024).await;
+        }
         for &backend in &args.backends {
             for &direct in &args.direct {
                 if backend == Backend::Memory && direct {
                     continue;
                 }
-                run_backend(&args, backend, direct).await;
+                if backend != Backend::Tiered {
+                    run_backend(&args, backend, direct, None).await;
+                    continue;
+                }
+                for &fraction in &args.tiers {
+                    run_backend(&args, backend, direct, Some(fraction)).await;
+                }
             }
         }
     });
@@ -164,12 +185,22 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn run_backend(args: &Args, backend: Backend, direct: bool) {
+/// Runs every workload on `backend`; `tier` is the tiered store's memory tier as a
+/// fraction of the file set.
+async fn run_backend(args: &Args, backend: Backend, direct: bool, tier: Option<f64>) {
     let dir = args
         .dir
         .join(format!("{backend}-direct{}", u8::from(direct)));
     let _ = std::fs::remove_dir_all(&dir);
     let size = args.size_mib * 1024 * 1024;
+    // Whole chunks, at least one.
+    let tier_bytes = tier.map_or(benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT, |f| {
+        ((size as f64 * f) as u64 / CHUNK_SIZE).max(1) * CHUNK_SIZE
+    });
+    let tier_field = match tier {
+        Some(_) => format!(" tier_mib={}", tier_bytes >> 20),
+        None => String::new(),
+    };
     let config = StoreConfig {
         backend,
         data_dir: dir.clone(),
@@ -177,13 +208,13 @@ async fn run_backend(args: &Args, backend: Backend, direct: bool) {
         o_direct: direct,
         capacity_bytes: (backend == Backend::Memory).then_some(size),
         queue_depth: args.qd,
-        memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
+        memory_tier_bytes: tier_bytes,
     };
     let store = match AnyChunkStore::open(&config) {
         Ok(store) => Rc::new(store),
         Err(e @ StoreError::Unsupported { .. }) => {
             println!(
-                "# skipped backend={backend} direct={}: {e}",
+                "# skipped backend={backend}{tier_field} direct={}: {e}",
                 u8::from(direct)
             );
             return;
@@ -204,7 +235,7 @@ async fn run_backend(args: &Args, backend: Backend, direct: bool) {
         let (ops, elapsed) = run_workload(&store, workload, size, args.qd, args.secs).await;
         let secs = elapsed.as_secs_f64();
         println!(
-            "store_bench backend={backend} direct={} workload={} bs={} qd={} secs={secs:.2} ops={ops} iops={:.0} mbps={:.1}",
+            "store_bench backend={backend}{tier_field} direct={} workload={} bs={} qd={} secs={secs:.2} ops={ops} iops={:.0} mbps={:.1}",
             u8::from(direct),
             workload.name,
             workload.bs,
@@ -269,4 +300,88 @@ async fn run_workload(
         worker.await.expect("worker");
     }
     (ops.get(), start.elapsed())
+}
+
+/// Page faults on the memory store's write path: the seed's store (a `Vec` per chunk,
+/// grown and zero-filled per write, freed on removal) beside today's (pages from a pool
+/// of pre-faulted, recycled memory), over the same writes in one process.
+mod faults {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use benchfs_store::{ChunkId, ChunkStore, InMemoryChunkStore};
+
+    use super::CHUNK_SIZE;
+
+    /// Bytes per write: the 1 MiB of the sequential workloads.
+    const BS: usize = 1 << 20;
+
+    /// Minor page faults this thread has taken.
+    fn minor_faults() -> i64 {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `usage` is a writable `rusage`, which is all getrusage writes.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+        assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+        // SAFETY: getrusage succeeded and filled the struct, which started zeroed.
+        unsafe { usage.assume_init() }.ru_minflt
+    }
+
+    /// The seed's memory store's write, as it was: the chunk grown with
+    /// `try_reserve_exact` and `resize`, then the bytes copied in.
+    fn seed_write(
+        chunks: &mut BTreeMap<ChunkId, Vec<u8>>,
+        id: ChunkId,
+        offset: usize,
+        data: &[u8],
+    ) {
+        let chunk = chunks.entry(id).or_default();
+        let end = offset + data.len();
+        if end > chunk.len() {
+            chunk.try_reserve_exact(end - chunk.len()).expect("memory");
+            chunk.resize(end, 0);
+        }
+        chunk[offset..end].copy_from_slice(data);
+    }
+
+    fn report(implementation: &str, round: &str, bytes: u64, faults: i64, start: Instant) {
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "store_bench faults impl={implementation} round={round} bytes={bytes} minflt={faults} faults_per_mib={:.1} secs={secs:.3} mbps={:.1}",
+            faults as f64 / (bytes >> 20) as f64,
+            bytes as f64 / secs / 1e6,
+        );
+    }
+
+    /// Writes `size` bytes twice (cold: fresh memory; steady: after removing the first
+    /// set) through each implementation, and prints the faults and time of each round.
+    pub async fn compare(size: u64) {
+        let data = vec![0x5au8; BS];
+        let ids = |size: u64| {
+            (0..size / CHUNK_SIZE).flat_map(|index| {
+                (0..CHUNK_SIZE as usize / BS).map(move |piece| (ChunkId::new(1, index), piece * BS))
+            })
+        };
+        let mut seed = BTreeMap::new();
+        for round in ["cold", "steady"] {
+            let (start, before) = (Instant::now(), minor_faults());
+            for (id, offset) in ids(size) {
+                seed_write(&mut seed, id, offset, &data);
+            }
+            report("seed-vec", round, size, minor_faults() - before, start);
+            seed.clear();
+        }
+        let store = InMemoryChunkStore::with_chunk_size(CHUNK_SIZE, u64::MAX).expect("store");
+        let mut buf = store.buffer(BS).await.expect("buffer");
+        buf.as_mut_slice().copy_from_slice(&data);
+        for round in ["cold", "steady"] {
+            let (start, before) = (Instant::now(), minor_faults());
+            for (id, offset) in ids(size) {
+                let (result, back) = store.write(id, offset as u64, buf).await;
+                result.expect("write");
+                buf = back;
+            }
+            report("page-pool", round, size, minor_faults() - before, start);
+            store.remove_file(1).await.expect("remove");
+        }
+    }
 }

@@ -20,7 +20,7 @@ const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT
 /// but hold no memory.
 ///
 /// Memory: chunks are tables of 4 KiB pages from a pool that maps pre-faulted segments
-/// (on transparent huge pages where the kernel gives them) as it needs them, and takes
+/// (aligned for transparent huge pages, where the system turns them on) as it needs them, and takes
 /// back the pages of removed and cut chunks for the next write. The pool keeps what it
 /// mapped until the store drops (its high-water mark stays resident); it maps at most
 /// the capacity plus each chunk's rounding to whole pages.

@@ -3,8 +3,9 @@
 //!
 //! Why: a chunk that was a fresh heap allocation cost a page fault, and the kernel's
 //! clearing of a page, for every 4 KiB written (40% of a write phase). Pages here are
-//! faulted in once, a whole segment at a time and on huge pages where the kernel gives
-//! them, and a removed or cut chunk gives its pages back to the pool for the next one. A
+//! faulted in once, a whole segment at a time (aligned so that transparent huge pages,
+//! where the system turns them on, can back it), and a removed or cut chunk gives its
+//! pages back to the pool for the next one. A
 //! store that keeps writing and deleting therefore takes no page faults once its pool
 //! has grown to its working set.
 //!
@@ -84,7 +85,7 @@ impl PagePool {
         let bytes = capped
             .max(missing * PAGE_BYTES)
             .next_multiple_of(PAGE_BYTES);
-        let segment = Mapping::huge_populated(bytes).map_err(|source| {
+        let segment = Mapping::aligned_populated(bytes).map_err(|source| {
             if source.kind() == io::ErrorKind::OutOfMemory {
                 StoreError::NoSpace {
                     needed: (missing * PAGE_BYTES) as u64,

@@ -5,10 +5,14 @@
 //!   the chunk size without evicting anything, and the tier never holds more than
 //!   `memory_tier_bytes` of chunk data).
 //! - Lower tier: a [`DiskChunkStore`] (io_uring by default) on the usual layout.
-//! - Writes allocate: a write to a chunk that is not resident brings it in (reading the
-//!   lower copy first unless the write covers all of it), evicting the least recently
-//!   written or read resident chunk if no slot is free. With no slot to be had (every
-//!   resident chunk busy), the write goes straight to the lower tier.
+//! - Writes allocate: a write to a chunk that is not resident brings it in when a slot is
+//!   free (reading the lower copy first unless the write covers all of it). When the tier
+//!   is full, a write that replaces the chunk's whole content (a new chunk, or one from
+//!   offset 0 to at least its end) evicts the least recently written or read resident
+//!   chunk no one holds; any other write goes straight to the lower tier. Bringing a
+//!   chunk in for a part of it would cost a chunk written back and a chunk read for a few
+//!   bytes: with a working set twice the tier, 4 KiB random writes ran at 1,554 IOPS that
+//!   way, against 41,401 for the io_uring store alone.
 //! - Write-back: a resident chunk is dirty until it is written to the lower tier, which
 //!   happens when it is evicted and on [`sync`](ChunkStore::sync). Reads, truncates of
 //!   chunks that are not resident, and reads of spilled chunks go to the lower tier
@@ -335,8 +339,9 @@ impl<E: IoEngine> TieredChunkStore<E> {
         if let Err(e) = self.reserve(hold, old, end) {
             return (Err(e), buf);
         }
-        if !self.admit(hold).await {
-            // Nothing to evict: the lower tier, which has the chunk's bytes, takes it.
+        let replaces = old == 0 || (offset == 0 && end >= old);
+        if !self.admit(hold, replaces).await {
+            // The lower tier, which has the chunk's bytes, takes it.
             return self.lower.write(id, offset, buf).await;
         }
         // The write replaces all the chunk holds only if it starts at 0 and reaches its end.
@@ -355,17 +360,21 @@ impl<E: IoEngine> TieredChunkStore<E> {
         (Ok(()), buf)
     }
 
-    /// Takes a slot for `hold`'s chunk, writing back and evicting the least recently used
-    /// resident chunk no one holds if the tier is full. `false` if no slot can be had:
-    /// every resident chunk is held, or the chosen one could not be written back (the
-    /// caller then uses the lower tier, where the same fault will show).
-    async fn admit(&self, hold: &mut Hold<'_, E>) -> bool {
+    /// Takes a slot for `hold`'s chunk; if the tier is full and `may_evict`, by writing
+    /// back and evicting the least recently used resident chunk no one holds. `false` if
+    /// no slot can be had: the tier is full and `!may_evict`, every resident chunk is
+    /// held, or the chosen one could not be written back (the caller then uses the lower
+    /// tier, where the same fault will show).
+    async fn admit(&self, hold: &mut Hold<'_, E>, may_evict: bool) -> bool {
         let victim = {
             let mut state = self.state.borrow_mut();
             if state.resident < self.slots {
                 state.resident += 1;
                 hold.slot = true;
                 return true;
+            }
+            if !may_evict {
+                return false;
             }
             let victim = state
                 .lru

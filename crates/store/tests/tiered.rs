@@ -61,7 +61,7 @@ fn data_past_the_memory_tier_reads_back() {
 }
 
 #[test]
-fn an_evicted_chunk_reads_back_and_takes_partial_writes() {
+fn an_evicted_chunk_reads_back_and_takes_partial_writes_and_cuts() {
     run(Backend::Tiered, false, None, |h| async move {
         let s = &*h.store;
         let a = ChunkId::new(2, 0);
@@ -74,8 +74,14 @@ fn an_evicted_chunk_reads_back_and_takes_partial_writes() {
         let on_disk = chunk_file(&h.config.data_dir, a);
         assert!(on_disk.as_ref() == Some(&want), "evicted chunk in its file");
         assert_eq!(read(s, a, 0, CHUNK as usize).await, want, "read from disk");
-        // A partial write brings it back in on top of what the disk had.
-        write(s, a, 7000, &pattern(2, 2000)).await;
+        // With the tier full, a partial write goes to the disk copy.
+        write(s, a, 7000, &pattern(2, 1000)).await;
+        assert_eq!(tiered(&h).resident_chunks().0, SLOTS);
+        // With a slot free, a partial write brings it in on top of what the disk had.
+        assert!(s.remove(ChunkId::new(2, 1)).await.unwrap());
+        assert_eq!(tiered(&h).resident_chunks().0, SLOTS - 1);
+        write(s, a, 8000, &pattern(2, 2000)[1000..]).await;
+        assert_eq!(tiered(&h).resident_chunks().0, SLOTS);
         want.resize(9000, 0);
         want[7000..].copy_from_slice(&pattern(2, 2000));
         assert_eq!(read(s, a, 0, CHUNK as usize).await, want);
