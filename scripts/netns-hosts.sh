@@ -6,6 +6,7 @@
 #   scripts/netns-hosts.sh info PREFIX          one line per host: name namespace device address
 #   scripts/netns-hosts.sh link PREFIX NAME up|down   plug or unplug host NAME (h3, client)
 #   scripts/netns-hosts.sh down PREFIX          remove everything (idempotent)
+#   scripts/netns-hosts.sh exec PREFIX NAME CMD...    run CMD on host NAME
 #
 # Layout: the bridge br0 lives in its own namespace, PREFIX-br, and each host's namespace
 # has one veth (veth-<name>, e.g. veth-h3) whose other end (port-<name>) is a port of br0.
@@ -20,8 +21,11 @@
 # processes `ip netns pids` lists), deletes the namespaces and with them every veth and the
 # bridge. It succeeds when there is nothing to remove.
 #
-# Run a command on a host with `ip netns exec PREFIX-h1 CMD` (README.md: "Several hosts on
-# one machine").
+# `exec` runs a command on a host: in its network namespace, and in an IPC and a UTS
+# namespace of its own (host name: the namespace's name), as a separate machine would be.
+# The IPC namespace matters: UCX joins processes of one kernel and one IPC namespace by
+# shared memory, which separate hosts cannot do (README.md: "Several hosts on one
+# machine").
 set -euo pipefail
 
 SUBNET="${NETNS_HOSTS_SUBNET:-10.213.0}"
@@ -34,7 +38,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -149,5 +153,13 @@ up) (($# == 3)) || usage; cmd_up "$2" "$3" ;;
 down) (($# == 2)) || usage; cmd_down "$2" ;;
 info) (($# == 2)) || usage; cmd_info "$2" ;;
 link) (($# == 4)) || usage; cmd_link "$2" "$3" "$4" ;;
+exec)
+    (($# >= 4)) || usage
+    check_prefix "$2"
+    ns="$2-$3"
+    shift 3
+    # shellcheck disable=SC2016 # $0 and $@ are the inner shell's.
+    exec ip netns exec "$ns" unshare --uts --ipc sh -c 'hostname "$0" && exec "$@"' "$ns" "$@"
+    ;;
 *) usage ;;
 esac

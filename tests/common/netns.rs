@@ -214,10 +214,18 @@ impl Hosts {
         hosts
     }
 
-    /// `ip netns exec <host's namespace> program`, to run `program` on `host`.
+    /// `program` on `host`: in its network namespace, and in an IPC and a UTS namespace of
+    /// its own (host name: the namespace's name), as a separate host is
+    /// (`netns-hosts.sh exec`). The same pid is the program's, so signals reach it.
     pub fn exec(host: &Host, program: &Path) -> Command {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", &host.ns]).arg(program);
+        command
+            .args([
+                "netns", "exec", &host.ns, "unshare", "--uts", "--ipc", "sh", "-c",
+            ])
+            .arg(r#"hostname "$0" && exec "$@""#)
+            .arg(&host.ns)
+            .arg(program);
         command
     }
 

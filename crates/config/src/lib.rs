@@ -175,6 +175,11 @@ pub struct NetworkConfig {
     /// Where the server answers `GET /metrics` in the Prometheus text format (TCP,
     /// `IP:port`; port 0 picks a free one). `None`, the default: no endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// Whether processes on one host talk over shared memory (UCX `sysv`/`posix` for
+    /// messages, `cma` for rendezvous) instead of the TCP stack; peers on other hosts use
+    /// the network either way. On by default: on one host it measured about twice the
+    /// bandwidth of loopback TCP and a third of its round trip.
+    pub shared_memory: bool,
 }
 
 /// The `[cache]` section: client-side caches.
@@ -203,6 +208,18 @@ pub struct PlacementConfig {
     pub virtual_nodes: u32,
 }
 
+/// The `[client]` section: how a client moves file data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Most bytes of writes a client keeps on their way to the servers after the calls
+    /// that made them returned (write-behind); their errors surface at a later write,
+    /// fsync or close. 0 turns it off: every write then waits for its servers.
+    pub write_behind_bytes: u64,
+    /// Most bytes an open handle fetches ahead of the reads it sees going sequentially
+    /// (read-ahead). 0 turns it off.
+    pub read_ahead_bytes: u64,
+}
+
 /// A validated BenchFS configuration, shared by the server and the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -218,6 +235,8 @@ pub struct ServerConfig {
     pub replication: ReplicationConfig,
     /// `[placement]`.
     pub placement: PlacementConfig,
+    /// `[client]`.
+    pub client: ClientConfig,
 }
 
 impl Default for ServerConfig {
@@ -235,6 +254,7 @@ impl Default for ServerConfig {
                 o_direct: false,
                 capacity_bytes: None,
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
+                memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
                 inject_faults: None,
             },
@@ -247,6 +267,7 @@ impl Default for ServerConfig {
                 inflight_max: limits::INFLIGHT_DEFAULT,
                 devices: Vec::new(),
                 metrics_addr: None,
+                shared_memory: true,
             },
             cache: CacheConfig {
                 metadata_cache_entries: limits::METADATA_CACHE_ENTRIES_DEFAULT,
@@ -254,11 +275,14 @@ impl Default for ServerConfig {
                 cache_ttl_secs: limits::CACHE_TTL_SECS_DEFAULT,
             },
             replication: ReplicationConfig {
-                memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 replicas: limits::REPLICAS_DEFAULT,
             },
             placement: PlacementConfig {
                 virtual_nodes: limits::VIRTUAL_NODES_DEFAULT,
+            },
+            client: ClientConfig {
+                write_behind_bytes: limits::WRITE_BEHIND_BYTES_DEFAULT,
+                read_ahead_bytes: limits::READ_AHEAD_BYTES_DEFAULT,
             },
         }
     }
@@ -281,6 +305,8 @@ struct RawConfig {
     replication: RawReplication,
     #[serde(default)]
     placement: RawPlacement,
+    #[serde(default)]
+    client: RawClient,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +334,7 @@ struct RawStorage {
     o_direct: Option<bool>,
     capacity: Option<i64>,
     queue_depth: Option<i64>,
+    memory_tier_bytes: Option<i64>,
     orphan_sweep_secs: Option<i64>,
     inject_faults: Option<String>,
     /// Legacy spelling of `backend = "iouring"` (true) or `"file"` (false).
@@ -329,12 +356,12 @@ struct RawNetwork {
     inflight_max: Option<i64>,
     devices: Option<Vec<String>>,
     metrics_addr: Option<String>,
+    shared_memory: Option<bool>,
     /// Legacy spelling of `rpc_timeout`.
     timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-    memory_tier_bytes: Option<i64>,
 #[serde(deny_unknown_fields)]
 struct RawCache {
     metadata_cache_entries: Option<i64>,
@@ -354,6 +381,13 @@ struct RawPlacement {
     virtual_nodes: Option<i64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    write_behind_bytes: Option<i64>,
+    read_ahead_bytes: Option<i64>,
+}
+
 /// The environment variables that [`ServerConfig::from_env_and_str`] reads:
 /// `BENCHFS_<SECTION>_<KEY>`, with the kind of value each takes.
 const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
@@ -366,6 +400,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "o_direct", EnvKind::Bool),
     ("storage", "capacity", EnvKind::Int),
     ("storage", "queue_depth", EnvKind::Int),
+    ("storage", "memory_tier_bytes", EnvKind::Int),
     ("storage", "orphan_sweep_secs", EnvKind::Int),
     ("storage", "inject_faults", EnvKind::Str),
     ("network", "bind_addr", EnvKind::Str),
@@ -377,11 +412,14 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("network", "inflight_max", EnvKind::Int),
     ("network", "devices", EnvKind::List),
     ("network", "metrics_addr", EnvKind::Str),
+    ("network", "shared_memory", EnvKind::Bool),
     ("cache", "metadata_cache_entries", EnvKind::Int),
     ("cache", "chunk_cache_mb", EnvKind::Int),
     ("cache", "cache_ttl_secs", EnvKind::Int),
     ("replication", "replicas", EnvKind::Int),
     ("placement", "virtual_nodes", EnvKind::Int),
+    ("client", "write_behind_bytes", EnvKind::Int),
+    ("client", "read_ahead_bytes", EnvKind::Int),
 ];
 
 /// Keys with two spellings, as `(section, key, alias)`: an environment variable for either
@@ -400,9 +438,9 @@ const ENV_SECTIONS: &[&str] = &[
     "storage",
     "network",
     "cache",
-    ("storage", "memory_tier_bytes", EnvKind::Int),
     "replication",
     "placement",
+    "client",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -485,6 +523,12 @@ impl ServerConfig {
         if let Some(v) = raw.placement.virtual_nodes {
             c.placement.virtual_nodes = to_u32("placement.virtual_nodes", v)?;
         }
+        if let Some(v) = raw.client.write_behind_bytes {
+            c.client.write_behind_bytes = non_negative("client.write_behind_bytes", v)?;
+        }
+        if let Some(v) = raw.client.read_ahead_bytes {
+            c.client.read_ahead_bytes = non_negative("client.read_ahead_bytes", v)?;
+        }
         Ok(c)
     }
 
@@ -556,6 +600,9 @@ impl ServerConfig {
         if let Some(v) = s.queue_depth {
             self.storage.queue_depth = to_u32("storage.queue_depth", v)?;
         }
+        if let Some(v) = s.memory_tier_bytes {
+            self.storage.memory_tier_bytes = non_negative("storage.memory_tier_bytes", v)?;
+        }
         if let Some(v) = s.orphan_sweep_secs {
             self.storage.orphan_sweep_secs = non_negative("storage.orphan_sweep_secs", v)?;
         }
@@ -600,9 +647,6 @@ impl ServerConfig {
             self.network.registry_dir = PathBuf::from(dir);
         }
         self.network.rpc_timeout = match (n.rpc_timeout, n.timeout_secs) {
-        if let Some(v) = s.memory_tier_bytes {
-            self.storage.memory_tier_bytes = non_negative("storage.memory_tier_bytes", v)?;
-        }
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "network.timeout_secs",
@@ -622,6 +666,9 @@ impl ServerConfig {
         }
         if let Some(devices) = n.devices {
             self.network.devices = devices;
+        }
+        if let Some(v) = n.shared_memory {
+            self.network.shared_memory = v;
         }
         // Empty turns it off, so an environment variable can undo the file's.
         match n.metrics_addr.as_deref() {
@@ -671,6 +718,27 @@ impl ServerConfig {
                 "placement.virtual_nodes",
                 format!("must be 1..={}", limits::VIRTUAL_NODES_MAX),
             ));
+        }
+        self.validate_client()
+    }
+
+    /// The write-behind and read-ahead windows.
+    fn validate_client(&self) -> Result<(), ConfigError> {
+        for (key, value, max) in [
+            (
+                "client.write_behind_bytes",
+                self.client.write_behind_bytes,
+                limits::WRITE_BEHIND_BYTES_MAX,
+            ),
+            (
+                "client.read_ahead_bytes",
+                self.client.read_ahead_bytes,
+                limits::READ_AHEAD_BYTES_MAX,
+            ),
+        ] {
+            if value > max {
+                return Err(invalid(key, format!("{value} is above {max} bytes")));
+            }
         }
         Ok(())
     }
@@ -734,6 +802,13 @@ impl ServerConfig {
             return Err(invalid(
                 "storage.queue_depth",
                 format!("must be 1..={}", limits::QUEUE_DEPTH_MAX),
+            ));
+        }
+        let tier = self.storage.memory_tier_bytes;
+        if self.storage.backend == Backend::Tiered && tier < chunk {
+            return Err(invalid(
+                "storage.memory_tier_bytes",
+                format!("{tier} bytes is less than one chunk ({chunk}): the memory tier holds whole chunks"),
             ));
         }
         if let Some(capacity) = self.storage.capacity_bytes {
@@ -804,13 +879,6 @@ impl ServerConfig {
         }
         validate_devices(&self.network.devices)
     }
-        let tier = self.storage.memory_tier_bytes;
-        if self.storage.backend == Backend::Tiered && tier < chunk {
-            return Err(invalid(
-                "storage.memory_tier_bytes",
-                format!("{tier} bytes is less than one chunk ({chunk}): the memory tier holds whole chunks"),
-            ));
-        }
 
     /// Checks every value, then that `data_dir` exists or can be made, and is writable.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -849,6 +917,7 @@ impl ServerConfig {
             o_direct: self.storage.o_direct,
             capacity_bytes: self.storage.capacity_bytes,
             queue_depth: self.storage.queue_depth,
+            memory_tier_bytes: self.storage.memory_tier_bytes,
         }
     }
 }
@@ -917,7 +986,6 @@ fn parse_env(
         else {
             continue;
         };
-            memory_tier_bytes: self.storage.memory_tier_bytes,
         let key = &rest[section.len() + 1..];
         let env_error = |reason: String| ConfigError::Env {
             var: var.clone(),
@@ -1200,19 +1268,6 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_shared_limits() {
-        let c = ServerConfig::default();
-        c.validate_values().unwrap();
-        assert_eq!(c.storage.chunk_size_bytes, limits::CHUNK_SIZE_DEFAULT);
-        assert_eq!(c.storage.queue_depth, limits::QUEUE_DEPTH_DEFAULT);
-        assert_eq!(c.store_config().queue_depth, limits::QUEUE_DEPTH_DEFAULT);
-        assert_eq!(
-            c.store_config(),
-            benchfs_store::StoreConfig::new(c.storage.backend, &c.node.data_dir)
-        );
-    }
-}
-    #[test]
     fn memory_tier_bytes() {
         let tiered = "[storage]\nbackend = \"tiered\"\nchunk_size = 65536\n";
         let c = ServerConfig::from_env_and_str(tiered, env(&[])).unwrap();
@@ -1238,3 +1293,66 @@ mod tests {
         ServerConfig::from_env_and_str(text, env(&[])).unwrap();
     }
 
+    #[test]
+    fn defaults_are_the_shared_limits() {
+        let c = ServerConfig::default();
+        c.validate_values().unwrap();
+        assert_eq!(c.storage.chunk_size_bytes, limits::CHUNK_SIZE_DEFAULT);
+        assert_eq!(c.storage.queue_depth, limits::QUEUE_DEPTH_DEFAULT);
+        assert_eq!(c.store_config().queue_depth, limits::QUEUE_DEPTH_DEFAULT);
+        assert_eq!(
+            c.store_config(),
+            benchfs_store::StoreConfig::new(c.storage.backend, &c.node.data_dir)
+        );
+    }
+
+    #[test]
+    fn client_windows() {
+        let c = ServerConfig::from_env_and_str("", env(&[])).unwrap();
+        assert_eq!(
+            c.client.write_behind_bytes,
+            limits::WRITE_BEHIND_BYTES_DEFAULT
+        );
+        assert_eq!(c.client.read_ahead_bytes, limits::READ_AHEAD_BYTES_DEFAULT);
+        let file = "[client]\nwrite_behind_bytes = 0\nread_ahead_bytes = 4096\n";
+        let c = ServerConfig::from_env_and_str(file, env(&[])).unwrap();
+        assert_eq!(
+            (c.client.write_behind_bytes, c.client.read_ahead_bytes),
+            (0, 4096)
+        );
+        let vars = [
+            ("BENCHFS_CLIENT_WRITE_BEHIND_BYTES", "1048576"),
+            ("BENCHFS_CLIENT_READ_AHEAD_BYTES", "0"),
+        ];
+        let c = ServerConfig::from_env_and_str(file, env(&vars)).unwrap();
+        assert_eq!(
+            (c.client.write_behind_bytes, c.client.read_ahead_bytes),
+            (1 << 20, 0)
+        );
+        for (key, value) in [
+            ("write_behind_bytes", "-1".to_string()),
+            ("read_ahead_bytes", "-1".to_string()),
+            (
+                "write_behind_bytes",
+                (limits::WRITE_BEHIND_BYTES_MAX + 1).to_string(),
+            ),
+            (
+                "read_ahead_bytes",
+                (limits::READ_AHEAD_BYTES_MAX + 1).to_string(),
+            ),
+        ] {
+            let text = format!("[client]\n{key} = {value}\n");
+            let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("client.{key}")),
+                "{text}: {err}"
+            );
+        }
+        let err = ServerConfig::from_env_and_str("", env(&[("BENCHFS_CLIENT_READ_AHEAD", "1")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("BENCHFS_CLIENT_READ_AHEAD"),
+            "{err}"
+        );
+    }
+}

@@ -32,6 +32,18 @@ pub const QUEUE_DEPTH_DEFAULT: u32 = 128;
 /// a disk of a few hundred MB/s.
 pub const STORE_PROBE_BYTES_MAX: u64 = 1 << 30;
 
+// ---- Inline files ([storage]) ----
+
+/// Default `storage.inline_bytes`: a file of at most this many bytes, made by one deferred
+/// open (create, write and close in one request), keeps its bytes in its metadata record
+/// instead of chunk 0. 4 KiB covers mdtest-hard's 3901-byte files and one page.
+pub const INLINE_BYTES_DEFAULT: u64 = 4 * 1024;
+/// Largest `storage.inline_bytes`, the most bytes a record holds: a request carrying them
+/// with the longest path still fits one body. A file that grows past its record's limit
+/// moves its bytes to chunk 0, written zero-padded to `min(INLINE_BYTES_MAX, chunk size)`
+/// so that a copy left there by a move that failed part way never shows through.
+pub const INLINE_BYTES_MAX: u64 = 32 * 1024;
+
 // ---- Transport ([network]) ----
 
 /// Default rendezvous threshold (`network.rendezvous_threshold_bytes`, also spelt
@@ -72,6 +84,18 @@ pub const CACHE_TTL_SECS_DEFAULT: u64 = 0;
 pub const ORPHAN_SWEEP_SECS_DEFAULT: u64 = 60;
 /// Longest time between orphan sweeps.
 pub const ORPHAN_SWEEP_SECS_MAX: u64 = 86_400;
+
+// ---- Client data path ([client]) ----
+
+/// Default bytes of writes a client keeps in flight behind the calls that made them
+/// (`client.write_behind_bytes`).
+pub const WRITE_BEHIND_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+/// Most bytes of writes a client keeps in flight: each is a copy of the caller's bytes.
+pub const WRITE_BEHIND_BYTES_MAX: u64 = 1 << 30;
+/// Default bytes an open handle fetches ahead of sequential reads (`client.read_ahead_bytes`).
+pub const READ_AHEAD_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+/// Most bytes an open handle fetches ahead of sequential reads.
+pub const READ_AHEAD_BYTES_MAX: u64 = 1 << 30;
 
 // ---- Placement and replication ----
 
@@ -115,9 +139,19 @@ const _: () = assert!(ORPHAN_SWEEP_SECS_DEFAULT <= ORPHAN_SWEEP_SECS_MAX);
 const _: () = assert!(INFLIGHT_DEFAULT >= 1 && INFLIGHT_DEFAULT <= INFLIGHT_MAX);
 const _: () = assert!(METADATA_CACHE_ENTRIES_DEFAULT <= METADATA_CACHE_ENTRIES_MAX);
 const _: () = assert!(CHUNK_CACHE_MB_DEFAULT <= CHUNK_CACHE_MB_MAX);
+const _: () = assert!(WRITE_BEHIND_BYTES_DEFAULT <= WRITE_BEHIND_BYTES_MAX);
+const _: () = assert!(READ_AHEAD_BYTES_DEFAULT <= READ_AHEAD_BYTES_MAX);
 const _: () = assert!(REPLICAS_DEFAULT >= 1 && REPLICAS_DEFAULT <= REPLICAS_MAX);
 const _: () = assert!(VIRTUAL_NODES_DEFAULT >= 1 && VIRTUAL_NODES_DEFAULT <= VIRTUAL_NODES_MAX);
 const _: () = assert!(NAME_LEN_MAX < PATH_LEN_MAX);
+const _: () = assert!(INLINE_BYTES_DEFAULT <= INLINE_BYTES_MAX);
+// The default is valid with any chunk size (inline_bytes may not exceed it), and a record's
+// bytes travel with its longest path and the fixed fields in one body.
+const _: () = assert!(INLINE_BYTES_DEFAULT <= CHUNK_SIZE_MIN);
+const _: () =
+    assert!(INLINE_BYTES_MAX as usize + PATH_LEN_MAX + 256 <= crate::frame::BODY_LEN_MAX as usize);
+// The bytes are carried with a u16 length prefix.
+const _: () = assert!(INLINE_BYTES_MAX <= u16::MAX as u64);
 // The wire format repeats some of these; it must agree.
 const _: () = assert!(crate::ops::PATH_LEN_MAX == PATH_LEN_MAX);
 const _: () = assert!(crate::ops::NAME_LEN_MAX == NAME_LEN_MAX);

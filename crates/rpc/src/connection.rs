@@ -220,6 +220,12 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Connection {
+    /// The transports UCX chose for this connection's lanes (`tcp/eth0`, `sysv/memory`,
+    /// `cma/memory`, ...), as [`Endpoint::transports`] names them.
+    pub fn transports(&self) -> Vec<String> {
+        self.ep.transports()
+    }
+
     /// What the server said in the handshake.
     pub fn hello(&self) -> Option<&HelloReply> {
         self.hello.as_ref()

@@ -233,13 +233,19 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// The server's UCX context: SO_REUSEADDR on the listener, and only the network devices
-/// of [`net_devices`].
+/// The server's UCX context: SO_REUSEADDR on the listener, shared memory with processes on
+/// this host as `network.shared_memory` says, and only the network devices of
+/// [`net_devices`].
 fn ucx_context(network: &NetworkConfig) -> Result<Arc<Context>, DaemonError> {
     // A restarted server binds the port it had while old connections sit in TIME_WAIT.
     // UCT keys go without their component's prefix: UCX_TCP_CM_REUSEADDR is CM_REUSEADDR
     // (TCP_CM_REUSEADDR is not applied, and UCX warns "invalid configuration").
     let mut overrides = vec![("CM_REUSEADDR", "y".to_string())];
+    overrides.extend(
+        benchfs_ucx::transport_config(network.shared_memory)
+            .into_iter()
+            .map(|(key, value)| (key, value.to_string())),
+    );
     if let Some(devices) = net_devices(network)? {
         overrides.push(("NET_DEVICES", devices.join(",")));
     }

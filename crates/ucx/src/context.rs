@@ -116,6 +116,37 @@ impl Drop for Context {
     }
 }
 
+/// The UCX settings for processes on one host to talk over shared memory (`enabled`) or
+/// over the network stack only, as `(key, value)` pairs for [`Context::with_config`].
+/// Keys already set in the environment (`UCX_<KEY>`) are left out: the user's UCX
+/// configuration wins.
+///
+/// Our endpoints ask for peer-failure handling, which UCX 1.13 gives the `sysv` and `posix`
+/// transports only with `MM_ERROR_HANDLING=y` (then a peer is declared dead by a pid check
+/// every `KEEPALIVE_INTERVAL`, set to one second here instead of 20), and rendezvous through
+/// `cma` (process_vm_readv, one copy) only with `CMA_MEMORY_INVALIDATE=y`; without it,
+/// rendezvous data between endpoints made through a listener goes over `tcp`. Connections
+/// made through a listener keep their `tcp` socket, which reports a peer whose process
+/// ended (even a zombie) in milliseconds. UCX picks shared memory only for peers on the
+/// same host and in the same IPC namespace, so other hosts keep the network.
+pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
+    let flag = if enabled { "y" } else { "n" };
+    // (key for ucp_config_modify, its environment variable, value): a UCT component's key
+    // goes without the component's prefix (see `Context::with_config`).
+    let mut config = vec![
+        ("MM_ERROR_HANDLING", "UCX_MM_ERROR_HANDLING", flag),
+        ("MEMORY_INVALIDATE", "UCX_CMA_MEMORY_INVALIDATE", flag),
+    ];
+    if enabled {
+        config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", "1s"));
+    }
+    config
+        .into_iter()
+        .filter(|(_, env, _)| std::env::var_os(env).is_none())
+        .map(|(key, _, value)| (key, value))
+        .collect()
+}
+
 /// A `ucp_config_t`, released on drop.
 struct Config(*mut sys::ucp_config_t);
 

@@ -157,6 +157,42 @@ impl Endpoint {
         self.inner.handle
     }
 
+    /// UCX's description of the endpoint's configuration (`ucp_ep_print_info`): its lanes,
+    /// the transport and device of each, and what each carries. Empty for a closed
+    /// endpoint or when the text could not be captured.
+    pub fn info(&self) -> String {
+        if self.inner.closed.get() {
+            return String::new();
+        }
+        let mut buf: *mut libc::c_char = std::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        // SAFETY: open_memstream writes the buffer pointer and length at fclose; the handle
+        // is open (not closed above) and owned by this endpoint's worker, on this thread.
+        unsafe {
+            let stream = libc::open_memstream(&mut buf, &mut len);
+            if stream.is_null() {
+                return String::new();
+            }
+            sys::ucp_ep_print_info(self.inner.handle, stream);
+            libc::fclose(stream);
+        }
+        if buf.is_null() {
+            return String::new();
+        }
+        // SAFETY: after fclose, buf holds len bytes (plus a NUL) allocated by malloc.
+        let text = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+        let text = String::from_utf8_lossy(text).into_owned();
+        // SAFETY: buf came from open_memstream's malloc and is freed once.
+        unsafe { libc::free(buf.cast()) };
+        text
+    }
+
+    /// The transports the endpoint's lanes use, as UCX names them (`tcp/lo`,
+    /// `sysv/memory`, `cma/memory`, ...), each once, in lane order.
+    pub fn transports(&self) -> Vec<String> {
+        lane_transports(&self.info())
+    }
+
     /// The worker this endpoint belongs to.
     pub fn worker(&self) -> &Rc<Worker> {
         &self.inner.worker
@@ -346,4 +382,24 @@ fn client_addr(request: sys::ucp_conn_request_h) -> Option<SocketAddr> {
         return None;
     }
     crate::sockaddr::from_storage(&attr.client_address)
+}
+
+/// The `transport/device` of every `lane[i]:` line of `ucp_ep_print_info`'s text, each once.
+fn lane_transports(info: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for line in info.lines() {
+        let Some((_, rest)) = line.split_once("lane[") else {
+            continue;
+        };
+        // "lane[0]:  3:tcp/lo.0 md[1] ..." names the resource index, then transport/device.
+        let Some(resource) = rest.split_whitespace().nth(1) else {
+            continue;
+        };
+        let name = resource.split_once(':').map_or(resource, |(_, name)| name);
+        let name = name.rsplit_once('.').map_or(name, |(name, _)| name);
+        if name.contains('/') && !found.iter().any(|f| f == name) {
+            found.push(name.to_string());
+        }
+    }
+    found
 }

@@ -68,7 +68,7 @@ mod sys;
 mod worker;
 
 pub use am::{AmMessage, AmProto, AmStream};
-pub use context::{Context, Features};
+pub use context::{transport_config, Context, Features};
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
 pub use lend::{lend, lend_mut, Lent, LentMut, Loan};

@@ -43,6 +43,13 @@ pub(crate) fn status_string(status: ucs_status_t) -> &'static str {
     text.to_str().unwrap_or("UCX status string is not UTF-8")
 }
 
+// Declared here rather than generated: bindgen would bring glibc's whole `FILE` layout along
+// for this one debugging call, and libc already names the type.
+extern "C" {
+    /// Prints the endpoint's configuration (its lanes and their transports) to `stream`.
+    pub(crate) fn ucp_ep_print_info(ep: ucp_ep_h, stream: *mut libc::FILE);
+}
+
 /// A null `void *`, spelled once.
 pub(crate) fn null_mut() -> *mut c_void {
     core::ptr::null_mut()

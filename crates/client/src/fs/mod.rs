@@ -211,7 +211,10 @@ impl FsClient {
                 .expect("every entry is on the ring") as usize;
             slots[index] = Some(ServerSlot::new(entry));
         }
-        let context = Context::new(Features::ALL)?;
+        let context = Context::with_config(
+            Features::ALL,
+            &benchfs_ucx::transport_config(config.network.shared_memory),
+        )?;
         let options = ClientOptions {
             rpc_timeout: config.network.rpc_timeout,
             rdma_threshold: config.network.rendezvous_threshold_bytes as usize,
@@ -281,6 +284,20 @@ impl FsClient {
             (
                 self.servers[s as usize].entry.borrow().clone(),
                 r.map_err(rpc_err("stats", "/")),
+            )
+        });
+        join_all(all).await
+    }
+
+    /// The transports UCX chose for this client's connection to each server (see
+    /// [`Connection::transports`](benchfs_rpc::Connection::transports)), connecting first
+    /// where there is no connection yet.
+    pub async fn server_transports(&self) -> Vec<(ServerEntry, Result<Vec<String>, ApiError>)> {
+        let all = self.all_servers().map(|s| async move {
+            let r = self.conn(s).await.map(|conn| conn.transports());
+            (
+                self.servers[s as usize].entry.borrow().clone(),
+                r.map_err(rpc_err("connect", "/")),
             )
         });
         join_all(all).await

@@ -159,6 +159,17 @@ pub fn run(args: Args) -> Result<(), CliError> {
             client_config.network.busy_poll = Duration::from_micros(us);
         }
         let fs = BenchFS::connect(&client_config)?;
+        let transports: Vec<String> = fs
+            .block_on(fs.client().server_transports())
+            .into_iter()
+            .filter_map(|(_, lanes)| lanes.ok())
+            .flatten()
+            .collect();
+        println!(
+            "transport busy_poll_us={busy_poll_us} shared_memory={} lanes={}",
+            client_config.network.shared_memory,
+            transports.join(",")
+        );
         let variant = measure(&fs, busy_poll_us, &args)?;
         drop(fs);
         server.stop();

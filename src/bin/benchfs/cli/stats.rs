@@ -27,16 +27,23 @@ pub struct Args {
     pub target: Target,
 }
 
-/// One server's answer.
-type Answer = (ServerEntry, Result<StatsReply, String>);
+/// One server's answer, and the transports this client's connection to it uses.
+type Answer = (ServerEntry, Result<StatsReply, String>, Vec<String>);
 
 /// Runs `benchfs stats`. Fails, after printing what it has, when a server did not answer.
 pub fn run(args: &Args) -> Result<(), CliError> {
     let fs = connect(args)?;
-    let answers: Vec<Answer> = fs
-        .block_on(fs.client().server_stats())
+    let stats = fs.block_on(fs.client().server_stats());
+    let mut transports = fs.block_on(fs.client().server_transports()).into_iter();
+    let answers: Vec<Answer> = stats
         .into_iter()
-        .map(|(entry, r)| (entry, r.map_err(|e| e.to_string())))
+        .map(|(entry, r)| {
+            let lanes = transports
+                .next()
+                .and_then(|(_, t)| t.ok())
+                .unwrap_or_default();
+            (entry, r.map_err(|e| e.to_string()), lanes)
+        })
         .collect();
     if args.json {
         let text = serde_json::to_string_pretty(&to_json(&answers))?;
@@ -45,7 +52,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         print_servers(&answers);
         print_ops(&answers);
     }
-    let silent = answers.iter().filter(|(_, r)| r.is_err()).count();
+    let silent = answers.iter().filter(|(_, r, _)| r.is_err()).count();
     if silent > 0 {
         return Err(format!("{silent} of {} servers did not answer", answers.len()).into());
     }
@@ -85,7 +92,7 @@ fn print_servers(answers: &[Answer]) {
         "errors",
         "queue now/max"
     );
-    for (entry, stats) in answers {
+    for (entry, stats, _) in answers {
         let s = match stats {
             Ok(s) => s,
             Err(e) => {
@@ -112,10 +119,15 @@ fn print_servers(answers: &[Answer]) {
 }
 
 fn print_ops(answers: &[Answer]) {
-    for (entry, stats) in answers {
+    for (entry, stats, transports) in answers {
         let Ok(s) = stats else { continue };
         println!();
-        println!("{} ({})", entry.node_id, entry.addr);
+        println!(
+            "{} ({}) over {}",
+            entry.node_id,
+            entry.addr,
+            transports.join(", ")
+        );
         println!(
             "  {:<24} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10}",
             "op", "requests", "errors", "MB in", "MB out", "p50 us", "p99 us"
@@ -157,7 +169,7 @@ fn op_json(o: &OpStats) -> Value {
 fn to_json(answers: &[Answer]) -> Value {
     let servers: Vec<Value> = answers
         .iter()
-        .map(|(entry, stats)| match stats {
+        .map(|(entry, stats, transports)| match stats {
             Ok(s) => json!({
                 "server": entry.node_id,
                 "address": entry.addr.to_string(),
@@ -172,6 +184,7 @@ fn to_json(answers: &[Answer]) -> Value {
                 "faults_injected": s.faults_injected,
                 "queue_depth": s.queue_depth,
                 "queue_depth_max": s.queue_depth_max,
+                "transports": transports,
                 "ops": s.ops.iter().map(op_json).collect::<Vec<_>>(),
             }),
             Err(e) => json!({

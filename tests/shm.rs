@@ -1,0 +1,165 @@
+//! Shared memory between a client and servers on one host (`network.shared_memory`, on by
+//! default): the lanes UCX chose are shared-memory ones, not TCP, and turning the setting
+//! off gives TCP; a same-host server that dies in the middle of a transfer (killed, or
+//! killed and left a zombie) fails the call long before the RPC timeout, and a stopped one
+//! within it. Network-namespace hosts keep TCP: `tests/hosts.rs` checks every lane there.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use benchfs::blocking::BenchFS;
+use benchfs::config::ServerConfig;
+use common::{pattern, Cluster, ClusterSpec};
+
+/// An RPC timeout far above the failure bounds below, so that a call failing within them
+/// was failed by UCX's peer-failure detection, not by the timeout.
+const LONG_TIMEOUT_MS: u64 = 60_000;
+/// How soon a call must fail once its same-host server died. UCX notices the listener
+/// connection's socket closing at once, and its shared-memory keepalive (set to one second)
+/// backs that up. A liveness bound with room for a loaded machine, not a measurement.
+const DEAD_PEER_BOUND: Duration = Duration::from_secs(5);
+
+/// Whether the environment chose UCX's transports itself, which this test cannot overrule.
+fn ucx_overridden() -> bool {
+    [
+        "UCX_TLS",
+        "UCX_MM_ERROR_HANDLING",
+        "UCX_CMA_MEMORY_INVALIDATE",
+    ]
+    .iter()
+    .any(|key| std::env::var_os(key).is_some())
+}
+
+fn transports(fs: &BenchFS) -> Vec<(String, Vec<String>)> {
+    fs.block_on(fs.client().server_transports())
+        .into_iter()
+        .map(|(entry, r)| (entry.node_id, r.expect("connect")))
+        .collect()
+}
+
+fn is_shared_memory(transport: &str) -> bool {
+    transport.ends_with("/memory")
+}
+
+#[test]
+fn same_host_connections_use_shared_memory_unless_turned_off() {
+    if ucx_overridden() {
+        common::skip("shm", "UCX_* transport settings in the environment");
+        return;
+    }
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    for (server, lanes) in transports(&fs) {
+        assert!(
+            !lanes.is_empty() && lanes.iter().all(|t| is_shared_memory(t)),
+            "{server}: lanes {lanes:?}, expected only shared memory (sysv, posix, cma)"
+        );
+        assert!(
+            lanes.iter().any(|t| t == "cma/memory"),
+            "{server}: no cma lane for rendezvous in {lanes:?}"
+        );
+    }
+    // Data crosses both ways, eager and by rendezvous, over those lanes.
+    let data = pattern(3 << 20, 7);
+    common::files::write_file(&fs, "/shm", &data);
+    assert!(common::files::read_file(&fs, "/shm") == data);
+
+    let mut config: ServerConfig = cluster.config();
+    config.network.shared_memory = false;
+    let tcp = BenchFS::connect(&config).expect("connect");
+    for (server, lanes) in transports(&tcp) {
+        assert!(
+            !lanes.is_empty() && lanes.iter().all(|t| t.starts_with("tcp/")),
+            "{server}: lanes {lanes:?} with shared_memory = false, expected only tcp"
+        );
+    }
+    assert!(common::files::read_file(&tcp, "/shm") == data);
+}
+
+/// Writes 1 MiB blocks to a file spread over every server until a write fails; sends the
+/// instant and the error's text once it does.
+fn write_until_failure(config: ServerConfig, started: mpsc::Sender<()>) -> (Instant, String) {
+    let fs = BenchFS::connect(&config).expect("connect");
+    let fd = fs.create("/victim", 0o644).expect("create");
+    let block = pattern(1 << 20, 3);
+    let mut started = Some(started);
+    for round in 0u64.. {
+        if let Err(e) = fs.pwrite(fd, &block, (round % 64) << 20) {
+            return (Instant::now(), e.to_string());
+        }
+        if round == 8 {
+            started.take().map(|s| s.send(()));
+        }
+    }
+    unreachable!("the loop returns on the first failure")
+}
+
+/// Starts two servers, a writer, and hands server 1 to `fault` once data flows; returns
+/// how long after the fault the writer's call failed, and its error, which must name
+/// server 1 (by node id, or by address where it failed to connect again).
+fn fail_mid_transfer(spec: ClusterSpec, fault: impl FnOnce(&mut Cluster)) -> (Duration, String) {
+    let mut cluster = Cluster::start(spec);
+    let addr = cluster.addr(1).to_string();
+    let config = cluster.config();
+    let (started, flowing) = mpsc::channel();
+    let writer = std::thread::spawn(move || write_until_failure(config, started));
+    flowing
+        .recv_timeout(Duration::from_secs(60))
+        .expect("writes flow");
+    let faulted = Instant::now();
+    fault(&mut cluster);
+    let (failed, error) = writer.join().expect("writer thread");
+    assert!(
+        error.contains("node1") || error.contains(&addr),
+        "error does not name node1 ({addr}): {error}"
+    );
+    (failed.duration_since(faulted), error)
+}
+
+fn long_timeout() -> ClusterSpec {
+    ClusterSpec {
+        servers: 2,
+        chunk_size: 1 << 20,
+        rpc_timeout_ms: LONG_TIMEOUT_MS,
+        ..ClusterSpec::default()
+    }
+}
+
+#[test]
+fn a_killed_same_host_server_fails_the_call_at_once() {
+    let (after, error) = fail_mid_transfer(long_timeout(), |cluster| cluster.kill(1));
+    assert!(
+        after < DEAD_PEER_BOUND,
+        "the write failed {after:?} after the kill: {error}"
+    );
+}
+
+#[test]
+fn a_killed_server_left_a_zombie_fails_the_call_at_once() {
+    // SIGKILL without reaping: the process is a zombie, its pid still exists (so a pid
+    // check would call it alive) but its sockets are closed.
+    let (after, error) = fail_mid_transfer(long_timeout(), |cluster| cluster.signal(1, "KILL"));
+    assert!(
+        after < DEAD_PEER_BOUND,
+        "the write failed {after:?} after the kill: {error}"
+    );
+}
+
+#[test]
+fn a_stopped_same_host_server_fails_the_call_within_the_timeout() {
+    let spec = ClusterSpec {
+        rpc_timeout_ms: 2000,
+        ..long_timeout()
+    };
+    let timeout = Duration::from_millis(spec.rpc_timeout_ms);
+    let (after, error) = fail_mid_transfer(spec, |cluster| cluster.signal(1, "STOP"));
+    assert!(
+        after < timeout + DEAD_PEER_BOUND,
+        "the write failed {after:?} after SIGSTOP, timeout {timeout:?}: {error}"
+    );
+}
