@@ -62,7 +62,14 @@ pub struct TieredChunkStore<E: IoEngine = UringEngine> {
     reserved_bytes: Cell<u64>,
     /// Woken whenever a hold ends.
     released: Notify,
+    /// Chunk-sized buffers kept for write-backs, at most [`SPARE_BUFFERS_MAX`]: with many
+    /// writers holding the lower tier's pooled buffers, a write-back got a fresh heap
+    /// buffer, whose page faults halved the write rate past the memory tier.
+    spare: RefCell<Vec<ChunkBuf>>,
 }
+
+/// Most buffers kept for write-backs.
+const SPARE_BUFFERS_MAX: usize = 4;
 
 #[derive(Debug, Default)]
 struct State {
@@ -207,6 +214,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             used_bytes: Cell::new(used_bytes),
             reserved_bytes: Cell::new(0),
             released: Notify::new(),
+            spare: RefCell::new(Vec::new()),
         })
     }
 
@@ -430,9 +438,19 @@ impl<E: IoEngine> TieredChunkStore<E> {
         };
         let len = self.upper.chunk_len(id).unwrap_or(0);
         if len > 0 {
-            let mut buf = self.lower.buffer(len as usize).await?;
+            let spare = self.spare.borrow_mut().pop();
+            let mut buf = match spare {
+                Some(buf) => buf,
+                None => self.lower.buffer(self.chunk_size() as usize).await?,
+            };
+            buf.set_len(len as usize);
             self.upper.read_bytes(id, 0, buf.as_mut_slice())?;
-            self.lower.write(id, 0, buf).await.0?;
+            let (result, buf) = self.lower.write(id, 0, buf).await;
+            let mut spare = self.spare.borrow_mut();
+            if spare.len() < SPARE_BUFFERS_MAX {
+                spare.push(buf);
+            }
+            result?;
         }
         // Cuts a longer stale copy, or makes an empty chunk.
         if self.lower.chunk_len(id) != Some(len) {
