@@ -1,0 +1,98 @@
+//! The tiered chunk store in a real `benchfsd`: what a client fsynced is in the chunk
+//! files when fsync returns, and reads back after the server is killed with -9 and
+//! restarted on the same data directory, whether the file fit the memory tier or spilled
+//! past it. Skips where io_uring (the lower tier) is unavailable.
+
+mod common;
+
+use benchfs::blocking::{BenchFS, OpenFlags};
+use common::files::{read_file, C, CHUNK};
+use common::{pattern, Cluster, ClusterSpec};
+
+/// Chunks the server's memory tier holds.
+const TIER_CHUNKS: usize = 32;
+
+/// One tiered server with a memory tier of [`TIER_CHUNKS`] chunks, or `None` (with a
+/// note) if it cannot start here.
+fn tiered_server() -> Option<Cluster> {
+    let spec = ClusterSpec {
+        servers: 0,
+        backend: "tiered",
+        ..ClusterSpec::default()
+    };
+    let mut cluster = Cluster::start(spec);
+    let text = std::fs::read_to_string(&cluster.config_path).unwrap();
+    let tier = format!(
+        "memory_tier_bytes = {}\n[network]",
+        TIER_CHUNKS as u64 * CHUNK
+    );
+    std::fs::write(&cluster.config_path, text.replacen("[network]", &tier, 1)).unwrap();
+    cluster.spec.servers = 1;
+    cluster.children.push(None);
+    cluster.restart(0);
+    if !cluster.is_running(0) {
+        let log = std::fs::read_to_string(cluster.log_path(0)).unwrap_or_default();
+        common::skip("tiered server", &format!("it did not start: {log}"));
+        return None;
+    }
+    Some(cluster)
+}
+
+/// Writes `data` to a new file at `path` chunk by chunk, without closing or syncing it.
+fn write_open(fs: &BenchFS, path: &str, data: &[u8]) -> benchfs::blocking::Fd {
+    let fd = fs.create(path, 0o644).unwrap();
+    for (i, piece) in data.chunks(C).enumerate() {
+        let written = fs.pwrite(fd, piece, (i * C) as u64).unwrap();
+        assert_eq!(written, piece.len(), "{path} chunk {i}");
+    }
+    fd
+}
+
+/// Chunk files under a server's data directory.
+fn chunk_files(cluster: &Cluster) -> usize {
+    let chunks = cluster.data_dir(0).join("chunks");
+    let Ok(dirs) = std::fs::read_dir(chunks) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter_map(|dir| std::fs::read_dir(dir.path()).ok())
+        .map(|files| files.count())
+        .sum()
+}
+
+#[test]
+fn fsynced_data_survives_kill_9() {
+    let Some(mut cluster) = tiered_server() else {
+        return;
+    };
+    let fs = cluster.client();
+    // Half the memory tier, so nothing is evicted: only fsync can put it on disk.
+    let small = pattern(TIER_CHUNKS / 2 * C + 123, 1);
+    let fd = write_open(&fs, "/small", &small);
+    assert_eq!(chunk_files(&cluster), 0, "write-back: nothing on disk yet");
+    fs.fsync(fd).unwrap();
+    assert_eq!(chunk_files(&cluster), TIER_CHUNKS / 2 + 1, "fsync wrote every chunk");
+    fs.close(fd).unwrap();
+    // Three times the tier: most of it is written back on eviction, the rest by fsync.
+    let large = pattern(3 * TIER_CHUNKS * C + 77, 2);
+    let fd = write_open(&fs, "/large", &large);
+    fs.fsync(fd).unwrap();
+    fs.close(fd).unwrap();
+    // Dirty at the kill, never synced: may be lost, and must not disturb the rest.
+    let fd = write_open(&fs, "/unsynced", &pattern(5 * C, 3));
+    fs.pwrite(fd, &pattern(C, 4), 0).unwrap();
+    drop(fs);
+
+    cluster.kill(0);
+    cluster.restart(0);
+    let fs = cluster.client();
+    assert!(read_file(&fs, "/small") == small, "/small after kill -9");
+    assert!(read_file(&fs, "/large") == large, "/large after kill -9");
+    // The restarted server keeps working on what it found.
+    let fd = fs.open("/large", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, &pattern(100, 5), 10).unwrap();
+    fs.close(fd).unwrap();
+    let mut want = large;
+    want[10..110].copy_from_slice(&pattern(100, 5));
+    assert!(read_file(&fs, "/large") == want, "/large rewritten");
+}
