@@ -71,7 +71,11 @@ fn fsynced_data_survives_kill_9() {
     let fd = write_open(&fs, "/small", &small);
     assert_eq!(chunk_files(&cluster), 0, "write-back: nothing on disk yet");
     fs.fsync(fd).unwrap();
-    assert_eq!(chunk_files(&cluster), TIER_CHUNKS / 2 + 1, "fsync wrote every chunk");
+    assert_eq!(
+        chunk_files(&cluster),
+        TIER_CHUNKS / 2 + 1,
+        "fsync wrote every chunk"
+    );
     fs.close(fd).unwrap();
     // Three times the tier: most of it is written back on eviction, the rest by fsync.
     let large = pattern(3 * TIER_CHUNKS * C + 77, 2);
