@@ -49,11 +49,14 @@
 //! bound to. `NET_DEVICES` (`UCX_NET_DEVICES`) restricts that; [`netif::devices_of`] gives
 //! the devices of one address.
 //!
-//! **Invariant:** `UCX_TLS` must include `tcp`. Endpoints ask for peer-failure handling,
-//! which UCX 1.13 does not offer over `self`, `posix` or `sysv` ("no peer failure
-//! handler"), so Active Messages between processes on one node travel over `tcp` (and
-//! client-server connections always use the `tcp` sockcm). Without `tcp`, endpoint creation
-//! succeeds but wireup fails and operations never complete.
+//! **Shared memory:** endpoints ask for peer-failure handling, which UCX 1.13 offers over
+//! `posix` and `sysv` only with `MM_ERROR_HANDLING=y`, and for rendezvous over `cma` only
+//! with `CMA_MEMORY_INVALIDATE=y`; without them, Active Messages between processes on one
+//! host travel over `tcp`. [`transport_config`] gives those settings (or turns them off).
+//!
+//! **Invariant:** `UCX_TLS` must include `tcp`: client-server connections are made through
+//! the `tcp` sockcm, whose socket also reports a dead peer at once. Without `tcp`, endpoint
+//! creation succeeds but wireup fails and operations never complete.
 mod am;
 mod context;
 mod endpoint;
