@@ -6,7 +6,10 @@
 //! (it owns that thread's UCX worker); a program with several threads opens one per thread,
 //! as the C API and the FUSE mount do. Blocking reads and writes lend the caller's buffer
 //! to UCX instead of copying it (see [`benchfs_ucx::lend`]); the async
-//! [`crate::api::BenchFS`] cannot, since its futures may be dropped at any point.
+//! [`crate::api::BenchFS`] cannot, since its futures may be dropped at any point. With
+//! write-behind on (`client.write_behind_bytes`), a write copies instead, so that it can
+//! return while its bytes are still on their way; with read-ahead on, bytes read ahead are
+//! copied in from the handle's buffers.
 
 use std::future::Future;
 use std::path::Path;
@@ -120,8 +123,10 @@ impl BenchFS {
         )
     }
 
-    /// Writes at the handle's position. The sends read `data` in place, with no copy, and
-    /// the call returns once UCX has finished with every byte of it.
+    /// Writes at the handle's position. With write-behind on, the bytes are copied and the
+    /// call returns once they are on their way (a failure surfaces at a later write, fsync
+    /// or close); off, the sends read `data` in place, with no copy, and the call returns
+    /// once the servers have it. Either way no send reads `data` after the call.
     pub fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
         benchfs_ucx::lend(
             data,

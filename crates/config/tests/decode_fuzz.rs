@@ -242,6 +242,7 @@ const KEYS: &[(&str, &[&str])] = &[
     ),
     ("replication", &["replicas"]),
     ("placement", &["virtual_nodes"]),
+    ("client", &["write_behind_bytes", "read_ahead_bytes"]),
     ("bogus", &["key"]),
 ];
 

@@ -1,6 +1,7 @@
 //! The data path: pread and pwrite split into chunk spans, sent to every span's servers
-//! at once, from a copy or from a lent slice, and read back in place or through the
-//! chunk cache.
+//! at once, from a copy or from a lent slice (or behind the call, see `pipeline`), and read
+//! back in place, through the chunk cache, or from what the handle read ahead (see
+//! `read_ahead`).
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use benchfs_proto::{ops, Status};
 use benchfs_ucx::Loan;
 use futures_util::future::join_all;
 
+use super::read_ahead::ReadDst;
 use super::{fs_err, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
@@ -54,6 +56,19 @@ impl<'a> WriteSource<'a> {
         }
     }
 
+    /// Runs `f` over the bytes of this source.
+    pub(super) fn with_bytes<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        match *self {
+            WriteSource::Copied(d) => f(d),
+            WriteSource::Lent(loan, (start, end)) => {
+                let view = loan
+                    .lend(start..end)
+                    .expect("a part of a loan lies within it");
+                f(view.as_ref())
+            }
+        }
+    }
+
     /// A payload for one call.
     pub(super) fn payload(&self, rpc: &RpcClient) -> OutPayload {
         match *self {
@@ -66,13 +81,38 @@ impl<'a> WriteSource<'a> {
     }
 }
 
-/// What a read covers: the handle's path and metadata, the bytes to read, and their
-/// chunk spans.
+/// What a read covers: the handle's path and metadata, where it starts, the bytes to
+/// read, and their chunk spans.
 pub(super) struct ReadPlan {
     pub(super) path: String,
     pub(super) meta: FileMetadata,
+    pub(super) offset: u64,
     pub(super) len: usize,
     pub(super) spans: Vec<ChunkSpan>,
+}
+
+impl ReadPlan {
+    /// The part of this read after its first `done` bytes, its spans still placed in the
+    /// whole read's buffer.
+    fn after(&self, done: usize) -> Result<ReadPlan, ApiError> {
+        let offset = self.offset + done as u64;
+        let len = self.len - done;
+        let spans = ChunkLayout::new(self.meta.chunk_size)
+            .spans(offset, len as u64)
+            .map_err(|_| fs_err("read", &self.path, Status::InvalidArgument))?
+            .map(|span| ChunkSpan {
+                buf_offset: span.buf_offset + done as u64,
+                ..span
+            })
+            .collect();
+        Ok(ReadPlan {
+            path: self.path.clone(),
+            meta: self.meta,
+            offset,
+            len,
+            spans,
+        })
+    }
 }
 
 /// Where a span's bytes came: received in place (this many), or in a buffer.
@@ -85,16 +125,22 @@ impl SpanData {
     /// Completes the span's destination: copies the bytes if they came in a buffer, and
     /// zeros what lies past the chunk's end (a hole inside the file).
     pub(super) fn fill(self, dst: &mut [u8]) {
-        let n = match self {
-            SpanData::Sunk(n) => n.min(dst.len()),
-            SpanData::Bytes(bytes) => {
-                let n = bytes.len().min(dst.len());
-                dst[..n].copy_from_slice(&bytes[..n]);
-                n
+        match self {
+            SpanData::Sunk(n) => {
+                let n = n.min(dst.len());
+                dst[n..].fill(0);
             }
-        };
-        dst[n..].fill(0);
+            SpanData::Bytes(bytes) => fill_from(dst, &bytes),
+        }
     }
+}
+
+/// Copies what of `bytes` fits into `dst` and zeros the rest of it: a chunk's bytes, and
+/// a hole past the chunk's end.
+pub(super) fn fill_from(dst: &mut [u8], bytes: &[u8]) {
+    let n = bytes.len().min(dst.len());
+    dst[..n].copy_from_slice(&bytes[..n]);
+    dst[n..].fill(0);
 }
 
 /// A span's range in the read's buffer.
@@ -167,7 +213,17 @@ impl FsClient {
         if len == 0 {
             return Ok(0);
         }
-        self.write_spans(&path, meta, data, offset).await?;
+        if self.writes_behind() {
+            // A failure of an earlier write fails this one, before any of its bytes go.
+            self.write_error(fd)?;
+            // What this client read ahead of the file is stale once the write is sent; a
+            // read drains the write before it reads, or reads ahead again.
+            self.forget_read_ahead(meta.file_id);
+            self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+            self.write_behind(fd, &path, meta, data, offset).await?;
+        } else {
+            self.write_spans(&path, meta, data, offset).await?;
+        }
         let end = offset + len as u64;
         self.with_file(fd, |f| {
             if end > f.size {
@@ -209,10 +265,13 @@ impl FsClient {
                 self.write_all::<ops::WriteChunk>(key, &req, part).await
             }
         });
-        for r in join_all(writes).await {
+        let results = join_all(writes).await;
+        // After the write, so that nothing read ahead while it was on its way survives.
+        self.forget_read_ahead(meta.file_id);
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        for r in results {
             r.map_err(rpc_err("write", path))?;
         }
-        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
         Ok(())
     }
 
@@ -243,6 +302,9 @@ impl FsClient {
         if data.len() == 0 {
             return Ok(());
         }
+        // After this client's writes of the file in flight, which would otherwise land in
+        // either order with it.
+        self.drain_file(meta.file_id).await;
         self.write_spans(path, meta, data, offset).await
     }
 
@@ -257,6 +319,7 @@ impl FsClient {
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize, ApiError> {
+        self.drain_file(meta.file_id).await;
         match plan_read(path, meta, size, buf.len(), offset)? {
             Some(plan) => self.read_copied(plan, buf).await,
             None => Ok(0),
@@ -296,23 +359,41 @@ impl FsClient {
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; holes read as zeros; stops at the size.
-    /// The bytes come in reply buffers and are copied into `buf`; see
-    /// [`FsClient::pread_lent`].
+    /// The bytes come in reply buffers (or from what the handle read ahead) and are copied
+    /// into `buf`; see [`FsClient::pread_lent`].
     pub async fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, ApiError> {
-        match self.read_plan(fd, buf.len(), offset)? {
-            Some(plan) => self.read_copied(plan, buf).await,
-            None => Ok(0),
-        }
+        self.read_handle(fd, ReadDst::Slice(buf), offset).await
     }
 
     /// [`FsClient::pread`] into a loan's memory: replies are received straight into it (by
-    /// rendezvous with no copy) unless the chunk cache is on. The blocking API lends the
-    /// caller's buffer (see [`benchfs_ucx::lend_mut`]).
+    /// rendezvous with no copy) unless the chunk cache is on; bytes the handle read ahead
+    /// are copied in. The blocking API lends the caller's buffer (see
+    /// [`benchfs_ucx::lend_mut`]).
     pub async fn pread_lent(&self, fd: Fd, loan: &Loan, offset: u64) -> Result<usize, ApiError> {
-        let Some(plan) = self.read_plan(fd, loan.len(), offset)? else {
+        self.read_handle(fd, ReadDst::Loan(loan), offset).await
+    }
+
+    /// A handle's read: what it read ahead first, then the rest from the servers; then
+    /// reads ahead if its reads follow one another.
+    async fn read_handle(
+        &self,
+        fd: Fd,
+        mut dst: ReadDst<'_>,
+        offset: u64,
+    ) -> Result<usize, ApiError> {
+        let Some(plan) = self.read_plan(fd, dst.len(), offset).await? else {
             return Ok(0);
         };
-        self.read_into_loan(plan, loan).await
+        let served = self.read_prefetched(fd, &plan, &mut dst).await;
+        if served < plan.len {
+            let rest = plan.after(served)?;
+            match dst {
+                ReadDst::Slice(buf) => self.read_copied(rest, buf).await?,
+                ReadDst::Loan(loan) => self.read_into_loan(rest, loan).await?,
+            };
+        }
+        self.read_ahead_after(fd, offset, plan.len).await;
+        Ok(plan.len)
     }
 
     /// [`FsClient::read_at`] into a loan's memory, as [`FsClient::pread_lent`].
@@ -324,6 +405,7 @@ impl FsClient {
         loan: &Loan,
         offset: u64,
     ) -> Result<usize, ApiError> {
+        self.drain_file(meta.file_id).await;
         let Some(plan) = plan_read(path, meta, size, loan.len(), offset)? else {
             return Ok(0);
         };
@@ -374,18 +456,20 @@ impl FsClient {
     }
 
     /// The chunk spans a read of up to `want` bytes at `offset` covers, after the
-    /// handle's checks; `None` when there is nothing to read.
-    pub(super) fn read_plan(
+    /// handle's checks; `None` when there is nothing to read. This client's writes of the
+    /// file in flight land first, so the read sees them.
+    async fn read_plan(
         &self,
         fd: Fd,
         want: usize,
         offset: u64,
     ) -> Result<Option<ReadPlan>, ApiError> {
-        let (path, meta, size, flags) =
-            self.with_file(fd, |f| (f.path.clone(), f.meta, f.size, f.flags))?;
+        let (path, meta, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.flags))?;
         if !flags.contains(OpenFlags::READ) && !meta.is_dir() {
             return Err(fs_err("read", &path, Status::BadHandle));
         }
+        self.drain_file(meta.file_id).await;
+        let size = self.with_file(fd, |f| f.size)?;
         plan_read(&path, meta, size, want, offset)
     }
 
@@ -393,7 +477,7 @@ impl FsClient {
     /// may be a chunk the server lost (its data directory was lost, a memory store
     /// restarted): refused as an I/O error, so another replica is asked, and the read
     /// fails rather than answer zeros for bytes that were written.
-    fn check_not_lost(
+    pub(super) fn check_not_lost(
         &self,
         server: ServerIndex,
         meta: FileMetadata,
@@ -487,6 +571,7 @@ fn plan_read(
     Ok(Some(ReadPlan {
         path: path.to_string(),
         meta,
+        offset,
         len: len as usize,
         spans,
     }))

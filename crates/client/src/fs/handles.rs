@@ -1,5 +1,5 @@
 //! Open files and their handles: open, close, seek, fsync, fstat, and publishing the
-//! size a handle grew.
+//! size a handle grew once its writes came back.
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::placement::PlacementKey;
@@ -7,10 +7,11 @@ use benchfs_proto::{ops, Status};
 use futures_util::future::join_all;
 
 use super::data::WriteSource;
+use super::read_ahead::ReadAhead;
 use super::{fs_err, norm, rpc_err, Fd, FsClient, Whence};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
-use crate::rpc::OutPayload;
+use crate::rpc::{OutPayload, RpcError};
 
 #[derive(Debug)]
 pub(super) struct OpenFile {
@@ -18,10 +19,17 @@ pub(super) struct OpenFile {
     pub(super) meta: FileMetadata,
     pub(super) flags: OpenFlags,
     pub(super) pos: u64,
-    /// The size as this client knows it: the size at open, grown by its own writes.
+    /// The size as this client knows it: the size at open, grown by its own writes
+    /// (those still in flight included).
     pub(super) size: u64,
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
+    /// The first failure of a write of this handle that went behind its call: every
+    /// later write, fsync, fstat and close reports it, and the size is no longer
+    /// published (see `pipeline`).
+    pub(super) write_error: Option<RpcError>,
+    /// What this handle read ahead (see `read_ahead`).
+    pub(super) read_ahead: ReadAhead,
 }
 
 impl FsClient {
@@ -49,6 +57,7 @@ impl FsClient {
         // A file this open created has no chunks anywhere yet; any other may have chunks
         // past its published size, so even an empty one is cut.
         if flags.contains(OpenFlags::TRUNC) && writable && !created {
+            self.drain_path(&path).await;
             meta = self.truncate_meta(&path, meta, 0).await?;
         }
         self.meta_cache.borrow_mut().put(&path, meta);
@@ -66,6 +75,8 @@ impl FsClient {
                 pos: 0,
                 size,
                 size_dirty: false,
+                write_error: None,
+                read_ahead: ReadAhead::default(),
             },
         );
         Ok(fd)
@@ -83,8 +94,21 @@ impl FsClient {
         Ok(f(file))
     }
 
-    /// Pushes a handle's grown size to the metadata owner (and replicas).
+    /// The handles of this client that `which` picks.
+    pub(super) fn fds_where(&self, which: impl Fn(&OpenFile) -> bool) -> Vec<Fd> {
+        self.files
+            .borrow()
+            .iter()
+            .filter(|(_, f)| which(f))
+            .map(|(fd, _)| *fd)
+            .collect()
+    }
+
+    /// Waits for a handle's writes, then pushes its grown size to the metadata owner (and
+    /// replicas); fails, publishing nothing, if one of its writes failed.
     pub(super) async fn flush_size(&self, fd: Fd) -> Result<(), ApiError> {
+        self.drain_fd(fd).await;
+        self.write_error(fd)?;
         let Some((path, file_id, size)) = self.with_file(fd, |f| {
             f.size_dirty
                 .then(|| (f.path.clone(), f.meta.file_id, f.size))
@@ -123,7 +147,8 @@ impl FsClient {
         Ok(reply.meta)
     }
 
-    /// Closes a handle, publishing its size.
+    /// Closes a handle once its writes came back, publishing its size; fails if one of
+    /// them failed (the handle is closed either way).
     pub async fn close(&self, fd: Fd) -> Result<(), ApiError> {
         let flushed = self.flush_size(fd).await;
         self.files.borrow_mut().remove(&fd);
@@ -158,7 +183,8 @@ impl FsClient {
         .map_err(|s| fs_err("seek", &format!("#{fd}"), s))
     }
 
-    /// Makes a handle's data and size durable on the servers.
+    /// Makes a handle's data and size durable on the servers: waits for its writes, fails
+    /// if one of them failed, publishes its size, and has every server sync.
     pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
         self.flush_size(fd).await?;
         let path = self.with_file(fd, |f| f.path.clone())?;
@@ -186,15 +212,12 @@ impl FsClient {
         })
     }
 
-    /// Publishes the sizes of this client's open handles of `path` that grew.
+    /// Publishes the sizes of this client's open handles of `path` that grew, once their
+    /// writes came back. A handle whose write failed publishes nothing; its own calls
+    /// report the failure.
     pub(super) async fn flush_path(&self, path: &str) -> Result<(), ApiError> {
-        let dirty: Vec<Fd> = self
-            .files
-            .borrow()
-            .iter()
-            .filter(|(_, f)| f.path == path && f.size_dirty)
-            .map(|(fd, _)| *fd)
-            .collect();
+        self.drain_path_writes(path).await;
+        let dirty = self.fds_where(|f| f.path == path && f.size_dirty && f.write_error.is_none());
         for fd in dirty {
             self.flush_size(fd).await?;
         }

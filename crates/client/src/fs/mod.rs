@@ -5,13 +5,17 @@
 //! **Consistency (close-to-open, like NFS):** `open` always asks the metadata owner, so it
 //! sees every change closed or fsynced before it; a file's size is pushed to its metadata
 //! owner on `close`, `fsync` and `stat` of a file this client has open, not on every write.
-//! Chunk data goes to the servers before `write` returns, so readers that open after the
-//! writer closed see it. Cached metadata serves only parent checks and `stat`; it expires
-//! after `cache_ttl_secs` (0: kept until this client changes the path).
+//! Chunk data goes to the servers before `write` returns, or with write-behind (`pipeline`)
+//! before `close` and `fsync` return, and before the size that covers it is published, so
+//! readers that open after the writer closed see it. Read-ahead (`read_ahead`) keeps what
+//! it fetched per handle, so a handle opened later never sees bytes from before its open.
+//! Cached metadata serves only parent checks and `stat`; it expires after
+//! `cache_ttl_secs` (0: kept until this client changes the path).
 //!
 //! The methods are split by job: `routing` (servers, connections, replicas), `handles`
-//! (open files), `data` (pread/pwrite and lending), `namespace` (records and directory
-//! operations), `cache` and `fanout` (listing across servers).
+//! (open files), `data` (pread/pwrite and lending), `pipeline` (write-behind),
+//! `read_ahead`, `namespace` (records and directory operations), `cache` and `fanout`
+//! (listing across servers).
 
 mod attrs;
 mod cache;
@@ -19,6 +23,8 @@ mod data;
 mod fanout;
 mod handles;
 mod namespace;
+mod pipeline;
+mod read_ahead;
 mod routing;
 mod tree;
 
@@ -41,6 +47,8 @@ use crate::error::ApiError;
 use crate::rpc::{ClientOptions, OutPayload, RpcClient, RpcError};
 use cache::{ChunkCache, MetadataCache};
 use handles::OpenFile;
+use pipeline::Pipeline;
+pub use pipeline::PipelineCounters;
 pub use routing::CallCounters;
 use routing::ServerSlot;
 
@@ -83,6 +91,8 @@ pub struct FsClient {
     create_chunk_size: Cell<u64>,
     /// Owner of the records this client creates.
     owner: Cell<Owner>,
+    /// Write-behind and read-ahead.
+    pipeline: Pipeline,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -248,6 +258,7 @@ impl FsClient {
             call_counters: Cell::default(),
             create_chunk_size: Cell::new(0),
             owner: Cell::new(process_owner()),
+            pipeline: Pipeline::new(&config.client),
         })
     }
 

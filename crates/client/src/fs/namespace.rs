@@ -339,6 +339,8 @@ impl FsClient {
     /// Removes a file and its data.
     pub async fn unlink(&self, path: &str) -> Result<(), ApiError> {
         let path = norm(path)?;
+        // Writes in flight would land after the chunks are removed.
+        self.drain_path(&path).await;
         if path == "/" {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
@@ -419,6 +421,8 @@ impl FsClient {
     /// Cuts or extends a file.
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
         let path = norm(path)?;
+        // Writes in flight would land after the cut.
+        self.drain_path(&path).await;
         let meta = self.lookup("truncate", &path, false).await?;
         if meta.is_dir() {
             return Err(fs_err("truncate", &path, Status::IsDir));
@@ -479,6 +483,8 @@ impl FsClient {
     /// must be a directory too.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
         let (from, to) = (norm(from)?, norm(to)?);
+        self.drain_path(&from).await;
+        self.drain_path(&to).await;
         if from == "/" || to == "/" {
             return Err(fs_err("rename", &from, Status::Busy));
         }

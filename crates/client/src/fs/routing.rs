@@ -152,22 +152,33 @@ impl FsClient {
             }
         };
         let result = conn.call_into::<R>(req, payload, sink).await;
-        self.note_call(index, result.as_ref().err());
-        if let Err(e) = &result {
-            if is_unreachable(e) {
-                // Only this connection: another call may have replaced it meanwhile.
-                let mut slot = self.servers[index as usize].conn.borrow_mut();
-                if slot.as_ref().is_some_and(|c| Rc::ptr_eq(c, &conn)) {
-                    slot.take();
-                }
+        self.call_ended(index, &conn, result.as_ref().err());
+        result
+    }
+
+    /// Accounts for a call on `conn` to server `index` that ended with `error` (or
+    /// succeeded): counts it, and drops the connection if the server did not answer, so
+    /// the next call reconnects. Calls that outlive the method that made them (write-behind,
+    /// read-ahead) come here when they are collected.
+    pub(super) fn call_ended(
+        &self,
+        index: ServerIndex,
+        conn: &Rc<Connection>,
+        error: Option<&RpcError>,
+    ) {
+        self.note_call(index, error);
+        if error.is_some_and(is_unreachable) {
+            // Only this connection: another call may have replaced it meanwhile.
+            let mut slot = self.servers[index as usize].conn.borrow_mut();
+            if slot.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
+                slot.take();
             }
         }
-        result
     }
 
     /// Counts a call and marks its server suspect when it did not answer (a timeout, a
     /// connection that failed or was lost), or clears the mark when it answered.
-    fn note_call(&self, index: ServerIndex, error: Option<&RpcError>) {
+    pub(super) fn note_call(&self, index: ServerIndex, error: Option<&RpcError>) {
         let mut counters = self.call_counters.get();
         counters.calls += 1;
         let slot = &self.servers[index as usize];
@@ -204,7 +215,7 @@ impl FsClient {
     }
 
     /// The replicas in the order reads ask them: ring order, suspect servers last.
-    fn read_order(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
+    pub(super) fn read_order(&self, key: PlacementKey<'_>) -> Vec<ServerIndex> {
         let now = Instant::now();
         let mut servers = self.replica_set(key);
         servers.sort_by_key(|&s| self.servers[s as usize].is_suspect(now));

@@ -1,0 +1,447 @@
+//! Write-behind and read-ahead in the client, against real servers: data written behind
+//! the calls reads back whole (one and two replicas, blocking and async APIs, overlapping
+//! rewrites); a killed or stopped server's failure reaches a later write, fsync or close;
+//! operations by name wait for writes in flight; read-ahead never serves bytes from before
+//! an open or from before this client's own write, and random reads fetch nothing ahead.
+
+mod common;
+
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
+use benchfs::layout::ChunkLayout;
+use benchfs::proto::OpCode;
+use common::files::{assert_unreachable, read_file, stats, total_chunks, write_file, C, CHUNK};
+use common::{pattern, Cluster, ClusterSpec, FAIL_BOUND};
+
+/// The write-behind and read-ahead windows of these tests: a few chunks, so that writes
+/// wait for room and reads run out of what was read ahead.
+const WINDOW: u64 = 8 * CHUNK;
+
+/// A client of `cluster` with these windows (0 turns one off).
+fn client_with(cluster: &Cluster, write_behind: u64, read_ahead: u64) -> BenchFS {
+    let mut config = cluster.config();
+    config.client.write_behind_bytes = write_behind;
+    config.client.read_ahead_bytes = read_ahead;
+    BenchFS::connect(&config).expect("connect")
+}
+
+/// Payload bytes the servers received in chunk writes, all together.
+fn chunk_bytes_written(fs: &BenchFS) -> u64 {
+    stats(fs)
+        .iter()
+        .filter_map(|s| s.op(OpCode::WriteChunk))
+        .map(|op| op.bytes_in)
+        .sum()
+}
+
+/// Chunk reads the servers served, all together.
+fn chunk_reads(fs: &BenchFS) -> u64 {
+    stats(fs)
+        .iter()
+        .filter_map(|s| s.op(OpCode::ReadChunk))
+        .map(|op| op.requests)
+        .sum()
+}
+
+/// Writes `data` to `path` through `fs` in writes of `piece` bytes, then closes it.
+fn write_in_pieces(fs: &BenchFS, path: &str, data: &[u8], piece: usize) {
+    let fd = fs.create(path, 0o644).unwrap();
+    for part in data.chunks(piece) {
+        assert_eq!(fs.write(fd, part).unwrap(), part.len());
+    }
+    fs.close(fd).unwrap();
+}
+
+fn sequential_writes_read_back_whole(replicas: u32) {
+    let cluster = Cluster::start(ClusterSpec {
+        replicas,
+        ..ClusterSpec::default()
+    });
+    let fs = client_with(&cluster, WINDOW, WINDOW);
+    let before = chunk_bytes_written(&fs);
+    // Pieces of no divisor of the chunk size, so that writes straddle chunks.
+    let data = pattern(40 * C + 12_345, u64::from(replicas));
+    write_in_pieces(&fs, "/seq", &data, C / 3 + 7);
+    // pwrite, in order, to a second file.
+    let fd = fs.create("/pseq", 0o644).unwrap();
+    for (i, part) in data.chunks(C + 1).enumerate() {
+        let offset = (i * (C + 1)) as u64;
+        assert_eq!(fs.pwrite(fd, part, offset).unwrap(), part.len());
+    }
+    fs.close(fd).unwrap();
+    let counters = fs.client().pipeline_counters();
+    assert!(counters.writes_behind > 0, "{counters:?}");
+    assert_eq!(counters.writes_behind_failed, 0, "{counters:?}");
+    // Every replica got every byte.
+    let written = chunk_bytes_written(&fs) - before;
+    assert_eq!(written, 2 * data.len() as u64 * u64::from(replicas));
+    // A client with neither, and this one reading ahead, read both files back whole.
+    let plain = client_with(&cluster, 0, 0);
+    for path in ["/seq", "/pseq"] {
+        assert_eq!(plain.stat(path).unwrap().size, data.len() as u64, "{path}");
+        assert!(
+            read_file(&plain, path) == data,
+            "{path} read back differently"
+        );
+        assert!(
+            read_file(&fs, path) == data,
+            "{path} read back ahead differently"
+        );
+    }
+    assert!(fs.client().pipeline_counters().read_ahead_hit_bytes > 0);
+}
+
+#[test]
+fn sequential_writes_behind_read_back_whole_with_one_replica() {
+    sequential_writes_read_back_whole(1);
+}
+
+#[test]
+fn sequential_writes_behind_read_back_whole_with_two_replicas() {
+    sequential_writes_read_back_whole(2);
+}
+
+#[test]
+fn the_async_api_writes_behind_and_reads_ahead() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let mut config = cluster.config();
+    config.client.write_behind_bytes = WINDOW;
+    config.client.read_ahead_bytes = WINDOW;
+    let data = pattern(24 * C + 5, 9);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let counters = runtime.block_on(async {
+        use benchfs::api::{BenchFS, OpenFlags};
+        let fs = BenchFS::new(config).await.unwrap();
+        let fd = fs.create("/async", OpenFlags::WRITE).await.unwrap();
+        for part in data.chunks(C / 2 + 3) {
+            assert_eq!(fs.write(fd, part).await.unwrap(), part.len());
+        }
+        fs.close(fd).await.unwrap();
+        let fd = fs.open("/async", OpenFlags::READ).await.unwrap();
+        let mut back = Vec::new();
+        let mut buf = vec![0u8; C / 2];
+        loop {
+            let n = fs.read(fd, &mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&buf[..n]);
+        }
+        fs.close(fd).await.unwrap();
+        assert!(back == data, "read back differently");
+        fs.client().pipeline_counters()
+    });
+    assert!(counters.writes_behind > 0, "{counters:?}");
+    assert!(counters.read_ahead_hit_bytes > 0, "{counters:?}");
+    assert!(read_file(&cluster.client(), "/async") == data);
+}
+
+#[test]
+fn overlapping_writes_in_flight_land_in_order() {
+    // Writes in flight to one range must land in the order they were made, or a later
+    // write could be overwritten by an earlier one that arrived last.
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = client_with(&cluster, 64 * CHUNK, 0);
+    let fd = fs.create("/overlap", 0o644).unwrap();
+    let len = 3 * C;
+    let shift = C / 3;
+    let mut expected = vec![0u8; 2 * shift + len];
+    for round in 0..24u64 {
+        let data = pattern(len, round + 1);
+        let offset = (round as usize % 3) * shift;
+        assert_eq!(fs.pwrite(fd, &data, offset as u64).unwrap(), len);
+        expected[offset..offset + len].copy_from_slice(&data);
+    }
+    fs.close(fd).unwrap();
+    assert!(read_file(&cluster.client(), "/overlap") == expected);
+}
+
+#[test]
+fn operations_by_name_wait_for_writes_in_flight() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    // A window so large that every write below is still in flight when it returns.
+    let fs = client_with(&cluster, 256 * CHUNK, 0);
+    let data = pattern(64 * C, 4);
+
+    // stat counts the writes in flight of a handle this client has open.
+    let fd = fs.create("/stat", 0o644).unwrap();
+    assert_eq!(fs.write(fd, &data).unwrap(), data.len());
+    assert_eq!(fs.stat("/stat").unwrap().size, data.len() as u64);
+    assert!(read_file(&cluster.client(), "/stat") == data);
+    fs.close(fd).unwrap();
+
+    // A cut after writes in flight: they must not land after it and bring chunks back.
+    let fd = fs.create("/cut", 0o644).unwrap();
+    assert_eq!(fs.write(fd, &data).unwrap(), data.len());
+    fs.truncate("/cut", 0).unwrap();
+    fs.close(fd).unwrap();
+    assert_eq!(fs.stat("/cut").unwrap().size, 0);
+    fs.unlink("/stat").unwrap();
+    assert_eq!(total_chunks(&fs), 0, "chunks left after the cut");
+
+    // Unlink after writes in flight: none lands after the chunks are removed.
+    let fd = fs.create("/gone", 0o644).unwrap();
+    assert_eq!(fs.write(fd, &data).unwrap(), data.len());
+    fs.unlink("/gone").unwrap();
+    fs.close(fd).unwrap();
+    fs.unlink("/cut").unwrap();
+    assert_eq!(total_chunks(&fs), 0, "chunks left after the unlink");
+
+    // Rename after writes in flight: the new name has the data once the handle closes.
+    let fd = fs.create("/old", 0o644).unwrap();
+    assert_eq!(fs.write(fd, &data).unwrap(), data.len());
+    fs.rename("/old", "/new").unwrap();
+    fs.close(fd).unwrap();
+    assert!(read_file(&cluster.client(), "/new") == data);
+    assert_eq!(fs.client().pipeline_counters().writes_behind_failed, 0);
+}
+
+/// Whether `e` names `path` and, by node id or address, `server`.
+fn names(e: &ApiError, path: &str, server: (&str, std::net::SocketAddr)) -> bool {
+    let text = e.to_string();
+    text.contains(path) && (text.contains(server.0) || text.contains(&server.1.to_string()))
+}
+
+/// A server of `cluster` that holds chunks of the range `from..to` of file `file_id` but
+/// not the record of `path`: a write to it fails while closing the file still works.
+fn chunk_server_only(cluster: &Cluster, path: &str, file_id: u64, from: u64, to: u64) -> usize {
+    use benchfs::placement::PlacementKey;
+    let owner = cluster.replicas_of(PlacementKey::Metadata(path))[0];
+    (from / CHUNK..to.div_ceil(CHUNK))
+        .map(|index| cluster.replicas_of(PlacementKey::Chunk { file_id, index })[0])
+        .find(|&server| server != owner)
+        .expect("the range's chunks lie on more than one server")
+}
+
+#[test]
+fn a_server_killed_mid_pipeline_fails_a_later_call_and_fsynced_bytes_survive() {
+    // One replica on disk: a write behind that the killed server never took is lost, so
+    // a client that dropped its failure would close successfully over missing bytes.
+    let mut cluster = Cluster::start(ClusterSpec {
+        backend: "file",
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = client_with(&cluster, WINDOW, WINDOW);
+    let path = "/killed";
+    let fd = fs.create(path, 0o644).unwrap();
+    let synced = pattern(16 * C, 1);
+    for part in synced.chunks(C / 2) {
+        assert_eq!(fs.write(fd, part).unwrap(), part.len());
+    }
+    fs.fsync(fd).unwrap();
+
+    // The victim is stopped first, so that writes to it are in flight when it dies.
+    let more = pattern(32 * C, 2);
+    let in_flight = 6 * C;
+    let file_id = fs.fstat(fd).unwrap().file_id;
+    let start = synced.len() as u64;
+    let victim = chunk_server_only(&cluster, path, file_id, start, start + in_flight as u64);
+    let server = (Cluster::node_id(victim), cluster.addr(victim));
+    cluster.signal(victim, "STOP");
+    let mut acknowledged = Vec::new();
+    let mut failures = Vec::new();
+    for (i, part) in more.chunks(C / 2).enumerate() {
+        if i * C / 2 == in_flight {
+            cluster.kill(victim);
+        }
+        let offset = synced.len() + i * C / 2;
+        match fs.write(fd, part) {
+            Ok(n) => {
+                assert_eq!(n, part.len());
+                acknowledged.push(offset..offset + n);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    let closed = fs.close(fd);
+    cluster.restart(victim);
+
+    let close_failed = closed.is_err();
+    failures.extend(closed.err());
+    assert!(!failures.is_empty(), "no call failed after the kill");
+    for e in &failures {
+        assert_unreachable(path, e);
+        assert!(e.to_string().contains(path), "{e}");
+    }
+    assert!(
+        failures
+            .iter()
+            .any(|e| names(e, path, (&server.0, server.1))),
+        "no error names {}: {failures:?}",
+        server.0
+    );
+    assert!(
+        close_failed,
+        "close succeeded after writes behind were lost"
+    );
+    let reader = client_with(&cluster, 0, 0);
+    let fd = reader.open(path, OpenFlags::READ, 0).unwrap();
+    let mut back = vec![0u8; synced.len()];
+    assert_eq!(reader.pread(fd, &mut back, 0).unwrap(), synced.len());
+    assert!(
+        back == synced,
+        "bytes acknowledged by fsync read back differently"
+    );
+    reader.close(fd).unwrap();
+}
+
+#[test]
+fn a_stopped_server_fails_fsync_in_time_and_the_client_recovers() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = client_with(&cluster, WINDOW, WINDOW);
+    let fd = fs.create("/stopped", 0o644).unwrap();
+    let first = pattern(4 * C, 1);
+    assert_eq!(fs.write(fd, &first).unwrap(), first.len());
+    fs.fsync(fd).unwrap();
+
+    cluster.signal(0, "STOP");
+    let behind = pattern(4 * C, 2);
+    // Within the window, so the writes return before the server could answer.
+    for part in behind.chunks(C / 2) {
+        assert_eq!(fs.write(fd, part).unwrap(), part.len());
+    }
+    let start = std::time::Instant::now();
+    let synced = fs.fsync(fd);
+    let took = start.elapsed();
+    cluster.signal(0, "CONT");
+    // A liveness bound, not a timing assertion: a hang would take forever.
+    assert!(took < FAIL_BOUND, "fsync took {took:?}");
+    let e = synced.expect_err("fsync succeeded with writes to a stopped server");
+    assert_unreachable("fsync", &e);
+    assert!(e.to_string().contains("/stopped"), "{e}");
+    // The failure stays with the handle: close reports it too.
+    let e = fs
+        .close(fd)
+        .expect_err("close succeeded after a failed write");
+    assert_unreachable("close", &e);
+    // What the failed fsync could not publish stays unpublished; what the first one did
+    // reads back.
+    assert_eq!(fs.stat("/stopped").unwrap().size, first.len() as u64);
+    assert!(read_file(&fs, "/stopped") == first);
+
+    // The same client reconnects, writes behind and reads ahead again.
+    let data = pattern(20 * C, 3);
+    write_in_pieces(&fs, "/after", &data, C / 2);
+    assert!(read_file(&fs, "/after") == data);
+    assert!(read_file(&cluster.client(), "/after") == data);
+}
+
+/// Reads `fd` from its position to the end in reads of `piece` bytes.
+fn read_rest(fs: &BenchFS, fd: u64, piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; piece];
+    loop {
+        let n = fs.read(fd, &mut buf).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn read_ahead_never_serves_bytes_from_before_an_open_or_a_write() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let a = client_with(&cluster, WINDOW, WINDOW);
+    let b = client_with(&cluster, WINDOW, WINDOW);
+    let old = pattern(32 * C, 1);
+    write_file(&b, "/ra", &old);
+
+    // A reads the first part in order, so it holds bytes read ahead.
+    let fd = a.open("/ra", OpenFlags::READ, 0).unwrap();
+    let mut buf = vec![0u8; C / 2];
+    for i in 0..8 {
+        assert_eq!(a.read(fd, &mut buf).unwrap(), buf.len());
+        assert!(buf[..] == old[i * C / 2..(i + 1) * C / 2]);
+    }
+    let ahead = a.client().pipeline_counters().read_ahead_bytes;
+    assert!(ahead > 0, "nothing was read ahead");
+
+    // B rewrites the file and closes; A opens it again and reads B's bytes, with its
+    // old handle still open.
+    let new = pattern(32 * C, 2);
+    write_file(&b, "/ra", &new);
+    let again = a.open("/ra", OpenFlags::READ, 0).unwrap();
+    assert!(
+        read_rest(&a, again, C / 2) == new,
+        "a new handle read old bytes"
+    );
+    a.close(again).unwrap();
+    a.close(fd).unwrap();
+
+    // A writes ahead of its own reads: the next reads see what it wrote.
+    let fd = a
+        .open("/ra", OpenFlags::READ | OpenFlags::WRITE, 0)
+        .unwrap();
+    let mut expected = new.clone();
+    let mut front = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(a.read(fd, &mut buf).unwrap(), buf.len());
+        front.extend_from_slice(&buf);
+    }
+    assert!(front == expected[..front.len()]);
+    let patch = pattern(2 * C, 3);
+    let at = front.len() + C / 4;
+    assert_eq!(a.pwrite(fd, &patch, at as u64).unwrap(), patch.len());
+    expected[at..at + patch.len()].copy_from_slice(&patch);
+    let rest = read_rest(&a, fd, C / 2);
+    assert!(
+        rest == expected[front.len()..],
+        "a read missed this client's write"
+    );
+    a.close(fd).unwrap();
+    assert!(read_file(&b, "/ra") == expected);
+}
+
+#[test]
+fn random_reads_fetch_nothing_ahead() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = client_with(&cluster, WINDOW, WINDOW);
+    let data = pattern(64 * C, 5);
+    write_file(&fs, "/random", &data);
+    let fd = fs.open("/random", OpenFlags::READ, 0).unwrap();
+    let layout = ChunkLayout::new(CHUNK);
+    let before = (fs.client().pipeline_counters(), chunk_reads(&fs));
+    let mut spans = 0;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut last_end = None;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 4096 + (x % (C as u64)) as usize;
+        let mut offset = (x >> 20) % (data.len() - len) as u64;
+        if last_end == Some(offset) {
+            offset += 1;
+        }
+        let mut buf = vec![0u8; len];
+        assert_eq!(fs.pread(fd, &mut buf, offset).unwrap(), len);
+        let at = offset as usize;
+        assert!(buf[..] == data[at..at + len], "read at {offset}");
+        spans += layout.spans(offset, len as u64).unwrap().count() as u64;
+        last_end = Some(offset + len as u64);
+    }
+    let after = (fs.client().pipeline_counters(), chunk_reads(&fs));
+    assert_eq!(after.0.read_ahead_bytes, before.0.read_ahead_bytes);
+    assert_eq!(
+        after.1 - before.1,
+        spans,
+        "the servers served more reads than asked"
+    );
+    // Reads in order do read ahead, so the counter is not stuck at zero.
+    let mut buf = vec![0u8; C / 2];
+    let piece = buf.len() as u64;
+    for i in 0..4u64 {
+        assert_eq!(fs.pread(fd, &mut buf, i * piece).unwrap(), buf.len());
+    }
+    assert!(fs.client().pipeline_counters().read_ahead_bytes > after.0.read_ahead_bytes);
+    fs.close(fd).unwrap();
+}
