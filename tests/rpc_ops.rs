@@ -149,6 +149,7 @@ impl Meta {
                     path,
                     meta,
                     exclusive,
+                    data: Vec::new(),
                 };
                 conn.call::<ops::MetadataInsert>(&request).await?;
                 return Ok(None);

@@ -135,6 +135,7 @@ impl FileMetadata {
             mtime_ns: self.mtime_ns,
             ctime_ns: self.ctime_ns,
             atime_ns: self.mtime_ns,
+            inline: false,
         }
     }
 }

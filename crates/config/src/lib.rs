@@ -143,6 +143,11 @@ pub struct StorageConfig {
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
     pub orphan_sweep_secs: u64,
+    /// Files up to this many bytes (and their chunk size) keep their bytes in their
+    /// metadata record: a client defers an O_CREAT open so that create, writes and close
+    /// are one request, and reads come with the open. 0: off. At most
+    /// [`INLINE_BYTES_MAX`](limits::INLINE_BYTES_MAX) and the chunk size.
+    pub inline_bytes: u64,
     /// Faults to inject into the chunk store, for testing what sits above it (`None`:
     /// none; see [`benchfs_store::FaultPlan`]).
     pub inject_faults: Option<benchfs_store::FaultPlan>,
@@ -256,6 +261,7 @@ impl Default for ServerConfig {
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
                 memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
+                inline_bytes: limits::INLINE_BYTES_DEFAULT,
                 inject_faults: None,
             },
             network: NetworkConfig {
@@ -336,6 +342,7 @@ struct RawStorage {
     queue_depth: Option<i64>,
     memory_tier_bytes: Option<i64>,
     orphan_sweep_secs: Option<i64>,
+    inline_bytes: Option<i64>,
     inject_faults: Option<String>,
     /// Legacy spelling of `backend = "iouring"` (true) or `"file"` (false).
     use_iouring: Option<bool>,
@@ -402,6 +409,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "queue_depth", EnvKind::Int),
     ("storage", "memory_tier_bytes", EnvKind::Int),
     ("storage", "orphan_sweep_secs", EnvKind::Int),
+    ("storage", "inline_bytes", EnvKind::Int),
     ("storage", "inject_faults", EnvKind::Str),
     ("network", "bind_addr", EnvKind::Str),
     ("network", "rendezvous_threshold_bytes", EnvKind::Int),
@@ -603,6 +611,9 @@ impl ServerConfig {
         if let Some(v) = s.memory_tier_bytes {
             self.storage.memory_tier_bytes = non_negative("storage.memory_tier_bytes", v)?;
         }
+        if let Some(v) = s.inline_bytes {
+            self.storage.inline_bytes = non_negative("storage.inline_bytes", v)?;
+        }
         if let Some(v) = s.orphan_sweep_secs {
             self.storage.orphan_sweep_secs = non_negative("storage.orphan_sweep_secs", v)?;
         }
@@ -802,6 +813,16 @@ impl ServerConfig {
             return Err(invalid(
                 "storage.queue_depth",
                 format!("must be 1..={}", limits::QUEUE_DEPTH_MAX),
+            ));
+        }
+        let inline = self.storage.inline_bytes;
+        if inline > limits::INLINE_BYTES_MAX.min(chunk) {
+            return Err(invalid(
+                "storage.inline_bytes",
+                format!(
+                    "{inline} is above {} (the largest a record holds) or chunk_size ({chunk})",
+                    limits::INLINE_BYTES_MAX
+                ),
             ));
         }
         let tier = self.storage.memory_tier_bytes;
@@ -1265,6 +1286,32 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn inline_bytes() {
+        let c = ServerConfig::from_env_and_str("", env(&[])).unwrap();
+        assert_eq!(c.storage.inline_bytes, limits::INLINE_BYTES_DEFAULT);
+        let c = ServerConfig::from_env_and_str("[storage]\ninline_bytes = 0\n", env(&[])).unwrap();
+        assert_eq!(c.storage.inline_bytes, 0, "0 turns inline files off");
+        let var = ("BENCHFS_STORAGE_INLINE_BYTES", "8192");
+        let c =
+            ServerConfig::from_env_and_str("[storage]\ninline_bytes = 0\n", env(&[var])).unwrap();
+        assert_eq!(c.storage.inline_bytes, 8192);
+        let max = limits::INLINE_BYTES_MAX;
+        for bad in [
+            "[storage]\ninline_bytes = -1\n".to_string(),
+            format!("[storage]\ninline_bytes = {}\n", max + 1),
+            format!("[storage]\nchunk_size = 4096\ninline_bytes = {}\n", 4097),
+        ] {
+            let err = ServerConfig::from_env_and_str(&bad, env(&[])).unwrap_err();
+            assert!(
+                err.to_string().contains("storage.inline_bytes"),
+                "{bad}: {err}"
+            );
+        }
+        let text = format!("[storage]\ninline_bytes = {max}\n");
+        ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
     }
 
     #[test]

@@ -218,6 +218,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "capacity",
             "queue_depth",
             "orphan_sweep_secs",
+            "inline_bytes",
             "use_iouring",
             "max_storage_gb",
         ],

@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -75,11 +75,22 @@ pub enum OpCode {
     SetAttr = 19,
     /// Measure the server's own chunk store: write, read back and remove scratch data.
     StoreProbe = 20,
+    /// Look up a path for an open: its record and, for an inline file, its bytes.
+    MetadataOpen = 21,
+    /// Create a file with its bytes in the record, or write them into an existing inline
+    /// file (a deferred open's create, writes and close in one request).
+    MetadataCreateInline = 22,
+    /// Write bytes into an inline file's record.
+    MetadataWriteInline = 23,
+    /// Freeze an inline file's bytes and hand them out, to be moved to chunk 0.
+    MetadataSealInline = 24,
+    /// The sealed bytes are in chunk 0: drop them from the record (or abandon the move).
+    MetadataDropInline = 25,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 20] = [
+    pub const ALL: [OpCode; 25] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -100,6 +111,11 @@ impl OpCode {
         OpCode::MetadataCreateSymlink,
         OpCode::SetAttr,
         OpCode::StoreProbe,
+        OpCode::MetadataOpen,
+        OpCode::MetadataCreateInline,
+        OpCode::MetadataWriteInline,
+        OpCode::MetadataSealInline,
+        OpCode::MetadataDropInline,
     ];
 
     /// Decodes a wire id.
@@ -130,6 +146,11 @@ impl OpCode {
             OpCode::MetadataCreateSymlink => "metadata_create_symlink",
             OpCode::SetAttr => "set_attr",
             OpCode::StoreProbe => "store_probe",
+            OpCode::MetadataOpen => "metadata_open",
+            OpCode::MetadataCreateInline => "metadata_create_inline",
+            OpCode::MetadataWriteInline => "metadata_write_inline",
+            OpCode::MetadataSealInline => "metadata_seal_inline",
+            OpCode::MetadataDropInline => "metadata_drop_inline",
         }
     }
 

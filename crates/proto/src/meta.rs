@@ -84,10 +84,18 @@ pub struct FileMetadata {
     pub ctime_ns: u64,
     /// Last access as last set: reads do not move it (as a `noatime` mount).
     pub atime_ns: u64,
+    /// Whether the record itself holds the file's `size` bytes (a small file made by one
+    /// deferred open), so the file has no chunks. Only files; a file stops being inline
+    /// when it grows past its server's limit, and never becomes inline again.
+    pub inline: bool,
 }
 
 /// Encoded size of [`FileMetadata`].
 pub const FILE_METADATA_LEN: usize = 64;
+
+/// Bit of [`FileMetadataWire::flags`]: the record holds the file's bytes
+/// ([`FileMetadata::inline`]).
+pub const META_FLAG_INLINE: u8 = 1;
 
 /// [`FileMetadata`] as it lies on the wire and in the journal.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -97,8 +105,10 @@ pub struct FileMetadataWire {
     pub file_id: U64,
     /// [`EntryKind`] as a byte.
     pub kind: u8,
+    /// [`META_FLAG_INLINE`]; no other bit is defined.
+    pub flags: u8,
     /// Zero.
-    pub reserved: [u8; 3],
+    pub reserved: [u8; 2],
     /// Permission bits.
     pub mode: U32,
     /// Size in bytes.
@@ -150,7 +160,8 @@ impl FileMetadata {
         FileMetadataWire {
             file_id: self.file_id.into(),
             kind: self.kind as u8,
-            reserved: [0; 3],
+            flags: if self.inline { META_FLAG_INLINE } else { 0 },
+            reserved: [0; 2],
             mode: self.mode.into(),
             size: self.size.into(),
             chunk_size: self.chunk_size.into(),
@@ -168,6 +179,19 @@ impl FileMetadata {
             field: "kind",
             reason: "not a file, directory or symbolic link",
         })?;
+        if w.flags & !META_FLAG_INLINE != 0 {
+            return Err(DecodeError::BadField {
+                field: "flags",
+                reason: "unknown flag bits",
+            });
+        }
+        let inline = w.flags & META_FLAG_INLINE != 0;
+        if inline && kind != EntryKind::File {
+            return Err(DecodeError::BadField {
+                field: "flags",
+                reason: "only a file's record holds its bytes",
+            });
+        }
         let chunk_size = w.chunk_size.get();
         if !chunk_size.is_power_of_two() {
             return Err(DecodeError::BadField {
@@ -186,6 +210,7 @@ impl FileMetadata {
             atime_ns: w.atime_ns.get(),
             uid: w.uid.get(),
             gid: w.gid.get(),
+            inline,
         })
     }
 }
@@ -207,6 +232,7 @@ mod tests {
             atime_ns: 11,
             uid: 1000,
             gid: 100,
+            inline: false,
         };
         let mut w = Writer::new();
         m.encode(&mut w);
@@ -217,5 +243,27 @@ mod tests {
         let mut bad = bytes.clone();
         bad[8] = 4;
         assert!(FileMetadata::decode(&mut Reader::new(&bad)).is_err());
+        // The inline flag is byte 9, for files only; other flag bits are refused.
+        let file = FileMetadata {
+            kind: EntryKind::File,
+            inline: true,
+            ..m
+        };
+        let mut w = Writer::new();
+        file.encode(&mut w);
+        let bytes = w.into_vec();
+        assert_eq!(bytes[9], META_FLAG_INLINE);
+        assert_eq!(
+            FileMetadata::decode(&mut Reader::new(&bytes)).unwrap(),
+            file
+        );
+        for (at, value) in [(9, 2u8), (9, 0x81)] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            assert!(FileMetadata::decode(&mut Reader::new(&bad)).is_err());
+        }
+        let mut dir = bytes.clone();
+        dir[8] = EntryKind::Directory as u8;
+        assert!(FileMetadata::decode(&mut Reader::new(&dir)).is_err());
     }
 }

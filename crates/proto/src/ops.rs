@@ -110,7 +110,7 @@ wire_header!(/// `TruncateFileRequest`, whole.
     TruncateFileHeader = 24, { file_id: U64, index: U64, len: U64 });
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
-wire_header!(/// `InsertRequest`, before the path.
+wire_header!(/// `InsertRequest`, before the path and the bytes.
     InsertHeader = 65, { meta: FileMetadataWire, exclusive: u8 });
 wire_header!(/// `SetAttrRequest`, before the path.
 SetAttrHeader = 48, {
@@ -190,8 +190,9 @@ rpc!(/// Create a symbolic link's record, empty until its target is written.
     MetadataCreateSymlink, MetadataCreateSymlink, CreateRequest, MetadataReply);
 rpc!(/// Change a record's mode, owner or times, on every replica.
     SetAttr, SetAttr, SetAttrRequest, MetadataReply);
-rpc!(/// Remove a record.
-    MetadataDelete, MetadataDelete, DeleteRequest, MetadataReply);
+rpc!(/// Remove a record; the reply is the record removed, with its bytes if inline (so a
+    /// failed delete can be undone).
+    MetadataDelete, MetadataDelete, DeleteRequest, RecordReply);
 rpc!(/// List this server's share of a directory.
     Readdir, Readdir, ReaddirRequest, ReaddirReply);
 rpc!(/// Cut a file's chunks on one server.
@@ -210,6 +211,13 @@ rpc!(/// Which of the given inode numbers this server names, and which it delete
     FilesExist, FilesExist, FileIdsRequest, FileStatesReply);
 rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
     StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
+
+mod inline;
+pub use inline::{
+    CreateInlineReply, CreateInlineRequest, DropInlineRequest, MetadataCreateInline,
+    MetadataDropInline, MetadataOpen, MetadataSealInline, MetadataWriteInline, RecordReply,
+    SealInlineRequest, WriteInlineRequest,
+};
 
 fn path_field(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     r.utf8(field, PATH_LEN_MAX)
@@ -700,7 +708,8 @@ impl Message for SetAttrRequest {
     }
 }
 
-/// Store a record as given.
+/// Store a record as given, with its bytes if it is inline (a rename moves a record with
+/// its bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InsertRequest {
     /// The path.
@@ -709,6 +718,8 @@ pub struct InsertRequest {
     pub meta: FileMetadata,
     /// Fail with `Exists` if the path has a record.
     pub exclusive: bool,
+    /// The record's bytes when `meta.inline` (exactly `meta.size` of them), else empty.
+    pub data: Vec<u8>,
 }
 
 impl Message for InsertRequest {
@@ -717,14 +728,17 @@ impl Message for InsertRequest {
             meta: self.meta.to_wire(),
             exclusive: u8::from(self.exclusive),
         })
-        .str16(self.path.as_bytes());
+        .str16(self.path.as_bytes())
+        .str16(&self.data);
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: InsertHeader = r.fixed()?;
         let meta = FileMetadata::from_wire(&h.meta)?;
         let exclusive = bool_byte(h.exclusive, "exclusive")?;
+        let path = path_field(r, "path")?;
         Ok(InsertRequest {
-            path: path_field(r, "path")?,
+            data: inline::record_data(r, &meta)?,
+            path,
             meta,
             exclusive,
         })

@@ -44,11 +44,15 @@ pub enum Status {
     /// The path names another file than the caller's: it was replaced, or its replicas
     /// disagree (a call that failed part way, and whose undo failed too).
     Stale = 17,
+    /// The change does not fit the bytes the record holds (past its server's inline limit),
+    /// or the record holds none (any more): the file's bytes belong in its chunks. Clients
+    /// move them there and retry; it reaches a caller only if that fails too.
+    NeedsChunks = 18,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 19] = [
         Status::Ok,
         Status::NotFound,
         Status::Exists,
@@ -67,6 +71,7 @@ impl Status {
         Status::PermissionDenied,
         Status::Busy,
         Status::Stale,
+        Status::NeedsChunks,
     ];
 
     /// Decodes a wire value; unknown values are `None`.
@@ -100,6 +105,7 @@ impl Status {
             Status::PermissionDenied => libc::EACCES,
             Status::Busy => libc::EAGAIN,
             Status::Stale => libc::ESTALE,
+            Status::NeedsChunks => libc::EFBIG,
         }
     }
 
@@ -124,6 +130,7 @@ impl Status {
             Status::PermissionDenied => "permission denied",
             Status::Busy => "server busy",
             Status::Stale => "path names another file (replaced, or replicas disagree)",
+            Status::NeedsChunks => "the file's bytes do not fit its record",
         }
     }
 }

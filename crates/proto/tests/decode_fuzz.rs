@@ -42,6 +42,12 @@ fn decode_all(bytes: &[u8]) {
     let _ = SetAttrRequest::from_bytes(bytes);
     let _ = StoreProbeRequest::from_bytes(bytes);
     let _ = StoreProbeReply::from_bytes(bytes);
+    let _ = RecordReply::from_bytes(bytes);
+    let _ = CreateInlineRequest::from_bytes(bytes);
+    let _ = CreateInlineReply::from_bytes(bytes);
+    let _ = WriteInlineRequest::from_bytes(bytes);
+    let _ = SealInlineRequest::from_bytes(bytes);
+    let _ = DropInlineRequest::from_bytes(bytes);
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
@@ -69,9 +75,35 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
                     mtime_ns,
                     ctime_ns,
                     atime_ns,
+                    inline: false,
                 }
             },
         )
+}
+
+/// An inline file's record and its bytes.
+fn inline_record() -> impl Strategy<Value = (FileMetadata, Vec<u8>)> {
+    (meta(), proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(m, data)| {
+        let meta = FileMetadata {
+            kind: EntryKind::File,
+            inline: true,
+            size: data.len() as u64,
+            ..m
+        };
+        (meta, data)
+    })
+}
+
+/// A record's bytes with the record, where one byte of the encoding is changed.
+fn corrupt_record(meta: FileMetadata, data: &[u8], at: usize, byte: u8) -> Vec<u8> {
+    let mut bytes = RecordReply {
+        meta,
+        data: data.to_vec(),
+    }
+    .to_bytes();
+    let at = at % bytes.len();
+    bytes[at] = byte;
+    bytes
 }
 
 /// A stats reply with an entry for every other operation, its numbers from `a` and `b`.
@@ -147,6 +179,59 @@ proptest! {
     }
 
     #[test]
+    fn corrupted_records_keep_their_bytes_in_step(
+        (meta, data) in inline_record(),
+        at in any::<usize>(),
+        byte in any::<u8>(),
+    ) {
+        let bytes = corrupt_record(meta, &data, at, byte);
+        // Whatever decodes is an inline record with exactly its size in bytes, or another
+        // with none.
+        if let Ok(reply) = RecordReply::from_bytes(&bytes) {
+            let expected = if reply.meta.inline { reply.meta.size } else { 0 };
+            prop_assert_eq!(reply.data.len() as u64, expected);
+        }
+        if let Ok(insert) = InsertRequest::from_bytes(&bytes) {
+            let expected = if insert.meta.inline { insert.meta.size } else { 0 };
+            prop_assert_eq!(insert.data.len() as u64, expected);
+        }
+    }
+
+    #[test]
+    fn inline_bodies_round_trip(
+        path in "/[a-z]{0,40}",
+        (meta, data) in inline_record(),
+        id in any::<u64>(),
+        token in any::<u64>(),
+        offset in 0u64..1024,
+    ) {
+        round_trip(&RecordReply { meta, data: data.clone() })?;
+        let plain = FileMetadata { inline: false, ..meta };
+        round_trip(&RecordReply { meta: plain, data: Vec::new() })?;
+        round_trip(&InsertRequest { path: path.clone(), meta, exclusive: false, data: data.clone() })?;
+        round_trip(&CreateInlineRequest { path: path.clone(), mode: 0o600, chunk_size: 0, uid: 3, gid: 4, data: data.clone() })?;
+        round_trip(&CreateInlineReply { meta, created: true, data: Vec::new() })?;
+        round_trip(&CreateInlineReply { meta, created: false, data: data.clone() })?;
+        round_trip(&WriteInlineRequest { path: path.clone(), file_id: id, offset, data: data.clone() })?;
+        round_trip(&SealInlineRequest { path: path.clone(), file_id: id, token })?;
+        round_trip(&DropInlineRequest { path: path.clone(), file_id: id, token, moved: true })?;
+        // Bytes that disagree with the record are refused.
+        let short = RecordReply { meta, data: data[..data.len().saturating_sub(1)].to_vec() };
+        prop_assert!(data.is_empty() || RecordReply::from_bytes(&short.to_bytes()).is_err());
+        let stray = RecordReply { meta: plain, data: vec![1] };
+        prop_assert!(RecordReply::from_bytes(&stray.to_bytes()).is_err());
+        let created_with_bytes = CreateInlineReply { meta, created: true, data: vec![1] };
+        prop_assert!(CreateInlineReply::from_bytes(&created_with_bytes.to_bytes()).is_err());
+        let past = WriteInlineRequest {
+            path: path.clone(),
+            file_id: id,
+            offset: benchfs_proto::limits::INLINE_BYTES_MAX,
+            data: vec![1],
+        };
+        prop_assert!(WriteInlineRequest::from_bytes(&past.to_bytes()).is_err());
+    }
+
+    #[test]
     fn messages_round_trip(
         path in "/[a-z]{0,40}",
         m in meta(),
@@ -159,7 +244,7 @@ proptest! {
         round_trip(&SetAttrRequest { path: path.clone(), file_id: id, set: set_attr::ALL, mode: 0o600, uid: 1, gid: 2, atime_ns: len, mtime_ns: id, ctime_ns: 3 })?;
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
-        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true })?;
+        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;

@@ -6,8 +6,10 @@
 //! (existence and kind of the record itself); the client checks the parent and, for
 //! `rmdir`, emptiness across all servers (see ARCHITECTURE.md for what that leaves open).
 
+mod inline;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use benchfs_proto::limits;
 use benchfs_proto::Status;
@@ -29,10 +31,25 @@ pub fn now_ns() -> u64 {
 pub const TOMBSTONES_MAX: usize = 1 << 20;
 
 /// One server's share of the namespace.
+///
+/// **Invariant:** a record is inline (`meta.inline`) exactly when `inline_bytes` holds its
+/// path, with `meta.size` bytes. Whole records come and go through `put`,
+/// [`Self::delete`] and [`Self::move_out`], which keep the two maps in step; the bytes
+/// change only in `metadata/inline.rs`, with the size.
 #[derive(Debug)]
 pub struct MetadataTable {
     /// Keyed by normalised path; ordered so a directory's local children are one range.
     entries: BTreeMap<String, FileMetadata>,
+    /// The bytes of the inline records, by normalised path. A second map rather than a
+    /// field of every entry: most records hold none, and listings never carry them.
+    inline_bytes: HashMap<String, Vec<u8>>,
+    /// Inline records whose bytes are being moved to chunk 0 (in memory only: a restart
+    /// ends every move, and the mover's drop then fails and it starts again).
+    seals: HashMap<String, inline::Seal>,
+    /// Most bytes a file's record holds here (`storage.inline_bytes`; 0: none).
+    inline_limit: u64,
+    /// How long a seal holds off writes to the bytes it froze.
+    seal_lease: Duration,
     /// How many records hold each inode number (two only while a rename is under way), so
     /// a peer's orphan sweep can ask "is this file still named?" at O(1) per number.
     file_ids: HashMap<u64, u32>,
@@ -56,6 +73,10 @@ impl MetadataTable {
     pub fn new(node_tag: u32, chunk_size: u64) -> Self {
         MetadataTable {
             entries: BTreeMap::new(),
+            inline_bytes: HashMap::new(),
+            seals: HashMap::new(),
+            inline_limit: 0,
+            seal_lease: Duration::ZERO,
             file_ids: HashMap::new(),
             tombstones: VecDeque::new(),
             tombstone_set: HashSet::new(),
@@ -137,8 +158,21 @@ impl MetadataTable {
         if path == "/" || self.entries.contains_key(&path) {
             return Err(Status::Exists);
         }
+        let meta = self.new_record(kind, mode, chunk_size, owner)?;
+        self.put(path, meta, Vec::new());
+        Ok(meta)
+    }
+
+    /// A new empty record with a new inode number, made now.
+    fn new_record(
+        &mut self,
+        kind: EntryKind,
+        mode: u32,
+        chunk_size: u64,
+        owner: Owner,
+    ) -> Result<FileMetadata, Status> {
         let now = now_ns();
-        let meta = FileMetadata {
+        Ok(FileMetadata {
             file_id: self.allocate_id()?,
             kind,
             size: 0,
@@ -149,9 +183,19 @@ impl MetadataTable {
             mtime_ns: now,
             ctime_ns: now,
             atime_ns: now,
-        };
-        self.put(path, meta);
-        Ok(meta)
+            inline: false,
+        })
+    }
+
+    /// The chunk size a new file asks for: 0 is the table's (the servers' configured
+    /// one); any other must be a power of two from the smallest chunk size up to that one,
+    /// the largest the chunk stores hold.
+    fn file_chunk_size(&self, chunk_size: u64) -> Result<u64, Status> {
+        match chunk_size {
+            0 => Ok(self.chunk_size),
+            c if limits::is_chunk_size(c, self.chunk_size) => Ok(c),
+            _ => Err(Status::InvalidArgument),
+        }
     }
 
     /// Whether a record holds inode number `file_id`.
@@ -182,10 +226,22 @@ impl MetadataTable {
         }
     }
 
-    /// Stores `meta` under `path`, keeping the inode index in step. A record it replaces
+    /// Stores `meta` (and `data`, its bytes if it is inline) under `path`, keeping the inode
+    /// index in step and ending any move of the bytes there were. A record it replaces
     /// whose file is then named nowhere here is a deleted file (a rename over it).
-    fn put(&mut self, path: String, meta: FileMetadata) {
+    fn put(&mut self, path: String, meta: FileMetadata, data: Vec<u8>) {
+        debug_assert_eq!(
+            data.len() as u64,
+            if meta.inline { meta.size } else { 0 },
+            "an inline record holds its size in bytes, any other none"
+        );
         *self.file_ids.entry(meta.file_id).or_default() += 1;
+        self.seals.remove(&path);
+        if meta.inline {
+            self.inline_bytes.insert(path.clone(), data);
+        } else {
+            self.inline_bytes.remove(&path);
+        }
         if let Some(old) = self.entries.insert(path, meta) {
             if self.unindex(old.file_id) {
                 self.add_tombstone(old.file_id);
@@ -218,11 +274,7 @@ impl MetadataTable {
         chunk_size: u64,
         owner: Owner,
     ) -> Result<FileMetadata, Status> {
-        let chunk_size = match chunk_size {
-            0 => self.chunk_size,
-            c if limits::is_chunk_size(c, self.chunk_size) => c,
-            _ => return Err(Status::InvalidArgument),
-        };
+        let chunk_size = self.file_chunk_size(chunk_size)?;
         self.create(path, EntryKind::File, mode, chunk_size, owner)
     }
 
@@ -269,18 +321,24 @@ impl MetadataTable {
         Ok(*meta)
     }
 
-    /// Stores a record as given (a rename's destination, or a replica).
+    /// Stores a record as given, with `data`, its bytes if it is inline (a rename's
+    /// destination, or a replica): `InvalidArgument` unless an inline record comes with
+    /// exactly its size in bytes and any other with none.
     pub fn insert(
         &mut self,
         path: &str,
         meta: FileMetadata,
+        data: &[u8],
         exclusive: bool,
     ) -> Result<(), Status> {
         let path = path::normalize(path)?;
         if path == "/" || (exclusive && self.entries.contains_key(&path)) {
             return Err(Status::Exists);
         }
-        self.put(path, meta);
+        if data.len() as u64 != if meta.inline { meta.size } else { 0 } {
+            return Err(Status::InvalidArgument);
+        }
+        self.put(path, meta, data.to_vec());
         Ok(())
     }
 
@@ -301,6 +359,8 @@ impl MetadataTable {
             _ => {}
         }
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
+        self.inline_bytes.remove(&path);
+        self.seals.remove(&path);
         if self.unindex(meta.file_id) {
             self.add_tombstone(meta.file_id);
         }
@@ -312,12 +372,16 @@ impl MetadataTable {
     pub fn move_out(&mut self, path: &str) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
+        self.inline_bytes.remove(&path);
+        self.seals.remove(&path);
         self.unindex(meta.file_id);
         Ok(meta)
     }
 
     /// Applies a size update to file `file_id` at `path` and returns the new record;
-    /// `Stale` if the path names another file.
+    /// `Stale` if the path names another file. An inline record's bytes are cut or
+    /// zero-extended with it; past its limit the update is `NeedsChunks` (the bytes must
+    /// move to chunk 0 first), and while they are sealed for that move, `Busy`.
     pub fn update_size(
         &mut self,
         path: &str,
@@ -326,17 +390,22 @@ impl MetadataTable {
         how: SizeUpdate,
     ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
-        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
         if meta.is_dir() {
             return Err(Status::IsDir);
         }
         if meta.file_id != file_id {
             return Err(Status::Stale);
         }
-        meta.size = match how {
+        let size = match how {
             SizeUpdate::AtLeast => meta.size.max(size),
             SizeUpdate::Exact => size,
         };
+        if meta.inline && size != meta.size {
+            self.resize_inline(&path, &meta, size)?;
+        }
+        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        meta.size = size;
         meta.mtime_ns = now_ns();
         Ok(*meta)
     }
@@ -375,6 +444,15 @@ impl MetadataTable {
     /// Every record, in path order (for persistence and tests).
     pub fn entries(&self) -> impl Iterator<Item = (&str, &FileMetadata)> {
         self.entries.iter().map(|(p, m)| (p.as_str(), m))
+    }
+
+    /// Every record with its bytes (empty unless inline), in path order (for the
+    /// journal's snapshot).
+    pub fn records(&self) -> impl Iterator<Item = (&str, &FileMetadata, &[u8])> {
+        self.entries.iter().map(|(p, m)| {
+            let data = self.inline_bytes.get(p).map_or(&[][..], |d| &d[..]);
+            (p.as_str(), m, data)
+        })
     }
 }
 
@@ -440,12 +518,12 @@ mod tests {
         let f = m.create_file("/a", 0o644, 0, Owner::default()).unwrap();
         assert!(m.has_file(f.file_id));
         // A rename: the new name first, then the old one moves out; the file lives on.
-        m.insert("/b", f, false).unwrap();
+        m.insert("/b", f, &[], false).unwrap();
         m.move_out("/a").unwrap();
         assert!(m.has_file(f.file_id) && !m.is_deleted(f.file_id));
         // A rename over a file deletes the file it replaces.
         let g = m.create_file("/c", 0o644, 0, Owner::default()).unwrap();
-        m.insert("/b", g, false).unwrap();
+        m.insert("/b", g, &[], false).unwrap();
         assert!(!m.has_file(f.file_id) && m.is_deleted(f.file_id));
         m.move_out("/c").unwrap();
         assert!(m.has_file(g.file_id), "still named /b");
@@ -453,7 +531,7 @@ mod tests {
         assert!(!m.has_file(g.file_id) && m.is_deleted(g.file_id));
         // A file named twice here is deleted only with its last name.
         let h = m.create_file("/h", 0o644, 0, Owner::default()).unwrap();
-        m.insert("/h2", h, false).unwrap();
+        m.insert("/h2", h, &[], false).unwrap();
         m.delete("/h", None).unwrap();
         assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
     }

@@ -133,6 +133,7 @@ impl FsClient {
             path: path.to_string(),
             meta: reply.meta,
             exclusive: false,
+            data: Vec::new(),
         };
         let copies = join_all(
             servers[1..]
@@ -166,6 +167,7 @@ impl FsClient {
                         path: path.to_string(),
                         meta,
                         exclusive: false,
+                        data: Vec::new(),
                     };
                     self.call_on::<ops::MetadataInsert>(s, &req, OutPayload::none())
                         .await
@@ -555,6 +557,7 @@ impl FsClient {
             path: to.to_string(),
             meta,
             exclusive: false,
+            data: Vec::new(),
         };
         let answers = self
             .write_each::<ops::MetadataInsert>(

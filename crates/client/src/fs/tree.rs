@@ -96,6 +96,7 @@ impl FsClient {
             path: path.to_string(),
             meta,
             exclusive: false,
+            data: Vec::new(),
         };
         self.forget(path);
         self.write_all::<ops::MetadataInsert>(

@@ -2,8 +2,9 @@
 //! replays, for the file and io_uring backends.
 //!
 //! Record layout (little-endian): `len: u32` (bytes after this field), `check: u32` (low
-//! half of XXH3-64 of the bytes after it), `tag: u8`, then for `Put` the 48-byte metadata
-//! and a u16-prefixed path, for `Delete` and `MoveOut` the file id and the path, for
+//! half of XXH3-64 of the bytes after it), `tag: u8`, then for `Put` the 64-byte metadata
+//! and a u16-prefixed path (an inline record's `Put` has its own tag, and its bytes follow
+//! the path, u16-prefixed), for `Delete` and `MoveOut` the file id and the path, for
 //! `HighWater` the next inode number, for `Tombstone` a file id. On open the journal is
 //! replayed, then rewritten as a compact snapshot (temporary file, fsync, rename). A running
 //! server compacts it the same way once the records appended since the last snapshot
@@ -44,8 +45,15 @@ const TAG_DELETE: u8 = 2;
 const TAG_HIGH_WATER: u8 = 3;
 const TAG_MOVE_OUT: u8 = 4;
 const TAG_TOMBSTONE: u8 = 5;
-/// Largest record: a tag, metadata, and a path of PATH_LEN_MAX bytes with its prefix.
-const RECORD_LEN_MAX: usize = 1 + FILE_METADATA_LEN + 8 + 2 + benchfs_proto::limits::PATH_LEN_MAX;
+const TAG_PUT_INLINE: u8 = 6;
+/// Largest record: a tag, metadata, a path of PATH_LEN_MAX bytes and an inline record's
+/// bytes, each with its prefix.
+const RECORD_LEN_MAX: usize = 1
+    + FILE_METADATA_LEN
+    + 2
+    + benchfs_proto::limits::PATH_LEN_MAX
+    + 2
+    + benchfs_proto::limits::INLINE_BYTES_MAX as usize;
 /// Smallest record: a tag and a u64 (`HighWater`, `Tombstone`).
 const RECORD_LEN_MIN: usize = 1 + 8;
 /// Bytes of a record's header: the length and the checksum.
@@ -60,6 +68,8 @@ pub enum Record<'a> {
         path: &'a str,
         /// The record.
         meta: FileMetadata,
+        /// Its bytes if it is inline, else empty.
+        data: &'a [u8],
     },
     /// A record was removed.
     Delete {
@@ -131,10 +141,13 @@ fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Jou
 fn encode(record: &Record<'_>) -> Vec<u8> {
     let mut body = Writer::new();
     match record {
-        Record::Put { path, meta } => {
-            body.u8(TAG_PUT);
+        Record::Put { path, meta, data } => {
+            body.u8(if meta.inline { TAG_PUT_INLINE } else { TAG_PUT });
             meta.encode(&mut body);
             body.str16(path.as_bytes());
+            if meta.inline {
+                body.str16(data);
+            }
         }
         Record::Delete { path, file_id } => {
             body.u8(TAG_DELETE).u64(*file_id).str16(path.as_bytes());
@@ -254,19 +267,31 @@ fn could_begin(prefix: &[u8], len: usize) -> Result<(), String> {
     let Some(&tag) = prefix.first() else {
         return Ok(());
     };
-    // Where the u16 path length sits, and the body length without the path.
-    let (path_len_at, fixed) = match tag {
-        TAG_HIGH_WATER | TAG_TOMBSTONE => (None, 1 + 8),
-        TAG_PUT => (Some(1 + FILE_METADATA_LEN), 1 + FILE_METADATA_LEN + 2),
-        TAG_DELETE | TAG_MOVE_OUT => (Some(1 + 8), 1 + 8 + 2),
+    // Where the u16 path length sits, the body length without the path (and bytes), and
+    // whether the record's bytes follow the path with a u16 length of their own.
+    let (path_len_at, fixed, with_bytes) = match tag {
+        TAG_HIGH_WATER | TAG_TOMBSTONE => (None, 1 + 8, false),
+        TAG_PUT => (
+            Some(1 + FILE_METADATA_LEN),
+            1 + FILE_METADATA_LEN + 2,
+            false,
+        ),
+        TAG_PUT_INLINE => (Some(1 + FILE_METADATA_LEN), 1 + FILE_METADATA_LEN + 4, true),
+        TAG_DELETE | TAG_MOVE_OUT => (Some(1 + 8), 1 + 8 + 2, false),
         _ => return Err(format!("unknown record tag {tag}")),
+    };
+    let u16_at = |at: usize| {
+        prefix
+            .get(at..at + 2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(|b| usize::from(u16::from_le_bytes(b)))
     };
     let expected = match path_len_at {
         None => Some(fixed),
-        Some(at) => prefix
-            .get(at..at + 2)
-            .and_then(|b| <[u8; 2]>::try_from(b).ok())
-            .map(|b| fixed + usize::from(u16::from_le_bytes(b))),
+        Some(at) => u16_at(at).and_then(|path_len| match with_bytes {
+            false => Some(fixed + path_len),
+            true => u16_at(at + 2 + path_len).map(|data_len| fixed + path_len + data_len),
+        }),
     };
     match expected {
         Some(expected) if expected != len => Err(format!(
@@ -283,11 +308,20 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
     let bad = |e: benchfs_proto::wire::DecodeError| format!("record does not decode: {e}");
     let path_max = benchfs_proto::limits::PATH_LEN_MAX;
     match r.u8().map_err(bad)? {
-        TAG_PUT => {
+        tag @ (TAG_PUT | TAG_PUT_INLINE) => {
             let meta = FileMetadata::decode(&mut r).map_err(bad)?;
             let path = r.utf8("path", path_max).map_err(bad)?;
+            let data = match tag {
+                TAG_PUT_INLINE => r
+                    .str16("data", benchfs_proto::limits::INLINE_BYTES_MAX as usize)
+                    .map_err(bad)?,
+                _ => &[],
+            };
+            if meta.inline != (tag == TAG_PUT_INLINE) {
+                return Err(format!("record for {path:?} disagrees with its tag {tag}"));
+            }
             table
-                .insert(&path, meta, false)
+                .insert(&path, meta, data, false)
                 .map_err(|status| format!("record for {path:?} does not apply: {status}"))?;
             table.reserve_file_id(meta.file_id);
         }
@@ -396,10 +430,11 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
     for id in table.tombstones() {
         snapshot.extend(encode(&Record::Tombstone(id)));
     }
-    for (p, meta) in table.entries() {
+    for (p, meta, data) in table.records() {
         snapshot.extend(encode(&Record::Put {
             path: p,
             meta: *meta,
+            data,
         }));
     }
     let mut f = File::create(&tmp).map_err(io_error("create", &tmp))?;
@@ -437,18 +472,21 @@ mod tests {
         j.append(&Record::Put {
             path: "/a",
             meta: a,
+            data: &[],
         })
         .unwrap();
         let b = t.create_dir("/b", 0o755, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/b",
             meta: b,
+            data: &[],
         })
         .unwrap();
         let gone = t.create_file("/gone", 0, 0, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/gone",
             meta: gone,
+            data: &[],
         })
         .unwrap();
         t.delete("/gone", None).unwrap();
@@ -464,6 +502,7 @@ mod tests {
             &encode(&Record::Put {
                 path: "/torn",
                 meta: a,
+                data: &[],
             })[..20],
         )
         .unwrap();
@@ -502,6 +541,7 @@ mod tests {
         j.append(&Record::Put {
             path: "/keep",
             meta: keep,
+            data: &[],
         })
         .unwrap();
         let mut compactions = 0;
@@ -512,6 +552,7 @@ mod tests {
             j.append(&Record::Put {
                 path: &name,
                 meta: last,
+                data: &[],
             })
             .unwrap();
             t.delete(&name, None).unwrap();
@@ -626,6 +667,61 @@ mod tests {
         ]
     }
 
+    /// `meta` as an inline file's record holding `data`.
+    fn inline_meta(meta: FileMetadata, data: &[u8]) -> FileMetadata {
+        FileMetadata {
+            inline: true,
+            size: data.len() as u64,
+            ..meta
+        }
+    }
+
+    /// An inline record and its bytes survive a replay and the snapshot after it, and
+    /// changes to them replay in order.
+    #[test]
+    fn inline_records_replay_with_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        t.set_inline_limit(4096, std::time::Duration::ZERO);
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        let made = t
+            .create_inline("/f", 0o644, 0, Owner::default(), b"first")
+            .unwrap()
+            .meta;
+        let (meta, data) = t.record("/f").unwrap();
+        j.append(&Record::Put {
+            path: "/f",
+            meta,
+            data,
+        })
+        .unwrap();
+        t.write_inline("/f", made.file_id, 5, b" second").unwrap();
+        let (meta, data) = t.record("/f").unwrap();
+        j.append(&Record::Put {
+            path: "/f",
+            meta,
+            data,
+        })
+        .unwrap();
+        drop(j);
+        for round in 0..2 {
+            let mut again = table();
+            Journal::open(&path, &mut again).unwrap();
+            let (meta, data) = again.record("/f").unwrap();
+            assert!(meta.inline, "round {round}");
+            assert_eq!(data, b"first second", "round {round}");
+        }
+        // A checksum-valid record whose tag disagrees with its flag is corruption.
+        let mut plain_tag = body(&Record::Put {
+            path: "/g",
+            meta: inline_meta(made, b"x"),
+            data: b"x",
+        });
+        plain_tag[0] = TAG_PUT;
+        check_refusals(&[("an inline record under the plain tag", raw(&plain_tag))]);
+    }
+
     /// `records` encoded back to back, and where each starts.
     fn journal(records: &[Record<'_>]) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = Vec::new();
@@ -649,11 +745,21 @@ mod tests {
     fn a_torn_tail_is_cut_at_every_point_and_the_rest_replays() {
         let [_, b, c] = metas();
         let first = good_records();
-        let lasts: [(Record<'_>, &'static [&'static str]); 5] = [
+        let inline = inline_meta(c, b"small file");
+        let lasts: [(Record<'_>, &'static [&'static str]); 6] = [
+            (
+                Record::Put {
+                    path: "/i",
+                    meta: inline,
+                    data: b"small file",
+                },
+                &["/a", "/b", "/i"],
+            ),
             (
                 Record::Put {
                     path: "/c",
                     meta: c,
+                    data: &[],
                 },
                 &["/a", "/b", "/c"],
             ),
@@ -698,6 +804,7 @@ mod tests {
             Record::Put {
                 path: "/a",
                 meta: a,
+                data: &[],
             },
             Record::Delete {
                 path: "/b",
@@ -706,6 +813,7 @@ mod tests {
             Record::Put {
                 path: "/c",
                 meta: c,
+                data: &[],
             },
         ]);
         for at in 0..bytes.len() {
@@ -726,10 +834,12 @@ mod tests {
             Record::Put {
                 path: "/a",
                 meta: a,
+                data: &[],
             },
             Record::Put {
                 path: "/b",
                 meta: b,
+                data: &[],
             },
         ]
     }
@@ -803,11 +913,16 @@ mod tests {
         let mut last_flipped = encode(&Record::Put {
             path: "/c",
             meta: c,
+            data: &[],
         });
         last_flipped[HEADER_LEN + 20] ^= 0x04;
         let mut trailing = body(&Record::HighWater(7));
         trailing.push(0);
-        let root = body(&Record::Put { path: "/", meta: c });
+        let root = body(&Record::Put {
+            path: "/",
+            meta: c,
+            data: &[],
+        });
         check_refusals(&[
             (
                 "the last record's body flipped, its length whole",
@@ -860,7 +975,7 @@ mod tests {
         /// A [`Record`] that owns its path.
         #[derive(Debug, Clone)]
         enum Owned {
-            Put(String, FileMetadata),
+            Put(String, FileMetadata, Vec<u8>),
             Delete(String, u64),
             HighWater(u64),
             MoveOut(String, u64),
@@ -870,7 +985,11 @@ mod tests {
         impl Owned {
             fn record(&self) -> Record<'_> {
                 match self {
-                    Owned::Put(path, meta) => Record::Put { path, meta: *meta },
+                    Owned::Put(path, meta, data) => Record::Put {
+                        path,
+                        meta: *meta,
+                        data,
+                    },
                     Owned::Delete(path, file_id) => Record::Delete {
                         path,
                         file_id: *file_id,
@@ -887,8 +1006,8 @@ mod tests {
             /// The model: what the record means, done through the table's own API.
             fn apply_to(&self, t: &mut MetadataTable) {
                 match self {
-                    Owned::Put(path, meta) => {
-                        t.insert(path, *meta, false).expect("a valid path");
+                    Owned::Put(path, meta, data) => {
+                        t.insert(path, *meta, data, false).expect("a valid path");
                         t.reserve_file_id(meta.file_id);
                     }
                     Owned::Delete(path, file_id) => {
@@ -945,9 +1064,31 @@ mod tests {
                         mtime_ns,
                         ctime_ns,
                         atime_ns,
+                        inline: false,
                     }
                 },
             )
+        }
+
+        /// An inline file's record and its bytes (up to the largest a record holds).
+        fn inline_put() -> impl Strategy<Value = Owned> {
+            let data = prop_oneof![
+                vec(any::<u8>(), 0..64),
+                vec(
+                    any::<u8>(),
+                    benchfs_proto::limits::INLINE_BYTES_MAX as usize
+                        ..=benchfs_proto::limits::INLINE_BYTES_MAX as usize
+                ),
+            ];
+            (put_path(), meta(), data).prop_map(|(path, meta, data)| {
+                let meta = FileMetadata {
+                    kind: EntryKind::File,
+                    inline: true,
+                    size: data.len() as u64,
+                    ..meta
+                };
+                Owned::Put(path, meta, data)
+            })
         }
 
         /// A record a server could append (delete and move-out paths need not exist, nor
@@ -955,7 +1096,8 @@ mod tests {
         fn record() -> impl Strategy<Value = Owned> {
             let any_path = || prop_oneof![put_path(), "\\PC{0,12}"];
             prop_oneof![
-                3 => (put_path(), meta()).prop_map(|(p, m)| Owned::Put(p, m)),
+                3 => (put_path(), meta()).prop_map(|(p, m)| Owned::Put(p, m, Vec::new())),
+                1 => inline_put(),
                 1 => (any_path(), file_id()).prop_map(|(p, id)| Owned::Delete(p, id)),
                 1 => file_id().prop_map(|id| Owned::HighWater(id.max(1))),
                 1 => (any_path(), file_id()).prop_map(|(p, id)| Owned::MoveOut(p, id)),
@@ -1020,10 +1162,13 @@ mod tests {
         }
 
         /// What a table holds: its records, tombstones and next inode number.
-        type State = (Vec<(String, FileMetadata)>, Vec<u64>, u64);
+        type State = (Vec<(String, FileMetadata, Vec<u8>)>, Vec<u64>, u64);
 
         fn state(t: &MetadataTable) -> State {
-            let entries = t.entries().map(|(p, m)| (p.to_string(), *m)).collect();
+            let entries = t
+                .records()
+                .map(|(p, m, d)| (p.to_string(), *m, d.to_vec()))
+                .collect();
             (entries, t.tombstones().collect(), t.next_file_id())
         }
 

@@ -1,0 +1,91 @@
+//! Handlers of the operations on inline files (records that hold their file's bytes): the
+//! open that answers them, the deferred create that makes one with its bytes, writes into
+//! one, and the seal and drop between which a client moves the bytes to chunk 0. Every
+//! change is journaled with the bytes before it is acknowledged, as any record is.
+
+use benchfs_proto::ops::{self as op};
+use benchfs_proto::{OpCode, Status};
+
+use super::{decode, journal, Reply, ServerState};
+use crate::metadata::Owner;
+
+impl ServerState {
+    /// Journals the record `path` holds now, with its bytes if it is inline.
+    pub(super) fn log_put(&self, path: &str) -> Result<(), Status> {
+        let table = self.metadata.borrow();
+        let (meta, data) = table.record(path)?;
+        self.log(journal::Record::Put { path, meta, data })
+    }
+
+    /// A lookup for an open: the record and, when it is inline, its bytes.
+    pub(super) fn metadata_open(&self, body: &[u8]) -> Result<Reply, Status> {
+        let req: op::PathRequest = decode(body)?;
+        let table = self.metadata.borrow();
+        let (meta, data) = table.record(&req.path)?;
+        Ok(Reply::ok(&op::RecordReply {
+            meta,
+            data: data.to_vec(),
+        }))
+    }
+
+    /// The changes to inline files.
+    pub(super) fn inline_write(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
+        match op {
+            OpCode::MetadataCreateInline => {
+                let req: op::CreateInlineRequest = decode(body)?;
+                let owner = Owner {
+                    uid: req.uid,
+                    gid: req.gid,
+                };
+                let done = self.metadata.borrow_mut().create_inline(
+                    &req.path,
+                    req.mode,
+                    req.chunk_size,
+                    owner,
+                    &req.data,
+                )?;
+                self.log_put(&req.path)?;
+                Ok(Reply::ok(&op::CreateInlineReply {
+                    meta: done.meta,
+                    created: done.created,
+                    data: done.data,
+                }))
+            }
+            OpCode::MetadataWriteInline => {
+                let req: op::WriteInlineRequest = decode(body)?;
+                let meta = self.metadata.borrow_mut().write_inline(
+                    &req.path,
+                    req.file_id,
+                    req.offset,
+                    &req.data,
+                )?;
+                self.log_put(&req.path)?;
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+            OpCode::MetadataSealInline => {
+                // A seal lives in memory only (a restart ends every move), so nothing is
+                // journaled.
+                let req: op::SealInlineRequest = decode(body)?;
+                let (meta, data) =
+                    self.metadata
+                        .borrow_mut()
+                        .seal_inline(&req.path, req.file_id, req.token)?;
+                Ok(Reply::ok(&op::RecordReply { meta, data }))
+            }
+            _ => {
+                let req: op::DropInlineRequest = decode(body)?;
+                let was_inline = self.metadata.borrow().lookup(&req.path)?.inline;
+                let meta = self.metadata.borrow_mut().drop_inline(
+                    &req.path,
+                    req.file_id,
+                    req.token,
+                    req.moved,
+                )?;
+                if was_inline && !meta.inline {
+                    self.log_put(&req.path)?;
+                }
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+        }
+    }
+}
