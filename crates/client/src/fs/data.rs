@@ -205,7 +205,7 @@ impl FsClient {
         data: WriteSource<'_>,
         offset: u64,
     ) -> Result<usize, ApiError> {
-        let (path, meta, flags) = self.with_file(fd, |f| (f.path.clone(), f.meta, f.flags))?;
+        let (path, flags) = self.with_file(fd, |f| (f.path.clone(), f.flags))?;
         if !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
             return Err(fs_err("write", &path, Status::BadHandle));
         }
@@ -213,6 +213,11 @@ impl FsClient {
         if len == 0 {
             return Ok(0);
         }
+        if let Some(n) = self.write_inline(fd, data, offset).await? {
+            return Ok(n);
+        }
+        // The write may just have made the file, or moved its bytes to chunks.
+        let meta = self.with_file(fd, |f| f.meta)?;
         if self.writes_behind() {
             // A failure of an earlier write fails this one, before any of its bytes go.
             self.write_error(fd)?;
@@ -302,6 +307,9 @@ impl FsClient {
         if data.len() == 0 {
             return Ok(());
         }
+        let Some(meta) = self.write_at_inline(path, meta, data, offset).await? else {
+            return Ok(());
+        };
         // After this client's writes of the file in flight, which would otherwise land in
         // either order with it.
         self.drain_file(meta.file_id).await;
@@ -319,6 +327,13 @@ impl FsClient {
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize, ApiError> {
+        let meta = match self
+            .read_at_inline(path, meta, size, ReadDst::Slice(&mut *buf), offset)
+            .await?
+        {
+            Ok(n) => return Ok(n),
+            Err(meta) => meta,
+        };
         self.drain_file(meta.file_id).await;
         match plan_read(path, meta, size, buf.len(), offset)? {
             Some(plan) => self.read_copied(plan, buf).await,
@@ -381,6 +396,9 @@ impl FsClient {
         mut dst: ReadDst<'_>,
         offset: u64,
     ) -> Result<usize, ApiError> {
+        if let Some(n) = self.read_inline(fd, &mut dst, offset).await? {
+            return Ok(n);
+        }
         let Some(plan) = self.read_plan(fd, dst.len(), offset).await? else {
             return Ok(0);
         };
@@ -405,6 +423,13 @@ impl FsClient {
         loan: &Loan,
         offset: u64,
     ) -> Result<usize, ApiError> {
+        let meta = match self
+            .read_at_inline(path, meta, size, ReadDst::Loan(loan), offset)
+            .await?
+        {
+            Ok(n) => return Ok(n),
+            Err(meta) => meta,
+        };
         self.drain_file(meta.file_id).await;
         let Some(plan) = plan_read(path, meta, size, loan.len(), offset)? else {
             return Ok(0);

@@ -7,6 +7,7 @@ use benchfs_proto::{ops, Status};
 use futures_util::future::join_all;
 
 use super::data::WriteSource;
+use super::inline::{self, Inline};
 use super::read_ahead::ReadAhead;
 use super::{fs_err, norm, rpc_err, Fd, FsClient, Whence};
 use crate::error::ApiError;
@@ -30,27 +31,41 @@ pub(super) struct OpenFile {
     pub(super) write_error: Option<RpcError>,
     /// What this handle read ahead (see `read_ahead`).
     pub(super) read_ahead: ReadAhead,
+    /// The file's bytes when its record holds them, or a create deferred to the close
+    /// (see `inline`); `None` for a file with chunks.
+    pub(super) inline: Option<Inline>,
 }
 
 impl FsClient {
     /// Opens (and with CREATE, creates) a file; returns its handle.
     pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
         let path = norm(path)?;
+        if let Some(fd) = self.open_deferred(&path, flags, mode)? {
+            return Ok(fd);
+        }
+        self.make_deferred_at(&path).await?;
         let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
-        let (mut meta, created) = if flags.contains(OpenFlags::CREATE) {
+        let (record, created) = if flags.contains(OpenFlags::CREATE) {
             match self
                 .create_checked("open", &path, EntryKind::File, mode)
                 .await?
             {
-                Ok(m) => (m, true),
+                Ok(meta) => (
+                    inline::Record {
+                        meta,
+                        data: Vec::new(),
+                    },
+                    true,
+                ),
                 Err(e) if e.status() == Status::Exists && !flags.contains(OpenFlags::EXCL) => {
-                    (self.lookup("open", &path, false).await?, false)
+                    (self.record_of("open", &path).await?, false)
                 }
                 Err(e) => return Err(rpc_err("open", &path)(e)),
             }
         } else {
-            (self.lookup("open", &path, false).await?, false)
+            (self.record_of("open", &path).await?, false)
         };
+        let (mut meta, mut data) = (record.meta, record.data);
         if meta.is_dir() && writable {
             return Err(fs_err("open", &path, Status::IsDir));
         }
@@ -59,6 +74,7 @@ impl FsClient {
         if flags.contains(OpenFlags::TRUNC) && writable && !created {
             self.drain_path(&path).await;
             meta = self.truncate_meta(&path, meta, 0).await?;
+            data.clear();
         }
         self.meta_cache.borrow_mut().put(&path, meta);
         // Close-to-open: data cached before this open may be stale.
@@ -77,6 +93,7 @@ impl FsClient {
                 size_dirty: false,
                 write_error: None,
                 read_ahead: ReadAhead::default(),
+                inline: inline::held(inline::Record { meta, data }),
             },
         );
         Ok(fd)
@@ -107,6 +124,8 @@ impl FsClient {
     /// Waits for a handle's writes, then pushes its grown size to the metadata owner (and
     /// replicas); fails, publishing nothing, if one of its writes failed.
     pub(super) async fn flush_size(&self, fd: Fd) -> Result<(), ApiError> {
+        // A deferred create is made here, with the bytes and the size in one request.
+        self.make_deferred(fd).await?;
         self.drain_fd(fd).await;
         self.write_error(fd)?;
         let Some((path, file_id, size)) = self.with_file(fd, |f| {

@@ -22,6 +22,7 @@ mod cache;
 mod data;
 mod fanout;
 mod handles;
+mod inline;
 mod namespace;
 mod pipeline;
 mod read_ahead;
@@ -93,6 +94,9 @@ pub struct FsClient {
     owner: Cell<Owner>,
     /// Write-behind and read-ahead.
     pipeline: Pipeline,
+    /// Most bytes of a file this client keeps in its record (`storage.inline_bytes`; 0:
+    /// off): opens with O_CREAT are deferred, and small files made in one request.
+    inline_limit: u64,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -260,6 +264,7 @@ impl FsClient {
             create_chunk_size: Cell::new(0),
             owner: Cell::new(process_owner()),
             pipeline: Pipeline::new(&config.client),
+            inline_limit: config.storage.inline_bytes,
         })
     }
 

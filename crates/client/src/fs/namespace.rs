@@ -10,6 +10,7 @@ use benchfs_proto::{ops, path, Status};
 use futures_util::future::join_all;
 
 use super::data::WriteSource;
+use super::inline::{Inline, Record};
 use super::routing::is_unreachable;
 use super::{fanout, fs_err, norm, root_meta, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
@@ -59,7 +60,12 @@ impl FsClient {
     /// A path with no record: `NotDir` if its nearest existing ancestor is a file (as
     /// POSIX says of "/file/x"), else the `NotFound` the lookup gave. Only failed lookups
     /// pay for the walk, and a cached parent costs nothing.
-    async fn why_not_found(&self, op: &'static str, path: &str, not_found: RpcError) -> ApiError {
+    pub(super) async fn why_not_found(
+        &self,
+        op: &'static str,
+        path: &str,
+        not_found: RpcError,
+    ) -> ApiError {
         let mut ancestor = path;
         while let Ok((parent, _)) = path::split_parent(ancestor) {
             if parent == "/" {
@@ -152,22 +158,23 @@ impl FsClient {
     }
 
     /// Undoes a record put on `servers` at `path`: puts back `previous` (what the path
-    /// held before), or removes the record. A server that does not answer is logged:
-    /// its replica now differs, and calls that name a file there refuse with `Stale`.
+    /// held before, with its bytes), or removes the record. A server that does not answer
+    /// is logged: its replica now differs, and calls that name a file there refuse with
+    /// `Stale`.
     pub(super) async fn undo_put(
         &self,
         path: &str,
-        previous: Option<FileMetadata>,
+        previous: Option<&Record>,
         servers: &[ServerIndex],
     ) {
         let undos = servers.iter().map(|&s| async move {
             let result = match previous {
-                Some(meta) => {
+                Some(record) => {
                     let req = ops::InsertRequest {
                         path: path.to_string(),
-                        meta,
+                        meta: record.meta,
                         exclusive: false,
-                        data: Vec::new(),
+                        data: record.data.clone(),
                     };
                     self.call_on::<ops::MetadataInsert>(s, &req, OutPayload::none())
                         .await
@@ -239,8 +246,8 @@ impl FsClient {
         Ok(())
     }
 
-    /// Removes the record of `path` from every replica; returns what they held (two
-    /// records if the replicas differed). `moved`: a rename took it elsewhere, so the
+    /// Removes the record of `path` from every replica; returns what they held, with the
+    /// bytes of an inline one (two records if the replicas differed). `moved`: a rename took it elsewhere, so the
     /// servers keep no tombstone (peers' orphan sweeps remove a file's chunks only on a
     /// tombstone). If a replica fails, the record is put back where it was removed, so a
     /// delete happens on every replica or on none; a replica that had no record counts
@@ -251,7 +258,7 @@ impl FsClient {
         path: &str,
         expect: EntryKind,
         moved: bool,
-    ) -> Result<Vec<FileMetadata>, ApiError> {
+    ) -> Result<Vec<Record>, ApiError> {
         self.forget(path);
         let req = ops::DeleteRequest {
             path: path.to_string(),
@@ -270,14 +277,20 @@ impl FsClient {
         let mut failed = None;
         for (server, answer) in answers {
             match answer {
-                Ok(reply) => removed.push((server, reply.meta)),
+                Ok(reply) => removed.push((
+                    server,
+                    Record {
+                        meta: reply.meta,
+                        data: reply.data,
+                    },
+                )),
                 Err(e) if e.status() == Status::NotFound => missing = Some(e),
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
         if let Some(e) = failed {
-            let undos = removed.iter().map(|(server, meta)| {
-                self.undo_put(path, Some(*meta), std::slice::from_ref(server))
+            let undos = removed.iter().map(|(server, record)| {
+                self.undo_put(path, Some(record), std::slice::from_ref(server))
             });
             join_all(undos).await;
             return Err(rpc_err(op, path)(e));
@@ -285,10 +298,10 @@ impl FsClient {
         if let (Some(e), true) = (missing, removed.is_empty()) {
             return Err(rpc_err(op, path)(e));
         }
-        let mut metas: Vec<FileMetadata> = removed.into_iter().map(|(_, m)| m).collect();
-        metas.sort_by_key(|m| m.file_id);
-        metas.dedup_by_key(|m| m.file_id);
-        Ok(metas)
+        let mut records: Vec<Record> = removed.into_iter().map(|(_, r)| r).collect();
+        records.sort_by_key(|r| r.meta.file_id);
+        records.dedup_by_key(|r| r.meta.file_id);
+        Ok(records)
     }
 
     /// Removes every chunk of a deleted file from every server: a file may hold chunks
@@ -346,11 +359,16 @@ impl FsClient {
         if path == "/" {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
-        for meta in self
+        self.make_deferred_at(&path).await?;
+        for record in self
             .delete_record("unlink", &path, EntryKind::File, false)
             .await?
         {
-            self.remove_chunks(&path, meta).await;
+            // An inline file has no chunks: its bytes went with its record. (A copy in
+            // chunk 0 left by a move that failed part way is the orphan sweep's.)
+            if !record.meta.inline {
+                self.remove_chunks(&path, record.meta).await;
+            }
         }
         // This client's handles of the file have nothing left to publish.
         for file in self.files.borrow_mut().values_mut() {
@@ -371,6 +389,8 @@ impl FsClient {
         if !meta.is_dir() {
             return Err(fs_err("rmdir", &path, Status::NotDir));
         }
+        // A file this client opened to create in it is an entry.
+        self.make_deferred_under(&path).await?;
         if !self.list(&path, 1).await?.is_empty() {
             return Err(fs_err("rmdir", &path, Status::NotEmpty));
         }
@@ -386,6 +406,7 @@ impl FsClient {
         if !meta.is_dir() {
             return Err(fs_err("readdir", &path, Status::NotDir));
         }
+        self.make_deferred_under(&path).await?;
         self.list(&path, usize::MAX).await
     }
 
@@ -425,6 +446,7 @@ impl FsClient {
         let path = norm(path)?;
         // Writes in flight would land after the cut.
         self.drain_path(&path).await;
+        self.make_deferred_at(&path).await?;
         let meta = self.lookup("truncate", &path, false).await?;
         if meta.is_dir() {
             return Err(fs_err("truncate", &path, Status::IsDir));
@@ -438,6 +460,9 @@ impl FsClient {
         {
             f.size = meta.size;
             f.size_dirty = false;
+            if let Some(Inline::Held(copy)) = &mut f.inline {
+                copy.resize(meta.size as usize, 0);
+            }
         }
         Ok(())
     }
@@ -452,6 +477,18 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
+        // An inline file's bytes are cut with its record; one that would grow past it
+        // moves them to chunk 0 first, and is then cut as any other.
+        let meta = match meta.inline {
+            true => match self.truncate_inline(path, meta, size).await? {
+                Ok(meta) => {
+                    self.meta_cache.borrow_mut().put(path, meta);
+                    return Ok(meta);
+                }
+                Err(moved) => moved,
+            },
+            false => meta,
+        };
         let index = ChunkLayout::new(meta.chunk_size).chunk_index(size);
         let cut = ops::TruncateFileRequest {
             file_id: meta.file_id,
@@ -493,17 +530,23 @@ impl FsClient {
         if to.starts_with(&format!("{from}/")) {
             return Err(fs_err("rename", &to, Status::InvalidArgument));
         }
-        let meta = self.lookup("rename", &from, false).await?;
+        for path in [&from, &to] {
+            self.make_deferred_at(path).await?;
+            self.make_deferred_under(path).await?;
+        }
+        // The records come with their bytes: an inline file moves with its record.
+        let record = self.record_of("rename", &from).await?;
+        let meta = record.meta;
         if from == to {
             return Ok(());
         }
         self.check_parent("rename", &to).await?;
-        let replaced = match self.lookup("rename", &to, false).await {
+        let replaced = match self.record_of("rename", &to).await {
             Ok(existing) => Some(existing),
             Err(e) if e.status() == Some(Status::NotFound) => None,
             Err(e) => return Err(e),
         };
-        if let Some(existing) = replaced {
+        if let Some(existing) = replaced.as_ref().map(|r| r.meta) {
             match (meta.is_dir(), existing.is_dir()) {
                 (false, true) => return Err(fs_err("rename", &to, Status::IsDir)),
                 (true, false) => return Err(fs_err("rename", &to, Status::NotDir)),
@@ -519,12 +562,15 @@ impl FsClient {
             Vec::new()
         };
         self.move_subtree(&from, &to, &subtree).await?;
-        if let Err(e) = self.move_record(&from, &to, meta, replaced).await {
+        if let Err(e) = self
+            .move_record(&from, &to, &record, replaced.as_ref())
+            .await
+        {
             if !subtree.is_empty() {
                 // Put the entries back under the name their directory kept.
                 let back: Vec<_> = subtree
                     .iter()
-                    .map(|(old, m)| (format!("{to}{}", &old[from.len()..]), *m))
+                    .map(|(old, r)| (format!("{to}{}", &old[from.len()..]), r.clone()))
                     .collect();
                 if let Err(undo) = self.move_subtree(&to, &from, &back).await {
                     tracing::error!(error = %undo, from, to, "undo of a directory rename failed");
@@ -532,7 +578,10 @@ impl FsClient {
             }
             return Err(e);
         }
-        if let Some(old) = replaced.filter(|m| !m.is_dir() && m.file_id != meta.file_id) {
+        let replaced = replaced.map(|r| r.meta);
+        if let Some(old) =
+            replaced.filter(|m| !m.is_dir() && !m.inline && m.file_id != meta.file_id)
+        {
             self.remove_chunks(&to, old).await;
         }
         for f in self.files.borrow_mut().values_mut() {
@@ -543,21 +592,22 @@ impl FsClient {
         Ok(())
     }
 
-    /// A rename's records: `meta` goes to `to` on every replica, then leaves `from`. If
-    /// either step fails on a replica, both are undone where they happened (`to` gets back
-    /// `replaced`, or nothing), so the rename happens on every replica or on none.
+    /// A rename's records: `record` (with its bytes) goes to `to` on every replica, then
+    /// leaves `from`. If either step fails on a replica, both are undone where they
+    /// happened (`to` gets back `replaced`, or nothing), so the rename happens on every
+    /// replica or on none.
     async fn move_record(
         &self,
         from: &str,
         to: &str,
-        meta: FileMetadata,
-        replaced: Option<FileMetadata>,
+        record: &Record,
+        replaced: Option<&Record>,
     ) -> Result<(), ApiError> {
         let insert = ops::InsertRequest {
             path: to.to_string(),
-            meta,
+            meta: record.meta,
             exclusive: false,
-            data: Vec::new(),
+            data: record.data.clone(),
         };
         let answers = self
             .write_each::<ops::MetadataInsert>(
@@ -572,7 +622,10 @@ impl FsClient {
             self.undo_put(to, replaced, &holders).await;
             return Err(rpc_err("rename", to)(e));
         }
-        if let Err(e) = self.delete_record("rename", from, meta.kind, true).await {
+        if let Err(e) = self
+            .delete_record("rename", from, record.meta.kind, true)
+            .await
+        {
             self.undo_put(to, replaced, &holders).await;
             return Err(e);
         }

@@ -1,14 +1,15 @@
 //! Renaming a directory with entries. Records are keyed by full path, so every record
 //! under the directory gets a new key and, by hashing, usually a new server; chunks are
-//! keyed by inode number and do not move. The cost is one listing per directory in the
-//! tree, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time.
+//! keyed by inode number and do not move (an inline file's bytes move with its record,
+//! fetched with it). The cost is one listing per directory in the tree, one lookup per
+//! inline file, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time.
 
-use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops;
 use benchfs_proto::placement::PlacementKey;
 use futures_util::future::join_all;
 
 use super::data::WriteSource;
+use super::inline::Record;
 use super::{rpc_err, FsClient};
 use crate::error::ApiError;
 
@@ -17,8 +18,8 @@ pub(super) const MOVE_BATCH: usize = 64;
 
 impl FsClient {
     /// Every record under directory `dir` (not `dir` itself), each parent before its
-    /// children.
-    pub(super) async fn subtree(&self, dir: &str) -> Result<Vec<(String, FileMetadata)>, ApiError> {
+    /// children, inline ones with their bytes.
+    pub(super) async fn subtree(&self, dir: &str) -> Result<Vec<(String, Record)>, ApiError> {
         let mut out = Vec::new();
         let mut next = 0;
         let mut dirs = vec![dir.to_string()];
@@ -30,8 +31,23 @@ impl FsClient {
                 if entry.meta.is_dir() {
                     dirs.push(path.clone());
                 }
-                out.push((path, entry.meta));
+                out.push((
+                    path,
+                    Record {
+                        meta: entry.meta,
+                        data: Vec::new(),
+                    },
+                ));
             }
+        }
+        for batch in out.chunks_mut(MOVE_BATCH) {
+            let inline = batch.iter_mut().filter(|(_, r)| r.meta.inline);
+            let fetched = join_all(inline.map(|(path, record)| async move {
+                *record = self.lookup_record("rename", path).await?;
+                Ok::<(), ApiError>(())
+            }))
+            .await;
+            fetched.into_iter().collect::<Result<(), ApiError>>()?;
         }
         Ok(out)
     }
@@ -45,18 +61,18 @@ impl FsClient {
         &self,
         from: &str,
         to: &str,
-        records: &[(String, FileMetadata)],
+        records: &[(String, Record)],
     ) -> Result<(), ApiError> {
-        let moved: Vec<(String, String, FileMetadata)> = records
+        let moved: Vec<(String, String, &Record)> = records
             .iter()
-            .map(|(old, meta)| (old.clone(), format!("{to}{}", &old[from.len()..]), *meta))
+            .map(|(old, record)| (old.clone(), format!("{to}{}", &old[from.len()..]), record))
             .collect();
         let mut stored = 0;
         for batch in moved.chunks(MOVE_BATCH) {
             let done = join_all(
                 batch
                     .iter()
-                    .map(|(_, new, meta)| self.store_everywhere(new, *meta)),
+                    .map(|(_, new, record)| self.store_everywhere(new, record)),
             )
             .await;
             let failed = done.into_iter().find_map(Result::err);
@@ -69,16 +85,17 @@ impl FsClient {
         }
         let mut removed = moved.len();
         for batch in moved.rchunks(MOVE_BATCH) {
-            let done = join_all(batch.iter().map(|(old, _, meta)| async move {
+            let done = join_all(batch.iter().map(|(old, _, record)| async move {
                 self.forget(old);
-                self.delete_record("rename", old, meta.kind, true).await
+                self.delete_record("rename", old, record.meta.kind, true)
+                    .await
             }))
             .await;
             removed -= batch.len();
             if let Some(e) = done.into_iter().find_map(Result::err) {
                 // Put back what this batch and those before it removed, then drop the copies.
-                for (old, _, meta) in &moved[removed..] {
-                    if let Err(undo) = self.store_everywhere(old, *meta).await {
+                for (old, _, record) in &moved[removed..] {
+                    if let Err(undo) = self.store_everywhere(old, record).await {
                         tracing::error!(error = %undo, path = old, "undo of a directory rename failed");
                     }
                 }
@@ -90,13 +107,13 @@ impl FsClient {
         Ok(())
     }
 
-    /// Stores `meta` at `path` on every replica, replacing what is there.
-    async fn store_everywhere(&self, path: &str, meta: FileMetadata) -> Result<(), ApiError> {
+    /// Stores `record` at `path` on every replica, replacing what is there.
+    async fn store_everywhere(&self, path: &str, record: &Record) -> Result<(), ApiError> {
         let insert = ops::InsertRequest {
             path: path.to_string(),
-            meta,
+            meta: record.meta,
             exclusive: false,
-            data: Vec::new(),
+            data: record.data.clone(),
         };
         self.forget(path);
         self.write_all::<ops::MetadataInsert>(

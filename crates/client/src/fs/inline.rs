@@ -1,0 +1,761 @@
+//! Inline files: files of at most `storage.inline_bytes` whose bytes live in their metadata
+//! record, so that a small file costs one request to make (create, writes and close
+//! together), one to read (the open's reply carries the bytes) and one to remove.
+//!
+//! **Deferred create.** An open with O_CREAT, neither O_EXCL nor O_TRUNC nor O_APPEND, of a
+//! path no handle of this client has open, sends nothing: its writes are kept while they
+//! fit the inline size with no hole, and the file is made by the first of close, fsync,
+//! fstat, a read, a truncate or a namespace call on its path (one `MetadataCreateInline`
+//! with the bytes) or a write that does not fit (a plain create, then the kept bytes and
+//! the write go to chunks). Until then no other client sees the file (close-to-open
+//! promises them nothing before the close), and errors of the create surface at that
+//! call: a path that is a directory (EISDIR), a missing or non-directory parent
+//! (ENOENT/ENOTDIR). The parent is checked at open from the metadata cache when it holds
+//! it; otherwise with the create, at the same time (two requests, one round trip). If the
+//! path names an inline file by then, the bytes are written at its offset 0, as an open
+//! without O_TRUNC would; if it names a file with chunks, the open happens then and the
+//! bytes go to chunks. O_EXCL is not deferred (its EEXIST belongs to the open), nor
+//! O_TRUNC (a truncate moved to the first write would cut what other processes wrote to
+//! a shared file after the open, as IOR's ranks do behind a barrier), nor O_APPEND (its
+//! writes go after bytes it has not seen).
+//!
+//! **Held bytes.** A handle of an inline file keeps the bytes the open returned and reads
+//! from them; its writes that fit go to the record (`MetadataWriteInline`, every replica)
+//! and to the copies of every handle of this client. A write, append or truncate past the
+//! limit first moves the bytes to chunk 0: seal them on every replica of the record,
+//! write them to chunk 0 zero-padded (every replica), drop them from the record (see
+//! `benchfs-server`'s `metadata/inline.rs`). Then the file is an ordinary one for good.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use benchfs_proto::limits::INLINE_BYTES_MAX;
+use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::placement::{PlacementKey, ServerIndex};
+use benchfs_proto::{ops, path, Rpc, Status};
+
+use super::data::{fill_from, WriteSource};
+use super::handles::OpenFile;
+use super::read_ahead::{ReadAhead, ReadDst};
+use super::{fs_err, rpc_err, Fd, FsClient};
+use crate::error::ApiError;
+use crate::flags::OpenFlags;
+use crate::rpc::{OutPayload, RpcError};
+
+/// A record and its bytes (empty unless it is inline).
+#[derive(Debug, Clone)]
+pub(super) struct Record {
+    pub(super) meta: FileMetadata,
+    pub(super) data: Vec<u8>,
+}
+
+/// What a handle knows of a file whose bytes live in its record.
+#[derive(Debug)]
+pub(super) enum Inline {
+    /// Opened with O_CREAT and not made yet (see the module docs).
+    Deferred(Deferred),
+    /// The record holds the bytes; this is the handle's copy, from its open and this
+    /// client's writes since.
+    Held(Vec<u8>),
+}
+
+/// A deferred open: what the create will need.
+#[derive(Debug)]
+pub(super) struct Deferred {
+    /// The bytes written, from offset 0 with no hole.
+    bytes: Vec<u8>,
+    mode: u32,
+    /// Whether the parent was known to be a directory at open.
+    parent_checked: bool,
+}
+
+/// Where a handle's bytes are.
+enum Where {
+    /// In chunks: the ordinary data path.
+    Chunks,
+    Deferred,
+    Held,
+}
+
+/// Longest wait between retries of a call that met a sealed record (`Busy`).
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(64);
+
+/// Seal tokens handed out by this process.
+static TOKENS: AtomicU64 = AtomicU64::new(0);
+
+/// A token no other mover picks, in practice: a keyed hash of this process's count.
+fn seal_token() -> u64 {
+    RandomState::new().hash_one(TOKENS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The state of a handle of `record`: its bytes when it is inline.
+pub(super) fn held(record: Record) -> Option<Inline> {
+    record.meta.inline.then(|| {
+        let mut data = record.data;
+        data.resize(record.meta.size as usize, 0);
+        Inline::Held(data)
+    })
+}
+
+/// `data` written at `offset` of `bytes`, a gap before it zero-filled.
+fn write_into(bytes: &mut Vec<u8>, offset: usize, data: &[u8]) {
+    let end = offset + data.len();
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[offset..end].copy_from_slice(data);
+}
+
+/// Copies `bytes[offset..]` into `dst`, as far as `size`; returns the count.
+fn read_from(bytes: &[u8], size: u64, dst: &mut ReadDst<'_>, offset: u64) -> Option<usize> {
+    if offset >= size || dst.len() == 0 {
+        return Some(0);
+    }
+    let n = (dst.len() as u64).min(size - offset) as usize;
+    let from = bytes.get(offset as usize..).unwrap_or_default();
+    let from = &from[..from.len().min(n)];
+    match dst {
+        ReadDst::Slice(buf) => fill_from(&mut buf[..n], from),
+        ReadDst::Loan(loan) => fill_from(loan.lend_mut(0..n)?.as_mut(), from),
+    }
+    Some(n)
+}
+
+impl FsClient {
+    /// Most bytes this client keeps in the record of a file of `chunk_size`.
+    fn inline_limit_for(&self, chunk_size: u64) -> u64 {
+        self.inline_limit.min(chunk_size)
+    }
+
+    /// Opens `path` (normalised) deferred, if the flags and this client allow (see the
+    /// module docs); `None` to open it the ordinary way. A parent the cache knows is not
+    /// a directory fails here.
+    pub(super) fn open_deferred(
+        &self,
+        path: &str,
+        flags: OpenFlags,
+        mode: u32,
+    ) -> Result<Option<Fd>, ApiError> {
+        let deferrable = self.inline_limit > 0
+            && flags.contains(OpenFlags::CREATE | OpenFlags::WRITE)
+            && !flags.contains(OpenFlags::EXCL)
+            && !flags.contains(OpenFlags::TRUNC)
+            && !flags.contains(OpenFlags::APPEND)
+            && path != "/"
+            && self.fds_where(|f| f.path == path).is_empty();
+        if !deferrable {
+            return Ok(None);
+        }
+        let (parent, _) = path::split_parent(path).map_err(|source| ApiError::Path {
+            path: path.to_string(),
+            source,
+        })?;
+        let parent_checked = match self.meta_cache.borrow_mut().get(parent) {
+            _ if parent == "/" => true,
+            Some(m) if m.is_dir() => true,
+            Some(_) => return Err(fs_err("open", path, Status::NotDir)),
+            None => false,
+        };
+        let owner = self.owner.get();
+        let meta = FileMetadata {
+            file_id: 0,
+            kind: EntryKind::File,
+            size: 0,
+            mode: mode & 0o7777,
+            uid: owner.uid,
+            gid: owner.gid,
+            chunk_size: self.create_chunk_size.get(),
+            mtime_ns: 0,
+            ctime_ns: 0,
+            atime_ns: 0,
+            inline: true,
+        };
+        let fd = self.next_fd.get();
+        self.next_fd.set(fd + 1);
+        self.files.borrow_mut().insert(
+            fd,
+            OpenFile {
+                path: path.to_string(),
+                meta,
+                flags,
+                pos: 0,
+                size: 0,
+                // So that a stat of the path makes the file first (see `flush_path`).
+                size_dirty: true,
+                write_error: None,
+                read_ahead: ReadAhead::default(),
+                inline: Some(Inline::Deferred(Deferred {
+                    bytes: Vec::new(),
+                    mode,
+                    parent_checked,
+                })),
+            },
+        );
+        Ok(Some(fd))
+    }
+
+    /// The record of `path` (normalised) with its bytes if it is inline, for an open or a
+    /// rename. With inline files off here, the lookup is the plain one, and only an inline
+    /// record (made by a client with them on) costs a second request for its bytes.
+    pub(super) async fn record_of(&self, op: &'static str, path: &str) -> Result<Record, ApiError> {
+        if self.inline_limit > 0 {
+            return self.lookup_record(op, path).await;
+        }
+        let meta = self.lookup(op, path, false).await?;
+        if meta.inline {
+            return self.lookup_record(op, path).await;
+        }
+        Ok(Record {
+            meta,
+            data: Vec::new(),
+        })
+    }
+
+    fn where_is(&self, fd: Fd) -> Result<Where, ApiError> {
+        self.with_file(fd, |f| match &f.inline {
+            None => Where::Chunks,
+            Some(Inline::Deferred(_)) => Where::Deferred,
+            Some(Inline::Held(_)) => Where::Held,
+        })
+    }
+
+    /// Makes the file of a deferred handle, with the bytes written so far; nothing for
+    /// any other handle.
+    pub(super) async fn make_deferred(&self, fd: Fd) -> Result<(), ApiError> {
+        if matches!(self.where_is(fd)?, Where::Deferred) {
+            self.create_inline(fd).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the files of this client's deferred handles of `path`.
+    pub(super) async fn make_deferred_at(&self, path: &str) -> Result<(), ApiError> {
+        for fd in self.fds_where(|f| f.path == path) {
+            self.make_deferred(fd).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the files of this client's deferred handles in directory `dir` or below it.
+    pub(super) async fn make_deferred_under(&self, dir: &str) -> Result<(), ApiError> {
+        let below = |p: &str| dir == "/" || path::moved(p, dir, dir).is_some();
+        for fd in
+            self.fds_where(|f| matches!(f.inline, Some(Inline::Deferred(_))) && below(&f.path))
+        {
+            self.make_deferred(fd).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a deferred handle's state, leaving the handle with none.
+    fn take_deferred(&self, fd: Fd) -> Result<(String, Deferred), ApiError> {
+        self.with_file(fd, |f| match f.inline.take() {
+            Some(Inline::Deferred(d)) => Ok((f.path.clone(), d)),
+            other => {
+                f.inline = other;
+                Err(fs_err("open", &f.path, Status::BadHandle))
+            }
+        })?
+    }
+
+    /// Sets what a handle knows once its file exists as `record`.
+    fn opened_as(&self, fd: Fd, record: Record) -> Result<(), ApiError> {
+        self.meta_cache
+            .borrow_mut()
+            .put(&self.with_file(fd, |f| f.path.clone())?, record.meta);
+        self.with_file(fd, |f| {
+            f.meta = record.meta;
+            f.size = record.meta.size;
+            f.size_dirty = false;
+            f.inline = held(record);
+        })
+    }
+
+    /// The deferred create in one request: the file with the bytes written so far, made
+    /// on the record's owner (and checked against its parent at the same time), then
+    /// copied to the other replicas. A path that has a file with chunks, or a server whose
+    /// limit is lower, falls back to [`Self::make_plain`].
+    async fn create_inline(&self, fd: Fd) -> Result<(), ApiError> {
+        let (path, d) = self.take_deferred(fd)?;
+        let owner = self.owner.get();
+        let req = ops::CreateInlineRequest {
+            path: path.clone(),
+            mode: d.mode,
+            chunk_size: self.create_chunk_size.get(),
+            uid: owner.uid,
+            gid: owner.gid,
+            data: d.bytes,
+        };
+        let servers = self.replica_set(PlacementKey::Metadata(&path));
+        let create = self.until_unsealed(|| async {
+            self.call_on::<ops::MetadataCreateInline>(servers[0], &req, OutPayload::none())
+                .await
+                .map(|(reply, _)| reply)
+        });
+        let parent = async {
+            match d.parent_checked {
+                true => Ok(()),
+                false => self.check_parent("open", &path).await,
+            }
+        };
+        let (parent, created) = futures_util::future::join(parent, create).await;
+        let reply = match created {
+            Ok(reply) => reply,
+            Err(e) if matches!(e.status(), Status::Exists | Status::NeedsChunks) => {
+                parent?;
+                let deferred = Deferred {
+                    bytes: req.data,
+                    ..d
+                };
+                return self.make_plain(fd, &path, deferred).await;
+            }
+            Err(e) => return Err(rpc_err("create", &path)(e)),
+        };
+        let record = Record {
+            meta: reply.meta,
+            data: if reply.created { req.data } else { reply.data },
+        };
+        if let Err(e) = parent {
+            if reply.created {
+                self.undo_put(&path, None, &servers[..1]).await;
+            }
+            return Err(e);
+        }
+        self.copy_to_replicas(&path, &record, &servers, reply.created)
+            .await?;
+        self.opened_as(fd, record)
+    }
+
+    /// Copies the record the owner (`servers[0]`) holds now to the other replicas. If one
+    /// does not take it, a record this create made is removed again from every replica.
+    async fn copy_to_replicas(
+        &self,
+        path: &str,
+        record: &Record,
+        servers: &[ServerIndex],
+        created: bool,
+    ) -> Result<(), ApiError> {
+        let insert = ops::InsertRequest {
+            path: path.to_string(),
+            meta: record.meta,
+            exclusive: false,
+            data: record.data.clone(),
+        };
+        let copies = futures_util::future::join_all(
+            servers[1..]
+                .iter()
+                .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
+        )
+        .await;
+        let Some(e) = copies.into_iter().find_map(Result::err) else {
+            return Ok(());
+        };
+        if created {
+            tracing::warn!(error = %e, path, "a replica did not take the new record; removing it");
+            self.undo_put(path, None, servers).await;
+        } else {
+            tracing::error!(error = %e, path, "a replica did not take the bytes written: the replicas of this record differ");
+        }
+        Err(rpc_err("create", path)(e))
+    }
+
+    /// Makes a deferred handle's file the ordinary way (a write that does not fit, or a
+    /// path inline creates cannot take): creates it or opens what is there, then writes
+    /// the bytes kept through the handle.
+    async fn make_plain(&self, fd: Fd, path: &str, d: Deferred) -> Result<(), ApiError> {
+        let record = match self
+            .create_checked("open", path, EntryKind::File, d.mode)
+            .await?
+        {
+            Ok(meta) => Record {
+                meta,
+                data: Vec::new(),
+            },
+            Err(e) if e.status() == Status::Exists => self.record_of("open", path).await?,
+            Err(e) => return Err(rpc_err("open", path)(e)),
+        };
+        if record.meta.is_dir() {
+            return Err(fs_err("open", path, Status::IsDir));
+        }
+        self.opened_as(fd, record)?;
+        if !d.bytes.is_empty() {
+            Box::pin(self.pwrite_from(fd, WriteSource::Copied(&d.bytes), 0)).await?;
+        }
+        Ok(())
+    }
+
+    /// A write through a handle whose file is inline or deferred: `Some` if it was done
+    /// there, `None` for the chunk path (the handle's file has chunks now, or had all
+    /// along).
+    pub(super) async fn write_inline(
+        &self,
+        fd: Fd,
+        data: WriteSource<'_>,
+        offset: u64,
+    ) -> Result<Option<usize>, ApiError> {
+        let len = data.len();
+        let end = offset.saturating_add(len as u64);
+        match self.where_is(fd)? {
+            Where::Chunks => Ok(None),
+            Where::Deferred => {
+                let kept = self.with_file(fd, |f| match &mut f.inline {
+                    Some(Inline::Deferred(d))
+                        if end <= self.inline_limit && offset <= d.bytes.len() as u64 =>
+                    {
+                        data.with_bytes(|bytes| write_into(&mut d.bytes, offset as usize, bytes));
+                        f.size = d.bytes.len() as u64;
+                        true
+                    }
+                    _ => false,
+                })?;
+                if kept {
+                    return Ok(Some(len));
+                }
+                let (path, d) = self.take_deferred(fd)?;
+                self.make_plain(fd, &path, d).await?;
+                Box::pin(self.write_inline(fd, data, offset)).await
+            }
+            Where::Held => {
+                let (path, meta) = self.with_file(fd, |f| (f.path.clone(), f.meta))?;
+                if end <= self.inline_limit_for(meta.chunk_size) {
+                    let bytes = data.with_bytes(<[u8]>::to_vec);
+                    if self
+                        .write_record(&path, meta.file_id, offset, bytes)
+                        .await?
+                    {
+                        return Ok(Some(len));
+                    }
+                }
+                self.move_to_chunks(&path, meta).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `bytes` at `offset` of inline file `file_id` on every replica of its record
+    /// and into this client's copies; false if the record holds no bytes (any more) or
+    /// not that many.
+    async fn write_record(
+        &self,
+        path: &str,
+        file_id: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<bool, ApiError> {
+        let req = ops::WriteInlineRequest {
+            path: path.to_string(),
+            file_id,
+            offset,
+            data: bytes,
+        };
+        let written = self
+            .until_unsealed(|| self.write_all_inline::<ops::MetadataWriteInline>(path, &req))
+            .await;
+        match written {
+            Ok(reply) => {
+                self.meta_cache.borrow_mut().put(path, reply.meta);
+                for f in self.files.borrow_mut().values_mut() {
+                    if let (true, Some(Inline::Held(copy))) =
+                        (f.meta.file_id == file_id, &mut f.inline)
+                    {
+                        write_into(copy, offset as usize, &req.data);
+                        f.size = copy.len() as u64;
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) if e.status() == Status::NeedsChunks => Ok(false),
+            Err(e) => Err(rpc_err("write", path)(e)),
+        }
+    }
+
+    /// A call to every replica of `path`'s record; all must take it.
+    async fn write_all_inline<R: Rpc>(
+        &self,
+        path: &str,
+        req: &R::Request,
+    ) -> Result<R::Reply, RpcError> {
+        self.write_all::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
+            .await
+    }
+
+    /// Runs `call` again while it meets a record sealed for a move (`Busy`), backing off,
+    /// for up to the RPC timeout: a move takes a few calls.
+    async fn until_unsealed<T, F, Fut>(&self, call: F) -> Result<T, RpcError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError>>,
+    {
+        let deadline = Instant::now() + self.rpc.options().rpc_timeout;
+        let mut wait = Duration::from_millis(1);
+        loop {
+            match call().await {
+                Err(e) if e.status() == Status::Busy && Instant::now() < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(BUSY_BACKOFF_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A read through a handle whose file is inline or deferred: `Some` if served from
+    /// the bytes the handle holds (a deferred file is made first), `None` for the chunk
+    /// path.
+    pub(super) async fn read_inline(
+        &self,
+        fd: Fd,
+        dst: &mut ReadDst<'_>,
+        offset: u64,
+    ) -> Result<Option<usize>, ApiError> {
+        let (path, flags) = self.with_file(fd, |f| (f.path.clone(), f.flags))?;
+        match self.where_is(fd)? {
+            Where::Chunks => return Ok(None),
+            _ if !flags.contains(OpenFlags::READ) => {
+                return Err(fs_err("read", &path, Status::BadHandle))
+            }
+            Where::Deferred => self.make_deferred(fd).await?,
+            Where::Held => {}
+        }
+        self.with_file(fd, |f| match &f.inline {
+            Some(Inline::Held(bytes)) => read_from(bytes, f.size, dst, offset)
+                .map(Some)
+                .ok_or_else(|| fs_err("read", &path, Status::Io)),
+            _ => Ok(None),
+        })?
+    }
+
+    /// A read with no handle (a mount's) of a file that was inline when the caller looked
+    /// it up: `Ok` with the count if its record still holds the bytes, else `Err` with
+    /// the record to read chunks by. Every read asks the record, which is one request
+    /// as a chunk read is.
+    pub(super) async fn read_at_inline(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+        mut dst: ReadDst<'_>,
+        offset: u64,
+    ) -> Result<Result<usize, FileMetadata>, ApiError> {
+        if !meta.inline {
+            return Ok(Err(meta));
+        }
+        let record = self.lookup_record("read", path).await?;
+        if record.meta.file_id != meta.file_id {
+            return Err(fs_err("read", path, Status::Stale));
+        }
+        if !record.meta.inline {
+            return Ok(Err(record.meta));
+        }
+        read_from(&record.data, size, &mut dst, offset)
+            .map(Ok)
+            .ok_or_else(|| fs_err("read", path, Status::Io))
+    }
+
+    /// A write with no handle (a mount's) to a file that was inline when the caller looked
+    /// it up: `None` if it went to the record, else the record to write chunks by (the
+    /// bytes were moved there first if they had to be).
+    pub(super) async fn write_at_inline(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        data: WriteSource<'_>,
+        offset: u64,
+    ) -> Result<Option<FileMetadata>, ApiError> {
+        if !meta.inline {
+            return Ok(Some(meta));
+        }
+        let end = offset.saturating_add(data.len() as u64);
+        if end <= self.inline_limit_for(meta.chunk_size) {
+            let bytes = data.with_bytes(<[u8]>::to_vec);
+            if self.write_record(path, meta.file_id, offset, bytes).await? {
+                return Ok(None);
+            }
+        }
+        self.move_to_chunks(path, meta).await.map(Some)
+    }
+
+    /// Cuts or extends inline file `meta` at `path` to `size` on every replica of its
+    /// record: `Ok` with the record if it still holds the bytes, else `Err` with the
+    /// record after they moved to chunk 0 (the caller then cuts the chunks).
+    pub(super) async fn truncate_inline(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+    ) -> Result<Result<FileMetadata, FileMetadata>, ApiError> {
+        if size <= self.inline_limit_for(meta.chunk_size) {
+            let req = ops::UpdateSizeRequest {
+                path: path.to_string(),
+                file_id: meta.file_id,
+                size,
+                how: SizeUpdate::Exact,
+            };
+            let cut = self
+                .until_unsealed(|| self.write_all_inline::<ops::UpdateSize>(path, &req))
+                .await;
+            match cut {
+                Ok(reply) if reply.meta.inline => return Ok(Ok(reply.meta)),
+                Ok(reply) => return Ok(Err(reply.meta)),
+                Err(e) if e.status() == Status::NeedsChunks => {}
+                Err(e) => return Err(rpc_err("truncate", path)(e)),
+            }
+        }
+        self.move_to_chunks(path, meta).await.map(Err)
+    }
+
+    /// Moves inline file `meta`'s bytes from its record to chunk 0 (see the module docs)
+    /// and returns the record, which holds none after. A move under way by another
+    /// client is waited for; one whose seal lapsed (its mover died) is taken over.
+    pub(super) async fn move_to_chunks(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+    ) -> Result<FileMetadata, ApiError> {
+        let token = seal_token();
+        let seal = ops::SealInlineRequest {
+            path: path.to_string(),
+            file_id: meta.file_id,
+            token,
+        };
+        let moved = self
+            .until_unsealed(|| async {
+                let sealed = self
+                    .write_all_inline::<ops::MetadataSealInline>(path, &seal)
+                    .await;
+                let sealed_at = Instant::now();
+                let sealed = match sealed {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        self.end_move(path, meta.file_id, token, false).await;
+                        return Err(e);
+                    }
+                };
+                if !sealed.meta.inline {
+                    return Ok(sealed.meta);
+                }
+                // A seal holds for twice the RPC timeout: one that is half gone may lapse
+                // before these bytes land, so the move starts again instead.
+                if sealed_at.elapsed() >= self.rpc.options().rpc_timeout {
+                    self.end_move(path, meta.file_id, token, false).await;
+                    return Err(RpcError::Status {
+                        server: "the record's servers".into(),
+                        status: Status::Busy,
+                    });
+                }
+                if let Err(e) = self.write_chunk_zero(path, &sealed).await {
+                    self.end_move(path, meta.file_id, token, false).await;
+                    return Err(e);
+                }
+                let drop = ops::DropInlineRequest {
+                    path: path.to_string(),
+                    file_id: meta.file_id,
+                    token,
+                    moved: true,
+                };
+                self.write_all_inline::<ops::MetadataDropInline>(path, &drop)
+                    .await
+                    .map(|reply| reply.meta)
+            })
+            .await
+            .map_err(rpc_err("write", path))?;
+        self.meta_cache.borrow_mut().put(path, moved);
+        for f in self.files.borrow_mut().values_mut() {
+            if f.meta.file_id == meta.file_id && matches!(f.inline, Some(Inline::Held(_))) {
+                f.inline = None;
+                f.meta = moved;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes a sealed record's bytes to chunk 0 of its file on every replica, zero-padded
+    /// to the most bytes any record holds, so that nothing a failed move left there shows
+    /// when the file grows (no move writes past that).
+    async fn write_chunk_zero(
+        &self,
+        path: &str,
+        sealed: &ops::RecordReply,
+    ) -> Result<(), RpcError> {
+        let meta = FileMetadata {
+            inline: false,
+            ..sealed.meta
+        };
+        let mut padded = sealed.data.clone();
+        padded.resize(INLINE_BYTES_MAX.min(meta.chunk_size) as usize, 0);
+        let req = ops::ChunkIo {
+            file_id: meta.file_id,
+            index: 0,
+            offset: 0,
+            len: padded.len() as u64,
+        };
+        let key = PlacementKey::Chunk {
+            file_id: meta.file_id,
+            index: 0,
+        };
+        let written = self
+            .write_all::<ops::WriteChunk>(key, &req, WriteSource::Copied(&padded))
+            .await;
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        tracing::debug!(
+            path,
+            file_id = meta.file_id,
+            ok = written.is_ok(),
+            "inline bytes to chunk 0"
+        );
+        written.map(drop)
+    }
+
+    /// Lifts (or, with `moved`, completes) a move's seal on every replica; a failure is
+    /// logged, since the seal lapses anyway.
+    async fn end_move(&self, path: &str, file_id: u64, token: u64, moved: bool) {
+        let req = ops::DropInlineRequest {
+            path: path.to_string(),
+            file_id,
+            token,
+            moved,
+        };
+        for (_, answer) in self
+            .write_each::<ops::MetadataDropInline>(
+                PlacementKey::Metadata(path),
+                &req,
+                WriteSource::NONE,
+            )
+            .await
+        {
+            if let Err(e) = answer {
+                if !matches!(e.status(), Status::Busy | Status::NotFound) {
+                    tracing::warn!(error = %e, path, "a seal was not lifted; it lapses");
+                }
+            }
+        }
+    }
+
+    /// The record of `path` (normalised) and its bytes if it is inline, from its owner or
+    /// a replica.
+    pub(super) async fn lookup_record(
+        &self,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Record, ApiError> {
+        let req = ops::PathRequest {
+            path: path.to_string(),
+        };
+        match self
+            .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(path), &req)
+            .await
+        {
+            Ok((reply, _)) => {
+                self.meta_cache.borrow_mut().put(path, reply.meta);
+                Ok(Record {
+                    meta: reply.meta,
+                    data: reply.data,
+                })
+            }
+            Err(e) if e.status() == Status::NotFound => Err(self.why_not_found(op, path, e).await),
+            Err(e) => Err(rpc_err(op, path)(e)),
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Inline files against real servers: a small file made with create, write and close in
+//! one request and read back with one; its bytes moved to chunk 0, byte for byte, when it
+//! grows; truncate, rename and unlink of inline files; the records surviving a restart;
+//! replicas; inline files off; the deferred create's semantics; the C API's path (the
+//! blocking client) and a FUSE mount reading and growing a file made inline.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use benchfs::blocking::{BenchFS, OpenFlags};
+use benchfs::config::ServerConfig;
+use benchfs::placement::PlacementKey;
+use benchfs_proto::ops::{self, StatsReply};
+use benchfs_proto::{OpCode, Status};
+use common::files::{errno_of, read_file, stats, total_chunks, total_records};
+use common::rpc::{rpc_client, Rt};
+use common::{pattern, Cluster, ClusterSpec};
+
+/// mdtest-hard's file size.
+const HARD: usize = 3901;
+/// The default inline size.
+const INLINE: usize = 4096;
+
+/// A cluster with no orphan sweep (its questions to peers would add to the counts).
+fn spec(replicas: u32, backend: &'static str) -> ClusterSpec {
+    ClusterSpec {
+        replicas,
+        backend,
+        orphan_sweep_secs: 0,
+        ..ClusterSpec::default()
+    }
+}
+
+/// A client of `cluster` with its configuration changed by `change`.
+fn client_with(cluster: &Cluster, change: impl FnOnce(&mut ServerConfig)) -> BenchFS {
+    let mut config = cluster.config();
+    change(&mut config);
+    BenchFS::connect(&config).expect("connect")
+}
+
+/// Requests the servers took, by operation, handshakes and `Stats` left out.
+fn requests(all: &[StatsReply]) -> Vec<(OpCode, u64)> {
+    OpCode::ALL
+        .iter()
+        .filter(|op| !matches!(op, OpCode::Stats | OpCode::Hello | OpCode::Auth))
+        .map(|&op| {
+            (
+                op,
+                all.iter()
+                    .filter_map(|s| s.op(op))
+                    .map(|o| o.requests)
+                    .sum(),
+            )
+        })
+        .collect()
+}
+
+/// The requests `f` made the servers take, by operation (those it made none of left out).
+/// `fs` has asked every server for counters before, so it is connected to them all. A
+/// server counts a request just after its reply went, so the counts are read until they
+/// stop moving.
+fn requests_of(fs: &BenchFS, f: impl FnOnce()) -> Vec<(OpCode, u64)> {
+    let before = requests(&stats(fs));
+    f();
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = requests(&stats(fs));
+        let delta: Vec<(OpCode, u64)> = now
+            .iter()
+            .zip(&before)
+            .map(|(&(op, n), &(_, b))| (op, n - b))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        if last.as_ref() == Some(&delta) || Instant::now() > deadline {
+            return delta;
+        }
+        last = Some(delta);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates `path` with an O_CREAT open (deferred), writes `data`, closes.
+fn make(fs: &BenchFS, path: &str, data: &[u8]) {
+    let fd = fs
+        .open(path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"));
+    assert_eq!(fs.write(fd, data).unwrap(), data.len());
+    fs.close(fd).unwrap_or_else(|e| panic!("close {path}: {e}"));
+}
+
+/// Whether the record of `path` holds the file's bytes.
+fn is_inline(fs: &BenchFS, path: &str) -> bool {
+    fs.stat(path).unwrap().inline
+}
+
+#[test]
+fn a_small_file_is_one_request_to_make_and_one_to_read() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let writer = cluster.client();
+    let reader = cluster.client();
+    let data = pattern(HARD, 1);
+    stats(&writer);
+    let made = requests_of(&writer, || make(&writer, "/hard", &data));
+    assert_eq!(made, [(OpCode::MetadataCreateInline, 1)]);
+    // In a directory this client made, the cached parent costs nothing either.
+    writer.mkdir("/d", 0o755).unwrap();
+    let made = requests_of(&writer, || make(&writer, "/d/f", &data));
+    assert_eq!(made, [(OpCode::MetadataCreateInline, 1)]);
+    // Another client reads it byte for byte: the open's reply carries the bytes.
+    stats(&reader);
+    let mut read = Vec::new();
+    let counted = requests_of(&reader, || read = read_file(&reader, "/d/f"));
+    assert!(read == data, "read back differently");
+    assert_eq!(counted, [(OpCode::MetadataOpen, 1)]);
+    assert_eq!(total_chunks(&reader), 0, "inline files have no chunks");
+    // Removing one is one request too: no chunks to look for.
+    let removed = requests_of(&reader, || reader.unlink("/hard").unwrap());
+    assert_eq!(removed, [(OpCode::MetadataDelete, 1)]);
+    assert_eq!(errno_of(reader.stat("/hard")), libc::ENOENT);
+}
+
+#[test]
+fn with_the_metadata_cache_off_the_parent_is_checked_alongside() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = client_with(&cluster, |c| c.cache.metadata_cache_entries = 0);
+    fs.mkdir("/d", 0o755).unwrap();
+    stats(&fs);
+    let made = requests_of(&fs, || make(&fs, "/d/f", b"x"));
+    assert_eq!(
+        made,
+        [
+            (OpCode::MetadataLookup, 1),
+            (OpCode::MetadataCreateInline, 1)
+        ]
+    );
+    // A missing parent surfaces at the close, and leaves nothing behind.
+    let fd = fs
+        .open("/nope/f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    fs.write(fd, b"lost").unwrap();
+    assert_eq!(errno_of(fs.close(fd)), libc::ENOENT);
+    assert_eq!(errno_of(fs.stat("/nope/f")), libc::ENOENT);
+    assert_eq!(total_records(&fs), 2, "/d and /d/f only");
+}
+
+#[test]
+fn the_deferred_create_keeps_posix_where_it_matters() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    let other = cluster.client();
+    let fd = fs
+        .open("/f", OpenFlags::CREATE | OpenFlags::RDWR, 0o600)
+        .unwrap();
+    fs.write(fd, b"hello").unwrap();
+    // Before the close another client sees nothing (close-to-open promises it nothing)...
+    assert_eq!(errno_of(other.stat("/f")), libc::ENOENT);
+    // ...while this one sees its file, which its stat makes.
+    assert_eq!(fs.stat("/f").unwrap().size, 5);
+    assert_eq!(other.stat("/f").unwrap().size, 5);
+    fs.write(fd, b" world").unwrap();
+    let mut buf = [0u8; 32];
+    assert_eq!(fs.pread(fd, &mut buf, 0).unwrap(), 11);
+    assert_eq!(&buf[..11], b"hello world");
+    fs.close(fd).unwrap();
+    assert_eq!(read_file(&other, "/f"), b"hello world");
+    assert_eq!(other.stat("/f").unwrap().mode & 0o777, 0o600);
+    // O_CREAT of a file that exists writes into it, as an open without O_TRUNC does.
+    make(&fs, "/f", b"J");
+    assert_eq!(read_file(&other, "/f"), b"Jello world");
+    // O_EXCL is not deferred: EEXIST at the open.
+    let excl = OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::EXCL;
+    assert_eq!(errno_of(fs.open("/f", excl, 0o644)), libc::EEXIST);
+    // A directory at the path: EISDIR when the file is made.
+    fs.mkdir("/dir", 0o755).unwrap();
+    let fd = fs
+        .open("/dir", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    assert_eq!(errno_of(fs.close(fd)), libc::EISDIR);
+    // A file this client is making shows in its listing, and unlink removes it.
+    let fd = fs
+        .open("/dir/g", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    fs.write(fd, b"abc").unwrap();
+    let names: Vec<String> = fs
+        .readdir("/dir")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["g"]);
+    fs.unlink("/dir/g").unwrap();
+    fs.close(fd).unwrap();
+    assert_eq!(errno_of(other.stat("/dir/g")), libc::ENOENT);
+    // A file with chunks at the path gets the bytes in its chunks.
+    let big = pattern(100_000, 3);
+    let fd = fs.create("/big", 0o644).unwrap();
+    fs.write(fd, &big).unwrap();
+    fs.close(fd).unwrap();
+    make(&fs, "/big", b"XY");
+    let mut want = big.clone();
+    want[..2].copy_from_slice(b"XY");
+    assert!(read_file(&other, "/big") == want);
+    assert!(!is_inline(&other, "/big"));
+}
+
+#[test]
+fn growth_past_the_inline_size_keeps_every_byte() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    let other = cluster.client();
+    // A deferred file whose writes outgrow the inline size is made with chunks.
+    let mut want = Vec::new();
+    let fd = fs
+        .open("/seq", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    for i in 0..20 {
+        let piece = pattern(1000, i);
+        fs.write(fd, &piece).unwrap();
+        want.extend(piece);
+    }
+    fs.close(fd).unwrap();
+    assert!(read_file(&other, "/seq") == want);
+    assert!(!is_inline(&other, "/seq"));
+    // An inline file grown by a later write, an append, and a truncate up.
+    for (case, grow) in [("write", 0), ("append", 1), ("truncate", 2)] {
+        let path = format!("/{case}");
+        let mut want = pattern(3000, 7);
+        make(&fs, &path, &want);
+        assert!(is_inline(&other, &path), "{case}");
+        match grow {
+            0 => {
+                let fd = fs.open(&path, OpenFlags::RDWR, 0).unwrap();
+                let tail = pattern(9000, 8);
+                fs.pwrite(fd, &tail, 2000).unwrap();
+                want.truncate(2000);
+                want.extend(&tail);
+                // The handle reads what it wrote, from chunks now.
+                let mut buf = vec![0u8; want.len()];
+                assert_eq!(fs.pread(fd, &mut buf, 0).unwrap(), want.len());
+                assert!(buf == want, "{case}: the writer's read");
+                fs.close(fd).unwrap();
+            }
+            1 => {
+                let fd = fs
+                    .open(&path, OpenFlags::WRITE | OpenFlags::APPEND, 0)
+                    .unwrap();
+                for i in 0..3 {
+                    let piece = pattern(700, 20 + i);
+                    fs.write(fd, &piece).unwrap();
+                    want.extend(piece);
+                }
+                fs.close(fd).unwrap();
+            }
+            _ => {
+                fs.truncate(&path, 70_000).unwrap();
+                want.resize(70_000, 0);
+            }
+        }
+        assert!(read_file(&other, &path) == want, "{case}: read back");
+        assert_eq!(other.stat(&path).unwrap().size, want.len() as u64, "{case}");
+        assert!(!is_inline(&other, &path), "{case}");
+        // Grown once more past the zero-padded chunk 0, it still reads zeros in the gap.
+        fs.truncate(&path, 200_000).unwrap();
+        want.resize(200_000, 0);
+        assert!(read_file(&other, &path) == want, "{case}: grown again");
+    }
+}
+
+#[test]
+fn inline_bytes_sizes_at_and_past_the_limit() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    for (path, len, inline) in [
+        ("/empty", 0, true),
+        ("/one", 1, true),
+        ("/hard", HARD, true),
+        ("/at", INLINE, true),
+        ("/past", INLINE + 1, false),
+    ] {
+        let data = pattern(len, len as u64);
+        make(&fs, path, &data);
+        let meta = cluster.client().stat(path).unwrap();
+        assert_eq!((meta.size, meta.inline), (len as u64, inline), "{path}");
+        assert!(read_file(&cluster.client(), path) == data, "{path}");
+    }
+    assert_eq!(total_chunks(&fs), 1, "only the 4097-byte file has a chunk");
+}
+
+#[test]
+fn truncate_rename_and_unlink_of_inline_files() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    let data = pattern(HARD, 5);
+    make(&fs, "/t", &data);
+    fs.truncate("/t", 100).unwrap();
+    assert_eq!(read_file(&fs, "/t"), &data[..100]);
+    fs.truncate("/t", 300).unwrap();
+    let mut want = data[..100].to_vec();
+    want.resize(300, 0);
+    assert_eq!(read_file(&fs, "/t"), want, "zeros past the old end");
+    // O_TRUNC of an inline file keeps it inline, empty.
+    let fd = fs.create("/t", 0o644).unwrap();
+    fs.write(fd, b"again").unwrap();
+    fs.close(fd).unwrap();
+    assert_eq!(read_file(&fs, "/t"), b"again");
+    assert!(is_inline(&fs, "/t"));
+    // A rename moves the record with its bytes, also over another inline file and with
+    // the directory above it.
+    make(&fs, "/a", b"alpha");
+    make(&fs, "/b", b"beta");
+    fs.rename("/a", "/b").unwrap();
+    assert_eq!(errno_of(fs.stat("/a")), libc::ENOENT);
+    assert_eq!(read_file(&cluster.client(), "/b"), b"alpha");
+    fs.mkdir("/dir", 0o755).unwrap();
+    fs.mkdir("/dir/sub", 0o755).unwrap();
+    make(&fs, "/dir/x", b"x bytes");
+    make(&fs, "/dir/sub/y", &data);
+    fs.rename("/dir", "/moved").unwrap();
+    let other = cluster.client();
+    assert_eq!(read_file(&other, "/moved/x"), b"x bytes");
+    assert!(read_file(&other, "/moved/sub/y") == data);
+    let entries = other.readdir("/moved").unwrap();
+    let sizes: Vec<(String, u64)> = entries.into_iter().map(|e| (e.name, e.meta.size)).collect();
+    assert_eq!(sizes, [("sub".to_string(), 0), ("x".to_string(), 7)]);
+    let records = total_records(&fs);
+    fs.unlink("/moved/x").unwrap();
+    assert_eq!(total_records(&fs), records - 1);
+    assert_eq!(errno_of(other.stat("/moved/x")), libc::ENOENT);
+    assert_eq!(total_chunks(&fs), 0);
+}
+
+#[test]
+fn inline_records_survive_a_restart() {
+    let mut cluster = Cluster::start(spec(1, "file"));
+    let fs = cluster.client();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("/r{i}"), pattern(i * 200, i as u64)))
+        .collect();
+    for (path, data) in &files {
+        make(&fs, path, data);
+    }
+    fs.truncate("/r3", 10).unwrap();
+    drop(fs);
+    for i in 0..cluster.spec.servers {
+        cluster.kill(i);
+    }
+    for i in 0..cluster.spec.servers {
+        cluster.restart(i);
+    }
+    let fs = cluster.client();
+    for (path, data) in &files {
+        let want: &[u8] = if path == "/r3" { &data[..10] } else { data };
+        assert!(read_file(&fs, path) == want, "{path} after a restart");
+        assert!(is_inline(&fs, path), "{path}");
+    }
+}
+
+#[test]
+fn with_inline_files_off_nothing_changes() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = client_with(&cluster, |c| c.storage.inline_bytes = 0);
+    let data = pattern(HARD, 9);
+    stats(&fs);
+    let made = requests_of(&fs, || make(&fs, "/f", &data));
+    assert_eq!(
+        made,
+        [
+            (OpCode::WriteChunk, 1),
+            (OpCode::MetadataCreateFile, 1),
+            (OpCode::UpdateSize, 1)
+        ]
+    );
+    let mut read = Vec::new();
+    let counted = requests_of(&fs, || read = read_file(&fs, "/f"));
+    assert!(read == data);
+    assert_eq!(
+        counted,
+        [(OpCode::ReadChunk, 1), (OpCode::MetadataLookup, 1)]
+    );
+    assert!(!is_inline(&fs, "/f"));
+    // A file another client made inline reads right through it too.
+    make(&cluster.client(), "/g", &data);
+    assert!(read_file(&fs, "/g") == data);
+}
+
+/// What each replica of the record of `path` holds: its bytes if inline, `None` if it
+/// holds no bytes, a panic if it holds no record.
+fn replica_bytes(cluster: &Cluster, path: &str) -> Vec<Option<Vec<u8>>> {
+    let servers = cluster.client().client().servers();
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let mut held = Vec::new();
+        for i in cluster.replicas_of(PlacementKey::Metadata(path)) {
+            let conn = client.connect(servers[i].addr).await.unwrap();
+            let request = ops::PathRequest { path: path.into() };
+            let reply = conn
+                .call::<ops::MetadataOpen>(&request)
+                .await
+                .unwrap_or_else(|e| panic!("{path} on server {i}: {e}"));
+            held.push(reply.meta.inline.then_some(reply.data));
+        }
+        held
+    })
+}
+
+#[test]
+fn two_replicas_hold_the_same_bytes() {
+    let cluster = Cluster::start(spec(2, "memory"));
+    let fs = cluster.client();
+    let data = pattern(HARD, 11);
+    stats(&fs);
+    let made = requests_of(&fs, || make(&fs, "/f", &data));
+    assert_eq!(
+        made,
+        [
+            (OpCode::MetadataInsert, 1),
+            (OpCode::MetadataCreateInline, 1)
+        ]
+    );
+    assert_eq!(
+        replica_bytes(&cluster, "/f"),
+        [Some(data.clone()), Some(data.clone())]
+    );
+    let fd = fs.open("/f", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"XYZ", 10).unwrap();
+    fs.close(fd).unwrap();
+    let mut want = data.clone();
+    want[10..13].copy_from_slice(b"XYZ");
+    assert_eq!(
+        replica_bytes(&cluster, "/f"),
+        [Some(want.clone()), Some(want.clone())]
+    );
+    fs.rename("/f", "/g").unwrap();
+    assert_eq!(
+        replica_bytes(&cluster, "/g"),
+        [Some(want.clone()), Some(want.clone())]
+    );
+    // Grown: both replicas drop the bytes, and chunk 0's replicas hold them.
+    let fd = fs.open("/g", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, &pattern(10_000, 12), HARD as u64).unwrap();
+    fs.close(fd).unwrap();
+    want.extend(pattern(10_000, 12));
+    assert_eq!(replica_bytes(&cluster, "/g"), [None, None]);
+    assert!(read_file(&cluster.client(), "/g") == want);
+    fs.unlink("/g").unwrap();
+    assert_eq!(total_records(&fs), 0);
+}
+
+#[test]
+fn the_blocking_client_and_a_mount_read_and_grow_inline_files() {
+    let Some(mut mounted) = common::mount::Mounted::start(
+        "the_blocking_client_and_a_mount_read_and_grow_inline_files",
+        spec(1, "memory"),
+        "",
+    ) else {
+        return;
+    };
+    let fs = mounted.cluster.client();
+    let data = pattern(HARD, 13);
+    make(&fs, "/m", &data);
+    assert!(std::fs::read(mounted.path("/m")).unwrap() == data);
+    // Appended through the mount past the inline size: the bytes move to chunk 0.
+    let tail = pattern(20_000, 14);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mounted.path("/m"))
+            .unwrap();
+        f.write_all(&tail).unwrap();
+    }
+    let mut want = data.clone();
+    want.extend(&tail);
+    assert!(read_file(&fs, "/m") == want);
+    assert!(!is_inline(&fs, "/m"));
+    // A small write through the mount into an inline file stays inline.
+    make(&fs, "/n", b"0123456789");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mounted.path("/n"))
+            .unwrap();
+        f.write_all_at(b"ab", 3).unwrap();
+    }
+    assert_eq!(read_file(&fs, "/n"), b"012ab56789");
+    assert!(is_inline(&fs, "/n"));
+    assert_eq!(mounted.unmount(), Some(0));
+}
+
+#[test]
+fn a_write_waits_for_a_move_under_way() {
+    // A seal another mover holds makes writes wait (Busy) until it ends; lifted, the
+    // write goes through.
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    make(&fs, "/s", b"sealed");
+    let file_id = fs.stat("/s").unwrap().file_id;
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/s"))[0];
+    let addr = fs.client().servers()[owner].addr;
+    let seal = move |moved: Option<bool>| {
+        Rt::new().block_on(async {
+            let conn = rpc_client(b"").connect(addr).await.unwrap();
+            match moved {
+                None => conn
+                    .call::<ops::MetadataSealInline>(&ops::SealInlineRequest {
+                        path: "/s".into(),
+                        file_id,
+                        token: 77,
+                    })
+                    .await
+                    .map(|r| r.data),
+                Some(moved) => conn
+                    .call::<ops::MetadataDropInline>(&ops::DropInlineRequest {
+                        path: "/s".into(),
+                        file_id,
+                        token: 77,
+                        moved,
+                    })
+                    .await
+                    .map(|_| Vec::new()),
+            }
+        })
+    };
+    assert_eq!(seal(None).unwrap(), b"sealed");
+    let unseal = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        seal(Some(false)).unwrap();
+    });
+    let fd = fs.open("/s", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"S", 0).unwrap();
+    fs.close(fd).unwrap();
+    unseal.join().unwrap();
+    assert_eq!(read_file(&fs, "/s"), b"Sealed");
+    let e = Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        let req = ops::WriteInlineRequest {
+            path: "/s".into(),
+            file_id: file_id + 1,
+            offset: 0,
+            data: b"x".to_vec(),
+        };
+        conn.call::<ops::MetadataWriteInline>(&req)
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(e.status(), Status::Stale);
+}
