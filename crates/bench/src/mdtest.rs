@@ -150,7 +150,8 @@ fn one(
     let key = MdSpec::file_key(ctx.ranks.rank, i);
     match op {
         MdOp::Create => {
-            let h = storage.create(path)?;
+            // As mdtest opens its new files: O_CREAT with no O_TRUNC (nothing to cut).
+            let h = storage.open_write(path)?;
             if !data.is_empty() {
                 if spec.verify {
                     pattern::fill(data, ctx.seed, key, 0);

@@ -137,6 +137,10 @@ pub struct UpArgs {
     /// Busy-poll window in microseconds.
     #[arg(long, conflicts_with = "resume")]
     pub busy_poll_us: Option<u64>,
+    /// Largest file kept in its metadata record, in bytes (`storage.inline_bytes`; 0:
+    /// inline files off).
+    #[arg(long, conflicts_with = "resume")]
+    pub inline_bytes: Option<u64>,
     /// Start the stopped cluster in --dir again on its data and configuration: the same
     /// node ids, data directories and backend.
     #[arg(long, conflicts_with = "wipe")]
@@ -161,6 +165,7 @@ impl UpArgs {
             rpc_timeout_ms: None,
             rdma_threshold: None,
             busy_poll_us: None,
+            inline_bytes: None,
             resume: false,
             wipe: false,
             target,
@@ -439,6 +444,9 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
     storage.insert("backend".into(), Value::String(args.backend.clone()));
     if let Some(c) = args.chunk_size {
         storage.insert("chunk_size".into(), toml_int("--chunk-size", c)?);
+    }
+    if let Some(b) = args.inline_bytes {
+        storage.insert("inline_bytes".into(), toml_int("--inline-bytes", b)?);
     }
     let mut network = Table::new();
     network.insert("bind_addr".into(), Value::String("127.0.0.1:0".into()));

@@ -333,6 +333,10 @@ fn settings(
         config.network.rendezvous_threshold_bytes.to_string(),
     );
     out.insert("replicas".into(), config.replication.replicas.to_string());
+    out.insert(
+        "inline_bytes".into(),
+        config.storage.inline_bytes.to_string(),
+    );
     let servers = benchfs::blocking::FsClient::published_servers(&config.network.registry_dir)
         .map_or(0, |s| s.len());
     out.insert("servers".into(), servers.to_string());

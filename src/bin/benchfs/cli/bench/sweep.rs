@@ -11,19 +11,21 @@ use crate::cli::cluster::UpArgs;
 use crate::cli::CliError;
 
 /// Settings a sweep can vary.
-const PARAMETERS: [&str; 5] = [
+const PARAMETERS: [&str; 6] = [
     "chunk_size",
     "rdma_threshold",
     "backend",
     "replicas",
     "servers",
+    "inline_bytes",
 ];
 
 /// Arguments of `benchfs bench sweep`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SweepArgs {
     /// A swept setting and its values, as NAME=V1,V2,... (repeatable; the grid is every
-    /// combination). NAME is one of chunk_size, rdma_threshold, backend, replicas, servers.
+    /// combination). NAME is one of chunk_size, rdma_threshold, backend, replicas, servers,
+    /// inline_bytes.
     #[arg(long = "param", required = true, value_parser = parse_param)]
     pub params: Vec<(String, Vec<String>)>,
     /// The workload at each point: ior-easy, ior-hard, mdtest-easy, mdtest-hard or suite.
@@ -69,6 +71,7 @@ pub fn apply(point: &Point, up: &mut UpArgs) -> Result<(), CliError> {
             "backend" => up.backend.clone_from(value),
             "replicas" => up.replicas = value.parse().map_err(|_| bad("not a number".into()))?,
             "servers" => up.servers = value.parse().map_err(|_| bad("not a number".into()))?,
+            "inline_bytes" => up.inline_bytes = Some(parse_size(value).map_err(bad)?),
             _ => return Err(bad("not a sweepable setting".into())),
         }
     }
