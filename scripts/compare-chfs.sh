@@ -20,6 +20,11 @@
 # Margo busy-polls 10 ms after each event and chfsd cannot change it; BenchFS's busy-poll
 # window is its default. 4 servers and 2 clients share this machine's cores.
 # Sizes: IOR_EASY_BLOCK (256m), IOR_HARD_SEGMENTS (2000), MDTEST_FILES (2000) per rank.
+# mdtest runs twice: empty files (create, stat, remove) and mdtest-hard's files of 3901
+# bytes written at create and read back (-w 3901 -e 3901: create + write + close per file).
+# Each round also measures the shared-memory Active Message bandwidth between two
+# processes (ucx_perftest ucp_am_bw, 1 MiB, error handling on, BenchFS's UCX settings), the
+# limit the IOR easy phases are held against (PERFTEST, default /usr/bin/ucx_perftest).
 # BUSY_POLL_US sets BenchFS's polling window, servers and clients (default: its default);
 # 0 suits a machine with fewer cores than servers plus clients.
 set -euo pipefail
@@ -94,10 +99,25 @@ run() {
     awk -v fs="$fs" -v c="$chunk" '/^(write|read) / && NF == 11 { print fs, c, "ior-hard-" $1, $2 }' "$out" >>"$results"
     "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -r -u -d /md >"$out" 2>&1
     awk -v fs="$fs" -v c="$chunk" '/File (creation|stat|removal)/ { print fs, c, "mdtest-" $2, $3 }' "$out" >>"$results"
+    "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -E -r -u -w 3901 -e 3901 -d /mdh >"$out" 2>&1
+    awk -v fs="$fs" -v c="$chunk" '/File (creation|stat|read|removal)/ { print fs, c, "mdtest-3901-" $2, $3 }' "$out" >>"$results"
     if [ "$fs" = chfs ]; then stop_chfs; else "$bfs/bin/benchfs" cluster down --dir "$work/benchfs" >/dev/null; fi
 }
 
+# am_bw: the shared-memory Active Message bandwidth at 1 MiB (MiB/s), one pair of processes.
+am_bw() {
+    local p=$((port + 7)) log=$work/perftest.out
+    local vars=(UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s)
+    env "${vars[@]}" timeout 60 "$perftest" -p $p >/dev/null 2>&1 &
+    sleep 0.5
+    env "${vars[@]}" timeout 60 "$perftest" 127.0.0.1 -p $p -t ucp_am_bw -e -s 1048576 -n 4000 -w 400 -f >"$log" 2>&1 || true
+    wait
+    grep -E '^[[:space:]]*[0-9]+[[:space:]]+[0-9.]+' "$log" | tail -1 | awk '{ print "limit 0 am-bw-shm-1m", $6 }' >>"$results"
+}
+perftest=${PERFTEST:-/usr/bin/ucx_perftest}
+
 for round in $(seq "$rounds"); do
+    [ -x "$perftest" ] && am_bw
     for chunk in "${chunk_sizes[@]}"; do
         echo "round $round/$rounds, chunk $chunk: CHFS, then BenchFS" >&2
         run chfs "$chunk"
@@ -108,18 +128,32 @@ done
 echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us"
 echo "# ior-easy: -F -t 1m -b $easy_block; ior-hard: shared file -t 47008 -s $hard_segments; mdtest: -n $md_files -F -u (MiB/s; ops/s)"
 printf '%-22s %9s %12s %12s %8s\n' workload chunk CHFS BenchFS ratio
-awk '
+# shellcheck disable=SC2016 # awk programs
+medians='
     { key = $3 " " $2; v[$1, key, ++n[$1, key]] = $4; keys[key] = 1 }
     function median(fs, key,    m, i, j, t, a) {
         m = n[fs, key]; if (m == 0) return 0
         for (i = 1; i <= m; i++) a[i] = v[fs, key, i]
         for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
         return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
-    }
+    }'
+awk "$medians"'
     END {
         for (key in keys) {
             split(key, part, " ")
+            if (part[1] == "am-bw-shm-1m") continue
             c = median("chfs", key); b = median("benchfs", key)
             printf "%-22s %9s %12.1f %12.1f %7.1fx\n", part[1], part[2], c, b, (c > 0 ? b / c : 0)
         }
     }' "$results" | sort
+awk "$medians"'
+    END {
+        l = median("limit", "am-bw-shm-1m 0")
+        if (l == 0) exit
+        printf "\n# limit: shared-memory AM bandwidth (ucx_perftest ucp_am_bw -e, 1 MiB, median) %.1f MiB/s\n", l
+        for (key in keys) {
+            split(key, part, " ")
+            if (part[1] ~ /^ior-easy-/)
+                printf "%-22s %9s  BenchFS / limit %.2f\n", part[1], part[2], median("benchfs", key) / l
+        }
+    }' "$results"
