@@ -445,3 +445,27 @@ fn random_reads_fetch_nothing_ahead() {
     assert!(fs.client().pipeline_counters().read_ahead_bytes > after.0.read_ahead_bytes);
     fs.close(fd).unwrap();
 }
+
+#[test]
+fn a_client_dropped_with_calls_in_flight_goes_cleanly() {
+    // Dropping a client with fetches ahead still receiving aborted the process: UCX 1.13
+    // asserted in ucp_worker_destroy (cma endpoint with work pending) under the receive
+    // that the drop cut off.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let data = pattern(32 * C, 6);
+    write_file(&cluster.client(), "/left", &data);
+    let fs = client_with(&cluster, 4 * WINDOW, 4 * WINDOW);
+    let writer = fs.create("/unclosed", 0o644).unwrap();
+    for part in data.chunks(C / 2).take(8) {
+        assert_eq!(fs.write(writer, part).unwrap(), part.len());
+    }
+    let reader = fs.open("/left", OpenFlags::READ, 0).unwrap();
+    let mut buf = vec![0u8; C];
+    for i in 0..3 {
+        assert_eq!(fs.read(reader, &mut buf).unwrap(), C);
+        assert!(buf[..] == data[i * C..(i + 1) * C]);
+    }
+    assert!(fs.client().pipeline_counters().read_ahead_bytes > 0);
+    drop(fs);
+    assert!(read_file(&cluster.client(), "/left") == data);
+}

@@ -19,7 +19,10 @@
 //! while one of its calls is awaited, so it works under `#[tokio::main(flavor =
 //! "current_thread")]` with no set-up. It is `!Send`: it owns this thread's UCX worker.
 //! Reads and writes copy the caller's bytes once, since a future may be dropped at any
-//! point; the blocking API lends them to UCX instead.
+//! point; the blocking API lends them to UCX instead. Close every handle, or await
+//! [`FsClient::wait_in_flight`], before dropping a `BenchFS`: writes behind and fetches
+//! ahead may still be in flight, and the client's worker should not go under them (the
+//! blocking `BenchFS` waits for them when dropped).
 
 use std::future::Future;
 

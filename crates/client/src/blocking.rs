@@ -37,6 +37,18 @@ impl std::fmt::Debug for BenchFS {
     }
 }
 
+impl Drop for BenchFS {
+    /// Waits for the calls still in flight (writes behind of handles never closed,
+    /// fetches ahead) before the client's worker goes: UCX can crash destroying a worker
+    /// under an operation in flight. Not while unwinding, when the runtime may be the
+    /// thing that failed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.block_on(self.client.wait_in_flight());
+        }
+    }
+}
+
 impl BenchFS {
     /// Connects to the servers published in `config.network.registry_dir`.
     pub fn connect(config: &ServerConfig) -> Result<BenchFS, ApiError> {

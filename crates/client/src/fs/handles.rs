@@ -171,6 +171,8 @@ impl FsClient {
     pub async fn close(&self, fd: Fd) -> Result<(), ApiError> {
         let flushed = self.flush_size(fd).await;
         self.files.borrow_mut().remove(&fd);
+        // What the handle was fetching ahead finishes now, not under a later drop.
+        self.drain_fetches().await;
         flushed
     }
 

@@ -33,6 +33,7 @@ use futures_util::future::join_all;
 use tokio::sync::Notify;
 
 use super::data::WriteSource;
+use super::read_ahead::Retired;
 use super::{fs_err, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{Connection, OutPayload, RpcError};
@@ -70,6 +71,8 @@ pub(super) struct Pipeline {
     replies: Rc<RefCell<Vec<WriteReply>>>,
     /// Woken whenever a reply is pushed.
     replied: Rc<Notify>,
+    /// Fetches ahead that no handle wants any more, left to finish.
+    pub(super) retired: Retired,
     pub(super) counters: Cell<PipelineCounters>,
 }
 
@@ -83,6 +86,7 @@ impl Pipeline {
             next_id: Cell::new(0),
             replies: Rc::default(),
             replied: Rc::default(),
+            retired: Rc::default(),
             counters: Cell::default(),
         }
     }
@@ -223,6 +227,11 @@ impl FsClient {
             let part = data.part(start..start + span.len as usize);
             self.send_behind(fd, path, meta, &span, part).await?;
         }
+        // The calls in flight run only while a call into the client waits: a write that
+        // found room never waited, so it lets them run once before it returns (the new
+        // ones send, finished ones are answered) rather than leave them all to the write
+        // that finds the window full.
+        tokio::task::yield_now().await;
         Ok(())
     }
 
@@ -360,6 +369,11 @@ impl FsClient {
             }
             notified.await;
         }
+    }
+
+    /// Waits until every write in flight came back.
+    pub(super) async fn drain_writes(&self) {
+        self.wait_writes(|p| p.writes.borrow().is_empty()).await;
     }
 
     /// Waits until every write of handle `fd` came back.

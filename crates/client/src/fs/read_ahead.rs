@@ -12,7 +12,12 @@
 //! - A fetch is only a hint. One that failed, broke the protocol, came back short from a
 //!   server that may have lost the chunk, or was dropped costs nothing but the read then
 //!   made the usual way (any replica, with failover), which reports what went wrong.
+//! - A fetch no handle wants any more is left to finish, never cut off: close waits for
+//!   such fetches, and so does [`FsClient::wait_in_flight`] before a client goes. A receive
+//!   cut off in flight can leave UCX 1.13 a shared-memory (cma) operation that crashes
+//!   `ucp_worker_destroy`.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::rc::Rc;
@@ -22,6 +27,7 @@ use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_ucx::Loan;
+use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 
 use super::data::{fill_from, ReadPlan};
@@ -72,12 +78,20 @@ type Fetched = (
     Result<Response<ops::ChunkIoReply>, RpcError>,
 );
 
-/// A fetch's task, cancelled when dropped (its call is dropped, as at a timeout).
-struct FetchTask(JoinHandle<Fetched>);
+/// Fetches dropped before they finished, left to finish (see the module's invariants).
+pub(super) type Retired = Rc<RefCell<Vec<JoinHandle<Fetched>>>>;
+
+/// A fetch's task; dropped unfinished, it joins the client's retired fetches.
+struct FetchTask {
+    task: Option<JoinHandle<Fetched>>,
+    retired: Retired,
+}
 
 impl Drop for FetchTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.task.take().filter(|t| !t.is_finished()) {
+            self.retired.borrow_mut().push(task);
+        }
     }
 }
 
@@ -224,7 +238,7 @@ impl FsClient {
         asked: u64,
         mut task: FetchTask,
     ) -> Option<Vec<u8>> {
-        let (server, conn, result) = (&mut task.0).await.ok()?;
+        let (server, conn, result) = task.task.take()?.await.ok()?;
         self.call_ended(server, &conn, result.as_ref().err());
         let reply = result.ok()?;
         let got = reply.payload.len() as u64;
@@ -251,15 +265,34 @@ impl FsClient {
             }
             let from = ahead.pieces.back().map_or(end, |p| p.end).max(end);
             let until = end.saturating_add(window).min(f.size);
-            (from < until).then_some((from, until, f.meta, ahead.generation))
+            Some((from, until, f.meta, ahead.generation))
         });
-        let Ok(Some((mut pos, until, meta, generation))) = plan else {
+        self.collect_fetches();
+        let Ok(Some((from, until, meta, generation))) = plan else {
             return;
         };
-        if self.has_writes_of(meta.file_id) {
-            return;
+        if from < until && !self.has_writes_of(meta.file_id) {
+            self.fetch_ahead_until(fd, meta, generation, (from, until), len as u64)
+                .await;
         }
-        let piece_max = (len as u64)
+        // The fetches in flight run only while a call into the client waits: a read served
+        // from a finished fetch never waited, so it lets them run once before it returns
+        // rather than leave them all to the read that finds its piece still on the way.
+        tokio::task::yield_now().await;
+    }
+
+    /// Starts fetches from `pos` to `until` for handle `fd` in pieces of about `read_len`,
+    /// unless its read-ahead is dropped meanwhile (`generation`).
+    async fn fetch_ahead_until(
+        &self,
+        fd: Fd,
+        meta: FileMetadata,
+        generation: u64,
+        (mut pos, until): (u64, u64),
+        read_len: u64,
+    ) {
+        let window = self.pipeline.read_window_bytes;
+        let piece_max = read_len
             .max(READ_AHEAD_PIECE_MIN)
             .min(meta.chunk_size)
             .min(window);
@@ -316,11 +349,53 @@ impl FsClient {
             offset: pos - index * meta.chunk_size,
             len,
         };
-        Some(FetchTask(tokio::task::spawn_local(async move {
+        let task = tokio::task::spawn_local(async move {
             let result = conn
                 .call_into::<ops::ReadChunk>(&req, OutPayload::none(), None)
                 .await;
             (server, conn, result)
-        })))
+        });
+        Some(FetchTask {
+            task: Some(task),
+            retired: Rc::clone(&self.pipeline.retired),
+        })
+    }
+
+    /// Accounts for the retired fetches that finished, and forgets them.
+    fn collect_fetches(&self) {
+        let finished: Vec<_> = {
+            let mut retired = self.pipeline.retired.borrow_mut();
+            let (finished, running) = retired.drain(..).partition(|t| t.is_finished());
+            *retired = running;
+            finished
+        };
+        for task in finished {
+            if let Some(Ok((server, conn, result))) = task.now_or_never() {
+                self.call_ended(server, &conn, result.as_ref().err());
+            }
+        }
+    }
+
+    /// Waits for every retired fetch.
+    pub(super) async fn drain_fetches(&self) {
+        loop {
+            let task = self.pipeline.retired.borrow_mut().pop();
+            let Some(task) = task else { return };
+            if let Ok((server, conn, result)) = task.await {
+                self.call_ended(server, &conn, result.as_ref().err());
+            }
+        }
+    }
+
+    /// Waits for every call this client left in flight: writes behind (their failures
+    /// stay on their handles) and fetches ahead (dropped). Call before dropping a client
+    /// whose handles are not all closed: its worker should not go while calls are on
+    /// their way. The blocking API's `BenchFS` does so when dropped.
+    pub async fn wait_in_flight(&self) {
+        self.drain_writes().await;
+        for f in self.files.borrow_mut().values_mut() {
+            f.read_ahead.reset();
+        }
+        self.drain_fetches().await;
     }
 }
