@@ -3,7 +3,8 @@
 //! in a blocking API.
 //!
 //! **Consistency (close-to-open, like NFS):** `open` always asks the metadata owner, so it
-//! sees every change closed or fsynced before it; a file's size is pushed to its metadata
+//! sees every change closed or fsynced before it (an O_CREAT open that `inline` defers asks
+//! at its close, with the create); a file's size is pushed to its metadata
 //! owner on `close`, `fsync` and `stat` of a file this client has open, not on every write.
 //! Chunk data goes to the servers before `write` returns, or with write-behind (`pipeline`)
 //! before `close` and `fsync` return, and before the size that covers it is published, so
@@ -14,8 +15,8 @@
 //!
 //! The methods are split by job: `routing` (servers, connections, replicas), `handles`
 //! (open files), `data` (pread/pwrite and lending), `pipeline` (write-behind),
-//! `read_ahead`, `namespace` (records and directory operations), `cache` and `fanout`
-//! (listing across servers).
+//! `read_ahead`, `inline` (files kept in their records, the deferred create), `namespace`
+//! (records and directory operations), `cache` and `fanout` (listing across servers).
 
 mod attrs;
 mod cache;
