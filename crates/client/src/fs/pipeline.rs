@@ -42,6 +42,11 @@ use crate::rpc::{Connection, OutPayload, RpcError};
 /// bookkeeping of a stream of small writes, which gains little from more in flight.
 const WRITES_IN_FLIGHT_MAX: usize = 256;
 
+/// Most turns [`FsClient::advance_in_flight`] gives the calls in flight: enough for a
+/// reply to be taken in, routed and answered, few enough that a caller is not held while a
+/// stream of replies keeps coming.
+const ADVANCE_TURNS_MAX: usize = 8;
+
 /// What this client's write-behind and read-ahead did, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipelineCounters {
@@ -227,12 +232,23 @@ impl FsClient {
             let part = data.part(start..start + span.len as usize);
             self.send_behind(fd, path, meta, &span, part).await?;
         }
-        // The calls in flight run only while a call into the client waits: a write that
-        // found room never waited, so it lets them run once before it returns (the new
-        // ones send, finished ones are answered) rather than leave them all to the write
-        // that finds the window full.
-        tokio::task::yield_now().await;
+        self.advance_in_flight().await;
         Ok(())
+    }
+
+    /// Lets the calls in flight advance before a write or read returns to its caller. They
+    /// run only while a call into the client waits, and one that found room (or its
+    /// bytes fetched already) never waited: without this the calls just spawned would not
+    /// even start until a call found the window full, and the pipeline would run in
+    /// bursts. Each turn yields to the client's tasks, and another follows while the
+    /// worker finds events for them, at most `ADVANCE_TURNS_MAX`.
+    pub(super) async fn advance_in_flight(&self) {
+        for _ in 0..ADVANCE_TURNS_MAX {
+            tokio::task::yield_now().await;
+            if self.rpc.worker().progress() == 0 {
+                return;
+            }
+        }
     }
 
     /// Sends one chunk piece to its replicas, each call in a task of its own that pushes

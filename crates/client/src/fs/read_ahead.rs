@@ -275,10 +275,7 @@ impl FsClient {
             self.fetch_ahead_until(fd, meta, generation, (from, until), len as u64)
                 .await;
         }
-        // The fetches in flight run only while a call into the client waits: a read served
-        // from a finished fetch never waited, so it lets them run once before it returns
-        // rather than leave them all to the read that finds its piece still on the way.
-        tokio::task::yield_now().await;
+        self.advance_in_flight().await;
     }
 
     /// Starts fetches from `pos` to `until` for handle `fd` in pieces of about `read_len`,
