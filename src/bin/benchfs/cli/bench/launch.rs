@@ -337,6 +337,15 @@ fn settings(
         "inline_bytes".into(),
         config.storage.inline_bytes.to_string(),
     );
+    // The client windows: a run with them off is the baseline of one with them on.
+    out.insert(
+        "write_behind_bytes".into(),
+        config.client.write_behind_bytes.to_string(),
+    );
+    out.insert(
+        "read_ahead_bytes".into(),
+        config.client.read_ahead_bytes.to_string(),
+    );
     let servers = benchfs::blocking::FsClient::published_servers(&config.network.registry_dir)
         .map_or(0, |s| s.len());
     out.insert("servers".into(), servers.to_string());
