@@ -492,8 +492,9 @@ fn the_blocking_client_and_a_mount_read_and_grow_inline_files() {
 
 #[test]
 fn a_write_waits_for_a_move_under_way() {
-    // A seal another mover holds makes writes wait (Busy) until it ends; lifted, the
-    // write goes through.
+    // A seal another mover holds refuses writes (Busy), and the client retries them until
+    // it ends: lifted, the write goes through. (If the lift comes first, the write simply
+    // goes through; the Busy is checked by hand either way.)
     let cluster = Cluster::start(spec(1, "memory"));
     let fs = cluster.client();
     make(&fs, "/s", b"sealed");
@@ -525,6 +526,20 @@ fn a_write_waits_for_a_move_under_way() {
         })
     };
     assert_eq!(seal(None).unwrap(), b"sealed");
+    let write_raw = move |file_id: u64| {
+        Rt::new().block_on(async {
+            let conn = rpc_client(b"").connect(addr).await.unwrap();
+            let req = ops::WriteInlineRequest {
+                path: "/s".into(),
+                file_id,
+                offset: 0,
+                data: b"x".to_vec(),
+            };
+            conn.call::<ops::MetadataWriteInline>(&req).await.map(drop)
+        })
+    };
+    // While sealed, a write is refused with Busy; the client retries those.
+    assert_eq!(write_raw(file_id).unwrap_err().status(), Status::Busy);
     let unseal = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         seal(Some(false)).unwrap();
@@ -534,17 +549,5 @@ fn a_write_waits_for_a_move_under_way() {
     fs.close(fd).unwrap();
     unseal.join().unwrap();
     assert_eq!(read_file(&fs, "/s"), b"Sealed");
-    let e = Rt::new().block_on(async {
-        let conn = rpc_client(b"").connect(addr).await.unwrap();
-        let req = ops::WriteInlineRequest {
-            path: "/s".into(),
-            file_id: file_id + 1,
-            offset: 0,
-            data: b"x".to_vec(),
-        };
-        conn.call::<ops::MetadataWriteInline>(&req)
-            .await
-            .unwrap_err()
-    });
-    assert_eq!(e.status(), Status::Stale);
+    assert_eq!(write_raw(file_id + 1).unwrap_err().status(), Status::Stale);
 }
