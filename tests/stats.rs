@@ -199,7 +199,8 @@ fn table_writes(text: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let mut server = None;
     for line in text.lines() {
-        if !line.starts_with(' ') && line.ends_with(')') {
+        // A server's header: `node0 (127.0.0.1:40777) over sysv/memory, cma/memory`.
+        if !line.starts_with(' ') && line.contains(") over ") {
             server = line.split_whitespace().next().map(str::to_string);
         }
         let cells: Vec<&str> = line.split_whitespace().collect();
@@ -249,6 +250,12 @@ fn benchfs_stats_tables_and_json_agree_with_the_servers() {
         assert_eq!(write["requests"], own.requests, "{name}");
         assert_eq!(write["bytes_in"], own.bytes_in, "{name}");
         assert!(write["latency_ns"]["p50"].as_u64().unwrap() > 0);
+        // The transports of this client's connection, as UCX named its lanes.
+        let transports = entry["transports"].as_array().unwrap();
+        assert!(
+            !transports.is_empty() && transports.iter().all(|t| t.as_str().unwrap().contains('/')),
+            "{name}: {transports:?}"
+        );
         // The server's row of the first table: name, address, records, chunks.
         let row: Vec<&str> = tables
             .lines()
