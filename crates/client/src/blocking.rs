@@ -41,11 +41,19 @@ impl Drop for BenchFS {
     /// Waits for the calls still in flight (writes behind of handles never closed,
     /// fetches ahead) before the client's worker goes: UCX can crash destroying a worker
     /// under an operation in flight. Not while unwinding, when the runtime may be the
-    /// thing that failed.
+    /// thing that failed, nor from a thread-local destructor that runs after tokio's own
+    /// (a C API or mount thread's client at thread exit), where no runtime can be entered.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            self.block_on(self.client.wait_in_flight());
+        if std::thread::panicking() || !self.client.has_in_flight() {
+            return;
         }
+        let runtime_gone = tokio::runtime::Handle::try_current()
+            .is_err_and(|e| e.is_thread_local_destroyed());
+        if runtime_gone {
+            tracing::warn!("a client went with calls in flight: its thread was exiting");
+            return;
+        }
+        self.block_on(self.client.wait_in_flight());
     }
 }
 
