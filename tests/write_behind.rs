@@ -302,9 +302,10 @@ fn a_stopped_server_fails_fsync_in_time_and_the_client_recovers() {
     assert_eq!(fs.write(fd, &first).unwrap(), first.len());
     fs.fsync(fd).unwrap();
 
+    // Eager pieces (up to the rendezvous threshold) within the window: every write
+    // returns at once, and the failure waits for the fsync.
     cluster.signal(0, "STOP");
     let behind = pattern(4 * C, 2);
-    // Within the window, so the writes return before the server could answer.
     for part in behind.chunks(C / 2) {
         assert_eq!(fs.write(fd, part).unwrap(), part.len());
     }
@@ -322,6 +323,32 @@ fn a_stopped_server_fails_fsync_in_time_and_the_client_recovers() {
         .close(fd)
         .expect_err("close succeeded after a failed write");
     assert_unreachable("close", &e);
+
+    // Pieces of a chunk go by rendezvous: a blocking write lends them and returns once
+    // they are sent, which to a stopped server is when the call gives up on the
+    // connection (a write that lent its slice hung here, waiting for a send that only the
+    // connection's close could end). A later write or the fsync reports the failure.
+    let fd = fs.open("/stopped", OpenFlags::WRITE, 0).unwrap();
+    cluster.signal(0, "STOP");
+    let start = std::time::Instant::now();
+    let mut failures = Vec::new();
+    for (i, part) in behind.chunks(C).enumerate() {
+        let offset = (first.len() + i * C) as u64;
+        failures.extend(fs.pwrite(fd, part, offset).err());
+    }
+    failures.extend(fs.fsync(fd).err());
+    let took = start.elapsed();
+    cluster.signal(0, "CONT");
+    assert!(took < FAIL_BOUND, "writes and fsync took {took:?}");
+    assert!(!failures.is_empty(), "no call failed");
+    for e in &failures {
+        assert_unreachable("write or fsync", e);
+    }
+    assert!(
+        fs.close(fd).is_err(),
+        "close succeeded after a failed write"
+    );
+
     // What the failed fsync could not publish stays unpublished; what the first one did
     // reads back.
     assert_eq!(fs.stat("/stopped").unwrap().size, first.len() as u64);

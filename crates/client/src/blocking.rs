@@ -47,8 +47,8 @@ impl Drop for BenchFS {
         if std::thread::panicking() || !self.client.has_in_flight() {
             return;
         }
-        let runtime_gone = tokio::runtime::Handle::try_current()
-            .is_err_and(|e| e.is_thread_local_destroyed());
+        let runtime_gone =
+            tokio::runtime::Handle::try_current().is_err_and(|e| e.is_thread_local_destroyed());
         if runtime_gone {
             tracing::warn!("a client went with calls in flight: its thread was exiting");
             return;

@@ -368,6 +368,10 @@ impl FsClient {
                 // progress task alone.
                 _ = tokio::time::sleep(SETTLE_PROGRESS_INTERVAL) => {
                     worker.progress();
+                    // A write behind that lent a view and timed out is collected here:
+                    // collecting drops its connection, whose close cancels the send
+                    // that still holds the view.
+                    self.collect_writes();
                 }
             }
         }

@@ -3,8 +3,10 @@
 //! replies are collected later, by a later call into the client.
 //!
 //! **Invariants:**
-//! - A chunk write in flight owns its payload (a copy of the caller's bytes), so a write
-//!   that returned keeps no loan of the caller's memory.
+//! - A write that returned keeps no loan of the caller's memory. A chunk write in flight
+//!   owns its payload: a copy of a borrowed slice (the async API), or a view of the
+//!   blocking caller's loan, whose send ends before that write returns (the loan's
+//!   scope waits for it); only the reply is then still to come.
 //! - Every replica of every chunk gets the write, as without write-behind; a write counts
 //!   as done when every replica answered.
 //! - A failed write is never dropped: it is kept on its handle (the first failure, naming
@@ -279,7 +281,7 @@ impl FsClient {
                 }
             }
         }
-        let payloads = part.copies(&self.rpc, ready.len());
+        let payloads = part.payloads(&self.rpc, ready.len());
         let req = ops::ChunkIo {
             file_id: meta.file_id,
             index: span.index,
@@ -403,6 +405,11 @@ impl FsClient {
             .await;
     }
 
+    /// Whether writes are in flight.
+    pub(super) fn has_writes(&self) -> bool {
+        !self.pipeline.writes.borrow().is_empty()
+    }
+
     /// Whether writes of file `file_id` are in flight.
     pub(super) fn has_writes_of(&self, file_id: u64) -> bool {
         self.pipeline.any_write(|w| w.file_id == file_id)
@@ -446,9 +453,15 @@ impl FsClient {
 }
 
 impl WriteSource<'_> {
-    /// `copies` payloads of these bytes, copied once: each replica's call owns its payload,
-    /// so none borrows the caller's memory after the write returns.
-    fn copies(&self, rpc: &crate::rpc::RpcClient, copies: usize) -> Vec<OutPayload> {
+    /// A payload of these bytes for each of `copies` replicas. A borrowed slice is copied
+    /// once, since the write returns before its calls end. A loan is lent to each call
+    /// instead: the blocking API's write does not return until every send has read its
+    /// view ([`benchfs_ucx::lend`]), which is before the servers answer, so the replies
+    /// still come in behind the call, and the bytes cross no copy in the client.
+    fn payloads(&self, rpc: &crate::rpc::RpcClient, copies: usize) -> Vec<OutPayload> {
+        if let WriteSource::Lent(..) = self {
+            return (0..copies).map(|_| self.payload(rpc)).collect();
+        }
         self.with_bytes(|bytes| {
             if copies == 1 {
                 vec![rpc.payload(bytes)]

@@ -134,7 +134,12 @@ impl std::fmt::Debug for ReadAhead {
 }
 
 impl ReadAhead {
-    /// Drops every piece (cancelling fetches in flight).
+    /// Whether the handle holds no piece, fetched or on its way.
+    fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Drops every piece (fetches in flight are left to finish).
     pub(super) fn reset(&mut self) {
         self.pieces.clear();
         self.generation = self.generation.wrapping_add(1);
@@ -358,6 +363,19 @@ impl FsClient {
         })
     }
 
+    /// Whether a write behind or a fetch ahead may still be on its way.
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.collect_writes();
+        self.collect_fetches();
+        self.has_writes()
+            || !self.pipeline.retired.borrow().is_empty()
+            || self
+                .files
+                .borrow()
+                .values()
+                .any(|f| !f.read_ahead.is_empty())
+    }
+
     /// Accounts for the retired fetches that finished, and forgets them.
     fn collect_fetches(&self) {
         let finished: Vec<_> = {
@@ -389,6 +407,9 @@ impl FsClient {
     /// whose handles are not all closed: its worker should not go while calls are on
     /// their way. The blocking API's `BenchFS` does so when dropped.
     pub async fn wait_in_flight(&self) {
+        if !self.has_in_flight() {
+            return;
+        }
         self.drain_writes().await;
         for f in self.files.borrow_mut().values_mut() {
             f.read_ahead.reset();
