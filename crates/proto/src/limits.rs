@@ -88,12 +88,14 @@ pub const ORPHAN_SWEEP_SECS_MAX: u64 = 86_400;
 // ---- Client data path ([client]) ----
 
 /// Default bytes of writes a client keeps in flight behind the calls that made them
-/// (`client.write_behind_bytes`).
-pub const WRITE_BEHIND_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+/// (`client.write_behind_bytes`): sixteen 1 MiB calls, the window past which `benchfs
+/// rpc-bench` moved 1 MiB payloads no faster (slower at 32; ARCHITECTURE.md).
+pub const WRITE_BEHIND_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Most bytes of writes a client keeps in flight: each is a copy of the caller's bytes.
 pub const WRITE_BEHIND_BYTES_MAX: u64 = 1 << 30;
-/// Default bytes an open handle fetches ahead of sequential reads (`client.read_ahead_bytes`).
-pub const READ_AHEAD_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+/// Default bytes an open handle fetches ahead of sequential reads (`client.read_ahead_bytes`),
+/// as [`WRITE_BEHIND_BYTES_DEFAULT`].
+pub const READ_AHEAD_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Most bytes an open handle fetches ahead of sequential reads.
 pub const READ_AHEAD_BYTES_MAX: u64 = 1 << 30;
 
