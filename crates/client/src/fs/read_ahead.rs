@@ -38,6 +38,10 @@ use crate::rpc::{Connection, OutPayload, Response, RpcError};
 /// them rather than one call each.
 const READ_AHEAD_PIECE_MIN: u64 = 64 * 1024;
 
+/// Most retired fetches left running before a read waits for them: reads that keep
+/// breaking their run would otherwise leave fetches behind faster than they finish.
+const RETIRED_FETCHES_MAX: usize = 64;
+
 /// Where a read's bytes go: a slice, or a loan of the blocking caller's buffer.
 pub(super) enum ReadDst<'a> {
     Slice(&'a mut [u8]),
@@ -273,6 +277,9 @@ impl FsClient {
             Some((from, until, f.meta, ahead.generation))
         });
         self.collect_fetches();
+        if self.pipeline.retired.borrow().len() > RETIRED_FETCHES_MAX {
+            self.drain_fetches().await;
+        }
         let Ok(Some((from, until, meta, generation))) = plan else {
             return;
         };
