@@ -93,9 +93,11 @@ pub const ORPHAN_SWEEP_SECS_MAX: u64 = 86_400;
 pub const WRITE_BEHIND_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Most bytes of writes a client keeps in flight: each is a copy of the caller's bytes.
 pub const WRITE_BEHIND_BYTES_MAX: u64 = 1 << 30;
-/// Default bytes an open handle fetches ahead of sequential reads (`client.read_ahead_bytes`),
-/// as [`WRITE_BEHIND_BYTES_DEFAULT`].
-pub const READ_AHEAD_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Default bytes an open handle fetches ahead of sequential reads (`client.read_ahead_bytes`):
+/// none. On one host over shared memory, where a round trip is small next to the copy the
+/// fetched bytes take into the caller's buffer, one client read 0.89x as fast with a
+/// 16 MiB window as without; turn it on where servers are across a network.
+pub const READ_AHEAD_BYTES_DEFAULT: u64 = 0;
 /// Most bytes an open handle fetches ahead of sequential reads.
 pub const READ_AHEAD_BYTES_MAX: u64 = 1 << 30;
 
