@@ -61,6 +61,17 @@ impl MetadataTable {
 
     /// `Busy` while a live seal freezes the bytes of `path` (normalised); a lapsed one is
     /// ended here, since the bytes are about to change under it.
+    /// The normalised path and record of `file_id` at `path`: `Stale` when the path now
+    /// names another file.
+    fn entry_of(&self, path: &str, file_id: u64) -> Result<(String, FileMetadata), Status> {
+        let path = path::normalize(path)?;
+        let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
+        if meta.file_id != file_id {
+            return Err(Status::Stale);
+        }
+        Ok((path, meta))
+    }
+
     fn unsealed(&mut self, path: &str) -> Result<(), Status> {
         match self.seals.get(path) {
             Some(seal) if Instant::now() < seal.until => Err(Status::Busy),
@@ -145,11 +156,7 @@ impl MetadataTable {
         offset: u64,
         data: &[u8],
     ) -> Result<FileMetadata, Status> {
-        let path = path::normalize(path)?;
-        let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
-        if meta.file_id != file_id {
-            return Err(Status::Stale);
-        }
+        let (path, meta) = self.entry_of(path, file_id)?;
         if !meta.inline {
             return Err(Status::NeedsChunks);
         }
@@ -194,11 +201,7 @@ impl MetadataTable {
         file_id: u64,
         token: u64,
     ) -> Result<(FileMetadata, Vec<u8>), Status> {
-        let path = path::normalize(path)?;
-        let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
-        if meta.file_id != file_id {
-            return Err(Status::Stale);
-        }
+        let (path, meta) = self.entry_of(path, file_id)?;
         if !meta.inline {
             return Ok((meta, Vec::new()));
         }
@@ -226,11 +229,7 @@ impl MetadataTable {
         token: u64,
         moved: bool,
     ) -> Result<FileMetadata, Status> {
-        let path = path::normalize(path)?;
-        let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
-        if meta.file_id != file_id {
-            return Err(Status::Stale);
-        }
+        let (path, meta) = self.entry_of(path, file_id)?;
         if !meta.inline {
             return Ok(meta);
         }
