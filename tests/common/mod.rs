@@ -40,8 +40,9 @@ pub struct ClusterSpec {
     pub rpc_timeout_ms: u64,
     /// RDMA threshold.
     pub rdma_threshold: u64,
-    /// Seconds between orphan sweeps. Short in every test cluster, so that a sweep that
-    /// removed a live file's chunks would fail the tests that read them.
+    /// Seconds between orphan sweeps and replica repair rounds (0: neither). Short in every
+    /// test cluster, so that a sweep that removed a live file's chunks, or a repair that
+    /// dropped a live record, would fail the tests that read them.
     pub orphan_sweep_secs: u64,
     /// `storage.inject_faults`: the chunk store faults every server injects.
     pub inject_faults: Option<&'static str>,

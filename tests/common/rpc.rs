@@ -269,3 +269,38 @@ pub fn insert_record(servers: &[SocketAddr], path: &str, meta: benchfs_proto::me
         }
     });
 }
+
+/// What each replica of `path`'s record holds there, owner first: the inode number its
+/// record names, or `None`.
+pub fn record_ids(cluster: &super::Cluster, path: &str) -> Vec<Option<u64>> {
+    let replicas = cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(path));
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let mut held = Vec::new();
+        for i in replicas {
+            let conn = client.connect(cluster.addr(i)).await.unwrap();
+            let request = ops::PathRequest { path: path.into() };
+            held.push(match conn.call::<ops::MetadataLookup>(&request).await {
+                Ok(reply) => Some(reply.meta.file_id),
+                Err(e) if e.status() == Status::NotFound => None,
+                Err(e) => panic!("lookup of {path} on server {i}: {e}"),
+            });
+        }
+        held
+    })
+}
+
+/// Removes the record of `path` from the server at `addr` by hand, as a namespace call
+/// that reached only some replicas would: `moved` as a rename's old name (no tombstone),
+/// else as an unlink (a tombstone if it was the file's last record there).
+pub fn delete_record(addr: SocketAddr, path: &str, moved: bool) {
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        let request = ops::DeleteRequest {
+            path: path.into(),
+            expect: None,
+            moved,
+        };
+        conn.call::<ops::MetadataDelete>(&request).await.unwrap();
+    });
+}

@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -86,11 +86,13 @@ pub enum OpCode {
     MetadataSealInline = 24,
     /// The sealed bytes are in chunk 0: drop them from the record (or abandon the move).
     MetadataDropInline = 25,
+    /// Which records a server holds at some paths (a peer's replica repair pass).
+    CompareRecords = 26,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 25] = [
+    pub const ALL: [OpCode; 26] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -116,6 +118,7 @@ impl OpCode {
         OpCode::MetadataWriteInline,
         OpCode::MetadataSealInline,
         OpCode::MetadataDropInline,
+        OpCode::CompareRecords,
     ];
 
     /// Decodes a wire id.
@@ -151,6 +154,7 @@ impl OpCode {
             OpCode::MetadataWriteInline => "metadata_write_inline",
             OpCode::MetadataSealInline => "metadata_seal_inline",
             OpCode::MetadataDropInline => "metadata_drop_inline",
+            OpCode::CompareRecords => "compare_records",
         }
     }
 

@@ -212,6 +212,9 @@ rpc!(/// Which of the given inode numbers this server names, and which it delete
 rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
     StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
 
+mod repair;
+pub use repair::{CompareRecords, CompareReply, CompareRequest, RecordState, COMPARE_RECORDS_MAX};
+
 mod inline;
 pub use inline::{
     CreateInlineReply, CreateInlineRequest, DropInlineRequest, MetadataCreateInline,

@@ -48,6 +48,8 @@ fn decode_all(bytes: &[u8]) {
     let _ = WriteInlineRequest::from_bytes(bytes);
     let _ = SealInlineRequest::from_bytes(bytes);
     let _ = DropInlineRequest::from_bytes(bytes);
+    let _ = CompareRequest::from_bytes(bytes);
+    let _ = CompareReply::from_bytes(bytes);
 }
 
 fn meta() -> impl Strategy<Value = FileMetadata> {
@@ -260,5 +262,13 @@ proptest! {
         round_trip(&FileIdsRequest { file_ids: vec![id, len, 0] })?;
         round_trip(&FileStatesReply { named: vec![id], deleted: vec![len, 0] })?;
         round_trip(&CountReply { count: id })?;
+        round_trip(&CompareRequest { records: vec![(path.clone(), id), ("/".into(), len)] })?;
+        let states = [None, Some(m)].into_iter().flat_map(|meta| {
+            [(false, false), (true, false), (false, true), (true, true)]
+                .map(|(settled, deleted)| RecordState { meta, settled, deleted })
+        });
+        round_trip(&CompareReply { states: states.collect() })?;
+        let too_many = CompareRequest { records: vec![(path.clone(), id); COMPARE_RECORDS_MAX + 1] };
+        prop_assert!(CompareRequest::from_bytes(&too_many.to_bytes()).is_err());
     }
 }

@@ -424,7 +424,7 @@ pub fn run(args: Args) -> Result<(), DaemonError> {
     local.block_on(&runtime, serve_until_signal(config, secret))
 }
 
-/// Starts the orphan sweep, unless `storage.orphan_sweep_secs` is 0.
+/// Starts the orphan sweep and replica repair, unless `storage.orphan_sweep_secs` is 0.
 fn start_sweep(
     config: &ServerConfig,
     state: &Rc<ServerState>,
@@ -439,6 +439,8 @@ fn start_sweep(
         interval: std::time::Duration::from_secs(secs),
         registry_dir: config.network.registry_dir.clone(),
         rpc_timeout: config.network.rpc_timeout,
+        replicas: config.replication.replicas as usize,
+        virtual_nodes: config.placement.virtual_nodes,
     };
     let sweep = crate::sweep::run(Rc::clone(state), Arc::clone(context), options);
     Some(tokio::task::spawn_local(sweep))

@@ -3,7 +3,8 @@
 //! [`daemon`] runs a server (configuration, registry, signals, the event loop); [`rpc`]
 //! accepts connections and turns frames into requests; [`handler`] answers them against
 //! the [`metadata`] table and a chunk store; [`sweep`] removes the chunks of deleted
-//! files whose removal did not reach this server; [`metrics`] counts and times every
+//! files whose removal did not reach this server, and [`repair`] brings the replicas of a
+//! record back together after a double fault; [`metrics`] counts and times every
 //! request, and [`prometheus`] serves those numbers over HTTP. Clients never link this
 //! crate.
 #![forbid(unsafe_code)]
@@ -15,5 +16,6 @@ pub mod metadata;
 pub mod metrics;
 mod peer;
 pub mod prometheus;
+pub mod repair;
 pub mod rpc;
 pub mod sweep;

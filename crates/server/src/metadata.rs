@@ -7,6 +7,9 @@
 //! `rmdir`, emptiness across all servers (see ARCHITECTURE.md for what that leaves open).
 
 mod inline;
+mod recent;
+
+pub use recent::{RecentChanges, RECENT_CHANGES_MAX};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,6 +62,8 @@ pub struct MetadataTable {
     tombstones: VecDeque<u64>,
     /// The same numbers, for lookups.
     tombstone_set: HashSet<u64>,
+    /// Paths a record came to or left lately, which the repair pass leaves alone.
+    recent: RecentChanges,
     /// High 32 bits of every inode number this server hands out.
     id_prefix: u64,
     /// Low 32 bits of the next inode number.
@@ -80,6 +85,7 @@ impl MetadataTable {
             file_ids: HashMap::new(),
             tombstones: VecDeque::new(),
             tombstone_set: HashSet::new(),
+            recent: RecentChanges::new(Duration::ZERO),
             id_prefix: u64::from(node_tag) << 32,
             // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
             next_id: if node_tag == 0 { 2 } else { 1 },
@@ -226,6 +232,29 @@ impl MetadataTable {
         }
     }
 
+    /// Sets how long after a record comes to or leaves a path the repair pass waits
+    /// before comparing it with other replicas (twice the RPC timeout: by then every call
+    /// that was changing it has ended).
+    pub fn set_settle_window(&mut self, window: Duration) {
+        self.recent.set_window(window);
+    }
+
+    /// Whether no record came to or left `path` (normalised) within the settle window.
+    pub fn settled(&mut self, path: &str) -> bool {
+        self.recent.settled(path)
+    }
+
+    /// Up to `max` records in path order after `after` (from the start when `None`).
+    pub fn records_after(&self, after: Option<&str>, max: usize) -> Vec<(String, FileMetadata)> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(max)
+            .map(|(path, meta)| (path.clone(), *meta))
+            .collect()
+    }
+
     /// Stores `meta` (and `data`, its bytes if it is inline) under `path`, keeping the inode
     /// index in step and ending any move of the bytes there were. A record it replaces
     /// whose file is then named nowhere here is a deleted file (a rename over it).
@@ -237,6 +266,7 @@ impl MetadataTable {
         );
         *self.file_ids.entry(meta.file_id).or_default() += 1;
         self.seals.remove(&path);
+        self.recent.touch(&path);
         if meta.inline {
             self.inline_bytes.insert(path.clone(), data);
         } else {
@@ -361,6 +391,7 @@ impl MetadataTable {
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
         self.inline_bytes.remove(&path);
         self.seals.remove(&path);
+        self.recent.touch(&path);
         if self.unindex(meta.file_id) {
             self.add_tombstone(meta.file_id);
         }
@@ -374,6 +405,7 @@ impl MetadataTable {
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
         self.inline_bytes.remove(&path);
         self.seals.remove(&path);
+        self.recent.touch(&path);
         self.unindex(meta.file_id);
         Ok(meta)
     }

@@ -35,6 +35,10 @@ pub struct SweepOptions {
     pub registry_dir: PathBuf,
     /// How long a peer has to answer.
     pub rpc_timeout: Duration,
+    /// Copies of each record (`replication.replicas`), for the replica repair.
+    pub replicas: usize,
+    /// Points per server on the placement ring (`placement.virtual_nodes`).
+    pub virtual_nodes: u32,
 }
 
 /// Why a round stopped before removing anything.
@@ -47,6 +51,9 @@ pub enum SweepError {
     /// The registry could not be read.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The registry's servers make no placement ring.
+    #[error(transparent)]
+    Ring(#[from] benchfs_proto::placement::PlacementError),
     /// A peer stopped cleanly and has not come back; it may hold a record.
     #[error("peer {node} has departed")]
     Missing {
@@ -63,7 +70,8 @@ pub enum SweepError {
     },
 }
 
-/// Sweeps every `options.interval` until the task is dropped.
+/// Sweeps, then repairs replicas ([`crate::repair`]), every `options.interval` until the
+/// task is dropped.
 pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOptions) {
     let name = format!("sweep-{}", state.node_id());
     let rpc = match crate::peer::peer_client(&context, state.secret(), options.rpc_timeout, name) {
@@ -74,6 +82,7 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
         }
     };
     let mut peers = Peers::default();
+    let mut cursor = crate::repair::Cursor::default();
     let mut tick = tokio::time::interval(options.interval);
     tick.tick().await;
     loop {
@@ -83,17 +92,28 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
             Ok(chunks) => tracing::info!(chunks, "orphan sweep removed chunks of deleted files"),
             Err(e) => tracing::debug!(error = %e, "orphan sweep round skipped"),
         }
+        match crate::repair::repair_once(&state, &rpc, &mut peers, &options, &mut cursor).await {
+            Ok(repaired) if repaired != crate::repair::Repaired::default() => {
+                tracing::info!(
+                    copied = repaired.copied,
+                    dropped = repaired.dropped,
+                    "replica repair round"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "replica repair round skipped"),
+        }
     }
 }
 
 /// Connections to the peers, kept across rounds.
 #[derive(Default)]
-struct Peers {
+pub(crate) struct Peers {
     connections: HashMap<String, (SocketAddr, Connection)>,
 }
 
 impl Peers {
-    async fn connection(
+    pub(crate) async fn connection(
         &mut self,
         rpc: &Rc<RpcClient>,
         node: &str,

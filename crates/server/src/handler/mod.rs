@@ -10,6 +10,7 @@
 mod inline;
 mod journal;
 mod probe;
+mod repair;
 
 use std::cell::{Cell, RefCell};
 
@@ -160,6 +161,8 @@ impl ServerState {
                 &mut metadata,
             )?))
         };
+        // Set after the replay, whose records are no calls in flight.
+        metadata.set_settle_window(config.network.rpc_timeout.saturating_mul(2));
         let born_ns = store_born_ns(config, &store)?;
         if let Some(plan) = &config.storage.inject_faults {
             tracing::warn!(%plan, "injecting chunk store faults (storage.inject_faults)");
@@ -318,6 +321,7 @@ impl ServerState {
                     Ok(Reply::ok(&self.stats()))
                 }
                 OpCode::StoreProbe => self.store_probe(decode(body)?).await,
+                OpCode::CompareRecords => self.compare_records(decode(body)?),
                 OpCode::FilesExist => {
                     let req: op::FileIdsRequest = decode(body)?;
                     let table = self.metadata.borrow();

@@ -1,0 +1,68 @@
+//! The server's side of replica repair: answering a peer's comparison, and the one change
+//! a repair pass makes to its own table (dropping a record that lost to another replica's).
+
+use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::ops::{self as op};
+use benchfs_proto::Status;
+
+use super::{journal, Reply, ServerState};
+
+impl ServerState {
+    /// Up to `max` of this server's records in path order after `after`.
+    pub(crate) fn records_after(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Vec<(String, FileMetadata)> {
+        self.metadata.borrow().records_after(after, max)
+    }
+
+    /// What this server holds at each asked path.
+    pub(super) fn compare_records(&self, req: op::CompareRequest) -> Result<Reply, Status> {
+        let mut table = self.metadata.borrow_mut();
+        let states = req
+            .records
+            .iter()
+            .map(|(path, file_id)| {
+                let meta = match table.lookup(path) {
+                    Ok(meta) => Some(meta),
+                    Err(Status::NotFound) => None,
+                    Err(e) => return Err(e),
+                };
+                Ok(op::RecordState {
+                    meta,
+                    settled: table.settled(path),
+                    deleted: table.is_deleted(*file_id),
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Reply::ok(&op::CompareReply { states }))
+    }
+
+    /// This server's record of `path` and its bytes if it is inline, when it still names
+    /// `file_id` and has settled: what a repair copies to a replica that lacks it.
+    pub(crate) fn settled_record(
+        &self,
+        path: &str,
+        file_id: u64,
+    ) -> Option<(FileMetadata, Vec<u8>)> {
+        let mut table = self.metadata.borrow_mut();
+        if !table.settled(path) {
+            return None;
+        }
+        let (meta, data) = table.record(path).ok()?;
+        (meta.file_id == file_id).then(|| (meta, data.to_vec()))
+    }
+
+    /// Deletes the record of `path` if it still names `file_id` and has settled (a record
+    /// another replica deleted, or that lost to another replica's), journaled like any
+    /// delete; true if it went.
+    pub(crate) fn drop_losing_record(&self, path: &str, file_id: u64) -> Result<bool, Status> {
+        if self.settled_record(path, file_id).is_none() {
+            return Ok(false);
+        }
+        self.metadata.borrow_mut().delete(path, None)?;
+        self.log(journal::Record::Delete { path, file_id })?;
+        Ok(true)
+    }
+}

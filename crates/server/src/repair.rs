@@ -1,0 +1,352 @@
+//! Replica repair: brings the replicas of a record back together after a namespace call
+//! that failed on one replica and whose undo failed too (a second fault), so the replicas
+//! named different files or one named none.
+//!
+//! Each round, a server takes the next [`RECORDS_PER_ROUND`] of its records in path order
+//! and asks the other replicas of each (the placement ring over the registry, with
+//! `replication.replicas`) what they hold there ([`ops::CompareRecords`]). Then, for a
+//! path that neither side changed within the settle window (twice the RPC timeout, so no
+//! call that could still change it is in flight):
+//! - the peer holds no record and deleted this file (a tombstone): this server deletes its
+//!   record too (the delete wins over the failed undo);
+//! - the peer holds none and has no tombstone: this server copies its record there
+//!   (an exclusive insert, so it never replaces one);
+//! - the peer holds another file's record: the one the other side deleted loses, else the
+//!   older (by change time, then inode number). Each server only ever deletes its own
+//!   losing record; the winner's holder copies it over in a later round.
+//!
+//! **Invariant:** a repair changes a record only where both sides have been quiet for the
+//! settle window, deletes only this server's own record (checked against the inode number
+//! it compared, in the same step), and inserts only where the path is empty. Chunks are
+//! never touched: a dropped record's file is left to the orphan sweep, which removes its
+//! chunks only when no server names it.
+
+use std::collections::HashMap;
+
+use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::ops::{self, CompareRequest, RecordState, COMPARE_RECORDS_MAX};
+use benchfs_proto::placement::{PlacementKey, PlacementRing, ServerIndex};
+use benchfs_proto::Status;
+use benchfs_rpc::{Connection, RpcClient, RpcError};
+use std::rc::Rc;
+
+use crate::handler::ServerState;
+use crate::sweep::{Peers, SweepError, SweepOptions};
+
+/// Most records one round compares.
+pub const RECORDS_PER_ROUND: usize = 16 * 1024;
+
+/// What a round changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Repaired {
+    /// Records copied to a replica that held none.
+    pub copied: u64,
+    /// Records of this server's deleted because another replica's won.
+    pub dropped: u64,
+}
+
+/// What to do about one path, given this server's record and a peer's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Nothing,
+    CopyToPeer,
+    DropOurs,
+}
+
+/// The rule of the module docs. `deleted_here` says whether this server deleted the last
+/// record of an inode number.
+fn decide(ours: &FileMetadata, theirs: &RecordState, deleted_here: impl Fn(u64) -> bool) -> Action {
+    if !theirs.settled {
+        return Action::Nothing;
+    }
+    let Some(other) = theirs.meta else {
+        return if theirs.deleted {
+            Action::DropOurs
+        } else {
+            Action::CopyToPeer
+        };
+    };
+    if other.file_id == ours.file_id {
+        return Action::Nothing;
+    }
+    let ours_lost = if theirs.deleted {
+        true
+    } else if deleted_here(other.file_id) {
+        false
+    } else {
+        (ours.ctime_ns, ours.file_id) < (other.ctime_ns, other.file_id)
+    };
+    if ours_lost {
+        Action::DropOurs
+    } else {
+        Action::Nothing
+    }
+}
+
+/// Where a round stopped, so the next goes on from there.
+#[derive(Debug, Default)]
+pub struct Cursor(Option<String>);
+
+/// One round; see the module docs.
+pub(crate) async fn repair_once(
+    state: &ServerState,
+    rpc: &Rc<RpcClient>,
+    peers: &mut Peers,
+    options: &SweepOptions,
+    cursor: &mut Cursor,
+) -> Result<Repaired, SweepError> {
+    let mut repaired = Repaired::default();
+    if options.replicas < 2 {
+        return Ok(repaired);
+    }
+    let entries = benchfs_config::registry::read(&options.registry_dir)?;
+    let ring = PlacementRing::new(
+        entries.iter().map(|e| e.node_id.as_str()),
+        options.virtual_nodes,
+    )?;
+    let Some(me) = ring.index_of(state.node_id()) else {
+        return Ok(repaired);
+    };
+    let records = state.records_after(cursor.0.as_deref(), RECORDS_PER_ROUND);
+    cursor.0 = match records.len() {
+        RECORDS_PER_ROUND => records.last().map(|(path, _)| path.clone()),
+        _ => None,
+    };
+    let mut asks: HashMap<ServerIndex, Vec<(String, FileMetadata)>> = HashMap::new();
+    for (path, meta) in records {
+        let set = ring.replicas(PlacementKey::Metadata(&path), options.replicas);
+        if !set.contains(&me) {
+            continue;
+        }
+        for server in set.into_iter().filter(|s| *s != me) {
+            asks.entry(server).or_default().push((path.clone(), meta));
+        }
+    }
+    for (server, records) in asks {
+        let node = &ring.nodes()[server as usize];
+        let Some(entry) = entries.iter().find(|e| &e.node_id == node) else {
+            continue;
+        };
+        let conn = match peers.connection(rpc, node, entry.addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(peer = %node, error = %e, "replica repair skips an unreachable peer");
+                continue;
+            }
+        };
+        if let Err(e) = compare_with(state, conn, &records, &mut repaired).await {
+            tracing::debug!(peer = %node, error = %e, "replica repair stopped with a peer");
+        }
+    }
+    Ok(repaired)
+}
+
+/// Compares `records` with one peer, in batches that fit a request, and acts on each.
+async fn compare_with(
+    state: &ServerState,
+    conn: &Connection,
+    records: &[(String, FileMetadata)],
+    repaired: &mut Repaired,
+) -> Result<(), RpcError> {
+    for batch in batches(records) {
+        let request = CompareRequest {
+            records: batch.iter().map(|(p, m)| (p.clone(), m.file_id)).collect(),
+        };
+        let reply = conn.call::<ops::CompareRecords>(&request).await?;
+        if reply.states.len() != batch.len() {
+            return Err(RpcError::Status {
+                status: Status::Protocol,
+                server: conn.server().to_string(),
+            });
+        }
+        for ((path, ours), theirs) in batch.iter().zip(&reply.states) {
+            match decide(ours, theirs, |id| state.deleted_here(id)) {
+                Action::Nothing => {}
+                Action::DropOurs => match state.drop_losing_record(path, ours.file_id) {
+                    Ok(true) => {
+                        tracing::info!(%path, file_id = ours.file_id, peer = conn.server(),
+                            "replica repair removed a record another replica outvoted");
+                        repaired.dropped += 1;
+                    }
+                    Ok(false) => {}
+                    Err(status) => {
+                        tracing::warn!(%path, ?status, "replica repair could not remove a record")
+                    }
+                },
+                Action::CopyToPeer => {
+                    let Some((meta, data)) = state.settled_record(path, ours.file_id) else {
+                        continue;
+                    };
+                    let insert = ops::InsertRequest {
+                        path: path.clone(),
+                        meta,
+                        exclusive: true,
+                        data,
+                    };
+                    match conn.call::<ops::MetadataInsert>(&insert).await {
+                        Ok(_) => {
+                            tracing::info!(%path, file_id = meta.file_id, peer = conn.server(),
+                                "replica repair copied a record to a replica that lacked it");
+                            repaired.copied += 1;
+                        }
+                        // A create that got there meanwhile: the next round compares again.
+                        Err(e) if e.status() == Status::Exists => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consecutive runs of `records` of at most [`COMPARE_RECORDS_MAX`] whose request fits a
+/// body.
+fn batches(records: &[(String, FileMetadata)]) -> impl Iterator<Item = &[(String, FileMetadata)]> {
+    const ENTRY_FIXED: usize = 8 + 2;
+    let budget = benchfs_proto::frame::BODY_LEN_MAX as usize - 4;
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && n < COMPARE_RECORDS_MAX {
+            let size = ENTRY_FIXED + rest[n].0.len();
+            if n > 0 && bytes + size > budget {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use benchfs_proto::meta::EntryKind;
+
+    fn record(file_id: u64, ctime_ns: u64) -> FileMetadata {
+        FileMetadata {
+            file_id,
+            kind: EntryKind::File,
+            size: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            chunk_size: 1 << 22,
+            mtime_ns: ctime_ns,
+            ctime_ns,
+            atime_ns: ctime_ns,
+            inline: false,
+        }
+    }
+
+    fn state(meta: Option<FileMetadata>, settled: bool, deleted: bool) -> RecordState {
+        RecordState {
+            meta,
+            settled,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn nothing_is_done_while_the_peer_has_not_settled() {
+        let ours = record(1, 10);
+        for theirs in [None, Some(record(2, 20))] {
+            for deleted in [false, true] {
+                assert_eq!(
+                    decide(&ours, &state(theirs, false, deleted), |_| false),
+                    Action::Nothing
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_record_is_copied_unless_the_peer_deleted_the_file() {
+        let ours = record(1, 10);
+        assert_eq!(
+            decide(&ours, &state(None, true, false), |_| false),
+            Action::CopyToPeer
+        );
+        assert_eq!(
+            decide(&ours, &state(None, true, true), |_| false),
+            Action::DropOurs
+        );
+    }
+
+    #[test]
+    fn the_same_file_needs_nothing() {
+        let ours = record(1, 10);
+        assert_eq!(
+            decide(&ours, &state(Some(record(1, 99)), true, false), |_| true),
+            Action::Nothing
+        );
+    }
+
+    #[test]
+    fn of_two_files_the_deleted_one_loses_then_the_older() {
+        let ours = record(1, 10);
+        let newer = Some(record(2, 20));
+        let older = Some(record(3, 5));
+        // The peer deleted ours: ours loses whatever the times say.
+        assert_eq!(
+            decide(&ours, &state(older, true, true), |_| false),
+            Action::DropOurs
+        );
+        // This server deleted theirs: theirs loses (the peer drops it).
+        assert_eq!(
+            decide(&ours, &state(newer, true, false), |id| id == 2),
+            Action::Nothing
+        );
+        // No tombstone either way: the older record loses.
+        assert_eq!(
+            decide(&ours, &state(newer, true, false), |_| false),
+            Action::DropOurs
+        );
+        assert_eq!(
+            decide(&ours, &state(older, true, false), |_| false),
+            Action::Nothing
+        );
+        // Both sides reach opposite verdicts about their own record, never the same one.
+        let same_time = record(4, 10);
+        let a = decide(&ours, &state(Some(same_time), true, false), |_| false);
+        let b = decide(&same_time, &state(Some(ours), true, false), |_| false);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn batches_keep_every_record_in_order_within_the_limits() {
+        let long = "/".to_string() + &"x".repeat(4000);
+        let records: Vec<_> = (0..600)
+            .map(|i| {
+                (
+                    if i % 7 == 0 {
+                        long.clone()
+                    } else {
+                        format!("/f{i}")
+                    },
+                    record(i, 0),
+                )
+            })
+            .collect();
+        let mut seen = 0;
+        for batch in batches(&records) {
+            assert!(!batch.is_empty() && batch.len() <= COMPARE_RECORDS_MAX);
+            let request = CompareRequest {
+                records: batch.iter().map(|(p, m)| (p.clone(), m.file_id)).collect(),
+            };
+            use benchfs_proto::ops::Message;
+            assert!(request.to_bytes().len() <= benchfs_proto::frame::BODY_LEN_MAX as usize);
+            assert_eq!(batch[0].1.file_id, seen as u64);
+            seen += batch.len();
+        }
+        assert_eq!(seen, records.len());
+    }
+}
