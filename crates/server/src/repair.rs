@@ -4,7 +4,9 @@
 //!
 //! Each round, a server takes the next [`RECORDS_PER_ROUND`] of its records in path order
 //! and asks the other replicas of each (the placement ring over the registry, with
-//! `replication.replicas`) what they hold there ([`ops::CompareRecords`]). Then, for a
+//! `replication.replicas`) what they hold there ([`ops::CompareRecords`]). A round runs
+//! only when the registered servers have been the same for the settle window and none
+//! has departed (shut down cleanly), so its ring is the one clients use. Then, for a
 //! path that neither side changed within the settle window (twice the RPC timeout, so no
 //! call that could still change it is in flight):
 //! - the peer holds no record and deleted this file (a tombstone): this server deletes its
@@ -22,13 +24,16 @@
 //! chunks only when no server names it.
 
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use benchfs_config::registry;
 
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self, CompareRequest, RecordState, COMPARE_RECORDS_MAX};
 use benchfs_proto::placement::{PlacementKey, PlacementRing, ServerIndex};
 use benchfs_proto::Status;
 use benchfs_rpc::{Connection, RpcClient, RpcError};
-use std::rc::Rc;
 
 use crate::handler::ServerState;
 use crate::sweep::{Peers, SweepError, SweepOptions};
@@ -83,9 +88,28 @@ fn decide(ours: &FileMetadata, theirs: &RecordState, deleted_here: impl Fn(u64) 
     }
 }
 
-/// Where a round stopped, so the next goes on from there.
+/// What a round leaves for the next.
 #[derive(Debug, Default)]
-pub struct Cursor(Option<String>);
+pub struct Progress {
+    /// The last path compared, so the next round goes on from there.
+    cursor: Option<String>,
+    /// The registered servers and since when they have been these.
+    membership: Option<(Vec<String>, Instant)>,
+}
+
+impl Progress {
+    /// Whether the registered servers have been `nodes` for at least `settle`; notes a
+    /// change.
+    fn membership_settled(&mut self, nodes: &[String], settle: Duration) -> bool {
+        match &self.membership {
+            Some((known, since)) if known.as_slice() == nodes => since.elapsed() >= settle,
+            _ => {
+                self.membership = Some((nodes.to_vec(), Instant::now()));
+                false
+            }
+        }
+    }
+}
 
 /// One round; see the module docs.
 pub(crate) async fn repair_once(
@@ -93,22 +117,31 @@ pub(crate) async fn repair_once(
     rpc: &Rc<RpcClient>,
     peers: &mut Peers,
     options: &SweepOptions,
-    cursor: &mut Cursor,
+    progress: &mut Progress,
 ) -> Result<Repaired, SweepError> {
     let mut repaired = Repaired::default();
     if options.replicas < 2 {
         return Ok(repaired);
     }
-    let entries = benchfs_config::registry::read(&options.registry_dir)?;
+    // The ring must be the one clients use: with a server away (shut down cleanly, or
+    // not yet published) it names other replicas, and a copy would go where no client
+    // looks yet every listing finds it.
+    if let Some(node) = registry::departed(&options.registry_dir)?.pop() {
+        return Err(SweepError::Missing { node });
+    }
+    let entries = registry::read(&options.registry_dir)?;
     let ring = PlacementRing::new(
         entries.iter().map(|e| e.node_id.as_str()),
         options.virtual_nodes,
     )?;
+    if !progress.membership_settled(ring.nodes(), options.rpc_timeout.saturating_mul(2)) {
+        return Ok(repaired);
+    }
     let Some(me) = ring.index_of(state.node_id()) else {
         return Ok(repaired);
     };
-    let records = state.records_after(cursor.0.as_deref(), RECORDS_PER_ROUND);
-    cursor.0 = match records.len() {
+    let records = state.records_after(progress.cursor.as_deref(), RECORDS_PER_ROUND);
+    progress.cursor = match records.len() {
         RECORDS_PER_ROUND => records.last().map(|(path, _)| path.clone()),
         _ => None,
     };
@@ -319,6 +352,25 @@ mod tests {
         let a = decide(&ours, &state(Some(same_time), true, false), |_| false);
         let b = decide(&same_time, &state(Some(ours), true, false), |_| false);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn membership_counts_as_settled_only_after_it_held_for_the_window() {
+        let mut progress = Progress::default();
+        let nodes = ["a".to_string(), "b".to_string()];
+        let window = Duration::from_millis(40);
+        assert!(!progress.membership_settled(&nodes, window));
+        assert!(!progress.membership_settled(&nodes, window));
+        std::thread::sleep(window);
+        assert!(progress.membership_settled(&nodes, window));
+        assert!(
+            !progress.membership_settled(&nodes[..1], window),
+            "a server went"
+        );
+        assert!(
+            !progress.membership_settled(&nodes, window),
+            "and came back"
+        );
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
         }
     };
     let mut peers = Peers::default();
-    let mut cursor = crate::repair::Cursor::default();
+    let mut progress = crate::repair::Progress::default();
     let mut tick = tokio::time::interval(options.interval);
     tick.tick().await;
     loop {
@@ -92,7 +92,7 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
             Ok(chunks) => tracing::info!(chunks, "orphan sweep removed chunks of deleted files"),
             Err(e) => tracing::debug!(error = %e, "orphan sweep round skipped"),
         }
-        match crate::repair::repair_once(&state, &rpc, &mut peers, &options, &mut cursor).await {
+        match crate::repair::repair_once(&state, &rpc, &mut peers, &options, &mut progress).await {
             Ok(repaired) if repaired != crate::repair::Repaired::default() => {
                 tracing::info!(
                     copied = repaired.copied,
