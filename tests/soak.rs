@@ -33,14 +33,16 @@
 //! run.
 //!
 //! * A call that **succeeds** applies exactly: a write sets its bytes and drops the
-//!   alternatives under them; a close (or fsync) after writes publishes the size (for
+//!   alternatives under them, once a close or fsync of its handle succeeds (until then it
+//!   is only on its way: write-behind); a close (or fsync) after writes publishes the size (for
 //!   sure only past every size the model allows: a handle publishes only past the size
 //!   it saw at open, which one replica of the record gave); a
 //!   truncate sets the size, zeroes past it and drops every alternative past it (a hole
 //!   must read as zeros); a create leaves an empty file; unlink makes the path `No`;
 //!   rename moves the content; mkdir makes the directory `Yes`.
 //! * A call that **fails** because a server did not answer (EIO, ETIMEDOUT) may have
-//!   happened in part: a failed write adds its bytes as an alternative; a failed
+//!   happened in part: a failed write, and a failed close or fsync after writes, adds the
+//!   handle's unflushed bytes as alternatives; a failed
 //!   truncate or create adds its size and zeros as an alternative where it may have cut;
 //!   a failed close or fsync adds the size it would have published; a failed unlink,
 //!   mkdir or create makes the path `Maybe`. A failed rename makes both paths `Maybe`,
@@ -235,6 +237,13 @@ impl Alt {
                 .map(|b| b[start - self.off..end - self.off].to_vec()),
         })
     }
+}
+
+/// A handle's writes that returned, not yet flushed, and the end of the furthest.
+#[derive(Debug, Default)]
+struct Written {
+    pending: Vec<(usize, Vec<u8>)>,
+    end: Option<usize>,
 }
 
 /// What a file may hold: see the module documentation.
@@ -750,16 +759,17 @@ impl Soak {
         }
     }
 
-    /// Writes through `fd`, stopping at the first failure; returns the end of the
-    /// written bytes if any write succeeded.
+    /// Writes through `fd`, stopping at the first failure. A write that returned is only
+    /// on its way (write-behind): its bytes are certain once a close or fsync of the
+    /// handle succeeds ([`Soak::settle_writes`]), and mere alternatives if one fails.
     fn do_writes(
         &mut self,
         client: usize,
         fd: u64,
         path: &str,
         writes: &[(usize, Vec<u8>)],
-    ) -> Option<usize> {
-        let mut end = None;
+    ) -> Written {
+        let mut written = Written::default();
         for (off, bytes) in writes {
             let (off, len) = (*off, bytes.len());
             let result = self.clients[client].pwrite(fd, bytes, off as u64);
@@ -768,23 +778,41 @@ impl Soak {
                 result,
             ) {
                 (Outcome::Ok, Ok(n)) if n == len => {
-                    self.model.file(path).content.write_ok(off, bytes);
-                    end = Some(end.unwrap_or(0).max(off + len));
+                    written.pending.push((off, bytes.clone()));
+                    written.end = Some(written.end.unwrap_or(0).max(off + len));
                 }
                 (Outcome::Unreachable, _) => {
+                    // An earlier write in flight may be what failed.
+                    self.settle_writes(path, &mut written, false);
                     self.model.file(path).content.write_failed(off, bytes);
                     break;
                 }
                 (o, r) => self.violation(path, &format!("pwrite of {len} bytes: {o:?} {r:?}")),
             }
         }
-        end
+        written
     }
 
-    /// Closes a handle that wrote up to `end`, publishing the size; whether it closed.
-    fn do_close(&mut self, client: usize, fd: u64, path: &str, end: Option<usize>) -> bool {
+    /// The handle's writes since its last flush reached every replica (`landed`), or may
+    /// have in part.
+    fn settle_writes(&mut self, path: &str, written: &mut Written, landed: bool) {
+        let content = &mut self.model.file(path).content;
+        for (off, bytes) in written.pending.drain(..) {
+            if landed {
+                content.write_ok(off, &bytes);
+            } else {
+                content.write_failed(off, &bytes);
+            }
+        }
+    }
+
+    /// Closes a handle that wrote up to `written.end`, publishing the size; whether it
+    /// closed.
+    fn do_close(&mut self, client: usize, fd: u64, path: &str, mut written: Written) -> bool {
         let result = self.clients[client].close(fd);
-        match (self.judge(path, "close", &result), end) {
+        let outcome = self.judge(path, "close", &result);
+        self.settle_writes(path, &mut written, outcome == Outcome::Ok);
+        match (outcome, written.end) {
             (Outcome::Ok, Some(end)) => {
                 self.model.file(path).content.published(end, true);
                 true
@@ -840,9 +868,10 @@ impl Soak {
             Outcome::Exists => self.violation(&path, "EEXIST from a create without EXCL"),
         }
         let Ok(fd) = result else { return };
-        let end = self.do_writes(client, fd, &path, &writes);
+        let written = self.do_writes(client, fd, &path, &writes);
+        let wrote = written.end.is_some();
         // The close published the size on every replica of the record.
-        if self.do_close(client, fd, &path, end) && end.is_some() {
+        if self.do_close(client, fd, &path, written) && wrote {
             self.model.file(&path).exists = Exists::Yes;
         }
     }
@@ -872,8 +901,8 @@ impl Soak {
             return;
         }
         let fd = result.expect("opened");
-        let end = self.do_writes(client, fd, &path, &writes);
-        self.do_close(client, fd, &path, end);
+        let written = self.do_writes(client, fd, &path, &writes);
+        self.do_close(client, fd, &path, written);
     }
 
     /// Open, write, fsync, then another client reads it all while the writer still has
@@ -892,10 +921,12 @@ impl Soak {
             return;
         }
         let fd = result.expect("opened");
-        let end = self.do_writes(client, fd, &path, std::slice::from_ref(&write));
-        if let Some(end) = end {
+        let mut written = self.do_writes(client, fd, &path, std::slice::from_ref(&write));
+        if let Some(end) = written.end {
             let synced = self.clients[client].fsync(fd);
-            match self.judge(&path, "fsync", &synced) {
+            let outcome = self.judge(&path, "fsync", &synced);
+            self.settle_writes(&path, &mut written, outcome == Outcome::Ok);
+            match outcome {
                 Outcome::Ok => {
                     self.model.file(&path).content.published(end, true);
                     self.note(format!(" | c{reader} reads:"));
@@ -910,7 +941,7 @@ impl Soak {
                 Outcome::Exists => self.violation(&path, "EEXIST from fsync"),
             }
         }
-        self.do_close(client, fd, &path, end);
+        self.do_close(client, fd, &path, written);
     }
 
     /// Open for reading, read it whole, then a few preads, close.
