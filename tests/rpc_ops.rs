@@ -149,6 +149,7 @@ impl Meta {
                     path,
                     meta,
                     exclusive,
+                    settled_only: false,
                     data: Vec::new(),
                 };
                 conn.call::<ops::MetadataInsert>(&request).await?;

@@ -263,6 +263,7 @@ pub fn insert_record(servers: &[SocketAddr], path: &str, meta: benchfs_proto::me
                 path: path.into(),
                 meta,
                 exclusive: false,
+                settled_only: false,
                 data: Vec::new(),
             };
             conn.call::<ops::MetadataInsert>(&insert).await.unwrap();

@@ -111,7 +111,7 @@ wire_header!(/// `TruncateFileRequest`, whole.
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
 wire_header!(/// `InsertRequest`, before the path and the bytes.
-    InsertHeader = 65, { meta: FileMetadataWire, exclusive: u8 });
+    InsertHeader = 65, { meta: FileMetadataWire, flags: u8 });
 wire_header!(/// `SetAttrRequest`, before the path.
 SetAttrHeader = 48, {
     file_id: U64,
@@ -721,6 +721,9 @@ pub struct InsertRequest {
     pub meta: FileMetadata,
     /// Fail with `Exists` if the path has a record.
     pub exclusive: bool,
+    /// Fail with `Busy` if a record came to or left the path, or a call tried to, within
+    /// the settle window (a replica repair's copy, which must not race a client's call).
+    pub settled_only: bool,
     /// The record's bytes when `meta.inline` (exactly `meta.size` of them), else empty.
     pub data: Vec<u8>,
 }
@@ -729,7 +732,7 @@ impl Message for InsertRequest {
     fn encode(&self, w: &mut Writer) {
         w.fixed(&InsertHeader {
             meta: self.meta.to_wire(),
-            exclusive: u8::from(self.exclusive),
+            flags: u8::from(self.exclusive) | u8::from(self.settled_only) << 1,
         })
         .str16(self.path.as_bytes())
         .str16(&self.data);
@@ -737,13 +740,19 @@ impl Message for InsertRequest {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: InsertHeader = r.fixed()?;
         let meta = FileMetadata::from_wire(&h.meta)?;
-        let exclusive = bool_byte(h.exclusive, "exclusive")?;
+        if h.flags & !3 != 0 {
+            return Err(DecodeError::BadField {
+                field: "flags",
+                reason: "unknown bits",
+            });
+        }
         let path = path_field(r, "path")?;
         Ok(InsertRequest {
             data: inline::record_data(r, &meta)?,
             path,
             meta,
-            exclusive,
+            exclusive: h.flags & 1 != 0,
+            settled_only: h.flags & 2 != 0,
         })
     }
 }

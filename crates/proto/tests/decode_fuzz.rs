@@ -210,7 +210,7 @@ proptest! {
         round_trip(&RecordReply { meta, data: data.clone() })?;
         let plain = FileMetadata { inline: false, ..meta };
         round_trip(&RecordReply { meta: plain, data: Vec::new() })?;
-        round_trip(&InsertRequest { path: path.clone(), meta, exclusive: false, data: data.clone() })?;
+        round_trip(&InsertRequest { path: path.clone(), meta, exclusive: false, settled_only: true, data: data.clone() })?;
         round_trip(&CreateInlineRequest { path: path.clone(), mode: 0o600, chunk_size: 0, uid: 3, gid: 4, data: data.clone() })?;
         round_trip(&CreateInlineReply { meta, created: true, data: Vec::new() })?;
         round_trip(&CreateInlineReply { meta, created: false, data: data.clone() })?;
@@ -246,7 +246,7 @@ proptest! {
         round_trip(&SetAttrRequest { path: path.clone(), file_id: id, set: set_attr::ALL, mode: 0o600, uid: 1, gid: 2, atime_ns: len, mtime_ns: id, ctime_ns: 3 })?;
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
-        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, data: Vec::new() })?;
+        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;

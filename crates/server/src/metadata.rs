@@ -161,6 +161,7 @@ impl MetadataTable {
         owner: Owner,
     ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
+        self.recent.touch(&path);
         if path == "/" || self.entries.contains_key(&path) {
             return Err(Status::Exists);
         }
@@ -232,9 +233,10 @@ impl MetadataTable {
         }
     }
 
-    /// Sets how long after a record comes to or leaves a path the repair pass waits
-    /// before comparing it with other replicas (twice the RPC timeout: by then every call
-    /// that was changing it has ended).
+    /// Sets how long after a record comes to or leaves a path (or a call tries to) the
+    /// repair pass waits before comparing it with other replicas (twice the RPC timeout:
+    /// by then every call that was changing it has ended). Every path counts as changed
+    /// now: calls made before a restart may still be followed by their undos.
     pub fn set_settle_window(&mut self, window: Duration) {
         self.recent.set_window(window);
     }
@@ -362,6 +364,7 @@ impl MetadataTable {
         exclusive: bool,
     ) -> Result<(), Status> {
         let path = path::normalize(path)?;
+        self.recent.touch(&path);
         if path == "/" || (exclusive && self.entries.contains_key(&path)) {
             return Err(Status::Exists);
         }
@@ -380,6 +383,9 @@ impl MetadataTable {
         expect: Option<EntryKind>,
     ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
+        // A delete that finds nothing here may be one replica's half of an unlink that
+        // is going on elsewhere: the repair must not copy the record back meanwhile.
+        self.recent.touch(&path);
         let meta = self.entries.get(&path).ok_or(Status::NotFound)?;
         match (expect, meta.kind) {
             (Some(EntryKind::File), EntryKind::Directory) => return Err(Status::IsDir),
@@ -391,7 +397,6 @@ impl MetadataTable {
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
         self.inline_bytes.remove(&path);
         self.seals.remove(&path);
-        self.recent.touch(&path);
         if self.unindex(meta.file_id) {
             self.add_tombstone(meta.file_id);
         }
@@ -402,10 +407,10 @@ impl MetadataTable {
     /// rename, whose new record was stored first): the file lives on, so no tombstone.
     pub fn move_out(&mut self, path: &str) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
+        self.recent.touch(&path);
         let meta = self.entries.remove(&path).ok_or(Status::NotFound)?;
         self.inline_bytes.remove(&path);
         self.seals.remove(&path);
-        self.recent.touch(&path);
         self.unindex(meta.file_id);
         Ok(meta)
     }

@@ -7,15 +7,17 @@
 //! `replication.replicas`) what they hold there ([`ops::CompareRecords`]). A round runs
 //! only when the registered servers have been the same for the settle window and none
 //! has departed (shut down cleanly), so its ring is the one clients use. Then, for a
-//! path that neither side changed within the settle window (twice the RPC timeout, so no
-//! call that could still change it is in flight):
+//! path that neither side changed (nor had a call try to) within the settle window (twice
+//! the RPC timeout, so no call that could still change it is in flight):
 //! - the peer holds no record and deleted this file (a tombstone): this server deletes its
 //!   record too (the delete wins over the failed undo);
-//! - the peer holds none and has no tombstone: this server copies its record there
-//!   (an exclusive insert, so it never replaces one);
-//! - the peer holds another file's record: the one the other side deleted loses, else the
-//!   older (by change time, then inode number). Each server only ever deletes its own
-//!   losing record; the winner's holder copies it over in a later round.
+//! - the peer holds none and has no tombstone: this server copies its record there (an
+//!   exclusive insert that the peer refuses unless the path is still settled there, so it
+//!   never replaces a record nor races a call);
+//! - the peer holds another file's record: nothing is done. Which of the two should win
+//!   cannot be told from tombstones (each side may hold one of the other's file, left by an
+//!   undo), and a wrong guess would lose the path on both; such replicas keep refusing
+//!   size updates through the wrong file (ESTALE) and are logged.
 //!
 //! **Invariant:** a repair changes a record only where both sides have been quiet for the
 //! settle window, deletes only this server's own record (checked against the inode number
@@ -56,35 +58,20 @@ enum Action {
     Nothing,
     CopyToPeer,
     DropOurs,
+    /// The replicas name two files; left as they are.
+    TwoFiles,
 }
 
-/// The rule of the module docs. `deleted_here` says whether this server deleted the last
-/// record of an inode number.
-fn decide(ours: &FileMetadata, theirs: &RecordState, deleted_here: impl Fn(u64) -> bool) -> Action {
+/// The rule of the module docs.
+fn decide(ours: &FileMetadata, theirs: &RecordState) -> Action {
     if !theirs.settled {
         return Action::Nothing;
     }
-    let Some(other) = theirs.meta else {
-        return if theirs.deleted {
-            Action::DropOurs
-        } else {
-            Action::CopyToPeer
-        };
-    };
-    if other.file_id == ours.file_id {
-        return Action::Nothing;
-    }
-    let ours_lost = if theirs.deleted {
-        true
-    } else if deleted_here(other.file_id) {
-        false
-    } else {
-        (ours.ctime_ns, ours.file_id) < (other.ctime_ns, other.file_id)
-    };
-    if ours_lost {
-        Action::DropOurs
-    } else {
-        Action::Nothing
+    match theirs.meta {
+        None if theirs.deleted => Action::DropOurs,
+        None => Action::CopyToPeer,
+        Some(other) if other.file_id == ours.file_id => Action::Nothing,
+        Some(_) => Action::TwoFiles,
     }
 }
 
@@ -193,8 +180,10 @@ async fn compare_with(
             });
         }
         for ((path, ours), theirs) in batch.iter().zip(&reply.states) {
-            match decide(ours, theirs, |id| state.deleted_here(id)) {
+            match decide(ours, theirs) {
                 Action::Nothing => {}
+                Action::TwoFiles => tracing::warn!(%path, file_id = ours.file_id,
+                    peer = conn.server(), "replicas name two files; replica repair leaves them"),
                 Action::DropOurs => match state.drop_losing_record(path, ours.file_id) {
                     Ok(true) => {
                         tracing::info!(%path, file_id = ours.file_id, peer = conn.server(),
@@ -214,6 +203,7 @@ async fn compare_with(
                         path: path.clone(),
                         meta,
                         exclusive: true,
+                        settled_only: true,
                         data,
                     };
                     match conn.call::<ops::MetadataInsert>(&insert).await {
@@ -222,8 +212,9 @@ async fn compare_with(
                                 "replica repair copied a record to a replica that lacked it");
                             repaired.copied += 1;
                         }
-                        // A create that got there meanwhile: the next round compares again.
-                        Err(e) if e.status() == Status::Exists => {}
+                        // A record or a call that got there meanwhile: the next round
+                        // compares again.
+                        Err(e) if matches!(e.status(), Status::Exists | Status::Busy) => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -294,7 +285,7 @@ mod tests {
         for theirs in [None, Some(record(2, 20))] {
             for deleted in [false, true] {
                 assert_eq!(
-                    decide(&ours, &state(theirs, false, deleted), |_| false),
+                    decide(&ours, &state(theirs, false, deleted)),
                     Action::Nothing
                 );
             }
@@ -304,54 +295,28 @@ mod tests {
     #[test]
     fn a_missing_record_is_copied_unless_the_peer_deleted_the_file() {
         let ours = record(1, 10);
-        assert_eq!(
-            decide(&ours, &state(None, true, false), |_| false),
-            Action::CopyToPeer
-        );
-        assert_eq!(
-            decide(&ours, &state(None, true, true), |_| false),
-            Action::DropOurs
-        );
+        assert_eq!(decide(&ours, &state(None, true, false)), Action::CopyToPeer);
+        assert_eq!(decide(&ours, &state(None, true, true)), Action::DropOurs);
     }
 
     #[test]
     fn the_same_file_needs_nothing() {
         let ours = record(1, 10);
         assert_eq!(
-            decide(&ours, &state(Some(record(1, 99)), true, false), |_| true),
+            decide(&ours, &state(Some(record(1, 99)), true, false)),
             Action::Nothing
         );
     }
 
     #[test]
-    fn of_two_files_the_deleted_one_loses_then_the_older() {
-        let ours = record(1, 10);
-        let newer = Some(record(2, 20));
-        let older = Some(record(3, 5));
-        // The peer deleted ours: ours loses whatever the times say.
-        assert_eq!(
-            decide(&ours, &state(older, true, true), |_| false),
-            Action::DropOurs
-        );
-        // This server deleted theirs: theirs loses (the peer drops it).
-        assert_eq!(
-            decide(&ours, &state(newer, true, false), |id| id == 2),
-            Action::Nothing
-        );
-        // No tombstone either way: the older record loses.
-        assert_eq!(
-            decide(&ours, &state(newer, true, false), |_| false),
-            Action::DropOurs
-        );
-        assert_eq!(
-            decide(&ours, &state(older, true, false), |_| false),
-            Action::Nothing
-        );
-        // Both sides reach opposite verdicts about their own record, never the same one.
-        let same_time = record(4, 10);
-        let a = decide(&ours, &state(Some(same_time), true, false), |_| false);
-        let b = decide(&same_time, &state(Some(ours), true, false), |_| false);
-        assert_ne!(a, b);
+    fn two_files_are_never_dropped_on_either_side() {
+        // Each side may hold a tombstone of the other's file (an undo replaced it): a rule
+        // trusting tombstones here would drop both records and lose the path.
+        let (x, w) = (record(1, 10), record(2, 20));
+        for deleted in [false, true] {
+            assert_eq!(decide(&x, &state(Some(w), true, deleted)), Action::TwoFiles);
+            assert_eq!(decide(&w, &state(Some(x), true, deleted)), Action::TwoFiles);
+        }
     }
 
     #[test]

@@ -341,6 +341,7 @@ impl FsClient {
             path: path.to_string(),
             meta: record.meta,
             exclusive: false,
+            settled_only: false,
             data: record.data.clone(),
         };
         let copies = futures_util::future::join_all(

@@ -139,6 +139,7 @@ impl FsClient {
             path: path.to_string(),
             meta: reply.meta,
             exclusive: false,
+            settled_only: false,
             data: Vec::new(),
         };
         let copies = join_all(
@@ -174,6 +175,7 @@ impl FsClient {
                         path: path.to_string(),
                         meta: record.meta,
                         exclusive: false,
+                        settled_only: false,
                         data: record.data.clone(),
                     };
                     self.call_on::<ops::MetadataInsert>(s, &req, OutPayload::none())
@@ -607,6 +609,7 @@ impl FsClient {
             path: to.to_string(),
             meta: record.meta,
             exclusive: false,
+            settled_only: false,
             data: record.data.clone(),
         };
         let answers = self

@@ -113,6 +113,7 @@ impl FsClient {
             path: path.to_string(),
             meta: record.meta,
             exclusive: false,
+            settled_only: false,
             data: record.data.clone(),
         };
         self.forget(path);

@@ -405,9 +405,12 @@ impl ServerState {
             }
             OpCode::MetadataInsert => {
                 let req: op::InsertRequest = decode(body)?;
-                self.metadata
-                    .borrow_mut()
-                    .insert(&req.path, req.meta, &req.data, req.exclusive)?;
+                let mut table = self.metadata.borrow_mut();
+                if req.settled_only && !table.settled(&benchfs_proto::path::normalize(&req.path)?) {
+                    return Err(Status::Busy);
+                }
+                table.insert(&req.path, req.meta, &req.data, req.exclusive)?;
+                drop(table);
                 self.log_put(&req.path)?;
                 Ok(Reply::ok(&op::Empty))
             }

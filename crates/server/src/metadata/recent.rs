@@ -1,5 +1,6 @@
-//! Which paths had a record come or go lately: the replica repair pass leaves those
-//! alone, since a namespace call on them may still be on its way to another replica.
+//! Which paths had a record come or go lately, or a call try to: the replica repair pass
+//! leaves those alone, since a namespace call on them may still be on its way to another
+//! replica.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,12 +32,14 @@ impl RecentChanges {
         }
     }
 
-    /// Sets how long a change keeps its path unsettled.
+    /// Sets how long a change keeps its path unsettled, and counts every path as changed
+    /// now.
     pub fn set_window(&mut self, window: Duration) {
         self.window = window;
+        self.unsettled_until = Some(Instant::now() + window);
     }
 
-    /// Notes that a record came to or left `path` (normalised) now.
+    /// Notes that a record came to or left `path` (normalised) now, or a call tried to.
     pub fn touch(&mut self, path: &str) {
         if self.window.is_zero() {
             return;
@@ -99,6 +102,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(recent.settled("/a"));
         assert!(recent.order.is_empty() && recent.latest.is_empty());
+    }
+
+    #[test]
+    fn setting_the_window_unsettles_every_path_for_it() {
+        let mut recent = RecentChanges::new(Duration::ZERO);
+        recent.set_window(Duration::from_millis(40));
+        assert!(!recent.settled("/never-touched"));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(recent.settled("/never-touched"));
     }
 
     #[test]
