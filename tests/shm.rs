@@ -27,6 +27,8 @@ fn ucx_overridden() -> bool {
         "UCX_TLS",
         "UCX_MM_ERROR_HANDLING",
         "UCX_CMA_MEMORY_INVALIDATE",
+        "UCX_RNDV_SCHEME",
+        "UCX_MAX_RNDV_LANES",
     ]
     .iter()
     .any(|key| std::env::var_os(key).is_some())

@@ -129,6 +129,14 @@ impl Drop for Context {
 /// made through a listener keep their `tcp` socket, which reports a peer whose process
 /// ended (even a zombie) in milliseconds. UCX picks shared memory only for peers on the
 /// same host and in the same IPC namespace, so other hosts keep the network.
+///
+/// Rendezvous is sender-driven (`RNDV_SCHEME=put_zcopy`): the sender writes into the
+/// receiver's buffer while its send is alive. With the default receiver-driven get, a
+/// receiver that was stopped (SIGSTOP) and resumes after the sender gave up, force-closed
+/// the connection and handed the buffer back to its owner, still reads the sender's memory
+/// through `cma`, as it is now, and a server stored bytes nobody wrote
+/// (`tests/write_behind.rs`). Within a host, one rendezvous lane: a put scheme otherwise
+/// adds a `tcp` lane beside `cma`.
 pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
     let flag = if enabled { "y" } else { "n" };
     // (key for ucp_config_modify, its environment variable, value): a UCT component's key
@@ -136,9 +144,11 @@ pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
     let mut config = vec![
         ("MM_ERROR_HANDLING", "UCX_MM_ERROR_HANDLING", flag),
         ("MEMORY_INVALIDATE", "UCX_CMA_MEMORY_INVALIDATE", flag),
+        ("RNDV_SCHEME", "UCX_RNDV_SCHEME", "put_zcopy"),
     ];
     if enabled {
         config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", "1s"));
+        config.push(("MAX_RNDV_LANES", "UCX_MAX_RNDV_LANES", "1"));
     }
     config
         .into_iter()
