@@ -323,29 +323,28 @@ fn settings(
     }
     let config = target.config()?;
     plan.network_payload = config.storage.chunk_size_bytes.min(1 << 20);
-    out.insert("backend".into(), config.storage.backend.to_string());
-    out.insert(
-        "chunk_size".into(),
-        config.storage.chunk_size_bytes.to_string(),
-    );
-    out.insert(
-        "rdma_threshold".into(),
-        config.network.rendezvous_threshold_bytes.to_string(),
-    );
-    out.insert("replicas".into(), config.replication.replicas.to_string());
-    out.insert(
-        "inline_bytes".into(),
-        config.storage.inline_bytes.to_string(),
-    );
-    // The client windows: a run with them off is the baseline of one with them on.
-    out.insert(
-        "write_behind_bytes".into(),
-        config.client.write_behind_bytes.to_string(),
-    );
-    out.insert(
-        "read_ahead_bytes".into(),
-        config.client.read_ahead_bytes.to_string(),
-    );
+    let settings = [
+        ("backend", config.storage.backend.to_string()),
+        ("chunk_size", config.storage.chunk_size_bytes.to_string()),
+        (
+            "rdma_threshold",
+            config.network.rendezvous_threshold_bytes.to_string(),
+        ),
+        ("replicas", config.replication.replicas.to_string()),
+        ("inline_bytes", config.storage.inline_bytes.to_string()),
+        // The client windows: a run with them off is the baseline of one with them on.
+        (
+            "write_behind_bytes",
+            config.client.write_behind_bytes.to_string(),
+        ),
+        (
+            "read_ahead_bytes",
+            config.client.read_ahead_bytes.to_string(),
+        ),
+    ];
+    for (key, value) in settings {
+        out.insert(key.into(), value);
+    }
     let servers = benchfs::blocking::FsClient::published_servers(&config.network.registry_dir)
         .map_or(0, |s| s.len());
     out.insert("servers".into(), servers.to_string());
