@@ -9,7 +9,7 @@
 mod inline;
 mod recent;
 
-pub use recent::{RecentChanges, RECENT_CHANGES_MAX};
+pub use recent::{settle_window, RecentChanges, RECENT_CHANGES_MAX};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,7 +62,9 @@ pub struct MetadataTable {
     tombstones: VecDeque<u64>,
     /// The same numbers, for lookups.
     tombstone_set: HashSet<u64>,
-    /// Paths a record came to or left lately, which the repair pass leaves alone.
+    /// Paths a record came to or left lately, or a call tried to (every create, insert,
+    /// delete and move notes its path first, whatever its outcome), which the repair pass
+    /// leaves alone.
     recent: RecentChanges,
     /// High 32 bits of every inode number this server hands out.
     id_prefix: u64,
@@ -268,7 +270,6 @@ impl MetadataTable {
         );
         *self.file_ids.entry(meta.file_id).or_default() += 1;
         self.seals.remove(&path);
-        self.recent.touch(&path);
         if meta.inline {
             self.inline_bytes.insert(path.clone(), data);
         } else {

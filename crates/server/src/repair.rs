@@ -29,8 +29,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use benchfs_config::registry;
-
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self, CompareRequest, RecordState, COMPARE_RECORDS_MAX};
 use benchfs_proto::placement::{PlacementKey, PlacementRing, ServerIndex};
@@ -48,7 +46,7 @@ pub const RECORDS_PER_ROUND: usize = 16 * 1024;
 pub struct Repaired {
     /// Records copied to a replica that held none.
     pub copied: u64,
-    /// Records of this server's deleted because another replica's won.
+    /// Records of this server's deleted because another replica deleted the file.
     pub dropped: u64,
 }
 
@@ -113,15 +111,13 @@ pub(crate) async fn repair_once(
     // The ring must be the one clients use: with a server away (shut down cleanly, or
     // not yet published) it names other replicas, and a copy would go where no client
     // looks yet every listing finds it.
-    if let Some(node) = registry::departed(&options.registry_dir)?.pop() {
-        return Err(SweepError::Missing { node });
-    }
-    let entries = registry::read(&options.registry_dir)?;
+    let entries = crate::sweep::every_peer(options)?;
     let ring = PlacementRing::new(
         entries.iter().map(|e| e.node_id.as_str()),
         options.virtual_nodes,
     )?;
-    if !progress.membership_settled(ring.nodes(), options.rpc_timeout.saturating_mul(2)) {
+    let settle = crate::metadata::settle_window(options.rpc_timeout);
+    if !progress.membership_settled(ring.nodes(), settle) {
         return Ok(repaired);
     }
     let Some(me) = ring.index_of(state.node_id()) else {
@@ -184,10 +180,10 @@ async fn compare_with(
                 Action::Nothing => {}
                 Action::TwoFiles => tracing::warn!(%path, file_id = ours.file_id,
                     peer = conn.server(), "replicas name two files; replica repair leaves them"),
-                Action::DropOurs => match state.drop_losing_record(path, ours.file_id) {
+                Action::DropOurs => match state.drop_deleted_record(path, ours.file_id) {
                     Ok(true) => {
                         tracing::info!(%path, file_id = ours.file_id, peer = conn.server(),
-                            "replica repair removed a record another replica outvoted");
+                            "replica repair removed a record another replica deleted");
                         repaired.dropped += 1;
                     }
                     Ok(false) => {}
@@ -255,7 +251,7 @@ mod tests {
     use super::*;
     use benchfs_proto::meta::EntryKind;
 
-    fn record(file_id: u64, ctime_ns: u64) -> FileMetadata {
+    fn record(file_id: u64) -> FileMetadata {
         FileMetadata {
             file_id,
             kind: EntryKind::File,
@@ -264,9 +260,9 @@ mod tests {
             uid: 0,
             gid: 0,
             chunk_size: 1 << 22,
-            mtime_ns: ctime_ns,
-            ctime_ns,
-            atime_ns: ctime_ns,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            atime_ns: 0,
             inline: false,
         }
     }
@@ -281,8 +277,8 @@ mod tests {
 
     #[test]
     fn nothing_is_done_while_the_peer_has_not_settled() {
-        let ours = record(1, 10);
-        for theirs in [None, Some(record(2, 20))] {
+        let ours = record(1);
+        for theirs in [None, Some(record(2))] {
             for deleted in [false, true] {
                 assert_eq!(
                     decide(&ours, &state(theirs, false, deleted)),
@@ -294,16 +290,16 @@ mod tests {
 
     #[test]
     fn a_missing_record_is_copied_unless_the_peer_deleted_the_file() {
-        let ours = record(1, 10);
+        let ours = record(1);
         assert_eq!(decide(&ours, &state(None, true, false)), Action::CopyToPeer);
         assert_eq!(decide(&ours, &state(None, true, true)), Action::DropOurs);
     }
 
     #[test]
     fn the_same_file_needs_nothing() {
-        let ours = record(1, 10);
+        let ours = record(1);
         assert_eq!(
-            decide(&ours, &state(Some(record(1, 99)), true, false)),
+            decide(&ours, &state(Some(record(1)), true, false)),
             Action::Nothing
         );
     }
@@ -312,7 +308,7 @@ mod tests {
     fn two_files_are_never_dropped_on_either_side() {
         // Each side may hold a tombstone of the other's file (an undo replaced it): a rule
         // trusting tombstones here would drop both records and lose the path.
-        let (x, w) = (record(1, 10), record(2, 20));
+        let (x, w) = (record(1), record(2));
         for deleted in [false, true] {
             assert_eq!(decide(&x, &state(Some(w), true, deleted)), Action::TwoFiles);
             assert_eq!(decide(&w, &state(Some(x), true, deleted)), Action::TwoFiles);
@@ -349,7 +345,7 @@ mod tests {
                     } else {
                         format!("/f{i}")
                     },
-                    record(i, 0),
+                    record(i),
                 )
             })
             .collect();

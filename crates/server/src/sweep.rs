@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use benchfs_config::registry::{self, RegistryError};
+use benchfs_config::registry::{self, RegistryError, ServerEntry};
 use benchfs_proto::ops::{self, FILE_IDS_MAX};
 use benchfs_rpc::{Connection, RpcClient, RpcError};
 use benchfs_store::StoreError;
@@ -131,6 +131,16 @@ impl Peers {
     }
 }
 
+/// The servers in the registry, or `Missing` while one that stopped cleanly has not come
+/// back: a round that asked only the others could act on a partial view (a record only
+/// the missing one holds, a ring without it).
+pub(crate) fn every_peer(options: &SweepOptions) -> Result<Vec<ServerEntry>, SweepError> {
+    if let Some(node) = registry::departed(&options.registry_dir)?.pop() {
+        return Err(SweepError::Missing { node });
+    }
+    Ok(registry::read(&options.registry_dir)?)
+}
+
 /// One round: returns the chunks removed.
 async fn sweep_once(
     state: &ServerState,
@@ -138,10 +148,7 @@ async fn sweep_once(
     peers: &mut Peers,
     options: &SweepOptions,
 ) -> Result<u64, SweepError> {
-    if let Some(node) = registry::departed(&options.registry_dir)?.pop() {
-        return Err(SweepError::Missing { node });
-    }
-    let entries = registry::read(&options.registry_dir)?;
+    let entries = every_peer(options)?;
     let candidates = state.unnamed_files(FILE_IDS_MAX).await?;
     if candidates.is_empty() {
         return Ok(0);

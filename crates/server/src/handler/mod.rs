@@ -162,7 +162,7 @@ impl ServerState {
             )?))
         };
         // Set after the replay, whose records are no calls in flight.
-        metadata.set_settle_window(config.network.rpc_timeout.saturating_mul(2));
+        metadata.set_settle_window(crate::metadata::settle_window(config.network.rpc_timeout));
         let born_ns = store_born_ns(config, &store)?;
         if let Some(plan) = &config.storage.inject_faults {
             tracing::warn!(%plan, "injecting chunk store faults (storage.inject_faults)");

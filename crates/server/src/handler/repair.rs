@@ -1,5 +1,6 @@
 //! The server's side of replica repair: answering a peer's comparison, and the one change
-//! a repair pass makes to its own table (dropping a record that lost to another replica's).
+//! a repair pass makes to its own table (dropping a record whose file another replica
+//! deleted).
 
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self as op};
@@ -24,19 +25,27 @@ impl ServerState {
             .records
             .iter()
             .map(|(path, file_id)| {
-                let meta = match table.lookup(path) {
+                let path = benchfs_proto::path::normalize(path)?;
+                let meta = match table.lookup(&path) {
                     Ok(meta) => Some(meta),
                     Err(Status::NotFound) => None,
                     Err(e) => return Err(e),
                 };
                 Ok(op::RecordState {
                     meta,
-                    settled: table.settled(path),
+                    settled: table.settled(&path),
                     deleted: table.is_deleted(*file_id),
                 })
             })
             .collect::<Result<_, Status>>()?;
         Ok(Reply::ok(&op::CompareReply { states }))
+    }
+
+    /// Whether this server's record of `path` (normalised) still names `file_id` and has
+    /// settled.
+    fn names_settled(&self, path: &str, file_id: u64) -> bool {
+        let mut table = self.metadata.borrow_mut();
+        table.settled(path) && table.lookup(path).is_ok_and(|m| m.file_id == file_id)
     }
 
     /// This server's record of `path` and its bytes if it is inline, when it still names
@@ -46,19 +55,18 @@ impl ServerState {
         path: &str,
         file_id: u64,
     ) -> Option<(FileMetadata, Vec<u8>)> {
-        let mut table = self.metadata.borrow_mut();
-        if !table.settled(path) {
+        if !self.names_settled(path, file_id) {
             return None;
         }
+        let table = self.metadata.borrow();
         let (meta, data) = table.record(path).ok()?;
-        (meta.file_id == file_id).then(|| (meta, data.to_vec()))
+        Some((meta, data.to_vec()))
     }
 
-    /// Deletes the record of `path` if it still names `file_id` and has settled (a record
-    /// another replica deleted, or that lost to another replica's), journaled like any
-    /// delete; true if it went.
-    pub(crate) fn drop_losing_record(&self, path: &str, file_id: u64) -> Result<bool, Status> {
-        if self.settled_record(path, file_id).is_none() {
+    /// Deletes the record of `path` if it still names `file_id` and has settled (a file
+    /// another replica deleted), journaled like any delete; true if it went.
+    pub(crate) fn drop_deleted_record(&self, path: &str, file_id: u64) -> Result<bool, Status> {
+        if !self.names_settled(path, file_id) {
             return Ok(false);
         }
         self.metadata.borrow_mut().delete(path, None)?;

@@ -113,6 +113,7 @@ impl MetadataTable {
         data: &[u8],
     ) -> Result<CreatedInline, Status> {
         let path = path::normalize(path)?;
+        self.recent.touch(&path);
         if path == "/" {
             return Err(Status::Exists);
         }

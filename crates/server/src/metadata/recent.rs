@@ -11,6 +11,13 @@ use benchfs_proto::placement::PlacementKey;
 /// forgotten, and every path counts as unsettled until a whole window has passed.
 pub const RECENT_CHANGES_MAX: usize = 1 << 18;
 
+/// How long after a change a path counts as settled: twice the RPC timeout, by which
+/// every call that could still change it has ended (and the registered servers the same
+/// for as long before a repair round trusts its ring).
+pub fn settle_window(rpc_timeout: Duration) -> Duration {
+    rpc_timeout.saturating_mul(2)
+}
+
 /// Changes within the settle window, by path hash (a collision only makes a path wait).
 #[derive(Debug)]
 pub struct RecentChanges {
