@@ -1,18 +1,21 @@
-//! Replica repair: replicas of a record left different by a double fault (a namespace call
-//! that failed on one replica and whose undo failed too) come back together within a few
-//! sweep rounds once the path has settled when one replica holds no record, and a server
-//! back with an empty data directory gets its records back; replicas naming two files are
-//! left alone. The divergent states are made by hand on the servers, as those
-//! faults leave them.
+//! Replica repair: replicas of a record left different by a double fault (a call that
+//! failed on one replica and whose undo failed too) come back together within a few sweep
+//! rounds once the path has settled: a record one replica lacks is copied there, a delete
+//! one missed wins, of two records that differ (two files, a size, attributes, inline
+//! bytes) the later one wins on both, and a server back with an empty data directory gets
+//! its records back. The divergent states are made by hand on the servers, as those faults
+//! leave them.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use benchfs::blocking::OpenFlags;
+use benchfs::blocking::{BenchFS, OpenFlags};
 use benchfs::placement::PlacementKey;
+use benchfs_proto::meta::{now_ns, FileMetadata, SizeUpdate};
+use benchfs_proto::ops;
 use common::files::{read_file, try_read_file, write_file};
-use common::rpc::{delete_record, insert_record, record_ids};
+use common::rpc::{call_one, delete_record, insert_record, record_ids, records};
 use common::{pattern, Cluster, ClusterSpec, RPC_TIMEOUT};
 
 /// A path's record is compared only after it has been left alone this long.
@@ -30,21 +33,36 @@ fn spec() -> ClusterSpec {
     }
 }
 
-/// Waits until the replicas of `path` hold `want`, or fails after [`CONVERGE_BOUND`] with
-/// what they held.
-fn await_records(cluster: &Cluster, path: &str, want: &[Option<u64>]) {
+/// Waits until `held()` gives `want`, or fails after [`CONVERGE_BOUND`] with what it gave.
+fn await_held<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut held: impl FnMut() -> T) {
     let deadline = Instant::now() + CONVERGE_BOUND;
     loop {
-        let held = record_ids(cluster, path);
-        if held == want {
+        let now = held();
+        if now == want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{path}: replicas still hold {held:?}, want {want:?}"
+            "{what}: replicas still hold {now:?}, want {want:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Waits until the replicas of `path` name `want`.
+fn await_records(cluster: &Cluster, path: &str, want: &[Option<u64>]) {
+    await_held(path, want.to_vec(), || record_ids(cluster, path));
+}
+
+/// Total chunks the cluster's servers hold.
+fn chunks(fs: &BenchFS) -> u64 {
+    let stats = fs.block_on(fs.client().server_stats());
+    stats.into_iter().map(|(_, s)| s.unwrap().chunks).sum()
+}
+
+/// Waits until the servers hold `want` chunks (the orphan sweep freed the rest).
+fn await_chunks(fs: &BenchFS, want: u64) {
+    await_held("chunks", want, || chunks(fs));
 }
 
 /// Asserts that the replicas of `path` still hold `held`, when this runs within the settle
@@ -95,57 +113,123 @@ fn a_delete_one_replica_missed_wins_and_frees_the_chunks() {
     let fs = cluster.client();
     write_file(&fs, "/d", &pattern(300_000, 2));
     let owner = cluster.replicas_of(PlacementKey::Metadata("/d"))[0];
-    let chunks = || -> u64 {
-        let stats = fs.block_on(fs.client().server_stats());
-        stats.into_iter().map(|(_, s)| s.unwrap().chunks).sum()
-    };
-    assert!(chunks() > 0);
+    assert!(chunks(&fs) > 0);
     delete_record(cluster.addr(owner), "/d", false);
     await_records(&cluster, "/d", &[None, None]);
     let e = try_read_file(&cluster.client(), "/d").unwrap_err();
     assert_eq!(e.errno(), libc::ENOENT, "{e}");
     // No record names the file now, and a server holds its tombstone: the orphan sweep
     // frees every chunk.
-    let deadline = Instant::now() + CONVERGE_BOUND;
-    while chunks() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} chunks of /d were never freed",
-            chunks()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    await_chunks(&fs, 0);
 }
 
 #[test]
-fn replicas_naming_two_files_are_left_alone_and_both_files_stay_whole() {
-    // The copy of /x names another file (/y's) than the owner's, as a rename over /x whose
-    // insert and undo each failed on one replica could leave it. Each side may hold a
-    // tombstone of the other's file, so the repair cannot tell which should win and drops
-    // neither: both files stay whole, and each read of /x is one file or the other.
+fn of_replicas_naming_two_files_the_later_record_wins_on_both() {
+    // A rename over an existing file whose insert and undo each failed on one replica
+    // leaves one replica naming the renamed file (stamped when the rename stored it) and
+    // the other the file it replaced. Here the newer record is on the copy of /x and on
+    // the copy of /y (whose owner holds an older record of /x's file), so the repair must
+    // work in both directions; /x's file, named nowhere then, is freed.
     let cluster = Cluster::start(spec());
     let fs = cluster.client();
     let first = pattern(150_000, 3);
     let second = pattern(90_000, 4);
     write_file(&fs, "/x", &first);
+    let only_x = chunks(&fs);
     write_file(&fs, "/y", &second);
-    let x = fs.stat("/x").unwrap();
-    let y = fs.stat("/y").unwrap();
-    let copy = cluster.replicas_of(PlacementKey::Metadata("/x"))[1];
-    insert_record(&[cluster.addr(copy)], "/x", y);
-    std::thread::sleep(SETTLE + Duration::from_secs(3));
-    assert_eq!(
-        record_ids(&cluster, "/x"),
-        [Some(x.file_id), Some(y.file_id)]
-    );
+    let only_y = chunks(&fs) - only_x;
+    let x = records(&cluster, "/x")[0].unwrap();
+    let y = records(&cluster, "/y")[0].unwrap();
+    assert!(x.ctime_ns < y.ctime_ns, "/y was written after /x");
+    let x_copy = cluster.replicas_of(PlacementKey::Metadata("/x"))[1];
+    let y_owner = cluster.replicas_of(PlacementKey::Metadata("/y"))[0];
+    let renamed = FileMetadata {
+        ctime_ns: now_ns(),
+        ..y
+    };
+    insert_record(&[cluster.addr(x_copy)], "/x", renamed);
+    insert_record(&[cluster.addr(y_owner)], "/y", x);
+    await_records(&cluster, "/x", &[Some(y.file_id); 2]);
+    await_records(&cluster, "/y", &[Some(y.file_id); 2]);
     let reader = cluster.client();
-    let got = read_file(&reader, "/x");
+    assert!(read_file(&reader, "/x") == second, "/x reads /y's file");
+    assert!(read_file(&reader, "/y") == second, "/y is whole");
+    await_chunks(&fs, only_y);
+}
+
+#[test]
+fn a_size_or_attributes_one_replica_missed_are_brought_over() {
+    // A size update that reached only the copy of /s, and a chmod that reached only the
+    // owner of /m (each whose undo failed): the later record wins on both replicas.
+    let cluster = Cluster::start(spec());
+    let fs = cluster.client();
+    let data = pattern(300_000, 5);
+    write_file(&fs, "/s", &data);
+    write_file(&fs, "/m", &data);
+    let s_copy = cluster.replicas_of(PlacementKey::Metadata("/s"))[1];
+    let m_owner = cluster.replicas_of(PlacementKey::Metadata("/m"))[0];
+    let size = ops::UpdateSizeRequest {
+        path: "/s".into(),
+        file_id: fs.stat("/s").unwrap().file_id,
+        size: 100_000,
+        how: SizeUpdate::Exact,
+    };
+    call_one::<ops::UpdateSize>(cluster.addr(s_copy), &size).unwrap();
+    let chmod = ops::SetAttrRequest {
+        path: "/m".into(),
+        file_id: fs.stat("/m").unwrap().file_id,
+        set: ops::set_attr::MODE,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        atime_ns: 0,
+        mtime_ns: 0,
+        ctime_ns: now_ns(),
+    };
+    call_one::<ops::SetAttr>(cluster.addr(m_owner), &chmod).unwrap();
+    let field = |path: &str, get: fn(&FileMetadata) -> u64| -> Vec<u64> {
+        records(&cluster, path)
+            .iter()
+            .map(|r| get(&r.expect("both replicas name the file")))
+            .collect()
+    };
+    await_held("/s size", vec![100_000; 2], || field("/s", |m| m.size));
+    await_held("/m mode", vec![0o600; 2], || {
+        field("/m", |m| u64::from(m.mode))
+    });
     assert!(
-        got == first || got == second,
-        "/x read {} bytes of neither file",
-        got.len()
+        read_file(&cluster.client(), "/s") == data[..100_000],
+        "/s reads its first 100000 bytes"
     );
-    assert!(read_file(&reader, "/y") == second, "/y is untouched");
+}
+
+#[test]
+fn inline_bytes_one_replica_missed_are_brought_over() {
+    // An inline write that reached only the copy: the bytes differ, the size does not.
+    let cluster = Cluster::start(spec());
+    let fs = cluster.client();
+    let fd = fs
+        .open("/i", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap();
+    fs.write(fd, b"old bytes").unwrap();
+    fs.close(fd).unwrap();
+    let [owner, copy] = cluster.replicas_of(PlacementKey::Metadata("/i"))[..] else {
+        panic!("two replicas")
+    };
+    let write = ops::WriteInlineRequest {
+        path: "/i".into(),
+        file_id: fs.stat("/i").unwrap().file_id,
+        offset: 0,
+        data: b"new bytes".to_vec(),
+    };
+    let written = call_one::<ops::MetadataWriteInline>(cluster.addr(copy), &write).unwrap();
+    assert!(written.meta.inline, "/i is inline");
+    let open = ops::PathRequest { path: "/i".into() };
+    await_held("/i bytes on the owner", b"new bytes".to_vec(), || {
+        call_one::<ops::MetadataOpen>(cluster.addr(owner), &open)
+            .unwrap()
+            .data
+    });
 }
 
 #[test]

@@ -150,6 +150,7 @@ impl Meta {
                     meta,
                     exclusive,
                     settled_only: false,
+                    newer_only: false,
                     data: Vec::new(),
                 };
                 conn.call::<ops::MetadataInsert>(&request).await?;

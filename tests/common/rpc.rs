@@ -255,39 +255,53 @@ impl Drop for RawPeer {
 /// Stores `meta` at `path` on each of `servers` by hand, as an insert that only some
 /// replicas took would leave it (replicas that disagree, two names for one file).
 pub fn insert_record(servers: &[SocketAddr], path: &str, meta: benchfs_proto::meta::FileMetadata) {
-    Rt::new().block_on(async {
-        let client = rpc_client(b"");
-        for &addr in servers {
-            let conn = client.connect(addr).await.unwrap();
-            let insert = ops::InsertRequest {
-                path: path.into(),
-                meta,
-                exclusive: false,
-                settled_only: false,
-                data: Vec::new(),
-            };
-            conn.call::<ops::MetadataInsert>(&insert).await.unwrap();
-        }
-    });
+    let insert = ops::InsertRequest {
+        path: path.into(),
+        meta,
+        exclusive: false,
+        settled_only: false,
+        newer_only: false,
+        data: Vec::new(),
+    };
+    for &addr in servers {
+        call_one::<ops::MetadataInsert>(addr, &insert).unwrap();
+    }
 }
 
 /// What each replica of `path`'s record holds there, owner first: the inode number its
 /// record names, or `None`.
 pub fn record_ids(cluster: &super::Cluster, path: &str) -> Vec<Option<u64>> {
+    records(cluster, path)
+        .into_iter()
+        .map(|record| record.map(|meta| meta.file_id))
+        .collect()
+}
+
+/// The record each replica of `path` holds there, owner first, or `None`.
+pub fn records(
+    cluster: &super::Cluster,
+    path: &str,
+) -> Vec<Option<benchfs_proto::meta::FileMetadata>> {
     let replicas = cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(path));
-    Rt::new().block_on(async {
-        let client = rpc_client(b"");
-        let mut held = Vec::new();
-        for i in replicas {
-            let conn = client.connect(cluster.addr(i)).await.unwrap();
+    replicas
+        .into_iter()
+        .map(|i| {
             let request = ops::PathRequest { path: path.into() };
-            held.push(match conn.call::<ops::MetadataLookup>(&request).await {
-                Ok(reply) => Some(reply.meta.file_id),
+            match call_one::<ops::MetadataLookup>(cluster.addr(i), &request) {
+                Ok(reply) => Some(reply.meta),
                 Err(e) if e.status() == Status::NotFound => None,
                 Err(e) => panic!("lookup of {path} on server {i}: {e}"),
-            });
-        }
-        held
+            }
+        })
+        .collect()
+}
+
+/// Sends one request to the server at `addr` alone, as a call that reached only that
+/// replica would, and returns its answer.
+pub fn call_one<R: ops::Rpc>(addr: SocketAddr, request: &R::Request) -> Result<R::Reply, RpcError> {
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        conn.call::<R>(request).await
     })
 }
 
@@ -295,13 +309,10 @@ pub fn record_ids(cluster: &super::Cluster, path: &str) -> Vec<Option<u64>> {
 /// that reached only some replicas would: `moved` as a rename's old name (no tombstone),
 /// else as an unlink (a tombstone if it was the file's last record there).
 pub fn delete_record(addr: SocketAddr, path: &str, moved: bool) {
-    Rt::new().block_on(async {
-        let conn = rpc_client(b"").connect(addr).await.unwrap();
-        let request = ops::DeleteRequest {
-            path: path.into(),
-            expect: None,
-            moved,
-        };
-        conn.call::<ops::MetadataDelete>(&request).await.unwrap();
-    });
+    let request = ops::DeleteRequest {
+        path: path.into(),
+        expect: None,
+        moved,
+    };
+    call_one::<ops::MetadataDelete>(addr, &request).unwrap();
 }

@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use benchfs_config::ServerConfig;
 use benchfs_proto::limits::{
@@ -96,9 +96,7 @@ pub struct FileMetadata {
 impl FileMetadata {
     /// A regular file's record, mode [`FILE_MODE_DEFAULT`], changed now.
     pub fn new(file_id: u64, path: String, size: u64) -> FileMetadata {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let now = meta::now_ns();
         FileMetadata {
             path,
             file_id,

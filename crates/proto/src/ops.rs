@@ -724,6 +724,10 @@ pub struct InsertRequest {
     /// Fail with `Busy` if a record came to or left the path, or a call tried to, within
     /// the settle window (a replica repair's copy, which must not race a client's call).
     pub settled_only: bool,
+    /// Fail with `Exists` unless the path is empty or its record is older than this one
+    /// and differs from it (a replica repair's copy: last writer wins, see the server's
+    /// `repair` module).
+    pub newer_only: bool,
     /// The record's bytes when `meta.inline` (exactly `meta.size` of them), else empty.
     pub data: Vec<u8>,
 }
@@ -732,7 +736,9 @@ impl Message for InsertRequest {
     fn encode(&self, w: &mut Writer) {
         w.fixed(&InsertHeader {
             meta: self.meta.to_wire(),
-            flags: u8::from(self.exclusive) | u8::from(self.settled_only) << 1,
+            flags: u8::from(self.exclusive)
+                | u8::from(self.settled_only) << 1
+                | u8::from(self.newer_only) << 2,
         })
         .str16(self.path.as_bytes())
         .str16(&self.data);
@@ -740,7 +746,7 @@ impl Message for InsertRequest {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: InsertHeader = r.fixed()?;
         let meta = FileMetadata::from_wire(&h.meta)?;
-        if h.flags & !3 != 0 {
+        if h.flags & !7 != 0 {
             return Err(DecodeError::BadField {
                 field: "flags",
                 reason: "unknown bits",
@@ -753,6 +759,7 @@ impl Message for InsertRequest {
             meta,
             exclusive: h.flags & 1 != 0,
             settled_only: h.flags & 2 != 0,
+            newer_only: h.flags & 4 != 0,
         })
     }
 }

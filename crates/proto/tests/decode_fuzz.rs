@@ -210,7 +210,7 @@ proptest! {
         round_trip(&RecordReply { meta, data: data.clone() })?;
         let plain = FileMetadata { inline: false, ..meta };
         round_trip(&RecordReply { meta: plain, data: Vec::new() })?;
-        round_trip(&InsertRequest { path: path.clone(), meta, exclusive: false, settled_only: true, data: data.clone() })?;
+        round_trip(&InsertRequest { path: path.clone(), meta, exclusive: false, settled_only: true, newer_only: true, data: data.clone() })?;
         round_trip(&CreateInlineRequest { path: path.clone(), mode: 0o600, chunk_size: 0, uid: 3, gid: 4, data: data.clone() })?;
         round_trip(&CreateInlineReply { meta, created: true, data: Vec::new() })?;
         round_trip(&CreateInlineReply { meta, created: false, data: data.clone() })?;
@@ -246,7 +246,7 @@ proptest! {
         round_trip(&SetAttrRequest { path: path.clone(), file_id: id, set: set_attr::ALL, mode: 0o600, uid: 1, gid: 2, atime_ns: len, mtime_ns: id, ctime_ns: 3 })?;
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
-        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, data: Vec::new() })?;
+        round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, newer_only: false, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
@@ -265,7 +265,7 @@ proptest! {
         round_trip(&CompareRequest { records: vec![(path.clone(), id), ("/".into(), len)] })?;
         let states = [None, Some(m)].into_iter().flat_map(|meta| {
             [(false, false), (true, false), (false, true), (true, true)]
-                .map(|(settled, deleted)| RecordState { meta, settled, deleted })
+                .map(|(settled, deleted)| RecordState { meta, data_hash: meta.map_or(0, |_| len ^ id), settled, deleted })
         });
         round_trip(&CompareReply { states: states.collect() })?;
         let too_many = CompareRequest { records: vec![(path.clone(), id); COMPARE_RECORDS_MAX + 1] };

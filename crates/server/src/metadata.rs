@@ -12,23 +12,15 @@ mod recent;
 pub use recent::{settle_window, RecentChanges, RECENT_CHANGES_MAX};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use benchfs_proto::limits;
 use benchfs_proto::Status;
 
 use benchfs_proto::path;
 
-pub use benchfs_proto::meta::{EntryKind, FileMetadata, Owner, SizeUpdate};
+pub use benchfs_proto::meta::{now_ns, EntryKind, FileMetadata, Owner, SizeUpdate};
 use benchfs_proto::ops::{set_attr, SetAttrRequest};
-
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// Most deletions a server remembers for peers' orphan sweeps (16 bytes each, twice).
 pub const TOMBSTONES_MAX: usize = 1 << 20;
@@ -443,8 +435,10 @@ impl MetadataTable {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        let now = now_ns();
         meta.size = size;
-        meta.mtime_ns = now_ns();
+        meta.mtime_ns = now;
+        meta.ctime_ns = now;
         Ok(*meta)
     }
 

@@ -1,6 +1,6 @@
-//! Replica repair: brings the replicas of a record back together after a namespace call
-//! that failed on one replica and whose undo failed too (a second fault), so the replicas
-//! named different files or one named none.
+//! Replica repair: brings the replicas of a record back together after a call that failed
+//! on one replica and whose undo failed too (a second fault), so the replicas name
+//! different files, differ in size or attributes, or one names none.
 //!
 //! Each round, a server takes the next [`RECORDS_PER_ROUND`] of its records in path order
 //! and asks the other replicas of each (the placement ring over the registry, with
@@ -11,19 +11,23 @@
 //! the RPC timeout, so no call that could still change it is in flight):
 //! - the peer holds no record and deleted this file (a tombstone): this server deletes its
 //!   record too (the delete wins over the failed undo);
-//! - the peer holds none and has no tombstone: this server copies its record there (an
-//!   exclusive insert that the peer refuses unless the path is still settled there, so it
-//!   never replaces a record nor races a call);
-//! - the peer holds another file's record: nothing is done. Which of the two should win
-//!   cannot be told from tombstones (each side may hold one of the other's file, left by an
-//!   undo), and a wrong guess would lose the path on both; such replicas keep refusing
-//!   size updates through the wrong file (ESTALE) and are logged.
+//! - the peer holds none and has no tombstone, or holds an older record that differs from
+//!   this one: this server copies its record there. Last writer wins: of two records that
+//!   differ in anything but their times ([`Content`]), the one with the later change time
+//!   (`ctime_ns`, which every change of a record stamps) is kept, ties broken by content.
+//!   The copy is an insert the peer refuses unless the path is still settled there and
+//!   empty or older ([`supersedes`], checked again in the same step), so it never races a
+//!   call nor replaces a newer record. A peer holding the newer record copies it here.
+//!
+//! A failed call may thus take effect after all (a rename over a file whose undo failed
+//! keeps the renamed file there), as a call that returns an error may; replicas never stay
+//! apart.
 //!
 //! **Invariant:** a repair changes a record only where both sides have been quiet for the
 //! settle window, deletes only this server's own record (checked against the inode number
-//! it compared, in the same step), and inserts only where the path is empty. Chunks are
-//! never touched: a dropped record's file is left to the orphan sweep, which removes its
-//! chunks only when no server names it.
+//! it compared, in the same step), and replaces only an older record or none. Chunks are
+//! never touched: a file whose record was dropped or replaced is left to the orphan sweep,
+//! which removes its chunks only when no server names it.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -44,10 +48,59 @@ pub const RECORDS_PER_ROUND: usize = 16 * 1024;
 /// What a round changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Repaired {
-    /// Records copied to a replica that held none.
+    /// Records copied to a replica that held none or an older one.
     pub copied: u64,
     /// Records of this server's deleted because another replica deleted the file.
     pub dropped: u64,
+}
+
+/// What replicas must agree on in a record: everything but its times, which each replica
+/// stamps from its own clock when it applies a change. Its order breaks ties between two
+/// records changed at the same nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Content {
+    file_id: u64,
+    size: u64,
+    data_hash: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    kind: u8,
+    inline: bool,
+    chunk_size: u64,
+}
+
+impl Content {
+    /// The content of `meta`, whose inline bytes hash to `data_hash` ([`data_hash`]).
+    pub(crate) fn new(meta: &FileMetadata, data_hash: u64) -> Content {
+        Content {
+            file_id: meta.file_id,
+            size: meta.size,
+            data_hash,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            kind: meta.kind as u8,
+            inline: meta.inline,
+            chunk_size: meta.chunk_size,
+        }
+    }
+}
+
+/// The hash the repair compares a record's bytes by: XXH3-64, or 0 for none.
+pub(crate) fn data_hash(data: &[u8]) -> u64 {
+    if data.is_empty() {
+        0
+    } else {
+        xxhash_rust::xxh3::xxh3_64(data)
+    }
+}
+
+/// Whether record `a` should replace record `b` at one path: they differ, and `a` changed
+/// later (last writer wins; ties broken by content, so of two differing records exactly
+/// one supersedes the other).
+pub(crate) fn supersedes(a: (&FileMetadata, Content), b: (&FileMetadata, Content)) -> bool {
+    a.1 != b.1 && (a.0.ctime_ns, a.1) > (b.0.ctime_ns, b.1)
 }
 
 /// What to do about one path, given this server's record and a peer's answer.
@@ -56,20 +109,26 @@ enum Action {
     Nothing,
     CopyToPeer,
     DropOurs,
-    /// The replicas name two files; left as they are.
-    TwoFiles,
 }
 
-/// The rule of the module docs.
-fn decide(ours: &FileMetadata, theirs: &RecordState) -> Action {
+/// The rule of the module docs; `our_hash` is [`data_hash`] of our record's bytes.
+fn decide(ours: &FileMetadata, our_hash: u64, theirs: &RecordState) -> Action {
     if !theirs.settled {
         return Action::Nothing;
     }
     match theirs.meta {
         None if theirs.deleted => Action::DropOurs,
         None => Action::CopyToPeer,
-        Some(other) if other.file_id == ours.file_id => Action::Nothing,
-        Some(_) => Action::TwoFiles,
+        Some(other)
+            if supersedes(
+                (ours, Content::new(ours, our_hash)),
+                (&other, Content::new(&other, theirs.data_hash)),
+            ) =>
+        {
+            Action::CopyToPeer
+        }
+        // The same, or the peer's is newer: the peer copies it here.
+        Some(_) => Action::Nothing,
     }
 }
 
@@ -125,17 +184,19 @@ pub(crate) async fn repair_once(
     };
     let records = state.records_after(progress.cursor.as_deref(), RECORDS_PER_ROUND);
     progress.cursor = match records.len() {
-        RECORDS_PER_ROUND => records.last().map(|(path, _)| path.clone()),
+        RECORDS_PER_ROUND => records.last().map(|(path, _, _)| path.clone()),
         _ => None,
     };
-    let mut asks: HashMap<ServerIndex, Vec<(String, FileMetadata)>> = HashMap::new();
-    for (path, meta) in records {
+    let mut asks: HashMap<ServerIndex, Vec<OurRecord>> = HashMap::new();
+    for (path, meta, hash) in records {
         let set = ring.replicas(PlacementKey::Metadata(&path), options.replicas);
         if !set.contains(&me) {
             continue;
         }
         for server in set.into_iter().filter(|s| *s != me) {
-            asks.entry(server).or_default().push((path.clone(), meta));
+            asks.entry(server)
+                .or_default()
+                .push((path.clone(), meta, hash));
         }
     }
     for (server, records) in asks {
@@ -157,16 +218,22 @@ pub(crate) async fn repair_once(
     Ok(repaired)
 }
 
+/// One of this server's records: its path, the record and [`data_hash`] of its bytes.
+type OurRecord = (String, FileMetadata, u64);
+
 /// Compares `records` with one peer, in batches that fit a request, and acts on each.
 async fn compare_with(
     state: &ServerState,
     conn: &Connection,
-    records: &[(String, FileMetadata)],
+    records: &[OurRecord],
     repaired: &mut Repaired,
 ) -> Result<(), RpcError> {
     for batch in batches(records) {
         let request = CompareRequest {
-            records: batch.iter().map(|(p, m)| (p.clone(), m.file_id)).collect(),
+            records: batch
+                .iter()
+                .map(|(p, m, _)| (p.clone(), m.file_id))
+                .collect(),
         };
         let reply = conn.call::<ops::CompareRecords>(&request).await?;
         if reply.states.len() != batch.len() {
@@ -175,11 +242,9 @@ async fn compare_with(
                 server: conn.server().to_string(),
             });
         }
-        for ((path, ours), theirs) in batch.iter().zip(&reply.states) {
-            match decide(ours, theirs) {
+        for ((path, ours, our_hash), theirs) in batch.iter().zip(&reply.states) {
+            match decide(ours, *our_hash, theirs) {
                 Action::Nothing => {}
-                Action::TwoFiles => tracing::warn!(%path, file_id = ours.file_id,
-                    peer = conn.server(), "replicas name two files; replica repair leaves them"),
                 Action::DropOurs => match state.drop_deleted_record(path, ours.file_id) {
                     Ok(true) => {
                         tracing::info!(%path, file_id = ours.file_id, peer = conn.server(),
@@ -198,18 +263,19 @@ async fn compare_with(
                     let insert = ops::InsertRequest {
                         path: path.clone(),
                         meta,
-                        exclusive: true,
+                        exclusive: false,
                         settled_only: true,
+                        newer_only: true,
                         data,
                     };
                     match conn.call::<ops::MetadataInsert>(&insert).await {
                         Ok(_) => {
                             tracing::info!(%path, file_id = meta.file_id, peer = conn.server(),
-                                "replica repair copied a record to a replica that lacked it");
+                                "replica repair copied a record to a replica that lacked it or held an older one");
                             repaired.copied += 1;
                         }
-                        // A record or a call that got there meanwhile: the next round
-                        // compares again.
+                        // A newer record or a call that got there meanwhile: the next
+                        // round compares again.
                         Err(e) if matches!(e.status(), Status::Exists | Status::Busy) => {}
                         Err(e) => return Err(e),
                     }
@@ -222,7 +288,7 @@ async fn compare_with(
 
 /// Consecutive runs of `records` of at most [`COMPARE_RECORDS_MAX`] whose request fits a
 /// body.
-fn batches(records: &[(String, FileMetadata)]) -> impl Iterator<Item = &[(String, FileMetadata)]> {
+fn batches(records: &[OurRecord]) -> impl Iterator<Item = &[OurRecord]> {
     const ENTRY_FIXED: usize = 8 + 2;
     let budget = benchfs_proto::frame::BODY_LEN_MAX as usize - 4;
     let mut rest = records;
@@ -270,18 +336,25 @@ mod tests {
     fn state(meta: Option<FileMetadata>, settled: bool, deleted: bool) -> RecordState {
         RecordState {
             meta,
+            data_hash: 0,
             settled,
             deleted,
         }
     }
 
+    /// `meta` changed at `ctime_ns`.
+    fn changed(mut meta: FileMetadata, ctime_ns: u64) -> FileMetadata {
+        meta.ctime_ns = ctime_ns;
+        meta
+    }
+
     #[test]
     fn nothing_is_done_while_the_peer_has_not_settled() {
-        let ours = record(1);
-        for theirs in [None, Some(record(2))] {
+        let ours = changed(record(1), 10);
+        for theirs in [None, Some(record(2)), Some(changed(record(1), 5))] {
             for deleted in [false, true] {
                 assert_eq!(
-                    decide(&ours, &state(theirs, false, deleted)),
+                    decide(&ours, 0, &state(theirs, false, deleted)),
                     Action::Nothing
                 );
             }
@@ -291,28 +364,73 @@ mod tests {
     #[test]
     fn a_missing_record_is_copied_unless_the_peer_deleted_the_file() {
         let ours = record(1);
-        assert_eq!(decide(&ours, &state(None, true, false)), Action::CopyToPeer);
-        assert_eq!(decide(&ours, &state(None, true, true)), Action::DropOurs);
+        assert_eq!(
+            decide(&ours, 0, &state(None, true, false)),
+            Action::CopyToPeer
+        );
+        assert_eq!(decide(&ours, 0, &state(None, true, true)), Action::DropOurs);
     }
 
     #[test]
-    fn the_same_file_needs_nothing() {
-        let ours = record(1);
+    fn records_that_differ_only_in_their_times_need_nothing() {
+        let ours = changed(record(1), 20);
+        let mut theirs = changed(record(1), 10);
+        theirs.mtime_ns = 7;
+        theirs.atime_ns = 9;
         assert_eq!(
-            decide(&ours, &state(Some(record(1)), true, false)),
+            decide(&ours, 0, &state(Some(theirs), true, false)),
             Action::Nothing
         );
     }
 
     #[test]
-    fn two_files_are_never_dropped_on_either_side() {
-        // Each side may hold a tombstone of the other's file (an undo replaced it): a rule
-        // trusting tombstones here would drop both records and lose the path.
-        let (x, w) = (record(1), record(2));
-        for deleted in [false, true] {
-            assert_eq!(decide(&x, &state(Some(w), true, deleted)), Action::TwoFiles);
-            assert_eq!(decide(&w, &state(Some(x), true, deleted)), Action::TwoFiles);
+    fn of_two_differing_records_only_the_later_one_is_copied() {
+        let mut bigger = record(1);
+        bigger.size = 100;
+        let mut chmod = record(1);
+        chmod.mode = 0o600;
+        let pairs = [
+            (record(2), record(1)), // two files
+            (bigger, record(1)),    // a size one replica missed
+            (chmod, record(1)),     // attributes one replica missed
+        ];
+        for (a, b) in pairs {
+            let (new, old) = (changed(a, 20), changed(b, 10));
+            for deleted in [false, true] {
+                assert_eq!(
+                    decide(&new, 0, &state(Some(old), true, deleted)),
+                    Action::CopyToPeer,
+                    "{new:?} over {old:?}"
+                );
+                assert_eq!(
+                    decide(&old, 0, &state(Some(new), true, deleted)),
+                    Action::Nothing,
+                    "{old:?} under {new:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn inline_bytes_that_differ_are_repaired_like_any_content() {
+        let (mut new, mut old) = (changed(record(1), 20), changed(record(1), 10));
+        new.inline = true;
+        old.inline = true;
+        let theirs = RecordState {
+            data_hash: data_hash(b"old"),
+            ..state(Some(old), true, false)
+        };
+        assert_eq!(decide(&new, data_hash(b"new"), &theirs), Action::CopyToPeer);
+        assert_eq!(decide(&new, data_hash(b"old"), &theirs), Action::Nothing);
+    }
+
+    #[test]
+    fn exactly_one_of_two_differing_records_supersedes_the_other() {
+        // The same change time: the content decides, the same way on both sides.
+        let a = (&record(1), Content::new(&record(1), 5));
+        let b = (&record(1), Content::new(&record(1), 6));
+        assert!(supersedes(b, a) && !supersedes(a, b));
+        assert!(!supersedes(a, a));
     }
 
     #[test]
@@ -346,6 +464,7 @@ mod tests {
                         format!("/f{i}")
                     },
                     record(i),
+                    0,
                 )
             })
             .collect();
@@ -353,7 +472,10 @@ mod tests {
         for batch in batches(&records) {
             assert!(!batch.is_empty() && batch.len() <= COMPARE_RECORDS_MAX);
             let request = CompareRequest {
-                records: batch.iter().map(|(p, m)| (p.clone(), m.file_id)).collect(),
+                records: batch
+                    .iter()
+                    .map(|(p, m, _)| (p.clone(), m.file_id))
+                    .collect(),
             };
             use benchfs_proto::ops::Message;
             assert!(request.to_bytes().len() <= benchfs_proto::frame::BODY_LEN_MAX as usize);

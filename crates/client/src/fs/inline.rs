@@ -342,6 +342,7 @@ impl FsClient {
             meta: record.meta,
             exclusive: false,
             settled_only: false,
+            newer_only: false,
             data: record.data.clone(),
         };
         let copies = futures_util::future::join_all(

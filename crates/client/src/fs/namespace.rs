@@ -140,6 +140,7 @@ impl FsClient {
             meta: reply.meta,
             exclusive: false,
             settled_only: false,
+            newer_only: false,
             data: Vec::new(),
         };
         let copies = join_all(
@@ -173,9 +174,10 @@ impl FsClient {
                 Some(record) => {
                     let req = ops::InsertRequest {
                         path: path.to_string(),
-                        meta: record.meta,
+                        meta: changed_now(record.meta),
                         exclusive: false,
                         settled_only: false,
+                        newer_only: false,
                         data: record.data.clone(),
                     };
                     self.call_on::<ops::MetadataInsert>(s, &req, OutPayload::none())
@@ -607,9 +609,10 @@ impl FsClient {
     ) -> Result<(), ApiError> {
         let insert = ops::InsertRequest {
             path: to.to_string(),
-            meta: record.meta,
+            meta: changed_now(record.meta),
             exclusive: false,
             settled_only: false,
+            newer_only: false,
             data: record.data.clone(),
         };
         let answers = self
@@ -634,6 +637,13 @@ impl FsClient {
         }
         Ok(())
     }
+}
+
+/// `meta` with its change time now: a record a rename or an undo puts back is the path's
+/// newest, and the replica repair keeps the newest of records that differ.
+fn changed_now(mut meta: FileMetadata) -> FileMetadata {
+    meta.ctime_ns = benchfs_proto::meta::now_ns();
+    meta
 }
 
 /// The servers that took a call, and the first failure among the others.

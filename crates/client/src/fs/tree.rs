@@ -114,6 +114,7 @@ impl FsClient {
             meta: record.meta,
             exclusive: false,
             settled_only: false,
+            newer_only: false,
             data: record.data.clone(),
         };
         self.forget(path);

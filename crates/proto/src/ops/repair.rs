@@ -1,9 +1,10 @@
 //! Bodies of the replica comparison a server's repair pass sends to the other replicas
 //! of the records it holds: for each path, the file the asker's record names; back, the
-//! record the peer holds there, whether the peer deleted the asker's file, and whether the
-//! path has been left alone long enough to be compared.
+//! record the peer holds there (with a hash of its bytes if it is inline), whether the
+//! peer deleted the asker's file, and whether the path has been left alone long enough to
+//! be compared.
 
-use zerocopy::byteorder::little_endian::U32;
+use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::{path_field, Rpc};
@@ -18,8 +19,9 @@ pub const COMPARE_RECORDS_MAX: usize = 256;
 
 wire_header!(/// `CompareRequest` and `CompareReply`, before `count` entries.
     CountHeader = 4, { count: U32 });
-wire_header!(/// One entry of a `CompareReply`, whole; `meta` is zeros when `present` is 0.
-    RecordStateWire = 66, { flags: u8, present: u8, meta: FileMetadataWire });
+wire_header!(/// One entry of a `CompareReply`, whole; `meta` and `data_hash` are zeros when
+    /// `present` is 0.
+    RecordStateWire = 74, { flags: u8, present: u8, meta: FileMetadataWire, data_hash: U64 });
 
 const _: () = assert!(
     4 + COMPARE_RECORDS_MAX * std::mem::size_of::<RecordStateWire>()
@@ -51,6 +53,8 @@ pub struct CompareReply {
 pub struct RecordState {
     /// The record it holds there, if any.
     pub meta: Option<FileMetadata>,
+    /// XXH3-64 of the record's bytes if it is inline and holds any, else 0.
+    pub data_hash: u64,
     /// No record came to or left the path on this server for the settle time (twice the
     /// RPC timeout), so no call that could still change it is in flight.
     pub settled: bool,
@@ -110,6 +114,7 @@ impl Message for CompareReply {
                 meta: state
                     .meta
                     .map_or_else(FileMetadataWire::new_zeroed, |m| m.to_wire()),
+                data_hash: state.data_hash.into(),
             });
         }
     }
@@ -130,6 +135,7 @@ impl Message for CompareReply {
                 };
                 Ok(RecordState {
                     meta,
+                    data_hash: wire.data_hash.get(),
                     settled: wire.flags & SETTLED != 0,
                     deleted: wire.flags & DELETED != 0,
                 })

@@ -405,13 +405,7 @@ impl ServerState {
             }
             OpCode::MetadataInsert => {
                 let req: op::InsertRequest = decode(body)?;
-                let mut table = self.metadata.borrow_mut();
-                if req.settled_only && !table.settled(&benchfs_proto::path::normalize(&req.path)?) {
-                    return Err(Status::Busy);
-                }
-                table.insert(&req.path, req.meta, &req.data, req.exclusive)?;
-                drop(table);
-                self.log_put(&req.path)?;
+                self.insert_record(&req)?;
                 Ok(Reply::ok(&op::Empty))
             }
             OpCode::SetAttr => {

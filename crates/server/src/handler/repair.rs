@@ -1,21 +1,31 @@
-//! The server's side of replica repair: answering a peer's comparison, and the one change
-//! a repair pass makes to its own table (dropping a record whose file another replica
-//! deleted).
+//! The server's side of replica repair: answering a peer's comparison, taking a peer's
+//! newer record, and the one change a repair pass makes to its own table (dropping a
+//! record whose file another replica deleted).
 
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self as op};
 use benchfs_proto::Status;
 
 use super::{journal, Reply, ServerState};
+use crate::repair::{data_hash, supersedes, Content};
 
 impl ServerState {
-    /// Up to `max` of this server's records in path order after `after`.
+    /// Up to `max` of this server's records in path order after `after`, each with
+    /// [`data_hash`] of its bytes.
     pub(crate) fn records_after(
         &self,
         after: Option<&str>,
         max: usize,
-    ) -> Vec<(String, FileMetadata)> {
-        self.metadata.borrow().records_after(after, max)
+    ) -> Vec<(String, FileMetadata, u64)> {
+        let table = self.metadata.borrow();
+        table
+            .records_after(after, max)
+            .into_iter()
+            .map(|(path, meta)| {
+                let hash = table.record(&path).map_or(0, |(_, data)| data_hash(data));
+                (path, meta, hash)
+            })
+            .collect()
     }
 
     /// What this server holds at each asked path.
@@ -26,19 +36,42 @@ impl ServerState {
             .iter()
             .map(|(path, file_id)| {
                 let path = benchfs_proto::path::normalize(path)?;
-                let meta = match table.lookup(&path) {
-                    Ok(meta) => Some(meta),
-                    Err(Status::NotFound) => None,
+                let (meta, data_hash) = match table.record(&path) {
+                    Ok((meta, data)) => (Some(meta), data_hash(data)),
+                    Err(Status::NotFound) => (None, 0),
                     Err(e) => return Err(e),
                 };
                 Ok(op::RecordState {
                     meta,
+                    data_hash,
                     settled: table.settled(&path),
                     deleted: table.is_deleted(*file_id),
                 })
             })
             .collect::<Result<_, Status>>()?;
         Ok(Reply::ok(&op::CompareReply { states }))
+    }
+
+    /// Stores a peer's record under a repair's conditions (`req.settled_only`,
+    /// `req.newer_only`; see [`crate::repair`]), checked in the same step as the store:
+    /// `Busy` while the path is unsettled, `Exists` if its record is not older.
+    pub(super) fn insert_record(&self, req: &op::InsertRequest) -> Result<(), Status> {
+        let mut table = self.metadata.borrow_mut();
+        let path = benchfs_proto::path::normalize(&req.path)?;
+        if req.settled_only && !table.settled(&path) {
+            return Err(Status::Busy);
+        }
+        if req.newer_only {
+            if let Ok((held, data)) = table.record(&path) {
+                let offered = (&req.meta, Content::new(&req.meta, data_hash(&req.data)));
+                if !supersedes(offered, (&held, Content::new(&held, data_hash(data)))) {
+                    return Err(Status::Exists);
+                }
+            }
+        }
+        table.insert(&path, req.meta, &req.data, req.exclusive)?;
+        drop(table);
+        self.log_put(&path)
     }
 
     /// Whether this server's record of `path` (normalised) still names `file_id` and has

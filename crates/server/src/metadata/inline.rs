@@ -244,6 +244,7 @@ impl MetadataTable {
         self.inline_bytes.remove(&path);
         let meta = self.entries.get_mut(&path).ok_or(Status::Io)?;
         meta.inline = false;
+        meta.ctime_ns = now_ns();
         Ok(*meta)
     }
 }
