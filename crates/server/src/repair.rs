@@ -13,10 +13,10 @@
 //!   record too (the delete wins over the failed undo);
 //! - the peer holds none and has no tombstone, or holds an older record that differs from
 //!   this one: this server copies its record there. Last writer wins: of two records that
-//!   differ in anything but their times ([`Content`]), the one with the later change time
+//!   differ in anything but their times (`Content`), the one with the later change time
 //!   (`ctime_ns`, which every change of a record stamps) is kept, ties broken by content.
 //!   The copy is an insert the peer refuses unless the path is still settled there and
-//!   empty or older ([`supersedes`], checked again in the same step), so it never races a
+//!   empty or older (`supersedes`, checked again in the same step), so it never races a
 //!   call nor replaces a newer record. A peer holding the newer record copies it here.
 //!
 //! A failed call may thus take effect after all (a rename over a file whose undo failed
