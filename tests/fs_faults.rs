@@ -412,6 +412,14 @@ fn a_chunk_a_server_lost_is_never_read_as_zeros() {
         std::fs::remove_dir_all(cluster.data_dir(lost)).unwrap();
         cluster.restart(lost);
         let reader = cluster.client();
+        // A write after the restart changes the file's record, but not what the lost
+        // chunks held: they must still not read as zeros.
+        let fd = reader
+            .open("/lost", OpenFlags::WRITE | OpenFlags::APPEND, 0)
+            .unwrap();
+        reader.write(fd, b"more").unwrap();
+        reader.close(fd).unwrap();
+        let data = [&data[..], b"more"].concat();
         match try_read_file(&reader, "/lost") {
             Ok(got) => {
                 assert_eq!(replicas, 2, "with one copy the lost chunks cannot be read");

@@ -168,6 +168,9 @@ fn a_size_or_attributes_one_replica_missed_are_brought_over() {
     write_file(&fs, "/m", &data);
     let s_copy = cluster.replicas_of(PlacementKey::Metadata("/s"))[1];
     let m_owner = cluster.replicas_of(PlacementKey::Metadata("/m"))[0];
+    // Both paths settle first, so only the updates below can keep the repair away.
+    std::thread::sleep(SETTLE);
+    let since = Instant::now();
     let size = ops::UpdateSizeRequest {
         path: "/s".into(),
         file_id: fs.stat("/s").unwrap().file_id,
@@ -193,6 +196,18 @@ fn a_size_or_attributes_one_replica_missed_are_brought_over() {
             .map(|r| get(&r.expect("both replicas name the file")))
             .collect()
     };
+    // A size or attribute change counts as a change of the path: none is repaired over
+    // before it has settled, when another call could still be on its way (a round or two
+    // run meanwhile).
+    std::thread::sleep(SETTLE * 2 / 3);
+    let sizes = field("/s", |m| m.size);
+    if since.elapsed() < SETTLE {
+        assert_eq!(
+            sizes,
+            [300_000, 100_000],
+            "/s was repaired before it settled"
+        );
+    }
     await_held("/s size", vec![100_000; 2], || field("/s", |m| m.size));
     await_held("/m mode", vec![0o600; 2], || {
         field("/m", |m| u64::from(m.mode))

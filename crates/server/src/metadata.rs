@@ -323,6 +323,7 @@ impl MetadataTable {
     /// `Stale` if the path names another file.
     pub fn set_attr(&mut self, req: &SetAttrRequest) -> Result<FileMetadata, Status> {
         let path = path::normalize(&req.path)?;
+        self.recent.touch(&path);
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         if meta.file_id != req.file_id {
             return Err(Status::Stale);
@@ -420,6 +421,7 @@ impl MetadataTable {
         how: SizeUpdate,
     ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
+        self.recent.touch(&path);
         let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
         if meta.is_dir() {
             return Err(Status::IsDir);
@@ -435,10 +437,8 @@ impl MetadataTable {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
-        let now = now_ns();
         meta.size = size;
-        meta.mtime_ns = now;
-        meta.ctime_ns = now;
+        meta.mtime_ns = now_ns();
         Ok(*meta)
     }
 

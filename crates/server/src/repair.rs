@@ -13,8 +13,9 @@
 //!   record too (the delete wins over the failed undo);
 //! - the peer holds none and has no tombstone, or holds an older record that differs from
 //!   this one: this server copies its record there. Last writer wins: of two records that
-//!   differ in anything but their times (`Content`), the one with the later change time
-//!   (`ctime_ns`, which every change of a record stamps) is kept, ties broken by content.
+//!   differ in anything but their times (`Content`), the one changed last is kept (the
+//!   later of `mtime_ns`, which size updates and writes stamp, and `ctime_ns`, which
+//!   attribute changes stamp), ties broken by content.
 //!   The copy is an insert the peer refuses unless the path is still settled there and
 //!   empty or older (`supersedes`, checked again in the same step), so it never races a
 //!   call nor replaces a newer record. A peer holding the newer record copies it here.
@@ -96,11 +97,19 @@ pub(crate) fn data_hash(data: &[u8]) -> u64 {
     }
 }
 
+/// When a record last changed: the later of its modification time (size updates and
+/// writes) and its change time (attribute changes). `ctime_ns` alone is not moved by size
+/// updates, since readers take it as the file's creation time when they check for chunks
+/// a restarted server lost.
+fn changed_ns(meta: &FileMetadata) -> u64 {
+    meta.mtime_ns.max(meta.ctime_ns)
+}
+
 /// Whether record `a` should replace record `b` at one path: they differ, and `a` changed
 /// later (last writer wins; ties broken by content, so of two differing records exactly
 /// one supersedes the other).
 pub(crate) fn supersedes(a: (&FileMetadata, Content), b: (&FileMetadata, Content)) -> bool {
-    a.1 != b.1 && (a.0.ctime_ns, a.1) > (b.0.ctime_ns, b.1)
+    a.1 != b.1 && (changed_ns(a.0), a.1) > (changed_ns(b.0), b.1)
 }
 
 /// What to do about one path, given this server's record and a peer's answer.
@@ -184,19 +193,17 @@ pub(crate) async fn repair_once(
     };
     let records = state.records_after(progress.cursor.as_deref(), RECORDS_PER_ROUND);
     progress.cursor = match records.len() {
-        RECORDS_PER_ROUND => records.last().map(|(path, _, _)| path.clone()),
+        RECORDS_PER_ROUND => records.last().map(|(path, _)| path.clone()),
         _ => None,
     };
-    let mut asks: HashMap<ServerIndex, Vec<OurRecord>> = HashMap::new();
-    for (path, meta, hash) in records {
+    let mut asks: HashMap<ServerIndex, Vec<(String, FileMetadata)>> = HashMap::new();
+    for (path, meta) in records {
         let set = ring.replicas(PlacementKey::Metadata(&path), options.replicas);
         if !set.contains(&me) {
             continue;
         }
         for server in set.into_iter().filter(|s| *s != me) {
-            asks.entry(server)
-                .or_default()
-                .push((path.clone(), meta, hash));
+            asks.entry(server).or_default().push((path.clone(), meta));
         }
     }
     for (server, records) in asks {
@@ -218,22 +225,16 @@ pub(crate) async fn repair_once(
     Ok(repaired)
 }
 
-/// One of this server's records: its path, the record and [`data_hash`] of its bytes.
-type OurRecord = (String, FileMetadata, u64);
-
 /// Compares `records` with one peer, in batches that fit a request, and acts on each.
 async fn compare_with(
     state: &ServerState,
     conn: &Connection,
-    records: &[OurRecord],
+    records: &[(String, FileMetadata)],
     repaired: &mut Repaired,
 ) -> Result<(), RpcError> {
     for batch in batches(records) {
         let request = CompareRequest {
-            records: batch
-                .iter()
-                .map(|(p, m, _)| (p.clone(), m.file_id))
-                .collect(),
+            records: batch.iter().map(|(p, m)| (p.clone(), m.file_id)).collect(),
         };
         let reply = conn.call::<ops::CompareRecords>(&request).await?;
         if reply.states.len() != batch.len() {
@@ -242,8 +243,14 @@ async fn compare_with(
                 server: conn.server().to_string(),
             });
         }
-        for ((path, ours, our_hash), theirs) in batch.iter().zip(&reply.states) {
-            match decide(ours, *our_hash, theirs) {
+        for ((path, ours), theirs) in batch.iter().zip(&reply.states) {
+            // Hashed a batch at a time, so a round never stalls the server on all of its
+            // inline bytes at once.
+            let our_hash = match ours.inline {
+                true => state.data_hash_of(path),
+                false => 0,
+            };
+            match decide(ours, our_hash, theirs) {
                 Action::Nothing => {}
                 Action::DropOurs => match state.drop_deleted_record(path, ours.file_id) {
                     Ok(true) => {
@@ -288,7 +295,7 @@ async fn compare_with(
 
 /// Consecutive runs of `records` of at most [`COMPARE_RECORDS_MAX`] whose request fits a
 /// body.
-fn batches(records: &[OurRecord]) -> impl Iterator<Item = &[OurRecord]> {
+fn batches(records: &[(String, FileMetadata)]) -> impl Iterator<Item = &[(String, FileMetadata)]> {
     const ENTRY_FIXED: usize = 8 + 2;
     let budget = benchfs_proto::frame::BODY_LEN_MAX as usize - 4;
     let mut rest = records;
@@ -412,6 +419,23 @@ mod tests {
     }
 
     #[test]
+    fn a_size_update_orders_records_by_its_modification_time() {
+        // Size updates stamp mtime, not ctime: the later one still wins.
+        let (mut new, mut old) = (record(1), record(1));
+        new.size = 100;
+        new.mtime_ns = 30;
+        old.ctime_ns = 20;
+        assert_eq!(
+            decide(&new, 0, &state(Some(old), true, false)),
+            Action::CopyToPeer
+        );
+        assert_eq!(
+            decide(&old, 0, &state(Some(new), true, false)),
+            Action::Nothing
+        );
+    }
+
+    #[test]
     fn inline_bytes_that_differ_are_repaired_like_any_content() {
         let (mut new, mut old) = (changed(record(1), 20), changed(record(1), 10));
         new.inline = true;
@@ -464,7 +488,6 @@ mod tests {
                         format!("/f{i}")
                     },
                     record(i),
-                    0,
                 )
             })
             .collect();
@@ -472,10 +495,7 @@ mod tests {
         for batch in batches(&records) {
             assert!(!batch.is_empty() && batch.len() <= COMPARE_RECORDS_MAX);
             let request = CompareRequest {
-                records: batch
-                    .iter()
-                    .map(|(p, m, _)| (p.clone(), m.file_id))
-                    .collect(),
+                records: batch.iter().map(|(p, m)| (p.clone(), m.file_id)).collect(),
             };
             use benchfs_proto::ops::Message;
             assert!(request.to_bytes().len() <= benchfs_proto::frame::BODY_LEN_MAX as usize);

@@ -174,7 +174,7 @@ impl FsClient {
                 Some(record) => {
                     let req = ops::InsertRequest {
                         path: path.to_string(),
-                        meta: changed_now(record.meta),
+                        meta: record.meta,
                         exclusive: false,
                         settled_only: false,
                         newer_only: false,
@@ -609,7 +609,7 @@ impl FsClient {
     ) -> Result<(), ApiError> {
         let insert = ops::InsertRequest {
             path: to.to_string(),
-            meta: changed_now(record.meta),
+            meta: record.meta,
             exclusive: false,
             settled_only: false,
             newer_only: false,
@@ -637,13 +637,6 @@ impl FsClient {
         }
         Ok(())
     }
-}
-
-/// `meta` with its change time now: a record a rename or an undo puts back is the path's
-/// newest, and the replica repair keeps the newest of records that differ.
-fn changed_now(mut meta: FileMetadata) -> FileMetadata {
-    meta.ctime_ns = benchfs_proto::meta::now_ns();
-    meta
 }
 
 /// The servers that took a call, and the first failure among the others.

@@ -10,22 +10,19 @@ use super::{journal, Reply, ServerState};
 use crate::repair::{data_hash, supersedes, Content};
 
 impl ServerState {
-    /// Up to `max` of this server's records in path order after `after`, each with
-    /// [`data_hash`] of its bytes.
+    /// Up to `max` of this server's records in path order after `after`.
     pub(crate) fn records_after(
         &self,
         after: Option<&str>,
         max: usize,
-    ) -> Vec<(String, FileMetadata, u64)> {
+    ) -> Vec<(String, FileMetadata)> {
+        self.metadata.borrow().records_after(after, max)
+    }
+
+    /// [`data_hash`] of the bytes of this server's record of `path` (0 if it has none).
+    pub(crate) fn data_hash_of(&self, path: &str) -> u64 {
         let table = self.metadata.borrow();
-        table
-            .records_after(after, max)
-            .into_iter()
-            .map(|(path, meta)| {
-                let hash = table.record(&path).map_or(0, |(_, data)| data_hash(data));
-                (path, meta, hash)
-            })
-            .collect()
+        table.record(path).map_or(0, |(_, data)| data_hash(data))
     }
 
     /// What this server holds at each asked path.

@@ -59,12 +59,12 @@ impl MetadataTable {
         Ok((meta, data))
     }
 
-    /// `Busy` while a live seal freezes the bytes of `path` (normalised); a lapsed one is
-    /// ended here, since the bytes are about to change under it.
-    /// The normalised path and record of `file_id` at `path`: `Stale` when the path now
-    /// names another file.
-    fn entry_of(&self, path: &str, file_id: u64) -> Result<(String, FileMetadata), Status> {
+    /// The normalised path and record of `file_id` at `path`, for a change of it (noted
+    /// for the replica repair's settle window): `Stale` when the path now names another
+    /// file.
+    fn entry_of(&mut self, path: &str, file_id: u64) -> Result<(String, FileMetadata), Status> {
         let path = path::normalize(path)?;
+        self.recent.touch(&path);
         let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
         if meta.file_id != file_id {
             return Err(Status::Stale);
@@ -72,6 +72,8 @@ impl MetadataTable {
         Ok((path, meta))
     }
 
+    /// `Busy` while a live seal freezes the bytes of `path` (normalised); a lapsed one is
+    /// ended here, since the bytes are about to change under it.
     fn unsealed(&mut self, path: &str) -> Result<(), Status> {
         match self.seals.get(path) {
             Some(seal) if Instant::now() < seal.until => Err(Status::Busy),
@@ -244,7 +246,6 @@ impl MetadataTable {
         self.inline_bytes.remove(&path);
         let meta = self.entries.get_mut(&path).ok_or(Status::Io)?;
         meta.inline = false;
-        meta.ctime_ns = now_ns();
         Ok(*meta)
     }
 }
