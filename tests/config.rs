@@ -197,6 +197,14 @@ fn each_bad_value_names_its_key() {
     );
     check_rejected("[network]\ninflight_max = 0\n", "network.inflight_max");
     check_rejected(
+        "[network]\ninflight_payload_bytes = -1\n",
+        "network.inflight_payload_bytes",
+    );
+    check_rejected(
+        "[network]\ninflight_payload_bytes = 2199023255552\n",
+        "network.inflight_payload_bytes",
+    );
+    check_rejected(
         "[placement]\nvirtual_nodes = 0\n",
         "placement.virtual_nodes",
     );

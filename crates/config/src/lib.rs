@@ -172,6 +172,10 @@ pub struct NetworkConfig {
     pub busy_poll: Duration,
     /// Most requests in flight on one connection.
     pub inflight_max: u32,
+    /// Payload bytes (request data and read replies) a server holds in transfer buffers at
+    /// once; a request past it waits for buffers to free, at most a few milliseconds, then
+    /// goes anyway (so a stalled peer cannot hold the others up). 0: no bound.
+    pub inflight_payload_bytes: u64,
     /// The UCX network devices the server may use (`UCX_NET_DEVICES`): interface names
     /// (`eth0`) and RDMA ports (`mlx5_0:1`), or `["all"]`. Empty, the default, means the
     /// devices of `bind_addr`: its interface and the RDMA ports behind it, or every device
@@ -271,6 +275,7 @@ impl Default for ServerConfig {
                 rpc_timeout: limits::RPC_TIMEOUT_DEFAULT,
                 busy_poll: limits::BUSY_POLL_DEFAULT,
                 inflight_max: limits::INFLIGHT_DEFAULT,
+                inflight_payload_bytes: limits::INFLIGHT_PAYLOAD_BYTES_DEFAULT,
                 devices: Vec::new(),
                 metrics_addr: None,
                 shared_memory: true,
@@ -361,6 +366,7 @@ struct RawNetwork {
     rpc_timeout: Option<i64>,
     busy_poll_us: Option<i64>,
     inflight_max: Option<i64>,
+    inflight_payload_bytes: Option<i64>,
     devices: Option<Vec<String>>,
     metrics_addr: Option<String>,
     shared_memory: Option<bool>,
@@ -418,6 +424,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("network", "rpc_timeout", EnvKind::Int),
     ("network", "busy_poll_us", EnvKind::Int),
     ("network", "inflight_max", EnvKind::Int),
+    ("network", "inflight_payload_bytes", EnvKind::Int),
     ("network", "devices", EnvKind::List),
     ("network", "metrics_addr", EnvKind::Str),
     ("network", "shared_memory", EnvKind::Bool),
@@ -675,6 +682,10 @@ impl ServerConfig {
         if let Some(v) = n.inflight_max {
             self.network.inflight_max = to_u32("network.inflight_max", v)?;
         }
+        if let Some(v) = n.inflight_payload_bytes {
+            self.network.inflight_payload_bytes =
+                non_negative("network.inflight_payload_bytes", v)?;
+        }
         if let Some(devices) = n.devices {
             self.network.devices = devices;
         }
@@ -887,6 +898,12 @@ impl ServerConfig {
             return Err(invalid(
                 "network.inflight_max",
                 format!("must be 1..={}", limits::INFLIGHT_MAX),
+            ));
+        }
+        if self.network.inflight_payload_bytes > limits::INFLIGHT_PAYLOAD_BYTES_MAX {
+            return Err(invalid(
+                "network.inflight_payload_bytes",
+                format!("must be 0..={}", limits::INFLIGHT_PAYLOAD_BYTES_MAX),
             ));
         }
         if let Some(metrics) = self.network.metrics_addr {

@@ -66,6 +66,12 @@ pub const BUSY_POLL_MAX: Duration = Duration::from_millis(100);
 pub const INFLIGHT_DEFAULT: u32 = 1024;
 /// Largest value `network.inflight_max` may take.
 pub const INFLIGHT_MAX: u32 = 65536;
+/// Default for the payload bytes a server holds in transfer buffers at once
+/// (`network.inflight_payload_bytes`): a few chunks' worth, so the buffers stay within a
+/// cache-sized working set (measured in ARCHITECTURE.md, "Payload budget").
+pub const INFLIGHT_PAYLOAD_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Largest value `network.inflight_payload_bytes` may take.
+pub const INFLIGHT_PAYLOAD_BYTES_MAX: u64 = 1 << 40;
 
 // ---- Client caches ([cache]) ----
 
@@ -144,6 +150,7 @@ const _: () = assert!(INFLIGHT_DEFAULT >= 1 && INFLIGHT_DEFAULT <= INFLIGHT_MAX)
 const _: () = assert!(METADATA_CACHE_ENTRIES_DEFAULT <= METADATA_CACHE_ENTRIES_MAX);
 const _: () = assert!(CHUNK_CACHE_MB_DEFAULT <= CHUNK_CACHE_MB_MAX);
 const _: () = assert!(WRITE_BEHIND_BYTES_DEFAULT <= WRITE_BEHIND_BYTES_MAX);
+const _: () = assert!(INFLIGHT_PAYLOAD_BYTES_DEFAULT <= INFLIGHT_PAYLOAD_BYTES_MAX);
 const _: () = assert!(REPLICAS_DEFAULT >= 1 && REPLICAS_DEFAULT <= REPLICAS_MAX);
 const _: () = assert!(VIRTUAL_NODES_DEFAULT >= 1 && VIRTUAL_NODES_DEFAULT <= VIRTUAL_NODES_MAX);
 const _: () = assert!(NAME_LEN_MAX < PATH_LEN_MAX);

@@ -16,6 +16,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
+use crate::budget::PayloadBudget;
 use crate::handler::ServerState;
 use crate::rpc::{serve, ServeOptions};
 use benchfs_config::registry::{self, ServerEntry};
@@ -501,6 +502,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         // Twice the RPC timeout: the client has given up on the call by then, and one
         // slow transfer of a busy but live client does not cost it the connection.
         transfer_timeout: config.network.rpc_timeout.saturating_mul(2),
+        payload_budget: PayloadBudget::new(config.network.inflight_payload_bytes),
     };
     let served = serve(
         Rc::clone(&state),

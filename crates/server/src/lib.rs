@@ -9,6 +9,7 @@
 //! crate.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod claim;
 pub mod daemon;
 pub mod handler;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
+use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{DecodeError, Frame, OpCode, Status};
 use benchfs_store::ChunkStore;
 use benchfs_ucx::{AmMessage, AmProto, Endpoint, EndpointId, Listener, Worker};
@@ -27,6 +28,7 @@ use tracing::Instrument;
 use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_store::ChunkBuf;
 
+use crate::budget::PayloadBudget;
 use crate::handler::{store_status, Payload, Reply, ServerState};
 use crate::metrics::Outcome;
 
@@ -70,6 +72,8 @@ pub struct ServeOptions {
     /// debugger) would otherwise hold the transfer's buffer and its in-flight slot for as
     /// long as it stays stopped.
     pub transfer_timeout: Duration,
+    /// Rendezvous payload bytes held in transfer buffers at once.
+    pub payload_budget: PayloadBudget,
 }
 
 /// Serves requests until `stop` completes, then finishes the requests in flight and
@@ -339,6 +343,14 @@ async fn answer(
         return (Some(status), unanswered);
     }
     let header = msg.header().to_vec();
+    let _budget = options
+        .payload_budget
+        .hold(rendezvous_bytes(
+            frame,
+            &header,
+            options.rendezvous_threshold,
+        ))
+        .await;
     let Some(received) = receive(state, ep, msg, frame, options).await else {
         return (None, unanswered);
     };
@@ -373,6 +385,22 @@ async fn answer(
         bytes_out,
     };
     (sent.then_some(status), outcome)
+}
+
+/// The bytes of a request's payload and of its reply's (a read's) that go by rendezvous,
+/// each into or out of a transfer buffer of its own (eager ones are copied through UCX's).
+fn rendezvous_bytes(frame: &Frame, header: &[u8], threshold: usize) -> usize {
+    let reply = match frame.op {
+        OpCode::ReadChunk if frame.body_in_header => header
+            .get(FRAME_HEADER_LEN..)
+            .and_then(|body| op::ChunkIo::from_bytes(body).ok())
+            .map_or(0, |io| usize::try_from(io.len).unwrap_or(usize::MAX)),
+        _ => 0,
+    };
+    [frame.payload_len, reply]
+        .into_iter()
+        .filter(|&len| len > threshold)
+        .fold(0, usize::saturating_add)
 }
 
 /// The request's frame; a reply on the request channel is as malformed as a bad header.
