@@ -343,17 +343,20 @@ async fn answer(
         return (Some(status), unanswered);
     }
     let header = msg.header().to_vec();
-    let _budget = options
-        .payload_budget
-        .hold(rendezvous_bytes(
-            frame,
-            &header,
-            options.rendezvous_threshold,
-        ))
-        .await;
+    let bytes = rendezvous_bytes(
+        frame,
+        &header,
+        options.rendezvous_threshold,
+        state.store().chunk_size(),
+    );
+    let budget = options.payload_budget.hold(bytes).await;
     let Some(received) = receive(state, ep, msg, frame, options).await else {
         return (None, unanswered);
     };
+    // A request's payload has arrived: its bytes go back now, not after the store's work
+    // (a disk write of a chunk would hold them for milliseconds). A read keeps its bytes
+    // for its reply.
+    let budget = (frame.op == OpCode::ReadChunk).then_some(budget);
     let data;
     let (body, payload) = match received {
         Received::Buf(buf) => (&header[FRAME_HEADER_LEN..], Payload::Buf(buf)),
@@ -379,6 +382,7 @@ async fn answer(
     let status = reply.status;
     let bytes_out = reply.payload.as_ref().map_or(0, |p| p.len() as u64);
     let sent = send_reply(ep, frame.op, frame.request_id, reply, options).await;
+    drop(budget);
     let outcome = Outcome {
         ok: sent && status == Status::Ok,
         bytes_in: frame.payload_len as u64,
@@ -389,12 +393,16 @@ async fn answer(
 
 /// The bytes of a request's payload and of its reply's (a read's) that go by rendezvous,
 /// each into or out of a transfer buffer of its own (eager ones are copied through UCX's).
-fn rendezvous_bytes(frame: &Frame, header: &[u8], threshold: usize) -> usize {
+/// A read counts no more than the chunk holds past its offset, whatever it asks for.
+fn rendezvous_bytes(frame: &Frame, header: &[u8], threshold: usize, chunk_size: u64) -> usize {
     let reply = match frame.op {
         OpCode::ReadChunk if frame.body_in_header => header
             .get(FRAME_HEADER_LEN..)
             .and_then(|body| op::ChunkIo::from_bytes(body).ok())
-            .map_or(0, |io| usize::try_from(io.len).unwrap_or(usize::MAX)),
+            .map_or(0, |io| {
+                let len = io.len.min(chunk_size.saturating_sub(io.offset));
+                usize::try_from(len).unwrap_or(usize::MAX)
+            }),
         _ => 0,
     };
     [frame.payload_len, reply]
