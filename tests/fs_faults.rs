@@ -412,13 +412,25 @@ fn a_chunk_a_server_lost_is_never_read_as_zeros() {
         std::fs::remove_dir_all(cluster.data_dir(lost)).unwrap();
         cluster.restart(lost);
         let reader = cluster.client();
-        // A write after the restart changes the file's record, but not what the lost
-        // chunks held: they must still not read as zeros.
+        // A write and a chmod after the restart change the file's record (its times), but
+        // not what the lost chunks held: they must still not read as zeros.
         let fd = reader
             .open("/lost", OpenFlags::WRITE | OpenFlags::APPEND, 0)
             .unwrap();
         reader.write(fd, b"more").unwrap();
         reader.close(fd).unwrap();
+        let chmod = benchfs_proto::ops::SetAttrRequest {
+            path: "/lost".into(),
+            file_id: reader.stat("/lost").unwrap().file_id,
+            set: benchfs_proto::ops::set_attr::MODE,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: benchfs_proto::meta::now_ns(),
+        };
+        reader.block_on(reader.client().set_attr(chmod)).unwrap();
         let data = [&data[..], b"more"].concat();
         match try_read_file(&reader, "/lost") {
             Ok(got) => {

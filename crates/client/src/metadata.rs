@@ -133,6 +133,7 @@ impl FileMetadata {
             mtime_ns: self.mtime_ns,
             ctime_ns: self.ctime_ns,
             atime_ns: self.mtime_ns,
+            birth_ns: self.ctime_ns,
             inline: false,
         }
     }

@@ -35,7 +35,7 @@ pub(crate) fn of(meta: &FileMetadata, size: u64) -> FileAttr {
         atime: time(meta.atime_ns),
         mtime: time(meta.mtime_ns),
         ctime: time(meta.ctime_ns),
-        crtime: time(meta.ctime_ns),
+        crtime: time(meta.birth_ns),
         kind: kind_of(meta),
         perm: (meta.mode & 0o7777) as u16,
         // No hard links; a directory counts 1 as on btrfs, which tells find(1) not to

@@ -92,6 +92,10 @@ pub struct FileMetadata {
     pub ctime_ns: u64,
     /// Last access as last set: reads do not move it (as a `noatime` mount).
     pub atime_ns: u64,
+    /// When the file was created, nanoseconds since the Unix epoch; nothing changes it.
+    /// Readers hold it against a server's store birth to tell a chunk the server lost
+    /// (written before the store began) from a hole.
+    pub birth_ns: u64,
     /// Whether the record itself holds the file's `size` bytes (a small file made by one
     /// deferred open), so the file has no chunks. Only files; a file stops being inline
     /// when it grows past its server's limit, and never becomes inline again.
@@ -99,7 +103,11 @@ pub struct FileMetadata {
 }
 
 /// Encoded size of [`FileMetadata`].
-pub const FILE_METADATA_LEN: usize = 64;
+pub const FILE_METADATA_LEN: usize = 72;
+
+/// Encoded size of a [`FileMetadata`] from before it had a birth time (wire version 9 and
+/// older, metadata journals written by them): the same fields without `birth_ns`.
+pub const FILE_METADATA_LEN_V1: usize = 64;
 
 /// Bit of [`FileMetadataWire::flags`]: the record holds the file's bytes
 /// ([`FileMetadata::inline`]).
@@ -133,6 +141,8 @@ pub struct FileMetadataWire {
     pub uid: U32,
     /// Group.
     pub gid: U32,
+    /// Creation, ns since the epoch.
+    pub birth_ns: U64,
 }
 
 const _: () = assert!(std::mem::size_of::<FileMetadataWire>() == FILE_METADATA_LEN);
@@ -153,14 +163,26 @@ impl FileMetadata {
         self.kind != EntryKind::Directory
     }
 
-    /// Appends the 64-byte encoding ([`FileMetadataWire`]).
+    /// Appends the encoding ([`FileMetadataWire`], [`FILE_METADATA_LEN`] bytes).
     pub fn encode(&self, w: &mut Writer) {
         w.fixed(&self.to_wire());
     }
 
-    /// Decodes the 64-byte encoding.
+    /// Decodes the encoding.
     pub fn decode(r: &mut Reader<'_>) -> Result<FileMetadata, DecodeError> {
         FileMetadata::from_wire(&r.fixed()?)
+    }
+
+    /// Decodes the older encoding without a birth time ([`FILE_METADATA_LEN_V1`] bytes, the
+    /// same layout without its last field), taking the change time as the birth, as
+    /// readers did before there was one.
+    pub fn decode_v1(r: &mut Reader<'_>) -> Result<FileMetadata, DecodeError> {
+        let old: [u8; FILE_METADATA_LEN_V1] = r.fixed()?;
+        let mut wire = [0u8; FILE_METADATA_LEN];
+        wire[..FILE_METADATA_LEN_V1].copy_from_slice(&old);
+        let ctime = std::mem::offset_of!(FileMetadataWire, ctime_ns);
+        wire[FILE_METADATA_LEN_V1..].copy_from_slice(&old[ctime..ctime + 8]);
+        FileMetadata::decode(&mut Reader::new(&wire))
     }
 
     /// The wire form.
@@ -178,6 +200,7 @@ impl FileMetadata {
             atime_ns: self.atime_ns.into(),
             uid: self.uid.into(),
             gid: self.gid.into(),
+            birth_ns: self.birth_ns.into(),
         }
     }
 
@@ -218,6 +241,7 @@ impl FileMetadata {
             atime_ns: w.atime_ns.get(),
             uid: w.uid.get(),
             gid: w.gid.get(),
+            birth_ns: w.birth_ns.get(),
             inline,
         })
     }
@@ -228,7 +252,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoding_is_64_bytes_and_round_trips() {
+    fn encoding_is_72_bytes_and_round_trips() {
         let m = FileMetadata {
             file_id: 1 << 40 | 5,
             kind: EntryKind::Directory,
@@ -240,6 +264,7 @@ mod tests {
             atime_ns: 11,
             uid: 1000,
             gid: 100,
+            birth_ns: 8,
             inline: false,
         };
         let mut w = Writer::new();
@@ -273,5 +298,32 @@ mod tests {
         let mut dir = bytes.clone();
         dir[8] = EntryKind::Directory as u8;
         assert!(FileMetadata::decode(&mut Reader::new(&dir)).is_err());
+    }
+
+    #[test]
+    fn the_older_encoding_decodes_with_its_change_time_as_birth() {
+        let m = FileMetadata {
+            file_id: 7,
+            kind: EntryKind::File,
+            size: 5,
+            mode: 0o644,
+            chunk_size: 4096,
+            mtime_ns: 9,
+            ctime_ns: 10,
+            atime_ns: 11,
+            uid: 1,
+            gid: 2,
+            birth_ns: 3,
+            inline: false,
+        };
+        let mut w = Writer::new();
+        m.encode(&mut w);
+        let bytes = w.into_vec();
+        let old = &bytes[..FILE_METADATA_LEN_V1];
+        let mut r = Reader::new(old);
+        let got = FileMetadata::decode_v1(&mut r).unwrap();
+        assert_eq!(got, FileMetadata { birth_ns: 10, ..m });
+        assert_eq!(r.remaining(), 0);
+        assert!(FileMetadata::decode_v1(&mut Reader::new(&old[..63])).is_err());
     }
 }

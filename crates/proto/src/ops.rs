@@ -111,7 +111,7 @@ wire_header!(/// `TruncateFileRequest`, whole.
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
 wire_header!(/// `InsertRequest`, before the path and the bytes.
-    InsertHeader = 65, { meta: FileMetadataWire, flags: u8 });
+    InsertHeader = 73, { meta: FileMetadataWire, flags: u8 });
 wire_header!(/// `SetAttrRequest`, before the path.
 SetAttrHeader = 48, {
     file_id: U64,

@@ -62,10 +62,14 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
             12u32..27,
         ),
         (any::<u64>(), any::<u64>(), any::<u64>()),
-        (any::<u32>(), any::<u32>()),
+        (any::<u32>(), any::<u32>(), any::<u64>()),
     )
         .prop_map(
-            |((file_id, kind, size, mode, shift), (mtime_ns, ctime_ns, atime_ns), (uid, gid))| {
+            |(
+                (file_id, kind, size, mode, shift),
+                (mtime_ns, ctime_ns, atime_ns),
+                (uid, gid, birth_ns),
+            )| {
                 FileMetadata {
                     file_id,
                     kind: [EntryKind::File, EntryKind::Directory, EntryKind::Symlink][kind],
@@ -77,6 +81,7 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
                     mtime_ns,
                     ctime_ns,
                     atime_ns,
+                    birth_ns,
                     inline: false,
                 }
             },

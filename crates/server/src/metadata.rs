@@ -184,6 +184,7 @@ impl MetadataTable {
             mtime_ns: now,
             ctime_ns: now,
             atime_ns: now,
+            birth_ns: now,
             inline: false,
         })
     }

@@ -98,9 +98,7 @@ pub(crate) fn data_hash(data: &[u8]) -> u64 {
 }
 
 /// When a record last changed: the later of its modification time (size updates and
-/// writes) and its change time (attribute changes). `ctime_ns` alone is not moved by size
-/// updates, since readers take it as the file's creation time when they check for chunks
-/// a restarted server lost.
+/// writes) and its change time (attribute changes).
 fn changed_ns(meta: &FileMetadata) -> u64 {
     meta.mtime_ns.max(meta.ctime_ns)
 }
@@ -336,6 +334,7 @@ mod tests {
             mtime_ns: 0,
             ctime_ns: 0,
             atime_ns: 0,
+            birth_ns: 0,
             inline: false,
         }
     }

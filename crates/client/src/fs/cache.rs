@@ -160,6 +160,7 @@ mod tests {
             mtime_ns: 0,
             ctime_ns: 0,
             atime_ns: 0,
+            birth_ns: 0,
             inline: false,
         }
     }

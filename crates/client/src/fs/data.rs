@@ -513,7 +513,7 @@ impl FsClient {
         short: bool,
     ) -> Result<(), RpcError> {
         let slot = &self.servers[server as usize];
-        if short && slot.born_ns.get() > meta.ctime_ns {
+        if short && slot.born_ns.get() > meta.birth_ns {
             return Err(RpcError::Status {
                 server: slot.entry.borrow().node_id.clone(),
                 status: Status::Io,

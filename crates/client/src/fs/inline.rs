@@ -170,6 +170,7 @@ impl FsClient {
             mtime_ns: 0,
             ctime_ns: 0,
             atime_ns: 0,
+            birth_ns: 0,
             inline: true,
         };
         let fd = self.next_fd.get();

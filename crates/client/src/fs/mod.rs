@@ -139,6 +139,7 @@ fn root_meta() -> FileMetadata {
         mtime_ns: 0,
         ctime_ns: 0,
         atime_ns: 0,
+        birth_ns: 0,
         inline: false,
     }
 }

@@ -16,7 +16,7 @@ use crate::wire::{DecodeError, Reader, Writer};
 wire_header!(/// `CreateInlineRequest`, before the path and the bytes.
     CreateInlineHeader = 20, { mode: U32, chunk_size: U64, uid: U32, gid: U32 });
 wire_header!(/// `CreateInlineReply`, before the bytes.
-    CreateInlineReplyHeader = 65, { meta: FileMetadataWire, created: u8 });
+    CreateInlineReplyHeader = 73, { meta: FileMetadataWire, created: u8 });
 wire_header!(/// `WriteInlineRequest`, before the path and the bytes.
     WriteInlineHeader = 16, { file_id: U64, offset: U64 });
 wire_header!(/// `SealInlineRequest`, before the path.

@@ -21,7 +21,7 @@ wire_header!(/// `CompareRequest` and `CompareReply`, before `count` entries.
     CountHeader = 4, { count: U32 });
 wire_header!(/// One entry of a `CompareReply`, whole; `meta` and `data_hash` are zeros when
     /// `present` is 0.
-    RecordStateWire = 74, { flags: u8, present: u8, meta: FileMetadataWire, data_hash: U64 });
+    RecordStateWire = 82, { flags: u8, present: u8, meta: FileMetadataWire, data_hash: U64 });
 
 const _: () = assert!(
     4 + COMPARE_RECORDS_MAX * std::mem::size_of::<RecordStateWire>()

@@ -2,9 +2,12 @@
 //! replays, for the file and io_uring backends.
 //!
 //! Record layout (little-endian): `len: u32` (bytes after this field), `check: u32` (low
-//! half of XXH3-64 of the bytes after it), `tag: u8`, then for `Put` the 64-byte metadata
+//! half of XXH3-64 of the bytes after it), `tag: u8`, then for `Put` the 72-byte metadata
 //! and a u16-prefixed path (an inline record's `Put` has its own tag, and its bytes follow
-//! the path, u16-prefixed), for `Delete` and `MoveOut` the file id and the path, for
+//! the path, u16-prefixed; journals from before records had a birth time hold `Put`s
+//! under two older tags with 64-byte metadata, which replay with the change time as the
+//! birth and are rewritten in the new form by the snapshot), for `Delete` and `MoveOut`
+//! the file id and the path, for
 //! `HighWater` the next inode number, for `Tombstone` a file id. On open the journal is
 //! replayed, then rewritten as a compact snapshot (temporary file, fsync, rename). A running
 //! server compacts it the same way once the records appended since the last snapshot
@@ -34,18 +37,22 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use benchfs_proto::meta::{FileMetadata, FILE_METADATA_LEN};
+use benchfs_proto::meta::{FileMetadata, FILE_METADATA_LEN, FILE_METADATA_LEN_V1};
 use benchfs_proto::wire::{Reader, Writer};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::metadata::MetadataTable;
 
-const TAG_PUT: u8 = 1;
+/// A `Put` with metadata of [`FILE_METADATA_LEN_V1`] bytes (no birth time); replayed only.
+const TAG_PUT_V1: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_HIGH_WATER: u8 = 3;
 const TAG_MOVE_OUT: u8 = 4;
 const TAG_TOMBSTONE: u8 = 5;
-const TAG_PUT_INLINE: u8 = 6;
+/// An inline `Put` with metadata of [`FILE_METADATA_LEN_V1`] bytes; replayed only.
+const TAG_PUT_INLINE_V1: u8 = 6;
+const TAG_PUT: u8 = 7;
+const TAG_PUT_INLINE: u8 = 8;
 /// Largest record: a tag, metadata, a path of PATH_LEN_MAX bytes and an inline record's
 /// bytes, each with its prefix.
 const RECORD_LEN_MAX: usize = 1
@@ -271,12 +278,15 @@ fn could_begin(prefix: &[u8], len: usize) -> Result<(), String> {
     // whether the record's bytes follow the path with a u16 length of their own.
     let (path_len_at, fixed, with_bytes) = match tag {
         TAG_HIGH_WATER | TAG_TOMBSTONE => (None, 1 + 8, false),
-        TAG_PUT => (
-            Some(1 + FILE_METADATA_LEN),
-            1 + FILE_METADATA_LEN + 2,
-            false,
-        ),
-        TAG_PUT_INLINE => (Some(1 + FILE_METADATA_LEN), 1 + FILE_METADATA_LEN + 4, true),
+        TAG_PUT | TAG_PUT_V1 | TAG_PUT_INLINE | TAG_PUT_INLINE_V1 => {
+            let meta_len = match tag {
+                TAG_PUT | TAG_PUT_INLINE => FILE_METADATA_LEN,
+                _ => FILE_METADATA_LEN_V1,
+            };
+            let with_bytes = matches!(tag, TAG_PUT_INLINE | TAG_PUT_INLINE_V1);
+            let prefixes = if with_bytes { 4 } else { 2 };
+            (Some(1 + meta_len), 1 + meta_len + prefixes, with_bytes)
+        }
         TAG_DELETE | TAG_MOVE_OUT => (Some(1 + 8), 1 + 8 + 2, false),
         _ => return Err(format!("unknown record tag {tag}")),
     };
@@ -308,16 +318,21 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
     let bad = |e: benchfs_proto::wire::DecodeError| format!("record does not decode: {e}");
     let path_max = benchfs_proto::limits::PATH_LEN_MAX;
     match r.u8().map_err(bad)? {
-        tag @ (TAG_PUT | TAG_PUT_INLINE) => {
-            let meta = FileMetadata::decode(&mut r).map_err(bad)?;
+        tag @ (TAG_PUT | TAG_PUT_INLINE | TAG_PUT_V1 | TAG_PUT_INLINE_V1) => {
+            let meta = match tag {
+                TAG_PUT | TAG_PUT_INLINE => FileMetadata::decode(&mut r),
+                _ => FileMetadata::decode_v1(&mut r),
+            }
+            .map_err(bad)?;
             let path = r.utf8("path", path_max).map_err(bad)?;
-            let data = match tag {
-                TAG_PUT_INLINE => r
+            let inline_tag = matches!(tag, TAG_PUT_INLINE | TAG_PUT_INLINE_V1);
+            let data = match inline_tag {
+                true => r
                     .str16("data", benchfs_proto::limits::INLINE_BYTES_MAX as usize)
                     .map_err(bad)?,
-                _ => &[],
+                false => &[],
             };
-            if meta.inline != (tag == TAG_PUT_INLINE) {
+            if meta.inline != inline_tag {
                 return Err(format!("record for {path:?} disagrees with its tag {tag}"));
             }
             table
@@ -673,6 +688,75 @@ mod tests {
             inline: true,
             size: data.len() as u64,
             ..meta
+        }
+    }
+
+    /// A `Put` body as journals from before the birth time wrote it: the older tag and the
+    /// metadata without its last field.
+    fn v1_body(record: &Record<'_>) -> Vec<u8> {
+        let mut body = body(record);
+        body[0] = match body[0] {
+            TAG_PUT => TAG_PUT_V1,
+            _ => TAG_PUT_INLINE_V1,
+        };
+        body.drain(1 + FILE_METADATA_LEN_V1..1 + FILE_METADATA_LEN);
+        body
+    }
+
+    #[test]
+    fn a_journal_from_before_the_birth_time_replays_with_the_change_time_as_birth() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let plain = FileMetadata {
+            ctime_ns: 77,
+            birth_ns: 5,
+            ..t.create_file("/p", 0o644, 0, Owner::default()).unwrap()
+        };
+        let inline = inline_meta(
+            FileMetadata {
+                ctime_ns: 88,
+                ..t.create_file("/i", 0o644, 0, Owner::default()).unwrap()
+            },
+            b"bytes",
+        );
+        let old = [
+            raw(&v1_body(&Record::Put {
+                path: "/p",
+                meta: plain,
+                data: &[],
+            })),
+            raw(&v1_body(&Record::Put {
+                path: "/i",
+                meta: inline,
+                data: b"bytes",
+            })),
+        ]
+        .concat();
+        std::fs::write(&path, old).unwrap();
+        // Twice: the replay of the old form, then of the snapshot it was rewritten as.
+        for round in 0..2 {
+            let mut again = table();
+            Journal::open(&path, &mut again).unwrap();
+            let (p, _) = again.record("/p").unwrap();
+            assert_eq!(
+                p,
+                FileMetadata {
+                    birth_ns: 77,
+                    ..plain
+                },
+                "round {round}"
+            );
+            let (i, data) = again.record("/i").unwrap();
+            assert_eq!(
+                i,
+                FileMetadata {
+                    birth_ns: 88,
+                    ..inline
+                },
+                "round {round}"
+            );
+            assert_eq!(data, b"bytes", "round {round}");
         }
     }
 
@@ -1044,13 +1128,13 @@ mod tests {
 
         fn meta() -> impl Strategy<Value = FileMetadata> {
             let fields = (0usize..3, any::<u64>(), any::<u32>(), 0u32..64);
-            let times = (any::<u64>(), any::<u64>(), any::<u64>());
+            let times = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>());
             let owner = (any::<u32>(), any::<u32>());
             (file_id(), fields, times, owner).prop_map(
                 |(
                     file_id,
                     (kind, size, mode, shift),
-                    (mtime_ns, ctime_ns, atime_ns),
+                    (mtime_ns, ctime_ns, atime_ns, birth_ns),
                     (uid, gid),
                 )| {
                     FileMetadata {
@@ -1064,6 +1148,7 @@ mod tests {
                         mtime_ns,
                         ctime_ns,
                         atime_ns,
+                        birth_ns,
                         inline: false,
                     }
                 },
