@@ -278,17 +278,15 @@ fn could_begin(prefix: &[u8], len: usize) -> Result<(), String> {
     // whether the record's bytes follow the path with a u16 length of their own.
     let (path_len_at, fixed, with_bytes) = match tag {
         TAG_HIGH_WATER | TAG_TOMBSTONE => (None, 1 + 8, false),
-        TAG_PUT | TAG_PUT_V1 | TAG_PUT_INLINE | TAG_PUT_INLINE_V1 => {
-            let meta_len = match tag {
-                TAG_PUT | TAG_PUT_INLINE => FILE_METADATA_LEN,
-                _ => FILE_METADATA_LEN_V1,
-            };
-            let with_bytes = matches!(tag, TAG_PUT_INLINE | TAG_PUT_INLINE_V1);
-            let prefixes = if with_bytes { 4 } else { 2 };
-            (Some(1 + meta_len), 1 + meta_len + prefixes, with_bytes)
-        }
         TAG_DELETE | TAG_MOVE_OUT => (Some(1 + 8), 1 + 8 + 2, false),
-        _ => return Err(format!("unknown record tag {tag}")),
+        _ => match PutTag::of(tag) {
+            Some(put) => {
+                let prefixes = if put.inline { 4 } else { 2 };
+                let meta_len = put.meta_len();
+                (Some(1 + meta_len), 1 + meta_len + prefixes, put.inline)
+            }
+            None => return Err(format!("unknown record tag {tag}")),
+        },
     };
     let u16_at = |at: usize| {
         prefix
@@ -318,28 +316,6 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
     let bad = |e: benchfs_proto::wire::DecodeError| format!("record does not decode: {e}");
     let path_max = benchfs_proto::limits::PATH_LEN_MAX;
     match r.u8().map_err(bad)? {
-        tag @ (TAG_PUT | TAG_PUT_INLINE | TAG_PUT_V1 | TAG_PUT_INLINE_V1) => {
-            let meta = match tag {
-                TAG_PUT | TAG_PUT_INLINE => FileMetadata::decode(&mut r),
-                _ => FileMetadata::decode_v1(&mut r),
-            }
-            .map_err(bad)?;
-            let path = r.utf8("path", path_max).map_err(bad)?;
-            let inline_tag = matches!(tag, TAG_PUT_INLINE | TAG_PUT_INLINE_V1);
-            let data = match inline_tag {
-                true => r
-                    .str16("data", benchfs_proto::limits::INLINE_BYTES_MAX as usize)
-                    .map_err(bad)?,
-                false => &[],
-            };
-            if meta.inline != inline_tag {
-                return Err(format!("record for {path:?} disagrees with its tag {tag}"));
-            }
-            table
-                .insert(&path, meta, data, false)
-                .map_err(|status| format!("record for {path:?} does not apply: {status}"))?;
-            table.reserve_file_id(meta.file_id);
-        }
         TAG_DELETE => {
             let file_id = r.u64().map_err(bad)?;
             let path = r.utf8("path", path_max).map_err(bad)?;
@@ -365,9 +341,60 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
             table.add_tombstone(file_id);
             table.reserve_file_id(file_id);
         }
-        tag => return Err(format!("unknown record tag {tag}")),
+        tag => {
+            let put = PutTag::of(tag).ok_or_else(|| format!("unknown record tag {tag}"))?;
+            let meta = match put.v1 {
+                false => FileMetadata::decode(&mut r),
+                true => FileMetadata::decode_v1(&mut r),
+            }
+            .map_err(bad)?;
+            let path = r.utf8("path", path_max).map_err(bad)?;
+            let data = match put.inline {
+                true => r
+                    .str16("data", benchfs_proto::limits::INLINE_BYTES_MAX as usize)
+                    .map_err(bad)?,
+                false => &[],
+            };
+            if meta.inline != put.inline {
+                return Err(format!("record for {path:?} disagrees with its tag {tag}"));
+            }
+            table
+                .insert(&path, meta, data, false)
+                .map_err(|status| format!("record for {path:?} does not apply: {status}"))?;
+            table.reserve_file_id(meta.file_id);
+        }
     }
     r.finish().map_err(bad)
+}
+
+/// What a `Put` tag says of its record: whether its metadata is the older form without a
+/// birth time, and whether the record's bytes follow the path.
+#[derive(Debug, Clone, Copy)]
+struct PutTag {
+    v1: bool,
+    inline: bool,
+}
+
+impl PutTag {
+    /// The `Put` that `tag` marks; `None` for any other tag.
+    fn of(tag: u8) -> Option<PutTag> {
+        let (v1, inline) = match tag {
+            TAG_PUT => (false, false),
+            TAG_PUT_INLINE => (false, true),
+            TAG_PUT_V1 => (true, false),
+            TAG_PUT_INLINE_V1 => (true, true),
+            _ => return None,
+        };
+        Some(PutTag { v1, inline })
+    }
+
+    /// Bytes of the record's metadata.
+    fn meta_len(self) -> usize {
+        match self.v1 {
+            false => FILE_METADATA_LEN,
+            true => FILE_METADATA_LEN_V1,
+        }
+    }
 }
 
 impl Journal {
