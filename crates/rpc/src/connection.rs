@@ -105,9 +105,15 @@ impl RpcClient {
     }
 
     fn recycle(&self, payload: OutPayload) {
-        let OutPayload::Owned(buf) = payload else {
-            return;
-        };
+        if let OutPayload::Owned(buf) = payload {
+            self.recycle_buffer(buf);
+        }
+    }
+
+    /// Keeps `buf`, the payload of a reply its caller is done with, for a later call: a
+    /// read that receives into a fresh buffer faults in its pages every time (the
+    /// server's shared-memory copy then pays for clearing them).
+    pub fn recycle_buffer(&self, buf: Vec<u8>) {
         if buf.capacity() == 0 || buf.capacity() > SPARE_PAYLOAD_BYTES_MAX {
             return;
         }
@@ -115,6 +121,23 @@ impl RpcClient {
         if spare.len() < SPARE_PAYLOADS_MAX {
             spare.push(buf);
         }
+    }
+
+    /// A buffer of `len` bytes to receive a reply into: a spare one when there is one,
+    /// its bytes left as they are (the receive overwrites all `len`).
+    fn reply_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = {
+            let mut spare = self.spare_payloads.borrow_mut();
+            match spare.iter().rposition(|b| b.capacity() >= len) {
+                Some(i) => spare.swap_remove(i),
+                None => spare.pop().unwrap_or_default(),
+            }
+        };
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf.truncate(len);
+        buf
     }
 
     /// The client's UCX worker.
@@ -414,18 +437,23 @@ impl Connection {
     async fn take_reply(
         &self,
         frame: Frame,
-        msg: AmMessage,
+        mut msg: AmMessage,
         sink: Option<LentMut>,
     ) -> Result<(Frame, Vec<u8>, Vec<u8>, usize), RpcError> {
         let header_body = msg.header()[FRAME_HEADER_LEN..].to_vec();
         if let Some(sink) = sink.filter(|s| {
             frame.body_in_header && frame.payload_len > 0 && frame.payload_len <= s.as_ref().len()
         }) {
-            let mut msg = msg;
             msg.recv_data(sink).await.map_err(|e| self.transport(e))?;
             return Ok((frame, header_body, Vec::new(), frame.payload_len));
         }
-        let mut data = msg.into_data().await.map_err(|e| self.transport(e))?;
+        let mut data = if msg.is_rendezvous() {
+            let buf = self.client.reply_buffer(msg.data_len());
+            msg.recv_data(buf).await
+        } else {
+            msg.into_data().await
+        }
+        .map_err(|e| self.transport(e))?;
         if frame.body_in_header {
             Ok((frame, header_body, data, 0))
         } else {

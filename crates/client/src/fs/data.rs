@@ -122,15 +122,19 @@ pub(super) enum SpanData {
 }
 
 impl SpanData {
-    /// Completes the span's destination: copies the bytes if they came in a buffer, and
-    /// zeros what lies past the chunk's end (a hole inside the file).
-    pub(super) fn fill(self, dst: &mut [u8]) {
+    /// Completes the span's destination: copies the bytes if they came in a buffer (then
+    /// kept by `rpc` for a later reply), and zeros what lies past the chunk's end (a hole
+    /// inside the file).
+    pub(super) fn fill(self, dst: &mut [u8], rpc: &RpcClient) {
         match self {
             SpanData::Sunk(n) => {
                 let n = n.min(dst.len());
                 dst[n..].fill(0);
             }
-            SpanData::Bytes(bytes) => fill_from(dst, &bytes),
+            SpanData::Bytes(bytes) => {
+                fill_from(dst, &bytes);
+                rpc.recycle_buffer(bytes);
+            }
         }
     }
 }
@@ -350,7 +354,7 @@ impl FsClient {
         let results = join_all(reads).await;
         for (span, result) in plan.spans.iter().zip(results) {
             let data = result.map_err(rpc_err("read", &plan.path))?;
-            data.fill(&mut buf[span_range(span)]);
+            data.fill(&mut buf[span_range(span)], &self.rpc);
         }
         Ok(plan.len)
     }
@@ -471,7 +475,7 @@ impl FsClient {
                         .ok_or_else(|| fs_err("read", &plan.path, Status::Io))?
                 }
             };
-            data.fill(view.as_mut());
+            data.fill(view.as_mut(), &self.rpc);
         }
         Ok(plan.len)
     }

@@ -226,6 +226,8 @@ impl FsClient {
                         f.read_ahead.pieces.push_front(rest);
                     }
                 });
+            } else {
+                self.rpc.recycle_buffer(data);
             }
         }
         served
