@@ -6,7 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use benchfs::blocking::{BenchFS, OpenFlags};
-use common::files::{stats, write_file};
+use benchfs::placement::PlacementKey;
+use benchfs_proto::{ops, Status};
+use common::files::{errno_of, stats, try_read_file, write_file};
+use common::rpc::{call_one, delete_record, records};
 use common::{pattern, Cluster, ClusterSpec};
 
 /// A disk-backed cluster with a short RPC timeout, so a stopped server fails calls fast.
@@ -191,4 +194,45 @@ fn the_sweep_keeps_renamed_and_live_files() {
         keep.len() as u64,
         "only the live file's bytes are held"
     );
+}
+
+#[test]
+fn a_record_put_back_after_the_sweep_freed_its_chunks_is_refused() {
+    // Regression (soak seed 99): the sweep asked the servers one at a time whether any
+    // still named a deleted file, and the undo of an unlink that had timed out on a
+    // stopped server put the record back on a server already asked. The chunks went, the
+    // record stayed, and the file read as zeros. Now every server seals the file before
+    // its chunks go, and a sealed file takes no record again.
+    let cluster = Cluster::start(ClusterSpec {
+        backend: "file",
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    write_file(&fs, "/f", &pattern(1 << 20, 9));
+    let record = records(&cluster, "/f")[0].expect("the owner holds /f");
+    // An unlink that removed the records and then stopped (its client killed).
+    let replicas = cluster.replicas_of(PlacementKey::Metadata("/f"));
+    for &i in &replicas {
+        delete_record(cluster.addr(i), "/f", false);
+    }
+    wait_all_freed(&cluster, &fs, "after the sweep");
+    // The late undo.
+    let undo = ops::InsertRequest {
+        path: "/f".into(),
+        meta: record,
+        exclusive: false,
+        settled_only: false,
+        newer_only: false,
+        data: Vec::new(),
+    };
+    for &i in &replicas {
+        let put_back = call_one::<ops::MetadataInsert>(cluster.addr(i), &undo);
+        assert_eq!(
+            put_back.map_err(|e| e.status()),
+            Err(Status::Stale),
+            "server {i} took back a record of a file whose chunks are gone"
+        );
+    }
+    assert_eq!(errno_of(try_read_file(&fs, "/f")), libc::ENOENT);
 }

@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 10;
+pub const VERSION: u16 = 11;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -88,11 +88,16 @@ pub enum OpCode {
     MetadataDropInline = 25,
     /// Which records a server holds at some paths (a peer's replica repair pass).
     CompareRecords = 26,
+    /// Of some inode numbers, which this server names; it refuses any record of the others
+    /// from now on (before their chunks are removed).
+    SealFiles = 27,
+    /// Lifts [`OpCode::SealFiles`]' refusal: another server still named one of the files.
+    UnsealFiles = 28,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 26] = [
+    pub const ALL: [OpCode; 28] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -119,6 +124,8 @@ impl OpCode {
         OpCode::MetadataSealInline,
         OpCode::MetadataDropInline,
         OpCode::CompareRecords,
+        OpCode::SealFiles,
+        OpCode::UnsealFiles,
     ];
 
     /// Decodes a wire id.
@@ -155,6 +162,8 @@ impl OpCode {
             OpCode::MetadataSealInline => "metadata_seal_inline",
             OpCode::MetadataDropInline => "metadata_drop_inline",
             OpCode::CompareRecords => "compare_records",
+            OpCode::SealFiles => "seal_files",
+            OpCode::UnsealFiles => "unseal_files",
         }
     }
 

@@ -209,6 +209,11 @@ rpc!(/// Remove every chunk of a file on this server.
     RemoveChunks, RemoveChunks, RemoveChunksRequest, CountReply);
 rpc!(/// Which of the given inode numbers this server names, and which it deleted.
     FilesExist, FilesExist, FileIdsRequest, FileStatesReply);
+rpc!(/// Which of the given inode numbers this server names (`named`); every other one it
+    /// seals (`deleted`): no record of it is stored here again, so its chunks may go.
+    SealFiles, SealFiles, FileIdsRequest, FileStatesReply);
+rpc!(/// Lifts the seal of the given inode numbers (another server still names them).
+    UnsealFiles, UnsealFiles, FileIdsRequest, Empty);
 rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
     StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
 

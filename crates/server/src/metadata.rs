@@ -54,6 +54,10 @@ pub struct MetadataTable {
     tombstones: VecDeque<u64>,
     /// The same numbers, for lookups.
     tombstone_set: HashSet<u64>,
+    /// Tombstones sealed by an orphan sweep or an unlink about to remove the file's chunks
+    /// ([`MetadataTable::seal`]): no record of these is stored again, so a late undo or
+    /// copy cannot bring back a name for a file whose chunks are gone.
+    sealed: HashSet<u64>,
     /// Paths a record came to or left lately, or a call tried to (every create, insert,
     /// delete and move notes its path first, whatever its outcome), which the repair pass
     /// leaves alone.
@@ -79,6 +83,7 @@ impl MetadataTable {
             file_ids: HashMap::new(),
             tombstones: VecDeque::new(),
             tombstone_set: HashSet::new(),
+            sealed: HashSet::new(),
             recent: RecentChanges::new(Duration::ZERO),
             id_prefix: u64::from(node_tag) << 32,
             // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
@@ -224,8 +229,31 @@ impl MetadataTable {
         if self.tombstones.len() > TOMBSTONES_MAX {
             if let Some(old) = self.tombstones.pop_front() {
                 self.tombstone_set.remove(&old);
+                self.sealed.remove(&old);
             }
         }
+    }
+
+    /// Seals `file_id` unless a record here names it (then false): it becomes a tombstone
+    /// that [`MetadataTable::insert`] refuses to name again, so its chunks may be removed
+    /// once every server sealed it.
+    pub fn seal(&mut self, file_id: u64) -> bool {
+        if self.has_file(file_id) {
+            return false;
+        }
+        self.add_tombstone(file_id);
+        self.sealed.insert(file_id);
+        true
+    }
+
+    /// Lifts a seal: another server still names the file, so its chunks stay.
+    pub fn unseal(&mut self, file_id: u64) {
+        self.sealed.remove(&file_id);
+    }
+
+    /// Whether `file_id` is sealed (see [`MetadataTable::seal`]).
+    pub fn is_sealed(&self, file_id: u64) -> bool {
+        self.sealed.contains(&file_id)
     }
 
     /// Sets how long after a record comes to or leaves a path (or a call tries to) the
@@ -350,7 +378,7 @@ impl MetadataTable {
 
     /// Stores a record as given, with `data`, its bytes if it is inline (a rename's
     /// destination, or a replica): `InvalidArgument` unless an inline record comes with
-    /// exactly its size in bytes and any other with none.
+    /// exactly its size in bytes and any other with none, `Stale` if its file is sealed.
     pub fn insert(
         &mut self,
         path: &str,
@@ -365,6 +393,9 @@ impl MetadataTable {
         }
         if data.len() as u64 != if meta.inline { meta.size } else { 0 } {
             return Err(Status::InvalidArgument);
+        }
+        if self.is_sealed(meta.file_id) {
+            return Err(Status::Stale);
         }
         self.put(path, meta, data.to_vec());
         Ok(())
@@ -607,6 +638,22 @@ mod tests {
             let other = MetadataTable::new(tag.wrapping_add(1), 4096);
             assert_ne!(other.scratch_file_id() >> 32, scratch >> 32);
         }
+    }
+
+    #[test]
+    fn a_sealed_file_takes_no_record_until_the_seal_is_lifted() {
+        let mut m = MetadataTable::new(1, 4096);
+        let live = m.create_file("/live", 0o644, 0, Owner::default()).unwrap();
+        assert!(!m.seal(live.file_id), "a named file is not sealed");
+        assert!(!m.is_sealed(live.file_id));
+        let gone = m.create_file("/gone", 0o644, 0, Owner::default()).unwrap();
+        m.delete("/gone", None).unwrap();
+        assert!(m.seal(gone.file_id));
+        assert_eq!(m.insert("/back", gone, &[], false), Err(Status::Stale));
+        assert!(!m.has_file(gone.file_id));
+        m.unseal(gone.file_id);
+        m.insert("/back", gone, &[], false).unwrap();
+        assert!(m.has_file(gone.file_id));
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //! record; inode numbers are never handed out again) and no server names it, and every
 //! server in the registry answered. A record that is merely absent proves nothing: its
 //! server may be down, and a rename moves a record without a tombstone. One round asks
-//! about at most [`FILE_IDS_MAX`] files. A round also waits while a server that stopped
-//! cleanly is away: it leaves a departed marker in the registry
-//! ([`registry::departed`]), since it may hold the only record of a file.
+//! about at most [`FILE_IDS_MAX`] files, and removes chunks only after every server
+//! sealed the file ([`ops::SealFiles`]): the answers come one server at a time, and a
+//! sealed file can take no record again, so none can come back between two answers. A
+//! round also waits while a server that stopped cleanly is away: it leaves a departed
+//! marker in the registry ([`registry::departed`]), since it may hold the only record of a
+//! file.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -60,6 +63,9 @@ pub enum SweepError {
         /// The peer's node id.
         node: String,
     },
+    /// Sealing files here failed (the journal).
+    #[error("sealing files: {0:?}")]
+    Seal(benchfs_proto::Status),
     /// A peer did not answer, so nothing can be known to be unnamed.
     #[error("peer {node}: {source}")]
     Peer {
@@ -162,7 +168,7 @@ async fn sweep_once(
     let question = ops::FileIdsRequest {
         file_ids: candidates.clone(),
     };
-    for entry in entries {
+    for entry in &entries {
         if entry.node_id == state.node_id() {
             continue;
         }
@@ -181,11 +187,107 @@ async fn sweep_once(
         named.extend(states.named);
         deleted.extend(states.deleted);
     }
+    let orphans: Vec<u64> = candidates
+        .into_iter()
+        .filter(|id| deleted.contains(id) && !named.contains(id))
+        .collect();
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let orphans = seal_everywhere(state, rpc, peers, &entries, orphans).await?;
     let mut removed = 0;
-    for id in candidates {
-        if deleted.contains(&id) && !named.contains(&id) {
-            removed += state.remove_orphan(id).await?;
-        }
+    for id in orphans {
+        removed += state.remove_orphan(id).await?;
     }
     Ok(removed)
+}
+
+/// Seals `orphans` on every server ([`ops::SealFiles`]), so that no record can name them
+/// again, and returns those no server named meanwhile, whose chunks may now go. The
+/// answers above were asked one server at a time, and a record can come back between them
+/// (the undo of an unlink that failed on a stopped server): only a seal that every server
+/// took proves that no name is left or will be. Seals of files some server still names are
+/// lifted again.
+async fn seal_everywhere(
+    state: &ServerState,
+    rpc: &Rc<RpcClient>,
+    peers: &mut Peers,
+    entries: &[ServerEntry],
+    orphans: Vec<u64>,
+) -> Result<Vec<u64>, SweepError> {
+    let mut named: HashSet<u64> = state
+        .seal_files(&orphans)
+        .map_err(SweepError::Seal)?
+        .into_iter()
+        .collect();
+    let question = ops::FileIdsRequest {
+        file_ids: orphans.clone(),
+    };
+    let mut failure = None;
+    for entry in entries {
+        if entry.node_id == state.node_id() {
+            continue;
+        }
+        let answer = match peers.connection(rpc, &entry.node_id, entry.addr).await {
+            Ok(conn) => conn.call::<ops::SealFiles>(&question).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(reply) => named.extend(reply.named),
+            Err(source) => {
+                failure = Some(SweepError::Peer {
+                    node: entry.node_id.clone(),
+                    source,
+                });
+                break;
+            }
+        }
+    }
+    // Nothing is removed without every seal: lift them all and try again next round.
+    let lift: Vec<u64> = match failure {
+        Some(_) => orphans.clone(),
+        None => orphans
+            .iter()
+            .copied()
+            .filter(|id| named.contains(id))
+            .collect(),
+    };
+    if !lift.is_empty() {
+        unseal_everywhere(state, rpc, peers, entries, lift).await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(orphans
+            .into_iter()
+            .filter(|id| !named.contains(id))
+            .collect()),
+    }
+}
+
+/// Lifts the seals of `ids` wherever it can. A seal left behind (a server that does not
+/// answer now) keeps that server from storing a record of the file, which then fails a
+/// rename or a repair copy there, never a read.
+async fn unseal_everywhere(
+    state: &ServerState,
+    rpc: &Rc<RpcClient>,
+    peers: &mut Peers,
+    entries: &[ServerEntry],
+    ids: Vec<u64>,
+) {
+    if let Err(status) = state.unseal_files(&ids) {
+        tracing::warn!(?status, "lifting seals here failed");
+    }
+    let request = ops::FileIdsRequest { file_ids: ids };
+    for entry in entries {
+        if entry.node_id == state.node_id() {
+            continue;
+        }
+        let answer = match peers.connection(rpc, &entry.node_id, entry.addr).await {
+            Ok(conn) => conn.call::<ops::UnsealFiles>(&request).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = answer {
+            tracing::warn!(peer = %entry.node_id, %error, "lifting seals failed");
+        }
+    }
 }

@@ -314,9 +314,11 @@ impl FsClient {
     /// chunks until its orphan sweep finds the file's tombstone; the delete has happened
     /// either way, so that is logged, not returned.
     ///
-    /// A file may still have another name (a rename that failed half way leaves two), so
-    /// the chunks go only when every server says no record names the file; a server that
-    /// does not answer also leaves them to the sweep, which asks the same question.
+    /// A file may still have another name (a rename that failed half way leaves two), or
+    /// get one back (the undo of another client's failed call), so the chunks go only when
+    /// every server has sealed the file (`SealFiles`): none names it, and none will store a
+    /// record of it again. If one still names it, or one does not answer, the seals are
+    /// lifted and the chunks kept (the orphan sweep asks again).
     pub(super) async fn remove_chunks(&self, path: &str, meta: FileMetadata) {
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
         let question = ops::FileIdsRequest {
@@ -324,23 +326,26 @@ impl FsClient {
         };
         let answers = self
             .all_servers()
-            .map(|s| self.call_on::<ops::FilesExist>(s, &question, OutPayload::none()));
+            .map(|s| self.call_on::<ops::SealFiles>(s, &question, OutPayload::none()));
+        let mut kept = None;
         for answer in join_all(answers).await {
             match answer {
                 Ok((states, _)) if states.named.is_empty() => {}
-                Ok(_) => {
-                    tracing::info!(
-                        path,
-                        file_id = meta.file_id,
-                        "another name holds the file; chunks kept"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, path, file_id = meta.file_id, "chunks left for the orphan sweep");
-                    return;
+                Ok(_) => kept = Some("another name holds the file; chunks kept".to_string()),
+                Err(e) => kept = Some(format!("chunks left for the orphan sweep: {e}")),
+            }
+        }
+        if let Some(why) = kept {
+            tracing::info!(path, file_id = meta.file_id, "{why}");
+            let lifts = self
+                .all_servers()
+                .map(|s| self.call_on::<ops::UnsealFiles>(s, &question, OutPayload::none()));
+            for lift in join_all(lifts).await {
+                if let Err(e) = lift {
+                    tracing::warn!(error = %e, path, file_id = meta.file_id, "a seal stays");
                 }
             }
+            return;
         }
         let req = ops::RemoveChunksRequest {
             file_id: meta.file_id,

@@ -53,6 +53,7 @@ const TAG_TOMBSTONE: u8 = 5;
 const TAG_PUT_INLINE_V1: u8 = 6;
 const TAG_PUT: u8 = 7;
 const TAG_PUT_INLINE: u8 = 8;
+const TAG_SEAL: u8 = 9;
 /// Largest record: a tag, metadata, a path of PATH_LEN_MAX bytes and an inline record's
 /// bytes, each with its prefix.
 const RECORD_LEN_MAX: usize = 1
@@ -94,8 +95,11 @@ pub enum Record<'a> {
         /// The record's inode number.
         file_id: u64,
     },
-    /// A file deleted before the last snapshot, remembered for peers' orphan sweeps.
+    /// A file deleted before the last snapshot, remembered for peers' orphan sweeps; after
+    /// a [`Record::Seal`] of it, the seal lifted.
     Tombstone(u64),
+    /// A file sealed for the removal of its chunks: no record of it is stored again.
+    Seal(u64),
 }
 
 /// Why the journal could not be used.
@@ -167,6 +171,9 @@ fn encode(record: &Record<'_>) -> Vec<u8> {
         }
         Record::Tombstone(id) => {
             body.u8(TAG_TOMBSTONE).u64(*id);
+        }
+        Record::Seal(id) => {
+            body.u8(TAG_SEAL).u64(*id);
         }
     }
     let body = body.into_vec();
@@ -277,7 +284,7 @@ fn could_begin(prefix: &[u8], len: usize) -> Result<(), String> {
     // Where the u16 path length sits, the body length without the path (and bytes), and
     // whether the record's bytes follow the path with a u16 length of their own.
     let (path_len_at, fixed, with_bytes) = match tag {
-        TAG_HIGH_WATER | TAG_TOMBSTONE => (None, 1 + 8, false),
+        TAG_HIGH_WATER | TAG_TOMBSTONE | TAG_SEAL => (None, 1 + 8, false),
         TAG_DELETE | TAG_MOVE_OUT => (Some(1 + 8), 1 + 8 + 2, false),
         _ => match PutTag::of(tag) {
             Some(put) => {
@@ -339,6 +346,13 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
         TAG_TOMBSTONE => {
             let file_id = r.u64().map_err(bad)?;
             table.add_tombstone(file_id);
+            table.unseal(file_id);
+            table.reserve_file_id(file_id);
+        }
+        TAG_SEAL => {
+            let file_id = r.u64().map_err(bad)?;
+            // Sealed only where no record named the file, so `seal` finds none here.
+            table.seal(file_id);
             table.reserve_file_id(file_id);
         }
         tag => {
@@ -470,7 +484,11 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
     let tmp = path.with_extension("journal.tmp");
     let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
     for id in table.tombstones() {
-        snapshot.extend(encode(&Record::Tombstone(id)));
+        snapshot.extend(encode(&if table.is_sealed(id) {
+            Record::Seal(id)
+        } else {
+            Record::Tombstone(id)
+        }));
     }
     for (p, meta, data) in table.records() {
         snapshot.extend(encode(&Record::Put {
@@ -502,6 +520,40 @@ mod tests {
 
     fn table() -> MetadataTable {
         MetadataTable::new(1, 4096)
+    }
+
+    #[test]
+    fn seals_survive_replay_and_compaction_and_their_lifting_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (kept, lifted) = (7, 8);
+        for id in [kept, lifted] {
+            assert!(t.seal(id));
+            j.append(&Record::Seal(id)).unwrap();
+        }
+        t.unseal(lifted);
+        j.append(&Record::Tombstone(lifted)).unwrap();
+        let check = |t: &MetadataTable, when: &str| {
+            assert!(
+                t.is_sealed(kept) && t.is_deleted(kept),
+                "{when}: the seal holds"
+            );
+            assert!(
+                !t.is_sealed(lifted) && t.is_deleted(lifted),
+                "{when}: lifted"
+            );
+        };
+        drop(j);
+        let mut replayed = table();
+        let mut j = Journal::open(&path, &mut replayed).unwrap();
+        check(&replayed, "replayed");
+        j.compact(&replayed).unwrap();
+        drop(j);
+        let mut compacted = table();
+        Journal::open(&path, &mut compacted).unwrap();
+        check(&compacted, "compacted");
     }
 
     #[test]
@@ -1041,10 +1093,10 @@ mod tests {
             ),
             (
                 "an unknown tag, checksum valid, in the middle",
-                [raw(&[9; 9]), high_water.clone()].concat(),
+                [raw(&[0xee; 9]), high_water.clone()].concat(),
             ),
-            ("an unknown tag, checksum valid, last", raw(&[9; 9])),
-            ("an unknown tag, body cut", raw(&[9; 40])[..20].to_vec()),
+            ("an unknown tag, checksum valid, last", raw(&[0xee; 9])),
+            ("an unknown tag, body cut", raw(&[0xee; 40])[..20].to_vec()),
             ("a checksum-valid record of \"/\"", raw(&root)),
             (
                 "a checksum-valid high-water mark 0",

@@ -239,9 +239,71 @@ impl ServerState {
             return Ok(0);
         }
         let removed = self.store.remove_file(file_id).await?;
+        tracing::debug!(file_id, chunks = removed, "orphan chunks removed");
         let counter = &self.counters.orphan_chunks_removed;
         counter.set(counter.get() + removed);
         Ok(removed)
+    }
+
+    /// Which of some files this server names and which it deleted (`FilesExist`), with
+    /// the unnamed ones sealed first (`SealFiles`), or seals lifted (`UnsealFiles`).
+    fn file_states(&self, op: OpCode, req: op::FileIdsRequest) -> Result<Reply, Status> {
+        let ids = req.file_ids;
+        match op {
+            OpCode::SealFiles => {
+                let named = self.seal_files(&ids)?;
+                Ok(Reply::ok(&op::FileStatesReply {
+                    deleted: ids.into_iter().filter(|id| !named.contains(id)).collect(),
+                    named,
+                }))
+            }
+            OpCode::UnsealFiles => {
+                self.unseal_files(&ids)?;
+                Ok(Reply::ok(&op::Empty))
+            }
+            _ => {
+                let table = self.metadata.borrow();
+                Ok(Reply::ok(&op::FileStatesReply {
+                    named: ids
+                        .iter()
+                        .copied()
+                        .filter(|id| table.has_file(*id))
+                        .collect(),
+                    deleted: ids.into_iter().filter(|id| table.is_deleted(*id)).collect(),
+                }))
+            }
+        }
+    }
+
+    /// Seals each file of `ids` that no record here names ([`MetadataTable::seal`]), in
+    /// the journal before it counts; returns those a record names.
+    pub(crate) fn seal_files(&self, ids: &[u64]) -> Result<Vec<u64>, Status> {
+        let mut named = Vec::new();
+        for &id in ids {
+            if self.metadata.borrow().is_sealed(id) {
+                continue;
+            }
+            if !self.metadata.borrow_mut().seal(id) {
+                named.push(id);
+                continue;
+            }
+            if let Err(status) = self.log(journal::Record::Seal(id)) {
+                self.metadata.borrow_mut().unseal(id);
+                return Err(status);
+            }
+        }
+        Ok(named)
+    }
+
+    /// Lifts the seals of `ids` (another server still names those files), in the journal.
+    pub(crate) fn unseal_files(&self, ids: &[u64]) -> Result<(), Status> {
+        for &id in ids {
+            if self.metadata.borrow().is_sealed(id) {
+                self.metadata.borrow_mut().unseal(id);
+                self.log(journal::Record::Tombstone(id))?;
+            }
+        }
+        Ok(())
     }
 
     /// Records one metadata change, already applied to the table, in the journal if there
@@ -322,14 +384,8 @@ impl ServerState {
                 }
                 OpCode::StoreProbe => self.store_probe(decode(body)?).await,
                 OpCode::CompareRecords => self.compare_records(decode(body)?),
-                OpCode::FilesExist => {
-                    let req: op::FileIdsRequest = decode(body)?;
-                    let table = self.metadata.borrow();
-                    let ids = req.file_ids.iter().copied();
-                    Ok(Reply::ok(&op::FileStatesReply {
-                        named: ids.clone().filter(|id| table.has_file(*id)).collect(),
-                        deleted: ids.filter(|id| table.is_deleted(*id)).collect(),
-                    }))
+                OpCode::FilesExist | OpCode::SealFiles | OpCode::UnsealFiles => {
+                    self.file_states(op, decode(body)?)
                 }
             }
         }
@@ -373,6 +429,7 @@ impl ServerState {
             _ => table.create_symlink(&req.path, owner)?,
         };
         drop(table);
+        tracing::debug!(path = %req.path, file_id = meta.file_id, "record created");
         self.log_put(&req.path)?;
         Ok(Reply::ok(&op::MetadataReply { meta }))
     }
@@ -390,6 +447,7 @@ impl ServerState {
                 let data = self.metadata.borrow().record(&req.path)?.1.to_vec();
                 if req.moved {
                     let meta = self.metadata.borrow_mut().move_out(&req.path)?;
+                    tracing::debug!(path = %req.path, file_id = meta.file_id, "record moved out");
                     self.log(journal::Record::MoveOut {
                         path: &req.path,
                         file_id: meta.file_id,
@@ -397,6 +455,7 @@ impl ServerState {
                     return Ok(Reply::ok(&op::RecordReply { meta, data }));
                 }
                 let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
+                tracing::debug!(path = %req.path, file_id = meta.file_id, "record deleted");
                 self.log(journal::Record::Delete {
                     path: &req.path,
                     file_id: meta.file_id,

@@ -68,6 +68,7 @@ impl ServerState {
         }
         table.insert(&path, req.meta, &req.data, req.exclusive)?;
         drop(table);
+        tracing::debug!(path, file_id = req.meta.file_id, "record inserted");
         self.log_put(&path)
     }
 
