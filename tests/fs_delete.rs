@@ -9,7 +9,7 @@ use benchfs::blocking::{BenchFS, OpenFlags};
 use benchfs::placement::PlacementKey;
 use benchfs_proto::{ops, Status};
 use common::files::{errno_of, stats, try_read_file, write_file};
-use common::rpc::{call_one, delete_record, records};
+use common::rpc::{call_one, delete_record, insert_record, records};
 use common::{pattern, Cluster, ClusterSpec};
 
 /// A disk-backed cluster with a short RPC timeout, so a stopped server fails calls fast.
@@ -235,4 +235,36 @@ fn a_record_put_back_after_the_sweep_freed_its_chunks_is_refused() {
         );
     }
     assert_eq!(errno_of(try_read_file(&fs, "/f")), libc::ENOENT);
+}
+
+#[test]
+fn a_file_another_name_still_holds_keeps_its_chunks_and_can_move() {
+    // A rename that failed half way leaves two names of one file. Unlinking one seals the
+    // file on the servers that do not name it, tentatively: those seals must be lifted,
+    // or the other name could never move to those servers.
+    let cluster = Cluster::start(ClusterSpec {
+        backend: "file",
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    let data = pattern(300_000, 3);
+    write_file(&fs, "/a", &data);
+    let record = records(&cluster, "/a")[0].expect("the owner holds /a");
+    let holders = cluster.replicas_of(PlacementKey::Metadata("/b"));
+    let at: Vec<_> = holders.iter().map(|&i| cluster.addr(i)).collect();
+    insert_record(&at, "/b", record);
+    fs.unlink("/a").unwrap();
+    let dest = (0..)
+        .map(|i| format!("/c{i}"))
+        .find(|p| {
+            let to = cluster.replicas_of(PlacementKey::Metadata(p));
+            to.iter().any(|s| !holders.contains(s))
+        })
+        .unwrap();
+    fs.rename("/b", &dest).unwrap();
+    assert!(
+        common::files::read_file(&fs, &dest) == data,
+        "{dest} is whole"
+    );
 }

@@ -89,15 +89,17 @@ pub enum OpCode {
     /// Which records a server holds at some paths (a peer's replica repair pass).
     CompareRecords = 26,
     /// Of some inode numbers, which this server names; it refuses any record of the others
-    /// from now on (before their chunks are removed).
+    /// until the seal is lifted ([`OpCode::UnsealFiles`]).
     SealFiles = 27,
     /// Lifts [`OpCode::SealFiles`]' refusal: another server still named one of the files.
     UnsealFiles = 28,
+    /// [`OpCode::SealFiles`] for good, journaled: the files' chunks are about to go.
+    SealFilesForGood = 29,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 28] = [
+    pub const ALL: [OpCode; 29] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -126,6 +128,7 @@ impl OpCode {
         OpCode::CompareRecords,
         OpCode::SealFiles,
         OpCode::UnsealFiles,
+        OpCode::SealFilesForGood,
     ];
 
     /// Decodes a wire id.
@@ -164,6 +167,7 @@ impl OpCode {
             OpCode::CompareRecords => "compare_records",
             OpCode::SealFiles => "seal_files",
             OpCode::UnsealFiles => "unseal_files",
+            OpCode::SealFilesForGood => "seal_files_for_good",
         }
     }
 

@@ -210,10 +210,12 @@ rpc!(/// Remove every chunk of a file on this server.
 rpc!(/// Which of the given inode numbers this server names, and which it deleted.
     FilesExist, FilesExist, FileIdsRequest, FileStatesReply);
 rpc!(/// Which of the given inode numbers this server names (`named`); every other one it
-    /// seals (`deleted`): no record of it is stored here again, so its chunks may go.
+    /// seals (`deleted`): no record of it is stored here until the seal is lifted.
     SealFiles, SealFiles, FileIdsRequest, FileStatesReply);
-rpc!(/// Lifts the seal of the given inode numbers (another server still names them).
+rpc!(/// Lifts the tentative seals of the given inode numbers (another server names them).
     UnsealFiles, UnsealFiles, FileIdsRequest, Empty);
+rpc!(/// [`SealFiles`] for good (journaled, never lifted): the files' chunks may then go.
+    SealFilesForGood, SealFilesForGood, FileIdsRequest, FileStatesReply);
 rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
     StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
 

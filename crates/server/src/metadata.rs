@@ -25,6 +25,21 @@ use benchfs_proto::ops::{set_attr, SetAttrRequest};
 /// Most deletions a server remembers for peers' orphan sweeps (16 bytes each, twice).
 pub const TOMBSTONES_MAX: usize = 1 << 20;
 
+/// Most files a server keeps sealed ([`MetadataTable::seal`]).
+pub const SEALS_MAX: usize = 1 << 20;
+
+/// How a file is sealed against records of it ([`MetadataTable::seal`]). A sealer seals
+/// tentatively on every server first, lifting the seals if one still names the file, and
+/// then for good before it removes the chunks: a tentative seal lifted by a concurrent
+/// sealer cannot let a record back after the chunks are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Seal {
+    /// Until the sealer lifts it; in memory only.
+    Tentative,
+    /// For good, journaled: every server sealed the file, and its chunks may go.
+    ForGood,
+}
+
 /// One server's share of the namespace.
 ///
 /// **Invariant:** a record is inline (`meta.inline`) exactly when `inline_bytes` holds its
@@ -54,10 +69,17 @@ pub struct MetadataTable {
     tombstones: VecDeque<u64>,
     /// The same numbers, for lookups.
     tombstone_set: HashSet<u64>,
-    /// Tombstones sealed by an orphan sweep or an unlink about to remove the file's chunks
+    /// Files sealed by an orphan sweep or an unlink about to remove their chunks
     /// ([`MetadataTable::seal`]): no record of these is stored again, so a late undo or
-    /// copy cannot bring back a name for a file whose chunks are gone.
-    sealed: HashSet<u64>,
+    /// copy cannot bring back a name for a file whose chunks are gone. Not tombstones: a
+    /// seal says nothing about where the file was deleted.
+    /// Each with the count of seals made before it, to find it in `seal_order`.
+    sealed: HashMap<u64, (Seal, u64)>,
+    /// Seals made, oldest first, at most [`SEALS_MAX`]: the number and its count (a lifted
+    /// seal's entry stays until it comes first, and is then skipped).
+    seal_order: VecDeque<(u64, u64)>,
+    /// Seals made so far.
+    seals_made: u64,
     /// Paths a record came to or left lately, or a call tried to (every create, insert,
     /// delete and move notes its path first, whatever its outcome), which the repair pass
     /// leaves alone.
@@ -83,7 +105,9 @@ impl MetadataTable {
             file_ids: HashMap::new(),
             tombstones: VecDeque::new(),
             tombstone_set: HashSet::new(),
-            sealed: HashSet::new(),
+            sealed: HashMap::new(),
+            seal_order: VecDeque::new(),
+            seals_made: 0,
             recent: RecentChanges::new(Duration::ZERO),
             id_prefix: u64::from(node_tag) << 32,
             // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
@@ -229,31 +253,67 @@ impl MetadataTable {
         if self.tombstones.len() > TOMBSTONES_MAX {
             if let Some(old) = self.tombstones.pop_front() {
                 self.tombstone_set.remove(&old);
-                self.sealed.remove(&old);
             }
         }
     }
 
-    /// Seals `file_id` unless a record here names it (then false): it becomes a tombstone
-    /// that [`MetadataTable::insert`] refuses to name again, so its chunks may be removed
-    /// once every server sealed it.
-    pub fn seal(&mut self, file_id: u64) -> bool {
+    /// Seals `file_id` unless a record here names it (then false): the server stores no
+    /// record of it again (`insert_record` answers `Stale`). A seal for good outlasts any
+    /// tentative one; the oldest seals are forgotten past [`SEALS_MAX`].
+    pub fn seal(&mut self, file_id: u64, how: Seal) -> bool {
         if self.has_file(file_id) {
             return false;
         }
-        self.add_tombstone(file_id);
-        self.sealed.insert(file_id);
+        self.reserve_file_id(file_id);
+        match self.sealed.get_mut(&file_id) {
+            Some((held, _)) => *held = (*held).max(how),
+            None => {
+                let made = self.seals_made;
+                self.seals_made += 1;
+                self.sealed.insert(file_id, (how, made));
+                self.seal_order.push_back((file_id, made));
+                if self.seal_order.len() > SEALS_MAX {
+                    if let Some((old, when)) = self.seal_order.pop_front() {
+                        if self.sealed.get(&old).is_some_and(|(_, made)| *made == when) {
+                            self.sealed.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
         true
     }
 
-    /// Lifts a seal: another server still names the file, so its chunks stay.
+    /// Lifts a tentative seal (another server still names the file); a seal for good
+    /// stays, since the file's chunks may be gone.
     pub fn unseal(&mut self, file_id: u64) {
-        self.sealed.remove(&file_id);
+        if self.seal_of(file_id) == Some(Seal::Tentative) {
+            self.sealed.remove(&file_id);
+        }
     }
 
-    /// Whether `file_id` is sealed (see [`MetadataTable::seal`]).
-    pub fn is_sealed(&self, file_id: u64) -> bool {
-        self.sealed.contains(&file_id)
+    /// The files sealed for good, oldest first (for the journal's snapshot).
+    pub fn seals_for_good(&self) -> impl Iterator<Item = u64> + '_ {
+        self.seal_order
+            .iter()
+            .filter(|(id, made)| self.sealed.get(id) == Some(&(Seal::ForGood, *made)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Puts back how `file_id` was sealed before a seal whose journal record failed.
+    pub fn restore_seal(&mut self, file_id: u64, before: Option<Seal>) {
+        match (before, self.sealed.get_mut(&file_id)) {
+            (Some(how), Some((held, _))) => *held = how,
+            (None, _) => {
+                self.sealed.remove(&file_id);
+            }
+            (Some(_), None) => {}
+        }
+    }
+
+    /// How `file_id` is sealed, if it is (see [`MetadataTable::seal`]).
+    pub fn seal_of(&self, file_id: u64) -> Option<Seal> {
+        self.sealed.get(&file_id).map(|(how, _)| *how)
     }
 
     /// Sets how long after a record comes to or leaves a path (or a call tries to) the
@@ -378,7 +438,8 @@ impl MetadataTable {
 
     /// Stores a record as given, with `data`, its bytes if it is inline (a rename's
     /// destination, or a replica): `InvalidArgument` unless an inline record comes with
-    /// exactly its size in bytes and any other with none, `Stale` if its file is sealed.
+    /// exactly its size in bytes and any other with none. (Seals are checked by the
+    /// server's handler, not here: a journal replays whatever it holds.)
     pub fn insert(
         &mut self,
         path: &str,
@@ -393,9 +454,6 @@ impl MetadataTable {
         }
         if data.len() as u64 != if meta.inline { meta.size } else { 0 } {
             return Err(Status::InvalidArgument);
-        }
-        if self.is_sealed(meta.file_id) {
-            return Err(Status::Stale);
         }
         self.put(path, meta, data.to_vec());
         Ok(())
@@ -641,19 +699,40 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_file_takes_no_record_until_the_seal_is_lifted() {
+    fn seals_hold_until_lifted_unless_for_good_and_are_no_tombstones() {
         let mut m = MetadataTable::new(1, 4096);
         let live = m.create_file("/live", 0o644, 0, Owner::default()).unwrap();
-        assert!(!m.seal(live.file_id), "a named file is not sealed");
-        assert!(!m.is_sealed(live.file_id));
-        let gone = m.create_file("/gone", 0o644, 0, Owner::default()).unwrap();
-        m.delete("/gone", None).unwrap();
-        assert!(m.seal(gone.file_id));
-        assert_eq!(m.insert("/back", gone, &[], false), Err(Status::Stale));
-        assert!(!m.has_file(gone.file_id));
-        m.unseal(gone.file_id);
-        m.insert("/back", gone, &[], false).unwrap();
-        assert!(m.has_file(gone.file_id));
+        assert!(
+            !m.seal(live.file_id, Seal::ForGood),
+            "a named file is not sealed"
+        );
+        assert_eq!(m.seal_of(live.file_id), None);
+        let gone = 1 << 40;
+        assert!(m.seal(gone, Seal::Tentative));
+        assert_eq!(m.seal_of(gone), Some(Seal::Tentative));
+        assert!(!m.is_deleted(gone), "a seal is no evidence of a delete");
+        m.unseal(gone);
+        assert_eq!(m.seal_of(gone), None);
+        // A seal for good is not lifted, not even by a sealer whose tentative seal it
+        // replaced.
+        assert!(m.seal(gone, Seal::Tentative));
+        assert!(m.seal(gone, Seal::ForGood));
+        assert!(m.seal(gone, Seal::Tentative));
+        m.unseal(gone);
+        assert_eq!(m.seal_of(gone), Some(Seal::ForGood));
+        assert_eq!(m.seals_for_good().collect::<Vec<_>>(), [gone]);
+    }
+
+    #[test]
+    fn seals_are_bounded_oldest_first() {
+        let mut m = MetadataTable::new(1, 4096);
+        for id in 0..SEALS_MAX as u64 + 2 {
+            m.seal(id << 33, Seal::ForGood);
+        }
+        assert_eq!(m.seals_for_good().count(), SEALS_MAX);
+        assert_eq!(m.seal_of(0), None);
+        assert_eq!(m.seal_of(1 << 33), None);
+        assert_eq!(m.seal_of(2 << 33), Some(Seal::ForGood));
     }
 
     #[test]

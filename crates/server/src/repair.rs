@@ -280,8 +280,12 @@ async fn compare_with(
                             repaired.copied += 1;
                         }
                         // A newer record or a call that got there meanwhile: the next
-                        // round compares again.
-                        Err(e) if matches!(e.status(), Status::Exists | Status::Busy) => {}
+                        // round compares again. A sealed file is being removed.
+                        Err(e)
+                            if matches!(
+                                e.status(),
+                                Status::Exists | Status::Busy | Status::Stale
+                            ) => {}
                         Err(e) => return Err(e),
                     }
                 }

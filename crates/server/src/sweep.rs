@@ -28,6 +28,7 @@ use benchfs_store::StoreError;
 use benchfs_ucx::Context;
 
 use crate::handler::ServerState;
+use crate::metadata::Seal;
 
 /// How a server sweeps.
 #[derive(Debug, Clone)]
@@ -202,12 +203,13 @@ async fn sweep_once(
     Ok(removed)
 }
 
-/// Seals `orphans` on every server ([`ops::SealFiles`]), so that no record can name them
-/// again, and returns those no server named meanwhile, whose chunks may now go. The
-/// answers above were asked one server at a time, and a record can come back between them
-/// (the undo of an unlink that failed on a stopped server): only a seal that every server
-/// took proves that no name is left or will be. Seals of files some server still names are
-/// lifted again.
+/// Seals `orphans` on every server, so that no record can name them again, and returns
+/// those no server named meanwhile, whose chunks may now go. The answers above came one
+/// server at a time, and a record can come back between them (the undo of an unlink that
+/// failed on a stopped server): only a seal that every server took proves that no name is
+/// left or will be. The seals are tentative first ([`ops::SealFiles`]), lifted again for
+/// files some server still names, then for good ([`ops::SealFilesForGood`]), which a
+/// concurrent sealer's lifting cannot undo.
 async fn seal_everywhere(
     state: &ServerState,
     rpc: &Rc<RpcClient>,
@@ -216,57 +218,73 @@ async fn seal_everywhere(
     orphans: Vec<u64>,
 ) -> Result<Vec<u64>, SweepError> {
     let mut named: HashSet<u64> = state
-        .seal_files(&orphans)
+        .seal_files(&orphans, Seal::Tentative)
         .map_err(SweepError::Seal)?
         .into_iter()
         .collect();
+    match ask_peers::<ops::SealFiles>(state, rpc, peers, entries, &orphans).await {
+        Ok(more) => named.extend(more),
+        Err(e) => {
+            unseal_everywhere(state, rpc, peers, entries, orphans).await;
+            return Err(e);
+        }
+    }
+    let (named, orphans): (Vec<u64>, Vec<u64>) =
+        orphans.into_iter().partition(|id| named.contains(id));
+    if !named.is_empty() {
+        unseal_everywhere(state, rpc, peers, entries, named).await;
+    }
+    if orphans.is_empty() {
+        return Ok(orphans);
+    }
+    let mut named: HashSet<u64> = state
+        .seal_files(&orphans, Seal::ForGood)
+        .map_err(SweepError::Seal)?
+        .into_iter()
+        .collect();
+    named.extend(ask_peers::<ops::SealFilesForGood>(state, rpc, peers, entries, &orphans).await?);
+    Ok(orphans
+        .into_iter()
+        .filter(|id| !named.contains(id))
+        .collect())
+}
+
+/// Asks every peer `R` about `ids`; returns the ids some peer names.
+async fn ask_peers<R>(
+    state: &ServerState,
+    rpc: &Rc<RpcClient>,
+    peers: &mut Peers,
+    entries: &[ServerEntry],
+    ids: &[u64],
+) -> Result<HashSet<u64>, SweepError>
+where
+    R: ops::Rpc<Request = ops::FileIdsRequest, Reply = ops::FileStatesReply>,
+{
     let question = ops::FileIdsRequest {
-        file_ids: orphans.clone(),
+        file_ids: ids.to_vec(),
     };
-    let mut failure = None;
+    let mut named = HashSet::new();
     for entry in entries {
         if entry.node_id == state.node_id() {
             continue;
         }
         let answer = match peers.connection(rpc, &entry.node_id, entry.addr).await {
-            Ok(conn) => conn.call::<ops::SealFiles>(&question).await,
+            Ok(conn) => conn.call::<R>(&question).await,
             Err(e) => Err(e),
         };
-        match answer {
-            Ok(reply) => named.extend(reply.named),
-            Err(source) => {
-                failure = Some(SweepError::Peer {
-                    node: entry.node_id.clone(),
-                    source,
-                });
-                break;
-            }
-        }
+        let reply = answer.map_err(|source| SweepError::Peer {
+            node: entry.node_id.clone(),
+            source,
+        })?;
+        named.extend(reply.named);
     }
-    // Nothing is removed without every seal: lift them all and try again next round.
-    let lift: Vec<u64> = match failure {
-        Some(_) => orphans.clone(),
-        None => orphans
-            .iter()
-            .copied()
-            .filter(|id| named.contains(id))
-            .collect(),
-    };
-    if !lift.is_empty() {
-        unseal_everywhere(state, rpc, peers, entries, lift).await;
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(orphans
-            .into_iter()
-            .filter(|id| !named.contains(id))
-            .collect()),
-    }
+    Ok(named)
 }
 
-/// Lifts the seals of `ids` wherever it can. A seal left behind (a server that does not
-/// answer now) keeps that server from storing a record of the file, which then fails a
-/// rename or a repair copy there, never a read.
+/// Lifts the tentative seals of `ids` wherever it can. A seal left behind (a server that
+/// does not answer now) keeps that server from storing a record of the file until it
+/// restarts (tentative seals are not journaled): a rename or a repair copy there fails,
+/// never a read.
 async fn unseal_everywhere(
     state: &ServerState,
     rpc: &Rc<RpcClient>,
@@ -274,9 +292,7 @@ async fn unseal_everywhere(
     entries: &[ServerEntry],
     ids: Vec<u64>,
 ) {
-    if let Err(status) = state.unseal_files(&ids) {
-        tracing::warn!(?status, "lifting seals here failed");
-    }
+    state.unseal_files(&ids);
     let request = ops::FileIdsRequest { file_ids: ids };
     for entry in entries {
         if entry.node_id == state.node_id() {

@@ -316,35 +316,30 @@ impl FsClient {
     ///
     /// A file may still have another name (a rename that failed half way leaves two), or
     /// get one back (the undo of another client's failed call), so the chunks go only when
-    /// every server has sealed the file (`SealFiles`): none names it, and none will store a
-    /// record of it again. If one still names it, or one does not answer, the seals are
-    /// lifted and the chunks kept (the orphan sweep asks again).
+    /// every server has sealed the file: none names it, and none will store a record of it
+    /// again. The seals are tentative first (`SealFiles`), lifted if a server still names
+    /// the file or does not answer (the orphan sweep then asks again), then for good
+    /// (`SealFilesForGood`), which another sealer's lifting cannot undo.
     pub(super) async fn remove_chunks(&self, path: &str, meta: FileMetadata) {
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        let question = ops::FileIdsRequest {
-            file_ids: vec![meta.file_id],
-        };
-        let answers = self
-            .all_servers()
-            .map(|s| self.call_on::<ops::SealFiles>(s, &question, OutPayload::none()));
-        let mut kept = None;
-        for answer in join_all(answers).await {
-            match answer {
-                Ok((states, _)) if states.named.is_empty() => {}
-                Ok(_) => kept = Some("another name holds the file; chunks kept".to_string()),
-                Err(e) => kept = Some(format!("chunks left for the orphan sweep: {e}")),
-            }
-        }
-        if let Some(why) = kept {
-            tracing::info!(path, file_id = meta.file_id, "{why}");
+        let file_id = meta.file_id;
+        if let Err(why) = self.seal_on_all::<ops::SealFiles>(file_id).await {
+            tracing::info!(path, file_id, "{why}");
+            let question = ops::FileIdsRequest {
+                file_ids: vec![file_id],
+            };
             let lifts = self
                 .all_servers()
                 .map(|s| self.call_on::<ops::UnsealFiles>(s, &question, OutPayload::none()));
             for lift in join_all(lifts).await {
                 if let Err(e) = lift {
-                    tracing::warn!(error = %e, path, file_id = meta.file_id, "a seal stays");
+                    tracing::warn!(error = %e, path, file_id, "a tentative seal stays");
                 }
             }
+            return;
+        }
+        if let Err(why) = self.seal_on_all::<ops::SealFilesForGood>(file_id).await {
+            tracing::info!(path, file_id, "{why}");
             return;
         }
         let req = ops::RemoveChunksRequest {
@@ -358,6 +353,28 @@ impl FsClient {
                 tracing::warn!(error = %e, path, file_id = meta.file_id, "chunks left for the orphan sweep");
             }
         }
+    }
+
+    /// Asks every server `R` to seal `file_id`; says why not when one names it or fails.
+    async fn seal_on_all<R>(&self, file_id: u64) -> Result<(), String>
+    where
+        R: ops::Rpc<Request = ops::FileIdsRequest, Reply = ops::FileStatesReply>,
+    {
+        let question = ops::FileIdsRequest {
+            file_ids: vec![file_id],
+        };
+        let answers = self
+            .all_servers()
+            .map(|s| self.call_on::<R>(s, &question, OutPayload::none()));
+        let mut outcome = Ok(());
+        for answer in join_all(answers).await {
+            match answer {
+                Ok((states, _)) if states.named.is_empty() => {}
+                Ok(_) => outcome = Err("another name holds the file; chunks kept".to_string()),
+                Err(e) => outcome = Err(format!("chunks left for the orphan sweep: {e}")),
+            }
+        }
+        outcome
     }
 
     /// Removes a file and its data.

@@ -41,7 +41,7 @@ use benchfs_proto::meta::{FileMetadata, FILE_METADATA_LEN, FILE_METADATA_LEN_V1}
 use benchfs_proto::wire::{Reader, Writer};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::metadata::MetadataTable;
+use crate::metadata::{MetadataTable, Seal};
 
 /// A `Put` with metadata of [`FILE_METADATA_LEN_V1`] bytes (no birth time); replayed only.
 const TAG_PUT_V1: u8 = 1;
@@ -95,10 +95,10 @@ pub enum Record<'a> {
         /// The record's inode number.
         file_id: u64,
     },
-    /// A file deleted before the last snapshot, remembered for peers' orphan sweeps; after
-    /// a [`Record::Seal`] of it, the seal lifted.
+    /// A file deleted before the last snapshot, remembered for peers' orphan sweeps.
     Tombstone(u64),
-    /// A file sealed for the removal of its chunks: no record of it is stored again.
+    /// A file sealed for good before its chunks are removed: no record of it is stored
+    /// again ([`Seal::ForGood`]; tentative seals are not journaled).
     Seal(u64),
 }
 
@@ -346,14 +346,12 @@ fn apply(body: &[u8], table: &mut MetadataTable) -> Result<(), String> {
         TAG_TOMBSTONE => {
             let file_id = r.u64().map_err(bad)?;
             table.add_tombstone(file_id);
-            table.unseal(file_id);
             table.reserve_file_id(file_id);
         }
         TAG_SEAL => {
             let file_id = r.u64().map_err(bad)?;
             // Sealed only where no record named the file, so `seal` finds none here.
-            table.seal(file_id);
-            table.reserve_file_id(file_id);
+            table.seal(file_id, Seal::ForGood);
         }
         tag => {
             let put = PutTag::of(tag).ok_or_else(|| format!("unknown record tag {tag}"))?;
@@ -484,11 +482,10 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
     let tmp = path.with_extension("journal.tmp");
     let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
     for id in table.tombstones() {
-        snapshot.extend(encode(&if table.is_sealed(id) {
-            Record::Seal(id)
-        } else {
-            Record::Tombstone(id)
-        }));
+        snapshot.extend(encode(&Record::Tombstone(id)));
+    }
+    for id in table.seals_for_good() {
+        snapshot.extend(encode(&Record::Seal(id)));
     }
     for (p, meta, data) in table.records() {
         snapshot.extend(encode(&Record::Put {
@@ -523,27 +520,20 @@ mod tests {
     }
 
     #[test]
-    fn seals_survive_replay_and_compaction_and_their_lifting_too() {
+    fn seals_for_good_survive_replay_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata.journal");
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
-        let (kept, lifted) = (7, 8);
-        for id in [kept, lifted] {
-            assert!(t.seal(id));
-            j.append(&Record::Seal(id)).unwrap();
-        }
-        t.unseal(lifted);
-        j.append(&Record::Tombstone(lifted)).unwrap();
+        let (for_good, tentative) = (7, 8);
+        assert!(t.seal(for_good, Seal::ForGood));
+        j.append(&Record::Seal(for_good)).unwrap();
+        assert!(t.seal(tentative, Seal::Tentative));
+        j.append(&Record::Tombstone(tentative)).unwrap();
         let check = |t: &MetadataTable, when: &str| {
-            assert!(
-                t.is_sealed(kept) && t.is_deleted(kept),
-                "{when}: the seal holds"
-            );
-            assert!(
-                !t.is_sealed(lifted) && t.is_deleted(lifted),
-                "{when}: lifted"
-            );
+            assert_eq!(t.seal_of(for_good), Some(Seal::ForGood), "{when}");
+            assert_eq!(t.seal_of(tentative), None, "{when}: not journaled");
+            assert!(t.is_deleted(tentative) && !t.is_deleted(for_good), "{when}");
         };
         drop(j);
         let mut replayed = table();

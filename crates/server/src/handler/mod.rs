@@ -18,7 +18,7 @@ use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{OpCode, Status};
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, FaultyStore, StoreError};
 
-use crate::metadata::{now_ns, MetadataTable, Owner, SizeUpdate};
+use crate::metadata::{now_ns, MetadataTable, Owner, Seal, SizeUpdate};
 use crate::metrics::Metrics;
 use benchfs_config::ServerConfig;
 use benchfs_proto::placement::node_tag;
@@ -246,64 +246,64 @@ impl ServerState {
     }
 
     /// Which of some files this server names and which it deleted (`FilesExist`), with
-    /// the unnamed ones sealed first (`SealFiles`), or seals lifted (`UnsealFiles`).
+    /// the unnamed ones sealed first (`SealFiles`, `SealFilesForGood`), or tentative seals
+    /// lifted (`UnsealFiles`).
     fn file_states(&self, op: OpCode, req: op::FileIdsRequest) -> Result<Reply, Status> {
         let ids = req.file_ids;
-        match op {
-            OpCode::SealFiles => {
-                let named = self.seal_files(&ids)?;
-                Ok(Reply::ok(&op::FileStatesReply {
-                    deleted: ids.into_iter().filter(|id| !named.contains(id)).collect(),
-                    named,
-                }))
-            }
+        let how = match op {
+            OpCode::SealFiles => Seal::Tentative,
+            OpCode::SealFilesForGood => Seal::ForGood,
             OpCode::UnsealFiles => {
-                self.unseal_files(&ids)?;
-                Ok(Reply::ok(&op::Empty))
+                let mut table = self.metadata.borrow_mut();
+                ids.iter().for_each(|id| table.unseal(*id));
+                return Ok(Reply::ok(&op::Empty));
             }
             _ => {
                 let table = self.metadata.borrow();
-                Ok(Reply::ok(&op::FileStatesReply {
+                return Ok(Reply::ok(&op::FileStatesReply {
                     named: ids
                         .iter()
                         .copied()
                         .filter(|id| table.has_file(*id))
                         .collect(),
                     deleted: ids.into_iter().filter(|id| table.is_deleted(*id)).collect(),
-                }))
+                }));
             }
-        }
+        };
+        let named = self.seal_files(&ids, how)?;
+        Ok(Reply::ok(&op::FileStatesReply {
+            deleted: ids.into_iter().filter(|id| !named.contains(id)).collect(),
+            named,
+        }))
     }
 
-    /// Seals each file of `ids` that no record here names ([`MetadataTable::seal`]), in
-    /// the journal before it counts; returns those a record names.
-    pub(crate) fn seal_files(&self, ids: &[u64]) -> Result<Vec<u64>, Status> {
+    /// Seals each file of `ids` that no record here names ([`MetadataTable::seal`]), a seal
+    /// for good in the journal before it counts; returns those a record names.
+    pub(crate) fn seal_files(&self, ids: &[u64], how: Seal) -> Result<Vec<u64>, Status> {
         let mut named = Vec::new();
         for &id in ids {
-            if self.metadata.borrow().is_sealed(id) {
+            let before = self.metadata.borrow().seal_of(id);
+            if before >= Some(how) {
                 continue;
             }
-            if !self.metadata.borrow_mut().seal(id) {
+            if !self.metadata.borrow_mut().seal(id, how) {
                 named.push(id);
                 continue;
             }
-            if let Err(status) = self.log(journal::Record::Seal(id)) {
-                self.metadata.borrow_mut().unseal(id);
-                return Err(status);
+            if how == Seal::ForGood {
+                if let Err(status) = self.log(journal::Record::Seal(id)) {
+                    self.metadata.borrow_mut().restore_seal(id, before);
+                    return Err(status);
+                }
             }
         }
         Ok(named)
     }
 
-    /// Lifts the seals of `ids` (another server still names those files), in the journal.
-    pub(crate) fn unseal_files(&self, ids: &[u64]) -> Result<(), Status> {
-        for &id in ids {
-            if self.metadata.borrow().is_sealed(id) {
-                self.metadata.borrow_mut().unseal(id);
-                self.log(journal::Record::Tombstone(id))?;
-            }
-        }
-        Ok(())
+    /// Lifts the tentative seals of `ids` (another server still names those files).
+    pub(crate) fn unseal_files(&self, ids: &[u64]) {
+        let mut table = self.metadata.borrow_mut();
+        ids.iter().for_each(|id| table.unseal(*id));
     }
 
     /// Records one metadata change, already applied to the table, in the journal if there
@@ -384,9 +384,10 @@ impl ServerState {
                 }
                 OpCode::StoreProbe => self.store_probe(decode(body)?).await,
                 OpCode::CompareRecords => self.compare_records(decode(body)?),
-                OpCode::FilesExist | OpCode::SealFiles | OpCode::UnsealFiles => {
-                    self.file_states(op, decode(body)?)
-                }
+                OpCode::FilesExist
+                | OpCode::SealFiles
+                | OpCode::SealFilesForGood
+                | OpCode::UnsealFiles => self.file_states(op, decode(body)?),
             }
         }
         .await;

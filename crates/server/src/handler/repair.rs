@@ -58,6 +58,10 @@ impl ServerState {
         if req.settled_only && !table.settled(&path) {
             return Err(Status::Busy);
         }
+        // The file's chunks may be gone (see `MetadataTable::seal`).
+        if table.seal_of(req.meta.file_id).is_some() {
+            return Err(Status::Stale);
+        }
         if req.newer_only {
             if let Ok((held, data)) = table.record(&path) {
                 let offered = (&req.meta, Content::new(&req.meta, data_hash(&req.data)));
