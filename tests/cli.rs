@@ -330,3 +330,121 @@ fn local_file_errors_name_the_local_path() {
     .failed();
     assert!(stderr.contains(arg(&under_file)), "{stderr}");
 }
+
+#[test]
+fn get_writes_through_links_and_into_devices_without_replacing_them() {
+    // Regression: get renamed its staged copy over the destination whatever it was, so
+    // `benchfs get /f /dev/null` replaced the device with a regular file, and a symbolic
+    // link with a file (its target unchanged). Now it writes through a link to its target,
+    // as cp does, and into a device or pipe in place.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    write_file(&cluster.client(), "/f", b"remote bytes");
+    let local = tempfile::tempdir_in(common::test_root()).unwrap();
+    let target = local.path().join("target");
+    std::fs::write(&target, b"old").unwrap();
+    let link = local.path().join("link");
+    std::os::unix::fs::symlink("target", &link).unwrap();
+    on(&cluster, &["get", "/f", arg(&link)]).ok();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"remote bytes");
+
+    let null = local.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .args(["-m", "666", arg(&null), "c", "1", "3"])
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        common::skip("the device half", "mknod needs root");
+        return;
+    }
+    on(&cluster, &["get", "/f", arg(&null)]).ok();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(&null).unwrap().file_type();
+    assert!(
+        kind.is_char_device(),
+        "the device is still a device: {kind:?}"
+    );
+    assert_eq!(local_names(local.path()), ["link", "null", "target"]);
+}
+
+#[test]
+fn cluster_down_stops_this_clusters_servers_and_nothing_else() {
+    // Regression: `cluster down` signalled whatever pids its pids file held, so a pid
+    // since reused by another program was killed, and a server restarted by hand was left
+    // running; and a relative --dir went into the config as is, so the cluster could not
+    // be used from another directory. Now down stops every benchfsd whose command line
+    // names the cluster's config, and --dir is recorded absolute.
+    let cluster = ClusterDir::new("c");
+    let up = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .current_dir(cluster.root.path())
+        .args(["cluster", "up", "--servers", "2", "--dir", "c"])
+        .env_remove("BENCHFS_SECRET_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    cluster.cli(&["mkdir", "/d"]);
+    assert!(cluster.cli(&["ls", "/"]).contains('d'));
+
+    let pids_path = cluster.dir.join("pids");
+    let pids: Vec<u32> = std::fs::read_to_string(&pids_path)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    std::fs::write(&pids_path, format!("{}\n{}\n", pids[0], stranger.id())).unwrap();
+    // Until it is gone it holds its data directory's lock.
+    let killed = format!("/proc/{}/stat", pids[1]);
+    while std::fs::read_to_string(&killed).is_ok_and(|s| !s.contains(") Z")) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut by_hand = std::process::Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+        .arg("--config")
+        .arg(cluster.dir.join("benchfs.toml"))
+        .args(["--node-id", "node1", "--data-dir"])
+        .arg(cluster.dir.join("data").join("node1"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(cluster.local("by_hand.log")).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let exited = by_hand.try_wait().unwrap();
+    assert!(
+        exited.is_none(),
+        "the restarted server runs: {exited:?} {}",
+        std::fs::read_to_string(cluster.local("by_hand.log")).unwrap()
+    );
+
+    let out = cluster.cli(&["cluster", "down"]);
+    assert!(out.contains("2 servers stopped"), "{out}");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "a program that took a server's old pid is left alone"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while by_hand.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server restarted by hand still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -19,8 +19,10 @@ pub const DEFAULT_DIR: &str = "/tmp/benchfs-cluster";
 /// Which cluster a command talks to, and the job secret it presents.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// The cluster directory (from `benchfs cluster up --dir`).
-    #[arg(long, default_value = DEFAULT_DIR)]
+    /// The cluster directory (from `benchfs cluster up --dir`). A relative path is taken
+    /// from the current directory, and the cluster's config records it absolute, so the
+    /// cluster can be used from anywhere.
+    #[arg(long, default_value = DEFAULT_DIR, value_parser = absolute_dir)]
     pub dir: PathBuf,
     /// File holding the job secret (mode 0600 or stricter); default: the file
     /// $BENCHFS_SECRET_FILE names. `cluster up` starts the servers with it.
@@ -31,6 +33,11 @@ pub struct Target {
     /// BENCHFS_* variables.
     #[arg(long, value_name = "DIR")]
     pub registry: Option<PathBuf>,
+}
+
+/// `--dir` as an absolute path.
+fn absolute_dir(arg: &str) -> Result<PathBuf, String> {
+    std::path::absolute(arg).map_err(|e| format!("{arg}: {e}"))
 }
 
 impl Target {
@@ -209,7 +216,7 @@ pub(crate) fn benchfsd_path() -> Result<PathBuf, CliError> {
 /// `benchfs cluster up`: a new cluster, or with --resume the stopped one in the directory.
 fn up(args: &UpArgs) -> Result<(), CliError> {
     let dir = &args.target.dir;
-    if pids(dir).iter().any(|&pid| alive(pid)) {
+    if !servers_of(dir).is_empty() {
         return Err(format!(
             "a cluster is already running in {} (benchfs cluster down --dir {})",
             dir.display(),
@@ -511,12 +518,49 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
     }
 }
 
-fn pids(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("pids"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+/// The running servers of the cluster in `dir`: every `benchfsd` whose command line names
+/// this cluster's config, whether `cluster up` started it or a user restarted it by hand.
+/// (The `pids` file alone is not trusted: a pid of a server long gone may belong to
+/// another program by now.)
+fn servers_of(dir: &Path) -> Vec<u32> {
+    let config = dir.join("benchfs.toml");
+    let config = std::fs::canonicalize(&config).unwrap_or(config);
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| alive(pid) && runs_config(pid, &config))
         .collect()
+}
+
+/// Whether process `pid` is a `benchfsd` started with `--config <config>`.
+fn runs_config(pid: u32, config: &Path) -> bool {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&OsStr> = cmdline.split(|b| *b == 0).map(OsStr::from_bytes).collect();
+    let daemon = args
+        .first()
+        .is_some_and(|a| Path::new(a).file_name() == Some(OsStr::new("benchfsd")));
+    let named = |arg: &OsStr| {
+        let path = Path::new(arg);
+        let path = match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            Ok(cwd) if path.is_relative() => cwd.join(path),
+            _ => path.to_path_buf(),
+        };
+        std::fs::canonicalize(&path).is_ok_and(|p| p == config)
+    };
+    daemon
+        && args.iter().enumerate().any(|(i, arg)| {
+            let arg = arg.as_bytes();
+            match arg.strip_prefix(b"--config=") {
+                Some(value) => named(OsStr::from_bytes(value)),
+                None => arg == b"--config" && args.get(i + 1).is_some_and(|v| named(v)),
+            }
+        })
 }
 
 fn alive(pid: u32) -> bool {
@@ -539,7 +583,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 fn down(target: &Target) -> Result<(), CliError> {
-    let pids = pids(&target.dir);
+    let pids = servers_of(&target.dir);
     for &pid in &pids {
         signal(pid, "TERM");
     }
@@ -552,11 +596,15 @@ fn down(target: &Target) -> Result<(), CliError> {
         signal(pid, "KILL");
     }
     let _ = std::fs::remove_file(target.dir.join("pids"));
-    println!(
-        "cluster down: {} servers stopped ({} forced)",
-        pids.len(),
-        forced.len()
-    );
+    if pids.is_empty() {
+        println!("cluster down: no server of this cluster was running");
+    } else {
+        println!(
+            "cluster down: {} servers stopped ({} forced)",
+            pids.len(),
+            forced.len()
+        );
+    }
     Ok(())
 }
 

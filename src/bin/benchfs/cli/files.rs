@@ -164,17 +164,44 @@ fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
     }
 }
 
-/// `benchfs get`: the local file is replaced only by a complete copy.
+/// Where `get` writes `local`: through a symbolic link to its target, as `cp` does; into
+/// anything that is not a regular file (a device such as /dev/null, a pipe) in place,
+/// since a rename would replace it with a file; anything else through a staged copy.
+fn destination(local: &Path) -> (PathBuf, bool) {
+    let mut dest = local.to_path_buf();
+    // A chain of links ends within a few hops or is a loop, which the open then reports.
+    for _ in 0..40 {
+        match std::fs::read_link(&dest) {
+            Ok(to) => dest = dest.parent().map_or(to.clone(), |dir| dir.join(&to)),
+            Err(_) => break,
+        }
+    }
+    let in_place = std::fs::metadata(&dest).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    (dest, in_place)
+}
+
+/// `benchfs get`: a regular local file is replaced only by a complete copy.
 fn get(target: &Target, path: &str, local: &Path) -> Result<(), CliError> {
     let fail =
         |e: &dyn Display| -> CliError { format!("get {path} -> {}: {e}", local.display()).into() };
     let fs = target.connect()?;
     let fd = fs.open(path, OpenFlags::READ, 0).map_err(|e| fail(&e))?;
-    let result = StagedFile::create(local).and_then(|mut out| {
-        let tmp = format!("writing {}", out.tmp_path().display());
-        copy_out(&fs, fd, out.file()).map_err(|e| e.describe(&tmp))?;
-        out.commit()
-    });
+    let (dest, in_place) = destination(local);
+    let result = if in_place {
+        let writing = format!("writing {}", dest.display());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dest)
+            .map_err(|e| format!("{writing}: {e}"))
+            .and_then(|mut out| copy_out(&fs, fd, &mut out).map_err(|e| e.describe(&writing)))
+            .map(drop)
+    } else {
+        StagedFile::create(&dest).and_then(|mut out| {
+            let tmp = format!("writing {}", out.tmp_path().display());
+            copy_out(&fs, fd, out.file()).map_err(|e| e.describe(&tmp))?;
+            out.commit()
+        })
+    };
     let closed = fs.close(fd);
     result.map_err(|e| fail(&e))?;
     closed.map_err(|e| fail(&e))
