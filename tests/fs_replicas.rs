@@ -170,3 +170,28 @@ fn replicas_that_name_different_files_refuse_size_updates() {
     assert_eq!(e.errno(), libc::ESTALE, "{e}");
     assert_eq!(cluster.client().stat("/other").unwrap().size, 14);
 }
+
+#[test]
+fn a_truncate_that_misses_a_chunk_server_never_leaves_zeros_under_the_old_size() {
+    // Regression (found by a hostile-user run): truncate cut the chunks on every server
+    // it reached and then, one server being down, failed before it set the size, so the
+    // file kept its old size over cut chunks and read as zeros with success (`put` over a
+    // file, whose open truncates, did this with one server down). Now the size is set
+    // first: a failed truncate leaves the old size and bytes, or the new size.
+    let mut cluster = cluster();
+    let fs = cluster.client();
+    let down = 3;
+    let path = path_avoiding(&cluster, "", down);
+    let data = pattern(1 << 20, 8);
+    write_file(&fs, &path, &data);
+    cluster.kill(down);
+    let failed = fs.truncate(&path, 1000);
+    assert!(failed.is_err(), "the cut missed server {down}");
+    let got = read_file(&fs, &path);
+    assert!(
+        got == data || got == data[..1000],
+        "{path} reads {} bytes, {} of them zeros, neither its old bytes nor the cut ones",
+        got.len(),
+        got.iter().filter(|b| **b == 0).count()
+    );
+}

@@ -493,10 +493,12 @@ impl FsClient {
         Ok(())
     }
 
-    /// Cuts the file's chunks at `size` on every server, then sets its size. Every server:
+    /// Sets the file's size, then cuts its chunks at `size` on every server. Every server:
     /// chunks may lie past the published size (a writer that has not closed, or never
-    /// will), and one left there would show its old bytes when the file grows again. A
-    /// server that does not answer fails the call, so a cut is never half-known.
+    /// will), and one left there would show its old bytes when the file grows again. The
+    /// size goes first: cut chunks under a size that did not change would read as zeros
+    /// nobody wrote, while a size set and a cut that some server missed leave only bytes
+    /// past the end there. Either failure fails the call.
     pub(super) async fn truncate_meta(
         &self,
         path: &str,
@@ -515,6 +517,17 @@ impl FsClient {
             },
             false => meta,
         };
+        let req = ops::UpdateSizeRequest {
+            path: path.to_string(),
+            file_id: meta.file_id,
+            size,
+            how: SizeUpdate::Exact,
+        };
+        let sized = self
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
+            .await;
+        self.meta_cache.borrow_mut().remove(path);
+        let reply = sized.map_err(rpc_err("truncate", path))?;
         let index = ChunkLayout::new(meta.chunk_size).chunk_index(size);
         let cut = ops::TruncateFileRequest {
             file_id: meta.file_id,
@@ -529,16 +542,6 @@ impl FsClient {
         for r in results {
             r.map_err(rpc_err("truncate", path))?;
         }
-        let req = ops::UpdateSizeRequest {
-            path: path.to_string(),
-            file_id: meta.file_id,
-            size,
-            how: SizeUpdate::Exact,
-        };
-        let reply = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
-            .await
-            .map_err(rpc_err("truncate", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);
         Ok(reply.meta)
     }
