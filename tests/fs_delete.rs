@@ -268,3 +268,43 @@ fn a_file_another_name_still_holds_keeps_its_chunks_and_can_move() {
         "{dest} is whole"
     );
 }
+
+#[test]
+fn a_handle_on_a_file_another_client_removed_reads_no_zeros() {
+    // Regression (found by a hostile-user run): a handle still open on a file that
+    // another client removed, or renamed another file over, read the removed chunks as a
+    // hole: zeros, with success. The removal seals the file on every server for good, and
+    // a server answers reads and writes of a sealed file with ESTALE.
+    let cluster = cluster();
+    let (a, b) = (cluster.client(), cluster.client());
+    let data = pattern(300_000, 6);
+    for path in ["/g", "/h"] {
+        write_file(&a, path, &data);
+    }
+    write_file(&a, "/other", &pattern(1000, 7));
+    let removed = a.open("/g", OpenFlags::READ, 0).unwrap();
+    let replaced = a.open("/h", OpenFlags::READ | OpenFlags::WRITE, 0).unwrap();
+    b.unlink("/g").unwrap();
+    b.rename("/other", "/h").unwrap();
+    for (fd, what) in [(removed, "removed"), (replaced, "replaced")] {
+        let mut buf = vec![0xa5; data.len()];
+        match a.pread(fd, &mut buf, 0) {
+            Ok(n) => assert!(
+                buf[..n] == data[..n],
+                "the {what} file read {n} wrong bytes"
+            ),
+            Err(e) => assert_eq!(errno_of::<()>(Err(e)), libc::ESTALE, "{what}"),
+        }
+    }
+    // Written behind, the failure comes at the latest with fsync.
+    let written = a
+        .pwrite(replaced, b"late", 0)
+        .and_then(|_| a.fsync(replaced));
+    assert_eq!(
+        errno_of(written),
+        libc::ESTALE,
+        "a write to the replaced file"
+    );
+    let _ = a.close(removed);
+    let _ = a.close(replaced);
+}

@@ -601,6 +601,11 @@ impl ServerState {
             return Err(Status::InvalidArgument);
         }
         let len = usize::try_from(req.len).map_err(|_| Status::InvalidArgument)?;
+        // A file sealed for good was deleted and its chunks are gone or going: a handle
+        // still open on it must not read them as a hole, nor write new ones.
+        if self.metadata.borrow().seal_of(req.file_id) == Some(Seal::ForGood) {
+            return Err(Status::Stale);
+        }
         Ok((
             ChunkId {
                 file_id: req.file_id,
