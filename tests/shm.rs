@@ -165,3 +165,47 @@ fn a_stopped_same_host_server_fails_the_call_within_the_timeout() {
         "the write failed {after:?} after SIGSTOP, timeout {timeout:?}: {error}"
     );
 }
+
+#[test]
+fn a_long_stopped_server_leaves_its_peers_answering() {
+    // Regression (found by a hostile-user run): 15-20 s into a SIGSTOP of one server, the
+    // others stopped answering too, until it was resumed. Their orphan sweep's worker had
+    // a shared-memory endpoint to the stopped server, whose keepalive UCX 1.13 could not
+    // send; UCX then refused to sleep (`ucp_worker_arm` busy) and the progress loop spun
+    // without ever yielding, starving the server's serving worker.
+    if ucx_overridden() {
+        common::skip("stopped peer", "the environment chose UCX's transports");
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        orphan_sweep_secs: 10,
+        rpc_timeout_ms: 3000,
+        chunk_size: 4 << 20,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    for i in 0..6 {
+        common::files::write_file(&fs, &format!("/f{i}"), &pattern(9_000_000, i));
+    }
+    // As in the report: one server restarted first, then another stopped.
+    cluster.kill(1);
+    cluster.restart(1);
+    std::thread::sleep(Duration::from_secs(25));
+    cluster.signal(0, "STOP");
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_secs(2));
+        for (entry, stats) in fs.block_on(fs.client().server_stats()) {
+            if entry.node_id != "node0" {
+                assert!(
+                    stats.is_ok(),
+                    "{} stopped answering: {stats:?}",
+                    entry.node_id
+                );
+            }
+        }
+    }
+    cluster.signal(0, "CONT");
+}

@@ -21,6 +21,14 @@ pub const PROGRESS_BURST_MAX: u32 = 64;
 /// peer fails pending requests even when no event arrives.
 pub const PROGRESS_IDLE_TICK: Duration = Duration::from_millis(50);
 
+/// Times in a row a worker may find nothing to progress yet refuse to sleep
+/// (`ucp_worker_arm` busy) before its progress task sleeps [`ARM_BUSY_BACKOFF`]: UCX 1.13
+/// stays busy this way while a keepalive to a stopped shared-memory peer cannot be sent.
+pub const ARM_BUSY_SPINS_MAX: u32 = 8;
+
+/// How long the progress task sleeps after [`ARM_BUSY_SPINS_MAX`] busy arms in a row.
+pub const ARM_BUSY_BACKOFF: Duration = Duration::from_millis(1);
+
 /// Longest a worker with busy polling on keeps polling while its user awaits replies
 /// ([`Worker::expect_replies`](crate::Worker::expect_replies)) before it sleeps anyway:
 /// a reply that takes longer is not worth a core.
@@ -33,3 +41,4 @@ pub const WORKER_CLOSE_DRAIN_MAX: Duration = Duration::from_millis(500);
 const _: () = assert!(LISTENER_BACKLOG_MAX > 0);
 const _: () = assert!(AM_QUEUE_CAPACITY_DEFAULT > 0);
 const _: () = assert!(PROGRESS_BURST_MAX > 0);
+const _: () = assert!(ARM_BUSY_SPINS_MAX > 0);

@@ -24,7 +24,8 @@ use crate::context::Context;
 use crate::endpoint::{ClosingEndpoint, EndpointInner};
 use crate::error::{check, ProgressError, UcxError};
 use crate::limits::{
-    POLL_WHILE_AWAITING_MAX, PROGRESS_BURST_MAX, PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX,
+    ARM_BUSY_BACKOFF, ARM_BUSY_SPINS_MAX, POLL_WHILE_AWAITING_MAX, PROGRESS_BURST_MAX,
+    PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX,
 };
 use crate::sys;
 
@@ -251,12 +252,14 @@ impl Worker {
         // timeout per sleep costs the runtime an extra wakeup.
         let tick = tokio::time::sleep(PROGRESS_IDLE_TICK);
         tokio::pin!(tick);
+        let mut busy_arms = 0;
         while !self.stopped.get() {
             let mut bursts = 0;
             while bursts < PROGRESS_BURST_MAX && self.progress() != 0 {
                 bursts += 1;
             }
             if bursts > 0 {
+                busy_arms = 0;
                 self.note_activity();
                 tokio::task::yield_now().await;
                 continue;
@@ -271,8 +274,20 @@ impl Worker {
                 continue;
             }
             if self.arm()? == Armed::Busy {
+                // Nothing to progress, yet UCX will not sleep: let the other tasks run,
+                // and past a few turns stop spinning (a keepalive to a stopped peer keeps
+                // UCX 1.13 busy for as long as the peer is stopped, and a loop that never
+                // yielded starved the server's other worker, and so every request).
+                busy_arms += 1;
+                if busy_arms >= ARM_BUSY_SPINS_MAX {
+                    busy_arms = 0;
+                    tokio::time::sleep(ARM_BUSY_BACKOFF).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
                 continue;
             }
+            busy_arms = 0;
             self.kicked.set(false);
             tick.as_mut()
                 .reset(tokio::time::Instant::now() + PROGRESS_IDLE_TICK);
