@@ -640,3 +640,50 @@ fn bad_mount_options_are_refused_before_mounting() {
         assert!(!is_mounted(&root));
     }
 }
+
+#[test]
+fn appends_from_two_mounts_one_after_another_all_land() {
+    // Regression (found by a hostile-user run): the kernel puts an appending write at the
+    // size it cached, so `echo one >> m1/f; echo two >> m2/f; echo three >> m1/f` left
+    // "one three": the third append went over the second, which the first mount's attribute
+    // cache had not seen. An appending write now goes at least to the size the handle's
+    // open read from the record (close-to-open).
+    let Some(mut m) = Mounted::start("fuse appends across mounts", ClusterSpec::default(), "")
+    else {
+        return;
+    };
+    let root2 = m.cluster.dir.path().join("mnt2");
+    std::fs::create_dir_all(&root2).unwrap();
+    let log2 = m.cluster.dir.path().join("mount2.log");
+    let mut second = spawn_mount(&m.cluster, &root2, "", &log2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !is_mounted(&root2) {
+        assert!(
+            second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline,
+            "no second mount: {}",
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let append = |root: &Path, line: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(root.join("f"))
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    };
+    let mut want = String::new();
+    for i in 0..6 {
+        let line = format!("line {i}\n");
+        append(if i % 2 == 0 { &m.root } else { &root2 }, &line);
+        want.push_str(&line);
+    }
+    let fs = m.cluster.client();
+    let got = common::files::read_file(&fs, "/f");
+    let _ = Command::new("fusermount3").arg("-u").arg(&root2).status();
+    let _ = second.wait();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    m.unmount();
+}

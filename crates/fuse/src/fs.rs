@@ -639,12 +639,12 @@ impl Filesystem for BenchFuse {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -653,6 +653,19 @@ impl Filesystem for BenchFuse {
         };
         let Ok(len) = u32::try_from(data.len()) else {
             return reply.error(Errno::EINVAL);
+        };
+        // The kernel puts an appending write at the size it cached, which misses what
+        // another mount appended since (close-to-open: this handle's open read the size
+        // from the record). Writes from the page cache carry page offsets, not appends.
+        let appending =
+            flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        let offset = match appending {
+            true => self
+                .handles
+                .size_of(ino.0, false)
+                .map_or(handle.size, |s| s.max(handle.size))
+                .max(offset),
+            false => offset,
         };
         let written = self.call(req, |fs| {
             fs.write_at(&handle.path, handle.meta, data, offset)
