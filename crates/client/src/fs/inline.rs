@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use benchfs_proto::limits::INLINE_BYTES_MAX;
-use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::meta::{EntryKind, FileMetadata};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{ops, path, Rpc, Status};
 
@@ -590,12 +590,7 @@ impl FsClient {
         size: u64,
     ) -> Result<Result<FileMetadata, FileMetadata>, ApiError> {
         if size <= self.inline_limit_for(meta.chunk_size) {
-            let req = ops::UpdateSizeRequest {
-                path: path.to_string(),
-                file_id: meta.file_id,
-                size,
-                how: SizeUpdate::Exact,
-            };
+            let req = super::namespace::exact_size(path, meta.file_id, size);
             let cut = self
                 .until_unsealed(|| self.write_all_inline::<ops::UpdateSize>(path, &req))
                 .await;

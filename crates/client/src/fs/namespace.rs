@@ -517,12 +517,7 @@ impl FsClient {
             },
             false => meta,
         };
-        let req = ops::UpdateSizeRequest {
-            path: path.to_string(),
-            file_id: meta.file_id,
-            size,
-            how: SizeUpdate::Exact,
-        };
+        let req = exact_size(path, meta.file_id, size);
         let sized = self
             .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await;
@@ -677,4 +672,14 @@ fn took_it<T>(
         }
     }
     (holders, failed)
+}
+
+/// A request that sets the size of `path` (file `file_id`) to `size`, as a truncate does.
+pub(super) fn exact_size(path: &str, file_id: u64, size: u64) -> ops::UpdateSizeRequest {
+    ops::UpdateSizeRequest {
+        path: path.to_string(),
+        file_id,
+        size,
+        how: SizeUpdate::Exact,
+    }
 }
