@@ -370,3 +370,32 @@ fn create_under_a_missing_or_file_parent_leaves_no_record() {
     assert!(fresh.readdir("/absent").unwrap().is_empty());
     assert_eq!(total_records(&fresh), 2, "only /plain and /absent exist");
 }
+
+#[test]
+fn a_trailing_slash_resolves_only_to_a_directory() {
+    // Regression (issue 9, item 12; confirmed again by a hostile-user run): "/f/" was
+    // normalised to "/f" and reached the file. POSIX lets a path ending in '/' name only
+    // a directory: a file there is ENOTDIR, and a file created there EISDIR.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let data = pattern(3 * C, 4);
+    write_file(&fs, "/f", &data);
+    fs.mkdir("/d", 0o755).unwrap();
+    let notdir = libc::ENOTDIR;
+    assert_eq!(errno_of(fs.stat("/f/")), notdir, "stat");
+    assert_eq!(errno_of(fs.open("/f/", OpenFlags::READ, 0)), notdir, "open");
+    assert_eq!(errno_of(fs.truncate("/f/", 0)), notdir, "truncate");
+    assert_eq!(errno_of(fs.unlink("/f/")), notdir, "unlink");
+    assert_eq!(errno_of(fs.rename("/f/", "/g")), notdir, "rename from");
+    assert_eq!(errno_of(fs.rename("/f", "/g/")), notdir, "rename to");
+    let create = OpenFlags::WRITE | OpenFlags::CREATE;
+    assert_eq!(
+        errno_of(fs.open("/new/", create, 0o644)),
+        libc::EISDIR,
+        "create"
+    );
+    assert_eq!(errno_of(fs.stat("/new")), libc::ENOENT, "nothing was made");
+    assert!(fs.stat("/d/").unwrap().is_dir());
+    fs.rename("/d/", "/e/").unwrap();
+    assert_eq!(read_file(&fs, "/f"), data, "the file is untouched");
+}

@@ -7,7 +7,7 @@ use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::Status;
 
 use super::data::WriteSource;
-use super::{fs_err, norm, rpc_err, FsClient};
+use super::{fs_err, names_dir, norm, rpc_err, FsClient};
 use crate::error::ApiError;
 
 impl FsClient {
@@ -25,7 +25,11 @@ impl FsClient {
         kind: EntryKind,
         mode: u32,
     ) -> Result<FileMetadata, ApiError> {
+        let given = path;
         let path = norm(path)?;
+        if names_dir(given) && kind != EntryKind::Directory {
+            return Err(fs_err("create", &path, Status::IsDir));
+        }
         if path == "/" || kind == EntryKind::Symlink {
             return Err(fs_err("create", &path, Status::InvalidArgument));
         }
@@ -41,10 +45,12 @@ impl FsClient {
     /// `req.path`'s record; `Stale` if the path now names another file than
     /// `req.file_id`. The root has no record and refuses with `PermissionDenied`.
     pub async fn set_attr(&self, mut req: ops::SetAttrRequest) -> Result<FileMetadata, ApiError> {
-        req.path = norm(&req.path)?;
+        let given = std::mem::take(&mut req.path);
+        req.path = norm(&given)?;
         if req.path == "/" {
             return Err(fs_err("setattr", &req.path, Status::PermissionDenied));
         }
+        self.check_dir_form("setattr", &given, &req.path).await?;
         self.forget(&req.path);
         let reply = self
             .write_all::<ops::SetAttr>(PlacementKey::Metadata(&req.path), &req, WriteSource::NONE)
@@ -57,7 +63,11 @@ impl FsClient {
     /// data, then its size published, so a reader never sees a partial target: a link
     /// whose size is still 0 is being made (see [`FsClient::readlink`]).
     pub async fn symlink(&self, target: &str, path: &str) -> Result<FileMetadata, ApiError> {
+        let given = path;
         let path = norm(path)?;
+        if names_dir(given) {
+            return Err(fs_err("symlink", &path, Status::NotFound));
+        }
         if target.is_empty() {
             return Err(fs_err("symlink", &path, Status::NotFound));
         }
@@ -89,7 +99,9 @@ impl FsClient {
     /// The target of the symbolic link `path`. `InvalidArgument` if it is not a link
     /// (as readlink(2)); `NotFound` while its target is still being written.
     pub async fn readlink(&self, path: &str) -> Result<String, ApiError> {
+        let given = path;
         let path = norm(path)?;
+        self.check_dir_form("readlink", given, &path).await?;
         let meta = self.lookup("readlink", &path, false).await?;
         if !meta.is_symlink() {
             return Err(fs_err("readlink", &path, Status::InvalidArgument));

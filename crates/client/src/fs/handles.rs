@@ -39,7 +39,14 @@ pub(super) struct OpenFile {
 impl FsClient {
     /// Opens (and with CREATE, creates) a file; returns its handle.
     pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
+        let given = path;
         let path = norm(path)?;
+        match self.check_dir_form("open", given, &path).await {
+            Err(e) if e.status() == Some(Status::NotFound) && flags.contains(OpenFlags::CREATE) => {
+                return Err(fs_err("open", &path, Status::IsDir));
+            }
+            checked => checked?,
+        }
         if let Some(fd) = self.open_deferred(&path, flags, mode)? {
             return Ok(fd);
         }

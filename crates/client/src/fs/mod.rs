@@ -171,7 +171,27 @@ pub(crate) fn norm(path: &str) -> Result<String, ApiError> {
     })
 }
 
+/// Whether `path` (as given) ends in a '/' other than the root's: POSIX lets such a path
+/// resolve only to a directory.
+pub(crate) fn names_dir(path: &str) -> bool {
+    path.len() > 1 && path.ends_with('/')
+}
+
 impl FsClient {
+    /// `NotDir` when `given` names a directory by its form (a trailing '/') but its
+    /// record, at `path` (normalised), is not one; lookup errors (`NotFound`) as they come.
+    pub(crate) async fn check_dir_form(
+        &self,
+        op: &'static str,
+        given: &str,
+        path: &str,
+    ) -> Result<(), ApiError> {
+        if names_dir(given) && !self.lookup(op, path, false).await?.is_dir() {
+            return Err(fs_err(op, path, Status::NotDir));
+        }
+        Ok(())
+    }
+
     /// Connects to the servers published in `config.network.registry_dir`, presenting
     /// `secret` in every handshake. Call inside a tokio `LocalSet`. A registry directory
     /// that is missing or lists no server is [`ApiError::NoServers`], whose message says

@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use super::data::WriteSource;
 use super::inline::{Inline, Record};
 use super::routing::is_unreachable;
-use super::{fanout, fs_err, norm, root_meta, rpc_err, DirEntry, FsClient};
+use super::{fanout, fs_err, names_dir, norm, root_meta, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
 
@@ -231,9 +231,14 @@ impl FsClient {
 
     /// The metadata of a path.
     pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
+        let given = path;
         let path = norm(path)?;
         self.flush_path(&path).await?;
-        self.lookup("stat", &path, true).await
+        let meta = self.lookup("stat", &path, true).await?;
+        if names_dir(given) && !meta.is_dir() {
+            return Err(fs_err("stat", &path, Status::NotDir));
+        }
+        Ok(meta)
     }
 
     /// Creates a directory.
@@ -379,7 +384,9 @@ impl FsClient {
 
     /// Removes a file and its data.
     pub async fn unlink(&self, path: &str) -> Result<(), ApiError> {
+        let given = path;
         let path = norm(path)?;
+        self.check_dir_form("unlink", given, &path).await?;
         // Writes in flight would land after the chunks are removed.
         self.drain_path(&path).await;
         if path == "/" {
@@ -469,7 +476,9 @@ impl FsClient {
 
     /// Cuts or extends a file.
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
+        let given = path;
         let path = norm(path)?;
+        self.check_dir_form("truncate", given, &path).await?;
         // Writes in flight would land after the cut.
         self.drain_path(&path).await;
         self.make_deferred_at(&path).await?;
@@ -545,6 +554,7 @@ impl FsClient {
     /// cost). A file at `to` is replaced; a directory at `to` must be empty and `from`
     /// must be a directory too.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
+        let wants_dir = names_dir(from) || names_dir(to);
         let (from, to) = (norm(from)?, norm(to)?);
         self.drain_path(&from).await;
         self.drain_path(&to).await;
@@ -561,6 +571,9 @@ impl FsClient {
         // The records come with their bytes: an inline file moves with its record.
         let record = self.record_of("rename", &from).await?;
         let meta = record.meta;
+        if wants_dir && !meta.is_dir() {
+            return Err(fs_err("rename", &from, Status::NotDir));
+        }
         if from == to {
             return Ok(());
         }
@@ -590,16 +603,7 @@ impl FsClient {
             .move_record(&from, &to, &record, replaced.as_ref())
             .await
         {
-            if !subtree.is_empty() {
-                // Put the entries back under the name their directory kept.
-                let back: Vec<_> = subtree
-                    .iter()
-                    .map(|(old, r)| (format!("{to}{}", &old[from.len()..]), r.clone()))
-                    .collect();
-                if let Err(undo) = self.move_subtree(&to, &from, &back).await {
-                    tracing::error!(error = %undo, from, to, "undo of a directory rename failed");
-                }
-            }
+            self.move_subtree_back(&from, &to, &subtree).await;
             return Err(e);
         }
         let replaced = replaced.map(|r| r.meta);

@@ -52,6 +52,26 @@ impl FsClient {
         Ok(out)
     }
 
+    /// Puts the entries of `subtree`, moved from `from` to `to`, back under `from`: the
+    /// directory's own record failed to move, so it kept its old name.
+    pub(super) async fn move_subtree_back(
+        &self,
+        from: &str,
+        to: &str,
+        subtree: &[(String, Record)],
+    ) {
+        if subtree.is_empty() {
+            return;
+        }
+        let back: Vec<_> = subtree
+            .iter()
+            .map(|(old, r)| (format!("{to}{}", &old[from.len()..]), r.clone()))
+            .collect();
+        if let Err(undo) = self.move_subtree(to, from, &back).await {
+            tracing::error!(error = %undo, from, to, "undo of a directory rename failed");
+        }
+    }
+
     /// Moves the records under `from` to the same names under `to` (the directory
     /// records themselves are the caller's): first every new record is stored, parents
     /// first, then every old one removed, children first. If a step fails the steps
