@@ -687,3 +687,25 @@ fn appends_from_two_mounts_one_after_another_all_land() {
     assert_eq!(String::from_utf8_lossy(&got), want);
     m.unmount();
 }
+
+#[test]
+fn a_reader_open_before_an_append_in_the_same_mount_reads_it() {
+    // Regression (found by a hostile-user run): `tail -f` on the mount never saw a line
+    // appended after it opened the file: reads stopped at the size the handle opened
+    // with. Within one mount every process sees every write at once.
+    let Some(mut m) = Mounted::start("fuse tail", ClusterSpec::default(), "") else {
+        return;
+    };
+    let path = m.path("tailed");
+    fs::write(&path, b"line1\n").unwrap();
+    let reader = File::open(&path).unwrap();
+    let mut buf = vec![0u8; 64];
+    assert_eq!(reader.read_at(&mut buf, 0).unwrap(), 6);
+    let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
+    appender.write_all(b"line2\n").unwrap();
+    drop(appender);
+    let n = reader.read_at(&mut buf, 6).unwrap();
+    assert_eq!(&buf[..n], b"line2\n");
+    drop(reader);
+    m.unmount();
+}

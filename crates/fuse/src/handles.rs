@@ -60,7 +60,13 @@ impl Handles {
     pub(crate) fn close(&self, fh: u64) -> Option<(Handle, bool)> {
         let mut open = self.lock();
         let handle = open.remove(&fh)?;
-        let others = open.values().any(|h| h.ino == handle.ino);
+        let mut others = false;
+        // What the closed handle wrote is the file's now, for every process of the mount:
+        // a reader opened before it (`tail -f`) must not stop at the size it opened with.
+        for h in open.values_mut().filter(|h| h.ino == handle.ino) {
+            others = true;
+            h.size = h.size.max(handle.size);
+        }
         Some((handle, others))
     }
 
