@@ -709,3 +709,37 @@ fn a_reader_open_before_an_append_in_the_same_mount_reads_it() {
     drop(reader);
     m.unmount();
 }
+
+#[test]
+fn writeback_cache_keeps_bytes_of_a_handle_another_one_closed_after() {
+    // Regression (found by a hostile-user run): with the writeback cache, a second handle
+    // that wrote and closed left the first one's size at what it opened with (0), so the
+    // page the kernel read back to merge a small write into came back empty and 4086
+    // bytes of the first write were written back as zeros.
+    let Some(mut m) = Mounted::start("fuse writeback", ClusterSpec::default(), "writeback_cache")
+    else {
+        return;
+    };
+    let path = m.path("f");
+    let first = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    first.write_all_at(&[b'a'; 100_000], 0).unwrap();
+    let second = OpenOptions::new().write(true).open(&path).unwrap();
+    second.write_all_at(&[b'b'; 50_000], 20_000).unwrap();
+    drop(second);
+    first.write_all_at(&[b'c'; 10], 0).unwrap();
+    drop(first);
+    let mut want = vec![b'a'; 100_000];
+    want[20_000..70_000].fill(b'b');
+    want[..10].fill(b'c');
+    let fs = m.cluster.client();
+    let got = common::files::read_file(&fs, "/f");
+    let zeros = got.iter().filter(|b| **b == 0).count();
+    assert!(got == want, "{} bytes, {zeros} of them zeros", got.len());
+    m.unmount();
+}
