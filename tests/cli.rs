@@ -414,6 +414,9 @@ fn cluster_down_stops_this_clusters_servers_and_nothing_else() {
     while std::fs::read_to_string(&killed).is_ok_and(|s| !s.contains(") Z")) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // A cluster with a server down is not healthy, and scripts check the exit status.
+    let status = cluster.run(&["cluster", "status"]).failed();
+    assert!(status.contains("unreachable: node1"), "{status}");
     let mut by_hand = std::process::Command::new(env!("CARGO_BIN_EXE_benchfsd"))
         .arg("--config")
         .arg(cluster.dir.join("benchfs.toml"))

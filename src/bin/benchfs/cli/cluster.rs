@@ -659,6 +659,7 @@ fn status(target: &Target) -> Result<(), CliError> {
         "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
         "node", "address", "records", "chunks", "bytes", "requests", "malformed", "swept"
     );
+    let mut unreachable = Vec::new();
     for (entry, stats) in fs.block_on(fs.client().server_stats()) {
         match stats {
             Ok(s) => {
@@ -680,8 +681,15 @@ fn status(target: &Target) -> Result<(), CliError> {
                     );
                 }
             }
-            Err(e) => println!("{:<10} {:<22} unreachable: {e}", entry.node_id, entry.addr),
+            Err(e) => {
+                println!("{:<10} {:<22} unreachable: {e}", entry.node_id, entry.addr);
+                unreachable.push(entry.node_id);
+            }
         }
     }
-    Ok(())
+    // Scripts check the exit status: a cluster with a server down is not healthy.
+    match unreachable.is_empty() {
+        true => Ok(()),
+        false => Err(format!("unreachable: {}", unreachable.join(", ")).into()),
+    }
 }
