@@ -743,3 +743,33 @@ fn writeback_cache_keeps_bytes_of_a_handle_another_one_closed_after() {
     assert!(got == want, "{} bytes, {zeros} of them zeros", got.len());
     m.unmount();
 }
+
+#[test]
+fn a_second_mount_on_a_mounted_point_is_refused() {
+    // Found by a hostile-user run: a second `benchfs mount` on the same point succeeded and
+    // stacked on the first, hiding it and its open files.
+    let Some(mut m) = Mounted::start("fuse second mount", ClusterSpec::default(), "") else {
+        return;
+    };
+    fs::write(m.path("kept"), b"first mount").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .arg("mount")
+        .arg(&m.root)
+        .arg("--config")
+        .arg(&m.cluster.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already holds"),
+        "{err}"
+    );
+    let stacked = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(m.root.to_str().unwrap()))
+        .count();
+    assert_eq!(stacked, 1, "one mount on {}", m.root.display());
+    assert_eq!(fs::read(m.path("kept")).unwrap(), b"first mount");
+    m.unmount();
+}

@@ -160,7 +160,9 @@ fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
             "{} ({path} is left incomplete)",
             e.describe(&format!("reading {}", local.display()))
         ))),
-        (Ok(_), Err(e)) => Err(fail(&e)),
+        // Written behind, the bytes may fail at close (a full store): the file is left
+        // as far as they got, as `cp` leaves it.
+        (Ok(_), Err(e)) => Err(fail(&format!("{e} ({path} is left incomplete)"))),
     }
 }
 

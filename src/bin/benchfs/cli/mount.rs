@@ -64,6 +64,15 @@ pub fn run(args: Args) -> Result<(), CliError> {
         settings.apply_options(options)?;
     }
     check_mountpoint(&args.mountpoint)?;
+    // A second mount would stack on the first and hide it, handles and all.
+    if std::fs::canonicalize(&args.mountpoint).is_ok_and(|m| is_mounted(&m)) {
+        return Err(format!(
+            "{} already holds a BenchFS mount (unmount it first: fusermount3 -u {})",
+            args.mountpoint.display(),
+            args.mountpoint.display()
+        )
+        .into());
+    }
     if !args.foreground {
         return detach(&args);
     }
