@@ -61,6 +61,19 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// The same error with its server named `node@address`, when it named only the address
+    /// (a connection that failed before the server said who it is).
+    pub fn on_node(mut self, node: &str) -> RpcError {
+        let (RpcError::Timeout { server, .. }
+        | RpcError::Transport { server, .. }
+        | RpcError::Protocol { server, .. }
+        | RpcError::Status { server, .. }) = &mut self;
+        if !server.contains('@') {
+            *server = format!("{node}@{server}");
+        }
+        self
+    }
+
     /// The wire status that describes this error.
     pub fn status(&self) -> Status {
         match self {

@@ -100,11 +100,14 @@ impl FsClient {
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
-        let addr = slot.entry.borrow().addr;
+        let (addr, node_id) = {
+            let entry = slot.entry.borrow();
+            (entry.addr, entry.node_id.clone())
+        };
         let conn = match self.rpc.connect(addr).await {
             Ok(c) => c,
             Err(e) => {
-                let node_id = slot.entry.borrow().node_id.clone();
+                let e = e.on_node(&node_id);
                 let path = registry::entry_path(&self.registry_dir, &node_id);
                 let moved = std::fs::read_to_string(path)
                     .ok()
@@ -112,7 +115,11 @@ impl FsClient {
                     .filter(|entry| entry.node_id == node_id && entry.addr != addr);
                 let Some(entry) = moved else { return Err(e) };
                 tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
-                let conn = self.rpc.connect(entry.addr).await?;
+                let conn = self
+                    .rpc
+                    .connect(entry.addr)
+                    .await
+                    .map_err(|e| e.on_node(&node_id))?;
                 *slot.entry.borrow_mut() = entry;
                 conn
             }
