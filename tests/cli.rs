@@ -451,3 +451,12 @@ fn cluster_down_stops_this_clusters_servers_and_nothing_else() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_benchmark_without_clients_is_refused() {
+    // Found by a hostile-user run: `bench ior --clients 0` ran and exited 0.
+    for workload in ["ior", "mdtest"] {
+        let err = benchfs(&["bench", workload, "--clients", "0"], &[]).failed();
+        assert!(err.contains("--clients"), "{workload}: {err}");
+    }
+}

@@ -86,7 +86,7 @@ pub struct Common {
     pub ior_bin: Option<PathBuf>,
     /// Client processes started on this machine (ignored under mpirun/srun, whose ranks
     /// are the clients).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub clients: u32,
     /// Repetitions; results show their mean and standard deviation.
     #[arg(long, default_value_t = 1)]
