@@ -26,6 +26,19 @@ fn read(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+/// Runs `benchfs mount` again on `m`'s mount point; whether it succeeded, and its stderr.
+fn mount_again(m: &Mounted) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .arg("mount")
+        .arg(&m.root)
+        .arg("--config")
+        .arg(&m.cluster.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), err)
+}
+
 fn shell(dir: &Path, script: &str) -> String {
     let out = Command::new("sh")
         .arg("-ec")
@@ -584,15 +597,8 @@ fn signals_unmount_cleanly_and_a_stale_mount_is_refused_with_the_cure() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(errno(fs::metadata(m.path("kept"))), libc::ENOTCONN);
-    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .arg("mount")
-        .arg(&m.root)
-        .arg("--config")
-        .arg(&m.cluster.config_path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (mounted, err) = mount_again(&m);
+    assert!(!mounted);
     assert!(
         err.contains("stale") && err.contains("fusermount3 -u"),
         "{err}"
@@ -752,18 +758,8 @@ fn a_second_mount_on_a_mounted_point_is_refused() {
         return;
     };
     fs::write(m.path("kept"), b"first mount").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .arg("mount")
-        .arg(&m.root)
-        .arg("--config")
-        .arg(&m.cluster.config_path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("already holds"),
-        "{err}"
-    );
+    let (mounted, err) = mount_again(&m);
+    assert!(!mounted && err.contains("already holds"), "{err}");
     let stacked = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
