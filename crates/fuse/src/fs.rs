@@ -624,7 +624,7 @@ impl Filesystem for BenchFuse {
         };
         let limit = self
             .handles
-            .size_of(ino.0, false)
+            .read_limit(ino.0)
             .map_or(handle.size, |s| s.max(handle.size));
         let mut buf = vec![0; size as usize];
         let read = self.call(req, |fs| {
@@ -662,7 +662,7 @@ impl Filesystem for BenchFuse {
         let offset = match appending {
             true => self
                 .handles
-                .size_of(ino.0, false)
+                .read_limit(ino.0)
                 .map_or(handle.size, |s| s.max(handle.size))
                 .max(offset),
             false => offset,

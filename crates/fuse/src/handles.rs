@@ -23,6 +23,10 @@ pub(crate) struct Handle {
     pub size: u64,
     /// Whether `size` grew past what the servers hold.
     pub dirty: bool,
+    /// How far this mount has seen the file written, through any handle, closed ones
+    /// included: how far reads and appends through this handle go. Unlike `size`, never
+    /// published.
+    pub seen: u64,
 }
 
 /// Every open handle of the mount.
@@ -46,6 +50,7 @@ impl Handles {
             meta,
             size: meta.size,
             dirty: false,
+            seen: meta.size,
         };
         self.lock().insert(fh, handle);
         fh
@@ -63,9 +68,10 @@ impl Handles {
         let mut others = false;
         // What the closed handle wrote is the file's now, for every process of the mount:
         // a reader opened before it (`tail -f`) must not stop at the size it opened with.
+        // Only for reading: the other handles publish what they wrote, not this.
         for h in open.values_mut().filter(|h| h.ino == handle.ino) {
             others = true;
-            h.size = h.size.max(handle.size);
+            h.seen = h.seen.max(handle.size).max(handle.seen);
         }
         Some((handle, others))
     }
@@ -73,6 +79,7 @@ impl Handles {
     /// A write through `fh` ended at `end`.
     pub(crate) fn wrote(&self, fh: u64, end: u64) {
         if let Some(h) = self.lock().get_mut(&fh) {
+            h.seen = h.seen.max(end);
             if end > h.size {
                 h.size = end;
                 h.dirty = true;
@@ -99,6 +106,16 @@ impl Handles {
             .max()
     }
 
+    /// How far reads of `ino` go: the largest size or extent seen of its open handles, if
+    /// one is open.
+    pub(crate) fn read_limit(&self, ino: u64) -> Option<u64> {
+        self.lock()
+            .values()
+            .filter(|h| h.ino == ino)
+            .map(|h| h.size.max(h.seen))
+            .max()
+    }
+
     /// Whether a handle of `ino` is open.
     pub(crate) fn is_open(&self, ino: u64) -> bool {
         self.lock().values().any(|h| h.ino == ino)
@@ -108,6 +125,7 @@ impl Handles {
     pub(crate) fn truncated(&self, ino: u64, size: u64) {
         for h in self.lock().values_mut().filter(|h| h.ino == ino) {
             h.size = size;
+            h.seen = size;
             h.dirty = false;
         }
     }
