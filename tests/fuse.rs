@@ -629,6 +629,7 @@ fn bad_mount_options_are_refused_before_mounting() {
         ("threads=0", "thread count"),
         ("max_write=3", "power of two"),
         ("bogus", "unknown option"),
+        ("direct_io,writeback_cache", "conflicts with direct_io"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
             .arg("mount")

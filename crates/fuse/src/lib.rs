@@ -62,6 +62,8 @@ pub struct Settings {
     pub allow_other: bool,
     /// Mount read-only.
     pub read_only: bool,
+    /// The cache option given so far, so that two that conflict are refused.
+    cache_option: Option<&'static str>,
 }
 
 /// Why a mount could not be made.
@@ -124,6 +126,7 @@ impl Settings {
             entry_timeout: timeout,
             allow_other: false,
             read_only: false,
+            cache_option: None,
         }
     }
 
@@ -140,10 +143,24 @@ impl Settings {
                 option: option.to_string(),
                 reason: reason.to_string(),
             };
+            let cache = match (key, value) {
+                ("direct_io", None) => Some(("direct_io", CacheMode::Direct)),
+                ("kernel_cache", None) => Some(("kernel_cache", CacheMode::Page)),
+                ("writeback_cache", None) => Some(("writeback_cache", CacheMode::Writeback)),
+                _ => None,
+            };
+            if let Some((name, mode)) = cache {
+                match self.cache_option.replace(name) {
+                    Some(earlier) if earlier != name => {
+                        return Err(bad(&format!(
+                            "conflicts with {earlier}: a mount uses one cache mode"
+                        )))
+                    }
+                    _ => self.cache = mode,
+                }
+                continue;
+            }
             match (key, value) {
-                ("direct_io", None) => self.cache = CacheMode::Direct,
-                ("kernel_cache", None) => self.cache = CacheMode::Page,
-                ("writeback_cache", None) => self.cache = CacheMode::Writeback,
                 ("allow_other", None) => self.allow_other = true,
                 ("ro", None) => self.read_only = true,
                 ("rw", None) => self.read_only = false,
