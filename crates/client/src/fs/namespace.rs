@@ -531,7 +531,7 @@ impl FsClient {
             .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await;
         self.meta_cache.borrow_mut().remove(path);
-        let reply = sized.map_err(rpc_err("truncate", path))?;
+        sized.map_err(rpc_err("truncate", path))?;
         let index = ChunkLayout::new(meta.chunk_size).chunk_index(size);
         let cut = ops::TruncateFileRequest {
             file_id: meta.file_id,
@@ -546,6 +546,12 @@ impl FsClient {
         for r in results {
             r.map_err(rpc_err("truncate", path))?;
         }
+        // Set again: a size update that was on its way from another handle (a flush, a
+        // release) may have grown the file back between the first one and the cut.
+        let reply = self
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
+            .await
+            .map_err(rpc_err("truncate", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);
         Ok(reply.meta)
     }
