@@ -20,6 +20,15 @@ fn cluster() -> Cluster {
     })
 }
 
+/// [`cluster`] with two copies of every record and chunk.
+fn replicated_cluster() -> Cluster {
+    Cluster::start(ClusterSpec {
+        backend: "file",
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    })
+}
+
 /// Index of each server in `stats` order, by node id ("node<i>").
 fn server_index(node_id: &str) -> usize {
     node_id.trim_start_matches("node").parse().unwrap()
@@ -203,11 +212,7 @@ fn a_record_put_back_after_the_sweep_freed_its_chunks_is_refused() {
     // stopped server put the record back on a server already asked. The chunks went, the
     // record stayed, and the file read as zeros. Now every server seals the file before
     // its chunks go, and a sealed file takes no record again.
-    let cluster = Cluster::start(ClusterSpec {
-        backend: "file",
-        replicas: 2,
-        ..ClusterSpec::short_timeout()
-    });
+    let cluster = replicated_cluster();
     let fs = cluster.client();
     write_file(&fs, "/f", &pattern(1 << 20, 9));
     let record = records(&cluster, "/f")[0].expect("the owner holds /f");
@@ -242,11 +247,7 @@ fn a_file_another_name_still_holds_keeps_its_chunks_and_can_move() {
     // A rename that failed half way leaves two names of one file. Unlinking one seals the
     // file on the servers that do not name it, tentatively: those seals must be lifted,
     // or the other name could never move to those servers.
-    let cluster = Cluster::start(ClusterSpec {
-        backend: "file",
-        replicas: 2,
-        ..ClusterSpec::short_timeout()
-    });
+    let cluster = replicated_cluster();
     let fs = cluster.client();
     let data = pattern(300_000, 3);
     write_file(&fs, "/a", &data);

@@ -22,7 +22,7 @@ use fuser::{
 };
 
 use crate::attr::{self, ino_of, kind_of};
-use crate::handles::Handles;
+use crate::handles::{Handle, Handles};
 use crate::inodes::{Inodes, ROOT};
 use crate::{CacheMode, Settings};
 
@@ -171,6 +171,14 @@ impl BenchFuse {
             CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
             CacheMode::Page | CacheMode::Writeback => FopenFlags::empty(),
         }
+    }
+
+    /// How far this mount knows file `ino` to reach, through `handle` or any other open
+    /// handle: where its reads stop and its appends go.
+    fn known_end(&self, ino: u64, handle: &Handle) -> u64 {
+        self.handles
+            .read_limit(ino)
+            .map_or(handle.size, |s| s.max(handle.size))
     }
 
     fn open_handle(&self, path: &str, meta: &FileMetadata) -> u64 {
@@ -622,10 +630,7 @@ impl Filesystem for BenchFuse {
         let Some(handle) = self.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let limit = self
-            .handles
-            .read_limit(ino.0)
-            .map_or(handle.size, |s| s.max(handle.size));
+        let limit = self.known_end(ino.0, &handle);
         let mut buf = vec![0; size as usize];
         let read = self.call(req, |fs| {
             fs.read_at(&handle.path, handle.meta, limit, &mut buf, offset)
@@ -660,11 +665,7 @@ impl Filesystem for BenchFuse {
         let appending =
             flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         let offset = match appending {
-            true => self
-                .handles
-                .read_limit(ino.0)
-                .map_or(handle.size, |s| s.max(handle.size))
-                .max(offset),
+            true => self.known_end(ino.0, &handle).max(offset),
             false => offset,
         };
         let written = self.call(req, |fs| {

@@ -160,34 +160,9 @@ async fn sweep_once(
     if candidates.is_empty() {
         return Ok(0);
     }
-    let mut named = HashSet::new();
-    let mut deleted: HashSet<u64> = candidates
-        .iter()
-        .copied()
-        .filter(|id| state.deleted_here(*id))
-        .collect();
-    let question = ops::FileIdsRequest {
-        file_ids: candidates.clone(),
-    };
-    for entry in &entries {
-        if entry.node_id == state.node_id() {
-            continue;
-        }
-        let peer_error = |source| SweepError::Peer {
-            node: entry.node_id.clone(),
-            source,
-        };
-        let conn = peers
-            .connection(rpc, &entry.node_id, entry.addr)
-            .await
-            .map_err(peer_error)?;
-        let states = conn
-            .call::<ops::FilesExist>(&question)
-            .await
-            .map_err(peer_error)?;
-        named.extend(states.named);
-        deleted.extend(states.deleted);
-    }
+    let (named, mut deleted) =
+        ask_peers::<ops::FilesExist>(state, rpc, peers, &entries, &candidates).await?;
+    deleted.extend(candidates.iter().filter(|id| state.deleted_here(**id)));
     let orphans: Vec<u64> = candidates
         .into_iter()
         .filter(|id| deleted.contains(id) && !named.contains(id))
@@ -223,7 +198,7 @@ async fn seal_everywhere(
         .into_iter()
         .collect();
     match ask_peers::<ops::SealFiles>(state, rpc, peers, entries, &orphans).await {
-        Ok(more) => named.extend(more),
+        Ok((more, _)) => named.extend(more),
         Err(e) => {
             unseal_everywhere(state, rpc, peers, entries, orphans).await;
             return Err(e);
@@ -242,28 +217,31 @@ async fn seal_everywhere(
         .map_err(SweepError::Seal)?
         .into_iter()
         .collect();
-    named.extend(ask_peers::<ops::SealFilesForGood>(state, rpc, peers, entries, &orphans).await?);
+    let (more, _) =
+        ask_peers::<ops::SealFilesForGood>(state, rpc, peers, entries, &orphans).await?;
+    named.extend(more);
     Ok(orphans
         .into_iter()
         .filter(|id| !named.contains(id))
         .collect())
 }
 
-/// Asks every peer `R` about `ids`; returns the ids some peer names.
+/// Asks every peer `R` about `ids`; returns the ids some peer names, and those some peer
+/// deleted (or, for a seal, sealed). Fails on the first peer that does not answer.
 async fn ask_peers<R>(
     state: &ServerState,
     rpc: &Rc<RpcClient>,
     peers: &mut Peers,
     entries: &[ServerEntry],
     ids: &[u64],
-) -> Result<HashSet<u64>, SweepError>
+) -> Result<(HashSet<u64>, HashSet<u64>), SweepError>
 where
     R: ops::Rpc<Request = ops::FileIdsRequest, Reply = ops::FileStatesReply>,
 {
     let question = ops::FileIdsRequest {
         file_ids: ids.to_vec(),
     };
-    let mut named = HashSet::new();
+    let (mut named, mut deleted) = (HashSet::new(), HashSet::new());
     for entry in entries {
         if entry.node_id == state.node_id() {
             continue;
@@ -277,8 +255,9 @@ where
             source,
         })?;
         named.extend(reply.named);
+        deleted.extend(reply.deleted);
     }
-    Ok(named)
+    Ok((named, deleted))
 }
 
 /// Lifts the tentative seals of `ids` wherever it can. A seal left behind (a server that

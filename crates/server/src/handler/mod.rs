@@ -254,8 +254,7 @@ impl ServerState {
             OpCode::SealFiles => Seal::Tentative,
             OpCode::SealFilesForGood => Seal::ForGood,
             OpCode::UnsealFiles => {
-                let mut table = self.metadata.borrow_mut();
-                ids.iter().for_each(|id| table.unseal(*id));
+                self.unseal_files(&ids);
                 return Ok(Reply::ok(&op::Empty));
             }
             _ => {
