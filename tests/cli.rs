@@ -460,3 +460,24 @@ fn a_benchmark_without_clients_is_refused() {
         assert!(err.contains("--clients"), "{workload}: {err}");
     }
 }
+
+#[test]
+fn misleading_refusals_say_what_was_refused() {
+    // Found by a hostile-user run: `rm /` said "server busy", and `placement-stats` with
+    // many servers blamed node ids the user never gave.
+    let cluster = Cluster::start(ClusterSpec::default());
+    for root in ["/", "//", "/."] {
+        let err = on(&cluster, &["rm", root]).failed();
+        assert!(
+            err.contains("root directory cannot be removed"),
+            "{root}: {err}"
+        );
+    }
+    let fs = cluster.client();
+    fs.mkdir("/kept", 0o755).unwrap();
+    assert_eq!(names(&fs, "/"), ["kept"]);
+    let err = benchfs(&["placement-stats", "--servers", "100000000"], &[]).failed();
+    assert!(err.contains("--servers 100000000"), "{err}");
+    let err = benchfs(&["placement-stats", "--vnodes", "5000"], &[]).failed();
+    assert!(err.contains("--vnodes 5000"), "{err}");
+}

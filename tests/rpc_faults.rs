@@ -17,7 +17,7 @@ use common::rpc::{
     assert_serves, chunk_io, is_unreachable, raw_header, read, rpc_client, spec, write, RawPeer,
     Rt, CHUNK, THRESHOLD,
 };
-use common::{pattern, Cluster, FAIL_BOUND};
+use common::{pattern, Cluster, FAIL_BOUND, RPC_TIMEOUT};
 use futures_util::future::join_all;
 
 #[test]
@@ -280,4 +280,48 @@ fn stopped_client_holds_transfers(op: OpCode) {
     );
     let back = rt.block_on(read(&conn, 1, 0, 0, LEN));
     assert_eq!(back.len(), LEN);
+}
+
+/// A server of another protocol version: it answers the handshake with a header of
+/// version `VERSION + 1`, as a newer build's would, then keeps the connection open.
+fn server_of_another_version(addr_tx: std::sync::mpsc::Sender<SocketAddr>) {
+    let rt = Rt::new();
+    rt.block_on(async {
+        let context = Context::new(Features::ALL).unwrap();
+        let worker = Worker::new(&context).unwrap();
+        let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
+        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
+        addr_tx.send(listener.local_addr()).unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        let msg = requests.recv().await;
+        let frame = Frame::decode(msg.header(), msg.data_len()).unwrap();
+        let mut header = Frame::header(frame.op, frame.request_id, 0, true, 0, 0).to_bytes();
+        header[4..6].copy_from_slice(&(benchfs_proto::frame::VERSION + 1).to_le_bytes());
+        let ep = msg.reply_endpoint().cloned().unwrap();
+        ep.am_send(REPLY_AM_ID, header.to_vec(), Vec::new(), AmProto::Eager)
+            .await
+            .unwrap();
+        // Held open until the client gives up, so only the reply can end its call.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+#[test]
+fn a_server_of_another_version_is_refused_at_once_and_by_name() {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || server_of_another_version(addr_tx));
+    let addr = addr_rx.recv().unwrap();
+    let rt = Rt::new();
+    let start = Instant::now();
+    let err = rt
+        .block_on(async { rpc_client(b"").connect(addr).await })
+        .map(drop)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RpcError::Protocol { .. }), "{err:?}");
+    assert!(message.contains("protocol version"), "{message}");
+    assert!(message.contains(&addr.to_string()), "{message}");
+    // Not the call's timeout: the reply itself ended it.
+    assert!(start.elapsed() < RPC_TIMEOUT, "{:?}", start.elapsed());
 }

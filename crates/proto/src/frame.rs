@@ -256,6 +256,18 @@ impl Frame {
         }
     }
 
+    /// The request id of a reply whose header this build cannot decode (another protocol
+    /// version, a bad field), so the call it answers fails at once with the reason instead
+    /// of waiting out its timeout. `None` unless the fixed header is whole, carries
+    /// [`MAGIC`] and has [`FLAG_REPLY`] set: magic, version, op, request id, status and
+    /// flags keep their places in every version (**invariant**), so a server of another
+    /// version is understood this far.
+    pub fn reply_id(header: &[u8]) -> Option<u64> {
+        let fixed = header.get(..FRAME_HEADER_LEN)?;
+        let h = FrameHeader::read_from_bytes(fixed).ok()?;
+        (h.magic.get() == MAGIC && h.flags.get() & FLAG_REPLY != 0).then(|| h.request_id.get())
+    }
+
     /// Decodes an AM header (a frame header, optionally followed by the whole body) and
     /// checks it against `data_len`, the bytes of AM data that arrived (or will arrive, for
     /// a rendezvous message).
@@ -364,6 +376,25 @@ mod tests {
         let with_body = Frame::header(OpCode::Ping, 9, 0, false, 8, 4096);
         let f = Frame::decode(with_body.as_bytes(), 8 + 4096).unwrap();
         assert!(!f.body_in_header, "a body not in the header opens the data");
+    }
+
+    #[test]
+    fn a_reply_of_another_version_still_names_its_call() {
+        let mut reply = Frame::header(OpCode::Ping, 7, 3, true, 0, 0)
+            .as_bytes()
+            .to_vec();
+        reply[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert!(matches!(
+            Frame::decode(&reply, 0),
+            Err(DecodeError::BadVersion { .. })
+        ));
+        assert_eq!(Frame::reply_id(&reply), Some(7));
+        // Not a reply, not ours, or not whole: nothing to route.
+        assert_eq!(Frame::reply_id(&encode(OpCode::Ping, 0, 0)), None);
+        let mut foreign = reply.clone();
+        foreign[0] ^= 1;
+        assert_eq!(Frame::reply_id(&foreign), None);
+        assert_eq!(Frame::reply_id(&reply[..31]), None);
     }
 
     #[test]

@@ -197,7 +197,16 @@ async fn route_replies(client: Weak<RpcClient>, replies: AmStream) {
                 }
             }
             Ok(_) => tracing::warn!("a request arrived on the reply channel; dropped"),
-            Err(e) => tracing::warn!(error = %e, "malformed reply frame; dropped"),
+            // A reply this build cannot read (a server of another version) still names its
+            // call: the call decodes it again and fails with the reason, at once.
+            Err(e) => match Frame::reply_id(msg.header()) {
+                Some(id) => {
+                    if let Some(waiter) = client.pending.borrow_mut().remove(&id) {
+                        let _ = waiter.send(msg);
+                    }
+                }
+                None => tracing::warn!(error = %e, "malformed reply frame; dropped"),
+            },
         }
     }
 }

@@ -245,6 +245,9 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
         }
         FileCommand::Mkdir { path, target } => target.connect()?.mkdir(&path, 0o755)?,
         FileCommand::Rm { path, target } => {
+            if benchfs::path::normalize(&path).is_ok_and(|p| p == "/") {
+                return Err(format!("rm {path}: the root directory cannot be removed").into());
+            }
             let fs = target.connect()?;
             if fs.stat(&path)?.is_dir() {
                 fs.rmdir(&path)?;

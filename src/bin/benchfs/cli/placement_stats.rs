@@ -2,7 +2,14 @@
 
 use std::time::Instant;
 
-use benchfs::placement::{LoadStats, PlacementKey, PlacementRing};
+use std::collections::HashSet;
+
+use benchfs::limits::VIRTUAL_NODES_MAX;
+use benchfs::placement::{node_tag, LoadStats, PlacementKey, PlacementRing};
+
+/// The most servers a run simulates: 150 ring points each at 65536 servers is about
+/// 10 million points (120 MB), still seconds to build and measure.
+const SERVERS_MAX: usize = 65_536;
 
 /// Arguments of `benchfs placement-stats`.
 #[derive(Debug, clap::Args)]
@@ -18,26 +25,64 @@ pub struct Args {
     vnodes: u32,
 }
 
-fn ring(
-    servers: impl Iterator<Item = usize>,
+/// `count` simulated node ids, `node{i}`, each with a distinct tag: a real ring refuses
+/// two ids whose tags (32-bit hashes) collide, which at tens of thousands of ids happens,
+/// so a colliding id takes a suffix instead (`node{i}.{k}`).
+fn node_ids(count: usize) -> Vec<String> {
+    let mut tags = HashSet::with_capacity(count);
+    (0..count)
+        .map(|i| {
+            let mut id = format!("node{i}");
+            let mut k = 0;
+            while !tags.insert(node_tag(&id)) {
+                k += 1;
+                id = format!("node{i}.{k}");
+            }
+            id
+        })
+        .collect()
+}
+
+fn ring<'a>(
+    ids: impl Iterator<Item = &'a String>,
     vnodes: u32,
 ) -> Result<PlacementRing, super::CliError> {
-    Ok(PlacementRing::new(
-        servers.map(|i| format!("node{i}")),
-        vnodes,
-    )?)
+    Ok(PlacementRing::new(ids, vnodes)?)
 }
 
 /// Prints load max/mean, stddev/mean and the moved fraction on a join and a leave.
 pub fn run(args: Args) -> Result<(), super::CliError> {
-    if args.servers < 2 || args.keys == 0 {
-        return Err("need at least 2 servers and 1 key".into());
+    if !(2..=SERVERS_MAX).contains(&args.servers) {
+        return Err(format!(
+            "--servers {}: simulate from 2 to {SERVERS_MAX} servers",
+            args.servers
+        )
+        .into());
+    }
+    if !(1..=VIRTUAL_NODES_MAX).contains(&args.vnodes) {
+        return Err(format!(
+            "--vnodes {}: give from 1 to {VIRTUAL_NODES_MAX} virtual nodes per server",
+            args.vnodes
+        )
+        .into());
+    }
+    if args.keys == 0 {
+        return Err("--keys 0: place at least 1 key".into());
     }
     let n = args.servers;
-    let base = ring(0..n, args.vnodes)?;
+    // n + 1 ids: the ring of n, and the one a server joins.
+    let ids = node_ids(n + 1);
+    let base = ring(ids[..n].iter(), args.vnodes)?;
     let load = LoadStats::measure(&base, args.keys);
-    let joined = ring(0..n + 1, args.vnodes)?;
-    let left = ring((0..n).filter(|&i| i != n / 2), args.vnodes)?;
+    let joined = ring(ids.iter(), args.vnodes)?;
+    let left = ring(
+        ids[..n]
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != n / 2)
+            .map(|(_, id)| id),
+        args.vnodes,
+    )?;
     let join = LoadStats::moved_fraction(&base, &joined, args.keys);
     let leave = LoadStats::moved_fraction(&base, &left, args.keys);
 
@@ -72,4 +117,21 @@ pub fn run(args: Args) -> Result<(), super::CliError> {
     );
     println!("lookup             {ns:.1} ns (checksum {})", sink % 7);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_node_ids_never_share_a_tag() {
+        // 200000 plain ids `node{i}` hold several pairs of equal 32-bit tags.
+        let count = 200_000;
+        let plain: HashSet<u32> = (0..count).map(|i| node_tag(&format!("node{i}"))).collect();
+        assert!(plain.len() < count, "expected colliding plain ids");
+        let ids = node_ids(count);
+        let tags: HashSet<u32> = ids.iter().map(|id| node_tag(id)).collect();
+        assert_eq!(tags.len(), count);
+        assert_eq!(ids[0], "node0");
+    }
 }
