@@ -27,6 +27,9 @@
 # limit the IOR easy phases are held against (PERFTEST, default /usr/bin/ucx_perftest).
 # BUSY_POLL_US sets BenchFS's polling window, servers and clients (default: its default);
 # 0 suits a machine with fewer cores than servers plus clients.
+# PREFAULT_BYTES: chunk memory each BenchFS server faults in at start
+# (storage.prefault_bytes; default 0, as CHFS's tmpfs store faults its pages in as it
+# grows too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 peers=${1:?usage: compare-chfs.sh PEERS_PREFIX [ROUNDS]}
@@ -88,7 +91,8 @@ run() {
     else
         "$bfs/bin/benchfs" cluster up --wipe --dir "$work/benchfs" --servers $servers \
             --backend memory --chunk-size "$chunk" --rdma-threshold $rdma_thresh \
-            ${BUSY_POLL_US:+--busy-poll-us "$BUSY_POLL_US"} >/dev/null
+            ${BUSY_POLL_US:+--busy-poll-us "$BUSY_POLL_US"} \
+            ${PREFAULT_BYTES:+--prefault-bytes "$PREFAULT_BYTES"} >/dev/null
         api=(-a BENCHFS "--benchfs.registry=$work/benchfs/registry" "--benchfs.chunk_size=$chunk")
     fi
     local mpi=(mpirun --oversubscribe -np $ranks "${env[@]}")
@@ -125,7 +129,7 @@ for round in $(seq "$rounds"); do
     done
 done
 
-echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us"
+echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us, prefault ${PREFAULT_BYTES:-0} bytes"
 echo "# ior-easy: -F -t 1m -b $easy_block; ior-hard: shared file -t 47008 -s $hard_segments; mdtest: -n $md_files -F -u (MiB/s; ops/s)"
 printf '%-22s %9s %12s %12s %8s\n' workload chunk CHFS BenchFS ratio
 # shellcheck disable=SC2016 # awk programs

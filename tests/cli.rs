@@ -481,3 +481,63 @@ fn misleading_refusals_say_what_was_refused() {
     let err = benchfs(&["placement-stats", "--vnodes", "5000"], &[]).failed();
     assert!(err.contains("--vnodes 5000"), "{err}");
 }
+
+/// Resident memory of each server the cluster in `c` started, in bytes.
+fn server_rss(c: &ClusterDir) -> Vec<u64> {
+    let pids = std::fs::read_to_string(c.dir.join("pids")).unwrap();
+    pids.split_whitespace()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            kib * 1024
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_up_prefaults_chunk_memory_when_asked() {
+    let prefault: u64 = 256 << 20;
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "2"]);
+    let plain = server_rss(&c);
+    assert!(
+        plain.iter().all(|&rss| rss < prefault),
+        "control: {plain:?}"
+    );
+    c.cli(&["cluster", "down"]);
+    let bytes = prefault.to_string();
+    c.cli(&[
+        "cluster",
+        "up",
+        "--servers",
+        "2",
+        "--wipe",
+        "--prefault-bytes",
+        &bytes,
+    ]);
+    let rss = server_rss(&c);
+    assert!(rss.iter().all(|&rss| rss >= prefault), "{rss:?}");
+    // The memory serves: a file written and read back.
+    let local = c.local("in.bin");
+    let data = pattern(3 << 20, 5);
+    std::fs::write(&local, &data).unwrap();
+    c.cli(&["put", arg(&local), "/f"]);
+    let back = c.local("out.bin");
+    c.cli(&["get", "/f", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    c.cli(&["cluster", "down"]);
+    // More than the host has is refused at start, by name.
+    let err = c
+        .run(&[
+            "cluster",
+            "up",
+            "--servers",
+            "1",
+            "--wipe",
+            "--prefault-bytes",
+            &(1u64 << 60).to_string(),
+        ])
+        .failed();
+    assert!(err.contains("prefault_bytes"), "{err}");
+}

@@ -140,6 +140,11 @@ pub struct StorageConfig {
     /// recently used ones back to `data_dir` (whole chunks: at least one chunk). Other
     /// backends ignore it.
     pub memory_tier_bytes: u64,
+    /// Bytes of chunk memory the memory backend (or the tiered backend's memory tier)
+    /// faults in at start, so the first writes into it take no page faults; 0 (the
+    /// default): faulted in as the store grows. At most the capacity (the memory tier) and
+    /// the memory the host has available; the disk backends refuse it.
+    pub prefault_bytes: u64,
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
     pub orphan_sweep_secs: u64,
@@ -264,6 +269,7 @@ impl Default for ServerConfig {
                 capacity_bytes: None,
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
                 memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
+                prefault_bytes: 0,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
                 inline_bytes: limits::INLINE_BYTES_DEFAULT,
                 inject_faults: None,
@@ -346,6 +352,7 @@ struct RawStorage {
     capacity: Option<i64>,
     queue_depth: Option<i64>,
     memory_tier_bytes: Option<i64>,
+    prefault_bytes: Option<i64>,
     orphan_sweep_secs: Option<i64>,
     inline_bytes: Option<i64>,
     inject_faults: Option<String>,
@@ -414,6 +421,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "capacity", EnvKind::Int),
     ("storage", "queue_depth", EnvKind::Int),
     ("storage", "memory_tier_bytes", EnvKind::Int),
+    ("storage", "prefault_bytes", EnvKind::Int),
     ("storage", "orphan_sweep_secs", EnvKind::Int),
     ("storage", "inline_bytes", EnvKind::Int),
     ("storage", "inject_faults", EnvKind::Str),
@@ -617,6 +625,9 @@ impl ServerConfig {
         }
         if let Some(v) = s.memory_tier_bytes {
             self.storage.memory_tier_bytes = non_negative("storage.memory_tier_bytes", v)?;
+        }
+        if let Some(v) = s.prefault_bytes {
+            self.storage.prefault_bytes = non_negative("storage.prefault_bytes", v)?;
         }
         if let Some(v) = s.inline_bytes {
             self.storage.inline_bytes = non_negative("storage.inline_bytes", v)?;
@@ -843,6 +854,12 @@ impl ServerConfig {
                 format!("{tier} bytes is less than one chunk ({chunk}): the memory tier holds whole chunks"),
             ));
         }
+        self.store_config().check_prefault().map_err(|e| match e {
+            benchfs_store::StoreError::InvalidConfig { reason, .. } => {
+                invalid("storage.prefault_bytes", reason)
+            }
+            other => invalid("storage.prefault_bytes", other.to_string()),
+        })?;
         if let Some(capacity) = self.storage.capacity_bytes {
             if capacity < chunk {
                 return Err(invalid(
@@ -956,6 +973,7 @@ impl ServerConfig {
             capacity_bytes: self.storage.capacity_bytes,
             queue_depth: self.storage.queue_depth,
             memory_tier_bytes: self.storage.memory_tier_bytes,
+            prefault_bytes: self.storage.prefault_bytes,
         }
     }
 }
@@ -1355,6 +1373,37 @@ mod tests {
         // Less than a chunk is fine where there is no memory tier.
         let text = "[storage]\nchunk_size = 65536\nmemory_tier_bytes = 4096\n";
         ServerConfig::from_env_and_str(text, env(&[])).unwrap();
+    }
+
+    #[test]
+    fn prefault_bytes() {
+        let memory = "[storage]\nbackend = \"memory\"\nchunk_size = 65536\n";
+        let c = ServerConfig::from_env_and_str(memory, env(&[])).unwrap();
+        assert_eq!(c.store_config().prefault_bytes, 0);
+        let var = ("BENCHFS_STORAGE_PREFAULT_BYTES", "1048576");
+        let c = ServerConfig::from_env_and_str(memory, env(&[var])).unwrap();
+        assert_eq!(c.store_config().prefault_bytes, 1 << 20);
+        let tiered =
+            "[storage]\nbackend = \"tiered\"\nchunk_size = 65536\nmemory_tier_bytes = 1048576\n";
+        for (text, why) in [
+            (format!("{memory}prefault_bytes = -1\n"), "negative"),
+            (
+                format!("{memory}capacity = 1048576\nprefault_bytes = 2097152\n"),
+                "more than",
+            ),
+            (format!("{tiered}prefault_bytes = 2097152\n"), "more than"),
+            (
+                "[storage]\nbackend = \"iouring\"\nprefault_bytes = 1\n".to_string(),
+                "memory and tiered",
+            ),
+        ] {
+            let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("storage.prefault_bytes"), "{text}: {err}");
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        let text = format!("{tiered}prefault_bytes = 1048576\n");
+        ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
     }
 
     #[test]

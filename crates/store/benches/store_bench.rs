@@ -209,6 +209,7 @@ async fn run_backend(args: &Args, backend: Backend, direct: bool, tier: Option<f
         capacity_bytes: (backend == Backend::Memory).then_some(size),
         queue_depth: args.qd,
         memory_tier_bytes: tier_bytes,
+        prefault_bytes: 0,
     };
     let store = match AnyChunkStore::open(&config) {
         Ok(store) => Rc::new(store),

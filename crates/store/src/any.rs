@@ -24,10 +24,14 @@ impl AnyChunkStore {
     pub fn open(config: &StoreConfig) -> Result<AnyChunkStore, StoreError> {
         config.validate()?;
         Ok(match config.backend {
-            Backend::Memory => AnyChunkStore::Memory(InMemoryChunkStore::with_chunk_size(
-                config.chunk_size,
-                config.capacity_bytes.unwrap_or(u64::MAX),
-            )?),
+            Backend::Memory => {
+                let store = InMemoryChunkStore::with_chunk_size(
+                    config.chunk_size,
+                    config.capacity_bytes.unwrap_or(u64::MAX),
+                )?;
+                store.prefault(config.prefault_bytes)?;
+                AnyChunkStore::Memory(store)
+            }
             Backend::File => AnyChunkStore::File(FileChunkStore::open(config)?),
             Backend::IoUring => AnyChunkStore::IoUring(IoUringChunkStore::open(config)?),
             Backend::Tiered => AnyChunkStore::Tiered(TieredChunkStore::open(config)?),

@@ -277,6 +277,11 @@ pub struct StoreConfig {
     /// `memory_tier_bytes / chunk_size` of them); at least one chunk. Other backends
     /// ignore it.
     pub memory_tier_bytes: u64,
+    /// Bytes of chunk memory the memory backend (and the tiered backend's memory tier)
+    /// maps and faults in when it opens, so that the first writes into them take no page
+    /// faults; 0: memory is faulted in as the store grows. At most the capacity (the
+    /// memory tier); the disk backends take none.
+    pub prefault_bytes: u64,
 }
 
 impl StoreConfig {
@@ -292,6 +297,7 @@ impl StoreConfig {
             capacity_bytes: None,
             queue_depth: QUEUE_DEPTH_DEFAULT,
             memory_tier_bytes: MEMORY_TIER_BYTES_DEFAULT,
+            prefault_bytes: 0,
         }
     }
 
@@ -310,6 +316,7 @@ impl StoreConfig {
                 reason: "empty path".into(),
             });
         }
+        self.check_prefault()?;
         if self.backend == Backend::Tiered && self.memory_tier_bytes < self.chunk_size {
             return Err(StoreError::InvalidConfig {
                 field: "memory_tier_bytes",
@@ -317,6 +324,35 @@ impl StoreConfig {
                     "{} is less than one chunk ({})",
                     self.memory_tier_bytes, self.chunk_size
                 ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    /// `prefault_bytes` fits the memory it would fault in: the capacity, or the memory
+    /// tier; the disk backends have none.
+    pub fn check_prefault(&self) -> Result<(), StoreError> {
+        let bytes = self.prefault_bytes;
+        let room = match self.backend {
+            _ if bytes == 0 => return Ok(()),
+            Backend::Memory => self.capacity_bytes.unwrap_or(u64::MAX),
+            Backend::Tiered => self.memory_tier_bytes,
+            Backend::File | Backend::IoUring => {
+                return Err(StoreError::InvalidConfig {
+                    field: "prefault_bytes",
+                    reason: format!(
+                        "applies to the memory and tiered backends, not {}",
+                        self.backend
+                    ),
+                })
+            }
+        };
+        if bytes > room {
+            return Err(StoreError::InvalidConfig {
+                field: "prefault_bytes",
+                reason: format!("{bytes} is more than the memory it would fill ({room} bytes)"),
             });
         }
         Ok(())

@@ -60,6 +60,28 @@ impl InMemoryChunkStore {
         Ok(store)
     }
 
+    /// Maps and faults in chunk memory for `bytes` of data now (capped at the capacity),
+    /// so writes into it take no page faults; the pool keeps it for the store's life.
+    /// Refuses more than the host has available: faulting in memory that is not there
+    /// would wake the OOM killer rather than fail.
+    pub fn prefault(&self, bytes: u64) -> Result<(), StoreError> {
+        let bytes = bytes.min(self.capacity_bytes);
+        if bytes == 0 {
+            return Ok(());
+        }
+        if let Some(available) = available_memory() {
+            if bytes > available {
+                return Err(StoreError::InvalidConfig {
+                    field: "prefault_bytes",
+                    reason: format!(
+                        "{bytes} bytes is more than the {available} bytes of memory this host has available"
+                    ),
+                });
+            }
+        }
+        self.pages.prefault(bytes)
+    }
+
     /// A store that maps nothing until it is used; the caller has checked `chunk_size`.
     pub(crate) fn empty(chunk_size: u64, capacity_bytes: u64) -> InMemoryChunkStore {
         InMemoryChunkStore {
@@ -270,6 +292,15 @@ impl ChunkStore for InMemoryChunkStore {
     }
 }
 
+/// The host's available memory (`MemAvailable` in /proc/meminfo), in bytes; `None` where
+/// the kernel does not say.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +463,43 @@ mod tests {
                 "{faults} minor faults rewriting {pages_written} pages"
             );
         });
+    }
+
+    /// A prefaulted store's first writes take no page faults; a store grown by its
+    /// writes takes about one per page (the control).
+    #[test]
+    fn a_prefaulted_store_writes_fresh_chunks_without_page_faults() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let chunks = 32;
+            let bytes = chunks * (1 << 20);
+            let pages_written = (bytes / 4096) as i64;
+            let grown = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
+            let faults = write_round(&grown, chunks).await;
+            assert!(faults > pages_written / 2, "control: {faults} faults");
+            let prefaulted = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
+            prefaulted.prefault(bytes).unwrap();
+            assert_eq!(prefaulted.page_pool_bytes(), bytes);
+            let faults = write_round(&prefaulted, chunks).await;
+            assert_eq!(prefaulted.page_pool_bytes(), bytes, "the pool grew");
+            assert!(
+                faults < pages_written / 100,
+                "{faults} minor faults writing {pages_written} prefaulted pages"
+            );
+        });
+    }
+
+    #[test]
+    fn prefaulting_stays_within_the_capacity_and_the_host() {
+        let bounded = InMemoryChunkStore::with_chunk_size(1 << 20, 4 << 20).unwrap();
+        bounded.prefault(64 << 20).unwrap();
+        assert_eq!(bounded.page_pool_bytes(), 4 << 20);
+        let err = InMemoryChunkStore::new(u64::MAX)
+            .prefault(u64::MAX / 2)
+            .unwrap_err();
+        assert!(err.to_string().contains("available"), "{err}");
     }
 
     #[test]

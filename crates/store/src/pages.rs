@@ -70,6 +70,17 @@ impl PagePool {
         self.mapped_bytes.get()
     }
 
+    /// Makes sure pages for `bytes` of data are free, mapping them now if they are not.
+    pub(crate) fn prefault(&self, bytes: u64) -> Result<(), StoreError> {
+        let pages = usize::try_from(bytes.div_ceil(PAGE_BYTES as u64)).map_err(|_| {
+            StoreError::NoSpace {
+                needed: bytes,
+                available: 0,
+            }
+        })?;
+        self.reserve(pages)
+    }
+
     /// Makes sure `pages` pages are free, mapping a segment if they are not. The segment
     /// doubles the pool (from one huge page up to [`PAGE_SEGMENT_BYTES_MAX`]) but stops at
     /// the capacity, and is always at least what is missing.

@@ -182,6 +182,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
         // The capacity bounds both tiers together, so this store checks it.
         let lower_config = StoreConfig {
             capacity_bytes: None,
+            prefault_bytes: 0,
             ..config.clone()
         };
         let lower = DiskChunkStore::<E>::open(&lower_config)?;
@@ -190,6 +191,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             .max(1);
         // Slots are whole chunks, so this bound only caps the page pool's growth.
         let upper = InMemoryChunkStore::empty(config.chunk_size, config.memory_tier_bytes);
+        upper.prefault(config.prefault_bytes)?;
         let mut index = BTreeMap::new();
         let mut used_bytes = 0;
         for (id, len) in lower.indexed() {

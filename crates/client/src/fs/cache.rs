@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use benchfs_proto::limits::CHUNK_CACHE_SPAN_MAX;
 use benchfs_proto::meta::FileMetadata;
 use lru::LruCache;
 
@@ -45,7 +46,8 @@ impl MetadataCache {
     }
 }
 
-/// (file, chunk) → the bytes last read from it at some offset, at most `capacity_bytes`.
+/// (file, chunk) → the bytes last read from it at some offset, at most `capacity_bytes`;
+/// only reads of up to [`CHUNK_CACHE_SPAN_MAX`] bytes.
 #[derive(Debug)]
 pub(crate) struct ChunkCache {
     entries: LruCache<(u64, u64), CachedSpan>,
@@ -73,9 +75,10 @@ impl ChunkCache {
         }
     }
 
-    /// Whether the cache keeps anything.
-    pub(crate) fn is_enabled(&self) -> bool {
-        self.capacity_bytes > 0
+    /// Whether the cache would keep a read of `len` bytes: it is on, and the read is
+    /// small enough to be worth a copy ([`CHUNK_CACHE_SPAN_MAX`]).
+    pub(crate) fn admits(&self, len: u64) -> bool {
+        len <= CHUNK_CACHE_SPAN_MAX.min(self.capacity_bytes)
     }
 
     /// The bytes of `[offset, offset + len)` of a chunk, if a cached read covers them.
@@ -104,7 +107,7 @@ impl ChunkCache {
 
     pub(crate) fn put(&mut self, file_id: u64, index: u64, offset: u64, data: &[u8]) {
         let size = data.len() as u64;
-        if size == 0 || size > self.capacity_bytes {
+        if size == 0 || !self.admits(size) {
             return;
         }
         if let Some(old) = self.entries.put(
@@ -182,6 +185,19 @@ mod tests {
         ttl.put("/a", meta(1));
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(ttl.get("/a"), None);
+    }
+
+    #[test]
+    fn chunk_cache_keeps_small_reads_only() {
+        let max = CHUNK_CACHE_SPAN_MAX as usize;
+        let mut c = ChunkCache::new(64 << 20, None);
+        c.put(1, 0, 0, &vec![1; max]);
+        c.put(1, 1, 0, &vec![2; max + 1]);
+        assert_eq!(c.get(1, 0, 0, 2), Some(vec![1, 1]));
+        assert_eq!(c.get(1, 1, 0, 2), None, "a large read is not kept");
+        assert_eq!(c.bytes, max as u64);
+        assert!(c.admits(max as u64) && !c.admits(max as u64 + 1));
+        assert!(!ChunkCache::new(0, None).admits(1), "off");
     }
 
     #[test]

@@ -527,7 +527,7 @@ impl FsClient {
     }
 
     /// Reads one span, from the chunk cache or its servers; into `loan` at the span's
-    /// range when one is given and the cache is off.
+    /// range when one is given and the cache would not keep the span.
     pub(super) async fn read_span(
         &self,
         meta: FileMetadata,
@@ -540,7 +540,7 @@ impl FsClient {
             if let Some(bytes) = cache.get(meta.file_id, index, offset, len) {
                 return Ok(SpanData::Bytes(bytes));
             }
-            loan.filter(|_| !cache.is_enabled())
+            loan.filter(|_| !cache.admits(len))
         };
         let req = ops::ChunkIo {
             file_id: meta.file_id,

@@ -47,6 +47,7 @@ impl Harness {
             capacity_bytes,
             queue_depth: QD,
             memory_tier_bytes: MEMORY_TIER,
+            prefault_bytes: 0,
         };
         match AnyChunkStore::open(&config) {
             Ok(store) => Some(Harness {

@@ -148,6 +148,10 @@ pub struct UpArgs {
     /// inline files off).
     #[arg(long, conflicts_with = "resume")]
     pub inline_bytes: Option<u64>,
+    /// Bytes of chunk memory each server faults in at start (`storage.prefault_bytes`;
+    /// memory and tiered backends), so the first writes take no page faults.
+    #[arg(long, conflicts_with = "resume")]
+    pub prefault_bytes: Option<u64>,
     /// Start the stopped cluster in --dir again on its data and configuration: the same
     /// node ids, data directories and backend.
     #[arg(long, conflicts_with = "wipe")]
@@ -173,6 +177,7 @@ impl UpArgs {
             rdma_threshold: None,
             busy_poll_us: None,
             inline_bytes: None,
+            prefault_bytes: None,
             resume: false,
             wipe: false,
             target,
@@ -452,8 +457,13 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
     if let Some(c) = args.chunk_size {
         storage.insert("chunk_size".into(), toml_int("--chunk-size", c)?);
     }
-    if let Some(b) = args.inline_bytes {
-        storage.insert("inline_bytes".into(), toml_int("--inline-bytes", b)?);
+    for (key, flag, value) in [
+        ("inline_bytes", "--inline-bytes", args.inline_bytes),
+        ("prefault_bytes", "--prefault-bytes", args.prefault_bytes),
+    ] {
+        if let Some(v) = value {
+            storage.insert(key.into(), toml_int(flag, v)?);
+        }
     }
     let mut network = Table::new();
     network.insert("bind_addr".into(), Value::String("127.0.0.1:0".into()));
