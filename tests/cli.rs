@@ -480,6 +480,9 @@ fn misleading_refusals_say_what_was_refused() {
     assert!(err.contains("--servers 100000000"), "{err}");
     let err = benchfs(&["placement-stats", "--vnodes", "5000"], &[]).failed();
     assert!(err.contains("--vnodes 5000"), "{err}");
+    let args = ["placement-stats", "--servers", "65536", "--vnodes", "1024"];
+    let err = benchfs(&args, &[]).failed();
+    assert!(err.contains("ring points"), "{err}");
 }
 
 /// Resident memory of each server the cluster in `c` started, in bytes.
@@ -539,5 +542,9 @@ fn cluster_up_prefaults_chunk_memory_when_asked() {
             &(1u64 << 60).to_string(),
         ])
         .failed();
-    assert!(err.contains("prefault_bytes"), "{err}");
+    assert!(
+        err.contains("--prefault-bytes") && err.contains("available"),
+        "{err}"
+    );
+    assert!(!c.dir.join("pids").exists(), "no server was started");
 }

@@ -1392,6 +1392,11 @@ mod tests {
                 "more than",
             ),
             (format!("{tiered}prefault_bytes = 2097152\n"), "more than"),
+            // The tier holds whole chunks: 16 of 65536 bytes here.
+            (
+                "[storage]\nbackend = \"tiered\"\nchunk_size = 65536\nmemory_tier_bytes = 1100000\nprefault_bytes = 1048577\n".to_string(),
+                "more than",
+            ),
             (
                 "[storage]\nbackend = \"iouring\"\nprefault_bytes = 1\n".to_string(),
                 "memory and tiered",

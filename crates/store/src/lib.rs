@@ -47,7 +47,7 @@ pub use disk::{IoEngine, StdEngine, UringEngine};
 pub use error::StoreError;
 pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
-pub use memory::InMemoryChunkStore;
+pub use memory::{available_memory, InMemoryChunkStore};
 pub use tiered::TieredChunkStore;
 
 use limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};
@@ -332,13 +332,15 @@ impl StoreConfig {
 
 impl StoreConfig {
     /// `prefault_bytes` fits the memory it would fault in: the capacity, or the memory
-    /// tier; the disk backends have none.
+    /// tier's whole chunks (within the capacity); the disk backends have none.
     pub fn check_prefault(&self) -> Result<(), StoreError> {
         let bytes = self.prefault_bytes;
         let room = match self.backend {
             _ if bytes == 0 => return Ok(()),
             Backend::Memory => self.capacity_bytes.unwrap_or(u64::MAX),
-            Backend::Tiered => self.memory_tier_bytes,
+            // The tier holds whole chunks, and never more than the capacity.
+            Backend::Tiered => (self.memory_tier_bytes / self.chunk_size * self.chunk_size)
+                .min(self.capacity_bytes.unwrap_or(u64::MAX)),
             Backend::File | Backend::IoUring => {
                 return Err(StoreError::InvalidConfig {
                     field: "prefault_bytes",

@@ -74,7 +74,7 @@ impl InMemoryChunkStore {
                 return Err(StoreError::InvalidConfig {
                     field: "prefault_bytes",
                     reason: format!(
-                        "{bytes} bytes is more than the {available} bytes of memory this host has available"
+                        "{bytes} bytes is more than the {available} bytes of memory available to this server (host and cgroup)"
                     ),
                 });
             }
@@ -292,13 +292,46 @@ impl ChunkStore for InMemoryChunkStore {
     }
 }
 
-/// The host's available memory (`MemAvailable` in /proc/meminfo), in bytes; `None` where
-/// the kernel does not say.
-fn available_memory() -> Option<u64> {
+/// The memory this process may still fault in, in bytes: the host's available memory
+/// (`MemAvailable`) or, when less, what the limits of its cgroup (v2) and of every cgroup
+/// above it leave (a Slurm job's, a container's); `None` where neither says.
+pub fn available_memory() -> Option<u64> {
+    let host = host_available_memory();
+    let cgroup = cgroup_available_memory();
+    match (host, cgroup) {
+        (Some(h), Some(c)) => Some(h.min(c)),
+        (h, c) => h.or(c),
+    }
+}
+
+fn host_available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// The least room under `memory.max` among this process's cgroup and its ancestors.
+fn cgroup_available_memory() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut dir = root.join(own.trim_start_matches('/'));
+    let mut least: Option<u64> = None;
+    loop {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
+            if let (Ok(max), Ok(current)) =
+                (max.trim().parse::<u64>(), current.trim().parse::<u64>())
+            {
+                let room = max.saturating_sub(current);
+                least = Some(least.map_or(room, |l| l.min(room)));
+            }
+        }
+        if dir == root || !dir.pop() {
+            return least;
+        }
+    }
 }
 
 #[cfg(test)]

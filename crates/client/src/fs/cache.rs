@@ -60,7 +60,7 @@ pub(crate) struct ChunkCache {
 struct CachedSpan {
     offset: u64,
     data: Vec<u8>,
-    /// Whether the read came back short: the chunk ends at `offset + data.len()`.
+    /// When it was read (for the time to live).
     at: Instant,
 }
 
@@ -108,6 +108,7 @@ impl ChunkCache {
     pub(crate) fn put(&mut self, file_id: u64, index: u64, offset: u64, data: &[u8]) {
         let size = data.len() as u64;
         if size == 0 || !self.admits(size) {
+            self.forget(file_id, index);
             return;
         }
         if let Some(old) = self.entries.put(
@@ -126,6 +127,15 @@ impl ChunkCache {
                 break;
             };
             self.bytes -= gone.data.len() as u64;
+        }
+    }
+
+    /// Drops the cached span of one chunk, after a read of it that the cache does not
+    /// keep: the older span must not outlive the newer read, or a later small read of
+    /// the chunk would go back in time.
+    pub(crate) fn forget(&mut self, file_id: u64, index: u64) {
+        if let Some(old) = self.entries.pop(&(file_id, index)) {
+            self.bytes -= old.data.len() as u64;
         }
     }
 
@@ -197,6 +207,14 @@ mod tests {
         assert_eq!(c.get(1, 1, 0, 2), None, "a large read is not kept");
         assert_eq!(c.bytes, max as u64);
         assert!(c.admits(max as u64) && !c.admits(max as u64 + 1));
+        // A newer large read of a cached chunk drops the older span.
+        c.put(1, 0, 0, &vec![3; max + 1]);
+        assert_eq!(
+            c.get(1, 0, 0, 2),
+            None,
+            "the older span went with the newer read"
+        );
+        assert_eq!(c.bytes, 0);
         assert!(!ChunkCache::new(0, None).admits(1), "off");
     }
 

@@ -572,6 +572,7 @@ impl FsClient {
             });
         }
         if r.sunk > 0 {
+            self.chunk_cache.borrow_mut().forget(meta.file_id, index);
             return Ok(SpanData::Sunk(r.sunk));
         }
         self.chunk_cache

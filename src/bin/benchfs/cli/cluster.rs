@@ -290,6 +290,7 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     let text = config_text(args)?;
     ServerConfig::from_toml_str(&text)
         .map_err(|e| format!("the cluster's settings are not usable: {e}"))?;
+    check_prefault_fits(args)?;
     let dir = &args.target.dir;
     let data = dir.join("data");
     if holds_data(&data)? {
@@ -495,10 +496,32 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
     Ok(config.to_string())
 }
 
+/// Every server of this host faults in its `--prefault-bytes` at once, and each checks
+/// only its own against the memory available, so the total is checked here.
+fn check_prefault_fits(args: &UpArgs) -> Result<(), CliError> {
+    let Some(each) = args.prefault_bytes.filter(|&b| b > 0) else {
+        return Ok(());
+    };
+    let total = each.saturating_mul(args.servers as u64);
+    match benchfs::storage::available_memory() {
+        Some(available) if total > available => Err(format!(
+            "--prefault-bytes {each} on each of {} server(s) is {total} bytes, more than \
+             the {available} bytes of memory available",
+            args.servers
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Waits until every server of `nodes` (started as `pids`) has published its address; a
-/// server that exits first, or a 30 s wait, is an error that shows the end of its log.
+/// server that exits first, or a wait of 30 s (and 1 s more per 256 MiB each faults in at
+/// start), is an error that shows the end of its log.
 fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), CliError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let prefault =
+        ServerConfig::from_file(dir.join("benchfs.toml")).map_or(0, |c| c.storage.prefault_bytes);
+    let wait = Duration::from_secs(30 + prefault / (256 << 20));
+    let deadline = Instant::now() + wait;
     loop {
         let published = registry::read(&dir.join("registry"))
             .map(|e| e.len())
@@ -514,7 +537,7 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             let why = match dead {
                 Some(_) => format!("{node} exited"),
-                None => "30 s passed".to_string(),
+                None => format!("{} s passed", wait.as_secs()),
             };
             return Err(format!(
                 "only {published} of {} servers came up ({why}); {} ends:\n{}",

@@ -7,9 +7,11 @@ use std::collections::HashSet;
 use benchfs::limits::VIRTUAL_NODES_MAX;
 use benchfs::placement::{node_tag, LoadStats, PlacementKey, PlacementRing};
 
-/// The most servers a run simulates: 150 ring points each at 65536 servers is about
-/// 10 million points (120 MB), still seconds to build and measure.
+/// The most servers a run simulates.
 const SERVERS_MAX: usize = 65_536;
+/// The most ring points (servers times virtual nodes) a run builds: three rings of 16 M
+/// points of 16 bytes each are about 800 MB, and seconds to build.
+const POINTS_MAX: u64 = 16 << 20;
 
 /// Arguments of `benchfs placement-stats`.
 #[derive(Debug, clap::Args)]
@@ -63,6 +65,15 @@ pub fn run(args: Args) -> Result<(), super::CliError> {
         return Err(format!(
             "--vnodes {}: give from 1 to {VIRTUAL_NODES_MAX} virtual nodes per server",
             args.vnodes
+        )
+        .into());
+    }
+    let points = args.servers as u64 * u64::from(args.vnodes);
+    if points > POINTS_MAX {
+        return Err(format!(
+            "--servers {} with --vnodes {} is {points} ring points; simulate at most \
+             {POINTS_MAX} (fewer servers or virtual nodes)",
+            args.servers, args.vnodes
         )
         .into());
     }
