@@ -52,8 +52,8 @@ fn ring<'a>(
     Ok(PlacementRing::new(ids, vnodes)?)
 }
 
-/// Prints load max/mean, stddev/mean and the moved fraction on a join and a leave.
-pub fn run(args: Args) -> Result<(), super::CliError> {
+/// Refuses a simulation out of bounds, naming the flags.
+fn check(args: &Args) -> Result<(), super::CliError> {
     if !(2..=SERVERS_MAX).contains(&args.servers) {
         return Err(format!(
             "--servers {}: simulate from 2 to {SERVERS_MAX} servers",
@@ -80,6 +80,12 @@ pub fn run(args: Args) -> Result<(), super::CliError> {
     if args.keys == 0 {
         return Err("--keys 0: place at least 1 key".into());
     }
+    Ok(())
+}
+
+/// Prints load max/mean, stddev/mean and the moved fraction on a join and a leave.
+pub fn run(args: Args) -> Result<(), super::CliError> {
+    check(&args)?;
     let n = args.servers;
     // n + 1 ids: the ring of n, and the one a server joins.
     let ids = node_ids(n + 1);
