@@ -547,4 +547,24 @@ fn cluster_up_prefaults_chunk_memory_when_asked() {
         "{err}"
     );
     assert!(!c.dir.join("pids").exists(), "no server was started");
+    // --resume takes the prefault from the cluster's configuration, and checks it too.
+    c.cli(&[
+        "cluster",
+        "up",
+        "--servers",
+        "2",
+        "--wipe",
+        "--prefault-bytes",
+        "1048576",
+    ]);
+    c.cli(&["cluster", "down"]);
+    let config = c.dir.join("benchfs.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let huge = format!("prefault_bytes = {}", 1u64 << 60);
+    std::fs::write(&config, text.replace("prefault_bytes = 1048576", &huge)).unwrap();
+    let err = c.run(&["cluster", "up", "--resume"]).failed();
+    assert!(
+        err.contains("storage.prefault_bytes") && err.contains("2 server"),
+        "{err}"
+    );
 }

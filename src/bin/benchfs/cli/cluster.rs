@@ -242,7 +242,10 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         None => None,
     };
     let nodes = if args.resume {
-        resume_nodes(dir)?
+        let nodes = resume_nodes(dir)?;
+        let config = ServerConfig::from_file(dir.join("benchfs.toml"))?;
+        check_prefault_fits(config.storage.prefault_bytes, nodes.len())?;
+        nodes
     } else {
         prepare_new(args)?
     };
@@ -290,7 +293,7 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     let text = config_text(args)?;
     ServerConfig::from_toml_str(&text)
         .map_err(|e| format!("the cluster's settings are not usable: {e}"))?;
-    check_prefault_fits(args)?;
+    check_prefault_fits(args.prefault_bytes.unwrap_or(0), args.servers)?;
     let dir = &args.target.dir;
     let data = dir.join("data");
     if holds_data(&data)? {
@@ -496,18 +499,18 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
     Ok(config.to_string())
 }
 
-/// Every server of this host faults in its `--prefault-bytes` at once, and each checks
-/// only its own against the memory available, so the total is checked here.
-fn check_prefault_fits(args: &UpArgs) -> Result<(), CliError> {
-    let Some(each) = args.prefault_bytes.filter(|&b| b > 0) else {
+/// Every server of this host faults in its prefault bytes (`each`) at once, and each
+/// checks only its own against the memory available, so the total is checked here.
+fn check_prefault_fits(each: u64, servers: usize) -> Result<(), CliError> {
+    if each == 0 {
         return Ok(());
-    };
-    let total = each.saturating_mul(args.servers as u64);
+    }
+    let total = each.saturating_mul(servers as u64);
     match benchfs::storage::available_memory() {
         Some(available) if total > available => Err(format!(
-            "--prefault-bytes {each} on each of {} server(s) is {total} bytes, more than \
-             the {available} bytes of memory available",
-            args.servers
+            "a prefault of {each} bytes (--prefault-bytes, storage.prefault_bytes) on each \
+             of {servers} server(s) is {total} bytes, more than the {available} bytes of \
+             memory available"
         )
         .into()),
         _ => Ok(()),
