@@ -201,3 +201,40 @@ fn a_truncate_that_misses_a_chunk_server_never_leaves_zeros_under_the_old_size()
         got.iter().filter(|b| **b == 0).count()
     );
 }
+
+#[test]
+fn a_client_given_only_the_registry_keeps_the_clusters_replicas() {
+    // Found by a hostile-user run: a client connected by registry alone (IOR's
+    // `--benchfs.registry`, `benchfs_init`, `mount --registry`) used its configuration's
+    // default of one replica on a two-replica cluster. It wrote one copy of what it
+    // created and of every chunk it rewrote, and after a kill the other copy's old bytes
+    // read back with success.
+    let mut cluster = cluster();
+    let fs = benchfs::blocking::BenchFS::connect_registry(cluster.registry()).unwrap();
+    let old = pattern(3 * common::files::C + 17, 50);
+    write_file(&cluster.client(), "/r", &old);
+    let new = pattern(old.len(), 51);
+    let fd = fs.open("/r", OpenFlags::WRITE, 0).unwrap();
+    assert_eq!(fs.write(fd, &new).unwrap(), new.len());
+    fs.close(fd).unwrap();
+    write_file(&fs, "/made", &new);
+    assert_eq!(
+        record_ids(&cluster, "/made").iter().flatten().count(),
+        2,
+        "two records of a file the registry-only client made"
+    );
+    // Whichever server goes, both files read back as last written.
+    for victim in 0..cluster.spec.servers {
+        cluster.kill(victim);
+        let reader = benchfs::blocking::BenchFS::connect_registry(cluster.registry()).unwrap();
+        assert!(
+            read_file(&reader, "/r") == new,
+            "/r with server {victim} down"
+        );
+        assert!(
+            read_file(&reader, "/made") == new,
+            "/made with server {victim} down"
+        );
+        cluster.restart(victim);
+    }
+}

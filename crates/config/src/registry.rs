@@ -1,8 +1,12 @@
 //! Discovery: servers publish their addresses as files in a directory every node sees.
 //!
-//! Each server writes `<registry_dir>/<node_id>.addr` holding `<node_id> <ip:port>\n`,
-//! atomically (write a temporary file, then rename), and removes it on a clean exit.
-//! Clients read every `*.addr` file; anything else in the directory is ignored.
+//! Each server writes `<registry_dir>/<node_id>.addr` holding
+//! `<node_id> <ip:port> replicas=<n> vnodes=<v>\n`, atomically (write a temporary file,
+//! then rename), and removes it on a clean exit. Clients read every `*.addr` file; anything
+//! else in the directory is ignored. The replica and virtual-node counts are the
+//! cluster's: a client given only the registry places records and chunks by them, not by
+//! its own configuration's defaults (an entry of two words, from an older build, leaves
+//! them to the client's configuration).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,22 @@ pub struct ServerEntry {
     pub node_id: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The server's `replication.replicas`; `None` in an entry that does not say.
+    pub replicas: Option<u32>,
+    /// The server's `placement.virtual_nodes`; `None` in an entry that does not say.
+    pub virtual_nodes: Option<u32>,
+}
+
+impl ServerEntry {
+    /// An entry that names no ring settings (tests, and entries of older builds).
+    pub fn new(node_id: impl Into<String>, addr: SocketAddr) -> ServerEntry {
+        ServerEntry {
+            node_id: node_id.into(),
+            addr,
+            replicas: None,
+            virtual_nodes: None,
+        }
+    }
 }
 
 /// Why the registry could not be read or written.
@@ -59,8 +79,14 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
         entry.node_id,
         std::process::id()
     ));
-    std::fs::write(&tmp, format!("{} {}\n", entry.node_id, entry.addr))
-        .map_err(io("write", &tmp))?;
+    let mut line = format!("{} {}", entry.node_id, entry.addr);
+    if let Some(n) = entry.replicas {
+        line += &format!(" replicas={n}");
+    }
+    if let Some(v) = entry.virtual_nodes {
+        line += &format!(" vnodes={v}");
+    }
+    std::fs::write(&tmp, line + "\n").map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
     // Back: no longer departed.
     let departed = departed_path(dir, &entry.node_id);
@@ -117,16 +143,33 @@ pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
 /// Parses one entry file's contents.
 pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
     let mut words = text.split_whitespace();
-    let (Some(node_id), Some(addr), None) = (words.next(), words.next(), words.next()) else {
-        return Err("expected `<node_id> <ip:port>`".to_string());
+    let (Some(node_id), Some(addr)) = (words.next(), words.next()) else {
+        return Err("expected `<node_id> <ip:port> [replicas=<n>] [vnodes=<v>]`".to_string());
     };
     let addr = addr
         .parse()
         .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-    Ok(ServerEntry {
-        node_id: node_id.to_string(),
-        addr,
-    })
+    let mut entry = ServerEntry::new(node_id, addr);
+    for word in words {
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| format!("unexpected {word:?} after the address"))?;
+        let slot = match key {
+            "replicas" => &mut entry.replicas,
+            "vnodes" => &mut entry.virtual_nodes,
+            _ => return Err(format!("unknown setting {key:?}")),
+        };
+        if slot.is_some() {
+            return Err(format!("{key} given twice"));
+        }
+        let n: u32 = value
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{key}={value:?} is not a positive count"))?;
+        *slot = Some(n);
+    }
+    Ok(entry)
 }
 
 /// Every published server, sorted by node id.
@@ -161,13 +204,11 @@ mod tests {
     fn publish_read_withdraw() {
         let dir = tempfile::tempdir().unwrap();
         let a = ServerEntry {
-            node_id: "b".into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
+            replicas: Some(2),
+            virtual_nodes: Some(150),
+            ..ServerEntry::new("b", "127.0.0.1:1".parse().unwrap())
         };
-        let b = ServerEntry {
-            node_id: "a".into(),
-            addr: "127.0.0.1:2".parse().unwrap(),
-        };
+        let b = ServerEntry::new("a", "127.0.0.1:2".parse().unwrap());
         publish(dir.path(), &a).unwrap();
         publish(dir.path(), &b).unwrap();
         std::fs::write(dir.path().join("README"), "not an entry").unwrap();
@@ -197,10 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let entries: Vec<ServerEntry> = [".", "..", ".a"]
             .iter()
-            .map(|id| ServerEntry {
-                node_id: id.to_string(),
-                addr: "127.0.0.1:1".parse().unwrap(),
-            })
+            .map(|id| ServerEntry::new(*id, "127.0.0.1:1".parse().unwrap()))
             .collect();
         for entry in &entries {
             publish(dir.path(), entry).unwrap();
@@ -215,5 +253,16 @@ mod tests {
         assert!(parse_entry("n").is_err());
         assert!(parse_entry("n host:5").is_err());
         assert!(parse_entry("n 1.2.3.4:5 extra").is_err());
+        let full = parse_entry("n 1.2.3.4:5 replicas=2 vnodes=150\n").unwrap();
+        assert_eq!((full.replicas, full.virtual_nodes), (Some(2), Some(150)));
+        for bad in [
+            "replicas=0",
+            "replicas=x",
+            "replicas=1 replicas=2",
+            "copies=2",
+            "vnodes=",
+        ] {
+            assert!(parse_entry(&format!("n 1.2.3.4:5 {bad}")).is_err(), "{bad}");
+        }
     }
 }

@@ -168,7 +168,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let mut model = BTreeMap::new();
         for (node_id, addr) in entries {
-            let entry = ServerEntry { node_id: node_id.clone(), addr };
+            let entry = ServerEntry::new(node_id.clone(), addr);
             registry::publish(dir.path(), &entry).unwrap();
             model.insert(node_id, entry);
         }

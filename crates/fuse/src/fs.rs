@@ -337,7 +337,10 @@ impl BenchFuse {
     }
 
     fn statfs_inner(&self, req: &Request) -> Result<[u64; 5]> {
-        let stats = self.call(req, |fs| Ok(fs.block_on(fs.client().server_stats())))?;
+        let (stats, replicas) = self.call(req, |fs| {
+            let client = fs.client();
+            Ok((fs.block_on(client.server_stats()), client.replicas()))
+        })?;
         let (mut total, mut used, mut records) = (0u64, 0u64, 0u64);
         for (entry, stat) in stats {
             let s = stat.map_err(|e| {
@@ -354,7 +357,7 @@ impl BenchFuse {
             records = records.saturating_add(s.metadata_records);
         }
         let free = total - used.min(total);
-        let replicas = u64::from(self.settings.config.replication.replicas.max(1));
+        let replicas = replicas.max(1) as u64;
         Ok([
             total / STATFS_BLOCK / replicas,
             free / STATFS_BLOCK / replicas,

@@ -480,8 +480,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let listener = Listener::bind(&worker, config.network.bind_addr)?;
     let addr = advertised_addr(listener.local_addr());
     let entry = ServerEntry {
-        node_id: config.node.node_id.clone(),
-        addr,
+        replicas: Some(config.replication.replicas),
+        virtual_nodes: Some(config.placement.virtual_nodes),
+        ..ServerEntry::new(config.node.node_id.clone(), addr)
     };
     registry::publish(&config.network.registry_dir, &entry)?;
     tracing::info!(

@@ -207,6 +207,12 @@ impl FsClient {
         FsClient::new(config, entries, secret)
     }
 
+    /// Copies of each record and chunk: the cluster's (its servers publish it), else the
+    /// configuration's.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
     /// The servers published in the registry `dir`. A registry that is missing or lists
     /// no server is [`ApiError::NoServers`], whose message says how to start one.
     pub fn published_servers(dir: &std::path::Path) -> Result<Vec<ServerEntry>, ApiError> {
@@ -237,10 +243,12 @@ impl FsClient {
                 dir: config.network.registry_dir.clone(),
             });
         }
-        let ring = PlacementRing::new(
-            entries.iter().map(|e| e.node_id.as_str()),
-            config.placement.virtual_nodes,
-        )?;
+        let replicas = cluster_setting(&entries, "replication.replicas", |e| e.replicas)?
+            .unwrap_or(config.replication.replicas);
+        let virtual_nodes =
+            cluster_setting(&entries, "placement.virtual_nodes", |e| e.virtual_nodes)?
+                .unwrap_or(config.placement.virtual_nodes);
+        let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), virtual_nodes)?;
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
         for entry in entries {
             let index = ring
@@ -270,7 +278,7 @@ impl FsClient {
                 .into_iter()
                 .map(|s| s.expect("one slot per ring node"))
                 .collect(),
-            replicas: config.replication.replicas as usize,
+            replicas: replicas as usize,
             files: RefCell::default(),
             next_fd: Cell::new(3),
             meta_cache: RefCell::new(MetadataCache::new(
@@ -382,5 +390,58 @@ impl FsClient {
             .await
             .map(drop)
             .map_err(rpc_err("ping", "/"))
+    }
+}
+
+/// A setting every server publishes in its registry entry (`field`): the cluster's value,
+/// which a client uses whatever its own configuration says (a client given only the
+/// registry would otherwise write one copy where the servers keep two). `None` when no
+/// entry says; an error naming two servers when they disagree.
+fn cluster_setting(
+    entries: &[ServerEntry],
+    key: &'static str,
+    field: impl Fn(&ServerEntry) -> Option<u32>,
+) -> Result<Option<u32>, ApiError> {
+    let mut said = entries.iter().filter_map(|e| field(e).map(|v| (e, v)));
+    let Some((first, value)) = said.next() else {
+        return Ok(None);
+    };
+    match said.find(|&(_, v)| v != value) {
+        None => Ok(Some(value)),
+        Some((other, v)) => Err(ApiError::Config(benchfs_config::ConfigError::Invalid {
+            key,
+            reason: format!(
+                "the servers in the registry disagree: {} has {value}, {} has {v}",
+                first.node_id, other.node_id
+            ),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(node: &str, replicas: Option<u32>) -> ServerEntry {
+        ServerEntry {
+            replicas,
+            ..ServerEntry::new(node, "127.0.0.1:1".parse().unwrap())
+        }
+    }
+
+    #[test]
+    fn the_cluster_setting_is_the_one_its_servers_publish() {
+        let field = |e: &ServerEntry| e.replicas;
+        let key = "replication.replicas";
+        let agreed = [entry("a", Some(2)), entry("b", None), entry("c", Some(2))];
+        assert_eq!(cluster_setting(&agreed, key, field).unwrap(), Some(2));
+        let silent = [entry("a", None), entry("b", None)];
+        assert_eq!(cluster_setting(&silent, key, field).unwrap(), None);
+        let split = [entry("a", Some(2)), entry("b", Some(1))];
+        let err = cluster_setting(&split, key, field).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains("a has 2") && err.contains("b has 1"),
+            "{err}"
+        );
     }
 }
