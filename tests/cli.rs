@@ -568,3 +568,26 @@ fn cluster_up_prefaults_chunk_memory_when_asked() {
         "{err}"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // Found by a hostile-user run: `benchfs stats | head -1` panicked ("failed printing
+    // to stdout: Broken pipe") and exited 101. Here the reader is gone before anything
+    // is written, so every write meets the closed pipe.
+    let cluster = Cluster::start(ClusterSpec::default());
+    write_file(&cluster.client(), "/f", b"x");
+    for args in [&["stats"][..], &["ls", "/"], &["stats", "--json"]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+            .args(args)
+            .args(["--dir", arg(cluster.dir.path())])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -230,10 +230,12 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
     match command {
         FileCommand::Ls { path, target } => {
             let fs = target.connect()?;
+            let mut out = String::new();
             for e in fs.readdir(&path)? {
                 let kind = if e.meta.is_dir() { 'd' } else { '-' };
-                println!("{kind} {:>12} {}", e.meta.size, e.name);
+                out += &format!("{kind} {:>12} {}\n", e.meta.size, e.name);
             }
+            super::print_out(&out)?;
         }
         FileCommand::Stat { path, target } => {
             let m = target.connect()?.stat(&path)?;

@@ -53,6 +53,20 @@ pub enum Command {
 /// An error from a subcommand, printed as one line.
 pub type CliError = Box<dyn std::error::Error>;
 
+/// Writes `text` to standard output. A reader that went away (`benchfs stats | head -1`)
+/// ends the output without an error: what it did not read, it did not want.
+pub(crate) fn print_out(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// An error about a local file: what was being done, the file, and the system's reason.
 pub(crate) fn local_error(what: &str, path: &Path, e: std::io::Error) -> CliError {
     format!("{what} {}: {e}", path.display()).into()

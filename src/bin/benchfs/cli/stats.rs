@@ -47,10 +47,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .collect();
     if args.json {
         let text = serde_json::to_string_pretty(&to_json(&answers))?;
-        println!("{text}");
+        super::print_out(&(text + "\n"))?;
     } else {
-        print_servers(&answers);
-        print_ops(&answers);
+        super::print_out(&(servers_table(&answers) + &ops_tables(&answers)))?;
     }
     let silent = answers.iter().filter(|(_, r, _)| r.is_err()).count();
     if silent > 0 {
@@ -80,8 +79,9 @@ fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1e3)
 }
 
-fn print_servers(answers: &[Answer]) {
-    println!(
+/// One line per server.
+fn servers_table(answers: &[Answer]) -> String {
+    let mut out = format!(
         "{:<12} {:<22} {:>9} {:>8} {:>24} {:>10} {:>8} {:>11}",
         "server",
         "address",
@@ -96,7 +96,10 @@ fn print_servers(answers: &[Answer]) {
         let s = match stats {
             Ok(s) => s,
             Err(e) => {
-                println!("{:<12} {:<22} unreachable: {e}", entry.node_id, entry.addr);
+                out += &format!(
+                    "{:<12} {:<22} unreachable: {e}\n",
+                    entry.node_id, entry.addr
+                );
                 continue;
             }
         };
@@ -104,8 +107,8 @@ fn print_servers(answers: &[Answer]) {
             0 => "unbounded".to_string(),
             c => mb(c),
         };
-        println!(
-            "{:<12} {:<22} {:>9} {:>8} {:>24} {:>10} {:>8} {:>11}",
+        out += &format!(
+            "{:<12} {:<22} {:>9} {:>8} {:>24} {:>10} {:>8} {:>11}\n",
             entry.node_id,
             entry.addr.to_string(),
             s.metadata_records,
@@ -116,25 +119,27 @@ fn print_servers(answers: &[Answer]) {
             format!("{}/{}", s.queue_depth, s.queue_depth_max),
         );
     }
+    out
 }
 
-fn print_ops(answers: &[Answer]) {
+/// Per server, a table of its operations.
+fn ops_tables(answers: &[Answer]) -> String {
+    let mut out = String::new();
     for (entry, stats, transports) in answers {
         let Ok(s) = stats else { continue };
-        println!();
-        println!(
-            "{} ({}) over {}",
+        out += &format!(
+            "\n{} ({}) over {}\n",
             entry.node_id,
             entry.addr,
             transports.join(", ")
         );
-        println!(
-            "  {:<24} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        out += &format!(
+            "  {:<24} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
             "op", "requests", "errors", "MB in", "MB out", "p50 us", "p99 us"
         );
         for o in &s.ops {
-            println!(
-                "  {:<24} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            out += &format!(
+                "  {:<24} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
                 o.op.name(),
                 o.requests,
                 o.errors,
@@ -145,6 +150,7 @@ fn print_ops(answers: &[Answer]) {
             );
         }
     }
+    out
 }
 
 fn op_json(o: &OpStats) -> Value {
