@@ -164,6 +164,24 @@ fn a_small_read_after_a_large_one_never_goes_back_in_time() {
 }
 
 #[test]
+fn ftruncate_growing_a_file_keeps_what_the_handle_wrote() {
+    // A truncate that grows a file cuts past its old end; that end must count the bytes
+    // this client's own handles wrote and have not published yet.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let data = pattern(3 * C + 11, 70);
+    let fd = fs
+        .open("/grow", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap();
+    assert_eq!(fs.write(fd, &data).unwrap(), data.len());
+    fs.ftruncate(fd, (5 * C) as u64).unwrap();
+    fs.close(fd).unwrap();
+    let mut want = data.clone();
+    want.resize(5 * C, 0);
+    assert!(read_file(&cluster.client(), "/grow") == want);
+}
+
+#[test]
 fn seek_start_current_end() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();

@@ -238,3 +238,39 @@ fn a_client_given_only_the_registry_keeps_the_clusters_replicas() {
         cluster.restart(victim);
     }
 }
+
+#[test]
+fn growing_a_file_clears_what_a_failed_truncate_left_on_a_server() {
+    // Found by a hostile-user run: a truncate that a stopped server missed left that
+    // server's chunks past the new end; a later truncate that grew the file back
+    // succeeded, and with the other replica down those old bytes read back with success
+    // where the file held zeros.
+    let mut cluster = cluster();
+    let c = common::files::C;
+    let old = pattern(8 * c, 60);
+    write_file(&cluster.client(), "/g", &old);
+    let keep = c / 2 + 3;
+    // A server holding a copy of the last chunk misses the cut.
+    let last = PlacementKey::Chunk {
+        file_id: file_id(&cluster, "/g"),
+        index: 7,
+    };
+    let missed = cluster.replicas_of(last)[0];
+    cluster.kill(missed);
+    let fs = cluster.client();
+    assert!(fs.truncate("/g", keep as u64).is_err());
+    cluster.restart(missed);
+    let fs = cluster.client();
+    fs.truncate("/g", old.len() as u64).unwrap();
+    let mut want = old[..keep].to_vec();
+    want.resize(old.len(), 0);
+    for victim in 0..cluster.spec.servers {
+        cluster.kill(victim);
+        let got = read_file(&cluster.client(), "/g");
+        assert!(
+            got == want,
+            "with server {victim} down, old bytes past {keep}"
+        );
+        cluster.restart(victim);
+    }
+}

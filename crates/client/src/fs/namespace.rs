@@ -482,9 +482,21 @@ impl FsClient {
         // Writes in flight would land after the cut.
         self.drain_path(&path).await;
         self.make_deferred_at(&path).await?;
-        let meta = self.lookup("truncate", &path, false).await?;
+        let mut meta = self.lookup("truncate", &path, false).await?;
         if meta.is_dir() {
             return Err(fs_err("truncate", &path, Status::IsDir));
+        }
+        // What this client's own handles wrote and have not published yet stays: a
+        // truncate that grows the file cuts only past the larger of the two ends. (An
+        // inline file's bytes are its record's; `truncate_inline` sees to them.)
+        if !meta.inline {
+            meta.size = self
+                .files
+                .borrow()
+                .values()
+                .filter(|f| f.path == path && f.meta.file_id == meta.file_id)
+                .map(|f| f.size)
+                .fold(meta.size, u64::max);
         }
         let meta = self.truncate_meta(&path, meta, size).await?;
         for f in self
@@ -502,12 +514,13 @@ impl FsClient {
         Ok(())
     }
 
-    /// Sets the file's size, then cuts its chunks at `size` on every server. Every server:
-    /// chunks may lie past the published size (a writer that has not closed, or never
-    /// will), and one left there would show its old bytes when the file grows again. The
-    /// size goes first: cut chunks under a size that did not change would read as zeros
-    /// nobody wrote, while a size set and a cut that some server missed leave only bytes
-    /// past the end there. Either failure fails the call.
+    /// Sets the file's size, then cuts its chunks on every server at `size`, or, when the
+    /// file grows, at its end before (`meta.size`). Every server: chunks may lie past the
+    /// published size (a writer that has not closed, or never will, or an earlier truncate
+    /// that a server missed), and one left there would show its old bytes when the file
+    /// grows. The size goes first: cut chunks under a size that did not change would read
+    /// as zeros nobody wrote, while a size set and a cut that some server missed leave only
+    /// bytes past the end there. Either failure fails the call.
     pub(super) async fn truncate_meta(
         &self,
         path: &str,
@@ -532,11 +545,14 @@ impl FsClient {
             .await;
         self.meta_cache.borrow_mut().remove(path);
         sized.map_err(rpc_err("truncate", path))?;
-        let index = ChunkLayout::new(meta.chunk_size).chunk_index(size);
+        // Growing: the bytes between the old end and the new one must read as zeros, so
+        // whatever a server still holds there goes.
+        let cut_at = size.min(meta.size);
+        let index = ChunkLayout::new(meta.chunk_size).chunk_index(cut_at);
         let cut = ops::TruncateFileRequest {
             file_id: meta.file_id,
             index,
-            len: size - index * meta.chunk_size,
+            len: cut_at - index * meta.chunk_size,
         };
         let cuts = self
             .all_servers()
