@@ -272,6 +272,14 @@ impl BenchFuse {
             if meta.is_dir() {
                 return Err(Errno::EISDIR);
             }
+            // A truncate that grows the file cuts past its published end: writes this
+            // mount's handles (on other threads' clients) have not published yet are
+            // published first, so that cut spares them.
+            if let Some(end) = self.handles.size_of(ino.0, true) {
+                self.call(req, |fs| {
+                    fs.block_on(fs.client().grow_size(&path, meta.file_id, end))
+                })?;
+            }
             self.call(req, |fs| fs.truncate(&path, size))?;
             self.handles.truncated(ino.0, size);
             meta.size = size;
