@@ -509,16 +509,19 @@ fn cluster_up_prefaults_chunk_memory_when_asked() {
         "control: {plain:?}"
     );
     c.cli(&["cluster", "down"]);
-    let bytes = prefault.to_string();
-    c.cli(&[
-        "cluster",
-        "up",
-        "--servers",
-        "2",
-        "--wipe",
-        "--prefault-bytes",
-        &bytes,
-    ]);
+    let up = |servers: &str, bytes: u64| {
+        let bytes = bytes.to_string();
+        c.run(&[
+            "cluster",
+            "up",
+            "--servers",
+            servers,
+            "--wipe",
+            "--prefault-bytes",
+            &bytes,
+        ])
+    };
+    up("2", prefault).ok();
     let rss = server_rss(&c);
     assert!(rss.iter().all(|&rss| rss >= prefault), "{rss:?}");
     // The memory serves: a file written and read back.
@@ -531,32 +534,14 @@ fn cluster_up_prefaults_chunk_memory_when_asked() {
     assert!(std::fs::read(&back).unwrap() == data);
     c.cli(&["cluster", "down"]);
     // More than the host has is refused at start, by name.
-    let err = c
-        .run(&[
-            "cluster",
-            "up",
-            "--servers",
-            "1",
-            "--wipe",
-            "--prefault-bytes",
-            &(1u64 << 60).to_string(),
-        ])
-        .failed();
+    let err = up("1", 1 << 60).failed();
     assert!(
         err.contains("--prefault-bytes") && err.contains("available"),
         "{err}"
     );
     assert!(!c.dir.join("pids").exists(), "no server was started");
     // --resume takes the prefault from the cluster's configuration, and checks it too.
-    c.cli(&[
-        "cluster",
-        "up",
-        "--servers",
-        "2",
-        "--wipe",
-        "--prefault-bytes",
-        "1048576",
-    ]);
+    up("2", 1 << 20).ok();
     c.cli(&["cluster", "down"]);
     let config = c.dir.join("benchfs.toml");
     let text = std::fs::read_to_string(&config).unwrap();

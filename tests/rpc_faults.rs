@@ -12,7 +12,7 @@ use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs::config::ServerConfig;
 use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Frame, Message, OpCode, Status};
-use benchfs_ucx::{AmProto, Context, Features, Listener, Worker};
+use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Listener, Worker};
 use common::rpc::{
     assert_serves, chunk_io, is_unreachable, raw_header, read, rpc_client, spec, write, RawPeer,
     Rt, CHUNK, THRESHOLD,
@@ -90,6 +90,35 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
     });
 }
 
+/// A raw UCX server on 127.0.0.1 that accepted one client: its request stream, and what
+/// must stay alive while it serves.
+struct RawServer {
+    requests: AmStream,
+    _client: Endpoint,
+    _listener: Listener,
+    _worker: Rc<Worker>,
+}
+
+impl RawServer {
+    /// Listens, sends its address on `addr_tx`, and accepts one client; call inside
+    /// `Rt::block_on`.
+    async fn accept_one(addr_tx: &std::sync::mpsc::Sender<SocketAddr>) -> RawServer {
+        let context = Context::new(Features::ALL).unwrap();
+        let worker = Worker::new(&context).unwrap();
+        let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
+        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
+        addr_tx.send(listener.local_addr()).unwrap();
+        let client = listener.accept().await.unwrap();
+        RawServer {
+            requests,
+            _client: client,
+            _listener: listener,
+            _worker: worker,
+        }
+    }
+}
+
 /// A server that completes the handshake, then answers the next request with a rendezvous
 /// payload and stops making progress until `release` says so, so the transfer never ends.
 fn stalling_server(
@@ -99,15 +128,9 @@ fn stalling_server(
 ) {
     let rt = Rt::new();
     rt.block_on(async {
-        let context = Context::new(Features::ALL).unwrap();
-        let worker = Worker::new(&context).unwrap();
-        let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
-        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
-        addr_tx.send(listener.local_addr()).unwrap();
-        let _accepted = listener.accept().await.unwrap();
+        let server = RawServer::accept_one(&addr_tx).await;
         loop {
-            let msg = requests.recv().await;
+            let msg = server.requests.recv().await;
             let frame = Frame::decode(msg.header(), msg.data_len()).unwrap();
             let ep = msg.reply_endpoint().cloned().unwrap();
             if frame.op == OpCode::Hello {
@@ -287,14 +310,8 @@ fn stopped_client_holds_transfers(op: OpCode) {
 fn server_of_another_version(addr_tx: std::sync::mpsc::Sender<SocketAddr>) {
     let rt = Rt::new();
     rt.block_on(async {
-        let context = Context::new(Features::ALL).unwrap();
-        let worker = Worker::new(&context).unwrap();
-        let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
-        let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
-        addr_tx.send(listener.local_addr()).unwrap();
-        let _accepted = listener.accept().await.unwrap();
-        let msg = requests.recv().await;
+        let server = RawServer::accept_one(&addr_tx).await;
+        let msg = server.requests.recv().await;
         let frame = Frame::decode(msg.header(), msg.data_len()).unwrap();
         let mut header = Frame::header(frame.op, frame.request_id, 0, true, 0, 0).to_bytes();
         header[4..6].copy_from_slice(&(benchfs_proto::frame::VERSION + 1).to_le_bytes());

@@ -82,7 +82,7 @@ fn us(ns: u64) -> String {
 /// One line per server.
 fn servers_table(answers: &[Answer]) -> String {
     let mut out = format!(
-        "{:<12} {:<22} {:>9} {:>8} {:>24} {:>10} {:>8} {:>11}",
+        "{:<12} {:<22} {:>9} {:>8} {:>24} {:>10} {:>8} {:>11}\n",
         "server",
         "address",
         "records",
