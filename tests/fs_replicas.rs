@@ -274,3 +274,39 @@ fn growing_a_file_clears_what_a_failed_truncate_left_on_a_server() {
         cluster.restart(victim);
     }
 }
+
+#[test]
+fn a_read_every_replica_failed_names_every_server() {
+    // Found by a hostile-user run: with two servers down, a failed read named only the
+    // last one it asked.
+    let mut cluster = cluster();
+    let data = pattern(common::files::C, 80);
+    // A file whose chunk 0 lies on neither of its record's servers, so the open succeeds
+    // with both chunk servers down.
+    let (path, holders) = (0..)
+        .map(|i| format!("/two{i}"))
+        .find_map(|path| {
+            write_file(&cluster.client(), &path, &data);
+            let chunk = PlacementKey::Chunk {
+                file_id: file_id(&cluster, &path),
+                index: 0,
+            };
+            let holders = cluster.replicas_of(chunk);
+            let record = replicas_of(&cluster, &path);
+            (!holders.iter().any(|h| record.contains(h))).then_some((path, holders))
+        })
+        .unwrap();
+    let fs = cluster.client();
+    let fd = fs.open(&path, OpenFlags::READ, 0).unwrap();
+    for &h in &holders {
+        cluster.kill(h);
+    }
+    let mut buf = vec![0u8; data.len()];
+    let err = fs.pread(fd, &mut buf, 0).unwrap_err();
+    assert_unreachable("read", &err);
+    let message = err.to_string();
+    for &h in &holders {
+        let node = format!("node{h}@");
+        assert!(message.contains(&node), "{node} not in: {message}");
+    }
+}

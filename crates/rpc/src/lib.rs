@@ -74,6 +74,17 @@ impl RpcError {
         self
     }
 
+    /// The same error, saying that `earlier` (another replica's failure at the same call)
+    /// came first, so a call that every replica failed names every server it asked.
+    pub fn after(mut self, earlier: &RpcError) -> RpcError {
+        let (RpcError::Timeout { server, .. }
+        | RpcError::Transport { server, .. }
+        | RpcError::Protocol { server, .. }
+        | RpcError::Status { server, .. }) = &mut self;
+        *server = format!("{server} (after {earlier})");
+        self
+    }
+
     /// The wire status that describes this error.
     pub fn status(&self) -> Status {
         match self {

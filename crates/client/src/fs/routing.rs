@@ -259,7 +259,12 @@ impl FsClient {
                 .await
                 .and_then(|r| accept(server, &r).map(|()| r));
             match result {
-                Err(e) if is_unreachable(&e) || e.status() == Status::Io => last = Some(e),
+                Err(e) if is_unreachable(&e) || e.status() == Status::Io => {
+                    last = Some(match last {
+                        Some(earlier) => e.after(&earlier),
+                        None => e,
+                    });
+                }
                 Ok(reply) if last.is_some() => {
                     let mut counters = self.call_counters.get();
                     counters.failovers += 1;
