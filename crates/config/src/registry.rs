@@ -157,7 +157,8 @@ pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
         let slot = match key {
             "replicas" => &mut entry.replicas,
             "vnodes" => &mut entry.virtual_nodes,
-            _ => return Err(format!("unknown setting {key:?}")),
+            // A setting a later build publishes: not this build's to judge.
+            _ => continue,
         };
         if slot.is_some() {
             return Err(format!("{key} given twice"));
@@ -255,11 +256,17 @@ mod tests {
         assert!(parse_entry("n 1.2.3.4:5 extra").is_err());
         let full = parse_entry("n 1.2.3.4:5 replicas=2 vnodes=150\n").unwrap();
         assert_eq!((full.replicas, full.virtual_nodes), (Some(2), Some(150)));
+        let later = parse_entry("n 1.2.3.4:5 replicas=2 shards=4\n").unwrap();
+        assert_eq!(
+            later.replicas,
+            Some(2),
+            "a later build's setting is skipped"
+        );
         for bad in [
             "replicas=0",
             "replicas=x",
             "replicas=1 replicas=2",
-            "copies=2",
+            "junk",
             "vnodes=",
         ] {
             assert!(parse_entry(&format!("n 1.2.3.4:5 {bad}")).is_err(), "{bad}");

@@ -487,14 +487,15 @@ impl FsClient {
             return Err(fs_err("truncate", &path, Status::IsDir));
         }
         // What this client's own handles wrote and have not published yet stays: a
-        // truncate that grows the file cuts only past the larger of the two ends. (An
-        // inline file's bytes are its record's; `truncate_inline` sees to them.)
+        // truncate that grows the file cuts only past the larger of the two ends. (By
+        // file, whatever name the handle knows it by; an inline file's bytes are its
+        // record's, and `truncate_inline` sees to them.)
         if !meta.inline {
             meta.size = self
                 .files
                 .borrow()
                 .values()
-                .filter(|f| f.path == path && f.meta.file_id == meta.file_id)
+                .filter(|f| f.meta.file_id == meta.file_id && f.size_dirty)
                 .map(|f| f.size)
                 .fold(meta.size, u64::max);
         }
