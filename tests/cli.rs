@@ -561,7 +561,13 @@ fn output_into_a_closed_pipe_ends_quietly() {
     // is written, so every write meets the closed pipe.
     let cluster = Cluster::start(ClusterSpec::default());
     write_file(&cluster.client(), "/f", b"x");
-    for args in [&["stats"][..], &["ls", "/"], &["stats", "--json"]] {
+    let commands = [
+        &["stats"][..],
+        &["ls", "/"],
+        &["stats", "--json"],
+        &["cluster", "status"],
+    ];
+    for args in commands {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
             .args(args)
             .args(["--dir", arg(cluster.dir.path())])

@@ -691,16 +691,16 @@ fn wait(args: &WaitArgs) -> Result<(), CliError> {
 
 fn status(target: &Target) -> Result<(), CliError> {
     let fs = target.connect()?;
-    println!(
-        "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
+    let mut out = format!(
+        "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}\n",
         "node", "address", "records", "chunks", "bytes", "requests", "malformed", "swept"
     );
     let mut unreachable = Vec::new();
     for (entry, stats) in fs.block_on(fs.client().server_stats()) {
         match stats {
             Ok(s) => {
-                println!(
-                    "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}",
+                out += &format!(
+                    "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}\n",
                     entry.node_id,
                     entry.addr,
                     s.metadata_records,
@@ -711,18 +711,22 @@ fn status(target: &Target) -> Result<(), CliError> {
                     s.orphan_chunks_removed
                 );
                 if s.faults_injected > 0 {
-                    println!(
-                        "{:<10} {} store faults injected (storage.inject_faults)",
+                    out += &format!(
+                        "{:<10} {} store faults injected (storage.inject_faults)\n",
                         "", s.faults_injected
                     );
                 }
             }
             Err(e) => {
-                println!("{:<10} {:<22} unreachable: {e}", entry.node_id, entry.addr);
+                out += &format!(
+                    "{:<10} {:<22} unreachable: {e}\n",
+                    entry.node_id, entry.addr
+                );
                 unreachable.push(entry.node_id);
             }
         }
     }
+    super::print_out(&out)?;
     // Scripts check the exit status: a cluster with a server down is not healthy.
     match unreachable.is_empty() {
         true => Ok(()),
