@@ -157,8 +157,9 @@ pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
         let slot = match key {
             "replicas" => &mut entry.replicas,
             "vnodes" => &mut entry.virtual_nodes,
-            // A setting a later build publishes: not this build's to judge.
-            _ => continue,
+            // A setting a later build publishes: not this build's to judge, if well formed.
+            _ if is_setting_name(key) && !value.is_empty() => continue,
+            _ => return Err(format!("malformed setting {word:?}")),
         };
         if slot.is_some() {
             return Err(format!("{key} given twice"));
@@ -171,6 +172,11 @@ pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
         *slot = Some(n);
     }
     Ok(entry)
+}
+
+/// A setting's name as servers write them: lowercase letters and `_`.
+fn is_setting_name(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 /// Every published server, sorted by node id.
@@ -267,6 +273,9 @@ mod tests {
             "replicas=x",
             "replicas=1 replicas=2",
             "junk",
+            "=",
+            "shards=",
+            "Shards=4",
             "vnodes=",
         ] {
             assert!(parse_entry(&format!("n 1.2.3.4:5 {bad}")).is_err(), "{bad}");

@@ -140,21 +140,47 @@ fn registry_dir(
     (dir, sorted(good), bad)
 }
 
+/// Whether `extra` words are settings `registry::parse_entry` takes: `key=value`, a known
+/// key (`replicas`, `vnodes`) at most once with a positive count, or another key
+/// (lowercase letters and `_`, from a later build) with any non-empty value.
+fn settings_valid(extra: &[&str]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    extra.iter().all(|word| match word.split_once('=') {
+        Some((key @ ("replicas" | "vnodes"), value)) => {
+            seen.insert(key) && value.parse::<u32>().is_ok_and(|n| n > 0)
+        }
+        Some((key, value)) => {
+            !key.is_empty()
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && !value.is_empty()
+        }
+        None => false,
+    })
+}
+
 proptest! {
     #![proptest_config(config(1000))]
 
     #[test]
-    fn parse_entry_takes_exactly_a_word_and_an_address(
+    fn parse_entry_takes_a_word_an_address_and_settings(
         text in prop_oneof![4 => entry_text(), 1 => any::<String>(), 1 => huge_line()],
     ) {
         let words: Vec<&str> = text.split_whitespace().collect();
-        let valid = words.len() == 2 && words[1].parse::<SocketAddr>().is_ok();
+        let valid = words.len() >= 2
+            && words[1].parse::<SocketAddr>().is_ok()
+            && settings_valid(&words[2..]);
         match registry::parse_entry(&text) {
             Ok(entry) => {
                 prop_assert!(valid, "{text:?} parsed as {entry:?}");
                 prop_assert_eq!(&entry.node_id, words[0]);
-                let canonical = format!("{} {}\n", entry.node_id, entry.addr);
-                prop_assert_eq!(registry::parse_entry(&canonical), Ok(entry));
+                let mut canonical = format!("{} {}", entry.node_id, entry.addr);
+                if let Some(n) = entry.replicas {
+                    canonical += &format!(" replicas={n}");
+                }
+                if let Some(v) = entry.virtual_nodes {
+                    canonical += &format!(" vnodes={v}");
+                }
+                prop_assert_eq!(registry::parse_entry(&(canonical + "\n")), Ok(entry));
             }
             Err(reason) => prop_assert!(!valid && !reason.is_empty(), "{text:?}: {reason}"),
         }
