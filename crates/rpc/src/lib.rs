@@ -64,10 +64,7 @@ impl RpcError {
     /// The same error with its server named `node@address`, when it named only the address
     /// (a connection that failed before the server said who it is).
     pub fn on_node(mut self, node: &str) -> RpcError {
-        let (RpcError::Timeout { server, .. }
-        | RpcError::Transport { server, .. }
-        | RpcError::Protocol { server, .. }
-        | RpcError::Status { server, .. }) = &mut self;
+        let server = self.server_mut();
         if !server.contains('@') {
             *server = format!("{node}@{server}");
         }
@@ -77,12 +74,18 @@ impl RpcError {
     /// The same error, saying that `earlier` (another replica's failure at the same call)
     /// came first, so a call that every replica failed names every server it asked.
     pub fn after(mut self, earlier: &RpcError) -> RpcError {
+        let server = self.server_mut();
+        *server = format!("{server} (after {earlier})");
+        self
+    }
+
+    /// The name of the server every kind of error carries.
+    fn server_mut(&mut self) -> &mut String {
         let (RpcError::Timeout { server, .. }
         | RpcError::Transport { server, .. }
         | RpcError::Protocol { server, .. }
-        | RpcError::Status { server, .. }) = &mut self;
-        *server = format!("{server} (after {earlier})");
-        self
+        | RpcError::Status { server, .. }) = self;
+        server
     }
 
     /// The wire status that describes this error.

@@ -328,9 +328,7 @@ impl StoreConfig {
         }
         Ok(())
     }
-}
 
-impl StoreConfig {
     /// `prefault_bytes` fits the memory it would fault in: the capacity, or the memory
     /// tier's whole chunks (within the capacity); the disk backends have none.
     pub fn check_prefault(&self) -> Result<(), StoreError> {

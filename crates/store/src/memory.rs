@@ -296,12 +296,10 @@ impl ChunkStore for InMemoryChunkStore {
 /// (`MemAvailable`) or, when less, what the limits of its cgroup (v2) and of every cgroup
 /// above it leave (a Slurm job's, a container's); `None` where neither says.
 pub fn available_memory() -> Option<u64> {
-    let host = host_available_memory();
-    let cgroup = cgroup_available_memory();
-    match (host, cgroup) {
-        (Some(h), Some(c)) => Some(h.min(c)),
-        (h, c) => h.or(c),
-    }
+    host_available_memory()
+        .into_iter()
+        .chain(cgroup_available_memory())
+        .min()
 }
 
 fn host_available_memory() -> Option<u64> {

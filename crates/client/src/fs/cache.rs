@@ -91,8 +91,7 @@ impl ChunkCache {
     ) -> Option<Vec<u8>> {
         let span = self.entries.get(&(file_id, index))?;
         if self.ttl.is_some_and(|ttl| span.at.elapsed() > ttl) {
-            let gone = self.entries.pop(&(file_id, index))?;
-            self.bytes -= gone.data.len() as u64;
+            self.forget(file_id, index);
             return None;
         }
         let end = offset.checked_add(len)?;
@@ -130,9 +129,9 @@ impl ChunkCache {
         }
     }
 
-    /// Drops the cached span of one chunk, after a read of it that the cache does not
-    /// keep: the older span must not outlive the newer read, or a later small read of
-    /// the chunk would go back in time.
+    /// Drops the cached span of one chunk: expired, invalidated, or older than a read of
+    /// the chunk the cache did not keep (it must not outlive that newer read, or a later
+    /// small read of the chunk would go back in time).
     pub(crate) fn forget(&mut self, file_id: u64, index: u64) {
         if let Some(old) = self.entries.pop(&(file_id, index)) {
             self.bytes -= old.data.len() as u64;
@@ -148,10 +147,8 @@ impl ChunkCache {
             .filter(|((f, _), _)| *f == file_id)
             .map(|(k, _)| *k)
             .collect();
-        for key in keys {
-            if let Some(gone) = self.entries.pop(&key) {
-                self.bytes -= gone.data.len() as u64;
-            }
+        for (file_id, index) in keys {
+            self.forget(file_id, index);
         }
     }
 }
