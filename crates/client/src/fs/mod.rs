@@ -141,6 +141,7 @@ fn root_meta() -> FileMetadata {
         atime_ns: 0,
         birth_ns: 0,
         inline: false,
+        cut_pending: false,
     }
 }
 

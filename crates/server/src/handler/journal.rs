@@ -1219,6 +1219,7 @@ mod tests {
                         atime_ns,
                         birth_ns,
                         inline: false,
+                        cut_pending: false,
                     }
                 },
             )

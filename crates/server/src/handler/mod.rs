@@ -481,7 +481,8 @@ impl ServerState {
                     req.size,
                     req.how,
                 )?;
-                if req.how == SizeUpdate::Exact || meta.size == req.size {
+                // A grow-only update that did not grow the file changed nothing lasting.
+                if req.how != SizeUpdate::AtLeast || meta.size == req.size {
                     self.log_put(&req.path)?;
                 }
                 Ok(Reply::ok(&op::MetadataReply { meta }))
