@@ -449,6 +449,41 @@ fn bad_workloads_are_refused_by_name() {
 }
 
 #[test]
+fn a_run_given_only_the_registry_reports_the_clusters_settings() {
+    // Found by a review: under --registry the report gave this client's configuration
+    // (one replica, the default chunk size and backend), not the cluster's.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        replicas: 2,
+        backend: "file",
+        chunk_size: 1 << 18,
+        ..Default::default()
+    });
+    let out = out_dir();
+    let run = benchfs(
+        &[
+            "bench",
+            "mdtest",
+            "-n",
+            "5",
+            "--no-limits",
+            "--registry",
+            arg(&cluster.registry()),
+            "--out",
+            arg(out.path()),
+        ],
+        &[],
+    );
+    run.ok();
+    let config = read_report(out.path()).meta.config;
+    let setting = |key: &str| config.get(key).map(String::as_str);
+    assert_eq!(setting("replicas"), Some("2"), "{config:?}");
+    assert_eq!(setting("backend"), Some("file"), "{config:?}");
+    assert_eq!(setting("chunk_size"), Some("262144"), "{config:?}");
+    assert_eq!(setting("servers"), Some("2"), "{config:?}");
+}
+
+#[test]
 fn mpi_ranks_meet_through_the_registry() {
     let have_mpirun = std::process::Command::new("sh")
         .args(["-c", "command -v mpirun"])

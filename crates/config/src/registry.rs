@@ -1,13 +1,15 @@
 //! Discovery: servers publish their addresses as files in a directory every node sees.
 //!
 //! Each server writes `<registry_dir>/<node_id>.addr` holding
-//! `<node_id> <ip:port> replicas=<n> vnodes=<v>\n`, atomically (write a temporary file,
+//! `<node_id> <ip:port> replicas=<n> vnodes=<v> <setting>=<value>...\n` (the settings
+//! name the backend, the chunk size and the inline limit, for reports), atomically (write a temporary file,
 //! then rename), and removes it on a clean exit. Clients read every `*.addr` file; anything
 //! else in the directory is ignored. The replica and virtual-node counts are the
 //! cluster's: a client given only the registry places records and chunks by them, not by
 //! its own configuration's defaults (an entry of two words, from an older build, leaves
 //! them to the client's configuration).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,10 @@ pub struct ServerEntry {
     pub replicas: Option<u32>,
     /// The server's `placement.virtual_nodes`; `None` in an entry that does not say.
     pub virtual_nodes: Option<u32>,
+    /// Other settings it publishes, by name, for reports (`backend`, `chunk_size`,
+    /// `inline_bytes`), and any a later build adds: names are lowercase letters and `_`,
+    /// values words without white space.
+    pub settings: BTreeMap<String, String>,
 }
 
 impl ServerEntry {
@@ -32,6 +38,7 @@ impl ServerEntry {
             addr,
             replicas: None,
             virtual_nodes: None,
+            settings: BTreeMap::new(),
         }
     }
 }
@@ -85,6 +92,9 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
     }
     if let Some(v) = entry.virtual_nodes {
         line += &format!(" vnodes={v}");
+    }
+    for (key, value) in &entry.settings {
+        line += &format!(" {key}={value}");
     }
     std::fs::write(&tmp, line + "\n").map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
@@ -144,7 +154,10 @@ pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
 pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
     let mut words = text.split_whitespace();
     let (Some(node_id), Some(addr)) = (words.next(), words.next()) else {
-        return Err("expected `<node_id> <ip:port> [replicas=<n>] [vnodes=<v>]`".to_string());
+        return Err(
+            "expected `<node_id> <ip:port> [replicas=<n>] [vnodes=<v>] [<setting>=<value>...]`"
+                .to_string(),
+        );
     };
     let addr = addr
         .parse()
@@ -157,8 +170,12 @@ pub fn parse_entry(text: &str) -> Result<ServerEntry, String> {
         let slot = match key {
             "replicas" => &mut entry.replicas,
             "vnodes" => &mut entry.virtual_nodes,
-            // A setting a later build publishes: not this build's to judge, if well formed.
-            _ if is_setting_name(key) && !value.is_empty() => continue,
+            _ if is_setting_name(key) && !value.is_empty() => {
+                if entry.settings.insert(key.into(), value.into()).is_some() {
+                    return Err(format!("{key} given twice"));
+                }
+                continue;
+            }
             _ => return Err(format!("malformed setting {word:?}")),
         };
         if slot.is_some() {
@@ -213,6 +230,7 @@ mod tests {
         let a = ServerEntry {
             replicas: Some(2),
             virtual_nodes: Some(150),
+            settings: BTreeMap::from([("backend".into(), "io_uring".into())]),
             ..ServerEntry::new("b", "127.0.0.1:1".parse().unwrap())
         };
         let b = ServerEntry::new("a", "127.0.0.1:2".parse().unwrap());
@@ -262,11 +280,14 @@ mod tests {
         assert!(parse_entry("n 1.2.3.4:5 extra").is_err());
         let full = parse_entry("n 1.2.3.4:5 replicas=2 vnodes=150\n").unwrap();
         assert_eq!((full.replicas, full.virtual_nodes), (Some(2), Some(150)));
-        let later = parse_entry("n 1.2.3.4:5 replicas=2 shards=4\n").unwrap();
+        let later = parse_entry("n 1.2.3.4:5 replicas=2 shards=4 backend=memory\n").unwrap();
+        assert_eq!(later.replicas, Some(2));
         assert_eq!(
-            later.replicas,
-            Some(2),
-            "a later build's setting is skipped"
+            later.settings,
+            BTreeMap::from([
+                ("backend".into(), "memory".into()),
+                ("shards".into(), "4".into())
+            ])
         );
         for bad in [
             "replicas=0",
@@ -277,6 +298,7 @@ mod tests {
             "shards=",
             "Shards=4",
             "vnodes=",
+            "shards=1 shards=2",
         ] {
             assert!(parse_entry(&format!("n 1.2.3.4:5 {bad}")).is_err(), "{bad}");
         }

@@ -140,9 +140,9 @@ fn registry_dir(
     (dir, sorted(good), bad)
 }
 
-/// Whether `extra` words are settings `registry::parse_entry` takes: `key=value`, a known
-/// key (`replicas`, `vnodes`) at most once with a positive count, or another key
-/// (lowercase letters and `_`, from a later build) with any non-empty value.
+/// Whether `extra` words are settings `registry::parse_entry` takes: `key=value`, each
+/// key at most once, a known count (`replicas`, `vnodes`) positive, or another key
+/// (lowercase letters and `_`) with any non-empty value.
 fn settings_valid(extra: &[&str]) -> bool {
     let mut seen = std::collections::HashSet::new();
     extra.iter().all(|word| match word.split_once('=') {
@@ -153,6 +153,7 @@ fn settings_valid(extra: &[&str]) -> bool {
             !key.is_empty()
                 && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                 && !value.is_empty()
+                && seen.insert(key)
         }
         None => false,
     })
@@ -179,6 +180,9 @@ proptest! {
                 }
                 if let Some(v) = entry.virtual_nodes {
                     canonical += &format!(" vnodes={v}");
+                }
+                for (key, value) in &entry.settings {
+                    canonical += &format!(" {key}={value}");
                 }
                 prop_assert_eq!(registry::parse_entry(&(canonical + "\n")), Ok(entry));
             }

@@ -465,6 +465,24 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     })
 }
 
+/// What this server publishes: where it listens, the counts clients place by, and the
+/// settings a benchmark report names.
+fn registry_entry(config: &ServerConfig, addr: SocketAddr) -> ServerEntry {
+    ServerEntry {
+        replicas: Some(config.replication.replicas),
+        virtual_nodes: Some(config.placement.virtual_nodes),
+        settings: [
+            ("backend", config.storage.backend.to_string()),
+            ("chunk_size", config.storage.chunk_size_bytes.to_string()),
+            ("inline_bytes", config.storage.inline_bytes.to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect(),
+        ..ServerEntry::new(config.node.node_id.clone(), addr)
+    }
+}
+
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     // First: a network device that does not exist is a configuration error.
     let context = ucx_context(&config.network)?;
@@ -479,11 +497,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
     let listener = Listener::bind(&worker, config.network.bind_addr)?;
     let addr = advertised_addr(listener.local_addr());
-    let entry = ServerEntry {
-        replicas: Some(config.replication.replicas),
-        virtual_nodes: Some(config.placement.virtual_nodes),
-        ..ServerEntry::new(config.node.node_id.clone(), addr)
-    };
+    let entry = registry_entry(&config, addr);
     registry::publish(&config.network.registry_dir, &entry)?;
     tracing::info!(
         node_id = %entry.node_id,

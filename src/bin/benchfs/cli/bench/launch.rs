@@ -346,9 +346,47 @@ fn settings(
         out.insert(key.into(), value);
     }
     let servers = benchfs::blocking::FsClient::published_servers(&config.network.registry_dir)
-        .map_or(0, |s| s.len());
-    out.insert("servers".into(), servers.to_string());
+        .unwrap_or_default();
+    // The servers' own settings, as they publish them, over this client's configuration
+    // (which, given only the registry, is not the cluster's).
+    for key in ["backend", "chunk_size", "inline_bytes"] {
+        if let Some(value) = published(&servers, key, |e| e.settings.get(key).cloned()) {
+            out.insert(key.into(), value);
+        }
+    }
+    if let Some(value) = published(&servers, "replicas", |e| e.replicas.map(|n| n.to_string())) {
+        out.insert("replicas".into(), value);
+    }
+    out.insert("servers".into(), servers.len().to_string());
     Ok(out)
+}
+
+/// What the servers publish for `key`: the value if every server that says agrees, else
+/// each value with the servers that gave it.
+fn published(
+    servers: &[benchfs::config::registry::ServerEntry],
+    key: &str,
+    value_of: impl Fn(&benchfs::config::registry::ServerEntry) -> Option<String>,
+) -> Option<String> {
+    let mut said: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for server in servers {
+        if let Some(value) = value_of(server) {
+            said.entry(value).or_default().push(&server.node_id);
+        }
+    }
+    match said.len() {
+        0 => None,
+        1 => said.into_keys().next(),
+        _ => {
+            tracing::warn!(key, ?said, "the servers publish different settings");
+            Some(
+                said.iter()
+                    .map(|(value, nodes)| format!("{value} ({})", nodes.join(" ")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        }
+    }
 }
 
 /// Opens a plan's target for this rank.
