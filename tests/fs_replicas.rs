@@ -360,6 +360,35 @@ fn a_handle_open_across_a_failed_truncate_makes_the_cut_before_writing_past_the_
 }
 
 #[test]
+fn a_server_back_with_another_replica_count_is_refused_by_name() {
+    // Found by a review: a client checked the servers' published counts when it started,
+    // not when it reconnected to one that came back with another configuration, which
+    // then kept one copy where the cluster keeps two.
+    let mut cluster = cluster();
+    let fs = cluster.client();
+    let changed = 1;
+    cluster.kill(changed);
+    cluster.restart_with_env(changed, &[("BENCHFS_REPLICATION_REPLICAS", "1")]);
+    // A file with a copy of its record on the changed server.
+    let path = (0..)
+        .map(|i| format!("/c{i}"))
+        .find(|p| replicas_of(&cluster, p).contains(&changed))
+        .unwrap();
+    let e = fs
+        .open(&path, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .and_then(|fd| fs.close(fd))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("node{changed}@")) && e.contains("keeps 1 replicas"),
+        "{e}"
+    );
+    // A new client is refused at once, naming two servers that disagree.
+    let e = BenchFS::connect(&cluster.config()).unwrap_err().to_string();
+    assert!(e.contains("disagree"), "{e}");
+}
+
+#[test]
 fn a_read_every_replica_failed_names_every_server() {
     // Found by a hostile-user run: with two servers down, a failed read named only the
     // last one it asked.

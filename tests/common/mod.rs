@@ -267,10 +267,15 @@ impl Cluster {
 
     /// Starts server `i` again on the same data directory and waits for it.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with_env(i, &[]);
+    }
+
+    /// [`Cluster::restart`] with `envs` set for the server (`BENCHFS_*` overrides).
+    pub fn restart_with_env(&mut self, i: usize, envs: &[(&str, &str)]) {
         assert!(self.children[i].is_none(), "stop or kill it first");
         let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
         let _ = std::fs::remove_file(entry);
-        self.children[i] = Some(self.spawn(i));
+        self.children[i] = Some(self.spawn_with_args(i, &[], envs));
         self.wait_published(self.spec.servers);
     }
 }

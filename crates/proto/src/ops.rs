@@ -93,7 +93,13 @@ macro_rules! wire_header {
 }
 
 wire_header!(/// `HelloReply`, before the node id.
-    HelloReplyHeader = 24, { chunk_size: U64, rdma_threshold: U64, born_ns: U64 });
+HelloReplyHeader = 32, {
+    chunk_size: U64,
+    rdma_threshold: U64,
+    born_ns: U64,
+    replicas: U32,
+    virtual_nodes: U32,
+});
 wire_header!(/// `ChunkIo`, whole.
     ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
 wire_header!(/// `ChunkIoReply`, whole.
@@ -310,6 +316,11 @@ pub struct HelloReply {
     /// was made, or, in memory, the process started. A file created before it may have had
     /// chunks here that the store no longer has, so a hole it reports may be a loss.
     pub born_ns: u64,
+    /// The server's `replication.replicas`: clients and servers of a cluster must place
+    /// by the same count.
+    pub replicas: u32,
+    /// The server's `placement.virtual_nodes`, likewise.
+    pub virtual_nodes: u32,
     /// Random bytes to prove the job secret for with [`Auth`]; empty when the server has
     /// no secret (then the connection is admitted by this reply).
     pub challenge: Vec<u8>,
@@ -321,6 +332,8 @@ impl Message for HelloReply {
             chunk_size: self.chunk_size.into(),
             rdma_threshold: self.rdma_threshold.into(),
             born_ns: self.born_ns.into(),
+            replicas: self.replicas.into(),
+            virtual_nodes: self.virtual_nodes.into(),
         })
         .str16(self.node_id.as_bytes())
         .str16(&self.challenge);
@@ -332,6 +345,8 @@ impl Message for HelloReply {
             chunk_size: h.chunk_size.get(),
             rdma_threshold: h.rdma_threshold.get(),
             born_ns: h.born_ns.get(),
+            replicas: h.replicas.get(),
+            virtual_nodes: h.virtual_nodes.get(),
             challenge: r.str16("challenge", crate::auth::CHALLENGE_LEN)?.to_vec(),
         })
     }
@@ -1119,11 +1134,17 @@ mod tests {
             chunk_size: 4096,
             rdma_threshold: 32768,
             born_ns: 7,
+            replicas: 2,
+            virtual_nodes: 150,
             challenge: vec![9],
         };
         assert_eq!(
             hello.to_bytes(),
-            [le(&[4096, 32768, 7]), vec![1, 0, b'n', 1, 0, 9]].concat()
+            [
+                le(&[4096, 32768, 7]),
+                vec![2, 0, 0, 0, 150, 0, 0, 0, 1, 0, b'n', 1, 0, 9]
+            ]
+            .concat()
         );
         let create = CreateRequest {
             path: "/a".into(),

@@ -58,6 +58,15 @@ pub enum RpcError {
         /// The status.
         status: Status,
     },
+    /// The server's settings differ from the ones the caller's cluster agreed on (it
+    /// restarted with another configuration, say), so the two would place data apart.
+    #[error("{server} is not of this cluster: {reason}")]
+    Incompatible {
+        /// The server's name or address.
+        server: String,
+        /// Which settings differ, with both values.
+        reason: String,
+    },
 }
 
 impl RpcError {
@@ -84,7 +93,8 @@ impl RpcError {
         let (RpcError::Timeout { server, .. }
         | RpcError::Transport { server, .. }
         | RpcError::Protocol { server, .. }
-        | RpcError::Status { server, .. }) = self;
+        | RpcError::Status { server, .. }
+        | RpcError::Incompatible { server, .. }) = self;
         server
     }
 
@@ -93,7 +103,7 @@ impl RpcError {
         match self {
             RpcError::Timeout { .. } => Status::TimedOut,
             RpcError::Transport { .. } => Status::Unavailable,
-            RpcError::Protocol { .. } => Status::Protocol,
+            RpcError::Protocol { .. } | RpcError::Incompatible { .. } => Status::Protocol,
             RpcError::Status { status, .. } => *status,
         }
     }

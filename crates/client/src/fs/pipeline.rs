@@ -187,6 +187,10 @@ fn copy_rpc_error(e: &RpcError) -> RpcError {
             server: server.clone(),
             status: *status,
         },
+        RpcError::Incompatible { server, reason } => RpcError::Incompatible {
+            server: server.clone(),
+            reason: reason.clone(),
+        },
         // A kind of error added later: its message still names the server.
         other => RpcError::Status {
             server: other.to_string(),

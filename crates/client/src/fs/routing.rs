@@ -124,10 +124,33 @@ impl FsClient {
                 conn
             }
         };
+        self.check_settings(&conn)
+            .map_err(|e| e.on_node(&node_id))?;
         slot.born_ns.set(conn.hello().map_or(0, |h| h.born_ns));
         let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
         Ok(conn)
+    }
+
+    /// Refuses a server that places by other counts than this client (one restarted with
+    /// another configuration, or moved to where another cluster's server listens): what
+    /// it stored or looked for would be on other servers than this client's.
+    fn check_settings(&self, conn: &Connection) -> Result<(), RpcError> {
+        let Some(hello) = conn.hello() else {
+            return Ok(());
+        };
+        let ours = (self.replicas, self.ring.virtual_nodes());
+        let theirs = (hello.replicas as usize, hello.virtual_nodes);
+        if theirs == ours {
+            return Ok(());
+        }
+        Err(RpcError::Incompatible {
+            server: conn.server().to_string(),
+            reason: format!(
+                "it keeps {} replicas over {} virtual nodes, the cluster {} over {}",
+                theirs.0, theirs.1, ours.0, ours.1
+            ),
+        })
     }
 
     /// Calls `R` on one server; a transport failure drops the connection so the next call

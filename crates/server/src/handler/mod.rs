@@ -116,6 +116,9 @@ pub struct ServerState {
     node_id: String,
     chunk_size: u64,
     rendezvous_threshold: u64,
+    /// `replication.replicas` and `placement.virtual_nodes`, told to clients at `Hello`.
+    replicas: u32,
+    virtual_nodes: u32,
     secret: Vec<u8>,
     metadata: RefCell<MetadataTable>,
     journal: Option<RefCell<Journal>>,
@@ -173,6 +176,8 @@ impl ServerState {
             node_id: config.node.node_id.clone(),
             chunk_size: config.storage.chunk_size_bytes,
             rendezvous_threshold: config.network.rendezvous_threshold_bytes,
+            replicas: config.replication.replicas,
+            virtual_nodes: config.placement.virtual_nodes,
             secret,
             metadata: RefCell::new(metadata),
             journal,
@@ -563,6 +568,8 @@ impl ServerState {
                 chunk_size: self.chunk_size,
                 rdma_threshold: self.rendezvous_threshold,
                 born_ns: self.born_ns,
+                replicas: self.replicas,
+                virtual_nodes: self.virtual_nodes,
                 challenge,
             }))
         })
