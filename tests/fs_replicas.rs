@@ -165,12 +165,8 @@ fn replicas_that_name_different_files_refuse_size_updates() {
     assert!(e.to_string().contains("/x"), "{e}");
     let fs = cluster.client();
     let fd = fs.open("/x", OpenFlags::WRITE, 0).unwrap();
-    // The write (which first makes the cut the failed truncate left pending) or the
-    // close (which publishes the size) refuses.
-    let e = fs
-        .pwrite(fd, b"grown past both", 0)
-        .and_then(|_| fs.close(fd))
-        .unwrap_err();
+    fs.pwrite(fd, b"grown past both", 0).unwrap();
+    let e = fs.close(fd).unwrap_err();
     assert_eq!(e.errno(), libc::ESTALE, "{e}");
     assert_eq!(cluster.client().stat("/other").unwrap().size, 14);
 }
@@ -279,84 +275,42 @@ fn growing_a_file_clears_what_a_failed_truncate_left_on_a_server() {
     }
 }
 
-/// Truncates `path` (8 chunks long) to `keep` through `fs` with a server that holds a
-/// copy of its last chunk down, so that the truncate fails and that server, back on its
-/// data, keeps its bytes past the new end.
-fn fail_a_truncate(cluster: &mut Cluster, fs: &BenchFS, path: &str, keep: usize) {
-    let last = PlacementKey::Chunk {
-        file_id: file_id(cluster, path),
-        index: 7,
-    };
-    let missed = cluster.replicas_of(last)[0];
-    cluster.kill(missed);
-    assert!(fs.truncate(path, keep as u64).is_err());
-    cluster.restart(missed);
-}
-
-/// `old` cut to `keep` bytes, then grown back to its length by writing `tail` at its end.
-fn cut_with_tail(old: &[u8], keep: usize, tail: &[u8]) -> Vec<u8> {
-    let mut want = old[..keep].to_vec();
-    want.resize(old.len() - tail.len(), 0);
-    want.extend_from_slice(tail);
-    want
-}
-
-/// Reads `path` with each server down in turn and checks it holds `want`.
-fn check_with_each_server_down(cluster: &mut Cluster, path: &str, want: &[u8]) {
-    for victim in 0..cluster.spec.servers {
-        cluster.kill(victim);
-        let got = read_file(&cluster.client(), path);
-        let first_wrong = got.iter().zip(want).position(|(g, w)| g != w);
-        assert!(
-            got.len() == want.len() && first_wrong.is_none(),
-            "with server {victim} down: {} bytes read, {} written, first wrong at {first_wrong:?}",
-            got.len(),
-            want.len()
-        );
-        cluster.restart(victim);
-    }
-}
-
 #[test]
-fn writing_past_the_end_clears_what_a_failed_truncate_left_on_a_server() {
-    // The write far past the end that a failed truncate left on a server: the hole it
-    // opens must read as zeros, not as the bytes that server kept.
-    let mut cluster = cluster();
-    let old = pattern(8 * common::files::C, 61);
-    write_file(&cluster.client(), "/w", &old);
-    let keep = common::files::C / 2 + 3;
-    let fs = cluster.client();
-    fail_a_truncate(&mut cluster, &fs, "/w", keep);
-    assert!(fs.stat("/w").unwrap().cut_pending);
-    let fd = fs.open("/w", OpenFlags::WRITE, 0).unwrap();
-    let tail = old.len() as u64 - 10;
-    fs.pwrite(fd, b"0123456789", tail).unwrap();
-    fs.close(fd).unwrap();
-    assert!(
-        !fs.stat("/w").unwrap().cut_pending,
-        "the write made the cut"
-    );
-    let want = cut_with_tail(&old, keep, b"0123456789");
-    check_with_each_server_down(&mut cluster, "/w", &want);
-}
-
-#[test]
-fn a_handle_open_across_a_failed_truncate_makes_the_cut_before_writing_past_the_end() {
-    // The client whose truncate failed writes through a handle it opened before: the
-    // handle learns of the pending cut from the truncate, not from a record it read.
+fn a_handle_writes_past_the_size_a_failed_truncate_set_and_publishes_it() {
+    // A handle open across a failed truncate that set the size kept the size it had, so
+    // its write short of that old size published nothing: the written bytes lay past the
+    // size, lost. The failed truncate's range itself reads as the old bytes or the new
+    // (zeros) on every replica, as the contract says.
     let mut cluster = cluster();
     let c = common::files::C;
     let old = pattern(8 * c, 62);
     write_file(&cluster.client(), "/h", &old);
     let fs = cluster.client();
     let fd = fs.open("/h", OpenFlags::WRITE, 0).unwrap();
+    let last = PlacementKey::Chunk {
+        file_id: file_id(&cluster, "/h"),
+        index: 7,
+    };
+    let missed = cluster.replicas_of(last)[0];
+    cluster.kill(missed);
     let keep = c + 1;
-    fail_a_truncate(&mut cluster, &fs, "/h", keep);
-    let end = old.len() as u64 - 1;
-    fs.pwrite(fd, b"!", end).unwrap();
+    assert!(fs.truncate("/h", keep as u64).is_err());
+    cluster.restart(missed);
+    let end = old.len() - 1;
+    fs.pwrite(fd, b"!", end as u64).unwrap();
     fs.close(fd).unwrap();
-    let want = cut_with_tail(&old, keep, b"!");
-    check_with_each_server_down(&mut cluster, "/h", &want);
+    for victim in 0..cluster.spec.servers {
+        cluster.kill(victim);
+        let got = read_file(&cluster.client(), "/h");
+        assert_eq!(got.len(), old.len(), "with server {victim} down");
+        assert!(got[..keep] == old[..keep] && got[end] == b'!');
+        let foreign = (keep..end).find(|&i| got[i] != old[i] && got[i] != 0);
+        assert_eq!(
+            foreign, None,
+            "with server {victim} down, bytes nobody wrote"
+        );
+        cluster.restart(victim);
+    }
 }
 
 #[test]

@@ -568,15 +568,16 @@ fn reads_survive_a_killed_server_with_two_replicas() {
 }
 
 #[test]
-fn a_write_past_the_end_after_a_failed_truncate_shows_zeros_in_the_hole() {
-    // A truncate that a server missed leaves that server's bytes past the new end; the
-    // mount's next write past the end cuts them first, sparing what it wrote unpublished.
+fn writes_after_a_failed_truncate_publish_their_size() {
+    // A handle open across a truncate that failed after setting the size must publish
+    // the size its writes reach past the new one; the failed range reads as the old bytes
+    // or zeros, never bytes nobody wrote.
     let spec = ClusterSpec {
         replicas: 2,
         backend: "file",
         ..ClusterSpec::short_timeout()
     };
-    let Some(mut m) = Mounted::start("fuse cut pending", spec, "") else {
+    let Some(mut m) = Mounted::start("fuse failed truncate", spec, "") else {
         return;
     };
     let old = pattern(8 * C, 12);
@@ -584,34 +585,27 @@ fn a_write_past_the_end_after_a_failed_truncate_shows_zeros_in_the_hole() {
     let file_id = m.cluster.client().stat("/t").unwrap().file_id;
     let last = benchfs::placement::PlacementKey::Chunk { file_id, index: 7 };
     let missed = m.cluster.replicas_of(last)[0];
-    // A handle that wrote before the truncate and has not published since: its bytes
-    // past the new end must survive the cut the write below makes.
     let early = OpenOptions::new().write(true).open(m.path("t")).unwrap();
     m.cluster.kill(missed);
-    let keep = C as u64 / 2 + 5;
+    let keep = C / 2 + 5;
     assert!(OpenOptions::new()
         .write(true)
         .open(m.path("t"))
-        .and_then(|f| f.set_len(keep))
+        .and_then(|f| f.set_len(keep as u64))
         .is_err());
     m.cluster.restart(missed);
-    early.write_all_at(b"early", keep + 100).unwrap();
-    let late = OpenOptions::new().write(true).open(m.path("t")).unwrap();
-    let end = old.len() as u64 - 4;
-    late.write_all_at(b"late", end).unwrap();
-    drop((early, late));
-    let mut want = old[..keep as usize].to_vec();
-    want.resize(old.len(), 0);
-    want[keep as usize + 100..][..5].copy_from_slice(b"early");
-    want[end as usize..].copy_from_slice(b"late");
+    let end = old.len() - 4;
+    early.write_all_at(b"late", end as u64).unwrap();
+    drop(early);
     for victim in 0..m.cluster.spec.servers {
         m.cluster.kill(victim);
         let got = common::files::read_file(&m.cluster.client(), "/t");
-        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
-        assert!(
-            got.len() == want.len() && first_wrong.is_none(),
-            "with server {victim} down: {} bytes, first wrong at {first_wrong:?}",
-            got.len()
+        assert_eq!(got.len(), old.len(), "with server {victim} down");
+        assert!(got[..keep] == old[..keep] && &got[end..] == b"late");
+        let foreign = (keep..end).find(|&i| got[i] != old[i] && got[i] != 0);
+        assert_eq!(
+            foreign, None,
+            "with server {victim} down, bytes nobody wrote"
         );
         m.cluster.restart(victim);
     }

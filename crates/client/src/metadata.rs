@@ -135,7 +135,6 @@ impl FileMetadata {
             atime_ns: self.mtime_ns,
             birth_ns: self.ctime_ns,
             inline: false,
-            cut_pending: false,
         }
     }
 }

@@ -281,16 +281,15 @@ impl BenchFuse {
                 })?;
             }
             if let Err(e) = self.call(req, |fs| fs.truncate(&path, size)) {
-                // Some replicas of the record may hold the new size, with the cut left to
-                // the next write past the end (as `FsClient::truncate` has its handles do).
-                self.handles.set_cut_pending(ino.0, true);
+                // Some replicas of the record may hold the new size: where the record read
+                // now does, the handles take it (as `FsClient::truncate` has its own do),
+                // so writes past it publish the size they reach.
                 if self.record(req, ino).is_ok_and(|(_, now)| now.size == size) {
                     self.handles.truncated(ino.0, size);
                 }
                 return Err(e);
             }
             self.handles.truncated(ino.0, size);
-            self.handles.set_cut_pending(ino.0, false);
             meta.size = size;
         }
         let mut set = SetAttrRequest {
@@ -688,27 +687,9 @@ impl Filesystem for BenchFuse {
             true => self.known_end(ino.0, &handle).max(offset),
             false => offset,
         };
-        // The write makes a cut a failed truncate left pending (`FsClient::finish_cut`),
-        // which must spare what this mount's handles wrote and have not published.
-        if handle.meta.cut_pending {
-            if let Some(end) = self.handles.size_of(ino.0, true) {
-                let published = self.call(req, |fs| {
-                    fs.block_on(
-                        fs.client()
-                            .grow_size(&handle.path, handle.meta.file_id, end),
-                    )
-                });
-                if let Err(e) = published {
-                    return reply.error(e);
-                }
-            }
-        }
         let written = self.call(req, |fs| {
             fs.write_at(&handle.path, handle.meta, data, offset)
         });
-        if written.is_ok() && handle.meta.cut_pending {
-            self.handles.set_cut_pending(ino.0, false);
-        }
         match written {
             Ok(()) => {
                 self.handles.wrote(fh.0, offset + u64::from(len));

@@ -130,14 +130,6 @@ impl Handles {
         }
     }
 
-    /// Records in every handle of `ino` whether a cut at the size may be pending
-    /// ([`FileMetadata::cut_pending`]): a truncate failed, or the next write made the cut.
-    pub(crate) fn set_cut_pending(&self, ino: u64, pending: bool) {
-        for h in self.lock().values_mut().filter(|h| h.ino == ino) {
-            h.meta.cut_pending = pending;
-        }
-    }
-
     /// Follows a rename of `from` to `to`.
     pub(crate) fn renamed(&self, from: &str, to: &str) {
         for h in self.lock().values_mut() {

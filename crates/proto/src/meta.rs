@@ -54,15 +54,8 @@ pub enum SizeUpdate {
     /// Grow to at least the given size (a write that ended there); never shrinks, so
     /// updates from concurrent writers commute.
     AtLeast = 1,
-    /// Set exactly (truncate, its chunks cut at the size on every server): clears
-    /// [`FileMetadata::cut_pending`].
+    /// Set exactly (truncate).
     Exact = 2,
-    /// Set exactly and mark a cut at the size pending ([`FileMetadata::cut_pending`]): a
-    /// truncate's first step, before it cuts the chunks.
-    ExactCutPending = 3,
-    /// Grow to at least the given size and clear [`FileMetadata::cut_pending`]: every
-    /// server cut the chunks past the record's size.
-    AtLeastCutDone = 4,
 }
 
 impl SizeUpdate {
@@ -71,8 +64,6 @@ impl SizeUpdate {
         match value {
             1 => Some(SizeUpdate::AtLeast),
             2 => Some(SizeUpdate::Exact),
-            3 => Some(SizeUpdate::ExactCutPending),
-            4 => Some(SizeUpdate::AtLeastCutDone),
             _ => None,
         }
     }
@@ -109,11 +100,6 @@ pub struct FileMetadata {
     /// deferred open), so the file has no chunks. Only files; a file stops being inline
     /// when it grows past its server's limit, and never becomes inline again.
     pub inline: bool,
-    /// Whether a truncate's cut at `size` may have missed a server (it failed, or its
-    /// client died), which then may still hold bytes past the size: whatever grows the file
-    /// next cuts every server at the size first, so those bytes never show. Never set on a
-    /// directory.
-    pub cut_pending: bool,
 }
 
 /// Encoded size of [`FileMetadata`].
@@ -127,10 +113,6 @@ pub const FILE_METADATA_LEN_V1: usize = 64;
 /// ([`FileMetadata::inline`]).
 pub const META_FLAG_INLINE: u8 = 1;
 
-/// Bit of [`FileMetadataWire::flags`]: a cut at the size may not have reached every
-/// server ([`FileMetadata::cut_pending`]).
-pub const META_FLAG_CUT_PENDING: u8 = 2;
-
 /// [`FileMetadata`] as it lies on the wire and in the journal.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -139,7 +121,7 @@ pub struct FileMetadataWire {
     pub file_id: U64,
     /// [`EntryKind`] as a byte.
     pub kind: u8,
-    /// [`META_FLAG_INLINE`] and [`META_FLAG_CUT_PENDING`]; no other bit is defined.
+    /// [`META_FLAG_INLINE`]; no other bit is defined.
     pub flags: u8,
     /// Zero.
     pub reserved: [u8; 2],
@@ -208,8 +190,7 @@ impl FileMetadata {
         FileMetadataWire {
             file_id: self.file_id.into(),
             kind: self.kind as u8,
-            flags: (u8::from(self.inline) * META_FLAG_INLINE)
-                | (u8::from(self.cut_pending) * META_FLAG_CUT_PENDING),
+            flags: if self.inline { META_FLAG_INLINE } else { 0 },
             reserved: [0; 2],
             mode: self.mode.into(),
             size: self.size.into(),
@@ -229,7 +210,7 @@ impl FileMetadata {
             field: "kind",
             reason: "not a file, directory or symbolic link",
         })?;
-        if w.flags & !(META_FLAG_INLINE | META_FLAG_CUT_PENDING) != 0 {
+        if w.flags & !META_FLAG_INLINE != 0 {
             return Err(DecodeError::BadField {
                 field: "flags",
                 reason: "unknown flag bits",
@@ -240,13 +221,6 @@ impl FileMetadata {
             return Err(DecodeError::BadField {
                 field: "flags",
                 reason: "only a file's record holds its bytes",
-            });
-        }
-        let cut_pending = w.flags & META_FLAG_CUT_PENDING != 0;
-        if cut_pending && kind == EntryKind::Directory {
-            return Err(DecodeError::BadField {
-                field: "flags",
-                reason: "a directory has no chunks to cut",
             });
         }
         let chunk_size = w.chunk_size.get();
@@ -269,7 +243,6 @@ impl FileMetadata {
             gid: w.gid.get(),
             birth_ns: w.birth_ns.get(),
             inline,
-            cut_pending,
         })
     }
 }
@@ -293,7 +266,6 @@ mod tests {
             gid: 100,
             birth_ns: 8,
             inline: false,
-            cut_pending: false,
         }
     }
 
@@ -323,31 +295,11 @@ mod tests {
             FileMetadata::decode(&mut Reader::new(&bytes)).unwrap(),
             file
         );
-        for (at, value) in [(9, 4u8), (9, 0x81)] {
+        for (at, value) in [(9, 2u8), (9, 0x81)] {
             let mut bad = bytes.clone();
             bad[at] = value;
             assert!(FileMetadata::decode(&mut Reader::new(&bad)).is_err());
         }
-        let mut dir = bytes.clone();
-        dir[8] = EntryKind::Directory as u8;
-        assert!(FileMetadata::decode(&mut Reader::new(&dir)).is_err());
-    }
-
-    #[test]
-    fn a_pending_cut_is_bit_1_of_the_flags_and_never_on_a_directory() {
-        let file = FileMetadata {
-            kind: EntryKind::File,
-            cut_pending: true,
-            ..sample()
-        };
-        let mut w = Writer::new();
-        file.encode(&mut w);
-        let bytes = w.into_vec();
-        assert_eq!(bytes[9], META_FLAG_CUT_PENDING);
-        assert_eq!(
-            FileMetadata::decode(&mut Reader::new(&bytes)).unwrap(),
-            file
-        );
         let mut dir = bytes.clone();
         dir[8] = EntryKind::Directory as u8;
         assert!(FileMetadata::decode(&mut Reader::new(&dir)).is_err());

@@ -62,18 +62,17 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
             12u32..27,
         ),
         (any::<u64>(), any::<u64>(), any::<u64>()),
-        (any::<u32>(), any::<u32>(), any::<u64>(), any::<bool>()),
+        (any::<u32>(), any::<u32>(), any::<u64>()),
     )
         .prop_map(
             |(
                 (file_id, kind, size, mode, shift),
                 (mtime_ns, ctime_ns, atime_ns),
-                (uid, gid, birth_ns, cut_pending),
+                (uid, gid, birth_ns),
             )| {
-                let kind = [EntryKind::File, EntryKind::Directory, EntryKind::Symlink][kind];
                 FileMetadata {
                     file_id,
-                    kind,
+                    kind: [EntryKind::File, EntryKind::Directory, EntryKind::Symlink][kind],
                     size,
                     mode,
                     uid,
@@ -84,7 +83,6 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
                     atime_ns,
                     birth_ns,
                     inline: false,
-                    cut_pending: cut_pending && kind != EntryKind::Directory,
                 }
             },
         )
@@ -254,9 +252,7 @@ proptest! {
         round_trip(&DeleteRequest { path: path.clone(), expect: Some(EntryKind::Directory), moved: true })?;
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, newer_only: false, data: Vec::new() })?;
-        for how in [SizeUpdate::AtLeast, SizeUpdate::Exact, SizeUpdate::ExactCutPending, SizeUpdate::AtLeastCutDone] {
-            round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how })?;
-        }
+        round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;

@@ -215,7 +215,6 @@ impl MetadataTable {
             atime_ns: now,
             birth_ns: now,
             inline: false,
-            cut_pending: false,
         })
     }
 
@@ -520,18 +519,15 @@ impl MetadataTable {
         if meta.file_id != file_id {
             return Err(Status::Stale);
         }
-        let (size, cut_pending) = match how {
-            SizeUpdate::AtLeast => (meta.size.max(size), meta.cut_pending),
-            SizeUpdate::Exact => (size, false),
-            SizeUpdate::ExactCutPending => (size, true),
-            SizeUpdate::AtLeastCutDone => (meta.size.max(size), false),
+        let size = match how {
+            SizeUpdate::AtLeast => meta.size.max(size),
+            SizeUpdate::Exact => size,
         };
         if meta.inline && size != meta.size {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         meta.size = size;
-        meta.cut_pending = cut_pending && !meta.inline;
         meta.mtime_ns = now_ns();
         Ok(*meta)
     }
@@ -839,16 +835,6 @@ mod tests {
         assert_eq!(size("/f", id, 5, SizeUpdate::AtLeast).unwrap().size, 10);
         assert_eq!(size("/f", id, 5, SizeUpdate::Exact).unwrap().size, 5);
         assert_eq!(size("/f", id + 1, 7, SizeUpdate::Exact), Err(Status::Stale));
-        // A truncate's pending cut outlives grow-only updates, and only a cut clears it.
-        let pending = size("/f", id, 3, SizeUpdate::ExactCutPending).unwrap();
-        assert!(pending.cut_pending && pending.size == 3);
-        let grown = size("/f", id, 8, SizeUpdate::AtLeast).unwrap();
-        assert!(grown.cut_pending && grown.size == 8);
-        let cut = size("/f", id, 4, SizeUpdate::AtLeastCutDone).unwrap();
-        assert!(!cut.cut_pending && cut.size == 8);
-        size("/f", id, 3, SizeUpdate::ExactCutPending).unwrap();
-        let truncated = size("/f", id, 5, SizeUpdate::Exact).unwrap();
-        assert!(!truncated.cut_pending && truncated.size == 5);
         assert_eq!(
             size("/nope", id, 5, SizeUpdate::Exact),
             Err(Status::NotFound)

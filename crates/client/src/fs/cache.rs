@@ -172,7 +172,6 @@ mod tests {
             atime_ns: 0,
             birth_ns: 0,
             inline: false,
-            cut_pending: false,
         }
     }
 

@@ -221,10 +221,7 @@ impl FsClient {
             return Ok(n);
         }
         // The write may just have made the file, or moved its bytes to chunks.
-        let (meta, end_known) = self.with_file(fd, |f| (f.meta, f.size))?;
-        if meta.cut_pending && offset + len as u64 > end_known {
-            self.finish_cut(&path, meta).await?;
-        }
+        let meta = self.with_file(fd, |f| f.meta)?;
         if self.writes_behind() {
             // A failure of an earlier write fails this one, before any of its bytes go.
             self.write_error(fd)?;
@@ -289,9 +286,7 @@ impl FsClient {
 
     /// Writes `data` at `offset` of the file `meta`, named `path`, with no handle: the
     /// bytes reach every replica of every chunk they touch, but the size is left to the
-    /// caller ([`FsClient::grow_size`]), as a mount publishes it at flush. If `meta` says
-    /// a cut is pending, [`FsClient::finish_cut`] makes it first: the caller publishes
-    /// what it wrote before, and clears the mark in its copies of `meta` after.
+    /// caller ([`FsClient::grow_size`]), as a mount publishes it at flush.
     pub async fn write_at(
         &self,
         path: &str,
@@ -319,9 +314,6 @@ impl FsClient {
         let Some(meta) = self.write_at_inline(path, meta, data, offset).await? else {
             return Ok(());
         };
-        if meta.cut_pending {
-            self.finish_cut(path, meta).await?;
-        }
         // After this client's writes of the file in flight, which would otherwise land in
         // either order with it.
         self.drain_file(meta.file_id).await;

@@ -172,7 +172,6 @@ impl FsClient {
             atime_ns: 0,
             birth_ns: 0,
             inline: true,
-            cut_pending: false,
         };
         let fd = self.next_fd.get();
         self.next_fd.set(fd + 1);

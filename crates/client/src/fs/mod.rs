@@ -141,7 +141,6 @@ fn root_meta() -> FileMetadata {
         atime_ns: 0,
         birth_ns: 0,
         inline: false,
-        cut_pending: false,
     }
 }
 

@@ -487,10 +487,17 @@ impl FsClient {
             return Err(fs_err("truncate", &path, Status::IsDir));
         }
         // What this client's own handles wrote and have not published yet stays: a
-        // truncate that grows the file cuts only past the larger of the two ends. (An
-        // inline file's bytes are its record's, and `truncate_inline` sees to them.)
+        // truncate that grows the file cuts only past the larger of the two ends. (By
+        // file, whatever name the handle knows it by; an inline file's bytes are its
+        // record's, and `truncate_inline` sees to them.)
         if !meta.inline {
-            meta.size = self.end_written(meta);
+            meta.size = self
+                .files
+                .borrow()
+                .values()
+                .filter(|f| f.meta.file_id == meta.file_id && f.size_dirty)
+                .map(|f| f.size)
+                .fold(meta.size, u64::max);
         }
         let meta = self.truncate_meta(&path, meta, size).await?;
         for f in self
@@ -534,39 +541,10 @@ impl FsClient {
             false => meta,
         };
         let sized = self.size_and_cut(path, meta, size).await;
-        match sized {
-            Ok(_) => self.mark_cut_pending(meta.file_id, false),
-            Err(_) => self.after_failed_truncate(path, meta.file_id, size).await,
+        if sized.is_err() {
+            self.after_failed_truncate(path, meta.file_id, size).await;
         }
         sized
-    }
-
-    /// After a truncate of file `file_id` to `size` that failed, some replicas of the
-    /// record may hold the new size with the cut pending. Where the record read now has
-    /// the new size, this client's handles take it (their unpublished writes past it were
-    /// cut as far as the truncate went); clean handles take the size it has; and every
-    /// handle makes the cut before it writes past the end (`finish_cut` finds out whether
-    /// one is pending).
-    async fn after_failed_truncate(&self, path: &str, file_id: u64, size: u64) {
-        let now = self
-            .lookup("truncate", path, false)
-            .await
-            .ok()
-            .filter(|m| m.file_id == file_id);
-        for f in self.files.borrow_mut().values_mut() {
-            if f.meta.file_id != file_id {
-                continue;
-            }
-            f.meta.cut_pending = true;
-            match now {
-                Some(m) if m.size == size => {
-                    f.size = size;
-                    f.size_dirty = false;
-                }
-                Some(m) if !f.size_dirty => f.size = m.size,
-                _ => {}
-            }
-        }
     }
 
     /// [`FsClient::truncate_meta`] of a file with chunks.
@@ -576,22 +554,31 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        // The record says a cut is pending until every server made it, so a truncate
-        // that fails (or whose client dies) past this point leaves the next growth of the
-        // file to make it (`finish_cut`).
-        let pending = size_update(path, meta.file_id, size, SizeUpdate::ExactCutPending);
+        let req = exact_size(path, meta.file_id, size);
         let sized = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &pending, WriteSource::NONE)
+            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await;
         self.meta_cache.borrow_mut().remove(path);
         sized.map_err(rpc_err("truncate", path))?;
         // Growing: the bytes between the old end and the new one must read as zeros, so
         // whatever a server still holds there goes.
-        self.cut_chunks("truncate", path, meta, size.min(meta.size))
-            .await?;
+        let cut_at = size.min(meta.size);
+        let index = ChunkLayout::new(meta.chunk_size).chunk_index(cut_at);
+        let cut = ops::TruncateFileRequest {
+            file_id: meta.file_id,
+            index,
+            len: cut_at - index * meta.chunk_size,
+        };
+        let cuts = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::TruncateFile>(s, &cut, OutPayload::none()));
+        let results = join_all(cuts).await;
+        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        for r in results {
+            r.map_err(rpc_err("truncate", path))?;
+        }
         // Set again: a size update that was on its way from another handle (a flush, a
         // release) may have grown the file back between the first one and the cut.
-        let req = exact_size(path, meta.file_id, size);
         let reply = self
             .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
             .await
@@ -600,76 +587,27 @@ impl FsClient {
         Ok(reply.meta)
     }
 
-    /// Makes the cut a failed truncate left pending on file `meta` at `path` (see
-    /// [`FileMetadata::cut_pending`]), before a write past the end that `meta` was opened
-    /// with: cuts every server at the file's end (the published one, or past it what this
-    /// client's handles wrote), as a growing truncate does, so that the hole the write
-    /// opens reads as zeros whatever a server that missed the cut still holds, then
-    /// clears the mark. Nothing to cut if another client made the cut first.
-    pub async fn finish_cut(&self, path: &str, meta: FileMetadata) -> Result<(), ApiError> {
-        self.drain_file(meta.file_id).await;
-        let now = self.lookup("write", path, false).await?;
-        if now.file_id == meta.file_id && now.cut_pending {
-            self.cut_chunks("write", path, now, self.end_written(now))
-                .await?;
-            let done = size_update(path, now.file_id, now.size, SizeUpdate::AtLeastCutDone);
-            let reply = self
-                .write_all::<ops::UpdateSize>(
-                    PlacementKey::Metadata(path),
-                    &done,
-                    WriteSource::NONE,
-                )
-                .await
-                .map_err(rpc_err("write", path))?;
-            self.meta_cache.borrow_mut().put(path, reply.meta);
-        }
-        self.mark_cut_pending(meta.file_id, false);
-        Ok(())
-    }
-
-    /// Cuts file `meta`'s chunks at byte `at` on every server (chunks may lie past the
-    /// published size on any of them).
-    async fn cut_chunks(
-        &self,
-        op: &'static str,
-        path: &str,
-        meta: FileMetadata,
-        at: u64,
-    ) -> Result<(), ApiError> {
-        let index = ChunkLayout::new(meta.chunk_size).chunk_index(at);
-        let cut = ops::TruncateFileRequest {
-            file_id: meta.file_id,
-            index,
-            len: at - index * meta.chunk_size,
-        };
-        let cuts = self
-            .all_servers()
-            .map(|s| self.call_on::<ops::TruncateFile>(s, &cut, OutPayload::none()));
-        let results = join_all(cuts).await;
-        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        results
-            .into_iter()
-            .try_for_each(|r| r.map(drop))
-            .map_err(rpc_err(op, path))
-    }
-
-    /// Where file `meta` ends for this client: its published size, or past it the end of
-    /// what this client's handles of it wrote and have not published (by file, whatever
-    /// name a handle knows it by).
-    fn end_written(&self, meta: FileMetadata) -> u64 {
-        self.files
-            .borrow()
-            .values()
-            .filter(|f| f.meta.file_id == meta.file_id && f.size_dirty)
-            .map(|f| f.size)
-            .fold(meta.size, u64::max)
-    }
-
-    /// Records in this client's handles of file `file_id` whether a cut is pending.
-    fn mark_cut_pending(&self, file_id: u64, pending: bool) {
+    /// After a truncate of file `file_id` to `size` that failed: where the record read now
+    /// has the new size, this client's handles take it (what they wrote past it and have
+    /// not published was cut as far as the truncate went), so a write past it publishes
+    /// the size it reaches; clean handles take the size the record has. A handle that kept
+    /// the size it had would leave a later write short of it unpublished: lost.
+    async fn after_failed_truncate(&self, path: &str, file_id: u64, size: u64) {
+        let now = self
+            .lookup("truncate", path, false)
+            .await
+            .ok()
+            .filter(|m| m.file_id == file_id);
+        let Some(now) = now else { return };
         for f in self.files.borrow_mut().values_mut() {
-            if f.meta.file_id == file_id {
-                f.meta.cut_pending = pending;
+            if f.meta.file_id != file_id {
+                continue;
+            }
+            if now.size == size {
+                f.size = size;
+                f.size_dirty = false;
+            } else if !f.size_dirty {
+                f.size = now.size;
             }
         }
     }
@@ -804,14 +742,10 @@ fn took_it<T>(
 
 /// A request that sets the size of `path` (file `file_id`) to `size`, as a truncate does.
 pub(super) fn exact_size(path: &str, file_id: u64, size: u64) -> ops::UpdateSizeRequest {
-    size_update(path, file_id, size, SizeUpdate::Exact)
-}
-
-fn size_update(path: &str, file_id: u64, size: u64, how: SizeUpdate) -> ops::UpdateSizeRequest {
     ops::UpdateSizeRequest {
         path: path.to_string(),
         file_id,
         size,
-        how,
+        how: SizeUpdate::Exact,
     }
 }

@@ -1219,7 +1219,6 @@ mod tests {
                         atime_ns,
                         birth_ns,
                         inline: false,
-                        cut_pending: false,
                     }
                 },
             )

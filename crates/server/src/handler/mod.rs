@@ -486,8 +486,7 @@ impl ServerState {
                     req.size,
                     req.how,
                 )?;
-                // A grow-only update that did not grow the file changed nothing lasting.
-                if req.how != SizeUpdate::AtLeast || meta.size == req.size {
+                if req.how == SizeUpdate::Exact || meta.size == req.size {
                     self.log_put(&req.path)?;
                 }
                 Ok(Reply::ok(&op::MetadataReply { meta }))
