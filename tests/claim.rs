@@ -94,3 +94,31 @@ fn a_crashed_servers_entry_is_taken_over() {
     cluster.restart(2);
     assert!(read_file(&cluster.client(), "/h") == data);
 }
+
+#[test]
+fn a_store_whose_inode_tag_a_running_server_has_refuses_to_start() {
+    // Inode numbers are a store's tag and a counter; a tag drawn twice (about one chance
+    // in 2^32 for a pair of stores) would give two files one number.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        backend: "file",
+        ..ClusterSpec::default()
+    });
+    let data_dir = cluster.dir.path().join("data-node9");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("born"), "12345\n").unwrap();
+    let tag = benchfs_proto::placement::inode_tag("node9", 12345);
+    std::fs::write(
+        cluster.registry().join("other.addr"),
+        format!("other 127.0.0.1:9 inode_tag={tag:08x}\n"),
+    )
+    .unwrap();
+    let out = run_refused(&cluster, "node9", &data_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{tag:08x}")) && stderr.contains("node other"),
+        "{stderr}"
+    );
+    assert!(!cluster.registry().join("node9.addr").exists());
+}

@@ -497,3 +497,57 @@ fn listings_work_with_one_replica_of_each_record_down() {
     let e = cluster.client().readdir("/d").unwrap_err();
     assert_unreachable("readdir with two servers down", &e);
 }
+
+#[test]
+fn a_memory_server_back_empty_never_hands_out_an_inode_number_again() {
+    // Found by a hostile-user run: a memory server restarted empty counted its inode
+    // numbers from 1 again, so a new file took an old file's number, and with it the old
+    // file's chunks on the other servers; once the replica repair brought the old record
+    // back, it read the new file's bytes with success.
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        backend: "memory",
+        ..ClusterSpec::short_timeout()
+    });
+    let restarted = 1;
+    // Paths whose records the restarted server owns: it numbers their files.
+    let owned = |prefix: &str, cluster: &Cluster| -> Vec<String> {
+        (0..)
+            .map(|i| format!("/{prefix}{i}"))
+            .filter(|p| {
+                cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(p))[0] == restarted
+            })
+            .take(3)
+            .collect()
+    };
+    let fs = cluster.client();
+    let old: Vec<(String, u64, Vec<u8>)> = owned("old", &cluster)
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let data = pattern(3 * C, i as u64);
+            write_file(&fs, &path, &data);
+            let id = fs.stat(&path).unwrap().file_id;
+            (path, id, data)
+        })
+        .collect();
+    cluster.kill(restarted);
+    cluster.restart(restarted);
+    let fs = cluster.client();
+    for (i, path) in owned("new", &cluster).into_iter().enumerate() {
+        write_file(&fs, &path, &pattern(3 * C, 100 + i as u64));
+        let id = fs.stat(&path).unwrap().file_id;
+        assert!(
+            old.iter().all(|(_, old_id, _)| *old_id != id),
+            "{path} took inode {id:#x}, an old file's"
+        );
+    }
+    // Until the repair brings their records back, the old files may fail to open; they
+    // never read another file's bytes.
+    for (path, _, data) in &old {
+        if let Ok(got) = try_read_file(&fs, path) {
+            assert!(got == *data, "{path} reads bytes it never held");
+        }
+    }
+}

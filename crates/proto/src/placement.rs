@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// What the ring places: a path's metadata or one chunk of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +57,16 @@ pub enum PlacementError {
     /// The virtual node count is zero.
     #[error("virtual_nodes must be at least 1")]
     NoVirtualNodes,
-    /// Two node ids share a [`node_tag`], so their inode numbers could collide.
-    #[error("node ids {0:?} and {1:?} share an inode prefix; rename one")]
-    TagCollision(String, String),
 }
 
-/// The 32-bit tag of a node id: the high half of every inode number that server hands out.
-/// A ring refuses two nodes with one tag, so inode numbers are unique in a job.
-pub fn node_tag(node_id: &str) -> u32 {
-    // Truncation keeps the low half of a uniform hash, still uniform.
-    xxh3_64(node_id.as_bytes()) as u32
+/// The 32-bit tag of one life of a server's store, born at `born_ns`: the high half of
+/// every inode number the server hands out while that store lives. A store that starts
+/// empty (a memory store, a new data directory) begins a new life with a tag of its own,
+/// so it never hands out again a number that an earlier life gave a file whose records
+/// and chunks outlive it on other servers; a disk store restarted on its data keeps its
+/// birth, its tag and (from its journal) its counter.
+pub fn inode_tag(node_id: &str, born_ns: u64) -> u32 {
+    xxh3_64_with_seed(node_id.as_bytes(), born_ns) as u32
 }
 
 /// The consistent-hashing ring over a job's servers.
@@ -103,12 +103,6 @@ impl PlacementRing {
             return Err(PlacementError::NoServers);
         }
         let nodes: Vec<String> = set.into_iter().collect();
-        let mut tags = std::collections::BTreeMap::new();
-        for node in &nodes {
-            if let Some(other) = tags.insert(node_tag(node), node) {
-                return Err(PlacementError::TagCollision(other.clone(), node.clone()));
-            }
-        }
         let mut points = Vec::with_capacity(nodes.len() * virtual_nodes as usize);
         for (index, node) in nodes.iter().enumerate() {
             let index = ServerIndex::try_from(index).expect("server count fits u32");

@@ -39,6 +39,15 @@ pub enum ClaimError {
         /// Its lock file.
         lock: PathBuf,
     },
+    /// Another server hands out inode numbers with this store's tag (a chance of about
+    /// one in 2^32 for each pair of stores).
+    #[error("the inode numbers of this store (tag {tag:08x}) would collide with those of node {other}, which has the same tag; restart this server (a memory store draws another tag), or start it on a new data directory")]
+    InodeTagInUse {
+        /// The tag.
+        tag: u32,
+        /// The server that has it.
+        other: String,
+    },
     /// The lock file could not be made.
     #[error("lock file {}: {source}", path.display())]
     Lock {
@@ -77,6 +86,25 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, ClaimError> {
             lock: path,
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(lock_error(e)),
+    }
+}
+
+/// The registry setting that names a server's [`inode_tag`](benchfs_proto::placement::inode_tag).
+pub const INODE_TAG_SETTING: &str = "inode_tag";
+
+/// Refuses a store whose inode tag a server in the registry already publishes. (Entries
+/// that cannot be read are left to the clients, which refuse them by name.)
+pub fn check_inode_tag_free(config: &ServerConfig, tag: u32) -> Result<(), ClaimError> {
+    let ours = format!("{tag:08x}");
+    let entries = registry::read(&config.network.registry_dir).unwrap_or_default();
+    match entries.into_iter().find(|e| {
+        e.node_id != config.node.node_id && e.settings.get(INODE_TAG_SETTING) == Some(&ours)
+    }) {
+        Some(other) => Err(ClaimError::InodeTagInUse {
+            tag,
+            other: other.node_id,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -465,9 +465,10 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     })
 }
 
-/// What this server publishes: where it listens, the counts clients place by, and the
-/// settings a benchmark report names.
-fn registry_entry(config: &ServerConfig, addr: SocketAddr) -> ServerEntry {
+/// What this server publishes: where it listens, the counts clients place by, the
+/// settings a benchmark report names, and its inode tag (so that no other server starts
+/// with it).
+fn registry_entry(config: &ServerConfig, addr: SocketAddr, inode_tag: u32) -> ServerEntry {
     ServerEntry {
         replicas: Some(config.replication.replicas),
         virtual_nodes: Some(config.placement.virtual_nodes),
@@ -475,6 +476,7 @@ fn registry_entry(config: &ServerConfig, addr: SocketAddr) -> ServerEntry {
             ("backend", config.storage.backend.to_string()),
             ("chunk_size", config.storage.chunk_size_bytes.to_string()),
             ("inline_bytes", config.storage.inline_bytes.to_string()),
+            (crate::claim::INODE_TAG_SETTING, format!("{inode_tag:08x}")),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))
@@ -490,6 +492,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
     crate::claim::check_node_free(&context, &config, &secret).await?;
     let state = Rc::new(ServerState::open(&config, secret)?);
+    crate::claim::check_inode_tag_free(&config, state.inode_tag())?;
     state.remove_probe_leftovers().await;
     let metrics = start_metrics(&config, &state).await?;
     let worker = Worker::new(&context)?;
@@ -497,7 +500,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
     let listener = Listener::bind(&worker, config.network.bind_addr)?;
     let addr = advertised_addr(listener.local_addr());
-    let entry = registry_entry(&config, addr);
+    let entry = registry_entry(&config, addr, state.inode_tag());
     registry::publish(&config.network.registry_dir, &entry)?;
     tracing::info!(
         node_id = %entry.node_id,

@@ -92,10 +92,10 @@ pub struct MetadataTable {
 }
 
 impl MetadataTable {
-    /// An empty table. `node_tag` (unique per server, see
-    /// [`node_tag`](benchfs_proto::placement::node_tag)) makes this server's inode numbers unique
-    /// in the cluster; `chunk_size` is given to new files.
-    pub fn new(node_tag: u32, chunk_size: u64) -> Self {
+    /// An empty table. `inode_tag` (unique per server and per life of its store, see
+    /// [`inode_tag`](benchfs_proto::placement::inode_tag)) makes this server's inode
+    /// numbers unique in the cluster; `chunk_size` is given to new files.
+    pub fn new(inode_tag: u32, chunk_size: u64) -> Self {
         MetadataTable {
             entries: BTreeMap::new(),
             inline_bytes: HashMap::new(),
@@ -109,9 +109,9 @@ impl MetadataTable {
             seal_order: VecDeque::new(),
             seals_made: 0,
             recent: RecentChanges::new(Duration::ZERO),
-            id_prefix: u64::from(node_tag) << 32,
+            id_prefix: u64::from(inode_tag) << 32,
             // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
-            next_id: if node_tag == 0 { 2 } else { 1 },
+            next_id: if inode_tag == 0 { 2 } else { 1 },
             chunk_size,
         }
     }

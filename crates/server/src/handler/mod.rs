@@ -21,7 +21,7 @@ use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, FaultyStore, S
 use crate::metadata::{now_ns, MetadataTable, Owner, Seal, SizeUpdate};
 use crate::metrics::Metrics;
 use benchfs_config::ServerConfig;
-use benchfs_proto::placement::node_tag;
+use benchfs_proto::placement::inode_tag;
 
 pub use journal::{Journal, JournalError};
 
@@ -146,8 +146,9 @@ impl ServerState {
         secret: Vec<u8>,
     ) -> Result<ServerState, crate::handler::OpenError> {
         let store = AnyChunkStore::open(&config.store_config())?;
+        let born_ns = store_born_ns(config, &store)?;
         let mut metadata = MetadataTable::new(
-            node_tag(&config.node.node_id),
+            inode_tag(&config.node.node_id, born_ns),
             config.storage.chunk_size_bytes,
         );
         // A seal outlives the calls of a mover that is alive, however slow its peers: one
@@ -166,7 +167,6 @@ impl ServerState {
         };
         // Set after the replay, whose records are no calls in flight.
         metadata.set_settle_window(crate::metadata::settle_window(config.network.rpc_timeout));
-        let born_ns = store_born_ns(config, &store)?;
         if let Some(plan) = &config.storage.inject_faults {
             tracing::warn!(%plan, "injecting chunk store faults (storage.inject_faults)");
         }
@@ -186,6 +186,12 @@ impl ServerState {
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
+    }
+
+    /// The high half of every inode number this server hands out
+    /// ([`inode_tag`](benchfs_proto::placement::inode_tag)).
+    pub fn inode_tag(&self) -> u32 {
+        (self.metadata.borrow().scratch_file_id() >> 32) as u32
     }
 
     /// Makes every metadata change so far durable.

@@ -2,10 +2,8 @@
 
 use std::time::Instant;
 
-use std::collections::HashSet;
-
 use benchfs::limits::VIRTUAL_NODES_MAX;
-use benchfs::placement::{node_tag, LoadStats, PlacementKey, PlacementRing};
+use benchfs::placement::{LoadStats, PlacementKey, PlacementRing};
 
 /// The most servers a run simulates.
 const SERVERS_MAX: usize = 65_536;
@@ -27,22 +25,9 @@ pub struct Args {
     vnodes: u32,
 }
 
-/// `count` simulated node ids, `node{i}`, each with a distinct tag: a real ring refuses
-/// two ids whose tags (32-bit hashes) collide, which at tens of thousands of ids happens,
-/// so a colliding id takes a suffix instead (`node{i}.{k}`).
+/// `count` simulated node ids, `node{i}`.
 fn node_ids(count: usize) -> Vec<String> {
-    let mut tags = HashSet::with_capacity(count);
-    (0..count)
-        .map(|i| {
-            let mut id = format!("node{i}");
-            let mut k = 0;
-            while !tags.insert(node_tag(&id)) {
-                k += 1;
-                id = format!("node{i}.{k}");
-            }
-            id
-        })
-        .collect()
+    (0..count).map(|i| format!("node{i}")).collect()
 }
 
 fn ring<'a>(
@@ -134,21 +119,4 @@ pub fn run(args: Args) -> Result<(), super::CliError> {
     );
     println!("lookup             {ns:.1} ns (checksum {})", sink % 7);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn simulated_node_ids_never_share_a_tag() {
-        // 200000 plain ids `node{i}` hold several pairs of equal 32-bit tags.
-        let count = 200_000;
-        let plain: HashSet<u32> = (0..count).map(|i| node_tag(&format!("node{i}"))).collect();
-        assert!(plain.len() < count, "expected colliding plain ids");
-        let ids = node_ids(count);
-        let tags: HashSet<u32> = ids.iter().map(|id| node_tag(id)).collect();
-        assert_eq!(tags.len(), count);
-        assert_eq!(ids[0], "node0");
-    }
 }
