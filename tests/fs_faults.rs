@@ -499,7 +499,7 @@ fn listings_work_with_one_replica_of_each_record_down() {
 }
 
 #[test]
-fn a_memory_server_back_empty_never_hands_out_an_inode_number_again() {
+fn a_memory_server_back_empty_reuses_no_inode_number_and_hides_no_file() {
     // Found by a hostile-user run: a memory server restarted empty counted its inode
     // numbers from 1 again, so a new file took an old file's number, and with it the old
     // file's chunks on the other servers; once the replica repair brought the old record
@@ -543,11 +543,16 @@ fn a_memory_server_back_empty_never_hands_out_an_inode_number_again() {
             "{path} took inode {id:#x}, an old file's"
         );
     }
-    // Until the repair brings their records back, the old files may fail to open; they
-    // never read another file's bytes.
-    for (path, _, data) in &old {
-        if let Ok(got) = try_read_file(&fs, path) {
-            assert!(got == *data, "{path} reads bytes it never held");
-        }
+    // Before the replica repair brings their records back to the restarted server, the
+    // old files are found on their other replica, with their own bytes. (A client took
+    // the restarted server's "not found" for the answer: ENOENT for two minutes.)
+    for (path, id, data) in &old {
+        assert_eq!(fs.stat(path).map(|m| m.file_id).ok(), Some(*id), "{path}");
+        assert!(
+            read_file(&fs, path) == *data,
+            "{path} reads bytes it never held"
+        );
     }
+    let missing = fs.stat("/never-made").unwrap_err();
+    assert_eq!(missing.errno(), libc::ENOENT, "{missing}");
 }

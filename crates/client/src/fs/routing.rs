@@ -276,13 +276,19 @@ impl FsClient {
         accept: impl Fn(ServerIndex, &Response<R::Reply>) -> Result<(), RpcError>,
     ) -> Result<Response<R::Reply>, RpcError> {
         let mut last = None;
-        for server in self.read_order(key) {
+        let order = self.read_order(key);
+        for (at, &server) in order.iter().enumerate() {
             let result = self
                 .call_on_into::<R>(server, req, OutPayload::none(), sink())
                 .await
                 .and_then(|r| accept(server, &r).map(|()| r));
             match result {
-                Err(e) if is_unreachable(&e) || e.status() == Status::Io => {
+                Err(e)
+                    if is_unreachable(&e)
+                        || e.status() == Status::Io
+                        || (e.status() == Status::NotFound
+                            && self.born_after_one_of(server, &order[at + 1..])) =>
+                {
                     last = Some(match last {
                         Some(earlier) => e.after(&earlier),
                         None => e,
@@ -298,6 +304,15 @@ impl FsClient {
             }
         }
         Err(last.expect("at least one replica"))
+    }
+
+    /// Whether server `server`'s store began after one of `others`' did (or one whose
+    /// start is not known yet): it may have lost a record that they hold (a memory server
+    /// restarted empty holds its records again only once the replica repair has run), so
+    /// its "not found" is not the last word.
+    fn born_after_one_of(&self, server: ServerIndex, others: &[ServerIndex]) -> bool {
+        let born = |s: ServerIndex| self.servers[s as usize].born_ns.get();
+        others.iter().any(|&other| born(other) < born(server))
     }
 
     /// Sends a call to every replica at once; returns each one's answer, in ring order.
