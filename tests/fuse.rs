@@ -224,6 +224,34 @@ fn listings_and_unlinked_files(m: &Mounted) {
         "the hidden name is gone after the last close"
     );
 
+    // So does one a rename replaced (it gave ESTALE), small and large alike.
+    for (name, len) in [("small", 10), ("large", 3 * C + 5)] {
+        let old = pattern(len, 7);
+        fs::write(m.path(&format!("z/{name}")), &old).unwrap();
+        fs::write(m.path("z/new"), b"new bytes").unwrap();
+        let mut open = File::open(m.path(&format!("z/{name}"))).unwrap();
+        fs::rename(m.path("z/new"), m.path(&format!("z/{name}"))).unwrap();
+        assert_eq!(read(&m.path(&format!("z/{name}"))), b"new bytes");
+        let mut got = Vec::new();
+        open.read_to_end(&mut got).unwrap();
+        assert!(
+            got == old,
+            "{name}: the replaced file read {} bytes",
+            got.len()
+        );
+        drop(open);
+        fs::remove_file(m.path(&format!("z/{name}"))).unwrap();
+    }
+    let left: Vec<_> = fs::read_dir(m.path("z"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["moved"],
+        "the replaced files are gone after their last close"
+    );
+
     // statfs reports the servers' totals.
     let out = shell(&m.root, "df -P . | tail -1");
     let fields: Vec<&str> = out.split_whitespace().collect();

@@ -30,6 +30,13 @@ use crate::{CacheMode, Settings};
 /// (as NFS clients do), so its data outlives the name as POSIX says.
 const UNLINKED_PREFIX: &str = ".benchfs-unlinked-";
 
+/// Where an open file of node `ino` at `path` goes when it is unlinked or replaced: its
+/// last close removes it.
+fn hidden_path(path: &str, ino: u64) -> Result<String> {
+    let (parent, _) = path::split_parent(path).map_err(|_| Errno::EINVAL)?;
+    Ok(path::join(parent, &format!("{UNLINKED_PREFIX}{ino:x}")))
+}
+
 /// Free space reported for servers whose store has no capacity limit (the convention of
 /// object-store mounts: effectively unbounded).
 const UNBOUNDED_BYTES: u64 = 1 << 60;
@@ -332,7 +339,24 @@ impl BenchFuse {
                 Err(e) => return Err(e),
             }
         }
-        self.call(req, |fs| fs.block_on(fs.client().rename(from, to)))?;
+        // A file this mount has open and the rename replaces stays readable through its
+        // handles, as one unlinked while open does: it moves aside first.
+        let replaced = match self.handles.open_at(to) {
+            Some(ino) if from != to => {
+                let hidden = hidden_path(to, ino)?;
+                self.rename_inner(req, to, &hidden, RenameFlags::empty())?;
+                Some(hidden)
+            }
+            _ => None,
+        };
+        if let Err(e) = self.call(req, |fs| fs.block_on(fs.client().rename(from, to))) {
+            if let Some(hidden) = replaced {
+                if let Err(back) = self.rename_inner(req, &hidden, to, RenameFlags::empty()) {
+                    tracing::warn!(path = to, hidden, errno = ?back, "a rename failed and the file it would have replaced stays under its hidden name");
+                }
+            }
+            return Err(e);
+        }
         self.inodes.renamed(from, to);
         self.handles.renamed(from, to);
         Ok(())
@@ -345,9 +369,7 @@ impl BenchFuse {
         }
         let ino = ino_of(&meta);
         if self.handles.is_open(ino) {
-            let (parent, _) = path::split_parent(path).map_err(|_| Errno::EINVAL)?;
-            let hidden = path::join(parent, &format!("{UNLINKED_PREFIX}{ino:x}"));
-            return self.rename_inner(req, path, &hidden, RenameFlags::empty());
+            return self.rename_inner(req, path, &hidden_path(path, ino)?, RenameFlags::empty());
         }
         self.call(req, |fs| fs.unlink(path))
     }

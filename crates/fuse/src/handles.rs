@@ -121,6 +121,11 @@ impl Handles {
         self.lock().values().any(|h| h.ino == ino)
     }
 
+    /// The node of an open handle whose file is at `path`, if there is one.
+    pub(crate) fn open_at(&self, path: &str) -> Option<u64> {
+        self.lock().values().find(|h| h.path == path).map(|h| h.ino)
+    }
+
     /// A truncate set `ino`'s size: no handle has a larger size left to publish.
     pub(crate) fn truncated(&self, ino: u64, size: u64) {
         for h in self.lock().values_mut().filter(|h| h.ino == ino) {
