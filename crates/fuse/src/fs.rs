@@ -454,7 +454,10 @@ impl Filesystem for BenchFuse {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS;
         match self.settings.cache {
-            CacheMode::Writeback => wanted |= InitFlags::FUSE_WRITEBACK_CACHE,
+            CacheMode::Writeback => {
+                tracing::warn!("writeback_cache: the kernel keeps its own size of each file it caches, so this mount does not see other mounts' writes to those files (not close-to-open)");
+                wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+            }
             // Lets programs mmap a file opened for direct I/O (git, executables), through
             // the page cache; kernels before 6.6 refuse such an mmap with ENODEV.
             CacheMode::Direct
