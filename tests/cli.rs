@@ -219,6 +219,61 @@ fn cluster_up_keeps_an_earlier_clusters_data_unless_told() {
 }
 
 #[test]
+fn cluster_up_resume_starts_the_servers_that_stopped() {
+    // Found by a hostile-user run: with one server of a cluster killed, `cluster up
+    // --resume` refused ("a cluster is already running"), leaving the user to rebuild
+    // the benchfsd command line by hand.
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "3", "--backend", "file"]);
+    let local = c.local("in.bin");
+    let data = pattern(300_000, 4);
+    std::fs::write(&local, &data).unwrap();
+    c.cli(&["put", arg(&local), "/kept"]);
+    let pids = |c: &ClusterDir| -> Vec<u32> {
+        std::fs::read_to_string(c.dir.join("pids"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let before = pids(&c);
+    let killed = before[1];
+    let status = std::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    while std::path::Path::new(&format!("/proc/{killed}/stat"))
+        .exists()
+        .then(|| std::fs::read_to_string(format!("/proc/{killed}/stat")).unwrap_or_default())
+        .is_some_and(|stat| !stat.contains(") Z"))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = c.cli(&["cluster", "up", "--resume"]);
+    assert!(out.contains("1 servers (2 were running)"), "{out}");
+    let after = pids(&c);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(
+        (after[0], after[2]),
+        (before[0], before[2]),
+        "the others ran on"
+    );
+    assert_ne!(after[1], killed);
+    let back = c.local("out.bin");
+    c.cli(&["get", "/kept", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    let err = c.run(&["cluster", "up", "--resume"]).failed();
+    assert!(err.contains("every server"), "{err}");
+    let err = c.run(&["cluster", "up", "--servers", "3"]).failed();
+    assert!(
+        err.contains("already running") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
+}
+
+#[test]
 fn cluster_up_takes_a_directory_with_quotes_and_backslashes() {
     // Regression: `cluster up` pasted the directory into benchfs.toml unescaped, so a path
     // with a quote or a backslash made a configuration that did not parse.

@@ -221,11 +221,12 @@ pub(crate) fn benchfsd_path() -> Result<PathBuf, CliError> {
 /// `benchfs cluster up`: a new cluster, or with --resume the stopped one in the directory.
 fn up(args: &UpArgs) -> Result<(), CliError> {
     let dir = &args.target.dir;
-    if !servers_of(dir).is_empty() {
+    let running: Vec<String> = servers_of(dir).into_iter().filter_map(node_of).collect();
+    if !running.is_empty() && !args.resume {
         return Err(format!(
-            "a cluster is already running in {} (benchfs cluster down --dir {})",
-            dir.display(),
-            dir.display()
+            "a cluster is already running in {dir} (benchfs cluster down --dir {dir}; \
+             `benchfs cluster up --resume --dir {dir}` starts the servers of it that stopped)",
+            dir = dir.display(),
         )
         .into());
     }
@@ -242,36 +243,46 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         None => None,
     };
     let nodes = if args.resume {
-        let nodes = resume_nodes(dir)?;
+        let nodes: Vec<String> = resume_nodes(dir)?
+            .into_iter()
+            .filter(|node| !running.contains(node))
+            .collect();
+        if nodes.is_empty() {
+            return Err(format!(
+                "every server of the cluster in {} is running",
+                dir.display()
+            )
+            .into());
+        }
         let config = ServerConfig::from_file(dir.join("benchfs.toml"))?;
         check_prefault_fits(config.storage.prefault_bytes, nodes.len())?;
         nodes
     } else {
         prepare_new(args)?
     };
-    let registry = dir.join("registry");
-    // Entries a killed server left behind; every server publishes itself again.
-    match std::fs::remove_dir_all(&registry) {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            return Err(local_error("cannot clear the registry", &registry, e))
-        }
-        _ => {}
-    }
+    remove_stale_entries(dir, &nodes, running.is_empty())?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| local_error("cannot create", &logs, e))?;
     let started = spawn_servers(dir, &nodes, secret_file.as_deref())?;
     wait_for_servers(dir, &nodes, &started)?;
+    if !running.is_empty() {
+        write_pids_in_node_order(dir)?;
+    }
     let backend = ServerConfig::from_file(dir.join("benchfs.toml"))?
         .storage
         .backend;
+    let also = match running.len() {
+        0 => String::new(),
+        n => format!(" ({n} were running)"),
+    };
     println!(
-        "cluster {}: {} servers, backend {backend}, dir {}",
+        "cluster {}: {} servers{also}, backend {backend}, dir {}",
         if args.resume { "resumed" } else { "up" },
         nodes.len(),
         dir.display()
     );
     if args.resume && backend == Backend::Memory {
-        println!("note: the memory backend keeps nothing across a restart; the cluster is empty");
+        println!("note: the memory backend keeps nothing across a restart; the servers started are empty");
     }
     Ok(())
 }
@@ -395,6 +406,43 @@ fn spawn_servers(
     )
     .map_err(|e| local_error("cannot write", &pids_path, e))?;
     Ok(started)
+}
+
+/// Removes the registry entries that killed servers among `nodes` left behind (all of
+/// them if `all`, when no server runs): every server started publishes itself again.
+fn remove_stale_entries(dir: &Path, nodes: &[String], all: bool) -> Result<(), CliError> {
+    let registry = dir.join("registry");
+    let removed = match all {
+        true => std::fs::remove_dir_all(&registry),
+        false => nodes.iter().try_for_each(|node| {
+            match std::fs::remove_file(registry::entry_path(&registry, node)) {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }),
+    };
+    match removed {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(local_error("cannot clear the registry", &registry, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `pids` with every running server of the cluster in `dir`, one line each in the
+/// order of their node ids (node0, node1, ...), as a cluster started whole has it.
+fn write_pids_in_node_order(dir: &Path) -> Result<(), CliError> {
+    let by_node: std::collections::HashMap<String, u32> = servers_of(dir)
+        .into_iter()
+        .filter_map(|pid| Some((node_of(pid)?, pid)))
+        .collect();
+    let text: String = resume_nodes(dir)?
+        .iter()
+        .filter_map(|node| by_node.get(node))
+        .map(|pid| format!("{pid}\n"))
+        .collect();
+    let path = dir.join("pids");
+    std::fs::write(&path, text).map_err(|e| local_error("cannot write", &path, e))
 }
 
 /// Starts the server `node` of the cluster in `dir`, logging to `logs/<node>.log`.
@@ -526,9 +574,12 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
     let wait = Duration::from_secs(30 + prefault / (256 << 20));
     let deadline = Instant::now() + wait;
     loop {
+        // The servers started here, not any that were running.
         let published = registry::read(&dir.join("registry"))
-            .map(|e| e.len())
-            .unwrap_or(0);
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| nodes.contains(&e.node_id))
+            .count();
         if published >= nodes.len() {
             return Ok(());
         }
@@ -568,6 +619,20 @@ fn servers_of(dir: &Path) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| alive(pid) && runs_config(pid, &config))
         .collect()
+}
+
+/// The node id a `benchfsd` process was started with (`--node-id`), if it was given one.
+fn node_of(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.iter().enumerate().find_map(|(i, arg)| {
+        let value = match arg.strip_prefix(b"--node-id=") {
+            Some(value) => value,
+            None if *arg == b"--node-id" => args.get(i + 1)?,
+            None => return None,
+        };
+        String::from_utf8(value.to_vec()).ok()
+    })
 }
 
 /// Whether process `pid` is a `benchfsd` started with `--config <config>`.
