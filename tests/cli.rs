@@ -528,6 +528,9 @@ fn misleading_refusals_say_what_was_refused() {
             "{root}: {err}"
         );
     }
+    // `cat /` said "no such file or directory" (the root has no record to open).
+    let err = on(&cluster, &["cat", "/"]).failed();
+    assert!(err.contains("is a directory"), "{err}");
     let fs = cluster.client();
     fs.mkdir("/kept", 0o755).unwrap();
     assert_eq!(names(&fs, "/"), ["kept"]);

@@ -201,7 +201,8 @@ impl FsClient {
     /// rename. With inline files off here, the lookup is the plain one, and only an inline
     /// record (made by a client with them on) costs a second request for its bytes.
     pub(super) async fn record_of(&self, op: &'static str, path: &str) -> Result<Record, ApiError> {
-        if self.inline_limit > 0 {
+        // The root has no record on any server (`lookup` answers for it).
+        if self.inline_limit > 0 && path != "/" {
             return self.lookup_record(op, path).await;
         }
         let meta = self.lookup(op, path, false).await?;
