@@ -384,6 +384,22 @@ fn read_with_a_replica_stopped(kill: bool) {
         counters.failovers >= 1,
         "a replica answered for it: {counters:?}"
     );
+    // Another client of this process (a FUSE mount's other thread, say) asks the replicas
+    // first at once, instead of waiting out a timeout of its own.
+    if !kill {
+        cluster.signal(stopped, "STOP");
+    }
+    let second = cluster.client();
+    assert!(read_file(&second, "/r") == data);
+    let counters = second.client().call_counters();
+    if !kill {
+        cluster.signal(stopped, "CONT");
+    }
+    assert_eq!(
+        (counters.unreachable, counters.timeouts),
+        (0, 0),
+        "the server another client marked is asked last: {counters:?}"
+    );
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! to any replica (reads) or to every replica (writes).
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use benchfs_config::registry;
@@ -44,7 +47,48 @@ impl ServerSlot {
 
     fn is_suspect(&self, now: Instant) -> bool {
         self.suspect_until.get().is_some_and(|until| now < until)
+            || shared_suspect(self.entry.borrow().addr, now)
     }
+
+    /// Marks the server suspect until `until`, or clears the mark (`None`), for this
+    /// client and every other of the process.
+    fn set_suspect(&self, until: Option<Instant>) {
+        let was = self.suspect_until.replace(until);
+        if was.is_some() || until.is_some() || ANY_SHARED_SUSPECT.load(Ordering::Relaxed) {
+            share_suspect(self.entry.borrow().addr, until);
+        }
+    }
+}
+
+/// Servers some client of this process found unreachable, by address, with the end of
+/// their suspect period. A process has a client per thread (a FUSE mount's threads, a C
+/// API program's), and without this each one waited out a timeout of its own on a stopped
+/// server before asking its replicas (12 s for a file read through a mount of 4 threads
+/// with a 3 s timeout).
+static SHARED_SUSPECTS: Mutex<Vec<(SocketAddr, Instant)>> = Mutex::new(Vec::new());
+
+/// Whether [`SHARED_SUSPECTS`] may hold anything: calls skip its lock while it is empty.
+static ANY_SHARED_SUSPECT: AtomicBool = AtomicBool::new(false);
+
+fn shared_suspects() -> std::sync::MutexGuard<'static, Vec<(SocketAddr, Instant)>> {
+    SHARED_SUSPECTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn shared_suspect(addr: SocketAddr, now: Instant) -> bool {
+    ANY_SHARED_SUSPECT.load(Ordering::Relaxed)
+        && shared_suspects()
+            .iter()
+            .any(|&(a, until)| a == addr && now < until)
+}
+
+fn share_suspect(addr: SocketAddr, until: Option<Instant>) {
+    let mut suspects = shared_suspects();
+    let now = Instant::now();
+    suspects.retain(|&(a, end)| a != addr && now < end);
+    if let Some(until) = until {
+        suspects.push((addr, until));
+    }
+    ANY_SHARED_SUSPECT.store(!suspects.is_empty(), Ordering::Relaxed);
 }
 
 /// How long a server that timed out is asked last by reads, unless it answers meanwhile.
@@ -216,10 +260,9 @@ impl FsClient {
             Some(e) if is_unreachable(e) => {
                 counters.unreachable += 1;
                 counters.timeouts += u64::from(e.status() == Status::TimedOut);
-                slot.suspect_until
-                    .set(Some(Instant::now() + SUSPECT_PERIOD));
+                slot.set_suspect(Some(Instant::now() + SUSPECT_PERIOD));
             }
-            _ => slot.suspect_until.set(None),
+            _ => slot.set_suspect(None),
         }
         self.call_counters.set(counters);
     }
