@@ -189,7 +189,7 @@ impl ServerState {
     }
 
     /// The high half of every inode number this server hands out
-    /// ([`inode_tag`](benchfs_proto::placement::inode_tag)).
+    /// ([`inode_tag`]).
     pub fn inode_tag(&self) -> u32 {
         (self.metadata.borrow().scratch_file_id() >> 32) as u32
     }
