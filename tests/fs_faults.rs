@@ -548,6 +548,9 @@ fn a_memory_server_back_empty_reuses_no_inode_number_and_hides_no_file() {
             (path, id, data)
         })
         .collect();
+    // Servers whose stores began within seconds of one another are taken to be a new
+    // cluster's; this one comes back well after the others began.
+    std::thread::sleep(std::time::Duration::from_secs(6));
     cluster.kill(restarted);
     cluster.restart(restarted);
     let fs = cluster.client();
@@ -569,6 +572,23 @@ fn a_memory_server_back_empty_reuses_no_inode_number_and_hides_no_file() {
             "{path} reads bytes it never held"
         );
     }
+    // An open with O_CREAT of an old file opens it, and an exclusive one is refused: the
+    // restarted owner made a new file there and its copy replaced the old one's record
+    // on the other replica (the sweep then removed the old file's chunks).
+    let (path, id, data) = &old[0];
+    let fd = fs
+        .open(path, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap();
+    fs.close(fd).unwrap();
+    let exclusive = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCL;
+    let e = fs.open(path, exclusive, 0o644).and_then(|fd| fs.close(fd));
+    assert_eq!(e.unwrap_err().errno(), libc::EEXIST);
+    assert_eq!(fs.stat(path).unwrap().file_id, *id);
+    assert!(read_file(&fs, path) == *data, "{path} was replaced");
+    assert_eq!(
+        fs.mkdir(&old[1].0, 0o755).unwrap_err().errno(),
+        libc::EEXIST
+    );
     let missing = fs.stat("/never-made").unwrap_err();
     assert_eq!(missing.errno(), libc::ENOENT, "{missing}");
 }

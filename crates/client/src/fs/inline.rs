@@ -325,24 +325,39 @@ impl FsClient {
             }
             return Err(e);
         }
-        self.copy_to_replicas(&path, &record, &servers, reply.created)
-            .await?;
-        self.opened_as(fd, record)
+        match self
+            .copy_to_replicas(&path, &record, &servers, reply.created)
+            .await
+        {
+            Ok(()) => self.opened_as(fd, record),
+            // Another replica has a file there that the owner lost (a memory server
+            // restarted empty): open that one, as a create that found it would.
+            Err(e) if reply.created && e.status() == Status::Exists => {
+                let deferred = Deferred {
+                    bytes: record.data,
+                    ..d
+                };
+                self.make_plain(fd, &path, deferred).await
+            }
+            Err(e) => Err(rpc_err("create", &path)(e)),
+        }
     }
 
-    /// Copies the record the owner (`servers[0]`) holds now to the other replicas. If one
-    /// does not take it, a record this create made is removed again from every replica.
+    /// Copies the record the owner (`servers[0]`) holds now to the other replicas: a new
+    /// one only where the path has none (`Exists` otherwise: a replica kept a file the
+    /// owner lost). If one does not take it, a record this create made is removed again
+    /// from the replicas that took it.
     async fn copy_to_replicas(
         &self,
         path: &str,
         record: &Record,
         servers: &[ServerIndex],
         created: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RpcError> {
         let insert = ops::InsertRequest {
             path: path.to_string(),
             meta: record.meta,
-            exclusive: false,
+            exclusive: created,
             settled_only: false,
             newer_only: false,
             data: record.data.clone(),
@@ -353,16 +368,19 @@ impl FsClient {
                 .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
         )
         .await;
-        let Some(e) = copies.into_iter().find_map(Result::err) else {
+        let (mut holders, failed) =
+            super::namespace::took_it(servers[1..].iter().copied().zip(copies));
+        let Some(e) = failed else {
             return Ok(());
         };
         if created {
             tracing::warn!(error = %e, path, "a replica did not take the new record; removing it");
-            self.undo_put(path, None, servers).await;
+            holders.push(servers[0]);
+            self.undo_put(path, None, &holders).await;
         } else {
             tracing::error!(error = %e, path, "a replica did not take the bytes written: the replicas of this record differ");
         }
-        Err(rpc_err("create", path)(e))
+        Err(e)
     }
 
     /// Makes a deferred handle's file the ordinary way (a write that does not fit, or a

@@ -135,10 +135,12 @@ impl FsClient {
                     .await?
             }
         };
+        // Only where the path has no record: a replica may hold a file the owner lost (a
+        // memory server restarted empty), which a copy would replace.
         let insert = ops::InsertRequest {
             path: path.to_string(),
             meta: reply.meta,
-            exclusive: false,
+            exclusive: true,
             settled_only: false,
             newer_only: false,
             data: Vec::new(),
@@ -491,6 +493,7 @@ impl FsClient {
         // file, whatever name the handle knows it by; an inline file's bytes are its
         // record's, and `truncate_inline` sees to them.)
         if !meta.inline {
+            meta.size = self.least_size(&path, meta).await;
             meta.size = self
                 .files
                 .borrow()
@@ -513,6 +516,27 @@ impl FsClient {
             }
         }
         Ok(())
+    }
+
+    /// The least size the replicas of file `meta`'s record hold: after a truncate that
+    /// some of them missed, the larger size of one would spare the bytes that a server
+    /// which missed the cut still holds past the smaller one. (A replica that does not
+    /// answer, or names another file, is left out: the truncate fails on it anyway.)
+    async fn least_size(&self, path: &str, meta: FileMetadata) -> u64 {
+        let req = ops::PathRequest {
+            path: path.to_string(),
+        };
+        self.write_each::<ops::MetadataLookup>(
+            PlacementKey::Metadata(path),
+            &req,
+            WriteSource::NONE,
+        )
+        .await
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .filter(|r| r.meta.file_id == meta.file_id)
+        .map(|r| r.meta.size)
+        .fold(meta.size, u64::min)
     }
 
     /// Sets the file's size, then cuts its chunks on every server at `size`, or, when the
@@ -726,7 +750,7 @@ impl FsClient {
 }
 
 /// The servers that took a call, and the first failure among the others.
-fn took_it<T>(
+pub(super) fn took_it<T>(
     answers: impl IntoIterator<Item = (ServerIndex, Result<T, RpcError>)>,
 ) -> (Vec<ServerIndex>, Option<RpcError>) {
     let mut holders = Vec::new();

@@ -91,6 +91,10 @@ fn share_suspect(addr: SocketAddr, until: Option<Instant>) {
     ANY_SHARED_SUSPECT.store(!suspects.is_empty(), Ordering::Relaxed);
 }
 
+/// How much later than another replica's a server's store must have begun for its "not
+/// found" to be checked with that replica (see [`FsClient::born_after_one_of`]).
+const BORN_APART_NS: u64 = 5_000_000_000;
+
 /// How long a server that timed out is asked last by reads, unless it answers meanwhile.
 pub(super) const SUSPECT_PERIOD: Duration = Duration::from_secs(30);
 
@@ -349,13 +353,22 @@ impl FsClient {
         Err(last.expect("at least one replica"))
     }
 
-    /// Whether server `server`'s store began after one of `others`' did (or one whose
-    /// start is not known yet): it may have lost a record that they hold (a memory server
-    /// restarted empty holds its records again only once the replica repair has run), so
-    /// its "not found" is not the last word.
+    /// Whether server `server`'s store began well after one of `others`' did (or one
+    /// whose start is not known yet, unless it just failed): it may have lost a record
+    /// that they hold (a memory server restarted empty holds its records again only once
+    /// the replica repair has run), so its "not found" is not the last word. The servers
+    /// of a new cluster start within [`BORN_APART_NS`] of one another, and their "not found"
+    /// costs no second call.
     fn born_after_one_of(&self, server: ServerIndex, others: &[ServerIndex]) -> bool {
-        let born = |s: ServerIndex| self.servers[s as usize].born_ns.get();
-        others.iter().any(|&other| born(other) < born(server))
+        let now = Instant::now();
+        let born = self.servers[server as usize].born_ns.get();
+        others.iter().any(|&other| {
+            let slot = &self.servers[other as usize];
+            match slot.born_ns.get() {
+                0 => !slot.is_suspect(now),
+                other_born => other_born.saturating_add(BORN_APART_NS) < born,
+            }
+        })
     }
 
     /// Sends a call to every replica at once; returns each one's answer, in ring order.

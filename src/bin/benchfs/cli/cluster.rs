@@ -221,7 +221,7 @@ pub(crate) fn benchfsd_path() -> Result<PathBuf, CliError> {
 /// `benchfs cluster up`: a new cluster, or with --resume the stopped one in the directory.
 fn up(args: &UpArgs) -> Result<(), CliError> {
     let dir = &args.target.dir;
-    let running: Vec<String> = servers_of(dir).into_iter().filter_map(node_of).collect();
+    let running = running_nodes(dir)?;
     if !running.is_empty() && !args.resume {
         return Err(format!(
             "a cluster is already running in {dir} (benchfs cluster down --dir {dir}; \
@@ -619,6 +619,22 @@ fn servers_of(dir: &Path) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| alive(pid) && runs_config(pid, &config))
         .collect()
+}
+
+/// The node ids of the running servers of the cluster in `dir`; an error if one runs
+/// without `--node-id` on its command line (then which ones run cannot be told).
+fn running_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
+    let pids = servers_of(dir);
+    let running: Vec<String> = pids.iter().filter_map(|&pid| node_of(pid)).collect();
+    if running.len() < pids.len() {
+        return Err(format!(
+            "a server of the cluster in {dir} runs without --node-id on its command line, so \
+             which of its servers run cannot be told; stop it first (benchfs cluster down --dir {dir})",
+            dir = dir.display(),
+        )
+        .into());
+    }
+    Ok(running)
 }
 
 /// The node id a `benchfsd` process was started with (`--node-id`), if it was given one.
