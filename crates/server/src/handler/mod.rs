@@ -720,9 +720,21 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
             } else {
                 now_ns()
             };
+            // Durable before any inode number is handed out under the tag it gives: a
+            // record lost to a power cut would otherwise leave an empty file that no
+            // start accepts.
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{born}\n")).map_err(born_error)?;
+            let write = |tmp: &std::path::Path| -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(tmp)?;
+                file.write_all(format!("{born}\n").as_bytes())?;
+                file.sync_all()
+            };
+            write(&tmp).map_err(born_error)?;
             std::fs::rename(&tmp, &path).map_err(born_error)?;
+            std::fs::File::open(&config.node.data_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(born_error)?;
             Ok(born)
         }
         Err(e) => Err(born_error(e)),
