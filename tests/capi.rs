@@ -109,6 +109,43 @@ fn c_program_calls_every_function_shared_and_static() {
     run_against(&fixed, &cluster);
 }
 
+#[test]
+fn threads_and_programs_exit_cleanly_after_a_call_timed_out() {
+    // Found by a hostile-user run: a thread that returned after a call timed out, or a
+    // program that exited then, aborted the whole process (SIGABRT, exit 134).
+    let prefix = installed_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(ROOT).join("tests/c/thread_exit.c");
+    let program = dir.path().join("thread_exit");
+    let mut link = pkg_config(prefix, &["--libs"]);
+    link.push(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+    compile(&source, &program, &pkg_config(prefix, &["--cflags"]), &link);
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    for i in 0..cluster.spec.servers {
+        cluster.signal(i, "STOP");
+    }
+    let out = Command::new(&program)
+        .env("BENCHFS_REGISTRY", cluster.registry())
+        .env("BENCHFS_RPC_TIMEOUT_MSEC", "500")
+        .env_remove("BENCHFS_CONFIG")
+        .output()
+        .expect("the test program runs");
+    for i in 0..cluster.spec.servers {
+        cluster.signal(i, "CONT");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("joined"),
+        "{} ({}):\n{stdout}\n{}",
+        program.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The header declares exactly the functions the library exports.
 #[test]
 fn header_declares_every_exported_function() {

@@ -70,6 +70,7 @@ fn not_connected() -> Failure {
 pub(crate) fn with_client<T>(
     f: impl FnOnce(&mut ThreadClient) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
+    benchfs_client::blocking::outlive_thread_locals();
     CLIENT.with(|slot| {
         let mut slot = slot.try_borrow_mut().map_err(|_| {
             Failure::new(

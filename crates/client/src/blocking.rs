@@ -24,9 +24,13 @@ pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
 
 /// A connection to a BenchFS cluster, for one thread.
 pub struct BenchFS {
-    runtime: tokio::runtime::Runtime,
-    local: tokio::task::LocalSet,
+    // Dropped in this order: the client, then the tasks on the local set (their timers
+    // leave the runtime's driver with them), then the runtime. A runtime dropped first
+    // fires the timers still set and wakes their tasks, which needs tokio's thread-local
+    // state: gone when a C API thread's client drops at thread exit (an abort).
     client: FsClient,
+    local: tokio::task::LocalSet,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl std::fmt::Debug for BenchFS {
@@ -35,6 +39,30 @@ impl std::fmt::Debug for BenchFS {
             .field("client", &self.client)
             .finish()
     }
+}
+
+/// Makes tokio's per-thread state on this thread outlive a client that a caller keeps in
+/// a thread-local of its own (a C API or FUSE thread's client): call it before that
+/// thread-local first holds one. Thread-local destructors run in the reverse order of
+/// first use, and a client dropped after tokio's state is gone wakes its tasks into it,
+/// which aborts the process at thread exit. Cheap after the first call on a thread.
+pub fn outlive_thread_locals() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if DONE.replace(true) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    // Entering a local set on a runtime touches both: the runtime's context and the set's.
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        tokio::task::spawn_local(async {}).await.ok();
+    });
 }
 
 impl Drop for BenchFS {

@@ -86,6 +86,7 @@ impl BenchFuse {
         req: &Request,
         f: impl FnOnce(&BenchFS) -> std::result::Result<T, ApiError>,
     ) -> Result<T> {
+        benchfs_client::blocking::outlive_thread_locals();
         CLIENT.with(|slot| {
             let mut slot = slot.borrow_mut();
             if slot.is_none() {
