@@ -22,6 +22,14 @@ fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
         .unwrap_or(0)
 }
 
+/// The names in directory `dir`.
+fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
+}
+
 fn read(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
@@ -214,12 +222,8 @@ fn listings_and_unlinked_files(m: &Mounted) {
     open.read_to_string(&mut s).unwrap();
     assert_eq!(s, "top");
     drop(open);
-    let left: Vec<_> = fs::read_dir(m.path("z"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
     assert_eq!(
-        left,
+        names_in(&m.path("z")),
         ["moved"],
         "the hidden name is gone after the last close"
     );
@@ -242,12 +246,8 @@ fn listings_and_unlinked_files(m: &Mounted) {
         drop(open);
         fs::remove_file(m.path(&format!("z/{name}"))).unwrap();
     }
-    let left: Vec<_> = fs::read_dir(m.path("z"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
     assert_eq!(
-        left,
+        names_in(&m.path("z")),
         ["moved"],
         "the replaced files are gone after their last close"
     );
