@@ -386,6 +386,21 @@ fn a_server_back_with_another_replica_count_is_refused_by_name() {
 }
 
 #[test]
+fn a_missing_path_is_not_found_with_a_replica_down() {
+    // A client that has not yet met a replica asks it too when another says "not found"
+    // (that server may have come back empty); with that replica down the answer is still
+    // ENOENT, not the replica's failure.
+    let mut cluster = cluster();
+    cluster.kill(2);
+    for i in 0..8 {
+        let fs = cluster.client();
+        let path = format!("/missing{i}");
+        let e = fs.stat(&path).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT, "{path}: {e}");
+    }
+}
+
+#[test]
 fn a_read_every_replica_failed_names_every_server() {
     // Found by a hostile-user run: with two servers down, a failed read named only the
     // last one it asked.

@@ -91,6 +91,15 @@ fn share_suspect(addr: SocketAddr, until: Option<Instant>) {
     ANY_SHARED_SUSPECT.store(!suspects.is_empty(), Ordering::Relaxed);
 }
 
+/// Why a server's "not found" is asked of another replica too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BornAfter {
+    /// Another replica's store began well before this one's.
+    Known,
+    /// Another replica's start is not known yet.
+    Unknown,
+}
+
 /// How much later than another replica's a server's store must have begun for its "not
 /// found" to be checked with that replica (see [`FsClient::born_after_one_of`]).
 const BORN_APART_NS: u64 = 5_000_000_000;
@@ -323,18 +332,27 @@ impl FsClient {
         accept: impl Fn(ServerIndex, &Response<R::Reply>) -> Result<(), RpcError>,
     ) -> Result<Response<R::Reply>, RpcError> {
         let mut last = None;
+        // A "not found" asked again only because another replica's start is not known:
+        // the answer if that replica cannot be asked either.
+        let mut unconfirmed = None;
         let order = self.read_order(key);
         for (at, &server) in order.iter().enumerate() {
             let result = self
                 .call_on_into::<R>(server, req, OutPayload::none(), sink())
                 .await
                 .and_then(|r| accept(server, &r).map(|()| r));
+            let born_after = match &result {
+                Err(e) if e.status() == Status::NotFound => {
+                    self.born_after_one_of(server, &order[at + 1..])
+                }
+                _ => None,
+            };
             match result {
+                Err(e) if born_after == Some(BornAfter::Unknown) && unconfirmed.is_none() => {
+                    unconfirmed = Some(e);
+                }
                 Err(e)
-                    if is_unreachable(&e)
-                        || e.status() == Status::Io
-                        || (e.status() == Status::NotFound
-                            && self.born_after_one_of(server, &order[at + 1..])) =>
+                    if is_unreachable(&e) || e.status() == Status::Io || born_after.is_some() =>
                 {
                     last = Some(match last {
                         Some(earlier) => e.after(&earlier),
@@ -350,7 +368,12 @@ impl FsClient {
                 other => return other,
             }
         }
-        Err(last.expect("at least one replica"))
+        match (unconfirmed, last) {
+            (Some(not_found), Some(last)) if is_unreachable(&last) => Err(not_found),
+            (_, Some(last)) => Err(last),
+            (Some(not_found), None) => Err(not_found),
+            (None, None) => unreachable!("every replica was asked"),
+        }
     }
 
     /// Whether server `server`'s store began well after one of `others`' did (or one
@@ -359,16 +382,21 @@ impl FsClient {
     /// the replica repair has run), so its "not found" is not the last word. The servers
     /// of a new cluster start within [`BORN_APART_NS`] of one another, and their "not found"
     /// costs no second call.
-    fn born_after_one_of(&self, server: ServerIndex, others: &[ServerIndex]) -> bool {
+    fn born_after_one_of(&self, server: ServerIndex, others: &[ServerIndex]) -> Option<BornAfter> {
         let now = Instant::now();
         let born = self.servers[server as usize].born_ns.get();
-        others.iter().any(|&other| {
+        let mut unknown = false;
+        for &other in others {
             let slot = &self.servers[other as usize];
             match slot.born_ns.get() {
-                0 => !slot.is_suspect(now),
-                other_born => other_born.saturating_add(BORN_APART_NS) < born,
+                0 => unknown |= !slot.is_suspect(now),
+                other_born if other_born.saturating_add(BORN_APART_NS) < born => {
+                    return Some(BornAfter::Known);
+                }
+                _ => {}
             }
-        })
+        }
+        unknown.then_some(BornAfter::Unknown)
     }
 
     /// Sends a call to every replica at once; returns each one's answer, in ring order.
