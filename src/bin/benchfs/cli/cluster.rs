@@ -641,13 +641,22 @@ fn running_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
 fn node_of(pid: u32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.iter().enumerate().find_map(|(i, arg)| {
-        let value = match arg.strip_prefix(b"--node-id=") {
-            Some(value) => value,
-            None if *arg == b"--node-id" => args.get(i + 1)?,
-            None => return None,
-        };
-        String::from_utf8(value.to_vec()).ok()
+    let value = flag_values(&args, b"--node-id").next()?;
+    String::from_utf8(value.to_vec()).ok()
+}
+
+/// The values given to `flag` in a command line's `args`, as `--flag value` or
+/// `--flag=value`.
+fn flag_values<'a>(args: &'a [&'a [u8]], flag: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    args.iter().enumerate().filter_map(move |(i, arg)| {
+        match arg
+            .strip_prefix(flag)
+            .and_then(|rest| rest.strip_prefix(b"="))
+        {
+            Some(value) => Some(value),
+            None if *arg == flag => args.get(i + 1).copied(),
+            None => None,
+        }
     })
 }
 
@@ -658,10 +667,10 @@ fn runs_config(pid: u32, config: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let args: Vec<&OsStr> = cmdline.split(|b| *b == 0).map(OsStr::from_bytes).collect();
-    let daemon = args
-        .first()
-        .is_some_and(|a| Path::new(a).file_name() == Some(OsStr::new("benchfsd")));
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let daemon = args.first().is_some_and(|a| {
+        Path::new(OsStr::from_bytes(a)).file_name() == Some(OsStr::new("benchfsd"))
+    });
     let named = |arg: &OsStr| {
         let path = Path::new(arg);
         let path = match std::fs::read_link(format!("/proc/{pid}/cwd")) {
@@ -670,14 +679,7 @@ fn runs_config(pid: u32, config: &Path) -> bool {
         };
         std::fs::canonicalize(&path).is_ok_and(|p| p == config)
     };
-    daemon
-        && args.iter().enumerate().any(|(i, arg)| {
-            let arg = arg.as_bytes();
-            match arg.strip_prefix(b"--config=") {
-                Some(value) => named(OsStr::from_bytes(value)),
-                None => arg == b"--config" && args.get(i + 1).is_some_and(|v| named(v)),
-            }
-        })
+    daemon && flag_values(&args, b"--config").any(|value| named(OsStr::from_bytes(value)))
 }
 
 fn alive(pid: u32) -> bool {
