@@ -86,17 +86,7 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
         entry.node_id,
         std::process::id()
     ));
-    let mut line = format!("{} {}", entry.node_id, entry.addr);
-    if let Some(n) = entry.replicas {
-        line += &format!(" replicas={n}");
-    }
-    if let Some(v) = entry.virtual_nodes {
-        line += &format!(" vnodes={v}");
-    }
-    for (key, value) in &entry.settings {
-        line += &format!(" {key}={value}");
-    }
-    std::fs::write(&tmp, line + "\n").map_err(io("write", &tmp))?;
+    std::fs::write(&tmp, entry_line(entry)).map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
     // Back: no longer departed.
     let departed = departed_path(dir, &entry.node_id);
@@ -148,6 +138,21 @@ pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
         _ => Ok(()),
     }
+}
+
+/// An entry file's contents, which [`parse_entry`] reads back.
+pub fn entry_line(entry: &ServerEntry) -> String {
+    let mut line = format!("{} {}", entry.node_id, entry.addr);
+    if let Some(n) = entry.replicas {
+        line += &format!(" replicas={n}");
+    }
+    if let Some(v) = entry.virtual_nodes {
+        line += &format!(" vnodes={v}");
+    }
+    for (key, value) in &entry.settings {
+        line += &format!(" {key}={value}");
+    }
+    line + "\n"
 }
 
 /// Parses one entry file's contents.

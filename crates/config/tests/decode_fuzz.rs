@@ -174,17 +174,9 @@ proptest! {
             Ok(entry) => {
                 prop_assert!(valid, "{text:?} parsed as {entry:?}");
                 prop_assert_eq!(&entry.node_id, words[0]);
-                let mut canonical = format!("{} {}", entry.node_id, entry.addr);
-                if let Some(n) = entry.replicas {
-                    canonical += &format!(" replicas={n}");
-                }
-                if let Some(v) = entry.virtual_nodes {
-                    canonical += &format!(" vnodes={v}");
-                }
-                for (key, value) in &entry.settings {
-                    canonical += &format!(" {key}={value}");
-                }
-                prop_assert_eq!(registry::parse_entry(&(canonical + "\n")), Ok(entry));
+                // What a server would publish for it reads back the same.
+                let published = registry::entry_line(&entry);
+                prop_assert_eq!(registry::parse_entry(&published), Ok(entry));
             }
             Err(reason) => prop_assert!(!valid && !reason.is_empty(), "{text:?}: {reason}"),
         }
