@@ -33,6 +33,9 @@ pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// so a store holds at most about twice the memory its chunks use, and a large store
 /// grows in few mappings.
 pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The page pool grows ahead only while the memory available to the server is at least
+/// this many times the segment: ahead of need, it must never be what exhausts a host.
+pub const GROW_AHEAD_ROOM_FACTOR: u64 = 4;
 /// Memory tier of the tiered store when none is configured: 1 GiB, 256 chunks of the
 /// default size, a share of a compute node's memory a job can spare beside its own.
 pub const MEMORY_TIER_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;

@@ -125,6 +125,11 @@ unsafe fn unmap(ptr: *mut u8, len: usize) {
     }
 }
 
+// SAFETY: a `Mapping` is the only owner of its memory and hands out no references that
+// outlive a borrow of it, so it may move to another thread (the page pool maps segments
+// on one and adopts them on the event loop's).
+unsafe impl Send for Mapping {}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr..ptr+len` is exactly the mapping this value made, and its owners

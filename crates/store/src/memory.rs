@@ -20,7 +20,8 @@ const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT
 /// but hold no memory.
 ///
 /// Memory: chunks are tables of 4 KiB pages from a pool that maps pre-faulted segments
-/// (aligned for transparent huge pages, where the system turns them on) as it needs them, and takes
+/// (aligned for transparent huge pages, where the system turns them on) as it needs them,
+/// the next one on another thread ahead of need, and takes
 /// back the pages of removed and cut chunks for the next write. The pool keeps what it
 /// mapped until the store drops (its high-water mark stays resident); it maps at most
 /// the capacity plus each chunk's rounding to whole pages.
@@ -484,6 +485,7 @@ mod tests {
             let store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
             let pages_written = 32 * (1 << 20) / 4096;
             write_round(&store, 32).await;
+            store.pages.finish_growth();
             let mapped = store.page_pool_bytes();
             let faults = write_round(&store, 32).await;
             assert_eq!(store.page_pool_bytes(), mapped, "the pool did not grow");
@@ -496,8 +498,8 @@ mod tests {
         });
     }
 
-    /// A prefaulted store's first writes take no page faults; a store grown by its
-    /// writes takes about one per page (the control).
+    /// A prefaulted store's first writes take no page faults and grow nothing while the
+    /// prefault leaves room.
     #[test]
     fn a_prefaulted_store_writes_fresh_chunks_without_page_faults() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -507,17 +509,40 @@ mod tests {
             let chunks = 32;
             let bytes = chunks * (1 << 20);
             let pages_written = (bytes / 4096) as i64;
-            let grown = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
-            let faults = write_round(&grown, chunks).await;
-            assert!(faults > pages_written / 2, "control: {faults} faults");
             let prefaulted = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
-            prefaulted.prefault(bytes).unwrap();
-            assert_eq!(prefaulted.page_pool_bytes(), bytes);
+            prefaulted.prefault(3 * bytes).unwrap();
+            assert_eq!(prefaulted.page_pool_bytes(), 3 * bytes);
             let faults = write_round(&prefaulted, chunks).await;
-            assert_eq!(prefaulted.page_pool_bytes(), bytes, "the pool grew");
+            prefaulted.pages.finish_growth();
+            assert_eq!(prefaulted.page_pool_bytes(), 3 * bytes, "the pool grew");
             assert!(
                 faults < pages_written / 100,
                 "{faults} minor faults writing {pages_written} prefaulted pages"
+            );
+        });
+    }
+
+    /// A fresh store's chunk memory is faulted in by the pool's growth thread, ahead of
+    /// the writes: the writer takes the faults of the first segment only (a pool of one
+    /// huge page, 512 pages), not one per page written (8192).
+    #[test]
+    fn a_fresh_store_takes_its_page_faults_off_the_writers_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let chunks = 32;
+            let pages_written = (chunks * (1 << 20) / 4096) as i64;
+            let first_segment = (crate::limits::HUGE_PAGE_BYTES / 4096) as i64;
+            let store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
+            let faults = write_round(&store, chunks).await;
+            assert!(
+                faults < first_segment + pages_written / 100,
+                "{faults} minor faults on the writer's thread writing {pages_written} fresh pages"
+            );
+            assert!(
+                store.page_pool_bytes() >= chunks * (1 << 20),
+                "the pool holds what was written"
             );
         });
     }

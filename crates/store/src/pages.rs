@@ -5,9 +5,9 @@
 //! clearing of a page, for every 4 KiB written (40% of a write phase). Pages here are
 //! faulted in once, a whole segment at a time (aligned so that transparent huge pages,
 //! where the system turns them on, can back it), and a removed or cut chunk gives its
-//! pages back to the pool for the next one. A
-//! store that keeps writing and deleting therefore takes no page faults once its pool
-//! has grown to its working set.
+//! pages back to the pool for the next one. A store that keeps writing and deleting
+//! therefore takes no page faults once its pool has grown to its working set, and while
+//! it grows, the next segment is faulted in ahead on another thread (see [`PagePool`]).
 //!
 //! **Invariant:** every byte of a chunk's pages that lies at or past the chunk's length,
 //! or that no write has covered, is zero; a page the table does not hold reads as zeros.
@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::ptr::NonNull;
 
-use crate::limits::{HUGE_PAGE_BYTES, PAGE_BYTES, PAGE_SEGMENT_BYTES_MAX};
+use crate::limits::{GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, PAGE_BYTES, PAGE_SEGMENT_BYTES_MAX};
 use crate::mapping::Mapping;
 use crate::StoreError;
 
@@ -43,6 +43,16 @@ impl Page {
 
 /// Pages of pre-faulted memory, mapped in segments as needed and never returned to the
 /// kernel while the pool lives: memory a store once used stays ready for its next chunk.
+///
+/// **Growing ahead:** when the free pages fall below half the next segment, that segment
+/// is mapped and faulted in on a thread of its own ([`Growth`]), so the event loop that
+/// writes chunks does not stop for the kernel's page clearing (tens of milliseconds for
+/// a 64 MiB segment, during which every request to the server waited). A write that
+/// finds the pool empty while a growth runs waits for that growth rather than mapping a
+/// second segment; one that finds it empty with none running maps on its own thread, as
+/// before. Growing ahead keeps at most one segment more than the working set, never
+/// past the capacity, and only while the host and the cgroup have several times the
+/// segment available (faulting memory that is not there would wake the OOM killer).
 #[derive(Debug)]
 pub(crate) struct PagePool {
     segments: RefCell<Vec<Mapping>>,
@@ -51,6 +61,17 @@ pub(crate) struct PagePool {
     /// The store's capacity: segments stop growing past it, so a bounded store maps at
     /// most its capacity plus the rounding of each chunk to whole pages.
     capacity_bytes: u64,
+    growth: RefCell<Option<Growth>>,
+    /// The mapped size at which growing ahead last found too little memory or no thread:
+    /// not asked again (files read, a thread spawned) until the pool has grown.
+    ahead_declined_at: Cell<Option<usize>>,
+}
+
+/// A segment being mapped and faulted in on another thread.
+#[derive(Debug)]
+struct Growth {
+    bytes: usize,
+    thread: std::thread::JoinHandle<io::Result<Mapping>>,
 }
 
 impl PagePool {
@@ -62,6 +83,8 @@ impl PagePool {
             free: RefCell::new(Vec::new()),
             mapped_bytes: Cell::new(0),
             capacity_bytes,
+            growth: RefCell::new(None),
+            ahead_declined_at: Cell::new(None),
         }
     }
 
@@ -71,6 +94,7 @@ impl PagePool {
     }
 
     /// Makes sure pages for `bytes` of data are free, mapping them now if they are not.
+    /// Grows nothing ahead: what a prefault maps is already ahead of the writes.
     pub(crate) fn prefault(&self, bytes: u64) -> Result<(), StoreError> {
         let pages = usize::try_from(bytes.div_ceil(PAGE_BYTES as u64)).map_err(|_| {
             StoreError::NoSpace {
@@ -78,38 +102,115 @@ impl PagePool {
                 available: 0,
             }
         })?;
-        self.reserve(pages)
+        self.ensure_free(pages)
     }
 
-    /// Makes sure `pages` pages are free, mapping a segment if they are not. The segment
-    /// doubles the pool (from one huge page up to [`PAGE_SEGMENT_BYTES_MAX`]) but stops at
-    /// the capacity, and is always at least what is missing.
+    /// Makes sure `pages` pages are free for a write that takes them, then starts growing
+    /// ahead if the pool runs low (see the type's docs).
     fn reserve(&self, pages: usize) -> Result<(), StoreError> {
-        let missing = pages.saturating_sub(self.free.borrow().len());
-        if missing == 0 {
-            return Ok(());
+        self.ensure_free(pages)?;
+        self.grow_ahead(pages);
+        Ok(())
+    }
+
+    /// Makes sure `pages` pages are free: from a growth that finished or, if none did and
+    /// pages are missing, from the running growth or a segment mapped now.
+    fn ensure_free(&self, pages: usize) -> Result<(), StoreError> {
+        self.adopt_growth(false);
+        if self.free.borrow().len() < pages {
+            self.adopt_growth(true);
         }
+        let missing = pages.saturating_sub(self.free.borrow().len());
+        if missing > 0 {
+            let bytes = self.next_segment_bytes().max(missing * PAGE_BYTES);
+            let segment = Mapping::aligned_populated(bytes).map_err(|source| {
+                if source.kind() == io::ErrorKind::OutOfMemory {
+                    StoreError::NoSpace {
+                        needed: (missing * PAGE_BYTES) as u64,
+                        available: 0,
+                    }
+                } else {
+                    StoreError::Io {
+                        op: "mmap page pool",
+                        source,
+                    }
+                }
+            })?;
+            self.add_segment(segment);
+        }
+        Ok(())
+    }
+
+    /// The size of the next segment: double the pool (from one huge page up to
+    /// [`PAGE_SEGMENT_BYTES_MAX`]), but no more than the capacity leaves; 0 at capacity.
+    fn next_segment_bytes(&self) -> usize {
         let mapped = self.mapped_bytes.get();
         let doubling = mapped.clamp(HUGE_PAGE_BYTES, PAGE_SEGMENT_BYTES_MAX);
         let capacity_left = self.capacity_bytes.saturating_sub(mapped as u64);
         let capped = usize::try_from(capacity_left).map_or(doubling, |left| doubling.min(left));
-        let bytes = capped
-            .max(missing * PAGE_BYTES)
-            .next_multiple_of(PAGE_BYTES);
-        let segment = Mapping::aligned_populated(bytes).map_err(|source| {
-            if source.kind() == io::ErrorKind::OutOfMemory {
-                StoreError::NoSpace {
-                    needed: (missing * PAGE_BYTES) as u64,
-                    available: 0,
-                }
-            } else {
-                StoreError::Io {
-                    op: "mmap page pool",
-                    source,
-                }
+        capped.next_multiple_of(PAGE_BYTES)
+    }
+
+    /// Starts mapping the next segment on another thread if, once `taking` pages are
+    /// taken, fewer than half of it would be free, none is being mapped, the capacity
+    /// leaves room, and the memory is there.
+    fn grow_ahead(&self, taking: usize) {
+        if self.growth.borrow().is_some() {
+            return;
+        }
+        let bytes = self.next_segment_bytes();
+        let free_after = self.free.borrow().len().saturating_sub(taking);
+        let mapped = self.mapped_bytes.get();
+        if bytes == 0
+            || free_after * PAGE_BYTES >= bytes / 2
+            || self.ahead_declined_at.get() == Some(mapped)
+        {
+            return;
+        }
+        let room = crate::memory::available_memory().unwrap_or(u64::MAX);
+        if room / GROW_AHEAD_ROOM_FACTOR < bytes as u64 {
+            self.ahead_declined_at.set(Some(mapped));
+            return;
+        }
+        let thread = std::thread::Builder::new()
+            .name("benchfs-pages".into())
+            .spawn(move || Mapping::aligned_populated(bytes));
+        match thread {
+            Ok(thread) => *self.growth.borrow_mut() = Some(Growth { bytes, thread }),
+            Err(error) => {
+                tracing::debug!(%error, "no thread to grow the page pool ahead");
+                self.ahead_declined_at.set(Some(mapped));
             }
-        })?;
-        let base = segment.ptr();
+        }
+    }
+
+    /// Adds the running growth's segment to the pool if it is done or `wait` is set. A
+    /// growth that failed is dropped: the next shortage maps on the writer's thread,
+    /// which reports the error.
+    fn adopt_growth(&self, wait: bool) {
+        let done = self
+            .growth
+            .borrow()
+            .as_ref()
+            .is_some_and(|growth| wait || growth.thread.is_finished());
+        if !done {
+            return;
+        }
+        let Some(growth) = self.growth.borrow_mut().take() else {
+            return;
+        };
+        match growth.thread.join() {
+            Ok(Ok(segment)) => self.add_segment(segment),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, bytes = growth.bytes, "growing the page pool ahead failed")
+            }
+            Err(_) => tracing::error!(bytes = growth.bytes, "the page pool's growth panicked"),
+        }
+    }
+
+    /// Puts every page of a fresh segment on the free list.
+    fn add_segment(&self, segment: Mapping) {
+        let (base, bytes) = (segment.ptr(), segment.len());
         let mut free = self.free.borrow_mut();
         // Last page first, so the pages are handed out in address order.
         for page in (0..bytes / PAGE_BYTES).rev() {
@@ -117,9 +218,16 @@ impl PagePool {
             free.push(unsafe { base.add(page * PAGE_BYTES) });
         }
         self.segments.borrow_mut().push(segment);
-        self.mapped_bytes.set(mapped + bytes);
-        tracing::debug!(bytes, mapped_bytes = mapped + bytes, "page pool grew");
-        Ok(())
+        let mapped = self.mapped_bytes.get() + bytes;
+        self.mapped_bytes.set(mapped);
+        tracing::debug!(bytes, mapped_bytes = mapped, "page pool grew");
+    }
+
+    /// Waits for a running growth and adds its segment: what a test does to see the pool
+    /// as the next write would, however long the other thread took.
+    #[cfg(test)]
+    pub(crate) fn finish_growth(&self) {
+        self.adopt_growth(true);
     }
 
     /// A free page, holding whatever its last chunk left; `None` if none is free.
@@ -331,6 +439,75 @@ mod tests {
         assert_eq!(out[..data.len()], data[..]);
         assert_eq!(chunk.read(chunk.len(), &mut out), 0);
         assert_eq!(chunk.read(chunk.len() + P, &mut out), 0);
+    }
+
+    /// Faults this thread has taken so far (`getrusage`, minor faults).
+    fn thread_faults() -> i64 {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `usage` is a writable `rusage`, which is all getrusage writes.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+        assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+        // SAFETY: getrusage succeeded, so it filled the struct (which started zeroed).
+        unsafe { usage.assume_init() }.ru_minflt
+    }
+
+    /// A pool running low maps its next segment on another thread, so the writer that
+    /// then uses it takes no page faults; the first segment, needed at once, is the
+    /// control: its faults are the writer's.
+    #[test]
+    fn a_pool_running_low_grows_ahead_on_another_thread() {
+        let pool = PagePool::new(u64::MAX);
+        let first_pages = (HUGE_PAGE_BYTES / P) as i64;
+        let mut chunk = PageChunk::default();
+        let before = thread_faults();
+        chunk
+            .write(&pool, 0, &vec![1; HUGE_PAGE_BYTES * 3 / 4])
+            .unwrap();
+        let faults = thread_faults() - before;
+        assert!(
+            faults >= first_pages / 2,
+            "control: {faults} faults mapping the first segment"
+        );
+        assert!(
+            pool.growth.borrow().is_some(),
+            "a quarter of the segment left, and no growth ahead"
+        );
+        pool.finish_growth();
+        assert_eq!(
+            pool.mapped_bytes(),
+            2 * HUGE_PAGE_BYTES,
+            "one segment ahead"
+        );
+        let data = vec![2; HUGE_PAGE_BYTES];
+        let before = thread_faults();
+        chunk.write(&pool, HUGE_PAGE_BYTES * 3 / 4, &data).unwrap();
+        let faults = thread_faults() - before;
+        assert!(
+            faults < first_pages / 50,
+            "{faults} faults writing into the segment grown ahead"
+        );
+        let mut out = vec![0; data.len()];
+        assert_eq!(chunk.read(HUGE_PAGE_BYTES * 3 / 4, &mut out), data.len());
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn a_pool_grows_ahead_no_further_than_its_capacity() {
+        let capacity = HUGE_PAGE_BYTES + HUGE_PAGE_BYTES / 4;
+        let pool = PagePool::new(capacity as u64);
+        let mut chunk = PageChunk::default();
+        chunk
+            .write(&pool, 0, &vec![1; HUGE_PAGE_BYTES - P])
+            .unwrap();
+        pool.finish_growth();
+        assert_eq!(
+            pool.mapped_bytes(),
+            capacity,
+            "grown ahead up to the capacity"
+        );
+        chunk.write(&pool, 0, &vec![1; capacity]).unwrap();
+        assert!(pool.growth.borrow().is_none(), "nothing left to grow into");
+        assert_eq!(pool.mapped_bytes(), capacity);
     }
 
     #[test]
