@@ -498,8 +498,8 @@ mod tests {
         });
     }
 
-    /// A prefaulted store's first writes take no page faults and grow nothing while the
-    /// prefault leaves room.
+    /// A prefaulted store's first writes take no page faults; near the prefault's end the
+    /// pool grows ahead by one segment at most (the prefault's size, here).
     #[test]
     fn a_prefaulted_store_writes_fresh_chunks_without_page_faults() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -510,11 +510,15 @@ mod tests {
             let bytes = chunks * (1 << 20);
             let pages_written = (bytes / 4096) as i64;
             let prefaulted = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
-            prefaulted.prefault(3 * bytes).unwrap();
-            assert_eq!(prefaulted.page_pool_bytes(), 3 * bytes);
+            prefaulted.prefault(bytes).unwrap();
+            assert_eq!(prefaulted.page_pool_bytes(), bytes);
             let faults = write_round(&prefaulted, chunks).await;
             prefaulted.pages.finish_growth();
-            assert_eq!(prefaulted.page_pool_bytes(), 3 * bytes, "the pool grew");
+            let mapped = prefaulted.page_pool_bytes();
+            assert!(
+                mapped <= 2 * bytes,
+                "{mapped} bytes mapped for a prefault of {bytes}"
+            );
             assert!(
                 faults < pages_written / 100,
                 "{faults} minor faults writing {pages_written} prefaulted pages"
@@ -527,6 +531,10 @@ mod tests {
     /// huge page, 512 pages), not one per page written (8192).
     #[test]
     fn a_fresh_store_takes_its_page_faults_off_the_writers_thread() {
+        if crate::mapping::huge_pages_always() {
+            // A fault per huge page on any thread: counting says nothing here.
+            return;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -15,7 +15,9 @@
 //! **Invariant:** a page belongs to at most one chunk or to the free list, never both;
 //! pages are handed out by value ([`Page`] is not `Clone`).
 //! **Drop order:** the segments are unmapped when the pool drops. Pages are only held by
-//! the chunks of the store that owns the pool, and that store drops its chunks first.
+//! the chunks of the store that owns the pool, and that store drops its chunks first. A
+//! growth still running then is left to finish and unmaps its segment itself: no pointer
+//! into it was ever handed out.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -44,15 +46,18 @@ impl Page {
 /// Pages of pre-faulted memory, mapped in segments as needed and never returned to the
 /// kernel while the pool lives: memory a store once used stays ready for its next chunk.
 ///
-/// **Growing ahead:** when the free pages fall below half the next segment, that segment
-/// is mapped and faulted in on a thread of its own ([`Growth`]), so the event loop that
-/// writes chunks does not stop for the kernel's page clearing (tens of milliseconds for
-/// a 64 MiB segment, during which every request to the server waited). A write that
-/// finds the pool empty while a growth runs waits for that growth rather than mapping a
-/// second segment; one that finds it empty with none running maps on its own thread, as
-/// before. Growing ahead keeps at most one segment more than the working set, never
-/// past the capacity, and only while the host and the cgroup have several times the
-/// segment available (faulting memory that is not there would wake the OOM killer).
+/// **Growing ahead:** when a write leaves fewer free pages than half the next segment,
+/// that segment is mapped and faulted in on a thread of its own ([`Growth`]), so the
+/// event loop that writes chunks need not stop for the kernel's page clearing (tens of
+/// milliseconds for a 64 MiB segment, during which every request to the server waited).
+/// A write that finds the pool short while a growth runs waits for the rest of it rather
+/// than mapping a second segment (a server written faster than one thread faults memory
+/// in still waits, for less); one that finds it short with none running maps on its own
+/// thread, as before (the first segment, a refused or failed growth). Growing ahead maps
+/// at most half a segment more than it would have: never past the capacity, never less
+/// than a huge page at a time, and only while the host and the cgroup have several times
+/// the segment available (faulting memory that is not there would wake the OOM killer).
+/// A prefaulted pool grows ahead too, once writes come within half a segment of its end.
 #[derive(Debug)]
 pub(crate) struct PagePool {
     segments: RefCell<Vec<Mapping>>,
@@ -71,8 +76,15 @@ pub(crate) struct PagePool {
 #[derive(Debug)]
 struct Growth {
     bytes: usize,
-    thread: std::thread::JoinHandle<io::Result<Mapping>>,
+    thread: std::thread::JoinHandle<io::Result<FreshSegment>>,
 }
+
+/// A segment the growth thread mapped, on its way to the pool.
+struct FreshSegment(Mapping);
+
+// SAFETY: no pointer into a fresh segment exists until the pool adopts it on its own
+// thread: the growth thread only maps and populates it, and hands over the whole value.
+unsafe impl Send for FreshSegment {}
 
 impl PagePool {
     /// An empty pool for a store of `capacity_bytes` (`u64::MAX`: unbounded); maps nothing
@@ -161,7 +173,7 @@ impl PagePool {
         let bytes = self.next_segment_bytes();
         let free_after = self.free.borrow().len().saturating_sub(taking);
         let mapped = self.mapped_bytes.get();
-        if bytes == 0
+        if bytes < HUGE_PAGE_BYTES
             || free_after * PAGE_BYTES >= bytes / 2
             || self.ahead_declined_at.get() == Some(mapped)
         {
@@ -174,7 +186,7 @@ impl PagePool {
         }
         let thread = std::thread::Builder::new()
             .name("benchfs-pages".into())
-            .spawn(move || Mapping::aligned_populated(bytes));
+            .spawn(move || Mapping::aligned_populated(bytes).map(FreshSegment));
         match thread {
             Ok(thread) => *self.growth.borrow_mut() = Some(Growth { bytes, thread }),
             Err(error) => {
@@ -184,9 +196,9 @@ impl PagePool {
         }
     }
 
-    /// Adds the running growth's segment to the pool if it is done or `wait` is set. A
-    /// growth that failed is dropped: the next shortage maps on the writer's thread,
-    /// which reports the error.
+    /// Adds the running growth's segment to the pool if it is done or `wait` is set. After
+    /// a growth that failed, the pool grows no further ahead until it has grown on the
+    /// writer's thread, which reports the error if it fails there too.
     fn adopt_growth(&self, wait: bool) {
         let done = self
             .growth
@@ -200,12 +212,16 @@ impl PagePool {
             return;
         };
         match growth.thread.join() {
-            Ok(Ok(segment)) => self.add_segment(segment),
+            Ok(Ok(FreshSegment(segment))) => {
+                self.add_segment(segment);
+                return;
+            }
             Ok(Err(error)) => {
-                tracing::debug!(%error, bytes = growth.bytes, "growing the page pool ahead failed")
+                tracing::warn!(%error, bytes = growth.bytes, "growing the page pool ahead failed")
             }
             Err(_) => tracing::error!(bytes = growth.bytes, "the page pool's growth panicked"),
         }
+        self.ahead_declined_at.set(Some(self.mapped_bytes.get()));
     }
 
     /// Puts every page of a fresh segment on the free list.
@@ -458,14 +474,16 @@ mod tests {
     fn a_pool_running_low_grows_ahead_on_another_thread() {
         let pool = PagePool::new(u64::MAX);
         let first_pages = (HUGE_PAGE_BYTES / P) as i64;
+        // With huge pages for every mapping, a segment takes one fault per huge page, and
+        // counting faults tells nothing.
+        let count_faults = !crate::mapping::huge_pages_always();
         let mut chunk = PageChunk::default();
+        let first = vec![1; HUGE_PAGE_BYTES * 3 / 4];
         let before = thread_faults();
-        chunk
-            .write(&pool, 0, &vec![1; HUGE_PAGE_BYTES * 3 / 4])
-            .unwrap();
+        chunk.write(&pool, 0, &first).unwrap();
         let faults = thread_faults() - before;
         assert!(
-            faults >= first_pages / 2,
+            !count_faults || faults >= first_pages / 2,
             "control: {faults} faults mapping the first segment"
         );
         assert!(
@@ -482,8 +500,9 @@ mod tests {
         let before = thread_faults();
         chunk.write(&pool, HUGE_PAGE_BYTES * 3 / 4, &data).unwrap();
         let faults = thread_faults() - before;
+        // The write may start the next growth (a thread, a read of /proc): a few faults.
         assert!(
-            faults < first_pages / 50,
+            faults < first_pages / 10,
             "{faults} faults writing into the segment grown ahead"
         );
         let mut out = vec![0; data.len()];
@@ -492,22 +511,28 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_grows_ahead_no_further_than_its_capacity() {
-        let capacity = HUGE_PAGE_BYTES + HUGE_PAGE_BYTES / 4;
+    fn a_pool_grows_ahead_by_huge_pages_and_no_further_than_its_capacity() {
+        let capacity = 2 * HUGE_PAGE_BYTES + P;
         let pool = PagePool::new(capacity as u64);
         let mut chunk = PageChunk::default();
         chunk
             .write(&pool, 0, &vec![1; HUGE_PAGE_BYTES - P])
             .unwrap();
         pool.finish_growth();
+        assert_eq!(pool.mapped_bytes(), 2 * HUGE_PAGE_BYTES, "grown ahead");
+        chunk
+            .write(&pool, 0, &vec![1; 2 * HUGE_PAGE_BYTES - P])
+            .unwrap();
+        assert!(
+            pool.growth.borrow().is_none(),
+            "a page short of the capacity is no segment to grow ahead"
+        );
+        chunk.write(&pool, 0, &vec![1; capacity]).unwrap();
         assert_eq!(
             pool.mapped_bytes(),
             capacity,
-            "grown ahead up to the capacity"
+            "the last page mapped when needed"
         );
-        chunk.write(&pool, 0, &vec![1; capacity]).unwrap();
-        assert!(pool.growth.borrow().is_none(), "nothing left to grow into");
-        assert_eq!(pool.mapped_bytes(), capacity);
     }
 
     #[test]
