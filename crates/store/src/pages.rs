@@ -54,7 +54,7 @@ impl Page {
 /// than mapping a second segment (a server written faster than one thread faults memory
 /// in still waits, for less); one that finds it short with none running maps on its own
 /// thread, as before (the first segment, a refused or failed growth). Growing ahead maps
-/// at most half a segment more than it would have: never past the capacity, never less
+/// at most one segment before the writes need it: never past the capacity, never less
 /// than a huge page at a time, and only while the host and the cgroup have several times
 /// the segment available (faulting memory that is not there would wake the OOM killer).
 /// A prefaulted pool grows ahead too, once writes come within half a segment of its end.
