@@ -36,6 +36,10 @@ pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The page pool grows ahead only while the memory available to the server is at least
 /// this many times the segment: ahead of need, it must never be what exhausts a host.
 pub const GROW_AHEAD_ROOM_FACTOR: u64 = 4;
+/// Memory the memory store leaves free for the rest of its server (buffers, metadata,
+/// UCX) when it maps chunk memory: a write that would leave less fails with `NoSpace`
+/// rather than have the kernel's OOM killer end the server.
+pub const MEMORY_HEADROOM_BYTES: u64 = 64 * 1024 * 1024;
 /// Memory tier of the tiered store when none is configured: 1 GiB, 256 chunks of the
 /// default size, a share of a compute node's memory a job can spare beside its own.
 pub const MEMORY_TIER_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;

@@ -310,24 +310,95 @@ fn host_available_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// The least room under `memory.max` among this process's cgroup and its ancestors.
+/// The least room under the memory limit among this process's cgroups and their
+/// ancestors: `memory.max` of the unified hierarchy (cgroup v2), and `memory.limit_in_bytes`
+/// of the v1 memory controller, which many clusters' Slurm still uses.
 fn cgroup_available_memory() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let own = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
     let root = std::path::Path::new("/sys/fs/cgroup");
-    let mut dir = root.join(own.trim_start_matches('/'));
+    let mut least: Option<u64> = None;
+    for line in cgroups.lines() {
+        // `hierarchy-id:controllers:path`; the unified hierarchy has id 0 and no controllers.
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        let room = if id == "0" && controllers.is_empty() {
+            least_room(root, &root.join(path), CgroupFiles::V2)
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let mount = root.join("memory");
+            least_room(&mount, &mount.join(path), CgroupFiles::V1)
+        } else {
+            None
+        };
+        least = least.into_iter().chain(room).min();
+    }
+    least
+}
+
+/// The files a cgroup hierarchy states its memory limit, usage and usage breakdown in,
+/// and the breakdown's key for file pages the kernel can reclaim.
+#[derive(Clone, Copy)]
+enum CgroupFiles {
+    V1,
+    V2,
+}
+
+impl CgroupFiles {
+    /// `(limit, usage, stat, [inactive file pages, dirty ones, ones under writeback])`.
+    fn names(self) -> (&'static str, &'static str, &'static str, [&'static str; 3]) {
+        match self {
+            CgroupFiles::V1 => (
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "memory.stat",
+                ["total_inactive_file", "total_dirty", "total_writeback"],
+            ),
+            CgroupFiles::V2 => (
+                "memory.max",
+                "memory.current",
+                "memory.stat",
+                ["inactive_file", "file_dirty", "file_writeback"],
+            ),
+        }
+    }
+}
+
+/// The least room from `dir` up to `root`: a limit less the usage, plus the clean inactive
+/// file pages the kernel reclaims before it would kill (the usage counts a job's page
+/// cache; dirty pages must be written first, and a disk store's writes make many), over
+/// the directories whose limit is a number ("max", no limit, is not).
+fn least_room(root: &std::path::Path, dir: &std::path::Path, files: CgroupFiles) -> Option<u64> {
+    let (limit, usage, stat, [inactive, dirty, writeback]) = files.names();
+    let mut dir = dir.to_path_buf();
     let mut least: Option<u64> = None;
     loop {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-        if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
+        if let (Some(max), Some(current)) = (read(limit), read(usage)) {
             if let (Ok(max), Ok(current)) =
                 (max.trim().parse::<u64>(), current.trim().parse::<u64>())
             {
-                let room = max.saturating_sub(current);
+                let stats = read(stat).unwrap_or_default();
+                let stat_of = |name: &str| {
+                    stats
+                        .lines()
+                        .find_map(|line| {
+                            let (key, value) = line.split_once(' ')?;
+                            (key == name).then(|| value.trim().parse::<u64>().ok())?
+                        })
+                        .unwrap_or(0)
+                };
+                let reclaimable = stat_of(inactive)
+                    .saturating_sub(stat_of(dirty))
+                    .saturating_sub(stat_of(writeback));
+                let room = max.saturating_sub(current.saturating_sub(reclaimable));
                 least = Some(least.map_or(room, |l| l.min(room)));
             }
         }
-        if dir == root || !dir.pop() {
+        if dir == root || !dir.starts_with(root) || !dir.pop() {
             return least;
         }
     }

@@ -23,7 +23,10 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::ptr::NonNull;
 
-use crate::limits::{GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, PAGE_BYTES, PAGE_SEGMENT_BYTES_MAX};
+use crate::limits::{
+    GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, MEMORY_HEADROOM_BYTES, PAGE_BYTES,
+    PAGE_SEGMENT_BYTES_MAX,
+};
 use crate::mapping::Mapping;
 use crate::StoreError;
 
@@ -134,7 +137,8 @@ impl PagePool {
         }
         let missing = pages.saturating_sub(self.free.borrow().len());
         if missing > 0 {
-            let bytes = self.next_segment_bytes().max(missing * PAGE_BYTES);
+            let needed = missing * PAGE_BYTES;
+            let bytes = fit_to_memory(self.next_segment_bytes().max(needed), needed)?;
             let segment = Mapping::aligned_populated(bytes).map_err(|source| {
                 if source.kind() == io::ErrorKind::OutOfMemory {
                     StoreError::NoSpace {
@@ -179,7 +183,7 @@ impl PagePool {
         {
             return;
         }
-        let room = crate::memory::available_memory().unwrap_or(u64::MAX);
+        let room = memory_room().unwrap_or(u64::MAX);
         if room / GROW_AHEAD_ROOM_FACTOR < bytes as u64 {
             self.ahead_declined_at.set(Some(mapped));
             return;
@@ -254,6 +258,33 @@ impl PagePool {
     /// Returns a page to the free list.
     fn give(&self, page: Page) {
         self.free.borrow_mut().push(page.0);
+    }
+}
+
+/// The memory this process may still fault in (host and cgroups, see
+/// [`available_memory`](crate::memory::available_memory)) less [`MEMORY_HEADROOM_BYTES`]
+/// for the rest of the server; `None` where nothing says.
+fn memory_room() -> Option<u64> {
+    crate::memory::available_memory().map(|bytes| bytes.saturating_sub(MEMORY_HEADROOM_BYTES))
+}
+
+/// How much to map for a segment of `wanted` bytes of which a write needs `needed`: all of
+/// it if the memory is there, only `needed` if that much is, else `NoSpace`. Faulting in
+/// memory that is not there would not fail: the kernel's OOM killer would end the server
+/// (a job's memory limit is the usual bound), and with it every chunk it holds.
+fn fit_to_memory(wanted: usize, needed: usize) -> Result<usize, StoreError> {
+    let Some(room) = memory_room() else {
+        return Ok(wanted);
+    };
+    if wanted as u64 <= room {
+        Ok(wanted)
+    } else if needed as u64 <= room {
+        Ok(needed)
+    } else {
+        Err(StoreError::NoSpace {
+            needed: needed as u64,
+            available: room,
+        })
     }
 }
 

@@ -355,14 +355,17 @@ impl<E: IoEngine> TieredChunkStore<E> {
             return self.lower.write(id, offset, buf).await;
         }
         // The write replaces all the chunk holds only if it starts at 0 and reaches its end.
+        let mut loaded = Ok(());
         if old > 0 && (offset > 0 || end < old) {
-            if let Err(e) = self.load(id, old).await {
-                self.upper.remove_chunk(id);
-                return (Err(e), buf);
-            }
+            loaded = self.load(id, old).await;
         }
-        if let Err(e) = self.upper.write_bytes(id, offset, buf.as_slice()) {
+        if let Err(e) = loaded.and_then(|()| self.upper.write_bytes(id, offset, buf.as_slice())) {
             self.upper.remove_chunk(id);
+            if matches!(e, StoreError::NoSpace { .. }) {
+                // The memory tier found too little memory for the chunk (the capacity was
+                // checked above): the lower tier, which has the chunk's bytes, takes it.
+                return self.lower.write(id, offset, buf).await;
+            }
             return (Err(e), buf);
         }
         self.state.borrow_mut().make_resident(id, true);
