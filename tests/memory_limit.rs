@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use benchfs::blocking::{ApiError, BenchFS};
@@ -17,6 +18,9 @@ use common::{pattern, skip, Cluster, ClusterSpec};
 /// The cgroup's limit: a few 16 MiB files past the store's 64 MiB headroom.
 const LIMIT: u64 = 192 * 1024 * 1024;
 const FILE: usize = 16 * 1024 * 1024;
+
+/// Tells apart the cgroups of this process's tests, which run at once.
+static CGROUPS_MADE: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh memory cgroup (the v1 controller) under this process's own, removed on drop.
 struct MemoryCgroup(PathBuf);
@@ -37,7 +41,11 @@ impl MemoryCgroup {
             .ok_or("no cgroup v1 memory controller")?;
         let dir = PathBuf::from("/sys/fs/cgroup/memory")
             .join(own)
-            .join(format!("benchfs-test-{}", std::process::id()));
+            .join(format!(
+                "benchfs-test-{}-{}",
+                std::process::id(),
+                CGROUPS_MADE.fetch_add(1, Ordering::Relaxed)
+            ));
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let cgroup = MemoryCgroup(dir);
         std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string())
@@ -53,30 +61,35 @@ impl MemoryCgroup {
 
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
-        // The cluster is dropped first and waits for its servers; the kernel may take a
-        // moment more to let the cgroup go.
+        // The server was killed and waited for; the kernel may take a moment more to let
+        // the cgroup go.
+        let mut result = Ok(());
         for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
+            result = std::fs::remove_dir(&self.0);
+            if result.is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Err(e) = result {
+            skip(
+                "removing a test cgroup",
+                &format!("{}: {e}", self.0.display()),
+            );
+        }
     }
 }
 
-/// Creates `path`, writes `data` and closes it; the first error (write-behind reports a
-/// refused chunk at the close).
-fn try_write_file(fs: &BenchFS, path: &str, data: &[u8]) -> Result<(), ApiError> {
-    let fd = fs.create(path, 0o644)?;
-    let written = fs.write(fd, data);
-    let closed = fs.close(fd);
-    written?;
-    closed
+/// A server in a memory cgroup. Fields drop in order: the server (killed and waited for)
+/// leaves the cgroup before the cgroup is removed.
+struct LimitedServer {
+    cluster: Cluster,
+    _cgroup: MemoryCgroup,
 }
 
 /// One server of `backend` with 1 MiB chunks and `envs` set, moved into a cgroup limited
 /// to [`LIMIT`]; `None` (the case skipped, loudly) where no such cgroup can be made.
-fn limited_server(backend: &'static str, envs: &[(&str, &str)]) -> Option<(Cluster, MemoryCgroup)> {
+fn limited_server(backend: &'static str, envs: &[(&str, &str)]) -> Option<LimitedServer> {
     let cgroup = match MemoryCgroup::new(LIMIT) {
         Ok(cgroup) => cgroup,
         Err(why) => {
@@ -94,15 +107,30 @@ fn limited_server(backend: &'static str, envs: &[(&str, &str)]) -> Option<(Clust
         cluster.restart_with_env(0, envs);
     }
     cgroup.add(cluster.children[0].as_ref().unwrap().id());
-    Some((cluster, cgroup))
+    Some(LimitedServer {
+        cluster,
+        _cgroup: cgroup,
+    })
+}
+
+/// Creates `path`, writes `data` in writes of `piece` bytes and closes it; the first error
+/// (write-behind reports a refused chunk at a later write or the close).
+fn try_write_file(fs: &BenchFS, path: &str, data: &[u8], piece: usize) -> Result<(), ApiError> {
+    let fd = fs.create(path, 0o644)?;
+    let written = data
+        .chunks(piece)
+        .try_for_each(|part| fs.write(fd, part).map(drop));
+    let closed = fs.close(fd);
+    written?;
+    closed
 }
 
 #[test]
 fn a_memory_server_at_its_memory_limit_refuses_writes_and_keeps_what_it_holds() {
-    // Dropped in reverse: the cluster (and its server) before the cgroup.
-    let Some((mut cluster, _cgroup)) = limited_server("memory", &[]) else {
+    let Some(mut limited) = limited_server("memory", &[]) else {
         return;
     };
+    let cluster = &mut limited.cluster;
     let fs = cluster.client();
 
     let mut written = Vec::new();
@@ -110,7 +138,7 @@ fn a_memory_server_at_its_memory_limit_refuses_writes_and_keeps_what_it_holds() 
     for i in 0..2 * LIMIT as usize / FILE {
         let path = format!("/f{i}");
         let data = pattern(FILE, i as u64);
-        match try_write_file(&fs, &path, &data) {
+        match try_write_file(&fs, &path, &data, FILE) {
             Ok(()) => written.push((path, data)),
             Err(e) => {
                 refused = Some((path, e));
@@ -150,17 +178,19 @@ fn a_tiered_server_at_its_memory_limit_puts_chunks_on_disk() {
     // O_DIRECT: the page cache of buffered writes, dirty until written back, counts
     // against the limit too, and a v1 cgroup full of it is the kernel's to resolve (it may
     // kill); that is the disk's share, not the memory tier's.
-    let Some((mut cluster, _cgroup)) =
-        limited_server("tiered", &[("BENCHFS_STORAGE_O_DIRECT", "true")])
+    let Some(mut limited) = limited_server("tiered", &[("BENCHFS_STORAGE_O_DIRECT", "true")])
     else {
         return;
     };
+    let cluster = &mut limited.cluster;
     let fs = cluster.client();
     let files: Vec<(String, Vec<u8>)> = (0..2 * LIMIT as usize / FILE)
         .map(|i| (format!("/t{i}"), pattern(FILE, 100 + i as u64)))
         .collect();
+    // Writes smaller than a chunk: a chunk in memory grows page by page, so the memory
+    // can run out under one already there as well as for a new one.
     for (path, data) in &files {
-        try_write_file(&fs, path, data).unwrap_or_else(|e| panic!("{path}: {e}"));
+        try_write_file(&fs, path, data, 64 * 1024).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
     for (path, data) in &files {
         assert!(

@@ -33,8 +33,9 @@ pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// so a store holds at most about twice the memory its chunks use, and a large store
 /// grows in few mappings.
 pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// The page pool grows ahead only while the memory available to the server is at least
-/// this many times the segment: ahead of need, it must never be what exhausts a host.
+/// The page pool maps a segment (ahead of need or not) only while the memory available
+/// to the server, less [`MEMORY_HEADROOM_BYTES`], is at least this many times it: the
+/// servers of one host check the same room at once, and must not exhaust it together.
 pub const GROW_AHEAD_ROOM_FACTOR: u64 = 4;
 /// Memory the memory store leaves free for the rest of its server (buffers, metadata,
 /// UCX) when it maps chunk memory: a write that would leave less fails with `NoSpace`

@@ -71,6 +71,8 @@ impl InMemoryChunkStore {
             return Ok(());
         }
         if let Some(available) = available_memory() {
+            // What the page pool leaves free for the rest of the server is not for chunks.
+            let available = available.saturating_sub(crate::limits::MEMORY_HEADROOM_BYTES);
             if bytes > available {
                 return Err(StoreError::InvalidConfig {
                     field: "prefault_bytes",
@@ -294,8 +296,8 @@ impl ChunkStore for InMemoryChunkStore {
 }
 
 /// The memory this process may still fault in, in bytes: the host's available memory
-/// (`MemAvailable`) or, when less, what the limits of its cgroup (v2) and of every cgroup
-/// above it leave (a Slurm job's, a container's); `None` where neither says.
+/// (`MemAvailable`) or, when less, what the limits of its cgroups (v1 or v2) and of every
+/// cgroup above them leave (a Slurm job's, a container's); `None` where neither says.
 pub fn available_memory() -> Option<u64> {
     host_available_memory()
         .into_iter()
@@ -312,7 +314,8 @@ fn host_available_memory() -> Option<u64> {
 
 /// The least room under the memory limit among this process's cgroups and their
 /// ancestors: `memory.max` of the unified hierarchy (cgroup v2), and `memory.limit_in_bytes`
-/// of the v1 memory controller, which many clusters' Slurm still uses.
+/// of the v1 memory controller, which many clusters' Slurm still uses. A path outside the
+/// namespace's root (`/..`) names no directory here and is skipped.
 fn cgroup_available_memory() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let root = std::path::Path::new("/sys/fs/cgroup");
@@ -325,6 +328,9 @@ fn cgroup_available_memory() -> Option<u64> {
         else {
             continue;
         };
+        if path.split('/').any(|part| part == "..") {
+            continue;
+        }
         let path = path.trim_start_matches('/');
         let room = if id == "0" && controllers.is_empty() {
             least_room(root, &root.join(path), CgroupFiles::V2)
@@ -339,48 +345,65 @@ fn cgroup_available_memory() -> Option<u64> {
     least
 }
 
-/// The files a cgroup hierarchy states its memory limit, usage and usage breakdown in,
-/// and the breakdown's key for file pages the kernel can reclaim.
+/// The files a cgroup hierarchy states its memory limit, usage and usage breakdown in.
 #[derive(Clone, Copy)]
 enum CgroupFiles {
     V1,
     V2,
 }
 
+/// A v1 limit at or above this is "no limit" (the kernel shows one as about 2^63).
+const CGROUP_V1_UNLIMITED: u64 = 1 << 62;
+/// Usage this far below a limit leaves room enough that its reclaimable part is not read.
+const CGROUP_ROOM_PLENTY: u64 = 1 << 30;
+
 impl CgroupFiles {
-    /// `(limit, usage, stat, [inactive file pages, dirty ones, ones under writeback])`.
-    fn names(self) -> (&'static str, &'static str, &'static str, [&'static str; 3]) {
+    /// `(limit, usage, stat, [file pages, clean or not: inactive, active], [dirty, under
+    /// writeback])`.
+    fn names(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        [&'static str; 2],
+        [&'static str; 2],
+    ) {
         match self {
             CgroupFiles::V1 => (
                 "memory.limit_in_bytes",
                 "memory.usage_in_bytes",
                 "memory.stat",
-                ["total_inactive_file", "total_dirty", "total_writeback"],
+                ["total_inactive_file", "total_active_file"],
+                ["total_dirty", "total_writeback"],
             ),
             CgroupFiles::V2 => (
                 "memory.max",
                 "memory.current",
                 "memory.stat",
-                ["inactive_file", "file_dirty", "file_writeback"],
+                ["inactive_file", "active_file"],
+                ["file_dirty", "file_writeback"],
             ),
         }
     }
 }
 
-/// The least room from `dir` up to `root`: a limit less the usage, plus the clean inactive
-/// file pages the kernel reclaims before it would kill (the usage counts a job's page
-/// cache; dirty pages must be written first, and a disk store's writes make many), over
-/// the directories whose limit is a number ("max", no limit, is not).
+/// The least room from `dir` up to `root`, over the directories with a limit ("max" and
+/// v1's huge value are none): the limit less the usage, where the usage does not count
+/// clean file pages, which the kernel reclaims before it would kill (a job's page cache
+/// fills its cgroup up to the limit). Dirty pages must be written first, and a disk
+/// store's writes make many, so they count.
 fn least_room(root: &std::path::Path, dir: &std::path::Path, files: CgroupFiles) -> Option<u64> {
-    let (limit, usage, stat, [inactive, dirty, writeback]) = files.names();
+    let (limit, usage, stat, file_pages, unclean) = files.names();
     let mut dir = dir.to_path_buf();
     let mut least: Option<u64> = None;
     loop {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-        if let (Some(max), Some(current)) = (read(limit), read(usage)) {
-            if let (Ok(max), Ok(current)) =
-                (max.trim().parse::<u64>(), current.trim().parse::<u64>())
-            {
+        let number = |name: &str| read(name).and_then(|text| text.trim().parse::<u64>().ok());
+        if let Some(max) = number(limit).filter(|&max| max < CGROUP_V1_UNLIMITED) {
+            let current = number(usage).unwrap_or(0);
+            let mut room = max.saturating_sub(current);
+            if room < CGROUP_ROOM_PLENTY {
                 let stats = read(stat).unwrap_or_default();
                 let stat_of = |name: &str| {
                     stats
@@ -391,12 +414,14 @@ fn least_room(root: &std::path::Path, dir: &std::path::Path, files: CgroupFiles)
                         })
                         .unwrap_or(0)
                 };
-                let reclaimable = stat_of(inactive)
-                    .saturating_sub(stat_of(dirty))
-                    .saturating_sub(stat_of(writeback));
-                let room = max.saturating_sub(current.saturating_sub(reclaimable));
-                least = Some(least.map_or(room, |l| l.min(room)));
+                let clean = file_pages
+                    .iter()
+                    .map(|name| stat_of(name))
+                    .sum::<u64>()
+                    .saturating_sub(unclean.iter().map(|name| stat_of(name)).sum());
+                room = max.saturating_sub(current.saturating_sub(clean));
             }
+            least = Some(least.map_or(room, |l| l.min(room)));
         }
         if dir == root || !dir.starts_with(root) || !dir.pop() {
             return least;

@@ -70,9 +70,9 @@ pub(crate) struct PagePool {
     /// most its capacity plus the rounding of each chunk to whole pages.
     capacity_bytes: u64,
     growth: RefCell<Option<Growth>>,
-    /// The mapped size at which growing ahead last found too little memory or no thread:
-    /// not asked again (files read, a thread spawned) until the pool has grown.
-    ahead_declined_at: Cell<Option<usize>>,
+    /// Growing ahead last found too little memory or no thread when the pool would have
+    /// grown to this size: not asked again (files read, a thread spawned) until it has.
+    ahead_declined_below: Cell<usize>,
 }
 
 /// A segment being mapped and faulted in on another thread.
@@ -99,7 +99,7 @@ impl PagePool {
             mapped_bytes: Cell::new(0),
             capacity_bytes,
             growth: RefCell::new(None),
-            ahead_declined_at: Cell::new(None),
+            ahead_declined_below: Cell::new(0),
         }
     }
 
@@ -179,13 +179,13 @@ impl PagePool {
         let mapped = self.mapped_bytes.get();
         if bytes < HUGE_PAGE_BYTES
             || free_after * PAGE_BYTES >= bytes / 2
-            || self.ahead_declined_at.get() == Some(mapped)
+            || mapped < self.ahead_declined_below.get()
         {
             return;
         }
         let room = memory_room().unwrap_or(u64::MAX);
         if room / GROW_AHEAD_ROOM_FACTOR < bytes as u64 {
-            self.ahead_declined_at.set(Some(mapped));
+            self.ahead_declined_below.set(mapped + bytes);
             return;
         }
         let thread = std::thread::Builder::new()
@@ -195,7 +195,7 @@ impl PagePool {
             Ok(thread) => *self.growth.borrow_mut() = Some(Growth { bytes, thread }),
             Err(error) => {
                 tracing::debug!(%error, "no thread to grow the page pool ahead");
-                self.ahead_declined_at.set(Some(mapped));
+                self.ahead_declined_below.set(mapped + bytes);
             }
         }
     }
@@ -225,7 +225,8 @@ impl PagePool {
             }
             Err(_) => tracing::error!(bytes = growth.bytes, "the page pool's growth panicked"),
         }
-        self.ahead_declined_at.set(Some(self.mapped_bytes.get()));
+        self.ahead_declined_below
+            .set(self.mapped_bytes.get() + growth.bytes);
     }
 
     /// Puts every page of a fresh segment on the free list.
@@ -269,21 +270,24 @@ fn memory_room() -> Option<u64> {
 }
 
 /// How much to map for a segment of `wanted` bytes of which a write needs `needed`: all of
-/// it if the memory is there, only `needed` if that much is, else `NoSpace`. Faulting in
-/// memory that is not there would not fail: the kernel's OOM killer would end the server
-/// (a job's memory limit is the usual bound), and with it every chunk it holds.
+/// it while it is at most a [`GROW_AHEAD_ROOM_FACTOR`]th of the room, else only `needed`
+/// if that fits the same share, else `NoSpace`. Faulting in memory that is not there
+/// would not fail: the kernel's OOM killer would end the server (a job's memory limit is
+/// the usual bound), and with it every chunk it holds. The share, not all the room: the
+/// servers of one host check the same room at once.
 fn fit_to_memory(wanted: usize, needed: usize) -> Result<usize, StoreError> {
     let Some(room) = memory_room() else {
         return Ok(wanted);
     };
-    if wanted as u64 <= room {
+    let share = room / GROW_AHEAD_ROOM_FACTOR;
+    if wanted as u64 <= share {
         Ok(wanted)
-    } else if needed as u64 <= room {
+    } else if needed as u64 <= share {
         Ok(needed)
     } else {
         Err(StoreError::NoSpace {
             needed: needed as u64,
-            available: room,
+            available: share,
         })
     }
 }

@@ -13,6 +13,9 @@
 //!   chunk in for a part of it would cost a chunk written back and a chunk read for a few
 //!   bytes: with a working set twice the tier, 4 KiB random writes ran at 1,554 IOPS that
 //!   way, against 41,401 for the io_uring store alone.
+//! - Memory: when the host or the server's cgroup has no memory for a chunk (see the
+//!   page pool's check), the chunk goes to the lower tier and the tier shrinks to the
+//!   chunks it holds, so that from then on a new chunk evicts a cold one.
 //! - Write-back: a resident chunk is dirty until it is written to the lower tier, which
 //!   happens when it is evicted and on [`sync`](ChunkStore::sync). Reads, truncates of
 //!   chunks that are not resident, and reads of spilled chunks go to the lower tier
@@ -52,8 +55,9 @@ use crate::{StoreConfig, StoreError, StoreUsage};
 pub struct TieredChunkStore<E: IoEngine = UringEngine> {
     upper: InMemoryChunkStore,
     lower: DiskChunkStore<E>,
-    /// Chunks the upper tier may hold.
-    slots: usize,
+    /// Chunks the upper tier may hold: `memory_tier_bytes` in chunks, less once the host or
+    /// the server's cgroup had no memory for more ([`Self::shrink_to_memory`]).
+    slots: Cell<usize>,
     capacity_bytes: Option<u64>,
     state: RefCell<State>,
     /// Sum of the indexed lengths.
@@ -207,7 +211,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
         Ok(TieredChunkStore {
             upper,
             lower,
-            slots,
+            slots: Cell::new(slots),
             capacity_bytes: config.capacity_bytes,
             state: RefCell::new(State {
                 index,
@@ -222,7 +226,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
 
     /// Chunks in the memory tier now, and how many it may hold.
     pub fn resident_chunks(&self) -> (usize, usize) {
-        (self.state.borrow().lru.len(), self.slots)
+        (self.state.borrow().lru.len(), self.slots.get())
     }
 
     /// Holds `id`, waiting while another operation does.
@@ -313,8 +317,12 @@ impl<E: IoEngine> TieredChunkStore<E> {
                 return Some(Err(e));
             }
         }
-        if let Err(e) = self.upper.write_bytes(id, offset, data) {
-            return Some(Err(e));
+        match self.upper.write_bytes(id, offset, data) {
+            // No memory for the chunk to grow into (the capacity was checked above): the
+            // caller moves it to disk.
+            Err(StoreError::NoSpace { .. }) => return None,
+            Err(e) => return Some(Err(e)),
+            Ok(()) => {}
         }
         self.mark_dirty(id);
         Some(Ok(()))
@@ -363,7 +371,10 @@ impl<E: IoEngine> TieredChunkStore<E> {
             self.upper.remove_chunk(id);
             if matches!(e, StoreError::NoSpace { .. }) {
                 // The memory tier found too little memory for the chunk (the capacity was
-                // checked above): the lower tier, which has the chunk's bytes, takes it.
+                // checked above): the lower tier, which has the chunk's bytes, takes it,
+                // and the tier holds no more chunks than it has now (this hold's slot
+                // ends with the hold).
+                self.shrink_to_memory(self.state.borrow().resident - 1);
                 return self.lower.write(id, offset, buf).await;
             }
             return (Err(e), buf);
@@ -371,6 +382,44 @@ impl<E: IoEngine> TieredChunkStore<E> {
         self.state.borrow_mut().make_resident(id, true);
         hold.slot = false;
         (Ok(()), buf)
+    }
+
+    /// Whether `id` is in the memory tier.
+    fn is_resident(&self, id: ChunkId) -> bool {
+        matches!(
+            self.state.borrow().index.get(&id).map(|e| e.place),
+            Some(Place::Memory { .. })
+        )
+    }
+
+    /// Moves held, resident `id` to the lower tier because the memory tier has no memory
+    /// for it to grow into, and shrinks the tier to the chunks it holds then.
+    async fn spill_for_memory(&self, id: ChunkId) -> Result<(), StoreError> {
+        self.write_back(id).await?;
+        self.upper.remove_chunk(id);
+        let resident = {
+            let mut state = self.state.borrow_mut();
+            state.make_spilled(id);
+            state.resident
+        };
+        self.shrink_to_memory(resident);
+        Ok(())
+    }
+
+    /// Lets the memory tier hold at most `chunks` (one at least) after the host or the
+    /// server's cgroup had no memory for more: without it, every later chunk would take a
+    /// free slot, find no memory and go to disk, while the chunks in memory stayed there
+    /// however cold; with it, a new chunk evicts the least recently used one.
+    fn shrink_to_memory(&self, chunks: usize) {
+        let slots = chunks.max(1);
+        if slots < self.slots.get() {
+            tracing::warn!(
+                slots,
+                was = self.slots.get(),
+                "the memory tier shrinks to the chunks the memory available holds"
+            );
+            self.slots.set(slots);
+        }
     }
 
     /// Takes a slot for `hold`'s chunk; if the tier is full and `may_evict`, by writing
@@ -381,7 +430,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
     async fn admit(&self, hold: &mut Hold<'_, E>, may_evict: bool) -> bool {
         let victim = {
             let mut state = self.state.borrow_mut();
-            if state.resident < self.slots {
+            if state.resident < self.slots.get() {
                 state.resident += 1;
                 hold.slot = true;
                 return true;
@@ -563,6 +612,12 @@ impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
         // It may have come in while this write waited.
         if let Some(result) = self.write_resident(id, offset, buf.as_slice(), true) {
             return (result, buf);
+        }
+        if self.is_resident(id) {
+            // Resident, yet the memory tier had no memory for this write.
+            if let Err(e) = self.spill_for_memory(id).await {
+                return (Err(e), buf);
+            }
         }
         self.write_spilled(&mut hold, offset, buf).await
     }

@@ -554,11 +554,13 @@ fn check_prefault_fits(each: u64, servers: usize) -> Result<(), CliError> {
         return Ok(());
     }
     let total = each.saturating_mul(servers as u64);
-    match benchfs::storage::available_memory() {
+    // Each server's store leaves its headroom free for the rest of the server.
+    let headroom = benchfs::storage::limits::MEMORY_HEADROOM_BYTES.saturating_mul(servers as u64);
+    match benchfs::storage::available_memory().map(|bytes| bytes.saturating_sub(headroom)) {
         Some(available) if total > available => Err(format!(
             "a prefault of {each} bytes (--prefault-bytes, storage.prefault_bytes) on each \
              of {servers} server(s) is {total} bytes, more than the {available} bytes of \
-             memory available"
+             memory available beside what each server keeps free"
         )
         .into()),
         _ => Ok(()),
