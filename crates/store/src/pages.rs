@@ -142,7 +142,7 @@ impl PagePool {
             let segment = Mapping::aligned_populated(bytes).map_err(|source| {
                 if source.kind() == io::ErrorKind::OutOfMemory {
                     StoreError::NoSpace {
-                        needed: (missing * PAGE_BYTES) as u64,
+                        needed: needed as u64,
                         available: 0,
                     }
                 } else {
