@@ -109,7 +109,9 @@ impl PagePool {
     }
 
     /// Makes sure pages for `bytes` of data are free, mapping them now if they are not.
-    /// Grows nothing ahead: what a prefault maps is already ahead of the writes.
+    /// Grows nothing ahead: what a prefault maps is already ahead of the writes. The
+    /// caller checked the memory (the whole prefault against all that is available, the
+    /// servers of a host together, before any starts), so no share of it applies here.
     pub(crate) fn prefault(&self, bytes: u64) -> Result<(), StoreError> {
         let pages = usize::try_from(bytes.div_ceil(PAGE_BYTES as u64)).map_err(|_| {
             StoreError::NoSpace {
@@ -117,20 +119,21 @@ impl PagePool {
                 available: 0,
             }
         })?;
-        self.ensure_free(pages)
+        self.ensure_free(pages, MemoryCheck::Done)
     }
 
     /// Makes sure `pages` pages are free for a write that takes them, then starts growing
     /// ahead if the pool runs low (see the type's docs).
     fn reserve(&self, pages: usize) -> Result<(), StoreError> {
-        self.ensure_free(pages)?;
+        self.ensure_free(pages, MemoryCheck::Share)?;
         self.grow_ahead(pages);
         Ok(())
     }
 
     /// Makes sure `pages` pages are free: from a growth that finished or, if none did and
-    /// pages are missing, from the running growth or a segment mapped now.
-    fn ensure_free(&self, pages: usize) -> Result<(), StoreError> {
+    /// pages are missing, from the running growth or a segment mapped now (sized by
+    /// [`fit_to_memory`] unless `check` says the caller did that).
+    fn ensure_free(&self, pages: usize, check: MemoryCheck) -> Result<(), StoreError> {
         self.adopt_growth(false);
         if self.free.borrow().len() < pages {
             self.adopt_growth(true);
@@ -138,7 +141,11 @@ impl PagePool {
         let missing = pages.saturating_sub(self.free.borrow().len());
         if missing > 0 {
             let needed = missing * PAGE_BYTES;
-            let bytes = fit_to_memory(self.next_segment_bytes().max(needed), needed)?;
+            let wanted = self.next_segment_bytes().max(needed);
+            let bytes = match check {
+                MemoryCheck::Share => fit_to_memory(wanted, needed)?,
+                MemoryCheck::Done => wanted,
+            };
             let segment = Mapping::aligned_populated(bytes).map_err(|source| {
                 if source.kind() == io::ErrorKind::OutOfMemory {
                     StoreError::NoSpace {
@@ -260,6 +267,15 @@ impl PagePool {
     fn give(&self, page: Page) {
         self.free.borrow_mut().push(page.0);
     }
+}
+
+/// Whether [`PagePool::ensure_free`] sizes a new segment by the memory available.
+#[derive(Clone, Copy)]
+enum MemoryCheck {
+    /// A write's: at most a share of the room ([`fit_to_memory`]).
+    Share,
+    /// A prefault's, checked by its caller.
+    Done,
 }
 
 /// The memory this process may still fault in (host and cgroups, see
