@@ -532,11 +532,18 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     .await;
     // Withdraw first so no new client finds us, then make everything durable.
     let withdrawn = registry::withdraw(&config.network.registry_dir, &entry);
-    if let Err(e) = state.store().sync().await {
+    let store_synced = state.store().sync().await;
+    if let Err(e) = &store_synced {
         tracing::error!(error = %e, "final store sync failed");
     }
-    if let Err(e) = state.sync_metadata() {
+    let metadata_synced = state.sync_metadata();
+    if let Err(e) = &metadata_synced {
         tracing::error!(error = %e, "final metadata sync failed");
+    }
+    if store_synced.is_ok() && metadata_synced.is_ok() {
+        if let Err(e) = state.mark_clean_stop(&config) {
+            tracing::error!(error = %e, "recording the clean stop failed");
+        }
     }
     if let Some(sweep) = sweep {
         sweep.abort();

@@ -194,6 +194,16 @@ impl ServerState {
         (self.metadata.borrow().scratch_file_id() >> 32) as u32
     }
 
+    /// Records that this server stopped cleanly, its store synced: a tiered store's next
+    /// start then keeps its birth (see [`store_born_ns`]). Call it last, after both syncs
+    /// succeeded.
+    pub fn mark_clean_stop(&self, config: &ServerConfig) -> std::io::Result<()> {
+        if self.store.inner().backend() != benchfs_store::Backend::Tiered {
+            return Ok(());
+        }
+        write_durably(&config.node.data_dir.join(CLEAN_STOP_FILE), "")
+    }
+
     /// Makes every metadata change so far durable.
     pub fn sync_metadata(&self) -> Result<(), JournalError> {
         match &self.journal {
@@ -697,7 +707,29 @@ pub enum OpenError {
 /// When this server's chunk store began: now for a memory store; for a disk store, the
 /// time its data directory first held a store (`data_dir/born`, made on first start). A
 /// store that has chunks but no record predates it and counts as born at 0 (nothing is
-/// known to be lost).
+/// known to be lost). A tiered store whose last run did not stop cleanly (no
+/// [`CLEAN_STOP_FILE`]: kill -9, a crash) may have lost the chunks its memory tier had not
+/// written back, so it is born again now: a chunk missing there then reads as lost (from
+/// another replica, or an error), never as zeros.
+/// A tiered server's mark of a clean stop, in its data directory (see [`store_born_ns`]).
+pub const CLEAN_STOP_FILE: &str = "stopped-cleanly";
+
+/// Writes `text` to `path` by a synced temporary file renamed over it, then syncs the
+/// directory: after a crash, `path` holds the old text or the new, whole.
+fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+}
+
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|dir| dir.sync_all())
+}
+
 fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, OpenError> {
     if store.backend() == benchfs_store::Backend::Memory {
         return Ok(now_ns());
@@ -707,6 +739,28 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
         path: path.clone(),
         source,
     };
+    if store.backend() == benchfs_store::Backend::Tiered {
+        let clean = config.node.data_dir.join(CLEAN_STOP_FILE);
+        let stopped_cleanly = clean.exists();
+        if path.exists() && !stopped_cleanly {
+            let born = now_ns();
+            tracing::warn!(
+                "the last run did not stop cleanly: chunks its memory tier had not written \
+                 back are lost, and read as lost"
+            );
+            write_durably(&path, &format!("{born}\n")).map_err(born_error)?;
+            return Ok(born);
+        }
+        if stopped_cleanly {
+            // Gone while this run lasts: only a clean stop writes it again.
+            std::fs::remove_file(&clean)
+                .and_then(|()| sync_dir(&config.node.data_dir))
+                .map_err(|source| OpenError::Born {
+                    path: clean.clone(),
+                    source,
+                })?;
+        }
+    }
     match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse().map_err(|_| {
             born_error(std::io::Error::new(
@@ -723,18 +777,7 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
             // Durable before any inode number is handed out under the tag it gives: a
             // record lost to a power cut would otherwise leave an empty file that no
             // start accepts.
-            let tmp = path.with_extension("tmp");
-            let write = |tmp: &std::path::Path| -> std::io::Result<()> {
-                use std::io::Write;
-                let mut file = std::fs::File::create(tmp)?;
-                file.write_all(format!("{born}\n").as_bytes())?;
-                file.sync_all()
-            };
-            write(&tmp).map_err(born_error)?;
-            std::fs::rename(&tmp, &path).map_err(born_error)?;
-            std::fs::File::open(&config.node.data_dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(born_error)?;
+            write_durably(&path, &format!("{born}\n")).map_err(born_error)?;
             Ok(born)
         }
         Err(e) => Err(born_error(e)),

@@ -126,7 +126,7 @@ pub struct UpArgs {
     /// Number of servers.
     #[arg(long, default_value_t = 4, conflicts_with = "resume")]
     pub servers: usize,
-    /// Chunk store backend: memory, file or iouring.
+    /// Chunk store backend: memory, file, iouring or tiered.
     #[arg(long, default_value = "memory", conflicts_with = "resume")]
     pub backend: String,
     /// Chunk size in bytes.
