@@ -195,7 +195,7 @@ impl ServerState {
     }
 
     /// Records that this server stopped cleanly, its store synced: a tiered store's next
-    /// start then keeps its birth (see [`store_born_ns`]). Call it last, after both syncs
+    /// start then keeps its birth (see [`CLEAN_STOP_FILE`]). Call it last, after both syncs
     /// succeeded.
     pub fn mark_clean_stop(&self, config: &ServerConfig) -> std::io::Result<()> {
         if self.store.inner().backend() != benchfs_store::Backend::Tiered {
