@@ -711,7 +711,9 @@ pub enum OpenError {
 /// [`CLEAN_STOP_FILE`]: kill -9, a crash) may have lost the chunks its memory tier had not
 /// written back, so it is born again now: a chunk missing there then reads as lost (from
 /// another replica, or an error), never as zeros.
-/// A tiered server's mark of a clean stop, in its data directory (see [`store_born_ns`]).
+/// A tiered server's mark of a clean stop, in its data directory: written after the final
+/// syncs, removed at start. A start that finds none after an earlier run begins a new
+/// store birth, since the chunks the memory tier had not written back are gone.
 pub const CLEAN_STOP_FILE: &str = "stopped-cleanly";
 
 /// Writes `text` to `path` by a synced temporary file renamed over it, then syncs the
