@@ -64,7 +64,8 @@ pub enum PlacementError {
 /// empty (a memory store, a new data directory) begins a new life with a tag of its own,
 /// so it never hands out again a number that an earlier life gave a file whose records
 /// and chunks outlive it on other servers; a disk store restarted on its data keeps its
-/// birth, its tag and (from its journal) its counter.
+/// birth, its tag and (from its journal) its counter, except a tiered store after an
+/// unclean stop, which is born again.
 pub fn inode_tag(node_id: &str, born_ns: u64) -> u32 {
     xxh3_64_with_seed(node_id.as_bytes(), born_ns) as u32
 }

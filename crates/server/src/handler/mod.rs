@@ -704,13 +704,6 @@ pub enum OpenError {
     },
 }
 
-/// When this server's chunk store began: now for a memory store; for a disk store, the
-/// time its data directory first held a store (`data_dir/born`, made on first start). A
-/// store that has chunks but no record predates it and counts as born at 0 (nothing is
-/// known to be lost). A tiered store whose last run did not stop cleanly (no
-/// [`CLEAN_STOP_FILE`]: kill -9, a crash) may have lost the chunks its memory tier had not
-/// written back, so it is born again now: a chunk missing there then reads as lost (from
-/// another replica, or an error), never as zeros.
 /// A tiered server's mark of a clean stop, in its data directory: written after the final
 /// syncs, removed at start. A start that finds none after an earlier run begins a new
 /// store birth, since the chunks the memory tier had not written back are gone.
@@ -732,6 +725,14 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir).and_then(|dir| dir.sync_all())
 }
 
+/// When this server's chunk store began: now for a memory store; for a disk store, the
+/// time its data directory first held a store (`data_dir/born`, made on first start). A
+/// store that has chunks but no record predates it and counts as born at 0 (nothing is
+/// known to be lost). A tiered store whose last run did not stop cleanly (no
+/// [`CLEAN_STOP_FILE`]: kill -9, a crash) may have lost the chunks its memory tier had not
+/// written back, so it is born again now (and never before its last birth, whatever the clock
+/// says): a chunk missing there then reads as lost (from
+/// another replica, or an error), never as zeros.
 fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, OpenError> {
     if store.backend() == benchfs_store::Backend::Memory {
         return Ok(now_ns());
@@ -745,7 +746,13 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
         let clean = config.node.data_dir.join(CLEAN_STOP_FILE);
         let stopped_cleanly = clean.exists();
         if path.exists() && !stopped_cleanly {
-            let born = now_ns();
+            // After the last birth even if the clock went back: files made before the stop
+            // must count as older than this store.
+            let last: u64 = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(0);
+            let born = now_ns().max(last + 1);
             tracing::warn!(
                 "the last run did not stop cleanly: chunks its memory tier had not written \
                  back are lost, and read as lost"
