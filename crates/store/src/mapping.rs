@@ -148,6 +148,18 @@ pub(crate) fn huge_pages_always() -> bool {
         .is_ok_and(|mode| mode.contains("[always]"))
 }
 
+/// Minor page faults the calling thread has taken so far (`getrusage`): what the store's
+/// tests count to see where chunk memory is faulted in.
+#[cfg(test)]
+pub(crate) fn thread_minor_faults() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a writable `rusage`, which is all getrusage writes.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
+    // SAFETY: getrusage succeeded, so it filled the struct (which started zeroed).
+    unsafe { usage.assume_init() }.ru_minflt
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -543,15 +543,7 @@ mod tests {
         );
     }
 
-    /// Minor page faults the calling thread has taken so far.
-    fn minor_faults() -> i64 {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: `usage` is a writable `rusage`, which is all getrusage writes.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
-        assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
-        // SAFETY: getrusage succeeded, so it filled the struct (which started zeroed).
-        unsafe { usage.assume_init() }.ru_minflt
-    }
+    use crate::mapping::thread_minor_faults as minor_faults;
 
     /// Writes `chunks` whole chunks of file 1 in 256 KiB requests, then removes the file.
     async fn write_round(store: &InMemoryChunkStore, chunks: u64) -> i64 {

@@ -508,15 +508,7 @@ mod tests {
         assert_eq!(chunk.read(chunk.len() + P, &mut out), 0);
     }
 
-    /// Faults this thread has taken so far (`getrusage`, minor faults).
-    fn thread_faults() -> i64 {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: `usage` is a writable `rusage`, which is all getrusage writes.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
-        assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
-        // SAFETY: getrusage succeeded, so it filled the struct (which started zeroed).
-        unsafe { usage.assume_init() }.ru_minflt
-    }
+    use crate::mapping::thread_minor_faults as thread_faults;
 
     /// A pool running low maps its next segment on another thread, so the writer that
     /// then uses it takes no page faults; the first segment, needed at once, is the
