@@ -333,10 +333,10 @@ fn cgroup_available_memory() -> Option<u64> {
         }
         let path = path.trim_start_matches('/');
         let room = if id == "0" && controllers.is_empty() {
-            least_room(root, &root.join(path), CgroupFiles::V2)
+            least_room(root, &root.join(path), &CgroupFiles::V2)
         } else if controllers.split(',').any(|c| c == "memory") {
             let mount = root.join("memory");
-            least_room(&mount, &mount.join(path), CgroupFiles::V1)
+            least_room(&mount, &mount.join(path), &CgroupFiles::V1)
         } else {
             None
         };
@@ -345,11 +345,30 @@ fn cgroup_available_memory() -> Option<u64> {
     least
 }
 
-/// The files a cgroup hierarchy states its memory limit, usage and usage breakdown in.
-#[derive(Clone, Copy)]
-enum CgroupFiles {
-    V1,
-    V2,
+/// The files a cgroup hierarchy states its memory limit and usage in (each directory's
+/// `memory.stat` breaks the usage down under the keys named here).
+struct CgroupFiles {
+    limit: &'static str,
+    usage: &'static str,
+    /// `memory.stat` keys of file pages, clean or not: inactive, active.
+    file_pages: [&'static str; 2],
+    /// `memory.stat` keys of the file pages not yet clean: dirty, under writeback.
+    unclean: [&'static str; 2],
+}
+
+impl CgroupFiles {
+    const V1: CgroupFiles = CgroupFiles {
+        limit: "memory.limit_in_bytes",
+        usage: "memory.usage_in_bytes",
+        file_pages: ["total_inactive_file", "total_active_file"],
+        unclean: ["total_dirty", "total_writeback"],
+    };
+    const V2: CgroupFiles = CgroupFiles {
+        limit: "memory.max",
+        usage: "memory.current",
+        file_pages: ["inactive_file", "active_file"],
+        unclean: ["file_dirty", "file_writeback"],
+    };
 }
 
 /// A v1 limit at or above this is "no limit" (the kernel shows one as about 2^63).
@@ -357,54 +376,22 @@ const CGROUP_V1_UNLIMITED: u64 = 1 << 62;
 /// Usage this far below a limit leaves room enough that its reclaimable part is not read.
 const CGROUP_ROOM_PLENTY: u64 = 1 << 30;
 
-impl CgroupFiles {
-    /// `(limit, usage, stat, [file pages, clean or not: inactive, active], [dirty, under
-    /// writeback])`.
-    fn names(
-        self,
-    ) -> (
-        &'static str,
-        &'static str,
-        &'static str,
-        [&'static str; 2],
-        [&'static str; 2],
-    ) {
-        match self {
-            CgroupFiles::V1 => (
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-                "memory.stat",
-                ["total_inactive_file", "total_active_file"],
-                ["total_dirty", "total_writeback"],
-            ),
-            CgroupFiles::V2 => (
-                "memory.max",
-                "memory.current",
-                "memory.stat",
-                ["inactive_file", "active_file"],
-                ["file_dirty", "file_writeback"],
-            ),
-        }
-    }
-}
-
 /// The least room from `dir` up to `root`, over the directories with a limit ("max" and
 /// v1's huge value are none): the limit less the usage, where the usage does not count
 /// clean file pages, which the kernel reclaims before it would kill (a job's page cache
 /// fills its cgroup up to the limit). Dirty pages must be written first, and a disk
 /// store's writes make many, so they count.
-fn least_room(root: &std::path::Path, dir: &std::path::Path, files: CgroupFiles) -> Option<u64> {
-    let (limit, usage, stat, file_pages, unclean) = files.names();
+fn least_room(root: &std::path::Path, dir: &std::path::Path, files: &CgroupFiles) -> Option<u64> {
     let mut dir = dir.to_path_buf();
     let mut least: Option<u64> = None;
     loop {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
         let number = |name: &str| read(name).and_then(|text| text.trim().parse::<u64>().ok());
-        if let Some(max) = number(limit).filter(|&max| max < CGROUP_V1_UNLIMITED) {
-            let current = number(usage).unwrap_or(0);
+        if let Some(max) = number(files.limit).filter(|&max| max < CGROUP_V1_UNLIMITED) {
+            let current = number(files.usage).unwrap_or(0);
             let mut room = max.saturating_sub(current);
             if room < CGROUP_ROOM_PLENTY {
-                let stats = read(stat).unwrap_or_default();
+                let stats = read("memory.stat").unwrap_or_default();
                 let stat_of = |name: &str| {
                     stats
                         .lines()
@@ -414,11 +401,12 @@ fn least_room(root: &std::path::Path, dir: &std::path::Path, files: CgroupFiles)
                         })
                         .unwrap_or(0)
                 };
-                let clean = file_pages
+                let clean = files
+                    .file_pages
                     .iter()
                     .map(|name| stat_of(name))
                     .sum::<u64>()
-                    .saturating_sub(unclean.iter().map(|name| stat_of(name)).sum());
+                    .saturating_sub(files.unclean.iter().map(|name| stat_of(name)).sum());
                 room = max.saturating_sub(current.saturating_sub(clean));
             }
             least = Some(least.map_or(room, |l| l.min(room)));
