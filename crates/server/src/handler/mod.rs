@@ -721,6 +721,17 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
 }
 
+/// Whether `data_dir` holds the [`CLEAN_STOP_FILE`] of the last run; removes it (durably)
+/// if so, since only this run's own clean stop may write it again.
+fn take_clean_stop_mark(data_dir: &std::path::Path) -> Result<bool, OpenError> {
+    let mark = data_dir.join(CLEAN_STOP_FILE);
+    match std::fs::remove_file(&mark).and_then(|()| sync_dir(data_dir)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(OpenError::Born { path: mark, source }),
+    }
+}
+
 fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir).and_then(|dir| dir.sync_all())
 }
@@ -730,9 +741,9 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// store that has chunks but no record predates it and counts as born at 0 (nothing is
 /// known to be lost). A tiered store whose last run did not stop cleanly (no
 /// [`CLEAN_STOP_FILE`]: kill -9, a crash) may have lost the chunks its memory tier had not
-/// written back, so it is born again now (and never before its last birth, whatever the clock
-/// says): a chunk missing there then reads as lost (from
-/// another replica, or an error), never as zeros.
+/// written back, so it is born again now (and never before its last birth, whatever the
+/// clock says): a chunk missing there then reads as lost (from another replica, or an
+/// error), never as zeros.
 fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, OpenError> {
     if store.backend() == benchfs_store::Backend::Memory {
         return Ok(now_ns());
@@ -742,33 +753,23 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
         path: path.clone(),
         source,
     };
-    if store.backend() == benchfs_store::Backend::Tiered {
-        let clean = config.node.data_dir.join(CLEAN_STOP_FILE);
-        let stopped_cleanly = clean.exists();
-        if path.exists() && !stopped_cleanly {
-            // After the last birth even if the clock went back: files made before the stop
-            // must count as older than this store.
-            let last: u64 = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-                .unwrap_or(0);
-            let born = now_ns().max(last + 1);
-            tracing::warn!(
-                "the last run did not stop cleanly: chunks its memory tier had not written \
-                 back are lost, and read as lost"
-            );
-            write_durably(&path, &format!("{born}\n")).map_err(born_error)?;
-            return Ok(born);
-        }
-        if stopped_cleanly {
-            // Gone while this run lasts: only a clean stop writes it again.
-            std::fs::remove_file(&clean)
-                .and_then(|()| sync_dir(&config.node.data_dir))
-                .map_err(|source| OpenError::Born {
-                    path: clean.clone(),
-                    source,
-                })?;
-        }
+    if store.backend() == benchfs_store::Backend::Tiered
+        && !take_clean_stop_mark(&config.node.data_dir)?
+        && path.exists()
+    {
+        // After the last birth even if the clock went back: files made before the stop
+        // must count as older than this store.
+        let last: u64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        let born = now_ns().max(last + 1);
+        tracing::warn!(
+            "the last run did not stop cleanly: chunks its memory tier had not written \
+             back are lost, and read as lost"
+        );
+        write_durably(&path, &format!("{born}\n")).map_err(born_error)?;
+        return Ok(born);
     }
     match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse().map_err(|_| {
