@@ -14,8 +14,8 @@ use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Frame, Message, OpCode, Status};
 use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Listener, Worker};
 use common::rpc::{
-    assert_serves, chunk_io, is_unreachable, raw_header, read, rpc_client, spec, write, RawPeer,
-    Rt, CHUNK, THRESHOLD,
+    assert_serves, chunk_io, chunk_write, is_unreachable, raw_header, read, rpc_client, spec,
+    write, RawPeer, Rt, CHUNK, THRESHOLD,
 };
 use common::{pattern, Cluster, FAIL_BOUND, RPC_TIMEOUT};
 use futures_util::future::join_all;
@@ -36,7 +36,7 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
                         let conn = &conn;
                         async move {
                             let len = if i % 2 == 0 { 512 } else { THRESHOLD * 2 };
-                            let req = chunk_io(3, i, 0, len);
+                            let req = chunk_write(3, i, 0, len);
                             conn.call_with::<ops::WriteChunk>(&req, pattern(len, round))
                                 .await?;
                             conn.call::<ops::Ping>(&Empty).await
@@ -251,7 +251,10 @@ fn stopped_client_holds_transfers(op: OpCode) {
         rt.block_on(async {
             let peer = RawPeer::connect(addr);
             peer.ping(1).await;
-            let body = chunk_io(1, 0, 0, LEN).to_bytes();
+            let body = match op {
+                OpCode::WriteChunk => chunk_write(1, 0, 0, LEN).to_bytes(),
+                _ => chunk_io(1, 0, 0, LEN).to_bytes(),
+            };
             let payload_len = if op == OpCode::WriteChunk { LEN } else { 0 };
             let mut in_flight = Vec::new();
             for id in 0..requests as u64 {

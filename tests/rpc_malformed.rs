@@ -11,8 +11,8 @@ use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Message, OpCode, Status};
 use benchfs_ucx::AmProto;
 use common::rpc::{
-    assert_serves, chunk_io, raw_header, request, rpc_client, spec, stats, RawPeer, Rt, CHUNK,
-    THRESHOLD,
+    assert_serves, chunk_io, chunk_write, raw_header, request, rpc_client, spec, stats, RawPeer,
+    Rt, CHUNK, THRESHOLD,
 };
 use common::{Cluster, FAIL_BOUND};
 use proptest::prelude::*;
@@ -58,6 +58,7 @@ fn bad_frames() -> Vec<BadFrame> {
         |flags, body_len, payload_len| raw_header(Ping as u16, 0, flags, body_len, payload_len);
     let op = |op, body: &[u8], payload_len| request(op, 0, body, payload_len);
     let chunk = |offset, len| chunk_io(4, 0, offset, len).to_bytes();
+    let chunk_w = |offset, len| chunk_write(4, 0, offset, len).to_bytes();
 
     let short_body = [ping(0, 8, 0), vec![0; 4]].concat();
     let mut bad_magic = ping(0, 0, 0);
@@ -83,9 +84,9 @@ fn bad_frames() -> Vec<BadFrame> {
     }
     .to_bytes();
     let path_len_beyond = [0xff, 0xff, b'/'];
-    let write = chunk(0, 100);
-    let past_end = chunk(CHUNK - 8, 16);
-    let overflow = chunk(u64::MAX - 4, 16);
+    let write = chunk_w(0, 100);
+    let past_end = chunk_w(CHUNK - 8, 16);
+    let overflow = chunk_w(u64::MAX - 4, 16);
     let read_past = chunk(CHUNK, 1);
     let huge_read = chunk(0, usize::MAX);
     // A chunk write followed by the remote-buffer descriptor of protocol version 1 (a
@@ -142,7 +143,7 @@ fn bad_frames() -> Vec<BadFrame> {
     let mut rndv_bad_magic = ping(0, 0, len as u64);
     rndv_bad_magic[1] ^= 0xff;
     let big = CHUNK as usize + 1;
-    let too_big = op(WriteChunk, &chunk(0, big), big);
+    let too_big = op(WriteChunk, &chunk_w(0, big), big);
     // The same, sent by rendezvous.
     #[rustfmt::skip]
     let rendezvous = [

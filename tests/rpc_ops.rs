@@ -13,8 +13,8 @@ use benchfs_proto::ops::{self, Empty, HelloRequest};
 use benchfs_proto::{Message, OpCode, Status};
 use benchfs_ucx::AmProto;
 use common::rpc::{
-    assert_serves, chunk_io, raw_header, read, request, rpc_client, spec, stats, status_of, write,
-    RawPeer, Rt, CHUNK, THRESHOLD,
+    assert_serves, chunk_write, raw_header, read, request, rpc_client, spec, stats, status_of,
+    write, RawPeer, Rt, CHUNK, THRESHOLD,
 };
 use common::{pattern, Cluster, FAIL_BOUND};
 use futures_util::future::join_all;
@@ -611,7 +611,7 @@ async fn shared_buffer_round_trips(conn: &Connection) {
         let writes = indexes.iter().map(|&index| {
             let payload = OutPayload::Shared(Rc::clone(&shared));
             async move {
-                conn.call_with::<ops::WriteChunk>(&chunk_io(1, index, 0, len), payload)
+                conn.call_with::<ops::WriteChunk>(&chunk_write(1, index, 0, len), payload)
                     .await
             }
         });
@@ -635,7 +635,7 @@ async fn bodies_in_the_am_data_round_trip(addr: SocketAddr, conn: &Connection) {
         let id = 10 + i as u64;
         let index = 20 + i as u64;
         let payload = pattern(len, id);
-        let body = chunk_io(1, index, 8, len).to_bytes();
+        let body = chunk_write(1, index, 8, len).to_bytes();
         let header = raw_header(
             OpCode::WriteChunk as u16,
             id,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use benchfs::blocking::{BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use common::files::{read_file, try_read_file, C, CHUNK};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -145,6 +145,79 @@ fn chunks_lost_to_kill_9_never_read_as_zeros() {
     assert_eq!(e.errno(), libc::EIO, "{e}");
     assert!(e.to_string().contains("node0"), "{e}");
     assert!(read_file(&fs, "/kept") == kept, "/kept after kill -9");
+}
+
+/// Reads `len` bytes at `offset` of `path` through a handle of its own.
+fn pread_at(fs: &BenchFS, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, ApiError> {
+    let fd = fs.open(path, OpenFlags::READ, 0)?;
+    let mut buf = vec![0xee; len];
+    let read = fs.pread(fd, &mut buf, offset);
+    fs.close(fd)?;
+    buf.truncate(read?);
+    Ok(buf)
+}
+
+/// Writes `data` at `offset` of `path` and closes it: the first error of the write, its
+/// fsync (a write behind reports there) or the close.
+fn pwrite_at(fs: &BenchFS, path: &str, offset: u64, data: &[u8]) -> Result<(), ApiError> {
+    let fd = fs.open(path, OpenFlags::WRITE, 0)?;
+    let written = fs.pwrite(fd, data, offset).and_then(|_| fs.fsync(fd));
+    let closed = fs.close(fd);
+    written.and(closed)
+}
+
+/// A write into the middle of a chunk that kill -9 lost must not make the bytes before it
+/// read as zeros (the store would make them so, and they were the file's): the restarted
+/// server refuses it, and the write fails naming the path and the server. A write that
+/// leaves none of the file's bytes unwritten before it (from the chunk's start, or past
+/// the file's end) goes through.
+#[test]
+fn a_write_into_a_lost_chunk_never_turns_its_lost_bytes_into_zeros() {
+    let Some(mut cluster) = tiered_server() else {
+        return;
+    };
+    let fs = cluster.client();
+    let fd = write_open(&fs, "/lost", &pattern(3 * C, 9));
+    fs.close(fd).unwrap();
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+    let fs = cluster.client();
+
+    let middle = (C + C / 2) as u64;
+    let e = pwrite_at(&fs, "/lost", middle, &pattern(100, 10))
+        .expect_err("a write into the middle of a lost chunk went through");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("/lost") && message.contains("node0"),
+        "{e}"
+    );
+    let e = match pread_at(&fs, "/lost", C as u64, 100) {
+        Ok(bytes) => panic!("lost bytes read back: {bytes:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+
+    // From the chunk's start nothing is left unwritten before the write.
+    let rewritten = pattern(C, 11);
+    pwrite_at(&fs, "/lost", C as u64, &rewritten).unwrap();
+    assert!(pread_at(&fs, "/lost", C as u64, C).unwrap() == rewritten);
+    // A write into the middle of a chunk the restarted server made since goes through.
+    pwrite_at(&fs, "/lost", middle, &pattern(100, 12)).unwrap();
+    assert_eq!(
+        pread_at(&fs, "/lost", middle, 100).unwrap(),
+        pattern(100, 12)
+    );
+    // Past the file's end the file held nothing, so a hole there is a hole.
+    let past_end = (4 * C + C / 2) as u64;
+    pwrite_at(&fs, "/lost", past_end, &pattern(100, 13)).unwrap();
+    let tail = pread_at(&fs, "/lost", 4 * C as u64, C / 2 + 100).unwrap();
+    assert!(
+        tail[..C / 2].iter().all(|&b| b == 0),
+        "the hole past the old end"
+    );
+    assert_eq!(tail[C / 2..], pattern(100, 13));
 }
 
 /// With two replicas, the chunks one killed tiered server lost read from the other.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use benchfs::client::rpc::{ClientOptions, Connection, RpcClient};
 use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_proto::frame::{MAGIC, VERSION};
-use benchfs_proto::ops::{self, ChunkIo, Empty};
+use benchfs_proto::ops::{self, ChunkIo, ChunkWrite, Empty};
 use benchfs_proto::{Frame, OpCode, Status};
 use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Worker};
 
@@ -98,11 +98,21 @@ pub fn chunk_io(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkIo {
     }
 }
 
+/// A chunk write with no file behind it (born at 0, size 0), which no server refuses as
+/// leaving lost bytes.
+pub fn chunk_write(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkWrite {
+    ChunkWrite {
+        io: chunk_io(file_id, index, offset, len),
+        file_birth_ns: 0,
+        file_size: 0,
+    }
+}
+
 /// Writes `data` at `offset` of a chunk and checks the reply.
 pub async fn write(conn: &Connection, file_id: u64, index: u64, offset: u64, data: Vec<u8>) {
     let len = data.len();
     let r = conn
-        .call_with::<ops::WriteChunk>(&chunk_io(file_id, index, offset, len), data)
+        .call_with::<ops::WriteChunk>(&chunk_write(file_id, index, offset, len), data)
         .await
         .unwrap();
     assert_eq!(r.reply.len, len as u64);

@@ -102,6 +102,15 @@ HelloReplyHeader = 32, {
 });
 wire_header!(/// `ChunkIo`, whole.
     ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
+wire_header!(/// `ChunkWrite`, whole.
+    ChunkWriteHeader = 48, {
+    file_id: U64,
+    index: U64,
+    offset: U64,
+    len: U64,
+    file_birth_ns: U64,
+    file_size: U64,
+});
 wire_header!(/// `ChunkIoReply`, whole.
     ChunkIoReplyHeader = 8, { len: U64 });
 wire_header!(/// `CreateRequest`, before the path.
@@ -185,7 +194,7 @@ rpc!(/// Round trip; an inline payload is discarded by the server.
 rpc!(/// Read part of a chunk.
     ReadChunk, ReadChunk, ChunkIo, ChunkIoReply);
 rpc!(/// Write part of a chunk.
-    WriteChunk, WriteChunk, ChunkIo, ChunkIoReply);
+    WriteChunk, WriteChunk, ChunkWrite, ChunkIoReply);
 rpc!(/// Look up a path.
     MetadataLookup, MetadataLookup, PathRequest, MetadataReply);
 rpc!(/// Create a file record.
@@ -352,8 +361,9 @@ impl Message for HelloReply {
     }
 }
 
-/// Read or write `len` bytes at `offset` in chunk `index` of file `file_id`. The data is
-/// the payload: eager up to the rendezvous threshold, by rendezvous above it.
+/// Read `len` bytes at `offset` in chunk `index` of file `file_id` (and where a
+/// [`ChunkWrite`] goes). The data is the reply's payload: eager up to the rendezvous
+/// threshold, by rendezvous above it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIo {
     /// The file's inode number.
@@ -382,6 +392,51 @@ impl Message for ChunkIo {
             index: h.index.get(),
             offset: h.offset.get(),
             len: h.len.get(),
+        })
+    }
+}
+
+/// Write `io.len` bytes at `io.offset` in chunk `io.index` of file `io.file_id`, the data
+/// being the payload (eager up to the rendezvous threshold, by rendezvous above it), with
+/// what the server needs to tell a gap it would leave from bytes it lost.
+///
+/// A server whose store began after `file_birth_ns` may have lost bytes the file held
+/// (a memory store restarted, a data directory lost). It refuses with `Status::Lost`,
+/// writing nothing, a write that would leave part of the chunk's first `file_size` bytes
+/// (counted from the chunk's start) unwritten before `io.offset` past the chunk's
+/// length: zeros there would read as the file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkWrite {
+    /// Where the bytes go.
+    pub io: ChunkIo,
+    /// When the file was created (its record's `birth_ns`).
+    pub file_birth_ns: u64,
+    /// The file's size as the writer knows it, before this write.
+    pub file_size: u64,
+}
+
+impl Message for ChunkWrite {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&ChunkWriteHeader {
+            file_id: self.io.file_id.into(),
+            index: self.io.index.into(),
+            offset: self.io.offset.into(),
+            len: self.io.len.into(),
+            file_birth_ns: self.file_birth_ns.into(),
+            file_size: self.file_size.into(),
+        });
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: ChunkWriteHeader = r.fixed()?;
+        Ok(ChunkWrite {
+            io: ChunkIo {
+                file_id: h.file_id.get(),
+                index: h.index.get(),
+                offset: h.offset.get(),
+                len: h.len.get(),
+            },
+            file_birth_ns: h.file_birth_ns.get(),
+            file_size: h.file_size.get(),
         })
     }
 }
@@ -1129,6 +1184,13 @@ mod tests {
             len: 4,
         };
         assert_eq!(io.to_bytes(), le(&[1, 2, 3, 4]));
+        let write = ChunkWrite {
+            io: io.clone(),
+            file_birth_ns: 5,
+            file_size: 6,
+        };
+        assert_eq!(write.to_bytes(), le(&[1, 2, 3, 4, 5, 6]));
+        assert_eq!(ChunkWrite::from_bytes(&write.to_bytes()), Ok(write));
         let hello = HelloReply {
             node_id: "n".into(),
             chunk_size: 4096,

@@ -48,11 +48,16 @@ pub enum Status {
     /// or the record holds none (any more): the file's bytes belong in its chunks. Clients
     /// move them there and retry; it reaches a caller only if that fails too.
     NeedsChunks = 18,
+    /// A chunk write refused because it would leave bytes before it that the file held
+    /// and this server may have lost: its store began after the file was created, and it
+    /// holds fewer of the chunk's bytes than the write skips. Zeros there would read as
+    /// data; the writer fills them in from another replica or fails.
+    Lost = 19,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 19] = [
+    pub const ALL: [Status; 20] = [
         Status::Ok,
         Status::NotFound,
         Status::Exists,
@@ -72,6 +77,7 @@ impl Status {
         Status::Busy,
         Status::Stale,
         Status::NeedsChunks,
+        Status::Lost,
     ];
 
     /// Decodes a wire value; unknown values are `None`.
@@ -106,6 +112,7 @@ impl Status {
             Status::Busy => libc::EAGAIN,
             Status::Stale => libc::ESTALE,
             Status::NeedsChunks => libc::EFBIG,
+            Status::Lost => libc::EIO,
         }
     }
 
@@ -131,6 +138,7 @@ impl Status {
             Status::Busy => "server busy",
             Status::Stale => "path names another file (replaced, or replicas disagree)",
             Status::NeedsChunks => "the file's bytes do not fit its record",
+            Status::Lost => "input/output error: the server may have lost bytes of the file",
         }
     }
 }

@@ -147,6 +147,27 @@ pub(super) fn fill_from(dst: &mut [u8], bytes: &[u8]) {
     dst[n..].fill(0);
 }
 
+/// The request that writes `len` bytes at `offset` of chunk `index` of the file `meta`,
+/// whose `size` is what the writer knows the file held: a server that may have lost those
+/// bytes refuses a write that would leave some of them as zeros before it.
+pub(super) fn chunk_write(
+    meta: &FileMetadata,
+    index: u64,
+    offset: u64,
+    len: u64,
+) -> ops::ChunkWrite {
+    ops::ChunkWrite {
+        io: ops::ChunkIo {
+            file_id: meta.file_id,
+            index,
+            offset,
+            len,
+        },
+        file_birth_ns: meta.birth_ns,
+        file_size: meta.size,
+    }
+}
+
 /// A span's range in the read's buffer.
 pub(super) fn span_range(span: &ChunkSpan) -> std::ops::Range<usize> {
     span.buf_offset as usize..(span.buf_offset + span.len) as usize
@@ -220,8 +241,12 @@ impl FsClient {
         if let Some(n) = self.write_inline(fd, data, offset).await? {
             return Ok(n);
         }
-        // The write may just have made the file, or moved its bytes to chunks.
-        let meta = self.with_file(fd, |f| f.meta)?;
+        // The write may just have made the file, or moved its bytes to chunks. What this
+        // handle wrote counts as the file's too: a server that lost it must not hide that.
+        let meta = self.with_file(fd, |f| FileMetadata {
+            size: f.meta.size.max(f.size),
+            ..f.meta
+        })?;
         if self.writes_behind() {
             // A failure of an earlier write fails this one, before any of its bytes go.
             self.write_error(fd)?;
@@ -260,12 +285,7 @@ impl FsClient {
         let writes = spans.map(|span| {
             let start = span.buf_offset as usize;
             let part = data.part(start..start + span.len as usize);
-            let req = ops::ChunkIo {
-                file_id: meta.file_id,
-                index: span.index,
-                offset: span.offset_in_chunk,
-                len: span.len,
-            };
+            let req = chunk_write(&meta, span.index, span.offset_in_chunk, span.len);
             async move {
                 let key = PlacementKey::Chunk {
                     file_id: meta.file_id,

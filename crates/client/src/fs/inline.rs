@@ -36,7 +36,7 @@ use benchfs_proto::meta::{EntryKind, FileMetadata};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{ops, path, Rpc, Status};
 
-use super::data::{fill_from, WriteSource};
+use super::data::{chunk_write, fill_from, WriteSource};
 use super::handles::OpenFile;
 use super::read_ahead::{ReadAhead, ReadDst};
 use super::{fs_err, rpc_err, Fd, FsClient};
@@ -702,12 +702,7 @@ impl FsClient {
         };
         let mut padded = sealed.data.clone();
         padded.resize(INLINE_BYTES_MAX.min(meta.chunk_size) as usize, 0);
-        let req = ops::ChunkIo {
-            file_id: meta.file_id,
-            index: 0,
-            offset: 0,
-            len: padded.len() as u64,
-        };
+        let req = chunk_write(&meta, 0, 0, padded.len() as u64);
         let key = PlacementKey::Chunk {
             file_id: meta.file_id,
             index: 0,

@@ -34,7 +34,7 @@ use benchfs_proto::{ops, Status};
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 
-use super::data::WriteSource;
+use super::data::{chunk_write, WriteSource};
 use super::read_ahead::Retired;
 use super::{fs_err, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
@@ -286,12 +286,7 @@ impl FsClient {
             }
         }
         let payloads = part.payloads(&self.rpc, ready.len());
-        let req = ops::ChunkIo {
-            file_id: meta.file_id,
-            index: span.index,
-            offset: span.offset_in_chunk,
-            len: span.len,
-        };
+        let req = chunk_write(&meta, span.index, span.offset_in_chunk, span.len);
         let p = &self.pipeline;
         let id = p.next_id.get();
         p.next_id.set(id.wrapping_add(1));

@@ -637,11 +637,24 @@ impl ServerState {
         ))
     }
 
-    async fn write_chunk(&self, req: op::ChunkIo, payload: Payload<'_>) -> Reply {
-        let (id, len) = match self.check_range(&req) {
+    async fn write_chunk(&self, req: op::ChunkWrite, payload: Payload<'_>) -> Reply {
+        let (id, len) = match self.check_range(&req.io) {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
+        match self.leaves_lost_bytes(id, &req).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(
+                    file_id = id.file_id,
+                    index = id.index,
+                    offset = req.io.offset,
+                    "a chunk write would leave bytes before it that this store may have lost; refused"
+                );
+                return Reply::error(Status::Lost);
+            }
+            Err(e) => return Reply::error(store_status(e)),
+        }
         let buf = match payload {
             Payload::Buf(b) if b.len() == len => b,
             Payload::Bytes(bytes) if bytes.len() == len => {
@@ -654,11 +667,37 @@ impl ServerState {
             }
             _ => return Reply::error(Status::Protocol),
         };
-        let (r, _buf) = self.store.write(id, req.offset, buf).await;
+        let (r, _buf) = self.store.write(id, req.io.offset, buf).await;
         match r {
-            Ok(()) => Reply::ok(&op::ChunkIoReply { len: req.len }),
+            Ok(()) => Reply::ok(&op::ChunkIoReply { len: req.io.len }),
             Err(e) => Reply::error(store_status(e)),
         }
+    }
+
+    /// Whether the write would leave bytes unwritten before it that the file held when the
+    /// writer last knew its size, in a store that began after the file: zeros there would
+    /// then read as bytes that were written and lost with the store (`Status::Lost`). A
+    /// chunk made since the store began holds only bytes written since, so the check at
+    /// each write keeps every gap in it one the file never held.
+    async fn leaves_lost_bytes(
+        &self,
+        id: ChunkId,
+        req: &op::ChunkWrite,
+    ) -> Result<bool, StoreError> {
+        if req.file_birth_ns >= self.born_ns {
+            return Ok(false);
+        }
+        let chunk_start = id.index.saturating_mul(self.chunk_size);
+        let held = req
+            .file_size
+            .saturating_sub(chunk_start)
+            .min(self.chunk_size);
+        let skipped_end = req.io.offset.min(held);
+        if skipped_end == 0 {
+            return Ok(false);
+        }
+        let len = self.store.stat(id).await?.map_or(0, |s| s.len);
+        Ok(len < skipped_end)
     }
 
     async fn read_chunk(&self, req: op::ChunkIo) -> Reply {
