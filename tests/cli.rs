@@ -640,3 +640,35 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Regression: `cluster down` sent SIGTERM alone, which a stopped server (SIGSTOP) takes
+/// only once it runs again, so it was killed after the wait, and a tiered server lost what
+/// its clean stop writes back (the clean-stop mark says whether the stop was clean).
+#[test]
+fn cluster_down_stops_a_stopped_server_cleanly() {
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "2", "--backend", "tiered"]);
+    let local = c.local("in.bin");
+    let data = pattern(300_000, 6);
+    std::fs::write(&local, &data).unwrap();
+    c.cli(&["put", arg(&local), "/kept"]);
+    let pids = std::fs::read_to_string(c.dir.join("pids")).unwrap();
+    for pid in pids.split_whitespace() {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let out = c.cli(&["cluster", "down", "--timeout", "30"]);
+    assert!(out.contains("2 servers stopped (0 forced)"), "{out}");
+    for node in ["node0", "node1"] {
+        let mark = c.dir.join("data").join(node).join("stopped-cleanly");
+        assert!(mark.exists(), "{node} stopped cleanly: {}", mark.display());
+    }
+    c.cli(&["cluster", "up", "--resume"]);
+    let back = c.local("out.bin");
+    c.cli(&["get", "/kept", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    c.cli(&["cluster", "down"]);
+}

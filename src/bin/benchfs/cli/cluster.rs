@@ -99,8 +99,9 @@ pub enum ClusterCommand {
     Up(UpArgs),
     /// Show each server's counters.
     Status(Target),
-    /// Stop the servers (SIGTERM, then SIGKILL after 10 s).
-    Down(Target),
+    /// Stop the servers: SIGTERM (and SIGCONT, so a stopped server takes it), then
+    /// SIGKILL to those still running after --timeout.
+    Down(DownArgs),
     /// Wait until N servers are published and every one answers (for job scripts that
     /// start servers with mpirun or srun).
     Wait(WaitArgs),
@@ -119,6 +120,21 @@ pub struct WaitArgs {
     #[command(flatten)]
     pub target: Target,
 }
+
+/// Arguments of `benchfs cluster down`.
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    /// Seconds to wait for the servers to stop before killing them: a clean stop syncs
+    /// the store (a tiered server writes its memory tier back first), which a kill loses.
+    #[arg(long, default_value_t = DOWN_TIMEOUT_SECS)]
+    pub timeout: u64,
+    /// Which cluster.
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// How long `cluster down` waits for a clean stop by default, in seconds.
+pub const DOWN_TIMEOUT_SECS: u64 = 60;
 
 /// Arguments of `benchfs cluster up`.
 #[derive(Debug, clap::Args)]
@@ -189,7 +205,7 @@ impl UpArgs {
 pub fn run(command: ClusterCommand) -> Result<(), CliError> {
     let launched = match &command {
         ClusterCommand::Up(args) => args.target.registry.is_some(),
-        ClusterCommand::Down(target) => target.registry.is_some(),
+        ClusterCommand::Down(args) => args.target.registry.is_some(),
         _ => false,
     };
     if launched {
@@ -198,7 +214,7 @@ pub fn run(command: ClusterCommand) -> Result<(), CliError> {
     match command {
         ClusterCommand::Up(args) => up(&args),
         ClusterCommand::Status(target) => status(&target),
-        ClusterCommand::Down(target) => down(&target),
+        ClusterCommand::Down(args) => down(&args),
         ClusterCommand::Wait(args) => wait(&args),
     }
 }
@@ -703,12 +719,16 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-fn down(target: &Target) -> Result<(), CliError> {
+fn down(args: &DownArgs) -> Result<(), CliError> {
+    let target = &args.target;
     let pids = servers_of(&target.dir);
     for &pid in &pids {
         signal(pid, "TERM");
+        // A stopped server (SIGSTOP, a debugger let go) takes the TERM only once it runs:
+        // without this it would be killed, losing what a clean stop syncs.
+        signal(pid, "CONT");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
     while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -14,7 +14,8 @@ use benchfs_bench::sync::{FileBarrier, Ranks};
 
 use super::args::{Common, WorkerArgs};
 use super::external;
-use crate::cli::cluster::{self, ClusterCommand, Target, UpArgs, DEFAULT_DIR};
+use crate::cli::cluster::{self, ClusterCommand, DownArgs, Target, UpArgs};
+use crate::cli::cluster::{DEFAULT_DIR, DOWN_TIMEOUT_SECS};
 use crate::cli::{commit, local_error, CliError};
 
 /// A swept point's cluster settings, by parameter name.
@@ -548,7 +549,10 @@ impl OwnCluster {
     }
 
     fn stop(self) -> Result<(), CliError> {
-        let down = cluster::run(ClusterCommand::Down(self.target.clone()));
+        let down = cluster::run(ClusterCommand::Down(DownArgs {
+            timeout: DOWN_TIMEOUT_SECS,
+            target: self.target.clone(),
+        }));
         // Made by this run, with nothing but this run's cluster in it.
         let _ = std::fs::remove_dir_all(&self.dir);
         down
