@@ -220,6 +220,63 @@ fn a_write_into_a_lost_chunk_never_turns_its_lost_bytes_into_zeros() {
     assert_eq!(tail[C / 2..], pattern(100, 13));
 }
 
+/// What a writer may write into an old file on a server that lost its chunks: a file
+/// whose chunks are smaller than the server's is checked by its own chunk size, and
+/// writes after O_TRUNC or a truncate down, which leave only holes the file never held
+/// (or its own writes, still in flight, before them), go through.
+#[test]
+fn writes_into_old_files_after_a_lost_store_are_judged_by_what_the_file_held() {
+    let Some(mut cluster) = tiered_server() else {
+        return;
+    };
+    let fs = cluster.client();
+    let small = C as u64 / 4;
+    fs.client().set_chunk_size(small).unwrap();
+    let fd = write_open(&fs, "/small-chunks", &pattern(3 * C, 20));
+    fs.close(fd).unwrap();
+    fs.client().set_chunk_size(0).unwrap();
+    for path in ["/rewritten", "/cut"] {
+        let fd = write_open(&fs, path, &pattern(3 * C, 21));
+        fs.close(fd).unwrap();
+    }
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+    let fs = cluster.client();
+
+    // Chunk 5 of a file of C/4 chunks, in its middle: its first half was the file's.
+    let e = pwrite_at(
+        &fs,
+        "/small-chunks",
+        5 * small + small / 2,
+        &pattern(10, 22),
+    )
+    .expect_err("a write into a lost chunk of a file with small chunks went through");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+
+    // Back to back through write-behind: each write's predecessor is still in flight.
+    let whole = pattern(3 * C, 23);
+    let fd = fs
+        .open("/rewritten", OpenFlags::WRITE | OpenFlags::TRUNC, 0)
+        .unwrap();
+    for piece in whole.chunks(C / 8) {
+        fs.write(fd, piece).unwrap();
+    }
+    fs.close(fd).unwrap();
+    assert!(
+        read_file(&fs, "/rewritten") == whole,
+        "/rewritten after O_TRUNC"
+    );
+
+    let fd = fs.open("/cut", OpenFlags::WRITE, 0).unwrap();
+    fs.ftruncate(fd, 0).unwrap();
+    fs.pwrite(fd, &pattern(100, 24), 4096).unwrap();
+    fs.close(fd).unwrap();
+    let cut = read_file(&fs, "/cut");
+    assert_eq!(cut.len(), 4196);
+    assert!(cut[..4096].iter().all(|&b| b == 0) && cut[4096..] == pattern(100, 24));
+}
+
 /// With two replicas, the chunks one killed tiered server lost read from the other.
 #[test]
 fn chunks_one_replica_lost_to_kill_9_read_from_the_other() {

@@ -98,13 +98,13 @@ pub fn chunk_io(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkIo {
     }
 }
 
-/// A chunk write with no file behind it (born at 0, size 0), which no server refuses as
-/// leaving lost bytes.
+/// A chunk write with no file behind it (born at 0, holding nothing), which no server
+/// refuses as leaving lost bytes.
 pub fn chunk_write(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkWrite {
     ChunkWrite {
         io: chunk_io(file_id, index, offset, len),
         file_birth_ns: 0,
-        file_size: 0,
+        chunk_held: 0,
     }
 }
 

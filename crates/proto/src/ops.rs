@@ -109,7 +109,7 @@ wire_header!(/// `ChunkWrite`, whole.
     offset: U64,
     len: U64,
     file_birth_ns: U64,
-    file_size: U64,
+    chunk_held: U64,
 });
 wire_header!(/// `ChunkIoReply`, whole.
     ChunkIoReplyHeader = 8, { len: U64 });
@@ -402,17 +402,18 @@ impl Message for ChunkIo {
 ///
 /// A server whose store began after `file_birth_ns` may have lost bytes the file held
 /// (a memory store restarted, a data directory lost). It refuses with `Status::Lost`,
-/// writing nothing, a write that would leave part of the chunk's first `file_size` bytes
-/// (counted from the chunk's start) unwritten before `io.offset` past the chunk's
-/// length: zeros there would read as the file's bytes.
+/// writing nothing, a write that would leave part of the chunk's first `chunk_held` bytes
+/// unwritten before `io.offset` past the chunk's length: zeros there would read as the
+/// file's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkWrite {
     /// Where the bytes go.
     pub io: ChunkIo,
     /// When the file was created (its record's `birth_ns`).
     pub file_birth_ns: u64,
-    /// The file's size as the writer knows it, before this write.
-    pub file_size: u64,
+    /// How many of the chunk's bytes, from its start, the file held when the writer
+    /// opened it (by the file's own chunk size, which the server may not share).
+    pub chunk_held: u64,
 }
 
 impl Message for ChunkWrite {
@@ -423,7 +424,7 @@ impl Message for ChunkWrite {
             offset: self.io.offset.into(),
             len: self.io.len.into(),
             file_birth_ns: self.file_birth_ns.into(),
-            file_size: self.file_size.into(),
+            chunk_held: self.chunk_held.into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -436,7 +437,7 @@ impl Message for ChunkWrite {
                 len: h.len.get(),
             },
             file_birth_ns: h.file_birth_ns.get(),
-            file_size: h.file_size.get(),
+            chunk_held: h.chunk_held.get(),
         })
     }
 }
@@ -1187,7 +1188,7 @@ mod tests {
         let write = ChunkWrite {
             io: io.clone(),
             file_birth_ns: 5,
-            file_size: 6,
+            chunk_held: 6,
         };
         assert_eq!(write.to_bytes(), le(&[1, 2, 3, 4, 5, 6]));
         assert_eq!(ChunkWrite::from_bytes(&write.to_bytes()), Ok(write));

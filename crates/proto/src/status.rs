@@ -51,7 +51,7 @@ pub enum Status {
     /// A chunk write refused because it would leave bytes before it that the file held
     /// and this server may have lost: its store began after the file was created, and it
     /// holds fewer of the chunk's bytes than the write skips. Zeros there would read as
-    /// data; the writer fills them in from another replica or fails.
+    /// the file's data, so the write fails instead (EIO).
     Lost = 19,
 }
 

@@ -23,6 +23,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = HelloRequest::from_bytes(bytes);
     let _ = HelloReply::from_bytes(bytes);
     let _ = ChunkIo::from_bytes(bytes);
+    let _ = ChunkWrite::from_bytes(bytes);
     let _ = ChunkIoReply::from_bytes(bytes);
     let _ = PathRequest::from_bytes(bytes);
     let _ = CreateRequest::from_bytes(bytes);
@@ -254,6 +255,7 @@ proptest! {
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, newer_only: false, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
+        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;

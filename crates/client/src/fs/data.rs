@@ -148,14 +148,17 @@ pub(super) fn fill_from(dst: &mut [u8], bytes: &[u8]) {
 }
 
 /// The request that writes `len` bytes at `offset` of chunk `index` of the file `meta`,
-/// whose `size` is what the writer knows the file held: a server that may have lost those
-/// bytes refuses a write that would leave some of them as zeros before it.
+/// whose `size` is what the file held when the writer opened it: a server that may have
+/// lost those bytes refuses a write that would leave some of them as zeros before it.
+/// (Not the handle's size: a write of its own still in flight would count as held, and
+/// the next write be refused before it landed.)
 pub(super) fn chunk_write(
     meta: &FileMetadata,
     index: u64,
     offset: u64,
     len: u64,
 ) -> ops::ChunkWrite {
+    let chunk_start = index.saturating_mul(meta.chunk_size);
     ops::ChunkWrite {
         io: ops::ChunkIo {
             file_id: meta.file_id,
@@ -164,7 +167,7 @@ pub(super) fn chunk_write(
             len,
         },
         file_birth_ns: meta.birth_ns,
-        file_size: meta.size,
+        chunk_held: meta.size.saturating_sub(chunk_start).min(meta.chunk_size),
     }
 }
 
@@ -241,12 +244,8 @@ impl FsClient {
         if let Some(n) = self.write_inline(fd, data, offset).await? {
             return Ok(n);
         }
-        // The write may just have made the file, or moved its bytes to chunks. What this
-        // handle wrote counts as the file's too: a server that lost it must not hide that.
-        let meta = self.with_file(fd, |f| FileMetadata {
-            size: f.meta.size.max(f.size),
-            ..f.meta
-        })?;
+        // The write may just have made the file, or moved its bytes to chunks.
+        let meta = self.with_file(fd, |f| f.meta)?;
         if self.writes_behind() {
             // A failure of an earlier write fails this one, before any of its bytes go.
             self.write_error(fd)?;

@@ -511,6 +511,8 @@ impl FsClient {
         {
             f.size = meta.size;
             f.size_dirty = false;
+            // Cut bytes are no longer the file's: a write past the cut leaves a hole.
+            f.meta.size = f.meta.size.min(meta.size);
             if let Some(Inline::Held(copy)) = &mut f.inline {
                 copy.resize(meta.size as usize, 0);
             }

@@ -675,10 +675,10 @@ impl ServerState {
     }
 
     /// Whether the write would leave bytes unwritten before it that the file held when the
-    /// writer last knew its size, in a store that began after the file: zeros there would
-    /// then read as bytes that were written and lost with the store (`Status::Lost`). A
-    /// chunk made since the store began holds only bytes written since, so the check at
-    /// each write keeps every gap in it one the file never held.
+    /// writer opened it, in a store that began after the file: zeros there would then read
+    /// as bytes that were written and lost with the store (`Status::Lost`). A chunk made
+    /// since the store began holds only bytes written since, so the check at each write
+    /// keeps every gap in it one the file did not hold.
     async fn leaves_lost_bytes(
         &self,
         id: ChunkId,
@@ -687,12 +687,7 @@ impl ServerState {
         if req.file_birth_ns >= self.born_ns {
             return Ok(false);
         }
-        let chunk_start = id.index.saturating_mul(self.chunk_size);
-        let held = req
-            .file_size
-            .saturating_sub(chunk_start)
-            .min(self.chunk_size);
-        let skipped_end = req.io.offset.min(held);
+        let skipped_end = req.io.offset.min(req.chunk_held);
         if skipped_end == 0 {
             return Ok(false);
         }
