@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use benchfs::blocking::BenchFS;
 use benchfs::proto::limits::STORE_PROBE_BYTES_MAX;
-use benchfs::proto::ops::{OpStats, StatsReply, StoreProbeReply};
+use benchfs::proto::ops::{self, Message, OpStats, StatsReply, StoreProbeReply};
 use benchfs::proto::OpCode;
 use common::cli::benchfs;
-use common::files::{errno_of, read_file, stats, write_file};
+use common::files::{errno_of, read_file, stats, write_file, CHUNK};
 use common::{pattern, Cluster, ClusterSpec};
 
 /// A cluster of `servers` on `backend` with no orphan sweep, whose questions to peers
@@ -534,7 +534,19 @@ fn the_trace_file_records_every_rpc_span() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(has(&text, "write_chunk", "request_bytes=65568"), "{text}");
+    // A write of the first chunk: its body and a whole chunk.
+    let body = ops::ChunkWrite {
+        io: ops::ChunkIo {
+            file_id: 0,
+            index: 0,
+            offset: 0,
+            len: 0,
+        },
+        file_birth_ns: 0,
+        chunk_held: 0,
+    };
+    let request_bytes = format!("request_bytes={}", body.to_bytes().len() as u64 + CHUNK);
+    assert!(has(&text, "write_chunk", &request_bytes), "{text}");
     assert!(has(&text, "metadata_lookup", "status=NotFound"), "{text}");
     // The spans go to the trace file only: the log (at debug) has none.
     let log = std::fs::read_to_string(cluster.data_dir(0).join("benchfs.log")).unwrap();

@@ -306,3 +306,42 @@ fn chunks_one_replica_lost_to_kill_9_read_from_the_other() {
         }
     }
 }
+
+/// With two replicas, a write into the middle of a chunk that one restarted server lost
+/// goes through: that server first gets the bytes before it from the other replica, and
+/// serves them once the other is gone.
+#[test]
+fn a_write_into_a_chunk_one_replica_lost_restores_it_from_the_other() {
+    let mut cluster = match Cluster::try_start(ClusterSpec {
+        servers: 2,
+        replicas: 2,
+        ..ClusterSpec::backend("tiered")
+    }) {
+        Ok(cluster) => cluster,
+        Err(why) => return common::skip("tiered servers", &why),
+    };
+    let fs = cluster.client();
+    let data = pattern(3 * C, 30);
+    let fd = write_open(&fs, "/x", &data);
+    fs.close(fd).unwrap();
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+
+    let fs = cluster.client();
+    let middle = C + C / 2;
+    let patch = pattern(100, 31);
+    pwrite_at(&fs, "/x", middle as u64, &patch).unwrap();
+    let mut want = data;
+    want[middle..middle + 100].copy_from_slice(&patch);
+    assert!(read_file(&fs, "/x") == want, "/x after the write");
+    drop(fs);
+
+    cluster.kill(1);
+    let fs = cluster.client();
+    let restored = pread_at(&fs, "/x", C as u64, C / 2 + 100).unwrap();
+    assert!(
+        restored == want[C..middle + 100],
+        "node0 alone serves chunk 1 as far as the write"
+    );
+}

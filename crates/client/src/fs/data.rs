@@ -158,7 +158,6 @@ pub(super) fn chunk_write(
     offset: u64,
     len: u64,
 ) -> ops::ChunkWrite {
-    let chunk_start = index.saturating_mul(meta.chunk_size);
     ops::ChunkWrite {
         io: ops::ChunkIo {
             file_id: meta.file_id,
@@ -167,8 +166,14 @@ pub(super) fn chunk_write(
             len,
         },
         file_birth_ns: meta.birth_ns,
-        chunk_held: meta.size.saturating_sub(chunk_start).min(meta.chunk_size),
+        chunk_held: chunk_held(meta, index),
     }
+}
+
+/// How many bytes of chunk `index`, from its start, the file `meta` held (by its size).
+pub(super) fn chunk_held(meta: &FileMetadata, index: u64) -> u64 {
+    let chunk_start = index.saturating_mul(meta.chunk_size);
+    meta.size.saturating_sub(chunk_start).min(meta.chunk_size)
 }
 
 /// A span's range in the read's buffer.
@@ -290,6 +295,9 @@ impl FsClient {
                     file_id: meta.file_id,
                     index: span.index,
                 };
+                let replicas = self.replica_set(key);
+                self.restore_skipped(&meta, span.index, span.offset_in_chunk, &replicas)
+                    .await;
                 self.write_all::<ops::WriteChunk>(key, &req, part).await
             }
         });

@@ -24,6 +24,7 @@ mod data;
 mod fanout;
 mod handles;
 mod inline;
+mod lost;
 mod namespace;
 mod pipeline;
 mod read_ahead;

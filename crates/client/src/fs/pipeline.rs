@@ -285,6 +285,15 @@ impl FsClient {
                 }
             }
         }
+        let (index, offset) = (span.index, span.offset_in_chunk);
+        if self.may_skip_lost(&meta, index, offset, &servers) {
+            // The restored bytes are read from another replica: this client's writes to
+            // the chunk land first, or the copy would undo them.
+            let file_id = meta.file_id;
+            self.wait_writes(|p| !p.any_write(|w| w.file_id == file_id && w.index == index))
+                .await;
+            self.restore_skipped(&meta, index, offset, &servers).await;
+        }
         let payloads = part.payloads(&self.rpc, ready.len());
         let req = chunk_write(&meta, span.index, span.offset_in_chunk, span.len);
         let p = &self.pipeline;

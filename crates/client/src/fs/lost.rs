@@ -1,0 +1,109 @@
+//! Bytes a server may have lost with its store (a memory server restarted, a tiered one
+//! killed, a data directory lost), on the write side. A write into the middle of a chunk
+//! skips the bytes before it; a replica that lost them would fill them with zeros, so it
+//! refuses the write (`Status::Lost`, see `ops::ChunkWrite`). Before such a write, a
+//! replica that lacks the skipped bytes gets them from one that kept them, so replicated
+//! files stay writable after a replica's restart.
+//!
+//! **Known gap:** the copy is not atomic with other clients' writes to those bytes: one
+//! landing between the copy's read and its write is undone on the restored replica.
+
+use benchfs_proto::meta::FileMetadata;
+use benchfs_proto::ops;
+use benchfs_proto::placement::ServerIndex;
+
+use super::data::{chunk_held, chunk_write};
+use super::FsClient;
+use crate::rpc::OutPayload;
+
+impl FsClient {
+    /// Whether server `index`'s store began after the file `meta` was created, so that it
+    /// may have lost the file's bytes (the read side's rule, `check_not_lost`).
+    pub(super) fn may_have_lost(&self, index: ServerIndex, meta: &FileMetadata) -> bool {
+        self.servers[index as usize].born_ns.get() > meta.birth_ns
+    }
+
+    /// Whether a write at `offset` of chunk `index` of `meta` skips bytes the file held
+    /// that one of `replicas` may have lost, with another replica to restore them from.
+    pub(super) fn may_skip_lost(
+        &self,
+        meta: &FileMetadata,
+        index: u64,
+        offset: u64,
+        replicas: &[ServerIndex],
+    ) -> bool {
+        offset.min(chunk_held(meta, index)) > 0
+            && replicas.len() > 1
+            && replicas.iter().any(|&r| self.may_have_lost(r, meta))
+    }
+
+    /// Before writing at `offset` of chunk `index` of `meta` to `replicas`: each replica
+    /// that may have lost the file's bytes and holds fewer of the chunk's than the write
+    /// skips (a one-byte read at the last skipped byte tells) gets them from a replica
+    /// that kept them, written from the chunk's start. Best effort: a replica that cannot
+    /// be restored is left to refuse the write itself.
+    pub(super) async fn restore_skipped(
+        &self,
+        meta: &FileMetadata,
+        index: u64,
+        offset: u64,
+        replicas: &[ServerIndex],
+    ) {
+        let skipped = offset.min(chunk_held(meta, index));
+        if skipped == 0 || replicas.len() < 2 {
+            return;
+        }
+        // Connected first: a store's birth is learnt on connecting.
+        for &replica in replicas {
+            let _ = self.conn(replica).await;
+        }
+        if !self.may_skip_lost(meta, index, offset, replicas) {
+            return;
+        }
+        let io = |offset, len| ops::ChunkIo {
+            file_id: meta.file_id,
+            index,
+            offset,
+            len,
+        };
+        for &replica in replicas {
+            if !self.may_have_lost(replica, meta) {
+                continue;
+            }
+            let probe = io(skipped - 1, 1);
+            match self
+                .call_on::<ops::ReadChunk>(replica, &probe, OutPayload::none())
+                .await
+            {
+                Ok((reply, _)) if reply.len == 0 => {}
+                _ => continue,
+            }
+            let Some(&source) = replicas
+                .iter()
+                .find(|&&s| s != replica && !self.may_have_lost(s, meta))
+            else {
+                return;
+            };
+            let Ok((_, mut bytes)) = self
+                .call_on::<ops::ReadChunk>(source, &io(0, skipped), OutPayload::none())
+                .await
+            else {
+                continue;
+            };
+            // Past the source's chunk the file has a hole the source kept: zeros.
+            bytes.resize(skipped as usize, 0);
+            let restore = chunk_write(meta, index, 0, skipped);
+            let restored = self
+                .call_on::<ops::WriteChunk>(replica, &restore, OutPayload::Owned(bytes))
+                .await;
+            tracing::info!(
+                file_id = meta.file_id,
+                index,
+                bytes = skipped,
+                server = replica,
+                ok = restored.is_ok(),
+                "restored the bytes a write skips on a replica that lost them"
+            );
+        }
+    }
+}
