@@ -522,7 +522,7 @@ async fn send_reply(
         header.extend_from_slice(&reply.body);
         match reply.payload {
             Some(p) => {
-                let send = ep.am_send(REPLY_AM_ID, header, StoreBuf(p), proto);
+                let send = ep.am_send(REPLY_AM_ID, header, p, proto);
                 bounded_transfer(ep, send, options)
                     .await
                     .map(|r| r.map(drop))
@@ -537,7 +537,7 @@ async fn send_reply(
     } else {
         let mut data = reply.body;
         if let Some(p) = &reply.payload {
-            data.extend_from_slice(p.as_slice());
+            data.extend_from_slice(p.as_ref());
         }
         let send = ep.am_send(REPLY_AM_ID, header, data, proto);
         bounded_transfer(ep, send, options)

@@ -1,6 +1,7 @@
 //! [`AnyChunkStore`]: the backend chosen at runtime, by dispatch.
 
-use crate::{Backend, ChunkBuf, ChunkId, ChunkStat, ChunkStore, StoreConfig, StoreError};
+use crate::StoreError;
+use crate::{Backend, ChunkBuf, ChunkId, ChunkStat, ChunkStore, ChunkView, StoreConfig};
 use crate::{FileChunkStore, InMemoryChunkStore, IoUringChunkStore, StoreUsage, TieredChunkStore};
 
 /// One of the four stores, picked by [`StoreConfig::backend`].
@@ -45,6 +46,16 @@ impl AnyChunkStore {
             AnyChunkStore::File(_) => Backend::File,
             AnyChunkStore::IoUring(_) => Backend::IoUring,
             AnyChunkStore::Tiered(_) => Backend::Tiered,
+        }
+    }
+
+    /// Up to `len` bytes at `offset` of a chunk in place, for a send with no copy, where
+    /// the backend can lend them (the memory store, see
+    /// [`InMemoryChunkStore::read_in_place`]); else `None`, and the caller reads.
+    pub fn read_in_place(&self, id: ChunkId, offset: u64, len: usize) -> Option<ChunkView> {
+        match self {
+            AnyChunkStore::Memory(s) => s.read_in_place(id, offset, len),
+            _ => None,
         }
     }
 

@@ -48,6 +48,7 @@ pub use error::StoreError;
 pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
 pub use memory::{available_memory, InMemoryChunkStore};
+pub use pages::ChunkView;
 pub use tiered::TieredChunkStore;
 
 use limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};

@@ -33,6 +33,10 @@ pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// so a store holds at most about twice the memory its chunks use, and a large store
 /// grows in few mappings.
 pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes of freed pages a memory store holds back for views still out (sends reading
+/// chunk pages in place) before it stops lending, so that the views end and the pages
+/// return: a steady stream of reads must not keep removed chunks' memory from reuse.
+pub const LENT_PAGES_WAITING_MAX: usize = 64 * 1024 * 1024;
 /// The page pool maps a segment (ahead of need or not) only while the memory available
 /// to the server, less [`MEMORY_HEADROOM_BYTES`], is at least this many times it: the
 /// servers of one host check the same room at once, and must not exhaust it together.

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use crate::buf::BufPool;
 use crate::limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, MEMORY_POOL_IN_FLIGHT};
-use crate::pages::{PageChunk, PagePool};
+use crate::pages::{ChunkView, PageChunk, PagePool};
 use crate::{check_chunk_size, check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore};
 use crate::{StoreError, StoreUsage};
 
@@ -169,6 +169,15 @@ impl InMemoryChunkStore {
         Ok(chunks
             .get(&id)
             .map_or(0, |chunk| chunk.read(offset as usize, out)))
+    }
+
+    /// Up to `len` bytes at `offset` of the chunk in place, for a send with no copy: where
+    /// they lie in pages one after the other in memory (as a write of a fresh range takes
+    /// them), else `None`, and the caller reads them into a buffer.
+    pub fn read_in_place(&self, id: ChunkId, offset: u64, len: usize) -> Option<ChunkView> {
+        check_range(self.chunk_size, offset, len).ok()?;
+        let chunks = self.chunks.borrow();
+        chunks.get(&id)?.view(&self.pages, offset as usize, len)
     }
 
     /// [`ChunkStore::truncate`], done before it returns.
@@ -529,6 +538,101 @@ mod tests {
                 Read(1, 0, 1, Ok(Vec::new())),
             ],
         );
+    }
+
+    /// A read in place is of the chunk's own bytes, as far as its end; never of a hole or
+    /// of pages apart in memory (the caller then reads into a buffer).
+    #[test]
+    fn reads_in_place_are_of_pages_in_a_row() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            store.write_chunk(1, 0, 0, &data).await.unwrap();
+            let view = store
+                .read_in_place(ChunkId::new(1, 0), 5000, 200_000)
+                .unwrap();
+            assert_eq!(view.as_ref(), &data[5000..], "short at the chunk's end");
+            assert!(store
+                .read_in_place(ChunkId::new(1, 0), 100_000, 10)
+                .is_none());
+            assert!(store.read_in_place(ChunkId::new(1, 9), 0, 10).is_none());
+            // A hole between two writes.
+            store.write_chunk(1, 1, 0, &[1; 10]).await.unwrap();
+            store.write_chunk(1, 1, 3 * 4096, &[2; 10]).await.unwrap();
+            assert!(store
+                .read_in_place(ChunkId::new(1, 1), 0, 4 * 4096)
+                .is_none());
+            assert!(store.read_in_place(ChunkId::new(1, 1), 0, 10).is_some());
+            // Page 1 taken before page 0: the two lie the wrong way round in memory.
+            store.write_chunk(1, 2, 4096, &[3; 4096]).await.unwrap();
+            store.write_chunk(1, 2, 0, &[4; 4096]).await.unwrap();
+            assert!(store.read_in_place(ChunkId::new(1, 2), 0, 8192).is_none());
+        });
+    }
+
+    /// Pages freed while a read in place is out are not written by another chunk until it
+    /// ends (a send may still be reading them), and are reused after.
+    #[test]
+    fn pages_lent_to_a_read_in_place_are_not_reused_until_it_ends() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
+            store.write_chunk(1, 0, 0, &[7; 1 << 20]).await.unwrap();
+            let view = store.read_in_place(ChunkId::new(1, 0), 0, 1 << 20).unwrap();
+            assert!(store.remove(ChunkId::new(1, 0)).await.unwrap());
+            store.write_chunk(2, 0, 0, &[9; 1 << 20]).await.unwrap();
+            assert!(
+                view.as_ref().iter().all(|&b| b == 7),
+                "the lent pages kept their bytes"
+            );
+            drop(view);
+            store.pages.finish_growth();
+            let mapped = store.page_pool_bytes();
+            assert!(store.remove(ChunkId::new(2, 0)).await.unwrap());
+            // Twice the chunk: both removed chunks' pages are free again.
+            store.write_chunk(3, 0, 0, &[1; 1 << 20]).await.unwrap();
+            store.write_chunk(3, 1, 0, &[1; 1 << 20]).await.unwrap();
+            store.pages.finish_growth();
+            assert_eq!(
+                store.page_pool_bytes(),
+                mapped,
+                "the held-back pages came back"
+            );
+        });
+    }
+
+    /// Past `LENT_PAGES_WAITING_MAX` of freed pages waiting for reads in place to end, the
+    /// store lends no more, so the reads end and the pages come back.
+    #[test]
+    fn reads_in_place_stop_while_too_many_freed_pages_wait() {
+        use crate::limits::LENT_PAGES_WAITING_MAX;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let chunk = 4 << 20;
+            let mut store = InMemoryChunkStore::with_chunk_size(chunk, u64::MAX).unwrap();
+            let chunks = (LENT_PAGES_WAITING_MAX / chunk as usize) as u64 + 1;
+            for index in 0..=chunks {
+                store.write_chunk(1, index, 0, &[5; 4096]).await.unwrap();
+                store
+                    .write_chunk(2, index, 0, &vec![6; chunk as usize])
+                    .await
+                    .unwrap();
+            }
+            let view = store.read_in_place(ChunkId::new(1, 0), 0, 4096).unwrap();
+            assert_eq!(store.remove_file(2).await.unwrap(), chunks + 1);
+            assert!(store.read_in_place(ChunkId::new(1, 1), 0, 4096).is_none());
+            drop(view);
+            // The next write takes the held-back pages back.
+            store.write_chunk(3, 0, 0, &[1; 4096]).await.unwrap();
+            assert!(store.read_in_place(ChunkId::new(1, 1), 0, 4096).is_some());
+        });
     }
 
     use crate::mapping::thread_minor_faults as minor_faults;

@@ -14,18 +14,23 @@
 //! So growing a chunk (a write past its end, a truncate up) never has to clear anything.
 //! **Invariant:** a page belongs to at most one chunk or to the free list, never both;
 //! pages are handed out by value ([`Page`] is not `Clone`).
+//! **Invariant:** a page lent to a send ([`ChunkView`]) is never handed to another chunk
+//! while the send may still read it: pages given back while any view is out wait on a
+//! list of their own, and return to the free list once none is.
 //! **Drop order:** the segments are unmapped when the pool drops. Pages are only held by
-//! the chunks of the store that owns the pool, and that store drops its chunks first. A
-//! growth still running then is left to finish and unmaps its segment itself: no pointer
-//! into it was ever handed out.
+//! the chunks of the store that owns the pool, and that store drops its chunks first; a
+//! pool dropped with views still out leaks its segments instead. A growth still running
+//! then is left to finish and unmaps its segment itself: no pointer into it was ever
+//! handed out.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 use crate::limits::{
-    GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, MEMORY_HEADROOM_BYTES, PAGE_BYTES,
-    PAGE_SEGMENT_BYTES_MAX,
+    GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, LENT_PAGES_WAITING_MAX, MEMORY_HEADROOM_BYTES,
+    PAGE_BYTES, PAGE_SEGMENT_BYTES_MAX,
 };
 use crate::mapping::Mapping;
 use crate::StoreError;
@@ -73,6 +78,61 @@ pub(crate) struct PagePool {
     /// Growing ahead last found too little memory or no thread when the pool would have
     /// grown to this size: not asked again (files read, a thread spawned) until it has.
     ahead_declined_below: Cell<usize>,
+    /// Views out ([`ChunkView`]), each of which a send may still be reading.
+    views_out: Rc<Cell<usize>>,
+    /// Pages given back while views were out (third invariant).
+    waiting: RefCell<Vec<NonNull<u8>>>,
+}
+
+impl Drop for PagePool {
+    fn drop(&mut self) {
+        if self.views_out.get() > 0 {
+            // A send may still read them (drop order, above).
+            std::mem::forget(std::mem::take(self.segments.get_mut()));
+        }
+    }
+}
+
+/// Bytes of a chunk read in place, for a send with no copy: while it lives, the pool holds
+/// back every page given back (module invariant), so its bytes are never another chunk's.
+/// A write to the chunk meanwhile may change them, as a write racing a read may.
+pub struct ChunkView {
+    ptr: NonNull<u8>,
+    len: usize,
+    views_out: Rc<Cell<usize>>,
+}
+
+impl ChunkView {
+    /// Bytes in the view.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AsRef<[u8]> for ChunkView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` lies in pages of a live segment (drop order, above)
+        // that no other chunk can take while this view lives (module invariant); the
+        // store changes them only from this thread, never while a slice of them is held.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for ChunkView {
+    fn drop(&mut self) {
+        self.views_out.set(self.views_out.get() - 1);
+    }
+}
+
+impl std::fmt::Debug for ChunkView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkView").field("len", &self.len).finish()
+    }
 }
 
 /// A segment being mapped and faulted in on another thread.
@@ -100,6 +160,30 @@ impl PagePool {
             capacity_bytes,
             growth: RefCell::new(None),
             ahead_declined_below: Cell::new(0),
+            views_out: Rc::new(Cell::new(0)),
+            waiting: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A view of `len` bytes at `ptr`, in pages of `chunk`; `None` while too many given
+    /// back pages wait for views to end, so that they end and the pages come back.
+    fn lend(&self, ptr: NonNull<u8>, len: usize) -> Option<ChunkView> {
+        if self.waiting.borrow().len() * PAGE_BYTES > LENT_PAGES_WAITING_MAX {
+            return None;
+        }
+        self.views_out.set(self.views_out.get() + 1);
+        Some(ChunkView {
+            ptr,
+            len,
+            views_out: Rc::clone(&self.views_out),
+        })
+    }
+
+    /// Pages given back while views were out, to the free list once none is.
+    fn reclaim_waiting(&self) {
+        if self.views_out.get() == 0 && !self.waiting.borrow().is_empty() {
+            let mut waiting = self.waiting.borrow_mut();
+            self.free.borrow_mut().append(&mut waiting);
         }
     }
 
@@ -134,6 +218,7 @@ impl PagePool {
     /// pages are missing, from the running growth or a segment mapped now (sized by
     /// [`fit_to_memory`] unless `check` says the caller did that).
     fn ensure_free(&self, pages: usize, check: MemoryCheck) -> Result<(), StoreError> {
+        self.reclaim_waiting();
         self.adopt_growth(false);
         if self.free.borrow().len() < pages {
             self.adopt_growth(true);
@@ -263,9 +348,13 @@ impl PagePool {
         self.free.borrow_mut().pop().map(Page)
     }
 
-    /// Returns a page to the free list.
+    /// Returns a page to the free list, or to the waiting list while views are out.
     fn give(&self, page: Page) {
-        self.free.borrow_mut().push(page.0);
+        if self.views_out.get() > 0 {
+            self.waiting.borrow_mut().push(page.0);
+        } else {
+            self.free.borrow_mut().push(page.0);
+        }
     }
 }
 
@@ -392,6 +481,29 @@ impl PageChunk {
             at += chunk.len();
         }
         n
+    }
+
+    /// Up to `len` bytes at `offset` in place, if they lie in pages held one after the
+    /// other in memory (a write of a fresh range takes them so): `None` for a hole, pages
+    /// apart, nothing to read, or a pool that lends no more for now.
+    pub(crate) fn view(&self, pool: &PagePool, offset: usize, len: usize) -> Option<ChunkView> {
+        let n = self.len.saturating_sub(offset).min(len);
+        if n == 0 {
+            return None;
+        }
+        let (first, last) = (offset / PAGE_BYTES, (offset + n - 1) / PAGE_BYTES);
+        let pages = self.pages.get(first..=last)?;
+        let start = pages.first()?.as_ref()?.0;
+        for (i, page) in pages.iter().enumerate() {
+            // Address arithmetic only, to compare.
+            let expected = start.as_ptr().wrapping_add(i * PAGE_BYTES);
+            if page.as_ref()?.0.as_ptr() != expected {
+                return None;
+            }
+        }
+        // SAFETY: `offset % PAGE_BYTES < PAGE_BYTES`, within the first page.
+        let ptr = unsafe { start.add(offset % PAGE_BYTES) };
+        pool.lend(ptr, n)
     }
 
     /// Sets the length. Shrinking gives the pages past the new end back to `pool` and
