@@ -2,11 +2,15 @@
 //! killed, a data directory lost), on the write side. A write into the middle of a chunk
 //! skips the bytes before it; a replica that lost them would fill them with zeros, so it
 //! refuses the write (`Status::Lost`, see `ops::ChunkWrite`). Before such a write, a
-//! replica that lacks the skipped bytes gets them from one that kept them, so replicated
-//! files stay writable after a replica's restart.
+//! replica that lacks the skipped bytes gets the chunk's bytes (all the file held of it,
+//! not only those the write skips: the rest would otherwise live on the other replicas
+//! alone) from one that kept them, so replicated files stay writable and replicated after
+//! a replica's restart.
 //!
 //! **Known gap:** the copy is not atomic with other clients' writes to those bytes: one
 //! landing between the copy's read and its write is undone on the restored replica.
+
+use std::time::Instant;
 
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops;
@@ -39,9 +43,10 @@ impl FsClient {
 
     /// Before writing at `offset` of chunk `index` of `meta` to `replicas`: each replica
     /// that may have lost the file's bytes and holds fewer of the chunk's than the write
-    /// skips (a one-byte read at the last skipped byte tells) gets them from a replica
-    /// that kept them, written from the chunk's start. Best effort: a replica that cannot
-    /// be restored is left to refuse the write itself.
+    /// skips (a one-byte read at the last skipped byte tells) gets all the file held of
+    /// the chunk from a replica that kept them and answers (none a client found silent:
+    /// each would cost a timeout), written from the chunk's start. Best effort: a replica
+    /// that cannot be restored is left to refuse the write itself.
     pub(super) async fn restore_skipped(
         &self,
         meta: &FileMetadata,
@@ -49,7 +54,8 @@ impl FsClient {
         offset: u64,
         replicas: &[ServerIndex],
     ) {
-        let skipped = offset.min(chunk_held(meta, index));
+        let held = chunk_held(meta, index);
+        let skipped = offset.min(held);
         if skipped == 0 || replicas.len() < 2 {
             return;
         }
@@ -78,28 +84,30 @@ impl FsClient {
                 Ok((reply, _)) if reply.len == 0 => {}
                 _ => continue,
             }
-            let Some(&source) = replicas
-                .iter()
-                .find(|&&s| s != replica && !self.may_have_lost(s, meta))
-            else {
+            let now = Instant::now();
+            let Some(&source) = replicas.iter().find(|&&s| {
+                s != replica
+                    && !self.may_have_lost(s, meta)
+                    && !self.servers[s as usize].is_suspect(now)
+            }) else {
                 return;
             };
             let Ok((_, mut bytes)) = self
-                .call_on::<ops::ReadChunk>(source, &io(0, skipped), OutPayload::none())
+                .call_on::<ops::ReadChunk>(source, &io(0, held), OutPayload::none())
                 .await
             else {
                 continue;
             };
             // Past the source's chunk the file has a hole the source kept: zeros.
-            bytes.resize(skipped as usize, 0);
-            let restore = chunk_write(meta, index, 0, skipped);
+            bytes.resize(held as usize, 0);
+            let restore = chunk_write(meta, index, 0, held);
             let restored = self
                 .call_on::<ops::WriteChunk>(replica, &restore, OutPayload::Owned(bytes))
                 .await;
             tracing::info!(
                 file_id = meta.file_id,
                 index,
-                bytes = skipped,
+                bytes = held,
                 server = replica,
                 ok = restored.is_ok(),
                 "restored the bytes a write skips on a replica that lost them"

@@ -45,7 +45,7 @@ impl ServerSlot {
         }
     }
 
-    fn is_suspect(&self, now: Instant) -> bool {
+    pub(super) fn is_suspect(&self, now: Instant) -> bool {
         self.suspect_until.get().is_some_and(|until| now < until)
             || shared_suspect(self.entry.borrow().addr, now)
     }
