@@ -15,6 +15,7 @@ use std::rc::Rc;
 
 use crate::limits::{ALIGN, POOL_LARGE_BYTES_MAX, POOL_SMALL_SLOTS_MAX, POOL_SMALL_SLOT_BYTES};
 use crate::mapping::Mapping;
+use crate::pages::PagePool;
 use crate::StoreError;
 
 /// An owned byte buffer aligned to [`ALIGN`] (4096) bytes, fit for O_DIRECT.
@@ -37,6 +38,11 @@ enum Owner {
     Heap,
     /// A slot of this pool, starting at `ptr`.
     Pool(Rc<BufPool>),
+    /// `capacity / ALIGN` pages in a row of a memory store's page pool, which the store
+    /// takes as a chunk's pages with no copy ([`ChunkBuf::into_pages`]), or which go back.
+    Pages(Rc<PagePool>),
+    /// Nothing: what a store gives back for a buffer whose pages it took.
+    Empty,
 }
 
 impl ChunkBuf {
@@ -61,6 +67,46 @@ impl ChunkBuf {
             capacity,
             owner: Owner::Heap,
         }
+    }
+
+    /// A buffer of `len` bytes over the pages in a row at `first`, taken from `pool` with
+    /// [`PagePool::take_run`], which get back there when it drops.
+    pub(crate) fn from_pages(first: NonNull<u8>, len: usize, pool: Rc<PagePool>) -> ChunkBuf {
+        ChunkBuf {
+            ptr: first,
+            len,
+            capacity: len.div_ceil(ALIGN) * ALIGN,
+            owner: Owner::Pages(pool),
+        }
+    }
+
+    /// A buffer of no bytes that holds no memory.
+    pub(crate) fn empty() -> ChunkBuf {
+        ChunkBuf {
+            ptr: NonNull::dangling(),
+            len: 0,
+            capacity: 0,
+            owner: Owner::Empty,
+        }
+    }
+
+    /// The first page and the length of a buffer made of `pool`'s pages, whose pages up to
+    /// the length the caller now owns (the rest go back); any other buffer back unchanged.
+    pub(crate) fn into_pages(self, pool: &Rc<PagePool>) -> Result<(NonNull<u8>, usize), ChunkBuf> {
+        if !matches!(&self.owner, Owner::Pages(p) if Rc::ptr_eq(p, pool)) {
+            return Err(self);
+        }
+        let used = self.len.div_ceil(ALIGN);
+        // SAFETY: `used <= capacity / ALIGN`: the pages past the length, in the run.
+        pool.give_run(
+            unsafe { self.ptr.add(used * ALIGN) },
+            self.capacity / ALIGN - used,
+        );
+        let taken = (self.ptr, self.len);
+        // Not dropped: its pages are the caller's now; only the pool's handle goes.
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.owner = Owner::Empty;
+        Ok(taken)
     }
 
     /// Bytes in use.
@@ -135,6 +181,8 @@ impl Drop for ChunkBuf {
                 unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
             }
             Owner::Pool(pool) => pool.release(self.ptr),
+            Owner::Pages(pool) => pool.give_run(self.ptr, self.capacity / ALIGN),
+            Owner::Empty => {}
         }
     }
 }

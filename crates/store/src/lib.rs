@@ -89,7 +89,8 @@ pub trait ChunkStore {
 
     /// Writes all of `buf` at `offset`, creating the chunk and growing it as needed
     /// (skipped bytes read as zeros). A zero-length write changes nothing. The buffer
-    /// comes back whatever the outcome.
+    /// comes back whatever the outcome, empty (no capacity) if the store took its memory
+    /// as the chunk's (the memory store, for a buffer it handed out as pages).
     async fn write(
         &self,
         id: ChunkId,

@@ -33,6 +33,9 @@ pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// so a store holds at most about twice the memory its chunks use, and a large store
 /// grows in few mappings.
 pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Smallest buffer a memory store hands out as pages of its pool (which a write then
+/// takes as a chunk's pages): below it, the copy is cheaper than the page table work.
+pub const PAGE_RUN_BUFFER_MIN: usize = 64 * 1024;
 /// Bytes of freed pages a memory store holds back for views still out (sends reading
 /// chunk pages in place) before it stops lending, so that the views end and the pages
 /// return: a steady stream of reads must not keep removed chunks' memory from reuse.

@@ -343,6 +343,49 @@ impl PagePool {
         self.adopt_growth(true);
     }
 
+    /// `pages` free pages one after the other in memory, for a store buffer a chunk can
+    /// take as its pages with no copy ([`PageChunk::adopt`]); `None` when fewer are free
+    /// or those next in line do not lie in a row (recycled ones). Maps nothing itself (a
+    /// read's buffer must not grow the pool), but grows ahead as a write would. Their
+    /// bytes are whatever their last chunk left.
+    pub(crate) fn take_run(&self, pages: usize) -> Option<NonNull<u8>> {
+        self.reclaim_waiting();
+        self.adopt_growth(false);
+        let first = self.run_on_top(pages);
+        self.grow_ahead(0);
+        first
+    }
+
+    /// Takes the `pages` free pages next in line if they lie in a row.
+    fn run_on_top(&self, pages: usize) -> Option<NonNull<u8>> {
+        let mut free = self.free.borrow_mut();
+        if pages == 0 || free.len() < pages {
+            return None;
+        }
+        let run = &free[free.len() - pages..];
+        let first = *run.last()?;
+        // The free list hands out its last entry first, so the run reads backwards.
+        let in_a_row = run
+            .iter()
+            .rev()
+            .enumerate()
+            .all(|(i, page)| page.as_ptr() == first.as_ptr().wrapping_add(i * PAGE_BYTES));
+        if !in_a_row {
+            return None;
+        }
+        let keep = free.len() - pages;
+        free.truncate(keep);
+        Some(first)
+    }
+
+    /// Gives back `pages` pages in a row from `first`, taken by [`PagePool::take_run`].
+    pub(crate) fn give_run(&self, first: NonNull<u8>, pages: usize) {
+        for i in 0..pages {
+            // SAFETY: within the run `take_run` handed out.
+            self.give(Page(unsafe { first.add(i * PAGE_BYTES) }));
+        }
+    }
+
     /// A free page, holding whatever its last chunk left; `None` if none is free.
     fn take(&self) -> Option<Page> {
         self.free.borrow_mut().pop().map(Page)
@@ -463,6 +506,47 @@ impl PageChunk {
         }
         self.len = self.len.max(end);
         Ok(())
+    }
+
+    /// Takes `len` bytes at `offset` (a page boundary) from pages in a row at `first`
+    /// (from [`PagePool::take_run`], holding the bytes in their first `len`) as the
+    /// chunk's own, with no copy, and gives the pages they replace back to `pool`. The last
+    /// page's bytes past `len` are made the chunk's: copied from the page it replaces, or
+    /// zero (first invariant).
+    ///
+    /// # Safety
+    /// `first` starts `len.div_ceil(PAGE_BYTES)` pages of `pool` in a row that the caller
+    /// owns and hands over.
+    pub(crate) unsafe fn adopt(
+        &mut self,
+        pool: &PagePool,
+        offset: usize,
+        first: NonNull<u8>,
+        len: usize,
+    ) {
+        debug_assert!(offset.is_multiple_of(PAGE_BYTES));
+        let count = len.div_ceil(PAGE_BYTES);
+        let start = offset / PAGE_BYTES;
+        if self.pages.len() < start + count {
+            self.pages.resize_with(start + count, || None);
+        }
+        for i in 0..count {
+            // SAFETY: page `i` of the run the caller hands over.
+            let mut page = Page(unsafe { first.add(i * PAGE_BYTES) });
+            let slot = &mut self.pages[start + i];
+            let tail = len - i * PAGE_BYTES;
+            if tail < PAGE_BYTES {
+                let bytes = page.bytes_mut();
+                match slot {
+                    Some(old) => bytes[tail..].copy_from_slice(&old.bytes()[tail..]),
+                    None => bytes[tail..].fill(0),
+                }
+            }
+            if let Some(old) = slot.replace(page) {
+                pool.give(old);
+            }
+        }
+        self.len = self.len.max(offset + len);
     }
 
     /// Copies up to `out.len()` bytes at `offset` into `out`; returns how many: short at
