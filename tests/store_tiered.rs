@@ -39,6 +39,23 @@ fn tiered_server() -> Option<Cluster> {
     Some(cluster)
 }
 
+/// Two tiered servers, each holding a replica of everything, or `None` (with a note) if
+/// they cannot start here.
+fn tiered_replicas() -> Option<Cluster> {
+    let spec = ClusterSpec {
+        servers: 2,
+        replicas: 2,
+        ..ClusterSpec::backend("tiered")
+    };
+    match Cluster::try_start(spec) {
+        Ok(cluster) => Some(cluster),
+        Err(why) => {
+            common::skip("tiered servers", &why);
+            None
+        }
+    }
+}
+
 /// Writes `data` to a new file at `path` chunk by chunk, without closing or syncing it.
 fn write_open(fs: &BenchFS, path: &str, data: &[u8]) -> benchfs::blocking::Fd {
     let fd = fs.create(path, 0o644).unwrap();
@@ -280,13 +297,8 @@ fn writes_into_old_files_after_a_lost_store_are_judged_by_what_the_file_held() {
 /// With two replicas, the chunks one killed tiered server lost read from the other.
 #[test]
 fn chunks_one_replica_lost_to_kill_9_read_from_the_other() {
-    let mut cluster = match Cluster::try_start(ClusterSpec {
-        servers: 2,
-        replicas: 2,
-        ..ClusterSpec::backend("tiered")
-    }) {
-        Ok(cluster) => cluster,
-        Err(why) => return common::skip("tiered servers", &why),
+    let Some(mut cluster) = tiered_replicas() else {
+        return;
     };
     let fs = cluster.client();
     let data = pattern(16 * C + 9, 8);
@@ -312,13 +324,8 @@ fn chunks_one_replica_lost_to_kill_9_read_from_the_other() {
 /// of it once the other is gone.
 #[test]
 fn a_write_into_a_chunk_one_replica_lost_restores_it_from_the_other() {
-    let mut cluster = match Cluster::try_start(ClusterSpec {
-        servers: 2,
-        replicas: 2,
-        ..ClusterSpec::backend("tiered")
-    }) {
-        Ok(cluster) => cluster,
-        Err(why) => return common::skip("tiered servers", &why),
+    let Some(mut cluster) = tiered_replicas() else {
+        return;
     };
     let fs = cluster.client();
     let data = pattern(3 * C, 30);

@@ -489,10 +489,7 @@ mod tests {
 
     /// Runs `steps` in order on a fresh store of [`CHUNK_SIZE_MIN`] chunks.
     fn check(capacity_bytes: u64, steps: Vec<Step>) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let mut store =
                 InMemoryChunkStore::with_chunk_size(CHUNK_SIZE_MIN, capacity_bytes).unwrap();
             for (i, step) in steps.into_iter().enumerate() {
@@ -582,14 +579,19 @@ mod tests {
         );
     }
 
+    /// Runs `work` on a current-thread runtime, as a server runs its store.
+    fn block_on<F: std::future::Future>(work: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(work)
+    }
+
     /// A read in place is of the chunk's own bytes, as far as its end; never of a hole or
     /// of pages apart in memory (the caller then reads into a buffer).
     #[test]
     fn reads_in_place_are_of_pages_in_a_row() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
             let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
             store.write_chunk(1, 0, 0, &data).await.unwrap();
@@ -620,10 +622,7 @@ mod tests {
     /// bytes, or zeros where the chunk had none).
     #[test]
     fn a_write_of_a_store_buffer_takes_its_pages() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
             let old = vec![1; 40 * 4096];
             store.write_chunk(1, 0, 0, &old).await.unwrap();
@@ -670,10 +669,7 @@ mod tests {
     /// ends (a send may still be reading them), and are reused after.
     #[test]
     fn pages_lent_to_a_read_in_place_are_not_reused_until_it_ends() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
             store.write_chunk(1, 0, 0, &[7; 1 << 20]).await.unwrap();
             let view = store.read_in_place(ChunkId::new(1, 0), 0, 1 << 20).unwrap();
@@ -704,10 +700,7 @@ mod tests {
     #[test]
     fn reads_in_place_stop_while_too_many_freed_pages_wait() {
         use crate::limits::LENT_PAGES_WAITING_MAX;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let chunk = 4 << 20;
             let mut store = InMemoryChunkStore::with_chunk_size(chunk, u64::MAX).unwrap();
             let chunks = (LENT_PAGES_WAITING_MAX / chunk as usize) as u64 + 1;
@@ -753,10 +746,7 @@ mod tests {
     /// faults (the seed's store took one per 4 KiB written, 8192 here).
     #[test]
     fn steady_state_writes_take_no_page_faults() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
             let pages_written = 32 * (1 << 20) / 4096;
             write_round(&store, 32).await;
@@ -777,10 +767,7 @@ mod tests {
     /// pool grows ahead by one segment at most (the prefault's size, here).
     #[test]
     fn a_prefaulted_store_writes_fresh_chunks_without_page_faults() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let chunks = 32;
             let bytes = chunks * (1 << 20);
             let pages_written = (bytes / 4096) as i64;
@@ -810,10 +797,7 @@ mod tests {
             // A fault per huge page on any thread: counting says nothing here.
             return;
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let chunks = 32;
             let pages_written = (chunks * (1 << 20) / 4096) as i64;
             let first_segment = (crate::limits::HUGE_PAGE_BYTES / 4096) as i64;
@@ -843,10 +827,7 @@ mod tests {
 
     #[test]
     fn a_bounded_store_maps_no_more_than_its_capacity() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let capacity = 3 * CHUNK_SIZE_MIN;
             let mut store = InMemoryChunkStore::with_chunk_size(CHUNK_SIZE_MIN, capacity).unwrap();
             for index in 0..3 {
@@ -864,10 +845,7 @@ mod tests {
 
     #[test]
     fn new_is_lazy_with_the_default_chunk_size() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let mut store = InMemoryChunkStore::new(100 << 20);
             assert_eq!(store.chunk_size(), CHUNK_SIZE_DEFAULT);
             assert!(
