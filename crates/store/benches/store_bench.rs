@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use benchfs_store::{AnyChunkStore, Backend, ChunkId, ChunkStore, StoreConfig, StoreError};
+use benchfs_store::StoreError;
+use benchfs_store::{AnyChunkStore, Backend, ChunkBuf, ChunkId, ChunkStore, StoreConfig};
 
 /// The chunk size a server uses by default.
 const CHUNK_SIZE: u64 = benchfs_store::limits::CHUNK_SIZE_DEFAULT;
@@ -228,7 +229,7 @@ async fn run_backend(args: &Args, backend: Backend, direct: bool, tier: Option<f
     for index in 0..size / CHUNK_SIZE {
         let (result, back) = store.write(ChunkId::new(FILE_ID, index), 0, buf).await;
         result.expect("layout write");
-        buf = back;
+        buf = next_buffer(&*store, back, CHUNK_SIZE as usize, |b| b.fill(0x5a)).await;
     }
     drop(buf);
     store.sync().await.expect("sync");
@@ -287,7 +288,7 @@ async fn run_workload(
                 if workload.write {
                     let (result, back) = store.write(id, offset, buf).await;
                     result.expect("write");
-                    buf = back;
+                    buf = next_buffer(&*store, back, workload.bs, |b| b.fill(0xa5)).await;
                 } else {
                     let (result, back) = store.read(id, offset, buf).await;
                     assert_eq!(result.expect("read"), workload.bs, "the set is laid out");
@@ -312,7 +313,7 @@ mod faults {
 
     use benchfs_store::{ChunkId, ChunkStore, InMemoryChunkStore};
 
-    use super::CHUNK_SIZE;
+    use super::{next_buffer, CHUNK_SIZE};
 
     /// Bytes per write: the 1 MiB of the sequential workloads.
     const BS: usize = 1 << 20;
@@ -379,10 +380,27 @@ mod faults {
             for (id, offset) in ids(size) {
                 let (result, back) = store.write(id, offset as u64, buf).await;
                 result.expect("write");
-                buf = back;
+                buf = next_buffer(&store, back, BS, |b| b.copy_from_slice(&data)).await;
             }
             report("page-pool", round, size, minor_faults() - before, start);
             store.remove_file(1).await.expect("remove");
         }
     }
+}
+
+/// The buffer a write gave back, or a fresh one of `len` bytes filled by `fill` when the
+/// store took the buffer's memory as the chunk's (the memory store does with its own page
+/// buffers, as a server's writes are): each write then pays for a buffer, as a server's.
+async fn next_buffer<S: ChunkStore>(
+    store: &S,
+    back: ChunkBuf,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> ChunkBuf {
+    if back.len() == len {
+        return back;
+    }
+    let mut buf = store.buffer(len).await.expect("buffer");
+    fill(buf.as_mut_slice());
+    buf
 }

@@ -36,10 +36,6 @@ pub const PAGE_SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Smallest buffer a memory store hands out as pages of its pool (which a write then
 /// takes as a chunk's pages): below it, the copy is cheaper than the page table work.
 pub const PAGE_RUN_BUFFER_MIN: usize = 64 * 1024;
-/// Bytes of freed pages a memory store holds back for views still out (sends reading
-/// chunk pages in place) before it stops lending, so that the views end and the pages
-/// return: a steady stream of reads must not keep removed chunks' memory from reuse.
-pub const LENT_PAGES_WAITING_MAX: usize = 64 * 1024 * 1024;
 /// The page pool maps a segment (ahead of need or not) only while the memory available
 /// to the server, less [`MEMORY_HEADROOM_BYTES`], is at least this many times it: the
 /// servers of one host check the same room at once, and must not exhaust it together.

@@ -15,8 +15,9 @@
 //! **Invariant:** a page belongs to at most one chunk or to the free list, never both;
 //! pages are handed out by value ([`Page`] is not `Clone`).
 //! **Invariant:** a page lent to a send ([`ChunkView`]) is never handed to another chunk
-//! while the send may still read it: pages given back while any view is out wait on a
-//! list of their own, and return to the free list once none is.
+//! while the send may still read it: a page given back while a view covers it waits on a
+//! list of its own, and returns to the free list once none does (so no more waits than
+//! the views out cover).
 //! **Drop order:** the segments are unmapped when the pool drops. Pages are only held by
 //! the chunks of the store that owns the pool, and that store drops its chunks first; a
 //! pool dropped with views still out leaks its segments instead. A growth still running
@@ -29,8 +30,8 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use crate::limits::{
-    GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, LENT_PAGES_WAITING_MAX, MEMORY_HEADROOM_BYTES,
-    PAGE_BYTES, PAGE_SEGMENT_BYTES_MAX,
+    GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, MEMORY_HEADROOM_BYTES, PAGE_BYTES,
+    PAGE_SEGMENT_BYTES_MAX,
 };
 use crate::mapping::Mapping;
 use crate::StoreError;
@@ -78,15 +79,33 @@ pub(crate) struct PagePool {
     /// Growing ahead last found too little memory or no thread when the pool would have
     /// grown to this size: not asked again (files read, a thread spawned) until it has.
     ahead_declined_below: Cell<usize>,
-    /// Views out ([`ChunkView`]), each of which a send may still be reading.
-    views_out: Rc<Cell<usize>>,
-    /// Pages given back while views were out (third invariant).
+    /// The views out ([`ChunkView`]), each of which a send may still be reading.
+    lent: Rc<RefCell<Lent>>,
+    /// Pages given back while a view covered them (third invariant).
     waiting: RefCell<Vec<NonNull<u8>>>,
+}
+
+/// The address ranges of the views out, by view.
+#[derive(Debug, Default)]
+struct Lent {
+    views: Vec<(u64, std::ops::Range<usize>)>,
+    next_id: u64,
+}
+
+impl Lent {
+    /// Whether a view out covers any byte of the page at `page`.
+    fn covers(&self, page: NonNull<u8>) -> bool {
+        let start = page.as_ptr() as usize;
+        let page = start..start + PAGE_BYTES;
+        self.views
+            .iter()
+            .any(|(_, view)| view.start < page.end && page.start < view.end)
+    }
 }
 
 impl Drop for PagePool {
     fn drop(&mut self) {
-        if self.views_out.get() > 0 {
+        if !self.lent.borrow().views.is_empty() {
             // A send may still read them (drop order, above).
             std::mem::forget(std::mem::take(self.segments.get_mut()));
         }
@@ -94,12 +113,14 @@ impl Drop for PagePool {
 }
 
 /// Bytes of a chunk read in place, for a send with no copy: while it lives, the pool holds
-/// back every page given back (module invariant), so its bytes are never another chunk's.
-/// A write to the chunk meanwhile may change them, as a write racing a read may.
+/// back its pages if they are given back (module invariant), so its bytes are never
+/// another chunk's. A write into those pages meanwhile may change them, as a write racing
+/// a read may (a client drops what it read ahead of its own writes).
 pub struct ChunkView {
     ptr: NonNull<u8>,
     len: usize,
-    views_out: Rc<Cell<usize>>,
+    id: u64,
+    lent: Rc<RefCell<Lent>>,
 }
 
 impl ChunkView {
@@ -125,7 +146,10 @@ impl AsRef<[u8]> for ChunkView {
 
 impl Drop for ChunkView {
     fn drop(&mut self) {
-        self.views_out.set(self.views_out.get() - 1);
+        let mut lent = self.lent.borrow_mut();
+        if let Some(at) = lent.views.iter().position(|(id, _)| *id == self.id) {
+            lent.views.swap_remove(at);
+        }
     }
 }
 
@@ -160,31 +184,56 @@ impl PagePool {
             capacity_bytes,
             growth: RefCell::new(None),
             ahead_declined_below: Cell::new(0),
-            views_out: Rc::new(Cell::new(0)),
+            lent: Rc::new(RefCell::new(Lent::default())),
             waiting: RefCell::new(Vec::new()),
         }
     }
 
-    /// A view of `len` bytes at `ptr`, in pages of `chunk`; `None` while too many given
-    /// back pages wait for views to end, so that they end and the pages come back.
+    /// A view of `len` bytes at `ptr`, which lie in pages of a chunk one after the other;
+    /// `None` if they cross from one segment into another (two mappings that happen to
+    /// lie side by side are still two).
     fn lend(&self, ptr: NonNull<u8>, len: usize) -> Option<ChunkView> {
-        if self.waiting.borrow().len() * PAGE_BYTES > LENT_PAGES_WAITING_MAX {
+        self.reclaim_waiting();
+        if !self.within_one_segment(ptr, len) {
             return None;
         }
-        self.views_out.set(self.views_out.get() + 1);
+        let mut lent = self.lent.borrow_mut();
+        let id = lent.next_id;
+        lent.next_id += 1;
+        let start = ptr.as_ptr() as usize;
+        lent.views.push((id, start..start + len));
         Some(ChunkView {
             ptr,
             len,
-            views_out: Rc::clone(&self.views_out),
+            id,
+            lent: Rc::clone(&self.lent),
         })
     }
 
-    /// Pages given back while views were out, to the free list once none is.
+    /// Whether `len` bytes from `ptr` lie in one segment.
+    fn within_one_segment(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        let start = ptr.as_ptr() as usize;
+        self.segments.borrow().iter().any(|segment| {
+            let base = segment.ptr().as_ptr() as usize;
+            base <= start && start + len <= base + segment.len()
+        })
+    }
+
+    /// Pages given back that no view covers any more, to the free list.
     fn reclaim_waiting(&self) {
-        if self.views_out.get() == 0 && !self.waiting.borrow().is_empty() {
-            let mut waiting = self.waiting.borrow_mut();
-            self.free.borrow_mut().append(&mut waiting);
+        let mut waiting = self.waiting.borrow_mut();
+        if waiting.is_empty() {
+            return;
         }
+        let lent = self.lent.borrow();
+        let mut free = self.free.borrow_mut();
+        waiting.retain(|&page| {
+            let keep = lent.covers(page);
+            if !keep {
+                free.push(page);
+            }
+            keep
+        });
     }
 
     /// Bytes mapped so far, in use or free.
@@ -370,7 +419,7 @@ impl PagePool {
             .rev()
             .enumerate()
             .all(|(i, page)| page.as_ptr() == first.as_ptr().wrapping_add(i * PAGE_BYTES));
-        if !in_a_row {
+        if !in_a_row || !self.within_one_segment(first, pages * PAGE_BYTES) {
             return None;
         }
         let keep = free.len() - pages;
@@ -391,9 +440,9 @@ impl PagePool {
         self.free.borrow_mut().pop().map(Page)
     }
 
-    /// Returns a page to the free list, or to the waiting list while views are out.
+    /// Returns a page to the free list, or to the waiting list while a view covers it.
     fn give(&self, page: Page) {
-        if self.views_out.get() > 0 {
+        if self.lent.borrow().covers(page.0) {
             self.waiting.borrow_mut().push(page.0);
         } else {
             self.free.borrow_mut().push(page.0);
