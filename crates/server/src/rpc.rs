@@ -44,14 +44,8 @@ pub const CONNECTIONS_MAX: usize = 65_536;
 const CONNECTIONS_SWEEP_MIN: usize = 64;
 const _: () = assert!(CONNECTIONS_SWEEP_MIN <= CONNECTIONS_MAX);
 
-/// A chunk-store buffer as a UCX send or receive buffer.
+/// A chunk-store buffer as a UCX receive buffer (replies send a `ReplyPayload`).
 pub(crate) struct StoreBuf(pub ChunkBuf);
-
-impl AsRef<[u8]> for StoreBuf {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_slice()
-    }
-}
 
 impl AsMut<[u8]> for StoreBuf {
     fn as_mut(&mut self) -> &mut [u8] {

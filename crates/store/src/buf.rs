@@ -90,15 +90,10 @@ impl ChunkBuf {
         }
     }
 
-    /// Whether this buffer is made of `pool`'s pages.
-    pub(crate) fn is_pages_of(&self, pool: &Rc<PagePool>) -> bool {
-        matches!(&self.owner, Owner::Pages(p) if Rc::ptr_eq(p, pool))
-    }
-
     /// The first page and the length of a buffer made of `pool`'s pages, whose pages up to
     /// the length the caller now owns (the rest go back); any other buffer back unchanged.
     pub(crate) fn into_pages(self, pool: &Rc<PagePool>) -> Result<(NonNull<u8>, usize), ChunkBuf> {
-        if !self.is_pages_of(pool) {
+        if !matches!(&self.owner, Owner::Pages(p) if Rc::ptr_eq(p, pool)) {
             return Err(self);
         }
         let used = self.len.div_ceil(ALIGN);

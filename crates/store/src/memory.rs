@@ -124,56 +124,25 @@ impl InMemoryChunkStore {
         Ok(())
     }
 
-    /// [`ChunkStore::write`] of a buffer made of pool pages at a page boundary: the chunk
-    /// takes the pages with no copy. Any other buffer comes back (`Err`) to be copied.
-    fn write_pages(
+    /// Puts `len` bytes at `offset` into chunk `id` with `fill` (made now if missing),
+    /// once the range and the capacity allow them, and counts the growth: the one place a
+    /// write's checks and accounting live. A chunk made for a `fill` that failed goes again.
+    fn put(
         &self,
         id: ChunkId,
         offset: u64,
-        buf: ChunkBuf,
-    ) -> Result<Result<(), StoreError>, ChunkBuf> {
-        let ours = buf.is_pages_of(&self.pages);
-        if !ours || !(offset as usize).is_multiple_of(PAGE_BYTES) || buf.is_empty() {
-            return Err(buf);
-        }
-        let end = match check_range(self.chunk_size, offset, buf.len()) {
-            Ok(end) => end,
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut chunks = self.chunks.borrow_mut();
-        let old = chunks.get(&id).map_or(0, |c| c.len() as u64);
-        if let Err(e) = self.check_growth(old, end) {
-            return Ok(Err(e));
-        }
-        let (first, len) = buf.into_pages(&self.pages)?;
-        let chunk = chunks.entry(id).or_default();
-        // SAFETY: `into_pages` handed over the buffer's pages, in a row from `first`.
-        unsafe { chunk.adopt(&self.pages, offset as usize, first, len) };
-        self.used_bytes
-            .set(self.used_bytes.get() + end.saturating_sub(old));
-        Ok(Ok(()))
-    }
-
-    /// [`ChunkStore::write`] from a slice, done before it returns: what the tiered store
-    /// calls, so nothing can run between its checks and the write.
-    pub(crate) fn write_bytes(
-        &self,
-        id: ChunkId,
-        offset: u64,
-        data: &[u8],
+        len: usize,
+        fill: impl FnOnce(&mut PageChunk) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let end = check_range(self.chunk_size, offset, data.len())?;
-        if data.is_empty() {
+        let end = check_range(self.chunk_size, offset, len)?;
+        if len == 0 {
             return Ok(());
         }
         let mut chunks = self.chunks.borrow_mut();
         let existed = chunks.contains_key(&id);
         let chunk = chunks.entry(id).or_default();
         let old = chunk.len() as u64;
-        let written = self
-            .check_growth(old, end)
-            .and_then(|()| chunk.write(&self.pages, offset as usize, data));
-        match written {
+        match self.check_growth(old, end).and_then(|()| fill(chunk)) {
             Ok(()) => {
                 self.used_bytes
                     .set(self.used_bytes.get() + end.saturating_sub(old));
@@ -186,6 +155,19 @@ impl InMemoryChunkStore {
                 Err(e)
             }
         }
+    }
+
+    /// [`ChunkStore::write`] from a slice, done before it returns: what the tiered store
+    /// calls, so nothing can run between its checks and the write.
+    pub(crate) fn write_bytes(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        self.put(id, offset, data.len(), |chunk| {
+            chunk.write(&self.pages, offset as usize, data)
+        })
     }
 
     /// [`ChunkStore::read`] into a slice, done before it returns.
@@ -282,10 +264,24 @@ impl ChunkStore for InMemoryChunkStore {
         offset: u64,
         buf: ChunkBuf,
     ) -> (Result<(), StoreError>, ChunkBuf) {
-        match self.write_pages(id, offset, buf) {
-            Ok(result) => (result, ChunkBuf::empty()),
-            Err(buf) => (self.write_bytes(id, offset, buf.as_slice()), buf),
+        // A buffer of this pool's pages at a page boundary becomes the chunk's pages.
+        if !(offset as usize).is_multiple_of(PAGE_BYTES) || buf.is_empty() {
+            return (self.write_bytes(id, offset, buf.as_slice()), buf);
         }
+        let (first, len) = match buf.into_pages(&self.pages) {
+            Ok(pages) => pages,
+            Err(buf) => return (self.write_bytes(id, offset, buf.as_slice()), buf),
+        };
+        let adopted = self.put(id, offset, len, |chunk| {
+            // SAFETY: `into_pages` handed over the buffer's pages, in a row from `first`.
+            unsafe { chunk.adopt(&self.pages, offset as usize, first, len) };
+            Ok(())
+        });
+        if adopted.is_err() {
+            // Refused before `adopt` took them.
+            self.pages.give_run(first, len.div_ceil(PAGE_BYTES));
+        }
+        (adopted, ChunkBuf::empty())
     }
 
     async fn read(

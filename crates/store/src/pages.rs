@@ -411,15 +411,9 @@ impl PagePool {
         if pages == 0 || free.len() < pages {
             return None;
         }
-        let run = &free[free.len() - pages..];
-        let first = *run.last()?;
         // The free list hands out its last entry first, so the run reads backwards.
-        let in_a_row = run
-            .iter()
-            .rev()
-            .enumerate()
-            .all(|(i, page)| page.as_ptr() == first.as_ptr().wrapping_add(i * PAGE_BYTES));
-        if !in_a_row || !self.within_one_segment(first, pages * PAGE_BYTES) {
+        let first = in_a_row(free[free.len() - pages..].iter().rev().copied().map(Some))?;
+        if !self.within_one_segment(first, pages * PAGE_BYTES) {
             return None;
         }
         let keep = free.len() - pages;
@@ -487,6 +481,21 @@ fn fit_to_memory(wanted: usize, needed: usize) -> Result<usize, StoreError> {
             available: share,
         })
     }
+}
+
+/// The first of `pages` if every one is there (`Some`) and each lies right after the one
+/// before it in memory; `None` otherwise, or for no pages.
+fn in_a_row(mut pages: impl Iterator<Item = Option<NonNull<u8>>>) -> Option<NonNull<u8>> {
+    let first = pages.next()??;
+    let mut expected = first.as_ptr();
+    for page in pages {
+        // Address arithmetic only, to compare.
+        expected = expected.wrapping_add(PAGE_BYTES);
+        if page?.as_ptr() != expected {
+            return None;
+        }
+    }
+    Some(first)
 }
 
 /// One chunk: its length and a table of its pages, index `i` holding bytes
@@ -626,14 +635,7 @@ impl PageChunk {
         }
         let (first, last) = (offset / PAGE_BYTES, (offset + n - 1) / PAGE_BYTES);
         let pages = self.pages.get(first..=last)?;
-        let start = pages.first()?.as_ref()?.0;
-        for (i, page) in pages.iter().enumerate() {
-            // Address arithmetic only, to compare.
-            let expected = start.as_ptr().wrapping_add(i * PAGE_BYTES);
-            if page.as_ref()?.0.as_ptr() != expected {
-                return None;
-            }
-        }
+        let start = in_a_row(pages.iter().map(|page| page.as_ref().map(|page| page.0)))?;
         // SAFETY: `offset % PAGE_BYTES < PAGE_BYTES`, within the first page.
         let ptr = unsafe { start.add(offset % PAGE_BYTES) };
         pool.lend(ptr, n)

@@ -59,12 +59,9 @@ impl FsClient {
         if skipped == 0 || replicas.len() < 2 {
             return;
         }
-        // Connected first: a store's birth is learnt on connecting.
+        // Connected first: a store's birth is learnt on connecting (again, after a restart).
         for &replica in replicas {
             let _ = self.conn(replica).await;
-        }
-        if !self.may_skip_lost(meta, index, offset, replicas) {
-            return;
         }
         let io = |offset, len| ops::ChunkIo {
             file_id: meta.file_id,
