@@ -14,6 +14,9 @@
 //! So growing a chunk (a write past its end, a truncate up) never has to clear anything.
 //! **Invariant:** a page belongs to at most one chunk or to the free list, never both;
 //! pages are handed out by value ([`Page`] is not `Clone`).
+//! **Order:** the free list is a stack, and pages go onto it last page first (a fresh
+//! segment, a removed or cut chunk, a run given back), so pages that lay in a row come off
+//! it in a row again: the next large write takes them with no copy and is read in place.
 //! **Invariant:** a page lent to a send ([`ChunkView`]) is never handed to another chunk
 //! while the send may still read it: a page given back while a view covers it waits on a
 //! list of its own, and returns to the free list once none does (so no more waits than
@@ -423,7 +426,7 @@ impl PagePool {
 
     /// Gives back `pages` pages in a row from `first`, taken by [`PagePool::take_run`].
     pub(crate) fn give_run(&self, first: NonNull<u8>, pages: usize) {
-        for i in 0..pages {
+        for i in (0..pages).rev() {
             // SAFETY: within the run `take_run` handed out.
             self.give(Page(unsafe { first.add(i * PAGE_BYTES) }));
         }
@@ -588,7 +591,8 @@ impl PageChunk {
         if self.pages.len() < start + count {
             self.pages.resize_with(start + count, || None);
         }
-        for i in 0..count {
+        // Last page first, so the pages it replaces go back to the free list in a row.
+        for i in (0..count).rev() {
             // SAFETY: page `i` of the run the caller hands over.
             let mut page = Page(unsafe { first.add(i * PAGE_BYTES) });
             let slot = &mut self.pages[start + i];
@@ -647,7 +651,7 @@ impl PageChunk {
         if len < self.len {
             let keep = len.div_ceil(PAGE_BYTES);
             if self.pages.len() > keep {
-                for page in self.pages.drain(keep..).flatten() {
+                for page in self.pages.drain(keep..).rev().flatten() {
                     pool.give(page);
                 }
             }
@@ -660,7 +664,7 @@ impl PageChunk {
 
     /// Gives every page back to `pool`.
     pub(crate) fn release(self, pool: &PagePool) {
-        for page in self.pages.into_iter().flatten() {
+        for page in self.pages.into_iter().rev().flatten() {
             pool.give(page);
         }
     }
