@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One client's 1 MiB sequential write and read with the client's write-behind and
 # read-ahead windows on and off, beside the RPC layer's bandwidth, in one run:
-# `benchfs rpc-bench --window W` (W calls of 1 MiB in flight) and `benchfs bench ior`
-# (one client, -t 1m, a file per process) with client.write_behind_bytes =
+# `benchfs rpc-bench --window W` (W calls of 1 MiB in flight, sent from one buffer, and
+# from buffers as large as the file in turn, since a file's bytes come from memory and
+# not from the CPU's cache) and `benchfs bench ior` (one client, -t 1m, a file per process) with client.write_behind_bytes =
 # client.read_ahead_bytes = W MiB and with both 0, rounds interleaved, over shared memory
 # and over TCP. Prints every round and the median of each.
 #
@@ -18,6 +19,7 @@ set -euo pipefail
 rounds=${1:-5}
 windows=${WINDOWS:-16}
 block=${BLOCK:-1g}
+block_bytes=$(numfmt --from=iec "${block^^}")
 root=$(cd "$(dirname "$0")/.." && pwd)
 benchfs=$root/target/release/benchfs
 [ -x "$benchfs" ] || { echo "build first: cargo build --release --bins" >&2; exit 1; }
@@ -37,9 +39,12 @@ median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 for shm in true false; do
     export BENCHFS_NETWORK_SHARED_MEMORY=$shm
     for w in $windows; do
-        bw=$("$benchfs" rpc-bench --busy-poll-us 200 --sizes 1048576 --window "$w" \
-            --seconds 2 | awk '/^bw / {for (i = 1; i <= NF; i++) if ($i ~ /^mib_per_s=/) {sub("mib_per_s=", "", $i); print $i}}')
-        echo "shared_memory=$shm rpc-bench window=$w MiB/s=$bw"
+        for set in 0 "$block_bytes"; do
+            bw=$("$benchfs" rpc-bench --busy-poll-us 200 --sizes 1048576 --window "$w" \
+                --seconds 2 --payload-set-bytes "$set" |
+                awk '/^bw / {for (i = 1; i <= NF; i++) if ($i ~ /^mib_per_s=/) {sub("mib_per_s=", "", $i); print $i}}')
+            echo "shared_memory=$shm rpc-bench window=$w payload_set_bytes=$set MiB/s=$bw"
+        done
     done
     for round in $(seq 1 "$rounds"); do
         for w in 0 $windows; do

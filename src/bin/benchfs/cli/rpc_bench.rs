@@ -76,6 +76,11 @@ pub struct Args {
     /// writes do (they lend the caller's slice), so the figures are the RPC layer's own.
     #[arg(long)]
     pub copy_payload: bool,
+    /// Send the bandwidth figures' payloads from this many bytes of distinct buffers in
+    /// turn instead of one buffer again and again: one buffer stays in the CPU's cache,
+    /// while a file's chunks come from memory as large as the file (0: one buffer).
+    #[arg(long, default_value_t = 0)]
+    pub payload_set_bytes: usize,
 }
 
 /// Latency of one payload size.
@@ -142,7 +147,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
     );
     println!(
-        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size} client_busy_poll_us={} copy_payload={}",
+        "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size} client_busy_poll_us={} copy_payload={} payload_set_bytes={}",
         join(&args.busy_poll_us),
         args.pings,
         args.warmup,
@@ -150,6 +155,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         args.seconds,
         args.client_busy_poll_us.map_or("same".to_string(), |us| us.to_string()),
         args.copy_payload,
+        args.payload_set_bytes,
     );
     let mut variants = Vec::new();
     for &busy_poll_us in &args.busy_poll_us {
@@ -263,7 +269,8 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
         variant.rtt.push(r);
     }
     for &size in &args.sizes {
-        let b = bandwidth(fs, size, args.window, budget, args.copy_payload)?;
+        let payloads = Payloads::new(size, args.payload_set_bytes, args.copy_payload);
+        let b = bandwidth(fs, &payloads, args.window, budget)?;
         println!(
             "bw busy_poll_us={busy_poll_us} payload_bytes={} window={} pings={} seconds={:.3} mib_per_s={:.2} pings_per_s={:.0}",
             b.payload_bytes,
@@ -335,20 +342,49 @@ fn percentile(sorted: &[u64], pct: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The payloads of a bandwidth figure: buffers of one size, sent in turn.
+struct Payloads {
+    size: usize,
+    buffers: Vec<Rc<[u8]>>,
+    next: Cell<usize>,
+    copy: bool,
+}
+
+impl Payloads {
+    /// Enough buffers of `size` bytes to fill `set_bytes` (at least one).
+    fn new(size: usize, set_bytes: usize, copy: bool) -> Payloads {
+        let count = set_bytes.div_ceil(size.max(1)).max(1);
+        Payloads {
+            size,
+            buffers: (0..count)
+                .map(|_| vec![PAYLOAD_FILL; size].into())
+                .collect(),
+            next: Cell::new(0),
+            copy,
+        }
+    }
+
+    /// The next ping's payload.
+    fn next(&self, client: &FsClient) -> OutPayload {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.buffers.len());
+        ping_payload(client, &self.buffers[i], self.copy)
+    }
+}
+
 /// `window` pings in flight at a time for about `budget`, in rounds sized to the rate seen
 /// so far; each lane starts a new ping as soon as its last one is answered. One untimed
 /// round warms up.
 fn bandwidth(
     fs: &BenchFS,
-    size: usize,
+    payloads: &Payloads,
     window: usize,
     budget: Duration,
-    copy: bool,
 ) -> Result<BwFigure, CliError> {
+    let size = payloads.size;
     let round = (ROUND_BYTES_MAX / size.max(1)).clamp(window * 4, ROUND_PINGS_MAX.max(window * 4));
-    let payload: Rc<[u8]> = vec![PAYLOAD_FILL; size].into();
     let left = Cell::new(round.min(window * 8));
-    fs.block_on(lanes(fs.client(), &payload, copy, &left, window))?;
+    fs.block_on(lanes(fs.client(), payloads, &left, window))?;
     let mut elapsed = Duration::ZERO;
     let mut pings = 0;
     while elapsed < budget {
@@ -362,7 +398,7 @@ fn bandwidth(
         };
         left.set(n);
         let start = Instant::now();
-        fs.block_on(lanes(fs.client(), &payload, copy, &left, window))?;
+        fs.block_on(lanes(fs.client(), payloads, &left, window))?;
         elapsed += start.elapsed();
         pings += n;
     }
@@ -373,18 +409,17 @@ fn bandwidth(
     })
 }
 
-/// Sends `left` pings of `payload` with `window` in flight.
+/// Sends `left` pings of `payloads` with `window` in flight.
 async fn lanes(
     client: &FsClient,
-    payload: &Rc<[u8]>,
-    copy: bool,
+    payloads: &Payloads,
     left: &Cell<usize>,
     window: usize,
 ) -> Result<(), ApiError> {
     let lane = || async {
         while left.get() > 0 {
             left.set(left.get() - 1);
-            client.ping(0, ping_payload(client, payload, copy)).await?;
+            client.ping(0, payloads.next(client)).await?;
         }
         Ok(())
     };
