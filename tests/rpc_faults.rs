@@ -139,6 +139,7 @@ fn stalling_server(
                     chunk_size: CHUNK,
                     rdma_threshold: THRESHOLD as u64,
                     born_ns: 0,
+                    born_again: false,
                     replicas: 1,
                     virtual_nodes: 150,
                     challenge: Vec::new(),

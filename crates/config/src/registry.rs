@@ -88,6 +88,10 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
     ));
     std::fs::write(&tmp, entry_line(entry)).map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    let member = member_path(dir, &entry.node_id);
+    if !member.exists() {
+        std::fs::write(&member, format!("{}\n", entry.node_id)).map_err(io("write", &member))?;
+    }
     // Back: no longer departed.
     let departed = departed_path(dir, &entry.node_id);
     match std::fs::remove_file(&departed) {
@@ -97,6 +101,19 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
         _ => {}
     }
     Ok(path)
+}
+
+/// The marker a server's first publication leaves, `<node_id>.member`: it stays when the
+/// entry goes (a clean stop, or a launcher that clears a killed server's entry before
+/// starting it again).
+fn member_path(dir: &Path, node_id: &str) -> PathBuf {
+    dir.join(format!("{node_id}.member"))
+}
+
+/// Whether a server named `node_id` published itself in this registry before: one that
+/// starts now is a later life of it (restarted), not one of a cluster starting.
+pub fn was_member(dir: &Path, node_id: &str) -> bool {
+    member_path(dir, node_id).exists()
 }
 
 /// The marker a server that stopped cleanly leaves: `<node_id>.departed`.
@@ -239,6 +256,7 @@ mod tests {
             ..ServerEntry::new("b", "127.0.0.1:1".parse().unwrap())
         };
         let b = ServerEntry::new("a", "127.0.0.1:2".parse().unwrap());
+        assert!(!was_member(dir.path(), "a"));
         publish(dir.path(), &a).unwrap();
         publish(dir.path(), &b).unwrap();
         std::fs::write(dir.path().join("README"), "not an entry").unwrap();
@@ -254,6 +272,11 @@ mod tests {
         withdraw(dir.path(), &b).unwrap();
         withdraw(dir.path(), &b).unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![a]);
+        // A member once, whether it withdrew or its entry was cleared.
+        assert!(was_member(dir.path(), "a"));
+        std::fs::remove_file(entry_path(dir.path(), "b")).unwrap();
+        assert!(was_member(dir.path(), "b"));
+        assert!(!was_member(dir.path(), "c"));
         std::fs::write(dir.path().join("bad.addr"), "x").unwrap();
         assert!(matches!(
             read(dir.path()),

@@ -93,12 +93,13 @@ macro_rules! wire_header {
 }
 
 wire_header!(/// `HelloReply`, before the node id.
-HelloReplyHeader = 32, {
+HelloReplyHeader = 33, {
     chunk_size: U64,
     rdma_threshold: U64,
     born_ns: U64,
     replicas: U32,
     virtual_nodes: U32,
+    born_again: u8,
 });
 wire_header!(/// `ChunkIo`, whole.
     ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
@@ -325,6 +326,10 @@ pub struct HelloReply {
     /// was made, or, in memory, the process started. A file created before it may have had
     /// chunks here that the store no longer has, so a hole it reports may be a loss.
     pub born_ns: u64,
+    /// The store began in a later life of the server (restarted in a cluster it served
+    /// before) and is missing what the earlier life held, however close its `born_ns`
+    /// lies to the other servers' (see `registry::was_member`).
+    pub born_again: bool,
     /// The server's `replication.replicas`: clients and servers of a cluster must place
     /// by the same count.
     pub replicas: u32,
@@ -343,6 +348,7 @@ impl Message for HelloReply {
             born_ns: self.born_ns.into(),
             replicas: self.replicas.into(),
             virtual_nodes: self.virtual_nodes.into(),
+            born_again: u8::from(self.born_again),
         })
         .str16(self.node_id.as_bytes())
         .str16(&self.challenge);
@@ -356,6 +362,7 @@ impl Message for HelloReply {
             born_ns: h.born_ns.get(),
             replicas: h.replicas.get(),
             virtual_nodes: h.virtual_nodes.get(),
+            born_again: bool_byte(h.born_again, "born_again")?,
             challenge: r.str16("challenge", crate::auth::CHALLENGE_LEN)?.to_vec(),
         })
     }
@@ -1197,6 +1204,7 @@ mod tests {
             chunk_size: 4096,
             rdma_threshold: 32768,
             born_ns: 7,
+            born_again: true,
             replicas: 2,
             virtual_nodes: 150,
             challenge: vec![9],
@@ -1205,7 +1213,7 @@ mod tests {
             hello.to_bytes(),
             [
                 le(&[4096, 32768, 7]),
-                vec![2, 0, 0, 0, 150, 0, 0, 0, 1, 0, b'n', 1, 0, 9]
+                vec![2, 0, 0, 0, 150, 0, 0, 0, 1, 1, 0, b'n', 1, 0, 9]
             ]
             .concat()
         );

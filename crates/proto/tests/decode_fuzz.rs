@@ -261,7 +261,7 @@ proptest! {
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;
-        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, replicas: 2, virtual_nodes: 150, challenge: vec![3; 32] })?;
+        round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, born_again: id % 2 == 1, replicas: 2, virtual_nodes: 150, challenge: vec![3; 32] })?;
         round_trip(&StatsReply { chunks: id, ..Default::default() })?;
         round_trip(&stats_with_ops(id, len))?;
         round_trip(&StoreProbeRequest { bytes: id, block: len as u32 })?;

@@ -32,6 +32,9 @@ pub(super) struct ServerSlot {
     /// When the server's chunk store began, from its handshake: a hole it reports in a
     /// file created before then may be a chunk it lost.
     pub(super) born_ns: Cell<u64>,
+    /// The server restarted empty in a cluster it served before, from its handshake: its
+    /// "not found" is checked with another replica whatever its birth.
+    pub(super) born_again: Cell<bool>,
 }
 
 impl ServerSlot {
@@ -42,6 +45,7 @@ impl ServerSlot {
             connecting: tokio::sync::Mutex::new(()),
             suspect_until: Cell::new(None),
             born_ns: Cell::new(0),
+            born_again: Cell::new(false),
         }
     }
 
@@ -184,6 +188,8 @@ impl FsClient {
         self.check_settings(&conn)
             .map_err(|e| e.on_node(&node_id))?;
         slot.born_ns.set(conn.hello().map_or(0, |h| h.born_ns));
+        slot.born_again
+            .set(conn.hello().is_some_and(|h| h.born_again));
         let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
         Ok(conn)
@@ -381,8 +387,12 @@ impl FsClient {
     /// that they hold (a memory server restarted empty holds its records again only once
     /// the replica repair has run), so its "not found" is not the last word. The servers
     /// of a new cluster start within [`BORN_APART_NS`] of one another, and their "not found"
-    /// costs no second call.
+    /// costs no second call; a server that says it was born again (restarted, however
+    /// soon after the others began) is always checked.
     fn born_after_one_of(&self, server: ServerIndex, others: &[ServerIndex]) -> Option<BornAfter> {
+        if self.servers[server as usize].born_again.get() && !others.is_empty() {
+            return Some(BornAfter::Known);
+        }
         let now = Instant::now();
         let born = self.servers[server as usize].born_ns.get();
         let mut unknown = false;

@@ -145,6 +145,9 @@ impl Counters {
 pub struct ServerState {
     /// When the chunk store began (see [`op::HelloReply::born_ns`]).
     born_ns: u64,
+    /// The store began empty in a later life of this server (see
+    /// [`op::HelloReply::born_again`]).
+    born_again: bool,
     node_id: String,
     chunk_size: u64,
     rendezvous_threshold: u64,
@@ -177,8 +180,22 @@ impl ServerState {
         config: &ServerConfig,
         secret: Vec<u8>,
     ) -> Result<ServerState, crate::handler::OpenError> {
+        let opened_ns = now_ns();
         let store = AnyChunkStore::open(&config.store_config())?;
         let born_ns = store_born_ns(config, &store)?;
+        // A store born now, of a node this registry had before: a restart that lost what
+        // the earlier life held (a store that kept its data keeps its earlier birth).
+        let born_again = born_ns >= opened_ns
+            && benchfs_config::registry::was_member(
+                &config.network.registry_dir,
+                &config.node.node_id,
+            );
+        if born_again {
+            tracing::warn!(
+                "restarted with an empty store: records and chunks of the earlier life are \
+                 missing here until the replica repair brings the records back"
+            );
+        }
         let mut metadata = MetadataTable::new(
             inode_tag(&config.node.node_id, born_ns),
             config.storage.chunk_size_bytes,
@@ -205,6 +222,7 @@ impl ServerState {
         let store = FaultyStore::new(store, config.storage.inject_faults.clone());
         Ok(ServerState {
             born_ns,
+            born_again,
             node_id: config.node.node_id.clone(),
             chunk_size: config.storage.chunk_size_bytes,
             rendezvous_threshold: config.network.rendezvous_threshold_bytes,
@@ -615,6 +633,7 @@ impl ServerState {
                 chunk_size: self.chunk_size,
                 rdma_threshold: self.rendezvous_threshold,
                 born_ns: self.born_ns,
+                born_again: self.born_again,
                 replicas: self.replicas,
                 virtual_nodes: self.virtual_nodes,
                 challenge,
