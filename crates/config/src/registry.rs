@@ -88,10 +88,6 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
     ));
     std::fs::write(&tmp, entry_line(entry)).map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-    let member = member_path(dir, &entry.node_id);
-    if !member.exists() {
-        std::fs::write(&member, format!("{}\n", entry.node_id)).map_err(io("write", &member))?;
-    }
     // Back: no longer departed.
     let departed = departed_path(dir, &entry.node_id);
     match std::fs::remove_file(&departed) {
@@ -103,17 +99,44 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
     Ok(path)
 }
 
-/// The marker a server's first publication leaves, `<node_id>.member`: it stays when the
-/// entry goes (a clean stop, or a launcher that clears a killed server's entry before
-/// starting it again).
+/// The setting an entry gives its server's store birth in (ns since the Unix epoch).
+pub const BORN_SETTING: &str = "born_ns";
+
+/// The marker `<node_id>.member`: the store birth of the cluster life the server named
+/// `node_id` served in. It stays when the entry goes (a clean stop, or a launcher that
+/// clears a killed server's entry before starting it again).
 fn member_path(dir: &Path, node_id: &str) -> PathBuf {
     dir.join(format!("{node_id}.member"))
 }
 
-/// Whether a server named `node_id` published itself in this registry before: one that
-/// starts now is a later life of it (restarted), not one of a cluster starting.
-pub fn was_member(dir: &Path, node_id: &str) -> bool {
-    member_path(dir, node_id).exists()
+/// Records that the server named `node_id` serves with a store born at `born_ns`.
+pub fn mark_member(dir: &Path, node_id: &str, born_ns: u64) -> Result<(), RegistryError> {
+    let path = member_path(dir, node_id);
+    let tmp = dir.join(format!(".{node_id}.member.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{born_ns}\n")).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+}
+
+/// Whether a server named `node_id` starting now rejoins a cluster it served in: its
+/// marker is there, and another server in the registry has had its store since no later
+/// than `apart_ns` after the marked birth (so it may hold what the earlier life held).
+/// A registry left by a cluster that stopped cleanly holds no entries, and one whose
+/// servers all began later names a new cluster: neither is rejoined.
+pub fn rejoins(dir: &Path, node_id: &str, apart_ns: u64) -> bool {
+    let marked = std::fs::read_to_string(member_path(dir, node_id))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let Some(marked) = marked else {
+        return false;
+    };
+    read(dir).unwrap_or_default().iter().any(|entry| {
+        entry.node_id != node_id
+            && entry
+                .settings
+                .get(BORN_SETTING)
+                .and_then(|born| born.parse::<u64>().ok())
+                .is_some_and(|born| born <= marked.saturating_add(apart_ns))
+    })
 }
 
 /// The marker a server that stopped cleanly leaves: `<node_id>.departed`.
@@ -256,7 +279,6 @@ mod tests {
             ..ServerEntry::new("b", "127.0.0.1:1".parse().unwrap())
         };
         let b = ServerEntry::new("a", "127.0.0.1:2".parse().unwrap());
-        assert!(!was_member(dir.path(), "a"));
         publish(dir.path(), &a).unwrap();
         publish(dir.path(), &b).unwrap();
         std::fs::write(dir.path().join("README"), "not an entry").unwrap();
@@ -272,11 +294,6 @@ mod tests {
         withdraw(dir.path(), &b).unwrap();
         withdraw(dir.path(), &b).unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![a]);
-        // A member once, whether it withdrew or its entry was cleared.
-        assert!(was_member(dir.path(), "a"));
-        std::fs::remove_file(entry_path(dir.path(), "b")).unwrap();
-        assert!(was_member(dir.path(), "b"));
-        assert!(!was_member(dir.path(), "c"));
         std::fs::write(dir.path().join("bad.addr"), "x").unwrap();
         assert!(matches!(
             read(dir.path()),
@@ -330,5 +347,32 @@ mod tests {
         ] {
             assert!(parse_entry(&format!("n 1.2.3.4:5 {bad}")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_server_rejoins_only_a_cluster_that_ran_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let born = |node: &str, ns: u64| ServerEntry {
+            settings: BTreeMap::from([(BORN_SETTING.into(), ns.to_string())]),
+            ..ServerEntry::new(node, "127.0.0.1:1".parse().unwrap())
+        };
+        let apart = 5;
+        // Never served here.
+        publish(dir.path(), &born("b", 100)).unwrap();
+        assert!(!rejoins(dir.path(), "a", apart));
+        // Served with a store born at 100, beside b born at 100 that still runs.
+        mark_member(dir.path(), "a", 100).unwrap();
+        assert!(rejoins(dir.path(), "a", apart));
+        // b began within the cluster's start (before a, or just after): still rejoining.
+        publish(dir.path(), &born("b", 104)).unwrap();
+        assert!(rejoins(dir.path(), "a", apart));
+        // Every other server began well later, or is gone: a new cluster.
+        publish(dir.path(), &born("b", 200)).unwrap();
+        assert!(!rejoins(dir.path(), "a", apart));
+        withdraw(dir.path(), &born("b", 200)).unwrap();
+        assert!(!rejoins(dir.path(), "a", apart));
+        // Its own entry counts for nothing.
+        publish(dir.path(), &born("a", 50)).unwrap();
+        assert!(!rejoins(dir.path(), "a", apart));
     }
 }

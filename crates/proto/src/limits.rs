@@ -97,6 +97,11 @@ pub const ORPHAN_SWEEP_SECS_DEFAULT: u64 = 60;
 /// Longest time between orphan sweeps.
 pub const ORPHAN_SWEEP_SECS_MAX: u64 = 86_400;
 
+/// How far apart (ns) the stores of one cluster's servers may begin when the cluster
+/// starts: a store that began later than another by more than this lost what that one
+/// holds (a restart), so its "not found" is checked with that one.
+pub const BORN_APART_NS: u64 = 5_000_000_000;
+
 // ---- Client data path ([client]) ----
 
 /// Default bytes of writes a client keeps in flight behind the calls that made them

@@ -326,9 +326,9 @@ pub struct HelloReply {
     /// was made, or, in memory, the process started. A file created before it may have had
     /// chunks here that the store no longer has, so a hole it reports may be a loss.
     pub born_ns: u64,
-    /// The store began in a later life of the server (restarted in a cluster it served
-    /// before) and is missing what the earlier life held, however close its `born_ns`
-    /// lies to the other servers' (see `registry::was_member`).
+    /// The store began empty in a later life of the server, rejoining a cluster it served
+    /// in (`registry::rejoins`): it is missing what the earlier life held, however close
+    /// its `born_ns` lies to the other servers'.
     pub born_again: bool,
     /// The server's `replication.replicas`: clients and servers of a cluster must place
     /// by the same count.

@@ -468,7 +468,7 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
 /// What this server publishes: where it listens, the counts clients place by, the
 /// settings a benchmark report names, and its inode tag (so that no other server starts
 /// with it).
-fn registry_entry(config: &ServerConfig, addr: SocketAddr, inode_tag: u32) -> ServerEntry {
+fn registry_entry(config: &ServerConfig, addr: SocketAddr, state: &ServerState) -> ServerEntry {
     ServerEntry {
         replicas: Some(config.replication.replicas),
         virtual_nodes: Some(config.placement.virtual_nodes),
@@ -476,13 +476,33 @@ fn registry_entry(config: &ServerConfig, addr: SocketAddr, inode_tag: u32) -> Se
             ("backend", config.storage.backend.to_string()),
             ("chunk_size", config.storage.chunk_size_bytes.to_string()),
             ("inline_bytes", config.storage.inline_bytes.to_string()),
-            (crate::claim::INODE_TAG_SETTING, format!("{inode_tag:08x}")),
+            (
+                crate::claim::INODE_TAG_SETTING,
+                format!("{:08x}", state.inode_tag()),
+            ),
+            (registry::BORN_SETTING, state.born().0.to_string()),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))
         .collect(),
         ..ServerEntry::new(config.node.node_id.clone(), addr)
     }
+}
+
+/// Publishes this server in the registry, and marks it a member of the cluster life its
+/// store began in (a life that rejoins keeps the mark of the one it rejoins).
+fn publish(
+    config: &ServerConfig,
+    addr: SocketAddr,
+    state: &ServerState,
+) -> Result<ServerEntry, DaemonError> {
+    let entry = registry_entry(config, addr, state);
+    registry::publish(&config.network.registry_dir, &entry)?;
+    let (born_ns, born_again) = state.born();
+    if !born_again {
+        registry::mark_member(&config.network.registry_dir, &config.node.node_id, born_ns)?;
+    }
+    Ok(entry)
 }
 
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
@@ -500,8 +520,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
     let listener = Listener::bind(&worker, config.network.bind_addr)?;
     let addr = advertised_addr(listener.local_addr());
-    let entry = registry_entry(&config, addr, state.inode_tag());
-    registry::publish(&config.network.registry_dir, &entry)?;
+    let entry = publish(&config, addr, &state)?;
     tracing::info!(
         node_id = %entry.node_id,
         %addr,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use benchfs_config::registry;
 use benchfs_config::registry::ServerEntry;
+use benchfs_proto::limits::BORN_APART_NS;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{Rpc, Status};
 use benchfs_ucx::LentMut;
@@ -103,10 +104,6 @@ enum BornAfter {
     /// Another replica's start is not known yet.
     Unknown,
 }
-
-/// How much later than another replica's a server's store must have begun for its "not
-/// found" to be checked with that replica (see [`FsClient::born_after_one_of`]).
-const BORN_APART_NS: u64 = 5_000_000_000;
 
 /// How long a server that timed out is asked last by reads, unless it answers meanwhile.
 pub(super) const SUSPECT_PERIOD: Duration = Duration::from_secs(30);

@@ -183,16 +183,22 @@ impl ServerState {
         let opened_ns = now_ns();
         let store = AnyChunkStore::open(&config.store_config())?;
         let born_ns = store_born_ns(config, &store)?;
-        // A store born now, of a node this registry had before: a restart that lost what
-        // the earlier life held (a store that kept its data keeps its earlier birth).
+        let journal_path = config.node.data_dir.join("metadata.journal");
+        // Records lost with the store (memory, or a new data directory) in a cluster that
+        // ran with this node: born again (a store that kept its data keeps its birth, and
+        // a tiered store that lost chunks keeps its records in the journal).
+        let records_lost =
+            store.backend() == benchfs_store::Backend::Memory || !journal_path.exists();
         let born_again = born_ns >= opened_ns
-            && benchfs_config::registry::was_member(
+            && records_lost
+            && benchfs_config::registry::rejoins(
                 &config.network.registry_dir,
                 &config.node.node_id,
+                benchfs_proto::limits::BORN_APART_NS,
             );
         if born_again {
             tracing::warn!(
-                "restarted with an empty store: records and chunks of the earlier life are \
+                "rejoining with an empty store: records and chunks of the earlier life are \
                  missing here until the replica repair brings the records back"
             );
         }
@@ -209,10 +215,7 @@ impl ServerState {
         let journal = if store.backend() == benchfs_store::Backend::Memory {
             None
         } else {
-            Some(RefCell::new(Journal::open(
-                &config.node.data_dir.join("metadata.journal"),
-                &mut metadata,
-            )?))
+            Some(RefCell::new(Journal::open(&journal_path, &mut metadata)?))
         };
         // Set after the replay, whose records are no calls in flight.
         metadata.set_settle_window(crate::metadata::settle_window(config.network.rpc_timeout));
@@ -236,6 +239,12 @@ impl ServerState {
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
+    }
+
+    /// When the chunk store began, and whether it began empty in a cluster this server
+    /// served in before (see [`op::HelloReply::born_again`]).
+    pub fn born(&self) -> (u64, bool) {
+        (self.born_ns, self.born_again)
     }
 
     /// The high half of every inode number this server hands out
