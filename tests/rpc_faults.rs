@@ -301,21 +301,32 @@ fn stopped_client_holds_transfers(op: OpCode) {
     release_tx.send(()).unwrap();
     stopped.join().unwrap();
     answered.expect("the server answered nobody while a client was stopped");
-    let closed = "a client stalled a transfer; closing its connection";
-    let deadline = Instant::now() + FAIL_BOUND;
-    let log = loop {
-        let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
-        if log.contains(closed) || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let log = log_once_it_says(
+        &cluster,
+        0,
+        "a client stalled a transfer; closing its connection",
+    );
     assert!(
-        log.contains(closed),
-        "the server never closed the stopped client's connection: {log}"
+        log.is_ok(),
+        "the server never closed the stopped client's connection: {log:?}"
     );
     let back = rt.block_on(read(&conn, 1, 0, 0, LEN));
     assert_eq!(back.len(), LEN);
+}
+
+/// Server `i`'s log once it holds `line`, or within [`FAIL_BOUND`] the log without it.
+fn log_once_it_says(cluster: &Cluster, i: usize, line: &str) -> Result<String, String> {
+    let deadline = Instant::now() + FAIL_BOUND;
+    loop {
+        let log = std::fs::read_to_string(cluster.log_path(i)).unwrap_or_default();
+        if log.contains(line) {
+            return Ok(log);
+        }
+        if Instant::now() > deadline {
+            return Err(log);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A server of another protocol version: it answers the handshake with a header of
