@@ -227,9 +227,7 @@ impl InMemoryChunkStore {
             .range(ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX))
             .map(|(id, _)| *id)
             .collect();
-        // Last chunk first, as each chunk gives its pages back last page first: the pages
-        // of chunks written one after the other come off the free list in a row again.
-        for id in ids.iter().rev() {
+        for id in &ids {
             self.remove_chunk(*id);
         }
         ids.len() as u64
@@ -664,10 +662,11 @@ mod tests {
         });
     }
 
-    /// Pages a removed or cut chunk gives back are handed out again in a row, as fresh
-    /// ones are: the next large write takes them with no copy, and reads of it go in
-    /// place (given back in any other order, a second round of writes into a recycled
-    /// pool copied every payload and every read of it).
+    /// Pages a removed, cut or rewritten chunk gives back are handed out again in a row,
+    /// as fresh ones are: the next large write takes them with no copy, and reads of it go
+    /// in place. (On a stack of free pages, a second round of writes into a recycled pool
+    /// copied every payload and every read of it, and a cut chunk's pages broke the runs
+    /// after them.)
     #[test]
     fn pages_given_back_are_taken_again_in_a_row() {
         block_on(async {
@@ -693,8 +692,14 @@ mod tests {
                 for index in 0..4 {
                     write(index, round).await;
                 }
-                // Cut the last chunk short and remove the file: both give pages back.
-                store.truncate(ChunkId::new(1, 3), 5000).await.unwrap();
+                // A chunk written again gives back the pages it replaces, which the next
+                // new chunk takes; a buffer never written gives back its run, likewise.
+                write(1, round + 100).await;
+                write(4, round + 100).await;
+                drop(store.buffer(len).await.unwrap());
+                write(5, round + 100).await;
+                // Cut a chunk in the middle short and remove the file.
+                store.truncate(ChunkId::new(1, 2), 5000).await.unwrap();
                 store.remove_file(1).await.unwrap();
             }
         });

@@ -14,9 +14,9 @@
 //! So growing a chunk (a write past its end, a truncate up) never has to clear anything.
 //! **Invariant:** a page belongs to at most one chunk or to the free list, never both;
 //! pages are handed out by value ([`Page`] is not `Clone`).
-//! **Order:** the free list is a stack, and pages go onto it last page first (a fresh
-//! segment, a removed or cut chunk, a run given back), so pages that lay in a row come off
-//! it in a row again: the next large write takes them with no copy and is read in place.
+//! **Free pages** are kept as extents of pages in a row (`free.rs`), so pages that come
+//! back in any order make runs again: a large write takes one with no copy and is read in
+//! place, and single pages come from the shortest extent.
 //! **Invariant:** a page lent to a send ([`ChunkView`]) is never handed to another chunk
 //! while the send may still read it: a page given back while a view covers it waits on a
 //! list of its own, and returns to the free list once none does (so no more waits than
@@ -38,6 +38,10 @@ use crate::limits::{
 };
 use crate::mapping::Mapping;
 use crate::StoreError;
+
+mod free;
+
+use free::FreePages;
 
 /// One page of a [`PagePool`] segment, owned by whoever holds this value.
 struct Page(NonNull<u8>);
@@ -73,7 +77,7 @@ impl Page {
 #[derive(Debug)]
 pub(crate) struct PagePool {
     segments: RefCell<Vec<Mapping>>,
-    free: RefCell<Vec<NonNull<u8>>>,
+    free: RefCell<FreePages>,
     mapped_bytes: Cell<usize>,
     /// The store's capacity: segments stop growing past it, so a bounded store maps at
     /// most its capacity plus the rounding of each chunk to whole pages.
@@ -99,10 +103,14 @@ impl Lent {
     /// Whether a view out covers any byte of the page at `page`.
     fn covers(&self, page: NonNull<u8>) -> bool {
         let start = page.as_ptr() as usize;
-        let page = start..start + PAGE_BYTES;
+        self.overlaps(start..start + PAGE_BYTES)
+    }
+
+    /// Whether a view out covers any byte of the address range `bytes`.
+    fn overlaps(&self, bytes: std::ops::Range<usize>) -> bool {
         self.views
             .iter()
-            .any(|(_, view)| view.start < page.end && page.start < view.end)
+            .any(|(_, view)| view.start < bytes.end && bytes.start < view.end)
     }
 }
 
@@ -182,7 +190,7 @@ impl PagePool {
     pub(crate) fn new(capacity_bytes: u64) -> PagePool {
         PagePool {
             segments: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+            free: RefCell::new(FreePages::default()),
             mapped_bytes: Cell::new(0),
             capacity_bytes,
             growth: RefCell::new(None),
@@ -233,7 +241,7 @@ impl PagePool {
         waiting.retain(|&page| {
             let keep = lent.covers(page);
             if !keep {
-                free.push(page);
+                free.give_run(page, 1);
             }
             keep
         });
@@ -376,12 +384,7 @@ impl PagePool {
     /// Puts every page of a fresh segment on the free list.
     fn add_segment(&self, segment: Mapping) {
         let (base, bytes) = (segment.ptr(), segment.len());
-        let mut free = self.free.borrow_mut();
-        // Last page first, so the pages are handed out in address order.
-        for page in (0..bytes / PAGE_BYTES).rev() {
-            // SAFETY: `page * PAGE_BYTES < bytes`, inside the segment.
-            free.push(unsafe { base.add(page * PAGE_BYTES) });
-        }
+        self.free.borrow_mut().add_segment(base, bytes / PAGE_BYTES);
         self.segments.borrow_mut().push(segment);
         let mapped = self.mapped_bytes.get() + bytes;
         self.mapped_bytes.set(mapped);
@@ -396,45 +399,61 @@ impl PagePool {
     }
 
     /// `pages` free pages one after the other in memory, for a store buffer a chunk can
-    /// take as its pages with no copy ([`PageChunk::adopt`]); `None` when fewer are free
-    /// or those next in line do not lie in a row (recycled ones). Maps nothing itself (a
+    /// take as its pages with no copy ([`PageChunk::adopt`]); `None` when no free extent
+    /// holds that many. Maps nothing itself (a
     /// read's buffer must not grow the pool), but grows ahead as a write would. Their
     /// bytes are whatever their last chunk left.
     pub(crate) fn take_run(&self, pages: usize) -> Option<NonNull<u8>> {
         self.reclaim_waiting();
         self.adopt_growth(false);
-        let first = self.run_on_top(pages);
+        let first = self.free.borrow_mut().take_run(pages);
         self.grow_ahead(0);
         first
     }
 
-    /// Takes the `pages` free pages next in line if they lie in a row.
-    fn run_on_top(&self, pages: usize) -> Option<NonNull<u8>> {
-        let mut free = self.free.borrow_mut();
-        if pages == 0 || free.len() < pages {
-            return None;
+    /// Gives back `pages` pages in a row from `first` (taken by [`PagePool::take_run`],
+    /// or a chunk's): to the free extents, or those a view covers to the waiting list.
+    pub(crate) fn give_run(&self, first: NonNull<u8>, pages: usize) {
+        let start = first.as_ptr() as usize;
+        if !self
+            .lent
+            .borrow()
+            .overlaps(start..start + pages * PAGE_BYTES)
+        {
+            self.free.borrow_mut().give_run(first, pages);
+            return;
         }
-        // The free list hands out its last entry first, so the run reads backwards.
-        let first = in_a_row(free[free.len() - pages..].iter().rev().copied().map(Some))?;
-        if !self.within_one_segment(first, pages * PAGE_BYTES) {
-            return None;
+        for i in 0..pages {
+            // SAFETY: within the run the caller gives back.
+            self.give(Page(unsafe { first.add(i * PAGE_BYTES) }));
         }
-        let keep = free.len() - pages;
-        free.truncate(keep);
-        Some(first)
     }
 
-    /// Gives back `pages` pages in a row from `first`, taken by [`PagePool::take_run`].
-    pub(crate) fn give_run(&self, first: NonNull<u8>, pages: usize) {
-        for i in (0..pages).rev() {
-            // SAFETY: within the run `take_run` handed out.
-            self.give(Page(unsafe { first.add(i * PAGE_BYTES) }));
+    /// Gives back `pages`, a run at a time where they lie in a row.
+    fn give_all(&self, pages: impl IntoIterator<Item = Page>) {
+        let mut run: Option<(NonNull<u8>, usize)> = None;
+        for Page(page) in pages {
+            match run {
+                Some((first, n))
+                    if first.as_ptr().wrapping_add(n * PAGE_BYTES) == page.as_ptr() =>
+                {
+                    run = Some((first, n + 1));
+                }
+                _ => {
+                    if let Some((first, n)) = run.replace((page, 1)) {
+                        self.give_run(first, n);
+                    }
+                }
+            }
+        }
+        if let Some((first, n)) = run {
+            self.give_run(first, n);
         }
     }
 
     /// A free page, holding whatever its last chunk left; `None` if none is free.
     fn take(&self) -> Option<Page> {
-        self.free.borrow_mut().pop().map(Page)
+        self.free.borrow_mut().take().map(Page)
     }
 
     /// Returns a page to the free list, or to the waiting list while a view covers it.
@@ -442,7 +461,7 @@ impl PagePool {
         if self.lent.borrow().covers(page.0) {
             self.waiting.borrow_mut().push(page.0);
         } else {
-            self.free.borrow_mut().push(page.0);
+            self.free.borrow_mut().give_run(page.0, 1);
         }
     }
 }
@@ -591,8 +610,8 @@ impl PageChunk {
         if self.pages.len() < start + count {
             self.pages.resize_with(start + count, || None);
         }
-        // Last page first, so the pages it replaces go back to the free list in a row.
-        for i in (0..count).rev() {
+        let mut replaced = Vec::new();
+        for i in 0..count {
             // SAFETY: page `i` of the run the caller hands over.
             let mut page = Page(unsafe { first.add(i * PAGE_BYTES) });
             let slot = &mut self.pages[start + i];
@@ -604,10 +623,9 @@ impl PageChunk {
                     None => bytes[tail..].fill(0),
                 }
             }
-            if let Some(old) = slot.replace(page) {
-                pool.give(old);
-            }
+            replaced.extend(slot.replace(page));
         }
+        pool.give_all(replaced);
         self.len = self.len.max(offset + len);
     }
 
@@ -651,9 +669,7 @@ impl PageChunk {
         if len < self.len {
             let keep = len.div_ceil(PAGE_BYTES);
             if self.pages.len() > keep {
-                for page in self.pages.drain(keep..).rev().flatten() {
-                    pool.give(page);
-                }
+                pool.give_all(self.pages.drain(keep..).flatten());
             }
             if let Some(Some(last)) = self.pages.get_mut(keep.wrapping_sub(1)) {
                 last.bytes_mut()[len - (keep - 1) * PAGE_BYTES..].fill(0);
@@ -664,9 +680,7 @@ impl PageChunk {
 
     /// Gives every page back to `pool`.
     pub(crate) fn release(self, pool: &PagePool) {
-        for page in self.pages.into_iter().rev().flatten() {
-            pool.give(page);
-        }
+        pool.give_all(self.pages.into_iter().flatten());
     }
 }
 

@@ -1,0 +1,162 @@
+//! The page pool's free pages, as extents: runs of pages one after the other in memory,
+//! each within one segment, joined with their neighbours as pages come back.
+//!
+//! Why extents and not a stack of pages: a write of 64 KiB or more takes a run of pages in
+//! a row, so that its chunk takes the received bytes with no copy and reads of it go out
+//! in place. On a stack only the pages on top could make a run, and a cut chunk's few
+//! pages there broke every run after them; here pages join their neighbours in whatever
+//! order they come back, and a run comes from any extent long enough.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ptr::NonNull;
+
+use super::PAGE_BYTES;
+
+/// Free pages by extent. The maps key extents by address; the pointers they hold come
+/// from the segments' mappings, and an extent never spans two segments.
+#[derive(Debug, Default)]
+pub(super) struct FreePages {
+    /// Extents by the address of their first page: that page, and how many pages.
+    by_start: BTreeMap<usize, (NonNull<u8>, usize)>,
+    /// The same extents as (pages, address of the first): runs come from the shortest
+    /// that holds them, and single pages from the shortest of all, keeping long ones.
+    by_len: BTreeSet<(usize, usize)>,
+    /// The address each segment begins at: no extent grows across one.
+    segment_starts: BTreeSet<usize>,
+    pages: usize,
+}
+
+impl FreePages {
+    /// How many pages are free.
+    pub(super) fn len(&self) -> usize {
+        self.pages
+    }
+
+    /// Adds every page of a fresh segment of `pages` pages at `base`.
+    pub(super) fn add_segment(&mut self, base: NonNull<u8>, pages: usize) {
+        self.segment_starts.insert(base.as_ptr() as usize);
+        self.give_run(base, pages);
+    }
+
+    /// Gives back `count` pages in a row from `first`, which no extent holds.
+    pub(super) fn give_run(&mut self, first: NonNull<u8>, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let (mut start, mut ptr, mut len) = (first.as_ptr() as usize, first, count);
+        if !self.segment_starts.contains(&start) {
+            let before = self.by_start.range(..start).next_back();
+            if let Some((&at, &(at_ptr, at_len))) = before {
+                if at + at_len * PAGE_BYTES == start {
+                    self.remove(at, at_len);
+                    (start, ptr, len) = (at, at_ptr, at_len + len);
+                }
+            }
+        }
+        let end = start + len * PAGE_BYTES;
+        if !self.segment_starts.contains(&end) {
+            if let Some(&(_, after_len)) = self.by_start.get(&end) {
+                self.remove(end, after_len);
+                len += after_len;
+            }
+        }
+        self.insert(start, ptr, len);
+        self.pages += count;
+    }
+
+    /// Takes one page, from the shortest extent.
+    pub(super) fn take(&mut self) -> Option<NonNull<u8>> {
+        let &(len, start) = self.by_len.first()?;
+        Some(self.take_from(start, len, 1))
+    }
+
+    /// Takes `count` pages in a row, from the shortest extent that holds them; `None` if
+    /// none does.
+    pub(super) fn take_run(&mut self, count: usize) -> Option<NonNull<u8>> {
+        if count == 0 {
+            return None;
+        }
+        let &(len, start) = self.by_len.range((count, 0)..).next()?;
+        Some(self.take_from(start, len, count))
+    }
+
+    /// Takes the first `count` pages of the extent of `len` pages at `start`.
+    fn take_from(&mut self, start: usize, len: usize, count: usize) -> NonNull<u8> {
+        let (ptr, _) = self.remove(start, len);
+        if len > count {
+            // SAFETY: `count < len` pages from the extent's first: inside its segment.
+            let rest = unsafe { ptr.add(count * PAGE_BYTES) };
+            self.insert(start + count * PAGE_BYTES, rest, len - count);
+        }
+        self.pages -= count;
+        ptr
+    }
+
+    fn insert(&mut self, start: usize, ptr: NonNull<u8>, len: usize) {
+        self.by_start.insert(start, (ptr, len));
+        self.by_len.insert((len, start));
+    }
+
+    fn remove(&mut self, start: usize, len: usize) -> (NonNull<u8>, usize) {
+        self.by_len.remove(&(len, start));
+        self.by_start
+            .remove(&start)
+            .expect("an extent in one map is in both")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: usize = PAGE_BYTES;
+
+    /// Page `i` of a fake segment: the extents only compare addresses.
+    fn page(base: &[u8], i: usize) -> NonNull<u8> {
+        NonNull::from(&base[i * P])
+    }
+
+    #[test]
+    fn pages_given_back_in_any_order_make_runs_again() {
+        let memory = vec![0u8; 16 * P];
+        let mut free = FreePages::default();
+        free.add_segment(page(&memory, 0), 16);
+        let run = free.take_run(16).unwrap();
+        assert_eq!(run, page(&memory, 0));
+        assert_eq!(free.len(), 0);
+        assert!(free.take().is_none());
+        // Back one by one, out of order: one extent again.
+        for i in [3, 1, 2, 0, 15, 9, 10, 11, 12, 13, 14, 4, 5, 8, 6, 7] {
+            free.give_run(page(&memory, i), 1);
+        }
+        assert_eq!(free.len(), 16);
+        assert_eq!(free.by_start.len(), 1);
+        assert_eq!(free.take_run(16), Some(page(&memory, 0)));
+        // A single page comes from the shortest extent, a run from the shortest that holds
+        // it.
+        free.give_run(page(&memory, 0), 4);
+        free.give_run(page(&memory, 6), 1);
+        free.give_run(page(&memory, 8), 8);
+        assert_eq!(free.take(), Some(page(&memory, 6)));
+        assert_eq!(free.take_run(3), Some(page(&memory, 0)));
+        assert_eq!(free.take_run(5), Some(page(&memory, 8)));
+        assert_eq!(free.take_run(4), None);
+        assert_eq!(free.len(), 4);
+    }
+
+    #[test]
+    fn an_extent_never_spans_two_segments() {
+        let memory = vec![0u8; 8 * P];
+        let mut free = FreePages::default();
+        // Two segments side by side in memory are still two.
+        free.add_segment(page(&memory, 0), 4);
+        free.add_segment(page(&memory, 4), 4);
+        assert_eq!(free.by_start.len(), 2);
+        assert_eq!(free.take_run(5), None);
+        let first = free.take_run(4).unwrap();
+        let second = free.take_run(4).unwrap();
+        free.give_run(second, 4);
+        free.give_run(first, 4);
+        assert_eq!(free.by_start.len(), 2, "given back, they stay apart");
+    }
+}
