@@ -623,7 +623,7 @@ mod tests {
             let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
             let old = vec![1; 40 * 4096];
             store.write_chunk(1, 0, 0, &old).await.unwrap();
-            // Fresh pages in a row for the buffers (the pool's next segment).
+            // Adopt the growth ahead now, as a write would once it is done.
             store.pages.finish_growth();
             let len = PAGE_RUN_BUFFER_MIN + 100;
             let mut buf = store.buffer(len).await.unwrap();
@@ -671,8 +671,7 @@ mod tests {
     fn pages_given_back_are_taken_again_in_a_row() {
         block_on(async {
             let store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
-            // Room enough that the pool does not grow during the test: fresh segments
-            // would come off the free list first, in a row whatever the order of the rest.
+            // Room enough that the pool does not grow during the test: one segment.
             store.pages.prefault(96 << 20).unwrap();
             store.pages.finish_growth();
             let len = 1 << 20;
@@ -681,10 +680,12 @@ mod tests {
                 async move {
                     let mut buf = store.buffer(len).await.unwrap();
                     buf.as_mut_slice().fill(fill);
+                    let addr = buf.as_ptr();
                     let (result, _) = store.write(ChunkId::new(1, index), 0, buf).await;
                     result.unwrap();
                     let view = store.read_in_place(ChunkId::new(1, index), 0, len);
                     let view = view.unwrap_or_else(|| panic!("{index}/{fill}: not in place"));
+                    assert_eq!(view.as_ref().as_ptr(), addr, "{index}/{fill}: copied");
                     assert!(view.as_ref().iter().all(|&b| b == fill));
                 }
             };

@@ -435,7 +435,8 @@ impl PagePool {
         for Page(page) in pages {
             match run {
                 Some((first, n))
-                    if first.as_ptr().wrapping_add(n * PAGE_BYTES) == page.as_ptr() =>
+                    if first.as_ptr().wrapping_add(n * PAGE_BYTES) == page.as_ptr()
+                        && !self.free.borrow().starts_segment(page) =>
                 {
                     run = Some((first, n + 1));
                 }
@@ -451,9 +452,29 @@ impl PagePool {
         }
     }
 
-    /// A free page, holding whatever its last chunk left; `None` if none is free.
-    fn take(&self) -> Option<Page> {
-        self.free.borrow_mut().take().map(Page)
+    /// `count` free pages, each holding whatever its last chunk left: in a row when one
+    /// extent holds them all (reads of them then go out in place), else from the shortest
+    /// extents, a run at a time; fewer if fewer are free.
+    fn take_pages(&self, count: usize) -> Vec<Page> {
+        let mut free = self.free.borrow_mut();
+        let mut pages = Vec::with_capacity(count);
+        let mut push_run = |first: NonNull<u8>, n: usize| {
+            // SAFETY: pages of a run `free` handed out, within one segment.
+            pages.extend((0..n).map(|i| Page(unsafe { first.add(i * PAGE_BYTES) })));
+        };
+        if let Some(first) = free.take_run(count) {
+            push_run(first, count);
+        } else {
+            let mut left = count;
+            while let Some((first, n)) = free.take_up_to(left) {
+                push_run(first, n);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        pages
     }
 
     /// Returns a page to the free list, or to the waiting list while a view covers it.
@@ -566,12 +587,13 @@ impl PageChunk {
             .filter(|p| p.is_none())
             .count();
         pool.reserve(missing)?;
+        let mut fresh = pool.take_pages(missing).into_iter();
         let mut at = offset;
         for chunk in data.chunk_by_pages(offset) {
             let within = at % PAGE_BYTES;
             let slot = &mut self.pages[at / PAGE_BYTES];
             if slot.is_none() {
-                let mut page = pool.take().expect("reserved above");
+                let mut page = fresh.next().expect("reserved above");
                 // A recycled page holds its last chunk's bytes: clear what this write
                 // does not cover (first invariant).
                 let bytes = page.bytes_mut();

@@ -21,8 +21,8 @@ pub(super) struct FreePages {
     /// The same extents as (pages, address of the first): runs come from the shortest
     /// that holds them, and single pages from the shortest of all, keeping long ones.
     by_len: BTreeSet<(usize, usize)>,
-    /// The address each segment begins at: no extent grows across one.
-    segment_starts: BTreeSet<usize>,
+    /// Each segment's first page, by address: no extent spans one's start.
+    segment_starts: BTreeMap<usize, NonNull<u8>>,
     pages: usize,
 }
 
@@ -34,17 +34,45 @@ impl FreePages {
 
     /// Adds every page of a fresh segment of `pages` pages at `base`.
     pub(super) fn add_segment(&mut self, base: NonNull<u8>, pages: usize) {
-        self.segment_starts.insert(base.as_ptr() as usize);
+        self.segment_starts.insert(base.as_ptr() as usize, base);
         self.give_run(base, pages);
     }
 
-    /// Gives back `count` pages in a row from `first`, which no extent holds.
+    /// Whether a segment begins at `page`.
+    pub(super) fn starts_segment(&self, page: NonNull<u8>) -> bool {
+        self.segment_starts.contains_key(&(page.as_ptr() as usize))
+    }
+
+    /// Gives back `count` pages in a row from `first`, which no extent holds: an extent
+    /// per segment they lie in (mappings side by side are still two).
     pub(super) fn give_run(&mut self, first: NonNull<u8>, count: usize) {
         if count == 0 {
             return;
         }
+        let start = first.as_ptr() as usize;
+        let end = start + count * PAGE_BYTES;
+        let split = self.segment_starts.range(start + 1..end).next();
+        if let Some((&at, &base)) = split {
+            let head = (at - start) / PAGE_BYTES;
+            self.give_extent(first, head);
+            self.give_run(base, count - head);
+        } else {
+            self.give_extent(first, count);
+        }
+    }
+
+    /// Gives back `count` pages in a row within one segment from `first`, joining them
+    /// with the extents right before and after them in that segment.
+    fn give_extent(&mut self, first: NonNull<u8>, count: usize) {
         let (mut start, mut ptr, mut len) = (first.as_ptr() as usize, first, count);
-        if !self.segment_starts.contains(&start) {
+        debug_assert!(
+            self.by_start
+                .range(..start + count * PAGE_BYTES)
+                .next_back()
+                .is_none_or(|(&at, &(_, at_len))| at + at_len * PAGE_BYTES <= start),
+            "pages given back twice"
+        );
+        if !self.segment_starts.contains_key(&start) {
             let before = self.by_start.range(..start).next_back();
             if let Some((&at, &(at_ptr, at_len))) = before {
                 if at + at_len * PAGE_BYTES == start {
@@ -54,7 +82,7 @@ impl FreePages {
             }
         }
         let end = start + len * PAGE_BYTES;
-        if !self.segment_starts.contains(&end) {
+        if !self.segment_starts.contains_key(&end) {
             if let Some(&(_, after_len)) = self.by_start.get(&end) {
                 self.remove(end, after_len);
                 len += after_len;
@@ -64,10 +92,12 @@ impl FreePages {
         self.pages += count;
     }
 
-    /// Takes one page, from the shortest extent.
-    pub(super) fn take(&mut self) -> Option<NonNull<u8>> {
+    /// Takes up to `count` pages in a row, from the shortest extent; `None` if none is
+    /// free.
+    pub(super) fn take_up_to(&mut self, count: usize) -> Option<(NonNull<u8>, usize)> {
         let &(len, start) = self.by_len.first()?;
-        Some(self.take_from(start, len, 1))
+        let taken = len.min(count);
+        Some((self.take_from(start, len, taken), taken))
     }
 
     /// Takes `count` pages in a row, from the shortest extent that holds them; `None` if
@@ -124,7 +154,7 @@ mod tests {
         let run = free.take_run(16).unwrap();
         assert_eq!(run, page(&memory, 0));
         assert_eq!(free.len(), 0);
-        assert!(free.take().is_none());
+        assert!(free.take_up_to(1).map(|(page, _)| page).is_none());
         // Back one by one, out of order: one extent again.
         for i in [3, 1, 2, 0, 15, 9, 10, 11, 12, 13, 14, 4, 5, 8, 6, 7] {
             free.give_run(page(&memory, i), 1);
@@ -137,7 +167,10 @@ mod tests {
         free.give_run(page(&memory, 0), 4);
         free.give_run(page(&memory, 6), 1);
         free.give_run(page(&memory, 8), 8);
-        assert_eq!(free.take(), Some(page(&memory, 6)));
+        assert_eq!(
+            free.take_up_to(1).map(|(page, _)| page),
+            Some(page(&memory, 6))
+        );
         assert_eq!(free.take_run(3), Some(page(&memory, 0)));
         assert_eq!(free.take_run(5), Some(page(&memory, 8)));
         assert_eq!(free.take_run(4), None);
@@ -158,5 +191,17 @@ mod tests {
         free.give_run(second, 4);
         free.give_run(first, 4);
         assert_eq!(free.by_start.len(), 2, "given back, they stay apart");
+        // Pages a chunk took from both, given back as one run: split at the boundary.
+        let tail = free.take_run(4).unwrap();
+        assert_eq!(
+            free.take_up_to(1).map(|(page, _)| page),
+            Some(page(&memory, 4))
+        );
+        assert_eq!(tail, page(&memory, 0));
+        free.give_run(page(&memory, 0), 3);
+        free.give_run(page(&memory, 3), 2);
+        assert_eq!(free.len(), 8);
+        assert_eq!(free.take_run(5), None, "no run across the boundary");
+        assert_eq!(free.by_start.len(), 2);
     }
 }
