@@ -237,6 +237,42 @@ fn a_write_into_a_lost_chunk_never_turns_its_lost_bytes_into_zeros() {
     assert_eq!(tail[C / 2..], pattern(100, 13));
 }
 
+/// Bytes a handle wrote after it opened the file, acknowledged by the server, are the
+/// file's as much as those it held at open: once kill -9 lost them, a write through the
+/// same handle into the middle of their chunk must not turn them into zeros. (Judged by
+/// the size at open alone, the empty file held nothing, and the write went through.)
+#[test]
+fn a_handles_acknowledged_writes_count_as_held_after_a_lost_store() {
+    let Some(mut cluster) = tiered_server() else {
+        return;
+    };
+    let fs = cluster.client();
+    let fd = fs.create("/acked", 0o644).unwrap();
+    let written = pattern(C, 30);
+    fs.pwrite(fd, &written, C as u64).unwrap();
+    // Acknowledged, not fsynced: the memory tier still holds it alone.
+    fs.block_on(fs.client().wait_in_flight());
+    cluster.kill(0);
+    cluster.restart(0);
+
+    let middle = (C + C / 2) as u64;
+    let e = fs
+        .pwrite(fd, &pattern(100, 31), middle)
+        .and_then(|_| fs.fsync(fd))
+        .expect_err("a write into the middle of a chunk lost after it was written went through");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(e.to_string().contains("/acked"), "{e}");
+    let _ = fs.close(fd);
+    match pread_at(&fs, "/acked", C as u64, C / 2) {
+        Ok(bytes) => assert!(
+            bytes.is_empty() || bytes == written[..bytes.len()],
+            "lost bytes read back as {:?}...",
+            &bytes[..bytes.len().min(8)]
+        ),
+        Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+    }
+}
+
 /// What a writer may write into an old file on a server that lost its chunks: a file
 /// whose chunks are smaller than the server's is checked by its own chunk size, and
 /// writes after O_TRUNC or a truncate down, which leave only holes the file never held

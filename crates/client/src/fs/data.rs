@@ -148,15 +148,14 @@ pub(super) fn fill_from(dst: &mut [u8], bytes: &[u8]) {
 }
 
 /// The request that writes `len` bytes at `offset` of chunk `index` of the file `meta`,
-/// whose `size` is what the file held when the writer opened it: a server that may have
-/// lost those bytes refuses a write that would leave some of them as zeros before it.
-/// (Not the handle's size: a write of its own still in flight would count as held, and
-/// the next write be refused before it landed.)
+/// which held `held` bytes of the chunk from its start ([`FsClient::chunk_held`]): a
+/// server that may have lost those bytes refuses a write that would leave some of them as
+/// zeros before it.
 pub(super) fn chunk_write(
     meta: &FileMetadata,
     index: u64,
-    offset: u64,
-    len: u64,
+    (offset, len): (u64, u64),
+    held: u64,
 ) -> ops::ChunkWrite {
     ops::ChunkWrite {
         io: ops::ChunkIo {
@@ -166,12 +165,13 @@ pub(super) fn chunk_write(
             len,
         },
         file_birth_ns: meta.birth_ns,
-        chunk_held: chunk_held(meta, index),
+        chunk_held: held,
     }
 }
 
-/// How many bytes of chunk `index`, from its start, the file `meta` held (by its size).
-pub(super) fn chunk_held(meta: &FileMetadata, index: u64) -> u64 {
+/// How many bytes of chunk `index`, from its start, the file `meta` held by its size (a
+/// handle's: what the file held when it was opened, cut by its truncates).
+fn held_by_size(meta: &FileMetadata, index: u64) -> u64 {
     let chunk_start = index.saturating_mul(meta.chunk_size);
     meta.size.saturating_sub(chunk_start).min(meta.chunk_size)
 }
@@ -182,6 +182,31 @@ pub(super) fn span_range(span: &ChunkSpan) -> std::ops::Range<usize> {
 }
 
 impl FsClient {
+    /// How many bytes of chunk `index` of `meta`, from its start, the file holds for a
+    /// writer through handle `fd` (none: a handle-free write): what it held when the handle
+    /// was opened, or as far as the handle's acknowledged writes reach, whichever is more.
+    /// (Not the handle's size: a write of its own still in flight would count as held, and
+    /// the next write be refused before it landed.)
+    pub(super) fn chunk_held(&self, fd: Option<Fd>, meta: &FileMetadata, index: u64) -> u64 {
+        let acked = fd
+            .and_then(|fd| {
+                self.with_file(fd, |f| f.acked.get(&index).copied())
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0);
+        held_by_size(meta, index).max(acked)
+    }
+
+    /// Notes that every replica acknowledged a write through handle `fd` reaching `end`
+    /// bytes into chunk `index`.
+    pub(super) fn note_acked(&self, fd: Fd, index: u64, end: u64) {
+        let _ = self.with_file(fd, |f| {
+            let acked = f.acked.entry(index).or_insert(0);
+            *acked = (*acked).max(end);
+        });
+    }
+
     /// Writes at the handle's position (or the end, with APPEND) and advances it. The
     /// bytes are copied once into send buffers; see [`FsClient::write_lent`].
     pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
@@ -260,7 +285,8 @@ impl FsClient {
             self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
             self.write_behind(fd, &path, meta, data, offset).await?;
         } else {
-            self.write_spans(&path, meta, data, offset).await?;
+            self.write_spans(Some(fd), &path, meta, data, offset)
+                .await?;
         }
         let end = offset + len as u64;
         self.with_file(fd, |f| {
@@ -274,8 +300,10 @@ impl FsClient {
 
     /// Writes `data` at `offset` of the file `meta` to every chunk's servers at once. The
     /// size is not published: the caller does that when the write is complete.
+    /// Through handle `fd`, if any (see [`FsClient::chunk_held`]).
     pub(super) async fn write_spans(
         &self,
+        fd: Option<Fd>,
         path: &str,
         meta: FileMetadata,
         data: WriteSource<'_>,
@@ -289,16 +317,21 @@ impl FsClient {
         let writes = spans.map(|span| {
             let start = span.buf_offset as usize;
             let part = data.part(start..start + span.len as usize);
-            let req = chunk_write(&meta, span.index, span.offset_in_chunk, span.len);
+            let held = self.chunk_held(fd, &meta, span.index);
+            let req = chunk_write(&meta, span.index, (span.offset_in_chunk, span.len), held);
             async move {
                 let key = PlacementKey::Chunk {
                     file_id: meta.file_id,
                     index: span.index,
                 };
                 let replicas = self.replica_set(key);
-                self.restore_skipped(&meta, span.index, span.offset_in_chunk, &replicas)
+                self.restore_skipped(&meta, span.index, (span.offset_in_chunk, held), &replicas)
                     .await;
-                self.write_all::<ops::WriteChunk>(key, &req, part).await
+                let result = self.write_all::<ops::WriteChunk>(key, &req, part).await;
+                if let (Some(fd), Ok(_)) = (fd, &result) {
+                    self.note_acked(fd, span.index, span.offset_in_chunk + span.len);
+                }
+                result
             }
         });
         let results = join_all(writes).await;
@@ -344,7 +377,7 @@ impl FsClient {
         // After this client's writes of the file in flight, which would otherwise land in
         // either order with it.
         self.drain_file(meta.file_id).await;
-        self.write_spans(path, meta, data, offset).await
+        self.write_spans(None, path, meta, data, offset).await
     }
 
     /// Reads up to `buf.len()` bytes at `offset` of the file `meta`, named `path`, with

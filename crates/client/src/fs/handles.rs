@@ -1,6 +1,8 @@
 //! Open files and their handles: open, close, seek, fsync, fstat, and publishing the
 //! size a handle grew once its writes came back.
 
+use std::collections::BTreeMap;
+
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::{ops, Status};
@@ -31,6 +33,11 @@ pub(super) struct OpenFile {
     pub(super) write_error: Option<RpcError>,
     /// What this handle read ahead (see `read_ahead`).
     pub(super) read_ahead: ReadAhead,
+    /// How far into each chunk, from its start, writes of this handle that every replica
+    /// acknowledged reach: bytes the file holds since, which a server that lost them must
+    /// not fill with zeros (see `data::chunk_write`). In flight ones are not counted: the
+    /// next write to the chunk may land before them.
+    pub(super) acked: BTreeMap<u64, u64>,
     /// The file's bytes when its record holds them, or a create deferred to the close
     /// (see `inline`); `None` for a file with chunks.
     pub(super) inline: Option<Inline>,
@@ -100,6 +107,7 @@ impl FsClient {
                 size_dirty: false,
                 write_error: None,
                 read_ahead: ReadAhead::default(),
+                acked: BTreeMap::new(),
                 inline: inline::held(inline::Record { meta, data }),
             },
         );

@@ -186,6 +186,7 @@ impl FsClient {
                 // So that a stat of the path makes the file first (see `flush_path`).
                 size_dirty: true,
                 write_error: None,
+                acked: std::collections::BTreeMap::new(),
                 read_ahead: ReadAhead::default(),
                 inline: Some(Inline::Deferred(Deferred {
                     bytes: Vec::new(),
@@ -702,7 +703,7 @@ impl FsClient {
         };
         let mut padded = sealed.data.clone();
         padded.resize(INLINE_BYTES_MAX.min(meta.chunk_size) as usize, 0);
-        let req = chunk_write(&meta, 0, 0, padded.len() as u64);
+        let req = chunk_write(&meta, 0, (0, padded.len() as u64), 0);
         let key = PlacementKey::Chunk {
             file_id: meta.file_id,
             index: 0,

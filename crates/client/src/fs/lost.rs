@@ -16,7 +16,7 @@ use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops;
 use benchfs_proto::placement::ServerIndex;
 
-use super::data::{chunk_held, chunk_write};
+use super::data::chunk_write;
 use super::FsClient;
 use crate::rpc::OutPayload;
 
@@ -27,34 +27,34 @@ impl FsClient {
         self.servers[index as usize].born_ns.get() > meta.birth_ns
     }
 
-    /// Whether a write at `offset` of chunk `index` of `meta` skips bytes the file held
-    /// that one of `replicas` may have lost, with another replica to restore them from.
+    /// Whether a write at `offset` of a chunk of `meta`, of which the file held `held`
+    /// bytes, skips bytes that one of `replicas` may have lost, with another replica to
+    /// restore them from.
     pub(super) fn may_skip_lost(
         &self,
         meta: &FileMetadata,
-        index: u64,
-        offset: u64,
+        (offset, held): (u64, u64),
         replicas: &[ServerIndex],
     ) -> bool {
-        offset.min(chunk_held(meta, index)) > 0
+        offset.min(held) > 0
             && replicas.len() > 1
             && replicas.iter().any(|&r| self.may_have_lost(r, meta))
     }
 
-    /// Before writing at `offset` of chunk `index` of `meta` to `replicas`: each replica
-    /// that may have lost the file's bytes and holds fewer of the chunk's than the write
-    /// skips (a one-byte read at the last skipped byte tells) gets all the file held of
-    /// the chunk from a replica that kept them and answers (none a client found silent:
-    /// each would cost a timeout), written from the chunk's start. Best effort: a replica
-    /// that cannot be restored is left to refuse the write itself.
+    /// Before writing at `offset` of chunk `index` of `meta`, of which the file held
+    /// `held` bytes, to `replicas`: each replica that may have lost the file's bytes and
+    /// holds fewer of the chunk's than the write skips (a one-byte read at the last skipped
+    /// byte tells) gets all the file held of the chunk from a replica that kept them and
+    /// answers (none a client found silent: each would cost a timeout), written from the
+    /// chunk's start. Best effort: a replica that cannot be restored is left to refuse the
+    /// write itself.
     pub(super) async fn restore_skipped(
         &self,
         meta: &FileMetadata,
         index: u64,
-        offset: u64,
+        (offset, held): (u64, u64),
         replicas: &[ServerIndex],
     ) {
-        let held = chunk_held(meta, index);
         let skipped = offset.min(held);
         if skipped == 0 || replicas.len() < 2 {
             return;
@@ -97,7 +97,7 @@ impl FsClient {
             };
             // Past the source's chunk the file has a hole the source kept: zeros.
             bytes.resize(held as usize, 0);
-            let restore = chunk_write(meta, index, 0, held);
+            let restore = chunk_write(meta, index, (0, held), held);
             let restored = self
                 .call_on::<ops::WriteChunk>(replica, &restore, OutPayload::Owned(bytes))
                 .await;

@@ -259,6 +259,31 @@ impl FsClient {
 
     /// Sends one chunk piece to its replicas, each call in a task of its own that pushes
     /// its reply for [`FsClient::collect_writes`].
+    /// Before a write behind at `offset` of chunk `index` of `meta` through handle `fd`:
+    /// restores the bytes it skips on a replica among `servers` that lost them (see
+    /// `lost`), once this client's writes to the chunk landed, since the copy would undo
+    /// them. Returns how much of the chunk the file holds for the write.
+    async fn restore_behind(
+        &self,
+        fd: Fd,
+        meta: &FileMetadata,
+        (index, offset): (u64, u64),
+        servers: &[ServerIndex],
+    ) -> u64 {
+        let held = self.chunk_held(Some(fd), meta, index);
+        if !self.may_skip_lost(meta, (offset, held), servers) {
+            return held;
+        }
+        let file_id = meta.file_id;
+        self.wait_writes(|p| !p.any_write(|w| w.file_id == file_id && w.index == index))
+            .await;
+        // Those writes are acknowledged now.
+        let held = self.chunk_held(Some(fd), meta, index);
+        self.restore_skipped(meta, index, (offset, held), servers)
+            .await;
+        held
+    }
+
     async fn send_behind(
         &self,
         fd: Fd,
@@ -286,16 +311,11 @@ impl FsClient {
             }
         }
         let (index, offset) = (span.index, span.offset_in_chunk);
-        if self.may_skip_lost(&meta, index, offset, &servers) {
-            // The restored bytes are read from another replica: this client's writes to
-            // the chunk land first, or the copy would undo them.
-            let file_id = meta.file_id;
-            self.wait_writes(|p| !p.any_write(|w| w.file_id == file_id && w.index == index))
-                .await;
-            self.restore_skipped(&meta, index, offset, &servers).await;
-        }
+        let held = self
+            .restore_behind(fd, &meta, (index, offset), &servers)
+            .await;
         let payloads = part.payloads(&self.rpc, ready.len());
-        let req = chunk_write(&meta, span.index, span.offset_in_chunk, span.len);
+        let req = chunk_write(&meta, index, (offset, span.len), held);
         let p = &self.pipeline;
         let id = p.next_id.get();
         p.next_id.set(id.wrapping_add(1));
@@ -364,6 +384,9 @@ impl FsClient {
             let Some(write) = finished else { continue };
             let p = &self.pipeline;
             p.bytes.set(p.bytes.get() - write.len);
+            if write.failed.is_none() {
+                self.note_acked(write.fd, write.index, write.range.end);
+            }
             if let Some(e) = write.failed {
                 p.count(|c| c.writes_behind_failed += 1);
                 let kept = self.with_file(write.fd, |f| {
