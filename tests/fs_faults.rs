@@ -605,4 +605,23 @@ fn back_empty_hides_no_file(wait: Duration) {
     );
     let missing = fs.stat("/never-made").unwrap_err();
     assert_eq!(missing.errno(), libc::ENOENT, "{missing}");
+    let (path, id, data) = &old[2];
+    change_an_old_record(&fs, path, *id, data);
+}
+
+/// Changes the record of `path` (file `id`, holding `data`), which a restarted server
+/// lost, before the repair brings it back there: a truncate, O_TRUNC and a write that
+/// grows the file. (Each failed with ENOENT for minutes, after the other replica had
+/// taken it: O_TRUNC left the file empty.)
+fn change_an_old_record(fs: &BenchFS, path: &str, id: u64, data: &[u8]) {
+    fs.truncate(path, 1000).unwrap();
+    assert!(read_file(fs, path) == data[..1000], "{path} after truncate");
+    let fd = fs
+        .open(path, OpenFlags::WRITE | OpenFlags::TRUNC, 0)
+        .unwrap();
+    let new = pattern(2 * C, 7);
+    fs.pwrite(fd, &new, 0).unwrap();
+    fs.close(fd).unwrap();
+    assert!(read_file(fs, path) == new, "{path} rewritten");
+    assert_eq!(fs.stat(path).unwrap().file_id, id);
 }

@@ -3,7 +3,6 @@
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, Owner};
 use benchfs_proto::ops::{self, PATH_LEN_MAX};
-use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::Status;
 
 use super::data::WriteSource;
@@ -53,7 +52,7 @@ impl FsClient {
         self.check_dir_form("setattr", &given, &req.path).await?;
         self.forget(&req.path);
         let reply = self
-            .write_all::<ops::SetAttr>(PlacementKey::Metadata(&req.path), &req, WriteSource::NONE)
+            .change_record::<ops::SetAttr>(&req.path, &req)
             .await
             .map_err(rpc_err("setattr", &req.path))?;
         Ok(reply.meta)

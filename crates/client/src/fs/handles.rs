@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
-use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::{ops, Status};
 use futures_util::future::join_all;
 
-use super::data::WriteSource;
 use super::inline::{self, Inline};
 use super::read_ahead::ReadAhead;
 use super::{fs_err, norm, rpc_err, Fd, FsClient, Whence};
@@ -174,7 +172,7 @@ impl FsClient {
             how: SizeUpdate::AtLeast,
         };
         let reply = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
+            .change_record::<ops::UpdateSize>(path, &req)
             .await
             .map_err(rpc_err("size update", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);

@@ -587,9 +587,7 @@ impl FsClient {
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
         let req = exact_size(path, meta.file_id, size);
-        let sized = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
-            .await;
+        let sized = self.change_record::<ops::UpdateSize>(path, &req).await;
         self.meta_cache.borrow_mut().remove(path);
         sized.map_err(rpc_err("truncate", path))?;
         // Growing: the bytes between the old end and the new one must read as zeros, so
@@ -612,7 +610,7 @@ impl FsClient {
         // Set again: a size update that was on its way from another handle (a flush, a
         // release) may have grown the file back between the first one and the cut.
         let reply = self
-            .write_all::<ops::UpdateSize>(PlacementKey::Metadata(path), &req, WriteSource::NONE)
+            .change_record::<ops::UpdateSize>(path, &req)
             .await
             .map_err(rpc_err("truncate", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);

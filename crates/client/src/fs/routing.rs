@@ -12,7 +12,7 @@ use benchfs_config::registry;
 use benchfs_config::registry::ServerEntry;
 use benchfs_proto::limits::BORN_APART_NS;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
-use benchfs_proto::{Rpc, Status};
+use benchfs_proto::{ops, Rpc, Status};
 use benchfs_ucx::LentMut;
 use futures_util::future::join_all;
 
@@ -425,6 +425,85 @@ impl FsClient {
             .zip(results)
             .map(|(s, r)| (s, r.map(|(reply, _)| reply)))
             .collect()
+    }
+
+    /// Changes the existing record at `path` on every replica at once; all must take the
+    /// change, except that a replica which may have lost its records (its store began
+    /// after another's: restarted empty, see [`FsClient::born_after_one_of`]) and holds
+    /// none at the path gets the changed record from one that took it, by an insert only
+    /// where the path has none. Without it every change to the record failed with "not
+    /// found" until the replica repair brought the record back (minutes), after the
+    /// replicas that took it had changed.
+    pub(super) async fn change_record<R: Rpc>(
+        &self,
+        path: &str,
+        req: &R::Request,
+    ) -> Result<R::Reply, RpcError> {
+        let answers = self
+            .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
+            .await;
+        let took: Vec<ServerIndex> = answers
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(s, _)| *s)
+            .collect();
+        let (mut first, mut lacking) = (None, Vec::new());
+        for (server, answer) in answers {
+            match answer {
+                Ok(reply) => {
+                    first.get_or_insert(reply);
+                }
+                Err(e)
+                    if e.status() == Status::NotFound
+                        && !took.is_empty()
+                        && self.born_after_one_of(server, &took).is_some() =>
+                {
+                    lacking.push((server, e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(reply) = first else {
+            return Err(lacking.remove(0).1);
+        };
+        for (server, not_found) in lacking {
+            if !self.copy_record(path, took[0], server).await {
+                return Err(not_found);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Copies the record at `path` from server `from` to server `to`, where the path has
+    /// none; whether `to` holds it now.
+    async fn copy_record(&self, path: &str, from: ServerIndex, to: ServerIndex) -> bool {
+        let lookup = ops::PathRequest {
+            path: path.to_string(),
+        };
+        let Ok((record, _)) = self
+            .call_on::<ops::MetadataOpen>(from, &lookup, OutPayload::none())
+            .await
+        else {
+            return false;
+        };
+        let insert = ops::InsertRequest {
+            path: path.to_string(),
+            meta: record.meta,
+            exclusive: true,
+            settled_only: false,
+            newer_only: false,
+            data: record.data,
+        };
+        let copied = self
+            .call_on::<ops::MetadataInsert>(to, &insert, OutPayload::none())
+            .await;
+        tracing::info!(
+            path,
+            server = to,
+            ok = copied.is_ok(),
+            "copied a record to a replica that lost it"
+        );
+        copied.is_ok()
     }
 
     /// Writes to every replica at once; all must succeed.
