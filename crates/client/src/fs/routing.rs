@@ -26,6 +26,9 @@ pub(super) struct ServerSlot {
     pub(super) conn: RefCell<Option<Rc<Connection>>>,
     /// Held while connecting, so concurrent calls share one connection attempt.
     pub(super) connecting: tokio::sync::Mutex<()>,
+    /// When the last connection attempt failed: calls that waited for it fail with it
+    /// instead of each waiting a timeout of its own on a server that does not answer.
+    pub(super) connect_failed_at: Cell<Option<Instant>>,
     /// Set when a call found this server unreachable: until then reads ask its replicas
     /// first, so a silent or unreachable server costs one timeout per period, not one per
     /// chunk.
@@ -44,6 +47,7 @@ impl ServerSlot {
             entry: RefCell::new(entry),
             conn: RefCell::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            connect_failed_at: Cell::new(None),
             suspect_until: Cell::new(None),
             born_ns: Cell::new(0),
             born_again: Cell::new(false),
@@ -154,6 +158,7 @@ impl FsClient {
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
+        let waiting_since = Instant::now();
         let _connecting = slot.connecting.lock().await;
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
@@ -162,24 +167,22 @@ impl FsClient {
             let entry = slot.entry.borrow();
             (entry.addr, entry.node_id.clone())
         };
-        let conn = match self.rpc.connect(addr).await {
-            Ok(c) => c,
+        if slot
+            .connect_failed_at
+            .get()
+            .is_some_and(|at| at >= waiting_since)
+        {
+            // (A blocking read sends its chunks' calls at once: each waited a timeout.)
+            return Err(RpcError::Status {
+                server: format!("{node_id}@{addr}"),
+                status: Status::Unavailable,
+            });
+        }
+        let conn = match self.connect_slot(slot, addr, &node_id).await {
+            Ok(conn) => conn,
             Err(e) => {
-                let e = e.on_node(&node_id);
-                let path = registry::entry_path(&self.registry_dir, &node_id);
-                let moved = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|text| registry::parse_entry(&text).ok())
-                    .filter(|entry| entry.node_id == node_id && entry.addr != addr);
-                let Some(entry) = moved else { return Err(e) };
-                tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
-                let conn = self
-                    .rpc
-                    .connect(entry.addr)
-                    .await
-                    .map_err(|e| e.on_node(&node_id))?;
-                *slot.entry.borrow_mut() = entry;
-                conn
+                slot.connect_failed_at.set(Some(Instant::now()));
+                return Err(e);
             }
         };
         self.check_settings(&conn)
@@ -190,6 +193,35 @@ impl FsClient {
         let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
         Ok(conn)
+    }
+
+    /// Connects to the server of `slot` at `addr`, or where the registry says it moved.
+    async fn connect_slot(
+        &self,
+        slot: &ServerSlot,
+        addr: SocketAddr,
+        node_id: &str,
+    ) -> Result<Connection, RpcError> {
+        Ok(match self.rpc.connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = e.on_node(node_id);
+                let path = registry::entry_path(&self.registry_dir, node_id);
+                let moved = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| registry::parse_entry(&text).ok())
+                    .filter(|entry| entry.node_id == node_id && entry.addr != addr);
+                let Some(entry) = moved else { return Err(e) };
+                tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
+                let conn = self
+                    .rpc
+                    .connect(entry.addr)
+                    .await
+                    .map_err(|e| e.on_node(node_id))?;
+                *slot.entry.borrow_mut() = entry;
+                conn
+            }
+        })
     }
 
     /// Refuses a server that places by other counts than this client (one restarted with
