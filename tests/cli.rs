@@ -528,6 +528,12 @@ fn misleading_refusals_say_what_was_refused() {
             "{root}: {err}"
         );
     }
+    // `rm` of a missing path named the lookup before it: "stat /missing".
+    let err = on(&cluster, &["rm", "/missing"]).failed();
+    assert!(
+        err.contains("unlink /missing") && err.contains("no such file"),
+        "{err}"
+    );
     // `cat /` said "no such file or directory" (the root has no record to open).
     let err = on(&cluster, &["cat", "/"]).failed();
     assert!(err.contains("is a directory"), "{err}");

@@ -251,10 +251,10 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
                 return Err(format!("rm {path}: the root directory cannot be removed").into());
             }
             let fs = target.connect()?;
-            if fs.stat(&path)?.is_dir() {
-                fs.rmdir(&path)?;
-            } else {
-                fs.unlink(&path)?;
+            // Unlink first, so an error names the removal, not a lookup before it.
+            match fs.unlink(&path) {
+                Err(e) if e.errno() == libc::EISDIR => fs.rmdir(&path)?,
+                unlinked => unlinked?,
             }
         }
         FileCommand::Put {
