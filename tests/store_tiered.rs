@@ -271,6 +271,24 @@ fn a_handles_acknowledged_writes_count_as_held_after_a_lost_store() {
         ),
         Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
     }
+
+    // Cut by another handle's O_TRUNC, those bytes are no longer the file's: a write
+    // into the middle of the chunk after the next loss leaves only a hole before it.
+    let fd = fs.create("/cut-by-another", 0o644).unwrap();
+    fs.pwrite(fd, &written, 0).unwrap();
+    fs.block_on(fs.client().wait_in_flight());
+    let other = fs
+        .open("/cut-by-another", OpenFlags::WRITE | OpenFlags::TRUNC, 0)
+        .unwrap();
+    fs.close(other).unwrap();
+    cluster.kill(0);
+    cluster.restart(0);
+    fs.pwrite(fd, &pattern(100, 32), (C / 2) as u64)
+        .and_then(|_| fs.close(fd))
+        .unwrap();
+    let back = read_file(&fs, "/cut-by-another");
+    assert_eq!(back.len(), C / 2 + 100);
+    assert!(back[..C / 2].iter().all(|&b| b == 0) && back[C / 2..] == pattern(100, 32));
 }
 
 /// What a writer may write into an old file on a server that lost its chunks: a file

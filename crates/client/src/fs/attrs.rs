@@ -52,7 +52,7 @@ impl FsClient {
         self.check_dir_form("setattr", &given, &req.path).await?;
         self.forget(&req.path);
         let reply = self
-            .change_record::<ops::SetAttr>(&req.path, &req)
+            .change_record::<ops::SetAttr>(&req.path, req.file_id, &req)
             .await
             .map_err(rpc_err("setattr", &req.path))?;
         Ok(reply.meta)

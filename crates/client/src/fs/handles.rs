@@ -86,6 +86,7 @@ impl FsClient {
         if flags.contains(OpenFlags::TRUNC) && writable && !created {
             self.drain_path(&path).await;
             meta = self.truncate_meta(&path, meta, 0).await?;
+            self.cut_handles(meta);
             data.clear();
         }
         self.meta_cache.borrow_mut().put(&path, meta);
@@ -172,7 +173,7 @@ impl FsClient {
             how: SizeUpdate::AtLeast,
         };
         let reply = self
-            .change_record::<ops::UpdateSize>(path, &req)
+            .change_record::<ops::UpdateSize>(path, req.file_id, &req)
             .await
             .map_err(rpc_err("size update", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);

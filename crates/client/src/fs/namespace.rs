@@ -503,11 +503,18 @@ impl FsClient {
                 .fold(meta.size, u64::max);
         }
         let meta = self.truncate_meta(&path, meta, size).await?;
+        self.cut_handles(meta);
+        Ok(())
+    }
+
+    /// After a truncate of file `meta` to `meta.size`: this client's handles of it take
+    /// the size, and what they wrote past it is no longer the file's.
+    pub(super) fn cut_handles(&self, meta: FileMetadata) {
         for f in self
             .files
             .borrow_mut()
             .values_mut()
-            .filter(|f| f.path == path)
+            .filter(|f| f.meta.file_id == meta.file_id)
         {
             f.size = meta.size;
             f.size_dirty = false;
@@ -523,7 +530,6 @@ impl FsClient {
                 copy.resize(meta.size as usize, 0);
             }
         }
-        Ok(())
     }
 
     /// The least size the replicas of file `meta`'s record hold: after a truncate that
@@ -587,7 +593,9 @@ impl FsClient {
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
         let req = exact_size(path, meta.file_id, size);
-        let sized = self.change_record::<ops::UpdateSize>(path, &req).await;
+        let sized = self
+            .change_record::<ops::UpdateSize>(path, req.file_id, &req)
+            .await;
         self.meta_cache.borrow_mut().remove(path);
         sized.map_err(rpc_err("truncate", path))?;
         // Growing: the bytes between the old end and the new one must read as zeros, so
@@ -610,7 +618,7 @@ impl FsClient {
         // Set again: a size update that was on its way from another handle (a flush, a
         // release) may have grown the file back between the first one and the cut.
         let reply = self
-            .change_record::<ops::UpdateSize>(path, &req)
+            .change_record::<ops::UpdateSize>(path, req.file_id, &req)
             .await
             .map_err(rpc_err("truncate", path))?;
         self.meta_cache.borrow_mut().put(path, reply.meta);

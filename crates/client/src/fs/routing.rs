@@ -466,9 +466,11 @@ impl FsClient {
     /// where the path has none. Without it every change to the record failed with "not
     /// found" until the replica repair brought the record back (minutes), after the
     /// replicas that took it had changed.
+    /// `file_id` is the file the change is for: only a record of it is copied.
     pub(super) async fn change_record<R: Rpc>(
         &self,
         path: &str,
+        file_id: u64,
         req: &R::Request,
     ) -> Result<R::Reply, RpcError> {
         let answers = self
@@ -499,25 +501,38 @@ impl FsClient {
             return Err(lacking.remove(0).1);
         };
         for (server, not_found) in lacking {
-            if !self.copy_record(path, took[0], server).await {
-                return Err(not_found);
+            match self.copy_record(path, file_id, took[0], server).await {
+                Ok(()) => {}
+                // Another client's copy came first: the change goes to it as to the rest.
+                Err(Status::Exists) => {
+                    self.call_on::<R>(server, req, OutPayload::none()).await?;
+                }
+                Err(_) => return Err(not_found),
             }
         }
         Ok(reply)
     }
 
-    /// Copies the record at `path` from server `from` to server `to`, where the path has
-    /// none; whether `to` holds it now.
-    async fn copy_record(&self, path: &str, from: ServerIndex, to: ServerIndex) -> bool {
+    /// Copies the record of file `file_id` at `path` from server `from` to server `to`,
+    /// where the path has none.
+    async fn copy_record(
+        &self,
+        path: &str,
+        file_id: u64,
+        from: ServerIndex,
+        to: ServerIndex,
+    ) -> Result<(), Status> {
         let lookup = ops::PathRequest {
             path: path.to_string(),
         };
-        let Ok((record, _)) = self
+        let (record, _) = self
             .call_on::<ops::MetadataOpen>(from, &lookup, OutPayload::none())
             .await
-        else {
-            return false;
-        };
+            .map_err(|e| e.status())?;
+        if record.meta.file_id != file_id {
+            // Renamed or removed meanwhile: the path is no longer the changed file's.
+            return Err(Status::NotFound);
+        }
         let insert = ops::InsertRequest {
             path: path.to_string(),
             meta: record.meta,
@@ -535,7 +550,7 @@ impl FsClient {
             ok = copied.is_ok(),
             "copied a record to a replica that lost it"
         );
-        copied.is_ok()
+        copied.map(drop).map_err(|e| e.status())
     }
 
     /// Writes to every replica at once; all must succeed.
