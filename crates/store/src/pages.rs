@@ -400,9 +400,8 @@ impl PagePool {
 
     /// `pages` free pages one after the other in memory, for a store buffer a chunk can
     /// take as its pages with no copy ([`PageChunk::adopt`]); `None` when no free extent
-    /// holds that many. Maps nothing itself (a
-    /// read's buffer must not grow the pool), but grows ahead as a write would. Their
-    /// bytes are whatever their last chunk left.
+    /// holds that many. Maps nothing itself (a read's buffer must not grow the pool), but
+    /// grows ahead as a write would. Their bytes are whatever their last chunk left.
     pub(crate) fn take_run(&self, pages: usize) -> Option<NonNull<u8>> {
         self.reclaim_waiting();
         self.adopt_growth(false);
