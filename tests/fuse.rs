@@ -408,6 +408,8 @@ fn shell_tools_work_on_the_mount() {
 struct Exerciser {
     path: std::path::PathBuf,
     file: File,
+    /// A copy of `file`'s descriptor for [`flush_meanwhile`].
+    shared: std::sync::Arc<std::sync::Mutex<Option<File>>>,
     model: Vec<u8>,
     seed: u64,
     x: u64,
@@ -486,10 +488,36 @@ impl Exerciser {
                 // Close and reopen: what was written is what the servers publish.
                 self.file.sync_all().unwrap();
                 self.file = Self::open(&self.path);
+                *self.shared.lock().unwrap() = Some(self.file.try_clone().unwrap());
                 let len = fs::metadata(&self.path).unwrap().len();
                 assert_eq!(len, self.model.len() as u64, "{context}");
             }
         }
+    }
+}
+
+/// Closes copies of the exerciser's descriptor until `stop`, each close a FLUSH of its
+/// handle at any time, on another thread of the mount, as a process started meanwhile (by
+/// another test in CI) sends one when its copy closes at exec: a size such a FLUSH
+/// published raced the exerciser's truncates and grew the file back past the cut.
+fn flush_meanwhile(file: &std::sync::Mutex<Option<File>>, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let copy = file
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|f| f.try_clone().unwrap());
+        drop(copy);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -508,16 +536,26 @@ fn a_seeded_exerciser_matches_a_model() {
     let ops = env("BENCHFS_FSX_OPS", 3000) as usize;
     let path = m.path("fsx");
     File::create(&path).unwrap();
+    let file = Exerciser::open(&path);
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(file.try_clone().unwrap())));
     let mut fsx = Exerciser {
-        file: Exerciser::open(&path),
+        file,
+        shared: shared.clone(),
         path,
         model: Vec::new(),
         seed,
         x: seed | 1,
     };
-    for op in 0..ops {
-        fsx.step(op);
-    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| flush_meanwhile(&shared, &stop));
+        // Stops the flusher also when a step fails, or the scope would wait for it forever.
+        let _stop = StopOnDrop(&stop);
+        for op in 0..ops {
+            fsx.step(op);
+        }
+    });
+    shared.lock().unwrap().take();
     drop(fsx.file);
     assert!(read(&fsx.path) == fsx.model, "seed {seed}: final contents");
     common::note(&format!(

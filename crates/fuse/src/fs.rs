@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use benchfs_client::blocking::BenchFS;
@@ -53,6 +53,11 @@ pub struct BenchFuse {
     settings: Arc<Settings>,
     inodes: Inodes,
     handles: Handles,
+    /// Held to publish a handle's size (read) and to truncate (write). A publish that read
+    /// a handle's size before a truncate and sent it after would grow the file back past
+    /// the cut: the kernel flushes a handle on every close of a copy of its descriptor,
+    /// such as a forked child's at exec, so a FLUSH can come at any time, on another thread.
+    sizes: RwLock<()>,
     /// Directory listings taken at opendir, by handle, so paging through one with
     /// offsets sees one consistent list.
     listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
@@ -72,6 +77,7 @@ impl BenchFuse {
             settings,
             inodes: Inodes::new(),
             handles: Handles::default(),
+            sizes: RwLock::default(),
             listings: Mutex::default(),
             next_listing: std::sync::atomic::AtomicU64::new(1),
             owner,
@@ -125,11 +131,13 @@ impl BenchFuse {
         self.call(req, |fs| fs.stat(path))
     }
 
-    /// The attributes of `meta`, with the size this mount's own unpublished writes reached.
+    /// The attributes of `meta`, with the size this mount's open handles know. All of
+    /// them, not only those with a size still to publish: a FLUSH on another thread may
+    /// publish one after `meta` was read, and the size would vanish from both.
     fn attr(&self, meta: &FileMetadata) -> FileAttr {
         let size = self
             .handles
-            .size_of(ino_of(meta), true)
+            .size_of(ino_of(meta), false)
             .map_or(meta.size, |s| s.max(meta.size));
         attr::of(meta, size)
     }
@@ -198,8 +206,19 @@ impl BenchFuse {
         self.handles.open(ino, path, meta)
     }
 
+    /// Holds off truncates while a size is published.
+    fn publishing(&self) -> RwLockReadGuard<'_, ()> {
+        self.sizes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds off publishing while a truncate runs.
+    fn cutting(&self) -> RwLockWriteGuard<'_, ()> {
+        self.sizes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Tells the servers the size handle `fh`'s writes reached, if they do not know it.
     fn publish(&self, req: &Request, fh: FileHandle) -> Result<()> {
+        let _publishing = self.publishing();
         let handle = self.handles.get(fh.0).ok_or(Errno::EBADF)?;
         if !handle.dirty {
             return Ok(());
@@ -259,6 +278,7 @@ impl BenchFuse {
                     return Err(Errno::EISDIR);
                 }
                 if flags & libc::O_TRUNC != 0 && meta.size > 0 {
+                    let _cutting = self.cutting();
                     self.call(req, |fs| fs.truncate(path, 0))?;
                     self.handles.truncated(ino_of(&meta), 0);
                     self.stat(req, path)?
@@ -280,6 +300,7 @@ impl BenchFuse {
             if meta.is_dir() {
                 return Err(Errno::EISDIR);
             }
+            let _cutting = self.cutting();
             // A truncate that grows the file cuts past its published end: writes this
             // mount's handles (on other threads' clients) have not published yet are
             // published first, so that cut spares them.
