@@ -678,3 +678,27 @@ fn cluster_down_stops_a_stopped_server_cleanly() {
     assert!(std::fs::read(&back).unwrap() == data);
     c.cli(&["cluster", "down"]);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // Found by a hostile run: `benchfs cluster up | true` panicked in println! once the
+    // pipe's reader had gone, after starting the servers.
+    let c = ClusterDir::new("c");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args(["cluster", "up", "--servers", "1", "--dir", c.dir_arg()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes before the servers are up, so every line meets a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The cluster it started is there.
+    let root = c.cli(&["stat", "/"]);
+    assert!(root.starts_with("/: directory"), "{root}");
+    // A directory has no chunks: `stat /` showed the smallest chunk size for the root.
+    assert!(!root.contains("chunk size"), "{root}");
+}

@@ -291,14 +291,14 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         0 => String::new(),
         n => format!(" ({n} were running)"),
     };
-    println!(
+    outln!(
         "cluster {}: {} servers{also}, backend {backend}, dir {}",
         if args.resume { "resumed" } else { "up" },
         nodes.len(),
         dir.display()
     );
     if args.resume && backend == Backend::Memory {
-        println!("note: the memory backend keeps nothing across a restart; the servers started are empty");
+        outln!("note: the memory backend keeps nothing across a restart; the servers started are empty");
     }
     Ok(())
 }
@@ -738,9 +738,9 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
     }
     let _ = std::fs::remove_file(target.dir.join("pids"));
     if pids.is_empty() {
-        println!("cluster down: no server of this cluster was running");
+        outln!("cluster down: no server of this cluster was running");
     } else {
-        println!(
+        outln!(
             "cluster down: {} servers stopped ({} forced)",
             pids.len(),
             forced.len()
@@ -787,7 +787,7 @@ fn wait(args: &WaitArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    println!(
+    outln!(
         "{published} servers published in {} and answering",
         dir.display()
     );

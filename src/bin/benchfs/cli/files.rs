@@ -239,10 +239,16 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
         }
         FileCommand::Stat { path, target } => {
             let m = target.connect()?.stat(&path)?;
-            let kind = if m.is_dir() { "directory" } else { "file" };
-            println!(
-                "{path}: {kind}, size {}, mode {:o}, inode {:#x}, chunk size {}",
-                m.size, m.mode, m.file_id, m.chunk_size
+            let (kind, chunks) = match m.is_dir() {
+                // A directory has no chunks (and "/" no record to hold a chunk size).
+                true => ("directory", String::new()),
+                false => ("file", format!(", chunk size {}", m.chunk_size)),
+            };
+            outln!(
+                "{path}: {kind}, size {}, mode {:o}, inode {:#x}{chunks}",
+                m.size,
+                m.mode,
+                m.file_id
             );
         }
         FileCommand::Mkdir { path, target } => target.connect()?.mkdir(&path, 0o755)?,

@@ -2,7 +2,17 @@
 //!
 //! Subcommands print their results on stdout; that is their job, so this module (and only
 //! this module among the library's) may print.
-#![allow(clippy::print_stdout)]
+
+/// `println!` for subcommands: ends quietly when the reader went away ([`print_out`]), and
+/// returns any other error from the enclosing function.
+macro_rules! outln {
+    () => {
+        $crate::cli::print_out("\n")?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
 
 mod bench;
 pub mod cluster;

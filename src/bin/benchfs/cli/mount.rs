@@ -109,7 +109,7 @@ fn detach(args: &Args) -> Result<(), CliError> {
     let start = Instant::now();
     while start.elapsed() < MOUNT_WAIT {
         if is_mounted(&mountpoint) {
-            println!(
+            outln!(
                 "mounted {} (pid {}, log {})",
                 mountpoint.display(),
                 child.id(),

@@ -99,24 +99,25 @@ pub fn run(args: Args) -> Result<(), super::CliError> {
     }
     let ns = start.elapsed().as_nanos() as f64 / lookups as f64;
 
-    println!(
+    outln!(
         "placement: servers={n} vnodes={} keys={} hash=xxh3-64",
-        args.vnodes, args.keys
+        args.vnodes,
+        args.keys
     );
-    println!("load max/mean      {:.3}", load.max_over_mean);
-    println!("load stddev/mean   {:.3}", load.stddev_over_mean);
-    println!(
+    outln!("load max/mean      {:.3}", load.max_over_mean);
+    outln!("load stddev/mean   {:.3}", load.stddev_over_mean);
+    outln!(
         "moved on join      {:.5} (ideal 1/(n+1) = {:.5}, ratio {:.2})",
         join,
         1.0 / (n + 1) as f64,
         join * (n + 1) as f64
     );
-    println!(
+    outln!(
         "moved on leave     {:.5} (ideal 1/n = {:.5}, ratio {:.2})",
         leave,
         1.0 / n as f64,
         leave * n as f64
     );
-    println!("lookup             {ns:.1} ns (checksum {})", sink % 7);
+    outln!("lookup             {ns:.1} ns (checksum {})", sink % 7);
     Ok(())
 }

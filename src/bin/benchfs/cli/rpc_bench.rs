@@ -131,12 +131,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .unwrap_or(limits::RENDEZVOUS_THRESHOLD_DEFAULT);
     let (ucx_major, ucx_minor, ucx_release) = benchfs_ucx::ucx_version();
     let [one, five, fifteen] = report::load_average();
-    println!(
+    outln!(
         "host nproc={} cpu=\"{}\" loadavg=\"{one:.2} {five:.2} {fifteen:.2}\"",
         report::host_facts().2,
         cpu_model(),
     );
-    println!(
+    outln!(
         "build commit={} profile={} ucx={ucx_major}.{ucx_minor}.{ucx_release} ucx_tls={}",
         commit(),
         if cfg!(debug_assertions) {
@@ -146,7 +146,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         },
         std::env::var("UCX_TLS").unwrap_or_else(|_| "default".into()),
     );
-    println!(
+    outln!(
         "config servers=1 backend=memory busy_poll_us={} pings={} warmup={} window={} seconds={} rdma_threshold_bytes={rdma_threshold} chunk_size_bytes={chunk_size} client_busy_poll_us={} copy_payload={} payload_set_bytes={}",
         join(&args.busy_poll_us),
         args.pings,
@@ -171,7 +171,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .filter_map(|(_, lanes)| lanes.ok())
             .flatten()
             .collect();
-        println!(
+        outln!(
             "transport busy_poll_us={busy_poll_us} shared_memory={} lanes={}",
             client_config.network.shared_memory,
             transports.join(",")
@@ -181,8 +181,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         server.stop();
         variants.push(variant);
     }
-    print_table(&variants);
-    Ok(())
+    super::print_out(&table(&variants))
 }
 
 fn check_args(args: &Args) -> Result<(), CliError> {
@@ -257,7 +256,7 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
             budget.mul_f64(RTT_BUDGET_FACTOR),
             args.copy_payload,
         )?;
-        println!(
+        outln!(
             "rtt busy_poll_us={busy_poll_us} payload_bytes={} pings={} p50_us={:.2} p99_us={:.2} mean_us={:.2} max_us={:.2}",
             r.payload_bytes,
             r.pings,
@@ -271,7 +270,7 @@ fn measure(fs: &BenchFS, busy_poll_us: u64, args: &Args) -> Result<Variant, CliE
     for &size in &args.sizes {
         let payloads = Payloads::new(size, args.payload_set_bytes, args.copy_payload);
         let b = bandwidth(fs, &payloads, args.window, budget)?;
-        println!(
+        outln!(
             "bw busy_poll_us={busy_poll_us} payload_bytes={} window={} pings={} seconds={:.3} mib_per_s={:.2} pings_per_s={:.0}",
             b.payload_bytes,
             args.window,
@@ -530,22 +529,21 @@ impl Drop for Server {
     }
 }
 
-fn print_table(variants: &[Variant]) {
+fn table(variants: &[Variant]) -> String {
     let Some(first) = variants.first() else {
-        return;
+        return String::new();
     };
     let mut header = format!("{:<26}", "figure");
     for v in variants {
         header.push_str(&format!(" {:>14}", format!("poll={}us", v.busy_poll_us)));
     }
-    println!();
-    println!("{header}");
-    let row = |label: String, cells: Vec<f64>| {
-        let mut line = format!("{label:<26}");
+    let mut table = format!("\n{header}\n");
+    let mut row = |label: String, cells: Vec<f64>| {
+        table.push_str(&format!("{label:<26}"));
         for c in cells {
-            line.push_str(&format!(" {c:>14.2}"));
+            table.push_str(&format!(" {c:>14.2}"));
         }
-        println!("{line}");
+        table.push('\n');
     };
     for (i, r) in first.rtt.iter().enumerate() {
         let size = r.payload_bytes;
@@ -568,6 +566,7 @@ fn print_table(variants: &[Variant]) {
             variants.iter().map(|v| v.bw[i].mib_per_s()).collect(),
         );
     }
+    table
 }
 
 fn size_label(bytes: usize) -> String {

@@ -55,7 +55,7 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
         .out
         .clone()
         .unwrap_or_else(|| super::default_out(name));
-    println!(
+    outln!(
         "# benchfs bench {name}: {}",
         report
             .meta
@@ -66,7 +66,7 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
             .join(" ")
     );
     if let Some(l) = &report.limits {
-        println!(
+        outln!(
             "limits: round trip p50 {:.1} µs, network {:.0} MiB/s ({} KiB pings, all ranks to all servers){}",
             l.rtt_p50_us,
             l.network_mib_s,
@@ -77,18 +77,22 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
             }
         );
     }
-    print!("{}", report.table());
+    super::super::print_out(&report.table())?;
     for (target, note) in &report.meta.cache_notes {
-        println!("{target}: {note}");
+        outln!("{target}: {note}");
     }
     for s in &report.io500 {
-        println!(
+        outln!(
             "IO500 {}: score {:.3} = sqrt(bandwidth {:.3} GiB/s × metadata {:.3} kIOPS); {}",
-            s.target, s.score, s.bandwidth_gib_s, s.metadata_kiops, s.note
+            s.target,
+            s.score,
+            s.bandwidth_gib_s,
+            s.metadata_kiops,
+            s.note
         );
     }
     let plots = report.write(&out)?;
-    println!(
+    outln!(
         "report: {} ({} plots)",
         out.join("index.html").display(),
         plots.len()

@@ -115,7 +115,7 @@ pub fn run(args: &SweepArgs) -> Result<(), CliError> {
     let started = SystemTime::now();
     let mut measured = Vec::new();
     for point in grid(&args.params) {
-        println!(
+        outln!(
             "sweep point {}",
             point
                 .iter()
