@@ -702,3 +702,33 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     // A directory has no chunks: `stat /` showed the smallest chunk size for the root.
     assert!(!root.contains("chunk size"), "{root}");
 }
+
+#[test]
+fn a_small_chunk_size_alone_starts_a_cluster() {
+    // Found by a hostile run: `cluster up --chunk-size 4096` was refused until
+    // --rdma-threshold came down too (the default threshold is above such a chunk).
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "2", "--chunk-size", "4096"]);
+    let data = pattern(50_000, 3);
+    let local = c.local("in.bin");
+    std::fs::write(&local, &data).unwrap();
+    c.cli(&["put", arg(&local), "/f"]);
+    let stat = c.cli(&["stat", "/f"]);
+    assert!(stat.contains("chunk size 4096"), "{stat}");
+    let back = c.local("out.bin");
+    c.cli(&["get", "/f", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    // A threshold given is the user's: one above the chunk size is still refused.
+    let other = ClusterDir::new("d");
+    let err = other
+        .run(&[
+            "cluster",
+            "up",
+            "--chunk-size",
+            "4096",
+            "--rdma-threshold",
+            "65536",
+        ])
+        .failed();
+    assert!(err.contains("65536") && err.contains("4096"), "{err}");
+}

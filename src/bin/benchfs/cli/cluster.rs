@@ -154,7 +154,8 @@ pub struct UpArgs {
     /// RPC timeout in milliseconds.
     #[arg(long, conflicts_with = "resume")]
     pub rpc_timeout_ms: Option<u64>,
-    /// RDMA threshold in bytes.
+    /// RDMA threshold in bytes (default: the config's, or the chunk size when that is
+    /// smaller).
     #[arg(long, conflicts_with = "resume")]
     pub rdma_threshold: Option<u64>,
     /// Busy-poll window in microseconds.
@@ -533,6 +534,11 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
             storage.insert(key.into(), toml_int(flag, v)?);
         }
     }
+    // No payload above the chunk size exists, and the config refuses a threshold no payload
+    // could reach: a small --chunk-size alone takes the threshold down with it.
+    let rdma_threshold = args.rdma_threshold.or(args
+        .chunk_size
+        .filter(|&c| c < benchfs::proto::limits::RENDEZVOUS_THRESHOLD_DEFAULT));
     let mut network = Table::new();
     network.insert("bind_addr".into(), Value::String("127.0.0.1:0".into()));
     network.insert("registry_dir".into(), toml_path(&dir.join("registry"))?);
@@ -541,7 +547,7 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
         (
             "rendezvous_threshold_bytes",
             "--rdma-threshold",
-            args.rdma_threshold,
+            rdma_threshold,
         ),
         ("busy_poll_us", "--busy-poll-us", args.busy_poll_us),
     ] {
