@@ -126,9 +126,12 @@ impl Handles {
         self.lock().values().find(|h| h.path == path).map(|h| h.ino)
     }
 
-    /// A truncate set `ino`'s size: no handle has a larger size left to publish.
+    /// A truncate set `ino`'s size: no handle has a larger size left to publish, and bytes
+    /// past it are no longer the file's (the record a handle writes with says how far
+    /// the servers held bytes, as `FsClient::cut_handles` cuts an API handle's).
     pub(crate) fn truncated(&self, ino: u64, size: u64) {
         for h in self.lock().values_mut().filter(|h| h.ino == ino) {
+            h.meta.size = h.meta.size.min(size);
             h.size = size;
             h.seen = size;
             h.dirty = false;
