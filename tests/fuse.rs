@@ -880,3 +880,63 @@ fn a_second_mount_on_a_mounted_point_is_refused() {
     assert_eq!(fs::read(m.path("kept")).unwrap(), b"first mount");
     m.unmount();
 }
+
+#[test]
+fn a_file_closed_then_unlinked_leaves_nothing_behind() {
+    // Found by a hostile run: the kernel releases a closed file's handle after close(2)
+    // returns, so an unlink right after it may still find the file open and move it aside
+    // for its last close to remove; when that close came while the file moved, before
+    // the mount knew the hidden name, nothing removed it: `.benchfs-unlinked-*` files
+    // stayed for good (36 in 300 rounds beside another writer).
+    let spec = ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        chunk_size: 4096,
+        rdma_threshold: 4096,
+        ..ClusterSpec::default()
+    };
+    let Some(m) = Mounted::start("fuse unlink after close", spec, "") else {
+        return;
+    };
+    let data = pattern(173_389, 9);
+    let open = |path: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    };
+    let (quiet, busy) = (m.path("quiet"), m.path("busy"));
+    fs::create_dir(&quiet).unwrap();
+    fs::create_dir(&busy).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Another writer keeps the mount's threads busy, so releases come late.
+        s.spawn(|| {
+            let path = busy.join("f");
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let file = open(&path);
+                file.write_all_at(&data[..70_000], 1000).unwrap();
+                file.set_len(4097).unwrap();
+                drop(file);
+                fs::remove_file(&path).unwrap();
+            }
+        });
+        let _stop = StopOnDrop(&done);
+        let path = quiet.join("f");
+        for _ in 0..300 {
+            open(&path).write_all_at(&data, 0).unwrap();
+            fs::remove_file(&path).unwrap();
+        }
+    });
+    for dir in [quiet, busy] {
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+        fs::remove_dir(&dir).unwrap();
+    }
+}

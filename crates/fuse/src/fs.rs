@@ -367,12 +367,12 @@ impl BenchFuse {
             Some(ino) if from != to => {
                 let hidden = hidden_path(to, ino)?;
                 self.rename_inner(req, to, &hidden, RenameFlags::empty())?;
-                Some(hidden)
+                Some((hidden, ino))
             }
             _ => None,
         };
         if let Err(e) = self.call(req, |fs| fs.block_on(fs.client().rename(from, to))) {
-            if let Some(hidden) = replaced {
+            if let Some((hidden, _)) = replaced {
                 if let Err(back) = self.rename_inner(req, &hidden, to, RenameFlags::empty()) {
                     tracing::warn!(path = to, hidden, errno = ?back, "a rename failed and the file it would have replaced stays under its hidden name");
                 }
@@ -381,7 +381,29 @@ impl BenchFuse {
         }
         self.inodes.renamed(from, to);
         self.handles.renamed(from, to);
+        if let Some((hidden, ino)) = replaced {
+            self.remove_hidden_if_closed(req, &hidden, ino);
+        }
         Ok(())
+    }
+
+    /// Removes `hidden`, the hidden name of node `ino`, if no handle of it is open any more.
+    /// Its last close removes it too, once the handles know the hidden name; a close
+    /// between the move aside and that could not, and the file would stay for good. So
+    /// whichever comes last removes it (the other finds nothing there).
+    fn remove_hidden_if_closed(&self, req: &Request, hidden: &str, ino: u64) {
+        if !self.handles.is_open(ino) {
+            self.remove_hidden(req, hidden);
+        }
+    }
+
+    fn remove_hidden(&self, req: &Request, hidden: &str) {
+        match self.call(req, |fs| fs.unlink(hidden)) {
+            Err(e) if e != Errno::ENOENT => {
+                tracing::warn!(path = hidden, errno = ?e, "could not remove an unlinked file at its last close");
+            }
+            _ => {}
+        }
     }
 
     fn unlink_inner(&self, req: &Request, path: &str) -> Result<()> {
@@ -391,7 +413,10 @@ impl BenchFuse {
         }
         let ino = ino_of(&meta);
         if self.handles.is_open(ino) {
-            return self.rename_inner(req, path, &hidden_path(path, ino)?, RenameFlags::empty());
+            let hidden = hidden_path(path, ino)?;
+            self.rename_inner(req, path, &hidden, RenameFlags::empty())?;
+            self.remove_hidden_if_closed(req, &hidden, ino);
+            return Ok(());
         }
         self.call(req, |fs| fs.unlink(path))
     }
@@ -771,9 +796,7 @@ impl Filesystem for BenchFuse {
         if let Some((handle, others)) = self.handles.close(fh.0) {
             let name = handle.path.rsplit('/').next().unwrap_or_default();
             if !others && name.starts_with(UNLINKED_PREFIX) {
-                if let Err(e) = self.call(req, |fs| fs.unlink(&handle.path)) {
-                    tracing::warn!(path = handle.path, errno = ?e, "could not remove an unlinked file at its last close");
-                }
+                self.remove_hidden(req, &handle.path);
             }
         }
         done(reply, published);
