@@ -413,6 +413,10 @@ fn get_writes_through_links_and_into_devices_without_replacing_them() {
         .file_type()
         .is_symlink());
     assert_eq!(std::fs::read(&target).unwrap(), b"remote bytes");
+    // Standard output a pipe: /dev/stdout ends at a link to "pipe:[...]", which names no
+    // path (get tried to stage a copy in /proc/self/fd; found by a hostile run).
+    let piped = on(&cluster, &["get", "/f", "/dev/stdout"]).ok();
+    assert_eq!(piped, "remote bytes");
 
     let null = local.path().join("null");
     let made = std::process::Command::new("mknod")

@@ -170,6 +170,11 @@ fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
 /// anything that is not a regular file (a device such as /dev/null, a pipe) in place,
 /// since a rename would replace it with a file; anything else through a staged copy.
 fn destination(local: &Path) -> (PathBuf, bool) {
+    // As the kernel follows the path: /proc's links to a pipe (/dev/stdout) name no path
+    // that could be followed by hand.
+    if std::fs::metadata(local).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return (local.to_path_buf(), true);
+    }
     let mut dest = local.to_path_buf();
     // A chain of links ends within a few hops or is a loop, which the open then reports.
     for _ in 0..40 {
@@ -178,8 +183,7 @@ fn destination(local: &Path) -> (PathBuf, bool) {
             Err(_) => break,
         }
     }
-    let in_place = std::fs::metadata(&dest).is_ok_and(|m| !m.is_file() && !m.is_dir());
-    (dest, in_place)
+    (dest, false)
 }
 
 /// `benchfs get`: a regular local file is replaced only by a complete copy.
