@@ -539,6 +539,12 @@ fn misleading_refusals_say_what_was_refused() {
         err.contains("unlink /missing") && err.contains("no such file"),
         "{err}"
     );
+    // `mkdir /q/r` under a missing /q said "mkdir /q: no such file or directory".
+    let err = on(&cluster, &["mkdir", "/q/r"]).failed();
+    assert!(
+        err.contains("mkdir /q/r: node") && err.contains("no such file"),
+        "{err}"
+    );
     // `cat /` said "no such file or directory" (the root has no record to open).
     let err = on(&cluster, &["cat", "/"]).failed();
     assert!(err.contains("is a directory"), "{err}");
@@ -733,4 +739,22 @@ fn a_small_chunk_size_alone_starts_a_cluster() {
         ])
         .failed();
     assert!(err.contains("65536") && err.contains("4096"), "{err}");
+}
+
+#[test]
+fn cluster_down_refuses_a_directory_with_no_cluster() {
+    // Found by a hostile run: `cluster down --dir /nonexistent` said "no server of this
+    // cluster was running" and exited 0, while every other command says there is no
+    // cluster there; a mistyped directory in a job script went unnoticed.
+    let c = ClusterDir::new("never-up");
+    let err = c.run(&["cluster", "down"]).failed();
+    assert!(err.contains("no cluster in"), "{err}");
+    // A cluster that stopped already is no error.
+    c.cli(&["cluster", "up", "--servers", "1"]);
+    c.cli(&["cluster", "down"]);
+    let again = c.cli(&["cluster", "down"]);
+    assert!(
+        again.contains("no server of this cluster was running"),
+        "{again}"
+    );
 }

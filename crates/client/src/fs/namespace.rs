@@ -94,6 +94,14 @@ impl FsClient {
         match self.lookup(op, parent, true).await {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => Err(fs_err(op, path, Status::NotDir)),
+            // The call's own path, as mkdir(1) says (with the server that said so): named
+            // alone, the parent read as the path the call was about.
+            Err(ApiError::Rpc { op, source, .. }) if source.status() == Status::NotFound => {
+                Err(rpc_err(op, path)(source))
+            }
+            Err(e) if e.status() == Some(Status::NotFound) => {
+                Err(fs_err(op, path, Status::NotFound))
+            }
             Err(e) => Err(e),
         }
     }

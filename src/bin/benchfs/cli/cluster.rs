@@ -728,6 +728,11 @@ fn signal(pid: u32, sig: &str) {
 fn down(args: &DownArgs) -> Result<(), CliError> {
     let target = &args.target;
     let pids = servers_of(&target.dir);
+    // A mistyped directory is an error, as it is for every other command; a cluster that
+    // stopped already is not.
+    if pids.is_empty() && !target.dir.join("benchfs.toml").exists() {
+        target.config()?;
+    }
     for &pid in &pids {
         signal(pid, "TERM");
         // A stopped server (SIGSTOP, a debugger let go) takes the TERM only once it runs:
