@@ -41,6 +41,9 @@ fn hidden_path(path: &str, ino: u64) -> Result<String> {
 /// object-store mounts: effectively unbounded).
 const UNBOUNDED_BYTES: u64 = 1 << 60;
 
+/// Locks the nodes' size publishes and truncates are spread over.
+const SIZE_LOCKS: usize = 64;
+
 /// Block size statfs reports.
 const STATFS_BLOCK: u64 = 4096;
 
@@ -53,11 +56,13 @@ pub struct BenchFuse {
     settings: Arc<Settings>,
     inodes: Inodes,
     handles: Handles,
-    /// Held to publish a handle's size (read) and to truncate (write). A publish that read
-    /// a handle's size before a truncate and sent it after would grow the file back past
-    /// the cut: the kernel flushes a handle on every close of a copy of its descriptor,
-    /// such as a forked child's at exec, so a FLUSH can come at any time, on another thread.
-    sizes: RwLock<()>,
+    /// Held to publish a handle's size (read) and to truncate (write), one lock for the
+    /// nodes whose number falls on it (so a truncate stuck on a dead server holds back
+    /// few others' closes). A publish that read a handle's size before a truncate and
+    /// sent it after would grow the file back past the cut: the kernel flushes a handle
+    /// on every close of a copy of its descriptor, such as a forked child's at exec, so a
+    /// FLUSH can come at any time, on another thread.
+    sizes: Box<[RwLock<()>]>,
     /// Directory listings taken at opendir, by handle, so paging through one with
     /// offsets sees one consistent list.
     listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
@@ -77,7 +82,7 @@ impl BenchFuse {
             settings,
             inodes: Inodes::new(),
             handles: Handles::default(),
-            sizes: RwLock::default(),
+            sizes: (0..SIZE_LOCKS).map(|_| RwLock::default()).collect(),
             listings: Mutex::default(),
             next_listing: std::sync::atomic::AtomicU64::new(1),
             owner,
@@ -127,17 +132,24 @@ impl BenchFuse {
         Ok(path::join(&self.path_of(parent)?, name))
     }
 
+    /// The record at `path`, its size raised to what this mount's handles of it wrote and
+    /// have not published. Those are read before the record: a FLUSH on another thread
+    /// that publishes one in between then shows in one or the other (read after the
+    /// record, it could vanish from both).
     fn stat(&self, req: &Request, path: &str) -> Result<FileMetadata> {
-        self.call(req, |fs| fs.stat(path))
+        let pending = self.handles.unpublished_at(path);
+        let mut meta = self.call(req, |fs| fs.stat(path))?;
+        if let Some((_, size)) = pending.filter(|&(ino, _)| ino == ino_of(&meta)) {
+            meta.size = meta.size.max(size);
+        }
+        Ok(meta)
     }
 
-    /// The attributes of `meta`, with the size this mount's open handles know. All of
-    /// them, not only those with a size still to publish: a FLUSH on another thread may
-    /// publish one after `meta` was read, and the size would vanish from both.
+    /// The attributes of `meta`, with the size this mount's own unpublished writes reached.
     fn attr(&self, meta: &FileMetadata) -> FileAttr {
         let size = self
             .handles
-            .size_of(ino_of(meta), false)
+            .size_of(ino_of(meta), true)
             .map_or(meta.size, |s| s.max(meta.size));
         attr::of(meta, size)
     }
@@ -206,19 +218,26 @@ impl BenchFuse {
         self.handles.open(ino, path, meta)
     }
 
-    /// Holds off truncates while a size is published.
-    fn publishing(&self) -> RwLockReadGuard<'_, ()> {
-        self.sizes.read().unwrap_or_else(|p| p.into_inner())
+    fn sizes_of(&self, ino: u64) -> &RwLock<()> {
+        &self.sizes[(ino % self.sizes.len() as u64) as usize]
     }
 
-    /// Holds off publishing while a truncate runs.
-    fn cutting(&self) -> RwLockWriteGuard<'_, ()> {
-        self.sizes.write().unwrap_or_else(|p| p.into_inner())
+    /// Holds off truncates of node `ino` while a size of it is published.
+    fn publishing(&self, ino: u64) -> RwLockReadGuard<'_, ()> {
+        self.sizes_of(ino).read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds off publishing sizes of node `ino` while a truncate of it runs.
+    fn cutting(&self, ino: u64) -> RwLockWriteGuard<'_, ()> {
+        self.sizes_of(ino)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tells the servers the size handle `fh`'s writes reached, if they do not know it.
     fn publish(&self, req: &Request, fh: FileHandle) -> Result<()> {
-        let _publishing = self.publishing();
+        let ino = self.handles.get(fh.0).ok_or(Errno::EBADF)?.ino;
+        let _publishing = self.publishing(ino);
         let handle = self.handles.get(fh.0).ok_or(Errno::EBADF)?;
         if !handle.dirty {
             return Ok(());
@@ -278,7 +297,7 @@ impl BenchFuse {
                     return Err(Errno::EISDIR);
                 }
                 if flags & libc::O_TRUNC != 0 && meta.size > 0 {
-                    let _cutting = self.cutting();
+                    let _cutting = self.cutting(ino_of(&meta));
                     self.call(req, |fs| fs.truncate(path, 0))?;
                     self.handles.truncated(ino_of(&meta), 0);
                     self.stat(req, path)?
@@ -300,7 +319,7 @@ impl BenchFuse {
             if meta.is_dir() {
                 return Err(Errno::EISDIR);
             }
-            let _cutting = self.cutting();
+            let _cutting = self.cutting(ino.0);
             // A truncate that grows the file cuts past its published end: writes this
             // mount's handles (on other threads' clients) have not published yet are
             // published first, so that cut spares them.

@@ -106,6 +106,16 @@ impl Handles {
             .max()
     }
 
+    /// The node of the open handles at `path` with a size still to publish, and the
+    /// largest such size, if there is one.
+    pub(crate) fn unpublished_at(&self, path: &str) -> Option<(u64, u64)> {
+        self.lock()
+            .values()
+            .filter(|h| h.path == path && h.dirty)
+            .map(|h| (h.ino, h.size))
+            .max_by_key(|&(_, size)| size)
+    }
+
     /// How far reads of `ino` go: the largest size or extent seen of its open handles, if
     /// one is open.
     pub(crate) fn read_limit(&self, ino: u64) -> Option<u64> {
