@@ -257,8 +257,6 @@ impl FsClient {
         }
     }
 
-    /// Sends one chunk piece to its replicas, each call in a task of its own that pushes
-    /// its reply for [`FsClient::collect_writes`].
     /// Before a write behind at `offset` of chunk `index` of `meta` through handle `fd`:
     /// restores the bytes it skips on a replica among `servers` that lost them (see
     /// `lost`), once this client's writes to the chunk landed, since the copy would undo
@@ -284,6 +282,8 @@ impl FsClient {
         held
     }
 
+    /// Sends one chunk piece to its replicas, each call in a task of its own that pushes
+    /// its reply for [`FsClient::collect_writes`].
     async fn send_behind(
         &self,
         fd: Fd,
