@@ -419,7 +419,7 @@ impl BenchFuse {
     fn remove_hidden(&self, req: &Request, hidden: &str) {
         match self.call(req, |fs| fs.unlink(hidden)) {
             Err(e) if e != Errno::ENOENT => {
-                tracing::warn!(path = hidden, errno = ?e, "could not remove an unlinked file at its last close");
+                tracing::warn!(path = hidden, errno = ?e, "could not remove a file unlinked while open");
             }
             _ => {}
         }

@@ -77,7 +77,7 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
             }
         );
     }
-    super::super::print_out(&report.table())?;
+    crate::cli::print_out(&report.table())?;
     for (target, note) in &report.meta.cache_notes {
         outln!("{target}: {note}");
     }
