@@ -12,10 +12,10 @@ use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs::config::ServerConfig;
 use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Frame, Message, OpCode, Status};
-use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Listener, Worker};
+use benchfs_ucx::{AmProto, AmStream, Endpoint, Listener, Worker};
 use common::rpc::{
     assert_serves, chunk_io, chunk_write, is_unreachable, raw_header, read, rpc_client, spec,
-    write, RawPeer, Rt, CHUNK, THRESHOLD,
+    ucx_context, write, RawPeer, Rt, CHUNK, THRESHOLD,
 };
 use common::{pattern, Cluster, FAIL_BOUND, RPC_TIMEOUT};
 use futures_util::future::join_all;
@@ -103,7 +103,7 @@ impl RawServer {
     /// Listens, sends its address on `addr_tx`, and accepts one client; call inside
     /// `Rt::block_on`.
     async fn accept_one(addr_tx: &std::sync::mpsc::Sender<SocketAddr>) -> RawServer {
-        let context = Context::new(Features::ALL).unwrap();
+        let context = ucx_context();
         let worker = Worker::new(&context).unwrap();
         let requests = worker.set_am_handler(REQUEST_AM_ID, 64).unwrap();
         let listener = Listener::bind(&worker, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -278,9 +278,6 @@ fn stopped_client_holds_transfers(op: OpCode) {
             }
             sent_tx.send(()).unwrap();
             // Stopped for good: no more progress, so no rendezvous transfer can finish.
-            // (Progress resumed after the server closed the connection can abort the
-            // process in UCX 1.13's tcp transport, tcp_ep.c PUT_TX_WAITING_ACK, so the
-            // worker is never progressed nor destroyed again.)
             release_rx.recv().unwrap();
             std::mem::forget(in_flight);
             std::mem::forget(peer);

@@ -66,9 +66,14 @@ impl Rt {
     }
 }
 
+/// A UCX context with the transport settings benchfs clients and servers use by default.
+pub fn ucx_context() -> std::sync::Arc<Context> {
+    Context::with_config(Features::ALL, &benchfs_ucx::transport_config(true)).unwrap()
+}
+
 /// A new RPC client presenting `secret`; call inside `Rt::block_on`.
 pub fn rpc_client(secret: &[u8]) -> Rc<RpcClient> {
-    let context = Context::new(Features::ALL).unwrap();
+    let context = ucx_context();
     let options = ClientOptions {
         rpc_timeout: RPC_TIMEOUT,
         rdma_threshold: THRESHOLD,
@@ -193,7 +198,7 @@ pub struct RawPeer {
 impl RawPeer {
     /// Connects to `addr`; call inside `Rt::block_on`.
     pub fn connect(addr: SocketAddr) -> RawPeer {
-        Self::connect_with(&Context::new(Features::ALL).unwrap(), addr)
+        Self::connect_with(&ucx_context(), addr)
     }
 
     /// Connects to `addr` with a worker of `context` (one restricted to some network

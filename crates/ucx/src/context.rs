@@ -137,6 +137,13 @@ impl Drop for Context {
 /// through `cma`, as it is now, and a server stored bytes nobody wrote
 /// (`tests/write_behind.rs`). Within a host, one rendezvous lane: a put scheme otherwise
 /// adds a `tcp` lane beside `cma`.
+///
+/// Over `tcp`, rendezvous data goes as Active Message fragments (`TCP_PUT_ENABLE=n`), still
+/// pushed by the sender: UCX 1.13's tcp PUT protocol aborts the process on an assertion
+/// (`tcp_ep.c` `PUT_TX_WAITING_ACK`) when a put's acknowledgement arrives around a
+/// connection's close, as when a server dies mid-write. It was no faster here (rpc-bench
+/// over tcp, 1 MiB and 4 MiB, within the noise of alternate runs), and it also opened an
+/// rma lane on every interface, so a loopback connection sent half its data by `eth0`.
 pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
     let flag = if enabled { "y" } else { "n" };
     // (key for ucp_config_modify, its environment variable, value): a UCT component's key
@@ -145,6 +152,7 @@ pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
         ("MM_ERROR_HANDLING", "UCX_MM_ERROR_HANDLING", flag),
         ("MEMORY_INVALIDATE", "UCX_CMA_MEMORY_INVALIDATE", flag),
         ("RNDV_SCHEME", "UCX_RNDV_SCHEME", "put_zcopy"),
+        ("PUT_ENABLE", "UCX_TCP_PUT_ENABLE", "n"),
     ];
     if enabled {
         config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", "1s"));

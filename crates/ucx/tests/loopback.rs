@@ -431,3 +431,58 @@ fn abort_ends_a_send_the_peer_never_takes_and_fails_every_clone() {
         server.stop().await;
     });
 }
+
+#[test]
+fn tcp_connections_move_rendezvous_data_by_active_messages() {
+    // UCX 1.13's tcp PUT protocol can abort the process when a connection closes with a
+    // put unacknowledged, so over tcp no lane may do RMA: rendezvous data goes as Active
+    // Message fragments, and it still arrives whole.
+    if std::env::var_os("UCX_TCP_PUT_ENABLE").is_some() {
+        return;
+    }
+    run(async {
+        let context =
+            Context::with_config(Features::ALL, &benchfs_ucx::transport_config(false)).unwrap();
+        let server = Node::start(&context);
+        let client = Node::start(&context);
+        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let replies = client.worker.set_am_handler(REPLY_ID, QUEUE).unwrap();
+        let addr = listener.local_addr();
+        let server_task = tokio::task::spawn_local(async move {
+            let accepted = listener.accept().await.expect("accept");
+            echo_server(requests, 1).await;
+            accepted
+        });
+        let ep = Endpoint::connect_socket(&client.worker, addr).unwrap();
+        let data = pattern(3 << 20, 9);
+        ep.am_send(REQUEST_ID, b"tcp".to_vec(), data.clone(), AmProto::Rndv)
+            .await
+            .unwrap();
+        let mut reply = replies.recv().await;
+        assert_eq!(reply.header()[0], 1, "the request did not go by rendezvous");
+        let echoed = reply.recv_data(vec![0u8; data.len()]).await.unwrap();
+        assert!(
+            echoed == data,
+            "rendezvous data differ after the round trip"
+        );
+        let accepted = server_task.await.unwrap();
+        for (side, endpoint) in [("client", &ep), ("server", &accepted)] {
+            let info = endpoint.info();
+            let lanes = endpoint.transports();
+            assert!(
+                !lanes.is_empty() && lanes.iter().all(|t| t.starts_with("tcp/")),
+                "{side}: lanes {lanes:?}, expected tcp only"
+            );
+            assert!(
+                !info
+                    .lines()
+                    .any(|l| l.contains("lane[") && l.contains("rma_bw")),
+                "{side}: a lane does RMA over tcp:\n{info}"
+            );
+        }
+        drop((ep, accepted, replies));
+        client.stop().await;
+        server.stop().await;
+    });
+}
