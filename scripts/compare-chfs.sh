@@ -111,7 +111,7 @@ run() {
 # am_bw: the shared-memory Active Message bandwidth at 1 MiB (MiB/s), one pair of processes.
 am_bw() {
     local p=$((port + 7)) log=$work/perftest.out
-    local vars=(UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1)
+    local vars=(UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1 UCX_TCP_PUT_ENABLE=n)
     env "${vars[@]}" timeout 60 "$perftest" -p $p >/dev/null 2>&1 &
     sleep 0.5
     env "${vars[@]}" timeout 60 "$perftest" 127.0.0.1 -p $p -t ucp_am_bw -e -s 1048576 -n 4000 -w 400 -f >"$log" 2>&1 || true

@@ -4,10 +4,10 @@
 # interleaved, and prints one table with the ratios against the goals:
 #   TRANSPORT=shm (default): shared memory, as benchfs uses it between processes on one
 #     host (network.shared_memory = true), and perftest with the same UCX settings
-#     (UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1) and
+#     (UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1 UCX_TCP_PUT_ENABLE=n) and
 #     error handling on (-e), as ours. Goals: RTT p50 <= 2 x (2 x ucp_am_lat one-way p50),
 #     bandwidth >= 0.9 x ucp_am_bw at 1 MiB and 4 MiB.
-#   TRANSPORT=tcp: both over loopback TCP only (UCX_TLS=tcp, shared_memory = false).
+#   TRANSPORT=tcp: both over loopback TCP only (UCX_TLS=tcp UCX_TCP_PUT_ENABLE=n, shared_memory = false).
 #     Goals: RTT p50 <= 3 x perftest's round trip, bandwidth >= 0.9 x.
 # The other transport's perftest is printed as a reference column.
 #
@@ -42,8 +42,8 @@ OUT_DIR=${OUT_DIR:-$ROOT/target/rpc-vs-ucx-perftest}
 PERFTEST=${PERFTEST:-/usr/bin/ucx_perftest}
 RPC_BENCH_ARGS=${RPC_BENCH_ARGS:-}
 TRANSPORT=${TRANSPORT:-shm}
-SHM_ENV="UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1"
-TCP_ENV="UCX_TLS=tcp"
+SHM_ENV="UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1 UCX_TCP_PUT_ENABLE=n"
+TCP_ENV="UCX_TLS=tcp UCX_TCP_PUT_ENABLE=n"
 case "$TRANSPORT" in
 shm) OURS_ENV="BENCHFS_NETWORK_SHARED_MEMORY=true" PT_ENV=$SHM_ENV REF=tcp REF_ENV=$TCP_ENV RTT_GOAL=2 ;;
 tcp) OURS_ENV="BENCHFS_NETWORK_SHARED_MEMORY=false $TCP_ENV" PT_ENV=$TCP_ENV REF=shm REF_ENV=$SHM_ENV RTT_GOAL=3 ;;
