@@ -693,3 +693,60 @@ fn many_concurrent_calls_on_one_connection() {
         assert_eq!(stats(conn).await.chunks, 128);
     });
 }
+
+/// Minor page faults of process `pid` so far (`/proc/<pid>/stat`, field 10).
+fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name in parentheses may hold spaces; the fields after it do not.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(7).unwrap().parse().unwrap()
+}
+
+/// Minor page faults the calling thread has taken so far.
+fn thread_minor_faults() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a writable `rusage`, which is all getrusage writes.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    // SAFETY: getrusage succeeded and filled the struct, which started zeroed.
+    unsafe { usage.assume_init() }.ru_minflt as u64
+}
+
+#[test]
+fn eager_payloads_cost_no_page_faults_in_steady_state() {
+    // An eager message of several fragments is assembled by UCX in a heap buffer and freed
+    // once taken. If frees gave that memory back to the kernel (as glibc does once the
+    // heap's free top passes its trim threshold, with several such buffers in flight),
+    // every request on the server and every read's reply here would fault it in and clear
+    // it again.
+    const ROUNDS: u64 = 200;
+    const IN_FLIGHT: u64 = 16;
+    let cluster = Cluster::start(spec(1));
+    let pid = cluster.children[0].as_ref().unwrap().id();
+    let data = pattern(THRESHOLD, 5);
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(cluster.addr(0)).await.unwrap();
+        let offsets = || (0..IN_FLIGHT).map(|i| i * THRESHOLD as u64);
+        let round = || async {
+            join_all(offsets().map(|o| write(&conn, 1, 0, o, data.clone()))).await;
+            let back = join_all(offsets().map(|o| read(&conn, 1, 0, o, THRESHOLD))).await;
+            assert!(back.iter().all(|b| *b == data));
+        };
+        for _ in 0..20 {
+            round().await;
+        }
+        let (server, client) = (minor_faults(pid), thread_minor_faults());
+        for _ in 0..ROUNDS {
+            round().await;
+        }
+        let server = minor_faults(pid) - server;
+        let client = thread_minor_faults() - client;
+        // A payload's buffer is 8 pages: one fault per call would be 6400 on each side.
+        assert!(
+            server < ROUNDS && client < ROUNDS,
+            "{} writes and reads of {THRESHOLD} bytes, {IN_FLIGHT} at a time, took {server} \
+             page faults in the server and {client} in the client",
+            ROUNDS * IN_FLIGHT
+        );
+    });
+}

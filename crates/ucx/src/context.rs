@@ -66,10 +66,15 @@ impl Context {
     /// name inside that component, without the component's prefix: `UCX_TCP_CM_REUSEADDR`
     /// is `CM_REUSEADDR`. UCX applies it to every component that has such a key and, when
     /// none has, ignores it and warns "invalid configuration" as a worker is created.
+    ///
+    /// The first context of a process also keeps freed memory in its heap for UCX's eager
+    /// receive buffers (glibc's malloc thresholds; `GLIBC_TUNABLES` wins), so receiving a
+    /// multi-fragment message costs no page faults.
     pub fn with_config(
         features: Features,
         overrides: &[(&str, &str)],
     ) -> Result<Arc<Context>, UcxError> {
+        crate::heap::keep_freed_memory();
         let config = Config::read()?;
         for (key, value) in overrides {
             config.modify(key, value)?;

@@ -61,6 +61,7 @@ mod am;
 mod context;
 mod endpoint;
 mod error;
+mod heap;
 mod lend;
 pub mod limits;
 mod listener;
