@@ -715,12 +715,21 @@ fn thread_minor_faults() -> u64 {
 #[test]
 fn eager_payloads_cost_no_page_faults_in_steady_state() {
     // An eager message of several fragments is assembled by UCX in a heap buffer and freed
-    // once taken. If frees gave that memory back to the kernel (as glibc does once the
-    // heap's free top passes its trim threshold, with several such buffers in flight),
-    // every request on the server and every read's reply here would fault it in and clear
-    // it again.
+    // once taken. With glibc's default thresholds, frees that leave more than 128 KiB free
+    // at the top of the heap give it back to the kernel, and with many such buffers in
+    // flight every request on the server and every read's reply here faulted its buffer in
+    // again: 70-100 thousand faults a side below. `benchfsd` keeps them; this process does
+    // as the `benchfs` tool does.
     const ROUNDS: u64 = 200;
-    const IN_FLIGHT: u64 = 16;
+    const IN_FLIGHT: u64 = 64;
+    let tuned = std::env::vars().any(|(k, v)| {
+        k.starts_with("MALLOC_") || (k == "GLIBC_TUNABLES" && v.contains("glibc.malloc."))
+    });
+    if tuned {
+        common::skip("eager page faults", "malloc tuned in the environment");
+        return;
+    }
+    benchfs_ucx::keep_freed_heap_memory();
     let cluster = Cluster::start(spec(1));
     let pid = cluster.children[0].as_ref().unwrap().id();
     let data = pattern(THRESHOLD, 5);
@@ -741,9 +750,9 @@ fn eager_payloads_cost_no_page_faults_in_steady_state() {
         }
         let server = minor_faults(pid) - server;
         let client = thread_minor_faults() - client;
-        // A payload's buffer is 8 pages: one fault per call would be 6400 on each side.
+        // Each side assembles ROUNDS * IN_FLIGHT messages of 9 pages.
         assert!(
-            server < ROUNDS && client < ROUNDS,
+            server < 4 * ROUNDS && client < 4 * ROUNDS,
             "{} writes and reads of {THRESHOLD} bytes, {IN_FLIGHT} at a time, took {server} \
              page faults in the server and {client} in the client",
             ROUNDS * IN_FLIGHT

@@ -66,15 +66,10 @@ impl Context {
     /// name inside that component, without the component's prefix: `UCX_TCP_CM_REUSEADDR`
     /// is `CM_REUSEADDR`. UCX applies it to every component that has such a key and, when
     /// none has, ignores it and warns "invalid configuration" as a worker is created.
-    ///
-    /// The first context of a process also keeps freed memory in its heap for UCX's eager
-    /// receive buffers (glibc's malloc thresholds; `GLIBC_TUNABLES` wins), so receiving a
-    /// multi-fragment message costs no page faults.
     pub fn with_config(
         features: Features,
         overrides: &[(&str, &str)],
     ) -> Result<Arc<Context>, UcxError> {
-        crate::heap::keep_freed_memory();
         let config = Config::read()?;
         for (key, value) in overrides {
             config.modify(key, value)?;
@@ -140,14 +135,14 @@ impl Drop for Context {
 /// receiver that was stopped (SIGSTOP) and resumes after the sender gave up, force-closed
 /// the connection and handed the buffer back to its owner, still reads the sender's memory
 /// through `cma`, as it is now, and a server stored bytes nobody wrote
-/// (`tests/write_behind.rs`). Within a host, one rendezvous lane: a put scheme otherwise
-/// adds a `tcp` lane beside `cma`.
+/// (`tests/write_behind.rs`). Within a host, one rendezvous lane: where the user turns
+/// tcp put back on, a put scheme otherwise adds a `tcp` lane beside `cma`.
 ///
 /// Over `tcp`, rendezvous data goes as Active Message fragments (`TCP_PUT_ENABLE=n`), still
 /// pushed by the sender: UCX 1.13's tcp PUT protocol aborts the process on an assertion
 /// (`tcp_ep.c` `PUT_TX_WAITING_ACK`) when a put's acknowledgement arrives around a
 /// connection's close, as when a server dies mid-write. It was no faster here (rpc-bench
-/// over tcp, 1 MiB and 4 MiB, within the noise of alternate runs), and it also opened an
+/// over tcp, 64 KiB to 4 MiB, within the noise of alternate runs), and it also opened an
 /// rma lane on every interface, so a loopback connection sent half its data by `eth0`.
 pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
     let flag = if enabled { "y" } else { "n" };

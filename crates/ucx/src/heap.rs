@@ -2,38 +2,47 @@
 //!
 //! An eager message of more than one fragment (over 8 KiB on shared memory, up to the
 //! rendezvous threshold) is assembled by UCX in a buffer it takes from `malloc` and frees
-//! once received. With glibc's default trim threshold (128 KiB), such frees at the top of
-//! the heap give the memory back to the kernel, and the next message faults it in and has
-//! it cleared again: 24–32 KiB eager pings ran at 1.9–3.1 GB/s against 8.2–11.2 GB/s with a
-//! trim threshold of 256 MiB (`benchfs rpc-bench --sizes 24576,32768`, shared memory), the
-//! server's time going to page faults.
+//! once received. With glibc's default trim threshold (128 KiB), frees that leave more than
+//! that free at the top of the heap give it back to the kernel, and the next messages fault
+//! it in and have it cleared again: 24–32 KiB eager pings with 16 in flight ran at 1.9–2.3
+//! GB/s, and at 9.8–11.7 GB/s with the thresholds below (`benchfs rpc-bench --sizes
+//! 24576,32768`, shared memory, binaries alternated), the time having gone to page faults.
 
-use std::sync::Once;
-
-/// Largest allocation served from the heap instead of a mapping of its own: glibc's own
-/// ceiling for its dynamic threshold (`DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit).
+/// Largest allocation served from the heap instead of a mapping of its own: glibc's ceiling
+/// for its own dynamic threshold on 64-bit (`DEFAULT_MMAP_THRESHOLD_MAX`). Chunk-sized
+/// buffers (4 MiB by default) stay in the heap too, as glibc's adjustment would put them
+/// once one such mapping was freed.
 const MMAP_THRESHOLD: i32 = 32 << 20;
 
 /// Free memory at the top of the heap kept for later allocations: twice the mapping
-/// threshold, as glibc sets it when its dynamic threshold moves.
+/// threshold, as glibc's own adjustment sets it.
 const TRIM_THRESHOLD: i32 = 2 * MMAP_THRESHOLD;
 
-/// Sets glibc's thresholds to where its dynamic adjustment would take them after freeing
-/// one 32 MiB mapping, so freed eager buffers stay in the heap. Setting one threshold ends
-/// that adjustment, hence both. Once per process, and not when the user tuned malloc
-/// (`GLIBC_TUNABLES` naming `glibc.malloc`): their settings win, as `UCX_*` variables do.
-pub(crate) fn keep_freed_memory() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-        if tuned {
-            return;
-        }
-        #[cfg(target_env = "gnu")]
-        // SAFETY: mallopt only changes the allocator's thresholds; it is thread-safe.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-        }
-    });
+/// The environment variables by which a user tunes glibc's malloc; any of them set leaves
+/// the heap as they say.
+const USER_TUNING: [&str; 4] = [
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+];
+
+/// Keeps freed memory in the process heap for the next UCX receive buffers: sets glibc's
+/// mapping and trim thresholds ([`MMAP_THRESHOLD`], [`TRIM_THRESHOLD`]; setting one ends
+/// glibc's own adjustment of both, hence both). For the processes BenchFS owns (servers,
+/// the command-line tool, mounts), called first thing in `main`; a library never calls it,
+/// since the heap belongs to its application (which can set `GLIBC_TUNABLES` instead). Does
+/// nothing where the user tuned malloc (`GLIBC_TUNABLES` naming `glibc.malloc`, or a
+/// `MALLOC_*_` variable), or off 64-bit Linux with glibc.
+pub fn keep_freed_heap_memory() {
+    let tunables = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+    if tunables || USER_TUNING.iter().any(|v| std::env::var_os(v).is_some()) {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+    // SAFETY: mallopt only changes the allocator's thresholds, under its own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
 }

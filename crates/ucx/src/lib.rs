@@ -52,7 +52,12 @@
 //! **Shared memory:** endpoints ask for peer-failure handling, which UCX 1.13 offers over
 //! `posix` and `sysv` only with `MM_ERROR_HANDLING=y`, and for rendezvous over `cma` only
 //! with `CMA_MEMORY_INVALIDATE=y`; without them, Active Messages between processes on one
-//! host travel over `tcp`. [`transport_config`] gives those settings (or turns them off).
+//! host travel over `tcp`. [`transport_config`] gives those settings (or turns them off),
+//! and keeps rendezvous over `tcp` to Active Message fragments (`TCP_PUT_ENABLE=n`: UCX
+//! 1.13's tcp put can abort the process when a connection closes mid-transfer).
+//!
+//! **Heap:** [`keep_freed_heap_memory`] keeps the buffers UCX assembles eager messages in
+//! from going back to the kernel at every free; binaries call it, libraries do not.
 //!
 //! **Invariant:** `UCX_TLS` must include `tcp`: client-server connections are made through
 //! the `tcp` sockcm, whose socket also reports a dead peer at once. Without `tcp`, endpoint
@@ -75,6 +80,7 @@ pub use am::{AmMessage, AmProto, AmStream};
 pub use context::{transport_config, Context, Features};
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
+pub use heap::keep_freed_heap_memory;
 pub use lend::{lend, lend_mut, Lent, LentMut, Loan};
 pub use listener::Listener;
 pub use netif::interface_of;
