@@ -4,9 +4,10 @@
 //! rendezvous threshold) is assembled by UCX in a buffer it takes from `malloc` and frees
 //! once received. With glibc's default trim threshold (128 KiB), frees that leave more than
 //! that free at the top of the heap give it back to the kernel, and the next messages fault
-//! it in and have it cleared again: 24–32 KiB eager pings with 16 in flight ran at 1.9–2.3
-//! GB/s, and at 9.8–11.7 GB/s with the thresholds below (`benchfs rpc-bench --sizes
-//! 24576,32768`, shared memory, binaries alternated), the time having gone to page faults.
+//! it in and have it cleared again: 24–32 KiB eager pings with 16 in flight ran at
+//! 1900–2300 MiB/s, and at 9800–11700 MiB/s with the thresholds below (`benchfs rpc-bench
+//! --sizes 24576,32768`, shared memory, binaries alternated), the time having gone to page
+//! faults.
 
 /// Largest allocation served from the heap instead of a mapping of its own: glibc's ceiling
 /// for its own dynamic threshold on 64-bit (`DEFAULT_MMAP_THRESHOLD_MAX`). Chunk-sized
