@@ -541,14 +541,21 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         transfer_timeout: config.network.rpc_timeout.saturating_mul(2),
         payload_budget: PayloadBudget::new(config.network.inflight_payload_bytes),
     };
-    let served = serve(
+    // A task of the event loop's own, not part of this future: the progress task wakes it
+    // within the same turn of the loop, where this future runs only between turns (each
+    // turn costs the runtime a poll of its event queue, a system call).
+    let serving = tokio::task::spawn_local(serve(
         Rc::clone(&state),
         Rc::clone(&worker),
         listener,
         options,
         stop,
-    )
-    .await;
+    ));
+    let served = match serving.await {
+        Ok(served) => served,
+        // Nothing aborts the task, so only a panic ends it early: pass it on.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     // Withdraw first so no new client finds us, then make everything durable.
     let withdrawn = registry::withdraw(&config.network.registry_dir, &entry);
     let store_synced = state.store().sync().await;
