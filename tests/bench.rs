@@ -542,3 +542,30 @@ fn mpi_ranks_meet_through_the_registry() {
         "the run removed what it made"
     );
 }
+
+#[test]
+fn a_report_names_the_commit_the_binary_was_built_from() {
+    // Not the source tree's commit at run time: the tree may have moved on since the build,
+    // and a compute node may have neither the tree nor git (no git on PATH here).
+    let cluster = Cluster::start(ClusterSpec::default());
+    let out = out_dir();
+    let no_git = tempfile::tempdir_in(common::test_root()).unwrap();
+    let run = benchfs(
+        &[
+            "bench",
+            "mdtest",
+            "-n",
+            "10",
+            "--no-limits",
+            "--dir",
+            arg(cluster.dir.path()),
+            "--out",
+            arg(out.path()),
+        ],
+        &[("PATH", no_git.path())],
+    );
+    assert!(run.success, "{run:?}");
+    let built = env!("BENCHFS_COMMIT");
+    assert_ne!(built, "unknown", "the tests build in a git checkout");
+    assert_eq!(read_report(out.path()).meta.commit, built);
+}

@@ -82,32 +82,10 @@ pub(crate) fn local_error(what: &str, path: &Path, e: std::io::Error) -> CliErro
     format!("{what} {}: {e}", path.display()).into()
 }
 
-/// The source tree's commit, with `-dirty` when tracked files differ from it.
-pub(crate) fn commit() -> String {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(sha) if !sha.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{sha}-dirty")
-            } else {
-                sha
-            }
-        }
-        _ => "unknown".into(),
-    }
+/// The commit this binary was built from, with `-dirty` when tracked files differed from
+/// it (see `build.rs`).
+pub(crate) fn commit() -> &'static str {
+    env!("BENCHFS_COMMIT")
 }
 
 /// Runs one parsed command line.

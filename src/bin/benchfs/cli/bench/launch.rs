@@ -129,7 +129,7 @@ pub fn build_report(measured: Vec<Measured>, load_before: [f64; 3], started: Sys
         meta: Meta {
             command: std::env::args().collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            commit: commit(),
+            commit: commit().to_owned(),
             date_utc: report::rfc3339(started),
             host,
             kernel,
