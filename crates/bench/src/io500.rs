@@ -151,6 +151,7 @@ mod tests {
             ops_s: if kind == Kind::Metadata { value } else { 0.0 },
             stonewalled: false,
             latency: Default::default(),
+            recorded: Default::default(),
             efficiency: None,
             point: Default::default(),
         }

@@ -100,6 +100,10 @@ pub struct PhaseResult {
     pub stonewalled: bool,
     /// Latency per operation.
     pub latency: BTreeMap<String, LatencySummary>,
+    /// The histograms behind `latency`, so that a summary over repetitions is one of all
+    /// their operations; not kept in the report.
+    #[serde(skip)]
+    pub recorded: BTreeMap<String, Recorded>,
     /// Against the machine's limit, when one was measured.
     pub efficiency: Option<Efficiency>,
     /// The swept parameters of this point (empty outside a sweep).
@@ -154,6 +158,7 @@ impl PhaseResult {
             ops_s: ops as f64 / elapsed_s,
             stonewalled: ranks.iter().any(|r| r.stonewalled),
             latency: latencies.summaries(),
+            recorded: latencies.export(),
             efficiency: None,
             point: BTreeMap::new(),
         }

@@ -10,6 +10,7 @@ use benchfs_proto::ops::StatsReply;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_error, BenchError, Result};
+use crate::hist::Latencies;
 use crate::io500::Io500Score;
 use crate::limits::Limits;
 use crate::phase::{Kind, PhaseResult};
@@ -158,7 +159,7 @@ pub struct Summary {
     pub unit: String,
     /// Mean percentage of the limit, when measured.
     pub percent_of_limit: Option<f64>,
-    /// Median latency of the phase's main operation, first repetition (µs).
+    /// Median latency of the phase's main operation over all repetitions (µs).
     pub p50_us: Option<f64>,
     /// 99th percentile of the same.
     pub p99_us: Option<f64>,
@@ -220,8 +221,22 @@ pub fn summarize(results: &[PhaseResult]) -> Vec<Summary> {
                 .filter_map(|r| r.efficiency.as_ref().map(|e| e.percent))
                 .collect();
             let first = runs[0];
-            let op = main_op(first).map(str::to_owned);
-            let lat = op.as_ref().and_then(|op| first.latency.get(op));
+            let mut all = Latencies::default();
+            for r in &runs {
+                all.merge(&r.recorded);
+            }
+            let merged = all.summaries();
+            // Results read back from a report keep no histograms: the first repetition's.
+            let latency = if merged.is_empty() {
+                &first.latency
+            } else {
+                &merged
+            };
+            let op = latency
+                .iter()
+                .max_by_key(|(_, l)| l.count)
+                .map(|(op, _)| op.clone());
+            let lat = op.as_ref().and_then(|op| latency.get(op));
             Summary {
                 target,
                 phase,
@@ -330,8 +345,10 @@ impl Report {
                     .iter()
                     .find(|o| &o.target == t && o.phase == s.phase && o.point == s.point);
                 values.push(other.map(|o| o.mean));
-                let cell = other.map_or("-".to_owned(), |o| {
-                    format!("{} ± {}", figure(o.mean), figure(o.stddev))
+                // One repetition has no spread to show, not a spread of zero.
+                let cell = other.map_or("-".to_owned(), |o| match o.reps {
+                    0 | 1 => format!("{} ± -", figure(o.mean)),
+                    _ => format!("{} ± {}", figure(o.mean), figure(o.stddev)),
                 });
                 let _ = write!(out, " {cell:>20}");
             }
@@ -519,7 +536,35 @@ pub fn utc_stamp(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::phase::RankPhase;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// One repetition of a phase whose 100 stats each took `micros`.
+    fn stats_taking(rep: u32, micros: u64) -> PhaseResult {
+        let mut latencies = Latencies::default();
+        for _ in 0..100 {
+            latencies.record("stat", micros * 1000);
+        }
+        let rank = RankPhase {
+            end_ns: 1_000_000_000,
+            ops: 100,
+            latencies: latencies.export(),
+            ..RankPhase::default()
+        };
+        PhaseResult::aggregate("benchfs", "mdtest-stat", Kind::Metadata, rep, &[rank])
+    }
+
+    #[test]
+    fn a_summary_quotes_the_latency_of_every_repetition() {
+        let summary = summarize(&[stats_taking(0, 10), stats_taking(1, 1000)]);
+        assert_eq!(summary.len(), 1);
+        let (p50, p99) = (summary[0].p50_us.unwrap(), summary[0].p99_us.unwrap());
+        assert!(
+            (9.9..10.1).contains(&p50) && (999.0..1001.0).contains(&p99),
+            "p50 {p50} us, p99 {p99} us: the second repetition's stats are missing"
+        );
+        assert_eq!(summary[0].op.as_deref(), Some("stat"));
+    }
 
     #[test]
     fn dates_are_utc_civil_dates() {
