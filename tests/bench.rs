@@ -444,6 +444,27 @@ fn bad_workloads_are_refused_by_name() {
     assert!(stderr.contains("no workspace never-written"), "{stderr}");
     let stderr = benchfs(&["bench", "sweep", "--param", "colour=red"], &[]).failed();
     assert!(stderr.contains("colour"), "{stderr}");
+    // A grid with one impossible point is refused before any point runs (found by a
+    // hostile run: the points measured before it were lost, no report written).
+    let sweep = benchfs(
+        &[
+            "bench",
+            "sweep",
+            "--param",
+            "chunk_size=64k,1m",
+            "--param",
+            "rdma_threshold=4k,1m",
+            "--servers",
+            "1",
+        ],
+        &[],
+    );
+    assert!(!sweep.stdout.contains("sweep point"), "{sweep:?}");
+    let stderr = sweep.failed();
+    assert!(
+        stderr.contains("chunk_size=64k rdma_threshold=1m") && stderr.contains("rendezvous"),
+        "{stderr}"
+    );
     let stderr = benchfs(&["bench", "ior", "-t", "1q"], &[]).failed();
     assert!(stderr.contains("suffix"), "{stderr}");
 }

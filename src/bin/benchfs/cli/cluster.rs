@@ -307,21 +307,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
 /// Checks the settings of a new cluster, refuses a directory holding an earlier cluster's
 /// data (unless --wipe), writes `benchfs.toml`, and returns the node ids to start.
 fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
-    if args.servers == 0 || args.servers > 256 {
-        return Err("--servers must be 1..=256".into());
-    }
-    if args.replicas as usize > args.servers {
-        return Err(format!(
-            "--replicas {} needs at least {} servers, but the cluster has {} servers \
-             (--servers {}): every copy must be on a different server",
-            args.replicas, args.replicas, args.servers, args.servers
-        )
-        .into());
-    }
-    let text = config_text(args)?;
-    ServerConfig::from_toml_str(&text)
-        .map_err(|e| format!("the cluster's settings are not usable: {e}"))?;
-    check_prefault_fits(args.prefault_bytes.unwrap_or(0), args.servers)?;
+    let text = check_settings(args)?;
     let dir = &args.target.dir;
     let data = dir.join("data");
     if holds_data(&data)? {
@@ -341,6 +327,27 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     let config_path = dir.join("benchfs.toml");
     std::fs::write(&config_path, text).map_err(|e| local_error("cannot write", &config_path, e))?;
     Ok((0..args.servers).map(|i| format!("node{i}")).collect())
+}
+
+/// Checks the settings of a new cluster without touching its directory; returns its
+/// `benchfs.toml`.
+pub fn check_settings(args: &UpArgs) -> Result<String, CliError> {
+    if args.servers == 0 || args.servers > 256 {
+        return Err("--servers must be 1..=256".into());
+    }
+    if args.replicas as usize > args.servers {
+        return Err(format!(
+            "--replicas {} needs at least {} servers, but the cluster has {} servers \
+             (--servers {}): every copy must be on a different server",
+            args.replicas, args.replicas, args.servers, args.servers
+        )
+        .into());
+    }
+    let text = config_text(args)?;
+    ServerConfig::from_toml_str(&text)
+        .map_err(|e| format!("the cluster's settings are not usable: {e}"))?;
+    check_prefault_fits(args.prefault_bytes.unwrap_or(0), args.servers)?;
+    Ok(text)
 }
 
 /// Whether `data` (a cluster's data directory) holds anything.

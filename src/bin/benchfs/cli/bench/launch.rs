@@ -528,6 +528,16 @@ struct OwnCluster {
     dir: PathBuf,
 }
 
+/// The settings of the cluster a run starts for `point`, in `target`.
+pub fn up_args(common: &Common, point: &Point, target: Target) -> Result<UpArgs, CliError> {
+    let mut up = UpArgs::new(target, common.servers, &common.backend);
+    up.chunk_size = common.chunk_size;
+    up.rdma_threshold = common.rdma_threshold;
+    up.replicas = common.replicas;
+    super::sweep::apply(point, &mut up)?;
+    Ok(up)
+}
+
 impl OwnCluster {
     fn start(common: &Common, point: &Point) -> Result<OwnCluster, CliError> {
         let dir = std::env::temp_dir().join(fresh_name("benchfs-bench-cluster"));
@@ -537,11 +547,7 @@ impl OwnCluster {
             secret_file: common.secret_file.clone(),
             registry: None,
         };
-        let mut up = UpArgs::new(target.clone(), common.servers, &common.backend);
-        up.chunk_size = common.chunk_size;
-        up.rdma_threshold = common.rdma_threshold;
-        up.replicas = common.replicas;
-        super::sweep::apply(point, &mut up)?;
+        let up = up_args(common, point, target.clone())?;
         let own = OwnCluster { target, dir };
         match cluster::run(ClusterCommand::Up(up)) {
             Ok(()) => Ok(own),

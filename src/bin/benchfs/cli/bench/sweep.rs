@@ -7,7 +7,7 @@ use benchfs_bench::report;
 
 use super::args::{parse_size, suite_phases, Common, Sizes};
 use super::launch::{self, Point};
-use crate::cli::cluster::UpArgs;
+use crate::cli::cluster::{self, Target, UpArgs};
 use crate::cli::CliError;
 
 /// Settings a sweep can vary.
@@ -96,6 +96,15 @@ fn grid(params: &[(String, Vec<String>)]) -> Vec<Point> {
         })
 }
 
+/// A point as its settings, `chunk_size=64k rdma_threshold=4k`.
+fn label(point: &Point) -> String {
+    point
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs the sweep and reports every point together.
 pub fn run(args: &SweepArgs) -> Result<(), CliError> {
     let common = &args.common;
@@ -111,18 +120,23 @@ pub fn run(args: &SweepArgs) -> Result<(), CliError> {
         .into_iter()
         .filter(|p| args.workload == "suite" || p.name().starts_with(&prefix))
         .collect();
+    // Every point's settings are checked before the first runs: a bad combination found
+    // halfway would end the sweep with the points before it measured and not reported.
+    let points = grid(&args.params);
+    for point in &points {
+        let target = Target {
+            dir: std::env::temp_dir().join("benchfs-sweep-check"),
+            secret_file: None,
+            registry: None,
+        };
+        cluster::check_settings(&launch::up_args(common, point, target)?)
+            .map_err(|e| format!("sweep point {}: {e}", label(point)))?;
+    }
     let load_before = report::load_average();
     let started = SystemTime::now();
     let mut measured = Vec::new();
-    for point in grid(&args.params) {
-        outln!(
-            "sweep point {}",
-            point
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+    for point in points {
+        outln!("sweep point {}", label(&point));
         if let Some(m) = launch::measure(common, phases.clone(), &point)? {
             measured.push(m);
         }
