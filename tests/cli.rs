@@ -714,9 +714,10 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
 #[test]
 fn a_small_chunk_size_alone_starts_a_cluster() {
     // Found by a hostile run: `cluster up --chunk-size 4096` was refused until
-    // --rdma-threshold came down too (the default threshold is above such a chunk).
+    // --rdma-threshold came down too (the default threshold is above such a chunk), and
+    // sizes took no suffix here though `bench` takes them (a later hostile run).
     let c = ClusterDir::new("c");
-    c.cli(&["cluster", "up", "--servers", "2", "--chunk-size", "4096"]);
+    c.cli(&["cluster", "up", "--servers", "2", "--chunk-size", "4k"]);
     let data = pattern(50_000, 3);
     let local = c.local("in.bin");
     std::fs::write(&local, &data).unwrap();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::bench::parse_size;
 use super::{local_error, CliError};
 use benchfs::blocking::BenchFS;
 use benchfs::config::secret;
@@ -145,8 +146,8 @@ pub struct UpArgs {
     /// Chunk store backend: memory, file, iouring or tiered.
     #[arg(long, default_value = "memory", conflicts_with = "resume")]
     pub backend: String,
-    /// Chunk size in bytes.
-    #[arg(long, conflicts_with = "resume")]
+    /// Chunk size in bytes (k, m, g suffixes: powers of 1024).
+    #[arg(long, conflicts_with = "resume", value_parser = parse_size)]
     pub chunk_size: Option<u64>,
     /// Copies of each chunk and record (at most --servers).
     #[arg(long, default_value_t = 1, conflicts_with = "resume")]
@@ -156,18 +157,18 @@ pub struct UpArgs {
     pub rpc_timeout_ms: Option<u64>,
     /// RDMA threshold in bytes (default: the config's, or the chunk size when that is
     /// smaller).
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", value_parser = parse_size)]
     pub rdma_threshold: Option<u64>,
     /// Busy-poll window in microseconds.
     #[arg(long, conflicts_with = "resume")]
     pub busy_poll_us: Option<u64>,
     /// Largest file kept in its metadata record, in bytes (`storage.inline_bytes`; 0:
     /// inline files off).
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", value_parser = parse_size)]
     pub inline_bytes: Option<u64>,
     /// Bytes of chunk memory each server faults in at start (`storage.prefault_bytes`;
     /// memory and tiered backends), so the first writes take no page faults.
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", value_parser = parse_size)]
     pub prefault_bytes: Option<u64>,
     /// Start the stopped cluster in --dir again on its data and configuration: the same
     /// node ids, data directories and backend.

@@ -11,6 +11,7 @@ mod sweep;
 
 use std::path::PathBuf;
 
+pub(crate) use args::parse_size;
 pub use args::Args;
 use args::{Common, Workload};
 use benchfs_bench::run::Plan;
