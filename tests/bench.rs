@@ -178,6 +178,16 @@ fn check_server_counters(report: &Report) {
         limits.store_read_mib_s.is_some_and(|r| r > 0.0),
         "{limits:?}"
     );
+    // The store probe comes after the phases: its scratch file grew memory stores by pages
+    // that the phases after it wrote into without faulting them in.
+    let probes_during_phases: u64 = report
+        .servers
+        .iter()
+        .flat_map(|snapshot| &snapshot.servers)
+        .flat_map(|s| s.ops.iter().filter(|o| o.op == "store_probe"))
+        .map(|o| o.requests)
+        .sum();
+    assert_eq!(probes_during_phases, 0, "a store probe ran before a phase");
 }
 
 #[test]

@@ -314,32 +314,39 @@ impl<'a> Runner<'a> {
                 .notes
                 .insert(self.target.label.clone(), self.storage.read_cache_note());
         }
-        let limits = match self.storage {
-            Storage::Native(_) if self.plan.limits => Some(self.measure_limits()?),
-            _ => None,
-        };
-        if self.ranks.rank == 0 && limits.is_some() {
-            outcome.limits.clone_from(&limits);
-        }
         if self.ranks.rank == 0 {
             self.snapshot_servers(outcome, "start", 0);
         }
+        let first = outcome.results.len();
+        let mut phase_of = Vec::new();
         for rep in 0..self.plan.reps {
             for (index, phase) in self.plan.phases.iter().enumerate() {
                 let shares = self.phase(rep, index, phase)?;
                 if self.ranks.rank == 0 {
-                    let mut r = PhaseResult::aggregate(
+                    outcome.results.push(PhaseResult::aggregate(
                         &self.target.label,
                         &phase.name(),
                         phase.kind(),
                         rep,
                         &shares,
-                    );
-                    r.efficiency = limits.as_ref().and_then(|l| efficiency(&r, phase, l));
-                    outcome.results.push(r);
+                    ));
+                    phase_of.push(index);
                     self.snapshot_servers(outcome, &phase.name(), rep);
                 }
             }
+        }
+        // After the phases, not before: the store probe writes and removes a scratch file,
+        // and a memory store keeps the pages it grew by, so phases after it wrote into
+        // memory already faulted in and ran faster than on a store as a job finds it.
+        let limits = match self.storage {
+            Storage::Native(_) if self.plan.limits => Some(self.measure_limits()?),
+            _ => None,
+        };
+        if let (0, Some(l)) = (self.ranks.rank, &limits) {
+            for (r, &index) in outcome.results[first..].iter_mut().zip(&phase_of) {
+                r.efficiency = efficiency(r, &self.plan.phases[index], l);
+            }
+            outcome.limits = Some(l.clone());
         }
         self.cleanup()
     }
@@ -485,7 +492,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Every rank's round trips and bandwidth to the servers, then rank 0's probe of every
-    /// server's store.
+    /// server's store; after the phases (see `run`).
     fn measure_limits(&mut self) -> Result<Limits> {
         let Storage::Native(fs) = self.storage else {
             return Err("limits are measured on a native target".into());
