@@ -965,9 +965,9 @@ pub struct OpStats {
     pub requests: u64,
     /// Those answered with a status other than `Ok`, or not answered.
     pub errors: u64,
-    /// Payload bytes that came with the requests (a write's data).
+    /// File bytes that came with the requests: a write's payload, an inline file's bytes.
     pub bytes_in: u64,
-    /// Payload bytes that went with the replies (a read's data).
+    /// File bytes that went with the replies: a read's payload, an inline file's bytes.
     pub bytes_out: u64,
     /// Median latency, ns (within 1%).
     pub latency_p50_ns: u64,

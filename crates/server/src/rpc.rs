@@ -374,12 +374,13 @@ async fn answer(
         op => state.handle(op, body, payload).await,
     };
     let status = reply.status;
-    let bytes_out = reply.payload.as_ref().map_or(0, |p| p.len() as u64);
+    let [body_in, body_out] = reply.body_file_bytes;
+    let bytes_out = reply.payload.as_ref().map_or(0, |p| p.len() as u64) + body_out;
     let sent = send_reply(ep, frame.op, frame.request_id, reply, options).await;
     drop(budget);
     let outcome = Outcome {
         ok: sent && status == Status::Ok,
-        bytes_in: frame.payload_len as u64,
+        bytes_in: frame.payload_len as u64 + body_in,
         bytes_out,
     };
     (sent.then_some(status), outcome)

@@ -28,7 +28,8 @@ impl ServerState {
         Ok(Reply::ok(&op::RecordReply {
             meta,
             data: data.to_vec(),
-        }))
+        })
+        .with_file_bytes(0, data.len()))
     }
 
     /// The changes to inline files.
@@ -48,11 +49,13 @@ impl ServerState {
                     &req.data,
                 )?;
                 self.log_put(&req.path)?;
+                let given = done.data.len();
                 Ok(Reply::ok(&op::CreateInlineReply {
                     meta: done.meta,
                     created: done.created,
                     data: done.data,
-                }))
+                })
+                .with_file_bytes(req.data.len(), given))
             }
             OpCode::MetadataWriteInline => {
                 let req: op::WriteInlineRequest = decode(body)?;
@@ -63,7 +66,7 @@ impl ServerState {
                     &req.data,
                 )?;
                 self.log_put(&req.path)?;
-                Ok(Reply::ok(&op::MetadataReply { meta }))
+                Ok(Reply::ok(&op::MetadataReply { meta }).with_file_bytes(req.data.len(), 0))
             }
             OpCode::MetadataSealInline => {
                 // A seal lives in memory only (a restart ends every move), so nothing is
@@ -73,7 +76,8 @@ impl ServerState {
                     self.metadata
                         .borrow_mut()
                         .seal_inline(&req.path, req.file_id, req.token)?;
-                Ok(Reply::ok(&op::RecordReply { meta, data }))
+                let given = data.len();
+                Ok(Reply::ok(&op::RecordReply { meta, data }).with_file_bytes(0, given))
             }
             _ => {
                 let req: op::DropInlineRequest = decode(body)?;

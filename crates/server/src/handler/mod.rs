@@ -56,6 +56,9 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// The payload that follows the body: a chunk read's bytes.
     pub payload: Option<ReplyPayload>,
+    /// File bytes the request and the reply carried in their bodies (an inline file's),
+    /// which the server's byte counters add to the payloads'.
+    pub body_file_bytes: [u64; 2],
 }
 
 /// A reply's payload: a store buffer the bytes were read into, or the chunk's own memory
@@ -95,7 +98,14 @@ impl Reply {
             status: Status::Ok,
             body: body.to_bytes(),
             payload: None,
+            body_file_bytes: [0; 2],
         }
+    }
+
+    /// This reply, counting `taken` file bytes in the request's body and `given` in its own.
+    fn with_file_bytes(mut self, taken: usize, given: usize) -> Reply {
+        self.body_file_bytes = [taken as u64, given as u64];
+        self
     }
 
     /// A reply carrying only a non-`Ok` status.
@@ -104,6 +114,7 @@ impl Reply {
             status,
             body: Vec::new(),
             payload: None,
+            body_file_bytes: [0; 2],
         }
     }
 }
@@ -769,6 +780,7 @@ impl ServerState {
                 }
                 .to_bytes(),
                 payload: Some(ReplyPayload::View(view)),
+                body_file_bytes: [0; 2],
             };
         }
         let buf = match self.store.buffer(len).await {
@@ -785,6 +797,7 @@ impl ServerState {
             status: Status::Ok,
             body: op::ChunkIoReply { len: n as u64 }.to_bytes(),
             payload: Some(ReplyPayload::Buf(buf)),
+            body_file_bytes: [0; 2],
         }
     }
 }
