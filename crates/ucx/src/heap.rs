@@ -29,8 +29,8 @@ const USER_TUNING: [&str; 4] = [
 ];
 
 /// Keeps freed memory in the process heap for the next UCX receive buffers: sets glibc's
-/// mapping and trim thresholds ([`MMAP_THRESHOLD`], [`TRIM_THRESHOLD`]; setting one ends
-/// glibc's own adjustment of both, hence both). For the processes BenchFS owns (servers,
+/// mapping and trim thresholds (32 MiB and 64 MiB; setting one ends glibc's own adjustment
+/// of both, hence both). For the processes BenchFS owns (servers,
 /// the command-line tool, mounts), called first thing in `main`; a library never calls it,
 /// since the heap belongs to its application (which can set `GLIBC_TUNABLES` instead). Does
 /// nothing where the user tuned malloc (`GLIBC_TUNABLES` naming `glibc.malloc`, or a
