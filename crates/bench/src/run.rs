@@ -335,11 +335,14 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        self.cleanup()?;
         // After the phases, not before: the store probe writes and removes a scratch file,
         // and a memory store keeps the pages it grew by, so phases after it wrote into
-        // memory already faulted in and ran faster than on a store as a job finds it.
+        // memory already faulted in and ran faster than on a store as a job finds it. And
+        // after the workspace is gone, so that the probe's sync flushes only its own
+        // writes and the phases' files leave its scratch file room.
         let limits = match self.storage {
-            Storage::Native(_) if self.plan.limits => Some(self.measure_limits()?),
+            Storage::Native(_) if self.plan.limits => Some(self.measure_limits(outcome)?),
             _ => None,
         };
         if let (0, Some(l)) = (self.ranks.rank, &limits) {
@@ -348,7 +351,7 @@ impl<'a> Runner<'a> {
             }
             outcome.limits = Some(l.clone());
         }
-        self.cleanup()
+        Ok(())
     }
 
     /// Rank 0 makes the workspace and the workloads' directories (and the shared files),
@@ -493,7 +496,7 @@ impl<'a> Runner<'a> {
 
     /// Every rank's round trips and bandwidth to the servers, then rank 0's probe of every
     /// server's store; after the phases (see `run`).
-    fn measure_limits(&mut self) -> Result<Limits> {
+    fn measure_limits(&mut self, outcome: &mut Outcome) -> Result<Limits> {
         let Storage::Native(fs) = self.storage else {
             return Err("limits are measured on a native target".into());
         };
@@ -505,8 +508,21 @@ impl<'a> Runner<'a> {
         let bw = self.exchange("limit-network", &bw)?;
         // Rank 0 alone: the stores are the servers', and probing them from every rank
         // would only queue the probes.
+        // A store that refuses the probe (full, failing) costs the run its store limit, not
+        // the phases it measured.
         let stores = match self.ranks.rank {
-            0 => Some(limits::stores(fs, self.plan.network_payload)?),
+            0 => match limits::stores(fs, self.plan.network_payload) {
+                Ok(stores) => Some(stores),
+                Err(e) => {
+                    let note = format!("no store limit ({e})");
+                    outcome
+                        .notes
+                        .entry(self.target.label.clone())
+                        .and_modify(|n| *n = format!("{n}; {note}"))
+                        .or_insert(note);
+                    None
+                }
+            },
             _ => None,
         };
         self.barrier.wait()?;

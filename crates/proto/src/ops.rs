@@ -965,7 +965,8 @@ pub struct OpStats {
     pub requests: u64,
     /// Those answered with a status other than `Ok`, or not answered.
     pub errors: u64,
-    /// File bytes that came with the requests: a write's payload, an inline file's bytes.
+    /// File bytes that came with the requests: a write's payload, an inline file's bytes
+    /// (counted as carried, also where the file turned out to exist and kept its own).
     pub bytes_in: u64,
     /// File bytes that went with the replies: a read's payload, an inline file's bytes.
     pub bytes_out: u64,

@@ -249,12 +249,12 @@ fn per_op_counters(out: &mut String, stats: &StatsReply) {
         ),
         (
             "benchfs_bytes_in_total",
-            "Payload bytes received with requests, by operation.",
+            "File bytes received with requests (payloads, inline files' bytes), by operation.",
             |s| s.bytes_in,
         ),
         (
             "benchfs_bytes_out_total",
-            "Payload bytes sent with replies, by operation.",
+            "File bytes sent with replies (payloads, inline files' bytes), by operation.",
             |s| s.bytes_out,
         ),
     ];
