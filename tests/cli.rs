@@ -759,3 +759,27 @@ fn cluster_down_refuses_a_directory_with_no_cluster() {
         "{again}"
     );
 }
+
+#[test]
+fn cluster_down_stops_the_servers_with_no_kill_on_path() {
+    // Found by a hostile run: the stop ran `kill` through PATH, ignored that it was not
+    // there, and said "1 servers stopped" with the server still running.
+    let c = ClusterDir::new("no-kill");
+    c.cli(&["cluster", "up", "--servers", "2"]);
+    let pids: Vec<u32> = std::fs::read_to_string(c.dir.join("pids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let empty = c.local("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let down = c
+        .run_with_env(&["cluster", "down"], &[("PATH", &empty)])
+        .ok();
+    assert!(down.contains("2 servers stopped (0 forced)"), "{down}");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'));
+        assert!(gone, "server {pid} still runs after cluster down: {stat}");
+    }
+}

@@ -63,6 +63,17 @@ fn tcp_context() -> Arc<Context> {
     Context::with_config(Features::ALL, &benchfs_ucx::transport_config(false)).unwrap()
 }
 
+/// Over tcp: a server node listening on loopback, with its request handler, and a client
+/// node. Call inside `run`.
+fn listening_pair() -> (Node, Node, Listener, AmStream) {
+    let context = tcp_context();
+    let server = Node::start(&context);
+    let client = Node::start(&context);
+    let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+    (server, client, listener, requests)
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -190,11 +201,7 @@ fn many_concurrent_am_sends_all_arrive_intact() {
     const SENDS: usize = 256;
     const LEN: usize = 4096;
     run(async {
-        let context = tcp_context();
-        let server = Node::start(&context);
-        let client = Node::start(&context);
-        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let (server, client, listener, requests) = listening_pair();
         let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
         let _accepted = listener.accept().await.unwrap();
 
@@ -225,11 +232,7 @@ fn many_concurrent_am_sends_all_arrive_intact() {
 #[test]
 fn dropping_a_request_early_leaves_the_buffer_to_ucx() {
     run(async {
-        let context = tcp_context();
-        let server = Node::start(&context);
-        let client = Node::start(&context);
-        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let (server, client, listener, requests) = listening_pair();
         let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
         let _accepted = listener.accept().await.unwrap();
 
@@ -354,11 +357,7 @@ fn peer_process_exit_fails_pending_operations() {
 #[test]
 fn peer_closing_the_connection_fails_the_clients_endpoint() {
     run(async {
-        let context = tcp_context();
-        let server = Node::start(&context);
-        let client = Node::start(&context);
-        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let (server, client, listener, requests) = listening_pair();
         let ep = Endpoint::connect_socket(&client.worker, listener.local_addr()).unwrap();
         let accepted = listener.accept().await.unwrap();
         ep.am_send(REQUEST_ID, b"hi", Vec::new(), AmProto::Eager)
@@ -395,11 +394,7 @@ fn peer_closing_the_connection_fails_the_clients_endpoint() {
 #[test]
 fn abort_ends_a_send_the_peer_never_takes_and_fails_every_clone() {
     run(async {
-        let context = tcp_context();
-        let server = Node::start(&context);
-        let client = Node::start(&context);
-        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let (server, client, listener, requests) = listening_pair();
         let addr = listener.local_addr();
         let accept = tokio::task::spawn_local(async move { listener.accept().await });
         let ep = Endpoint::connect_socket(&client.worker, addr).unwrap();
@@ -450,11 +445,7 @@ fn tcp_connections_move_rendezvous_data_by_active_messages() {
         return;
     }
     run(async {
-        let context = tcp_context();
-        let server = Node::start(&context);
-        let client = Node::start(&context);
-        let listener = Listener::bind(&server.worker, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let requests = server.worker.set_am_handler(REQUEST_ID, QUEUE).unwrap();
+        let (server, client, listener, requests) = listening_pair();
         let replies = client.worker.set_am_handler(REPLY_ID, QUEUE).unwrap();
         let addr = listener.local_addr();
         let server_task = tokio::task::spawn_local(async move {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use super::bench::parse_size;
 use super::{local_error, CliError};
 use benchfs::blocking::BenchFS;
@@ -418,7 +420,7 @@ fn spawn_servers(
             Ok(pid) => started.push(pid),
             Err(e) => {
                 for &pid in &started {
-                    signal(pid, "KILL");
+                    signal(pid, Signal::SIGKILL);
                 }
                 return Err(e);
             }
@@ -725,12 +727,13 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
+/// Sends `sig` to `pid` with the system call itself: a `kill` found through PATH may be
+/// missing, and a stop that could not signal said it had stopped the servers.
+pub fn signal(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // A process gone already is what the callers want.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 fn down(args: &DownArgs) -> Result<(), CliError> {
@@ -742,10 +745,10 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
         target.config()?;
     }
     for &pid in &pids {
-        signal(pid, "TERM");
+        signal(pid, Signal::SIGTERM);
         // A stopped server (SIGSTOP, a debugger let go) takes the TERM only once it runs:
         // without this it would be killed, losing what a clean stop syncs.
-        signal(pid, "CONT");
+        signal(pid, Signal::SIGCONT);
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
@@ -753,7 +756,23 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
     }
     let forced: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
     for &pid in &forced {
-        signal(pid, "KILL");
+        signal(pid, Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while forced.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<String> = forced
+        .iter()
+        .filter(|&&p| alive(p))
+        .map(u32::to_string)
+        .collect();
+    if !left.is_empty() {
+        return Err(format!(
+            "cluster down: servers still running after SIGKILL (pids {})",
+            left.join(", ")
+        )
+        .into());
     }
     let _ = std::fs::remove_file(target.dir.join("pids"));
     if pids.is_empty() {

@@ -506,11 +506,7 @@ impl Server {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
+        super::cluster::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + SERVER_STOP_MAX;
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
