@@ -400,9 +400,14 @@ impl Report {
             m.date_utc, m.host, m.kernel, m.cores, m.memory_gib, m.commit, m.load_before[0], m.load_after[0], m.command.join(" ")
         );
         if let Some(l) = &self.limits {
+            // A sweep measures them at every point; each result's own is in results.csv.
+            let whose = match self.results.iter().any(|r| !r.point.is_empty()) {
+                true => "Limits measured at the sweep's first point (each point's in results.csv)",
+                false => "Limits measured in this run",
+            };
             let _ = writeln!(
                 out,
-                "Limits measured in this run: round trip p50 {:.1} µs, network {:.0} MiB/s{}\n",
+                "{whose}: round trip p50 {:.1} µs, network {:.0} MiB/s{}\n",
                 l.rtt_p50_us,
                 l.network_mib_s,
                 store_note(l)

@@ -66,8 +66,13 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
             .join(" ")
     );
     if let Some(l) = &report.limits {
+        // A sweep measures them at every point; each result's own is in results.csv.
+        let whose = match report.results.iter().any(|r| !r.point.is_empty()) {
+            true => "limits at the sweep's first point (each point's in results.csv)",
+            false => "limits",
+        };
         outln!(
-            "limits: round trip p50 {:.1} µs, network {:.0} MiB/s ({} KiB pings, all ranks to all servers){}",
+            "{whose}: round trip p50 {:.1} µs, network {:.0} MiB/s ({} KiB pings, all ranks to all servers){}",
             l.rtt_p50_us,
             l.network_mib_s,
             l.network_payload >> 10,
