@@ -839,12 +839,14 @@ impl ServerConfig {
         }
         let inline = self.storage.inline_bytes;
         if inline > limits::INLINE_BYTES_MAX.min(chunk) {
+            // Name the bound it passed, not both.
+            let bound = match inline > limits::INLINE_BYTES_MAX {
+                true => format!("{} (the largest a record holds)", limits::INLINE_BYTES_MAX),
+                false => format!("chunk_size ({chunk})"),
+            };
             return Err(invalid(
                 "storage.inline_bytes",
-                format!(
-                    "{inline} is above {} (the largest a record holds) or chunk_size ({chunk})",
-                    limits::INLINE_BYTES_MAX
-                ),
+                format!("{inline} is above {bound}"),
             ));
         }
         let tier = self.storage.memory_tier_bytes;
@@ -1347,6 +1349,14 @@ mod tests {
         }
         let text = format!("[storage]\ninline_bytes = {max}\n");
         ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
+        // The refusal names the bound passed (a hostile run read "32768 is above 32768").
+        let text = format!("[storage]\nchunk_size = 16384\ninline_bytes = {max}\n");
+        let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{max} is above chunk_size (16384)")),
+            "{err}"
+        );
     }
 
     #[test]
