@@ -240,14 +240,7 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     let data = pattern(300_000, 4);
     std::fs::write(&local, &data).unwrap();
     c.cli(&["put", arg(&local), "/kept"]);
-    let pids = |c: &ClusterDir| -> Vec<u32> {
-        std::fs::read_to_string(c.dir.join("pids"))
-            .unwrap()
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect()
-    };
-    let before = pids(&c);
+    let before = c.pids();
     let killed = before[1];
     let status = std::process::Command::new("kill")
         .args(["-9", &killed.to_string()])
@@ -257,7 +250,7 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     wait_until_unlocked(&c.dir.join("data/node1"));
     let out = c.cli(&["cluster", "up", "--resume"]);
     assert!(out.contains("1 servers (2 were running)"), "{out}");
-    let after = pids(&c);
+    let after = c.pids();
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(
         (after[0], after[2]),
@@ -459,11 +452,7 @@ fn cluster_down_stops_this_clusters_servers_and_nothing_else() {
     assert!(cluster.cli(&["ls", "/"]).contains('d'));
 
     let pids_path = cluster.dir.join("pids");
-    let pids: Vec<u32> = std::fs::read_to_string(&pids_path)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let pids = cluster.pids();
     let mut stranger = std::process::Command::new("sleep")
         .arg("300")
         .spawn()
@@ -766,11 +755,7 @@ fn cluster_down_stops_the_servers_with_no_kill_on_path() {
     // there, and said "1 servers stopped" with the server still running.
     let c = ClusterDir::new("no-kill");
     c.cli(&["cluster", "up", "--servers", "2"]);
-    let pids: Vec<u32> = std::fs::read_to_string(c.dir.join("pids"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let pids = c.pids();
     let empty = c.local("empty-path");
     std::fs::create_dir(&empty).unwrap();
     let down = c

@@ -105,6 +105,15 @@ impl ClusterDir {
         self.run(args).ok()
     }
 
+    /// The pids of the servers `cluster up` started, from the cluster's `pids` file.
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.dir.join("pids"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    }
+
     /// A path in the temporary directory beside the cluster's.
     pub fn local(&self, name: &str) -> PathBuf {
         self.root.path().join(name)

@@ -287,9 +287,9 @@ fn latency_curves(report: &Report, target: &str) -> Vec<(String, Vec<[f64; 2]>)>
         if r.target != target || r.rep != 0 || !r.point.is_empty() {
             continue;
         }
-        if let Some(l) = crate::report::main_op(r).and_then(|op| r.latency.get(op)) {
-            let op = crate::report::main_op(r).unwrap_or("");
-            out.insert(i, (format!("{} ({op})", r.phase), l.curve.clone()));
+        if let Some(op) = crate::report::main_op(&r.latency) {
+            let curve = r.latency[op].curve.clone();
+            out.insert(i, (format!("{} ({op})", r.phase), curve));
         }
     }
     out.into_values().collect()

@@ -10,7 +10,7 @@ use benchfs_proto::ops::StatsReply;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_error, BenchError, Result};
-use crate::hist::Latencies;
+use crate::hist::{Latencies, LatencySummary};
 use crate::io500::Io500Score;
 use crate::limits::Limits;
 use crate::phase::{Kind, PhaseResult};
@@ -187,8 +187,8 @@ pub struct Report {
 }
 
 /// The operation a phase's latency is quoted for: the one it did most.
-pub fn main_op(r: &PhaseResult) -> Option<&str> {
-    r.latency
+pub fn main_op(latency: &BTreeMap<String, LatencySummary>) -> Option<&str> {
+    latency
         .iter()
         .max_by_key(|(_, l)| l.count)
         .map(|(op, _)| op.as_str())
@@ -232,10 +232,7 @@ pub fn summarize(results: &[PhaseResult]) -> Vec<Summary> {
             } else {
                 &merged
             };
-            let op = latency
-                .iter()
-                .max_by_key(|(_, l)| l.count)
-                .map(|(op, _)| op.clone());
+            let op = main_op(latency).map(str::to_owned);
             let lat = op.as_ref().and_then(|op| latency.get(op));
             Summary {
                 target,
@@ -269,7 +266,7 @@ fn point_label(point: &BTreeMap<String, String>) -> String {
 
 /// One result as a CSV row (no field holds a comma).
 pub fn csv_row(r: &PhaseResult) -> String {
-    let op = main_op(r);
+    let op = main_op(&r.latency);
     let lat = op.and_then(|op| r.latency.get(op));
     let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     let kind = match r.kind {
@@ -312,6 +309,11 @@ pub fn figure(v: f64) -> String {
 }
 
 impl Report {
+    /// Whether the results are a sweep's points.
+    pub fn is_sweep(&self) -> bool {
+        self.results.iter().any(|r| !r.point.is_empty())
+    }
+
     /// The comparison table: a row per phase (and point), a column per target, the ratio
     /// of the first target to the second, the first's share of its limit and latency.
     pub fn table(&self) -> String {
@@ -401,7 +403,7 @@ impl Report {
         );
         if let Some(l) = &self.limits {
             // A sweep measures them at every point; each result's own is in results.csv.
-            let whose = match self.results.iter().any(|r| !r.point.is_empty()) {
+            let whose = match self.is_sweep() {
                 true => "Limits measured at the sweep's first point (each point's in results.csv)",
                 false => "Limits measured in this run",
             };

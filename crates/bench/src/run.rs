@@ -508,8 +508,6 @@ impl<'a> Runner<'a> {
         let bw = self.exchange("limit-network", &bw)?;
         // Rank 0 alone: the stores are the servers', and probing them from every rank
         // would only queue the probes.
-        // A store that refuses the probe (full, failing) costs the run its store limit, not
-        // the phases it measured.
         let all_memory = fs
             .client()
             .servers()
@@ -529,6 +527,8 @@ impl<'a> Runner<'a> {
             }
             0 => match limits::stores(fs, self.plan.network_payload) {
                 Ok(stores) => Some(stores),
+                // A store that refuses the probe (full, failing) costs the run its store
+                // limit, not the phases it measured.
                 Err(e) => {
                     add_note(
                         outcome,

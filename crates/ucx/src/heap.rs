@@ -30,11 +30,11 @@ const USER_TUNING: [&str; 4] = [
 
 /// Keeps freed memory in the process heap for the next UCX receive buffers: sets glibc's
 /// mapping and trim thresholds (32 MiB and 64 MiB; setting one ends glibc's own adjustment
-/// of both, hence both). For the processes BenchFS owns (servers,
-/// the command-line tool, mounts), called first thing in `main`; a library never calls it,
-/// since the heap belongs to its application (which can set `GLIBC_TUNABLES` instead). Does
-/// nothing where the user tuned malloc (`GLIBC_TUNABLES` naming `glibc.malloc`, or a
-/// `MALLOC_*_` variable), or off 64-bit Linux with glibc.
+/// of both, hence both). For the processes BenchFS owns (servers, the command-line tool,
+/// mounts), called first thing in `main`; a library never calls it, since the heap belongs
+/// to its application (which can set `GLIBC_TUNABLES` instead). Does nothing where the user
+/// tuned malloc (`GLIBC_TUNABLES` naming `glibc.malloc`, or a `MALLOC_*_` variable), or off
+/// 64-bit Linux with glibc.
 pub fn keep_freed_heap_memory() {
     let tunables = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
     if tunables || USER_TUNING.iter().any(|v| std::env::var_os(v).is_some()) {

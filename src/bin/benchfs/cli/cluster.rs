@@ -736,6 +736,15 @@ pub fn signal(pid: u32, sig: Signal) {
     }
 }
 
+/// The processes of `pids` still alive once all are gone or `within` has passed.
+fn alive_after(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.iter().copied().filter(|&p| alive(p)).collect()
+}
+
 fn down(args: &DownArgs) -> Result<(), CliError> {
     let target = &args.target;
     let pids = servers_of(&target.dir);
@@ -750,21 +759,12 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
         // without this it would be killed, losing what a clean stop syncs.
         signal(pid, Signal::SIGCONT);
     }
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let forced: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    let forced = alive_after(&pids, Duration::from_secs(args.timeout));
     for &pid in &forced {
         signal(pid, Signal::SIGKILL);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while forced.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left: Vec<String> = forced
+    let left: Vec<String> = alive_after(&forced, Duration::from_secs(5))
         .iter()
-        .filter(|&&p| alive(p))
         .map(u32::to_string)
         .collect();
     if !left.is_empty() {

@@ -67,7 +67,7 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
     );
     if let Some(l) = &report.limits {
         // A sweep measures them at every point; each result's own is in results.csv.
-        let whose = match report.results.iter().any(|r| !r.point.is_empty()) {
+        let whose = match report.is_sweep() {
             true => "limits at the sweep's first point (each point's in results.csv)",
             false => "limits",
         };
