@@ -253,6 +253,7 @@ impl Worker {
         let tick = tokio::time::sleep(PROGRESS_IDLE_TICK);
         tokio::pin!(tick);
         let mut busy_arms = 0;
+        let mut cpu_yield = CpuYield::default();
         while !self.stopped.get() {
             let mut bursts = 0;
             while bursts < PROGRESS_BURST_MAX && self.progress() != 0 {
@@ -267,9 +268,7 @@ impl Worker {
             let idle = self.last_activity.get().elapsed();
             let awaiting = self.awaited.get() > 0 && idle < POLL_WHILE_AWAITING_MAX;
             if idle < busy_poll || (awaiting && !busy_poll.is_zero()) {
-                // Give the CPU to the kernel too, not only to other tasks: a peer on the same
-                // core (client and server of one node) must run for our poll to find work.
-                std::thread::yield_now();
+                cpu_yield.idle_poll();
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -392,5 +391,96 @@ struct EventFd(RawFd);
 impl AsRawFd for EventFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
+    }
+}
+
+/// When an idle progress loop gives the CPU to the kernel (`sched_yield`), not only to the
+/// other tasks: a peer sharing our core (client and server of one node on one CPU) runs only
+/// then, so our poll can find its message; but where no thread waits for the CPU the call
+/// costs about half a microsecond for nothing, a fifth of a round trip. So the loop yields
+/// at every idle poll while a yield shows another thread ran (it took long), and backs off
+/// to one in [`CpuYield::MAX_POLLS_APART`] while yields come straight back.
+#[derive(Debug)]
+struct CpuYield {
+    polls_apart: u32,
+    polls: u32,
+}
+
+impl Default for CpuYield {
+    fn default() -> Self {
+        CpuYield {
+            polls_apart: 1,
+            polls: 0,
+        }
+    }
+}
+
+impl CpuYield {
+    /// Longest spacing, in idle polls, of the yields of a loop that has the CPU to itself.
+    const MAX_POLLS_APART: u32 = 16;
+    /// A yield that took this long ran another thread (an idle one returns in well under a
+    /// microsecond).
+    const RAN_ANOTHER: Duration = Duration::from_micros(2);
+
+    fn idle_poll(&mut self) {
+        if self.yield_due() {
+            let start = Instant::now();
+            std::thread::yield_now();
+            self.yielded(start.elapsed());
+        }
+    }
+
+    /// Counts an idle poll; true when this one should yield.
+    fn yield_due(&mut self) -> bool {
+        self.polls += 1;
+        if self.polls < self.polls_apart {
+            return false;
+        }
+        self.polls = 0;
+        true
+    }
+
+    /// Spaces the next yield by how long this one took.
+    fn yielded(&mut self, took: Duration) {
+        self.polls_apart = if took >= Self::RAN_ANOTHER {
+            1
+        } else {
+            (self.polls_apart * 2).min(Self::MAX_POLLS_APART)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn polls_to_next_yield(cpu_yield: &mut CpuYield) -> u32 {
+        (1..=CpuYield::MAX_POLLS_APART + 1)
+            .find(|_| cpu_yield.yield_due())
+            .expect("a yield within the longest spacing")
+    }
+
+    #[test]
+    fn a_loop_alone_on_its_cpu_yields_ever_more_rarely_up_to_the_bound() {
+        let mut cpu_yield = CpuYield::default();
+        let mut spacings = Vec::new();
+        for _ in 0..7 {
+            spacings.push(polls_to_next_yield(&mut cpu_yield));
+            cpu_yield.yielded(Duration::from_nanos(400));
+        }
+        assert_eq!(spacings, [1, 2, 4, 8, 16, 16, 16]);
+    }
+
+    #[test]
+    fn a_yield_that_ran_another_thread_makes_every_idle_poll_yield_again() {
+        let mut cpu_yield = CpuYield::default();
+        for _ in 0..5 {
+            polls_to_next_yield(&mut cpu_yield);
+            cpu_yield.yielded(Duration::from_nanos(400));
+        }
+        assert_eq!(polls_to_next_yield(&mut cpu_yield), 16);
+        cpu_yield.yielded(Duration::from_micros(30));
+        assert_eq!(polls_to_next_yield(&mut cpu_yield), 1);
+        assert_eq!(polls_to_next_yield(&mut cpu_yield), 1);
     }
 }
