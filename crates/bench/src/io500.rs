@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ior::IorSpec;
-use crate::mdtest::{MdOp, MdSpec, IO500_HARD_BYTES};
+use crate::mdtest::{MdOp, MdSpec};
 use crate::phase::{Kind, PhaseResult};
 use crate::run::Phase;
 
@@ -40,9 +40,7 @@ pub fn phases(easy: &IorSpec, hard: &IorSpec, md_easy: &MdSpec, md_hard: &MdSpec
         md(md_easy, MdOp::Create),
         Phase::IorWrite(hard.clone()),
         md(md_hard, MdOp::Create),
-        Phase::Find {
-            size: IO500_HARD_BYTES,
-        },
+        Phase::Find,
         Phase::IorRead(easy.clone()),
         md(md_easy, MdOp::Stat),
         Phase::IorRead(hard.clone()),

@@ -170,13 +170,13 @@ fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 fn log_range(rows: &[&Summary]) -> (f64, f64) {
     let ymax = rows
         .iter()
-        .map(|s| s.mean + s.stddev)
+        .map(|s| s.mean + s.stddev.unwrap_or(0.0))
         .fold(0.0, f64::max)
         .max(1e-9)
         * 2.0;
     let ymin = rows
         .iter()
-        .map(|s| s.mean - s.stddev)
+        .map(|s| s.mean - s.stddev.unwrap_or(0.0))
         .filter(|v| *v > 0.0)
         .fold(ymax, f64::min)
         / 2.0;
@@ -265,15 +265,17 @@ fn bars<DB: DrawingBackend>(
             .label(*target)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         chart
-            .draw_series(bars.iter().filter(|(_, s)| s.stddev > 0.0).map(|(x, s)| {
-                PathElement::new(
-                    vec![
-                        (*x + 1, (s.mean - s.stddev).max(ymin)),
-                        (*x + 1, s.mean + s.stddev),
-                    ],
-                    BLACK.stroke_width(2),
-                )
-            }))
+            .draw_series(
+                bars.iter()
+                    .filter_map(|(x, s)| Some((x, s.mean, s.stddev?)))
+                    .filter(|(_, _, sd)| *sd > 0.0)
+                    .map(|(x, mean, sd)| {
+                        PathElement::new(
+                            vec![(*x + 1, (mean - sd).max(ymin)), (*x + 1, mean + sd)],
+                            BLACK.stroke_width(2),
+                        )
+                    }),
+            )
             .map_err(draw_error)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;

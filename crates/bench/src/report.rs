@@ -153,8 +153,9 @@ pub struct Summary {
     pub reps: usize,
     /// Mean of the phase's figure.
     pub mean: f64,
-    /// Sample standard deviation (0 for one repetition).
-    pub stddev: f64,
+    /// Sample standard deviation; none for one repetition, which has no spread to show
+    /// (not a spread of zero).
+    pub stddev: Option<f64>,
     /// "MiB/s" or "ops/s".
     pub unit: String,
     /// Mean percentage of the limit, when measured.
@@ -211,11 +212,11 @@ pub fn summarize(results: &[PhaseResult]) -> Vec<Summary> {
                 .collect();
             let n = runs.len();
             let mean = runs.iter().map(|r| r.value()).sum::<f64>() / n as f64;
-            let var = if n > 1 {
-                runs.iter().map(|r| (r.value() - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-            } else {
-                0.0
-            };
+            let stddev = (n > 1).then(|| {
+                let var =
+                    runs.iter().map(|r| (r.value() - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+                var.sqrt()
+            });
             let percents: Vec<f64> = runs
                 .iter()
                 .filter_map(|r| r.efficiency.as_ref().map(|e| e.percent))
@@ -241,7 +242,7 @@ pub fn summarize(results: &[PhaseResult]) -> Vec<Summary> {
                 point,
                 reps: n,
                 mean,
-                stddev: var.sqrt(),
+                stddev,
                 unit: first.unit().to_owned(),
                 percent_of_limit: (!percents.is_empty())
                     .then(|| percents.iter().sum::<f64>() / percents.len() as f64),
@@ -347,10 +348,9 @@ impl Report {
                     .iter()
                     .find(|o| &o.target == t && o.phase == s.phase && o.point == s.point);
                 values.push(other.map(|o| o.mean));
-                // One repetition has no spread to show, not a spread of zero.
-                let cell = other.map_or("-".to_owned(), |o| match o.reps {
-                    0 | 1 => format!("{} ± -", figure(o.mean)),
-                    _ => format!("{} ± {}", figure(o.mean), figure(o.stddev)),
+                let cell = other.map_or("-".to_owned(), |o| match o.stddev {
+                    None => format!("{} ± -", figure(o.mean)),
+                    Some(sd) => format!("{} ± {}", figure(o.mean), figure(sd)),
                 });
                 let _ = write!(out, " {cell:>20}");
             }
@@ -571,6 +571,16 @@ mod tests {
             "p50 {p50} us, p99 {p99} us: the second repetition's stats are missing"
         );
         assert_eq!(summary[0].op.as_deref(), Some("stat"));
+    }
+
+    #[test]
+    fn one_repetition_has_no_deviation_and_two_have_one() {
+        let one = summarize(&[stats_taking(0, 10)]);
+        assert_eq!(one[0].stddev, None);
+        let json = serde_json::to_value(&one[0]).unwrap();
+        assert!(json["stddev"].is_null(), "{json}");
+        let two = summarize(&[stats_taking(0, 10), stats_taking(1, 10)]);
+        assert_eq!(two[0].stddev, Some(0.0));
     }
 
     #[test]
