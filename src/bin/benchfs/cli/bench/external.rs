@@ -39,7 +39,7 @@ pub fn run(
                 spec.name.clone(),
                 mdtest(bin, spec, phases, registry, clients, workspace)?,
             ),
-            Phase::Find { .. } => continue,
+            Phase::Find => continue,
         };
         if done.contains(&name) {
             continue;
