@@ -123,7 +123,7 @@ impl BenchFS {
             .build()
             .map_err(ApiError::Runtime)?;
         let local = tokio::task::LocalSet::new();
-        let client = local.block_on(&runtime, async { connect() })?;
+        let client = benchfs_ucx::block_on(&runtime, &local, async { connect() })?;
         Ok(BenchFS {
             runtime,
             local,
@@ -134,7 +134,7 @@ impl BenchFS {
     /// Runs an async client operation to completion (for callers that want several
     /// operations in flight, like the benchmark driver).
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.local.block_on(&self.runtime, future)
+        benchfs_ucx::block_on(&self.runtime, &self.local, future)
     }
 
     /// The async client underneath.

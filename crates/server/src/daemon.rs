@@ -422,7 +422,7 @@ pub fn run(args: Args) -> Result<(), DaemonError> {
             source,
         })?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve_until_signal(config, secret))
+    benchfs_ucx::block_on(&runtime, &local, serve_until_signal(config, secret))
 }
 
 /// Starts the orphan sweep and replica repair, unless `storage.orphan_sweep_secs` is 0.
@@ -541,9 +541,8 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         transfer_timeout: config.network.rpc_timeout.saturating_mul(2),
         payload_budget: PayloadBudget::new(config.network.inflight_payload_bytes),
     };
-    // A task of the event loop's own, not part of this future: the progress task wakes it
-    // within the same turn of the loop, where this future runs only between turns (each
-    // turn costs the runtime a poll of its event queue, a system call).
+    // A task of the set, like every hot part of the server: the progress task wakes it and
+    // it runs in the same turn.
     let serving = tokio::task::spawn_local(serve(
         Rc::clone(&state),
         Rc::clone(&worker),

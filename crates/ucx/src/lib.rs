@@ -16,7 +16,9 @@
 //!
 //! A [`Context`] is shared (`Arc`, `mt_workers_shared`). A [`Worker`] is single-threaded and
 //! `!Send`: create one per event-loop thread, on a tokio current-thread runtime in a
-//! `LocalSet`, and spawn [`Worker::run_progress`] on it. All completions and Active Message
+//! `LocalSet`, spawn [`Worker::run_progress`] on it, and drive the set with [`block_on`],
+//! which turns its tasks without a system call per turn (`LocalSet::block_on` works too, at
+//! the cost of an `epoll_wait` per poll of an idle worker). All completions and Active Message
 //! handlers run inside `ucp_worker_progress` on that thread. The callbacks never run user
 //! code: they record the completion, queue the message and wake a task.
 //!
@@ -64,6 +66,7 @@
 //! creation succeeds but wireup fails and operations never complete.
 mod am;
 mod context;
+mod drive;
 mod endpoint;
 mod error;
 mod heap;
@@ -78,6 +81,7 @@ mod worker;
 
 pub use am::{AmMessage, AmProto, AmStream};
 pub use context::{transport_config, Context, Features};
+pub use drive::block_on;
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
 pub use heap::keep_freed_heap_memory;

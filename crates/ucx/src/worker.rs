@@ -262,14 +262,14 @@ impl Worker {
             if bursts > 0 {
                 busy_arms = 0;
                 self.note_activity();
-                tokio::task::yield_now().await;
+                crate::drive::yield_turn().await;
                 continue;
             }
             let idle = self.last_activity.get().elapsed();
             let awaiting = self.awaited.get() > 0 && idle < POLL_WHILE_AWAITING_MAX;
             if idle < busy_poll || (awaiting && !busy_poll.is_zero()) {
                 cpu_yield.idle_poll();
-                tokio::task::yield_now().await;
+                crate::drive::yield_turn().await;
                 continue;
             }
             if self.arm()? == Armed::Busy {

@@ -1,0 +1,242 @@
+//! [`block_on`]: the event loop of a thread whose work comes from its UCX worker.
+//!
+//! tokio's `LocalSet::block_on` polls the future it drives only between turns of the
+//! runtime, each costing an `epoll_wait`, and every wake of that future writes the
+//! runtime's eventfd; `tokio::task::yield_now` holds a task back until the next such turn.
+//! A progress task that yields after each poll therefore paid a system call per poll, and
+//! a reply reached the blocked caller only after two more. Here the loop turns the local
+//! set itself: each turn polls the driven future if something woke it, then runs the tasks
+//! that are ready, the progress task among them (it asks for the next turn instead of
+//! yielding to the runtime, see [`yield_turn`]). The runtime gets the thread back (its
+//! event queue, timers, the tasks that yielded to it) every [`TURNS_PER_VISIT`] turns and
+//! whenever no task asks for another turn, when it sleeps in `epoll_wait` as before.
+//!
+//! **Contract:** a `LocalSet` driven by [`block_on`] is only ever driven by it: a progress
+//! task that asked for the next turn waits for the next `block_on` on its thread.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use tokio::runtime::Runtime;
+use tokio::task::LocalSet;
+
+/// Turns of the local set between two visits to the runtime's event queue: about 10 µs of
+/// busy polling, the longest a timer or a socket then waits.
+const TURNS_PER_VISIT: u32 = 32;
+
+thread_local! {
+    /// Whether [`block_on`] drives this thread's loop.
+    static DRIVEN: Cell<bool> = const { Cell::new(false) };
+    /// Tasks that asked for the next turn.
+    static NEXT_TURN: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `future` to completion on `runtime`, turning `local`'s tasks in between, as
+/// `local.block_on(runtime, future)` does but without a system call per turn (see the
+/// module docs). Panics if called from within a runtime, as tokio's `block_on` does.
+pub fn block_on<F: Future>(runtime: &Runtime, local: &LocalSet, future: F) -> F::Output {
+    let _driven = Driven::enter();
+    let woken = Arc::new(WakeFlag {
+        woken: AtomicBool::new(true),
+        in_turn: AtomicBool::new(false),
+        outer: Mutex::new(None),
+    });
+    let future_waker = Waker::from(Arc::clone(&woken));
+    let mut future = pin!(future);
+    // Polled inside the local set's context, so that the tasks it spawns and wakes go to the
+    // set's own queue.
+    let turn = poll_fn(|_| {
+        for waker in NEXT_TURN.with(|next| std::mem::take(&mut *next.borrow_mut())) {
+            waker.wake();
+        }
+        if woken.woken.swap(false, Ordering::AcqRel) {
+            return future
+                .as_mut()
+                .poll(&mut Context::from_waker(&future_waker));
+        }
+        Poll::Pending
+    });
+    let mut run = pin!(local.run_until(turn));
+    runtime.block_on(poll_fn(|cx| {
+        woken.enter_turns(cx.waker());
+        for _ in 0..TURNS_PER_VISIT {
+            if let Poll::Ready(output) = run.as_mut().poll(cx) {
+                woken.leave_turns();
+                return Poll::Ready(output);
+            }
+            let more = woken.woken.load(Ordering::Acquire)
+                || NEXT_TURN.with(|next| !next.borrow().is_empty());
+            if !more {
+                woken.leave_turns();
+                // A wake between the check and leaving went to no one: turn again.
+                if woken.woken.load(Ordering::Acquire) {
+                    yield_to_runtime(cx);
+                }
+                return Poll::Pending;
+            }
+        }
+        woken.leave_turns();
+        yield_to_runtime(cx);
+        Poll::Pending
+    }))
+}
+
+/// Gives the thread back to the runtime for one poll of its event queue and timers,
+/// asking to be polled again right after. `tokio::task::yield_now` does it without the
+/// eventfd write that waking the `block_on` future costs.
+fn yield_to_runtime(cx: &mut Context<'_>) {
+    let _ = pin!(tokio::task::yield_now()).poll(cx);
+}
+
+/// Lets the other ready tasks run, then continues: under [`block_on`] at its next turn,
+/// elsewhere after the runtime's next turn (`tokio::task::yield_now`).
+pub(crate) async fn yield_turn() {
+    if !DRIVEN.get() {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let mut asked = false;
+    poll_fn(|cx| {
+        if asked {
+            return Poll::Ready(());
+        }
+        asked = true;
+        NEXT_TURN.with(|next| next.borrow_mut().push(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await
+}
+
+/// Marks this thread driven by [`block_on`] until dropped.
+struct Driven(bool);
+
+impl Driven {
+    fn enter() -> Driven {
+        Driven(DRIVEN.replace(true))
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        DRIVEN.set(self.0);
+    }
+}
+
+/// The driven future's waker: marks it woken, and wakes the runtime only when the loop is
+/// not turning (a timer or another thread woke it while the runtime slept).
+struct WakeFlag {
+    woken: AtomicBool,
+    in_turn: AtomicBool,
+    outer: Mutex<Option<Waker>>,
+}
+
+impl WakeFlag {
+    fn enter_turns(&self, outer: &Waker) {
+        let mut slot = self.outer.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(outer)) {
+            *slot = Some(outer.clone());
+        }
+        self.in_turn.store(true, Ordering::Release);
+    }
+
+    fn leave_turns(&self) {
+        self.in_turn.store(false, Ordering::Release);
+    }
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if !self.in_turn.load(Ordering::Acquire) {
+            let outer = self.outer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(outer) = outer {
+                outer.wake();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    fn runtime() -> Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn thread_cpu_time() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid out-parameter.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    #[test]
+    fn a_task_asking_for_every_turn_starves_neither_timers_nor_the_driven_future() {
+        let (runtime, local) = (runtime(), LocalSet::new());
+        let stop = Rc::new(Cell::new(false));
+        let turns = Rc::new(Cell::new(0u64));
+        let spinner = {
+            let (stop, turns) = (Rc::clone(&stop), Rc::clone(&turns));
+            async move {
+                while !stop.get() {
+                    turns.set(turns.get() + 1);
+                    yield_turn().await;
+                }
+            }
+        };
+        block_on(&runtime, &local, async {
+            let spinning = tokio::task::spawn_local(spinner);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stop.set(true);
+            spinning.await.unwrap();
+        });
+        assert!(turns.get() > 100, "{} turns", turns.get());
+        assert!(!DRIVEN.get(), "the thread is marked driven after block_on");
+    }
+
+    #[test]
+    fn an_idle_loop_sleeps_in_the_runtime() {
+        let (runtime, local) = (runtime(), LocalSet::new());
+        let before = thread_cpu_time();
+        block_on(&runtime, &local, async {
+            // A task that waits on a timer, as an armed progress task waits on its fd.
+            tokio::task::spawn_local(tokio::time::sleep(Duration::from_millis(100)))
+                .await
+                .unwrap();
+        });
+        let spent = thread_cpu_time() - before;
+        assert!(
+            spent < Duration::from_millis(50),
+            "{spent:?} of CPU in 100 ms of waiting"
+        );
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_reaches_the_driven_future() {
+        let (runtime, local) = (runtime(), LocalSet::new());
+        let (send, receive) = tokio::sync::oneshot::channel();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            send.send(7).unwrap();
+        });
+        assert_eq!(block_on(&runtime, &local, receive).unwrap(), 7);
+        sender.join().unwrap();
+    }
+}
