@@ -549,6 +549,36 @@ fn misleading_refusals_say_what_was_refused() {
     assert!(err.contains("ring points"), "{err}");
 }
 
+#[test]
+fn rpc_bench_takes_size_suffixes_and_refuses_an_empty_payload() {
+    // Found by a hostile-user run: `--sizes 1m` was "invalid digit found in string", and
+    // `--sizes 0` printed a bandwidth of 0.00 MiB/s.
+    let args = [
+        "rpc-bench",
+        "--busy-poll-us",
+        "0",
+        "--pings",
+        "100",
+        "--warmup",
+        "10",
+        "--seconds",
+        "0.1",
+        "--sizes",
+        "4k,1m",
+    ];
+    let out = benchfs(&args, &[]).ok();
+    for size in [4096, 1 << 20] {
+        assert!(
+            out.lines().any(|l| l.starts_with("bw ")
+                && l.contains(&format!(" payload_bytes={size} "))
+                && !l.contains(" pings=0 ")),
+            "no bandwidth figure of {size} bytes in\n{out}"
+        );
+    }
+    let err = benchfs(&["rpc-bench", "--sizes", "0"], &[]).failed();
+    assert!(err.contains("at least 1 byte"), "{err}");
+}
+
 /// Resident memory of each server the cluster in `c` started, in bytes.
 fn server_rss(c: &ClusterDir) -> Vec<u64> {
     let pids = std::fs::read_to_string(c.dir.join("pids")).unwrap();

@@ -206,6 +206,35 @@ fn the_sweep_keeps_renamed_and_live_files() {
 }
 
 #[test]
+fn renames_onto_one_name_at_once_leak_no_chunks() {
+    // Found by a hostile run: two clients renamed their files onto one name at once. A
+    // rename stores its record at the new name, then moves the old name out with no
+    // tombstone (the file lives on). Where the second rename's record displaced the first's
+    // on a server that still held the first file's old name, no tombstone was left either,
+    // and then nothing named the first file and nothing ever freed its chunks.
+    let cluster = cluster();
+    let fs = cluster.client();
+    let owner = |path: &str| server_index(&fs.client().metadata_owner(path).unwrap());
+    let sources: Vec<String> = (0..)
+        .map(|i| format!("/src{i}"))
+        .filter(|path| owner(path) == owner("/t"))
+        .take(2)
+        .collect();
+    write_file(&fs, &sources[0], &pattern(300_000, 1));
+    write_file(&fs, &sources[1], &pattern(200_000, 2));
+    let first = records(&cluster, &sources[0])[0].expect("a record of the first file");
+    let second = records(&cluster, &sources[1])[0].expect("a record of the second file");
+    let server = cluster.addr(owner("/t"));
+    insert_record(&[server], "/t", first);
+    insert_record(&[server], "/t", second);
+    delete_record(server, &sources[0], true);
+    delete_record(server, &sources[1], true);
+    assert!(common::files::read_file(&fs, "/t") == pattern(200_000, 2));
+    fs.unlink("/t").unwrap();
+    wait_all_freed(&cluster, &fs, "after the unlink and the sweep");
+}
+
+#[test]
 fn a_record_put_back_after_the_sweep_freed_its_chunks_is_refused() {
     // Regression (soak seed 99): the sweep asked the servers one at a time whether any
     // still named a deleted file, and the undo of an unlink that had timed out on a

@@ -208,6 +208,27 @@ fn namespace_errors_have_the_right_errno() {
 }
 
 #[test]
+fn a_rename_that_would_make_a_path_too_long_moves_nothing() {
+    // Found by a hostile run: the new path of a file deep under the renamed directory
+    // went past 4095 bytes; its server refused the request as malformed (EPROTO).
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let mut dir = "/s".to_string();
+    fs.mkdir(&dir, 0o755).unwrap();
+    for _ in 0..15 {
+        dir = format!("{dir}/{}", "c".repeat(255));
+        fs.mkdir(&dir, 0o755).unwrap();
+    }
+    let file = format!("{dir}/{}", "f".repeat(200));
+    write_file(&fs, &file, b"deep");
+    let renamed = format!("/{}", "B".repeat(255));
+    assert!(file.len() - "/s".len() + renamed.len() > 4095);
+    assert_eq!(errno_of(fs.rename("/s", &renamed)), libc::ENAMETOOLONG);
+    assert_eq!(read_file(&fs, &file), b"deep");
+    assert_eq!(errno_of(fs.stat(&renamed)), libc::ENOENT);
+}
+
+#[test]
 fn bad_paths_are_refused_and_create_nothing() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();

@@ -341,8 +341,11 @@ impl MetadataTable {
     }
 
     /// Stores `meta` (and `data`, its bytes if it is inline) under `path`, keeping the inode
-    /// index in step and ending any move of the bytes there were. A record it replaces
-    /// whose file is then named nowhere here is a deleted file (a rename over it).
+    /// index in step and ending any move of the bytes there were. A record of another file
+    /// it replaces is a deleted file (a rename over it), even while another name here still
+    /// holds that file: that is a rename of it in progress (two renames onto one name at
+    /// once), whose next step moves the other name out with no tombstone, and then nothing
+    /// would ever free the file's chunks. The sweep frees them only once no server names it.
     fn put(&mut self, path: String, meta: FileMetadata, data: Vec<u8>) {
         debug_assert_eq!(
             data.len() as u64,
@@ -357,7 +360,9 @@ impl MetadataTable {
             self.inline_bytes.remove(&path);
         }
         if let Some(old) = self.entries.insert(path, meta) {
-            if self.unindex(old.file_id) {
+            // Another file's record, so its count here cannot reach zero unless it differs.
+            self.unindex(old.file_id);
+            if old.file_id != meta.file_id {
                 self.add_tombstone(old.file_id);
             }
         }
@@ -656,6 +661,20 @@ mod tests {
         m.insert("/h2", h, &[], false).unwrap();
         m.delete("/h", None).unwrap();
         assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
+    }
+
+    #[test]
+    fn a_file_two_renames_onto_one_name_displace_is_deleted() {
+        let mut m = manager();
+        let first = m.create_file("/a1", 0o644, 0, Owner::default()).unwrap();
+        let second = m.create_file("/a2", 0o644, 0, Owner::default()).unwrap();
+        // Both renames store their record at /t, then both move their old name out.
+        m.insert("/t", first, &[], false).unwrap();
+        m.insert("/t", second, &[], false).unwrap();
+        m.move_out("/a1").unwrap();
+        m.move_out("/a2").unwrap();
+        assert!(!m.has_file(first.file_id) && m.is_deleted(first.file_id));
+        assert!(m.has_file(second.file_id) && !m.is_deleted(second.file_id));
     }
 
     #[test]

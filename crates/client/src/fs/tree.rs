@@ -87,6 +87,11 @@ impl FsClient {
             .iter()
             .map(|(old, record)| (old.clone(), format!("{to}{}", &old[from.len()..]), record))
             .collect();
+        // A new path past the limits fails the rename before anything moves
+        // (ENAMETOOLONG, as rename(2) gives), not at its server as a malformed request.
+        for (_, new, _) in &moved {
+            super::norm(new)?;
+        }
         let mut stored = 0;
         for batch in moved.chunks(MOVE_BATCH) {
             let done = join_all(

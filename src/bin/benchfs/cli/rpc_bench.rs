@@ -50,10 +50,11 @@ pub struct Args {
     /// Untimed round trips before each latency figure.
     #[arg(long, default_value_t = 1_000)]
     pub warmup: usize,
-    /// Payload sizes of the bandwidth figures, in bytes, comma-separated.
+    /// Payload sizes of the bandwidth figures, in bytes (k, m, g suffixes), comma-separated.
     #[arg(
         long,
         value_delimiter = ',',
+        value_parser = parse_payload_size,
         default_value = "8,4096,32768,65536,1048576,4194304"
     )]
     pub sizes: Vec<usize>,
@@ -118,6 +119,14 @@ struct Variant {
     busy_poll_us: u64,
     rtt: Vec<RttFigure>,
     bw: Vec<BwFigure>,
+}
+
+/// A bandwidth figure's payload size: at least one byte.
+fn parse_payload_size(s: &str) -> Result<usize, String> {
+    match super::bench::parse_size(s)? {
+        0 => Err("a bandwidth figure needs a payload of at least 1 byte".into()),
+        n => usize::try_from(n).map_err(|_| format!("{s:?} is too large")),
+    }
 }
 
 /// Runs `benchfs rpc-bench`.
