@@ -190,6 +190,51 @@ fn bench_removes_only_what_it_created() {
 }
 
 #[test]
+fn an_interrupted_benchmark_removes_what_it_wrote() {
+    // Found by a hostile-user run: `bench ior` stopped by SIGINT exited at once and left
+    // gigabytes in files that were never closed (so `ls` showed them empty). The signal
+    // goes to rank 0 alone, as `kill -INT` sends it: rank 0 passes it on to its client
+    // processes.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    write_file(&cluster.client(), "/keep", b"kept");
+    let out = tempfile::tempdir_in(common::test_root()).unwrap();
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args(["bench", "ior", "--clients", "2", "-t", "1m", "-b", "64g"])
+        .args(["--no-limits", "--dir", arg(cluster.dir.path())])
+        .args(["--out", arg(out.path())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fs = cluster.client();
+    let started = std::time::Instant::now();
+    while stats(&fs).iter().map(|s| s.chunks).sum::<u64>() < 20 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the benchmark wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bench.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = bench.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let fs = cluster.client();
+    assert_eq!(names(&fs, "/"), ["keep"]);
+    let chunks: u64 = stats(&fs).iter().map(|s| s.chunks).sum();
+    assert_eq!(chunks, 1, "only /keep's chunk is left");
+}
+
+#[test]
 fn cluster_up_keeps_an_earlier_clusters_data_unless_told() {
     // Regression: `cluster up` on the directory of a stopped persistent cluster removed its
     // data directory and started an empty cluster.

@@ -179,7 +179,7 @@ pub fn write(ctx: &mut RankCtx<'_>, spec: &IorSpec) -> Result<(RankPhase, u64)> 
         share.bytes += spec.transfer;
         share.ops += 1;
         done += 1;
-        ctx.progress(spec.transfer);
+        ctx.progress(spec.transfer)?;
     }
     if spec.fsync {
         let t = Instant::now();
@@ -238,7 +238,7 @@ pub fn read(ctx: &mut RankCtx<'_>, spec: &IorSpec, written: u64) -> Result<RankP
         }
         share.bytes += spec.transfer;
         share.ops += 1;
-        ctx.progress(spec.transfer);
+        ctx.progress(spec.transfer)?;
     }
     let t = Instant::now();
     storage.close(h, &path)?;

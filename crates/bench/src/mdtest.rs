@@ -133,7 +133,7 @@ pub fn run(ctx: &mut RankCtx<'_>, spec: &MdSpec, op: MdOp, count: u64) -> Result
             share.bytes += spec.write_bytes;
         }
         done += 1;
-        ctx.progress(1);
+        ctx.progress(1)?;
     }
     Ok((share.finish(&lat), done))
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -219,12 +220,37 @@ impl RankCtx<'_> {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Advances the progress bar (rank 0, on a terminal).
-    pub fn progress(&self, n: u64) {
+    /// Counts `n` units done on the progress bar (rank 0, on a terminal), and fails once
+    /// the run was interrupted ([`interrupt`]), so that it stops between two operations
+    /// and removes what it made.
+    pub fn progress(&self, n: u64) -> Result<()> {
         if let Some(bar) = &self.bar {
             bar.inc(n);
         }
+        check_interrupted()
     }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Stops the run in this process at its next operation or barrier, as a failure: its
+/// workspace is removed and the other ranks are told to stop. One atomic store, so a
+/// signal handler may call it (`benchfs bench` does on SIGINT and SIGTERM).
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Fails if the run was interrupted.
+pub(crate) fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        return Err("interrupted".into());
+    }
+    Ok(())
 }
 
 /// Opens a target for a rank: the command line's way of connecting.
@@ -243,22 +269,36 @@ pub fn execute(
     let timeout = Duration::from_secs(plan.barrier_timeout_secs);
     let mut barrier = FileBarrier::new(run_dir, ranks, timeout)?;
     let mut outcome = Outcome::default();
+    let mut result = Ok(());
     for target in &plan.targets {
-        let result = connect(target).and_then(|storage| {
+        result = connect(target).and_then(|storage| {
             let mut runner = Runner::new(plan, target, &storage, ranks, &mut barrier);
             let r = runner.run(&mut outcome);
-            if r.is_err() && ranks.rank == 0 && !plan.keep {
-                runner.remove_workspace();
+            if let Err(e) = &r {
+                if ranks.rank == 0 && !plan.keep {
+                    // The other ranks stop first, so that nothing writes behind the removal.
+                    runner.barrier.abort(&e.0);
+                    runner.barrier.wait_until_others_left(LEAVE_WAIT_MAX);
+                    runner.remove_workspace();
+                }
             }
             r
         });
-        if let Err(e) = result {
+        if let Err(e) = &result {
             barrier.abort(&e.0);
-            return Err(e);
+            break;
         }
     }
-    Ok(outcome)
+    if ranks.rank != 0 {
+        barrier.leave();
+    }
+    result.map(|()| outcome)
 }
+
+/// Longest rank 0 waits after a failure for the other ranks to stop before it removes
+/// the workspace (a rank in the middle of a phase stops at its next operation when
+/// interrupted too, else at the next barrier).
+const LEAVE_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// One target's part of a run, for one rank.
 struct Runner<'a> {
@@ -688,7 +728,7 @@ fn find(ctx: &mut RankCtx<'_>) -> Result<RankPhase> {
                 ctx.storage.stat_size(&path)?;
                 lat.record("stat", t.elapsed().as_nanos() as u64);
                 share.ops += 1;
-                ctx.progress(1);
+                ctx.progress(1)?;
             }
         }
     }

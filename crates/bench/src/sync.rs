@@ -95,6 +95,25 @@ impl FileBarrier {
         std::fs::read_to_string(self.dir.join("abort")).ok()
     }
 
+    /// Says that this rank is done with the run's files, whether it finished or failed
+    /// (best effort: a rank that cannot say so costs rank 0 a wait in
+    /// [`FileBarrier::wait_until_others_left`]).
+    pub fn leave(&self) {
+        let _ = self.touch(&format!("gone.{}", self.ranks.rank));
+    }
+
+    /// Rank 0: waits, at most `limit`, until every other rank has left, so that what it
+    /// removes after a failure is not written again behind it.
+    pub fn wait_until_others_left(&self, limit: Duration) {
+        let started = Instant::now();
+        for r in 1..self.ranks.size {
+            let gone = self.dir.join(format!("gone.{r}"));
+            while !gone.exists() && started.elapsed() < limit {
+                std::thread::sleep(POLL_SLOW);
+            }
+        }
+    }
+
     /// Tells every rank to stop, with `reason`.
     pub fn abort(&self, reason: &str) {
         let _ = std::fs::write(
@@ -112,6 +131,7 @@ impl FileBarrier {
             if let Some(reason) = self.abort_reason() {
                 return Err(format!("stopped: {reason}").into());
             }
+            crate::run::check_interrupted()?;
             let waited = started.elapsed();
             if waited > self.timeout {
                 return Err(format!(

@@ -17,7 +17,12 @@ fn main() -> ExitCode {
             {
                 eprintln!("benchfs: {e}");
             }
-            ExitCode::FAILURE
+            // As a shell reports a process SIGINT ended.
+            if benchfs_bench::run::interrupted() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

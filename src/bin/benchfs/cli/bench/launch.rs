@@ -482,21 +482,45 @@ fn abort(run_dir: &Path, clients: u32, reason: &str) {
     }
 }
 
-fn reap(children: Vec<(u32, Child)>, run_dir: &Path, clients: u32) -> Vec<String> {
+/// Waits for the client processes; passes an interrupt of this process on to them (a
+/// `kill -INT` of rank 0 alone, not the terminal's, which reaches them all).
+fn reap(mut children: Vec<(u32, Child)>, run_dir: &Path, clients: u32) -> Vec<String> {
     let mut failed = Vec::new();
-    for (rank, mut child) in children {
-        match child.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                let reason = format!("client process of rank {rank} failed ({status})");
-                abort(run_dir, clients, &reason);
-                failed.push(reason);
+    let mut passed_on = false;
+    while !children.is_empty() {
+        if !passed_on && run::interrupted() {
+            passed_on = true;
+            for (_, child) in &children {
+                super::super::cluster::signal(child.id(), nix::sys::signal::Signal::SIGINT);
             }
-            Err(e) => failed.push(format!("cannot wait for rank {rank}: {e}")),
+        }
+        let mut i = 0;
+        while i < children.len() {
+            let rank = children[i].0;
+            match children[i].1.try_wait() {
+                Ok(None) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => {
+                    let reason = format!("client process of rank {rank} failed ({status})");
+                    abort(run_dir, clients, &reason);
+                    failed.push(reason);
+                }
+                Err(e) => failed.push(format!("cannot wait for rank {rank}: {e}")),
+            }
+            children.swap_remove(i);
+        }
+        if !children.is_empty() {
+            std::thread::sleep(REAP_POLL);
         }
     }
     failed
 }
+
+/// How often the client processes are checked for an exit or an interrupt to pass on.
+const REAP_POLL: Duration = Duration::from_millis(20);
 
 /// Waits for the client processes in a thread; one that fails stops the others.
 fn watch(

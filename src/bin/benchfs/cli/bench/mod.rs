@@ -20,6 +20,7 @@ use super::CliError;
 
 /// Runs `benchfs bench`.
 pub fn run(args: Args) -> Result<(), CliError> {
+    stop_on_interrupt();
     match args.workload {
         Workload::Worker(w) => launch::worker(&w),
         Workload::Sweep(s) => sweep::run(&s),
@@ -30,6 +31,49 @@ pub fn run(args: Args) -> Result<(), CliError> {
             launch::run(&common, &name, phases, &std::collections::BTreeMap::new()).map(drop)
         }
     }
+}
+
+/// SIGINT and SIGTERM stop the run at its next operation as a failure, which removes
+/// its workspace and stops a cluster it started; a second one ends the process at once.
+fn stop_on_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let caught = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .and_then(|runtime| {
+            let signals = runtime.block_on(async {
+                Ok::<_, std::io::Error>((
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                ))
+            })?;
+            Ok((runtime, signals))
+        });
+    let (runtime, (mut int, mut term)) = match caught {
+        Ok(caught) => caught,
+        Err(e) => {
+            tracing::warn!(%e, "cannot catch SIGINT and SIGTERM: an interrupt leaves the run's files");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            for _ in 0..2 {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if benchfs_bench::run::interrupted() {
+                    std::process::exit(130);
+                }
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("benchfs bench: interrupted; removing the run's files (again to stop at once)");
+                }
+                benchfs_bench::run::interrupt();
+            }
+        })
+    });
 }
 
 /// Where a run's report goes unless --out says: `bench-results/<UTC time>-<workload>`.
