@@ -82,6 +82,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# ran OUT CMD...: runs CMD with its output in OUT; on failure shows OUT's end and stops
+# (the work directory, OUT with it, goes at exit).
+ran() {
+    local out=$1 status=0
+    shift
+    "$@" >"$out" 2>&1 || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "compare-chfs.sh: exit status $status from: $*" >&2
+        tail -20 "$out" >&2
+        exit 1
+    fi
+}
+
 run() {
     local fs=$1 chunk=$2 api=() env=()
     if [ "$fs" = chfs ]; then
@@ -97,13 +110,13 @@ run() {
     fi
     local mpi=(mpirun --oversubscribe -np $ranks "${env[@]}")
     local out=$work/$fs-$chunk.out
-    "${mpi[@]}" "$ior" "${api[@]}" -w -r -C -F -t 1m -b "$easy_block" -o /easy >"$out" 2>&1
+    ran "$out" "${mpi[@]}" "$ior" "${api[@]}" -w -r -C -F -t 1m -b "$easy_block" -o /easy
     awk -v fs="$fs" -v c="$chunk" '/^(write|read) / && NF == 11 { print fs, c, "ior-easy-" $1, $2 }' "$out" >>"$results"
-    "${mpi[@]}" "$ior" "${api[@]}" -w -r -C -t 47008 -b 47008 -s "$hard_segments" -o /hard >"$out" 2>&1
+    ran "$out" "${mpi[@]}" "$ior" "${api[@]}" -w -r -C -t 47008 -b 47008 -s "$hard_segments" -o /hard
     awk -v fs="$fs" -v c="$chunk" '/^(write|read) / && NF == 11 { print fs, c, "ior-hard-" $1, $2 }' "$out" >>"$results"
-    "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -r -u -d /md >"$out" 2>&1
+    ran "$out" "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -r -u -d /md
     awk -v fs="$fs" -v c="$chunk" '/File (creation|stat|removal)/ { print fs, c, "mdtest-" $2, $3 }' "$out" >>"$results"
-    "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -E -r -u -w 3901 -e 3901 -d /mdh >"$out" 2>&1
+    ran "$out" "${mpi[@]}" "$mdtest" "${api[@]}" -n "$md_files" -F -C -T -E -r -u -w 3901 -e 3901 -d /mdh
     awk -v fs="$fs" -v c="$chunk" '/File (creation|stat|read|removal)/ { print fs, c, "mdtest-3901-" $2, $3 }' "$out" >>"$results"
     if [ "$fs" = chfs ]; then stop_chfs; else "$bfs/bin/benchfs" cluster down --dir "$work/benchfs" >/dev/null; fi
 }

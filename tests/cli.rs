@@ -193,45 +193,70 @@ fn bench_removes_only_what_it_created() {
 fn an_interrupted_benchmark_removes_what_it_wrote() {
     // Found by a hostile-user run: `bench ior` stopped by SIGINT exited at once and left
     // gigabytes in files that were never closed (so `ls` showed them empty). The signal
-    // goes to rank 0 alone, as `kill -INT` sends it: rank 0 passes it on to its client
-    // processes.
+    // goes to rank 0 alone (`kill -INT`), which passes it on to its client processes, and
+    // to the whole process group (a terminal's Ctrl-C), which must stop each rank once.
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
     let cluster = Cluster::start(ClusterSpec {
         servers: 2,
         ..Default::default()
     });
     write_file(&cluster.client(), "/keep", b"kept");
-    let out = tempfile::tempdir_in(common::test_root()).unwrap();
-    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .args(["bench", "ior", "--clients", "2", "-t", "1m", "-b", "64g"])
-        .args(["--no-limits", "--dir", arg(cluster.dir.path())])
-        .args(["--out", arg(out.path())])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let fs = cluster.client();
-    let started = std::time::Instant::now();
-    while stats(&fs).iter().map(|s| s.chunks).sum::<u64>() < 20 {
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "the benchmark wrote nothing"
+    for to_group in [false, true] {
+        let out = tempfile::tempdir_in(common::test_root()).unwrap();
+        let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+            .args(["bench", "ior", "--clients", "2", "-t", "1m", "-b", "64g"])
+            .args(["--no-limits", "--dir", arg(cluster.dir.path())])
+            .args(["--out", arg(out.path())])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let fs = cluster.client();
+        let started = std::time::Instant::now();
+        while stats(&fs).iter().map(|s| s.chunks).sum::<u64>() < 20 {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "the benchmark wrote nothing"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pid = Pid::from_raw(bench.id() as i32);
+        let signalled = std::time::Instant::now();
+        if to_group {
+            killpg(pid, Signal::SIGINT).unwrap();
+        } else {
+            kill(pid, Signal::SIGINT).unwrap();
+        }
+        let status = bench.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(130),
+            "to the group: {to_group}; {stderr}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Every rank stopped and said so: rank 0 did not wait out its 10 s bound for a
+        // rank that a second signal ended before it could.
+        assert!(
+            signalled.elapsed() < std::time::Duration::from_secs(8),
+            "to the group: {to_group}: stopped after {:?}",
+            signalled.elapsed()
+        );
+        assert!(
+            stderr.contains("interrupted") && !stderr.contains("failed"),
+            "to the group: {to_group}; {stderr}"
+        );
+        let fs = cluster.client();
+        assert_eq!(names(&fs, "/"), ["keep"], "to the group: {to_group}");
+        let chunks: u64 = stats(&fs).iter().map(|s| s.chunks).sum();
+        assert_eq!(
+            chunks, 1,
+            "to the group: {to_group}: only /keep's chunk is left"
+        );
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bench.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = bench.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
-    let fs = cluster.client();
-    assert_eq!(names(&fs, "/"), ["keep"]);
-    let chunks: u64 = stats(&fs).iter().map(|s| s.chunks).sum();
-    assert_eq!(chunks, 1, "only /keep's chunk is left");
 }
 
 #[test]

@@ -547,3 +547,38 @@ fn a_write_a_stopped_server_takes_late_lands_the_callers_bytes_or_none() {
         drop(buffer);
     }
 }
+
+#[test]
+fn a_thread_whose_client_has_writes_in_flight_exits_cleanly() {
+    // Found by a review: as the C API and the mount do, a thread keeps its client in a
+    // thread-local, and at thread exit the client drains its writes behind. The event
+    // loop's own thread-local was destroyed before the client's then, and the drain
+    // panicked in a destructor: the process aborted.
+    thread_local! {
+        static CLIENT: std::cell::RefCell<Option<BenchFS>> = const { std::cell::RefCell::new(None) };
+    }
+    let cluster = Cluster::start(ClusterSpec::default());
+    let config = {
+        let mut config = cluster.config();
+        config.client.write_behind_bytes = WINDOW;
+        config
+    };
+    let data = pattern((4 * CHUNK) as usize, 31);
+    let written = data.clone();
+    std::thread::spawn(move || {
+        benchfs::blocking::outlive_thread_locals();
+        CLIENT.with(|client| {
+            let fs = BenchFS::connect(&config).expect("connect");
+            let create = OpenFlags::CREATE | OpenFlags::WRITE;
+            let fd = fs.open("/left-open", create, 0o644).unwrap();
+            // Returns with the writes behind, in flight until the client drains them.
+            fs.write(fd, &written).unwrap();
+            *client.borrow_mut() = Some(fs);
+        });
+    })
+    .join()
+    .expect("the thread ends normally");
+    // The drain at thread exit sent every byte (the file was never closed, so its size
+    // is the servers' chunks', not a published one).
+    assert_eq!(chunk_bytes_written(&cluster.client()), data.len() as u64);
+}

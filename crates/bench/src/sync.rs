@@ -78,6 +78,12 @@ impl FileBarrier {
     /// Barriers in `dir` (created if missing) for `ranks`, each waiting at most `timeout`.
     pub fn new(dir: &Path, ranks: Ranks, timeout: Duration) -> Result<FileBarrier> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+        if ranks.rank == 0 {
+            // Left by an earlier run in this directory, they would end a wait at once.
+            for r in 1..ranks.size {
+                let _ = std::fs::remove_file(dir.join(format!("gone.{r}")));
+            }
+        }
         Ok(FileBarrier {
             dir: dir.to_path_buf(),
             ranks,

@@ -257,6 +257,13 @@ impl MetadataTable {
         }
     }
 
+    /// Forgets that `file_id` was deleted here.
+    fn lift_tombstone(&mut self, file_id: u64) {
+        if self.tombstone_set.remove(&file_id) {
+            self.tombstones.retain(|&id| id != file_id);
+        }
+    }
+
     /// Seals `file_id` unless a record here names it (then false): the server stores no
     /// record of it again (`insert_record` answers `Stale`). A seal for good outlasts any
     /// tentative one; the oldest seals are forgotten past [`SEALS_MAX`].
@@ -353,6 +360,8 @@ impl MetadataTable {
             "an inline record holds its size in bytes, any other none"
         );
         *self.file_ids.entry(meta.file_id).or_default() += 1;
+        // Named again (the undo of a rename put it back): no longer a deleted file here.
+        self.lift_tombstone(meta.file_id);
         self.seals.remove(&path);
         if meta.inline {
             self.inline_bytes.insert(path.clone(), data);
@@ -661,6 +670,19 @@ mod tests {
         m.insert("/h2", h, &[], false).unwrap();
         m.delete("/h", None).unwrap();
         assert!(m.has_file(h.file_id) && !m.is_deleted(h.file_id));
+    }
+
+    #[test]
+    fn a_file_named_again_is_no_longer_deleted() {
+        let mut m = manager();
+        let x = m.create_file("/x", 0o644, 0, Owner::default()).unwrap();
+        let z = m.create_file("/z", 0o644, 0, Owner::default()).unwrap();
+        // A rename of /x over /z, undone: /z gets its file back.
+        m.insert("/z", x, &[], false).unwrap();
+        assert!(m.is_deleted(z.file_id));
+        m.insert("/z", z, &[], false).unwrap();
+        assert!(!m.is_deleted(z.file_id) && m.has_file(z.file_id));
+        assert!(!m.tombstones().any(|id| id == z.file_id));
     }
 
     #[test]

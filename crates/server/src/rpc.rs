@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -104,9 +105,18 @@ pub async fn serve(
         // waiting: answer those here rather than handing each to a task of its own, a hop
         // through the scheduler that was a tenth of a round trip. One that must wait goes on
         // as a task, which polls it again with its own waker.
-        let answered = poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx).is_ready())).await;
-        if !answered {
-            tokio::task::spawn_local(handling);
+        let polled = poll_fn(|cx| {
+            let poll = std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)));
+            Poll::Ready(poll.map(|p| p.is_ready()))
+        })
+        .await;
+        match polled {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::task::spawn_local(handling);
+            }
+            // As a task's panic would: that request goes unanswered, the server goes on.
+            Err(_) => tracing::error!("handling a request panicked; it gets no reply"),
         }
     }
     // Stop accepting, then wait for every request in flight to finish.

@@ -50,10 +50,10 @@ pub fn block_on<F: Future>(runtime: &Runtime, local: &LocalSet, future: F) -> F:
     // Polled inside the local set's context, so that the tasks it spawns and wakes go to the
     // set's own queue.
     let turn = poll_fn(|_| {
-        for waker in NEXT_TURN.with(|next| std::mem::take(&mut *next.borrow_mut())) {
+        for waker in next_turn_wakers() {
             waker.wake();
         }
-        if woken.woken.swap(false, Ordering::AcqRel) {
+        if woken.woken.swap(false, Ordering::SeqCst) {
             return future
                 .as_mut()
                 .poll(&mut Context::from_waker(&future_waker));
@@ -68,12 +68,14 @@ pub fn block_on<F: Future>(runtime: &Runtime, local: &LocalSet, future: F) -> F:
                 woken.leave_turns();
                 return Poll::Ready(output);
             }
-            let more = woken.woken.load(Ordering::Acquire)
-                || NEXT_TURN.with(|next| !next.borrow().is_empty());
+            let more = woken.woken.load(Ordering::SeqCst)
+                || NEXT_TURN
+                    .try_with(|next| !next.borrow().is_empty())
+                    .unwrap_or(false);
             if !more {
                 woken.leave_turns();
                 // A wake between the check and leaving went to no one: turn again.
-                if woken.woken.load(Ordering::Acquire) {
+                if woken.woken.load(Ordering::SeqCst) {
                     yield_to_runtime(cx);
                 }
                 return Poll::Pending;
@@ -92,23 +94,38 @@ fn yield_to_runtime(cx: &mut Context<'_>) {
     let _ = pin!(tokio::task::yield_now()).poll(cx);
 }
 
+/// Takes the wakers of the tasks that asked for the next turn (none once the thread's
+/// locals are being destroyed).
+fn next_turn_wakers() -> Vec<Waker> {
+    NEXT_TURN
+        .try_with(|next| std::mem::take(&mut *next.borrow_mut()))
+        .unwrap_or_default()
+}
+
 /// Lets the other ready tasks run, then continues: under [`block_on`] at its next turn,
-/// elsewhere after the runtime's next turn (`tokio::task::yield_now`).
+/// elsewhere after the runtime's next turn (`tokio::task::yield_now`), as also during
+/// the destruction of the thread's locals (a client dropped at thread exit still drains
+/// its calls).
 pub(crate) async fn yield_turn() {
-    if !DRIVEN.get() {
-        tokio::task::yield_now().await;
-        return;
-    }
     let mut asked = false;
-    poll_fn(|cx| {
+    let waited_for_turn = poll_fn(|cx| {
         if asked {
-            return Poll::Ready(());
+            return Poll::Ready(true);
+        }
+        let parked = DRIVEN.get()
+            && NEXT_TURN
+                .try_with(|next| next.borrow_mut().push(cx.waker().clone()))
+                .is_ok();
+        if !parked {
+            return Poll::Ready(false);
         }
         asked = true;
-        NEXT_TURN.with(|next| next.borrow_mut().push(cx.waker().clone()));
         Poll::Pending
     })
-    .await
+    .await;
+    if !waited_for_turn {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Marks this thread driven by [`block_on`] until dropped.
@@ -140,11 +157,14 @@ impl WakeFlag {
         if !slot.as_ref().is_some_and(|w| w.will_wake(outer)) {
             *slot = Some(outer.clone());
         }
-        self.in_turn.store(true, Ordering::Release);
+        self.in_turn.store(true, Ordering::SeqCst);
     }
 
+    // SeqCst on both sides of the hand-over (a store then a load of the other flag, here
+    // and in `wake_by_ref`): with weaker orders both loads could miss the other's store,
+    // and a wake from another thread would reach no one.
     fn leave_turns(&self) {
-        self.in_turn.store(false, Ordering::Release);
+        self.in_turn.store(false, Ordering::SeqCst);
     }
 }
 
@@ -154,8 +174,8 @@ impl Wake for WakeFlag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        if !self.in_turn.load(Ordering::Acquire) {
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.in_turn.load(Ordering::SeqCst) {
             let outer = self.outer.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(outer) = outer {
                 outer.wake();

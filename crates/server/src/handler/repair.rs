@@ -42,7 +42,8 @@ impl ServerState {
                     meta,
                     data_hash,
                     settled: table.settled(&path),
-                    deleted: table.is_deleted(*file_id),
+                    // A tombstone of a file a record here still names is no evidence.
+                    deleted: table.is_deleted(*file_id) && !table.has_file(*file_id),
                 })
             })
             .collect::<Result<_, Status>>()?;

@@ -2,6 +2,7 @@
 //! processes (started here, or MPI ranks), the targets, and the report.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, SystemTime};
@@ -443,6 +444,9 @@ fn run_local(plan: &Plan, run_dir: &Path, clients: u32) -> Result<Outcome, CliEr
             .arg("--run-dir")
             .arg(run_dir)
             .args(["--rank", &rank.to_string(), "--size", &clients.to_string()])
+            // A group of its own: a terminal's Ctrl-C reaches rank 0 alone, which passes it
+            // on once (a second one would stop a rank at once, leaving its files).
+            .process_group(0)
             .spawn();
         match spawned {
             Ok(child) => children.push((rank, child)),
