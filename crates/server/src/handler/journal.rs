@@ -481,9 +481,6 @@ impl Journal {
 fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), JournalError> {
     let tmp = path.with_extension("journal.tmp");
     let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
-    for id in table.tombstones() {
-        snapshot.extend(encode(&Record::Tombstone(id)));
-    }
     for id in table.seals_for_good() {
         snapshot.extend(encode(&Record::Seal(id)));
     }
@@ -493,6 +490,11 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
             meta: *meta,
             data,
         }));
+    }
+    // After the records: storing a record lifts its file's tombstone, and a file displaced
+    // by a rename onto its other name keeps one while that name still holds it.
+    for id in table.tombstones() {
+        snapshot.extend(encode(&Record::Tombstone(id)));
     }
     let mut f = File::create(&tmp).map_err(io_error("create", &tmp))?;
     f.write_all(&snapshot).map_err(io_error("write", &tmp))?;
