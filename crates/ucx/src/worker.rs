@@ -272,24 +272,26 @@ impl Worker {
                 crate::drive::yield_turn().await;
                 continue;
             }
-            if self.arm()? == Armed::Busy {
+            let sleep_for = if self.arm()? == Armed::Busy {
                 // Nothing to progress, yet UCX will not sleep: let the other tasks run,
                 // and past a few turns stop spinning (a keepalive to a stopped peer keeps
                 // UCX 1.13 busy for as long as the peer is stopped, and a loop that never
                 // yielded starved the server's other worker, and so every request).
                 busy_arms += 1;
-                if busy_arms >= ARM_BUSY_SPINS_MAX {
-                    busy_arms = 0;
-                    tokio::time::sleep(ARM_BUSY_BACKOFF).await;
-                } else {
+                if busy_arms < ARM_BUSY_SPINS_MAX {
                     tokio::task::yield_now().await;
+                    continue;
                 }
-                continue;
-            }
-            busy_arms = 0;
+                busy_arms = 0;
+                // Still on the event fd too: the interfaces armed before the busy one wake
+                // the loop when a message comes, instead of after the backoff.
+                ARM_BUSY_BACKOFF
+            } else {
+                busy_arms = 0;
+                PROGRESS_IDLE_TICK
+            };
             self.kicked.set(false);
-            tick.as_mut()
-                .reset(tokio::time::Instant::now() + PROGRESS_IDLE_TICK);
+            tick.as_mut().reset(tokio::time::Instant::now() + sleep_for);
             // Ends on an event, a new request, a stop, or the idle tick (a normal end).
             poll_fn(|cx| {
                 if self.kicked.replace(false) || self.stopped.get() {
