@@ -230,3 +230,60 @@ fn a_long_stopped_server_leaves_its_peers_answering() {
     }
     cluster.signal(0, "CONT");
 }
+
+/// CPU time (user and system) process `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends in ')': utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let ticks = clock_ticks();
+    Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
+}
+
+/// Clock ticks per second of /proc's times.
+fn clock_ticks() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn servers_sleep_while_a_blocking_client_sits_idle() {
+    // Found by a hostile run: with UCX 1.13, a server's keepalive to a client that made no
+    // call for ~20 s (a blocking client progresses its worker only inside calls) kept the
+    // server's worker from arming for good: idle servers woke thousands of times a second
+    // (5-7% of a core) and answered every client's metadata 2-30x slower.
+    if ucx_overridden() {
+        return;
+    }
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    common::files::write_file(&fs, "/f", &pattern(12 << 20, 5));
+    std::thread::sleep(Duration::from_secs(25));
+    let pids: Vec<u32> = cluster
+        .children
+        .iter()
+        .map(|c| c.as_ref().unwrap().id())
+        .collect();
+    let before: Vec<Duration> = pids.iter().map(|&p| cpu_time(p)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, (&pid, before)) in pids.iter().zip(before).enumerate() {
+        let spent = cpu_time(pid) - before;
+        assert!(
+            spent < Duration::from_millis(60),
+            "server {i} used {spent:?} of CPU in 3 s of idling, its client idle for 25 s"
+        );
+    }
+    drop(fs);
+}
