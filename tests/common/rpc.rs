@@ -68,7 +68,11 @@ impl Rt {
 
 /// A UCX context with the transport settings benchfs clients and servers use by default.
 pub fn ucx_context() -> std::sync::Arc<Context> {
-    Context::with_config(Features::ALL, &benchfs_ucx::transport_config(true)).unwrap()
+    Context::with_config(
+        Features::ALL,
+        &benchfs_ucx::transport_config(true, benchfs_ucx::Role::Client),
+    )
+    .unwrap()
 }
 
 /// A new RPC client presenting `secret`; call inside `Rt::block_on`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use benchfs_store::ChunkStore;
 use benchfs_ucx::netif::{self, Interface};
-use benchfs_ucx::{Context, Features, Listener, Worker};
+use benchfs_ucx::{Context, Features, Listener, Role, Worker};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
@@ -243,21 +243,10 @@ fn ucx_context(network: &NetworkConfig) -> Result<Arc<Context>, DaemonError> {
     // (TCP_CM_REUSEADDR is not applied, and UCX warns "invalid configuration").
     let mut overrides = vec![("CM_REUSEADDR", "y".to_string())];
     overrides.extend(
-        benchfs_ucx::transport_config(network.shared_memory)
+        benchfs_ucx::transport_config(network.shared_memory, Role::Server)
             .into_iter()
             .map(|(key, value)| (key, value.to_string())),
     );
-    // No keepalive from a server: with UCX 1.13 a server's keepalive to a blocking client
-    // that made no call for ~20 s (it progresses its worker only inside calls) kept the
-    // server's worker from arming for good, and every request then waited out a backoff
-    // (metadata 2-30x slower). A client that ended is noticed by its connection's socket;
-    // a stopped one by the transfer timeout. Clients keep theirs, to notice a dead server.
-    if let Some(keepalive) = overrides
-        .iter_mut()
-        .find(|(key, _)| *key == "KEEPALIVE_INTERVAL")
-    {
-        keepalive.1 = "inf".to_string();
-    }
     if let Some(devices) = net_devices(network)? {
         overrides.push(("NET_DEVICES", devices.join(",")));
     }

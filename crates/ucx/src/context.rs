@@ -123,7 +123,10 @@ impl Drop for Context {
 ///
 /// Our endpoints ask for peer-failure handling, which UCX 1.13 gives the `sysv` and `posix`
 /// transports only with `MM_ERROR_HANDLING=y` (then a peer is declared dead by a pid check
-/// every `KEEPALIVE_INTERVAL`, set to one second here instead of 20), and rendezvous through
+/// every `KEEPALIVE_INTERVAL`, set to one second here instead of 20 for a client, and off for
+/// a server: with UCX 1.13 a server's keepalive to a blocking client that made no call for
+/// ~20 s, and so did not progress its worker, kept the server's worker from arming for good,
+/// and every request waited out a backoff), and rendezvous through
 /// `cma` (process_vm_readv, one copy) only with `CMA_MEMORY_INVALIDATE=y`; without it,
 /// rendezvous data between endpoints made through a listener goes over `tcp`. Connections
 /// made through a listener keep their `tcp` socket, which reports a peer whose process
@@ -144,7 +147,7 @@ impl Drop for Context {
 /// connection's close, as when a server dies mid-write. It was no faster here (rpc-bench
 /// over tcp, 64 KiB to 4 MiB, within the noise of alternate runs), and it also opened an
 /// rma lane on every interface, so a loopback connection sent half its data by `eth0`.
-pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
+pub fn transport_config(enabled: bool, role: Role) -> Vec<(&'static str, &'static str)> {
     let flag = if enabled { "y" } else { "n" };
     // (key for ucp_config_modify, its environment variable, value): a UCT component's key
     // goes without the component's prefix (see `Context::with_config`).
@@ -155,7 +158,11 @@ pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
         ("PUT_ENABLE", "UCX_TCP_PUT_ENABLE", "n"),
     ];
     if enabled {
-        config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", "1s"));
+        let keepalive = match role {
+            Role::Client => "1s",
+            Role::Server => "inf",
+        };
+        config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", keepalive));
         config.push(("MAX_RNDV_LANES", "UCX_MAX_RNDV_LANES", "1"));
     }
     config
@@ -163,6 +170,16 @@ pub fn transport_config(enabled: bool) -> Vec<(&'static str, &'static str)> {
         .filter(|(_, env, _)| std::env::var_os(env).is_none())
         .map(|(key, _, value)| (key, value))
         .collect()
+}
+
+/// Which end of BenchFS connections a context's workers are, for [`transport_config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Calls servers: an application or a mount. (A server calls its peers through its
+    /// own context, a server's.)
+    Client,
+    /// Answers clients (`benchfsd`).
+    Server,
 }
 
 /// A `ucp_config_t`, released on drop.

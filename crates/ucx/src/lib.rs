@@ -80,7 +80,7 @@ mod sys;
 mod worker;
 
 pub use am::{AmMessage, AmProto, AmStream};
-pub use context::{transport_config, Context, Features};
+pub use context::{transport_config, Context, Features, Role};
 pub use drive::block_on;
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};

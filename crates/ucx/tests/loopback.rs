@@ -60,7 +60,11 @@ impl Node {
 /// A context with the settings benchfs uses between hosts (no shared memory), so these
 /// tests run over tcp as connections across a cluster do.
 fn tcp_context() -> Arc<Context> {
-    Context::with_config(Features::ALL, &benchfs_ucx::transport_config(false)).unwrap()
+    Context::with_config(
+        Features::ALL,
+        &benchfs_ucx::transport_config(false, benchfs_ucx::Role::Client),
+    )
+    .unwrap()
 }
 
 /// Over tcp: a server node listening on loopback, with its request handler, and a client

@@ -43,7 +43,7 @@ use benchfs_proto::ops;
 use benchfs_proto::path;
 use benchfs_proto::placement::{PlacementRing, ServerIndex};
 use benchfs_proto::Status;
-use benchfs_ucx::{Context, Features};
+use benchfs_ucx::{Context, Features, Role};
 use futures_util::future::join_all;
 
 use crate::error::ApiError;
@@ -259,7 +259,7 @@ impl FsClient {
         }
         let context = Context::with_config(
             Features::ALL,
-            &benchfs_ucx::transport_config(config.network.shared_memory),
+            &benchfs_ucx::transport_config(config.network.shared_memory, Role::Client),
         )?;
         let options = ClientOptions {
             rpc_timeout: config.network.rpc_timeout,
