@@ -759,3 +759,59 @@ fn eager_payloads_cost_no_page_faults_in_steady_state() {
         );
     });
 }
+
+/// Bytes of `pid`'s mappings advised `MADV_HUGEPAGE` (`hg` in `/proc/<pid>/smaps`).
+fn huge_page_advised_bytes(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut size_kib = 0;
+    let mut advised = 0;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Size:") {
+            size_kib = kib
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap();
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if flags.split_whitespace().any(|f| f == "hg") {
+                advised += size_kib << 10;
+            }
+        }
+    }
+    advised
+}
+
+/// A memory server asks for huge pages for the chunks it stores unless
+/// `storage.huge_pages` is off.
+#[test]
+fn memory_servers_ask_for_huge_pages_for_chunks_unless_told_not_to() {
+    if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        common::skip("huge pages", "the kernel has no transparent huge pages");
+        return;
+    }
+    // A server asks only while the kernel has huge pages free for twice a segment.
+    if benchfs_store::free_huge_page_bytes().is_some_and(|free| free < 16 * CHUNK) {
+        common::skip("huge pages", "free memory too fragmented for huge pages");
+        return;
+    }
+    let mut cluster = Cluster::start(spec(2));
+    cluster.kill(1);
+    cluster.restart_with_env(1, &[("BENCHFS_STORAGE_HUGE_PAGES", "false")]);
+    let pids: Vec<u32> = (0..2)
+        .map(|i| cluster.children[i].as_ref().unwrap().id())
+        .collect();
+    let data = pattern(CHUNK as usize, 9);
+    Rt::new().block_on(async {
+        for i in 0..2 {
+            let conn = rpc_client(b"").connect(cluster.addr(i)).await.unwrap();
+            write(&conn, 1, i as u64, 0, data.clone()).await;
+        }
+    });
+    let advised = huge_page_advised_bytes(pids[0]);
+    assert!(
+        advised >= CHUNK,
+        "a default server advised {advised} bytes for a {CHUNK}-byte chunk"
+    );
+    assert_eq!(huge_page_advised_bytes(pids[1]), 0, "huge_pages = false");
+}

@@ -145,6 +145,11 @@ pub struct StorageConfig {
     /// default): faulted in as the store grows. At most the capacity (the memory tier) and
     /// the memory the host has available; the disk backends refuse it.
     pub prefault_bytes: u64,
+    /// Whether the memory backend (or the tiered backend's memory tier) asks for
+    /// transparent huge pages for chunk memory (default: yes): shared-memory transfers pin
+    /// each page they touch, which costs far less for huge pages. Off: small pages, as the
+    /// system's THP policy gives them.
+    pub huge_pages: bool,
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
     pub orphan_sweep_secs: u64,
@@ -270,6 +275,7 @@ impl Default for ServerConfig {
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
                 memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 prefault_bytes: 0,
+                huge_pages: true,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
                 inline_bytes: limits::INLINE_BYTES_DEFAULT,
                 inject_faults: None,
@@ -353,6 +359,7 @@ struct RawStorage {
     queue_depth: Option<i64>,
     memory_tier_bytes: Option<i64>,
     prefault_bytes: Option<i64>,
+    huge_pages: Option<bool>,
     orphan_sweep_secs: Option<i64>,
     inline_bytes: Option<i64>,
     inject_faults: Option<String>,
@@ -422,6 +429,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "queue_depth", EnvKind::Int),
     ("storage", "memory_tier_bytes", EnvKind::Int),
     ("storage", "prefault_bytes", EnvKind::Int),
+    ("storage", "huge_pages", EnvKind::Bool),
     ("storage", "orphan_sweep_secs", EnvKind::Int),
     ("storage", "inline_bytes", EnvKind::Int),
     ("storage", "inject_faults", EnvKind::Str),
@@ -628,6 +636,9 @@ impl ServerConfig {
         }
         if let Some(v) = s.prefault_bytes {
             self.storage.prefault_bytes = non_negative("storage.prefault_bytes", v)?;
+        }
+        if let Some(v) = s.huge_pages {
+            self.storage.huge_pages = v;
         }
         if let Some(v) = s.inline_bytes {
             self.storage.inline_bytes = non_negative("storage.inline_bytes", v)?;
@@ -976,6 +987,7 @@ impl ServerConfig {
             queue_depth: self.storage.queue_depth,
             memory_tier_bytes: self.storage.memory_tier_bytes,
             prefault_bytes: self.storage.prefault_bytes,
+            huge_pages: self.storage.huge_pages,
         }
     }
 }
@@ -1419,6 +1431,22 @@ mod tests {
         }
         let text = format!("{tiered}prefault_bytes = 1048576\n");
         ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
+    }
+
+    #[test]
+    fn huge_pages_are_on_unless_turned_off() {
+        let memory = "[storage]\nbackend = \"memory\"\n";
+        let c = ServerConfig::from_env_and_str(memory, env(&[])).unwrap();
+        assert!(c.store_config().huge_pages);
+        let text = format!("{memory}huge_pages = false\n");
+        let c = ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
+        assert!(!c.store_config().huge_pages);
+        let var = ("BENCHFS_STORAGE_HUGE_PAGES", "false");
+        let c = ServerConfig::from_env_and_str(memory, env(&[var])).unwrap();
+        assert!(!c.store_config().huge_pages);
+        let text = format!("{memory}huge_pages = 1\n");
+        let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("huge_pages"), "{err}");
     }
 
     #[test]

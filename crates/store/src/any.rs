@@ -30,6 +30,7 @@ impl AnyChunkStore {
                     config.chunk_size,
                     config.capacity_bytes.unwrap_or(u64::MAX),
                 )?;
+                store.use_huge_pages(config.huge_pages);
                 store.prefault(config.prefault_bytes)?;
                 AnyChunkStore::Memory(store)
             }

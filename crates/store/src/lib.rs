@@ -47,6 +47,7 @@ pub use disk::{IoEngine, StdEngine, UringEngine};
 pub use error::StoreError;
 pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
+pub use mapping::free_huge_page_bytes;
 pub use memory::{available_memory, InMemoryChunkStore};
 pub use pages::ChunkView;
 pub use tiered::TieredChunkStore;
@@ -284,12 +285,18 @@ pub struct StoreConfig {
     /// faults; 0: memory is faulted in as the store grows. At most the capacity (the
     /// memory tier); the disk backends take none.
     pub prefault_bytes: u64,
+    /// Whether the memory backend (and the tiered backend's memory tier) asks the kernel
+    /// for transparent huge pages for chunk memory (`MADV_HUGEPAGE`; default: yes).
+    /// Shared-memory transfers into and out of chunks pin their pages one by one, which
+    /// costs far less for huge pages; growing the pool may cost more where free memory is
+    /// fragmented. The disk backends ignore it.
+    pub huge_pages: bool,
 }
 
 impl StoreConfig {
     /// A config with the defaults a server uses: [`CHUNK_SIZE_DEFAULT`] chunks,
     /// [`QUEUE_DEPTH_DEFAULT`] operations in flight, buffered I/O, no capacity bound, a
-    /// memory tier of [`MEMORY_TIER_BYTES_DEFAULT`].
+    /// memory tier of [`MEMORY_TIER_BYTES_DEFAULT`], huge pages for chunk memory.
     pub fn new(backend: Backend, data_dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             backend,
@@ -300,6 +307,7 @@ impl StoreConfig {
             queue_depth: QUEUE_DEPTH_DEFAULT,
             memory_tier_bytes: MEMORY_TIER_BYTES_DEFAULT,
             prefault_bytes: 0,
+            huge_pages: true,
         }
     }
 

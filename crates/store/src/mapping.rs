@@ -5,7 +5,7 @@
 use std::io;
 use std::ptr::NonNull;
 
-use crate::limits::HUGE_PAGE_BYTES;
+use crate::limits::{HUGE_PAGE_BYTES, PAGE_BYTES};
 
 /// An anonymous private mapping of `len` bytes, unmapped on drop.
 pub(crate) struct Mapping {
@@ -20,18 +20,22 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
-    /// `len` bytes starting on a huge-page boundary, every page faulted in now. Where
-    /// transparent huge pages are on for every mapping (`enabled = always`), the kernel
-    /// can back it with huge pages; this asks for none (no `MADV_HUGEPAGE`).
+    /// `len` bytes starting on a huge-page boundary, every page faulted in now. With
+    /// `huge_pages`, and while the kernel has free blocks for twice `len` in huge pages
+    /// ([`free_huge_page_bytes`]), it is advised `MADV_HUGEPAGE` first, so that the kernel
+    /// backs it with transparent huge pages (THP `enabled` set to `madvise` or `always`);
+    /// otherwise it gets small pages, unless the system's THP is `always`.
     ///
     /// Faulting in now is the point: the kernel clears each page as it first maps it, and
     /// doing that here, in one call per mapping, keeps it off the paths that use the
-    /// memory later. Why no `MADV_HUGEPAGE`: with huge pages free it populated 256 MiB in
-    /// 23 ms against 80 ms for small pages, but on a host whose memory was fragmented (its
-    /// page cache full) the direct compaction that advice asks for (`defrag = madvise`)
-    /// took 580 ms, slower than small pages by seven times; the system's own THP policy
-    /// decides instead.
-    pub(crate) fn aligned_populated(len: usize) -> io::Result<Mapping> {
+    /// memory later. Why huge pages: a transfer into these pages by shared memory (CMA)
+    /// pins each page it writes, and with 4 KiB pages that pinning (`follow_page_pte`) cost
+    /// as much as the copy: 1 MiB payloads into a memory server went from 9.2-10.8 to
+    /// 31-35 GB/s. Why only where free: when free memory is fragmented (page cache full),
+    /// the advice makes the kernel compact memory as it faults each huge page in (THP
+    /// `defrag = madvise`), which made populating 256 MiB take 580 ms against 80 ms for
+    /// small pages, and fresh writes into four memory servers 10-35% slower.
+    pub(crate) fn aligned_populated(len: usize, huge_pages: bool) -> io::Result<Mapping> {
         // Map a huge page more than needed, then cut the unaligned head and the tail.
         let span = len
             .checked_add(HUGE_PAGE_BYTES)
@@ -48,8 +52,22 @@ impl Mapping {
             unmap(raw.as_ptr(), head);
             unmap(ptr.as_ptr().add(len), span - head - len);
         }
+        let huge_pages_free = || free_huge_page_bytes().is_none_or(|free| free / 2 >= len as u64);
+        if huge_pages && huge_pages_free() {
+            mapping.advise_huge_pages();
+        }
         mapping.populate()?;
         Ok(mapping)
+    }
+
+    /// Asks for transparent huge pages. Advice only: a kernel without THP (`EINVAL`) or
+    /// with it off maps small pages, which work the same, slower.
+    fn advise_huge_pages(&self) {
+        // SAFETY: the range is exactly this mapping's; the advice changes no contents.
+        let rc = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "no transparent huge pages");
+        }
     }
 
     /// Faults every page in for writing: `MADV_POPULATE_WRITE` (Linux 5.14), else a
@@ -89,6 +107,33 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+}
+
+/// Bytes the kernel has free in blocks of a huge page or more (`/proc/buddyinfo`, every
+/// zone): what a mapping can get in huge pages without compacting memory first. `None`
+/// when that file cannot be read or parsed.
+pub fn free_huge_page_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/buddyinfo").ok()?;
+    free_huge_page_bytes_in(&info)
+}
+
+/// [`free_huge_page_bytes`] from the text of `/proc/buddyinfo`: per zone, the count of
+/// free blocks of each order (a block of order `n` is `2^n` pages).
+fn free_huge_page_bytes_in(info: &str) -> Option<u64> {
+    let huge_order = (HUGE_PAGE_BYTES / PAGE_BYTES).trailing_zeros() as usize;
+    let mut bytes = 0u64;
+    for line in info.lines() {
+        // "Node 0, zone   Normal   1620  10568 ...": counts follow the zone's name.
+        let counts = line.split_whitespace().skip(4);
+        for (order, count) in counts.enumerate() {
+            let count: u64 = count.parse().ok()?;
+            if order >= huge_order {
+                let block = (PAGE_BYTES as u64) << order;
+                bytes = bytes.saturating_add(count.saturating_mul(block));
+            }
+        }
+    }
+    Some(bytes)
 }
 
 /// Maps `len` anonymous private read-write bytes with `flags` added.
@@ -167,7 +212,7 @@ mod tests {
     #[test]
     fn aligned_mapping_is_aligned_zeroed_and_writable() {
         for len in [4096, HUGE_PAGE_BYTES, 3 * HUGE_PAGE_BYTES + 8192] {
-            let mapping = Mapping::aligned_populated(len).unwrap();
+            let mapping = Mapping::aligned_populated(len, false).unwrap();
             assert_eq!(mapping.ptr().as_ptr() as usize % HUGE_PAGE_BYTES, 0);
             assert_eq!(mapping.len(), len);
             // SAFETY: the mapping is `len` readable and writable bytes owned here.
@@ -176,5 +221,69 @@ mod tests {
             bytes.fill(0xa5);
             assert_eq!(bytes[len - 1], 0xa5);
         }
+    }
+
+    /// The `VmFlags` of the mapping that holds `addr`, from /proc/self/smaps.
+    fn vm_flags(addr: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((start, end)) = range.split_once('-') {
+                    if let (Ok(start), Ok(end)) = (
+                        usize::from_str_radix(start, 16),
+                        usize::from_str_radix(end, 16),
+                    ) {
+                        inside = (start..end).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                if inside {
+                    return flags.split_whitespace().map(str::to_owned).collect();
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    /// Asked for, a mapping is advised huge pages (`hg`) while the kernel has them free,
+    /// and only then.
+    #[test]
+    fn huge_pages_are_asked_for_when_wanted() {
+        use std::io::Write;
+        let skip = |why: &str| {
+            let _ = writeln!(std::io::stderr(), "SKIPPED huge pages: {why}");
+        };
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            return skip("the kernel has no transparent huge pages");
+        }
+        if free_huge_page_bytes().is_some_and(|free| free < 8 * HUGE_PAGE_BYTES as u64) {
+            return skip("free memory too fragmented for huge pages");
+        }
+        for huge_pages in [true, false] {
+            let mapping = Mapping::aligned_populated(2 * HUGE_PAGE_BYTES, huge_pages).unwrap();
+            let flags = vm_flags(mapping.ptr().as_ptr() as usize);
+            assert_eq!(
+                flags.iter().any(|f| f == "hg"),
+                huge_pages,
+                "huge_pages {huge_pages}: VmFlags {flags:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn free_huge_page_bytes_counts_blocks_of_a_huge_page_or_more() {
+        let info = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3\n\
+                    Node 0, zone   Normal   1620  10568   5705   2587   1483    745    423     70      3    391     74\n";
+        let huge = HUGE_PAGE_BYTES as u64;
+        // Order 9 is one huge page, order 10 two.
+        assert_eq!(
+            free_huge_page_bytes_in(info),
+            Some((1 + 3 * 2 + 391 + 74 * 2) * huge)
+        );
+        assert_eq!(free_huge_page_bytes_in("Node 0, zone Normal 1 x 3\n"), None);
+        assert_eq!(free_huge_page_bytes_in(""), Some(0));
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct PagePool {
     /// most its capacity plus the rounding of each chunk to whole pages.
     capacity_bytes: u64,
     growth: RefCell<Option<Growth>>,
+    /// Whether segments are advised to be huge pages ([`Mapping::aligned_populated`]).
+    huge_pages: Cell<bool>,
     /// Growing ahead last found too little memory or no thread when the pool would have
     /// grown to this size: not asked again (files read, a thread spawned) until it has.
     ahead_declined_below: Cell<usize>,
@@ -185,19 +187,26 @@ struct FreshSegment(Mapping);
 unsafe impl Send for FreshSegment {}
 
 impl PagePool {
-    /// An empty pool for a store of `capacity_bytes` (`u64::MAX`: unbounded); maps nothing
-    /// until the first page is needed.
-    pub(crate) fn new(capacity_bytes: u64) -> PagePool {
+    /// An empty pool for a store of `capacity_bytes` (`u64::MAX`: unbounded) whose
+    /// segments ask for huge pages if `huge_pages` is set; maps nothing until the first
+    /// page is needed.
+    pub(crate) fn new(capacity_bytes: u64, huge_pages: bool) -> PagePool {
         PagePool {
             segments: RefCell::new(Vec::new()),
             free: RefCell::new(FreePages::default()),
             mapped_bytes: Cell::new(0),
             capacity_bytes,
             growth: RefCell::new(None),
+            huge_pages: Cell::new(huge_pages),
             ahead_declined_below: Cell::new(0),
             lent: Rc::new(RefCell::new(Lent::default())),
             waiting: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Whether segments mapped from now on ask for huge pages.
+    pub(crate) fn use_huge_pages(&self, on: bool) {
+        self.huge_pages.set(on);
     }
 
     /// A view of `len` bytes at `ptr`, which lie in pages of a chunk one after the other;
@@ -291,19 +300,20 @@ impl PagePool {
                 MemoryCheck::Share => fit_to_memory(wanted, needed)?,
                 MemoryCheck::Done => wanted,
             };
-            let segment = Mapping::aligned_populated(bytes).map_err(|source| {
-                if source.kind() == io::ErrorKind::OutOfMemory {
-                    StoreError::NoSpace {
-                        needed: needed as u64,
-                        available: 0,
+            let segment =
+                Mapping::aligned_populated(bytes, self.huge_pages.get()).map_err(|source| {
+                    if source.kind() == io::ErrorKind::OutOfMemory {
+                        StoreError::NoSpace {
+                            needed: needed as u64,
+                            available: 0,
+                        }
+                    } else {
+                        StoreError::Io {
+                            op: "mmap page pool",
+                            source,
+                        }
                     }
-                } else {
-                    StoreError::Io {
-                        op: "mmap page pool",
-                        source,
-                    }
-                }
-            })?;
+                })?;
             self.add_segment(segment);
         }
         Ok(())
@@ -340,9 +350,10 @@ impl PagePool {
             self.ahead_declined_below.set(mapped + bytes);
             return;
         }
+        let huge_pages = self.huge_pages.get();
         let thread = std::thread::Builder::new()
             .name("benchfs-pages".into())
-            .spawn(move || Mapping::aligned_populated(bytes).map(FreshSegment));
+            .spawn(move || Mapping::aligned_populated(bytes, huge_pages).map(FreshSegment));
         match thread {
             Ok(thread) => *self.growth.borrow_mut() = Some(Growth { bytes, thread }),
             Err(error) => {
@@ -749,7 +760,7 @@ mod tests {
 
     #[test]
     fn recycled_pages_read_as_zeros_where_unwritten() {
-        let pool = PagePool::new(u64::MAX);
+        let pool = PagePool::new(u64::MAX, false);
         let mut dirty = PageChunk::default();
         dirty.write(&pool, 0, &vec![0xff; 3 * P]).unwrap();
         dirty.release(&pool);
@@ -767,7 +778,7 @@ mod tests {
 
     #[test]
     fn shrink_clears_the_tail_and_returns_pages() {
-        let pool = PagePool::new(u64::MAX);
+        let pool = PagePool::new(u64::MAX, false);
         let mut chunk = PageChunk::default();
         chunk.write(&pool, 0, &vec![9; 3 * P]).unwrap();
         let free_before = pool.free.borrow().len();
@@ -783,7 +794,7 @@ mod tests {
 
     #[test]
     fn reads_and_writes_across_page_boundaries() {
-        let pool = PagePool::new(u64::MAX);
+        let pool = PagePool::new(u64::MAX, false);
         let mut chunk = PageChunk::default();
         let data: Vec<u8> = (0..3 * P + 7).map(|i| (i % 251) as u8).collect();
         chunk.write(&pool, P - 3, &data).unwrap();
@@ -801,7 +812,7 @@ mod tests {
     /// control: its faults are the writer's.
     #[test]
     fn a_pool_running_low_grows_ahead_on_another_thread() {
-        let pool = PagePool::new(u64::MAX);
+        let pool = PagePool::new(u64::MAX, false);
         let first_pages = (HUGE_PAGE_BYTES / P) as i64;
         // With huge pages for every mapping, a segment takes one fault per huge page, and
         // counting faults tells nothing.
@@ -842,7 +853,7 @@ mod tests {
     #[test]
     fn a_pool_grows_ahead_by_huge_pages_and_no_further_than_its_capacity() {
         let capacity = 2 * HUGE_PAGE_BYTES + P;
-        let pool = PagePool::new(capacity as u64);
+        let pool = PagePool::new(capacity as u64, false);
         let mut chunk = PageChunk::default();
         chunk
             .write(&pool, 0, &vec![1; HUGE_PAGE_BYTES - P])
@@ -866,7 +877,7 @@ mod tests {
 
     #[test]
     fn a_bounded_pool_maps_no_more_than_it_needs() {
-        let pool = PagePool::new(3 * P as u64);
+        let pool = PagePool::new(3 * P as u64, false);
         let mut chunk = PageChunk::default();
         chunk.write(&pool, 0, &[1; 10]).unwrap();
         assert_eq!(pool.mapped_bytes(), 3 * P, "capped at the capacity");

@@ -195,6 +195,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             .max(1);
         // Slots are whole chunks, so this bound only caps the page pool's growth.
         let upper = InMemoryChunkStore::empty(config.chunk_size, config.memory_tier_bytes);
+        upper.use_huge_pages(config.huge_pages);
         upper.prefault(config.prefault_bytes)?;
         let mut index = BTreeMap::new();
         let mut used_bytes = 0;
