@@ -29,7 +29,8 @@
 # 0 suits a machine with fewer cores than servers plus clients.
 # PREFAULT_BYTES: chunk memory each BenchFS server faults in at start
 # (storage.prefault_bytes; default 0, as CHFS's tmpfs store faults its pages in as it
-# grows too).
+# grows too). HUGE_PAGES=true: BenchFS chunk memory asks for huge pages
+# (storage.huge_pages; default false).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 peers=${1:?usage: compare-chfs.sh PEERS_PREFIX [ROUNDS]}
@@ -57,6 +58,7 @@ fi
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 [ -z "${BUSY_POLL_US:-}" ] || export BENCHFS_NETWORK_BUSY_POLL_US=$BUSY_POLL_US
+[ -z "${HUGE_PAGES:-}" ] || export BENCHFS_STORAGE_HUGE_PAGES=$HUGE_PAGES
 export LD_LIBRARY_PATH=$peers/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=$peers/bin:$peers/sbin:$PATH
 bfs=$root/target/compare
@@ -142,7 +144,7 @@ for round in $(seq "$rounds"); do
     done
 done
 
-echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us, prefault ${PREFAULT_BYTES:-0} bytes"
+echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us, prefault ${PREFAULT_BYTES:-0} bytes, huge pages ${HUGE_PAGES:-false}"
 echo "# ior-easy: -F -t 1m -b $easy_block; ior-hard: shared file -t 47008 -s $hard_segments; mdtest: -n $md_files -F -u (MiB/s; ops/s)"
 printf '%-22s %9s %12s %12s %8s\n' workload chunk CHFS BenchFS ratio
 # shellcheck disable=SC2016 # awk programs

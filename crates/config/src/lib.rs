@@ -146,9 +146,10 @@ pub struct StorageConfig {
     /// the memory the host has available; the disk backends refuse it.
     pub prefault_bytes: u64,
     /// Whether the memory backend (or the tiered backend's memory tier) asks for
-    /// transparent huge pages for chunk memory (default: yes): shared-memory transfers pin
-    /// each page they touch, which costs far less for huge pages. Off: small pages, as the
-    /// system's THP policy gives them.
+    /// transparent huge pages for chunk memory: shared-memory transfers pin each page they
+    /// touch, which costs far less for huge pages, but on a VM that hands free memory back
+    /// to its host they cost more to fault in. Default: no (small pages, as the system's
+    /// THP policy gives them).
     pub huge_pages: bool,
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
@@ -275,7 +276,7 @@ impl Default for ServerConfig {
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
                 memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 prefault_bytes: 0,
-                huge_pages: true,
+                huge_pages: false,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
                 inline_bytes: limits::INLINE_BYTES_DEFAULT,
                 inject_faults: None,
@@ -1434,16 +1435,16 @@ mod tests {
     }
 
     #[test]
-    fn huge_pages_are_on_unless_turned_off() {
+    fn huge_pages_are_off_unless_turned_on() {
         let memory = "[storage]\nbackend = \"memory\"\n";
         let c = ServerConfig::from_env_and_str(memory, env(&[])).unwrap();
-        assert!(c.store_config().huge_pages);
-        let text = format!("{memory}huge_pages = false\n");
+        assert!(!c.store_config().huge_pages);
+        let text = format!("{memory}huge_pages = true\n");
         let c = ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
-        assert!(!c.store_config().huge_pages);
-        let var = ("BENCHFS_STORAGE_HUGE_PAGES", "false");
+        assert!(c.store_config().huge_pages);
+        let var = ("BENCHFS_STORAGE_HUGE_PAGES", "true");
         let c = ServerConfig::from_env_and_str(memory, env(&[var])).unwrap();
-        assert!(!c.store_config().huge_pages);
+        assert!(c.store_config().huge_pages);
         let text = format!("{memory}huge_pages = 1\n");
         let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
         assert!(err.to_string().contains("huge_pages"), "{err}");

@@ -211,7 +211,7 @@ async fn run_backend(args: &Args, backend: Backend, direct: bool, tier: Option<f
         queue_depth: args.qd,
         memory_tier_bytes: tier_bytes,
         prefault_bytes: 0,
-        huge_pages: true,
+        huge_pages: false,
     };
     let store = match AnyChunkStore::open(&config) {
         Ok(store) => Rc::new(store),

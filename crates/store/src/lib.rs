@@ -286,17 +286,18 @@ pub struct StoreConfig {
     /// memory tier); the disk backends take none.
     pub prefault_bytes: u64,
     /// Whether the memory backend (and the tiered backend's memory tier) asks the kernel
-    /// for transparent huge pages for chunk memory (`MADV_HUGEPAGE`; default: yes).
-    /// Shared-memory transfers into and out of chunks pin their pages one by one, which
-    /// costs far less for huge pages; growing the pool may cost more where free memory is
-    /// fragmented. The disk backends ignore it.
+    /// for transparent huge pages for chunk memory (`MADV_HUGEPAGE`), as many as it shows
+    /// free twice over. Shared-memory transfers into and out of chunks pin their pages one
+    /// by one, which costs far less for huge pages, but where the kernel's free huge pages
+    /// were handed back to a hypervisor they cost more to fault in than small ones (see
+    /// the README). Default: no. The disk backends ignore it.
     pub huge_pages: bool,
 }
 
 impl StoreConfig {
     /// A config with the defaults a server uses: [`CHUNK_SIZE_DEFAULT`] chunks,
     /// [`QUEUE_DEPTH_DEFAULT`] operations in flight, buffered I/O, no capacity bound, a
-    /// memory tier of [`MEMORY_TIER_BYTES_DEFAULT`], huge pages for chunk memory.
+    /// memory tier of [`MEMORY_TIER_BYTES_DEFAULT`], small pages for chunk memory.
     pub fn new(backend: Backend, data_dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             backend,
@@ -307,7 +308,7 @@ impl StoreConfig {
             queue_depth: QUEUE_DEPTH_DEFAULT,
             memory_tier_bytes: MEMORY_TIER_BYTES_DEFAULT,
             prefault_bytes: 0,
-            huge_pages: true,
+            huge_pages: false,
         }
     }
 

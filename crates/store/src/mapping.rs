@@ -20,22 +20,16 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
-    /// `len` bytes starting on a huge-page boundary, every page faulted in now. With
-    /// `huge_pages`, and while the kernel has free blocks for twice `len` in huge pages
-    /// ([`free_huge_page_bytes`]), it is advised `MADV_HUGEPAGE` first, so that the kernel
-    /// backs it with transparent huge pages (THP `enabled` set to `madvise` or `always`);
-    /// otherwise it gets small pages, unless the system's THP is `always`.
+    /// `len` bytes starting on a huge-page boundary, every page faulted in now, the first
+    /// `huge_prefix` of them (a multiple of a huge page, see [`huge_page_prefix`]) advised
+    /// `MADV_HUGEPAGE` first, so that the kernel backs them with transparent huge pages
+    /// where THP is `madvise` or `always`; the rest gets small pages, unless the system's
+    /// THP is `always`.
     ///
     /// Faulting in now is the point: the kernel clears each page as it first maps it, and
     /// doing that here, in one call per mapping, keeps it off the paths that use the
-    /// memory later. Why huge pages: a transfer into these pages by shared memory (CMA)
-    /// pins each page it writes, and with 4 KiB pages that pinning (`follow_page_pte`) cost
-    /// as much as the copy: 1 MiB payloads into a memory server went from 9.2-10.8 to
-    /// 31-35 GB/s. Why only where free: when free memory is fragmented (page cache full),
-    /// the advice makes the kernel compact memory as it faults each huge page in (THP
-    /// `defrag = madvise`), which made populating 256 MiB take 580 ms against 80 ms for
-    /// small pages, and fresh writes into four memory servers 10-35% slower.
-    pub(crate) fn aligned_populated(len: usize, huge_pages: bool) -> io::Result<Mapping> {
+    /// memory later.
+    pub(crate) fn aligned_populated(len: usize, huge_prefix: usize) -> io::Result<Mapping> {
         // Map a huge page more than needed, then cut the unaligned head and the tail.
         let span = len
             .checked_add(HUGE_PAGE_BYTES)
@@ -52,19 +46,18 @@ impl Mapping {
             unmap(raw.as_ptr(), head);
             unmap(ptr.as_ptr().add(len), span - head - len);
         }
-        let huge_pages_free = || free_huge_page_bytes().is_none_or(|free| free / 2 >= len as u64);
-        if huge_pages && huge_pages_free() {
-            mapping.advise_huge_pages();
+        if huge_prefix > 0 {
+            mapping.advise_huge_pages(huge_prefix.min(len));
         }
         mapping.populate()?;
         Ok(mapping)
     }
 
-    /// Asks for transparent huge pages. Advice only: a kernel without THP (`EINVAL`) or
-    /// with it off maps small pages, which work the same, slower.
-    fn advise_huge_pages(&self) {
-        // SAFETY: the range is exactly this mapping's; the advice changes no contents.
-        let rc = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_HUGEPAGE) };
+    /// Asks for transparent huge pages for the first `len` bytes. Advice only: a kernel
+    /// without THP (`EINVAL`) or with it off maps small pages, which work the same, slower.
+    fn advise_huge_pages(&self, len: usize) {
+        // SAFETY: the range lies in this mapping; the advice changes no contents.
+        let rc = unsafe { libc::madvise(self.ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
         if rc != 0 {
             tracing::debug!(error = %io::Error::last_os_error(), "no transparent huge pages");
         }
@@ -109,31 +102,63 @@ impl Mapping {
     }
 }
 
-/// Bytes the kernel has free in blocks of a huge page or more (`/proc/buddyinfo`, every
-/// zone): what a mapping can get in huge pages without compacting memory first. `None`
-/// when that file cannot be read or parsed.
+/// How much of a chunk segment of `len` bytes to advise huge pages for, if `wanted`: as
+/// many whole huge pages as the kernel has free twice over on the NUMA node with the
+/// fewest ([`free_huge_page_bytes`]), none if that cannot be read.
+///
+/// Why huge pages: a transfer into chunk memory over shared memory (CMA) pins each page it
+/// writes, and with 4 KiB pages that pinning (`follow_page_pte`) cost as much as the copy:
+/// 1 MiB payloads into a memory server went from 9.2-10.8 to 31-35 GB/s. Why only what
+/// looks free: where free memory is fragmented (page cache full), the advice makes the
+/// kernel compact memory as it faults each huge page in (THP `defrag = madvise`), which
+/// stalls the growth a writer may be waiting for. Others may take those blocks first, so
+/// this makes such stalls rare, not impossible.
+pub(crate) fn huge_page_prefix(len: usize, wanted: bool) -> usize {
+    if !wanted {
+        return 0;
+    }
+    free_huge_page_bytes().map_or(0, |free| huge_page_prefix_of(len, free))
+}
+
+/// [`huge_page_prefix`] with `free` bytes free in huge-page blocks.
+fn huge_page_prefix_of(len: usize, free: u64) -> usize {
+    let half_free = usize::try_from(free / 2).unwrap_or(usize::MAX);
+    let prefix = len.min(half_free);
+    prefix - prefix % HUGE_PAGE_BYTES
+}
+
+/// Bytes free in blocks of a huge page or more on the NUMA node that has the fewest
+/// (`/proc/buddyinfo`, all zones): what a mapping can get in huge pages without the
+/// kernel compacting memory first, wherever it runs. `None` when that file cannot be read
+/// or parsed.
 pub fn free_huge_page_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/buddyinfo").ok()?;
     free_huge_page_bytes_in(&info)
 }
 
-/// [`free_huge_page_bytes`] from the text of `/proc/buddyinfo`: per zone, the count of
-/// free blocks of each order (a block of order `n` is `2^n` pages).
+/// [`free_huge_page_bytes`] from the text of `/proc/buddyinfo`: per node and zone, the
+/// count of free blocks of each order (a block of order `n` is `2^n` pages).
 fn free_huge_page_bytes_in(info: &str) -> Option<u64> {
     let huge_order = (HUGE_PAGE_BYTES / PAGE_BYTES).trailing_zeros() as usize;
-    let mut bytes = 0u64;
-    for line in info.lines() {
+    let mut by_node: Vec<(&str, u64)> = Vec::new();
+    for line in info.lines().filter(|l| !l.trim().is_empty()) {
         // "Node 0, zone   Normal   1620  10568 ...": counts follow the zone's name.
-        let counts = line.split_whitespace().skip(4);
-        for (order, count) in counts.enumerate() {
+        let mut words = line.split_whitespace();
+        let node = words.nth(1)?;
+        let mut bytes = 0u64;
+        for (order, count) in words.skip(2).enumerate() {
             let count: u64 = count.parse().ok()?;
             if order >= huge_order {
-                let block = (PAGE_BYTES as u64) << order;
+                let block = u64::try_from(PAGE_BYTES).ok()?.checked_shl(order as u32)?;
                 bytes = bytes.saturating_add(count.saturating_mul(block));
             }
         }
+        match by_node.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, total)) => *total = total.saturating_add(bytes),
+            None => by_node.push((node, bytes)),
+        }
     }
-    Some(bytes)
+    by_node.iter().map(|&(_, bytes)| bytes).min()
 }
 
 /// Maps `len` anonymous private read-write bytes with `flags` added.
@@ -212,7 +237,7 @@ mod tests {
     #[test]
     fn aligned_mapping_is_aligned_zeroed_and_writable() {
         for len in [4096, HUGE_PAGE_BYTES, 3 * HUGE_PAGE_BYTES + 8192] {
-            let mapping = Mapping::aligned_populated(len, false).unwrap();
+            let mapping = Mapping::aligned_populated(len, 0).unwrap();
             assert_eq!(mapping.ptr().as_ptr() as usize % HUGE_PAGE_BYTES, 0);
             assert_eq!(mapping.len(), len);
             // SAFETY: the mapping is `len` readable and writable bytes owned here.
@@ -248,42 +273,65 @@ mod tests {
         panic!("no mapping holds {addr:#x}");
     }
 
-    /// Asked for, a mapping is advised huge pages (`hg`) while the kernel has them free,
-    /// and only then.
+    /// A mapping's huge-page prefix is advised (`hg`), and with none nothing is.
     #[test]
-    fn huge_pages_are_asked_for_when_wanted() {
-        use std::io::Write;
-        let skip = |why: &str| {
-            let _ = writeln!(std::io::stderr(), "SKIPPED huge pages: {why}");
-        };
+    fn the_huge_page_prefix_is_advised() {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
-            return skip("the kernel has no transparent huge pages");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED huge pages: the kernel has no THP"
+            );
+            return;
         }
-        if free_huge_page_bytes().is_some_and(|free| free < 8 * HUGE_PAGE_BYTES as u64) {
-            return skip("free memory too fragmented for huge pages");
-        }
-        for huge_pages in [true, false] {
-            let mapping = Mapping::aligned_populated(2 * HUGE_PAGE_BYTES, huge_pages).unwrap();
-            let flags = vm_flags(mapping.ptr().as_ptr() as usize);
+        let len = 4 * HUGE_PAGE_BYTES;
+        for prefix in [len, HUGE_PAGE_BYTES, 0] {
+            let mapping = Mapping::aligned_populated(len, prefix).unwrap();
+            let start = mapping.ptr().as_ptr() as usize;
+            let advised = |addr: usize| vm_flags(addr).iter().any(|f| f == "hg");
+            assert_eq!(advised(start), prefix > 0, "prefix {prefix}: first page");
             assert_eq!(
-                flags.iter().any(|f| f == "hg"),
-                huge_pages,
-                "huge_pages {huge_pages}: VmFlags {flags:?}"
+                advised(start + len - 1),
+                prefix == len,
+                "prefix {prefix}: last page"
             );
         }
     }
 
     #[test]
-    fn free_huge_page_bytes_counts_blocks_of_a_huge_page_or_more() {
-        let info = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3\n\
-                    Node 0, zone   Normal   1620  10568   5705   2587   1483    745    423     70      3    391     74\n";
+    fn the_huge_page_prefix_is_whole_huge_pages_of_half_the_free_blocks() {
+        let huge = HUGE_PAGE_BYTES;
+        let free = |bytes: usize| bytes as u64;
+        assert_eq!(huge_page_prefix_of(8 * huge, free(64 * huge)), 8 * huge);
+        assert_eq!(huge_page_prefix_of(8 * huge, free(16 * huge)), 8 * huge);
+        assert_eq!(huge_page_prefix_of(8 * huge, free(11 * huge)), 5 * huge);
+        assert_eq!(huge_page_prefix_of(8 * huge, free(huge)), 0);
+        assert_eq!(
+            huge_page_prefix_of(8 * huge + 4096, free(u64::MAX as usize)),
+            8 * huge
+        );
+        assert_eq!(huge_page_prefix(8 * huge, false), 0);
+    }
+
+    #[test]
+    fn free_huge_page_bytes_counts_blocks_of_a_huge_page_or_more_on_the_poorest_node() {
         let huge = HUGE_PAGE_BYTES as u64;
+        let one_node = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3\n\
+                        Node 0, zone   Normal   1620  10568   5705   2587   1483    745    423     70      3    391     74\n";
         // Order 9 is one huge page, order 10 two.
         assert_eq!(
-            free_huge_page_bytes_in(info),
+            free_huge_page_bytes_in(one_node),
             Some((1 + 3 * 2 + 391 + 74 * 2) * huge)
         );
+        let two_nodes = format!("{one_node}Node 1, zone   Normal   5 5 5 5 5 5 5 5 5 7 1\n");
+        assert_eq!(free_huge_page_bytes_in(&two_nodes), Some((7 + 2) * huge));
+        // Fewer orders (a smaller MAX_ORDER): no huge blocks counted.
+        assert_eq!(
+            free_huge_page_bytes_in("Node 0, zone Normal 1 2 3\n"),
+            Some(0)
+        );
         assert_eq!(free_huge_page_bytes_in("Node 0, zone Normal 1 x 3\n"), None);
-        assert_eq!(free_huge_page_bytes_in(""), Some(0));
+        assert_eq!(free_huge_page_bytes_in("Node\n"), None);
+        assert_eq!(free_huge_page_bytes_in(""), None);
     }
 }

@@ -86,8 +86,8 @@ impl InMemoryChunkStore {
         self.pages.prefault(bytes)
     }
 
-    /// Whether chunk memory mapped from now on asks for transparent huge pages (the
-    /// default; see [`StoreConfig::huge_pages`](crate::StoreConfig::huge_pages)).
+    /// Whether chunk memory mapped from now on asks for transparent huge pages (default:
+    /// no; see [`StoreConfig::huge_pages`](crate::StoreConfig::huge_pages)).
     pub fn use_huge_pages(&self, on: bool) {
         self.pages.use_huge_pages(on);
     }
@@ -98,7 +98,7 @@ impl InMemoryChunkStore {
             chunk_size,
             capacity_bytes,
             chunks: RefCell::new(BTreeMap::new()),
-            pages: Rc::new(PagePool::new(capacity_bytes, true)),
+            pages: Rc::new(PagePool::new(capacity_bytes, false)),
             used_bytes: Cell::new(0),
             pool: OnceCell::new(),
         }
@@ -851,8 +851,6 @@ mod tests {
             let pages_written = (chunks * (1 << 20) / 4096) as i64;
             let first_segment = (crate::limits::HUGE_PAGE_BYTES / 4096) as i64;
             let store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
-            // Counted in small pages: a huge page takes one fault for 512.
-            store.use_huge_pages(false);
             let faults = write_round(&store, chunks).await;
             assert!(
                 faults < first_segment + pages_written / 100,

@@ -3,9 +3,9 @@
 //!
 //! Why: a chunk that was a fresh heap allocation cost a page fault, and the kernel's
 //! clearing of a page, for every 4 KiB written (40% of a write phase). Pages here are
-//! faulted in once, a whole segment at a time (aligned so that transparent huge pages,
-//! where the system turns them on, can back it), and a removed or cut chunk gives its
-//! pages back to the pool for the next one. A store that keeps writing and deleting
+//! faulted in once, a whole segment at a time (aligned to and, as far as the kernel has
+//! them free, advised transparent huge pages: see [`huge_page_prefix`]), and a removed or
+//! cut chunk gives its pages back to the pool for the next one. A store that keeps writing and deleting
 //! therefore takes no page faults once its pool has grown to its working set, and while
 //! it grows, the next segment is faulted in ahead on another thread (see [`PagePool`]).
 //!
@@ -36,7 +36,7 @@ use crate::limits::{
     GROW_AHEAD_ROOM_FACTOR, HUGE_PAGE_BYTES, MEMORY_HEADROOM_BYTES, PAGE_BYTES,
     PAGE_SEGMENT_BYTES_MAX,
 };
-use crate::mapping::Mapping;
+use crate::mapping::{huge_page_prefix, Mapping};
 use crate::StoreError;
 
 mod free;
@@ -83,7 +83,7 @@ pub(crate) struct PagePool {
     /// most its capacity plus the rounding of each chunk to whole pages.
     capacity_bytes: u64,
     growth: RefCell<Option<Growth>>,
-    /// Whether segments are advised to be huge pages ([`Mapping::aligned_populated`]).
+    /// Whether segments ask for huge pages, as far as they look free ([`huge_page_prefix`]).
     huge_pages: Cell<bool>,
     /// Growing ahead last found too little memory or no thread when the pool would have
     /// grown to this size: not asked again (files read, a thread spawned) until it has.
@@ -301,7 +301,8 @@ impl PagePool {
                 MemoryCheck::Done => wanted,
             };
             let segment =
-                Mapping::aligned_populated(bytes, self.huge_pages.get()).map_err(|source| {
+                Mapping::aligned_populated(bytes, huge_page_prefix(bytes, self.huge_pages.get()))
+                    .map_err(|source| {
                     if source.kind() == io::ErrorKind::OutOfMemory {
                         StoreError::NoSpace {
                             needed: needed as u64,
@@ -353,7 +354,10 @@ impl PagePool {
         let huge_pages = self.huge_pages.get();
         let thread = std::thread::Builder::new()
             .name("benchfs-pages".into())
-            .spawn(move || Mapping::aligned_populated(bytes, huge_pages).map(FreshSegment));
+            .spawn(move || {
+                Mapping::aligned_populated(bytes, huge_page_prefix(bytes, huge_pages))
+                    .map(FreshSegment)
+            });
         match thread {
             Ok(thread) => *self.growth.borrow_mut() = Some(Growth { bytes, thread }),
             Err(error) => {

@@ -16,6 +16,11 @@ pub const EAGER_HOLD_MIN: usize = 16 * 1024;
 /// `ucp_worker_progress` calls in one burst before the progress task yields to others.
 pub const PROGRESS_BURST_MAX: u32 = 64;
 
+/// Idle polls between two reads of the clock in the busy-poll window: a read
+/// (`clock_gettime`) cost about a tenth of a polling server's time, and the window may
+/// overrun by these few polls.
+pub const IDLE_POLLS_PER_CLOCK_READ: u32 = 8;
+
 /// Longest the progress task sleeps on the event fd before progressing anyway. This bounds
 /// the cost of a missed wakeup and lets UCX's keepalive run on idle workers, so that a dead
 /// peer fails pending requests even when no event arrives.
@@ -41,4 +46,5 @@ pub const WORKER_CLOSE_DRAIN_MAX: Duration = Duration::from_millis(500);
 const _: () = assert!(LISTENER_BACKLOG_MAX > 0);
 const _: () = assert!(AM_QUEUE_CAPACITY_DEFAULT > 0);
 const _: () = assert!(PROGRESS_BURST_MAX > 0);
+const _: () = assert!(IDLE_POLLS_PER_CLOCK_READ > 0);
 const _: () = assert!(ARM_BUSY_SPINS_MAX > 0);

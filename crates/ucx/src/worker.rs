@@ -24,8 +24,8 @@ use crate::context::Context;
 use crate::endpoint::{ClosingEndpoint, EndpointInner};
 use crate::error::{check, ProgressError, UcxError};
 use crate::limits::{
-    ARM_BUSY_BACKOFF, ARM_BUSY_SPINS_MAX, POLL_WHILE_AWAITING_MAX, PROGRESS_BURST_MAX,
-    PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX,
+    ARM_BUSY_BACKOFF, ARM_BUSY_SPINS_MAX, IDLE_POLLS_PER_CLOCK_READ, POLL_WHILE_AWAITING_MAX,
+    PROGRESS_BURST_MAX, PROGRESS_IDLE_TICK, WORKER_CLOSE_DRAIN_MAX,
 };
 use crate::sys;
 
@@ -95,9 +95,9 @@ pub struct Worker {
     closing: RefCell<Vec<ClosingEndpoint>>,
     progress_waker: Cell<Option<Waker>>,
     kicked: Cell<bool>,
-    /// When this worker last did something: a progress call that found work, or a request
-    /// started. The busy-poll window counts from here.
-    last_activity: Cell<Instant>,
+    /// Whether this worker did something since its progress loop last looked: a progress
+    /// call that found work, or a request started. The busy-poll window restarts then.
+    active: Cell<bool>,
     /// Replies the user awaits; see [`Worker::expect_replies`].
     awaited: Rc<Cell<usize>>,
     /// Operations UCX has not completed yet, abandoned ones included; the worker drains
@@ -139,7 +139,7 @@ impl Worker {
             closing: RefCell::new(Vec::new()),
             progress_waker: Cell::new(None),
             kicked: Cell::new(false),
-            last_activity: Cell::new(Instant::now()),
+            active: Cell::new(true),
             awaited: Rc::new(Cell::new(0)),
             in_flight: Rc::new(Cell::new(0)),
             stopped: Cell::new(false),
@@ -213,9 +213,10 @@ impl Worker {
         AwaitingReplies(Rc::clone(&self.awaited))
     }
 
-    /// Restarts the busy-poll window: work was just started or finished.
+    /// Restarts the busy-poll window: work was just started or finished. A flag, not a
+    /// time: the progress loop reads the clock when it next looks.
     pub(crate) fn note_activity(&self) {
-        self.last_activity.set(Instant::now());
+        self.active.set(true);
     }
 
     /// Wakes [`Worker::run_progress`] if it sleeps, because new work needs progress (a
@@ -254,6 +255,7 @@ impl Worker {
         tokio::pin!(tick);
         let mut busy_arms = 0;
         let mut cpu_yield = CpuYield::default();
+        let mut window = PollWindow::new(busy_poll);
         while !self.stopped.get() {
             let mut bursts = 0;
             while bursts < PROGRESS_BURST_MAX && self.progress() != 0 {
@@ -265,9 +267,8 @@ impl Worker {
                 crate::drive::yield_turn().await;
                 continue;
             }
-            let idle = self.last_activity.get().elapsed();
-            let awaiting = self.awaited.get() > 0 && idle < POLL_WHILE_AWAITING_MAX;
-            if idle < busy_poll || (awaiting && !busy_poll.is_zero()) {
+            let awaiting = self.awaited.get() > 0;
+            if window.keep_polling(self.active.replace(false), awaiting) {
                 cpu_yield.idle_poll();
                 crate::drive::yield_turn().await;
                 continue;
@@ -396,6 +397,46 @@ impl AsRawFd for EventFd {
     }
 }
 
+/// The busy-poll window of an idle progress loop: it polls for `busy_poll` after the
+/// worker's last activity, and while the user awaits replies up to
+/// [`POLL_WHILE_AWAITING_MAX`]. The clock is read once per
+/// [`IDLE_POLLS_PER_CLOCK_READ`] idle polls: between reads the window is taken as still
+/// open, as the last read found it (or the loop would be asleep).
+#[derive(Debug)]
+struct PollWindow {
+    busy_poll: Duration,
+    start: Instant,
+    idle_polls: u32,
+}
+
+impl PollWindow {
+    fn new(busy_poll: Duration) -> PollWindow {
+        PollWindow {
+            busy_poll,
+            start: Instant::now(),
+            idle_polls: 0,
+        }
+    }
+
+    /// Whether an idle loop polls again rather than sleep; `active`: the worker did
+    /// something since the last call, which restarts the window.
+    fn keep_polling(&mut self, active: bool, awaiting: bool) -> bool {
+        if self.busy_poll.is_zero() {
+            return false;
+        }
+        if active {
+            self.start = Instant::now();
+            self.idle_polls = 0;
+        }
+        self.idle_polls = self.idle_polls.wrapping_add(1);
+        if !self.idle_polls.is_multiple_of(IDLE_POLLS_PER_CLOCK_READ) {
+            return true;
+        }
+        let idle = self.start.elapsed();
+        idle < self.busy_poll || (awaiting && idle < POLL_WHILE_AWAITING_MAX)
+    }
+}
+
 /// When an idle progress loop gives the CPU to the kernel (`sched_yield`), not only to the
 /// other tasks: a peer sharing our core (client and server of one node on one CPU) runs only
 /// then, so our poll can find its message; but where no thread waits for the CPU the call
@@ -455,6 +496,42 @@ impl CpuYield {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Idle polls before `window` says to sleep.
+    fn polls_until_sleep(window: &mut PollWindow, awaiting: bool) -> u32 {
+        (1..)
+            .find(|_| !window.keep_polling(false, awaiting))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_poll_window_closes_within_a_clock_read_of_its_end() {
+        let mut window = PollWindow::new(Duration::from_millis(5));
+        assert!(window.keep_polling(true, false));
+        std::thread::sleep(Duration::from_millis(6));
+        assert!(polls_until_sleep(&mut window, false) <= IDLE_POLLS_PER_CLOCK_READ);
+        // Activity opens it again, for as long as it lasts.
+        let start = Instant::now();
+        assert!(window.keep_polling(true, false));
+        polls_until_sleep(&mut window, false);
+        assert!(start.elapsed() >= Duration::from_millis(5));
+    }
+
+    #[test]
+    fn awaited_replies_keep_the_window_open_up_to_the_bound() {
+        let mut window = PollWindow::new(Duration::from_micros(1));
+        let start = Instant::now();
+        assert!(window.keep_polling(true, true));
+        polls_until_sleep(&mut window, true);
+        assert!(start.elapsed() >= POLL_WHILE_AWAITING_MAX);
+    }
+
+    #[test]
+    fn no_window_never_polls() {
+        let mut window = PollWindow::new(Duration::ZERO);
+        assert!(!window.keep_polling(true, true));
+        assert!(!window.keep_polling(false, false));
+    }
 
     fn polls_to_next_yield(cpu_yield: &mut CpuYield) -> u32 {
         (1..=CpuYield::MAX_POLLS_APART + 1)

@@ -48,7 +48,7 @@ impl Harness {
             queue_depth: QD,
             memory_tier_bytes: MEMORY_TIER,
             prefault_bytes: 0,
-            huge_pages: true,
+            huge_pages: false,
         };
         match AnyChunkStore::open(&config) {
             Ok(store) => Some(Harness {
