@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use benchfs::placement::PlacementKey;
 use benchfs_bench::io500;
 use benchfs_bench::phase::PhaseResult;
 use benchfs_bench::report::{figure, Report, CSV_HEADER};
@@ -663,4 +664,37 @@ fn a_disk_store_is_probed_for_its_limits() {
             && limits.store_read_mib_s.is_some_and(|r| r > 0.0),
         "{limits:?}"
     );
+}
+
+#[test]
+fn a_reading_run_blames_a_stopped_server_not_a_missing_workspace() {
+    // Found by a hostile-user run: with the server holding the workspace's record stopped,
+    // a reading run said there was no workspace to read.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let out = out_dir();
+    let run = |phases: &str, extra: &[&str]| -> Run {
+        let mut args = vec!["ior", "--phases", phases, "-b", "1m", "-t", "256k"];
+        args.extend([
+            "--no-limits",
+            "--workspace",
+            "kept",
+            "--out",
+            arg(out.path()),
+        ]);
+        args.extend_from_slice(extra);
+        bench(&cluster, &args)
+    };
+    run("write", &["--keep"]).ok();
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/kept"))[0];
+    cluster.signal(owner, "STOP");
+    let stderr = run("read", &[]).failed();
+    cluster.signal(owner, "CONT");
+    assert!(
+        !stderr.contains("no workspace") && stderr.contains(&Cluster::node_id(owner)),
+        "{stderr}"
+    );
+    run("read", &[]).ok();
 }

@@ -341,6 +341,49 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
 }
 
+/// Capacities of the cluster's servers, from `benchfs stats --json`.
+fn capacities(c: &ClusterDir) -> Vec<u64> {
+    let out = c.cli(&["stats", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["capacity_bytes"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_resumed_server_keeps_settings_the_environment_gave_the_cluster() {
+    // Found by a hostile-user run: settings given to `cluster up` by BENCHFS_* variables
+    // (a capacity, huge pages: no flag sets them) were not in the cluster's configuration,
+    // so a server started again by `--resume` came back with the defaults, unbounded.
+    let c = ClusterDir::new("c");
+    let capacity = 96u64 << 20;
+    let env = [(
+        "BENCHFS_STORAGE_CAPACITY",
+        Path::new(&capacity.to_string()).to_path_buf(),
+    )];
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    c.run_with_env(&["cluster", "up", "--servers", "2"], &env)
+        .ok();
+    assert_eq!(capacities(&c), [capacity, capacity]);
+    let config = std::fs::read_to_string(c.dir.join("benchfs.toml")).unwrap();
+    assert!(
+        config.contains(&format!("capacity = {capacity}")),
+        "{config}"
+    );
+    let killed = c.pids()[1];
+    let status = std::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    c.cli(&["cluster", "up", "--resume"]);
+    assert_eq!(capacities(&c), [capacity, capacity], "after --resume");
+    assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
+}
+
 #[test]
 fn cluster_up_takes_a_directory_with_quotes_and_backslashes() {
     // Regression: `cluster up` pasted the directory into benchfs.toml unescaped, so a path

@@ -396,13 +396,19 @@ impl<'a> Runner<'a> {
     fn setup(&mut self) -> Result<()> {
         let work = &self.plan.workspace;
         if self.plan.reuse {
-            if self.ranks.rank == 0 && !self.storage.exists(work) {
-                let e = BenchError(format!(
-                    "no workspace {work} on {} to read",
-                    self.target.label
-                ));
-                self.barrier.abort(&e.0);
-                return Err(e);
+            if self.ranks.rank == 0 {
+                let missing = match self.storage.exists(work) {
+                    Ok(true) => None,
+                    Ok(false) => Some(BenchError(format!(
+                        "no workspace {work} on {} to read",
+                        self.target.label
+                    ))),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = missing {
+                    self.barrier.abort(&e.0);
+                    return Err(e);
+                }
             }
             return self.barrier.wait();
         }
@@ -642,7 +648,7 @@ impl<'a> Runner<'a> {
 
     /// After a failure: what is left of the workspace, best effort.
     fn remove_workspace(&self) {
-        if self.storage.exists(&self.plan.workspace) {
+        if self.storage.exists(&self.plan.workspace).unwrap_or(true) {
             let _ = remove_tree(self.storage, &self.plan.workspace);
         }
     }

@@ -309,11 +309,22 @@ impl Storage {
         }
     }
 
-    /// Whether `rel` exists.
-    pub fn exists(&self, rel: &str) -> bool {
+    /// Whether `rel` exists; an error when the target cannot tell (a server that does not
+    /// answer), which is not a missing file.
+    pub fn exists(&self, rel: &str) -> Result<bool> {
         match self {
-            Storage::Native(fs) => fs.stat(&Self::remote(rel)).is_ok(),
-            Storage::Posix(root) => Self::local(root, rel).exists(),
+            Storage::Native(fs) => {
+                let path = Self::remote(rel);
+                match fs.stat(&path) {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.errno() == libc::ENOENT => Ok(false),
+                    Err(e) => Err(native("stat", &path, e)),
+                }
+            }
+            Storage::Posix(root) => {
+                let path = Self::local(root, rel);
+                path.try_exists().map_err(|e| io_error("stat", &path, e))
+            }
         }
     }
 }

@@ -812,6 +812,21 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The chunk store's own checks of its memory settings, reported under their keys.
+    fn validate_store_memory(&self) -> Result<(), ConfigError> {
+        let store = self.store_config();
+        let under = |key: &'static str, e: benchfs_store::StoreError| match e {
+            benchfs_store::StoreError::InvalidConfig { reason, .. } => invalid(key, reason),
+            other => invalid(key, other.to_string()),
+        };
+        store
+            .check_prefault()
+            .map_err(|e| under("storage.prefault_bytes", e))?;
+        store
+            .check_huge_pages()
+            .map_err(|e| under("storage.huge_pages", e))
+    }
+
     /// The chunk size, backend options, queue depth and capacity.
     fn validate_storage(&self) -> Result<(), ConfigError> {
         let chunk = self.storage.chunk_size_bytes;
@@ -868,12 +883,7 @@ impl ServerConfig {
                 format!("{tier} bytes is less than one chunk ({chunk}): the memory tier holds whole chunks"),
             ));
         }
-        self.store_config().check_prefault().map_err(|e| match e {
-            benchfs_store::StoreError::InvalidConfig { reason, .. } => {
-                invalid("storage.prefault_bytes", reason)
-            }
-            other => invalid("storage.prefault_bytes", other.to_string()),
-        })?;
+        self.validate_store_memory()?;
         if let Some(capacity) = self.storage.capacity_bytes {
             if capacity < chunk {
                 return Err(invalid(
@@ -1082,11 +1092,13 @@ fn parse_env(
                     .map(|s| toml::Value::String(s.to_string()))
                     .collect(),
             ),
-            EnvKind::Bool => toml::Value::Boolean(match value.trim() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                other => return Err(env_error(format!("{other:?} is not a boolean"))),
-            }),
+            EnvKind::Bool => {
+                toml::Value::Boolean(match value.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => true,
+                    "0" | "false" | "no" | "off" => false,
+                    other => return Err(env_error(format!("{other:?} is not a boolean"))),
+                })
+            }
         };
         overrides.push((section, key.to_string(), parsed, var));
     }
@@ -1096,7 +1108,11 @@ fn parse_env(
 /// One environment override: section, key, value, and the variable that gave it.
 type EnvOverride = (&'static str, String, toml::Value, String);
 
-fn apply_env(
+/// Applies the `BENCHFS_<SECTION>_<KEY>` variables among `vars` to the configuration
+/// `table` (parsed as a file would be), as a server does when it reads its configuration:
+/// each overrides the table's value of its key (under both spellings of an aliased key).
+/// Fails, changing nothing, on a variable that names no key or whose value does not parse.
+pub fn apply_env(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
@@ -1435,6 +1451,27 @@ mod tests {
     }
 
     #[test]
+    fn booleans_from_the_environment_take_the_usual_spellings_in_any_case() {
+        let var = "BENCHFS_NETWORK_SHARED_MEMORY";
+        for (value, want) in [("TRUE", true), ("Yes", true), ("on", true), ("1", true)]
+            .into_iter()
+            .chain([
+                ("False", false),
+                ("NO", false),
+                ("off", false),
+                ("0", false),
+            ])
+        {
+            let c = ServerConfig::from_env_and_str("", env(&[(var, value)])).unwrap();
+            assert_eq!(c.network.shared_memory, want, "{value}");
+        }
+        for value in ["", "2", "maybe"] {
+            let err = ServerConfig::from_env_and_str("", env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains("not a boolean"), "{value}: {err}");
+        }
+    }
+
+    #[test]
     fn huge_pages_are_off_unless_turned_on() {
         let memory = "[storage]\nbackend = \"memory\"\n";
         let c = ServerConfig::from_env_and_str(memory, env(&[])).unwrap();
@@ -1448,6 +1485,17 @@ mod tests {
         let text = format!("{memory}huge_pages = 1\n");
         let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
         assert!(err.to_string().contains("huge_pages"), "{err}");
+        let text = "[storage]\nbackend = \"tiered\"\nhuge_pages = true\n";
+        ServerConfig::from_env_and_str(text, env(&[])).unwrap();
+        for backend in ["file", "iouring"] {
+            let text = format!("[storage]\nbackend = \"{backend}\"\nhuge_pages = true\n");
+            let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+            let err = err.to_string();
+            assert!(
+                err.contains("storage.huge_pages") && err.contains("memory and tiered"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

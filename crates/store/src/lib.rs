@@ -328,6 +328,7 @@ impl StoreConfig {
             });
         }
         self.check_prefault()?;
+        self.check_huge_pages()?;
         if self.backend == Backend::Tiered && self.memory_tier_bytes < self.chunk_size {
             return Err(StoreError::InvalidConfig {
                 field: "memory_tier_bytes",
@@ -338,6 +339,20 @@ impl StoreConfig {
             });
         }
         Ok(())
+    }
+
+    /// `huge_pages` is asked of a backend with chunk memory: the memory and tiered ones.
+    pub fn check_huge_pages(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::File | Backend::IoUring if self.huge_pages => Err(StoreError::InvalidConfig {
+                field: "huge_pages",
+                reason: format!(
+                    "applies to the memory and tiered backends, not {}",
+                    self.backend
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// `prefault_bytes` fits the memory it would fault in: the capacity, or the memory

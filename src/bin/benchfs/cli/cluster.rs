@@ -576,7 +576,40 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
     ] {
         config.insert(section.into(), Value::Table(table));
     }
+    // The BENCHFS_* variables set now configure the servers too (over the flags, as the
+    // servers apply them): recorded here, a server resumed later without them starts as
+    // the others did. Each server's id, data directory and addresses stay the cluster's.
+    let owned = owned_keys(&config);
+    benchfs::config::apply_env(&mut config, std::env::vars())?;
+    for (section, key, value) in owned {
+        if let Some(Value::Table(table)) = config.get_mut(section) {
+            match value {
+                Some(value) => table.insert(key.into(), value),
+                None => table.remove(key),
+            };
+        }
+    }
     Ok(config.to_string())
+}
+
+/// The keys `cluster up` decides for every server (`node_id` is given to each on its
+/// command line), with their values in `config`.
+fn owned_keys(config: &toml::Table) -> Vec<(&'static str, &'static str, Option<toml::Value>)> {
+    [
+        ("node", "node_id"),
+        ("node", "data_dir"),
+        ("network", "bind_addr"),
+        ("network", "registry_dir"),
+    ]
+    .into_iter()
+    .map(|(section, key)| {
+        let value = config
+            .get(section)
+            .and_then(|table| table.get(key))
+            .cloned();
+        (section, key, value)
+    })
+    .collect()
 }
 
 /// Every server of this host faults in its prefault bytes (`each`) at once, and each

@@ -52,7 +52,7 @@ pub struct Common {
     /// Servers of the cluster the benchmark starts.
     #[arg(long, default_value_t = 4)]
     pub servers: usize,
-    /// Backend of the cluster the benchmark starts: memory, file or iouring.
+    /// Backend of the cluster the benchmark starts: memory, file, iouring or tiered.
     #[arg(long, default_value = "memory")]
     pub backend: String,
     /// Chunk size of the cluster the benchmark starts (bytes; k, m, g suffixes).
