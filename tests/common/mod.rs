@@ -150,7 +150,8 @@ impl Cluster {
             format!(
                 "[node]\ndata_dir = \"{data}\"\nlog_level = \"debug\"\n[storage]\nbackend = \"{backend}\"\nchunk_size = {chunk}\norphan_sweep_secs = {sweep}\n{faults}\
                  [network]\nbind_addr = \"127.0.0.1:0\"\nregistry_dir = \"{registry}\"\nrpc_timeout = {timeout}\nrdma_threshold_bytes = {threshold}\nbusy_poll_us = 20\n\
-                 [replication]\nreplicas = {replicas}\n[cache]\nchunk_cache_mb = 0\n",
+                 [replication]\nreplicas = {replicas}\n[cache]\nchunk_cache_mb = 0\n\
+                 [client]\nwrite_behind_bytes = {write_behind}\n",
                 data = dir.path().join("data").display(),
                 backend = spec.backend,
                 chunk = spec.chunk_size,
@@ -158,6 +159,10 @@ impl Cluster {
                 timeout = spec.rpc_timeout_ms,
                 threshold = spec.rdma_threshold,
                 replicas = spec.replicas,
+                // The suite's clients write behind (off by default), so that every test
+                // through `Cluster::client` runs the pipeline; the synchronous path runs
+                // in the tests that turn it off, the mount, the CLI and `benchfs bench`.
+                write_behind = 16 << 20,
                 sweep = spec.orphan_sweep_secs,
                 faults = spec
                     .inject_faults
