@@ -379,6 +379,7 @@ fn a_resumed_server_keeps_settings_the_environment_gave_the_cluster() {
         .status()
         .unwrap();
     assert!(status.success());
+    wait_until_unlocked(&c.dir.join("data/node1"));
     c.cli(&["cluster", "up", "--resume"]);
     assert_eq!(capacities(&c), [capacity, capacity], "after --resume");
     assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
