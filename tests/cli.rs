@@ -35,6 +35,17 @@ fn wait_until_unlocked(dir: &Path) {
     lock.unlock().unwrap();
 }
 
+/// Kills (SIGKILL) the cluster's server `node1`, process `pid`, and waits until its data
+/// directory is free for a server started again.
+fn kill_node1(c: &ClusterDir, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until_unlocked(&c.dir.join("data/node1"));
+}
+
 /// The names in a BenchFS directory, sorted.
 fn names(fs: &benchfs::blocking::BenchFS, dir: &str) -> Vec<String> {
     let mut names: Vec<String> = fs
@@ -312,12 +323,7 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     c.cli(&["put", arg(&local), "/kept"]);
     let before = c.pids();
     let killed = before[1];
-    let status = std::process::Command::new("kill")
-        .args(["-9", &killed.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    wait_until_unlocked(&c.dir.join("data/node1"));
+    kill_node1(&c, killed);
     let out = c.cli(&["cluster", "up", "--resume"]);
     assert!(out.contains("1 servers (2 were running)"), "{out}");
     let after = c.pids();
@@ -373,13 +379,7 @@ fn a_resumed_server_keeps_settings_the_environment_gave_the_cluster() {
         config.contains(&format!("capacity = {capacity}")),
         "{config}"
     );
-    let killed = c.pids()[1];
-    let status = std::process::Command::new("kill")
-        .args(["-9", &killed.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    wait_until_unlocked(&c.dir.join("data/node1"));
+    kill_node1(&c, c.pids()[1]);
     c.cli(&["cluster", "up", "--resume"]);
     assert_eq!(capacities(&c), [capacity, capacity], "after --resume");
     assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
