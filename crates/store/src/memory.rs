@@ -98,7 +98,7 @@ impl InMemoryChunkStore {
             chunk_size,
             capacity_bytes,
             chunks: RefCell::new(BTreeMap::new()),
-            pages: Rc::new(PagePool::new(capacity_bytes, false)),
+            pages: Rc::new(PagePool::new(capacity_bytes)),
             used_bytes: Cell::new(0),
             pool: OnceCell::new(),
         }

@@ -179,6 +179,12 @@ struct Growth {
     thread: std::thread::JoinHandle<io::Result<FreshSegment>>,
 }
 
+/// A segment of `bytes`, faulted in, as much of it in huge pages as `huge_pages` and the
+/// kernel's free memory allow.
+fn map_segment(bytes: usize, huge_pages: bool) -> io::Result<Mapping> {
+    Mapping::aligned_populated(bytes, huge_page_prefix(bytes, huge_pages))
+}
+
 /// A segment the growth thread mapped, on its way to the pool.
 struct FreshSegment(Mapping);
 
@@ -187,17 +193,17 @@ struct FreshSegment(Mapping);
 unsafe impl Send for FreshSegment {}
 
 impl PagePool {
-    /// An empty pool for a store of `capacity_bytes` (`u64::MAX`: unbounded) whose
-    /// segments ask for huge pages if `huge_pages` is set; maps nothing until the first
-    /// page is needed.
-    pub(crate) fn new(capacity_bytes: u64, huge_pages: bool) -> PagePool {
+    /// An empty pool for a store of `capacity_bytes` (`u64::MAX`: unbounded), of small
+    /// pages until [`PagePool::use_huge_pages`]; maps nothing until the first page is
+    /// needed.
+    pub(crate) fn new(capacity_bytes: u64) -> PagePool {
         PagePool {
             segments: RefCell::new(Vec::new()),
             free: RefCell::new(FreePages::default()),
             mapped_bytes: Cell::new(0),
             capacity_bytes,
             growth: RefCell::new(None),
-            huge_pages: Cell::new(huge_pages),
+            huge_pages: Cell::new(false),
             ahead_declined_below: Cell::new(0),
             lent: Rc::new(RefCell::new(Lent::default())),
             waiting: RefCell::new(Vec::new()),
@@ -300,21 +306,19 @@ impl PagePool {
                 MemoryCheck::Share => fit_to_memory(wanted, needed)?,
                 MemoryCheck::Done => wanted,
             };
-            let segment =
-                Mapping::aligned_populated(bytes, huge_page_prefix(bytes, self.huge_pages.get()))
-                    .map_err(|source| {
-                    if source.kind() == io::ErrorKind::OutOfMemory {
-                        StoreError::NoSpace {
-                            needed: needed as u64,
-                            available: 0,
-                        }
-                    } else {
-                        StoreError::Io {
-                            op: "mmap page pool",
-                            source,
-                        }
+            let segment = map_segment(bytes, self.huge_pages.get()).map_err(|source| {
+                if source.kind() == io::ErrorKind::OutOfMemory {
+                    StoreError::NoSpace {
+                        needed: needed as u64,
+                        available: 0,
                     }
-                })?;
+                } else {
+                    StoreError::Io {
+                        op: "mmap page pool",
+                        source,
+                    }
+                }
+            })?;
             self.add_segment(segment);
         }
         Ok(())
@@ -354,10 +358,7 @@ impl PagePool {
         let huge_pages = self.huge_pages.get();
         let thread = std::thread::Builder::new()
             .name("benchfs-pages".into())
-            .spawn(move || {
-                Mapping::aligned_populated(bytes, huge_page_prefix(bytes, huge_pages))
-                    .map(FreshSegment)
-            });
+            .spawn(move || map_segment(bytes, huge_pages).map(FreshSegment));
         match thread {
             Ok(thread) => *self.growth.borrow_mut() = Some(Growth { bytes, thread }),
             Err(error) => {
@@ -764,7 +765,7 @@ mod tests {
 
     #[test]
     fn recycled_pages_read_as_zeros_where_unwritten() {
-        let pool = PagePool::new(u64::MAX, false);
+        let pool = PagePool::new(u64::MAX);
         let mut dirty = PageChunk::default();
         dirty.write(&pool, 0, &vec![0xff; 3 * P]).unwrap();
         dirty.release(&pool);
@@ -782,7 +783,7 @@ mod tests {
 
     #[test]
     fn shrink_clears_the_tail_and_returns_pages() {
-        let pool = PagePool::new(u64::MAX, false);
+        let pool = PagePool::new(u64::MAX);
         let mut chunk = PageChunk::default();
         chunk.write(&pool, 0, &vec![9; 3 * P]).unwrap();
         let free_before = pool.free.borrow().len();
@@ -798,7 +799,7 @@ mod tests {
 
     #[test]
     fn reads_and_writes_across_page_boundaries() {
-        let pool = PagePool::new(u64::MAX, false);
+        let pool = PagePool::new(u64::MAX);
         let mut chunk = PageChunk::default();
         let data: Vec<u8> = (0..3 * P + 7).map(|i| (i % 251) as u8).collect();
         chunk.write(&pool, P - 3, &data).unwrap();
@@ -816,7 +817,7 @@ mod tests {
     /// control: its faults are the writer's.
     #[test]
     fn a_pool_running_low_grows_ahead_on_another_thread() {
-        let pool = PagePool::new(u64::MAX, false);
+        let pool = PagePool::new(u64::MAX);
         let first_pages = (HUGE_PAGE_BYTES / P) as i64;
         // With huge pages for every mapping, a segment takes one fault per huge page, and
         // counting faults tells nothing.
@@ -857,7 +858,7 @@ mod tests {
     #[test]
     fn a_pool_grows_ahead_by_huge_pages_and_no_further_than_its_capacity() {
         let capacity = 2 * HUGE_PAGE_BYTES + P;
-        let pool = PagePool::new(capacity as u64, false);
+        let pool = PagePool::new(capacity as u64);
         let mut chunk = PageChunk::default();
         chunk
             .write(&pool, 0, &vec![1; HUGE_PAGE_BYTES - P])
@@ -881,7 +882,7 @@ mod tests {
 
     #[test]
     fn a_bounded_pool_maps_no_more_than_it_needs() {
-        let pool = PagePool::new(3 * P as u64, false);
+        let pool = PagePool::new(3 * P as u64);
         let mut chunk = PageChunk::default();
         chunk.write(&pool, 0, &[1; 10]).unwrap();
         assert_eq!(pool.mapped_bytes(), 3 * P, "capped at the capacity");
