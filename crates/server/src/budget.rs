@@ -114,7 +114,7 @@ mod tests {
                 let budget = budget.clone();
                 tokio::spawn(async move { budget.hold(1 << 20).await.is_some() })
             };
-            tokio::task::yield_now().await;
+            benchfs_ucx::yield_turn().await;
             drop(held);
             assert!(waiter.await.unwrap(), "the waiter got the freed bytes");
         });

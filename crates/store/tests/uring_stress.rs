@@ -47,6 +47,8 @@ impl Rng {
 /// the kernel, so aligned (O_DIRECT) and unaligned (buffered) ones get separate chunks:
 /// a direct write racing a buffered one over the same pages fails page cache
 /// invalidation, which the kernel reports as EIO at the next fsync.
+// A plain tokio runtime, not benchfs_ucx::block_on: its yield_now is the one to stress.
+#[allow(clippy::disallowed_methods)]
 async fn task(store: Rc<AnyChunkStore>, round: u64, index: u64) {
     let s = &*store;
     let mut rng = Rng::new(round << 32 | index);

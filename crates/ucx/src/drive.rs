@@ -13,6 +13,12 @@
 //!
 //! **Contract:** a `LocalSet` driven by [`block_on`] is only ever driven by it: a progress
 //! task that asked for the next turn waits for the next `block_on` on its thread.
+//!
+//! **Contract:** its tasks yield with [`yield_turn`], never `tokio::task::yield_now`
+//! (clippy refuses it in the workspace). tokio keeps a yielded task's waker in the
+//! scheduler state of the runtime's current `block_on` and drops it, unwoken, when that
+//! `block_on` returns: a client's progress task that yielded so just before a call ended
+//! slept for good, and every later call of the client timed out.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -91,6 +97,8 @@ pub fn block_on<F: Future>(runtime: &Runtime, local: &LocalSet, future: F) -> F:
 /// asking to be polled again right after. `tokio::task::yield_now` does it without the
 /// eventfd write that waking the `block_on` future costs.
 fn yield_to_runtime(cx: &mut Context<'_>) {
+    // The driven future itself, woken within this same `block_on`: not lost.
+    #[allow(clippy::disallowed_methods)]
     let _ = pin!(tokio::task::yield_now()).poll(cx);
 }
 
@@ -102,11 +110,11 @@ fn next_turn_wakers() -> Vec<Waker> {
         .unwrap_or_default()
 }
 
-/// Lets the other ready tasks run, then continues: under [`block_on`] at its next turn,
-/// elsewhere after the runtime's next turn (`tokio::task::yield_now`), as also during
-/// the destruction of the thread's locals (a client dropped at thread exit still drains
-/// its calls).
-pub(crate) async fn yield_turn() {
+/// Lets the other ready tasks run, then continues: under [`block_on`] at its next turn
+/// (the next `block_on`'s first, if this one ends first), elsewhere after the runtime's
+/// next turn (`tokio::task::yield_now`), as also during the destruction of the thread's
+/// locals (a client dropped at thread exit still drains its calls).
+pub async fn yield_turn() {
     let mut asked = false;
     let waited_for_turn = poll_fn(|cx| {
         if asked {
@@ -124,6 +132,8 @@ pub(crate) async fn yield_turn() {
     })
     .await;
     if !waited_for_turn {
+        // Not driven by `block_on`: the caller's runtime turns the tasks.
+        #[allow(clippy::disallowed_methods)]
         tokio::task::yield_now().await;
     }
 }
@@ -229,6 +239,36 @@ mod tests {
         });
         assert!(turns.get() > 100, "{} turns", turns.get());
         assert!(!DRIVEN.get(), "the thread is marked driven after block_on");
+    }
+
+    #[test]
+    fn a_task_that_yielded_as_its_block_on_ended_runs_in_the_next_one() {
+        let (runtime, local) = (runtime(), LocalSet::new());
+        let turns = Rc::new(Cell::new(0u64));
+        let spinner = {
+            let turns = Rc::clone(&turns);
+            async move {
+                loop {
+                    turns.set(turns.get() + 1);
+                    yield_turn().await;
+                }
+            }
+        };
+        block_on(&runtime, &local, async {
+            tokio::task::spawn_local(spinner);
+            yield_turn().await;
+        });
+        let before = turns.get();
+        assert!(before > 0, "the task ran in the first block_on");
+        let ran_again = block_on(&runtime, &local, async {
+            let changed = async {
+                while turns.get() == before {
+                    yield_turn().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), changed).await
+        });
+        assert!(ran_again.is_ok(), "the task that yielded was lost");
     }
 
     #[test]

@@ -81,7 +81,7 @@ mod worker;
 
 pub use am::{AmMessage, AmProto, AmStream};
 pub use context::{transport_config, Context, Features, Role};
-pub use drive::block_on;
+pub use drive::{block_on, yield_turn};
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{ProgressError, Status, UcxError};
 pub use heap::keep_freed_heap_memory;

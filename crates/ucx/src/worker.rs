@@ -280,7 +280,7 @@ impl Worker {
                 // yielded starved the server's other worker, and so every request).
                 busy_arms += 1;
                 if busy_arms < ARM_BUSY_SPINS_MAX {
-                    tokio::task::yield_now().await;
+                    crate::drive::yield_turn().await;
                     continue;
                 }
                 busy_arms = 0;

@@ -250,7 +250,7 @@ impl FsClient {
     /// worker finds events for them, at most `ADVANCE_TURNS_MAX`.
     pub(super) async fn advance_in_flight(&self) {
         for _ in 0..ADVANCE_TURNS_MAX {
-            tokio::task::yield_now().await;
+            benchfs_ucx::yield_turn().await;
             if self.rpc.worker().progress() == 0 {
                 return;
             }

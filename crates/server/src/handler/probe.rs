@@ -161,7 +161,7 @@ impl ServerState {
             }
             if since_yield >= PROBE_YIELD_BYTES {
                 since_yield = 0;
-                tokio::task::yield_now().await;
+                benchfs_ucx::yield_turn().await;
             }
         }
     }
