@@ -46,6 +46,39 @@ fn is_shared_memory(transport: &str) -> bool {
 }
 
 #[test]
+fn a_client_offers_no_shared_memory_to_servers_that_turned_it_off() {
+    if ucx_overridden() {
+        common::skip("shm", "UCX_* transport settings in the environment");
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    for i in 0..2 {
+        cluster.stop(i);
+        cluster.restart_with_env(i, &[("BENCHFS_NETWORK_SHARED_MEMORY", "false")]);
+    }
+    // The client's own configuration has it on, as one given only the registry has.
+    let mut config: ServerConfig = cluster.config();
+    config.network.shared_memory = true;
+    let fs = BenchFS::connect(&config).expect("connect");
+    for (server, lanes) in transports(&fs) {
+        assert!(
+            !lanes.is_empty() && lanes.iter().all(|t| t.starts_with("tcp/")),
+            "{server}: lanes {lanes:?} to a server without shared memory, expected only tcp"
+        );
+    }
+    let data = pattern(3 << 20, 11);
+    common::files::write_file(&fs, "/tcp-only", &data);
+    assert!(common::files::read_file(&fs, "/tcp-only") == data);
+    assert!(
+        cluster.all_running(),
+        "a server died when the client connected"
+    );
+}
+
+#[test]
 fn same_host_connections_use_shared_memory_unless_turned_off() {
     if ucx_overridden() {
         common::skip("shm", "UCX_* transport settings in the environment");

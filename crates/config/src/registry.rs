@@ -102,6 +102,9 @@ pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError
 /// The setting an entry gives its server's store birth in (ns since the Unix epoch).
 pub const BORN_SETTING: &str = "born_ns";
 
+/// The setting an entry gives its server's `network.shared_memory` in (`true`, `false`).
+pub const SHARED_MEMORY_SETTING: &str = "shared_memory";
+
 /// The marker `<node_id>.member`: the store birth of the cluster life the server named
 /// `node_id` served in. It stays when the entry goes (a clean stop, or a launcher that
 /// clears a killed server's entry before starting it again).

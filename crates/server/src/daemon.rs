@@ -466,8 +466,9 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
 }
 
 /// What this server publishes: where it listens, the counts clients place by, the
-/// settings a benchmark report names, and its inode tag (so that no other server starts
-/// with it).
+/// settings a benchmark report names, whether it takes shared memory (a client that
+/// offers it to one that does not crashes it inside UCX), and its inode tag (so that no
+/// other server starts with it).
 fn registry_entry(config: &ServerConfig, addr: SocketAddr, state: &ServerState) -> ServerEntry {
     ServerEntry {
         replicas: Some(config.replication.replicas),
@@ -476,6 +477,10 @@ fn registry_entry(config: &ServerConfig, addr: SocketAddr, state: &ServerState) 
             ("backend", config.storage.backend.to_string()),
             ("chunk_size", config.storage.chunk_size_bytes.to_string()),
             ("inline_bytes", config.storage.inline_bytes.to_string()),
+            (
+                registry::SHARED_MEMORY_SETTING,
+                config.network.shared_memory.to_string(),
+            ),
             (
                 crate::claim::INODE_TAG_SETTING,
                 format!("{:08x}", state.inode_tag()),

@@ -249,6 +249,7 @@ impl FsClient {
         let virtual_nodes =
             cluster_setting(&entries, "placement.virtual_nodes", |e| e.virtual_nodes)?
                 .unwrap_or(config.placement.virtual_nodes);
+        let shared_memory = config.network.shared_memory && !shared_memory_refused(&entries);
         let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), virtual_nodes)?;
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
         for entry in entries {
@@ -259,7 +260,7 @@ impl FsClient {
         }
         let context = Context::with_config(
             Features::ALL,
-            &benchfs_ucx::transport_config(config.network.shared_memory, Role::Client),
+            &benchfs_ucx::transport_config(shared_memory, Role::Client),
         )?;
         let options = ClientOptions {
             rpc_timeout: config.network.rpc_timeout,
@@ -392,6 +393,26 @@ impl FsClient {
             .map(drop)
             .map_err(rpc_err("ping", "/"))
     }
+}
+
+/// Whether some server in `entries` publishes that it takes no shared memory. A client
+/// must then not offer it: UCX 1.13 aborts such a server (`wireup.c`: `ep_addr_index <
+/// address->num_ep_addrs`) when a client's lanes include shared memory, and every server
+/// the client reached went down. A client given only the registry has the default, on.
+fn shared_memory_refused(entries: &[ServerEntry]) -> bool {
+    let refused = entries.iter().find(|e| {
+        e.settings
+            .get(registry::SHARED_MEMORY_SETTING)
+            .map(String::as_str)
+            == Some("false")
+    });
+    if let Some(entry) = refused {
+        tracing::info!(
+            server = entry.node_id,
+            "a server takes no shared memory: this client connects without it"
+        );
+    }
+    refused.is_some()
 }
 
 /// A setting every server publishes in its registry entry (`field`): the cluster's value,
