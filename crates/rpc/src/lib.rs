@@ -35,7 +35,7 @@ pub enum RpcError {
         timeout_ms: u64,
     },
     /// The transport failed (the peer is gone, the connection was refused, ...).
-    #[error("transport to {server}: {source}")]
+    #[error("connection to {server} failed: {source}")]
     Transport {
         /// The server's name or address.
         server: String,
