@@ -79,6 +79,38 @@ fn a_client_offers_no_shared_memory_to_servers_that_turned_it_off() {
 }
 
 #[test]
+fn servers_with_and_without_shared_memory_call_each_other() {
+    if ucx_overridden() {
+        common::skip("shm", "UCX_* transport settings in the environment");
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    cluster.stop(1);
+    cluster.restart_with_env(1, &[("BENCHFS_NETWORK_SHARED_MEMORY", "false")]);
+    // Files whose chunks lie on one server and records on the other: each server's orphan
+    // sweep (every second in test clusters) asks its peer about them.
+    let fs = cluster.client();
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("/mixed-{i}"), pattern(100_000, i)))
+        .collect();
+    for (path, data) in &files {
+        common::files::write_file(&fs, path, data);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        cluster.all_running(),
+        "a server died when a peer with shared memory called it; see {}",
+        cluster.log_path(1).display()
+    );
+    for (path, data) in &files {
+        assert!(common::files::read_file(&fs, path) == *data, "{path}");
+    }
+}
+
+#[test]
 fn same_host_connections_use_shared_memory_unless_turned_off() {
     if ucx_overridden() {
         common::skip("shm", "UCX_* transport settings in the environment");

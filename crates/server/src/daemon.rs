@@ -234,16 +234,15 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// The server's UCX context: SO_REUSEADDR on the listener, shared memory with processes on
-/// this host as `network.shared_memory` says, and only the network devices of
-/// [`net_devices`].
-fn ucx_context(network: &NetworkConfig) -> Result<Arc<Context>, DaemonError> {
+/// A server's UCX context: SO_REUSEADDR on the listener, shared memory with processes on
+/// this host when `shared_memory` says, and only the network devices of [`net_devices`].
+fn ucx_context(network: &NetworkConfig, shared_memory: bool) -> Result<Arc<Context>, DaemonError> {
     // A restarted server binds the port it had while old connections sit in TIME_WAIT.
     // UCT keys go without their component's prefix: UCX_TCP_CM_REUSEADDR is CM_REUSEADDR
     // (TCP_CM_REUSEADDR is not applied, and UCX warns "invalid configuration").
     let mut overrides = vec![("CM_REUSEADDR", "y".to_string())];
     overrides.extend(
-        benchfs_ucx::transport_config(network.shared_memory, Role::Server)
+        benchfs_ucx::transport_config(shared_memory, Role::Server)
             .into_iter()
             .map(|(key, value)| (key, value.to_string())),
     );
@@ -510,12 +509,28 @@ fn publish(
     Ok(entry)
 }
 
+/// How the request loop serves, from the network settings.
+fn serve_options(network: &NetworkConfig) -> ServeOptions {
+    ServeOptions {
+        inflight_max: network.inflight_max as usize,
+        rendezvous_threshold: network.rendezvous_threshold_bytes as usize,
+        // Twice the RPC timeout: the client has given up on the call by then, and one
+        // slow transfer of a busy but live client does not cost it the connection.
+        transfer_timeout: network.rpc_timeout.saturating_mul(2),
+        payload_budget: PayloadBudget::new(network.inflight_payload_bytes),
+    }
+}
+
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     // First: a network device that does not exist is a configuration error.
-    let context = ucx_context(&config.network)?;
+    let context = ucx_context(&config.network, config.network.shared_memory)?;
+    // Calls to peers (the duplicate check, the orphan sweep: rare, no payloads) go over the
+    // network only: UCX 1.13 aborts a peer that takes no shared memory when a caller offers
+    // it, and a peer's setting may differ from ours.
+    let peer_context = ucx_context(&config.network, false)?;
     // Claimed before anything is opened: a duplicate must not touch the running one's data.
     let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
-    crate::claim::check_node_free(&context, &config, &secret).await?;
+    crate::claim::check_node_free(&peer_context, &config, &secret).await?;
     let state = Rc::new(ServerState::open(&config, secret)?);
     crate::claim::check_inode_tag_free(&config, state.inode_tag())?;
     state.remove_probe_leftovers().await;
@@ -536,16 +551,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         registered_bytes = state.store().registered_region().map_or(0, |(_, len)| len),
         "benchfsd serving"
     );
-    let sweep = start_sweep(&config, &state, &context);
+    let sweep = start_sweep(&config, &state, &peer_context);
     let stop = stop_signal()?;
-    let options = ServeOptions {
-        inflight_max: config.network.inflight_max as usize,
-        rendezvous_threshold: config.network.rendezvous_threshold_bytes as usize,
-        // Twice the RPC timeout: the client has given up on the call by then, and one
-        // slow transfer of a busy but live client does not cost it the connection.
-        transfer_timeout: config.network.rpc_timeout.saturating_mul(2),
-        payload_budget: PayloadBudget::new(config.network.inflight_payload_bytes),
-    };
+    let options = serve_options(&config.network);
     // A task of the set, like every hot part of the server: the progress task wakes it and
     // it runs in the same turn.
     let serving = tokio::task::spawn_local(serve(
