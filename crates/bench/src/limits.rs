@@ -117,60 +117,77 @@ pub const STORE_PROBE_BYTES: u64 = 128 << 20;
 pub fn stores(fs: &BenchFS, block: u64) -> Result<(f64, f64)> {
     let client = fs.client();
     let block = u32::try_from(block).unwrap_or(u32::MAX);
-    let probes =
-        (0..client.servers().len() as u32).map(|s| client.probe_store(s, STORE_PROBE_BYTES, block));
+    let sent = Instant::now();
+    let probes = (0..client.servers().len() as u32).map(|s| {
+        let probe = client.probe_store(s, STORE_PROBE_BYTES, block);
+        async move { (probe.await, sent.elapsed()) }
+    });
     let replies = fs.block_on(join_all(probes));
     let probed = replies
         .into_iter()
-        .map(|reply| reply.map_err(|e| BenchError(format!("store probe: {e}"))))
+        .map(|(reply, arrived)| {
+            let reply = reply.map_err(|e| BenchError(format!("store probe: {e}")))?;
+            Ok((reply, arrived))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(store_aggregate(&probed))
 }
 
-/// The aggregate write and read bandwidth (MiB/s) of store probes started together: all
-/// bytes over the time from the start to the last write's end, and over the time from the
-/// first read's start to the last read's end. Each server reads once its own write is
-/// done, so reads of servers whose writes took different times do not overlap: over the
-/// slowest read alone, probes of four servers sharing two cores added up to 3-6 times
-/// what the cores can copy. A server's read starts at its write time after the request
-/// came, and the requests leave together.
-pub fn store_aggregate(probes: &[StoreProbeReply]) -> (f64, f64) {
-    let bytes: u64 = probes.iter().map(|p| p.bytes).sum();
-    let write_ns = probes.iter().map(|p| p.write_ns).max().unwrap_or(0);
-    let reads_start = probes.iter().map(|p| p.write_ns).min().unwrap_or(0);
-    let reads_end = probes
+/// The aggregate write and read bandwidth (MiB/s) of store probes sent together, each
+/// with the time its reply arrived: all bytes over the longest write, and over the time
+/// some server was reading (the union of the read passes, each taken to end when its
+/// reply came). Each server reads once its own write is done, so the read passes of
+/// servers whose writes took different times need not overlap: over the slowest read
+/// alone, four servers sharing two cores added up to 3-6 times what the cores can copy.
+pub fn store_aggregate(probes: &[(StoreProbeReply, Duration)]) -> (f64, f64) {
+    let bytes: u64 = probes.iter().map(|(p, _)| p.bytes).sum();
+    let write_ns = probes.iter().map(|(p, _)| p.write_ns).max().unwrap_or(0);
+    let mut reads: Vec<(u64, u64)> = probes
         .iter()
-        .map(|p| p.write_ns.saturating_add(p.read_ns))
-        .max()
-        .unwrap_or(0);
+        .map(|(p, arrived)| {
+            let end = u64::try_from(arrived.as_nanos()).unwrap_or(u64::MAX);
+            (end.saturating_sub(p.read_ns), end)
+        })
+        .collect();
+    reads.sort_unstable();
+    let (mut reading_ns, mut covered_to) = (0u64, 0u64);
+    for (start, end) in reads {
+        let from = start.max(covered_to);
+        reading_ns += end.saturating_sub(from);
+        covered_to = covered_to.max(end);
+    }
     let mib_s = |ns: u64| bytes as f64 / f64::from(1u32 << 20) / (ns.max(1) as f64 / 1e9);
-    (mib_s(write_ns), mib_s(reads_end - reads_start))
+    (mib_s(write_ns), mib_s(reading_ns))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn probe(write_ms: u64, read_ms: u64) -> StoreProbeReply {
-        StoreProbeReply {
+    /// A probe of 100 MiB whose write took `write_ms` and read `read_ms`, its reply
+    /// arriving `arrived_ms` after the probes were sent.
+    fn probe(write_ms: u64, read_ms: u64, arrived_ms: u64) -> (StoreProbeReply, Duration) {
+        let reply = StoreProbeReply {
             bytes: 100 << 20,
             write_ns: write_ms * 1_000_000,
             read_ns: read_ms * 1_000_000,
-        }
+        };
+        (reply, Duration::from_millis(arrived_ms))
     }
 
     #[test]
-    fn reads_that_follow_writes_of_different_lengths_count_over_their_whole_span() {
-        // Server b reads while a is still writing: 200 MiB read in the 1.1 s from a's
-        // first read to b's last, not in one server's 0.1 s.
-        let (write, read) = store_aggregate(&[probe(1000, 100), probe(2000, 100)]);
+    fn reads_one_after_another_count_the_time_of_each() {
+        // a reads (1.0-1.1 s) while b still writes; b reads (2.0-2.1 s) after: 200 MiB
+        // in 0.2 s of reading, not in one server's 0.1 s, nor over the idle second.
+        let (write, read) = store_aggregate(&[probe(1000, 100, 1100), probe(2000, 100, 2100)]);
         assert!((write - 100.0).abs() < 1e-9, "{write}");
-        assert!((read - 200.0 / 1.1).abs() < 1e-6, "{read}");
+        assert!((read - 1000.0).abs() < 1e-6, "{read}");
     }
 
     #[test]
-    fn reads_that_overlap_count_over_the_slowest() {
-        let (_, read) = store_aggregate(&[probe(1000, 200), probe(1000, 100)]);
-        assert!((read - 1000.0).abs() < 1e-9, "{read}");
+    fn reads_that_overlap_count_once() {
+        // 1.0-1.2 s and 1.1-1.3 s: 0.3 s of reading.
+        let (_, read) = store_aggregate(&[probe(1000, 200, 1200), probe(1100, 200, 1300)]);
+        assert!((read - 200.0 / 0.3).abs() < 1e-6, "{read}");
     }
 }
