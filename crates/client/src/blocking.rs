@@ -172,10 +172,10 @@ impl BenchFS {
         )
     }
 
-    /// Writes at the handle's position. With write-behind on, the bytes are copied and the
-    /// call returns once they are on their way (a failure surfaces at a later write, fsync
-    /// or close); off, the sends read `data` in place, with no copy, and the call returns
-    /// once the servers have it. Either way no send reads `data` after the call.
+    /// Writes at the handle's position. The sends read `data` in place, with no copy, and
+    /// no send reads it after the call. With write-behind on, the call returns once every
+    /// send has read its bytes, before the servers answer (a failure surfaces at a later
+    /// write, fsync or close); off, once the servers have them.
     pub fn write(&self, fd: Fd, data: &[u8]) -> Result<usize, ApiError> {
         benchfs_ucx::lend(
             data,

@@ -79,11 +79,13 @@ impl RpcClient {
         let worker = Worker::new(context)?;
         let replies = worker.set_am_handler(REPLY_AM_ID, CLIENT_QUEUE_MAX)?;
         let progress = Rc::clone(&worker).run_progress(options.busy_poll);
-        tokio::task::spawn_local(async move {
+        // Out of tokio's cooperative budget, whose forced yields can be lost when a call's
+        // `block_on` returns (see `benchfs_ucx::block_on`).
+        tokio::task::spawn_local(tokio::task::unconstrained(async move {
             if let Err(e) = progress.await {
                 tracing::error!(error = %e, "client progress loop failed");
             }
-        });
+        }));
         let client = Rc::new(RpcClient {
             worker,
             pending: RefCell::default(),
@@ -91,7 +93,10 @@ impl RpcClient {
             next_id: Cell::new(1),
             options,
         });
-        tokio::task::spawn_local(route_replies(Rc::downgrade(&client), replies));
+        tokio::task::spawn_local(tokio::task::unconstrained(route_replies(
+            Rc::downgrade(&client),
+            replies,
+        )));
         Ok(client)
     }
 

@@ -16,9 +16,12 @@
 //!
 //! **Contract:** its tasks yield with [`yield_turn`], never `tokio::task::yield_now`
 //! (clippy refuses it in the workspace). tokio keeps a yielded task's waker in the
-//! scheduler state of the runtime's current `block_on` and drops it, unwoken, when that
-//! `block_on` returns: a client's progress task that yielded so just before a call ended
-//! slept for good, and every later call of the client timed out. tokio's cooperative
+//! scheduler state of the runtime's current `block_on` until the runtime next looks at its
+//! events, and drops it, unwoken, if that `block_on` returns first. tokio's own `block_on`
+//! always looks before it polls its future again; this loop polls it on later turns of
+//! one visit, so the driven future could end first: a client's progress task that yielded
+//! so just before a call ended slept for good, and every later call of the client timed
+//! out. tokio's cooperative
 //! budget defers a task the same way once it used 128 resources in one poll; the tasks
 //! here use a few per poll.
 
