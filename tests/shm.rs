@@ -45,20 +45,29 @@ fn is_shared_memory(transport: &str) -> bool {
     transport.ends_with("/memory")
 }
 
-#[test]
-fn a_client_offers_no_shared_memory_to_servers_that_turned_it_off() {
+/// Two servers, those in `off` restarted without shared memory; `None` (skipped) when the
+/// environment chose UCX's transports.
+fn two_servers_turning_shared_memory_off(off: &[usize]) -> Option<Cluster> {
     if ucx_overridden() {
         common::skip("shm", "UCX_* transport settings in the environment");
-        return;
+        return None;
     }
     let mut cluster = Cluster::start(ClusterSpec {
         servers: 2,
         ..ClusterSpec::default()
     });
-    for i in 0..2 {
+    for &i in off {
         cluster.stop(i);
         cluster.restart_with_env(i, &[("BENCHFS_NETWORK_SHARED_MEMORY", "false")]);
     }
+    Some(cluster)
+}
+
+#[test]
+fn a_client_offers_no_shared_memory_to_servers_that_turned_it_off() {
+    let Some(mut cluster) = two_servers_turning_shared_memory_off(&[0, 1]) else {
+        return;
+    };
     // The client's own configuration has it on, as one given only the registry has.
     let mut config: ServerConfig = cluster.config();
     config.network.shared_memory = true;
@@ -80,16 +89,9 @@ fn a_client_offers_no_shared_memory_to_servers_that_turned_it_off() {
 
 #[test]
 fn servers_with_and_without_shared_memory_call_each_other() {
-    if ucx_overridden() {
-        common::skip("shm", "UCX_* transport settings in the environment");
+    let Some(mut cluster) = two_servers_turning_shared_memory_off(&[1]) else {
         return;
-    }
-    let mut cluster = Cluster::start(ClusterSpec {
-        servers: 2,
-        ..ClusterSpec::default()
-    });
-    cluster.stop(1);
-    cluster.restart_with_env(1, &[("BENCHFS_NETWORK_SHARED_MEMORY", "false")]);
+    };
     // Files whose chunks lie on one server and records on the other: each server's orphan
     // sweep (every second in test clusters) asks its peer about them.
     let fs = cluster.client();
