@@ -509,6 +509,21 @@ fn publish(
     Ok(entry)
 }
 
+/// The contexts a server serves with (shared memory as `network.shared_memory` says) and
+/// calls its peers with (the duplicate check, the orphan sweep: rare, no payloads): over
+/// the network only, since UCX 1.13 aborts a peer that takes no shared memory when a
+/// caller offers it, and a peer's setting may differ from ours. One context when this
+/// server takes none either.
+fn ucx_contexts(network: &NetworkConfig) -> Result<(Arc<Context>, Arc<Context>), DaemonError> {
+    let serving = ucx_context(network, network.shared_memory)?;
+    let peers = if network.shared_memory {
+        ucx_context(network, false)?
+    } else {
+        Arc::clone(&serving)
+    };
+    Ok((serving, peers))
+}
+
 /// How the request loop serves, from the network settings.
 fn serve_options(network: &NetworkConfig) -> ServeOptions {
     ServeOptions {
@@ -523,11 +538,7 @@ fn serve_options(network: &NetworkConfig) -> ServeOptions {
 
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     // First: a network device that does not exist is a configuration error.
-    let context = ucx_context(&config.network, config.network.shared_memory)?;
-    // Calls to peers (the duplicate check, the orphan sweep: rare, no payloads) go over the
-    // network only: UCX 1.13 aborts a peer that takes no shared memory when a caller offers
-    // it, and a peer's setting may differ from ours.
-    let peer_context = ucx_context(&config.network, false)?;
+    let (context, peer_context) = ucx_contexts(&config.network)?;
     // Claimed before anything is opened: a duplicate must not touch the running one's data.
     let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
     crate::claim::check_node_free(&peer_context, &config, &secret).await?;

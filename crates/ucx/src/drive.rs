@@ -21,9 +21,8 @@
 //! always looks before it polls its future again; this loop polls it on later turns of
 //! one visit, so the driven future could end first: a client's progress task that yielded
 //! so just before a call ended slept for good, and every later call of the client timed
-//! out. tokio's cooperative
-//! budget defers a task the same way once it used 128 resources in one poll; the tasks
-//! here use a few per poll.
+//! out. tokio's cooperative budget defers a task the same way once it used 128 resources
+//! in one poll; the tasks here use a few per poll.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
