@@ -145,6 +145,14 @@ for round in $(seq "$rounds"); do
 done
 
 echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us, prefault ${PREFAULT_BYTES:-0} bytes, huge pages ${HUGE_PAGES:-false}"
+# A VM that hands freed memory back to its hypervisor (virtio balloon, device 5, feature
+# bit 5) makes every first write into fresh memory wait for the hypervisor: both file
+# systems' easy writes then measure it (docs/compare-chfs.md).
+for dev in /sys/bus/virtio/devices/*; do
+    if [ "$(cat "$dev/device" 2>/dev/null)" = 0x0005 ] && [ "$(cut -c6 "$dev/features" 2>/dev/null)" = 1 ]; then
+        echo "# host: a VM with virtio free page reporting: fresh memory is written at the hypervisor's speed"
+    fi
+done
 echo "# ior-easy: -F -t 1m -b $easy_block; ior-hard: shared file -t 47008 -s $hard_segments; mdtest: -n $md_files -F -u (MiB/s; ops/s)"
 printf '%-22s %9s %12s %12s %8s\n' workload chunk CHFS BenchFS ratio
 # shellcheck disable=SC2016 # awk programs

@@ -88,6 +88,48 @@ fn a_client_offers_no_shared_memory_to_servers_that_turned_it_off() {
 }
 
 #[test]
+fn a_client_with_shared_memory_refuses_a_server_restarted_without_it() {
+    if ucx_overridden() {
+        common::skip("shm", "UCX_* transport settings in the environment");
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    assert!(
+        transports(&fs)
+            .iter()
+            .all(|(_, lanes)| lanes.iter().any(|t| is_shared_memory(t))),
+        "the client took no shared memory to begin with"
+    );
+    cluster.stop(1);
+    cluster.restart_with_env(1, &[("BENCHFS_NETWORK_SHARED_MEMORY", "false")]);
+    let node1 = Cluster::node_id(1);
+    for (entry, result) in fs.block_on(fs.client().server_transports()) {
+        match (entry.node_id == node1, result) {
+            (true, Ok(lanes)) => panic!("{node1} connected with lanes {lanes:?}"),
+            (true, Err(e)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&node1) && message.contains("shared memory"),
+                    "{message}"
+                );
+            }
+            (false, result) => {
+                result.unwrap_or_else(|e| panic!("{}: {e}", entry.node_id));
+            }
+        }
+    }
+    assert!(
+        cluster.all_running(),
+        "a server died when the client called it; see {}",
+        cluster.log_path(1).display()
+    );
+}
+
+#[test]
 fn servers_with_and_without_shared_memory_call_each_other() {
     let Some(mut cluster) = two_servers_turning_shared_memory_off(&[1]) else {
         return;

@@ -89,6 +89,8 @@ pub struct FsClient {
     meta_cache: RefCell<MetadataCache>,
     chunk_cache: RefCell<ChunkCache>,
     registry_dir: std::path::PathBuf,
+    /// Whether this client's transports include shared memory (decided at start).
+    offers_shared_memory: bool,
     call_counters: Cell<CallCounters>,
     /// Chunk size asked for in each file create; 0 takes the servers' configured size.
     create_chunk_size: Cell<u64>,
@@ -292,6 +294,7 @@ impl FsClient {
                 ttl,
             )),
             registry_dir: config.network.registry_dir.clone(),
+            offers_shared_memory: shared_memory,
             call_counters: Cell::default(),
             create_chunk_size: Cell::new(0),
             owner: Cell::new(process_owner()),
@@ -400,12 +403,7 @@ impl FsClient {
 /// address->num_ep_addrs`) when a client's lanes include shared memory, and every server
 /// the client reached went down. A client given only the registry has the default, on.
 fn shared_memory_refused(entries: &[ServerEntry]) -> bool {
-    let refused = entries.iter().find(|e| {
-        e.settings
-            .get(registry::SHARED_MEMORY_SETTING)
-            .map(String::as_str)
-            == Some("false")
-    });
+    let refused = entries.iter().find(|e| takes_no_shared_memory(e));
     if let Some(entry) = refused {
         tracing::info!(
             server = entry.node_id,
@@ -413,6 +411,15 @@ fn shared_memory_refused(entries: &[ServerEntry]) -> bool {
         );
     }
     refused.is_some()
+}
+
+/// Whether `entry` publishes that its server takes no shared memory.
+fn takes_no_shared_memory(entry: &ServerEntry) -> bool {
+    entry
+        .settings
+        .get(registry::SHARED_MEMORY_SETTING)
+        .map(String::as_str)
+        == Some("false")
 }
 
 /// A setting every server publishes in its registry entry (`field`): the cluster's value,

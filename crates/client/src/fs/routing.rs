@@ -178,6 +178,7 @@ impl FsClient {
                 status: Status::Unavailable,
             });
         }
+        self.check_shared_memory(&node_id, addr)?;
         let conn = match self.connect_slot(slot, addr, &node_id).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -221,6 +222,31 @@ impl FsClient {
                 *slot.entry.borrow_mut() = entry;
                 conn
             }
+        })
+    }
+
+    /// Refuses to connect to a server whose registry entry now says it takes no shared
+    /// memory when this client's transports include it: UCX 1.13 would abort that server at
+    /// the connection (see `shared_memory_refused`). A client chooses its transports at
+    /// start, so this is a server restarted since without shared memory.
+    fn check_shared_memory(&self, node_id: &str, addr: SocketAddr) -> Result<(), RpcError> {
+        if !self.offers_shared_memory {
+            return Ok(());
+        }
+        let path = registry::entry_path(&self.registry_dir, node_id);
+        let refuses = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| registry::parse_entry(&text).ok())
+            .is_some_and(|entry| entry.node_id == node_id && super::takes_no_shared_memory(&entry));
+        if !refuses {
+            return Ok(());
+        }
+        Err(RpcError::Incompatible {
+            server: format!("{node_id}@{addr}"),
+            reason: "it restarted without shared memory (network.shared_memory = false), and \
+                     this client, started while every server took it, offers it; restart the \
+                     client"
+                .into(),
         })
     }
 

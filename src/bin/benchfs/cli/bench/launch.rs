@@ -87,6 +87,9 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
     for (target, note) in &report.meta.cache_notes {
         outln!("{target}: {note}");
     }
+    for note in &report.meta.host_notes {
+        outln!("host: {note}");
+    }
     for s in &report.io500 {
         outln!(
             "IO500 {}: score {:.3} = sqrt(bandwidth {:.3} GiB/s × metadata {:.3} kIOPS); {}",
@@ -145,6 +148,7 @@ pub fn build_report(measured: Vec<Measured>, load_before: [f64; 3], started: Sys
             load_after: report::load_average(),
             config: measured[0].config.clone(),
             cache_notes,
+            host_notes: report::host_notes(Path::new(report::VIRTIO_DEVICES_DIR)),
         },
         plan: measured[0].plan.clone(),
         limits,
