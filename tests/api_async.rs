@@ -5,6 +5,7 @@ mod common;
 
 use benchfs::api::{ApiError, BenchFS, OpenFlags, Whence};
 use benchfs::config::ServerConfig;
+use benchfs::proto::ops::set_attr;
 use common::files::read_file;
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -59,6 +60,34 @@ fn async_client_round_trips_and_agrees_with_the_blocking_one() {
         fs.unlink("/d/g").await.unwrap();
         fs.rmdir("/d").await.unwrap();
         assert!(fs.readdir("/").await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn times_set_on_an_open_file_survive_its_close() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let stamp_ns = 1_000_000_000_123_456_789;
+    block_on(async {
+        let fs = BenchFS::new(cluster.config()).await.unwrap();
+        let fd = fs.create("/stamped", OpenFlags::WRITE).await.unwrap();
+        // Before the write: fstat publishes the size the handle reached.
+        let file_id = fs.fstat(fd).await.unwrap().file_id;
+        fs.write(fd, &pattern(100_000, 3)).await.unwrap();
+        let stamp = fs.client().set_attr(benchfs::proto::ops::SetAttrRequest {
+            path: "/stamped".into(),
+            file_id,
+            set: set_attr::ATIME | set_attr::MTIME,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            atime_ns: stamp_ns,
+            mtime_ns: stamp_ns,
+            ctime_ns: 0,
+        });
+        fs.run_with(stamp).await.unwrap();
+        fs.close(fd).await.unwrap();
+        let meta = fs.stat("/stamped").await.unwrap();
+        assert_eq!((meta.size, meta.mtime_ns), (100_000, stamp_ns));
     });
 }
 

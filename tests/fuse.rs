@@ -171,6 +171,20 @@ fn attributes(m: &Mounted) {
     // A new client (another node) sees the same attributes.
     let native = m.cluster.client().stat("/f").unwrap();
     assert_eq!((native.mode, native.uid, native.gid), (0o640, 1234, 5678));
+    // Times set on a file still open with writes it has not published (tar, cp -p) are
+    // the file's after its close, which publishes nothing more.
+    let mut stamped = File::create(m.path("stamped")).unwrap();
+    stamped.write_all(b"written, then stamped").unwrap();
+    stamped
+        .set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+        .unwrap();
+    drop(stamped);
+    let native = m.cluster.client().stat("/stamped").unwrap();
+    assert_eq!(native.size, 21);
+    assert_eq!(
+        native.mtime_ns, 1_000_000_000_123_456_789,
+        "mtime after close"
+    );
 }
 
 /// Symbolic links, and renames of files and trees across directories.

@@ -96,6 +96,18 @@ impl Handles {
         }
     }
 
+    /// The servers now hold size `size` for `ino`: its handles that reached no further have
+    /// nothing left to publish (one that grew past it since keeps its own).
+    pub(crate) fn published_through(&self, ino: u64, size: u64) {
+        for h in self
+            .lock()
+            .values_mut()
+            .filter(|h| h.ino == ino && h.size <= size)
+        {
+            h.dirty = false;
+        }
+    }
+
     /// The largest size an open handle of `ino` knows (only those with a size still to
     /// publish, if `unpublished`), if there is one.
     pub(crate) fn size_of(&self, ino: u64, unpublished: bool) -> Option<u64> {

@@ -42,7 +42,9 @@ impl FsClient {
 
     /// Changes the attributes `req.set` names (and the change time) on every replica of
     /// `req.path`'s record; `Stale` if the path now names another file than
-    /// `req.file_id`. The root has no record and refuses with `PermissionDenied`.
+    /// `req.file_id`. The root has no record and refuses with `PermissionDenied`. Setting
+    /// a time first publishes the sizes this client's open handles of the path reached, as
+    /// their close would after it, overwriting the time.
     pub async fn set_attr(&self, mut req: ops::SetAttrRequest) -> Result<FileMetadata, ApiError> {
         let given = std::mem::take(&mut req.path);
         req.path = norm(&given)?;
@@ -50,6 +52,11 @@ impl FsClient {
             return Err(fs_err("setattr", &req.path, Status::PermissionDenied));
         }
         self.check_dir_form("setattr", &given, &req.path).await?;
+        if req.set & (ops::set_attr::ATIME | ops::set_attr::MTIME) != 0 {
+            // A size published at close sets the file's time to the close's: this client's
+            // handles publish theirs first, so the times set now stay.
+            self.flush_path(&req.path).await?;
+        }
         self.forget(&req.path);
         let reply = self
             .change_record::<ops::SetAttr>(&req.path, req.file_id, &req)
