@@ -148,6 +148,44 @@ fn ior_and_mdtest_run_on_benchfs_with_data_checks() {
     assert!(left.is_empty(), "IOR left files behind: {left:?}");
 }
 
+#[test]
+fn ior_refuses_chunk_sizes_it_cannot_use_with_a_clear_error() {
+    let ior_dir = match ior_build() {
+        Ok(dir) => dir,
+        Err(why) => return common::skip("IOR with bad chunk sizes", why),
+    };
+    let cluster = Cluster::start(ClusterSpec::default());
+    let registry = format!("--benchfs.registry={}", cluster.registry().display());
+    let servers: u64 = cluster.client().client().servers()[0].settings["chunk_size"]
+        .parse()
+        .unwrap();
+    let above = (servers * 2).to_string();
+    for (size, says) in [
+        ("abc", "not a size"),
+        ("-4096", "not a size"),
+        ("128g", "a power of two from 4096"),
+        (above.as_str(), "above the servers'"),
+    ] {
+        let option = format!("--benchfs.chunk_size={size}");
+        let args = [
+            "-a", "BENCHFS", &registry, &option, "-w", "-t", "4k", "-b", "8k",
+        ];
+        let out = Command::new("timeout")
+            .args(["120", "mpirun", "--oversubscribe", "-np", "1"])
+            .arg(ior_dir.join("bin/ior"))
+            .args(args)
+            .args(["-o", "/chunk-size"])
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .output()
+            .expect("mpirun runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{option} ran:\n{text}");
+        assert!(text.contains(says), "{option}: expected {says:?}:\n{text}");
+    }
+}
+
 /// `registry` followed by `list`.
 fn with_registry(registry: &str, list: &[&str]) -> Vec<String> {
     std::iter::once(registry.to_string())

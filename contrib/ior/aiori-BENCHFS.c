@@ -3,7 +3,8 @@
  *
  * Options:
  *   --benchfs.registry=DIR     registry of the servers (default: $BENCHFS_REGISTRY)
- *   --benchfs.chunk_size=N     chunk size of files created (default: the servers')
+ *   --benchfs.chunk_size=N     chunk size of files created, bytes or with a k, m or g
+ *                              suffix (default, or 0: the servers')
  *
  * Paths are BenchFS paths (-o /ior.dat, -d /mdtest). Each rank is one BenchFS client.
  * Copy into IOR's src/ with scripts/build-ior.sh, which also registers it.
@@ -15,6 +16,7 @@
 #include <benchfs.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,7 +27,7 @@
 
 struct benchfs_options {
     char *registry;
-    int chunk_size;
+    char *chunk_size;
 };
 
 struct benchfs_file {
@@ -46,7 +48,7 @@ static option_help *BENCHFS_options(aiori_mod_opt_t **backend_options,
         {0, "benchfs.registry", "Registry directory of the BenchFS servers", OPTION_OPTIONAL_ARGUMENT,
          's', &o->registry},
         {0, "benchfs.chunk_size", "Chunk size of created files (0: the servers')",
-         OPTION_OPTIONAL_ARGUMENT, 'd', &o->chunk_size},
+         OPTION_OPTIONAL_ARGUMENT, 's', &o->chunk_size},
         LAST_OPTION};
     option_help *help = malloc(sizeof(h));
     memcpy(help, h, sizeof(h));
@@ -58,11 +60,40 @@ static void BENCHFS_xfer_hints(aiori_xfer_hint_t *params)
     hints = params;
 }
 
+/* Bytes from "N", "Nk", "Nm" or "Ng" (powers of 1024); -1 for anything else. IOR's own
+ * integer options read "abc" as 0 and overflow to any value, so this one is a string. */
+static long long parse_size(const char *text)
+{
+    char *end;
+    unsigned long long n;
+    unsigned shift = 0;
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    errno = 0;
+    n = strtoull(text, &end, 10);
+    if (errno != 0)
+        return -1;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    }
+    if (*end != '\0' || n > ((unsigned long long)LLONG_MAX >> shift))
+        return -1;
+    return (long long)(n << shift);
+}
+
 static void BENCHFS_initialize(aiori_mod_opt_t *options)
 {
     struct benchfs_options *o = (struct benchfs_options *)options;
-    if (o != NULL && o->chunk_size > 0 && benchfs_set_chunk_size((size_t)o->chunk_size) != 0)
-        ERRF("--benchfs.chunk_size=%d: %s", o->chunk_size, benchfs_last_error());
+    if (o != NULL && o->chunk_size != NULL) {
+        long long bytes = parse_size(o->chunk_size);
+        if (bytes < 0)
+            ERRF("--benchfs.chunk_size=%s: not a size (bytes, or with a k, m or g suffix)",
+                 o->chunk_size);
+        if (bytes > 0 && benchfs_set_chunk_size((size_t)bytes) != 0)
+            ERRF("--benchfs.chunk_size=%s: %s", o->chunk_size, benchfs_last_error());
+    }
     if (benchfs_init(o != NULL ? o->registry : NULL) != 0)
         ERRF("benchfs_init: %s", benchfs_last_error());
 }

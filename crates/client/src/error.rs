@@ -70,6 +70,15 @@ pub enum ApiError {
     /// The client's event loop could not start.
     #[error("client runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// A chunk size asked for the files a client creates is above the servers': their
+    /// stores take no larger chunk.
+    #[error("chunk size {bytes} is above the servers' {servers} bytes: files take the servers' chunk size or a smaller power of two (down to {min})", min = benchfs_proto::limits::CHUNK_SIZE_MIN)]
+    ChunkSizeAboveServers {
+        /// The chunk size asked for.
+        bytes: u64,
+        /// The servers' chunk size.
+        servers: u64,
+    },
     /// The job secret does not fit the handshake.
     #[error("the job secret is {len} bytes; at most {max} are allowed")]
     SecretTooLong {
@@ -106,9 +115,10 @@ impl ApiError {
             return status;
         }
         match self {
-            ApiError::Config(_) | ApiError::SecretTooLong { .. } | ApiError::Ring(_) => {
-                Status::InvalidArgument
-            }
+            ApiError::Config(_)
+            | ApiError::SecretTooLong { .. }
+            | ApiError::ChunkSizeAboveServers { .. }
+            | ApiError::Ring(_) => Status::InvalidArgument,
             ApiError::Runtime(_) => Status::Io,
             _ => Status::Unavailable,
         }

@@ -304,7 +304,8 @@ impl FsClient {
     }
 
     /// Sets the chunk size of the files this client creates from now on: a power of two
-    /// within the limits, or 0 for the servers' configured size.
+    /// within the limits and no larger than the servers' (as their registry entries say),
+    /// or 0 for the servers' configured size.
     pub fn set_chunk_size(&self, bytes: u64) -> Result<(), ApiError> {
         use benchfs_proto::limits;
         if bytes != 0 && !limits::is_chunk_size(bytes, limits::CHUNK_SIZE_MAX) {
@@ -314,8 +315,19 @@ impl FsClient {
                 status: Status::InvalidArgument,
             });
         }
+        if let Some(servers) = self.servers_chunk_size().filter(|&s| bytes > s) {
+            return Err(ApiError::ChunkSizeAboveServers { bytes, servers });
+        }
         self.create_chunk_size.set(bytes);
         Ok(())
+    }
+
+    /// The smallest chunk size the servers published, if any did.
+    fn servers_chunk_size(&self) -> Option<u64> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.entry.borrow().settings.get("chunk_size")?.parse().ok())
+            .min()
     }
 
     /// The servers, in ring order.
