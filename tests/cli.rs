@@ -347,6 +347,31 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
 }
 
+#[test]
+fn cluster_up_resume_starts_a_server_whose_data_directory_was_removed() {
+    // Found by a hostile-user run: with a killed server's data directory removed,
+    // `--resume` said every server was running and started nothing.
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "3", "--backend", "file"]);
+    let before = c.pids();
+    kill_node1(&c, before[1]);
+    let node1_data = Path::new(c.dir_arg()).join("data/node1");
+    std::fs::remove_dir_all(&node1_data).unwrap();
+    let out = c.cli(&["cluster", "up", "--resume"]);
+    assert!(out.contains("1 servers (2 were running)"), "{out}");
+    assert!(node1_data.is_dir(), "node1 got no data directory");
+    let status = c.cli(&["cluster", "status"]);
+    assert!(!status.contains("unreachable"), "{status}");
+    let local = c.local("in.bin");
+    let data = pattern(300_000, 5);
+    std::fs::write(&local, &data).unwrap();
+    c.cli(&["put", arg(&local), "/after"]);
+    let back = c.local("out.bin");
+    c.cli(&["get", "/after", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
+}
+
 /// Capacities of the cluster's servers, from `benchfs stats --json`.
 fn capacities(c: &ClusterDir) -> Vec<u64> {
     let out = c.cli(&["stats", "--json"]);

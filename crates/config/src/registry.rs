@@ -112,6 +112,22 @@ fn member_path(dir: &Path, node_id: &str) -> PathBuf {
     dir.join(format!("{node_id}.member"))
 }
 
+/// The node ids with a membership marker in `dir`: every server that served in the
+/// cluster, up or not, with its data or without (none if `dir` cannot be read).
+pub fn members(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let node = name.strip_suffix(".member")?;
+            (!node.is_empty() && !node.starts_with('.')).then(|| node.to_owned())
+        })
+        .collect()
+}
+
 /// Records that the server named `node_id` serves with a store born at `born_ns`.
 pub fn mark_member(dir: &Path, node_id: &str, born_ns: u64) -> Result<(), RegistryError> {
     let path = member_path(dir, node_id);

@@ -397,6 +397,13 @@ fn resume_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
         })?;
         nodes.push(name);
     }
+    // A server whose data directory was removed still served in the cluster: it starts
+    // again on an empty one (and rejoins, as a server back with an empty store does).
+    for node in registry::members(&dir.join("registry")) {
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
     if nodes.is_empty() {
         return Err(nothing(format!(
             "{} holds no server's data",
