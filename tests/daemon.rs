@@ -145,6 +145,22 @@ fn bad_configuration_is_refused_with_the_key_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-file"));
+    // An address another program holds is named, with the setting that chose it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+        .args(["--backend", "memory", "--bind", &addr, "--registry"])
+        .arg(dir.path().join("registry"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("network.bind_addr"),
+        "{stderr}"
+    );
     let config = benchfs::config::ServerConfig::default();
     let err =
         benchfs::blocking::BenchFS::connect_with_secret(&config, vec![0; 70_000]).unwrap_err();

@@ -79,6 +79,12 @@ pub fn entry_path(dir: &Path, node_id: &str) -> PathBuf {
 
 /// Publishes `entry` atomically.
 pub fn publish(dir: &Path, entry: &ServerEntry) -> Result<PathBuf, RegistryError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(io("create", dir)(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "a file of that name is there; the registry is a directory",
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let path = entry_path(dir, &entry.node_id);
     let tmp = dir.join(format!(
@@ -287,6 +293,23 @@ pub fn read(dir: &Path) -> Result<Vec<ServerEntry>, RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_where_the_registry_should_be_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, b"").unwrap();
+        let entry = ServerEntry::new("node0", "127.0.0.1:1".parse().unwrap());
+        let err = publish(&file, &entry).unwrap_err().to_string();
+        assert!(
+            err.contains("afile") && err.contains("the registry is a directory"),
+            "{err}"
+        );
+        let marked = members(dir.path());
+        assert!(marked.is_empty(), "{marked:?}");
+        mark_member(dir.path(), "node3", 1).unwrap();
+        assert_eq!(members(dir.path()), ["node3"]);
+    }
 
     #[test]
     fn publish_read_withdraw() {

@@ -68,6 +68,15 @@ pub enum DaemonError {
     /// UCX failed to start.
     #[error("UCX: {0}")]
     Ucx(#[from] benchfs_ucx::UcxError),
+    /// The listener could not be made at the configured address (taken, or not this
+    /// host's).
+    #[error("cannot listen on {addr} (network.bind_addr, --bind): {source}; is another server or program using that address?")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// UCX's error.
+        source: benchfs_ucx::UcxError,
+    },
     /// The registry could not be written.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
@@ -549,7 +558,12 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let worker = Worker::new(&context)?;
     let progress =
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
-    let listener = Listener::bind(&worker, config.network.bind_addr)?;
+    let listener = Listener::bind(&worker, config.network.bind_addr).map_err(|source| {
+        DaemonError::Listen {
+            addr: config.network.bind_addr,
+            source,
+        }
+    })?;
     let addr = advertised_addr(listener.local_addr());
     let entry = publish(&config, addr, &state)?;
     tracing::info!(
