@@ -706,14 +706,20 @@ impl FsClient {
         } else {
             Vec::new()
         };
-        self.move_subtree(&from, &to, &subtree).await?;
+        // Whatever stops a directory rename part way (a killed client, a dead server),
+        // every entry stays visible under one of the names: the copies under the new name
+        // are made while it does not exist yet, then the directory's own record moves,
+        // then the old records, which nothing shows any more, are removed.
+        let copies = self.copy_subtree(&from, &to, &subtree).await?;
         if let Err(e) = self
             .move_record(&from, &to, &record, replaced.as_ref())
             .await
         {
-            self.move_subtree_back(&from, &to, &subtree).await;
+            self.remove_everywhere(copies.iter().map(String::as_str))
+                .await;
             return Err(e);
         }
+        self.drop_subtree(&from, &subtree).await;
         let replaced = replaced.map(|r| r.meta);
         if let Some(old) =
             replaced.filter(|m| !m.is_dir() && !m.inline && m.file_id != meta.file_id)

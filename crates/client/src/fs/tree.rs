@@ -2,7 +2,8 @@
 //! under the directory gets a new key and, by hashing, usually a new server; chunks are
 //! keyed by inode number and do not move (an inline file's bytes move with its record,
 //! fetched with it). The cost is one listing per directory in the tree, one lookup per
-//! inline file, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time.
+//! inline file, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time,
+//! in the order `FsClient::rename` gives (every entry stays visible under one name).
 
 use benchfs_proto::ops;
 use benchfs_proto::placement::PlacementKey;
@@ -52,84 +53,69 @@ impl FsClient {
         Ok(out)
     }
 
-    /// Puts the entries of `subtree`, moved from `from` to `to`, back under `from`: the
-    /// directory's own record failed to move, so it kept its old name.
-    pub(super) async fn move_subtree_back(
-        &self,
-        from: &str,
-        to: &str,
-        subtree: &[(String, Record)],
-    ) {
-        if subtree.is_empty() {
-            return;
-        }
-        let back: Vec<_> = subtree
-            .iter()
-            .map(|(old, r)| (format!("{to}{}", &old[from.len()..]), r.clone()))
-            .collect();
-        if let Err(undo) = self.move_subtree(to, from, &back).await {
-            tracing::error!(error = %undo, from, to, "undo of a directory rename failed");
-        }
-    }
-
-    /// Moves the records under `from` to the same names under `to` (the directory
-    /// records themselves are the caller's): first every new record is stored, parents
-    /// first, then every old one removed, children first. If a step fails the steps
-    /// before it are undone, so the tree is whole at one of its names; only a second
-    /// failure during that undo (logged) leaves records at both.
-    pub(super) async fn move_subtree(
+    /// Stores a copy of each record under `from` at the same name under `to` on every
+    /// replica, parents first, and returns the new names. Nothing shows them until `to`'s
+    /// own record exists (unless `to` is an empty directory being replaced). If a copy
+    /// fails, those made are removed again and nothing changed.
+    pub(super) async fn copy_subtree(
         &self,
         from: &str,
         to: &str,
         records: &[(String, Record)],
-    ) -> Result<(), ApiError> {
-        let moved: Vec<(String, String, &Record)> = records
+    ) -> Result<Vec<String>, ApiError> {
+        let copies: Vec<(String, &Record)> = records
             .iter()
-            .map(|(old, record)| (old.clone(), format!("{to}{}", &old[from.len()..]), record))
+            .map(|(old, record)| (format!("{to}{}", &old[from.len()..]), record))
             .collect();
         // A new path past the limits fails the rename before anything moves
         // (ENAMETOOLONG, as rename(2) gives), not at its server as a malformed request.
-        for (_, new, _) in &moved {
+        for (new, _) in &copies {
             super::norm(new)?;
         }
         let mut stored = 0;
-        for batch in moved.chunks(MOVE_BATCH) {
+        for batch in copies.chunks(MOVE_BATCH) {
             let done = join_all(
                 batch
                     .iter()
-                    .map(|(_, new, record)| self.store_everywhere(new, record)),
+                    .map(|(new, record)| self.store_everywhere(new, record)),
             )
             .await;
-            let failed = done.into_iter().find_map(Result::err);
             stored += batch.len();
-            if let Some(e) = failed {
-                self.remove_everywhere(moved[..stored].iter().map(|(_, new, _)| new.as_str()))
-                    .await;
-                return Err(e);
-            }
-        }
-        let mut removed = moved.len();
-        for batch in moved.rchunks(MOVE_BATCH) {
-            let done = join_all(batch.iter().map(|(old, _, record)| async move {
-                self.forget(old);
-                self.delete_record("rename", old, record.meta.kind, true)
-                    .await
-            }))
-            .await;
-            removed -= batch.len();
             if let Some(e) = done.into_iter().find_map(Result::err) {
-                // Put back what this batch and those before it removed, then drop the copies.
-                for (old, _, record) in &moved[removed..] {
-                    if let Err(undo) = self.store_everywhere(old, record).await {
-                        tracing::error!(error = %undo, path = old, "undo of a directory rename failed");
-                    }
-                }
-                self.remove_everywhere(moved.iter().map(|(_, new, _)| new.as_str()))
+                self.remove_everywhere(copies[..stored].iter().map(|(new, _)| new.as_str()))
                     .await;
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(copies.into_iter().map(|(new, _)| new).collect())
+    }
+
+    /// Removes the records under a renamed directory's old name, children first, once the
+    /// directory's own record moved: nothing shows them any more, so one that cannot be
+    /// removed (its server is down) is logged and left, and the rename stands.
+    pub(super) async fn drop_subtree(&self, from: &str, records: &[(String, Record)]) {
+        let mut left = 0;
+        let mut first_error = None;
+        for batch in records.rchunks(MOVE_BATCH) {
+            let done =
+                join_all(batch.iter().rev().map(|(old, record)| {
+                    self.delete_record("rename", old, record.meta.kind, true)
+                }))
+                .await;
+            for e in done.into_iter().filter_map(Result::err) {
+                left += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::error!(
+                error = %e,
+                from,
+                left,
+                "a renamed directory's old records could not all be removed; they stay \
+                 under the old name, unseen unless a directory of that name is made again"
+            );
+        }
     }
 
     /// Stores `record` at `path` on every replica, replacing what is there.
@@ -154,7 +140,7 @@ impl FsClient {
     }
 
     /// Removes the records at `paths` (copies a failed rename made), children first.
-    async fn remove_everywhere(&self, paths: impl DoubleEndedIterator<Item = &str>) {
+    pub(super) async fn remove_everywhere(&self, paths: impl DoubleEndedIterator<Item = &str>) {
         for path in paths.rev() {
             let servers = self.replica_set(PlacementKey::Metadata(path));
             self.undo_put(path, None, &servers).await;
