@@ -995,7 +995,7 @@ fn a_mount_killed_during_a_directory_rename_loses_no_file() {
     const FILES: usize = 3000;
     const SUBDIRS: usize = 15;
     let fs = m.cluster.client();
-    for round in 0..3 {
+    for round in 0..4 {
         let (from, to) = (format!("/r{round}/src"), format!("/r{round}/dst"));
         fs.mkdir(&format!("/r{round}"), 0o755).unwrap();
         fs.mkdir(&from, 0o755).unwrap();
@@ -1006,10 +1006,16 @@ fn a_mount_killed_during_a_directory_rename_loses_no_file() {
             let path = format!("{from}/s{}/f{i}", i % SUBDIRS);
             common::files::write_file(&fs, &path, i.to_string().as_bytes());
         }
+        if round == 2 {
+            // An empty directory the rename replaces.
+            fs.mkdir(&to, 0o755).unwrap();
+        }
         // The rename copies parents first, each directory's entries in name order: this
         // is the last copy (directory s9 lists last, and f999 last in it).
         let last_copy = format!("{to}/s9/f999");
+        // -T: onto an existing directory too, as rename(2) (not into it).
         let mut mv = Command::new("mv")
+            .arg("-T")
             .arg(m.path(&from))
             .arg(m.path(&to))
             .stderr(std::process::Stdio::null())

@@ -47,7 +47,7 @@ static option_help *BENCHFS_options(aiori_mod_opt_t **backend_options,
     option_help h[] = {
         {0, "benchfs.registry", "Registry directory of the BenchFS servers", OPTION_OPTIONAL_ARGUMENT,
          's', &o->registry},
-        {0, "benchfs.chunk_size", "Chunk size of created files (0: the servers')",
+        {0, "benchfs.chunk_size", "Chunk size of created files, bytes or with k, m, g (0: the servers')",
          OPTION_OPTIONAL_ARGUMENT, 's', &o->chunk_size},
         LAST_OPTION};
     option_help *help = malloc(sizeof(h));

@@ -363,7 +363,9 @@ impl BenchFuse {
         if changes.atime.is_some() || changes.mtime.is_some() {
             // A size published at close sets the file's time to the close's: the sizes this
             // mount's handles reached go first, so times set now stay (tar, cp -p set them
-            // before they close).
+            // before they close). As any publish, not across a truncate, which it would
+            // undo.
+            let _publishing = self.publishing(ino.0);
             if let Some(end) = self.handles.size_of(ino.0, true) {
                 self.call(req, |fs| {
                     fs.block_on(fs.client().grow_size(&path, meta.file_id, end))

@@ -58,6 +58,16 @@ pub enum RpcError {
         /// The status.
         status: Status,
     },
+    /// The caller will not connect to the server: reaching it would harm it (a server
+    /// restarted without the shared memory this client's transports include, which UCX
+    /// would abort). Counted as unreachable, so a call fails over to another replica.
+    #[error("{server} cannot be reached from this client: {reason}")]
+    Unusable {
+        /// The server's name or address.
+        server: String,
+        /// Why.
+        reason: String,
+    },
     /// The server's settings differ from the ones the caller's cluster agreed on (it
     /// restarted with another configuration, say), so the two would place data apart.
     #[error("{server} is not of this cluster: {reason}")]
@@ -94,6 +104,7 @@ impl RpcError {
         | RpcError::Transport { server, .. }
         | RpcError::Protocol { server, .. }
         | RpcError::Status { server, .. }
+        | RpcError::Unusable { server, .. }
         | RpcError::Incompatible { server, .. }) = self;
         server
     }
@@ -102,7 +113,7 @@ impl RpcError {
     pub fn status(&self) -> Status {
         match self {
             RpcError::Timeout { .. } => Status::TimedOut,
-            RpcError::Transport { .. } => Status::Unavailable,
+            RpcError::Transport { .. } | RpcError::Unusable { .. } => Status::Unavailable,
             RpcError::Protocol { .. } | RpcError::Incompatible { .. } => Status::Protocol,
             RpcError::Status { status, .. } => *status,
         }

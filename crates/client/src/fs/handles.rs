@@ -46,6 +46,9 @@ impl FsClient {
     pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
         let given = path;
         let path = norm(path)?;
+        if flags.contains(OpenFlags::CREATE) {
+            self.check_create_chunk_size()?;
+        }
         match self.check_dir_form("open", given, &path).await {
             Err(e) if e.status() == Some(Status::NotFound) && flags.contains(OpenFlags::CREATE) => {
                 return Err(fs_err("open", &path, Status::IsDir));

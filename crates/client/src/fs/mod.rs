@@ -304,8 +304,8 @@ impl FsClient {
     }
 
     /// Sets the chunk size of the files this client creates from now on: a power of two
-    /// within the limits and no larger than the servers' (as their registry entries say),
-    /// or 0 for the servers' configured size.
+    /// within the limits, or 0 for the servers' configured size. An open that creates
+    /// fails ([`ApiError::ChunkSizeAboveServers`]) while it is above the servers'.
     pub fn set_chunk_size(&self, bytes: u64) -> Result<(), ApiError> {
         use benchfs_proto::limits;
         if bytes != 0 && !limits::is_chunk_size(bytes, limits::CHUNK_SIZE_MAX) {
@@ -315,11 +315,18 @@ impl FsClient {
                 status: Status::InvalidArgument,
             });
         }
-        if let Some(servers) = self.servers_chunk_size().filter(|&s| bytes > s) {
-            return Err(ApiError::ChunkSizeAboveServers { bytes, servers });
-        }
         self.create_chunk_size.set(bytes);
         Ok(())
+    }
+
+    /// Refuses a create while the chunk size asked for is above the servers' (as their
+    /// registry entries say): the servers' refusal carries no reason.
+    pub(super) fn check_create_chunk_size(&self) -> Result<(), ApiError> {
+        let bytes = self.create_chunk_size.get();
+        match self.servers_chunk_size().filter(|&servers| bytes > servers) {
+            Some(servers) => Err(ApiError::ChunkSizeAboveServers { bytes, servers }),
+            None => Ok(()),
+        }
     }
 
     /// The smallest chunk size the servers published, if any did.

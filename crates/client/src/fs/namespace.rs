@@ -706,20 +706,8 @@ impl FsClient {
         } else {
             Vec::new()
         };
-        // Whatever stops a directory rename part way (a killed client, a dead server),
-        // every entry stays visible under one of the names: the copies under the new name
-        // are made while it does not exist yet, then the directory's own record moves,
-        // then the old records, which nothing shows any more, are removed.
-        let copies = self.copy_subtree(&from, &to, &subtree).await?;
-        if let Err(e) = self
-            .move_record(&from, &to, &record, replaced.as_ref())
-            .await
-        {
-            self.remove_everywhere(copies.iter().map(String::as_str))
-                .await;
-            return Err(e);
-        }
-        self.drop_subtree(&from, &subtree).await;
+        self.move_tree(&from, &to, &record, replaced.as_ref(), &subtree)
+            .await?;
         let replaced = replaced.map(|r| r.meta);
         if let Some(old) =
             replaced.filter(|m| !m.is_dir() && !m.inline && m.file_id != meta.file_id)
@@ -738,7 +726,7 @@ impl FsClient {
     /// leaves `from`. If either step fails on a replica, both are undone where they
     /// happened (`to` gets back `replaced`, or nothing), so the rename happens on every
     /// replica or on none.
-    async fn move_record(
+    pub(super) async fn move_record(
         &self,
         from: &str,
         to: &str,

@@ -191,6 +191,10 @@ fn copy_rpc_error(e: &RpcError) -> RpcError {
             server: server.clone(),
             reason: reason.clone(),
         },
+        RpcError::Unusable { server, reason } => RpcError::Unusable {
+            server: server.clone(),
+            reason: reason.clone(),
+        },
         // A kind of error added later: its message still names the server.
         other => RpcError::Status {
             server: other.to_string(),

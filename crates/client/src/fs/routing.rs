@@ -241,7 +241,7 @@ impl FsClient {
         if !refuses {
             return Ok(());
         }
-        Err(RpcError::Incompatible {
+        Err(RpcError::Unusable {
             server: format!("{node_id}@{addr}"),
             reason: "it restarted without shared memory (network.shared_memory = false), and \
                      this client, started while every server took it, offers it; restart the \

@@ -5,6 +5,7 @@
 //! inline file, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time,
 //! in the order `FsClient::rename` gives (every entry stays visible under one name).
 
+use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops;
 use benchfs_proto::placement::PlacementKey;
 use futures_util::future::join_all;
@@ -53,11 +54,58 @@ impl FsClient {
         Ok(out)
     }
 
+    /// Moves `from` (its `record`, and `subtree`, the records under it) to `to`, replacing
+    /// `replaced` there. Whatever stops it part way (a killed client, a dead server), every
+    /// entry stays visible under one of the names: the copies under the new name are made
+    /// while nothing shows them (an empty directory it replaces goes first, and comes back
+    /// on a failure), then the directory's own record moves, then the old records, which
+    /// nothing shows any more, are removed.
+    pub(super) async fn move_tree(
+        &self,
+        from: &str,
+        to: &str,
+        record: &Record,
+        replaced: Option<&Record>,
+        subtree: &[(String, Record)],
+    ) -> Result<(), ApiError> {
+        let cleared = match replaced {
+            Some(dir) if dir.meta.is_dir() && !subtree.is_empty() => {
+                self.delete_record("rename", to, EntryKind::Directory, false)
+                    .await?;
+                Some(dir)
+            }
+            _ => None,
+        };
+        let put_back = || async {
+            if let Some(dir) = cleared {
+                if let Err(e) = self.store_everywhere(to, dir).await {
+                    tracing::error!(error = %e, path = to, "putting back the directory a failed rename replaced");
+                }
+            }
+        };
+        let copies = match self.copy_subtree(from, to, subtree).await {
+            Ok(copies) => copies,
+            Err(e) => {
+                put_back().await;
+                return Err(e);
+            }
+        };
+        let still_there = replaced.filter(|_| cleared.is_none());
+        if let Err(e) = self.move_record(from, to, record, still_there).await {
+            self.remove_everywhere(copies.iter().map(String::as_str))
+                .await;
+            put_back().await;
+            return Err(e);
+        }
+        self.drop_subtree(from, subtree).await;
+        Ok(())
+    }
+
     /// Stores a copy of each record under `from` at the same name under `to` on every
     /// replica, parents first, and returns the new names. Nothing shows them until `to`'s
     /// own record exists (unless `to` is an empty directory being replaced). If a copy
     /// fails, those made are removed again and nothing changed.
-    pub(super) async fn copy_subtree(
+    async fn copy_subtree(
         &self,
         from: &str,
         to: &str,
@@ -93,7 +141,7 @@ impl FsClient {
     /// Removes the records under a renamed directory's old name, children first, once the
     /// directory's own record moved: nothing shows them any more, so one that cannot be
     /// removed (its server is down) is logged and left, and the rename stands.
-    pub(super) async fn drop_subtree(&self, from: &str, records: &[(String, Record)]) {
+    async fn drop_subtree(&self, from: &str, records: &[(String, Record)]) {
         let mut left = 0;
         let mut first_error = None;
         for batch in records.rchunks(MOVE_BATCH) {
@@ -140,7 +188,7 @@ impl FsClient {
     }
 
     /// Removes the records at `paths` (copies a failed rename made), children first.
-    pub(super) async fn remove_everywhere(&self, paths: impl DoubleEndedIterator<Item = &str>) {
+    async fn remove_everywhere(&self, paths: impl DoubleEndedIterator<Item = &str>) {
         for path in paths.rev() {
             let servers = self.replica_set(PlacementKey::Metadata(path));
             self.undo_put(path, None, &servers).await;

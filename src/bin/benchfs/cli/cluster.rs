@@ -381,13 +381,11 @@ fn resume_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
     ServerConfig::from_file(&config_path)?;
     let data = dir.join("data");
     let entries = match std::fs::read_dir(&data) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(nothing(format!("{} does not exist", data.display())))
-        }
-        other => other.map_err(|e| local_error("cannot read", &data, e))?,
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        other => Some(other.map_err(|e| local_error("cannot read", &data, e))?),
     };
     let mut nodes = Vec::new();
-    for entry in entries {
+    for entry in entries.into_iter().flatten() {
         let entry = entry.map_err(|e| local_error("cannot read", &data, e))?;
         if !entry.path().is_dir() {
             continue;
