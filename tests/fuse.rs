@@ -773,6 +773,37 @@ fn bad_mount_options_are_refused_before_mounting() {
 }
 
 #[test]
+fn a_cluster_whose_servers_are_all_gone_is_not_mounted() {
+    // Found by a hostile-user run: the mount came up (status 0) and every call gave EIO.
+    if !common::mount::fuse_available("fuse with no server") {
+        return;
+    }
+    let mut cluster = common::Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    // kill -9 leaves their registry entries.
+    cluster.kill(0);
+    cluster.kill(1);
+    let root = cluster.dir.path().join("mnt");
+    fs::create_dir(&root).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .arg("mount")
+        .arg(&root)
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted with no server: {err}");
+    assert!(
+        err.contains("no server of the registry") && err.contains("node0"),
+        "{err}"
+    );
+    assert!(!is_mounted(&root));
+}
+
+#[test]
 fn appends_from_two_mounts_one_after_another_all_land() {
     // Regression (found by a hostile-user run): the kernel puts an appending write at the
     // size it cached, so `echo one >> m1/f; echo two >> m2/f; echo three >> m1/f` left

@@ -8,12 +8,16 @@ use std::time::{Duration, Instant};
 
 use super::cluster::Target;
 use super::{local_error, CliError};
+use benchfs::blocking::BenchFS;
 use benchfs::client::{process_owner, FsClient};
 use benchfs::config::ServerConfig;
+use benchfs::registry::ServerEntry;
 use benchfs_fuse::{check_mountpoint, Mount, Settings};
 
 /// How long a detached mount may take to appear.
 const MOUNT_WAIT: Duration = Duration::from_secs(60);
+/// How long the check before mounting waits for each server.
+const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `benchfs mount` arguments.
 #[derive(Debug, clap::Args)]
@@ -59,6 +63,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         Some(path) => benchfs::config::secret::read_secret(&path)?,
         None => Vec::new(),
     };
+    check_reachable(&config, &servers, &secret)?;
     let mut settings = Settings::new(config, servers, secret);
     for options in &args.options {
         settings.apply_options(options)?;
@@ -81,6 +86,34 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let mount = Mount::new(&args.mountpoint, settings, process_owner())?;
     mount.serve()?;
     Ok(())
+}
+
+/// Refuses to mount a cluster none of whose servers answers (a registry of servers not
+/// started yet or all dead, another job's): the mount would come up and fail every call.
+/// A server that is stopped costs at most [`REACH_TIMEOUT`].
+fn check_reachable(
+    config: &ServerConfig,
+    servers: &[ServerEntry],
+    secret: &[u8],
+) -> Result<(), CliError> {
+    let mut probe = config.clone();
+    probe.network.rpc_timeout = probe.network.rpc_timeout.min(REACH_TIMEOUT);
+    let fs = BenchFS::with_servers(&probe, servers.to_vec(), secret.to_vec())?;
+    let answers = fs.block_on(fs.client().server_transports());
+    if answers.iter().any(|(_, answer)| answer.is_ok()) {
+        return Ok(());
+    }
+    let why: Vec<String> = answers
+        .into_iter()
+        .filter_map(|(_, answer)| answer.err().map(|e| e.to_string()))
+        .collect();
+    Err(format!(
+        "no server of the registry {} answered, so nothing would work through the mount; \
+         start the servers first ({})",
+        config.network.registry_dir.display(),
+        why.join("; ")
+    )
+    .into())
 }
 
 /// Starts this command again in the foreground, in its own process group with its output
