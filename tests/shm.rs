@@ -387,10 +387,13 @@ fn servers_sleep_while_a_blocking_client_sits_idle() {
         .collect();
     let before: Vec<Duration> = pids.iter().map(|&p| cpu_time(p)).collect();
     std::thread::sleep(Duration::from_secs(3));
+    // CPU time comes in clock ticks (10 ms here), charged to whoever runs at a tick: on a
+    // machine busy with other tests an idle server's sweeps were once charged 60 ms in the
+    // 3 s; the fault guarded against cost 150-210 ms.
     for (i, (&pid, before)) in pids.iter().zip(before).enumerate() {
         let spent = cpu_time(pid) - before;
         assert!(
-            spent < Duration::from_millis(60),
+            spent < Duration::from_millis(100),
             "server {i} used {spent:?} of CPU in 3 s of idling, its client idle for 25 s"
         );
     }
