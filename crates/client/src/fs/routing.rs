@@ -207,11 +207,9 @@ impl FsClient {
             Ok(c) => c,
             Err(e) => {
                 let e = e.on_node(node_id);
-                let path = registry::entry_path(&self.registry_dir, node_id);
-                let moved = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|text| registry::parse_entry(&text).ok())
-                    .filter(|entry| entry.node_id == node_id && entry.addr != addr);
+                let moved = self
+                    .published_entry(node_id)
+                    .filter(|entry| entry.addr != addr);
                 let Some(entry) = moved else { return Err(e) };
                 tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
                 let conn = self
@@ -225,6 +223,15 @@ impl FsClient {
         })
     }
 
+    /// The registry entry `node_id`'s server publishes now, if it is there and readable.
+    fn published_entry(&self, node_id: &str) -> Option<ServerEntry> {
+        let path = registry::entry_path(&self.registry_dir, node_id);
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| registry::parse_entry(&text).ok())
+            .filter(|entry| entry.node_id == node_id)
+    }
+
     /// Refuses to connect to a server whose registry entry now says it takes no shared
     /// memory when this client's transports include it: UCX 1.13 would abort that server at
     /// the connection (see `shared_memory_refused`). A client chooses its transports at
@@ -233,11 +240,9 @@ impl FsClient {
         if !self.offers_shared_memory {
             return Ok(());
         }
-        let path = registry::entry_path(&self.registry_dir, node_id);
-        let refuses = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| registry::parse_entry(&text).ok())
-            .is_some_and(|entry| entry.node_id == node_id && super::takes_no_shared_memory(&entry));
+        let refuses = self
+            .published_entry(node_id)
+            .is_some_and(|entry| super::takes_no_shared_memory(&entry));
         if !refuses {
             return Ok(());
         }
