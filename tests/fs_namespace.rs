@@ -6,11 +6,14 @@ mod common;
 use std::collections::BTreeMap;
 
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
-use benchfs_proto::meta::EntryKind;
+use benchfs::placement::PlacementKey;
+use benchfs_proto::meta::{EntryKind, FileMetadata};
 use benchfs_proto::ops::READDIR_PAGE_MAX;
 use common::files::{
-    errno_of, read_file, stats, total_chunks, total_records, write_file, C, CHUNK,
+    assert_unreachable, errno_of, read_file, stats, total_chunks, total_records, write_file, C,
+    CHUNK,
 };
+use common::rpc::insert_record;
 use common::{pattern, Cluster, ClusterSpec};
 
 #[test]
@@ -419,4 +422,73 @@ fn a_trailing_slash_resolves_only_to_a_directory() {
     assert!(fs.stat("/d/").unwrap().is_dir());
     fs.rename("/d/", "/e/").unwrap();
     assert_eq!(read_file(&fs, "/f"), data, "the file is untouched");
+}
+
+/// Stores `meta` at `path` on each of its replicas, as a directory rename stopped part way
+/// leaves its copies: nothing shows them while the parent directory does not exist.
+fn plant(cluster: &Cluster, path: &str, meta: FileMetadata) {
+    let servers: Vec<_> = cluster
+        .replicas_of(PlacementKey::Metadata(path))
+        .into_iter()
+        .map(|i| cluster.addr(i))
+        .collect();
+    insert_record(&servers, path, meta);
+}
+
+#[test]
+fn a_directory_made_where_a_stopped_rename_left_records_starts_empty() {
+    // Regression (hostile run): a directory rename stopped part way leaves records nothing
+    // shows (copies under the new name, or old ones a dead server kept). A directory made
+    // or renamed to that name later listed them, as aliases of the moved files: a write
+    // through one changed the other.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    fs.mkdir("/src", 0o755).unwrap();
+    fs.mkdir("/src/d", 0o755).unwrap();
+    let data = pattern(300_000, 9);
+    write_file(&fs, "/src/d/f", &data);
+    write_file(&fs, "/src/g", &data);
+    let (dir, file) = (fs.stat("/src/d").unwrap(), fs.stat("/src/d/f").unwrap());
+    for top in ["/made", "/moved"] {
+        plant(&cluster, &format!("{top}/d"), dir);
+        plant(&cluster, &format!("{top}/d/f"), file);
+        plant(&cluster, &format!("{top}/d/other"), file);
+        // Below a directory record that is gone too.
+        plant(&cluster, &format!("{top}/gone/deep"), file);
+    }
+    let none: Vec<String> = Vec::new();
+    fs.mkdir("/made", 0o755).unwrap();
+    assert_eq!(names_in(&fs, "/made"), none);
+    for sub in ["/made/d", "/made/gone"] {
+        fs.mkdir(sub, 0o755).unwrap();
+        assert_eq!(names_in(&fs, sub), none, "{sub}");
+    }
+    assert_eq!(errno_of(fs.stat("/made/d/f")), libc::ENOENT);
+    fs.rename("/src", "/moved").unwrap();
+    assert_eq!(names_in(&fs, "/moved"), ["d", "g"]);
+    assert_eq!(names_in(&fs, "/moved/d"), ["f"]);
+    fs.mkdir("/moved/gone", 0o755).unwrap();
+    assert_eq!(names_in(&fs, "/moved/gone"), none);
+    // The stale records went without the chunks of the file they named, and a file made
+    // at one of their names is a file of its own.
+    write_file(&fs, "/made/d/f", &pattern(1000, 3));
+    std::thread::sleep(std::time::Duration::from_secs(3)); // orphan sweeps run each second
+    assert!(read_file(&fs, "/moved/d/f") == data);
+    assert!(read_file(&fs, "/made/d/f") == pattern(1000, 3));
+}
+
+#[test]
+fn a_mkdir_fails_whole_when_a_server_is_down() {
+    // A server that does not answer may hold stale records below the new name, which
+    // would show when it came back: the directory is not made.
+    let mut cluster = Cluster::start(ClusterSpec::short_timeout());
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/x"))[0];
+    let down = (owner + 1) % 4;
+    cluster.kill(down);
+    let e = cluster.client().mkdir("/x", 0o755).unwrap_err();
+    assert_unreachable("mkdir with a server down", &e);
+    assert!(e.to_string().contains("/x"), "{e}");
+    cluster.restart(down);
+    assert_eq!(errno_of(cluster.client().stat("/x")), libc::ENOENT);
+    cluster.client().mkdir("/x", 0o755).unwrap();
 }

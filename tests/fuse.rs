@@ -1013,6 +1013,23 @@ fn files_under(fs: &benchfs::blocking::BenchFS, dirs: &[String]) -> Vec<(String,
     found
 }
 
+/// The name of `from` and `to` the tree is not under holds what a stopped rename left
+/// (copies that never showed, or the old records): a directory made there starts empty.
+fn mkdir_where_the_tree_is_not(fs: &benchfs::blocking::BenchFS, from: &str, to: &str) {
+    for name in [from, to] {
+        if fs.stat(name).is_err() {
+            fs.mkdir(name, 0o755).unwrap();
+            let left: Vec<_> = fs
+                .readdir(name)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            assert!(left.is_empty(), "{name} made anew lists {left:?}");
+        }
+    }
+}
+
 #[test]
 fn a_mount_killed_during_a_directory_rename_loses_no_file() {
     // Found by a hostile-user run: a mount killed while `mv` renamed a tree of 10000 files
@@ -1077,6 +1094,7 @@ fn a_mount_killed_during_a_directory_rename_loses_no_file() {
             FILES,
             "round {round}: files under neither name once the mount was killed"
         );
+        mkdir_where_the_tree_is_not(&fs, &from, &to);
         m.child = Some(spawn_mount(&m.cluster, &m.root, "", &m.log));
         m.wait_mounted();
     }

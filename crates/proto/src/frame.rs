@@ -95,11 +95,14 @@ pub enum OpCode {
     UnsealFiles = 28,
     /// [`OpCode::SealFiles`] for good, journaled: the files' chunks are about to go.
     SealFilesForGood = 29,
+    /// Remove the records below a directory that were last changed before a time: what an
+    /// interrupted directory rename left under a name that is made anew.
+    PurgeUnder = 30,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 29] = [
+    pub const ALL: [OpCode; 30] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -129,6 +132,7 @@ impl OpCode {
         OpCode::SealFiles,
         OpCode::UnsealFiles,
         OpCode::SealFilesForGood,
+        OpCode::PurgeUnder,
     ];
 
     /// Decodes a wire id.
@@ -168,6 +172,7 @@ impl OpCode {
             OpCode::SealFiles => "seal_files",
             OpCode::UnsealFiles => "unseal_files",
             OpCode::SealFilesForGood => "seal_files_for_good",
+            OpCode::PurgeUnder => "purge_under",
         }
     }
 

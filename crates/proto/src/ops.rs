@@ -118,6 +118,8 @@ wire_header!(/// `CreateRequest`, before the path.
     CreateHeader = 20, { mode: U32, chunk_size: U64, uid: U32, gid: U32 });
 wire_header!(/// `DeleteRequest`, before the path; `expect` 0 is any kind.
     DeleteHeader = 2, { expect: u8, moved: u8 });
+wire_header!(/// `PurgeRequest`, before the directory.
+    PurgeHeader = 8, { changed_before_ns: U64 });
 wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
     ReaddirHeader = 4, { limit: U32 });
 wire_header!(/// `ReaddirReply`, before `count` entries.
@@ -232,6 +234,9 @@ rpc!(/// Lifts the tentative seals of the given inode numbers (another server na
     UnsealFiles, UnsealFiles, FileIdsRequest, Empty);
 rpc!(/// [`SealFiles`] for good (journaled, never lifted): the files' chunks may then go.
     SealFilesForGood, SealFilesForGood, FileIdsRequest, FileStatesReply);
+rpc!(/// Remove the records below a directory last changed before a time; the reply counts
+    /// them.
+    PurgeUnder, PurgeUnder, PurgeRequest, CountReply);
 rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
     StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
 
@@ -610,6 +615,33 @@ impl Message for ReaddirRequest {
             None
         };
         Ok(ReaddirRequest { dir, after, limit })
+    }
+}
+
+/// Remove every record below `dir` (at any depth, `dir` itself kept) whose last change
+/// (the later of its `ctime_ns` and `mtime_ns`) is before `changed_before_ns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRequest {
+    /// The directory; never the root.
+    pub dir: String,
+    /// Records changed at or after this time (the server's clock, ns) stay.
+    pub changed_before_ns: u64,
+}
+
+impl Message for PurgeRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&PurgeHeader {
+            changed_before_ns: self.changed_before_ns.into(),
+        })
+        .str16(self.dir.as_bytes());
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let changed_before_ns = r.fixed::<PurgeHeader>()?.changed_before_ns.get();
+        let dir = path_field(r, "dir")?;
+        Ok(PurgeRequest {
+            dir,
+            changed_before_ns,
+        })
     }
 }
 

@@ -42,6 +42,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = AuthRequest::from_bytes(bytes);
     let _ = SetAttrRequest::from_bytes(bytes);
     let _ = StoreProbeRequest::from_bytes(bytes);
+    let _ = PurgeRequest::from_bytes(bytes);
     let _ = StoreProbeReply::from_bytes(bytes);
     let _ = RecordReply::from_bytes(bytes);
     let _ = CreateInlineRequest::from_bytes(bytes);
@@ -258,6 +259,7 @@ proptest! {
         round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
+        round_trip(&PurgeRequest { dir: path.clone(), changed_before_ns: id })?;
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;

@@ -577,6 +577,24 @@ impl MetadataTable {
         Ok(out)
     }
 
+    /// The paths below directory `dir` (at any depth) whose records were last changed
+    /// before `changed_before_ns`, in path order (each parent before what is below it). The root is refused: below it is
+    /// everything.
+    pub fn changed_below(&self, dir: &str, changed_before_ns: u64) -> Result<Vec<String>, Status> {
+        let dir = path::normalize(dir)?;
+        if dir == "/" {
+            return Err(Status::InvalidArgument);
+        }
+        let prefix = format!("{dir}/");
+        Ok(self
+            .entries
+            .range::<String, _>(prefix.clone()..)
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .filter(|(_, meta)| meta.ctime_ns.max(meta.mtime_ns) < changed_before_ns)
+            .map(|(path, _)| path.clone())
+            .collect())
+    }
+
     /// Every record, in path order (for persistence and tests).
     pub fn entries(&self) -> impl Iterator<Item = (&str, &FileMetadata)> {
         self.entries.iter().map(|(p, m)| (p.as_str(), m))
@@ -907,5 +925,25 @@ mod tests {
         assert_eq!(names("/", None, 2), ["a", "ab"]);
         assert_eq!(names("/a/y", None, 100), ["z"]);
         assert!(names("/zzz", None, 100).is_empty());
+    }
+
+    #[test]
+    fn finds_records_below_a_directory_changed_before_a_time() {
+        let mut m = manager();
+        for p in ["/a", "/a/x", "/a/x/deep", "/ab", "/a-b"] {
+            m.create_dir(p, 0, Owner::default()).unwrap();
+        }
+        let made = now_ns() + 1;
+        m.create_dir("/a/new", 0, Owner::default()).unwrap();
+        let mut touched = m.lookup("/a/x/deep").unwrap();
+        touched.mtime_ns = made + 5;
+        m.insert("/a/x/deep", touched, &[], false).unwrap();
+        assert_eq!(m.changed_below("/a", made).unwrap(), ["/a/x"]);
+        assert_eq!(
+            m.changed_below("/a/", u64::MAX).unwrap(),
+            ["/a/new", "/a/x", "/a/x/deep"]
+        );
+        assert!(m.changed_below("/ab", u64::MAX).unwrap().is_empty());
+        assert_eq!(m.changed_below("/", u64::MAX), Err(Status::InvalidArgument));
     }
 }

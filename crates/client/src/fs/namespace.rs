@@ -12,6 +12,7 @@ use futures_util::future::join_all;
 use super::data::WriteSource;
 use super::inline::{Inline, Record};
 use super::routing::is_unreachable;
+use super::tree::CLOCK_SKEW_MAX_NS;
 use super::{fanout, fs_err, names_dir, norm, root_meta, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
@@ -215,7 +216,9 @@ impl FsClient {
 
     /// Creates a record and checks its parent at once: the two live on different servers,
     /// so a create costs one round trip, not two. A record made under a parent that turns
-    /// out to be missing (or not a directory) is removed again.
+    /// out to be missing (or not a directory) is removed again. A new directory then gets
+    /// rid of stale records below its name (`purge_below`; one more round trip), or is
+    /// removed again if a server does not answer.
     pub(super) async fn create_checked(
         &self,
         op: &'static str,
@@ -235,6 +238,15 @@ impl FsClient {
                 }
             }
             return Err(e);
+        }
+        if let (Ok(meta), EntryKind::Directory) = (&created, kind) {
+            let made_ns = meta.ctime_ns.saturating_sub(CLOCK_SKEW_MAX_NS);
+            if let Err(e) = self.purge_below(op, path, made_ns).await {
+                if let Err(undo) = self.delete_record(op, path, kind, false).await {
+                    tracing::warn!(error = %undo, path, "could not remove a directory whose stale entries were not cleared");
+                }
+                return Err(e);
+            }
         }
         Ok(created)
     }
@@ -702,6 +714,10 @@ impl FsClient {
             }
         }
         let subtree = if meta.is_dir() {
+            if replaced.is_none() {
+                // Nothing below a name that does not exist is an entry.
+                self.purge_below("rename", &to, u64::MAX).await?;
+            }
             self.subtree(&from).await?
         } else {
             Vec::new()

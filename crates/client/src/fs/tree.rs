@@ -14,11 +14,42 @@ use super::data::WriteSource;
 use super::inline::Record;
 use super::{rpc_err, FsClient};
 use crate::error::ApiError;
+use crate::rpc::OutPayload;
 
 /// Records moved at once.
 pub(super) const MOVE_BATCH: usize = 64;
 
+/// How far behind the clock of a new directory's server another server's clock may be:
+/// a record below the directory changed within this time before it was made is kept
+/// (it may be an entry another client made in it at once; see [`FsClient::purge_below`]).
+pub(super) const CLOCK_SKEW_MAX_NS: u64 = 100_000_000;
+
 impl FsClient {
+    /// Removes from every server the records below `dir` last changed before
+    /// `changed_before_ns` (by each server's clock). Nothing shows such records while `dir`
+    /// does not exist: they are what a directory rename stopped part way left (copies under
+    /// a name that never came, old records a dead server kept), and a new `dir` would show
+    /// them as aliases of the moved files. Every server must answer: a leftover on one that
+    /// did not would come back with it (the replica repair copies it to its peers).
+    pub(super) async fn purge_below(
+        &self,
+        op: &'static str,
+        dir: &str,
+        changed_before_ns: u64,
+    ) -> Result<(), ApiError> {
+        let req = ops::PurgeRequest {
+            dir: dir.to_string(),
+            changed_before_ns,
+        };
+        let purges = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::PurgeUnder>(s, &req, OutPayload::none()));
+        for result in join_all(purges).await {
+            result.map_err(rpc_err(op, dir))?;
+        }
+        Ok(())
+    }
+
     /// Every record under directory `dir` (not `dir` itself), each parent before its
     /// children, inline ones with their bytes.
     pub(super) async fn subtree(&self, dir: &str) -> Result<Vec<(String, Record)>, ApiError> {

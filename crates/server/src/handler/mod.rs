@@ -454,6 +454,7 @@ impl ServerState {
                 | OpCode::MetadataInsert
                 | OpCode::SetAttr
                 | OpCode::UpdateSize => self.metadata_write(op, body),
+                OpCode::PurgeUnder => self.purge_under(&decode(body)?),
                 OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
                 OpCode::RemoveChunks => {
                     let req: op::RemoveChunksRequest = decode(body)?;
@@ -523,6 +524,29 @@ impl ServerState {
         tracing::debug!(path = %req.path, file_id = meta.file_id, "record created");
         self.log_put(&req.path)?;
         Ok(Reply::ok(&op::MetadataReply { meta }))
+    }
+
+    /// Removes the records below a directory that were last changed before the request's
+    /// time, each journaled. Moved out, not deleted: no tombstone, so no orphan sweep takes
+    /// the chunks of the files these records are stale names of.
+    fn purge_under(&self, req: &op::PurgeRequest) -> Result<Reply, Status> {
+        let paths = self
+            .metadata
+            .borrow()
+            .changed_below(&req.dir, req.changed_before_ns)?;
+        for path in &paths {
+            let meta = self.metadata.borrow_mut().move_out(path)?;
+            self.log(journal::Record::MoveOut {
+                path,
+                file_id: meta.file_id,
+            })?;
+        }
+        if !paths.is_empty() {
+            tracing::info!(dir = %req.dir, count = paths.len(), "stale records below a new directory removed");
+        }
+        Ok(Reply::ok(&op::CountReply {
+            count: paths.len() as u64,
+        }))
     }
 
     /// Changes to the table, each journaled before it is acknowledged.
