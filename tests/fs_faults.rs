@@ -642,3 +642,27 @@ fn change_an_old_record(fs: &BenchFS, path: &str, id: u64, data: &[u8]) {
     assert!(read_file(fs, path) == new, "{path} rewritten");
     assert_eq!(fs.stat(path).unwrap().file_id, id);
 }
+
+#[test]
+fn a_server_of_another_cluster_on_a_dead_servers_port_is_not_used() {
+    // Regression (a CI flake): the system gave a killed server's port to a server another
+    // test started, with the same node id, and a create meant for the dead one succeeded
+    // there: the file went to another cluster.
+    let mut ours = Cluster::start(ClusterSpec::short_timeout());
+    let path = "/meant-for-a-dead-server";
+    let owner = ours.replicas_of(benchfs::placement::PlacementKey::Metadata(path))[0];
+    let addr = ours.addr(owner);
+    ours.kill(owner);
+    let mut theirs = Cluster::start(ClusterSpec::default());
+    theirs.kill(owner);
+    theirs.restart_at(owner, addr);
+    let fs = ours.client();
+    let e = fs
+        .open(path, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .and_then(|fd| fs.write(fd, b"bytes").and_then(|_| fs.close(fd)))
+        .unwrap_err();
+    assert_unreachable("create on a server of another cluster", &e);
+    assert!(e.to_string().contains("not the one"), "{e}");
+    let e = theirs.client().stat(path).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+}

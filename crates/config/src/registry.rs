@@ -156,12 +156,13 @@ pub fn rejoins(dir: &Path, node_id: &str, apart_ns: u64) -> bool {
     };
     read(dir).unwrap_or_default().iter().any(|entry| {
         entry.node_id != node_id
-            && entry
-                .settings
-                .get(BORN_SETTING)
-                .and_then(|born| born.parse::<u64>().ok())
-                .is_some_and(|born| born <= marked.saturating_add(apart_ns))
+            && born_ns(entry).is_some_and(|born| born <= marked.saturating_add(apart_ns))
     })
+}
+
+/// When the store of `entry`'s server began ([`BORN_SETTING`]), if the entry says.
+pub fn born_ns(entry: &ServerEntry) -> Option<u64> {
+    entry.settings.get(BORN_SETTING)?.parse().ok()
 }
 
 /// The marker a server that stopped cleanly leaves: `<node_id>.departed`.

@@ -268,6 +268,16 @@ impl Connection {
         self.hello.as_ref()
     }
 
+    /// Whether the server answering is `node_id` with a store born at `born_ns` (when
+    /// known): another server may listen at an address a dead one had, on a port the
+    /// system gave out again, even one of another cluster with the same node ids. A
+    /// connection without a handshake proves nothing either way and counts as the one.
+    pub fn serves_as(&self, node_id: &str, born_ns: Option<u64>) -> bool {
+        self.hello.as_ref().is_none_or(|hello| {
+            hello.node_id == node_id && born_ns.is_none_or(|born| born == hello.born_ns)
+        })
+    }
+
     /// The server's name, for messages.
     pub fn server(&self) -> &str {
         &self.server

@@ -209,7 +209,7 @@ pub(crate) async fn repair_once(
         let Some(entry) = entries.iter().find(|e| &e.node_id == node) else {
             continue;
         };
-        let conn = match peers.connection(rpc, node, entry.addr).await {
+        let conn = match peers.connection(rpc, entry).await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!(peer = %node, error = %e, "replica repair skips an unreachable peer");

@@ -120,18 +120,32 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
+    /// A connection to the server of `entry`, refused if the server answering at its
+    /// address is another (see [`Connection::serves_as`]).
     pub(crate) async fn connection(
         &mut self,
         rpc: &Rc<RpcClient>,
-        node: &str,
-        addr: SocketAddr,
+        entry: &ServerEntry,
     ) -> Result<&Connection, RpcError> {
+        let (node, addr, born) = (&entry.node_id, entry.addr, registry::born_ns(entry));
         let stale = match self.connections.get(node) {
-            Some((known, conn)) => *known != addr || conn.is_failed(),
+            Some((known, conn)) => {
+                *known != addr || conn.is_failed() || !conn.serves_as(node, born)
+            }
             None => true,
         };
         if stale {
+            self.connections.remove(node);
             let conn = rpc.connect(addr).await?;
+            if !conn.serves_as(node, born) {
+                return Err(RpcError::Unusable {
+                    server: format!("{node}@{addr}"),
+                    reason: format!(
+                        "another server answers there ({}), not the one the registry names",
+                        conn.server()
+                    ),
+                });
+            }
             self.connections.insert(node.to_string(), (addr, conn));
         }
         Ok(&self.connections[node].1)
@@ -246,7 +260,7 @@ where
         if entry.node_id == state.node_id() {
             continue;
         }
-        let answer = match peers.connection(rpc, &entry.node_id, entry.addr).await {
+        let answer = match peers.connection(rpc, entry).await {
             Ok(conn) => conn.call::<R>(&question).await,
             Err(e) => Err(e),
         };
@@ -277,7 +291,7 @@ async fn unseal_everywhere(
         if entry.node_id == state.node_id() {
             continue;
         }
-        let answer = match peers.connection(rpc, &entry.node_id, entry.addr).await {
+        let answer = match peers.connection(rpc, entry).await {
             Ok(conn) => conn.call::<ops::UnsealFiles>(&request).await.map(drop),
             Err(e) => Err(e),
         };

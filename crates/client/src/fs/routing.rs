@@ -179,7 +179,11 @@ impl FsClient {
             });
         }
         self.check_shared_memory(&node_id, addr)?;
-        let conn = match self.connect_slot(slot, addr, &node_id).await {
+        let conn = match self
+            .connect_slot(slot, addr, &node_id)
+            .await
+            .and_then(|conn| self.check_identity(slot, &node_id, conn))
+        {
             Ok(conn) => conn,
             Err(e) => {
                 slot.connect_failed_at.set(Some(Instant::now()));
@@ -220,6 +224,44 @@ impl FsClient {
                 *slot.entry.borrow_mut() = entry;
                 conn
             }
+        })
+    }
+
+    /// Refuses a server that is not `node_id` of this cluster. When a server dies, the
+    /// system may give its port to another server (of this cluster, or of another job on
+    /// the host, with the same node ids): the one answering must give `node_id` and the
+    /// store birth its registry entry names. The entry is read again when they differ,
+    /// since the server may have restarted since with a new store.
+    fn check_identity(
+        &self,
+        slot: &ServerSlot,
+        node_id: &str,
+        conn: Connection,
+    ) -> Result<Connection, RpcError> {
+        let Some(hello) = conn.hello() else {
+            return Ok(conn);
+        };
+        let answers_for =
+            |entry: &ServerEntry| conn.serves_as(&entry.node_id, registry::born_ns(entry));
+        if answers_for(&slot.entry.borrow()) {
+            return Ok(conn);
+        }
+        let addr = slot.entry.borrow().addr;
+        let republished = self
+            .published_entry(node_id)
+            .filter(|entry| entry.addr == addr && answers_for(entry));
+        if let Some(entry) = republished {
+            *slot.entry.borrow_mut() = entry;
+            return Ok(conn);
+        }
+        Err(RpcError::Unusable {
+            server: format!("{node_id}@{addr}"),
+            reason: format!(
+                "the server listening there is {} (store born at {} ns), not the one this \
+                 cluster's registry names: {node_id} is down, or restarted and not yet \
+                 published",
+                hello.node_id, hello.born_ns
+            ),
         })
     }
 
