@@ -178,7 +178,7 @@ impl FsClient {
                 status: Status::Unavailable,
             });
         }
-        self.check_shared_memory(&node_id, addr)?;
+        self.check_shared_memory(&node_id)?;
         let conn = match self
             .connect_slot(slot, addr, &node_id)
             .await
@@ -278,18 +278,18 @@ impl FsClient {
     /// memory when this client's transports include it: UCX 1.13 would abort that server at
     /// the connection (see `shared_memory_refused`). A client chooses its transports at
     /// start, so this is a server restarted since without shared memory.
-    fn check_shared_memory(&self, node_id: &str, addr: SocketAddr) -> Result<(), RpcError> {
+    fn check_shared_memory(&self, node_id: &str) -> Result<(), RpcError> {
         if !self.offers_shared_memory {
             return Ok(());
         }
-        let refuses = self
+        let refusing = self
             .published_entry(node_id)
-            .is_some_and(|entry| super::takes_no_shared_memory(&entry));
-        if !refuses {
+            .filter(super::takes_no_shared_memory);
+        let Some(entry) = refusing else {
             return Ok(());
-        }
+        };
         Err(RpcError::Unusable {
-            server: format!("{node_id}@{addr}"),
+            server: format!("{node_id}@{}", entry.addr),
             reason: "it restarted without shared memory (network.shared_memory = false), and \
                      this client, started while every server took it, offers it; restart the \
                      client"
