@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs::placement::PlacementKey;
 use benchfs_proto::meta::{EntryKind, FileMetadata};
-use benchfs_proto::ops::READDIR_PAGE_MAX;
+use benchfs_proto::ops::{self, READDIR_PAGE_MAX};
 use common::files::{
     assert_unreachable, errno_of, read_file, stats, total_chunks, total_records, write_file, C,
     CHUNK,
 };
-use common::rpc::insert_record;
+use common::rpc::{call_one, insert_record};
 use common::{pattern, Cluster, ClusterSpec};
 
 #[test]
@@ -449,6 +449,15 @@ fn a_directory_made_where_a_stopped_rename_left_records_starts_empty() {
     write_file(&fs, "/src/d/f", &data);
     write_file(&fs, "/src/g", &data);
     let (dir, file) = (fs.stat("/src/d").unwrap(), fs.stat("/src/d/f").unwrap());
+    // A rename to /made that stopped after its copies: its first step told every server
+    // that records go below the name.
+    let rename_starts = ops::PurgeRequest {
+        dir: "/made".into(),
+        changed_before_ns: u64::MAX,
+    };
+    for i in 0..4 {
+        call_one::<ops::PurgeUnder>(cluster.addr(i), &rename_starts).unwrap();
+    }
     for top in ["/made", "/moved"] {
         plant(&cluster, &format!("{top}/d"), dir);
         plant(&cluster, &format!("{top}/d/f"), file);
@@ -478,16 +487,52 @@ fn a_directory_made_where_a_stopped_rename_left_records_starts_empty() {
 }
 
 #[test]
-fn a_mkdir_fails_whole_when_a_server_is_down() {
-    // A server that does not answer may hold stale records below the new name, which
-    // would show when it came back: the directory is not made.
+fn a_server_restarted_on_its_data_clears_below_every_directory_it_makes() {
+    // The marks of names with stale records below them live in memory: a restarted owner
+    // cannot tell which names are clean, so every directory it makes is purged.
+    let mut cluster = Cluster::start(ClusterSpec {
+        backend: "file",
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    write_file(&fs, "/f", b"bytes");
+    let file = fs.stat("/f").unwrap();
+    plant(&cluster, "/left/f", file);
+    fs.mkdir("/fresh", 0o755).unwrap();
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/left"))[0];
+    cluster.stop(owner);
+    cluster.restart(owner);
+    let fs = cluster.client();
+    fs.mkdir("/left", 0o755).unwrap();
+    assert_eq!(names_in(&fs, "/left"), Vec::<String>::new());
+    assert_eq!(read_file(&fs, "/f"), b"bytes");
+}
+
+#[test]
+fn a_mkdir_where_a_rename_stopped_fails_whole_when_a_server_is_down() {
+    // A server that does not answer may hold stale records below the name, which would
+    // show when it came back: the directory is not made.
     let mut cluster = Cluster::start(ClusterSpec::short_timeout());
-    let owner = cluster.replicas_of(PlacementKey::Metadata("/x"))[0];
-    let down = (owner + 1) % 4;
+    let rename_starts = ops::PurgeRequest {
+        dir: "/x".into(),
+        changed_before_ns: u64::MAX,
+    };
+    for i in 0..4 {
+        call_one::<ops::PurgeUnder>(cluster.addr(i), &rename_starts).unwrap();
+    }
+    let owner_of = |path: &str| cluster.replicas_of(PlacementKey::Metadata(path))[0];
+    let down = (owner_of("/x") + 1) % 4;
+    let clean = (0..)
+        .map(|i| format!("/y{i}"))
+        .find(|p| owner_of(p) != down)
+        .unwrap();
     cluster.kill(down);
-    let e = cluster.client().mkdir("/x", 0o755).unwrap_err();
+    let fs = cluster.client();
+    let e = fs.mkdir("/x", 0o755).unwrap_err();
     assert_unreachable("mkdir with a server down", &e);
     assert!(e.to_string().contains("/x"), "{e}");
+    // A name nothing marked needs only its own servers.
+    fs.mkdir(&clean, 0o755).unwrap();
     cluster.restart(down);
     assert_eq!(errno_of(cluster.client().stat("/x")), libc::ENOENT);
     cluster.client().mkdir("/x", 0o755).unwrap();

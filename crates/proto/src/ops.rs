@@ -202,8 +202,8 @@ rpc!(/// Look up a path.
     MetadataLookup, MetadataLookup, PathRequest, MetadataReply);
 rpc!(/// Create a file record.
     MetadataCreateFile, MetadataCreateFile, CreateRequest, MetadataReply);
-rpc!(/// Create a directory record.
-    MetadataCreateDir, MetadataCreateDir, CreateRequest, MetadataReply);
+rpc!(/// Create a directory record; the reply says whether stale records may lie below it.
+    MetadataCreateDir, MetadataCreateDir, CreateRequest, CreateDirReply);
 rpc!(/// Create a symbolic link's record, empty until its target is written.
     MetadataCreateSymlink, MetadataCreateSymlink, CreateRequest, MetadataReply);
 rpc!(/// Change a record's mode, owner or times, on every replica.
@@ -584,6 +584,30 @@ impl Message for MetadataReply {
     }
 }
 
+/// A new directory's record, and whether records nothing showed may lie below its name
+/// (a directory left it, or a rename stopped part way there), which the client must
+/// remove ([`PurgeUnder`]) before the directory is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateDirReply {
+    /// The record.
+    pub meta: FileMetadata,
+    /// Whether the name is marked.
+    pub stale_below: bool,
+}
+
+impl Message for CreateDirReply {
+    fn encode(&self, w: &mut Writer) {
+        self.meta.encode(w);
+        w.u8(u8::from(self.stale_below));
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(CreateDirReply {
+            meta: FileMetadata::decode(r)?,
+            stale_below: bool_field(r, "stale_below")?,
+        })
+    }
+}
+
 /// List a directory's entries held by this server, after `after`, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaddirRequest {
@@ -619,7 +643,9 @@ impl Message for ReaddirRequest {
 }
 
 /// Remove every record below `dir` (at any depth, `dir` itself kept) whose last change
-/// (the later of its `ctime_ns` and `mtime_ns`) is before `changed_before_ns`.
+/// (the later of its `ctime_ns` and `mtime_ns`) is before `changed_before_ns`. With
+/// `u64::MAX` (a rename about to copy records below `dir`) the name stays marked as one
+/// with stale records below it; otherwise (a new directory's purge) the mark is cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeRequest {
     /// The directory; never the root.

@@ -43,6 +43,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = SetAttrRequest::from_bytes(bytes);
     let _ = StoreProbeRequest::from_bytes(bytes);
     let _ = PurgeRequest::from_bytes(bytes);
+    let _ = CreateDirReply::from_bytes(bytes);
     let _ = StoreProbeReply::from_bytes(bytes);
     let _ = RecordReply::from_bytes(bytes);
     let _ = CreateInlineRequest::from_bytes(bytes);
@@ -260,6 +261,7 @@ proptest! {
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&PurgeRequest { dir: path.clone(), changed_before_ns: id })?;
+        round_trip(&CreateDirReply { meta: m, stale_below: id % 2 == 0 })?;
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;

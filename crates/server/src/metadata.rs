@@ -25,6 +25,10 @@ use benchfs_proto::ops::{set_attr, SetAttrRequest};
 /// Most deletions a server remembers for peers' orphan sweeps (16 bytes each, twice).
 pub const TOMBSTONES_MAX: usize = 1 << 20;
 
+/// Most stale marks a server keeps ([`MetadataTable::mark_stale_below`]); past it, every
+/// name counts as marked.
+pub const STALE_MARKS_MAX: usize = 1 << 16;
+
 /// Most files a server keeps sealed ([`MetadataTable::seal`]).
 pub const SEALS_MAX: usize = 1 << 20;
 
@@ -89,6 +93,12 @@ pub struct MetadataTable {
     /// Low 32 bits of the next inode number.
     next_id: u64,
     chunk_size: u64,
+    /// Directory names below which records nothing shows may lie, at most
+    /// [`STALE_MARKS_MAX`] (see [`MetadataTable::may_hold_stale_below`]). In memory only.
+    stale_marks: HashSet<String>,
+    /// Every name counts as marked: this life began without the marks of the last one, or
+    /// more were made than are kept.
+    stale_everywhere: bool,
 }
 
 impl MetadataTable {
@@ -113,6 +123,8 @@ impl MetadataTable {
             // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
             next_id: if inode_tag == 0 { 2 } else { 1 },
             chunk_size,
+            stale_marks: HashSet::new(),
+            stale_everywhere: false,
         }
     }
 
@@ -510,7 +522,40 @@ impl MetadataTable {
         self.inline_bytes.remove(&path);
         self.seals.remove(&path);
         self.unindex(meta.file_id);
+        if meta.is_dir() {
+            // Renamed away (or a rename cleared it): the rename's old records below it
+            // may outlive it on a server that was down.
+            self.mark_stale_below(&path);
+        }
         Ok(meta)
+    }
+
+    /// Notes that records nothing shows may lie below directory name `dir` (on any
+    /// server): a directory record left it, or a rename is about to copy records below it
+    /// and may stop before its own record comes. A directory made at a marked name first
+    /// removes them (the client's purge); this server is asked only for names it owns.
+    pub fn mark_stale_below(&mut self, dir: &str) {
+        if self.stale_marks.len() >= STALE_MARKS_MAX {
+            self.stale_everywhere = true;
+        } else {
+            self.stale_marks.insert(dir.to_string());
+        }
+    }
+
+    /// A purge removed what lay below `dir` on every server.
+    pub fn clear_stale_below(&mut self, dir: &str) {
+        self.stale_marks.remove(dir);
+    }
+
+    /// Every name counts as marked from now on (a restart lost the marks).
+    pub fn assume_stale_everywhere(&mut self) {
+        self.stale_everywhere = true;
+    }
+
+    /// Whether records nothing shows may lie below directory name `dir`, so a directory
+    /// made there must remove them first.
+    pub fn may_hold_stale_below(&self, dir: &str) -> bool {
+        self.stale_everywhere || self.stale_marks.contains(dir)
     }
 
     /// Applies a size update to file `file_id` at `path` and returns the new record;
@@ -925,6 +970,24 @@ mod tests {
         assert_eq!(names("/", None, 2), ["a", "ab"]);
         assert_eq!(names("/a/y", None, 100), ["z"]);
         assert!(names("/zzz", None, 100).is_empty());
+    }
+
+    #[test]
+    fn a_directory_moved_out_marks_its_name_and_too_many_marks_mark_every_name() {
+        let mut m = manager();
+        m.create_dir("/d", 0, Owner::default()).unwrap();
+        m.create_file("/f", 0, 4096, Owner::default()).unwrap();
+        assert!(!m.may_hold_stale_below("/d"));
+        m.move_out("/f").unwrap();
+        m.move_out("/d").unwrap();
+        assert!(m.may_hold_stale_below("/d"));
+        assert!(!m.may_hold_stale_below("/f"));
+        m.clear_stale_below("/d");
+        assert!(!m.may_hold_stale_below("/d"));
+        for i in 0..=STALE_MARKS_MAX {
+            m.mark_stale_below(&format!("/m{i}"));
+        }
+        assert!(m.may_hold_stale_below("/never-marked"));
     }
 
     #[test]

@@ -113,14 +113,15 @@ impl FsClient {
 
     /// Creates a record on the owner, then copies it to the other replicas. If a replica
     /// does not take the copy, the record is removed again from those that hold it, so
-    /// the replicas stay equal: a create happens on every replica or on none.
+    /// the replicas stay equal: a create happens on every replica or on none. Returns the
+    /// record and, for a directory, whether stale records may lie below its name.
     pub(super) async fn create_record(
         &self,
         op: &'static str,
         path: &str,
         kind: EntryKind,
         mode: u32,
-    ) -> Result<FileMetadata, RpcError> {
+    ) -> Result<(FileMetadata, bool), RpcError> {
         let key = PlacementKey::Metadata(path);
         let servers = self.replica_set(key);
         let req = ops::CreateRequest {
@@ -130,25 +131,27 @@ impl FsClient {
             uid: self.owner.get().uid,
             gid: self.owner.get().gid,
         };
-        let (reply, _) = match kind {
+        let none = OutPayload::none;
+        let (meta, stale_below) = match kind {
             EntryKind::File => {
-                self.call_on::<ops::MetadataCreateFile>(servers[0], &req, OutPayload::none())
-                    .await?
+                let call = self.call_on::<ops::MetadataCreateFile>(servers[0], &req, none());
+                (call.await?.0.meta, false)
             }
             EntryKind::Directory => {
-                self.call_on::<ops::MetadataCreateDir>(servers[0], &req, OutPayload::none())
-                    .await?
+                let call = self.call_on::<ops::MetadataCreateDir>(servers[0], &req, none());
+                let reply = call.await?.0;
+                (reply.meta, reply.stale_below)
             }
             EntryKind::Symlink => {
-                self.call_on::<ops::MetadataCreateSymlink>(servers[0], &req, OutPayload::none())
-                    .await?
+                let call = self.call_on::<ops::MetadataCreateSymlink>(servers[0], &req, none());
+                (call.await?.0.meta, false)
             }
         };
         // Only where the path has no record: a replica may hold a file the owner lost (a
         // memory server restarted empty), which a copy would replace.
         let insert = ops::InsertRequest {
             path: path.to_string(),
-            meta: reply.meta,
+            meta,
             exclusive: true,
             settled_only: false,
             newer_only: false,
@@ -162,7 +165,7 @@ impl FsClient {
         .await;
         let (mut holders, failed) = took_it(servers[1..].iter().copied().zip(copies));
         let Some(e) = failed else {
-            return Ok(reply.meta);
+            return Ok((meta, stale_below));
         };
         holders.push(servers[0]);
         tracing::warn!(error = %e, op, path, "a replica did not take the new record; removing it");
@@ -216,9 +219,10 @@ impl FsClient {
 
     /// Creates a record and checks its parent at once: the two live on different servers,
     /// so a create costs one round trip, not two. A record made under a parent that turns
-    /// out to be missing (or not a directory) is removed again. A new directory then gets
-    /// rid of stale records below its name (`purge_below`; one more round trip), or is
-    /// removed again if a server does not answer.
+    /// out to be missing (or not a directory) is removed again. A new directory whose
+    /// owner marked its name (a directory left it, a rename stopped there) then gets rid
+    /// of stale records below it (`purge_below`; one more round trip), or is removed
+    /// again if a server does not answer.
     pub(super) async fn create_checked(
         &self,
         op: &'static str,
@@ -239,7 +243,7 @@ impl FsClient {
             }
             return Err(e);
         }
-        if let (Ok(meta), EntryKind::Directory) = (&created, kind) {
+        if let Ok((meta, true)) = &created {
             let made_ns = meta.ctime_ns.saturating_sub(CLOCK_SKEW_MAX_NS);
             if let Err(e) = self.purge_below(op, path, made_ns).await {
                 if let Err(undo) = self.delete_record(op, path, kind, false).await {
@@ -248,7 +252,7 @@ impl FsClient {
                 return Err(e);
             }
         }
-        Ok(created)
+        Ok(created.map(|(meta, _)| meta))
     }
 
     /// The metadata of a path.

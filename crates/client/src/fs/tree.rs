@@ -101,7 +101,9 @@ impl FsClient {
     ) -> Result<(), ApiError> {
         let cleared = match replaced {
             Some(dir) if dir.meta.is_dir() && !subtree.is_empty() => {
-                self.delete_record("rename", to, EntryKind::Directory, false)
+                // Moved out, so its servers mark the name: the copies below it are
+                // leftovers if the rename stops before its record comes back.
+                self.delete_record("rename", to, EntryKind::Directory, true)
                     .await?;
                 Some(dir)
             }

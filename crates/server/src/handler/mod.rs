@@ -15,7 +15,7 @@ mod repair;
 use std::cell::{Cell, RefCell};
 
 use benchfs_proto::ops::{self as op, Message};
-use benchfs_proto::{OpCode, Status};
+use benchfs_proto::{path, OpCode, Status};
 use benchfs_store::StoreError;
 use benchfs_store::{AnyChunkStore, ChunkBuf, ChunkId, ChunkStore, ChunkView, FaultyStore};
 
@@ -228,6 +228,10 @@ impl ServerState {
         } else {
             Some(RefCell::new(Journal::open(&journal_path, &mut metadata)?))
         };
+        // The marks of names with stale records below them were in the last life's memory.
+        if born_again || !records_lost {
+            metadata.assume_stale_everywhere();
+        }
         // Set after the replay, whose records are no calls in flight.
         metadata.set_settle_window(crate::metadata::settle_window(config.network.rpc_timeout));
         if let Some(plan) = &config.storage.inject_faults {
@@ -513,11 +517,18 @@ impl ServerState {
             gid: req.gid,
         };
         let mut table = self.metadata.borrow_mut();
+        if op == OpCode::MetadataCreateDir {
+            let meta = table.create_dir(&req.path, req.mode, owner)?;
+            let stale_below = table.may_hold_stale_below(&path::normalize(&req.path)?);
+            drop(table);
+            tracing::debug!(path = %req.path, file_id = meta.file_id, stale_below, "directory created");
+            self.log_put(&req.path)?;
+            return Ok(Reply::ok(&op::CreateDirReply { meta, stale_below }));
+        }
         let meta = match op {
             OpCode::MetadataCreateFile => {
                 table.create_file(&req.path, req.mode, req.chunk_size, owner)?
             }
-            OpCode::MetadataCreateDir => table.create_dir(&req.path, req.mode, owner)?,
             _ => table.create_symlink(&req.path, owner)?,
         };
         drop(table);
@@ -528,7 +539,9 @@ impl ServerState {
 
     /// Removes the records below a directory that were last changed before the request's
     /// time, each journaled. Moved out, not deleted: no tombstone, so no orphan sweep takes
-    /// the chunks of the files these records are stale names of.
+    /// the chunks of the files these records are stale names of. A purge of everything is
+    /// a rename's, about to copy records below the name: the name stays marked. Any other
+    /// is a new directory's, which clears the mark.
     fn purge_under(&self, req: &op::PurgeRequest) -> Result<Reply, Status> {
         let paths = self
             .metadata
@@ -543,6 +556,13 @@ impl ServerState {
         }
         if !paths.is_empty() {
             tracing::info!(dir = %req.dir, count = paths.len(), "stale records below a new directory removed");
+        }
+        let dir = path::normalize(&req.dir)?;
+        let mut table = self.metadata.borrow_mut();
+        if req.changed_before_ns == u64::MAX {
+            table.mark_stale_below(&dir);
+        } else {
+            table.clear_stale_below(&dir);
         }
         Ok(Reply::ok(&op::CountReply {
             count: paths.len() as u64,
