@@ -1,6 +1,7 @@
-//! RPC peers that fail: a server killed with calls in flight and restarted, a server that
-//! stalls in the middle of a rendezvous reply, and a stopped client whose unfinished
-//! transfers must not hold the server's in-flight slots.
+//! RPC peers that fail: a server killed with calls in flight and restarted, a stopped
+//! server and the timeout of a call to it, a server that stalls in the middle of a
+//! rendezvous reply, and a stopped client whose unfinished transfers must not hold the
+//! server's in-flight slots.
 
 mod common;
 
@@ -88,6 +89,39 @@ fn killed_server_fails_calls_and_restarted_server_is_reachable() {
         );
         assert!(cluster.is_running(0));
     });
+}
+
+#[test]
+fn a_call_to_a_stopped_server_times_out_at_its_timeout_and_an_idle_client_is_not_timed_out() {
+    let cluster = Cluster::start(spec(1));
+    let rt = Rt::new();
+    let conn = rt.block_on(async { rpc_client(b"").connect(cluster.addr(0)).await.unwrap() });
+    // Calls are checked by one task on the client's runtime; a client that sat outside it
+    // for longer than the timeout must not find its next call timed out at once.
+    for _ in 0..2 {
+        rt.block_on(conn.call::<ops::Ping>(&Empty)).unwrap();
+        std::thread::sleep(RPC_TIMEOUT + Duration::from_millis(200));
+    }
+    rt.block_on(conn.call::<ops::Ping>(&Empty)).unwrap();
+
+    cluster.signal(0, "STOP");
+    let started = Instant::now();
+    let result = rt.block_on(conn.call::<ops::Ping>(&Empty));
+    let took = started.elapsed();
+    cluster.signal(0, "CONT");
+    assert!(
+        matches!(result, Err(RpcError::Timeout { .. })),
+        "{result:?}"
+    );
+    assert!(
+        took >= RPC_TIMEOUT,
+        "timed out after {took:?}, before its timeout"
+    );
+    assert!(
+        took < RPC_TIMEOUT + Duration::from_millis(500),
+        "timed out only after {took:?}"
+    );
+    rt.block_on(conn.call::<ops::Ping>(&Empty)).unwrap();
 }
 
 /// A raw UCX server on 127.0.0.1 that accepted one client: its request stream, and what

@@ -18,9 +18,7 @@ use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Work
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{OutPayload, RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
-
-/// How often a call waiting for its reply checks whether its connection failed.
-const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+use crate::watch::{check_calls, CallWatch, Verdict};
 
 /// Settings of an [`RpcClient`].
 #[derive(Debug, Clone)]
@@ -52,6 +50,8 @@ pub struct RpcClient {
     /// pages every time.
     spare_payloads: RefCell<Vec<Vec<u8>>>,
     next_id: Cell<u64>,
+    /// Deadlines and connection failures of the calls in flight.
+    watch: Rc<CallWatch>,
     options: ClientOptions,
 }
 
@@ -91,8 +91,12 @@ impl RpcClient {
             pending: RefCell::default(),
             spare_payloads: RefCell::default(),
             next_id: Cell::new(1),
+            watch: Rc::default(),
             options,
         });
+        tokio::task::spawn_local(tokio::task::unconstrained(check_calls(Rc::downgrade(
+            &client.watch,
+        ))));
         tokio::task::spawn_local(tokio::task::unconstrained(route_replies(
             Rc::downgrade(&client),
             replies,
@@ -316,7 +320,7 @@ impl Connection {
     ) -> Result<Response<R::Reply>, RpcError> {
         let timeout = self.client.options.rpc_timeout;
         let exchange = self.exchange(R::OP, request.to_bytes(), payload.into(), sink);
-        match tokio::time::timeout(timeout, exchange).await {
+        match self.client.watch.run(timeout, &self.ep, exchange).await {
             Ok(result) => {
                 let (frame, body, payload, sunk) = result?;
                 let reply = R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))?;
@@ -327,10 +331,11 @@ impl Connection {
                     sunk,
                 })
             }
-            Err(_) => Err(RpcError::Timeout {
+            Err(Verdict::TimedOut) => Err(RpcError::Timeout {
                 server: self.server.clone(),
                 timeout_ms: timeout.as_millis() as u64,
             }),
+            Err(Verdict::Failed(e)) => Err(self.transport(e)),
         }
     }
 
@@ -418,22 +423,9 @@ impl Connection {
     }
 
     /// Waits for the reply. A reply never comes over a connection that failed after the
-    /// send, so the wait also watches the endpoint and fails at once instead of at the
-    /// timeout.
-    async fn wait_reply(
-        &self,
-        mut rx: oneshot::Receiver<AmMessage>,
-    ) -> Result<AmMessage, RpcError> {
-        loop {
-            tokio::select! {
-                reply = &mut rx => return reply.map_err(|_| self.status(Status::Unavailable)),
-                _ = tokio::time::sleep(FAILURE_CHECK_INTERVAL) => {
-                    if let Some(e) = self.ep.failure() {
-                        return Err(self.transport(e));
-                    }
-                }
-            }
-        }
+    /// send; the call's watch ends the wait then, instead of at the timeout.
+    async fn wait_reply(&self, rx: oneshot::Receiver<AmMessage>) -> Result<AmMessage, RpcError> {
+        rx.await.map_err(|_| self.status(Status::Unavailable))
     }
 
     /// The reply's frame, if it answers `op` with success.

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+mod watch;
 
 pub use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
 pub use connection::{ClientOptions, Connection, Response, RpcClient};
