@@ -97,6 +97,8 @@ impl RpcClient {
         tokio::task::spawn_local(tokio::task::unconstrained(check_calls(Rc::downgrade(
             &client.watch,
         ))));
+        let routed_to = Rc::downgrade(&client);
+        replies.set_router(Box::new(move |msg| hand_over(&routed_to, msg)));
         tokio::task::spawn_local(tokio::task::unconstrained(route_replies(
             Rc::downgrade(&client),
             replies,
@@ -191,7 +193,27 @@ impl RpcClient {
     }
 }
 
-/// Hands each reply to the call waiting for it.
+/// Hands a reply to the call awaiting it as it arrives (inside UCX's progress, so it only
+/// sends on the call's channel), or gives it back to [`route_replies`]: one that is not a
+/// reply or whose call gave up, which is dropped there, outside UCX.
+fn hand_over(client: &Weak<RpcClient>, msg: AmMessage) -> Option<AmMessage> {
+    let Some(client) = client.upgrade() else {
+        return Some(msg);
+    };
+    let Some(id) = Frame::reply_id(msg.header()) else {
+        return Some(msg);
+    };
+    let waiter = match client.pending.try_borrow_mut() {
+        Ok(mut pending) => pending.remove(&id),
+        Err(_) => None,
+    };
+    match waiter {
+        Some(waiter) => waiter.send(msg).err(),
+        None => Some(msg),
+    }
+}
+
+/// Hands each reply the router gave back to the call waiting for it.
 async fn route_replies(client: Weak<RpcClient>, replies: AmStream) {
     loop {
         let msg = replies.recv().await;

@@ -10,21 +10,19 @@
 //! trace-level span (`benchfs::rpc`) that records the operation, the sizes, the status and
 //! the latency; disabled, as it is unless `node.trace_file` is set, it costs a level check.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{DecodeError, Frame, OpCode, Status};
 use benchfs_store::ChunkStore;
-use benchfs_ucx::{AmMessage, AmProto, Endpoint, EndpointId, Listener, Worker};
-use tokio::sync::Semaphore;
+use benchfs_ucx::{AmMessage, AmProto, AmStream, Endpoint, EndpointId, Listener, Worker};
 use tracing::Instrument;
 
 use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
@@ -79,24 +77,31 @@ pub async fn serve(
     worker: Rc<Worker>,
     listener: Listener,
     options: ServeOptions,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = ()> + 'static,
 ) -> Result<(), benchfs_ucx::UcxError> {
     let requests = worker.set_am_handler(REQUEST_AM_ID, SERVER_QUEUE_MAX)?;
     let connections = Rc::new(RefCell::new(Connections::new(state.requires_handshake())));
     let accept = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&connections)));
-    let inflight = Arc::new(Semaphore::new(options.inflight_max));
-    tokio::pin!(stop);
+    let inflight = Rc::new(InFlight::default());
+    let options = Rc::new(options);
+    // `stop` waits in a task of its own, which raises a flag: polling it with every
+    // request (two signal streams) was a twentieth of a ping's handling.
+    let stopping = Rc::new(Stopping::default());
+    let signal = tokio::task::spawn_local({
+        let stopping = Rc::clone(&stopping);
+        async move {
+            stop.await;
+            stopping.raise();
+        }
+    });
     loop {
-        let msg = tokio::select! {
-            msg = requests.recv() => msg,
-            () = &mut stop => break,
-        };
-        let Ok(permit) = Arc::clone(&inflight).acquire_owned().await else {
+        let Some(msg) = stopping.or_next(&requests).await else {
             break;
         };
+        let permit = inflight.acquire(options.inflight_max).await;
         let state = Rc::clone(&state);
         let connections = Rc::clone(&connections);
-        let options = options.clone();
+        let options = Rc::clone(&options);
         let mut handling = Box::pin(async move {
             handle_message(&state, &connections, msg, &options).await;
             drop(permit);
@@ -120,8 +125,9 @@ pub async fn serve(
         }
     }
     // Stop accepting, then wait for every request in flight to finish.
+    signal.abort();
     accept.abort();
-    let _all = inflight.acquire_many(options.inflight_max as u32).await;
+    inflight.acquire(1).await;
     if requests.dropped_count() > 0 {
         tracing::warn!(
             dropped = requests.dropped_count(),
@@ -129,6 +135,79 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Whether the serving loop should stop, and the loop's waker while it waits for requests.
+#[derive(Default)]
+struct Stopping {
+    raised: Cell<bool>,
+    loop_waker: Cell<Option<Waker>>,
+}
+
+impl Stopping {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(waker) = self.loop_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The next request, or `None` once the flag is raised.
+    async fn or_next(&self, requests: &AmStream) -> Option<AmMessage> {
+        poll_fn(|cx| {
+            if self.raised.get() {
+                return Poll::Ready(None);
+            }
+            match requests.poll_recv(cx) {
+                Poll::Ready(msg) => Poll::Ready(Some(msg)),
+                Poll::Pending => {
+                    let kept = self.loop_waker.take();
+                    let waker = match kept {
+                        Some(kept) if kept.will_wake(cx.waker()) => kept,
+                        _ => cx.waker().clone(),
+                    };
+                    self.loop_waker.set(Some(waker));
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// The requests being handled, bounded by `inflight_max`: a counter of the loop's own, as
+/// its one waiter is the loop (tokio's semaphore cost an atomic and a lock per request).
+#[derive(Default)]
+struct InFlight {
+    count: Cell<usize>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl InFlight {
+    /// Waits until fewer than `max` requests are in flight and counts one more.
+    async fn acquire(self: &Rc<Self>, max: usize) -> Permit {
+        poll_fn(|cx| {
+            if self.count.get() < max {
+                self.count.set(self.count.get() + 1);
+                return Poll::Ready(Permit(Rc::clone(self)));
+            }
+            self.waiter.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// One request in flight; dropping it lets the loop take another.
+struct Permit(Rc<InFlight>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get() - 1);
+        if let Some(waiter) = self.0.waiter.take() {
+            waiter.wake();
+        }
+    }
 }
 
 /// Accepts connections and keeps them open (an endpoint closes with its last handle).
@@ -575,6 +654,12 @@ async fn bounded_transfer<T>(
     transfer: benchfs_ucx::Request<T>,
     options: &ServeOptions,
 ) -> Option<Result<T, benchfs_ucx::UcxError>> {
+    // Most replies are handed to UCX at once: no timer for those (its clock read was a
+    // twentieth of a ping's handling).
+    let mut transfer = std::pin::pin!(transfer);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(transfer.as_mut().poll(cx))).await {
+        return Some(done);
+    }
     match tokio::time::timeout(options.transfer_timeout, transfer).await {
         Ok(result) => Some(result),
         Err(_) => {

@@ -3,8 +3,9 @@
 //! **Receive path:** [`Worker::set_am_handler`] registers a C callback for one AM id. The
 //! callback runs inside `ucp_worker_progress` and does only this: copy the header (and eager
 //! data) into owned buffers, keep the descriptor of rendezvous data, look up the reply
-//! endpoint, and push an [`AmMessage`] on the id's bounded queue, waking the consumer. It
-//! never runs user code and never calls back into UCX, so it cannot re-enter the worker. The
+//! endpoint, and push an [`AmMessage`] on the id's bounded queue, waking the consumer, or
+//! hand it to the stream's router ([`AmStream::set_router`]), which must not call into UCX.
+//! It never calls back into UCX itself, so it cannot re-enter the worker. The
 //! event loop drains the queue with [`AmStream::recv`] and receives rendezvous data with
 //! [`AmMessage::recv_data`] (`ucp_am_recv_data_nbx`), outside the callback.
 //!
@@ -108,6 +109,7 @@ impl Worker {
             capacity,
             dropped: Cell::new(0),
             waker: Cell::new(None),
+            router: RefCell::new(None),
         });
         let params = sys::ucp_am_handler_param_t {
             field_mask: (sys::UCP_AM_HANDLER_PARAM_FIELD_ID
@@ -139,7 +141,12 @@ pub(crate) struct AmQueue {
     capacity: usize,
     dropped: Cell<u64>,
     waker: Cell<Option<Waker>>,
+    router: RefCell<Option<AmRouter>>,
 }
+
+/// Takes each message of a stream as it arrives, or gives it back to be queued; see
+/// [`AmStream::set_router`].
+pub type AmRouter = Box<dyn FnMut(AmMessage) -> Option<AmMessage>>;
 
 /// The received messages of one Active Message id. Dropping it removes the handler; later
 /// messages for the id are discarded by UCX.
@@ -185,6 +192,18 @@ impl AmStream {
     /// Whether no message is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Hands each message to `router` as it arrives, before it is queued: a message the
+    /// router takes skips the queue and the consumer's wakeup, one it gives back is queued
+    /// (past the capacity if need be). A reply routed straight to the call awaiting it saves a task's turn per
+    /// message.
+    ///
+    /// **Boundary:** the router runs inside `ucp_worker_progress`, so it must not call
+    /// into UCX (send, receive, progress) nor drop a message it took while still inside
+    /// (dropping releases UCX's data): hand a message on, or give it back.
+    pub fn set_router(&self, router: AmRouter) {
+        *self.queue.router.borrow_mut() = Some(router);
     }
 
     /// Messages discarded because the queue was full.
@@ -468,11 +487,12 @@ unsafe extern "C" fn on_am_message(
         None => (0, std::ptr::null_mut()),
     };
     let rendezvous = recv_attr & u64::from(sys::UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    let routed = queue.router.try_borrow_mut().is_ok_and(|r| r.is_some());
     let Ok(mut messages) = queue.messages.try_borrow_mut() else {
         queue.dropped.set(queue.dropped.get() + 1);
         return sys::UCS_OK;
     };
-    if messages.len() >= queue.capacity {
+    if !routed && messages.len() >= queue.capacity {
         queue.dropped.set(queue.dropped.get() + 1);
         tracing::warn!(
             capacity = queue.capacity,
@@ -490,12 +510,37 @@ unsafe extern "C" fn on_am_message(
     let header = unsafe { copy_bytes(header, header_length) };
     // SAFETY: UCX passes `length` bytes at data for this call, as `take_data` requires.
     let (data, status) = unsafe { take_data(recv_attr, data, length) };
-    messages.push_back(AmMessage {
+    let mut message = AmMessage {
         header,
         data,
         reply,
         worker,
-    });
+    };
+    if routed {
+        drop(messages);
+        let given_back = match queue.router.try_borrow_mut() {
+            Ok(mut router) => match router.as_mut() {
+                Some(route) => route(message),
+                None => Some(message),
+            },
+            Err(_) => Some(message),
+        };
+        let Some(back) = given_back else {
+            return status;
+        };
+        message = back;
+        // Queued past the capacity if need be: its data is taken already, and releasing
+        // it must not happen inside the callback.
+        messages = match queue.messages.try_borrow_mut() {
+            Ok(messages) => messages,
+            Err(_) => {
+                queue.dropped.set(queue.dropped.get() + 1);
+                std::mem::forget(message);
+                return status;
+            }
+        };
+    }
+    messages.push_back(message);
     drop(messages);
     if let Some(waker) = queue.waker.take() {
         waker.wake();

@@ -79,7 +79,7 @@ mod sockaddr;
 mod sys;
 mod worker;
 
-pub use am::{AmMessage, AmProto, AmStream};
+pub use am::{AmMessage, AmProto, AmRouter, AmStream};
 pub use context::{transport_config, Context, Features, Role};
 pub use drive::{block_on, yield_turn};
 pub use endpoint::{Endpoint, EndpointId};
