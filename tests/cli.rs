@@ -301,6 +301,9 @@ fn cluster_up_keeps_an_earlier_clusters_data_unless_told() {
     c.cli(&["get", "/kept", arg(&back)]);
     assert!(std::fs::read(&back).unwrap() == data);
     assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
+    // Each server's log holds both of its lives.
+    let log = std::fs::read_to_string(c.dir.join("logs").join("node0.log")).unwrap();
+    assert_eq!(log.matches("stopped cleanly").count(), 2, "{log}");
 
     c.cli(&["cluster", "up", "--servers", "1", "--wipe"]);
     assert!(!c.cli(&["ls", "/"]).contains("kept"));

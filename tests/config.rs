@@ -191,6 +191,7 @@ fn each_bad_value_names_its_key() {
         "network.bind_addr",
     );
     check_rejected("[network]\nrpc_timeout = 0\n", "network.rpc_timeout");
+    check_rejected("[network]\nrpc_timeout = 99\n", "network.rpc_timeout");
     check_rejected(
         "[network]\nbusy_poll_us = 1000000\n",
         "network.busy_poll_us",

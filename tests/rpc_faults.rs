@@ -18,7 +18,7 @@ use common::rpc::{
     assert_serves, chunk_io, chunk_write, is_unreachable, raw_header, read, rpc_client, spec,
     ucx_context, write, RawPeer, Rt, CHUNK, THRESHOLD,
 };
-use common::{pattern, Cluster, FAIL_BOUND, RPC_TIMEOUT};
+use common::{pattern, Cluster, ClusterSpec, FAIL_BOUND, RPC_TIMEOUT};
 use futures_util::future::join_all;
 
 #[test]
@@ -263,6 +263,91 @@ fn a_stopped_client_cannot_hold_the_server_hostage_with_writes() {
     stopped_client_holds_transfers(OpCode::WriteChunk);
 }
 
+/// A client that is alive but stopped (SIGSTOP, a debugger) with `requests` of `op` sent,
+/// each a rendezvous transfer of `len` bytes that its progress would have to finish.
+struct StoppedClient {
+    release_tx: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl StoppedClient {
+    fn start(addr: SocketAddr, op: OpCode, requests: usize, len: usize) -> StoppedClient {
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = Rt::new();
+            rt.block_on(async {
+                let peer = RawPeer::connect(addr);
+                peer.ping(1).await;
+                let body = match op {
+                    OpCode::WriteChunk => chunk_write(1, 0, 0, len).to_bytes(),
+                    _ => chunk_io(1, 0, 0, len).to_bytes(),
+                };
+                let payload_len = if op == OpCode::WriteChunk { len } else { 0 };
+                let mut in_flight = Vec::new();
+                for id in 0..requests as u64 {
+                    let header = raw_header(
+                        op as u16,
+                        100 + id,
+                        0,
+                        body.len() as u32,
+                        payload_len as u64,
+                    );
+                    let header = [header, body.clone()].concat();
+                    let (data, proto) = match op {
+                        OpCode::WriteChunk => (pattern(len, id), AmProto::Rndv),
+                        _ => (Vec::new(), AmProto::Eager),
+                    };
+                    // Not awaited, and no yield: a rendezvous transfer needs this client's
+                    // progress to finish, which it stops giving now. Submitting puts each
+                    // small header on the socket at once.
+                    in_flight.push(peer.ep.am_send(REQUEST_AM_ID, header, data, proto));
+                }
+                sent_tx.send(()).unwrap();
+                // Stopped for good: no more progress, so no rendezvous transfer can finish.
+                release_rx.recv().unwrap();
+                std::mem::forget(in_flight);
+                std::mem::forget(peer);
+            })
+        });
+        sent_rx.recv().unwrap();
+        StoppedClient { release_tx, thread }
+    }
+
+    /// Lets the client's thread end.
+    fn release(self) {
+        self.release_tx.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
+#[test]
+fn a_stopped_client_does_not_hold_a_stopping_server_for_its_transfer_timeout() {
+    // A long RPC timeout: the transfer timeout (twice it) is 20 s, the drain bound 5 s.
+    let mut cluster = Cluster::start(ClusterSpec {
+        rpc_timeout_ms: 10_000,
+        ..spec(1)
+    });
+    let rt = Rt::new();
+    rt.block_on(async {
+        let conn = rpc_client(b"").connect(cluster.addr(0)).await.unwrap();
+        write(&conn, 1, 0, 0, pattern(THRESHOLD * 2, 1)).await;
+    });
+    let stopped = StoppedClient::start(cluster.addr(0), OpCode::ReadChunk, 4, THRESHOLD * 2);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let clean = cluster.stop(0);
+    let took = started.elapsed();
+    stopped.release();
+    assert!(clean, "the server did not stop cleanly (or within 20 s)");
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
+    assert!(
+        log.contains("closing every client connection"),
+        "the drain did not close the stopped client: {log}"
+    );
+}
+
 /// A client that is alive but stops taking data (SIGSTOP, a debugger) leaves every
 /// rendezvous transfer with it unfinished: the replies to its reads, or the payloads of
 /// its writes. Without a bound those would hold the server's in-flight slots for good,
@@ -279,45 +364,7 @@ fn stopped_client_holds_transfers(op: OpCode) {
         conn
     });
 
-    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let stopped = std::thread::spawn(move || {
-        let rt = Rt::new();
-        rt.block_on(async {
-            let peer = RawPeer::connect(addr);
-            peer.ping(1).await;
-            let body = match op {
-                OpCode::WriteChunk => chunk_write(1, 0, 0, LEN).to_bytes(),
-                _ => chunk_io(1, 0, 0, LEN).to_bytes(),
-            };
-            let payload_len = if op == OpCode::WriteChunk { LEN } else { 0 };
-            let mut in_flight = Vec::new();
-            for id in 0..requests as u64 {
-                let header = raw_header(
-                    op as u16,
-                    100 + id,
-                    0,
-                    body.len() as u32,
-                    payload_len as u64,
-                );
-                let header = [header, body.clone()].concat();
-                let (data, proto) = match op {
-                    OpCode::WriteChunk => (pattern(LEN, id), AmProto::Rndv),
-                    _ => (Vec::new(), AmProto::Eager),
-                };
-                // Not awaited, and no yield: a rendezvous transfer needs this client's
-                // progress to finish, which it stops giving now. Submitting puts each
-                // small header on the socket at once.
-                in_flight.push(peer.ep.am_send(REQUEST_AM_ID, header, data, proto));
-            }
-            sent_tx.send(()).unwrap();
-            // Stopped for good: no more progress, so no rendezvous transfer can finish.
-            release_rx.recv().unwrap();
-            std::mem::forget(in_flight);
-            std::mem::forget(peer);
-        })
-    });
-    sent_rx.recv().unwrap();
+    let stopped = StoppedClient::start(addr, op, requests, LEN);
 
     // The server answers others again once it gives up on the stopped client.
     let deadline = Instant::now() + FAIL_BOUND;
@@ -329,8 +376,7 @@ fn stopped_client_holds_transfers(op: OpCode) {
             }
         }
     });
-    release_tx.send(()).unwrap();
-    stopped.join().unwrap();
+    stopped.release();
     answered.expect("the server answered nobody while a client was stopped");
     let log = log_once_it_says(
         &cluster,

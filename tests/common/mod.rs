@@ -310,11 +310,26 @@ fn wait_exit(mut child: Child) -> bool {
     }
 }
 
+/// Lines of each server's log a failed test prints.
+const LOG_TAIL_LINES: usize = 40;
+
 impl Drop for Cluster {
+    // Captured by the harness, which shows it with the failure.
+    #[allow(clippy::print_stderr)]
     fn drop(&mut self) {
         for child in self.children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A failed test says what its servers last did: the logs go with the directory.
+        if std::thread::panicking() {
+            for i in 0..self.spec.servers {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+                eprintln!("--- the last lines of {}'s log ---", Self::node_id(i));
+                tail.iter().for_each(|line| eprintln!("{line}"));
+            }
         }
     }
 }

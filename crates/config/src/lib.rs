@@ -922,11 +922,15 @@ impl ServerConfig {
         if self.network.registry_dir.as_os_str().is_empty() {
             return Err(invalid("network.registry_dir", "must not be empty"));
         }
-        if self.network.rpc_timeout.is_zero() || self.network.rpc_timeout > limits::RPC_TIMEOUT_MAX
+        if !(limits::RPC_TIMEOUT_MIN..=limits::RPC_TIMEOUT_MAX).contains(&self.network.rpc_timeout)
         {
             return Err(invalid(
                 "network.rpc_timeout",
-                format!("must be 1..={} ms", limits::RPC_TIMEOUT_MAX.as_millis()),
+                format!(
+                    "must be {}..={} ms",
+                    limits::RPC_TIMEOUT_MIN.as_millis(),
+                    limits::RPC_TIMEOUT_MAX.as_millis()
+                ),
             ));
         }
         if self.network.busy_poll > limits::BUSY_POLL_MAX {

@@ -56,6 +56,10 @@ pub const RENDEZVOUS_THRESHOLD_DEFAULT: u64 = 32 * 1024;
 pub const RENDEZVOUS_THRESHOLD_MAX: u64 = 1024 * 1024;
 /// Default time after which an RPC without a reply fails (`network.rpc_timeout`).
 pub const RPC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Shortest RPC timeout: a call may end up to two checks (20 ms each) past its timeout,
+/// and the windows of twice the timeout (a seal's lease, the settle window) assume a call
+/// has ended by then.
+pub const RPC_TIMEOUT_MIN: Duration = Duration::from_millis(100);
 /// Longest RPC timeout.
 pub const RPC_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 /// Default busy-poll window before the event loop sleeps (`network.busy_poll_us`).

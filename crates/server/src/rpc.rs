@@ -40,6 +40,9 @@ pub const SERVER_QUEUE_MAX: usize = 8192;
 /// Most client connections one server holds open: every rank of a large MPI job connects
 /// to every server, so this is sized for tens of thousands of ranks.
 pub const CONNECTIONS_MAX: usize = 65_536;
+/// Longest a stopping server waits for its requests in flight before it closes every
+/// client connection, which ends the transfers a stopped client holds.
+const DRAIN_BEFORE_CLOSING_MAX: Duration = Duration::from_secs(5);
 /// Connections a server holds before it first sweeps out failed ones.
 const CONNECTIONS_SWEEP_MIN: usize = 64;
 const _: () = assert!(CONNECTIONS_SWEEP_MIN <= CONNECTIONS_MAX);
@@ -88,10 +91,11 @@ pub async fn serve(
     // request (two signal streams) was a twentieth of a ping's handling.
     let stopping = Rc::new(Stopping::default());
     let signal = tokio::task::spawn_local({
-        let stopping = Rc::clone(&stopping);
+        // Raised however the task ends, a panic of `stop` included.
+        let raise = RaiseOnDrop(Rc::clone(&stopping));
         async move {
             stop.await;
-            stopping.raise();
+            drop(raise);
         }
     });
     loop {
@@ -124,10 +128,31 @@ pub async fn serve(
             Err(_) => tracing::error!("handling a request panicked; it gets no reply"),
         }
     }
-    // Stop accepting, then wait for every request in flight to finish.
+    // Stop accepting, then wait for every request in flight to finish. A stopped client's
+    // transfer would hold the drain for the whole transfer timeout (a minute by default,
+    // as long as `cluster down` waits before it kills): past a few seconds its connection
+    // is closed, which fails the transfer, as it does every unfinished one.
     signal.abort();
     accept.abort();
-    inflight.acquire(1).await;
+    let drain = options.transfer_timeout.min(DRAIN_BEFORE_CLOSING_MAX);
+    if tokio::time::timeout(drain, inflight.acquire(1))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = inflight.count.get(),
+            drain_ms = drain.as_millis() as u64,
+            "requests still in flight after draining; closing every client connection"
+        );
+        let clients: Vec<Endpoint> = connections
+            .borrow()
+            .table
+            .values()
+            .map(|entry| entry.ep.clone())
+            .collect();
+        clients.iter().for_each(Endpoint::abort);
+        inflight.acquire(1).await;
+    }
     if requests.dropped_count() > 0 {
         tracing::warn!(
             dropped = requests.dropped_count(),
@@ -172,6 +197,15 @@ impl Stopping {
             }
         })
         .await
+    }
+}
+
+/// Raises the stop flag when dropped.
+struct RaiseOnDrop(Rc<Stopping>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.raise();
     }
 }
 

@@ -11,7 +11,9 @@
 //!
 //! **Bounds:** when a queue is full, new messages for that id are dropped (rendezvous data
 //! is released, which lets the sender complete), counted in [`AmStream::dropped_count`] and
-//! logged. Keeping senders' in-flight counts below the capacity avoids drops.
+//! logged. Keeping senders' in-flight counts below the capacity avoids drops. A message a
+//! router gave back is dropped too when its data was copied; one that holds UCX's data is
+//! queued past the capacity, since releasing that data inside the callback is not allowed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -144,6 +146,19 @@ pub(crate) struct AmQueue {
     router: RefCell<Option<AmRouter>>,
 }
 
+impl AmQueue {
+    /// Hands `message` to the router; returns it if the router gave it back.
+    fn route(&self, message: AmMessage) -> Option<AmMessage> {
+        match self.router.try_borrow_mut() {
+            Ok(mut router) => match router.as_mut() {
+                Some(route) => route(message),
+                None => Some(message),
+            },
+            Err(_) => Some(message),
+        }
+    }
+}
+
 /// Takes each message of a stream as it arrives, or gives it back to be queued; see
 /// [`AmStream::set_router`].
 pub type AmRouter = Box<dyn FnMut(AmMessage) -> Option<AmMessage>>;
@@ -196,8 +211,8 @@ impl AmStream {
 
     /// Hands each message to `router` as it arrives, before it is queued: a message the
     /// router takes skips the queue and the consumer's wakeup, one it gives back is queued
-    /// (past the capacity if need be). A reply routed straight to the call awaiting it saves a task's turn per
-    /// message.
+    /// (see the module docs for a full queue). A reply routed straight to the call awaiting
+    /// it saves a task's turn per message.
     ///
     /// **Boundary:** the router runs inside `ucp_worker_progress`, so it must not call
     /// into UCX (send, receive, progress) nor drop a message it took while still inside
@@ -518,27 +533,27 @@ unsafe extern "C" fn on_am_message(
     };
     if routed {
         drop(messages);
-        let given_back = match queue.router.try_borrow_mut() {
-            Ok(mut router) => match router.as_mut() {
-                Some(route) => route(message),
-                None => Some(message),
-            },
-            Err(_) => Some(message),
-        };
-        let Some(back) = given_back else {
+        let Some(back) = queue.route(message) else {
             return status;
         };
         message = back;
-        // Queued past the capacity if need be: its data is taken already, and releasing
-        // it must not happen inside the callback.
         messages = match queue.messages.try_borrow_mut() {
             Ok(messages) => messages,
             Err(_) => {
+                // Unreachable while nothing holds the queue across progress; leaking is
+                // the one safe way out inside the callback.
                 queue.dropped.set(queue.dropped.get() + 1);
+                tracing::error!("AM queue busy inside its handler; message leaked");
                 std::mem::forget(message);
                 return status;
             }
         };
+        let copied = matches!(message.data, AmData::Eager(_) | AmData::Taken);
+        if copied && messages.len() >= queue.capacity {
+            queue.dropped.set(queue.dropped.get() + 1);
+            tracing::warn!(capacity = queue.capacity, "AM queue full; message dropped");
+            return status;
+        }
     }
     messages.push_back(message);
     drop(messages);

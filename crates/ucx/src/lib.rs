@@ -19,8 +19,9 @@
 //! `LocalSet`, spawn [`Worker::run_progress`] on it, and drive the set with [`block_on`],
 //! which turns its tasks without a system call per turn (`LocalSet::block_on` works too, at
 //! the cost of an `epoll_wait` per poll of an idle worker). All completions and Active Message
-//! handlers run inside `ucp_worker_progress` on that thread. The callbacks never run user
-//! code: they record the completion, queue the message and wake a task.
+//! handlers run inside `ucp_worker_progress` on that thread. The callbacks record the
+//! completion, queue the message and wake a task; the one user code they run is an AM
+//! stream's router ([`AmStream::set_router`]), which must not call into UCX.
 //!
 //! # Ownership and drop order
 //!

@@ -485,7 +485,11 @@ fn spawn_server(
     secret_file: Option<&Path>,
 ) -> Result<u32, CliError> {
     let log_path = dir.join("logs").join(format!("{node}.log"));
-    let log = std::fs::File::create(&log_path)
+    // Appended to: a restart (`--resume`) keeps what the server said before it stopped.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
         .and_then(|log| Ok((log.try_clone()?, log)))
         .map_err(|e| local_error("cannot create", &log_path, e))?;
     let mut command = Command::new(daemon);
