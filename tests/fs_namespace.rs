@@ -435,6 +435,11 @@ fn plant(cluster: &Cluster, path: &str, meta: FileMetadata) {
     insert_record(&servers, path, meta);
 }
 
+/// How old the planted leftovers are when a directory is made over them: a mkdir leaves
+/// records changed within its clock-skew bound (100 ms) before it, a documented gap, and
+/// the planted records carry the times of files the test just wrote.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_millis(250);
+
 #[test]
 fn a_directory_made_where_a_stopped_rename_left_records_starts_empty() {
     // Regression (hostile run): a directory rename stopped part way leaves records nothing
@@ -466,6 +471,7 @@ fn a_directory_made_where_a_stopped_rename_left_records_starts_empty() {
         plant(&cluster, &format!("{top}/gone/deep"), file);
     }
     let none: Vec<String> = Vec::new();
+    std::thread::sleep(LEFTOVER_AGE);
     fs.mkdir("/made", 0o755).unwrap();
     assert_eq!(names_in(&fs, "/made"), none);
     for sub in ["/made/d", "/made/gone"] {
@@ -503,6 +509,7 @@ fn a_server_restarted_on_its_data_clears_below_every_directory_it_makes() {
     cluster.stop(owner);
     cluster.restart(owner);
     let fs = cluster.client();
+    std::thread::sleep(LEFTOVER_AGE);
     fs.mkdir("/left", 0o755).unwrap();
     assert_eq!(names_in(&fs, "/left"), Vec::<String>::new());
     assert_eq!(read_file(&fs, "/f"), b"bytes");
