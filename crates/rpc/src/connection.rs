@@ -2,7 +2,8 @@
 //! worker) and one [`Connection`] per server.
 //!
 //! **Invariant:** every call ends within the RPC timeout and about 40 ms (see
-//! `watch.rs`): with a reply, an error status, a transport error, or `Timeout`. A reply that comes after its call gave up is dropped.
+//! `watch.rs`): with a reply, an error status, a transport error, or `Timeout`. A reply
+//! that comes after its call gave up is dropped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

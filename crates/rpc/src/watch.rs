@@ -7,9 +7,9 @@
 //!
 //! A call that gets no reply ends between its timeout and about two [`CHECK_INTERVAL`]s
 //! past it (each check sleeps an interval after the last; more if its thread stops driving
-//! the runtime), or within one interval after its
-//! connection failed. A reply already in hand when the check fires still wins: a call looks
-//! at its verdict only after its own work found nothing to return.
+//! the runtime), or within about one interval after its connection failed. A reply already
+//! in hand when the check fires still wins: a call looks at its verdict only after its own
+//! work found nothing to return.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use benchfs_ucx::{Endpoint, UcxError};
 
-/// How often the calls in flight are checked; also how late past its deadline a call may end.
+/// How often the calls in flight are checked: a call's deadline is set at the first check
+/// that sees it and found at the first check after it, so a call may end up to about two
+/// intervals past its timeout.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Longest time a call is given, whatever its timeout says (a year).
