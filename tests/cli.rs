@@ -375,6 +375,23 @@ fn cluster_up_resume_starts_a_server_whose_data_directory_was_removed() {
     assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
 }
 
+#[test]
+fn a_server_that_fails_to_start_names_the_others_still_running() {
+    // Found by a hostile-user run: a server that exited during `cluster up --resume` made
+    // it say "only 0 of 3 servers came up" while the two others ran on, unmentioned.
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "3", "--backend", "file"]);
+    assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
+    let node1_data = Path::new(c.dir_arg()).join("data/node1");
+    std::fs::remove_dir_all(&node1_data).unwrap();
+    std::fs::write(&node1_data, b"not a directory").unwrap();
+    let out = c.run(&["cluster", "up", "--resume"]).failed();
+    assert!(out.contains("node1 exited"), "{out}");
+    assert!(out.contains("2 started here still run"), "{out}");
+    assert!(out.contains("cluster down --dir"), "{out}");
+    assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
+}
+
 /// Capacities of the cluster's servers, from `benchfs stats --json`.
 fn capacities(c: &ClusterDir) -> Vec<u64> {
     let out = c.cli(&["stats", "--json"]);

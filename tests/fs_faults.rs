@@ -666,3 +666,34 @@ fn a_server_of_another_cluster_on_a_dead_servers_port_is_not_used() {
     let e = theirs.client().stat(path).unwrap_err();
     assert_eq!(e.errno(), libc::ENOENT, "{e}");
 }
+
+#[test]
+fn an_unlink_with_a_stopped_server_waits_for_it_once() {
+    // Regression, found by a hostile run: an unlink that succeeds while a server holding
+    // no record of the file is stopped took two RPC timeouts: its chunk removal sealed the
+    // file on every server, the stopped one timed out, and lifting the seals asked the
+    // stopped server again.
+    let cluster = Cluster::start(ClusterSpec::short_timeout());
+    let path = "/removed-beside-a-stopped-server";
+    let owner = cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(path))[0];
+    let stopped = (0..cluster.spec.servers).find(|&i| i != owner).unwrap();
+    let fs = cluster.client();
+    let data = pattern(4 * C, 8);
+    write_file(&fs, path, &data);
+    cluster.signal(stopped, "STOP");
+    let removed = fs.unlink(path);
+    let counters = fs.client().call_counters();
+    cluster.signal(stopped, "CONT");
+    removed.unwrap();
+    assert_eq!(
+        (counters.timeouts, counters.unreachable),
+        (1, 1),
+        "one call waited for the stopped server: {counters:?}"
+    );
+    let e = fs.stat(path).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    // The name takes a new file, readable from every server once the stopped one is back.
+    let again = pattern(4 * C, 9);
+    write_file(&fs, path, &again);
+    assert!(read_file(&cluster.client(), path) == again);
+}

@@ -354,13 +354,16 @@ impl FsClient {
     pub(super) async fn remove_chunks(&self, path: &str, meta: FileMetadata) {
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
         let file_id = meta.file_id;
-        if let Err(why) = self.seal_on_all::<ops::SealFiles>(file_id).await {
+        if let Err((why, answered)) = self.seal_on_all::<ops::SealFiles>(file_id).await {
             tracing::info!(path, file_id, "{why}");
             let question = ops::FileIdsRequest {
                 file_ids: vec![file_id],
             };
-            let lifts = self
-                .all_servers()
+            // Only where the seal was answered: asking a server that just timed out again
+            // would cost the unlink a second timeout. A seal that reaches it later stays
+            // until it restarts, as a dead sealer's does.
+            let lifts = answered
+                .into_iter()
                 .map(|s| self.call_on::<ops::UnsealFiles>(s, &question, OutPayload::none()));
             for lift in join_all(lifts).await {
                 if let Err(e) = lift {
@@ -369,7 +372,7 @@ impl FsClient {
             }
             return;
         }
-        if let Err(why) = self.seal_on_all::<ops::SealFilesForGood>(file_id).await {
+        if let Err((why, _)) = self.seal_on_all::<ops::SealFilesForGood>(file_id).await {
             tracing::info!(path, file_id, "{why}");
             return;
         }
@@ -386,8 +389,9 @@ impl FsClient {
         }
     }
 
-    /// Asks every server `R` to seal `file_id`; says why not when one names it or fails.
-    async fn seal_on_all<R>(&self, file_id: u64) -> Result<(), String>
+    /// Asks every server `R` to seal `file_id`; says why not when one names it or fails,
+    /// with the servers that answered.
+    async fn seal_on_all<R>(&self, file_id: u64) -> Result<(), (String, Vec<ServerIndex>)>
     where
         R: ops::Rpc<Request = ops::FileIdsRequest, Reply = ops::FileStatesReply>,
     {
@@ -397,15 +401,23 @@ impl FsClient {
         let answers = self
             .all_servers()
             .map(|s| self.call_on::<R>(s, &question, OutPayload::none()));
-        let mut outcome = Ok(());
-        for answer in join_all(answers).await {
+        let mut why = None;
+        let mut answered = Vec::new();
+        for (server, answer) in self.all_servers().zip(join_all(answers).await) {
             match answer {
-                Ok((states, _)) if states.named.is_empty() => {}
-                Ok(_) => outcome = Err("another name holds the file; chunks kept".to_string()),
-                Err(e) => outcome = Err(format!("chunks left for the orphan sweep: {e}")),
+                Ok((states, _)) => {
+                    answered.push(server);
+                    if !states.named.is_empty() {
+                        why = Some("another name holds the file; chunks kept".to_string());
+                    }
+                }
+                Err(e) => why = Some(format!("chunks left for the orphan sweep: {e}")),
             }
         }
-        outcome
+        match why {
+            None => Ok(()),
+            Some(why) => Err((why, answered)),
+        }
     }
 
     /// Removes a file and its data.

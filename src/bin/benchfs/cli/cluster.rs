@@ -669,8 +669,17 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
                 Some(_) => format!("{node} exited"),
                 None => format!("{} s passed", wait.as_secs()),
             };
+            // The others may yet publish: say they run, and how to stop them.
+            let running = pids.iter().filter(|&&p| alive(p)).count();
+            let still = match running {
+                0 => String::new(),
+                n => format!(
+                    "; {n} started here still run (`benchfs cluster down --dir {}` stops them)",
+                    dir.display()
+                ),
+            };
             return Err(format!(
-                "only {published} of {} servers came up ({why}); {} ends:\n{}",
+                "only {published} of {} servers came up ({why}){still}; {} ends:\n{}",
                 nodes.len(),
                 log_path.display(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
