@@ -66,6 +66,43 @@ impl Endpoint {
                 AmProto::Auto => 0,
             };
         let ep = self.handle();
+        if proto != AmProto::Rndv {
+            // A message short enough to go inline needs no request: try that first, so a
+            // small message costs no allocation and no completion state.
+            let param = sys::ucp_request_param_t {
+                op_attr_mask: sys::UCP_OP_ATTR_FIELD_FLAGS | sys::UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL,
+                flags,
+                ..Default::default()
+            };
+            let (head, body) = (header.as_ref(), data.as_ref());
+            // SAFETY: the endpoint is alive (self); with FORCE_IMM_CMPL UCX either sends
+            // at once, done with both buffers on return, or refuses, keeping no pointer.
+            let ptr = unsafe {
+                sys::ucp_am_send_nbx(
+                    ep,
+                    u32::from(id),
+                    head.as_ptr() as *const c_void,
+                    head.len(),
+                    body.as_ptr() as *const c_void,
+                    body.len(),
+                    &param,
+                )
+            };
+            self.worker().note_activity();
+            if ptr.is_null() {
+                return Request::ready(self.worker(), OP, (header, data));
+            }
+            if !sys::ptr_is_err(ptr) {
+                // A request handle, which FORCE_IMM_CMPL rules out: UCX may still read the
+                // buffers, so they are leaked rather than freed under it.
+                std::mem::forget((header, data));
+                return Request::failed(self.worker(), OP, Status::INVALID_PARAM);
+            }
+            if sys::ptr_status(ptr) != sys::UCS_ERR_NO_RESOURCE {
+                let status = Status::from_raw(sys::ptr_status(ptr));
+                return Request::failed(self.worker(), OP, status);
+            }
+        }
         Request::start(
             self.worker(),
             OP,

@@ -16,6 +16,10 @@ pub const EAGER_HOLD_MIN: usize = 16 * 1024;
 /// `ucp_worker_progress` calls in one burst before the progress task yields to others.
 pub const PROGRESS_BURST_MAX: u32 = 64;
 
+/// `ucp_worker_progress` calls an idle busy-polling loop makes in one turn of its local
+/// set before it lets the other tasks run.
+pub const IDLE_POLLS_PER_TURN: u32 = 4;
+
 /// Idle polls between two reads of the clock in the busy-poll window: a read
 /// (`clock_gettime`) cost about a tenth of a polling server's time, and the window may
 /// overrun by these few polls.
@@ -47,4 +51,5 @@ const _: () = assert!(LISTENER_BACKLOG_MAX > 0);
 const _: () = assert!(AM_QUEUE_CAPACITY_DEFAULT > 0);
 const _: () = assert!(PROGRESS_BURST_MAX > 0);
 const _: () = assert!(IDLE_POLLS_PER_CLOCK_READ > 0);
+const _: () = assert!(IDLE_POLLS_PER_TURN > 0);
 const _: () = assert!(ARM_BUSY_SPINS_MAX > 0);
