@@ -104,10 +104,7 @@ impl CallWatch {
         if let Some(verdict) = call.verdict.take() {
             return Some(verdict);
         }
-        match &mut call.waker {
-            Some(kept) if kept.will_wake(waker) => {}
-            kept => *kept = Some(waker.clone()),
-        }
+        benchfs_ucx::keep_waker(&mut call.waker, waker);
         None
     }
 

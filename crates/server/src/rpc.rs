@@ -135,7 +135,7 @@ pub async fn serve(
     signal.abort();
     accept.abort();
     let drain = options.transfer_timeout.min(DRAIN_BEFORE_CLOSING_MAX);
-    if tokio::time::timeout(drain, inflight.acquire(1))
+    if tokio::time::timeout(drain, inflight.drained())
         .await
         .is_err()
     {
@@ -151,7 +151,7 @@ pub async fn serve(
             .map(|entry| entry.ep.clone())
             .collect();
         clients.iter().for_each(Endpoint::abort);
-        inflight.acquire(1).await;
+        inflight.drained().await;
     }
     if requests.dropped_count() > 0 {
         tracing::warn!(
@@ -186,12 +186,9 @@ impl Stopping {
             match requests.poll_recv(cx) {
                 Poll::Ready(msg) => Poll::Ready(Some(msg)),
                 Poll::Pending => {
-                    let kept = self.loop_waker.take();
-                    let waker = match kept {
-                        Some(kept) if kept.will_wake(cx.waker()) => kept,
-                        _ => cx.waker().clone(),
-                    };
-                    self.loop_waker.set(Some(waker));
+                    let mut kept = self.loop_waker.take();
+                    benchfs_ucx::keep_waker(&mut kept, cx.waker());
+                    self.loop_waker.set(kept);
                     Poll::Pending
                 }
             }
@@ -220,15 +217,26 @@ struct InFlight {
 impl InFlight {
     /// Waits until fewer than `max` requests are in flight and counts one more.
     async fn acquire(self: &Rc<Self>, max: usize) -> Permit {
+        self.wait_for(|count| count < max).await;
+        self.count.set(self.count.get() + 1);
+        Permit(Rc::clone(self))
+    }
+
+    /// Waits until no request is in flight.
+    async fn drained(&self) {
+        self.wait_for(|count| count == 0).await;
+    }
+
+    /// Waits until the number of requests in flight satisfies `ready`.
+    async fn wait_for(&self, ready: impl Fn(usize) -> bool) {
         poll_fn(|cx| {
-            if self.count.get() < max {
-                self.count.set(self.count.get() + 1);
-                return Poll::Ready(Permit(Rc::clone(self)));
+            if ready(self.count.get()) {
+                return Poll::Ready(());
             }
             self.waiter.set(Some(cx.waker().clone()));
             Poll::Pending
         })
-        .await
+        .await;
     }
 }
 

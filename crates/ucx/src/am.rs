@@ -227,7 +227,9 @@ impl AmStream {
         if let Some(message) = self.try_recv() {
             return Poll::Ready(message);
         }
-        self.queue.waker.set(Some(cx.waker().clone()));
+        let mut kept = self.queue.waker.take();
+        crate::keep_waker(&mut kept, cx.waker());
+        self.queue.waker.set(kept);
         Poll::Pending
     }
 

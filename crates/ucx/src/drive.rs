@@ -168,9 +168,7 @@ struct WakeFlag {
 impl WakeFlag {
     fn enter_turns(&self, outer: &Waker) {
         let mut slot = self.outer.lock().unwrap_or_else(|e| e.into_inner());
-        if !slot.as_ref().is_some_and(|w| w.will_wake(outer)) {
-            *slot = Some(outer.clone());
-        }
+        crate::keep_waker(&mut slot, outer);
         self.in_turn.store(true, Ordering::SeqCst);
     }
 

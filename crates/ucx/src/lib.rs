@@ -92,6 +92,14 @@ pub use netif::interface_of;
 pub use request::Request;
 pub use worker::{Armed, AwaitingReplies, Worker, WorkerAddress};
 
+/// Keeps `waker` in `slot` to be woken later, unless the waker there already wakes the
+/// same task: a clone and a drop per poll were a measurable share of a polling loop.
+pub fn keep_waker(slot: &mut Option<std::task::Waker>, waker: &std::task::Waker) {
+    if !slot.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+        *slot = Some(waker.clone());
+    }
+}
+
 /// The version of the UCX library loaded at run time, as (major, minor, release).
 pub fn ucx_version() -> (u32, u32, u32) {
     let (mut major, mut minor, mut release) = (0, 0, 0);
