@@ -822,3 +822,31 @@ fn memory_servers_ask_for_huge_pages_for_chunks_when_told_to() {
     );
     assert_eq!(huge_page_advised_bytes(pids[1]), 0, "a default server");
 }
+
+#[test]
+fn a_dropped_client_leaves_no_worker_behind() {
+    // Regression: the task that drains replies the router gave back held the client's
+    // reply stream, and with it the UCX worker, for as long as the thread's task set lived:
+    // a program that made and dropped clients kept a worker, its connections and shared
+    // memory for each.
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let conn = client.connect(addr).await.unwrap();
+        conn.call::<ops::Ping>(&Empty).await.unwrap();
+        let worker = Rc::downgrade(client.worker());
+        drop(conn);
+        drop(client);
+        // The client's tasks see it gone and end within a few turns.
+        let deadline = std::time::Instant::now() + FAIL_BOUND;
+        while worker.strong_count() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            worker.strong_count(),
+            0,
+            "the dropped client's worker lives on"
+        );
+    });
+}

@@ -7,9 +7,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
@@ -46,6 +48,8 @@ const SPARE_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// A thread's RPC endpoint: its UCX worker, reply queue and calls in flight.
 pub struct RpcClient {
     worker: Rc<Worker>,
+    /// Replies the router gave back, drained by [`route_replies`].
+    replies: AmStream,
     pending: RefCell<HashMap<u64, oneshot::Sender<AmMessage>>>,
     /// Buffers of sent payloads, reused so that a large write does not fault in fresh
     /// pages every time.
@@ -89,6 +93,7 @@ impl RpcClient {
         }));
         let client = Rc::new(RpcClient {
             worker,
+            replies,
             pending: RefCell::default(),
             spare_payloads: RefCell::default(),
             next_id: Cell::new(1),
@@ -99,11 +104,12 @@ impl RpcClient {
             &client.watch,
         ))));
         let routed_to = Rc::downgrade(&client);
-        replies.set_router(Box::new(move |msg| hand_over(&routed_to, msg)));
-        tokio::task::spawn_local(tokio::task::unconstrained(route_replies(
-            Rc::downgrade(&client),
-            replies,
-        )));
+        client
+            .replies
+            .set_router(Box::new(move |msg| hand_over(&routed_to, msg)));
+        tokio::task::spawn_local(tokio::task::unconstrained(route_replies(Rc::downgrade(
+            &client,
+        ))));
         Ok(client)
     }
 
@@ -214,11 +220,15 @@ fn hand_over(client: &Weak<RpcClient>, msg: AmMessage) -> Option<AmMessage> {
     }
 }
 
-/// Hands each reply the router gave back to the call waiting for it.
-async fn route_replies(client: Weak<RpcClient>, replies: AmStream) {
+/// Hands each reply the router gave back to the call waiting for it; ends with the client
+/// (the stream wakes it as it goes), so the worker goes too.
+async fn route_replies(client: Weak<RpcClient>) {
     loop {
-        let msg = replies.recv().await;
-        let Some(client) = client.upgrade() else {
+        let next = poll_fn(|cx| match client.upgrade() {
+            Some(client) => client.replies.poll_recv(cx).map(|msg| Some((client, msg))),
+            None => Poll::Ready(None),
+        });
+        let Some((client, msg)) = next.await else {
             return;
         };
         match Frame::decode(msg.header(), msg.data_len()) {

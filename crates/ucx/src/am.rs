@@ -286,6 +286,10 @@ impl Drop for AmStream {
         // Messages hold the worker; release them (and their rendezvous descriptors) now.
         let messages = std::mem::take(&mut *self.queue.messages.borrow_mut());
         drop(messages);
+        // A consumer waiting on the stream by a weak reference learns it is gone.
+        if let Some(consumer) = self.queue.waker.take() {
+            consumer.wake();
+        }
     }
 }
 
