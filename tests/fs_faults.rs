@@ -697,3 +697,35 @@ fn an_unlink_with_a_stopped_server_waits_for_it_once() {
     write_file(&fs, path, &again);
     assert!(read_file(&cluster.client(), path) == again);
 }
+
+#[test]
+fn a_client_does_not_start_without_a_member_of_the_cluster() {
+    // Regression, found by a hostile run: a client that started while a restarting
+    // server's entry was missing from the registry (about 100 ms of `cluster up --resume`,
+    // or for good when that server died then) placed files on a ring without it; its
+    // writes and reads succeeded, and once the server was back the files read as zeros
+    // with success, or as missing.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let data = pattern(3 * C, 10);
+    write_file(&cluster.client(), "/before", &data);
+    let entry = benchfs::registry::entry_path(&cluster.registry(), "node1");
+    let held = cluster.dir.path().join("node1.addr.held");
+    std::fs::rename(&entry, &held).unwrap();
+    let e = BenchFS::connect(&cluster.config()).unwrap_err();
+    assert!(
+        matches!(&e, ApiError::MembersUnpublished { nodes, .. } if nodes == &["node1"]),
+        "{e}"
+    );
+    assert!(e.to_string().contains("node1"), "{e}");
+    // A client that starts while the entry is away gets it once it is back.
+    let restore = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::rename(&held, &entry).unwrap();
+    });
+    let fs = BenchFS::connect(&cluster.config()).unwrap();
+    restore.join().unwrap();
+    assert!(read_file(&fs, "/before") == data);
+    let after = pattern(3 * C, 11);
+    write_file(&fs, "/after", &after);
+    assert!(read_file(&cluster.client(), "/after") == after);
+}

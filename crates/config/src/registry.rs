@@ -134,6 +134,18 @@ pub fn members(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The members (see [`members`]) that publish no entry among `entries`: stopped (cleanly,
+/// or killed and their entry since removed) or still starting. A ring made without them
+/// places files where the clients that know them do not look.
+pub fn unpublished_members(dir: &Path, entries: &[ServerEntry]) -> Vec<String> {
+    let mut missing: Vec<String> = members(dir)
+        .into_iter()
+        .filter(|node| !entries.iter().any(|e| &e.node_id == node))
+        .collect();
+    missing.sort();
+    missing
+}
+
 /// Records that the server named `node_id` serves with a store born at `born_ns`.
 pub fn mark_member(dir: &Path, node_id: &str, born_ns: u64) -> Result<(), RegistryError> {
     let path = member_path(dir, node_id);

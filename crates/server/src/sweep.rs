@@ -58,8 +58,9 @@ pub enum SweepError {
     /// The registry's servers make no placement ring.
     #[error(transparent)]
     Ring(#[from] benchfs_proto::placement::PlacementError),
-    /// A peer stopped cleanly and has not come back; it may hold a record.
-    #[error("peer {node} has departed")]
+    /// A peer that served in the cluster publishes no entry (stopped, or restarting); it
+    /// may hold a record.
+    #[error("peer {node} is a member that publishes no entry (stopped, or restarting)")]
     Missing {
         /// The peer's node id.
         node: String,
@@ -152,14 +153,19 @@ impl Peers {
     }
 }
 
-/// The servers in the registry, or `Missing` while one that stopped cleanly has not come
-/// back: a round that asked only the others could act on a partial view (a record only
-/// the missing one holds, a ring without it).
+/// The servers in the registry, or `Missing` while one that served in the cluster has
+/// no entry (stopped cleanly, or restarting after a kill): a round that asked only the
+/// others could act on a partial view (a record only the missing one holds, a ring
+/// without it).
 pub(crate) fn every_peer(options: &SweepOptions) -> Result<Vec<ServerEntry>, SweepError> {
     if let Some(node) = registry::departed(&options.registry_dir)?.pop() {
         return Err(SweepError::Missing { node });
     }
-    Ok(registry::read(&options.registry_dir)?)
+    let entries = registry::read(&options.registry_dir)?;
+    if let Some(node) = registry::unpublished_members(&options.registry_dir, &entries).pop() {
+        return Err(SweepError::Missing { node });
+    }
+    Ok(entries)
 }
 
 /// One round: returns the chunks removed.

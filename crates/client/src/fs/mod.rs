@@ -34,7 +34,7 @@ mod tree;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use benchfs_config::registry::{self, RegistryError, ServerEntry};
 use benchfs_config::ServerConfig;
@@ -54,6 +54,12 @@ use pipeline::Pipeline;
 pub use pipeline::PipelineCounters;
 pub use routing::CallCounters;
 use routing::ServerSlot;
+
+/// How long a client waits for the cluster's members to publish their addresses before it
+/// refuses to start without them (a restarted server republishes within a second).
+pub const MEMBERS_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks again meanwhile.
+const MEMBERS_POLL: Duration = Duration::from_millis(50);
 
 /// A file handle number, as `open` returns it.
 pub type Fd = u64;
@@ -217,22 +223,40 @@ impl FsClient {
     }
 
     /// The servers published in the registry `dir`. A registry that is missing or lists
-    /// no server is [`ApiError::NoServers`], whose message says how to start one.
+    /// no server is [`ApiError::NoServers`], whose message says how to start one. While
+    /// a server that served in the cluster publishes no entry (restarting, or stopped),
+    /// it waits for it up to [`MEMBERS_WAIT`], then fails with
+    /// [`ApiError::MembersUnpublished`]: a ring without it would place files where the
+    /// others do not look, and they read back as missing or zeros once it is back.
     pub fn published_servers(dir: &std::path::Path) -> Result<Vec<ServerEntry>, ApiError> {
-        let entries = match registry::read(dir) {
-            Err(RegistryError::Io { path, source, .. })
-                if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Vec::new()
+        let deadline = Instant::now() + MEMBERS_WAIT;
+        loop {
+            let entries = match registry::read(dir) {
+                Err(RegistryError::Io { path, source, .. })
+                    if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Vec::new()
+                }
+                other => other?,
+            };
+            if entries.is_empty() {
+                return Err(ApiError::NoServers {
+                    dir: dir.to_path_buf(),
+                });
             }
-            other => other?,
-        };
-        if entries.is_empty() {
-            return Err(ApiError::NoServers {
-                dir: dir.to_path_buf(),
-            });
+            let missing = registry::unpublished_members(dir, &entries);
+            if missing.is_empty() {
+                return Ok(entries);
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::MembersUnpublished {
+                    dir: dir.to_path_buf(),
+                    nodes: missing,
+                    waited_s: MEMBERS_WAIT.as_secs(),
+                });
+            }
+            std::thread::sleep(MEMBERS_POLL);
         }
-        Ok(entries)
     }
 
     /// Connects to the servers listed in `entries`. Call inside a tokio `LocalSet`.
