@@ -392,6 +392,33 @@ fn a_server_that_fails_to_start_names_the_others_still_running() {
     assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
 }
 
+#[test]
+fn cluster_up_resume_starts_only_the_clusters_own_nodes() {
+    // Found by a hostile-user run: `--resume` started a server for every directory under
+    // `data/` (a backup copy `node1.save`, an `extra`), which changed the ring: 5 of 6
+    // files read back as missing or failed.
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "3", "--backend", "file"]);
+    let local = c.local("in.bin");
+    let data = pattern(9_000_000, 12);
+    std::fs::write(&local, &data).unwrap();
+    for i in 0..4 {
+        c.cli(&["put", arg(&local), &format!("/p{i}")]);
+    }
+    assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
+    let data_dir = Path::new(c.dir_arg()).join("data");
+    std::fs::create_dir(data_dir.join("extra")).unwrap();
+    std::fs::create_dir(data_dir.join("node1.save")).unwrap();
+    let out = c.cli(&["cluster", "up", "--resume"]);
+    assert!(out.contains("resumed: 3 servers"), "{out}");
+    let back = c.local("out.bin");
+    for i in 0..4 {
+        c.cli(&["get", &format!("/p{i}"), arg(&back)]);
+        assert!(std::fs::read(&back).unwrap() == data, "/p{i} differs");
+    }
+    assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
+}
+
 /// Capacities of the cluster's servers, from `benchfs stats --json`.
 fn capacities(c: &ClusterDir) -> Vec<u64> {
     let out = c.cli(&["stats", "--json"]);

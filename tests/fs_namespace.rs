@@ -544,3 +544,20 @@ fn a_mkdir_where_a_rename_stopped_fails_whole_when_a_server_is_down() {
     assert_eq!(errno_of(cluster.client().stat("/x")), libc::ENOENT);
     cluster.client().mkdir("/x", 0o755).unwrap();
 }
+
+#[test]
+fn the_root_is_neither_removed_nor_renamed_and_says_so_without_a_retry() {
+    // Found by a hostile-user run: rmdir("/") and renames from or onto "/" failed with
+    // EAGAIN ("server busy"), which a program that retries on EAGAIN retries for ever.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    fs.mkdir("/d", 0o755).unwrap();
+    for (what, errno) in [
+        ("rmdir /", errno_of(fs.rmdir("/"))),
+        ("rename / /x", errno_of(fs.rename("/", "/x"))),
+        ("rename /d /", errno_of(fs.rename("/d", "/"))),
+    ] {
+        assert_eq!(errno, libc::EINVAL, "{what}");
+    }
+    assert!(fs.stat("/d").unwrap().is_dir());
+}

@@ -220,6 +220,28 @@ fn seek_start_current_end() {
 }
 
 #[test]
+fn nothing_makes_a_file_larger_than_the_largest_off_t() {
+    // Found by a hostile-user run: a 300-byte pwrite at 2^63 - 256 succeeded, and the
+    // file's size then read as negative through the C API, and `cat` streamed zeros.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let data = pattern(1000, 13);
+    write_file(&fs, "/big", &data);
+    let fd = fs.open("/big", OpenFlags::RDWR, 0).unwrap();
+    let max = i64::MAX as u64;
+    assert_eq!(errno_of(fs.pwrite(fd, &[7; 300], max - 255)), libc::EFBIG);
+    assert_eq!(errno_of(fs.pwrite(fd, &[7; 1], max)), libc::EFBIG);
+    assert_eq!(errno_of(fs.ftruncate(fd, max + 1)), libc::EFBIG);
+    assert_eq!(errno_of(fs.truncate("/big", u64::MAX)), libc::EFBIG);
+    assert_eq!(fs.seek(fd, i64::MAX, Whence::Start).unwrap(), max);
+    assert_eq!(errno_of(fs.seek(fd, 1, Whence::Current)), libc::EINVAL);
+    assert_eq!(errno_of(fs.write(fd, b"x")), libc::EFBIG);
+    fs.close(fd).unwrap();
+    assert_eq!(fs.stat("/big").unwrap().size, data.len() as u64);
+    assert!(read_file(&cluster.client(), "/big") == data);
+}
+
+#[test]
 fn append_writes_at_the_end() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();

@@ -90,6 +90,16 @@ pub enum ApiError {
         /// The servers' chunk size.
         servers: u64,
     },
+    /// A write or truncate would make the file larger than [`FILE_SIZE_MAX`](benchfs_proto::limits::FILE_SIZE_MAX) bytes (EFBIG).
+    #[error("{op} {path}: the file would end at byte {end}, past the largest file size ({max} bytes)", max = benchfs_proto::limits::FILE_SIZE_MAX)]
+    FileTooLarge {
+        /// The operation.
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// Where the file would end.
+        end: u128,
+    },
     /// The job secret does not fit the handshake.
     #[error("the job secret is {len} bytes; at most {max} are allowed")]
     SecretTooLong {
@@ -105,7 +115,10 @@ impl ApiError {
     /// [`ApiError::cause_status`]. An unreachable cluster gives the same errno (EIO)
     /// whether it is found at connect time or in the middle of a call.
     pub fn errno(&self) -> i32 {
-        self.cause_status().errno()
+        match self {
+            ApiError::FileTooLarge { .. } => libc::EFBIG,
+            _ => self.cause_status().errno(),
+        }
     }
 
     /// The wire status, where the error has one: a server's or the client's answer about
@@ -129,6 +142,7 @@ impl ApiError {
             ApiError::Config(_)
             | ApiError::SecretTooLong { .. }
             | ApiError::ChunkSizeAboveServers { .. }
+            | ApiError::FileTooLarge { .. }
             | ApiError::Ring(_) => Status::InvalidArgument,
             ApiError::Runtime(_) => Status::Io,
             _ => Status::Unavailable,

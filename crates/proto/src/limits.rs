@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const CHUNK_SIZE_MIN: u64 = 4 * 1024;
 /// Largest chunk. Bigger chunks starve parallelism and pin too much registered memory.
 pub const CHUNK_SIZE_MAX: u64 = 64 * 1024 * 1024;
+/// Largest file size: a file's size is an `off_t` to the C API and FUSE (Linux's limit).
+pub const FILE_SIZE_MAX: u64 = i64::MAX as u64;
 /// Default chunk size (`storage.chunk_size`): 4 MiB.
 pub const CHUNK_SIZE_DEFAULT: u64 = 4 * 1024 * 1024;
 

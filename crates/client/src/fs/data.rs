@@ -8,7 +8,7 @@ use std::time::Duration;
 use benchfs_proto::layout::{ChunkLayout, ChunkSpan};
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
-use benchfs_proto::{ops, Status};
+use benchfs_proto::{limits, ops, Status};
 use benchfs_ucx::Loan;
 use futures_util::future::join_all;
 
@@ -268,6 +268,7 @@ impl FsClient {
             return Err(fs_err("write", &path, Status::BadHandle));
         }
         let len = data.len();
+        check_file_end("write", &path, offset, len as u64)?;
         if len == 0 {
             return Ok(0);
         }
@@ -669,4 +670,23 @@ fn plan_read(
         len: len as usize,
         spans,
     }))
+}
+
+/// Refuses an operation that would end the file at `offset + len` past
+/// [`limits::FILE_SIZE_MAX`] (EFBIG, as Linux does).
+pub(super) fn check_file_end(
+    op: &'static str,
+    path: &str,
+    offset: u64,
+    len: u64,
+) -> Result<(), ApiError> {
+    let end = u128::from(offset) + u128::from(len);
+    if end > u128::from(limits::FILE_SIZE_MAX) {
+        return Err(ApiError::FileTooLarge {
+            op,
+            path: path.to_string(),
+            end,
+        });
+    }
+    Ok(())
 }

@@ -214,6 +214,7 @@ impl FsClient {
             };
             let pos = base
                 .checked_add_signed(offset)
+                .filter(|&pos| pos <= benchfs_proto::limits::FILE_SIZE_MAX)
                 .ok_or(Status::InvalidArgument)?;
             f.pos = pos;
             Ok(pos)

@@ -2,6 +2,7 @@
 //! truncate and rename.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use benchfs_proto::layout::ChunkLayout;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
@@ -390,7 +391,9 @@ impl FsClient {
     }
 
     /// Asks every server `R` to seal `file_id`; says why not when one names it or fails,
-    /// with the servers that answered.
+    /// with the servers that answered. A server that did not answer a call lately (see
+    /// `ServerSlot::is_suspect`) is not asked: each unlink would wait a timeout for it,
+    /// and its orphan sweep removes the chunks anyway.
     async fn seal_on_all<R>(&self, file_id: u64) -> Result<(), (String, Vec<ServerIndex>)>
     where
         R: ops::Rpc<Request = ops::FileIdsRequest, Reply = ops::FileStatesReply>,
@@ -398,12 +401,21 @@ impl FsClient {
         let question = ops::FileIdsRequest {
             file_ids: vec![file_id],
         };
-        let answers = self
+        let now = Instant::now();
+        let (silent, asked): (Vec<ServerIndex>, Vec<ServerIndex>) = self
             .all_servers()
-            .map(|s| self.call_on::<R>(s, &question, OutPayload::none()));
-        let mut why = None;
+            .partition(|&s| self.servers[s as usize].is_suspect(now));
+        let answers = asked
+            .iter()
+            .map(|&s| self.call_on::<R>(s, &question, OutPayload::none()));
+        let mut why = silent.first().map(|&s| {
+            format!(
+                "chunks left for the orphan sweep: {} did not answer lately",
+                self.servers[s as usize].entry.borrow().node_id
+            )
+        });
         let mut answered = Vec::new();
-        for (server, answer) in self.all_servers().zip(join_all(answers).await) {
+        for (&server, answer) in asked.iter().zip(join_all(answers).await) {
             match answer {
                 Ok((states, _)) => {
                     answered.push(server);
@@ -454,7 +466,7 @@ impl FsClient {
     pub async fn rmdir(&self, path: &str) -> Result<(), ApiError> {
         let path = norm(path)?;
         if path == "/" {
-            return Err(fs_err("rmdir", &path, Status::Busy));
+            return Err(fs_err("rmdir", &path, Status::InvalidArgument));
         }
         let meta = self.lookup("rmdir", &path, false).await?;
         if !meta.is_dir() {
@@ -516,6 +528,7 @@ impl FsClient {
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
         let given = path;
         let path = norm(path)?;
+        super::data::check_file_end("truncate", &path, size, 0)?;
         self.check_dir_form("truncate", given, &path).await?;
         // Writes in flight would land after the cut.
         self.drain_path(&path).await;
@@ -695,7 +708,7 @@ impl FsClient {
         self.drain_path(&from).await;
         self.drain_path(&to).await;
         if from == "/" || to == "/" {
-            return Err(fs_err("rename", &from, Status::Busy));
+            return Err(fs_err("rename", &from, Status::InvalidArgument));
         }
         if to.starts_with(&format!("{from}/")) {
             return Err(fs_err("rename", &to, Status::InvalidArgument));

@@ -329,8 +329,17 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
     let config_path = dir.join("benchfs.toml");
     std::fs::write(&config_path, text).map_err(|e| local_error("cannot write", &config_path, e))?;
-    Ok((0..args.servers).map(|i| format!("node{i}")).collect())
+    let nodes: Vec<String> = (0..args.servers).map(|i| format!("node{i}")).collect();
+    let nodes_path = dir.join(NODES_FILE);
+    let listed: String = nodes.iter().map(|node| format!("{node}\n")).collect();
+    std::fs::write(&nodes_path, listed).map_err(|e| local_error("cannot write", &nodes_path, e))?;
+    Ok(nodes)
 }
+
+/// The file in a cluster directory listing its node ids, one a line: `--resume` starts
+/// those and no other, whatever else lies in `data/` or the registry (a stray directory
+/// or marker started as a server changed the ring, and the files it moved read as missing).
+const NODES_FILE: &str = "nodes";
 
 /// Checks the settings of a new cluster without touching its directory; returns its
 /// `benchfs.toml`.
@@ -379,6 +388,10 @@ fn resume_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
         return Err(nothing(format!("{} does not exist", config_path.display())));
     }
     ServerConfig::from_file(&config_path)?;
+    if let Some(nodes) = listed_nodes(dir)? {
+        return Ok(nodes);
+    }
+    // A cluster made before its node ids were listed: what its data and markers name.
     let data = dir.join("data");
     let entries = match std::fs::read_dir(&data) {
         Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -410,6 +423,33 @@ fn resume_nodes(dir: &Path) -> Result<Vec<String>, CliError> {
     }
     nodes.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
     Ok(nodes)
+}
+
+/// The node ids `nodes` lists, if the cluster has the file.
+fn listed_nodes(dir: &Path) -> Result<Option<Vec<String>>, CliError> {
+    let path = dir.join(NODES_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(local_error("cannot read", &path, e)),
+    };
+    let nodes: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(bad) = nodes.iter().find(|node| {
+        !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err(format!("{} names {bad:?}, which is not a node id", path.display()).into());
+    }
+    if nodes.is_empty() {
+        return Err(format!("{} lists no node", path.display()).into());
+    }
+    Ok(Some(nodes))
 }
 
 /// Starts one `benchfsd` per node id, each on `data/<node id>`, and records their pids.
@@ -651,23 +691,35 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
     let deadline = Instant::now() + wait;
     loop {
         // The servers started here, not any that were running.
-        let published = registry::read(&dir.join("registry"))
+        let published: Vec<String> = registry::read(&dir.join("registry"))
             .unwrap_or_default()
-            .iter()
-            .filter(|e| nodes.contains(&e.node_id))
-            .count();
-        if published >= nodes.len() {
+            .into_iter()
+            .map(|e| e.node_id)
+            .filter(|node| nodes.contains(node))
+            .collect();
+        if published.len() >= nodes.len() {
             return Ok(());
         }
         let dead = pids.iter().position(|&p| !alive(p));
         if dead.is_some() || Instant::now() > deadline {
-            let node = nodes.get(dead.unwrap_or(0)).map_or("node0", String::as_str);
+            // Servers that fail together (a bad setting) exit within moments of each
+            // other: count the ones still running after those moments.
+            std::thread::sleep(Duration::from_millis(500));
+            let published = published.len();
+            // The one that exited, else the first that has not published.
+            let stuck = dead.or_else(|| nodes.iter().position(|n| !published_now(dir, n)));
+            let node = nodes
+                .get(stuck.unwrap_or(0))
+                .map_or("node0", String::as_str);
             let log_path = dir.join("logs").join(format!("{node}.log"));
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             let why = match dead {
                 Some(_) => format!("{node} exited"),
-                None => format!("{} s passed", wait.as_secs()),
+                None => format!(
+                    "{node} did not publish its address within {} s",
+                    wait.as_secs()
+                ),
             };
             // The others may yet publish: say they run, and how to stop them.
             let running = pids.iter().filter(|&&p| alive(p)).count();
@@ -688,6 +740,12 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `node` of the cluster in `dir` has an entry in its registry.
+fn published_now(dir: &Path, node: &str) -> bool {
+    registry::read(&dir.join("registry"))
+        .is_ok_and(|entries| entries.iter().any(|e| e.node_id == node))
 }
 
 /// The running servers of the cluster in `dir`: every `benchfsd` whose command line names
