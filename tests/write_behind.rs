@@ -208,14 +208,20 @@ fn names(e: &ApiError, path: &str, server: (&str, std::net::SocketAddr)) -> bool
 }
 
 /// A server of `cluster` that holds chunks of the range `from..to` of file `file_id` but
-/// not the record of `path`: a write to it fails while closing the file still works.
-fn chunk_server_only(cluster: &Cluster, path: &str, file_id: u64, from: u64, to: u64) -> usize {
+/// not the record of `path`, if one does: a write to it fails while closing the file
+/// still works.
+fn chunk_server_only(
+    cluster: &Cluster,
+    path: &str,
+    file_id: u64,
+    from: u64,
+    to: u64,
+) -> Option<usize> {
     use benchfs::placement::PlacementKey;
     let owner = cluster.replicas_of(PlacementKey::Metadata(path))[0];
     (from / CHUNK..to.div_ceil(CHUNK))
         .map(|index| cluster.replicas_of(PlacementKey::Chunk { file_id, index })[0])
         .find(|&server| server != owner)
-        .expect("the range's chunks lie on more than one server")
 }
 
 #[test]
@@ -227,20 +233,39 @@ fn a_server_killed_mid_pipeline_fails_a_later_call_and_fsynced_bytes_survive() {
         ..ClusterSpec::short_timeout()
     });
     let fs = client_with(&cluster, WINDOW, WINDOW);
-    let path = "/killed";
-    let fd = fs.create(path, 0o644).unwrap();
     let synced = pattern(16 * C, 1);
+    let more = pattern(32 * C, 2);
+    let in_flight = 6 * C;
+    let (start, end) = (synced.len() as u64, (synced.len() + in_flight) as u64);
+    // File ids are random: take a file whose range in flight has a chunk off the record's
+    // server (all six on it happened once in CI).
+    let (path, fd, victim, file_id) = (0..20)
+        .find_map(|attempt| {
+            let path = format!("/killed-{attempt}");
+            let fd = fs.create(&path, 0o644).unwrap();
+            let file_id = fs.fstat(fd).unwrap().file_id;
+            match chunk_server_only(&cluster, &path, file_id, start, end) {
+                Some(victim) => Some((path, fd, victim, file_id)),
+                None => {
+                    fs.close(fd).unwrap();
+                    fs.unlink(&path).unwrap();
+                    None
+                }
+            }
+        })
+        .expect("a file with a chunk in flight off its record's server");
+    let path = path.as_str();
     for part in synced.chunks(C / 2) {
         assert_eq!(fs.write(fd, part).unwrap(), part.len());
     }
     fs.fsync(fd).unwrap();
+    assert_eq!(
+        fs.fstat(fd).unwrap().file_id,
+        file_id,
+        "the file id chosen at create"
+    );
 
     // The victim is stopped first, so that writes to it are in flight when it dies.
-    let more = pattern(32 * C, 2);
-    let in_flight = 6 * C;
-    let file_id = fs.fstat(fd).unwrap().file_id;
-    let start = synced.len() as u64;
-    let victim = chunk_server_only(&cluster, path, file_id, start, start + in_flight as u64);
     let server = (Cluster::node_id(victim), cluster.addr(victim));
     cluster.signal(victim, "STOP");
     let mut acknowledged = Vec::new();
