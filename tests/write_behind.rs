@@ -6,7 +6,7 @@
 
 mod common;
 
-use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, Fd, OpenFlags};
 use benchfs::layout::ChunkLayout;
 use benchfs::proto::OpCode;
 use common::files::{assert_unreachable, read_file, stats, total_chunks, write_file, C, CHUNK};
@@ -224,6 +224,32 @@ fn chunk_server_only(
         .find(|&server| server != owner)
 }
 
+/// A new file of `fs` whose range `start..end` has a chunk on a server that does not hold
+/// its record, with its handle, that server and its id. File ids are random: all six
+/// chunks of a range on the record's server failed a CI run once.
+fn file_with_a_chunk_off_its_record(
+    cluster: &Cluster,
+    fs: &BenchFS,
+    start: u64,
+    end: u64,
+) -> (String, Fd, usize, u64) {
+    (0..20)
+        .find_map(|attempt| {
+            let path = format!("/killed-{attempt}");
+            let fd = fs.create(&path, 0o644).unwrap();
+            let file_id = fs.fstat(fd).unwrap().file_id;
+            match chunk_server_only(cluster, &path, file_id, start, end) {
+                Some(victim) => Some((path, fd, victim, file_id)),
+                None => {
+                    fs.close(fd).unwrap();
+                    fs.unlink(&path).unwrap();
+                    None
+                }
+            }
+        })
+        .expect("a file with a chunk in flight off its record's server")
+}
+
 #[test]
 fn a_server_killed_mid_pipeline_fails_a_later_call_and_fsynced_bytes_survive() {
     // One replica on disk: a write behind that the killed server never took is lost, so
@@ -237,23 +263,7 @@ fn a_server_killed_mid_pipeline_fails_a_later_call_and_fsynced_bytes_survive() {
     let more = pattern(32 * C, 2);
     let in_flight = 6 * C;
     let (start, end) = (synced.len() as u64, (synced.len() + in_flight) as u64);
-    // File ids are random: take a file whose range in flight has a chunk off the record's
-    // server (all six on it happened once in CI).
-    let (path, fd, victim, file_id) = (0..20)
-        .find_map(|attempt| {
-            let path = format!("/killed-{attempt}");
-            let fd = fs.create(&path, 0o644).unwrap();
-            let file_id = fs.fstat(fd).unwrap().file_id;
-            match chunk_server_only(&cluster, &path, file_id, start, end) {
-                Some(victim) => Some((path, fd, victim, file_id)),
-                None => {
-                    fs.close(fd).unwrap();
-                    fs.unlink(&path).unwrap();
-                    None
-                }
-            }
-        })
-        .expect("a file with a chunk in flight off its record's server");
+    let (path, fd, victim, file_id) = file_with_a_chunk_off_its_record(&cluster, &fs, start, end);
     let path = path.as_str();
     for part in synced.chunks(C / 2) {
         assert_eq!(fs.write(fd, part).unwrap(), part.len());
