@@ -712,33 +712,37 @@ fn unlinks_with_a_stopped_server_wait_for_it_once() {
 }
 
 #[test]
-fn a_client_does_not_start_without_a_member_of_the_cluster() {
+fn a_client_keeps_the_place_of_a_member_that_publishes_no_address() {
     // Regression, found by a hostile run: a client that started while a restarting
     // server's entry was missing from the registry (about 100 ms of `cluster up --resume`,
     // or for good when that server died then) placed files on a ring without it; its
     // writes and reads succeeded, and once the server was back the files read as zeros
     // with success, or as missing.
     let cluster = Cluster::start(ClusterSpec::default());
-    let data = pattern(3 * C, 10);
+    let data = pattern(16 * C, 10);
     write_file(&cluster.client(), "/before", &data);
     let entry = benchfs::registry::entry_path(&cluster.registry(), "node1");
     let held = cluster.dir.path().join("node1.addr.held");
     std::fs::rename(&entry, &held).unwrap();
-    let e = BenchFS::connect(&cluster.config()).unwrap_err();
-    assert!(
-        matches!(&e, ApiError::MembersUnpublished { nodes, .. } if nodes == &["node1"]),
-        "{e}"
-    );
-    assert!(e.to_string().contains("node1"), "{e}");
-    // A client that starts while the entry is away gets it once it is back.
-    let restore = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        std::fs::rename(&held, &entry).unwrap();
-    });
     let fs = BenchFS::connect(&cluster.config()).unwrap();
-    restore.join().unwrap();
+    // Its chunks on node1 fail to read, naming it; none reads as anything else.
+    let e = try_read_file(&fs, "/before").unwrap_err();
+    assert_unreachable("a read of chunks on the unpublished member", &e);
+    assert!(e.to_string().contains("node1"), "{e}");
+    // A file whose record belongs on node1 is not made elsewhere.
+    let owned_by_node1 = (0..100)
+        .map(|i| format!("/during-{i}"))
+        .find(|p| cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(p))[0] == 1)
+        .unwrap();
+    let e = fs
+        .create(&owned_by_node1, 0o644)
+        .and_then(|fd| fs.write(fd, b"bytes").and_then(|_| fs.close(fd)))
+        .unwrap_err();
+    assert_unreachable("a create on the unpublished member", &e);
+    // Once it publishes again, the same client finds it: every byte is where it was.
+    std::fs::rename(&held, &entry).unwrap();
     assert!(read_file(&fs, "/before") == data);
     let after = pattern(3 * C, 11);
-    write_file(&fs, "/after", &after);
-    assert!(read_file(&cluster.client(), "/after") == after);
+    write_file(&fs, &owned_by_node1, &after);
+    assert!(read_file(&cluster.client(), &owned_by_node1) == after);
 }

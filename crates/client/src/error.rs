@@ -61,17 +61,6 @@ pub enum ApiError {
         /// The registry directory.
         dir: PathBuf,
     },
-    /// Servers that served in the cluster publish no address (stopped, or still starting):
-    /// a ring without them would place files where the cluster does not.
-    #[error("the cluster in {dir} has members that publish no address: {nodes} (stopped, or still starting; waited {waited_s} s); a client without them would place files where the cluster does not. Start them (`benchfs cluster up --resume`, or benchfsd with that registry), or, to drop one from the cluster for good (its data is lost), remove its `<node id>.member` file there", dir = dir.display(), nodes = nodes.join(", "))]
-    MembersUnpublished {
-        /// The registry directory.
-        dir: PathBuf,
-        /// The members without an entry.
-        nodes: Vec<String>,
-        /// How long the client waited for them, in seconds.
-        waited_s: u64,
-    },
     /// The registry's servers do not form a valid ring (e.g. two share a node tag).
     #[error("placement ring: {0}")]
     Ring(#[from] PlacementError),

@@ -134,6 +134,14 @@ pub fn members(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The address a client gives a member that publishes no entry (see
+/// [`unpublished_members`]): it holds that member's place on the ring, and the client looks
+/// for the member's entry again before it connects.
+pub const UNPUBLISHED_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
 /// The members (see [`members`]) that publish no entry among `entries`: stopped (cleanly,
 /// or killed and their entry since removed) or still starting. A ring made without them
 /// places files where the clients that know them do not look.

@@ -34,7 +34,7 @@ mod tree;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use benchfs_config::registry::{self, RegistryError, ServerEntry};
 use benchfs_config::ServerConfig;
@@ -54,12 +54,6 @@ use pipeline::Pipeline;
 pub use pipeline::PipelineCounters;
 pub use routing::CallCounters;
 use routing::ServerSlot;
-
-/// How long a client waits for the cluster's members to publish their addresses before it
-/// refuses to start without them (a restarted server republishes within a second).
-pub const MEMBERS_WAIT: Duration = Duration::from_secs(5);
-/// How often it looks again meanwhile.
-const MEMBERS_POLL: Duration = Duration::from_millis(50);
 
 /// A file handle number, as `open` returns it.
 pub type Fd = u64;
@@ -222,41 +216,36 @@ impl FsClient {
         self.replicas
     }
 
-    /// The servers published in the registry `dir`. A registry that is missing or lists
-    /// no server is [`ApiError::NoServers`], whose message says how to start one. While
-    /// a server that served in the cluster publishes no entry (restarting, or stopped),
-    /// it waits for it up to [`MEMBERS_WAIT`], then fails with
-    /// [`ApiError::MembersUnpublished`]: a ring without it would place files where the
-    /// others do not look, and they read back as missing or zeros once it is back.
+    /// The servers published in the registry `dir`, and in the place of each member of
+    /// the cluster that publishes no entry now (restarting, or stopped; see
+    /// [`registry::unpublished_members`]) an entry at [`registry::UNPUBLISHED_ADDR`]: the
+    /// ring must have every member, or files would go where the clients that know it do
+    /// not look, and read back as missing or zeros once it is back. Calls to such a
+    /// member fail as to a server that is down until it publishes. A registry that is
+    /// missing or lists no server is [`ApiError::NoServers`], whose message says how to
+    /// start one.
     pub fn published_servers(dir: &std::path::Path) -> Result<Vec<ServerEntry>, ApiError> {
-        let deadline = Instant::now() + MEMBERS_WAIT;
-        loop {
-            let entries = match registry::read(dir) {
-                Err(RegistryError::Io { path, source, .. })
-                    if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    Vec::new()
-                }
-                other => other?,
-            };
-            if entries.is_empty() {
-                return Err(ApiError::NoServers {
-                    dir: dir.to_path_buf(),
-                });
+        let mut entries = match registry::read(dir) {
+            Err(RegistryError::Io { path, source, .. })
+                if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
             }
-            let missing = registry::unpublished_members(dir, &entries);
-            if missing.is_empty() {
-                return Ok(entries);
-            }
-            if Instant::now() >= deadline {
-                return Err(ApiError::MembersUnpublished {
-                    dir: dir.to_path_buf(),
-                    nodes: missing,
-                    waited_s: MEMBERS_WAIT.as_secs(),
-                });
-            }
-            std::thread::sleep(MEMBERS_POLL);
+            other => other?,
+        };
+        if entries.is_empty() {
+            return Err(ApiError::NoServers {
+                dir: dir.to_path_buf(),
+            });
         }
+        for node in registry::unpublished_members(dir, &entries) {
+            tracing::warn!(
+                node,
+                "a member of the cluster publishes no address (stopped, or restarting): calls to it fail until it does"
+            );
+            entries.push(ServerEntry::new(node, registry::UNPUBLISHED_ADDR));
+        }
+        Ok(entries)
     }
 
     /// Connects to the servers listed in `entries`. Call inside a tokio `LocalSet`.

@@ -528,7 +528,6 @@ impl FsClient {
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), ApiError> {
         let given = path;
         let path = norm(path)?;
-        super::data::check_file_end("truncate", &path, size, 0)?;
         self.check_dir_form("truncate", given, &path).await?;
         // Writes in flight would land after the cut.
         self.drain_path(&path).await;
@@ -537,6 +536,7 @@ impl FsClient {
         if meta.is_dir() {
             return Err(fs_err("truncate", &path, Status::IsDir));
         }
+        super::data::check_file_end("truncate", &path, size, 0)?;
         // What this client's own handles wrote and have not published yet stays: a
         // truncate that grows the file cuts only past the larger of the two ends. (By
         // file, whatever name the handle knows it by; an inline file's bytes are its

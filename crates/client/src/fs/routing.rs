@@ -207,6 +207,29 @@ impl FsClient {
         addr: SocketAddr,
         node_id: &str,
     ) -> Result<Connection, RpcError> {
+        if addr == registry::UNPUBLISHED_ADDR {
+            // A member that had published no entry when this client started: connect
+            // where it publishes now, if it does.
+            let Some(entry) = self.published_entry(node_id) else {
+                return Err(RpcError::Unusable {
+                    server: node_id.to_string(),
+                    reason: format!(
+                        "it is a member of the cluster ({}) that publishes no address: stopped, \
+                         or restarting",
+                        registry::entry_path(&self.registry_dir, node_id)
+                            .with_extension("member")
+                            .display()
+                    ),
+                });
+            };
+            let conn = self
+                .rpc
+                .connect(entry.addr)
+                .await
+                .map_err(|e| e.on_node(node_id))?;
+            *slot.entry.borrow_mut() = entry;
+            return Ok(conn);
+        }
         Ok(match self.rpc.connect(addr).await {
             Ok(c) => c,
             Err(e) => {

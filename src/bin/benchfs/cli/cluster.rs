@@ -280,7 +280,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
     } else {
         prepare_new(args)?
     };
-    remove_stale_entries(dir, &nodes, running.is_empty())?;
+    remove_stale_entries(dir, &nodes, running.is_empty(), args.resume)?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| local_error("cannot create", &logs, e))?;
     let started = spawn_servers(dir, &nodes, secret_file.as_deref())?;
@@ -481,12 +481,27 @@ fn spawn_servers(
 }
 
 /// Removes the registry entries that killed servers among `nodes` left behind (all of
-/// them if `all`, when no server runs): every server started publishes itself again.
-fn remove_stale_entries(dir: &Path, nodes: &[String], all: bool) -> Result<(), CliError> {
+/// them if `all`, when no server runs): every server started publishes itself again. A
+/// cluster resumed keeps its membership markers, so that a client starting while its
+/// servers come back keeps the place of each that has not yet published.
+fn remove_stale_entries(
+    dir: &Path,
+    nodes: &[String],
+    all: bool,
+    resume: bool,
+) -> Result<(), CliError> {
     let registry = dir.join("registry");
-    let removed = match all {
-        true => std::fs::remove_dir_all(&registry),
-        false => nodes.iter().try_for_each(|node| {
+    let removed = match (all, resume) {
+        (true, false) => std::fs::remove_dir_all(&registry),
+        (true, true) => std::fs::read_dir(&registry).and_then(|items| {
+            items.flatten().try_for_each(|item| {
+                match item.file_name().to_string_lossy().ends_with(".member") {
+                    true => Ok(()),
+                    false => std::fs::remove_file(item.path()),
+                }
+            })
+        }),
+        (false, _) => nodes.iter().try_for_each(|node| {
             match std::fs::remove_file(registry::entry_path(&registry, node)) {
                 Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -705,7 +720,10 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
             // Servers that fail together (a bad setting) exit within moments of each
             // other: count the ones still running after those moments.
             std::thread::sleep(Duration::from_millis(500));
-            let published = published.len();
+            let published = nodes.iter().filter(|n| published_now(dir, n)).count();
+            if published >= nodes.len() && dead.is_none() {
+                return Ok(());
+            }
             // The one that exited, else the first that has not published.
             let stuck = dead.or_else(|| nodes.iter().position(|n| !published_now(dir, n)));
             let node = nodes
