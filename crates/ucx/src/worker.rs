@@ -469,7 +469,8 @@ impl CpuYield {
     /// Longest spacing, in idle polls, of the yields of a loop that has the CPU to itself:
     /// at 16 a polling server spent a tenth of its time in `sched_yield`, and a request
     /// that came meanwhile waited (round trip 1.50 -> 1.18 us at 256); a peer that starts
-    /// sharing the core is seen within that many polls, tens of microseconds.
+    /// sharing the core is seen within that many idle turns (each of 1 +
+    /// `IDLE_POLLS_PER_TURN` progress calls), some tens of microseconds.
     const MAX_POLLS_APART: u32 = 256;
     /// A yield that took this long ran another thread (an idle one returns in well under a
     /// microsecond).
