@@ -409,8 +409,12 @@ fn cluster_up_resume_starts_only_the_clusters_own_nodes() {
     let data_dir = Path::new(c.dir_arg()).join("data");
     std::fs::create_dir(data_dir.join("extra")).unwrap();
     std::fs::create_dir(data_dir.join("node1.save")).unwrap();
+    // A marker an earlier such start left: it would hold a place on every client's ring.
+    let stray = Path::new(c.dir_arg()).join("registry/extra.member");
+    std::fs::write(&stray, "1\n").unwrap();
     let out = c.cli(&["cluster", "up", "--resume"]);
     assert!(out.contains("resumed: 3 servers"), "{out}");
+    assert!(!stray.exists(), "the stray marker stays");
     let back = c.local("out.bin");
     for i in 0..4 {
         c.cli(&["get", &format!("/p{i}"), arg(&back)]);

@@ -493,9 +493,15 @@ fn remove_stale_entries(
     let registry = dir.join("registry");
     let removed = match (all, resume) {
         (true, false) => std::fs::remove_dir_all(&registry),
+        // The markers of the nodes it starts stay; a stray one (of a node id not the
+        // cluster's) would hold a place on every client's ring.
         (true, true) => std::fs::read_dir(&registry).and_then(|items| {
             items.flatten().try_for_each(|item| {
-                match item.file_name().to_string_lossy().ends_with(".member") {
+                let name = item.file_name().to_string_lossy().into_owned();
+                let ours = name
+                    .strip_suffix(".member")
+                    .is_some_and(|node| nodes.iter().any(|n| n == node));
+                match ours {
                     true => Ok(()),
                     false => std::fs::remove_file(item.path()),
                 }
