@@ -114,7 +114,7 @@ pub const SHARED_MEMORY_SETTING: &str = "shared_memory";
 /// The marker `<node_id>.member`: the store birth of the cluster life the server named
 /// `node_id` served in. It stays when the entry goes (a clean stop, or a launcher that
 /// clears a killed server's entry before starting it again).
-fn member_path(dir: &Path, node_id: &str) -> PathBuf {
+pub fn member_path(dir: &Path, node_id: &str) -> PathBuf {
     dir.join(format!("{node_id}.member"))
 }
 

@@ -233,7 +233,9 @@ impl InFlight {
             if ready(self.count.get()) {
                 return Poll::Ready(());
             }
-            self.waiter.set(Some(cx.waker().clone()));
+            let mut kept = self.waiter.take();
+            benchfs_ucx::keep_waker(&mut kept, cx.waker());
+            self.waiter.set(kept);
             Poll::Pending
         })
         .await;

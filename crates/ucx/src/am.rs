@@ -74,20 +74,9 @@ impl Endpoint {
                 flags,
                 ..Default::default()
             };
-            let (head, body) = (header.as_ref(), data.as_ref());
             // SAFETY: the endpoint is alive (self); with FORCE_IMM_CMPL UCX either sends
             // at once, done with both buffers on return, or refuses, keeping no pointer.
-            let ptr = unsafe {
-                sys::ucp_am_send_nbx(
-                    ep,
-                    u32::from(id),
-                    head.as_ptr() as *const c_void,
-                    head.len(),
-                    body.as_ptr() as *const c_void,
-                    body.len(),
-                    &param,
-                )
-            };
+            let ptr = unsafe { send_nbx(ep, id, header.as_ref(), data.as_ref(), &param) };
             self.worker().note_activity();
             if ptr.is_null() {
                 return Request::ready(self.worker(), OP, (header, data));
@@ -111,21 +100,36 @@ impl Endpoint {
             |buffers, param| {
                 param.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_FLAGS;
                 param.flags = flags;
-                let (header, data) = (buffers.0.as_ref(), buffers.1.as_ref());
                 // SAFETY: the endpoint is alive (self); header and data point into the payload,
                 // which the Pending keeps at a fixed address until the callback has run.
-                unsafe {
-                    sys::ucp_am_send_nbx(
-                        ep,
-                        u32::from(id),
-                        header.as_ptr() as *const c_void,
-                        header.len(),
-                        data.as_ptr() as *const c_void,
-                        data.len(),
-                        param,
-                    )
-                }
+                unsafe { send_nbx(ep, id, buffers.0.as_ref(), buffers.1.as_ref(), param) }
             },
+        )
+    }
+}
+
+/// `ucp_am_send_nbx` of `header` and `data` on `ep`.
+///
+/// # Safety
+/// `ep` is a live endpoint, and both slices stay valid and unmoved for as long as `param`
+/// lets UCX read them (until the call returns, or until the request completes).
+unsafe fn send_nbx(
+    ep: sys::ucp_ep_h,
+    id: u16,
+    header: &[u8],
+    data: &[u8],
+    param: &sys::ucp_request_param_t,
+) -> sys::ucs_status_ptr_t {
+    // SAFETY: per this function's contract.
+    unsafe {
+        sys::ucp_am_send_nbx(
+            ep,
+            u32::from(id),
+            header.as_ptr() as *const c_void,
+            header.len(),
+            data.as_ptr() as *const c_void,
+            data.len(),
+            param,
         )
     }
 }

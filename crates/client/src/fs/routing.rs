@@ -216,9 +216,7 @@ impl FsClient {
                     reason: format!(
                         "it is a member of the cluster ({}) that publishes no address: stopped, \
                          or restarting",
-                        registry::entry_path(&self.registry_dir, node_id)
-                            .with_extension("member")
-                            .display()
+                        registry::member_path(&self.registry_dir, node_id).display()
                     ),
                 });
             };

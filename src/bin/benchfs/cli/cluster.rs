@@ -711,14 +711,7 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
     let wait = Duration::from_secs(30 + prefault / (256 << 20));
     let deadline = Instant::now() + wait;
     loop {
-        // The servers started here, not any that were running.
-        let published: Vec<String> = registry::read(&dir.join("registry"))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| e.node_id)
-            .filter(|node| nodes.contains(node))
-            .collect();
-        if published.len() >= nodes.len() {
+        if published_of(dir, nodes).len() >= nodes.len() {
             return Ok(());
         }
         let dead = pids.iter().position(|&p| !alive(p));
@@ -726,12 +719,13 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
             // Servers that fail together (a bad setting) exit within moments of each
             // other: count the ones still running after those moments.
             std::thread::sleep(Duration::from_millis(500));
-            let published = nodes.iter().filter(|n| published_now(dir, n)).count();
-            if published >= nodes.len() && dead.is_none() {
+            let published = published_of(dir, nodes);
+            if published.len() >= nodes.len() && dead.is_none() {
                 return Ok(());
             }
             // The one that exited, else the first that has not published.
-            let stuck = dead.or_else(|| nodes.iter().position(|n| !published_now(dir, n)));
+            let stuck = dead.or_else(|| nodes.iter().position(|n| !published.contains(n)));
+            let published = published.len();
             let node = nodes
                 .get(stuck.unwrap_or(0))
                 .map_or("node0", String::as_str);
@@ -766,10 +760,15 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
     }
 }
 
-/// Whether `node` of the cluster in `dir` has an entry in its registry.
-fn published_now(dir: &Path, node: &str) -> bool {
+/// The servers among `nodes` (those started here, not any that were running) with an
+/// entry in the registry of the cluster in `dir`.
+fn published_of(dir: &Path, nodes: &[String]) -> Vec<String> {
     registry::read(&dir.join("registry"))
-        .is_ok_and(|entries| entries.iter().any(|e| e.node_id == node))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.node_id)
+        .filter(|node| nodes.contains(node))
+        .collect()
 }
 
 /// The running servers of the cluster in `dir`: every `benchfsd` whose command line names
