@@ -746,3 +746,72 @@ fn a_client_keeps_the_place_of_a_member_that_publishes_no_address() {
     write_file(&fs, &owned_by_node1, &after);
     assert!(read_file(&cluster.client(), &owned_by_node1) == after);
 }
+
+#[test]
+fn a_server_that_stopped_answering_costs_one_timeout_then_a_short_handshake_per_call() {
+    // Regression, found by a hostile run: `rm` through a mount of a file whose record lay on
+    // a stopped server took three whole RPC timeouts (90 s at the default), every time,
+    // since each call made a new connection whose handshake waited a timeout too.
+    let timeout = Duration::from_secs(6);
+    let cluster = Cluster::start(ClusterSpec {
+        rpc_timeout_ms: timeout.as_millis() as u64,
+        ..ClusterSpec::default()
+    });
+    let stopped = 0;
+    let on_stopped: Vec<String> = (0..200)
+        .map(|i| format!("/held-{i}"))
+        .filter(|p| {
+            cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(p))[0] == stopped
+        })
+        .take(4)
+        .collect();
+    assert_eq!(
+        on_stopped.len(),
+        4,
+        "files whose record is on the stopped server"
+    );
+    let writer = cluster.client();
+    for path in &on_stopped {
+        write_file(&writer, path, b"kept");
+    }
+    // Two clients of one process, each connected to the server before it stops.
+    let first = cluster.client();
+    let other = cluster.client();
+    for fs in [&first, &other] {
+        fs.stat(&on_stopped[0]).unwrap();
+    }
+    cluster.signal(stopped, "STOP");
+    let timed = |fs: &BenchFS, path: &str| {
+        let started = Instant::now();
+        let e = fs.stat(path).unwrap_err();
+        assert_unreachable(&format!("stat {path} on the stopped server"), &e);
+        assert!(e.to_string().contains("node0"), "{e}");
+        started.elapsed()
+    };
+    let waited = timed(&first, &on_stopped[1]);
+    assert!(
+        waited >= timeout,
+        "the first call waits its timeout: {waited:?}"
+    );
+    // Later calls, of this client or another of the process with a connection made before
+    // the server fell silent, ask with a new handshake that fails in about a second.
+    let bound = timeout / 2;
+    for (fs, path) in [
+        (&first, &on_stopped[2]),
+        (&other, &on_stopped[3]),
+        (&first, &on_stopped[3]),
+    ] {
+        let waited = timed(fs, path);
+        assert!(
+            waited < bound,
+            "stat {path} waited {waited:?}, not a whole timeout"
+        );
+    }
+    // Back, it is asked again at once and answers.
+    cluster.signal(stopped, "CONT");
+    for fs in [&first, &other] {
+        for path in &on_stopped {
+            assert!(read_file(fs, path) == b"kept");
+        }
+    }
+}

@@ -170,6 +170,17 @@ impl RpcClient {
 
     /// Connects to a server and performs the handshake.
     pub async fn connect(self: &Rc<Self>, addr: SocketAddr) -> Result<Connection, RpcError> {
+        self.connect_within(addr, self.options.rpc_timeout).await
+    }
+
+    /// Connects to a server and performs the handshake, each of its calls given `timeout`
+    /// instead of the RPC timeout: a server that just failed to answer is asked with a
+    /// shorter one (a live server answers a handshake at once).
+    pub async fn connect_within(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Connection, RpcError> {
         let server = addr.to_string();
         let ep =
             Endpoint::connect_socket(&self.worker, addr).map_err(|source| RpcError::Transport {
@@ -184,16 +195,24 @@ impl RpcClient {
             hello: None,
         };
         let hello = conn
-            .call::<Hello>(&HelloRequest {
-                client: self.options.name.clone(),
-            })
-            .await?;
+            .call_within::<Hello>(
+                &HelloRequest {
+                    client: self.options.name.clone(),
+                },
+                OutPayload::none(),
+                None,
+                timeout,
+            )
+            .await?
+            .reply;
         conn.server = format!("{}@{}", hello.node_id, addr);
         // A server with a job secret challenges; the answer proves the secret without
         // sending it.
         if !hello.challenge.is_empty() {
             let proof = benchfs_proto::auth::proof(&self.options.secret, &hello.challenge);
-            conn.call::<Auth>(&AuthRequest { proof }).await?;
+            let auth = AuthRequest { proof };
+            conn.call_within::<Auth>(&auth, OutPayload::none(), None, timeout)
+                .await?;
         }
         conn.hello = Some(hello);
         Ok(conn)
@@ -352,7 +371,18 @@ impl Connection {
         sink: Option<LentMut>,
     ) -> Result<Response<R::Reply>, RpcError> {
         let timeout = self.client.options.rpc_timeout;
-        let exchange = self.exchange(R::OP, request.to_bytes(), payload.into(), sink);
+        self.call_within::<R>(request, payload.into(), sink, timeout)
+            .await
+    }
+
+    async fn call_within<R: Rpc>(
+        &self,
+        request: &R::Request,
+        payload: OutPayload,
+        sink: Option<LentMut>,
+        timeout: Duration,
+    ) -> Result<Response<R::Reply>, RpcError> {
+        let exchange = self.exchange(R::OP, request.to_bytes(), payload, sink);
         match self.client.watch.run(timeout, &self.ep, exchange).await {
             Ok(result) => {
                 let (frame, body, payload, sunk) = result?;

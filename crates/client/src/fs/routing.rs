@@ -24,6 +24,9 @@ use crate::rpc::{Connection, OutPayload, Response, RpcError};
 pub(super) struct ServerSlot {
     pub(super) entry: RefCell<ServerEntry>,
     pub(super) conn: RefCell<Option<Rc<Connection>>>,
+    /// When `conn` was made: one made before the server fell silent is not reused while
+    /// it stays suspect (see [`SUSPECT_HANDSHAKE_TIMEOUT`]).
+    connected_at: Cell<Option<Instant>>,
     /// Held while connecting, so concurrent calls share one connection attempt.
     pub(super) connecting: tokio::sync::Mutex<()>,
     /// When the last connection attempt failed: calls that waited for it fail with it
@@ -46,6 +49,7 @@ impl ServerSlot {
         ServerSlot {
             entry: RefCell::new(entry),
             conn: RefCell::new(None),
+            connected_at: Cell::new(None),
             connecting: tokio::sync::Mutex::new(()),
             connect_failed_at: Cell::new(None),
             suspect_until: Cell::new(None),
@@ -55,8 +59,15 @@ impl ServerSlot {
     }
 
     pub(super) fn is_suspect(&self, now: Instant) -> bool {
-        self.suspect_until.get().is_some_and(|until| now < until)
-            || shared_suspect(self.entry.borrow().addr, now)
+        self.suspect_since(now).is_some()
+    }
+
+    /// When the server's current suspect period began (by this client or another of the
+    /// process), if it is in one.
+    fn suspect_since(&self, now: Instant) -> Option<Instant> {
+        let own = self.suspect_until.get().filter(|&until| now < until);
+        let until = own.max(shared_suspect(self.entry.borrow().addr, now))?;
+        Some(until.checked_sub(SUSPECT_PERIOD).unwrap_or(now))
     }
 
     /// Marks the server suspect until `until`, or clears the mark (`None`), for this
@@ -83,11 +94,16 @@ fn shared_suspects() -> std::sync::MutexGuard<'static, Vec<(SocketAddr, Instant)
     SHARED_SUSPECTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn shared_suspect(addr: SocketAddr, now: Instant) -> bool {
-    ANY_SHARED_SUSPECT.load(Ordering::Relaxed)
-        && shared_suspects()
-            .iter()
-            .any(|&(a, until)| a == addr && now < until)
+/// The end of `addr`'s suspect period shared by the process, if one runs at `now`.
+fn shared_suspect(addr: SocketAddr, now: Instant) -> Option<Instant> {
+    if !ANY_SHARED_SUSPECT.load(Ordering::Relaxed) {
+        return None;
+    }
+    shared_suspects()
+        .iter()
+        .filter(|&&(a, until)| a == addr && now < until)
+        .map(|&(_, until)| until)
+        .max()
 }
 
 fn share_suspect(addr: SocketAddr, until: Option<Instant>) {
@@ -112,6 +128,13 @@ enum BornAfter {
 /// How long a server that timed out is asked last by reads, unless it answers meanwhile.
 pub(super) const SUSPECT_PERIOD: Duration = Duration::from_secs(30);
 
+/// How long a new connection's handshake may take with a suspect server (one that did not
+/// answer a call within the RPC timeout lately, and has answered nothing since): a live
+/// server's event loop answers one at once, while a stopped one would make every later
+/// call wait a whole RPC timeout again (`rm` through a mount asks three times: 90 s per
+/// file at the default). An answer ends the suspicion.
+const SUSPECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What this client's calls met, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallCounters {
@@ -134,11 +157,21 @@ pub(super) fn is_unreachable(e: &RpcError) -> bool {
 }
 
 impl FsClient {
+    /// The slot's connection, unless it failed, or was made before its server fell silent
+    /// (a call on it would wait a whole RPC timeout, where a new handshake takes
+    /// [`SUSPECT_HANDSHAKE_TIMEOUT`] to find the server still silent).
     pub(super) fn live_conn(slot: &ServerSlot) -> Option<Rc<Connection>> {
+        let made_before_silence = || {
+            if slot.suspect_until.get().is_none() && !ANY_SHARED_SUSPECT.load(Ordering::Relaxed) {
+                return false; // no clock read on the common path
+            }
+            let since = slot.suspect_since(Instant::now());
+            since.is_some_and(|since| slot.connected_at.get().is_none_or(|at| at < since))
+        };
         slot.conn
             .borrow()
             .as_ref()
-            .filter(|c| !c.is_failed())
+            .filter(|c| !c.is_failed() && !made_before_silence())
             .cloned()
     }
 
@@ -197,6 +230,7 @@ impl FsClient {
             .set(conn.hello().is_some_and(|h| h.born_again));
         let conn = Rc::new(conn);
         *slot.conn.borrow_mut() = Some(Rc::clone(&conn));
+        slot.connected_at.set(Some(Instant::now()));
         Ok(conn)
     }
 
@@ -207,6 +241,11 @@ impl FsClient {
         addr: SocketAddr,
         node_id: &str,
     ) -> Result<Connection, RpcError> {
+        let rpc_timeout = self.rpc.options().rpc_timeout;
+        let handshake_timeout = match slot.is_suspect(Instant::now()) {
+            true => SUSPECT_HANDSHAKE_TIMEOUT.min(rpc_timeout),
+            false => rpc_timeout,
+        };
         if addr == registry::UNPUBLISHED_ADDR {
             // A member that had published no entry when this client started: connect
             // where it publishes now, if it does.
@@ -222,30 +261,32 @@ impl FsClient {
             };
             let conn = self
                 .rpc
-                .connect(entry.addr)
+                .connect_within(entry.addr, handshake_timeout)
                 .await
                 .map_err(|e| e.on_node(node_id))?;
             *slot.entry.borrow_mut() = entry;
             return Ok(conn);
         }
-        Ok(match self.rpc.connect(addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                let e = e.on_node(node_id);
-                let moved = self
-                    .published_entry(node_id)
-                    .filter(|entry| entry.addr != addr);
-                let Some(entry) = moved else { return Err(e) };
-                tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
-                let conn = self
-                    .rpc
-                    .connect(entry.addr)
-                    .await
-                    .map_err(|e| e.on_node(node_id))?;
-                *slot.entry.borrow_mut() = entry;
-                conn
-            }
-        })
+        Ok(
+            match self.rpc.connect_within(addr, handshake_timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = e.on_node(node_id);
+                    let moved = self
+                        .published_entry(node_id)
+                        .filter(|entry| entry.addr != addr);
+                    let Some(entry) = moved else { return Err(e) };
+                    tracing::info!(node_id, old = %addr, new = %entry.addr, "server moved; reconnecting");
+                    let conn = self
+                        .rpc
+                        .connect_within(entry.addr, handshake_timeout)
+                        .await
+                        .map_err(|e| e.on_node(node_id))?;
+                    *slot.entry.borrow_mut() = entry;
+                    conn
+                }
+            },
+        )
     }
 
     /// Refuses a server that is not `node_id` of this cluster. When a server dies, the
