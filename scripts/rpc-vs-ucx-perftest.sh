@@ -28,6 +28,12 @@
 # as the blocking API's writes do (they lend the caller's slice); with --copy-payload each
 # ping first copies it into a send buffer, as the async FsClient::write does.
 #
+# The receive side is not alike: ucp_am_bw's receiver lands every message in one buffer,
+# which stays in the CPU's cache, while a benchfsd server lands each payload in a store
+# buffer of its own, as it must for chunks. At 4 MiB with 16 in flight that costs 10-25%
+# here: a throwaway server that received every ping into one buffer ran 0.92-0.99x of
+# perftest where this one ran 0.70-0.82x, alternated in one run.
+#
 # ucx_perftest's "MB/s" is MiB/s (it divides by 2^20); rpc-bench prints MiB/s too.
 set -euo pipefail
 
