@@ -392,6 +392,99 @@ fn a_server_that_fails_to_start_names_the_others_still_running() {
     assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
 }
 
+/// The pid of the `benchfsd` serving node `node` of the cluster in `dir`, if one runs.
+fn server_of(dir: &Path, node: &str) -> Option<u32> {
+    let data_dir = dir.join("data").join(node);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|item| {
+        let pid: u32 = item.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        args.windows(2)
+            .any(|pair| {
+                pair[0] == b"--data-dir" && pair[1] == data_dir.as_os_str().as_encoded_bytes()
+            })
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn a_client_of_a_cluster_still_coming_up_keeps_every_nodes_place() {
+    // A new cluster's servers marked themselves members only once up: a client started
+    // while one was starting (or after it failed to start) placed files on a smaller ring,
+    // and once the server was up they read back as missing.
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let c = ClusterDir::new("c");
+    let (up, stopped) = loop {
+        let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+            .args([
+                "cluster",
+                "up",
+                "--servers",
+                "3",
+                "--backend",
+                "file",
+                "--wipe",
+            ])
+            .args(["--dir", c.dir_arg()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let node1 = loop {
+            if let Some(pid) = server_of(&c.dir, "node1") {
+                break Pid::from_raw(pid as i32);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        kill(node1, Signal::SIGSTOP).unwrap();
+        if !c.dir.join("registry/node1.addr").exists() {
+            break (up, node1);
+        }
+        // Stopped too late, after it published: again.
+        kill(node1, Signal::SIGCONT).unwrap();
+        assert!(up.wait().unwrap().success());
+        c.cli(&["cluster", "down"]);
+    };
+    assert!(
+        c.dir.join("registry/node1.member").exists(),
+        "node1 is no member while it starts"
+    );
+    let others = ["node0", "node2"].map(|node| c.dir.join(format!("registry/{node}.addr")));
+    while !others.iter().all(|entry| entry.exists()) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let local = c.local("in.bin");
+    let data = pattern(100_000, 3);
+    std::fs::write(&local, &data).unwrap();
+    let mut written = Vec::new();
+    for i in 0..12 {
+        let path = format!("/f{i}");
+        let put = c.run(&["put", arg(&local), &path]);
+        match put.success {
+            true => written.push(path),
+            false => assert!(
+                put.stderr.contains("publishes no address"),
+                "{}",
+                put.stderr
+            ),
+        }
+    }
+    kill(stopped, Signal::SIGCONT).unwrap();
+    let up_out = up.wait_with_output().unwrap();
+    assert!(
+        up_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up_out.stderr)
+    );
+    let back = c.local("out.bin");
+    for path in &written {
+        c.cli(&["get", path, arg(&back)]);
+        assert!(std::fs::read(&back).unwrap() == data, "{path} differs");
+    }
+    assert!(c.cli(&["cluster", "down"]).contains("3 servers stopped"));
+}
+
 #[test]
 fn cluster_up_resume_starts_only_the_clusters_own_nodes() {
     // Found by a hostile-user run: `--resume` started a server for every directory under

@@ -154,6 +154,10 @@ pub fn unpublished_members(dir: &Path, entries: &[ServerEntry]) -> Vec<String> {
     missing
 }
 
+/// The birth a marker gives a member named before its server started (by `benchfs
+/// cluster up`): no store, so no earlier life for a server starting to rejoin.
+pub const BORN_UNKNOWN: u64 = 0;
+
 /// Records that the server named `node_id` serves with a store born at `born_ns`.
 pub fn mark_member(dir: &Path, node_id: &str, born_ns: u64) -> Result<(), RegistryError> {
     let path = member_path(dir, node_id);

@@ -482,8 +482,11 @@ fn spawn_servers(
 
 /// Removes the registry entries that killed servers among `nodes` left behind (all of
 /// them if `all`, when no server runs): every server started publishes itself again. A
-/// cluster resumed keeps its membership markers, so that a client starting while its
-/// servers come back keeps the place of each that has not yet published.
+/// cluster resumed keeps its membership markers, and a new one has a marker for each of
+/// its nodes before any starts (its server replaces it with its store's birth), so that
+/// a client starting while servers come up, or after one failed to start, keeps the place
+/// of each that has not published instead of placing files where the cluster, once
+/// whole, does not look.
 fn remove_stale_entries(
     dir: &Path,
     nodes: &[String],
@@ -516,10 +519,18 @@ fn remove_stale_entries(
     };
     match removed {
         Err(e) if e.kind() != ErrorKind::NotFound => {
-            Err(local_error("cannot clear the registry", &registry, e))
+            return Err(local_error("cannot clear the registry", &registry, e));
         }
-        _ => Ok(()),
+        _ => {}
     }
+    if all && !resume {
+        std::fs::create_dir_all(&registry)
+            .map_err(|e| local_error("cannot create", &registry, e))?;
+        for node in nodes {
+            registry::mark_member(&registry, node, registry::BORN_UNKNOWN)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `pids` with every running server of the cluster in `dir`, one line each in the
