@@ -435,3 +435,36 @@ fn a_read_every_replica_failed_names_every_server() {
         assert!(message.contains(&node), "{node} not in: {message}");
     }
 }
+
+#[test]
+fn a_replica_back_empty_is_no_proof_of_absence_while_the_other_is_down() {
+    // Found by a hostile-user run: with one replica of a file's record back with an empty
+    // store (before the repair) and the other down (here stopped), stat said ENOENT and readdir left the
+    // file out, with success. A script testing `[ -e f ]` would have made it again.
+    let mut cluster = Cluster::start(ClusterSpec {
+        backend: "memory",
+        // No repair: the restarted server stays without the record.
+        orphan_sweep_secs: 0,
+        ..spec()
+    });
+    let emptied = 1;
+    // The record's other replica comes first in the ring, so it is asked first and the
+    // empty one's "not found" is the last answer.
+    let path = (0..)
+        .map(|i| format!("/kept{i}"))
+        .find(|p| replicas_of(&cluster, p)[1] == emptied)
+        .unwrap();
+    let down = replicas_of(&cluster, &path)[0];
+    write_file(&cluster.client(), &path, b"acknowledged");
+    cluster.kill(emptied);
+    cluster.restart(emptied);
+    cluster.signal(down, "STOP");
+    let fs = cluster.client();
+    let e = fs.stat(&path).unwrap_err();
+    assert_unreachable(&format!("stat {path}"), &e);
+    assert!(e.to_string().contains(&format!("node{down}@")), "{e}");
+    let e = fs.readdir("/").unwrap_err();
+    assert_unreachable("readdir /", &e);
+    cluster.signal(down, "CONT");
+    assert_eq!(read_file(&cluster.client(), &path), b"acknowledged");
+}

@@ -495,16 +495,21 @@ impl FsClient {
 
     /// Lists a directory on every server, merging the pages; stops after `limit` entries.
     /// Every record has `replicas` copies on distinct servers, so fewer than `replicas`
-    /// servers that do not answer hide no entry: the listing goes on without them.
+    /// servers that do not answer hide no entry: the listing goes on without them. A
+    /// server that may have lost its records (back with an empty store, before or after
+    /// the replica repair) counts with them then: its copies may be missing too.
     pub(super) async fn list(&self, dir: &str, limit: usize) -> Result<Vec<DirEntry>, ApiError> {
-        let pages = self
-            .all_servers()
-            .map(|s| fanout::list_server(self, s, dir, limit));
+        let servers: Vec<ServerIndex> = self.all_servers().collect();
+        let pages = servers
+            .iter()
+            .map(|&s| fanout::list_server(self, s, dir, limit));
         let mut merged = BTreeMap::new();
         let mut unreachable = Vec::new();
-        for page in join_all(pages).await {
+        let mut answered = Vec::new();
+        for (&server, page) in servers.iter().zip(join_all(pages).await) {
             match page {
                 Ok(entries) => {
+                    answered.push(server);
                     for (name, meta) in entries {
                         merged.entry(name).or_insert(meta);
                     }
@@ -513,7 +518,11 @@ impl FsClient {
                 Err(e) => return Err(rpc_err("readdir", dir)(e)),
             }
         }
-        if unreachable.len() >= self.replicas {
+        let lacking = answered
+            .iter()
+            .filter(|&&s| self.may_lack_records(s, &servers))
+            .count();
+        if !unreachable.is_empty() && unreachable.len() + lacking >= self.replicas {
             let e = unreachable.swap_remove(0);
             return Err(rpc_err("readdir", dir)(e));
         }

@@ -125,6 +125,14 @@ enum BornAfter {
     Unknown,
 }
 
+/// `e`, naming the earlier failures of the same call too.
+fn chain(earlier: Option<RpcError>, e: RpcError) -> RpcError {
+    match earlier {
+        Some(earlier) => e.after(&earlier),
+        None => e,
+    }
+}
+
 /// How long a server that timed out is asked last by reads, unless it answers meanwhile.
 pub(super) const SUSPECT_PERIOD: Duration = Duration::from_secs(30);
 
@@ -501,19 +509,27 @@ impl FsClient {
         sink: impl Fn() -> Option<LentMut>,
         accept: impl Fn(ServerIndex, &Response<R::Reply>) -> Result<(), RpcError>,
     ) -> Result<Response<R::Reply>, RpcError> {
-        let mut last = None;
+        // Replicas that did not answer (or failed to read their store).
+        let mut failed: Option<RpcError> = None;
+        // "Not found" from replicas that may have lost their records: no proof while
+        // another replica could not be asked.
+        let mut doubted: Option<RpcError> = None;
         // A "not found" asked again only because another replica's start is not known:
         // the answer if that replica cannot be asked either.
         let mut unconfirmed = None;
         let order = self.read_order(key);
-        for (at, &server) in order.iter().enumerate() {
+        for &server in &order {
             let result = self
                 .call_on_into::<R>(server, req, OutPayload::none(), sink())
                 .await
                 .and_then(|r| accept(server, &r).map(|()| r));
             let born_after = match &result {
                 Err(e) if e.status() == Status::NotFound => {
-                    self.born_after_one_of(server, &order[at + 1..])
+                    // Every other replica, the ones already asked too: one that did not
+                    // answer may hold the record this one lost.
+                    let others: Vec<ServerIndex> =
+                        order.iter().copied().filter(|&s| s != server).collect();
+                    self.born_after_one_of(server, &others)
                 }
                 _ => None,
             };
@@ -521,15 +537,11 @@ impl FsClient {
                 Err(e) if born_after == Some(BornAfter::Unknown) && unconfirmed.is_none() => {
                     unconfirmed = Some(e);
                 }
-                Err(e)
-                    if is_unreachable(&e) || e.status() == Status::Io || born_after.is_some() =>
-                {
-                    last = Some(match last {
-                        Some(earlier) => e.after(&earlier),
-                        None => e,
-                    });
+                Err(e) if born_after.is_some() => doubted = Some(chain(doubted, e)),
+                Err(e) if is_unreachable(&e) || e.status() == Status::Io => {
+                    failed = Some(chain(failed, e));
                 }
-                Ok(reply) if last.is_some() => {
+                Ok(reply) if failed.is_some() || doubted.is_some() => {
                     let mut counters = self.call_counters.get();
                     counters.failovers += 1;
                     self.call_counters.set(counters);
@@ -538,12 +550,22 @@ impl FsClient {
                 other => return other,
             }
         }
-        match (unconfirmed, last) {
-            (Some(not_found), Some(last)) if is_unreachable(&last) => Err(not_found),
-            (_, Some(last)) => Err(last),
-            (Some(not_found), None) => Err(not_found),
-            (None, None) => unreachable!("every replica was asked"),
+        match (failed, doubted, unconfirmed) {
+            (Some(failed), None, Some(not_found)) if is_unreachable(&failed) => Err(not_found),
+            // The failure decides: the replica that failed may hold what the others lost.
+            (Some(failed), Some(doubted), _) => Err(failed.after(&doubted)),
+            (Some(failed), None, _) => Err(failed),
+            (None, Some(doubted), _) => Err(doubted),
+            (None, None, Some(not_found)) => Err(not_found),
+            (None, None, None) => unreachable!("every replica was asked"),
         }
+    }
+
+    /// Whether server `server` may lack records that one of `others` holds, as far as this
+    /// client knows: it says it was born again, or its store began well after one of
+    /// theirs (see [`FsClient::born_after_one_of`]).
+    pub(super) fn may_lack_records(&self, server: ServerIndex, others: &[ServerIndex]) -> bool {
+        self.born_after_one_of(server, others) == Some(BornAfter::Known)
     }
 
     /// Whether server `server`'s store began well after one of `others`' did (or one
