@@ -804,12 +804,13 @@ fn a_cluster_whose_servers_are_all_gone_is_not_mounted() {
 }
 
 #[test]
-fn appends_from_two_mounts_one_after_another_all_land() {
+fn appends_from_two_mounts_all_land_one_after_another_and_at_once() {
     // Regression (found by a hostile-user run): the kernel puts an appending write at the
     // size it cached, so `echo one >> m1/f; echo two >> m2/f; echo three >> m1/f` left
     // "one three": the third append went over the second, which the first mount's attribute
-    // cache had not seen. An appending write now goes at least to the size the handle's
-    // open read from the record (close-to-open).
+    // cache had not seen. And (another run) two processes appending at once through two
+    // mounts wrote over each other's records, every write acknowledged. An appending write
+    // now claims its range on the record.
     let Some(mut m) = Mounted::start("fuse appends across mounts", ClusterSpec::default(), "")
     else {
         return;
@@ -844,9 +845,39 @@ fn appends_from_two_mounts_one_after_another_all_land() {
     }
     let fs = m.cluster.client();
     let got = common::files::read_file(&fs, "/f");
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    // At once: one process per mount, each appending its own records through one handle.
+    let records = |mount: usize| (0..150).map(move |i| format!("{mount}:{i:04}:{:>40}\n", ""));
+    std::thread::scope(|s| {
+        for (mount, root) in [&m.root, &root2].into_iter().enumerate() {
+            s.spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(root.join("f"))
+                    .unwrap();
+                for record in records(mount) {
+                    f.write_all(record.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    let got = common::files::read_file(&fs, "/f");
     let _ = Command::new("fusermount3").arg("-u").arg(&root2).status();
     let _ = second.wait();
-    assert_eq!(String::from_utf8_lossy(&got), want);
+    let got = String::from_utf8_lossy(&got);
+    let mut lines: Vec<&str> = got.lines().skip(6).collect();
+    lines.sort_unstable();
+    let mut want: Vec<String> = records(0).chain(records(1)).collect();
+    want.sort_unstable();
+    assert_eq!(lines.len(), want.len(), "appends were lost");
+    assert!(
+        lines
+            .iter()
+            .zip(&want)
+            .all(|(l, w)| Some(*l) == w.strip_suffix('\n')),
+        "appends differ"
+    );
     m.unmount();
 }
 

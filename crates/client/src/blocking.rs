@@ -226,6 +226,23 @@ impl BenchFS {
         )
     }
 
+    /// Appends `data` to file `meta` (named `path`) with no handle, at `floor` or later:
+    /// the range is claimed on the record first, so appends of other clients at once never
+    /// overlap it ([`FsClient::append_at_lent`]). Returns where the bytes went.
+    pub fn append_at(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        data: &[u8],
+        floor: u64,
+    ) -> Result<u64, ApiError> {
+        benchfs_ucx::lend(
+            data,
+            |loan| self.block_on(self.client.append_at_lent(path, meta, loan, floor)),
+            |loan| self.block_on(self.client.settle(loan)),
+        )
+    }
+
     /// Writes at `offset`, reading `data` in place as [`BenchFS::write`] does.
     pub fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
         benchfs_ucx::lend(

@@ -783,19 +783,26 @@ impl Filesystem for BenchFuse {
             return reply.error(Errno::EINVAL);
         };
         // The kernel puts an appending write at the size it cached, which misses what
-        // another mount appended since (close-to-open: this handle's open read the size
-        // from the record). Writes from the page cache carry page offsets, not appends.
+        // another mount appended since, or appends at the same time: the range is claimed
+        // on the record instead, past what this mount wrote. Writes from the page cache
+        // carry page offsets, not appends.
         let appending =
             flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
-        let offset = match appending {
-            true => self.known_end(ino.0, &handle).max(offset),
-            false => offset,
+        let written = match appending {
+            true => {
+                let floor = self.known_end(ino.0, &handle).max(offset);
+                self.call(req, |fs| {
+                    fs.append_at(&handle.path, handle.meta, data, floor)
+                })
+            }
+            false => self
+                .call(req, |fs| {
+                    fs.write_at(&handle.path, handle.meta, data, offset)
+                })
+                .map(|()| offset),
         };
-        let written = self.call(req, |fs| {
-            fs.write_at(&handle.path, handle.meta, data, offset)
-        });
         match written {
-            Ok(()) => {
+            Ok(offset) => {
                 self.handles.wrote(fh.0, offset + u64::from(len));
                 reply.written(len);
             }

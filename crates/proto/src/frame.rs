@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 14;
+pub const VERSION: u16 = 15;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -98,11 +98,14 @@ pub enum OpCode {
     /// Remove the records below a directory that were last changed before a time: what an
     /// interrupted directory rename left under a name that is made anew.
     PurgeUnder = 30,
+    /// Claim the range an append writes: grow a file's size by a length, from at least a
+    /// floor.
+    ClaimAppend = 31,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 30] = [
+    pub const ALL: [OpCode; 31] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -133,6 +136,7 @@ impl OpCode {
         OpCode::UnsealFiles,
         OpCode::SealFilesForGood,
         OpCode::PurgeUnder,
+        OpCode::ClaimAppend,
     ];
 
     /// Decodes a wire id.
@@ -173,6 +177,7 @@ impl OpCode {
             OpCode::UnsealFiles => "unseal_files",
             OpCode::SealFilesForGood => "seal_files_for_good",
             OpCode::PurgeUnder => "purge_under",
+            OpCode::ClaimAppend => "claim_append",
         }
     }
 

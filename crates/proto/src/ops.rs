@@ -128,6 +128,8 @@ wire_header!(/// `TruncateFileRequest`, whole.
     TruncateFileHeader = 24, { file_id: U64, index: U64, len: U64 });
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
+wire_header!(/// `ClaimAppendRequest`, before the path.
+    ClaimAppendHeader = 24, { file_id: U64, floor: U64, len: U64 });
 wire_header!(/// `InsertRequest`, before the path and the bytes.
     InsertHeader = 73, { meta: FileMetadataWire, flags: u8 });
 wire_header!(/// `SetAttrRequest`, before the path.
@@ -217,6 +219,8 @@ rpc!(/// Cut a file's chunks on one server.
     TruncateFile, TruncateFile, TruncateFileRequest, Empty);
 rpc!(/// Grow or set a file's size.
     UpdateSize, UpdateSize, UpdateSizeRequest, MetadataReply);
+rpc!(/// Claim the range an append writes; the reply's size ends it.
+    ClaimAppend, ClaimAppend, ClaimAppendRequest, MetadataReply);
 rpc!(/// Flush to stable storage.
     Fsync, Fsync, Empty, Empty);
 rpc!(/// Store a record as given.
@@ -773,6 +777,42 @@ impl Message for UpdateSizeRequest {
             file_id: h.file_id.get(),
             size,
             how,
+        })
+    }
+}
+
+/// Claim the range an append of `len` bytes writes: the record's size grows to
+/// `max(size, floor) + len`, so appends from clients at once get ranges one after the
+/// other, whatever sizes they knew, and none starts before what the caller itself wrote
+/// (`floor`, its unpublished end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimAppendRequest {
+    /// The path.
+    pub path: String,
+    /// The file the caller means: a record naming another one refuses with `Stale`.
+    pub file_id: u64,
+    /// The least size the range starts at.
+    pub floor: u64,
+    /// The range's length.
+    pub len: u64,
+}
+
+impl Message for ClaimAppendRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&ClaimAppendHeader {
+            file_id: self.file_id.into(),
+            floor: self.floor.into(),
+            len: self.len.into(),
+        })
+        .str16(self.path.as_bytes());
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: ClaimAppendHeader = r.fixed()?;
+        Ok(ClaimAppendRequest {
+            path: path_field(r, "path")?,
+            file_id: h.file_id.get(),
+            floor: h.floor.get(),
+            len: h.len.get(),
         })
     }
 }

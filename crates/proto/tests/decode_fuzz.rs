@@ -33,6 +33,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = ReaddirReply::from_bytes(bytes);
     let _ = TruncateFileRequest::from_bytes(bytes);
     let _ = UpdateSizeRequest::from_bytes(bytes);
+    let _ = ClaimAppendRequest::from_bytes(bytes);
     let _ = InsertRequest::from_bytes(bytes);
     let _ = RemoveChunksRequest::from_bytes(bytes);
     let _ = CountReply::from_bytes(bytes);
@@ -256,6 +257,7 @@ proptest! {
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, newer_only: false, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
+        round_trip(&ClaimAppendRequest { path: path.clone(), file_id: id, floor: len, len: id })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;

@@ -591,6 +591,40 @@ impl MetadataTable {
         Ok(*meta)
     }
 
+    /// Claims `len` bytes for an append to file `file_id` at `path`: the size grows to
+    /// `max(size, floor) + len`, the end of the claimed range, and the new record is
+    /// returned. `NeedsChunks` on an inline record (appends write chunks: its bytes move
+    /// to chunk 0 first), `InvalidArgument` past the largest file size, and as
+    /// [`MetadataTable::update_size`] otherwise.
+    pub fn claim_append(
+        &mut self,
+        path: &str,
+        file_id: u64,
+        floor: u64,
+        len: u64,
+    ) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        self.recent.touch(&path);
+        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        if meta.is_dir() {
+            return Err(Status::IsDir);
+        }
+        if meta.file_id != file_id {
+            return Err(Status::Stale);
+        }
+        if meta.inline {
+            return Err(Status::NeedsChunks);
+        }
+        meta.size = meta
+            .size
+            .max(floor)
+            .checked_add(len)
+            .filter(|&end| end <= benchfs_proto::limits::FILE_SIZE_MAX)
+            .ok_or(Status::InvalidArgument)?;
+        meta.mtime_ns = now_ns();
+        Ok(*meta)
+    }
+
     /// The names and records of this server's share of `dir`'s entries, in name order,
     /// starting after `after` (for paging), at most `limit` of them.
     pub fn list_children(
@@ -949,6 +983,24 @@ mod tests {
             Err(Status::IsDir)
         );
         assert_eq!(m.lookup("/f").unwrap().size, 5);
+    }
+
+    #[test]
+    fn appends_claim_ranges_one_after_the_other() {
+        let mut m = manager();
+        let id = m.create_file("/f", 0, 0, Owner::default()).unwrap().file_id;
+        assert_eq!(m.claim_append("/f", id, 0, 3).unwrap().size, 3);
+        assert_eq!(m.claim_append("/f", id, 0, 4).unwrap().size, 7);
+        // What the caller wrote itself and has not published comes first.
+        assert_eq!(m.claim_append("/f", id, 10, 2).unwrap().size, 12);
+        assert_eq!(m.claim_append("/f", id, 5, 1).unwrap().size, 13);
+        assert_eq!(
+            m.claim_append("/f", id, 0, u64::MAX - 4),
+            Err(Status::InvalidArgument)
+        );
+        assert_eq!(m.claim_append("/f", id + 1, 0, 1), Err(Status::Stale));
+        assert_eq!(m.claim_append("/nope", id, 0, 1), Err(Status::NotFound));
+        assert_eq!(m.lookup("/f").unwrap().size, 13);
     }
 
     #[test]

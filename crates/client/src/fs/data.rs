@@ -224,16 +224,81 @@ impl FsClient {
         fd: Fd,
         data: WriteSource<'_>,
     ) -> Result<usize, ApiError> {
-        let offset = self.with_file(fd, |f| {
-            if f.flags.contains(OpenFlags::APPEND) {
-                f.size
-            } else {
-                f.pos
-            }
-        })?;
+        let (appends, pos) =
+            self.with_file(fd, |f| (f.flags.contains(OpenFlags::APPEND), f.pos))?;
+        let offset = match appends {
+            true => self.append_offset(fd, data.len() as u64).await?,
+            false => pos,
+        };
         let n = self.pwrite_from(fd, data, offset).await?;
         self.with_file(fd, |f| f.pos = offset + n as u64)?;
         Ok(n)
+    }
+
+    /// Where an append of `len` bytes through handle `fd` goes: the start of the range it
+    /// claims ([`FsClient::claim_append`]) past what this client's handles of the file
+    /// wrote and have not published.
+    async fn append_offset(&self, fd: Fd, len: u64) -> Result<u64, ApiError> {
+        let (flags, size) = self.with_file(fd, |f| (f.flags, f.size))?;
+        if len == 0 || !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
+            // Nothing to claim; the write answers (a bad handle's error, or 0).
+            return Ok(size);
+        }
+        // The claim needs the record: a deferred create is made first.
+        self.make_deferred(fd).await?;
+        let (path, meta) = self.with_file(fd, |f| (f.path.clone(), f.meta))?;
+        let floor = self
+            .files
+            .borrow()
+            .values()
+            .filter(|f| f.meta.file_id == meta.file_id && f.size_dirty)
+            .map(|f| f.size)
+            .max()
+            .unwrap_or(0);
+        let (start, _) = self.claim_append(&path, meta, floor, len).await?;
+        // The record holds this end already: nothing to publish for it.
+        self.with_file(fd, |f| f.size = f.size.max(start + len))?;
+        Ok(start)
+    }
+
+    /// Claims the range an append of `len` bytes to file `meta`, named `path`, writes,
+    /// starting at `floor` or later (what the caller wrote and has not published): the
+    /// record's size grows by `len` on every replica in one step, so appends from other
+    /// clients at once land before or after it, never over it. Returns the range's start
+    /// and the record. An inline file's bytes move to chunk 0 first: appends write chunks.
+    /// The size covers the range before its bytes land (a reader may see zeros there
+    /// meanwhile, and for good if the write then fails, as on a local file system that
+    /// crashed mid-append).
+    pub(super) async fn claim_append(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        floor: u64,
+        len: u64,
+    ) -> Result<(u64, FileMetadata), ApiError> {
+        let req = ops::ClaimAppendRequest {
+            path: path.to_string(),
+            file_id: meta.file_id,
+            floor,
+            len,
+        };
+        let mut moved = false;
+        loop {
+            match self
+                .change_record::<ops::ClaimAppend>(path, meta.file_id, &req)
+                .await
+            {
+                Ok(reply) => {
+                    self.meta_cache.borrow_mut().put(path, reply.meta);
+                    return Ok((reply.meta.size.saturating_sub(len), reply.meta));
+                }
+                Err(e) if e.status() == Status::NeedsChunks && !moved => {
+                    self.move_to_chunks(path, meta).await?;
+                    moved = true;
+                }
+                Err(e) => return Err(rpc_err("append", path)(e)),
+            }
+        }
     }
 
     /// Reads at the handle's position and advances it.
@@ -357,6 +422,30 @@ impl FsClient {
     ) -> Result<(), ApiError> {
         self.write_unpublished(path, meta, WriteSource::Copied(data), offset)
             .await
+    }
+
+    /// Appends `data` to file `meta`, named `path`, with no handle: claims its range at
+    /// `floor` or later ([`FsClient::claim_append`]; `floor` is what the caller wrote and
+    /// has not published) and writes it there. Returns where the bytes went.
+    pub async fn append_at_lent(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        loan: &Loan,
+        floor: u64,
+    ) -> Result<u64, ApiError> {
+        if !meta.has_chunks() {
+            return Err(fs_err("write", path, Status::IsDir));
+        }
+        if loan.is_empty() {
+            return Ok(floor);
+        }
+        let (start, meta) = self
+            .claim_append(path, meta, floor, loan.len() as u64)
+            .await?;
+        self.write_unpublished(path, meta, WriteSource::lent(loan), start)
+            .await?;
+        Ok(start)
     }
 
     async fn write_unpublished(

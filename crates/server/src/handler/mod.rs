@@ -457,7 +457,8 @@ impl ServerState {
                 | OpCode::MetadataDelete
                 | OpCode::MetadataInsert
                 | OpCode::SetAttr
-                | OpCode::UpdateSize => self.metadata_write(op, body),
+                | OpCode::UpdateSize
+                | OpCode::ClaimAppend => self.metadata_write(op, body),
                 OpCode::PurgeUnder => self.purge_under(&decode(body)?),
                 OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
                 OpCode::RemoveChunks => {
@@ -605,6 +606,17 @@ impl ServerState {
             OpCode::SetAttr => {
                 let req: op::SetAttrRequest = decode(body)?;
                 let meta = self.metadata.borrow_mut().set_attr(&req)?;
+                self.log_put(&req.path)?;
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+            OpCode::ClaimAppend => {
+                let req: op::ClaimAppendRequest = decode(body)?;
+                let meta = self.metadata.borrow_mut().claim_append(
+                    &req.path,
+                    req.file_id,
+                    req.floor,
+                    req.len,
+                )?;
                 self.log_put(&req.path)?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
