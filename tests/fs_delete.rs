@@ -338,3 +338,65 @@ fn a_handle_on_a_file_another_client_removed_reads_no_zeros() {
     let _ = a.close(removed);
     let _ = a.close(replaced);
 }
+
+#[test]
+fn the_sweep_frees_the_chunks_of_files_whose_records_were_lost() {
+    // Found by a hostile-user run: a memory server restarted empty lost the only records
+    // of some files; their chunks on the other servers stayed for good (no name to remove
+    // them by, and no tombstone for the sweep).
+    let mut cluster = Cluster::start(ClusterSpec {
+        backend: "memory",
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    let chunk_size = cluster.spec.chunk_size;
+    let data = pattern(8 * chunk_size as usize, 6);
+    let paths: Vec<String> = (0..12).map(|i| format!("/f{i}")).collect();
+    for path in &paths {
+        write_file(&fs, path, &data);
+    }
+    let ids: Vec<u64> = paths.iter().map(|p| fs.stat(p).unwrap().file_id).collect();
+    let lost = 0;
+    let survivors: Vec<(&String, u64)> = paths
+        .iter()
+        .zip(ids)
+        .filter(|(path, _)| cluster.replicas_of(PlacementKey::Metadata(path))[0] != lost)
+        .collect();
+    assert!(survivors.len() < paths.len(), "server {lost} holds records");
+    // The chunks that must stay: those of files whose record survives, on the others.
+    let kept = survivors
+        .iter()
+        .flat_map(|&(_, file_id)| (0..8).map(move |index| PlacementKey::Chunk { file_id, index }))
+        .filter(|key| cluster.replicas_of(*key)[0] != lost)
+        .count() as u64;
+    cluster.kill(lost);
+    cluster.restart(lost);
+    let fs = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: u64 = usage(&fs).iter().map(|&(_, chunks)| chunks).sum();
+        if held == kept {
+            break;
+        }
+        assert!(
+            held > kept,
+            "the sweep removed live chunks: {held} < {kept}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "chunks of files with no record left: {held} held, {kept} live"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Files with their records and every chunk are whole.
+    for (path, file_id) in survivors {
+        let whole = (0..8)
+            .all(|index| cluster.replicas_of(PlacementKey::Chunk { file_id, index })[0] != lost);
+        if whole {
+            let got = try_read_file(&fs, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(got == data, "{path} differs");
+        }
+    }
+    let swept: u64 = stats(&fs).iter().map(|s| s.orphan_chunks_removed).sum();
+    assert!(swept > 0, "the sweep removed the chunks");
+}

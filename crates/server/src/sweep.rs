@@ -3,23 +3,27 @@
 //! out), so a delete that fails part way leaks nothing for long.
 //!
 //! **Invariant:** chunks go only on positive evidence. A file's chunks here are removed
-//! when some server holds a tombstone for its inode number (it deleted the file's last
-//! record; inode numbers are never handed out again) and no server names it, and every
-//! server in the registry answered. A record that is merely absent proves nothing: its
-//! server may be down, and a rename moves a record without a tombstone. One round asks
-//! about at most [`FILE_IDS_MAX`] files, and removes chunks only after every server
-//! sealed the file ([`ops::SealFiles`]): the answers come one server at a time, and a
-//! sealed file can take no record again, so none can come back between two answers. A
-//! round also waits while a server that stopped cleanly is away: it leaves a departed
-//! marker in the registry ([`registry::departed`]), since it may hold the only record of a
-//! file.
+//! when no server names it, every server in the registry answered, and either some server
+//! holds a tombstone for its inode number (it deleted the file's last record; inode
+//! numbers are never handed out again) or no server has named it for
+//! [`lost_record_grace`], in rounds where every server answered: its records were lost
+//! (a memory server restarted empty, a data directory lost, with no replica left). A
+//! record absent once proves nothing: its server may be down, and every step of the
+//! protocol that moves a record (a rename, an undo) writes the new one before it removes
+//! the old, so no live file goes unnamed for longer than a call. One round asks about at
+//! most [`FILE_IDS_MAX`] files, each round past the last one's, and removes chunks only
+//! after every server sealed the file ([`ops::SealFiles`]): the answers come one server at
+//! a time, and a sealed file can take no record again, so none can come back between two
+//! answers. A round also waits while a server that stopped cleanly is away: it leaves a
+//! departed marker in the registry ([`registry::departed`]), since it may hold the only
+//! record of a file.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use benchfs_config::registry::{self, RegistryError, ServerEntry};
 use benchfs_proto::ops::{self, FILE_IDS_MAX};
@@ -90,14 +94,15 @@ pub async fn run(state: Rc<ServerState>, context: Arc<Context>, options: SweepOp
         }
     };
     let mut peers = Peers::default();
+    let mut rounds = Rounds::default();
     let mut progress = crate::repair::Progress::default();
     let mut tick = tokio::time::interval(options.interval);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match sweep_once(&state, &rpc, &mut peers, &options).await {
+        match sweep_once(&state, &rpc, &mut peers, &options, &mut rounds).await {
             Ok(0) => {}
-            Ok(chunks) => tracing::info!(chunks, "orphan sweep removed chunks of deleted files"),
+            Ok(chunks) => tracing::info!(chunks, "orphan sweep removed chunks of unnamed files"),
             Err(e) => tracing::debug!(error = %e, "orphan sweep round skipped"),
         }
         match crate::repair::repair_once(&state, &rpc, &mut peers, &options, &mut progress).await {
@@ -168,31 +173,99 @@ pub(crate) fn every_peer(options: &SweepOptions) -> Result<Vec<ServerEntry>, Swe
     Ok(entries)
 }
 
+/// How long no server may name a file with chunks here before its records count as lost:
+/// a few rounds, and far longer than any call of a client that moves a record.
+pub(crate) fn lost_record_grace(options: &SweepOptions) -> Duration {
+    (options.interval * 3).max(options.rpc_timeout * 4)
+}
+
+/// What the sweep carries from one round to the next.
+#[derive(Default)]
+struct Rounds {
+    /// The largest inode number the last round asked about; the next starts past it.
+    after: u64,
+    /// Files with chunks here that no server named, since the first round that found so
+    /// (entries go when a server names the file again or its chunks go).
+    unnamed_since: HashMap<u64, Instant>,
+}
+
+impl Rounds {
+    /// Notes which of `asked` no server named (`named` are those some server did) at
+    /// `now`; returns those that no server has named for `grace`.
+    fn unnamed_for(
+        &mut self,
+        asked: &[u64],
+        named: &HashSet<u64>,
+        now: Instant,
+        grace: Duration,
+    ) -> HashSet<u64> {
+        let mut lost = HashSet::new();
+        for &id in asked {
+            if named.contains(&id) {
+                self.unnamed_since.remove(&id);
+                continue;
+            }
+            let since = *self.unnamed_since.entry(id).or_insert(now);
+            if now.duration_since(since) >= grace {
+                lost.insert(id);
+            }
+        }
+        lost
+    }
+}
+
 /// One round: returns the chunks removed.
 async fn sweep_once(
     state: &ServerState,
     rpc: &Rc<RpcClient>,
     peers: &mut Peers,
     options: &SweepOptions,
+    rounds: &mut Rounds,
 ) -> Result<u64, SweepError> {
     let entries = every_peer(options)?;
-    let candidates = state.unnamed_files(FILE_IDS_MAX).await?;
-    if candidates.is_empty() {
+    let candidates = state.unnamed_files(rounds.after, FILE_IDS_MAX).await?;
+    let Some(&last) = candidates.last() else {
+        rounds.unnamed_since.clear();
         return Ok(0);
-    }
+    };
     let (named, mut deleted) =
         ask_peers::<ops::FilesExist>(state, rpc, peers, &entries, &candidates).await?;
+    rounds.after = last;
+    if candidates.len() < FILE_IDS_MAX {
+        // Every such file was asked about: what is not among them went another way.
+        let asked: HashSet<u64> = candidates.iter().copied().collect();
+        rounds.unnamed_since.retain(|id, _| asked.contains(id));
+    }
     deleted.extend(candidates.iter().filter(|id| state.deleted_here(**id)));
+    let lost = rounds.unnamed_for(
+        &candidates,
+        &named,
+        Instant::now(),
+        lost_record_grace(options),
+    );
     let orphans: Vec<u64> = candidates
         .into_iter()
-        .filter(|id| deleted.contains(id) && !named.contains(id))
+        .filter(|id| !named.contains(id) && (deleted.contains(id) || lost.contains(id)))
         .collect();
     if orphans.is_empty() {
         return Ok(0);
     }
-    let orphans = seal_everywhere(state, rpc, peers, &entries, orphans).await?;
+    let sealed = seal_everywhere(state, rpc, peers, &entries, orphans.clone()).await?;
+    // Named after all (sealing found a record): the wait starts again if it goes.
+    for id in orphans.iter().filter(|id| !sealed.contains(id)) {
+        rounds.unnamed_since.remove(id);
+    }
     let mut removed = 0;
-    for id in orphans {
+    for id in sealed {
+        rounds.unnamed_since.remove(&id);
+        if lost.contains(&id) && !deleted.contains(&id) {
+            tracing::warn!(
+                file_id = id,
+                "removing the chunks of a file no server has named for {:?}: its records \
+                 were lost",
+                lost_record_grace(options)
+            );
+        }
         removed += state.remove_orphan(id).await?;
     }
     Ok(removed)
@@ -304,5 +377,29 @@ async fn unseal_everywhere(
         if let Err(error) = answer {
             tracing::warn!(peer = %entry.node_id, %error, "lifting seals failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_counts_as_lost_only_once_unnamed_for_the_whole_grace() {
+        let mut rounds = Rounds::default();
+        let grace = Duration::from_secs(10);
+        let start = Instant::now();
+        let none = HashSet::new();
+        assert!(rounds.unnamed_for(&[1, 2], &none, start, grace).is_empty());
+        let later = start + Duration::from_secs(5);
+        assert!(rounds.unnamed_for(&[1, 2], &none, later, grace).is_empty());
+        // File 2 is named again: its wait starts over when it is unnamed next.
+        let named: HashSet<u64> = [2].into();
+        let at_grace = start + grace;
+        let lost = rounds.unnamed_for(&[1, 2], &named, at_grace, grace);
+        assert_eq!(lost, [1].into());
+        assert!(rounds.unnamed_for(&[2], &none, at_grace, grace).is_empty());
+        let lost = rounds.unnamed_for(&[1, 2], &none, at_grace + grace, grace);
+        assert_eq!(lost, [1, 2].into());
     }
 }

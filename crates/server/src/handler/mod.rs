@@ -185,6 +185,16 @@ fn decode<T: Message>(body: &[u8]) -> Result<T, Status> {
     })
 }
 
+/// At most `max` of `ids`, in order from the first past `after`, wrapping around.
+fn in_turn(mut ids: Vec<u64>, after: u64, max: usize) -> Vec<u64> {
+    ids.sort_unstable();
+    ids.dedup();
+    let past = ids.partition_point(|&id| id <= after);
+    ids.rotate_left(past);
+    ids.truncate(max);
+    ids
+}
+
 impl ServerState {
     /// Opens the chunk store and, for persistent backends, replays the metadata journal.
     pub fn open(
@@ -306,20 +316,24 @@ impl ServerState {
         &self.secret
     }
 
-    /// Inode numbers of files with chunks here and no record here, at most `max`.
-    pub(crate) async fn unnamed_files(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+    /// Inode numbers of files with chunks here and no record here, at most `max`, in
+    /// order from the first past `after`, wrapping around: rounds that each start past the
+    /// last one's end ask about every such file in turn, however many there are.
+    pub(crate) async fn unnamed_files(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
         let chunks = self.store.list().await?;
         let table = self.metadata.borrow();
         // A store probe's scratch file is no file of anyone's; the probe removes it.
         let scratch = table.scratch_file_id();
-        let mut ids: Vec<u64> = chunks
+        let ids: Vec<u64> = chunks
             .into_iter()
             .map(|c| c.file_id)
             .filter(|id| !table.has_file(*id) && *id != scratch)
             .collect();
-        ids.dedup();
-        ids.truncate(max);
-        Ok(ids)
+        Ok(in_turn(ids, after, max))
     }
 
     /// Whether this server deleted the last record of `file_id`.
@@ -965,5 +979,21 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
             Ok(born)
         }
         Err(e) => Err(born_error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_turn;
+
+    #[test]
+    fn rounds_take_every_id_in_turn() {
+        let ids = vec![9, 3, 7, 1, 5, 3];
+        assert_eq!(in_turn(ids.clone(), 0, 2), [1, 3]);
+        assert_eq!(in_turn(ids.clone(), 3, 2), [5, 7]);
+        // Past the end, the next round starts again from the first.
+        assert_eq!(in_turn(ids.clone(), 7, 2), [9, 1]);
+        assert_eq!(in_turn(ids.clone(), 9, 10), [1, 3, 5, 7, 9]);
+        assert_eq!(in_turn(ids, 4, 10), [5, 7, 9, 1, 3]);
     }
 }
