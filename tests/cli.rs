@@ -1081,3 +1081,19 @@ fn cluster_down_stops_the_servers_with_no_kill_on_path() {
         assert!(gone, "server {pid} still runs after cluster down: {stat}");
     }
 }
+
+#[test]
+fn ls_prints_one_line_per_entry_whatever_its_name() {
+    // Found by a hostile-user run: a name with a newline printed as two entries.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..Default::default()
+    });
+    write_file(&cluster.client(), "/a\nb", b"x");
+    write_file(&cluster.client(), "/plain", b"y");
+    let out = on(&cluster, &["ls", "/"]).ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].ends_with(r#" "a\nb""#), "{out}");
+    assert!(lines[1].ends_with(" plain"), "{out}");
+}

@@ -229,6 +229,15 @@ fn cat(target: &Target, path: &str) -> Result<(), CliError> {
     Ok(closed?)
 }
 
+/// A name as `ls` prints it: as it is, or quoted with its control characters escaped
+/// (Rust's string syntax), so that every entry is one line.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.chars().any(char::is_control) {
+        true => format!("{name:?}").into(),
+        false => name.into(),
+    }
+}
+
 /// Runs a file command.
 pub fn run(command: FileCommand) -> Result<(), CliError> {
     match command {
@@ -237,7 +246,7 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
             let mut out = String::new();
             for e in fs.readdir(&path)? {
                 let kind = if e.meta.is_dir() { 'd' } else { '-' };
-                out += &format!("{kind} {:>12} {}\n", e.meta.size, e.name);
+                out += &format!("{kind} {:>12} {}\n", e.meta.size, shown(&e.name));
             }
             super::print_out(&out)?;
         }
