@@ -6,7 +6,7 @@
 //! when no server names it, every server in the registry answered, and either some server
 //! holds a tombstone for its inode number (it deleted the file's last record; inode
 //! numbers are never handed out again) or no server has named it for
-//! [`lost_record_grace`], in rounds where every server answered: its records were lost
+//! `lost_record_grace`, in rounds where every server answered: its records were lost
 //! (a memory server restarted empty, a data directory lost, with no replica left). A
 //! record absent once proves nothing: its server may be down, and every step of the
 //! protocol that moves a record (a rename, an undo) writes the new one before it removes
