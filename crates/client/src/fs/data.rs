@@ -424,9 +424,10 @@ impl FsClient {
             .await
     }
 
-    /// Appends `data` to file `meta`, named `path`, with no handle: claims its range at
-    /// `floor` or later ([`FsClient::claim_append`]; `floor` is what the caller wrote and
-    /// has not published) and writes it there. Returns where the bytes went.
+    /// Appends the loan's bytes to file `meta`, named `path`, with no handle: claims their
+    /// range on the record at `floor` or later, as an append through a handle does
+    /// (`floor` is what the caller wrote and has not published), and writes them there.
+    /// Returns where the bytes went.
     pub async fn append_at_lent(
         &self,
         path: &str,
