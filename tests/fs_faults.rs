@@ -473,9 +473,14 @@ fn a_chunk_a_server_lost_is_never_read_as_zeros() {
             Err(e) => {
                 assert_eq!(replicas, 1, "with two copies the replica answers: {e}");
                 assert_eq!(e.errno(), libc::EIO, "{e}");
+                let message = e.to_string();
                 assert!(
-                    e.to_string().contains(&Cluster::node_id(lost)),
-                    "names the server: {e}"
+                    message.contains(&format!("read /lost: {}@", Cluster::node_id(lost))),
+                    "names the path and the server with its address: {e}"
+                );
+                assert!(
+                    message.contains("store began after the file was made"),
+                    "says why the bytes are refused: {e}"
                 );
             }
         }

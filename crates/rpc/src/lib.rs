@@ -78,6 +78,14 @@ pub enum RpcError {
         /// Which settings differ, with both values.
         reason: String,
     },
+    /// The server holds none of the bytes asked for, but its store began after the file
+    /// was made, so they may be bytes it lost (restarted empty, or its data directory
+    /// lost) rather than a hole: an I/O error, never zeros.
+    #[error("{server} holds none of these bytes, and its store began after the file was made (restarted empty, or its data lost): bytes may have been written there, so they are not answered as zeros")]
+    MayHaveLost {
+        /// The server's name and address.
+        server: String,
+    },
 }
 
 impl RpcError {
@@ -106,7 +114,8 @@ impl RpcError {
         | RpcError::Protocol { server, .. }
         | RpcError::Status { server, .. }
         | RpcError::Unusable { server, .. }
-        | RpcError::Incompatible { server, .. }) = self;
+        | RpcError::Incompatible { server, .. }
+        | RpcError::MayHaveLost { server }) = self;
         server
     }
 
@@ -117,6 +126,7 @@ impl RpcError {
             RpcError::Transport { .. } | RpcError::Unusable { .. } => Status::Unavailable,
             RpcError::Protocol { .. } | RpcError::Incompatible { .. } => Status::Protocol,
             RpcError::Status { status, .. } => *status,
+            RpcError::MayHaveLost { .. } => Status::Io,
         }
     }
 }

@@ -669,9 +669,9 @@ impl FsClient {
     ) -> Result<(), RpcError> {
         let slot = &self.servers[server as usize];
         if short && slot.born_ns.get() > meta.birth_ns {
-            return Err(RpcError::Status {
-                server: slot.entry.borrow().node_id.clone(),
-                status: Status::Io,
+            let entry = slot.entry.borrow();
+            return Err(RpcError::MayHaveLost {
+                server: format!("{}@{}", entry.node_id, entry.addr),
             });
         }
         Ok(())

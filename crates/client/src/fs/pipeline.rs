@@ -195,6 +195,9 @@ fn copy_rpc_error(e: &RpcError) -> RpcError {
             server: server.clone(),
             reason: reason.clone(),
         },
+        RpcError::MayHaveLost { server } => RpcError::MayHaveLost {
+            server: server.clone(),
+        },
         // A kind of error added later: its message still names the server.
         other => RpcError::Status {
             server: other.to_string(),
