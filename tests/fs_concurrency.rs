@@ -4,7 +4,7 @@
 mod common;
 
 use benchfs::blocking::{BenchFS, OpenFlags};
-use common::files::{read_file, write_file, C};
+use common::files::{assert_holds_each_record_once, read_file, write_file, C};
 use common::{pattern, Cluster, ClusterSpec};
 
 /// Runs `body(t, client)` for each `t` in `0..threads` at once, each on its own thread
@@ -151,18 +151,9 @@ fn appends_from_clients_at_once_all_land() {
         got.starts_with("start\n"),
         "the first bytes were overwritten"
     );
-    let mut lines: Vec<&str> = got.lines().skip(1).collect();
-    lines.sort_unstable();
-    let mut want: Vec<String> = (0..2)
+    let lines: Vec<&str> = got.lines().skip(1).collect();
+    let want: Vec<String> = (0..2)
         .flat_map(|t| (0..200).map(move |i| record(t, i)))
         .collect();
-    want.sort_unstable();
-    assert_eq!(lines.len(), want.len(), "appends were lost");
-    assert!(
-        lines
-            .iter()
-            .zip(&want)
-            .all(|(l, w)| Some(*l) == w.strip_suffix('\n')),
-        "appends differ"
-    );
+    assert_holds_each_record_once(&lines, &want);
 }

@@ -110,3 +110,17 @@ pub fn total_chunks(fs: &BenchFS) -> u64 {
 pub fn total_records(fs: &BenchFS) -> u64 {
     stats(fs).iter().map(|s| s.metadata_records).sum()
 }
+
+/// Asserts that `lines` are the `records` (each ending in a newline) in any order, each
+/// once: what appends from several writers at once must leave.
+pub fn assert_holds_each_record_once<R: AsRef<str>>(lines: &[&str], records: &[R]) {
+    let mut lines = lines.to_vec();
+    lines.sort_unstable();
+    let mut want: Vec<&str> = records
+        .iter()
+        .map(|r| r.as_ref().strip_suffix('\n').unwrap_or(r.as_ref()))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(lines.len(), want.len(), "appends were lost");
+    assert!(lines == want, "appends differ");
+}
