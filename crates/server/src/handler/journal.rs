@@ -142,6 +142,8 @@ pub struct Journal {
     snapshot_bytes: u64,
     /// Bytes appended since it.
     appended_bytes: u64,
+    /// A failed append left part of a record that could not be cut off yet.
+    torn: bool,
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
@@ -442,15 +444,26 @@ impl Journal {
             path: path.to_path_buf(),
             snapshot_bytes,
             appended_bytes: 0,
+            torn: false,
         })
     }
 
     /// Appends one record (to the page cache).
     pub fn append(&mut self, record: &Record<'_>) -> Result<(), JournalError> {
         let bytes = encode(record);
-        self.file
-            .write_all(&bytes)
-            .map_err(io_error("append", &self.path))?;
+        let end = self.snapshot_bytes + self.appended_bytes;
+        if self.torn {
+            self.file
+                .set_len(end)
+                .map_err(io_error("cut a torn record from", &self.path))?;
+            self.torn = false;
+        }
+        if let Err(e) = self.file.write_all(&bytes) {
+            // A write cut short (a full disk) leaves part of a record at the end: the next
+            // append must not land behind it, or replay stops there, as at a crash.
+            self.torn = self.file.set_len(end).is_err();
+            return Err(io_error("append", &self.path)(e));
+        }
         self.appended_bytes += bytes.len() as u64;
         Ok(())
     }
@@ -467,6 +480,7 @@ impl Journal {
         self.file = file;
         self.snapshot_bytes = snapshot_bytes;
         self.appended_bytes = 0;
+        self.torn = false;
         Ok(())
     }
 
@@ -519,6 +533,57 @@ mod tests {
 
     fn table() -> MetadataTable {
         MetadataTable::new(1, 4096)
+    }
+
+    /// Regression: an append cut short by a full disk left part of a record, and the
+    /// appends after space came back landed behind it: the server refused to start on
+    /// its journal ("corrupt at byte ...").
+    #[test]
+    fn an_append_cut_short_by_a_full_disk_leaves_the_journal_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("SKIPPED journal on a full disk: mounting a tmpfs needs root");
+            }
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        // Most of the disk goes to a filler, the rest to records until one fails.
+        let filler = dir.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 48 << 10]).unwrap();
+        let mut acknowledged = Vec::new();
+        let failed = (0..10_000u64).find(|&id| {
+            let ok = j.append(&Record::Seal(id)).is_ok();
+            if ok {
+                acknowledged.push(id);
+            }
+            !ok
+        });
+        assert!(failed.is_some(), "the disk never filled");
+        std::fs::remove_file(&filler).unwrap();
+        let after = 1_000_000;
+        j.append(&Record::Seal(after)).unwrap();
+        drop(j);
+        let mut replayed = table();
+        Journal::open(&path, &mut replayed).expect("the journal replays after a full disk");
+        for id in acknowledged.iter().chain([&after]) {
+            assert_eq!(replayed.seal_of(*id), Some(Seal::ForGood), "seal {id}");
+        }
     }
 
     #[test]

@@ -425,7 +425,14 @@ impl ServerState {
         let mut journal = journal.borrow_mut();
         journal.append(&record).map_err(|e| {
             tracing::error!(error = %e, "metadata journal append failed");
-            Status::Io
+            match &e {
+                journal::JournalError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::StorageFull =>
+                {
+                    Status::NoSpace
+                }
+                _ => Status::Io,
+            }
         })?;
         if journal.wants_compaction() {
             if let Err(e) = journal.compact(&self.metadata.borrow()) {
