@@ -118,7 +118,11 @@ pub fn assert_holds_each_record_once<R: AsRef<str>>(lines: &[&str], records: &[R
     lines.sort_unstable();
     let mut want: Vec<&str> = records
         .iter()
-        .map(|r| r.as_ref().strip_suffix('\n').unwrap_or(r.as_ref()))
+        .map(|r| {
+            r.as_ref()
+                .strip_suffix('\n')
+                .expect("each record ends in a newline")
+        })
         .collect();
     want.sort_unstable();
     assert_eq!(lines.len(), want.len(), "appends were lost");
