@@ -629,6 +629,51 @@ fn a_job_secret_reaches_servers_and_file_commands() {
     assert!(!other.dir.join("pids").exists(), "no server was started");
 }
 
+/// Regression, found by a hostile run: `cluster up --resume` without `--secret-file`
+/// restarted the servers of a cluster made with a job secret with none, open to anyone.
+#[test]
+fn resume_keeps_the_job_secret_the_cluster_was_started_with() {
+    let c = ClusterDir::new("c");
+    let secret = c.local("secret");
+    std::fs::write(&secret, b"job-8-secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_secret = ["--secret-file", arg(&secret)];
+    let up = ["cluster", "up", "--servers", "2", "--backend", "iouring"];
+    c.cli(&[&up[..], &with_secret].concat());
+    let pids = c.pids();
+    c.cli(&["cluster", "down"]);
+    c.cli(&["cluster", "up", "--resume"]);
+    let local = c.local("in.bin");
+    std::fs::write(&local, b"guarded").unwrap();
+    let stderr = c.run(&["put", arg(&local), "/f"]).failed();
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    c.cli(&[&["put", arg(&local), "/f"][..], &with_secret].concat());
+
+    // With one server still running, a different secret (or none recorded) is refused.
+    let killed = c.pids()[1];
+    assert!(!pids.contains(&killed), "servers were restarted");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let other = c.local("other-secret");
+    std::fs::write(&other, b"another-secret").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stderr = c
+        .run(&["cluster", "up", "--resume", "--secret-file", arg(&other)])
+        .failed();
+    assert!(
+        stderr.contains("is not the job secret the running servers"),
+        "{stderr}"
+    );
+    c.cli(&["cluster", "up", "--resume"]);
+    assert_eq!(
+        c.run(&[&["cat", "/f"][..], &with_secret].concat()).ok(),
+        "guarded"
+    );
+}
+
 #[test]
 fn local_file_errors_name_the_local_path() {
     // Regression: local I/O errors printed only the OS error ("No such file or directory
@@ -997,6 +1042,138 @@ fn cluster_down_stops_a_stopped_server_cleanly() {
     let back = c.local("out.bin");
     c.cli(&["get", "/kept", arg(&back)]);
     assert!(std::fs::read(&back).unwrap() == data);
+    c.cli(&["cluster", "down"]);
+}
+
+/// Regression, found by a hostile run: a tiered server whose final write-back failed (its
+/// disk full) lost what it had acknowledged, and `cluster down` reported a clean stop.
+/// Now the server exits with an error and `cluster down` fails, naming it. The chunk
+/// directory replaced by a file makes the write-back fail here.
+#[test]
+fn cluster_down_reports_a_server_whose_final_sync_failed() {
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "1", "--backend", "tiered"]);
+    let local = c.local("in.bin");
+    std::fs::write(&local, pattern(100_000, 8)).unwrap();
+    c.cli(&["put", arg(&local), "/unsynced"]);
+    let chunks = c.dir.join("data/node0/chunks");
+    std::fs::remove_dir_all(&chunks).unwrap();
+    std::fs::write(&chunks, b"not a directory").unwrap();
+    let err = c.run(&["cluster", "down"]).failed();
+    assert!(
+        err.contains("1 of 1 servers stopped without making what they acknowledged durable"),
+        "{err}"
+    );
+    assert!(err.contains("node0 (pid"), "names the server: {err}");
+    assert!(
+        err.contains("store sync"),
+        "quotes the server's last words: {err}"
+    );
+    let mark = c.dir.join("data/node0/stopped-cleanly");
+    assert!(!mark.exists(), "no clean-stop mark: {}", mark.display());
+}
+
+/// A tmpfs mounted on a directory, detached when dropped (lazily, so a server a failed
+/// test left running does not keep it).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` on `dir` (made if needed); `None`, with a skip reported,
+    /// without root.
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("SKIPPED a {size} disk: mounting a tmpfs needs root");
+            }
+            return None;
+        }
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Regression, found by a hostile run: with an io_uring server's disk full, `rm` failed
+/// with EIO (its journal had no room for the delete), so the space was never reclaimed,
+/// and `cluster up --resume` failed writing the journal's snapshot.
+#[test]
+fn a_full_disk_still_deletes_frees_the_space_and_resumes() {
+    let c = ClusterDir::new("c");
+    let Some(_disk) = SmallDisk::mount(&c.dir.join("data"), "24m") else {
+        return;
+    };
+    let up = ["cluster", "up", "--servers", "1", "--backend", "iouring"];
+    c.cli(&[&up[..], &["--chunk-size", "1m"]].concat());
+    // Directories with long names: removing them takes more journal than a page's tail.
+    let dirs: Vec<String> = (0..24)
+        .map(|i| format!("/d{i:02}-{}", "n".repeat(240)))
+        .collect();
+    for dir in &dirs {
+        c.cli(&["mkdir", dir]);
+    }
+    let data = pattern(3 << 20, 9);
+    let local = c.local("in.bin");
+    std::fs::write(&local, &data).unwrap();
+    let mut stored = Vec::new();
+    let full = (0..20).find_map(|i| {
+        let name = format!("/f{i}");
+        let run = c.run(&["put", arg(&local), &name]);
+        if run.success {
+            stored.push(name);
+            return None;
+        }
+        Some(run.stderr)
+    });
+    let full = full.expect("the disk never filled");
+    assert!(full.contains("no space left"), "{full}");
+    assert!(
+        stored.len() >= 3,
+        "{} files before the disk filled",
+        stored.len()
+    );
+    // The last bytes go to a file beside the servers' data, as another program's would.
+    let mut filler = std::fs::File::create(c.dir.join("data/filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[1u8; 4096]).is_ok() {}
+    drop(filler);
+    // New names are refused, and a refused one leaves nothing behind (its record stayed
+    // in the server's table until a restart).
+    let config = benchfs::config::ServerConfig::from_file(c.dir.join("benchfs.toml")).unwrap();
+    let fs = benchfs::blocking::BenchFS::connect(&config).unwrap();
+    let late = |i: usize| format!("/late{i:04}-{}", "m".repeat(200));
+    let refused = (0..5000).find_map(|i| Some((i, fs.mkdir(&late(i), 0o755).err()?)));
+    let (i, e) = refused.expect("a full disk never refused a mkdir");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    let after = fs.stat(&late(i)).map(|m| m.kind);
+    assert!(after.is_err(), "a refused mkdir left {after:?}");
+    drop(fs);
+    for name in dirs.iter().chain(&stored) {
+        c.cli(&["rm", name]);
+    }
+    c.cli(&["put", arg(&local), "/again"]);
+    c.cli(&["cluster", "down"]);
+    c.cli(&["cluster", "up", "--resume"]);
+    let back = c.local("out.bin");
+    c.cli(&["get", "/again", arg(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data, "/again reads back");
+    let listed = c.cli(&["ls", "/"]);
+    assert!(
+        !listed.contains("/d0") && !listed.contains("d00-"),
+        "{listed}"
+    );
     c.cli(&["cluster", "down"]);
 }
 

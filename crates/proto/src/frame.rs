@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 15;
+pub const VERSION: u16 = 16;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -101,11 +101,14 @@ pub enum OpCode {
     /// Claim the range an append writes: grow a file's size by a length, from at least a
     /// floor.
     ClaimAppend = 31,
+    /// Where this server's record of a file is (a handle of a file renamed since it was
+    /// opened finds its path again).
+    LocateFile = 32,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 31] = [
+    pub const ALL: [OpCode; 32] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -137,6 +140,7 @@ impl OpCode {
         OpCode::SealFilesForGood,
         OpCode::PurgeUnder,
         OpCode::ClaimAppend,
+        OpCode::LocateFile,
     ];
 
     /// Decodes a wire id.
@@ -178,6 +182,7 @@ impl OpCode {
             OpCode::SealFilesForGood => "seal_files_for_good",
             OpCode::PurgeUnder => "purge_under",
             OpCode::ClaimAppend => "claim_append",
+            OpCode::LocateFile => "locate_file",
         }
     }
 

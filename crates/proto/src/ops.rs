@@ -241,6 +241,8 @@ rpc!(/// [`SealFiles`] for good (journaled, never lifted): the files' chunks may
 rpc!(/// Remove the records below a directory last changed before a time; the reply counts
     /// them.
     PurgeUnder, PurgeUnder, PurgeRequest, CountReply);
+rpc!(/// The path of this server's record of a file, if it holds one.
+    LocateFile, LocateFile, LocateFileRequest, LocateFileReply);
 rpc!(/// Write, read back and remove scratch data through the server's own chunk store.
     StoreProbe, StoreProbe, StoreProbeRequest, StoreProbeReply);
 
@@ -986,6 +988,45 @@ impl Message for CountReply {
         Ok(CountReply {
             count: h.count.get(),
         })
+    }
+}
+
+/// A file to find the record of, by inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocateFileRequest {
+    /// The file.
+    pub file_id: u64,
+}
+
+impl Message for LocateFileRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.file_id);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(LocateFileRequest { file_id: r.u64()? })
+    }
+}
+
+/// Where a server's record of a file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocateFileReply {
+    /// The record's path; `None` if this server holds no record of the file.
+    pub path: Option<String>,
+}
+
+impl Message for LocateFileReply {
+    fn encode(&self, w: &mut Writer) {
+        match &self.path {
+            Some(path) => w.u8(1).str16(path.as_bytes()),
+            None => w.u8(0),
+        };
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let path = match bool_field(r, "found")? {
+            true => Some(path_field(r, "path")?),
+            false => None,
+        };
+        Ok(LocateFileReply { path })
     }
 }
 

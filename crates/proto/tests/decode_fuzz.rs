@@ -34,6 +34,8 @@ fn decode_all(bytes: &[u8]) {
     let _ = TruncateFileRequest::from_bytes(bytes);
     let _ = UpdateSizeRequest::from_bytes(bytes);
     let _ = ClaimAppendRequest::from_bytes(bytes);
+    let _ = LocateFileRequest::from_bytes(bytes);
+    let _ = LocateFileReply::from_bytes(bytes);
     let _ = InsertRequest::from_bytes(bytes);
     let _ = RemoveChunksRequest::from_bytes(bytes);
     let _ = CountReply::from_bytes(bytes);
@@ -258,6 +260,9 @@ proptest! {
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, newer_only: false, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact })?;
         round_trip(&ClaimAppendRequest { path: path.clone(), file_id: id, floor: len, len: id })?;
+        round_trip(&LocateFileRequest { file_id: id })?;
+        round_trip(&LocateFileReply { path: Some(path.clone()) })?;
+        round_trip(&LocateFileReply { path: None })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
         round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;

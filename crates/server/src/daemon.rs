@@ -94,6 +94,9 @@ pub enum DaemonError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The final syncs at a stop failed: what clients were told was written may be lost.
+    #[error("stopped without making everything durable ({0}); acknowledged writes may be lost")]
+    FinalSync(String),
 }
 
 /// Builds the configuration from the file, the environment, the flags and the launcher
@@ -595,19 +598,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     };
     // Withdraw first so no new client finds us, then make everything durable.
     let withdrawn = registry::withdraw(&config.network.registry_dir, &entry);
-    let store_synced = state.store().sync().await;
-    if let Err(e) = &store_synced {
-        tracing::error!(error = %e, "final store sync failed");
-    }
-    let metadata_synced = state.sync_metadata();
-    if let Err(e) = &metadata_synced {
-        tracing::error!(error = %e, "final metadata sync failed");
-    }
-    if store_synced.is_ok() && metadata_synced.is_ok() {
-        if let Err(e) = state.mark_clean_stop(&config) {
-            tracing::error!(error = %e, "recording the clean stop failed");
-        }
-    }
+    let synced = final_sync(&state, &config).await;
     if let Some(sweep) = sweep {
         sweep.abort();
     }
@@ -619,6 +610,29 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let _ = progress.await;
     served?;
     withdrawn?;
+    synced?;
     tracing::info!("benchfsd stopped cleanly");
     Ok(())
+}
+
+/// Makes everything the server acknowledged durable, then marks the stop clean (without
+/// the mark, `cluster down` reports the stop as unclean).
+async fn final_sync(state: &ServerState, config: &ServerConfig) -> Result<(), DaemonError> {
+    let mut failures = Vec::new();
+    if let Err(e) = state.store().sync().await {
+        failures.push(format!("store sync: {e}"));
+    }
+    if let Err(e) = state.sync_metadata() {
+        failures.push(format!("metadata sync: {e}"));
+    }
+    if failures.is_empty() {
+        if let Err(e) = state.mark_clean_stop(config) {
+            failures.push(format!("recording the clean stop: {e}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::FinalSync(failures.join("; ")))
+    }
 }

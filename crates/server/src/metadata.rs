@@ -679,6 +679,57 @@ impl MetadataTable {
         self.entries.iter().map(|(p, m)| (p.as_str(), m))
     }
 
+    /// What `path` holds now (the record and an inline record's bytes), to put back with
+    /// [`Self::restore`] if the change about to be made cannot be journaled.
+    pub fn snapshot(&self, path: &str) -> Option<(FileMetadata, Vec<u8>)> {
+        let path = path::normalize(path).ok()?;
+        let meta = *self.entries.get(&path)?;
+        let data = self.inline_bytes.get(&path).cloned().unwrap_or_default();
+        Some((meta, data))
+    }
+
+    /// Puts `path` back as [`Self::snapshot`] found it, undoing a change the journal
+    /// refused. A record that was not there goes without a tombstone (its file was never
+    /// acknowledged); one that another replaced comes back named again.
+    pub fn restore(&mut self, path: &str, before: Option<(FileMetadata, Vec<u8>)>) {
+        let Ok(path) = path::normalize(path) else {
+            return;
+        };
+        self.seals.remove(&path);
+        let Some((meta, data)) = before else {
+            if let Some(now) = self.entries.remove(&path) {
+                self.inline_bytes.remove(&path);
+                self.unindex(now.file_id);
+            }
+            return;
+        };
+        if meta.inline {
+            self.inline_bytes.insert(path.clone(), data);
+        } else {
+            self.inline_bytes.remove(&path);
+        }
+        let replaced = self.entries.insert(path, meta);
+        if replaced.map(|now| now.file_id) != Some(meta.file_id) {
+            if let Some(now) = replaced {
+                self.unindex(now.file_id);
+            }
+            *self.file_ids.entry(meta.file_id).or_default() += 1;
+            self.lift_tombstone(meta.file_id);
+        }
+    }
+
+    /// The path of a record of file `file_id`, if one here names it. A scan of the table,
+    /// after an O(1) check: it serves a handle whose file was renamed, a rare call.
+    pub fn path_of(&self, file_id: u64) -> Option<&str> {
+        if !self.file_ids.contains_key(&file_id) {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|(_, meta)| meta.file_id == file_id)
+            .map(|(path, _)| path.as_str())
+    }
+
     /// Every record with its bytes (empty unless inline), in path order (for the
     /// journal's snapshot).
     pub fn records(&self) -> impl Iterator<Item = (&str, &FileMetadata, &[u8])> {
@@ -695,6 +746,36 @@ mod tests {
 
     fn manager() -> MetadataTable {
         MetadataTable::new(7, 4096)
+    }
+
+    #[test]
+    fn restore_undoes_a_create_an_update_and_an_insert_over_another_file() {
+        let mut m = manager();
+        let owner = Owner::default();
+        // A create undone: gone, with no tombstone (it was never acknowledged).
+        let before = m.snapshot("/new");
+        let new = m.create_file("/new", 0o644, 0, owner).unwrap();
+        m.restore("/new", before);
+        assert_eq!(m.lookup("/new"), Err(Status::NotFound));
+        assert!(!m.has_file(new.file_id) && !m.is_deleted(new.file_id));
+        // A size update undone.
+        let f = m.create_file("/f", 0o644, 0, owner).unwrap();
+        let before = m.snapshot("/f");
+        m.update_size("/f", f.file_id, 4096, SizeUpdate::Exact)
+            .unwrap();
+        m.restore("/f", before);
+        assert_eq!(m.lookup("/f"), Ok(f));
+        // An insert over another file undone: that file is named again, not deleted.
+        let g = m.create_file("/g", 0o644, 0, owner).unwrap();
+        let before = m.snapshot("/f");
+        m.insert("/f", g, &[], false).unwrap();
+        assert!(m.is_deleted(f.file_id), "the insert replaced /f's file");
+        m.restore("/f", before);
+        assert_eq!(m.lookup("/f"), Ok(f));
+        assert!(m.has_file(f.file_id) && !m.is_deleted(f.file_id));
+        assert!(m.has_file(g.file_id), "still named /g");
+        assert_eq!(m.path_of(g.file_id), Some("/g"));
+        assert_eq!(m.path_of(new.file_id), None);
     }
 
     #[test]

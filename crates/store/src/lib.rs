@@ -34,6 +34,7 @@ pub mod limits;
 mod mapping;
 mod memory;
 mod pages;
+mod reserve;
 mod tiered;
 
 use std::fmt;

@@ -44,6 +44,7 @@ use std::collections::{BTreeMap, HashSet};
 use tokio::sync::Notify;
 
 use crate::disk::{DiskChunkStore, IoEngine, UringEngine};
+use crate::reserve::DiskReserve;
 use crate::{check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore, InMemoryChunkStore};
 use crate::{StoreConfig, StoreError, StoreUsage};
 
@@ -64,6 +65,13 @@ pub struct TieredChunkStore<E: IoEngine = UringEngine> {
     used_bytes: Cell<u64>,
     /// Growth that operations in flight have checked against the capacity.
     reserved_bytes: Cell<u64>,
+    /// Disk held for what the memory tier owes the lower tier: `owed_bytes` and
+    /// `promised_bytes` together, or more.
+    disk_reserve: DiskReserve,
+    /// Sum of the entries' `owed`.
+    owed_bytes: Cell<u64>,
+    /// Growth of `owed` that operations in flight have held disk for.
+    promised_bytes: Cell<u64>,
     /// Woken whenever a hold ends.
     released: Notify,
     /// Chunk-sized buffers kept for write-backs, at most [`SPARE_BUFFERS_MAX`]: with many
@@ -91,6 +99,17 @@ struct State {
 struct Entry {
     len: u64,
     place: Place,
+    /// Disk blocks the chunk's write-back will add to its lower copy (dirty and resident
+    /// only): the lower tier has room held for them.
+    owed: u64,
+}
+
+/// The allocation unit assumed of the lower tier's file system.
+const DISK_BLOCK: u64 = 4096;
+
+/// Bytes of disk blocks that `len` bytes of a file take.
+fn disk_blocks(len: u64) -> u64 {
+    len.div_ceil(DISK_BLOCK) * DISK_BLOCK
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +149,11 @@ impl State {
         self.index
             .entry(id)
             .and_modify(|e| e.place = place)
-            .or_insert(Entry { len: 0, place });
+            .or_insert(Entry {
+                len: 0,
+                place,
+                owed: 0,
+            });
     }
 
     /// Marks `id` as no longer resident; returns whether it was.
@@ -155,6 +178,8 @@ struct Hold<'a, E: IoEngine> {
     store: &'a TieredChunkStore<E>,
     id: ChunkId,
     reserved: u64,
+    /// Disk held for the chunk's write-back before it shows in `owed`.
+    promised: u64,
     /// A slot taken for this chunk that it does not occupy yet.
     slot: bool,
 }
@@ -165,6 +190,9 @@ impl<E: IoEngine> Drop for Hold<'_, E> {
         store
             .reserved_bytes
             .set(store.reserved_bytes.get() - self.reserved);
+        store
+            .promised_bytes
+            .set(store.promised_bytes.get() - self.promised);
         {
             let mut state = store.state.borrow_mut();
             state.busy.remove(&self.id);
@@ -175,6 +203,11 @@ impl<E: IoEngine> Drop for Hold<'_, E> {
         store.refresh(self.id);
         store.released.notify_waiters();
     }
+}
+
+/// Whether a chunk at `place` has changes its lower copy lacks.
+fn place_is_dirty(place: Place) -> bool {
+    matches!(place, Place::Memory { dirty: true, .. })
 }
 
 impl<E: IoEngine> TieredChunkStore<E> {
@@ -190,6 +223,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             ..config.clone()
         };
         let lower = DiskChunkStore::<E>::open(&lower_config)?;
+        let disk_reserve = DiskReserve::open(&config.data_dir)?;
         let slots = usize::try_from(config.memory_tier_bytes / config.chunk_size)
             .unwrap_or(usize::MAX)
             .max(1);
@@ -205,6 +239,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
                 Entry {
                     len,
                     place: Place::Disk,
+                    owed: 0,
                 },
             );
             used_bytes += len;
@@ -220,6 +255,9 @@ impl<E: IoEngine> TieredChunkStore<E> {
             }),
             used_bytes: Cell::new(used_bytes),
             reserved_bytes: Cell::new(0),
+            disk_reserve,
+            owed_bytes: Cell::new(0),
+            promised_bytes: Cell::new(0),
             released: Notify::new(),
             spare: RefCell::new(Vec::new()),
         })
@@ -228,6 +266,12 @@ impl<E: IoEngine> TieredChunkStore<E> {
     /// Chunks in the memory tier now, and how many it may hold.
     pub fn resident_chunks(&self) -> (usize, usize) {
         (self.state.borrow().lru.len(), self.slots.get())
+    }
+
+    /// Bytes of disk held for the memory tier's write-backs (`data_dir/tier-reserve`):
+    /// at least what its chunks written since their last write-back will add on disk.
+    pub fn disk_held_bytes(&self) -> u64 {
+        self.disk_reserve.held()
     }
 
     /// Holds `id`, waiting while another operation does.
@@ -240,6 +284,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
                     store: self,
                     id,
                     reserved: 0,
+                    promised: 0,
                     slot: false,
                 };
             }
@@ -248,32 +293,69 @@ impl<E: IoEngine> TieredChunkStore<E> {
     }
 
     /// Takes `id`'s length again from the tier that has it (the index's truth when no
-    /// operation holds it).
+    /// operation holds it), and what its write-back owes the disk.
     fn refresh(&self, id: ChunkId) {
-        let mut state = self.state.borrow_mut();
-        let place = state.index.get(&id).map(|e| e.place);
-        let len = match place {
-            Some(Place::Memory { .. }) => self.upper.chunk_len(id),
-            Some(Place::Disk) | None => self.lower.chunk_len(id),
-        };
-        let old = state.index.get(&id).map_or(0, |e| e.len);
-        match (len, place) {
-            (Some(len), Some(_)) => {
-                if let Some(entry) = state.index.get_mut(&id) {
-                    entry.len = len;
+        let owed_before = self.owed_bytes.get();
+        {
+            let mut state = self.state.borrow_mut();
+            let place = state.index.get(&id).map(|e| e.place);
+            let len = match place {
+                Some(Place::Memory { .. }) => self.upper.chunk_len(id),
+                Some(Place::Disk) | None => self.lower.chunk_len(id),
+            };
+            let (old, old_owed) = state.index.get(&id).map_or((0, 0), |e| (e.len, e.owed));
+            let mut owed = 0;
+            match (len, place) {
+                (Some(len), Some(place)) => {
+                    if place_is_dirty(place) {
+                        owed = self.owed_for(id, len);
+                    }
+                    if let Some(entry) = state.index.get_mut(&id) {
+                        entry.len = len;
+                        entry.owed = owed;
+                    }
+                }
+                (Some(len), None) => {
+                    let place = Place::Disk;
+                    state.index.insert(id, Entry { len, place, owed });
+                }
+                (None, _) => {
+                    state.make_spilled(id);
+                    state.index.remove(&id);
                 }
             }
-            (Some(len), None) => {
-                let place = Place::Disk;
-                state.index.insert(id, Entry { len, place });
-            }
-            (None, _) => {
-                state.make_spilled(id);
-                state.index.remove(&id);
-            }
+            let used = self.used_bytes.get() - old + len.unwrap_or(0);
+            self.used_bytes.set(used);
+            self.owed_bytes.set(owed_before - old_owed + owed);
         }
-        let used = self.used_bytes.get() - old + len.unwrap_or(0);
-        self.used_bytes.set(used);
+        let owed = self.owed_bytes.get() + self.promised_bytes.get();
+        if self.owed_bytes.get() > owed_before {
+            // Each growth is held before it happens; this catches what no check saw
+            // (a lower copy gone from under a resident chunk).
+            if let Err(e) = self.disk_reserve.hold(owed) {
+                tracing::warn!(chunk = %id, error = %e, "no disk room held for a write-back");
+            }
+        } else {
+            self.disk_reserve.settle(owed);
+        }
+    }
+
+    /// Disk blocks resident `id`'s write-back would add at `len` bytes.
+    fn owed_for(&self, id: ChunkId, len: u64) -> u64 {
+        disk_blocks(len).saturating_sub(disk_blocks(self.lower.chunk_len(id).unwrap_or(0)))
+    }
+
+    /// Holds disk room for resident (or about to be) `id` to be dirty at `len` bytes, so
+    /// its write-back cannot find the disk full; returns the growth held. Fails with
+    /// [`StoreError::NoSpace`] when the disk has no room for it.
+    fn promise(&self, id: ChunkId, len: u64) -> Result<u64, StoreError> {
+        let owed_now = self.state.borrow().index.get(&id).map_or(0, |e| e.owed);
+        let growth = self.owed_for(id, len).saturating_sub(owed_now);
+        if growth > 0 {
+            let owed = self.owed_bytes.get() + self.promised_bytes.get();
+            self.disk_reserve.hold(owed + growth)?;
+        }
+        Ok(growth)
     }
 
     /// Checks that a chunk may grow from `old` to `new` bytes and reserves the growth in
@@ -315,6 +397,11 @@ impl<E: IoEngine> TieredChunkStore<E> {
                 return None;
             }
             if let Err(e) = self.check_space(end.saturating_sub(entry.len)) {
+                return Some(Err(e));
+            }
+            let len = entry.len.max(end);
+            drop(state);
+            if let Err(e) = self.promise(id, len) {
                 return Some(Err(e));
             }
         }
@@ -359,10 +446,19 @@ impl<E: IoEngine> TieredChunkStore<E> {
             return (Err(e), buf);
         }
         let replaces = old == 0 || (offset == 0 && end >= old);
-        if !self.admit(hold, replaces).await {
+        let admitted = self.admit(hold, replaces).await;
+        // With no room on disk for its write-back, the chunk stays out of memory: the
+        // lower tier, where the write takes only the room it needs, answers.
+        let promised = admitted
+            .then(|| self.promise(id, old.max(end)).ok())
+            .flatten();
+        let Some(promised) = promised else {
             // The lower tier, which has the chunk's bytes, takes it.
             return self.lower.write(id, offset, buf).await;
-        }
+        };
+        hold.promised += promised;
+        self.promised_bytes
+            .set(self.promised_bytes.get() + promised);
         // The write replaces all the chunk holds only if it starts at 0 and reaches its end.
         let mut loaded = Ok(());
         if old > 0 && (offset > 0 || end < old) {
@@ -457,6 +553,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             store: self,
             id: victim,
             reserved: 0,
+            promised: 0,
             slot: false,
         };
         if let Err(e) = self.write_back(victim).await {
@@ -492,6 +589,15 @@ impl<E: IoEngine> TieredChunkStore<E> {
             return Ok(());
         };
         let len = self.upper.chunk_len(id).unwrap_or(0);
+        // The room held for this chunk is what its write-back takes: give it back first.
+        // The hold's end takes the debt again if the write-back fails.
+        let owed = match self.state.borrow_mut().index.get_mut(&id) {
+            Some(entry) => std::mem::take(&mut entry.owed),
+            None => 0,
+        };
+        self.owed_bytes.set(self.owed_bytes.get() - owed);
+        self.disk_reserve
+            .release_to(self.owed_bytes.get() + self.promised_bytes.get());
         if len > 0 {
             let spare = self.spare.borrow_mut().pop();
             let mut buf = match spare {
@@ -537,6 +643,10 @@ impl<E: IoEngine> TieredChunkStore<E> {
                 return None;
             }
             if let Err(e) = self.check_space(len.saturating_sub(entry.len)) {
+                return Some(Err(e));
+            }
+            drop(state);
+            if let Err(e) = self.promise(id, len) {
                 return Some(Err(e));
             }
         }
@@ -726,11 +836,20 @@ impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
             .filter(|(_, e)| matches!(e.place, Place::Memory { dirty: true, .. }))
             .map(|(id, _)| *id)
             .collect();
+        // Every chunk that can be written back is, whatever became of the others.
+        let mut first_error = None;
         for id in dirty {
             let _hold = self.hold(id).await;
-            self.write_back(id).await?;
+            if let Err(e) = self.write_back(id).await {
+                tracing::error!(chunk = %id, error = %e, "write-back failed");
+                first_error.get_or_insert(e);
+            }
         }
-        self.lower.sync().await
+        let synced = self.lower.sync().await;
+        match first_error {
+            Some(e) => Err(e),
+            None => synced,
+        }
     }
 
     fn usage(&self) -> StoreUsage {

@@ -8,8 +8,9 @@ mod common;
 
 use std::path::Path;
 
-use benchfs_store::{AnyChunkStore, Backend, ChunkId, ChunkStat, ChunkStore, TieredChunkStore};
-use common::{pattern, read, run, write, Harness, CHUNK, MEMORY_TIER};
+use benchfs_store::TieredChunkStore;
+use benchfs_store::{AnyChunkStore, Backend, ChunkId, ChunkStat, ChunkStore, StoreError};
+use common::{buf_from, pattern, read, run, run_in, write, Harness, SmallDisk, CHUNK, MEMORY_TIER};
 
 const SLOTS: usize = (MEMORY_TIER / CHUNK) as usize;
 
@@ -139,5 +140,58 @@ fn a_store_dropped_without_sync_loses_only_what_came_after_the_last() {
         assert_eq!(s.list().await.unwrap(), [a]);
         assert_eq!(read(s, a, 0, CHUNK as usize).await, pattern(1, 6000));
         assert_eq!(s.usage().used_bytes, 6000);
+    });
+}
+
+/// Regression: with its disk full, a tiered store acknowledged writes into its memory
+/// tier that no write-back could then put on disk, and a clean shutdown lost them ("final
+/// store sync failed: no space"). Now a write the disk has no room for fails with ENOSPC,
+/// and the room held for the rest is the kernel's to count, so another writer of the disk
+/// finds it full before a write-back does.
+#[test]
+fn a_full_disk_refuses_writes_instead_of_losing_them_at_write_back() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        return;
+    };
+    let disk = &disk;
+    run_in(&disk.dir, Backend::Tiered, false, None, |h| async move {
+        let s = &*h.store;
+        // Room for two and a half chunks, well within the memory tier's four.
+        let room = 5 * CHUNK / 2;
+        let filler = disk.dir.path().join("filler");
+        std::fs::write(&filler, vec![7u8; (disk.free_bytes() - room) as usize]).unwrap();
+        let ids: Vec<ChunkId> = (0..4).map(|i| ChunkId::new(8, i)).collect();
+        for (i, id) in ids[..2].iter().enumerate() {
+            write(s, *id, 0, &pattern(i as u64, CHUNK as usize)).await;
+        }
+        assert!(tiered(&h).disk_held_bytes() >= 2 * CHUNK);
+        let buf = buf_from(s, &pattern(2, CHUNK as usize)).await;
+        let (refused, _) = s.write(ids[2], 0, buf).await;
+        assert!(
+            matches!(refused, Err(StoreError::NoSpace { .. })),
+            "a third chunk has no room on disk: {refused:?}"
+        );
+        // Another writer of the disk gets ENOSPC, not the room held for the write-backs.
+        let other = std::fs::write(disk.dir.path().join("other"), vec![1u8; CHUNK as usize]);
+        assert_eq!(
+            other.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENOSPC)),
+            "another writer found room held for write-backs"
+        );
+        s.sync()
+            .await
+            .expect("every acknowledged chunk has room on disk");
+        assert_eq!(tiered(&h).disk_held_bytes(), 0, "nothing owed after a sync");
+        for (i, id) in ids[..2].iter().enumerate() {
+            let on_disk = chunk_file(&h.config.data_dir, *id);
+            assert!(on_disk == Some(pattern(i as u64, CHUNK as usize)), "{id}");
+        }
+        // Overwriting what is on disk needs no more room, and room freed is used again.
+        write(s, ids[0], 0, &pattern(9, CHUNK as usize)).await;
+        std::fs::remove_file(&filler).unwrap();
+        write(s, ids[3], 0, &pattern(3, CHUNK as usize)).await;
+        s.sync().await.unwrap();
+        assert!(chunk_file(&h.config.data_dir, ids[0]) == Some(pattern(9, CHUNK as usize)));
+        assert!(chunk_file(&h.config.data_dir, ids[3]) == Some(pattern(3, CHUNK as usize)));
     });
 }

@@ -276,29 +276,32 @@ impl FsClient {
         floor: u64,
         len: u64,
     ) -> Result<(u64, FileMetadata), ApiError> {
-        let req = ops::ClaimAppendRequest {
-            path: path.to_string(),
-            file_id: meta.file_id,
-            floor,
-            len,
-        };
-        let mut moved = false;
-        loop {
-            match self
-                .change_record::<ops::ClaimAppend>(path, meta.file_id, &req)
-                .await
-            {
-                Ok(reply) => {
-                    self.meta_cache.borrow_mut().put(path, reply.meta);
-                    return Ok((reply.meta.size.saturating_sub(len), reply.meta));
+        let claim = |path: String| async move {
+            let req = ops::ClaimAppendRequest {
+                path: path.clone(),
+                file_id: meta.file_id,
+                floor,
+                len,
+            };
+            let mut moved = false;
+            loop {
+                match self
+                    .change_record::<ops::ClaimAppend>(&path, meta.file_id, &req)
+                    .await
+                {
+                    Ok(reply) => {
+                        self.meta_cache.borrow_mut().put(&path, reply.meta);
+                        return Ok((reply.meta.size.saturating_sub(len), reply.meta));
+                    }
+                    Err(e) if e.status() == Status::NeedsChunks && !moved => {
+                        self.move_to_chunks(&path, meta).await?;
+                        moved = true;
+                    }
+                    Err(e) => return Err(rpc_err("append", &path)(e)),
                 }
-                Err(e) if e.status() == Status::NeedsChunks && !moved => {
-                    self.move_to_chunks(path, meta).await?;
-                    moved = true;
-                }
-                Err(e) => return Err(rpc_err("append", path)(e)),
             }
-        }
+        };
+        self.following_renames(meta.file_id, path, claim).await
     }
 
     /// Reads at the handle's position and advances it.

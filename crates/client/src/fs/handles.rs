@@ -14,6 +14,10 @@ use crate::error::ApiError;
 use crate::flags::OpenFlags;
 use crate::rpc::{OutPayload, RpcError};
 
+/// Renames (by other clients) a handle's call follows before it gives up: one a call
+/// would be plenty but for renames racing it.
+const RENAMES_FOLLOWED_MAX: usize = 4;
+
 #[derive(Debug)]
 pub(super) struct OpenFile {
     pub(super) path: String,
@@ -160,6 +164,70 @@ impl FsClient {
         Ok(())
     }
 
+    /// Runs `call`, a change to the record of file `file_id`, at `path`. When that no
+    /// longer names the file (another client renamed it, or a directory above it), finds
+    /// where its record went and runs `call` there, and points this client's handles of
+    /// the file at it, so an open file follows its renames as on a local file system:
+    /// without it, a writer's close after another client's rename lost the size it
+    /// published (the bytes then read as an empty file).
+    pub(super) async fn following_renames<T, F, Fut>(
+        &self,
+        file_id: u64,
+        path: &str,
+        call: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut path = path.to_string();
+        for _ in 0..RENAMES_FOLLOWED_MAX {
+            match call(path.clone()).await {
+                Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => {
+                    match self.locate(file_id).await {
+                        Some(moved) if moved != path => {
+                            self.follow_rename(file_id, &path, &moved);
+                            path = moved;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                done => return done,
+            }
+        }
+        call(path).await
+    }
+
+    /// Where a record of file `file_id` is, asking every server; `None` if none answers
+    /// with one.
+    async fn locate(&self, file_id: u64) -> Option<String> {
+        let req = ops::LocateFileRequest { file_id };
+        let asks = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::LocateFile>(s, &req, OutPayload::none()));
+        join_all(asks)
+            .await
+            .into_iter()
+            .find_map(|answer| answer.ok()?.0.path)
+    }
+
+    /// Points this client's handles of file `file_id` at `to`, its path since a rename
+    /// from `from` that another client made.
+    fn follow_rename(&self, file_id: u64, from: &str, to: &str) {
+        tracing::debug!(
+            file_id,
+            from,
+            to,
+            "a handle follows its file to its new name"
+        );
+        self.meta_cache.borrow_mut().remove(from);
+        for f in self.files.borrow_mut().values_mut() {
+            if f.meta.file_id == file_id {
+                f.path = to.to_string();
+            }
+        }
+    }
+
     /// Grows the published size of file `file_id`, named `path`, to at least `size` on
     /// every replica (a size update never shrinks, so concurrent writers' updates
     /// commute); returns the record.
@@ -169,18 +237,21 @@ impl FsClient {
         file_id: u64,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        let req = ops::UpdateSizeRequest {
-            path: path.to_string(),
-            file_id,
-            size,
-            how: SizeUpdate::AtLeast,
+        let grow = |path: String| async move {
+            let req = ops::UpdateSizeRequest {
+                path: path.clone(),
+                file_id,
+                size,
+                how: SizeUpdate::AtLeast,
+            };
+            let reply = self
+                .change_record::<ops::UpdateSize>(&path, file_id, &req)
+                .await
+                .map_err(rpc_err("size update", &path))?;
+            self.meta_cache.borrow_mut().put(&path, reply.meta);
+            Ok(reply.meta)
         };
-        let reply = self
-            .change_record::<ops::UpdateSize>(path, req.file_id, &req)
-            .await
-            .map_err(rpc_err("size update", path))?;
-        self.meta_cache.borrow_mut().put(path, reply.meta);
-        Ok(reply.meta)
+        self.following_renames(file_id, path, grow).await
     }
 
     /// Closes a handle once its writes came back, publishing its size; fails if one of
@@ -196,12 +267,15 @@ impl FsClient {
     /// Cuts or extends the file open as `fd`, which must be open for writing
     /// (`InvalidArgument` otherwise, as ftruncate(2) says).
     pub async fn ftruncate(&self, fd: Fd, size: u64) -> Result<(), ApiError> {
-        let (path, writable) =
-            self.with_file(fd, |f| (f.path.clone(), f.flags.contains(OpenFlags::WRITE)))?;
+        let (path, file_id, writable) = self.with_file(fd, |f| {
+            let writable = f.flags.contains(OpenFlags::WRITE);
+            (f.path.clone(), f.meta.file_id, writable)
+        })?;
         if !writable {
             return Err(fs_err("ftruncate", &path, Status::InvalidArgument));
         }
-        self.truncate(&path, size).await
+        let cut = |path: String| async move { self.truncate(&path, size).await };
+        self.following_renames(file_id, &path, cut).await
     }
 
     /// Moves the handle's position.

@@ -12,12 +12,16 @@ use crate::metadata::Owner;
 impl ServerState {
     /// Journals the record `path` holds now, with its bytes if it is inline.
     pub(super) fn log_put(&self, path: &str) -> Result<(), Status> {
+        self.log_put_with(path, false)
+    }
+
+    pub(super) fn log_put_with(&self, path: &str, freeing: bool) -> Result<(), Status> {
         if self.journal.is_none() {
             return Ok(());
         }
         let table = self.metadata.borrow();
         let (meta, data) = table.record(path)?;
-        self.log(journal::Record::Put { path, meta, data })
+        self.log_with(journal::Record::Put { path, meta, data }, freeing)
     }
 
     /// A lookup for an open: the record and, when it is inline, its bytes.
@@ -41,14 +45,9 @@ impl ServerState {
                     uid: req.uid,
                     gid: req.gid,
                 };
-                let done = self.metadata.borrow_mut().create_inline(
-                    &req.path,
-                    req.mode,
-                    req.chunk_size,
-                    owner,
-                    &req.data,
-                )?;
-                self.log_put(&req.path)?;
+                let done = self.change_logged(&req.path, false, |t| {
+                    t.create_inline(&req.path, req.mode, req.chunk_size, owner, &req.data)
+                })?;
                 let given = done.data.len();
                 Ok(Reply::ok(&op::CreateInlineReply {
                     meta: done.meta,
@@ -59,13 +58,9 @@ impl ServerState {
             }
             OpCode::MetadataWriteInline => {
                 let req: op::WriteInlineRequest = decode(body)?;
-                let meta = self.metadata.borrow_mut().write_inline(
-                    &req.path,
-                    req.file_id,
-                    req.offset,
-                    &req.data,
-                )?;
-                self.log_put(&req.path)?;
+                let meta = self.change_logged(&req.path, false, |t| {
+                    t.write_inline(&req.path, req.file_id, req.offset, &req.data)
+                })?;
                 Ok(Reply::ok(&op::MetadataReply { meta }).with_file_bytes(req.data.len(), 0))
             }
             OpCode::MetadataSealInline => {

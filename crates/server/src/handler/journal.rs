@@ -32,6 +32,13 @@
 //!
 //! **Durability:** appends go to the page cache before the reply is sent, so a killed
 //! server loses nothing it acknowledged; `Fsync` makes them survive a power loss too.
+//!
+//! **A full disk.** Records that let space be freed (deletes, seals, exact sizes: see
+//! [`Journal::append_freeing`]) must go in when the disk is full, or nothing could ever be
+//! removed. So the journal keeps [`FREEING_RESERVE_BYTES`] allocated past its end
+//! (`fallocate` with `KEEP_SIZE`), and any other append that would eat into them fails with
+//! ENOSPC. A snapshot that finds no room (at open, or a compaction) leaves the journal as
+//! it was and no temporary file behind; the server runs on the journal uncompacted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -133,6 +140,10 @@ pub enum JournalError {
 /// Bytes appended since the last snapshot below which a running server never compacts.
 pub const COMPACT_MIN_BYTES: u64 = 4 << 20;
 
+/// Bytes kept allocated past the journal's end for records that free space: a thousand
+/// deletes of 200-byte paths, or 60 of the longest.
+pub const FREEING_RESERVE_BYTES: u64 = 256 << 10;
+
 /// The open journal of one server.
 #[derive(Debug)]
 pub struct Journal {
@@ -144,6 +155,10 @@ pub struct Journal {
     appended_bytes: u64,
     /// A failed append left part of a record that could not be cut off yet.
     torn: bool,
+    /// Bytes of the file allocated, past its end included (see [`FREEING_RESERVE_BYTES`]).
+    allocated: u64,
+    /// Whether the file system can allocate ahead (`fallocate`).
+    can_allocate: bool,
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
@@ -425,10 +440,11 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error("open", path)(e)),
         }
-        match replay(&bytes, table) {
-            Replayed::Whole => {}
+        let replayed = match replay(&bytes, table) {
+            Replayed::Whole => bytes.len(),
             Replayed::Torn { at } => {
                 tracing::warn!(path = %path.display(), at, dropped = bytes.len() - at, "metadata journal ends in a torn record (an append cut short); dropping it");
+                at
             }
             Replayed::Corrupt { offset, reason } => {
                 return Err(JournalError::Corrupt {
@@ -437,19 +453,39 @@ impl Journal {
                     reason,
                 });
             }
-        }
-        let (file, snapshot_bytes) = write_snapshot(path, table)?;
+        };
+        let (file, snapshot_bytes) = match write_snapshot(path, table) {
+            Ok(written) => written,
+            Err(e) => {
+                // Most likely a full disk: the journal just replayed is as good, only longer.
+                tracing::warn!(error = %e, "cannot rewrite the metadata journal; appending to it as it is");
+                keep_as_it_is(path, replayed as u64)?
+            }
+        };
         Ok(Journal {
             file,
             path: path.to_path_buf(),
             snapshot_bytes,
             appended_bytes: 0,
             torn: false,
+            allocated: snapshot_bytes,
+            can_allocate: true,
         })
     }
 
-    /// Appends one record (to the page cache).
+    /// Appends one record (to the page cache). Fails with ENOSPC rather than take the room
+    /// kept for records that free space.
     pub fn append(&mut self, record: &Record<'_>) -> Result<(), JournalError> {
+        self.append_with(record, false)
+    }
+
+    /// Appends a record that lets space be freed (a delete, a seal, a truncation), into the
+    /// room kept for them when the disk is full.
+    pub fn append_freeing(&mut self, record: &Record<'_>) -> Result<(), JournalError> {
+        self.append_with(record, true)
+    }
+
+    fn append_with(&mut self, record: &Record<'_>, freeing: bool) -> Result<(), JournalError> {
         let bytes = encode(record);
         let end = self.snapshot_bytes + self.appended_bytes;
         if self.torn {
@@ -457,15 +493,51 @@ impl Journal {
                 .set_len(end)
                 .map_err(io_error("cut a torn record from", &self.path))?;
             self.torn = false;
+            self.allocated = end;
+        }
+        if !freeing {
+            self.keep_reserve(end, bytes.len() as u64)?;
         }
         if let Err(e) = self.file.write_all(&bytes) {
             // A write cut short (a full disk) leaves part of a record at the end: the next
-            // append must not land behind it, or replay stops there, as at a crash.
+            // append must not land behind it, or replay stops there, as at a crash. The cut
+            // frees what was allocated past the end too.
             self.torn = self.file.set_len(end).is_err();
+            self.allocated = end;
             return Err(io_error("append", &self.path)(e));
         }
         self.appended_bytes += bytes.len() as u64;
+        self.allocated = self.allocated.max(end + bytes.len() as u64);
         Ok(())
+    }
+
+    /// Makes sure [`FREEING_RESERVE_BYTES`] stay allocated past `end + len`, allocating two
+    /// reserves' worth when they would not, so this costs a call only now and then.
+    fn keep_reserve(&mut self, end: u64, len: u64) -> Result<(), JournalError> {
+        let needed = end + len + FREEING_RESERVE_BYTES;
+        if !self.can_allocate || needed <= self.allocated {
+            return Ok(());
+        }
+        let keep_size = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let allocate = |to: u64| {
+            let (Ok(at), Ok(n)) = (i64::try_from(end), i64::try_from(to - end)) else {
+                return Err(nix::errno::Errno::EFBIG);
+            };
+            nix::fcntl::fallocate(&self.file, keep_size, at, n).map(|()| to)
+        };
+        let ahead = needed + FREEING_RESERVE_BYTES;
+        match allocate(ahead).or_else(|_| allocate(needed)) {
+            Ok(to) => {
+                self.allocated = to;
+                Ok(())
+            }
+            Err(nix::errno::Errno::EOPNOTSUPP) => {
+                tracing::warn!(path = %self.path.display(), "this file system cannot allocate ahead (fallocate): a full disk may refuse deletes too");
+                self.can_allocate = false;
+                Ok(())
+            }
+            Err(e) => Err(io_error("keep room for deletes in", &self.path)(e.into())),
+        }
     }
 
     /// Whether the appended records outweigh the snapshot enough to compact.
@@ -481,6 +553,7 @@ impl Journal {
         self.snapshot_bytes = snapshot_bytes;
         self.appended_bytes = 0;
         self.torn = false;
+        self.allocated = snapshot_bytes;
         Ok(())
     }
 
@@ -488,6 +561,19 @@ impl Journal {
     pub fn sync(&mut self) -> Result<(), JournalError> {
         self.file.sync_data().map_err(io_error("fsync", &self.path))
     }
+}
+
+/// Opens the journal at `path` for appending as it is, its torn tail (from `len` on) cut,
+/// when it could not be rewritten; returns it with its length.
+fn keep_as_it_is(path: &Path, len: u64) -> Result<(File, u64), JournalError> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    file.set_len(len)
+        .map_err(io_error("cut a torn record from", path))?;
+    Ok((file, len))
 }
 
 /// Writes `table` as a snapshot to a temporary file, syncs it and renames it over `path`
@@ -510,10 +596,18 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
     for id in table.tombstones() {
         snapshot.extend(encode(&Record::Tombstone(id)));
     }
-    let mut f = File::create(&tmp).map_err(io_error("create", &tmp))?;
-    f.write_all(&snapshot).map_err(io_error("write", &tmp))?;
-    f.sync_all().map_err(io_error("fsync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_error("rename", path))?;
+    let written = File::create(&tmp)
+        .map_err(io_error("create", &tmp))
+        .and_then(|mut f| {
+            f.write_all(&snapshot).map_err(io_error("write", &tmp))?;
+            f.sync_all().map_err(io_error("fsync", &tmp))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_error("rename", path)));
+    if let Err(e) = written {
+        // A partial snapshot would only hold space a full disk needs.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -535,15 +629,20 @@ mod tests {
         MetadataTable::new(1, 4096)
     }
 
-    /// Regression: an append cut short by a full disk left part of a record, and the
-    /// appends after space came back landed behind it: the server refused to start on
-    /// its journal ("corrupt at byte ...").
-    #[test]
-    fn an_append_cut_short_by_a_full_disk_leaves_the_journal_whole() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Unmounts its directory when dropped.
+    struct Unmount<'a>(&'a Path);
+
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+
+    /// Mounts a tmpfs of `size` on `dir`; `None`, with a skip reported, without root.
+    fn mount_tmpfs<'a>(dir: &'a Path, size: &str) -> Option<Unmount<'a>> {
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-            .arg(dir.path())
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
         if !mounted {
@@ -551,24 +650,30 @@ mod tests {
             {
                 eprintln!("SKIPPED journal on a full disk: mounting a tmpfs needs root");
             }
+            return None;
+        }
+        Some(Unmount(dir))
+    }
+
+    /// Regression: an append cut short by a full disk left part of a record, and the
+    /// appends after space came back landed behind it: the server refused to start on
+    /// its journal ("corrupt at byte ...").
+    #[test]
+    fn an_append_cut_short_by_a_full_disk_leaves_the_journal_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(_unmount) = mount_tmpfs(dir.path(), "64k") else {
             return;
-        }
-        struct Unmount<'a>(&'a Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(dir.path());
+        };
         let path = dir.path().join("metadata.journal");
         let mut t = table();
         let mut j = Journal::open(&path, &mut t).unwrap();
-        // Most of the disk goes to a filler, the rest to records until one fails.
+        // Most of the disk goes to a filler, the rest to records until one fails (records
+        // that free space: the others stop short of the room kept for these).
         let filler = dir.path().join("filler");
         std::fs::write(&filler, vec![0u8; 48 << 10]).unwrap();
         let mut acknowledged = Vec::new();
         let failed = (0..10_000u64).find(|&id| {
-            let ok = j.append(&Record::Seal(id)).is_ok();
+            let ok = j.append_freeing(&Record::Seal(id)).is_ok();
             if ok {
                 acknowledged.push(id);
             }
@@ -577,13 +682,73 @@ mod tests {
         assert!(failed.is_some(), "the disk never filled");
         std::fs::remove_file(&filler).unwrap();
         let after = 1_000_000;
-        j.append(&Record::Seal(after)).unwrap();
+        j.append_freeing(&Record::Seal(after)).unwrap();
         drop(j);
         let mut replayed = table();
         Journal::open(&path, &mut replayed).expect("the journal replays after a full disk");
         for id in acknowledged.iter().chain([&after]) {
             assert_eq!(replayed.seal_of(*id), Some(Seal::ForGood), "seal {id}");
         }
+    }
+
+    /// Regression, found by a hostile run: on a full disk nothing could be deleted (the
+    /// journal had no room for the record), so the space was never reclaimed; and a
+    /// restart failed writing its snapshot ("metadata.journal.tmp: No space left").
+    #[test]
+    fn a_full_disk_takes_deletes_but_no_new_files_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(_unmount) = mount_tmpfs(dir.path(), "2m") else {
+            return;
+        };
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("/f{i:04}-{}", "x".repeat(200)))
+            .collect();
+        let put = |t: &mut MetadataTable, j: &mut Journal, name: &str| {
+            let meta = t.create_file(name, 0o644, 0, Owner::default())?;
+            let appended = j.append(&Record::Put {
+                path: name,
+                meta,
+                data: &[],
+            });
+            appended.map_err(|_| benchfs_proto::Status::NoSpace)
+        };
+        for name in &names {
+            put(&mut t, &mut j, name).unwrap();
+        }
+        // A filler takes the rest of the disk.
+        let mut filler = File::create(dir.path().join("filler")).unwrap();
+        while filler.write_all(&[1u8; 4096]).is_ok() {}
+        drop(filler);
+        // New files take what was allocated past the room kept for deletes, then stop.
+        let refused = (0..10_000)
+            .map(|i| put(&mut t, &mut j, &format!("/new{i}")))
+            .find(Result::is_err);
+        assert_eq!(
+            refused,
+            Some(Err(benchfs_proto::Status::NoSpace)),
+            "new files are refused on a full disk"
+        );
+        for name in &names {
+            let meta = t.delete(name, None).unwrap();
+            let file_id = meta.file_id;
+            j.append_freeing(&Record::Delete {
+                path: name,
+                file_id,
+            })
+            .unwrap_or_else(|e| panic!("delete {name} on a full disk: {e}"));
+        }
+        drop(j);
+        let mut replayed = table();
+        let j = Journal::open(&path, &mut replayed).expect("a restart on a full disk");
+        for name in &names {
+            assert!(replayed.lookup(name).is_err(), "{name} stays deleted");
+        }
+        let tmp = path.with_extension("journal.tmp");
+        assert!(!tmp.exists(), "no partial snapshot is left behind");
+        drop(j);
     }
 
     #[test]

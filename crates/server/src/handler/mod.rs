@@ -279,12 +279,9 @@ impl ServerState {
     }
 
     /// Records that this server stopped cleanly, its store synced: a tiered store's next
-    /// start then keeps its birth (see [`CLEAN_STOP_FILE`]). Call it last, after both syncs
-    /// succeeded.
+    /// start then keeps its birth, and `cluster down` reports the stop clean (see
+    /// [`CLEAN_STOP_FILE`]). Call it last, after both syncs succeeded.
     pub fn mark_clean_stop(&self, config: &ServerConfig) -> std::io::Result<()> {
-        if self.store.inner().backend() != benchfs_store::Backend::Tiered {
-            return Ok(());
-        }
         write_durably(&config.node.data_dir.join(CLEAN_STOP_FILE), "")
     }
 
@@ -399,7 +396,7 @@ impl ServerState {
                 continue;
             }
             if how == Seal::ForGood {
-                if let Err(status) = self.log(journal::Record::Seal(id)) {
+                if let Err(status) = self.log_freeing(journal::Record::Seal(id)) {
                     self.metadata.borrow_mut().restore_seal(id, before);
                     return Err(status);
                 }
@@ -414,16 +411,51 @@ impl ServerState {
         ids.iter().for_each(|id| table.unseal(*id));
     }
 
+    /// Makes `change` to the record of `path` and journals the record it leaves (see
+    /// [`Self::log_with`] for `freeing`); if the journal refuses it, the record is put back
+    /// as it was, so a failed call leaves nothing behind: a create answered ENOSPC had left
+    /// its record in the table until the next restart.
+    pub(super) fn change_logged<T>(
+        &self,
+        path: &str,
+        freeing: bool,
+        change: impl FnOnce(&mut MetadataTable) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let before = self
+            .journal
+            .is_some()
+            .then(|| self.metadata.borrow().snapshot(path));
+        let done = change(&mut self.metadata.borrow_mut())?;
+        if let Err(status) = self.log_put_with(path, freeing) {
+            if let Some(before) = before {
+                self.metadata.borrow_mut().restore(path, before);
+            }
+            return Err(status);
+        }
+        Ok(done)
+    }
+
+    /// [`Self::log_with`] for a change that lets space be freed (a delete, a seal, a
+    /// truncation): it goes in on a full disk too ([`journal::Journal::append_freeing`]).
+    fn log_freeing(&self, record: journal::Record<'_>) -> Result<(), Status> {
+        self.log_with(record, true)
+    }
+
     /// Records one metadata change, already applied to the table, in the journal if there
-    /// is one, and compacts the journal when it has grown enough. A failed append fails the
-    /// request: an acknowledged change must survive a restart. A failed compaction leaves
-    /// the old journal whole, so it is only logged.
-    fn log(&self, record: journal::Record<'_>) -> Result<(), Status> {
+    /// is one (`freeing`: see [`Self::log_freeing`]), and compacts the journal when it has
+    /// grown enough. A failed append fails the request: an acknowledged change must survive
+    /// a restart. A failed compaction leaves the old journal whole, so it is only logged.
+    fn log_with(&self, record: journal::Record<'_>, freeing: bool) -> Result<(), Status> {
         let Some(journal) = &self.journal else {
             return Ok(());
         };
         let mut journal = journal.borrow_mut();
-        journal.append(&record).map_err(|e| {
+        let appended = if freeing {
+            journal.append_freeing(&record)
+        } else {
+            journal.append(&record)
+        };
+        appended.map_err(|e| {
             tracing::error!(error = %e, "metadata journal append failed");
             match &e {
                 journal::JournalError::Io { source, .. }
@@ -481,6 +513,12 @@ impl ServerState {
                 | OpCode::UpdateSize
                 | OpCode::ClaimAppend => self.metadata_write(op, body),
                 OpCode::PurgeUnder => self.purge_under(&decode(body)?),
+                OpCode::LocateFile => {
+                    let req: op::LocateFileRequest = decode(body)?;
+                    let table = self.metadata.borrow();
+                    let path = table.path_of(req.file_id).map(str::to_string);
+                    Ok(Reply::ok(&op::LocateFileReply { path }))
+                }
                 OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
                 OpCode::RemoveChunks => {
                     let req: op::RemoveChunksRequest = decode(body)?;
@@ -538,24 +576,22 @@ impl ServerState {
             uid: req.uid,
             gid: req.gid,
         };
-        let mut table = self.metadata.borrow_mut();
         if op == OpCode::MetadataCreateDir {
-            let meta = table.create_dir(&req.path, req.mode, owner)?;
-            let stale_below = table.may_hold_stale_below(&path::normalize(&req.path)?);
-            drop(table);
+            let (meta, stale_below) = self.change_logged(&req.path, false, |table| {
+                let meta = table.create_dir(&req.path, req.mode, owner)?;
+                let stale_below = table.may_hold_stale_below(&path::normalize(&req.path)?);
+                Ok((meta, stale_below))
+            })?;
             tracing::debug!(path = %req.path, file_id = meta.file_id, stale_below, "directory created");
-            self.log_put(&req.path)?;
             return Ok(Reply::ok(&op::CreateDirReply { meta, stale_below }));
         }
-        let meta = match op {
+        let meta = self.change_logged(&req.path, false, |table| match op {
             OpCode::MetadataCreateFile => {
-                table.create_file(&req.path, req.mode, req.chunk_size, owner)?
+                table.create_file(&req.path, req.mode, req.chunk_size, owner)
             }
-            _ => table.create_symlink(&req.path, owner)?,
-        };
-        drop(table);
+            _ => table.create_symlink(&req.path, owner),
+        })?;
         tracing::debug!(path = %req.path, file_id = meta.file_id, "record created");
-        self.log_put(&req.path)?;
         Ok(Reply::ok(&op::MetadataReply { meta }))
     }
 
@@ -571,7 +607,7 @@ impl ServerState {
             .changed_below(&req.dir, req.changed_before_ns)?;
         for path in &paths {
             let meta = self.metadata.borrow_mut().move_out(path)?;
-            self.log(journal::Record::MoveOut {
+            self.log_freeing(journal::Record::MoveOut {
                 path,
                 file_id: meta.file_id,
             })?;
@@ -605,7 +641,7 @@ impl ServerState {
                 if req.moved {
                     let meta = self.metadata.borrow_mut().move_out(&req.path)?;
                     tracing::debug!(path = %req.path, file_id = meta.file_id, "record moved out");
-                    self.log(journal::Record::MoveOut {
+                    self.log_freeing(journal::Record::MoveOut {
                         path: &req.path,
                         file_id: meta.file_id,
                     })?;
@@ -613,7 +649,7 @@ impl ServerState {
                 }
                 let meta = self.metadata.borrow_mut().delete(&req.path, req.expect)?;
                 tracing::debug!(path = %req.path, file_id = meta.file_id, "record deleted");
-                self.log(journal::Record::Delete {
+                self.log_freeing(journal::Record::Delete {
                     path: &req.path,
                     file_id: meta.file_id,
                 })?;
@@ -626,32 +662,34 @@ impl ServerState {
             }
             OpCode::SetAttr => {
                 let req: op::SetAttrRequest = decode(body)?;
-                let meta = self.metadata.borrow_mut().set_attr(&req)?;
-                self.log_put(&req.path)?;
+                let meta = self.change_logged(&req.path, false, |t| t.set_attr(&req))?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
             OpCode::ClaimAppend => {
                 let req: op::ClaimAppendRequest = decode(body)?;
-                let meta = self.metadata.borrow_mut().claim_append(
-                    &req.path,
-                    req.file_id,
-                    req.floor,
-                    req.len,
-                )?;
-                self.log_put(&req.path)?;
+                let meta = self.change_logged(&req.path, false, |t| {
+                    t.claim_append(&req.path, req.file_id, req.floor, req.len)
+                })?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
             _ => {
                 let req: op::UpdateSizeRequest = decode(body)?;
-                let meta = self.metadata.borrow_mut().update_size(
-                    &req.path,
-                    req.file_id,
-                    req.size,
-                    req.how,
-                )?;
-                if req.how == SizeUpdate::Exact || meta.size == req.size {
-                    self.log_put(&req.path)?;
+                // An exact size is a truncation, which may free chunks.
+                let freeing = req.how == SizeUpdate::Exact;
+                let held = self.metadata.borrow().lookup(&req.path).map(|m| m.size);
+                if !freeing && held.is_ok_and(|size| size > req.size) {
+                    // Past what is asked already: only the change time moves, unjournaled.
+                    let meta = self.metadata.borrow_mut().update_size(
+                        &req.path,
+                        req.file_id,
+                        req.size,
+                        req.how,
+                    )?;
+                    return Ok(Reply::ok(&op::MetadataReply { meta }));
                 }
+                let meta = self.change_logged(&req.path, freeing, |t| {
+                    t.update_size(&req.path, req.file_id, req.size, req.how)
+                })?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
         }
@@ -899,9 +937,10 @@ pub enum OpenError {
     },
 }
 
-/// A tiered server's mark of a clean stop, in its data directory: written after the final
-/// syncs, removed at start. A start that finds none after an earlier run begins a new
-/// store birth, since the chunks the memory tier had not written back are gone.
+/// A server's mark of a clean stop, in its data directory: written after the final syncs
+/// succeeded, removed at start. A tiered store that finds none after an earlier run begins
+/// a new store birth, since the chunks its memory tier had not written back are gone;
+/// `cluster down` reports a server that exited without it.
 pub const CLEAN_STOP_FILE: &str = "stopped-cleanly";
 
 /// Writes `text` to `path` by a synced temporary file renamed over it, then syncs the
@@ -940,6 +979,8 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// clock says): a chunk missing there then reads as lost (from another replica, or an
 /// error), never as zeros.
 fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, OpenError> {
+    // Taken whatever the backend, so a mark found later is this run's own.
+    let stopped_cleanly = take_clean_stop_mark(&config.node.data_dir)?;
     if store.backend() == benchfs_store::Backend::Memory {
         return Ok(now_ns());
     }
@@ -948,10 +989,7 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
         path: path.clone(),
         source,
     };
-    if store.backend() == benchfs_store::Backend::Tiered
-        && !take_clean_stop_mark(&config.node.data_dir)?
-        && path.exists()
-    {
+    if store.backend() == benchfs_store::Backend::Tiered && !stopped_cleanly && path.exists() {
         // After the last birth even if the clock went back: files made before the stop
         // must count as older than this store.
         let last: u64 = std::fs::read_to_string(&path)

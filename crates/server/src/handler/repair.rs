@@ -71,10 +71,12 @@ impl ServerState {
                 }
             }
         }
-        table.insert(&path, req.meta, &req.data, req.exclusive)?;
         drop(table);
+        self.change_logged(&path, false, |table| {
+            table.insert(&path, req.meta, &req.data, req.exclusive)
+        })?;
         tracing::debug!(path, file_id = req.meta.file_id, "record inserted");
-        self.log_put(&path)
+        Ok(())
     }
 
     /// Whether this server's record of `path` (normalised) still names `file_id` and has
@@ -106,7 +108,7 @@ impl ServerState {
             return Ok(false);
         }
         self.metadata.borrow_mut().delete(path, None)?;
-        self.log(journal::Record::Delete { path, file_id })?;
+        self.log_freeing(journal::Record::Delete { path, file_id })?;
         Ok(true)
     }
 }

@@ -88,18 +88,76 @@ where
     F: FnOnce(Harness) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let dir = test_dir();
+    run_in(&dir, backend, o_direct, capacity_bytes, case);
+}
+
+/// [`run`] on a store in `dir`.
+pub fn run_in<F, Fut>(
+    dir: &TempDir,
+    backend: Backend,
+    o_direct: bool,
+    capacity_bytes: Option<u64>,
+    case: F,
+) where
+    F: FnOnce(Harness) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
-    let dir = test_dir();
     local.block_on(&rt, async {
-        if let Some(harness) = Harness::open(&dir, backend, o_direct, capacity_bytes) {
+        if let Some(harness) = Harness::open(dir, backend, o_direct, capacity_bytes) {
             case(harness).await;
         }
     });
-    drop(dir);
+}
+
+/// A tmpfs of a given size mounted on a fresh directory, unmounted when dropped.
+pub struct SmallDisk {
+    /// Where it is mounted.
+    pub dir: TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it); `None`, with a skip
+    /// reported, where that needs root this process lacks.
+    pub fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("SKIPPED a {size} disk: mounting a tmpfs needs root");
+            }
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    /// Bytes free for an unprivileged writer now.
+    pub fn free_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs is plain integers, for which all zeros is a value.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a struct the call fills.
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
 }
 
 /// Deterministic bytes for `(seed, i)`.

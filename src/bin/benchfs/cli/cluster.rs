@@ -262,6 +262,11 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    let secret_file = if args.resume {
+        resumed_secret(dir, secret_file, !running.is_empty())?
+    } else {
+        secret_file
+    };
     let nodes = if args.resume {
         let nodes: Vec<String> = resume_nodes(dir)?
             .into_iter()
@@ -283,6 +288,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
     remove_stale_entries(dir, &nodes, running.is_empty(), args.resume)?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| local_error("cannot create", &logs, e))?;
+    record_secret(dir, secret_file.as_deref())?;
     let started = spawn_servers(dir, &nodes, secret_file.as_deref())?;
     wait_for_servers(dir, &nodes, &started)?;
     if !running.is_empty() {
@@ -334,6 +340,80 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     let listed: String = nodes.iter().map(|node| format!("{node}\n")).collect();
     std::fs::write(&nodes_path, listed).map_err(|e| local_error("cannot write", &nodes_path, e))?;
     Ok(nodes)
+}
+
+/// The file in a cluster directory naming the job secret file its servers were started
+/// with (absolute path, as is); absent when they have none. `--resume` starts the servers
+/// with the same secret, never silently without it.
+const SECRET_RECORD: &str = "secret-file";
+
+/// Records `secret_file` as the secret the cluster in `dir` runs with.
+fn record_secret(dir: &Path, secret_file: Option<&Path>) -> Result<(), CliError> {
+    use std::os::unix::ffi::OsStrExt;
+    let record = dir.join(SECRET_RECORD);
+    let written = match secret_file {
+        Some(path) => std::fs::write(&record, path.as_os_str().as_bytes()),
+        None => match std::fs::remove_file(&record) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    };
+    written.map_err(|e| local_error("cannot write", &record, e))
+}
+
+/// The secret file `cluster up --resume` starts servers with: the one given, else the one
+/// the cluster was started with. Refuses a secret the running servers do not have, or one
+/// that cannot be read any more.
+fn resumed_secret(
+    dir: &Path,
+    given: Option<PathBuf>,
+    running: bool,
+) -> Result<Option<PathBuf>, CliError> {
+    use std::os::unix::ffi::OsStrExt;
+    let record = dir.join(SECRET_RECORD);
+    let recorded = match std::fs::read(&record) {
+        Ok(bytes) => Some(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(local_error("cannot read", &record, e)),
+    };
+    match (given, recorded) {
+        (None, None) => Ok(None),
+        (None, Some(path)) => match secret::read_secret(&path) {
+            Ok(_) => Ok(Some(path)),
+            Err(e) => Err(format!(
+                "the cluster in {} was started with the job secret in {}, which cannot be \
+                 used now ({e}); give the secret with --secret-file",
+                dir.display(),
+                path.display()
+            )
+            .into()),
+        },
+        (Some(given), None) if running => Err(format!(
+            "the running servers of the cluster in {dir} have no job secret, so servers \
+             started with --secret-file {given} could not serve beside them; stop them first \
+             (benchfs cluster down --dir {dir})",
+            dir = dir.display(),
+            given = given.display()
+        )
+        .into()),
+        (Some(given), Some(path)) if running => {
+            let same =
+                secret::read_secret(&given)? == secret::read_secret(&path).unwrap_or_default();
+            if same {
+                Ok(Some(given))
+            } else {
+                Err(format!(
+                    "--secret-file {} is not the job secret the running servers of the \
+                     cluster in {} were started with ({})",
+                    given.display(),
+                    dir.display(),
+                    path.display()
+                )
+                .into())
+            }
+        }
+        (Some(given), _) => Ok(Some(given)),
+    }
 }
 
 /// The file in a cluster directory listing its node ids, one a line: `--resume` starts
@@ -896,6 +976,7 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
     if pids.is_empty() && !target.dir.join("benchfs.toml").exists() {
         target.config()?;
     }
+    let data_dirs: Vec<Option<PathBuf>> = pids.iter().map(|&pid| data_dir_of(pid)).collect();
     for &pid in &pids {
         signal(pid, Signal::SIGTERM);
         // A stopped server (SIGSTOP, a debugger let go) takes the TERM only once it runs:
@@ -918,6 +999,26 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
         .into());
     }
     let _ = std::fs::remove_file(target.dir.join("pids"));
+    let unclean: Vec<String> = pids
+        .iter()
+        .zip(&data_dirs)
+        .filter(|(pid, _)| !forced.contains(pid))
+        .filter_map(|(&pid, data_dir)| {
+            let data_dir = data_dir.as_ref()?;
+            let mark = data_dir.join(benchfs_server::handler::CLEAN_STOP_FILE);
+            (!mark.exists()).then(|| unclean_stop(&target.dir, pid, data_dir))
+        })
+        .collect();
+    if !unclean.is_empty() {
+        return Err(format!(
+            "cluster down: {} of {} servers stopped without making what they acknowledged \
+             durable; writes may be lost:\n  {}",
+            unclean.len(),
+            pids.len(),
+            unclean.join("\n  ")
+        )
+        .into());
+    }
     if pids.is_empty() {
         outln!("cluster down: no server of this cluster was running");
     } else {
@@ -928,6 +1029,38 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// The data directory a `benchfsd` process was started with (`--data-dir`), if given.
+fn data_dir_of(pid: u32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let value = flag_values(&args, b"--data-dir").next()?;
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(value));
+    // Relative to the server's working directory, not this command's.
+    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => Some(cwd.join(dir)),
+        Err(_) => Some(dir),
+    }
+}
+
+/// What `cluster down` says of server `pid` that exited without its clean-stop mark in
+/// `data_dir`: its node, and the last line of its log, where the server said why.
+fn unclean_stop(cluster: &Path, pid: u32, data_dir: &Path) -> String {
+    let node = data_dir.file_name().map_or_else(
+        || format!("pid {pid}"),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let log = cluster.join("logs").join(format!("{node}.log"));
+    let last_words = std::fs::read_to_string(&log)
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+            Some(line.trim().to_string())
+        })
+        .unwrap_or_else(|| "(no log)".into());
+    format!("{node} (pid {pid}, log {}): {last_words}", log.display())
 }
 
 /// `benchfs cluster wait`: polls the registry until it lists `servers` servers, then
