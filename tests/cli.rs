@@ -600,8 +600,36 @@ fn a_job_secret_reaches_servers_and_file_commands() {
     let local = c.local("in.bin");
     std::fs::write(&local, b"guarded").unwrap();
 
+    // A refusal says why (found by a hostile run: a bare "permission denied").
     let stderr = c.run(&["put", arg(&local), "/f"]).failed();
-    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("refused this client: the server has a job secret and this client none"),
+        "{stderr}"
+    );
+    let wrong = c.local("wrong-secret");
+    std::fs::write(&wrong, b"job-8-secret").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stderr = c
+        .run(&["put", arg(&local), "/f", "--secret-file", arg(&wrong)])
+        .failed();
+    assert!(
+        stderr.contains("job secret differs from the one the server was started with"),
+        "{stderr}"
+    );
+    // An empty secret file would be no secret at all.
+    let empty = c.local("empty-secret");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stderr = c.run(&["cat", "/f", "--secret-file", arg(&empty)]).failed();
+    assert!(stderr.contains("empty"), "{stderr}");
+    // A mount without it says so, not that no server answered.
+    let mnt = c.local("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let stderr = c.run(&["mount", arg(&mnt)]).failed();
+    assert!(
+        stderr.contains("let this mount in") && stderr.contains("job secret"),
+        "{stderr}"
+    );
     c.cli(&["put", arg(&local), "/f", "--secret-file", arg(&secret)]);
     let env = [("BENCHFS_SECRET_FILE", secret.as_path())];
     assert_eq!(c.run_with_env(&["cat", "/f"], &env).ok(), "guarded");
@@ -646,7 +674,7 @@ fn resume_keeps_the_job_secret_the_cluster_was_started_with() {
     let local = c.local("in.bin");
     std::fs::write(&local, b"guarded").unwrap();
     let stderr = c.run(&["put", arg(&local), "/f"]).failed();
-    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains("refused this client"), "{stderr}");
     c.cli(&[&["put", arg(&local), "/f"][..], &with_secret].concat());
 
     // With one server still running, a different secret (or none recorded) is refused.

@@ -157,6 +157,17 @@ fn bad_environment_is_refused() {
 }
 
 #[test]
+fn a_node_id_that_names_a_directory_is_refused() {
+    // Found by a hostile run: `.` and `..` were taken, and named directories, not servers.
+    for dots in [".", ".."] {
+        check_rejected(
+            &format!("[node]\ndata_dir = \"DATA_DIR\"\nnode_id = \"{dots}\"\n"),
+            "node.node_id",
+        );
+    }
+}
+
+#[test]
 fn each_bad_value_names_its_key() {
     check_rejected("[storage]\nchunk_sise = 4096\n", "chunk_sise");
     check_rejected("[strage]\n", "strage");
@@ -217,6 +228,7 @@ fn each_bad_value_names_its_key() {
         "[node]\ndata_dir = \"DATA_DIR\"\nnode_id = \"\"\n",
         "node.node_id",
     );
+
     check_rejected(
         "[node]\ndata_dir = \"DATA_DIR\"\nlog_level = \"loud\"\n",
         "node.log_level",

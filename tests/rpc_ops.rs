@@ -444,11 +444,17 @@ fn handshake_checks_the_job_secret() {
     let addr = cluster.addr(0);
     Rt::new().block_on(async {
         for wrong in [&b""[..], b"job-42-secreT", b"job-42-secret\n"] {
-            let refused = rpc_client(wrong).connect(addr).await;
+            let refused = rpc_client(wrong).connect(addr).await.err();
             assert_eq!(
-                status_of(refused),
-                Status::PermissionDenied,
+                refused.as_ref().map(RpcError::status),
+                Some(Status::PermissionDenied),
                 "secret {wrong:?}"
+            );
+            // It says why, and whether the client had a secret at all.
+            let has_secret = !wrong.is_empty();
+            assert!(
+                matches!(refused, Some(RpcError::SecretRefused { has_secret: h, .. }) if h == has_secret),
+                "secret {wrong:?}: {refused:?}"
             );
         }
         let conn = rpc_client(b"job-42-secret").connect(addr).await.unwrap();

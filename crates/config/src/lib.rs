@@ -806,6 +806,14 @@ impl ServerConfig {
                 format!("{id:?} may hold only ASCII letters, digits, '.', '_' and '-'"),
             ));
         }
+        // The id names files (the registry's entries and markers, `cluster up`'s data
+        // directories): these two would name directories instead.
+        if id == "." || id == ".." {
+            return Err(invalid(
+                "node.node_id",
+                format!("{id:?} names a directory; pick a name"),
+            ));
+        }
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data_dir", "must not be empty"));
         }

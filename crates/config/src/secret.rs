@@ -38,6 +38,12 @@ pub enum SecretError {
         /// Its permission bits.
         mode: u32,
     },
+    /// It is empty: a server would run with no secret at all, open to anyone.
+    #[error("secret file {}: empty; put a secret in it (for example `head -c 32 /dev/urandom | base64 > FILE`)", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// It is longer than [`SECRET_LEN_MAX`].
     #[error("secret file {}: longer than {SECRET_LEN_MAX} bytes", path.display())]
     TooLong {
@@ -56,8 +62,8 @@ pub fn secret_file(flag: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
-/// Reads the secret in `path`, refusing a file that is not private, not regular, or too
-/// long.
+/// Reads the secret in `path`, refusing a file that is not private, not regular, empty or
+/// too long.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
     let io = |source| SecretError::Io {
         path: path.to_path_buf(),
@@ -87,6 +93,11 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
             path: path.to_path_buf(),
         });
     }
+    if secret.is_empty() {
+        return Err(SecretError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     Ok(secret)
 }
 
@@ -113,6 +124,9 @@ mod tests {
         check(0o640, 13, false);
         check(0o604, 13, false);
         check(0o600, SECRET_LEN_MAX + 1, false);
+        // Found by a hostile run: an empty file gave the servers no secret at all.
+        check(0o600, 0, false);
+        check(0o600, 1, true);
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
             read_secret(dir.path()),

@@ -34,7 +34,7 @@ fn config(default: u32) -> ProptestConfig {
 
 /// A node id the configuration accepts (`node.node_id`).
 fn node_id() -> impl Strategy<Value = String> {
-    "[A-Za-z0-9._-]{1,64}"
+    "[A-Za-z0-9._-]{1,64}".prop_filter("not a directory's name", |id| id != "." && id != "..")
 }
 
 /// An address a server listens on: IPv4 or IPv6, with a scope id or not.

@@ -211,8 +211,20 @@ impl RpcClient {
         if !hello.challenge.is_empty() {
             let proof = benchfs_proto::auth::proof(&self.options.secret, &hello.challenge);
             let auth = AuthRequest { proof };
-            conn.call_within::<Auth>(&auth, OutPayload::none(), None, timeout)
-                .await?;
+            let proved = conn
+                .call_within::<Auth>(&auth, OutPayload::none(), None, timeout)
+                .await;
+            match proved {
+                Err(e) if e.status() == benchfs_proto::Status::PermissionDenied => {
+                    return Err(RpcError::SecretRefused {
+                        server: conn.server.clone(),
+                        has_secret: !self.options.secret.is_empty(),
+                    });
+                }
+                proved => {
+                    proved?;
+                }
+            }
         }
         conn.hello = Some(hello);
         Ok(conn)

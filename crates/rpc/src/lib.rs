@@ -36,7 +36,7 @@ pub enum RpcError {
         timeout_ms: u64,
     },
     /// The transport failed (the peer is gone, the connection was refused, ...).
-    #[error("connection to {server} failed: {source}")]
+    #[error("{server} is unreachable: the connection to it failed or was lost ({source})")]
     Transport {
         /// The server's name or address.
         server: String,
@@ -86,6 +86,24 @@ pub enum RpcError {
         /// The server's name and address.
         server: String,
     },
+    /// The server has a job secret and refused this client's proof of it.
+    #[error("{server} refused this client: {}", secret_refusal(*has_secret))]
+    SecretRefused {
+        /// The server's name and address.
+        server: String,
+        /// Whether the client had a secret (then it differs from the server's).
+        has_secret: bool,
+    },
+}
+
+/// Why a server refused a client's proof of the job secret.
+fn secret_refusal(has_secret: bool) -> &'static str {
+    if has_secret {
+        "this client's job secret differs from the one the server was started with"
+    } else {
+        "the server has a job secret and this client none (give it with --secret-file or \
+         BENCHFS_SECRET_FILE)"
+    }
 }
 
 impl RpcError {
@@ -115,7 +133,8 @@ impl RpcError {
         | RpcError::Status { server, .. }
         | RpcError::Unusable { server, .. }
         | RpcError::Incompatible { server, .. }
-        | RpcError::MayHaveLost { server }) = self;
+        | RpcError::MayHaveLost { server }
+        | RpcError::SecretRefused { server, .. }) = self;
         server
     }
 
@@ -127,6 +146,7 @@ impl RpcError {
             RpcError::Protocol { .. } | RpcError::Incompatible { .. } => Status::Protocol,
             RpcError::Status { status, .. } => *status,
             RpcError::MayHaveLost { .. } => Status::Io,
+            RpcError::SecretRefused { .. } => Status::PermissionDenied,
         }
     }
 }

@@ -198,6 +198,10 @@ fn copy_rpc_error(e: &RpcError) -> RpcError {
         RpcError::MayHaveLost { server } => RpcError::MayHaveLost {
             server: server.clone(),
         },
+        RpcError::SecretRefused { server, has_secret } => RpcError::SecretRefused {
+            server: server.clone(),
+            has_secret: *has_secret,
+        },
         // A kind of error added later: its message still names the server.
         other => RpcError::Status {
             server: other.to_string(),

@@ -103,13 +103,21 @@ fn check_reachable(
     if answers.iter().any(|(_, answer)| answer.is_ok()) {
         return Ok(());
     }
+    let refused = answers
+        .iter()
+        .all(|(_, answer)| answer.as_ref().is_err_and(|e| e.errno() == libc::EACCES));
     let why: Vec<String> = answers
         .into_iter()
         .filter_map(|(_, answer)| answer.err().map(|e| e.to_string()))
         .collect();
+    let (what, hint) = if refused {
+        ("let this mount in", "give it the servers' job secret")
+    } else {
+        ("answered", "start the servers first")
+    };
     Err(format!(
-        "no server of the registry {} answered, so nothing would work through the mount; \
-         start the servers first ({})",
+        "no server of the registry {} {what}, so nothing would work through the mount; \
+         {hint} ({})",
         config.network.registry_dir.display(),
         why.join("; ")
     )
