@@ -802,10 +802,11 @@ fn wait_for_servers(dir: &Path, nodes: &[String], pids: &[u32]) -> Result<(), Cl
     let wait = Duration::from_secs(30 + prefault / (256 << 20));
     let deadline = Instant::now() + wait;
     loop {
-        if published_of(dir, nodes).len() >= nodes.len() {
+        // Checked first: a server that published and then died is not up.
+        let dead = pids.iter().position(|&p| !alive(p));
+        if dead.is_none() && published_of(dir, nodes).len() >= nodes.len() {
             return Ok(());
         }
-        let dead = pids.iter().position(|&p| !alive(p));
         if dead.is_some() || Instant::now() > deadline {
             // Servers that fail together (a bad setting) exit within moments of each
             // other: count the ones still running after those moments.
