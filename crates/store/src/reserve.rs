@@ -85,8 +85,11 @@ impl DiskReserve {
         match ahead.or_else(|_| exact()) {
             Ok(()) => Ok(()),
             Err(e) => {
-                // A failed fallocate may keep part of what it allocated.
-                self.release_to(held);
+                // A failed fallocate may keep part of what it allocated, and the length.
+                if let Some(file) = &self.file {
+                    let _ = file.set_len(held);
+                }
+                self.held.set(held);
                 Err(StoreError::io("fallocate tier-reserve", e, owed - held))
             }
         }
