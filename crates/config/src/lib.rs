@@ -981,6 +981,18 @@ impl ServerConfig {
                 format!("cannot create {}: {e}", dir.display()),
             )
         })?;
+        // Probes that a failed write left behind (before probes were empty files).
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(b".benchfs-write-probe-")
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         // Unique per call: threads of one process may validate at the same time.
         static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let probe = dir.join(format!(
@@ -988,14 +1000,16 @@ impl ServerConfig {
             std::process::id(),
             PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        std::fs::write(&probe, b"probe")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| {
-                invalid(
-                    "node.data_dir",
-                    format!("{} is not writable: {e}", dir.display()),
-                )
-            })?;
+        // An empty file: it needs no block, so a full disk still passes (a server must
+        // start on it, or nothing it holds could be read or deleted).
+        let made = std::fs::File::create(&probe);
+        let _ = std::fs::remove_file(&probe);
+        made.map_err(|e| {
+            invalid(
+                "node.data_dir",
+                format!("{} is not writable: {e}", dir.display()),
+            )
+        })?;
         Ok(())
     }
 
