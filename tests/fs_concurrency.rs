@@ -200,3 +200,57 @@ fn an_open_file_follows_renames_another_client_makes() {
     let want = [&want[..], b"+one+two"].concat();
     assert!(read_file(&renamer, "/h") == want, "/h holds both appends");
 }
+
+#[test]
+fn files_created_while_their_directory_is_renamed_are_kept_or_refused() {
+    // Found by a hostile run: files created in a directory while another client renamed
+    // it were lost (create, write and close all succeeded): the rename moved the records
+    // it had listed, and the creates of a client that still saw the directory (cached)
+    // left records under a name nothing showed.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        ..ClusterSpec::default()
+    });
+    let config = cluster.config();
+    let setup = cluster.client();
+    setup.mkdir("/R", 0o755).unwrap();
+    for i in 0..200 {
+        write_file(&setup, &format!("/R/old{i}"), b"old");
+    }
+    let kept = std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            let fs = BenchFS::connect(&config).unwrap();
+            let mut kept = Vec::new();
+            for i in 0..400 {
+                let name = format!("/R/new{i}");
+                let made = fs
+                    .open(&name, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+                    .and_then(|fd| fs.write(fd, b"data").and_then(|_| fs.close(fd)));
+                if made.is_ok() {
+                    kept.push(i);
+                }
+            }
+            kept
+        });
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let renamer = BenchFS::connect(&config).unwrap();
+        renamer.rename("/R", "/R2").unwrap();
+        creator.join().unwrap()
+    });
+    let fs = cluster.client();
+    for i in &kept {
+        let name = format!("/R2/new{i}");
+        let got = fs.stat(&name).map(|m| m.size);
+        assert_eq!(got.ok(), Some(4), "{name}: created with success, then lost");
+        assert_eq!(read_file(&fs, &name), b"data", "{name}");
+    }
+    for i in 0..200 {
+        assert_eq!(read_file(&fs, &format!("/R2/old{i}")), b"old");
+    }
+    assert!(fs.stat("/R").is_err(), "/R is gone");
+    // Nothing is left below the old name, and a directory made there again takes files.
+    setup.mkdir("/R", 0o755).unwrap();
+    assert_eq!(fs.readdir("/R").unwrap().len(), 0, "no leftovers under /R");
+    write_file(&setup, "/R/again", b"again");
+    assert_eq!(read_file(&fs, "/R/again"), b"again");
+}

@@ -99,7 +99,16 @@ pub struct MetadataTable {
     /// Every name counts as marked: this life began without the marks of the last one, or
     /// more were made than are kept.
     stale_everywhere: bool,
+    /// Names a directory was renamed away from, at most [`SEALED_NAMES_MAX`]: a create
+    /// below one is refused (see [`Self::seal_name`]).
+    sealed_names: HashSet<String>,
+    /// The same names, oldest first (one whose seal was lifted may linger here).
+    sealed_order: VecDeque<String>,
 }
+
+/// Most names [`MetadataTable::seal_name`] keeps; the oldest goes first (by then no
+/// client still sees the directory that was there).
+pub const SEALED_NAMES_MAX: usize = 4096;
 
 impl MetadataTable {
     /// An empty table. `inode_tag` (unique per server and per life of its store, see
@@ -124,6 +133,8 @@ impl MetadataTable {
             next_id: if inode_tag == 0 { 2 } else { 1 },
             chunk_size,
             stale_marks: HashSet::new(),
+            sealed_names: HashSet::new(),
+            sealed_order: VecDeque::new(),
             stale_everywhere: false,
         }
     }
@@ -200,6 +211,7 @@ impl MetadataTable {
         if path == "/" || self.entries.contains_key(&path) {
             return Err(Status::Exists);
         }
+        self.check_unsealed(&path)?;
         let meta = self.new_record(kind, mode, chunk_size, owner)?;
         self.put(path, meta, Vec::new());
         Ok(meta)
@@ -542,9 +554,47 @@ impl MetadataTable {
         }
     }
 
-    /// A purge removed what lay below `dir` on every server.
+    /// A purge removed what lay below `dir` on every server (a directory is there again,
+    /// so its name is no longer sealed either).
     pub fn clear_stale_below(&mut self, dir: &str) {
         self.stale_marks.remove(dir);
+        self.unseal_name(dir);
+    }
+
+    /// Refuses creates below `dir`, a name a directory was renamed away from: a client that
+    /// still sees the directory there (its cache) would leave records nothing shows.
+    pub fn seal_name(&mut self, dir: &str) {
+        if !self.sealed_names.insert(dir.to_string()) {
+            return;
+        }
+        self.sealed_order.push_back(dir.to_string());
+        while self.sealed_order.len() > SEALED_NAMES_MAX {
+            if let Some(oldest) = self.sealed_order.pop_front() {
+                self.sealed_names.remove(&oldest);
+            }
+        }
+    }
+
+    /// A directory is at `dir` again: creates below it go through.
+    pub fn unseal_name(&mut self, dir: &str) {
+        if self.sealed_names.remove(dir) {
+            self.sealed_order.retain(|d| d != dir);
+        }
+    }
+
+    /// `NotFound` if `path` (normalised) lies below a sealed name.
+    fn check_unsealed(&self, path: &str) -> Result<(), Status> {
+        if self.sealed_names.is_empty() {
+            return Ok(());
+        }
+        let below_sealed = path
+            .match_indices('/')
+            .skip(1)
+            .any(|(at, _)| self.sealed_names.contains(&path[..at]));
+        if below_sealed {
+            return Err(Status::NotFound);
+        }
+        Ok(())
     }
 
     /// Every name counts as marked from now on (a restart lost the marks).

@@ -762,6 +762,9 @@ impl FsClient {
         };
         self.move_tree(&from, &to, &record, replaced.as_ref(), &subtree)
             .await?;
+        if meta.is_dir() {
+            self.seal_left_name(&from, &to).await;
+        }
         let replaced = replaced.map(|r| r.meta);
         if let Some(old) =
             replaced.filter(|m| !m.is_dir() && !m.inline && m.file_id != meta.file_id)

@@ -24,6 +24,11 @@ pub(super) const MOVE_BATCH: usize = 64;
 /// (it may be an entry another client made in it at once; see [`FsClient::purge_below`]).
 pub(super) const CLOCK_SKEW_MAX_NS: u64 = 100_000_000;
 
+/// Rounds of moving what was created below a renamed directory's old name meanwhile: one
+/// is enough once every server refuses such creates, more only for a server that was slow
+/// to take the seal.
+const STRAGGLER_ROUNDS_MAX: usize = 4;
+
 impl FsClient {
     /// Removes from every server the records below `dir` last changed before
     /// `changed_before_ns` (by each server's clock). Nothing shows such records while `dir`
@@ -48,6 +53,41 @@ impl FsClient {
             result.map_err(rpc_err(op, dir))?;
         }
         Ok(())
+    }
+
+    /// After directory `from` moved to `to`: has every server refuse creates below `from`
+    /// (clients that still see the directory there, cached, would leave records under a
+    /// name nothing shows), then moves to `to` what was created below `from` while the
+    /// rename ran, until none is left. Found by a hostile run: files created in a
+    /// directory while another client renamed it were lost, every call reporting success.
+    pub(super) async fn seal_left_name(&self, from: &str, to: &str) {
+        if let Err(e) = self
+            .purge_below("rename", from, ops::PURGE_SEALS_NAME)
+            .await
+        {
+            tracing::warn!(error = %e, from, "not every server sealed a renamed directory's old name");
+        }
+        for _ in 0..STRAGGLER_ROUNDS_MAX {
+            let late = match self.subtree(from).await {
+                Ok(late) if late.is_empty() => return,
+                Ok(late) => late,
+                Err(e) => {
+                    tracing::error!(error = %e, from, to, "records made below a renamed directory's old name could not be listed");
+                    return;
+                }
+            };
+            tracing::info!(
+                from,
+                to,
+                count = late.len(),
+                "moving records made while a directory was renamed"
+            );
+            if let Err(e) = self.copy_subtree(from, to, &late).await {
+                tracing::error!(error = %e, from, to, "records made below a renamed directory's old name could not be moved");
+                return;
+            }
+            self.drop_subtree(from, &late).await;
+        }
     }
 
     /// Every record under directory `dir` (not `dir` itself), each parent before its

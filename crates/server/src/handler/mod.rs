@@ -601,6 +601,11 @@ impl ServerState {
     /// a rename's, about to copy records below the name: the name stays marked. Any other
     /// is a new directory's, which clears the mark.
     fn purge_under(&self, req: &op::PurgeRequest) -> Result<Reply, Status> {
+        if req.changed_before_ns == op::PURGE_SEALS_NAME {
+            let dir = path::normalize(&req.dir)?;
+            self.metadata.borrow_mut().seal_name(&dir);
+            return Ok(Reply::ok(&op::CountReply { count: 0 }));
+        }
         let paths = self
             .metadata
             .borrow()
@@ -618,6 +623,8 @@ impl ServerState {
         let dir = path::normalize(&req.dir)?;
         let mut table = self.metadata.borrow_mut();
         if req.changed_before_ns == u64::MAX {
+            // A directory is about to come here: creates below it go through again.
+            table.unseal_name(&dir);
             table.mark_stale_below(&dir);
         } else {
             table.clear_stale_below(&dir);

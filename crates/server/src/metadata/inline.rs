@@ -120,6 +120,7 @@ impl MetadataTable {
             return Err(Status::Exists);
         }
         let Some(&meta) = self.entries.get(&path) else {
+            self.check_unsealed(&path)?;
             let chunk_size = self.file_chunk_size(chunk_size)?;
             // With inline files off here, not even an empty file is made inline.
             if self.inline_limit == 0 || data.len() as u64 > self.limit_for(chunk_size) {
