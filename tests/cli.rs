@@ -692,9 +692,15 @@ fn resume_keeps_the_job_secret_the_cluster_was_started_with() {
         .run(&["cluster", "up", "--resume", "--secret-file", arg(&other)])
         .failed();
     assert!(
-        stderr.contains("is not the job secret the running servers"),
+        stderr.contains("is not the one the running servers"),
         "{stderr}"
     );
+    // Nor the recorded file with another secret in it now (found by a hostile run: the
+    // killed server came back with it, and no client could use the cluster).
+    std::fs::write(&secret, b"job-8-secret-changed").unwrap();
+    let stderr = c.run(&["cluster", "up", "--resume"]).failed();
+    assert!(stderr.contains("changed since"), "{stderr}");
+    std::fs::write(&secret, b"job-8-secret\n").unwrap();
     c.cli(&["cluster", "up", "--resume"]);
     assert_eq!(
         c.run(&[&["cat", "/f"][..], &with_secret].concat()).ok(),

@@ -93,6 +93,14 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
             path: path.to_path_buf(),
         });
     }
+    // One line break at the end is the file's, not the secret's: `echo`, `base64` and
+    // editors add it, `printf` does not, and both files must hold the same secret.
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
     if secret.is_empty() {
         return Err(SecretError::Empty {
             path: path.to_path_buf(),
@@ -127,6 +135,31 @@ mod tests {
         // Found by a hostile run: an empty file gave the servers no secret at all.
         check(0o600, 0, false);
         check(0o600, 1, true);
+    }
+
+    #[test]
+    fn a_line_break_at_the_end_is_not_part_of_the_secret() {
+        // Found by a hostile run: a secret written by `base64 > FILE` on one node and by
+        // `printf` on another were different secrets.
+        let dir = tempfile::tempdir().unwrap();
+        let read = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            read_secret(&path)
+        };
+        let bare = read("bare", b"s3cret").unwrap();
+        assert_eq!(read("lf", b"s3cret\n").unwrap(), bare);
+        assert_eq!(read("crlf", b"s3cret\r\n").unwrap(), bare);
+        assert_eq!(
+            read("two", b"s3cret\n\n").unwrap(),
+            b"s3cret\n",
+            "only one goes"
+        );
+        assert!(matches!(
+            read("newline", b"\n"),
+            Err(SecretError::Empty { .. })
+        ));
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
             read_secret(dir.path()),

@@ -343,16 +343,35 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
 }
 
 /// The file in a cluster directory naming the job secret file its servers were started
-/// with (absolute path, as is); absent when they have none. `--resume` starts the servers
-/// with the same secret, never silently without it.
+/// with (its absolute path on the first line, as is) and a fingerprint of the secret (an
+/// HMAC of a fixed text under it, in hex, on the second); absent when they have none.
+/// `--resume` starts the servers with the same secret, never silently without it or with
+/// one the running servers do not have.
 const SECRET_RECORD: &str = "secret-file";
+
+/// The text whose HMAC under the secret is its fingerprint in [`SECRET_RECORD`].
+const FINGERPRINT_TEXT: &[u8] = b"benchfs cluster secret fingerprint";
+
+/// A fingerprint of the secret in `path`: it tells whether two files hold one secret
+/// without the record holding the secret.
+fn secret_fingerprint(path: &Path) -> Result<String, CliError> {
+    let secret = secret::read_secret(path)?;
+    let mac = benchfs_proto::auth::proof(&secret, FINGERPRINT_TEXT);
+    Ok(mac.iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// Records `secret_file` as the secret the cluster in `dir` runs with.
 fn record_secret(dir: &Path, secret_file: Option<&Path>) -> Result<(), CliError> {
     use std::os::unix::ffi::OsStrExt;
     let record = dir.join(SECRET_RECORD);
     let written = match secret_file {
-        Some(path) => std::fs::write(&record, path.as_os_str().as_bytes()),
+        Some(path) => {
+            let mut text = path.as_os_str().as_bytes().to_vec();
+            text.push(b'\n');
+            text.extend(secret_fingerprint(path)?.as_bytes());
+            text.push(b'\n');
+            std::fs::write(&record, text)
+        }
         None => match std::fs::remove_file(&record) {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             other => other,
@@ -362,8 +381,8 @@ fn record_secret(dir: &Path, secret_file: Option<&Path>) -> Result<(), CliError>
 }
 
 /// The secret file `cluster up --resume` starts servers with: the one given, else the one
-/// the cluster was started with. Refuses a secret the running servers do not have, or one
-/// that cannot be read any more.
+/// the cluster was started with. Refuses a secret the running servers do not have (another
+/// file's, or the recorded file changed since), or one that cannot be read any more.
 fn resumed_secret(
     dir: &Path,
     given: Option<PathBuf>,
@@ -372,47 +391,58 @@ fn resumed_secret(
     use std::os::unix::ffi::OsStrExt;
     let record = dir.join(SECRET_RECORD);
     let recorded = match std::fs::read(&record) {
-        Ok(bytes) => Some(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))),
+        Ok(bytes) => {
+            let mut lines = bytes.split(|&b| b == b'\n');
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(
+                lines.next().unwrap_or_default(),
+            ));
+            let fingerprint = lines
+                .next()
+                .map(|f| String::from_utf8_lossy(f).into_owned());
+            Some((path, fingerprint.filter(|f| !f.is_empty())))
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => None,
         Err(e) => return Err(local_error("cannot read", &record, e)),
     };
+    let dir_name = dir.display();
     match (given, recorded) {
         (None, None) => Ok(None),
-        (None, Some(path)) => match secret::read_secret(&path) {
-            Ok(_) => Ok(Some(path)),
-            Err(e) => Err(format!(
-                "the cluster in {} was started with the job secret in {}, which cannot be \
-                 used now ({e}); give the secret with --secret-file",
-                dir.display(),
-                path.display()
-            )
-            .into()),
-        },
         (Some(given), None) if running => Err(format!(
-            "the running servers of the cluster in {dir} have no job secret, so servers \
+            "the running servers of the cluster in {dir_name} have no job secret, so servers \
              started with --secret-file {given} could not serve beside them; stop them first \
-             (benchfs cluster down --dir {dir})",
-            dir = dir.display(),
+             (benchfs cluster down --dir {dir_name})",
             given = given.display()
         )
         .into()),
-        (Some(given), Some(path)) if running => {
-            let same =
-                secret::read_secret(&given)? == secret::read_secret(&path).unwrap_or_default();
-            if same {
-                Ok(Some(given))
-            } else {
-                Err(format!(
-                    "--secret-file {} is not the job secret the running servers of the \
-                     cluster in {} were started with ({})",
-                    given.display(),
-                    dir.display(),
-                    path.display()
+        (Some(given), None) => Ok(Some(given)),
+        (given, Some((path, fingerprint))) => {
+            let explicit = given.is_some();
+            let chosen = given.unwrap_or(path.clone());
+            let now = match secret_fingerprint(&chosen) {
+                Ok(now) => now,
+                Err(e) if !explicit => {
+                    return Err(format!(
+                        "the cluster in {dir_name} was started with the job secret in {}, which \
+                         cannot be used now ({e}); give the secret with --secret-file",
+                        path.display()
+                    )
+                    .into())
+                }
+                Err(e) => return Err(e),
+            };
+            if running && fingerprint.is_some_and(|f| f != now) {
+                return Err(format!(
+                    "the job secret in {} is not the one the running servers of the cluster in \
+                     {dir_name} were started with (from {}{}); give that secret, or stop them \
+                     first (benchfs cluster down --dir {dir_name})",
+                    chosen.display(),
+                    path.display(),
+                    if explicit { "" } else { ", changed since" },
                 )
-                .into())
+                .into());
             }
+            Ok(Some(chosen))
         }
-        (Some(given), _) => Ok(Some(given)),
     }
 }
 
