@@ -873,6 +873,43 @@ fn appends_from_two_mounts_all_land_one_after_another_and_at_once() {
 }
 
 #[test]
+fn an_open_file_renamed_by_another_client_still_takes_fstat_ftruncate_and_fchmod() {
+    // Found by a hostile run: once another mount renamed an open file (or its directory),
+    // fstat, ftruncate and fchmod on the descriptor failed with ENOENT until this mount
+    // looked the new name up; `cat /dev/null >&fd` failed.
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mut m) = Mounted::start("fuse rename under an open file", ClusterSpec::default(), "")
+    else {
+        return;
+    };
+    let other = m.cluster.client();
+    std::fs::create_dir(m.root.join("X9")).unwrap();
+    let mut f = std::fs::File::create(m.root.join("X9/f")).unwrap();
+    f.write_all(b"hello world").unwrap();
+    f.flush().unwrap();
+    other.rename("/X9/f", "/X9/g").unwrap();
+    assert_eq!(f.metadata().expect("fstat after a rename").len(), 11);
+    f.set_len(5).expect("ftruncate after a rename");
+    other.rename("/X9", "/Y9").unwrap();
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .expect("fchmod after a directory rename");
+    assert_eq!(
+        f.metadata().expect("fstat after a directory rename").len(),
+        5
+    );
+    f.write_all(b"!").unwrap();
+    drop(f);
+    // At the descriptor's position, past the cut, as on any file system.
+    assert_eq!(
+        common::files::read_file(&other, "/Y9/g"),
+        b"hello\0\0\0\0\0\0!"
+    );
+    assert_eq!(other.stat("/Y9/g").unwrap().mode & 0o777, 0o600);
+    m.unmount();
+}
+
+#[test]
 fn a_reader_open_before_an_append_in_the_same_mount_reads_it() {
     // Regression (found by a hostile-user run): `tail -f` on the mount never saw a line
     // appended after it opened the file: reads stopped at the size the handle opened

@@ -157,11 +157,25 @@ impl BenchFuse {
     /// The current record of node `ino`: `ESTALE` if its path now names another file.
     fn record(&self, req: &Request, ino: INodeNo) -> Result<(String, FileMetadata)> {
         let path = self.path_of(ino)?;
-        let meta = self.stat(req, &path)?;
+        let missed = match self.stat(req, &path) {
+            Ok(meta) if ino_of(&meta) == ino.0 => return Ok((path, meta)),
+            Ok(_) => Errno::ESTALE,
+            Err(e) if e == Errno::ENOENT => e,
+            Err(e) => return Err(e),
+        };
+        // Another mount renamed the file or a directory above it: the node follows its
+        // file there (found by a hostile run: fstat, ftruncate and fchmod on an open
+        // file failed until this mount looked the new name up).
+        let moved = self.call(req, |fs| Ok(fs.block_on(fs.client().locate(ino.0))))?;
+        let Some(moved) = moved.filter(|moved| *moved != path) else {
+            return Err(missed);
+        };
+        let meta = self.stat(req, &moved)?;
         if ino_of(&meta) != ino.0 {
             return Err(Errno::ESTALE);
         }
-        Ok((path, meta))
+        self.inodes.relocate(ino.0, &moved);
+        Ok((moved, meta))
     }
 
     /// Answers a lookup-like call: the kernel now holds one more reference to the node.

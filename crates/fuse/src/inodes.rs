@@ -71,6 +71,13 @@ impl Inodes {
         }
     }
 
+    /// Node `ino` is at `path` now (another mount renamed it).
+    pub(crate) fn relocate(&self, ino: u64, path: &str) {
+        if let Some(node) = self.lock().get_mut(&ino) {
+            node.path = path.to_string();
+        }
+    }
+
     /// Follows a rename of `from` to `to` in every known path.
     pub(crate) fn renamed(&self, from: &str, to: &str) {
         for node in self.lock().values_mut() {

@@ -198,9 +198,10 @@ impl FsClient {
         call(path).await
     }
 
-    /// Where a record of file `file_id` is, asking every server; `None` if none answers
-    /// with one.
-    async fn locate(&self, file_id: u64) -> Option<String> {
+    /// Where a record of file `file_id` is, asking every server (each scans its table: for
+    /// a handle whose file another client renamed, not for lookups); `None` if none
+    /// answers with one.
+    pub async fn locate(&self, file_id: u64) -> Option<String> {
         let req = ops::LocateFileRequest { file_id };
         let asks = self
             .all_servers()
