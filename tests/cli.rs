@@ -616,6 +616,12 @@ fn a_job_secret_reaches_servers_and_file_commands() {
         stderr.contains("job secret differs from the one the server was started with"),
         "{stderr}"
     );
+    // Servers that answered and refused are not called unreachable (a hostile run).
+    let status = c.run(&["cluster", "status"]).failed();
+    assert!(
+        status.contains("node0 (refused)") && !status.contains("unreachable"),
+        "{status}"
+    );
     // An empty secret file would be no secret at all.
     let empty = c.local("empty-secret");
     std::fs::write(&empty, b"").unwrap();
@@ -827,7 +833,7 @@ fn cluster_down_stops_this_clusters_servers_and_nothing_else() {
     wait_until_unlocked(&cluster.dir.join("data").join("node1"));
     // A cluster with a server down is not healthy, and scripts check the exit status.
     let status = cluster.run(&["cluster", "status"]).failed();
-    assert!(status.contains("unreachable: node1"), "{status}");
+    assert!(status.contains("node1 (unreachable)"), "{status}");
     let mut by_hand = std::process::Command::new(env!("CARGO_BIN_EXE_benchfsd"))
         .arg("--config")
         .arg(cluster.dir.join("benchfs.toml"))
@@ -1219,6 +1225,26 @@ fn a_full_disk_still_deletes_frees_the_space_and_resumes() {
         "{listed}"
     );
     c.cli(&["cluster", "down"]);
+}
+
+/// Found by a hostile run: after a `--resume` that failed to start a killed server, `pids`
+/// listed only that server's pid, not the servers still running.
+#[test]
+fn a_failed_resume_leaves_every_running_server_in_pids() {
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "2", "--backend", "iouring"]);
+    let pids = c.pids();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let data = c.dir.join("data/node1");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    c.run(&["cluster", "up", "--resume"]).failed();
+    assert_eq!(c.pids(), [pids[0]], "pids lists the server still running");
 }
 
 #[test]

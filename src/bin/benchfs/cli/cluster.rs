@@ -290,9 +290,13 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&logs).map_err(|e| local_error("cannot create", &logs, e))?;
     record_secret(dir, secret_file.as_deref())?;
     let started = spawn_servers(dir, &nodes, secret_file.as_deref())?;
-    wait_for_servers(dir, &nodes, &started)?;
-    if !running.is_empty() {
-        write_pids_in_node_order(dir)?;
+    let waited = wait_for_servers(dir, &nodes, &started);
+    // `pids` lists every server of the cluster that runs: those that were running, and
+    // those a failed start left running (it listed only the ones started here).
+    if !running.is_empty() || waited.is_err() {
+        let listed = write_pids_in_node_order(dir);
+        waited?;
+        listed?;
     }
     let backend = ServerConfig::from_file(dir.join("benchfs.toml"))?
         .storage
@@ -1145,7 +1149,7 @@ fn status(target: &Target) -> Result<(), CliError> {
         "{:<10} {:<22} {:>10} {:>8} {:>14} {:>10} {:>9} {:>8}\n",
         "node", "address", "records", "chunks", "bytes", "requests", "malformed", "swept"
     );
-    let mut unreachable = Vec::new();
+    let mut failed = Vec::new();
     for (entry, stats) in fs.block_on(fs.client().server_stats()) {
         match stats {
             Ok(s) => {
@@ -1168,18 +1172,21 @@ fn status(target: &Target) -> Result<(), CliError> {
                 }
             }
             Err(e) => {
-                out += &format!(
-                    "{:<10} {:<22} unreachable: {e}\n",
-                    entry.node_id, entry.addr
-                );
-                unreachable.push(entry.node_id);
+                // A server that answered and refused this client is not down.
+                let what = if e.errno() == libc::EACCES {
+                    "refused"
+                } else {
+                    "unreachable"
+                };
+                out += &format!("{:<10} {:<22} {what}: {e}\n", entry.node_id, entry.addr);
+                failed.push(format!("{} ({what})", entry.node_id));
             }
         }
     }
     super::print_out(&out)?;
     // Scripts check the exit status: a cluster with a server down is not healthy.
-    match unreachable.is_empty() {
+    match failed.is_empty() {
         true => Ok(()),
-        false => Err(format!("unreachable: {}", unreachable.join(", ")).into()),
+        false => Err(format!("not serving this client: {}", failed.join(", ")).into()),
     }
 }
