@@ -250,23 +250,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    // Checked (private, readable, short enough) before anything starts; the servers get
-    // its absolute path, so they need not share this command's working directory.
-    let secret_file = match args.target.secret_path() {
-        Some(path) => {
-            secret::read_secret(&path)?;
-            Some(
-                std::fs::canonicalize(&path)
-                    .map_err(|e| local_error("cannot resolve", &path, e))?,
-            )
-        }
-        None => None,
-    };
-    let secret_file = if args.resume {
-        resumed_secret(dir, secret_file, !running.is_empty())?
-    } else {
-        secret_file
-    };
+    let secret_file = up_secret(args, !running.is_empty())?;
     let nodes = if args.resume {
         let nodes: Vec<String> = resume_nodes(dir)?
             .into_iter()
@@ -344,6 +328,27 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     let listed: String = nodes.iter().map(|node| format!("{node}\n")).collect();
     std::fs::write(&nodes_path, listed).map_err(|e| local_error("cannot write", &nodes_path, e))?;
     Ok(nodes)
+}
+
+/// The secret file `cluster up` starts servers with: the one given, checked (private,
+/// readable, short enough) before anything starts and made absolute, so the servers need
+/// not share this command's working directory; with `--resume`, see [`resumed_secret`].
+fn up_secret(args: &UpArgs, running: bool) -> Result<Option<PathBuf>, CliError> {
+    let given = match args.target.secret_path() {
+        Some(path) => {
+            secret::read_secret(&path)?;
+            Some(
+                std::fs::canonicalize(&path)
+                    .map_err(|e| local_error("cannot resolve", &path, e))?,
+            )
+        }
+        None => None,
+    };
+    if args.resume {
+        resumed_secret(&args.target.dir, given, running)
+    } else {
+        Ok(given)
+    }
 }
 
 /// The file in a cluster directory naming the job secret file its servers were started
