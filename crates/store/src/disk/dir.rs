@@ -90,7 +90,7 @@ impl ChunkDir {
         check_chunk_size(config.chunk_size)?;
         let chunks = id::chunks_dir(&config.data_dir);
         fs::create_dir_all(&chunks).map_err(|source| StoreError::Io {
-            op: "create data_dir",
+            op: "create data_dir/chunks",
             source,
         })?;
         if config.o_direct {
