@@ -35,15 +35,15 @@ fn wait_until_unlocked(dir: &Path) {
     lock.unlock().unwrap();
 }
 
-/// Kills (SIGKILL) the cluster's server `node1`, process `pid`, and waits until its data
+/// Kills (SIGKILL) the cluster's server `node`, process `pid`, and waits until its data
 /// directory is free for a server started again.
-fn kill_node1(c: &ClusterDir, pid: u32) {
+fn kill_node(c: &ClusterDir, node: &str, pid: u32) {
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    wait_until_unlocked(&c.dir.join("data/node1"));
+    wait_until_unlocked(&c.dir.join("data").join(node));
 }
 
 /// The names in a BenchFS directory, sorted.
@@ -326,7 +326,7 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     c.cli(&["put", arg(&local), "/kept"]);
     let before = c.pids();
     let killed = before[1];
-    kill_node1(&c, killed);
+    kill_node(&c, "node1", killed);
     let out = c.cli(&["cluster", "up", "--resume"]);
     assert!(out.contains("1 servers (2 were running)"), "{out}");
     let after = c.pids();
@@ -357,7 +357,7 @@ fn cluster_up_resume_starts_a_server_whose_data_directory_was_removed() {
     let c = ClusterDir::new("c");
     c.cli(&["cluster", "up", "--servers", "3", "--backend", "file"]);
     let before = c.pids();
-    kill_node1(&c, before[1]);
+    kill_node(&c, "node1", before[1]);
     let node1_data = Path::new(c.dir_arg()).join("data/node1");
     std::fs::remove_dir_all(&node1_data).unwrap();
     let out = c.cli(&["cluster", "up", "--resume"]);
@@ -548,7 +548,7 @@ fn a_resumed_server_keeps_settings_the_environment_gave_the_cluster() {
         config.contains(&format!("capacity = {capacity}")),
         "{config}"
     );
-    kill_node1(&c, c.pids()[1]);
+    kill_node(&c, "node1", c.pids()[1]);
     c.cli(&["cluster", "up", "--resume"]);
     assert_eq!(capacities(&c), [capacity, capacity], "after --resume");
     assert!(c.cli(&["cluster", "down"]).contains("2 servers stopped"));
@@ -686,11 +686,7 @@ fn resume_keeps_the_job_secret_the_cluster_was_started_with() {
     // With one server still running, a different secret (or none recorded) is refused.
     let killed = c.pids()[1];
     assert!(!pids.contains(&killed), "servers were restarted");
-    let status = std::process::Command::new("kill")
-        .args(["-9", &killed.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill_node(&c, "node1", killed);
     let other = c.local("other-secret");
     std::fs::write(&other, b"another-secret").unwrap();
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -1203,12 +1199,7 @@ fn a_full_disk_still_deletes_frees_the_space_and_resumes() {
     // A server killed on the full disk starts again on it (found by a hostile run: "node.
     // data_dir ... is not writable: No space left on device"), or nothing it holds could
     // be read or deleted.
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &c.pids()[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    kill_node(&c, "node0", c.pids()[0]);
     c.cli(&["cluster", "up", "--resume"]);
     for name in dirs.iter().chain(&stored) {
         c.cli(&["rm", name]);
@@ -1234,12 +1225,7 @@ fn a_failed_resume_leaves_every_running_server_in_pids() {
     let c = ClusterDir::new("c");
     c.cli(&["cluster", "up", "--servers", "2", "--backend", "iouring"]);
     let pids = c.pids();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pids[1].to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    kill_node(&c, "node1", pids[1]);
     let data = c.dir.join("data/node1");
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::write(&data, b"not a directory").unwrap();

@@ -684,7 +684,7 @@ impl<E: IoEngine> Drop for TieredChunkStore<E> {
         let dirty = state
             .index
             .values()
-            .filter(|e| matches!(e.place, Place::Memory { dirty: true, .. }))
+            .filter(|e| place_is_dirty(e.place))
             .count();
         if dirty > 0 {
             tracing::warn!(
@@ -833,7 +833,7 @@ impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
             .borrow()
             .index
             .iter()
-            .filter(|(_, e)| matches!(e.place, Place::Memory { dirty: true, .. }))
+            .filter(|(_, e)| place_is_dirty(e.place))
             .map(|(id, _)| *id)
             .collect();
         // Every chunk that can be written back is, whatever became of the others.
