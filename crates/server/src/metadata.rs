@@ -9,9 +9,13 @@
 mod inline;
 mod recent;
 
-pub use recent::{settle_window, RecentChanges, RECENT_CHANGES_MAX};
+pub use recent::{settle_window, RecentChanges};
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// foldhash, not std's SipHash: the tables are probed a few times per request, and hashing
+// paths with SipHash was a twentieth of a create's handling.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::time::Duration;
 
 use benchfs_proto::limits;
