@@ -61,6 +61,11 @@ impl Writer {
         Writer::default()
     }
 
+    /// A writer that appends to `buf`.
+    pub fn from_vec(buf: Vec<u8>) -> Self {
+        Writer { buf }
+    }
+
     /// The bytes written.
     pub fn into_vec(self) -> Vec<u8> {
         self.buf

@@ -12,7 +12,9 @@
 //! replayed, then rewritten as a compact snapshot (temporary file, fsync, rename). A running
 //! server compacts it the same way once the records appended since the last snapshot
 //! outweigh the snapshot and [`COMPACT_MIN_BYTES`], so it stays within about twice the live
-//! table and each compaction's cost is paid for by the appends before it.
+//! table and each compaction's cost is paid for by the appends before it; there the
+//! snapshot is encoded on the event loop but written and synced by a thread, and the
+//! records appended meanwhile are copied after it before it is renamed into place.
 //!
 //! **Torn tail or corruption.** A crash in the middle of an append leaves a prefix of the
 //! record it was writing at the end of the file, and nothing else. So replay cuts a *torn
@@ -159,6 +161,25 @@ pub struct Journal {
     allocated: u64,
     /// Whether the file system can allocate ahead (`fallocate`).
     can_allocate: bool,
+    /// The snapshot being written, if one is.
+    compaction: Option<Compaction>,
+    /// No compaction starts before this many bytes were appended since the last snapshot
+    /// (raised after a failed one, so a full disk is not rewritten at every append).
+    compact_after: u64,
+}
+
+/// A snapshot being written and synced by a thread of its own: at a million records that
+/// took over a second, during which the server answered nothing. The records appended
+/// meanwhile go to the journal as before, and are copied after the snapshot when it is
+/// put in the journal's place ([`Journal::finish_compaction`]).
+#[derive(Debug)]
+struct Compaction {
+    /// Where the first record the snapshot does not hold starts in the journal.
+    from: u64,
+    /// The snapshot's length.
+    snapshot_bytes: u64,
+    /// Ends with the temporary file written and synced (or removed, on failure).
+    writer: std::thread::JoinHandle<Result<(), JournalError>>,
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
@@ -167,7 +188,15 @@ fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Jou
 }
 
 fn encode(record: &Record<'_>) -> Vec<u8> {
-    let mut body = Writer::new();
+    encode_into(Vec::new(), record)
+}
+
+/// Appends `record` to `out`: one buffer for a whole snapshot, not two per record.
+fn encode_into(out: Vec<u8>, record: &Record<'_>) -> Vec<u8> {
+    let start = out.len();
+    let mut body = Writer::from_vec(out);
+    // The length and the checksum, filled in below.
+    body.u32(0).u32(0);
     match record {
         Record::Put { path, meta, data } => {
             body.u8(if meta.inline { TAG_PUT_INLINE } else { TAG_PUT });
@@ -193,12 +222,13 @@ fn encode(record: &Record<'_>) -> Vec<u8> {
             body.u8(TAG_SEAL).u64(*id);
         }
     }
-    let body = body.into_vec();
-    let mut out = Writer::new();
-    out.u32(body.len() as u32)
-        .u32(xxh3_64(&body) as u32)
-        .bytes(&body);
-    out.into_vec()
+    let mut out = body.into_vec();
+    let body_start = start + HEADER_LEN;
+    let len = (out.len() - body_start) as u32;
+    let check = xxh3_64(&out[body_start..]) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..body_start].copy_from_slice(&check.to_le_bytes());
+    out
 }
 
 /// How a replay ended.
@@ -470,6 +500,8 @@ impl Journal {
             torn: false,
             allocated: snapshot_bytes,
             can_allocate: true,
+            compaction: None,
+            compact_after: 0,
         })
     }
 
@@ -540,21 +572,136 @@ impl Journal {
         }
     }
 
-    /// Whether the appended records outweigh the snapshot enough to compact.
+    /// Whether the appended records outweigh the snapshot enough to compact, and no
+    /// compaction is under way.
     pub fn wants_compaction(&self) -> bool {
-        self.appended_bytes >= self.snapshot_bytes.max(COMPACT_MIN_BYTES)
+        self.compaction.is_none()
+            && self.appended_bytes
+                >= self
+                    .snapshot_bytes
+                    .max(COMPACT_MIN_BYTES)
+                    .max(self.compact_after)
     }
 
     /// Rewrites the journal as a snapshot of `table`, which must hold every record
-    /// appended so far. A crash at any point leaves the old journal or the new one whole.
+    /// appended so far, and waits for it. A crash at any point leaves the old journal or
+    /// the new one whole.
+    #[cfg(test)]
     pub fn compact(&mut self, table: &MetadataTable) -> Result<(), JournalError> {
-        let (file, snapshot_bytes) = write_snapshot(&self.path, table)?;
+        self.start_compaction(table)?;
+        if let Some(compaction) = &self.compaction {
+            while !compaction.writer.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        self.finish_compaction()
+    }
+
+    /// Encodes a snapshot of `table`, which must hold every record appended so far, and
+    /// hands it to a thread that writes and syncs it to a temporary file; the journal goes
+    /// on as it is until [`Self::finish_compaction`] finds the thread done.
+    pub fn start_compaction(&mut self, table: &MetadataTable) -> Result<(), JournalError> {
+        if self.compaction.is_some() {
+            return Ok(());
+        }
+        let snapshot = encode_snapshot(table);
+        let snapshot_bytes = snapshot.len() as u64;
+        let tmp = tmp_path(&self.path);
+        let writer = std::thread::Builder::new()
+            .name("journal-snapshot".into())
+            .spawn(move || write_tmp(&tmp, &snapshot))
+            .map_err(io_error(
+                "start a thread to write the snapshot of",
+                &self.path,
+            ));
+        match writer {
+            Ok(writer) => {
+                self.compaction = Some(Compaction {
+                    from: self.snapshot_bytes + self.appended_bytes,
+                    snapshot_bytes,
+                    writer,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.compaction_failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts the snapshot in the journal's place once its thread is done: the records
+    /// appended since it began are copied after it and synced (an `Fsync` may have made
+    /// them durable in the old file), then it is renamed over the journal. Does nothing
+    /// while the thread runs. A failure leaves the old journal as the journal, whole.
+    pub fn finish_compaction(&mut self) -> Result<(), JournalError> {
+        if !self
+            .compaction
+            .as_ref()
+            .is_some_and(|c| c.writer.is_finished())
+        {
+            return Ok(());
+        }
+        let Some(compaction) = self.compaction.take() else {
+            return Ok(());
+        };
+        let tmp = tmp_path(&self.path);
+        let written = match compaction.writer.join() {
+            Ok(written) => written,
+            Err(_) => Err(io_error("write the snapshot of", &self.path)(
+                std::io::Error::other("the snapshot thread panicked"),
+            )),
+        };
+        let end = self.snapshot_bytes + self.appended_bytes;
+        let installed = written.and_then(|()| self.install(&tmp, compaction.from, end));
+        let file = match installed {
+            Ok(file) => file,
+            Err(e) => {
+                // A partial snapshot would only hold space a full disk needs.
+                let _ = std::fs::remove_file(&tmp);
+                self.compaction_failed();
+                return Err(e);
+            }
+        };
         self.file = file;
-        self.snapshot_bytes = snapshot_bytes;
-        self.appended_bytes = 0;
+        self.snapshot_bytes = compaction.snapshot_bytes;
+        self.appended_bytes = end - compaction.from;
         self.torn = false;
-        self.allocated = snapshot_bytes;
+        self.allocated = self.snapshot_bytes + self.appended_bytes;
+        self.compact_after = 0;
+        // The new journal is in place whatever this says; only a power loss right now
+        // could bring the old one back, and it holds every record the new one does.
+        if let Some(dir) = self.path.parent() {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "syncing the directory of the compacted metadata journal failed");
+            }
+        }
         Ok(())
+    }
+
+    /// Copies the journal's bytes `from..end` after the snapshot in `tmp`, syncs them and
+    /// renames `tmp` over the journal; returns it opened for appending.
+    fn install(&self, tmp: &Path, from: u64, end: u64) -> Result<File, JournalError> {
+        use std::os::unix::fs::FileExt;
+        let mut tail = vec![0; (end - from) as usize];
+        File::open(&self.path)
+            .and_then(|journal| journal.read_exact_at(&mut tail, from))
+            .map_err(io_error(
+                "read the records appended during compaction from",
+                &self.path,
+            ))?;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(tmp)
+            .map_err(io_error("open", tmp))?;
+        file.write_all(&tail).map_err(io_error("append to", tmp))?;
+        file.sync_data().map_err(io_error("fsync", tmp))?;
+        std::fs::rename(tmp, &self.path).map_err(io_error("rename", &self.path))?;
+        Ok(file)
+    }
+
+    fn compaction_failed(&mut self) {
+        self.compact_after = self.appended_bytes + self.snapshot_bytes.max(COMPACT_MIN_BYTES);
     }
 
     /// Makes every appended record durable.
@@ -576,37 +723,57 @@ fn keep_as_it_is(path: &Path, len: u64) -> Result<(File, u64), JournalError> {
     Ok((file, len))
 }
 
-/// Writes `table` as a snapshot to a temporary file, syncs it and renames it over `path`
-/// (then syncs the directory); returns `path` opened for appending and the snapshot's size.
-fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), JournalError> {
-    let tmp = path.with_extension("journal.tmp");
+/// The temporary file a snapshot of the journal at `path` is written to.
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension("journal.tmp")
+}
+
+/// The records that rebuild `table`, in the order replay needs.
+fn encode_snapshot(table: &MetadataTable) -> Vec<u8> {
     let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
     for id in table.seals_for_good() {
-        snapshot.extend(encode(&Record::Seal(id)));
+        snapshot = encode_into(snapshot, &Record::Seal(id));
     }
     for (p, meta, data) in table.records() {
-        snapshot.extend(encode(&Record::Put {
+        let put = Record::Put {
             path: p,
             meta: *meta,
             data,
-        }));
+        };
+        snapshot = encode_into(snapshot, &put);
     }
     // After the records: storing a record lifts its file's tombstone, and a file displaced
     // by a rename onto its other name keeps one while that name still holds it.
     for id in table.tombstones() {
-        snapshot.extend(encode(&Record::Tombstone(id)));
+        snapshot = encode_into(snapshot, &Record::Tombstone(id));
     }
-    let written = File::create(&tmp)
-        .map_err(io_error("create", &tmp))
+    snapshot
+}
+
+/// Writes `snapshot` to `tmp` and syncs it; on failure removes it.
+fn write_tmp(tmp: &Path, snapshot: &[u8]) -> Result<(), JournalError> {
+    let written = File::create(tmp)
+        .map_err(io_error("create", tmp))
         .and_then(|mut f| {
-            f.write_all(&snapshot).map_err(io_error("write", &tmp))?;
-            f.sync_all().map_err(io_error("fsync", &tmp))
-        })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_error("rename", path)));
-    if let Err(e) = written {
+            f.write_all(snapshot).map_err(io_error("write", tmp))?;
+            f.sync_all().map_err(io_error("fsync", tmp))
+        });
+    if written.is_err() {
         // A partial snapshot would only hold space a full disk needs.
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
+/// Writes `table` as a snapshot to a temporary file, syncs it and renames it over `path`
+/// (then syncs the directory); returns `path` opened for appending and the snapshot's size.
+fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), JournalError> {
+    let tmp = tmp_path(path);
+    let snapshot = encode_snapshot(table);
+    write_tmp(&tmp, &snapshot)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        return Err(io_error("rename", path)(e));
     }
     if let Some(dir) = path.parent() {
         File::open(dir)
@@ -749,6 +916,113 @@ mod tests {
         let tmp = path.with_extension("journal.tmp");
         assert!(!tmp.exists(), "no partial snapshot is left behind");
         drop(j);
+    }
+
+    /// Creates `name` in `t` and journals it.
+    fn create(t: &mut MetadataTable, j: &mut Journal, name: &str) {
+        let meta = t.create_file(name, 0o644, 0, Owner::default()).unwrap();
+        j.append(&Record::Put {
+            path: name,
+            meta,
+            data: &[],
+        })
+        .unwrap();
+    }
+
+    /// Deletes `name` from `t` and journals it.
+    fn delete(t: &mut MetadataTable, j: &mut Journal, name: &str) {
+        let file_id = t.delete(name, None).unwrap().file_id;
+        j.append_freeing(&Record::Delete {
+            path: name,
+            file_id,
+        })
+        .unwrap();
+    }
+
+    /// Every record of `t`, as (path, inode number).
+    fn listing(t: &MetadataTable) -> Vec<(String, u64)> {
+        t.records()
+            .map(|(p, meta, _)| (p.to_string(), meta.file_id))
+            .collect()
+    }
+
+    /// Calls `finish_compaction` until the snapshot thread is done; its last result.
+    fn wait_for_compaction(j: &mut Journal) -> Result<(), JournalError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let finished = j.finish_compaction();
+            if j.compaction.is_none() {
+                return finished;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the snapshot thread never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn records_appended_while_a_snapshot_is_written_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        for i in 0..2_000 {
+            create(&mut t, &mut j, &format!("/before{i}"));
+        }
+        for i in 0..500 {
+            delete(&mut t, &mut j, &format!("/before{i}"));
+        }
+        let grown = std::fs::metadata(&path).unwrap().len();
+        j.start_compaction(&t).unwrap();
+        // Changes the snapshot does not hold: new files, and deletes of files it does.
+        for i in 0..300 {
+            create(&mut t, &mut j, &format!("/during{i}"));
+        }
+        for i in 500..700 {
+            delete(&mut t, &mut j, &format!("/before{i}"));
+        }
+        wait_for_compaction(&mut j).unwrap();
+        assert!(
+            std::fs::metadata(&path).unwrap().len() < grown,
+            "the journal was not compacted"
+        );
+        create(&mut t, &mut j, "/after");
+        drop(j);
+        let mut replayed = table();
+        Journal::open(&path, &mut replayed).unwrap();
+        assert_eq!(listing(&replayed), listing(&t));
+        assert_eq!(replayed.next_file_id(), t.next_file_id());
+    }
+
+    #[test]
+    fn a_failed_compaction_leaves_the_journal_whole_and_waits_before_trying_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        for i in 0..1_000 {
+            create(&mut t, &mut j, &format!("/f{i}"));
+        }
+        // The snapshot's temporary file cannot be made where a directory stands.
+        std::fs::create_dir(tmp_path(&path)).unwrap();
+        j.start_compaction(&t).unwrap();
+        create(&mut t, &mut j, "/during");
+        let failed = wait_for_compaction(&mut j);
+        assert!(
+            matches!(&failed, Err(JournalError::Io { op: "create", .. })),
+            "{failed:?}"
+        );
+        assert!(
+            !j.wants_compaction(),
+            "a failed compaction is tried again only after as many bytes more"
+        );
+        create(&mut t, &mut j, "/after");
+        drop(j);
+        let mut replayed = table();
+        Journal::open(&path, &mut replayed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listing(&replayed), listing(&t));
     }
 
     #[test]

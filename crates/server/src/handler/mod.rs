@@ -443,13 +443,17 @@ impl ServerState {
 
     /// Records one metadata change, already applied to the table, in the journal if there
     /// is one (`freeing`: see [`Self::log_freeing`]), and compacts the journal when it has
-    /// grown enough. A failed append fails the request: an acknowledged change must survive
-    /// a restart. A failed compaction leaves the old journal whole, so it is only logged.
+    /// grown enough (a thread writes the snapshot; a later append puts it in place). A
+    /// failed append fails the request: an acknowledged change must survive a restart. A
+    /// failed compaction leaves the old journal whole, so it is only logged.
     fn log_with(&self, record: journal::Record<'_>, freeing: bool) -> Result<(), Status> {
         let Some(journal) = &self.journal else {
             return Ok(());
         };
         let mut journal = journal.borrow_mut();
+        if let Err(e) = journal.finish_compaction() {
+            tracing::error!(error = %e, "metadata journal compaction failed");
+        }
         let appended = if freeing {
             journal.append_freeing(&record)
         } else {
@@ -467,7 +471,7 @@ impl ServerState {
             }
         })?;
         if journal.wants_compaction() {
-            if let Err(e) = journal.compact(&self.metadata.borrow()) {
+            if let Err(e) = journal.start_compaction(&self.metadata.borrow()) {
                 tracing::error!(error = %e, "metadata journal compaction failed");
             }
         }
