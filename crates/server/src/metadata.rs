@@ -788,7 +788,12 @@ impl MetadataTable {
     /// journal's snapshot).
     pub fn records(&self) -> impl Iterator<Item = (&str, &FileMetadata, &[u8])> {
         self.entries.iter().map(|(p, m)| {
-            let data = self.inline_bytes.get(p).map_or(&[][..], |d| &d[..]);
+            // Only a record with bytes is looked up: a probe of a large table is a cache
+            // miss, and most records (every empty file) hold none.
+            let data = match m.inline && m.size > 0 {
+                true => self.inline_bytes.get(p).map_or(&[][..], |d| &d[..]),
+                false => &[][..],
+            };
             (p.as_str(), m, data)
         })
     }

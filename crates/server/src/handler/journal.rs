@@ -169,9 +169,11 @@ pub struct Journal {
 }
 
 /// A snapshot being written and synced by a thread of its own: at a million records that
-/// took over a second, during which the server answered nothing. The records appended
-/// meanwhile go to the journal as before, and are copied after the snapshot when it is
-/// put in the journal's place ([`Journal::finish_compaction`]).
+/// took over a second, during which the server answered nothing. The loop encodes it and
+/// hands it over in buffers of [`SNAPSHOT_CHUNK_BYTES`], so it never sits whole in memory
+/// while the thread keeps up. The records appended meanwhile go to the journal as before,
+/// and are copied after the snapshot when it is put in the journal's place
+/// ([`Journal::finish_compaction`]).
 #[derive(Debug)]
 struct Compaction {
     /// Where the first record the snapshot does not hold starts in the journal.
@@ -604,30 +606,42 @@ impl Journal {
         if self.compaction.is_some() {
             return Ok(());
         }
-        let snapshot = encode_snapshot(table);
-        let snapshot_bytes = snapshot.len() as u64;
+        let (chunks, to_write) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (written, spent) = std::sync::mpsc::channel::<Vec<u8>>();
         let tmp = tmp_path(&self.path);
         let writer = std::thread::Builder::new()
             .name("journal-snapshot".into())
-            .spawn(move || write_tmp(&tmp, &snapshot))
-            .map_err(io_error(
-                "start a thread to write the snapshot of",
-                &self.path,
-            ));
-        match writer {
-            Ok(writer) => {
-                self.compaction = Some(Compaction {
-                    from: self.snapshot_bytes + self.appended_bytes,
-                    snapshot_bytes,
-                    writer,
-                });
-                Ok(())
-            }
+            .spawn(move || {
+                write_tmp(&tmp, |file| {
+                    for chunk in to_write {
+                        file.write_all(&chunk)?;
+                        let _ = written.send(chunk);
+                    }
+                    Ok(())
+                })
+            });
+        let writer = match writer {
+            Ok(writer) => writer,
             Err(e) => {
                 self.compaction_failed();
-                Err(e)
+                return Err(io_error(
+                    "start a thread to write the snapshot of",
+                    &self.path,
+                )(e));
             }
-        }
+        };
+        // Unbounded, so the loop never waits for the disk; buffers the thread has written
+        // come back, so a snapshot encoded while the thread keeps up takes no fresh memory.
+        let snapshot_bytes = encode_snapshot(table, |chunk| {
+            chunks.send(chunk).ok()?;
+            Some(spent.try_recv().unwrap_or_default())
+        });
+        self.compaction = Some(Compaction {
+            from: self.snapshot_bytes + self.appended_bytes,
+            snapshot_bytes,
+            writer,
+        });
+        Ok(())
     }
 
     /// Puts the snapshot in the journal's place once its thread is done: the records
@@ -728,34 +742,55 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_extension("journal.tmp")
 }
 
-/// The records that rebuild `table`, in the order replay needs.
-fn encode_snapshot(table: &MetadataTable) -> Vec<u8> {
-    let mut snapshot = encode(&Record::HighWater(table.next_file_id()));
-    for id in table.seals_for_good() {
-        snapshot = encode_into(snapshot, &Record::Seal(id));
-    }
-    for (p, meta, data) in table.records() {
-        let put = Record::Put {
-            path: p,
-            meta: *meta,
-            data,
-        };
-        snapshot = encode_into(snapshot, &put);
-    }
+/// Bytes of snapshot encoded before they are handed on to be written.
+const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
+
+/// Encodes the records that rebuild `table`, in the order replay needs, and hands them to
+/// `emit` in buffers of about [`SNAPSHOT_CHUNK_BYTES`]; `emit` gives back a buffer to go
+/// on with (its bytes are cleared), or `None` to stop. Returns the bytes encoded.
+fn encode_snapshot(table: &MetadataTable, mut emit: impl FnMut(Vec<u8>) -> Option<Vec<u8>>) -> u64 {
+    let seals = table.seals_for_good().map(Record::Seal);
+    let puts = table.records().map(|(path, meta, data)| Record::Put {
+        path,
+        meta: *meta,
+        data,
+    });
     // After the records: storing a record lifts its file's tombstone, and a file displaced
     // by a rename onto its other name keeps one while that name still holds it.
-    for id in table.tombstones() {
-        snapshot = encode_into(snapshot, &Record::Tombstone(id));
+    let tombstones = table.tombstones().map(Record::Tombstone);
+    let records = std::iter::once(Record::HighWater(table.next_file_id()))
+        .chain(seals)
+        .chain(puts)
+        .chain(tombstones);
+    let mut encoded = 0;
+    let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES);
+    for record in records {
+        buf = encode_into(buf, &record);
+        if buf.len() >= SNAPSHOT_CHUNK_BYTES {
+            encoded += buf.len() as u64;
+            let Some(mut next) = emit(buf) else {
+                return encoded;
+            };
+            next.clear();
+            buf = next;
+        }
     }
-    snapshot
+    encoded += buf.len() as u64;
+    if !buf.is_empty() {
+        emit(buf);
+    }
+    encoded
 }
 
-/// Writes `snapshot` to `tmp` and syncs it; on failure removes it.
-fn write_tmp(tmp: &Path, snapshot: &[u8]) -> Result<(), JournalError> {
+/// Creates `tmp`, lets `write` fill it, and syncs it; on failure removes it.
+fn write_tmp(
+    tmp: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), JournalError> {
     let written = File::create(tmp)
         .map_err(io_error("create", tmp))
         .and_then(|mut f| {
-            f.write_all(snapshot).map_err(io_error("write", tmp))?;
+            write(&mut f).map_err(io_error("write", tmp))?;
             f.sync_all().map_err(io_error("fsync", tmp))
         });
     if written.is_err() {
@@ -769,8 +804,18 @@ fn write_tmp(tmp: &Path, snapshot: &[u8]) -> Result<(), JournalError> {
 /// (then syncs the directory); returns `path` opened for appending and the snapshot's size.
 fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), JournalError> {
     let tmp = tmp_path(path);
-    let snapshot = encode_snapshot(table);
-    write_tmp(&tmp, &snapshot)?;
+    let mut snapshot_bytes = 0;
+    write_tmp(&tmp, |file| {
+        let mut failed = None;
+        snapshot_bytes = encode_snapshot(table, |chunk| match file.write_all(&chunk) {
+            Ok(()) => Some(chunk),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        failed.map_or(Ok(()), Err)
+    })?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(io_error("rename", path)(e));
@@ -784,7 +829,7 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
         .append(true)
         .open(path)
         .map_err(io_error("open", path))?;
-    Ok((file, snapshot.len() as u64))
+    Ok((file, snapshot_bytes))
 }
 
 #[cfg(test)]
