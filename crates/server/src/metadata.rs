@@ -50,8 +50,10 @@ pub enum Seal {
 
 /// One server's share of the namespace.
 ///
-/// **Invariant:** a record is inline (`meta.inline`) exactly when `inline_bytes` holds its
-/// path, with `meta.size` bytes. Whole records come and go through `put`,
+/// **Invariant:** the bytes of an inline record (`meta.inline`), `meta.size` of them, are in
+/// `inline_bytes` under its path, unless it holds none (an empty file makes no entry:
+/// mdtest's creates would each cost a probe of a large table); no other record has an
+/// entry there. Whole records come and go through `put`,
 /// [`Self::delete`] and [`Self::move_out`], which keep the two maps in step; the bytes
 /// change only in `metadata/inline.rs`, with the size.
 #[derive(Debug)]
@@ -391,17 +393,22 @@ impl MetadataTable {
         // Named again (the undo of a rename put it back): no longer a deleted file here.
         self.lift_tombstone(meta.file_id);
         self.seals.remove(&path);
-        if meta.inline {
-            self.inline_bytes.insert(path.clone(), data);
-        } else {
-            self.inline_bytes.remove(&path);
-        }
+        self.set_inline_bytes(&path, meta.inline, data);
         if let Some(old) = self.entries.insert(path, meta) {
             // Another file's record, so its count here cannot reach zero unless it differs.
             self.unindex(old.file_id);
             if old.file_id != meta.file_id {
                 self.add_tombstone(old.file_id);
             }
+        }
+    }
+
+    /// Keeps `data` as the bytes of the record at `path` if it is inline and has any.
+    fn set_inline_bytes(&mut self, path: &str, inline: bool, data: Vec<u8>) {
+        if inline && !data.is_empty() {
+            self.inline_bytes.insert(path.to_string(), data);
+        } else {
+            self.inline_bytes.remove(path);
         }
     }
 
@@ -757,11 +764,7 @@ impl MetadataTable {
             }
             return;
         };
-        if meta.inline {
-            self.inline_bytes.insert(path.clone(), data);
-        } else {
-            self.inline_bytes.remove(&path);
-        }
+        self.set_inline_bytes(&path, meta.inline, data);
         let replaced = self.entries.insert(path, meta);
         if replaced.map(|now| now.file_id) != Some(meta.file_id) {
             if let Some(now) = replaced {

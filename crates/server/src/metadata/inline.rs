@@ -85,6 +85,11 @@ impl MetadataTable {
         }
     }
 
+    /// The bytes of the inline record at `path`, an entry made for them if it had none.
+    fn inline_bytes_mut(&mut self, path: &str) -> &mut Vec<u8> {
+        self.inline_bytes.entry(path.to_string()).or_default()
+    }
+
     /// Cuts or zero-extends the bytes of the inline record `meta` at `path` (normalised)
     /// to `size`; the caller sets the size in the record.
     pub(super) fn resize_inline(
@@ -97,8 +102,7 @@ impl MetadataTable {
             return Err(Status::NeedsChunks);
         }
         self.unsealed(path)?;
-        let bytes = self.inline_bytes.get_mut(path).ok_or(Status::Io)?;
-        bytes.resize(size as usize, 0);
+        self.inline_bytes_mut(path).resize(size as usize, 0);
         Ok(())
     }
 
@@ -182,7 +186,7 @@ impl MetadataTable {
             return Err(Status::NeedsChunks);
         }
         self.unsealed(path)?;
-        let bytes = self.inline_bytes.get_mut(path).ok_or(Status::Io)?;
+        let bytes = self.inline_bytes_mut(path);
         if (bytes.len() as u64) < end {
             bytes.resize(end as usize, 0);
         }
@@ -216,7 +220,7 @@ impl MetadataTable {
         {
             return Err(Status::Busy);
         }
-        let data = self.inline_bytes.get(&path).cloned().ok_or(Status::Io)?;
+        let data = self.inline_bytes.get(&path).cloned().unwrap_or_default();
         let until = Instant::now() + self.seal_lease;
         self.seals.insert(path, Seal { token, until });
         Ok((meta, data))
@@ -358,6 +362,27 @@ mod tests {
             t.write_inline("/p", plain, 0, b"z"),
             Err(Status::NeedsChunks)
         );
+    }
+
+    #[test]
+    fn an_empty_inline_file_holds_no_bytes_entry_and_takes_writes_sizes_and_seals() {
+        let mut t = table();
+        let id = create(&mut t, "/e", b"").unwrap().meta.file_id;
+        assert!(t.inline_bytes.is_empty(), "an empty file made an entry");
+        check(&t, "/e", true, b"");
+        t.update_size("/e", id, 3, SizeUpdate::AtLeast).unwrap();
+        check(&t, "/e", true, b"\0\0\0");
+        t.update_size("/e", id, 0, SizeUpdate::Exact).unwrap();
+        check(&t, "/e", true, b"");
+        let before = t.snapshot("/e");
+        assert_eq!(t.write_inline("/e", id, 1, b"xy").unwrap().size, 3);
+        check(&t, "/e", true, b"\0xy");
+        t.restore("/e", before);
+        check(&t, "/e", true, b"");
+        let (_, sealed) = t.seal_inline("/e", id, 7).unwrap();
+        assert!(sealed.is_empty());
+        assert!(!t.drop_inline("/e", id, 7, true).unwrap().inline);
+        check(&t, "/e", false, b"");
     }
 
     #[test]
