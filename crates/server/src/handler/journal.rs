@@ -683,13 +683,7 @@ impl Journal {
         self.torn = false;
         self.allocated = self.snapshot_bytes + self.appended_bytes;
         self.compact_after = 0;
-        // The new journal is in place whatever this says; only a power loss right now
-        // could bring the old one back, and it holds every record the new one does.
-        if let Some(dir) = self.path.parent() {
-            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-                tracing::warn!(dir = %dir.display(), error = %e, "syncing the directory of the compacted metadata journal failed");
-            }
-        }
+        sync_dir_of(&self.path);
         Ok(())
     }
 
@@ -735,6 +729,18 @@ fn keep_as_it_is(path: &Path, len: u64) -> Result<(File, u64), JournalError> {
     file.set_len(len)
         .map_err(io_error("cut a torn record from", path))?;
     Ok((file, len))
+}
+
+/// Makes the rename of a snapshot onto `path` durable. The new journal is in place whatever
+/// this says (so a failure is only logged: failing then left the server appending to the
+/// old, unlinked file, or cutting the new one to the old one's length); only a power loss
+/// right now could bring the old one back, and it holds every record the new one does.
+fn sync_dir_of(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "syncing the directory of the compacted metadata journal failed");
+        }
+    }
 }
 
 /// The temporary file a snapshot of the journal at `path` is written to.
@@ -820,11 +826,7 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
         let _ = std::fs::remove_file(&tmp);
         return Err(io_error("rename", path)(e));
     }
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("fsync", dir))?;
-    }
+    sync_dir_of(path);
     let file = OpenOptions::new()
         .append(true)
         .open(path)
