@@ -7,7 +7,9 @@ use benchfs_proto::limits::CHUNK_CACHE_SPAN_MAX;
 use benchfs_proto::meta::FileMetadata;
 use lru::LruCache;
 
-/// Path → metadata, at most `capacity` entries.
+/// Path → directory metadata, at most `capacity` entries. Only directories are kept: a
+/// file's size changes with every other client's close, so lookups never serve a file from
+/// here (`namespace::lookup`), and mdtest's creates each put one, evicting directories.
 #[derive(Debug)]
 pub(crate) struct MetadataCache {
     entries: Option<LruCache<String, (FileMetadata, Instant)>>,
@@ -33,9 +35,15 @@ impl MetadataCache {
         Some(meta)
     }
 
+    /// Keeps `meta` if it is a directory's; any other record drops what `path` held.
     pub(crate) fn put(&mut self, path: &str, meta: FileMetadata) {
-        if let Some(entries) = self.entries.as_mut() {
+        let Some(entries) = self.entries.as_mut() else {
+            return;
+        };
+        if meta.is_dir() {
             entries.put(path.to_string(), (meta, Instant::now()));
+        } else {
+            entries.pop(path);
         }
     }
 
@@ -158,6 +166,13 @@ mod tests {
     use super::*;
     use benchfs_proto::meta::EntryKind;
 
+    fn dir(size: u64) -> FileMetadata {
+        FileMetadata {
+            kind: EntryKind::Directory,
+            ..meta(size)
+        }
+    }
+
     fn meta(size: u64) -> FileMetadata {
         FileMetadata {
             file_id: 1,
@@ -178,20 +193,34 @@ mod tests {
     #[test]
     fn metadata_cache_is_bounded_and_expires() {
         let mut c = MetadataCache::new(2, None);
-        c.put("/a", meta(1));
-        c.put("/b", meta(2));
-        c.put("/c", meta(3));
+        c.put("/a", dir(1));
+        c.put("/b", dir(2));
+        c.put("/c", dir(3));
         assert_eq!(c.get("/a"), None, "least recently used is evicted");
         assert_eq!(c.get("/c").unwrap().size, 3);
         c.remove("/c");
         assert_eq!(c.get("/c"), None);
         let mut off = MetadataCache::new(0, None);
-        off.put("/a", meta(1));
+        off.put("/a", dir(1));
         assert_eq!(off.get("/a"), None);
         let mut ttl = MetadataCache::new(4, Some(Duration::ZERO));
-        ttl.put("/a", meta(1));
+        ttl.put("/a", dir(1));
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(ttl.get("/a"), None);
+    }
+
+    #[test]
+    fn metadata_cache_keeps_directories_only_and_files_evict_none() {
+        let mut c = MetadataCache::new(2, None);
+        c.put("/d", dir(1));
+        for i in 0..10 {
+            c.put(&format!("/d/f{i}"), meta(i));
+        }
+        assert_eq!(c.get("/d/f9"), None, "a file is not kept");
+        assert_eq!(c.get("/d").unwrap().size, 1, "files evicted the directory");
+        // A directory replaced by a file (rmdir, then create) is forgotten.
+        c.put("/d", meta(5));
+        assert_eq!(c.get("/d"), None);
     }
 
     #[test]
