@@ -109,8 +109,9 @@ fn a_corrupt_journal_stops_the_server_and_stays_as_it_was() {
 }
 
 /// The journal is compacted while the server runs (a thread writes the snapshot, the
-/// records appended meanwhile follow it), and a server killed at any point of that comes
-/// back with exactly the files it acknowledged: the deleted ones gone, the kept ones there.
+/// records appended meanwhile follow it), and a server killed wherever the kill lands (a
+/// compaction under way or not) comes back with exactly the files it acknowledged: the
+/// deleted ones gone, the kept ones there.
 #[test]
 fn a_server_killed_while_compacting_its_journal_keeps_every_acknowledged_change() {
     let mut cluster = Cluster::start(ClusterSpec {
@@ -141,11 +142,11 @@ fn a_server_killed_while_compacting_its_journal_keeps_every_acknowledged_change(
     drop(fs);
     // Uncompacted, the journal would hold 4,000 creates and 3,600 deletes of long names
     // (about 27 MB); compacted it holds the 400 kept files and what came after the last
-    // snapshot.
+    // snapshot put in place (4 MiB and what came during the last one's write).
     let journal = cluster.data_dir(0).join("metadata.journal");
     let journal_bytes = std::fs::metadata(&journal).unwrap().len();
     assert!(
-        journal_bytes < 12 << 20,
+        journal_bytes < 20 << 20,
         "the journal was never compacted: {journal_bytes} bytes"
     );
     cluster.kill(0);

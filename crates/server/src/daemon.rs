@@ -622,6 +622,7 @@ async fn final_sync(state: &ServerState, config: &ServerConfig) -> Result<(), Da
     if let Err(e) = state.store().sync().await {
         failures.push(format!("store sync: {e}"));
     }
+    state.abandon_compaction();
     if let Err(e) = state.sync_metadata() {
         failures.push(format!("metadata sync: {e}"));
     }

@@ -51,9 +51,9 @@ pub enum Seal {
 /// One server's share of the namespace.
 ///
 /// **Invariant:** the bytes of an inline record (`meta.inline`), `meta.size` of them, are in
-/// `inline_bytes` under its path, unless it holds none (an empty file makes no entry:
-/// mdtest's creates would each cost a probe of a large table); no other record has an
-/// entry there. Whole records come and go through `put`,
+/// `inline_bytes` under its path, unless it holds none (an empty file need have no entry,
+/// and a create makes none: mdtest's creates would each cost a probe of a large table); no
+/// other record has an entry there. Whole records come and go through `put`,
 /// [`Self::delete`] and [`Self::move_out`], which keep the two maps in step; the bytes
 /// change only in `metadata/inline.rs`, with the size.
 #[derive(Debug)]

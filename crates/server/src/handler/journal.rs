@@ -45,6 +45,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use benchfs_proto::meta::{FileMetadata, FILE_METADATA_LEN, FILE_METADATA_LEN_V1};
 use benchfs_proto::wire::{Reader, Writer};
@@ -182,6 +184,8 @@ struct Compaction {
     snapshot_bytes: u64,
     /// Ends with the temporary file written and synced (or removed, on failure).
     writer: std::thread::JoinHandle<Result<(), JournalError>>,
+    /// Set to make the thread stop and remove the temporary file.
+    abandon: Arc<AtomicBool>,
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
@@ -606,18 +610,29 @@ impl Journal {
         if self.compaction.is_some() {
             return Ok(());
         }
+        if !self.has_room_for_snapshot() {
+            self.compaction_failed();
+            return Ok(());
+        }
         let (chunks, to_write) = std::sync::mpsc::channel::<Vec<u8>>();
         let (written, spent) = std::sync::mpsc::channel::<Vec<u8>>();
         let tmp = tmp_path(&self.path);
+        let abandon = Arc::new(AtomicBool::new(false));
+        let abandoned = Arc::clone(&abandon);
         let writer = std::thread::Builder::new()
             .name("journal-snapshot".into())
             .spawn(move || {
+                let stop_if_abandoned = || match abandoned.load(Ordering::Relaxed) {
+                    true => Err(std::io::Error::other("abandoned: the server is stopping")),
+                    false => Ok(()),
+                };
                 write_tmp(&tmp, |file| {
                     for chunk in to_write {
+                        stop_if_abandoned()?;
                         file.write_all(&chunk)?;
                         let _ = written.send(chunk);
                     }
-                    Ok(())
+                    stop_if_abandoned()
                 })
             });
         let writer = match writer {
@@ -640,8 +655,36 @@ impl Journal {
             from: self.snapshot_bytes + self.appended_bytes,
             snapshot_bytes,
             writer,
+            abandon,
         });
         Ok(())
+    }
+
+    /// Whether the disk has room for a snapshot as long as the journal, with as much again
+    /// to spare: while the thread writes it the server answers requests, and a snapshot
+    /// that took the last free bytes would fail their writes until it gave them back.
+    fn has_room_for_snapshot(&self) -> bool {
+        let journal_bytes = self.snapshot_bytes + self.appended_bytes;
+        match nix::sys::statvfs::statvfs(&self.path) {
+            Ok(fs) => {
+                let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+                free / 2 >= journal_bytes.saturating_add(FREEING_RESERVE_BYTES)
+            }
+            // Nothing known: try, as before there was a check.
+            Err(_) => true,
+        }
+    }
+
+    /// Stops a compaction under way, waiting for its thread, and removes its temporary
+    /// file: called before the server lets its data directory go, so that no thread of
+    /// this process writes there once the next server may own it.
+    pub fn abandon_compaction(&mut self) {
+        let Some(compaction) = self.compaction.take() else {
+            return;
+        };
+        compaction.abandon.store(true, Ordering::Relaxed);
+        let _ = compaction.writer.join();
+        let _ = std::fs::remove_file(tmp_path(&self.path));
     }
 
     /// Puts the snapshot in the journal's place once its thread is done: the records
@@ -715,6 +758,13 @@ impl Journal {
     /// Makes every appended record durable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
         self.file.sync_data().map_err(io_error("fsync", &self.path))
+    }
+}
+
+impl Drop for Journal {
+    /// However the server ends (a panic included), no snapshot thread outlives the journal.
+    fn drop(&mut self) {
+        self.abandon_compaction();
     }
 }
 
@@ -822,15 +872,24 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
         });
         failed.map_or(Ok(()), Err)
     })?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_error("rename", path)(e));
-    }
-    sync_dir_of(path);
-    let file = OpenOptions::new()
+    // Opened before the rename, which then is the last step that can fail: a failure after
+    // it would have the caller fall back to the old journal's length on the new file.
+    let renamed = OpenOptions::new()
         .append(true)
-        .open(path)
-        .map_err(io_error("open", path))?;
+        .open(&tmp)
+        .map_err(io_error("open", &tmp))
+        .and_then(|file| {
+            std::fs::rename(&tmp, path).map_err(io_error("rename", path))?;
+            Ok(file)
+        });
+    let file = match renamed {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    sync_dir_of(path);
     Ok((file, snapshot_bytes))
 }
 
@@ -1041,6 +1100,65 @@ mod tests {
         Journal::open(&path, &mut replayed).unwrap();
         assert_eq!(listing(&replayed), listing(&t));
         assert_eq!(replayed.next_file_id(), t.next_file_id());
+    }
+
+    #[test]
+    fn a_compaction_abandoned_at_stop_leaves_no_temporary_file_and_the_journal_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        for i in 0..20_000 {
+            create(&mut t, &mut j, &format!("/f{i}"));
+        }
+        j.start_compaction(&t).unwrap();
+        create(&mut t, &mut j, "/during");
+        j.abandon_compaction();
+        assert!(
+            !tmp_path(&path).exists(),
+            "the snapshot's temporary file is left"
+        );
+        // Dropped with a compaction under way: the same.
+        j.start_compaction(&t).unwrap();
+        drop(j);
+        assert!(
+            !tmp_path(&path).exists(),
+            "the snapshot's temporary file is left"
+        );
+        let mut replayed = table();
+        Journal::open(&path, &mut replayed).unwrap();
+        assert_eq!(listing(&replayed), listing(&t));
+    }
+
+    /// A snapshot that would take the disk's last free bytes is not begun: while its thread
+    /// wrote it, the server's other writes would fail for want of room.
+    #[test]
+    fn no_compaction_begins_without_room_for_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(_unmount) = mount_tmpfs(dir.path(), "2m") else {
+            return;
+        };
+        let path = dir.path().join("metadata.journal");
+        let mut t = table();
+        let mut j = Journal::open(&path, &mut t).unwrap();
+        let names: Vec<String> = (0..2_000)
+            .map(|i| format!("/f{i:04}-{}", "x".repeat(200)))
+            .collect();
+        for name in &names {
+            create(&mut t, &mut j, name);
+        }
+        j.start_compaction(&t).unwrap();
+        assert!(
+            j.compaction.is_none(),
+            "a snapshot began with no room for it"
+        );
+        assert!(!j.wants_compaction(), "tried again at once");
+        assert!(!tmp_path(&path).exists());
+        create(&mut t, &mut j, "/after");
+        drop(j);
+        let mut replayed = table();
+        Journal::open(&path, &mut replayed).unwrap();
+        assert_eq!(listing(&replayed), listing(&t));
     }
 
     #[test]

@@ -293,6 +293,14 @@ impl ServerState {
         }
     }
 
+    /// Stops the journal's compaction under way, if any (see
+    /// [`journal::Journal::abandon_compaction`]); the server is stopping.
+    pub fn abandon_compaction(&self) {
+        if let Some(j) = &self.journal {
+            j.borrow_mut().abandon_compaction();
+        }
+    }
+
     /// Whether clients must complete a handshake with the job secret before anything else.
     pub fn requires_handshake(&self) -> bool {
         !self.secret.is_empty()

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use benchfs_proto::placement::PlacementKey;
 
-/// Bits of each of the two bitmaps (256 KiB each): at 250,000 changes in a window about one
-/// unchanged path in nine counts as changed; far more changes than that make every path wait,
-/// as a repair pass should while the namespace is that busy.
+/// Bits of each of the two bitmaps (256 KiB each): at a steady 250,000 changes a window
+/// about one unchanged path in five counts as changed (a bit of either bitmap); far more
+/// changes than that make every path wait, as a repair pass should while the namespace is
+/// that busy.
 const BITMAP_BITS: usize = 1 << 21;
 
 /// How long after a change a path counts as settled: twice the RPC timeout, by which
@@ -26,8 +27,8 @@ pub fn settle_window(rpc_timeout: Duration) -> Duration {
 }
 
 /// Changes within the settle window, by path hash. A path changed within the window is
-/// never settled; one whose last change is older is settled within two windows of it,
-/// unless another path's hash shares its bit.
+/// never settled; one whose last change is older is settled within three windows of it
+/// (the bitmaps rotate only when a call comes), unless another path's hash shares its bit.
 #[derive(Debug)]
 pub struct RecentChanges {
     window: Duration,
