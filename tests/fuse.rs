@@ -266,10 +266,19 @@ fn listings_and_unlinked_files(m: &Mounted) {
         "the replaced files are gone after their last close"
     );
 
-    // statfs reports the servers' totals.
+    // statfs reports the servers' totals: what they hold and the room of their one host
+    // (the memory the stores could still map), not exabytes.
     let out = shell(&m.root, "df -P . | tail -1");
     let fields: Vec<&str> = out.split_whitespace().collect();
-    assert!(fields[1].parse::<u64>().unwrap() > 0, "{out}");
+    let kib_blocks: u64 = fields[1].parse().unwrap();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let host_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap();
+    assert!(kib_blocks > 0 && kib_blocks < 2 * host_kib, "{out}");
 }
 
 #[test]

@@ -38,6 +38,20 @@ fn every_operation_round_trips() {
             (0, 0, 0, 0)
         );
         assert_eq!(before.capacity_bytes, 0, "the memory store is unbounded");
+        // Its room is the memory it could still map, not "unbounded": no more than the
+        // host has.
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let total_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap();
+        assert!(
+            before.room_bytes > 0 && before.room_bytes < total_kib * 1024,
+            "room {} of a host with {total_kib} KiB",
+            before.room_bytes
+        );
 
         let file = metadata_records(&conn).await;
         assert_eq!(stats(&conn).await.metadata_records, 2);

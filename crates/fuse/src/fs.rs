@@ -37,9 +37,28 @@ fn hidden_path(path: &str, ino: u64) -> Result<String> {
     Ok(path::join(parent, &format!("{UNLINKED_PREFIX}{ino:x}")))
 }
 
-/// Free space reported for servers whose store has no capacity limit (the convention of
+/// Free space reported for servers whose store nothing bounds (the convention of
 /// object-store mounts: effectively unbounded).
 const UNBOUNDED_BYTES: u64 = 1 << 60;
+
+/// Total and free bytes and records of the servers' `Stats` answers, by the host each
+/// listens on: the servers of one host share its memory and, as a rule, its disk, so the
+/// room of a host is the largest any of its servers reports, not their sum.
+fn space_of(answers: &[(std::net::IpAddr, benchfs_proto::ops::StatsReply)]) -> (u64, u64, u64) {
+    let mut room_of_host = std::collections::BTreeMap::new();
+    let (mut used, mut records) = (0u64, 0u64);
+    for (host, s) in answers {
+        used = used.saturating_add(s.used_bytes);
+        records = records.saturating_add(s.metadata_records);
+        let room = room_of_host.entry(*host).or_insert(0u64);
+        *room = (*room).max(s.room_bytes.min(UNBOUNDED_BYTES));
+    }
+    let free = room_of_host
+        .values()
+        .fold(0u64, |sum, &room| sum.saturating_add(room))
+        .min(UNBOUNDED_BYTES);
+    (used.saturating_add(free), free, records)
+}
 
 /// Locks the nodes' size publishes and truncates are spread over.
 const SIZE_LOCKS: usize = 64;
@@ -472,22 +491,15 @@ impl BenchFuse {
             let client = fs.client();
             Ok((fs.block_on(client.server_stats()), client.replicas()))
         })?;
-        let (mut total, mut used, mut records) = (0u64, 0u64, 0u64);
+        let mut answers = Vec::with_capacity(stats.len());
         for (entry, stat) in stats {
             let s = stat.map_err(|e| {
                 tracing::warn!(server = %entry.node_id, error = %e, "statfs: a server did not answer");
                 Errno::EIO
             })?;
-            let capacity = if s.capacity_bytes == 0 {
-                UNBOUNDED_BYTES
-            } else {
-                s.capacity_bytes
-            };
-            total = total.saturating_add(capacity.max(s.used_bytes));
-            used = used.saturating_add(s.used_bytes);
-            records = records.saturating_add(s.metadata_records);
+            answers.push((entry.addr.ip(), s));
         }
-        let free = total - used.min(total);
+        let (total, free, records) = space_of(&answers);
         let replicas = replicas.max(1) as u64;
         Ok([
             total / STATFS_BLOCK / replicas,
@@ -1054,5 +1066,37 @@ impl Filesystem for BenchFuse {
     ) {
         // Chunks are allocated as they are written; space cannot be reserved ahead.
         reply.error(Errno::EOPNOTSUPP);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use benchfs_proto::ops::StatsReply;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn answer(host: u8, used: u64, room: u64) -> (IpAddr, StatsReply) {
+        let stats = StatsReply {
+            used_bytes: used,
+            room_bytes: room,
+            metadata_records: 1,
+            ..Default::default()
+        };
+        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, host)), stats)
+    }
+
+    #[test]
+    fn servers_of_one_host_share_its_room_and_nothing_reads_as_exabytes() {
+        let gib = 1 << 30;
+        // Two servers on host 1 both see its 10 GiB; host 2's one server sees 4 GiB.
+        let answers = [
+            answer(1, gib, 10 * gib),
+            answer(1, 2 * gib, 10 * gib),
+            answer(2, 0, 4 * gib),
+        ];
+        assert_eq!(space_of(&answers), (17 * gib, 14 * gib, 3));
+        // A store nothing bounds reads as the mount convention's "unbounded", no more.
+        let (total, free, _) = space_of(&[answer(1, 5, u64::MAX), answer(2, 5, u64::MAX)]);
+        assert_eq!((total, free), (UNBOUNDED_BYTES + 10, UNBOUNDED_BYTES));
     }
 }

@@ -152,11 +152,12 @@ wire_header!(/// `FileIdsRequest`, before `count` inode numbers.
 wire_header!(/// `FileStatesReply`, before the named, then the deleted inode numbers.
     FileStatesHeader = 8, { named: U32, deleted: U32 });
 wire_header!(/// `StatsReply`, before `op_count` operation entries.
-StatsHeader = 84, {
+StatsHeader = 92, {
     metadata_records: U64,
     chunks: U64,
     used_bytes: U64,
     capacity_bytes: U64,
+    room_bytes: U64,
     requests: U64,
     malformed: U64,
     orphan_chunks_removed: U64,
@@ -1182,6 +1183,10 @@ pub struct StatsReply {
     pub used_bytes: u64,
     /// Capacity in bytes, 0 when unbounded.
     pub capacity_bytes: u64,
+    /// Bytes the store could still take now: what the capacity leaves, or less where the
+    /// memory it would map (memory backend) or its disk (the others) has less free;
+    /// `u64::MAX` when neither bounds it. Servers sharing a host share this room.
+    pub room_bytes: u64,
     /// Requests served since start.
     pub requests: u64,
     /// Requests refused as malformed since start.
@@ -1214,6 +1219,7 @@ impl Message for StatsReply {
             chunks: self.chunks.into(),
             used_bytes: self.used_bytes.into(),
             capacity_bytes: self.capacity_bytes.into(),
+            room_bytes: self.room_bytes.into(),
             requests: self.requests.into(),
             malformed: self.malformed.into(),
             orphan_chunks_removed: self.orphan_chunks_removed.into(),
@@ -1255,6 +1261,7 @@ impl Message for StatsReply {
             chunks: h.chunks.get(),
             used_bytes: h.used_bytes.get(),
             capacity_bytes: h.capacity_bytes.get(),
+            room_bytes: h.room_bytes.get(),
             requests: h.requests.get(),
             malformed: h.malformed.get(),
             orphan_chunks_removed: h.orphan_chunks_removed.get(),
@@ -1426,7 +1433,7 @@ mod tests {
             ..Default::default()
         };
         let bytes = reply.to_bytes();
-        assert_eq!(bytes.len(), 84 + 2 * 82);
+        assert_eq!(bytes.len(), 92 + 2 * 82);
         assert_eq!(StatsReply::from_bytes(&bytes).unwrap(), reply);
         // The same operation twice, or out of order, is refused.
         let twice = StatsReply {
@@ -1441,7 +1448,7 @@ mod tests {
         assert!(StatsReply::from_bytes(&backwards.to_bytes()).is_err());
         // A count above the number of operations is refused before any entry is read.
         let mut huge = bytes.clone();
-        huge[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+        huge[88..92].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             StatsReply::from_bytes(&huge),
             Err(DecodeError::BadField {
@@ -1451,7 +1458,7 @@ mod tests {
         ));
         // An unknown operation id is refused.
         let mut unknown = bytes;
-        unknown[84..86].copy_from_slice(&999u16.to_le_bytes());
+        unknown[92..94].copy_from_slice(&999u16.to_le_bytes());
         assert!(StatsReply::from_bytes(&unknown).is_err());
     }
 }

@@ -197,6 +197,11 @@ pub fn exposition(node_id: &str, stats: &StatsReply) -> String {
             stats.capacity_bytes,
         ),
         (
+            "benchfs_store_room_bytes",
+            "Bytes the chunk store could still take: the capacity left, or less where its memory or disk has less free.",
+            stats.room_bytes,
+        ),
+        (
             "benchfs_store_chunks",
             "Chunks the store holds.",
             stats.chunks,

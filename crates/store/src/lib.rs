@@ -50,6 +50,7 @@ pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
 pub use mapping::free_huge_page_bytes;
 pub use memory::{available_memory, InMemoryChunkStore};
+pub use pages::memory_room;
 pub use pages::ChunkView;
 pub use tiered::TieredChunkStore;
 

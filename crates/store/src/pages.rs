@@ -514,7 +514,7 @@ enum MemoryCheck {
 /// The memory this process may still fault in (host and cgroups, see
 /// [`available_memory`](crate::memory::available_memory)) less [`MEMORY_HEADROOM_BYTES`]
 /// for the rest of the server; `None` where nothing says.
-fn memory_room() -> Option<u64> {
+pub fn memory_room() -> Option<u64> {
     crate::memory::available_memory().map(|bytes| bytes.saturating_sub(MEMORY_HEADROOM_BYTES))
 }
 

@@ -169,6 +169,8 @@ pub struct ServerState {
     metadata: RefCell<MetadataTable>,
     journal: Option<RefCell<Journal>>,
     store: FaultyStore<AnyChunkStore>,
+    /// Where the store's files are (its disk's free space is the disk backends' room).
+    data_dir: std::path::PathBuf,
     /// Whether a `StoreProbe` is running (one at a time: they share a scratch file).
     probe_running: Cell<bool>,
     /// Request counters.
@@ -260,6 +262,7 @@ impl ServerState {
             metadata: RefCell::new(metadata),
             journal,
             store,
+            data_dir: config.node.data_dir.clone(),
             probe_running: Cell::new(false),
             counters: Counters::default(),
             metrics: Metrics::default(),
@@ -757,6 +760,23 @@ impl ServerState {
         Ok(Reply::ok(&op::Empty))
     }
 
+    /// What the store could still take (see [`op::StatsReply::room_bytes`]): a `df` of a
+    /// mount adds these up, and a store without a capacity had it report exabytes.
+    fn room_bytes(&self, usage: &benchfs_store::StoreUsage) -> u64 {
+        let left = usage
+            .capacity_bytes
+            .map(|capacity| capacity.saturating_sub(usage.used_bytes));
+        let free = match self.store.inner().backend() {
+            // What the pool may still map: the host's or the job's available memory, less
+            // the margin it keeps.
+            benchfs_store::Backend::Memory => benchfs_store::memory_room(),
+            _ => nix::sys::statvfs::statvfs(&self.data_dir)
+                .ok()
+                .map(|fs| fs.blocks_available().saturating_mul(fs.fragment_size())),
+        };
+        left.into_iter().chain(free).min().unwrap_or(u64::MAX)
+    }
+
     /// This server's counters, as a `Stats` request answers them.
     pub fn stats(&self) -> op::StatsReply {
         let usage = self.store.usage();
@@ -765,6 +785,7 @@ impl ServerState {
             chunks: usage.chunks,
             used_bytes: usage.used_bytes,
             capacity_bytes: usage.capacity_bytes.unwrap_or(0),
+            room_bytes: self.room_bytes(&usage),
             requests: self.counters.requests.get(),
             malformed: self.counters.malformed.get(),
             orphan_chunks_removed: self.counters.orphan_chunks_removed.get(),

@@ -183,6 +183,7 @@ fn to_json(answers: &[Answer]) -> Value {
                 "chunks": s.chunks,
                 "used_bytes": s.used_bytes,
                 "capacity_bytes": s.capacity_bytes,
+                "room_bytes": s.room_bytes,
                 "requests": s.requests,
                 "errors": errors(s),
                 "malformed": s.malformed,
