@@ -271,13 +271,7 @@ fn listings_and_unlinked_files(m: &Mounted) {
     let out = shell(&m.root, "df -P . | tail -1");
     let fields: Vec<&str> = out.split_whitespace().collect();
     let kib_blocks: u64 = fields[1].parse().unwrap();
-    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
-    let host_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap();
+    let host_kib = common::host_memory_kib();
     assert!(kib_blocks > 0 && kib_blocks < 2 * host_kib, "{out}");
 }
 

@@ -40,13 +40,7 @@ fn every_operation_round_trips() {
         assert_eq!(before.capacity_bytes, 0, "the memory store is unbounded");
         // Its room is the memory it could still map, not "unbounded": no more than the
         // host has.
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-        let total_kib: u64 = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .unwrap();
+        let total_kib = common::host_memory_kib();
         assert!(
             before.room_bytes > 0 && before.room_bytes < total_kib * 1024,
             "room {} of a host with {total_kib} KiB",

@@ -334,6 +334,17 @@ impl Drop for Cluster {
     }
 }
 
+/// The host's memory (`MemTotal`), in KiB.
+pub fn host_memory_kib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("MemTotal in /proc/meminfo")
+}
+
 /// Where test clusters live: a real disk (O_DIRECT and io_uring need one), not tmpfs.
 pub fn test_root() -> PathBuf {
     let root = std::env::var_os("BENCHFS_TEST_DIR")

@@ -902,6 +902,14 @@ mod tests {
         MetadataTable::new(1, 4096)
     }
 
+    /// A fresh journal in `dir`: its path, its table and the journal.
+    fn open_in(dir: &Path) -> (PathBuf, MetadataTable, Journal) {
+        let path = dir.join("metadata.journal");
+        let mut t = table();
+        let j = Journal::open(&path, &mut t).unwrap();
+        (path, t, j)
+    }
+
     /// Unmounts its directory when dropped.
     struct Unmount<'a>(&'a Path);
 
@@ -937,9 +945,7 @@ mod tests {
         let Some(_unmount) = mount_tmpfs(dir.path(), "64k") else {
             return;
         };
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, _, mut j) = open_in(dir.path());
         // Most of the disk goes to a filler, the rest to records until one fails (records
         // that free space: the others stop short of the room kept for these).
         let filler = dir.path().join("filler");
@@ -973,9 +979,7 @@ mod tests {
         let Some(_unmount) = mount_tmpfs(dir.path(), "2m") else {
             return;
         };
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         let names: Vec<String> = (0..300)
             .map(|i| format!("/f{i:04}-{}", "x".repeat(200)))
             .collect();
@@ -1071,9 +1075,7 @@ mod tests {
     #[test]
     fn records_appended_while_a_snapshot_is_written_follow_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         for i in 0..2_000 {
             create(&mut t, &mut j, &format!("/before{i}"));
         }
@@ -1105,9 +1107,7 @@ mod tests {
     #[test]
     fn a_compaction_abandoned_at_stop_leaves_no_temporary_file_and_the_journal_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         for i in 0..20_000 {
             create(&mut t, &mut j, &format!("/f{i}"));
         }
@@ -1138,9 +1138,7 @@ mod tests {
         let Some(_unmount) = mount_tmpfs(dir.path(), "2m") else {
             return;
         };
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         let names: Vec<String> = (0..2_000)
             .map(|i| format!("/f{i:04}-{}", "x".repeat(200)))
             .collect();
@@ -1164,9 +1162,7 @@ mod tests {
     #[test]
     fn a_failed_compaction_leaves_the_journal_whole_and_waits_before_trying_again() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         for i in 0..1_000 {
             create(&mut t, &mut j, &format!("/f{i}"));
         }
@@ -1193,9 +1189,7 @@ mod tests {
     #[test]
     fn seals_for_good_survive_replay_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         let (for_good, tentative) = (7, 8);
         assert!(t.seal(for_good, Seal::ForGood));
         j.append(&Record::Seal(for_good)).unwrap();
@@ -1220,9 +1214,7 @@ mod tests {
     #[test]
     fn replays_changes_and_survives_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         let a = t.create_file("/a", 0o644, 0, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/a",
@@ -1289,9 +1281,7 @@ mod tests {
     #[test]
     fn churn_compacts_while_running_and_replays_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.journal");
-        let mut t = table();
-        let mut j = Journal::open(&path, &mut t).unwrap();
+        let (path, mut t, mut j) = open_in(dir.path());
         let keep = t.create_file("/keep", 0o644, 0, Owner::default()).unwrap();
         j.append(&Record::Put {
             path: "/keep",
