@@ -273,6 +273,12 @@ fn listings_and_unlinked_files(m: &Mounted) {
     let kib_blocks: u64 = fields[1].parse().unwrap();
     let host_kib = common::host_memory_kib();
     assert!(kib_blocks > 0 && kib_blocks < 2 * host_kib, "{out}");
+    // Inodes: used is the files there are (a negative count read as unsigned fails to
+    // parse), and the total holds used and free.
+    let out = shell(&m.root, "df -Pi . | tail -1");
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    let [total, used, free] = [1, 2, 3].map(|i| fields[i].parse::<u64>().expect(&out));
+    assert!(used > 0 && total == used + free, "{out}");
 }
 
 #[test]

@@ -41,21 +41,34 @@ fn hidden_path(path: &str, ino: u64) -> Result<String> {
 /// object-store mounts: effectively unbounded).
 const UNBOUNDED_BYTES: u64 = 1 << 60;
 
-/// Total and free bytes and records of the servers' `Stats` answers, by the host each
-/// listens on: the servers of one host share its memory and, as a rule, its disk, so the
-/// room of a host is the largest any of its servers reports, not their sum.
+/// Total and free bytes and records of the servers' `Stats` answers. A server's room is
+/// its own capacity left, or its host's free memory or disk where that is less; the
+/// servers of one host share that memory and, as a rule, that disk, so a host's room is
+/// the sum of its servers' rooms, but no more than the largest free space any of them
+/// found binding (counting each server's, several servers of one host read as that many
+/// times its free memory).
 fn space_of(answers: &[(std::net::IpAddr, benchfs_proto::ops::StatsReply)]) -> (u64, u64, u64) {
-    let mut room_of_host = std::collections::BTreeMap::new();
+    // Per host: the sum of the rooms, and the free space shared by them, if any bound one.
+    let mut hosts: std::collections::BTreeMap<_, (u64, Option<u64>)> = Default::default();
     let (mut used, mut records) = (0u64, 0u64);
     for (host, s) in answers {
         used = used.saturating_add(s.used_bytes);
         records = records.saturating_add(s.metadata_records);
-        let room = room_of_host.entry(*host).or_insert(0u64);
-        *room = (*room).max(s.room_bytes.min(UNBOUNDED_BYTES));
+        let room = s.room_bytes.min(UNBOUNDED_BYTES);
+        let own_left = match s.capacity_bytes {
+            0 => None,
+            capacity => Some(capacity.saturating_sub(s.used_bytes)),
+        };
+        let (sum, shared) = hosts.entry(*host).or_default();
+        *sum = sum.saturating_add(room);
+        if own_left.is_none_or(|left| room < left) {
+            *shared = Some(shared.map_or(room, |free: u64| free.max(room)));
+        }
     }
-    let free = room_of_host
+    let free = hosts
         .values()
-        .fold(0u64, |sum, &room| sum.saturating_add(room))
+        .map(|&(sum, shared)| shared.map_or(sum, |free| sum.min(free)))
+        .fold(0u64, u64::saturating_add)
         .min(UNBOUNDED_BYTES);
     (used.saturating_add(free), free, records)
 }
@@ -504,7 +517,9 @@ impl BenchFuse {
         Ok([
             total / STATFS_BLOCK / replicas,
             free / STATFS_BLOCK / replicas,
-            records / replicas,
+            // Inodes: records are not bounded, so as many again as the free count a
+            // 32-bit reader can take; total is used plus free, as `df -i` expects.
+            (records / replicas).saturating_add(u64::from(u32::MAX)),
             u64::from(u32::MAX),
             STATFS_BLOCK,
         ])
@@ -1095,6 +1110,22 @@ mod tests {
             answer(2, 0, 4 * gib),
         ];
         assert_eq!(space_of(&answers), (17 * gib, 14 * gib, 3));
+        // Servers with capacities of their own, under what the host has free: each its own
+        // room, the total their capacities, however unevenly they are filled.
+        let capped = |used: u64| {
+            let (host, mut stats) = answer(1, used, 3 * gib - used);
+            stats.capacity_bytes = 3 * gib;
+            (host, stats)
+        };
+        assert_eq!(space_of(&[capped(0), capped(0), capped(0)]).0, 9 * gib);
+        assert_eq!(
+            space_of(&[capped(gib), capped(2 * gib), capped(0)]),
+            (9 * gib, 6 * gib, 3)
+        );
+        // A capacity the host's free space undercuts: that free space, shared.
+        let mut short = capped(0);
+        short.1.room_bytes = gib;
+        assert_eq!(space_of(&[short.clone(), short]).1, gib);
         // A store nothing bounds reads as the mount convention's "unbounded", no more.
         let (total, free, _) = space_of(&[answer(1, 5, u64::MAX), answer(2, 5, u64::MAX)]);
         assert_eq!((total, free), (UNBOUNDED_BYTES + 10, UNBOUNDED_BYTES));
