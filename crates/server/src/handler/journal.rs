@@ -692,14 +692,7 @@ impl Journal {
     /// them durable in the old file), then it is renamed over the journal. Does nothing
     /// while the thread runs. A failure leaves the old journal as the journal, whole.
     pub fn finish_compaction(&mut self) -> Result<(), JournalError> {
-        if !self
-            .compaction
-            .as_ref()
-            .is_some_and(|c| c.writer.is_finished())
-        {
-            return Ok(());
-        }
-        let Some(compaction) = self.compaction.take() else {
+        let Some(compaction) = self.compaction.take_if(|c| c.writer.is_finished()) else {
             return Ok(());
         };
         let tmp = tmp_path(&self.path);
@@ -714,7 +707,7 @@ impl Journal {
         let file = match installed {
             Ok(file) => file,
             Err(e) => {
-                // A partial snapshot would only hold space a full disk needs.
+                // Removed already, unless the thread panicked before it could.
                 let _ = std::fs::remove_file(&tmp);
                 self.compaction_failed();
                 return Err(e);
@@ -730,8 +723,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Copies the journal's bytes `from..end` after the snapshot in `tmp`, syncs them and
-    /// renames `tmp` over the journal; returns it opened for appending.
+    /// Copies the journal's bytes `from..end` after the snapshot in `tmp` and puts it in
+    /// the journal's place ([`put_in_place`]).
     fn install(&self, tmp: &Path, from: u64, end: u64) -> Result<File, JournalError> {
         use std::os::unix::fs::FileExt;
         let mut tail = vec![0; (end - from) as usize];
@@ -741,14 +734,7 @@ impl Journal {
                 "read the records appended during compaction from",
                 &self.path,
             ))?;
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(tmp)
-            .map_err(io_error("open", tmp))?;
-        file.write_all(&tail).map_err(io_error("append to", tmp))?;
-        file.sync_data().map_err(io_error("fsync", tmp))?;
-        std::fs::rename(tmp, &self.path).map_err(io_error("rename", &self.path))?;
-        Ok(file)
+        put_in_place(tmp, &self.path, &tail)
     }
 
     fn compaction_failed(&mut self) {
@@ -872,25 +858,34 @@ fn write_snapshot(path: &Path, table: &MetadataTable) -> Result<(File, u64), Jou
         });
         failed.map_or(Ok(()), Err)
     })?;
-    // Opened before the rename, which then is the last step that can fail: a failure after
-    // it would have the caller fall back to the old journal's length on the new file.
-    let renamed = OpenOptions::new()
-        .append(true)
-        .open(&tmp)
-        .map_err(io_error("open", &tmp))
-        .and_then(|file| {
-            std::fs::rename(&tmp, path).map_err(io_error("rename", path))?;
-            Ok(file)
-        });
-    let file = match renamed {
-        Ok(file) => file,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
+    let file = put_in_place(&tmp, path, &[])?;
     sync_dir_of(path);
     Ok((file, snapshot_bytes))
+}
+
+/// Opens the synced snapshot `tmp` for appending, appends `tail` (records it does not
+/// hold) and syncs them, and renames it over `path`; returns it, open for appending. The
+/// file is opened before the rename, which then is the last step that can fail: a failure
+/// after it would leave the caller on the old, unlinked journal or, at start, cutting the
+/// new one to the old one's length. On failure `tmp` is removed and `path` is as it was.
+fn put_in_place(tmp: &Path, path: &Path, tail: &[u8]) -> Result<File, JournalError> {
+    let placed = OpenOptions::new()
+        .append(true)
+        .open(tmp)
+        .map_err(io_error("open", tmp))
+        .and_then(|mut file| {
+            if !tail.is_empty() {
+                file.write_all(tail).map_err(io_error("append to", tmp))?;
+                file.sync_data().map_err(io_error("fsync", tmp))?;
+            }
+            std::fs::rename(tmp, path).map_err(io_error("rename", path))?;
+            Ok(file)
+        });
+    if placed.is_err() {
+        // A partial snapshot would only hold space a full disk needs.
+        let _ = std::fs::remove_file(tmp);
+    }
+    placed
 }
 
 #[cfg(test)]
