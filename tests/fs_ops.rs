@@ -541,8 +541,10 @@ fn quickstart_binary() -> std::path::PathBuf {
         .join("examples")
         .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let release = profile_dir.file_name() == Some(std::ffi::OsStr::new("release"));
     let mut build = Command::new(cargo)
         .args(["build", "--quiet", "--example", "quickstart"])
+        .args(release.then_some("--release"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .spawn()

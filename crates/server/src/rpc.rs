@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use benchfs_proto::frame::{REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs_store::ChunkBuf;
 
 use crate::budget::PayloadBudget;
-use crate::handler::{store_status, Payload, Reply, ServerState};
+use crate::handler::{store_status, Payload, Reply, ReplyPayload, ServerState};
 use crate::metrics::Outcome;
 
 /// The tracing target of the span around each request, which `node.trace_file` records.
@@ -102,31 +103,18 @@ pub async fn serve(
         let Some(msg) = stopping.or_next(&requests).await else {
             break;
         };
+        let Some(msg) = try_at_once(&state, &connections, &inflight, msg, &options) else {
+            continue;
+        };
         let permit = inflight.acquire(options.inflight_max).await;
         let state = Rc::clone(&state);
         let connections = Rc::clone(&connections);
         let options = Rc::clone(&options);
-        let mut handling = Box::pin(async move {
+        let handling = Box::pin(async move {
             handle_message(&state, &connections, msg, &options).await;
             drop(permit);
         });
-        // Most requests (metadata, pings, memory-store chunks) are answered without
-        // waiting: answer those here rather than handing each to a task of its own, a hop
-        // through the scheduler that was a tenth of a round trip. One that must wait goes on
-        // as a task, which polls it again with its own waker.
-        let polled = poll_fn(|cx| {
-            let poll = std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)));
-            Poll::Ready(poll.map(|p| p.is_ready()))
-        })
-        .await;
-        match polled {
-            Ok(true) => {}
-            Ok(false) => {
-                tokio::task::spawn_local(handling);
-            }
-            // As a task's panic would: that request goes unanswered, the server goes on.
-            Err(_) => tracing::error!("handling a request panicked; it gets no reply"),
-        }
+        run_or_spawn(handling).await;
     }
     // Stop accepting, then wait for every request in flight to finish. A stopped client's
     // transfer would hold the drain for the whole transfer timeout (a minute by default,
@@ -160,6 +148,27 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Runs a request's handling to its end here if it does not wait, else on a task of its
+/// own. Many requests that went this way (memory-store chunks) are answered without
+/// waiting: answering those here rather than handing each to a task, a hop through the
+/// scheduler, was a tenth of a round trip. One that must wait goes on as a task, which
+/// polls it again with its own waker.
+async fn run_or_spawn(mut handling: Pin<Box<impl Future<Output = ()> + 'static>>) {
+    let polled = poll_fn(|cx| {
+        let poll = std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)));
+        Poll::Ready(poll.map(|p| p.is_ready()))
+    })
+    .await;
+    match polled {
+        Ok(true) => {}
+        Ok(false) => {
+            tokio::task::spawn_local(handling);
+        }
+        // As a task's panic would: that request goes unanswered, the server goes on.
+        Err(_) => tracing::error!("handling a request panicked; it gets no reply"),
+    }
 }
 
 /// Whether the serving loop should stop, and the loop's waker while it waits for requests.
@@ -218,6 +227,12 @@ impl InFlight {
     /// Waits until fewer than `max` requests are in flight and counts one more.
     async fn acquire(self: &Rc<Self>, max: usize) -> Permit {
         self.wait_for(|count| count < max).await;
+        self.hold()
+    }
+
+    /// Counts one more request in flight at once, beyond `max` if need be (a reply
+    /// already handled, waiting for its send).
+    fn hold(self: &Rc<Self>) -> Permit {
         self.count.set(self.count.get() + 1);
         Permit(Rc::clone(self))
     }
@@ -430,31 +445,178 @@ async fn handle_message(
         }
     };
     let _in_flight = state.metrics.enter();
-    let started = Instant::now();
-    let span = tracing::trace_span!(
-        target: RPC_SPAN_TARGET,
-        "rpc",
-        op = frame.op.name(),
-        request_id = frame.request_id,
-        request_bytes = (frame.body_len + frame.payload_len) as u64,
-        status = tracing::field::Empty,
-        reply_bytes = tracing::field::Empty,
-        latency_ns = tracing::field::Empty,
-    );
+    let measured = Measured::start(&frame);
     let (status, outcome) = answer(state, connections, &ep, msg, &frame, options)
-        .instrument(span.clone())
+        .instrument(measured.span.clone())
         .await;
-    let latency = started.elapsed();
-    state.metrics.record(frame.op, outcome, latency);
-    match status {
-        Some(status) => span.record("status", tracing::field::debug(status)),
-        None => span.record("status", "unanswered"),
+    measured.finish(state, status, outcome);
+}
+
+/// A request's measurement: its span and when its handling began.
+struct Measured {
+    op: OpCode,
+    span: tracing::Span,
+    started: Instant,
+}
+
+impl Measured {
+    fn start(frame: &Frame) -> Measured {
+        let span = tracing::trace_span!(
+            target: RPC_SPAN_TARGET,
+            "rpc",
+            op = frame.op.name(),
+            request_id = frame.request_id,
+            request_bytes = (frame.body_len + frame.payload_len) as u64,
+            status = tracing::field::Empty,
+            reply_bytes = tracing::field::Empty,
+            latency_ns = tracing::field::Empty,
+        );
+        Measured {
+            op: frame.op,
+            span,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records the request's outcome in the metrics and its span. `status`: the reply's,
+    /// `None` when no reply could be sent.
+    fn finish(self, state: &ServerState, status: Option<Status>, outcome: Outcome) {
+        let latency = self.started.elapsed();
+        state.metrics.record(self.op, outcome, latency);
+        if self.span.is_disabled() {
+            return;
+        }
+        match status {
+            Some(status) => self.span.record("status", tracing::field::debug(status)),
+            None => self.span.record("status", "unanswered"),
+        };
+        self.span.record("reply_bytes", outcome.bytes_out);
+        self.span.record(
+            "latency_ns",
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+}
+
+/// [`answer_at_once`], a panic of which leaves the request unanswered, as a task's panic
+/// would, and the server going on.
+fn try_at_once(
+    state: &Rc<ServerState>,
+    connections: &RefCell<Connections>,
+    inflight: &Rc<InFlight>,
+    msg: AmMessage,
+    options: &Rc<ServeOptions>,
+) -> Option<AmMessage> {
+    let at_once = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        answer_at_once(state, connections, inflight, msg, options)
+    }));
+    at_once.unwrap_or_else(|_| {
+        tracing::error!("handling a request panicked; it gets no reply");
+        None
+    })
+}
+
+/// Answers a request at once when nothing in its handling waits: its data came eagerly,
+/// its operation is answered from the metadata table (or refused), and UCX takes the
+/// reply at once. Most requests (metadata, pings) are such; they then cost no future, no
+/// task and no allocation of their own (the boxed per-request future and its move were
+/// a sixth of a ping's handling). Gives the message back when it must go the waiting way,
+/// and takes it when it is answered or not to be answered (its connection failed).
+fn answer_at_once(
+    state: &Rc<ServerState>,
+    connections: &RefCell<Connections>,
+    inflight: &Rc<InFlight>,
+    msg: AmMessage,
+    options: &Rc<ServeOptions>,
+) -> Option<AmMessage> {
+    let Some(ep) = msg.reply_endpoint() else {
+        return Some(msg);
     };
-    span.record("reply_bytes", outcome.bytes_out);
-    span.record(
-        "latency_ns",
-        u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-    );
+    if ep.is_failed() {
+        // Queued before its connection failed or was closed; nobody can get the answer.
+        return None;
+    }
+    let Ok(frame) = decode_request(&msg) else {
+        return Some(msg);
+    };
+    let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
+    if crate::handler::waits(frame.op) && !handshake {
+        return Some(msg);
+    }
+    let Some(data) = msg.eager_data() else {
+        return Some(msg);
+    };
+    let _in_flight = state.metrics.enter();
+    let measured = Measured::start(&frame);
+    let entered = measured.span.enter();
+    let header = msg.header();
+    let (body, payload_len) = if frame.body_in_header {
+        (&header[FRAME_HEADER_LEN..], data.len())
+    } else {
+        let body_len = frame.body_len.min(data.len());
+        (&data[..body_len], data.len() - body_len)
+    };
+    let (reply, refused) = reply_at_once(state, connections, ep, &frame, body, payload_len);
+    let status = reply.status;
+    let [body_in, body_out] = reply.body_file_bytes;
+    // What the metrics count once the reply went: a refused request counts no bytes.
+    let outcome = move |sent: bool| match refused {
+        true => Outcome {
+            ok: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        },
+        false => Outcome {
+            ok: sent && status == Status::Ok,
+            bytes_in: frame.payload_len as u64 + body_in,
+            bytes_out: body_out,
+        },
+    };
+    let mut send = reply_request(ep, frame.op, frame.request_id, reply, options);
+    drop(entered);
+    match Pin::new(&mut send).poll(&mut std::task::Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => {
+            let sent = reply_sent(Some(result));
+            measured.finish(state, sent.then_some(status), outcome(sent));
+        }
+        Poll::Pending => {
+            // UCX queued the reply (its send resources are taken): wait for it on a task,
+            // counted in flight so that a stopping server waits for it too.
+            let permit = inflight.hold();
+            let ep = ep.clone();
+            let state = Rc::clone(state);
+            let options = Rc::clone(options);
+            tokio::task::spawn_local(async move {
+                let sent = reply_sent(bounded_transfer(&ep, send, &options).await);
+                measured.finish(&state, sent.then_some(status), outcome(sent));
+                drop(permit);
+            });
+        }
+    }
+    None
+}
+
+/// The reply to a request that does not wait, and whether it is a refusal.
+fn reply_at_once(
+    state: &ServerState,
+    connections: &RefCell<Connections>,
+    ep: &Endpoint,
+    frame: &Frame,
+    body: &[u8],
+    payload_len: usize,
+) -> (Reply, bool) {
+    if let Some(status) = refusal(state, connections, ep, frame) {
+        return (Reply::error(status), true);
+    }
+    let reply = match frame.op {
+        OpCode::Hello => hello(state, connections, ep, body),
+        OpCode::Auth => authenticate(state, connections, ep, body),
+        op => match state.handle_at_once(op, body, payload_len) {
+            Some(reply) => reply,
+            None => unreachable!("an operation that waits went the waiting way"),
+        },
+    };
+    (reply, false)
 }
 
 /// Answers one decoded request: refuses it, or receives its data, runs its handler and
@@ -628,9 +790,8 @@ async fn receive(
     }
 }
 
-/// Sends a reply; the body rides in the AM header when it fits, the payload in the data.
-/// A client that does not take it within the transfer timeout loses its connection.
-/// Returns whether the reply went.
+/// Sends a reply (see [`reply_request`]). A client that does not take it within the
+/// transfer timeout loses its connection. Returns whether the reply went.
 async fn send_reply(
     ep: &Endpoint,
     op: OpCode,
@@ -638,6 +799,36 @@ async fn send_reply(
     reply: Reply,
     options: &ServeOptions,
 ) -> bool {
+    let send = reply_request(ep, op, request_id, reply, options);
+    reply_sent(bounded_transfer(ep, send, options).await)
+}
+
+/// A reply's data: its payload, or its body when the body does not fit the AM header.
+enum ReplyData {
+    Empty,
+    Payload(ReplyPayload),
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for ReplyData {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            ReplyData::Empty => &[],
+            ReplyData::Payload(p) => p.as_ref(),
+            ReplyData::Bytes(b) => b,
+        }
+    }
+}
+
+/// Hands a reply to UCX: the body rides in the AM header when it fits, the payload in the
+/// data.
+fn reply_request(
+    ep: &Endpoint,
+    op: OpCode,
+    request_id: u64,
+    reply: Reply,
+    options: &ServeOptions,
+) -> benchfs_ucx::Request<(Vec<u8>, ReplyData)> {
     let payload_len = reply.payload.as_ref().map_or(0, |p| p.len());
     let fits = FRAME_HEADER_LEN + reply.body.len() <= ep.worker().max_am_header();
     let mut header = Frame::header(
@@ -655,34 +846,23 @@ async fn send_reply(
     } else {
         AmProto::Eager
     };
-    let result = if fits {
+    let data = if fits {
         header.extend_from_slice(&reply.body);
-        match reply.payload {
-            Some(p) => {
-                let send = ep.am_send(REPLY_AM_ID, header, p, proto);
-                bounded_transfer(ep, send, options)
-                    .await
-                    .map(|r| r.map(drop))
-            }
-            None => {
-                let send = ep.am_send(REPLY_AM_ID, header, Vec::new(), proto);
-                bounded_transfer(ep, send, options)
-                    .await
-                    .map(|r| r.map(drop))
-            }
-        }
+        reply.payload.map_or(ReplyData::Empty, ReplyData::Payload)
     } else {
         let mut data = reply.body;
         if let Some(p) = &reply.payload {
             data.extend_from_slice(p.as_ref());
         }
-        let send = ep.am_send(REPLY_AM_ID, header, data, proto);
-        bounded_transfer(ep, send, options)
-            .await
-            .map(|r| r.map(drop))
+        ReplyData::Bytes(data)
     };
+    ep.am_send(REPLY_AM_ID, header, data, proto)
+}
+
+/// Whether a reply's send went (`None`: the transfer was given up).
+fn reply_sent<T>(result: Option<Result<T, benchfs_ucx::UcxError>>) -> bool {
     match result {
-        Some(Ok(())) => true,
+        Some(Ok(_)) => true,
         Some(Err(e)) => {
             tracing::debug!(error = %e, "sending a reply failed; the client is gone");
             false

@@ -125,6 +125,20 @@ impl From<Result<Reply, Status>> for Reply {
     }
 }
 
+/// Whether handling `op` waits for the store or the disk: the others are answered at once
+/// ([`ServerState::handle_at_once`]).
+pub fn waits(op: OpCode) -> bool {
+    matches!(
+        op,
+        OpCode::ReadChunk
+            | OpCode::WriteChunk
+            | OpCode::TruncateFile
+            | OpCode::RemoveChunks
+            | OpCode::Fsync
+            | OpCode::StoreProbe
+    )
+}
+
 /// Turns a store error into a wire status by the store's one mapping, `Status::from(&e)`,
 /// logging what the status cannot carry.
 pub(crate) fn store_status(e: StoreError) -> Status {
@@ -491,77 +505,116 @@ impl ServerState {
 
     /// Handles one request. `body` is the operation body, `payload` the inline payload.
     pub async fn handle(&self, op: OpCode, body: &[u8], payload: Payload<'_>) -> Reply {
+        if !op.takes_payload() && payload.len() != 0 {
+            return self.counted(Reply::error(Status::Protocol));
+        }
+        if !waits(op) {
+            return self.counted(self.dispatch_at_once(op, body).into());
+        }
+        let reply = self.dispatch_waiting(op, body, payload).await.into();
+        self.counted(reply)
+    }
+
+    /// Handles one request of an operation that never waits (see [`waits`]) at once;
+    /// `None` for the others, which go through [`ServerState::handle`].
+    /// Only a ping takes a payload among them, and ignores it: `payload_len` is all it needs.
+    pub fn handle_at_once(&self, op: OpCode, body: &[u8], payload_len: usize) -> Option<Reply> {
+        if waits(op) {
+            return None;
+        }
+        if !op.takes_payload() && payload_len != 0 {
+            return Some(self.counted(Reply::error(Status::Protocol)));
+        }
+        Some(self.counted(self.dispatch_at_once(op, body).into()))
+    }
+
+    /// Counts a handled request and its reply's status.
+    fn counted(&self, reply: Reply) -> Reply {
         self.counters.requests.set(self.counters.requests.get() + 1);
-        let reply = self.dispatch(op, body, payload).await;
         if reply.status == Status::Protocol {
             self.counters.note_malformed();
         }
         reply
     }
 
-    async fn dispatch(&self, op: OpCode, body: &[u8], payload: Payload<'_>) -> Reply {
-        if !op.takes_payload() && payload.len() != 0 {
-            return Reply::error(Status::Protocol);
-        }
-        let result: Result<Reply, Status> = async {
-            match op {
-                // Answered by the transport, which knows the connection (see `hello`).
-                OpCode::Hello | OpCode::Auth => Err(Status::Protocol),
-                OpCode::Ping => {
-                    decode::<op::Empty>(body)?;
-                    Ok(Reply::ok(&op::Empty))
-                }
-                OpCode::ReadChunk => Ok(self.read_chunk(decode(body)?).await),
-                OpCode::WriteChunk => Ok(self.write_chunk(decode(body)?, payload).await),
-                OpCode::MetadataLookup | OpCode::Readdir => self.metadata_read(op, body),
-                OpCode::MetadataOpen => self.metadata_open(body),
-                OpCode::MetadataCreateInline
-                | OpCode::MetadataWriteInline
-                | OpCode::MetadataSealInline
-                | OpCode::MetadataDropInline => self.inline_write(op, body),
-                OpCode::MetadataCreateFile
-                | OpCode::MetadataCreateDir
-                | OpCode::MetadataCreateSymlink
-                | OpCode::MetadataDelete
-                | OpCode::MetadataInsert
-                | OpCode::SetAttr
-                | OpCode::UpdateSize
-                | OpCode::ClaimAppend => self.metadata_write(op, body),
-                OpCode::PurgeUnder => self.purge_under(&decode(body)?),
-                OpCode::LocateFile => {
-                    let req: op::LocateFileRequest = decode(body)?;
-                    let table = self.metadata.borrow();
-                    let path = table.path_of(req.file_id).map(str::to_string);
-                    Ok(Reply::ok(&op::LocateFileReply { path }))
-                }
-                OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
-                OpCode::RemoveChunks => {
-                    let req: op::RemoveChunksRequest = decode(body)?;
-                    let count = self
-                        .store
-                        .remove_file(req.file_id)
-                        .await
-                        .map_err(store_status)?;
-                    Ok(Reply::ok(&op::CountReply { count }))
-                }
-                OpCode::Fsync => {
-                    decode::<op::Empty>(body)?;
-                    self.fsync().await
-                }
-                OpCode::Stats => {
-                    decode::<op::Empty>(body)?;
-                    Ok(Reply::ok(&self.stats()))
-                }
-                OpCode::StoreProbe => self.store_probe(decode(body)?).await,
-                OpCode::CompareRecords => self.compare_records(decode(body)?),
-                OpCode::FilesExist
-                | OpCode::SealFiles
-                | OpCode::SealFilesForGood
-                | OpCode::UnsealFiles => self.file_states(op, decode(body)?),
+    /// The operations whose handling waits: for the store, or for the journal's sync.
+    async fn dispatch_waiting(
+        &self,
+        op: OpCode,
+        body: &[u8],
+        payload: Payload<'_>,
+    ) -> Result<Reply, Status> {
+        match op {
+            OpCode::ReadChunk => Ok(self.read_chunk(decode(body)?).await),
+            OpCode::WriteChunk => Ok(self.write_chunk(decode(body)?, payload).await),
+            OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
+            OpCode::RemoveChunks => {
+                let req: op::RemoveChunksRequest = decode(body)?;
+                let count = self
+                    .store
+                    .remove_file(req.file_id)
+                    .await
+                    .map_err(store_status)?;
+                Ok(Reply::ok(&op::CountReply { count }))
             }
+            OpCode::Fsync => {
+                decode::<op::Empty>(body)?;
+                self.fsync().await
+            }
+            OpCode::StoreProbe => self.store_probe(decode(body)?).await,
+            op => self.dispatch_at_once(op, body),
         }
-        .await;
-        result.into()
+    }
+
+    /// The operations answered from the metadata table alone (and the journal's append,
+    /// which does not wait).
+    fn dispatch_at_once(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
+        match op {
+            // Answered by the transport, which knows the connection (see `hello`); the
+            // waiting ones never come here.
+            OpCode::Hello
+            | OpCode::Auth
+            | OpCode::ReadChunk
+            | OpCode::WriteChunk
+            | OpCode::TruncateFile
+            | OpCode::RemoveChunks
+            | OpCode::Fsync
+            | OpCode::StoreProbe => Err(Status::Protocol),
+            OpCode::Ping => {
+                decode::<op::Empty>(body)?;
+                Ok(Reply::ok(&op::Empty))
+            }
+            OpCode::MetadataLookup | OpCode::Readdir => self.metadata_read(op, body),
+            OpCode::MetadataOpen => self.metadata_open(body),
+            OpCode::MetadataCreateInline
+            | OpCode::MetadataWriteInline
+            | OpCode::MetadataSealInline
+            | OpCode::MetadataDropInline => self.inline_write(op, body),
+            OpCode::MetadataCreateFile
+            | OpCode::MetadataCreateDir
+            | OpCode::MetadataCreateSymlink
+            | OpCode::MetadataDelete
+            | OpCode::MetadataInsert
+            | OpCode::SetAttr
+            | OpCode::UpdateSize
+            | OpCode::ClaimAppend => self.metadata_write(op, body),
+            OpCode::PurgeUnder => self.purge_under(&decode(body)?),
+            OpCode::LocateFile => {
+                let req: op::LocateFileRequest = decode(body)?;
+                let table = self.metadata.borrow();
+                let path = table.path_of(req.file_id).map(str::to_string);
+                Ok(Reply::ok(&op::LocateFileReply { path }))
+            }
+            OpCode::Stats => {
+                decode::<op::Empty>(body)?;
+                Ok(Reply::ok(&self.stats()))
+            }
+            OpCode::CompareRecords => self.compare_records(decode(body)?),
+            OpCode::FilesExist
+            | OpCode::SealFiles
+            | OpCode::SealFilesForGood
+            | OpCode::UnsealFiles => self.file_states(op, decode(body)?),
+        }
     }
 
     /// Lookups and listings: they read the table and change nothing.
