@@ -708,6 +708,72 @@ fn many_concurrent_calls_on_one_connection() {
     });
 }
 
+/// A client that sends thousands of requests before it takes a reply: the server answers
+/// each at once, and UCX queues the replies it cannot send yet (its shared-memory FIFO and
+/// socket buffer fill). Every reply still comes, with its own status, and the server counts
+/// every request once it is answered.
+#[test]
+fn replies_the_server_cannot_send_at_once_all_arrive_and_are_counted() {
+    const PINGS: u64 = 5_000;
+    const LOOKUPS: u64 = 3_000;
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(addr).await.unwrap();
+        let peer = RawPeer::connect(addr);
+        let lookup = ops::PathRequest {
+            path: "/missing".into(),
+        }
+        .to_bytes();
+        // Sent back to back: each send completes at once, so the peer's progress task does
+        // not run (and takes no reply) until the last one is out.
+        for id in 1..=PINGS + LOOKUPS {
+            let header = match id <= PINGS {
+                true => request(OpCode::Ping, id, &[], 0),
+                false => request(OpCode::MetadataLookup, id, &lookup, 0),
+            };
+            peer.send(header, Vec::new(), AmProto::Eager).await;
+        }
+        // Replies are matched by request id, as clients do, in whatever order they come.
+        let deadline = tokio::time::Instant::now() + FAIL_BOUND;
+        let mut answered = std::collections::HashSet::new();
+        while answered.len() < (PINGS + LOOKUPS) as usize {
+            let Some((frame, _)) = peer.next_reply(deadline).await else {
+                panic!(
+                    "{} of {} requests answered",
+                    answered.len(),
+                    PINGS + LOOKUPS
+                );
+            };
+            let id = frame.request_id;
+            let want = match id <= PINGS {
+                true => (OpCode::Ping, Status::Ok),
+                false => (OpCode::MetadataLookup, Status::NotFound),
+            };
+            assert_eq!(
+                (frame.op, frame.status),
+                (want.0, want.1.to_wire()),
+                "request {id}"
+            );
+            assert!(answered.insert(id), "request {id} answered twice");
+        }
+        let counted = |op: OpCode| {
+            let stats = stats(&conn);
+            async move {
+                stats
+                    .await
+                    .ops
+                    .iter()
+                    .find(|s| s.op == op)
+                    .map_or(0, |s| s.requests)
+            }
+        };
+        // The handshake pinged nothing; the stats call itself is not yet counted.
+        assert_eq!(counted(OpCode::Ping).await, PINGS);
+        assert_eq!(counted(OpCode::MetadataLookup).await, LOOKUPS);
+    });
+}
+
 /// Minor page faults of process `pid` so far (`/proc/<pid>/stat`, field 10).
 fn minor_faults(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -209,7 +209,7 @@ impl RawPeer {
     /// devices, for example); call inside `Rt::block_on`.
     pub fn connect_with(context: &std::sync::Arc<Context>, addr: SocketAddr) -> RawPeer {
         let worker = Worker::new(context).unwrap();
-        let replies = worker.set_am_handler(REPLY_AM_ID, 1024).unwrap();
+        let replies = worker.set_am_handler(REPLY_AM_ID, 16 * 1024).unwrap();
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(Duration::from_micros(50)));
         let ep = Endpoint::connect_socket(&worker, addr).unwrap();
         RawPeer {
@@ -233,17 +233,22 @@ impl RawPeer {
     pub async fn reply(&self, request_id: u64, wait: Duration) -> Option<(Frame, Vec<u8>)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.replies.recv())
-                .await
-                .ok()?;
-            let frame = Frame::decode(msg.header(), msg.data_len())
-                .expect("the server sent a malformed reply");
-            assert!(frame.is_reply);
+            let (frame, body) = self.next_reply(deadline).await?;
             if frame.request_id == request_id {
-                let body = msg.header()[32..].to_vec();
                 return Some((frame, body));
             }
         }
+    }
+
+    /// The next reply to come (its frame and body), or `None` if none came by `deadline`.
+    pub async fn next_reply(&self, deadline: tokio::time::Instant) -> Option<(Frame, Vec<u8>)> {
+        let msg = tokio::time::timeout_at(deadline, self.replies.recv())
+            .await
+            .ok()?;
+        let frame =
+            Frame::decode(msg.header(), msg.data_len()).expect("the server sent a malformed reply");
+        assert!(frame.is_reply);
+        Some((frame, msg.header()[32..].to_vec()))
     }
 
     /// Pings by hand and waits for the answer: the server still serves this connection.
