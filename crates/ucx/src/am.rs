@@ -237,6 +237,19 @@ impl AmStream {
         Poll::Pending
     }
 
+    /// The next message, progressing the worker up to `polls` times while none is queued.
+    /// A consumer that has just handled a message and looks for the next itself spares, per
+    /// message while they keep coming, the wake of its task and a turn of the progress task.
+    pub fn try_recv_polling(&self, polls: u32) -> Option<AmMessage> {
+        for _ in 0..polls {
+            if let Some(message) = self.try_recv() {
+                return Some(message);
+            }
+            self.worker.progress();
+        }
+        self.try_recv()
+    }
+
     /// The next message, if one is queued.
     pub fn try_recv(&self) -> Option<AmMessage> {
         self.queue.messages.borrow_mut().pop_front()

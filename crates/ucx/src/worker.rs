@@ -176,10 +176,14 @@ impl Worker {
     }
 
     /// Runs one `ucp_worker_progress` and returns how many events it handled. Completion
-    /// callbacks and Active Message handlers run inside this call.
+    /// callbacks and Active Message handlers run inside this call. Events restart the
+    /// progress loop's busy-poll window, whoever made the call.
     pub fn progress(&self) -> u32 {
         // SAFETY: the worker is alive and used only from its own thread (`Worker: !Send`).
         let count = unsafe { sys::ucp_worker_progress(self.handle) };
+        if count != 0 {
+            self.note_activity();
+        }
         self.reap();
         count
     }
@@ -263,7 +267,6 @@ impl Worker {
             }
             if bursts > 0 {
                 busy_arms = 0;
-                self.note_activity();
                 crate::drive::yield_turn().await;
                 continue;
             }
@@ -272,11 +275,9 @@ impl Worker {
                 cpu_yield.idle_poll();
                 // A turn of the local set costs several polls, and a message that lands
                 // during it waits for the next: poll a few more times before giving the
-                // turn away (the other tasks wait that much longer, under a microsecond).
-                let found = (0..IDLE_POLLS_PER_TURN).any(|_| self.progress() != 0);
-                if found {
-                    self.note_activity();
-                }
+                // turn away (the other tasks wait that much longer, under a microsecond),
+                // up to the first that finds an event.
+                let _ = (0..IDLE_POLLS_PER_TURN).any(|_| self.progress() != 0);
                 crate::drive::yield_turn().await;
                 continue;
             }
