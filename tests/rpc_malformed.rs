@@ -153,7 +153,19 @@ fn bad_frames() -> Vec<BadFrame> {
         ("rendezvous chunk write of chunk_size + 1 bytes", too_big, vec![5; big], invalid),
     ];
 
-    let eager = eager.into_iter().map(|case| (case, AmProto::Eager));
+    // A payload no chunk could hold is refused however it came (a ping's is not stored,
+    // but a server answers it as a write's).
+    let long_eager = [(
+        "eager ping longer than a chunk",
+        op(Ping, &[], big),
+        vec![6; big],
+        invalid,
+    )];
+
+    let eager = eager
+        .into_iter()
+        .chain(long_eager)
+        .map(|case| (case, AmProto::Eager));
     let rendezvous = rendezvous.into_iter().map(|case| (case, AmProto::Rndv));
     let cases = eager.chain(rendezvous).enumerate();
     let frames = cases.map(|(i, ((what, mut header, data, expect), proto))| {

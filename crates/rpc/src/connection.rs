@@ -42,7 +42,7 @@ pub struct ClientOptions {
 }
 
 /// Progress calls a lone call makes itself while it waits for its reply, about two
-/// microseconds (see [`Connection::wait_reply`]).
+/// microseconds over shared memory (see [`Connection::wait_reply`]).
 const REPLY_POLLS: u32 = 64;
 /// Payload buffers kept for reuse, at most.
 const SPARE_PAYLOADS_MAX: usize = 32;
@@ -504,9 +504,10 @@ impl Connection {
     /// Waits for the reply. A reply never comes over a connection that failed after the
     /// send; the call's watch ends the wait then, instead of at the timeout.
     ///
-    /// The only call in flight of its client progresses the worker itself for a while, as
-    /// a latency benchmark's loop does: a reply that comes meanwhile (a metadata reply takes
-    /// about a microsecond) ends the wait in that poll, without the progress task's turn
+    /// With busy polling on, the only call in flight of its client progresses the worker
+    /// itself for a while, as a latency benchmark's loop does: a reply that comes meanwhile
+    /// (a metadata reply takes about a microsecond over shared memory) ends the wait in that
+    /// poll, without the progress task's turn
     /// and the wake of the caller's task. It does so at its second poll, which it asks for at
     /// once: the first returns, so that calls started beside it (the other chunks of one
     /// write, the lanes of a `join_all`) are sent first instead of after its reply.
@@ -517,7 +518,9 @@ impl Connection {
         let mut polls = 0u32;
         let reply = poll_fn(|cx| {
             polls = polls.saturating_add(1);
-            let spin = polls == 2 && self.client.pending.borrow().len() == 1;
+            let spin = polls == 2
+                && !self.client.options.busy_poll.is_zero()
+                && self.client.pending.borrow().len() == 1;
             if spin {
                 for _ in 0..REPLY_POLLS {
                     match rx.try_recv() {

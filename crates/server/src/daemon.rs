@@ -18,7 +18,7 @@ use tracing_subscriber::Layer;
 
 use crate::budget::PayloadBudget;
 use crate::handler::ServerState;
-use crate::rpc::{serve, ServeOptions};
+use crate::rpc::{serve, ServeOptions, REQUEST_POLLS};
 use benchfs_config::registry::{self, ServerEntry};
 use benchfs_config::secret;
 use benchfs_config::{launcher_rank, Backend, ConfigError, NetworkConfig, ServerConfig};
@@ -545,6 +545,10 @@ fn serve_options(network: &NetworkConfig) -> ServeOptions {
         // slow transfer of a busy but live client does not cost it the connection.
         transfer_timeout: network.rpc_timeout.saturating_mul(2),
         payload_budget: PayloadBudget::new(network.inflight_payload_bytes),
+        polls_for_next: match network.busy_poll.is_zero() {
+            true => 0,
+            false => REQUEST_POLLS,
+        },
     }
 }
 

@@ -1,5 +1,7 @@
 //! The server side of the RPC: accept connections, decode each request, run its handler
-//! as a task on the event loop, and send the reply on the connection it came from.
+//! on the event loop (in one plain call when it does not wait, else as a future polled
+//! in place and made a task only if it waits), and send the reply on the connection it
+//! came from.
 //!
 //! **Invariant:** nothing a peer sends can stop the loop. A frame that does not decode is
 //! answered with `Protocol` when its request id can be read (so the caller fails fast) and
@@ -44,11 +46,11 @@ pub const CONNECTIONS_MAX: usize = 65_536;
 /// Longest a stopping server waits for its requests in flight before it closes every
 /// client connection, which ends the transfers a stopped client holds.
 const DRAIN_BEFORE_CLOSING_MAX: Duration = Duration::from_secs(5);
-/// Progress calls the request loop makes itself, after a request, while no next one is
-/// queued: about a microsecond, the time a client takes to send its next request after a
-/// reply. A request found so skips the wake of the loop's task and the progress task's
-/// turn (a sixth of a round trip).
-const REQUEST_POLLS: u32 = 32;
+/// Progress calls the request loop makes itself with busy polling on, after a request,
+/// while no next one is queued: about a microsecond over shared memory, the time a client
+/// takes to send its next request after a reply. A request found so skips the wake of the
+/// loop's task and the progress task's turn (a sixth of a round trip).
+pub const REQUEST_POLLS: u32 = 32;
 /// Requests the loop takes in a row so before it lets the other tasks run.
 const IN_A_ROW_MAX: u32 = 32;
 /// Connections a server holds before it first sweeps out failed ones.
@@ -79,6 +81,9 @@ pub struct ServeOptions {
     pub transfer_timeout: Duration,
     /// Rendezvous payload bytes held in transfer buffers at once.
     pub payload_budget: PayloadBudget,
+    /// Progress calls the request loop makes itself, after a request, while no next one
+    /// is queued ([`REQUEST_POLLS`] with busy polling on, none with it off).
+    pub polls_for_next: u32,
 }
 
 /// Serves requests until `stop` completes, then finishes the requests in flight and
@@ -108,7 +113,8 @@ pub async fn serve(
     });
     let mut in_a_row = 0;
     loop {
-        let Some(msg) = stopping.next_request(&requests, &mut in_a_row).await else {
+        let next = stopping.next_request(&requests, options.polls_for_next, &mut in_a_row);
+        let Some(msg) = next.await else {
             break;
         };
         let Some(msg) = try_at_once(&state, &connections, &inflight, msg, &options) else {
@@ -194,16 +200,21 @@ impl Stopping {
         }
     }
 
-    /// The next request, or `None` once the flag is raised. After a request it looks for
-    /// the next one itself for a while (see [`REQUEST_POLLS`]); `in_a_row` counts the
+    /// The next request, or `None` once the flag is raised. It looks for it itself first,
+    /// with up to `polls` progress calls (see [`REQUEST_POLLS`]); `in_a_row` counts the
     /// requests found so, and every [`IN_A_ROW_MAX`] of them the other tasks get a turn.
-    async fn next_request(&self, requests: &AmStream, in_a_row: &mut u32) -> Option<AmMessage> {
+    async fn next_request(
+        &self,
+        requests: &AmStream,
+        polls: u32,
+        in_a_row: &mut u32,
+    ) -> Option<AmMessage> {
         if *in_a_row >= IN_A_ROW_MAX {
             *in_a_row = 0;
             benchfs_ucx::yield_turn().await;
         }
         if !self.raised.get() {
-            if let Some(msg) = requests.try_recv_polling(REQUEST_POLLS) {
+            if let Some(msg) = requests.try_recv_polling(polls) {
                 *in_a_row += 1;
                 return Some(msg);
             }
@@ -542,11 +553,12 @@ fn try_at_once(
     })
 }
 
-/// Answers a request at once when nothing in its handling waits: its data came eagerly,
-/// its operation is answered from the metadata table (or refused), and UCX takes the
-/// reply at once. Most requests (metadata, pings) are such; they then cost no future, no
-/// task and no allocation of their own (the boxed per-request future and its move were
-/// a sixth of a ping's handling). Gives the message back when it must go the waiting way,
+/// Answers a request at once when nothing in its handling waits: its data came eagerly
+/// and its operation is answered from the metadata table (or refused). Most requests
+/// (metadata, pings, the handshake) are such; they then cost no future, no task and no
+/// allocation of their own (the boxed per-request future and its move were a sixth of a
+/// ping's handling). A reply UCX cannot take at once (its send resources are taken)
+/// finishes on a task of its own. Gives the message back when it must go the waiting way,
 /// and takes it when it is answered or not to be answered (its connection failed).
 fn answer_at_once(
     state: &Rc<ServerState>,
@@ -565,13 +577,16 @@ fn answer_at_once(
     let Ok(frame) = decode_request(&msg) else {
         return Some(msg);
     };
-    let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
-    if crate::handler::waits(frame.op) && !handshake {
+    if crate::handler::waits(frame.op) {
         return Some(msg);
     }
     let Some(data) = msg.eager_data() else {
         return Some(msg);
     };
+    if frame.op.takes_payload() && frame.payload_len as u64 > state.store().chunk_size() {
+        // Refused the waiting way, as the store refuses a buffer longer than a chunk.
+        return Some(msg);
+    }
     let _in_flight = state.metrics.enter();
     let measured = Measured::start(&frame);
     let entered = measured.span.enter();
@@ -612,11 +627,14 @@ fn answer_at_once(
             let ep = ep.clone();
             let state = Rc::clone(state);
             let options = Rc::clone(options);
-            tokio::task::spawn_local(async move {
+            let span = measured.span.clone();
+            let send = async move {
+                let _in_flight = state.metrics.enter();
                 let sent = reply_sent(bounded_transfer(&ep, send, &options).await);
                 measured.finish(&state, sent.then_some(status), outcome(sent));
                 drop(permit);
-            });
+            };
+            tokio::task::spawn_local(send.instrument(span));
         }
     }
     None
