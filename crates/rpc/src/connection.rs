@@ -7,19 +7,18 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::ops::{Auth, AuthRequest, Hello, HelloReply, HelloRequest};
 use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
 use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Worker};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{OutPayload, RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
 use crate::watch::{check_calls, CallWatch, Verdict};
@@ -54,7 +53,7 @@ pub struct RpcClient {
     worker: Rc<Worker>,
     /// Replies the router gave back, drained by [`route_replies`].
     replies: AmStream,
-    pending: RefCell<HashMap<u64, oneshot::Sender<AmMessage>>>,
+    pending: RefCell<HashMap<u64, Waiting>>,
     /// Buffers of sent payloads, reused so that a large write does not fault in fresh
     /// pages every time.
     spare_payloads: RefCell<Vec<Vec<u8>>>,
@@ -62,6 +61,13 @@ pub struct RpcClient {
     /// Deadlines and connection failures of the calls in flight.
     watch: Rc<CallWatch>,
     options: ClientOptions,
+}
+
+/// A call in flight: its reply once it came, and the call's waker until then.
+#[derive(Default)]
+struct Waiting {
+    reply: Option<AmMessage>,
+    waker: Option<Waker>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -162,6 +168,42 @@ impl RpcClient {
         buf
     }
 
+    /// Gives `msg` to call `id` and wakes it; gives it back when no call `id` waits for a
+    /// reply (it gave up, or had one), or when the table is in use (inside a progress call
+    /// made with it borrowed; the routing task delivers it then).
+    fn deliver(&self, id: u64, msg: AmMessage) -> Option<AmMessage> {
+        let waker = {
+            let Ok(mut pending) = self.pending.try_borrow_mut() else {
+                return Some(msg);
+            };
+            match pending.get_mut(&id) {
+                Some(waiting) if waiting.reply.is_none() => {
+                    waiting.reply = Some(msg);
+                    waiting.waker.take()
+                }
+                _ => return Some(msg),
+            }
+        };
+        waker.into_iter().for_each(Waker::wake);
+        None
+    }
+
+    /// Call `id`'s reply, if it came; else keeps `cx`'s waker for it. `None` as well for a
+    /// call not in the table.
+    fn poll_reply(&self, id: u64, cx: Option<&mut TaskContext<'_>>) -> Poll<Option<AmMessage>> {
+        let mut pending = self.pending.borrow_mut();
+        let Some(waiting) = pending.get_mut(&id) else {
+            return Poll::Ready(None);
+        };
+        if let Some(msg) = waiting.reply.take() {
+            return Poll::Ready(Some(msg));
+        }
+        if let Some(cx) = cx {
+            benchfs_ucx::keep_waker(&mut waiting.waker, cx.waker());
+        }
+        Poll::Pending
+    }
+
     /// The client's UCX worker.
     pub fn worker(&self) -> &Rc<Worker> {
         &self.worker
@@ -236,8 +278,8 @@ impl RpcClient {
 }
 
 /// Hands a reply to the call awaiting it as it arrives (inside UCX's progress, so it only
-/// sends on the call's channel), or gives it back to [`route_replies`]: one that is not a
-/// reply or whose call gave up, which is dropped there, outside UCX.
+/// wakes the call), or gives it back to [`route_replies`]: one that is not a reply or
+/// whose call gave up, which is dropped there, outside UCX.
 fn hand_over(client: &Weak<RpcClient>, msg: AmMessage) -> Option<AmMessage> {
     let Some(client) = client.upgrade() else {
         return Some(msg);
@@ -245,14 +287,7 @@ fn hand_over(client: &Weak<RpcClient>, msg: AmMessage) -> Option<AmMessage> {
     let Some(id) = Frame::reply_id(msg.header()) else {
         return Some(msg);
     };
-    let waiter = match client.pending.try_borrow_mut() {
-        Ok(mut pending) => pending.remove(&id),
-        Err(_) => None,
-    };
-    match waiter {
-        Some(waiter) => waiter.send(msg).err(),
-        None => Some(msg),
-    }
+    client.deliver(id, msg)
 }
 
 /// Hands each reply the router gave back to the call waiting for it; ends with the client
@@ -267,21 +302,13 @@ async fn route_replies(client: Weak<RpcClient>) {
             return;
         };
         match Frame::decode(msg.header(), msg.data_len()) {
-            Ok(frame) if frame.is_reply => {
-                if let Some(waiter) = client.pending.borrow_mut().remove(&frame.request_id) {
-                    // The caller may have given up meanwhile; then the reply is dropped.
-                    let _ = waiter.send(msg);
-                }
-            }
+            // The caller may have given up meanwhile; then the reply is dropped.
+            Ok(frame) if frame.is_reply => drop(client.deliver(frame.request_id, msg)),
             Ok(_) => tracing::warn!("a request arrived on the reply channel; dropped"),
             // A reply this build cannot read (a server of another version) still names its
             // call: the call decodes it again and fails with the reason, at once.
             Err(e) => match Frame::reply_id(msg.header()) {
-                Some(id) => {
-                    if let Some(waiter) = client.pending.borrow_mut().remove(&id) {
-                        let _ = waiter.send(msg);
-                    }
-                }
+                Some(id) => drop(client.deliver(id, msg)),
                 None => tracing::warn!(error = %e, "malformed reply frame; dropped"),
             },
         }
@@ -455,12 +482,11 @@ impl Connection {
         let client = &self.client;
         let id = client.next_id.get();
         client.next_id.set(id.wrapping_add(1));
-        let (tx, rx) = oneshot::channel();
-        client.pending.borrow_mut().insert(id, tx);
+        client.pending.borrow_mut().insert(id, Waiting::default());
         let _guard = PendingGuard { client, id };
         let _awaiting = client.worker.expect_replies();
         self.send_request(op, id, body, payload).await?;
-        let msg = self.wait_reply(rx).await?;
+        let msg = self.wait_reply(id).await?;
         let frame = self.check_reply(op, &msg)?;
         self.take_reply(frame, msg, sink).await
     }
@@ -511,36 +537,29 @@ impl Connection {
     /// and the wake of the caller's task. It does so at its second poll, which it asks for at
     /// once: the first returns, so that calls started beside it (the other chunks of one
     /// write, the lanes of a `join_all`) are sent first instead of after its reply.
-    async fn wait_reply(
-        &self,
-        mut rx: oneshot::Receiver<AmMessage>,
-    ) -> Result<AmMessage, RpcError> {
+    async fn wait_reply(&self, id: u64) -> Result<AmMessage, RpcError> {
+        let client = &self.client;
         let mut polls = 0u32;
         let reply = poll_fn(|cx| {
             polls = polls.saturating_add(1);
             let spin = polls == 2
-                && !self.client.options.busy_poll.is_zero()
-                && self.client.pending.borrow().len() == 1;
+                && !client.options.busy_poll.is_zero()
+                && client.pending.borrow().len() == 1;
             if spin {
                 for _ in 0..REPLY_POLLS {
-                    match rx.try_recv() {
-                        Err(oneshot::error::TryRecvError::Empty) => {}
-                        done => return Poll::Ready(done.map_err(drop)),
+                    if let Poll::Ready(reply) = client.poll_reply(id, None) {
+                        return Poll::Ready(reply);
                     }
-                    self.client.worker.progress();
+                    client.worker.progress();
                 }
             }
-            match Pin::new(&mut rx).poll(cx) {
-                Poll::Ready(done) => Poll::Ready(done.map_err(drop)),
-                Poll::Pending => {
-                    if polls == 1 {
-                        cx.waker().wake_by_ref();
-                    }
-                    Poll::Pending
-                }
+            let reply = client.poll_reply(id, Some(cx));
+            if reply.is_pending() && polls == 1 {
+                cx.waker().wake_by_ref();
             }
+            reply
         });
-        reply.await.map_err(|()| self.status(Status::Unavailable))
+        reply.await.ok_or_else(|| self.status(Status::Unavailable))
     }
 
     /// The reply's frame, if it answers `op` with success.
