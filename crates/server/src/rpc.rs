@@ -111,13 +111,19 @@ pub async fn serve(
             drop(raise);
         }
     });
+    let at_once = AtOnce {
+        state: Rc::clone(&state),
+        connections: Rc::clone(&connections),
+        inflight: Rc::clone(&inflight),
+        options: Rc::clone(&options),
+    };
     let mut in_a_row = 0;
     loop {
         let next = stopping.next_request(&requests, options.polls_for_next, &mut in_a_row);
         let Some(msg) = next.await else {
             break;
         };
-        let Some(msg) = try_at_once(&state, &connections, &inflight, msg, &options) else {
+        let Some(msg) = at_once.try_answer(msg) else {
             continue;
         };
         let permit = inflight.acquire(options.inflight_max).await;
@@ -535,22 +541,32 @@ impl Measured {
     }
 }
 
-/// [`answer_at_once`], a panic of which leaves the request unanswered, as a task's panic
-/// would, and the server going on.
-fn try_at_once(
-    state: &Rc<ServerState>,
-    connections: &RefCell<Connections>,
-    inflight: &Rc<InFlight>,
-    msg: AmMessage,
-    options: &Rc<ServeOptions>,
-) -> Option<AmMessage> {
-    let at_once = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        answer_at_once(state, connections, inflight, msg, options)
-    }));
-    at_once.unwrap_or_else(|_| {
-        tracing::error!("handling a request panicked; it gets no reply");
-        None
-    })
+/// What the request loop answers requests at once with (see [`answer_at_once`]).
+struct AtOnce {
+    state: Rc<ServerState>,
+    connections: Rc<RefCell<Connections>>,
+    inflight: Rc<InFlight>,
+    options: Rc<ServeOptions>,
+}
+
+impl AtOnce {
+    /// [`answer_at_once`], a panic of which leaves the request unanswered, as a task's
+    /// panic would, and the server going on.
+    fn try_answer(&self, msg: AmMessage) -> Option<AmMessage> {
+        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            answer_at_once(
+                &self.state,
+                &self.connections,
+                &self.inflight,
+                msg,
+                &self.options,
+            )
+        }));
+        answered.unwrap_or_else(|_| {
+            tracing::error!("handling a request panicked; it gets no reply");
+            None
+        })
+    }
 }
 
 /// Answers a request at once when nothing in its handling waits: its data came eagerly
