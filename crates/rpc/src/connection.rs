@@ -539,13 +539,11 @@ impl Connection {
     /// write, the lanes of a `join_all`) are sent first instead of after its reply.
     async fn wait_reply(&self, id: u64) -> Result<AmMessage, RpcError> {
         let client = &self.client;
+        let may_spin = !client.options.busy_poll.is_zero();
         let mut polls = 0u32;
         let reply = poll_fn(|cx| {
             polls = polls.saturating_add(1);
-            let spin = polls == 2
-                && !client.options.busy_poll.is_zero()
-                && client.pending.borrow().len() == 1;
-            if spin {
+            if may_spin && polls == 2 && client.pending.borrow().len() == 1 {
                 for _ in 0..REPLY_POLLS {
                     if let Poll::Ready(reply) = client.poll_reply(id, None) {
                         return Poll::Ready(reply);
@@ -554,7 +552,7 @@ impl Connection {
                 }
             }
             let reply = client.poll_reply(id, Some(cx));
-            if reply.is_pending() && polls == 1 {
+            if may_spin && reply.is_pending() && polls == 1 {
                 cx.waker().wake_by_ref();
             }
             reply
