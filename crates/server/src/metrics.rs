@@ -85,6 +85,15 @@ pub struct Outcome {
     pub bytes_out: u64,
 }
 
+impl Outcome {
+    /// A request refused or never answered: an error that moved no bytes.
+    pub const UNANSWERED: Outcome = Outcome {
+        ok: false,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+}
+
 /// The request metrics of one server.
 #[derive(Debug)]
 pub struct Metrics {

@@ -541,7 +541,7 @@ impl Measured {
     }
 }
 
-/// What the request loop answers requests at once with (see [`answer_at_once`]).
+/// What the request loop answers requests at once with (see [`AtOnce::answer`]).
 struct AtOnce {
     state: Rc<ServerState>,
     connections: Rc<RefCell<Connections>>,
@@ -550,110 +550,102 @@ struct AtOnce {
 }
 
 impl AtOnce {
-    /// [`answer_at_once`], a panic of which leaves the request unanswered, as a task's
+    /// [`AtOnce::answer`], a panic of which leaves the request unanswered, as a task's
     /// panic would, and the server going on.
     fn try_answer(&self, msg: AmMessage) -> Option<AmMessage> {
-        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            answer_at_once(
-                &self.state,
-                &self.connections,
-                &self.inflight,
-                msg,
-                &self.options,
-            )
-        }));
+        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| self.answer(msg)));
         answered.unwrap_or_else(|_| {
             tracing::error!("handling a request panicked; it gets no reply");
             None
         })
     }
+
+    /// Answers a request at once when nothing in its handling waits: its data came
+    /// eagerly and its operation is answered from the metadata table (or refused). Most
+    /// requests (metadata, pings, the handshake) are such; they then cost no future, no
+    /// task and no allocation of their own (the boxed per-request future and its move were
+    /// a sixth of a ping's handling). A reply UCX cannot take at once (its send resources
+    /// are taken) finishes on a task of its own. Gives the message back when it must go
+    /// the waiting way, and takes it when it is answered or not to be answered (its
+    /// connection failed).
+    fn answer(&self, msg: AmMessage) -> Option<AmMessage> {
+        let AtOnce {
+            state,
+            connections,
+            inflight,
+            options,
+        } = self;
+        let Some(ep) = msg.reply_endpoint() else {
+            return Some(msg);
+        };
+        if ep.is_failed() {
+            // Queued before its connection failed or was closed; nobody can get the answer.
+            return None;
+        }
+        let Ok(frame) = decode_request(&msg) else {
+            return Some(msg);
+        };
+        if crate::handler::waits(frame.op) {
+            return Some(msg);
+        }
+        let Some(data) = msg.eager_data() else {
+            return Some(msg);
+        };
+        if frame.op.takes_payload() && frame.payload_len as u64 > state.store().chunk_size() {
+            // Refused the waiting way, as the store refuses a buffer longer than a chunk.
+            return Some(msg);
+        }
+        let _in_flight = state.metrics.enter();
+        let measured = Measured::start(&frame);
+        let entered = measured.span.enter();
+        let (body, payload) = split_body(&frame, msg.header(), data);
+        let (reply, refused) = reply_at_once(state, connections, ep, &frame, body, payload.len());
+        let status = reply.status;
+        let [body_in, body_out] = reply.body_file_bytes;
+        // What the metrics count once the reply went: a refused request counts no bytes.
+        let outcome = move |sent: bool| match refused {
+            true => Outcome::UNANSWERED,
+            false => Outcome {
+                ok: sent && status == Status::Ok,
+                bytes_in: frame.payload_len as u64 + body_in,
+                bytes_out: body_out,
+            },
+        };
+        let mut send = reply_request(ep, frame.op, frame.request_id, reply, options);
+        drop(entered);
+        match Pin::new(&mut send).poll(&mut std::task::Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => {
+                let sent = reply_sent(Some(result));
+                measured.finish(state, sent.then_some(status), outcome(sent));
+            }
+            Poll::Pending => {
+                // UCX queued the reply (its send resources are taken): wait for it on a task,
+                // counted in flight so that a stopping server waits for it too.
+                let permit = inflight.hold();
+                let ep = ep.clone();
+                let state = Rc::clone(state);
+                let options = Rc::clone(options);
+                let span = measured.span.clone();
+                let send = async move {
+                    let _in_flight = state.metrics.enter();
+                    let sent = reply_sent(bounded_transfer(&ep, send, &options).await);
+                    measured.finish(&state, sent.then_some(status), outcome(sent));
+                    drop(permit);
+                };
+                tokio::task::spawn_local(send.instrument(span));
+            }
+        }
+        None
+    }
 }
 
-/// Answers a request at once when nothing in its handling waits: its data came eagerly
-/// and its operation is answered from the metadata table (or refused). Most requests
-/// (metadata, pings, the handshake) are such; they then cost no future, no task and no
-/// allocation of their own (the boxed per-request future and its move were a sixth of a
-/// ping's handling). A reply UCX cannot take at once (its send resources are taken)
-/// finishes on a task of its own. Gives the message back when it must go the waiting way,
-/// and takes it when it is answered or not to be answered (its connection failed).
-fn answer_at_once(
-    state: &Rc<ServerState>,
-    connections: &RefCell<Connections>,
-    inflight: &Rc<InFlight>,
-    msg: AmMessage,
-    options: &Rc<ServeOptions>,
-) -> Option<AmMessage> {
-    let Some(ep) = msg.reply_endpoint() else {
-        return Some(msg);
-    };
-    if ep.is_failed() {
-        // Queued before its connection failed or was closed; nobody can get the answer.
-        return None;
+/// A request's body and inline payload: the body rides in the AM header when the frame
+/// says so, else it leads the data.
+fn split_body<'a>(frame: &Frame, header: &'a [u8], data: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+    match frame.body_in_header {
+        true => (&header[FRAME_HEADER_LEN..], data),
+        false => data.split_at(frame.body_len.min(data.len())),
     }
-    let Ok(frame) = decode_request(&msg) else {
-        return Some(msg);
-    };
-    if crate::handler::waits(frame.op) {
-        return Some(msg);
-    }
-    let Some(data) = msg.eager_data() else {
-        return Some(msg);
-    };
-    if frame.op.takes_payload() && frame.payload_len as u64 > state.store().chunk_size() {
-        // Refused the waiting way, as the store refuses a buffer longer than a chunk.
-        return Some(msg);
-    }
-    let _in_flight = state.metrics.enter();
-    let measured = Measured::start(&frame);
-    let entered = measured.span.enter();
-    let header = msg.header();
-    let (body, payload_len) = if frame.body_in_header {
-        (&header[FRAME_HEADER_LEN..], data.len())
-    } else {
-        let body_len = frame.body_len.min(data.len());
-        (&data[..body_len], data.len() - body_len)
-    };
-    let (reply, refused) = reply_at_once(state, connections, ep, &frame, body, payload_len);
-    let status = reply.status;
-    let [body_in, body_out] = reply.body_file_bytes;
-    // What the metrics count once the reply went: a refused request counts no bytes.
-    let outcome = move |sent: bool| match refused {
-        true => Outcome {
-            ok: false,
-            bytes_in: 0,
-            bytes_out: 0,
-        },
-        false => Outcome {
-            ok: sent && status == Status::Ok,
-            bytes_in: frame.payload_len as u64 + body_in,
-            bytes_out: body_out,
-        },
-    };
-    let mut send = reply_request(ep, frame.op, frame.request_id, reply, options);
-    drop(entered);
-    match Pin::new(&mut send).poll(&mut std::task::Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => {
-            let sent = reply_sent(Some(result));
-            measured.finish(state, sent.then_some(status), outcome(sent));
-        }
-        Poll::Pending => {
-            // UCX queued the reply (its send resources are taken): wait for it on a task,
-            // counted in flight so that a stopping server waits for it too.
-            let permit = inflight.hold();
-            let ep = ep.clone();
-            let state = Rc::clone(state);
-            let options = Rc::clone(options);
-            let span = measured.span.clone();
-            let send = async move {
-                let _in_flight = state.metrics.enter();
-                let sent = reply_sent(bounded_transfer(&ep, send, &options).await);
-                measured.finish(&state, sent.then_some(status), outcome(sent));
-                drop(permit);
-            };
-            tokio::task::spawn_local(send.instrument(span));
-        }
-    }
-    None
 }
 
 /// The reply to a request that does not wait, and whether it is a refusal.
@@ -690,15 +682,10 @@ async fn answer(
     frame: &Frame,
     options: &ServeOptions,
 ) -> (Option<Status>, Outcome) {
-    let unanswered = Outcome {
-        ok: false,
-        bytes_in: 0,
-        bytes_out: 0,
-    };
     if let Some(status) = refusal(state, connections, ep, frame) {
         let refused = Reply::error(status);
         send_reply(ep, frame.op, frame.request_id, refused, options).await;
-        return (Some(status), unanswered);
+        return (Some(status), Outcome::UNANSWERED);
     }
     let header = msg.header().to_vec();
     let bytes = rendezvous_bytes(
@@ -709,7 +696,7 @@ async fn answer(
     );
     let budget = options.payload_budget.hold(bytes).await;
     let Some(received) = receive(state, ep, msg, frame, options).await else {
-        return (None, unanswered);
+        return (None, Outcome::UNANSWERED);
     };
     // A request's payload has arrived: its bytes go back now, not after the store's work
     // (a disk write of a chunk would hold them for milliseconds). A read keeps its bytes
@@ -720,11 +707,7 @@ async fn answer(
         Received::Buf(buf) => (&header[FRAME_HEADER_LEN..], Payload::Buf(buf)),
         Received::Bytes(bytes) => {
             data = bytes;
-            let (body, inline) = if frame.body_in_header {
-                (&header[FRAME_HEADER_LEN..], &data[..])
-            } else {
-                data.split_at(frame.body_len.min(data.len()))
-            };
+            let (body, inline) = split_body(frame, &header, &data);
             let payload = match inline.is_empty() {
                 true => Payload::None,
                 false => Payload::Bytes(inline),

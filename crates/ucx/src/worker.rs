@@ -277,7 +277,11 @@ impl Worker {
                 // during it waits for the next: poll a few more times before giving the
                 // turn away (the other tasks wait that much longer, under a microsecond),
                 // up to the first that finds an event.
-                let _ = (0..IDLE_POLLS_PER_TURN).any(|_| self.progress() != 0);
+                for _ in 0..IDLE_POLLS_PER_TURN {
+                    if self.progress() != 0 {
+                        break;
+                    }
+                }
                 crate::drive::yield_turn().await;
                 continue;
             }

@@ -1045,6 +1045,13 @@ mod tests {
     }
 
     /// Every record of `t`, as (path, inode number).
+    /// Replays the journal at `path` into a fresh table, which must list what `t` does.
+    fn assert_replays_as(path: &Path, t: &MetadataTable) {
+        let mut replayed = table();
+        Journal::open(path, &mut replayed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listing(&replayed), listing(t));
+    }
+
     fn listing(t: &MetadataTable) -> Vec<(String, u64)> {
         t.records()
             .map(|(p, meta, _)| (p.to_string(), meta.file_id))
@@ -1120,9 +1127,7 @@ mod tests {
             !tmp_path(&path).exists(),
             "the snapshot's temporary file is left"
         );
-        let mut replayed = table();
-        Journal::open(&path, &mut replayed).unwrap();
-        assert_eq!(listing(&replayed), listing(&t));
+        assert_replays_as(&path, &t);
     }
 
     /// A snapshot that would take the disk's last free bytes is not begun: while its thread
@@ -1149,9 +1154,7 @@ mod tests {
         assert!(!tmp_path(&path).exists());
         create(&mut t, &mut j, "/after");
         drop(j);
-        let mut replayed = table();
-        Journal::open(&path, &mut replayed).unwrap();
-        assert_eq!(listing(&replayed), listing(&t));
+        assert_replays_as(&path, &t);
     }
 
     #[test]
@@ -1176,9 +1179,7 @@ mod tests {
         );
         create(&mut t, &mut j, "/after");
         drop(j);
-        let mut replayed = table();
-        Journal::open(&path, &mut replayed).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(listing(&replayed), listing(&t));
+        assert_replays_as(&path, &t);
     }
 
     #[test]

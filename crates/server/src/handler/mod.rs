@@ -505,25 +505,23 @@ impl ServerState {
 
     /// Handles one request. `body` is the operation body, `payload` the inline payload.
     pub async fn handle(&self, op: OpCode, body: &[u8], payload: Payload<'_>) -> Reply {
-        if !op.takes_payload() && payload.len() != 0 {
-            return self.counted(Reply::error(Status::Protocol));
-        }
-        if !waits(op) {
-            return self.counted(self.dispatch_at_once(op, body).into());
+        if let Some(reply) = self.handle_at_once(op, body, payload.len()) {
+            return reply;
         }
         let reply = self.dispatch_waiting(op, body, payload).await.into();
         self.counted(reply)
     }
 
-    /// Handles one request of an operation that never waits (see [`waits`]) at once;
-    /// `None` for the others, which go through [`ServerState::handle`].
-    /// Only a ping takes a payload among them, and ignores it: `payload_len` is all it needs.
+    /// Handles one request at once: refuses a payload on an operation that takes none, or
+    /// answers an operation that never waits (see [`waits`]); `None` for the others, which
+    /// go through [`ServerState::handle`]. Only a ping takes a payload among those answered
+    /// here, and ignores it: `payload_len` is all it needs.
     pub fn handle_at_once(&self, op: OpCode, body: &[u8], payload_len: usize) -> Option<Reply> {
-        if waits(op) {
-            return None;
-        }
         if !op.takes_payload() && payload_len != 0 {
             return Some(self.counted(Reply::error(Status::Protocol)));
+        }
+        if waits(op) {
+            return None;
         }
         Some(self.counted(self.dispatch_at_once(op, body).into()))
     }
