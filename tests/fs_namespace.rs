@@ -561,3 +561,28 @@ fn the_root_is_neither_removed_nor_renamed_and_says_so_without_a_retry() {
     }
     assert!(fs.stat("/d").unwrap().is_dir());
 }
+
+#[test]
+fn a_directory_made_where_a_killed_client_left_a_create_starts_empty() {
+    // Regression (hostile run): a create sends its record and the lookup of its parent at
+    // once. A client killed after the record landed under a missing parent, before it
+    // removed it again, left a record that a directory made at that name later listed.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    write_file(&fs, "/f", b"bytes");
+    let left = fs.stat("/f").unwrap();
+    for (parent, create) in [("/nodir", "/nodir/x"), ("/deep", "/deep/er/x")] {
+        // The create fails as it should; its parent's lookup marked the missing name.
+        assert_eq!(errno_of(fs.create(create, 0o644)), libc::ENOENT, "{create}");
+        // What the killed client's create left: the record it never removed.
+        plant(&cluster, create, left);
+        std::thread::sleep(LEFTOVER_AGE);
+        fs.mkdir(parent, 0o755).unwrap();
+        if parent == "/deep" {
+            fs.mkdir("/deep/er", 0o755).unwrap();
+        }
+        let made = create.rsplit_once('/').unwrap().0;
+        assert_eq!(names_in(&fs, made), Vec::<String>::new(), "{made}");
+        assert_eq!(errno_of(fs.stat(create)), libc::ENOENT, "{create}");
+    }
+}

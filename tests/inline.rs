@@ -142,8 +142,8 @@ fn with_the_metadata_cache_off_the_parent_is_checked_alongside() {
     assert_eq!(
         made,
         [
-            (OpCode::MetadataLookup, 1),
-            (OpCode::MetadataCreateInline, 1)
+            (OpCode::MetadataCreateInline, 1),
+            (OpCode::MetadataLookupParent, 1)
         ]
     );
     // A missing parent surfaces at the close, and leaves nothing behind.

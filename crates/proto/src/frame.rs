@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 17;
+pub const VERSION: u16 = 18;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -104,11 +104,15 @@ pub enum OpCode {
     /// Where this server's record of a file is (a handle of a file renamed since it was
     /// opened finds its path again).
     LocateFile = 32,
+    /// Look up the parent of a path being created. A missing parent's name is marked, so
+    /// a directory made there later first removes what a create left below it (its client
+    /// died before it could remove the record it made under the missing parent).
+    MetadataLookupParent = 33,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 32] = [
+    pub const ALL: [OpCode; 33] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -141,6 +145,7 @@ impl OpCode {
         OpCode::PurgeUnder,
         OpCode::ClaimAppend,
         OpCode::LocateFile,
+        OpCode::MetadataLookupParent,
     ];
 
     /// Decodes a wire id.
@@ -156,6 +161,7 @@ impl OpCode {
             OpCode::ReadChunk => "read_chunk",
             OpCode::WriteChunk => "write_chunk",
             OpCode::MetadataLookup => "metadata_lookup",
+            OpCode::MetadataLookupParent => "metadata_lookup_parent",
             OpCode::MetadataCreateFile => "metadata_create_file",
             OpCode::MetadataCreateDir => "metadata_create_dir",
             OpCode::MetadataDelete => "metadata_delete",

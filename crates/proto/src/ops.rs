@@ -203,6 +203,8 @@ rpc!(/// Write part of a chunk.
     WriteChunk, WriteChunk, ChunkWrite, ChunkIoReply);
 rpc!(/// Look up a path.
     MetadataLookup, MetadataLookup, PathRequest, MetadataReply);
+rpc!(/// Look up the parent of a path being created, marking its name if it is missing.
+    MetadataLookupParent, MetadataLookupParent, PathRequest, MetadataReply);
 rpc!(/// Create a file record.
     MetadataCreateFile, MetadataCreateFile, CreateRequest, MetadataReply);
 rpc!(/// Create a directory record; the reply says whether stale records may lie below it.

@@ -39,16 +39,20 @@ impl FsClient {
                 }
             }
         }
-        match self.lookup_uncached(path).await {
+        match self.lookup_uncached::<ops::MetadataLookup>(path).await {
             Ok(meta) => Ok(meta),
             Err(e) if e.status() == Status::NotFound => Err(self.why_not_found(op, path, e).await),
             Err(e) => Err(rpc_err(op, path)(e)),
         }
     }
 
-    async fn lookup_uncached(&self, path: &str) -> Result<FileMetadata, RpcError> {
+    /// A path's record from its replicas by `R`, a lookup.
+    async fn lookup_uncached<R>(&self, path: &str) -> Result<FileMetadata, RpcError>
+    where
+        R: benchfs_proto::Rpc<Request = ops::PathRequest, Reply = ops::MetadataReply>,
+    {
         let (reply, _) = self
-            .read_any::<ops::MetadataLookup>(
+            .read_any::<R>(
                 PlacementKey::Metadata(path),
                 &ops::PathRequest {
                     path: path.to_string(),
@@ -76,7 +80,7 @@ impl FsClient {
             let cached = self.meta_cache.borrow_mut().get(parent);
             let found = match cached {
                 Some(meta) => Ok(meta),
-                None => self.lookup_uncached(parent).await,
+                None => self.lookup_uncached::<ops::MetadataLookup>(parent).await,
             };
             match found {
                 Ok(meta) if meta.is_dir() => break,
@@ -93,7 +97,29 @@ impl FsClient {
             path: path.to_string(),
             source,
         })?;
-        match self.lookup(op, parent, true).await {
+        // A cached directory stands; else the owner is asked in a way that marks the name
+        // if it is missing (`MetadataLookupParent`): this call's create may land below it
+        // and this process die before it removes that record again.
+        let cached = self
+            .meta_cache
+            .borrow_mut()
+            .get(parent)
+            .filter(|m| m.is_dir());
+        let found = match cached {
+            Some(meta) => Ok(meta),
+            None if parent == "/" => Ok(root_meta()),
+            None => match self
+                .lookup_uncached::<ops::MetadataLookupParent>(parent)
+                .await
+            {
+                Ok(meta) => Ok(meta),
+                Err(e) if e.status() == Status::NotFound => {
+                    Err(self.why_not_found(op, parent, e).await)
+                }
+                Err(e) => Err(rpc_err(op, parent)(e)),
+            },
+        };
+        match found {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => Err(fs_err(op, path, Status::NotDir)),
             // The call's own path, as mkdir(1) says (with the server that said so): named

@@ -582,7 +582,9 @@ impl ServerState {
                 decode::<op::Empty>(body)?;
                 Ok(Reply::ok(&op::Empty))
             }
-            OpCode::MetadataLookup | OpCode::Readdir => self.metadata_read(op, body),
+            OpCode::MetadataLookup | OpCode::MetadataLookupParent | OpCode::Readdir => {
+                self.metadata_read(op, body)
+            }
             OpCode::MetadataOpen => self.metadata_open(body),
             OpCode::MetadataCreateInline
             | OpCode::MetadataWriteInline
@@ -622,6 +624,17 @@ impl ServerState {
             return Ok(Reply::ok(&op::MetadataReply {
                 meta: self.metadata.borrow().lookup(&req.path)?,
             }));
+        }
+        if op == OpCode::MetadataLookupParent {
+            let req: op::PathRequest = decode(body)?;
+            let found = self.metadata.borrow().lookup(&req.path);
+            if found == Err(Status::NotFound) {
+                // The client's create below it may land, and the client die before it
+                // removes the record again: a directory made here later must not list it.
+                let dir = path::normalize(&req.path)?;
+                self.metadata.borrow_mut().mark_stale_below(&dir);
+            }
+            return Ok(Reply::ok(&op::MetadataReply { meta: found? }));
         }
         let req: op::ReaddirRequest = decode(body)?;
         let limit = req.limit.clamp(1, op::READDIR_PAGE_MAX) as usize;
