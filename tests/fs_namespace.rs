@@ -565,15 +565,24 @@ fn the_root_is_neither_removed_nor_renamed_and_says_so_without_a_retry() {
 #[test]
 fn a_directory_made_where_a_killed_client_left_a_create_starts_empty() {
     // Regression (hostile run): a create sends its record and the lookup of its parent at
-    // once. A client killed after the record landed under a missing parent, before it
-    // removed it again, left a record that a directory made at that name later listed.
+    // once. A client killed after the record landed under a missing parent (or a file),
+    // before it removed it again, left a record that a directory made at that name later
+    // listed.
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();
     write_file(&fs, "/f", b"bytes");
     let left = fs.stat("/f").unwrap();
-    for (parent, create) in [("/nodir", "/nodir/x"), ("/deep", "/deep/er/x")] {
-        // The create fails as it should; its parent's lookup marked the missing name.
-        assert_eq!(errno_of(fs.create(create, 0o644)), libc::ENOENT, "{create}");
+    write_file(&fs, "/file", b"a file where a directory comes later");
+    for (parent, create, errno) in [
+        ("/nodir", "/nodir/x", libc::ENOENT),
+        ("/deep", "/deep/er/x", libc::ENOENT),
+        ("/file", "/file/x", libc::ENOTDIR),
+    ] {
+        // The create fails as it should; its parent's lookup marked the name.
+        assert_eq!(errno_of(fs.create(create, 0o644)), errno, "{create}");
+        if parent == "/file" {
+            fs.unlink(parent).unwrap();
+        }
         // What the killed client's create left: the record it never removed.
         plant(&cluster, create, left);
         std::thread::sleep(LEFTOVER_AGE);

@@ -104,9 +104,10 @@ pub enum OpCode {
     /// Where this server's record of a file is (a handle of a file renamed since it was
     /// opened finds its path again).
     LocateFile = 32,
-    /// Look up the parent of a path being created. A missing parent's name is marked, so
-    /// a directory made there later first removes what a create left below it (its client
-    /// died before it could remove the record it made under the missing parent).
+    /// Look up the parent of a path being created. A parent that is missing, or not a
+    /// directory, has its name marked, so a directory made there later first removes what
+    /// a create left below it (its client died before it could remove the record it made
+    /// under the missing parent).
     MetadataLookupParent = 33,
 }
 

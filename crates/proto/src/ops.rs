@@ -203,7 +203,7 @@ rpc!(/// Write part of a chunk.
     WriteChunk, WriteChunk, ChunkWrite, ChunkIoReply);
 rpc!(/// Look up a path.
     MetadataLookup, MetadataLookup, PathRequest, MetadataReply);
-rpc!(/// Look up the parent of a path being created, marking its name if it is missing.
+rpc!(/// Look up the parent of a path being created, marking its name unless it is a directory.
     MetadataLookupParent, MetadataLookupParent, PathRequest, MetadataReply);
 rpc!(/// Create a file record.
     MetadataCreateFile, MetadataCreateFile, CreateRequest, MetadataReply);

@@ -628,9 +628,10 @@ impl ServerState {
         if op == OpCode::MetadataLookupParent {
             let req: op::PathRequest = decode(body)?;
             let found = self.metadata.borrow().lookup(&req.path);
-            if found == Err(Status::NotFound) {
+            if !matches!(found, Ok(meta) if meta.is_dir()) {
                 // The client's create below it may land, and the client die before it
-                // removes the record again: a directory made here later must not list it.
+                // removes the record again: a directory made here later (once a file
+                // here is gone) must not list it.
                 let dir = path::normalize(&req.path)?;
                 self.metadata.borrow_mut().mark_stale_below(&dir);
             }
