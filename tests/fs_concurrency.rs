@@ -254,3 +254,68 @@ fn files_created_while_their_directory_is_renamed_are_kept_or_refused() {
     write_file(&setup, "/R/again", b"again");
     assert_eq!(read_file(&fs, "/R/again"), b"again");
 }
+
+/// What `fd` reads from `offset` to the end, in reads of 64 KiB.
+fn read_rest(fs: &BenchFS, fd: benchfs::blocking::Fd, mut offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = fs.pread(fd, &mut buf, offset).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        offset += n as u64;
+    }
+}
+
+#[test]
+fn a_handle_opened_before_another_client_wrote_reads_what_it_published() {
+    // Regression (hostile run): a handle kept the size it opened with for good, so its
+    // reads stopped there (and fstat said so) while stat and a new open saw the bytes
+    // another client had closed or synced: `tail -f`, a rank reading after a barrier.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let (reader, writer) = (cluster.client(), cluster.client());
+    let read = OpenFlags::READ;
+    let rdwr = OpenFlags::READ | OpenFlags::WRITE;
+    // Chunks, inline, and inline grown past the record into chunks.
+    for (name, first, more) in [
+        ("/chunks", 10_000, 300_000),
+        ("/inline", 5, 10),
+        ("/moves", 5, 200_000),
+    ] {
+        let data = pattern(first + more, 7);
+        write_file(&writer, name, &data[..first]);
+        let fd = reader.open(name, read, 0).unwrap();
+        assert_eq!(read_rest(&reader, fd, 0), &data[..first], "{name}");
+        let w = writer.open(name, rdwr, 0).unwrap();
+        writer.pwrite(w, &data[first..], first as u64).unwrap();
+        writer.close(w).unwrap();
+        if name == "/chunks" {
+            // A read past the end asks again once the handle looked a second ago, as NFS
+            // revalidates after its attribute timeout.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        } else {
+            assert_eq!(reader.fstat(fd).unwrap().size, data.len() as u64, "{name}");
+        }
+        assert!(
+            read_rest(&reader, fd, 0) == data,
+            "{name}: the bytes written since"
+        );
+        assert_eq!(reader.fstat(fd).unwrap().size, data.len() as u64, "{name}");
+        reader.close(fd).unwrap();
+    }
+    // MPI-IO's sync-barrier-sync, with the writer's handle still open: its fsync, then
+    // the reader's, and the reader reads everything. One client's two handles too.
+    for (name, other) in [("/synced", &writer), ("/same-client", &reader)] {
+        let data = pattern(150_000, 3);
+        let w = other.create(name, 0o644).unwrap();
+        let fd = reader.open(name, read, 0).unwrap();
+        other.pwrite(w, &data, 0).unwrap();
+        other.fsync(w).unwrap();
+        reader.fsync(fd).unwrap();
+        assert!(read_rest(&reader, fd, 0) == data, "{name}");
+        other.close(w).unwrap();
+        reader.close(fd).unwrap();
+    }
+}

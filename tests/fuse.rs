@@ -1167,3 +1167,47 @@ fn a_mount_killed_during_a_directory_rename_loses_no_file() {
         m.wait_mounted();
     }
 }
+
+#[test]
+fn a_reader_open_before_another_client_grew_the_file_reads_the_growth() {
+    // Regression (hostile run): a handle of one mount kept reading up to the size it
+    // opened with while stat showed what another client (a mount, the API) wrote since,
+    // for a file in its record and for one in chunks.
+    let Some(mut m) = Mounted::start("fuse growth elsewhere", ClusterSpec::default(), "") else {
+        return;
+    };
+    let api = m.cluster.client();
+    for (name, first, more) in [("small", 6, 6), ("large", 10_000, 200_000)] {
+        let data = common::pattern(first + more, 5);
+        fs::write(m.path(name), &data[..first]).unwrap();
+        let reader = File::open(m.path(name)).unwrap();
+        let mut buf = vec![0u8; data.len() + 4096];
+        assert_eq!(reader.read_at(&mut buf, 0).unwrap(), first, "{name}");
+        let path = format!("/{name}");
+        let fd = api
+            .open(&path, benchfs::blocking::OpenFlags::WRITE, 0)
+            .unwrap();
+        api.pwrite(fd, &data[first..], first as u64).unwrap();
+        api.close(fd).unwrap();
+        // Past the mount's attribute timeout, stat shows the new size to the kernel.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(fs::metadata(m.path(name)).unwrap().len(), data.len() as u64);
+        let mut got = Vec::new();
+        let mut at = 0;
+        loop {
+            let n = reader.read_at(&mut buf, at).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            at += n as u64;
+        }
+        assert!(
+            got == data,
+            "{name}: read {} of {} bytes",
+            got.len(),
+            data.len()
+        );
+    }
+    m.unmount();
+}

@@ -794,7 +794,16 @@ impl Filesystem for BenchFuse {
         let Some(handle) = self.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let limit = self.known_end(ino.0, &handle);
+        let mut limit = self.known_end(ino.0, &handle);
+        if !handle.meta.inline && offset.saturating_add(u64::from(size)) > limit {
+            // The kernel asks past what this mount's handles know when it learned of
+            // growth another mount published (a stat): the record says how far. (An
+            // inline file's read asks its record anyway.)
+            let published = self.call(req, |fs| fs.stat(&handle.path)).ok();
+            if let Some(meta) = published.filter(|m| m.file_id == handle.meta.file_id) {
+                limit = limit.max(meta.size);
+            }
+        }
         let mut buf = vec![0; size as usize];
         let read = self.call(req, |fs| {
             fs.read_at(&handle.path, handle.meta, limit, &mut buf, offset)

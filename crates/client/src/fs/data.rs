@@ -558,6 +558,14 @@ impl FsClient {
         mut dst: ReadDst<'_>,
         offset: u64,
     ) -> Result<usize, ApiError> {
+        let stale = self.with_file(fd, |f| {
+            f.flags.contains(OpenFlags::READ)
+                && offset.saturating_add(dst.len() as u64) > f.size
+                && f.checked_at.elapsed() >= super::inline::CATCH_UP_AFTER
+        })?;
+        if stale {
+            self.catch_up(fd).await?;
+        }
         if let Some(n) = self.read_inline(fd, &mut dst, offset).await? {
             return Ok(n);
         }

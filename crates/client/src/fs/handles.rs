@@ -2,6 +2,7 @@
 //! size a handle grew once its writes came back.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::{ops, Status};
@@ -35,6 +36,9 @@ pub(super) struct OpenFile {
     pub(super) write_error: Option<RpcError>,
     /// What this handle read ahead (see `read_ahead`).
     pub(super) read_ahead: ReadAhead,
+    /// When the handle last learned the file's published size: at its open, or the
+    /// last `catch_up`.
+    pub(super) checked_at: Instant,
     /// How far into each chunk, from its start, writes of this handle that every replica
     /// acknowledged reach: bytes the file holds since, which a server that lost them must
     /// not fill with zeros (see `data::chunk_write`). In flight ones are not counted: the
@@ -113,6 +117,7 @@ impl FsClient {
                 size_dirty: false,
                 write_error: None,
                 read_ahead: ReadAhead::default(),
+                checked_at: Instant::now(),
                 acked: BTreeMap::new(),
                 inline: inline::held(inline::Record { meta, data }),
             },
@@ -302,7 +307,9 @@ impl FsClient {
     pub async fn fsync(&self, fd: Fd) -> Result<(), ApiError> {
         self.flush_size(fd).await?;
         let path = self.with_file(fd, |f| f.path.clone())?;
-        self.sync_servers(&path).await
+        self.sync_servers(&path).await?;
+        // A reader's fsync after a barrier sees what writers synced before it (MPI-IO).
+        self.catch_up(fd).await
     }
 
     /// Makes every server flush its store and metadata to stable storage (a file's
@@ -317,9 +324,11 @@ impl FsClient {
         Ok(())
     }
 
-    /// The metadata of an open handle, with this client's own writes counted.
+    /// The metadata of an open handle, with this client's own writes counted and what
+    /// other clients published since its open (see `catch_up`).
     pub async fn fstat(&self, fd: Fd) -> Result<FileMetadata, ApiError> {
         self.flush_size(fd).await?;
+        self.catch_up(fd).await?;
         self.with_file(fd, |f| FileMetadata {
             size: f.size,
             ..f.meta

@@ -123,6 +123,11 @@ fn read_from(bytes: &[u8], size: u64, dst: &mut ReadDst<'_>, offset: u64) -> Opt
     Some(n)
 }
 
+/// How long a handle goes by the file size it knows before a read past it asks the
+/// metadata owner again (see [`FsClient::catch_up`]), as long as a mount caches
+/// attributes by default.
+pub(super) const CATCH_UP_AFTER: Duration = Duration::from_secs(1);
+
 impl FsClient {
     /// Most bytes this client keeps in the record of a file of `chunk_size`.
     fn inline_limit_for(&self, chunk_size: u64) -> u64 {
@@ -188,6 +193,7 @@ impl FsClient {
                 write_error: None,
                 acked: std::collections::BTreeMap::new(),
                 read_ahead: ReadAhead::default(),
+                checked_at: Instant::now(),
                 inline: Some(Inline::Deferred(Deferred {
                     bytes: Vec::new(),
                     mode,
@@ -550,6 +556,49 @@ impl FsClient {
         })?
     }
 
+    /// Brings a handle up to what other clients published of its file since it was
+    /// opened: a size that grew (their closes and fsyncs), the record's bytes, or its
+    /// move from the record to chunks. One request to the metadata owner. Called by
+    /// fstat and fsync, and by a read past the size the handle knows when the handle last
+    /// looked [`CATCH_UP_AFTER`] ago or more, so a reader that opened before another
+    /// process wrote sees its bytes, as NFS (after its attribute timeout) and MPI-IO's
+    /// sync-barrier-sync promise, while reading a file to its end right after its open
+    /// costs nothing more. Nothing changes for a file that is gone or is another
+    /// file now (renamed over), nor for a deferred create (no record yet).
+    pub(super) async fn catch_up(&self, fd: Fd) -> Result<(), ApiError> {
+        let (path, file_id, deferred) = self.with_file(fd, |f| {
+            let deferred = matches!(f.inline, Some(Inline::Deferred(_)));
+            (f.path.clone(), f.meta.file_id, deferred)
+        })?;
+        if deferred {
+            return Ok(());
+        }
+        let record = match self.lookup_record("read", &path).await {
+            Ok(record) if record.meta.file_id == file_id => record,
+            Ok(_) => return Ok(()),
+            Err(e) if e.status() == Some(Status::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.with_file(fd, |f| {
+            f.checked_at = Instant::now();
+            if record.meta.size > f.size {
+                f.size = record.meta.size;
+            }
+            match (&mut f.inline, record.meta.inline) {
+                // The record holds every byte this client wrote too (its writes go there
+                // before they return), so its copy replaces the handle's when longer.
+                (Some(Inline::Held(bytes)), true) if record.data.len() > bytes.len() => {
+                    *bytes = record.data;
+                }
+                (Some(Inline::Held(_)), false) => {
+                    f.inline = None;
+                    f.meta = record.meta;
+                }
+                _ => {}
+            }
+        })
+    }
+
     /// A read with no handle (a mount's) of a file that was inline when the caller looked
     /// it up: `Ok` with the count if its record still holds the bytes, else `Err` with
     /// the record to read chunks by. Every read asks the record, which is one request
@@ -572,7 +621,8 @@ impl FsClient {
         if !record.meta.inline {
             return Ok(Err(record.meta));
         }
-        read_from(&record.data, size, &mut dst, offset)
+        // What the record holds was published, whatever the caller knew of the size.
+        read_from(&record.data, size.max(record.meta.size), &mut dst, offset)
             .map(Ok)
             .ok_or_else(|| fs_err("read", path, Status::Io))
     }
