@@ -921,3 +921,27 @@ fn a_dropped_client_leaves_no_worker_behind() {
         );
     });
 }
+
+#[test]
+fn every_call_of_a_client_without_the_secret_says_so() {
+    // Regression (hostile run): calls that waited for a connection attempt another call
+    // made, which the server refused for want of the job secret, failed with EIO "server
+    // unavailable" instead of that refusal.
+    let (_secrets, cluster) = cluster_with_secret(b"job-42-secret");
+    let fs = cluster.client();
+    for name in ["/a", "/b", "/c"] {
+        // A deferred create's close sends the record and its parent's lookup at once.
+        let fd = fs
+            .open(
+                &format!("{name}/f"),
+                benchfs::blocking::OpenFlags::CREATE | benchfs::blocking::OpenFlags::WRITE,
+                0o644,
+            )
+            .unwrap();
+        fs.write(fd, b"data").unwrap();
+        let closed = fs.close(fd);
+        assert_eq!(common::files::errno_of(closed), libc::EACCES, "{name}/f");
+        let e = fs.stat(name).unwrap_err().to_string();
+        assert!(e.contains("job secret"), "{name}: {e}");
+    }
+}

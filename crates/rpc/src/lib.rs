@@ -24,7 +24,7 @@ use benchfs_proto::{DecodeError, Status};
 pub const CLIENT_QUEUE_MAX: usize = 8192;
 
 /// What an RPC can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
     /// No reply came within the RPC timeout.

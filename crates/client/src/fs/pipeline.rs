@@ -167,49 +167,6 @@ impl Drop for ReplySlot {
     }
 }
 
-/// A copy of `e` (`RpcError` is not `Clone`): a handle's failure is reported by every
-/// later call, each with its own error.
-fn copy_rpc_error(e: &RpcError) -> RpcError {
-    match e {
-        RpcError::Timeout { server, timeout_ms } => RpcError::Timeout {
-            server: server.clone(),
-            timeout_ms: *timeout_ms,
-        },
-        RpcError::Transport { server, source } => RpcError::Transport {
-            server: server.clone(),
-            source: source.clone(),
-        },
-        RpcError::Protocol { server, source } => RpcError::Protocol {
-            server: server.clone(),
-            source: source.clone(),
-        },
-        RpcError::Status { server, status } => RpcError::Status {
-            server: server.clone(),
-            status: *status,
-        },
-        RpcError::Incompatible { server, reason } => RpcError::Incompatible {
-            server: server.clone(),
-            reason: reason.clone(),
-        },
-        RpcError::Unusable { server, reason } => RpcError::Unusable {
-            server: server.clone(),
-            reason: reason.clone(),
-        },
-        RpcError::MayHaveLost { server } => RpcError::MayHaveLost {
-            server: server.clone(),
-        },
-        RpcError::SecretRefused { server, has_secret } => RpcError::SecretRefused {
-            server: server.clone(),
-            has_secret: *has_secret,
-        },
-        // A kind of error added later: its message still names the server.
-        other => RpcError::Status {
-            server: other.to_string(),
-            status: other.status(),
-        },
-    }
-}
-
 impl FsClient {
     /// Whether writes go behind the calls that make them.
     pub(super) fn writes_behind(&self) -> bool {
@@ -487,7 +444,7 @@ impl FsClient {
             Some(e) => Err(ApiError::Rpc {
                 op: "write",
                 path: f.path.clone(),
-                source: copy_rpc_error(e),
+                source: e.clone(),
             }),
             None => Ok(()),
         })?

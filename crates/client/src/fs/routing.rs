@@ -29,9 +29,10 @@ pub(super) struct ServerSlot {
     connected_at: Cell<Option<Instant>>,
     /// Held while connecting, so concurrent calls share one connection attempt.
     pub(super) connecting: tokio::sync::Mutex<()>,
-    /// When the last connection attempt failed: calls that waited for it fail with it
-    /// instead of each waiting a timeout of its own on a server that does not answer.
-    pub(super) connect_failed_at: Cell<Option<Instant>>,
+    /// When the last connection attempt failed, and why: calls that waited for it fail
+    /// with its error instead of each waiting a timeout of its own on a server that does
+    /// not answer (or each being told less than the first: a refused secret).
+    pub(super) connect_failed: RefCell<Option<(Instant, RpcError)>>,
     /// Set when a call found this server unreachable: until then reads ask its replicas
     /// first, so a silent or unreachable server costs one timeout per period, not one per
     /// chunk.
@@ -51,7 +52,7 @@ impl ServerSlot {
             conn: RefCell::new(None),
             connected_at: Cell::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            connect_failed_at: Cell::new(None),
+            connect_failed: RefCell::new(None),
             suspect_until: Cell::new(None),
             born_ns: Cell::new(0),
             born_again: Cell::new(false),
@@ -208,16 +209,14 @@ impl FsClient {
             let entry = slot.entry.borrow();
             (entry.addr, entry.node_id.clone())
         };
-        if slot
-            .connect_failed_at
-            .get()
-            .is_some_and(|at| at >= waiting_since)
+        if let Some((_, e)) = slot
+            .connect_failed
+            .borrow()
+            .as_ref()
+            .filter(|(at, _)| *at >= waiting_since)
         {
             // (A blocking read sends its chunks' calls at once: each waited a timeout.)
-            return Err(RpcError::Status {
-                server: format!("{node_id}@{addr}"),
-                status: Status::Unavailable,
-            });
+            return Err(e.clone());
         }
         self.check_shared_memory(&node_id)?;
         let conn = match self
@@ -227,7 +226,7 @@ impl FsClient {
         {
             Ok(conn) => conn,
             Err(e) => {
-                slot.connect_failed_at.set(Some(Instant::now()));
+                *slot.connect_failed.borrow_mut() = Some((Instant::now(), e.clone()));
                 return Err(e);
             }
         };
