@@ -216,7 +216,15 @@ impl FsClient {
             .filter(|(at, _)| *at >= waiting_since)
         {
             // (A blocking read sends its chunks' calls at once: each waited a timeout.)
-            return Err(e.clone());
+            // One that did not answer is called unavailable (these calls waited no timeout
+            // of their own); a refusal is passed on as it was said.
+            return Err(match e {
+                RpcError::Timeout { .. } | RpcError::Transport { .. } => RpcError::Status {
+                    server: format!("{node_id}@{addr}"),
+                    status: Status::Unavailable,
+                },
+                refused => refused.clone(),
+            });
         }
         self.check_shared_memory(&node_id)?;
         let conn = match self
