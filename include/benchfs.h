@@ -16,6 +16,10 @@
  * Close descriptors (or call benchfs_term()) before a thread exits: a file's size is
  * published when its descriptor is closed or fsynced. A readdir filler may call the API.
  *
+ * fork(): the child cannot use BenchFS (its transport, UCX, does not survive a fork):
+ * every call there fails with ENOTSUP, and the child may exit or exec as it likes. The
+ * parent goes on as before. A program the child execs may call benchfs_init().
+ *
  * Paths are absolute ("/dir/file") and UTF-8; a name is at most 255 bytes.
  */
 #ifndef BENCHFS_H

@@ -146,6 +146,36 @@ fn threads_and_programs_exit_cleanly_after_a_call_timed_out() {
     );
 }
 
+#[test]
+fn a_forked_child_is_refused_and_neither_process_aborts() {
+    // Found by a hostile-user run: a child of fork() that exited normally aborted on a
+    // UCX assertion while closing its inherited client, and the parent then aborted at
+    // its own exit (the two shared epoll sets); a child's calls hung.
+    let prefix = installed_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(ROOT).join("tests/c/fork.c");
+    let program = dir.path().join("fork");
+    let mut link = pkg_config(prefix, &["--libs"]);
+    link.push(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+    compile(&source, &program, &pkg_config(prefix, &["--cflags"]), &link);
+    let cluster = Cluster::start(ClusterSpec::default());
+    let out = Command::new(&program)
+        .env("BENCHFS_REGISTRY", cluster.registry())
+        .env_remove("BENCHFS_CONFIG")
+        .output()
+        .expect("the test program runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("child refused: 1")
+            && stdout.contains("parent fine"),
+        "{} ({}):\n{stdout}\n{}",
+        program.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The header declares exactly the functions the library exports.
 #[test]
 fn header_declares_every_exported_function() {

@@ -113,6 +113,7 @@ pub unsafe extern "C" fn benchfs_init(registry: *const c_char) -> c_int {
             // SAFETY: non-null, and the caller passes a NUL-terminated string.
             Some(unsafe { path_arg(registry) }?)
         };
+        thread::watch_forks();
         settings::init(registry)?;
         with_client(|_| Ok(0))
     })

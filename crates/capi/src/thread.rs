@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CString};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use benchfs_client::blocking::{BenchFS, FileMetadata};
@@ -65,11 +65,50 @@ fn not_connected() -> Failure {
     )
 }
 
+/// Set in a child made by `fork()`: UCX, under every client, does not survive a fork.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// Makes a child process of `fork()` leave BenchFS alone (see [`forked_child`]); once.
+pub(crate) fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering a handler that only touches an atomic and this thread's
+        // slot, as a child handler may. It fails only out of memory, and then a child
+        // is as before.
+        unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+    });
+}
+
+/// In the child, after `fork()`: the client the forking thread inherited is forgotten,
+/// not closed. Closing it would tear down UCX state that is the parent's (its shared
+/// memory, and epoll sets that parent and child share), so the child aborted at its
+/// `exit` and the parent at its own. Every later call fails with ENOTSUP.
+extern "C" fn forked_child() {
+    FORKED.store(true, Ordering::Relaxed);
+    let _ = CLIENT.try_with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut() {
+            std::mem::forget(slot.take());
+        }
+    });
+}
+
+fn forked() -> Failure {
+    Failure::new(
+        libc::ENOTSUP,
+        "BenchFS cannot be used in a child made by fork(): its transport (UCX) does not \
+         survive a fork; use it from the parent, or exec a program that calls benchfs_init"
+            .into(),
+    )
+}
+
 /// Runs `f` on this thread's client, connecting it first if it has none or one from an
 /// earlier init.
 pub(crate) fn with_client<T>(
     f: impl FnOnce(&mut ThreadClient) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
+    if FORKED.load(Ordering::Relaxed) {
+        return Err(forked());
+    }
     benchfs_client::blocking::outlive_thread_locals();
     CLIENT.with(|slot| {
         let mut slot = slot.try_borrow_mut().map_err(|_| {
@@ -93,6 +132,9 @@ pub(crate) fn with_client<T>(
 
 /// Closes this thread's descriptors and its client.
 pub(crate) fn close_thread_client() -> Result<(), Failure> {
+    if FORKED.load(Ordering::Relaxed) {
+        return Err(forked());
+    }
     let client = CLIENT.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
     let Some(mut client) = client else {
         return Ok(());
