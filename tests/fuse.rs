@@ -1211,3 +1211,25 @@ fn a_reader_open_before_another_client_grew_the_file_reads_the_growth() {
     }
     m.unmount();
 }
+
+#[test]
+fn a_time_before_1970_is_refused_not_stored_as_1970() {
+    // Found by a hostile run: `touch -d 1960-01-01` succeeded and the file read back
+    // 1970-01-01 (records keep times since the epoch).
+    let Some(mut m) = Mounted::start("fuse times before 1970", ClusterSpec::default(), "") else {
+        return;
+    };
+    let path = m.path("old");
+    fs::write(&path, b"x").unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    let kept = fs::metadata(&path).unwrap().modified().unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    let refused = file.set_modified(std::time::UNIX_EPOCH - day);
+    assert_eq!(errno(refused), libc::EINVAL);
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), kept);
+    let later = std::time::UNIX_EPOCH + 365 * day;
+    file.set_modified(later).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), later);
+    drop(file);
+    m.unmount();
+}

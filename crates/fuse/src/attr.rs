@@ -84,7 +84,8 @@ pub(crate) fn errno(e: &ApiError) -> Errno {
     Errno::from_i32(errno)
 }
 
-/// Nanoseconds since the epoch of `t` (0 before it).
+/// Nanoseconds since the epoch of `t` (0 before it: a time set by a caller is refused
+/// first, see `setattr`).
 pub(crate) fn ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -360,6 +360,12 @@ impl BenchFuse {
         if ino.0 == ROOT {
             return Err(Errno::EPERM);
         }
+        let before_epoch = |t: Option<TimeOrNow>| matches!(t, Some(TimeOrNow::SpecificTime(t)) if t < std::time::UNIX_EPOCH);
+        if before_epoch(changes.atime) || before_epoch(changes.mtime) {
+            // Records keep times since 1970 only; stored as 1970 they would read back as
+            // a time nobody set.
+            return Err(Errno::EINVAL);
+        }
         let (path, mut meta) = self.record(req, ino)?;
         if let Some(size) = changes.size {
             if meta.is_dir() {
