@@ -1330,3 +1330,35 @@ fn ls_prints_one_line_per_entry_whatever_its_name() {
     assert!(lines[0].ends_with(r#" "a\nb""#), "{out}");
     assert!(lines[1].ends_with(" plain"), "{out}");
 }
+
+#[test]
+fn put_from_standard_input_get_into_a_directory_and_ls_of_a_file() {
+    // Found by a hostile run: `put -` looked for a file named "-", `get /f dir` refused a
+    // directory, and `ls /file` failed with "not a directory".
+    let cluster = Cluster::start(ClusterSpec::default());
+    let dir = tempfile::tempdir_in(common::test_root()).unwrap();
+    let source = dir.path().join("source");
+    std::fs::write(&source, b"from standard input").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args(["put", "-", "/piped", "--dir", arg(cluster.dir.path())])
+        .stdin(std::fs::File::open(&source).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    on(&cluster, &["get", "/piped", arg(&into)]).ok();
+    assert_eq!(
+        std::fs::read(into.join("piped")).unwrap(),
+        b"from standard input"
+    );
+    let listed = on(&cluster, &["ls", "/piped"]).ok();
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["-           19 /piped"]
+    );
+}

@@ -51,7 +51,7 @@ pub enum FileCommand {
     },
     /// Copy a local file into BenchFS.
     Put {
-        /// The local file.
+        /// The local file (`-`: standard input).
         local: PathBuf,
         /// The BenchFS path.
         path: String,
@@ -149,7 +149,10 @@ fn open_source(local: &Path) -> Result<File, String> {
 fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
     let fail =
         |e: &dyn Display| -> CliError { format!("put {} -> {path}: {e}", local.display()).into() };
-    let mut source = open_source(local).map_err(|e| fail(&e))?;
+    let mut source: Box<dyn Read> = match local.as_os_str() == "-" {
+        true => Box::new(std::io::stdin().lock()),
+        false => Box::new(open_source(local).map_err(|e| fail(&e))?),
+    };
     let fs = target.connect()?;
     let fd = fs.create(path, 0o644).map_err(|e| fail(&e))?;
     let copied = copy_in(&fs, fd, &mut source);
@@ -192,6 +195,15 @@ fn get(target: &Target, path: &str, local: &Path) -> Result<(), CliError> {
         |e: &dyn Display| -> CliError { format!("get {path} -> {}: {e}", local.display()).into() };
     let fs = target.connect()?;
     let fd = fs.open(path, OpenFlags::READ, 0).map_err(|e| fail(&e))?;
+    // Into a directory under the file's own name, as `cp` copies.
+    let into_dir;
+    let local = match (local.is_dir(), path.rsplit('/').next()) {
+        (true, Some(name)) if !name.is_empty() => {
+            into_dir = local.join(name);
+            into_dir.as_path()
+        }
+        _ => local,
+    };
     let (dest, in_place) = destination(local);
     let result = if in_place {
         let writing = format!("writing {}", dest.display());
@@ -244,9 +256,18 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
         FileCommand::Ls { path, target } => {
             let fs = target.connect()?;
             let mut out = String::new();
-            for e in fs.readdir(&path)? {
-                let kind = if e.meta.is_dir() { 'd' } else { '-' };
-                out += &format!("{kind} {:>12} {}\n", e.meta.size, shown(&e.name));
+            let line = |meta: &benchfs::api::FileMetadata, name: &str| {
+                let kind = if meta.is_dir() { 'd' } else { '-' };
+                format!("{kind} {:>12} {}\n", meta.size, shown(name))
+            };
+            match fs.stat(&path) {
+                // A file lists as itself, as `ls` lists it.
+                Ok(meta) if !meta.is_dir() => out += &line(&meta, &path),
+                _ => {
+                    for e in fs.readdir(&path)? {
+                        out += &line(&e.meta, &e.name);
+                    }
+                }
             }
             super::print_out(&out)?;
         }
