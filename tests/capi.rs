@@ -109,17 +109,24 @@ fn c_program_calls_every_function_shared_and_static() {
     run_against(&fixed, &cluster);
 }
 
+/// Compiles `tests/c/<name>.c` into `dir` against the installed library (shared, found
+/// by its rpath); returns the program's path.
+fn build_program(name: &str, dir: &Path) -> std::path::PathBuf {
+    let prefix = installed_prefix();
+    let source = Path::new(ROOT).join(format!("tests/c/{name}.c"));
+    let program = dir.join(name);
+    let mut link = pkg_config(prefix, &["--libs"]);
+    link.push(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+    compile(&source, &program, &pkg_config(prefix, &["--cflags"]), &link);
+    program
+}
+
 #[test]
 fn threads_and_programs_exit_cleanly_after_a_call_timed_out() {
     // Found by a hostile-user run: a thread that returned after a call timed out, or a
     // program that exited then, aborted the whole process (SIGABRT, exit 134).
-    let prefix = installed_prefix();
     let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(ROOT).join("tests/c/thread_exit.c");
-    let program = dir.path().join("thread_exit");
-    let mut link = pkg_config(prefix, &["--libs"]);
-    link.push(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
-    compile(&source, &program, &pkg_config(prefix, &["--cflags"]), &link);
+    let program = build_program("thread_exit", dir.path());
     let cluster = Cluster::start(ClusterSpec {
         servers: 2,
         ..ClusterSpec::default()
@@ -151,13 +158,8 @@ fn a_forked_child_is_refused_and_neither_process_aborts() {
     // Found by a hostile-user run: a child of fork() that exited normally aborted on a
     // UCX assertion while closing its inherited client, and the parent then aborted at
     // its own exit (the two shared epoll sets); a child's calls hung.
-    let prefix = installed_prefix();
     let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(ROOT).join("tests/c/fork.c");
-    let program = dir.path().join("fork");
-    let mut link = pkg_config(prefix, &["--libs"]);
-    link.push(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
-    compile(&source, &program, &pkg_config(prefix, &["--cflags"]), &link);
+    let program = build_program("fork", dir.path());
     let cluster = Cluster::start(ClusterSpec::default());
     let out = Command::new(&program)
         .env("BENCHFS_REGISTRY", cluster.registry())
