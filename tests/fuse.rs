@@ -1177,7 +1177,11 @@ fn a_reader_open_before_another_client_grew_the_file_reads_the_growth() {
         return;
     };
     let api = m.cluster.client();
-    for (name, first, more) in [("small", 6, 6), ("large", 10_000, 200_000)] {
+    for (name, first, more) in [
+        ("small", 6, 6),
+        ("large", 10_000, 200_000),
+        ("moves", 6, 200_000),
+    ] {
         let data = common::pattern(first + more, 5);
         fs::write(m.path(name), &data[..first]).unwrap();
         let reader = File::open(m.path(name)).unwrap();

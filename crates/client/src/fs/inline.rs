@@ -565,22 +565,35 @@ impl FsClient {
     /// sync-barrier-sync promise, while reading a file to its end right after its open
     /// costs nothing more. Nothing changes for a file that is gone or is another
     /// file now (renamed over), nor for a deferred create (no record yet).
-    pub(super) async fn catch_up(&self, fd: Fd) -> Result<(), ApiError> {
-        let (path, file_id, deferred) = self.with_file(fd, |f| {
+    pub(super) async fn catch_up(&self, fd: Fd) {
+        let Ok((path, file_id, deferred)) = self.with_file(fd, |f| {
+            f.checked_at = Instant::now();
             let deferred = matches!(f.inline, Some(Inline::Deferred(_)));
             (f.path.clone(), f.meta.file_id, deferred)
-        })?;
-        if deferred {
-            return Ok(());
-        }
-        let record = match self.lookup_record("read", &path).await {
-            Ok(record) if record.meta.file_id == file_id => record,
-            Ok(_) => return Ok(()),
-            Err(e) if e.status() == Some(Status::NotFound) => return Ok(()),
-            Err(e) => return Err(e),
+        }) else {
+            return;
         };
-        self.with_file(fd, |f| {
-            f.checked_at = Instant::now();
+        if deferred {
+            return;
+        }
+        // Best effort: what the handle knows stands when the owner does not answer (its
+        // chunks may still be readable), or names no file or another one now.
+        let req = ops::PathRequest { path };
+        let record = match self
+            .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(&req.path), &req)
+            .await
+        {
+            Ok((reply, _)) if reply.meta.file_id == file_id => reply,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, path = %req.path, "a handle could not catch up");
+                return;
+            }
+        };
+        // Bytes another client wrote over cached or fetched-ahead ones are read anew.
+        self.chunk_cache.borrow_mut().invalidate_file(file_id);
+        let _ = self.with_file(fd, |f| {
+            f.read_ahead.reset();
             if record.meta.size > f.size {
                 f.size = record.meta.size;
             }
@@ -596,7 +609,7 @@ impl FsClient {
                 }
                 _ => {}
             }
-        })
+        });
     }
 
     /// A read with no handle (a mount's) of a file that was inline when the caller looked
