@@ -485,20 +485,12 @@ impl FsClient {
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize, ApiError> {
-        let was_inline = meta.inline;
-        let meta = match self
+        let (meta, size) = match self
             .read_at_inline(path, meta, size, ReadDst::Slice(&mut *buf), offset)
             .await?
         {
             Ok(n) => return Ok(n),
-            Err(meta) => meta,
-        };
-        // A file that left its record since the caller looked: the record just read says
-        // how far it was published.
-        let size = if was_inline {
-            size.max(meta.size)
-        } else {
-            size
+            Err(chunked) => chunked,
         };
         self.drain_file(meta.file_id).await;
         match plan_read(path, meta, size, buf.len(), offset)? {
@@ -601,18 +593,12 @@ impl FsClient {
         loan: &Loan,
         offset: u64,
     ) -> Result<usize, ApiError> {
-        let was_inline = meta.inline;
-        let meta = match self
+        let (meta, size) = match self
             .read_at_inline(path, meta, size, ReadDst::Loan(loan), offset)
             .await?
         {
             Ok(n) => return Ok(n),
-            Err(meta) => meta,
-        };
-        let size = if was_inline {
-            size.max(meta.size)
-        } else {
-            size
+            Err(chunked) => chunked,
         };
         self.drain_file(meta.file_id).await;
         let Some(plan) = plan_read(path, meta, size, loan.len(), offset)? else {

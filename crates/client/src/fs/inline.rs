@@ -614,8 +614,9 @@ impl FsClient {
 
     /// A read with no handle (a mount's) of a file that was inline when the caller looked
     /// it up: `Ok` with the count if its record still holds the bytes, else `Err` with
-    /// the record to read chunks by. Every read asks the record, which is one request
-    /// as a chunk read is.
+    /// the record to read chunks by and how far (`size`, or further where the record
+    /// just read says the file was published further). Every read asks the record, which
+    /// is one request as a chunk read is.
     pub(super) async fn read_at_inline(
         &self,
         path: &str,
@@ -623,16 +624,17 @@ impl FsClient {
         size: u64,
         mut dst: ReadDst<'_>,
         offset: u64,
-    ) -> Result<Result<usize, FileMetadata>, ApiError> {
+    ) -> Result<Result<usize, (FileMetadata, u64)>, ApiError> {
         if !meta.inline {
-            return Ok(Err(meta));
+            return Ok(Err((meta, size)));
         }
         let record = self.lookup_record("read", path).await?;
         if record.meta.file_id != meta.file_id {
             return Err(fs_err("read", path, Status::Stale));
         }
         if !record.meta.inline {
-            return Ok(Err(record.meta));
+            // It left its record since the caller looked.
+            return Ok(Err((record.meta, size.max(record.meta.size))));
         }
         // What the record holds was published, whatever the caller knew of the size.
         read_from(&record.data, size.max(record.meta.size), &mut dst, offset)

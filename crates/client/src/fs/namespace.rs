@@ -26,6 +26,20 @@ impl FsClient {
         path: &str,
         cached: bool,
     ) -> Result<FileMetadata, ApiError> {
+        self.lookup_as::<ops::MetadataLookup>(op, path, cached)
+            .await
+    }
+
+    /// [`FsClient::lookup`] whose request to the owner is `R`, a lookup.
+    async fn lookup_as<R>(
+        &self,
+        op: &'static str,
+        path: &str,
+        cached: bool,
+    ) -> Result<FileMetadata, ApiError>
+    where
+        R: benchfs_proto::Rpc<Request = ops::PathRequest, Reply = ops::MetadataReply>,
+    {
         if path == "/" {
             return Ok(root_meta());
         }
@@ -39,7 +53,7 @@ impl FsClient {
                 }
             }
         }
-        match self.lookup_uncached::<ops::MetadataLookup>(path).await {
+        match self.lookup_uncached::<R>(path).await {
             Ok(meta) => Ok(meta),
             Err(e) if e.status() == Status::NotFound => Err(self.why_not_found(op, path, e).await),
             Err(e) => Err(rpc_err(op, path)(e)),
@@ -100,25 +114,9 @@ impl FsClient {
         // A cached directory stands; else the owner is asked in a way that marks the name
         // if it is missing (`MetadataLookupParent`): this call's create may land below it
         // and this process die before it removes that record again.
-        let cached = self
-            .meta_cache
-            .borrow_mut()
-            .get(parent)
-            .filter(|m| m.is_dir());
-        let found = match cached {
-            Some(meta) => Ok(meta),
-            None if parent == "/" => Ok(root_meta()),
-            None => match self
-                .lookup_uncached::<ops::MetadataLookupParent>(parent)
-                .await
-            {
-                Ok(meta) => Ok(meta),
-                Err(e) if e.status() == Status::NotFound => {
-                    Err(self.why_not_found(op, parent, e).await)
-                }
-                Err(e) => Err(rpc_err(op, parent)(e)),
-            },
-        };
+        let found = self
+            .lookup_as::<ops::MetadataLookupParent>(op, parent, true)
+            .await;
         match found {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => Err(fs_err(op, path, Status::NotDir)),

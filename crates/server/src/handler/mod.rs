@@ -617,18 +617,13 @@ impl ServerState {
         }
     }
 
-    /// Lookups and listings: they read the table and change nothing.
+    /// Lookups and listings: they read the table and change nothing, but for the marks a
+    /// parent's lookup leaves.
     fn metadata_read(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
-        if op == OpCode::MetadataLookup {
-            let req: op::PathRequest = decode(body)?;
-            return Ok(Reply::ok(&op::MetadataReply {
-                meta: self.metadata.borrow().lookup(&req.path)?,
-            }));
-        }
-        if op == OpCode::MetadataLookupParent {
+        if matches!(op, OpCode::MetadataLookup | OpCode::MetadataLookupParent) {
             let req: op::PathRequest = decode(body)?;
             let found = self.metadata.borrow().lookup(&req.path);
-            if !matches!(found, Ok(meta) if meta.is_dir()) {
+            if op == OpCode::MetadataLookupParent && !matches!(found, Ok(meta) if meta.is_dir()) {
                 // The client's create below it may land, and the client die before it
                 // removes the record again: a directory made here later (once a file
                 // here is gone) must not list it.

@@ -260,14 +260,17 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
                 let kind = if meta.is_dir() { 'd' } else { '-' };
                 format!("{kind} {:>12} {}\n", meta.size, shown(name))
             };
-            match fs.stat(&path) {
-                // A file lists as itself, as `ls` lists it.
-                Ok(meta) if !meta.is_dir() => out += &line(&meta, &path),
-                _ => {
-                    for e in fs.readdir(&path)? {
+            match fs.readdir(&path) {
+                Ok(entries) => {
+                    for e in entries {
                         out += &line(&e.meta, &e.name);
                     }
                 }
+                // A file lists as itself, as `ls` lists it.
+                Err(e) if e.status() == Some(benchfs::proto::Status::NotDir) => {
+                    out += &line(&fs.stat(&path)?, &path);
+                }
+                Err(e) => return Err(e.into()),
             }
             super::print_out(&out)?;
         }
