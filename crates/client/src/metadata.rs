@@ -24,7 +24,9 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::time::Duration;
 
 use benchfs_config::ServerConfig;

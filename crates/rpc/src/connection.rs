@@ -5,8 +5,8 @@
 //! `watch.rs`): with a reply, an error status, a transport error, or `Timeout`. A reply
 //! that comes after its call gave up is dropped.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};

@@ -7,8 +7,8 @@
 //! readable, a request is started on this worker (see [`Worker::wake_progress`]), or
 //! [`PROGRESS_IDLE_TICK`] passes, whichever is first.
 
+use foldhash::{HashMap, HashMapExt};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};

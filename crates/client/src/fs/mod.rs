@@ -31,8 +31,8 @@ mod read_ahead;
 mod routing;
 mod tree;
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 

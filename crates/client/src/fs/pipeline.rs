@@ -22,8 +22,8 @@
 //!   them. A blocking caller that stops calling into the client for longer than the RPC
 //!   timeout with writes in flight may see them time out; the failure reaches it as above.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use benchfs_config::ClientConfig;
