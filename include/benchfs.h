@@ -58,7 +58,8 @@ int benchfs_set_rdma_thresh(size_t bytes);
 int benchfs_set_rpc_timeout_msec(int msec);
 
 /* Files. flags as open(2): O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC,
- * O_APPEND (others are ignored). Descriptors are BenchFS's own, not the kernel's. */
+ * O_APPEND, O_DIRECTORY (others are ignored). Descriptors are BenchFS's own, not the
+ * kernel's. */
 int benchfs_create(const char *path, int flags, mode_t mode); /* flags|O_CREAT|O_TRUNC */
 int benchfs_open(const char *path, int flags, mode_t mode);
 int benchfs_close(int fd);

@@ -319,3 +319,38 @@ fn a_handle_opened_before_another_client_wrote_reads_what_it_published() {
         reader.close(fd).unwrap();
     }
 }
+
+#[test]
+fn a_look_at_the_record_that_spans_the_clients_own_truncate_keeps_the_cut() {
+    // Review finding: fstat asks the metadata owner for what other clients published; a
+    // reply read before this client's ftruncate of the same file and taken after it gave
+    // the handle back the size (and an inline file's bytes) the truncate had cut.
+    use futures_util::FutureExt;
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    let client = fs.client();
+    for (name, len, cut) in [("/chunks", 300_000, 1_000), ("/inline", 100, 10)] {
+        let data = pattern(len, 5);
+        write_file(&fs, name, &data);
+        let fd = fs
+            .open(name, OpenFlags::READ | OpenFlags::WRITE, 0)
+            .unwrap();
+        let seen = fs.block_on(async {
+            let mut look = std::pin::pin!(client.fstat(fd));
+            assert!(
+                look.as_mut().now_or_never().is_none(),
+                "{name}: fstat waits for the owner's reply"
+            );
+            client.ftruncate(fd, cut as u64).await.unwrap();
+            look.await.unwrap().size
+        });
+        assert_eq!(seen, cut as u64, "{name}: fstat after the cut");
+        assert_eq!(fs.fstat(fd).unwrap().size, cut as u64, "{name}");
+        assert!(
+            read_rest(&fs, fd, 0) == data[..cut],
+            "{name}: the handle reads what is left"
+        );
+        fs.close(fd).unwrap();
+        assert_eq!(fs.stat(name).unwrap().size, cut as u64, "{name}");
+    }
+}

@@ -142,6 +142,13 @@ static void files_and_errors(void)
     CHECK(benchfs_stat("/c/ro", &st) == 0 && st.st_size == 5000);
     CHECK_ERR(benchfs_truncate("/c/ro", -5), EINVAL);
     CHECK_ERR(benchfs_truncate("/c", 0), EISDIR);
+    /* O_DIRECTORY: a directory opens, a file does not, and it never creates. */
+    fd = benchfs_open("/c", O_RDONLY | O_DIRECTORY, 0);
+    CHECK(fd >= 0 && benchfs_close(fd) == 0);
+    CHECK_ERR(benchfs_open("/c/ro", O_RDONLY | O_DIRECTORY, 0), ENOTDIR);
+    CHECK(strstr(benchfs_last_error(), "/c/ro") != NULL);
+    CHECK_ERR(benchfs_open("/c/newdir", O_RDONLY | O_CREAT | O_DIRECTORY, 0755), EINVAL);
+    CHECK_ERR(benchfs_stat("/c/newdir", &st), ENOENT);
     CHECK(benchfs_rename("/c/f", "/c/g") == 0);
     CHECK_ERR(benchfs_stat("/c/f", &st), ENOENT);
     CHECK(benchfs_stat("/c/g", &st) == 0 && st.st_size == 1000);

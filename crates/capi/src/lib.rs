@@ -160,7 +160,7 @@ pub extern "C" fn benchfs_set_rpc_timeout_msec(msec: c_int) -> c_int {
 }
 
 /// Opens `path` with open(2) `flags` (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL,
-/// O_TRUNC, O_APPEND; others are ignored) and `mode` for a file it creates.
+/// O_TRUNC, O_APPEND, O_DIRECTORY; others are ignored) and `mode` for a file it creates.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string.

@@ -17,9 +17,12 @@ impl OpenFlags {
     pub const APPEND: OpenFlags = OpenFlags(1 << 4);
     /// With CREATE: fail with EEXIST if the file exists.
     pub const EXCL: OpenFlags = OpenFlags(1 << 5);
+    /// Fail with ENOTDIR unless the path names a directory (with CREATE: EINVAL, as
+    /// Linux says since 6.4).
+    pub const DIRECTORY: OpenFlags = OpenFlags(1 << 6);
     /// Read and write.
     pub const RDWR: OpenFlags = OpenFlags(Self::READ.0 | Self::WRITE.0);
-    const ALL: u32 = (1 << 6) - 1;
+    const ALL: u32 = (1 << 7) - 1;
 
     /// The raw bits.
     pub fn bits(self) -> u32 {
@@ -37,7 +40,7 @@ impl OpenFlags {
     }
 
     /// Flags from POSIX `open(2)` flags (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC,
-    /// O_APPEND, O_EXCL); other bits are ignored, as `open(2)` does.
+    /// O_APPEND, O_EXCL, O_DIRECTORY); other bits are ignored, as `open(2)` does.
     pub fn from_posix(flags: i32) -> OpenFlags {
         let mut out = match flags & libc::O_ACCMODE {
             libc::O_WRONLY => OpenFlags::WRITE,
@@ -49,6 +52,7 @@ impl OpenFlags {
             (libc::O_TRUNC, OpenFlags::TRUNC),
             (libc::O_APPEND, OpenFlags::APPEND),
             (libc::O_EXCL, OpenFlags::EXCL),
+            (libc::O_DIRECTORY, OpenFlags::DIRECTORY),
         ] {
             if flags & posix != 0 {
                 out = out | ours;
@@ -79,7 +83,11 @@ mod tests {
             OpenFlags::from_posix(libc::O_RDWR | libc::O_APPEND),
             OpenFlags::RDWR | OpenFlags::APPEND
         );
-        assert_eq!(OpenFlags::from_bits(1 << 6), None);
+        assert_eq!(
+            OpenFlags::from_posix(libc::O_RDONLY | libc::O_DIRECTORY),
+            OpenFlags::READ | OpenFlags::DIRECTORY
+        );
+        assert_eq!(OpenFlags::from_bits(1 << 7), None);
         assert_eq!(OpenFlags::from_bits(3), Some(OpenFlags::RDWR));
     }
 }

@@ -55,6 +55,9 @@ impl FsClient {
         let given = path;
         let path = norm(path)?;
         if flags.contains(OpenFlags::CREATE) {
+            if flags.contains(OpenFlags::DIRECTORY) {
+                return Err(fs_err("open", &path, Status::InvalidArgument));
+            }
             self.check_create_chunk_size()?;
         }
         match self.check_dir_form("open", given, &path).await {
@@ -92,6 +95,9 @@ impl FsClient {
         if meta.is_dir() && writable {
             return Err(fs_err("open", &path, Status::IsDir));
         }
+        if !meta.is_dir() && flags.contains(OpenFlags::DIRECTORY) {
+            return Err(fs_err("open", &path, Status::NotDir));
+        }
         // A file this open created has no chunks anywhere yet; any other may have chunks
         // past its published size, so even an empty one is cut.
         if flags.contains(OpenFlags::TRUNC) && writable && !created {
@@ -103,9 +109,13 @@ impl FsClient {
         self.meta_cache.borrow_mut().put(&path, meta);
         // Close-to-open: data cached before this open may be stale.
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+        Ok(self.add_handle(path, meta, flags, data))
+    }
+
+    /// A new handle of file `meta`, open as `flags`, its record's bytes `data`.
+    fn add_handle(&self, path: String, meta: FileMetadata, flags: OpenFlags, data: Vec<u8>) -> Fd {
         let fd = self.next_fd.get();
         self.next_fd.set(fd + 1);
-        let size = meta.size;
         self.files.borrow_mut().insert(
             fd,
             OpenFile {
@@ -113,7 +123,7 @@ impl FsClient {
                 meta,
                 flags,
                 pos: 0,
-                size,
+                size: meta.size,
                 size_dirty: false,
                 write_error: None,
                 read_ahead: ReadAhead::default(),
@@ -122,7 +132,7 @@ impl FsClient {
                 inline: inline::held(inline::Record { meta, data }),
             },
         );
-        Ok(fd)
+        fd
     }
 
     pub(super) fn with_file<T>(

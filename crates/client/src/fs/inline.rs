@@ -564,7 +564,8 @@ impl FsClient {
     /// process wrote sees its bytes, as NFS (after its attribute timeout) and MPI-IO's
     /// sync-barrier-sync promise, while reading a file to its end right after its open
     /// costs nothing more. Nothing changes for a file that is gone or is another
-    /// file now (renamed over), nor for a deferred create (no record yet).
+    /// file now (renamed over), nor for a deferred create (no record yet), nor when a
+    /// truncate of this client's started or ended while it asked.
     pub(super) async fn catch_up(&self, fd: Fd) {
         let Ok((path, file_id, deferred)) = self.with_file(fd, |f| {
             f.checked_at = Instant::now();
@@ -578,6 +579,7 @@ impl FsClient {
         }
         // Best effort: what the handle knows stands when the owner does not answer (its
         // chunks may still be readable), or names no file or another one now.
+        let truncates = self.truncates.get();
         let req = ops::PathRequest { path };
         let record = match self
             .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(&req.path), &req)
@@ -592,6 +594,9 @@ impl FsClient {
         };
         // Bytes another client wrote over cached or fetched-ahead ones are read anew.
         self.chunk_cache.borrow_mut().invalidate_file(file_id);
+        if self.truncates.get() != truncates {
+            return;
+        }
         let _ = self.with_file(fd, |f| {
             f.read_ahead.reset();
             if record.meta.size > f.size {

@@ -648,6 +648,19 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
+        self.truncates.set(self.truncates.get() + 1);
+        let cut = self.truncate_meta_now(path, meta, size).await;
+        self.truncates.set(self.truncates.get() + 1);
+        cut
+    }
+
+    /// [`FsClient::truncate_meta`], between its counts of [`FsClient::truncates`].
+    async fn truncate_meta_now(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        size: u64,
+    ) -> Result<FileMetadata, ApiError> {
         // An inline file's bytes are cut with its record; one that would grow past it
         // moves them to chunk 0 first, and is then cut as any other.
         let meta = match meta.inline {
