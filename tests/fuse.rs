@@ -1217,6 +1217,47 @@ fn a_reader_open_before_another_client_grew_the_file_reads_the_growth() {
 }
 
 #[test]
+fn reading_a_file_to_its_end_right_after_its_open_asks_no_record() {
+    // Review finding: every read past the size the mount's handles knew asked the record
+    // (a stat), so `cat` of a small file with chunks cost two requests more than its
+    // chunk reads (the kernel asks 128 KiB, then at the end). A handle asks no more than
+    // once a second, as the API's handles do; the growth test above covers the asking.
+    let spec = ClusterSpec {
+        orphan_sweep_secs: 0,
+        ..ClusterSpec::default()
+    };
+    let Some(mut m) = Mounted::start("fuse read to the end", spec, "") else {
+        return;
+    };
+    let api = m.cluster.client();
+    common::files::stats(&api);
+    for (name, len) in [("one-chunk", 10_000), ("three-chunks", 2 * C + 100)] {
+        let data = pattern(len, 9);
+        fs::write(m.path(name), &data).unwrap();
+        let mut file = File::open(m.path(name)).unwrap();
+        let mut got = Vec::new();
+        // Reads as `cat` makes them (read_to_end would stat the file first).
+        let asked = common::files::requests_of(&api, || {
+            let mut buf = vec![0u8; 128 << 10];
+            loop {
+                match file.read(&mut buf).unwrap() {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        assert!(got == data, "{name}: read {} of {len} bytes", got.len());
+        assert!(
+            asked
+                .iter()
+                .all(|&(op, _)| op == benchfs_proto::OpCode::ReadChunk),
+            "{name}: reading to the end asked {asked:?}"
+        );
+    }
+    m.unmount();
+}
+
+#[test]
 fn a_time_before_1970_is_refused_not_stored_as_1970() {
     // Found by a hostile run: `touch -d 1960-01-01` succeeded and the file read back
     // 1970-01-01 (records keep times since the epoch).

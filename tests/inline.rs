@@ -6,14 +6,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use benchfs::blocking::{BenchFS, OpenFlags};
 use benchfs::config::ServerConfig;
 use benchfs::placement::PlacementKey;
-use benchfs_proto::ops::{self, StatsReply};
+use benchfs_proto::ops;
 use benchfs_proto::{OpCode, Status};
-use common::files::{errno_of, read_file, stats, total_chunks, total_records};
+use common::files::{errno_of, read_file, requests_of, stats, total_chunks, total_records};
 use common::rpc::{rpc_client, Rt};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -37,48 +37,6 @@ fn client_with(cluster: &Cluster, change: impl FnOnce(&mut ServerConfig)) -> Ben
     let mut config = cluster.config();
     change(&mut config);
     BenchFS::connect(&config).expect("connect")
-}
-
-/// Requests the servers took, by operation, handshakes and `Stats` left out.
-fn requests(all: &[StatsReply]) -> Vec<(OpCode, u64)> {
-    OpCode::ALL
-        .iter()
-        .filter(|op| !matches!(op, OpCode::Stats | OpCode::Hello | OpCode::Auth))
-        .map(|&op| {
-            (
-                op,
-                all.iter()
-                    .filter_map(|s| s.op(op))
-                    .map(|o| o.requests)
-                    .sum(),
-            )
-        })
-        .collect()
-}
-
-/// The requests `f` made the servers take, by operation (those it made none of left out).
-/// `fs` has asked every server for counters before, so it is connected to them all. A
-/// server counts a request just after its reply went, so the counts are read until they
-/// stop moving.
-fn requests_of(fs: &BenchFS, f: impl FnOnce()) -> Vec<(OpCode, u64)> {
-    let before = requests(&stats(fs));
-    f();
-    let mut last = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = requests(&stats(fs));
-        let delta: Vec<(OpCode, u64)> = now
-            .iter()
-            .zip(&before)
-            .map(|(&(op, n), &(_, b))| (op, n - b))
-            .filter(|&(_, n)| n > 0)
-            .collect();
-        if last.as_ref() == Some(&delta) || Instant::now() > deadline {
-            return delta;
-        }
-        last = Some(delta);
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Creates `path` with an O_CREAT open (deferred), writes `data`, closes.

@@ -1,8 +1,11 @@
 //! Helpers of the file-system tests: whole-file reads and writes through the public API,
 //! errno checks, server counters, and a fixture of files that straddle chunk boundaries.
 
+use std::time::{Duration, Instant};
+
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs_proto::ops::StatsReply;
+use benchfs_proto::OpCode;
 
 use super::pattern;
 
@@ -64,6 +67,48 @@ pub fn stats(fs: &BenchFS) -> Vec<StatsReply> {
         .into_iter()
         .map(|(entry, r)| r.unwrap_or_else(|e| panic!("stats of {}: {e}", entry.node_id)))
         .collect()
+}
+
+/// Requests the servers took, by operation, handshakes and `Stats` left out.
+pub fn requests(all: &[StatsReply]) -> Vec<(OpCode, u64)> {
+    OpCode::ALL
+        .iter()
+        .filter(|op| !matches!(op, OpCode::Stats | OpCode::Hello | OpCode::Auth))
+        .map(|&op| {
+            (
+                op,
+                all.iter()
+                    .filter_map(|s| s.op(op))
+                    .map(|o| o.requests)
+                    .sum(),
+            )
+        })
+        .collect()
+}
+
+/// The requests `f` made the servers take, by operation (those it made none of left out).
+/// `fs` has asked every server for counters before, so it is connected to them all. A
+/// server counts a request just after its reply went, so the counts are read until they
+/// stop moving.
+pub fn requests_of(fs: &BenchFS, f: impl FnOnce()) -> Vec<(OpCode, u64)> {
+    let before = requests(&stats(fs));
+    f();
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = requests(&stats(fs));
+        let delta: Vec<(OpCode, u64)> = now
+            .iter()
+            .zip(&before)
+            .map(|(&(op, n), &(_, b))| (op, n - b))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        if last.as_ref() == Some(&delta) || Instant::now() > deadline {
+            return delta;
+        }
+        last = Some(delta);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Writes a set of files whose sizes straddle chunks; returns (path, contents).

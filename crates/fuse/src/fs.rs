@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use benchfs_client::blocking::BenchFS;
+use benchfs_client::fs::CATCH_UP_AFTER;
 use benchfs_client::{ApiError, DirEntry};
 use benchfs_proto::meta::{EntryKind, FileMetadata, Owner};
 use benchfs_proto::ops::{set_attr, SetAttrRequest, NAME_LEN_MAX};
@@ -801,14 +802,22 @@ impl Filesystem for BenchFuse {
             return reply.error(Errno::EBADF);
         };
         let mut limit = self.known_end(ino.0, &handle);
-        if !handle.meta.inline && offset.saturating_add(u64::from(size)) > limit {
-            // The kernel asks past what this mount's handles know when it learned of
-            // growth another mount published (a stat): the record says how far. (An
-            // inline file's read asks its record anyway.)
-            let published = self.call(req, |fs| fs.stat(&handle.path)).ok();
-            if let Some(meta) = published.filter(|m| m.file_id == handle.meta.file_id) {
-                limit = limit.max(meta.size);
-            }
+        if !handle.meta.inline
+            && offset.saturating_add(u64::from(size)) > limit
+            && handle.looked_at.elapsed() >= CATCH_UP_AFTER
+        {
+            // A read past what this mount's handles know may be for growth another client
+            // published since (the kernel learned of it by a stat): the record says how
+            // far. Not within a second of the handle's last look, as the API's handles
+            // (and NFS's attribute cache) do, so reading a file to its end right after its
+            // open costs no request more. (An inline file's read asks its record anyway.)
+            let published = self
+                .call(req, |fs| fs.stat(&handle.path))
+                .ok()
+                .filter(|m| m.file_id == handle.meta.file_id)
+                .map(|m| m.size);
+            self.handles.looked(fh.0, published);
+            limit = limit.max(published.unwrap_or(0));
         }
         let mut buf = vec![0; size as usize];
         let read = self.call(req, |fs| {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::path;
@@ -27,6 +28,9 @@ pub(crate) struct Handle {
     /// included: how far reads and appends through this handle go. Unlike `size`, never
     /// published.
     pub seen: u64,
+    /// When the handle last learned the file's published size: at its open, or when a
+    /// read past what it knew asked the record.
+    pub looked_at: Instant,
 }
 
 /// Every open handle of the mount.
@@ -51,6 +55,7 @@ impl Handles {
             size: meta.size,
             dirty: false,
             seen: meta.size,
+            looked_at: Instant::now(),
         };
         self.lock().insert(fh, handle);
         fh
@@ -74,6 +79,21 @@ impl Handles {
             h.seen = h.seen.max(handle.size).max(handle.seen);
         }
         Some((handle, others))
+    }
+
+    /// Handle `fh` asked the record now, which says the file was published up to
+    /// `published` (`None`: the record did not answer, or is another file's now): every
+    /// handle of its node reads that far.
+    pub(crate) fn looked(&self, fh: u64, published: Option<u64>) {
+        let mut open = self.lock();
+        let Some(h) = open.get_mut(&fh) else { return };
+        h.looked_at = Instant::now();
+        let ino = h.ino;
+        if let Some(size) = published {
+            for h in open.values_mut().filter(|h| h.ino == ino) {
+                h.seen = h.seen.max(size);
+            }
+        }
     }
 
     /// A write through `fh` ended at `end`.

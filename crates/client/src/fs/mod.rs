@@ -50,6 +50,7 @@ use crate::error::ApiError;
 use crate::rpc::{ClientOptions, OutPayload, RpcClient, RpcError};
 use cache::{ChunkCache, MetadataCache};
 use handles::OpenFile;
+pub use inline::CATCH_UP_AFTER;
 use pipeline::Pipeline;
 pub use pipeline::PipelineCounters;
 pub use routing::CallCounters;
