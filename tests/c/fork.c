@@ -1,5 +1,5 @@
-/* A program that forks after using libbenchfs (tests/capi.rs): the child's calls fail
- * with ENOTSUP and a message, the child exits normally, and the parent's descriptor and
+/* A program that forks after using libbenchfs (tests/capi.rs): the child's calls (setters
+ * and init too) fail with ENOTSUP and a message, the child exits normally, and the parent's descriptor and
  * its own exit are unharmed. BENCHFS_REGISTRY names the cluster. */
 #include <benchfs.h>
 #include <errno.h>
@@ -29,7 +29,9 @@ int main(void) {
         struct stat st;
         int refused = benchfs_pread(fd, buf, sizeof buf, 0) < 0 && errno == ENOTSUP &&
                       benchfs_stat("/forked", &st) < 0 && errno == ENOTSUP &&
-                      strstr(benchfs_last_error(), "fork") != NULL;
+                      strstr(benchfs_last_error(), "fork") != NULL &&
+                      benchfs_set_chunk_size(65536) < 0 && errno == ENOTSUP &&
+                      benchfs_init(NULL) < 0 && errno == ENOTSUP;
         printf("child refused: %d\n", refused);
         fflush(stdout);
         exit(refused ? 0 : 3); /* exit(), not _exit(): the atexit path is what aborted */

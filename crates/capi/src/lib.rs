@@ -36,9 +36,11 @@ impl FailureValue for i64 {
 }
 
 /// Runs one entry point: a failure sets errno and the thread's last error and returns -1;
-/// a panic is caught and reported as EIO.
+/// a panic is caught and reported as EIO. Every entry point fails in a child made by
+/// `fork()` (see [`thread::refuse_in_forked_child`]), setters and init included.
 fn entry<T: FailureValue>(f: impl FnOnce() -> Result<T, Failure>) -> T {
-    let failure = match catch_unwind(AssertUnwindSafe(f)) {
+    let call = || thread::refuse_in_forked_child().and_then(|()| f());
+    let failure = match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(value)) => return value,
         Ok(Err(failure)) => failure,
         Err(panic) => {

@@ -1,7 +1,7 @@
 //! Each thread's own client and descriptor table, and its last error.
 
 use foldhash::{HashMap, HashMapExt};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -43,6 +43,10 @@ static NEXT_FD: AtomicI32 = AtomicI32::new(3);
 
 thread_local! {
     static CLIENT: RefCell<Option<ThreadClient>> = const { RefCell::new(None) };
+    /// Whether this thread has touched `CLIENT`: a plain flag, so the fork handler reads
+    /// it without the first touch of `CLIENT` registering its destructor (which may
+    /// allocate, not safe in the child of a threaded parent).
+    static CLIENT_TOUCHED: Cell<bool> = const { Cell::new(false) };
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
@@ -85,11 +89,22 @@ pub(crate) fn watch_forks() {
 /// `exit` and the parent at its own. Every later call fails with ENOTSUP.
 extern "C" fn forked_child() {
     FORKED.store(true, Ordering::Relaxed);
+    if !CLIENT_TOUCHED.with(Cell::get) {
+        return;
+    }
     let _ = CLIENT.try_with(|slot| {
         if let Ok(mut slot) = slot.try_borrow_mut() {
             std::mem::forget(slot.take());
         }
     });
+}
+
+/// Refuses every call in a child made by `fork()`.
+pub(crate) fn refuse_in_forked_child() -> Result<(), Failure> {
+    match FORKED.load(Ordering::Relaxed) {
+        true => Err(forked()),
+        false => Ok(()),
+    }
 }
 
 fn forked() -> Failure {
@@ -106,10 +121,9 @@ fn forked() -> Failure {
 pub(crate) fn with_client<T>(
     f: impl FnOnce(&mut ThreadClient) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
-    if FORKED.load(Ordering::Relaxed) {
-        return Err(forked());
-    }
+    refuse_in_forked_child()?;
     benchfs_client::blocking::outlive_thread_locals();
+    CLIENT_TOUCHED.with(|touched| touched.set(true));
     CLIENT.with(|slot| {
         let mut slot = slot.try_borrow_mut().map_err(|_| {
             Failure::new(
@@ -132,9 +146,8 @@ pub(crate) fn with_client<T>(
 
 /// Closes this thread's descriptors and its client.
 pub(crate) fn close_thread_client() -> Result<(), Failure> {
-    if FORKED.load(Ordering::Relaxed) {
-        return Err(forked());
-    }
+    refuse_in_forked_child()?;
+    CLIENT_TOUCHED.with(|touched| touched.set(true));
     let client = CLIENT.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
     let Some(mut client) = client else {
         return Ok(());
