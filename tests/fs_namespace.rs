@@ -399,7 +399,8 @@ fn create_under_a_missing_or_file_parent_leaves_no_record() {
 fn a_trailing_slash_resolves_only_to_a_directory() {
     // Regression (issue 9, item 12; confirmed again by a hostile-user run): "/f/" was
     // normalised to "/f" and reached the file. POSIX lets a path ending in '/' name only
-    // a directory: a file there is ENOTDIR, and a file created there EISDIR.
+    // a directory: a file there is ENOTDIR, and a file created there EISDIR. So does one
+    // ending in "." (the CLI's `get /f/.` wrote a local file named ".").
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();
     let data = pattern(3 * C, 4);
@@ -407,6 +408,13 @@ fn a_trailing_slash_resolves_only_to_a_directory() {
     fs.mkdir("/d", 0o755).unwrap();
     let notdir = libc::ENOTDIR;
     assert_eq!(errno_of(fs.stat("/f/")), notdir, "stat");
+    assert_eq!(errno_of(fs.stat("/f/.")), notdir, "stat of /f/.");
+    assert_eq!(
+        errno_of(fs.open("/f/.", OpenFlags::READ, 0)),
+        notdir,
+        "open /f/."
+    );
+    assert!(fs.stat("/d/.").unwrap().is_dir());
     assert_eq!(errno_of(fs.open("/f/", OpenFlags::READ, 0)), notdir, "open");
     assert_eq!(errno_of(fs.truncate("/f/", 0)), notdir, "truncate");
     assert_eq!(errno_of(fs.unlink("/f/")), notdir, "unlink");

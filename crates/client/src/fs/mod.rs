@@ -179,10 +179,10 @@ pub(crate) fn norm(path: &str) -> Result<String, ApiError> {
     })
 }
 
-/// Whether `path` (as given) ends in a '/' other than the root's: POSIX lets such a path
-/// resolve only to a directory.
+/// Whether `path` (as given) ends in a '/' other than the root's, or in a "." component:
+/// POSIX lets such a path resolve only to a directory ("/f/." of a file is ENOTDIR).
 pub(crate) fn names_dir(path: &str) -> bool {
-    path.len() > 1 && path.ends_with('/')
+    path.len() > 1 && (path.ends_with('/') || path.ends_with("/."))
 }
 
 impl FsClient {
