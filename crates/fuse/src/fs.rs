@@ -241,9 +241,14 @@ impl BenchFuse {
         }
     }
 
-    fn open_flags(&self) -> FopenFlags {
+    /// How the kernel serves a handle opened with `flags` (open(2)'s). An appending
+    /// handle under `kernel_cache` does direct I/O: through the page cache the kernel cuts
+    /// a write that starts inside a page it does not hold at that page's end, each piece
+    /// would claim its own range, and another mount's append could land between them.
+    fn open_flags(&self, flags: i32) -> FopenFlags {
         match self.settings.cache {
             CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            CacheMode::Page if flags & libc::O_APPEND != 0 => FopenFlags::FOPEN_DIRECT_IO,
             CacheMode::Page | CacheMode::Writeback => FopenFlags::empty(),
         }
     }
@@ -776,12 +781,12 @@ impl Filesystem for BenchFuse {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.record(req, ino) {
             Ok((_, meta)) if meta.is_dir() => reply.error(Errno::EISDIR),
             Ok((path, meta)) => {
                 let fh = self.open_handle(&path, &meta);
-                reply.opened(FileHandle(fh), self.open_flags());
+                reply.opened(FileHandle(fh), self.open_flags(flags.0));
             }
             Err(e) => reply.error(e),
         }
@@ -1086,7 +1091,7 @@ impl Filesystem for BenchFuse {
                     &self.attr(&meta),
                     Generation(0),
                     FileHandle(fh),
-                    self.open_flags(),
+                    self.open_flags(flags),
                 );
             }
             Err(e) => reply.error(e),
