@@ -41,8 +41,9 @@ pub enum Status {
     PermissionDenied = 15,
     /// The server is shutting down or has too many requests in flight; retry later.
     Busy = 16,
-    /// The path names another file than the caller's: it was replaced, or its replicas
-    /// disagree (a call that failed part way, and whose undo failed too).
+    /// The caller's file is no longer the one at its path or on the server: it was removed
+    /// or replaced, or its replicas disagree (a call that failed part way, and whose undo
+    /// failed too).
     Stale = 17,
     /// The change does not fit the bytes the record holds (past its server's inline limit),
     /// or the record holds none (any more): the file's bytes belong in its chunks. Clients
@@ -136,7 +137,9 @@ impl Status {
             Status::BadHandle => "bad file handle",
             Status::PermissionDenied => "permission denied",
             Status::Busy => "server busy",
-            Status::Stale => "path names another file (replaced, or replicas disagree)",
+            Status::Stale => {
+                "stale: the file was removed or replaced since it was opened (or its replicas disagree)"
+            }
             Status::NeedsChunks => "the file's bytes do not fit its record",
             Status::Lost => "input/output error: the server may have lost bytes of the file",
         }
