@@ -124,7 +124,7 @@ fn read_from(bytes: &[u8], size: u64, dst: &mut ReadDst<'_>, offset: u64) -> Opt
 }
 
 /// How long a handle goes by the file size it knows before a read past it asks the
-/// metadata owner again (see [`FsClient::catch_up`]), as long as a mount caches
+/// metadata owner again (`FsClient::catch_up`), as long as a mount caches
 /// attributes by default. A mount's handles follow the same rule.
 pub const CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 
