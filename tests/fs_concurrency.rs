@@ -329,9 +329,14 @@ fn a_look_at_the_record_that_spans_the_clients_own_truncate_keeps_the_cut() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = cluster.client();
     let client = fs.client();
-    for (name, len, cut) in [("/chunks", 300_000, 1_000), ("/inline", 100, 10)] {
+    for (name, len, cut) in [("/inline", 100, 10), ("/chunks", 300_000, 1_000)] {
         let data = pattern(len, 5);
-        write_file(&fs, name, &data);
+        // An O_CREAT open without O_TRUNC keeps a small file's bytes in its record.
+        let made = fs.open(name, OpenFlags::CREATE | OpenFlags::WRITE, 0o644);
+        let made = made.unwrap();
+        fs.pwrite(made, &data, 0).unwrap();
+        fs.close(made).unwrap();
+        assert_eq!(fs.stat(name).unwrap().inline, name == "/inline");
         let fd = fs
             .open(name, OpenFlags::READ | OpenFlags::WRITE, 0)
             .unwrap();
@@ -353,4 +358,69 @@ fn a_look_at_the_record_that_spans_the_clients_own_truncate_keeps_the_cut() {
         fs.close(fd).unwrap();
         assert_eq!(fs.stat(name).unwrap().size, cut as u64, "{name}");
     }
+}
+
+#[test]
+fn a_look_at_the_record_that_spans_the_clients_own_inline_write_or_size_update_keeps_it() {
+    // Review findings, beside the truncate case above: a look at the record read before
+    // this client's write into an inline file's record, and taken after it, gave the
+    // handle back the record's older bytes (another client had made it longer); and a
+    // size update's reply taken after this client's truncate gave back the cut size.
+    use futures_util::FutureExt;
+    let cluster = Cluster::start(ClusterSpec::default());
+    // Writes wait for their servers, so fsync's size update goes at its first poll.
+    let mut config = cluster.config();
+    config.client.write_behind_bytes = 0;
+    let fs = BenchFS::connect(&config).unwrap();
+    let other = cluster.client();
+    let client = fs.client();
+    let rdwr = OpenFlags::READ | OpenFlags::WRITE;
+    // An O_CREAT open without O_TRUNC keeps a small file's bytes in its record.
+    let fd = fs.open("/inline", OpenFlags::CREATE | rdwr, 0o644).unwrap();
+    fs.pwrite(fd, &[b'a'; 10], 0).unwrap();
+    fs.close(fd).unwrap();
+    let fd = fs.open("/inline", rdwr, 0).unwrap();
+    let longer = other.open("/inline", rdwr, 0).unwrap();
+    other.pwrite(longer, &[b'b'; 20], 0).unwrap();
+    other.close(longer).unwrap();
+    assert!(
+        other.stat("/inline").unwrap().inline,
+        "the test's file keeps its bytes in its record"
+    );
+    fs.block_on(async {
+        let mut look = std::pin::pin!(client.fstat(fd));
+        assert!(look.as_mut().now_or_never().is_none(), "fstat waits");
+        client.pwrite(fd, b"cccc", 0).await.unwrap();
+        look.await.unwrap();
+    });
+    assert_eq!(
+        read_rest(&fs, fd, 0)[..4],
+        *b"cccc",
+        "the handle reads its own write"
+    );
+    // The look that spanned the write took nothing; the next one brings the other
+    // client's bytes.
+    let mut want = vec![b'b'; 20];
+    want[..4].copy_from_slice(b"cccc");
+    assert_eq!(fs.fstat(fd).unwrap().size, 20);
+    assert_eq!(read_rest(&fs, fd, 0), want);
+    fs.close(fd).unwrap();
+    assert_eq!(read_file(&other, "/inline"), want);
+
+    let data = pattern(300_000, 8);
+    let fd = fs.open("/sized", OpenFlags::CREATE | rdwr, 0o644).unwrap();
+    fs.pwrite(fd, &data, 0).unwrap();
+    let cutter = fs.open("/sized", rdwr, 0).unwrap();
+    let seen = fs.block_on(async {
+        let mut sync = std::pin::pin!(client.fsync(fd));
+        assert!(sync.as_mut().now_or_never().is_none(), "fsync waits");
+        client.ftruncate(cutter, 1_000).await.unwrap();
+        sync.await.unwrap();
+        client.fstat(fd).await.unwrap().size
+    });
+    assert_eq!(seen, 1_000, "the size after the cut");
+    assert!(read_rest(&fs, fd, 0) == data[..1_000]);
+    fs.close(fd).unwrap();
+    fs.close(cutter).unwrap();
+    assert_eq!(other.stat("/sized").unwrap().size, 1_000);
 }

@@ -816,6 +816,9 @@ impl Filesystem for BenchFuse {
             // far. Not within a second of the handle's last look, as the API's handles
             // (and NFS's attribute cache) do, so reading a file to its end right after its
             // open costs no request more. (An inline file's read asks its record anyway.)
+            // A truncate of the mount waits: its cut must not be undone by a size read
+            // before it.
+            let _publishing = self.publishing(ino.0);
             let published = self
                 .call(req, |fs| fs.stat(&handle.path))
                 .ok()

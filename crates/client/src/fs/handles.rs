@@ -47,6 +47,11 @@ pub(super) struct OpenFile {
     /// The file's bytes when its record holds them, or a create deferred to the close
     /// (see `inline`); `None` for a file with chunks.
     pub(super) inline: Option<Inline>,
+    /// Counts the starts and ends of this client's truncates and record writes of the
+    /// file ([`FsClient::own_change`]): a reply that reads the record (a `catch_up`, a
+    /// size update's) taken across one is older than the change and is not applied, or it
+    /// would give back a size or bytes the change replaced.
+    pub(super) own_changes: u64,
 }
 
 impl FsClient {
@@ -130,6 +135,7 @@ impl FsClient {
                 checked_at: Instant::now(),
                 acked: BTreeMap::new(),
                 inline: inline::held(inline::Record { meta, data }),
+                own_changes: 0,
             },
         );
         fd
@@ -164,9 +170,9 @@ impl FsClient {
         self.make_deferred(fd).await?;
         self.drain_fd(fd).await;
         self.write_error(fd)?;
-        let Some((path, file_id, size)) = self.with_file(fd, |f| {
+        let Some((path, file_id, size, changes)) = self.with_file(fd, |f| {
             f.size_dirty
-                .then(|| (f.path.clone(), f.meta.file_id, f.size))
+                .then(|| (f.path.clone(), f.meta.file_id, f.size, f.own_changes))
         })?
         else {
             return Ok(());
@@ -174,9 +180,24 @@ impl FsClient {
         let meta = self.grow_size(&path, file_id, size).await?;
         self.with_file(fd, |f| {
             f.size_dirty = false;
-            f.size = f.size.max(meta.size);
+            if f.own_changes == changes {
+                f.size = f.size.max(meta.size);
+            }
         })?;
         Ok(())
+    }
+
+    /// Notes a change of this client's to file `file_id` starting or ending (see
+    /// `OpenFile::own_changes`).
+    pub(super) fn own_change(&self, file_id: u64) {
+        for f in self
+            .files
+            .borrow_mut()
+            .values_mut()
+            .filter(|f| f.meta.file_id == file_id)
+        {
+            f.own_changes += 1;
+        }
     }
 
     /// Runs `call`, a change to the record of file `file_id`, at `path`. When that no

@@ -199,6 +199,7 @@ impl FsClient {
                     mode,
                     parent_checked,
                 })),
+                own_changes: 0,
             },
         );
         Ok(Some(fd))
@@ -479,9 +480,11 @@ impl FsClient {
             offset,
             data: bytes,
         };
+        self.own_change(file_id);
         let written = self
             .until_unsealed(|| self.write_all_inline::<ops::MetadataWriteInline>(path, &req))
             .await;
+        self.own_change(file_id);
         match written {
             Ok(reply) => {
                 self.meta_cache.borrow_mut().put(path, reply.meta);
@@ -565,12 +568,12 @@ impl FsClient {
     /// sync-barrier-sync promise, while reading a file to its end right after its open
     /// costs nothing more. Nothing changes for a file that is gone or is another
     /// file now (renamed over), nor for a deferred create (no record yet), nor when a
-    /// truncate of this client's started or ended while it asked.
+    /// truncate or record write of this client's started or ended while it asked.
     pub(super) async fn catch_up(&self, fd: Fd) {
-        let Ok((path, file_id, deferred)) = self.with_file(fd, |f| {
+        let Ok((path, file_id, deferred, changes)) = self.with_file(fd, |f| {
             f.checked_at = Instant::now();
             let deferred = matches!(f.inline, Some(Inline::Deferred(_)));
-            (f.path.clone(), f.meta.file_id, deferred)
+            (f.path.clone(), f.meta.file_id, deferred, f.own_changes)
         }) else {
             return;
         };
@@ -579,7 +582,6 @@ impl FsClient {
         }
         // Best effort: what the handle knows stands when the owner does not answer (its
         // chunks may still be readable), or names no file or another one now.
-        let truncates = self.truncates.get();
         let req = ops::PathRequest { path };
         let record = match self
             .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(&req.path), &req)
@@ -594,11 +596,11 @@ impl FsClient {
         };
         // Bytes another client wrote over cached or fetched-ahead ones are read anew.
         self.chunk_cache.borrow_mut().invalidate_file(file_id);
-        if self.truncates.get() != truncates {
-            return;
-        }
         let _ = self.with_file(fd, |f| {
             f.read_ahead.reset();
+            if f.own_changes != changes {
+                return;
+            }
             if record.meta.size > f.size {
                 f.size = record.meta.size;
             }

@@ -102,10 +102,6 @@ pub struct FsClient {
     /// Most bytes of a file this client keeps in its record (`storage.inline_bytes`; 0:
     /// off): opens with O_CREAT are deferred, and small files made in one request.
     inline_limit: u64,
-    /// Counts the starts and ends of this client's truncates: a handle's `catch_up` whose
-    /// look at the record spans one takes nothing from it, since the record it read may
-    /// predate the cut and would give back the bytes cut.
-    truncates: Cell<u64>,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -303,7 +299,6 @@ impl FsClient {
             replicas: replicas as usize,
             files: RefCell::default(),
             next_fd: Cell::new(3),
-            truncates: Cell::new(0),
             meta_cache: RefCell::new(MetadataCache::new(
                 config.cache.metadata_cache_entries as usize,
                 ttl,

@@ -648,13 +648,13 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        self.truncates.set(self.truncates.get() + 1);
+        self.own_change(meta.file_id);
         let cut = self.truncate_meta_now(path, meta, size).await;
-        self.truncates.set(self.truncates.get() + 1);
+        self.own_change(meta.file_id);
         cut
     }
 
-    /// [`FsClient::truncate_meta`], between its counts of [`FsClient::truncates`].
+    /// [`FsClient::truncate_meta`], between its counts of [`FsClient::own_change`].
     async fn truncate_meta_now(
         &self,
         path: &str,
