@@ -842,6 +842,31 @@ fn append_records(path: &Path, records: impl Iterator<Item = String>) {
     }
 }
 
+/// Appends `records(0)` through `m` and `records(1)` through the second mount at `root2`
+/// at once, one process each; unmounts the second, then checks that `/f` past its first
+/// `skip` lines holds every record once, whole.
+fn append_at_once_through_both<I: Iterator<Item = String>>(
+    m: &Mounted,
+    root2: &Path,
+    mut second: std::process::Child,
+    records: impl Fn(usize) -> I + Sync,
+    skip: usize,
+) {
+    let records = &records;
+    std::thread::scope(|s| {
+        for (mount, root) in [m.root.as_path(), root2].into_iter().enumerate() {
+            s.spawn(move || append_records(&root.join("f"), records(mount)));
+        }
+    });
+    let got = common::files::read_file(&m.cluster.client(), "/f");
+    let _ = Command::new("fusermount3").arg("-u").arg(root2).status();
+    let _ = second.wait();
+    let got = String::from_utf8_lossy(&got);
+    let lines: Vec<&str> = got.lines().skip(skip).collect();
+    let want: Vec<String> = records(0).chain(records(1)).collect();
+    common::files::assert_holds_each_record_once(&lines, &want);
+}
+
 #[test]
 fn appends_through_two_kernel_cache_mounts_at_once_keep_each_record_whole() {
     // Found by a hostile run: under kernel_cache the kernel cuts a write that starts
@@ -854,23 +879,12 @@ fn appends_through_two_kernel_cache_mounts_at_once_keep_each_record_whole() {
     else {
         return;
     };
-    let (root2, mut second) = second_mount(&m, options);
+    let (root2, second) = second_mount(&m, options);
     let records = |mount: usize| {
         let fill = char::from(b'a' + mount as u8);
         (0..100).map(move |i| format!("{mount}:{i:04}:{}\n", fill.to_string().repeat(4990)))
     };
-    std::thread::scope(|s| {
-        for (mount, root) in [&m.root, &root2].into_iter().enumerate() {
-            s.spawn(move || append_records(&root.join("f"), records(mount)));
-        }
-    });
-    let got = common::files::read_file(&m.cluster.client(), "/f");
-    let _ = Command::new("fusermount3").arg("-u").arg(&root2).status();
-    let _ = second.wait();
-    let got = String::from_utf8_lossy(&got);
-    let lines: Vec<&str> = got.lines().collect();
-    let want: Vec<String> = records(0).chain(records(1)).collect();
-    common::files::assert_holds_each_record_once(&lines, &want);
+    append_at_once_through_both(&m, &root2, second, records, 0);
     m.unmount();
 }
 
@@ -886,7 +900,7 @@ fn appends_from_two_mounts_all_land_one_after_another_and_at_once() {
     else {
         return;
     };
-    let (root2, mut second) = second_mount(&m, "");
+    let (root2, second) = second_mount(&m, "");
     let append = |root: &Path, line: &str| {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -907,18 +921,7 @@ fn appends_from_two_mounts_all_land_one_after_another_and_at_once() {
     assert_eq!(String::from_utf8_lossy(&got), want);
     // At once: one process per mount, each appending its own records through one handle.
     let records = |mount: usize| (0..150).map(move |i| format!("{mount}:{i:04}:{:>40}\n", ""));
-    std::thread::scope(|s| {
-        for (mount, root) in [&m.root, &root2].into_iter().enumerate() {
-            s.spawn(move || append_records(&root.join("f"), records(mount)));
-        }
-    });
-    let got = common::files::read_file(&fs, "/f");
-    let _ = Command::new("fusermount3").arg("-u").arg(&root2).status();
-    let _ = second.wait();
-    let got = String::from_utf8_lossy(&got);
-    let lines: Vec<&str> = got.lines().skip(6).collect();
-    let want: Vec<String> = records(0).chain(records(1)).collect();
-    common::files::assert_holds_each_record_once(&lines, &want);
+    append_at_once_through_both(&m, &root2, second, records, 6);
     m.unmount();
 }
 
