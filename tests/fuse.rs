@@ -901,19 +901,11 @@ fn appends_from_two_mounts_all_land_one_after_another_and_at_once() {
         return;
     };
     let (root2, second) = second_mount(&m, "");
-    let append = |root: &Path, line: &str| {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(root.join("f"))
-            .unwrap();
-        f.write_all(line.as_bytes()).unwrap();
-    };
     let mut want = String::new();
     for i in 0..6 {
         let line = format!("line {i}\n");
-        append(if i % 2 == 0 { &m.root } else { &root2 }, &line);
+        let root = if i % 2 == 0 { &m.root } else { &root2 };
+        append_records(&root.join("f"), std::iter::once(line.clone()));
         want.push_str(&line);
     }
     let fs = m.cluster.client();
