@@ -602,6 +602,14 @@ impl Filesystem for BenchFuse {
             CacheMode::Direct => {
                 tracing::warn!("this kernel cannot mmap direct-I/O files; mount with -o kernel_cache for programs that mmap");
             }
+            // Its O_APPEND handles do direct I/O (see `open_flags`).
+            CacheMode::Page
+                if config
+                    .capabilities()
+                    .contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) =>
+            {
+                wanted |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            }
             CacheMode::Page => {}
         }
         if let Err(missing) = config.add_capabilities(wanted) {
