@@ -147,6 +147,7 @@ static void files_and_errors(void)
     CHECK(fd >= 0 && benchfs_close(fd) == 0);
     CHECK_ERR(benchfs_open("/c/ro", O_RDONLY | O_DIRECTORY, 0), ENOTDIR);
     CHECK(strstr(benchfs_last_error(), "/c/ro") != NULL);
+    CHECK_ERR(benchfs_open("/c", O_RDONLY | O_TRUNC, 0), EISDIR); /* O_TRUNC asks to write */
     CHECK_ERR(benchfs_open("/c/newdir", O_RDONLY | O_CREAT | O_DIRECTORY, 0755), EINVAL);
     CHECK_ERR(benchfs_stat("/c/newdir", &st), ENOENT);
     CHECK(benchfs_rename("/c/f", "/c/g") == 0);
