@@ -25,9 +25,9 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use foldhash::HashMap;
-use std::time::Duration;
 
 use benchfs_config::ServerConfig;
 use benchfs_proto::limits::{

@@ -54,6 +54,31 @@ pub(super) struct OpenFile {
     pub(super) own_changes: u64,
 }
 
+impl OpenFile {
+    /// A handle of file `meta` at `path`, open as `flags`, that knows the record's size.
+    pub(super) fn new(
+        path: String,
+        meta: FileMetadata,
+        flags: OpenFlags,
+        inline: Option<Inline>,
+    ) -> OpenFile {
+        OpenFile {
+            path,
+            meta,
+            flags,
+            pos: 0,
+            size: meta.size,
+            size_dirty: false,
+            write_error: None,
+            read_ahead: ReadAhead::default(),
+            checked_at: Instant::now(),
+            acked: BTreeMap::new(),
+            inline,
+            own_changes: 0,
+        }
+    }
+}
+
 impl FsClient {
     /// Opens (and with CREATE, creates) a file; returns its handle.
     pub async fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Fd, ApiError> {
@@ -115,30 +140,15 @@ impl FsClient {
         self.meta_cache.borrow_mut().put(&path, meta);
         // Close-to-open: data cached before this open may be stale.
         self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        Ok(self.add_handle(path, meta, flags, data))
+        let inline = inline::held(inline::Record { meta, data });
+        Ok(self.add_handle(OpenFile::new(path, meta, flags, inline)))
     }
 
-    /// A new handle of file `meta`, open as `flags`, its record's bytes `data`.
-    fn add_handle(&self, path: String, meta: FileMetadata, flags: OpenFlags, data: Vec<u8>) -> Fd {
+    /// Adds handle `file`; returns its number.
+    pub(super) fn add_handle(&self, file: OpenFile) -> Fd {
         let fd = self.next_fd.get();
         self.next_fd.set(fd + 1);
-        self.files.borrow_mut().insert(
-            fd,
-            OpenFile {
-                path,
-                meta,
-                flags,
-                pos: 0,
-                size: meta.size,
-                size_dirty: false,
-                write_error: None,
-                read_ahead: ReadAhead::default(),
-                checked_at: Instant::now(),
-                acked: BTreeMap::new(),
-                inline: inline::held(inline::Record { meta, data }),
-                own_changes: 0,
-            },
-        );
+        self.files.borrow_mut().insert(fd, file);
         fd
     }
 

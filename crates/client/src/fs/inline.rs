@@ -38,7 +38,7 @@ use benchfs_proto::{ops, path, Rpc, Status};
 
 use super::data::{chunk_write, fill_from, WriteSource};
 use super::handles::OpenFile;
-use super::read_ahead::{ReadAhead, ReadDst};
+use super::read_ahead::ReadDst;
 use super::{fs_err, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
@@ -178,31 +178,16 @@ impl FsClient {
             birth_ns: 0,
             inline: true,
         };
-        let fd = self.next_fd.get();
-        self.next_fd.set(fd + 1);
-        self.files.borrow_mut().insert(
-            fd,
-            OpenFile {
-                path: path.to_string(),
-                meta,
-                flags,
-                pos: 0,
-                size: 0,
-                // So that a stat of the path makes the file first (see `flush_path`).
-                size_dirty: true,
-                write_error: None,
-                acked: std::collections::BTreeMap::new(),
-                read_ahead: ReadAhead::default(),
-                checked_at: Instant::now(),
-                inline: Some(Inline::Deferred(Deferred {
-                    bytes: Vec::new(),
-                    mode,
-                    parent_checked,
-                })),
-                own_changes: 0,
-            },
-        );
-        Ok(Some(fd))
+        let deferred = Some(Inline::Deferred(Deferred {
+            bytes: Vec::new(),
+            mode,
+            parent_checked,
+        }));
+        Ok(Some(self.add_handle(OpenFile {
+            // So that a stat of the path makes the file first (see `flush_path`).
+            size_dirty: true,
+            ..OpenFile::new(path.to_string(), meta, flags, deferred)
+        })))
     }
 
     /// The record of `path` (normalised) with its bytes if it is inline, for an open or a
