@@ -9,6 +9,7 @@ use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -425,7 +426,7 @@ impl Connection {
         sink: Option<LentMut>,
         timeout: Duration,
     ) -> Result<Response<R::Reply>, RpcError> {
-        let exchange = self.exchange(R::OP, request.to_bytes(), payload, sink);
+        let exchange = pin!(self.exchange(R::OP, request.to_bytes(), payload, sink));
         match self.client.watch.run(timeout, &self.ep, exchange).await {
             Ok(result) => {
                 let (frame, body, payload, sunk) = result?;

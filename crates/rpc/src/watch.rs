@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::rc::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -133,16 +134,17 @@ impl CallWatch {
     }
 
     /// Runs `call` until it ends or is stopped, whichever is first; `connection` is the one
-    /// whose failure stops it.
+    /// whose failure stops it. The call is pinned by the caller: taken by value, it would
+    /// sit in this future twice (an async fn keeps its argument and the pinned copy apart),
+    /// and every future above it would grow by as much, to be copied at each await.
     pub(crate) async fn run<T>(
         &self,
         timeout: Duration,
         connection: &Endpoint,
-        call: impl Future<Output = T>,
+        mut call: Pin<&mut impl Future<Output = T>>,
     ) -> Result<T, Verdict> {
         let slot = self.add(timeout, connection.clone());
         let _watched = Unwatch { watch: self, slot };
-        let mut call = std::pin::pin!(call);
         poll_fn(|cx| match call.as_mut().poll(cx) {
             Poll::Ready(output) => Poll::Ready(Ok(output)),
             Poll::Pending => match self.verdict_or_wait(slot, cx.waker()) {

@@ -200,6 +200,14 @@ impl FsClient {
         if let Some(c) = Self::live_conn(slot) {
             return Ok(c);
         }
+        // Boxed: the rare connect would otherwise size every call's future (see
+        // `call_on_into`).
+        Box::pin(self.make_conn(slot)).await
+    }
+
+    /// The slow path of [`FsClient::conn`]: makes the slot's connection, or waits for
+    /// another call making it.
+    async fn make_conn(&self, slot: &ServerSlot) -> Result<Rc<Connection>, RpcError> {
         let waiting_since = Instant::now();
         let _connecting = slot.connecting.lock().await;
         if let Some(c) = Self::live_conn(slot) {
@@ -423,7 +431,10 @@ impl FsClient {
                 return Err(e);
             }
         };
-        let result = conn.call_into::<R>(req, payload, sink).await;
+        // Boxed, one allocation per call: a call's future is some hundreds of bytes, and
+        // held inline it made the futures of the operations made of calls kilobytes (a
+        // create's close held about 9 KiB), copied in full at every await that starts one.
+        let result = Box::pin(conn.call_into::<R>(req, payload, sink)).await;
         self.call_ended(index, &conn, result.as_ref().err());
         result
     }
