@@ -68,8 +68,10 @@ impl BenchFS {
     }
 
     /// Runs a client future with the client's background tasks.
-    async fn run<F: Future>(&self, future: F) -> F::Output {
-        self.local.run_until(future).await
+    // Boxed at once: each operation's future is some KiB, and held inline (`run_until`
+    // holds its future twice) it was copied whole at each of the awaits above it.
+    fn run<'a, F: Future + 'a>(&'a self, future: F) -> impl Future<Output = F::Output> + 'a {
+        self.local.run_until(Box::pin(future))
     }
 
     /// The async client underneath, for several operations in flight at once (run them
