@@ -171,7 +171,6 @@ fn operation_futures_stay_small() {
             std::mem::size_of_val(&client.stat("/")),
             std::mem::size_of_val(&client.close(1)),
         ];
-        println!("api futures {api:?} bytes, client futures {ops:?} bytes");
         assert!(api.iter().all(|&n| n <= 512), "api futures {api:?} bytes");
         assert!(
             ops.iter().all(|&n| n <= 6144),
