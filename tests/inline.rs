@@ -141,12 +141,19 @@ fn the_deferred_create_keeps_posix_where_it_matters() {
     // O_EXCL is not deferred: EEXIST at the open.
     let excl = OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::EXCL;
     assert_eq!(errno_of(fs.open("/f", excl, 0o644)), libc::EEXIST);
-    // A directory at the path: EISDIR when the file is made.
+    // A directory at the path: EISDIR at the open from a client that knows it...
     fs.mkdir("/dir", 0o755).unwrap();
-    let fd = fs
-        .open("/dir", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
-        .unwrap();
-    assert_eq!(errno_of(fs.close(fd)), libc::EISDIR);
+    let create = OpenFlags::CREATE | OpenFlags::WRITE;
+    assert_eq!(errno_of(fs.open("/dir", create, 0o644)), libc::EISDIR);
+    // ...and, from one that does not, when the file is made (here by a stat of the path,
+    // which still shows the directory). Every later call on the handle fails so; none
+    // reaches the chunks with the open's placeholder record (that panicked).
+    let fd = other.open("/dir", create, 0o644).unwrap();
+    assert!(other.stat("/dir").unwrap().is_dir());
+    assert_eq!(errno_of(other.write(fd, b"x")), libc::EISDIR);
+    assert_eq!(errno_of(other.pwrite(fd, &[7u8; 100_000], 0)), libc::EISDIR);
+    assert_eq!(errno_of(other.close(fd)), libc::EISDIR);
+    assert!(other.stat("/dir").unwrap().is_dir());
     // A file this client is making shows in its listing, and unlink removes it.
     let fd = fs
         .open("/dir/g", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)

@@ -30,6 +30,9 @@ pub(super) struct OpenFile {
     pub(super) size: u64,
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
+    /// Why this handle's deferred create failed, when it did: the handle has no file, and
+    /// every later call on it fails so (see `inline::make_deferred`).
+    pub(super) unmade: Option<Status>,
     /// The first failure of a write of this handle that went behind its call: every
     /// later write, fsync, fstat and close reports it, and the size is no longer
     /// published (see `pipeline`).
@@ -69,6 +72,7 @@ impl OpenFile {
             pos: 0,
             size: meta.size,
             size_dirty: false,
+            unmade: None,
             write_error: None,
             read_ahead: ReadAhead::default(),
             checked_at: Instant::now(),
@@ -385,9 +389,17 @@ impl FsClient {
     /// report the failure.
     pub(super) async fn flush_path(&self, path: &str) -> Result<(), ApiError> {
         self.drain_path_writes(path).await;
-        let dirty = self.fds_where(|f| f.path == path && f.size_dirty && f.write_error.is_none());
+        let dirty = self.fds_where(|f| {
+            f.path == path && f.size_dirty && f.write_error.is_none() && f.unmade.is_none()
+        });
         for fd in dirty {
-            self.flush_size(fd).await?;
+            if let Err(e) = self.flush_size(fd).await {
+                // A deferred create that failed keeps its error for the handle's own
+                // calls; what is at the path stands.
+                if self.with_file(fd, |f| f.unmade.is_none())? {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }

@@ -79,6 +79,9 @@ enum Where {
     Held,
 }
 
+/// The inode number of a deferred handle's placeholder record: servers never hand it out.
+const NO_FILE_YET: u64 = 0;
+
 /// Longest wait between retries of a call that met a sealed record (`Busy`).
 const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(64);
 
@@ -163,9 +166,18 @@ impl FsClient {
             Some(_) => return Err(fs_err("open", path, Status::NotDir)),
             None => false,
         };
+        // A directory this client knows of at the path: refused now, as Linux refuses it.
+        if self
+            .meta_cache
+            .borrow_mut()
+            .get(path)
+            .is_some_and(|m| m.is_dir())
+        {
+            return Err(fs_err("open", path, Status::IsDir));
+        }
         let owner = self.owner.get();
         let meta = FileMetadata {
-            file_id: 0,
+            file_id: NO_FILE_YET,
             kind: EntryKind::File,
             size: 0,
             mode: mode & 0o7777,
@@ -208,27 +220,46 @@ impl FsClient {
         })
     }
 
+    /// Where the handle's bytes are; the error its create met, for a handle whose deferred
+    /// create failed.
     fn where_is(&self, fd: Fd) -> Result<Where, ApiError> {
-        self.with_file(fd, |f| match &f.inline {
-            None => Where::Chunks,
-            Some(Inline::Deferred(_)) => Where::Deferred,
-            Some(Inline::Held(_)) => Where::Held,
-        })
+        self.with_file(fd, |f| match (&f.inline, f.unmade) {
+            (_, Some(status)) => Err(fs_err("open", &f.path, status)),
+            (None, None) => Ok(Where::Chunks),
+            (Some(Inline::Deferred(_)), None) => Ok(Where::Deferred),
+            (Some(Inline::Held(_)), None) => Ok(Where::Held),
+        })?
     }
 
     /// Makes the file of a deferred handle, with the bytes written so far; nothing for
-    /// any other handle.
+    /// any other handle. A create that fails without making the file (an existing
+    /// directory at the path, a missing parent, an unreachable owner) leaves the handle
+    /// with no file: every later call on it fails with that error, never reaching the
+    /// chunk path with the placeholder record the open gave it.
     pub(super) async fn make_deferred(&self, fd: Fd) -> Result<(), ApiError> {
         if matches!(self.where_is(fd)?, Where::Deferred) {
-            self.create_inline(fd).await?;
+            if let Err(e) = self.create_inline(fd).await {
+                self.with_file(fd, |f| {
+                    if f.inline.is_none() && f.meta.file_id == NO_FILE_YET {
+                        f.unmade = Some(e.cause_status());
+                    }
+                })?;
+                return Err(e);
+            }
         }
         Ok(())
     }
 
     /// Makes the files of this client's deferred handles of `path`.
     pub(super) async fn make_deferred_at(&self, path: &str) -> Result<(), ApiError> {
-        for fd in self.fds_where(|f| f.path == path) {
-            self.make_deferred(fd).await?;
+        // A handle whose create failed has nothing to make: what is at the path stands.
+        for fd in self.fds_where(|f| f.path == path && f.unmade.is_none()) {
+            if let Err(e) = self.make_deferred(fd).await {
+                // One that fails now keeps its error for its own calls (see `flush_path`).
+                if self.with_file(fd, |f| f.unmade.is_none())? {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
