@@ -395,16 +395,11 @@ impl ChunkDir {
         }
     }
 
-    /// Takes the chunks written since the last sync, with their open files.
-    pub(crate) fn take_dirty(&self) -> Result<Vec<(ChunkId, Rc<ChunkFile>)>, StoreError> {
-        let ids = std::mem::take(&mut *self.dirty_chunks.borrow_mut());
-        let mut files = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(file) = self.open_for_read(id)? {
-                files.push((id, file));
-            }
-        }
-        Ok(files)
+    /// Takes the chunks written since the last sync, oldest id first.
+    pub(crate) fn take_dirty(&self) -> Vec<ChunkId> {
+        std::mem::take(&mut *self.dirty_chunks.borrow_mut())
+            .into_iter()
+            .collect()
     }
 
     /// Fsyncs every directory whose entries changed since the last sync.

@@ -226,11 +226,22 @@ impl<E: IoEngine> ChunkStore for DiskChunkStore<E> {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        for (id, file) in self.dir.take_dirty()? {
-            if let Err(e) = self.engine.fsync(&file).await {
-                // Still not durable: the next sync tries it again.
+        // One chunk open at a time (the open-file cache bounds the descriptors): holding
+        // every dirty chunk open at once ran out of descriptors past a few thousand.
+        let mut dirty = self.dir.take_dirty().into_iter();
+        while let Some(id) = dirty.next() {
+            let synced = match self.dir.open_for_read(id) {
+                Ok(Some(file)) => {
+                    (self.engine.fsync(&file).await).map_err(|e| StoreError::io(E::FSYNC_OP, e, 0))
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                // Still not durable: the next sync tries these again.
                 self.dir.mark_dirty(id);
-                return Err(StoreError::io(E::FSYNC_OP, e, 0));
+                dirty.for_each(|id| self.dir.mark_dirty(id));
+                return Err(e);
             }
         }
         self.dir.sync_dirs()
