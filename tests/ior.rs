@@ -117,6 +117,7 @@ fn mpirun(program: &Path, args: &[String]) -> String {
     for bad in [
         "Incorrect data",
         "ERROR",
+        "WARNING: read",
         "inconsistent file size",
         "not supported",
     ] {
@@ -223,13 +224,28 @@ fn run_ior(ior: &Path, registry: &str) {
 }
 
 fn run_mdtest(mdtest: &Path, registry: &str) {
-    // mdtest: create, stat, read (verified, -X), remove; one shared directory and one
-    // per rank (-u).
+    // mdtest: create, stat, read (verified, -X, and each write read back through its own
+    // handle, --verify-write), remove; one shared directory and one per rank (-u).
     for (name, unique) in [("shared-dir", false), ("dir-per-rank", true)] {
         let dir = format!("/md-{name}");
         let mut list = vec![
-            "-a", "BENCHFS", "-n", "50", "-F", "-C", "-T", "-E", "-r", "-w", "3901", "-e", "3901",
-            "-X", "-d", &dir,
+            "-a",
+            "BENCHFS",
+            "-n",
+            "50",
+            "-F",
+            "-C",
+            "-T",
+            "-E",
+            "-r",
+            "-w",
+            "3901",
+            "-e",
+            "3901",
+            "-X",
+            "--verify-write",
+            "-d",
+            &dir,
         ];
         if unique {
             list.push("-u");

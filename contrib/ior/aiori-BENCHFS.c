@@ -141,7 +141,9 @@ static aiori_fd_t *open_file(const char *op, char *path, int flags)
 static aiori_fd_t *BENCHFS_create(char *path, int iorflags, aiori_mod_opt_t *options)
 {
     (void)options;
-    int flags = posix_flags(iorflags) | O_CREAT;
+    /* Read and write, whatever IOR asks, as its POSIX backend creates: mdtest
+     * --verify-write reads back through the handle it wrote with. */
+    int flags = (posix_flags(iorflags) & ~O_ACCMODE) | O_RDWR | O_CREAT;
     if (hints->dryRun || hints->filePerProc || !(flags & O_TRUNC))
         return open_file("create", path, flags);
     /* One shared file, created by every rank with O_TRUNC: a rank whose open came
