@@ -182,6 +182,7 @@ fn namespace_errors_have_the_right_errno() {
             (CREATE, "/file/x", ENOTDIR),
             (MKDIR, "/file/x", ENOTDIR),
             (RMDIR, "/file", ENOTDIR),
+            (UNLINK, "/file/x", ENOTDIR),
             (READDIR, "/file", ENOTDIR),
             (UNLINK, "/dir", EISDIR),
             (OPEN_WRITE, "/dir", EISDIR),
@@ -326,6 +327,8 @@ fn rename_files_and_directories() {
     assert_eq!(errno_of(fs.rename("/dir/b", "/empty2")), libc::EISDIR);
     assert_eq!(errno_of(fs.rename("/empty2", "/dir/b")), libc::ENOTDIR);
     assert_eq!(errno_of(fs.rename("/empty2", "/empty2/sub")), libc::EINVAL);
+    // Under itself, a file is not a directory (Linux: ENOTDIR).
+    assert_eq!(errno_of(fs.rename("/dir/b", "/dir/b/x")), libc::ENOTDIR);
     assert!(read_file(&reader, "/dir/b") == a);
     assert_eq!(total_chunks(&fs), 4);
 }

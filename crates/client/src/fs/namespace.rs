@@ -467,10 +467,25 @@ impl FsClient {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
         self.make_deferred_at(&path).await?;
-        for record in self
+        let records = match self
             .delete_record("unlink", &path, EntryKind::File, false)
-            .await?
+            .await
         {
+            // "/file/x": ENOTDIR, as the other calls answer it.
+            Err(e) if e.status() == Some(Status::NotFound) => {
+                let not_found = RpcError::Status {
+                    server: String::new(),
+                    status: Status::NotFound,
+                };
+                let why = self.why_not_found("unlink", &path, not_found).await;
+                return Err(match why.status() {
+                    Some(Status::NotDir) => why,
+                    _ => e,
+                });
+            }
+            records => records?,
+        };
+        for record in records {
             // An inline file has no chunks: its bytes went with its record. (A copy in
             // chunk 0 left by a move that failed part way is the orphan sweep's.)
             if !record.meta.inline {
@@ -756,9 +771,6 @@ impl FsClient {
         if from == "/" || to == "/" {
             return Err(fs_err("rename", &from, Status::InvalidArgument));
         }
-        if to.starts_with(&format!("{from}/")) {
-            return Err(fs_err("rename", &to, Status::InvalidArgument));
-        }
         for path in [&from, &to] {
             self.make_deferred_at(path).await?;
             self.make_deferred_under(path).await?;
@@ -768,6 +780,14 @@ impl FsClient {
         let meta = record.meta;
         if wants_dir && !meta.is_dir() {
             return Err(fs_err("rename", &from, Status::NotDir));
+        }
+        // Into itself: EINVAL for a directory; under a file, no directory is there.
+        if to.starts_with(&format!("{from}/")) {
+            let why = match meta.is_dir() {
+                true => Status::InvalidArgument,
+                false => Status::NotDir,
+            };
+            return Err(fs_err("rename", &to, why));
         }
         if from == to {
             return Ok(());
