@@ -27,6 +27,7 @@
 
 #include <stddef.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -78,6 +79,10 @@ int benchfs_rename(const char *from, const char *to);
  * keeps no owner). */
 int benchfs_stat(const char *path, struct stat *st);
 int benchfs_fstat(int fd, struct stat *st);
+/* The size and room of the file system `path` lies in (`path` must exist): what the
+ * servers hold and have free, over the replica count; f_files counts records in use plus
+ * f_ffree, as records are not bounded. */
+int benchfs_statvfs(const char *path, struct statvfs *st);
 /* F_OK, or R_OK | W_OK | X_OK checked against the owner's permission bits. */
 int benchfs_access(const char *path, int mode);
 

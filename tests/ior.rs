@@ -120,10 +120,40 @@ fn mpirun(program: &Path, args: &[String]) -> String {
         "WARNING: read",
         "inconsistent file size",
         "not supported",
+        "statfs",
     ] {
         assert!(!text.contains(bad), "{command} reported {bad:?}:\n{text}");
     }
+    check_fs_size_lines(&command, &text);
     text
+}
+
+/// IOR's and mdtest's headers show the file system's size from the backend's statfs:
+/// "FS: 21.3 GiB   Used FS: 0.1%   Inodes: 4096.0 Mi   Used Inodes: 0.0%" (IOR pads the
+/// key). Each such line must give a size above zero and percentages that are numbers.
+fn check_fs_size_lines(command: &str, text: &str) {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("Used FS:")).collect();
+    assert!(
+        !lines.is_empty(),
+        "{command} printed no file system size:\n{text}"
+    );
+    for line in lines {
+        let size = line
+            .split_once(':')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok());
+        assert!(size.is_some_and(|s| s > 0.0), "{command}: {line:?}");
+        for (_, rest) in line.match_indices("Used ").map(|(i, _)| line.split_at(i)) {
+            let percent = rest
+                .split_once(':')
+                .and_then(|(_, v)| v.trim_start().split('%').next())
+                .and_then(|n| n.parse::<f64>().ok());
+            assert!(
+                percent.is_some_and(|p| (0.0..=100.0).contains(&p)),
+                "{command}: {line:?}"
+            );
+        }
+    }
 }
 
 #[test]

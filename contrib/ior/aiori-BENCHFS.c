@@ -226,11 +226,29 @@ static IOR_offset_t BENCHFS_get_file_size(aiori_mod_opt_t *options, char *path)
     return st.st_size;
 }
 
+/* As IOR's POSIX backend: the file system of the path's directory, since IOR asks before
+ * it creates its test file. */
 static int BENCHFS_statfs(const char *path, ior_aiori_statfs_t *st, aiori_mod_opt_t *options)
 {
-    (void)path;
     (void)options;
-    memset(st, 0, sizeof(*st));
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    size_t len = slash == NULL || slash == path ? 1 : (size_t)(slash - path);
+    if (len >= sizeof(dir))
+        return -1;
+    memcpy(dir, slash == NULL ? "/" : path, len);
+    dir[len] = '\0';
+    struct statvfs vfs;
+    if (benchfs_statvfs(dir, &vfs) != 0) {
+        WARNF("statfs %s: %s", dir, benchfs_last_error());
+        return -1;
+    }
+    st->f_bsize = vfs.f_frsize;
+    st->f_blocks = vfs.f_blocks;
+    st->f_bfree = vfs.f_bfree;
+    st->f_bavail = vfs.f_bavail;
+    st->f_files = vfs.f_files;
+    st->f_ffree = vfs.f_ffree;
     return 0;
 }
 

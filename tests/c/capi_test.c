@@ -116,6 +116,12 @@ static void files_and_errors(void)
     CHECK_ERR(benchfs_stat("relative", &st), EINVAL);
     CHECK_ERR(benchfs_stat(NULL, &st), EFAULT);
     CHECK_ERR(benchfs_stat("/c/f", NULL), EFAULT);
+    struct statvfs vfs;
+    CHECK(benchfs_statvfs("/c/f", &vfs) == 0 && vfs.f_bsize == 4096 && vfs.f_frsize == 4096 &&
+          vfs.f_blocks >= vfs.f_bfree && vfs.f_bfree > 0 && vfs.f_bavail == vfs.f_bfree &&
+          vfs.f_files >= vfs.f_ffree + 2 && vfs.f_namemax == 255);
+    CHECK_ERR(benchfs_statvfs("/c/nope", &vfs), ENOENT);
+    CHECK_ERR(benchfs_statvfs("/c", NULL), EFAULT);
     CHECK(benchfs_access("/c/f", F_OK) == 0);
     CHECK(benchfs_access("/c/f", R_OK | W_OK) == 0);
     CHECK_ERR(benchfs_access("/c/f", X_OK), EACCES);

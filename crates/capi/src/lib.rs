@@ -396,6 +396,22 @@ pub unsafe extern "C" fn benchfs_fstat(fd: c_int, st: *mut libc::stat) -> c_int 
     })
 }
 
+/// Fills `st` with the size and room of the file system `path` lies in (`path` must
+/// exist): every server's, over the replica count.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `st` points to a writable `struct statvfs`.
+#[no_mangle]
+pub unsafe extern "C" fn benchfs_statvfs(path: *const c_char, st: *mut libc::statvfs) -> c_int {
+    entry(|| {
+        // SAFETY: the caller passes a NUL-terminated string.
+        let path = unsafe { path_arg(path) }?;
+        let space = with_client(|t| t.run(|fs| fs.statfs(path)))?;
+        // SAFETY: the caller passes a writable struct statvfs (checked for NULL inside).
+        unsafe { stat::fill_statvfs(st, &space) }.map(|()| 0)
+    })
+}
+
 /// Checks that `path` exists (F_OK) and that its owner may read (R_OK), write (W_OK)
 /// and search or execute it (X_OK): files in BenchFS belong to the job's user.
 ///

@@ -1,7 +1,8 @@
 //! `struct stat` from BenchFS metadata.
 
-use benchfs_client::blocking::FileMetadata;
+use benchfs_client::blocking::{FileMetadata, FsSpace};
 use benchfs_proto::meta::EntryKind;
+use benchfs_proto::ops::NAME_LEN_MAX;
 
 use crate::thread::Failure;
 
@@ -43,5 +44,29 @@ pub(crate) unsafe fn fill(out: *mut libc::stat, meta: &FileMetadata) -> Result<(
     }
     // SAFETY: non-null, and the caller vouches it is a writable struct stat.
     unsafe { out.write(of(meta)) };
+    Ok(())
+}
+
+/// Writes the `struct statvfs` of `space` to `out`.
+///
+/// # Safety
+/// `out` is NULL or points to a writable `struct statvfs`.
+pub(crate) unsafe fn fill_statvfs(out: *mut libc::statvfs, space: &FsSpace) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(Failure::new(libc::EFAULT, "statvfs buffer is NULL".into()));
+    }
+    // SAFETY: struct statvfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    st.f_bsize = space.block_size as libc::c_ulong;
+    st.f_frsize = space.block_size as libc::c_ulong;
+    st.f_blocks = space.blocks as libc::fsblkcnt_t;
+    st.f_bfree = space.blocks_free as libc::fsblkcnt_t;
+    st.f_bavail = space.blocks_free as libc::fsblkcnt_t;
+    st.f_files = space.files as libc::fsfilcnt_t;
+    st.f_ffree = space.files_free as libc::fsfilcnt_t;
+    st.f_favail = space.files_free as libc::fsfilcnt_t;
+    st.f_namemax = NAME_LEN_MAX as libc::c_ulong;
+    // SAFETY: non-null, and the caller vouches it is a writable struct statvfs.
+    unsafe { out.write(st) };
     Ok(())
 }

@@ -32,7 +32,7 @@ use tokio::task::LocalSet;
 
 pub use crate::error::ApiError;
 pub use crate::flags::OpenFlags;
-pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
+pub use crate::fs::{DirEntry, Fd, FsClient, FsSpace, Whence};
 
 /// Mode of files `create` and `open` make: read-write for the owner, readable by others.
 pub const FILE_MODE_DEFAULT: u32 = 0o644;
@@ -152,6 +152,11 @@ impl BenchFS {
     /// Metadata of a path.
     pub async fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
         self.run(self.client.stat(path)).await
+    }
+
+    /// The space of the file system `path` lies in, as statfs(2) reports it.
+    pub async fn statfs(&self, path: &str) -> Result<FsSpace, ApiError> {
+        self.run(self.client.statfs(path)).await
     }
 
     /// Removes a file.

@@ -20,7 +20,7 @@ pub use benchfs_proto::meta::FileMetadata;
 
 pub use crate::error::ApiError;
 pub use crate::flags::OpenFlags;
-pub use crate::fs::{DirEntry, Fd, FsClient, Whence};
+pub use crate::fs::{DirEntry, Fd, FsClient, FsSpace, Whence};
 
 /// A connection to a BenchFS cluster, for one thread.
 pub struct BenchFS {
@@ -270,6 +270,11 @@ impl BenchFS {
     /// Metadata of a path.
     pub fn stat(&self, path: &str) -> Result<FileMetadata, ApiError> {
         self.block_on(self.client.stat(path))
+    }
+
+    /// The space of the file system `path` lies in, as statfs(2) reports it.
+    pub fn statfs(&self, path: &str) -> Result<FsSpace, ApiError> {
+        self.block_on(self.client.statfs(path))
     }
 
     /// Removes a file.

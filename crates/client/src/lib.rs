@@ -17,7 +17,7 @@ pub mod metadata;
 
 pub use error::ApiError;
 pub use flags::OpenFlags;
-pub use fs::{process_owner, DirEntry, Fd, FsClient, Whence};
+pub use fs::{process_owner, DirEntry, Fd, FsClient, FsSpace, Whence};
 
 /// The typed RPC underneath (re-exported from `benchfs-rpc`).
 pub use benchfs_rpc as rpc;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use benchfs_client::blocking::BenchFS;
 use benchfs_client::fs::CATCH_UP_AFTER;
-use benchfs_client::{ApiError, DirEntry};
+use benchfs_client::{ApiError, DirEntry, FsSpace};
 use benchfs_proto::meta::{EntryKind, FileMetadata, Owner};
 use benchfs_proto::ops::{set_attr, SetAttrRequest, NAME_LEN_MAX};
 use benchfs_proto::path;
@@ -38,47 +38,8 @@ fn hidden_path(path: &str, ino: u64) -> Result<String> {
     Ok(path::join(parent, &format!("{UNLINKED_PREFIX}{ino:x}")))
 }
 
-/// Free space reported for servers whose store nothing bounds (the convention of
-/// object-store mounts: effectively unbounded).
-const UNBOUNDED_BYTES: u64 = 1 << 60;
-
-/// Total and free bytes and records of the servers' `Stats` answers. A server's room is
-/// its own capacity left, or its host's free memory or disk where that is less; the
-/// servers of one host share that memory and, as a rule, that disk, so a host's room is
-/// the sum of its servers' rooms, but no more than the largest free space any of them
-/// found binding (counting each server's, several servers of one host read as that many
-/// times its free memory).
-fn space_of(answers: &[(std::net::IpAddr, benchfs_proto::ops::StatsReply)]) -> (u64, u64, u64) {
-    // Per host: the sum of the rooms, and the free space shared by them, if any bound one.
-    let mut hosts: std::collections::BTreeMap<_, (u64, Option<u64>)> = Default::default();
-    let (mut used, mut records) = (0u64, 0u64);
-    for (host, s) in answers {
-        used = used.saturating_add(s.used_bytes);
-        records = records.saturating_add(s.metadata_records);
-        let room = s.room_bytes.min(UNBOUNDED_BYTES);
-        let own_left = match s.capacity_bytes {
-            0 => None,
-            capacity => Some(capacity.saturating_sub(s.used_bytes)),
-        };
-        let (sum, shared) = hosts.entry(*host).or_default();
-        *sum = sum.saturating_add(room);
-        if own_left.is_none_or(|left| room < left) {
-            *shared = Some(shared.map_or(room, |free: u64| free.max(room)));
-        }
-    }
-    let free = hosts
-        .values()
-        .map(|&(sum, shared)| shared.map_or(sum, |free| sum.min(free)))
-        .fold(0u64, u64::saturating_add)
-        .min(UNBOUNDED_BYTES);
-    (used.saturating_add(free), free, records)
-}
-
 /// Locks the nodes' size publishes and truncates are spread over.
 const SIZE_LOCKS: usize = 64;
-
-/// Block size statfs reports.
-const STATFS_BLOCK: u64 = 4096;
 
 thread_local! {
     static CLIENT: RefCell<Option<BenchFS>> = const { RefCell::new(None) };
@@ -511,30 +472,11 @@ impl BenchFuse {
         self.call(req, |fs| fs.unlink(path))
     }
 
-    fn statfs_inner(&self, req: &Request) -> Result<[u64; 5]> {
-        let (stats, replicas) = self.call(req, |fs| {
-            let client = fs.client();
-            Ok((fs.block_on(client.server_stats()), client.replicas()))
-        })?;
-        let mut answers = Vec::with_capacity(stats.len());
-        for (entry, stat) in stats {
-            let s = stat.map_err(|e| {
-                tracing::warn!(server = %entry.node_id, error = %e, "statfs: a server did not answer");
-                Errno::EIO
-            })?;
-            answers.push((entry.addr.ip(), s));
-        }
-        let (total, free, records) = space_of(&answers);
-        let replicas = replicas.max(1) as u64;
-        Ok([
-            total / STATFS_BLOCK / replicas,
-            free / STATFS_BLOCK / replicas,
-            // Inodes: records are not bounded, so as many again as the free count a
-            // 32-bit reader can take; total is used plus free, as `df -i` expects.
-            (records / replicas).saturating_add(u64::from(u32::MAX)),
-            u64::from(u32::MAX),
-            STATFS_BLOCK,
-        ])
+    fn statfs_inner(&self, req: &Request) -> Result<FsSpace> {
+        self.call(req, |fs| {
+            fs.statfs("/")
+                .inspect_err(|e| tracing::warn!(error = %e, "statfs failed"))
+        })
     }
 
     fn readdir_entries(
@@ -1058,15 +1000,15 @@ impl Filesystem for BenchFuse {
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.statfs_inner(req) {
-            Ok([blocks, free, files, ffree, bsize]) => reply.statfs(
-                blocks,
-                free,
-                free,
-                files,
-                ffree,
-                bsize as u32,
+            Ok(space) => reply.statfs(
+                space.blocks,
+                space.blocks_free,
+                space.blocks_free,
+                space.files,
+                space.files_free,
+                space.block_size as u32,
                 NAME_LEN_MAX as u32,
-                bsize as u32,
+                space.block_size as u32,
             ),
             Err(e) => reply.error(e),
         }
@@ -1121,53 +1063,5 @@ impl Filesystem for BenchFuse {
     ) {
         // Chunks are allocated as they are written; space cannot be reserved ahead.
         reply.error(Errno::EOPNOTSUPP);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use benchfs_proto::ops::StatsReply;
-    use std::net::{IpAddr, Ipv4Addr};
-
-    fn answer(host: u8, used: u64, room: u64) -> (IpAddr, StatsReply) {
-        let stats = StatsReply {
-            used_bytes: used,
-            room_bytes: room,
-            metadata_records: 1,
-            ..Default::default()
-        };
-        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, host)), stats)
-    }
-
-    #[test]
-    fn servers_of_one_host_share_its_room_and_nothing_reads_as_exabytes() {
-        let gib = 1 << 30;
-        // Two servers on host 1 both see its 10 GiB; host 2's one server sees 4 GiB.
-        let answers = [
-            answer(1, gib, 10 * gib),
-            answer(1, 2 * gib, 10 * gib),
-            answer(2, 0, 4 * gib),
-        ];
-        assert_eq!(space_of(&answers), (17 * gib, 14 * gib, 3));
-        // Servers with capacities of their own, under what the host has free: each its own
-        // room, the total their capacities, however unevenly they are filled.
-        let capped = |used: u64| {
-            let (host, mut stats) = answer(1, used, 3 * gib - used);
-            stats.capacity_bytes = 3 * gib;
-            (host, stats)
-        };
-        assert_eq!(space_of(&[capped(0), capped(0), capped(0)]).0, 9 * gib);
-        assert_eq!(
-            space_of(&[capped(gib), capped(2 * gib), capped(0)]),
-            (9 * gib, 6 * gib, 3)
-        );
-        // A capacity the host's free space undercuts: that free space, shared.
-        let mut short = capped(0);
-        short.1.room_bytes = gib;
-        assert_eq!(space_of(&[short.clone(), short]).1, gib);
-        // A store nothing bounds reads as the mount convention's "unbounded", no more.
-        let (total, free, _) = space_of(&[answer(1, 5, u64::MAX), answer(2, 5, u64::MAX)]);
-        assert_eq!((total, free), (UNBOUNDED_BYTES + 10, UNBOUNDED_BYTES));
     }
 }

@@ -16,7 +16,8 @@
 //! The methods are split by job: `routing` (servers, connections, replicas), `handles`
 //! (open files), `data` (pread/pwrite and lending), `pipeline` (write-behind),
 //! `read_ahead`, `inline` (files kept in their records, the deferred create), `namespace`
-//! (records and directory operations), `cache` and `fanout` (listing across servers).
+//! (records and directory operations), `cache` and `fanout` (listing across servers),
+//! `space` (statfs).
 
 mod attrs;
 mod cache;
@@ -29,6 +30,7 @@ mod namespace;
 mod pipeline;
 mod read_ahead;
 mod routing;
+mod space;
 mod tree;
 
 use foldhash::HashMap;
@@ -55,6 +57,7 @@ use pipeline::Pipeline;
 pub use pipeline::PipelineCounters;
 pub use routing::CallCounters;
 use routing::ServerSlot;
+pub use space::FsSpace;
 
 /// A file handle number, as `open` returns it.
 pub type Fd = u64;
