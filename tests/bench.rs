@@ -497,6 +497,38 @@ fn bad_workloads_are_refused_by_name() {
     );
     let stderr = benchfs(&["bench", "ior", "-t", "1q"], &[]).failed();
     assert!(stderr.contains("suffix"), "{stderr}");
+
+    // A report directory that cannot be made fails the run before it measures, not after
+    // (found by a hostile run: a long run's figures were lost to a bad --out).
+    let local = out_dir();
+    let file = local.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let below_file = file.join("report");
+    let run = bench(&cluster, &["mdtest", "-n", "5", "--out", arg(&below_file)]);
+    assert!(!run.stdout.contains("# benchfs bench"), "{run:?}");
+    let stderr = run.failed();
+    assert!(
+        stderr.contains("report directory") && stderr.contains(arg(&below_file)),
+        "{stderr}"
+    );
+    // A run that fails after making its report directory removes it again.
+    let fresh = local.path().join("fresh");
+    let missing = local.path().join("no-registry");
+    benchfs(
+        &[
+            "bench",
+            "mdtest",
+            "-n",
+            "5",
+            "--registry",
+            arg(&missing),
+            "--out",
+            arg(&fresh),
+        ],
+        &[],
+    )
+    .failed();
+    assert!(!fresh.exists());
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::cli::{benchfs, snapshot, ClusterDir};
+use common::cli::{benchfs, run_benchfs, snapshot, ClusterDir};
 use common::files::{read_file, stats, write_file};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -95,6 +95,32 @@ fn put_of_an_unreadable_source_leaves_the_remote_file_alone() {
             "the error names the local and the remote path: {stderr}"
         );
     }
+}
+
+#[test]
+fn put_and_get_into_a_directory_use_the_files_own_name() {
+    // Regression: `put file /dir` failed with EISDIR, where cp (and get) copy into the
+    // directory under the file's own name.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let local = tempfile::tempdir_in(common::test_root()).unwrap();
+    let source = local.path().join("data.bin");
+    let data = pattern(70_000, 3);
+    std::fs::write(&source, &data).unwrap();
+    on(&cluster, &["mkdir", "/d"]).ok();
+    on(&cluster, &["put", arg(&source), "/d"]).ok();
+    on(&cluster, &["put", arg(&source), "/d/"]).ok();
+    let fs = cluster.client();
+    assert_eq!(names(&fs, "/d"), ["data.bin"]);
+    assert!(read_file(&fs, "/d/data.bin") == data);
+    // Standard input has no name to take: a clear error, and nothing made.
+    let stderr = on(&cluster, &["put", "-", "/d"]).failed();
+    assert!(stderr.contains("/d is a directory"), "{stderr}");
+    assert_eq!(names(&fs, "/d"), ["data.bin"]);
+
+    let back = local.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    on(&cluster, &["get", "/d/data.bin", arg(&back)]).ok();
+    assert!(std::fs::read(back.join("data.bin")).unwrap() == data);
 }
 
 #[test]
@@ -801,17 +827,9 @@ fn cluster_down_stops_this_clusters_servers_and_nothing_else() {
     // be used from another directory. Now down stops every benchfsd whose command line
     // names the cluster's config, and --dir is recorded absolute.
     let cluster = ClusterDir::new("c");
-    let up = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .current_dir(cluster.root.path())
-        .args(["cluster", "up", "--servers", "2", "--dir", "c"])
-        .env_remove("BENCHFS_SECRET_FILE")
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let up = ["cluster", "up", "--servers", "2", "--dir", "c"];
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"));
+    run_benchfs(command.current_dir(cluster.root.path()).args(up), &up).ok();
     cluster.cli(&["mkdir", "/d"]);
     assert!(cluster.cli(&["ls", "/"]).contains('d'));
 
@@ -1369,19 +1387,24 @@ fn put_from_standard_input_get_into_a_directory_and_ls_of_a_file() {
 #[test]
 fn syncing_more_dirty_chunks_than_descriptors_succeeds() {
     let cluster = ClusterDir::new("c");
-    let up = std::process::Command::new("sh")
+    let up = [
+        "cluster",
+        "up",
+        "--servers",
+        "1",
+        "--backend",
+        "file",
+        "--chunk-size",
+        "4k",
+        "--dir",
+        cluster.dir_arg(),
+    ];
+    let mut command = std::process::Command::new("sh");
+    command
         .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_benchfs"))
-        .args(["cluster", "up", "--servers", "1", "--backend", "file"])
-        .args(["--chunk-size", "4k", "--dir", cluster.dir_arg()])
-        .env_remove("BENCHFS_SECRET_FILE")
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+        .args(up);
+    run_benchfs(&mut command, &up).ok();
     let data = pattern(8 << 20, 5);
     let local = cluster.root.path().join("data.bin");
     std::fs::write(&local, &data).unwrap();

@@ -47,12 +47,24 @@ impl Run {
 /// Runs `benchfs args`, with `envs` set. BENCHFS_SECRET_FILE is unset unless `envs` sets
 /// it, so the caller's environment cannot change what a test sees.
 pub fn benchfs(args: &[&str], envs: &[(&str, &Path)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_benchfs"));
+    command
         .args(args)
-        .env_remove("BENCHFS_SECRET_FILE")
-        .envs(envs.iter().map(|(k, v)| (k, v.as_os_str())))
-        .output()
-        .expect("run benchfs");
+        .envs(envs.iter().map(|(k, v)| (k, v.as_os_str())));
+    run_benchfs(&mut command, args)
+}
+
+/// Runs `command`, the `benchfs` command line `args` however it is started (in another
+/// working directory, through a shell that sets limits). BENCHFS_SECRET_FILE is unset
+/// unless the command sets it, as [`benchfs`] has it.
+pub fn run_benchfs(command: &mut Command, args: &[&str]) -> Run {
+    if !command
+        .get_envs()
+        .any(|(key, _)| key == "BENCHFS_SECRET_FILE")
+    {
+        command.env_remove("BENCHFS_SECRET_FILE");
+    }
+    let out = command.output().expect("run benchfs");
     Run {
         args: args.iter().map(|a| a.to_string()).collect(),
         success: out.status.success(),

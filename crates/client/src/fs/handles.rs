@@ -393,14 +393,23 @@ impl FsClient {
             f.path == path && f.size_dirty && f.write_error.is_none() && f.unmade.is_none()
         });
         for fd in dirty {
-            if let Err(e) = self.flush_size(fd).await {
-                // A deferred create that failed keeps its error for the handle's own
-                // calls; what is at the path stands.
-                if self.with_file(fd, |f| f.unmade.is_none())? {
-                    return Err(e);
-                }
-            }
+            let flushed = self.flush_size(fd).await;
+            self.unless_unmade(fd, flushed)?;
         }
         Ok(())
+    }
+
+    /// `result` of work on handle `fd` done for a call on its path, as that call's: an
+    /// error that left the handle unmade (its deferred create failed) stays the handle's,
+    /// for its own calls, while what is at the path stands.
+    pub(super) fn unless_unmade(
+        &self,
+        fd: Fd,
+        result: Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        match result {
+            Err(e) if self.with_file(fd, |f| f.unmade.is_none())? => Err(e),
+            _ => Ok(()),
+        }
     }
 }

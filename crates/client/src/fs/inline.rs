@@ -254,12 +254,8 @@ impl FsClient {
     pub(super) async fn make_deferred_at(&self, path: &str) -> Result<(), ApiError> {
         // A handle whose create failed has nothing to make: what is at the path stands.
         for fd in self.fds_where(|f| f.path == path && f.unmade.is_none()) {
-            if let Err(e) = self.make_deferred(fd).await {
-                // One that fails now keeps its error for its own calls (see `flush_path`).
-                if self.with_file(fd, |f| f.unmade.is_none())? {
-                    return Err(e);
-                }
-            }
+            let made = self.make_deferred(fd).await;
+            self.unless_unmade(fd, made)?;
         }
         Ok(())
     }

@@ -1095,12 +1095,19 @@ fn unclean_stop(cluster: &Path, pid: u32, data_dir: &Path) -> String {
     let log = cluster.join("logs").join(format!("{node}.log"));
     let last_words = std::fs::read_to_string(&log)
         .ok()
-        .and_then(|text| {
-            let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-            Some(line.trim().to_string())
-        })
+        .and_then(|text| last_words(&text).map(str::to_string))
         .unwrap_or_else(|| "(no log)".into());
     format!("{node} (pid {pid}, log {}): {last_words}", log.display())
+}
+
+/// The last line of a server's log, passing over the lines UCX itself writes there
+/// ("[1733338471.2] [host:pid:0] file.c:549 UCX  WARN ..."), which a worker's teardown
+/// may print after the server's own last words; UCX's last line if there is no other.
+fn last_words(log: &str) -> Option<&str> {
+    let is_ucx = |l: &str| l.starts_with('[') && l.contains(" UCX ");
+    let mut lines = log.lines().map(str::trim).filter(|l| !l.is_empty()).rev();
+    let last = lines.clone().next();
+    lines.find(|l| !is_ucx(l)).or(last)
 }
 
 /// `benchfs cluster wait`: polls the registry until it lists `servers` servers, then
@@ -1193,5 +1200,31 @@ fn status(target: &Target) -> Result<(), CliError> {
     match failed.is_empty() {
         true => Ok(()),
         false => Err(format!("not serving this client: {}", failed.join(", ")).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_words_pass_over_ucx_lines() {
+        let log = "2026-12-04T20:52:33Z  INFO benchfs_server::daemon: stopping\n\
+                   2026-12-04T20:52:34Z ERROR benchfs_server::daemon: store sync failed\n\
+                   [1796387716.782011] [vm:10486:0]   ucp_worker.c:1900 UCX  WARN  not all eps were closed\n\n";
+        assert_eq!(
+            last_words(log),
+            Some("2026-12-04T20:52:34Z ERROR benchfs_server::daemon: store sync failed")
+        );
+        let only_ucx = "[1.0] [vm:1:0] select.c:549 UCX  ERROR no transport\n";
+        assert_eq!(
+            last_words(only_ucx),
+            Some("[1.0] [vm:1:0] select.c:549 UCX  ERROR no transport")
+        );
+        assert_eq!(
+            last_words("thread 'main' panicked at x.rs:1:1\n"),
+            Some("thread 'main' panicked at x.rs:1:1")
+        );
+        assert_eq!(last_words("\n  \n"), None);
     }
 }

@@ -49,7 +49,7 @@ pub enum FileCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Copy a local file into BenchFS.
+    /// Copy a local file into BenchFS (into a directory: under the file's own name).
     Put {
         /// The local file (`-`: standard input).
         local: PathBuf,
@@ -59,7 +59,7 @@ pub enum FileCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Copy a BenchFS file to a local file.
+    /// Copy a BenchFS file to a local file (into a directory: under the file's own name).
     Get {
         /// The BenchFS path.
         path: String,
@@ -154,6 +154,22 @@ fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
         false => Box::new(open_source(local).map_err(|e| fail(&e))?),
     };
     let fs = target.connect()?;
+    // Into a directory under the local file's own name, as `cp` copies.
+    let into_dir;
+    let path = match fs.stat(path) {
+        Ok(meta) if meta.is_dir() => match local.file_name().and_then(|n| n.to_str()) {
+            Some(name) if local.as_os_str() != "-" => {
+                into_dir = format!("{}/{name}", path.trim_end_matches('/'));
+                into_dir.as_str()
+            }
+            _ => {
+                return Err(fail(&format!(
+                    "{path} is a directory; name the file to write"
+                )))
+            }
+        },
+        _ => path,
+    };
     let fd = fs.create(path, 0o644).map_err(|e| fail(&e))?;
     let copied = copy_in(&fs, fd, &mut source);
     let closed = fs.close(fd);

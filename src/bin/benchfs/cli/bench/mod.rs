@@ -15,6 +15,7 @@ pub(crate) use args::parse_size;
 pub use args::Args;
 use args::{Common, Workload};
 use benchfs_bench::run::Plan;
+use benchfs_bench::sync::Ranks;
 
 use super::CliError;
 
@@ -23,14 +24,61 @@ pub fn run(args: Args) -> Result<(), CliError> {
     stop_on_interrupt();
     match args.workload {
         Workload::Worker(w) => launch::worker(&w),
-        Workload::Sweep(s) => sweep::run(&s),
+        Workload::Sweep(mut s) => {
+            let out = ReportDir::claim(&mut s.common, &format!("sweep-{}", s.workload))?;
+            keep_if_written(out, sweep::run(&s))
+        }
         other => {
-            let common = other.common().clone();
+            let mut common = other.common().clone();
             let name = other.name();
             let phases = other.phases()?;
-            launch::run(&common, &name, phases, &std::collections::BTreeMap::new()).map(drop)
+            let out = ReportDir::claim(&mut common, &name)?;
+            let ran = launch::run(&common, &name, phases, &std::collections::BTreeMap::new());
+            keep_if_written(out, ran.map(drop))
         }
     }
+}
+
+/// The report directory of a run that reports (not a rank other than 0), made and
+/// checked before the run, so an `--out` that cannot be written fails at once instead
+/// of after the measuring.
+struct ReportDir {
+    path: PathBuf,
+    /// Whether this run made it (and so may remove it again).
+    made: bool,
+}
+
+impl ReportDir {
+    /// Makes and checks the report directory, and fixes it in `common.out` (a default
+    /// one's name holds the time, which must not change between here and the report).
+    fn claim(common: &mut Common, name: &str) -> Result<Option<ReportDir>, CliError> {
+        if Ranks::from_env()?.is_some_and(|r| r.rank != 0) {
+            return Ok(None);
+        }
+        let path = common.out.clone().unwrap_or_else(|| default_out(name));
+        let made = !path.exists();
+        let fail = |what: &str, e: std::io::Error| -> CliError {
+            format!("report directory {}: {what}: {e}", path.display()).into()
+        };
+        std::fs::create_dir_all(&path).map_err(|e| fail("cannot create it", e))?;
+        let probe = path.join(".benchfs-write-check");
+        std::fs::File::create(&probe).map_err(|e| fail("cannot write in it", e))?;
+        let _ = std::fs::remove_file(&probe);
+        common.out = Some(path.clone());
+        Ok(Some(ReportDir { path, made }))
+    }
+}
+
+/// Passes `result` on; if the run failed, a report directory it made is removed again
+/// while empty.
+fn keep_if_written(dir: Option<ReportDir>, result: Result<(), CliError>) -> Result<(), CliError> {
+    if let (Err(_), Some(dir)) = (&result, dir) {
+        if dir.made {
+            // remove_dir refuses a directory with anything in it.
+            let _ = std::fs::remove_dir(&dir.path);
+        }
+    }
+    result
 }
 
 /// SIGINT and SIGTERM stop the run at its next operation as a failure, which removes
