@@ -9,7 +9,10 @@
 #     bandwidth >= 0.9 x ucp_am_bw at 1 MiB and 4 MiB.
 #   TRANSPORT=tcp: both over loopback TCP only (UCX_TLS=tcp UCX_TCP_PUT_ENABLE=n, shared_memory = false).
 #     Goals: RTT p50 <= 3 x perftest's round trip, bandwidth >= 0.9 x.
-# The other transport's perftest is printed as a reference column.
+# The other transport's perftest is printed as a reference column. A "binding" row gives
+# the floor under ours: the same 8-byte round trip through benchfs-ucx alone, with no RPC
+# layer (crates/ucx/examples/am_ping.rs), so the table shows what UCX and the binding
+# cost and what the RPC layer and the server add.
 #
 # Each round runs both tools back to back, and a ratio is taken within a round; the table
 # gives the median over rounds of each figure and of each ratio, with the smallest and
@@ -51,8 +54,8 @@ TRANSPORT=${TRANSPORT:-shm}
 SHM_ENV="UCX_MM_ERROR_HANDLING=y UCX_CMA_MEMORY_INVALIDATE=y UCX_KEEPALIVE_INTERVAL=1s UCX_RNDV_SCHEME=put_zcopy UCX_MAX_RNDV_LANES=1 UCX_TCP_PUT_ENABLE=n"
 TCP_ENV="UCX_TLS=tcp UCX_TCP_PUT_ENABLE=n"
 case "$TRANSPORT" in
-shm) OURS_ENV="BENCHFS_NETWORK_SHARED_MEMORY=true" PT_ENV=$SHM_ENV REF=tcp REF_ENV=$TCP_ENV RTT_GOAL=2 ;;
-tcp) OURS_ENV="BENCHFS_NETWORK_SHARED_MEMORY=false $TCP_ENV" PT_ENV=$TCP_ENV REF=shm REF_ENV=$SHM_ENV RTT_GOAL=3 ;;
+shm) OURS_ENV="BENCHFS_NETWORK_SHARED_MEMORY=true" PT_ENV=$SHM_ENV REF=tcp REF_ENV=$TCP_ENV RTT_GOAL=2 AM_ENV= AM_FLAGS= ;;
+tcp) OURS_ENV="BENCHFS_NETWORK_SHARED_MEMORY=false $TCP_ENV" PT_ENV=$TCP_ENV REF=shm REF_ENV=$SHM_ENV RTT_GOAL=3 AM_ENV=$TCP_ENV AM_FLAGS=--tcp ;;
 *) echo "TRANSPORT must be shm or tcp" >&2; exit 1 ;;
 esac
 SIZES=(8 4096 32768 65536 1048576 4194304)
@@ -66,8 +69,9 @@ case ",$POLL_LIST," in *",$POLL_ON,"*) ;; *) echo "POLL_ON=$POLL_ON is not in PO
 case ",$POLL_LIST," in *",0,"*) ;; *) echo "POLL_LIST must include 0 (polling off)" >&2; exit 1 ;; esac
 mkdir -p "$OUT_DIR"
 
-(cd "$ROOT" && cargo build --release --bins)
+(cd "$ROOT" && cargo build --release --bins && cargo build --release -p benchfs-ucx --example am_ping)
 BENCHFS=$ROOT/target/release/benchfs
+AM_PING=$ROOT/target/release/examples/am_ping
 
 echo "# host=$(hostname) cpus=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\"" \
      "kernel=$(uname -r) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
@@ -123,7 +127,26 @@ perftest_round() {
     done
 }
 
+# floor_round ROUND: am_ping's round trip (the binding alone), into FLOOR.
+declare -A FLOOR
+floor_round() {
+    local r=$1 line="" srv try
+    PORT=$((PORT + 1))
+    # shellcheck disable=SC2086 # AM_ENV is a list of VAR=VALUE words, AM_FLAGS of flags
+    env $AM_ENV timeout 120 "$AM_PING" server "$PORT" $AM_FLAGS >"$OUT_DIR/am_ping-server-$r.txt" 2>&1 &
+    srv=$!
+    for try in $(seq 1 50); do
+        sleep 0.1
+        # shellcheck disable=SC2086
+        line=$(env $AM_ENV timeout 120 "$AM_PING" client "$PORT" "$PINGS" $AM_FLAGS 2>"$OUT_DIR/am_ping-$r.err") && break
+    done
+    wait "$srv" || true
+    FLOOR[$r]=$(sed -n 's/.* p50_us=\([^ ]*\).*/\1/p' <<<"$line")
+    echo "am_ping round=$r test=rtt size=8 p50_us=${FLOOR[$r]}"
+}
+
 for r in $(seq 1 "$ROUNDS"); do
+    floor_round "$r"
     # shellcheck disable=SC2086 # RPC_BENCH_ARGS is a list of flags
     env $OURS_ENV "$BENCHFS" rpc-bench --busy-poll-us "$POLL_LIST" --window "$WINDOW" \
         --seconds "$SECS" --pings "$PINGS" $RPC_BENCH_ARGS | sed "s/^/round=$r /" \
@@ -164,6 +187,14 @@ for mode in on off; do
     printf '%-22s %-9s %12s %14s %20s %6s %16s\n' "rtt p50 us (8 B)" "$mode($poll)" "$(median "${vals[@]}")" "$(median "${refs[@]}")" \
         "$rm [$rlo..$rhi]$(rounds_note "$rn")" "$(verdict "$rm" "$RTT_GOAL" le)" "$(awk -v l="${PT[lat,$REF,1]}" 'BEGIN { printf "%.2f", 2 * l }')"
 done
+vals=() refs=() ratios=()
+for r in $(seq 1 "$ROUNDS"); do
+    ref=$(awk -v l="${PT[lat,$TRANSPORT,$r]}" 'BEGIN { printf "%.2f", 2 * l }')
+    vals+=("${FLOOR[$r]}"); refs+=("$ref"); ratios+=("$(ratio "${FLOOR[$r]}" "$ref")")
+done
+read -r rm rlo rhi rn <<<"$(stats "${ratios[@]}")"
+printf '%-22s %-9s %12s %14s %20s %6s %16s\n' "rtt p50 us (8 B)" "binding" "$(median "${vals[@]}")" "$(median "${refs[@]}")" \
+    "$rm [$rlo..$rhi]$(rounds_note "$rn")" "-" "-"
 for size in "${SIZES[@]}"; do
     for mode in on off; do
         poll=$([ $mode = on ] && echo "$POLL_ON" || echo 0)
