@@ -13,6 +13,7 @@ use benchfs_bench::io500;
 use benchfs_bench::phase::PhaseResult;
 use benchfs_bench::report::{figure, Report, CSV_HEADER};
 use common::cli::{benchfs, Run};
+use common::disk::SmallDisk;
 use common::{Cluster, ClusterSpec};
 
 fn arg(path: &Path) -> &str {
@@ -497,7 +498,14 @@ fn bad_workloads_are_refused_by_name() {
     );
     let stderr = benchfs(&["bench", "ior", "-t", "1q"], &[]).failed();
     assert!(stderr.contains("suffix"), "{stderr}");
+}
 
+#[test]
+fn a_report_that_cannot_be_written_fails_the_run_and_leaves_none() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..Default::default()
+    });
     // A report directory that cannot be made fails the run before it measures, not after
     // (found by a hostile run: a long run's figures were lost to a bad --out).
     let local = out_dir();
@@ -529,6 +537,21 @@ fn bad_workloads_are_refused_by_name() {
     )
     .failed();
     assert!(!fresh.exists());
+    // A report that cannot be written whole (its disk full) leaves no report: nothing
+    // cut short that would read as one (found by a hostile run: a truncated report.json).
+    let Some(_disk) = SmallDisk::mount(&local.path().join("tiny"), "12k") else {
+        return;
+    };
+    let report = local.path().join("tiny/report");
+    let stderr = bench(&cluster, &["mdtest", "-n", "5", "--out", arg(&report)]).failed();
+    assert!(stderr.contains("No space left"), "{stderr}");
+    assert!(!report.exists(), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(local.path().join("tiny"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -729,4 +752,44 @@ fn a_reading_run_blames_a_stopped_server_not_a_missing_workspace() {
         "{stderr}"
     );
     run("read", &[]).ok();
+}
+
+#[test]
+fn a_failed_run_that_cannot_remove_its_workspace_says_so() {
+    // Found by a hostile-user run: a run that failed with a server stopped left its files
+    // in BenchFS without a word.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/left"))[0];
+    let stopped = 1 - owner;
+    cluster.signal(stopped, "STOP");
+    let out = out_dir();
+    let args = [
+        "ior",
+        "--phases",
+        "write",
+        "-b",
+        "1m",
+        "-t",
+        "256k",
+        "--no-limits",
+        "--workspace",
+        "left",
+        "--out",
+    ];
+    let mut args = args.to_vec();
+    args.push(arg(out.path()));
+    let stderr = bench(&cluster, &args).failed();
+    cluster.signal(stopped, "CONT");
+    assert!(
+        stderr.contains("workspace left on benchfs could not be removed")
+            && stderr.contains(&Cluster::node_id(stopped)),
+        "{stderr}"
+    );
+    assert!(
+        cluster.client().stat("/left").is_ok(),
+        "it was left: {stderr}"
+    );
 }

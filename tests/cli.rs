@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::cli::{benchfs, run_benchfs, snapshot, ClusterDir};
+use common::disk::SmallDisk;
 use common::files::{read_file, stats, write_file};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -117,10 +118,22 @@ fn put_and_get_into_a_directory_use_the_files_own_name() {
     assert!(stderr.contains("/d is a directory"), "{stderr}");
     assert_eq!(names(&fs, "/d"), ["data.bin"]);
 
+    // A trailing '/' names a directory that must be there (it said EISDIR of a path
+    // that does not exist).
+    let stderr = on(&cluster, &["put", arg(&source), "/nodir/"]).failed();
+    assert!(stderr.contains("no such file or directory"), "{stderr}");
+    let stderr = on(&cluster, &["put", arg(&source), "/d/data.bin/"]).failed();
+    assert!(stderr.contains("not a directory"), "{stderr}");
+    assert_eq!(names(&fs, "/"), ["d"]);
+
     let back = local.path().join("back");
     std::fs::create_dir(&back).unwrap();
     on(&cluster, &["get", "/d/data.bin", arg(&back)]).ok();
     assert!(std::fs::read(back.join("data.bin")).unwrap() == data);
+    // The source a directory: said of the source, not of the destination.
+    let stderr = on(&cluster, &["get", "/d/", arg(&back)]).failed();
+    assert!(stderr.contains("/d/ is a directory"), "{stderr}");
+    assert_eq!(local_names(&back), ["data.bin"]);
 }
 
 #[test]
@@ -1125,40 +1138,6 @@ fn cluster_down_reports_a_server_whose_final_sync_failed() {
     );
     let mark = c.dir.join("data/node0/stopped-cleanly");
     assert!(!mark.exists(), "no clean-stop mark: {}", mark.display());
-}
-
-/// A tmpfs mounted on a directory, detached when dropped (lazily, so a server a failed
-/// test left running does not keep it).
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// Mounts a tmpfs of `size` on `dir` (made if needed); `None`, with a skip reported,
-    /// without root.
-    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            #[allow(clippy::print_stdout)]
-            {
-                println!("SKIPPED a {size} disk: mounting a tmpfs needs root");
-            }
-            return None;
-        }
-        Some(SmallDisk(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// Regression, found by a hostile run: with an io_uring server's disk full, `rm` failed

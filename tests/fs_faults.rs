@@ -115,8 +115,22 @@ fn reads_from_a_dead_server_fail_without_hanging() {
         ..ClusterSpec::short_timeout()
     });
     let files = write_fixture_files(&cluster.client(), 1);
+    // A directory whose record outlives node2, for statfs.
+    let writer = cluster.client();
+    let asked = (0..)
+        .map(|i| format!("/space-{i}"))
+        .find(|p| writer.client().metadata_owner(p).as_deref() != Some("node2"))
+        .unwrap();
+    writer.mkdir(&asked, 0o755).unwrap();
     cluster.kill(2);
     let fs = cluster.client();
+    // statfs asks every server: the error names the dead one and the path it was asked
+    // for (found by a hostile run: it named "/").
+    let text = fs.statfs(&asked).unwrap_err().to_string();
+    assert!(
+        text.contains(&format!("statfs {asked}")) && text.contains("node2"),
+        "{text}"
+    );
     let mut failed = 0;
     for (path, data) in &files {
         let start = Instant::now();

@@ -154,6 +154,14 @@ fn the_deferred_create_keeps_posix_where_it_matters() {
     assert_eq!(errno_of(other.pwrite(fd, &[7u8; 100_000], 0)), libc::EISDIR);
     assert_eq!(errno_of(other.close(fd)), libc::EISDIR);
     assert!(other.stat("/dir").unwrap().is_dir());
+    // The failure of a create under a file stays its handle's: an rmdir of the directory
+    // above, which makes the deferred files under it first, answers as an rmdir does
+    // (found by a hostile run: it failed with the handle's ENOTDIR).
+    fs.mkdir("/m", 0o755).unwrap();
+    make(&fs, "/m/f", b"f");
+    let under_file = fs.open("/m/f/x", create, 0o644).unwrap();
+    assert_eq!(errno_of(fs.rmdir("/m")), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs.close(under_file)), libc::ENOTDIR);
     // A file this client is making shows in its listing, and unlink removes it.
     let fd = fs
         .open("/dir/g", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod disk;
 pub mod files;
 pub mod install;
 pub mod mount;

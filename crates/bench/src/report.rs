@@ -473,8 +473,16 @@ fn store_note(l: &Limits) -> String {
     }
 }
 
+/// Writes `path` whole or not at all: a report file cut short (a full disk) would still
+/// read as a report.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| io_error("write", path, e))
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let partial = path.with_file_name(format!(".{name}.partial"));
+    let written = std::fs::write(&partial, bytes).and_then(|()| std::fs::rename(&partial, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&partial);
+        io_error("write", path, e)
+    })
 }
 
 /// The 1, 5 and 15 minute load averages.

@@ -273,13 +273,18 @@ pub fn execute(
     for target in &plan.targets {
         result = connect(target).and_then(|storage| {
             let mut runner = Runner::new(plan, target, &storage, ranks, &mut barrier);
-            let r = runner.run(&mut outcome);
-            if let Err(e) = &r {
+            let mut r = runner.run(&mut outcome);
+            if let Err(e) = &mut r {
                 if ranks.rank == 0 && !plan.keep {
                     // The other ranks stop first, so that nothing writes behind the removal.
                     runner.barrier.abort(&e.0);
                     runner.barrier.wait_until_others_left(LEAVE_WAIT_MAX);
-                    runner.remove_workspace();
+                    if let Err(left) = runner.remove_workspace() {
+                        e.0 = format!(
+                            "{}; its workspace {} on {} could not be removed ({left})",
+                            e.0, plan.workspace, target.label
+                        );
+                    }
                 }
             }
             r
@@ -646,11 +651,12 @@ impl<'a> Runner<'a> {
         self.barrier.wait()
     }
 
-    /// After a failure: what is left of the workspace, best effort.
-    fn remove_workspace(&self) {
+    /// After a failure: removes what is left of the workspace, if anything.
+    fn remove_workspace(&self) -> Result<()> {
         if self.storage.exists(&self.plan.workspace).unwrap_or(true) {
-            let _ = remove_tree(self.storage, &self.plan.workspace);
+            remove_tree(self.storage, &self.plan.workspace)?;
         }
+        Ok(())
     }
 }
 

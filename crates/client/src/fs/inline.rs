@@ -266,7 +266,8 @@ impl FsClient {
         for fd in
             self.fds_where(|f| matches!(f.inline, Some(Inline::Deferred(_))) && below(&f.path))
         {
-            self.make_deferred(fd).await?;
+            let made = self.make_deferred(fd).await;
+            self.unless_unmade(fd, made)?;
         }
         Ok(())
     }

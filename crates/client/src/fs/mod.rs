@@ -364,6 +364,15 @@ impl FsClient {
 
     /// Counters of every server, in ring order.
     pub async fn server_stats(&self) -> Vec<(ServerEntry, Result<ops::StatsReply, ApiError>)> {
+        self.stats_for("stats", "/").await
+    }
+
+    /// [`FsClient::server_stats`], for operation `op` on `path`, which a failure names.
+    pub(super) async fn stats_for(
+        &self,
+        op: &'static str,
+        path: &str,
+    ) -> Vec<(ServerEntry, Result<ops::StatsReply, ApiError>)> {
         let all = self.all_servers().map(|s| async move {
             let r = self
                 .call_on::<ops::Stats>(s, &ops::Empty, OutPayload::none())
@@ -371,7 +380,7 @@ impl FsClient {
                 .map(|(r, _)| r);
             (
                 self.servers[s as usize].entry.borrow().clone(),
-                r.map_err(rpc_err("stats", "/")),
+                r.map_err(rpc_err(op, path)),
             )
         });
         join_all(all).await

@@ -34,9 +34,10 @@ impl FsClient {
     /// The space of the file system `path` lies in, as statfs(2) reports it; `path` must
     /// exist. Every server is asked; one that does not answer fails the call, naming it.
     pub async fn statfs(&self, path: &str) -> Result<FsSpace, ApiError> {
-        self.stat(&norm(path)?).await?;
+        let path = norm(path)?;
+        self.stat(&path).await?;
         let mut answers = Vec::new();
-        for (entry, answer) in self.server_stats().await {
+        for (entry, answer) in self.stats_for("statfs", &path).await {
             answers.push((entry.addr.ip(), answer?));
         }
         Ok(space_of(&answers, self.replicas()))

@@ -156,8 +156,8 @@ fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
     let fs = target.connect()?;
     // Into a directory under the local file's own name, as `cp` copies.
     let into_dir;
-    let path = match fs.stat(path) {
-        Ok(meta) if meta.is_dir() => match local.file_name().and_then(|n| n.to_str()) {
+    let path = match (fs.stat(path), path.ends_with('/')) {
+        (Ok(meta), _) if meta.is_dir() => match local.file_name().and_then(|n| n.to_str()) {
             Some(name) if local.as_os_str() != "-" => {
                 into_dir = format!("{}/{name}", path.trim_end_matches('/'));
                 into_dir.as_str()
@@ -168,6 +168,9 @@ fn put(target: &Target, local: &Path, path: &str) -> Result<(), CliError> {
                 )))
             }
         },
+        // A trailing '/' names a directory, which is not there (ENOENT, or ENOTDIR for a
+        // file), where a create would say EISDIR of what does not exist.
+        (Err(e), true) => return Err(fail(&e)),
         _ => path,
     };
     let fd = fs.create(path, 0o644).map_err(|e| fail(&e))?;
@@ -211,6 +214,10 @@ fn get(target: &Target, path: &str, local: &Path) -> Result<(), CliError> {
         |e: &dyn Display| -> CliError { format!("get {path} -> {}: {e}", local.display()).into() };
     let fs = target.connect()?;
     let fd = fs.open(path, OpenFlags::READ, 0).map_err(|e| fail(&e))?;
+    if fs.fstat(fd).is_ok_and(|meta| meta.is_dir()) {
+        let _ = fs.close(fd);
+        return Err(fail(&format!("{path} is a directory")));
+    }
     // Into a directory under the file's own name, as `cp` copies.
     let into_dir;
     let local = match (local.is_dir(), path.rsplit('/').next()) {

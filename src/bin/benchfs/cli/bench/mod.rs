@@ -70,12 +70,11 @@ impl ReportDir {
 }
 
 /// Passes `result` on; if the run failed, a report directory it made is removed again
-/// while empty.
+/// with what the run wrote there (a report that could not be written whole).
 fn keep_if_written(dir: Option<ReportDir>, result: Result<(), CliError>) -> Result<(), CliError> {
     if let (Err(_), Some(dir)) = (&result, dir) {
         if dir.made {
-            // remove_dir refuses a directory with anything in it.
-            let _ = std::fs::remove_dir(&dir.path);
+            let _ = std::fs::remove_dir_all(&dir.path);
         }
     }
     result

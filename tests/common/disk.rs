@@ -1,0 +1,34 @@
+//! A small disk for tests that fill one: a tmpfs mounted on a directory.
+
+use std::path::{Path, PathBuf};
+
+/// A tmpfs mounted on a directory, detached when dropped (lazily, so a server a failed
+/// test left running does not keep it).
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` on `dir` (made if needed); `None`, with a skip reported,
+    /// without root.
+    pub fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            super::skip(&format!("a {size} disk"), "mounting a tmpfs needs root");
+            return None;
+        }
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
