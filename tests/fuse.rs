@@ -951,6 +951,14 @@ fn an_open_file_renamed_by_another_client_still_takes_fstat_ftruncate_and_fchmod
         b"hello\0\0\0\0\0\0!"
     );
     assert_eq!(other.stat("/Y9/g").unwrap().mode & 0o777, 0o600);
+    // Removed by the other client: fstat says the descriptor is stale, as its reads and
+    // writes do (it said ENOENT, found by a hostile run).
+    let f = std::fs::File::open(m.root.join("Y9/g")).unwrap();
+    other.unlink("/Y9/g").unwrap();
+    // Past the kernel's attribute cache (attr_timeout, 1 s by default), so fstat asks.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(f.metadata().unwrap_err().raw_os_error(), Some(libc::ESTALE));
+    drop(f);
     m.unmount();
 }
 

@@ -579,13 +579,19 @@ impl Filesystem for BenchFuse {
         self.inodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino.0 == ROOT {
             let root = attr::root(self.owner, self.mounted_ns);
             return reply.attr(&self.settings.attr_timeout, &root);
         }
         match self.record(req, ino) {
             Ok((_, meta)) => reply.attr(&self.settings.attr_timeout, &self.attr(&meta)),
+            // The file of an open descriptor is gone (another client removed it): the
+            // descriptor is stale, as its reads and writes say and NFS says; ENOENT made
+            // `cat` of it report "No such file or directory".
+            Err(e) if e == Errno::ENOENT && (fh.is_some() || self.handles.is_open(ino.0)) => {
+                reply.error(Errno::ESTALE)
+            }
             Err(e) => reply.error(e),
         }
     }
