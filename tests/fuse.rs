@@ -171,6 +171,20 @@ fn attributes(m: &Mounted) {
     // A new client (another node) sees the same attributes.
     let native = m.cluster.client().stat("/f").unwrap();
     assert_eq!((native.mode, native.uid, native.gid), (0o640, 1234, 5678));
+    // A set-group-ID directory passes its group on, and the bit to directories (found
+    // by a hostile run: they took the creator's group).
+    let sg = m.path("sg");
+    fs::create_dir(&sg).unwrap();
+    std::os::unix::fs::chown(&sg, None, Some(5678)).unwrap();
+    fs::set_permissions(&sg, fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(sg.join("f"), b"x").unwrap();
+    fs::create_dir(sg.join("d")).unwrap();
+    let (file, dir) = (
+        fs::metadata(sg.join("f")).unwrap(),
+        fs::metadata(sg.join("d")).unwrap(),
+    );
+    assert_eq!((file.gid(), file.mode() & 0o7777), (5678, 0o644));
+    assert_eq!((dir.gid(), dir.mode() & 0o7777), (5678, 0o2755));
     // Times set on a file still open with writes it has not published (tar, cp -p) are
     // the file's after its close, which publishes nothing more.
     let mut stamped = File::create(m.path("stamped")).unwrap();

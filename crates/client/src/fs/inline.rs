@@ -39,7 +39,7 @@ use benchfs_proto::{ops, path, Rpc, Status};
 use super::data::{chunk_write, fill_from, WriteSource};
 use super::handles::OpenFile;
 use super::read_ahead::ReadDst;
-use super::{fs_err, rpc_err, Fd, FsClient};
+use super::{fs_err, root_meta, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
 use crate::rpc::{OutPayload, RpcError};
@@ -67,8 +67,8 @@ pub(super) struct Deferred {
     /// The bytes written, from offset 0 with no hole.
     bytes: Vec<u8>,
     mode: u32,
-    /// Whether the parent was known to be a directory at open.
-    parent_checked: bool,
+    /// The parent, when this client knew it as a directory at open.
+    parent: Option<FileMetadata>,
 }
 
 /// Where a handle's bytes are.
@@ -160,11 +160,11 @@ impl FsClient {
             path: path.to_string(),
             source,
         })?;
-        let parent_checked = match self.meta_cache.borrow_mut().get(parent) {
-            _ if parent == "/" => true,
-            Some(m) if m.is_dir() => true,
+        let parent = match self.meta_cache.borrow_mut().get(parent) {
+            _ if parent == "/" => Some(root_meta()),
+            Some(m) if m.is_dir() => Some(m),
             Some(_) => return Err(fs_err("open", path, Status::NotDir)),
-            None => false,
+            None => None,
         };
         // A directory this client knows of at the path: refused now, as Linux refuses it.
         if self
@@ -193,7 +193,7 @@ impl FsClient {
         let deferred = Some(Inline::Deferred(Deferred {
             bytes: Vec::new(),
             mode,
-            parent_checked,
+            parent,
         }));
         Ok(Some(self.add_handle(OpenFile {
             // So that a stat of the path makes the file first (see `flush_path`).
@@ -301,16 +301,8 @@ impl FsClient {
     /// copied to the other replicas. A path that has a file with chunks, or a server whose
     /// limit is lower, falls back to [`Self::make_plain`].
     async fn create_inline(&self, fd: Fd) -> Result<(), ApiError> {
-        let (path, d) = self.take_deferred(fd)?;
-        let owner = self.owner.get();
-        let req = ops::CreateInlineRequest {
-            path: path.clone(),
-            mode: d.mode,
-            chunk_size: self.create_chunk_size.get(),
-            uid: owner.uid,
-            gid: owner.gid,
-            data: d.bytes,
-        };
+        let (path, mut d) = self.take_deferred(fd)?;
+        let req = self.inline_create_request(&path, &mut d);
         let servers = self.replica_set(PlacementKey::Metadata(&path));
         let create = self.until_unsealed(|| async {
             self.call_on::<ops::MetadataCreateInline>(servers[0], &req, OutPayload::none())
@@ -318,9 +310,9 @@ impl FsClient {
                 .map(|(reply, _)| reply)
         });
         let parent = async {
-            match d.parent_checked {
-                true => Ok(()),
-                false => self.check_parent("open", &path).await,
+            match d.parent {
+                Some(parent) => Ok(parent),
+                None => self.check_parent("open", &path).await,
             }
         };
         let (parent, created) = futures_util::future::join(parent, create).await;
@@ -340,16 +332,27 @@ impl FsClient {
             meta: reply.meta,
             data: if reply.created { req.data } else { reply.data },
         };
-        if let Err(e) = parent {
-            if reply.created {
-                self.undo_put(&path, None, &servers[..1]).await;
+        let parent = match parent {
+            Ok(parent) => parent,
+            Err(e) => {
+                if reply.created {
+                    self.undo_put(&path, None, &servers[..1]).await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         match self
             .copy_to_replicas(&path, &record, &servers, reply.created)
             .await
         {
+            Ok(()) if reply.created => {
+                let meta = record.meta;
+                self.opened_as(fd, record)?;
+                let meta = self
+                    .take_parents_group("open", &path, &parent, meta)
+                    .await?;
+                self.with_file(fd, |f| f.meta = meta)
+            }
             Ok(()) => self.opened_as(fd, record),
             // Another replica has a file there that the owner lost (a memory server
             // restarted empty): open that one, as a create that found it would.
@@ -402,6 +405,24 @@ impl FsClient {
             tracing::error!(error = %e, path, "a replica did not take the bytes written: the replicas of this record differ");
         }
         Err(e)
+    }
+
+    /// The request of a deferred create at `path`, with the bytes `d` kept.
+    fn inline_create_request(&self, path: &str, d: &mut Deferred) -> ops::CreateInlineRequest {
+        let owner = self.owner.get();
+        // A set-group-ID parent known at open passes its group on in the create itself.
+        let gid = match &d.parent {
+            Some(parent) if parent.mode & libc::S_ISGID != 0 => parent.gid,
+            _ => owner.gid,
+        };
+        ops::CreateInlineRequest {
+            path: path.to_string(),
+            mode: d.mode,
+            chunk_size: self.create_chunk_size.get(),
+            uid: owner.uid,
+            gid,
+            data: std::mem::take(&mut d.bytes),
+        }
     }
 
     /// Makes a deferred handle's file the ordinary way (a write that does not fit, or a

@@ -106,7 +106,11 @@ impl FsClient {
         rpc_err(op, path)(not_found)
     }
 
-    pub(super) async fn check_parent(&self, op: &'static str, path: &str) -> Result<(), ApiError> {
+    pub(super) async fn check_parent(
+        &self,
+        op: &'static str,
+        path: &str,
+    ) -> Result<FileMetadata, ApiError> {
         let (parent, _) = path::split_parent(path).map_err(|source| ApiError::Path {
             path: path.to_string(),
             source,
@@ -118,7 +122,7 @@ impl FsClient {
             .lookup_as::<ops::MetadataLookupParent>(op, parent, true)
             .await;
         match found {
-            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.is_dir() => Ok(m),
             Ok(_) => Err(fs_err(op, path, Status::NotDir)),
             // The call's own path, as mkdir(1) says (with the server that said so): named
             // alone, the parent read as the path the call was about.
@@ -260,15 +264,22 @@ impl FsClient {
             self.create_record(op, path, kind, mode),
         )
         .await;
-        if let Err(e) = parent {
-            if created.is_ok() {
-                if let Err(undo) = self.delete_record(op, path, kind, false).await {
-                    tracing::warn!(error = %undo, path, "could not remove a record made under a missing parent");
+        let parent = match parent {
+            Ok(parent) => parent,
+            Err(e) => {
+                if created.is_ok() {
+                    if let Err(undo) = self.delete_record(op, path, kind, false).await {
+                        tracing::warn!(error = %undo, path, "could not remove a record made under a missing parent");
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
-        }
-        if let Ok((meta, true)) = &created {
+        };
+        let (meta, stale_below) = match created {
+            Ok(created) => created,
+            Err(e) => return Ok(Err(e)),
+        };
+        if stale_below {
             let made_ns = meta.ctime_ns.saturating_sub(CLOCK_SKEW_MAX_NS);
             if let Err(e) = self.purge_below(op, path, made_ns).await {
                 if let Err(undo) = self.delete_record(op, path, kind, false).await {
@@ -277,7 +288,42 @@ impl FsClient {
                 return Err(e);
             }
         }
-        Ok(created.map(|(meta, _)| meta))
+        self.take_parents_group(op, path, &parent, meta)
+            .await
+            .map(Ok)
+    }
+
+    /// Gives a record this client just made at `path` what a set-group-ID `parent` passes
+    /// on, as Linux does: its group, and to a directory the bit itself, so that a project
+    /// directory's files belong to its group. One more call, only below such a directory
+    /// (the parent's record is another server's, asked beside the create).
+    pub(super) async fn take_parents_group(
+        &self,
+        op: &'static str,
+        path: &str,
+        parent: &FileMetadata,
+        meta: FileMetadata,
+    ) -> Result<FileMetadata, ApiError> {
+        let Some((gid, mode)) = inherited_group(parent, &meta) else {
+            return Ok(meta);
+        };
+        let req = ops::SetAttrRequest {
+            path: path.to_string(),
+            file_id: meta.file_id,
+            set: ops::set_attr::GID | ops::set_attr::MODE,
+            mode,
+            uid: meta.uid,
+            gid,
+            atime_ns: meta.atime_ns,
+            mtime_ns: meta.mtime_ns,
+            ctime_ns: meta.ctime_ns,
+        };
+        let reply = self
+            .change_record::<ops::SetAttr>(path, meta.file_id, &req)
+            .await
+            .map_err(rpc_err(op, path))?;
+        self.meta_cache.borrow_mut().put(path, reply.meta);
+        Ok(reply.meta)
     }
 
     /// The metadata of a path.
@@ -902,4 +948,17 @@ pub(super) fn exact_size(path: &str, file_id: u64, size: u64) -> ops::UpdateSize
         size,
         how: SizeUpdate::Exact,
     }
+}
+
+/// The group and mode a new entry `meta` takes from a set-group-ID `parent` (the group,
+/// and for a directory the bit too), when they differ from its own.
+pub(super) fn inherited_group(parent: &FileMetadata, meta: &FileMetadata) -> Option<(u32, u32)> {
+    if parent.mode & libc::S_ISGID == 0 {
+        return None;
+    }
+    let mode = match meta.kind {
+        EntryKind::Directory => meta.mode | libc::S_ISGID,
+        _ => meta.mode,
+    };
+    (meta.gid != parent.gid || mode != meta.mode).then_some((parent.gid, mode))
 }
