@@ -130,6 +130,13 @@ fn put_and_get_into_a_directory_use_the_files_own_name() {
     std::fs::create_dir(&back).unwrap();
     on(&cluster, &["get", "/d/data.bin", arg(&back)]).ok();
     assert!(std::fs::read(back.join("data.bin")).unwrap() == data);
+    // `-` is standard output, as `put -` reads standard input (it wrote a file named `-`).
+    let text = local.path().join("text");
+    std::fs::write(&text, "some text\n").unwrap();
+    on(&cluster, &["put", arg(&text), "/d"]).ok();
+    let out = on(&cluster, &["get", "/d/text", "-"]);
+    assert!(!Path::new("-").exists(), "get wrote a file named -");
+    assert_eq!(out.ok(), "some text\n");
     // The source a directory: said of the source, not of the destination.
     let stderr = on(&cluster, &["get", "/d/", arg(&back)]).failed();
     assert!(stderr.contains("/d/ is a directory"), "{stderr}");

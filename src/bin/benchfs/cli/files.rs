@@ -63,7 +63,7 @@ pub enum FileCommand {
     Get {
         /// The BenchFS path.
         path: String,
-        /// The local file.
+        /// The local file (`-`: standard output).
         local: PathBuf,
         /// Which cluster.
         #[command(flatten)]
@@ -328,6 +328,12 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
             path,
             target,
         } => put(&target, &local, &path)?,
+        // `-` is standard output, as `put -` reads standard input.
+        FileCommand::Get {
+            path,
+            local,
+            target,
+        } if local.as_os_str() == "-" => cat(&target, &path)?,
         FileCommand::Get {
             path,
             local,
