@@ -38,6 +38,7 @@ use benchfs_proto::{ops, path, Rpc, Status};
 
 use super::data::{chunk_write, fill_from, WriteSource};
 use super::handles::OpenFile;
+use super::namespace::group_passed_on;
 use super::read_ahead::ReadDst;
 use super::{fs_err, root_meta, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
@@ -411,10 +412,11 @@ impl FsClient {
     fn inline_create_request(&self, path: &str, d: &mut Deferred) -> ops::CreateInlineRequest {
         let owner = self.owner.get();
         // A set-group-ID parent known at open passes its group on in the create itself.
-        let gid = match &d.parent {
-            Some(parent) if parent.mode & libc::S_ISGID != 0 => parent.gid,
-            _ => owner.gid,
-        };
+        let gid = d
+            .parent
+            .as_ref()
+            .and_then(group_passed_on)
+            .unwrap_or(owner.gid);
         ops::CreateInlineRequest {
             path: path.to_string(),
             mode: d.mode,

@@ -950,15 +950,18 @@ pub(super) fn exact_size(path: &str, file_id: u64, size: u64) -> ops::UpdateSize
     }
 }
 
+/// The group `parent` passes on to what is made in it: its own, if it is set-group-ID.
+pub(super) fn group_passed_on(parent: &FileMetadata) -> Option<u32> {
+    (parent.mode & libc::S_ISGID != 0).then_some(parent.gid)
+}
+
 /// The group and mode a new entry `meta` takes from a set-group-ID `parent` (the group,
 /// and for a directory the bit too), when they differ from its own.
-pub(super) fn inherited_group(parent: &FileMetadata, meta: &FileMetadata) -> Option<(u32, u32)> {
-    if parent.mode & libc::S_ISGID == 0 {
-        return None;
-    }
+fn inherited_group(parent: &FileMetadata, meta: &FileMetadata) -> Option<(u32, u32)> {
+    let gid = group_passed_on(parent)?;
     let mode = match meta.kind {
         EntryKind::Directory => meta.mode | libc::S_ISGID,
         _ => meta.mode,
     };
-    (meta.gid != parent.gid || mode != meta.mode).then_some((parent.gid, mode))
+    (meta.gid != gid || mode != meta.mode).then_some((gid, mode))
 }
