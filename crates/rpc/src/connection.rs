@@ -44,6 +44,8 @@ pub struct ClientOptions {
 /// Progress calls a lone call makes itself while it waits for its reply, about two
 /// microseconds over shared memory (see [`Connection::wait_reply`]).
 const REPLY_POLLS: u32 = 64;
+/// Progress calls of that wait per chance to give the CPU away.
+const IDLE_POLLS_PER_TURN: u32 = 4;
 /// Payload buffers kept for reuse, at most.
 const SPARE_PAYLOADS_MAX: usize = 32;
 /// Largest payload buffer kept for reuse (one chunk of the largest chunk size).
@@ -545,11 +547,13 @@ impl Connection {
         let reply = poll_fn(|cx| {
             polls = polls.saturating_add(1);
             if may_spin && polls == 2 && client.pending.borrow().len() == 1 {
-                for _ in 0..REPLY_POLLS {
+                for poll in 1..=REPLY_POLLS {
                     if let Poll::Ready(reply) = client.poll_reply(id, None) {
                         return Poll::Ready(reply);
                     }
-                    client.worker.progress();
+                    if client.worker.progress() == 0 && poll % IDLE_POLLS_PER_TURN == 0 {
+                        client.worker.idle_poll();
+                    }
                 }
             }
             let reply = client.poll_reply(id, Some(cx));

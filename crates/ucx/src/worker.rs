@@ -104,6 +104,8 @@ pub struct Worker {
     /// them before it is destroyed.
     pub(crate) in_flight: Rc<Cell<usize>>,
     stopped: Cell<bool>,
+    /// When idle polls give the CPU away, shared by every loop that polls this worker.
+    cpu_yield: Cell<CpuYield>,
 }
 
 impl Worker {
@@ -143,6 +145,7 @@ impl Worker {
             awaited: Rc::new(Cell::new(0)),
             in_flight: Rc::new(Cell::new(0)),
             stopped: Cell::new(false),
+            cpu_yield: Cell::default(),
         }))
     }
 
@@ -186,6 +189,16 @@ impl Worker {
         }
         self.reap();
         count
+    }
+
+    /// Counts a poll that found nothing, and now and then gives the CPU to the kernel
+    /// (`sched_yield`) so that a peer sharing this core runs: at every such call while a
+    /// yield shows another thread ran, ever more rarely while yields come straight back.
+    /// Every loop that busy-polls the worker calls it once every few polls.
+    pub fn idle_poll(&self) {
+        let mut cpu_yield = self.cpu_yield.get();
+        cpu_yield.idle_poll();
+        self.cpu_yield.set(cpu_yield);
     }
 
     /// The worker's event fd, readable after [`Worker::arm`] when there is work. UCX owns
@@ -258,7 +271,6 @@ impl Worker {
         let tick = tokio::time::sleep(PROGRESS_IDLE_TICK);
         tokio::pin!(tick);
         let mut busy_arms = 0;
-        let mut cpu_yield = CpuYield::default();
         let mut window = PollWindow::new(busy_poll);
         while !self.stopped.get() {
             let mut bursts = 0;
@@ -272,7 +284,7 @@ impl Worker {
             }
             let awaiting = self.awaited.get() > 0;
             if window.keep_polling(self.active.replace(false), awaiting) {
-                cpu_yield.idle_poll();
+                self.idle_poll();
                 // A turn of the local set costs several polls, and a message that lands
                 // during it waits for the next: poll a few more times before giving the
                 // turn away (the other tasks wait that much longer, under a microsecond),
@@ -455,7 +467,7 @@ impl PollWindow {
 /// costs about half a microsecond for nothing, a fifth of a round trip. So the loop yields
 /// at every idle poll while a yield shows another thread ran (it took long), and backs off
 /// to one in [`CpuYield::MAX_POLLS_APART`] while yields come straight back.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct CpuYield {
     polls_apart: u32,
     polls: u32,

@@ -7,12 +7,17 @@ use benchfs_proto::limits::CHUNK_CACHE_SPAN_MAX;
 use benchfs_proto::meta::FileMetadata;
 use lru::LruCache;
 
+/// The caches' hasher: a path is hashed at every lookup of an open or a create, and the
+/// standard SipHash was a twentieth of an mdtest create's client time. Keys are the
+/// caller's own paths, so flooding resistance buys nothing here.
+type Hasher = foldhash::fast::RandomState;
+
 /// Path → directory metadata, at most `capacity` entries. Only directories are kept: a
 /// file's size changes with every other client's close, so lookups never serve a file from
 /// here (`namespace::lookup`), and mdtest's creates each put one, evicting directories.
 #[derive(Debug)]
 pub(crate) struct MetadataCache {
-    entries: Option<LruCache<String, (FileMetadata, Instant)>>,
+    entries: Option<LruCache<String, (FileMetadata, Instant), Hasher>>,
     ttl: Option<Duration>,
 }
 
@@ -20,7 +25,8 @@ impl MetadataCache {
     /// A cache of `capacity` entries (0 turns it off); entries expire after `ttl`.
     pub(crate) fn new(capacity: usize, ttl: Option<Duration>) -> Self {
         MetadataCache {
-            entries: std::num::NonZeroUsize::new(capacity).map(LruCache::new),
+            entries: std::num::NonZeroUsize::new(capacity)
+                .map(|capacity| LruCache::with_hasher(capacity, Hasher::default())),
             ttl,
         }
     }
@@ -58,7 +64,7 @@ impl MetadataCache {
 /// only reads of up to [`CHUNK_CACHE_SPAN_MAX`] bytes.
 #[derive(Debug)]
 pub(crate) struct ChunkCache {
-    entries: LruCache<(u64, u64), CachedSpan>,
+    entries: LruCache<(u64, u64), CachedSpan, Hasher>,
     bytes: u64,
     capacity_bytes: u64,
     ttl: Option<Duration>,
@@ -76,7 +82,7 @@ impl ChunkCache {
     /// A cache of `capacity_bytes` (0 turns it off); entries expire after `ttl`.
     pub(crate) fn new(capacity_bytes: u64, ttl: Option<Duration>) -> Self {
         ChunkCache {
-            entries: LruCache::unbounded(),
+            entries: LruCache::unbounded_with_hasher(Hasher::default()),
             bytes: 0,
             capacity_bytes,
             ttl,

@@ -379,6 +379,9 @@ impl FsClient {
         servers: &[ServerIndex],
         created: bool,
     ) -> Result<(), RpcError> {
+        if servers.len() < 2 {
+            return Ok(());
+        }
         let insert = ops::InsertRequest {
             path: path.to_string(),
             meta: record.meta,

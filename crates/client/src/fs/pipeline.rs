@@ -374,6 +374,11 @@ impl FsClient {
 
     /// Collects replies until `done` holds of the pipeline.
     async fn wait_writes(&self, done: impl Fn(&Pipeline) -> bool) {
+        // Most closes have nothing in flight: no registration with the notifier (a lock).
+        self.collect_writes();
+        if done(&self.pipeline) {
+            return;
+        }
         let replied = Rc::clone(&self.pipeline.replied);
         loop {
             // Registered before the check, so a reply pushed in between still wakes us.
