@@ -18,6 +18,7 @@ use std::time::Duration;
 use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::ops::{Auth, AuthRequest, Hello, HelloReply, HelloRequest};
 use benchfs_proto::{Frame, Message, OpCode, Rpc, Status};
+use benchfs_ucx::limits::IDLE_POLLS_PER_TURN;
 use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Worker};
 use tokio::sync::Semaphore;
 
@@ -44,8 +45,6 @@ pub struct ClientOptions {
 /// Progress calls a lone call makes itself while it waits for its reply, about two
 /// microseconds over shared memory (see [`Connection::wait_reply`]).
 const REPLY_POLLS: u32 = 64;
-/// Progress calls of that wait per chance to give the CPU away.
-const IDLE_POLLS_PER_TURN: u32 = 4;
 /// Payload buffers kept for reuse, at most.
 const SPARE_PAYLOADS_MAX: usize = 32;
 /// Largest payload buffer kept for reuse (one chunk of the largest chunk size).
@@ -551,6 +550,7 @@ impl Connection {
                     if let Poll::Ready(reply) = client.poll_reply(id, None) {
                         return Poll::Ready(reply);
                     }
+                    // As often as the progress loop gives the CPU away while idle.
                     if client.worker.progress() == 0 && poll % IDLE_POLLS_PER_TURN == 0 {
                         client.worker.idle_poll();
                     }

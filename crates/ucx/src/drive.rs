@@ -81,11 +81,11 @@ pub fn block_on<F: Future>(runtime: &Runtime, local: &LocalSet, mut future: F) -
             return output;
         }
     }
-    // Polled inside the local set's context, so that the tasks it spawns and wakes go to the
-    // set's own queue.
     // The set's tasks run before the future's second poll, as between any two: a task
     // the first poll spawned or woke, or one it yielded to (`yield_turn`), runs first.
     let mut tasks_first = true;
+    // Polled inside the local set's context, so that the tasks it spawns and wakes go to the
+    // set's own queue.
     let turn = poll_fn(|_| {
         for waker in next_turn_wakers() {
             waker.wake();

@@ -10,14 +10,14 @@ use lru::LruCache;
 /// The caches' hasher: a path is hashed at every lookup of an open or a create, and the
 /// standard SipHash was a twentieth of an mdtest create's client time. Keys are the
 /// caller's own paths, so flooding resistance buys nothing here.
-type Hasher = foldhash::fast::RandomState;
+type CacheHashState = foldhash::fast::RandomState;
 
 /// Path → directory metadata, at most `capacity` entries. Only directories are kept: a
 /// file's size changes with every other client's close, so lookups never serve a file from
 /// here (`namespace::lookup`), and mdtest's creates each put one, evicting directories.
 #[derive(Debug)]
 pub(crate) struct MetadataCache {
-    entries: Option<LruCache<String, (FileMetadata, Instant), Hasher>>,
+    entries: Option<LruCache<String, (FileMetadata, Instant), CacheHashState>>,
     ttl: Option<Duration>,
 }
 
@@ -26,7 +26,7 @@ impl MetadataCache {
     pub(crate) fn new(capacity: usize, ttl: Option<Duration>) -> Self {
         MetadataCache {
             entries: std::num::NonZeroUsize::new(capacity)
-                .map(|capacity| LruCache::with_hasher(capacity, Hasher::default())),
+                .map(|capacity| LruCache::with_hasher(capacity, CacheHashState::default())),
             ttl,
         }
     }
@@ -64,7 +64,7 @@ impl MetadataCache {
 /// only reads of up to [`CHUNK_CACHE_SPAN_MAX`] bytes.
 #[derive(Debug)]
 pub(crate) struct ChunkCache {
-    entries: LruCache<(u64, u64), CachedSpan, Hasher>,
+    entries: LruCache<(u64, u64), CachedSpan, CacheHashState>,
     bytes: u64,
     capacity_bytes: u64,
     ttl: Option<Duration>,
@@ -82,7 +82,7 @@ impl ChunkCache {
     /// A cache of `capacity_bytes` (0 turns it off); entries expire after `ttl`.
     pub(crate) fn new(capacity_bytes: u64, ttl: Option<Duration>) -> Self {
         ChunkCache {
-            entries: LruCache::unbounded_with_hasher(Hasher::default()),
+            entries: LruCache::unbounded_with_hasher(CacheHashState::default()),
             bytes: 0,
             capacity_bytes,
             ttl,
