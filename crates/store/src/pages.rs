@@ -422,7 +422,15 @@ impl PagePool {
         self.reclaim_waiting();
         self.adopt_growth(false);
         let first = self.free.borrow_mut().take_run(pages);
-        self.grow_ahead(0);
+        // A run no extent holds counts against the free pages, so that the pool grows
+        // to segments that hold it (a pool of one 2 MiB segment never grew for 4 MiB
+        // buffers, which then all came from the buffer pool).
+        let fits_a_segment = pages * PAGE_BYTES <= PAGE_SEGMENT_BYTES_MAX;
+        self.grow_ahead(if first.is_none() && fits_a_segment {
+            pages
+        } else {
+            0
+        });
         first
     }
 
@@ -877,6 +885,49 @@ mod tests {
             pool.mapped_bytes(),
             capacity,
             "the last page mapped when needed"
+        );
+    }
+
+    /// A run longer than any free extent grows the pool to a segment that holds it, even
+    /// while the free pages alone would be reason enough not to grow.
+    #[test]
+    fn runs_longer_than_the_segments_grow_the_pool_to_hold_them() {
+        let pool = PagePool::new(u64::MAX);
+        let run = 2 * HUGE_PAGE_BYTES / P;
+        assert!(pool.take_run(run).is_none(), "an empty pool has no run");
+        let mut taken = None;
+        for _ in 0..4 {
+            pool.finish_growth();
+            taken = pool.take_run(run);
+            if taken.is_some() {
+                break;
+            }
+        }
+        let first = taken.expect("the pool never grew a segment that holds the run");
+        assert!(
+            pool.mapped_bytes() <= 4 * HUGE_PAGE_BYTES,
+            "grown past what the run needed: {} bytes mapped",
+            pool.mapped_bytes()
+        );
+        pool.give_run(first, run);
+        let mapped = pool.mapped_bytes();
+        for _ in 0..3 {
+            let first = pool.take_run(run).expect("a run once free is free again");
+            pool.give_run(first, run);
+            pool.finish_growth();
+        }
+        assert_eq!(
+            pool.mapped_bytes(),
+            mapped,
+            "no growth while runs are found"
+        );
+        let too_long = PAGE_SEGMENT_BYTES_MAX / P + 1;
+        assert!(pool.take_run(too_long).is_none());
+        pool.finish_growth();
+        assert_eq!(
+            pool.mapped_bytes(),
+            mapped,
+            "no segment holds it: no growth"
         );
     }
 
