@@ -134,8 +134,9 @@ impl FsClient {
             return Err(fs_err("open", &path, Status::NotDir));
         }
         // A file this open created has no chunks anywhere yet; any other may have chunks
-        // past its published size, so even an empty one is cut.
-        if flags.contains(OpenFlags::TRUNC) && writable && !created {
+        // past its published size, so even an empty one is cut. O_TRUNC cuts with any
+        // access mode, as Linux does (and as a mount's open does, whose kernel truncates).
+        if flags.contains(OpenFlags::TRUNC) && !created {
             self.drain_path(&path).await;
             meta = self.truncate_meta(&path, meta, 0).await?;
             self.cut_handles(meta);
