@@ -568,3 +568,53 @@ fn quickstart_binary() -> std::path::PathBuf {
     assert!(example.exists(), "{} is missing", example.display());
     example
 }
+
+/// A write in place moves the file's modification time at close, as on Linux, whether
+/// the file's bytes live in chunks or in its record; times set while a writer has the file
+/// open stay (`cp -p` sets them before it closes).
+#[test]
+fn writes_in_place_move_the_modification_time() {
+    use benchfs::proto::ops;
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    for (path, len) in [("/chunked", 3 * C), ("/small", 100)] {
+        write_file(&fs, path, &pattern(len, 7));
+        let before = fs.stat(path).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+        assert_eq!(fs.pwrite(fd, b"in place", 10).unwrap(), 8);
+        fs.close(fd).unwrap();
+        let after = fs.stat(path).unwrap();
+        assert_eq!(after.size, before.size, "{path}: the size moved");
+        assert!(
+            after.mtime_ns > before.mtime_ns,
+            "{path}: a write in place left the modification time at {} (was {})",
+            after.mtime_ns,
+            before.mtime_ns
+        );
+        let mut want = pattern(len, 7);
+        want[10..18].copy_from_slice(b"in place");
+        assert_eq!(read_file(&fs, path), want, "{path}");
+
+        let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+        fs.pwrite(fd, b"again", 0).unwrap();
+        let set = ops::SetAttrRequest {
+            path: path.into(),
+            file_id: after.file_id,
+            set: ops::set_attr::MTIME,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            atime_ns: 0,
+            mtime_ns: 1_000_000_000,
+            ctime_ns: 0,
+        };
+        fs.block_on(fs.client().set_attr(set)).unwrap();
+        fs.close(fd).unwrap();
+        assert_eq!(
+            fs.stat(path).unwrap().mtime_ns,
+            1_000_000_000,
+            "{path}: the close undid the time set after the write"
+        );
+    }
+}

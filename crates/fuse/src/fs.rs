@@ -247,21 +247,25 @@ impl BenchFuse {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tells the servers the size handle `fh`'s writes reached, if they do not know it.
+    /// Tells the servers the size handle `fh`'s writes reached, if they do not know it,
+    /// and that it wrote (the modification time moves), if it did.
     fn publish(&self, req: &Request, fh: FileHandle) -> Result<()> {
         let ino = self.handles.get(fh.0).ok_or(Errno::EBADF)?.ino;
         let _publishing = self.publishing(ino);
         let handle = self.handles.get(fh.0).ok_or(Errno::EBADF)?;
-        if !handle.dirty {
+        if !handle.dirty && handle.writes == handle.writes_published {
             return Ok(());
         }
+        // Writes in place ask for no size (at least 0): the time alone moves, and a file
+        // another client cut does not grow back.
+        let size = if handle.dirty { handle.size } else { 0 };
         self.call(req, |fs| {
             fs.block_on(
                 fs.client()
-                    .grow_size(&handle.path, handle.meta.file_id, handle.size),
+                    .grow_size(&handle.path, handle.meta.file_id, size),
             )
         })?;
-        self.handles.published(fh.0, handle.size);
+        self.handles.published(fh.0, handle.size, handle.writes);
         Ok(())
     }
 
@@ -391,6 +395,7 @@ impl BenchFuse {
                 })?;
                 self.handles.published_through(ino.0, end);
             }
+            self.handles.times_set(ino.0);
         }
         self.set_times(&mut set, changes.atime, changes.mtime);
         if set.set != 0 {

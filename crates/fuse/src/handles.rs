@@ -24,6 +24,10 @@ pub(crate) struct Handle {
     pub size: u64,
     /// Whether `size` grew past what the servers hold.
     pub dirty: bool,
+    /// Writes through the handle: one that wrote in place publishes the time alone.
+    pub writes: u64,
+    /// How many of `writes` the file's modification time on the servers covers.
+    pub writes_published: u64,
     /// How far this mount has seen the file written, through any handle, closed ones
     /// included: how far reads and appends through this handle go. Unlike `size`, never
     /// published.
@@ -54,6 +58,8 @@ impl Handles {
             meta,
             size: meta.size,
             dirty: false,
+            writes: 0,
+            writes_published: 0,
             seen: meta.size,
             looked_at: Instant::now(),
         };
@@ -100,6 +106,7 @@ impl Handles {
     pub(crate) fn wrote(&self, fh: u64, end: u64) {
         if let Some(h) = self.lock().get_mut(&fh) {
             h.seen = h.seen.max(end);
+            h.writes += 1;
             if end > h.size {
                 h.size = end;
                 h.dirty = true;
@@ -107,12 +114,21 @@ impl Handles {
         }
     }
 
-    /// The servers now hold size `size` for handle `fh`, taken when it was `seen`.
-    pub(crate) fn published(&self, fh: u64, seen: u64) {
+    /// The servers now hold the size and time of handle `fh` as they were when it had
+    /// size `seen` and had made `writes` writes.
+    pub(crate) fn published(&self, fh: u64, seen: u64, writes: u64) {
         if let Some(h) = self.lock().get_mut(&fh) {
             if h.size == seen {
                 h.dirty = false;
             }
+            h.writes_published = h.writes_published.max(writes);
+        }
+    }
+
+    /// Times are being set on `ino`: what its handles wrote so far moves them no more.
+    pub(crate) fn times_set(&self, ino: u64) {
+        for h in self.lock().values_mut().filter(|h| h.ino == ino) {
+            h.writes_published = h.writes;
         }
     }
 

@@ -30,6 +30,10 @@ pub(super) struct OpenFile {
     pub(super) size: u64,
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
+    /// Whether the handle wrote since it last published: its close then moves the file's
+    /// modification time even when the size did not grow, as a write in place does on
+    /// Linux (a file rewritten in place kept its old time, which `rsync` and `make` trust).
+    pub(super) touched: bool,
     /// Why this handle's deferred create failed, when it did: the handle has no file, and
     /// every later call on it fails so (see `inline::make_deferred`).
     pub(super) unmade: Option<Status>,
@@ -72,6 +76,7 @@ impl OpenFile {
             pos: 0,
             size: meta.size,
             size_dirty: false,
+            touched: false,
             unmade: None,
             write_error: None,
             read_ahead: ReadAhead::default(),
@@ -187,8 +192,11 @@ impl FsClient {
         self.drain_fd(fd).await;
         self.write_error(fd)?;
         let Some((path, file_id, size, changes)) = self.with_file(fd, |f| {
-            f.size_dirty
-                .then(|| (f.path.clone(), f.meta.file_id, f.size, f.own_changes))
+            // A handle that only wrote in place asks for no size (at least 0): the
+            // update moves the time alone, and never grows back a file another client cut.
+            let size = if f.size_dirty { f.size } else { 0 };
+            (f.size_dirty || f.touched)
+                .then(|| (f.path.clone(), f.meta.file_id, size, f.own_changes))
         })?
         else {
             return Ok(());
@@ -196,6 +204,7 @@ impl FsClient {
         let meta = self.grow_size(&path, file_id, size).await?;
         self.with_file(fd, |f| {
             f.size_dirty = false;
+            f.touched = false;
             if f.own_changes == changes {
                 f.size = f.size.max(meta.size);
             }
@@ -385,13 +394,16 @@ impl FsClient {
         })
     }
 
-    /// Publishes the sizes of this client's open handles of `path` that grew, once their
-    /// writes came back. A handle whose write failed publishes nothing; its own calls
+    /// Publishes the sizes of this client's open handles of `path` that grew (and the time
+    /// of those that wrote), once their writes came back. A handle whose write failed publishes nothing; its own calls
     /// report the failure.
     pub(super) async fn flush_path(&self, path: &str) -> Result<(), ApiError> {
         self.drain_path_writes(path).await;
         let dirty = self.fds_where(|f| {
-            f.path == path && f.size_dirty && f.write_error.is_none() && f.unmade.is_none()
+            f.path == path
+                && (f.size_dirty || f.touched)
+                && f.write_error.is_none()
+                && f.unmade.is_none()
         });
         for fd in dirty {
             let flushed = self.flush_size(fd).await;
