@@ -617,4 +617,10 @@ fn writes_in_place_move_the_modification_time() {
             "{path}: the close undid the time set after the write"
         );
     }
+    // A file another client removed has no time to move: the close succeeds.
+    write_file(&fs, "/removed", &pattern(3 * C, 8));
+    let fd = fs.open("/removed", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"x", 0).unwrap();
+    cluster.client().unlink("/removed").unwrap();
+    fs.close(fd).unwrap();
 }

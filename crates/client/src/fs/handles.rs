@@ -201,11 +201,18 @@ impl FsClient {
         else {
             return Ok(());
         };
-        let meta = self.grow_size(&path, file_id, size).await?;
+        let meta = match self.grow_size(&path, file_id, size).await {
+            Ok(meta) => Some(meta),
+            // A file another client removed has no time to move.
+            Err(e) if size == 0 && matches!(e.status(), Some(Status::NotFound | Status::Stale)) => {
+                None
+            }
+            Err(e) => return Err(e),
+        };
         self.with_file(fd, |f| {
             f.size_dirty = false;
             f.touched = false;
-            if f.own_changes == changes {
+            if let Some(meta) = meta.filter(|_| f.own_changes == changes) {
                 f.size = f.size.max(meta.size);
             }
         })?;
