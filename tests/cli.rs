@@ -1147,6 +1147,22 @@ fn cluster_down_reports_a_server_whose_final_sync_failed() {
     assert!(!mark.exists(), "no clean-stop mark: {}", mark.display());
 }
 
+/// Writes 8 bytes into `path` (which holds `data`) in place, closes it, and checks that the
+/// whole file reads back with them.
+fn write_in_place_and_read_back(fs: &benchfs::blocking::BenchFS, path: &str, data: &[u8]) {
+    use benchfs::blocking::OpenFlags;
+    let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"in place", 10).unwrap();
+    fs.close(fd).unwrap();
+    let mut want = data.to_vec();
+    want[10..18].copy_from_slice(b"in place");
+    let mut got = vec![0; want.len()];
+    let fd = fs.open(path, OpenFlags::READ, 0).unwrap();
+    assert_eq!(fs.pread(fd, &mut got, 0).unwrap(), want.len());
+    fs.close(fd).unwrap();
+    assert!(got == want, "{path} reads back after its write in place");
+}
+
 /// Regression, found by a hostile run: with an io_uring server's disk full, `rm` failed
 /// with EIO (its journal had no room for the delete), so the space was never reclaimed,
 /// and `cluster up --resume` failed writing the journal's snapshot.
@@ -1168,6 +1184,9 @@ fn a_full_disk_still_deletes_frees_the_space_and_resumes() {
     let data = pattern(3 << 20, 9);
     let local = c.local("in.bin");
     std::fs::write(&local, &data).unwrap();
+    // Its name is longer than any refused below, so its record cannot fit where theirs did not.
+    let rewritten = format!("/w-{}", "w".repeat(250));
+    c.cli(&["put", arg(&local), &rewritten]);
     let mut stored = Vec::new();
     let full = (0..20).find_map(|i| {
         let name = format!("/f{i}");
@@ -1199,13 +1218,16 @@ fn a_full_disk_still_deletes_frees_the_space_and_resumes() {
     assert!(e.to_string().contains("no space left"), "{e}");
     let after = fs.stat(&late(i)).map(|m| m.kind);
     assert!(after.is_err(), "a refused mkdir left {after:?}");
+    // A write in place takes no room but its time's record in the journal: its close
+    // succeeds on the full disk (the time then moves in memory alone) and its bytes stay.
+    write_in_place_and_read_back(&fs, &rewritten, &data);
     drop(fs);
     // A server killed on the full disk starts again on it (found by a hostile run: "node.
     // data_dir ... is not writable: No space left on device"), or nothing it holds could
     // be read or deleted.
     kill_node(&c, "node0", c.pids()[0]);
     c.cli(&["cluster", "up", "--resume"]);
-    for name in dirs.iter().chain(&stored) {
+    for name in dirs.iter().chain(&stored).chain([&rewritten]) {
         c.cli(&["rm", name]);
     }
     c.cli(&["put", arg(&local), "/again"]);

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use common::files::{read_file, write_file};
+use benchfs::blocking::OpenFlags;
+use common::files::{read_file, write_file, C};
 use common::{pattern, Cluster, ClusterSpec};
 
 /// Starts server `i` of `cluster` by hand, its output in `log`, and returns its exit
@@ -161,4 +162,44 @@ fn a_server_killed_while_compacting_its_journal_keeps_every_acknowledged_change(
     listed.sort();
     assert_eq!(listed.len(), kept.len());
     assert!(listed == kept, "the files listed after the restart differ");
+}
+
+/// A write in place moves a file's modification time at close (rsync's quick check and
+/// make trust it), and a server restarted on its data keeps that time: the update that
+/// moves only the time was applied in memory and never journaled, so the restart gave
+/// the file back its old time.
+#[test]
+fn a_write_in_place_keeps_its_modification_time_across_a_restart() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        backend: "file",
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let mut moved = Vec::new();
+    for (path, len) in [("/chunked", 3 * C), ("/small", 100)] {
+        write_file(&fs, path, &pattern(len, 3));
+        let before = fs.stat(path).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+        assert_eq!(fs.pwrite(fd, b"in place", 10).unwrap(), 8);
+        fs.close(fd).unwrap();
+        let after = fs.stat(path).unwrap();
+        assert!(
+            after.mtime_ns > before.mtime_ns,
+            "{path}: the time did not move"
+        );
+        moved.push((path, after.mtime_ns));
+    }
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+    let fs = cluster.client();
+    for (path, mtime_ns) in moved {
+        assert_eq!(
+            fs.stat(path).unwrap().mtime_ns,
+            mtime_ns,
+            "{path}: the restart took back the time of the write in place"
+        );
+    }
 }

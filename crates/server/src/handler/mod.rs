@@ -759,19 +759,19 @@ impl ServerState {
                 // An exact size is a truncation, which may free chunks.
                 let freeing = req.how == SizeUpdate::Exact;
                 let held = self.metadata.borrow().lookup(&req.path).map(|m| m.size);
-                if !freeing && held.is_ok_and(|size| size > req.size) {
-                    // Past what is asked already: only the change time moves, unjournaled.
-                    let meta = self.metadata.borrow_mut().update_size(
-                        &req.path,
-                        req.file_id,
-                        req.size,
-                        req.how,
-                    )?;
-                    return Ok(Reply::ok(&op::MetadataReply { meta }));
-                }
-                let meta = self.change_logged(&req.path, freeing, |t| {
+                let logged = self.change_logged(&req.path, freeing, |t| {
                     t.update_size(&req.path, req.file_id, req.size, req.how)
-                })?;
+                });
+                let meta = match logged {
+                    // Past what is asked already, only the time moves (a write in place):
+                    // on a full disk it moves in memory alone rather than fail a close
+                    // whose bytes all landed.
+                    Err(Status::NoSpace) if !freeing && held.is_ok_and(|s| s >= req.size) => self
+                        .metadata
+                        .borrow_mut()
+                        .update_size(&req.path, req.file_id, req.size, req.how)?,
+                    logged => logged?,
+                };
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
         }
