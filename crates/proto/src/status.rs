@@ -54,11 +54,14 @@ pub enum Status {
     /// holds fewer of the chunk's bytes than the write skips. Zeros there would read as
     /// the file's data, so the write fails instead (EIO).
     Lost = 19,
+    /// The root directory, which is neither removed nor renamed, nor replaced (as Linux
+    /// answers for a file system's root). Clients refuse it themselves; servers never send it.
+    InUse = 20,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 20] = [
+    pub const ALL: [Status; 21] = [
         Status::Ok,
         Status::NotFound,
         Status::Exists,
@@ -79,6 +82,7 @@ impl Status {
         Status::Stale,
         Status::NeedsChunks,
         Status::Lost,
+        Status::InUse,
     ];
 
     /// Decodes a wire value; unknown values are `None`.
@@ -114,6 +118,7 @@ impl Status {
             Status::Stale => libc::ESTALE,
             Status::NeedsChunks => libc::EFBIG,
             Status::Lost => libc::EIO,
+            Status::InUse => libc::EBUSY,
         }
     }
 
@@ -142,6 +147,7 @@ impl Status {
             }
             Status::NeedsChunks => "the file's bytes do not fit its record",
             Status::Lost => "input/output error: the server may have lost bytes of the file",
+            Status::InUse => "device or resource busy: the root directory",
         }
     }
 }

@@ -552,7 +552,7 @@ impl FsClient {
     pub async fn rmdir(&self, path: &str) -> Result<(), ApiError> {
         let path = norm(path)?;
         if path == "/" {
-            return Err(fs_err("rmdir", &path, Status::InvalidArgument));
+            return Err(fs_err("rmdir", &path, Status::InUse));
         }
         let meta = self.lookup("rmdir", &path, false).await?;
         if !meta.is_dir() {
@@ -818,7 +818,7 @@ impl FsClient {
         self.drain_path(&from).await;
         self.drain_path(&to).await;
         if from == "/" || to == "/" {
-            return Err(fs_err("rename", &from, Status::InvalidArgument));
+            return Err(fs_err("rename", &from, Status::InUse));
         }
         for path in [&from, &to] {
             self.make_deferred_at(path).await?;
