@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::cli::{benchfs, run_benchfs, snapshot, ClusterDir};
 use common::disk::SmallDisk;
-use common::files::{read_file, stats, write_file};
+use common::files::{read_file, stats, write_file, write_in_place, IN_PLACE};
 use common::{pattern, Cluster, ClusterSpec};
 
 /// A path as a command-line argument (test paths are UTF-8).
@@ -1147,20 +1147,16 @@ fn cluster_down_reports_a_server_whose_final_sync_failed() {
     assert!(!mark.exists(), "no clean-stop mark: {}", mark.display());
 }
 
-/// Writes 8 bytes into `path` (which holds `data`) in place, closes it, and checks that the
-/// whole file reads back with them.
+/// [`write_in_place`] into `path`, which holds `data`, and checks that the whole file reads
+/// back with it.
 fn write_in_place_and_read_back(fs: &benchfs::blocking::BenchFS, path: &str, data: &[u8]) {
-    use benchfs::blocking::OpenFlags;
-    let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
-    fs.pwrite(fd, b"in place", 10).unwrap();
-    fs.close(fd).unwrap();
+    write_in_place(fs, path);
     let mut want = data.to_vec();
-    want[10..18].copy_from_slice(b"in place");
-    let mut got = vec![0; want.len()];
-    let fd = fs.open(path, OpenFlags::READ, 0).unwrap();
-    assert_eq!(fs.pread(fd, &mut got, 0).unwrap(), want.len());
-    fs.close(fd).unwrap();
-    assert!(got == want, "{path} reads back after its write in place");
+    want[10..18].copy_from_slice(IN_PLACE);
+    assert!(
+        read_file(fs, path) == want,
+        "{path} reads back after its write in place"
+    );
 }
 
 /// Regression, found by a hostile run: with an io_uring server's disk full, `rm` failed

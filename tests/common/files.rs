@@ -18,6 +18,34 @@ pub const C: usize = CHUNK as usize;
 /// 64 KiB, each above the 32 KiB threshold) to move by rendezvous.
 pub const SIZES: [usize; 7] = [0, 1, C - 1, C, C + 1, 3 * C + 17, (1 << 20) + 5];
 
+/// Writes `IN_PLACE` at offset [`IN_PLACE_AT`] of `path` through a handle that does not
+/// truncate, closes it, and checks that the time moved (20 ms after the last change) and
+/// the size did not. Returns the file's modification time after the close.
+pub fn write_in_place(fs: &BenchFS, path: &str) -> u64 {
+    let before = fs.stat(path).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+    assert_eq!(
+        fs.pwrite(fd, IN_PLACE, IN_PLACE_AT).unwrap(),
+        IN_PLACE.len()
+    );
+    fs.close(fd).unwrap();
+    let after = fs.stat(path).unwrap();
+    assert_eq!(after.size, before.size, "{path}: the size moved");
+    assert!(
+        after.mtime_ns > before.mtime_ns,
+        "{path}: a write in place left the modification time at {} (was {})",
+        after.mtime_ns,
+        before.mtime_ns
+    );
+    after.mtime_ns
+}
+
+/// What [`write_in_place`] writes.
+pub const IN_PLACE: &[u8] = b"in place";
+/// Where [`write_in_place`] writes it.
+pub const IN_PLACE_AT: u64 = 10;
+
 /// Creates (or truncates) `path` and writes `data` to it in one call, then closes it.
 pub fn write_file(fs: &BenchFS, path: &str, data: &[u8]) {
     let fd = fs
