@@ -659,3 +659,34 @@ fn a_set_group_id_directory_passes_its_group_on() {
     assert_ne!(other.stat("/plain/f").unwrap().gid, project);
     assert_eq!(read_file(&other, "/sg/big"), pattern(100_000, 1));
 }
+
+#[test]
+fn the_api_refuses_to_open_or_cut_a_symbolic_link_and_leaves_it_whole() {
+    // Found by a hostile-user run: the API opened a link's own record, so a read gave the
+    // target's name as the file's bytes, a write overwrote the target string and an
+    // O_CREAT|O_TRUNC open emptied it, leaving a link no readlink could read.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    write_file(&fs, "/target", b"real data");
+    fs.block_on(fs.client().symlink("target", "/link")).unwrap();
+    for (what, flags) in [
+        ("read", OpenFlags::READ),
+        ("write", OpenFlags::WRITE),
+        (
+            "create+trunc",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC,
+        ),
+    ] {
+        assert_eq!(
+            errno_of(fs.open("/link", flags, 0o644)),
+            libc::ELOOP,
+            "{what}"
+        );
+    }
+    assert_eq!(errno_of(fs.truncate("/link", 0)), libc::ELOOP);
+    assert_eq!(
+        fs.block_on(fs.client().readlink("/link")).unwrap(),
+        "target"
+    );
+    assert_eq!(read_file(&fs, "/target"), b"real data");
+}

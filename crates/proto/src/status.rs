@@ -57,11 +57,15 @@ pub enum Status {
     /// The root directory, which is neither removed nor renamed, nor replaced (as Linux
     /// answers for a file system's root). Clients refuse it themselves; servers never send it.
     InUse = 20,
+    /// The path names a symbolic link, which the API does not follow (as `O_NOFOLLOW`): an
+    /// open or a truncation of it would act on the link's own target string. Clients refuse
+    /// it themselves; servers never send it. A mount follows links (its kernel does).
+    NotFollowed = 21,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 21] = [
+    pub const ALL: [Status; 22] = [
         Status::Ok,
         Status::NotFound,
         Status::Exists,
@@ -83,6 +87,7 @@ impl Status {
         Status::NeedsChunks,
         Status::Lost,
         Status::InUse,
+        Status::NotFollowed,
     ];
 
     /// Decodes a wire value; unknown values are `None`.
@@ -119,6 +124,7 @@ impl Status {
             Status::NeedsChunks => libc::EFBIG,
             Status::Lost => libc::EIO,
             Status::InUse => libc::EBUSY,
+            Status::NotFollowed => libc::ELOOP,
         }
     }
 
@@ -148,6 +154,9 @@ impl Status {
             Status::NeedsChunks => "the file's bytes do not fit its record",
             Status::Lost => "input/output error: the server may have lost bytes of the file",
             Status::InUse => "device or resource busy: the root directory",
+            Status::NotFollowed => {
+                "a symbolic link: the API does not follow links (open its target, or use a mount)"
+            }
         }
     }
 }

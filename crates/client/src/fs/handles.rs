@@ -131,6 +131,9 @@ impl FsClient {
             (self.record_of("open", &path).await?, false)
         };
         let (mut meta, mut data) = (record.meta, record.data);
+        if meta.is_symlink() {
+            return Err(fs_err("open", &path, Status::NotFollowed));
+        }
         // O_TRUNC asks for write access too, as Linux takes it.
         if meta.is_dir() && (writable || flags.contains(OpenFlags::TRUNC)) {
             return Err(fs_err("open", &path, Status::IsDir));

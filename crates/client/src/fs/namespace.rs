@@ -628,6 +628,9 @@ impl FsClient {
         self.drain_path(&path).await;
         self.make_deferred_at(&path).await?;
         let mut meta = self.lookup("truncate", &path, false).await?;
+        if meta.is_symlink() {
+            return Err(fs_err("truncate", &path, Status::NotFollowed));
+        }
         if meta.is_dir() {
             return Err(fs_err("truncate", &path, Status::IsDir));
         }
