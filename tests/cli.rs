@@ -1420,3 +1420,38 @@ fn syncing_more_dirty_chunks_than_descriptors_succeeds() {
     cluster.cli(&["get", "/f", back.to_str().unwrap()]);
     assert!(std::fs::read(&back).unwrap() == data);
 }
+
+/// `cluster wait` succeeds once every server is published and answers, and otherwise fails
+/// within its `--timeout`, naming what is missing: a stopped server held its probe for the
+/// whole 30 s RPC timeout, so `--timeout 2` took 30 s.
+#[test]
+fn cluster_wait_names_what_is_missing_within_its_timeout() {
+    let c = ClusterDir::new("c");
+    c.cli(&["cluster", "up", "--servers", "2"]);
+    let out = c.cli(&["cluster", "wait", "--servers", "2"]);
+    assert!(out.contains("2 servers published"), "{out}");
+    let err = c
+        .run(&["cluster", "wait", "--servers", "3", "--timeout", "1"])
+        .failed();
+    assert!(err.contains("2 of 3 servers published"), "{err}");
+
+    let stopped = c.pids()[1];
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &stopped.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let waited = c.run(&["cluster", "wait", "--servers", "2", "--timeout", "2"]);
+    let took = started.elapsed();
+    signal("-CONT");
+    let err = waited.failed();
+    assert!(err.contains("published but not answering: node1"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "cluster wait --timeout 2 took {took:?}"
+    );
+}

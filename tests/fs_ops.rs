@@ -569,9 +569,10 @@ fn quickstart_binary() -> std::path::PathBuf {
     example
 }
 
-/// A write in place moves the file's modification time at close, as on Linux, whether
-/// the file's bytes live in chunks or in its record; times set while a writer has the file
-/// open stay (`cp -p` sets them before it closes).
+/// A write in place moves the file's modification and change times at close, and a
+/// truncation moves both at once, as on Linux, whether the file's bytes live in chunks or
+/// in its record; times set while a writer has the file open stay (`cp -p` sets them
+/// before it closes).
 #[test]
 fn writes_in_place_move_the_modification_time() {
     use benchfs::proto::ops;
@@ -604,6 +605,19 @@ fn writes_in_place_move_the_modification_time() {
             fs.stat(path).unwrap().mtime_ns,
             1_000_000_000,
             "{path}: the close undid the time set after the write"
+        );
+
+        let before = fs.stat(path).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs.truncate(path, 5).unwrap();
+        let cut = fs.stat(path).unwrap();
+        assert!(
+            cut.mtime_ns > before.mtime_ns && cut.ctime_ns > before.ctime_ns,
+            "{path}: a truncation left the times at {} and {} (were {} and {})",
+            cut.mtime_ns,
+            cut.ctime_ns,
+            before.mtime_ns,
+            before.ctime_ns
         );
     }
     // A file another client removed has no time to move: the close succeeds.

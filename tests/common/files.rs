@@ -19,8 +19,8 @@ pub const C: usize = CHUNK as usize;
 pub const SIZES: [usize; 7] = [0, 1, C - 1, C, C + 1, 3 * C + 17, (1 << 20) + 5];
 
 /// Writes `IN_PLACE` at offset [`IN_PLACE_AT`] of `path` through a handle that does not
-/// truncate, closes it, and checks that the time moved (20 ms after the last change) and
-/// the size did not. Returns the file's modification time after the close.
+/// truncate, closes it, and checks that both times moved (20 ms after the last change)
+/// and the size did not. Returns the file's modification time after the close.
 pub fn write_in_place(fs: &BenchFS, path: &str) -> u64 {
     let before = fs.stat(path).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -37,6 +37,12 @@ pub fn write_in_place(fs: &BenchFS, path: &str) -> u64 {
         "{path}: a write in place left the modification time at {} (was {})",
         after.mtime_ns,
         before.mtime_ns
+    );
+    assert!(
+        after.ctime_ns >= after.mtime_ns,
+        "{path}: a write in place left the change time at {} (modified at {})",
+        after.ctime_ns,
+        after.mtime_ns
     );
     after.mtime_ns
 }

@@ -648,7 +648,9 @@ impl MetadataTable {
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         meta.size = size;
+        // A write or a truncation changes the content, and so the status: both times move.
         meta.mtime_ns = now_ns();
+        meta.ctime_ns = meta.mtime_ns;
         Ok(*meta)
     }
 
@@ -683,6 +685,7 @@ impl MetadataTable {
             .filter(|&end| end <= benchfs_proto::limits::FILE_SIZE_MAX)
             .ok_or(Status::InvalidArgument)?;
         meta.mtime_ns = now_ns();
+        meta.ctime_ns = meta.mtime_ns;
         Ok(*meta)
     }
 

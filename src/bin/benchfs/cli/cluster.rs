@@ -1113,18 +1113,18 @@ fn last_words(log: &str) -> Option<&str> {
 /// `benchfs cluster wait`: polls the registry until it lists `servers` servers, then
 /// checks that each answers.
 fn wait(args: &WaitArgs) -> Result<(), CliError> {
-    let config = args.target.config()?;
-    let dir = &config.network.registry_dir;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+    let mut config = args.target.config()?;
+    let dir = config.network.registry_dir.clone();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut published = 0;
     loop {
-        if let Ok(entries) = registry::read(dir) {
+        if let Ok(entries) = registry::read(&dir) {
             published = entries.len();
         }
         if published >= args.servers {
             break;
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return Err(format!(
                 "cluster wait: {published} of {} servers published in {} after {} s; see the servers' logs (benchfs.log in each data directory)",
                 args.servers,
@@ -1133,8 +1133,14 @@ fn wait(args: &WaitArgs) -> Result<(), CliError> {
             )
             .into());
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    // A stopped server holds a call for the whole RPC timeout: the probe gets what is left
+    // of --timeout instead.
+    let left = deadline.saturating_duration_since(Instant::now());
+    config.network.rpc_timeout = left
+        .max(benchfs::proto::limits::RPC_TIMEOUT_MIN)
+        .min(config.network.rpc_timeout);
     let fs = args.target.connect_with(&config)?;
     let silent: Vec<String> = fs
         .block_on(fs.client().server_stats())
