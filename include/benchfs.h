@@ -75,8 +75,8 @@ int benchfs_ftruncate(int fd, off_t length);
 int benchfs_unlink(const char *path);
 int benchfs_rename(const char *from, const char *to);
 
-/* Metadata. st_blksize is the file's chunk size; uid and gid are the caller's (BenchFS
- * keeps no owner). */
+/* Metadata. st_blksize is the file's chunk size; uid and gid are the owner and group
+ * the file's record holds: its creator's, unless changed since (chown through a mount). */
 int benchfs_stat(const char *path, struct stat *st);
 int benchfs_fstat(int fd, struct stat *st);
 /* The size and room of the file system `path` lies in (`path` must exist): what the

@@ -1339,18 +1339,35 @@ fn cluster_down_stops_the_servers_with_no_kill_on_path() {
 
 #[test]
 fn ls_prints_one_line_per_entry_whatever_its_name() {
-    // Found by a hostile-user run: a name with a newline printed as two entries.
+    // Found by hostile-user runs: a name with a newline printed as two entries, and a
+    // symbolic link as a file.
     let cluster = Cluster::start(ClusterSpec {
         servers: 1,
         ..Default::default()
     });
     write_file(&cluster.client(), "/a\nb", b"x");
     write_file(&cluster.client(), "/plain", b"y");
+    let fs = cluster.client();
+    fs.block_on(fs.client().symlink("/plain", "/to-plain"))
+        .unwrap();
     let out = on(&cluster, &["ls", "/"]).ok();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].ends_with(r#" "a\nb""#), "{out}");
-    assert!(lines[1].ends_with(" plain"), "{out}");
+    assert!(
+        lines[1].starts_with("- ") && lines[1].ends_with(" plain"),
+        "{out}"
+    );
+    // A link shows as one, with where it points, as `ls -l` shows it.
+    assert!(
+        lines[2].starts_with("l ") && lines[2].ends_with(" to-plain -> /plain"),
+        "{out}"
+    );
+    let stat = on(&cluster, &["stat", "/to-plain"]).ok();
+    assert!(
+        stat.starts_with("/to-plain: symbolic link to /plain, size 6,"),
+        "{stat}"
+    );
 }
 
 #[test]
@@ -1454,4 +1471,37 @@ fn cluster_wait_names_what_is_missing_within_its_timeout() {
         took < std::time::Duration::from_secs(15),
         "cluster wait --timeout 2 took {took:?}"
     );
+}
+
+/// Two `cluster up` runs on one directory at once: one starts the cluster and the other
+/// fails naming it, whichever comes first. Found by a hostile run: each started one of the
+/// two servers, and both failed naming a server that had exited.
+#[test]
+fn racing_cluster_ups_start_one_cluster() {
+    let c = ClusterDir::new("c");
+    let up = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"));
+        command
+            .args(["cluster", "up", "--servers", "2", "--dir", c.dir_arg()])
+            .env_remove("BENCHFS_SECRET_FILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().unwrap()
+    };
+    let runs = [up(), up()].map(|child| child.wait_with_output().unwrap());
+    let (won, lost): (Vec<_>, Vec<_>) = runs.iter().partition(|out| out.status.success());
+    assert_eq!((won.len(), lost.len()), (1, 1), "{runs:?}");
+    let refusal = String::from_utf8_lossy(&lost[0].stderr);
+    assert!(
+        refusal.contains("another `benchfs cluster up` is starting the cluster in")
+            || refusal.contains("a cluster is already running in"),
+        "{refusal}"
+    );
+    assert_eq!(c.pids().len(), 2);
+    let config = benchfs::config::ServerConfig::from_file(c.dir.join("benchfs.toml")).unwrap();
+    let fs = benchfs::blocking::BenchFS::connect(&config).unwrap();
+    write_file(&fs, "/after", b"both servers answer");
+    assert_eq!(read_file(&fs, "/after"), b"both servers answer");
+    let out = c.cli(&["cluster", "status"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
 }

@@ -1,6 +1,7 @@
 //! `benchfs cluster up|status|down`: a local cluster of real `benchfsd` processes on
 //! loopback, kept in one directory (config, registry, data, logs, pids).
 
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,16 @@ pub(crate) fn benchfsd_path() -> Result<PathBuf, CliError> {
 /// `benchfs cluster up`: a new cluster, or with --resume the stopped one in the directory.
 fn up(args: &UpArgs) -> Result<(), CliError> {
     let dir = &args.target.dir;
+    // Settings are checked first, so a refused start leaves no directory behind.
+    let settings = match args.resume {
+        true => None,
+        false => Some(check_settings(args)?),
+    };
+    let _starting = match settings.is_some() || dir.is_dir() {
+        true => Some(lock_for_start(dir)?),
+        // No cluster to resume: the error comes below, and no directory is made for it.
+        false => None,
+    };
     let running = running_nodes(dir)?;
     if !running.is_empty() && !args.resume {
         return Err(format!(
@@ -251,7 +262,9 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         .into());
     }
     let secret_file = up_secret(args, !running.is_empty())?;
-    let nodes = if args.resume {
+    let nodes = if let Some(settings) = &settings {
+        prepare_new(args, settings)?
+    } else {
         let nodes: Vec<String> = resume_nodes(dir)?
             .into_iter()
             .filter(|node| !running.contains(node))
@@ -266,8 +279,6 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         let config = ServerConfig::from_file(dir.join("benchfs.toml"))?;
         check_prefault_fits(config.storage.prefault_bytes, nodes.len())?;
         nodes
-    } else {
-        prepare_new(args)?
     };
     remove_stale_entries(dir, &nodes, running.is_empty(), args.resume)?;
     let logs = dir.join("logs");
@@ -301,10 +312,9 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Checks the settings of a new cluster, refuses a directory holding an earlier cluster's
-/// data (unless --wipe), writes `benchfs.toml`, and returns the node ids to start.
-fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
-    let text = check_settings(args)?;
+/// Refuses a directory holding an earlier cluster's data (unless --wipe), writes a new
+/// cluster's `benchfs.toml` (`settings`, checked), and returns the node ids to start.
+fn prepare_new(args: &UpArgs, settings: &str) -> Result<Vec<String>, CliError> {
     let dir = &args.target.dir;
     let data = dir.join("data");
     if holds_data(&data)? {
@@ -322,12 +332,33 @@ fn prepare_new(args: &UpArgs) -> Result<Vec<String>, CliError> {
     }
     std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
     let config_path = dir.join("benchfs.toml");
-    std::fs::write(&config_path, text).map_err(|e| local_error("cannot write", &config_path, e))?;
+    std::fs::write(&config_path, settings)
+        .map_err(|e| local_error("cannot write", &config_path, e))?;
     let nodes: Vec<String> = (0..args.servers).map(|i| format!("node{i}")).collect();
     let nodes_path = dir.join(NODES_FILE);
     let listed: String = nodes.iter().map(|node| format!("{node}\n")).collect();
     std::fs::write(&nodes_path, listed).map_err(|e| local_error("cannot write", &nodes_path, e))?;
     Ok(nodes)
+}
+
+/// Takes cluster directory `dir`'s start-up lock (creating `dir`), held until the returned
+/// file drops: two `cluster up` runs on one directory at once each started some of its
+/// servers, and both failed naming a server that had exited.
+fn lock_for_start(dir: &Path) -> Result<File, CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
+    let path = dir.join(START_LOCK_FILE);
+    let lock = File::create(&path).map_err(|e| local_error("cannot create", &path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another `benchfs cluster up` is starting the cluster in {} (it holds {}); \
+             wait for it to finish",
+            dir.display(),
+            path.display()
+        )
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(local_error("cannot lock", &path, e)),
+    }
 }
 
 /// The secret file `cluster up` starts servers with: the one given, checked (private,
@@ -459,6 +490,9 @@ fn resumed_secret(
 /// those and no other, whatever else lies in `data/` or the registry (a stray directory
 /// or marker started as a server changed the ring, and the files it moved read as missing).
 const NODES_FILE: &str = "nodes";
+
+/// The file in a cluster directory whose lock `cluster up` holds while it starts servers.
+const START_LOCK_FILE: &str = ".starting.lock";
 
 /// Checks the settings of a new cluster without touching its directory; returns its
 /// `benchfs.toml`.

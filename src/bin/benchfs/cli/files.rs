@@ -9,6 +9,7 @@ use super::cluster::Target;
 use super::staged::StagedFile;
 use super::CliError;
 use benchfs::blocking::{ApiError, BenchFS, Fd, OpenFlags};
+use benchfs::proto::meta::EntryKind;
 
 /// Bytes moved per call by put, get and cat.
 const COPY_BLOCK: usize = 4 << 20;
@@ -273,44 +274,72 @@ fn shown(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `benchfs ls`: one line per entry of directory `path`, or for `path` itself if it is not
+/// a directory.
+fn ls(fs: &BenchFS, path: &str) -> Result<(), CliError> {
+    let mut out = String::new();
+    // As `ls -l` shows them: the kind first, and where a link points after its name.
+    let line = |meta: &benchfs::api::FileMetadata, name: &str, full: &str| {
+        let (kind, target) = match meta.kind {
+            EntryKind::Directory => ('d', String::new()),
+            EntryKind::Symlink => {
+                let target = fs.block_on(fs.client().readlink(full))?;
+                ('l', format!(" -> {}", shown(&target)))
+            }
+            EntryKind::File => ('-', String::new()),
+        };
+        Ok::<_, CliError>(format!(
+            "{kind} {:>12} {}{target}\n",
+            meta.size,
+            shown(name)
+        ))
+    };
+    match fs.readdir(path) {
+        Ok(entries) => {
+            for e in entries {
+                let full = format!("{}/{}", path.trim_end_matches('/'), e.name);
+                out += &line(&e.meta, &e.name, &full)?;
+            }
+        }
+        // A file lists as itself, as `ls` lists it.
+        Err(e) if e.status() == Some(benchfs::proto::Status::NotDir) => {
+            out += &line(&fs.stat(path)?, path, path)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    super::print_out(&out)?;
+    Ok(())
+}
+
+/// `benchfs stat`: what `path` is, its size, mode and inode number.
+fn stat(fs: &BenchFS, path: &str) -> Result<(), CliError> {
+    let m = fs.stat(path)?;
+    let (kind, chunks) = match m.kind {
+        // A directory has no chunks (and "/" no record to hold a chunk size).
+        EntryKind::Directory => ("directory".to_string(), String::new()),
+        EntryKind::Symlink => {
+            let target = fs.block_on(fs.client().readlink(path))?;
+            (
+                format!("symbolic link to {}", shown(&target)),
+                String::new(),
+            )
+        }
+        EntryKind::File => ("file".to_string(), format!(", chunk size {}", m.chunk_size)),
+    };
+    outln!(
+        "{path}: {kind}, size {}, mode {:o}, inode {:#x}{chunks}",
+        m.size,
+        m.mode,
+        m.file_id
+    );
+    Ok(())
+}
+
 /// Runs a file command.
 pub fn run(command: FileCommand) -> Result<(), CliError> {
     match command {
-        FileCommand::Ls { path, target } => {
-            let fs = target.connect()?;
-            let mut out = String::new();
-            let line = |meta: &benchfs::api::FileMetadata, name: &str| {
-                let kind = if meta.is_dir() { 'd' } else { '-' };
-                format!("{kind} {:>12} {}\n", meta.size, shown(name))
-            };
-            match fs.readdir(&path) {
-                Ok(entries) => {
-                    for e in entries {
-                        out += &line(&e.meta, &e.name);
-                    }
-                }
-                // A file lists as itself, as `ls` lists it.
-                Err(e) if e.status() == Some(benchfs::proto::Status::NotDir) => {
-                    out += &line(&fs.stat(&path)?, &path);
-                }
-                Err(e) => return Err(e.into()),
-            }
-            super::print_out(&out)?;
-        }
-        FileCommand::Stat { path, target } => {
-            let m = target.connect()?.stat(&path)?;
-            let (kind, chunks) = match m.is_dir() {
-                // A directory has no chunks (and "/" no record to hold a chunk size).
-                true => ("directory", String::new()),
-                false => ("file", format!(", chunk size {}", m.chunk_size)),
-            };
-            outln!(
-                "{path}: {kind}, size {}, mode {:o}, inode {:#x}{chunks}",
-                m.size,
-                m.mode,
-                m.file_id
-            );
-        }
+        FileCommand::Ls { path, target } => ls(&target.connect()?, &path)?,
+        FileCommand::Stat { path, target } => stat(&target.connect()?, &path)?,
         FileCommand::Mkdir { path, target } => target.connect()?.mkdir(&path, 0o755)?,
         FileCommand::Rm { path, target } => {
             if benchfs::path::normalize(&path).is_ok_and(|p| p == "/") {
