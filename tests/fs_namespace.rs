@@ -690,3 +690,92 @@ fn the_api_refuses_to_open_or_cut_a_symbolic_link_and_leaves_it_whole() {
     );
     assert_eq!(read_file(&fs, "/target"), b"real data");
 }
+
+/// Checks that `change`, made through `fs`, moves the times of directories `dirs` as
+/// `other` sees them, and with one directory changed, not those of the other of `/d` and
+/// `/e`.
+fn times_move(fs: &BenchFS, other: &BenchFS, what: &str, dirs: &[&str], change: &dyn Fn(&BenchFS)) {
+    let before: Vec<FileMetadata> = dirs.iter().map(|d| other.stat(d).unwrap()).collect();
+    let unchanged = if dirs == ["/d"] { "/e" } else { "/d" };
+    let bystander = other.stat(unchanged).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    change(fs);
+    for (dir, before) in dirs.iter().zip(before) {
+        let after = other.stat(dir).unwrap();
+        assert!(
+            after.mtime_ns > before.mtime_ns && after.ctime_ns > before.ctime_ns,
+            "{what}: {dir} kept its times ({} and {})",
+            before.mtime_ns,
+            before.ctime_ns
+        );
+        assert_eq!(after.ctime_ns, after.mtime_ns, "{what}: {dir}");
+    }
+    if dirs.len() == 1 {
+        assert_eq!(
+            other.stat(unchanged).unwrap().mtime_ns,
+            bystander.mtime_ns,
+            "{what}: {unchanged} moved"
+        );
+    }
+}
+
+/// A create, a removal and a rename move the times of the directories they change, as on
+/// Linux, on every replica, and another client's stat sees it at once; a failed create
+/// moves nothing. Found by a hostile run: Python's import cache never saw a module made in
+/// a directory after it first listed it, since the directory's time never moved.
+#[test]
+fn entries_made_removed_and_renamed_move_their_directorys_times() {
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let other = cluster.client();
+    fs.mkdir("/d", 0o755).unwrap();
+    fs.mkdir("/e", 0o755).unwrap();
+    let e_made = other.stat("/e").unwrap();
+    let step = |what: &str, dirs: &[&str], change: &dyn Fn(&BenchFS)| {
+        times_move(&fs, &other, what, dirs, change)
+    };
+    step("a small file", &["/d"], &|fs| {
+        write_file(fs, "/d/small", b"x")
+    });
+    step("a chunked file", &["/d"], &|fs| {
+        write_file(fs, "/d/big", &pattern(3 * C, 1))
+    });
+    step("an empty file", &["/d"], &|fs| {
+        let fd = fs.create("/d/empty", 0o644).unwrap();
+        fs.close(fd).unwrap();
+    });
+    step("mkdir", &["/d"], &|fs| fs.mkdir("/d/sub", 0o755).unwrap());
+    step("rmdir", &["/d"], &|fs| fs.rmdir("/d/sub").unwrap());
+    step("a symbolic link", &["/d"], &|fs| {
+        fs.block_on(fs.client().symlink("/d/small", "/d/link"))
+            .unwrap();
+    });
+    step("unlink", &["/d"], &|fs| fs.unlink("/d/link").unwrap());
+    step("rename within", &["/d"], &|fs| {
+        fs.rename("/d/small", "/d/renamed").unwrap()
+    });
+    step("rename across", &["/d", "/e"], &|fs| {
+        fs.rename("/d/big", "/e/big").unwrap()
+    });
+    // A failed create changes no entry, and no time.
+    let before = other.stat("/e").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(errno_of(fs.mkdir("/e/big", 0o755)), libc::EEXIST);
+    assert_eq!(other.stat("/e").unwrap().mtime_ns, before.mtime_ns);
+    // Every replica's time moved (each replica stamps its own clock's time, as for sizes).
+    let key = PlacementKey::Metadata("/e");
+    for server in cluster.replicas_of(key) {
+        let reply = call_one::<ops::MetadataLookup>(
+            cluster.addr(server),
+            &ops::PathRequest { path: "/e".into() },
+        )
+        .unwrap();
+        assert!(
+            reply.meta.mtime_ns > e_made.mtime_ns + 10_000_000,
+            "the replica on server {server} kept /e's time"
+        );
+    }
+}

@@ -137,7 +137,39 @@ fn attributes_links_renames_and_listings() {
     };
     attributes(&m);
     links_and_renames(&m);
+    directory_times(&m);
     listings_and_unlinked_files(&m);
+}
+
+/// Through the mount, a directory's time moves when an entry is made, removed or renamed
+/// in it (the kernel drops its cached attributes of the directory then): Python's import
+/// cache lists a directory again only when that time moves, so a module written after it
+/// first looked was never found (found by a hostile run).
+fn directory_times(m: &Mounted) {
+    let dir = m.path("modules");
+    fs::create_dir(&dir).unwrap();
+    let changes: [(&str, &dyn Fn()); 4] = [
+        ("create", &|| {
+            fs::write(dir.join("later.py"), b"VALUE = 1\n").unwrap()
+        }),
+        ("rename", &|| {
+            fs::rename(dir.join("later.py"), dir.join("renamed.py")).unwrap()
+        }),
+        ("mkdir", &|| fs::create_dir(dir.join("package")).unwrap()),
+        ("unlink", &|| {
+            fs::remove_file(dir.join("renamed.py")).unwrap()
+        }),
+    ];
+    for (what, change) in changes {
+        let before = fs::metadata(&dir).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        change();
+        let after = fs::metadata(&dir).unwrap().modified().unwrap();
+        assert!(
+            after > before,
+            "{what} left the directory's time at {before:?}"
+        );
+    }
 }
 
 /// stat fields, chmod, chown and utimens, seen by the mount and by another client.

@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 18;
+pub const VERSION: u16 = 19;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -109,11 +109,14 @@ pub enum OpCode {
     /// a create left below it (its client died before it could remove the record it made
     /// under the missing parent).
     MetadataLookupParent = 33,
+    /// A directory's entries changed (a create, a removal, a rename into or out of it):
+    /// its modification and change times move to now.
+    TouchDir = 34,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 33] = [
+    pub const ALL: [OpCode; 34] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -147,6 +150,7 @@ impl OpCode {
         OpCode::ClaimAppend,
         OpCode::LocateFile,
         OpCode::MetadataLookupParent,
+        OpCode::TouchDir,
     ];
 
     /// Decodes a wire id.
@@ -190,6 +194,7 @@ impl OpCode {
             OpCode::PurgeUnder => "purge_under",
             OpCode::ClaimAppend => "claim_append",
             OpCode::LocateFile => "locate_file",
+            OpCode::TouchDir => "touch_dir",
         }
     }
 

@@ -205,6 +205,9 @@ rpc!(/// Look up a path.
     MetadataLookup, MetadataLookup, PathRequest, MetadataReply);
 rpc!(/// Look up the parent of a path being created, marking its name unless it is a directory.
     MetadataLookupParent, MetadataLookupParent, PathRequest, MetadataReply);
+rpc!(/// Move a directory's modification and change times to now, on every replica: its
+    /// entries changed.
+    TouchDir, TouchDir, PathRequest, MetadataReply);
 rpc!(/// Create a file record.
     MetadataCreateFile, MetadataCreateFile, CreateRequest, MetadataReply);
 rpc!(/// Create a directory record; the reply says whether stale records may lie below it.

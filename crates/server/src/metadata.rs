@@ -485,6 +485,20 @@ impl MetadataTable {
         Ok(*meta)
     }
 
+    /// Moves directory `path`'s modification and change times to now (its entries
+    /// changed); `NotDir` for any other record.
+    pub fn touch_dir(&mut self, path: &str) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        self.recent.touch(&path);
+        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        if !meta.is_dir() {
+            return Err(Status::NotDir);
+        }
+        meta.mtime_ns = now_ns();
+        meta.ctime_ns = meta.mtime_ns;
+        Ok(*meta)
+    }
+
     /// Stores a record as given, with `data`, its bytes if it is inline (a rename's
     /// destination, or a replica): `InvalidArgument` unless an inline record comes with
     /// exactly its size in bytes and any other with none. (Seals are checked by the

@@ -352,6 +352,7 @@ impl FsClient {
                 let meta = self
                     .take_parents_group("open", &path, &parent, meta)
                     .await?;
+                self.touch_parents(&[&path]).await;
                 self.with_file(fd, |f| f.meta = meta)
             }
             Ok(()) => self.opened_as(fd, record),

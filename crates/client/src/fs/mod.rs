@@ -10,18 +10,20 @@
 //! before `close` and `fsync` return, and before the size that covers it is published, so
 //! readers that open after the writer closed see it. Read-ahead (`read_ahead`) keeps what
 //! it fetched per handle, so a handle opened later never sees bytes from before its open.
-//! Cached metadata serves only parent checks and `stat`; it expires after
-//! `cache_ttl_secs` (0: kept until this client changes the path).
+//! Cached metadata serves only parent checks and path walks (a `stat` asks the owner); it
+//! expires after `cache_ttl_secs` (0: kept until this client changes the path). A create,
+//! removal or rename moves its directory's times (`dir_times`).
 //!
 //! The methods are split by job: `routing` (servers, connections, replicas), `handles`
 //! (open files), `data` (pread/pwrite and lending), `pipeline` (write-behind),
 //! `read_ahead`, `inline` (files kept in their records, the deferred create), `namespace`
-//! (records and directory operations), `cache` and `fanout` (listing across servers),
+//! (records and directory operations), `dir_times`, `cache` and `fanout` (listing across servers),
 //! `space` (statfs).
 
 mod attrs;
 mod cache;
 mod data;
+mod dir_times;
 mod fanout;
 mod handles;
 mod inline;
@@ -105,6 +107,8 @@ pub struct FsClient {
     /// Most bytes of a file this client keeps in its record (`storage.inline_bytes`; 0:
     /// off): opens with O_CREAT are deferred, and small files made in one request.
     inline_limit: u64,
+    /// When this client last moved each directory's times (`dir_times`).
+    dirs_touched: RefCell<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -317,6 +321,7 @@ impl FsClient {
             owner: Cell::new(process_owner()),
             pipeline: Pipeline::new(&config.client),
             inline_limit: config.storage.inline_bytes,
+            dirs_touched: RefCell::default(),
         })
     }
 

@@ -288,9 +288,9 @@ impl FsClient {
                 return Err(e);
             }
         }
-        self.take_parents_group(op, path, &parent, meta)
-            .await
-            .map(Ok)
+        let meta = self.take_parents_group(op, path, &parent, meta).await?;
+        self.touch_parents(&[path]).await;
+        Ok(Ok(meta))
     }
 
     /// Gives a record this client just made at `path` what a set-group-ID `parent` passes
@@ -331,7 +331,9 @@ impl FsClient {
         let given = path;
         let path = norm(path)?;
         self.flush_path(&path).await?;
-        let meta = self.lookup("stat", &path, true).await?;
+        // Not from the cache: another client's change to a directory (its times, its
+        // mode) shows at once, as a file's size does.
+        let meta = self.lookup("stat", &path, false).await?;
         if names_dir(given) && !meta.is_dir() {
             return Err(fs_err("stat", &path, Status::NotDir));
         }
@@ -545,6 +547,7 @@ impl FsClient {
                 file.touched = false;
             }
         }
+        self.touch_parents(&[&path]).await;
         Ok(())
     }
 
@@ -565,6 +568,7 @@ impl FsClient {
         }
         self.delete_record("rmdir", &path, EntryKind::Directory, false)
             .await?;
+        self.touch_parents(&[&path]).await;
         Ok(())
     }
 
@@ -885,6 +889,7 @@ impl FsClient {
                 f.path = moved;
             }
         }
+        self.touch_parents(&[&from, &to]).await;
         Ok(())
     }
 

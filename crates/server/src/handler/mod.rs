@@ -597,7 +597,8 @@ impl ServerState {
             | OpCode::MetadataInsert
             | OpCode::SetAttr
             | OpCode::UpdateSize
-            | OpCode::ClaimAppend => self.metadata_write(op, body),
+            | OpCode::ClaimAppend
+            | OpCode::TouchDir => self.metadata_write(op, body),
             OpCode::PurgeUnder => self.purge_under(&decode(body)?),
             OpCode::LocateFile => {
                 let req: op::LocateFileRequest = decode(body)?;
@@ -745,6 +746,11 @@ impl ServerState {
             OpCode::SetAttr => {
                 let req: op::SetAttrRequest = decode(body)?;
                 let meta = self.change_logged(&req.path, false, |t| t.set_attr(&req))?;
+                Ok(Reply::ok(&op::MetadataReply { meta }))
+            }
+            OpCode::TouchDir => {
+                let req: op::PathRequest = decode(body)?;
+                let meta = self.change_logged(&req.path, false, |t| t.touch_dir(&req.path))?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
             OpCode::ClaimAppend => {
