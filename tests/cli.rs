@@ -1447,6 +1447,9 @@ fn cluster_wait_names_what_is_missing_within_its_timeout() {
     c.cli(&["cluster", "up", "--servers", "2"]);
     let out = c.cli(&["cluster", "wait", "--servers", "2"]);
     assert!(out.contains("2 servers published"), "{out}");
+    // A timeout past any clock time waits as long as needed; it panicked adding it.
+    let forever = u64::MAX.to_string();
+    c.cli(&["cluster", "wait", "--servers", "2", "--timeout", &forever]);
     let err = c
         .run(&["cluster", "wait", "--servers", "3", "--timeout", "1"])
         .failed();

@@ -1149,7 +1149,10 @@ fn last_words(log: &str) -> Option<&str> {
 fn wait(args: &WaitArgs) -> Result<(), CliError> {
     let mut config = args.target.config()?;
     let dir = config.network.registry_dir.clone();
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    // A timeout past any Instant (u64::MAX seconds) waits as good as forever.
+    let deadline = Instant::now()
+        .checked_add(Duration::from_secs(args.timeout))
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(u32::MAX)));
     let mut published = 0;
     loop {
         if let Ok(entries) = registry::read(&dir) {
