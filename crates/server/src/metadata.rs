@@ -116,6 +116,14 @@ pub struct MetadataTable {
 /// client still sees the directory that was there).
 pub const SEALED_NAMES_MAX: usize = 4096;
 
+/// Stamps a record whose content changed now (a write, a truncation, an entry made or
+/// removed in a directory): a content change is a status change too, so both its
+/// modification and change times move.
+fn content_changed(meta: &mut FileMetadata) {
+    meta.mtime_ns = now_ns();
+    meta.ctime_ns = meta.mtime_ns;
+}
+
 impl MetadataTable {
     /// An empty table. `inode_tag` (unique per server and per life of its store, see
     /// [`inode_tag`](benchfs_proto::placement::inode_tag)) makes this server's inode
@@ -494,8 +502,7 @@ impl MetadataTable {
         if !meta.is_dir() {
             return Err(Status::NotDir);
         }
-        meta.mtime_ns = now_ns();
-        meta.ctime_ns = meta.mtime_ns;
+        content_changed(meta);
         Ok(*meta)
     }
 
@@ -662,9 +669,7 @@ impl MetadataTable {
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         meta.size = size;
-        // A write or a truncation changes the content, and so the status: both times move.
-        meta.mtime_ns = now_ns();
-        meta.ctime_ns = meta.mtime_ns;
+        content_changed(meta);
         Ok(*meta)
     }
 
@@ -698,8 +703,7 @@ impl MetadataTable {
             .checked_add(len)
             .filter(|&end| end <= benchfs_proto::limits::FILE_SIZE_MAX)
             .ok_or(Status::InvalidArgument)?;
-        meta.mtime_ns = now_ns();
-        meta.ctime_ns = meta.mtime_ns;
+        content_changed(meta);
         Ok(*meta)
     }
 

@@ -19,7 +19,7 @@ use super::data::WriteSource;
 use super::FsClient;
 
 /// How often a client tells a directory's owner at most that the directory changed.
-pub(super) const TOUCH_INTERVAL: Duration = Duration::from_millis(1);
+const TOUCH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// How many directories a client remembers telling before it forgets those told longer
 /// than [`TOUCH_INTERVAL`] ago.

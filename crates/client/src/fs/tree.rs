@@ -7,6 +7,7 @@
 
 use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops;
+use benchfs_proto::path;
 use benchfs_proto::placement::PlacementKey;
 use futures_util::future::join_all;
 
@@ -100,7 +101,7 @@ impl FsClient {
             let parent = dirs[next].clone();
             next += 1;
             for entry in self.list(&parent, usize::MAX).await? {
-                let path = format!("{}/{}", parent.trim_end_matches('/'), entry.name);
+                let path = path::join(&parent, &entry.name);
                 if entry.meta.is_dir() {
                     dirs.push(path.clone());
                 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use benchfs_proto::meta::{EntryKind, FileMetadata, Owner};
 use benchfs_proto::{path, Status};
 
-use super::{now_ns, MetadataTable};
+use super::{content_changed, MetadataTable};
 
 /// A move of a record's bytes to chunk 0 under way.
 #[derive(Debug, Clone, Copy)]
@@ -192,11 +192,9 @@ impl MetadataTable {
         }
         bytes[offset as usize..end as usize].copy_from_slice(data);
         let size = bytes.len() as u64;
-        let now = now_ns();
         let meta = self.entries.get_mut(path).ok_or(Status::Io)?;
         meta.size = size;
-        meta.mtime_ns = now;
-        meta.ctime_ns = now;
+        content_changed(meta);
         Ok(*meta)
     }
 

@@ -313,7 +313,8 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
 }
 
 /// Refuses a directory holding an earlier cluster's data (unless --wipe), writes a new
-/// cluster's `benchfs.toml` (`settings`, checked), and returns the node ids to start.
+/// cluster's `benchfs.toml` (`settings`, checked) into the directory [`lock_for_start`]
+/// made, and returns the node ids to start.
 fn prepare_new(args: &UpArgs, settings: &str) -> Result<Vec<String>, CliError> {
     let dir = &args.target.dir;
     let data = dir.join("data");
@@ -330,7 +331,6 @@ fn prepare_new(args: &UpArgs, settings: &str) -> Result<Vec<String>, CliError> {
         }
         std::fs::remove_dir_all(&data).map_err(|e| local_error("cannot remove", &data, e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
     let config_path = dir.join("benchfs.toml");
     std::fs::write(&config_path, settings)
         .map_err(|e| local_error("cannot write", &config_path, e))?;

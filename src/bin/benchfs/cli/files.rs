@@ -296,9 +296,9 @@ fn ls(fs: &BenchFS, path: &str) -> Result<(), CliError> {
     };
     match fs.readdir(path) {
         Ok(entries) => {
+            let dir = benchfs::path::normalize(path).map_err(|e| format!("ls {path}: {e}"))?;
             for e in entries {
-                let full = format!("{}/{}", path.trim_end_matches('/'), e.name);
-                out += &line(&e.meta, &e.name, &full)?;
+                out += &line(&e.meta, &e.name, &benchfs::path::join(&dir, &e.name))?;
             }
         }
         // A file lists as itself, as `ls` lists it.
