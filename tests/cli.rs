@@ -1119,6 +1119,53 @@ fn cluster_down_stops_a_stopped_server_cleanly() {
     c.cli(&["cluster", "down"]);
 }
 
+/// Regression, found by a hostile run: clients that tried to connect to a stopped server
+/// (SIGSTOP) left connections UCX had accepted but not yet announced; the server destroyed
+/// its listener when it began to drain, and UCX then called into the freed listener
+/// (SIGSEGV in `ucp_cm_server_conn_request_cb`), so `cluster down` reported acknowledged
+/// writes possibly lost. Now the server refuses connections while it drains and leaves its
+/// listener to the process's exit.
+#[test]
+fn a_server_stopped_while_clients_connect_still_stops_cleanly() {
+    for round in 0..2 {
+        let c = ClusterDir::new("c");
+        c.cli(&["cluster", "up", "--servers", "1"]);
+        let pid = c.pids()[0].to_string();
+        let signal = |sig: &str| {
+            let status = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        signal("-STOP");
+        let connecting: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+                    .args(["cluster", "wait", "--servers", "1", "--timeout", "1"])
+                    .args(["--dir", c.dir_arg()])
+                    .env_remove("BENCHFS_SECRET_FILE")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut client in connecting {
+            assert!(
+                !client.wait().unwrap().success(),
+                "a stopped server answered"
+            );
+        }
+        let down = c.run(&["cluster", "down"]);
+        let log = std::fs::read_to_string(c.dir.join("logs/node0.log")).unwrap();
+        assert!(!log.contains("Caught signal"), "round {round}: {log}");
+        let out = down.ok();
+        assert!(out.contains("1 servers stopped (0 forced)"), "{out}");
+        assert!(c.dir.join("data/node0/stopped-cleanly").exists(), "{log}");
+    }
+}
+
 /// Regression, found by a hostile run: a tiered server whose final write-back failed (its
 /// disk full) lost what it had acknowledged, and `cluster down` reported a clean stop.
 /// Now the server exits with an error and `cluster down` fails, naming it. The chunk

@@ -565,12 +565,12 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let worker = Worker::new(&context)?;
     let progress =
         tokio::task::spawn_local(Rc::clone(&worker).run_progress(config.network.busy_poll));
-    let listener = Listener::bind(&worker, config.network.bind_addr).map_err(|source| {
-        DaemonError::Listen {
+    let listener = Listener::bind(&worker, config.network.bind_addr)
+        .map(Rc::new)
+        .map_err(|source| DaemonError::Listen {
             addr: config.network.bind_addr,
             source,
-        }
-    })?;
+        })?;
     let addr = advertised_addr(listener.local_addr());
     let entry = publish(&config, addr, &state)?;
     tracing::info!(
@@ -591,7 +591,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     let serving = tokio::task::spawn_local(serve(
         Rc::clone(&state),
         Rc::clone(&worker),
-        listener,
+        Rc::clone(&listener),
         options,
         stop,
     ));
@@ -612,6 +612,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     }
     worker.stop_progress();
     let _ = progress.await;
+    // Destroying the listener can crash inside UCX while a client is connecting; exiting
+    // cannot.
+    listener.keep_until_exit();
     served?;
     withdrawn?;
     synced?;

@@ -86,18 +86,20 @@ pub struct ServeOptions {
     pub polls_for_next: u32,
 }
 
-/// Serves requests until `stop` completes, then finishes the requests in flight and
-/// returns.
+/// Serves requests until `stop` completes, then refuses new connections, finishes the
+/// requests in flight and returns. The listener stays the caller's to keep (see
+/// [`Listener::keep_until_exit`]).
 pub async fn serve(
     state: Rc<ServerState>,
     worker: Rc<Worker>,
-    listener: Listener,
+    listener: Rc<Listener>,
     options: ServeOptions,
     stop: impl Future<Output = ()> + 'static,
 ) -> Result<(), benchfs_ucx::UcxError> {
     let requests = worker.set_am_handler(REQUEST_AM_ID, SERVER_QUEUE_MAX)?;
     let connections = Rc::new(RefCell::new(Connections::new(state.requires_handshake())));
-    let accept = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&connections)));
+    let accept =
+        tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&connections)));
     let inflight = Rc::new(InFlight::default());
     let options = Rc::new(options);
     // `stop` waits in a task of its own, which raises a flag: polling it with every
@@ -142,6 +144,7 @@ pub async fn serve(
     // is closed, which fails the transfer, as it does every unfinished one.
     signal.abort();
     accept.abort();
+    listener.refuse();
     let drain = options.transfer_timeout.min(DRAIN_BEFORE_CLOSING_MAX);
     if tokio::time::timeout(drain, inflight.drained())
         .await
@@ -313,7 +316,7 @@ impl Drop for Permit {
 }
 
 /// Accepts connections and keeps them open (an endpoint closes with its last handle).
-async fn accept_loop(listener: Listener, connections: Rc<RefCell<Connections>>) {
+async fn accept_loop(listener: Rc<Listener>, connections: Rc<RefCell<Connections>>) {
     loop {
         match listener.accept().await {
             Ok(ep) => {

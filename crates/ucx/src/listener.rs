@@ -20,6 +20,14 @@ use crate::worker::Worker;
 ///
 /// **Drop order:** pending requests are rejected, then the listener is destroyed; accepted
 /// endpoints live on. It holds its worker.
+///
+/// **Destroying a listener is unsafe in UCX while clients connect.** UCX's TCP connection
+/// manager (1.13 up to at least 1.19) keeps a bare pointer to the listener in each
+/// connection it accepted but has not yet announced (the client's first bytes are still
+/// on the way); destroying the listener then makes UCX's async thread call into freed
+/// memory (SIGSEGV in `ucp_cm_server_conn_request_cb`). A process that must not crash
+/// while it stops, as a server does, calls [`Listener::refuse`] and then
+/// [`Listener::keep_until_exit`] instead of dropping it.
 pub struct Listener {
     handle: sys::ucp_listener_h,
     queue: Rc<ConnQueue>,
@@ -31,6 +39,8 @@ struct ConnQueue {
     requests: RefCell<VecDeque<sys::ucp_conn_request_h>>,
     waker: Cell<Option<Waker>>,
     listener: Cell<sys::ucp_listener_h>,
+    /// Set by [`Listener::refuse`]: every request is rejected as it arrives.
+    refusing: Cell<bool>,
 }
 
 impl Listener {
@@ -40,6 +50,7 @@ impl Listener {
             requests: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
             listener: Cell::new(std::ptr::null_mut()),
+            refusing: Cell::new(false),
         });
         let sockaddr = RawSockAddr::new(addr);
         let params = sys::ucp_listener_params_t {
@@ -98,20 +109,44 @@ impl Listener {
             }
         }
     }
+
+    /// Rejects every waiting connection request and, from now on, each new one as it
+    /// arrives: clients fail at once instead of waiting for an answer that never comes.
+    pub fn refuse(&self) {
+        self.queue.refusing.set(true);
+        self.reject_pending();
+    }
+
+    /// Leaves the listener, and with it its worker, alive until the process exits: the one
+    /// way to stop listening that UCX's connection manager cannot crash on (see the type's
+    /// docs). Call [`Listener::refuse`] first so that clients are turned away meanwhile.
+    pub fn keep_until_exit(self: Rc<Self>) {
+        std::mem::forget(self);
+    }
+
+    fn reject_pending(&self) {
+        let pending = std::mem::take(&mut *self.queue.requests.borrow_mut());
+        for request in pending {
+            reject(self.handle, request);
+        }
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let pending = std::mem::take(&mut *self.queue.requests.borrow_mut());
-        for request in pending {
-            // SAFETY: the listener is alive and the request came from it, unanswered.
-            let status = unsafe { sys::ucp_listener_reject(self.handle, request) };
-            if status != sys::UCS_OK {
-                tracing::debug!(status = sys::status_string(status), "ucp_listener_reject");
-            }
-        }
+        self.reject_pending();
         // SAFETY: destroyed once; the worker is alive (self.worker).
         unsafe { sys::ucp_listener_destroy(self.handle) };
+    }
+}
+
+/// Answers a connection request with a rejection.
+fn reject(listener: sys::ucp_listener_h, request: sys::ucp_conn_request_h) {
+    // SAFETY: the listener is alive (callers hold it, or run in its callback, which UCX
+    // calls only before its destroy) and the request came from it, unanswered.
+    let status = unsafe { sys::ucp_listener_reject(listener, request) };
+    if status != sys::UCS_OK {
+        tracing::debug!(status = sys::status_string(status), "ucp_listener_reject");
     }
 }
 
@@ -127,6 +162,10 @@ unsafe extern "C" fn on_conn_request(request: sys::ucp_conn_request_h, arg: *mut
     // SAFETY: arg is the ConnQueue given at ucp_listener_create, alive until after
     // ucp_listener_destroy.
     let queue = unsafe { &*(arg as *const ConnQueue) };
+    if queue.refusing.get() {
+        reject(queue.listener.get(), request);
+        return;
+    }
     let full = match queue.requests.try_borrow_mut() {
         Ok(mut requests) if requests.len() < LISTENER_BACKLOG_MAX => {
             requests.push_back(request);
@@ -139,9 +178,7 @@ unsafe extern "C" fn on_conn_request(request: sys::ucp_conn_request_h, arg: *mut
             backlog = LISTENER_BACKLOG_MAX,
             "listener backlog full; rejecting"
         );
-        // SAFETY: the listener is alive (callbacks run only before its destroy) and the
-        // request is unanswered.
-        unsafe { sys::ucp_listener_reject(queue.listener.get(), request) };
+        reject(queue.listener.get(), request);
         return;
     }
     if let Some(waker) = queue.waker.take() {
