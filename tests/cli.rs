@@ -1500,7 +1500,10 @@ fn cluster_wait_names_what_is_missing_within_its_timeout() {
     let err = c
         .run(&["cluster", "wait", "--servers", "3", "--timeout", "1"])
         .failed();
-    assert!(err.contains("2 of 3 servers published"), "{err}");
+    assert!(
+        err.contains("2 of 3 servers published") && err.contains("(node0, node1)"),
+        "{err}"
+    );
 
     let stopped = c.pids()[1];
     let signal = |sig: &str| {
@@ -1521,6 +1524,43 @@ fn cluster_wait_names_what_is_missing_within_its_timeout() {
         took < std::time::Duration::from_secs(15),
         "cluster wait --timeout 2 took {took:?}"
     );
+    assert!(err.contains(&format!("{}/logs", c.dir_arg())), "{err}");
+
+    // It waits for a killed server started again within the timeout; it failed at once
+    // on the dead one's registry entry.
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &stopped.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args(["cluster", "wait", "--servers", "2", "--timeout", "60"])
+        .args(["--dir", c.dir_arg()])
+        .env_remove("BENCHFS_SECRET_FILE")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "cluster wait gave up"
+    );
+    c.cli(&["cluster", "up", "--resume"]);
+    let waited = waiting.wait_with_output().unwrap();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+
+    // A malformed registry entry is named.
+    let junk = c.dir.join("registry/junk.addr");
+    std::fs::write(&junk, b"not an entry").unwrap();
+    let err = c
+        .run(&["cluster", "wait", "--servers", "2", "--timeout", "1"])
+        .failed();
+    assert!(err.contains(junk.to_str().unwrap()), "{err}");
+    std::fs::remove_file(&junk).unwrap();
 }
 
 /// Two `cluster up` runs on one directory at once: one starts the cluster and the other

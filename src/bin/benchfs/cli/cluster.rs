@@ -1144,58 +1144,90 @@ fn last_words(log: &str) -> Option<&str> {
     lines.find(|l| !is_ucx(l)).or(last)
 }
 
-/// `benchfs cluster wait`: polls the registry until it lists `servers` servers, then
-/// checks that each answers.
+/// `benchfs cluster wait`: polls the registry until it lists `servers` servers and each
+/// answers, retrying until `--timeout` (a server killed and started again, a registry
+/// entry being replaced, a server still opening its store).
 fn wait(args: &WaitArgs) -> Result<(), CliError> {
     let mut config = args.target.config()?;
     let dir = config.network.registry_dir.clone();
+    let rpc_timeout = config.network.rpc_timeout;
     // A timeout past any Instant (u64::MAX seconds) waits as good as forever.
     let deadline = Instant::now()
         .checked_add(Duration::from_secs(args.timeout))
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(u32::MAX)));
-    let mut published = 0;
     loop {
-        if let Ok(entries) = registry::read(&dir) {
-            published = entries.len();
-        }
-        if published >= args.servers {
-            break;
-        }
+        // A stopped server holds a call for the whole RPC timeout: a probe gets at most
+        // what is left of --timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        config.network.rpc_timeout = left
+            .max(benchfs::proto::limits::RPC_TIMEOUT_MIN)
+            .min(rpc_timeout);
+        let not_ready = match wait_once(args, &config) {
+            Ok(published) => {
+                outln!(
+                    "{published} servers published in {} and answering",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            Err(not_ready) => not_ready,
+        };
         if Instant::now() >= deadline {
+            let logs = match &args.target.registry {
+                Some(_) => "benchfs.log in each server's data directory".to_string(),
+                None => args.target.dir.join("logs").display().to_string(),
+            };
             return Err(format!(
-                "cluster wait: {published} of {} servers published in {} after {} s; see the servers' logs (benchfs.log in each data directory)",
-                args.servers,
-                dir.display(),
+                "cluster wait: {not_ready} after {} s; see the servers' logs ({logs})",
                 args.timeout
             )
             .into());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
     }
-    // A stopped server holds a call for the whole RPC timeout: the probe gets what is left
-    // of --timeout instead.
-    let left = deadline.saturating_duration_since(Instant::now());
-    config.network.rpc_timeout = left
-        .max(benchfs::proto::limits::RPC_TIMEOUT_MIN)
-        .min(config.network.rpc_timeout);
-    let fs = args.target.connect_with(&config)?;
+}
+
+/// How often `cluster wait` looks again.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// One look of `cluster wait`: the number of servers published when at least `--servers`
+/// are and each answers, or what is missing.
+fn wait_once(args: &WaitArgs, config: &ServerConfig) -> Result<usize, String> {
+    let dir = &config.network.registry_dir;
+    // Servers started by a launcher make the registry; until the first does, none is in.
+    let entries = match dir.exists() {
+        true => registry::read(dir).map_err(|e| e.to_string())?,
+        false => Vec::new(),
+    };
+    if entries.len() < args.servers {
+        let names: Vec<&str> = entries.iter().map(|e| e.node_id.as_str()).collect();
+        return Err(format!(
+            "{} of {} servers published in {} ({})",
+            entries.len(),
+            args.servers,
+            dir.display(),
+            match names.is_empty() {
+                true => "none yet".to_string(),
+                false => names.join(", "),
+            }
+        ));
+    }
+    let fs = args
+        .target
+        .connect_with(config)
+        .map_err(|e| e.to_string())?;
     let silent: Vec<String> = fs
         .block_on(fs.client().server_stats())
         .into_iter()
         .filter_map(|(entry, stats)| stats.err().map(|e| format!("{} ({e})", entry.node_id)))
         .collect();
-    if !silent.is_empty() {
-        return Err(format!(
-            "cluster wait: published but not answering: {}",
+    match silent.is_empty() {
+        true => Ok(entries.len()),
+        false => Err(format!(
+            "published but not answering: {}",
             silent.join(", ")
-        )
-        .into());
+        )),
     }
-    outln!(
-        "{published} servers published in {} and answering",
-        dir.display()
-    );
-    Ok(())
 }
 
 fn status(target: &Target) -> Result<(), CliError> {
