@@ -691,10 +691,17 @@ fn unlinks_with_a_stopped_server_wait_for_it_once() {
     // Regressions, found by hostile runs: an unlink that succeeds while a server holding
     // no record of the file is stopped took two RPC timeouts (its chunk removal sealed the
     // file on every server, the stopped one timed out, and lifting the seals asked it
-    // again), and every later unlink of the process waited a timeout for it too.
+    // again), and every later unlink of the process waited a timeout for it too; and
+    // moving the time of their directory, whose record the stopped server holds, made
+    // each wait a handshake timeout more.
     let cluster = Cluster::start(ClusterSpec::short_timeout());
-    let paths: Vec<String> = (0..40).map(|i| format!("/removed-{i}")).collect();
     let stopped = 0;
+    let dir = (0..)
+        .map(|i| format!("/dir-{i}"))
+        .find(|d| cluster.replicas_of(benchfs::placement::PlacementKey::Metadata(d))[0] == stopped)
+        .unwrap();
+    cluster.client().mkdir(&dir, 0o755).unwrap();
+    let paths: Vec<String> = (0..40).map(|i| format!("{dir}/removed-{i}")).collect();
     let paths: Vec<&String> = paths
         .iter()
         .filter(|p| {

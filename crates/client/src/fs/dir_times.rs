@@ -7,16 +7,18 @@
 //! job's checkpoint files) would send all of them to that one server, so a client tells
 //! it at most once per [`TOUCH_INTERVAL`]: within a burst the directory keeps the time of
 //! the burst's first change, as on a file system with coarse times. The root is not a
-//! record, and keeps its time.
+//! record, and keeps its time. A replica that did not answer lately (suspect) is not told:
+//! each change in its directory would wait for it, and the change itself is done.
 
 use std::time::{Duration, Instant};
 
 use benchfs_proto::ops;
 use benchfs_proto::path;
 use benchfs_proto::placement::PlacementKey;
+use futures_util::future::join_all;
 
-use super::data::WriteSource;
 use super::FsClient;
+use crate::rpc::OutPayload;
 
 /// How often a client tells a directory's owner at most that the directory changed.
 const TOUCH_INTERVAL: Duration = Duration::from_millis(1);
@@ -41,17 +43,19 @@ impl FsClient {
             let req = ops::PathRequest {
                 path: dir.to_string(),
             };
-            let answers = self
-                .write_each::<ops::TouchDir>(PlacementKey::Metadata(dir), &req, WriteSource::NONE)
-                .await;
-            for (_, answer) in answers {
+            let mut replicas = self.replica_set(PlacementKey::Metadata(dir));
+            replicas.retain(|&s| !self.servers[s as usize].is_suspect(now));
+            let answers = replicas
+                .iter()
+                .map(|&s| self.call_on::<ops::TouchDir>(s, &req, OutPayload::none()));
+            for answer in join_all(answers).await {
                 match answer {
-                    Ok(reply) => self.meta_cache.borrow_mut().put(dir, reply.meta),
+                    Ok((reply, _)) => self.meta_cache.borrow_mut().put(dir, reply.meta),
                     Err(e) => tracing::debug!(error = %e, path = dir, "directory time not moved"),
                 }
             }
         });
-        futures_util::future::join_all(touches).await;
+        join_all(touches).await;
     }
 
     /// Whether `dir`'s owner is due to be told of a change at `now`; if so, it counts as
