@@ -586,6 +586,23 @@ fn writes_in_place_move_the_modification_time() {
         want[10..18].copy_from_slice(IN_PLACE);
         assert_eq!(read_file(&fs, path), want, "{path}");
 
+        // A write past the end: the writer's fstat shows the new size with new times
+        // (found by a hostile run: the size moved, the times did not).
+        let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs.pwrite(fd, b"grown", len as u64 + 100).unwrap();
+        let grown = fs.fstat(fd).unwrap();
+        assert_eq!(grown.size, len as u64 + 105, "{path}");
+        assert!(
+            grown.mtime_ns > after.mtime_ns && grown.ctime_ns >= grown.mtime_ns,
+            "{path}: fstat after growing shows the times {} and {} (were {})",
+            grown.mtime_ns,
+            grown.ctime_ns,
+            after.mtime_ns
+        );
+        fs.ftruncate(fd, len as u64).unwrap();
+        fs.close(fd).unwrap();
+
         let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
         fs.pwrite(fd, b"again", 0).unwrap();
         let set = ops::SetAttrRequest {

@@ -29,6 +29,14 @@ pub fn write_in_place(fs: &BenchFS, path: &str) -> u64 {
         fs.pwrite(fd, IN_PLACE, IN_PLACE_AT).unwrap(),
         IN_PLACE.len()
     );
+    let open = fs.fstat(fd).unwrap();
+    assert!(
+        open.mtime_ns > before.mtime_ns && open.ctime_ns >= open.mtime_ns,
+        "{path}: fstat after a write in place shows the times {} and {} (were {})",
+        open.mtime_ns,
+        open.ctime_ns,
+        before.mtime_ns
+    );
     fs.close(fd).unwrap();
     let after = fs.stat(path).unwrap();
     assert_eq!(after.size, before.size, "{path}: the size moved");

@@ -215,8 +215,13 @@ impl FsClient {
         self.with_file(fd, |f| {
             f.size_dirty = false;
             f.touched = false;
-            if let Some(meta) = meta.filter(|_| f.own_changes == changes) {
-                f.size = f.size.max(meta.size);
+            if let Some(meta) = meta {
+                // The times the update gave: this handle's fstat shows its own writes'.
+                f.meta.mtime_ns = f.meta.mtime_ns.max(meta.mtime_ns);
+                f.meta.ctime_ns = f.meta.ctime_ns.max(meta.ctime_ns);
+                if f.own_changes == changes {
+                    f.size = f.size.max(meta.size);
+                }
             }
         })?;
         Ok(())
