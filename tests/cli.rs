@@ -1583,6 +1583,10 @@ fn racing_cluster_ups_start_one_cluster() {
     assert_eq!((won.len(), lost.len()), (1, 1), "{runs:?}");
     let refusal = String::from_utf8_lossy(&lost[0].stderr);
     assert!(
+        refusal.contains("a cluster is already running in"),
+        "{refusal}"
+    );
+    assert!(
         refusal.contains("another `benchfs cluster up` is starting the cluster in")
             || refusal.contains("a cluster is already running in"),
         "{refusal}"
@@ -1594,4 +1598,63 @@ fn racing_cluster_ups_start_one_cluster() {
     assert_eq!(read_file(&fs, "/after"), b"both servers answer");
     let out = c.cli(&["cluster", "status"]);
     assert_eq!(out.lines().count(), 3, "{out}");
+}
+
+/// `cluster down` while `cluster up` starts the servers waits for it, then stops them all;
+/// two `cluster down` at once stop the cluster once. Found by a hostile run: a down during
+/// an up missed the servers not started yet, and two downs both reported the stop.
+#[test]
+fn cluster_downs_wait_for_a_cluster_up_and_each_other() {
+    let c = ClusterDir::new("c");
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+            .args(args)
+            .args(["--dir", c.dir_arg()])
+            .env_remove("BENCHFS_SECRET_FILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let up = spawn(&["cluster", "up", "--servers", "2"]);
+    // The up writes the cluster's config with its lock held, before it starts a server.
+    while !c.dir.join("benchfs.toml").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let down = c.cli(&["cluster", "down"]);
+    let up = up.wait_with_output().unwrap();
+    assert!(up.status.success(), "{up:?}");
+    assert!(down.contains("2 servers stopped (0 forced)"), "{down}");
+    assert_eq!(
+        running_servers(&c),
+        0,
+        "servers left running after the down"
+    );
+
+    c.cli(&["cluster", "up", "--resume"]);
+    assert_eq!(running_servers(&c), 2);
+    let downs = [spawn(&["cluster", "down"]), spawn(&["cluster", "down"])]
+        .map(|child| child.wait_with_output().unwrap());
+    let mut said: Vec<String> = downs
+        .iter()
+        .map(|out| {
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    said.sort();
+    assert!(
+        said[0].contains("2 servers stopped") && said[1].contains("no server"),
+        "{said:?}"
+    );
+}
+
+/// How many `benchfsd` processes run with cluster `c`'s config.
+fn running_servers(c: &ClusterDir) -> usize {
+    let config = c.dir.join("benchfs.toml");
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{} ", config.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

@@ -247,9 +247,9 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         true => None,
         false => Some(check_settings(args)?),
     };
-    let _starting = match settings.is_some() || dir.is_dir() {
-        true => Some(lock_for_start(dir)?),
-        // No cluster to resume: the error comes below, and no directory is made for it.
+    let _locked = match settings.is_some() || dir.join("benchfs.toml").exists() {
+        true => Some(lock_cluster_dir(dir)?),
+        // No cluster to resume: the error comes below, and nothing is made for it.
         false => None,
     };
     let running = running_nodes(dir)?;
@@ -313,7 +313,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
 }
 
 /// Refuses a directory holding an earlier cluster's data (unless --wipe), writes a new
-/// cluster's `benchfs.toml` (`settings`, checked) into the directory [`lock_for_start`]
+/// cluster's `benchfs.toml` (`settings`, checked) into the directory [`lock_cluster_dir`]
 /// made, and returns the node ids to start.
 fn prepare_new(args: &UpArgs, settings: &str) -> Result<Vec<String>, CliError> {
     let dir = &args.target.dir;
@@ -341,24 +341,31 @@ fn prepare_new(args: &UpArgs, settings: &str) -> Result<Vec<String>, CliError> {
     Ok(nodes)
 }
 
-/// Takes cluster directory `dir`'s start-up lock (creating `dir`), held until the returned
-/// file drops: two `cluster up` runs on one directory at once each started some of its
-/// servers, and both failed naming a server that had exited.
-fn lock_for_start(dir: &Path) -> Result<File, CliError> {
+/// Takes cluster directory `dir`'s lock (creating `dir`), held until the returned file
+/// drops, waiting while another `cluster up` or `cluster down` holds it: two `cluster up`
+/// runs at once each started some of the servers and both failed, and a `cluster down`
+/// during a `cluster up` missed the servers not started yet and reported a clean stop.
+fn lock_cluster_dir(dir: &Path) -> Result<File, CliError> {
     std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
-    let path = dir.join(START_LOCK_FILE);
+    let path = dir.join(LOCK_FILE);
     let lock = File::create(&path).map_err(|e| local_error("cannot create", &path, e))?;
     match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another `benchfs cluster up` is starting the cluster in {} (it holds {}); \
-             wait for it to finish",
-            dir.display(),
-            path.display()
-        )
-        .into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(local_error("cannot lock", &path, e)),
+        Ok(()) => return Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "benchfs: waiting for another `benchfs cluster` command on {} (it holds {})",
+                    dir.display(),
+                    path.display()
+                );
+            }
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(local_error("cannot lock", &path, e)),
     }
+    lock.lock()
+        .map_err(|e| local_error("cannot lock", &path, e))?;
+    Ok(lock)
 }
 
 /// The secret file `cluster up` starts servers with: the one given, checked (private,
@@ -491,8 +498,9 @@ fn resumed_secret(
 /// or marker started as a server changed the ring, and the files it moved read as missing).
 const NODES_FILE: &str = "nodes";
 
-/// The file in a cluster directory whose lock `cluster up` holds while it starts servers.
-const START_LOCK_FILE: &str = ".starting.lock";
+/// The file in a cluster directory whose lock `cluster up` holds while it starts servers
+/// and `cluster down` while it stops them.
+const LOCK_FILE: &str = ".cluster.lock";
 
 /// Checks the settings of a new cluster without touching its directory; returns its
 /// `benchfs.toml`.
@@ -1044,6 +1052,10 @@ fn alive_after(pids: &[u32], within: Duration) -> Vec<u32> {
 
 fn down(args: &DownArgs) -> Result<(), CliError> {
     let target = &args.target;
+    let _locked = match target.dir.join("benchfs.toml").exists() {
+        true => Some(lock_cluster_dir(&target.dir)?),
+        false => None,
+    };
     let pids = servers_of(&target.dir);
     // A mistyped directory is an error, as it is for every other command; a cluster that
     // stopped already is not.
