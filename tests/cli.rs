@@ -1394,22 +1394,31 @@ fn ls_prints_one_line_per_entry_whatever_its_name() {
     });
     write_file(&cluster.client(), "/a\nb", b"x");
     write_file(&cluster.client(), "/plain", b"y");
+    write_file(&cluster.client(), "/q -> r", b"z");
     let fs = cluster.client();
     fs.block_on(fs.client().symlink("/plain", "/to-plain"))
         .unwrap();
     let out = on(&cluster, &["ls", "/"]).ok();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
     assert!(lines[0].ends_with(r#" "a\nb""#), "{out}");
     assert!(
         lines[1].starts_with("- ") && lines[1].ends_with(" plain"),
         "{out}"
     );
-    // A link shows as one, with where it points, as `ls -l` shows it.
+    // A name that reads as a link is quoted.
     assert!(
-        lines[2].starts_with("l ") && lines[2].ends_with(" to-plain -> /plain"),
+        lines[2].starts_with("- ") && lines[2].ends_with(r#" "q -> r""#),
         "{out}"
     );
+    // A link shows as one, with where it points, as `ls -l` shows it.
+    assert!(
+        lines[3].starts_with("l ") && lines[3].ends_with(" to-plain -> /plain"),
+        "{out}"
+    );
+    // So does `stat`, control characters escaped.
+    let stat = on(&cluster, &["stat", "/a\nb"]).ok();
+    assert!(stat.starts_with(r#""/a\nb": file, size 1,"#), "{stat}");
     let stat = on(&cluster, &["stat", "/to-plain"]).ok();
     assert!(
         stat.starts_with("/to-plain: symbolic link to /plain, size 6,"),

@@ -265,10 +265,11 @@ fn cat(target: &Target, path: &str) -> Result<(), CliError> {
     Ok(closed?)
 }
 
-/// A name as `ls` prints it: as it is, or quoted with its control characters escaped
-/// (Rust's string syntax), so that every entry is one line.
+/// A name as `ls` and `stat` print it: as it is, or quoted with its control characters
+/// escaped (Rust's string syntax), so that every entry is one line and a name holding
+/// ` -> ` does not read as a link.
 fn shown(name: &str) -> std::borrow::Cow<'_, str> {
-    match name.chars().any(char::is_control) {
+    match name.chars().any(char::is_control) || name.contains(" -> ") {
         true => format!("{name:?}").into(),
         false => name.into(),
     }
@@ -327,7 +328,8 @@ fn stat(fs: &BenchFS, path: &str) -> Result<(), CliError> {
         EntryKind::File => ("file".to_string(), format!(", chunk size {}", m.chunk_size)),
     };
     outln!(
-        "{path}: {kind}, size {}, mode {:o}, inode {:#x}{chunks}",
+        "{}: {kind}, size {}, mode {:o}, inode {:#x}{chunks}",
+        shown(path),
         m.size,
         m.mode,
         m.file_id
