@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use benchfs_client::blocking::BenchFS;
 use benchfs_client::fs::CATCH_UP_AFTER;
@@ -170,6 +170,16 @@ impl BenchFuse {
         }
         self.inodes.relocate(ino.0, &moved);
         Ok((moved, meta))
+    }
+
+    /// How long the kernel may keep node `ino`'s attributes: not at all while a handle has
+    /// writes whose times its close publishes, else the old times would show past the
+    /// close for the whole timeout.
+    fn attr_timeout(&self, ino: u64) -> Duration {
+        match self.handles.has_unpublished_writes(ino) {
+            true => Duration::ZERO,
+            false => self.settings.attr_timeout,
+        }
     }
 
     /// Answers a lookup-like call: the kernel now holds one more reference to the node.
@@ -595,7 +605,7 @@ impl Filesystem for BenchFuse {
             return reply.attr(&self.settings.attr_timeout, &root);
         }
         match self.record(req, ino) {
-            Ok((_, meta)) => reply.attr(&self.settings.attr_timeout, &self.attr(&meta)),
+            Ok((_, meta)) => reply.attr(&self.attr_timeout(ino.0), &self.attr(&meta)),
             // The file of an open descriptor is gone (another client removed it): the
             // descriptor is stale, as its reads and writes say and NFS says; ENOENT made
             // `cat` of it report "No such file or directory".
@@ -633,7 +643,7 @@ impl Filesystem for BenchFuse {
             mtime,
         };
         match self.setattr_inner(req, ino, changes) {
-            Ok(attr) => reply.attr(&self.settings.attr_timeout, &attr),
+            Ok(attr) => reply.attr(&self.attr_timeout(ino.0), &attr),
             Err(e) => reply.error(e),
         }
     }

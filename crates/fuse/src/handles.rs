@@ -174,6 +174,13 @@ impl Handles {
             .max()
     }
 
+    /// Whether a handle of `ino` made writes whose time the servers do not hold yet.
+    pub(crate) fn has_unpublished_writes(&self, ino: u64) -> bool {
+        self.lock()
+            .values()
+            .any(|h| h.ino == ino && h.writes > h.writes_published)
+    }
+
     /// Whether a handle of `ino` is open.
     pub(crate) fn is_open(&self, ino: u64) -> bool {
         self.lock().values().any(|h| h.ino == ino)
