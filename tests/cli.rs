@@ -1140,22 +1140,11 @@ fn a_server_stopped_while_clients_connect_still_stops_cleanly() {
         };
         signal("-STOP");
         let connecting: Vec<_> = (0..4)
-            .map(|_| {
-                std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
-                    .args(["cluster", "wait", "--servers", "1", "--timeout", "1"])
-                    .args(["--dir", c.dir_arg()])
-                    .env_remove("BENCHFS_SECRET_FILE")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|_| c.spawn(&["cluster", "wait", "--servers", "1", "--timeout", "1"]))
             .collect();
-        for mut client in connecting {
-            assert!(
-                !client.wait().unwrap().success(),
-                "a stopped server answered"
-            );
+        for client in connecting {
+            let out = client.wait_with_output().unwrap();
+            assert!(!out.status.success(), "a stopped server answered");
         }
         let down = c.run(&["cluster", "down"]);
         let log = std::fs::read_to_string(c.dir.join("logs/node0.log")).unwrap();
@@ -1542,13 +1531,7 @@ fn cluster_wait_names_what_is_missing_within_its_timeout() {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .args(["cluster", "wait", "--servers", "2", "--timeout", "60"])
-        .args(["--dir", c.dir_arg()])
-        .env_remove("BENCHFS_SECRET_FILE")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiting = c.spawn(&["cluster", "wait", "--servers", "2", "--timeout", "60"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(
         waiting.try_wait().unwrap().is_none(),
@@ -1578,15 +1561,7 @@ fn cluster_wait_names_what_is_missing_within_its_timeout() {
 #[test]
 fn racing_cluster_ups_start_one_cluster() {
     let c = ClusterDir::new("c");
-    let up = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"));
-        command
-            .args(["cluster", "up", "--servers", "2", "--dir", c.dir_arg()])
-            .env_remove("BENCHFS_SECRET_FILE")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        command.spawn().unwrap()
-    };
+    let up = || c.spawn(&["cluster", "up", "--servers", "2"]);
     let runs = [up(), up()].map(|child| child.wait_with_output().unwrap());
     let (won, lost): (Vec<_>, Vec<_>) = runs.iter().partition(|out| out.status.success());
     assert_eq!((won.len(), lost.len()), (1, 1), "{runs:?}");
@@ -1615,17 +1590,7 @@ fn racing_cluster_ups_start_one_cluster() {
 #[test]
 fn cluster_downs_wait_for_a_cluster_up_and_each_other() {
     let c = ClusterDir::new("c");
-    let spawn = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
-            .args(args)
-            .args(["--dir", c.dir_arg()])
-            .env_remove("BENCHFS_SECRET_FILE")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let up = spawn(&["cluster", "up", "--servers", "2"]);
+    let up = c.spawn(&["cluster", "up", "--servers", "2"]);
     // The up writes the cluster's config with its lock held, before it starts a server.
     while !c.dir.join("benchfs.toml").exists() {
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -1642,7 +1607,7 @@ fn cluster_downs_wait_for_a_cluster_up_and_each_other() {
 
     c.cli(&["cluster", "up", "--resume"]);
     assert_eq!(running_servers(&c), 2);
-    let downs = [spawn(&["cluster", "down"]), spawn(&["cluster", "down"])]
+    let downs = [c.spawn(&["cluster", "down"]), c.spawn(&["cluster", "down"])]
         .map(|child| child.wait_with_output().unwrap());
     let mut said: Vec<String> = downs
         .iter()

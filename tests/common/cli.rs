@@ -111,6 +111,18 @@ impl ClusterDir {
         benchfs(&all, envs)
     }
 
+    /// Starts `benchfs args --dir <dir>` in the background, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_benchfs"))
+            .args(args)
+            .args(["--dir", self.dir_arg()])
+            .env_remove("BENCHFS_SECRET_FILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start benchfs")
+    }
+
     /// Runs `benchfs args --dir <dir>`, which must succeed; returns its standard output.
     #[track_caller]
     pub fn cli(&self, args: &[&str]) -> String {
