@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use benchfs::api::FileMetadata;
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs_proto::ops::StatsReply;
 use benchfs_proto::OpCode;
@@ -29,13 +30,10 @@ pub fn write_in_place(fs: &BenchFS, path: &str) -> u64 {
         fs.pwrite(fd, IN_PLACE, IN_PLACE_AT).unwrap(),
         IN_PLACE.len()
     );
-    let open = fs.fstat(fd).unwrap();
-    assert!(
-        open.mtime_ns > before.mtime_ns && open.ctime_ns >= open.mtime_ns,
-        "{path}: fstat after a write in place shows the times {} and {} (were {})",
-        open.mtime_ns,
-        open.ctime_ns,
-        before.mtime_ns
+    assert_times_moved(
+        &format!("{path}: fstat after a write in place"),
+        &fs.fstat(fd).unwrap(),
+        &before,
     );
     fs.close(fd).unwrap();
     let after = fs.stat(path).unwrap();
@@ -53,6 +51,19 @@ pub fn write_in_place(fs: &BenchFS, path: &str) -> u64 {
         after.mtime_ns
     );
     after.mtime_ns
+}
+
+/// Asserts that `now`'s modification time moved past `before`'s, and its change time with
+/// it; `what` names the look for the message.
+#[track_caller]
+pub fn assert_times_moved(what: &str, now: &FileMetadata, before: &FileMetadata) {
+    assert!(
+        now.mtime_ns > before.mtime_ns && now.ctime_ns >= now.mtime_ns,
+        "{what} shows the times {} and {} (were {})",
+        now.mtime_ns,
+        now.ctime_ns,
+        before.mtime_ns
+    );
 }
 
 /// What [`write_in_place`] writes.
