@@ -374,7 +374,7 @@ fn cluster_up_resume_starts_the_servers_that_stopped() {
     let killed = before[1];
     kill_node(&c, "node1", killed);
     let out = c.cli(&["cluster", "up", "--resume"]);
-    assert!(out.contains("1 servers (2 were running)"), "{out}");
+    assert!(out.contains("1 server (2 were running)"), "{out}");
     let after = c.pids();
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(
@@ -407,7 +407,7 @@ fn cluster_up_resume_starts_a_server_whose_data_directory_was_removed() {
     let node1_data = Path::new(c.dir_arg()).join("data/node1");
     std::fs::remove_dir_all(&node1_data).unwrap();
     let out = c.cli(&["cluster", "up", "--resume"]);
-    assert!(out.contains("1 servers (2 were running)"), "{out}");
+    assert!(out.contains("1 server (2 were running)"), "{out}");
     assert!(node1_data.is_dir(), "node1 got no data directory");
     let status = c.cli(&["cluster", "status"]);
     assert!(!status.contains("unreachable"), "{status}");
@@ -1150,7 +1150,7 @@ fn a_server_stopped_while_clients_connect_still_stops_cleanly() {
         let log = std::fs::read_to_string(c.dir.join("logs/node0.log")).unwrap();
         assert!(!log.contains("Caught signal"), "round {round}: {log}");
         let out = down.ok();
-        assert!(out.contains("1 servers stopped (0 forced)"), "{out}");
+        assert!(out.contains("1 server stopped (0 forced)"), "{out}");
         assert!(c.dir.join("data/node0/stopped-cleanly").exists(), "{log}");
     }
 }

@@ -301,9 +301,9 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         n => format!(" ({n} were running)"),
     };
     outln!(
-        "cluster {}: {} servers{also}, backend {backend}, dir {}",
+        "cluster {}: {}{also}, backend {backend}, dir {}",
         if args.resume { "resumed" } else { "up" },
-        nodes.len(),
+        servers(nodes.len()),
         dir.display()
     );
     if args.resume && backend == Backend::Memory {
@@ -1109,8 +1109,8 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
         outln!("cluster down: no server of this cluster was running");
     } else {
         outln!(
-            "cluster down: {} servers stopped ({} forced)",
-            pids.len(),
+            "cluster down: {} stopped ({} forced)",
+            servers(pids.len()),
             forced.len()
         );
     }
@@ -1156,6 +1156,14 @@ fn last_words(log: &str) -> Option<&str> {
     lines.find(|l| !is_ucx(l)).or(last)
 }
 
+/// `n` servers, in words: "1 server", "2 servers".
+fn servers(n: usize) -> String {
+    match n {
+        1 => "1 server".to_string(),
+        n => format!("{n} servers"),
+    }
+}
+
 /// `benchfs cluster wait`: polls the registry until it lists `servers` servers and each
 /// answers, retrying until `--timeout` (a server killed and started again, a registry
 /// entry being replaced, a server still opening its store).
@@ -1177,7 +1185,8 @@ fn wait(args: &WaitArgs) -> Result<(), CliError> {
         let not_ready = match wait_once(args, &config) {
             Ok(published) => {
                 outln!(
-                    "{published} servers published in {} and answering",
+                    "{} published in {} and answering",
+                    servers(published),
                     dir.display()
                 );
                 return Ok(());
