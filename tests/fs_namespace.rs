@@ -575,6 +575,32 @@ fn the_root_is_neither_removed_nor_renamed_and_says_so_without_a_retry() {
 }
 
 #[test]
+fn the_root_shows_the_clusters_start_and_inode_one() {
+    // Found by a hostile-user run: stat("/") gave inode 0 and times of 1970, which `find
+    // -newer` and backup tools take at their word.
+    let before = benchfs_proto::meta::now_ns();
+    let mut cluster = Cluster::start(ClusterSpec::default());
+    let after = benchfs_proto::meta::now_ns();
+    let fs = cluster.client();
+    let root = fs.stat("/").unwrap();
+    assert!(root.is_dir());
+    assert_eq!(root.file_id, benchfs_proto::meta::ROOT_FILE_ID);
+    for t in [root.mtime_ns, root.ctime_ns, root.atime_ns, root.birth_ns] {
+        assert!((before..=after).contains(&t), "{before} <= {t} <= {after}");
+    }
+    write_file(&fs, "/f", b"bytes");
+    fs.mkdir("/d", 0o755).unwrap();
+    for path in ["/f", "/d"] {
+        assert_ne!(fs.stat(path).unwrap().file_id, root.file_id, "{path}");
+    }
+    // Every client shows the same root, and a restarted server (a store born later) does
+    // not move it.
+    cluster.kill(0);
+    cluster.restart(0);
+    assert_eq!(cluster.client().stat("/").unwrap(), root);
+}
+
+#[test]
 fn a_directory_made_where_a_killed_client_left_a_create_starts_empty() {
     // Regression (hostile run): a create sends its record and the lookup of its parent at
     // once. A client killed after the record landed under a missing parent (or a file),

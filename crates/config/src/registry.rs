@@ -184,6 +184,18 @@ pub fn rejoins(dir: &Path, node_id: &str, apart_ns: u64) -> bool {
     })
 }
 
+/// When the cluster whose registry is `dir` began: the earliest store birth its
+/// membership markers record (a server that rejoins keeps its life's mark, so a restart
+/// does not move it), if any does.
+pub fn cluster_born_ns(dir: &Path) -> Option<u64> {
+    members(dir)
+        .iter()
+        .filter_map(|node| std::fs::read_to_string(member_path(dir, node)).ok())
+        .filter_map(|text| text.trim().parse::<u64>().ok())
+        .filter(|&born| born != BORN_UNKNOWN)
+        .min()
+}
+
 /// When the store of `entry`'s server began ([`BORN_SETTING`]), if the entry says.
 pub fn born_ns(entry: &ServerEntry) -> Option<u64> {
     entry.settings.get(BORN_SETTING)?.parse().ok()

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use benchfs_proto::path;
 
 /// The root's node id.
-pub(crate) const ROOT: u64 = 1;
+pub(crate) const ROOT: u64 = benchfs_proto::meta::ROOT_FILE_ID;
 
 struct Node {
     path: String,

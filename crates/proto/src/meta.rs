@@ -102,6 +102,10 @@ pub struct FileMetadata {
     pub inline: bool,
 }
 
+/// The root directory's inode number. The root has no record; no server hands this number
+/// out, and a mount's root node id is the same.
+pub const ROOT_FILE_ID: u64 = 1;
+
 /// Encoded size of [`FileMetadata`].
 pub const FILE_METADATA_LEN: usize = 72;
 

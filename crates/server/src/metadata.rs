@@ -143,8 +143,12 @@ impl MetadataTable {
             seals_made: 0,
             recent: RecentChanges::new(Duration::ZERO),
             id_prefix: u64::from(inode_tag) << 32,
-            // Inode number 1 is the root's (a FUSE mount's root node id), never a record's.
-            next_id: if inode_tag == 0 { 2 } else { 1 },
+            // The root's inode number is never a record's.
+            next_id: if inode_tag == 0 {
+                benchfs_proto::meta::ROOT_FILE_ID + 1
+            } else {
+                1
+            },
             chunk_size,
             stale_marks: HashSet::new(),
             sealed_names: HashSet::new(),

@@ -40,7 +40,7 @@ use super::data::{chunk_write, fill_from, WriteSource};
 use super::handles::OpenFile;
 use super::namespace::group_passed_on;
 use super::read_ahead::ReadDst;
-use super::{fs_err, root_meta, rpc_err, Fd, FsClient};
+use super::{fs_err, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
 use crate::rpc::{OutPayload, RpcError};
@@ -162,7 +162,7 @@ impl FsClient {
             source,
         })?;
         let parent = match self.meta_cache.borrow_mut().get(parent) {
-            _ if parent == "/" => Some(root_meta()),
+            _ if parent == "/" => Some(self.root),
             Some(m) if m.is_dir() => Some(m),
             Some(_) => return Err(fs_err("open", path, Status::NotDir)),
             None => None,

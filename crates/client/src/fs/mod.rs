@@ -109,6 +109,8 @@ pub struct FsClient {
     inline_limit: u64,
     /// When this client last moved each directory's times (`dir_times`).
     dirs_touched: RefCell<HashMap<String, std::time::Instant>>,
+    /// The root's metadata, which no server holds.
+    root: FileMetadata,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -137,20 +139,25 @@ pub fn process_owner() -> Owner {
     }
 }
 
-/// Root directory metadata; "/" has no record on any server.
-fn root_meta() -> FileMetadata {
+/// Root directory metadata; "/" has no record on any server. Its times are the cluster's
+/// start (the same for every client of it, see [`registry::cluster_born_ns`]), else the
+/// earliest store birth among `entries`, else now.
+fn root_meta(registry_dir: &std::path::Path, entries: &[ServerEntry]) -> FileMetadata {
+    let born_ns = registry::cluster_born_ns(registry_dir)
+        .or_else(|| entries.iter().filter_map(registry::born_ns).min())
+        .unwrap_or_else(benchfs_proto::meta::now_ns);
     FileMetadata {
-        file_id: 0,
+        file_id: benchfs_proto::meta::ROOT_FILE_ID,
         kind: EntryKind::Directory,
         size: 0,
         mode: 0o755,
         uid: 0,
         gid: 0,
         chunk_size: benchfs_proto::limits::CHUNK_SIZE_MIN,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        atime_ns: 0,
-        birth_ns: 0,
+        mtime_ns: born_ns,
+        ctime_ns: born_ns,
+        atime_ns: born_ns,
+        birth_ns: born_ns,
         inline: false,
     }
 }
@@ -274,6 +281,7 @@ impl FsClient {
                 .unwrap_or(config.placement.virtual_nodes);
         let shared_memory = config.network.shared_memory && !shared_memory_refused(&entries);
         let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), virtual_nodes)?;
+        let root = root_meta(&config.network.registry_dir, &entries);
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
         for entry in entries {
             let index = ring
@@ -322,6 +330,7 @@ impl FsClient {
             pipeline: Pipeline::new(&config.client),
             inline_limit: config.storage.inline_bytes,
             dirs_touched: RefCell::default(),
+            root,
         })
     }
 

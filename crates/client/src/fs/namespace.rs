@@ -14,7 +14,7 @@ use super::data::WriteSource;
 use super::inline::{Inline, Record};
 use super::routing::is_unreachable;
 use super::tree::CLOCK_SKEW_MAX_NS;
-use super::{fanout, fs_err, names_dir, norm, root_meta, rpc_err, DirEntry, FsClient};
+use super::{fanout, fs_err, names_dir, norm, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
 
@@ -41,7 +41,7 @@ impl FsClient {
         R: benchfs_proto::Rpc<Request = ops::PathRequest, Reply = ops::MetadataReply>,
     {
         if path == "/" {
-            return Ok(root_meta());
+            return Ok(self.root);
         }
         // Only directory records are served from the cache: a file's size changes with
         // every other client's close, and a stat must see it (IOR checks sizes across
