@@ -424,3 +424,45 @@ fn a_look_at_the_record_that_spans_the_clients_own_inline_write_or_size_update_k
     fs.close(cutter).unwrap();
     assert_eq!(other.stat("/sized").unwrap().size, 1_000);
 }
+
+#[test]
+fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
+    // Found by a hostile run: a handle that knew a longer file wrote inside that length
+    // after another client cut the file; its write and close succeeded, and the close
+    // published no size, so the bytes were past the end: lost.
+    let cluster = Cluster::start(ClusterSpec::default());
+    // Writes wait for their servers, so each lands before the cut that follows it.
+    let mut config = cluster.config();
+    config.client.write_behind_bytes = 0;
+    let writer = BenchFS::connect(&config).unwrap();
+    let other = cluster.client();
+    let rdwr = OpenFlags::READ | OpenFlags::WRITE;
+    let old = pattern(3 * C + 1000, 7);
+    // Offsets in the first chunk, in a later one, and at the end of a cut chunk.
+    for (i, at) in [200, 2 * C as u64 + 17, 99].into_iter().enumerate() {
+        let name = format!("/after{i}");
+        write_file(&writer, &name, &old);
+        let fd = writer.open(&name, rdwr, 0).unwrap();
+        other.truncate(&name, 100).unwrap();
+        writer.pwrite(fd, b"ZZZZ", at).unwrap();
+        writer.close(fd).unwrap();
+        let mut want = old[..100].to_vec();
+        want.resize(at as usize, 0);
+        want.splice(at as usize..(at as usize + 4).min(want.len()), []);
+        want.extend_from_slice(b"ZZZZ");
+        assert_eq!(other.stat(&name).unwrap().size, at + 4, "{name}");
+        assert!(read_file(&other, &name) == want, "{name}: the bytes");
+    }
+    // The same writes made before the cut went with it, as on a local file system: the
+    // close does not grow the file back over the cut range.
+    for (i, at) in [200, 2 * C as u64 + 17].into_iter().enumerate() {
+        let name = format!("/before{i}");
+        write_file(&writer, &name, &old);
+        let fd = writer.open(&name, rdwr, 0).unwrap();
+        writer.pwrite(fd, b"ZZZZ", at).unwrap();
+        other.truncate(&name, 100).unwrap();
+        writer.close(fd).unwrap();
+        assert_eq!(other.stat(&name).unwrap().size, 100, "{name}");
+        assert!(read_file(&other, &name) == old[..100], "{name}: the bytes");
+    }
+}

@@ -1300,6 +1300,34 @@ fn a_mount_killed_during_a_directory_rename_loses_no_file() {
 }
 
 #[test]
+fn a_write_after_another_clients_cut_is_kept() {
+    // Found by a hostile run: a descriptor of a file another client then cut wrote inside
+    // the length it knew; write, fsync and close succeeded, and the bytes were lost past
+    // the end the cut left.
+    let Some(mut m) = Mounted::start("fuse write after a cut", ClusterSpec::default(), "") else {
+        return;
+    };
+    let api = m.cluster.client();
+    let old = common::pattern(6 << 20, 3);
+    fs::write(m.path("cut"), &old).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("cut"))
+        .unwrap();
+    api.truncate("/cut", 100).unwrap();
+    f.write_at(b"ZZZZ", 200).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut want = old[..100].to_vec();
+    want.resize(200, 0);
+    want.extend_from_slice(b"ZZZZ");
+    assert_eq!(api.stat("/cut").unwrap().size, 204);
+    assert!(common::files::read_file(&api, "/cut") == want);
+    m.unmount();
+}
+
+#[test]
 fn a_reader_open_before_another_client_grew_the_file_reads_the_growth() {
     // Regression (hostile run): a handle of one mount kept reading up to the size it
     // opened with while stat showed what another client (a mount, the API) wrote since,

@@ -266,21 +266,27 @@ impl BenchFuse {
         if !handle.dirty && handle.writes == handle.writes_published {
             return Ok(());
         }
-        // Writes in place ask for no size (at least 0): the time alone moves, and a file
-        // another client cut does not grow back.
-        let size = if handle.dirty { handle.size } else { 0 };
         let published = self.call(req, |fs| {
-            fs.block_on(
-                fs.client()
-                    .grow_size(&handle.path, handle.meta.file_id, size),
-            )
+            let client = fs.client();
+            fs.block_on(async {
+                if handle.dirty {
+                    client
+                        .grow_size(&handle.path, handle.meta.file_id, handle.size)
+                        .await
+                } else {
+                    client
+                        .publish_writes_in_place(&handle.path, handle.meta, handle.wrote_to)
+                        .await
+                }
+            })
         });
         match published {
             // A file another client removed has no time to move.
-            Err(e) if size == 0 && (e == Errno::ENOENT || e == Errno::ESTALE) => {}
+            Err(e) if !handle.dirty && (e == Errno::ENOENT || e == Errno::ESTALE) => {}
             published => drop(published?),
         }
-        self.handles.published(fh.0, handle.size, handle.writes);
+        self.handles
+            .published(fh.0, handle.size, handle.writes, handle.wrote_to);
         Ok(())
     }
 

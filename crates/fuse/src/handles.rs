@@ -28,6 +28,9 @@ pub(crate) struct Handle {
     pub writes: u64,
     /// How many of `writes` the file's modification time on the servers covers.
     pub writes_published: u64,
+    /// How far the writes not yet published reach (0: none), kept by the publish when
+    /// another client cut the file before them (`FsClient::publish_writes_in_place`).
+    pub wrote_to: u64,
     /// How far this mount has seen the file written, through any handle, closed ones
     /// included: how far reads and appends through this handle go. Unlike `size`, never
     /// published.
@@ -60,6 +63,7 @@ impl Handles {
             dirty: false,
             writes: 0,
             writes_published: 0,
+            wrote_to: 0,
             seen: meta.size,
             looked_at: Instant::now(),
         };
@@ -107,6 +111,7 @@ impl Handles {
         if let Some(h) = self.lock().get_mut(&fh) {
             h.seen = h.seen.max(end);
             h.writes += 1;
+            h.wrote_to = h.wrote_to.max(end);
             if end > h.size {
                 h.size = end;
                 h.dirty = true;
@@ -115,11 +120,14 @@ impl Handles {
     }
 
     /// The servers now hold the size and time of handle `fh` as they were when it had
-    /// size `seen` and had made `writes` writes.
-    pub(crate) fn published(&self, fh: u64, seen: u64, writes: u64) {
+    /// size `seen`, had made `writes` writes, and they reached `wrote_to`.
+    pub(crate) fn published(&self, fh: u64, seen: u64, writes: u64, wrote_to: u64) {
         if let Some(h) = self.lock().get_mut(&fh) {
             if h.size == seen {
                 h.dirty = false;
+            }
+            if h.wrote_to <= wrote_to {
+                h.wrote_to = 0;
             }
             h.writes_published = h.writes_published.max(writes);
         }
@@ -200,6 +208,7 @@ impl Handles {
             h.size = size;
             h.seen = size;
             h.dirty = false;
+            h.wrote_to = 0;
         }
     }
 

@@ -359,7 +359,7 @@ impl FsClient {
         }
         let end = offset + len as u64;
         self.with_file(fd, |f| {
-            f.touched = true;
+            f.wrote_to = f.wrote_to.max(Some(end));
             if end > f.size {
                 f.size = end;
                 f.size_dirty = true;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::{ops, Status};
 use futures_util::future::join_all;
 
@@ -30,10 +31,12 @@ pub(super) struct OpenFile {
     pub(super) size: u64,
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
-    /// Whether the handle wrote since it last published: its close then moves the file's
-    /// modification time even when the size did not grow, as a write in place does on
-    /// Linux (a file rewritten in place kept its old time, which `rsync` and `make` trust).
-    pub(super) touched: bool,
+    /// How far the handle's writes since it last published reach, if it wrote: its close
+    /// then moves the file's modification time even when the size did not grow, as a
+    /// write in place does on Linux (a file rewritten in place kept its old time, which
+    /// `rsync` and `make` trust), and keeps writes that landed after another client cut
+    /// the file (see [`FsClient::publish_writes_in_place`]).
+    pub(super) wrote_to: Option<u64>,
     /// Why this handle's deferred create failed, when it did: the handle has no file, and
     /// every later call on it fails so (see `inline::make_deferred`).
     pub(super) unmade: Option<Status>,
@@ -76,7 +79,7 @@ impl OpenFile {
             pos: 0,
             size: meta.size,
             size_dirty: false,
-            touched: false,
+            wrote_to: None,
             unmade: None,
             write_error: None,
             read_ahead: ReadAhead::default(),
@@ -194,27 +197,35 @@ impl FsClient {
         self.make_deferred(fd).await?;
         self.drain_fd(fd).await;
         self.write_error(fd)?;
-        let Some((path, file_id, size, changes)) = self.with_file(fd, |f| {
-            // A handle that only wrote in place asks for no size (at least 0): the
-            // update moves the time alone, and never grows back a file another client cut.
-            let size = if f.size_dirty { f.size } else { 0 };
-            (f.size_dirty || f.touched)
-                .then(|| (f.path.clone(), f.meta.file_id, size, f.own_changes))
+        let Some((path, meta, grown, changes)) = self.with_file(fd, |f| {
+            let grown = f.size_dirty.then_some(f.size);
+            (grown.is_some() || f.wrote_to.is_some())
+                .then(|| (f.path.clone(), f.meta, grown, f.own_changes))
         })?
         else {
             return Ok(());
         };
-        let meta = match self.grow_size(&path, file_id, size).await {
+        let published = match grown {
+            Some(size) => self.grow_size(&path, meta.file_id, size).await,
+            None => {
+                let wrote_to = self.with_file(fd, |f| f.wrote_to.unwrap_or(0))?;
+                self.publish_writes_in_place(&path, meta, wrote_to).await
+            }
+        };
+        let meta = match published {
             Ok(meta) => Some(meta),
             // A file another client removed has no time to move.
-            Err(e) if size == 0 && matches!(e.status(), Some(Status::NotFound | Status::Stale)) => {
+            Err(e)
+                if grown.is_none()
+                    && matches!(e.status(), Some(Status::NotFound | Status::Stale)) =>
+            {
                 None
             }
             Err(e) => return Err(e),
         };
         self.with_file(fd, |f| {
             f.size_dirty = false;
-            f.touched = false;
+            f.wrote_to = None;
             if let Some(meta) = meta {
                 // The times the update gave: this handle's fstat shows its own writes'.
                 f.meta.mtime_ns = f.meta.mtime_ns.max(meta.mtime_ns);
@@ -331,6 +342,63 @@ impl FsClient {
         self.following_renames(file_id, path, grow).await
     }
 
+    /// Publishes writes in place of file `meta`, named `path`, that reached `wrote_to`
+    /// without growing the file as the writer knew it; returns the record. The update
+    /// asks for no size (at least 0), so it moves the time alone and grows back no file
+    /// another client cut before the writes. When the file now ends before `wrote_to`,
+    /// another client cut it since the writer looked, and the writes' last byte tells
+    /// the order: still held, they landed after the cut and are the file's, which then
+    /// grows to their end (the cut range between reads as zeros, as a truncate leaves
+    /// it); cut, they came before and went with it, as on a local file system.
+    pub async fn publish_writes_in_place(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        wrote_to: u64,
+    ) -> Result<FileMetadata, ApiError> {
+        let published = self.grow_size(path, meta.file_id, 0).await?;
+        if published.size >= wrote_to || published.inline {
+            return Ok(published);
+        }
+        if !self.holds_byte(meta, wrote_to - 1).await {
+            return Ok(published);
+        }
+        match self.grow_size(path, meta.file_id, wrote_to).await {
+            // Removed meanwhile: nothing left to keep.
+            Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => {
+                Ok(published)
+            }
+            grown => grown,
+        }
+    }
+
+    /// Whether a server of file `meta`'s chunk holds the byte at `offset`. One that
+    /// cannot be asked counts as holding it: growing a file over a cut range, which
+    /// reads as zeros, is the lesser harm than losing bytes whose writes succeeded.
+    async fn holds_byte(&self, meta: FileMetadata, offset: u64) -> bool {
+        let chunk_size = meta.chunk_size.max(1);
+        let req = ops::ChunkIo {
+            file_id: meta.file_id,
+            index: offset / chunk_size,
+            offset: offset % chunk_size,
+            len: 1,
+        };
+        let key = PlacementKey::Chunk {
+            file_id: meta.file_id,
+            index: req.index,
+        };
+        match self
+            .read_any_into::<ops::ReadChunk>(key, &req, || None, |_, _| Ok(()))
+            .await
+        {
+            Ok(r) => r.reply.len == 1,
+            Err(e) => {
+                tracing::debug!(error = %e, file_id = meta.file_id, offset, "a held byte could not be checked");
+                true
+            }
+        }
+    }
+
     /// Closes a handle once its writes came back, publishing its size; fails if one of
     /// them failed (the handle is closed either way).
     pub async fn close(&self, fd: Fd) -> Result<(), ApiError> {
@@ -416,7 +484,7 @@ impl FsClient {
         self.drain_path_writes(path).await;
         let dirty = self.fds_where(|f| {
             f.path == path
-                && (f.size_dirty || f.touched)
+                && (f.size_dirty || f.wrote_to.is_some())
                 && f.write_error.is_none()
                 && f.unmade.is_none()
         });

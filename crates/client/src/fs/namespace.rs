@@ -544,7 +544,7 @@ impl FsClient {
         for file in self.files.borrow_mut().values_mut() {
             if file.path == path {
                 file.size_dirty = false;
-                file.touched = false;
+                file.wrote_to = None;
             }
         }
         self.touch_parents(&[&path]).await;
@@ -670,7 +670,7 @@ impl FsClient {
             f.size = meta.size;
             f.size_dirty = false;
             // The cut's time covers what the handles wrote before it.
-            f.touched = false;
+            f.wrote_to = None;
             // Cut bytes are no longer the file's: a write past the cut leaves a hole.
             f.meta.size = f.meta.size.min(meta.size);
             let chunk_size = f.meta.chunk_size.max(1);
