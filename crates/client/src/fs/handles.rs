@@ -365,9 +365,7 @@ impl FsClient {
         }
         match self.grow_size(path, meta.file_id, wrote_to).await {
             // Removed meanwhile: nothing left to keep.
-            Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => {
-                Ok(published)
-            }
+            Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => Ok(published),
             grown => grown,
         }
     }
