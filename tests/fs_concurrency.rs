@@ -466,3 +466,35 @@ fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
         assert!(read_file(&other, &name) == old[..100], "{name}: the bytes");
     }
 }
+
+#[test]
+fn a_handle_open_before_another_clients_cut_reads_to_the_cut_not_zeros() {
+    // Found by a hostile run: a handle that knew the longer file read zeros from the cut
+    // to the old end, bytes the file no longer held, and fstat gave the old size.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let (reader, other) = (cluster.client(), cluster.client());
+    let old = pattern(3 * C + 1000, 9);
+    for (name, cut) in [("/cut-in-chunk", 100), ("/cut-at-chunk", C)] {
+        write_file(&other, name, &old);
+        let fd = reader.open(name, OpenFlags::READ, 0).unwrap();
+        other.truncate(name, cut as u64).unwrap();
+        let mut buf = vec![0xffu8; old.len()];
+        let n = reader.pread(fd, &mut buf, 0).unwrap();
+        assert_eq!(n, cut, "{name}: the read ends at the cut");
+        assert!(buf[..n] == old[..cut], "{name}: the bytes");
+        assert_eq!(reader.fstat(fd).unwrap().size, cut as u64, "{name}");
+        assert_eq!(reader.pread(fd, &mut buf, cut as u64).unwrap(), 0, "{name}");
+        reader.close(fd).unwrap();
+    }
+    // A hole stays a hole: zeros up to the size, which no cut moved.
+    let fd = other
+        .open("/sparse", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    other.pwrite(fd, b"end", 2 * C as u64).unwrap();
+    other.close(fd).unwrap();
+    let fd = reader.open("/sparse", OpenFlags::READ, 0).unwrap();
+    let mut buf = vec![0xffu8; 3 * C];
+    assert_eq!(reader.pread(fd, &mut buf, 0).unwrap(), 2 * C + 3);
+    assert!(buf[..2 * C].iter().all(|&b| b == 0) && &buf[2 * C..2 * C + 3] == b"end");
+    reader.close(fd).unwrap();
+}

@@ -1300,10 +1300,10 @@ fn a_mount_killed_during_a_directory_rename_loses_no_file() {
 }
 
 #[test]
-fn a_write_after_another_clients_cut_is_kept() {
+fn writes_and_reads_after_another_clients_cut_keep_to_the_file() {
     // Found by a hostile run: a descriptor of a file another client then cut wrote inside
     // the length it knew; write, fsync and close succeeded, and the bytes were lost past
-    // the end the cut left.
+    // the end the cut left. And one that read after the cut read zeros to the old end.
     let Some(mut m) = Mounted::start("fuse write after a cut", ClusterSpec::default(), "") else {
         return;
     };
@@ -1324,6 +1324,16 @@ fn a_write_after_another_clients_cut_is_kept() {
     want.extend_from_slice(b"ZZZZ");
     assert_eq!(api.stat("/cut").unwrap().size, 204);
     assert!(common::files::read_file(&api, "/cut") == want);
+    // A descriptor open before the cut reads to it, not zeros to the old end.
+    fs::write(m.path("cut"), &old).unwrap();
+    let f = File::open(m.path("cut")).unwrap();
+    api.truncate("/cut", 100).unwrap();
+    let mut buf = vec![0xffu8; 1 << 20];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(n, 100, "the read ends at the cut");
+    assert!(buf[..n] == old[..100]);
+    assert_eq!(f.read_at(&mut buf, 100).unwrap(), 0);
+    drop(f);
     m.unmount();
 }
 

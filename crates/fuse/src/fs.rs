@@ -290,6 +290,38 @@ impl BenchFuse {
         Ok(())
     }
 
+    /// A read of `n` bytes at `offset` through handle `fh` met a chunk shorter than it
+    /// asked: a hole, or another client cut the file since this mount looked. The record
+    /// says which; after a cut the read ends there, rather than in zeros the file no
+    /// longer holds, and the mount's handles know the size. Not while a handle of the
+    /// file has writes to publish: its close sorts those out.
+    fn cut_elsewhere(&self, req: &Request, fh: FileHandle, offset: u64, n: usize) -> usize {
+        let Some(handle) = self.handles.get(fh.0) else {
+            return n;
+        };
+        if self.handles.has_unpublished_writes(handle.ino)
+            || self.handles.size_of(handle.ino, true).is_some()
+        {
+            return n;
+        }
+        let _publishing = self.publishing(handle.ino);
+        let published = self
+            .call(req, |fs| fs.stat(&handle.path))
+            .ok()
+            .filter(|m| m.file_id == handle.meta.file_id)
+            .map(|m| m.size);
+        let Some(size) = published else {
+            return n;
+        };
+        self.handles.looked(fh.0, Some(size));
+        let end = offset.saturating_add(n as u64);
+        if size >= end {
+            return n;
+        }
+        self.handles.truncated(handle.ino, size);
+        size.saturating_sub(offset) as usize
+    }
+
     fn set_times(
         &self,
         req: &mut SetAttrRequest,
@@ -811,10 +843,19 @@ impl Filesystem for BenchFuse {
         }
         let mut buf = vec![0; size as usize];
         let read = self.call(req, |fs| {
-            fs.read_at(&handle.path, handle.meta, limit, &mut buf, offset)
+            let short_before = fs.client().short_reads();
+            let n = fs.read_at(&handle.path, handle.meta, limit, &mut buf, offset)?;
+            Ok((n, fs.client().short_reads() != short_before))
         });
         match read {
-            Ok(n) => reply.data(&buf[..n]),
+            Ok((n, short)) => {
+                let n = if short {
+                    self.cut_elsewhere(req, fh, offset, n)
+                } else {
+                    n
+                };
+                reply.data(&buf[..n])
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -573,6 +573,7 @@ impl FsClient {
         let Some(plan) = self.read_plan(fd, dst.len(), offset).await? else {
             return Ok(0);
         };
+        let short_before = self.short_reads.get();
         let served = self.read_prefetched(fd, &plan, &mut dst).await;
         if served < plan.len {
             let rest = plan.after(served)?;
@@ -581,8 +582,16 @@ impl FsClient {
                 ReadDst::Loan(loan) => self.read_into_loan(rest, loan).await?,
             };
         }
-        self.read_ahead_after(fd, offset, plan.len).await;
-        Ok(plan.len)
+        let mut len = plan.len;
+        if self.short_reads.get() != short_before {
+            // A hole, or another client cut the file since the handle looked: the bytes
+            // past a cut are no file's, so the read ends there rather than in zeros.
+            self.catch_up(fd).await;
+            let size = self.with_file(fd, |f| f.size)?;
+            len = len.min(size.saturating_sub(offset) as usize);
+        }
+        self.read_ahead_after(fd, offset, len).await;
+        Ok(len)
     }
 
     /// [`FsClient::read_at`] into a loan's memory, as [`FsClient::pread_lent`].
@@ -724,6 +733,9 @@ impl FsClient {
             )
             .await?;
         let got = r.payload.len() + r.sunk;
+        if r.reply.len < len {
+            self.short_reads.set(self.short_reads.get() + 1);
+        }
         if r.reply.len != got as u64 || r.reply.len > len {
             return Err(RpcError::Protocol {
                 server: "chunk server".into(),

@@ -65,6 +65,20 @@ pub(super) struct OpenFile {
 }
 
 impl OpenFile {
+    /// The file was cut to `size`: the handle knows it so, has no larger size to publish,
+    /// and bytes past the cut are no longer the file's (a write past it leaves a hole).
+    pub(super) fn cut_to(&mut self, size: u64) {
+        self.size = size;
+        self.size_dirty = false;
+        self.meta.size = self.meta.size.min(size);
+        let chunk_size = self.meta.chunk_size.max(1);
+        self.acked.retain(|&index, end| {
+            let left = size.saturating_sub(index.saturating_mul(chunk_size));
+            *end = (*end).min(left);
+            *end > 0
+        });
+    }
+
     /// A handle of file `meta` at `path`, open as `flags`, that knows the record's size.
     pub(super) fn new(
         path: String,

@@ -643,6 +643,16 @@ impl FsClient {
             }
             if record.meta.size > f.size {
                 f.size = record.meta.size;
+            } else if record.meta.size < f.size
+                && !f.size_dirty
+                && f.wrote_to.is_none()
+                && f.inline.is_none()
+                && !record.meta.inline
+            {
+                // Another client cut the file since the handle looked: reads stop at the
+                // cut, not read zeros to the old end. (A handle with writes of its own
+                // to publish keeps its size until its close sorts them out.)
+                f.cut_to(record.meta.size);
             }
             match (&mut f.inline, record.meta.inline) {
                 // The record holds every byte this client wrote too (its writes go there

@@ -111,6 +111,9 @@ pub struct FsClient {
     dirs_touched: RefCell<HashMap<String, std::time::Instant>>,
     /// The root's metadata, which no server holds.
     root: FileMetadata,
+    /// Chunk reads that came back shorter than asked (a hole, or a file cut since the
+    /// handle looked): a handle's read that met one checks the file's size.
+    short_reads: Cell<u64>,
 }
 
 impl std::fmt::Debug for FsClient {
@@ -331,7 +334,14 @@ impl FsClient {
             inline_limit: config.storage.inline_bytes,
             dirs_touched: RefCell::default(),
             root,
+            short_reads: Cell::new(0),
         })
+    }
+
+    /// Chunk reads of this client so far that came back shorter than asked: a hole, or a
+    /// file another client cut since the reader looked (a mount checks the size then).
+    pub fn short_reads(&self) -> u64 {
+        self.short_reads.get()
     }
 
     /// Sets the chunk size of the files this client creates from now on: a power of two

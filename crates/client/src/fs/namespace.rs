@@ -667,18 +667,9 @@ impl FsClient {
             .values_mut()
             .filter(|f| f.meta.file_id == meta.file_id)
         {
-            f.size = meta.size;
-            f.size_dirty = false;
+            f.cut_to(meta.size);
             // The cut's time covers what the handles wrote before it.
             f.wrote_to = None;
-            // Cut bytes are no longer the file's: a write past the cut leaves a hole.
-            f.meta.size = f.meta.size.min(meta.size);
-            let chunk_size = f.meta.chunk_size.max(1);
-            f.acked.retain(|&index, end| {
-                let left = meta.size.saturating_sub(index.saturating_mul(chunk_size));
-                *end = (*end).min(left);
-                *end > 0
-            });
             if let Some(Inline::Held(copy)) = &mut f.inline {
                 copy.resize(meta.size as usize, 0);
             }

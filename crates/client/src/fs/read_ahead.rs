@@ -209,6 +209,9 @@ impl FsClient {
             };
             let n = (piece.end - pos).min((plan.len - served) as u64) as usize;
             let from = (pos - piece.base) as usize;
+            if data.len() < from + n {
+                self.short_reads.set(self.short_reads.get() + 1);
+            }
             if !dst.put(served..served + n, data.get(from..).unwrap_or_default()) {
                 break;
             }
