@@ -177,6 +177,9 @@ fn a_failed_get_leaves_no_partial_local_file() {
     let stderr = on(&cluster, &["get", "/big", arg(&old)]).failed();
     assert!(stderr.contains("/big"), "{stderr}");
     assert_eq!(std::fs::read(&old).unwrap(), b"the previous contents");
+    // To standard output, the error names the command given (it said `cat`).
+    let stderr = on(&cluster, &["get", "/big", "-"]).failed();
+    assert!(stderr.contains("get /big -> -: "), "{stderr}");
     assert_eq!(
         local_names(local.path()),
         ["old.bin"],

@@ -65,7 +65,15 @@ pub struct DataDirLock {
     _file: File,
 }
 
-/// Locks `data_dir` (`.benchfsd.lock`, an exclusive advisory lock) or says who holds it.
+/// How long a start waits for the data directory's lock: a server killed just now holds it
+/// until the kernel has torn the process down (longer for a large memory store), and a
+/// `kill -9` followed at once by `cluster up --resume` failed on it.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a start waiting for the lock tries it again.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Locks `data_dir` (`.benchfsd.lock`, an exclusive advisory lock) or says who holds it,
+/// once it has stayed held for [`LOCK_GRACE`].
 pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, ClaimError> {
     let path = data_dir.join(".benchfsd.lock");
     let lock_error = |source| ClaimError::Lock {
@@ -79,13 +87,21 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, ClaimError> {
         .write(true)
         .open(&path)
         .map_err(lock_error)?;
-    match file.try_lock() {
-        Ok(()) => Ok(DataDirLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ClaimError::DataDirInUse {
-            dir: data_dir.to_path_buf(),
-            lock: path,
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(lock_error(e)),
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ClaimError::DataDirInUse {
+                    dir: data_dir.to_path_buf(),
+                    lock: path,
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+        }
     }
 }
 
@@ -158,5 +174,30 @@ async fn answers_as(
             tracing::debug!(error = %e, addr = %entry.addr, "registry entry does not answer");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_let_go_within_the_grace_is_taken_and_one_held_past_it_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        // A holder that exits soon, as a server killed just now does.
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(LOCK_GRACE / 4);
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        let taken = lock_data_dir(dir.path()).expect("taken once let go");
+        assert!(started.elapsed() < LOCK_GRACE, "{:?}", started.elapsed());
+        letting_go.join().unwrap();
+        match lock_data_dir(dir.path()) {
+            Err(ClaimError::DataDirInUse { dir: named, .. }) => assert_eq!(named, dir.path()),
+            other => panic!("a held lock: {other:?}"),
+        }
+        drop(taken);
     }
 }

@@ -298,6 +298,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         .backend;
     let also = match running.len() {
         0 => String::new(),
+        1 => " (1 was running)".to_string(),
         n => format!(" ({n} were running)"),
     };
     outln!(

@@ -249,8 +249,9 @@ fn get(target: &Target, path: &str, local: &Path) -> Result<(), CliError> {
     closed.map_err(|e| fail(&e))
 }
 
-/// `benchfs cat`: a reader that stops early (`benchfs cat f | head`) is not an error.
-fn cat(target: &Target, path: &str) -> Result<(), CliError> {
+/// `benchfs cat` (and `get F -`, which `command` names in errors): a reader that stops
+/// early (`benchfs cat f | head`) is not an error.
+fn cat(target: &Target, path: &str, command: &str) -> Result<(), CliError> {
     let fs = target.connect()?;
     let fd = fs.open(path, OpenFlags::READ, 0)?;
     let copied = copy_out(&fs, fd, &mut std::io::stdout().lock());
@@ -259,7 +260,7 @@ fn cat(target: &Target, path: &str) -> Result<(), CliError> {
         Ok(_) => {}
         Err(CopyError::Local(e)) if e.kind() == ErrorKind::BrokenPipe => {}
         Err(e) => {
-            return Err(format!("cat {path}: {}", e.describe(&"writing standard output")).into())
+            return Err(format!("{command}: {}", e.describe(&"writing standard output")).into())
         }
     }
     Ok(closed?)
@@ -364,13 +365,13 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
             path,
             local,
             target,
-        } if local.as_os_str() == "-" => cat(&target, &path)?,
+        } if local.as_os_str() == "-" => cat(&target, &path, &format!("get {path} -> -"))?,
         FileCommand::Get {
             path,
             local,
             target,
         } => get(&target, &path, &local)?,
-        FileCommand::Cat { path, target } => cat(&target, &path)?,
+        FileCommand::Cat { path, target } => cat(&target, &path, &format!("cat {path}"))?,
     }
     Ok(())
 }
