@@ -73,7 +73,7 @@ const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Locks `data_dir` (`.benchfsd.lock`, an exclusive advisory lock) or says who holds it,
-/// once it has stayed held for [`LOCK_GRACE`].
+/// once it has stayed held for 2 s (a predecessor killed just now still holds it).
 pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, ClaimError> {
     let path = data_dir.join(".benchfsd.lock");
     let lock_error = |source| ClaimError::Lock {
