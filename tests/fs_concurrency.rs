@@ -465,6 +465,21 @@ fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
         assert_eq!(other.stat(&name).unwrap().size, 100, "{name}");
         assert!(read_file(&other, &name) == old[..100], "{name}: the bytes");
     }
+    // An append's claim orders it before a cut its close finds, whatever bytes lie at its
+    // end by then (here a third client's, not yet published): the file is not grown back.
+    let name = "/appended";
+    write_file(&writer, name, &old);
+    let fd = writer
+        .open(name, OpenFlags::WRITE | OpenFlags::APPEND, 0)
+        .unwrap();
+    writer.write(fd, b"ZZZZ").unwrap();
+    other.truncate(name, 100).unwrap();
+    let third = BenchFS::connect(&config).unwrap();
+    let held = third.open(name, OpenFlags::WRITE, 0).unwrap();
+    third.pwrite(held, b"!", old.len() as u64 + 3).unwrap();
+    writer.close(fd).unwrap();
+    assert_eq!(other.stat(name).unwrap().size, 100, "{name}");
+    third.close(held).unwrap();
 }
 
 #[test]

@@ -899,7 +899,7 @@ impl Filesystem for BenchFuse {
         };
         match written {
             Ok(offset) => {
-                self.handles.wrote(fh.0, offset + u64::from(len));
+                self.handles.wrote(fh.0, offset + u64::from(len), appending);
                 reply.written(len);
             }
             Err(e) => reply.error(e),

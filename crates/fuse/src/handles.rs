@@ -106,12 +106,15 @@ impl Handles {
         }
     }
 
-    /// A write through `fh` ended at `end`.
-    pub(crate) fn wrote(&self, fh: u64, end: u64) {
+    /// A write through `fh` ended at `end`; an append's claim put it before any cut its
+    /// publish finds, so it does not count toward `wrote_to`.
+    pub(crate) fn wrote(&self, fh: u64, end: u64, appended: bool) {
         if let Some(h) = self.lock().get_mut(&fh) {
             h.seen = h.seen.max(end);
             h.writes += 1;
-            h.wrote_to = h.wrote_to.max(end);
+            if !appended {
+                h.wrote_to = h.wrote_to.max(end);
+            }
             if end > h.size {
                 h.size = end;
                 h.dirty = true;

@@ -230,8 +230,16 @@ impl FsClient {
             true => self.append_offset(fd, data.len() as u64).await?,
             false => pos,
         };
+        let wrote_to = self.with_file(fd, |f| f.wrote_to)?;
         let n = self.pwrite_from(fd, data, offset).await?;
-        self.with_file(fd, |f| f.pos = offset + n as u64)?;
+        self.with_file(fd, |f| {
+            f.pos = offset + n as u64;
+            if appends {
+                // An append's claim put it before any cut the close finds: a cut range
+                // is not grown back for it (its time is still published).
+                f.wrote_to = Some(wrote_to.unwrap_or(0));
+            }
+        })?;
         Ok(n)
     }
 

@@ -31,7 +31,8 @@ pub(super) struct OpenFile {
     pub(super) size: u64,
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
-    /// How far the handle's writes since it last published reach, if it wrote: its close
+    /// How far the handle's writes in place since it last published reach (0 for appends
+    /// alone), if it wrote: its close
     /// then moves the file's modification time even when the size did not grow, as a
     /// write in place does on Linux (a file rewritten in place kept its old time, which
     /// `rsync` and `make` trust), and keeps writes that landed after another client cut
