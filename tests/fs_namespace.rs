@@ -783,9 +783,14 @@ fn entries_made_removed_and_renamed_move_their_directorys_times() {
     step("rename within", &["/d"], &|fs| {
         fs.rename("/d/small", "/d/renamed").unwrap()
     });
+    let big = other.stat("/d/big").unwrap();
     step("rename across", &["/d", "/e"], &|fs| {
         fs.rename("/d/big", "/e/big").unwrap()
     });
+    // The renamed entry's change time moves too, not its modification time, as on Linux.
+    let moved = other.stat("/e/big").unwrap();
+    assert!(moved.ctime_ns > big.ctime_ns, "{moved:?} after {big:?}");
+    assert_eq!(moved.mtime_ns, big.mtime_ns);
     // A failed create changes no entry, and no time.
     let before = other.stat("/e").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));

@@ -895,9 +895,14 @@ impl FsClient {
         record: &Record,
         replaced: Option<&Record>,
     ) -> Result<(), ApiError> {
+        // A rename changes the entry's status, as Linux stamps it (find -cmin, backups).
+        let meta = FileMetadata {
+            ctime_ns: record.meta.ctime_ns.max(benchfs_proto::meta::now_ns()),
+            ..record.meta
+        };
         let insert = ops::InsertRequest {
             path: to.to_string(),
-            meta: record.meta,
+            meta,
             exclusive: false,
             settled_only: false,
             newer_only: false,
