@@ -266,25 +266,15 @@ impl BenchFuse {
         if !handle.dirty && handle.writes == handle.writes_published {
             return Ok(());
         }
-        let published = self.call(req, |fs| {
-            let client = fs.client();
-            fs.block_on(async {
-                if handle.dirty {
-                    client
-                        .grow_size(&handle.path, handle.meta.file_id, handle.size)
-                        .await
-                } else {
-                    client
-                        .publish_writes_in_place(&handle.path, handle.meta, handle.wrote_to)
-                        .await
-                }
-            })
-        });
-        match published {
-            // A file another client removed has no time to move.
-            Err(e) if !handle.dirty && (e == Errno::ENOENT || e == Errno::ESTALE) => {}
-            published => drop(published?),
-        }
+        let grown = handle.dirty.then_some(handle.size);
+        self.call(req, |fs| {
+            fs.block_on(fs.client().publish_writes(
+                &handle.path,
+                handle.meta,
+                grown,
+                handle.wrote_to,
+            ))
+        })?;
         self.handles
             .published(fh.0, handle.size, handle.writes, handle.wrote_to);
         Ok(())

@@ -29,7 +29,7 @@ pub(crate) struct Handle {
     /// How many of `writes` the file's modification time on the servers covers.
     pub writes_published: u64,
     /// How far the writes not yet published reach (0: none), kept by the publish when
-    /// another client cut the file before them (`FsClient::publish_writes_in_place`).
+    /// another client cut the file before them (`FsClient::publish_writes`).
     pub wrote_to: u64,
     /// How far this mount has seen the file written, through any handle, closed ones
     /// included: how far reads and appends through this handle go. Unlike `size`, never

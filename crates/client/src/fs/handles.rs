@@ -32,11 +32,10 @@ pub(super) struct OpenFile {
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
     /// How far the handle's writes in place since it last published reach (0 for appends
-    /// alone), if it wrote: its close
-    /// then moves the file's modification time even when the size did not grow, as a
-    /// write in place does on Linux (a file rewritten in place kept its old time, which
-    /// `rsync` and `make` trust), and keeps writes that landed after another client cut
-    /// the file (see [`FsClient::publish_writes_in_place`]).
+    /// alone), if it wrote: its close then moves the file's modification time even when
+    /// the size did not grow, as a write in place does on Linux (a file rewritten in place
+    /// kept its old time, which `rsync` and `make` trust), and keeps writes that landed
+    /// after another client cut the file (see [`FsClient::publish_writes`]).
     pub(super) wrote_to: Option<u64>,
     /// Why this handle's deferred create failed, when it did: the handle has no file, and
     /// every later call on it fails so (see `inline::make_deferred`).
@@ -212,32 +211,17 @@ impl FsClient {
         self.make_deferred(fd).await?;
         self.drain_fd(fd).await;
         self.write_error(fd)?;
-        let Some((path, meta, grown, changes)) = self.with_file(fd, |f| {
+        let Some((path, meta, grown, wrote_to, changes)) = self.with_file(fd, |f| {
             let grown = f.size_dirty.then_some(f.size);
-            (grown.is_some() || f.wrote_to.is_some())
-                .then(|| (f.path.clone(), f.meta, grown, f.own_changes))
+            (grown.is_some() || f.wrote_to.is_some()).then(|| {
+                let wrote_to = f.wrote_to.unwrap_or(0);
+                (f.path.clone(), f.meta, grown, wrote_to, f.own_changes)
+            })
         })?
         else {
             return Ok(());
         };
-        let published = match grown {
-            Some(size) => self.grow_size(&path, meta.file_id, size).await,
-            None => {
-                let wrote_to = self.with_file(fd, |f| f.wrote_to.unwrap_or(0))?;
-                self.publish_writes_in_place(&path, meta, wrote_to).await
-            }
-        };
-        let meta = match published {
-            Ok(meta) => Some(meta),
-            // A file another client removed has no time to move.
-            Err(e)
-                if grown.is_none()
-                    && matches!(e.status(), Some(Status::NotFound | Status::Stale)) =>
-            {
-                None
-            }
-            Err(e) => return Err(e),
-        };
+        let meta = self.publish_writes(&path, meta, grown, wrote_to).await?;
         self.with_file(fd, |f| {
             f.size_dirty = false;
             f.wrote_to = None;
@@ -357,6 +341,28 @@ impl FsClient {
         self.following_renames(file_id, path, grow).await
     }
 
+    /// Publishes what a handle of file `meta`, named `path`, wrote since it last did: the
+    /// size its writes grew the file to (`grown`), else its writes in place that reached
+    /// `wrote_to` (kept when another client's cut came before them, gone with it when it
+    /// came after). Returns the record, or `None` when only writes in place were published
+    /// and the file is gone (another client removed it: it has no time to move).
+    pub async fn publish_writes(
+        &self,
+        path: &str,
+        meta: FileMetadata,
+        grown: Option<u64>,
+        wrote_to: u64,
+    ) -> Result<Option<FileMetadata>, ApiError> {
+        let published = match grown {
+            Some(size) => return self.grow_size(path, meta.file_id, size).await.map(Some),
+            None => self.publish_writes_in_place(path, meta, wrote_to).await,
+        };
+        match published {
+            Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => Ok(None),
+            published => published.map(Some),
+        }
+    }
+
     /// Publishes writes in place of file `meta`, named `path`, that reached `wrote_to`
     /// without growing the file as the writer knew it; returns the record. The update
     /// asks for no size (at least 0), so it moves the time alone and grows back no file
@@ -365,7 +371,7 @@ impl FsClient {
     /// the order: still held, they landed after the cut and are the file's, which then
     /// grows to their end (the cut range between reads as zeros, as a truncate leaves
     /// it); cut, they came before and went with it, as on a local file system.
-    pub async fn publish_writes_in_place(
+    async fn publish_writes_in_place(
         &self,
         path: &str,
         meta: FileMetadata,

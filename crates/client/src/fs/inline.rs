@@ -162,7 +162,7 @@ impl FsClient {
             source,
         })?;
         let parent = match self.meta_cache.borrow_mut().get(parent) {
-            _ if parent == "/" => Some(self.root),
+            _ if parent == "/" => Some(self.root()),
             Some(m) if m.is_dir() => Some(m),
             Some(_) => return Err(fs_err("open", path, Status::NotDir)),
             None => None,

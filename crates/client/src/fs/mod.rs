@@ -36,7 +36,7 @@ mod space;
 mod tree;
 
 use foldhash::HashMap;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -109,8 +109,9 @@ pub struct FsClient {
     inline_limit: u64,
     /// When this client last moved each directory's times (`dir_times`).
     dirs_touched: RefCell<HashMap<String, std::time::Instant>>,
-    /// The root's metadata, which no server holds.
-    root: FileMetadata,
+    /// The root's metadata, which no server holds: made at its first use, since its times
+    /// read every membership marker of the registry (see [`FsClient::root`]).
+    root: OnceCell<FileMetadata>,
     /// Chunk reads that came back shorter than asked (a hole, or a file cut since the
     /// handle looked): a handle's read that met one checks the file's size.
     short_reads: Cell<u64>,
@@ -143,11 +144,11 @@ pub fn process_owner() -> Owner {
 }
 
 /// Root directory metadata; "/" has no record on any server. Its times are the cluster's
-/// start (the same for every client of it, see [`registry::cluster_born_ns`]), else the
-/// earliest store birth among `entries`, else now.
-fn root_meta(registry_dir: &std::path::Path, entries: &[ServerEntry]) -> FileMetadata {
+/// start (the same for every client of it, see [`registry::cluster_born_ns`]), else
+/// `earliest_entry` (the earliest store birth the servers' entries give), else now.
+fn root_meta(registry_dir: &std::path::Path, earliest_entry: Option<u64>) -> FileMetadata {
     let born_ns = registry::cluster_born_ns(registry_dir)
-        .or_else(|| entries.iter().filter_map(registry::born_ns).min())
+        .or(earliest_entry)
         .unwrap_or_else(benchfs_proto::meta::now_ns);
     FileMetadata {
         file_id: benchfs_proto::meta::ROOT_FILE_ID,
@@ -284,7 +285,6 @@ impl FsClient {
                 .unwrap_or(config.placement.virtual_nodes);
         let shared_memory = config.network.shared_memory && !shared_memory_refused(&entries);
         let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), virtual_nodes)?;
-        let root = root_meta(&config.network.registry_dir, &entries);
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
         for entry in entries {
             let index = ring
@@ -333,8 +333,22 @@ impl FsClient {
             pipeline: Pipeline::new(&config.client),
             inline_limit: config.storage.inline_bytes,
             dirs_touched: RefCell::default(),
-            root,
+            root: OnceCell::new(),
             short_reads: Cell::new(0),
+        })
+    }
+
+    /// The root's metadata. Made at the first call, not at the client's start: it reads a
+    /// marker file per server, which a large job's every rank would otherwise pay at start
+    /// on a shared registry.
+    fn root(&self) -> FileMetadata {
+        *self.root.get_or_init(|| {
+            let earliest_entry = self
+                .servers
+                .iter()
+                .filter_map(|slot| registry::born_ns(&slot.entry.borrow()))
+                .min();
+            root_meta(&self.registry_dir, earliest_entry)
         })
     }
 

@@ -41,7 +41,7 @@ impl FsClient {
         R: benchfs_proto::Rpc<Request = ops::PathRequest, Reply = ops::MetadataReply>,
     {
         if path == "/" {
-            return Ok(self.root);
+            return Ok(self.root());
         }
         // Only directory records are served from the cache: a file's size changes with
         // every other client's close, and a stat must see it (IOR checks sizes across
