@@ -513,3 +513,42 @@ fn a_handle_open_before_another_clients_cut_reads_to_the_cut_not_zeros() {
     assert!(buf[..2 * C].iter().all(|&b| b == 0) && &buf[2 * C..2 * C + 3] == b"end");
     reader.close(fd).unwrap();
 }
+
+#[test]
+fn appends_after_another_clients_cuts_land_whole_at_the_new_end() {
+    // A cut moves the record's cut count, and chunk servers drop an append's bytes past a
+    // cut its claim came before. An append made after the cut, through a handle or a
+    // record read before it, carries its own claim's count and must land whole.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let writer = cluster.client();
+    let other = cluster.client();
+    let name = "/log";
+    write_file(&writer, name, &pattern(2 * C, 3));
+    let before = writer.stat(name).unwrap();
+    let fd = writer
+        .open(name, OpenFlags::WRITE | OpenFlags::APPEND, 0)
+        .unwrap();
+    // Across a chunk's end, so that more than one server takes the bytes.
+    let long = pattern(C + 100, 4);
+    let mut want = Vec::new();
+    for (cut, bytes) in [(0, &b"first"[..]), (3, &long[..]), (C as u64 + 50, b"end")] {
+        other.truncate(name, cut).unwrap();
+        want.truncate(cut as usize);
+        writer.write(fd, bytes).unwrap();
+        want.extend_from_slice(bytes);
+        writer.fsync(fd).unwrap();
+        assert!(
+            read_file(&other, name) == want,
+            "appended after a cut to {cut}"
+        );
+    }
+    writer.close(fd).unwrap();
+    // With no handle, from the record as it was before every cut (as a mount appends).
+    other.truncate(name, 7).unwrap();
+    want.truncate(7);
+    let at = writer.append_at(name, before, b"unhandled", 0).unwrap();
+    assert_eq!(at, 7);
+    want.extend_from_slice(b"unhandled");
+    assert_eq!(other.stat(name).unwrap().size, want.len() as u64);
+    assert!(read_file(&other, name) == want, "appended with no handle");
+}

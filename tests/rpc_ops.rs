@@ -337,6 +337,7 @@ async fn cuts(conn: &Connection, id: u64, first: &[u8]) {
         file_id: id,
         index,
         len,
+        cut_gen: 0,
     };
     // (index, len): chunk 0 after the cut, and whether chunk 1 is left.
     let cuts = [
@@ -944,4 +945,137 @@ fn every_call_of_a_client_without_the_secret_says_so() {
         let e = fs.stat(name).unwrap_err().to_string();
         assert!(e.contains("job secret"), "{name}: {e}");
     }
+}
+
+/// One file's record and chunk 0 on one server, changed as clients change them.
+struct OneFile<'a> {
+    conn: &'a Connection,
+    path: String,
+    id: u64,
+}
+
+impl OneFile<'_> {
+    /// Claims `len` bytes for an append; the record after the claim.
+    async fn claim(&self, len: u64) -> FileMetadata {
+        let req = ops::ClaimAppendRequest {
+            path: self.path.clone(),
+            file_id: self.id,
+            floor: 0,
+            len,
+        };
+        self.conn.call::<ops::ClaimAppend>(&req).await.unwrap().meta
+    }
+
+    /// A cut as a client makes it: the exact size, then the chunks with the record's count.
+    async fn cut_to(&self, size: u64) -> FileMetadata {
+        let req = ops::UpdateSizeRequest {
+            path: self.path.clone(),
+            file_id: self.id,
+            size,
+            how: SizeUpdate::Exact,
+        };
+        let meta = self.conn.call::<ops::UpdateSize>(&req).await.unwrap().meta;
+        self.cut_chunks(size, meta.cut_gen).await;
+        meta
+    }
+
+    async fn cut_chunks(&self, len: u64, cut_gen: u16) {
+        let cut = ops::TruncateFileRequest {
+            file_id: self.id,
+            index: 0,
+            len,
+            cut_gen,
+        };
+        self.conn.call::<ops::TruncateFile>(&cut).await.unwrap();
+    }
+
+    /// The chunk write of an append claimed on record `claimed`.
+    async fn append(&self, at: u64, data: Vec<u8>, claimed: FileMetadata) {
+        let req = ops::ChunkWrite {
+            append_cut_gen: Some(claimed.cut_gen),
+            ..chunk_write(self.id, 0, at, data.len())
+        };
+        let reply = self
+            .conn
+            .call_with::<ops::WriteChunk>(&req, data.clone())
+            .await;
+        // Answered in full: the bytes went, and the cut after them removed them.
+        assert_eq!(reply.unwrap().reply.len, data.len() as u64);
+    }
+
+    async fn bytes(&self) -> Vec<u8> {
+        read(self.conn, self.id, 0, 0, 4096).await
+    }
+}
+
+/// An append claims its range on the record, then writes its chunk; a cut between the two
+/// comes after it in the record's order (its cut count), so the chunk server drops what
+/// the append's write would put past the cut: no bytes past the end to hold space or to
+/// read back in a hole. Appends claimed after the cut, and plain writes, land whole.
+#[test]
+fn an_append_claimed_before_a_cut_lands_short_of_it() {
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let conn = client.connect(addr).await.unwrap();
+        let path = "/appended".to_string();
+        let create = ops::CreateRequest {
+            path: path.clone(),
+            mode: 0o644,
+            chunk_size: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let meta = conn.call::<ops::MetadataCreateFile>(&create).await;
+        let meta = meta.unwrap().meta;
+        assert_eq!(meta.cut_gen, 0);
+        let file = OneFile {
+            conn: &conn,
+            path,
+            id: meta.file_id,
+        };
+
+        let first = pattern(1000, 1);
+        let claimed = file.claim(1000).await;
+        assert_eq!((claimed.size, claimed.cut_gen), (1000, 0));
+        let late = file.claim(100).await;
+        file.append(0, first.clone(), claimed).await;
+        let cut = file.cut_to(10).await;
+        assert_eq!((cut.size, cut.cut_gen), (10, 1), "a cut moves the count");
+        assert_eq!(file.cut_to(10).await.cut_gen, 1, "the same size does not");
+        // The claim of 100 bytes at 1000 came before the cut; its write comes after.
+        file.append(1000, pattern(100, 2), late).await;
+        assert!(file.bytes().await == first[..10], "dropped past the cut");
+        assert_eq!(
+            stats(&conn).await.used_bytes,
+            10,
+            "nothing held past the cut"
+        );
+
+        // Claimed after the cut: lands at the new end.
+        let after = file.claim(5).await;
+        assert_eq!((after.size, after.cut_gen), (15, 1));
+        let five = pattern(5, 3);
+        file.append(10, five.clone(), after).await;
+        let mut want = [&first[..10], &five].concat();
+        assert!(file.bytes().await == want, "claimed after the cut");
+
+        // Claimed before a cut that falls inside its range: lands up to the cut.
+        let straddling = file.claim(50).await;
+        assert_eq!(file.cut_to(40).await.cut_gen, 2);
+        let fifty = pattern(50, 4);
+        file.append(15, fifty.clone(), straddling).await;
+        want.extend_from_slice(&fifty[..25]);
+        assert!(file.bytes().await == want, "straddling the cut");
+
+        // A plain write is no append: the cut does not order it, and it lands whole (its
+        // writer publishes the size it reaches).
+        write(&conn, file.id, 0, 100, pattern(8, 5)).await;
+        assert_eq!(file.bytes().await.len(), 108);
+        // Nor does a cut this server was told of late (an older count) undo the newer one.
+        file.cut_chunks(4000, 1).await;
+        file.append(200, pattern(8, 6), straddling).await;
+        assert_eq!(file.bytes().await.len(), 108);
+    });
 }

@@ -114,6 +114,7 @@ pub fn chunk_write(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkWr
         io: chunk_io(file_id, index, offset, len),
         file_birth_ns: 0,
         chunk_held: 0,
+        append_cut_gen: None,
     }
 }
 

@@ -137,6 +137,7 @@ impl FileMetadata {
             atime_ns: self.mtime_ns,
             birth_ns: self.ctime_ns,
             inline: false,
+            cut_gen: 0,
         }
     }
 }

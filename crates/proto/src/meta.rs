@@ -1,6 +1,6 @@
 //! File metadata as it is stored and sent: plain values with a fixed 64-byte encoding.
 
-use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::wire::{DecodeError, Reader, Writer};
@@ -100,6 +100,10 @@ pub struct FileMetadata {
     /// deferred open), so the file has no chunks. Only files; a file stops being inline
     /// when it grows past its server's limit, and never becomes inline again.
     pub inline: bool,
+    /// How many times the file was cut shorter, wrapping at 2^16. An append's chunk
+    /// writes carry the count its claim saw, and a chunk server drops what such a write
+    /// would land past a later cut (the append was ordered before it by the record).
+    pub cut_gen: u16,
 }
 
 /// The root directory's inode number. The root has no record; no server hands this number
@@ -127,8 +131,8 @@ pub struct FileMetadataWire {
     pub kind: u8,
     /// [`META_FLAG_INLINE`]; no other bit is defined.
     pub flags: u8,
-    /// Zero.
-    pub reserved: [u8; 2],
+    /// [`FileMetadata::cut_gen`] (zero in records from before it was kept).
+    pub cut_gen: U16,
     /// Permission bits.
     pub mode: U32,
     /// Size in bytes.
@@ -195,7 +199,7 @@ impl FileMetadata {
             file_id: self.file_id.into(),
             kind: self.kind as u8,
             flags: if self.inline { META_FLAG_INLINE } else { 0 },
-            reserved: [0; 2],
+            cut_gen: self.cut_gen.into(),
             mode: self.mode.into(),
             size: self.size.into(),
             chunk_size: self.chunk_size.into(),
@@ -247,6 +251,7 @@ impl FileMetadata {
             gid: w.gid.get(),
             birth_ns: w.birth_ns.get(),
             inline,
+            cut_gen: w.cut_gen.get(),
         })
     }
 }
@@ -270,6 +275,7 @@ mod tests {
             gid: 100,
             birth_ns: 8,
             inline: false,
+            cut_gen: 0x0302,
         }
     }
 
@@ -282,6 +288,8 @@ mod tests {
         assert_eq!(bytes.len(), FILE_METADATA_LEN);
         let mut r = Reader::new(&bytes);
         assert_eq!(FileMetadata::decode(&mut r).unwrap(), m);
+        // The cut count is bytes 10 and 11, where records from before it held zeros.
+        assert_eq!(bytes[10..12], [2, 3]);
         let mut bad = bytes.clone();
         bad[8] = 4;
         assert!(FileMetadata::decode(&mut Reader::new(&bad)).is_err());

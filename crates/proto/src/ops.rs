@@ -104,13 +104,15 @@ HelloReplyHeader = 33, {
 wire_header!(/// `ChunkIo`, whole.
     ChunkIoHeader = 32, { file_id: U64, index: U64, offset: U64, len: U64 });
 wire_header!(/// `ChunkWrite`, whole.
-    ChunkWriteHeader = 48, {
+    ChunkWriteHeader = 51, {
     file_id: U64,
     index: U64,
     offset: U64,
     len: U64,
     file_birth_ns: U64,
     chunk_held: U64,
+    flags: u8,
+    append_cut_gen: U16,
 });
 wire_header!(/// `ChunkIoReply`, whole.
     ChunkIoReplyHeader = 8, { len: U64 });
@@ -125,7 +127,7 @@ wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
 wire_header!(/// `ReaddirReply`, before `count` entries.
     ReaddirReplyHeader = 5, { done: u8, count: U32 });
 wire_header!(/// `TruncateFileRequest`, whole.
-    TruncateFileHeader = 24, { file_id: U64, index: U64, len: U64 });
+    TruncateFileHeader = 26, { file_id: U64, index: U64, len: U64, cut_gen: U16 });
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
 wire_header!(/// `ClaimAppendRequest`, before the path.
@@ -438,7 +440,13 @@ pub struct ChunkWrite {
     /// How many of the chunk's bytes, from its start, the file held when the writer
     /// opened it (by the file's own chunk size, which the server may not share).
     pub chunk_held: u64,
+    /// For an append's bytes, the [`FileMetadata::cut_gen`] its claim on the record saw:
+    /// a server that has since seen a later cut of the file drops what lands past it.
+    pub append_cut_gen: Option<u16>,
 }
+
+/// Bit of `ChunkWriteHeader::flags`: the write is an append's ([`ChunkWrite::append_cut_gen`]).
+const CHUNK_WRITE_APPEND: u8 = 1;
 
 impl Message for ChunkWrite {
     fn encode(&self, w: &mut Writer) {
@@ -449,10 +457,26 @@ impl Message for ChunkWrite {
             len: self.io.len.into(),
             file_birth_ns: self.file_birth_ns.into(),
             chunk_held: self.chunk_held.into(),
+            flags: if self.append_cut_gen.is_some() {
+                CHUNK_WRITE_APPEND
+            } else {
+                0
+            },
+            append_cut_gen: self.append_cut_gen.unwrap_or(0).into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: ChunkWriteHeader = r.fixed()?;
+        let append_cut_gen = match h.flags {
+            0 => None,
+            CHUNK_WRITE_APPEND => Some(h.append_cut_gen.get()),
+            _ => {
+                return Err(DecodeError::BadField {
+                    field: "flags",
+                    reason: "unknown flag bits",
+                })
+            }
+        };
         Ok(ChunkWrite {
             io: ChunkIo {
                 file_id: h.file_id.get(),
@@ -462,6 +486,7 @@ impl Message for ChunkWrite {
             },
             file_birth_ns: h.file_birth_ns.get(),
             chunk_held: h.chunk_held.get(),
+            append_cut_gen,
         })
     }
 }
@@ -740,6 +765,9 @@ pub struct TruncateFileRequest {
     pub index: u64,
     /// The new end's offset in that chunk.
     pub len: u64,
+    /// The record's [`FileMetadata::cut_gen`] after the cut: an append's write that
+    /// carries an older one was claimed before it.
+    pub cut_gen: u16,
 }
 
 impl Message for TruncateFileRequest {
@@ -748,6 +776,7 @@ impl Message for TruncateFileRequest {
             file_id: self.file_id.into(),
             index: self.index.into(),
             len: self.len.into(),
+            cut_gen: self.cut_gen.into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -756,6 +785,7 @@ impl Message for TruncateFileRequest {
             file_id: h.file_id.get(),
             index: h.index.get(),
             len: h.len.get(),
+            cut_gen: h.cut_gen.get(),
         })
     }
 }
@@ -1357,8 +1387,11 @@ mod tests {
             io: io.clone(),
             file_birth_ns: 5,
             chunk_held: 6,
+            append_cut_gen: None,
         };
-        assert_eq!(write.to_bytes(), le(&[1, 2, 3, 4, 5, 6]));
+        let mut plain = le(&[1, 2, 3, 4, 5, 6]);
+        plain.extend([0, 0, 0]);
+        assert_eq!(write.to_bytes(), plain);
         assert_eq!(ChunkWrite::from_bytes(&write.to_bytes()), Ok(write));
         let hello = HelloReply {
             node_id: "n".into(),
@@ -1410,6 +1443,28 @@ mod tests {
             ChunkIo::from_bytes(&bytes[..31]),
             Err(DecodeError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn an_appends_chunk_write_carries_its_claims_cut_count() {
+        let append = ChunkWrite {
+            io: ChunkIo {
+                file_id: 1,
+                index: 2,
+                offset: 3,
+                len: 4,
+            },
+            file_birth_ns: 5,
+            chunk_held: 6,
+            append_cut_gen: Some(0x0201),
+        };
+        // Flag bit 0 after the plain write's fields, then the count.
+        let bytes = append.to_bytes();
+        assert_eq!(bytes[48..], [1, 1, 2]);
+        assert_eq!(ChunkWrite::from_bytes(&bytes), Ok(append));
+        let mut unknown = bytes.clone();
+        unknown[48] = 2;
+        assert!(ChunkWrite::from_bytes(&unknown).is_err());
     }
 
     fn op_stats(op: OpCode) -> OpStats {

@@ -89,6 +89,7 @@ fn meta() -> impl Strategy<Value = FileMetadata> {
                     atime_ns,
                     birth_ns,
                     inline: false,
+                    cut_gen: (size % 65536) as u16,
                 }
             },
         )
@@ -264,12 +265,13 @@ proptest! {
         round_trip(&LocateFileReply { path: Some(path.clone()) })?;
         round_trip(&LocateFileReply { path: None })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
-        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id })?;
+        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id, append_cut_gen: None })?;
+        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id, append_cut_gen: Some(id as u16) })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&PurgeRequest { dir: path.clone(), changed_before_ns: id })?;
         round_trip(&CreateDirReply { meta: m, stale_below: id % 2 == 0 })?;
-        round_trip(&TruncateFileRequest { file_id: id, index: 1, len })?;
+        round_trip(&TruncateFileRequest { file_id: id, index: 1, len, cut_gen: id as u16 })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;
         round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, born_again: id % 2 == 1, replicas: 2, virtual_nodes: 150, challenge: vec![3; 32] })?;

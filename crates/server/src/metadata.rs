@@ -257,6 +257,7 @@ impl MetadataTable {
             atime_ns: now,
             birth_ns: now,
             inline: false,
+            cut_gen: 0,
         })
     }
 
@@ -672,6 +673,9 @@ impl MetadataTable {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        if size < meta.size {
+            meta.cut_gen = meta.cut_gen.wrapping_add(1);
+        }
         meta.size = size;
         content_changed(meta);
         Ok(*meta)

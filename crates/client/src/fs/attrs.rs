@@ -85,8 +85,14 @@ impl FsClient {
             .await?
             .map_err(rpc_err("symlink", &path))?;
         let written = async {
-            self.write_spans(None, &path, meta, WriteSource::Copied(target.as_bytes()), 0)
-                .await?;
+            self.write_spans(
+                None,
+                &path,
+                meta,
+                WriteSource::Copied(target.as_bytes()),
+                (0, None),
+            )
+            .await?;
             self.grow_size(&path, meta.file_id, target.len() as u64)
                 .await
         }

@@ -193,6 +193,7 @@ mod tests {
             atime_ns: 0,
             birth_ns: 0,
             inline: false,
+            cut_gen: 0,
         }
     }
 

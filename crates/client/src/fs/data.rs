@@ -156,6 +156,7 @@ pub(super) fn chunk_write(
     index: u64,
     (offset, len): (u64, u64),
     held: u64,
+    append_cut_gen: Option<u16>,
 ) -> ops::ChunkWrite {
     ops::ChunkWrite {
         io: ops::ChunkIo {
@@ -166,6 +167,7 @@ pub(super) fn chunk_write(
         },
         file_birth_ns: meta.birth_ns,
         chunk_held: held,
+        append_cut_gen,
     }
 }
 
@@ -226,12 +228,12 @@ impl FsClient {
     ) -> Result<usize, ApiError> {
         let (appends, pos) =
             self.with_file(fd, |f| (f.flags.contains(OpenFlags::APPEND), f.pos))?;
-        let offset = match appends {
+        let (offset, append_cut_gen) = match appends {
             true => self.append_offset(fd, data.len() as u64).await?,
-            false => pos,
+            false => (pos, None),
         };
         let wrote_to = self.with_file(fd, |f| f.wrote_to)?;
-        let n = self.pwrite_from(fd, data, offset).await?;
+        let n = self.pwrite_from(fd, data, offset, append_cut_gen).await?;
         self.with_file(fd, |f| {
             f.pos = offset + n as u64;
             if appends {
@@ -245,12 +247,13 @@ impl FsClient {
 
     /// Where an append of `len` bytes through handle `fd` goes: the start of the range it
     /// claims ([`FsClient::claim_append`]) past what this client's handles of the file
-    /// wrote and have not published.
-    async fn append_offset(&self, fd: Fd, len: u64) -> Result<u64, ApiError> {
+    /// wrote and have not published, with the record's cut count the claim saw (which its
+    /// chunk writes carry).
+    async fn append_offset(&self, fd: Fd, len: u64) -> Result<(u64, Option<u16>), ApiError> {
         let (flags, size) = self.with_file(fd, |f| (f.flags, f.size))?;
         if len == 0 || !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
             // Nothing to claim; the write answers (a bad handle's error, or 0).
-            return Ok(size);
+            return Ok((size, None));
         }
         // The claim needs the record: a deferred create is made first.
         self.make_deferred(fd).await?;
@@ -263,10 +266,10 @@ impl FsClient {
             .map(|f| f.size)
             .max()
             .unwrap_or(0);
-        let (start, _) = self.claim_append(&path, meta, floor, len).await?;
+        let (start, claimed) = self.claim_append(&path, meta, floor, len).await?;
         // The record holds this end already: nothing to publish for it.
         self.with_file(fd, |f| f.size = f.size.max(start + len))?;
-        Ok(start)
+        Ok((start, Some(claimed.cut_gen)))
     }
 
     /// Claims the range an append of `len` bytes to file `meta`, named `path`, writes,
@@ -323,21 +326,24 @@ impl FsClient {
     /// Writes `data` at `offset`, chunk by chunk, to every chunk's servers concurrently.
     /// The bytes are copied once into send buffers; see [`FsClient::pwrite_lent`].
     pub async fn pwrite(&self, fd: Fd, data: &[u8], offset: u64) -> Result<usize, ApiError> {
-        self.pwrite_from(fd, WriteSource::Copied(data), offset)
+        self.pwrite_from(fd, WriteSource::Copied(data), offset, None)
             .await
     }
 
     /// [`FsClient::pwrite`] of a loan's bytes, sent from the lender's memory without a
     /// copy.
     pub async fn pwrite_lent(&self, fd: Fd, loan: &Loan, offset: u64) -> Result<usize, ApiError> {
-        self.pwrite_from(fd, WriteSource::lent(loan), offset).await
+        self.pwrite_from(fd, WriteSource::lent(loan), offset, None)
+            .await
     }
 
+    /// [`FsClient::pwrite`] of `data`; an append's bytes carry the cut count of its claim.
     pub(super) async fn pwrite_from(
         &self,
         fd: Fd,
         data: WriteSource<'_>,
         offset: u64,
+        append_cut_gen: Option<u16>,
     ) -> Result<usize, ApiError> {
         let (path, flags) = self.with_file(fd, |f| (f.path.clone(), f.flags))?;
         if !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
@@ -360,9 +366,10 @@ impl FsClient {
             // read drains the write before it reads, or reads ahead again.
             self.forget_read_ahead(meta.file_id);
             self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-            self.write_behind(fd, &path, meta, data, offset).await?;
+            self.write_behind(fd, &path, meta, data, (offset, append_cut_gen))
+                .await?;
         } else {
-            self.write_spans(Some(fd), &path, meta, data, offset)
+            self.write_spans(Some(fd), &path, meta, data, (offset, append_cut_gen))
                 .await?;
         }
         let end = offset + len as u64;
@@ -378,14 +385,15 @@ impl FsClient {
 
     /// Writes `data` at `offset` of the file `meta` to every chunk's servers at once. The
     /// size is not published: the caller does that when the write is complete.
-    /// Through handle `fd`, if any (see [`FsClient::chunk_held`]).
+    /// Through handle `fd`, if any (see [`FsClient::chunk_held`]); an append's bytes carry
+    /// the cut count its claim saw.
     pub(super) async fn write_spans(
         &self,
         fd: Option<Fd>,
         path: &str,
         meta: FileMetadata,
         data: WriteSource<'_>,
-        offset: u64,
+        (offset, append_cut_gen): (u64, Option<u16>),
     ) -> Result<(), ApiError> {
         let len = data.len();
         let layout = ChunkLayout::new(meta.chunk_size);
@@ -396,7 +404,13 @@ impl FsClient {
             let start = span.buf_offset as usize;
             let part = data.part(start..start + span.len as usize);
             let held = self.chunk_held(fd, &meta, span.index);
-            let req = chunk_write(&meta, span.index, (span.offset_in_chunk, span.len), held);
+            let req = chunk_write(
+                &meta,
+                span.index,
+                (span.offset_in_chunk, span.len),
+                held,
+                append_cut_gen,
+            );
             async move {
                 let key = PlacementKey::Chunk {
                     file_id: meta.file_id,
@@ -432,7 +446,7 @@ impl FsClient {
         data: &[u8],
         offset: u64,
     ) -> Result<(), ApiError> {
-        self.write_unpublished(path, meta, WriteSource::Copied(data), offset)
+        self.write_unpublished(path, meta, WriteSource::Copied(data), (offset, None))
             .await
     }
 
@@ -456,8 +470,13 @@ impl FsClient {
         let (start, meta) = self
             .claim_append(path, meta, floor, loan.len() as u64)
             .await?;
-        self.write_unpublished(path, meta, WriteSource::lent(loan), start)
-            .await?;
+        self.write_unpublished(
+            path,
+            meta,
+            WriteSource::lent(loan),
+            (start, Some(meta.cut_gen)),
+        )
+        .await?;
         Ok(start)
     }
 
@@ -466,7 +485,7 @@ impl FsClient {
         path: &str,
         meta: FileMetadata,
         data: WriteSource<'_>,
-        offset: u64,
+        (offset, append_cut_gen): (u64, Option<u16>),
     ) -> Result<(), ApiError> {
         if !meta.has_chunks() {
             return Err(fs_err("write", path, Status::IsDir));
@@ -480,7 +499,8 @@ impl FsClient {
         // After this client's writes of the file in flight, which would otherwise land in
         // either order with it.
         self.drain_file(meta.file_id).await;
-        self.write_spans(None, path, meta, data, offset).await
+        self.write_spans(None, path, meta, data, (offset, append_cut_gen))
+            .await
     }
 
     /// Reads up to `buf.len()` bytes at `offset` of the file `meta`, named `path`, with
@@ -633,7 +653,7 @@ impl FsClient {
         loan: &Loan,
         offset: u64,
     ) -> Result<(), ApiError> {
-        self.write_unpublished(path, meta, WriteSource::lent(loan), offset)
+        self.write_unpublished(path, meta, WriteSource::lent(loan), (offset, None))
             .await
     }
 

@@ -190,6 +190,7 @@ impl FsClient {
             atime_ns: 0,
             birth_ns: 0,
             inline: true,
+            cut_gen: 0,
         };
         let deferred = Some(Inline::Deferred(Deferred {
             bytes: Vec::new(),
@@ -451,7 +452,7 @@ impl FsClient {
         }
         self.opened_as(fd, record)?;
         if !d.bytes.is_empty() {
-            Box::pin(self.pwrite_from(fd, WriteSource::Copied(&d.bytes), 0)).await?;
+            Box::pin(self.pwrite_from(fd, WriteSource::Copied(&d.bytes), 0, None)).await?;
         }
         Ok(())
     }
@@ -825,7 +826,7 @@ impl FsClient {
         };
         let mut padded = sealed.data.clone();
         padded.resize(INLINE_BYTES_MAX.min(meta.chunk_size) as usize, 0);
-        let req = chunk_write(&meta, 0, (0, padded.len() as u64), 0);
+        let req = chunk_write(&meta, 0, (0, padded.len() as u64), 0, None);
         let key = PlacementKey::Chunk {
             file_id: meta.file_id,
             index: 0,

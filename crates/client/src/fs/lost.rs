@@ -97,7 +97,7 @@ impl FsClient {
             };
             // Past the source's chunk the file has a hole the source kept: zeros.
             bytes.resize(held as usize, 0);
-            let restore = chunk_write(meta, index, (0, held), held);
+            let restore = chunk_write(meta, index, (0, held), held, None);
             let restored = self
                 .call_on::<ops::WriteChunk>(replica, &restore, OutPayload::Owned(bytes))
                 .await;

@@ -163,6 +163,7 @@ fn root_meta(registry_dir: &std::path::Path, earliest_entry: Option<u64>) -> Fil
         atime_ns: born_ns,
         birth_ns: born_ns,
         inline: false,
+        cut_gen: 0,
     }
 }
 

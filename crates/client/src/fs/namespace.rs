@@ -18,6 +18,11 @@ use super::{fanout, fs_err, names_dir, norm, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
 
+/// How many times a truncate sends its cut again after appends or size updates grew the
+/// file back meanwhile; past it, an append claimed during the last round may land beyond
+/// the end (as every append did before cuts were counted).
+const CUT_ROUNDS_MAX: usize = 4;
+
 impl FsClient {
     /// The metadata of a normalised path, from the cache if allowed.
     pub(super) async fn lookup(
@@ -754,32 +759,45 @@ impl FsClient {
             .change_record::<ops::UpdateSize>(path, req.file_id, &req)
             .await;
         self.meta_cache.borrow_mut().remove(path);
-        sized.map_err(rpc_err("truncate", path))?;
+        let mut sized = sized.map_err(rpc_err("truncate", path))?.meta;
         // Growing: the bytes between the old end and the new one must read as zeros, so
         // whatever a server still holds there goes.
         let cut_at = size.min(meta.size);
         let index = ChunkLayout::new(meta.chunk_size).chunk_index(cut_at);
-        let cut = ops::TruncateFileRequest {
-            file_id: meta.file_id,
-            index,
-            len: cut_at - index * meta.chunk_size,
-        };
-        let cuts = self
-            .all_servers()
-            .map(|s| self.call_on::<ops::TruncateFile>(s, &cut, OutPayload::none()));
-        let results = join_all(cuts).await;
-        self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-        for r in results {
-            r.map_err(rpc_err("truncate", path))?;
+        for _ in 0..CUT_ROUNDS_MAX {
+            // With the record's cut count: an append claimed before it lands short of the
+            // cut on a server that has seen it (the server's `cuts`).
+            let cut = ops::TruncateFileRequest {
+                file_id: meta.file_id,
+                index,
+                len: cut_at - index * meta.chunk_size,
+                cut_gen: sized.cut_gen,
+            };
+            let cuts = self
+                .all_servers()
+                .map(|s| self.call_on::<ops::TruncateFile>(s, &cut, OutPayload::none()));
+            let results = join_all(cuts).await;
+            self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
+            for r in results {
+                r.map_err(rpc_err("truncate", path))?;
+            }
+            // Set again: a size update that was on its way from another handle (a flush, a
+            // release, an append's claim) may have grown the file back meanwhile. Setting
+            // it back moves the cut count, and the cut goes again with the new count; an
+            // unchanged count means nothing grew the file since the cut.
+            let again = self
+                .change_record::<ops::UpdateSize>(path, req.file_id, &req)
+                .await
+                .map_err(rpc_err("truncate", path))?
+                .meta;
+            let settled = again.cut_gen == sized.cut_gen;
+            sized = again;
+            if settled {
+                break;
+            }
         }
-        // Set again: a size update that was on its way from another handle (a flush, a
-        // release) may have grown the file back between the first one and the cut.
-        let reply = self
-            .change_record::<ops::UpdateSize>(path, req.file_id, &req)
-            .await
-            .map_err(rpc_err("truncate", path))?;
-        self.meta_cache.borrow_mut().put(path, reply.meta);
-        Ok(reply.meta)
+        self.meta_cache.borrow_mut().put(path, sized);
+        Ok(sized)
     }
 
     /// After a truncate of file `file_id` to `size` that failed: where the record read now

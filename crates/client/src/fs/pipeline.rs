@@ -188,7 +188,7 @@ impl FsClient {
         path: &str,
         meta: FileMetadata,
         data: WriteSource<'_>,
-        offset: u64,
+        (offset, append_cut_gen): (u64, Option<u16>),
     ) -> Result<(), ApiError> {
         let spans = ChunkLayout::new(meta.chunk_size)
             .spans(offset, data.len() as u64)
@@ -204,7 +204,8 @@ impl FsClient {
             self.write_error(fd)?;
             let start = span.buf_offset as usize;
             let part = data.part(start..start + span.len as usize);
-            self.send_behind(fd, path, meta, &span, part).await?;
+            self.send_behind(fd, path, meta, &span, (part, append_cut_gen))
+                .await?;
         }
         self.advance_in_flight().await;
         Ok(())
@@ -258,7 +259,7 @@ impl FsClient {
         path: &str,
         meta: FileMetadata,
         span: &ChunkSpan,
-        part: WriteSource<'_>,
+        (part, append_cut_gen): (WriteSource<'_>, Option<u16>),
     ) -> Result<(), ApiError> {
         let key = PlacementKey::Chunk {
             file_id: meta.file_id,
@@ -283,7 +284,7 @@ impl FsClient {
             .restore_behind(fd, &meta, (index, offset), &servers)
             .await;
         let payloads = part.payloads(&self.rpc, ready.len());
-        let req = chunk_write(&meta, index, (offset, span.len), held);
+        let req = chunk_write(&meta, index, (offset, span.len), held, append_cut_gen);
         let p = &self.pipeline;
         let id = p.next_id.get();
         p.next_id.set(id.wrapping_add(1));

@@ -1876,6 +1876,7 @@ mod tests {
                         atime_ns,
                         birth_ns,
                         inline: false,
+                        cut_gen: 0,
                     }
                 },
             )

@@ -7,6 +7,7 @@
 //! **Invariant:** a handler never panics on request content; every malformed or refused
 //! request becomes a reply with a non-`Ok` [`Status`].
 
+mod cuts;
 mod inline;
 mod journal;
 mod probe;
@@ -187,6 +188,8 @@ pub struct ServerState {
     data_dir: std::path::PathBuf,
     /// Whether a `StoreProbe` is running (one at a time: they share a scratch file).
     probe_running: Cell<bool>,
+    /// Each file's last cut here, which an append claimed before it does not land past.
+    cuts: RefCell<cuts::Cuts>,
     /// Request counters.
     pub counters: Counters,
     /// Per-operation counters, latencies and the queue depth, kept by the transport.
@@ -278,6 +281,7 @@ impl ServerState {
             store,
             data_dir: config.node.data_dir.clone(),
             probe_running: Cell::new(false),
+            cuts: RefCell::default(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
@@ -369,6 +373,7 @@ impl ServerState {
         if self.metadata.borrow().has_file(file_id) {
             return Ok(0);
         }
+        self.cuts.borrow_mut().forget(file_id);
         let removed = self.store.remove_file(file_id).await?;
         tracing::debug!(file_id, chunks = removed, "orphan chunks removed");
         let counter = &self.counters.orphan_chunks_removed;
@@ -548,6 +553,7 @@ impl ServerState {
             OpCode::TruncateFile => self.truncate_file(decode(body)?).await,
             OpCode::RemoveChunks => {
                 let req: op::RemoveChunksRequest = decode(body)?;
+                self.cuts.borrow_mut().forget(req.file_id);
                 let count = self
                     .store
                     .remove_file(req.file_id)
@@ -792,6 +798,10 @@ impl ServerState {
         if req.len > self.chunk_size {
             return Err(Status::InvalidArgument);
         }
+        // Before any wait: a write checked after this sees the cut.
+        self.cuts
+            .borrow_mut()
+            .record(req.file_id, req.cut_gen, req.index, req.len);
         let chunks = self
             .store
             .file_chunks(req.file_id)
@@ -959,10 +969,43 @@ impl ServerState {
             }
             _ => return Reply::error(Status::Protocol),
         };
+        let Some(buf) = self.short_of_cuts(&req, buf) else {
+            return Reply::ok(&op::ChunkIoReply { len: req.io.len });
+        };
         let (r, _buf) = self.store.write(id, req.io.offset, buf).await;
         match r {
             Ok(()) => Reply::ok(&op::ChunkIoReply { len: req.io.len }),
             Err(e) => Reply::error(store_status(e)),
+        }
+    }
+
+    /// What of a write's buffer may land: an append's bytes past a cut that came after its
+    /// claim are dropped, since the cut removed them (see `cuts`). `None` when nothing
+    /// lands; the write is still answered in full, as it took effect before the cut.
+    fn short_of_cuts(&self, req: &op::ChunkWrite, mut buf: ChunkBuf) -> Option<ChunkBuf> {
+        let io = &req.io;
+        let landing = self.cuts.borrow().landing(
+            io.file_id,
+            req.append_cut_gen,
+            (io.index, io.offset, io.len),
+        );
+        if landing < io.len {
+            tracing::debug!(
+                file_id = io.file_id,
+                index = io.index,
+                offset = io.offset,
+                len = io.len,
+                landing,
+                "an append claimed before a later cut: its bytes past the cut dropped"
+            );
+        }
+        match landing {
+            0 => None,
+            // Below the length, so it fits a usize as the length did.
+            n => {
+                buf.truncate(n as usize);
+                Some(buf)
+            }
         }
     }
 
