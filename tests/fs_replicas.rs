@@ -12,7 +12,7 @@ use benchfs::placement::PlacementKey;
 use benchfs_proto::ops;
 use benchfs_proto::Status;
 use common::files::{assert_unreachable, read_file, write_file};
-use common::rpc::{insert_record, record_ids, rpc_client, status_of, Rt};
+use common::rpc::{call_one, insert_record, record_ids, records, rpc_client, status_of, Rt};
 use common::{pattern, Cluster, ClusterSpec};
 
 fn spec() -> ClusterSpec {
@@ -154,6 +154,7 @@ fn replicas_that_name_different_files_refuse_size_updates() {
             file_id: other.file_id + 1,
             size: 1,
             how: benchfs_proto::meta::SizeUpdate::Exact,
+            cut_gen: 0,
         };
         assert_eq!(
             status_of(conn.call::<ops::UpdateSize>(&size).await),
@@ -467,4 +468,45 @@ fn a_replica_back_empty_is_no_proof_of_absence_while_the_other_is_down() {
     assert_unreachable("readdir /", &e);
     cluster.signal(down, "CONT");
     assert_eq!(read_file(&cluster.client(), &path), b"acknowledged");
+}
+
+#[test]
+fn a_truncate_brings_the_replicas_cut_counts_together() {
+    // A truncate one replica missed (a failed one) leaves the replicas' cut counts apart,
+    // and chunk servers compare an append's count with a cut's: the next truncate moves
+    // every replica to one count past the newest, so the counts agree again.
+    let cluster = Cluster::start(ClusterSpec {
+        orphan_sweep_secs: 0,
+        ..spec()
+    });
+    let fs = cluster.client();
+    write_file(&fs, "/x", &pattern(1000, 3));
+    let id = fs.stat("/x").unwrap().file_id;
+    let owner = cluster.addr(replicas_of(&cluster, "/x")[0]);
+    for size in [10, 20, 5] {
+        let cut = ops::UpdateSizeRequest {
+            path: "/x".into(),
+            file_id: id,
+            size,
+            how: benchfs_proto::meta::SizeUpdate::Exact,
+            cut_gen: 0,
+        };
+        call_one::<ops::UpdateSize>(owner, &cut).unwrap();
+    }
+    let counts = |cluster: &Cluster| {
+        records(cluster, "/x")
+            .into_iter()
+            .map(|r| r.map(|meta| (meta.size, meta.cut_gen)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&cluster), [Some((5, 2)), Some((1000, 0))]);
+    fs.truncate("/x", 3).unwrap();
+    assert_eq!(counts(&cluster), [Some((3, 3)), Some((3, 3))]);
+    // And an append after it lands whole, whichever count a chunk server saw.
+    let fd = fs
+        .open("/x", OpenFlags::WRITE | OpenFlags::APPEND, 0)
+        .unwrap();
+    fs.write(fd, b"tail").unwrap();
+    fs.close(fd).unwrap();
+    assert!(read_file(&fs, "/x") == [&pattern(1000, 3)[..3], b"tail"].concat());
 }

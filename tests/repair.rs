@@ -176,6 +176,7 @@ fn a_size_or_attributes_one_replica_missed_are_brought_over() {
         file_id: fs.stat("/s").unwrap().file_id,
         size: 100_000,
         how: SizeUpdate::Exact,
+        cut_gen: 0,
     };
     call_one::<ops::UpdateSize>(cluster.addr(s_copy), &size).unwrap();
     let chmod = ops::SetAttrRequest {

@@ -148,6 +148,7 @@ impl Meta {
                     file_id,
                     size,
                     how,
+                    cut_gen: 0,
                 };
                 conn.call::<ops::UpdateSize>(&request).await?.meta
             }
@@ -973,6 +974,7 @@ impl OneFile<'_> {
             file_id: self.id,
             size,
             how: SizeUpdate::Exact,
+            cut_gen: 0,
         };
         let meta = self.conn.call::<ops::UpdateSize>(&req).await.unwrap().meta;
         self.cut_chunks(size, meta.cut_gen).await;

@@ -100,10 +100,27 @@ pub struct FileMetadata {
     /// deferred open), so the file has no chunks. Only files; a file stops being inline
     /// when it grows past its server's limit, and never becomes inline again.
     pub inline: bool,
-    /// How many times the file was cut shorter, wrapping at 2^16. An append's chunk
-    /// writes carry the count its claim saw, and a chunk server drops what such a write
-    /// would land past a later cut (the append was ordered before it by the record).
+    /// How many times a truncate cut the file shorter, wrapping at 2^16 and skipping 0
+    /// ([`next_cut_gen`]). An append's chunk writes carry
+    /// the count its claim saw, and a chunk server drops what such a write would land
+    /// past a later cut (the record ordered the append before it). Replicas agree on it:
+    /// a truncate asks every replica for the count after the newest one they hold.
     pub cut_gen: u16,
+}
+
+/// Whether cut count `a` ([`FileMetadata::cut_gen`]) comes before `b`, by serial number
+/// arithmetic (RFC 1982): the counts wrap at 2^16, and no write is 2^15 cuts behind.
+pub fn cut_gen_older(a: u16, b: u16) -> bool {
+    (b.wrapping_sub(a) as i16) > 0
+}
+
+/// The cut count after `g`. It skips 0, which stands for "never cut" (a record from
+/// before counts were kept, or no count given).
+pub fn next_cut_gen(g: u16) -> u16 {
+    match g.wrapping_add(1) {
+        0 => 1,
+        n => n,
+    }
 }
 
 /// The root directory's inode number. The root has no record; no server hands this number

@@ -129,7 +129,7 @@ wire_header!(/// `ReaddirReply`, before `count` entries.
 wire_header!(/// `TruncateFileRequest`, whole.
     TruncateFileHeader = 26, { file_id: U64, index: U64, len: U64, cut_gen: U16 });
 wire_header!(/// `UpdateSizeRequest`, before the path.
-    UpdateSizeHeader = 17, { file_id: U64, size: U64, how: u8 });
+    UpdateSizeHeader = 19, { file_id: U64, size: U64, how: u8, cut_gen: U16 });
 wire_header!(/// `ClaimAppendRequest`, before the path.
     ClaimAppendHeader = 24, { file_id: U64, floor: U64, len: U64 });
 wire_header!(/// `InsertRequest`, before the path and the bytes.
@@ -801,6 +801,10 @@ pub struct UpdateSizeRequest {
     pub size: u64,
     /// Grow-only or exact.
     pub how: SizeUpdate,
+    /// For an exact size that cuts the record: the cut count the record takes at least
+    /// ([`FileMetadata::cut_gen`]), so that replicas whose counts drifted apart (a
+    /// truncate some of them missed) agree again; 0 for none.
+    pub cut_gen: u16,
 }
 
 impl Message for UpdateSizeRequest {
@@ -809,6 +813,7 @@ impl Message for UpdateSizeRequest {
             file_id: self.file_id.into(),
             size: self.size.into(),
             how: self.how as u8,
+            cut_gen: self.cut_gen.into(),
         })
         .str16(self.path.as_bytes());
     }
@@ -824,6 +829,7 @@ impl Message for UpdateSizeRequest {
             file_id: h.file_id.get(),
             size,
             how,
+            cut_gen: h.cut_gen.get(),
         })
     }
 }

@@ -23,6 +23,7 @@ use benchfs_proto::Status;
 
 use benchfs_proto::path;
 
+use benchfs_proto::meta::{cut_gen_older, next_cut_gen};
 pub use benchfs_proto::meta::{now_ns, EntryKind, FileMetadata, Owner, SizeUpdate};
 use benchfs_proto::ops::{set_attr, SetAttrRequest};
 
@@ -656,6 +657,19 @@ impl MetadataTable {
         size: u64,
         how: SizeUpdate,
     ) -> Result<FileMetadata, Status> {
+        self.update_size_counted(path, file_id, (size, how), 0)
+    }
+
+    /// [`MetadataTable::update_size`]; an exact size that cuts the record moves its cut
+    /// count past its own and to at least `cut_gen` (0: none), the count the truncating
+    /// client asks every replica for.
+    pub fn update_size_counted(
+        &mut self,
+        path: &str,
+        file_id: u64,
+        (size, how): (u64, SizeUpdate),
+        cut_gen: u16,
+    ) -> Result<FileMetadata, Status> {
         let path = path::normalize(path)?;
         self.recent.touch(&path);
         let meta = *self.entries.get(&path).ok_or(Status::NotFound)?;
@@ -673,8 +687,13 @@ impl MetadataTable {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
-        if size < meta.size {
-            meta.cut_gen = meta.cut_gen.wrapping_add(1);
+        // Only a cut orders appends: one that grows the file keeps what they claimed.
+        if how == SizeUpdate::Exact && size < meta.size {
+            let next = next_cut_gen(meta.cut_gen);
+            meta.cut_gen = match cut_gen != 0 && cut_gen_older(next, cut_gen) {
+                true => cut_gen,
+                false => next,
+            };
         }
         meta.size = size;
         content_changed(meta);
@@ -1155,6 +1174,30 @@ mod tests {
             Err(Status::IsDir)
         );
         assert_eq!(m.lookup("/f").unwrap().size, 5);
+    }
+
+    #[test]
+    fn a_truncate_moves_the_cut_count_past_its_own_and_the_one_asked() {
+        let mut m = manager();
+        let id = m.create_file("/f", 0, 0, Owner::default()).unwrap().file_id;
+        let mut size = |size, how, gen| m.update_size_counted("/f", id, (size, how), gen);
+        assert_eq!(
+            size(10, SizeUpdate::AtLeast, 0).unwrap().cut_gen,
+            0,
+            "no cut"
+        );
+        assert_eq!(
+            size(10, SizeUpdate::Exact, 7).unwrap().cut_gen,
+            0,
+            "same size"
+        );
+        assert_eq!(size(4, SizeUpdate::Exact, 0).unwrap().cut_gen, 1);
+        // Growing orders no append before it.
+        assert_eq!(size(50, SizeUpdate::Exact, 6).unwrap().cut_gen, 1, "grown");
+        // A replica behind takes the count asked; one ahead keeps counting its own.
+        assert_eq!(size(40, SizeUpdate::Exact, 9).unwrap().cut_gen, 9);
+        assert_eq!(size(30, SizeUpdate::Exact, 3).unwrap().cut_gen, 10);
+        assert_eq!(m.lookup("/f").unwrap().cut_gen, 10);
     }
 
     #[test]

@@ -330,6 +330,7 @@ impl FsClient {
                 file_id,
                 size,
                 how: SizeUpdate::AtLeast,
+                cut_gen: 0,
             };
             let reply = self
                 .change_record::<ops::UpdateSize>(&path, file_id, &req)

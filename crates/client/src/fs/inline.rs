@@ -733,7 +733,8 @@ impl FsClient {
         size: u64,
     ) -> Result<Result<FileMetadata, FileMetadata>, ApiError> {
         if size <= self.inline_limit_for(meta.chunk_size) {
-            let req = super::namespace::exact_size(path, meta.file_id, size);
+            let next = benchfs_proto::meta::next_cut_gen(meta.cut_gen);
+            let req = super::namespace::exact_size(path, meta.file_id, size, next);
             let cut = self
                 .until_unsealed(|| self.write_all_inline::<ops::UpdateSize>(path, &req))
                 .await;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use benchfs_proto::layout::ChunkLayout;
-use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
+use benchfs_proto::meta::{cut_gen_older, next_cut_gen, EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{ops, path, Status};
 use futures_util::future::join_all;
@@ -649,7 +649,7 @@ impl FsClient {
         // file, whatever name the handle knows it by; an inline file's bytes are its
         // record's, and `truncate_inline` sees to them.)
         if !meta.inline {
-            meta.size = self.least_size(&path, meta).await;
+            (meta.size, meta.cut_gen) = self.least_size(&path, meta).await;
             meta.size = self
                 .files
                 .borrow()
@@ -684,8 +684,9 @@ impl FsClient {
     /// The least size the replicas of file `meta`'s record hold: after a truncate that
     /// some of them missed, the larger size of one would spare the bytes that a server
     /// which missed the cut still holds past the smaller one. (A replica that does not
-    /// answer, or names another file, is left out: the truncate fails on it anyway.)
-    async fn least_size(&self, path: &str, meta: FileMetadata) -> u64 {
+    /// answer, or names another file, is left out: the truncate fails on it anyway.) With
+    /// it, the newest cut count they hold, which the truncate moves every replica past.
+    async fn least_size(&self, path: &str, meta: FileMetadata) -> (u64, u16) {
         let req = ops::PathRequest {
             path: path.to_string(),
         };
@@ -698,8 +699,13 @@ impl FsClient {
         .into_iter()
         .filter_map(|(_, r)| r.ok())
         .filter(|r| r.meta.file_id == meta.file_id)
-        .map(|r| r.meta.size)
-        .fold(meta.size, u64::min)
+        .fold((meta.size, meta.cut_gen), |(size, gen), r| {
+            let newer = cut_gen_older(gen, r.meta.cut_gen);
+            (
+                size.min(r.meta.size),
+                if newer { r.meta.cut_gen } else { gen },
+            )
+        })
     }
 
     /// Sets the file's size, then cuts its chunks on every server at `size`, or, when the
@@ -754,7 +760,7 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        let req = exact_size(path, meta.file_id, size);
+        let req = exact_size(path, meta.file_id, size, next_cut_gen(meta.cut_gen));
         let sized = self
             .change_record::<ops::UpdateSize>(path, req.file_id, &req)
             .await;
@@ -785,6 +791,7 @@ impl FsClient {
             // release, an append's claim) may have grown the file back meanwhile. Setting
             // it back moves the cut count, and the cut goes again with the new count; an
             // unchanged count means nothing grew the file since the cut.
+            let req = exact_size(path, meta.file_id, size, next_cut_gen(sized.cut_gen));
             let again = self
                 .change_record::<ops::UpdateSize>(path, req.file_id, &req)
                 .await
@@ -966,12 +973,20 @@ pub(super) fn took_it<T>(
 }
 
 /// A request that sets the size of `path` (file `file_id`) to `size`, as a truncate does.
-pub(super) fn exact_size(path: &str, file_id: u64, size: u64) -> ops::UpdateSizeRequest {
+/// A truncate's size update: the record takes `size`, and when that changes it, at least
+/// cut count `cut_gen`.
+pub(super) fn exact_size(
+    path: &str,
+    file_id: u64,
+    size: u64,
+    cut_gen: u16,
+) -> ops::UpdateSizeRequest {
     ops::UpdateSizeRequest {
         path: path.to_string(),
         file_id,
         size,
         how: SizeUpdate::Exact,
+        cut_gen,
     }
 }
 

@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use benchfs_proto::meta::cut_gen_older as older;
+
 /// Where a file was last cut, by chunk index and offset in that chunk, and the record's
 /// cut count after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,18 +31,12 @@ pub(super) struct Cuts {
     by_file: HashMap<u64, Cut>,
 }
 
-/// Whether cut count `a` comes before `b`, by serial number arithmetic (RFC 1982): the
-/// counts wrap at 2^16, and a write is never 2^15 cuts behind.
-fn older(a: u16, b: u16) -> bool {
-    (b.wrapping_sub(a) as i16) > 0
-}
-
 impl Cuts {
     /// File `file_id` was cut at `len` bytes into chunk `index`, leaving its record at
     /// cut count `gen`. A cut that comes late (an older count than one seen) changes
     /// nothing.
     pub(super) fn record(&mut self, file_id: u64, gen: u16, index: u64, len: u64) {
-        // A count of 0 is a file never cut (or cut 2^16 times): no append is older.
+        // A count of 0 is a file never cut: no append is older.
         if gen == 0 {
             return;
         }
@@ -133,7 +129,8 @@ mod tests {
         cuts.record(1, 0, 0, 0);
         assert_eq!(cuts.len(), 0);
         cuts.record(1, 2, 0, 0);
-        // 65535 is three cuts before 2.
+        // 65535 comes before 2, across the wrap (which skips 0).
+        assert_eq!(benchfs_proto::meta::next_cut_gen(u16::MAX), 1);
         assert_eq!(cuts.landing(1, Some(u16::MAX), (0, 0, 8)), 0);
         assert_eq!(cuts.landing(1, Some(2), (0, 0, 8)), 8);
         assert!(older(u16::MAX, 0));

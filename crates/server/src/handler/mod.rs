@@ -772,7 +772,7 @@ impl ServerState {
                 let freeing = req.how == SizeUpdate::Exact;
                 let held = self.metadata.borrow().lookup(&req.path).map(|m| m.size);
                 let logged = self.change_logged(&req.path, freeing, |t| {
-                    t.update_size(&req.path, req.file_id, req.size, req.how)
+                    t.update_size_counted(&req.path, req.file_id, (req.size, req.how), req.cut_gen)
                 });
                 let meta = match logged {
                     // Past what is asked already, only the time moves (a write in place):
