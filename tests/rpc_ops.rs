@@ -339,6 +339,7 @@ async fn cuts(conn: &Connection, id: u64, first: &[u8]) {
         index,
         len,
         cut_gen: 0,
+        end: None,
     };
     // (index, len): chunk 0 after the cut, and whether chunk 1 is left.
     let cuts = [
@@ -987,6 +988,7 @@ impl OneFile<'_> {
             index: 0,
             len,
             cut_gen,
+            end: None,
         };
         self.conn.call::<ops::TruncateFile>(&cut).await.unwrap();
     }
@@ -1079,5 +1081,52 @@ fn an_append_claimed_before_a_cut_lands_short_of_it() {
         file.cut_chunks(4000, 1).await;
         file.append(200, pattern(8, 6), straddling).await;
         assert_eq!(file.bytes().await.len(), 108);
+    });
+}
+
+/// A growing truncate zeroes only the range between the record's old end and its new
+/// one (`TruncateFile` with an end): bytes past the range stay, since appends claimed
+/// after the growth land there, and a chunk the range covers whole goes.
+#[test]
+fn a_growing_truncate_zeroes_its_range_and_keeps_what_lies_past_it() {
+    let cluster = Cluster::start(spec(1));
+    let addr = cluster.addr(0);
+    Rt::new().block_on(async {
+        let client = rpc_client(b"");
+        let conn = client.connect(addr).await.unwrap();
+        let id = 0x9a0;
+        let zero = |from: (u64, u64), end: (u64, u64)| ops::TruncateFileRequest {
+            file_id: id,
+            index: from.0,
+            len: from.1,
+            cut_gen: 0,
+            end: Some(end),
+        };
+        let (a, b, c) = (pattern(1000, 1), pattern(500, 2), pattern(300, 3));
+        write(&conn, id, 0, 0, a.clone()).await;
+        write(&conn, id, 1, 0, b.clone()).await;
+        write(&conn, id, 2, 0, c.clone()).await;
+        // Inside one chunk, with bytes past the range.
+        conn.call::<ops::TruncateFile>(&zero((0, 100), (0, 300)))
+            .await
+            .unwrap();
+        let want = [&a[..100], &[0; 200][..], &a[300..]].concat();
+        assert!(read(&conn, id, 0, 0, 4096).await == want, "zeroed inside");
+        // From chunk 0 to the middle of chunk 2: chunk 0 is shortened, chunk 1 removed,
+        // the head of chunk 2 zeroed.
+        conn.call::<ops::TruncateFile>(&zero((0, 800), (2, 200)))
+            .await
+            .unwrap();
+        assert!(
+            read(&conn, id, 0, 0, 4096).await == want[..800],
+            "shortened"
+        );
+        assert!(read(&conn, id, 1, 0, 4096).await.is_empty(), "removed");
+        let tail = [&[0; 200][..], &c[200..]].concat();
+        assert!(read(&conn, id, 2, 0, 4096).await == tail, "head zeroed");
+        assert_eq!(stats(&conn).await.chunks, 2);
+        // A range that ends before it starts is refused.
+        let backwards = conn.call::<ops::TruncateFile>(&zero((2, 50), (1, 0))).await;
+        assert_eq!(status_of(backwards), Status::InvalidArgument);
     });
 }

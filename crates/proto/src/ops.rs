@@ -127,7 +127,9 @@ wire_header!(/// `ReaddirRequest`, before the directory and the resume name.
 wire_header!(/// `ReaddirReply`, before `count` entries.
     ReaddirReplyHeader = 5, { done: u8, count: U32 });
 wire_header!(/// `TruncateFileRequest`, whole.
-    TruncateFileHeader = 26, { file_id: U64, index: U64, len: U64, cut_gen: U16 });
+    TruncateFileHeader = 43, {
+    file_id: U64, index: U64, len: U64, cut_gen: U16, zero_only: u8, end_index: U64, end_len: U64,
+});
 wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 19, { file_id: U64, size: U64, how: u8, cut_gen: U16 });
 wire_header!(/// `ClaimAppendRequest`, before the path.
@@ -226,7 +228,7 @@ rpc!(/// List this server's share of a directory.
 rpc!(/// Cut a file's chunks on one server.
     TruncateFile, TruncateFile, TruncateFileRequest, Empty);
 rpc!(/// Grow or set a file's size.
-    UpdateSize, UpdateSize, UpdateSizeRequest, MetadataReply);
+    UpdateSize, UpdateSize, UpdateSizeRequest, SizeReply);
 rpc!(/// Claim the range an append writes; the reply's size ends it.
     ClaimAppend, ClaimAppend, ClaimAppendRequest, MetadataReply);
 rpc!(/// Flush to stable storage.
@@ -621,6 +623,31 @@ impl Message for MetadataReply {
     }
 }
 
+/// A size update's record, and the size it had before the update (a growing truncate
+/// zeros only from there: what was claimed up to it stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeReply {
+    /// The record after the update.
+    pub meta: FileMetadata,
+    /// Its size before the update.
+    pub size_before: u64,
+}
+
+impl Message for SizeReply {
+    fn encode(&self, w: &mut Writer) {
+        self.meta.encode(w);
+        w.fixed(&U64::new(self.size_before));
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let meta = FileMetadata::decode(r)?;
+        let size_before: U64 = r.fixed()?;
+        Ok(SizeReply {
+            meta,
+            size_before: size_before.get(),
+        })
+    }
+}
+
 /// A new directory's record, and whether records nothing showed may lie below its name
 /// (a directory left it, or a rename stopped part way there), which the client must
 /// remove ([`PurgeUnder`]) before the directory is used.
@@ -756,7 +783,8 @@ impl Message for ReaddirReply {
 }
 
 /// Cut a file: the server's chunk `index` to at most `len` bytes (removed at 0), and every
-/// later chunk of the file removed.
+/// later chunk of the file removed; or, with `end`, only the bytes from there up to `end`
+/// (a growing truncate's range: what lies past it stays).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TruncateFileRequest {
     /// The file's inode number.
@@ -768,6 +796,9 @@ pub struct TruncateFileRequest {
     /// The record's [`FileMetadata::cut_gen`] after the cut: an append's write that
     /// carries an older one was claimed before it.
     pub cut_gen: u16,
+    /// Where the bytes to remove end (chunk index, offset in it), if not at the file's
+    /// end.
+    pub end: Option<(u64, u64)>,
 }
 
 impl Message for TruncateFileRequest {
@@ -777,6 +808,9 @@ impl Message for TruncateFileRequest {
             index: self.index.into(),
             len: self.len.into(),
             cut_gen: self.cut_gen.into(),
+            zero_only: u8::from(self.end.is_some()),
+            end_index: self.end.map_or(0, |e| e.0).into(),
+            end_len: self.end.map_or(0, |e| e.1).into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -786,6 +820,7 @@ impl Message for TruncateFileRequest {
             index: h.index.get(),
             len: h.len.get(),
             cut_gen: h.cut_gen.get(),
+            end: bool_byte(h.zero_only, "zero_only")?.then(|| (h.end_index.get(), h.end_len.get())),
         })
     }
 }

@@ -29,6 +29,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = CreateRequest::from_bytes(bytes);
     let _ = DeleteRequest::from_bytes(bytes);
     let _ = MetadataReply::from_bytes(bytes);
+    let _ = SizeReply::from_bytes(bytes);
     let _ = ReaddirRequest::from_bytes(bytes);
     let _ = ReaddirReply::from_bytes(bytes);
     let _ = TruncateFileRequest::from_bytes(bytes);
@@ -271,7 +272,9 @@ proptest! {
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&PurgeRequest { dir: path.clone(), changed_before_ns: id })?;
         round_trip(&CreateDirReply { meta: m, stale_below: id % 2 == 0 })?;
-        round_trip(&TruncateFileRequest { file_id: id, index: 1, len, cut_gen: id as u16 })?;
+        round_trip(&TruncateFileRequest { file_id: id, index: 1, len, cut_gen: id as u16, end: None })?;
+        round_trip(&TruncateFileRequest { file_id: id, index: 1, len, cut_gen: 0, end: Some((id, len)) })?;
+        round_trip(&SizeReply { meta: m, size_before: len })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;
         round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, born_again: id % 2 == 1, replicas: 2, virtual_nodes: 150, challenge: vec![3; 32] })?;

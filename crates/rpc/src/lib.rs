@@ -118,10 +118,17 @@ impl RpcError {
     }
 
     /// The same error, saying that `earlier` (another replica's failure at the same call)
-    /// came first, so a call that every replica failed names every server it asked.
+    /// came first, so a call that every replica failed names every server it asked. Two
+    /// failures alike say their explanation once.
     pub fn after(mut self, earlier: &RpcError) -> RpcError {
+        let mut alike = earlier.clone();
+        alike.server_mut().clone_from(self.server_mut());
+        let earlier = match alike.to_string() == self.to_string() {
+            true => format!("as {} before it", earlier.clone().server_mut()),
+            false => format!("after {earlier}"),
+        };
         let server = self.server_mut();
-        *server = format!("{server} (after {earlier})");
+        *server = format!("{server} ({earlier})");
         self
     }
 
@@ -200,5 +207,32 @@ impl From<Vec<u8>> for OutPayload {
 impl From<Rc<[u8]>> for OutPayload {
     fn from(s: Rc<[u8]>) -> Self {
         OutPayload::Shared(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_of_every_replica_name_every_server_and_say_one_explanation_once() {
+        let lost = |server: &str| RpcError::MayHaveLost {
+            server: server.into(),
+        };
+        let both = lost("node2@a").after(&lost("node3@b")).to_string();
+        assert!(
+            both.starts_with("node2@a (as node3@b before it) holds none of these bytes"),
+            "{both}"
+        );
+        assert_eq!(both.matches("holds none").count(), 1, "{both}");
+        let refused = RpcError::Status {
+            server: "node1@c".into(),
+            status: Status::NoSpace,
+        };
+        let apart = refused.after(&lost("node3@b")).to_string();
+        assert!(
+            apart.contains("node1@c (after node3@b holds none"),
+            "{apart}"
+        );
     }
 }

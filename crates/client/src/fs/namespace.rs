@@ -708,12 +708,15 @@ impl FsClient {
         })
     }
 
-    /// Sets the file's size, then cuts its chunks on every server at `size`, or, when the
-    /// file grows, at its end before (`meta.size`). Every server: chunks may lie past the
-    /// published size (a writer that has not closed, or never will, or an earlier truncate
-    /// that a server missed), and one left there would show its old bytes when the file
-    /// grows. The size goes first: cut chunks under a size that did not change would read
-    /// as zeros nobody wrote, while a size set and a cut that some server missed leave only
+    /// Sets the file's size, then cuts its chunks on every server at `size`; when the file
+    /// grows, what lies past the new end goes first, and after the size only the range
+    /// from the end the record had (appends claimed up to then included, or what this
+    /// client's handles wrote, `meta.size`) to the new one is zeroed, so appends claimed
+    /// after the growth keep their bytes. Every server: chunks may lie past the published
+    /// size (a writer that has not closed, or never will, or an earlier truncate that a
+    /// server missed), and one left there would show its old bytes when the file grows.
+    /// The size goes first: cut chunks under a size that did not change would read as
+    /// zeros nobody wrote, while a size set and a cut that some server missed leave only
     /// bytes past the end there. Either failure fails the call.
     pub(super) async fn truncate_meta(
         &self,
@@ -760,33 +763,60 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
+        let layout = ChunkLayout::new(meta.chunk_size);
+        let at = |offset: u64| {
+            let index = layout.chunk_index(offset);
+            (index, offset - index * meta.chunk_size)
+        };
+        if size > meta.size {
+            // Growing: the file holds nothing past the new end yet, so what a server holds
+            // there is no file's bytes (a writer that never published, a failed call) and
+            // goes first, before an append claimed after the growth can land there.
+            let (index, len) = at(size);
+            let past_end = ops::TruncateFileRequest {
+                file_id: meta.file_id,
+                index,
+                len,
+                cut_gen: 0,
+                end: None,
+            };
+            self.on_every_server(path, &past_end).await?;
+        }
         let req = exact_size(path, meta.file_id, size, next_cut_gen(meta.cut_gen));
         let sized = self
             .change_record::<ops::UpdateSize>(path, req.file_id, &req)
             .await;
         self.meta_cache.borrow_mut().remove(path);
-        let mut sized = sized.map_err(rpc_err("truncate", path))?.meta;
-        // Growing: the bytes between the old end and the new one must read as zeros, so
-        // whatever a server still holds there goes.
-        let cut_at = size.min(meta.size);
-        let index = ChunkLayout::new(meta.chunk_size).chunk_index(cut_at);
+        let sized = sized.map_err(rpc_err("truncate", path))?;
+        // What the record held when it grew (appends claimed up to then included) and what
+        // this client's handles wrote and have not published stay.
+        let held = sized.size_before.max(meta.size);
+        if size > held {
+            // Zeros between the two ends; past the new end, appends claimed since.
+            let zero = ops::TruncateFileRequest {
+                file_id: meta.file_id,
+                index: at(held).0,
+                len: at(held).1,
+                cut_gen: 0,
+                end: Some(at(size)),
+            };
+            self.on_every_server(path, &zero).await?;
+            self.meta_cache.borrow_mut().put(path, sized.meta);
+            return Ok(sized.meta);
+        }
+        let mut sized = sized.meta;
+        let (index, len) = at(size.min(meta.size));
         for _ in 0..CUT_ROUNDS_MAX {
             // With the record's cut count: an append claimed before it lands short of the
             // cut on a server that has seen it (the server's `cuts`).
             let cut = ops::TruncateFileRequest {
                 file_id: meta.file_id,
                 index,
-                len: cut_at - index * meta.chunk_size,
+                len,
                 cut_gen: sized.cut_gen,
+                end: None,
             };
-            let cuts = self
-                .all_servers()
-                .map(|s| self.call_on::<ops::TruncateFile>(s, &cut, OutPayload::none()));
-            let results = join_all(cuts).await;
-            self.chunk_cache.borrow_mut().invalidate_file(meta.file_id);
-            for r in results {
-                r.map_err(rpc_err("truncate", path))?;
-            }
+            self.on_every_server(path, &cut).await?;
             // Set again: a size update that was on its way from another handle (a flush, a
             // release, an append's claim) may have grown the file back meanwhile. Setting
             // it back moves the cut count, and the cut goes again with the new count; an
@@ -805,6 +835,24 @@ impl FsClient {
         }
         self.meta_cache.borrow_mut().put(path, sized);
         Ok(sized)
+    }
+
+    /// Sends a truncate's cut of file `path` to every server: chunks may lie past the
+    /// published size anywhere (see [`FsClient::truncate_meta`]).
+    async fn on_every_server(
+        &self,
+        path: &str,
+        cut: &ops::TruncateFileRequest,
+    ) -> Result<(), ApiError> {
+        let cuts = self
+            .all_servers()
+            .map(|s| self.call_on::<ops::TruncateFile>(s, cut, OutPayload::none()));
+        let results = join_all(cuts).await;
+        self.chunk_cache.borrow_mut().invalidate_file(cut.file_id);
+        for r in results {
+            r.map_err(rpc_err("truncate", path))?;
+        }
+        Ok(())
     }
 
     /// After a truncate of file `file_id` to `size` that failed: where the record read now

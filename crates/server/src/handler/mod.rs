@@ -784,7 +784,8 @@ impl ServerState {
                         .update_size(&req.path, req.file_id, req.size, req.how)?,
                     logged => logged?,
                 };
-                Ok(Reply::ok(&op::MetadataReply { meta }))
+                let size_before = held.unwrap_or(meta.size);
+                Ok(Reply::ok(&op::SizeReply { meta, size_before }))
             }
         }
     }
@@ -797,6 +798,11 @@ impl ServerState {
     async fn truncate_file(&self, req: op::TruncateFileRequest) -> Result<Reply, Status> {
         if req.len > self.chunk_size {
             return Err(Status::InvalidArgument);
+        }
+        if let Some(end) = req.end {
+            return self
+                .zero_range(req.file_id, (req.index, req.len), end)
+                .await;
         }
         // Before any wait: a write checked after this sees the cut.
         self.cuts
@@ -820,6 +826,52 @@ impl ServerState {
                     .await
                     .map_err(store_status)?;
             }
+        }
+        Ok(Reply::ok(&op::Empty))
+    }
+
+    /// A growing truncate's range of file `file_id`, from `from` up to `to` (chunk index,
+    /// offset in it): this server's bytes there go (a chunk holding nothing past the range
+    /// is shortened or removed, one that does has the range written with zeros), and what
+    /// lies past it stays, since appends claimed after the truncate land there.
+    async fn zero_range(
+        &self,
+        file_id: u64,
+        from: (u64, u64),
+        to: (u64, u64),
+    ) -> Result<Reply, Status> {
+        if to.1 > self.chunk_size || to < from {
+            return Err(Status::InvalidArgument);
+        }
+        let chunks = self
+            .store
+            .file_chunks(file_id)
+            .await
+            .map_err(store_status)?;
+        for (index, stat) in chunks {
+            if index < from.0 || index > to.0 {
+                continue;
+            }
+            let id = ChunkId { file_id, index };
+            let start = if index == from.0 { from.1 } else { 0 };
+            let end = if index == to.0 { to.1 } else { u64::MAX };
+            if stat.len <= start || start >= end {
+                continue;
+            }
+            if stat.len <= end {
+                match start {
+                    0 => self.store.remove(id).await.map(drop),
+                    start => self.store.truncate(id, start).await,
+                }
+                .map_err(store_status)?;
+                continue;
+            }
+            // Within the chunk: it holds bytes past `end`, which is `to.1`.
+            let len = (end - start) as usize;
+            let mut zeros = self.store.buffer(len).await.map_err(store_status)?;
+            zeros.as_mut_slice().fill(0);
+            let (written, _) = self.store.write(id, start, zeros).await;
+            written.map_err(store_status)?;
         }
         Ok(Reply::ok(&op::Empty))
     }
