@@ -60,6 +60,11 @@ impl ChunkLayout {
         offset >> self.shift
     }
 
+    /// The chunk holding file offset `offset`, and the offset in it.
+    pub fn position(&self, offset: u64) -> (u64, u64) {
+        (offset >> self.shift, offset & (self.chunk_size - 1))
+    }
+
     /// Number of chunks a file of `file_size` bytes spans.
     pub fn chunk_count(&self, file_size: u64) -> u64 {
         file_size.div_ceil(self.chunk_size)
@@ -153,6 +158,15 @@ mod tests {
         );
         check(1 << 22, (1 << 22) * 3 - 1, 1, &[(2, (1 << 22) - 1, 1)]);
         check(4096, u64::MAX - 1, 1, &[(u64::MAX >> 12, 4094, 1)]);
+    }
+
+    #[test]
+    fn positions_split_an_offset_at_its_chunk() {
+        let layout = ChunkLayout::new(4096);
+        assert_eq!(layout.position(0), (0, 0));
+        assert_eq!(layout.position(4095), (0, 4095));
+        assert_eq!(layout.position(4096), (1, 0));
+        assert_eq!(layout.position(u64::MAX), (u64::MAX >> 12, 4095));
     }
 
     #[test]

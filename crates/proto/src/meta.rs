@@ -101,10 +101,10 @@ pub struct FileMetadata {
     /// when it grows past its server's limit, and never becomes inline again.
     pub inline: bool,
     /// How many times a truncate cut the file shorter, wrapping at 2^16 and skipping 0
-    /// ([`next_cut_gen`]). An append's chunk writes carry
-    /// the count its claim saw, and a chunk server drops what such a write would land
-    /// past a later cut (the record ordered the append before it). Replicas agree on it:
-    /// a truncate asks every replica for the count after the newest one they hold.
+    /// ([`next_cut_gen`]). An append's chunk writes carry the count its claim saw, and a
+    /// chunk server drops what such a write would land past a later cut (the record
+    /// ordered the append before it). Replicas agree on it: a truncate asks every replica
+    /// for the count after the newest one they hold.
     pub cut_gen: u16,
 }
 

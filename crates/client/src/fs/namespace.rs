@@ -763,11 +763,7 @@ impl FsClient {
         meta: FileMetadata,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        let layout = ChunkLayout::new(meta.chunk_size);
-        let at = |offset: u64| {
-            let index = layout.chunk_index(offset);
-            (index, offset - index * meta.chunk_size)
-        };
+        let at = |offset| ChunkLayout::new(meta.chunk_size).position(offset);
         if size > meta.size {
             // Growing: the file holds nothing past the new end yet, so what a server holds
             // there is no file's bytes (a writer that never published, a failed call) and
@@ -793,10 +789,11 @@ impl FsClient {
         let held = sized.size_before.max(meta.size);
         if size > held {
             // Zeros between the two ends; past the new end, appends claimed since.
+            let (index, len) = at(held);
             let zero = ops::TruncateFileRequest {
                 file_id: meta.file_id,
-                index: at(held).0,
-                len: at(held).1,
+                index,
+                len,
                 cut_gen: 0,
                 end: Some(at(size)),
             };
@@ -1020,9 +1017,8 @@ pub(super) fn took_it<T>(
     (holders, failed)
 }
 
-/// A request that sets the size of `path` (file `file_id`) to `size`, as a truncate does.
-/// A truncate's size update: the record takes `size`, and when that changes it, at least
-/// cut count `cut_gen`.
+/// A request that sets the size of `path` (file `file_id`) to `size`, as a truncate does;
+/// a size that cuts the record moves its cut count to at least `cut_gen`.
 pub(super) fn exact_size(
     path: &str,
     file_id: u64,

@@ -795,67 +795,43 @@ impl ServerState {
     /// since chunks may lie past the published size (a writer that never closed), and a
     /// chunk left past the end would show its old bytes when the file grows again. Never
     /// lengthens a chunk: bytes past a chunk's end read as zeros anyway.
+    ///
+    /// With an `end` (a growing truncate's range), only the bytes up to it go: a chunk
+    /// holding bytes past the range has the range written with zeros, since appends
+    /// claimed after the truncate land there.
     async fn truncate_file(&self, req: op::TruncateFileRequest) -> Result<Reply, Status> {
-        if req.len > self.chunk_size {
+        let from = (req.index, req.len);
+        let bad_end = req
+            .end
+            .is_some_and(|to| to.1 > self.chunk_size || to < from);
+        if req.len > self.chunk_size || bad_end {
             return Err(Status::InvalidArgument);
         }
-        if let Some(end) = req.end {
-            return self
-                .zero_range(req.file_id, (req.index, req.len), end)
-                .await;
+        if req.end.is_none() {
+            // Before any wait: a write checked after this sees the cut.
+            self.cuts
+                .borrow_mut()
+                .record(req.file_id, req.cut_gen, req.index, req.len);
         }
-        // Before any wait: a write checked after this sees the cut.
-        self.cuts
-            .borrow_mut()
-            .record(req.file_id, req.cut_gen, req.index, req.len);
         let chunks = self
             .store
             .file_chunks(req.file_id)
             .await
             .map_err(store_status)?;
         for (index, stat) in chunks.into_iter().rev() {
+            if index < from.0 || req.end.is_some_and(|to| index > to.0) {
+                continue;
+            }
             let id = ChunkId {
                 file_id: req.file_id,
                 index,
             };
-            if index > req.index || (index == req.index && req.len == 0) {
-                self.store.remove(id).await.map_err(store_status)?;
-            } else if index == req.index && stat.len > req.len {
-                self.store
-                    .truncate(id, req.len)
-                    .await
-                    .map_err(store_status)?;
-            }
-        }
-        Ok(Reply::ok(&op::Empty))
-    }
-
-    /// A growing truncate's range of file `file_id`, from `from` up to `to` (chunk index,
-    /// offset in it): this server's bytes there go (a chunk holding nothing past the range
-    /// is shortened or removed, one that does has the range written with zeros), and what
-    /// lies past it stays, since appends claimed after the truncate land there.
-    async fn zero_range(
-        &self,
-        file_id: u64,
-        from: (u64, u64),
-        to: (u64, u64),
-    ) -> Result<Reply, Status> {
-        if to.1 > self.chunk_size || to < from {
-            return Err(Status::InvalidArgument);
-        }
-        let chunks = self
-            .store
-            .file_chunks(file_id)
-            .await
-            .map_err(store_status)?;
-        for (index, stat) in chunks {
-            if index < from.0 || index > to.0 {
-                continue;
-            }
-            let id = ChunkId { file_id, index };
             let start = if index == from.0 { from.1 } else { 0 };
-            let end = if index == to.0 { to.1 } else { u64::MAX };
-            if stat.len <= start || start >= end {
+            let end = match req.end {
+                Some(to) if index == to.0 => to.1,
+                _ => u64::MAX,
+            };
+            if start >= end || (start > 0 && stat.len <= start) {
                 continue;
             }
             if stat.len <= end {
@@ -866,7 +842,7 @@ impl ServerState {
                 .map_err(store_status)?;
                 continue;
             }
-            // Within the chunk: it holds bytes past `end`, which is `to.1`.
+            // The chunk holds bytes past the range, which ends in it (`end` is `to.1`).
             let len = (end - start) as usize;
             let mut zeros = self.store.buffer(len).await.map_err(store_status)?;
             zeros.as_mut_slice().fill(0);
