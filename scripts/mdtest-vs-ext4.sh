@@ -44,19 +44,25 @@ BENCHFS_PREFIX=$work "$root/scripts/build-ior.sh" "${IOR_SOURCE:-$root/../shared
 mdtest=$work/ior/bin/mdtest
 benchfs=$work/bin/benchfs
 
-image=/dev/shm/benchfs-mdtest-ext4-$$.img
+# The image lives in a tmpfs of its own: some hosts hand out a read-only loop device for
+# a file in /dev/shm.
+ram=$work/ram
+image=$ram/ext4.img
 mnt=$work/ext4-ram
 cluster=$work/cluster
 cleanup() {
     "$benchfs" cluster down --dir "$cluster" >/dev/null 2>&1 || true
     umount "$mnt" 2>/dev/null || true
-    rm -f "$image"
+    umount "$ram" 2>/dev/null || true
 }
 trap cleanup EXIT
+mkdir -p "$ram" "$mnt"
+mount -t tmpfs -o size="$((ram_fs_mb + 64))M" tmpfs "$ram"
 truncate -s "${ram_fs_mb}M" "$image"
 mkfs.ext4 -q -F "$image"
-mkdir -p "$mnt"
-mount -o loop "$image" "$mnt"
+mount -o loop,rw "$image" "$mnt"
+touch "$mnt/.rw" 2>/dev/null || { echo "mdtest-vs-ext4.sh: the ext4 loop mount is not writable" >&2; exit 1; }
+rm "$mnt/.rw"
 
 # creates LABEL ARGS...: one mdtest run's "File creation" max (ops/s), or nothing.
 creates() {
@@ -87,9 +93,11 @@ for r in $(seq 1 "$rounds"); do
     echo "round=$r benchfs=${fig[benchfs,$r]:-failed} ext4_ram=${fig[ram,$r]:-failed} ext4_disk=${fig[disk,$r]:--}"
 done
 
-median() { printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g | awk '{ v[++n] = $1 } END {
+# median FORMAT VALUES...: the median of the numeric VALUES, printed with FORMAT.
+median() { local format=$1; shift
+    printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g | awk -v f="$format" '{ v[++n] = $1 } END {
     if (n == 0) { print "n/a"; exit }
-    printf "%.0f\n", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }'; }
+    printf f "\n", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b }'; }
 echo
 echo "# creates/s, median over $rounds rounds; ratio = benchfs / ext4 within a round, median"
@@ -100,5 +108,5 @@ for base in ram disk; do
         vals+=("${fig[benchfs,$r]:-}"); refs+=("${fig[$base,$r]:-}")
         ratios+=("$(ratio "${fig[benchfs,$r]:-}" "${fig[$base,$r]:-}")")
     done
-    printf 'benchfs %-10s ext4-%-5s %-10s ratio %s (goal >= 2.00)\n' "$(median "${vals[@]}")" "$base" "$(median "${refs[@]}")" "$(median "${ratios[@]}")"
+    printf 'benchfs %-10s ext4-%-5s %-10s ratio %s (goal >= 2.00)\n' "$(median %.0f "${vals[@]}")" "$base" "$(median %.0f "${refs[@]}")" "$(median %.2f "${ratios[@]}")"
 done
