@@ -438,8 +438,13 @@ fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
     let other = cluster.client();
     let rdwr = OpenFlags::READ | OpenFlags::WRITE;
     let old = pattern(3 * C + 1000, 7);
-    // Offsets in the first chunk, in a later one, and at the end of a cut chunk.
-    for (i, at) in [200, 2 * C as u64 + 17, 99].into_iter().enumerate() {
+    // Offsets in the first chunk, in a later one, at the end of a cut chunk, and past the
+    // old end.
+    let past_end = old.len() as u64 + 10;
+    for (i, at) in [200, 2 * C as u64 + 17, 99, past_end]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("/after{i}");
         write_file(&writer, &name, &old);
         let fd = writer.open(&name, rdwr, 0).unwrap();
@@ -454,8 +459,12 @@ fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
         assert!(read_file(&other, &name) == want, "{name}: the bytes");
     }
     // The same writes made before the cut went with it, as on a local file system: the
-    // close does not grow the file back over the cut range.
-    for (i, at) in [200, 2 * C as u64 + 17].into_iter().enumerate() {
+    // close does not grow the file back over the cut range, nor to the end of writes past
+    // the old end (the record's cut count moved since the handle looked).
+    for (i, at) in [200, 2 * C as u64 + 17, past_end, 4 * C as u64 + 5]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("/before{i}");
         write_file(&writer, &name, &old);
         let fd = writer.open(&name, rdwr, 0).unwrap();
@@ -465,6 +474,19 @@ fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
         assert_eq!(other.stat(&name).unwrap().size, 100, "{name}");
         assert!(read_file(&other, &name) == old[..100], "{name}: the bytes");
     }
+    // A truncate that grows the file cuts what lay past its new end: a write there made
+    // before it goes too, and the close does not grow the file to its end.
+    let name = "/grown-over";
+    write_file(&writer, name, &old);
+    let fd = writer.open(name, rdwr, 0).unwrap();
+    writer.pwrite(fd, b"ZZZZ", 4 * C as u64).unwrap();
+    let grown = old.len() + 100;
+    other.truncate(name, grown as u64).unwrap();
+    writer.close(fd).unwrap();
+    assert_eq!(other.stat(name).unwrap().size, grown as u64, "{name}");
+    let mut want = old.clone();
+    want.resize(grown, 0);
+    assert!(read_file(&other, name) == want, "{name}: the bytes");
     // An append's claim orders it before a cut its close finds, whatever bytes lie at its
     // end by then (here a third client's, not yet published): the file is not grown back.
     let name = "/appended";

@@ -499,9 +499,9 @@ fn a_truncate_brings_the_replicas_cut_counts_together() {
             .map(|r| r.map(|meta| (meta.size, meta.cut_gen)))
             .collect::<Vec<_>>()
     };
-    assert_eq!(counts(&cluster), [Some((5, 2)), Some((1000, 0))]);
+    assert_eq!(counts(&cluster), [Some((5, 3)), Some((1000, 0))]);
     fs.truncate("/x", 3).unwrap();
-    assert_eq!(counts(&cluster), [Some((3, 3)), Some((3, 3))]);
+    assert_eq!(counts(&cluster), [Some((3, 4)), Some((3, 4))]);
     // And an append after it lands whole, whichever count a chunk server saw.
     let fd = fs
         .open("/x", OpenFlags::WRITE | OpenFlags::APPEND, 0)
@@ -509,4 +509,39 @@ fn a_truncate_brings_the_replicas_cut_counts_together() {
     fs.write(fd, b"tail").unwrap();
     fs.close(fd).unwrap();
     assert!(read_file(&fs, "/x") == [&pattern(1000, 3)[..3], b"tail"].concat());
+}
+
+#[test]
+fn a_write_after_a_cut_one_replica_missed_grows_every_replica() {
+    // A writer's size update grows only the replicas not cut since its handle looked;
+    // where replicas disagree (one missed a truncate), the writer's bytes decide, and a
+    // write made after the cut grows every replica: the one that refused would otherwise
+    // keep the cut size, and reads through it lose the acknowledged bytes.
+    let cluster = Cluster::start(ClusterSpec {
+        orphan_sweep_secs: 0,
+        ..spec()
+    });
+    let fs = cluster.client();
+    write_file(&fs, "/w", &pattern(1000, 4));
+    let id = fs.stat("/w").unwrap().file_id;
+    // The second replica takes a truncate the first (which the open reads) missed.
+    let second = cluster.addr(replicas_of(&cluster, "/w")[1]);
+    let cut = ops::UpdateSizeRequest {
+        path: "/w".into(),
+        file_id: id,
+        size: 5,
+        how: benchfs_proto::meta::SizeUpdate::Exact,
+        cut_gen: 0,
+    };
+    call_one::<ops::UpdateSize>(second, &cut).unwrap();
+    let fd = fs
+        .open("/w", OpenFlags::READ | OpenFlags::WRITE, 0)
+        .unwrap();
+    fs.pwrite(fd, b"late", 2000).unwrap();
+    fs.close(fd).unwrap();
+    let sizes: Vec<_> = records(&cluster, "/w")
+        .into_iter()
+        .map(|r| r.map(|meta| meta.size))
+        .collect();
+    assert_eq!(sizes, [Some(2004), Some(2004)]);
 }

@@ -267,7 +267,7 @@ impl BenchFuse {
             return Ok(());
         }
         let grown = handle.dirty.then_some(handle.size);
-        self.call(req, |fs| {
+        let record = self.call(req, |fs| {
             fs.block_on(fs.client().publish_writes(
                 &handle.path,
                 handle.meta,
@@ -275,8 +275,13 @@ impl BenchFuse {
                 handle.wrote_to,
             ))
         })?;
-        self.handles
-            .published(fh.0, handle.size, handle.writes, handle.wrote_to);
+        self.handles.published(
+            fh.0,
+            handle.size,
+            handle.writes,
+            handle.wrote_to,
+            record.map(|r| r.cut_gen),
+        );
         Ok(())
     }
 

@@ -123,9 +123,22 @@ impl Handles {
     }
 
     /// The servers now hold the size and time of handle `fh` as they were when it had
-    /// size `seen`, had made `writes` writes, and they reached `wrote_to`.
-    pub(crate) fn published(&self, fh: u64, seen: u64, writes: u64, wrote_to: u64) {
+    /// size `seen`, had made `writes` writes, and they reached `wrote_to`; `cut_gen` is
+    /// the published record's cut count, if the file still has one.
+    pub(crate) fn published(
+        &self,
+        fh: u64,
+        seen: u64,
+        writes: u64,
+        wrote_to: u64,
+        cut_gen: Option<u16>,
+    ) {
         if let Some(h) = self.lock().get_mut(&fh) {
+            // With no write since the publish began, the handle's later writes come after
+            // every cut the record showed.
+            if let Some(cut_gen) = cut_gen.filter(|_| h.writes == writes) {
+                h.meta.cut_gen = cut_gen;
+            }
             if h.size == seen {
                 h.dirty = false;
             }

@@ -56,6 +56,10 @@ pub enum SizeUpdate {
     AtLeast = 1,
     /// Set exactly (truncate).
     Exact = 2,
+    /// [`SizeUpdate::AtLeast`] unless the record was cut since the caller looked (its
+    /// cut count is no longer the request's): then the time alone moves, and the caller
+    /// tells whether its writes came before the cut or after it.
+    AtLeastUncut = 3,
 }
 
 impl SizeUpdate {
@@ -64,6 +68,7 @@ impl SizeUpdate {
         match value {
             1 => Some(SizeUpdate::AtLeast),
             2 => Some(SizeUpdate::Exact),
+            3 => Some(SizeUpdate::AtLeastUncut),
             _ => None,
         }
     }
@@ -100,11 +105,13 @@ pub struct FileMetadata {
     /// deferred open), so the file has no chunks. Only files; a file stops being inline
     /// when it grows past its server's limit, and never becomes inline again.
     pub inline: bool,
-    /// How many times a truncate cut the file shorter, wrapping at 2^16 and skipping 0
-    /// ([`next_cut_gen`]). An append's chunk writes carry the count its claim saw, and a
-    /// chunk server drops what such a write would land past a later cut (the record
-    /// ordered the append before it). Replicas agree on it: a truncate asks every replica
-    /// for the count after the newest one they hold.
+    /// How many times a truncate set the file's size to another one (and cut its
+    /// chunks), wrapping at 2^16 and skipping 0 ([`next_cut_gen`]). An append's chunk
+    /// writes carry the count its claim saw, and a chunk server drops what such a write
+    /// would land past a later cut (the record ordered the append before it); a writer's
+    /// size update made with an older count grows the file only once the writer checked
+    /// its bytes outlived the cut ([`SizeUpdate::AtLeastUncut`]). Replicas agree on it: a
+    /// truncate asks every replica for the count after the newest one they hold.
     pub cut_gen: u16,
 }
 

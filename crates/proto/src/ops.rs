@@ -836,9 +836,10 @@ pub struct UpdateSizeRequest {
     pub size: u64,
     /// Grow-only or exact.
     pub how: SizeUpdate,
-    /// For an exact size that cuts the record: the cut count the record takes at least
-    /// ([`FileMetadata::cut_gen`]), so that replicas whose counts drifted apart (a
-    /// truncate some of them missed) agree again; 0 for none.
+    /// For an exact size that changes the record: the cut count the record takes at
+    /// least ([`FileMetadata::cut_gen`]), so that replicas whose counts drifted apart (a
+    /// truncate some of them missed) agree again; 0 for none. For
+    /// [`SizeUpdate::AtLeastUncut`]: the count the caller knew.
     pub cut_gen: u16,
 }
 

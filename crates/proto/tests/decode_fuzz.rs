@@ -261,6 +261,7 @@ proptest! {
         round_trip(&MetadataReply { meta: m })?;
         round_trip(&InsertRequest { path: path.clone(), meta: m, exclusive: true, settled_only: false, newer_only: false, data: Vec::new() })?;
         round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::Exact, cut_gen: id as u16 })?;
+        round_trip(&UpdateSizeRequest { path: path.clone(), file_id: id, size: len, how: SizeUpdate::AtLeastUncut, cut_gen: id as u16 })?;
         round_trip(&ClaimAppendRequest { path: path.clone(), file_id: id, floor: len, len: id })?;
         round_trip(&LocateFileRequest { file_id: id })?;
         round_trip(&LocateFileReply { path: Some(path.clone()) })?;

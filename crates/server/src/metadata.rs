@@ -662,9 +662,10 @@ impl MetadataTable {
         self.update_size_counted(path, file_id, (size, how), 0)
     }
 
-    /// [`MetadataTable::update_size`]; an exact size that cuts the record moves its cut
-    /// count past its own and to at least `cut_gen` (0: none), the count the truncating
-    /// client asks every replica for.
+    /// [`MetadataTable::update_size`]; an exact size that changes the record's moves its
+    /// cut count past its own and to at least `cut_gen` (0: none), the count the
+    /// truncating client asks every replica for. [`SizeUpdate::AtLeastUncut`] grows the
+    /// record only while its count is `cut_gen`, and else moves its time alone.
     pub fn update_size_counted(
         &mut self,
         path: &str,
@@ -683,14 +684,17 @@ impl MetadataTable {
         }
         let size = match how {
             SizeUpdate::AtLeast => meta.size.max(size),
+            SizeUpdate::AtLeastUncut if meta.cut_gen == cut_gen => meta.size.max(size),
+            SizeUpdate::AtLeastUncut => meta.size,
             SizeUpdate::Exact => size,
         };
         if meta.inline && size != meta.size {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
-        // Only a cut orders appends: one that grows the file keeps what they claimed.
-        if how == SizeUpdate::Exact && size < meta.size {
+        // A truncate that grows the file counts too: it cut what lay past the new end,
+        // which a writer that looked before must not grow the file back over.
+        if how == SizeUpdate::Exact && size != meta.size {
             let next = next_cut_gen(meta.cut_gen);
             meta.cut_gen = match cut_gen != 0 && cut_gen_older(next, cut_gen) {
                 true => cut_gen,
@@ -1194,12 +1198,32 @@ mod tests {
             "same size"
         );
         assert_eq!(size(4, SizeUpdate::Exact, 0).unwrap().cut_gen, 1);
-        // Growing orders no append before it.
-        assert_eq!(size(50, SizeUpdate::Exact, 6).unwrap().cut_gen, 1, "grown");
+        // Growing counts too (it cut past the new end), and takes the count asked.
+        assert_eq!(size(50, SizeUpdate::Exact, 6).unwrap().cut_gen, 6, "grown");
         // A replica behind takes the count asked; one ahead keeps counting its own.
         assert_eq!(size(40, SizeUpdate::Exact, 9).unwrap().cut_gen, 9);
         assert_eq!(size(30, SizeUpdate::Exact, 3).unwrap().cut_gen, 10);
         assert_eq!(m.lookup("/f").unwrap().cut_gen, 10);
+    }
+
+    #[test]
+    fn a_writer_that_looked_before_a_cut_grows_the_file_only_by_a_plain_update() {
+        let mut m = manager();
+        let id = m.create_file("/f", 0, 0, Owner::default()).unwrap().file_id;
+        let mut size = |size, how, gen| m.update_size_counted("/f", id, (size, how), gen);
+        assert_eq!(
+            size(8, SizeUpdate::AtLeastUncut, 0).unwrap().size,
+            8,
+            "uncut"
+        );
+        assert_eq!(size(4, SizeUpdate::Exact, 0).unwrap().cut_gen, 1);
+        let stale = size(20, SizeUpdate::AtLeastUncut, 0).unwrap();
+        assert_eq!((stale.size, stale.cut_gen), (4, 1), "the time alone moves");
+        assert_eq!(size(20, SizeUpdate::AtLeastUncut, 1).unwrap().size, 20);
+        assert_eq!(size(10, SizeUpdate::AtLeastUncut, 1).unwrap().size, 20);
+        assert_eq!(size(30, SizeUpdate::AtLeast, 0).unwrap().size, 30);
+        assert_eq!(size(40, SizeUpdate::Exact, 0).unwrap().cut_gen, 2, "grown");
+        assert_eq!(size(50, SizeUpdate::AtLeastUncut, 1).unwrap().size, 40);
     }
 
     #[test]

@@ -231,6 +231,9 @@ impl FsClient {
                 f.meta.ctime_ns = f.meta.ctime_ns.max(meta.ctime_ns);
                 if f.own_changes == changes {
                     f.size = f.size.max(meta.size);
+                    // Every write so far is published or went with a cut: later ones
+                    // come after the cuts the record shows.
+                    f.meta.cut_gen = meta.cut_gen;
                 }
             }
         })?;
@@ -324,29 +327,52 @@ impl FsClient {
         file_id: u64,
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
-        let grow = |path: String| async move {
+        Ok(self.update_size(path, file_id, size, None).await?.0)
+    }
+
+    /// [`FsClient::grow_size`], or with `uncut_since`, only on the replicas whose record
+    /// was not cut since that cut count (the others move its time alone). Returns the
+    /// first replica's record and the least size a replica answered with.
+    async fn update_size(
+        &self,
+        path: &str,
+        file_id: u64,
+        size: u64,
+        uncut_since: Option<u16>,
+    ) -> Result<(FileMetadata, u64), ApiError> {
+        let update = |path: String| async move {
             let req = ops::UpdateSizeRequest {
                 path: path.clone(),
                 file_id,
                 size,
-                how: SizeUpdate::AtLeast,
-                cut_gen: 0,
+                how: match uncut_since {
+                    Some(_) => SizeUpdate::AtLeastUncut,
+                    None => SizeUpdate::AtLeast,
+                },
+                cut_gen: uncut_since.unwrap_or(0),
             };
-            let reply = self
-                .change_record::<ops::UpdateSize>(&path, file_id, &req)
+            let replies = self
+                .change_record_replies::<ops::UpdateSize>(&path, file_id, &req)
                 .await
                 .map_err(rpc_err("size update", &path))?;
-            self.meta_cache.borrow_mut().put(&path, reply.meta);
-            Ok(reply.meta)
+            let meta = replies[0].meta;
+            let least = replies
+                .iter()
+                .map(|r| r.meta.size)
+                .min()
+                .unwrap_or(meta.size);
+            self.meta_cache.borrow_mut().put(&path, meta);
+            Ok((meta, least))
         };
-        self.following_renames(file_id, path, grow).await
+        self.following_renames(file_id, path, update).await
     }
 
     /// Publishes what a handle of file `meta`, named `path`, wrote since it last did: the
     /// size its writes grew the file to (`grown`), else its writes in place that reached
-    /// `wrote_to` (kept when another client's cut came before them, gone with it when it
-    /// came after). Returns the record, or `None` when only writes in place were published
-    /// and the file is gone (another client removed it: it has no time to move).
+    /// `wrote_to`; either is kept when another client's cut came before them, and gone
+    /// with it when it came after. Returns the record, or `None` when only writes in
+    /// place were published and the file is gone (another client removed it: it has no
+    /// time to move).
     pub async fn publish_writes(
         &self,
         path: &str,
@@ -355,8 +381,13 @@ impl FsClient {
         wrote_to: u64,
     ) -> Result<Option<FileMetadata>, ApiError> {
         let published = match grown {
-            Some(size) => return self.grow_size(path, meta.file_id, size).await.map(Some),
-            None => self.publish_writes_in_place(path, meta, wrote_to).await,
+            Some(size) => {
+                return self
+                    .publish_reaching(path, meta, size, size)
+                    .await
+                    .map(Some)
+            }
+            None => self.publish_reaching(path, meta, 0, wrote_to).await,
         };
         match published {
             Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => Ok(None),
@@ -364,28 +395,34 @@ impl FsClient {
         }
     }
 
-    /// Publishes writes in place of file `meta`, named `path`, that reached `wrote_to`
-    /// without growing the file as the writer knew it; returns the record. The update
-    /// asks for no size (at least 0), so it moves the time alone and grows back no file
-    /// another client cut before the writes. When the file now ends before `wrote_to`,
-    /// another client cut it since the writer looked, and the writes' last byte tells
-    /// the order: still held, they landed after the cut and are the file's, which then
-    /// grows to their end (the cut range between reads as zeros, as a truncate leaves
-    /// it); cut, they came before and went with it, as on a local file system.
-    async fn publish_writes_in_place(
+    /// Publishes writes of file `meta`, named `path`, that reached `reach`, asking for
+    /// size `asked` (0 for writes in place, which moves the time alone) on the replicas
+    /// whose record was not cut since the writer looked (`meta.cut_gen`); returns the
+    /// record. When a replica then ends before `reach`, another client cut the file since
+    /// the writer looked (or a replica missed a cut), and the writes' last byte tells the
+    /// order: still held, they landed after the cut and are the file's, which then grows
+    /// to their end on every replica (the cut range between reads as zeros, as a
+    /// truncate leaves it); cut, they came before and went with it, as on a local file
+    /// system.
+    async fn publish_reaching(
         &self,
         path: &str,
         meta: FileMetadata,
-        wrote_to: u64,
+        asked: u64,
+        reach: u64,
     ) -> Result<FileMetadata, ApiError> {
-        let published = self.grow_size(path, meta.file_id, 0).await?;
-        if published.size >= wrote_to || published.inline {
+        // An inline file's bytes are its record's, cut and grown with it.
+        let uncut_since = (!meta.inline).then_some(meta.cut_gen);
+        let (published, least) = self
+            .update_size(path, meta.file_id, asked, uncut_since)
+            .await?;
+        if least >= reach || published.inline {
             return Ok(published);
         }
-        if !self.holds_byte(meta, wrote_to - 1).await {
+        if !self.holds_byte(meta, reach - 1).await {
             return Ok(published);
         }
-        match self.grow_size(path, meta.file_id, wrote_to).await {
+        match self.grow_size(path, meta.file_id, reach).await {
             // Removed meanwhile: nothing left to keep.
             Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => Ok(published),
             grown => grown,

@@ -642,11 +642,15 @@ impl FsClient {
             if f.own_changes != changes {
                 return;
             }
+            let nothing_to_publish = !f.size_dirty && f.wrote_to.is_none();
+            if nothing_to_publish {
+                // Its later writes come after every cut the record shows.
+                f.meta.cut_gen = record.meta.cut_gen;
+            }
             if record.meta.size > f.size {
                 f.size = record.meta.size;
             } else if record.meta.size < f.size
-                && !f.size_dirty
-                && f.wrote_to.is_none()
+                && nothing_to_publish
                 && f.inline.is_none()
                 && !record.meta.inline
             {

@@ -673,8 +673,10 @@ impl FsClient {
             .filter(|f| f.meta.file_id == meta.file_id)
         {
             f.cut_to(meta.size);
-            // The cut's time covers what the handles wrote before it.
+            // The cut's time covers what the handles wrote before it, and its count is
+            // the one their later writes publish against.
             f.wrote_to = None;
+            f.meta.cut_gen = meta.cut_gen;
             if let Some(Inline::Held(copy)) = &mut f.inline {
                 copy.resize(meta.size as usize, 0);
             }

@@ -641,13 +641,27 @@ impl FsClient {
     /// where the path has none. Without it every change to the record failed with "not
     /// found" until the replica repair brought the record back (minutes), after the
     /// replicas that took it had changed.
-    /// `file_id` is the file the change is for: only a record of it is copied.
+    /// `file_id` is the file the change is for: only a record of it is copied. Returns
+    /// the first replica's reply.
     pub(super) async fn change_record<R: Rpc>(
         &self,
         path: &str,
         file_id: u64,
         req: &R::Request,
     ) -> Result<R::Reply, RpcError> {
+        let mut replies = self.change_record_replies::<R>(path, file_id, req).await?;
+        Ok(replies.swap_remove(0))
+    }
+
+    /// [`FsClient::change_record`], returning the reply of every replica that took the
+    /// change, in replica order (never none); a replica that got the record copied
+    /// instead has none.
+    pub(super) async fn change_record_replies<R: Rpc>(
+        &self,
+        path: &str,
+        file_id: u64,
+        req: &R::Request,
+    ) -> Result<Vec<R::Reply>, RpcError> {
         let answers = self
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
@@ -656,12 +670,10 @@ impl FsClient {
             .filter(|(_, r)| r.is_ok())
             .map(|(s, _)| *s)
             .collect();
-        let (mut first, mut lacking) = (None, Vec::new());
+        let (mut replies, mut lacking) = (Vec::new(), Vec::new());
         for (server, answer) in answers {
             match answer {
-                Ok(reply) => {
-                    first.get_or_insert(reply);
-                }
+                Ok(reply) => replies.push(reply),
                 Err(e)
                     if e.status() == Status::NotFound
                         && !took.is_empty()
@@ -672,9 +684,9 @@ impl FsClient {
                 Err(e) => return Err(e),
             }
         }
-        let Some(reply) = first else {
+        if replies.is_empty() {
             return Err(lacking.remove(0).1);
-        };
+        }
         for (server, not_found) in lacking {
             match self.copy_record(path, file_id, took[0], server).await {
                 Ok(()) => {}
@@ -685,7 +697,7 @@ impl FsClient {
                 Err(_) => return Err(not_found),
             }
         }
-        Ok(reply)
+        Ok(replies)
     }
 
     /// Copies the record of file `file_id` at `path` from server `from` to server `to`,

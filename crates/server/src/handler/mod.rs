@@ -778,10 +778,14 @@ impl ServerState {
                     // Past what is asked already, only the time moves (a write in place):
                     // on a full disk it moves in memory alone rather than fail a close
                     // whose bytes all landed.
-                    Err(Status::NoSpace) if !freeing && held.is_ok_and(|s| s >= req.size) => self
-                        .metadata
-                        .borrow_mut()
-                        .update_size(&req.path, req.file_id, req.size, req.how)?,
+                    Err(Status::NoSpace) if !freeing && held.is_ok_and(|s| s >= req.size) => {
+                        self.metadata.borrow_mut().update_size_counted(
+                            &req.path,
+                            req.file_id,
+                            (req.size, req.how),
+                            req.cut_gen,
+                        )?
+                    }
                     logged => logged?,
                 };
                 let size_before = held.unwrap_or(meta.size);
