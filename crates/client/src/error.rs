@@ -121,6 +121,12 @@ impl ApiError {
         }
     }
 
+    /// Whether the call's path named no file, or another file than the caller's (removed
+    /// or renamed meanwhile).
+    pub fn is_gone(&self) -> bool {
+        matches!(self.status(), Some(Status::NotFound | Status::Stale))
+    }
+
     /// The status every error maps to, including those with no wire status: a cluster
     /// that cannot be reached is `Unavailable`, a bad setting `InvalidArgument`.
     pub fn cause_status(&self) -> Status {

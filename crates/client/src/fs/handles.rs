@@ -272,15 +272,13 @@ impl FsClient {
         let mut path = path.to_string();
         for _ in 0..RENAMES_FOLLOWED_MAX {
             match call(path.clone()).await {
-                Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => {
-                    match self.locate(file_id).await {
-                        Some(moved) if moved != path => {
-                            self.follow_rename(file_id, &path, &moved);
-                            path = moved;
-                        }
-                        _ => return Err(e),
+                Err(e) if e.is_gone() => match self.locate(file_id).await {
+                    Some(moved) if moved != path => {
+                        self.follow_rename(file_id, &path, &moved);
+                        path = moved;
                     }
-                }
+                    _ => return Err(e),
+                },
                 done => return done,
             }
         }
@@ -390,7 +388,7 @@ impl FsClient {
             None => self.publish_reaching(path, meta, 0, wrote_to).await,
         };
         match published {
-            Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => Ok(None),
+            Err(e) if e.is_gone() => Ok(None),
             published => published.map(Some),
         }
     }
@@ -424,7 +422,7 @@ impl FsClient {
         }
         match self.grow_size(path, meta.file_id, reach).await {
             // Removed meanwhile: nothing left to keep.
-            Err(e) if matches!(e.status(), Some(Status::NotFound | Status::Stale)) => Ok(published),
+            Err(e) if e.is_gone() => Ok(published),
             grown => grown,
         }
     }
