@@ -545,3 +545,31 @@ fn a_write_after_a_cut_one_replica_missed_grows_every_replica() {
         .collect();
     assert_eq!(sizes, [Some(2004), Some(2004)]);
 }
+
+#[test]
+fn a_truncate_that_finds_the_record_longer_than_it_read_cuts_at_the_new_size() {
+    // The record may hold more than the truncate read (appends claimed in between; here,
+    // a replica holding a smaller size, which the truncate reads as the least): one that
+    // grew the file as read but shrinks the record cut at the size it read, and the
+    // record's bytes between that and the new size read as zeros.
+    let cluster = Cluster::start(ClusterSpec {
+        orphan_sweep_secs: 0,
+        ..spec()
+    });
+    let fs = cluster.client();
+    let old = pattern(3000, 5);
+    write_file(&fs, "/t", &old);
+    let id = fs.stat("/t").unwrap().file_id;
+    let second = cluster.addr(replicas_of(&cluster, "/t")[1]);
+    let smaller = ops::UpdateSizeRequest {
+        path: "/t".into(),
+        file_id: id,
+        size: 1000,
+        how: benchfs_proto::meta::SizeUpdate::Exact,
+        cut_gen: 0,
+    };
+    call_one::<ops::UpdateSize>(second, &smaller).unwrap();
+    fs.truncate("/t", 2000).unwrap();
+    assert_eq!(fs.stat("/t").unwrap().size, 2000);
+    assert!(read_file(&fs, "/t") == old[..2000]);
+}
