@@ -574,3 +574,66 @@ fn appends_after_another_clients_cuts_land_whole_at_the_new_end() {
     assert_eq!(other.stat(name).unwrap().size, want.len() as u64);
     assert!(read_file(&other, name) == want, "appended with no handle");
 }
+
+#[test]
+fn files_written_while_their_directory_is_renamed_keep_their_bytes() {
+    // Found by a hostile run: a file created and written while another client renamed its
+    // directory came out empty under the new name, though its write and close succeeded:
+    // its close published the size at the old name after the rename had copied that
+    // record, and the rename then dropped it. The writer makes files until a create fails
+    // (the old name is gone), then goes on in the new name; every file it was told it
+    // wrote must hold its bytes.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let names = ["/ren-a", "/ren-b"];
+    let renamer = cluster.client();
+    renamer.mkdir(names[0], 0o755).unwrap();
+    let rounds = 6;
+    let written = std::sync::Mutex::new(Vec::new());
+    let renamed = std::sync::atomic::AtomicUsize::new(0);
+    let config = cluster.config();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let fs = BenchFS::connect(&config).unwrap();
+            let mut i = 0u64;
+            // Both sizes: an inline file's bytes live in its record, a larger one's in chunks.
+            while renamed.load(std::sync::atomic::Ordering::SeqCst) < rounds {
+                let dir = names[renamed.load(std::sync::atomic::Ordering::SeqCst) % 2];
+                let name = format!("f{i}");
+                let data = pattern(if i % 2 == 0 { 100 } else { 70_000 }, i);
+                let fd = match fs.open(
+                    &format!("{dir}/{name}"),
+                    OpenFlags::WRITE | OpenFlags::CREATE,
+                    0o644,
+                ) {
+                    Ok(fd) => fd,
+                    Err(_) => continue,
+                };
+                let wrote = fs.write(fd, &data).is_ok();
+                if fs.close(fd).is_ok() && wrote {
+                    written.lock().unwrap().push((name, data));
+                }
+                i += 1;
+            }
+        });
+        for round in 0..rounds {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            renamer
+                .rename(names[round % 2], names[(round + 1) % 2])
+                .unwrap();
+            renamed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let dir = names[rounds % 2];
+    let written = written.into_inner().unwrap();
+    assert!(written.len() > 10, "only {} files written", written.len());
+    for (name, data) in &written {
+        let path = format!("{dir}/{name}");
+        let held = read_file(&renamer, &path);
+        assert!(
+            held == *data,
+            "{path}: {} bytes read, {} written",
+            held.len(),
+            data.len()
+        );
+    }
+}

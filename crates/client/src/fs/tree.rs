@@ -9,6 +9,7 @@ use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops;
 use benchfs_proto::path;
 use benchfs_proto::placement::PlacementKey;
+use benchfs_proto::Status;
 use futures_util::future::join_all;
 
 use super::data::WriteSource;
@@ -87,7 +88,7 @@ impl FsClient {
                 tracing::error!(error = %e, from, to, "records made below a renamed directory's old name could not be moved");
                 return;
             }
-            self.drop_subtree(from, &late).await;
+            self.drop_subtree(from, to, &late).await;
         }
     }
 
@@ -171,7 +172,7 @@ impl FsClient {
             put_back().await;
             return Err(e);
         }
-        self.drop_subtree(from, subtree).await;
+        self.drop_subtree(from, to, subtree).await;
         Ok(())
     }
 
@@ -215,15 +216,24 @@ impl FsClient {
     /// Removes the records under a renamed directory's old name, children first, once the
     /// directory's own record moved: nothing shows them any more, so one that cannot be
     /// removed (its server is down) is logged and left, and the rename stands.
-    async fn drop_subtree(&self, from: &str, records: &[(String, Record)]) {
+    ///
+    /// A record that changed since it was copied (a handle's close published its size
+    /// there, a write went into its inline bytes) carries the change to its copy under
+    /// `to`: dropping it alone lost the bytes of files written while their directory was
+    /// renamed, every call reporting success (found by a hostile run).
+    async fn drop_subtree(&self, from: &str, to: &str, records: &[(String, Record)]) {
         let mut left = 0;
         let mut first_error = None;
         for batch in records.rchunks(MOVE_BATCH) {
-            let done =
-                join_all(batch.iter().rev().map(|(old, record)| {
-                    self.delete_record("rename", old, record.meta.kind, true)
-                }))
-                .await;
+            let done = join_all(batch.iter().rev().map(|(old, copied)| async move {
+                let removed = self
+                    .delete_record("rename", old, copied.meta.kind, true)
+                    .await?;
+                let new = format!("{to}{}", &old[from.len()..]);
+                self.carry_changes(old, &new, copied, removed).await;
+                Ok::<(), ApiError>(())
+            }))
+            .await;
             for e in done.into_iter().filter_map(Result::err) {
                 left += 1;
                 first_error.get_or_insert(e);
@@ -237,6 +247,52 @@ impl FsClient {
                 "a renamed directory's old records could not all be removed; they stay \
                  under the old name, unseen unless a directory of that name is made again"
             );
+        }
+    }
+
+    /// After the record at `old` was copied to `new` as `copied` and then removed (the
+    /// replicas' records in `removed`): the newest of those, if it changed since the copy,
+    /// replaces the copy unless that is newer still (a handle that found `old` gone and
+    /// published at `new`); last writer wins, as in the replica repair. A record of
+    /// another file, made at `old` meanwhile, goes back there for the next round of
+    /// `seal_left_name`.
+    async fn carry_changes(&self, old: &str, new: &str, copied: &Record, removed: Vec<Record>) {
+        let Some(newest) = removed.into_iter().max_by_key(|r| r.meta.ctime_ns) else {
+            return;
+        };
+        if newest.meta == copied.meta && newest.data == copied.data {
+            return;
+        }
+        if newest.meta.file_id != copied.meta.file_id {
+            if let Err(e) = self.store_everywhere(old, &newest).await {
+                tracing::error!(error = %e, path = old, "a record made during a directory rename could not be put back");
+            }
+            return;
+        }
+        let insert = ops::InsertRequest {
+            path: new.to_string(),
+            meta: newest.meta,
+            exclusive: false,
+            settled_only: false,
+            newer_only: true,
+            data: newest.data,
+        };
+        self.forget(new);
+        let answers = self
+            .write_each::<ops::MetadataInsert>(
+                PlacementKey::Metadata(new),
+                &insert,
+                WriteSource::NONE,
+            )
+            .await;
+        for (server, answer) in answers {
+            match answer {
+                Ok(_) => {}
+                Err(e) if e.status() == Status::Exists => {}
+                Err(e) => {
+                    tracing::error!(error = %e, path = new, server, "a change made during a directory rename could not be carried to the new name");
+                }
+            }
         }
     }
 
