@@ -599,7 +599,7 @@ fn files_written_while_their_directory_is_renamed_keep_their_bytes() {
             while renamed.load(std::sync::atomic::Ordering::SeqCst) < rounds {
                 let dir = names[renamed.load(std::sync::atomic::Ordering::SeqCst) % 2];
                 let name = format!("f{i}");
-                let data = pattern(if i % 2 == 0 { 100 } else { 70_000 }, i);
+                let data = pattern(if i.is_multiple_of(2) { 100 } else { 70_000 }, i);
                 let fd = match fs.open(
                     &format!("{dir}/{name}"),
                     OpenFlags::WRITE | OpenFlags::CREATE,
