@@ -1447,3 +1447,21 @@ fn a_time_before_1970_is_refused_not_stored_as_1970() {
     drop(file);
     m.unmount();
 }
+
+#[test]
+fn an_append_after_another_clients_cut_lands_at_the_cut() {
+    // Found by a hostile run: the mount claimed an append's range past the size its kernel
+    // had cached, so after another client truncated the file the append landed at the old
+    // end, over a hole of zeros, and undid the cut.
+    let Some(mut m) = Mounted::start("fuse append after a cut", ClusterSpec::default(), "") else {
+        return;
+    };
+    let other = m.cluster.client();
+    let path = m.root.join("g");
+    std::fs::write(&path, "AAAAAAAAAAAAAAAAAAAA\n").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 21);
+    other.truncate("/g", 0).unwrap();
+    append_records(&path, std::iter::once("after\n".to_string()));
+    assert_eq!(common::files::read_file(&other, "/g"), b"after\n");
+    m.unmount();
+}

@@ -874,14 +874,16 @@ impl Filesystem for BenchFuse {
             return reply.error(Errno::EINVAL);
         };
         // The kernel puts an appending write at the size it cached, which misses what
-        // another mount appended since, or appends at the same time: the range is claimed
-        // on the record instead, past what this mount wrote. Writes from the page cache
-        // carry page offsets, not appends.
+        // another mount appended since, or appends at the same time, or cut: the range is
+        // claimed on the record instead, past what this mount's handles wrote and have
+        // not published (the record holds the rest; a floor of sizes learned earlier put
+        // appends past another mount's cut, over a hole of zeros). Writes from the page
+        // cache carry page offsets, not appends.
         let appending =
             flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         let written = match appending {
             true => {
-                let floor = self.known_end(ino.0, &handle).max(offset);
+                let floor = self.handles.size_of(ino.0, true).unwrap_or(0);
                 self.call(req, |fs| {
                     fs.append_at(&handle.path, handle.meta, data, floor)
                 })
