@@ -1465,3 +1465,37 @@ fn an_append_after_another_clients_cut_lands_at_the_cut() {
     assert_eq!(common::files::read_file(&other, "/g"), b"after\n");
     m.unmount();
 }
+
+#[test]
+fn names_another_client_removed_and_made_again_open_at_once() {
+    // Found by a hostile run: for as long as the kernel kept its entry for a name (a
+    // second), an O_CREAT open of a file another client had removed failed with ENOENT,
+    // and a listing of a directory it had removed and made again with ESTALE.
+    let Some(mut m) = Mounted::start("fuse stale names", ClusterSpec::default(), "") else {
+        return;
+    };
+    let other = m.cluster.client();
+    let file = m.root.join("h");
+    std::fs::write(&file, "old\n").unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"old\n");
+    other.unlink("/h").unwrap();
+    append_records(&file, std::iter::once("new\n".to_string()));
+    assert_eq!(common::files::read_file(&other, "/h"), b"new\n");
+    // Not made again: the open says what it is.
+    other.unlink("/h").unwrap();
+    let gone = std::fs::File::open(&file).unwrap_err();
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
+
+    let dir = m.root.join("D");
+    std::fs::create_dir(&dir).unwrap();
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    other.rmdir("/D").unwrap();
+    other.mkdir("/D", 0o755).unwrap();
+    common::files::write_file(&other, "/D/x", b"x");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("a listing of the directory made again")
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["x"]);
+    m.unmount();
+}

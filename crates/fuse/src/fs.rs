@@ -561,6 +561,18 @@ struct AttrChanges {
     mtime: Option<TimeOrNow>,
 }
 
+/// The error an open gives for a node whose file is gone: ESTALE, on which the kernel
+/// looks the name up again and retries (an `O_CREAT` open then makes the file; one of a
+/// name another mount removed and made again opens the new file), where ENOENT ended the
+/// call while the kernel's entry for the name lasted.
+fn stale_node(e: Errno) -> Errno {
+    if e == Errno::ENOENT {
+        Errno::ESTALE
+    } else {
+        e
+    }
+}
+
 fn done(reply: ReplyEmpty, r: Result<()>) {
     match r {
         Ok(()) => reply.ok(),
@@ -797,7 +809,7 @@ impl Filesystem for BenchFuse {
                 let fh = self.open_handle(&path, &meta);
                 reply.opened(FileHandle(fh), self.open_flags(flags.0));
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(stale_node(e)),
         }
     }
 
@@ -950,9 +962,17 @@ impl Filesystem for BenchFuse {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let listed = self
-            .path_of(ino)
-            .and_then(|path| self.call(req, |fs| fs.readdir(&path)));
+        // The name may hold another directory now (another mount removed and made it
+        // again): listing that under this node, whose own record is gone, failed later
+        // with ESTALE that the kernel does not retry.
+        let path = match ino.0 {
+            ROOT => self.path_of(ino),
+            _ => self
+                .record(req, ino)
+                .map(|(path, _)| path)
+                .map_err(stale_node),
+        };
+        let listed = path.and_then(|path| self.call(req, |fs| fs.readdir(&path)));
         match listed {
             Ok(entries) => {
                 let fh = self
