@@ -793,13 +793,41 @@ fn signals_unmount_cleanly_and_a_stale_mount_is_refused_with_the_cure() {
         return;
     };
     fs::write(m.path("kept"), b"kept").unwrap();
-    // SIGTERM: unmounts, exits 0.
     let pid = m.child.as_ref().unwrap().id();
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = m.child.take().unwrap().wait().unwrap();
+    let signal = |name: &str| {
+        Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    // With a file open, the unmount is refused and the mount serves on; a later signal,
+    // once it is closed, unmounts (the first refusal left every later signal ignored,
+    // found by a hostile run).
+    let open = fs::File::open(m.path("kept")).unwrap();
+    signal("-TERM");
+    let logged = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !m.log_text().contains("unmount failed") {
+        assert!(std::time::Instant::now() < logged, "{}", m.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(is_mounted(&m.root));
+    assert_eq!(read(&m.path("kept")), b"kept");
+    drop(open);
+    // SIGTERM: unmounts, exits 0.
+    signal("-TERM");
+    let mut child = m.child.take().unwrap();
+    let exited = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > exited {
+            child.kill().unwrap();
+            let _ = Command::new("fusermount3").arg("-u").arg(&m.root).status();
+            panic!("the mount outlived a second SIGTERM: {}", m.log_text());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(status.success(), "{status}: {}", m.log_text());
     assert!(!is_mounted(&m.root));
 

@@ -281,10 +281,27 @@ impl Mount {
         std::thread::Builder::new()
             .name("benchfs-signals".into())
             .spawn(move || {
-                let signal = signals.wait();
-                tracing::info!(signal, "unmounting on a signal");
-                if let Err(e) = unmounter.unmount() {
-                    tracing::error!(error = %e, mountpoint = %mountpoint.display(), "unmount failed");
+                let mut tried = false;
+                loop {
+                    let signal = signals.wait();
+                    tracing::info!(signal, "unmounting on a signal");
+                    // fuser's unmounter gives up its mount at its first try, so a later
+                    // one unmounts the path itself.
+                    let unmounted = match std::mem::replace(&mut tried, true) {
+                        false => unmounter.unmount(),
+                        true => signals::unmount_path(&mountpoint),
+                    };
+                    match unmounted {
+                        Ok(()) => return,
+                        // Busy (a file open in it): the mount serves on, and the next
+                        // signal tries again (one that ended this thread left the signals
+                        // blocked: every later one was ignored, found by a hostile run).
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            mountpoint = %mountpoint.display(),
+                            "unmount failed; still mounted, serving until the next signal or unmount"
+                        ),
+                    }
                 }
             })
             .map_err(|source| MountError::Fuse {

@@ -1,5 +1,6 @@
 //! Termination signals as an event a thread waits for: blocked in every thread (the
-//! mask is inherited by the session's threads, spawned later), taken by `sigwait`.
+//! mask is inherited by the session's threads, spawned later), taken by `sigwait`; and the
+//! unmount a signal asks for.
 
 /// The blocked set of termination signals.
 pub(crate) struct Termination(libc::sigset_t);
@@ -33,5 +34,30 @@ impl Termination {
                 return signal;
             }
         }
+    }
+}
+
+/// Unmounts `path`: `umount2` as root, else `fusermount3 -u`, as fuser does.
+pub(crate) fn unmount_path(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c_path is a valid NUL-terminated string for the call's duration.
+    if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EPERM) {
+        return Err(error);
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(path)
+        .status()?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(std::io::Error::other(format!(
+            "fusermount3 -u {} exited with {status}",
+            path.display()
+        ))),
     }
 }
