@@ -1509,6 +1509,20 @@ fn names_another_client_removed_and_made_again_open_at_once() {
     other.unlink("/h").unwrap();
     append_records(&file, std::iter::once("new\n".to_string()));
     assert_eq!(common::files::read_file(&other, "/h"), b"new\n");
+    // A handle of a file another client removed: its writes and its close say ESTALE (the
+    // close said ENOENT).
+    {
+        use std::io::Write;
+        use std::os::fd::IntoRawFd;
+        let mut f = std::fs::File::create(m.root.join("u")).unwrap();
+        f.write_all(b"abc").unwrap();
+        other.unlink("/u").unwrap();
+        assert_eq!(errno(f.write_all(b"def")), libc::ESTALE);
+        // SAFETY: the descriptor is this test's own, closed once.
+        let closed = unsafe { libc::close(f.into_raw_fd()) };
+        let close_errno = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!((closed, close_errno), (-1, Some(libc::ESTALE)));
+    }
     // Not made again: the open says what it is.
     other.unlink("/h").unwrap();
     let gone = std::fs::File::open(&file).unwrap_err();

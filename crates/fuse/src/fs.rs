@@ -267,14 +267,17 @@ impl BenchFuse {
             return Ok(());
         }
         let grown = handle.dirty.then_some(handle.size);
-        let record = self.call(req, |fs| {
-            fs.block_on(fs.client().publish_writes(
-                &handle.path,
-                handle.meta,
-                grown,
-                handle.wrote_to,
-            ))
-        })?;
+        // Gone (another mount removed the file): ESTALE, as its writes said.
+        let record = self
+            .call(req, |fs| {
+                fs.block_on(fs.client().publish_writes(
+                    &handle.path,
+                    handle.meta,
+                    grown,
+                    handle.wrote_to,
+                ))
+            })
+            .map_err(stale_node)?;
         self.handles.published(
             fh.0,
             handle.size,
@@ -561,10 +564,10 @@ struct AttrChanges {
     mtime: Option<TimeOrNow>,
 }
 
-/// The error an open gives for a node whose file is gone: ESTALE, on which the kernel
-/// looks the name up again and retries (an `O_CREAT` open then makes the file; one of a
-/// name another mount removed and made again opens the new file), where ENOENT ended the
-/// call while the kernel's entry for the name lasted.
+/// The error a call on a node whose file is gone gives: ESTALE, as NFS does. On it an
+/// open looks the name up again and retries (an `O_CREAT` open then makes the file; one
+/// of a name another mount removed and made again opens the new file), where ENOENT
+/// ended the call while the kernel's entry for the name lasted.
 fn stale_node(e: Errno) -> Errno {
     if e == Errno::ENOENT {
         Errno::ESTALE
