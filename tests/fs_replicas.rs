@@ -32,6 +32,19 @@ fn replicas_of(cluster: &Cluster, path: &str) -> Vec<usize> {
     cluster.replicas_of(PlacementKey::Metadata(path))
 }
 
+/// Sets the size of the record at `path` (file `file_id`) on the one replica at `addr`,
+/// as a truncate the other replicas missed would.
+fn set_size_on(addr: std::net::SocketAddr, path: &str, file_id: u64, size: u64) {
+    let cut = ops::UpdateSizeRequest {
+        path: path.into(),
+        file_id,
+        size,
+        how: benchfs_proto::meta::SizeUpdate::Exact,
+        cut_gen: 0,
+    };
+    call_one::<ops::UpdateSize>(addr, &cut).unwrap();
+}
+
 /// A path in `dir` whose record has no copy on server `avoid`.
 fn path_avoiding(cluster: &Cluster, dir: &str, avoid: usize) -> String {
     (0..)
@@ -484,14 +497,7 @@ fn a_truncate_brings_the_replicas_cut_counts_together() {
     let id = fs.stat("/x").unwrap().file_id;
     let owner = cluster.addr(replicas_of(&cluster, "/x")[0]);
     for size in [10, 20, 5] {
-        let cut = ops::UpdateSizeRequest {
-            path: "/x".into(),
-            file_id: id,
-            size,
-            how: benchfs_proto::meta::SizeUpdate::Exact,
-            cut_gen: 0,
-        };
-        call_one::<ops::UpdateSize>(owner, &cut).unwrap();
+        set_size_on(owner, "/x", id, size);
     }
     let counts = |cluster: &Cluster| {
         records(cluster, "/x")
@@ -526,14 +532,7 @@ fn a_write_after_a_cut_one_replica_missed_grows_every_replica() {
     let id = fs.stat("/w").unwrap().file_id;
     // The second replica takes a truncate the first (which the open reads) missed.
     let second = cluster.addr(replicas_of(&cluster, "/w")[1]);
-    let cut = ops::UpdateSizeRequest {
-        path: "/w".into(),
-        file_id: id,
-        size: 5,
-        how: benchfs_proto::meta::SizeUpdate::Exact,
-        cut_gen: 0,
-    };
-    call_one::<ops::UpdateSize>(second, &cut).unwrap();
+    set_size_on(second, "/w", id, 5);
     let fd = fs
         .open("/w", OpenFlags::READ | OpenFlags::WRITE, 0)
         .unwrap();
@@ -544,32 +543,4 @@ fn a_write_after_a_cut_one_replica_missed_grows_every_replica() {
         .map(|r| r.map(|meta| meta.size))
         .collect();
     assert_eq!(sizes, [Some(2004), Some(2004)]);
-}
-
-#[test]
-fn a_truncate_that_finds_the_record_longer_than_it_read_cuts_at_the_new_size() {
-    // The record may hold more than the truncate read (appends claimed in between; here,
-    // a replica holding a smaller size, which the truncate reads as the least): one that
-    // grew the file as read but shrinks the record cut at the size it read, and the
-    // record's bytes between that and the new size read as zeros.
-    let cluster = Cluster::start(ClusterSpec {
-        orphan_sweep_secs: 0,
-        ..spec()
-    });
-    let fs = cluster.client();
-    let old = pattern(3000, 5);
-    write_file(&fs, "/t", &old);
-    let id = fs.stat("/t").unwrap().file_id;
-    let second = cluster.addr(replicas_of(&cluster, "/t")[1]);
-    let smaller = ops::UpdateSizeRequest {
-        path: "/t".into(),
-        file_id: id,
-        size: 1000,
-        how: benchfs_proto::meta::SizeUpdate::Exact,
-        cut_gen: 0,
-    };
-    call_one::<ops::UpdateSize>(second, &smaller).unwrap();
-    fs.truncate("/t", 2000).unwrap();
-    assert_eq!(fs.stat("/t").unwrap().size, 2000);
-    assert!(read_file(&fs, "/t") == old[..2000]);
 }

@@ -803,11 +803,8 @@ impl FsClient {
             self.meta_cache.borrow_mut().put(path, sized.meta);
             return Ok(sized.meta);
         }
-        // The record held at least the new size (appends claimed since the size was read
-        // reach past it): a cut, at the new size, not at the size read, which would take
-        // the bytes of those appends below the new end.
         let mut sized = sized.meta;
-        let (index, len) = at(size);
+        let (index, len) = at(size.min(meta.size));
         for _ in 0..CUT_ROUNDS_MAX {
             // With the record's cut count: an append claimed before it lands short of the
             // cut on a server that has seen it (the server's `cuts`).
