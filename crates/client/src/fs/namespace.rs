@@ -766,19 +766,23 @@ impl FsClient {
         size: u64,
     ) -> Result<FileMetadata, ApiError> {
         let at = |offset| ChunkLayout::new(meta.chunk_size).position(offset);
+        // The cut of everything from `offset` (up to `end`, if given) on every server.
+        let cut_from = |offset, cut_gen, end: Option<u64>| {
+            let (index, len) = at(offset);
+            let cut = ops::TruncateFileRequest {
+                file_id: meta.file_id,
+                index,
+                len,
+                cut_gen,
+                end: end.map(at),
+            };
+            async move { self.on_every_server(path, &cut).await }
+        };
         if size > meta.size {
             // Growing: the file holds nothing past the new end yet, so what a server holds
             // there is no file's bytes (a writer that never published, a failed call) and
             // goes first, before an append claimed after the growth can land there.
-            let (index, len) = at(size);
-            let past_end = ops::TruncateFileRequest {
-                file_id: meta.file_id,
-                index,
-                len,
-                cut_gen: 0,
-                end: None,
-            };
-            self.on_every_server(path, &past_end).await?;
+            cut_from(size, 0, None).await?;
         }
         let req = exact_size(path, meta.file_id, size, next_cut_gen(meta.cut_gen));
         let sized = self
@@ -791,31 +795,15 @@ impl FsClient {
         let held = sized.size_before.max(meta.size);
         if size > held {
             // Zeros between the two ends; past the new end, appends claimed since.
-            let (index, len) = at(held);
-            let zero = ops::TruncateFileRequest {
-                file_id: meta.file_id,
-                index,
-                len,
-                cut_gen: 0,
-                end: Some(at(size)),
-            };
-            self.on_every_server(path, &zero).await?;
+            cut_from(held, 0, Some(size)).await?;
             self.meta_cache.borrow_mut().put(path, sized.meta);
             return Ok(sized.meta);
         }
         let mut sized = sized.meta;
-        let (index, len) = at(size.min(meta.size));
         for _ in 0..CUT_ROUNDS_MAX {
             // With the record's cut count: an append claimed before it lands short of the
             // cut on a server that has seen it (the server's `cuts`).
-            let cut = ops::TruncateFileRequest {
-                file_id: meta.file_id,
-                index,
-                len,
-                cut_gen: sized.cut_gen,
-                end: None,
-            };
-            self.on_every_server(path, &cut).await?;
+            cut_from(size.min(meta.size), sized.cut_gen, None).await?;
             // Set again: a size update that was on its way from another handle (a flush, a
             // release, an append's claim) may have grown the file back meanwhile. Setting
             // it back moves the cut count, and the cut goes again with the new count; an
