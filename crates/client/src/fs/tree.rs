@@ -188,7 +188,7 @@ impl FsClient {
     ) -> Result<Vec<String>, ApiError> {
         let copies: Vec<(String, &Record)> = records
             .iter()
-            .map(|(old, record)| (format!("{to}{}", &old[from.len()..]), record))
+            .map(|(old, record)| (moved_below(old, from, to), record))
             .collect();
         // A new path past the limits fails the rename before anything moves
         // (ENAMETOOLONG, as rename(2) gives), not at its server as a malformed request.
@@ -229,7 +229,7 @@ impl FsClient {
                 let removed = self
                     .delete_record("rename", old, copied.meta.kind, true)
                     .await?;
-                let new = format!("{to}{}", &old[from.len()..]);
+                let new = moved_below(old, from, to);
                 self.carry_changes(old, &new, copied, removed).await;
                 Ok::<(), ApiError>(())
             }))
@@ -324,4 +324,9 @@ impl FsClient {
             self.undo_put(path, None, &servers).await;
         }
     }
+}
+
+/// The name of `old`, a path below directory `from`, once `from` moved to `to`.
+fn moved_below(old: &str, from: &str, to: &str) -> String {
+    format!("{to}{}", &old[from.len()..])
 }
