@@ -15,7 +15,7 @@ use common::files::{
     assert_unreachable, check_files, read_file, stats, try_read_file, write_file,
     write_fixture_files, C,
 };
-use common::{pattern, rpc, Cluster, ClusterSpec, FAIL_BOUND};
+use common::{pattern, port_outside_ephemeral_range, rpc, Cluster, ClusterSpec, FAIL_BOUND};
 
 /// Stops (SIGTERM) and then kills (SIGKILL) every server in turn, restarting it on its data
 /// directory, and checks every closed file after each round.
@@ -309,8 +309,9 @@ fn file_system_client_reconnects_to_a_restarted_server() {
         "{error:?}"
     );
     assert!(started.elapsed() < FAIL_BOUND);
-    // Port 0 lets the OS choose; restart_at also lets the next restart reuse that port.
-    cluster.restart_at(0, "127.0.0.1:0".parse().unwrap());
+    // Outside the ephemeral range, so that no server of another test takes the port
+    // between the kill below and the restart on it.
+    cluster.restart_at(0, port_outside_ephemeral_range());
     round_trip("/after-new-port");
     let gone = fs.open("/before", OpenFlags::READ, 0).unwrap_err();
     assert_eq!(
@@ -670,6 +671,9 @@ fn a_server_of_another_cluster_on_a_dead_servers_port_is_not_used() {
     let mut ours = Cluster::start(ClusterSpec::short_timeout());
     let path = "/meant-for-a-dead-server";
     let owner = ours.replicas_of(benchfs::placement::PlacementKey::Metadata(path))[0];
+    // A port no `bind(0)` of a test running beside this one can take once it is free.
+    ours.kill(owner);
+    ours.restart_at(owner, port_outside_ephemeral_range());
     let addr = ours.addr(owner);
     ours.kill(owner);
     let mut theirs = Cluster::start(ClusterSpec::default());

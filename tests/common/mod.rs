@@ -335,6 +335,26 @@ impl Drop for Cluster {
     }
 }
 
+/// A free loopback address whose port lies below the kernel's ephemeral range, for a
+/// server that must come back on its port after a kill: a port the kernel hands out to
+/// `bind(0)` can go to a server another test starts in the meantime. Processes start
+/// their search at different ports, so parallel test binaries rarely try the same one.
+pub fn port_outside_ephemeral_range() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (ephemeral_low / 2, ephemeral_low / 2);
+    let start = (std::process::id() % u32::from(span)) as u16;
+    (0..span)
+        .map(|_| low + start.wrapping_add(NEXT.fetch_add(97, Ordering::Relaxed)) % span)
+        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .find(|addr| std::net::TcpListener::bind(addr).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// The host's memory (`MemTotal`), in KiB.
 pub fn host_memory_kib() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
