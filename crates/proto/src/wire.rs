@@ -61,6 +61,11 @@ impl Writer {
         Writer::default()
     }
 
+    /// An empty writer with room for `capacity` bytes before it grows.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Writer::from_vec(Vec::with_capacity(capacity))
+    }
+
     /// A writer that appends to `buf`.
     pub fn from_vec(buf: Vec<u8>) -> Self {
         Writer { buf }

@@ -503,15 +503,17 @@ impl Connection {
         payload: OutPayload,
     ) -> Result<(), RpcError> {
         let client = &self.client;
-        let mut header = Frame::header(op, id, 0, false, body.len(), payload.len())
-            .to_bytes()
-            .to_vec();
+        let frame = Frame::header(op, id, 0, false, body.len(), payload.len());
+        let body_fits = FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header();
+        let mut header =
+            Vec::with_capacity(FRAME_HEADER_LEN + if body_fits { body.len() } else { 0 });
+        header.extend_from_slice(&frame.to_bytes());
         let proto = if payload.len() > client.options.rdma_threshold {
             AmProto::Rndv
         } else {
             AmProto::Eager
         };
-        let data = if FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header() {
+        let data = if body_fits {
             header.extend_from_slice(&body);
             payload
         } else {

@@ -877,16 +877,16 @@ fn reply_request(
 ) -> benchfs_ucx::Request<(Vec<u8>, ReplyData)> {
     let payload_len = reply.payload.as_ref().map_or(0, |p| p.len());
     let fits = FRAME_HEADER_LEN + reply.body.len() <= ep.worker().max_am_header();
-    let mut header = Frame::header(
+    let frame = Frame::header(
         op,
         request_id,
         reply.status.to_wire(),
         true,
         reply.body.len(),
         payload_len,
-    )
-    .to_bytes()
-    .to_vec();
+    );
+    let mut header = Vec::with_capacity(FRAME_HEADER_LEN + if fits { reply.body.len() } else { 0 });
+    header.extend_from_slice(&frame.to_bytes());
     let proto = if payload_len > options.rendezvous_threshold {
         AmProto::Rndv
     } else {

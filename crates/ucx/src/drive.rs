@@ -46,6 +46,9 @@ thread_local! {
     static DRIVEN: Cell<bool> = const { Cell::new(false) };
     /// Tasks that asked for the next turn.
     static NEXT_TURN: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    /// The emptied list of the last turn, kept for its capacity: allocating the list
+    /// anew at every turn cost a client a fiftieth of its time per create.
+    static SPARE_TURN: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `future` to completion on `runtime`, turning `local`'s tasks in between, as
@@ -87,9 +90,7 @@ pub fn block_on<F: Future>(runtime: &Runtime, local: &LocalSet, mut future: F) -
     // Polled inside the local set's context, so that the tasks it spawns and wakes go to the
     // set's own queue.
     let turn = poll_fn(|_| {
-        for waker in next_turn_wakers() {
-            waker.wake();
-        }
+        wake_next_turn();
         if std::mem::take(&mut tasks_first) {
             return Poll::Pending;
         }
@@ -136,12 +137,22 @@ fn yield_to_runtime(cx: &mut Context<'_>) {
     let _ = pin!(tokio::task::yield_now()).poll(cx);
 }
 
-/// Takes the wakers of the tasks that asked for the next turn (none once the thread's
-/// locals are being destroyed).
-fn next_turn_wakers() -> Vec<Waker> {
-    NEXT_TURN
-        .try_with(|next| std::mem::take(&mut *next.borrow_mut()))
-        .unwrap_or_default()
+/// Wakes the tasks that asked for the next turn (none once the thread's locals are being
+/// destroyed).
+fn wake_next_turn() {
+    let mut wakers = SPARE_TURN
+        .try_with(|spare| std::mem::take(&mut *spare.borrow_mut()))
+        .unwrap_or_default();
+    if NEXT_TURN
+        .try_with(|next| std::mem::swap(&mut *next.borrow_mut(), &mut wakers))
+        .is_err()
+    {
+        return;
+    }
+    for waker in wakers.drain(..) {
+        waker.wake();
+    }
+    let _ = SPARE_TURN.try_with(|spare| *spare.borrow_mut() = wakers);
 }
 
 /// Lets the other ready tasks run, then continues: under [`block_on`] at its next turn

@@ -561,11 +561,16 @@ impl FsClient {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, RpcError>>,
     {
-        let deadline = Instant::now() + self.rpc.options().rpc_timeout;
+        // The clock is read only once a call comes back busy, not on every call.
+        let mut deadline = None;
         let mut wait = Duration::from_millis(1);
         loop {
             match call().await {
-                Err(e) if e.status() == Status::Busy && Instant::now() < deadline => {
+                Err(e) if e.status() == Status::Busy => {
+                    let now = Instant::now();
+                    if now >= *deadline.get_or_insert(now + self.rpc.options().rpc_timeout) {
+                        return Err(e);
+                    }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(BUSY_BACKOFF_MAX);
                 }
