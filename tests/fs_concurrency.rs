@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Barrier;
+
 use benchfs::blocking::{BenchFS, OpenFlags};
 use common::files::{assert_holds_each_record_once, read_file, write_file, C};
 use common::{pattern, Cluster, ClusterSpec};
@@ -636,4 +638,82 @@ fn files_written_while_their_directory_is_renamed_keep_their_bytes() {
             data.len()
         );
     }
+}
+
+#[test]
+fn a_truncate_past_the_size_it_read_keeps_the_appends_claimed_meanwhile() {
+    // Regression: a truncate reads the file's size, then sets the new one. An append
+    // claimed in between grows the record past both, and a truncate to a size between the
+    // two cut at the size it had read: the appended bytes below the new size read as zeros.
+    const ROUNDS: usize = 150;
+    let cluster = Cluster::start(ClusterSpec::default());
+    let (base, target) = (C + 100, C + 150);
+    let appended = vec![b'a'; 1000];
+    let config = cluster.config();
+    // Every thread meets at both barriers in every round, failed calls included, so that
+    // a failure ends the test instead of leaving the others waiting.
+    let (start, done) = (Barrier::new(3), Barrier::new(3));
+    let checker = cluster.client();
+    let mut failures = Vec::new();
+    let mut appends_first = 0;
+    let name = |round: usize| format!("/grown-{round}");
+    let calls = std::thread::scope(|s| {
+        let appender = s.spawn(|| {
+            let fs = BenchFS::connect(&config).unwrap();
+            let mut failed = Vec::new();
+            for round in 0..ROUNDS {
+                start.wait();
+                let appended = fs.open(&name(round), OpenFlags::APPEND, 0).and_then(|fd| {
+                    fs.write(fd, &appended)?;
+                    fs.close(fd)
+                });
+                failed.extend(appended.err().map(|e| format!("append: {e}")));
+                done.wait();
+            }
+            failed
+        });
+        let truncater = s.spawn(|| {
+            let fs = BenchFS::connect(&config).unwrap();
+            let mut failed = Vec::new();
+            for round in 0..ROUNDS {
+                start.wait();
+                let cut = fs.truncate(&name(round), target as u64);
+                failed.extend(cut.err().map(|e| format!("truncate: {e}")));
+                done.wait();
+            }
+            failed
+        });
+        for round in 0..ROUNDS {
+            let (name, before) = (name(round), pattern(base, round as u64));
+            write_file(&checker, &name, &before);
+            start.wait();
+            done.wait();
+            let got = read_file(&checker, &name);
+            let gap = &got[base.min(got.len())..target.min(got.len())];
+            let kept = got.len() == target && gap.iter().all(|&b| b == b'a');
+            // The truncate came first: zeros up to it, the append after.
+            let grown = got.len() == target + appended.len()
+                && gap.iter().all(|&b| b == 0)
+                && got[target..] == appended[..];
+            appends_first += usize::from(kept);
+            if got[..base.min(got.len())] != before[..base.min(got.len())] || !(kept || grown) {
+                failures.push(format!(
+                    "{name}: {} bytes, the first not appended below the new size at {:?}",
+                    got.len(),
+                    gap.iter().position(|&b| b != b'a').map(|i| base + i)
+                ));
+            }
+        }
+        [appender.join().unwrap(), truncater.join().unwrap()].concat()
+    });
+    assert_eq!(calls, Vec::<String>::new(), "calls failed");
+    assert!(
+        failures.is_empty(),
+        "{} of {ROUNDS} files lost appended bytes: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    common::note(&format!(
+        "{appends_first} of {ROUNDS} rounds appended before the truncate set the size"
+    ));
 }

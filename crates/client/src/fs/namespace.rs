@@ -785,25 +785,28 @@ impl FsClient {
             cut_from(size, 0, None).await?;
         }
         let req = exact_size(path, meta.file_id, size, next_cut_gen(meta.cut_gen));
-        let sized = self
-            .change_record::<ops::UpdateSize>(path, req.file_id, &req)
+        let replies = self
+            .change_record_replies::<ops::UpdateSize>(path, req.file_id, &req)
             .await;
         self.meta_cache.borrow_mut().remove(path);
-        let sized = sized.map_err(rpc_err("truncate", path))?;
-        // What the record held when it grew (appends claimed up to then included) and what
-        // this client's handles wrote and have not published stay.
-        let held = sized.size_before.max(meta.size);
+        let replies = replies.map_err(rpc_err("truncate", path))?;
+        // What every replica's record held before the change (appends claimed since the
+        // size was read included) and what this client's handles wrote and have not
+        // published stay. The least over replicas: one that missed an earlier truncate
+        // holds a larger size, whose bytes past it are gone.
+        let least_before = replies.iter().map(|r| r.size_before).min().unwrap_or(0);
+        let held = least_before.max(meta.size);
+        let mut sized = replies[0].meta;
         if size > held {
             // Zeros between the two ends; past the new end, appends claimed since.
             cut_from(held, 0, Some(size)).await?;
-            self.meta_cache.borrow_mut().put(path, sized.meta);
-            return Ok(sized.meta);
+            self.meta_cache.borrow_mut().put(path, sized);
+            return Ok(sized);
         }
-        let mut sized = sized.meta;
         for _ in 0..CUT_ROUNDS_MAX {
             // With the record's cut count: an append claimed before it lands short of the
             // cut on a server that has seen it (the server's `cuts`).
-            cut_from(size.min(meta.size), sized.cut_gen, None).await?;
+            cut_from(size, sized.cut_gen, None).await?;
             // Set again: a size update that was on its way from another handle (a flush, a
             // release, an append's claim) may have grown the file back meanwhile. Setting
             // it back moves the cut count, and the cut goes again with the new count; an
