@@ -384,7 +384,7 @@ impl<'a> Runner<'a> {
         // after the workspace is gone, so that the probe's sync flushes only its own
         // writes and the phases' files leave its scratch file room.
         let limits = match self.storage {
-            Storage::Native(_) if self.plan.limits => Some(self.measure_limits(outcome)?),
+            Storage::Native(_) if self.plan.limits => self.measure_limits(outcome)?,
             _ => None,
         };
         if let (0, Some(l)) = (self.ranks.rank, &limits) {
@@ -517,7 +517,10 @@ impl<'a> Runner<'a> {
 
     /// Leaves this rank's share in the run directory and, on rank 0, collects every
     /// rank's once all have left theirs.
-    fn exchange(&mut self, name: &str, share: &RankPhase) -> Result<Vec<RankPhase>> {
+    fn exchange<T>(&mut self, name: &str, share: &T) -> Result<Vec<T>>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Clone,
+    {
         let dir = self.barrier.dir().to_path_buf();
         let own = dir.join(format!("{name}.{}.json", self.ranks.rank));
         let json = serde_json::to_vec(share)
@@ -543,16 +546,21 @@ impl<'a> Runner<'a> {
     }
 
     /// Every rank's round trips and bandwidth to the servers, then rank 0's probe of every
-    /// server's store; after the phases (see `run`).
-    fn measure_limits(&mut self, outcome: &mut Outcome) -> Result<Limits> {
+    /// server's store; after the phases (see `run`). A probe that fails on any rank costs
+    /// the run its limits (`None`, with a note), not the phases it measured; every rank
+    /// still takes each barrier and exchange, so that none waits for another in vain.
+    fn measure_limits(&mut self, outcome: &mut Outcome) -> Result<Option<Limits>> {
         let Storage::Native(fs) = self.storage else {
             return Err("limits are measured on a native target".into());
         };
+        let rank = self.ranks.rank;
         self.barrier.wait()?;
-        let rtt = limits::round_trips(fs, self.ranks.rank)?;
+        let rtt = limits::round_trips(fs, rank)
+            .map_err(|e| format!("rank {rank}'s round-trip probe: {e}"));
         let rtt = self.exchange("limit-rtt", &rtt)?;
         self.barrier.wait()?;
-        let bw = limits::bandwidth(fs, self.ranks.rank, self.plan.network_payload)?;
+        let bw = limits::bandwidth(fs, rank, self.plan.network_payload)
+            .map_err(|e| format!("rank {rank}'s network probe: {e}"));
         let bw = self.exchange("limit-network", &bw)?;
         // Rank 0 alone: the stores are the servers', and probing them from every rank
         // would only queue the probes.
@@ -589,15 +597,31 @@ impl<'a> Runner<'a> {
             _ => None,
         };
         self.barrier.wait()?;
+        let all = |shares: Vec<std::result::Result<RankPhase, String>>| {
+            shares
+                .into_iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let (rtt, bw) = match (all(rtt), all(bw)) {
+            (Ok(rtt), Ok(bw)) => (rtt, bw),
+            (Err(failed), _) | (_, Err(failed)) => {
+                add_note(
+                    outcome,
+                    &self.target.label,
+                    &format!("no limits ({failed})"),
+                );
+                return Ok(None);
+            }
+        };
         let rtt = PhaseResult::aggregate("", "", Kind::Metadata, 0, &rtt);
         let bw = PhaseResult::aggregate("", "", Kind::Bandwidth, 0, &bw);
-        Ok(Limits {
+        Ok(Some(Limits {
             rtt_p50_us: rtt.latency.get("ping").map_or(0.0, |l| l.p50_us),
             network_mib_s: bw.mib_s,
             network_payload: self.plan.network_payload,
             store_write_mib_s: stores.map(|s| s.0),
             store_read_mib_s: stores.map(|s| s.1),
-        })
+        }))
     }
 
     fn snapshot_servers(&mut self, outcome: &mut Outcome, phase: &str, rep: u32) {
