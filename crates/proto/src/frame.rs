@@ -234,6 +234,14 @@ impl FrameHeader {
         out.copy_from_slice(self.as_bytes());
         out
     }
+
+    /// The header's wire bytes in a buffer with room for `more` bytes after them (a body
+    /// that rides in the Active Message header), so that appending it does not grow it.
+    pub fn to_vec_with_room(&self, more: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_HEADER_LEN + more);
+        out.extend_from_slice(self.as_bytes());
+        out
+    }
 }
 
 /// Size of [`FrameHeader`] on the wire.

@@ -505,9 +505,7 @@ impl Connection {
         let client = &self.client;
         let frame = Frame::header(op, id, 0, false, body.len(), payload.len());
         let body_fits = FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header();
-        let mut header =
-            Vec::with_capacity(FRAME_HEADER_LEN + if body_fits { body.len() } else { 0 });
-        header.extend_from_slice(&frame.to_bytes());
+        let mut header = frame.to_vec_with_room(if body_fits { body.len() } else { 0 });
         let proto = if payload.len() > client.options.rdma_threshold {
             AmProto::Rndv
         } else {

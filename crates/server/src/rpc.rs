@@ -885,8 +885,7 @@ fn reply_request(
         reply.body.len(),
         payload_len,
     );
-    let mut header = Vec::with_capacity(FRAME_HEADER_LEN + if fits { reply.body.len() } else { 0 });
-    header.extend_from_slice(&frame.to_bytes());
+    let mut header = frame.to_vec_with_room(if fits { reply.body.len() } else { 0 });
     let proto = if payload_len > options.rendezvous_threshold {
         AmProto::Rndv
     } else {
