@@ -717,3 +717,68 @@ fn a_truncate_past_the_size_it_read_keeps_the_appends_claimed_meanwhile() {
         "{appends_first} of {ROUNDS} rounds appended before the truncate set the size"
     ));
 }
+
+#[test]
+fn clients_creating_one_name_to_append_all_open_it_and_every_append_lands() {
+    // Found by a hostile-user run: with two replicas, clients opening a new name with
+    // O_CREAT|O_APPEND at once met the record on its first replica before its creator had
+    // copied it to the second. An append's claim then failed there with ENOENT after the
+    // first replica had taken it (zeros the size of the append in the file), or a client
+    // copied the record over first and the creator, finding it there, removed the file.
+    const ROUNDS: usize = 40;
+    const CLIENTS: usize = 3;
+    const LEN: usize = 20_000;
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 4,
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let config = cluster.config();
+    // Every thread meets the barrier in every round, failed calls included.
+    let start = Barrier::new(CLIENTS);
+    let name = |round: usize| format!("/created-{round}");
+    let block = |t: usize| vec![b'a' + t as u8; LEN];
+    let failed: Vec<String> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..CLIENTS)
+            .map(|t| {
+                let (config, start) = (&config, &start);
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for round in 0..ROUNDS {
+                        // A client of its own each round: one that has not met the
+                        // servers yet, as a new process is.
+                        let fs = BenchFS::connect(config).unwrap();
+                        start.wait();
+                        let flags = OpenFlags::CREATE | OpenFlags::WRITE | OpenFlags::APPEND;
+                        let appended = fs.open(&name(round), flags, 0o644).and_then(|fd| {
+                            fs.write(fd, &block(t))?;
+                            fs.close(fd)
+                        });
+                        failed.extend(appended.err().map(|e| format!("round {round}: {e}")));
+                    }
+                    failed
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(failed, Vec::<String>::new(), "opens or appends failed");
+    let fs = cluster.client();
+    let mut wrong = Vec::new();
+    for round in 0..ROUNDS {
+        let got = read_file(&fs, &name(round));
+        let mut blocks: Vec<&[u8]> = got.chunks(LEN).collect();
+        blocks.sort();
+        let want: Vec<Vec<u8>> = (0..CLIENTS).map(block).collect();
+        if got.len() != CLIENTS * LEN || blocks != want {
+            wrong.push(format!("{}: {} bytes", name(round), got.len()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "files without each append once, whole: {wrong:?}"
+    );
+}

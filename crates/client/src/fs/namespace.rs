@@ -191,11 +191,21 @@ impl FsClient {
             newer_only: false,
             data: Vec::new(),
         };
-        let copies = join_all(
-            servers[1..]
-                .iter()
-                .map(|&s| self.call_on::<ops::MetadataInsert>(s, &insert, OutPayload::none())),
-        )
+        let insert = &insert;
+        let copies = join_all(servers[1..].iter().map(|&s| async move {
+            let copied = self.call_on::<ops::MetadataInsert>(s, insert, OutPayload::none());
+            match copied.await {
+                // Another client met the record on the first replica and copied it here
+                // before this copy came (see `FsClient::change_record_replies`): it is
+                // this file's, with the changes made to it since.
+                Err(e)
+                    if e.status() == Status::Exists && self.names(s, path, meta.file_id).await =>
+                {
+                    Ok(())
+                }
+                copied => copied.map(drop),
+            }
+        }))
         .await;
         let (mut holders, failed) = took_it(servers[1..].iter().copied().zip(copies));
         let Some(e) = failed else {
@@ -205,6 +215,16 @@ impl FsClient {
         tracing::warn!(error = %e, op, path, "a replica did not take the new record; removing it");
         self.undo_put(path, None, &holders).await;
         Err(e)
+    }
+
+    /// Whether server `server`'s record of `path` names file `file_id`.
+    async fn names(&self, server: ServerIndex, path: &str, file_id: u64) -> bool {
+        let lookup = ops::PathRequest {
+            path: path.to_string(),
+        };
+        self.call_on::<ops::MetadataLookup>(server, &lookup, OutPayload::none())
+            .await
+            .is_ok_and(|(reply, _)| reply.meta.file_id == file_id)
     }
 
     /// Undoes a record put on `servers` at `path`: puts back `previous` (what the path

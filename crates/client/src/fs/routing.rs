@@ -117,6 +117,15 @@ fn share_suspect(addr: SocketAddr, until: Option<Instant>) {
     ANY_SHARED_SUSPECT.store(!suspects.is_empty(), Ordering::Relaxed);
 }
 
+/// How long a change that one replica took and another did not find asks that one again:
+/// long enough for a creator's copy of a new record to reach it, even from a client
+/// sharing a busy core; short enough that a change racing a removal fails soon.
+const CREATE_IN_FLIGHT_MAX: Duration = Duration::from_millis(500);
+
+/// The first wait before asking again; each next one doubles, up to an eighth of
+/// [`CREATE_IN_FLIGHT_MAX`].
+const CREATE_IN_FLIGHT_FIRST_WAIT: Duration = Duration::from_micros(50);
+
 /// Why a server's "not found" is asked of another replica too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BornAfter {
@@ -662,9 +671,10 @@ impl FsClient {
         file_id: u64,
         req: &R::Request,
     ) -> Result<Vec<R::Reply>, RpcError> {
-        let answers = self
+        let mut answers = self
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
+        self.ask_again_while_created::<R>(&mut answers, req).await;
         let took: Vec<ServerIndex> = answers
             .iter()
             .filter(|(_, r)| r.is_ok())
@@ -698,6 +708,46 @@ impl FsClient {
             }
         }
         Ok(replies)
+    }
+
+    /// Asks again, for a while, each replica that answered "not found" where another took
+    /// the change, unless it may have lost its records (see
+    /// [`FsClient::born_after_one_of`]): the file may be new, its record on the first
+    /// replica and on its way to the others from its creator, who copies it there next. A
+    /// record that stays missing is left to the caller (a file another client is removing,
+    /// one whose creator died between the two steps).
+    async fn ask_again_while_created<R: Rpc>(
+        &self,
+        answers: &mut [(ServerIndex, Result<R::Reply, RpcError>)],
+        req: &R::Request,
+    ) {
+        let took: Vec<ServerIndex> = answers
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(s, _)| *s)
+            .collect();
+        if took.is_empty() {
+            return;
+        }
+        for (server, answer) in answers.iter_mut() {
+            let missing = |a: &Result<R::Reply, RpcError>| {
+                a.as_ref().is_err_and(|e| e.status() == Status::NotFound)
+            };
+            if !missing(answer) || self.born_after_one_of(*server, &took) == Some(BornAfter::Known)
+            {
+                continue;
+            }
+            let mut wait = CREATE_IN_FLIGHT_FIRST_WAIT;
+            let deadline = Instant::now() + CREATE_IN_FLIGHT_MAX;
+            while missing(answer) && Instant::now() < deadline {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(CREATE_IN_FLIGHT_MAX / 8);
+                *answer = self
+                    .call_on::<R>(*server, req, OutPayload::none())
+                    .await
+                    .map(|(reply, _)| reply);
+            }
+        }
     }
 
     /// Copies the record of file `file_id` at `path` from server `from` to server `to`,
