@@ -950,7 +950,7 @@ impl FsClient {
         self.move_tree(&from, &to, &record, replaced.as_ref(), &subtree)
             .await?;
         if meta.is_dir() {
-            self.seal_left_name(&from, &to).await;
+            self.seal_left_name(&from, &to, &subtree).await;
         }
         let replaced = replaced.map(|r| r.meta);
         if let Some(old) =

@@ -5,6 +5,8 @@
 //! inline file, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time,
 //! in the order `FsClient::rename` gives (every entry stays visible under one name).
 
+use std::collections::HashSet;
+
 use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops;
 use benchfs_proto::path;
@@ -62,15 +64,25 @@ impl FsClient {
     /// name nothing shows), then moves to `to` what was created below `from` while the
     /// rename ran, until none is left. Found by a hostile run: files created in a
     /// directory while another client renamed it were lost, every call reporting success.
-    pub(super) async fn seal_left_name(&self, from: &str, to: &str) {
+    pub(super) async fn seal_left_name(&self, from: &str, to: &str, moved: &[(String, Record)]) {
         if let Err(e) = self
             .purge_below("rename", from, ops::PURGE_SEALS_NAME)
             .await
         {
             tracing::warn!(error = %e, from, "not every server sealed a renamed directory's old name");
         }
+        // A listing finds an entry by its parent's name: what was made below the old
+        // name's subdirectories is found by listing their old names, since their own
+        // records have moved.
+        let mut old_dirs = vec![from.to_string()];
+        old_dirs.extend(
+            moved
+                .iter()
+                .filter(|(_, record)| record.meta.is_dir())
+                .map(|(path, _)| path.clone()),
+        );
         for _ in 0..STRAGGLER_ROUNDS_MAX {
-            let late = match self.subtree(from).await {
+            let late = match self.subtree_below(old_dirs.clone()).await {
                 Ok(late) if late.is_empty() => return,
                 Ok(late) => late,
                 Err(e) => {
@@ -95,15 +107,24 @@ impl FsClient {
     /// Every record under directory `dir` (not `dir` itself), each parent before its
     /// children, inline ones with their bytes.
     pub(super) async fn subtree(&self, dir: &str) -> Result<Vec<(String, Record)>, ApiError> {
+        self.subtree_below(vec![dir.to_string()]).await
+    }
+
+    /// [`FsClient::subtree`] of every directory name in `dirs`, those below one another
+    /// included (each listed once, and none of them in the result unless listed).
+    async fn subtree_below(
+        &self,
+        mut dirs: Vec<String>,
+    ) -> Result<Vec<(String, Record)>, ApiError> {
         let mut out = Vec::new();
         let mut next = 0;
-        let mut dirs = vec![dir.to_string()];
+        let mut listed: HashSet<String> = dirs.iter().cloned().collect();
         while next < dirs.len() {
             let parent = dirs[next].clone();
             next += 1;
             for entry in self.list(&parent, usize::MAX).await? {
                 let path = path::join(&parent, &entry.name);
-                if entry.meta.is_dir() {
+                if entry.meta.is_dir() && listed.insert(path.clone()) {
                     dirs.push(path.clone());
                 }
                 out.push((
