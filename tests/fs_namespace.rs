@@ -810,3 +810,77 @@ fn entries_made_removed_and_renamed_move_their_directorys_times() {
         );
     }
 }
+
+#[test]
+fn a_client_that_still_sees_a_removed_directory_cannot_create_below_it() {
+    // Found by a hostile run: a client's directory cache keeps a directory another client
+    // removed, and its creates below it went through: files, directories and exclusive
+    // creates reported success and no listing showed them (a later mkdir of the name
+    // brought them back).
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let (stale, other) = (cluster.client(), cluster.client());
+    stale.mkdir("/gh", 0o755).unwrap();
+    stale.mkdir("/gh/d", 0o755).unwrap();
+    write_file(&stale, "/gh/d/seen", b"x");
+    let records = total_records(&other);
+    other.unlink("/gh/d/seen").unwrap();
+    other.rmdir("/gh/d").unwrap();
+    let create = |path: &str, flags| {
+        stale
+            .open(path, flags, 0o644)
+            .and_then(|fd| stale.close(fd))
+    };
+    let plain = OpenFlags::CREATE | OpenFlags::WRITE;
+    let exclusive = plain | OpenFlags::EXCL;
+    assert_eq!(errno_of(create("/gh/d/g", plain)), libc::ENOENT, "create");
+    assert_eq!(
+        errno_of(create("/gh/d/x", exclusive)),
+        libc::ENOENT,
+        "O_EXCL"
+    );
+    assert_eq!(
+        errno_of(stale.mkdir("/gh/d/sub", 0o755)),
+        libc::ENOENT,
+        "mkdir"
+    );
+    // Two levels down, and through a file put where the directory was.
+    write_file(&other, "/gh/d", b"a file now");
+    assert_eq!(errno_of(create("/gh/d/sub/f", plain)), libc::ENOENT);
+    // /gh/d/seen is gone and /gh/d is a file: nothing else (2 replicas of each).
+    assert_eq!(
+        total_records(&other),
+        records - 2,
+        "records left below a removed directory"
+    );
+    // A directory made there again takes files, whoever made it.
+    other.unlink("/gh/d").unwrap();
+    other.mkdir("/gh/d", 0o755).unwrap();
+    write_file(&stale, "/gh/d/again", b"again");
+    let names: Vec<String> = other
+        .readdir("/gh/d")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["again"]);
+}
+
+#[test]
+fn a_directory_that_an_rmdir_found_not_empty_still_takes_creates() {
+    // The rmdir refuses creates below the directory while it checks that the directory is
+    // empty; one that finds it is not lets them through again.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    fs.mkdir("/full", 0o755).unwrap();
+    write_file(&fs, "/full/a", b"a");
+    assert_eq!(errno_of(fs.rmdir("/full")), libc::ENOTEMPTY);
+    let other = cluster.client();
+    write_file(&other, "/full/b", b"b");
+    fs.mkdir("/full/sub", 0o755).unwrap();
+    write_file(&fs, "/full/sub/c", b"c");
+    assert_eq!(read_file(&fs, "/full/sub/c"), b"c");
+    assert_eq!(fs.readdir("/full").unwrap().len(), 3);
+}

@@ -714,6 +714,11 @@ impl Message for ReaddirRequest {
 /// The [`PurgeRequest::changed_before_ns`] that seals a name instead of purging below it.
 pub const PURGE_SEALS_NAME: u64 = 0;
 
+/// The [`PurgeRequest::changed_before_ns`] that removes nothing (no record changed before
+/// the first nanosecond) and lifts the name's seal: an rmdir that sealed a directory it
+/// then did not remove.
+pub const PURGE_LIFTS_SEAL: u64 = 1;
+
 /// Remove every record below `dir` (at any depth, `dir` itself kept) whose last change
 /// (the later of its `ctime_ns` and `mtime_ns`) is before `changed_before_ns`. With
 /// `u64::MAX` (a rename about to copy records below `dir`) the name stays marked as one
@@ -722,8 +727,9 @@ pub const PURGE_SEALS_NAME: u64 = 0;
 /// With [`PURGE_SEALS_NAME`] (0: nothing changed before it, so nothing is removed) the
 /// server instead seals the name: a create below it is refused (`NotFound`) until a
 /// purge of another time names it (a directory made or renamed there again). A rename
-/// sends it for the name a directory left, so that creates of clients that still see the
-/// directory there (cached) fail instead of leaving records under a name nothing shows.
+/// sends it for the name a directory left, and an rmdir for the directory before it checks
+/// that it is empty, so that creates of clients that still see the directory there
+/// (cached) fail instead of leaving records under a name nothing shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeRequest {
     /// The directory; never the root.

@@ -562,6 +562,11 @@ impl MetadataTable {
         if self.unindex(meta.file_id) {
             self.add_tombstone(meta.file_id);
         }
+        if meta.is_dir() {
+            // The rmdir sealed the name on every server: a directory made here again
+            // purges below it, which lifts the seal everywhere.
+            self.mark_stale_below(&path);
+        }
         Ok(meta)
     }
 

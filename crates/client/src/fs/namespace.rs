@@ -588,11 +588,32 @@ impl FsClient {
         }
         // A file this client opened to create in it is an entry.
         self.make_deferred_under(&path).await?;
-        if !self.list(&path, 1).await?.is_empty() {
-            return Err(fs_err("rmdir", &path, Status::NotEmpty));
+        // Creates below it are refused from here on, on every server: a client that still
+        // sees the directory (cached) would leave records under a name nothing shows. So a
+        // create either lands before the check below, which then finds it, or fails.
+        if let Err(e) = self
+            .purge_below("rmdir", &path, ops::PURGE_SEALS_NAME)
+            .await
+        {
+            tracing::warn!(error = %e, path, "not every server refuses creates below a directory being removed");
         }
-        self.delete_record("rmdir", &path, EntryKind::Directory, false)
-            .await?;
+        let removed = match self.list(&path, 1).await {
+            Ok(entries) if !entries.is_empty() => Err(fs_err("rmdir", &path, Status::NotEmpty)),
+            Ok(_) => self
+                .delete_record("rmdir", &path, EntryKind::Directory, false)
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            if let Err(lift) = self
+                .purge_below("rmdir", &path, ops::PURGE_LIFTS_SEAL)
+                .await
+            {
+                tracing::warn!(error = %lift, path, "a directory left in place still refuses creates on some server");
+            }
+            return Err(e);
+        }
         self.touch_parents(&[&path]).await;
         Ok(())
     }
