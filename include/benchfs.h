@@ -41,10 +41,13 @@ extern "C" {
  * BENCHFS_<SECTION>_<KEY> overrides, $BENCHFS_CHUNK_SIZE, $BENCHFS_RDMA_THRESH,
  * $BENCHFS_RPC_TIMEOUT_MSEC and the job secret in $BENCHFS_SECRET_FILE; values given to
  * the setters below before this call win over the environment. Calling it again
- * reconnects every thread. */
+ * reconnects every thread, each at its next call, which first closes the descriptors the
+ * thread had open (publishing their sizes, as benchfs_close() does; later calls on them
+ * fail with EBADF). Descriptors a thread leaves open when it exits are closed so too. */
 int benchfs_init(const char *registry);
 /* Closes the calling thread's descriptors and connection and forgets the settings;
- * other threads' next calls fail with ENOTCONN until benchfs_init() is called again. */
+ * other threads' next calls close their descriptors and fail with ENOTCONN until
+ * benchfs_init() is called again. */
 int benchfs_term(void);
 /* The calling thread's last error message ("" if none); valid until its next failure. */
 const char *benchfs_last_error(void);

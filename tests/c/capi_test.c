@@ -268,6 +268,46 @@ static void threads(void)
     CHECK(benchfs_rmdir("/t") == 0);
 }
 
+static void *write_and_exit(void *arg)
+{
+    (void)arg;
+    int fd = benchfs_create("/left-open", O_WRONLY, 0644);
+    if (fd < 0 || benchfs_pwrite(fd, "12345", 5, 0) != 5) {
+        return (void *)1;
+    }
+    return NULL; /* without benchfs_close: the thread's exit closes it */
+}
+
+/* Writes that returned keep their bytes and size when the descriptors are left open
+ * across a second benchfs_init() or by a thread that exits. */
+static void open_descriptors_outlive_their_client(void)
+{
+    static unsigned char big[100000];
+    struct stat st;
+    fill(big, sizeof big, 7);
+    int small = benchfs_create("/reinit-small", O_WRONLY, 0644);
+    int large = benchfs_create("/reinit-large", O_WRONLY, 0644);
+    CHECK(small >= 0 && large >= 0);
+    CHECK(benchfs_pwrite(small, "abc", 3, 0) == 3);
+    CHECK(benchfs_pwrite(large, big, sizeof big, 0) == (ssize_t)sizeof big);
+    CHECK(benchfs_init(NULL) == 0);
+    CHECK_ERR(benchfs_close(small), EBADF);
+    CHECK(benchfs_stat("/reinit-small", &st) == 0 && st.st_size == 3);
+    CHECK(benchfs_stat("/reinit-large", &st) == 0 && st.st_size == (off_t)sizeof big);
+    static unsigned char back[100000];
+    int fd = benchfs_open("/reinit-large", O_RDONLY, 0);
+    CHECK(fd >= 0 && benchfs_pread(fd, back, sizeof back, 0) == (ssize_t)sizeof back);
+    CHECK(memcmp(back, big, sizeof big) == 0);
+    CHECK(benchfs_close(fd) == 0);
+    pthread_t tid;
+    void *failed = NULL;
+    CHECK(pthread_create(&tid, NULL, write_and_exit, NULL) == 0);
+    CHECK(pthread_join(tid, &failed) == 0 && failed == NULL);
+    CHECK(benchfs_stat("/left-open", &st) == 0 && st.st_size == 5);
+    CHECK(benchfs_unlink("/reinit-small") == 0 && benchfs_unlink("/reinit-large") == 0);
+    CHECK(benchfs_unlink("/left-open") == 0);
+}
+
 int main(void)
 {
     struct stat st;
@@ -278,6 +318,7 @@ int main(void)
     files_and_errors();
     settings();
     threads();
+    open_descriptors_outlive_their_client();
     CHECK(benchfs_term() == 0);
     CHECK_ERR(benchfs_stat("/", &st), ENOTCONN);
     CHECK(benchfs_init(getenv("BENCHFS_REGISTRY")) == 0);

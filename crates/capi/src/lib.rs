@@ -102,7 +102,8 @@ fn buffer_ok(buf: *const c_void, size: size_t) -> Result<(), Failure> {
 /// and any setter called before), the secret (`BENCHFS_SECRET_FILE`), and the servers in
 /// `registry` (NULL: `BENCHFS_REGISTRY`, else the configuration's `registry_dir`), and
 /// connects the calling thread. Calling it again reconnects every thread (at its next
-/// call) with the environment and setters of then.
+/// call, which first closes the descriptors the thread had open, publishing their sizes)
+/// with the environment and setters of then.
 ///
 /// # Safety
 /// `registry` is NULL or a NUL-terminated string.
@@ -122,8 +123,9 @@ pub unsafe extern "C" fn benchfs_init(registry: *const c_char) -> c_int {
 }
 
 /// Disconnects: closes the calling thread's open descriptors (publishing their sizes)
-/// and its client, and forgets the settings. Other threads' clients are closed at their
-/// next call (which then fails with ENOTCONN) or when they exit.
+/// and its client, and forgets the settings. Other threads' clients, with their
+/// descriptors, are closed at their next call (which then fails with ENOTCONN) or when
+/// they exit.
 #[no_mangle]
 pub extern "C" fn benchfs_term() -> c_int {
     entry(|| {

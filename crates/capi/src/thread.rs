@@ -161,6 +161,18 @@ pub(crate) fn close_thread_client() -> Result<(), Failure> {
     first_error.map_or(Ok(()), Err)
 }
 
+/// A client dropped with descriptors open (a later `benchfs_init`, another thread's
+/// `benchfs_term`, the thread's exit) closes them first, so the sizes of writes that
+/// returned are published: no later call can name those descriptors.
+impl Drop for ThreadClient {
+    fn drop(&mut self) {
+        // No caller is left to tell of a failure.
+        for (_, fd) in self.fds.drain() {
+            let _ = self.fs.close(fd);
+        }
+    }
+}
+
 impl ThreadClient {
     fn connect(settings: &Arc<Settings>) -> Result<ThreadClient, Failure> {
         let fs = BenchFS::with_servers(
