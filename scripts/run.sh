@@ -12,7 +12,7 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out="bench-results/$stamp-suite"
 # The baseline runs on a real disk (not tmpfs), in a new subdirectory the run removes.
 baseline=${BENCHFS_BASELINE_DIR:-/var/tmp/benchfs-baseline}
-mkdir -p bench-results
+mkdir -p bench-results "$baseline"
 
 {
     echo "# BenchFS main job, $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -337,7 +337,6 @@ fn verify_detects_a_corrupted_chunk() {
         chunk_size: 1 << 20,
         ..ClusterSpec::backend("file")
     });
-    let out = out_dir();
     let common = [
         "-b",
         "3m",
@@ -347,11 +346,11 @@ fn verify_detects_a_corrupted_chunk() {
         "--no-limits",
         "--workspace",
         "verify-run",
-        "--out",
-        arg(out.path()),
     ];
     let with = |phases: &str, extra: &[&str]| -> Run {
-        let mut args = vec!["ior", "--phases", phases];
+        // A report directory of its own each run: one holding a report is refused.
+        let out = out_dir();
+        let mut args = vec!["ior", "--phases", phases, "--out", arg(out.path())];
         args.extend_from_slice(&common);
         args.extend_from_slice(extra);
         bench(&cluster, &args)
@@ -537,6 +536,33 @@ fn a_report_that_cannot_be_written_fails_the_run_and_leaves_none() {
     )
     .failed();
     assert!(!fresh.exists());
+    // A report directory that holds a report already is refused, and the report kept
+    // (found by a hostile run: a second run's report took the first's place, beside the
+    // first's plots of other phases).
+    let first = local.path().join("first");
+    bench(&cluster, &["mdtest", "-n", "5", "--out", arg(&first)]).ok();
+    let report = std::fs::read(first.join("report.json")).unwrap();
+    let stderr = bench(
+        &cluster,
+        &["ior", "-b", "64k", "-t", "64k", "--out", arg(&first)],
+    )
+    .failed();
+    assert!(
+        stderr.contains("not empty") && stderr.contains(arg(&first)),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(first.join("report.json")).unwrap(), report);
+    // A local directory to run on that does not exist is refused, not made: a mistyped
+    // mount point would have the local disk measured under its name.
+    let typo = local.path().join("no-such-mount");
+    for flag in ["--posix", "--baseline"] {
+        let stderr = bench(&cluster, &["mdtest", "-n", "5", flag, arg(&typo)]).failed();
+        assert!(
+            stderr.contains(flag) && stderr.contains(arg(&typo)),
+            "{stderr}"
+        );
+        assert!(!typo.exists(), "{flag} made {}", typo.display());
+    }
     // A report that cannot be written whole (its disk full) leaves no report: nothing
     // cut short that would read as one (found by a hostile run: a truncated report.json).
     let Some(_disk) = SmallDisk::mount(&local.path().join("tiny"), "12k") else {
@@ -729,8 +755,8 @@ fn a_reading_run_blames_a_stopped_server_not_a_missing_workspace() {
         servers: 2,
         ..ClusterSpec::short_timeout()
     });
-    let out = out_dir();
     let run = |phases: &str, extra: &[&str]| -> Run {
+        let out = out_dir();
         let mut args = vec!["ior", "--phases", phases, "-b", "1m", "-t", "256k"];
         args.extend([
             "--no-limits",

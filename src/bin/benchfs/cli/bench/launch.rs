@@ -166,6 +166,7 @@ pub fn measure(
     phases: Vec<Phase>,
     point: &Point,
 ) -> Result<Option<Measured>, CliError> {
+    check_local_dirs(common)?;
     if let Some(ranks) = Ranks::from_env()?.filter(|r| r.size > 1) {
         return measure_launched(common, phases, ranks);
     }
@@ -178,7 +179,6 @@ pub fn measure(
         .map_or_else(|| target_of(common), |c| c.target.clone());
     let mut plan = super::plan(common, phases, fresh_name("benchfs-bench"));
     let config = settings(common, &target, &mut plan)?;
-    let dirs = LocalDirs::create(common)?;
     plan.targets = targets(common, &target);
     let run_dir = match &common.run_dir {
         Some(d) => d.join(&plan.workspace),
@@ -201,7 +201,6 @@ pub fn measure(
         Ok(outcome)
     });
     let _ = std::fs::remove_dir_all(&run_dir);
-    dirs.remove();
     let stopped = cluster.map_or(Ok(()), OwnCluster::stop);
     let mut outcome = outcome?;
     stopped?;
@@ -606,36 +605,24 @@ impl OwnCluster {
     }
 }
 
-/// Local directories (--posix, --baseline) made for the run, and the highest ancestor of
-/// each that did not exist before, removed after the run if empty.
-struct LocalDirs {
-    created: Vec<(PathBuf, PathBuf)>,
-}
-
-impl LocalDirs {
-    fn create(common: &Common) -> Result<LocalDirs, CliError> {
-        let mut created = Vec::new();
-        for dir in common.posix.iter().chain(&common.baseline) {
-            let top = dir
-                .ancestors()
-                .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-                .last()
-                .map(Path::to_path_buf);
-            std::fs::create_dir_all(dir).map_err(|e| local_error("cannot create", dir, e))?;
-            if let Some(top) = top {
-                created.push((dir.clone(), top));
-            }
-        }
-        Ok(LocalDirs { created })
-    }
-
-    fn remove(self) {
-        for (dir, top) in self.created {
-            for d in dir.ancestors() {
-                if std::fs::remove_dir(d).is_err() || d == top {
-                    break;
-                }
+/// Checks that the local directories the run works in (--posix, --baseline) exist: the
+/// run makes its own subdirectory in each, and a mistyped mount point made anew would
+/// have the local disk measured under the mount's name.
+fn check_local_dirs(common: &Common) -> Result<(), CliError> {
+    let dirs = [("--posix", &common.posix), ("--baseline", &common.baseline)];
+    for (flag, dir) in dirs {
+        let Some(dir) = dir else { continue };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("{flag} {}: not a directory", dir.display()).into()),
+            Err(e) => {
+                return Err(format!(
+                    "{flag} {}: {e} (give an existing directory: a mount point, or one on the disk to compare)",
+                    dir.display()
+                )
+                .into())
             }
         }
     }
+    Ok(())
 }

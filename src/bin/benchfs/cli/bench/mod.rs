@@ -61,6 +61,19 @@ impl ReportDir {
             format!("report directory {}: {what}: {e}", path.display()).into()
         };
         std::fs::create_dir_all(&path).map_err(|e| fail("cannot create it", e))?;
+        // A report written over another run's would leave that run's files (plots of
+        // other phases) beside it, read as this run's.
+        let held = std::fs::read_dir(&path)
+            .map_err(|e| fail("cannot list it", e))?
+            .next()
+            .is_some();
+        if held {
+            return Err(format!(
+                "report directory {} is not empty (another run's report?): give a new --out, or empty it",
+                path.display()
+            )
+            .into());
+        }
         let probe = path.join(".benchfs-write-check");
         std::fs::File::create(&probe).map_err(|e| fail("cannot write in it", e))?;
         let _ = std::fs::remove_file(&probe);
