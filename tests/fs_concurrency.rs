@@ -6,6 +6,7 @@ mod common;
 use std::sync::Barrier;
 
 use benchfs::blocking::{BenchFS, OpenFlags};
+use benchfs::config::ServerConfig;
 use common::files::{assert_holds_each_record_once, read_file, write_file, C};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -203,6 +204,32 @@ fn an_open_file_follows_renames_another_client_makes() {
     assert!(read_file(&renamer, "/h") == want, "/h holds both appends");
 }
 
+/// Creates each of `names` (4 bytes, "data") from a client of its own while, 30 ms in,
+/// another client renames directory `from` to `to`; returns the names whose create,
+/// write and close all succeeded.
+fn create_while_renamed(
+    config: &ServerConfig,
+    names: impl Iterator<Item = String> + Send,
+    (from, to): (&str, &str),
+) -> Vec<String> {
+    std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            let fs = BenchFS::connect(config).unwrap();
+            names
+                .filter(|name| {
+                    fs.open(name, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+                        .and_then(|fd| fs.write(fd, b"data").and_then(|_| fs.close(fd)))
+                        .is_ok()
+                })
+                .collect()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let renamer = BenchFS::connect(config).unwrap();
+        renamer.rename(from, to).unwrap();
+        creator.join().unwrap()
+    })
+}
+
 #[test]
 fn files_created_while_their_directory_is_renamed_are_kept_or_refused() {
     // Found by a hostile run: files created in a directory while another client renamed
@@ -219,29 +246,11 @@ fn files_created_while_their_directory_is_renamed_are_kept_or_refused() {
     for i in 0..200 {
         write_file(&setup, &format!("/R/old{i}"), b"old");
     }
-    let kept = std::thread::scope(|s| {
-        let creator = s.spawn(|| {
-            let fs = BenchFS::connect(&config).unwrap();
-            let mut kept = Vec::new();
-            for i in 0..400 {
-                let name = format!("/R/new{i}");
-                let made = fs
-                    .open(&name, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
-                    .and_then(|fd| fs.write(fd, b"data").and_then(|_| fs.close(fd)));
-                if made.is_ok() {
-                    kept.push(i);
-                }
-            }
-            kept
-        });
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        let renamer = BenchFS::connect(&config).unwrap();
-        renamer.rename("/R", "/R2").unwrap();
-        creator.join().unwrap()
-    });
+    let names = (0..400).map(|i| format!("/R/new{i}"));
+    let kept = create_while_renamed(&config, names, ("/R", "/R2"));
     let fs = cluster.client();
-    for i in &kept {
-        let name = format!("/R2/new{i}");
+    for name in &kept {
+        let name = name.replacen("/R/", "/R2/", 1);
         let got = fs.stat(&name).map(|m| m.size);
         assert_eq!(got.ok(), Some(4), "{name}: created with success, then lost");
         assert_eq!(read_file(&fs, &name), b"data", "{name}");
@@ -275,27 +284,11 @@ fn files_created_below_a_subdirectory_while_an_ancestor_is_renamed_are_kept_or_r
     for i in 0..100 {
         write_file(&setup, &format!("/S/sub/old{i}"), b"old");
     }
-    let kept = std::thread::scope(|s| {
-        let creator = s.spawn(|| {
-            let fs = BenchFS::connect(&config).unwrap();
-            let mut kept = Vec::new();
-            for i in 0..600 {
-                let dir = if i % 2 == 0 { "/S/sub" } else { "/S/sub/deep" };
-                let name = format!("{dir}/new{i}");
-                let made = fs
-                    .open(&name, OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
-                    .and_then(|fd| fs.write(fd, b"data").and_then(|_| fs.close(fd)));
-                if made.is_ok() {
-                    kept.push(name);
-                }
-            }
-            kept
-        });
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        let renamer = BenchFS::connect(&config).unwrap();
-        renamer.rename("/S", "/S2").unwrap();
-        creator.join().unwrap()
+    let names = (0..600).map(|i| match i % 2 {
+        0 => format!("/S/sub/new{i}"),
+        _ => format!("/S/sub/deep/new{i}"),
     });
+    let kept = create_while_renamed(&config, names, ("/S", "/S2"));
     assert!(!kept.is_empty(), "no create went through");
     let fs = cluster.client();
     let lost: Vec<&String> = kept

@@ -152,13 +152,7 @@ pub(crate) fn close_thread_client() -> Result<(), Failure> {
     let Some(mut client) = client else {
         return Ok(());
     };
-    let mut first_error = None;
-    for (_, fd) in client.fds.drain() {
-        if let Err(e) = client.fs.close(fd) {
-            first_error.get_or_insert(Failure::from(e));
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+    client.close_descriptors()
 }
 
 /// A client dropped with descriptors open (a later `benchfs_init`, another thread's
@@ -167,13 +161,23 @@ pub(crate) fn close_thread_client() -> Result<(), Failure> {
 impl Drop for ThreadClient {
     fn drop(&mut self) {
         // No caller is left to tell of a failure.
-        for (_, fd) in self.fds.drain() {
-            let _ = self.fs.close(fd);
-        }
+        let _ = self.close_descriptors();
     }
 }
 
 impl ThreadClient {
+    /// Closes every open descriptor, publishing its size; the first failure, once all
+    /// were tried.
+    fn close_descriptors(&mut self) -> Result<(), Failure> {
+        let mut first_error = None;
+        for (_, fd) in self.fds.drain() {
+            if let Err(e) = self.fs.close(fd) {
+                first_error.get_or_insert(Failure::from(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn connect(settings: &Arc<Settings>) -> Result<ThreadClient, Failure> {
         let fs = BenchFS::with_servers(
             &settings.config,

@@ -135,6 +135,15 @@ enum BornAfter {
     Unknown,
 }
 
+/// The servers whose answer among `answers` is a success, in their order.
+fn servers_that_took<T>(answers: &[(ServerIndex, Result<T, RpcError>)]) -> Vec<ServerIndex> {
+    answers
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(s, _)| *s)
+        .collect()
+}
+
 /// `e`, naming the earlier failures of the same call too.
 fn chain(earlier: Option<RpcError>, e: RpcError) -> RpcError {
     match earlier {
@@ -675,11 +684,7 @@ impl FsClient {
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
         self.ask_again_while_created::<R>(&mut answers, req).await;
-        let took: Vec<ServerIndex> = answers
-            .iter()
-            .filter(|(_, r)| r.is_ok())
-            .map(|(s, _)| *s)
-            .collect();
+        let took = servers_that_took(&answers);
         let (mut replies, mut lacking) = (Vec::new(), Vec::new());
         for (server, answer) in answers {
             match answer {
@@ -721,18 +726,14 @@ impl FsClient {
         answers: &mut [(ServerIndex, Result<R::Reply, RpcError>)],
         req: &R::Request,
     ) {
-        let took: Vec<ServerIndex> = answers
-            .iter()
-            .filter(|(_, r)| r.is_ok())
-            .map(|(s, _)| *s)
-            .collect();
+        let took = servers_that_took(answers);
         if took.is_empty() {
             return;
         }
+        let missing = |a: &Result<R::Reply, RpcError>| {
+            a.as_ref().is_err_and(|e| e.status() == Status::NotFound)
+        };
         for (server, answer) in answers.iter_mut() {
-            let missing = |a: &Result<R::Reply, RpcError>| {
-                a.as_ref().is_err_and(|e| e.status() == Status::NotFound)
-            };
             if !missing(answer) || self.born_after_one_of(*server, &took) == Some(BornAfter::Known)
             {
                 continue;
