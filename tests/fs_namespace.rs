@@ -435,6 +435,46 @@ fn a_trailing_slash_resolves_only_to_a_directory() {
     assert_eq!(read_file(&fs, "/f"), data, "the file is untouched");
 }
 
+#[test]
+fn a_dot_component_names_the_directory_itself() {
+    // Regression (hostile-user run): "/new/." was normalised to "/new", so mkdir made it,
+    // rmdir("/d/.") removed "/d" and an O_CREAT open of "/" said EEXIST. Linux answers
+    // each as below (checked against ext4), and none of them changes anything.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    write_file(&fs, "/f", b"x");
+    fs.mkdir("/d", 0o755).unwrap();
+    const RENAME_DOT_FROM: Op = ("rename from", |fs, p| fs.rename(p, "/e"));
+    const RENAME_DOT_TO: Op = ("rename to", |fs, p| fs.rename("/f", p));
+    use libc::{EBUSY, EEXIST, EINVAL, EISDIR, ENOENT, ENOTDIR};
+    check(
+        &fs,
+        &[
+            (MKDIR, "/new/.", ENOENT),
+            (MKDIR, "/d/.", EEXIST),
+            (MKDIR, "/d/./", EEXIST),
+            (MKDIR, "/f/.", ENOTDIR),
+            (RMDIR, "/d/.", EINVAL),
+            (RMDIR, "/new/.", ENOENT),
+            (RMDIR, "/f/.", ENOTDIR),
+            (UNLINK, "/d/.", EISDIR),
+            (RENAME_DOT_FROM, "/d/.", EBUSY),
+            (RENAME_DOT_TO, "/d/.", EBUSY),
+            (CREATE, "/", EISDIR),
+            (OPEN_EXCL, "/", EEXIST),
+            (OPEN_CREATE, "/d/.", EISDIR),
+            (OPEN_EXCL, "/d/.", EEXIST),
+            (OPEN_CREATE, "/new/.", ENOENT),
+            (OPEN_CREATE, "/f/.", ENOTDIR),
+        ],
+    );
+    assert_eq!(errno_of(fs.stat("/new")), ENOENT, "nothing was made");
+    assert_eq!(errno_of(fs.stat("/e")), ENOENT, "nothing was moved");
+    assert!(fs.stat("/d").unwrap().is_dir());
+    assert!(fs.readdir("/d").unwrap().is_empty());
+    assert_eq!(read_file(&fs, "/f"), b"x");
+}
+
 /// Stores `meta` at `path` on each of its replicas, as a directory rename stopped part way
 /// leaves its copies: nothing shows them while the parent directory does not exist.
 fn plant(cluster: &Cluster, path: &str, meta: FileMetadata) {

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 
 use super::inline::{self, Inline};
 use super::read_ahead::ReadAhead;
-use super::{fs_err, norm, rpc_err, Fd, FsClient, Whence};
+use super::{ends_in_dot, fs_err, norm, rpc_err, Fd, FsClient, Whence};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
 use crate::rpc::{OutPayload, RpcError};
@@ -115,6 +115,17 @@ impl FsClient {
                 return Err(fs_err("open", &path, Status::InvalidArgument));
             }
             self.check_create_chunk_size()?;
+            // "/" and "/d/." name a directory, never a file to make: EEXIST with O_EXCL,
+            // else EISDIR, as Linux answers.
+            if path == "/" || ends_in_dot(given) {
+                let is_dir = path == "/" || self.lookup("open", &path, false).await?.is_dir();
+                let why = match (is_dir, flags.contains(OpenFlags::EXCL)) {
+                    (false, _) => Status::NotDir,
+                    (true, true) => Status::Exists,
+                    (true, false) => Status::IsDir,
+                };
+                return Err(fs_err("open", &path, why));
+            }
         }
         match self.check_dir_form("open", given, &path).await {
             Err(e) if e.status() == Some(Status::NotFound) && flags.contains(OpenFlags::CREATE) => {

@@ -200,6 +200,15 @@ pub(crate) fn names_dir(path: &str) -> bool {
     path.len() > 1 && (path.ends_with('/') || path.ends_with("/."))
 }
 
+/// Whether `path` (as given) ends in a "." component ("/d/." or "/d/./"): it names the
+/// directory itself, not an entry of its parent, so calls that make or remove an entry
+/// refuse it as Linux does (mkdir EEXIST or ENOENT, rmdir EINVAL, unlink EISDIR, rename
+/// EBUSY, open with O_CREAT EISDIR).
+pub(crate) fn ends_in_dot(path: &str) -> bool {
+    let trimmed = path.trim_end_matches('/');
+    trimmed == "." || trimmed.ends_with("/.")
+}
+
 impl FsClient {
     /// `NotDir` when `given` names a directory by its form (a trailing '/') but its
     /// record, at `path` (normalised), is not one; lookup errors (`NotFound`) as they come.

@@ -14,7 +14,7 @@ use super::data::WriteSource;
 use super::inline::{Inline, Record};
 use super::routing::is_unreachable;
 use super::tree::CLOCK_SKEW_MAX_NS;
-use super::{fanout, fs_err, names_dir, norm, rpc_err, DirEntry, FsClient};
+use super::{ends_in_dot, fanout, fs_err, names_dir, norm, rpc_err, DirEntry, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
 
@@ -367,9 +367,17 @@ impl FsClient {
 
     /// Creates a directory.
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApiError> {
+        let given = path;
         let path = norm(path)?;
         if path == "/" {
             return Err(fs_err("mkdir", &path, Status::Exists));
+        }
+        // "/d/." makes nothing: EEXIST if "/d" is a directory, else why it is not.
+        if ends_in_dot(given) {
+            return match self.lookup("mkdir", &path, false).await?.is_dir() {
+                true => Err(fs_err("mkdir", &path, Status::Exists)),
+                false => Err(fs_err("mkdir", &path, Status::NotDir)),
+            };
         }
         let meta = self
             .create_checked("mkdir", &path, EntryKind::Directory, mode)
@@ -536,7 +544,7 @@ impl FsClient {
         self.check_dir_form("unlink", given, &path).await?;
         // Writes in flight would land after the chunks are removed.
         self.drain_path(&path).await;
-        if path == "/" {
+        if path == "/" || ends_in_dot(given) {
             return Err(fs_err("unlink", &path, Status::IsDir));
         }
         self.make_deferred_at(&path).await?;
@@ -578,6 +586,7 @@ impl FsClient {
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, path: &str) -> Result<(), ApiError> {
+        let given = path;
         let path = norm(path)?;
         if path == "/" {
             return Err(fs_err("rmdir", &path, Status::InUse));
@@ -585,6 +594,9 @@ impl FsClient {
         let meta = self.lookup("rmdir", &path, false).await?;
         if !meta.is_dir() {
             return Err(fs_err("rmdir", &path, Status::NotDir));
+        }
+        if ends_in_dot(given) {
+            return Err(fs_err("rmdir", &path, Status::InvalidArgument));
         }
         // A file this client opened to create in it is an entry.
         self.make_deferred_under(&path).await?;
@@ -916,10 +928,11 @@ impl FsClient {
     /// must be a directory too.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ApiError> {
         let wants_dir = names_dir(from) || names_dir(to);
+        let dot = ends_in_dot(from) || ends_in_dot(to);
         let (from, to) = (norm(from)?, norm(to)?);
         self.drain_path(&from).await;
         self.drain_path(&to).await;
-        if from == "/" || to == "/" {
+        if from == "/" || to == "/" || dot {
             return Err(fs_err("rename", &from, Status::InUse));
         }
         for path in [&from, &to] {
@@ -944,21 +957,7 @@ impl FsClient {
             return Ok(());
         }
         self.check_parent("rename", &to).await?;
-        let replaced = match self.record_of("rename", &to).await {
-            Ok(existing) => Some(existing),
-            Err(e) if e.status() == Some(Status::NotFound) => None,
-            Err(e) => return Err(e),
-        };
-        if let Some(existing) = replaced.as_ref().map(|r| r.meta) {
-            match (meta.is_dir(), existing.is_dir()) {
-                (false, true) => return Err(fs_err("rename", &to, Status::IsDir)),
-                (true, false) => return Err(fs_err("rename", &to, Status::NotDir)),
-                (true, true) if !self.list(&to, 1).await?.is_empty() => {
-                    return Err(fs_err("rename", &to, Status::NotEmpty))
-                }
-                _ => {}
-            }
-        }
+        let replaced = self.replaced_by_rename(&to, meta).await?;
         let subtree = if meta.is_dir() {
             if replaced.is_none() {
                 // Nothing below a name that does not exist is an entry.
@@ -986,6 +985,28 @@ impl FsClient {
         }
         self.touch_parents(&[&from, &to]).await;
         Ok(())
+    }
+
+    /// The record a rename of `moving` to `to` replaces, if any: a file replaces a file, a
+    /// directory an empty directory.
+    async fn replaced_by_rename(
+        &self,
+        to: &str,
+        moving: FileMetadata,
+    ) -> Result<Option<Record>, ApiError> {
+        let existing = match self.record_of("rename", to).await {
+            Ok(existing) => existing,
+            Err(e) if e.status() == Some(Status::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match (moving.is_dir(), existing.meta.is_dir()) {
+            (false, true) => Err(fs_err("rename", to, Status::IsDir)),
+            (true, false) => Err(fs_err("rename", to, Status::NotDir)),
+            (true, true) if !self.list(to, 1).await?.is_empty() => {
+                Err(fs_err("rename", to, Status::NotEmpty))
+            }
+            _ => Ok(Some(existing)),
+        }
     }
 
     /// A rename's records: `record` (with its bytes) goes to `to` on every replica, then
