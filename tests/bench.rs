@@ -358,6 +358,13 @@ fn verify_detects_a_corrupted_chunk() {
     with("write", &["--keep"]).ok();
     // Untouched, the data reads back and checks.
     with("read", &[]).ok();
+    // Against another seed's pattern it does not, and the error says the seed may differ
+    // rather than only blaming the file system.
+    let stderr = with("read", &["--seed", "7"]).failed();
+    assert!(
+        stderr.contains("verify failed") && stderr.contains("this --seed (7)"),
+        "{stderr}"
+    );
     let chunks = chunk_files(&cluster);
     assert_eq!(chunks.len(), 3, "{chunks:?}");
     let (path, index) = &chunks[1];
@@ -472,6 +479,24 @@ fn bad_workloads_are_refused_by_name() {
     )
     .failed();
     assert!(stderr.contains("no workspace never-written"), "{stderr}");
+    // Phases that read files no phase before them made (or one removed), and a phase named
+    // twice, are refused before anything runs, by name.
+    for (phases, why) in [
+        ("stat", "no phase before it makes them"),
+        ("create,remove,read", "a phase before it removed them"),
+        ("create,create", "listed twice"),
+    ] {
+        let stderr = bench(&cluster, &["mdtest", "-n", "4", "--phases", phases]).failed();
+        assert!(stderr.contains(why), "{phases}: {stderr}");
+    }
+    let stderr = bench(&cluster, &["ior", "--phases", "read"]).failed();
+    assert!(
+        stderr.contains("ior-read needs the files of ior"),
+        "{stderr}"
+    );
+    let twice = ["--param", "servers=1", "--param", "servers=2"];
+    let stderr = benchfs(&[&["bench", "sweep"][..], &twice].concat(), &[]).failed();
+    assert!(stderr.contains("servers is given twice"), "{stderr}");
     let stderr = benchfs(&["bench", "sweep", "--param", "colour=red"], &[]).failed();
     assert!(stderr.contains("colour"), "{stderr}");
     // A grid with one impossible point is refused before any point runs (found by a

@@ -226,8 +226,17 @@ pub fn read(ctx: &mut RankCtx<'_>, spec: &IorSpec, written: u64) -> Result<RankP
                 pattern::first_mismatch(&buf, ctx.seed, spec.file_key(ctx.ranks.rank), offset)
             {
                 let _ = storage.close(h, &path);
+                // The pattern follows the seed: another run's files are checked against
+                // this run's seed, which must be the one they were written with.
+                let seed_note = match ctx.reused {
+                    true => format!(
+                        "; the files are an earlier run's: check that it ran with this --seed ({})",
+                        ctx.seed
+                    ),
+                    false => String::new(),
+                };
                 return Err(format!(
-                    "verify failed: {} on {} holds a wrong byte at offset {} (read by rank {})",
+                    "verify failed: {} on {} holds a wrong byte at offset {} (read by rank {}){seed_note}",
                     storage.display(&path),
                     ctx.label,
                     offset + at as u64,

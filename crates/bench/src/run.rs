@@ -157,7 +157,50 @@ impl Plan {
         {
             return Err("the time limit must be a positive number of seconds".into());
         }
+        self.check_phase_order()?;
         self.phases.iter().try_for_each(Phase::validate)
+    }
+
+    /// Refuses a phase named twice (a repetition is `reps`, and the report would take the
+    /// two as one), and, in a fresh workspace, a phase that reads files no phase before it
+    /// made or that one before it removed.
+    fn check_phase_order(&self) -> Result<()> {
+        // Per workload: whether its files are there at this point of the list.
+        let mut present: BTreeMap<String, bool> = BTreeMap::new();
+        for (at, phase) in self.phases.iter().enumerate() {
+            let name = phase.name();
+            if self.phases[..at].iter().any(|p| p.name() == name) {
+                return Err(format!(
+                    "phase {name} is listed twice: repeat the phase list with the repetitions setting instead"
+                )
+                .into());
+            }
+            let (workload, makes) = match phase {
+                Phase::IorWrite(s) => (&s.name, Some(true)),
+                Phase::IorRead(s) => (&s.name, None),
+                Phase::Md { spec, md } => match md {
+                    MdOp::Create => (&spec.name, Some(true)),
+                    MdOp::Remove => (&spec.name, Some(false)),
+                    MdOp::Stat | MdOp::Read => (&spec.name, None),
+                },
+                Phase::Find => continue,
+            };
+            let there = self.reuse || present.get(workload).copied().unwrap_or(false);
+            if !there && makes != Some(true) {
+                let why = match present.contains_key(workload) {
+                    true => "a phase before it removed them",
+                    false => "no phase before it makes them in this run's fresh workspace",
+                };
+                return Err(format!(
+                    "phase {name} needs the files of {workload}, but {why}: list the phase that writes them first, or read an earlier run's files (kept with --keep) with --workspace NAME"
+                )
+                .into());
+            }
+            if let Some(makes) = makes {
+                present.insert(workload.clone(), makes);
+            }
+        }
+        Ok(())
     }
 
     fn ior_specs(&self) -> Vec<&IorSpec> {
@@ -210,6 +253,8 @@ pub struct RankCtx<'a> {
     pub work: String,
     /// The plan's seed.
     pub seed: u64,
+    /// The workspace is an earlier run's, whose seed may not be this one's.
+    pub reused: bool,
     deadline: Option<Instant>,
     bar: Option<ProgressBar>,
 }
@@ -344,6 +389,7 @@ impl<'a> Runner<'a> {
             ranks: self.ranks,
             work: self.plan.workspace.clone(),
             seed: self.plan.seed,
+            reused: self.plan.reuse,
             deadline,
             bar,
         }

@@ -78,6 +78,18 @@ pub fn apply(point: &Point, up: &mut UpArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Refuses a setting swept twice: the grid would keep only its last values.
+fn check_params(params: &[(String, Vec<String>)]) -> Result<(), String> {
+    for (at, (name, _)) in params.iter().enumerate() {
+        if params[..at].iter().any(|(earlier, _)| earlier == name) {
+            return Err(format!(
+                "--param {name} is given twice: list all its values in one --param {name}=V1,V2,..."
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every combination of the swept values, the first parameter varying slowest.
 fn grid(params: &[(String, Vec<String>)]) -> Vec<Point> {
     params
@@ -108,6 +120,7 @@ fn label(point: &Point) -> String {
 /// Runs the sweep and reports every point together.
 pub fn run(args: &SweepArgs) -> Result<(), CliError> {
     let common = &args.common;
+    check_params(&args.params)?;
     if common.dir.is_some() || common.registry.is_some() || common.posix.is_some() {
         return Err(
             "a sweep starts a cluster per point: it takes no --dir, --registry or --posix".into(),
@@ -174,6 +187,10 @@ mod tests {
         assert_eq!(g[3]["chunk_size"], "4m");
         assert!(parse_param("chunk_size=").is_err());
         assert!(parse_param("colour=red").is_err());
+        assert!(check_params(&params).is_ok());
+        let twice = [params[0].clone(), params[1].clone(), params[0].clone()];
+        let err = check_params(&twice).unwrap_err();
+        assert!(err.contains("chunk_size is given twice"), "{err}");
         assert_eq!(
             parse_param("backend=memory, file").unwrap().1,
             ["memory", "file"]
