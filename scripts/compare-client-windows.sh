@@ -31,7 +31,7 @@ trap '"$benchfs" cluster down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$wor
 "$benchfs" cluster up --dir "$dir" --servers 1 --backend memory >/dev/null
 ior() {
     "$benchfs" bench ior --dir "$dir" --clients 1 -t 1m -b "$block" --no-limits \
-        --out "$work/report" 2>&1 | awk '/^ior-/ {printf "%s=%s ", $1, $3}'
+        --out "$(mktemp -d "$work/report.XXXXXX")" 2>&1 | awk '/^ior-/ {printf "%s=%s ", $1, $3}'
 }
 BENCHFS_CLIENT_WRITE_BEHIND_BYTES=0 BENCHFS_CLIENT_READ_AHEAD_BYTES=0 ior >/dev/null
 
