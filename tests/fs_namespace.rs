@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
 use benchfs::placement::PlacementKey;
@@ -473,6 +474,33 @@ fn a_dot_component_names_the_directory_itself() {
     assert!(fs.stat("/d").unwrap().is_dir());
     assert!(fs.readdir("/d").unwrap().is_empty());
     assert_eq!(read_file(&fs, "/f"), b"x");
+}
+
+#[test]
+fn a_cached_directory_is_asked_for_again_after_the_cache_lifetime() {
+    // Regression (hostile-user run): a client's cached directory never expired, so where
+    // nothing else refused it (servers restarted empty forget the seals a removal leaves)
+    // its creates below a directory that no longer exists succeeded, leaving records no
+    // listing shows, for as long as the client ran. Now a directory is trusted for
+    // `cache.cache_ttl_secs`, 1 s by default, then asked for again.
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    fs.mkdir("/d", 0o755).unwrap();
+    write_file(&fs, "/d/a", b"x");
+    for i in 0..2 {
+        cluster.kill(i);
+        cluster.restart(i);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(errno_of(fs.create("/d/b", 0o644)), libc::ENOENT);
+    assert_eq!(
+        errno_of(fs.stat("/d/b")),
+        libc::ENOENT,
+        "no record was left"
+    );
 }
 
 /// Stores `meta` at `path` on each of its replicas, as a directory rename stopped part way

@@ -209,7 +209,7 @@ pub struct CacheConfig {
     pub metadata_cache_entries: u64,
     /// MiB of client-side chunk read cache (0 turns it off).
     pub chunk_cache_mb: u64,
-    /// Seconds a cached entry stays valid; 0 means entries are valid until the client
+    /// Seconds a cached entry stays valid (1 by default); 0 means entries are valid until the client
     /// itself changes the file (close-to-open consistency).
     pub cache_ttl_secs: u64,
 }

@@ -96,8 +96,12 @@ pub const CHUNK_CACHE_MB_MAX: u64 = 1024 * 1024;
 /// into the caller's buffer.
 pub const CHUNK_CACHE_SPAN_MAX: u64 = 64 * 1024;
 /// Default lifetime of a cached entry, in seconds (`cache.cache_ttl_secs`); 0 keeps
-/// entries until the client itself changes the file (close-to-open consistency).
-pub const CACHE_TTL_SECS_DEFAULT: u64 = 0;
+/// entries until the client itself changes the file. One second, as a FUSE mount's
+/// default attribute timeout: a directory another client removed is not trusted for
+/// longer where nothing else refuses a create below it (servers restarted empty forget
+/// the seals a removal leaves), and a creating client asks for each directory about once
+/// a second.
+pub const CACHE_TTL_SECS_DEFAULT: u64 = 1;
 /// Seconds between a server's sweeps for chunks of deleted files (0: no sweep).
 pub const ORPHAN_SWEEP_SECS_DEFAULT: u64 = 60;
 /// Longest time between orphan sweeps.
