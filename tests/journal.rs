@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use benchfs::blocking::OpenFlags;
 use common::files::{read_file, write_file, write_in_place, C};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -190,5 +191,57 @@ fn a_write_in_place_keeps_its_modification_time_across_a_restart() {
             mtime_ns,
             "{path}: the restart took back the time of the write in place"
         );
+    }
+}
+
+/// A journal moved aside (as a server refusing a corrupt one advises) leaves the chunks of
+/// the files it numbered behind. Regression (hostile-user run): the server numbered new
+/// files from 1 again under the same tag, so a new file's hole read a lost file's bytes,
+/// and its writes landed in the chunks of a file whose record a rename had moved to the
+/// other server. Now it numbers them apart, under a new tag.
+#[test]
+fn a_server_whose_journal_was_moved_aside_numbers_new_files_apart_from_old_chunks() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        backend: "file",
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let len = 3 * C;
+    let mut survivors = Vec::new();
+    for i in 0..16u64 {
+        write_file(&fs, &format!("/old{i}"), &pattern(len, i));
+        // Renamed, its record may move to the other server, keeping its number.
+        let moved = format!("/moved{i}");
+        fs.rename(&format!("/old{i}"), &moved).unwrap();
+        survivors.push((moved, pattern(len, i)));
+    }
+    drop(fs);
+    assert!(cluster.stop(0));
+    let journal = cluster.data_dir(0).join("metadata.journal");
+    std::fs::rename(&journal, cluster.dir.path().join("journal.aside")).unwrap();
+    cluster.restart(0);
+
+    let fs = cluster.client();
+    // Files whose records were on server 0 are gone; the others are whole.
+    survivors.retain(|(path, _)| fs.stat(path).is_ok());
+    assert!(!survivors.is_empty(), "some records live on server 1");
+    let byte_at = 2 * C as u64 + 5;
+    for i in 0..32 {
+        let path = format!("/new{i}");
+        let fd = fs
+            .open(&path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+            .unwrap();
+        fs.pwrite(fd, b"!", byte_at).unwrap();
+        fs.close(fd).unwrap();
+        let data = read_file(&fs, &path);
+        assert_eq!(data.len() as u64, byte_at + 1, "{path}");
+        assert!(
+            data[..byte_at as usize].iter().all(|&b| b == 0),
+            "{path}: its hole holds bytes it never had"
+        );
+    }
+    for (path, data) in &survivors {
+        assert!(read_file(&fs, path) == *data, "{path} was overwritten");
     }
 }

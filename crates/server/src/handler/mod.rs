@@ -222,8 +222,8 @@ impl ServerState {
     ) -> Result<ServerState, crate::handler::OpenError> {
         let opened_ns = now_ns();
         let store = AnyChunkStore::open(&config.store_config())?;
-        let born_ns = store_born_ns(config, &store)?;
         let journal_path = config.node.data_dir.join("metadata.journal");
+        let born_ns = store_born_ns(config, &store, !journal_path.exists())?;
         // Records lost with the store (memory, or a new data directory) in a cluster that
         // ran with this node: born again (a store that kept its data keeps its birth, and
         // a tiered store that lost chunks keeps its records in the journal).
@@ -1158,8 +1158,16 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// [`CLEAN_STOP_FILE`]: kill -9, a crash) may have lost the chunks its memory tier had not
 /// written back, so it is born again now (and never before its last birth, whatever the
 /// clock says): a chunk missing there then reads as lost (from another replica, or an
-/// error), never as zeros.
-fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, OpenError> {
+/// error), never as zeros. So is a store whose journal is gone (`journal_missing`: moved
+/// aside after it would not replay) while its birth record or chunks stay: the numbers
+/// its files had are unknown, so it numbers new ones under a new tag, never as a file
+/// whose chunks are still here (a new file would read a lost one's bytes, and a write to
+/// it would overwrite a surviving file's).
+fn store_born_ns(
+    config: &ServerConfig,
+    store: &AnyChunkStore,
+    journal_missing: bool,
+) -> Result<u64, OpenError> {
     // Taken whatever the backend, so a mark found later is this run's own.
     let stopped_cleanly = take_clean_stop_mark(&config.node.data_dir)?;
     if store.backend() == benchfs_store::Backend::Memory {
@@ -1170,7 +1178,9 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
         path: path.clone(),
         source,
     };
-    if store.backend() == benchfs_store::Backend::Tiered && !stopped_cleanly && path.exists() {
+    let lost_unwritten = store.backend() == benchfs_store::Backend::Tiered && !stopped_cleanly;
+    let numbers_unknown = journal_missing && (path.exists() || store.usage().chunks > 0);
+    if (lost_unwritten && path.exists()) || numbers_unknown {
         // After the last birth even if the clock went back: files made before the stop
         // must count as older than this store.
         let last: u64 = std::fs::read_to_string(&path)
@@ -1178,10 +1188,17 @@ fn store_born_ns(config: &ServerConfig, store: &AnyChunkStore) -> Result<u64, Op
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(0);
         let born = now_ns().max(last + 1);
-        tracing::warn!(
-            "the last run did not stop cleanly: chunks its memory tier had not written \
-             back are lost, and read as lost"
-        );
+        match numbers_unknown {
+            true => tracing::warn!(
+                "the metadata journal is missing from a data directory that held a store: \
+                 new files are numbered apart from the earlier ones, whose chunks the \
+                 orphan sweep removes"
+            ),
+            false => tracing::warn!(
+                "the last run did not stop cleanly: chunks its memory tier had not written \
+                 back are lost, and read as lost"
+            ),
+        }
         write_durably(&path, &format!("{born}\n")).map_err(born_error)?;
         return Ok(born);
     }
