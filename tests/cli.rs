@@ -345,7 +345,27 @@ fn cluster_up_keeps_an_earlier_clusters_data_unless_told() {
         "a refused up touches no data"
     );
 
-    c.cli(&["cluster", "up", "--resume"]);
+    // Regression (hostile-user run): the servers resumed inherited BENCHFS_* variables
+    // over the recorded settings, and another virtual-node count read the file as holes,
+    // with status 0. A variable giving the recorded value is no change.
+    for (var, value, changed) in [
+        (
+            "BENCHFS_PLACEMENT_VIRTUAL_NODES",
+            "3",
+            "placement.virtual_nodes",
+        ),
+        ("BENCHFS_STORAGE_BACKEND", "memory", "storage.backend"),
+    ] {
+        let stderr = c
+            .run_with_env(&["cluster", "up", "--resume"], &[(var, Path::new(value))])
+            .failed();
+        assert!(
+            stderr.contains(changed) && stderr.contains("unset those BENCHFS_* variables"),
+            "{stderr}"
+        );
+    }
+    let same = [("BENCHFS_PLACEMENT_VIRTUAL_NODES", Path::new("150"))];
+    c.run_with_env(&["cluster", "up", "--resume"], &same).ok();
     let back = c.local("out.bin");
     c.cli(&["get", "/kept", arg(&back)]);
     assert!(std::fs::read(&back).unwrap() == data);

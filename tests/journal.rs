@@ -1,23 +1,23 @@
-//! The metadata journal of a real server: damage that no crash can leave stops `benchfsd`
-//! with a message saying what to do, and the journal stays as it was.
+//! The metadata journal and data directory of a real server: damage that no crash can
+//! leave, or a directory of another node or placement, stops `benchfsd` with a message
+//! saying what to do, and the directory stays as it was.
 
 mod common;
 
 use std::path::Path;
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use benchfs::blocking::OpenFlags;
 use common::files::{read_file, write_file, write_in_place, C};
 use common::{pattern, Cluster, ClusterSpec};
 
-/// Starts server `i` of `cluster` by hand, its output in `log`, and returns its exit
-/// status. The deadline is a liveness bound, not a timing assertion: a server that comes up
-/// instead of refusing is killed and fails the test.
-fn start_expecting_exit(cluster: &Cluster, i: usize, log: &Path) -> ExitStatus {
+/// Starts a server of `cluster` by hand with `command`, its output in `log`, and returns
+/// its exit status. The deadline is a liveness bound, not a timing assertion: a server that
+/// comes up instead of refusing is killed and fails the test.
+fn start_expecting_exit(cluster: &Cluster, mut command: Command, log: &Path) -> ExitStatus {
     let out = std::fs::File::create(log).unwrap();
-    let mut child = cluster
-        .server_command(&Cluster::node_id(i), &cluster.data_dir(i))
+    let mut child = command
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
@@ -33,7 +33,7 @@ fn start_expecting_exit(cluster: &Cluster, i: usize, log: &Path) -> ExitStatus {
         if published == cluster.spec.servers || Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("server {i} did not refuse to start; see {}", log.display());
+            panic!("the server did not refuse to start; see {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -86,7 +86,8 @@ fn a_corrupt_journal_stops_the_server_and_stays_as_it_was() {
     std::fs::write(&journal, &damaged).unwrap();
 
     let log = cluster.dir.path().join("node0-refused.log");
-    let status = start_expecting_exit(&cluster, 0, &log);
+    let command = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(0));
+    let status = start_expecting_exit(&cluster, command, &log);
     let output = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "exit status {status}; output:\n{output}");
     let expected = format!(
@@ -243,5 +244,63 @@ fn a_server_whose_journal_was_moved_aside_numbers_new_files_apart_from_old_chunk
     }
     for (path, data) in &survivors {
         assert!(read_file(&fs, path) == *data, "{path} was overwritten");
+    }
+}
+
+/// Regression (hostile-user run): a server started on another node's data directory (two
+/// swapped) came up and answered "not found" for every file, and a cluster resumed with
+/// another virtual-node count read its files as holes. Each is refused, naming what the
+/// directory holds, and the data is whole when the servers start as they were.
+#[test]
+fn a_data_directory_refuses_another_node_or_placement_and_keeps_its_data() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        backend: "file",
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let files: Vec<(String, Vec<u8>)> = (0..8u64)
+        .map(|i| (format!("/p{i}"), pattern(3 * C + 7, i)))
+        .collect();
+    for (path, data) in &files {
+        write_file(&fs, path, data);
+    }
+    drop(fs);
+    assert!(cluster.stop(0) && cluster.stop(1));
+    let swapped = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(1));
+    let mut other_placement = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(0));
+    other_placement.env("BENCHFS_PLACEMENT_VIRTUAL_NODES", "3");
+    for (name, command, holds, is) in [
+        (
+            "swapped",
+            swapped,
+            "node_id = \"node1\", virtual_nodes = 150",
+            "node_id = \"node0\", virtual_nodes = 150",
+        ),
+        (
+            "other-placement",
+            other_placement,
+            "node_id = \"node0\", virtual_nodes = 150",
+            "node_id = \"node0\", virtual_nodes = 3",
+        ),
+    ] {
+        let log = cluster.dir.path().join(format!("{name}.log"));
+        let status = start_expecting_exit(&cluster, command, &log);
+        let output = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !status.success(),
+            "{name}: exit status {status}; output:\n{output}"
+        );
+        assert!(
+            output.contains(&format!(
+                "holds the data of {holds}, and this server is {is}"
+            )),
+            "{name}: {output}"
+        );
+    }
+    cluster.restart_stopped();
+    let fs = cluster.client();
+    for (path, data) in &files {
+        assert!(read_file(&fs, path) == *data, "{path} came back changed");
     }
 }

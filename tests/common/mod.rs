@@ -276,6 +276,20 @@ impl Cluster {
         self.restart_with_env(i, &[]);
     }
 
+    /// Starts every server that is stopped or killed again on its data directory, and
+    /// waits for them all: [`Cluster::restart`] of one waits for every server, so it
+    /// cannot bring back two that are down.
+    pub fn restart_stopped(&mut self) {
+        for i in 0..self.spec.servers {
+            if self.children[i].is_none() {
+                let entry = benchfs::registry::entry_path(&self.registry(), &Self::node_id(i));
+                let _ = std::fs::remove_file(entry);
+                self.children[i] = Some(self.spawn_with_args(i, &[], &[]));
+            }
+        }
+        self.wait_published(self.spec.servers);
+    }
+
     /// [`Cluster::restart`] with `envs` set for the server (`BENCHFS_*` overrides).
     pub fn restart_with_env(&mut self, i: usize, envs: &[(&str, &str)]) {
         assert!(self.children[i].is_none(), "stop or kill it first");

@@ -222,6 +222,9 @@ impl ServerState {
     ) -> Result<ServerState, crate::handler::OpenError> {
         let opened_ns = now_ns();
         let store = AnyChunkStore::open(&config.store_config())?;
+        if store.backend() != benchfs_store::Backend::Memory {
+            check_placement_record(config)?;
+        }
         let journal_path = config.node.data_dir.join("metadata.journal");
         let born_ns = store_born_ns(config, &store, !journal_path.exists())?;
         // Records lost with the store (memory, or a new data directory) in a cluster that
@@ -1116,6 +1119,41 @@ pub enum OpenError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The data directory holds the store of another node, or of another placement.
+    #[error("{}: this data directory holds the data of {found}, and this server is {expected}: start it with the node id and placement.virtual_nodes its data was placed with, or give it another data directory", path.display())]
+    Placement {
+        /// The data directory's placement record.
+        path: std::path::PathBuf,
+        /// What the record says.
+        found: String,
+        /// What this server's configuration says.
+        expected: String,
+    },
+}
+
+/// Checks a disk store against the node and placement its data was written for
+/// (`data_dir/placement`, written at its first start): a server started on it as another
+/// node (data directories swapped) or with another virtual-node count (every server's
+/// keys move) would answer for records and chunks it never held, as "not found" and holes.
+fn check_placement_record(config: &ServerConfig) -> Result<(), OpenError> {
+    let path = config.node.data_dir.join("placement");
+    let expected = format!(
+        "node_id = {:?}\nvirtual_nodes = {}\n",
+        config.node.node_id, config.placement.virtual_nodes
+    );
+    let as_line = |text: &str| text.trim().replace('\n', ", ");
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == expected => Ok(()),
+        Ok(found) => Err(OpenError::Placement {
+            found: as_line(&found),
+            expected: as_line(&expected),
+            path,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_durably(&path, &expected).map_err(|source| OpenError::Born { path, source })
+        }
+        Err(source) => Err(OpenError::Born { path, source }),
+    }
 }
 
 /// A server's mark of a clean stop, in its data directory: written after the final syncs

@@ -278,6 +278,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         }
         let config = ServerConfig::from_file(dir.join("benchfs.toml"))?;
         check_prefault_fits(config.storage.prefault_bytes, nodes.len())?;
+        check_resume_env(&dir.join("benchfs.toml"))?;
         nodes
     };
     remove_stale_entries(dir, &nodes, running.is_empty(), args.resume)?;
@@ -833,6 +834,50 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
         }
     }
     Ok(config.to_string())
+}
+
+/// Refuses `BENCHFS_*` variables that would change the settings recorded in `path` when
+/// the cluster was made: the servers resumed inherit the environment, and would read
+/// their data with another placement (another `virtual_nodes`: chunks asked of servers
+/// that never held them read as holes) or another backend (an empty memory store).
+fn check_resume_env(path: &Path) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| local_error("cannot read", path, e))?;
+    let recorded: toml::Table = text
+        .parse()
+        .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+    // Equal settings pass, however spelled (a variable giving a default the file omits).
+    if ServerConfig::from_toml_str(&text)?
+        == ServerConfig::from_env_and_str(&text, std::env::vars())?
+    {
+        return Ok(());
+    }
+    let mut resumed = recorded.clone();
+    benchfs::config::apply_env(&mut resumed, std::env::vars())?;
+    let mut changed = Vec::new();
+    for (section, table) in &resumed {
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        let before = recorded.get(section).and_then(toml::Value::as_table);
+        for (key, value) in table {
+            let was = before.and_then(|t| t.get(key));
+            if was != Some(value) {
+                let was = was.map_or("its default".to_string(), ToString::to_string);
+                changed.push(format!("{section}.{key} ({was} -> {value})"));
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the environment would change settings the cluster was made with ({}), recorded in \
+         {}: a resumed server must read its data as it was written; unset those BENCHFS_* \
+         variables, or make a new cluster",
+        changed.join(", "),
+        path.display()
+    )
+    .into())
 }
 
 /// The keys `cluster up` decides for every server (`node_id` is given to each on its
