@@ -64,6 +64,23 @@ cache_ttl_secs = 0
 }
 
 #[test]
+fn an_ipv6_bind_address_is_refused_by_name() {
+    // Regression (hostile-user run): a server bound to [::], [::1] or another IPv6 address
+    // came up and published an address no client could reach.
+    let d = dir();
+    for addr in ["[::]:0", "[::1]:7000", "[fd00::2]:0"] {
+        let text = with_dir(&d, &format!("[network]\nbind_addr = \"{addr}\"\n"));
+        let err = ServerConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("network.bind_addr") && err.contains("IPv6"),
+            "{addr}: {err}"
+        );
+    }
+    let text = with_dir(&d, "[network]\nbind_addr = \"0.0.0.0:0\"\n");
+    ServerConfig::from_toml_str(&text).unwrap();
+}
+
+#[test]
 fn job_script_spellings_are_accepted() {
     let d = dir();
     let text = with_dir(&d, "[storage]\nuse_iouring = false\nmax_storage_gb = 2\n[network]\ntimeout_secs = 30\nregistry_dir = \"/tmp/r\"\n");

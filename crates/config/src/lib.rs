@@ -959,6 +959,17 @@ impl ServerConfig {
                 format!("must be 0..={}", limits::INFLIGHT_PAYLOAD_BYTES_MAX),
             ));
         }
+        if self.network.bind_addr.is_ipv6() {
+            // UCX 1.13's connection manager publishes and dials IPv4 here: a server bound
+            // to an IPv6 address came up, and no client could reach it.
+            return Err(invalid(
+                "network.bind_addr",
+                format!(
+                    "{} is an IPv6 address, which BenchFS does not serve on; give an IPv4 address or 0.0.0.0 (every interface)",
+                    self.network.bind_addr
+                ),
+            ));
+        }
         if let Some(metrics) = self.network.metrics_addr {
             let bind = self.network.bind_addr;
             if metrics.port() != 0 && metrics.port() == bind.port() {
