@@ -959,17 +959,7 @@ impl ServerConfig {
                 format!("must be 0..={}", limits::INFLIGHT_PAYLOAD_BYTES_MAX),
             ));
         }
-        if self.network.bind_addr.is_ipv6() {
-            // UCX 1.13's connection manager publishes and dials IPv4 here: a server bound
-            // to an IPv6 address came up, and no client could reach it.
-            return Err(invalid(
-                "network.bind_addr",
-                format!(
-                    "{} is an IPv6 address, which BenchFS does not serve on; give an IPv4 address or 0.0.0.0 (every interface)",
-                    self.network.bind_addr
-                ),
-            ));
-        }
+        validate_bind_addr(self.network.bind_addr)?;
         if let Some(metrics) = self.network.metrics_addr {
             let bind = self.network.bind_addr;
             if metrics.port() != 0 && metrics.port() == bind.port() {
@@ -1047,6 +1037,20 @@ const DEVICE_NAME_LEN_MAX: usize = 72;
 
 /// The shape of `network.devices`; whether the devices exist is the server's concern, at
 /// start-up, since the config may be read on another host.
+/// Refuses an IPv6 `bind_addr`: UCX 1.13's connection manager publishes and dials IPv4
+/// here, so a server bound to an IPv6 address came up and no client could reach it.
+fn validate_bind_addr(bind_addr: SocketAddr) -> Result<(), ConfigError> {
+    if bind_addr.is_ipv6() {
+        return Err(invalid(
+            "network.bind_addr",
+            format!(
+                "{bind_addr} is an IPv6 address, which BenchFS does not serve on; give an IPv4 address or 0.0.0.0 (every interface)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_devices(devices: &[String]) -> Result<(), ConfigError> {
     const KEY: &str = "network.devices";
     if devices.len() > DEVICES_MAX {
