@@ -107,6 +107,8 @@ fn a_store_whose_inode_tag_a_running_server_has_refuses_to_start() {
     let data_dir = cluster.dir.path().join("data-node9");
     std::fs::create_dir_all(&data_dir).unwrap();
     std::fs::write(data_dir.join("born"), "12345\n").unwrap();
+    // With its journal: a store whose journal is gone is born again, under a new tag.
+    std::fs::write(data_dir.join("metadata.journal"), b"").unwrap();
     let tag = benchfs_proto::placement::inode_tag("node9", 12345);
     std::fs::write(
         cluster.registry().join("other.addr"),
