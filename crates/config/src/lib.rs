@@ -209,8 +209,8 @@ pub struct CacheConfig {
     pub metadata_cache_entries: u64,
     /// MiB of client-side chunk read cache (0 turns it off).
     pub chunk_cache_mb: u64,
-    /// Seconds a cached entry stays valid (1 by default); 0 means entries are valid until the client
-    /// itself changes the file (close-to-open consistency).
+    /// Seconds a cached entry stays valid (1 by default); 0 means entries are valid until
+    /// the client itself changes the file (close-to-open consistency).
     pub cache_ttl_secs: u64,
 }
 
@@ -1035,8 +1035,6 @@ const DEVICES_MAX: usize = 32;
 /// Longest device name: an RDMA device name (at most 63 bytes) and `:port`.
 const DEVICE_NAME_LEN_MAX: usize = 72;
 
-/// The shape of `network.devices`; whether the devices exist is the server's concern, at
-/// start-up, since the config may be read on another host.
 /// Refuses an IPv6 `bind_addr`: UCX 1.13's connection manager publishes and dials IPv4
 /// here, so a server bound to an IPv6 address came up and no client could reach it.
 fn validate_bind_addr(bind_addr: SocketAddr) -> Result<(), ConfigError> {
@@ -1051,6 +1049,8 @@ fn validate_bind_addr(bind_addr: SocketAddr) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The shape of `network.devices`; whether the devices exist is the server's concern, at
+/// start-up, since the config may be read on another host.
 fn validate_devices(devices: &[String]) -> Result<(), ConfigError> {
     const KEY: &str = "network.devices";
     if devices.len() > DEVICES_MAX {

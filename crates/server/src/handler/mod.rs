@@ -226,12 +226,12 @@ impl ServerState {
             check_placement_record(config)?;
         }
         let journal_path = config.node.data_dir.join("metadata.journal");
-        let born_ns = store_born_ns(config, &store, !journal_path.exists())?;
+        let journal_missing = !journal_path.exists();
+        let born_ns = store_born_ns(config, &store, journal_missing)?;
         // Records lost with the store (memory, or a new data directory) in a cluster that
         // ran with this node: born again (a store that kept its data keeps its birth, and
         // a tiered store that lost chunks keeps its records in the journal).
-        let records_lost =
-            store.backend() == benchfs_store::Backend::Memory || !journal_path.exists();
+        let records_lost = store.backend() == benchfs_store::Backend::Memory || journal_missing;
         let born_again = born_ns >= opened_ns
             && records_lost
             && benchfs_config::registry::rejoins(
@@ -1111,7 +1111,8 @@ pub enum OpenError {
     /// The metadata journal could not be read or created.
     #[error("metadata journal: {0}")]
     Journal(#[from] JournalError),
-    /// The store's birth record (`data_dir/born`) could not be read or made.
+    /// A record the store keeps beside its data (its birth `data_dir/born`, its
+    /// `placement`, the clean-stop mark) could not be read or made.
     #[error("{}: {source}", path.display())]
     Born {
         /// The file.

@@ -278,7 +278,7 @@ fn up(args: &UpArgs) -> Result<(), CliError> {
         }
         let config = ServerConfig::from_file(dir.join("benchfs.toml"))?;
         check_prefault_fits(config.storage.prefault_bytes, nodes.len())?;
-        check_resume_env(&dir.join("benchfs.toml"))?;
+        check_resume_env(&dir.join("benchfs.toml"), &config)?;
         nodes
     };
     remove_stale_entries(dir, &nodes, running.is_empty(), args.resume)?;
@@ -840,21 +840,20 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
 /// the cluster was made: the servers resumed inherit the environment, and would read
 /// their data with another placement (another `virtual_nodes`: chunks asked of servers
 /// that never held them read as holes) or another backend (an empty memory store).
-fn check_resume_env(path: &Path) -> Result<(), CliError> {
+/// `resumed`: the settings read from `path` with the environment applied.
+fn check_resume_env(path: &Path, resumed: &ServerConfig) -> Result<(), CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| local_error("cannot read", path, e))?;
     let recorded: toml::Table = text
         .parse()
         .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
     // Equal settings pass, however spelled (a variable giving a default the file omits).
-    if ServerConfig::from_toml_str(&text)?
-        == ServerConfig::from_env_and_str(&text, std::env::vars())?
-    {
+    if ServerConfig::from_toml_str(&text)? == *resumed {
         return Ok(());
     }
-    let mut resumed = recorded.clone();
-    benchfs::config::apply_env(&mut resumed, std::env::vars())?;
+    let mut with_env = recorded.clone();
+    benchfs::config::apply_env(&mut with_env, std::env::vars())?;
     let mut changed = Vec::new();
-    for (section, table) in &resumed {
+    for (section, table) in &with_env {
         let Some(table) = table.as_table() else {
             continue;
         };
