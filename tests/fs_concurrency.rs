@@ -88,6 +88,56 @@ fn concurrent_clients_on_one_file_disjoint_ranges() {
     }
 }
 
+/// Clients opening one new file with O_CREAT at the same moment, each writing its own
+/// small block (rank `t` at `t * block`), as MPI ranks do: one makes the file inline while
+/// the others write into its record or move it to chunks. With two replicas, a write into
+/// the record reached the second replica before the creator's copy had, and failed with
+/// ENOENT (its block then read as zeros).
+#[test]
+fn small_blocks_written_by_clients_that_create_one_file_at_once_all_land() {
+    let cluster = Cluster::start(ClusterSpec {
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let (threads, files) = (4, 32);
+    let block_of =
+        |block: usize, i: usize, t: usize| pattern(block, (block * 100 + i * 10 + t) as u64);
+    let mut failures = Vec::new();
+    // 1000-byte blocks all fit the inline limit; 3901-byte ones move the file to chunks.
+    for block in [1000, 3901] {
+        let barrier = Barrier::new(threads);
+        let errors = on_threads(&cluster, threads, |t, fs| {
+            let mut errors = Vec::new();
+            for i in 0..files {
+                let path = format!("/b{block}-{i}");
+                barrier.wait();
+                let written = fs
+                    .open(&path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+                    .and_then(|fd| {
+                        fs.pwrite(fd, &block_of(block, i, t), (t * block) as u64)?;
+                        fs.close(fd)
+                    });
+                if let Err(e) = written {
+                    errors.push(format!("{path}, client {t}: {e}"));
+                }
+            }
+            errors
+        });
+        failures.extend(errors.into_iter().flatten());
+        let fs = cluster.client();
+        for i in 0..files {
+            let path = format!("/b{block}-{i}");
+            let got = read_file(&fs, &path);
+            for t in 0..threads {
+                if got.get(t * block..(t + 1) * block) != Some(&block_of(block, i, t)[..]) {
+                    failures.push(format!("{path}: block {t} differs ({} bytes)", got.len()));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 #[test]
 fn exclusive_create_race_has_one_winner() {
     let cluster = Cluster::start(ClusterSpec::default());

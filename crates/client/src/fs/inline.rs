@@ -544,14 +544,24 @@ impl FsClient {
         }
     }
 
-    /// A call to every replica of `path`'s record; all must take it.
+    /// A call to every replica of `path`'s record; all must take it. A replica that has
+    /// no record where another took the call is asked again while the file's creator may
+    /// still be copying its new record there: another client opening the file met it on
+    /// the owner, and a write into it failed with ENOENT.
     async fn write_all_inline<R: Rpc>(
         &self,
         path: &str,
         req: &R::Request,
     ) -> Result<R::Reply, RpcError> {
-        self.write_all::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
-            .await
+        let mut answers = self
+            .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
+            .await;
+        self.ask_again_while_created::<R>(&mut answers, req).await;
+        let mut first = None;
+        for (_, answer) in answers {
+            first.get_or_insert(answer?);
+        }
+        Ok(first.expect("at least one replica"))
     }
 
     /// Runs `call` again while it meets a record sealed for a move (`Busy`), backing off,

@@ -721,7 +721,7 @@ impl FsClient {
     /// replica and on its way to the others from its creator, who copies it there next. A
     /// record that stays missing is left to the caller (a file another client is removing,
     /// one whose creator died between the two steps).
-    async fn ask_again_while_created<R: Rpc>(
+    pub(super) async fn ask_again_while_created<R: Rpc>(
         &self,
         answers: &mut [(ServerIndex, Result<R::Reply, RpcError>)],
         req: &R::Request,
