@@ -399,6 +399,24 @@ fn a_server_back_with_another_replica_count_is_refused_by_name() {
     assert!(e.contains("disagree"), "{e}");
 }
 
+/// Ranks started with different `storage.chunk_size` (helper-90): files carry their
+/// chunk size and a server refuses chunks above its own, so writes failed with a bare
+/// EINVAL. A client is refused at connect, naming the setting and two servers.
+#[test]
+fn servers_with_different_chunk_sizes_refuse_a_new_client_by_name() {
+    let mut cluster = Cluster::start(ClusterSpec::default());
+    let changed = 1;
+    cluster.kill(changed);
+    cluster.restart_with_env(changed, &[("BENCHFS_STORAGE_CHUNK_SIZE", "131072")]);
+    let e = BenchFS::connect(&cluster.config()).unwrap_err().to_string();
+    assert!(
+        e.contains("storage.chunk_size")
+            && e.contains("disagree")
+            && e.contains(&format!("node{changed} has 131072")),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_missing_path_is_not_found_with_a_replica_down() {
     // A client that has not yet met a replica asks it too when another says "not found"

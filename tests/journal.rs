@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use benchfs::blocking::OpenFlags;
@@ -251,6 +251,74 @@ fn a_server_whose_journal_was_moved_aside_numbers_new_files_apart_from_old_chunk
 /// swapped) came up and answered "not found" for every file, and a cluster resumed with
 /// another virtual-node count read its files as holes. Each is refused, naming what the
 /// directory holds, and the data is whole when the servers start as they were.
+/// A new job's registry on an earlier job's data directory (under `mpirun` the default
+/// `data_dir/r<rank>` is one path in every job): with fewer servers, a file whose record
+/// stayed on its server and whose chunks had been placed on one that is gone read those
+/// chunks as zeros, with success. The server refuses the data its registry does not
+/// know it served, and keeps it for the registry it served in.
+#[test]
+fn a_data_directory_refuses_a_registry_it_did_not_serve_in_and_keeps_its_data() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        backend: "file",
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    let files: Vec<(String, Vec<u8>)> = (0..8u64)
+        .map(|i| (format!("/j{i}"), pattern(3 * C + 11, i)))
+        .collect();
+    for (path, data) in &files {
+        write_file(&fs, path, data);
+    }
+    drop(fs);
+    assert!(cluster.stop(0) && cluster.stop(1));
+    let new_job = cluster.dir.path().join("job2-registry");
+    std::fs::create_dir(&new_job).unwrap();
+    let mut command = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(0));
+    command.arg("--registry").arg(&new_job);
+    let log = cluster.dir.path().join("job2.log");
+    let status = start_expecting_exit(&cluster, command, &log);
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "exit status {status}; output:\n{output}");
+    assert!(
+        output.contains(&format!(
+            "{}: this data directory holds",
+            cluster.data_dir(0).display()
+        )) && output.contains("it marks no node0.member there"),
+        "{output}"
+    );
+    assert!(benchfs::registry::read(&new_job).unwrap().is_empty());
+    // An empty data directory starts in the new registry.
+    let mut fresh =
+        cluster.server_command(&Cluster::node_id(0), &cluster.dir.path().join("job2-data"));
+    let mut fresh = fresh
+        .arg("--registry")
+        .arg(&new_job)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while benchfs::registry::read(&new_job).map_or(0, |e| e.len()) == 0 {
+        assert!(
+            fresh.try_wait().unwrap().is_none(),
+            "a server on an empty data directory exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "a server on an empty data directory did not publish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fresh.kill().unwrap();
+    fresh.wait().unwrap();
+    cluster.restart_stopped();
+    let fs = cluster.client();
+    for (path, data) in &files {
+        assert!(read_file(&fs, path) == *data, "{path} came back changed");
+    }
+}
+
 #[test]
 fn a_data_directory_refuses_another_node_or_placement_and_keeps_its_data() {
     let mut cluster = Cluster::start(ClusterSpec {

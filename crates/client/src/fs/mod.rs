@@ -293,6 +293,11 @@ impl FsClient {
         let virtual_nodes =
             cluster_setting(&entries, "placement.virtual_nodes", |e| e.virtual_nodes)?
                 .unwrap_or(config.placement.virtual_nodes);
+        // Files carry their chunk size, and a server refuses chunks larger than its own:
+        // servers started with different sizes fail writes with a bare EINVAL.
+        cluster_setting(&entries, "storage.chunk_size", |e| {
+            e.settings.get("chunk_size")?.parse::<u64>().ok()
+        })?;
         let shared_memory = config.network.shared_memory && !shared_memory_refused(&entries);
         let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), virtual_nodes)?;
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
@@ -524,11 +529,11 @@ fn takes_no_shared_memory(entry: &ServerEntry) -> bool {
 /// which a client uses whatever its own configuration says (a client given only the
 /// registry would otherwise write one copy where the servers keep two). `None` when no
 /// entry says; an error naming two servers when they disagree.
-fn cluster_setting(
+fn cluster_setting<T: Copy + PartialEq + std::fmt::Display>(
     entries: &[ServerEntry],
     key: &'static str,
-    field: impl Fn(&ServerEntry) -> Option<u32>,
-) -> Result<Option<u32>, ApiError> {
+    field: impl Fn(&ServerEntry) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
     let mut said = entries.iter().filter_map(|e| field(e).map(|v| (e, v)));
     let Some((first, value)) = said.next() else {
         return Ok(None);

@@ -260,6 +260,9 @@ impl ServerState {
         } else {
             Some(RefCell::new(Journal::open(&journal_path, &mut metadata)?))
         };
+        if store.backend() != benchfs_store::Backend::Memory {
+            check_registry_knows_data(config, metadata.len(), store.usage().chunks)?;
+        }
         // The marks of names with stale records below them were in the last life's memory.
         if born_again || !records_lost {
             metadata.assume_stale_everywhere();
@@ -1120,6 +1123,20 @@ pub enum OpenError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The data directory holds files of a cluster the registry does not know this node in.
+    #[error("{}: this data directory holds {records} records and {chunks} chunks of a cluster whose registry was not {} (it marks no {node_id}.member there): in this cluster, whose servers may be others, its files would read as holes. Start on an empty data directory (remove it, or give each job its own node.data_dir), or with the registry it served in", data_dir.display(), registry.display())]
+    ForeignData {
+        /// The server's data directory.
+        data_dir: std::path::PathBuf,
+        /// The registry the server was started with.
+        registry: std::path::PathBuf,
+        /// The server's node id.
+        node_id: String,
+        /// Metadata records the data directory holds.
+        records: usize,
+        /// Chunks it holds.
+        chunks: u64,
+    },
     /// The data directory holds the store of another node, or of another placement.
     #[error("{}: this data directory holds the data of {found}, and this server is {expected}: start it with the node id and placement.virtual_nodes its data was placed with, or give it another data directory", path.display())]
     Placement {
@@ -1155,6 +1172,32 @@ fn check_placement_record(config: &ServerConfig) -> Result<(), OpenError> {
         }
         Err(source) => Err(OpenError::Born { path, source }),
     }
+}
+
+/// Checks that a disk store holding files (`records` records, `chunks` chunks) served in
+/// the cluster of this server's registry: the registry marks every node that published
+/// there (`<node_id>.member`), and `cluster up` marks each node of a new cluster. A new
+/// job's registry that does not know this node while its data directory holds an earlier
+/// job's files (under `mpirun`, `data_dir/r<rank>` is the same path in every job) would
+/// serve them in a ring of other members: a file whose record stayed put and whose
+/// chunks were placed on a server that is gone, or moved, reads as holes.
+fn check_registry_knows_data(
+    config: &ServerConfig,
+    records: usize,
+    chunks: u64,
+) -> Result<(), OpenError> {
+    let registry = &config.network.registry_dir;
+    let marker = benchfs_config::registry::member_path(registry, &config.node.node_id);
+    if (records == 0 && chunks == 0) || marker.exists() {
+        return Ok(());
+    }
+    Err(OpenError::ForeignData {
+        data_dir: config.node.data_dir.clone(),
+        registry: registry.clone(),
+        node_id: config.node.node_id.clone(),
+        records,
+        chunks,
+    })
 }
 
 /// A server's mark of a clean stop, in its data directory: written after the final syncs
