@@ -617,6 +617,59 @@ fn writes_after_another_clients_cut_are_kept_and_writes_before_it_go_with_it() {
     third.close(held).unwrap();
 }
 
+/// A truncate to 0 racing another client's close of a file it just wrote (helper-91):
+/// the truncate sets the size, then cuts the chunks; a close between the two found its
+/// bytes still held, took them for bytes written after the cut and grew the file back,
+/// after which the cut removed them. The file kept its size and read as zeros for good.
+/// Either order is fine (empty, or the writer's bytes); zeros nobody wrote are not.
+#[test]
+fn a_close_racing_a_truncate_never_leaves_zeros() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        ..ClusterSpec::default()
+    });
+    let (config, cutter) = (cluster.config(), cluster.client());
+    let rounds = 300;
+    let data = vec![b'A'; 10_000];
+    // Delays of up to 400 µs, from a fixed sequence, so the two calls meet at every
+    // point of each other.
+    let delay = |i: usize, salt: usize| {
+        std::time::Duration::from_micros(((i * 7919 + salt * 104_729) % 400) as u64)
+    };
+    let barrier = Barrier::new(2);
+    let mut zeros = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let writer = BenchFS::connect(&config).unwrap();
+            for i in 0..rounds {
+                let path = format!("/tc{}", i % 16);
+                let flags = OpenFlags::CREATE | OpenFlags::TRUNC | OpenFlags::WRITE;
+                let fd = writer.open(&path, flags, 0o644).unwrap();
+                writer.pwrite(fd, &data, 0).unwrap();
+                barrier.wait();
+                std::thread::sleep(delay(i, 1));
+                writer.close(fd).unwrap();
+                barrier.wait();
+            }
+        });
+        for i in 0..rounds {
+            let path = format!("/tc{}", i % 16);
+            barrier.wait();
+            std::thread::sleep(delay(i, 2));
+            cutter.truncate(&path, 0).unwrap();
+            barrier.wait();
+            let got = read_file(&cutter, &path);
+            if !got.is_empty() && got != data {
+                zeros.push(format!(
+                    "round {i}: {path} holds {} bytes, not 'A's",
+                    got.len()
+                ));
+            }
+        }
+    });
+    assert!(zeros.is_empty(), "{zeros:#?}");
+}
+
 #[test]
 fn a_handle_open_before_another_clients_cut_reads_to_the_cut_not_zeros() {
     // Found by a hostile run: a handle that knew the longer file read zeros from the cut

@@ -667,9 +667,11 @@ impl MetadataTable {
         self.update_size_counted(path, file_id, (size, how), 0)
     }
 
-    /// [`MetadataTable::update_size`]; an exact size that changes the record's moves its
-    /// cut count past its own and to at least `cut_gen` (0: none), the count the
-    /// truncating client asks every replica for. [`SizeUpdate::AtLeastUncut`] grows the
+    /// [`MetadataTable::update_size`]; an exact size moves the record's cut count past its
+    /// own and to at least `cut_gen` (0: none), the count the truncating client asks every
+    /// replica for. The size it had does not matter: a truncate cuts the chunks past the
+    /// size whatever the record said, and a writer whose bytes lay there must learn that
+    /// a cut came (it would grow the file back over bytes the cut removed, as zeros). [`SizeUpdate::AtLeastUncut`] grows the
     /// record only while its count is `cut_gen`, and else moves its time alone.
     pub fn update_size_counted(
         &mut self,
@@ -697,9 +699,10 @@ impl MetadataTable {
             self.resize_inline(&path, &meta, size)?;
         }
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
-        // A truncate that grows the file counts too: it cut what lay past the new end,
-        // which a writer that looked before must not grow the file back over.
-        if how == SizeUpdate::Exact && size != meta.size {
+        // A truncate that grows the file, or leaves its size, counts too: it cut what lay
+        // past the new end, which a writer that looked before must not grow the file
+        // back over.
+        if how == SizeUpdate::Exact {
             let next = next_cut_gen(meta.cut_gen);
             meta.cut_gen = match cut_gen != 0 && cut_gen_older(next, cut_gen) {
                 true => cut_gen,
@@ -1199,16 +1202,20 @@ mod tests {
         );
         assert_eq!(
             size(10, SizeUpdate::Exact, 7).unwrap().cut_gen,
-            0,
-            "same size"
+            7,
+            "same size: the chunks past it were cut"
         );
-        assert_eq!(size(4, SizeUpdate::Exact, 0).unwrap().cut_gen, 1);
+        assert_eq!(size(4, SizeUpdate::Exact, 0).unwrap().cut_gen, 8);
         // Growing counts too (it cut past the new end), and takes the count asked.
-        assert_eq!(size(50, SizeUpdate::Exact, 6).unwrap().cut_gen, 6, "grown");
+        assert_eq!(
+            size(50, SizeUpdate::Exact, 12).unwrap().cut_gen,
+            12,
+            "grown"
+        );
         // A replica behind takes the count asked; one ahead keeps counting its own.
-        assert_eq!(size(40, SizeUpdate::Exact, 9).unwrap().cut_gen, 9);
-        assert_eq!(size(30, SizeUpdate::Exact, 3).unwrap().cut_gen, 10);
-        assert_eq!(m.lookup("/f").unwrap().cut_gen, 10);
+        assert_eq!(size(40, SizeUpdate::Exact, 15).unwrap().cut_gen, 15);
+        assert_eq!(size(30, SizeUpdate::Exact, 3).unwrap().cut_gen, 16);
+        assert_eq!(m.lookup("/f").unwrap().cut_gen, 16);
     }
 
     #[test]

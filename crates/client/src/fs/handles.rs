@@ -16,6 +16,10 @@ use crate::error::ApiError;
 use crate::flags::OpenFlags;
 use crate::rpc::{OutPayload, RpcError};
 
+/// How many times a close that found its bytes outlived a cut tries to grow the file to
+/// them while other cuts keep coming (see `FsClient::publish_reaching`).
+const GROW_ROUNDS_MAX: usize = 4;
+
 /// Renames (by other clients) a handle's call follows before it gives up: one a call
 /// would be plenty but for renames racing it.
 const RENAMES_FOLLOWED_MAX: usize = 4;
@@ -428,12 +432,33 @@ impl FsClient {
         if least >= reach || published.inline {
             return Ok(published);
         }
-        if !self.holds_byte(meta, reach - 1).await {
-            return Ok(published);
+        // The check and the growth are two calls, and a truncate sets the size before it
+        // cuts the chunks: a byte held at the check may be cut before the growth lands,
+        // which then showed zeros nobody wrote. So the file grows only while its cut
+        // count is the one the check followed; the truncate moves it again once its cut
+        // is done, and the check is made again.
+        let mut seen = published;
+        for _ in 0..GROW_ROUNDS_MAX {
+            if !self.holds_byte(meta, reach - 1).await {
+                return Ok(seen);
+            }
+            let grown = self
+                .update_size(path, meta.file_id, reach, Some(seen.cut_gen))
+                .await;
+            let (grown, least) = match grown {
+                // Removed meanwhile: nothing left to keep.
+                Err(e) if e.is_gone() => return Ok(seen),
+                grown => grown?,
+            };
+            if least >= reach {
+                return Ok(grown);
+            }
+            seen = grown;
         }
+        // Cut again and again, or replicas whose counts differ (one missed a cut): the
+        // bytes whose writes succeeded are kept, which only a cut racing still can zero.
         match self.grow_size(path, meta.file_id, reach).await {
-            // Removed meanwhile: nothing left to keep.
-            Err(e) if e.is_gone() => Ok(published),
+            Err(e) if e.is_gone() => Ok(seen),
             grown => grown,
         }
     }

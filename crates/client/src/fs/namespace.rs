@@ -861,17 +861,18 @@ impl FsClient {
             // cut on a server that has seen it (the server's `cuts`).
             cut_from(size, sized.cut_gen, None).await?;
             // Set again: a size update that was on its way from another handle (a flush, a
-            // release, an append's claim) may have grown the file back meanwhile. Setting
-            // it back moves the cut count, and the cut goes again with the new count; an
-            // unchanged count means nothing grew the file since the cut.
+            // release, an append's claim) may have grown the file back meanwhile, and the
+            // cut goes again with the new count. The count moves either way, after the
+            // cut: a writer that checked its bytes outlived the cut before the cut came
+            // grows the file only at the count it checked at (see
+            // `FsClient::publish_reaching`), and this refuses it.
             let req = exact_size(path, meta.file_id, size, next_cut_gen(sized.cut_gen));
             let again = self
-                .change_record::<ops::UpdateSize>(path, req.file_id, &req)
+                .change_record_replies::<ops::UpdateSize>(path, req.file_id, &req)
                 .await
-                .map_err(rpc_err("truncate", path))?
-                .meta;
-            let settled = again.cut_gen == sized.cut_gen;
-            sized = again;
+                .map_err(rpc_err("truncate", path))?;
+            let settled = again.iter().all(|r| r.size_before == size);
+            sized = again[0].meta;
             if settled {
                 break;
             }
