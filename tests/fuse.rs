@@ -1154,6 +1154,43 @@ fn a_second_mount_on_a_mounted_point_is_refused() {
 }
 
 #[test]
+fn a_create_racing_a_removal_of_its_name_makes_the_file() {
+    // Found by a hostile run: `echo hi > x` beside a loop of `rm -f x` in one mount failed
+    // with ENOENT in about one create of 15, though the directory was always there. The
+    // kernel cuts an O_TRUNC open of a name it knows by a setattr, which met the removed
+    // file and said ENOENT (now ESTALE, on which the kernel looks the name up again and
+    // creates it); a create that met the file, removed before it could look at it, gave
+    // ENOENT too (now it makes the file again).
+    let Some(m) = Mounted::start("fuse create beside rm", ClusterSpec::default(), "") else {
+        return;
+    };
+    let path = m.root.join("x");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _stop = StopOnDrop(&stop);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&path);
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        let mut failures = Vec::new();
+        for _ in 0..1500 {
+            if let Err(e) = std::fs::write(&path, b"hi\n") {
+                failures.push(e.to_string());
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of 1500 creates failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
 fn a_file_closed_then_unlinked_leaves_nothing_behind() {
     // Found by a hostile run: the kernel releases a closed file's handle after close(2)
     // returns, so an unlink right after it may still find the file open and move it aside

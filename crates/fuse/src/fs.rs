@@ -41,6 +41,10 @@ fn hidden_path(path: &str, ino: u64) -> Result<String> {
 /// Locks the nodes' size publishes and truncates are spread over.
 const SIZE_LOCKS: usize = 64;
 
+/// How many times a create that met an existing file, removed before it could be looked
+/// at, makes the file again.
+const CREATE_TRIES_MAX: usize = 8;
+
 thread_local! {
     static CLIENT: RefCell<Option<BenchFS>> = const { RefCell::new(None) };
 }
@@ -354,26 +358,32 @@ impl BenchFuse {
         mode: u32,
         flags: i32,
     ) -> Result<(FileMetadata, u64)> {
-        let made = self.call(req, |fs| {
-            fs.block_on(fs.client().make(path, EntryKind::File, mode))
-        });
-        let meta = match made {
-            Ok(meta) => meta,
-            Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
-                let meta = self.stat(req, path)?;
-                if meta.is_dir() {
-                    return Err(Errno::EISDIR);
-                }
-                if flags & libc::O_TRUNC != 0 && meta.size > 0 {
-                    let _cutting = self.cutting(ino_of(&meta));
-                    self.call(req, |fs| fs.truncate(path, 0))?;
-                    self.handles.truncated(ino_of(&meta), 0);
-                    self.stat(req, path)?
-                } else {
-                    meta
-                }
+        let mut tries = 0;
+        let meta = loop {
+            let made = self.call(req, |fs| {
+                fs.block_on(fs.client().make(path, EntryKind::File, mode))
+            });
+            let existing = match made {
+                Ok(meta) => break meta,
+                Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => self.stat(req, path),
+                Err(e) => return Err(e),
+            };
+            // Removed between the two calls: make it again, as a local create would.
+            tries += 1;
+            let meta = match existing {
+                Err(e) if e == Errno::ENOENT && tries < CREATE_TRIES_MAX => continue,
+                existing => existing?,
+            };
+            if meta.is_dir() {
+                return Err(Errno::EISDIR);
             }
-            Err(e) => return Err(e),
+            if flags & libc::O_TRUNC != 0 && meta.size > 0 {
+                let _cutting = self.cutting(ino_of(&meta));
+                self.call(req, |fs| fs.truncate(path, 0))?;
+                self.handles.truncated(ino_of(&meta), 0);
+                break self.stat(req, path)?;
+            }
+            break meta;
         };
         Ok((meta, self.open_handle(path, &meta)))
     }
@@ -690,9 +700,12 @@ impl Filesystem for BenchFuse {
             atime,
             mtime,
         };
+        // ESTALE for a node whose file is gone: an open with O_TRUNC (which the kernel
+        // cuts by this call) or a truncate(2) then looks the name up again, where ENOENT
+        // failed an `O_CREAT|O_TRUNC` open of a name another process had just removed.
         match self.setattr_inner(req, ino, changes) {
             Ok(attr) => reply.attr(&self.attr_timeout(ino.0), &attr),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(stale_node(e)),
         }
     }
 
