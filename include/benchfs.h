@@ -67,6 +67,8 @@ int benchfs_set_rpc_timeout_msec(int msec);
 int benchfs_create(const char *path, int flags, mode_t mode); /* flags|O_CREAT|O_TRUNC */
 int benchfs_open(const char *path, int flags, mode_t mode);
 int benchfs_close(int fd);
+/* One call moves at most 0x7ffff000 bytes, as Linux's read(2) and write(2); the count
+ * returned says how many. */
 ssize_t benchfs_pwrite(int fd, const void *buf, size_t size, off_t offset);
 ssize_t benchfs_write(int fd, const void *buf, size_t size);
 ssize_t benchfs_pread(int fd, void *buf, size_t size, off_t offset);

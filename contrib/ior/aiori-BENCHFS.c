@@ -172,12 +172,24 @@ static IOR_offset_t BENCHFS_xfer(int access, aiori_fd_t *file, IOR_size_t *buffe
     if (hints->dryRun)
         return length;
     struct benchfs_file *f = (struct benchfs_file *)file;
-    ssize_t n = access == WRITE ? benchfs_pwrite(f->fd, buffer, length, offset)
-                                : benchfs_pread(f->fd, buffer, length, offset);
-    if (n < 0)
-        WARNF("%s of %lld bytes at %lld: %s", access == WRITE ? "write" : "read",
-              (long long)length, (long long)offset, benchfs_last_error());
-    return n;
+    char *bytes = (char *)buffer;
+    IOR_offset_t done = 0;
+    /* One call moves at most 0x7ffff000 bytes, as Linux's: a larger transfer takes more. */
+    while (done < length) {
+        ssize_t n = access == WRITE
+                        ? benchfs_pwrite(f->fd, bytes + done, length - done, offset + done)
+                        : benchfs_pread(f->fd, bytes + done, length - done, offset + done);
+        if (n < 0) {
+            WARNF("%s of %lld bytes at %lld: %s", access == WRITE ? "write" : "read",
+                  (long long)(length - done), (long long)(offset + done),
+                  benchfs_last_error());
+            return n;
+        }
+        if (n == 0)
+            break;
+        done += n;
+    }
+    return done;
 }
 
 static void BENCHFS_close(aiori_fd_t *file, aiori_mod_opt_t *options)

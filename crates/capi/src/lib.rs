@@ -83,6 +83,11 @@ fn non_negative(what: &str, value: off_t) -> Result<u64, Failure> {
 }
 
 /// Checks a caller's buffer: NULL is allowed only with size 0.
+/// The most bytes one read or write moves, as Linux's `MAX_RW_COUNT`: a larger count
+/// gives a short transfer. A count past any real buffer (2^62) made the read plan its
+/// spans for that many bytes, and the allocation aborted the process.
+const RW_COUNT_MAX: usize = 0x7fff_f000;
+
 fn buffer_ok(buf: *const c_void, size: size_t) -> Result<(), Failure> {
     if buf.is_null() && size > 0 {
         return Err(Failure::new(libc::EFAULT, "buffer is NULL".into()));
@@ -256,7 +261,7 @@ unsafe fn write_at(fd: c_int, buf: *const c_void, size: size_t, offset: Option<o
         buffer_ok(buf, size)?;
         let offset = offset.map(|o| non_negative("offset", o)).transpose()?;
         // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
-        let data = unsafe { byte_slice(buf, size) };
+        let data = unsafe { byte_slice(buf, size.min(RW_COUNT_MAX)) };
         with_client(|t| t.pwrite(fd, data, offset))
     }) as ssize_t
 }
@@ -270,7 +275,7 @@ unsafe fn read_at(fd: c_int, buf: *mut c_void, size: size_t, offset: Option<off_
         buffer_ok(buf, size)?;
         let offset = offset.map(|o| non_negative("offset", o)).transpose()?;
         // SAFETY: checked non-null (or size 0) above; the caller vouches for the length.
-        let data = unsafe { byte_slice_mut(buf, size) };
+        let data = unsafe { byte_slice_mut(buf, size.min(RW_COUNT_MAX)) };
         with_client(|t| t.pread(fd, data, offset))
     }) as ssize_t
 }
