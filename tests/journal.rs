@@ -251,13 +251,9 @@ fn a_server_whose_journal_was_moved_aside_numbers_new_files_apart_from_old_chunk
 /// swapped) came up and answered "not found" for every file, and a cluster resumed with
 /// another virtual-node count read its files as holes. Each is refused, naming what the
 /// directory holds, and the data is whole when the servers start as they were.
-/// A new job's registry on an earlier job's data directory (under `mpirun` the default
-/// `data_dir/r<rank>` is one path in every job): with fewer servers, a file whose record
-/// stayed on its server and whose chunks had been placed on one that is gone read those
-/// chunks as zeros, with success. The server refuses the data its registry does not
-/// know it served, and keeps it for the registry it served in.
-#[test]
-fn a_data_directory_refuses_a_registry_it_did_not_serve_in_and_keeps_its_data() {
+/// Two file servers that hold eight files named `prefix0`.. (returned with their bytes),
+/// both stopped.
+fn stopped_file_cluster_holding(prefix: &str) -> (Cluster, Vec<(String, Vec<u8>)>) {
     let mut cluster = Cluster::start(ClusterSpec {
         servers: 2,
         backend: "file",
@@ -265,13 +261,24 @@ fn a_data_directory_refuses_a_registry_it_did_not_serve_in_and_keeps_its_data() 
     });
     let fs = cluster.client();
     let files: Vec<(String, Vec<u8>)> = (0..8u64)
-        .map(|i| (format!("/j{i}"), pattern(3 * C + 11, i)))
+        .map(|i| (format!("{prefix}{i}"), pattern(3 * C + 7, i)))
         .collect();
     for (path, data) in &files {
         write_file(&fs, path, data);
     }
     drop(fs);
     assert!(cluster.stop(0) && cluster.stop(1));
+    (cluster, files)
+}
+
+/// A new job's registry on an earlier job's data directory (under `mpirun` the default
+/// `data_dir/r<rank>` is one path in every job): with fewer servers, a file whose record
+/// stayed on its server and whose chunks had been placed on one that is gone read those
+/// chunks as zeros, with success. The server refuses the data its registry does not
+/// know it served, and keeps it for the registry it served in.
+#[test]
+fn a_data_directory_refuses_a_registry_it_did_not_serve_in_and_keeps_its_data() {
+    let (mut cluster, files) = stopped_file_cluster_holding("/j");
     let new_job = cluster.dir.path().join("job2-registry");
     std::fs::create_dir(&new_job).unwrap();
     let mut command = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(0));
@@ -321,20 +328,7 @@ fn a_data_directory_refuses_a_registry_it_did_not_serve_in_and_keeps_its_data() 
 
 #[test]
 fn a_data_directory_refuses_another_node_or_placement_and_keeps_its_data() {
-    let mut cluster = Cluster::start(ClusterSpec {
-        servers: 2,
-        backend: "file",
-        ..Default::default()
-    });
-    let fs = cluster.client();
-    let files: Vec<(String, Vec<u8>)> = (0..8u64)
-        .map(|i| (format!("/p{i}"), pattern(3 * C + 7, i)))
-        .collect();
-    for (path, data) in &files {
-        write_file(&fs, path, data);
-    }
-    drop(fs);
-    assert!(cluster.stop(0) && cluster.stop(1));
+    let (mut cluster, files) = stopped_file_cluster_holding("/p");
     let swapped = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(1));
     let mut other_placement = cluster.server_command(&Cluster::node_id(0), &cluster.data_dir(0));
     other_placement.env("BENCHFS_PLACEMENT_VIRTUAL_NODES", "3");
