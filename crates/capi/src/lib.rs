@@ -82,12 +82,12 @@ fn non_negative(what: &str, value: off_t) -> Result<u64, Failure> {
         .map_err(|_| Failure::new(libc::EINVAL, format!("{what} {value} is negative")))
 }
 
-/// Checks a caller's buffer: NULL is allowed only with size 0.
 /// The most bytes one read or write moves, as Linux's `MAX_RW_COUNT`: a larger count
 /// gives a short transfer. A count past any real buffer (2^62) made the read plan its
 /// spans for that many bytes, and the allocation aborted the process.
 const RW_COUNT_MAX: usize = 0x7fff_f000;
 
+/// Checks a caller's buffer: NULL is allowed only with size 0.
 fn buffer_ok(buf: *const c_void, size: size_t) -> Result<(), Failure> {
     if buf.is_null() && size > 0 {
         return Err(Failure::new(libc::EFAULT, "buffer is NULL".into()));

@@ -671,8 +671,9 @@ impl MetadataTable {
     /// own and to at least `cut_gen` (0: none), the count the truncating client asks every
     /// replica for. The size it had does not matter: a truncate cuts the chunks past the
     /// size whatever the record said, and a writer whose bytes lay there must learn that
-    /// a cut came (it would grow the file back over bytes the cut removed, as zeros). [`SizeUpdate::AtLeastUncut`] grows the
-    /// record only while its count is `cut_gen`, and else moves its time alone.
+    /// a cut came (it would grow the file back over bytes the cut removed, as zeros).
+    /// [`SizeUpdate::AtLeastUncut`] grows the record only while its count is `cut_gen`,
+    /// and else moves its time alone.
     pub fn update_size_counted(
         &mut self,
         path: &str,

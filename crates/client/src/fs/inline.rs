@@ -557,11 +557,7 @@ impl FsClient {
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
         self.ask_again_while_created::<R>(&mut answers, req).await;
-        let mut first = None;
-        for (_, answer) in answers {
-            first.get_or_insert(answer?);
-        }
-        Ok(first.expect("at least one replica"))
+        super::routing::first_if_all_took(answers)
     }
 
     /// Runs `call` again while it meets a record sealed for a move (`Busy`), backing off,

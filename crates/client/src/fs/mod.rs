@@ -295,9 +295,7 @@ impl FsClient {
                 .unwrap_or(config.placement.virtual_nodes);
         // Files carry their chunk size, and a server refuses chunks larger than its own:
         // servers started with different sizes fail writes with a bare EINVAL.
-        cluster_setting(&entries, "storage.chunk_size", |e| {
-            e.settings.get("chunk_size")?.parse::<u64>().ok()
-        })?;
+        cluster_setting(&entries, "storage.chunk_size", published_chunk_size)?;
         let shared_memory = config.network.shared_memory && !shared_memory_refused(&entries);
         let ring = PlacementRing::new(entries.iter().map(|e| e.node_id.as_str()), virtual_nodes)?;
         let mut slots: Vec<Option<ServerSlot>> = (0..entries.len()).map(|_| None).collect();
@@ -408,7 +406,7 @@ impl FsClient {
     fn servers_chunk_size(&self) -> Option<u64> {
         self.servers
             .iter()
-            .filter_map(|s| s.entry.borrow().settings.get("chunk_size")?.parse().ok())
+            .filter_map(|s| published_chunk_size(&s.entry.borrow()))
             .min()
     }
 
@@ -514,6 +512,11 @@ fn shared_memory_refused(entries: &[ServerEntry]) -> bool {
         );
     }
     refused.is_some()
+}
+
+/// The chunk size `entry` publishes for its server, if it does.
+fn published_chunk_size(entry: &ServerEntry) -> Option<u64> {
+    entry.settings.get("chunk_size")?.parse().ok()
 }
 
 /// Whether `entry` publishes that its server takes no shared memory.

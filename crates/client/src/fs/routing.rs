@@ -144,6 +144,18 @@ fn servers_that_took<T>(answers: &[(ServerIndex, Result<T, RpcError>)]) -> Vec<S
         .collect()
 }
 
+/// The first replica's reply if every replica in `answers` took the call, else the first
+/// failure.
+pub(super) fn first_if_all_took<T>(
+    answers: Vec<(ServerIndex, Result<T, RpcError>)>,
+) -> Result<T, RpcError> {
+    let mut first = None;
+    for (_, answer) in answers {
+        first.get_or_insert(answer?);
+    }
+    Ok(first.expect("at least one replica"))
+}
+
 /// `e`, naming the earlier failures of the same call too.
 fn chain(earlier: Option<RpcError>, e: RpcError) -> RpcError {
     match earlier {
@@ -798,10 +810,6 @@ impl FsClient {
         req: &R::Request,
         payload: WriteSource<'_>,
     ) -> Result<R::Reply, RpcError> {
-        let mut first = None;
-        for (_, r) in self.write_each::<R>(key, req, payload).await {
-            first.get_or_insert(r?);
-        }
-        Ok(first.expect("at least one replica"))
+        first_if_all_took(self.write_each::<R>(key, req, payload).await)
     }
 }
