@@ -406,3 +406,47 @@ fn a_write_into_a_chunk_one_replica_lost_restores_it_from_the_other() {
         "node0 alone serves chunk 1, the bytes before and after the write too"
     );
 }
+
+/// With two replicas that each lost their store in turn, a write into the middle of a
+/// chunk still goes through: the replica restored whole after the first loss is the
+/// source for the second (helper-91: the write failed with "may have lost bytes"). The
+/// chunks no write touched were lost on both and read as lost, never as zeros.
+#[test]
+fn a_chunk_restored_whole_restores_the_other_replica_after_it_lost_its_store_too() {
+    let Some(mut cluster) = tiered_replicas() else {
+        return;
+    };
+    let fs = cluster.client();
+    let data = pattern(3 * C, 40);
+    let fd = write_open(&fs, "/x", &data);
+    fs.close(fd).unwrap();
+    drop(fs);
+    let mut want = data;
+    for (lost, seed) in [(0, 41), (1, 42)] {
+        cluster.kill(lost);
+        cluster.restart(lost);
+        let fs = cluster.client();
+        let middle = C + C / 2 + lost * 1000;
+        let patch = pattern(100, seed);
+        // Not synced, so that the next kill takes this write's chunks too.
+        let fd = fs.open("/x", OpenFlags::WRITE, 0).unwrap();
+        fs.pwrite(fd, &patch, middle as u64)
+            .and_then(|_| fs.close(fd))
+            .unwrap_or_else(|e| panic!("the write after node{lost} lost its store: {e}"));
+        want[middle..middle + 100].copy_from_slice(&patch);
+        let chunk = pread_at(&fs, "/x", C as u64, C).unwrap();
+        assert!(
+            chunk == want[C..2 * C],
+            "chunk 1 after node{lost} lost its store"
+        );
+    }
+    cluster.kill(0);
+    let fs = cluster.client();
+    let restored = pread_at(&fs, "/x", C as u64, C).unwrap();
+    assert!(
+        restored == want[C..2 * C],
+        "node1 alone serves chunk 1, restored whole from node0"
+    );
+    let lost = pread_at(&fs, "/x", 0, C).expect_err("chunk 0 was lost on both replicas");
+    assert_eq!(lost.errno(), libc::EIO, "{lost}");
+}

@@ -4,8 +4,8 @@
 //! refuses the write (`Status::Lost`, see `ops::ChunkWrite`). Before such a write, a
 //! replica that lacks the skipped bytes gets the chunk's bytes (all the file held of it,
 //! not only those the write skips: the rest would otherwise live on the other replicas
-//! alone) from one that kept them, so replicated files stay writable and replicated after
-//! a replica's restart.
+//! alone) from one that kept them, or from one restarted too that holds all of them, so
+//! replicated files stay writable and replicated after each replica's restart in turn.
 //!
 //! **Known gap:** the copy is not atomic with other clients' writes to those bytes: one
 //! landing between the copy's read and its write is undone on the restored replica.
@@ -46,8 +46,10 @@ impl FsClient {
     /// holds fewer of the chunk's than the write skips (a one-byte read at the last skipped
     /// byte tells) gets all the file held of the chunk from a replica that kept them and
     /// answers (none a client found silent: each would cost a timeout), written from the
-    /// chunk's start. Best effort: a replica that cannot be restored is left to refuse the
-    /// write itself.
+    /// chunk's start. A replica restarted after the file was made is a source too when it
+    /// holds all `held` bytes (see [`Self::chunk_held_whole`]), so that after each replica
+    /// in turn lost its store the chunk is still writable. Best effort: a replica that
+    /// cannot be restored is left to refuse the write itself.
     pub(super) async fn restore_skipped(
         &self,
         meta: &FileMetadata,
@@ -81,16 +83,8 @@ impl FsClient {
                 Ok((reply, _)) if reply.len == 0 => {}
                 _ => continue,
             }
-            let now = Instant::now();
-            let Some(&source) = replicas.iter().find(|&&s| {
-                s != replica
-                    && !self.may_have_lost(s, meta)
-                    && !self.servers[s as usize].is_suspect(now)
-            }) else {
-                return;
-            };
-            let Ok((_, mut bytes)) = self
-                .call_on::<ops::ReadChunk>(source, &io(0, held), OutPayload::none())
+            let Some(mut bytes) = self
+                .chunk_held_whole(meta, io(0, held), replica, replicas)
                 .await
             else {
                 continue;
@@ -110,5 +104,42 @@ impl FsClient {
                 "restored the bytes a write skips on a replica that lost them"
             );
         }
+    }
+
+    /// The bytes `whole` (a chunk's first `held` bytes) names from one of `replicas` other
+    /// than `lacking`, or `None`. Replicas that kept their store since the file was made
+    /// are asked first; past their chunk's end the file has a hole they kept. One restarted
+    /// since then serves only a full read: its store refuses writes that would leave gaps
+    /// of the file's bytes in a chunk (`Status::Lost`), so a chunk it holds to `held` holds
+    /// every byte before, as the read side's rule says (`check_not_lost`). A server a
+    /// client found silent is not asked: each would cost a timeout.
+    async fn chunk_held_whole(
+        &self,
+        meta: &FileMetadata,
+        whole: ops::ChunkIo,
+        lacking: ServerIndex,
+        replicas: &[ServerIndex],
+    ) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let mut sources: Vec<ServerIndex> = replicas
+            .iter()
+            .copied()
+            .filter(|&s| s != lacking && !self.servers[s as usize].is_suspect(now))
+            .collect();
+        sources.sort_by_key(|&s| self.may_have_lost(s, meta));
+        for source in sources {
+            match self
+                .call_on::<ops::ReadChunk>(source, &whole, OutPayload::none())
+                .await
+            {
+                Ok((reply, bytes))
+                    if reply.len == whole.len || !self.may_have_lost(source, meta) =>
+                {
+                    return Some(bytes)
+                }
+                _ => continue,
+            }
+        }
+        None
     }
 }
