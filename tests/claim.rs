@@ -124,3 +124,94 @@ fn a_store_whose_inode_tag_a_running_server_has_refuses_to_start() {
     );
     assert!(!cluster.registry().join("node9.addr").exists());
 }
+
+/// Waits (bounded) for `child` to exit and returns its output.
+fn exit_within(child: std::process::Child, bound: Duration, what: &str) -> Output {
+    let mut child = child;
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} kept running past {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_stopped_server_whose_node_id_was_taken_over_stops_serving_when_it_resumes() {
+    // Regression (helper-89): a server SIGSTOPped, replaced by a new one with its node id
+    // (whose start-up probe found it silent), went on serving its own clients after
+    // SIGCONT, and the two stores drifted apart.
+    let mut cluster = Cluster::start(ClusterSpec::backend("file"));
+    write_file(&cluster.client(), "/before", &pattern(200_000, 5));
+    cluster.signal(1, "STOP");
+    let stopped_addr = cluster.addr(1);
+    let replacement = cluster
+        .server_command("node1", &cluster.dir.path().join("replacement"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.addr(1) == stopped_addr {
+        assert!(Instant::now() < deadline, "the replacement never published");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let replacement_entry = entry_text(&cluster, "node1");
+    cluster.signal(1, "CONT");
+    let stopped = cluster.children[1].take().unwrap();
+    let out = exit_within(stopped, Duration::from_secs(5), "the resumed server");
+    assert!(!out.status.success(), "it exits non-zero");
+    let log = std::fs::read_to_string(cluster.log_path(1)).unwrap();
+    let replacement_addr = replacement_entry.split_whitespace().nth(1).unwrap();
+    assert!(
+        log.contains(&format!("now names the benchfsd at {replacement_addr}")),
+        "its log names the server that took the node id over: {log}"
+    );
+    assert_eq!(
+        entry_text(&cluster, "node1"),
+        replacement_entry,
+        "the replacement's entry is left alone"
+    );
+    cluster.children[1] = Some(replacement);
+    let fs = cluster.client();
+    let data = pattern(300_000, 6);
+    write_file(&fs, "/after", &data);
+    assert!(read_file(&fs, "/after") == data, "the cluster serves on");
+}
+
+#[test]
+fn servers_started_with_one_node_id_at_once_leave_one_serving() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        backend: "file",
+        ..ClusterSpec::default()
+    });
+    let spawn = |dir: &str| {
+        cluster
+            .server_command("node7", &cluster.dir.path().join(dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut twins = [spawn("twin-a"), spawn("twin-b")];
+    // Every start-up is over within the probe's bound; every fence check within its own.
+    std::thread::sleep(Duration::from_secs(5));
+    let running: Vec<bool> = twins
+        .iter_mut()
+        .map(|c| c.try_wait().unwrap().is_none())
+        .collect();
+    let published = entry_text(&cluster, "node7");
+    for twin in &mut twins {
+        let _ = twin.kill();
+        let _ = twin.wait();
+    }
+    assert_eq!(
+        running.iter().filter(|&&r| r).count(),
+        1,
+        "exactly one serves node7 (running: {running:?}, entry {published})"
+    );
+}

@@ -48,6 +48,20 @@ pub enum ClaimError {
         /// The server that has it.
         other: String,
     },
+    /// The registry entry of this server's node id came to name another server: one
+    /// started with the same node id at the same moment, or took it over while this one
+    /// was stopped or hung. This one stops, so that one server answers for the node id.
+    #[error("node {node_id}: the registry entry {} now names the benchfsd at {by}, not this one at {ours}; stopped serving so that one server answers for the node id (another started with it at the same moment, or took it over while this one was stopped or hung)", entry.display())]
+    Replaced {
+        /// The node id.
+        node_id: String,
+        /// Where this server listened.
+        ours: std::net::SocketAddr,
+        /// Where the server the entry names listens.
+        by: std::net::SocketAddr,
+        /// The registry entry.
+        entry: PathBuf,
+    },
     /// The lock file could not be made.
     #[error("lock file {}: {source}", path.display())]
     Lock {
@@ -121,6 +135,37 @@ pub fn check_inode_tag_free(config: &ServerConfig, tag: u32) -> Result<(), Claim
             other: other.node_id,
         }),
         None => Ok(()),
+    }
+}
+
+/// How often a serving server reads its registry entry back (see [`until_replaced`]).
+pub const FENCE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Resolves, with the error to stop on, once the registry entry of `ours`'s node id names
+/// another server. The start-up check ([`check_node_free`]) cannot see a server that
+/// publishes at the same moment, nor one that takes the node id over while this one is
+/// stopped (SIGSTOP) or hung and cannot answer its probe; without this both would serve
+/// the node id, each to its own clients, and their stores would drift apart. An entry
+/// that is missing or unreadable is left alone (`cluster down` removes entries). After a
+/// stop, the check comes at the first turn of the loop (the interval's tick is overdue),
+/// beside the requests that arrived meanwhile.
+pub async fn until_replaced(registry_dir: PathBuf, ours: ServerEntry) -> ClaimError {
+    let entry = registry::entry_path(&registry_dir, &ours.node_id);
+    let mut ticks = tokio::time::interval(FENCE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let published = std::fs::read_to_string(&entry)
+            .ok()
+            .and_then(|text| registry::parse_entry(&text).ok());
+        if let Some(other) = published.filter(|published| *published != ours) {
+            return ClaimError::Replaced {
+                node_id: ours.node_id,
+                ours: ours.addr,
+                by: other.addr,
+                entry,
+            };
+        }
     }
 }
 

@@ -476,6 +476,27 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     })
 }
 
+/// What ends the serving: a stop signal, or the registry entry of this server's node id
+/// naming another server ([`crate::claim::until_replaced`]), whose error `replaced` then
+/// holds for the exit.
+fn stop_or_replaced(
+    config: &ServerConfig,
+    entry: &ServerEntry,
+    replaced: Rc<std::cell::Cell<Option<crate::claim::ClaimError>>>,
+) -> Result<impl std::future::Future<Output = ()>, DaemonError> {
+    let signal = stop_signal()?;
+    let fence = crate::claim::until_replaced(config.network.registry_dir.clone(), entry.clone());
+    Ok(async move {
+        tokio::select! {
+            () = signal => {}
+            error = fence => {
+                tracing::error!(%error, "draining");
+                replaced.set(Some(error));
+            }
+        }
+    })
+}
+
 /// What this server publishes: where it listens, the counts clients place by, the
 /// settings a benchmark report names, whether it takes shared memory (a client that
 /// offers it to one that does not crashes it inside UCX), and its inode tag (so that no
@@ -584,7 +605,8 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         "benchfsd serving"
     );
     let sweep = start_sweep(&config, &state, &peer_context);
-    let stop = stop_signal()?;
+    let replaced = Rc::new(std::cell::Cell::new(None));
+    let stop = stop_or_replaced(&config, &entry, Rc::clone(&replaced))?;
     let options = serve_options(&config.network);
     // A task of the set, like every hot part of the server: the progress task wakes it and
     // it runs in the same turn.
@@ -618,6 +640,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     served?;
     withdrawn?;
     synced?;
+    if let Some(error) = replaced.take() {
+        return Err(error.into());
+    }
     tracing::info!("benchfsd stopped cleanly");
     Ok(())
 }
