@@ -946,3 +946,46 @@ fn clients_creating_one_name_to_append_all_open_it_and_every_append_lands() {
         "files without each append once, whole: {wrong:?}"
     );
 }
+
+/// A write made after another client's truncate is the file's, even when an earlier
+/// write of the same handle reached further (and went with the cut): helper-92 saw the
+/// close keep only the handle's furthest write, find it cut, and publish size 0; the
+/// later write's bytes then stayed in the chunk past the size and came back as the
+/// file's when it grew again.
+#[test]
+fn a_write_after_another_clients_cut_is_kept_below_the_handles_furthest_write() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        ..ClusterSpec::default()
+    });
+    let (writer, cutter) = (cluster.client(), cluster.client());
+    for (round, at) in [150_000u64, 10].into_iter().enumerate() {
+        let path = format!("/tc{round}");
+        let flags = OpenFlags::CREATE | OpenFlags::WRITE;
+        let fd = writer.open(&path, flags, 0o644).unwrap();
+        writer.pwrite(fd, &pattern(200_000, 3), 0).unwrap();
+        cutter.truncate(&path, 0).unwrap();
+        writer.pwrite(fd, &[b'a'; 1000], at).unwrap();
+        writer.close(fd).unwrap();
+        let mut want = vec![0u8; at as usize];
+        want.extend_from_slice(&[b'a'; 1000]);
+        let got = read_file(&cutter, &path);
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{path}: the size reaches the later write"
+        );
+        assert!(
+            got == want,
+            "{path}: zeros up to the later write, then its bytes"
+        );
+        // Grown past it by another client: what lies between reads as zeros.
+        let fd = cutter.open(&path, OpenFlags::WRITE, 0).unwrap();
+        cutter.pwrite(fd, b"Z", 5000.max(at + 2000)).unwrap();
+        cutter.close(fd).unwrap();
+        let grown = read_file(&writer, &path);
+        want.resize(5000.max(at as usize + 2000), 0);
+        want.push(b'Z');
+        assert!(grown == want, "{path}: no bytes of the cut write come back");
+    }
+}

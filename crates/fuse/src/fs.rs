@@ -278,7 +278,7 @@ impl BenchFuse {
                     &handle.path,
                     handle.meta,
                     grown,
-                    handle.wrote_to,
+                    &[handle.wrote_to],
                 ))
             })
             .map_err(stale_node)?;

@@ -19,6 +19,9 @@ use crate::rpc::{OutPayload, RpcError};
 /// How many times a close that found its bytes outlived a cut tries to grow the file to
 /// them while other cuts keep coming (see `FsClient::publish_reaching`).
 const GROW_ROUNDS_MAX: usize = 4;
+/// Most write ends a handle keeps for its close (see [`note_write_end`]): one for a
+/// writer that moves forward, one more for each write that ended short of all before it.
+const WRITE_ENDS_MAX: usize = 64;
 
 /// Renames (by other clients) a handle's call follows before it gives up: one a call
 /// would be plenty but for renames racing it.
@@ -41,6 +44,11 @@ pub(super) struct OpenFile {
     /// kept its old time, which `rsync` and `make` trust), and keeps writes that landed
     /// after another client cut the file (see [`FsClient::publish_writes`]).
     pub(super) wrote_to: Option<u64>,
+    /// The ends of the handle's writes in place since it last published, largest first,
+    /// each the end of a write later than those before it ([`note_write_end`]): after
+    /// another client's cut, the close keeps the largest of those writes that landed
+    /// after it, which need not be the largest of all.
+    pub(super) write_ends: Vec<u64>,
     /// Why this handle's deferred create failed, when it did: the handle has no file, and
     /// every later call on it fails so (see `inline::make_deferred`).
     pub(super) unmade: Option<Status>,
@@ -98,6 +106,7 @@ impl OpenFile {
             size: meta.size,
             size_dirty: false,
             wrote_to: None,
+            write_ends: Vec::new(),
             unmade: None,
             write_error: None,
             read_ahead: ReadAhead::default(),
@@ -226,20 +235,21 @@ impl FsClient {
         self.make_deferred(fd).await?;
         self.drain_fd(fd).await;
         self.write_error(fd)?;
-        let Some((path, meta, grown, wrote_to, changes)) = self.with_file(fd, |f| {
+        let Some((path, meta, grown, ends, changes)) = self.with_file(fd, |f| {
             let grown = f.size_dirty.then_some(f.size);
             (grown.is_some() || f.wrote_to.is_some()).then(|| {
-                let wrote_to = f.wrote_to.unwrap_or(0);
-                (f.path.clone(), f.meta, grown, wrote_to, f.own_changes)
+                let ends = f.write_ends.clone();
+                (f.path.clone(), f.meta, grown, ends, f.own_changes)
             })
         })?
         else {
             return Ok(());
         };
-        let meta = self.publish_writes(&path, meta, grown, wrote_to).await?;
+        let meta = self.publish_writes(&path, meta, grown, &ends).await?;
         self.with_file(fd, |f| {
             f.size_dirty = false;
             f.wrote_to = None;
+            f.write_ends.clear();
             if let Some(meta) = meta {
                 // The times the update gave: this handle's fstat shows its own writes'.
                 f.meta.mtime_ns = f.meta.mtime_ns.max(meta.mtime_ns);
@@ -381,26 +391,29 @@ impl FsClient {
     }
 
     /// Publishes what a handle of file `meta`, named `path`, wrote since it last did: the
-    /// size its writes grew the file to (`grown`), else its writes in place that reached
-    /// `wrote_to`; either is kept when another client's cut came before them, and gone
-    /// with it when it came after. Returns the record, or `None` when only writes in
-    /// place were published and the file is gone (another client removed it: it has no
-    /// time to move).
+    /// size its writes grew the file to (`grown`), else its writes in place, whose ends
+    /// are `write_ends` (largest first, each from a write later than the larger ones, see
+    /// `note_write_end`; empty for appends alone); a write is kept when another client's
+    /// cut came before it, and gone with the cut when it came after. Returns the record,
+    /// or `None` when only writes in place were published and the file is gone (another
+    /// client removed it: it has no time to move).
     pub async fn publish_writes(
         &self,
         path: &str,
         meta: FileMetadata,
         grown: Option<u64>,
-        wrote_to: u64,
+        write_ends: &[u64],
     ) -> Result<Option<FileMetadata>, ApiError> {
         let published = match grown {
             Some(size) => {
+                let below = write_ends.iter().copied().filter(|&end| end < size);
+                let reaches: Vec<u64> = std::iter::once(size).chain(below).collect();
                 return self
-                    .publish_reaching(path, meta, size, size)
+                    .publish_reaching(path, meta, size, &reaches)
                     .await
-                    .map(Some)
+                    .map(Some);
             }
-            None => self.publish_reaching(path, meta, 0, wrote_to).await,
+            None => self.publish_reaching(path, meta, 0, write_ends).await,
         };
         match published {
             Err(e) if e.is_gone() => Ok(None),
@@ -408,30 +421,41 @@ impl FsClient {
         }
     }
 
-    /// Publishes writes of file `meta`, named `path`, that reached `reach`, asking for
-    /// size `asked` (0 for writes in place, which moves the time alone) on the replicas
-    /// whose record was not cut since the writer looked (`meta.cut_gen`); returns the
-    /// record. When a replica then ends before `reach`, another client cut the file since
-    /// the writer looked (or a replica missed a cut), and the writes' last byte tells the
-    /// order: still held, they landed after the cut and are the file's, which then grows
-    /// to their end on every replica (the cut range between reads as zeros, as a
-    /// truncate leaves it); cut, they came before and went with it, as on a local file
-    /// system.
+    /// Publishes writes of file `meta`, named `path`, that reached `reaches` (largest
+    /// first, each the end of a write later than the larger ones), asking for size
+    /// `asked` (0 for writes in place, which moves the time alone) on the replicas whose
+    /// record was not cut since the writer looked (`meta.cut_gen`); returns the record.
+    /// When a replica then ends before a reach, another client cut the file since the
+    /// writer looked (or a replica missed a cut), and the writes' last bytes tell the
+    /// order: the largest reach whose last byte is still held is of a write that landed
+    /// after the cut and is the file's, which then grows to its end on every replica (the
+    /// cut range between reads as zeros, as a truncate leaves it); the writes whose bytes
+    /// were cut came before and went with it, as on a local file system.
     async fn publish_reaching(
         &self,
         path: &str,
         meta: FileMetadata,
         asked: u64,
-        reach: u64,
+        reaches: &[u64],
     ) -> Result<FileMetadata, ApiError> {
         // An inline file's bytes are its record's, cut and grown with it.
         let uncut_since = (!meta.inline).then_some(meta.cut_gen);
         let (published, least) = self
             .update_size(path, meta.file_id, asked, uncut_since)
             .await?;
-        if least >= reach || published.inline {
+        if published.inline {
             return Ok(published);
         }
+        let mut reach = None;
+        for &end in reaches.iter().filter(|&&end| end > least) {
+            if self.holds_byte(meta, end - 1).await {
+                reach = Some(end);
+                break;
+            }
+        }
+        let Some(reach) = reach else {
+            return Ok(published);
+        };
         // The check and the growth are two calls, and a truncate sets the size before it
         // cuts the chunks: a byte held at the check may be cut before the growth lands,
         // which then showed zeros nobody wrote. So the file grows only while its cut
@@ -599,4 +623,17 @@ impl FsClient {
             _ => Ok(()),
         }
     }
+}
+
+/// Notes a write in place ending at `end` in `ends` (see `OpenFile::write_ends`): the
+/// ends it reaches past are no longer the largest of any later writes. At most
+/// [`WRITE_ENDS_MAX`] are kept; past that the latest takes the smallest's place.
+pub(super) fn note_write_end(ends: &mut Vec<u64>, end: u64) {
+    while ends.last().is_some_and(|&last| last <= end) {
+        ends.pop();
+    }
+    if ends.len() == WRITE_ENDS_MAX {
+        ends.pop();
+    }
+    ends.push(end);
 }

@@ -578,6 +578,7 @@ impl FsClient {
             if file.path == path {
                 file.size_dirty = false;
                 file.wrote_to = None;
+                file.write_ends.clear();
             }
         }
         self.touch_parents(&[&path]).await;
@@ -729,6 +730,7 @@ impl FsClient {
             // The cut's time covers what the handles wrote before it, and its count is
             // the one their later writes publish against.
             f.wrote_to = None;
+            f.write_ends.clear();
             f.meta.cut_gen = meta.cut_gen;
             if let Some(Inline::Held(copy)) = &mut f.inline {
                 copy.resize(meta.size as usize, 0);
