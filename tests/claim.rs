@@ -13,21 +13,17 @@ use common::{pattern, Cluster, ClusterSpec};
 /// Runs benchfsd with the cluster's configuration as `node_id` on `data_dir`, waiting
 /// (bounded) for it to exit; panics if it is still running, i.e. if it did not refuse.
 fn run_refused(cluster: &Cluster, node_id: &str, data_dir: &Path) -> Output {
-    let mut child = cluster
+    let child = cluster
         .server_command(node_id, data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a duplicate of {node_id} kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    exit_within(
+        child,
+        Duration::from_secs(30),
+        &format!("a duplicate of {node_id}"),
+    )
 }
 
 fn entry_text(cluster: &Cluster, node_id: &str) -> String {
@@ -126,8 +122,7 @@ fn a_store_whose_inode_tag_a_running_server_has_refuses_to_start() {
 }
 
 /// Waits (bounded) for `child` to exit and returns its output.
-fn exit_within(child: std::process::Child, bound: Duration, what: &str) -> Output {
-    let mut child = child;
+fn exit_within(mut child: std::process::Child, bound: Duration, what: &str) -> Output {
     let deadline = Instant::now() + bound;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {

@@ -221,19 +221,22 @@ pub fn departed(dir: &Path) -> Result<Vec<String>, RegistryError> {
     Ok(out)
 }
 
+/// The entry `node_id`'s server publishes now in `dir`, if it is there and readable.
+pub fn published(dir: &Path, node_id: &str) -> Option<ServerEntry> {
+    std::fs::read_to_string(entry_path(dir, node_id))
+        .ok()
+        .and_then(|text| parse_entry(&text).ok())
+}
+
 /// Removes a server's own entry, leaving a departed marker (see [`departed`]): only if
 /// the entry still names `entry`'s address, so a server
 /// never withdraws another's (one that took over its node id after it hung, say). A
 /// missing entry is not an error.
 pub fn withdraw(dir: &Path, entry: &ServerEntry) -> Result<(), RegistryError> {
-    let path = entry_path(dir, &entry.node_id);
-    let ours = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|text| parse_entry(&text).ok())
-        .is_some_and(|published| published == *entry);
-    if !ours {
+    if published(dir, &entry.node_id).as_ref() != Some(entry) {
         return Ok(());
     }
+    let path = entry_path(dir, &entry.node_id);
     let departed = departed_path(dir, &entry.node_id);
     std::fs::write(&departed, format!("{}\n", entry.node_id)).map_err(io("write", &departed))?;
     match std::fs::remove_file(&path) {

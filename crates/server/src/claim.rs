@@ -155,9 +155,7 @@ pub async fn until_replaced(registry_dir: PathBuf, ours: ServerEntry) -> ClaimEr
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let published = std::fs::read_to_string(&entry)
-            .ok()
-            .and_then(|text| registry::parse_entry(&text).ok());
+        let published = registry::published(&registry_dir, &ours.node_id);
         if let Some(other) = published.filter(|published| *published != ours) {
             return ClaimError::Replaced {
                 node_id: ours.node_id,
@@ -177,18 +175,14 @@ pub async fn check_node_free(
     secret: &[u8],
 ) -> Result<(), ClaimError> {
     let node_id = &config.node.node_id;
-    let path = registry::entry_path(&config.network.registry_dir, node_id);
-    let Some(entry) = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|text| registry::parse_entry(&text).ok())
-    else {
+    let Some(entry) = registry::published(&config.network.registry_dir, node_id) else {
         return Ok(());
     };
     if answers_as(context, config, secret, &entry).await {
         return Err(ClaimError::NodeInUse {
             node_id: node_id.clone(),
             addr: entry.addr,
-            entry: path,
+            entry: registry::entry_path(&config.network.registry_dir, node_id),
         });
     }
     tracing::warn!(%node_id, addr = %entry.addr, "taking over a stale registry entry");

@@ -462,8 +462,9 @@ impl FsClient {
         // count is the one the check followed; the truncate moves it again once its cut
         // is done, and the check is made again.
         let mut seen = published;
-        for _ in 0..GROW_ROUNDS_MAX {
-            if !self.holds_byte(meta, reach - 1).await {
+        for round in 0..GROW_ROUNDS_MAX {
+            // The first round's check is the one that chose `reach`.
+            if round > 0 && !self.holds_byte(meta, reach - 1).await {
                 return Ok(seen);
             }
             let grown = self

@@ -382,11 +382,7 @@ impl FsClient {
 
     /// The registry entry `node_id`'s server publishes now, if it is there and readable.
     fn published_entry(&self, node_id: &str) -> Option<ServerEntry> {
-        let path = registry::entry_path(&self.registry_dir, node_id);
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| registry::parse_entry(&text).ok())
-            .filter(|entry| entry.node_id == node_id)
+        registry::published(&self.registry_dir, node_id).filter(|entry| entry.node_id == node_id)
     }
 
     /// Refuses to connect to a server whose registry entry now says it takes no shared
