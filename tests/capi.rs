@@ -51,10 +51,20 @@ fn compile(source: &Path, out: &Path, cflags: &[String], link: &[String]) {
 }
 
 /// Runs a compiled test program against `cluster` and checks it passed.
-fn run_against(program: &Path, cluster: &Cluster) {
-    let out = Command::new(program)
+/// A command running `program` against `cluster` with the installed library: cargo's
+/// `LD_LIBRARY_PATH` (the target directory, where an older `libbenchfs.so` may lie) would
+/// take precedence over the program's rpath.
+fn c_program(program: &Path, cluster: &Cluster) -> Command {
+    let mut command = Command::new(program);
+    command
         .env("BENCHFS_REGISTRY", cluster.registry())
         .env_remove("BENCHFS_CONFIG")
+        .env_remove("LD_LIBRARY_PATH");
+    command
+}
+
+fn run_against(program: &Path, cluster: &Cluster) {
+    let out = c_program(program, cluster)
         .output()
         .expect("the test program runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -134,10 +144,8 @@ fn threads_and_programs_exit_cleanly_after_a_call_timed_out() {
     for i in 0..cluster.spec.servers {
         cluster.signal(i, "STOP");
     }
-    let out = Command::new(&program)
-        .env("BENCHFS_REGISTRY", cluster.registry())
+    let out = c_program(&program, &cluster)
         .env("BENCHFS_RPC_TIMEOUT_MSEC", "500")
-        .env_remove("BENCHFS_CONFIG")
         .output()
         .expect("the test program runs");
     for i in 0..cluster.spec.servers {
@@ -161,9 +169,7 @@ fn a_forked_child_is_refused_and_neither_process_aborts() {
     let dir = tempfile::tempdir().unwrap();
     let program = build_program("fork", dir.path());
     let cluster = Cluster::start(ClusterSpec::default());
-    let out = Command::new(&program)
-        .env("BENCHFS_REGISTRY", cluster.registry())
-        .env_remove("BENCHFS_CONFIG")
+    let out = c_program(&program, &cluster)
         .output()
         .expect("the test program runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

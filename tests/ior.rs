@@ -101,6 +101,8 @@ fn mpirun(program: &Path, args: &[String]) -> String {
         .args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // The installed library, not an older one in cargo's target directory.
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .expect("mpirun runs");
     let text = format!(
@@ -208,6 +210,8 @@ fn ior_refuses_chunk_sizes_it_cannot_use_with_a_clear_error() {
             .args(["-o", "/chunk-size"])
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            // The installed library, not an older one in cargo's target directory.
+            .env_remove("LD_LIBRARY_PATH")
             .output()
             .expect("mpirun runs");
         let text = String::from_utf8_lossy(&out.stdout).to_string()
@@ -322,6 +326,8 @@ fn slurm_example_job_runs_its_steps_under_mpirun() {
         .env("MDTEST_FILES", "100")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // The installed library, not an older one in cargo's target directory.
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .expect("the job script runs");
     let text = format!(

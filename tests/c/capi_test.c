@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int checks, failures;
@@ -308,6 +309,26 @@ static void open_descriptors_outlive_their_client(void)
     CHECK(benchfs_unlink("/left-open") == 0);
 }
 
+/* A registry holding something other than servers' entries is EINVAL, naming the file. */
+static void malformed_registries(void)
+{
+    char dir[] = "/tmp/benchfs-capi-registry-XXXXXX", path[sizeof dir + 32];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/junk.addr", dir);
+    FILE *junk = fopen(path, "w");
+    CHECK(junk != NULL && fputs("garbage\n", junk) >= 0 && fclose(junk) == 0);
+    CHECK_ERR(benchfs_init(dir), EINVAL);
+    CHECK(strstr(benchfs_last_error(), "junk.addr") != NULL);
+    CHECK(unlink(path) == 0);
+    snprintf(path, sizeof path, "%s/node8.addr", dir);
+    CHECK(mkdir(path, 0755) == 0);
+    CHECK_ERR(benchfs_init(dir), EINVAL);
+    CHECK(strstr(benchfs_last_error(), "node8.addr") != NULL);
+    CHECK(rmdir(path) == 0);
+    CHECK_ERR(benchfs_init(dir), ENOENT);
+    CHECK(rmdir(dir) == 0);
+}
+
 int main(void)
 {
     struct stat st;
@@ -325,6 +346,7 @@ int main(void)
     CHECK(benchfs_stat("/", &st) == 0 && S_ISDIR(st.st_mode));
     CHECK(benchfs_term() == 0);
     CHECK_ERR(benchfs_init("/nonexistent/registry"), ENOENT);
+    malformed_registries();
     printf("%d checks, %d failed\n", checks, failures);
     return failures != 0;
 }

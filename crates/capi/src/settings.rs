@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use benchfs_client::{ApiError, FsClient};
-use benchfs_config::registry::ServerEntry;
+use benchfs_config::registry::{RegistryError, ServerEntry};
 use benchfs_config::{secret, ServerConfig};
 use benchfs_proto::limits;
 
@@ -125,10 +125,15 @@ pub(crate) fn init(registry: Option<&str>) -> Result<(), Failure> {
         })?,
         None => Vec::new(),
     };
-    // No registry, or no server in it, is ENOENT: there is nothing to connect to.
+    // No registry, or no server in it, is ENOENT: there is nothing to connect to. A
+    // registry holding something other than servers' entries is EINVAL.
     let servers = FsClient::published_servers(&config.network.registry_dir).map_err(|e| {
-        let errno = match e {
-            ApiError::NoServers { .. } | ApiError::Registry(_) => libc::ENOENT,
+        let errno = match &e {
+            ApiError::NoServers { .. } => libc::ENOENT,
+            ApiError::Registry(RegistryError::Malformed { .. }) => libc::EINVAL,
+            ApiError::Registry(RegistryError::Io { source, .. }) => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
             _ => e.errno(),
         };
         Failure::new(errno, e.to_string())

@@ -306,7 +306,8 @@ fn is_setting_name(key: &str) -> bool {
     !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-/// Every published server, sorted by node id.
+/// Every published server, sorted by node id. A `*.addr` file that holds no entry, or
+/// holds one other than its name's node id's, is [`RegistryError::Malformed`].
 pub fn read(dir: &Path) -> Result<Vec<ServerEntry>, RegistryError> {
     let mut out = Vec::new();
     for item in std::fs::read_dir(dir).map_err(io("list", dir))? {
@@ -319,11 +320,23 @@ pub fn read(dir: &Path) -> Result<Vec<ServerEntry>, RegistryError> {
         if !name.ends_with(".addr") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
-        let entry = parse_entry(&text).map_err(|reason| RegistryError::Malformed {
+        let malformed = |reason: String| RegistryError::Malformed {
             path: path.clone(),
             reason,
-        })?;
+        };
+        if item.file_type().is_ok_and(|kind| kind.is_dir()) {
+            return Err(malformed("a directory, not a server's entry".into()));
+        }
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        let entry = parse_entry(&text).map_err(malformed)?;
+        // A server writes its entry to `<node id>.addr` only, so an entry anywhere else
+        // is a stray copy, and two of one node id would give the ring a node twice.
+        if *name != format!("{}.addr", entry.node_id) {
+            return Err(malformed(format!(
+                "it holds node {}'s entry, which a server publishes as {}.addr only",
+                entry.node_id, entry.node_id
+            )));
+        }
         out.push(entry);
     }
     out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -381,6 +394,31 @@ mod tests {
             read(dir.path()),
             Err(RegistryError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_stray_copy_or_a_directory_named_like_an_entry_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = ServerEntry::new("node0", "127.0.0.1:1".parse().unwrap());
+        let path = publish(dir.path(), &entry).unwrap();
+        let copy = dir.path().join("copy.addr");
+        std::fs::copy(&path, &copy).unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Malformed { path, .. } if *path == copy),
+            "{err}"
+        );
+        assert!(err.to_string().contains("node0.addr only"), "{err}");
+        std::fs::remove_file(&copy).unwrap();
+        let sub = dir.path().join("node8.addr");
+        std::fs::create_dir(&sub).unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Malformed { path, .. } if *path == sub),
+            "{err}"
+        );
+        std::fs::remove_dir(&sub).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), [entry]);
     }
 
     // A server whose node id begins with '.' (which the configuration accepts) published

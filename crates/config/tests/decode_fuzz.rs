@@ -120,7 +120,7 @@ fn sorted(mut entries: Vec<ServerEntry>) -> Vec<ServerEntry> {
 }
 
 /// Writes `files` into a new directory and says which `*.addr` files `read` must return
-/// (parsed) and which it must fail on.
+/// (parsed, each in its node id's file) and which it must fail on.
 fn registry_dir(
     files: &BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> (tempfile::TempDir, Vec<ServerEntry>, Vec<PathBuf>) {
@@ -133,7 +133,9 @@ fn registry_dir(
             continue;
         }
         match std::str::from_utf8(text).map(registry::parse_entry) {
-            Ok(Ok(entry)) => good.push(entry),
+            Ok(Ok(entry)) if *name == format!("{}.addr", entry.node_id).into_bytes() => {
+                good.push(entry)
+            }
             _ => bad.push(path),
         }
     }
@@ -211,8 +213,12 @@ proptest! {
 
     #[test]
     fn read_returns_every_entry_or_names_a_bad_file(
-        files in btree_map(file_name(), contents(), 0..6),
+        mut files in btree_map(file_name(), contents(), 0..6),
+        published in vec((node_id(), addr()), 0..4),
     ) {
+        for (node_id, addr) in published {
+            files.insert(format!("{node_id}.addr").into_bytes(), format!("{node_id} {addr}\n").into_bytes());
+        }
         let (dir, good, bad) = registry_dir(&files);
         match registry::read(dir.path()) {
             Ok(entries) => {
