@@ -1403,6 +1403,49 @@ fn writes_and_reads_after_another_clients_cut_keep_to_the_file() {
 }
 
 #[test]
+fn a_write_after_another_clients_cut_is_kept_below_the_descriptors_furthest_write() {
+    // A mount's close published only its descriptor's furthest write: when that one went
+    // with another client's cut, a later write below it was lost (size 0), and its bytes
+    // came back inside a hole when the file grew again.
+    let Some(mut m) = Mounted::start("fuse write below a cut one", ClusterSpec::default(), "")
+    else {
+        return;
+    };
+    let api = m.cluster.client();
+    for (round, at) in [150_000u64, 10].into_iter().enumerate() {
+        let name = format!("tc{round}");
+        let f = File::create(m.path(&name)).unwrap();
+        f.write_all_at(&common::pattern(200_000, 3), 0).unwrap();
+        api.truncate(&format!("/{name}"), 0).unwrap();
+        f.write_all_at(&[b'a'; 1000], at).unwrap();
+        drop(f);
+        let mut want = vec![0u8; at as usize];
+        want.extend_from_slice(&[b'a'; 1000]);
+        let got = common::files::read_file(&api, &format!("/{name}"));
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{name}: the size reaches the later write"
+        );
+        assert!(
+            got == want,
+            "{name}: zeros up to the later write, then its bytes"
+        );
+        let grown_to = 5000.max(at + 2000);
+        let fd = api
+            .open(&format!("/{name}"), benchfs::blocking::OpenFlags::WRITE, 0)
+            .unwrap();
+        api.pwrite(fd, b"Z", grown_to).unwrap();
+        api.close(fd).unwrap();
+        want.resize(grown_to as usize, 0);
+        want.push(b'Z');
+        let grown = common::files::read_file(&api, &format!("/{name}"));
+        assert!(grown == want, "{name}: no bytes of the cut write come back");
+    }
+    m.unmount();
+}
+
+#[test]
 fn a_reader_open_before_another_client_grew_the_file_reads_the_growth() {
     // Regression (hostile run): a handle of one mount kept reading up to the size it
     // opened with while stat showed what another client (a mount, the API) wrote since,

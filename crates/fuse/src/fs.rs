@@ -278,17 +278,12 @@ impl BenchFuse {
                     &handle.path,
                     handle.meta,
                     grown,
-                    &[handle.wrote_to],
+                    &handle.write_ends,
                 ))
             })
             .map_err(stale_node)?;
-        self.handles.published(
-            fh.0,
-            handle.size,
-            handle.writes,
-            handle.wrote_to,
-            record.map(|r| r.cut_gen),
-        );
+        self.handles
+            .published(fh.0, handle.size, handle.writes, record.map(|r| r.cut_gen));
         Ok(())
     }
 

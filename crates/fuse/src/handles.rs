@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use benchfs_client::fs::note_write_end;
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::path;
 
@@ -28,9 +29,10 @@ pub(crate) struct Handle {
     pub writes: u64,
     /// How many of `writes` the file's modification time on the servers covers.
     pub writes_published: u64,
-    /// How far the writes not yet published reach (0: none), kept by the publish when
-    /// another client cut the file before them (`FsClient::publish_writes`).
-    pub wrote_to: u64,
+    /// The ends of the writes in place not yet published, as `FsClient::publish_writes`
+    /// takes them (`note_write_end`): the publish keeps the furthest of them that landed
+    /// after another client cut the file, which need not be the furthest of all.
+    pub write_ends: Vec<u64>,
     /// How far this mount has seen the file written, through any handle, closed ones
     /// included: how far reads and appends through this handle go. Unlike `size`, never
     /// published.
@@ -63,7 +65,7 @@ impl Handles {
             dirty: false,
             writes: 0,
             writes_published: 0,
-            wrote_to: 0,
+            write_ends: Vec::new(),
             seen: meta.size,
             looked_at: Instant::now(),
         };
@@ -107,13 +109,13 @@ impl Handles {
     }
 
     /// A write through `fh` ended at `end`; an append's claim put it before any cut its
-    /// publish finds, so it does not count toward `wrote_to`.
+    /// publish finds, so it adds no write end.
     pub(crate) fn wrote(&self, fh: u64, end: u64, appended: bool) {
         if let Some(h) = self.lock().get_mut(&fh) {
             h.seen = h.seen.max(end);
             h.writes += 1;
             if !appended {
-                h.wrote_to = h.wrote_to.max(end);
+                note_write_end(&mut h.write_ends, end);
             }
             if end > h.size {
                 h.size = end;
@@ -123,16 +125,9 @@ impl Handles {
     }
 
     /// The servers now hold the size and time of handle `fh` as they were when it had
-    /// size `seen`, had made `writes` writes, and they reached `wrote_to`; `cut_gen` is
-    /// the published record's cut count, if the file still has one.
-    pub(crate) fn published(
-        &self,
-        fh: u64,
-        seen: u64,
-        writes: u64,
-        wrote_to: u64,
-        cut_gen: Option<u16>,
-    ) {
+    /// size `seen` and had made `writes` writes; `cut_gen` is the published record's cut
+    /// count, if the file still has one.
+    pub(crate) fn published(&self, fh: u64, seen: u64, writes: u64, cut_gen: Option<u16>) {
         if let Some(h) = self.lock().get_mut(&fh) {
             // With no write since the publish began, the handle's later writes come after
             // every cut the record showed.
@@ -142,8 +137,10 @@ impl Handles {
             if h.size == seen {
                 h.dirty = false;
             }
-            if h.wrote_to <= wrote_to {
-                h.wrote_to = 0;
+            // Ends noted since the publish began are kept, with the published ones
+            // among them: publishing one again grows the file no further than it did.
+            if h.writes == writes {
+                h.write_ends.clear();
             }
             h.writes_published = h.writes_published.max(writes);
         }
@@ -224,7 +221,7 @@ impl Handles {
             h.size = size;
             h.seen = size;
             h.dirty = false;
-            h.wrote_to = 0;
+            h.write_ends.clear();
         }
     }
 

@@ -626,10 +626,12 @@ impl FsClient {
     }
 }
 
-/// Notes a write in place ending at `end` in `ends` (see `OpenFile::write_ends`): the
-/// ends it reaches past are no longer the largest of any later writes. At most
-/// [`WRITE_ENDS_MAX`] are kept; past that the latest takes the smallest's place.
-pub(super) fn note_write_end(ends: &mut Vec<u64>, end: u64) {
+/// Notes a write in place ending at `end` in `ends`, the ends of a handle's writes since
+/// it last published as [`FsClient::publish_writes`] takes them: largest first, each the
+/// end of a write later than those before it. The ends `end` reaches past are no longer
+/// the largest of any later writes. At most 64 are kept; past that the latest takes
+/// the smallest's place.
+pub fn note_write_end(ends: &mut Vec<u64>, end: u64) {
     while ends.last().is_some_and(|&last| last <= end) {
         ends.pop();
     }

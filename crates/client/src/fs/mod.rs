@@ -53,6 +53,7 @@ use futures_util::future::join_all;
 use crate::error::ApiError;
 use crate::rpc::{ClientOptions, OutPayload, RpcClient, RpcError};
 use cache::{ChunkCache, MetadataCache};
+pub use handles::note_write_end;
 use handles::OpenFile;
 pub use inline::CATCH_UP_AFTER;
 use pipeline::Pipeline;
