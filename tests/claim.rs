@@ -134,6 +134,19 @@ fn exit_within(mut child: std::process::Child, bound: Duration, what: &str) -> O
     child.wait_with_output().unwrap()
 }
 
+/// A server the cluster does not know of yet, killed if the test fails before handing it
+/// over.
+struct KilledOnDrop(Option<std::process::Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn a_stopped_server_whose_node_id_was_taken_over_stops_serving_when_it_resumes() {
     // Regression (helper-89): a server SIGSTOPped, replaced by a new one with its node id
@@ -143,12 +156,14 @@ fn a_stopped_server_whose_node_id_was_taken_over_stops_serving_when_it_resumes()
     write_file(&cluster.client(), "/before", &pattern(200_000, 5));
     cluster.signal(1, "STOP");
     let stopped_addr = cluster.addr(1);
-    let replacement = cluster
-        .server_command("node1", &cluster.dir.path().join("replacement"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut replacement = KilledOnDrop(Some(
+        cluster
+            .server_command("node1", &cluster.dir.path().join("replacement"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.addr(1) == stopped_addr {
         assert!(Instant::now() < deadline, "the replacement never published");
@@ -170,7 +185,7 @@ fn a_stopped_server_whose_node_id_was_taken_over_stops_serving_when_it_resumes()
         replacement_entry,
         "the replacement's entry is left alone"
     );
-    cluster.children[1] = Some(replacement);
+    cluster.children[1] = replacement.0.take();
     let fs = cluster.client();
     let data = pattern(300_000, 6);
     write_file(&fs, "/after", &data);
