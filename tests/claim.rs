@@ -5,8 +5,12 @@ mod common;
 
 use std::path::Path;
 use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use benchfs::blocking::{ApiError, BenchFS};
+use benchfs::placement::PlacementKey;
 use common::files::{read_file, write_file};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -147,14 +151,63 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// A thread that connects to `path`'s server, then writes `data` to it once `stopped`
+/// says the server was stopped: the write waits in that connection. It makes one request,
+/// at the close: the create with the bytes.
+fn write_once_stopped(
+    cluster: &Cluster,
+    path: &str,
+    data: &[u8],
+    stopped: mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<Result<(), ApiError>> {
+    let (connected_tx, connected) = mpsc::channel();
+    let writer = std::thread::spawn({
+        let (config, path, data) = (cluster.config(), path.to_string(), data.to_vec());
+        move || {
+            let fs = BenchFS::connect(&config).unwrap();
+            assert!(fs.stat(&path).unwrap_err().is_gone());
+            connected_tx.send(()).unwrap();
+            stopped.recv().unwrap();
+            let fd = fs.create(&path, 0o644)?;
+            fs.write(fd, &data)?;
+            fs.close(fd)
+        }
+    });
+    connected.recv().unwrap();
+    writer
+}
+
 #[test]
 fn a_stopped_server_whose_node_id_was_taken_over_stops_serving_when_it_resumes() {
     // Regression (helper-89): a server SIGSTOPped, replaced by a new one with its node id
     // (whose start-up probe found it silent), went on serving its own clients after
-    // SIGCONT, and the two stores drifted apart.
+    // SIGCONT, and the two stores drifted apart. And a request that queued while it was
+    // stopped was answered before its first check: a write acknowledged into a store that
+    // then stopped serving, which the node id's new server never had.
     let mut cluster = Cluster::start(ClusterSpec::backend("file"));
     write_file(&cluster.client(), "/before", &pattern(200_000, 5));
+    let queued = (0..)
+        .map(|i| format!("/queued{i}"))
+        .find(|path| cluster.replicas_of(PlacementKey::Metadata(path))[0] == 1)
+        .unwrap();
+    let queued_data = pattern(1000, 7);
+    let (stopped_tx, stopped) = mpsc::channel::<()>();
+    let writer = write_once_stopped(&cluster, &queued, &queued_data, stopped);
+    // Busy when it stops, as a loaded server is: polling, not asleep on its timers.
+    let busy = Arc::new(AtomicBool::new(true));
+    let pinger = std::thread::spawn({
+        let (config, path, busy) = (cluster.config(), queued.clone(), busy.clone());
+        move || {
+            let fs = BenchFS::connect(&config).unwrap();
+            while busy.load(Ordering::Relaxed) {
+                let _ = fs.stat(&path);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
     cluster.signal(1, "STOP");
+    busy.store(false, Ordering::Relaxed);
+    stopped_tx.send(()).unwrap();
     let stopped_addr = cluster.addr(1);
     let mut replacement = KilledOnDrop(Some(
         cluster
@@ -187,6 +240,14 @@ fn a_stopped_server_whose_node_id_was_taken_over_stops_serving_when_it_resumes()
     );
     cluster.children[1] = replacement.0.take();
     let fs = cluster.client();
+    pinger.join().unwrap();
+    match writer.join().unwrap() {
+        Ok(()) => assert!(
+            read_file(&fs, &queued) == queued_data,
+            "the write acknowledged after the take-over is the cluster's"
+        ),
+        Err(e) => common::note(&format!("the queued write failed: {e}")),
+    }
     let data = pattern(300_000, 6);
     write_file(&fs, "/after", &data);
     assert!(read_file(&fs, "/after") == data, "the cluster serves on");

@@ -17,6 +17,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::budget::PayloadBudget;
+use crate::claim::Fence;
 use crate::handler::ServerState;
 use crate::rpc::{serve, ServeOptions, REQUEST_POLLS};
 use benchfs_config::registry::{self, ServerEntry};
@@ -477,24 +478,24 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
 }
 
 /// What ends the serving: a stop signal, or the registry entry of this server's node id
-/// naming another server ([`crate::claim::until_replaced`]), whose error `replaced` then
-/// holds for the exit.
+/// naming another server (the fence, which then holds the error for the exit).
 fn stop_or_replaced(
     config: &ServerConfig,
     entry: &ServerEntry,
-    replaced: Rc<std::cell::Cell<Option<crate::claim::ClaimError>>>,
-) -> Result<impl std::future::Future<Output = ()>, DaemonError> {
+) -> Result<(Rc<Fence>, impl std::future::Future<Output = ()>), DaemonError> {
     let signal = stop_signal()?;
-    let fence = crate::claim::until_replaced(config.network.registry_dir.clone(), entry.clone());
-    Ok(async move {
+    let fence = Rc::new(Fence::new(
+        config.network.registry_dir.clone(),
+        entry.clone(),
+    ));
+    let replaced = Rc::clone(&fence);
+    let stop = async move {
         tokio::select! {
             () = signal => {}
-            error = fence => {
-                tracing::error!(%error, "draining");
-                replaced.set(Some(error));
-            }
+            () = replaced.until_replaced() => {}
         }
-    })
+    };
+    Ok((fence, stop))
 }
 
 /// What this server publishes: where it listens, the counts clients place by, the
@@ -605,8 +606,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         "benchfsd serving"
     );
     let sweep = start_sweep(&config, &state, &peer_context);
-    let replaced = Rc::new(std::cell::Cell::new(None));
-    let stop = stop_or_replaced(&config, &entry, Rc::clone(&replaced))?;
+    let (fence, stop) = stop_or_replaced(&config, &entry)?;
     let options = serve_options(&config.network);
     // A task of the set, like every hot part of the server: the progress task wakes it and
     // it runs in the same turn.
@@ -616,6 +616,10 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         Rc::clone(&listener),
         options,
         stop,
+        {
+            let fence = Rc::clone(&fence);
+            move || fence.holds()
+        },
     ));
     let served = match serving.await {
         Ok(served) => served,
@@ -640,7 +644,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
     served?;
     withdrawn?;
     synced?;
-    if let Some(error) = replaced.take() {
+    if let Some(error) = fence.replaced() {
         return Err(error.into());
     }
     tracing::info!("benchfsd stopped cleanly");

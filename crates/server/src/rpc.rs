@@ -86,8 +86,9 @@ pub struct ServeOptions {
     pub polls_for_next: u32,
 }
 
-/// Serves requests until `stop` completes, then refuses new connections, finishes the
-/// requests in flight and returns. The listener stays the caller's to keep (see
+/// Serves requests until `stop` completes or `still_ours` (asked before each request)
+/// says this server no longer answers for its node id, then refuses new connections,
+/// finishes the requests in flight and returns. The listener stays the caller's to keep (see
 /// [`Listener::keep_until_exit`]).
 pub async fn serve(
     state: Rc<ServerState>,
@@ -95,6 +96,7 @@ pub async fn serve(
     listener: Rc<Listener>,
     options: ServeOptions,
     stop: impl Future<Output = ()> + 'static,
+    still_ours: impl Fn() -> bool,
 ) -> Result<(), benchfs_ucx::UcxError> {
     let requests = worker.set_am_handler(REQUEST_AM_ID, SERVER_QUEUE_MAX)?;
     let connections = Rc::new(RefCell::new(Connections::new(state.requires_handshake())));
@@ -125,6 +127,11 @@ pub async fn serve(
         let Some(msg) = next.await else {
             break;
         };
+        // Not one request past the moment another server took the node id over: its
+        // client learns so when the connection closes, and asks the registry again.
+        if !still_ours() {
+            break;
+        }
         let Some(msg) = at_once.try_answer(msg) else {
             continue;
         };
@@ -145,25 +152,7 @@ pub async fn serve(
     signal.abort();
     accept.abort();
     listener.refuse();
-    let drain = options.transfer_timeout.min(DRAIN_BEFORE_CLOSING_MAX);
-    if tokio::time::timeout(drain, inflight.drained())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            in_flight = inflight.count.get(),
-            drain_ms = drain.as_millis() as u64,
-            "requests still in flight after draining; closing every client connection"
-        );
-        let clients: Vec<Endpoint> = connections
-            .borrow()
-            .table
-            .values()
-            .map(|entry| entry.ep.clone())
-            .collect();
-        clients.iter().for_each(Endpoint::abort);
-        inflight.drained().await;
-    }
+    drain(&inflight, &connections, &options).await;
     if requests.dropped_count() > 0 {
         tracing::warn!(
             dropped = requests.dropped_count(),
@@ -171,6 +160,31 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Waits for every request in flight to finish, closing every client connection once
+/// that takes longer than the transfer timeout allows.
+async fn drain(inflight: &InFlight, connections: &RefCell<Connections>, options: &ServeOptions) {
+    let drain = options.transfer_timeout.min(DRAIN_BEFORE_CLOSING_MAX);
+    if tokio::time::timeout(drain, inflight.drained())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    tracing::warn!(
+        in_flight = inflight.count.get(),
+        drain_ms = drain.as_millis() as u64,
+        "requests still in flight after draining; closing every client connection"
+    );
+    let clients: Vec<Endpoint> = connections
+        .borrow()
+        .table
+        .values()
+        .map(|entry| entry.ep.clone())
+        .collect();
+    clients.iter().for_each(Endpoint::abort);
+    inflight.drained().await;
 }
 
 /// Runs a request's handling to its end here if it does not wait, else on a task of its
