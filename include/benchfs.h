@@ -44,8 +44,8 @@ extern "C" {
  * reconnects every thread, each at its next call, which first closes the descriptors the
  * thread had open (publishing their sizes, as benchfs_close() does; later calls on them
  * fail with EBADF). Descriptors a thread leaves open when it exits are closed so too.
- * Fails with ENOENT when the registry is missing or lists no server, EINVAL when it holds
- * a file that is no server's entry (the message names it). */
+ * Fails with ENOENT when the registry is missing or lists no server, EINVAL when a
+ * `*.addr` file in it is no server's entry (the message names it). */
 int benchfs_init(const char *registry);
 /* Closes the calling thread's descriptors and connection and forgets the settings;
  * other threads' next calls close their descriptors and fail with ENOTCONN until

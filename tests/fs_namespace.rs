@@ -192,7 +192,7 @@ fn namespace_errors_have_the_right_errno() {
             (RMDIR, "/full", ENOTEMPTY),
             (CREATE, &name256, ENAMETOOLONG),
             (CREATE, &long, ENAMETOOLONG),
-            (CREATE, "", EINVAL),
+            (CREATE, "", ENOENT),
             (CREATE, "relative", EINVAL),
             (CREATE, "/a/../b", EINVAL),
             (CREATE, "/..", EINVAL),
@@ -243,7 +243,7 @@ fn bad_paths_are_refused_and_create_nothing() {
     let long_name = format!("/{}", "n".repeat(256));
     let long_path = format!("/{}", "d".repeat(200)).repeat(21);
     let paths: [(&str, i32); 8] = [
-        ("", libc::EINVAL),
+        ("", libc::ENOENT),
         ("relative/x", libc::EINVAL),
         ("/a/../x", libc::EINVAL),
         ("/..", libc::EINVAL),

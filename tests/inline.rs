@@ -167,6 +167,17 @@ fn the_deferred_create_keeps_posix_where_it_matters() {
     let under_file = fs.open("/m/f/x", create, 0o644).unwrap();
     assert_eq!(errno_of(fs.rmdir("/m")), libc::ENOTEMPTY);
     assert_eq!(errno_of(fs.close(under_file)), libc::ENOTDIR);
+    // So too when a write past the inline size made it (helper-93: the next write went to
+    // the chunks with the placeholder record and panicked, and fsync and close said
+    // ENOENT). Under a missing directory as under a file.
+    for (path, errno) in [("/m/f/y", libc::ENOTDIR), ("/nodir/y", libc::ENOENT)] {
+        let fd = fs.open(path, create, 0o644).unwrap();
+        assert_eq!(errno_of(fs.pwrite(fd, &[1u8; 10_000], 0)), errno, "{path}");
+        assert_eq!(errno_of(fs.pwrite(fd, &[2u8; 10], 0)), errno, "{path}");
+        assert_eq!(errno_of(fs.pwrite(fd, &[3u8; 100_000], 0)), errno, "{path}");
+        assert_eq!(errno_of(fs.fsync(fd)), errno, "{path}");
+        assert_eq!(errno_of(fs.close(fd)), errno, "{path}");
+    }
     // A file this client is making shows in its listing, and unlink removes it.
     let fd = fs
         .open("/dir/g", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)

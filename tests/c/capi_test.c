@@ -113,6 +113,7 @@ static void files_and_errors(void)
     CHECK(benchfs_stat("/c", &st) == 0 && S_ISDIR(st.st_mode));
     CHECK_ERR(benchfs_stat("/c/nope", &st), ENOENT);
     CHECK(strstr(benchfs_last_error(), "/c/nope") != NULL);
+    CHECK_ERR(benchfs_stat("", &st), ENOENT);
     CHECK_ERR(benchfs_stat("/c/f/x", &st), ENOTDIR);
     CHECK_ERR(benchfs_stat("relative", &st), EINVAL);
     CHECK_ERR(benchfs_stat(NULL, &st), EFAULT);

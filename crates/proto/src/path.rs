@@ -39,10 +39,12 @@ pub enum PathError {
 }
 
 impl PathError {
-    /// The wire status for this error: ENAMETOOLONG for lengths, EINVAL otherwise.
+    /// The wire status for this error: ENAMETOOLONG for lengths, ENOENT for the empty
+    /// path (as POSIX calls give it), EINVAL otherwise.
     pub fn status(self) -> Status {
         match self {
             PathError::TooLong | PathError::NameTooLong => Status::NameTooLong,
+            PathError::Empty => Status::NotFound,
             PathError::Root => Status::Exists,
             _ => Status::InvalidArgument,
         }

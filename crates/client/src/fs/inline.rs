@@ -227,6 +227,10 @@ impl FsClient {
     fn where_is(&self, fd: Fd) -> Result<Where, ApiError> {
         self.with_file(fd, |f| match (&f.inline, f.unmade) {
             (_, Some(status)) => Err(fs_err("open", &f.path, status)),
+            // Its create is under way in another call: no chunks to go to yet.
+            (None, None) if f.meta.file_id == NO_FILE_YET => {
+                Err(fs_err("open", &f.path, Status::Busy))
+            }
             (None, None) => Ok(Where::Chunks),
             (Some(Inline::Deferred(_)), None) => Ok(Where::Deferred),
             (Some(Inline::Held(_)), None) => Ok(Where::Held),
@@ -241,15 +245,21 @@ impl FsClient {
     pub(super) async fn make_deferred(&self, fd: Fd) -> Result<(), ApiError> {
         if matches!(self.where_is(fd)?, Where::Deferred) {
             if let Err(e) = self.create_inline(fd).await {
-                self.with_file(fd, |f| {
-                    if f.inline.is_none() && f.meta.file_id == NO_FILE_YET {
-                        f.unmade = Some(e.cause_status());
-                    }
-                })?;
-                return Err(e);
+                return Err(self.unmade_by(fd, e));
             }
         }
         Ok(())
+    }
+
+    /// Passes on `e`, the failure of a deferred handle's create, first leaving the handle
+    /// with no file if the create made none.
+    fn unmade_by(&self, fd: Fd, e: ApiError) -> ApiError {
+        let _ = self.with_file(fd, |f| {
+            if f.inline.is_none() && f.meta.file_id == NO_FILE_YET {
+                f.unmade = Some(e.cause_status());
+            }
+        });
+        e
     }
 
     /// Makes the files of this client's deferred handles of `path`.
@@ -485,7 +495,9 @@ impl FsClient {
                     return Ok(Some(len));
                 }
                 let (path, d) = self.take_deferred(fd)?;
-                self.make_plain(fd, &path, d).await?;
+                if let Err(e) = self.make_plain(fd, &path, d).await {
+                    return Err(self.unmade_by(fd, e));
+                }
                 Box::pin(self.write_inline(fd, data, offset)).await
             }
             Where::Held => {
