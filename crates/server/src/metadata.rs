@@ -1163,7 +1163,7 @@ mod tests {
             m.create_file("/a/../b", 0, 0, Owner::default()),
             Err(Status::InvalidArgument)
         );
-        assert_eq!(m.lookup(""), Err(Status::InvalidArgument));
+        assert_eq!(m.lookup(""), Err(Status::NotFound));
         assert_eq!(
             m.create_file(&format!("/{}", "n".repeat(300)), 0, 0, Owner::default()),
             Err(Status::NameTooLong)
