@@ -331,7 +331,7 @@ pub fn read(dir: &Path) -> Result<Vec<ServerEntry>, RegistryError> {
         let entry = parse_entry(&text).map_err(malformed)?;
         // A server writes its entry to `<node id>.addr` only, so an entry anywhere else
         // is a stray copy, and two of one node id would give the ring a node twice.
-        if *name != format!("{}.addr", entry.node_id) {
+        if path != entry_path(dir, &entry.node_id) {
             return Err(malformed(format!(
                 "it holds node {}'s entry, which a server publishes as {}.addr only",
                 entry.node_id, entry.node_id

@@ -4,7 +4,7 @@
 //! overwrote the registry entry (clients then read zeros from its empty store) and, on a
 //! shared data directory, rewrote the running server's journal.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -160,7 +160,7 @@ pub struct Fence {
     ours: ServerEntry,
     /// When the last check passed, on [`coarse_now`]'s clock.
     checked_at: Cell<Duration>,
-    replaced: Cell<Option<ClaimError>>,
+    replaced: RefCell<Option<ClaimError>>,
 }
 
 impl Fence {
@@ -170,7 +170,7 @@ impl Fence {
             registry_dir,
             ours,
             checked_at: Cell::new(coarse_now()),
-            replaced: Cell::new(None),
+            replaced: RefCell::new(None),
         }
     }
 
@@ -202,9 +202,7 @@ impl Fence {
 
     /// Reads the entry; false (and the error kept) if it names another server.
     fn check(&self) -> bool {
-        let replaced = self.replaced.take();
-        if replaced.is_some() {
-            self.replaced.set(replaced);
+        if self.replaced.borrow().is_some() {
             return false;
         }
         let published = registry::published(&self.registry_dir, &self.ours.node_id);
@@ -216,7 +214,7 @@ impl Fence {
                 entry: registry::entry_path(&self.registry_dir, &self.ours.node_id),
             };
             tracing::error!(%error, "draining");
-            self.replaced.set(Some(error));
+            *self.replaced.borrow_mut() = Some(error);
             return false;
         }
         self.checked_at.set(coarse_now());
@@ -225,8 +223,8 @@ impl Fence {
 }
 
 /// The monotonic clock at the kernel tick's resolution, read with every request: 5 ns on
-/// our VM against 24 ns for the precise clock.
-/// Zero if it cannot be read (then only the interval's checks run).
+/// our VM against 24 ns for the precise clock. Zero if it cannot be read (then only the
+/// interval's checks run).
 fn coarse_now() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .map_or(Duration::ZERO, Duration::from)

@@ -88,8 +88,8 @@ pub struct ServeOptions {
 
 /// Serves requests until `stop` completes or `still_ours` (asked before each request)
 /// says this server no longer answers for its node id, then refuses new connections,
-/// finishes the requests in flight and returns. The listener stays the caller's to keep (see
-/// [`Listener::keep_until_exit`]).
+/// finishes the requests in flight and returns. The listener stays the caller's to keep
+/// (see [`Listener::keep_until_exit`]).
 pub async fn serve(
     state: Rc<ServerState>,
     worker: Rc<Worker>,

@@ -232,17 +232,16 @@ impl FsClient {
             true => self.append_offset(fd, data.len() as u64).await?,
             false => (pos, None),
         };
-        let (wrote_to, write_ends) = self.with_file(fd, |f| match appends {
-            true => (f.wrote_to, f.write_ends.clone()),
-            false => (None, Vec::new()),
-        })?;
+        let write_ends = match appends {
+            true => Some(self.with_file(fd, |f| f.write_ends.clone())?),
+            false => None,
+        };
         let n = self.pwrite_from(fd, data, offset, append_cut_gen).await?;
         self.with_file(fd, |f| {
             f.pos = offset + n as u64;
-            if appends {
-                // An append's claim put it before any cut the close finds: a cut range
-                // is not grown back for it (its time is still published).
-                f.wrote_to = Some(wrote_to.unwrap_or(0));
+            // An append's claim put it before any cut the close finds: a cut range is
+            // not grown back for it (its time is still published).
+            if let Some(write_ends) = write_ends {
                 f.write_ends = write_ends;
             }
         })?;
@@ -378,7 +377,7 @@ impl FsClient {
         }
         let end = offset + len as u64;
         self.with_file(fd, |f| {
-            f.wrote_to = f.wrote_to.max(Some(end));
+            f.wrote = true;
             super::handles::note_write_end(&mut f.write_ends, end);
             if end > f.size {
                 f.size = end;

@@ -38,16 +38,16 @@ pub(super) struct OpenFile {
     pub(super) size: u64,
     /// Whether `size` grew past what the metadata owner holds.
     pub(super) size_dirty: bool,
-    /// How far the handle's writes in place since it last published reach (0 for appends
-    /// alone), if it wrote: its close then moves the file's modification time even when
-    /// the size did not grow, as a write in place does on Linux (a file rewritten in place
-    /// kept its old time, which `rsync` and `make` trust), and keeps writes that landed
-    /// after another client cut the file (see [`FsClient::publish_writes`]).
-    pub(super) wrote_to: Option<u64>,
+    /// Whether the handle wrote since it last published: its close then moves the file's
+    /// modification time even when the size did not grow, as a write in place does on
+    /// Linux (a file rewritten in place kept its old time, which `rsync` and `make`
+    /// trust).
+    pub(super) wrote: bool,
     /// The ends of the handle's writes in place since it last published, largest first,
     /// each the end of a write later than those before it ([`note_write_end`]): after
     /// another client's cut, the close keeps the largest of those writes that landed
-    /// after it, which need not be the largest of all.
+    /// after it, which need not be the largest of all (see [`FsClient::publish_writes`]).
+    /// Appends add none.
     pub(super) write_ends: Vec<u64>,
     /// Why this handle's deferred create failed, when it did: the handle has no file, and
     /// every later call on it fails so (see `inline::make_deferred`).
@@ -105,7 +105,7 @@ impl OpenFile {
             pos: 0,
             size: meta.size,
             size_dirty: false,
-            wrote_to: None,
+            wrote: false,
             write_ends: Vec::new(),
             unmade: None,
             write_error: None,
@@ -237,7 +237,7 @@ impl FsClient {
         self.write_error(fd)?;
         let Some((path, meta, grown, ends, changes)) = self.with_file(fd, |f| {
             let grown = f.size_dirty.then_some(f.size);
-            (grown.is_some() || f.wrote_to.is_some()).then(|| {
+            (grown.is_some() || f.wrote).then(|| {
                 let ends = f.write_ends.clone();
                 (f.path.clone(), f.meta, grown, ends, f.own_changes)
             })
@@ -248,7 +248,7 @@ impl FsClient {
         let meta = self.publish_writes(&path, meta, grown, &ends).await?;
         self.with_file(fd, |f| {
             f.size_dirty = false;
-            f.wrote_to = None;
+            f.wrote = false;
             f.write_ends.clear();
             if let Some(meta) = meta {
                 // The times the update gave: this handle's fstat shows its own writes'.
@@ -600,7 +600,7 @@ impl FsClient {
         self.drain_path_writes(path).await;
         let dirty = self.fds_where(|f| {
             f.path == path
-                && (f.size_dirty || f.wrote_to.is_some())
+                && (f.size_dirty || f.wrote)
                 && f.write_error.is_none()
                 && f.unmade.is_none()
         });

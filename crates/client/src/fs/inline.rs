@@ -665,7 +665,7 @@ impl FsClient {
             if f.own_changes != changes {
                 return;
             }
-            let nothing_to_publish = !f.size_dirty && f.wrote_to.is_none();
+            let nothing_to_publish = !f.size_dirty && !f.wrote;
             if nothing_to_publish {
                 // Its later writes come after every cut the record shows.
                 f.meta.cut_gen = record.meta.cut_gen;

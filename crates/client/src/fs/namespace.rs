@@ -577,7 +577,7 @@ impl FsClient {
         for file in self.files.borrow_mut().values_mut() {
             if file.path == path {
                 file.size_dirty = false;
-                file.wrote_to = None;
+                file.wrote = false;
                 file.write_ends.clear();
             }
         }
@@ -729,7 +729,7 @@ impl FsClient {
             f.cut_to(meta.size);
             // The cut's time covers what the handles wrote before it, and its count is
             // the one their later writes publish against.
-            f.wrote_to = None;
+            f.wrote = false;
             f.write_ends.clear();
             f.meta.cut_gen = meta.cut_gen;
             if let Some(Inline::Held(copy)) = &mut f.inline {
