@@ -388,17 +388,18 @@ fn unknown_device_stops_the_server_naming_the_key() {
     );
 }
 
-#[test]
-fn namespace_server_listens_only_on_its_address() {
-    let _host = host_network();
+/// A network namespace linked to this host by a veth pair of this test's own, in a /24
+/// no interface here uses: the namespace, its address and its link's name; `None`
+/// (skipped, saying so) where namespaces cannot be made.
+fn linked_namespace(case: &str) -> Option<(Netns, Ipv4Addr, String)> {
     let netns = match Netns::create() {
         Ok(n) => n,
         Err(e) => {
             common::skip(
-                "the network-namespace case of listen.rs",
+                case,
                 &format!("cannot create a network namespace (needs root and iproute2): {e}"),
             );
-            return;
+            return None;
         }
     };
     // A /24 of 10.250.0.0/16 that no interface here uses, on this test's own veth pair.
@@ -417,6 +418,16 @@ fn namespace_server_listens_only_on_its_address() {
     let host = Ipv4Addr::new(10, 250, subnet, 1);
     let inner = Ipv4Addr::new(10, 250, subnet, 2);
     let peer = netns.link(host, inner);
+    Some((netns, inner, peer))
+}
+
+#[test]
+fn namespace_server_listens_only_on_its_address() {
+    let _host = host_network();
+    let Some((netns, inner, peer)) = linked_namespace("the network-namespace case of listen.rs")
+    else {
+        return;
+    };
     let prefix = ["ip", "netns", "exec", netns.name.as_str()];
     let server = Server::start(&prefix, &format!("{inner}:0"), &[]).unwrap();
     // Reachable from the host side of the pair; served first, so that whatever a
@@ -444,6 +455,53 @@ fn namespace_server_listens_only_on_its_address() {
         "with devices = [\"all\"] UCX should listen on the namespace's loopback too: {addrs:?}"
     );
     drop((all, server));
+    drop(netns);
+}
+
+#[test]
+fn a_bind_to_a_secondary_address_is_refused_unless_devices_say_so() {
+    let _host = host_network();
+    let Some((netns, first, peer)) = linked_namespace("the secondary-address case of listen.rs")
+    else {
+        return;
+    };
+    let [a, b, c, _] = first.octets();
+    let secondary = Ipv4Addr::new(a, b, c, 3);
+    common::netns::ip(&[
+        "netns",
+        "exec",
+        &netns.name,
+        "ip",
+        "addr",
+        "add",
+        &format!("{secondary}/24"),
+        "dev",
+        &peer,
+    ])
+    .unwrap();
+    let prefix = ["ip", "netns", "exec", netns.name.as_str()];
+    // UCX's own socket would be on the first address, where a peer that reaches only the
+    // secondary one cannot follow the handshake: the server must not come up and publish.
+    let err = Server::start(&prefix, &format!("{secondary}:0"), &[])
+        .err()
+        .expect("a server bound to a secondary address must not start");
+    for named in [
+        "network.bind_addr",
+        &secondary.to_string(),
+        &first.to_string(),
+        &peer,
+    ] {
+        assert!(err.contains(named), "the error names {named}: {err}");
+    }
+    // Listing the interface is the deliberate choice, and serves.
+    let server = Server::start(
+        &prefix,
+        &format!("{secondary}:0"),
+        &[("BENCHFS_NETWORK_DEVICES", peer.as_str())],
+    )
+    .unwrap();
+    assert_eq!(server.addr().ip(), IpAddr::V4(secondary));
+    drop(server);
     drop(netns);
 }
 

@@ -347,13 +347,18 @@ fn derived_devices(
                 interface.name
             )))
         }
-        Some(first) if first != bind => tracing::warn!(
-            bind_addr = %network.bind_addr,
-            interface = %interface.name,
-            "UCX's tcp transport listens on the first address of {}, {first}, not on the \
-             bind address",
-            interface.name
-        ),
+        // Peers reach the listener at the bind address and then open their data
+        // connections to UCX's own socket, on the interface's first address: a server
+        // bound elsewhere came up, published, and was unreachable from a network that
+        // routes only the bind address, and it listened where it was not told to.
+        Some(first) if first != bind => {
+            return Err(invalid(format!(
+                "{bind} is not the first address of interface {}, {first}, and UCX's tcp \
+                 transport listens only on an interface's first address: bind {first}, or \
+                 set network.devices = [\"{}\"] to listen there as well",
+                interface.name, interface.name
+            )))
+        }
         Some(_) => {}
     }
     let mut devices = vec![interface.name.clone()];
