@@ -1575,6 +1575,47 @@ fn an_append_after_another_clients_cut_lands_at_the_cut() {
 }
 
 #[test]
+fn an_open_by_name_finds_what_another_client_put_there_since_the_kernel_looked() {
+    // Found by a hostile run: within the kernel's entry timeout, an open by a name that
+    // another client had moved opened the moved file under its new name.
+    let Some(mut m) = Mounted::start("fuse renamed names", ClusterSpec::default(), "") else {
+        return;
+    };
+    let other = m.cluster.client();
+    // Moved over another file: the open makes the name again, the moved file stays.
+    std::fs::write(m.root.join("f4"), "f4\n").unwrap();
+    std::fs::write(m.root.join("f2"), "f2\n").unwrap();
+    assert_eq!(read(&m.root.join("f2")), b"f2\n");
+    other.rename("/f2", "/f4").unwrap();
+    std::fs::write(m.root.join("f2"), "new f2\n").unwrap();
+    assert_eq!(common::files::read_file(&other, "/f2"), b"new f2\n");
+    assert_eq!(common::files::read_file(&other, "/f4"), b"f2\n");
+    // Moved away and made again: a read opens the new file.
+    std::fs::write(m.root.join("a"), "old a\n").unwrap();
+    assert_eq!(read(&m.root.join("a")), b"old a\n");
+    other.rename("/a", "/b").unwrap();
+    common::files::write_file(&other, "/a", b"new a\n");
+    assert_eq!(read(&m.root.join("a")), b"new a\n");
+    // A log rotated by another client: the next append goes to the new log.
+    std::fs::write(m.root.join("log"), "first\n").unwrap();
+    assert_eq!(read(&m.root.join("log")), b"first\n");
+    other.rename("/log", "/log.1").unwrap();
+    common::files::write_file(&other, "/log", b"");
+    append_records(&m.root.join("log"), std::iter::once("second\n".to_string()));
+    assert_eq!(common::files::read_file(&other, "/log"), b"second\n");
+    assert_eq!(common::files::read_file(&other, "/log.1"), b"first\n");
+    // A file still open follows its rename: its descriptor is the file's, not the name's.
+    let mut open = std::fs::File::open(m.root.join("b")).unwrap();
+    other.rename("/b", "/c").unwrap();
+    let mut held = String::new();
+    std::io::Read::read_to_string(&mut open, &mut held).unwrap();
+    assert_eq!(held, "old a\n");
+    assert_eq!(open.metadata().unwrap().len(), 6);
+    drop(open);
+    m.unmount();
+}
+
+#[test]
 fn names_another_client_removed_and_made_again_open_at_once() {
     // Found by a hostile run: for as long as the kernel kept its entry for a name (a
     // second), an O_CREAT open of a file another client had removed failed with ENOENT,

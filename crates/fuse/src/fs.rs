@@ -176,6 +176,22 @@ impl BenchFuse {
         Ok((moved, meta))
     }
 
+    /// The record of node `ino` at the name this mount knows it by, for an open by name:
+    /// ESTALE when another file holds that name now or none does, not the file's new name
+    /// as [`Self::record`] follows it. The kernel opens the node its cached entry names,
+    /// which may be up to `entry_timeout` old: following another mount's rename there
+    /// wrote `echo new > f2` into the file moved from `f2` to `f4`, and `cat a` read the
+    /// file moved away from `a` (a hostile run). On ESTALE the kernel looks the name up
+    /// again (LOOKUP_REVAL) and opens what it names now, as NFS's close-to-open does.
+    fn record_at_its_name(&self, req: &Request, ino: INodeNo) -> Result<(String, FileMetadata)> {
+        let path = self.path_of(ino)?;
+        match self.stat(req, &path) {
+            Ok(meta) if ino_of(&meta) == ino.0 => Ok((path, meta)),
+            Ok(_) => Err(Errno::ESTALE),
+            Err(e) => Err(stale_node(e)),
+        }
+    }
+
     /// How long the kernel may keep node `ino`'s attributes: not at all while a handle has
     /// writes whose times its close publishes, else the old times would show past the
     /// close for the whole timeout.
@@ -814,7 +830,7 @@ impl Filesystem for BenchFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.record(req, ino) {
+        match self.record_at_its_name(req, ino) {
             Ok((_, meta)) if meta.is_dir() => reply.error(Errno::EISDIR),
             Ok((path, meta)) => {
                 let fh = self.open_handle(&path, &meta);
