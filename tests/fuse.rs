@@ -1577,8 +1577,10 @@ fn an_append_after_another_clients_cut_lands_at_the_cut() {
 #[test]
 fn an_open_by_name_finds_what_another_client_put_there_since_the_kernel_looked() {
     // Found by a hostile run: within the kernel's entry timeout, an open by a name that
-    // another client had moved opened the moved file under its new name.
-    let Some(mut m) = Mounted::start("fuse renamed names", ClusterSpec::default(), "") else {
+    // another client had moved opened the moved file under its new name. Long timeouts
+    // keep the kernel's entries for the old names however slow the host.
+    let options = "entry_timeout=30,attr_timeout=30";
+    let Some(mut m) = Mounted::start("fuse renamed names", ClusterSpec::default(), options) else {
         return;
     };
     let other = m.cluster.client();
@@ -1604,13 +1606,40 @@ fn an_open_by_name_finds_what_another_client_put_there_since_the_kernel_looked()
     append_records(&m.root.join("log"), std::iter::once("second\n".to_string()));
     assert_eq!(common::files::read_file(&other, "/log"), b"second\n");
     assert_eq!(common::files::read_file(&other, "/log.1"), b"first\n");
-    // A file still open follows its rename: its descriptor is the file's, not the name's.
+    // The same with a writer of the log open here, whose unpublished writes make the
+    // kernel ask the node's attributes (which find the file at its new name) first.
+    let mut writer = OpenOptions::new()
+        .append(true)
+        .open(m.root.join("log"))
+        .unwrap();
+    writer.write_all(b"third\n").unwrap();
+    other.rename("/log", "/log.2").unwrap();
+    common::files::write_file(&other, "/log", b"");
+    append_records(&m.root.join("log"), std::iter::once("fourth\n".to_string()));
+    drop(writer);
+    assert_eq!(common::files::read_file(&other, "/log"), b"fourth\n");
+    assert_eq!(
+        common::files::read_file(&other, "/log.2"),
+        b"second\nthird\n"
+    );
+    // The new name looked up here first: the old one still opens what it holds now.
+    std::fs::write(m.root.join("n"), "old n\n").unwrap();
+    assert_eq!(read(&m.root.join("n")), b"old n\n");
+    other.rename("/n", "/n.old").unwrap();
+    common::files::write_file(&other, "/n", b"new n\n");
+    assert_eq!(std::fs::metadata(m.root.join("n.old")).unwrap().len(), 6);
+    assert_eq!(read(&m.root.join("n")), b"new n\n");
+    assert_eq!(read(&m.root.join("n.old")), b"old n\n");
+    // A file still open follows its rename: its descriptor is the file's, not the name's,
+    // and so is an open through its link in /proc, which has no name to look up again.
     let mut open = std::fs::File::open(m.root.join("b")).unwrap();
     other.rename("/b", "/c").unwrap();
     let mut held = String::new();
     std::io::Read::read_to_string(&mut open, &mut held).unwrap();
     assert_eq!(held, "old a\n");
     assert_eq!(open.metadata().unwrap().len(), 6);
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&open));
+    assert_eq!(read(Path::new(&link)), b"old a\n");
     drop(open);
     m.unmount();
 }

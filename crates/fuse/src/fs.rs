@@ -44,6 +44,9 @@ const SIZE_LOCKS: usize = 64;
 /// How many times a create that met an existing file, removed before it could be looked
 /// at, makes the file again.
 const CREATE_TRIES_MAX: usize = 8;
+/// How soon after an open refused as stale the kernel's one retry comes (at once, but a
+/// loaded host may delay it): an open of the node then follows its file.
+const STALE_OPEN_RETRY_WITHIN: Duration = Duration::from_secs(1);
 
 thread_local! {
     static CLIENT: RefCell<Option<BenchFS>> = const { RefCell::new(None) };
@@ -178,12 +181,17 @@ impl BenchFuse {
 
     /// The record of node `ino` at the name this mount knows it by, for an open by name:
     /// ESTALE when another file holds that name now or none does, not the file's new name
-    /// as [`Self::record`] follows it. The kernel opens the node its cached entry names,
-    /// which may be up to `entry_timeout` old: following another mount's rename there
-    /// wrote `echo new > f2` into the file moved from `f2` to `f4`, and `cat a` read the
-    /// file moved away from `a` (a hostile run). On ESTALE the kernel looks the name up
-    /// again (LOOKUP_REVAL) and opens what it names now, as NFS's close-to-open does.
+    /// as [`Self::record`] follows it, and ESTALE too while the kernel may still hold an
+    /// entry for a name another client moved the node from (the open does not say which
+    /// name the kernel walked). The kernel opens the node its cached entry names, which
+    /// may be up to `entry_timeout` old: following another mount's rename there wrote
+    /// `echo new > f2` into the file moved from `f2` to `f4`, and `cat a` read the file
+    /// moved away from `a` (a hostile run). On ESTALE the kernel looks the name up again
+    /// (LOOKUP_REVAL) and opens what it names now, as NFS's close-to-open does.
     fn record_at_its_name(&self, req: &Request, ino: INodeNo) -> Result<(String, FileMetadata)> {
+        if self.inodes.moved_within(ino.0, self.settings.entry_timeout) {
+            return Err(Errno::ESTALE);
+        }
         let path = self.path_of(ino)?;
         match self.stat(req, &path) {
             Ok(meta) if ino_of(&meta) == ino.0 => Ok((path, meta)),
@@ -830,7 +838,20 @@ impl Filesystem for BenchFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.record_at_its_name(req, ino) {
+        // Right after a refusal the kernel asks once more: with the name looked up afresh,
+        // or through a link to the node itself (`/proc/self/fd/N`), which has no name to
+        // look up again. Either way the node's file is meant, wherever it is now.
+        let found = match self
+            .inodes
+            .take_open_refusal(ino.0, STALE_OPEN_RETRY_WITHIN)
+        {
+            true => self.record(req, ino),
+            false => self.record_at_its_name(req, ino),
+        };
+        if found.as_ref().is_err_and(|e| *e == Errno::ESTALE) {
+            self.inodes.refuse_open(ino.0);
+        }
+        match found {
             Ok((_, meta)) if meta.is_dir() => reply.error(Errno::EISDIR),
             Ok((path, meta)) => {
                 let fh = self.open_handle(&path, &meta);

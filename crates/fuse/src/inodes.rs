@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use benchfs_proto::path;
 
@@ -14,6 +15,30 @@ struct Node {
     path: String,
     /// Lookups the kernel holds (it forgets them with FORGET).
     lookups: u64,
+    /// When this mount learnt that another client moved the node to `path`: until the
+    /// kernel's entries age out, one for the old name may still lead here.
+    moved_at: Option<Instant>,
+    /// When an open of the node was last refused as stale (`BenchFuse::open`).
+    open_refused_at: Option<Instant>,
+}
+
+impl Node {
+    fn new(path: String, lookups: u64) -> Node {
+        Node {
+            path,
+            lookups,
+            moved_at: None,
+            open_refused_at: None,
+        }
+    }
+
+    /// Sets the node's path to `path`, which another client moved it to if it differs.
+    fn moved_to(&mut self, path: &str) {
+        if !self.path.is_empty() && self.path != path {
+            self.moved_at = Some(Instant::now());
+        }
+        self.path = path.to_string();
+    }
 }
 
 /// The nodes the kernel knows, by node id.
@@ -24,13 +49,7 @@ pub(crate) struct Inodes {
 impl Inodes {
     pub(crate) fn new() -> Inodes {
         let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT,
-            Node {
-                path: "/".into(),
-                lookups: 1,
-            },
-        );
+        nodes.insert(ROOT, Node::new("/".into(), 1));
         Inodes {
             nodes: Mutex::new(nodes),
         }
@@ -49,11 +68,10 @@ impl Inodes {
     /// Records one more kernel lookup of `ino` at `path`.
     pub(crate) fn remember(&self, ino: u64, path: &str) {
         let mut nodes = self.lock();
-        let node = nodes.entry(ino).or_insert_with(|| Node {
-            path: String::new(),
-            lookups: 0,
-        });
-        node.path = path.to_string();
+        let node = nodes
+            .entry(ino)
+            .or_insert_with(|| Node::new(String::new(), 0));
+        node.moved_to(path);
         node.lookups += 1;
     }
 
@@ -74,8 +92,31 @@ impl Inodes {
     /// Node `ino` is at `path` now (another mount renamed it).
     pub(crate) fn relocate(&self, ino: u64, path: &str) {
         if let Some(node) = self.lock().get_mut(&ino) {
-            node.path = path.to_string();
+            node.moved_to(path);
         }
+    }
+
+    /// Whether another client moved node `ino` within `within`.
+    pub(crate) fn moved_within(&self, ino: u64, within: Duration) -> bool {
+        self.lock()
+            .get(&ino)
+            .and_then(|n| n.moved_at)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// An open of node `ino` was refused as stale.
+    pub(crate) fn refuse_open(&self, ino: u64) {
+        if let Some(node) = self.lock().get_mut(&ino) {
+            node.open_refused_at = Some(Instant::now());
+        }
+    }
+
+    /// Whether an open of node `ino` was refused as stale within `within`; forgets it.
+    pub(crate) fn take_open_refusal(&self, ino: u64, within: Duration) -> bool {
+        self.lock()
+            .get_mut(&ino)
+            .and_then(|n| n.open_refused_at.take())
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// Follows a rename of `from` to `to` in every known path.

@@ -352,12 +352,17 @@ fn derived_devices(
         // bound elsewhere came up, published, and was unreachable from a network that
         // routes only the bind address, and it listened where it was not told to.
         Some(first) if first != bind => {
+            let devices: Vec<String> = std::iter::once(interface.name.clone())
+                .chain(netif::rdma_ports_of(&interface.name))
+                .map(|d| format!("{d:?}"))
+                .collect();
             return Err(invalid(format!(
                 "{bind} is not the first address of interface {}, {first}, and UCX's tcp \
                  transport listens only on an interface's first address: bind {first}, or \
-                 set network.devices = [\"{}\"] to listen there as well",
-                interface.name, interface.name
-            )))
+                 set network.devices = [{}] to listen there as well",
+                interface.name,
+                devices.join(", ")
+            )));
         }
         Some(_) => {}
     }
