@@ -232,19 +232,8 @@ impl FsClient {
             true => self.append_offset(fd, data.len() as u64).await?,
             false => (pos, None),
         };
-        let write_ends = match appends {
-            true => Some(self.with_file(fd, |f| f.write_ends.clone())?),
-            false => None,
-        };
         let n = self.pwrite_from(fd, data, offset, append_cut_gen).await?;
-        self.with_file(fd, |f| {
-            f.pos = offset + n as u64;
-            // An append's claim put it before any cut the close finds: a cut range is
-            // not grown back for it (its time is still published).
-            if let Some(write_ends) = write_ends {
-                f.write_ends = write_ends;
-            }
-        })?;
+        self.with_file(fd, |f| f.pos = offset + n as u64)?;
         Ok(n)
     }
 
@@ -340,7 +329,8 @@ impl FsClient {
             .await
     }
 
-    /// [`FsClient::pwrite`] of `data`; an append's bytes carry the cut count of its claim.
+    /// [`FsClient::pwrite`] of `data`; an append's bytes carry the cut count of its claim
+    /// (`append_cut_gen`), and it notes no write end.
     pub(super) async fn pwrite_from(
         &self,
         fd: Fd,
@@ -378,7 +368,11 @@ impl FsClient {
         let end = offset + len as u64;
         self.with_file(fd, |f| {
             f.wrote = true;
-            super::handles::note_write_end(&mut f.write_ends, end);
+            // An append's claim put it before any cut the close finds: a cut range is
+            // not grown back for it (its time is still published).
+            if append_cut_gen.is_none() {
+                super::handles::note_write_end(&mut f.write_ends, end);
+            }
             if end > f.size {
                 f.size = end;
                 f.size_dirty = true;
