@@ -30,7 +30,7 @@
 # PREFAULT_BYTES: chunk memory each BenchFS server faults in at start
 # (storage.prefault_bytes; default 0, as CHFS's tmpfs store faults its pages in as it
 # grows too). HUGE_PAGES=true: BenchFS chunk memory asks for huge pages
-# (storage.huge_pages; default false).
+# (storage.huge_pages: true, false or auto, the default).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 peers=${1:?usage: compare-chfs.sh PEERS_PREFIX [ROUNDS]}
@@ -144,7 +144,7 @@ for round in $(seq "$rounds"); do
     done
 done
 
-echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us, prefault ${PREFAULT_BYTES:-0} bytes, huge pages ${HUGE_PAGES:-false}"
+echo "# CHFS 3.0.2 vs BenchFS: $servers servers each, $ranks IOR/mdtest ranks, RDMA threshold $rdma_thresh, median of $rounds interleaved rounds, $(nproc) cores, BenchFS busy poll ${BUSY_POLL_US:-default} us, prefault ${PREFAULT_BYTES:-0} bytes, huge pages ${HUGE_PAGES:-auto}"
 # A VM that hands freed memory back to its hypervisor (virtio balloon, device 5, feature
 # bit 5) makes every first write into fresh memory wait for the hypervisor: both file
 # systems' easy writes then measure it (docs/compare-chfs.md).

@@ -637,6 +637,8 @@ fn a_run_given_only_the_registry_reports_the_clusters_settings() {
     assert_eq!(setting("replicas"), Some("2"), "{config:?}");
     assert_eq!(setting("backend"), Some("file"), "{config:?}");
     assert_eq!(setting("chunk_size"), Some("262144"), "{config:?}");
+    // `auto` gives a disk backend no huge pages, whatever the host.
+    assert_eq!(setting("huge_pages"), Some("false"), "{config:?}");
     assert_eq!(setting("servers"), Some("2"), "{config:?}");
 }
 

@@ -871,20 +871,40 @@ fn memory_servers_ask_for_huge_pages_for_chunks_when_told_to() {
     // A server asks for as many huge pages as the kernel has free twice over: with plenty
     // free before and after the write, it asked for the whole chunk.
     let plenty = || benchfs_store::free_huge_page_bytes().is_some_and(|free| free >= 16 * CHUNK);
-    let mut cluster = Cluster::start(spec(2));
-    cluster.kill(0);
-    cluster.restart_with_env(0, &[("BENCHFS_STORAGE_HUGE_PAGES", "true")]);
-    let pids: Vec<u32> = (0..2)
+    // Servers 0 and 1 are told yes and no; server 2 keeps the default, `auto`, which says
+    // yes unless this host hands freed memory back to a hypervisor.
+    let mut cluster = Cluster::start(spec(3));
+    for (i, value) in [(0, "true"), (1, "false")] {
+        cluster.kill(i);
+        cluster.restart_with_env(i, &[("BENCHFS_STORAGE_HUGE_PAGES", value)]);
+    }
+    let auto_says = !benchfs_store::free_page_reporting(std::path::Path::new(
+        benchfs_store::VIRTIO_DEVICES_DIR,
+    ));
+    let pids: Vec<u32> = (0..3)
         .map(|i| cluster.children[i].as_ref().unwrap().id())
         .collect();
     let data = pattern(CHUNK as usize, 9);
     let plenty_before = plenty();
     Rt::new().block_on(async {
-        for i in 0..2 {
+        for i in 0..3 {
             let conn = rpc_client(b"").connect(cluster.addr(i)).await.unwrap();
             write(&conn, 1, i as u64, 0, data.clone()).await;
         }
     });
+    // Each server publishes what it chose.
+    let published = benchfs_config::registry::read(&cluster.registry()).unwrap();
+    for (i, want) in [(0, true), (1, false), (2, auto_says)] {
+        let entry = published
+            .iter()
+            .find(|e| e.node_id == Cluster::node_id(i))
+            .unwrap_or_else(|| panic!("node{i} is not in the registry: {published:?}"));
+        assert_eq!(
+            entry.settings.get("huge_pages").map(String::as_str),
+            Some(if want { "true" } else { "false" }),
+            "node{i}"
+        );
+    }
     if !(plenty_before && plenty()) {
         common::skip("huge pages", "free memory too fragmented for huge pages");
         return;
@@ -894,7 +914,17 @@ fn memory_servers_ask_for_huge_pages_for_chunks_when_told_to() {
         advised >= CHUNK,
         "a server with huge pages on advised {advised} bytes for a {CHUNK}-byte chunk"
     );
-    assert_eq!(huge_page_advised_bytes(pids[1]), 0, "a default server");
+    assert_eq!(
+        huge_page_advised_bytes(pids[1]),
+        0,
+        "a server with huge pages off"
+    );
+    let advised = huge_page_advised_bytes(pids[2]);
+    assert_eq!(
+        advised >= CHUNK,
+        auto_says,
+        "a default server advised {advised} bytes for a {CHUNK}-byte chunk, where auto says {auto_says}"
+    );
 }
 
 #[test]

@@ -516,8 +516,7 @@ pub fn host_facts() -> (String, String, usize, f64) {
     )
 }
 
-/// Where the kernel lists its virtio devices.
-pub const VIRTIO_DEVICES_DIR: &str = "/sys/bus/virtio/devices";
+pub use benchfs_store::VIRTIO_DEVICES_DIR;
 
 /// What of the host bends a run's figures, for the report: a VM that hands the memory its
 /// processes free back to the hypervisor (virtio-balloon free page reporting) makes a later
@@ -527,7 +526,7 @@ pub const VIRTIO_DEVICES_DIR: &str = "/sys/bus/virtio/devices";
 /// system.
 pub fn host_notes(virtio_devices: &Path) -> Vec<String> {
     let mut notes = Vec::new();
-    if free_page_reporting(virtio_devices) {
+    if benchfs_store::free_page_reporting(virtio_devices) {
         notes.push(
             "a VM that hands freed memory back to its hypervisor (virtio free page reporting): \
              first writes into fresh memory, a store's growth among them, run at the \
@@ -536,26 +535,6 @@ pub fn host_notes(virtio_devices: &Path) -> Vec<String> {
         );
     }
     notes
-}
-
-/// Whether a virtio balloon under `virtio_devices` offers free page reporting: device id 5,
-/// feature bit 5 (`VIRTIO_BALLOON_F_REPORTING`; `features` is one '0'/'1' per bit, bit 0
-/// first).
-fn free_page_reporting(virtio_devices: &Path) -> bool {
-    const BALLOON_DEVICE_ID: u32 = 5;
-    const REPORTING_FEATURE_BIT: usize = 5;
-    let Ok(devices) = std::fs::read_dir(virtio_devices) else {
-        return false;
-    };
-    devices.flatten().any(|device| {
-        let read = |name: &str| std::fs::read_to_string(device.path().join(name));
-        let is_balloon = read("device").is_ok_and(|id| {
-            u32::from_str_radix(id.trim().trim_start_matches("0x"), 16) == Ok(BALLOON_DEVICE_ID)
-        });
-        is_balloon
-            && read("features")
-                .is_ok_and(|bits| bits.as_bytes().get(REPORTING_FEATURE_BIT) == Some(&b'1'))
-    })
 }
 
 /// (year, month, day, hour, minute, second) in UTC of `t`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use benchfs_proto::limits;
-pub use benchfs_store::Backend;
+pub use benchfs_store::{Backend, HugePages};
 
 pub mod registry;
 pub mod secret;
@@ -60,6 +60,19 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
+    }
+}
+
+/// `storage.huge_pages`: `true`, `false` or `"auto"`.
+fn huge_pages(value: toml::Value) -> Result<HugePages, ConfigError> {
+    match value {
+        toml::Value::Boolean(true) => Ok(HugePages::On),
+        toml::Value::Boolean(false) => Ok(HugePages::Off),
+        toml::Value::String(word) if word == "auto" => Ok(HugePages::Auto),
+        other => Err(invalid(
+            "storage.huge_pages",
+            format!("{other} is not true, false or \"auto\""),
+        )),
     }
 }
 
@@ -146,11 +159,11 @@ pub struct StorageConfig {
     /// the memory the host has available; the disk backends refuse it.
     pub prefault_bytes: u64,
     /// Whether the memory backend (or the tiered backend's memory tier) asks for
-    /// transparent huge pages for chunk memory: shared-memory transfers pin each page they
-    /// touch, which costs far less for huge pages, but on a VM that hands free memory back
-    /// to its host they cost more to fault in. Default: no (small pages, as the system's
-    /// THP policy gives them).
-    pub huge_pages: bool,
+    /// transparent huge pages for chunk memory: they fault in faster than small pages and
+    /// shared-memory transfers, which pin each page they touch, cost far less with them;
+    /// but on a VM that hands free memory back to its host they cost more to fault in.
+    /// Default: [`HugePages::Auto`], huge pages unless on such a VM.
+    pub huge_pages: HugePages,
     /// Seconds between sweeps for chunks whose file a server deleted and whose removal
     /// did not reach this one (a stopped server, a client killed mid-delete); 0: none.
     pub orphan_sweep_secs: u64,
@@ -276,7 +289,7 @@ impl Default for ServerConfig {
                 queue_depth: limits::QUEUE_DEPTH_DEFAULT,
                 memory_tier_bytes: benchfs_store::limits::MEMORY_TIER_BYTES_DEFAULT,
                 prefault_bytes: 0,
-                huge_pages: false,
+                huge_pages: HugePages::Auto,
                 orphan_sweep_secs: limits::ORPHAN_SWEEP_SECS_DEFAULT,
                 inline_bytes: limits::INLINE_BYTES_DEFAULT,
                 inject_faults: None,
@@ -360,7 +373,8 @@ struct RawStorage {
     queue_depth: Option<i64>,
     memory_tier_bytes: Option<i64>,
     prefault_bytes: Option<i64>,
-    huge_pages: Option<bool>,
+    /// `true`, `false` or `"auto"`.
+    huge_pages: Option<toml::Value>,
     orphan_sweep_secs: Option<i64>,
     inline_bytes: Option<i64>,
     inject_faults: Option<String>,
@@ -430,7 +444,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("storage", "queue_depth", EnvKind::Int),
     ("storage", "memory_tier_bytes", EnvKind::Int),
     ("storage", "prefault_bytes", EnvKind::Int),
-    ("storage", "huge_pages", EnvKind::Bool),
+    ("storage", "huge_pages", EnvKind::BoolOrAuto),
     ("storage", "orphan_sweep_secs", EnvKind::Int),
     ("storage", "inline_bytes", EnvKind::Int),
     ("storage", "inject_faults", EnvKind::Str),
@@ -475,11 +489,13 @@ const ENV_SECTIONS: &[&str] = &[
     "client",
 ];
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EnvKind {
     Str,
     Int,
     Bool,
+    /// A boolean or `auto`.
+    BoolOrAuto,
     /// Comma-separated strings.
     List,
 }
@@ -639,7 +655,7 @@ impl ServerConfig {
             self.storage.prefault_bytes = non_negative("storage.prefault_bytes", v)?;
         }
         if let Some(v) = s.huge_pages {
-            self.storage.huge_pages = v;
+            self.storage.huge_pages = huge_pages(v)?;
         }
         if let Some(v) = s.inline_bytes {
             self.storage.inline_bytes = non_negative("storage.inline_bytes", v)?;
@@ -1025,7 +1041,7 @@ impl ServerConfig {
             queue_depth: self.storage.queue_depth,
             memory_tier_bytes: self.storage.memory_tier_bytes,
             prefault_bytes: self.storage.prefault_bytes,
-            huge_pages: self.storage.huge_pages,
+            huge_pages: self.storage.huge_pages.resolve(self.storage.backend),
         }
     }
 }
@@ -1133,12 +1149,16 @@ fn parse_env(
                     .map(|s| toml::Value::String(s.to_string()))
                     .collect(),
             ),
-            EnvKind::Bool => {
-                toml::Value::Boolean(match value.trim().to_ascii_lowercase().as_str() {
-                    "1" | "true" | "yes" | "on" => true,
-                    "0" | "false" | "no" | "off" => false,
+            EnvKind::Bool | EnvKind::BoolOrAuto => {
+                match value.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+                    "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
+                    "auto" if kind == EnvKind::BoolOrAuto => toml::Value::String("auto".into()),
+                    other if kind == EnvKind::BoolOrAuto => {
+                        return Err(env_error(format!("{other:?} is not a boolean or auto")))
+                    }
                     other => return Err(env_error(format!("{other:?} is not a boolean"))),
-                })
+                }
             }
         };
         overrides.push((section, key.to_string(), parsed, var));
@@ -1513,19 +1533,40 @@ mod tests {
     }
 
     #[test]
-    fn huge_pages_are_off_unless_turned_on() {
+    fn huge_pages_are_true_false_or_auto_and_auto_asks_the_host() {
         let memory = "[storage]\nbackend = \"memory\"\n";
         let c = ServerConfig::from_env_and_str(memory, env(&[])).unwrap();
+        assert_eq!(c.storage.huge_pages, HugePages::Auto);
+        let on_this_host = !benchfs_store::free_page_reporting(std::path::Path::new(
+            benchfs_store::VIRTIO_DEVICES_DIR,
+        ));
+        assert_eq!(c.store_config().huge_pages, on_this_host);
+        for (value, want) in [("true", true), ("false", false), ("\"auto\"", on_this_host)] {
+            let text = format!("{memory}huge_pages = {value}\n");
+            let c = ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
+            assert_eq!(c.store_config().huge_pages, want, "{value}");
+        }
+        for (value, want) in [("on", true), ("0", false), ("AUTO", on_this_host)] {
+            let var = ("BENCHFS_STORAGE_HUGE_PAGES", value);
+            let c = ServerConfig::from_env_and_str(memory, env(&[var])).unwrap();
+            assert_eq!(c.store_config().huge_pages, want, "{value}");
+        }
+        let var = ("BENCHFS_STORAGE_HUGE_PAGES", "sometimes");
+        let err = ServerConfig::from_env_and_str(memory, env(&[var])).unwrap_err();
+        assert!(err.to_string().contains("not a boolean or auto"), "{err}");
+        for value in ["1", "\"yes\""] {
+            let text = format!("{memory}huge_pages = {value}\n");
+            let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
+            let err = err.to_string();
+            assert!(
+                err.contains("storage.huge_pages") && err.contains("auto"),
+                "{err}"
+            );
+        }
+        // Auto never asks a disk backend for huge pages; asking for them is an error.
+        let c =
+            ServerConfig::from_env_and_str("[storage]\nbackend = \"iouring\"\n", env(&[])).unwrap();
         assert!(!c.store_config().huge_pages);
-        let text = format!("{memory}huge_pages = true\n");
-        let c = ServerConfig::from_env_and_str(&text, env(&[])).unwrap();
-        assert!(c.store_config().huge_pages);
-        let var = ("BENCHFS_STORAGE_HUGE_PAGES", "true");
-        let c = ServerConfig::from_env_and_str(memory, env(&[var])).unwrap();
-        assert!(c.store_config().huge_pages);
-        let text = format!("{memory}huge_pages = 1\n");
-        let err = ServerConfig::from_env_and_str(&text, env(&[])).unwrap_err();
-        assert!(err.to_string().contains("huge_pages"), "{err}");
         let text = "[storage]\nbackend = \"tiered\"\nhuge_pages = true\n";
         ServerConfig::from_env_and_str(text, env(&[])).unwrap();
         for backend in ["file", "iouring"] {

@@ -508,6 +508,9 @@ fn stop_or_replaced(
     Ok((fence, stop))
 }
 
+/// The registry setting that says whether this server's chunk memory takes huge pages.
+const HUGE_PAGES_SETTING: &str = "huge_pages";
+
 /// What this server publishes: where it listens, the counts clients place by, the
 /// settings a benchmark report names, whether it takes shared memory (a client that
 /// offers it to one that does not crashes it inside UCX), and its inode tag (so that no
@@ -520,6 +523,12 @@ fn registry_entry(config: &ServerConfig, addr: SocketAddr, state: &ServerState) 
             ("backend", config.storage.backend.to_string()),
             ("chunk_size", config.storage.chunk_size_bytes.to_string()),
             ("inline_bytes", config.storage.inline_bytes.to_string()),
+            // Whether chunk memory takes huge pages, as `storage.huge_pages` came out on
+            // this host (`auto` asks it).
+            (
+                HUGE_PAGES_SETTING,
+                config.store_config().huge_pages.to_string(),
+            ),
             (
                 registry::SHARED_MEMORY_SETTING,
                 config.network.shared_memory.to_string(),
@@ -610,6 +619,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         %addr,
         backend = %config.storage.backend,
         chunk_size = config.storage.chunk_size_bytes,
+        huge_pages = %entry.settings.get(HUGE_PAGES_SETTING).map_or("", String::as_str),
         data_dir = %config.node.data_dir.display(),
         // Whether io_uring got its fixed buffers: without them every I/O maps pages.
         registered_bytes = state.store().registered_region().map_or(0, |(_, len)| len),

@@ -48,7 +48,7 @@ pub use disk::{IoEngine, StdEngine, UringEngine};
 pub use error::StoreError;
 pub use faulty::{FaultKind, FaultPlan, FaultyStore};
 pub use id::ChunkId;
-pub use mapping::free_huge_page_bytes;
+pub use mapping::{free_huge_page_bytes, free_page_reporting, VIRTIO_DEVICES_DIR};
 pub use memory::{available_memory, InMemoryChunkStore};
 pub use pages::memory_room;
 pub use pages::ChunkView;
@@ -262,6 +262,48 @@ impl FromStr for Backend {
     }
 }
 
+/// Whether chunk memory asks the kernel for transparent huge pages
+/// (`storage.huge_pages`): `true`, `false`, or `"auto"` (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HugePages {
+    /// Huge pages unless the host hands the memory it frees back to a hypervisor
+    /// ([`free_page_reporting`]). Where it does not, a huge page faults in several times
+    /// faster than as many small pages and pins in one step for a shared-memory transfer;
+    /// where it does, every fresh huge page waits for the hypervisor to back it (see the
+    /// README for the figures).
+    #[default]
+    Auto,
+    /// Huge pages.
+    On,
+    /// Small pages, as the system's THP policy gives them.
+    Off,
+}
+
+impl HugePages {
+    /// Whether a store of `backend` on this host takes huge pages: never for a backend
+    /// without chunk memory.
+    pub fn resolve(self, backend: Backend) -> bool {
+        let has_chunk_memory = matches!(backend, Backend::Memory | Backend::Tiered);
+        match self {
+            HugePages::On => true,
+            HugePages::Off => false,
+            HugePages::Auto => {
+                has_chunk_memory && !free_page_reporting(std::path::Path::new(VIRTIO_DEVICES_DIR))
+            }
+        }
+    }
+}
+
+impl fmt::Display for HugePages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HugePages::Auto => "auto",
+            HugePages::On => "true",
+            HugePages::Off => "false",
+        })
+    }
+}
+
 /// How to open a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -292,7 +334,8 @@ pub struct StoreConfig {
     /// free twice over. Shared-memory transfers into and out of chunks pin their pages one
     /// by one, which costs far less for huge pages, but where the kernel's free huge pages
     /// were handed back to a hypervisor they cost more to fault in than small ones (see
-    /// the README). Default: no. The disk backends ignore it.
+    /// the README). [`HugePages::resolve`] decides it from `storage.huge_pages`. The disk
+    /// backends take none.
     pub huge_pages: bool,
 }
 

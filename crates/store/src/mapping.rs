@@ -3,6 +3,7 @@
 //! the memory store's pages (`pages.rs`) both live in mappings made here.
 
 use std::io;
+use std::path::Path;
 use std::ptr::NonNull;
 
 use crate::limits::{HUGE_PAGE_BYTES, PAGE_BYTES};
@@ -209,6 +210,33 @@ impl std::fmt::Debug for Mapping {
     }
 }
 
+/// Where the kernel lists its virtio devices.
+pub const VIRTIO_DEVICES_DIR: &str = "/sys/bus/virtio/devices";
+
+/// Whether a virtio balloon under `virtio_devices` (normally [`VIRTIO_DEVICES_DIR`]) offers
+/// free page reporting: device id 5, feature bit 5 (`VIRTIO_BALLOON_F_REPORTING`;
+/// `features` is one '0'/'1' per bit, bit 0 first). Such a VM's kernel hands the blocks it
+/// has free back to the hypervisor, so the first write to fresh memory waits for the
+/// hypervisor, and most of all for a huge page, which comes only from such blocks: on our
+/// development VM fresh huge pages faulted in at 0.4-0.5 GB/s against 2.3-3 GB/s for small
+/// pages, and huge pages the hypervisor still backed at 10-12 GB/s.
+pub fn free_page_reporting(virtio_devices: &Path) -> bool {
+    const BALLOON_DEVICE_ID: u32 = 5;
+    const REPORTING_FEATURE_BIT: usize = 5;
+    let Ok(devices) = std::fs::read_dir(virtio_devices) else {
+        return false;
+    };
+    devices.flatten().any(|device| {
+        let read = |name: &str| std::fs::read_to_string(device.path().join(name));
+        let is_balloon = read("device").is_ok_and(|id| {
+            u32::from_str_radix(id.trim().trim_start_matches("0x"), 16) == Ok(BALLOON_DEVICE_ID)
+        });
+        is_balloon
+            && read("features")
+                .is_ok_and(|bits| bits.as_bytes().get(REPORTING_FEATURE_BIT) == Some(&b'1'))
+    })
+}
+
 /// Whether the system backs every anonymous mapping with transparent huge pages
 /// (`enabled = always`), so that faulting a segment in takes one fault per huge page:
 /// tests that count faults per 4 KiB page skip that count then.
@@ -233,6 +261,27 @@ pub(crate) fn thread_minor_faults() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A virtio device directory as the kernel shows it.
+    fn virtio_device(root: &Path, name: &str, id: &str, features: &str) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("device"), format!("{id}\n")).unwrap();
+        std::fs::write(dir.join("features"), format!("{features}\n")).unwrap();
+    }
+
+    #[test]
+    fn free_page_reporting_is_a_balloon_with_feature_bit_5() {
+        let root = tempfile::tempdir().unwrap();
+        // A network device with bit 5 set is not a balloon.
+        virtio_device(root.path(), "virtio0", "0x0001", "11000101");
+        assert!(!free_page_reporting(root.path()));
+        virtio_device(root.path(), "virtio1", "0x0005", "01100000");
+        assert!(!free_page_reporting(root.path()), "a balloon without bit 5");
+        virtio_device(root.path(), "virtio2", "0x0005", "01100101");
+        assert!(free_page_reporting(root.path()));
+        assert!(!free_page_reporting(&root.path().join("absent")));
+    }
 
     #[test]
     fn aligned_mapping_is_aligned_zeroed_and_writable() {

@@ -363,7 +363,7 @@ fn settings(
         .unwrap_or_default();
     // The servers' own settings, as they publish them, over this client's configuration
     // (which, given only the registry, is not the cluster's).
-    for key in ["backend", "chunk_size", "inline_bytes"] {
+    for key in ["backend", "chunk_size", "inline_bytes", "huge_pages"] {
         if let Some(value) = published(&servers, key, |e| e.settings.get(key).cloned()) {
             out.insert(key.into(), value);
         }
