@@ -502,6 +502,31 @@ fn a_bind_to_a_secondary_address_is_refused_unless_devices_say_so() {
     .unwrap();
     assert_eq!(server.addr().ip(), IpAddr::V4(secondary));
     drop(server);
+    // A labelled alias (`ip addr add ... label veth:1`) is a secondary address of the
+    // same interface, which the kernel lists under the label's name: refused alike.
+    let labelled = Ipv4Addr::new(a, b, c, 4);
+    common::netns::ip(&[
+        "netns",
+        "exec",
+        &netns.name,
+        "ip",
+        "addr",
+        "add",
+        &format!("{labelled}/24"),
+        "dev",
+        &peer,
+        "label",
+        &format!("{peer}:1"),
+    ])
+    .unwrap();
+    let err = Server::start(&prefix, &format!("{labelled}:0"), &[])
+        .err()
+        .expect("a server bound to a labelled alias must not start");
+    let interface = format!("interface {peer}, {first}");
+    assert!(
+        err.contains(&interface),
+        "the error names {interface}: {err}"
+    );
     drop(netns);
 }
 

@@ -39,11 +39,18 @@ impl Interface {
     }
 }
 
-/// Every interface of this host (of this network namespace), with or without addresses.
+/// Every interface of this host (of this network namespace), with or without addresses,
+/// each with the addresses of its labelled aliases after its own, in the kernel's order.
 pub fn interfaces() -> std::io::Result<Vec<Interface>> {
     let list = IfAddrs::new()?;
     let mut out: Vec<Interface> = Vec::new();
-    for (name, flags, addr) in list.iter() {
+    for (label, flags, addr) in list.iter() {
+        // A labelled alias (`eth0:1`) is an address of its interface (`eth0`), which is
+        // what UCX sees and listens on; interface names never hold a ':'.
+        let name = match label.split_once(':') {
+            Some((interface, _)) => interface.to_string(),
+            None => label,
+        };
         let active = flags & (libc::IFF_UP | libc::IFF_RUNNING) as u32
             == (libc::IFF_UP | libc::IFF_RUNNING) as u32;
         let index = match out.iter().position(|i| i.name == name) {
