@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
+use benchfs::blocking::{ApiError, BenchFS, OpenFlags, Whence};
 use benchfs::placement::PlacementKey;
 use benchfs_proto::meta::{EntryKind, FileMetadata};
 use benchfs_proto::ops::{self, READDIR_PAGE_MAX};
@@ -640,6 +640,33 @@ fn the_root_is_neither_removed_nor_renamed_and_says_so_without_a_retry() {
         assert_eq!(errno, libc::EBUSY, "{what}");
     }
     assert!(fs.stat("/d").unwrap().is_dir());
+}
+
+#[test]
+fn a_refused_rename_names_both_paths_and_a_refused_seek_its_file() {
+    // Found by a hostile-user run: "rename /e: directory not empty" named only the
+    // target, and "seek #3: invalid argument" the descriptor's number.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let fs = cluster.client();
+    for dir in ["/d", "/e", "/e/sub"] {
+        fs.mkdir(dir, 0o755).unwrap();
+    }
+    write_file(&fs, "/d/f", b"bytes");
+    for (from, to, errno) in [
+        ("/d", "/e", libc::ENOTEMPTY),
+        ("/d/f", "/e", libc::EISDIR),
+        ("/d", "/d/sub", libc::EINVAL),
+        ("/d/f", "/d/f/x", libc::ENOTDIR),
+    ] {
+        let e = fs.rename(from, to).unwrap_err();
+        assert_eq!(e.errno(), errno, "rename {from} {to}: {e}");
+        assert!(e.to_string().contains(&format!("{from} -> {to}")), "{e}");
+    }
+    let fd = fs.open("/d/f", OpenFlags::READ, 0).unwrap();
+    let e = fs.seek(fd, -1, Whence::Start).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.to_string().contains("seek /d/f"), "{e}");
+    fs.close(fd).unwrap();
 }
 
 #[test]

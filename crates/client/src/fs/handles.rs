@@ -550,11 +550,10 @@ impl FsClient {
             let pos = base
                 .checked_add_signed(offset)
                 .filter(|&pos| pos <= benchfs_proto::limits::FILE_SIZE_MAX)
-                .ok_or(Status::InvalidArgument)?;
+                .ok_or_else(|| fs_err("seek", &f.path, Status::InvalidArgument))?;
             f.pos = pos;
             Ok(pos)
         })?
-        .map_err(|s| fs_err("seek", &format!("#{fd}"), s))
     }
 
     /// Makes a handle's data and size durable on the servers: waits for its writes, fails

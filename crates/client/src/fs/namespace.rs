@@ -936,7 +936,7 @@ impl FsClient {
         self.drain_path(&from).await;
         self.drain_path(&to).await;
         if from == "/" || to == "/" || dot {
-            return Err(fs_err("rename", &from, Status::InUse));
+            return Err(fs_err("rename", &both(&from, &to), Status::InUse));
         }
         for path in [&from, &to] {
             self.make_deferred_at(path).await?;
@@ -954,13 +954,13 @@ impl FsClient {
                 true => Status::InvalidArgument,
                 false => Status::NotDir,
             };
-            return Err(fs_err("rename", &to, why));
+            return Err(fs_err("rename", &both(&from, &to), why));
         }
         if from == to {
             return Ok(());
         }
         self.check_parent("rename", &to).await?;
-        let replaced = self.replaced_by_rename(&to, meta).await?;
+        let replaced = self.replaced_by_rename(&from, &to, meta).await?;
         let subtree = if meta.is_dir() {
             if replaced.is_none() {
                 // Nothing below a name that does not exist is an entry.
@@ -990,10 +990,11 @@ impl FsClient {
         Ok(())
     }
 
-    /// The record a rename of `moving` to `to` replaces, if any: a file replaces a file, a
-    /// directory an empty directory.
+    /// The record a rename of `moving` from `from` to `to` replaces, if any: a file
+    /// replaces a file, a directory an empty directory.
     async fn replaced_by_rename(
         &self,
+        from: &str,
         to: &str,
         moving: FileMetadata,
     ) -> Result<Option<Record>, ApiError> {
@@ -1002,12 +1003,11 @@ impl FsClient {
             Err(e) if e.status() == Some(Status::NotFound) => return Ok(None),
             Err(e) => return Err(e),
         };
+        let refused = |status| Err(fs_err("rename", &both(from, to), status));
         match (moving.is_dir(), existing.meta.is_dir()) {
-            (false, true) => Err(fs_err("rename", to, Status::IsDir)),
-            (true, false) => Err(fs_err("rename", to, Status::NotDir)),
-            (true, true) if !self.list(to, 1).await?.is_empty() => {
-                Err(fs_err("rename", to, Status::NotEmpty))
-            }
+            (false, true) => refused(Status::IsDir),
+            (true, false) => refused(Status::NotDir),
+            (true, true) if !self.list(to, 1).await?.is_empty() => refused(Status::NotEmpty),
             _ => Ok(Some(existing)),
         }
     }
@@ -1106,4 +1106,9 @@ fn inherited_group(parent: &FileMetadata, meta: &FileMetadata) -> Option<(u32, u
         _ => meta.mode,
     };
     (meta.gid != gid || mode != meta.mode).then_some((gid, mode))
+}
+
+/// How an error about both of a rename's paths names them.
+fn both(from: &str, to: &str) -> String {
+    format!("{from} -> {to}")
 }
