@@ -264,7 +264,7 @@ fn sweep_over_two_chunk_sizes_gives_a_point_each() {
             "bench",
             "sweep",
             "--param",
-            "chunk_size=1m,2m",
+            "chunk_size=16k,1m",
             "--workload",
             "ior-easy",
             "--easy-block",
@@ -292,22 +292,31 @@ fn sweep_over_two_chunk_sizes_gives_a_point_each() {
     assert_eq!(
         points,
         [
+            "16k:ior-easy-write",
+            "16k:ior-easy-read",
             "1m:ior-easy-write",
-            "1m:ior-easy-read",
-            "2m:ior-easy-write",
-            "2m:ior-easy-read"
+            "1m:ior-easy-read"
         ]
     );
-    // Each point ran on a cluster with its own chunk size: 4 MiB is 4 chunks, then 2.
+    // The rendezvous threshold follows the chunk size (at most one chunk): a hostile run
+    // found the first point's threshold reported for the whole sweep.
+    assert_eq!(report.meta.config["rdma_threshold"], "varies");
+    let thresholds: Vec<&str> = report
+        .results
+        .iter()
+        .map(|r| r.point["rdma_threshold"].as_str())
+        .collect();
+    assert_eq!(thresholds, ["16384", "16384", "32768", "32768"]);
+    // Each point ran on a cluster with its own chunk size: 4 MiB is 256 chunks, then 4.
     let chunks: Vec<u64> = report
         .servers
         .iter()
         .filter(|s| s.phase == "ior-easy-write")
         .map(|s| s.servers.iter().map(|c| c.chunks.unwrap()).sum())
         .collect();
-    assert_eq!(chunks, [4, 2]);
+    assert_eq!(chunks, [256, 4]);
     assert!(
-        stdout.contains("[chunk_size=1m]") && stdout.contains("[chunk_size=2m]"),
+        stdout.contains("[chunk_size=16k") && stdout.contains("[chunk_size=1m"),
         "{stdout}"
     );
     check_plots(out.path(), &["sweep-bandwidth", "sweep-latency"]);

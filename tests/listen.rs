@@ -467,18 +467,22 @@ fn a_bind_to_a_secondary_address_is_refused_unless_devices_say_so() {
     };
     let [a, b, c, _] = first.octets();
     let secondary = Ipv4Addr::new(a, b, c, 3);
-    common::netns::ip(&[
-        "netns",
-        "exec",
-        &netns.name,
-        "ip",
-        "addr",
-        "add",
-        &format!("{secondary}/24"),
-        "dev",
-        &peer,
-    ])
-    .unwrap();
+    let add_address = |addr: Ipv4Addr, label: &[&str]| {
+        let add = format!("{addr}/24");
+        let args = [
+            "netns",
+            "exec",
+            &netns.name,
+            "ip",
+            "addr",
+            "add",
+            &add,
+            "dev",
+            &peer,
+        ];
+        common::netns::ip(&[&args[..], label].concat()).unwrap();
+    };
+    add_address(secondary, &[]);
     let prefix = ["ip", "netns", "exec", netns.name.as_str()];
     // UCX's own socket would be on the first address, where a peer that reaches only the
     // secondary one cannot follow the handshake: the server must not come up and publish.
@@ -505,20 +509,7 @@ fn a_bind_to_a_secondary_address_is_refused_unless_devices_say_so() {
     // A labelled alias (`ip addr add ... label veth:1`) is a secondary address of the
     // same interface, which the kernel lists under the label's name: refused alike.
     let labelled = Ipv4Addr::new(a, b, c, 4);
-    common::netns::ip(&[
-        "netns",
-        "exec",
-        &netns.name,
-        "ip",
-        "addr",
-        "add",
-        &format!("{labelled}/24"),
-        "dev",
-        &peer,
-        "label",
-        &format!("{peer}:1"),
-    ])
-    .unwrap();
+    add_address(labelled, &["label", &format!("{peer}:1")]);
     let err = Server::start(&prefix, &format!("{labelled}:0"), &[])
         .err()
         .expect("a server bound to a labelled alias must not start");

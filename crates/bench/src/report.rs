@@ -71,6 +71,9 @@ pub struct ServerCounters {
     pub queue_depth: Option<[u64; 2]>,
     /// Per operation, since the server started.
     pub ops: Vec<OpCounters>,
+    /// Why it did not answer, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One server's counters of one operation, since it started.
@@ -111,8 +114,16 @@ fn op_counters(s: &StatsReply) -> Vec<OpCounters> {
 }
 
 impl ServerCounters {
-    /// From a `Stats` reply, or an unanswered one.
-    pub fn new(node: &str, addr: &str, stats: Option<StatsReply>) -> ServerCounters {
+    /// From a `Stats` reply, or why there was none.
+    pub fn new<E: std::fmt::Display>(
+        node: &str,
+        addr: &str,
+        reply: Result<StatsReply, E>,
+    ) -> ServerCounters {
+        let (stats, error) = match reply {
+            Ok(stats) => (Some(stats), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         ServerCounters {
             node: node.to_owned(),
             addr: addr.to_owned(),
@@ -124,6 +135,7 @@ impl ServerCounters {
             malformed: stats.as_ref().map(|s| s.malformed),
             queue_depth: stats.as_ref().map(|s| [s.queue_depth, s.queue_depth_max]),
             ops: stats.as_ref().map(op_counters).unwrap_or_default(),
+            error,
         }
     }
 }
@@ -398,6 +410,12 @@ impl Report {
         Ok(plots)
     }
 
+    /// A line for each server that stopped answering during the run: the figures after
+    /// that ran without it (or with its calls failing), which its counters cannot show.
+    pub fn server_notes(&self) -> Vec<String> {
+        server_notes(&self.servers)
+    }
+
     fn markdown(&self, plots: &[String]) -> String {
         let m = &self.meta;
         let mut out = format!(
@@ -426,6 +444,9 @@ impl Report {
         }
         for note in &m.host_notes {
             let _ = writeln!(out, "- host: {note}");
+        }
+        for note in self.server_notes() {
+            let _ = writeln!(out, "- servers: {note}");
         }
         for s in &self.io500 {
             let _ = writeln!(
@@ -464,6 +485,30 @@ impl Report {
         out.push_str("</body></html>\n");
         out
     }
+}
+
+/// [`Report::server_notes`] of `snapshots`.
+fn server_notes(snapshots: &[ServerSnapshot]) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    let mut missed: Vec<&str> = Vec::new();
+    for snapshot in snapshots {
+        for server in snapshot.servers.iter().filter(|s| s.requests.is_none()) {
+            if missed.contains(&server.node.as_str()) {
+                continue;
+            }
+            missed.push(&server.node);
+            notes.push(format!(
+                "{} ({}) did not answer after {} {} rep {}{}: the figures from then on ran without it",
+                server.node,
+                server.addr,
+                snapshot.target,
+                snapshot.phase,
+                snapshot.rep,
+                server.error.as_ref().map_or(String::new(), |e| format!(" ({e})")),
+            ));
+        }
+    }
+    notes
 }
 
 fn store_note(l: &Limits) -> String {
@@ -618,30 +663,49 @@ mod tests {
         assert_eq!(two[0].stddev, Some(0.0));
     }
 
-    /// A virtio device directory as the kernel shows it.
-    fn virtio_device(root: &Path, name: &str, id: &str, features: &str) {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("device"), format!("{id}\n")).unwrap();
-        std::fs::write(dir.join("features"), format!("{features}\n")).unwrap();
+    #[test]
+    fn a_server_that_stops_answering_gets_one_note_naming_when_and_why() {
+        let snapshot = |phase: &str, rep: u32, node1: Result<StatsReply, &str>| ServerSnapshot {
+            target: "benchfs".into(),
+            phase: phase.into(),
+            rep,
+            servers: vec![
+                ServerCounters::new("node0", "10.0.0.1:1", Ok::<_, &str>(StatsReply::default())),
+                ServerCounters::new("node1", "10.0.0.2:1", node1),
+            ],
+        };
+        let answered = [
+            snapshot("start", 0, Ok(StatsReply::default())),
+            snapshot("ior-write", 1, Ok(StatsReply::default())),
+        ];
+        assert!(server_notes(&answered).is_empty());
+        let lost = [
+            snapshot("ior-read", 1, Ok(StatsReply::default())),
+            snapshot("ior-read", 2, Err("no reply from node1 within 3000 ms")),
+            snapshot("ior-read", 3, Err("no reply from node1 within 3000 ms")),
+        ];
+        assert_eq!(lost[1].servers[1].requests, None);
+        let notes = server_notes(&lost);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("node1 (10.0.0.2:1) did not answer after benchfs ior-read rep 2")
+                && notes[0].contains("no reply from node1"),
+            "{notes:?}"
+        );
     }
 
     #[test]
     fn a_balloon_that_reports_free_pages_gets_a_host_note() {
+        // Which devices count is `benchfs_store::free_page_reporting`'s test.
         let root = tempfile::tempdir().unwrap();
-        // A network device with bit 5 set is not a balloon.
-        virtio_device(root.path(), "virtio0", "0x0001", "11000101");
         assert!(host_notes(root.path()).is_empty());
-        virtio_device(root.path(), "virtio1", "0x0005", "01100000");
-        assert!(
-            host_notes(root.path()).is_empty(),
-            "a balloon without bit 5"
-        );
-        virtio_device(root.path(), "virtio2", "0x0005", "01100101");
+        let balloon = root.path().join("virtio0");
+        std::fs::create_dir_all(&balloon).unwrap();
+        std::fs::write(balloon.join("device"), "0x0005\n").unwrap();
+        std::fs::write(balloon.join("features"), "01100101\n").unwrap();
         let notes = host_notes(root.path());
         assert_eq!(notes.len(), 1);
         assert!(notes[0].contains("free page reporting"), "{notes:?}");
-        assert!(host_notes(&root.path().join("absent")).is_empty());
     }
 
     #[test]

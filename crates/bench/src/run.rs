@@ -677,16 +677,17 @@ impl<'a> Runner<'a> {
         let stats = fs.block_on(fs.client().server_stats());
         let mut servers = Vec::new();
         for (i, (entry, reply)) in stats.into_iter().enumerate() {
-            let counters = ServerCounters::new(&entry.node_id, &entry.addr.to_string(), reply.ok());
+            let counters = ServerCounters::new(&entry.node_id, &entry.addr.to_string(), reply);
             let before = self.requests_before.get(i).copied().unwrap_or(0);
-            let now = counters.requests.unwrap_or(before);
+            // A server that did not answer did an unknown amount of work, not none.
+            let now = counters.requests;
             if i < self.requests_before.len() {
-                self.requests_before[i] = now;
+                self.requests_before[i] = now.unwrap_or(before);
             } else {
-                self.requests_before.push(now);
+                self.requests_before.push(now.unwrap_or(before));
             }
             servers.push(ServerCounters {
-                requests_in_phase: now.checked_sub(before),
+                requests_in_phase: now.and_then(|now| now.checked_sub(before)),
                 ..counters
             });
         }

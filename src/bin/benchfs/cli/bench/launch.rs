@@ -90,6 +90,9 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
     for note in &report.meta.host_notes {
         outln!("host: {note}");
     }
+    for note in report.server_notes() {
+        outln!("servers: {note}");
+    }
     for s in &report.io500 {
         outln!(
             "IO500 {}: score {:.3} = sqrt(bandwidth {:.3} GiB/s × metadata {:.3} kIOPS); {}",
@@ -116,8 +119,30 @@ pub fn build_report(measured: Vec<Measured>, load_before: [f64; 3], started: Sys
     let mut servers = Vec::new();
     let mut cache_notes = BTreeMap::new();
     let mut limits = None;
+    // A setting that came out differently at different points (a sweep's rdma_threshold
+    // follows its chunk size) is named with each result, and as "varies" in the header.
+    let first = &measured[0].config;
+    let varying: Vec<&String> = first
+        .keys()
+        .filter(|key| {
+            measured
+                .iter()
+                .any(|m| m.config.get(*key) != first.get(*key))
+        })
+        .collect();
+    let mut config = first.clone();
+    for key in &varying {
+        config.insert((*key).clone(), "varies".into());
+    }
     for m in &measured {
-        results.extend(m.outcome.results.iter().cloned());
+        results.extend(m.outcome.results.iter().cloned().map(|mut result| {
+            for key in &varying {
+                if let Some(value) = m.config.get(*key) {
+                    result.point.entry((*key).clone()).or_insert(value.clone());
+                }
+            }
+            result
+        }));
         servers.extend(m.outcome.servers.iter().cloned());
         cache_notes.extend(m.outcome.notes.clone());
         if limits.is_none() {
@@ -146,7 +171,7 @@ pub fn build_report(measured: Vec<Measured>, load_before: [f64; 3], started: Sys
             memory_gib,
             load_before,
             load_after: report::load_average(),
-            config: measured[0].config.clone(),
+            config,
             cache_notes,
             host_notes: report::host_notes(Path::new(report::VIRTIO_DEVICES_DIR)),
         },
