@@ -363,6 +363,79 @@ fn slurm_example_job_runs_its_steps_under_mpirun() {
     common::note("example Slurm job: ok");
 }
 
+/// `--ior-bin` with `--reps 2`: one IOR launch per repetition, each one's figures in the
+/// report (a hostile-user run found a launch per phase, every one running both phases,
+/// the second's figures thrown away, and `--reps` ignored).
+#[test]
+fn bench_runs_ior_once_per_repetition_and_reports_each() {
+    let ior_dir = match ior_build() {
+        Ok(dir) => dir,
+        Err(why) => return common::skip("benchfs bench --ior-bin --reps", why),
+    };
+    let cluster = Cluster::start(ClusterSpec::default());
+    let bin = tempfile::tempdir_in(common::test_root()).unwrap();
+    let launches = bin.path().join("launches");
+    let wrapper = format!(
+        "#!/bin/sh\necho launch >> {}\nexec {} \"$@\"\n",
+        launches.display(),
+        ior_dir.join("bin/ior").display()
+    );
+    let ior = bin.path().join("ior");
+    std::fs::write(&ior, wrapper).unwrap();
+    std::fs::set_permissions(&ior, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = tempfile::tempdir_in(common::test_root()).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args([
+            "bench",
+            "ior",
+            "-t",
+            "1m",
+            "-b",
+            "1m",
+            "--clients",
+            "1",
+            "--reps",
+            "2",
+        ])
+        .arg("--ior-bin")
+        .arg(bin.path())
+        .arg("--dir")
+        .arg(cluster.dir.path())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let launched = std::fs::read_to_string(&launches).unwrap_or_default();
+    assert_eq!(launched.lines().count(), 2, "IOR launches: {launched:?}");
+    let report: benchfs_bench::report::Report =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    let capi: Vec<(u32, &str)> = report
+        .results
+        .iter()
+        .filter(|r| r.target == "ior-capi")
+        .map(|r| (r.rep, r.phase.as_str()))
+        .collect();
+    assert_eq!(
+        capi,
+        [
+            (0, "ior-write"),
+            (0, "ior-read"),
+            (1, "ior-write"),
+            (1, "ior-read"),
+        ]
+    );
+    for s in report.summary.iter().filter(|s| s.target == "ior-capi") {
+        assert_eq!(s.reps, 2, "{s:?}");
+    }
+}
+
 /// `benchfs bench suite --ior-bin`: IOR and mdtest through the C API are one more target of
 /// the report, their figures read from what they printed, beside the native client's.
 #[test]

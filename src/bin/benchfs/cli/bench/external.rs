@@ -18,34 +18,44 @@ use crate::cli::CliError;
 pub const LABEL: &str = "ior-capi";
 
 /// Runs every phase of `phases` with IOR or mdtest from `bin` (which holds both), as
-/// `clients` MPI ranks against the servers in `registry`, in names under `workspace`.
+/// `clients` MPI ranks against the servers in `registry`, in names under `workspace`,
+/// `reps` times: one launch per IOR shape or mdtest tree and repetition, which runs all
+/// of that shape's phases (IOR's write and read), as the native target repeats them.
 pub fn run(
     bin: &Path,
     phases: &[Phase],
+    reps: u32,
     registry: &Path,
     clients: u32,
     workspace: &str,
     limits: Option<&Limits>,
 ) -> Result<Vec<PhaseResult>, CliError> {
     let mut results = Vec::new();
-    let mut done: Vec<String> = Vec::new();
+    let mut done: Vec<&str> = Vec::new();
     for phase in phases {
-        let (name, ran) = match phase {
-            Phase::IorWrite(s) | Phase::IorRead(s) => (
-                s.name.clone(),
-                ior(bin, s, phases, registry, clients, workspace)?,
-            ),
-            Phase::Md { spec, .. } => (
-                spec.name.clone(),
-                mdtest(bin, spec, phases, registry, clients, workspace)?,
-            ),
+        let name = match phase {
+            Phase::IorWrite(s) | Phase::IorRead(s) => s.name.as_str(),
+            Phase::Md { spec, .. } => spec.name.as_str(),
             Phase::Find => continue,
         };
+        // The launch for a shape's first phase ran its others too.
         if done.contains(&name) {
             continue;
         }
         done.push(name);
-        results.extend(ran);
+        for rep in 0..reps {
+            let ran = match phase {
+                Phase::IorWrite(s) | Phase::IorRead(s) => {
+                    ior(bin, s, phases, registry, clients, workspace)?
+                }
+                Phase::Md { spec, .. } => mdtest(bin, spec, phases, registry, clients, workspace)?,
+                Phase::Find => Vec::new(),
+            };
+            results.extend(ran.into_iter().map(|mut r| {
+                r.rep = rep;
+                r
+            }));
+        }
     }
     for r in &mut results {
         if let (Some(l), Some(p)) = (limits, phases.iter().find(|p| p.name() == r.phase)) {

@@ -216,6 +216,7 @@ pub fn measure(
             let ran = external::run(
                 bin,
                 &plan.phases,
+                plan.reps,
                 &registry,
                 clients,
                 &plan.workspace,
