@@ -28,18 +28,6 @@ fn bench(cluster: &Cluster, args: &[&str]) -> Run {
     benchfs(&all, &[])
 }
 
-/// The IO500 shapes at sizes a test runs in seconds.
-const TINY: [&str; 8] = [
-    "--easy-block",
-    "4m",
-    "--hard-segments",
-    "20",
-    "--easy-files",
-    "20",
-    "--hard-files",
-    "20",
-];
-
 /// A cluster of two memory servers.
 fn two_servers() -> Cluster {
     Cluster::start(ClusterSpec {
@@ -213,7 +201,7 @@ fn suite_report_parses_back_and_agrees_with_the_table() {
     let local = out_dir();
     let args = [
         &["suite"][..],
-        &TINY,
+        &common::cli::TINY_IO500,
         &[
             "--clients",
             "2",
@@ -403,7 +391,12 @@ fn io500_runs_every_phase_in_order_and_scores() {
     let out = out_dir();
     let stdout = bench(
         &cluster,
-        &[&["io500"][..], &TINY, &["--out", arg(out.path())]].concat(),
+        &[
+            &["io500"][..],
+            &common::cli::TINY_IO500,
+            &["--out", arg(out.path())],
+        ]
+        .concat(),
     )
     .ok();
     let report = read_report(out.path());

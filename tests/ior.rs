@@ -363,6 +363,24 @@ fn slurm_example_job_runs_its_steps_under_mpirun() {
     common::note("example Slurm job: ok");
 }
 
+/// Runs `benchfs ARGS --ior-bin BIN` against `cluster`, which must succeed, and returns
+/// what it printed and its report.
+fn bench_with_ior_bin(
+    args: &[&str],
+    bin: &Path,
+    cluster: &Cluster,
+) -> (String, benchfs_bench::report::Report) {
+    let out = tempfile::tempdir_in(common::test_root()).unwrap();
+    let utf8 = |p: &Path| p.to_str().expect("test paths are UTF-8").to_owned();
+    let (bin, dir, out_dir) = (utf8(bin), utf8(cluster.dir.path()), utf8(out.path()));
+    let all = [args, &["--ior-bin", &bin, "--dir", &dir, "--out", &out_dir]].concat();
+    let stdout = common::cli::benchfs(&all, &[]).ok();
+    let report =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    (stdout, report)
+}
+
 /// `--ior-bin` with `--reps 2`: one IOR launch per repetition, each one's figures in the
 /// report (a hostile-user run found a launch per phase, every one running both phases,
 /// the second's figures thrown away, and `--reps` ignored).
@@ -383,39 +401,21 @@ fn bench_runs_ior_once_per_repetition_and_reports_each() {
     let ior = bin.path().join("ior");
     std::fs::write(&ior, wrapper).unwrap();
     std::fs::set_permissions(&ior, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = tempfile::tempdir_in(common::test_root()).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .args([
-            "bench",
-            "ior",
-            "-t",
-            "1m",
-            "-b",
-            "1m",
-            "--clients",
-            "1",
-            "--reps",
-            "2",
-        ])
-        .arg("--ior-bin")
-        .arg(bin.path())
-        .arg("--dir")
-        .arg(cluster.dir.path())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let args = [
+        "bench",
+        "ior",
+        "-t",
+        "1m",
+        "-b",
+        "1m",
+        "--clients",
+        "1",
+        "--reps",
+        "2",
+    ];
+    let (_, report) = bench_with_ior_bin(&args, bin.path(), &cluster);
     let launched = std::fs::read_to_string(&launches).unwrap_or_default();
     assert_eq!(launched.lines().count(), 2, "IOR launches: {launched:?}");
-    let report: benchfs_bench::report::Report =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
-            .unwrap();
     let capi: Vec<(u32, &str)> = report
         .results
         .iter()
@@ -445,34 +445,13 @@ fn bench_reports_ior_and_mdtest_beside_the_native_client() {
         Err(why) => return common::skip("benchfs bench --ior-bin", why),
     };
     let cluster = Cluster::start(ClusterSpec::default());
-    let out = tempfile::tempdir_in(common::test_root()).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_benchfs"))
-        .args([
-            "bench",
-            "suite",
-            "--easy-block",
-            "4m",
-            "--hard-segments",
-            "20",
-        ])
-        .args(["--easy-files", "20", "--hard-files", "20", "--clients", "2"])
-        .arg("--ior-bin")
-        .arg(ior_dir.join("bin"))
-        .arg("--dir")
-        .arg(cluster.dir.path())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: benchfs_bench::report::Report =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
-            .unwrap();
+    let args = [
+        &["bench", "suite"][..],
+        &common::cli::TINY_IO500,
+        &["--clients", "2"],
+    ]
+    .concat();
+    let (stdout, report) = bench_with_ior_bin(&args, &ior_dir.join("bin"), &cluster);
     let capi: Vec<&benchfs_bench::phase::PhaseResult> = report
         .results
         .iter()

@@ -7,6 +7,18 @@ use std::process::Command;
 
 use super::test_root;
 
+/// `benchfs bench` options for the IO500 shapes at sizes a test runs in seconds.
+pub const TINY_IO500: [&str; 8] = [
+    "--easy-block",
+    "4m",
+    "--hard-segments",
+    "20",
+    "--easy-files",
+    "20",
+    "--hard-files",
+    "20",
+];
+
 /// What one run of `benchfs` printed, and whether it succeeded.
 #[derive(Debug)]
 pub struct Run {

@@ -679,14 +679,15 @@ impl<'a> Runner<'a> {
         for (i, (entry, reply)) in stats.into_iter().enumerate() {
             let counters = ServerCounters::new(&entry.node_id, &entry.addr.to_string(), reply);
             let before = self.requests_before.get(i).copied().unwrap_or(0);
-            // A server that did not answer did an unknown amount of work, not none.
             let now = counters.requests;
+            let kept = now.unwrap_or(before);
             if i < self.requests_before.len() {
-                self.requests_before[i] = now.unwrap_or(before);
+                self.requests_before[i] = kept;
             } else {
-                self.requests_before.push(now.unwrap_or(before));
+                self.requests_before.push(kept);
             }
             servers.push(ServerCounters {
+                // A server that did not answer did an unknown amount of work, not none.
                 requests_in_phase: now.and_then(|now| now.checked_sub(before)),
                 ..counters
             });

@@ -287,11 +287,16 @@ impl HugePages {
         match self {
             HugePages::On => true,
             HugePages::Off => false,
-            HugePages::Auto => {
-                has_chunk_memory && !free_page_reporting(std::path::Path::new(VIRTIO_DEVICES_DIR))
-            }
+            HugePages::Auto => has_chunk_memory && !host_reports_free_pages(),
         }
     }
+}
+
+/// [`free_page_reporting`] of this host, read once: a server resolves its settings more
+/// than once (validation, the store, what it publishes), and every answer must agree.
+fn host_reports_free_pages() -> bool {
+    static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REPORTS.get_or_init(|| free_page_reporting(std::path::Path::new(VIRTIO_DEVICES_DIR)))
 }
 
 impl fmt::Display for HugePages {

@@ -33,9 +33,16 @@ pub fn run(
     let mut results = Vec::new();
     let mut done: Vec<&str> = Vec::new();
     for phase in phases {
-        let name = match phase {
-            Phase::IorWrite(s) | Phase::IorRead(s) => s.name.as_str(),
-            Phase::Md { spec, .. } => spec.name.as_str(),
+        type Launch<'a> = Box<dyn Fn() -> Result<Vec<PhaseResult>, CliError> + 'a>;
+        let (name, launch): (&str, Launch) = match phase {
+            Phase::IorWrite(s) | Phase::IorRead(s) => (
+                &s.name,
+                Box::new(move || ior(bin, s, phases, registry, clients, workspace)),
+            ),
+            Phase::Md { spec, .. } => (
+                &spec.name,
+                Box::new(move || mdtest(bin, spec, phases, registry, clients, workspace)),
+            ),
             Phase::Find => continue,
         };
         // The launch for a shape's first phase ran its others too.
@@ -44,14 +51,7 @@ pub fn run(
         }
         done.push(name);
         for rep in 0..reps {
-            let ran = match phase {
-                Phase::IorWrite(s) | Phase::IorRead(s) => {
-                    ior(bin, s, phases, registry, clients, workspace)?
-                }
-                Phase::Md { spec, .. } => mdtest(bin, spec, phases, registry, clients, workspace)?,
-                Phase::Find => Vec::new(),
-            };
-            results.extend(ran.into_iter().map(|mut r| {
+            results.extend(launch()?.into_iter().map(|mut r| {
                 r.rep = rep;
                 r
             }));
