@@ -436,7 +436,7 @@ fn io500_runs_every_phase_in_order_and_scores() {
 fn stonewalling_stops_writes_and_reads_read_what_was_written() {
     let cluster = two_servers();
     let out = out_dir();
-    bench(
+    let stdout = bench(
         &cluster,
         &[
             "ior",
@@ -453,6 +453,14 @@ fn stonewalling_stops_writes_and_reads_read_what_was_written() {
         ],
     )
     .ok();
+    // The table marks the write's figure and names it; the read's is whole.
+    let row = |phase: &str| stdout.lines().find(|l| l.starts_with(phase)).unwrap_or("");
+    assert!(row("ior-write ").contains('*'), "{stdout}");
+    assert!(!row("ior-read ").contains('*'), "{stdout}");
+    assert!(
+        stdout.contains("(stonewalled) in some repetitions: ior-write on benchfs: 1 of 1"),
+        "{stdout}"
+    );
     let report = read_report(out.path());
     let (write, read) = (
         result(&report, "benchfs", "ior-write", 0),
@@ -524,6 +532,37 @@ fn bad_workloads_are_refused_by_name() {
     );
     let stderr = benchfs(&["bench", "ior", "-t", "1q"], &[]).failed();
     assert!(stderr.contains("suffix"), "{stderr}");
+}
+
+/// A bad shape is refused before a cluster of the run's own starts, in a sweep and in a
+/// single run (a hostile-user run: after its first point's cluster had started).
+#[test]
+fn a_bad_shape_is_refused_before_a_cluster_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for run in [
+        &[
+            "bench",
+            "sweep",
+            "--param",
+            "chunk_size=64k",
+            "--easy-block",
+            "1500k",
+        ][..],
+        &["bench", "ior", "-b", "1500k"],
+    ] {
+        let refused = benchfs(
+            &[run, &["--servers", "1"]].concat(),
+            &[("TMPDIR", tmp.path())],
+        );
+        assert!(!refused.stdout.contains("sweep point"), "{refused:?}");
+        let stderr = refused.failed();
+        assert!(
+            stderr.contains("not a multiple of transfer"),
+            "{run:?}: {stderr}"
+        );
+        let started: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(started.is_empty(), "{run:?} started a cluster: {started:?}");
+    }
 }
 
 #[test]
@@ -773,6 +812,29 @@ fn a_disk_store_is_probed_for_its_limits() {
         limits.store_write_mib_s.is_some_and(|w| w > 0.0)
             && limits.store_read_mib_s.is_some_and(|r| r > 0.0),
         "{limits:?}"
+    );
+}
+
+/// Memory stores and a disk store in one cluster have no one store limit: the memory
+/// stores' probes would swamp the disk's in the aggregate (a hostile-user run).
+#[test]
+fn a_cluster_of_mixed_stores_gets_no_store_limit_and_a_note_why() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    cluster.kill(1);
+    cluster.restart_with_env(1, &[("BENCHFS_STORAGE_BACKEND", "file")]);
+    let out = out_dir();
+    bench(&cluster, &["mdtest", "-n", "10", "--out", arg(out.path())]).ok();
+    let report = read_report(out.path());
+    let limits = report.limits.as_ref().expect("network limits measured");
+    assert!(limits.network_mib_s > 0.0, "{limits:?}");
+    assert_eq!(limits.store_write_mib_s, None, "{limits:?}");
+    let notes = format!("{:?}", report.meta.cache_notes);
+    assert!(
+        notes.contains("no store limit: the servers' stores differ (file, memory)"),
+        "{notes}"
     );
 }
 

@@ -436,6 +436,62 @@ fn bench_runs_ior_once_per_repetition_and_reports_each() {
     }
 }
 
+/// `--ior-bin --reps 2` with an mdtest plan that keeps its files: each repetition's
+/// creates make files of their own (a hostile-user run: the second launch met the first's
+/// files, so its "creates" opened files that were there).
+#[test]
+fn bench_repeats_an_mdtest_that_keeps_its_files() {
+    let ior_dir = match ior_build() {
+        Ok(dir) => dir,
+        Err(why) => return common::skip("benchfs bench mdtest --ior-bin --reps", why),
+    };
+    let cluster = Cluster::start(ClusterSpec::default());
+    let args = [
+        "bench",
+        "mdtest",
+        "-n",
+        "8",
+        "--phases",
+        "create,stat",
+        "--clients",
+        "1",
+        "--reps",
+        "2",
+    ];
+    let (_, report) = bench_with_ior_bin(&args, &ior_dir.join("bin"), &cluster);
+    let capi: Vec<(u32, &str)> = report
+        .results
+        .iter()
+        .filter(|r| r.target == "ior-capi")
+        .map(|r| (r.rep, r.phase.as_str()))
+        .collect();
+    assert_eq!(
+        capi,
+        [
+            (0, "mdtest-write"),
+            (0, "mdtest-stat"),
+            (1, "mdtest-write"),
+            (1, "mdtest-stat"),
+        ]
+    );
+    // The native target removed its workspace; what is left is the two launches' files.
+    fn files_under(fs: &benchfs::blocking::BenchFS, dir: &str) -> usize {
+        let entries = fs.readdir(dir).unwrap();
+        entries
+            .iter()
+            .map(|e| {
+                let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
+                if e.meta.is_dir() {
+                    files_under(fs, &path)
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+    assert_eq!(files_under(&cluster.client(), "/"), 2 * 8);
+}
+
 /// `benchfs bench suite --ior-bin`: IOR and mdtest through the C API are one more target of
 /// the report, their figures read from what they printed, beside the native client's.
 #[test]

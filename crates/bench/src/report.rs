@@ -181,7 +181,14 @@ pub struct Summary {
     pub p99_us: Option<f64>,
     /// The main operation.
     pub op: Option<String>,
+    /// Repetitions in which a rank stopped at the time limit (stonewalling); absent in
+    /// reports written before it was kept.
+    #[serde(default)]
+    pub stonewalled_reps: usize,
 }
+
+/// The mark of a table cell whose figure comes from stonewalled repetitions.
+const STONEWALL_MARK: char = '*';
 
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,9 +271,80 @@ pub fn summarize(results: &[PhaseResult]) -> Vec<Summary> {
                 p50_us: lat.map(|l| l.p50_us),
                 p99_us: lat.map(|l| l.p99_us),
                 op,
+                stonewalled_reps: runs.iter().filter(|r| r.stonewalled).count(),
             }
         })
         .collect()
+}
+
+/// The comparison table: a row per phase (and point), a column per target, the ratio
+/// of the first target to the second, the first's share of its limit and latency. A
+/// figure from stonewalled repetitions is marked, and a line under the table names them.
+pub fn table(summary: &[Summary]) -> String {
+    let targets: Vec<String> = summary.iter().fold(Vec::new(), |mut v, s| {
+        if !v.contains(&s.target) {
+            v.push(s.target.clone());
+        }
+        v
+    });
+    let mut out = String::new();
+    let _ = write!(out, "{:<28} {:>6}", "phase", "unit");
+    for t in &targets {
+        let _ = write!(out, " {:>20}", format!("{t} (mean ± sd)"));
+    }
+    if targets.len() > 1 {
+        let _ = write!(out, " {:>7}", "ratio");
+    }
+    let _ = writeln!(out, " {:>9} {:>10} {:>10}", "% limit", "p50 µs", "p99 µs");
+    let first = targets.first().cloned().unwrap_or_default();
+    let mut stonewalled = Vec::new();
+    for s in summary.iter().filter(|s| s.target == first) {
+        let name = if s.point.is_empty() {
+            s.phase.clone()
+        } else {
+            format!("{} [{}]", s.phase, point_label(&s.point))
+        };
+        let _ = write!(out, "{name:<28} {:>6}", s.unit);
+        let mut values = Vec::new();
+        for t in &targets {
+            let other = summary
+                .iter()
+                .find(|o| &o.target == t && o.phase == s.phase && o.point == s.point);
+            values.push(other.map(|o| o.mean));
+            let cell = other.map_or("-".to_owned(), |o| {
+                let sd = o.stddev.map_or("-".to_owned(), figure);
+                let mark = match o.stonewalled_reps {
+                    0 => String::new(),
+                    n => {
+                        stonewalled.push(format!("{name} on {t}: {n} of {}", o.reps));
+                        STONEWALL_MARK.to_string()
+                    }
+                };
+                format!("{} ± {sd}{mark}", figure(o.mean))
+            });
+            let _ = write!(out, " {cell:>20}");
+        }
+        if targets.len() > 1 {
+            let ratio = match (values[0], values[1]) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+                _ => "-".to_owned(),
+            };
+            let _ = write!(out, " {ratio:>7}");
+        }
+        let pct = s
+            .percent_of_limit
+            .map_or("-".to_owned(), |p| format!("{p:.1}%"));
+        let lat = |v: Option<f64>| v.map_or("-".to_owned(), figure);
+        let _ = writeln!(out, " {pct:>9} {:>10} {:>10}", lat(s.p50_us), lat(s.p99_us));
+    }
+    if !stonewalled.is_empty() {
+        let _ = writeln!(
+            out,
+            "{STONEWALL_MARK} stopped at the time limit (stonewalled) in some repetitions: {}",
+            stonewalled.join(", ")
+        );
+    }
+    out
 }
 
 /// The CSV header; [`csv_row`] follows it.
@@ -330,59 +408,9 @@ impl Report {
         self.results.iter().any(|r| !r.point.is_empty())
     }
 
-    /// The comparison table: a row per phase (and point), a column per target, the ratio
-    /// of the first target to the second, the first's share of its limit and latency.
+    /// The comparison table of [`Report::summary`]; see [`table`].
     pub fn table(&self) -> String {
-        let targets: Vec<String> = self.summary.iter().fold(Vec::new(), |mut v, s| {
-            if !v.contains(&s.target) {
-                v.push(s.target.clone());
-            }
-            v
-        });
-        let mut out = String::new();
-        let _ = write!(out, "{:<28} {:>6}", "phase", "unit");
-        for t in &targets {
-            let _ = write!(out, " {:>20}", format!("{t} (mean ± sd)"));
-        }
-        if targets.len() > 1 {
-            let _ = write!(out, " {:>7}", "ratio");
-        }
-        let _ = writeln!(out, " {:>9} {:>10} {:>10}", "% limit", "p50 µs", "p99 µs");
-        let first = targets.first().cloned().unwrap_or_default();
-        for s in self.summary.iter().filter(|s| s.target == first) {
-            let name = if s.point.is_empty() {
-                s.phase.clone()
-            } else {
-                format!("{} [{}]", s.phase, point_label(&s.point))
-            };
-            let _ = write!(out, "{name:<28} {:>6}", s.unit);
-            let mut values = Vec::new();
-            for t in &targets {
-                let other = self
-                    .summary
-                    .iter()
-                    .find(|o| &o.target == t && o.phase == s.phase && o.point == s.point);
-                values.push(other.map(|o| o.mean));
-                let cell = other.map_or("-".to_owned(), |o| match o.stddev {
-                    None => format!("{} ± -", figure(o.mean)),
-                    Some(sd) => format!("{} ± {}", figure(o.mean), figure(sd)),
-                });
-                let _ = write!(out, " {cell:>20}");
-            }
-            if targets.len() > 1 {
-                let ratio = match (values[0], values[1]) {
-                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-                    _ => "-".to_owned(),
-                };
-                let _ = write!(out, " {ratio:>7}");
-            }
-            let pct = s
-                .percent_of_limit
-                .map_or("-".to_owned(), |p| format!("{p:.1}%"));
-            let lat = |v: Option<f64>| v.map_or("-".to_owned(), figure);
-            let _ = writeln!(out, " {pct:>9} {:>10} {:>10}", lat(s.p50_us), lat(s.p99_us));
-        }
-        out
+        table(&self.summary)
     }
 
     /// Writes report.json, results.csv, the plots, summary.md and index.html into `dir`
@@ -651,6 +679,34 @@ mod tests {
             "p50 {p50} us, p99 {p99} us: the second repetition's stats are missing"
         );
         assert_eq!(summary[0].op.as_deref(), Some("stat"));
+    }
+
+    #[test]
+    fn a_stonewalled_figure_is_marked_in_the_table_and_named_under_it() {
+        let creates = |target: &str, rep: u32, stonewalled: bool| PhaseResult {
+            target: target.into(),
+            phase: "mdtest-create".into(),
+            stonewalled,
+            ..stats_taking(rep, 10)
+        };
+        let clean = summarize(&[creates("benchfs", 0, false), creates("chfs", 0, false)]);
+        let table_clean = table(&clean);
+        assert!(!table_clean.contains(STONEWALL_MARK), "{table_clean}");
+        let results = [
+            creates("benchfs", 0, false),
+            creates("benchfs", 1, true),
+            creates("chfs", 0, false),
+            creates("chfs", 1, false),
+        ];
+        let summary = summarize(&results);
+        assert_eq!(summary[0].stonewalled_reps, 1);
+        let marked = table(&summary);
+        let row = marked.lines().nth(1).unwrap();
+        assert_eq!(row.matches(STONEWALL_MARK).count(), 1, "{marked}");
+        assert!(
+            marked.contains("stonewalled) in some repetitions: mdtest-create on benchfs: 1 of 2"),
+            "{marked}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use benchfs_client::blocking::BenchFS;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -140,10 +141,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Checks every phase's shape.
+    /// Checks every phase's shape and the targets.
     pub fn validate(&self) -> Result<()> {
-        if self.phases.is_empty() || self.targets.is_empty() || self.reps == 0 {
-            return Err("a run needs at least one phase, one target and one repetition".into());
+        if self.targets.is_empty() {
+            return Err("a run needs at least one target".into());
+        }
+        self.validate_workload()
+    }
+
+    /// Checks what [`Plan::validate`] does but the targets, which a caller may know only
+    /// once the cluster it starts for them is up: a bad shape is refused before that.
+    pub fn validate_workload(&self) -> Result<()> {
+        if self.phases.is_empty() || self.reps == 0 {
+            return Err("a run needs at least one phase and one repetition".into());
         }
         if self.reuse && self.phases.iter().any(Phase::writes) {
             return Err(
@@ -591,6 +601,41 @@ impl<'a> Runner<'a> {
             .collect()
     }
 
+    /// Every server's store probed (see [`limits::stores`]), unless the stores are memory
+    /// or differ, or the probe fails: then none, with a note why.
+    fn probe_stores(&self, fs: &BenchFS, outcome: &mut Outcome) -> Option<(f64, f64)> {
+        let mut backends: Vec<String> = fs
+            .client()
+            .servers()
+            .iter()
+            .map(|s| s.settings.get("backend").cloned().unwrap_or_default())
+            .collect();
+        backends.sort();
+        backends.dedup();
+        let label = &self.target.label;
+        // Memory stores' probes would swamp the others' in the aggregate.
+        if backends.len() > 1 {
+            let why = format!(
+                "no store limit: the servers' stores differ ({})",
+                backends.join(", ")
+            );
+            add_note(outcome, label, &why);
+            return None;
+        }
+        if backends[..] == ["memory"] {
+            // Not a limit: a memory store's write takes the payload's pages and its read
+            // sends from the chunk's, with no copy, while the probe's figure swung with
+            // whether the store had the pages already (3 to 940 GB/s).
+            add_note(outcome, label, "memory stores: the network is the limit");
+            return None;
+        }
+        // A store that refuses the probe (full, failing) costs the run its store limit,
+        // not the phases it measured.
+        limits::stores(fs, self.plan.network_payload)
+            .map_err(|e| add_note(outcome, label, &format!("no store limit ({e})")))
+            .ok()
+    }
+
     /// Every rank's round trips and bandwidth to the servers, then rank 0's probe of every
     /// server's store; after the phases (see `run`). A probe that fails on any rank costs
     /// the run its limits (`None`, with a note), not the phases it measured; every rank
@@ -610,36 +655,8 @@ impl<'a> Runner<'a> {
         let bw = self.exchange("limit-network", &bw)?;
         // Rank 0 alone: the stores are the servers', and probing them from every rank
         // would only queue the probes.
-        let all_memory = fs
-            .client()
-            .servers()
-            .iter()
-            .all(|s| s.settings.get("backend").is_some_and(|b| b == "memory"));
         let stores = match self.ranks.rank {
-            0 if all_memory => {
-                // Not a limit: a memory store's write takes the payload's pages and its read
-                // sends from the chunk's, with no copy, while the probe's figure swung with
-                // whether the store had the pages already (3 to 940 GB/s).
-                add_note(
-                    outcome,
-                    &self.target.label,
-                    "memory stores: the network is the limit",
-                );
-                None
-            }
-            0 => match limits::stores(fs, self.plan.network_payload) {
-                Ok(stores) => Some(stores),
-                // A store that refuses the probe (full, failing) costs the run its store
-                // limit, not the phases it measured.
-                Err(e) => {
-                    add_note(
-                        outcome,
-                        &self.target.label,
-                        &format!("no store limit ({e})"),
-                    );
-                    None
-                }
-            },
+            0 => self.probe_stores(fs, outcome),
             _ => None,
         };
         self.barrier.wait()?;

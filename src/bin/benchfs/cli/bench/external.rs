@@ -20,7 +20,9 @@ pub const LABEL: &str = "ior-capi";
 /// Runs every phase of `phases` with IOR or mdtest from `bin` (which holds both), as
 /// `clients` MPI ranks against the servers in `registry`, in names under `workspace`,
 /// `reps` times: one launch per IOR shape or mdtest tree and repetition, which runs all
-/// of that shape's phases (IOR's write and read), as the native target repeats them.
+/// of that shape's phases (IOR's write and read), as the native target repeats them. An
+/// mdtest launch that creates makes a tree of its repetition's own: one without a remove
+/// phase leaves its files, which the next repetition's creates would meet.
 pub fn run(
     bin: &Path,
     phases: &[Phase],
@@ -33,15 +35,15 @@ pub fn run(
     let mut results = Vec::new();
     let mut done: Vec<&str> = Vec::new();
     for phase in phases {
-        type Launch<'a> = Box<dyn Fn() -> Result<Vec<PhaseResult>, CliError> + 'a>;
+        type Launch<'a> = Box<dyn Fn(u32) -> Result<Vec<PhaseResult>, CliError> + 'a>;
         let (name, launch): (&str, Launch) = match phase {
             Phase::IorWrite(s) | Phase::IorRead(s) => (
                 &s.name,
-                Box::new(move || ior(bin, s, phases, registry, clients, workspace)),
+                Box::new(move |_| ior(bin, s, phases, registry, clients, workspace)),
             ),
             Phase::Md { spec, .. } => (
                 &spec.name,
-                Box::new(move || mdtest(bin, spec, phases, registry, clients, workspace)),
+                Box::new(move |rep| mdtest(bin, spec, phases, rep, registry, clients, workspace)),
             ),
             Phase::Find => continue,
         };
@@ -51,7 +53,7 @@ pub fn run(
         }
         done.push(name);
         for rep in 0..reps {
-            results.extend(launch()?.into_iter().map(|mut r| {
+            results.extend(launch(rep)?.into_iter().map(|mut r| {
                 r.rep = rep;
                 r
             }));
@@ -194,6 +196,7 @@ fn mdtest(
     bin: &Path,
     spec: &MdSpec,
     phases: &[Phase],
+    rep: u32,
     registry: &Path,
     clients: u32,
     workspace: &str,
@@ -205,6 +208,9 @@ fn mdtest(
             _ => None,
         })
         .collect();
+    // The first repetition's tree is the one a later run on this workspace reads.
+    let own_tree = (rep > 0 && ops_of.contains(&MdOp::Create)).then(|| format!(".rep{rep}"));
+    let tree = format!("/{workspace}.{}{}", spec.name, own_tree.unwrap_or_default());
     let mut args = vec![
         "-a".to_owned(),
         "BENCHFS".to_owned(),
@@ -213,7 +219,7 @@ fn mdtest(
         "-n".to_owned(),
         spec.files_per_rank.to_string(),
         "-d".to_owned(),
-        format!("/{workspace}.{}", spec.name),
+        tree,
     ];
     if spec.unique_dir {
         args.push("-u".into());

@@ -195,6 +195,8 @@ pub fn measure(
     if let Some(ranks) = Ranks::from_env()?.filter(|r| r.size > 1) {
         return measure_launched(common, phases, ranks);
     }
+    let mut plan = super::plan(common, phases, fresh_name("benchfs-bench"));
+    plan.validate_workload()?;
     let cluster = match (&common.dir, &common.registry) {
         (None, None) if common.posix.is_none() => Some(OwnCluster::start(common, point)?),
         _ => None,
@@ -202,7 +204,6 @@ pub fn measure(
     let target = cluster
         .as_ref()
         .map_or_else(|| target_of(common), |c| c.target.clone());
-    let mut plan = super::plan(common, phases, fresh_name("benchfs-bench"));
     let config = settings(common, &target, &mut plan)?;
     plan.targets = targets(common, &target);
     let run_dir = match &common.run_dir {

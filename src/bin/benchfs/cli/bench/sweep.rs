@@ -133,8 +133,10 @@ pub fn run(args: &SweepArgs) -> Result<(), CliError> {
         .into_iter()
         .filter(|p| args.workload == "suite" || p.name().starts_with(&prefix))
         .collect();
-    // Every point's settings are checked before the first runs: a bad combination found
-    // halfway would end the sweep with the points before it measured and not reported.
+    // The workload and every point's settings are checked before the first point's
+    // cluster starts: a bad combination found halfway would end the sweep with the points
+    // before it measured and not reported.
+    super::plan(common, phases.clone(), String::new()).validate_workload()?;
     let points = grid(&args.params);
     for point in &points {
         let target = Target {
