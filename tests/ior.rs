@@ -381,6 +381,16 @@ fn bench_with_ior_bin(
     (stdout, report)
 }
 
+/// The repetition and phase of each `ior-capi` result, in the report's order.
+fn capi_runs(report: &benchfs_bench::report::Report) -> Vec<(u32, &str)> {
+    report
+        .results
+        .iter()
+        .filter(|r| r.target == "ior-capi")
+        .map(|r| (r.rep, r.phase.as_str()))
+        .collect()
+}
+
 /// `--ior-bin` with `--reps 2`: one IOR launch per repetition, each one's figures in the
 /// report (a hostile-user run found a launch per phase, every one running both phases,
 /// the second's figures thrown away, and `--reps` ignored).
@@ -416,14 +426,8 @@ fn bench_runs_ior_once_per_repetition_and_reports_each() {
     let (_, report) = bench_with_ior_bin(&args, bin.path(), &cluster);
     let launched = std::fs::read_to_string(&launches).unwrap_or_default();
     assert_eq!(launched.lines().count(), 2, "IOR launches: {launched:?}");
-    let capi: Vec<(u32, &str)> = report
-        .results
-        .iter()
-        .filter(|r| r.target == "ior-capi")
-        .map(|r| (r.rep, r.phase.as_str()))
-        .collect();
     assert_eq!(
-        capi,
+        capi_runs(&report),
         [
             (0, "ior-write"),
             (0, "ior-read"),
@@ -459,14 +463,8 @@ fn bench_repeats_an_mdtest_that_keeps_its_files() {
         "2",
     ];
     let (_, report) = bench_with_ior_bin(&args, &ior_dir.join("bin"), &cluster);
-    let capi: Vec<(u32, &str)> = report
-        .results
-        .iter()
-        .filter(|r| r.target == "ior-capi")
-        .map(|r| (r.rep, r.phase.as_str()))
-        .collect();
     assert_eq!(
-        capi,
+        capi_runs(&report),
         [
             (0, "mdtest-write"),
             (0, "mdtest-stat"),
