@@ -373,6 +373,32 @@ fn chunks_one_replica_lost_to_kill_9_read_from_the_other() {
     }
 }
 
+/// With two replicas, a chunk changed after it reached disk reads as changed from a
+/// replica killed with -9 and restarted (helper-97: it served its copy as of the last
+/// write-back with success, while the other replica held the acknowledged bytes).
+#[test]
+fn a_replica_killed_after_a_change_never_serves_the_chunk_as_before_it() {
+    let Some(mut cluster) = tiered_replicas() else {
+        return;
+    };
+    let fs = cluster.client();
+    let fd = write_open(&fs, "/x", &pattern(2 * C, 50));
+    fs.fsync(fd).unwrap();
+    let changed = pattern(C, 51);
+    fs.pwrite(fd, &changed, 0).unwrap();
+    fs.pwrite(fd, &changed[..100], C as u64 + 10).unwrap();
+    fs.close(fd).unwrap();
+    drop(fs);
+
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.kill(1);
+    let fs = cluster.client();
+    let mut want = [changed.clone(), pattern(2 * C, 50)[C..].to_vec()].concat();
+    want[C + 10..C + 110].copy_from_slice(&changed[..100]);
+    assert!(read_file(&fs, "/x") == want, "/x from node0 alone");
+}
+
 /// With two replicas, a write into the middle of a chunk that one restarted server lost
 /// goes through: that server first gets the chunk from the other replica, and serves all
 /// of it once the other is gone.

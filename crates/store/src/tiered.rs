@@ -5,14 +5,15 @@
 //!   the chunk size without evicting anything, and the tier never holds more than
 //!   `memory_tier_bytes` of chunk data).
 //! - Lower tier: a [`DiskChunkStore`] (io_uring by default) on the usual layout.
-//! - Writes allocate: a write to a chunk that is not resident brings it in when a slot is
-//!   free (reading the lower copy first unless the write covers all of it). When the tier
-//!   is full, a write that replaces the chunk's whole content (a new chunk, or one from
-//!   offset 0 to at least its end) evicts the least recently written or read resident
-//!   chunk no one holds; any other write goes straight to the lower tier. Bringing a
-//!   chunk in for a part of it would cost a chunk written back and a chunk read for a few
-//!   bytes: with a working set twice the tier, 4 KiB random writes ran at 1,554 IOPS that
-//!   way, against 41,401 for the io_uring store alone.
+//! - New chunks come into memory: a write to a chunk that neither tier has takes a free
+//!   slot, or when the tier is full evicts the least recently written or read resident
+//!   chunk no one holds. A chunk the lower tier has is changed there (writes and
+//!   truncates), and a clean copy of it in memory is dropped first, so memory never holds
+//!   a change its lower copy lacks; the chunks dirty in memory are those never written to
+//!   the lower tier. Bringing a chunk in for a part of it would also cost a chunk written
+//!   back and a chunk read for a few bytes: with a working set twice the tier, 4 KiB
+//!   random writes ran at 1,554 IOPS that way, against 41,401 for the io_uring store
+//!   alone.
 //! - Memory: when the host or the server's cgroup has no memory for a chunk (see the
 //!   page pool's check), the chunk goes to the lower tier and the tier shrinks to the
 //!   chunks it holds, so that from then on a new chunk evicts a cold one.
@@ -24,19 +25,23 @@
 //!
 //! **Durability contract:** when `sync` returns, every write, truncate and removal that
 //! completed before it was called is on the lower tier and fsynced (chunk files and
-//! directories), as with the disk stores. An evicted chunk is written to the lower tier
-//! (the page cache) before its memory is dropped, and fsynced by the next `sync`. A clean
-//! server shutdown syncs. A store dropped without `sync` (or a killed process) loses what
-//! was written since the last `sync`, and nothing else: the lower tier then holds each
-//! chunk as of its last write-back.
+//! directories), as with the disk stores. A chunk the lower tier has is changed there
+//! before the change is acknowledged, so a killed process leaves it as the last
+//! acknowledged change left it (as the disk stores do; a power loss keeps what was
+//! fsynced). A chunk only the memory tier had is lost with the process (a write-back
+//! under way may leave its start): the server then starts as a new store, so its clients
+//! read what it lacks of such a chunk as lost (from another replica, or an error), never
+//! as zeros or as older bytes than a replica acknowledged. An evicted chunk is written
+//! to the lower tier (the page cache) before its memory is dropped. A clean server
+//! shutdown syncs.
 //!
 //! **Invariant:** the index holds every chunk with its length and place: `Memory` (the
-//! upper tier has it; the lower copy, if any, is current unless `dirty`) or `Disk` (only
-//! the lower tier has it). An operation that must await with a chunk in a state another
-//! operation could see half-done holds that chunk (`busy`); operations on a held chunk
-//! wait, except reads, which see memory only as changed between awaits. When a hold ends
-//! the chunk's length is taken again from the tier that has it, so a dropped future
-//! leaves the index true.
+//! upper tier has it; `dirty`: the lower tier has no copy, else the lower copy is the same
+//! bytes) or `Disk` (only the lower tier has it). An operation that must await with a
+//! chunk in a state another operation could see half-done holds that chunk (`busy`);
+//! operations on a held chunk wait, except reads, which see memory only as changed
+//! between awaits. When a hold ends the chunk's length is taken again from the tier that
+//! has it, so a dropped future leaves the index true.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -380,8 +385,8 @@ impl<E: IoEngine> TieredChunkStore<E> {
         Ok(())
     }
 
-    /// Writes `data` into `id` if it is resident (and not held by another operation),
-    /// before returning; `None` if it is not resident.
+    /// Writes `data` into `id` if it is resident and dirty (and not held by another
+    /// operation), before returning; `None` otherwise.
     fn write_resident(
         &self,
         id: ChunkId,
@@ -393,7 +398,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
         {
             let state = self.state.borrow();
             let entry = state.index.get(&id)?;
-            if !matches!(entry.place, Place::Memory { .. }) || (!held && state.busy.contains(&id)) {
+            if !place_is_dirty(entry.place) || (!held && state.busy.contains(&id)) {
                 return None;
             }
             if let Err(e) = self.check_space(end.saturating_sub(entry.len)) {
@@ -432,7 +437,8 @@ impl<E: IoEngine> TieredChunkStore<E> {
         self.refresh(id);
     }
 
-    /// A write to a chunk that is not resident, with the chunk held.
+    /// A write to a chunk that is not resident, with the chunk held. A chunk the lower tier
+    /// has takes it there; a new one comes into memory when a slot can be had.
     async fn write_spilled(
         &self,
         hold: &mut Hold<'_, E>,
@@ -441,36 +447,31 @@ impl<E: IoEngine> TieredChunkStore<E> {
     ) -> (Result<(), StoreError>, ChunkBuf) {
         let id = hold.id;
         let end = offset + buf.len() as u64;
-        let old = self.state.borrow().index.get(&id).map_or(0, |e| e.len);
-        if let Err(e) = self.reserve(hold, old, end) {
+        let lower_len = self.state.borrow().index.get(&id).map(|e| e.len);
+        if let Err(e) = self.reserve(hold, lower_len.unwrap_or(0), end) {
             return (Err(e), buf);
         }
-        let replaces = old == 0 || (offset == 0 && end >= old);
-        let admitted = self.admit(hold, replaces).await;
+        if lower_len.is_some() {
+            // Changed in memory alone, its lower copy would outlive a crash older than
+            // acknowledged writes (see the durability contract).
+            return self.lower.write(id, offset, buf).await;
+        }
+        let admitted = self.admit(hold).await;
         // With no room on disk for its write-back, the chunk stays out of memory: the
         // lower tier, where the write takes only the room it needs, answers.
-        let promised = admitted
-            .then(|| self.promise(id, old.max(end)).ok())
-            .flatten();
+        let promised = admitted.then(|| self.promise(id, end).ok()).flatten();
         let Some(promised) = promised else {
-            // The lower tier, which has the chunk's bytes, takes it.
             return self.lower.write(id, offset, buf).await;
         };
         hold.promised += promised;
         self.promised_bytes
             .set(self.promised_bytes.get() + promised);
-        // The write replaces all the chunk holds only if it starts at 0 and reaches its end.
-        let mut loaded = Ok(());
-        if old > 0 && (offset > 0 || end < old) {
-            loaded = self.load(id, old).await;
-        }
-        if let Err(e) = loaded.and_then(|()| self.upper.write_bytes(id, offset, buf.as_slice())) {
+        if let Err(e) = self.upper.write_bytes(id, offset, buf.as_slice()) {
             self.upper.remove_chunk(id);
             if matches!(e, StoreError::NoSpace { .. }) {
                 // The memory tier found too little memory for the chunk (the capacity was
-                // checked above): the lower tier, which has the chunk's bytes, takes it,
-                // and the tier holds no more chunks than it has now (this hold's slot
-                // ends with the hold).
+                // checked above): the lower tier takes it, and the tier holds no more
+                // chunks than it has now (this hold's slot ends with the hold).
                 self.shrink_to_memory(self.state.borrow().resident - 1);
                 return self.lower.write(id, offset, buf).await;
             }
@@ -481,12 +482,28 @@ impl<E: IoEngine> TieredChunkStore<E> {
         (Ok(()), buf)
     }
 
-    /// Whether `id` is in the memory tier.
-    fn is_resident(&self, id: ChunkId) -> bool {
-        matches!(
-            self.state.borrow().index.get(&id).map(|e| e.place),
-            Some(Place::Memory { .. })
-        )
+    /// Whether `id` is in the memory tier, and if so whether it is dirty.
+    fn residence(&self, id: ChunkId) -> Option<bool> {
+        match self.state.borrow().index.get(&id).map(|e| e.place) {
+            Some(Place::Memory { dirty, .. }) => Some(dirty),
+            Some(Place::Disk) | None => None,
+        }
+    }
+
+    /// Makes held `id` one the lower tier alone has, ready for a change there: a clean
+    /// memory copy is dropped (the lower copy is the same); a dirty one is written back
+    /// first, and the tier shrinks to the chunks it holds, since it had no memory for the
+    /// chunk to grow into.
+    async fn leave_memory(&self, id: ChunkId) -> Result<(), StoreError> {
+        match self.residence(id) {
+            None => Ok(()),
+            Some(false) => {
+                self.state.borrow_mut().make_spilled(id);
+                self.upper.remove_chunk(id);
+                Ok(())
+            }
+            Some(true) => self.spill_for_memory(id).await,
+        }
     }
 
     /// Moves held, resident `id` to the lower tier because the memory tier has no memory
@@ -519,21 +536,17 @@ impl<E: IoEngine> TieredChunkStore<E> {
         }
     }
 
-    /// Takes a slot for `hold`'s chunk; if the tier is full and `may_evict`, by writing
-    /// back and evicting the least recently used resident chunk no one holds. `false` if
-    /// no slot can be had: the tier is full and `!may_evict`, every resident chunk is
-    /// held, or the chosen one could not be written back (the caller then uses the lower
-    /// tier, where the same fault will show).
-    async fn admit(&self, hold: &mut Hold<'_, E>, may_evict: bool) -> bool {
+    /// Takes a slot for `hold`'s chunk; if the tier is full, by writing back and evicting
+    /// the least recently used resident chunk no one holds. `false` if no slot can be
+    /// had: every resident chunk is held, or the chosen one could not be written back (the
+    /// caller then uses the lower tier, where the same fault will show).
+    async fn admit(&self, hold: &mut Hold<'_, E>) -> bool {
         let victim = {
             let mut state = self.state.borrow_mut();
             if state.resident < self.slots.get() {
                 state.resident += 1;
                 hold.slot = true;
                 return true;
-            }
-            if !may_evict {
-                return false;
             }
             let victim = state
                 .lru
@@ -569,18 +582,6 @@ impl<E: IoEngine> TieredChunkStore<E> {
         true
     }
 
-    /// Copies `len` bytes of `id` from the lower tier into the upper one.
-    async fn load(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
-        let buf = self.lower.buffer(len as usize).await?;
-        let (result, buf) = self.lower.read(id, 0, buf).await;
-        let n = result?.min(buf.len());
-        self.upper.write_bytes(id, 0, &buf[..n])?;
-        if (n as u64) < len {
-            self.upper.set_len(id, len)?;
-        }
-        Ok(())
-    }
-
     /// Writes held, resident `id` to the lower tier if it is dirty, so the lower copy is
     /// exactly the chunk, and marks it clean.
     async fn write_back(&self, id: ChunkId) -> Result<(), StoreError> {
@@ -613,7 +614,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             }
             result?;
         }
-        // Cuts a longer stale copy, or makes an empty chunk.
+        // Makes an empty chunk, which the loop above did not write.
         if self.lower.chunk_len(id) != Some(len) {
             self.lower.truncate(id, len).await?;
         }
@@ -628,8 +629,8 @@ impl<E: IoEngine> TieredChunkStore<E> {
         Ok(())
     }
 
-    /// Sets resident `id`'s length, before returning; `None` if it is not resident (or,
-    /// unless `held`, another operation holds it).
+    /// Sets `id`'s length if it is resident and dirty (and, unless `held`, no other
+    /// operation holds it), before returning; `None` otherwise.
     fn truncate_resident(
         &self,
         id: ChunkId,
@@ -639,7 +640,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
         {
             let state = self.state.borrow();
             let entry = state.index.get(&id)?;
-            if !matches!(entry.place, Place::Memory { .. }) || (!held && state.busy.contains(&id)) {
+            if !place_is_dirty(entry.place) || (!held && state.busy.contains(&id)) {
                 return None;
             }
             if let Err(e) = self.check_space(len.saturating_sub(entry.len)) {
@@ -724,11 +725,8 @@ impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
         if let Some(result) = self.write_resident(id, offset, buf.as_slice(), true) {
             return (result, buf);
         }
-        if self.is_resident(id) {
-            // Resident, yet the memory tier had no memory for this write.
-            if let Err(e) = self.spill_for_memory(id).await {
-                return (Err(e), buf);
-            }
+        if let Err(e) = self.leave_memory(id).await {
+            return (Err(e), buf);
         }
         self.write_spilled(&mut hold, offset, buf).await
     }
@@ -766,6 +764,7 @@ impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
         if let Some(result) = self.truncate_resident(id, len, true) {
             return result;
         }
+        self.leave_memory(id).await?;
         let old = self.state.borrow().index.get(&id).map_or(0, |e| e.len);
         self.reserve(&mut hold, old, len)?;
         self.lower.truncate(id, len).await
