@@ -5,7 +5,7 @@
 //! inline file, then two record writes per entry on each replica, [`MOVE_BATCH`] at a time,
 //! in the order `FsClient::rename` gives (every entry stays visible under one name).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use benchfs_proto::meta::EntryKind;
 use benchfs_proto::ops;
@@ -81,15 +81,31 @@ impl FsClient {
                 .filter(|(_, record)| record.meta.is_dir())
                 .map(|(path, _)| path.clone()),
         );
+        let copied: HashMap<&str, &Record> = moved.iter().map(|(p, r)| (p.as_str(), r)).collect();
         for _ in 0..STRAGGLER_ROUNDS_MAX {
-            let late = match self.subtree_below(old_dirs.clone()).await {
-                Ok(late) if late.is_empty() => return,
-                Ok(late) => late,
+            let found = match self.subtree_below(old_dirs.clone()).await {
+                Ok(found) => found,
                 Err(e) => {
                     tracing::error!(error = %e, from, to, "records made below a renamed directory's old name could not be listed");
                     return;
                 }
             };
+            // Records the drop could not remove (a server died) have their copies, which
+            // are the rename's result: copied again, a failed copy's undo removed those
+            // (helper-98: a rename returned 0 with a third of the tree gone).
+            let (left, late): (Vec<_>, Vec<_>) = found.into_iter().partition(|(old, record)| {
+                copied
+                    .get(old.as_str())
+                    .is_some_and(|c| c.meta.file_id == record.meta.file_id)
+            });
+            for (old, leftover) in left {
+                let new = moved_below(&old, from, to);
+                self.carry_changes(&old, &new, copied[old.as_str()], vec![leftover])
+                    .await;
+            }
+            if late.is_empty() {
+                return;
+            }
             tracing::info!(
                 from,
                 to,
