@@ -1206,6 +1206,38 @@ fn cluster_down_reports_a_server_whose_final_sync_failed() {
     assert!(!mark.exists(), "no clean-stop mark: {}", mark.display());
 }
 
+/// A tiered server killed before `cluster down` lost what it had not written back:
+/// `down` fails naming it, once (helper-97: it stopped the others and said nothing). A
+/// file server killed so keeps what it acknowledged: `down` notes it and succeeds.
+#[test]
+fn cluster_down_names_a_server_that_exited_before_it() {
+    for (backend, loses) in [("tiered", true), ("file", false)] {
+        let c = ClusterDir::new(backend);
+        c.cli(&["cluster", "up", "--servers", "2", "--backend", backend]);
+        let local = c.local("in.bin");
+        std::fs::write(&local, pattern(300_000, 9)).unwrap();
+        c.cli(&["put", arg(&local), "/x"]);
+        kill_node(&c, "node0", c.pids()[0]);
+        let down = c.run(&["cluster", "down"]);
+        if loses {
+            let err = down.failed();
+            assert!(
+                err.contains("1 of 2 servers stopped without making"),
+                "{err}"
+            );
+            assert!(
+                err.contains("node0 (exited before cluster down, log"),
+                "{err}"
+            );
+            c.cli(&["cluster", "down"]);
+        } else {
+            let out = down.ok();
+            assert!(out.contains("node0 (exited before cluster down"), "{out}");
+            assert!(out.contains("1 server stopped"), "{out}");
+        }
+    }
+}
+
 /// [`write_in_place`] into `path`, which holds `data`, and checks that the whole file reads
 /// back with it.
 fn write_in_place_and_read_back(fs: &benchfs::blocking::BenchFS, path: &str, data: &[u8]) {

@@ -1129,27 +1129,9 @@ fn down(args: &DownArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    let _ = std::fs::remove_file(target.dir.join("pids"));
-    let unclean: Vec<String> = pids
-        .iter()
-        .zip(&data_dirs)
-        .filter(|(pid, _)| !forced.contains(pid))
-        .filter_map(|(&pid, data_dir)| {
-            let data_dir = data_dir.as_ref()?;
-            let mark = data_dir.join(benchfs_server::handler::CLEAN_STOP_FILE);
-            (!mark.exists()).then(|| unclean_stop(&target.dir, pid, data_dir))
-        })
-        .collect();
-    if !unclean.is_empty() {
-        return Err(format!(
-            "cluster down: {} of {} servers stopped without making what they acknowledged \
-             durable; writes may be lost:\n  {}",
-            unclean.len(),
-            pids.len(),
-            unclean.join("\n  ")
-        )
-        .into());
-    }
+    // Only a cluster `down` has not stopped yet may have servers that exited before it.
+    let was_up = std::fs::remove_file(target.dir.join("pids")).is_ok();
+    check_stops(target, &pids, &data_dirs, &forced, was_up)?;
     if pids.is_empty() {
         outln!("cluster down: no server of this cluster was running");
     } else {
@@ -1178,17 +1160,94 @@ fn data_dir_of(pid: u32) -> Option<PathBuf> {
 
 /// What `cluster down` says of server `pid` that exited without its clean-stop mark in
 /// `data_dir`: its node, and the last line of its log, where the server said why.
-fn unclean_stop(cluster: &Path, pid: u32, data_dir: &Path) -> String {
-    let node = data_dir.file_name().map_or_else(
-        || format!("pid {pid}"),
-        |n| n.to_string_lossy().into_owned(),
-    );
+/// Fails naming each server of `pids` (with `data_dirs`) that `down` stopped, not
+/// `forced`, without its clean-stop mark, and, if the cluster `was_up`, each that exited
+/// before `down` so when its store loses acknowledged writes with its process (a note
+/// when it does not).
+fn check_stops(
+    target: &Target,
+    pids: &[u32],
+    data_dirs: &[Option<PathBuf>],
+    forced: &[u32],
+    was_up: bool,
+) -> Result<(), CliError> {
+    let mut unclean: Vec<String> = pids
+        .iter()
+        .zip(data_dirs)
+        .filter(|(pid, _)| !forced.contains(pid))
+        .filter_map(|(&pid, data_dir)| {
+            let data_dir = data_dir.as_ref()?;
+            let mark = data_dir.join(benchfs_server::handler::CLEAN_STOP_FILE);
+            (!mark.exists()).then(|| unclean_stop(&target.dir, &format!("pid {pid}"), data_dir))
+        })
+        .collect();
+    let exited = match was_up {
+        true => exited_uncleanly(&target.dir, data_dirs),
+        false => Vec::new(),
+    };
+    let servers_run = pids.len() + exited.len();
+    // Memory and tiered stores lose acknowledged writes with their process; the disk
+    // stores keep them in the page cache and their journal.
+    let loses_writes = target.config().is_ok_and(|c| {
+        matches!(
+            c.storage.backend,
+            benchfs_store::Backend::Memory | benchfs_store::Backend::Tiered
+        )
+    });
+    if loses_writes {
+        unclean.extend(exited);
+    } else {
+        for report in &exited {
+            outln!("cluster down: {report}; its store keeps what it acknowledged");
+        }
+    }
+    if !unclean.is_empty() {
+        return Err(format!(
+            "cluster down: {} of {} servers stopped without making what they acknowledged \
+             durable; writes may be lost:\n  {}",
+            unclean.len(),
+            servers_run,
+            unclean.join("\n  ")
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The servers of the cluster in `cluster` that exited before `cluster down` without a
+/// clean stop (killed, crashed), by their data directories (`running` are those of the
+/// servers it stopped), each as [`unclean_stop`] reports it.
+fn exited_uncleanly(cluster: &Path, running: &[Option<PathBuf>]) -> Vec<String> {
+    let nodes = resume_nodes(cluster).unwrap_or_default();
+    nodes
+        .iter()
+        .map(|node| cluster.join("data").join(node))
+        .filter(|data_dir| {
+            let node = data_dir.file_name();
+            !running.iter().flatten().any(|r| r.file_name() == node)
+        })
+        .filter(|data_dir| {
+            data_dir.is_dir()
+                && !data_dir
+                    .join(benchfs_server::handler::CLEAN_STOP_FILE)
+                    .exists()
+        })
+        .map(|data_dir| unclean_stop(cluster, "exited before cluster down", &data_dir))
+        .collect()
+}
+
+/// A server that stopped without its clean-stop mark in `data_dir`: its node, `how` (its
+/// pid, or how it went), its log and its last words there.
+fn unclean_stop(cluster: &Path, how: &str, data_dir: &Path) -> String {
+    let node = data_dir
+        .file_name()
+        .map_or_else(|| how.to_string(), |n| n.to_string_lossy().into_owned());
     let log = cluster.join("logs").join(format!("{node}.log"));
     let last_words = std::fs::read_to_string(&log)
         .ok()
         .and_then(|text| last_words(&text).map(str::to_string))
         .unwrap_or_else(|| "(no log)".into());
-    format!("{node} (pid {pid}, log {}): {last_words}", log.display())
+    format!("{node} ({how}, log {}): {last_words}", log.display())
 }
 
 /// The last line of a server's log, passing over the lines UCX itself writes there
