@@ -164,6 +164,37 @@ fn chunks_lost_to_kill_9_never_read_as_zeros() {
     assert!(read_file(&fs, "/kept") == kept, "/kept after kill -9");
 }
 
+/// A file fsynced with a hole at the end of a chunk (cut, then grown) reads
+/// back whole after kill -9: the chunk file the server kept holds every byte written to
+/// it, so its end is a hole, not lost bytes (helper-97: EIO "restarted empty" for every
+/// read of the file). A write past that end goes through too.
+#[test]
+fn a_fsynced_file_with_holes_in_a_chunk_reads_back_after_kill_9() {
+    let Some(mut cluster) = tiered_server() else {
+        return;
+    };
+    let fs = cluster.client();
+    let fd = write_open(&fs, "/sparse", &pattern(C, 60));
+    fs.ftruncate(fd, (C / 2) as u64).unwrap();
+    fs.ftruncate(fd, (C - 100) as u64).unwrap();
+    fs.fsync(fd).unwrap();
+    fs.close(fd).unwrap();
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+
+    let fs = cluster.client();
+    let mut want = pattern(C - 100, 60);
+    want[C / 2..].fill(0);
+    assert!(read_file(&fs, "/sparse") == want, "/sparse after kill -9");
+    pwrite_at(&fs, "/sparse", (C / 2 + 10) as u64, &pattern(10, 61)).unwrap();
+    want[C / 2 + 10..C / 2 + 20].copy_from_slice(&pattern(10, 61));
+    assert!(
+        read_file(&fs, "/sparse") == want,
+        "written past the chunk's end"
+    );
+}
+
 /// Reads `len` bytes at `offset` of `path` through a handle of its own.
 fn pread_at(fs: &BenchFS, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, ApiError> {
     let fd = fs.open(path, OpenFlags::READ, 0)?;

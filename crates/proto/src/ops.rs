@@ -120,7 +120,7 @@ wire_header!(/// `ChunkWrite`, whole.
     append_cut_gen: U16,
 });
 wire_header!(/// `ChunkIoReply`, whole.
-    ChunkIoReplyHeader = 8, { len: U64 });
+    ChunkIoReplyHeader = 9, { len: U64, whole: u8 });
 wire_header!(/// `CreateRequest`, before the path.
     CreateHeader = 20, { mode: U32, chunk_size: U64, uid: U32, gid: U32 });
 wire_header!(/// `DeleteRequest`, before the path; `expect` 0 is any kind.
@@ -503,17 +503,42 @@ impl Message for ChunkWrite {
 pub struct ChunkIoReply {
     /// Bytes read or written.
     pub len: u64,
+    /// A read: the server has held the chunk whole since before its store began again
+    /// (a tiered store's chunk files after a crash), so a read that stops short stops
+    /// where nothing was written, even in a file older than the store.
+    pub whole: bool,
+}
+
+impl ChunkIoReply {
+    /// A reply of `len` bytes moved, vouching for nothing past them.
+    pub fn moved(len: u64) -> ChunkIoReply {
+        ChunkIoReply { len, whole: false }
+    }
 }
 
 impl Message for ChunkIoReply {
     fn encode(&self, w: &mut Writer) {
         w.fixed(&ChunkIoReplyHeader {
             len: self.len.into(),
+            whole: u8::from(self.whole),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: ChunkIoReplyHeader = r.fixed()?;
-        Ok(ChunkIoReply { len: h.len.get() })
+        let whole = match h.whole {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(DecodeError::BadField {
+                    field: "whole",
+                    reason: "not 0 or 1",
+                })
+            }
+        };
+        Ok(ChunkIoReply {
+            len: h.len.get(),
+            whole,
+        })
     }
 }
 

@@ -60,6 +60,16 @@ impl AnyChunkStore {
         }
     }
 
+    /// Whether the store has held chunk `id` whole since it opened, so that bytes past its
+    /// end were never written even if the store began again at open (see
+    /// [`TieredChunkStore::kept_since_open`]); `false` where the backend cannot tell.
+    pub fn kept_since_open(&self, id: ChunkId) -> bool {
+        match self {
+            AnyChunkStore::Tiered(s) => s.kept_since_open(id),
+            _ => false,
+        }
+    }
+
     /// The registered buffer region (the io_uring store, and the tiered store's lower
     /// tier, whose buffers it hands out); see
     /// [`DiskChunkStore::registered_region`](crate::DiskChunkStore::registered_region).

@@ -159,6 +159,11 @@ impl FaultyStore<AnyChunkStore> {
             None => self.inner.read_in_place(id, offset, len),
         }
     }
+
+    /// [`AnyChunkStore::kept_since_open`].
+    pub fn kept_since_open(&self, id: ChunkId) -> bool {
+        self.inner.kept_since_open(id)
+    }
 }
 
 impl<S: ChunkStore> FaultyStore<S> {

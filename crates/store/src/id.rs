@@ -51,6 +51,15 @@ pub(crate) fn chunk_path(data_dir: &Path, id: ChunkId) -> PathBuf {
     file_dir(data_dir, id.file_id).join(format!("{:016x}", id.index))
 }
 
+/// Suffix of a chunk file written whole under another name before it is renamed into
+/// place (see `ChunkDir::begin_whole`).
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Where chunk `id` is written whole before its rename to [`chunk_path`].
+pub(crate) fn partial_path(data_dir: &Path, id: ChunkId) -> PathBuf {
+    file_dir(data_dir, id.file_id).join(format!("{:016x}{PARTIAL_SUFFIX}", id.index))
+}
+
 /// Parses one name component: exactly 16 lowercase hex digits, as written by
 /// [`chunk_path`]. Anything else (uppercase, signs, other lengths, non-UTF-8) is `None`.
 pub(crate) fn parse_name(name: &OsStr) -> Option<u64> {

@@ -29,9 +29,10 @@
 //! before the change is acknowledged, so a killed process leaves it as the last
 //! acknowledged change left it (as the disk stores do; a power loss keeps what was
 //! fsynced). A chunk only the memory tier had is lost with the process (a write-back
-//! under way may leave its start): the server then starts as a new store, so its clients
-//! read what it lacks of such a chunk as lost (from another replica, or an error), never
-//! as zeros or as older bytes than a replica acknowledged. An evicted chunk is written
+//! makes its file whole or not at all): the server then starts as a new store, so its
+//! clients read such a chunk as lost (from another replica, or an error), never as zeros
+//! or as older bytes than a replica acknowledged, while the chunk files it kept vouch for
+//! their ends ([`TieredChunkStore::kept_since_open`]). An evicted chunk is written
 //! to the lower tier (the page cache) before its memory is dropped. A clean server
 //! shutdown syncs.
 //!
@@ -79,6 +80,9 @@ pub struct TieredChunkStore<E: IoEngine = UringEngine> {
     promised_bytes: Cell<u64>,
     /// Woken whenever a hold ends.
     released: Notify,
+    /// The chunks the lower tier held at open that have not been removed since: whole,
+    /// so bytes past their ends were never written ([`Self::kept_since_open`]).
+    kept: RefCell<HashSet<ChunkId>>,
     /// Chunk-sized buffers kept for write-backs, at most [`SPARE_BUFFERS_MAX`]: with many
     /// writers holding the lower tier's pooled buffers, a write-back got a fresh heap
     /// buffer, whose page faults halved the write rate past the memory tier.
@@ -238,7 +242,9 @@ impl<E: IoEngine> TieredChunkStore<E> {
         upper.prefault(config.prefault_bytes)?;
         let mut index = BTreeMap::new();
         let mut used_bytes = 0;
+        let mut kept = HashSet::new();
         for (id, len) in lower.indexed() {
+            kept.insert(id);
             index.insert(
                 id,
                 Entry {
@@ -264,8 +270,18 @@ impl<E: IoEngine> TieredChunkStore<E> {
             owed_bytes: Cell::new(0),
             promised_bytes: Cell::new(0),
             released: Notify::new(),
+            kept: RefCell::new(kept),
             spare: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Whether chunk `id` is one the lower tier held at open, not removed since. Such a
+    /// chunk is whole whatever ended the last run: a chunk file takes every change before
+    /// it is acknowledged, and a write-back makes one whole or not at all. So nothing was
+    /// ever written past its end, while a chunk made since may be what a write after a
+    /// crash left of one the crash lost.
+    pub fn kept_since_open(&self, id: ChunkId) -> bool {
+        self.kept.borrow().contains(&id)
     }
 
     /// Chunks in the memory tier now, and how many it may hold.
@@ -607,14 +623,14 @@ impl<E: IoEngine> TieredChunkStore<E> {
             };
             buf.set_len(len as usize);
             self.upper.read_bytes(id, 0, buf.as_mut_slice())?;
-            let (result, buf) = self.lower.write(id, 0, buf).await;
+            let (result, buf) = self.lower.write_whole(id, buf).await;
             let mut spare = self.spare.borrow_mut();
             if spare.len() < SPARE_BUFFERS_MAX {
                 spare.push(buf);
             }
             result?;
         }
-        // Makes an empty chunk, which the loop above did not write.
+        // Makes an empty chunk, which nothing above wrote.
         if self.lower.chunk_len(id) != Some(len) {
             self.lower.truncate(id, len).await?;
         }
@@ -661,9 +677,9 @@ impl<E: IoEngine> TieredChunkStore<E> {
     /// Removes held `id` from both tiers; returns whether it existed.
     async fn remove_held(&self, id: ChunkId) -> Result<bool, StoreError> {
         let existed = self.state.borrow().index.contains_key(&id);
-        // The lower copy first (a resident chunk's may be stale), so a failure leaves
-        // the chunk as it was.
+        // The lower copy first, so a failure leaves the chunk as it was.
         self.lower.remove(id).await?;
+        self.kept.borrow_mut().remove(&id);
         if self.state.borrow_mut().make_spilled(id) {
             self.upper.remove_chunk(id);
         }
@@ -791,6 +807,7 @@ impl<E: IoEngine> ChunkStore for TieredChunkStore<E> {
         // The disk store removes the file's directory only here. A chunk of the file
         // written to the lower tier meanwhile went with it: take its length again.
         self.lower.remove_file(file_id).await?;
+        self.kept.borrow_mut().retain(|id| id.file_id != file_id);
         let spilled: Vec<ChunkId> = {
             let state = self.state.borrow();
             let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);

@@ -160,6 +160,41 @@ fn a_store_dropped_without_sync_loses_only_the_chunks_never_written_back() {
     });
 }
 
+/// A write-back makes a chunk file whole or not at all: what a killed process left of one
+/// (the `.partial` file it was written to before its rename) is removed at the next open.
+/// The chunks found at open are kept whole, until removed; one made since is not.
+#[test]
+fn write_backs_leave_whole_chunk_files_and_the_store_knows_the_chunks_it_kept() {
+    run(Backend::Tiered, false, None, |mut h| async move {
+        let (a, b) = (ChunkId::new(9, 0), ChunkId::new(9, 1));
+        write(&*h.store, a, 0, &pattern(1, 5000)).await;
+        h.store.sync().await.unwrap();
+        assert!(!tiered(&h).kept_since_open(a), "made since open");
+        let file_dir = h.config.data_dir.join("chunks").join(format!("{:016x}", 9));
+        let names = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&file_dir), [format!("{:016x}", 0)], "no partial file");
+        // A write-back a kill cut short.
+        let partial = file_dir.join(format!("{:016x}.partial", 1));
+        std::fs::write(&partial, pattern(2, 100)).unwrap();
+        h.reopen();
+        let s = &*h.store;
+        assert_eq!(names(&file_dir), [format!("{:016x}", 0)], "partial removed");
+        assert_eq!(s.list().await.unwrap(), [a]);
+        assert!(tiered(&h).kept_since_open(a));
+        assert!(!tiered(&h).kept_since_open(b));
+        assert!(s.remove(a).await.unwrap());
+        write(s, a, 0, &pattern(3, 10)).await;
+        assert!(!tiered(&h).kept_since_open(a), "removed, then made again");
+    });
+}
+
 /// Regression: with its disk full, a tiered store acknowledged writes into its memory
 /// tier that no write-back could then put on disk, and a clean shutdown lost them ("final
 /// store sync failed: no space"). Now a write the disk has no room for fails with ENOSPC,

@@ -707,7 +707,8 @@ impl FsClient {
     /// A short read (a hole) from a server whose store began after the file was created
     /// may be a chunk the server lost (its data directory was lost, a memory store
     /// restarted): refused as an I/O error, so another replica is asked, and the read
-    /// fails rather than answer zeros for bytes that were written.
+    /// fails rather than answer zeros for bytes that were written. `short` is false for
+    /// a read the server answered `whole` (a chunk it kept through the restart).
     pub(super) fn check_not_lost(
         &self,
         server: ServerIndex,
@@ -755,7 +756,7 @@ impl FsClient {
                 key,
                 &req,
                 || loan.and_then(|l| l.lend_mut(span_range(span))),
-                |server, r| self.check_not_lost(server, meta, r.reply.len < len),
+                |server, r| self.check_not_lost(server, meta, r.reply.len < len && !r.reply.whole),
             )
             .await?;
         let got = r.payload.len() + r.sunk;

@@ -133,7 +133,9 @@ impl FsClient {
                 .await
             {
                 Ok((reply, bytes))
-                    if reply.len == whole.len || !self.may_have_lost(source, meta) =>
+                    if reply.len == whole.len
+                        || reply.whole
+                        || !self.may_have_lost(source, meta) =>
                 {
                     return Some(bytes)
                 }

@@ -259,7 +259,8 @@ impl FsClient {
         if reply.reply.len != got || got > asked {
             return None;
         }
-        self.check_not_lost(server, meta, got < asked).ok()?;
+        self.check_not_lost(server, meta, got < asked && !reply.reply.whole)
+            .ok()?;
         Some(reply.payload)
     }
 

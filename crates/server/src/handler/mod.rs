@@ -1008,11 +1008,11 @@ impl ServerState {
             _ => return Reply::error(Status::Protocol),
         };
         let Some(buf) = self.short_of_cuts(&req, buf) else {
-            return Reply::ok(&op::ChunkIoReply { len: req.io.len });
+            return Reply::ok(&op::ChunkIoReply::moved(req.io.len));
         };
         let (r, _buf) = self.store.write(id, req.io.offset, buf).await;
         match r {
-            Ok(()) => Reply::ok(&op::ChunkIoReply { len: req.io.len }),
+            Ok(()) => Reply::ok(&op::ChunkIoReply::moved(req.io.len)),
             Err(e) => Reply::error(store_status(e)),
         }
     }
@@ -1057,7 +1057,7 @@ impl ServerState {
         id: ChunkId,
         req: &op::ChunkWrite,
     ) -> Result<bool, StoreError> {
-        if req.file_birth_ns >= self.born_ns {
+        if req.file_birth_ns >= self.born_ns || self.store.kept_since_open(id) {
             return Ok(false);
         }
         let skipped_end = req.io.offset.min(req.chunk_held);
@@ -1077,10 +1077,7 @@ impl ServerState {
         if let Some(view) = self.store.read_in_place(id, req.offset, len) {
             return Reply {
                 status: Status::Ok,
-                body: op::ChunkIoReply {
-                    len: view.len() as u64,
-                }
-                .to_bytes(),
+                body: op::ChunkIoReply::moved(view.len() as u64).to_bytes(),
                 payload: Some(ReplyPayload::View(view)),
                 body_file_bytes: [0; 2],
             };
@@ -1097,7 +1094,11 @@ impl ServerState {
         buf.truncate(n);
         Reply {
             status: Status::Ok,
-            body: op::ChunkIoReply { len: n as u64 }.to_bytes(),
+            body: op::ChunkIoReply {
+                len: n as u64,
+                whole: self.store.kept_since_open(id),
+            }
+            .to_bytes(),
             payload: Some(ReplyPayload::Buf(buf)),
             body_file_bytes: [0; 2],
         }

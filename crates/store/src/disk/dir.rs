@@ -211,8 +211,14 @@ impl ChunkDir {
         if let Some(file) = self.cached(id) {
             return Ok(file);
         }
-        let path = id::chunk_path(&self.data_dir, id);
-        let file = match self.open_file(&path, true) {
+        let file = self.create_in_file_dir(&id::chunk_path(&self.data_dir, id), id)?;
+        Ok(self.insert_cached(id, file))
+    }
+
+    /// Opens `path`, a file in `id`'s file directory, creating it (and the directory) if
+    /// missing.
+    fn create_in_file_dir(&self, path: &Path, id: ChunkId) -> Result<ChunkFile, StoreError> {
+        let file = match self.open_file(path, true) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let dir = id::file_dir(&self.data_dir, id.file_id);
                 match fs::create_dir(&dir) {
@@ -222,13 +228,47 @@ impl ChunkDir {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(StoreError::io("mkdir", e, 0)),
                 }
-                self.open_file(&path, true)
+                self.open_file(path, true)
             }
             other => other,
         }
         .map_err(|e| StoreError::io("open chunk", e, 0))?;
         self.dirty_dirs.borrow_mut().insert(Some(id.file_id));
-        Ok(self.insert_cached(id, file))
+        Ok(file)
+    }
+
+    /// An empty file to write chunk `id` (which has none) whole into, under a name of its
+    /// own until [`ChunkDir::commit_whole`] renames it into place: a crash leaves the
+    /// chunk absent or whole, never its start alone (the rest read as never written).
+    /// What a crash left of one is removed at the next open.
+    pub(crate) fn begin_whole(&self, id: ChunkId) -> Result<Rc<ChunkFile>, StoreError> {
+        let file = self.create_in_file_dir(&id::partial_path(&self.data_dir, id), id)?;
+        file.buffered
+            .set_len(0)
+            .map_err(|e| StoreError::io("ftruncate", e, 0))?;
+        Ok(Rc::new(file))
+    }
+
+    /// Makes the file [`ChunkDir::begin_whole`] gave, now holding `len` bytes, chunk `id`;
+    /// on failure it is removed.
+    pub(crate) fn commit_whole(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        let partial = id::partial_path(&self.data_dir, id);
+        if let Err(e) = fs::rename(&partial, id::chunk_path(&self.data_dir, id)) {
+            self.abort_whole(id);
+            return Err(StoreError::io("rename chunk", e, 0));
+        }
+        self.files.borrow_mut().remove(&id);
+        self.set_len(id, Some(len));
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Removes the file [`ChunkDir::begin_whole`] gave, after its write failed.
+    pub(crate) fn abort_whole(&self, id: ChunkId) {
+        let partial = id::partial_path(&self.data_dir, id);
+        if let Err(e) = fs::remove_file(&partial) {
+            tracing::warn!(path = %partial.display(), error = %e, "partial chunk not removed");
+        }
     }
 
     /// The open file of a chunk, or `None` if the chunk does not exist.
@@ -434,6 +474,15 @@ fn scan(chunks: &Path) -> Result<(BTreeMap<ChunkId, u64>, u64), StoreError> {
         let Some(file_id) = file_id else { continue };
         for chunk in read_dir(&entry.path())? {
             let chunk = chunk.map_err(|e| StoreError::io("readdir", e, 0))?;
+            if chunk
+                .file_name()
+                .to_string_lossy()
+                .ends_with(id::PARTIAL_SUFFIX)
+            {
+                // A chunk being written whole when the process died: never acknowledged.
+                fs::remove_file(chunk.path()).map_err(|e| StoreError::io("unlink", e, 0))?;
+                continue;
+            }
             let Some(index_no) = parse_entry(&chunk, false)? else {
                 continue;
             };
