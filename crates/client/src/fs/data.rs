@@ -707,15 +707,18 @@ impl FsClient {
     /// A short read (a hole) from a server whose store began after the file was created
     /// may be a chunk the server lost (its data directory was lost, a memory store
     /// restarted): refused as an I/O error, so another replica is asked, and the read
-    /// fails rather than answer zeros for bytes that were written. `short` is false for
-    /// a read the server answered `whole` (a chunk it kept through the restart).
+    /// fails rather than answer zeros for bytes that were written. `reply` answered a
+    /// read of `asked` bytes; one the server answered `whole` (a chunk it kept through
+    /// the restart) stops short at a hole.
     pub(super) fn check_not_lost(
         &self,
         server: ServerIndex,
         meta: FileMetadata,
-        short: bool,
+        reply: &ops::ChunkIoReply,
+        asked: u64,
     ) -> Result<(), RpcError> {
         let slot = &self.servers[server as usize];
+        let short = reply.len < asked && !reply.whole;
         if short && slot.born_ns.get() > meta.birth_ns {
             let entry = slot.entry.borrow();
             return Err(RpcError::MayHaveLost {
@@ -756,7 +759,7 @@ impl FsClient {
                 key,
                 &req,
                 || loan.and_then(|l| l.lend_mut(span_range(span))),
-                |server, r| self.check_not_lost(server, meta, r.reply.len < len && !r.reply.whole),
+                |server, r| self.check_not_lost(server, meta, &r.reply, len),
             )
             .await?;
         let got = r.payload.len() + r.sunk;

@@ -259,7 +259,7 @@ impl FsClient {
         if reply.reply.len != got || got > asked {
             return None;
         }
-        self.check_not_lost(server, meta, got < asked && !reply.reply.whole)
+        self.check_not_lost(server, meta, &reply.reply, asked)
             .ok()?;
         Some(reply.payload)
     }

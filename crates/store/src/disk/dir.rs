@@ -237,9 +237,9 @@ impl ChunkDir {
         Ok(file)
     }
 
-    /// An empty file to write chunk `id` (which has none) whole into, under a name of its
-    /// own until [`ChunkDir::commit_whole`] renames it into place: a crash leaves the
-    /// chunk absent or whole, never its start alone (the rest read as never written).
+    /// An empty file to write chunk `id` whole into, under a name of its own until
+    /// [`ChunkDir::commit_whole`] renames it over the chunk's: a crash leaves the chunk as
+    /// it was or whole, never its start alone (the rest read as never written).
     /// What a crash left of one is removed at the next open.
     pub(crate) fn begin_whole(&self, id: ChunkId) -> Result<Rc<ChunkFile>, StoreError> {
         let file = self.create_in_file_dir(&id::partial_path(&self.data_dir, id), id)?;

@@ -125,23 +125,16 @@ impl<E: IoEngine> DiskChunkStore<E> {
         self.dir.stat(id).map(|stat| stat.len)
     }
 
-    /// Writes `buf` as the whole of chunk `id`, so that a process killed meanwhile leaves
-    /// the chunk as it was or whole, never its start alone (see
-    /// [`ChunkDir::begin_whole`](dir::ChunkDir::begin_whole)). A chunk that exists is
-    /// overwritten in place and cut to `buf`'s length.
+    /// Writes `buf` as the whole of chunk `id`, replacing what it held, so that a process
+    /// killed meanwhile leaves the chunk as it was or whole, never its start alone (see
+    /// [`ChunkDir::begin_whole`](dir::ChunkDir::begin_whole)). The capacity is not
+    /// checked: the tiered store, whose lower tier has none, checks its own.
     pub(crate) async fn write_whole(
         &self,
         id: ChunkId,
         buf: ChunkBuf,
     ) -> (Result<(), StoreError>, ChunkBuf) {
         let len = buf.len() as u64;
-        if self.dir.stat(id).is_some() {
-            let (result, buf) = self.write(id, 0, buf).await;
-            if let Err(e) = result {
-                return (Err(e), buf);
-            }
-            return (self.dir.truncate(id, len), buf);
-        }
         let file = match self.dir.begin_whole(id) {
             Ok(file) => file,
             Err(e) => return (Err(e), buf),
