@@ -258,29 +258,24 @@ fn growing_a_file_clears_what_a_failed_truncate_left_on_a_server() {
     // Found by a hostile-user run: a truncate that a stopped server missed left that
     // server's chunks past the new end; a later truncate that grew the file back
     // succeeded, and with the other replica down those old bytes read back with success
-    // where the file held zeros.
+    // where the file held zeros. (The missed server holds no copy of the record: the
+    // records take the new size, and only the cut misses it.)
     let mut cluster = cluster();
     let c = common::files::C;
     let old = pattern(8 * c, 60);
-    write_file(&cluster.client(), "/g", &old);
+    let (path, missed) = missing_the_last_chunk(&cluster, &old, false);
     let keep = c / 2 + 3;
-    // A server holding a copy of the last chunk misses the cut.
-    let last = PlacementKey::Chunk {
-        file_id: file_id(&cluster, "/g"),
-        index: 7,
-    };
-    let missed = cluster.replicas_of(last)[0];
     cluster.kill(missed);
     let fs = cluster.client();
-    assert!(fs.truncate("/g", keep as u64).is_err());
+    assert!(fs.truncate(&path, keep as u64).is_err());
     cluster.restart(missed);
     let fs = cluster.client();
-    fs.truncate("/g", old.len() as u64).unwrap();
+    fs.truncate(&path, old.len() as u64).unwrap();
     let mut want = old[..keep].to_vec();
     want.resize(old.len(), 0);
     for victim in 0..cluster.spec.servers {
         cluster.kill(victim);
-        let got = read_file(&cluster.client(), "/g");
+        let got = read_file(&cluster.client(), &path);
         assert!(
             got == want,
             "with server {victim} down, old bytes past {keep}"
@@ -289,32 +284,61 @@ fn growing_a_file_clears_what_a_failed_truncate_left_on_a_server() {
     }
 }
 
+/// A new file holding `bytes` (eight chunks) and a server holding a copy of its last
+/// chunk, which owns the file's record too (the replica lookups read) or holds no copy of
+/// it (`owns_record`).
+fn missing_the_last_chunk(cluster: &Cluster, bytes: &[u8], owns_record: bool) -> (String, usize) {
+    (0..)
+        .find_map(|i| {
+            let path = format!("/d{i}");
+            write_file(&cluster.client(), &path, bytes);
+            let last = PlacementKey::Chunk {
+                file_id: file_id(cluster, &path),
+                index: 7,
+            };
+            let missed = cluster.replicas_of(last)[0];
+            let replicas = replicas_of(cluster, &path);
+            let fits = match owns_record {
+                true => replicas[0] == missed,
+                false => !replicas.contains(&missed),
+            };
+            fits.then_some((path, missed))
+        })
+        .unwrap()
+}
+
 #[test]
 fn growing_a_file_cuts_at_the_least_size_its_replicas_hold() {
     // Found by CI once inode numbers varied from run to run: when the server that missed
     // a truncate's cut also held a copy of the record, that copy kept the old size; a
     // truncate back up that read it cut nothing, and the old bytes read back past the
-    // size the truncate had set.
+    // size the truncate had set. A failed truncate now puts the replica that took it
+    // back, so the state is made here as a truncate whose undo failed too leaves it: one
+    // replica cut, and every chunk server but the stopped one.
     let mut cluster = cluster();
     let c = common::files::C;
     let old = pattern(8 * c, 63);
-    let (path, missed) = (0..)
-        .find_map(|i| {
-            let path = format!("/d{i}");
-            write_file(&cluster.client(), &path, &old);
-            let last = PlacementKey::Chunk {
-                file_id: file_id(&cluster, &path),
-                index: 7,
-            };
-            let missed = cluster.replicas_of(last)[0];
-            replicas_of(&cluster, &path)
-                .contains(&missed)
-                .then_some((path, missed))
-        })
-        .unwrap();
-    cluster.kill(missed);
+    let (path, missed) = missing_the_last_chunk(&cluster, &old, true);
+    let id = file_id(&cluster, &path);
     let keep = c / 2 + 7;
-    assert!(cluster.client().truncate(&path, keep as u64).is_err());
+    cluster.kill(missed);
+    let took = replicas_of(&cluster, &path)
+        .into_iter()
+        .find(|&r| r != missed)
+        .unwrap();
+    set_size_on(cluster.addr(took), &path, id, keep as u64);
+    let at = |offset: usize| ((offset / c) as u64, (offset % c) as u64);
+    for server in (0..cluster.spec.servers).filter(|&s| s != missed) {
+        let (index, len) = at(keep);
+        let cut = ops::TruncateFileRequest {
+            file_id: id,
+            index,
+            len,
+            cut_gen: 0,
+            end: None,
+        };
+        call_one::<ops::TruncateFile>(cluster.addr(server), &cut).unwrap();
+    }
     cluster.restart(missed);
     cluster.client().truncate(&path, old.len() as u64).unwrap();
     let mut want = old[..keep].to_vec();
@@ -534,6 +558,76 @@ fn a_truncate_brings_the_replicas_cut_counts_together() {
     fs.write(fd, b"tail").unwrap();
     fs.close(fd).unwrap();
     assert!(read_file(&fs, "/x") == [&pattern(1000, 3)[..3], b"tail"].concat());
+}
+
+/// The size and cut count of each replica's record of `path`, owner first.
+fn sizes_and_counts(cluster: &Cluster, path: &str) -> Vec<Option<(u64, u16)>> {
+    records(cluster, path)
+        .into_iter()
+        .map(|r| r.map(|meta| (meta.size, meta.cut_gen)))
+        .collect()
+}
+
+#[test]
+fn a_truncate_a_dead_replica_failed_leaves_every_replica_as_it_was() {
+    // Found by a hostile-user run: a truncate that failed on one replica left the other
+    // one cut, and with both running again, readers got either size (and that many
+    // bytes) with success, by which replica answered, until the replica repair came
+    // minutes later. The replica that took the change now puts it back.
+    let mut cluster = Cluster::start(ClusterSpec {
+        orphan_sweep_secs: 0,
+        ..spec()
+    });
+    let old = pattern(5000, 6);
+    for position in [0, 1] {
+        let path = format!("/t{position}");
+        write_file(&cluster.client(), &path, &old);
+        let before = sizes_and_counts(&cluster, &path);
+        let dead = replicas_of(&cluster, &path)[position];
+        cluster.kill(dead);
+        let failed = cluster.client().truncate(&path, 1000);
+        cluster.restart(dead);
+        assert!(failed.is_err(), "replica {position} down");
+        assert_eq!(
+            sizes_and_counts(&cluster, &path),
+            before,
+            "replica {position} down"
+        );
+        assert!(read_file(&cluster.client(), &path) == old);
+    }
+}
+
+#[test]
+fn an_append_a_dead_replica_failed_claims_nothing_on_any_replica() {
+    // As a truncate: an append's claim that a replica failed grew the others, so readers
+    // saw either size, and an append claimed after it started at either end.
+    let mut cluster = Cluster::start(ClusterSpec {
+        orphan_sweep_secs: 0,
+        ..spec()
+    });
+    write_file(&cluster.client(), "/a", b"head");
+    let before = sizes_and_counts(&cluster, "/a");
+    let dead = replicas_of(&cluster, "/a")[1];
+    let append = OpenFlags::WRITE | OpenFlags::APPEND;
+    {
+        let fs = cluster.client();
+        let fd = fs.open("/a", append, 0).unwrap();
+        cluster.kill(dead);
+        assert!(fs.write(fd, b"lost tail").is_err());
+    }
+    cluster.restart(dead);
+    assert_eq!(sizes_and_counts(&cluster, "/a"), before);
+    // The next append lands right after the file's bytes, on every replica.
+    let fs = cluster.client();
+    let fd = fs.open("/a", append, 0).unwrap();
+    fs.write(fd, b"+tail").unwrap();
+    fs.close(fd).unwrap();
+    assert_eq!(read_file(&fs, "/a"), b"head+tail");
+    let sizes: Vec<_> = records(&cluster, "/a")
+        .into_iter()
+        .map(|r| r.map(|meta| meta.size))
+        .collect();
+    assert_eq!(sizes, [Some(9), Some(9)]);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 24;
+pub const VERSION: u16 = 25;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -112,11 +112,14 @@ pub enum OpCode {
     /// A directory's entries changed (a create, a removal, a rename into or out of it):
     /// its modification and change times move to now.
     TouchDir = 34,
+    /// Put a record's size and cut count back, unless it changed since: the undo of a size
+    /// change that failed on another replica.
+    RestoreSize = 35,
 }
 
 impl OpCode {
     /// Every operation.
-    pub const ALL: [OpCode; 34] = [
+    pub const ALL: [OpCode; 35] = [
         OpCode::Hello,
         OpCode::Ping,
         OpCode::ReadChunk,
@@ -151,6 +154,7 @@ impl OpCode {
         OpCode::LocateFile,
         OpCode::MetadataLookupParent,
         OpCode::TouchDir,
+        OpCode::RestoreSize,
     ];
 
     /// Decodes a wire id.
@@ -195,6 +199,7 @@ impl OpCode {
             OpCode::ClaimAppend => "claim_append",
             OpCode::LocateFile => "locate_file",
             OpCode::TouchDir => "touch_dir",
+            OpCode::RestoreSize => "restore_size",
         }
     }
 

@@ -139,6 +139,14 @@ wire_header!(/// `UpdateSizeRequest`, before the path.
     UpdateSizeHeader = 19, { file_id: U64, size: U64, how: u8, cut_gen: U16 });
 wire_header!(/// `ClaimAppendRequest`, before the path.
     ClaimAppendHeader = 24, { file_id: U64, floor: U64, len: U64 });
+wire_header!(/// `RestoreSizeRequest`, before the path.
+RestoreSizeHeader = 28, {
+    file_id: U64,
+    now_size: U64,
+    now_cut_gen: U16,
+    size: U64,
+    cut_gen: U16,
+});
 wire_header!(/// `InsertRequest`, before the path and the bytes.
     InsertHeader = 73, { meta: FileMetadataWire, flags: u8 });
 wire_header!(/// `SetAttrRequest`, before the path.
@@ -235,7 +243,9 @@ rpc!(/// Cut a file's chunks on one server.
 rpc!(/// Grow or set a file's size.
     UpdateSize, UpdateSize, UpdateSizeRequest, SizeReply);
 rpc!(/// Claim the range an append writes; the reply's size ends it.
-    ClaimAppend, ClaimAppend, ClaimAppendRequest, MetadataReply);
+    ClaimAppend, ClaimAppend, ClaimAppendRequest, SizeReply);
+rpc!(/// Undo a size change that failed on another replica, unless the record changed since.
+    RestoreSize, RestoreSize, RestoreSizeRequest, MetadataReply);
 rpc!(/// Flush to stable storage.
     Fsync, Fsync, Empty, Empty);
 rpc!(/// Store a record as given.
@@ -661,19 +671,24 @@ pub struct SizeReply {
     pub meta: FileMetadata,
     /// Its size before the update.
     pub size_before: u64,
+    /// Its cut count before the update.
+    pub cut_gen_before: u16,
 }
 
 impl Message for SizeReply {
     fn encode(&self, w: &mut Writer) {
         self.meta.encode(w);
-        w.fixed(&U64::new(self.size_before));
+        w.fixed(&U64::new(self.size_before))
+            .fixed(&U16::new(self.cut_gen_before));
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let meta = FileMetadata::decode(r)?;
         let size_before: U64 = r.fixed()?;
+        let cut_gen_before: U16 = r.fixed()?;
         Ok(SizeReply {
             meta,
             size_before: size_before.get(),
+            cut_gen_before: cut_gen_before.get(),
         })
     }
 }
@@ -938,6 +953,50 @@ impl Message for ClaimAppendRequest {
             file_id: h.file_id.get(),
             floor: h.floor.get(),
             len: h.len.get(),
+        })
+    }
+}
+
+/// Put a record's size and cut count back to what they were before a change that failed
+/// on another replica (`size`, `cut_gen`), only while they are what the change left
+/// (`now_size`, `now_cut_gen`): a record changed since refuses with `Stale`, so a
+/// concurrent change is never undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSizeRequest {
+    /// The path.
+    pub path: String,
+    /// The file the caller means: a record naming another one refuses with `Stale`.
+    pub file_id: u64,
+    /// The size the change left.
+    pub now_size: u64,
+    /// The cut count the change left.
+    pub now_cut_gen: u16,
+    /// The size to put back.
+    pub size: u64,
+    /// The cut count to put back.
+    pub cut_gen: u16,
+}
+
+impl Message for RestoreSizeRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&RestoreSizeHeader {
+            file_id: self.file_id.into(),
+            now_size: self.now_size.into(),
+            now_cut_gen: self.now_cut_gen.into(),
+            size: self.size.into(),
+            cut_gen: self.cut_gen.into(),
+        })
+        .str16(self.path.as_bytes());
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let h: RestoreSizeHeader = r.fixed()?;
+        Ok(RestoreSizeRequest {
+            path: path_field(r, "path")?,
+            file_id: h.file_id.get(),
+            now_size: h.now_size.get(),
+            now_cut_gen: h.now_cut_gen.get(),
+            size: h.size.get(),
+            cut_gen: h.cut_gen.get(),
         })
     }
 }

@@ -749,6 +749,31 @@ impl MetadataTable {
         Ok(*meta)
     }
 
+    /// Undoes a size change of file `file_id` at `path` that failed on another replica:
+    /// the record's size and cut count go back to `to`, only while they are `now`, what
+    /// the change left (else `Stale`: a change since is never undone). Its times stay: a
+    /// time moved forward is no content the replicas must agree on. An inline record
+    /// refuses (`Stale`): the bytes a cut dropped from it are gone.
+    pub fn restore_size(
+        &mut self,
+        path: &str,
+        file_id: u64,
+        now: (u64, u16),
+        to: (u64, u16),
+    ) -> Result<FileMetadata, Status> {
+        let path = path::normalize(path)?;
+        self.recent.touch(&path);
+        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
+        if meta.is_dir() {
+            return Err(Status::IsDir);
+        }
+        if meta.file_id != file_id || meta.inline || (meta.size, meta.cut_gen) != now {
+            return Err(Status::Stale);
+        }
+        (meta.size, meta.cut_gen) = to;
+        Ok(*meta)
+    }
+
     /// The names and records of this server's share of `dir`'s entries, in name order,
     /// starting after `after` (for paging), at most `limit` of them.
     pub fn list_children(
@@ -1189,6 +1214,31 @@ mod tests {
             Err(Status::IsDir)
         );
         assert_eq!(m.lookup("/f").unwrap().size, 5);
+    }
+
+    #[test]
+    fn a_restore_undoes_a_size_change_only_while_the_record_is_as_it_left_it() {
+        let mut m = manager();
+        let id = m.create_file("/f", 0, 0, Owner::default()).unwrap().file_id;
+        m.update_size("/f", id, 100, SizeUpdate::AtLeast).unwrap();
+        let cut = m.update_size("/f", id, 40, SizeUpdate::Exact).unwrap();
+        assert_eq!((cut.size, cut.cut_gen), (40, 1));
+        // An append claimed since: the restore would drop it, so it refuses.
+        m.claim_append("/f", id, 0, 5).unwrap();
+        assert_eq!(
+            m.restore_size("/f", id, (40, 1), (100, 0)),
+            Err(Status::Stale)
+        );
+        assert_eq!(
+            m.restore_size("/f", id + 1, (45, 1), (100, 0)),
+            Err(Status::Stale)
+        );
+        let back = m.restore_size("/f", id, (45, 1), (100, 0)).unwrap();
+        assert_eq!((back.size, back.cut_gen), (100, 0));
+        assert_eq!(
+            m.restore_size("/nope", id, (45, 1), (100, 0)),
+            Err(Status::NotFound)
+        );
     }
 
     #[test]

@@ -289,12 +289,13 @@ impl FsClient {
             let mut moved = false;
             loop {
                 match self
-                    .change_record::<ops::ClaimAppend>(&path, meta.file_id, &req)
+                    .change_size::<ops::ClaimAppend>(&path, meta.file_id, &req)
                     .await
                 {
-                    Ok(reply) => {
-                        self.meta_cache.borrow_mut().put(&path, reply.meta);
-                        return Ok((reply.meta.size.saturating_sub(len), reply.meta));
+                    Ok(replies) => {
+                        let claimed = replies[0].meta;
+                        self.meta_cache.borrow_mut().put(&path, claimed);
+                        return Ok((claimed.size.saturating_sub(len), claimed));
                     }
                     Err(e) if e.status() == Status::NeedsChunks && !moved => {
                         self.move_to_chunks(&path, meta).await?;

@@ -375,7 +375,7 @@ impl FsClient {
                 cut_gen: uncut_since.unwrap_or(0),
             };
             let replies = self
-                .change_record_replies::<ops::UpdateSize>(&path, file_id, &req)
+                .change_size::<ops::UpdateSize>(&path, file_id, &req)
                 .await
                 .map_err(rpc_err("size update", &path))?;
             let meta = replies[0].meta;

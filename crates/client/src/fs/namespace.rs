@@ -196,7 +196,7 @@ impl FsClient {
             let copied = self.call_on::<ops::MetadataInsert>(s, insert, OutPayload::none());
             match copied.await {
                 // Another client met the record on the first replica and copied it here
-                // before this copy came (see `FsClient::change_record_replies`): it is
+                // before this copy came (see `FsClient::change_record`): it is
                 // this file's, with the changes made to it since.
                 Err(e)
                     if e.status() == Status::Exists && self.names(s, path, meta.file_id).await =>
@@ -841,7 +841,7 @@ impl FsClient {
         }
         let req = exact_size(path, meta.file_id, size, next_cut_gen(meta.cut_gen));
         let replies = self
-            .change_record_replies::<ops::UpdateSize>(path, req.file_id, &req)
+            .change_size::<ops::UpdateSize>(path, req.file_id, &req)
             .await;
         self.meta_cache.borrow_mut().remove(path);
         let replies = replies.map_err(rpc_err("truncate", path))?;
@@ -870,7 +870,7 @@ impl FsClient {
             // `FsClient::publish_reaching`), and this refuses it.
             let req = exact_size(path, meta.file_id, size, next_cut_gen(sized.cut_gen));
             let again = self
-                .change_record_replies::<ops::UpdateSize>(path, req.file_id, &req)
+                .change_size::<ops::UpdateSize>(path, req.file_id, &req)
                 .await
                 .map_err(rpc_err("truncate", path))?;
             let settled = again.iter().all(|r| r.size_before == size);

@@ -144,6 +144,13 @@ fn servers_that_took<T>(answers: &[(ServerIndex, Result<T, RpcError>)]) -> Vec<S
         .collect()
 }
 
+/// A change of a record that some replica failed: the failure, and the replies of the
+/// replicas that took it.
+struct PartialChange<T> {
+    error: RpcError,
+    took: Vec<(ServerIndex, T)>,
+}
+
 /// The first replica's reply if every replica in `answers` took the call, else the first
 /// failure.
 pub(super) fn first_if_all_took<T>(
@@ -675,28 +682,86 @@ impl FsClient {
         file_id: u64,
         req: &R::Request,
     ) -> Result<R::Reply, RpcError> {
-        let mut replies = self.change_record_replies::<R>(path, file_id, req).await?;
-        Ok(replies.swap_remove(0))
+        let mut replies = self
+            .change_record_each::<R>(path, file_id, req)
+            .await
+            .map_err(|partial| partial.error)?;
+        Ok(replies.swap_remove(0).1)
     }
 
-    /// [`FsClient::change_record`], returning the reply of every replica that took the
-    /// change, in replica order (never none); a replica that got the record copied
-    /// instead has none.
-    pub(super) async fn change_record_replies<R: Rpc>(
+    /// [`FsClient::change_record`] of a size change (a truncate's, a publish's, an append's
+    /// claim), returning the reply of every replica that took it, in replica order (never
+    /// none; a replica that got the record copied instead has none). If a replica fails
+    /// it, those that took it are put back ([`ops::RestoreSize`]) unless their record
+    /// changed since: a failed truncate had left the replicas with two sizes, readers saw
+    /// either, and the replica repair could later keep one that dropped an acknowledged
+    /// append.
+    pub(super) async fn change_size<R: Rpc<Reply = ops::SizeReply>>(
         &self,
         path: &str,
         file_id: u64,
         req: &R::Request,
-    ) -> Result<Vec<R::Reply>, RpcError> {
+    ) -> Result<Vec<ops::SizeReply>, RpcError> {
+        match self.change_record_each::<R>(path, file_id, req).await {
+            Ok(replies) => Ok(replies.into_iter().map(|(_, reply)| reply).collect()),
+            Err(partial) => {
+                self.restore_sizes(path, file_id, &partial.took).await;
+                Err(partial.error)
+            }
+        }
+    }
+
+    /// Puts back the record at `path` on each replica of `took` that a failed size change
+    /// changed. One that refuses or fails is left to the replica repair (logged).
+    async fn restore_sizes(
+        &self,
+        path: &str,
+        file_id: u64,
+        took: &[(ServerIndex, ops::SizeReply)],
+    ) {
+        let changed = took
+            .iter()
+            .filter(|(_, r)| (r.meta.size, r.meta.cut_gen) != (r.size_before, r.cut_gen_before));
+        let restores = changed.map(|(server, r)| async move {
+            let req = ops::RestoreSizeRequest {
+                path: path.to_string(),
+                file_id,
+                now_size: r.meta.size,
+                now_cut_gen: r.meta.cut_gen,
+                size: r.size_before,
+                cut_gen: r.cut_gen_before,
+            };
+            let restored = self
+                .call_on::<ops::RestoreSize>(*server, &req, OutPayload::none())
+                .await;
+            if let Err(e) = restored {
+                tracing::error!(
+                    error = %e,
+                    path,
+                    "undo of a failed size change failed: the replicas differ until repaired"
+                );
+            }
+        });
+        join_all(restores).await;
+    }
+
+    /// The replies of every replica that took a change of the record at `path`, with
+    /// its server; or the first failure, with the replies of those that took it.
+    async fn change_record_each<R: Rpc>(
+        &self,
+        path: &str,
+        file_id: u64,
+        req: &R::Request,
+    ) -> Result<Vec<(ServerIndex, R::Reply)>, PartialChange<R::Reply>> {
         let mut answers = self
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
         self.ask_again_while_created::<R>(&mut answers, req).await;
         let took = servers_that_took(&answers);
-        let (mut replies, mut lacking) = (Vec::new(), Vec::new());
+        let (mut replies, mut lacking, mut failed) = (Vec::new(), Vec::new(), None);
         for (server, answer) in answers {
             match answer {
-                Ok(reply) => replies.push(reply),
+                Ok(reply) => replies.push((server, reply)),
                 Err(e)
                     if e.status() == Status::NotFound
                         && !took.is_empty()
@@ -704,20 +769,30 @@ impl FsClient {
                 {
                     lacking.push((server, e));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
+        let partial = |error, took| PartialChange { error, took };
+        if let Some(error) = failed {
+            return Err(partial(error, replies));
+        }
         if replies.is_empty() {
-            return Err(lacking.remove(0).1);
+            return Err(partial(lacking.remove(0).1, replies));
         }
         for (server, not_found) in lacking {
-            match self.copy_record(path, file_id, took[0], server).await {
-                Ok(()) => {}
+            let copied = match self.copy_record(path, file_id, took[0], server).await {
+                Ok(()) => Ok(()),
                 // Another client's copy came first: the change goes to it as to the rest.
-                Err(Status::Exists) => {
-                    self.call_on::<R>(server, req, OutPayload::none()).await?;
-                }
-                Err(_) => return Err(not_found),
+                Err(Status::Exists) => self
+                    .call_on::<R>(server, req, OutPayload::none())
+                    .await
+                    .map(drop),
+                Err(_) => Err(not_found),
+            };
+            if let Err(error) = copied {
+                return Err(partial(error, replies));
             }
         }
         Ok(replies)

@@ -15,6 +15,7 @@ mod repair;
 
 use std::cell::{Cell, RefCell};
 
+use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self as op, Message};
 use benchfs_proto::{path, OpCode, Status};
 use benchfs_store::StoreError;
@@ -610,6 +611,7 @@ impl ServerState {
             | OpCode::SetAttr
             | OpCode::UpdateSize
             | OpCode::ClaimAppend
+            | OpCode::RestoreSize
             | OpCode::TouchDir => self.metadata_write(op, body),
             OpCode::PurgeUnder => self.purge_under(&decode(body)?),
             OpCode::LocateFile => {
@@ -765,10 +767,27 @@ impl ServerState {
                 let meta = self.change_logged(&req.path, false, |t| t.touch_dir(&req.path))?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
+            _ => self.size_change(op, body),
+        }
+    }
+
+    /// The changes of a record's size: an append's claim, an update (a writer's publish,
+    /// a truncate) and the undo of either.
+    fn size_change(&self, op: OpCode, body: &[u8]) -> Result<Reply, Status> {
+        match op {
             OpCode::ClaimAppend => {
                 let req: op::ClaimAppendRequest = decode(body)?;
+                let before = self.metadata.borrow().lookup(&req.path);
                 let meta = self.change_logged(&req.path, false, |t| {
                     t.claim_append(&req.path, req.file_id, req.floor, req.len)
+                })?;
+                Ok(Reply::ok(&size_reply(meta, before)))
+            }
+            OpCode::RestoreSize => {
+                let req: op::RestoreSizeRequest = decode(body)?;
+                let meta = self.change_logged(&req.path, false, |t| {
+                    let now = (req.now_size, req.now_cut_gen);
+                    t.restore_size(&req.path, req.file_id, now, (req.size, req.cut_gen))
                 })?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
@@ -776,7 +795,8 @@ impl ServerState {
                 let req: op::UpdateSizeRequest = decode(body)?;
                 // An exact size is a truncation, which may free chunks.
                 let freeing = req.how == SizeUpdate::Exact;
-                let held = self.metadata.borrow().lookup(&req.path).map(|m| m.size);
+                let before = self.metadata.borrow().lookup(&req.path);
+                let held = before.map(|m| m.size);
                 let logged = self.change_logged(&req.path, freeing, |t| {
                     t.update_size_counted(&req.path, req.file_id, (req.size, req.how), req.cut_gen)
                 });
@@ -794,8 +814,7 @@ impl ServerState {
                     }
                     logged => logged?,
                 };
-                let size_before = held.unwrap_or(meta.size);
-                Ok(Reply::ok(&op::SizeReply { meta, size_before }))
+                Ok(Reply::ok(&size_reply(meta, before)))
             }
         }
     }
@@ -1172,6 +1191,17 @@ fn check_placement_record(config: &ServerConfig) -> Result<(), OpenError> {
             write_durably(&path, &expected).map_err(|source| OpenError::Born { path, source })
         }
         Err(source) => Err(OpenError::Born { path, source }),
+    }
+}
+
+/// The reply to a size change that left `meta` of a record that was `before` (the size and
+/// cut count a client puts back if another replica fails the change).
+fn size_reply(meta: FileMetadata, before: Result<FileMetadata, Status>) -> op::SizeReply {
+    let before = before.unwrap_or(meta);
+    op::SizeReply {
+        meta,
+        size_before: before.size,
+        cut_gen_before: before.cut_gen,
     }
 }
 
