@@ -140,10 +140,11 @@ wire_header!(/// `UpdateSizeRequest`, before the path.
 wire_header!(/// `ClaimAppendRequest`, before the path.
     ClaimAppendHeader = 24, { file_id: U64, floor: U64, len: U64 });
 wire_header!(/// `RestoreSizeRequest`, before the path.
-RestoreSizeHeader = 28, {
+RestoreSizeHeader = 36, {
     file_id: U64,
     now_size: U64,
     now_cut_gen: U16,
+    now_ctime_ns: U64,
     size: U64,
     cut_gen: U16,
 });
@@ -958,8 +959,9 @@ impl Message for ClaimAppendRequest {
 }
 
 /// Put a record's size and cut count back to what they were before a change that failed
-/// on another replica (`size`, `cut_gen`), only while they are what the change left
-/// (`now_size`, `now_cut_gen`): a record changed since refuses with `Stale`, so a
+/// on another replica (`size`, `cut_gen`), only while the record is as the change left it
+/// (`now_size`, `now_cut_gen`, and `now_ctime_ns`, which every change moves, one that
+/// leaves the size as it was too): a record changed since refuses with `Stale`, so a
 /// concurrent change is never undone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreSizeRequest {
@@ -971,6 +973,8 @@ pub struct RestoreSizeRequest {
     pub now_size: u64,
     /// The cut count the change left.
     pub now_cut_gen: u16,
+    /// The change time the change left.
+    pub now_ctime_ns: u64,
     /// The size to put back.
     pub size: u64,
     /// The cut count to put back.
@@ -983,6 +987,7 @@ impl Message for RestoreSizeRequest {
             file_id: self.file_id.into(),
             now_size: self.now_size.into(),
             now_cut_gen: self.now_cut_gen.into(),
+            now_ctime_ns: self.now_ctime_ns.into(),
             size: self.size.into(),
             cut_gen: self.cut_gen.into(),
         })
@@ -995,6 +1000,7 @@ impl Message for RestoreSizeRequest {
             file_id: h.file_id.get(),
             now_size: h.now_size.get(),
             now_cut_gen: h.now_cut_gen.get(),
+            now_ctime_ns: h.now_ctime_ns.get(),
             size: h.size.get(),
             cut_gen: h.cut_gen.get(),
         })

@@ -277,7 +277,7 @@ proptest! {
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len, cut_gen: id as u16, end: None })?;
         round_trip(&TruncateFileRequest { file_id: id, index: 1, len, cut_gen: 0, end: Some((id, len)) })?;
         round_trip(&SizeReply { meta: m, size_before: len, cut_gen_before: id as u16 })?;
-        round_trip(&RestoreSizeRequest { path: path.clone(), file_id: id, now_size: len, now_cut_gen: 3, size: id, cut_gen: 2 })?;
+        round_trip(&RestoreSizeRequest { path: path.clone(), file_id: id, now_size: len, now_cut_gen: 3, now_ctime_ns: len, size: id, cut_gen: 2 })?;
         round_trip(&HelloRequest { client: "c".into() })?;
         round_trip(&AuthRequest { proof: vec![1, 2] })?;
         round_trip(&HelloReply { node_id: "node0".into(), chunk_size: 4096, rdma_threshold: 32768, born_ns: id, born_again: id % 2 == 1, replicas: 2, virtual_nodes: 150, challenge: vec![3; 32] })?;

@@ -727,15 +727,7 @@ impl MetadataTable {
         floor: u64,
         len: u64,
     ) -> Result<FileMetadata, Status> {
-        let path = path::normalize(path)?;
-        self.recent.touch(&path);
-        let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
-        if meta.is_dir() {
-            return Err(Status::IsDir);
-        }
-        if meta.file_id != file_id {
-            return Err(Status::Stale);
-        }
+        let meta = self.file_record_mut(path, file_id)?;
         if meta.inline {
             return Err(Status::NeedsChunks);
         }
@@ -750,28 +742,39 @@ impl MetadataTable {
     }
 
     /// Undoes a size change of file `file_id` at `path` that failed on another replica:
-    /// the record's size and cut count go back to `to`, only while they are `now`, what
-    /// the change left (else `Stale`: a change since is never undone). Its times stay: a
-    /// time moved forward is no content the replicas must agree on. An inline record
-    /// refuses (`Stale`): the bytes a cut dropped from it are gone.
+    /// the record's size and cut count go back to `to`, only while its size, cut count
+    /// and change time are `now`, what the change left (else `Stale`: every change moves
+    /// the change time, so one since, even a grow that left the size, is never undone).
+    /// Its times stay: a time moved forward is no content the replicas must agree on. An
+    /// inline record refuses (`Stale`): the bytes a cut dropped from it are gone.
     pub fn restore_size(
         &mut self,
         path: &str,
         file_id: u64,
-        now: (u64, u16),
+        now: (u64, u16, u64),
         to: (u64, u16),
     ) -> Result<FileMetadata, Status> {
+        let meta = self.file_record_mut(path, file_id)?;
+        if meta.inline || (meta.size, meta.cut_gen, meta.ctime_ns) != now {
+            return Err(Status::Stale);
+        }
+        (meta.size, meta.cut_gen) = to;
+        Ok(*meta)
+    }
+
+    /// The record of file `file_id` at `path`, to change: `NotFound` without one, `IsDir`
+    /// for a directory's, `Stale` for another file's.
+    fn file_record_mut(&mut self, path: &str, file_id: u64) -> Result<&mut FileMetadata, Status> {
         let path = path::normalize(path)?;
         self.recent.touch(&path);
         let meta = self.entries.get_mut(&path).ok_or(Status::NotFound)?;
         if meta.is_dir() {
             return Err(Status::IsDir);
         }
-        if meta.file_id != file_id || meta.inline || (meta.size, meta.cut_gen) != now {
+        if meta.file_id != file_id {
             return Err(Status::Stale);
         }
-        (meta.size, meta.cut_gen) = to;
-        Ok(*meta)
+        Ok(meta)
     }
 
     /// The names and records of this server's share of `dir`'s entries, in name order,
@@ -1223,20 +1226,31 @@ mod tests {
         m.update_size("/f", id, 100, SizeUpdate::AtLeast).unwrap();
         let cut = m.update_size("/f", id, 40, SizeUpdate::Exact).unwrap();
         assert_eq!((cut.size, cut.cut_gen), (40, 1));
+        let left = |meta: FileMetadata| (meta.size, meta.cut_gen, meta.ctime_ns);
         // An append claimed since: the restore would drop it, so it refuses.
-        m.claim_append("/f", id, 0, 5).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let claimed = m.claim_append("/f", id, 0, 5).unwrap();
         assert_eq!(
-            m.restore_size("/f", id, (40, 1), (100, 0)),
+            m.restore_size("/f", id, left(cut), (100, 0)),
+            Err(Status::Stale)
+        );
+        // A grow that left the size as it was: another writer's publish, which the
+        // replica that missed the claim took, so this one must keep the size too.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let grown = m.update_size("/f", id, 45, SizeUpdate::AtLeast).unwrap();
+        assert_eq!(grown.size, 45);
+        assert_eq!(
+            m.restore_size("/f", id, left(claimed), (40, 1)),
             Err(Status::Stale)
         );
         assert_eq!(
-            m.restore_size("/f", id + 1, (45, 1), (100, 0)),
+            m.restore_size("/f", id + 1, left(grown), (40, 1)),
             Err(Status::Stale)
         );
-        let back = m.restore_size("/f", id, (45, 1), (100, 0)).unwrap();
-        assert_eq!((back.size, back.cut_gen), (100, 0));
+        let back = m.restore_size("/f", id, left(grown), (40, 1)).unwrap();
+        assert_eq!((back.size, back.cut_gen), (40, 1));
         assert_eq!(
-            m.restore_size("/nope", id, (45, 1), (100, 0)),
+            m.restore_size("/nope", id, left(grown), (40, 1)),
             Err(Status::NotFound)
         );
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use benchfs_config::registry;
 use benchfs_config::registry::ServerEntry;
 use benchfs_proto::limits::BORN_APART_NS;
+use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::{ops, Rpc, Status};
 use benchfs_ucx::LentMut;
@@ -144,11 +145,16 @@ fn servers_that_took<T>(answers: &[(ServerIndex, Result<T, RpcError>)]) -> Vec<S
         .collect()
 }
 
-/// A change of a record that some replica failed: the failure, and the replies of the
-/// replicas that took it.
+/// A change of a record that some replica failed: the first failure, and what the
+/// replicas that took it hold.
 struct PartialChange<T> {
     error: RpcError,
+    /// The replies of the replicas that took the change, with their servers.
     took: Vec<(ServerIndex, T)>,
+    /// The replicas that got the changed record copied, and the record.
+    copied: Vec<(ServerIndex, FileMetadata)>,
+    /// The replicas whose call timed out: they may have taken the change late.
+    timed_out: Vec<ServerIndex>,
 }
 
 /// The first replica's reply if every replica in `answers` took the call, else the first
@@ -705,34 +711,76 @@ impl FsClient {
         match self.change_record_each::<R>(path, file_id, req).await {
             Ok(replies) => Ok(replies.into_iter().map(|(_, reply)| reply).collect()),
             Err(partial) => {
-                self.restore_sizes(path, file_id, &partial.took).await;
+                if !self.took_late(path, file_id, &partial).await {
+                    self.restore_sizes(path, file_id, &partial).await;
+                }
                 Err(partial.error)
             }
         }
     }
 
-    /// Puts back the record at `path` on each replica of `took` that a failed size change
-    /// changed. One that refuses or fails is left to the replica repair (logged).
+    /// Whether every replica of `partial` whose call timed out holds the record as the
+    /// change left it on the first that took it: a server slow, not stopped, took the
+    /// change after the call gave up, and putting the others back would part them.
+    async fn took_late(
+        &self,
+        path: &str,
+        file_id: u64,
+        partial: &PartialChange<ops::SizeReply>,
+    ) -> bool {
+        let Some((_, first)) = partial.took.first() else {
+            return false;
+        };
+        if partial.timed_out.is_empty() {
+            return false;
+        }
+        let lookup = ops::PathRequest {
+            path: path.to_string(),
+        };
+        let holds = partial.timed_out.iter().map(|&server| {
+            self.call_on::<ops::MetadataLookup>(server, &lookup, OutPayload::none())
+        });
+        let changed = (first.meta.size, first.meta.cut_gen);
+        join_all(holds).await.into_iter().all(|held| {
+            held.is_ok_and(|(r, _)| {
+                r.meta.file_id == file_id && (r.meta.size, r.meta.cut_gen) == changed
+            })
+        })
+    }
+
+    /// Puts back the record at `path` on each replica of `partial` that took a failed size
+    /// change, or got the changed record copied. One that refuses or fails is left to the
+    /// replica repair (logged).
     async fn restore_sizes(
         &self,
         path: &str,
         file_id: u64,
-        took: &[(ServerIndex, ops::SizeReply)],
+        partial: &PartialChange<ops::SizeReply>,
     ) {
-        let changed = took
+        let Some((_, first)) = partial.took.first() else {
+            return;
+        };
+        let took = partial.took.iter().map(|(server, r)| (*server, r.meta, r));
+        // A copy holds the first replica's changed record: its state before is that one's.
+        let copied = partial
+            .copied
             .iter()
-            .filter(|(_, r)| (r.meta.size, r.meta.cut_gen) != (r.size_before, r.cut_gen_before));
-        let restores = changed.map(|(server, r)| async move {
+            .map(|(server, meta)| (*server, *meta, first));
+        let changed = took
+            .chain(copied)
+            .filter(|(_, now, r)| (now.size, now.cut_gen) != (r.size_before, r.cut_gen_before));
+        let restores = changed.map(|(server, now, r)| async move {
             let req = ops::RestoreSizeRequest {
                 path: path.to_string(),
                 file_id,
-                now_size: r.meta.size,
-                now_cut_gen: r.meta.cut_gen,
+                now_size: now.size,
+                now_cut_gen: now.cut_gen,
+                now_ctime_ns: now.ctime_ns,
                 size: r.size_before,
                 cut_gen: r.cut_gen_before,
             };
             let restored = self
-                .call_on::<ops::RestoreSize>(*server, &req, OutPayload::none())
+                .call_on::<ops::RestoreSize>(server, &req, OutPayload::none())
                 .await;
             if let Err(e) = restored {
                 tracing::error!(
@@ -746,7 +794,8 @@ impl FsClient {
     }
 
     /// The replies of every replica that took a change of the record at `path`, with
-    /// its server; or the first failure, with the replies of those that took it.
+    /// its server (in replica order, then those that took it after a copy was refused);
+    /// or the first failure, with what the replicas that took it hold.
     async fn change_record_each<R: Rpc>(
         &self,
         path: &str,
@@ -758,7 +807,8 @@ impl FsClient {
             .await;
         self.ask_again_while_created::<R>(&mut answers, req).await;
         let took = servers_that_took(&answers);
-        let (mut replies, mut lacking, mut failed) = (Vec::new(), Vec::new(), None);
+        let (mut replies, mut lacking, mut timed_out, mut failed) =
+            (Vec::new(), Vec::new(), Vec::new(), None);
         for (server, answer) in answers {
             match answer {
                 Ok(reply) => replies.push((server, reply)),
@@ -770,32 +820,42 @@ impl FsClient {
                     lacking.push((server, e));
                 }
                 Err(e) => {
+                    if e.status() == Status::TimedOut {
+                        timed_out.push(server);
+                    }
                     failed.get_or_insert(e);
                 }
             }
         }
-        let partial = |error, took| PartialChange { error, took };
-        if let Some(error) = failed {
-            return Err(partial(error, replies));
-        }
-        if replies.is_empty() {
-            return Err(partial(lacking.remove(0).1, replies));
+        let mut copied = Vec::new();
+        if failed.is_none() && replies.is_empty() {
+            failed = Some(lacking.remove(0).1);
         }
         for (server, not_found) in lacking {
-            let copied = match self.copy_record(path, file_id, took[0], server).await {
-                Ok(()) => Ok(()),
+            if failed.is_some() {
+                break;
+            }
+            match self.copy_record(path, file_id, took[0], server).await {
+                Ok(meta) => copied.push((server, meta)),
                 // Another client's copy came first: the change goes to it as to the rest.
-                Err(Status::Exists) => self
-                    .call_on::<R>(server, req, OutPayload::none())
-                    .await
-                    .map(drop),
-                Err(_) => Err(not_found),
-            };
-            if let Err(error) = copied {
-                return Err(partial(error, replies));
+                Err(Status::Exists) => {
+                    match self.call_on::<R>(server, req, OutPayload::none()).await {
+                        Ok((reply, _)) => replies.push((server, reply)),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                Err(_) => failed = Some(not_found),
             }
         }
-        Ok(replies)
+        match failed {
+            None => Ok(replies),
+            Some(error) => Err(PartialChange {
+                error,
+                took: replies,
+                copied,
+                timed_out,
+            }),
+        }
     }
 
     /// Asks again, for a while, each replica that answered "not found" where another took
@@ -835,14 +895,14 @@ impl FsClient {
     }
 
     /// Copies the record of file `file_id` at `path` from server `from` to server `to`,
-    /// where the path has none.
+    /// where the path has none; returns the record copied.
     async fn copy_record(
         &self,
         path: &str,
         file_id: u64,
         from: ServerIndex,
         to: ServerIndex,
-    ) -> Result<(), Status> {
+    ) -> Result<FileMetadata, Status> {
         let lookup = ops::PathRequest {
             path: path.to_string(),
         };
@@ -860,7 +920,7 @@ impl FsClient {
             exclusive: true,
             settled_only: false,
             newer_only: false,
-            data: record.data,
+            data: record.data.clone(),
         };
         let copied = self
             .call_on::<ops::MetadataInsert>(to, &insert, OutPayload::none())
@@ -871,7 +931,7 @@ impl FsClient {
             ok = copied.is_ok(),
             "copied a record to a replica that lost it"
         );
-        copied.map(drop).map_err(|e| e.status())
+        copied.map(|_| record.meta).map_err(|e| e.status())
     }
 
     /// Writes to every replica at once; all must succeed.

@@ -786,7 +786,7 @@ impl ServerState {
             OpCode::RestoreSize => {
                 let req: op::RestoreSizeRequest = decode(body)?;
                 let meta = self.change_logged(&req.path, false, |t| {
-                    let now = (req.now_size, req.now_cut_gen);
+                    let now = (req.now_size, req.now_cut_gen, req.now_ctime_ns);
                     t.restore_size(&req.path, req.file_id, now, (req.size, req.cut_gen))
                 })?;
                 Ok(Reply::ok(&op::MetadataReply { meta }))
