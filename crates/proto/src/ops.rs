@@ -536,19 +536,9 @@ impl Message for ChunkIoReply {
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: ChunkIoReplyHeader = r.fixed()?;
-        let whole = match h.whole {
-            0 => false,
-            1 => true,
-            _ => {
-                return Err(DecodeError::BadField {
-                    field: "whole",
-                    reason: "not 0 or 1",
-                })
-            }
-        };
         Ok(ChunkIoReply {
             len: h.len.get(),
-            whole,
+            whole: bool_byte(h.whole, "whole")?,
         })
     }
 }

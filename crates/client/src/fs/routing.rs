@@ -920,7 +920,7 @@ impl FsClient {
             exclusive: true,
             settled_only: false,
             newer_only: false,
-            data: record.data.clone(),
+            data: record.data,
         };
         let copied = self
             .call_on::<ops::MetadataInsert>(to, &insert, OutPayload::none())

@@ -1158,12 +1158,10 @@ fn data_dir_of(pid: u32) -> Option<PathBuf> {
     }
 }
 
-/// What `cluster down` says of server `pid` that exited without its clean-stop mark in
-/// `data_dir`: its node, and the last line of its log, where the server said why.
 /// Fails naming each server of `pids` (with `data_dirs`) that `down` stopped, not
 /// `forced`, without its clean-stop mark, and, if the cluster `was_up`, each that exited
-/// before `down` so when its store loses acknowledged writes with its process (a note
-/// when it does not).
+/// before `down`, when its store loses acknowledged writes with its process (a note when
+/// it does not).
 fn check_stops(
     target: &Target,
     pids: &[u32],
@@ -1177,8 +1175,8 @@ fn check_stops(
         .filter(|(pid, _)| !forced.contains(pid))
         .filter_map(|(&pid, data_dir)| {
             let data_dir = data_dir.as_ref()?;
-            let mark = data_dir.join(benchfs_server::handler::CLEAN_STOP_FILE);
-            (!mark.exists()).then(|| unclean_stop(&target.dir, &format!("pid {pid}"), data_dir))
+            (!stopped_cleanly(data_dir))
+                .then(|| unclean_stop(&target.dir, &format!("pid {pid}"), data_dir))
         })
         .collect();
     let exited = match was_up {
@@ -1226,14 +1224,16 @@ fn exited_uncleanly(cluster: &Path, running: &[Option<PathBuf>]) -> Vec<String> 
             let node = data_dir.file_name();
             !running.iter().flatten().any(|r| r.file_name() == node)
         })
-        .filter(|data_dir| {
-            data_dir.is_dir()
-                && !data_dir
-                    .join(benchfs_server::handler::CLEAN_STOP_FILE)
-                    .exists()
-        })
+        .filter(|data_dir| data_dir.is_dir() && !stopped_cleanly(data_dir))
         .map(|data_dir| unclean_stop(cluster, "exited before cluster down", &data_dir))
         .collect()
+}
+
+/// Whether the server of `data_dir` left its clean-stop mark there when it last stopped.
+fn stopped_cleanly(data_dir: &Path) -> bool {
+    data_dir
+        .join(benchfs_server::handler::CLEAN_STOP_FILE)
+        .exists()
 }
 
 /// A server that stopped without its clean-stop mark in `data_dir`: its node, `how` (its
