@@ -15,8 +15,8 @@ use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Frame, Message, OpCode, Status};
 use benchfs_ucx::{AmProto, AmStream, Endpoint, Listener, Worker};
 use common::rpc::{
-    assert_serves, chunk_io, chunk_write, is_unreachable, raw_header, read, rpc_client, spec,
-    ucx_context, write, RawPeer, Rt, CHUNK, THRESHOLD,
+    assert_serves, chunk_io, chunk_write, is_unreachable, raw_header, read, request, rpc_client,
+    spec, ucx_context, write, RawPeer, Rt, CHUNK, THRESHOLD,
 };
 use common::{pattern, Cluster, ClusterSpec, FAIL_BOUND, RPC_TIMEOUT};
 use futures_util::future::join_all;
@@ -122,6 +122,64 @@ fn a_call_to_a_stopped_server_times_out_at_its_timeout_and_an_idle_client_is_not
         "timed out only after {took:?}"
     );
     rt.block_on(conn.call::<ops::Ping>(&Empty)).unwrap();
+}
+
+#[test]
+fn a_request_its_caller_gave_up_on_is_refused_when_a_stopped_server_resumes() {
+    // A server stopped with SIGSTOP finds the requests queued for it when it resumes. Their
+    // callers gave up and may have undone the call on the other replicas (a size change
+    // that one replica failed is put back on the others), so a late create or size change
+    // applied now would part the replicas.
+    let cluster = Cluster::start(spec(1));
+    let rt = Rt::new();
+    let conn = rt.block_on(async { rpc_client(b"").connect(cluster.addr(0)).await.unwrap() });
+    let create = |path: &str| ops::CreateRequest {
+        path: path.into(),
+        mode: 0o644,
+        chunk_size: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let lookup = |path: &str| {
+        let request = ops::PathRequest { path: path.into() };
+        rt.block_on(conn.call::<ops::MetadataLookup>(&request))
+    };
+    rt.block_on(conn.call::<ops::MetadataCreateFile>(&create("/in-time")))
+        .unwrap();
+
+    cluster.signal(0, "STOP");
+    let late = rt.block_on(conn.call::<ops::MetadataCreateFile>(&create("/late")));
+    assert!(matches!(late, Err(RpcError::Timeout { .. })), "{late:?}");
+    cluster.signal(0, "CONT");
+    // The connection stayed open, so the server reads the queued create when it resumes,
+    // before this ping sent after it.
+    rt.block_on(conn.call::<ops::Ping>(&Empty)).unwrap();
+    let status = lookup("/late").map(|_| ()).map_err(|e| e.status());
+    assert_eq!(status, Err(Status::NotFound), "a late create was applied");
+    assert!(lookup("/in-time").is_ok());
+    let said = log_once_it_says(&cluster, 0, "came after its caller gave up");
+    assert!(said.is_ok(), "the refusal is not in the server's log");
+}
+
+#[test]
+fn a_request_is_refused_after_its_deadline_and_served_before_it() {
+    let cluster = Cluster::start(spec(1));
+    let rt = Rt::new();
+    rt.block_on(async {
+        let peer = RawPeer::connect(cluster.addr(0));
+        for (id, deadline_us, status) in [
+            (1, 1, Status::TimedOut),
+            (2, u64::MAX, Status::Ok),
+            (3, 0, Status::Ok),
+        ] {
+            let mut header = request(OpCode::Ping, id, &[], 0);
+            header[32..40].copy_from_slice(&u64::to_le_bytes(deadline_us));
+            peer.send(header, Vec::new(), AmProto::Eager).await;
+            let (frame, _) = peer.reply(id, FAIL_BOUND).await.expect("no reply");
+            assert_eq!(frame.status, status.to_wire(), "deadline {deadline_us}");
+            assert_ne!(frame.clock_us, 0, "a reply carries the server's clock");
+        }
+    });
 }
 
 /// A raw UCX server on 127.0.0.1 that accepted one client: its request stream, and what

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, PAYLOAD_LEN_MAX, VERSION};
+use benchfs_proto::frame::{BODY_LEN_MAX, FLAG_REPLY, FRAME_HEADER_LEN, PAYLOAD_LEN_MAX, VERSION};
 use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Message, OpCode, Status};
 use benchfs_ucx::AmProto;
@@ -244,7 +244,7 @@ fn arbitrary_frame(max_header: usize) -> impl Strategy<Value = (Vec<u8>, Vec<u8>
         prop::collection::vec(any::<u8>(), 0..512),
     );
     let op = prop::sample::select(OpCode::ALL.to_vec());
-    let body_max = max_header - 32;
+    let body_max = max_header - FRAME_HEADER_LEN;
     let framed = (
         op.clone(),
         prop::collection::vec(any::<u8>(), 0..=body_max),
@@ -254,7 +254,7 @@ fn arbitrary_frame(max_header: usize) -> impl Strategy<Value = (Vec<u8>, Vec<u8>
     let flipped = (
         op,
         prop::collection::vec(any::<u8>(), 0..=body_max),
-        0..32usize,
+        0..FRAME_HEADER_LEN,
         any::<u8>(),
     )
         .prop_map(|(op, body, at, byte)| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use benchfs::client::rpc::{ClientOptions, Connection, RpcClient};
 use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
-use benchfs_proto::frame::{MAGIC, VERSION};
+use benchfs_proto::frame::{FRAME_HEADER_LEN, MAGIC, VERSION};
 use benchfs_proto::ops::{self, ChunkIo, ChunkWrite, Empty};
 use benchfs_proto::{Frame, OpCode, Status};
 use benchfs_ucx::{AmProto, AmStream, Context, Endpoint, Features, Worker};
@@ -160,7 +160,8 @@ pub fn is_unreachable(e: &RpcError) -> bool {
     matches!(e, RpcError::Timeout { .. } | RpcError::Transport { .. })
 }
 
-/// A header built field by field, independent of `FrameHeader`, so it can say anything.
+/// A header built field by field, independent of `FrameHeader`, so it can say anything
+/// (with no deadline).
 pub fn raw_header(
     op: u16,
     request_id: u64,
@@ -168,7 +169,7 @@ pub fn raw_header(
     body_len: u32,
     payload_len: u64,
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(32);
+    let mut h = Vec::with_capacity(FRAME_HEADER_LEN);
     h.extend_from_slice(&MAGIC.to_le_bytes());
     h.extend_from_slice(&VERSION.to_le_bytes());
     h.extend_from_slice(&op.to_le_bytes());
@@ -177,6 +178,7 @@ pub fn raw_header(
     h.extend_from_slice(&flags.to_le_bytes());
     h.extend_from_slice(&body_len.to_le_bytes());
     h.extend_from_slice(&payload_len.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
     h
 }
 
@@ -249,7 +251,7 @@ impl RawPeer {
         let frame =
             Frame::decode(msg.header(), msg.data_len()).expect("the server sent a malformed reply");
         assert!(frame.is_reply);
-        Some((frame, msg.header()[32..].to_vec()))
+        Some((frame, msg.header()[FRAME_HEADER_LEN..].to_vec()))
     }
 
     /// Pings by hand and waits for the answer: the server still serves this connection.

@@ -15,7 +15,7 @@ use crate::wire::DecodeError;
 /// "BFS1" in little-endian: the first four bytes of every frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BFS1");
 /// The protocol version this build speaks; peers must match exactly.
-pub const VERSION: u16 = 25;
+pub const VERSION: u16 = 26;
 /// Largest operation body (paths, names, descriptors); readdir pages are sized below it.
 pub const BODY_LEN_MAX: u32 = 64 * 1024;
 /// Largest payload a frame may declare: one whole chunk of the largest chunk size.
@@ -210,7 +210,7 @@ impl OpCode {
     }
 }
 
-/// The 32-byte header of every frame, little-endian, alignment 1.
+/// The 40-byte header of every frame, little-endian, alignment 1.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
 #[repr(C)]
 pub struct FrameHeader {
@@ -230,10 +230,20 @@ pub struct FrameHeader {
     pub body_len: U32,
     /// Bytes of inline payload after the body.
     pub payload_len: U64,
+    /// On the server's [deadline clock](crate::clock): in a request, the time after which
+    /// the server must not start it (0: none, as before the handshake measured the
+    /// clocks); in a reply, the server's time as it sent the reply.
+    pub clock_us: U64,
 }
 
 impl FrameHeader {
-    /// The header's 32 wire bytes.
+    /// The same header with `clock_us` set.
+    pub fn with_clock(mut self, clock_us: u64) -> FrameHeader {
+        self.clock_us = clock_us.into();
+        self
+    }
+
+    /// The header's wire bytes.
     pub fn to_bytes(&self) -> [u8; FRAME_HEADER_LEN] {
         let mut out = [0u8; FRAME_HEADER_LEN];
         out.copy_from_slice(self.as_bytes());
@@ -250,7 +260,7 @@ impl FrameHeader {
 }
 
 /// Size of [`FrameHeader`] on the wire.
-pub const FRAME_HEADER_LEN: usize = 32;
+pub const FRAME_HEADER_LEN: usize = 40;
 const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
 const _: () = assert!(std::mem::align_of::<FrameHeader>() == 1);
 
@@ -272,6 +282,8 @@ pub struct Frame {
     /// Whether the body followed the fixed header in the AM header, or is empty (else it
     /// opens the data). When set, the data is all payload.
     pub body_in_header: bool,
+    /// A request's deadline or a reply's server time (see [`FrameHeader::clock_us`]).
+    pub clock_us: u64,
 }
 
 impl Frame {
@@ -293,6 +305,7 @@ impl Frame {
             flags: if is_reply { FLAG_REPLY } else { 0 }.into(),
             body_len: u32::try_from(body_len).unwrap_or(u32::MAX).into(),
             payload_len: (payload_len as u64).into(),
+            clock_us: 0.into(),
         }
     }
 
@@ -377,7 +390,13 @@ impl Frame {
             body_len: body_len as usize,
             payload_len: payload_len as usize,
             body_in_header,
+            clock_us: h.clock_us.get(),
         })
+    }
+
+    /// Whether a request's deadline passed by `now_us` on the server's deadline clock.
+    pub fn expired(&self, now_us: u64) -> bool {
+        self.clock_us != 0 && now_us > self.clock_us
     }
 }
 
@@ -405,6 +424,16 @@ mod tests {
         let f = Frame::decode(reply.as_bytes(), 0).unwrap();
         assert!(f.is_reply);
         assert_eq!(f.status, 3);
+    }
+
+    #[test]
+    fn a_deadline_travels_in_the_header_and_only_a_set_one_expires() {
+        let late = Frame::header(OpCode::UpdateSize, 5, 0, false, 0, 0).with_clock(1_000);
+        let f = Frame::decode(late.as_bytes(), 0).unwrap();
+        assert_eq!(f.clock_us, 1_000);
+        assert!(!f.expired(1_000) && f.expired(1_001));
+        let none = Frame::decode(encode(OpCode::UpdateSize, 0, 0).as_slice(), 0).unwrap();
+        assert!(!none.expired(u64::MAX), "0 is no deadline");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! panic; every encoder's output decodes back to the same value. `BENCHFS_FUZZ_CASES` sets
 //! the number of cases of each test (`make fuzz` runs a long one).
 
+use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::ops::*;
 use benchfs_proto::{Frame, Message, OpCode};
@@ -17,8 +18,8 @@ fn fuzz_cases(default: u32) -> u32 {
 fn decode_all(bytes: &[u8]) {
     let _ = Frame::decode(bytes, bytes.len());
     let _ = Frame::decode(
-        bytes.get(..32).unwrap_or(bytes),
-        bytes.len().saturating_sub(32),
+        bytes.get(..FRAME_HEADER_LEN).unwrap_or(bytes),
+        bytes.len().saturating_sub(FRAME_HEADER_LEN),
     );
     let _ = HelloRequest::from_bytes(bytes);
     let _ = HelloReply::from_bytes(bytes);
@@ -178,7 +179,7 @@ proptest! {
     }
 
     #[test]
-    fn corrupted_frames_never_panic(op in 0usize..OpCode::ALL.len(), body in 0usize..100, flip in 0usize..32, bit in 0u8..8) {
+    fn corrupted_frames_never_panic(op in 0usize..OpCode::ALL.len(), body in 0usize..100, flip in 0usize..FRAME_HEADER_LEN, bit in 0u8..8) {
         let h = Frame::header(OpCode::ALL[op], 1, 0, false, body, 0);
         let mut bytes = zerocopy::IntoBytes::as_bytes(&h).to_vec();
         bytes[flip] ^= 1 << bit;

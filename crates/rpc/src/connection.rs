@@ -23,6 +23,7 @@ use benchfs_ucx::{AmMessage, AmProto, AmStream, Context, Endpoint, LentMut, Work
 use tokio::sync::Semaphore;
 
 use super::{OutPayload, RpcError, CLIENT_QUEUE_MAX, REPLY_AM_ID, REQUEST_AM_ID};
+use crate::clock::ServerClock;
 use crate::watch::{check_calls, CallWatch, Verdict};
 
 /// Settings of an [`RpcClient`].
@@ -241,6 +242,7 @@ impl RpcClient {
             server,
             inflight: Semaphore::new(self.options.inflight_max),
             hello: None,
+            clock: ServerClock::default(),
         };
         let hello = conn
             .call_within::<Hello>(
@@ -335,6 +337,8 @@ pub struct Connection {
     server: String,
     inflight: Semaphore,
     hello: Option<HelloReply>,
+    /// The server's deadline clock, as its replies showed it.
+    clock: ServerClock,
 }
 
 impl std::fmt::Debug for Connection {
@@ -427,7 +431,17 @@ impl Connection {
         sink: Option<LentMut>,
         timeout: Duration,
     ) -> Result<Response<R::Reply>, RpcError> {
-        let exchange = pin!(self.exchange(R::OP, request.to_bytes(), payload, sink));
+        // Read before the watch starts the call's timeout, so the deadline is never later
+        // than the call's end. The handshake changes nothing and has no clock to go by.
+        let deadline_us = match R::OP {
+            OpCode::Hello | OpCode::Auth => 0,
+            _ => self.clock.deadline(
+                benchfs_proto::clock::now_us(),
+                timeout,
+                benchfs_proto::clock::deadline_margin(),
+            ),
+        };
+        let exchange = pin!(self.exchange(R::OP, request.to_bytes(), payload, sink, deadline_us));
         match self.client.watch.run(timeout, &self.ep, exchange).await {
             Ok(result) => {
                 let (frame, body, payload, sunk) = result?;
@@ -475,6 +489,7 @@ impl Connection {
         body: Vec<u8>,
         payload: OutPayload,
         sink: Option<LentMut>,
+        deadline_us: u64,
     ) -> Result<(Frame, Vec<u8>, Vec<u8>, usize), RpcError> {
         let _permit = self
             .inflight
@@ -487,7 +502,8 @@ impl Connection {
         client.pending.borrow_mut().insert(id, Waiting::default());
         let _guard = PendingGuard { client, id };
         let _awaiting = client.worker.expect_replies();
-        self.send_request(op, id, body, payload).await?;
+        self.send_request(op, id, body, payload, deadline_us)
+            .await?;
         let msg = self.wait_reply(id).await?;
         let frame = self.check_reply(op, &msg)?;
         self.take_reply(frame, msg, sink).await
@@ -501,9 +517,11 @@ impl Connection {
         id: u64,
         body: Vec<u8>,
         payload: OutPayload,
+        deadline_us: u64,
     ) -> Result<(), RpcError> {
         let client = &self.client;
-        let frame = Frame::header(op, id, 0, false, body.len(), payload.len());
+        let frame =
+            Frame::header(op, id, 0, false, body.len(), payload.len()).with_clock(deadline_us);
         let body_fits = FRAME_HEADER_LEN + body.len() <= client.worker.max_am_header();
         let mut header = frame.to_vec_with_room(if body_fits { body.len() } else { 0 });
         let proto = if payload.len() > client.options.rdma_threshold {
@@ -568,6 +586,8 @@ impl Connection {
     /// The reply's frame, if it answers `op` with success.
     fn check_reply(&self, op: OpCode, msg: &AmMessage) -> Result<Frame, RpcError> {
         let frame = Frame::decode(msg.header(), msg.data_len()).map_err(|e| self.protocol(e))?;
+        self.clock
+            .sample(frame.clock_us, benchfs_proto::clock::now_us());
         if frame.op != op {
             return Err(self.protocol(benchfs_proto::DecodeError::BadField {
                 field: "op",

@@ -10,6 +10,7 @@
 //! ARCHITECTURE.md for why rendezvous rather than explicit get/put is the default.
 #![forbid(unsafe_code)]
 
+mod clock;
 mod connection;
 mod watch;
 

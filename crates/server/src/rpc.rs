@@ -732,10 +732,11 @@ async fn answer(
             (body, payload)
         }
     };
-    let reply = match frame.op {
-        OpCode::Hello => hello(state, connections, ep, body),
-        OpCode::Auth => authenticate(state, connections, ep, body),
-        op => state.handle(op, body, payload).await,
+    let reply = match (frame.op, lateness(state, frame)) {
+        (_, Some(status)) => Reply::error(status),
+        (OpCode::Hello, None) => hello(state, connections, ep, body),
+        (OpCode::Auth, None) => authenticate(state, connections, ep, body),
+        (op, None) => state.handle(op, body, payload).await,
     };
     let status = reply.status;
     let [body_in, body_out] = reply.body_file_bytes;
@@ -790,6 +791,9 @@ fn refusal(
     ep: &Endpoint,
     frame: &Frame,
 ) -> Option<Status> {
+    if let Some(status) = lateness(state, frame) {
+        return Some(status);
+    }
     let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
     if !handshake && !connections.borrow().admits(ep) {
         tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
@@ -801,6 +805,30 @@ fn refusal(
         return Some(Status::Protocol);
     }
     None
+}
+
+/// `TimedOut` for a request whose caller has given up on it: its deadline passed while it
+/// waited (in this server's queue, or in a socket while the server was stopped). The
+/// caller may already have undone its change on the other replicas, so it must not be
+/// applied here now. Checked before a request is started, and again once its payload is
+/// in; a request started in time is finished.
+fn lateness(state: &ServerState, frame: &Frame) -> Option<Status> {
+    if !frame.expired(benchfs_proto::clock::now_us()) {
+        return None;
+    }
+    let late = state.counters.note_late();
+    // Logged at the first, second, fourth, ... of them: a server that resumes after a stop
+    // may find a whole queue of them.
+    if late.is_power_of_two() {
+        tracing::warn!(
+            op = ?frame.op,
+            request_id = frame.request_id,
+            late_so_far = late,
+            "a request came after its caller gave up on it (this server was stopped or \
+             stalled); refused"
+        );
+    }
+    Some(Status::TimedOut)
 }
 
 /// What a request's AM data became.
@@ -898,7 +926,8 @@ fn reply_request(
         true,
         reply.body.len(),
         payload_len,
-    );
+    )
+    .with_clock(benchfs_proto::clock::now_us());
     let mut header = frame.to_vec_with_room(if fits { reply.body.len() } else { 0 });
     let proto = if payload_len > options.rendezvous_threshold {
         AmProto::Rndv

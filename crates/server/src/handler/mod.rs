@@ -158,12 +158,21 @@ pub struct Counters {
     pub malformed: Cell<u64>,
     /// Chunks of unnamed files the orphan sweep removed.
     pub orphan_chunks_removed: Cell<u64>,
+    /// Requests refused because their caller had given up on them (see
+    /// [`benchfs_proto::clock`]).
+    pub late: Cell<u64>,
 }
 
 impl Counters {
     /// Counts one request refused as malformed.
     pub fn note_malformed(&self) {
         self.malformed.set(self.malformed.get() + 1);
+    }
+
+    /// Counts one request refused as late, and returns how many were so far.
+    pub fn note_late(&self) -> u64 {
+        self.late.set(self.late.get() + 1);
+        self.late.get()
     }
 }
 
