@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use benchfs::client::rpc::{RpcError, REPLY_AM_ID, REQUEST_AM_ID};
 use benchfs::config::ServerConfig;
+use benchfs_proto::frame::FRAME_HEADER_LEN;
 use benchfs_proto::ops::{self, Empty};
 use benchfs_proto::{Frame, Message, OpCode, Status};
 use benchfs_ucx::{AmProto, AmStream, Endpoint, Listener, Worker};
@@ -173,7 +174,8 @@ fn a_request_is_refused_after_its_deadline_and_served_before_it() {
             (3, 0, Status::Ok),
         ] {
             let mut header = request(OpCode::Ping, id, &[], 0);
-            header[32..40].copy_from_slice(&u64::to_le_bytes(deadline_us));
+            header[FRAME_HEADER_LEN - 8..FRAME_HEADER_LEN]
+                .copy_from_slice(&u64::to_le_bytes(deadline_us));
             peer.send(header, Vec::new(), AmProto::Eager).await;
             let (frame, _) = peer.reply(id, FAIL_BOUND).await.expect("no reply");
             assert_eq!(frame.status, status.to_wire(), "deadline {deadline_us}");

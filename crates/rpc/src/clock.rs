@@ -15,22 +15,23 @@ use std::time::Duration;
 
 /// Most the two hosts' clocks are taken to drift apart, in parts per million (crystal
 /// oscillators drift up to about 50 ppm; NTP-disciplined clocks far less).
-const DRIFT_PPM: i128 = 100;
+const DRIFT_PPM: i64 = 100;
 
 /// A lower bound of a server's clock offset to this host's, in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Bound {
-    offset_us: i128,
+    offset_us: i64,
     /// When it was measured, on this host's clock.
     at_us: u64,
 }
 
 impl Bound {
-    /// The bound at `now_us`, loosened by the drift since it was measured, at most by
-    /// `cap_us`.
-    fn at(self, now_us: u64, cap_us: i128) -> i128 {
-        let elapsed = i128::from(now_us.saturating_sub(self.at_us));
-        self.offset_us - (elapsed * DRIFT_PPM / 1_000_000).min(cap_us)
+    /// How far the clocks may have drifted apart from when the bound was measured until
+    /// `until_us`.
+    fn drift_us(self, until_us: u64) -> i64 {
+        // 64-bit on purpose: a 128-bit division is a library call, a tenth of a round trip.
+        let elapsed = i64::try_from(until_us.saturating_sub(self.at_us)).unwrap_or(i64::MAX);
+        elapsed / 1_000_000 * DRIFT_PPM + elapsed % 1_000_000 * DRIFT_PPM / 1_000_000
     }
 }
 
@@ -46,11 +47,11 @@ impl ServerClock {
         if server_us == 0 {
             return;
         }
-        let offset_us = i128::from(server_us) - i128::from(now_us);
+        let offset_us = (server_us as i64).wrapping_sub(now_us as i64);
         let tighter = self
             .bound
             .get()
-            .is_none_or(|kept| offset_us >= kept.at(now_us, i128::MAX));
+            .is_none_or(|kept| offset_us >= kept.offset_us.saturating_sub(kept.drift_us(now_us)));
         if tighter {
             self.bound.set(Some(Bound {
                 offset_us,
@@ -59,24 +60,36 @@ impl ServerClock {
         }
     }
 
+    /// Whether the bound is so old that the drift it allows would take more than a
+    /// quarter of a call's `timeout` starting at `start_us`: the connection sat idle for
+    /// `timeout / 4 / DRIFT_PPM` (an hour at a 1.5 s timeout), and a round trip should
+    /// measure the clock again before the call.
+    pub(crate) fn is_stale(&self, start_us: u64, timeout: Duration) -> bool {
+        self.bound.get().is_some_and(|bound| {
+            let timeout_us = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+            bound.drift_us(start_us) > timeout_us / 4
+        })
+    }
+
     /// The deadline, on the server's clock, of a call started at `start_us` that gives up
-    /// `timeout` later: earlier by `margin` (the clocks' coarseness). 0 (none) before any
-    /// reply measured the clock, or when the timeout leaves no room for the margin and the
-    /// drift. The drift taken is capped at half the timeout, so the first call over a
-    /// connection idle for hours is not refused on arrival; the cap is reached after
-    /// `timeout / 2 / DRIFT_PPM`, over two hours at a 1.5 s timeout.
+    /// `timeout` later: earlier by `margin` (the clocks' coarseness) and by the drift the
+    /// clocks may have from the bound's measurement to the call's end. 0 (none) before
+    /// any reply measured the clock, or when the timeout is at most two margins.
     pub(crate) fn deadline(&self, start_us: u64, timeout: Duration, margin: Duration) -> u64 {
         let Some(bound) = self.bound.get() else {
             return 0;
         };
-        let timeout_us = i128::try_from(timeout.as_micros()).unwrap_or(i128::MAX / 4);
-        let margin_us = i128::try_from(margin.as_micros()).unwrap_or(i128::MAX / 4);
-        if timeout_us <= 4 * margin_us {
+        let timeout_us = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+        let margin_us = i64::try_from(margin.as_micros()).unwrap_or(i64::MAX);
+        if timeout_us <= margin_us.saturating_mul(2) {
             return 0;
         }
-        let offset_us = bound.at(start_us, timeout_us / 2);
-        let deadline = i128::from(start_us) + timeout_us + offset_us - margin_us;
-        u64::try_from(deadline.max(1)).unwrap_or(u64::MAX)
+        let end_us = start_us.saturating_add(timeout_us as u64);
+        let deadline = (end_us as i64)
+            .wrapping_add(bound.offset_us)
+            .saturating_sub(bound.drift_us(end_us))
+            .saturating_sub(margin_us);
+        u64::try_from(deadline).unwrap_or(0).max(1)
     }
 }
 
@@ -93,49 +106,62 @@ mod tests {
     }
 
     #[test]
-    fn the_deadline_is_the_give_up_time_on_the_server_clock_less_the_margin() {
+    fn the_deadline_is_the_give_up_time_on_the_server_clock_less_drift_and_margin() {
         let clock = ServerClock::default();
         // The server's clock is 1 s ahead; the reply took 40 µs to arrive.
         clock.sample(2_000_000, 1_000_040);
         let deadline = clock.deadline(1_000_040, TIMEOUT, MARGIN);
-        assert_eq!(deadline, 1_000_040 + 1_500_000 + 999_960 - 13_000);
+        // 100 ppm of the 1.5 s until the call's end is 150 µs.
+        assert_eq!(deadline, 1_000_040 + 1_500_000 + 999_960 - 150 - 13_000);
         // A later, faster reply tightens the bound; a slower one does not loosen it.
         clock.sample(2_000_100, 1_000_110);
         clock.sample(2_000_200, 1_000_900);
         let deadline = clock.deadline(1_000_900, TIMEOUT, MARGIN);
-        assert_eq!(deadline, 1_000_900 + 1_500_000 + 999_990 - 13_000);
+        assert_eq!(deadline, 1_000_900 + 1_500_000 + 999_990 - 150 - 13_000);
     }
 
     #[test]
-    fn a_deadline_is_never_later_than_the_give_up_time_whatever_the_delays() {
-        // True offset: server = here + 7 s. Replies take from 0 to 30 ms to arrive.
-        let offset = 7_000_000u64;
+    fn a_deadline_is_never_later_than_the_give_up_time_whatever_the_delays_and_drift() {
+        // Server = here + 7 s, the server's clock running 100 ppm slower than this one.
+        // Replies take from 0 to 30 ms to arrive.
+        let server_at = |here: u64| 7_000_000 + here - here / 10_000;
         let clock = ServerClock::default();
-        for (sent_here, delay) in [(10_000u64, 30_000u64), (50_000, 0), (90_000, 12_345)] {
-            clock.sample(sent_here + offset, sent_here + delay);
-            let start = sent_here + delay;
-            let give_up_on_server = start + TIMEOUT.as_micros() as u64 + offset;
-            assert!(clock.deadline(start, TIMEOUT, MARGIN) <= give_up_on_server);
+        let mut here = 10_000u64;
+        for delay in [30_000u64, 0, 12_345, 0] {
+            clock.sample(server_at(here), here + delay);
+            here += delay;
+            for idle in [0, 60_000_000, 3_000_000_000] {
+                let start = here + idle;
+                let give_up = server_at(start + TIMEOUT.as_micros() as u64);
+                assert!(
+                    clock.deadline(start, TIMEOUT, MARGIN) <= give_up,
+                    "{delay} {idle}"
+                );
+            }
+            here += 1_000_000;
         }
     }
 
     #[test]
-    fn an_old_bound_loosens_with_drift_but_by_at_most_half_the_timeout() {
+    fn a_bound_goes_stale_once_its_drift_would_take_a_quarter_of_the_timeout() {
         let clock = ServerClock::default();
-        clock.sample(1_000_000, 1_000_000);
-        let hour = 3_600_000_000u64;
-        let fresh = clock.deadline(1_000_000, TIMEOUT, MARGIN) - 1_000_000;
-        let after_an_hour = clock.deadline(1_000_000 + hour, TIMEOUT, MARGIN) - (1_000_000 + hour);
-        assert_eq!(fresh - after_an_hour, 360_000, "100 ppm of an hour");
-        let after_a_day = clock.deadline(1_000_000 + 24 * hour, TIMEOUT, MARGIN);
-        assert_eq!(after_a_day - (1_000_000 + 24 * hour), fresh - 750_000);
+        assert!(!clock.is_stale(1_000, TIMEOUT), "no bound is not stale");
+        clock.sample(1_000, 1_000);
+        // A quarter of 1.5 s at 100 ppm: 3750 s.
+        assert!(!clock.is_stale(1_000 + 3_750_000_000, TIMEOUT));
+        assert!(clock.is_stale(1_000 + 3_750_100_000, TIMEOUT));
+        clock.sample(3_750_200_000, 3_750_200_000);
+        assert!(
+            !clock.is_stale(3_750_200_000, TIMEOUT),
+            "a new sample refreshes it"
+        );
     }
 
     #[test]
     fn a_timeout_too_short_for_the_margin_gets_no_deadline() {
         let clock = ServerClock::default();
         clock.sample(1_000, 1_000);
-        assert_eq!(clock.deadline(1_000, 4 * MARGIN, MARGIN), 0);
-        assert_ne!(clock.deadline(1_000, 5 * MARGIN, MARGIN), 0);
+        assert_eq!(clock.deadline(1_000, 2 * MARGIN, MARGIN), 0);
+        assert_ne!(clock.deadline(1_000, 3 * MARGIN, MARGIN), 0);
     }
 }

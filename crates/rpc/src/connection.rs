@@ -7,9 +7,9 @@
 
 use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -330,6 +330,10 @@ pub struct Response<R> {
     pub sunk: usize,
 }
 
+/// A reply taken in: its frame, body and payload, and the payload bytes put in the
+/// call's sink.
+type Exchanged = (Frame, Vec<u8>, Vec<u8>, usize);
+
 /// A connection to one server, after a successful handshake.
 pub struct Connection {
     ep: Endpoint,
@@ -431,28 +435,49 @@ impl Connection {
         sink: Option<LentMut>,
         timeout: Duration,
     ) -> Result<Response<R::Reply>, RpcError> {
-        // Read before the watch starts the call's timeout, so the deadline is never later
-        // than the call's end. The handshake changes nothing and has no clock to go by.
         let deadline_us = match R::OP {
+            // The handshake changes nothing and has no clock to go by.
             OpCode::Hello | OpCode::Auth => 0,
-            _ => self.clock.deadline(
-                benchfs_proto::clock::now_us(),
-                timeout,
-                benchfs_proto::clock::deadline_margin(),
-            ),
+            _ => {
+                // Read before the watch starts the call's timeout, so the deadline is
+                // never later than the call's end.
+                let start_us = benchfs_proto::clock::now_us();
+                if self.clock.is_stale(start_us, timeout) {
+                    // Boxed: the rare ping would otherwise size every call's future.
+                    Box::pin(self.measure_clock(timeout)).await?;
+                }
+                let margin = benchfs_proto::clock::deadline_margin();
+                self.clock
+                    .deadline(benchfs_proto::clock::now_us(), timeout, margin)
+            }
         };
         let exchange = pin!(self.exchange(R::OP, request.to_bytes(), payload, sink, deadline_us));
+        let (frame, body, payload, sunk) = self.watched(exchange, timeout).await?;
+        let reply = R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))?;
+        debug_assert_eq!(frame.op, R::OP);
+        Ok(Response {
+            reply,
+            payload,
+            sunk,
+        })
+    }
+
+    /// Measures the server's clock again by a ping, when the bound went stale over an idle
+    /// connection.
+    async fn measure_clock(&self, timeout: Duration) -> Result<(), RpcError> {
+        let ping = pin!(self.exchange(OpCode::Ping, Vec::new(), OutPayload::none(), None, 0));
+        self.watched(ping, timeout).await.map(drop)
+    }
+
+    /// Runs an exchange under the call watch: it ends with its result, or `Timeout`, or
+    /// the connection's failure.
+    async fn watched(
+        &self,
+        exchange: Pin<&mut impl Future<Output = Result<Exchanged, RpcError>>>,
+        timeout: Duration,
+    ) -> Result<Exchanged, RpcError> {
         match self.client.watch.run(timeout, &self.ep, exchange).await {
-            Ok(result) => {
-                let (frame, body, payload, sunk) = result?;
-                let reply = R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))?;
-                debug_assert_eq!(frame.op, R::OP);
-                Ok(Response {
-                    reply,
-                    payload,
-                    sunk,
-                })
-            }
+            Ok(result) => result,
             Err(Verdict::TimedOut) => Err(RpcError::Timeout {
                 server: self.server.clone(),
                 timeout_ms: timeout.as_millis() as u64,
@@ -490,7 +515,7 @@ impl Connection {
         payload: OutPayload,
         sink: Option<LentMut>,
         deadline_us: u64,
-    ) -> Result<(Frame, Vec<u8>, Vec<u8>, usize), RpcError> {
+    ) -> Result<Exchanged, RpcError> {
         let _permit = self
             .inflight
             .acquire()
@@ -612,7 +637,7 @@ impl Connection {
         frame: Frame,
         mut msg: AmMessage,
         sink: Option<LentMut>,
-    ) -> Result<(Frame, Vec<u8>, Vec<u8>, usize), RpcError> {
+    ) -> Result<Exchanged, RpcError> {
         let header_body = msg.header()[FRAME_HEADER_LEN..].to_vec();
         if let Some(sink) = sink.filter(|s| {
             frame.body_in_header && frame.payload_len > 0 && frame.payload_len <= s.as_ref().len()

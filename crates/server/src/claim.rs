@@ -222,12 +222,9 @@ impl Fence {
     }
 }
 
-/// The monotonic clock at the kernel tick's resolution, read with every request: 5 ns on
-/// our VM against 24 ns for the precise clock. Zero if it cannot be read (then only the
-/// interval's checks run).
+/// The monotonic clock at the kernel tick's resolution (see [`benchfs_proto::clock`]).
 fn coarse_now() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map_or(Duration::ZERO, Duration::from)
+    Duration::from_micros(benchfs_proto::clock::now_us())
 }
 
 /// Fails if the registry names a live server for this node id. An entry whose server does

@@ -732,11 +732,21 @@ async fn answer(
             (body, payload)
         }
     };
-    let reply = match (frame.op, lateness(state, frame)) {
-        (_, Some(status)) => Reply::error(status),
-        (OpCode::Hello, None) => hello(state, connections, ep, body),
-        (OpCode::Auth, None) => authenticate(state, connections, ep, body),
-        (op, None) => state.handle(op, body, payload).await,
+    if let Some(status) = lateness(state, frame) {
+        send_reply(
+            ep,
+            frame.op,
+            frame.request_id,
+            Reply::error(status),
+            options,
+        )
+        .await;
+        return (Some(status), Outcome::UNANSWERED);
+    }
+    let reply = match frame.op {
+        OpCode::Hello => hello(state, connections, ep, body),
+        OpCode::Auth => authenticate(state, connections, ep, body),
+        op => state.handle(op, body, payload).await,
     };
     let status = reply.status;
     let [body_in, body_out] = reply.body_file_bytes;
@@ -791,13 +801,13 @@ fn refusal(
     ep: &Endpoint,
     frame: &Frame,
 ) -> Option<Status> {
-    if let Some(status) = lateness(state, frame) {
-        return Some(status);
-    }
     let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
     if !handshake && !connections.borrow().admits(ep) {
         tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
         return Some(Status::PermissionDenied);
+    }
+    if let Some(status) = lateness(state, frame) {
+        return Some(status);
     }
     if frame.payload_len > 0 && !frame.op.takes_payload() {
         state.counters.note_malformed();
@@ -813,7 +823,7 @@ fn refusal(
 /// applied here now. Checked before a request is started, and again once its payload is
 /// in; a request started in time is finished.
 fn lateness(state: &ServerState, frame: &Frame) -> Option<Status> {
-    if !frame.expired(benchfs_proto::clock::now_us()) {
+    if !benchfs_proto::clock::passed(frame.clock_us) {
         return None;
     }
     let late = state.counters.note_late();
