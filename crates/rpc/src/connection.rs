@@ -441,14 +441,14 @@ impl Connection {
             _ => {
                 // Read before the watch starts the call's timeout, so the deadline is
                 // never later than the call's end.
-                let start_us = benchfs_proto::clock::now_us();
+                let mut start_us = benchfs_proto::clock::now_us();
                 if self.clock.is_stale(start_us, timeout) {
                     // Boxed: the rare ping would otherwise size every call's future.
                     Box::pin(self.measure_clock(timeout)).await?;
+                    start_us = benchfs_proto::clock::now_us();
                 }
                 let margin = benchfs_proto::clock::deadline_margin();
-                self.clock
-                    .deadline(benchfs_proto::clock::now_us(), timeout, margin)
+                self.clock.deadline(start_us, timeout, margin)
             }
         };
         let exchange = pin!(self.exchange(R::OP, request.to_bytes(), payload, sink, deadline_us));
