@@ -17,6 +17,11 @@ use std::time::Duration;
 /// oscillators drift up to about 50 ppm; NTP-disciplined clocks far less).
 const DRIFT_PPM: i64 = 100;
 
+/// Replies a connection takes in for each one it samples the clock with, once it has a
+/// bound: reading the clock at each arrival was a few percent of a round trip, while the
+/// bound, loosened by drift from when it was measured, stays safe however old it is.
+const REPLIES_PER_SAMPLE: u32 = 16;
+
 /// A lower bound of a server's clock offset to this host's, in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Bound {
@@ -39,9 +44,29 @@ impl Bound {
 #[derive(Debug, Default)]
 pub(crate) struct ServerClock {
     bound: Cell<Option<Bound>>,
+    /// Replies since the last sample.
+    unsampled: Cell<u32>,
+    /// Whether the next reply must be sampled, the bound having gone stale.
+    remeasuring: Cell<bool>,
 }
 
 impl ServerClock {
+    /// Whether the reply that just arrived should be sampled: the first, every
+    /// [`REPLIES_PER_SAMPLE`]th after it, and the first after [`ServerClock::remeasure`].
+    pub(crate) fn wants_sample(&self) -> bool {
+        let unsampled = self.unsampled.get() + 1;
+        let wanted = self.bound.get().is_none()
+            || self.remeasuring.take()
+            || unsampled >= REPLIES_PER_SAMPLE;
+        self.unsampled.set(if wanted { 0 } else { unsampled });
+        wanted
+    }
+
+    /// Has the next reply sampled, for a bound gone stale.
+    pub(crate) fn remeasure(&self) {
+        self.remeasuring.set(true);
+    }
+
     /// Takes the server time `server_us` of a reply that arrived by `now_us`.
     pub(crate) fn sample(&self, server_us: u64, now_us: u64) {
         if server_us == 0 {
@@ -155,6 +180,22 @@ mod tests {
             !clock.is_stale(3_750_200_000, TIMEOUT),
             "a new sample refreshes it"
         );
+    }
+
+    #[test]
+    fn the_first_reply_every_sixteenth_and_one_after_a_remeasure_are_sampled() {
+        let clock = ServerClock::default();
+        let mut sampled = Vec::new();
+        for reply in 0..40 {
+            if reply == 20 {
+                clock.remeasure();
+            }
+            if clock.wants_sample() {
+                sampled.push(reply);
+                clock.sample(1_000 + reply, 1_000);
+            }
+        }
+        assert_eq!(sampled, [0, 16, 20, 36]);
     }
 
     #[test]

@@ -443,6 +443,7 @@ impl Connection {
                 // never later than the call's end.
                 let mut start_us = benchfs_proto::clock::now_us();
                 if self.clock.is_stale(start_us, timeout) {
+                    self.clock.remeasure();
                     // Boxed: the rare ping would otherwise size every call's future.
                     Box::pin(self.measure_clock(timeout)).await?;
                     start_us = benchfs_proto::clock::now_us();
@@ -611,8 +612,10 @@ impl Connection {
     /// The reply's frame, if it answers `op` with success.
     fn check_reply(&self, op: OpCode, msg: &AmMessage) -> Result<Frame, RpcError> {
         let frame = Frame::decode(msg.header(), msg.data_len()).map_err(|e| self.protocol(e))?;
-        self.clock
-            .sample(frame.clock_us, benchfs_proto::clock::now_us());
+        if self.clock.wants_sample() {
+            self.clock
+                .sample(frame.clock_us, benchfs_proto::clock::now_us());
+        }
         if frame.op != op {
             return Err(self.protocol(benchfs_proto::DecodeError::BadField {
                 field: "op",

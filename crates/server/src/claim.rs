@@ -174,10 +174,12 @@ impl Fence {
         }
     }
 
-    /// Whether this server still serves its node id, checking the registry first when
-    /// the last check is older than `FENCE_LEASE`.
-    pub fn holds(&self) -> bool {
-        if coarse_now().saturating_sub(self.checked_at.get()) <= FENCE_LEASE {
+    /// Whether this server still serves its node id at `now_us` (a reading of
+    /// [`benchfs_proto::clock::now_us`]), checking the registry first when the last check
+    /// is older than `FENCE_LEASE`.
+    pub fn holds(&self, now_us: u64) -> bool {
+        let now = Duration::from_micros(now_us);
+        if now.saturating_sub(self.checked_at.get()) <= FENCE_LEASE {
             return true;
         }
         self.check()

@@ -638,7 +638,7 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         stop,
         {
             let fence = Rc::clone(&fence);
-            move || fence.holds()
+            move |now_us| fence.holds(now_us)
         },
     ));
     let served = match serving.await {

@@ -86,7 +86,8 @@ pub struct ServeOptions {
     pub polls_for_next: u32,
 }
 
-/// Serves requests until `stop` completes or `still_ours` (asked before each request)
+/// Serves requests until `stop` completes or `still_ours` (asked before each request, with
+/// the time it was picked up on the deadline clock)
 /// says this server no longer answers for its node id, then refuses new connections,
 /// finishes the requests in flight and returns. The listener stays the caller's to keep
 /// (see [`Listener::keep_until_exit`]).
@@ -96,7 +97,7 @@ pub async fn serve(
     listener: Rc<Listener>,
     options: ServeOptions,
     stop: impl Future<Output = ()> + 'static,
-    still_ours: impl Fn() -> bool,
+    still_ours: impl Fn(u64) -> bool,
 ) -> Result<(), benchfs_ucx::UcxError> {
     let requests = worker.set_am_handler(REQUEST_AM_ID, SERVER_QUEUE_MAX)?;
     let connections = Rc::new(RefCell::new(Connections::new(state.requires_handshake())));
@@ -127,12 +128,15 @@ pub async fn serve(
         let Some(msg) = next.await else {
             break;
         };
+        // One reading serves the fence, the deadline and the reply's stamp of a request
+        // answered at once: each read of the clock was a few percent of a ping's handling.
+        let now_us = benchfs_proto::clock::now_us();
         // Not one request past the moment another server took the node id over: its
         // client learns so when the connection closes, and asks the registry again.
-        if !still_ours() {
+        if !still_ours(now_us) {
             break;
         }
-        let Some(msg) = at_once.try_answer(msg) else {
+        let Some(msg) = at_once.try_answer(msg, now_us) else {
             continue;
         };
         let permit = inflight.acquire(options.inflight_max).await;
@@ -569,8 +573,8 @@ struct AtOnce {
 impl AtOnce {
     /// [`AtOnce::answer`], a panic of which leaves the request unanswered, as a task's
     /// panic would, and the server going on.
-    fn try_answer(&self, msg: AmMessage) -> Option<AmMessage> {
-        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| self.answer(msg)));
+    fn try_answer(&self, msg: AmMessage, now_us: u64) -> Option<AmMessage> {
+        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| self.answer(msg, now_us)));
         answered.unwrap_or_else(|_| {
             tracing::error!("handling a request panicked; it gets no reply");
             None
@@ -584,8 +588,8 @@ impl AtOnce {
     /// a sixth of a ping's handling). A reply UCX cannot take at once (its send resources
     /// are taken) finishes on a task of its own. Gives the message back when it must go
     /// the waiting way, and takes it when it is answered or not to be answered (its
-    /// connection failed).
-    fn answer(&self, msg: AmMessage) -> Option<AmMessage> {
+    /// connection failed). `now_us`: when the request was picked up, on the deadline clock.
+    fn answer(&self, msg: AmMessage, now_us: u64) -> Option<AmMessage> {
         let AtOnce {
             state,
             connections,
@@ -616,7 +620,8 @@ impl AtOnce {
         let measured = Measured::start(&frame);
         let entered = measured.span.enter();
         let (body, payload) = split_body(&frame, msg.header(), data);
-        let (reply, refused) = reply_at_once(state, connections, ep, &frame, body, payload.len());
+        let (reply, refused) =
+            reply_at_once(state, connections, ep, &frame, body, payload.len(), now_us);
         let status = reply.status;
         let [body_in, body_out] = reply.body_file_bytes;
         // What the metrics count once the reply went: a refused request counts no bytes.
@@ -628,7 +633,7 @@ impl AtOnce {
                 bytes_out: body_out,
             },
         };
-        let mut send = reply_request(ep, frame.op, frame.request_id, reply, options);
+        let mut send = reply_request(ep, frame.op, frame.request_id, reply, now_us, options);
         drop(entered);
         match Pin::new(&mut send).poll(&mut std::task::Context::from_waker(Waker::noop())) {
             Poll::Ready(result) => {
@@ -673,8 +678,9 @@ fn reply_at_once(
     frame: &Frame,
     body: &[u8],
     payload_len: usize,
+    now_us: u64,
 ) -> (Reply, bool) {
-    if let Some(status) = refusal(state, connections, ep, frame) {
+    if let Some(status) = refusal(state, connections, ep, frame, now_us) {
         return (Reply::error(status), true);
     }
     let reply = match frame.op {
@@ -699,7 +705,9 @@ async fn answer(
     frame: &Frame,
     options: &ServeOptions,
 ) -> (Option<Status>, Outcome) {
-    if let Some(status) = refusal(state, connections, ep, frame) {
+    // Read now: the request may have waited for a permit since it was picked up.
+    let now_us = benchfs_proto::clock::now_us();
+    if let Some(status) = refusal(state, connections, ep, frame, now_us) {
         let refused = Reply::error(status);
         send_reply(ep, frame.op, frame.request_id, refused, options).await;
         return (Some(status), Outcome::UNANSWERED);
@@ -732,7 +740,7 @@ async fn answer(
             (body, payload)
         }
     };
-    if let Some(status) = lateness(state, frame) {
+    if let Some(status) = lateness(state, frame, benchfs_proto::clock::now_us()) {
         send_reply(
             ep,
             frame.op,
@@ -800,13 +808,14 @@ fn refusal(
     connections: &RefCell<Connections>,
     ep: &Endpoint,
     frame: &Frame,
+    now_us: u64,
 ) -> Option<Status> {
     let handshake = matches!(frame.op, OpCode::Hello | OpCode::Auth);
     if !handshake && !connections.borrow().admits(ep) {
         tracing::warn!(op = ?frame.op, "request before a successful handshake; refused");
         return Some(Status::PermissionDenied);
     }
-    if let Some(status) = lateness(state, frame) {
+    if let Some(status) = lateness(state, frame, now_us) {
         return Some(status);
     }
     if frame.payload_len > 0 && !frame.op.takes_payload() {
@@ -821,9 +830,10 @@ fn refusal(
 /// waited (in this server's queue, or in a socket while the server was stopped). The
 /// caller may already have undone its change on the other replicas, so it must not be
 /// applied here now. Checked before a request is started, and again once its payload is
-/// in; a request started in time is finished.
-fn lateness(state: &ServerState, frame: &Frame) -> Option<Status> {
-    if !benchfs_proto::clock::passed(frame.clock_us) {
+/// in; a request started in time is finished. `now_us`: a reading of the deadline clock
+/// taken no earlier than the request was picked up.
+fn lateness(state: &ServerState, frame: &Frame, now_us: u64) -> Option<Status> {
+    if !benchfs_proto::clock::passed(frame.clock_us, now_us) {
         return None;
     }
     let late = state.counters.note_late();
@@ -897,7 +907,14 @@ async fn send_reply(
     reply: Reply,
     options: &ServeOptions,
 ) -> bool {
-    let send = reply_request(ep, op, request_id, reply, options);
+    let send = reply_request(
+        ep,
+        op,
+        request_id,
+        reply,
+        benchfs_proto::clock::now_us(),
+        options,
+    );
     reply_sent(bounded_transfer(ep, send, options).await)
 }
 
@@ -919,12 +936,14 @@ impl AsRef<[u8]> for ReplyData {
 }
 
 /// Hands a reply to UCX: the body rides in the AM header when it fits, the payload in the
-/// data.
+/// data. `clock_us`, the server's time it carries, may be read any time before the send:
+/// its caller takes it as a lower bound of this clock at the reply's arrival.
 fn reply_request(
     ep: &Endpoint,
     op: OpCode,
     request_id: u64,
     reply: Reply,
+    clock_us: u64,
     options: &ServeOptions,
 ) -> benchfs_ucx::Request<(Vec<u8>, ReplyData)> {
     let payload_len = reply.payload.as_ref().map_or(0, |p| p.len());
@@ -937,7 +956,7 @@ fn reply_request(
         reply.body.len(),
         payload_len,
     )
-    .with_clock(benchfs_proto::clock::now_us());
+    .with_clock(clock_us);
     let mut header = frame.to_vec_with_room(if fits { reply.body.len() } else { 0 });
     let proto = if payload_len > options.rendezvous_threshold {
         AmProto::Rndv
