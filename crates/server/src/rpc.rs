@@ -708,9 +708,7 @@ async fn answer(
     // Read now: the request may have waited for a permit since it was picked up.
     let now_us = benchfs_proto::clock::now_us();
     if let Some(status) = refusal(state, connections, ep, frame, now_us) {
-        let refused = Reply::error(status);
-        send_reply(ep, frame.op, frame.request_id, refused, options).await;
-        return (Some(status), Outcome::UNANSWERED);
+        return refuse(ep, frame, status, options).await;
     }
     let header = msg.header().to_vec();
     let bytes = rendezvous_bytes(
@@ -741,15 +739,7 @@ async fn answer(
         }
     };
     if let Some(status) = lateness(state, frame, benchfs_proto::clock::now_us()) {
-        send_reply(
-            ep,
-            frame.op,
-            frame.request_id,
-            Reply::error(status),
-            options,
-        )
-        .await;
-        return (Some(status), Outcome::UNANSWERED);
+        return refuse(ep, frame, status, options).await;
     }
     let reply = match frame.op {
         OpCode::Hello => hello(state, connections, ep, body),
@@ -767,6 +757,18 @@ async fn answer(
         bytes_out,
     };
     (sent.then_some(status), outcome)
+}
+
+/// Refuses a request with `status`; a refused request counts as unanswered.
+async fn refuse(
+    ep: &Endpoint,
+    frame: &Frame,
+    status: Status,
+    options: &ServeOptions,
+) -> (Option<Status>, Outcome) {
+    let refused = Reply::error(status);
+    send_reply(ep, frame.op, frame.request_id, refused, options).await;
+    (Some(status), Outcome::UNANSWERED)
 }
 
 /// The bytes of a request's payload and of its reply's (a read's) that go by rendezvous,
