@@ -1,7 +1,8 @@
 //! RPC peers that fail: a server killed with calls in flight and restarted, a stopped
 //! server and the timeout of a call to it, a server that stalls in the middle of a
-//! rendezvous reply, and a stopped client whose unfinished transfers must not hold the
-//! server's in-flight slots.
+//! rendezvous reply, a stopped client whose unfinished transfers must not hold the
+//! server's in-flight slots, and requests past their deadline (before their payload, and
+//! a write whose payload came late).
 
 mod common;
 
@@ -181,6 +182,54 @@ fn a_request_is_refused_after_its_deadline_and_served_before_it() {
             assert_eq!(frame.status, status.to_wire(), "deadline {deadline_us}");
             assert_ne!(frame.clock_us, 0, "a reply carries the server's clock");
         }
+    });
+}
+
+#[test]
+fn a_write_whose_payload_came_after_its_deadline_is_refused_and_not_applied() {
+    const LEN: usize = THRESHOLD * 2;
+    let cluster = Cluster::start(spec(1));
+    let rt = Rt::new();
+    rt.block_on(async {
+        let peer = RawPeer::connect(cluster.addr(0));
+        peer.ping(1).await;
+        let body = chunk_write(9, 0, 0, LEN).to_bytes();
+        let frame = raw_header(
+            OpCode::WriteChunk as u16,
+            2,
+            0,
+            body.len() as u32,
+            LEN as u64,
+        );
+        let mut header = [frame, body].concat();
+        // The server runs on this host, so its deadline clock is this process's.
+        let deadline_us = benchfs_proto::clock::now_us() + 300_000;
+        header[FRAME_HEADER_LEN - 8..FRAME_HEADER_LEN]
+            .copy_from_slice(&u64::to_le_bytes(deadline_us));
+        // The header goes on the socket at once and passes the check before the payload;
+        // the payload needs this peer's progress, which the sleep withholds until the
+        // deadline has passed, as a stop in the middle of the transfer would.
+        let send = peer
+            .ep
+            .am_send(REQUEST_AM_ID, header, pattern(LEN, 2), AmProto::Rndv);
+        std::thread::sleep(Duration::from_millis(800));
+        tokio::time::timeout(FAIL_BOUND, send)
+            .await
+            .expect("the payload never went")
+            .expect("send");
+        let (frame, _) = peer.reply(2, FAIL_BOUND).await.expect("no reply");
+        assert_eq!(frame.status, Status::TimedOut.to_wire());
+    });
+    let said = log_once_it_says(&cluster, 0, "came after its caller gave up");
+    assert!(said.is_ok(), "the refusal is not in the log: {said:?}");
+    rt.block_on(async {
+        let conn = rpc_client(b"").connect(cluster.addr(0)).await.unwrap();
+        let data = read(&conn, 9, 0, 0, LEN).await;
+        assert!(
+            data.iter().all(|&b| b == 0),
+            "a write refused as late was applied ({} bytes read)",
+            data.len()
+        );
     });
 }
 
