@@ -175,8 +175,7 @@ fn a_request_is_refused_after_its_deadline_and_served_before_it() {
             (3, 0, Status::Ok),
         ] {
             let mut header = request(OpCode::Ping, id, &[], 0);
-            header[FRAME_HEADER_LEN - 8..FRAME_HEADER_LEN]
-                .copy_from_slice(&u64::to_le_bytes(deadline_us));
+            set_deadline(&mut header, deadline_us);
             peer.send(header, Vec::new(), AmProto::Eager).await;
             let (frame, _) = peer.reply(id, FAIL_BOUND).await.expect("no reply");
             assert_eq!(frame.status, status.to_wire(), "deadline {deadline_us}");
@@ -194,18 +193,9 @@ fn a_write_whose_payload_came_after_its_deadline_is_refused_and_not_applied() {
         let peer = RawPeer::connect(cluster.addr(0));
         peer.ping(1).await;
         let body = chunk_write(9, 0, 0, LEN).to_bytes();
-        let frame = raw_header(
-            OpCode::WriteChunk as u16,
-            2,
-            0,
-            body.len() as u32,
-            LEN as u64,
-        );
-        let mut header = [frame, body].concat();
+        let mut header = request(OpCode::WriteChunk, 2, &body, LEN);
         // The server runs on this host, so its deadline clock is this process's.
-        let deadline_us = benchfs_proto::clock::now_us() + 300_000;
-        header[FRAME_HEADER_LEN - 8..FRAME_HEADER_LEN]
-            .copy_from_slice(&u64::to_le_bytes(deadline_us));
+        set_deadline(&mut header, benchfs_proto::clock::now_us() + 300_000);
         // The header goes on the socket at once and passes the check before the payload;
         // the payload needs this peer's progress, which the sleep withholds until the
         // deadline has passed, as a stop in the middle of the transfer would.
@@ -231,6 +221,12 @@ fn a_write_whose_payload_came_after_its_deadline_is_refused_and_not_applied() {
             data.len()
         );
     });
+}
+
+/// Sets the deadline of a request `header` built by [`request`] (its frame header's last
+/// field).
+fn set_deadline(header: &mut [u8], deadline_us: u64) {
+    header[FRAME_HEADER_LEN - 8..FRAME_HEADER_LEN].copy_from_slice(&deadline_us.to_le_bytes());
 }
 
 /// A raw UCX server on 127.0.0.1 that accepted one client: its request stream, and what

@@ -443,7 +443,6 @@ impl Connection {
                 // never later than the call's end.
                 let mut start_us = benchfs_proto::clock::now_us();
                 if self.clock.is_stale(start_us, timeout) {
-                    self.clock.remeasure();
                     // Boxed: the rare ping would otherwise size every call's future.
                     Box::pin(self.measure_clock(timeout)).await?;
                     start_us = benchfs_proto::clock::now_us();
@@ -466,6 +465,7 @@ impl Connection {
     /// Measures the server's clock again by a ping, when the bound went stale over an idle
     /// connection.
     async fn measure_clock(&self, timeout: Duration) -> Result<(), RpcError> {
+        self.clock.remeasure();
         let ping = pin!(self.exchange(OpCode::Ping, Vec::new(), OutPayload::none(), None, 0));
         self.watched(ping, timeout).await.map(drop)
     }
