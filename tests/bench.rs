@@ -532,6 +532,87 @@ fn bad_workloads_are_refused_by_name() {
     );
     let stderr = benchfs(&["bench", "ior", "-t", "1q"], &[]).failed();
     assert!(stderr.contains("suffix"), "{stderr}");
+    // A hostile run asked for 100000 local clients, and got process after process until
+    // the machine had no room for more.
+    let stderr = benchfs(&["bench", "ior", "--clients", "100000"], &[]).failed();
+    assert!(
+        stderr.contains("at most 1024") && stderr.contains("mpirun"),
+        "{stderr}"
+    );
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The parent is the second field after the command name, which ends at the last ')'.
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after_name.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+        })
+        .collect()
+}
+
+/// An interrupt while the `--clients` processes start ends the starting: a hostile run's
+/// `timeout 60 benchfs bench ior --clients 100000` went on starting them for minutes after
+/// the timeout's SIGTERM.
+#[test]
+fn an_interrupt_while_the_clients_start_starts_no_more() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..Default::default()
+    });
+    let dir = arg(cluster.dir.path());
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
+        .args(["bench", "ior", "-b", "1m", "-t", "1m", "--clients", "1024"])
+        .args(["--dir", dir])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = bench.id();
+    let started = std::time::Instant::now();
+    let mut seen: std::collections::BTreeSet<u32> = Default::default();
+    while seen.len() < 8 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "8 client processes did not start within a minute"
+        );
+        seen.extend(children_of(pid));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    seen.extend(children_of(pid));
+    let before = seen.len();
+    let term = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(term, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = loop {
+        seen.extend(children_of(pid));
+        if let Some(status) = bench.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "bench did not end after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(!status.success(), "an interrupted run must fail");
+    // The signal reaches the run through a thread of its own, and starts go on until that
+    // thread has run (a few on a busy machine); without the check, all 1024 would start.
+    assert!(
+        seen.len() <= before + 32,
+        "{} client processes started after SIGTERM",
+        seen.len() - before
+    );
+    let gone = seen
+        .iter()
+        .all(|p| !Path::new(&format!("/proc/{p}")).exists());
+    assert!(gone, "client processes left running: {seen:?}");
 }
 
 /// A bad shape is refused before a cluster of the run's own starts, in a sweep and in a

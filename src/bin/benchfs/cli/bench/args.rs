@@ -9,6 +9,23 @@ use benchfs_bench::run::Phase;
 
 use super::super::CliError;
 
+/// Most client processes `--clients` starts on one machine. Each is a process of its own
+/// with a UCX context; ranks beyond this many are a launcher's (mpirun, srun) to start.
+pub const LOCAL_CLIENTS_MAX: u32 = 1024;
+
+/// `--clients`: 1 to [`LOCAL_CLIENTS_MAX`].
+fn local_clients(text: &str) -> Result<u32, String> {
+    let clients: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    match clients {
+        0 => Err("at least 1".into()),
+        n if n > LOCAL_CLIENTS_MAX => Err(format!(
+            "at most {LOCAL_CLIENTS_MAX} client processes on one machine; start more ranks \
+             with mpirun or srun (their ranks are the clients)"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// Arguments of `benchfs bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -84,9 +101,9 @@ pub struct Common {
     /// `ior-capi` of the same report.
     #[arg(long, value_name = "DIR")]
     pub ior_bin: Option<PathBuf>,
-    /// Client processes started on this machine (ignored under mpirun/srun, whose ranks
-    /// are the clients).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Client processes started on this machine, at most 1024 (ignored under mpirun/srun,
+    /// whose ranks are the clients).
+    #[arg(long, default_value_t = 1, value_parser = local_clients)]
     pub clients: u32,
     /// Repetitions; results show their mean and standard deviation.
     #[arg(long, default_value_t = 1)]

@@ -468,6 +468,15 @@ fn run_local(plan: &Plan, run_dir: &Path, clients: u32) -> Result<Outcome, CliEr
         .map_err(|e| local_error("cannot write", &plan_path, e))?;
     let mut children = Vec::new();
     for rank in 1..clients {
+        if run::interrupted() {
+            abort(
+                run_dir,
+                clients,
+                "interrupted while the client processes started",
+            );
+            reap(children, run_dir, clients);
+            return Err("interrupted while the client processes started".into());
+        }
         let spawned = Command::new(std::env::current_exe()?)
             .args(["bench", "worker", "--plan"])
             .arg(&plan_path)
