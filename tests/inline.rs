@@ -331,6 +331,49 @@ fn truncate_rename_and_unlink_of_inline_files() {
     assert_eq!(total_chunks(&fs), 0);
 }
 
+/// A handle learns at its fstat or fsync that another client cut an inline file or wrote
+/// it anew, as it does for a file with chunks (a hostile run: the handle kept its 4000
+/// bytes and its size, and read the old bytes where the other client wrote new ones).
+#[test]
+fn a_handle_of_an_inline_file_sees_another_clients_cut_at_fstat() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let (reader, writer) = (cluster.client(), cluster.client());
+    let data = pattern(4000, 7);
+    for (path, sync) in [("/cut", false), ("/rewritten", true)] {
+        make(&writer, path, &data);
+        assert!(is_inline(&writer, path));
+        let fd = reader.open(path, OpenFlags::READ, 0).unwrap();
+        let mut buf = vec![0; 100];
+        assert_eq!(reader.pread(fd, &mut buf, 0).unwrap(), 100);
+        let want = match path {
+            "/cut" => {
+                writer.truncate(path, 10).unwrap();
+                data[..10].to_vec()
+            }
+            _ => {
+                let new = pattern(50, 8);
+                let wfd = writer.create(path, 0o644).unwrap();
+                writer.write(wfd, &new).unwrap();
+                writer.close(wfd).unwrap();
+                new
+            }
+        };
+        assert!(is_inline(&writer, path));
+        if sync {
+            reader.fsync(fd).unwrap();
+        }
+        assert_eq!(reader.fstat(fd).unwrap().size, want.len() as u64, "{path}");
+        let mut buf = vec![0; 4000];
+        let n = reader.pread(fd, &mut buf, 0).unwrap();
+        assert!(
+            buf[..n] == want[..],
+            "{path}: {n} bytes, not the {} written",
+            want.len()
+        );
+        reader.close(fd).unwrap();
+    }
+}
+
 #[test]
 fn inline_records_survive_a_restart() {
     let mut cluster = Cluster::start(spec(1, "file"));

@@ -684,13 +684,18 @@ impl FsClient {
             }
             match (&mut f.inline, record.meta.inline) {
                 // The record holds every byte this client wrote too (its writes go there
-                // before they return), so its copy replaces the handle's when longer.
-                (Some(Inline::Held(bytes)), true) if record.data.len() > bytes.len() => {
+                // before they return, and none started or ended while it asked), so its
+                // copy is the file: longer where others wrote, shorter where they cut it.
+                (Some(Inline::Held(bytes)), true) => {
                     *bytes = record.data;
+                    f.size = record.meta.size;
                 }
                 (Some(Inline::Held(_)), false) => {
                     f.inline = None;
                     f.meta = record.meta;
+                    if record.meta.size < f.size && nothing_to_publish {
+                        f.cut_to(record.meta.size);
+                    }
                 }
                 _ => {}
             }
