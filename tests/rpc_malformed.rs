@@ -271,10 +271,13 @@ fn arbitrary_frames_never_stop_the_server() {
     let addr = cluster.addr(0);
     let rt = Rt::new();
     let (peer, conn) = rt.block_on(async {
-        (
-            RawPeer::connect(addr),
-            rpc_client(b"").connect(addr).await.unwrap(),
-        )
+        let peer = RawPeer::connect(addr);
+        // A round trip first: right after a connect, UCX 1.13 can still apply the
+        // connection's first lane's limits while it moves to shared memory, and refuse a
+        // short send over 100 bytes there ("Invalid am_short_iov length: 154 (expected:
+        // <= 100)"), as it did to a random frame once.
+        peer.ping(1).await;
+        (peer, rpc_client(b"").connect(addr).await.unwrap())
     });
     let max_header = peer.worker.max_am_header().min(256);
     assert!(
