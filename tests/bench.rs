@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use benchfs::placement::PlacementKey;
 use benchfs_bench::io500;
@@ -567,24 +569,25 @@ fn an_interrupt_while_the_clients_start_starts_no_more() {
         servers: 1,
         ..Default::default()
     });
-    let dir = arg(cluster.dir.path());
+    let out = out_dir();
     let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"))
         .args(["bench", "ior", "-b", "1m", "-t", "1m", "--clients", "1024"])
-        .args(["--dir", dir])
+        .args(["--no-limits", "--dir", arg(cluster.dir.path())])
+        .args(["--out", arg(out.path())])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let pid = bench.id();
-    let started = std::time::Instant::now();
-    let mut seen: std::collections::BTreeSet<u32> = Default::default();
+    let started = Instant::now();
+    let mut seen = BTreeSet::new();
     while seen.len() < 8 {
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(60),
             "8 client processes did not start within a minute"
         );
         seen.extend(children_of(pid));
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     }
     seen.extend(children_of(pid));
     let before = seen.len();
@@ -596,10 +599,10 @@ fn an_interrupt_while_the_clients_start_starts_no_more() {
             break status;
         }
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(120),
             "bench did not end after SIGTERM"
         );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     };
     assert!(!status.success(), "an interrupted run must fail");
     // The signal reaches the run through a thread of its own, and starts go on until that

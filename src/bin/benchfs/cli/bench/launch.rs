@@ -469,13 +469,10 @@ fn run_local(plan: &Plan, run_dir: &Path, clients: u32) -> Result<Outcome, CliEr
     let mut children = Vec::new();
     for rank in 1..clients {
         if run::interrupted() {
-            abort(
-                run_dir,
-                clients,
-                "interrupted while the client processes started",
-            );
+            let why = "interrupted while the client processes started";
+            abort(run_dir, clients, why);
             reap(children, run_dir, clients);
-            return Err("interrupted while the client processes started".into());
+            return Err(why.into());
         }
         let spawned = Command::new(std::env::current_exe()?)
             .args(["bench", "worker", "--plan"])
