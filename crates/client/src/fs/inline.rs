@@ -670,6 +670,21 @@ impl FsClient {
                 // Its later writes come after every cut the record shows.
                 f.meta.cut_gen = record.meta.cut_gen;
             }
+            match (&mut f.inline, record.meta.inline) {
+                // The record holds every byte this client wrote too (its writes go there
+                // before they return, and none started or ended while it asked), so its
+                // copy is the file: longer where others wrote, shorter where they cut it.
+                (Some(Inline::Held(bytes)), true) => {
+                    *bytes = record.data;
+                    f.size = record.meta.size;
+                }
+                // Moved to chunks: from now on the handle reads them, sized as below.
+                (Some(Inline::Held(_)), false) => {
+                    f.inline = None;
+                    f.meta = record.meta;
+                }
+                _ => {}
+            }
             if record.meta.size > f.size {
                 f.size = record.meta.size;
             } else if record.meta.size < f.size
@@ -681,23 +696,6 @@ impl FsClient {
                 // cut, not read zeros to the old end. (A handle with writes of its own
                 // to publish keeps its size until its close sorts them out.)
                 f.cut_to(record.meta.size);
-            }
-            match (&mut f.inline, record.meta.inline) {
-                // The record holds every byte this client wrote too (its writes go there
-                // before they return, and none started or ended while it asked), so its
-                // copy is the file: longer where others wrote, shorter where they cut it.
-                (Some(Inline::Held(bytes)), true) => {
-                    *bytes = record.data;
-                    f.size = record.meta.size;
-                }
-                (Some(Inline::Held(_)), false) => {
-                    f.inline = None;
-                    f.meta = record.meta;
-                    if record.meta.size < f.size && nothing_to_publish {
-                        f.cut_to(record.meta.size);
-                    }
-                }
-                _ => {}
             }
         });
     }
