@@ -2,7 +2,8 @@
 //! the calls reads back whole (one and two replicas, blocking and async APIs, overlapping
 //! rewrites); a killed or stopped server's failure reaches a later write, fsync or close;
 //! operations by name wait for writes in flight; read-ahead never serves bytes from before
-//! an open or from before this client's own write, and random reads fetch nothing ahead.
+//! an open, from before this client's own write, or from before another client's cut or
+//! remove, and random reads fetch nothing ahead.
 
 mod common;
 
@@ -461,6 +462,73 @@ fn read_ahead_never_serves_bytes_from_before_an_open_or_a_write() {
     );
     a.close(fd).unwrap();
     assert!(read_file(&b, "/ra") == expected);
+}
+
+/// What handle `fd` of `fs` reads of `len` bytes at `offset`: the bytes, or the errno.
+fn pread_outcome(fs: &BenchFS, fd: u64, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
+    let mut buf = vec![0u8; len];
+    let n = fs.pread(fd, &mut buf, offset).map_err(|e| e.errno())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[test]
+fn read_ahead_never_serves_bytes_another_client_cut_or_removed() {
+    // A handle that read ahead, then another client cuts the file, cuts and rewrites it,
+    // or removes it: the handle's next read answers as one with read-ahead off does (the
+    // end of the file, the new bytes, ESTALE), never the bytes fetched before.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let b = client_with(&cluster, 0, 0);
+    let old = pattern(32 * C, 7);
+    let new = pattern(2 * C, 8);
+    let outcomes = |read_ahead| {
+        let a = client_with(&cluster, 0, read_ahead);
+        let path = format!("/cut-{read_ahead}");
+        // A fresh handle of the whole file that read its first bytes in order.
+        let read_in_order = || {
+            write_file(&b, &path, &old);
+            let fd = a.open(&path, OpenFlags::READ, 0).unwrap();
+            for i in 0..4 {
+                let at = i * C / 2;
+                let got = pread_outcome(&a, fd, at as u64, C / 2).unwrap();
+                assert!(got[..] == old[at..at + C / 2], "read at {at}");
+            }
+            fd
+        };
+        let ahead = || a.client().pipeline_counters().read_ahead_bytes;
+        let mut seen = Vec::new();
+
+        let fd = read_in_order();
+        let before = ahead();
+        b.truncate(&path, 2 * C as u64).unwrap();
+        seen.push(pread_outcome(&a, fd, 2 * C as u64, C));
+        a.close(fd).unwrap();
+
+        // Cut and written past the cut: B's bytes, not the ones fetched before.
+        let fd = read_in_order();
+        b.truncate(&path, 2 * C as u64).unwrap();
+        let w = b.open(&path, OpenFlags::WRITE, 0).unwrap();
+        assert_eq!(b.pwrite(w, &new, 2 * C as u64).unwrap(), new.len());
+        b.close(w).unwrap();
+        seen.push(pread_outcome(&a, fd, 2 * C as u64, C));
+        a.close(fd).unwrap();
+
+        let fd = read_in_order();
+        b.unlink(&path).unwrap();
+        seen.push(pread_outcome(&a, fd, 2 * C as u64, C));
+        let _ = a.close(fd);
+        (seen, before, ahead())
+    };
+    let (without, ..) = outcomes(0);
+    let (with, fetched_before_the_cut, fetched) = outcomes(WINDOW);
+    assert!(fetched_before_the_cut > 0 && fetched > fetched_before_the_cut);
+    assert_eq!(without[0], Ok(Vec::new()), "a read past the cut");
+    assert!(without[1] == Ok(new[..C].to_vec()), "a read of the rewrite");
+    assert_eq!(without[2], Err(libc::ESTALE), "a read of the removed file");
+    assert!(
+        with == without,
+        "read-ahead changed what the reads returned"
+    );
 }
 
 #[test]

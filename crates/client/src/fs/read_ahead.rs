@@ -9,6 +9,9 @@
 //!   none, so it never serves bytes older than its open.
 //! - Nothing is fetched past the size the handle knows, nor while this client has writes
 //!   of the file in flight (they would be read back old).
+//! - Bytes read ahead serve a read only if the file's record, asked as the read runs,
+//!   still names the file with the cut count the handle knows: a read never returns bytes
+//!   another client's truncate or remove took from the file before the read began.
 //! - A fetch is only a hint. One that failed, broke the protocol, came back short from a
 //!   server that may have lost the chunk, or was dropped costs nothing but the read then
 //!   made the usual way (any replica, with failover), which reports what went wrong.
@@ -149,6 +152,14 @@ impl ReadAhead {
         self.generation = self.generation.wrapping_add(1);
     }
 
+    /// Whether a piece holds `pos`, after those wholly before it.
+    fn holds(&self, pos: u64) -> bool {
+        self.pieces
+            .iter()
+            .find(|p| p.end > pos)
+            .is_some_and(|p| p.start <= pos)
+    }
+
     /// Takes out the piece that holds `pos`, dropping those wholly before it; drops them
     /// all if none holds it (the reads went elsewhere).
     fn take(&mut self, pos: u64) -> Option<Piece> {
@@ -178,13 +189,58 @@ impl FsClient {
     }
 
     /// Fills the start of `plan`'s buffer from what handle `fd` read ahead; returns how
-    /// many bytes it filled (0 when it holds nothing for this read).
+    /// many bytes it filled (0 when it holds nothing for this read, or when the file was
+    /// cut or removed since the handle looked: see [`FsClient::read_ahead_current`]).
     pub(super) async fn read_prefetched(
         &self,
         fd: Fd,
         plan: &ReadPlan,
         dst: &mut ReadDst<'_>,
     ) -> usize {
+        let holds = self.with_file(fd, |f| f.read_ahead.holds(plan.offset));
+        if !matches!(holds, Ok(true)) {
+            return 0;
+        }
+        let (served, current) = futures_util::future::join(
+            self.take_prefetched(fd, plan, dst),
+            self.read_ahead_current(fd),
+        )
+        .await;
+        if current {
+            return served;
+        }
+        // What was served may predate the cut: the caller reads it all anew, from a
+        // handle that knows the cut.
+        let _ = self.with_file(fd, |f| f.read_ahead.reset());
+        self.catch_up(fd).await;
+        0
+    }
+
+    /// Whether the bytes handle `fd` read ahead are still its file's: its record still
+    /// names the file, with the cut count the handle knows. A truncate or remove by
+    /// another client changes the record before any chunk, so a read that began after
+    /// either returned never takes bytes fetched before it; the check runs beside the
+    /// copy from the pieces, one request to the metadata owner per read they serve.
+    /// (Another client's writes over fetched bytes are seen as close-to-open promises,
+    /// at this handle's next look: see [`FsClient::catch_up`].)
+    async fn read_ahead_current(&self, fd: Fd) -> bool {
+        let Ok((path, meta)) = self.with_file(fd, |f| (f.path.clone(), f.meta)) else {
+            return false;
+        };
+        let req = ops::PathRequest { path };
+        match self
+            .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(&req.path), &req)
+            .await
+        {
+            Ok((reply, _)) => {
+                reply.meta.file_id == meta.file_id && reply.meta.cut_gen == meta.cut_gen
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// [`FsClient::read_prefetched`] without the check.
+    async fn take_prefetched(&self, fd: Fd, plan: &ReadPlan, dst: &mut ReadDst<'_>) -> usize {
         let mut served = 0;
         while served < plan.len {
             let pos = plan.offset + served as u64;
