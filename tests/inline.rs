@@ -492,6 +492,62 @@ fn two_replicas_hold_the_same_bytes() {
 }
 
 #[test]
+fn a_replica_back_empty_takes_changes_of_small_files_before_the_repair() {
+    // With two replicas, a server restarted with an empty store holds none of its records
+    // until the repair (off here) copies them back: a write in place, a truncate or a
+    // growth of a small file failed with ENOENT naming it meanwhile.
+    let mut cluster = Cluster::start(spec(2, "memory"));
+    let fs = cluster.client();
+    let files: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| (format!("/s{i}"), pattern(HARD + i, i as u64)))
+        .collect();
+    for (path, data) in &files {
+        make(&fs, path, data);
+    }
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+    let fs = cluster.client();
+    // Of each kind of change, how many met the empty server.
+    let mut on_the_empty_server = [0; 3];
+    for (i, (path, data)) in files.iter().enumerate() {
+        on_the_empty_server[i % 3] += cluster
+            .replicas_of(PlacementKey::Metadata(path))
+            .contains(&0) as usize;
+        let mut want = data.clone();
+        let fd = fs.open(path, OpenFlags::WRITE, 0).unwrap();
+        match i % 3 {
+            0 => {
+                fs.pwrite(fd, b"XYZ", 10)
+                    .unwrap_or_else(|e| panic!("write {path}: {e}"));
+                want[10..13].copy_from_slice(b"XYZ");
+            }
+            1 => {
+                fs.truncate(path, 100)
+                    .unwrap_or_else(|e| panic!("truncate {path}: {e}"));
+                want.truncate(100);
+            }
+            _ => {
+                let more = pattern(INLINE, i as u64 + 100);
+                fs.pwrite(fd, &more, data.len() as u64)
+                    .unwrap_or_else(|e| panic!("grow {path}: {e}"));
+                want.extend(more);
+            }
+        }
+        fs.close(fd).unwrap_or_else(|e| panic!("close {path}: {e}"));
+        assert!(read_file(&fs, path) == want, "{path}");
+        let held = replica_bytes(&cluster, path);
+        let inline = want.len() <= INLINE;
+        assert_eq!(
+            held,
+            [inline.then(|| want.clone()), inline.then(|| want.clone())],
+            "{path}"
+        );
+    }
+    assert!(on_the_empty_server.iter().all(|&n| n > 0));
+}
+
+#[test]
 fn the_blocking_client_and_a_mount_read_and_grow_inline_files() {
     let Some(mut mounted) = common::mount::Mounted::start(
         "the_blocking_client_and_a_mount_read_and_grow_inline_files",

@@ -535,7 +535,9 @@ impl FsClient {
         };
         self.own_change(file_id);
         let written = self
-            .until_unsealed(|| self.write_all_inline::<ops::MetadataWriteInline>(path, &req))
+            .until_unsealed(|| {
+                self.write_all_inline::<ops::MetadataWriteInline>(path, file_id, &req)
+            })
             .await;
         self.own_change(file_id);
         match written {
@@ -559,16 +561,21 @@ impl FsClient {
     /// A call to every replica of `path`'s record; all must take it. A replica that has
     /// no record where another took the call is asked again while the file's creator may
     /// still be copying its new record there: another client opening the file met it on
-    /// the owner, and a write into it failed with ENOENT.
+    /// the owner, and a write into it failed with ENOENT. One that may have lost its
+    /// records (restarted empty, not repaired yet) gets the record copied from one that
+    /// took the call, so a rewrite of a small file does not fail until the repair runs.
     async fn write_all_inline<R: Rpc>(
         &self,
         path: &str,
+        file_id: u64,
         req: &R::Request,
     ) -> Result<R::Reply, RpcError> {
         let mut answers = self
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
         self.ask_again_while_created::<R>(&mut answers, req).await;
+        self.copy_to_replicas_that_lost_it::<R>(path, file_id, &mut answers, req)
+            .await;
         super::routing::first_if_all_took(answers)
     }
 
@@ -766,7 +773,9 @@ impl FsClient {
             let next = benchfs_proto::meta::next_cut_gen(meta.cut_gen);
             let req = super::namespace::exact_size(path, meta.file_id, size, next);
             let cut = self
-                .until_unsealed(|| self.write_all_inline::<ops::UpdateSize>(path, &req))
+                .until_unsealed(|| {
+                    self.write_all_inline::<ops::UpdateSize>(path, meta.file_id, &req)
+                })
                 .await;
             match cut {
                 Ok(reply) if reply.meta.inline => return Ok(Ok(reply.meta)),
@@ -795,7 +804,7 @@ impl FsClient {
         let moved = self
             .until_unsealed(|| async {
                 let sealed = self
-                    .write_all_inline::<ops::MetadataSealInline>(path, &seal)
+                    .write_all_inline::<ops::MetadataSealInline>(path, meta.file_id, &seal)
                     .await;
                 let sealed_at = Instant::now();
                 let sealed = match sealed {
@@ -827,7 +836,7 @@ impl FsClient {
                     token,
                     moved: true,
                 };
-                self.write_all_inline::<ops::MetadataDropInline>(path, &drop)
+                self.write_all_inline::<ops::MetadataDropInline>(path, meta.file_id, &drop)
                     .await
                     .map(|reply| reply.meta)
             })

@@ -13,7 +13,7 @@ use benchfs_config::registry::ServerEntry;
 use benchfs_proto::limits::BORN_APART_NS;
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
-use benchfs_proto::{ops, Rpc, Status};
+use benchfs_proto::{ops, OpCode, Rpc, Status};
 use benchfs_ucx::LentMut;
 use futures_util::future::join_all;
 
@@ -892,6 +892,47 @@ impl FsClient {
                     .map(|(reply, _)| reply);
             }
         }
+    }
+
+    /// Copies the record of file `file_id` at `path` to each replica that answered a
+    /// change of an inline record with "not found" where another took it, and may have
+    /// lost its records (see [`FsClient::born_after_one_of`]): the copy holds the change
+    /// (its bytes, its size, the end of its inline life), so that replica's answer
+    /// becomes the first one's. A seal is sent again, since it lives beside the record
+    /// and is not copied; so is a change to a replica where another client's copy came
+    /// first (that copy may predate the change). A copy that fails leaves the "not found".
+    pub(super) async fn copy_to_replicas_that_lost_it<R: Rpc>(
+        &self,
+        path: &str,
+        file_id: u64,
+        answers: &mut Vec<(ServerIndex, Result<R::Reply, RpcError>)>,
+        req: &R::Request,
+    ) {
+        let took = servers_that_took(answers);
+        let Some(&source) = took.first() else {
+            return;
+        };
+        let mut copied = Vec::new();
+        for (server, answer) in answers.iter_mut() {
+            let lost = answer
+                .as_ref()
+                .is_err_and(|e| e.status() == Status::NotFound)
+                && self.born_after_one_of(*server, &took).is_some();
+            if !lost {
+                continue;
+            }
+            match self.copy_record(path, file_id, source, *server).await {
+                Ok(_) if R::OP != OpCode::MetadataSealInline => copied.push(*server),
+                Ok(_) | Err(Status::Exists) => {
+                    *answer = self
+                        .call_on::<R>(*server, req, OutPayload::none())
+                        .await
+                        .map(|(reply, _)| reply);
+                }
+                Err(_) => {}
+            }
+        }
+        answers.retain(|(server, _)| !copied.contains(server));
     }
 
     /// Copies the record of file `file_id` at `path` from server `from` to server `to`,
