@@ -1002,6 +1002,19 @@ fn rpc_bench_takes_size_suffixes_and_refuses_an_empty_payload() {
     }
     let err = benchfs(&["rpc-bench", "--sizes", "0"], &[]).failed();
     assert!(err.contains("at least 1 byte"), "{err}");
+    // 64 GiB in flight and a terabyte of payloads: refused before a server starts (the
+    // server was killed for memory, and all that showed was a reset connection).
+    let args = [
+        "rpc-bench",
+        "--window",
+        "1024",
+        "--sizes",
+        "64m",
+        "--payload-set-bytes",
+        "1024g",
+    ];
+    let err = benchfs(&args, &[]).failed();
+    assert!(err.contains("MiB of memory"), "{err}");
 }
 
 /// Resident memory of each server the cluster in `c` started, in bytes.

@@ -79,8 +79,9 @@ pub struct Args {
     pub copy_payload: bool,
     /// Send the bandwidth figures' payloads from this many bytes of distinct buffers in
     /// turn instead of one buffer again and again: one buffer stays in the CPU's cache,
-    /// while a file's chunks come from memory as large as the file (0: one buffer).
-    #[arg(long, default_value_t = 0)]
+    /// while a file's chunks come from memory as large as the file (0: one buffer; k, m,
+    /// g suffixes).
+    #[arg(long, default_value = "0", value_parser = parse_set_size)]
     pub payload_set_bytes: usize,
 }
 
@@ -127,6 +128,11 @@ fn parse_payload_size(s: &str) -> Result<usize, String> {
         0 => Err("a bandwidth figure needs a payload of at least 1 byte".into()),
         n => usize::try_from(n).map_err(|_| format!("{s:?} is too large")),
     }
+}
+
+/// The payload set's size: any number of bytes.
+fn parse_set_size(s: &str) -> Result<usize, String> {
+    usize::try_from(super::bench::parse_size(s)?).map_err(|_| format!("{s:?} is too large"))
 }
 
 /// Runs `benchfs rpc-bench`.
@@ -245,7 +251,40 @@ fn check_args(args: &Args) -> Result<(), CliError> {
         )
         .into());
     }
-    Ok(())
+    check_memory(args, benchfs::storage::available_memory())
+}
+
+/// Refuses a run whose payloads would not fit in `available` bytes of memory (`None`: not
+/// known, not checked): the client's payload set (or copies, with `--copy-payload`) and
+/// the server's receive buffers, `--window` of the largest size each. Past it the server
+/// was killed for memory and the only error was a reset connection.
+fn check_memory(args: &Args, available: Option<u64>) -> Result<(), CliError> {
+    let (Some(available), Some(&largest)) = (available, args.sizes.iter().max()) else {
+        return Ok(());
+    };
+    let largest = largest as u64;
+    let in_flight = (args.window as u64).saturating_mul(largest);
+    let copies = if args.copy_payload { in_flight } else { 0 };
+    let needed = (args.payload_set_bytes as u64)
+        .max(largest)
+        .saturating_add(in_flight)
+        .saturating_add(copies);
+    if needed <= available {
+        return Ok(());
+    }
+    Err(format!(
+        "--window {} of {largest}-byte payloads{} needs about {} MiB of memory, and this host \
+         has {} MiB available: lower --window, --sizes or --payload-set-bytes",
+        args.window,
+        if args.payload_set_bytes > 0 {
+            format!(" from a {}-byte set", args.payload_set_bytes)
+        } else {
+            String::new()
+        },
+        needed >> 20,
+        available >> 20,
+    )
+    .into())
 }
 
 /// Measures every figure of one busy-poll setting, printing each record as it is done.
@@ -623,6 +662,36 @@ mod tests {
         check(&[1, 2, 3, 4], 0.0, 1);
         check(&(1..=100).collect::<Vec<_>>(), 99.0, 99);
         check(&(1..=100).collect::<Vec<_>>(), 100.0, 100);
+    }
+
+    fn args(argv: &[&str]) -> Args {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let argv = std::iter::once("rpc-bench").chain(argv.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn payloads_that_do_not_fit_in_memory_are_refused() {
+        const MIB: u64 = 1 << 20;
+        // 16 x 1 MiB in flight beside one 1 MiB buffer: 17 MiB.
+        let sixteen = args(&["--window", "16", "--sizes", "4k,1m"]);
+        assert!(check_memory(&sixteen, Some(17 * MIB)).is_ok());
+        let err = check_memory(&sixteen, Some(17 * MIB - 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("--window 16 of 1048576-byte"),
+            "{err}"
+        );
+        assert!(check_memory(&sixteen, None).is_ok());
+        let copied = args(&["--window", "16", "--sizes", "1m", "--copy-payload"]);
+        assert!(check_memory(&copied, Some(17 * MIB)).is_err());
+        assert!(check_memory(&copied, Some(33 * MIB)).is_ok());
+        let set = args(&["--sizes", "1m", "--payload-set-bytes", "1g"]);
+        assert!(check_memory(&set, Some(1024 * MIB)).is_err());
+        assert!(check_memory(&set, Some(1040 * MIB)).is_ok());
     }
 
     #[test]
