@@ -354,7 +354,15 @@ fn verify_detects_a_corrupted_chunk() {
         args.extend_from_slice(extra);
         bench(&cluster, &args)
     };
-    with("write", &["--keep"]).ok();
+    let stdout = with("write", &["--keep"]).ok();
+    // The header names the shape, defaults included, and that the pattern is not timed.
+    assert!(
+        stdout.contains(
+            "# workload: ior -t 262144 -b 3145728 -s 1 file-per-process sequential fsync \
+             verify (pattern work not timed); reps=1"
+        ),
+        "{stdout}"
+    );
     // Untouched, the data reads back and checks.
     with("read", &[]).ok();
     // Against another seed's pattern it does not, and the error says the seed may differ
@@ -385,6 +393,66 @@ fn verify_detects_a_corrupted_chunk() {
         stderr.contains("verify-run"),
         "a writing run refuses a workspace that exists: {stderr}"
     );
+}
+
+#[test]
+fn mdtest_verify_detects_a_file_changed_between_its_write_and_read() {
+    // On a local directory (--posix), so the test can change a file between the phases.
+    let cluster = two_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "mdtest",
+        "-n",
+        "3",
+        "-w",
+        "3901",
+        "--verify",
+        "--no-limits",
+        "--posix",
+        arg(dir.path()),
+        "--workspace",
+        "md-verify",
+    ];
+    let with = |phases: &str, extra: &[&str]| {
+        let out = out_dir();
+        let mut args = common.to_vec();
+        args.extend(["--phases", phases, "--out", arg(out.path())]);
+        args.extend_from_slice(extra);
+        bench(&cluster, &args)
+    };
+    let stdout = with("create", &["--keep"]).ok();
+    assert!(
+        stdout.contains("files-per-rank=3 write-bytes=3901 dir-per-rank verify"),
+        "{stdout}"
+    );
+    with("read", &["--keep"]).ok();
+    let files: Vec<_> = walkdir(dir.path())
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == 3901))
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    bytes[3900] ^= 1;
+    std::fs::write(&files[1], &bytes).unwrap();
+    let stderr = with("read", &[]).failed();
+    assert!(
+        stderr.contains("verify failed") && stderr.contains("holds bytes that were not written"),
+        "{stderr}"
+    );
+}
+
+/// Every file under `dir`, depth first.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 #[test]

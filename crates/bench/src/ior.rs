@@ -66,6 +66,29 @@ impl IorSpec {
         }
     }
 
+    /// The shape in a line, as a report's header quotes it.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} -t {} -b {} -s {} {} {}{}{}",
+            self.name,
+            self.transfer,
+            self.block,
+            self.segments,
+            if self.file_per_process {
+                "file-per-process"
+            } else {
+                "shared-file"
+            },
+            if self.random { "random" } else { "sequential" },
+            if self.fsync { " fsync" } else { "" },
+            if self.verify {
+                " verify (pattern work not timed)"
+            } else {
+                ""
+            },
+        )
+    }
+
     /// Checks the shape, naming what is wrong.
     pub fn validate(&self) -> Result<()> {
         if self.transfer == 0 || self.block == 0 || self.segments == 0 {
@@ -171,7 +194,8 @@ pub fn write(ctx: &mut RankCtx<'_>, spec: &IorSpec) -> Result<(RankPhase, u64)> 
         }
         let offset = spec.offset(i, ctx.ranks.rank, ctx.ranks.size);
         if spec.verify {
-            pattern::fill(&mut buf, ctx.seed, spec.file_key(ctx.ranks.rank), offset);
+            let key = spec.file_key(ctx.ranks.rank);
+            share.untimed(|| pattern::fill(&mut buf, ctx.seed, key, offset));
         }
         let t = Instant::now();
         storage.write_at(&h, &path, &buf, offset)?;
@@ -222,9 +246,9 @@ pub fn read(ctx: &mut RankCtx<'_>, spec: &IorSpec, written: u64) -> Result<RankP
         storage.read_exact_at(&h, &path, &mut buf, offset)?;
         lat.record("read", t.elapsed().as_nanos() as u64);
         if spec.verify {
-            if let Some(at) =
-                pattern::first_mismatch(&buf, ctx.seed, spec.file_key(ctx.ranks.rank), offset)
-            {
+            let key = spec.file_key(ctx.ranks.rank);
+            let mismatch = share.untimed(|| pattern::first_mismatch(&buf, ctx.seed, key, offset));
+            if let Some(at) = mismatch {
                 let _ = storage.close(h, &path);
                 // The pattern follows the seed: another run's files are checked against
                 // this run's seed, which must be the one they were written with.

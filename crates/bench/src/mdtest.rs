@@ -52,6 +52,26 @@ impl MdSpec {
         }
     }
 
+    /// The shape in a line, as a report's header quotes it.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} files-per-rank={} write-bytes={} {}{}",
+            self.name,
+            self.files_per_rank,
+            self.write_bytes,
+            if self.unique_dir {
+                "dir-per-rank"
+            } else {
+                "shared-dir"
+            },
+            if self.verify {
+                " verify (pattern work not timed)"
+            } else {
+                ""
+            },
+        )
+    }
+
     /// Checks the shape, naming what is wrong.
     pub fn validate(&self) -> Result<()> {
         if self.files_per_rank == 0 {
@@ -125,9 +145,25 @@ pub fn run(ctx: &mut RankCtx<'_>, spec: &MdSpec, op: MdOp, count: u64) -> Result
             break;
         }
         let path = spec.file(&ctx.work, ctx.ranks.rank, i);
+        let key = MdSpec::file_key(ctx.ranks.rank, i);
+        let verify = spec.verify && !data.is_empty();
+        if verify && op == MdOp::Create {
+            share.untimed(|| pattern::fill(&mut data, ctx.seed, key, 0));
+        }
         let t = Instant::now();
-        one(ctx, spec, op, &path, &mut data, i)?;
+        one(ctx, op, &path, &mut data)?;
         lat.record(op.name(), t.elapsed().as_nanos() as u64);
+        if verify
+            && op == MdOp::Read
+            && share.untimed(|| pattern::first_mismatch(&data, ctx.seed, key, 0).is_some())
+        {
+            return Err(format!(
+                "verify failed: {} on {} holds bytes that were not written",
+                ctx.storage.display(&path),
+                ctx.label
+            )
+            .into());
+        }
         share.ops += 1;
         if matches!(op, MdOp::Create | MdOp::Read) {
             share.bytes += spec.write_bytes;
@@ -138,36 +174,25 @@ pub fn run(ctx: &mut RankCtx<'_>, spec: &MdSpec, op: MdOp, count: u64) -> Result
     Ok((share.finish(&lat), done))
 }
 
-fn one(
-    ctx: &RankCtx<'_>,
-    spec: &MdSpec,
-    op: MdOp,
-    path: &str,
-    data: &mut [u8],
-    i: u64,
-) -> Result<()> {
+fn one(ctx: &RankCtx<'_>, op: MdOp, path: &str, data: &mut [u8]) -> Result<()> {
     let storage = ctx.storage;
-    let key = MdSpec::file_key(ctx.ranks.rank, i);
     match op {
         MdOp::Create => {
             // As mdtest opens its new files: O_CREAT with no O_TRUNC (nothing to cut).
             let h = storage.open_write(path)?;
             if !data.is_empty() {
-                if spec.verify {
-                    pattern::fill(data, ctx.seed, key, 0);
-                }
                 storage.write_at(&h, path, data, 0)?;
             }
             storage.close(h, path)
         }
         MdOp::Stat => {
             let size = storage.stat_size(path)?;
-            if size != spec.write_bytes {
+            if size != data.len() as u64 {
                 return Err(format!(
                     "{} on {} is {size} bytes, {} were written",
                     storage.display(path),
                     ctx.label,
-                    spec.write_bytes
+                    data.len()
                 )
                 .into());
             }
@@ -177,15 +202,6 @@ fn one(
             let h = storage.open_read(path)?;
             if !data.is_empty() {
                 storage.read_exact_at(&h, path, data, 0)?;
-                if spec.verify && pattern::first_mismatch(data, ctx.seed, key, 0).is_some() {
-                    let _ = storage.close(h, path);
-                    return Err(format!(
-                        "verify failed: {} on {} holds bytes that were not written",
-                        storage.display(path),
-                        ctx.label
-                    )
-                    .into());
-                }
             }
             storage.close(h, path)
         }

@@ -9,42 +9,65 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The 8 bytes of the pattern word at `offset / 8` of file `file_key`.
-fn word(seed: u64, file_key: u64, index: u64) -> [u8; 8] {
-    mix(seed ^ file_key.rotate_left(40) ^ index).to_le_bytes()
+/// The 8 bytes of the pattern word at `index` (`offset / 8`) of the file whose key is
+/// `base` ([`base`]).
+fn word(base: u64, index: u64) -> [u8; 8] {
+    mix(base ^ index).to_le_bytes()
+}
+
+/// The key of file `file_key`'s pattern under `seed`.
+fn base(seed: u64, file_key: u64) -> u64 {
+    seed ^ file_key.rotate_left(40)
+}
+
+/// Calls `each` with every piece of `offset..offset + len` that lies within one pattern
+/// word, in order: the piece's range within `0..len` and the word's bytes it covers. Stops
+/// at the first call that returns false and gives its start. Whole words go eight bytes
+/// at a time, which keeps a check's pattern work well below the transfers it checks.
+fn pieces(
+    seed: u64,
+    file_key: u64,
+    offset: u64,
+    len: usize,
+    mut each: impl FnMut(std::ops::Range<usize>, &[u8]) -> bool,
+) -> Option<usize> {
+    let base = base(seed, file_key);
+    let mut at = 0;
+    while at < len {
+        let abs = offset + at as u64;
+        let within = (abs % 8) as usize;
+        let n = (8 - within).min(len - at);
+        let bytes = word(base, abs / 8);
+        if !each(at..at + n, &bytes[within..within + n]) {
+            return Some(at);
+        }
+        at += n;
+    }
+    None
 }
 
 /// Fills `buf` with the pattern of bytes `offset..offset + buf.len()` of file `file_key`.
 pub fn fill(buf: &mut [u8], seed: u64, file_key: u64, offset: u64) {
-    let mut at = 0;
-    while at < buf.len() {
-        let abs = offset + at as u64;
-        let within = (abs % 8) as usize;
-        let bytes = word(seed, file_key, abs / 8);
-        let n = (8 - within).min(buf.len() - at);
-        buf[at..at + n].copy_from_slice(&bytes[within..within + n]);
-        at += n;
-    }
+    pieces(seed, file_key, offset, buf.len(), |range, bytes| {
+        buf[range].copy_from_slice(bytes);
+        true
+    });
 }
 
 /// The index in `buf` of the first byte that is not the pattern of
 /// `offset..offset + buf.len()` of file `file_key`, if any.
 pub fn first_mismatch(buf: &[u8], seed: u64, file_key: u64, offset: u64) -> Option<usize> {
-    let mut expected = vec![0u8; buf.len().min(1 << 20)];
-    let mut at = 0;
-    while at < buf.len() {
-        let n = expected.len().min(buf.len() - at);
-        fill(&mut expected[..n], seed, file_key, offset + at as u64);
-        if let Some(i) = buf[at..at + n]
-            .iter()
-            .zip(&expected[..n])
-            .position(|(a, b)| a != b)
-        {
-            return Some(at + i);
-        }
-        at += n;
-    }
-    None
+    let word_at = pieces(seed, file_key, offset, buf.len(), |range, bytes| {
+        buf[range] == *bytes
+    })?;
+    let mut expected = [0u8; 8];
+    let n = (8 - ((offset + word_at as u64) % 8) as usize).min(buf.len() - word_at);
+    fill(&mut expected[..n], seed, file_key, offset + word_at as u64);
+    let wrong = buf[word_at..word_at + n]
+        .iter()
+        .zip(&expected[..n])
+        .position(|(a, b)| a != b)?;
+    Some(word_at + wrong)
 }
 
 #[cfg(test)]

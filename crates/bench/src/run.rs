@@ -141,6 +141,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The workloads its phases run, each once, and the repetitions, in a line: what
+    /// the command line chose and the defaults it left.
+    pub fn workload(&self) -> String {
+        let mut shapes: Vec<String> = Vec::new();
+        for phase in &self.phases {
+            let shape = match phase {
+                Phase::IorWrite(spec) | Phase::IorRead(spec) => spec.describe(),
+                Phase::Md { spec, .. } => spec.describe(),
+                Phase::Find => continue,
+            };
+            if !shapes.contains(&shape) {
+                shapes.push(shape);
+            }
+        }
+        shapes.push(format!("reps={}", self.reps));
+        shapes.join("; ")
+    }
+}
+
+impl Plan {
     /// Checks every phase's shape and the targets.
     pub fn validate(&self) -> Result<()> {
         if self.targets.is_empty() {

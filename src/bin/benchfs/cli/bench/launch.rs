@@ -66,6 +66,7 @@ pub fn emit(common: &Common, name: &str, report: &Report) -> Result<(), CliError
             .collect::<Vec<_>>()
             .join(" ")
     );
+    outln!("# workload: {}", report.plan.workload());
     if let Some(l) = &report.limits {
         // A sweep measures them at every point; each result's own is in results.csv.
         let whose = match report.is_sweep() {
