@@ -547,8 +547,25 @@ fn bad_workloads_are_refused_by_name() {
         servers: 1,
         ..Default::default()
     });
-    let stderr = bench(&cluster, &["ior", "-b", "3m", "-t", "2m"]).failed();
+    // Refused in a directory of its own with no --out: the default report directory and
+    // the bench-results/ it made above it go again (the checkout kept an empty one).
+    let cwd = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "ior",
+        "-b",
+        "3m",
+        "-t",
+        "2m",
+        "--dir",
+        arg(cluster.dir.path()),
+    ];
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_benchfs"));
+    command.args(args).current_dir(cwd.path());
+    let stderr = common::cli::run_benchfs(&mut command, &args).failed();
     assert!(stderr.contains("not a multiple of transfer"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(left.is_empty(), "a refused run left {left:?}");
     let stderr = bench(&cluster, &["ior", "--stonewall", "0"]).failed();
     assert!(stderr.contains("time limit"), "{stderr}");
     let stderr = bench(&cluster, &["mdtest", "-n", "0"]).failed();

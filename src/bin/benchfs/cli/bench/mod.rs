@@ -43,9 +43,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
 /// checked before the run, so an `--out` that cannot be written fails at once instead
 /// of after the measuring.
 struct ReportDir {
-    path: PathBuf,
-    /// Whether this run made it (and so may remove it again).
-    made: bool,
+    /// The directories this run made (and so may remove again): the report directory
+    /// first, then those above it that it made too (the default's `bench-results`).
+    made: Vec<PathBuf>,
 }
 
 impl ReportDir {
@@ -56,7 +56,11 @@ impl ReportDir {
             return Ok(None);
         }
         let path = common.out.clone().unwrap_or_else(|| default_out(name));
-        let made = !path.exists();
+        let made: Vec<PathBuf> = path
+            .ancestors()
+            .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+            .map(PathBuf::from)
+            .collect();
         let fail = |what: &str, e: std::io::Error| -> CliError {
             format!("report directory {}: {what}: {e}", path.display()).into()
         };
@@ -77,17 +81,21 @@ impl ReportDir {
         let probe = path.join(".benchfs-write-check");
         std::fs::File::create(&probe).map_err(|e| fail("cannot write in it", e))?;
         let _ = std::fs::remove_file(&probe);
-        common.out = Some(path.clone());
-        Ok(Some(ReportDir { path, made }))
+        common.out = Some(path);
+        Ok(Some(ReportDir { made }))
     }
 }
 
 /// Passes `result` on; if the run failed, a report directory it made is removed again
-/// with what the run wrote there (a report that could not be written whole).
+/// with what the run wrote there (a report that could not be written whole), and so are
+/// the directories it made above it, where nothing else came meanwhile.
 fn keep_if_written(dir: Option<ReportDir>, result: Result<(), CliError>) -> Result<(), CliError> {
     if let (Err(_), Some(dir)) = (&result, dir) {
-        if dir.made {
-            let _ = std::fs::remove_dir_all(&dir.path);
+        if let Some((report, above)) = dir.made.split_first() {
+            let _ = std::fs::remove_dir_all(report);
+            for parent in above {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
     result
