@@ -542,7 +542,7 @@ fn stonewalling_stops_writes_and_reads_read_what_was_written() {
 }
 
 #[test]
-fn bad_workloads_are_refused_by_name() {
+fn a_refused_run_leaves_nothing_in_its_working_directory() {
     let cluster = Cluster::start(ClusterSpec {
         servers: 1,
         ..Default::default()
@@ -566,6 +566,16 @@ fn bad_workloads_are_refused_by_name() {
     assert!(stderr.contains("not a multiple of transfer"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
     assert!(left.is_empty(), "a refused run left {left:?}");
+}
+
+#[test]
+fn bad_workloads_are_refused_by_name() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 1,
+        ..Default::default()
+    });
+    let stderr = bench(&cluster, &["ior", "-b", "3m", "-t", "2m"]).failed();
+    assert!(stderr.contains("not a multiple of transfer"), "{stderr}");
     let stderr = bench(&cluster, &["ior", "--stonewall", "0"]).failed();
     assert!(stderr.contains("time limit"), "{stderr}");
     let stderr = bench(&cluster, &["mdtest", "-n", "0"]).failed();
