@@ -532,6 +532,41 @@ fn read_ahead_never_serves_bytes_another_client_cut_or_removed() {
 }
 
 #[test]
+fn read_ahead_learns_of_another_clients_growth_no_sooner_than_reads_without_it() {
+    // Another client grows the file by a truncate: a handle with read-ahead finds the
+    // file's cut count moved and drops its pieces, but takes the new size only as a
+    // handle without it does (at a read past the end it knows, a second after it looked),
+    // so its read at the old end is the end of the file, not zeros at once.
+    let cluster = Cluster::start(ClusterSpec::default());
+    let b = client_with(&cluster, 0, 0);
+    let a = client_with(&cluster, 0, WINDOW);
+    let old = pattern(8 * C, 9);
+    for attempt in 0.. {
+        let path = format!("/grown-{attempt}");
+        write_file(&b, &path, &old);
+        let opened = std::time::Instant::now();
+        let fd = a.open(&path, OpenFlags::READ, 0).unwrap();
+        for i in 0..4 {
+            let at = i * C / 2;
+            assert!(pread_outcome(&a, fd, at as u64, C / 2).unwrap()[..] == old[at..at + C / 2]);
+        }
+        assert!(a.client().pipeline_counters().read_ahead_bytes > 0);
+        b.truncate(&path, 16 * C as u64).unwrap();
+        let inside = pread_outcome(&a, fd, 2 * C as u64, C).unwrap();
+        assert!(inside[..] == old[2 * C..3 * C], "a read below the old end");
+        let at_the_end = pread_outcome(&a, fd, 8 * C as u64, C);
+        a.close(fd).unwrap();
+        // Past a second the handle would look again anyway; a machine that slow tries
+        // again.
+        if opened.elapsed() < std::time::Duration::from_millis(900) {
+            assert_eq!(at_the_end, Ok(Vec::new()), "a read at the old end");
+            break;
+        }
+        assert!(attempt < 5, "no attempt read within a second of its open");
+    }
+}
+
+#[test]
 fn random_reads_fetch_nothing_ahead() {
     let cluster = Cluster::start(ClusterSpec::default());
     let fs = client_with(&cluster, WINDOW, WINDOW);

@@ -641,8 +641,17 @@ impl FsClient {
     /// file now (renamed over), nor for a deferred create (no record yet), nor when a
     /// truncate or record write of this client's started or ended while it asked.
     pub(super) async fn catch_up(&self, fd: Fd) {
+        self.catch_up_growing(fd, true).await;
+    }
+
+    /// [`FsClient::catch_up`], taking a size that grew only with `grow`: a handle that
+    /// must learn of a cut now need not learn of growth sooner than the rule above says.
+    pub(super) async fn catch_up_growing(&self, fd: Fd, grow: bool) {
         let Ok((path, file_id, deferred, changes)) = self.with_file(fd, |f| {
-            f.checked_at = Instant::now();
+            // A look that leaves growth aside leaves the time growth is next looked for.
+            if grow {
+                f.checked_at = Instant::now();
+            }
             let deferred = matches!(f.inline, Some(Inline::Deferred(_)));
             (f.path.clone(), f.meta.file_id, deferred, f.own_changes)
         }) else {
@@ -693,7 +702,9 @@ impl FsClient {
                 _ => {}
             }
             if record.meta.size > f.size {
-                f.size = record.meta.size;
+                if grow {
+                    f.size = record.meta.size;
+                }
             } else if record.meta.size < f.size
                 && nothing_to_publish
                 && f.inline.is_none()

@@ -210,9 +210,16 @@ impl FsClient {
             return served;
         }
         // What was served may predate the cut: the caller reads it all anew, from a
-        // handle that knows the cut.
+        // handle that knows the cut. A size that grew is taken as a read with the window
+        // off would take it (past the end the handle knows, a second after it looked),
+        // so read-ahead changes no read's answer.
+        let grow = self
+            .with_file(fd, |f| {
+                f.checked_at.elapsed() >= super::inline::CATCH_UP_AFTER
+            })
+            .unwrap_or(false);
         let _ = self.with_file(fd, |f| f.read_ahead.reset());
-        self.catch_up(fd).await;
+        self.catch_up_growing(fd, grow).await;
         0
     }
 
