@@ -456,6 +456,51 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn each_repetition_of_an_mdtest_that_keeps_its_files_creates_new_ones() {
+    // A hostile-user run: with create,stat and --reps 2 the second repetition's "creates"
+    // opened the files the first one kept, and its rate was mixed into the mean.
+    let cluster = two_servers();
+    let fs = cluster.client();
+    let deletes = || -> u64 {
+        common::files::stats(&fs)
+            .iter()
+            .filter_map(|s| s.op(benchfs::proto::OpCode::MetadataDelete))
+            .map(|op| op.requests)
+            .sum()
+    };
+    let before = (deletes(), common::files::total_records(&fs));
+    let out = out_dir();
+    let args = [
+        "mdtest",
+        "-n",
+        "3",
+        "--phases",
+        "create,stat",
+        "--reps",
+        "2",
+        "--keep",
+        "--clients",
+        "1",
+        "--no-limits",
+        "--out",
+        arg(out.path()),
+    ];
+    bench(&cluster, &args).ok();
+    // The first repetition's three files went before the second made its own (untimed),
+    // and the second's are kept.
+    assert_eq!(deletes() - before.0, 3);
+    let made = common::files::total_records(&fs) - before.1;
+    assert!(
+        (3..=6).contains(&made),
+        "{made} records: the files and their directories"
+    );
+    let report = read_report(out.path());
+    for rep in 0..2 {
+        assert_eq!(result(&report, "benchfs", "mdtest-write", rep).ops, 3);
+    }
+}
+
+#[test]
 fn io500_runs_every_phase_in_order_and_scores() {
     let cluster = two_servers();
     let out = out_dir();

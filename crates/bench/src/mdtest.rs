@@ -209,6 +209,16 @@ fn one(ctx: &RankCtx<'_>, op: MdOp, path: &str, data: &mut [u8]) -> Result<()> {
     }
 }
 
+/// Untimed, before a create phase: the `left` files of the rank that an earlier
+/// repetition made and kept are removed, so that every create makes a new file.
+pub fn prepare_create(ctx: &RankCtx<'_>, spec: &MdSpec, left: u64) -> Result<()> {
+    for i in 0..left {
+        ctx.storage
+            .unlink(&spec.file(&ctx.work, ctx.ranks.rank, i))?;
+    }
+    Ok(())
+}
+
 /// Untimed, before a read phase: the baseline's page cache of the rank's files is dropped.
 pub fn prepare_read(ctx: &RankCtx<'_>, spec: &MdSpec, count: u64) -> Result<()> {
     for i in 0..count {

@@ -558,6 +558,12 @@ impl<'a> Runner<'a> {
                 spec,
                 md: MdOp::Read,
             } => mdtest::prepare_read(&ctx, spec, self.written(&spec.name, spec.files_per_rank)),
+            // An earlier repetition's creates left their files: the ones of this
+            // repetition would open them, and time another operation.
+            Phase::Md {
+                spec,
+                md: MdOp::Create,
+            } => mdtest::prepare_create(&ctx, spec, self.written(&spec.name, 0)),
             _ => Ok(()),
         }
     }
