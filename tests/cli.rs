@@ -1015,6 +1015,9 @@ fn rpc_bench_takes_size_suffixes_and_refuses_an_empty_payload() {
     ];
     let err = benchfs(&args, &[]).failed();
     assert!(err.contains("MiB of memory"), "{err}");
+    let args = ["rpc-bench", "--sizes", "1m", "--payload-set-bytes", "3"];
+    let err = benchfs(&args, &[]).failed();
+    assert!(err.contains("less than one 1048576-byte payload"), "{err}");
 }
 
 /// Resident memory of each server the cluster in `c` started, in bytes.

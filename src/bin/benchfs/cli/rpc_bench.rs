@@ -61,7 +61,8 @@ pub struct Args {
     /// Pings in flight during a bandwidth figure.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
-    /// Seconds of timed pings per bandwidth figure.
+    /// Seconds of timed pings per bandwidth figure; a latency figure stops after ten times
+    /// that even short of --pings (its line says how many it made).
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
     /// Payloads above this many bytes go by rendezvous (default: the config default).
@@ -250,6 +251,15 @@ fn check_args(args: &Args) -> Result<(), CliError> {
             limits::CHUNK_SIZE_MAX
         )
         .into());
+    }
+    if let Some(&largest) = args.sizes.iter().max() {
+        if args.payload_set_bytes > 0 && args.payload_set_bytes < largest {
+            return Err(format!(
+                "--payload-set-bytes {} holds less than one {largest}-byte payload: give at least that, or 0 for one buffer",
+                args.payload_set_bytes
+            )
+            .into());
+        }
     }
     check_memory(args, benchfs::storage::available_memory())
 }
