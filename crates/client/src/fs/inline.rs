@@ -132,6 +132,14 @@ fn read_from(bytes: &[u8], size: u64, dst: &mut ReadDst<'_>, offset: u64) -> Opt
 /// attributes by default. A mount's handles follow the same rule.
 pub const CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 
+/// What a handle's look at its file's record found ([`FsClient::look`]): the record, and
+/// the handle's count of its own changes when it asked (a change of its own that started
+/// or ended meanwhile makes the record no guide to what the handle holds).
+pub(super) struct Look {
+    pub(super) record: ops::RecordReply,
+    changes: u64,
+}
+
 impl FsClient {
     /// Most bytes this client keeps in the record of a file of `chunk_size`.
     fn inline_limit_for(&self, chunk_size: u64) -> u64 {
@@ -641,39 +649,46 @@ impl FsClient {
     /// file now (renamed over), nor for a deferred create (no record yet), nor when a
     /// truncate or record write of this client's started or ended while it asked.
     pub(super) async fn catch_up(&self, fd: Fd) {
-        self.catch_up_growing(fd, true).await;
+        let _ = self.with_file(fd, |f| f.checked_at = Instant::now());
+        if let Some(look) = self.look(fd).await {
+            self.take_look(fd, look, true);
+        }
     }
 
-    /// [`FsClient::catch_up`], taking a size that grew only with `grow`: a handle that
-    /// must learn of a cut now need not learn of growth sooner than the rule above says.
-    pub(super) async fn catch_up_growing(&self, fd: Fd, grow: bool) {
-        let Ok((path, file_id, deferred, changes)) = self.with_file(fd, |f| {
-            // A look that leaves growth aside leaves the time growth is next looked for.
-            if grow {
-                f.checked_at = Instant::now();
-            }
-            let deferred = matches!(f.inline, Some(Inline::Deferred(_)));
-            (f.path.clone(), f.meta.file_id, deferred, f.own_changes)
-        }) else {
-            return;
-        };
+    /// Asks the metadata owner for the record of handle `fd`'s file. Best effort: `None`
+    /// for a deferred create (no record yet), a path that names no file or another one
+    /// now, or an owner that does not answer (what the handle knows then stands: its
+    /// chunks may still be readable).
+    pub(super) async fn look(&self, fd: Fd) -> Option<Look> {
+        let (path, file_id, deferred, changes) = self
+            .with_file(fd, |f| {
+                let deferred = matches!(f.inline, Some(Inline::Deferred(_)));
+                (f.path.clone(), f.meta.file_id, deferred, f.own_changes)
+            })
+            .ok()?;
         if deferred {
-            return;
+            return None;
         }
-        // Best effort: what the handle knows stands when the owner does not answer (its
-        // chunks may still be readable), or names no file or another one now.
         let req = ops::PathRequest { path };
-        let record = match self
+        match self
             .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(&req.path), &req)
             .await
         {
-            Ok((reply, _)) if reply.meta.file_id == file_id => reply,
-            Ok(_) => return,
+            Ok((record, _)) if record.meta.file_id == file_id => Some(Look { record, changes }),
+            Ok(_) => None,
             Err(e) => {
                 tracing::debug!(error = %e, path = %req.path, "a handle could not catch up");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Brings handle `fd` up to the record `look` found (see [`FsClient::catch_up`]),
+    /// taking a size that grew only with `grow`: a handle that must learn of a cut now
+    /// need not learn of growth sooner than the rule there says.
+    pub(super) fn take_look(&self, fd: Fd, look: Look, grow: bool) {
+        let Look { record, changes } = look;
+        let file_id = record.meta.file_id;
         // Bytes another client wrote over cached or fetched-ahead ones are read anew.
         self.chunk_cache.borrow_mut().invalidate_file(file_id);
         let _ = self.with_file(fd, |f| {

@@ -190,7 +190,7 @@ impl FsClient {
 
     /// Fills the start of `plan`'s buffer from what handle `fd` read ahead; returns how
     /// many bytes it filled (0 when it holds nothing for this read, or when the file was
-    /// cut or removed since the handle looked: see [`FsClient::read_ahead_current`]).
+    /// cut or removed since the handle looked).
     pub(super) async fn read_prefetched(
         &self,
         fd: Fd,
@@ -201,49 +201,43 @@ impl FsClient {
         if !matches!(holds, Ok(true)) {
             return 0;
         }
-        let (served, current) = futures_util::future::join(
-            self.take_prefetched(fd, plan, dst),
-            self.read_ahead_current(fd),
-        )
-        .await;
-        if current {
-            return served;
-        }
-        // What was served may predate the cut: the caller reads it all anew, from a
-        // handle that knows the cut. A size that grew is taken as a read with the window
-        // off would take it (past the end the handle knows, a second after it looked),
-        // so read-ahead changes no read's answer.
-        let grow = self
-            .with_file(fd, |f| {
-                f.checked_at.elapsed() >= super::inline::CATCH_UP_AFTER
-            })
-            .unwrap_or(false);
-        let _ = self.with_file(fd, |f| f.read_ahead.reset());
-        self.catch_up_growing(fd, grow).await;
-        0
-    }
-
-    /// Whether the bytes handle `fd` read ahead are still its file's: its record still
-    /// names the file, with the cut count the handle knows. A truncate or remove by
-    /// another client changes the record before any chunk, so a read that began after
-    /// either returned never takes bytes fetched before it; the check runs beside the
-    /// copy from the pieces, one request to the metadata owner per read they serve.
-    /// (Another client's writes over fetched bytes are seen as close-to-open promises,
-    /// at this handle's next look: see [`FsClient::catch_up`].)
-    async fn read_ahead_current(&self, fd: Fd) -> bool {
-        let Ok((path, meta)) = self.with_file(fd, |f| (f.path.clone(), f.meta)) else {
-            return false;
-        };
-        let req = ops::PathRequest { path };
-        match self
-            .read_any::<ops::MetadataOpen>(PlacementKey::Metadata(&req.path), &req)
-            .await
-        {
-            Ok((reply, _)) => {
-                reply.meta.file_id == meta.file_id && reply.meta.cut_gen == meta.cut_gen
+        // The check: the file's record still names the file, with the cut count the
+        // handle knows. A truncate or remove by another client changes the record before
+        // any chunk, so a read that began after either returned never takes bytes fetched
+        // before it. The check runs beside the copy from the pieces, one request to the
+        // metadata owner per read they serve. (Another client's writes over fetched bytes
+        // are seen as close-to-open promises, at this handle's next look.)
+        let (served, look) =
+            futures_util::future::join(self.take_prefetched(fd, plan, dst), self.look(fd)).await;
+        let stale = self.with_file(fd, |f| {
+            let current = look
+                .as_ref()
+                .is_some_and(|l| l.record.meta.cut_gen == f.meta.cut_gen);
+            if current {
+                return None;
             }
-            Err(_) => false,
+            f.read_ahead.reset();
+            // A size that grew is taken as a read with the window off would take it (past
+            // the end the handle knows, a second after it looked), so read-ahead changes
+            // no read's answer.
+            let grow = f.checked_at.elapsed() >= super::inline::CATCH_UP_AFTER;
+            if grow {
+                f.checked_at = std::time::Instant::now();
+            }
+            Some(grow)
+        });
+        let grow = match stale {
+            Ok(None) => return served,
+            Ok(Some(grow)) => grow,
+            // Closed meanwhile: nothing was checked.
+            Err(_) => return 0,
+        };
+        // What was served may predate the cut: the caller reads it all anew, from a
+        // handle that knows the cut.
+        if let Some(look) = look {
+            self.take_look(fd, look, grow);
         }
+        0
     }
 
     /// [`FsClient::read_prefetched`] without the check.
