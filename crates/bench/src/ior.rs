@@ -82,7 +82,7 @@ impl IorSpec {
             if self.random { "random" } else { "sequential" },
             if self.fsync { " fsync" } else { "" },
             if self.verify {
-                " verify (pattern work not timed)"
+                pattern::VERIFY_NOTE
             } else {
                 ""
             },

@@ -65,7 +65,7 @@ impl MdSpec {
                 "shared-dir"
             },
             if self.verify {
-                " verify (pattern work not timed)"
+                pattern::VERIFY_NOTE
             } else {
                 ""
             },

@@ -1,6 +1,9 @@
 //! The data written when a run verifies: every byte is a function of the file, its offset
 //! and the run's seed, so a reader can check any range without knowing who wrote it.
 
+/// How a workload's one-line shape says it verifies (see [`crate::phase::RankPhase::untimed`]).
+pub const VERIFY_NOTE: &str = " verify (pattern work not timed)";
+
 /// splitmix64: a cheap, well-mixed function of one word.
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -158,9 +158,7 @@ impl Plan {
         shapes.push(format!("reps={}", self.reps));
         shapes.join("; ")
     }
-}
 
-impl Plan {
     /// Checks every phase's shape and the targets.
     pub fn validate(&self) -> Result<()> {
         if self.targets.is_empty() {
