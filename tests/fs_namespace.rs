@@ -199,6 +199,16 @@ fn namespace_errors_have_the_right_errno() {
             (CREATE, "/a\0b", EINVAL),
         ],
     );
+    // A create under a file names the path and the server that holds the file's record.
+    let owner = cluster.replicas_of(PlacementKey::Metadata("/file"))[0];
+    for e in [
+        fs.mkdir("/file/x", 0o755).unwrap_err(),
+        fs.create("/file/x", 0o644).unwrap_err(),
+    ] {
+        let text = e.to_string();
+        let server = format!("node{owner}@");
+        assert!(text.contains("/file/x") && text.contains(&server), "{text}");
+    }
     let excl = OpenFlags::CREATE | OpenFlags::EXCL | OpenFlags::WRITE;
     let fd = fs.open("/new", excl, 0o644).unwrap();
     fs.close(fd).unwrap();

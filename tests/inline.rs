@@ -206,6 +206,35 @@ fn the_deferred_create_keeps_posix_where_it_matters() {
 }
 
 #[test]
+fn an_o_creat_open_of_an_inline_file_changes_nothing_until_it_writes() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    let other = cluster.client();
+    make(&fs, "/f", b"hello");
+    // With nothing written its create changes nothing, times included (the create with
+    // no bytes stamped them); a write then moves them, and the writer's fstat shows it
+    // before the close (it showed the open's times).
+    let before = other.stat("/f").unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    make(&fs, "/f", b"");
+    let after = other.stat("/f").unwrap();
+    assert_eq!(
+        (after.size, after.mtime_ns, after.ctime_ns),
+        (before.size, before.mtime_ns, before.ctime_ns)
+    );
+    let fd = fs.open("/f", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, b"Y", 0).unwrap();
+    let written = fs.fstat(fd).unwrap();
+    fs.close(fd).unwrap();
+    assert!(
+        written.mtime_ns > before.mtime_ns && written.ctime_ns > before.ctime_ns,
+        "fstat after a write into the record: {written:?}, before it: {before:?}"
+    );
+    assert_eq!(other.stat("/f").unwrap().mtime_ns, written.mtime_ns);
+    assert_eq!(read_file(&other, "/f"), b"Yello");
+}
+
+#[test]
 fn growth_past_the_inline_size_keeps_every_byte() {
     let cluster = Cluster::start(spec(1, "memory"));
     let fs = cluster.client();

@@ -721,9 +721,8 @@ impl FsClient {
         let slot = &self.servers[server as usize];
         let short = reply.len < asked && !reply.whole;
         if short && slot.born_ns.get() > meta.birth_ns {
-            let entry = slot.entry.borrow();
             return Err(RpcError::MayHaveLost {
-                server: format!("{}@{}", entry.node_id, entry.addr),
+                server: slot.name(),
             });
         }
         Ok(())

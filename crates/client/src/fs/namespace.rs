@@ -128,7 +128,13 @@ impl FsClient {
             .await;
         match found {
             Ok(m) if m.is_dir() => Ok(m),
-            Ok(_) => Err(fs_err(op, path, Status::NotDir)),
+            Ok(_) => {
+                let owner = self.replica_set(PlacementKey::Metadata(parent))[0];
+                Err(rpc_err(op, path)(RpcError::Status {
+                    server: self.servers[owner as usize].name(),
+                    status: Status::NotDir,
+                }))
+            }
             // The call's own path, as mkdir(1) says (with the server that said so): named
             // alone, the parent read as the path the call was about.
             Err(ApiError::Rpc { op, source, .. }) if source.status() == Status::NotFound => {

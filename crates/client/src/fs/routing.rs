@@ -60,6 +60,12 @@ impl ServerSlot {
         }
     }
 
+    /// The server as errors name it: node id and address.
+    pub(super) fn name(&self) -> String {
+        let entry = self.entry.borrow();
+        format!("{}@{}", entry.node_id, entry.addr)
+    }
+
     pub(super) fn is_suspect(&self, now: Instant) -> bool {
         self.suspect_since(now).is_some()
     }

@@ -78,8 +78,9 @@ impl Message for RecordReply {
 
 /// Create the file `path` holding `data`, as a deferred open with O_CREAT makes it at
 /// close: if the path names an inline file already, `data` is written at its offset 0
-/// instead (its mode and owner stay); any other record is `Exists`, and bytes past the
-/// server's inline limit are `NeedsChunks`.
+/// instead (its mode and owner stay; with no `data` nothing changes, times included, as
+/// an open with O_CREAT of a file that exists changes nothing); any other record is
+/// `Exists`, and bytes past the server's inline limit are `NeedsChunks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateInlineRequest {
     /// The path.

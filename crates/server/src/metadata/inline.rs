@@ -179,6 +179,11 @@ impl MetadataTable {
         offset: u64,
         data: &[u8],
     ) -> Result<FileMetadata, Status> {
+        // Writing nothing changes nothing, not even the times (write(2) of 0 bytes, or an
+        // open with O_CREAT of an inline file that exists).
+        if data.is_empty() {
+            return Ok(meta);
+        }
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(Status::InvalidArgument)?;
