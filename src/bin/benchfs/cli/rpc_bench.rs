@@ -139,7 +139,7 @@ fn parse_set_size(s: &str) -> Result<usize, String> {
 /// Runs `benchfs rpc-bench`.
 pub fn run(args: Args) -> Result<(), CliError> {
     check_args(&args)?;
-    let largest = args.sizes.iter().copied().max().unwrap_or(0) as u64;
+    let largest = args.largest_size() as u64;
     // The servers' chunks are the default size, or larger if a payload needs it.
     let chunk_size = largest.next_power_of_two().max(limits::CHUNK_SIZE_DEFAULT);
     let rdma_threshold = args
@@ -200,9 +200,30 @@ pub fn run(args: Args) -> Result<(), CliError> {
     super::print_out(&table(&variants))
 }
 
+impl Args {
+    /// The largest payload size asked for (0 for none).
+    fn largest_size(&self) -> usize {
+        self.sizes.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// The first value `values` holds twice, if any.
+fn repeated<T: Ord + Copy>(values: &[T]) -> Option<T> {
+    let mut seen = std::collections::BTreeSet::new();
+    values.iter().copied().find(|&v| !seen.insert(v))
+}
+
 fn check_args(args: &Args) -> Result<(), CliError> {
     if args.busy_poll_us.is_empty() {
         return Err("--busy-poll-us needs at least one value".into());
+    }
+    // Each value is a server and a set of figures of its own: one given twice (a repeated
+    // flag adds to the list) would be measured twice and printed as two columns.
+    if let Some(us) = repeated(&args.busy_poll_us) {
+        return Err(format!("--busy-poll-us {us} is given twice").into());
+    }
+    if let Some(size) = repeated(&args.sizes) {
+        return Err(format!("--sizes {size} is given twice").into());
     }
     if let Some(&us) = args
         .busy_poll_us
@@ -252,14 +273,13 @@ fn check_args(args: &Args) -> Result<(), CliError> {
         )
         .into());
     }
-    if let Some(&largest) = args.sizes.iter().max() {
-        if args.payload_set_bytes > 0 && args.payload_set_bytes < largest {
-            return Err(format!(
-                "--payload-set-bytes {} holds less than one {largest}-byte payload: give at least that, or 0 for one buffer",
-                args.payload_set_bytes
-            )
-            .into());
-        }
+    let largest = args.largest_size();
+    if args.payload_set_bytes > 0 && args.payload_set_bytes < largest {
+        return Err(format!(
+            "--payload-set-bytes {} holds less than one {largest}-byte payload: give at least that, or 0 for one buffer",
+            args.payload_set_bytes
+        )
+        .into());
     }
     check_memory(args, benchfs::storage::available_memory())
 }
@@ -269,10 +289,10 @@ fn check_args(args: &Args) -> Result<(), CliError> {
 /// the server's receive buffers, `--window` of the largest size each. Past it the server
 /// was killed for memory and the only error was a reset connection.
 fn check_memory(args: &Args, available: Option<u64>) -> Result<(), CliError> {
-    let (Some(available), Some(&largest)) = (available, args.sizes.iter().max()) else {
+    let Some(available) = available else {
         return Ok(());
     };
-    let largest = largest as u64;
+    let largest = args.largest_size() as u64;
     let in_flight = (args.window as u64).saturating_mul(largest);
     let copies = if args.copy_payload { in_flight } else { 0 };
     let needed = (args.payload_set_bytes as u64)
@@ -702,6 +722,23 @@ mod tests {
         let set = args(&["--sizes", "1m", "--payload-set-bytes", "1g"]);
         assert!(check_memory(&set, Some(1024 * MIB)).is_err());
         assert!(check_memory(&set, Some(1040 * MIB)).is_ok());
+    }
+
+    #[test]
+    fn a_value_given_twice_is_refused() {
+        let err = check_args(&args(&["--busy-poll-us", "0,50", "--busy-poll-us", "50"]));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("--busy-poll-us 50 is given twice"),
+            "a repeated flag adds to the list"
+        );
+        let err = check_args(&args(&["--sizes", "4k,4096"])).unwrap_err();
+        assert!(
+            err.to_string().contains("--sizes 4096 is given twice"),
+            "{err}"
+        );
+        assert!(check_args(&args(&["--busy-poll-us", "0,50", "--sizes", "8,4k"])).is_ok());
     }
 
     #[test]
