@@ -431,6 +431,12 @@ fn mdtest_verify_detects_a_file_changed_between_its_write_and_read() {
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == 3901))
         .collect();
     assert_eq!(files.len(), 3, "{files:?}");
+    // A file cut short fails the read, naming the rank that read it.
+    let whole = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &whole[..100]).unwrap();
+    let stderr = with("read", &["--keep"]).failed();
+    assert!(stderr.contains("(read by rank 0)"), "{stderr}");
+    std::fs::write(&files[0], &whole).unwrap();
     let mut bytes = std::fs::read(&files[1]).unwrap();
     bytes[3900] ^= 1;
     std::fs::write(&files[1], &bytes).unwrap();

@@ -33,3 +33,8 @@ pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 pub(crate) fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> BenchError {
     BenchError(format!("cannot {what} {}: {e}", path.display()))
 }
+
+/// `e`, a failed read, naming the rank that read, as a failed verify does.
+pub(crate) fn read_by(e: BenchError, rank: u32) -> BenchError {
+    BenchError(format!("{} (read by rank {rank})", e.0))
+}

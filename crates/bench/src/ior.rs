@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{BenchError, Result};
+use crate::error::{read_by, BenchError, Result};
 use crate::hist::Latencies;
 use crate::pattern;
 use crate::phase::RankPhase;
@@ -243,7 +243,9 @@ pub fn read(ctx: &mut RankCtx<'_>, spec: &IorSpec, written: u64) -> Result<RankP
     {
         let offset = spec.offset(i, ctx.ranks.rank, ctx.ranks.size);
         let t = Instant::now();
-        storage.read_exact_at(&h, &path, &mut buf, offset)?;
+        storage
+            .read_exact_at(&h, &path, &mut buf, offset)
+            .map_err(|e| read_by(e, ctx.ranks.rank))?;
         lat.record("read", t.elapsed().as_nanos() as u64);
         if spec.verify {
             let key = spec.file_key(ctx.ranks.rank);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{read_by, Result};
 use crate::hist::Latencies;
 use crate::pattern;
 use crate::phase::RankPhase;
@@ -201,7 +201,9 @@ fn one(ctx: &RankCtx<'_>, op: MdOp, path: &str, data: &mut [u8]) -> Result<()> {
         MdOp::Read => {
             let h = storage.open_read(path)?;
             if !data.is_empty() {
-                storage.read_exact_at(&h, path, data, 0)?;
+                storage
+                    .read_exact_at(&h, path, data, 0)
+                    .map_err(|e| read_by(e, ctx.ranks.rank))?;
             }
             storage.close(h, path)
         }
