@@ -77,6 +77,13 @@ pub(super) struct OpenFile {
 }
 
 impl OpenFile {
+    /// Takes the times a change this client made gave the record (`meta`), so that the
+    /// handle's fstat shows this client's writes before their close publishes them.
+    pub(super) fn take_times(&mut self, meta: &FileMetadata) {
+        self.meta.mtime_ns = self.meta.mtime_ns.max(meta.mtime_ns);
+        self.meta.ctime_ns = self.meta.ctime_ns.max(meta.ctime_ns);
+    }
+
     /// The file was cut to `size`: the handle knows it so, has no larger size to publish,
     /// and bytes past the cut are no longer the file's (a write past it leaves a hole).
     pub(super) fn cut_to(&mut self, size: u64) {
@@ -251,9 +258,7 @@ impl FsClient {
             f.wrote = false;
             f.write_ends.clear();
             if let Some(meta) = meta {
-                // The times the update gave: this handle's fstat shows its own writes'.
-                f.meta.mtime_ns = f.meta.mtime_ns.max(meta.mtime_ns);
-                f.meta.ctime_ns = f.meta.ctime_ns.max(meta.ctime_ns);
+                f.take_times(&meta);
                 if f.own_changes == changes {
                     f.size = f.size.max(meta.size);
                     // Every write so far is published or went with a cut: later ones

@@ -557,9 +557,7 @@ impl FsClient {
                     {
                         write_into(copy, offset as usize, &req.data);
                         f.size = copy.len() as u64;
-                        // The times the write gave: fstat shows this client's writes'.
-                        f.meta.mtime_ns = f.meta.mtime_ns.max(reply.meta.mtime_ns);
-                        f.meta.ctime_ns = f.meta.ctime_ns.max(reply.meta.ctime_ns);
+                        f.take_times(&reply.meta);
                     }
                 }
                 Ok(true)
