@@ -33,7 +33,7 @@ fn async_client_round_trips_and_agrees_with_the_blocking_one() {
         let mut buf = vec![0u8; data.len() + 10];
         assert_eq!(fs.read(fd, &mut buf).await.unwrap(), data.len());
         assert!(buf[..data.len()] == data[..], "read back differs");
-        assert_eq!(fs.seek(fd, 1000, Whence::Start).unwrap(), 1000);
+        assert_eq!(fs.seek(fd, 1000, Whence::Start).await.unwrap(), 1000);
         let mut part = [0u8; 100];
         assert_eq!(fs.pread(fd, &mut part, 4 << 20).await.unwrap(), 100);
         assert_eq!(&part[..], &data[4 << 20..(4 << 20) + 100]);

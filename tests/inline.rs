@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use benchfs::blocking::{BenchFS, OpenFlags};
+use benchfs::blocking::{BenchFS, OpenFlags, Whence};
 use benchfs::config::ServerConfig;
 use benchfs::placement::PlacementKey;
 use benchfs_proto::ops;
@@ -232,6 +232,58 @@ fn an_o_creat_open_of_an_inline_file_changes_nothing_until_it_writes() {
     );
     assert_eq!(other.stat("/f").unwrap().mtime_ns, written.mtime_ns);
     assert_eq!(read_file(&other, "/f"), b"Yello");
+}
+
+#[test]
+fn a_seek_to_the_end_after_an_o_creat_open_counts_from_the_file_that_exists() {
+    let cluster = Cluster::start(spec(1, "memory"));
+    let fs = cluster.client();
+    let small = pattern(100, 1);
+    let large = pattern(5000, 2);
+    make(&fs, "/small", &small);
+    common::files::write_file(&fs, "/large", &large);
+    assert!(is_inline(&fs, "/small") && !is_inline(&fs, "/large"));
+    // Open, seek to the end, append: the open asked no server, and the seek counted from
+    // the handle's own bytes (none), so the write landed over the file's start.
+    for (path, old) in [("/small", &small), ("/large", &large)] {
+        let fd = fs
+            .open(
+                path,
+                OpenFlags::CREATE | OpenFlags::READ | OpenFlags::WRITE,
+                0o644,
+            )
+            .unwrap();
+        assert_eq!(
+            fs.seek(fd, 0, Whence::End).unwrap(),
+            old.len() as u64,
+            "{path}"
+        );
+        assert_eq!(fs.write(fd, b"XYZ").unwrap(), 3);
+        fs.close(fd).unwrap();
+        let mut expected = old.to_vec();
+        expected.extend_from_slice(b"XYZ");
+        assert!(
+            read_file(&fs, path) == expected,
+            "{path} read back differently"
+        );
+    }
+    // A new file: its own bytes are all there is.
+    let fd = fs
+        .open("/new", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    fs.write(fd, b"hello").unwrap();
+    assert_eq!(fs.seek(fd, -1, Whence::End).unwrap(), 4);
+    fs.write(fd, b"!").unwrap();
+    fs.close(fd).unwrap();
+    assert_eq!(read_file(&fs, "/new"), b"hell!");
+    // A create that cannot be made fails the seek, naming the path.
+    let fd = fs
+        .open("/missing/f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+        .unwrap();
+    let e = fs.seek(fd, 0, Whence::End).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    assert!(e.to_string().contains("/missing/f"), "{e}");
+    let _ = fs.close(fd);
 }
 
 #[test]

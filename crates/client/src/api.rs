@@ -135,8 +135,8 @@ impl BenchFS {
     }
 
     /// Moves the handle's position.
-    pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
-        self.client.seek(fd, offset, whence)
+    pub async fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
+        self.run(self.client.seek(fd, offset, whence)).await
     }
 
     /// Makes the handle's data and size durable.

@@ -254,7 +254,7 @@ impl BenchFS {
 
     /// Moves the handle's position.
     pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
-        self.client.seek(fd, offset, whence)
+        self.block_on(self.client.seek(fd, offset, whence))
     }
 
     /// Makes the handle's data and size durable.

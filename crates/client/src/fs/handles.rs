@@ -544,8 +544,14 @@ impl FsClient {
         self.following_renames(file_id, &path, cut).await
     }
 
-    /// Moves the handle's position.
-    pub fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
+    /// Moves the handle's position. From the end, a create deferred to the close is made
+    /// first (one request), since only its record knows the size of a file that exists
+    /// already: the handle alone knew just its own bytes, and a write after such a seek
+    /// landed over the file's start.
+    pub async fn seek(&self, fd: Fd, offset: i64, whence: Whence) -> Result<u64, ApiError> {
+        if whence == Whence::End {
+            self.make_deferred(fd).await?;
+        }
         self.with_file(fd, |f| {
             let base = match whence {
                 Whence::Start => 0,
