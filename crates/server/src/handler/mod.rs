@@ -127,8 +127,8 @@ impl From<Result<Reply, Status>> for Reply {
     }
 }
 
-/// Whether handling `op` waits for the store or the disk: the others are answered at once
-/// ([`ServerState::handle_at_once`]).
+/// Whether handling `op` waits for the store, the disk or a turn of the other tasks: the
+/// others are answered at once ([`ServerState::handle_at_once`]).
 pub fn waits(op: OpCode) -> bool {
     matches!(
         op,
@@ -138,6 +138,7 @@ pub fn waits(op: OpCode) -> bool {
             | OpCode::RemoveChunks
             | OpCode::Fsync
             | OpCode::StoreProbe
+            | OpCode::Stats
     )
 }
 
@@ -582,6 +583,15 @@ impl ServerState {
                 self.fsync().await
             }
             OpCode::StoreProbe => self.store_probe(decode(body)?).await,
+            OpCode::Stats => {
+                decode::<op::Empty>(body)?;
+                // A request whose reply went by rendezvous is counted on a task once UCX
+                // says the transfer ended, which the client saw first: those tasks run
+                // before the counters are read, so a client's stats after its reads count
+                // them all (answered at once, they missed a few in a burst of reads).
+                benchfs_ucx::yield_turn().await;
+                Ok(Reply::ok(&self.stats()))
+            }
             op => self.dispatch_at_once(op, body),
         }
     }
@@ -599,7 +609,8 @@ impl ServerState {
             | OpCode::TruncateFile
             | OpCode::RemoveChunks
             | OpCode::Fsync
-            | OpCode::StoreProbe => Err(Status::Protocol),
+            | OpCode::StoreProbe
+            | OpCode::Stats => Err(Status::Protocol),
             OpCode::Ping => {
                 decode::<op::Empty>(body)?;
                 Ok(Reply::ok(&op::Empty))
@@ -628,10 +639,6 @@ impl ServerState {
                 let table = self.metadata.borrow();
                 let path = table.path_of(req.file_id).map(str::to_string);
                 Ok(Reply::ok(&op::LocateFileReply { path }))
-            }
-            OpCode::Stats => {
-                decode::<op::Empty>(body)?;
-                Ok(Reply::ok(&self.stats()))
             }
             OpCode::CompareRecords => self.compare_records(decode(body)?),
             OpCode::FilesExist
