@@ -277,7 +277,7 @@ impl FsClient {
             // of their own); a refusal is passed on as it was said.
             return Err(match e {
                 RpcError::Timeout { .. } | RpcError::Transport { .. } => RpcError::Status {
-                    server: format!("{node_id}@{addr}"),
+                    server: slot.name(),
                     status: Status::Unavailable,
                 },
                 refused => refused.clone(),
@@ -389,7 +389,7 @@ impl FsClient {
             return Ok(conn);
         }
         Err(RpcError::Unusable {
-            server: format!("{node_id}@{addr}"),
+            server: slot.name(),
             reason: format!(
                 "the server listening there is {} (store born at {} ns), not the one this \
                  cluster's registry names: {node_id} is down, or restarted and not yet \
