@@ -472,6 +472,69 @@ fn pread_outcome(fs: &BenchFS, fd: u64, offset: u64, len: usize) -> Result<Vec<u
     Ok(buf)
 }
 
+/// A write behind racing another client's truncate lands chunk by chunk, each part before
+/// the cut (gone with it) or after it (the file's). The writer's close keeps a part that
+/// landed after the cut whole: the size reaches its end. Bytes of it under a size short of
+/// its end (the close once kept only the write's last byte in mind, which went with the
+/// cut) broke both rules a cut leaves: what lay past the size came back when the file grew.
+#[test]
+fn a_write_behind_racing_a_truncate_keeps_each_chunks_part_whole_or_none() {
+    const CHUNKS: usize = 6;
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        ..ClusterSpec::default()
+    });
+    let writer = client_with(&cluster, WINDOW, 0);
+    let cutter = client_with(&cluster, 0, 0);
+    let later = 10..1010;
+    for round in 0..16u64 {
+        let path = format!("/race{round}");
+        let data = pattern(CHUNKS * C, round);
+        let fd = writer
+            .open(&path, OpenFlags::CREATE | OpenFlags::WRITE, 0o644)
+            .unwrap();
+        writer.pwrite(fd, &data, 0).unwrap();
+        cutter.truncate(&path, 0).unwrap();
+        writer
+            .pwrite(fd, &vec![b'a'; later.len()], later.start as u64)
+            .unwrap();
+        writer.close(fd).unwrap();
+        let got = read_file(&cutter, &path);
+        assert!(
+            got.len() >= later.end && got[later.clone()].iter().all(|&b| b == b'a'),
+            "{path}: {} bytes; the write after the cut is the file's",
+            got.len()
+        );
+        for chunk in 0..CHUNKS {
+            let part = chunk * C..(chunk + 1) * C;
+            let shown = part.start.min(got.len())..part.end.min(got.len());
+            let outside_later = |&i: &usize| !later.contains(&i);
+            let gone = shown.clone().filter(outside_later).all(|i| got[i] == 0);
+            let whole = got.len() >= part.end
+                && shown
+                    .clone()
+                    .filter(outside_later)
+                    .all(|i| got[i] == data[i]);
+            assert!(
+                gone || whole,
+                "{path}: chunk {chunk}'s part of the write is neither gone nor whole in {} bytes",
+                got.len()
+            );
+        }
+        // Grown by another client: what lay past the size reads as zeros.
+        let end = got.len().max((CHUNKS + 1) * C);
+        let fd = cutter.open(&path, OpenFlags::WRITE, 0).unwrap();
+        cutter.pwrite(fd, b"Z", end as u64).unwrap();
+        cutter.close(fd).unwrap();
+        let grown = read_file(&writer, &path);
+        assert_eq!(grown.len(), end + 1, "{path}: grown");
+        assert!(
+            grown[..got.len()] == got[..] && grown[got.len()..end].iter().all(|&b| b == 0),
+            "{path}: bytes past the size came back when the file grew"
+        );
+    }
+}
+
 #[test]
 fn read_ahead_never_serves_bytes_another_client_cut_or_removed() {
     // A handle that read ahead, then another client cuts the file, cuts and rewrites it,

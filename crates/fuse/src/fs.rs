@@ -956,7 +956,8 @@ impl Filesystem for BenchFuse {
         };
         match written {
             Ok(offset) => {
-                self.handles.wrote(fh.0, offset + u64::from(len), appending);
+                let written = (offset, offset + u64::from(len));
+                self.handles.wrote(fh.0, written, appending);
                 reply.written(len);
             }
             Err(e) => reply.error(e),

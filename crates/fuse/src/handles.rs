@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use benchfs_client::fs::note_write_end;
+use benchfs_client::fs::WriteEnds;
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::path;
 
@@ -29,10 +29,10 @@ pub(crate) struct Handle {
     pub writes: u64,
     /// How many of `writes` the file's modification time on the servers covers.
     pub writes_published: u64,
-    /// The ends of the writes in place not yet published, as `FsClient::publish_writes`
-    /// takes them (`note_write_end`): the publish keeps the furthest of them that landed
-    /// after another client cut the file, which need not be the furthest of all.
-    pub write_ends: Vec<u64>,
+    /// The writes in place not yet published, as `FsClient::publish_writes` takes them:
+    /// the publish keeps the furthest of them that landed after another client cut the
+    /// file, which need not be the furthest of all.
+    pub write_ends: WriteEnds,
     /// How far this mount has seen the file written, through any handle, closed ones
     /// included: how far reads and appends through this handle go. Unlike `size`, never
     /// published.
@@ -65,7 +65,7 @@ impl Handles {
             dirty: false,
             writes: 0,
             writes_published: 0,
-            write_ends: Vec::new(),
+            write_ends: WriteEnds::default(),
             seen: meta.size,
             looked_at: Instant::now(),
         };
@@ -108,14 +108,14 @@ impl Handles {
         }
     }
 
-    /// A write through `fh` ended at `end`; an append's claim put it before any cut its
+    /// A write through `fh` of `offset..end`; an append's claim put it before any cut its
     /// publish finds, so it adds no write end.
-    pub(crate) fn wrote(&self, fh: u64, end: u64, appended: bool) {
+    pub(crate) fn wrote(&self, fh: u64, (offset, end): (u64, u64), appended: bool) {
         if let Some(h) = self.lock().get_mut(&fh) {
             h.seen = h.seen.max(end);
             h.writes += 1;
             if !appended {
-                note_write_end(&mut h.write_ends, end);
+                h.write_ends.note(offset, end, h.meta.chunk_size);
             }
             if end > h.size {
                 h.size = end;

@@ -372,7 +372,7 @@ impl FsClient {
             // An append's claim put it before any cut the close finds: a cut range is
             // not grown back for it (its time is still published).
             if append_cut_gen.is_none() {
-                super::handles::note_write_end(&mut f.write_ends, end);
+                f.write_ends.note(offset, end, f.meta.chunk_size);
             }
             if end > f.size {
                 f.size = end;

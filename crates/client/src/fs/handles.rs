@@ -19,7 +19,7 @@ use crate::rpc::{OutPayload, RpcError};
 /// How many times a close that found its bytes outlived a cut tries to grow the file to
 /// them while other cuts keep coming (see `FsClient::publish_reaching`).
 const GROW_ROUNDS_MAX: usize = 4;
-/// Most write ends a handle keeps for its close (see [`note_write_end`]): one for a
+/// Most write ends a handle keeps for its close (see [`WriteEnds`]): one for a
 /// writer that moves forward, one more for each write that ended short of all before it.
 const WRITE_ENDS_MAX: usize = 64;
 
@@ -43,12 +43,8 @@ pub(super) struct OpenFile {
     /// Linux (a file rewritten in place kept its old time, which `rsync` and `make`
     /// trust).
     pub(super) wrote: bool,
-    /// The ends of the handle's writes in place since it last published, largest first,
-    /// each the end of a write later than those before it ([`note_write_end`]): after
-    /// another client's cut, the close keeps the largest of those writes that landed
-    /// after it, which need not be the largest of all (see [`FsClient::publish_writes`]).
-    /// Appends add none.
-    pub(super) write_ends: Vec<u64>,
+    /// The handle's writes in place since it last published (see [`WriteEnds`]).
+    pub(super) write_ends: WriteEnds,
     /// Why this handle's deferred create failed, when it did: the handle has no file, and
     /// every later call on it fails so (see `inline::make_deferred`).
     pub(super) unmade: Option<Status>,
@@ -113,7 +109,7 @@ impl OpenFile {
             size: meta.size,
             size_dirty: false,
             wrote: false,
-            write_ends: Vec::new(),
+            write_ends: WriteEnds::default(),
             unmade: None,
             write_error: None,
             read_ahead: ReadAhead::default(),
@@ -396,10 +392,9 @@ impl FsClient {
     }
 
     /// Publishes what a handle of file `meta`, named `path`, wrote since it last did: the
-    /// size its writes grew the file to (`grown`), else its writes in place, whose ends
-    /// are `write_ends` (largest first, each from a write later than the larger ones, see
-    /// `note_write_end`; empty for appends alone); a write is kept when another client's
-    /// cut came before it, and gone with the cut when it came after. Returns the record,
+    /// size its writes grew the file to (`grown`), else its writes in place
+    /// (`write_ends`; none for appends alone); a write is kept when another client's cut
+    /// came before it, and gone with the cut when it came after. Returns the record,
     /// or `None` when only writes in place were published and the file is gone (another
     /// client removed it: it has no time to move).
     pub async fn publish_writes(
@@ -407,18 +402,19 @@ impl FsClient {
         path: &str,
         meta: FileMetadata,
         grown: Option<u64>,
-        write_ends: &[u64],
+        write_ends: &WriteEnds,
     ) -> Result<Option<FileMetadata>, ApiError> {
+        let written = write_ends.reaches();
         let published = match grown {
             Some(size) => {
-                let below = write_ends.iter().copied().filter(|&end| end < size);
+                let below = written.into_iter().filter(|&end| end < size);
                 let reaches: Vec<u64> = std::iter::once(size).chain(below).collect();
                 return self
                     .publish_reaching(path, meta, size, &reaches)
                     .await
                     .map(Some);
             }
-            None => self.publish_reaching(path, meta, 0, write_ends).await,
+            None => self.publish_reaching(path, meta, 0, &written).await,
         };
         match published {
             Err(e) if e.is_gone() => Ok(None),
@@ -427,13 +423,13 @@ impl FsClient {
     }
 
     /// Publishes writes of file `meta`, named `path`, that reached `reaches` (largest
-    /// first, each the end of a write later than the larger ones), asking for size
+    /// first, each the end of a write or of its part in one chunk), asking for size
     /// `asked` (0 for writes in place, which moves the time alone) on the replicas whose
     /// record was not cut since the writer looked (`meta.cut_gen`); returns the record.
     /// When a replica then ends before a reach, another client cut the file since the
     /// writer looked (or a replica missed a cut), and the writes' last bytes tell the
-    /// order: the largest reach whose last byte is still held is of a write that landed
-    /// after the cut and is the file's, which then grows to its end on every replica (the
+    /// order: the largest reach whose last byte is still held is of a write (or part) that
+    /// landed after the cut and is the file's, which then grows to its end on every replica (the
     /// cut range between reads as zeros, as a truncate leaves it); the writes whose bytes
     /// were cut came before and went with it, as on a local file system.
     async fn publish_reaching(
@@ -636,17 +632,63 @@ impl FsClient {
     }
 }
 
-/// Notes a write in place ending at `end` in `ends`, the ends of a handle's writes since
-/// it last published as [`FsClient::publish_writes`] takes them: largest first, each the
-/// end of a write later than those before it. The ends `end` reaches past are no longer
-/// the largest of any later writes. At most 64 are kept; past that the latest takes
-/// the smallest's place.
-pub fn note_write_end(ends: &mut Vec<u64>, end: u64) {
-    while ends.last().is_some_and(|&last| last <= end) {
-        ends.pop();
+/// What a handle wrote in place since it last published, as its publish checks it after
+/// another client's cut (see [`FsClient::publish_writes`]). Appends add nothing: their
+/// claim orders them before any cut the publish finds.
+#[derive(Debug, Clone, Default)]
+pub struct WriteEnds {
+    /// The writes' ends, largest first, each the end of a write later than those before
+    /// it: after a cut, the publish keeps the largest of those writes that landed after
+    /// it, which need not be the largest of all. An end a later write reaches past is
+    /// dropped (that write's bytes tell the order for both); at most
+    /// [`WRITE_ENDS_MAX`], the latest taking the smallest's place.
+    ends: Vec<u64>,
+    /// How far the writes reach into each chunk, by the chunk's first byte: a write over
+    /// several chunks lands chunk by chunk, so a cut can come between its parts, and a
+    /// part that landed after it is the file's though the write's last byte went with the
+    /// cut (a write behind racing another client's truncate showed such a part's bytes
+    /// under a size short of them, and again when the file grew). One entry a chunk
+    /// written.
+    parts: BTreeMap<u64, u64>,
+}
+
+impl WriteEnds {
+    /// Notes a write in place of `offset..end` to a file of `chunk_size` chunks.
+    pub fn note(&mut self, offset: u64, end: u64, chunk_size: u64) {
+        while self.ends.last().is_some_and(|&last| last <= end) {
+            self.ends.pop();
+        }
+        if self.ends.len() == WRITE_ENDS_MAX {
+            self.ends.pop();
+        }
+        self.ends.push(end);
+        let chunk_size = chunk_size.max(1);
+        let mut chunk_start = offset - offset % chunk_size;
+        while chunk_start < end {
+            let part_end = end.min(chunk_start.saturating_add(chunk_size));
+            let reach = self.parts.entry(chunk_start).or_insert(0);
+            *reach = (*reach).max(part_end);
+            chunk_start = chunk_start.saturating_add(chunk_size);
+        }
     }
-    if ends.len() == WRITE_ENDS_MAX {
-        ends.pop();
+
+    /// Forgets every write: published, cut or removed.
+    pub fn clear(&mut self) {
+        self.ends.clear();
+        self.parts.clear();
     }
-    ends.push(end);
+
+    /// The ends a publish checks, largest first: of every write noted, and of its part in
+    /// each chunk.
+    pub fn reaches(&self) -> Vec<u64> {
+        let mut reaches: Vec<u64> = self
+            .ends
+            .iter()
+            .chain(self.parts.values())
+            .copied()
+            .collect();
+        reaches.sort_unstable_by(|a, b| b.cmp(a));
+        reaches.dedup();
+        reaches
+    }
 }
