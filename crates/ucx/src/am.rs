@@ -240,12 +240,18 @@ impl AmStream {
     /// The next message, progressing the worker up to `polls` times while none is queued.
     /// A consumer that has just handled a message and looks for the next itself spares, per
     /// message while they keep coming, the wake of its task and a turn of the progress task.
+    /// It gives the CPU away as often as the progress loop does while idle
+    /// ([`Worker::idle_poll`]): a server sharing its core with a client that waits for the
+    /// reply just sent polled on through its share of the core instead (mdtest creates with
+    /// one rank on the server's core: 105k -> 119k/s).
     pub fn try_recv_polling(&self, polls: u32) -> Option<AmMessage> {
-        for _ in 0..polls {
+        for poll in 1..=polls {
             if let Some(message) = self.try_recv() {
                 return Some(message);
             }
-            self.worker.progress();
+            if self.worker.progress() == 0 && poll % crate::limits::IDLE_POLLS_PER_TURN == 0 {
+                self.worker.idle_poll();
+            }
         }
         self.try_recv()
     }
