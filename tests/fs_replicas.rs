@@ -11,7 +11,7 @@ use benchfs::blocking::{BenchFS, OpenFlags};
 use benchfs::placement::PlacementKey;
 use benchfs_proto::ops;
 use benchfs_proto::Status;
-use common::files::{assert_unreachable, read_file, write_file};
+use common::files::{assert_unreachable, read_file, write_file, C};
 use common::rpc::{call_one, insert_record, record_ids, records, rpc_client, status_of, Rt};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -707,4 +707,82 @@ fn a_server_killed_while_a_directory_rename_drops_the_old_names_loses_no_entry()
         let entries = fs.readdir(&format!("/b/d{d}")).unwrap();
         assert_eq!(entries.len(), FILES, "/b/d{d}");
     }
+}
+
+/// `benchfs verify` says whether replicas agree: every path of a tree whose replicas
+/// took the same writes agrees, and a chunk or record one replica holds otherwise (made by
+/// hand on that server, as a write that landed in another order there leaves it) is
+/// named with both servers and the first byte that differs; the command then fails.
+#[test]
+fn verify_names_the_replicas_that_differ_and_where() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    let data = pattern(5 * C + 100, 1);
+    fs.mkdir("/v", 0o755).unwrap();
+    write_file(&fs, "/v/data", &data);
+    write_file(&fs, "/v/small", b"tiny");
+    let dir = cluster.dir.path().to_str().unwrap();
+    let verify =
+        |path: &str| common::cli::benchfs(&["verify", "--recursive", "--dir", dir, path], &[]);
+    let out = verify("/").ok();
+    assert!(
+        out.contains("/v/data: 2 replicas agree (6 chunks)")
+            && out.ends_with("4 paths, 7 chunks, 0 differences\n"),
+        "{out}"
+    );
+
+    let file_id = fs.stat("/v/data").unwrap().file_id;
+    let holders = cluster.replicas_of(PlacementKey::Chunk { file_id, index: 2 });
+    let rt = Rt::new();
+    rt.block_on(async {
+        let conn = rpc_client(b"")
+            .connect(cluster.addr(holders[1]))
+            .await
+            .unwrap();
+        common::rpc::write(&conn, file_id, 2, 100, b"XYZ".to_vec()).await;
+    });
+    let check = fs.block_on(fs.client().check_replicas("/v/data")).unwrap();
+    let names: Vec<String> = holders.iter().map(|&i| Cluster::node_id(i)).collect();
+    assert_eq!(check.differences.len(), 1, "{:?}", check.differences);
+    let difference = &check.differences[0];
+    assert!(
+        difference.starts_with("chunk 2: ")
+            && difference.contains(&names[0])
+            && difference.contains(&names[1])
+            && difference.ends_with(&format!("differ from byte {} of the file", 2 * C + 100)),
+        "{difference}"
+    );
+
+    let record_holders = cluster.replicas_of(PlacementKey::Metadata("/v/small"));
+    common::rpc::delete_record(cluster.addr(record_holders[1]), "/v/small", true);
+    let run = verify("/v");
+    assert!(!run.success, "verify succeeded over differing replicas");
+    let out = run.stdout.clone();
+    assert!(
+        out.contains(&format!(
+            "/v/small: {}",
+            Cluster::node_id(record_holders[1])
+        )) && out.contains("holds no record")
+            && out.contains("/v/data: chunk 2: ")
+            && out.ends_with("3 paths, 7 chunks, 2 differences\n"),
+        "{out}"
+    );
+    assert!(run.failed().contains("verify /v: replicas differ"));
+
+    // A replica that cannot be asked is named too: agreement is not assumed.
+    let mut cluster = cluster;
+    cluster.kill(holders[1]);
+    let fresh = cluster.client();
+    let check = fresh
+        .block_on(fresh.client().check_replicas("/v/data"))
+        .unwrap();
+    assert!(
+        !check.agrees() && check.differences.iter().any(|d| d.contains(&names[1])),
+        "{:?}",
+        check.differences
+    );
 }

@@ -34,6 +34,7 @@ mod read_ahead;
 mod routing;
 mod space;
 mod tree;
+mod verify;
 
 use foldhash::HashMap;
 use std::cell::{Cell, OnceCell, RefCell};
@@ -61,6 +62,7 @@ pub use pipeline::PipelineCounters;
 pub use routing::CallCounters;
 use routing::ServerSlot;
 pub use space::FsSpace;
+pub use verify::ReplicaCheck;
 
 /// A file handle number, as `open` returns it.
 pub type Fd = u64;

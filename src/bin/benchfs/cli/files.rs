@@ -50,6 +50,18 @@ pub enum FileCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Check that every replica of a path's record, and of each chunk of its file, holds
+    /// the same; fails if any differ or cannot be asked.
+    Verify {
+        /// The path.
+        path: String,
+        /// Below a directory too, every path.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Which cluster.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Copy a local file into BenchFS (into a directory: under the file's own name).
     Put {
         /// The local file (`-`: standard input).
@@ -338,11 +350,58 @@ fn stat(fs: &BenchFS, path: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `benchfs verify`: one line for each path that agrees, one for each difference,
+/// then the count of paths, chunks and differences.
+fn verify(fs: &BenchFS, path: &str, recursive: bool) -> Result<(), CliError> {
+    let mut pending = vec![path.to_string()];
+    let (mut paths, mut chunks, mut differences) = (0u64, 0u64, 0u64);
+    while let Some(path) = pending.pop() {
+        let check = fs.block_on(fs.client().check_replicas(&path))?;
+        paths += 1;
+        chunks += check.chunks;
+        differences += check.differences.len() as u64;
+        let mut out = String::new();
+        if check.agrees() {
+            let plural = if check.chunks == 1 { "" } else { "s" };
+            out += &format!(
+                "{}: {} replicas agree ({} chunk{plural})\n",
+                shown(&check.path),
+                check.replicas,
+                check.chunks
+            );
+        }
+        for difference in &check.differences {
+            out += &format!("{}: {difference}\n", shown(&check.path));
+        }
+        super::print_out(&out)?;
+        if recursive && check.meta.is_dir() {
+            let mut below: Vec<String> = fs
+                .readdir(&check.path)?
+                .into_iter()
+                .map(|e| benchfs::path::join(&check.path, &e.name))
+                .collect();
+            // Taken from the end: in name order.
+            below.sort_unstable_by(|a, b| b.cmp(a));
+            pending.extend(below);
+        }
+    }
+    outln!("{paths} paths, {chunks} chunks, {differences} differences");
+    if differences > 0 {
+        return Err(format!("verify {path}: replicas differ or could not be asked").into());
+    }
+    Ok(())
+}
+
 /// Runs a file command.
 pub fn run(command: FileCommand) -> Result<(), CliError> {
     match command {
         FileCommand::Ls { path, target } => ls(&target.connect()?, &path)?,
         FileCommand::Stat { path, target } => stat(&target.connect()?, &path)?,
+        FileCommand::Verify {
+            path,
+            recursive,
+            target,
+        } => verify(&target.connect()?, &path, recursive)?,
         FileCommand::Mkdir { path, target } => target.connect()?.mkdir(&path, 0o755)?,
         FileCommand::Rm { path, target } => {
             if benchfs::path::normalize(&path).is_ok_and(|p| p == "/") {

@@ -55,7 +55,7 @@ pub enum Command {
     Mount(mount::Args),
     /// Every server's counters, queue depth and per-operation latency (tables, or --json).
     Stats(stats::Args),
-    /// File commands (ls, stat, mkdir, rm, put, get, cat).
+    /// File commands (ls, stat, mkdir, rm, put, get, cat, verify).
     #[command(flatten)]
     File(files::FileCommand),
 }

@@ -1,0 +1,229 @@
+//! Replica checks: whether the replicas of a path's record, and of each chunk of its file,
+//! hold the same. Writes go to every replica at once, so replicas can part (two clients'
+//! overlapping writes landing in a different order on each, a server back with an empty
+//! store that holds none of its chunks until they are written again); a job that
+//! measures replication, or trusts it with its only copy, asks here whether they did.
+
+use benchfs_proto::meta::{EntryKind, FileMetadata};
+use benchfs_proto::placement::{PlacementKey, ServerIndex};
+use benchfs_proto::{ops, Status};
+use futures_util::future::join_all;
+use futures_util::{stream, StreamExt};
+
+use super::{fs_err, norm, rpc_err, FsClient};
+use crate::error::ApiError;
+use crate::rpc::{OutPayload, RpcError};
+
+/// Chunks compared at once: each holds a copy from every replica in memory.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What [`FsClient::check_replicas`] found of one path.
+#[derive(Debug, Clone)]
+pub struct ReplicaCheck {
+    /// The path, normalised.
+    pub path: String,
+    /// The record, as its first replica that holds it has it.
+    pub meta: FileMetadata,
+    /// Copies each record and chunk has (the cluster's replication, or fewer servers).
+    pub replicas: usize,
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Each way the replicas differ, or a replica could not be asked, one line each,
+    /// naming the servers.
+    pub differences: Vec<String>,
+}
+
+impl ReplicaCheck {
+    /// Whether every replica answered and held the same.
+    pub fn agrees(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+impl FsClient {
+    /// Compares what every replica holds of `path`: the record (its file, kind, size,
+    /// owner, mode, cut count and, for a small file, its bytes) and, for a file with
+    /// chunks, each chunk up to the largest size a replica's record gives (bytes past a
+    /// replica's chunk end count as zeros, as reads return a hole). The times are not
+    /// compared: each server stamps its own. Fails if no replica holds the path. The root
+    /// has no record, and agrees.
+    pub async fn check_replicas(&self, path: &str) -> Result<ReplicaCheck, ApiError> {
+        let path = norm(path)?;
+        if path == "/" {
+            // The root has no record: nothing of it is replicated.
+            return Ok(ReplicaCheck {
+                path,
+                meta: self.root(),
+                replicas: self.replicas.min(self.servers.len()),
+                chunks: 0,
+                differences: Vec::new(),
+            });
+        }
+        let servers = self.replica_set(PlacementKey::Metadata(&path));
+        let (held, mut differences, failure) = self.records_of(&path, &servers).await;
+        let Some((first, record)) = held.first() else {
+            return Err(match failure {
+                Some(e) => rpc_err("verify", &path)(e),
+                None => fs_err("verify", &path, Status::NotFound),
+            });
+        };
+        for (server, other) in &held[1..] {
+            if let Some(what) = record_difference(record, other) {
+                differences.push(format!(
+                    "{} and {} differ in the record's {what}",
+                    self.server_name(*first),
+                    self.server_name(*server)
+                ));
+            }
+        }
+        let meta = record.meta;
+        let mut check = ReplicaCheck {
+            path,
+            meta,
+            replicas: servers.len(),
+            chunks: 0,
+            differences,
+        };
+        if meta.kind == EntryKind::File && !meta.inline {
+            let size = held.iter().map(|(_, r)| r.meta.size).max().unwrap_or(0);
+            self.check_chunks(&mut check, size).await;
+        }
+        Ok(check)
+    }
+
+    /// The record each of `servers` holds at `path`: those that answered with one, a line
+    /// for each that did not, and why no replica held it (a replica that did not answer
+    /// may), if none did.
+    async fn records_of(
+        &self,
+        path: &str,
+        servers: &[ServerIndex],
+    ) -> (
+        Vec<(ServerIndex, ops::RecordReply)>,
+        Vec<String>,
+        Option<RpcError>,
+    ) {
+        let req = ops::PathRequest {
+            path: path.to_string(),
+        };
+        let records = join_all(
+            servers
+                .iter()
+                .map(|&s| self.call_on::<ops::MetadataOpen>(s, &req, OutPayload::none())),
+        )
+        .await;
+        let mut differences = Vec::new();
+        let mut held = Vec::new();
+        let mut failure: Option<RpcError> = None;
+        for (&server, record) in servers.iter().zip(records) {
+            match record {
+                Ok((reply, _)) => held.push((server, reply)),
+                Err(e) => {
+                    differences.push(match e.status() {
+                        Status::NotFound => {
+                            format!("{}: holds no record", self.server_name(server))
+                        }
+                        _ => e.to_string(),
+                    });
+                    if failure
+                        .as_ref()
+                        .is_none_or(|f| f.status() == Status::NotFound)
+                    {
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+        (held, differences, failure)
+    }
+
+    /// Compares every chunk of `check.meta`'s file up to `size` across its replicas.
+    async fn check_chunks(&self, check: &mut ReplicaCheck, size: u64) {
+        let chunk_size = check.meta.chunk_size.max(1);
+        let count = size.div_ceil(chunk_size);
+        let meta = check.meta;
+        let mut found = stream::iter(0..count)
+            .map(|index| self.check_chunk(meta, index, size))
+            .buffered(CHUNKS_IN_FLIGHT);
+        while let Some(differences) = found.next().await {
+            check.differences.extend(differences);
+        }
+        check.chunks = count;
+    }
+
+    /// Reads chunk `index` of file `meta` (up to the file's `size`) from each replica
+    /// and names how they differ.
+    async fn check_chunk(&self, meta: FileMetadata, index: u64, size: u64) -> Vec<String> {
+        let chunk_size = meta.chunk_size.max(1);
+        let start = index * chunk_size;
+        let len = (size - start).min(chunk_size);
+        let io = ops::ChunkIo {
+            file_id: meta.file_id,
+            index,
+            offset: 0,
+            len,
+        };
+        let key = PlacementKey::Chunk {
+            file_id: meta.file_id,
+            index,
+        };
+        let servers = self.replica_set(key);
+        let copies = join_all(
+            servers
+                .iter()
+                .map(|&s| self.call_on::<ops::ReadChunk>(s, &io, OutPayload::none())),
+        )
+        .await;
+        let mut differences = Vec::new();
+        let mut first: Option<(ServerIndex, Vec<u8>)> = None;
+        for (&server, copy) in servers.iter().zip(copies) {
+            let mut bytes = match copy {
+                Ok((_, bytes)) => bytes,
+                Err(e) => {
+                    differences.push(format!("chunk {index}: {e}"));
+                    continue;
+                }
+            };
+            bytes.resize(len as usize, 0);
+            match &first {
+                None => first = Some((server, bytes)),
+                Some((holder, theirs)) => {
+                    if let Some(at) = theirs.iter().zip(&bytes).position(|(a, b)| a != b) {
+                        differences.push(format!(
+                            "chunk {index}: {} and {} differ from byte {} of the file",
+                            self.server_name(*holder),
+                            self.server_name(server),
+                            start + at as u64
+                        ));
+                    }
+                }
+            }
+        }
+        differences
+    }
+
+    /// Server `server`'s name, as errors give it.
+    fn server_name(&self, server: ServerIndex) -> String {
+        self.servers[server as usize].name()
+    }
+}
+
+/// The first part of the record (and inline bytes) in which `b` differs from `a`, if any.
+fn record_difference(a: &ops::RecordReply, b: &ops::RecordReply) -> Option<&'static str> {
+    let (x, y) = (&a.meta, &b.meta);
+    let fields: [(&'static str, bool); 9] = [
+        ("file", x.file_id == y.file_id),
+        ("kind", x.kind == y.kind),
+        ("size", x.size == y.size),
+        ("mode", x.mode == y.mode),
+        ("owner", (x.uid, x.gid) == (y.uid, y.gid)),
+        ("chunk size", x.chunk_size == y.chunk_size),
+        ("cut count", x.cut_gen == y.cut_gen),
+        ("inline flag", x.inline == y.inline),
+        ("inline bytes", a.data == b.data),
+    ];
+    fields
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(name, _)| name)
+}
