@@ -786,3 +786,75 @@ fn verify_names_the_replicas_that_differ_and_where() {
         check.differences
     );
 }
+
+/// `benchfs verify --repair` gives a server back with an empty store the chunks it held,
+/// from the replica that kept its store: it then serves the file's bytes itself, and the
+/// replicas agree again.
+#[test]
+fn verify_repair_gives_a_server_back_empty_its_chunks() {
+    const CHUNKS: u64 = 16;
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    let data = pattern(CHUNKS as usize * C, 2);
+    write_file(&fs, "/r", &data);
+    let file_id = fs.stat("/r").unwrap().file_id;
+    drop(fs);
+    // The server that holds no copy of the record (which the servers' own repair brings
+    // back), and some of the chunks, comes back with an empty memory store.
+    let record = cluster.replicas_of(PlacementKey::Metadata("/r"));
+    let lost = (0..3).find(|i| !record.contains(i)).unwrap();
+    let held: Vec<u64> = (0..CHUNKS)
+        .filter(|&index| {
+            cluster
+                .replicas_of(PlacementKey::Chunk { file_id, index })
+                .contains(&lost)
+        })
+        .collect();
+    assert!(!held.is_empty(), "node{lost} holds no chunk of /r");
+    cluster.kill(lost);
+    cluster.restart(lost);
+
+    let dir = cluster.dir.path().to_str().unwrap();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--dir", dir, "/r"];
+        args.extend_from_slice(extra);
+        common::cli::benchfs(&args, &[])
+    };
+    let run = verify(&[]);
+    assert!(!run.success, "verify agreed with a server back empty");
+    assert_eq!(
+        run.stdout.matches("differ from byte").count(),
+        held.len(),
+        "{}",
+        run.stdout
+    );
+    let out = verify(&["--repair"]).ok();
+    let copied = format!("copied to {}", Cluster::node_id(lost));
+    assert_eq!(out.matches(&copied).count(), held.len(), "{out}");
+    assert!(
+        out.ends_with(&format!(
+            "1 paths, {CHUNKS} chunks, {} repaired, 0 differences left\n",
+            held.len()
+        )),
+        "{out}"
+    );
+    let out = verify(&[]).ok();
+    assert!(
+        out.ends_with(&format!("1 paths, {CHUNKS} chunks, 0 differences\n")),
+        "{out}"
+    );
+
+    // Its own copies are the file's bytes.
+    Rt::new().block_on(async {
+        let conn = rpc_client(b"").connect(cluster.addr(lost)).await.unwrap();
+        for &index in &held {
+            let at = index as usize * C;
+            let copy = common::rpc::read(&conn, file_id, index, 0, C).await;
+            assert!(copy == data[at..at + C], "chunk {index} on node{lost}");
+        }
+    });
+}

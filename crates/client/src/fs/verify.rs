@@ -10,6 +10,7 @@ use benchfs_proto::{ops, Status};
 use futures_util::future::join_all;
 use futures_util::{stream, StreamExt};
 
+use super::data::chunk_write;
 use super::{fs_err, norm, rpc_err, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
@@ -31,6 +32,8 @@ pub struct ReplicaCheck {
     /// Each way the replicas differ, or a replica could not be asked, one line each,
     /// naming the servers.
     pub differences: Vec<String>,
+    /// Each chunk a repair copied, one line each, naming the servers.
+    pub repaired: Vec<String>,
 }
 
 impl ReplicaCheck {
@@ -48,6 +51,21 @@ impl FsClient {
     /// compared: each server stamps its own. Fails if no replica holds the path. The root
     /// has no record, and agrees.
     pub async fn check_replicas(&self, path: &str) -> Result<ReplicaCheck, ApiError> {
+        self.check_or_repair(path, false).await
+    }
+
+    /// [`FsClient::check_replicas`], and each chunk whose copies differ gets the copy of
+    /// the first replica (in ring order, as reads ask them) that kept its store since the
+    /// file was made, on every replica: a server back with an empty store holds the file's
+    /// chunks again, and replicas that two writes at once left apart agree. Records are the
+    /// replica repair's (the servers' sweep), not this. Not atomic with writes: a write to
+    /// the chunk between its read here and the copy is undone on the replicas copied to,
+    /// so repair between a job's phases.
+    pub async fn repair_replicas(&self, path: &str) -> Result<ReplicaCheck, ApiError> {
+        self.check_or_repair(path, true).await
+    }
+
+    async fn check_or_repair(&self, path: &str, repair: bool) -> Result<ReplicaCheck, ApiError> {
         let path = norm(path)?;
         if path == "/" {
             // The root has no record: nothing of it is replicated.
@@ -57,6 +75,7 @@ impl FsClient {
                 replicas: self.replicas.min(self.servers.len()),
                 chunks: 0,
                 differences: Vec::new(),
+                repaired: Vec::new(),
             });
         }
         let servers = self.replica_set(PlacementKey::Metadata(&path));
@@ -83,10 +102,11 @@ impl FsClient {
             replicas: servers.len(),
             chunks: 0,
             differences,
+            repaired: Vec::new(),
         };
         if meta.kind == EntryKind::File && !meta.inline {
             let size = held.iter().map(|(_, r)| r.meta.size).max().unwrap_or(0);
-            self.check_chunks(&mut check, size).await;
+            self.check_chunks(&mut check, size, repair).await;
         }
         Ok(check)
     }
@@ -137,75 +157,129 @@ impl FsClient {
         (held, differences, failure)
     }
 
-    /// Compares every chunk of `check.meta`'s file up to `size` across its replicas.
-    async fn check_chunks(&self, check: &mut ReplicaCheck, size: u64) {
+    /// Compares every chunk of `check.meta`'s file up to `size` across its replicas,
+    /// repairing those that differ if `repair`.
+    async fn check_chunks(&self, check: &mut ReplicaCheck, size: u64, repair: bool) {
         let chunk_size = check.meta.chunk_size.max(1);
         let count = size.div_ceil(chunk_size);
         let meta = check.meta;
         let mut found = stream::iter(0..count)
-            .map(|index| self.check_chunk(meta, index, size))
+            .map(|index| self.check_chunk(meta, index, size, repair))
             .buffered(CHUNKS_IN_FLIGHT);
-        while let Some(differences) = found.next().await {
-            check.differences.extend(differences);
+        while let Some(chunk) = found.next().await {
+            check.differences.extend(chunk.differences);
+            check.repaired.extend(chunk.repaired);
         }
         check.chunks = count;
     }
 
     /// Reads chunk `index` of file `meta` (up to the file's `size`) from each replica
-    /// and names how they differ.
-    async fn check_chunk(&self, meta: FileMetadata, index: u64, size: u64) -> Vec<String> {
+    /// and names how they differ; with `repair`, writes the reference copy over each that
+    /// differs.
+    async fn check_chunk(
+        &self,
+        meta: FileMetadata,
+        index: u64,
+        size: u64,
+        repair: bool,
+    ) -> ChunkFindings {
         let chunk_size = meta.chunk_size.max(1);
         let start = index * chunk_size;
         let len = (size - start).min(chunk_size);
+        let mut found = ChunkFindings::default();
+        let held = self.chunk_copies(&meta, index, len, &mut found).await;
+        // The copy the others are held against, and a repair copies: the first in ring
+        // order (as reads ask them) of those that kept their store since the file was made.
+        let kept = |&(server, _): &(ServerIndex, Vec<u8>)| !self.may_have_lost(server, &meta);
+        let Some(reference) = held
+            .iter()
+            .position(kept)
+            .or((!held.is_empty()).then_some(0))
+        else {
+            return found;
+        };
+        let (source, bytes) = &held[reference];
+        let source_kept = kept(&held[reference]);
+        for (server, copy) in &held {
+            let Some(at) = bytes.iter().zip(copy).position(|(a, b)| a != b) else {
+                continue;
+            };
+            let differ = format!(
+                "chunk {index}: {} and {} differ from byte {} of the file",
+                self.server_name(*source),
+                self.server_name(*server),
+                start + at as u64
+            );
+            if !repair || !source_kept {
+                found.differences.push(differ);
+                continue;
+            }
+            let write = chunk_write(&meta, index, (0, len), len, None);
+            let payload = OutPayload::Owned(bytes.clone());
+            match self
+                .call_on::<ops::WriteChunk>(*server, &write, payload)
+                .await
+            {
+                Ok(_) => found
+                    .repaired
+                    .push(format!("{differ}: copied to {}", self.server_name(*server))),
+                Err(e) => found
+                    .differences
+                    .push(format!("{differ}; the copy failed: {e}")),
+            }
+        }
+        found
+    }
+
+    /// Each replica's copy of the first `len` bytes of chunk `index` of `meta` (a hole
+    /// past its chunk's end as zeros); a line in `found` for each that could not be read.
+    async fn chunk_copies(
+        &self,
+        meta: &FileMetadata,
+        index: u64,
+        len: u64,
+        found: &mut ChunkFindings,
+    ) -> Vec<(ServerIndex, Vec<u8>)> {
         let io = ops::ChunkIo {
             file_id: meta.file_id,
             index,
             offset: 0,
             len,
         };
-        let key = PlacementKey::Chunk {
+        let servers = self.replica_set(PlacementKey::Chunk {
             file_id: meta.file_id,
             index,
-        };
-        let servers = self.replica_set(key);
+        });
         let copies = join_all(
             servers
                 .iter()
                 .map(|&s| self.call_on::<ops::ReadChunk>(s, &io, OutPayload::none())),
         )
         .await;
-        let mut differences = Vec::new();
-        let mut first: Option<(ServerIndex, Vec<u8>)> = None;
+        let mut held = Vec::new();
         for (&server, copy) in servers.iter().zip(copies) {
-            let mut bytes = match copy {
-                Ok((_, bytes)) => bytes,
-                Err(e) => {
-                    differences.push(format!("chunk {index}: {e}"));
-                    continue;
+            match copy {
+                Ok((_, mut bytes)) => {
+                    bytes.resize(len as usize, 0);
+                    held.push((server, bytes));
                 }
-            };
-            bytes.resize(len as usize, 0);
-            match &first {
-                None => first = Some((server, bytes)),
-                Some((holder, theirs)) => {
-                    if let Some(at) = theirs.iter().zip(&bytes).position(|(a, b)| a != b) {
-                        differences.push(format!(
-                            "chunk {index}: {} and {} differ from byte {} of the file",
-                            self.server_name(*holder),
-                            self.server_name(server),
-                            start + at as u64
-                        ));
-                    }
-                }
+                Err(e) => found.differences.push(format!("chunk {index}: {e}")),
             }
         }
-        differences
+        held
     }
 
     /// Server `server`'s name, as errors give it.
     fn server_name(&self, server: ServerIndex) -> String {
         self.servers[server as usize].name()
     }
+}
+
+/// How the replicas of one chunk differ, and what a repair copied.
+#[derive(Default)]
+struct ChunkFindings {
+    differences: Vec<String>,
+    repaired: Vec<String>,
 }
 
 /// The first part of the record (and inline bytes) in which `b` differs from `a`, if any.

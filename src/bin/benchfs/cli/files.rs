@@ -58,6 +58,12 @@ pub enum FileCommand {
         /// Below a directory too, every path.
         #[arg(short, long)]
         recursive: bool,
+        /// Copy each chunk whose copies differ from the replica that kept its store
+        /// longest to the others (a server back with an empty store gets its chunks
+        /// again). Not while the files are written: a write that lands between a chunk's
+        /// read and its copy is undone on the replicas copied to.
+        #[arg(long)]
+        repair: bool,
         /// Which cluster.
         #[command(flatten)]
         target: Target,
@@ -350,18 +356,25 @@ fn stat(fs: &BenchFS, path: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `benchfs verify`: one line for each path that agrees, one for each difference,
-/// then the count of paths, chunks and differences.
-fn verify(fs: &BenchFS, path: &str, recursive: bool) -> Result<(), CliError> {
+/// `benchfs verify`: one line for each path that agrees, one for each difference (and
+/// each chunk copied, with `--repair`), then the counts.
+fn verify(fs: &BenchFS, path: &str, (recursive, repair): (bool, bool)) -> Result<(), CliError> {
     let mut pending = vec![path.to_string()];
-    let (mut paths, mut chunks, mut differences) = (0u64, 0u64, 0u64);
+    let (mut paths, mut chunks, mut differences, mut repaired) = (0u64, 0u64, 0u64, 0u64);
     while let Some(path) = pending.pop() {
-        let check = fs.block_on(fs.client().check_replicas(&path))?;
+        let check = match repair {
+            true => fs.block_on(fs.client().repair_replicas(&path))?,
+            false => fs.block_on(fs.client().check_replicas(&path))?,
+        };
         paths += 1;
         chunks += check.chunks;
         differences += check.differences.len() as u64;
+        repaired += check.repaired.len() as u64;
         let mut out = String::new();
-        if check.agrees() {
+        for copied in &check.repaired {
+            out += &format!("{}: {copied}\n", shown(&check.path));
+        }
+        if check.agrees() && check.repaired.is_empty() {
             let plural = if check.chunks == 1 { "" } else { "s" };
             out += &format!(
                 "{}: {} replicas agree ({} chunk{plural})\n",
@@ -385,7 +398,12 @@ fn verify(fs: &BenchFS, path: &str, recursive: bool) -> Result<(), CliError> {
             pending.extend(below);
         }
     }
-    outln!("{paths} paths, {chunks} chunks, {differences} differences");
+    match repair {
+        true => outln!(
+            "{paths} paths, {chunks} chunks, {repaired} repaired, {differences} differences left"
+        ),
+        false => outln!("{paths} paths, {chunks} chunks, {differences} differences"),
+    }
     if differences > 0 {
         return Err(format!("verify {path}: replicas differ or could not be asked").into());
     }
@@ -400,8 +418,9 @@ pub fn run(command: FileCommand) -> Result<(), CliError> {
         FileCommand::Verify {
             path,
             recursive,
+            repair,
             target,
-        } => verify(&target.connect()?, &path, recursive)?,
+        } => verify(&target.connect()?, &path, (recursive, repair))?,
         FileCommand::Mkdir { path, target } => target.connect()?.mkdir(&path, 0o755)?,
         FileCommand::Rm { path, target } => {
             if benchfs::path::normalize(&path).is_ok_and(|p| p == "/") {
