@@ -375,9 +375,13 @@ fn verify(fs: &BenchFS, path: &str, (recursive, repair): (bool, bool)) -> Result
             out += &format!("{}: {copied}\n", shown(&check.path));
         }
         if check.agrees() && check.repaired.is_empty() {
-            let plural = if check.chunks == 1 { "" } else { "s" };
+            let chunks = if check.chunks == 1 { "" } else { "s" };
+            let agree = match check.replicas {
+                1 => "replica: nothing to compare",
+                _ => "replicas agree",
+            };
             out += &format!(
-                "{}: {} replicas agree ({} chunk{plural})\n",
+                "{}: {} {agree} ({} chunk{chunks})\n",
                 shown(&check.path),
                 check.replicas,
                 check.chunks
