@@ -5,8 +5,9 @@
 //! measures replication, or trusts it with its only copy, asks here whether they did.
 
 use benchfs_proto::meta::{EntryKind, FileMetadata};
+use benchfs_proto::ops::{self, Rpc};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
-use benchfs_proto::{ops, Status};
+use benchfs_proto::Status;
 use futures_util::future::join_all;
 use futures_util::{stream, StreamExt};
 
@@ -126,12 +127,7 @@ impl FsClient {
         let req = ops::PathRequest {
             path: path.to_string(),
         };
-        let records = join_all(
-            servers
-                .iter()
-                .map(|&s| self.call_on::<ops::MetadataOpen>(s, &req, OutPayload::none())),
-        )
-        .await;
+        let records = self.ask_each::<ops::MetadataOpen>(servers, &req).await;
         let mut differences = Vec::new();
         let mut held = Vec::new();
         let mut failure: Option<RpcError> = None;
@@ -250,12 +246,7 @@ impl FsClient {
             file_id: meta.file_id,
             index,
         });
-        let copies = join_all(
-            servers
-                .iter()
-                .map(|&s| self.call_on::<ops::ReadChunk>(s, &io, OutPayload::none())),
-        )
-        .await;
+        let copies = self.ask_each::<ops::ReadChunk>(&servers, &io).await;
         let mut held = Vec::new();
         for (&server, copy) in servers.iter().zip(copies) {
             match copy {
@@ -267,6 +258,20 @@ impl FsClient {
             }
         }
         held
+    }
+
+    /// Asks each of `servers` `req` at once; their answers with payloads, in order.
+    async fn ask_each<R: Rpc>(
+        &self,
+        servers: &[ServerIndex],
+        req: &R::Request,
+    ) -> Vec<Result<(R::Reply, Vec<u8>), RpcError>> {
+        join_all(
+            servers
+                .iter()
+                .map(|&s| self.call_on::<R>(s, req, OutPayload::none())),
+        )
+        .await
     }
 
     /// Server `server`'s name, as errors give it.
