@@ -4,6 +4,8 @@
 //! store that holds none of its chunks until they are written again); a job that
 //! measures replication, or trusts it with its only copy, asks here whether they did.
 
+use std::time::Instant;
+
 use benchfs_proto::meta::{EntryKind, FileMetadata};
 use benchfs_proto::ops::{self, Rpc};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
@@ -12,7 +14,7 @@ use futures_util::future::join_all;
 use futures_util::{stream, StreamExt};
 
 use super::data::chunk_write;
-use super::{fs_err, norm, rpc_err, FsClient};
+use super::{fs_err, names_dir, norm, rpc_err, FsClient};
 use crate::error::ApiError;
 use crate::rpc::{OutPayload, RpcError};
 
@@ -30,9 +32,10 @@ pub struct ReplicaCheck {
     pub replicas: usize,
     /// Chunks compared.
     pub chunks: u64,
-    /// Each way the replicas differ, or a replica could not be asked, one line each,
-    /// naming the servers.
+    /// Each way the replicas differ, one line each, naming the servers.
     pub differences: Vec<String>,
+    /// Each replica that could not be asked, one line each, naming it and why.
+    pub unasked: Vec<String>,
     /// Each chunk a repair copied, one line each, naming the servers.
     pub repaired: Vec<String>,
 }
@@ -40,56 +43,87 @@ pub struct ReplicaCheck {
 impl ReplicaCheck {
     /// Whether every replica answered and held the same.
     pub fn agrees(&self) -> bool {
-        self.differences.is_empty()
+        self.differences.is_empty() && self.unasked.is_empty()
     }
+}
+
+/// One replica's copy of a chunk's range.
+struct Copy {
+    server: ServerIndex,
+    /// The range's bytes, a hole past the chunk's end as zeros.
+    bytes: Vec<u8>,
+    /// Whether the copy is the file's over the whole range: its server kept its store
+    /// since the file was made (what it lacks is a hole), or it holds every byte of the
+    /// range (a server restarted since stores no chunk with gaps, see `lost.rs`).
+    whole: bool,
+    /// Bytes the server holds of the range.
+    held: u64,
+}
+
+/// How the replicas of one chunk differ, which could not be asked, and what a repair
+/// copied.
+#[derive(Default)]
+struct ChunkFindings {
+    differences: Vec<String>,
+    unasked: Vec<String>,
+    repaired: Vec<String>,
 }
 
 impl FsClient {
     /// Compares what every replica holds of `path`: the record (its file, kind, size,
     /// owner, mode, cut count and, for a small file, its bytes) and, for a file with
-    /// chunks, each chunk up to the largest size a replica's record gives (bytes past a
-    /// replica's chunk end count as zeros, as reads return a hole). The times are not
-    /// compared: each server stamps its own. Fails if no replica holds the path. The root
-    /// has no record, and agrees.
+    /// chunks, each chunk up to the largest size a replica's record gives. Past a chunk's
+    /// end a replica holds a hole, zeros, if its store is older than the file; one whose
+    /// store began after the file was made lost what it does not hold (reads do not
+    /// answer zeros for it), and that differs even from zeros. The times are not compared:
+    /// each server stamps its own. A server that did not answer a call lately is not
+    /// asked (it would cost a timeout per path). Fails if no replica holds the path. The
+    /// root has no record, and agrees.
     pub async fn check_replicas(&self, path: &str) -> Result<ReplicaCheck, ApiError> {
         self.check_or_repair(path, false).await
     }
 
-    /// [`FsClient::check_replicas`], and each chunk whose copies differ gets the copy of
-    /// the first replica (in ring order, as reads ask them) that kept its store since the
-    /// file was made, on every replica: a server back with an empty store holds the file's
-    /// chunks again, and replicas that two writes at once left apart agree. Records are the
-    /// replica repair's (the servers' sweep), not this. Not atomic with writes: a write to
-    /// the chunk between its read here and the copy is undone on the replicas copied to,
-    /// so repair between a job's phases.
+    /// [`FsClient::check_replicas`], and each chunk whose copies differ gets, on every
+    /// replica, the copy reads are served from: the first replica's in ring order of those
+    /// whose copy is the file's whole (see [`FsClient::check_replicas`]). So a server back
+    /// with an empty store holds the file's chunks again, holes included, and replicas
+    /// that two writes at once left apart agree. Records are the replica repair's (the
+    /// servers' sweep), not this. Not atomic with writes: a write to the chunk between its
+    /// read here and the copy is undone on the replicas copied to, so repair between a
+    /// job's phases.
     pub async fn repair_replicas(&self, path: &str) -> Result<ReplicaCheck, ApiError> {
         self.check_or_repair(path, true).await
     }
 
-    async fn check_or_repair(&self, path: &str, repair: bool) -> Result<ReplicaCheck, ApiError> {
-        let path = norm(path)?;
+    async fn check_or_repair(&self, given: &str, repair: bool) -> Result<ReplicaCheck, ApiError> {
+        let path = norm(given)?;
+        let servers = self.replica_set(PlacementKey::Metadata(&path));
         if path == "/" {
             // The root has no record: nothing of it is replicated.
             return Ok(ReplicaCheck {
                 path,
                 meta: self.root(),
-                replicas: self.replicas.min(self.servers.len()),
+                replicas: servers.len(),
                 chunks: 0,
                 differences: Vec::new(),
+                unasked: Vec::new(),
                 repaired: Vec::new(),
             });
         }
-        let servers = self.replica_set(PlacementKey::Metadata(&path));
-        let (held, mut differences, failure) = self.records_of(&path, &servers).await;
+        let mut found = ChunkFindings::default();
+        let (held, failure) = self.records_of(&path, &servers, &mut found).await;
         let Some((first, record)) = held.first() else {
             return Err(match failure {
                 Some(e) => rpc_err("verify", &path)(e),
                 None => fs_err("verify", &path, Status::NotFound),
             });
         };
+        if names_dir(given) && !record.meta.is_dir() {
+            return Err(fs_err("verify", &path, Status::NotDir));
+        }
         for (server, other) in &held[1..] {
             if let Some(what) = record_difference(record, other) {
-                differences.push(format!(
+                found.differences.push(format!(
                     "{} and {} differ in the record's {what}",
                     self.server_name(*first),
                     self.server_name(*server)
@@ -102,7 +136,8 @@ impl FsClient {
             meta,
             replicas: servers.len(),
             chunks: 0,
-            differences,
+            differences: found.differences,
+            unasked: found.unasked,
             repaired: Vec::new(),
         };
         if meta.kind == EntryKind::File && !meta.inline {
@@ -112,45 +147,36 @@ impl FsClient {
         Ok(check)
     }
 
-    /// The record each of `servers` holds at `path`: those that answered with one, a line
-    /// for each that did not, and why no replica held it (a replica that did not answer
-    /// may), if none did.
+    /// The record each of `servers` holds at `path`, of those that answered with one; a
+    /// line in `found` for each other, and why no replica held it (a replica that did not
+    /// answer may), if none did.
     async fn records_of(
         &self,
         path: &str,
         servers: &[ServerIndex],
-    ) -> (
-        Vec<(ServerIndex, ops::RecordReply)>,
-        Vec<String>,
-        Option<RpcError>,
-    ) {
+        found: &mut ChunkFindings,
+    ) -> (Vec<(ServerIndex, ops::RecordReply)>, Option<RpcError>) {
         let req = ops::PathRequest {
             path: path.to_string(),
         };
-        let records = self.ask_each::<ops::MetadataOpen>(servers, &req).await;
-        let mut differences = Vec::new();
         let mut held = Vec::new();
         let mut failure: Option<RpcError> = None;
-        for (&server, record) in servers.iter().zip(records) {
+        for (server, record) in self.ask_each::<ops::MetadataOpen>(servers, &req).await {
             match record {
-                Ok((reply, _)) => held.push((server, reply)),
-                Err(e) => {
-                    differences.push(match e.status() {
-                        Status::NotFound => {
-                            format!("{}: holds no record", self.server_name(server))
-                        }
-                        _ => e.to_string(),
-                    });
-                    if failure
-                        .as_ref()
-                        .is_none_or(|f| f.status() == Status::NotFound)
-                    {
-                        failure = Some(e);
-                    }
+                Some(Ok((reply, _))) => held.push((server, reply)),
+                Some(Err(e)) if e.status() == Status::NotFound => {
+                    let name = self.server_name(server);
+                    found.differences.push(format!("{name}: holds no record"));
+                    failure.get_or_insert(e);
                 }
+                Some(Err(e)) => {
+                    found.unasked.push(e.to_string());
+                    failure = Some(e);
+                }
+                None => found.unasked.push(self.not_asked(server)),
             }
         }
-        (held, differences, failure)
+        (held, failure)
     }
 
     /// Compares every chunk of `check.meta`'s file up to `size` across its replicas,
@@ -164,6 +190,7 @@ impl FsClient {
             .buffered(CHUNKS_IN_FLIGHT);
         while let Some(chunk) = found.next().await {
             check.differences.extend(chunk.differences);
+            check.unasked.extend(chunk.unasked);
             check.repaired.extend(chunk.repaired);
         }
         check.chunks = count;
@@ -183,42 +210,53 @@ impl FsClient {
         let start = index * chunk_size;
         let len = (size - start).min(chunk_size);
         let mut found = ChunkFindings::default();
-        let held = self.chunk_copies(&meta, index, len, &mut found).await;
+        let copies = self.chunk_copies(&meta, index, len, &mut found).await;
         // The copy the others are held against, and a repair copies: the first in ring
-        // order (as reads ask them) of those that kept their store since the file was made.
-        let kept = |&(server, _): &(ServerIndex, Vec<u8>)| !self.may_have_lost(server, &meta);
-        let Some(reference) = held
-            .iter()
-            .position(kept)
-            .or((!held.is_empty()).then_some(0))
-        else {
+        // order (as reads ask them) of those that are the file's whole.
+        let Some(reference) = copies.iter().find(|c| c.whole) else {
+            if !copies.is_empty() {
+                found.differences.push(format!(
+                    "chunk {index}: no replica holds the whole of it, and theirs began after \
+                     the file was made: its bytes are lost"
+                ));
+            }
             return found;
         };
-        let (source, bytes) = &held[reference];
-        let source_kept = kept(&held[reference]);
-        for (server, copy) in &held {
-            let Some(at) = bytes.iter().zip(copy).position(|(a, b)| a != b) else {
+        let source = self.server_name(reference.server);
+        for copy in &copies {
+            let name = self.server_name(copy.server);
+            let differ = if !copy.whole {
+                format!(
+                    "chunk {index}: {name} holds {} of its {len} bytes, and its store began \
+                     after the file was made",
+                    copy.held
+                )
+            } else if let Some(at) = reference
+                .bytes
+                .iter()
+                .zip(&copy.bytes)
+                .position(|(a, b)| a != b)
+            {
+                format!(
+                    "chunk {index}: {source} and {name} differ from byte {} of the file",
+                    start + at as u64
+                )
+            } else {
                 continue;
             };
-            let differ = format!(
-                "chunk {index}: {} and {} differ from byte {} of the file",
-                self.server_name(*source),
-                self.server_name(*server),
-                start + at as u64
-            );
-            if !repair || !source_kept {
+            if !repair {
                 found.differences.push(differ);
                 continue;
             }
             let write = chunk_write(&meta, index, (0, len), len, None);
-            let payload = OutPayload::Owned(bytes.clone());
+            let payload = OutPayload::Owned(reference.bytes.clone());
             match self
-                .call_on::<ops::WriteChunk>(*server, &write, payload)
+                .call_on::<ops::WriteChunk>(copy.server, &write, payload)
                 .await
             {
                 Ok(_) => found
                     .repaired
-                    .push(format!("{differ}: copied to {}", self.server_name(*server))),
+                    .push(format!("{differ}: copied from {source} to {name}")),
                 Err(e) => found
                     .differences
                     .push(format!("{differ}; the copy failed: {e}")),
@@ -227,15 +265,15 @@ impl FsClient {
         found
     }
 
-    /// Each replica's copy of the first `len` bytes of chunk `index` of `meta` (a hole
-    /// past its chunk's end as zeros); a line in `found` for each that could not be read.
+    /// Each replica's copy of the first `len` bytes of chunk `index` of `meta`; a line in
+    /// `found` for each that could not be read.
     async fn chunk_copies(
         &self,
         meta: &FileMetadata,
         index: u64,
         len: u64,
         found: &mut ChunkFindings,
-    ) -> Vec<(ServerIndex, Vec<u8>)> {
+    ) -> Vec<Copy> {
         let io = ops::ChunkIo {
             file_id: meta.file_id,
             index,
@@ -246,45 +284,58 @@ impl FsClient {
             file_id: meta.file_id,
             index,
         });
-        let copies = self.ask_each::<ops::ReadChunk>(&servers, &io).await;
-        let mut held = Vec::new();
-        for (&server, copy) in servers.iter().zip(copies) {
+        let mut copies = Vec::new();
+        for (server, copy) in self.ask_each::<ops::ReadChunk>(&servers, &io).await {
             match copy {
-                Ok((_, mut bytes)) => {
+                Some(Ok((_, mut bytes))) => {
+                    let held = bytes.len() as u64;
                     bytes.resize(len as usize, 0);
-                    held.push((server, bytes));
+                    copies.push(Copy {
+                        server,
+                        bytes,
+                        whole: !self.may_have_lost(server, meta) || held == len,
+                        held,
+                    });
                 }
-                Err(e) => found.differences.push(format!("chunk {index}: {e}")),
+                Some(Err(e)) => found.unasked.push(format!("chunk {index}: {e}")),
+                None => found
+                    .unasked
+                    .push(format!("chunk {index}: {}", self.not_asked(server))),
             }
         }
-        held
+        copies
     }
 
-    /// Asks each of `servers` `req` at once; their answers with payloads, in order.
+    /// Asks each of `servers` `req` at once; each one's answer with its payload, `None`
+    /// for a server that did not answer a call lately (not asked).
     async fn ask_each<R: Rpc>(
         &self,
         servers: &[ServerIndex],
         req: &R::Request,
-    ) -> Vec<Result<(R::Reply, Vec<u8>), RpcError>> {
-        join_all(
-            servers
-                .iter()
-                .map(|&s| self.call_on::<R>(s, req, OutPayload::none())),
+    ) -> Vec<(ServerIndex, Option<Result<(R::Reply, Vec<u8>), RpcError>>)> {
+        let now = Instant::now();
+        let answers = join_all(servers.iter().map(|&s| async move {
+            match self.servers[s as usize].is_suspect(now) {
+                true => None,
+                false => Some(self.call_on::<R>(s, req, OutPayload::none()).await),
+            }
+        }))
+        .await;
+        servers.iter().copied().zip(answers).collect()
+    }
+
+    /// A server left out for not answering lately, named with why.
+    fn not_asked(&self, server: ServerIndex) -> String {
+        format!(
+            "{} not asked: it did not answer a call lately",
+            self.server_name(server)
         )
-        .await
     }
 
     /// Server `server`'s name, as errors give it.
     fn server_name(&self, server: ServerIndex) -> String {
         self.servers[server as usize].name()
     }
-}
-
-/// How the replicas of one chunk differ, and what a repair copied.
-#[derive(Default)]
-struct ChunkFindings {
-    differences: Vec<String>,
-    repaired: Vec<String>,
 }
 
 /// The first part of the record (and inline bytes) in which `b` differs from `a`, if any.

@@ -9,6 +9,7 @@ use super::cluster::Target;
 use super::staged::StagedFile;
 use super::CliError;
 use benchfs::blocking::{ApiError, BenchFS, Fd, OpenFlags};
+use benchfs::client::fs::ReplicaCheck;
 use benchfs::proto::meta::EntryKind;
 
 /// Bytes moved per call by put, get and cat.
@@ -356,61 +357,108 @@ fn stat(fs: &BenchFS, path: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `benchfs verify`: one line for each path that agrees, one for each difference (and
-/// each chunk copied, with `--repair`), then the counts.
+/// What `benchfs verify` counted over the paths it checked.
+#[derive(Default)]
+struct VerifyCounts {
+    paths: u64,
+    chunks: u64,
+    differences: u64,
+    unasked: u64,
+    repaired: u64,
+}
+
+/// `benchfs verify`: one line for each path that agrees, one for each difference, replica
+/// not asked (and chunk copied, with `--repair`), then the counts. Below the path given,
+/// a path that cannot be checked or listed (removed meanwhile, a directory whose listing
+/// needs a server that does not answer) is a line too, and the rest is still checked.
 fn verify(fs: &BenchFS, path: &str, (recursive, repair): (bool, bool)) -> Result<(), CliError> {
+    let given = path;
     let mut pending = vec![path.to_string()];
-    let (mut paths, mut chunks, mut differences, mut repaired) = (0u64, 0u64, 0u64, 0u64);
+    let mut counts = VerifyCounts::default();
     while let Some(path) = pending.pop() {
-        let check = match repair {
-            true => fs.block_on(fs.client().repair_replicas(&path))?,
-            false => fs.block_on(fs.client().check_replicas(&path))?,
+        let checked = match repair {
+            true => fs.block_on(fs.client().repair_replicas(&path)),
+            false => fs.block_on(fs.client().check_replicas(&path)),
         };
-        paths += 1;
-        chunks += check.chunks;
-        differences += check.differences.len() as u64;
-        repaired += check.repaired.len() as u64;
-        let mut out = String::new();
-        for copied in &check.repaired {
-            out += &format!("{}: {copied}\n", shown(&check.path));
-        }
-        if check.agrees() && check.repaired.is_empty() {
-            let chunks = if check.chunks == 1 { "" } else { "s" };
-            let agree = match check.replicas {
-                1 => "replica: nothing to compare",
-                _ => "replicas agree",
-            };
-            out += &format!(
-                "{}: {} {agree} ({} chunk{chunks})\n",
-                shown(&check.path),
-                check.replicas,
-                check.chunks
-            );
-        }
-        for difference in &check.differences {
-            out += &format!("{}: {difference}\n", shown(&check.path));
-        }
-        super::print_out(&out)?;
+        let check = match checked {
+            Ok(check) => check,
+            Err(e) if path != given => {
+                counts.unasked += 1;
+                outln!("{}: {e}", shown(&path));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        print_check(&check, &mut counts)?;
         if recursive && check.meta.is_dir() {
-            let mut below: Vec<String> = fs
-                .readdir(&check.path)?
-                .into_iter()
-                .map(|e| benchfs::path::join(&check.path, &e.name))
-                .collect();
-            // Taken from the end: in name order.
-            below.sort_unstable_by(|a, b| b.cmp(a));
-            pending.extend(below);
+            match fs.readdir(&check.path) {
+                Ok(entries) => {
+                    let mut below: Vec<String> = entries
+                        .into_iter()
+                        .map(|e| benchfs::path::join(&check.path, &e.name))
+                        .collect();
+                    // Taken from the end: in name order.
+                    below.sort_unstable_by(|a, b| b.cmp(a));
+                    pending.extend(below);
+                }
+                Err(e) => {
+                    counts.unasked += 1;
+                    outln!("{}: not listed: {e}", shown(&check.path));
+                }
+            }
         }
     }
+    let VerifyCounts {
+        paths,
+        chunks,
+        differences,
+        unasked,
+        repaired,
+    } = counts;
     match repair {
         true => outln!(
-            "{paths} paths, {chunks} chunks, {repaired} repaired, {differences} differences left"
+            "{paths} paths, {chunks} chunks, {repaired} repaired, {differences} differences \
+             left, {unasked} not asked"
         ),
-        false => outln!("{paths} paths, {chunks} chunks, {differences} differences"),
+        false => {
+            outln!("{paths} paths, {chunks} chunks, {differences} differences, {unasked} not asked")
+        }
     }
-    if differences > 0 {
-        return Err(format!("verify {path}: replicas differ or could not be asked").into());
+    if differences + unasked > 0 {
+        return Err(format!("verify {given}: replicas differ or could not be asked").into());
     }
+    Ok(())
+}
+
+/// Prints what `verify` found of one path, and counts it.
+fn print_check(check: &ReplicaCheck, counts: &mut VerifyCounts) -> Result<(), CliError> {
+    counts.paths += 1;
+    counts.chunks += check.chunks;
+    counts.differences += check.differences.len() as u64;
+    counts.unasked += check.unasked.len() as u64;
+    counts.repaired += check.repaired.len() as u64;
+    let path = shown(&check.path);
+    let mut out = String::new();
+    if check.agrees() && check.repaired.is_empty() {
+        let chunks = if check.chunks == 1 { "" } else { "s" };
+        let agree = match check.replicas {
+            1 => "replica: nothing to compare",
+            _ => "replicas agree",
+        };
+        out += &format!(
+            "{path}: {} {agree} ({} chunk{chunks})\n",
+            check.replicas, check.chunks
+        );
+    }
+    for line in check
+        .differences
+        .iter()
+        .chain(&check.unasked)
+        .chain(&check.repaired)
+    {
+        out += &format!("{path}: {line}\n");
+    }
+    super::print_out(&out)?;
     Ok(())
 }
 
