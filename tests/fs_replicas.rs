@@ -725,13 +725,15 @@ fn verify_names_the_replicas_that_differ_and_where() {
     fs.mkdir("/v", 0o755).unwrap();
     write_file(&fs, "/v/data", &data);
     write_file(&fs, "/v/small", b"tiny");
+    fs.block_on(fs.client().symlink("data", "/v/link")).unwrap();
     let dir = cluster.dir.path().to_str().unwrap();
     let verify =
         |path: &str| common::cli::benchfs(&["verify", "--recursive", "--dir", dir, path], &[]);
     let out = verify("/").ok();
     assert!(
         out.contains("/v/data: 2 replicas agree (6 chunks)")
-            && out.ends_with("4 paths, 7 chunks, 0 differences, 0 not asked\n"),
+            && out.contains("/v/link: 2 replicas agree (1 chunk)")
+            && out.ends_with("5 paths, 8 chunks, 0 differences, 0 not asked\n"),
         "{out}"
     );
 
@@ -771,7 +773,7 @@ fn verify_names_the_replicas_that_differ_and_where() {
             Cluster::node_id(record_holders[1])
         )) && out.contains("holds no record")
             && out.contains("/v/data: chunk 2: ")
-            && out.ends_with("3 paths, 7 chunks, 2 differences, 0 not asked\n"),
+            && out.ends_with("4 paths, 8 chunks, 2 differences, 0 not asked\n"),
         "{out}"
     );
     assert!(run.failed().contains("verify /v: replicas differ"));

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use benchfs_proto::meta::{EntryKind, FileMetadata};
+use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self, Rpc};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::Status;
@@ -72,7 +72,7 @@ struct ChunkFindings {
 impl FsClient {
     /// Compares what every replica holds of `path`: the record (its file, kind, size,
     /// owner, mode, cut count and, for a small file, its bytes) and, for a file with
-    /// chunks, each chunk up to the largest size a replica's record gives. Past a chunk's
+    /// chunks or a symbolic link (its target), each chunk up to the largest size a replica's record gives. Past a chunk's
     /// end a replica holds a hole, zeros, if its store is older than the file; one whose
     /// store began after the file was made lost what it does not hold (reads do not
     /// answer zeros for it), and that differs even from zeros. The times are not compared:
@@ -140,7 +140,8 @@ impl FsClient {
             unasked: found.unasked,
             repaired: Vec::new(),
         };
-        if meta.kind == EntryKind::File && !meta.inline {
+        // A symbolic link's target is its chunk 0.
+        if !meta.is_dir() && !meta.inline {
             let size = held.iter().map(|(_, r)| r.meta.size).max().unwrap_or(0);
             self.check_chunks(&mut check, size, repair).await;
         }
