@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use benchfs_proto::layout::ChunkLayout;
 use benchfs_proto::meta::{EntryKind, FileMetadata, SizeUpdate};
 use benchfs_proto::placement::PlacementKey;
 use benchfs_proto::{ops, Status};
@@ -429,9 +430,9 @@ impl FsClient {
     /// When a replica then ends before a reach, another client cut the file since the
     /// writer looked (or a replica missed a cut), and the writes' last bytes tell the
     /// order: the largest reach whose last byte is still held is of a write (or part) that
-    /// landed after the cut and is the file's, which then grows to its end on every replica (the
-    /// cut range between reads as zeros, as a truncate leaves it); the writes whose bytes
-    /// were cut came before and went with it, as on a local file system.
+    /// landed after the cut and is the file's, which then grows to its end on every
+    /// replica (the cut range between reads as zeros, as a truncate leaves it); the writes
+    /// whose bytes were cut came before and went with it, as on a local file system.
     async fn publish_reaching(
         &self,
         path: &str,
@@ -643,7 +644,7 @@ pub struct WriteEnds {
     /// dropped (that write's bytes tell the order for both); at most
     /// [`WRITE_ENDS_MAX`], the latest taking the smallest's place.
     ends: Vec<u64>,
-    /// How far the writes reach into each chunk, by the chunk's first byte: a write over
+    /// How far into the file the writes reach in each chunk, by chunk index: a write over
     /// several chunks lands chunk by chunk, so a cut can come between its parts, and a
     /// part that landed after it is the file's though the write's last byte went with the
     /// cut (a write behind racing another client's truncate showed such a part's bytes
@@ -662,13 +663,14 @@ impl WriteEnds {
             self.ends.pop();
         }
         self.ends.push(end);
-        let chunk_size = chunk_size.max(1);
-        let mut chunk_start = offset - offset % chunk_size;
-        while chunk_start < end {
-            let part_end = end.min(chunk_start.saturating_add(chunk_size));
-            let reach = self.parts.entry(chunk_start).or_insert(0);
+        // The write went out through the same layout, so its range splits.
+        let Ok(spans) = ChunkLayout::new(chunk_size).spans(offset, end - offset) else {
+            return;
+        };
+        for span in spans {
+            let part_end = offset + span.buf_offset + span.len;
+            let reach = self.parts.entry(span.index).or_insert(0);
             *reach = (*reach).max(part_end);
-            chunk_start = chunk_start.saturating_add(chunk_size);
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use benchfs_proto::layout::ChunkLayout;
 use benchfs_proto::meta::FileMetadata;
 use benchfs_proto::ops::{self, Rpc};
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
@@ -60,10 +61,10 @@ struct Copy {
     held: u64,
 }
 
-/// How the replicas of one chunk differ, which could not be asked, and what a repair
-/// copied.
+/// How the replicas of a record or chunk differ, which could not be asked, and what a
+/// repair copied.
 #[derive(Default)]
-struct ChunkFindings {
+struct Findings {
     differences: Vec<String>,
     unasked: Vec<String>,
     repaired: Vec<String>,
@@ -72,10 +73,11 @@ struct ChunkFindings {
 impl FsClient {
     /// Compares what every replica holds of `path`: the record (its file, kind, size,
     /// owner, mode, cut count and, for a small file, its bytes) and, for a file with
-    /// chunks or a symbolic link (its target), each chunk up to the largest size a replica's record gives. Past a chunk's
-    /// end a replica holds a hole, zeros, if its store is older than the file; one whose
-    /// store began after the file was made lost what it does not hold (reads do not
-    /// answer zeros for it), and that differs even from zeros. The times are not compared:
+    /// chunks or a symbolic link (its target), each chunk up to the largest size a
+    /// replica's record gives. Past a chunk's end a replica holds a hole, zeros, if its
+    /// store is older than the file; one whose store began after the file was made lost
+    /// what it does not hold (reads do not answer zeros for it), and that differs even
+    /// from zeros. The times are not compared:
     /// each server stamps its own. A server that did not answer a call lately is not
     /// asked (it would cost a timeout per path). Fails if no replica holds the path. The
     /// root has no record, and agrees.
@@ -110,7 +112,7 @@ impl FsClient {
                 repaired: Vec::new(),
             });
         }
-        let mut found = ChunkFindings::default();
+        let mut found = Findings::default();
         let (held, failure) = self.records_of(&path, &servers, &mut found).await;
         let Some((first, record)) = held.first() else {
             return Err(match failure {
@@ -155,7 +157,7 @@ impl FsClient {
         &self,
         path: &str,
         servers: &[ServerIndex],
-        found: &mut ChunkFindings,
+        found: &mut Findings,
     ) -> (Vec<(ServerIndex, ops::RecordReply)>, Option<RpcError>) {
         let req = ops::PathRequest {
             path: path.to_string(),
@@ -183,9 +185,8 @@ impl FsClient {
     /// Compares every chunk of `check.meta`'s file up to `size` across its replicas,
     /// repairing those that differ if `repair`.
     async fn check_chunks(&self, check: &mut ReplicaCheck, size: u64, repair: bool) {
-        let chunk_size = check.meta.chunk_size.max(1);
-        let count = size.div_ceil(chunk_size);
         let meta = check.meta;
+        let count = ChunkLayout::new(meta.chunk_size).chunk_count(size);
         let mut found = stream::iter(0..count)
             .map(|index| self.check_chunk(meta, index, size, repair))
             .buffered(CHUNKS_IN_FLIGHT);
@@ -206,11 +207,11 @@ impl FsClient {
         index: u64,
         size: u64,
         repair: bool,
-    ) -> ChunkFindings {
-        let chunk_size = meta.chunk_size.max(1);
-        let start = index * chunk_size;
-        let len = (size - start).min(chunk_size);
-        let mut found = ChunkFindings::default();
+    ) -> Findings {
+        let layout = ChunkLayout::new(meta.chunk_size);
+        let start = index * layout.chunk_size();
+        let len = layout.chunk_len(size, index);
+        let mut found = Findings::default();
         let copies = self.chunk_copies(&meta, index, len, &mut found).await;
         // The copy the others are held against, and a repair copies: the first in ring
         // order (as reads ask them) of those that are the file's whole.
@@ -273,7 +274,7 @@ impl FsClient {
         meta: &FileMetadata,
         index: u64,
         len: u64,
-        found: &mut ChunkFindings,
+        found: &mut Findings,
     ) -> Vec<Copy> {
         let io = ops::ChunkIo {
             file_id: meta.file_id,
