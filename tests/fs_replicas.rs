@@ -889,3 +889,55 @@ fn assert_holds(cluster: &Cluster, server: usize, file_id: u64, chunks: &[u64], 
         }
     })
 }
+
+/// A server that stops answering (SIGSTOP) is not taken for one that agrees: verify names
+/// it as not asked, within the call timeout, and fails; once it answers again, its copies
+/// are compared and agree.
+#[test]
+fn verify_counts_a_stopped_server_as_not_asked() {
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    let data = pattern(3 * C + 7, 3);
+    write_file(&fs, "/s", &data);
+    let file_id = fs.stat("/s").unwrap().file_id;
+    drop(fs);
+    let stopped = cluster.replicas_of(PlacementKey::Chunk { file_id, index: 0 })[1];
+    let dir = cluster.dir.path().to_str().unwrap().to_string();
+    let verify = || common::cli::benchfs(&["verify", "--recursive", "--dir", &dir, "/"], &[]);
+
+    cluster.signal(stopped, "STOP");
+    let started = std::time::Instant::now();
+    let run = verify();
+    let took = started.elapsed();
+    cluster.signal(stopped, "CONT");
+    assert!(!run.success, "verify agreed without one of the replicas");
+    let name = Cluster::node_id(stopped);
+    let unasked: usize = run
+        .stdout
+        .lines()
+        .last()
+        .and_then(|summary| summary.strip_suffix(" not asked"))
+        .and_then(|rest| rest.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {}", run.stdout));
+    assert!(
+        unasked > 0 && run.stdout.contains(&name) && run.stdout.contains(", 0 differences, "),
+        "{}",
+        run.stdout
+    );
+    // Each stopped call waits out one timeout at most, and later ones are not sent.
+    assert!(
+        took < common::RPC_TIMEOUT * 6,
+        "verify took {took:?} over a stopped server"
+    );
+
+    let out = verify().ok();
+    assert!(
+        out.ends_with("2 paths, 4 chunks, 0 differences, 0 not asked\n"),
+        "{out}"
+    );
+}
