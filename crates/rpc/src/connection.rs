@@ -579,10 +579,11 @@ impl Connection {
     /// With busy polling on, the only call in flight of its client progresses the worker
     /// itself for a while, as a latency benchmark's loop does: a reply that comes meanwhile
     /// (a metadata reply takes about a microsecond over shared memory) ends the wait in that
-    /// poll, without the progress task's turn
-    /// and the wake of the caller's task. It does so at its second poll, which it asks for at
-    /// once: the first returns, so that calls started beside it (the other chunks of one
-    /// write, the lanes of a `join_all`) are sent first instead of after its reply.
+    /// poll, without the progress task's turn and the wake of the caller's task. It does so
+    /// at its second poll, which it asks for at once (a blocking caller's `block_on` makes
+    /// it before any task's turn): the first returns, so that calls started beside it (the
+    /// other chunks of one write, the lanes of a `join_all`) are sent first instead of
+    /// after its reply.
     async fn wait_reply(&self, id: u64) -> Result<AmMessage, RpcError> {
         let client = &self.client;
         let may_spin = !client.options.busy_poll.is_zero();
