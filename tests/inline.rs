@@ -731,3 +731,58 @@ fn a_write_waits_for_a_move_under_way() {
     assert_eq!(read_file(&fs, "/s"), b"Sealed");
     assert_eq!(write_raw(file_id + 1).unwrap_err().status(), Status::Stale);
 }
+
+/// An O_CREAT open of a small file that exists makes its deferred create at the first call
+/// that needs the file, and finds the file there: that create must not copy the owner's
+/// record over the other replicas, whose records may have taken another client's change
+/// first (found by a hostile-user run: two mounts appending to one file left its replicas'
+/// sizes 100 bytes apart, and the replica repair then grew the file by 100 zeros).
+#[test]
+fn a_deferred_create_that_finds_the_file_leaves_the_other_replicas_records() {
+    let cluster = Cluster::start(spec(2, "memory"));
+    let fs = cluster.client();
+    let fd = fs
+        .open("/shared", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap();
+    fs.close(fd).unwrap();
+    // Another client's write into the record reached the second replica and not yet the
+    // owner.
+    let owner_then = common::rpc::records(&cluster, "/shared");
+    let file_id = owner_then[0].unwrap().file_id;
+    let second = cluster.replicas_of(PlacementKey::Metadata("/shared"))[1];
+    let write = ops::WriteInlineRequest {
+        path: "/shared".into(),
+        file_id,
+        offset: 0,
+        data: b"later".to_vec(),
+    };
+    common::rpc::call_one::<ops::MetadataWriteInline>(cluster.addr(second), &write).unwrap();
+
+    // A seek to the end needs the file (as an append does): the create is made then.
+    let other = cluster.client();
+    let fd = other
+        .open("/shared", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap();
+    assert_eq!(other.seek(fd, 0, Whence::End).unwrap(), 0);
+    other.close(fd).unwrap();
+    let records = common::rpc::records(&cluster, "/shared");
+    assert_eq!(records[0].unwrap().size, 0, "the owner's record");
+    assert_eq!(
+        records[1].unwrap().size,
+        5,
+        "the second replica's record lost the write that reached it first"
+    );
+
+    // The bytes of such a create go to every replica, into the record each holds.
+    let fd = other
+        .open("/shared", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+        .unwrap();
+    assert_eq!(other.write(fd, b"ab").unwrap(), 2);
+    other.close(fd).unwrap();
+    let records = common::rpc::records(&cluster, "/shared");
+    assert_eq!(
+        (records[0].unwrap().size, records[1].unwrap().size),
+        (2, 5),
+        "each replica took the write into its own record"
+    );
+}

@@ -348,9 +348,14 @@ impl FsClient {
             }
             Err(e) => return Err(rpc_err("create", &path)(e)),
         };
+        // A file that was there took the bytes at its start (`written`) on the owner.
+        let (data, written) = match reply.created {
+            true => (req.data, Vec::new()),
+            false => (reply.data, req.data),
+        };
         let record = Record {
             meta: reply.meta,
-            data: if reply.created { req.data } else { reply.data },
+            data,
         };
         let parent = match parent {
             Ok(parent) => parent,
@@ -361,10 +366,10 @@ impl FsClient {
                 return Err(e);
             }
         };
-        match self
-            .copy_to_replicas(&path, &record, &servers, reply.created)
-            .await
-        {
+        let replicated = self
+            .replicate_create(&path, &servers, &record, reply.created, written)
+            .await;
+        match replicated {
             Ok(()) if reply.created => {
                 let meta = record.meta;
                 self.opened_as(fd, record)?;
@@ -388,16 +393,39 @@ impl FsClient {
         }
     }
 
-    /// Copies the record the owner (`servers[0]`) holds now to the other replicas: a new
-    /// one only where the path has none (`Exists` otherwise: a replica kept a file the
-    /// owner lost). If one does not take it, a record this create made is removed again
-    /// from the replicas that took it.
+    /// Brings the replicas but the owner along with a deferred create: a record the owner
+    /// made is copied to them; bytes it wrote into a file that was there (`written`) are
+    /// written into the record each holds.
+    async fn replicate_create(
+        &self,
+        path: &str,
+        servers: &[ServerIndex],
+        record: &Record,
+        created: bool,
+        written: Vec<u8>,
+    ) -> Result<(), RpcError> {
+        match created {
+            true => self.copy_to_replicas(path, record, servers).await,
+            false => {
+                let file_id = record.meta.file_id;
+                self.write_other_replicas(path, file_id, written, servers)
+                    .await
+            }
+        }
+    }
+
+    /// Copies the record the owner (`servers[0]`) just made to the other replicas, where
+    /// the path has none (`Exists` otherwise: a replica kept a file the owner lost). If one
+    /// does not take it, the record is removed again from the replicas that took it.
+    ///
+    /// Only a record this create made is copied: one that was there may be changing on
+    /// every replica meanwhile (another client's appends), and a copy of the owner's
+    /// would overwrite those that reached the others first, parting the replicas.
     async fn copy_to_replicas(
         &self,
         path: &str,
         record: &Record,
         servers: &[ServerIndex],
-        created: bool,
     ) -> Result<(), RpcError> {
         if servers.len() < 2 {
             return Ok(());
@@ -405,7 +433,7 @@ impl FsClient {
         let insert = ops::InsertRequest {
             path: path.to_string(),
             meta: record.meta,
-            exclusive: created,
+            exclusive: true,
             settled_only: false,
             newer_only: false,
             data: record.data.clone(),
@@ -421,14 +449,44 @@ impl FsClient {
         let Some(e) = failed else {
             return Ok(());
         };
-        if created {
-            tracing::warn!(error = %e, path, "a replica did not take the new record; removing it");
-            holders.push(servers[0]);
-            self.undo_put(path, None, &holders).await;
-        } else {
-            tracing::error!(error = %e, path, "a replica did not take the bytes written: the replicas of this record differ");
-        }
+        tracing::warn!(error = %e, path, "a replica did not take the new record; removing it");
+        holders.push(servers[0]);
+        self.undo_put(path, None, &holders).await;
         Err(e)
+    }
+
+    /// Writes `data` at the start of inline file `file_id` at `path` on the replicas but the
+    /// owner (`servers[0]`), which took it in a create that found the file: each takes the
+    /// write into the record it holds.
+    async fn write_other_replicas(
+        &self,
+        path: &str,
+        file_id: u64,
+        data: Vec<u8>,
+        servers: &[ServerIndex],
+    ) -> Result<(), RpcError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let write = ops::WriteInlineRequest {
+            path: path.to_string(),
+            file_id,
+            offset: 0,
+            data,
+        };
+        let writes = futures_util::future::join_all(
+            servers[1..]
+                .iter()
+                .map(|&s| self.call_on::<ops::MetadataWriteInline>(s, &write, OutPayload::none())),
+        )
+        .await;
+        match writes.into_iter().find_map(Result::err) {
+            None => Ok(()),
+            Some(e) => {
+                tracing::error!(error = %e, path, "a replica did not take the bytes written: the replicas of this record differ");
+                Err(e)
+            }
+        }
     }
 
     /// The request of a deferred create at `path`, with the bytes `d` kept.
