@@ -8,6 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use benchfs::placement::PlacementKey;
 use common::cli::{benchfs, run_benchfs, snapshot, ClusterDir};
 use common::disk::SmallDisk;
 use common::files::{read_file, stats, write_file, write_in_place, IN_PLACE};
@@ -1484,6 +1485,53 @@ fn ls_prints_one_line_per_entry_whatever_its_name() {
         stat.starts_with("/to-plain: symbolic link to /plain, size 6,"),
         "{stat}"
     );
+}
+
+/// A link whose target a server lost is listed still, and named after the listing: `ls`
+/// lists the rest of its directory and fails (found by a hostile-user run: it printed
+/// nothing).
+#[test]
+fn ls_lists_a_directory_with_a_link_whose_target_is_lost() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 2,
+        ..Default::default()
+    });
+    let fs = cluster.client();
+    // A link whose record and target (its chunk 0) lie on different servers.
+    let (link, holder) = (0..64)
+        .find_map(|i| {
+            let link = format!("/l{i}");
+            fs.block_on(fs.client().symlink("plain", &link)).unwrap();
+            let file_id = fs.stat(&link).unwrap().file_id;
+            let record = cluster.replicas_of(PlacementKey::Metadata(&link))[0];
+            let chunk = cluster.replicas_of(PlacementKey::Chunk { file_id, index: 0 })[0];
+            (record != chunk).then_some((link, chunk))
+        })
+        .expect("a link with its record and target apart");
+    // A file whose record the server that loses the target does not hold.
+    let plain = (0..64)
+        .map(|i| format!("/plain{i}"))
+        .find(|p| cluster.replicas_of(PlacementKey::Metadata(p))[0] != holder)
+        .unwrap();
+    write_file(&fs, &plain, b"data");
+    drop(fs);
+    cluster.kill(holder);
+    cluster.restart(holder);
+    let run = on(&cluster, &["ls", "/"]);
+    assert!(!run.success, "ls succeeded over a lost link target");
+    let name = &link[1..];
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("- ") && l.ends_with(&format!(" {}", &plain[1..])))
+            && run
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("l ") && l.ends_with(&format!(" {name} -> ?"))),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains(&link), "{}", run.stderr);
 }
 
 #[test]

@@ -929,6 +929,14 @@ fn verify_counts_a_stopped_server_as_not_asked() {
         "{}",
         run.stdout
     );
+    // The root has no record, but its entries lie on every server: its check asks them.
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("/: ") && l.contains(&name)),
+        "{}",
+        run.stdout
+    );
     // Each stopped call waits out one timeout at most, and later ones are not sent.
     assert!(
         took < common::RPC_TIMEOUT * 6,
@@ -937,7 +945,65 @@ fn verify_counts_a_stopped_server_as_not_asked() {
 
     let out = verify().ok();
     assert!(
-        out.ends_with("2 paths, 4 chunks, 0 differences, 0 not asked\n"),
+        out.starts_with("/: the root, no record: every server answers\n")
+            && out.ends_with("2 paths, 4 chunks, 0 differences, 0 not asked\n"),
         "{out}"
     );
+}
+
+/// A repair keeps a sparse file's holes: a chunk whose reference copy holds none of it gets
+/// one zero byte at its end on the server back empty, not a chunk of zeros, and that server
+/// then answers the hole as zeros by itself.
+#[test]
+fn verify_repair_keeps_a_sparse_files_holes_sparse() {
+    const CHUNKS: u64 = 12;
+    let mut cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        ..ClusterSpec::default()
+    });
+    let fs = cluster.client();
+    let size = CHUNKS * C as u64;
+    let fd = fs.create("/sparse", 0o644).unwrap();
+    assert_eq!(fs.pwrite(fd, b"end", size - 3).unwrap(), 3);
+    fs.close(fd).unwrap();
+    let file_id = fs.stat("/sparse").unwrap().file_id;
+    drop(fs);
+    let record = cluster.replicas_of(PlacementKey::Metadata("/sparse"));
+    let lost = (0..3).find(|i| !record.contains(i)).unwrap();
+    let holes: Vec<u64> = (0..CHUNKS - 1)
+        .filter(|&index| {
+            cluster
+                .replicas_of(PlacementKey::Chunk { file_id, index })
+                .contains(&lost)
+        })
+        .collect();
+    assert!(!holes.is_empty(), "node{lost} holds no hole of /sparse");
+    cluster.kill(lost);
+    cluster.restart(lost);
+
+    let dir = cluster.dir.path().to_str().unwrap().to_string();
+    let out = common::cli::benchfs(&["verify", "--repair", "--dir", &dir, "/sparse"], &[]).ok();
+    assert!(out.contains(" 0 differences left, 0 not asked\n"), "{out}");
+    let fs = cluster.client();
+    let written: u64 = fs
+        .block_on(fs.client().server_stats())
+        .into_iter()
+        .filter(|(entry, _)| entry.node_id == Cluster::node_id(lost))
+        .filter_map(|(_, stats)| {
+            stats
+                .unwrap()
+                .op(benchfs_proto::OpCode::WriteChunk)
+                .map(|s| s.bytes_in)
+        })
+        .sum();
+    // A byte per hole, and the last chunk whole if the server holds it.
+    assert!(
+        written <= holes.len() as u64 + C as u64,
+        "the repair wrote {written} bytes to node{lost} for {} holes",
+        holes.len()
+    );
+    assert_holds(&cluster, lost, file_id, &holes, &vec![0; size as usize]);
+    let out = common::cli::benchfs(&["verify", "--dir", &dir, "/sparse"], &[]).ok();
+    assert!(out.ends_with(", 0 differences, 0 not asked\n"), "{out}");
 }

@@ -29,7 +29,8 @@ pub struct ReplicaCheck {
     pub path: String,
     /// The record, as its first replica that holds it has it.
     pub meta: FileMetadata,
-    /// Copies each record and chunk has (the cluster's replication, or fewer servers).
+    /// Copies each record and chunk has (the cluster's replication, or fewer servers); 0
+    /// for the root, which has no record.
     pub replicas: usize,
     /// Chunks compared.
     pub chunks: u64,
@@ -80,7 +81,7 @@ impl FsClient {
     /// from zeros. The times are not compared:
     /// each server stamps its own. A server that did not answer a call lately is not
     /// asked (it would cost a timeout per path). Fails if no replica holds the path. The
-    /// root has no record, and agrees.
+    /// root has no record (`replicas` 0): its check asks every server whether it answers.
     pub async fn check_replicas(&self, path: &str) -> Result<ReplicaCheck, ApiError> {
         self.check_or_repair(path, false).await
     }
@@ -101,14 +102,24 @@ impl FsClient {
         let path = norm(given)?;
         let servers = self.replica_set(PlacementKey::Metadata(&path));
         if path == "/" {
-            // The root has no record: nothing of it is replicated.
+            // The root has no record: nothing of it is replicated. Its entries lie on
+            // every server, so every server is asked whether it answers.
+            let everyone: Vec<ServerIndex> = (0..self.servers.len() as ServerIndex).collect();
+            let mut unasked = Vec::new();
+            for (server, answer) in self.ask_each::<ops::Ping>(&everyone, &ops::Empty).await {
+                match answer {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => unasked.push(e.to_string()),
+                    None => unasked.push(self.not_asked(server)),
+                }
+            }
             return Ok(ReplicaCheck {
                 path,
                 meta: self.root(),
-                replicas: servers.len(),
+                replicas: 0,
                 chunks: 0,
                 differences: Vec::new(),
-                unasked: Vec::new(),
+                unasked,
                 repaired: Vec::new(),
             });
         }
@@ -250,13 +261,8 @@ impl FsClient {
                 found.differences.push(differ);
                 continue;
             }
-            let write = chunk_write(&meta, index, (0, len), len, None);
-            let payload = OutPayload::Owned(reference.bytes.clone());
-            match self
-                .call_on::<ops::WriteChunk>(copy.server, &write, payload)
-                .await
-            {
-                Ok(_) => found
+            match self.copy_chunk(&meta, index, reference, copy).await {
+                Ok(()) => found
                     .repaired
                     .push(format!("{differ}: copied from {source} to {name}")),
                 Err(e) => found
@@ -265,6 +271,42 @@ impl FsClient {
             }
         }
         found
+    }
+
+    /// Writes `reference`'s bytes of chunk `index` over `copy`'s. Past what the reference
+    /// holds its chunk is a hole: a copy that holds only zeros there gets the bytes the
+    /// reference holds and one zero byte at the end, which makes its chunk the file's
+    /// whole without filling the hole (a sparse file's hole costs a page per chunk, not a
+    /// chunk of zeros).
+    async fn copy_chunk(
+        &self,
+        meta: &FileMetadata,
+        index: u64,
+        reference: &Copy,
+        copy: &Copy,
+    ) -> Result<(), RpcError> {
+        let len = reference.bytes.len() as u64;
+        let held = reference.held.min(len);
+        let hole_left = held < len && copy.bytes[held as usize..].iter().all(|&b| b == 0);
+        if !hole_left {
+            let write = chunk_write(meta, index, (0, len), len, None);
+            let payload = OutPayload::Owned(reference.bytes.clone());
+            return self
+                .call_on::<ops::WriteChunk>(copy.server, &write, payload)
+                .await
+                .map(drop);
+        }
+        if held > 0 {
+            let write = chunk_write(meta, index, (0, held), held, None);
+            let payload = OutPayload::Owned(reference.bytes[..held as usize].to_vec());
+            self.call_on::<ops::WriteChunk>(copy.server, &write, payload)
+                .await?;
+        }
+        // The file held no bytes past `held` here: the gap left is the hole.
+        let end = chunk_write(meta, index, (len - 1, 1), held, None);
+        self.call_on::<ops::WriteChunk>(copy.server, &end, OutPayload::Owned(vec![0]))
+            .await
+            .map(drop)
     }
 
     /// Each replica's copy of the first `len` bytes of chunk `index` of `meta`; a line in

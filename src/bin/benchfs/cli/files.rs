@@ -299,36 +299,41 @@ fn shown(name: &str) -> std::borrow::Cow<'_, str> {
 /// a directory.
 fn ls(fs: &BenchFS, path: &str) -> Result<(), CliError> {
     let mut out = String::new();
+    // A link whose target cannot be read is listed still, as `ls -l` lists it, and named
+    // after the listing: one lost link does not hide its directory.
+    let mut unreadable = Vec::new();
     // As `ls -l` shows them: the kind first, and where a link points after its name.
-    let line = |meta: &benchfs::api::FileMetadata, name: &str, full: &str| {
+    let mut line = |meta: &benchfs::api::FileMetadata, name: &str, full: &str| {
         let (kind, target) = match meta.kind {
             EntryKind::Directory => ('d', String::new()),
-            EntryKind::Symlink => {
-                let target = fs.block_on(fs.client().readlink(full))?;
-                ('l', format!(" -> {}", shown(&target)))
-            }
+            EntryKind::Symlink => match fs.block_on(fs.client().readlink(full)) {
+                Ok(target) => ('l', format!(" -> {}", shown(&target))),
+                Err(e) => {
+                    unreadable.push(e.to_string());
+                    ('l', " -> ?".to_string())
+                }
+            },
             EntryKind::File => ('-', String::new()),
         };
-        Ok::<_, CliError>(format!(
-            "{kind} {:>12} {}{target}\n",
-            meta.size,
-            shown(name)
-        ))
+        format!("{kind} {:>12} {}{target}\n", meta.size, shown(name))
     };
     match fs.readdir(path) {
         Ok(entries) => {
             let dir = benchfs::path::normalize(path).map_err(|e| format!("ls {path}: {e}"))?;
             for e in entries {
-                out += &line(&e.meta, &e.name, &benchfs::path::join(&dir, &e.name))?;
+                out += &line(&e.meta, &e.name, &benchfs::path::join(&dir, &e.name));
             }
         }
         // A file lists as itself, as `ls` lists it.
         Err(e) if e.status() == Some(benchfs::proto::Status::NotDir) => {
-            out += &line(&fs.stat(path)?, path, path)?;
+            out += &line(&fs.stat(path)?, path, path);
         }
         Err(e) => return Err(e.into()),
     }
     super::print_out(&out)?;
+    if !unreadable.is_empty() {
+        return Err(unreadable.join("\n").into());
+    }
     Ok(())
 }
 
@@ -441,14 +446,17 @@ fn print_check(check: &ReplicaCheck, counts: &mut VerifyCounts) -> Result<(), Cl
     let mut out = String::new();
     if check.agrees() && check.repaired.is_empty() {
         let chunks = if check.chunks == 1 { "" } else { "s" };
-        let agree = match check.replicas {
-            1 => "replica: nothing to compare",
-            _ => "replicas agree",
+        out += &match check.replicas {
+            0 => format!("{path}: the root, no record: every server answers\n"),
+            1 => format!(
+                "{path}: 1 replica: nothing to compare ({} chunk{chunks})\n",
+                check.chunks
+            ),
+            n => format!(
+                "{path}: {n} replicas agree ({} chunk{chunks})\n",
+                check.chunks
+            ),
         };
-        out += &format!(
-            "{path}: {} {agree} ({} chunk{chunks})\n",
-            check.replicas, check.chunks
-        );
     }
     for line in check
         .differences
