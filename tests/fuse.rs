@@ -1004,6 +1004,36 @@ fn appends_through_two_kernel_cache_mounts_at_once_keep_each_record_whole() {
 }
 
 #[test]
+fn appends_from_two_mounts_at_once_leave_the_replicas_records_alike() {
+    // Found by a hostile-user run: with two replicas, appends from two mounts at once left
+    // the second replica's record 100 bytes longer, 5 times in 5 on fresh mounts (each
+    // mount counted its appends as a size to publish, so its next claim asked for a floor
+    // that a replica behind the other mount's claim placed differently).
+    let spec = ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        ..ClusterSpec::default()
+    };
+    let Some(mut m) = Mounted::start("fuse appends with replicas", spec, "") else {
+        return;
+    };
+    let (root2, second) = second_mount(&m, "");
+    File::create(m.root.join("f")).unwrap();
+    let records = |mount: usize| (0..300).map(move |i| format!("{mount}:{i:04}:{:>92}\n", ""));
+    append_at_once_through_both(&m, &root2, second, records, 0);
+    let sizes: Vec<Option<u64>> = common::rpc::records(&m.cluster, "/f")
+        .into_iter()
+        .map(|r| r.map(|meta| meta.size))
+        .collect();
+    assert_eq!(
+        sizes,
+        [Some(60_000), Some(60_000)],
+        "the replicas' records of /f"
+    );
+    m.unmount();
+}
+
+#[test]
 fn appends_from_two_mounts_all_land_one_after_another_and_at_once() {
     // Regression (found by a hostile-user run): the kernel puts an appending write at the
     // size it cached, so `echo one >> m1/f; echo two >> m2/f; echo three >> m1/f` left

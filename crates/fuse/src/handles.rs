@@ -110,13 +110,20 @@ impl Handles {
 
     /// A write through `fh` of `offset..end`; an append's claim put it before any cut its
     /// publish finds, so it adds no write end.
+    ///
+    /// An append leaves the handle's size to publish as it was: its claim grew the record on
+    /// every replica already. Counted there, it raised the floor of the mount's next
+    /// append above what a replica that had not yet seen another mount's claim held, and
+    /// the replicas, taking the two claims in another order, placed that append 100 bytes
+    /// apart (found by a hostile-user run; the replica repair then grew the file by zeros).
     pub(crate) fn wrote(&self, fh: u64, (offset, end): (u64, u64), appended: bool) {
         if let Some(h) = self.lock().get_mut(&fh) {
             h.seen = h.seen.max(end);
             h.writes += 1;
-            if !appended {
-                h.write_ends.note(offset, end, h.meta.chunk_size);
+            if appended {
+                return;
             }
+            h.write_ends.note(offset, end, h.meta.chunk_size);
             if end > h.size {
                 h.size = end;
                 h.dirty = true;
