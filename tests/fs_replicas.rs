@@ -739,6 +739,11 @@ fn verify_names_the_replicas_that_differ_and_where() {
 
     let slashed = common::cli::benchfs(&["verify", "--dir", dir, "/v/data/"], &[]);
     assert!(slashed.failed().contains("verify /v/data: not a directory"));
+    let below = common::cli::benchfs(&["verify", "--dir", dir, "/v/data/x"], &[]).failed();
+    assert!(
+        below.contains("verify /v/data/x: not a directory"),
+        "{below}"
+    );
 
     let file_id = fs.stat("/v/data").unwrap().file_id;
     let holders = cluster.replicas_of(PlacementKey::Chunk { file_id, index: 2 });

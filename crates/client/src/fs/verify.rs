@@ -127,6 +127,10 @@ impl FsClient {
         let (held, failure) = self.records_of(&path, &servers, &mut found).await;
         let Some((first, record)) = held.first() else {
             return Err(match failure {
+                // "/file/x" is not a directory's entry, as stat says.
+                Some(e) if e.status() == Status::NotFound => {
+                    self.why_not_found("verify", &path, e).await
+                }
                 Some(e) => rpc_err("verify", &path)(e),
                 None => fs_err("verify", &path, Status::NotFound),
             });
