@@ -989,3 +989,42 @@ fn a_directory_that_an_rmdir_found_not_empty_still_takes_creates() {
     assert_eq!(read_file(&fs, "/full/sub/c"), b"c");
     assert_eq!(fs.readdir("/full").unwrap().len(), 3);
 }
+
+#[test]
+fn a_directory_rename_that_a_stopped_server_fails_fails_within_a_few_timeouts() {
+    // Found by a hostile-user run: with one server stopped (SIGSTOP), renaming a directory
+    // of 300 entries failed after 140 s, its undo waiting out a timeout per entry already
+    // moved. A server that did not answer lately is not asked to undo.
+    let cluster = Cluster::start(ClusterSpec {
+        servers: 3,
+        replicas: 2,
+        ..ClusterSpec::short_timeout()
+    });
+    let fs = cluster.client();
+    fs.mkdir("/a", 0o755).unwrap();
+    let names: Vec<String> = (0..400).map(|i| format!("f{i:03}")).collect();
+    for name in &names {
+        write_file(&fs, &format!("/a/{name}"), name.as_bytes());
+    }
+    // The server stops once the rename has moved some entries.
+    let started = std::time::Instant::now();
+    let renamed = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(3));
+            cluster.signal(2, "STOP");
+        });
+        fs.rename("/a", "/b")
+    });
+    let took = started.elapsed();
+    cluster.signal(2, "CONT");
+    assert!(renamed.is_err(), "a rename with a server stopped succeeded");
+    assert!(
+        took < common::RPC_TIMEOUT * 8,
+        "the failed rename took {took:?}"
+    );
+    let fs = cluster.client();
+    assert_eq!(names_in(&fs, "/a"), names);
+    for name in &names {
+        assert_eq!(read_file(&fs, &format!("/a/{name}")), name.as_bytes());
+    }
+}

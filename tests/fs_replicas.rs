@@ -737,13 +737,7 @@ fn verify_names_the_replicas_that_differ_and_where() {
         "{out}"
     );
 
-    let slashed = common::cli::benchfs(&["verify", "--dir", dir, "/v/data/"], &[]);
-    assert!(slashed.failed().contains("verify /v/data: not a directory"));
-    let below = common::cli::benchfs(&["verify", "--dir", dir, "/v/data/x"], &[]).failed();
-    assert!(
-        below.contains("verify /v/data/x: not a directory"),
-        "{below}"
-    );
+    assert_verify_says_not_a_directory(dir);
 
     let file_id = fs.stat("/v/data").unwrap().file_id;
     let holders = cluster.replicas_of(PlacementKey::Chunk { file_id, index: 2 });
@@ -881,6 +875,15 @@ fn verify_repair_gives_a_server_back_empty_its_chunks() {
         "{out}"
     );
     assert_holds(&cluster, next, file_id, &holders(next), &data);
+}
+
+/// `verify` of a path through the file `/v/data` says it is not a directory, as `stat` does.
+fn assert_verify_says_not_a_directory(dir: &str) {
+    for (path, named) in [("/v/data/", "/v/data"), ("/v/data/x", "/v/data/x")] {
+        let out = common::cli::benchfs(&["verify", "--dir", dir, path], &[]).failed();
+        let want = format!("verify {named}: not a directory");
+        assert!(out.contains(&want), "{path}: {out}");
+    }
 }
 
 /// Server `server` holds chunks `chunks` of file `file_id`, whose bytes are `data`, whole.
