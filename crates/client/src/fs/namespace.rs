@@ -245,43 +245,39 @@ impl FsClient {
         previous: Option<&Record>,
         servers: &[ServerIndex],
     ) {
-        let now = std::time::Instant::now();
-        let undos = servers.iter().map(|&s| async move {
-            if self.servers[s as usize].is_suspect(now) {
-                let server = self.servers[s as usize].name();
-                tracing::error!(server, path, "undo not sent to a server that did not answer lately: the replicas of this record differ");
-                return;
+        let answers = match previous {
+            Some(record) => {
+                let req = ops::InsertRequest {
+                    path: path.to_string(),
+                    meta: record.meta,
+                    exclusive: false,
+                    settled_only: false,
+                    newer_only: false,
+                    data: record.data.clone(),
+                };
+                answered(self.ask_each::<ops::MetadataInsert>(servers, &req).await)
             }
-            let result = match previous {
-                Some(record) => {
-                    let req = ops::InsertRequest {
-                        path: path.to_string(),
-                        meta: record.meta,
-                        exclusive: false,
-                        settled_only: false,
-                        newer_only: false,
-                        data: record.data.clone(),
-                    };
-                    self.call_on::<ops::MetadataInsert>(s, &req, OutPayload::none())
-                        .await
-                        .map(drop)
+            None => {
+                let req = ops::DeleteRequest {
+                    path: path.to_string(),
+                    expect: None,
+                    moved: true,
+                };
+                answered(self.ask_each::<ops::MetadataDelete>(servers, &req).await)
+            }
+        };
+        for (server, answer) in answers {
+            match answer {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, path, "undo failed: the replicas of this record differ");
                 }
                 None => {
-                    let req = ops::DeleteRequest {
-                        path: path.to_string(),
-                        expect: None,
-                        moved: true,
-                    };
-                    self.call_on::<ops::MetadataDelete>(s, &req, OutPayload::none())
-                        .await
-                        .map(drop)
+                    let server = self.servers[server as usize].name();
+                    tracing::error!(server, path, "undo not sent to a server that did not answer lately: the replicas of this record differ");
                 }
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, path, "undo failed: the replicas of this record differ");
             }
-        });
-        join_all(undos).await;
+        }
         self.forget(path);
     }
 
@@ -1125,4 +1121,14 @@ fn inherited_group(parent: &FileMetadata, meta: &FileMetadata) -> Option<(u32, u
 /// How an error about both of a rename's paths names them.
 fn both(from: &str, to: &str) -> String {
     format!("{from} -> {to}")
+}
+
+/// [`FsClient::ask_each`]'s answers with their replies dropped.
+fn answered<T>(
+    answers: Vec<(ServerIndex, Option<Result<T, RpcError>>)>,
+) -> Vec<(ServerIndex, Option<Result<(), RpcError>>)> {
+    answers
+        .into_iter()
+        .map(|(server, answer)| (server, answer.map(|reply| reply.map(drop))))
+        .collect()
 }

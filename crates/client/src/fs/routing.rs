@@ -461,6 +461,24 @@ impl FsClient {
             .map(|r| (r.reply, r.payload))
     }
 
+    /// Asks each of `servers` `req` at once; each one's answer with its payload, `None`
+    /// for a server that did not answer a call lately (not asked).
+    pub(super) async fn ask_each<R: Rpc>(
+        &self,
+        servers: &[ServerIndex],
+        req: &R::Request,
+    ) -> Vec<(ServerIndex, Option<Result<(R::Reply, Vec<u8>), RpcError>>)> {
+        let now = Instant::now();
+        let answers = join_all(servers.iter().map(|&s| async move {
+            match self.servers[s as usize].is_suspect(now) {
+                true => None,
+                false => Some(self.call_on::<R>(s, req, OutPayload::none()).await),
+            }
+        }))
+        .await;
+        servers.iter().copied().zip(answers).collect()
+    }
+
     /// [`FsClient::call_on`], receiving the reply's payload into `sink` when it fits.
     pub(super) async fn call_on_into<R: Rpc>(
         &self,

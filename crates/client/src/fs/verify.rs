@@ -4,14 +4,11 @@
 //! store that holds none of its chunks until they are written again); a job that
 //! measures replication, or trusts it with its only copy, asks here whether they did.
 
-use std::time::Instant;
-
 use benchfs_proto::layout::ChunkLayout;
 use benchfs_proto::meta::FileMetadata;
-use benchfs_proto::ops::{self, Rpc};
+use benchfs_proto::ops;
 use benchfs_proto::placement::{PlacementKey, ServerIndex};
 use benchfs_proto::Status;
-use futures_util::future::join_all;
 use futures_util::{stream, StreamExt};
 
 use super::data::chunk_write;
@@ -100,7 +97,6 @@ impl FsClient {
 
     async fn check_or_repair(&self, given: &str, repair: bool) -> Result<ReplicaCheck, ApiError> {
         let path = norm(given)?;
-        let servers = self.replica_set(PlacementKey::Metadata(&path));
         if path == "/" {
             // The root has no record: nothing of it is replicated. Its entries lie on
             // every server, so every server is asked whether it answers.
@@ -123,6 +119,7 @@ impl FsClient {
                 repaired: Vec::new(),
             });
         }
+        let servers = self.replica_set(PlacementKey::Metadata(&path));
         let mut found = Findings::default();
         let (held, failure) = self.records_of(&path, &servers, &mut found).await;
         let Some((first, record)) = held.first() else {
@@ -352,24 +349,6 @@ impl FsClient {
             }
         }
         copies
-    }
-
-    /// Asks each of `servers` `req` at once; each one's answer with its payload, `None`
-    /// for a server that did not answer a call lately (not asked).
-    async fn ask_each<R: Rpc>(
-        &self,
-        servers: &[ServerIndex],
-        req: &R::Request,
-    ) -> Vec<(ServerIndex, Option<Result<(R::Reply, Vec<u8>), RpcError>>)> {
-        let now = Instant::now();
-        let answers = join_all(servers.iter().map(|&s| async move {
-            match self.servers[s as usize].is_suspect(now) {
-                true => None,
-                false => Some(self.call_on::<R>(s, req, OutPayload::none()).await),
-            }
-        }))
-        .await;
-        servers.iter().copied().zip(answers).collect()
     }
 
     /// A server left out for not answering lately, named with why.
