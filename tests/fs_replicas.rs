@@ -11,7 +11,7 @@ use benchfs::blocking::{BenchFS, OpenFlags};
 use benchfs::placement::PlacementKey;
 use benchfs_proto::ops;
 use benchfs_proto::Status;
-use common::files::{assert_unreachable, read_file, write_file, C};
+use common::files::{assert_unreachable, read_file, write_file, C, CHUNK};
 use common::rpc::{call_one, insert_record, record_ids, records, rpc_client, status_of, Rt};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -628,6 +628,114 @@ fn an_append_a_dead_replica_failed_claims_nothing_on_any_replica() {
         .map(|r| r.map(|meta| meta.size))
         .collect();
     assert_eq!(sizes, [Some(9), Some(9)]);
+}
+
+#[test]
+fn appends_that_reach_the_replicas_in_other_orders_leave_them_alike() {
+    // Each replica took an append's claim as `max(size, floor) + len`, the floor being
+    // what the appending client wrote and had not published. Two claims that reached two
+    // replicas in other orders then ended apart, and the replica repair grew the file by
+    // zeros nobody wrote. Here client A reaches the second replica late (it connects to
+    // it only for its claim, while that server is stopped), after client B's claim.
+    let cluster = cluster();
+    let path = "/log";
+    write_file(&cluster.client(), path, &[b'.'; 5000]);
+    let id = file_id(&cluster, path);
+    let second = replicas_of(&cluster, path)[1];
+    // A's unpublished write lands on a chunk the second replica's server does not hold.
+    let index = (1..)
+        .find(|&index| {
+            !cluster
+                .replicas_of(PlacementKey::Chunk { file_id: id, index })
+                .contains(&second)
+        })
+        .unwrap();
+    let set_up = std::sync::Barrier::new(3);
+    let (a_goes, b_goes) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+    let append = OpenFlags::WRITE | OpenFlags::APPEND;
+    let config = cluster.config();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let a = BenchFS::connect(&config).unwrap();
+            let plain = a.open(path, OpenFlags::WRITE, 0).unwrap();
+            a.pwrite(plain, b"w", index * CHUNK).unwrap();
+            let fd = a.open(path, append, 0).unwrap();
+            set_up.wait();
+            a_goes.wait();
+            a.write(fd, &[b'a'; 100]).unwrap();
+            a.close(fd).unwrap();
+            a.close(plain).unwrap();
+        });
+        s.spawn(|| {
+            let b = BenchFS::connect(&config).unwrap();
+            let fd = b.open(path, append, 0).unwrap();
+            b.write(fd, &[b'b'; 100]).unwrap();
+            set_up.wait();
+            b_goes.wait();
+            b.write(fd, &[b'b'; 100]).unwrap();
+            b.close(fd).unwrap();
+        });
+        set_up.wait();
+        cluster.signal(second, "STOP");
+        a_goes.wait();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        b_goes.wait();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cluster.signal(second, "CONT");
+    });
+    let sizes: Vec<_> = records(&cluster, path)
+        .into_iter()
+        .map(|r| r.map(|meta| meta.size))
+        .collect();
+    let end = index * CHUNK + 1 + 200;
+    assert_eq!(sizes, [Some(end), Some(end)], "the replicas' sizes");
+    let got = read_file(&cluster.client(), path);
+    let count = |byte: u8| got.iter().filter(|&&b| b == byte).count();
+    assert_eq!((count(b'a'), count(b'b'), count(b'w')), (100, 200, 1));
+}
+
+#[test]
+fn an_append_claimed_after_a_cut_another_replica_has_not_taken_yet_reaches_it_after_the_cut() {
+    // An append's end grows the second replica only while its cut count is the one the
+    // claim saw on the first. A truncate that reached the first replica before the claim
+    // may reach the second after the claim's end: the end must count there once the cut
+    // lands, or the second replica keeps the truncate's size, short of the append.
+    let cluster = cluster();
+    let path = "/log";
+    write_file(&cluster.client(), path, &[b'.'; 5000]);
+    let id = file_id(&cluster, path);
+    let [first, second] = replicas_of(&cluster, path)[..] else {
+        panic!("two replicas")
+    };
+    let config = cluster.config();
+    let connected = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let b = BenchFS::connect(&config).unwrap();
+            let fd = b
+                .open(path, OpenFlags::WRITE | OpenFlags::APPEND, 0)
+                .unwrap();
+            b.write(fd, &[b'b'; 100]).unwrap();
+            // Another client's truncate growing the file to 8000 has reached the first
+            // replica alone.
+            set_size_on(cluster.addr(first), path, id, 8000);
+            connected.wait();
+            b.write(fd, &[b'b'; 100]).unwrap();
+            b.close(fd).unwrap();
+        });
+        connected.wait();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        set_size_on(cluster.addr(second), path, id, 8000);
+    });
+    let records: Vec<_> = records(&cluster, path)
+        .into_iter()
+        .map(|r| r.map(|meta| (meta.size, meta.cut_gen)))
+        .collect();
+    assert_eq!(records[0].map(|(size, _)| size), Some(8100));
+    assert_eq!(records[0], records[1], "the replicas' sizes and cut counts");
+    let got = read_file(&cluster.client(), path);
+    assert_eq!(&got[5000..5100], &[b'b'; 100]);
+    assert_eq!(&got[8000..], &[b'b'; 100]);
 }
 
 #[test]

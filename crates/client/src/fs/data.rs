@@ -288,10 +288,7 @@ impl FsClient {
             };
             let mut moved = false;
             loop {
-                match self
-                    .change_size::<ops::ClaimAppend>(&path, meta.file_id, &req)
-                    .await
-                {
+                match self.claim_append_in_order(&path, &req).await {
                     Ok(replies) => {
                         let claimed = replies[0].meta;
                         self.meta_cache.borrow_mut().put(&path, claimed);

@@ -32,6 +32,7 @@ mod namespace;
 mod pipeline;
 mod read_ahead;
 mod routing;
+mod sizes;
 mod space;
 mod tree;
 mod verify;

@@ -124,14 +124,15 @@ fn share_suspect(addr: SocketAddr, until: Option<Instant>) {
     ANY_SHARED_SUSPECT.store(!suspects.is_empty(), Ordering::Relaxed);
 }
 
-/// How long a change that one replica took and another did not find asks that one again:
-/// long enough for a creator's copy of a new record to reach it, even from a client
-/// sharing a busy core; short enough that a change racing a removal fails soon.
-const CREATE_IN_FLIGHT_MAX: Duration = Duration::from_millis(500);
+/// How long a change that one replica took and another could not take yet asks that one
+/// again (a new record, or a cut, on its way there from another client): long enough for
+/// that client's call to reach it, even from one sharing a busy core; short enough that a
+/// change racing a removal fails soon.
+const IN_FLIGHT_MAX: Duration = Duration::from_millis(500);
 
 /// The first wait before asking again; each next one doubles, up to an eighth of
-/// [`CREATE_IN_FLIGHT_MAX`].
-const CREATE_IN_FLIGHT_FIRST_WAIT: Duration = Duration::from_micros(50);
+/// [`IN_FLIGHT_MAX`].
+const IN_FLIGHT_FIRST_WAIT: Duration = Duration::from_micros(50);
 
 /// Why a server's "not found" is asked of another replica too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,14 +154,14 @@ fn servers_that_took<T>(answers: &[(ServerIndex, Result<T, RpcError>)]) -> Vec<S
 
 /// A change of a record that some replica failed: the first failure, and what the
 /// replicas that took it hold.
-struct PartialChange<T> {
-    error: RpcError,
+pub(super) struct PartialChange<T> {
+    pub(super) error: RpcError,
     /// The replies of the replicas that took the change, with their servers.
-    took: Vec<(ServerIndex, T)>,
+    pub(super) took: Vec<(ServerIndex, T)>,
     /// The replicas that got the changed record copied, and the record.
-    copied: Vec<(ServerIndex, FileMetadata)>,
+    pub(super) copied: Vec<(ServerIndex, FileMetadata)>,
     /// The replicas whose call timed out: they may have taken the change late.
-    timed_out: Vec<ServerIndex>,
+    pub(super) timed_out: Vec<ServerIndex>,
 }
 
 /// The first replica's reply if every replica in `answers` took the call, else the first
@@ -719,116 +720,31 @@ impl FsClient {
         Ok(replies.swap_remove(0).1)
     }
 
-    /// [`FsClient::change_record`] of a size change (a truncate's, a publish's, an append's
-    /// claim), returning the reply of every replica that took it, in replica order (never
-    /// none; a replica that got the record copied instead has none). If a replica fails
-    /// it, those that took it are put back ([`ops::RestoreSize`]) unless their record
-    /// changed since: a failed truncate had left the replicas with two sizes, readers saw
-    /// either, and the replica repair could later keep one that dropped an acknowledged
-    /// append.
-    pub(super) async fn change_size<R: Rpc<Reply = ops::SizeReply>>(
-        &self,
-        path: &str,
-        file_id: u64,
-        req: &R::Request,
-    ) -> Result<Vec<ops::SizeReply>, RpcError> {
-        match self.change_record_each::<R>(path, file_id, req).await {
-            Ok(replies) => Ok(replies.into_iter().map(|(_, reply)| reply).collect()),
-            Err(partial) => {
-                if !self.took_late(path, file_id, &partial).await {
-                    self.restore_sizes(path, file_id, &partial).await;
-                }
-                Err(partial.error)
-            }
-        }
-    }
-
-    /// Whether every replica of `partial` whose call timed out holds the record as the
-    /// change left it on the first that took it: a server slow, not stopped, took the
-    /// change after the call gave up, and putting the others back would part them.
-    async fn took_late(
-        &self,
-        path: &str,
-        file_id: u64,
-        partial: &PartialChange<ops::SizeReply>,
-    ) -> bool {
-        let Some((_, first)) = partial.took.first() else {
-            return false;
-        };
-        if partial.timed_out.is_empty() {
-            return false;
-        }
-        let lookup = ops::PathRequest {
-            path: path.to_string(),
-        };
-        let holds = partial.timed_out.iter().map(|&server| {
-            self.call_on::<ops::MetadataLookup>(server, &lookup, OutPayload::none())
-        });
-        let changed = (first.meta.size, first.meta.cut_gen);
-        join_all(holds).await.into_iter().all(|held| {
-            held.is_ok_and(|(r, _)| {
-                r.meta.file_id == file_id && (r.meta.size, r.meta.cut_gen) == changed
-            })
-        })
-    }
-
-    /// Puts back the record at `path` on each replica of `partial` that took a failed size
-    /// change, or got the changed record copied. One that refuses or fails is left to the
-    /// replica repair (logged).
-    async fn restore_sizes(
-        &self,
-        path: &str,
-        file_id: u64,
-        partial: &PartialChange<ops::SizeReply>,
-    ) {
-        let Some((_, first)) = partial.took.first() else {
-            return;
-        };
-        let took = partial.took.iter().map(|(server, r)| (*server, r.meta, r));
-        // A copy holds the first replica's changed record: its state before is that one's.
-        let copied = partial
-            .copied
-            .iter()
-            .map(|(server, meta)| (*server, *meta, first));
-        let changed = took
-            .chain(copied)
-            .filter(|(_, now, r)| (now.size, now.cut_gen) != (r.size_before, r.cut_gen_before));
-        let restores = changed.map(|(server, now, r)| async move {
-            let req = ops::RestoreSizeRequest {
-                path: path.to_string(),
-                file_id,
-                now_size: now.size,
-                now_cut_gen: now.cut_gen,
-                now_ctime_ns: now.ctime_ns,
-                size: r.size_before,
-                cut_gen: r.cut_gen_before,
-            };
-            let restored = self
-                .call_on::<ops::RestoreSize>(server, &req, OutPayload::none())
-                .await;
-            if let Err(e) = restored {
-                tracing::error!(
-                    error = %e,
-                    path,
-                    "undo of a failed size change failed: the replicas differ until repaired"
-                );
-            }
-        });
-        join_all(restores).await;
-    }
-
     /// The replies of every replica that took a change of the record at `path`, with
     /// its server (in replica order, then those that took it after a copy was refused);
     /// or the first failure, with what the replicas that took it hold.
-    async fn change_record_each<R: Rpc>(
+    pub(super) async fn change_record_each<R: Rpc>(
         &self,
         path: &str,
         file_id: u64,
         req: &R::Request,
     ) -> Result<Vec<(ServerIndex, R::Reply)>, PartialChange<R::Reply>> {
-        let mut answers = self
+        let answers = self
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
+        self.settle_change::<R>(path, file_id, answers, req).await
+    }
+
+    /// [`FsClient::change_record_each`] once each replica answered `req` (`answers`, in
+    /// replica order): asks again those that may not hold the record yet, and copies it
+    /// to those that lost it.
+    pub(super) async fn settle_change<R: Rpc>(
+        &self,
+        path: &str,
+        file_id: u64,
+        mut answers: Vec<(ServerIndex, Result<R::Reply, RpcError>)>,
+        req: &R::Request,
+    ) -> Result<Vec<(ServerIndex, R::Reply)>, PartialChange<R::Reply>> {
         self.ask_again_while_created::<R>(&mut answers, req).await;
         let took = servers_that_took(&answers);
         let (mut replies, mut lacking, mut timed_out, mut failed) =
@@ -905,16 +821,30 @@ impl FsClient {
             {
                 continue;
             }
-            let mut wait = CREATE_IN_FLIGHT_FIRST_WAIT;
-            let deadline = Instant::now() + CREATE_IN_FLIGHT_MAX;
-            while missing(answer) && Instant::now() < deadline {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(CREATE_IN_FLIGHT_MAX / 8);
-                *answer = self
-                    .call_on::<R>(*server, req, OutPayload::none())
-                    .await
-                    .map(|(reply, _)| reply);
-            }
+            self.ask_again_while::<R>(*server, answer, req, missing)
+                .await;
+        }
+    }
+
+    /// Asks server `server` `req` again while its `answer` is `in_flight` (the change it
+    /// waits for is on its way from another client), for up to [`IN_FLIGHT_MAX`], each
+    /// wait twice the last.
+    pub(super) async fn ask_again_while<R: Rpc>(
+        &self,
+        server: ServerIndex,
+        answer: &mut Result<R::Reply, RpcError>,
+        req: &R::Request,
+        in_flight: impl Fn(&Result<R::Reply, RpcError>) -> bool,
+    ) {
+        let mut wait = IN_FLIGHT_FIRST_WAIT;
+        let deadline = Instant::now() + IN_FLIGHT_MAX;
+        while in_flight(answer) && Instant::now() < deadline {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(IN_FLIGHT_MAX / 8);
+            *answer = self
+                .call_on::<R>(server, req, OutPayload::none())
+                .await
+                .map(|(reply, _)| reply);
         }
     }
 
@@ -961,7 +891,7 @@ impl FsClient {
 
     /// Copies the record of file `file_id` at `path` from server `from` to server `to`,
     /// where the path has none; returns the record copied.
-    async fn copy_record(
+    pub(super) async fn copy_record(
         &self,
         path: &str,
         file_id: u64,
