@@ -994,7 +994,8 @@ fn a_directory_that_an_rmdir_found_not_empty_still_takes_creates() {
 fn a_directory_rename_that_a_stopped_server_fails_fails_within_a_few_timeouts() {
     // Found by a hostile-user run: with one server stopped (SIGSTOP), renaming a directory
     // of 300 entries failed after 140 s, its undo waiting out a timeout per entry already
-    // moved. A server that did not answer lately is not asked to undo.
+    // moved. A server that did not answer lately is not asked to undo: the undo is left
+    // with it, for when it runs again (without, the copies it took stayed at the new names).
     let cluster = Cluster::start(ClusterSpec {
         servers: 3,
         replicas: 2,
@@ -1006,6 +1007,7 @@ fn a_directory_rename_that_a_stopped_server_fails_fails_within_a_few_timeouts() 
     for name in &names {
         write_file(&fs, &format!("/a/{name}"), name.as_bytes());
     }
+    let held = total_records(&fs);
     // The server stops once the rename has moved some entries.
     let started = std::time::Instant::now();
     let renamed = std::thread::scope(|s| {
@@ -1027,4 +1029,15 @@ fn a_directory_rename_that_a_stopped_server_fails_fails_within_a_few_timeouts() 
     for name in &names {
         assert_eq!(read_file(&fs, &format!("/a/{name}")), name.as_bytes());
     }
+    // The copies the stopped server took went once it ran again: their undo was left
+    // with it. (They stayed, found by their new paths and spread by the replica repair.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while total_records(&fs) != held && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        total_records(&fs),
+        held,
+        "records left by the failed rename"
+    );
 }

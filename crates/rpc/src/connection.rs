@@ -428,6 +428,20 @@ impl Connection {
             .await
     }
 
+    /// Calls `R` with no deadline, waiting at most `wait` for its reply: the server takes
+    /// the request however late it runs (a stopped one, once it runs again, before what
+    /// was sent to it later). Only for changes that stay right whenever they apply: the
+    /// undo a client leaves with a server that stopped answering, of a change it took.
+    pub async fn call_without_deadline<R: Rpc>(
+        &self,
+        request: &R::Request,
+        wait: Duration,
+    ) -> Result<R::Reply, RpcError> {
+        let exchange = pin!(self.exchange(R::OP, request.to_bytes(), OutPayload::none(), None, 0));
+        let (_, body, _, _) = self.watched(exchange, wait).await?;
+        R::Reply::from_bytes(&body).map_err(|source| self.protocol(source))
+    }
+
     async fn call_within<R: Rpc>(
         &self,
         request: &R::Request,

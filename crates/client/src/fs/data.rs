@@ -553,8 +553,10 @@ impl FsClient {
                     worker.progress();
                     // A write behind that lent a view and timed out is collected here:
                     // collecting drops its connection, whose close cancels the send
-                    // that still holds the view.
+                    // that still holds the view. A call that timed out kept its
+                    // connection for undo notes, which gives way here.
                     self.collect_writes();
+                    self.drop_silent_conns();
                 }
             }
         }

@@ -236,15 +236,41 @@ impl FsClient {
     /// Undoes a record put on `servers` at `path`: puts back `previous` (what the path
     /// held before, with its bytes), or removes the record. A server that does not answer
     /// is logged: its replica now differs, and calls that name a file there refuse with
-    /// `Stale`. One that did not answer a call lately is not asked: a directory rename
-    /// that a stopped server failed undoes its entries one by one, and waited out a
-    /// timeout for each (140 s for 300 entries, found by a hostile-user run).
+    /// `Stale`. One that did not answer a call lately is not asked, and waited for: a
+    /// directory rename that a stopped server failed undoes its entries one by one, and
+    /// waited out a timeout for each (140 s for 300 entries, found by a hostile-user run).
+    /// A removal is left with it instead ([`FsClient::leave_note`]), so a stopped server
+    /// drops the record once it runs again.
     pub(super) async fn undo_put(
         &self,
         path: &str,
         previous: Option<&Record>,
         servers: &[ServerIndex],
     ) {
+        let silent = self.undo_put_where_answering(path, previous, servers).await;
+        for server in silent {
+            match previous {
+                Some(_) => {
+                    let server = self.servers[server as usize].name();
+                    tracing::error!(server, path, "undo not sent to a server that did not answer lately: the replicas of this record differ");
+                }
+                None => {
+                    let req = removal(path);
+                    self.leave_note::<ops::MetadataDelete>(server, &req, path)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// [`FsClient::undo_put`] on the servers that answered lately; returns the others,
+    /// not asked.
+    pub(super) async fn undo_put_where_answering(
+        &self,
+        path: &str,
+        previous: Option<&Record>,
+        servers: &[ServerIndex],
+    ) -> Vec<ServerIndex> {
         let answers = match previous {
             Some(record) => {
                 let req = ops::InsertRequest {
@@ -257,28 +283,23 @@ impl FsClient {
                 };
                 answered(self.ask_each::<ops::MetadataInsert>(servers, &req).await)
             }
-            None => {
-                let req = ops::DeleteRequest {
-                    path: path.to_string(),
-                    expect: None,
-                    moved: true,
-                };
-                answered(self.ask_each::<ops::MetadataDelete>(servers, &req).await)
-            }
+            None => answered(
+                self.ask_each::<ops::MetadataDelete>(servers, &removal(path))
+                    .await,
+            ),
         };
+        let mut silent = Vec::new();
         for (server, answer) in answers {
             match answer {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
                     tracing::error!(error = %e, path, "undo failed: the replicas of this record differ");
                 }
-                None => {
-                    let server = self.servers[server as usize].name();
-                    tracing::error!(server, path, "undo not sent to a server that did not answer lately: the replicas of this record differ");
-                }
+                None => silent.push(server),
             }
         }
         self.forget(path);
+        silent
     }
 
     /// Creates a record and checks its parent at once: the two live on different servers,
@@ -1124,6 +1145,16 @@ fn both(from: &str, to: &str) -> String {
 }
 
 /// [`FsClient::ask_each`]'s answers with their replies dropped.
+/// The removal of a record a change put at `path`: moved, so no tombstone takes its
+/// file's chunks.
+fn removal(path: &str) -> ops::DeleteRequest {
+    ops::DeleteRequest {
+        path: path.to_string(),
+        expect: None,
+        moved: true,
+    }
+}
+
 fn answered<T>(
     answers: Vec<(ServerIndex, Option<Result<T, RpcError>>)>,
 ) -> Vec<(ServerIndex, Option<Result<(), RpcError>>)> {

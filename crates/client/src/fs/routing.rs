@@ -25,6 +25,11 @@ use crate::rpc::{Connection, OutPayload, Response, RpcError};
 pub(super) struct ServerSlot {
     pub(super) entry: RefCell<ServerEntry>,
     pub(super) conn: RefCell<Option<Rc<Connection>>>,
+    /// The connection dropped when the server last stopped answering: calls go out on a
+    /// new one, but the undo of a change the server took before is left on this one
+    /// (see [`FsClient::leave_note`]), where a server that stopped will read it. Closed
+    /// when a lender waits for its memory ([`FsClient::drop_silent_conns`]).
+    silent_conn: RefCell<Option<Rc<Connection>>>,
     /// When `conn` was made: one made before the server fell silent is not reused while
     /// it stays suspect (see [`SUSPECT_HANDSHAKE_TIMEOUT`]).
     connected_at: Cell<Option<Instant>>,
@@ -51,6 +56,7 @@ impl ServerSlot {
         ServerSlot {
             entry: RefCell::new(entry),
             conn: RefCell::new(None),
+            silent_conn: RefCell::new(None),
             connected_at: Cell::new(None),
             connecting: tokio::sync::Mutex::new(()),
             connect_failed: RefCell::new(None),
@@ -133,6 +139,10 @@ const IN_FLIGHT_MAX: Duration = Duration::from_millis(500);
 /// The first wait before asking again; each next one doubles, up to an eighth of
 /// [`IN_FLIGHT_MAX`].
 const IN_FLIGHT_FIRST_WAIT: Duration = Duration::from_micros(50);
+
+/// How long [`FsClient::leave_note`] waits for a silent server's answer: one that runs
+/// again answers within it; a stopped one finds the note queued when it does.
+const NOTE_WAIT: Duration = Duration::from_millis(20);
 
 /// Why a server's "not found" is asked of another replica too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,6 +490,60 @@ impl FsClient {
         servers.iter().copied().zip(answers).collect()
     }
 
+    /// Leaves `req`, the undo of a change server `server` took before it stopped
+    /// answering, with that server: over the connection this client had to it when it
+    /// fell silent (a new one cannot be made meanwhile) and with no deadline, so a stopped server takes
+    /// it once it runs again, before what is sent to it later. Waits [`NOTE_WAIT`] at
+    /// most. Without a live connection (the server died), nothing is left: its replica
+    /// differs until repaired (logged, with `what`, the path).
+    pub(super) async fn leave_note<R: Rpc>(
+        &self,
+        server: ServerIndex,
+        req: &R::Request,
+        what: &str,
+    ) {
+        let slot = &self.servers[server as usize];
+        let usable = |c: &RefCell<Option<Rc<Connection>>>| {
+            c.borrow().as_ref().filter(|c| !c.is_failed()).cloned()
+        };
+        let conn = usable(&slot.conn).or_else(|| usable(&slot.silent_conn));
+        let left = match conn {
+            Some(conn) => conn
+                .call_without_deadline::<R>(req, NOTE_WAIT)
+                .await
+                .map(drop),
+            None => Err(RpcError::Status {
+                server: slot.name(),
+                status: Status::Unavailable,
+            }),
+        };
+        match left {
+            Ok(()) => tracing::info!(
+                server = slot.name(),
+                path = what,
+                "a silent server took an undo"
+            ),
+            Err(RpcError::Timeout { .. }) => {
+                tracing::warn!(
+                    server = slot.name(),
+                    path = what,
+                    "undo left with a silent server, for when it runs again"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = what, "undo not left with a silent server: the replicas of this record differ");
+            }
+        }
+    }
+
+    /// Closes the connections kept for undo notes ([`ServerSlot::silent_conn`]): closing
+    /// cancels the sends still pending on them, which may hold a lender's memory.
+    pub(super) fn drop_silent_conns(&self) {
+        for slot in &self.servers {
+            slot.silent_conn.take();
+        }
+    }
+
     /// [`FsClient::call_on`], receiving the reply's payload into `sink` when it fits.
     pub(super) async fn call_on_into<R: Rpc>(
         &self,
@@ -516,9 +580,10 @@ impl FsClient {
         self.note_call(index, error);
         if error.is_some_and(is_unreachable) {
             // Only this connection: another call may have replaced it meanwhile.
-            let mut slot = self.servers[index as usize].conn.borrow_mut();
-            if slot.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
-                slot.take();
+            let slot = &self.servers[index as usize];
+            let mut current = slot.conn.borrow_mut();
+            if current.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
+                *slot.silent_conn.borrow_mut() = current.take();
             }
         }
     }

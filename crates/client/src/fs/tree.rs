@@ -204,7 +204,7 @@ impl FsClient {
         };
         let still_there = replaced.filter(|_| cleared.is_none());
         if let Err(e) = self.move_record(from, to, record, still_there).await {
-            self.remove_everywhere(copies.iter().map(String::as_str))
+            self.remove_everywhere(to, copies.iter().map(String::as_str))
                 .await;
             put_back().await;
             return Err(e);
@@ -242,7 +242,7 @@ impl FsClient {
             .await;
             stored += batch.len();
             if let Some(e) = done.into_iter().find_map(Result::err) {
-                self.remove_everywhere(copies[..stored].iter().map(|(new, _)| new.as_str()))
+                self.remove_everywhere(to, copies[..stored].iter().map(|(new, _)| new.as_str()))
                     .await;
                 return Err(e);
             }
@@ -354,11 +354,23 @@ impl FsClient {
         .map_err(rpc_err("rename", path))
     }
 
-    /// Removes the records at `paths` (copies a failed rename made), children first.
-    async fn remove_everywhere(&self, paths: impl DoubleEndedIterator<Item = &str>) {
+    /// Removes the records at `paths` (copies a failed rename made below `to`), children
+    /// first. A server that did not answer lately gets one purge of everything below
+    /// `to` made before now, left for it to take once it runs again
+    /// ([`FsClient::leave_note`]): the copies it took before it stopped would otherwise
+    /// stay, found by their paths, and be spread by the replica repair.
+    async fn remove_everywhere(&self, to: &str, paths: impl DoubleEndedIterator<Item = &str>) {
+        let mut silent = std::collections::BTreeSet::new();
         for path in paths.rev() {
             let servers = self.replica_set(PlacementKey::Metadata(path));
-            self.undo_put(path, None, &servers).await;
+            silent.extend(self.undo_put_where_answering(path, None, &servers).await);
+        }
+        let purge = ops::PurgeRequest {
+            dir: to.to_string(),
+            changed_before_ns: benchfs_proto::meta::now_ns(),
+        };
+        for server in silent {
+            self.leave_note::<ops::PurgeUnder>(server, &purge, to).await;
         }
     }
 }
