@@ -739,6 +739,42 @@ fn an_append_claimed_after_a_cut_another_replica_has_not_taken_yet_reaches_it_af
 }
 
 #[test]
+fn a_truncate_that_grows_the_file_keeps_an_append_only_the_first_replica_has_taken() {
+    // An append's claim reaches the first replica, and its end the others a round trip
+    // later. A truncate growing the file in between read "what the file held" as the
+    // least size over the replicas, short of the claim, and cut the appended bytes to
+    // zeros: the append was acknowledged, its bytes gone.
+    let cluster = cluster();
+    let path = "/f";
+    write_file(&cluster.client(), path, &[b'.'; 5000]);
+    let id = file_id(&cluster, path);
+    let first = replicas_of(&cluster, path)[0];
+    // The truncating client saw the file before the claim.
+    let truncating = cluster.client();
+    assert_eq!(truncating.stat(path).unwrap().size, 5000);
+    let claim = ops::ClaimAppendRequest {
+        path: path.into(),
+        file_id: id,
+        floor: 0,
+        len: 100,
+    };
+    call_one::<ops::ClaimAppend>(cluster.addr(first), &claim).unwrap();
+    // The append's bytes land; its end has not reached the second replica yet.
+    let appender = cluster.client();
+    let fd = appender.open(path, OpenFlags::WRITE, 0).unwrap();
+    appender.pwrite(fd, &[b'a'; 100], 5000).unwrap();
+    truncating.truncate(path, 8000).unwrap();
+    let got = read_file(&cluster.client(), path);
+    assert_eq!(got.len(), 8000);
+    assert!(
+        got[5000..5100].iter().all(|&b| b == b'a'),
+        "the appended bytes were cut"
+    );
+    assert!(got[5100..].iter().all(|&b| b == 0));
+    appender.close(fd).unwrap();
+}
+
+#[test]
 fn a_write_after_a_cut_one_replica_missed_grows_every_replica() {
     // A writer's size update grows only the replicas not cut since its handle looked;
     // where replicas disagree (one missed a truncate), the writer's bytes decide, and a

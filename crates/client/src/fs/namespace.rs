@@ -239,8 +239,10 @@ impl FsClient {
     /// `Stale`. One that did not answer a call lately is not asked, and waited for: a
     /// directory rename that a stopped server failed undoes its entries one by one, and
     /// waited out a timeout for each (140 s for 300 entries, found by a hostile-user run).
-    /// A removal is left with it instead ([`FsClient::leave_note`]), so a stopped server
-    /// drops the record once it runs again.
+    /// A removal is left with it instead ([`FsClient::leave_note`]), so a server that took
+    /// the put and then stopped drops the record once it runs again. (A server whose put
+    /// timed out is no holder: it refuses the put when it runs again, past its deadline,
+    /// unless it had started it.)
     pub(super) async fn undo_put(
         &self,
         path: &str,
@@ -876,12 +878,9 @@ impl FsClient {
             .await;
         self.meta_cache.borrow_mut().remove(path);
         let replies = replies.map_err(rpc_err("truncate", path))?;
-        // What every replica's record held before the change (appends claimed since the
-        // size was read included) and what this client's handles wrote and have not
-        // published stay. The least over replicas: one that missed an earlier truncate
-        // holds a larger size, whose bytes past it are gone.
-        let least_before = replies.iter().map(|r| r.size_before).min().unwrap_or(0);
-        let held = least_before.max(meta.size);
+        // What the record held before the change (appends claimed since the size was read
+        // included) and what this client's handles wrote and have not published stay.
+        let held = held_before(&replies).max(meta.size);
         let mut sized = replies[0].meta;
         if size > held {
             // Zeros between the two ends; past the new end, appends claimed since.
@@ -1088,6 +1087,33 @@ impl FsClient {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+/// The size a file held before a size change, from the replies of the replicas that took
+/// it (in replica order): the first replica's, which alone takes appends' claims (the
+/// others learn a claim's end a round trip later), unless it missed a cut another replica
+/// took. Among the replicas at the newest cut count, the least: one that missed an earlier
+/// truncate holds a larger size, whose bytes past it are gone.
+fn held_before(replies: &[ops::SizeReply]) -> u64 {
+    let Some(newest) = replies
+        .iter()
+        .map(|r| r.cut_gen_before)
+        .reduce(|a, b| match cut_gen_older(a, b) {
+            true => b,
+            false => a,
+        })
+    else {
+        return 0;
+    };
+    match replies[0].cut_gen_before == newest {
+        true => replies[0].size_before,
+        false => replies
+            .iter()
+            .filter(|r| r.cut_gen_before == newest)
+            .map(|r| r.size_before)
+            .min()
+            .unwrap_or(0),
     }
 }
 
