@@ -28,7 +28,8 @@ pub(super) struct ServerSlot {
     /// The connection dropped when the server last stopped answering: calls go out on a
     /// new one, but the undo of a change the server took before is left on this one
     /// (see [`FsClient::leave_note`]), where a server that stopped will read it. Closed
-    /// when a lender waits for its memory ([`FsClient::drop_silent_conns`]).
+    /// when another call times out, or when a lender waits for its memory
+    /// ([`FsClient::drop_silent_conns`]): closing cancels the sends pending on it.
     silent_conn: RefCell<Option<Rc<Connection>>>,
     /// When `conn` was made: one made before the server fell silent is not reused while
     /// it stays suspect (see [`SUSPECT_HANDSHAKE_TIMEOUT`]).
@@ -492,10 +493,15 @@ impl FsClient {
 
     /// Leaves `req`, the undo of a change server `server` took before it stopped
     /// answering, with that server: over the connection this client had to it when it
-    /// fell silent (a new one cannot be made meanwhile) and with no deadline, so a stopped server takes
-    /// it once it runs again, before what is sent to it later. Waits [`NOTE_WAIT`] at
-    /// most. Without a live connection (the server died), nothing is left: its replica
-    /// differs until repaired (logged, with `what`, the path).
+    /// fell silent (a new one cannot be made meanwhile) and with no deadline, so a
+    /// stopped server takes it once it runs again, before what this client sent it later
+    /// on a new connection (in practice: not promised across connections, and other
+    /// clients' calls may come first). Waits about [`NOTE_WAIT`] (the call watch's tick
+    /// may add as much). A note the transport could not take at once (a stopped
+    /// server's shared-memory queue is full) goes out as this client's worker progresses,
+    /// during its later calls: one that exits first leaves nothing. Without a live
+    /// connection (the server died), nothing is left either: its replica differs until
+    /// repaired (logged, with `what`, the path).
     pub(super) async fn leave_note<R: Rpc>(
         &self,
         server: ServerIndex,
