@@ -57,6 +57,13 @@ fn file_id(cluster: &Cluster, path: &str) -> u64 {
     cluster.client().stat(path).unwrap().file_id
 }
 
+/// Writes 5000 dots to `path`; returns its file id and the servers of its record, owner
+/// first.
+fn dotted_file(cluster: &Cluster, path: &str) -> (u64, Vec<usize>) {
+    write_file(&cluster.client(), path, &[b'.'; 5000]);
+    (file_id(cluster, path), replicas_of(cluster, path))
+}
+
 #[test]
 fn a_create_with_a_replica_down_leaves_no_record() {
     // Regression: the owner kept the record when the second replica did not take its
@@ -639,9 +646,8 @@ fn appends_that_reach_the_replicas_in_other_orders_leave_them_alike() {
     // it only for its claim, while that server is stopped), after client B's claim.
     let cluster = cluster();
     let path = "/log";
-    write_file(&cluster.client(), path, &[b'.'; 5000]);
-    let id = file_id(&cluster, path);
-    let second = replicas_of(&cluster, path)[1];
+    let (id, servers) = dotted_file(&cluster, path);
+    let second = servers[1];
     // A's unpublished write lands on a chunk the second replica's server does not hold.
     let index = (1..)
         .find(|&index| {
@@ -702,9 +708,8 @@ fn an_append_claimed_after_a_cut_another_replica_has_not_taken_yet_reaches_it_af
     // lands, or the second replica keeps the truncate's size, short of the append.
     let cluster = cluster();
     let path = "/log";
-    write_file(&cluster.client(), path, &[b'.'; 5000]);
-    let id = file_id(&cluster, path);
-    let [first, second] = replicas_of(&cluster, path)[..] else {
+    let (id, servers) = dotted_file(&cluster, path);
+    let [first, second] = servers[..] else {
         panic!("two replicas")
     };
     let config = cluster.config();
@@ -746,9 +751,8 @@ fn a_truncate_that_grows_the_file_keeps_an_append_only_the_first_replica_has_tak
     // zeros: the append was acknowledged, its bytes gone.
     let cluster = cluster();
     let path = "/f";
-    write_file(&cluster.client(), path, &[b'.'; 5000]);
-    let id = file_id(&cluster, path);
-    let first = replicas_of(&cluster, path)[0];
+    let (id, servers) = dotted_file(&cluster, path);
+    let first = servers[0];
     // The truncating client saw the file before the claim.
     let truncating = cluster.client();
     assert_eq!(truncating.stat(path).unwrap().size, 5000);

@@ -13,7 +13,6 @@ use benchfs_ucx::Loan;
 use futures_util::future::join_all;
 
 use super::read_ahead::ReadDst;
-use super::sizes::ClaimToSpread;
 use super::{fs_err, rpc_err, Fd, FsClient};
 use crate::error::ApiError;
 use crate::flags::OpenFlags;
@@ -229,17 +228,11 @@ impl FsClient {
     ) -> Result<usize, ApiError> {
         let (appends, pos) =
             self.with_file(fd, |f| (f.flags.contains(OpenFlags::APPEND), f.pos))?;
-        let (offset, claim) = match appends {
+        let (offset, append_cut_gen) = match appends {
             true => self.append_offset(fd, data.len() as u64).await?,
             false => (pos, None),
         };
-        let n = match claim {
-            Some((cut_gen, claim)) => {
-                let write = self.pwrite_from(fd, data, offset, Some(cut_gen));
-                self.write_claimed(write, claim).await?
-            }
-            None => self.pwrite_from(fd, data, offset, None).await?,
-        };
+        let n = self.pwrite_from(fd, data, offset, append_cut_gen).await?;
         self.with_file(fd, |f| f.pos = offset + n as u64)?;
         Ok(n)
     }
@@ -247,12 +240,8 @@ impl FsClient {
     /// Where an append of `len` bytes through handle `fd` goes: the start of the range it
     /// claims ([`FsClient::claim_append`]) past what this client's handles of the file
     /// wrote and have not published, with the record's cut count the claim saw (which its
-    /// chunk writes carry) and the claim to spread to the other replicas.
-    async fn append_offset(
-        &self,
-        fd: Fd,
-        len: u64,
-    ) -> Result<(u64, Option<(u16, ClaimToSpread)>), ApiError> {
+    /// chunk writes carry).
+    async fn append_offset(&self, fd: Fd, len: u64) -> Result<(u64, Option<u16>), ApiError> {
         let (flags, size) = self.with_file(fd, |f| (f.flags, f.size))?;
         if len == 0 || !(flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND)) {
             // Nothing to claim; the write answers (a bad handle's error, or 0).
@@ -269,29 +258,27 @@ impl FsClient {
             .map(|f| f.size)
             .max()
             .unwrap_or(0);
-        let (start, claim) = self.claim_append(&path, meta, floor, len).await?;
+        let (start, claimed) = self.claim_append(&path, meta, floor, len).await?;
         // The record holds this end already: nothing to publish for it.
         self.with_file(fd, |f| f.size = f.size.max(start + len))?;
-        Ok((start, Some((claim.claimed.meta.cut_gen, claim))))
+        Ok((start, Some(claimed.cut_gen)))
     }
 
     /// Claims the range an append of `len` bytes to file `meta`, named `path`, writes,
     /// starting at `floor` or later (what the caller wrote and has not published): the
-    /// first replica of the record grows by `len` in one step, so appends from other
-    /// clients at once land before or after it, never over it
-    /// ([`FsClient::claim_on_first`]). Returns the range's start and the claim, which the
-    /// caller spreads to the other replicas while the bytes go
-    /// ([`FsClient::write_claimed`]). An inline file's bytes move to chunk 0 first:
-    /// appends write chunks. The size covers the range before its bytes land (a reader
-    /// may see zeros there meanwhile, and for good if the write then fails, as on a local
-    /// file system that crashed mid-append).
+    /// record's size grows by `len` on every replica in one step, so appends from other
+    /// clients at once land before or after it, never over it. Returns the range's start
+    /// and the record. An inline file's bytes move to chunk 0 first: appends write chunks.
+    /// The size covers the range before its bytes land (a reader may see zeros there
+    /// meanwhile, and for good if the write then fails, as on a local file system that
+    /// crashed mid-append).
     pub(super) async fn claim_append(
         &self,
         path: &str,
         meta: FileMetadata,
         floor: u64,
         len: u64,
-    ) -> Result<(u64, ClaimToSpread), ApiError> {
+    ) -> Result<(u64, FileMetadata), ApiError> {
         let claim = |path: String| async move {
             let req = ops::ClaimAppendRequest {
                 path: path.clone(),
@@ -301,11 +288,11 @@ impl FsClient {
             };
             let mut moved = false;
             loop {
-                match self.claim_on_first(&path, &req).await {
-                    Ok(claim) => {
-                        let claimed = claim.claimed.meta;
+                match self.claim_append_in_order(&path, &req).await {
+                    Ok(replies) => {
+                        let claimed = replies[0].meta;
                         self.meta_cache.borrow_mut().put(&path, claimed);
-                        return Ok((claimed.size.saturating_sub(len), claim));
+                        return Ok((claimed.size.saturating_sub(len), claimed));
                     }
                     Err(e) if e.status() == Status::NeedsChunks && !moved => {
                         self.move_to_chunks(&path, meta).await?;
@@ -316,19 +303,6 @@ impl FsClient {
             }
         };
         self.following_renames(meta.file_id, path, claim).await
-    }
-
-    /// Runs `write`, an append's bytes, and spreads its `claim` to the other replicas at
-    /// once: both must succeed. (Spread first, the append cost a round trip more.)
-    async fn write_claimed<T>(
-        &self,
-        write: impl std::future::Future<Output = Result<T, ApiError>>,
-        claim: ClaimToSpread,
-    ) -> Result<T, ApiError> {
-        let path = claim.path().to_string();
-        let (written, spread) = futures_util::future::join(write, self.spread_claim(claim)).await;
-        spread.map_err(rpc_err("append", &path))?;
-        written
     }
 
     /// Reads at the handle's position and advances it.
@@ -489,17 +463,16 @@ impl FsClient {
         if loan.is_empty() {
             return Ok(floor);
         }
-        let (start, claim) = self
+        let (start, meta) = self
             .claim_append(path, meta, floor, loan.len() as u64)
             .await?;
-        let meta = claim.claimed.meta;
-        let write = self.write_unpublished(
+        self.write_unpublished(
             path,
             meta,
             WriteSource::lent(loan),
             (start, Some(meta.cut_gen)),
-        );
-        self.write_claimed(write, claim).await?;
+        )
+        .await?;
         Ok(start)
     }
 

@@ -1091,30 +1091,26 @@ impl FsClient {
 }
 
 /// The size a file held before a size change, from the replies of the replicas that took
-/// it (in replica order): the first replica's, which alone takes appends' claims (the
-/// others learn a claim's end a round trip later), unless it missed a cut another replica
-/// took. Among the replicas at the newest cut count, the least: one that missed an earlier
-/// truncate holds a larger size, whose bytes past it are gone.
+/// it: the most among the replicas at the newest cut count. The first replica alone takes
+/// appends' claims, and the others learn a claim's end a round trip later (or a writer's
+/// publish first); within one cut count a record only grows. A replica that missed an
+/// earlier truncate holds a larger size, whose bytes past the cut are gone, and counts
+/// not.
 fn held_before(replies: &[ops::SizeReply]) -> u64 {
-    let Some(newest) = replies
-        .iter()
-        .map(|r| r.cut_gen_before)
-        .reduce(|a, b| match cut_gen_older(a, b) {
-            true => b,
-            false => a,
-        })
-    else {
-        return 0;
-    };
-    match replies[0].cut_gen_before == newest {
-        true => replies[0].size_before,
-        false => replies
+    let newest =
+        replies
             .iter()
-            .filter(|r| r.cut_gen_before == newest)
-            .map(|r| r.size_before)
-            .min()
-            .unwrap_or(0),
-    }
+            .map(|r| r.cut_gen_before)
+            .reduce(|a, b| match cut_gen_older(a, b) {
+                true => b,
+                false => a,
+            });
+    replies
+        .iter()
+        .filter(|r| Some(r.cut_gen_before) == newest)
+        .map(|r| r.size_before)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The servers that took a call, and the first failure among the others.

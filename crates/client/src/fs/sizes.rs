@@ -28,18 +28,20 @@ impl FsClient {
         self.undo_unless_all_took(path, file_id, changed).await
     }
 
-    /// Claims the range an append writes (`req`) on the first replica of the record at
-    /// `path`, which alone takes the claim (`max(size, floor) + len`); the others are
-    /// then grown to at least the end it gave ([`FsClient::spread_claim`], at once with
-    /// the append's bytes). Growing to at least a size commutes with itself and with
-    /// writers' size updates, so replicas that take two clients' claims in other orders
-    /// still agree; adding to the size on each did not (a claim's floor above the record
-    /// placed another client's append apart on each).
-    pub(super) async fn claim_on_first(
+    /// Claims the range an append writes (`req`) on every replica of the record at
+    /// `path`, ordered by its first replica: that one alone takes the claim
+    /// (`max(size, floor) + len`), and the others grow to at least the end it gave while
+    /// their cut count is the one it saw ([`SizeUpdate::AtLeastUncut`]). Growing to at
+    /// least a size commutes with itself and with writers' size updates, so replicas
+    /// that take two clients' claims in other orders still agree; adding to the size did
+    /// not (a claim's floor above the record placed another client's append apart on
+    /// each). Costs a second round trip with more than one replica. Returns the replies
+    /// as [`FsClient::change_size`] does, the first replica's first.
+    pub(super) async fn claim_append_in_order(
         &self,
         path: &str,
         req: &ops::ClaimAppendRequest,
-    ) -> Result<ClaimToSpread, RpcError> {
+    ) -> Result<Vec<ops::SizeReply>, RpcError> {
         let servers = self.replica_set(PlacementKey::Metadata(path));
         let (&first, others) = servers.split_first().expect("at least one replica");
         let ask_first = || self.call_on::<ops::ClaimAppend>(first, req, OutPayload::none());
@@ -58,53 +60,33 @@ impl FsClient {
             }
         }
         let (claimed, _) = claimed?;
-        Ok(ClaimToSpread {
-            first,
-            claimed,
-            others: others.to_vec(),
-            end: ops::UpdateSizeRequest {
-                path: path.to_string(),
-                file_id: req.file_id,
-                size: claimed.meta.size,
-                how: SizeUpdate::AtLeastUncut,
-                cut_gen: claimed.meta.cut_gen,
-            },
-        })
-    }
-
-    /// Grows the other replicas of a claim's record to at least its end, while their cut
-    /// count is the one the first replica gave ([`SizeUpdate::AtLeastUncut`]). If one
-    /// fails it, the claim is undone where it was taken, as a failed
-    /// [`FsClient::change_size`] is.
-    pub(super) async fn spread_claim(&self, claim: ClaimToSpread) -> Result<(), RpcError> {
-        if claim.others.is_empty() {
-            return Ok(());
-        }
-        let end = &claim.end;
+        let end = ops::UpdateSizeRequest {
+            path: path.to_string(),
+            file_id: req.file_id,
+            size: claimed.meta.size,
+            how: SizeUpdate::AtLeastUncut,
+            cut_gen: claimed.meta.cut_gen,
+        };
         let grown = join_all(
-            claim
-                .others
+            others
                 .iter()
-                .map(|&s| self.call_on::<ops::UpdateSize>(s, end, OutPayload::none())),
+                .map(|&s| self.call_on::<ops::UpdateSize>(s, &end, OutPayload::none())),
         )
         .await;
-        let mut answers = vec![(claim.first, Ok(claim.claimed))];
+        let mut answers = vec![(first, Ok(claimed))];
         answers.extend(
-            claim
-                .others
+            others
                 .iter()
                 .zip(grown)
                 .map(|(&s, r)| (s, r.map(|(reply, _)| reply))),
         );
         for (server, answer) in &mut answers[1..] {
-            self.grow_once_cut(*server, answer, end).await;
+            self.grow_once_cut(*server, answer, &end).await;
         }
         let changed = self
-            .settle_change::<ops::UpdateSize>(&end.path, end.file_id, answers, end)
+            .settle_change::<ops::UpdateSize>(path, req.file_id, answers, &end)
             .await;
-        self.undo_unless_all_took(&end.path, end.file_id, changed)
-            .await
-            .map(drop)
+        self.undo_unless_all_took(path, req.file_id, changed).await
     }
 
     /// Asks again server `server`, whose cut count predates `end`'s (`answer`), to grow
@@ -225,23 +207,5 @@ impl FsClient {
             }
         });
         join_all(restores).await;
-    }
-}
-
-/// An append's claim the first replica of its record took, to spread to the others
-/// ([`FsClient::spread_claim`]).
-pub(super) struct ClaimToSpread {
-    first: ServerIndex,
-    /// The first replica's reply.
-    pub(super) claimed: ops::SizeReply,
-    others: Vec<ServerIndex>,
-    /// The size update that grows the others to the claim's end.
-    end: ops::UpdateSizeRequest,
-}
-
-impl ClaimToSpread {
-    /// The path the claim was made at.
-    pub(super) fn path(&self) -> &str {
-        &self.end.path
     }
 }
