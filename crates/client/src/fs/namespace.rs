@@ -274,17 +274,10 @@ impl FsClient {
         servers: &[ServerIndex],
     ) -> Vec<ServerIndex> {
         let answers = match previous {
-            Some(record) => {
-                let req = ops::InsertRequest {
-                    path: path.to_string(),
-                    meta: record.meta,
-                    exclusive: false,
-                    settled_only: false,
-                    newer_only: false,
-                    data: record.data.clone(),
-                };
-                answered(self.ask_each::<ops::MetadataInsert>(servers, &req).await)
-            }
+            Some(record) => answered(
+                self.ask_each::<ops::MetadataInsert>(servers, &replacing(path, record))
+                    .await,
+            ),
             None => answered(
                 self.ask_each::<ops::MetadataDelete>(servers, &removal(path))
                     .await,
@@ -1059,12 +1052,8 @@ impl FsClient {
             ..record.meta
         };
         let insert = ops::InsertRequest {
-            path: to.to_string(),
             meta,
-            exclusive: false,
-            settled_only: false,
-            newer_only: false,
-            data: record.data.clone(),
+            ..replacing(to, record)
         };
         let answers = self
             .write_each::<ops::MetadataInsert>(
@@ -1166,7 +1155,6 @@ fn both(from: &str, to: &str) -> String {
     format!("{from} -> {to}")
 }
 
-/// [`FsClient::ask_each`]'s answers with their replies dropped.
 /// The removal of a record a change put at `path`: moved, so no tombstone takes its
 /// file's chunks.
 fn removal(path: &str) -> ops::DeleteRequest {
@@ -1177,6 +1165,19 @@ fn removal(path: &str) -> ops::DeleteRequest {
     }
 }
 
+/// The put of `record` (with its bytes) at `path`, replacing what is there.
+pub(super) fn replacing(path: &str, record: &Record) -> ops::InsertRequest {
+    ops::InsertRequest {
+        path: path.to_string(),
+        meta: record.meta,
+        exclusive: false,
+        settled_only: false,
+        newer_only: false,
+        data: record.data.clone(),
+    }
+}
+
+/// [`FsClient::ask_each`]'s answers with their replies dropped.
 fn answered<T>(
     answers: Vec<(ServerIndex, Option<Result<T, RpcError>>)>,
 ) -> Vec<(ServerIndex, Option<Result<(), RpcError>>)> {

@@ -494,9 +494,8 @@ impl FsClient {
     /// Leaves `req`, the undo of a change server `server` took before it stopped
     /// answering, with that server: over the connection this client had to it when it
     /// fell silent (a new one cannot be made meanwhile) and with no deadline, so a
-    /// stopped server takes it once it runs again, before what this client sent it later
-    /// on a new connection (in practice: not promised across connections, and other
-    /// clients' calls may come first). Waits about [`NOTE_WAIT`] (the call watch's tick
+    /// stopped server takes it once it runs again (not ordered before calls on other
+    /// connections, this client's later ones or other clients'). Waits about [`NOTE_WAIT`] (the call watch's tick
     /// may add as much). A note the transport could not take at once (a stopped
     /// server's shared-memory queue is full) goes out as this client's worker progresses,
     /// during its later calls: one that exits first leaves nothing. Without a live

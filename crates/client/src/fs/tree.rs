@@ -16,6 +16,7 @@ use futures_util::future::join_all;
 
 use super::data::WriteSource;
 use super::inline::Record;
+use super::namespace::replacing;
 use super::{rpc_err, FsClient};
 use crate::error::ApiError;
 use crate::rpc::OutPayload;
@@ -335,14 +336,7 @@ impl FsClient {
 
     /// Stores `record` at `path` on every replica, replacing what is there.
     async fn store_everywhere(&self, path: &str, record: &Record) -> Result<(), ApiError> {
-        let insert = ops::InsertRequest {
-            path: path.to_string(),
-            meta: record.meta,
-            exclusive: false,
-            settled_only: false,
-            newer_only: false,
-            data: record.data.clone(),
-        };
+        let insert = replacing(path, record);
         self.forget(path);
         self.write_all::<ops::MetadataInsert>(
             PlacementKey::Metadata(path),
