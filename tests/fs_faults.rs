@@ -510,6 +510,77 @@ fn a_chunk_a_server_lost_is_never_read_as_zeros() {
 }
 
 #[test]
+fn a_write_after_a_restart_never_makes_another_clients_bytes_read_as_zeros() {
+    // Regression: a writer that opened a file before another client wrote to it skipped
+    // those bytes in a chunk a restarted memory server had lost, and the server, making
+    // the chunk anew, filled them with zeros that read back with success (from the first
+    // replica even while the second held the bytes).
+    use benchfs::placement::PlacementKey;
+    for replicas in [1u32, 2] {
+        let mut cluster = Cluster::start(ClusterSpec {
+            replicas,
+            ..ClusterSpec::backend("memory")
+        });
+        let writer = cluster.client();
+        // A file whose chunk 0 is first on a server that holds none of its records.
+        let (path, lost) = (0..)
+            .find_map(|i| {
+                let path = format!("/gap{i}");
+                let fd = writer.create(&path, 0o644).unwrap();
+                writer.close(fd).unwrap();
+                let file_id = writer.stat(&path).unwrap().file_id;
+                let first = cluster.replicas_of(PlacementKey::Chunk { file_id, index: 0 })[0];
+                let records = cluster.replicas_of(PlacementKey::Metadata(&path));
+                (!records.contains(&first)).then_some((path, first))
+            })
+            .unwrap();
+        // Opened while the file is empty: the writer knows of no bytes in it.
+        let fd = writer.open(&path, OpenFlags::WRITE, 0).unwrap();
+        let other = cluster.client();
+        let theirs = pattern(100, 3);
+        let ofd = other.open(&path, OpenFlags::WRITE, 0).unwrap();
+        other.pwrite(ofd, &theirs, 0).unwrap();
+        other.close(ofd).unwrap();
+        cluster.kill(lost);
+        cluster.restart(lost);
+        writer.pwrite(fd, b"mine", 200).unwrap();
+        writer.close(fd).unwrap();
+        let reader = cluster.client();
+        let mut want = theirs.clone();
+        want.resize(200, 0);
+        want.extend_from_slice(b"mine");
+        match try_read_file(&reader, &path) {
+            Ok(got) => {
+                assert_eq!(
+                    replicas, 2,
+                    "with one copy the other client's bytes are lost"
+                );
+                let differs = got.iter().zip(&want).position(|(a, b)| a != b);
+                assert!(
+                    got == want,
+                    "the other replica's bytes, not zeros: first difference at {differs:?}"
+                );
+            }
+            Err(e) => {
+                assert_eq!(replicas, 1, "with two copies the replica answers: {e}");
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                assert!(
+                    e.to_string()
+                        .contains(&format!("read {path}: {}@", Cluster::node_id(lost))),
+                    "names the path and the server: {e}"
+                );
+            }
+        }
+        // The bytes written since the restart read back from the restarted server alone.
+        let fd = reader.open(&path, OpenFlags::READ, 0).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(reader.pread(fd, &mut buf, 200).unwrap(), 4);
+        assert_eq!(&buf, b"mine");
+        reader.close(fd).unwrap();
+    }
+}
+
+#[test]
 fn listings_work_with_one_replica_of_each_record_down() {
     // Regression: ls, readdir and rmdir's emptiness check asked every server and failed
     // when one was down, though with two copies of every record no entry was missing.

@@ -548,6 +548,7 @@ fn the_trace_file_records_every_rpc_span() {
         file_birth_ns: 0,
         chunk_held: 0,
         append_cut_gen: None,
+        hole_before: false,
     };
     let request_bytes = format!("request_bytes={}", body.to_bytes().len() as u64 + CHUNK);
     assert!(has(&text, "write_chunk", &request_bytes), "{text}");

@@ -107,14 +107,15 @@ pub fn chunk_io(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkIo {
     }
 }
 
-/// A chunk write with no file behind it (born at 0, holding nothing), which no server
-/// refuses as leaving lost bytes.
+/// A chunk write with no file behind it (born after every store, holding nothing), which
+/// no server refuses as leaving lost bytes nor keeps its gaps from reads.
 pub fn chunk_write(file_id: u64, index: u64, offset: u64, len: usize) -> ChunkWrite {
     ChunkWrite {
         io: chunk_io(file_id, index, offset, len),
-        file_birth_ns: 0,
+        file_birth_ns: u64::MAX,
         chunk_held: 0,
         append_cut_gen: None,
+        hole_before: false,
     }
 }
 

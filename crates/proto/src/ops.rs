@@ -461,10 +461,16 @@ pub struct ChunkWrite {
     /// For an append's bytes, the [`FileMetadata::cut_gen`] its claim on the record saw:
     /// a server that has since seen a later cut of the file drops what lands past it.
     pub append_cut_gen: Option<u16>,
+    /// The writer knows the chunk whole (a replica repair copying another replica's):
+    /// from `chunk_held` up to `io.offset` the file holds a hole, not bytes a server that
+    /// began after the file may have lost.
+    pub hole_before: bool,
 }
 
 /// Bit of `ChunkWriteHeader::flags`: the write is an append's ([`ChunkWrite::append_cut_gen`]).
 const CHUNK_WRITE_APPEND: u8 = 1;
+/// Bit of `ChunkWriteHeader::flags`: [`ChunkWrite::hole_before`].
+const CHUNK_WRITE_HOLE_BEFORE: u8 = 2;
 
 impl Message for ChunkWrite {
     fn encode(&self, w: &mut Writer) {
@@ -479,22 +485,23 @@ impl Message for ChunkWrite {
                 CHUNK_WRITE_APPEND
             } else {
                 0
+            } | if self.hole_before {
+                CHUNK_WRITE_HOLE_BEFORE
+            } else {
+                0
             },
             append_cut_gen: self.append_cut_gen.unwrap_or(0).into(),
         });
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let h: ChunkWriteHeader = r.fixed()?;
-        let append_cut_gen = match h.flags {
-            0 => None,
-            CHUNK_WRITE_APPEND => Some(h.append_cut_gen.get()),
-            _ => {
-                return Err(DecodeError::BadField {
-                    field: "flags",
-                    reason: "unknown flag bits",
-                })
-            }
-        };
+        if h.flags & !(CHUNK_WRITE_APPEND | CHUNK_WRITE_HOLE_BEFORE) != 0 {
+            return Err(DecodeError::BadField {
+                field: "flags",
+                reason: "unknown flag bits",
+            });
+        }
+        let append_cut_gen = (h.flags & CHUNK_WRITE_APPEND != 0).then(|| h.append_cut_gen.get());
         Ok(ChunkWrite {
             io: ChunkIo {
                 file_id: h.file_id.get(),
@@ -505,6 +512,7 @@ impl Message for ChunkWrite {
             file_birth_ns: h.file_birth_ns.get(),
             chunk_held: h.chunk_held.get(),
             append_cut_gen,
+            hole_before: h.flags & CHUNK_WRITE_HOLE_BEFORE != 0,
         })
     }
 }
@@ -1521,6 +1529,7 @@ mod tests {
             file_birth_ns: 5,
             chunk_held: 6,
             append_cut_gen: None,
+            hole_before: false,
         };
         let mut plain = le(&[1, 2, 3, 4, 5, 6]);
         plain.extend([0, 0, 0]);
@@ -1590,13 +1599,22 @@ mod tests {
             file_birth_ns: 5,
             chunk_held: 6,
             append_cut_gen: Some(0x0201),
+            hole_before: false,
         };
         // Flag bit 0 after the plain write's fields, then the count.
         let bytes = append.to_bytes();
         assert_eq!(bytes[48..], [1, 1, 2]);
-        assert_eq!(ChunkWrite::from_bytes(&bytes), Ok(append));
+        assert_eq!(ChunkWrite::from_bytes(&bytes), Ok(append.clone()));
+        let repair = ChunkWrite {
+            hole_before: true,
+            append_cut_gen: None,
+            ..append
+        };
+        let bytes = repair.to_bytes();
+        assert_eq!(bytes[48], 2, "flag bit 1: the hole before");
+        assert_eq!(ChunkWrite::from_bytes(&bytes), Ok(repair));
         let mut unknown = bytes.clone();
-        unknown[48] = 2;
+        unknown[48] = 4;
         assert!(ChunkWrite::from_bytes(&unknown).is_err());
     }
 

@@ -269,8 +269,8 @@ proptest! {
         round_trip(&LocateFileReply { path: Some(path.clone()) })?;
         round_trip(&LocateFileReply { path: None })?;
         round_trip(&ChunkIo { file_id: id, index: 3, offset: 5, len: 10 })?;
-        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id, append_cut_gen: None })?;
-        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id, append_cut_gen: Some(id as u16) })?;
+        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id, append_cut_gen: None, hole_before: false })?;
+        round_trip(&ChunkWrite { io: ChunkIo { file_id: id, index: 3, offset: 5, len: 10 }, file_birth_ns: len, chunk_held: id, append_cut_gen: Some(id as u16), hole_before: true })?;
         round_trip(&ReaddirRequest { dir: path.clone(), after: Some("x".into()), limit: 7 })?;
         round_trip(&ReaddirReply { entries: names, done: true })?;
         round_trip(&PurgeRequest { dir: path.clone(), changed_before_ns: id })?;

@@ -168,6 +168,7 @@ pub(super) fn chunk_write(
         file_birth_ns: meta.birth_ns,
         chunk_held: held,
         append_cut_gen,
+        hole_before: false,
     }
 }
 

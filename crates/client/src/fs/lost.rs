@@ -13,8 +13,8 @@
 use std::time::Instant;
 
 use benchfs_proto::meta::FileMetadata;
-use benchfs_proto::ops;
 use benchfs_proto::placement::ServerIndex;
+use benchfs_proto::{ops, Status};
 
 use super::data::chunk_write;
 use super::FsClient;
@@ -76,11 +76,14 @@ impl FsClient {
                 continue;
             }
             let probe = io(skipped - 1, 1);
+            // Lacking: the byte lies past the chunk's end, or in a gap the replica
+            // opened after its store began (refused as Lost).
             match self
                 .call_on::<ops::ReadChunk>(replica, &probe, OutPayload::none())
                 .await
             {
                 Ok((reply, _)) if reply.len == 0 => {}
+                Err(e) if e.status() == Status::Lost => {}
                 _ => continue,
             }
             let Some(mut bytes) = self

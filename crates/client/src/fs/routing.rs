@@ -690,7 +690,9 @@ impl FsClient {
                     unconfirmed = Some(e);
                 }
                 Err(e) if born_after.is_some() => doubted = Some(chain(doubted, e)),
-                Err(e) if is_unreachable(&e) || e.status() == Status::Io => {
+                // Lost: a chunk a replica made anew after its store began, with bytes in
+                // it that no write since covered; another replica may hold them.
+                Err(e) if is_unreachable(&e) || matches!(e.status(), Status::Io | Status::Lost) => {
                     failed = Some(chain(failed, e));
                 }
                 Ok(reply) if failed.is_some() || doubted.is_some() => {

@@ -304,7 +304,10 @@ impl FsClient {
                 .await?;
         }
         // The file held no bytes past `held` here: the gap left is the hole.
-        let end = chunk_write(meta, index, (len - 1, 1), held, None);
+        let end = ops::ChunkWrite {
+            hole_before: true,
+            ..chunk_write(meta, index, (len - 1, 1), held, None)
+        };
         self.call_on::<ops::WriteChunk>(copy.server, &end, OutPayload::Owned(vec![0]))
             .await
             .map(drop)

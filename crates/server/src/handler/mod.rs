@@ -12,6 +12,7 @@ mod inline;
 mod journal;
 mod probe;
 mod repair;
+mod rewritten;
 
 use std::cell::{Cell, RefCell};
 
@@ -201,6 +202,9 @@ pub struct ServerState {
     probe_running: Cell<bool>,
     /// Each file's last cut here, which an append claimed before it does not land past.
     cuts: RefCell<cuts::Cuts>,
+    /// The bytes written in this life of the chunks the store made after it began, for
+    /// files older than it: the rest of such a chunk may be bytes it lost.
+    rewritten: RefCell<rewritten::Rewritten>,
     /// Request counters.
     pub counters: Counters,
     /// Per-operation counters, latencies and the queue depth, kept by the transport.
@@ -299,6 +303,7 @@ impl ServerState {
             data_dir: config.node.data_dir.clone(),
             probe_running: Cell::new(false),
             cuts: RefCell::default(),
+            rewritten: RefCell::default(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
@@ -392,6 +397,7 @@ impl ServerState {
         }
         self.cuts.borrow_mut().forget(file_id);
         let removed = self.store.remove_file(file_id).await?;
+        self.rewritten.borrow_mut().forget_file(file_id);
         tracing::debug!(file_id, chunks = removed, "orphan chunks removed");
         let counter = &self.counters.orphan_chunks_removed;
         counter.set(counter.get() + removed);
@@ -885,6 +891,7 @@ impl ServerState {
                     start => self.store.truncate(id, start).await,
                 }
                 .map_err(store_status)?;
+                self.rewritten.borrow_mut().cut(id, start);
                 continue;
             }
             // The chunk holds bytes past the range, which ends in it (`end` is `to.1`).
@@ -893,6 +900,10 @@ impl ServerState {
             zeros.as_mut_slice().fill(0);
             let (written, _) = self.store.write(id, start, zeros).await;
             written.map_err(store_status)?;
+            let mut rewritten = self.rewritten.borrow_mut();
+            if rewritten.tracks(id) {
+                rewritten.add(id, start, end);
+            }
         }
         Ok(Reply::ok(&op::Empty))
     }
@@ -1045,11 +1056,29 @@ impl ServerState {
         let Some(buf) = self.short_of_cuts(&req, buf) else {
             return Reply::ok(&op::ChunkIoReply::moved(req.io.len));
         };
+        let landed = (req.io.offset, req.io.offset + buf.len() as u64);
         let (r, _buf) = self.store.write(id, req.io.offset, buf).await;
         match r {
-            Ok(()) => Reply::ok(&op::ChunkIoReply::moved(req.io.len)),
+            Ok(()) => {
+                let mut rewritten = self.rewritten.borrow_mut();
+                if rewritten.tracks(id) {
+                    if req.hole_before {
+                        // A repair's: the gap it leaves is the file's hole.
+                        rewritten.add(id, req.chunk_held.min(landed.0), landed.0);
+                    }
+                    rewritten.add(id, landed.0, landed.1);
+                }
+                Reply::ok(&op::ChunkIoReply::moved(req.io.len))
+            }
             Err(e) => Reply::error(store_status(e)),
         }
+    }
+
+    /// Whether chunk `id`, of a file born at `file_birth_ns`, holds only bytes written
+    /// since this store began: the file is older than the store and the store did not
+    /// keep the chunk through its start.
+    fn made_after_store_began(&self, id: ChunkId, file_birth_ns: u64) -> bool {
+        file_birth_ns < self.born_ns && !self.store.kept_since_open(id)
     }
 
     /// What of a write's buffer may land: an append's bytes past a cut that came after its
@@ -1086,21 +1115,25 @@ impl ServerState {
     /// writer opened it, in a store that began after the file: zeros there would then read
     /// as bytes that were written and lost with the store (`Status::Lost`). A chunk made
     /// since the store began holds only bytes written since, so the check at each write
-    /// keeps every gap in it one the file did not hold.
+    /// keeps every gap in it one the file did not hold as far as the writer knew; a write
+    /// the check lets through that makes the chunk starts the record of which of its
+    /// bytes were written (`rewritten`), for the bytes others wrote that it did not know.
     async fn leaves_lost_bytes(
         &self,
         id: ChunkId,
         req: &op::ChunkWrite,
     ) -> Result<bool, StoreError> {
-        if req.file_birth_ns >= self.born_ns || self.store.kept_since_open(id) {
+        if !self.made_after_store_began(id, req.file_birth_ns) {
             return Ok(false);
         }
+        let len = self.store.stat(id).await?.map(|s| s.len);
         let skipped_end = req.io.offset.min(req.chunk_held);
-        if skipped_end == 0 {
-            return Ok(false);
+        let leaves = len.unwrap_or(0) < skipped_end;
+        if len.is_none() && !leaves {
+            // Before the write, so that a write beside it finds the chunk kept.
+            self.rewritten.borrow_mut().track(id);
         }
-        let len = self.store.stat(id).await?.map_or(0, |s| s.len);
-        Ok(len < skipped_end)
+        Ok(leaves)
     }
 
     async fn read_chunk(&self, req: op::ChunkIo) -> Reply {
@@ -1108,6 +1141,20 @@ impl ServerState {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
+        if !self
+            .rewritten
+            .borrow()
+            .covers(id, req.offset, req.offset + req.len)
+        {
+            tracing::warn!(
+                file_id = id.file_id,
+                index = id.index,
+                offset = req.offset,
+                len = req.len,
+                "a read reaches bytes of a chunk that no write since this store began covered; refused"
+            );
+            return Reply::error(Status::Lost);
+        }
         // The copy into a buffer took a memory server about half its time reading.
         if let Some(view) = self.store.read_in_place(id, req.offset, len) {
             return Reply {
