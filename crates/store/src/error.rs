@@ -44,6 +44,14 @@ pub enum StoreError {
         /// What failed and what to do about it.
         reason: String,
     },
+    /// A chunk the store holds is gone from its data directory (removed by hand, a
+    /// file system that lost it): its bytes are lost, and answering its range as a hole
+    /// would give zeros for them.
+    #[error("chunk {chunk}'s file vanished from the data directory: its bytes are lost")]
+    Vanished {
+        /// The chunk.
+        chunk: crate::ChunkId,
+    },
     /// A configuration value is out of bounds.
     #[error("invalid config `{field}`: {reason}")]
     InvalidConfig {
@@ -77,6 +85,8 @@ impl From<&StoreError> for Status {
             },
             // The kernel or file system lacks a feature the server's configuration needs.
             StoreError::Unsupported { .. } => Status::Unsupported,
+            // Bytes this server held are gone: another replica may hold them.
+            StoreError::Vanished { .. } => Status::Lost,
             // The server's own configuration is wrong; no request value causes it, so the
             // client sees a server failure, not an invalid argument.
             StoreError::InvalidConfig { .. } => Status::Io,

@@ -391,6 +391,46 @@ async fn names_stay_inside(mut h: Harness) {
     );
 }
 
+async fn a_vanished_chunk_fails_rather_than_read_as_a_hole(h: Harness) {
+    if h.config.backend == Backend::Memory {
+        return;
+    }
+    let s = &*h.store;
+    // More chunks than the store keeps open (and the tiered store in memory), so the
+    // first one's file is opened again to read it.
+    let chunks = benchfs_store::limits::FD_CACHE_MAX as u64 + 8;
+    for index in 0..chunks {
+        write(s, ChunkId::new(1, index), 0, &pattern(index, 100)).await;
+    }
+    s.sync().await.unwrap();
+    let chunk_file = |index: u64| {
+        h.config
+            .data_dir
+            .join(format!("chunks/{:016x}/{index:016x}", 1))
+    };
+    for index in [0, 1] {
+        std::fs::remove_file(chunk_file(index)).unwrap();
+    }
+    let (lost, _) = s.read(ID, 0, s.buffer(100).await.unwrap()).await;
+    assert!(
+        matches!(lost, Err(StoreError::Vanished { chunk }) if chunk == ID),
+        "{lost:?}"
+    );
+    // A write that would make the chunk anew over its lost bytes fails too.
+    let second = ChunkId::new(1, 1);
+    let (wrote, _) = s.write(second, 200, buf_from(s, b"new").await).await;
+    assert!(
+        matches!(wrote, Err(StoreError::Vanished { .. })),
+        "{wrote:?}"
+    );
+    assert_eq!(read(s, ChunkId::new(1, 2), 0, 100).await, pattern(2, 100));
+    // Until it is removed: then it is a new chunk.
+    s.remove(ID).await.unwrap();
+    write(s, ID, 10, b"new").await;
+    assert_eq!(read(s, ID, 0, 100).await, [&[0; 10][..], b"new"].concat());
+    s.sync().await.unwrap();
+}
+
 /// Everything the stores share, run both with and without O_DIRECT for the disk stores.
 macro_rules! cases {
     ($backend:expr, $o_direct:expr, [$($case:ident),* $(,)?]) => {
@@ -428,6 +468,7 @@ macro_rules! backend {
                     unaligned,
                     reopen,
                     names_stay_inside,
+                    a_vanished_chunk_fails_rather_than_read_as_a_hole,
                 ]
             );
         }

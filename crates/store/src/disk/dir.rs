@@ -185,7 +185,7 @@ impl ChunkDir {
             return Ok(None);
         }
         let reservation = self.reserve(id, end)?;
-        match self.open_for_write(id) {
+        match self.open_for_write(id, reservation.previous_len.is_some()) {
             Ok(file) => Ok(Some(file)),
             Err(e) => {
                 self.unreserve(reservation);
@@ -206,13 +206,34 @@ impl ChunkDir {
         self.open_for_read(id)
     }
 
-    /// The open file of a chunk, creating the chunk (and its directory) if missing.
-    pub(crate) fn open_for_write(&self, id: ChunkId) -> Result<Rc<ChunkFile>, StoreError> {
+    /// The open file of a chunk, creating the chunk (and its directory) unless it
+    /// `existed`: one that did and is gone is [`StoreError::Vanished`], since a new file in
+    /// its place would answer its lost bytes as a hole.
+    pub(crate) fn open_for_write(
+        &self,
+        id: ChunkId,
+        existed: bool,
+    ) -> Result<Rc<ChunkFile>, StoreError> {
         if let Some(file) = self.cached(id) {
             return Ok(file);
         }
-        let file = self.create_in_file_dir(&id::chunk_path(&self.data_dir, id), id)?;
+        let path = id::chunk_path(&self.data_dir, id);
+        let file = match existed {
+            true => self
+                .open_file(&path, false)
+                .map_err(|e| self.vanished(id, e))?,
+            false => self.create_in_file_dir(&path, id)?,
+        };
         Ok(self.insert_cached(id, file))
+    }
+
+    /// The error for chunk `id`, which the index holds, failing to open with `e`.
+    fn vanished(&self, id: ChunkId, e: io::Error) -> StoreError {
+        if e.kind() != io::ErrorKind::NotFound {
+            return StoreError::io("open chunk", e, 0);
+        }
+        tracing::error!(%id, "indexed chunk vanished from disk: its bytes are lost");
+        StoreError::Vanished { chunk: id }
     }
 
     /// Opens `path`, a file in `id`'s file directory, creating it (and the directory) if
@@ -281,12 +302,7 @@ impl ChunkDir {
         }
         match self.open_file(&id::chunk_path(&self.data_dir, id), false) {
             Ok(file) => Ok(Some(self.insert_cached(id, file))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::warn!(%id, "indexed chunk vanished from disk");
-                self.set_len(id, None);
-                Ok(None)
-            }
-            Err(e) => Err(StoreError::io("open chunk", e, 0)),
+            Err(e) => Err(self.vanished(id, e)),
         }
     }
 
@@ -336,7 +352,7 @@ impl ChunkDir {
     pub(crate) fn truncate(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
         self.check_range(len, 0)?;
         let reservation = self.reserve(id, len)?;
-        let file = match self.open_for_write(id) {
+        let file = match self.open_for_write(id, reservation.previous_len.is_some()) {
             Ok(file) => file,
             Err(e) => {
                 self.unreserve(reservation);

@@ -259,7 +259,9 @@ impl<E: IoEngine> ChunkStore for DiskChunkStore<E> {
                 Ok(Some(file)) => {
                     (self.engine.fsync(&file).await).map_err(|e| StoreError::io(E::FSYNC_OP, e, 0))
                 }
-                Ok(None) => Ok(()),
+                // A chunk whose file vanished has nothing left to make durable; its
+                // reads fail.
+                Ok(None) | Err(StoreError::Vanished { .. }) => Ok(()),
                 Err(e) => Err(e),
             };
             if let Err(e) = synced {

@@ -566,7 +566,7 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let chunks = ChunkDir::open(&StoreConfig::new(Backend::IoUring, dir.path())).unwrap();
-        let file = chunks.open_for_write(ChunkId::new(1, 0)).unwrap();
+        let file = chunks.open_for_write(ChunkId::new(1, 0), false).unwrap();
         rt.block_on(async {
             let driver = match Driver::new(4) {
                 Ok(driver) => driver,
