@@ -257,15 +257,27 @@ fn a_write_into_a_lost_chunk_never_turns_its_lost_bytes_into_zeros() {
         pread_at(&fs, "/lost", middle, 100).unwrap(),
         pattern(100, 12)
     );
-    // Past the file's end the file held nothing, so a hole there is a hole.
+    // Past the file's end the writer saw nothing, and its write goes through; but
+    // another client may have written there before the crash, so the gap it leaves
+    // does not read as zeros (the file's holes on such a server read as errors), while
+    // what it wrote reads back.
     let past_end = (4 * C + C / 2) as u64;
     pwrite_at(&fs, "/lost", past_end, &pattern(100, 13)).unwrap();
-    let tail = pread_at(&fs, "/lost", 4 * C as u64, C / 2 + 100).unwrap();
-    assert!(
-        tail[..C / 2].iter().all(|&b| b == 0),
-        "the hole past the old end"
+    let e = pread_at(&fs, "/lost", 4 * C as u64, C / 2 + 100).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert_eq!(
+        pread_at(&fs, "/lost", past_end, 100).unwrap(),
+        pattern(100, 13)
     );
-    assert_eq!(tail[C / 2..], pattern(100, 13));
+    // Once cut by a truncate the server took, the file holds nothing past the cut but
+    // what is written since: a gap there is a hole.
+    let fd = fs.open("/lost", OpenFlags::WRITE, 0).unwrap();
+    fs.ftruncate(fd, 4 * C as u64).unwrap();
+    fs.pwrite(fd, &pattern(100, 14), 5 * C as u64 + 1000)
+        .unwrap();
+    fs.close(fd).unwrap();
+    let tail = pread_at(&fs, "/lost", 5 * C as u64, 1100).unwrap();
+    assert!(tail[..1000].iter().all(|&b| b == 0) && tail[1000..] == pattern(100, 14));
 }
 
 /// Bytes a handle wrote after it opened the file, acknowledged by the server, are the
@@ -304,7 +316,9 @@ fn a_handles_acknowledged_writes_count_as_held_after_a_lost_store() {
     }
 
     // Cut by another handle's O_TRUNC, those bytes are no longer the file's: a write
-    // into the middle of the chunk after the next loss leaves only a hole before it.
+    // into the middle of the chunk after the next loss goes through. The gap before it
+    // reads as an error, not zeros: the server cannot tell that nobody wrote there
+    // between the cut and the crash.
     let fd = fs.create("/cut-by-another", 0o644).unwrap();
     fs.pwrite(fd, &written, 0).unwrap();
     fs.block_on(fs.client().wait_in_flight());
@@ -317,9 +331,12 @@ fn a_handles_acknowledged_writes_count_as_held_after_a_lost_store() {
     fs.pwrite(fd, &pattern(100, 32), (C / 2) as u64)
         .and_then(|_| fs.close(fd))
         .unwrap();
-    let back = read_file(&fs, "/cut-by-another");
-    assert_eq!(back.len(), C / 2 + 100);
-    assert!(back[..C / 2].iter().all(|&b| b == 0) && back[C / 2..] == pattern(100, 32));
+    let e = try_read_file(&fs, "/cut-by-another").unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert_eq!(
+        pread_at(&fs, "/cut-by-another", (C / 2) as u64, 100).unwrap(),
+        pattern(100, 32)
+    );
 }
 
 /// What a writer may write into an old file on a server that lost its chunks: a file

@@ -75,6 +75,11 @@ impl Cuts {
         cut.len.saturating_sub(offset).min(len)
     }
 
+    /// Where file `file_id` was last cut here (chunk index, bytes into it), if it was.
+    pub(super) fn last(&self, file_id: u64) -> Option<(u64, u64)> {
+        self.by_file.get(&file_id).map(|cut| (cut.index, cut.len))
+    }
+
     /// File `file_id`'s chunks are gone for good here.
     pub(super) fn forget(&mut self, file_id: u64) {
         self.by_file.remove(&file_id);

@@ -1131,7 +1131,8 @@ impl ServerState {
         let leaves = len.unwrap_or(0) < skipped_end;
         if len.is_none() && !leaves {
             // Before the write, so that a write beside it finds the chunk kept.
-            self.rewritten.borrow_mut().track(id);
+            let last_cut = self.cuts.borrow().last(id.file_id);
+            self.rewritten.borrow_mut().track(id, last_cut);
         }
         Ok(leaves)
     }

@@ -1,55 +1,75 @@
-//! Which bytes of a chunk were written in this store's life, for the chunks a store that
-//! began after their file (a memory server restarted, a lost data directory, a tiered
-//! store after a crash) made anew: only those bytes are the file's; the rest of such a
-//! chunk, below its end, is zeros the store filled a gap with, where the file may have
-//! held bytes the store lost.
+//! Which bytes of a chunk are known to be the file's, for the chunks a store that began
+//! after their file (a memory server restarted, a lost data directory, a tiered store
+//! after a crash) made anew: the bytes written since, and the holes past a cut the store
+//! took since. The rest of such a chunk, below its end, is zeros the store filled a gap
+//! with, where the file may have held bytes the store lost.
 //!
 //! A write refused as `Status::Lost` covers the bytes its writer knew of (see
 //! `leaves_lost_bytes`), but a writer that opened the file before another client wrote
 //! to it does not know of that client's bytes: its write past them opened a gap that read
 //! back as zeros with success. So every write to such a chunk adds its range here, and a
-//! read that reaches into bytes no write covered is refused (`Status::Lost`): the client
-//! asks another replica or fails with EIO naming the server, as for a hole such a server
-//! reports (`check_not_lost` in the client).
+//! read that reaches into bytes not known is refused (`Status::Lost`): the client asks
+//! another replica or fails with EIO naming the server, as for a hole such a server
+//! reports (`check_not_lost` in the client). A gap nothing vouches for reads so even when
+//! it is a hole (a sparse write into an old file): conservative, as for missing chunks.
 //!
-//! Written ranges rather than gaps, so that writes landing in any order leave the same
-//! set. A chunk's bytes all come from writes in this life, so its length is the end of
-//! its last range. Kept in memory only: a disk or tiered store restarted after such a
-//! life forgets which of those chunks' bytes were written (see ARCHITECTURE.md).
+//! Known ranges rather than gaps, so that writes landing in any order leave the same
+//! set. Kept in memory only: a disk or tiered store restarted after such a life forgets
+//! which of those chunks' bytes were written (see ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
 
 use benchfs_store::ChunkId;
 
-/// The written ranges of each chunk a store made after it began, for files older than
+/// The known ranges of each chunk a store made after it began, for files older than
 /// the store.
 #[derive(Debug, Default)]
 pub(super) struct Rewritten {
     chunks: BTreeMap<ChunkId, Chunk>,
 }
 
-/// One chunk's length and the bytes of it that were written.
+/// One chunk's length and the bytes of it known to be the file's.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Chunk {
     len: u64,
-    /// Sorted, disjoint, not touching `[start, end)` byte ranges.
-    written: Vec<(u64, u64)>,
+    /// Bytes written since the store began, and holes the file holds for sure (past a
+    /// cut this server took since, or vouched for by a repair): sorted, disjoint, not
+    /// touching `[start, end)` byte ranges.
+    known: Vec<(u64, u64)>,
 }
 
 impl Rewritten {
-    /// Keeps chunk `id`, which a write is about to make, with no byte written yet.
-    pub(super) fn track(&mut self, id: ChunkId) {
-        self.chunks.entry(id).or_default();
+    /// Keeps chunk `id`, which a write is about to make, with no byte written yet: past
+    /// `last_cut` (chunk index, bytes into it), a cut of its file this store took, the
+    /// file holds nothing but what is written since.
+    pub(super) fn track(&mut self, id: ChunkId, last_cut: Option<(u64, u64)>) {
+        if self.chunks.contains_key(&id) {
+            return;
+        }
+        self.chunks.insert(id, Chunk::default());
+        match last_cut {
+            Some((index, _)) if id.index > index => self.know(id, 0, u64::MAX),
+            Some((index, len)) if id.index == index => self.know(id, len, u64::MAX),
+            _ => {}
+        }
     }
 
     /// Bytes `start..end` of chunk `id` were written; the chunk is kept from now on.
     pub(super) fn add(&mut self, id: ChunkId, start: u64, end: u64) {
         let chunk = self.chunks.entry(id).or_default();
+        if start < end {
+            chunk.len = chunk.len.max(end);
+        }
+        self.know(id, start, end);
+    }
+
+    /// Bytes `start..end` of chunk `id` are the file's for sure (written, or a hole).
+    fn know(&mut self, id: ChunkId, start: u64, end: u64) {
+        let chunk = self.chunks.entry(id).or_default();
         if start >= end {
             return;
         }
-        chunk.len = chunk.len.max(end);
-        let ranges = &mut chunk.written;
+        let ranges = &mut chunk.known;
         // The ranges that touch or overlap the new one merge with it.
         let first = ranges.partition_point(|&(_, e)| e < start);
         let last = ranges.partition_point(|&(s, _)| s <= end);
@@ -59,8 +79,8 @@ impl Rewritten {
         ranges.splice(first..last, [merged]);
     }
 
-    /// Whether bytes `start..end` of chunk `id`, as far as the chunk goes, were all
-    /// written; `true` for a chunk not kept here.
+    /// Whether bytes `start..end` of chunk `id`, as far as the chunk goes, are all known;
+    /// `true` for a chunk not kept here.
     pub(super) fn covers(&self, id: ChunkId, start: u64, end: u64) -> bool {
         let Some(chunk) = self.chunks.get(&id) else {
             return true;
@@ -69,9 +89,9 @@ impl Rewritten {
         if start >= end {
             return true;
         }
-        let i = chunk.written.partition_point(|&(_, e)| e <= start);
+        let i = chunk.known.partition_point(|&(_, e)| e <= start);
         chunk
-            .written
+            .known
             .get(i)
             .is_some_and(|&(s, e)| s <= start && end <= e)
     }
@@ -81,7 +101,7 @@ impl Rewritten {
         self.chunks.contains_key(&id)
     }
 
-    /// Chunk `id` was cut to `len` bytes (removed at 0).
+    /// Chunk `id` was cut to `len` bytes (removed at 0): past them the file holds a hole.
     pub(super) fn cut(&mut self, id: ChunkId, len: u64) {
         if len == 0 {
             self.chunks.remove(&id);
@@ -91,10 +111,11 @@ impl Rewritten {
             return;
         };
         chunk.len = chunk.len.min(len);
-        chunk.written.retain_mut(|(s, e)| {
+        chunk.known.retain_mut(|(s, e)| {
             *e = (*e).min(len);
             *s < *e
         });
+        self.know(id, len, u64::MAX);
     }
 
     /// The chunks of file `file_id` were removed.
@@ -135,11 +156,7 @@ mod tests {
         w.add(ID, 0, 100);
         assert!(w.covers(ID, 0, 100) && !w.covers(ID, 0, 101));
         w.add(ID, 100, 200);
-        assert_eq!(
-            w.chunks[&ID].written,
-            vec![(0, 210)],
-            "touching ranges merge"
-        );
+        assert_eq!(w.chunks[&ID].known, vec![(0, 210)], "touching ranges merge");
         assert!(w.covers(ID, 0, 210));
     }
 
@@ -154,11 +171,29 @@ mod tests {
         for &(s, e) in writes.iter().rev() {
             backward.add(ID, s, e);
         }
-        assert_eq!(
-            forward.chunks[&ID].written,
-            vec![(0, 40), (45, 46), (50, 61)]
-        );
+        assert_eq!(forward.chunks[&ID].known, vec![(0, 40), (45, 46), (50, 61)]);
         assert_eq!(forward.chunks, backward.chunks);
+    }
+
+    #[test]
+    fn a_chunk_made_past_a_cut_this_store_took_holds_holes_not_lost_bytes() {
+        let mut w = Rewritten::default();
+        let cut = Some((2, 100));
+        w.track(ChunkId::new(7, 1), cut);
+        w.add(ChunkId::new(7, 1), 50, 60);
+        assert!(
+            !w.covers(ChunkId::new(7, 1), 0, 60),
+            "before the cut: unknown"
+        );
+        w.track(ID, cut);
+        w.add(ID, 200, 210);
+        assert!(!w.covers(ID, 0, 210) && w.covers(ID, 100, 210));
+        w.track(ChunkId::new(7, 3), cut);
+        w.add(ChunkId::new(7, 3), 200, 210);
+        assert!(w.covers(ChunkId::new(7, 3), 0, 210));
+        w.track(ChunkId::new(7, 4), None);
+        w.add(ChunkId::new(7, 4), 200, 210);
+        assert!(!w.covers(ChunkId::new(7, 4), 0, 210), "no cut: unknown");
     }
 
     #[test]
@@ -167,10 +202,12 @@ mod tests {
         w.add(ID, 0, 10);
         w.add(ID, 20, 30);
         w.cut(ID, 25);
-        assert_eq!(w.chunks[&ID].written, vec![(0, 10), (20, 25)]);
+        assert_eq!(w.chunks[&ID].known, vec![(0, 10), (20, u64::MAX)]);
         w.cut(ID, 15);
-        assert_eq!(w.chunks[&ID].written, vec![(0, 10)]);
+        assert_eq!(w.chunks[&ID].known, vec![(0, 10), (15, u64::MAX)]);
         assert!(w.covers(ID, 0, 10) && !w.covers(ID, 0, 15));
+        w.add(ID, 100, 110);
+        assert!(w.covers(ID, 15, 110), "past the cut: a hole, then written");
         w.cut(ID, 5);
         w.add(ChunkId::new(7, 1), 200, 210);
         w.cut(ChunkId::new(7, 1), 100);
