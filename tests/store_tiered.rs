@@ -280,6 +280,44 @@ fn a_write_into_a_lost_chunk_never_turns_its_lost_bytes_into_zeros() {
     assert!(tail[..1000].iter().all(|&b| b == 0) && tail[1000..] == pattern(100, 14));
 }
 
+/// A chunk a tiered server made anew after kill -9 lost it holds only what was written
+/// since; after the next restart, a clean one, its file on disk must not vouch for the
+/// rest of the chunk as a hole (found by a hostile-user run: the lost bytes past a 4 KiB
+/// rewrite read back as zeros with success), until written again.
+#[test]
+fn a_chunk_made_anew_after_a_crash_does_not_vouch_for_lost_bytes_after_a_clean_restart() {
+    let Some(mut cluster) = tiered_server() else {
+        return;
+    };
+    let fs = cluster.client();
+    let fd = write_open(&fs, "/remade", &pattern(2 * C, 40));
+    fs.close(fd).unwrap();
+    drop(fs);
+    cluster.kill(0);
+    cluster.restart(0);
+    let fs = cluster.client();
+    pwrite_at(&fs, "/remade", 0, &pattern(100, 41)).unwrap();
+    drop(fs);
+    assert!(cluster.stop(0), "a clean stop");
+    cluster.restart(0);
+
+    let fs = cluster.client();
+    let e = match pread_at(&fs, "/remade", 0, C) {
+        Ok(bytes) => panic!(
+            "a chunk made anew read back {} bytes, {} of them zero",
+            bytes.len(),
+            bytes.iter().filter(|&&b| b == 0).count()
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(e.to_string().contains("node0"), "{e}");
+    // Written again in this life, from the chunk's start: known, and read back.
+    let whole = pattern(C, 42);
+    pwrite_at(&fs, "/remade", 0, &whole).unwrap();
+    assert!(pread_at(&fs, "/remade", 0, C).unwrap() == whole);
+}
+
 /// Bytes a handle wrote after it opened the file, acknowledged by the server, are the
 /// file's as much as those it held at open: once kill -9 lost them, a write through the
 /// same handle into the middle of their chunk must not turn them into zeros. (Judged by

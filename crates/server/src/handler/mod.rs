@@ -243,6 +243,7 @@ impl ServerState {
         let journal_path = config.node.data_dir.join("metadata.journal");
         let journal_missing = !journal_path.exists();
         let born_ns = store_born_ns(config, &store, journal_missing)?;
+        let remade = open_remade(config, &store)?;
         // Records lost with the store (memory, or a new data directory) in a cluster that
         // ran with this node: born again (a store that kept its data keeps its birth, and
         // a tiered store that lost chunks keeps its records in the journal).
@@ -303,7 +304,7 @@ impl ServerState {
             data_dir: config.node.data_dir.clone(),
             probe_running: Cell::new(false),
             cuts: RefCell::default(),
-            rewritten: RefCell::default(),
+            rewritten: RefCell::new(remade),
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
@@ -330,6 +331,14 @@ impl ServerState {
 
     /// Makes every metadata change so far durable.
     pub fn sync_metadata(&self) -> Result<(), JournalError> {
+        self.rewritten
+            .borrow()
+            .sync()
+            .map_err(|source| JournalError::Io {
+                op: "sync",
+                path: self.data_dir.join(rewritten::REMADE_FILE),
+                source,
+            })?;
         match &self.journal {
             Some(j) => j.borrow_mut().sync(),
             None => Ok(()),
@@ -911,12 +920,10 @@ impl ServerState {
     /// Makes every acknowledged chunk and metadata change durable.
     async fn fsync(&self) -> Result<Reply, Status> {
         self.store.sync().await.map_err(store_status)?;
-        if let Some(j) = &self.journal {
-            j.borrow_mut().sync().map_err(|e| {
-                tracing::error!(error = %e, "metadata journal sync failed");
-                Status::Io
-            })?;
-        }
+        self.sync_metadata().map_err(|e| {
+            tracing::error!(error = %e, "metadata sync failed");
+            Status::Io
+        })?;
         Ok(Reply::ok(&op::Empty))
     }
 
@@ -1064,7 +1071,7 @@ impl ServerState {
                 if rewritten.tracks(id) {
                     if req.hole_before {
                         // A repair's: the gap it leaves is the file's hole.
-                        rewritten.add(id, req.chunk_held.min(landed.0), landed.0);
+                        rewritten.know_hole(id, req.chunk_held.min(landed.0), landed.0);
                     }
                     rewritten.add(id, landed.0, landed.1);
                 }
@@ -1123,6 +1130,10 @@ impl ServerState {
         id: ChunkId,
         req: &op::ChunkWrite,
     ) -> Result<bool, StoreError> {
+        if self.rewritten.borrow().made_earlier(id) {
+            let exists = self.store.stat(id).await?.is_some();
+            self.rewritten.borrow_mut().found(id, exists);
+        }
         if !self.made_after_store_began(id, req.file_birth_ns) {
             return Ok(false);
         }
@@ -1132,7 +1143,13 @@ impl ServerState {
         if len.is_none() && !leaves {
             // Before the write, so that a write beside it finds the chunk kept.
             let last_cut = self.cuts.borrow().last(id.file_id);
-            self.rewritten.borrow_mut().track(id, last_cut);
+            self.rewritten
+                .borrow_mut()
+                .track(id, last_cut)
+                .map_err(|source| StoreError::Io {
+                    op: "list a chunk made anew",
+                    source,
+                })?;
         }
         Ok(leaves)
     }
@@ -1179,7 +1196,8 @@ impl ServerState {
             status: Status::Ok,
             body: op::ChunkIoReply {
                 len: n as u64,
-                whole: self.store.kept_since_open(id),
+                // A chunk made anew may have been cut short of bytes it lost.
+                whole: self.store.kept_since_open(id) && !self.rewritten.borrow().tracks(id),
             }
             .to_bytes(),
             payload: Some(ReplyPayload::Buf(buf)),
@@ -1199,7 +1217,7 @@ pub enum OpenError {
     #[error("metadata journal: {0}")]
     Journal(#[from] JournalError),
     /// A record the store keeps beside its data (its birth `data_dir/born`, its
-    /// `placement`, the clean-stop mark) could not be read or made.
+    /// `placement`, the clean-stop mark, its chunks made anew) could not be read or made.
     #[error("{}: {source}", path.display())]
     Born {
         /// The file.
@@ -1311,6 +1329,19 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+}
+
+/// What a disk store's earlier lives knew of the chunks they made anew (none for memory).
+fn open_remade(
+    config: &ServerConfig,
+    store: &AnyChunkStore,
+) -> Result<rewritten::Rewritten, OpenError> {
+    let data_dir = (store.backend() != benchfs_store::Backend::Memory)
+        .then_some(config.node.data_dir.as_path());
+    rewritten::Rewritten::open(data_dir).map_err(|source| OpenError::Born {
+        path: config.node.data_dir.join(rewritten::REMADE_FILE),
+        source,
+    })
 }
 
 /// Whether `data_dir` holds the [`CLEAN_STOP_FILE`] of the last run; removes it (durably)
