@@ -16,6 +16,12 @@ const TIER_CHUNKS: usize = 32;
 /// One tiered server with a memory tier of [`TIER_CHUNKS`] chunks, or `None` (with a
 /// note) if it cannot start here.
 fn tiered_server() -> Option<Cluster> {
+    tiered_server_with(|_| true)
+}
+
+/// [`tiered_server`], with `prepare` run on the cluster before its server starts; `None`
+/// when it returns false.
+fn tiered_server_with(prepare: impl FnOnce(&Cluster) -> bool) -> Option<Cluster> {
     let spec = ClusterSpec {
         servers: 0,
         backend: "tiered",
@@ -30,6 +36,9 @@ fn tiered_server() -> Option<Cluster> {
     std::fs::write(&cluster.config_path, text.replacen("[network]", &tier, 1)).unwrap();
     cluster.spec.servers = 1;
     cluster.children.push(None);
+    if !prepare(&cluster) {
+        return None;
+    }
     cluster.restart(0);
     if !cluster.is_running(0) {
         let log = std::fs::read_to_string(cluster.log_path(0)).unwrap_or_default();
@@ -37,6 +46,41 @@ fn tiered_server() -> Option<Cluster> {
         return None;
     }
     Some(cluster)
+}
+
+/// [`tiered_server`] with its data directory on a tmpfs of `disk_bytes`, unmounted when
+/// the returned guard drops (after the cluster); `None` (with a note) where mounting needs
+/// root this process lacks, or the server cannot start.
+fn tiered_server_on_small_disk(disk_bytes: u64) -> Option<(Cluster, SmallDisk)> {
+    let mut disk = None;
+    let cluster = tiered_server_with(|cluster| {
+        let data = cluster.data_dir(0);
+        std::fs::create_dir_all(&data).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={disk_bytes}"), "tmpfs"])
+            .arg(&data)
+            .status()
+            .is_ok_and(|s| s.success());
+        disk = mounted.then_some(SmallDisk(data));
+        mounted
+    });
+    match (cluster, disk) {
+        (Some(cluster), Some(disk)) => Some((cluster, disk)),
+        (_, None) => {
+            common::skip("a small disk", "mounting a tmpfs needs root");
+            None
+        }
+        (None, Some(_)) => None,
+    }
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// Two tiered servers, each holding a replica of everything, or `None` (with a note) if
@@ -316,6 +360,53 @@ fn a_chunk_made_anew_after_a_crash_does_not_vouch_for_lost_bytes_after_a_clean_r
     let whole = pattern(C, 42);
     pwrite_at(&fs, "/remade", 0, &whole).unwrap();
     assert!(pread_at(&fs, "/remade", 0, C).unwrap() == whole);
+}
+
+/// Regression (hostile-user run): on a disk with room for the memory tier and little
+/// more, a write-back on eviction gave back the room held for its chunk before it wrote
+/// it, and a concurrent write's hold took that room first: the write-back failed on a full
+/// disk, and the clean stop after lost a file every write of which was acknowledged.
+#[test]
+fn a_write_back_keeps_the_room_held_for_it_on_a_filling_disk() {
+    let disk_chunks = 5 * TIER_CHUNKS as u64 / 2;
+    let mut filled = 0;
+    // Up to the disk's room less what the server keeps beside the chunks (its journal's
+    // reserve, the tier reserve's step), which the file system's rounding makes uncertain.
+    for first_chunks in (disk_chunks - 40..disk_chunks).step_by(4) {
+        let Some((mut cluster, _disk)) = tiered_server_on_small_disk(disk_chunks * CHUNK) else {
+            return;
+        };
+        let fs = cluster.client();
+        let first = pattern((first_chunks * CHUNK) as usize, 50);
+        let fd = fs.create("/first", 0o644).unwrap();
+        match fs.write(fd, &first).and_then(|_| fs.close(fd)) {
+            Err(e) if e.errno() == libc::ENOSPC => break,
+            written => written.unwrap(),
+        }
+        filled += 1;
+        // More than the memory tier, which the disk has no room for.
+        let fd = fs.create("/second", 0o644).unwrap();
+        let second = pattern(2 * TIER_CHUNKS * C, 51);
+        let e = fs
+            .write(fd, &second)
+            .and_then(|_| fs.fsync(fd))
+            .expect_err("the disk had room for the second file");
+        assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+        let _ = fs.close(fd);
+        drop(fs);
+        assert!(
+            cluster.stop(0),
+            "{first_chunks} chunks: the clean stop made everything durable; see {}",
+            cluster.log_path(0).display()
+        );
+        cluster.restart(0);
+        let fs = cluster.client();
+        assert!(
+            read_file(&fs, "/first") == first,
+            "{first_chunks} chunks: the first file after a clean stop"
+        );
+    }
+    assert!(filled >= 3, "the disk took the first file {filled} times");
 }
 
 /// Bytes a handle wrote after it opened the file, acknowledged by the server, are the

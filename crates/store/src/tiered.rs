@@ -606,15 +606,20 @@ impl<E: IoEngine> TieredChunkStore<E> {
             return Ok(());
         };
         let len = self.upper.chunk_len(id).unwrap_or(0);
-        // The room held for this chunk is what its write-back takes: give it back first.
-        // The hold's end takes the debt again if the write-back fails.
-        let owed = match self.state.borrow_mut().index.get_mut(&id) {
-            Some(entry) => std::mem::take(&mut entry.owed),
-            None => 0,
+        // The room held for this chunk is what its write-back takes: given back just
+        // before the write-back allocates it, with no await in between, so that another
+        // operation's hold cannot take it first (a concurrent write did, and the
+        // write-back of an acknowledged chunk failed on a full disk). The hold's end
+        // takes the debt again if the write-back fails.
+        let release_owed = || {
+            let owed = match self.state.borrow_mut().index.get_mut(&id) {
+                Some(entry) => std::mem::take(&mut entry.owed),
+                None => 0,
+            };
+            self.owed_bytes.set(self.owed_bytes.get() - owed);
+            self.disk_reserve
+                .release_to(self.owed_bytes.get() + self.promised_bytes.get());
         };
-        self.owed_bytes.set(self.owed_bytes.get() - owed);
-        self.disk_reserve
-            .release_to(self.owed_bytes.get() + self.promised_bytes.get());
         if len > 0 {
             let spare = self.spare.borrow_mut().pop();
             let mut buf = match spare {
@@ -623,12 +628,16 @@ impl<E: IoEngine> TieredChunkStore<E> {
             };
             buf.set_len(len as usize);
             self.upper.read_bytes(id, 0, buf.as_mut_slice())?;
+            release_owed();
+            // Allocates the chunk's room before its first await (`begin_whole`).
             let (result, buf) = self.lower.write_whole(id, buf).await;
             let mut spare = self.spare.borrow_mut();
             if spare.len() < SPARE_BUFFERS_MAX {
                 spare.push(buf);
             }
             result?;
+        } else {
+            release_owed();
         }
         // Makes an empty chunk, which nothing above wrote.
         if self.lower.chunk_len(id) != Some(len) {

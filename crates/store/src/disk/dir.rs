@@ -262,11 +262,18 @@ impl ChunkDir {
     /// [`ChunkDir::commit_whole`] renames it over the chunk's: a crash leaves the chunk as
     /// it was or whole, never its start alone (the rest read as never written).
     /// What a crash left of one is removed at the next open.
-    pub(crate) fn begin_whole(&self, id: ChunkId) -> Result<Rc<ChunkFile>, StoreError> {
+    /// Its `len` bytes are allocated at once, before the caller's first await: a tiered
+    /// store gives back the room it held for the chunk just before, which another
+    /// operation's hold must not take in between.
+    pub(crate) fn begin_whole(&self, id: ChunkId, len: u64) -> Result<Rc<ChunkFile>, StoreError> {
         let file = self.create_in_file_dir(&id::partial_path(&self.data_dir, id), id)?;
         file.buffered
             .set_len(0)
             .map_err(|e| StoreError::io("ftruncate", e, 0))?;
+        if let Err(e) = allocate(&file.buffered, len) {
+            self.abort_whole(id);
+            return Err(StoreError::io("fallocate chunk", e, len));
+        }
         Ok(Rc::new(file))
     }
 
@@ -549,5 +556,25 @@ fn probe_o_direct(data_dir: &Path) -> Result<(), StoreError> {
             ),
         }),
         Err(e) => Err(StoreError::io("open O_DIRECT probe", e, 0)),
+    }
+}
+
+/// Allocates the first `len` bytes of `file` (a file system that cannot allocate ahead
+/// leaves them to the writes).
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain system call on a descriptor `file` owns; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e => Err(e),
     }
 }

@@ -135,7 +135,7 @@ impl<E: IoEngine> DiskChunkStore<E> {
         buf: ChunkBuf,
     ) -> (Result<(), StoreError>, ChunkBuf) {
         let len = buf.len() as u64;
-        let file = match self.dir.begin_whole(id) {
+        let file = match self.dir.begin_whole(id, len) {
             Ok(file) => file,
             Err(e) => return (Err(e), buf),
         };
