@@ -577,7 +577,30 @@ fn a_write_after_a_restart_never_makes_another_clients_bytes_read_as_zeros() {
         assert_eq!(reader.pread(fd, &mut buf, 200).unwrap(), 4);
         assert_eq!(&buf, b"mine");
         reader.close(fd).unwrap();
+        if replicas == 2 {
+            repair_gives_back(&cluster, lost, &path, &want);
+        }
     }
+}
+
+/// A repair gives server `lost`, restarted empty, the other replica's bytes of chunk 0
+/// of `path`, `want`: then it answers them alone.
+fn repair_gives_back(cluster: &Cluster, lost: usize, path: &str, want: &[u8]) {
+    let dir = cluster.dir.path().to_str().unwrap().to_string();
+    let out = common::cli::benchfs(&["verify", "--repair", "--dir", &dir, path], &[]).ok();
+    assert!(out.contains(" 0 differences left"), "{out}");
+    let file_id = cluster.client().stat(path).unwrap().file_id;
+    let held = rpc::Rt::new().block_on(async {
+        let conn = rpc::rpc_client(b"")
+            .connect(cluster.addr(lost))
+            .await
+            .unwrap();
+        rpc::read(&conn, file_id, 0, 0, want.len()).await
+    });
+    assert!(
+        held == want,
+        "the restarted server's chunk after the repair"
+    );
 }
 
 #[test]

@@ -675,6 +675,9 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
 /// the mark, `cluster down` reports the stop as unclean).
 async fn final_sync(state: &ServerState, config: &ServerConfig) -> Result<(), DaemonError> {
     let mut failures = Vec::new();
+    if let Err(e) = state.sync_remade() {
+        failures.push(format!("sync of the chunks made anew: {e}"));
+    }
     if let Err(e) = state.store().sync().await {
         failures.push(format!("store sync: {e}"));
     }

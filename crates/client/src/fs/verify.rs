@@ -53,7 +53,8 @@ struct Copy {
     bytes: Vec<u8>,
     /// Whether the copy is the file's over the whole range: its server kept its store
     /// since the file was made (what it lacks is a hole), or it holds every byte of the
-    /// range (a server restarted since stores no chunk with gaps, see `lost.rs`).
+    /// range (a server restarted since answers no gap in a chunk it made anew: it refuses
+    /// the read as `Lost`, and the copy counts as holding nothing).
     whole: bool,
     /// Bytes the server holds of the range.
     held: u64,
@@ -345,6 +346,14 @@ impl FsClient {
                         held,
                     });
                 }
+                // Bytes a server made the chunk anew without: it holds none of the
+                // range for sure, and a repair writes it whole.
+                Some(Err(e)) if e.status() == Status::Lost => copies.push(Copy {
+                    server,
+                    bytes: vec![0; len as usize],
+                    whole: false,
+                    held: 0,
+                }),
                 Some(Err(e)) => found.unasked.push(format!("chunk {index}: {e}")),
                 None => found
                     .unasked

@@ -331,18 +331,16 @@ impl ServerState {
 
     /// Makes every metadata change so far durable.
     pub fn sync_metadata(&self) -> Result<(), JournalError> {
-        self.rewritten
-            .borrow()
-            .sync()
-            .map_err(|source| JournalError::Io {
-                op: "sync",
-                path: self.data_dir.join(rewritten::REMADE_FILE),
-                source,
-            })?;
         match &self.journal {
             Some(j) => j.borrow_mut().sync(),
             None => Ok(()),
         }
+    }
+
+    /// Makes the log of the chunks the store made anew durable: before the store's sync,
+    /// so that no such chunk is durable without what the log says of it.
+    pub fn sync_remade(&self) -> std::io::Result<()> {
+        self.rewritten.borrow().sync()
     }
 
     /// Stops the journal's compaction under way, if any (see
@@ -591,6 +589,7 @@ impl ServerState {
                     .remove_file(req.file_id)
                     .await
                     .map_err(store_status)?;
+                self.rewritten.borrow_mut().forget_file(req.file_id);
                 Ok(Reply::ok(&op::CountReply { count }))
             }
             OpCode::Fsync => {
@@ -909,16 +908,19 @@ impl ServerState {
             zeros.as_mut_slice().fill(0);
             let (written, _) = self.store.write(id, start, zeros).await;
             written.map_err(store_status)?;
-            let mut rewritten = self.rewritten.borrow_mut();
-            if rewritten.tracks(id) {
-                rewritten.add(id, start, end);
-            }
+            self.rewritten
+                .borrow_mut()
+                .add(id, start, end, self.chunk_size);
         }
         Ok(Reply::ok(&op::Empty))
     }
 
     /// Makes every acknowledged chunk and metadata change durable.
     async fn fsync(&self) -> Result<Reply, Status> {
+        self.sync_remade().map_err(|e| {
+            tracing::error!(error = %e, "sync of the chunks made anew failed");
+            Status::Io
+        })?;
         self.store.sync().await.map_err(store_status)?;
         self.sync_metadata().map_err(|e| {
             tracing::error!(error = %e, "metadata sync failed");
@@ -1068,13 +1070,12 @@ impl ServerState {
         match r {
             Ok(()) => {
                 let mut rewritten = self.rewritten.borrow_mut();
-                if rewritten.tracks(id) {
-                    if req.hole_before {
-                        // A repair's: the gap it leaves is the file's hole.
-                        rewritten.know_hole(id, req.chunk_held.min(landed.0), landed.0);
-                    }
-                    rewritten.add(id, landed.0, landed.1);
+                if req.hole_before {
+                    // A repair's: the gap it leaves is the file's hole.
+                    let hole_start = req.chunk_held.min(landed.0);
+                    rewritten.add(id, hole_start, landed.0, self.chunk_size);
                 }
+                rewritten.add(id, landed.0, landed.1, self.chunk_size);
                 Reply::ok(&op::ChunkIoReply::moved(req.io.len))
             }
             Err(e) => Reply::error(store_status(e)),
@@ -1159,27 +1160,17 @@ impl ServerState {
             Ok(v) => v,
             Err(s) => return Reply::error(s),
         };
-        if !self
-            .rewritten
-            .borrow()
-            .covers(id, req.offset, req.offset + req.len)
-        {
-            tracing::warn!(
-                file_id = id.file_id,
-                index = id.index,
-                offset = req.offset,
-                len = req.len,
-                "a read reaches bytes of a chunk that no write since this store began covered; refused"
-            );
-            return Reply::error(Status::Lost);
-        }
         // The copy into a buffer took a memory server about half its time reading.
         if let Some(view) = self.store.read_in_place(id, req.offset, len) {
-            return Reply {
-                status: Status::Ok,
-                body: op::ChunkIoReply::moved(view.len() as u64).to_bytes(),
-                payload: Some(ReplyPayload::View(view)),
-                body_file_bytes: [0; 2],
+            let read = view.len() as u64;
+            return match self.judge_read(id, &req, read) {
+                Ok(whole) => Reply {
+                    status: Status::Ok,
+                    body: op::ChunkIoReply { len: read, whole }.to_bytes(),
+                    payload: Some(ReplyPayload::View(view)),
+                    body_file_bytes: [0; 2],
+                },
+                Err(status) => Reply::error(status),
             };
         }
         let buf = match self.store.buffer(len).await {
@@ -1192,17 +1183,52 @@ impl ServerState {
             Err(e) => return Reply::error(store_status(e)),
         };
         buf.truncate(n);
-        Reply {
-            status: Status::Ok,
-            body: op::ChunkIoReply {
-                len: n as u64,
-                // A chunk made anew may have been cut short of bytes it lost.
-                whole: self.store.kept_since_open(id) && !self.rewritten.borrow().tracks(id),
-            }
-            .to_bytes(),
-            payload: Some(ReplyPayload::Buf(buf)),
-            body_file_bytes: [0; 2],
+        match self.judge_read(id, &req, n as u64) {
+            Ok(whole) => Reply {
+                status: Status::Ok,
+                body: op::ChunkIoReply {
+                    len: n as u64,
+                    whole,
+                }
+                .to_bytes(),
+                payload: Some(ReplyPayload::Buf(buf)),
+                body_file_bytes: [0; 2],
+            },
+            Err(status) => Reply::error(status),
         }
+    }
+
+    /// A read of `req` that found `read` bytes: refused (`Lost`) when they reach bytes of
+    /// a chunk made anew that no write since covered (zeros the store filled a gap with),
+    /// else whether the rest it asked for is a hole for sure (`ChunkIoReply::whole`): a
+    /// chunk the store kept through its start (not one made anew, which may have been cut
+    /// short of bytes it lost), or known to be one past a cut this server took.
+    fn judge_read(&self, id: ChunkId, req: &op::ChunkIo, read: u64) -> Result<bool, Status> {
+        let rewritten = self.rewritten.borrow();
+        let found_end = req.offset + read;
+        if !rewritten.covers(id, req.offset, found_end) {
+            tracing::warn!(
+                file_id = id.file_id,
+                index = id.index,
+                offset = req.offset,
+                len = req.len,
+                "a read reaches bytes of a chunk made anew that no write covered; refused"
+            );
+            return Err(Status::Lost);
+        }
+        let asked_end = req.offset + req.len;
+        if rewritten.tracks(id) {
+            return Ok(found_end < asked_end && rewritten.covers(id, found_end, asked_end));
+        }
+        let past_a_cut = read == 0
+            && self
+                .cuts
+                .borrow()
+                .last(id.file_id)
+                .is_some_and(|(index, len)| {
+                    id.index > index || (id.index == index && req.offset >= len)
+                });
+        Ok(self.store.kept_since_open(id) || past_a_cut)
     }
 }
 

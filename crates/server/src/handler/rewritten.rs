@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use benchfs_store::ChunkId;
@@ -30,11 +30,16 @@ use benchfs_store::ChunkId;
 /// [`Rewritten::open`]).
 pub(super) const REMADE_FILE: &str = "remade-chunks";
 
+/// Log lines past which the log is written again whole, beyond a line per known range.
+const LOG_SLACK_LINES: usize = 4096;
+
 /// What is known of each chunk a store made after it began, for files older than the
-/// store.
+/// store: sorted, disjoint, not touching `[start, end)` byte ranges, written since the
+/// store began or holes the file holds for sure (past a cut this server took since, or
+/// vouched for by a repair).
 #[derive(Debug, Default)]
 pub(super) struct Rewritten {
-    chunks: BTreeMap<ChunkId, Chunk>,
+    chunks: BTreeMap<ChunkId, Vec<(u64, u64)>>,
     /// Chunks an earlier life of the store made anew that this life has not written to
     /// yet: their file may be gone since (a tiered store's memory tier lost them).
     earlier: BTreeSet<ChunkId>,
@@ -42,56 +47,38 @@ pub(super) struct Rewritten {
     log: Option<Log>,
 }
 
-/// One chunk's length and the bytes of it known to be the file's.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Chunk {
-    len: u64,
-    /// Bytes written since the store began, and holes the file holds for sure (past a
-    /// cut this server took since, or vouched for by a repair): sorted, disjoint, not
-    /// touching `[start, end)` byte ranges.
-    known: Vec<(u64, u64)>,
-}
-
-/// One change to what is known, as [`REMADE_FILE`] holds it: a line each,
-/// `t <file> <index>` (tracked, with nothing known: logged before the write that makes
-/// the chunk, so that any chunk file a crash leaves is in the log, and after anything an
-/// earlier making of the chunk left there), `a <file> <index> <start> <end>` (written,
-/// logged once the store took the write: a crash before that leaves the bytes unknown),
-/// `k ...` (a hole known) and `c <file> <index> <len>` (cut). A line a crash tore is
-/// skipped: its change is the unknown side.
+/// One change to what is known, as [`REMADE_FILE`] holds it: a line each, ended by a
+/// newline (a line without one was torn by a crash, and its change is the unknown
+/// side): `t <file> <index>` (made anew, nothing known: logged and synced before the
+/// write that makes the chunk, so that any chunk file a crash or power loss leaves is in
+/// the log, and after anything an earlier making left there), `a <file> <index> <start>
+/// <end>` (known: written, logged once the store took the write, or a hole) and
+/// `f <file> <index>` (no longer kept: removed, or all known).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
-    /// Made anew: whatever was known of the chunk before is not.
     Track(ChunkId),
-    Add(ChunkId, u64, u64),
     Know(ChunkId, u64, u64),
-    Cut(ChunkId, u64),
-    /// The chunk's length, with nothing more known (a rewritten log's).
-    Len(ChunkId, u64),
+    Forget(ChunkId),
 }
 
 impl Change {
     fn line(self) -> String {
         match self {
             Change::Track(id) => format!("t {} {}\n", id.file_id, id.index),
-            Change::Add(id, s, e) => format!("a {} {} {s} {e}\n", id.file_id, id.index),
-            Change::Know(id, s, e) => format!("k {} {} {s} {e}\n", id.file_id, id.index),
-            Change::Cut(id, len) => format!("c {} {} {len}\n", id.file_id, id.index),
-            Change::Len(id, len) => format!("l {} {} {len}\n", id.file_id, id.index),
+            Change::Know(id, s, e) => format!("a {} {} {s} {e}\n", id.file_id, id.index),
+            Change::Forget(id) => format!("f {} {}\n", id.file_id, id.index),
         }
     }
 
-    fn parse(line: &str) -> Option<Change> {
-        let mut fields = line.split(' ');
+    fn parse(line: &[u8]) -> Option<Change> {
+        let mut fields = std::str::from_utf8(line).ok()?.split(' ');
         let kind = fields.next()?;
         let numbers: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
         let id = |n: &[u64]| ChunkId::new(n[0], n[1]);
         match (kind, numbers.len()) {
             ("t", 2) => Some(Change::Track(id(&numbers))),
-            ("a", 4) => Some(Change::Add(id(&numbers), numbers[2], numbers[3])),
-            ("k", 4) => Some(Change::Know(id(&numbers), numbers[2], numbers[3])),
-            ("c", 3) => Some(Change::Cut(id(&numbers), numbers[2])),
-            ("l", 3) => Some(Change::Len(id(&numbers), numbers[2])),
+            ("a", 4) => Some(Change::Know(id(&numbers), numbers[2], numbers[3])),
+            ("f", 2) => Some(Change::Forget(id(&numbers))),
             _ => None,
         }
     }
@@ -102,25 +89,44 @@ impl Change {
 struct Log {
     path: PathBuf,
     file: Option<File>,
+    /// An append failed part way: the next one starts on a line of its own.
+    torn: bool,
+    lines: usize,
 }
 
 impl Log {
-    fn append(&mut self, change: Change) -> io::Result<()> {
+    /// Appends `changes` in one write; synced when `sync` (a making: its chunk must not
+    /// reach the disk before its line).
+    fn append(&mut self, changes: &[Change], sync: bool) -> io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            sync_dir(&self.path)?;
+            self.file = Some(file);
         }
         let file = self.file.as_mut().expect("opened above");
-        file.write_all(change.line().as_bytes())
+        let mut text = String::from(if self.torn { "\n" } else { "" });
+        for change in changes {
+            text.push_str(&change.line());
+        }
+        let written = file.write_all(text.as_bytes());
+        self.torn = written.is_err();
+        written?;
+        self.lines += changes.len();
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
     }
 
-    /// Writes `chunks` whole (through a rename), or removes the file when there are none.
-    fn rewrite(&mut self, chunks: &BTreeMap<ChunkId, Chunk>) -> io::Result<()> {
+    /// Writes `chunks` whole and durably (through a rename), or removes the file when
+    /// there are none.
+    fn rewrite(&mut self, chunks: &BTreeMap<ChunkId, Vec<(u64, u64)>>) -> io::Result<()> {
         self.file = None;
+        self.torn = false;
+        self.lines = 0;
         if chunks.is_empty() {
             return match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -128,21 +134,29 @@ impl Log {
             };
         }
         let mut text = String::new();
-        for (&id, chunk) in chunks {
+        for (&id, known) in chunks {
             text.push_str(&Change::Track(id).line());
-            text.push_str(&Change::Len(id, chunk.len).line());
-            for &(s, e) in &chunk.known {
+            for &(s, e) in known {
                 text.push_str(&Change::Know(id, s, e).line());
             }
+            self.lines += 1 + known.len();
         }
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
+        let mut file = File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        sync_dir(&self.path)
     }
 
     fn sync(&self) -> io::Result<()> {
         self.file.as_ref().map_or(Ok(()), File::sync_data)
     }
+}
+
+/// Makes the entry of `path` in its directory durable.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 impl Rewritten {
@@ -151,28 +165,42 @@ impl Rewritten {
     /// holds what was written by the time its change was logged or later (a tiered store
     /// writes a chunk that reached its file there before acknowledging a change), never
     /// less, so what the log knows holds for it; one gone since is made anew at its next
-    /// write.
+    /// write. A log that cannot be written again is appended to as it is.
     pub(super) fn open(data_dir: Option<&Path>) -> io::Result<Rewritten> {
         let Some(data_dir) = data_dir else {
             return Ok(Rewritten::default());
         };
         let path = data_dir.join(REMADE_FILE);
         let mut replayed = Rewritten::default();
-        match File::open(&path) {
-            Ok(file) => {
-                for line in BufReader::new(file).lines() {
-                    let line = line?;
-                    match Change::parse(&line) {
-                        Some(change) => replayed.apply(change),
-                        None => tracing::warn!(path = %path.display(), line, "torn line skipped"),
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
+        };
+        let mut lines = text.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            // The last piece ends without a newline: torn, or empty.
+            let ended = lines.peek().is_some();
+            match Change::parse(line).filter(|_| ended) {
+                Some(change) => replayed.apply(change),
+                None if line.is_empty() => {}
+                None => tracing::warn!(
+                    path = %path.display(),
+                    line = %String::from_utf8_lossy(line),
+                    "a torn line of the log of chunks made anew skipped"
+                ),
+            }
         }
-        let mut log = Log { path, file: None };
-        log.rewrite(&replayed.chunks)?;
+        let mut log = Log {
+            path,
+            file: None,
+            torn: text.last().is_some_and(|&b| b != b'\n'),
+            lines: text.iter().filter(|&&b| b == b'\n').count(),
+        };
+        if let Err(e) = log.rewrite(&replayed.chunks) {
+            tracing::warn!(path = %log.path.display(), error = %e, "the log of chunks made anew not written again; appended to as it is");
+            log.torn = true;
+        }
         Ok(Rewritten {
             earlier: replayed.chunks.keys().copied().collect(),
             chunks: replayed.chunks,
@@ -183,61 +211,64 @@ impl Rewritten {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Track(id) => {
-                self.chunks.insert(id, Chunk::default());
-            }
-            Change::Add(id, start, end) => {
-                let chunk = self.chunks.entry(id).or_default();
-                if start < end {
-                    chunk.len = chunk.len.max(end);
-                }
-                self.know(id, start, end);
+                self.chunks.insert(id, Vec::new());
             }
             Change::Know(id, start, end) => self.know(id, start, end),
-            Change::Len(id, len) => self.chunks.entry(id).or_default().len = len,
-            Change::Cut(id, len) => {
-                let Some(chunk) = self.chunks.get_mut(&id) else {
-                    return;
-                };
-                chunk.len = chunk.len.min(len);
-                chunk.known.retain_mut(|(s, e)| {
-                    *e = (*e).min(len);
-                    *s < *e
-                });
-                self.know(id, len, u64::MAX);
+            Change::Forget(id) => {
+                self.chunks.remove(&id);
             }
         }
     }
 
-    /// Applies `change` and logs it; a change the log could not take is still applied
-    /// (only a `Track` must reach the log first: see [`Rewritten::track`]).
-    fn change(&mut self, change: Change) {
-        self.apply(change);
+    /// Applies `changes` and logs them; changes the log could not take are still applied
+    /// (only a making must reach the log first: see [`Rewritten::track`]), and a later
+    /// life knows less.
+    fn change(&mut self, changes: &[Change]) {
+        for &change in changes {
+            self.apply(change);
+        }
         if let Some(log) = &mut self.log {
-            if let Err(e) = log.append(change) {
-                tracing::warn!(path = %log.path.display(), error = %e, "a change to the chunks made anew not logged: a later life reads their bytes as unknown");
+            if let Err(e) = log.append(changes, false) {
+                tracing::warn!(path = %log.path.display(), error = %e, "a change to the chunks made anew not logged: a later life knows less of them");
+            }
+        }
+        self.compact();
+    }
+
+    /// Writes the log again whole once it holds many more lines than that would.
+    fn compact(&mut self) {
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        let needed: usize = self.chunks.values().map(|k| 1 + k.len()).sum();
+        if log.lines > 2 * needed + LOG_SLACK_LINES {
+            if let Err(e) = log.rewrite(&self.chunks) {
+                tracing::warn!(path = %log.path.display(), error = %e, "the log of chunks made anew not written again");
             }
         }
     }
 
-    /// Keeps chunk `id`, which a write is about to make, with no byte written yet: past
+    /// Keeps chunk `id`, which a write is about to make, with no byte known yet: past
     /// `last_cut` (chunk index, bytes into it), a cut of its file this store took, the
     /// file holds nothing but what is written since. Fails, keeping nothing, when a disk
-    /// store cannot log it (its write must not go ahead: a later life would trust the
-    /// chunk's gaps).
+    /// store cannot log it durably (its write must not go ahead: a later life would trust
+    /// the chunk's gaps).
     pub(super) fn track(&mut self, id: ChunkId, last_cut: Option<(u64, u64)>) -> io::Result<()> {
         if self.chunks.contains_key(&id) {
             return Ok(());
         }
+        let known = match last_cut {
+            Some((index, _)) if id.index > index => Some((0, u64::MAX)),
+            Some((index, len)) if id.index == index => Some((len, u64::MAX)),
+            _ => None,
+        };
+        let mut changes = vec![Change::Track(id)];
+        changes.extend(known.map(|(s, e)| Change::Know(id, s, e)));
         if let Some(log) = &mut self.log {
-            log.append(Change::Track(id))?;
+            log.append(&changes, true)?;
         }
-        self.apply(Change::Track(id));
-        match last_cut {
-            Some((index, _)) if id.index > index => self.change(Change::Know(id, 0, u64::MAX)),
-            Some((index, len)) if id.index == index => {
-                self.change(Change::Know(id, len, u64::MAX));
-            }
-            _ => {}
+        for change in changes {
+            self.apply(change);
         }
         Ok(())
     }
@@ -248,8 +279,8 @@ impl Rewritten {
         self.earlier.contains(&id)
     }
 
-    /// Chunk `id`, made by an earlier life, is `exists` in the store now: what that
-    /// life knew of it holds, or it is gone (and made anew like any other).
+    /// Chunk `id`, made by an earlier life, `exists` in the store now: what that life
+    /// knew of it holds, or it is gone (and made anew like any other).
     pub(super) fn found(&mut self, id: ChunkId, exists: bool) {
         self.earlier.remove(&id);
         if !exists {
@@ -257,30 +288,30 @@ impl Rewritten {
         }
     }
 
-    /// Makes the log durable (at a store's sync).
+    /// Makes the log durable: before a store's sync, so that no chunk file made anew is
+    /// durable without what the log says of it.
     pub(super) fn sync(&self) -> io::Result<()> {
         self.log.as_ref().map_or(Ok(()), Log::sync)
     }
 
-    /// Bytes `start..end` of chunk `id` were written; the chunk is kept from now on.
-    pub(super) fn add(&mut self, id: ChunkId, start: u64, end: u64) {
-        self.change(Change::Add(id, start, end));
-    }
-
-    /// Bytes `start..end` of chunk `id` are a hole the file holds.
-    pub(super) fn know_hole(&mut self, id: ChunkId, start: u64, end: u64) {
-        if start < end {
-            self.change(Change::Know(id, start, end));
+    /// Bytes `start..end` of chunk `id`, which is kept, are the file's for sure: written,
+    /// or a hole. A chunk known whole (to `whole_len`, the largest a chunk may be) is no
+    /// longer kept: every byte of it is the file's, its end a hole.
+    pub(super) fn add(&mut self, id: ChunkId, start: u64, end: u64, whole_len: u64) {
+        if start >= end || !self.chunks.contains_key(&id) {
+            return;
+        }
+        self.change(&[Change::Know(id, start, end)]);
+        if self.covers(id, 0, whole_len) {
+            self.forget(&[id]);
         }
     }
 
-    /// Bytes `start..end` of chunk `id` are the file's for sure (written, or a hole).
     fn know(&mut self, id: ChunkId, start: u64, end: u64) {
-        let chunk = self.chunks.entry(id).or_default();
+        let ranges = self.chunks.entry(id).or_default();
         if start >= end {
             return;
         }
-        let ranges = &mut chunk.known;
         // The ranges that touch or overlap the new one merge with it.
         let first = ranges.partition_point(|&(_, e)| e < start);
         let last = ranges.partition_point(|&(s, _)| s <= end);
@@ -290,21 +321,18 @@ impl Rewritten {
         ranges.splice(first..last, [merged]);
     }
 
-    /// Whether bytes `start..end` of chunk `id`, as far as the chunk goes, are all known;
-    /// `true` for a chunk not kept here.
+    /// Whether bytes `start..end` of chunk `id` are all known; `true` for a chunk not
+    /// kept here. Ask it of the bytes a read found, not of those it asked for: past them
+    /// the read is short, and the client judges the hole.
     pub(super) fn covers(&self, id: ChunkId, start: u64, end: u64) -> bool {
-        let Some(chunk) = self.chunks.get(&id) else {
+        let Some(known) = self.chunks.get(&id) else {
             return true;
         };
-        let end = end.min(chunk.len);
         if start >= end {
             return true;
         }
-        let i = chunk.known.partition_point(|&(_, e)| e <= start);
-        chunk
-            .known
-            .get(i)
-            .is_some_and(|&(s, e)| s <= start && end <= e)
+        let i = known.partition_point(|&(_, e)| e <= start);
+        known.get(i).is_some_and(|&(s, e)| s <= start && end <= e)
     }
 
     /// Whether chunk `id` is kept here (made anew in this life or an earlier one).
@@ -316,36 +344,42 @@ impl Rewritten {
     pub(super) fn cut(&mut self, id: ChunkId, len: u64) {
         if len == 0 {
             self.forget(&[id]);
-        } else if self.chunks.contains_key(&id) {
-            self.change(Change::Cut(id, len));
+            return;
         }
+        let Some(known) = self.chunks.get(&id) else {
+            return;
+        };
+        // Made anew with what is known below the cut, and all past it.
+        let mut changes = vec![Change::Track(id)];
+        changes.extend(
+            known
+                .iter()
+                .filter(|&&(s, _)| s < len)
+                .map(|&(s, e)| Change::Know(id, s, e.min(len))),
+        );
+        changes.push(Change::Know(id, len, u64::MAX));
+        self.change(&changes);
     }
 
     /// The chunks of file `file_id` were removed.
     pub(super) fn forget_file(&mut self, file_id: u64) {
-        let ids: Vec<ChunkId> = self
-            .chunks
-            .range(ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX))
-            .map(|(id, _)| *id)
-            .collect();
+        let range = ChunkId::new(file_id, 0)..=ChunkId::new(file_id, u64::MAX);
+        let ids: Vec<ChunkId> = self.chunks.range(range).map(|(id, _)| *id).collect();
         self.forget(&ids);
     }
 
     fn forget(&mut self, ids: &[ChunkId]) {
-        let before = self.chunks.len();
-        for id in ids {
-            self.chunks.remove(id);
+        let ids: Vec<ChunkId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.chunks.contains_key(id))
+            .collect();
+        for id in &ids {
             self.earlier.remove(id);
         }
-        if self.chunks.len() == before {
-            return;
-        }
-        if let Some(log) = &mut self.log {
-            // Left in the log on a failure: a later life only knows more of the chunk
-            // than there is (it is gone; made anew at its next write).
-            if let Err(e) = log.rewrite(&self.chunks) {
-                tracing::warn!(path = %log.path.display(), error = %e, "the log of chunks made anew not rewritten");
-            }
+        if !ids.is_empty() {
+            let changes: Vec<Change> = ids.into_iter().map(Change::Forget).collect();
+            self.change(&changes);
         }
     }
 }
@@ -358,39 +392,58 @@ mod tests {
         file_id: 7,
         index: 2,
     };
+    /// The largest a chunk may be.
+    const WHOLE: u64 = 4096;
+
+    fn tracked(ids: &[ChunkId]) -> Rewritten {
+        let mut w = Rewritten::default();
+        for &id in ids {
+            w.track(id, None).unwrap();
+        }
+        w
+    }
 
     #[test]
     fn a_gap_between_writes_is_not_covered_until_written() {
-        let mut w = Rewritten::default();
-        assert!(w.covers(ID, 0, 100), "a chunk not kept is not asked about");
-        w.add(ID, 200, 210);
+        let mut w = tracked(&[ID]);
+        assert!(
+            w.covers(ChunkId::new(1, 1), 0, 100),
+            "a chunk not kept is not asked about"
+        );
+        w.add(ID, 200, 210, WHOLE);
         assert!(!w.covers(ID, 0, 10));
         assert!(!w.covers(ID, 150, 205));
         assert!(w.covers(ID, 200, 210));
         assert!(
-            w.covers(ID, 205, 4096),
-            "past the chunk's end is a hole, not a gap"
+            !w.covers(ID, 205, 300),
+            "asked of the bytes a read found, past the end too"
         );
-        assert!(w.covers(ID, 300, 400));
-        w.add(ID, 0, 100);
+        w.add(ID, 0, 100, WHOLE);
         assert!(w.covers(ID, 0, 100) && !w.covers(ID, 0, 101));
-        w.add(ID, 100, 200);
-        assert_eq!(w.chunks[&ID].known, vec![(0, 210)], "touching ranges merge");
-        assert!(w.covers(ID, 0, 210));
+        w.add(ID, 100, 200, WHOLE);
+        assert_eq!(w.chunks[&ID], vec![(0, 210)], "touching ranges merge");
+        w.add(ID, 210, WHOLE, WHOLE);
+        assert!(!w.tracks(ID), "known whole: no longer kept");
+        assert!(w.covers(ID, 0, WHOLE));
+        w.add(ChunkId::new(1, 1), 0, 1, WHOLE);
+        assert!(
+            !w.tracks(ChunkId::new(1, 1)),
+            "a write to a chunk not kept keeps nothing"
+        );
     }
 
     #[test]
     fn writes_in_any_order_leave_the_same_ranges() {
         let writes = [(0, 10), (30, 40), (5, 35), (50, 60), (60, 61), (45, 46)];
-        let mut forward = Rewritten::default();
-        let mut backward = Rewritten::default();
+        let mut forward = tracked(&[ID]);
+        let mut backward = tracked(&[ID]);
         for &(s, e) in &writes {
-            forward.add(ID, s, e);
+            forward.add(ID, s, e, WHOLE);
         }
         for &(s, e) in writes.iter().rev() {
-            backward.add(ID, s, e);
+            backward.add(ID, s, e, WHOLE);
         }
-        assert_eq!(forward.chunks[&ID].known, vec![(0, 40), (45, 46), (50, 61)]);
+        assert_eq!(forward.chunks[&ID], vec![(0, 40), (45, 46), (50, 61)]);
         assert_eq!(forward.chunks, backward.chunks);
     }
 
@@ -398,21 +451,45 @@ mod tests {
     fn a_chunk_made_past_a_cut_this_store_took_holds_holes_not_lost_bytes() {
         let mut w = Rewritten::default();
         let cut = Some((2, 100));
-        w.track(ChunkId::new(7, 1), cut).unwrap();
-        w.add(ChunkId::new(7, 1), 50, 60);
-        assert!(
-            !w.covers(ChunkId::new(7, 1), 0, 60),
-            "before the cut: unknown"
-        );
-        w.track(ID, cut).unwrap();
-        w.add(ID, 200, 210);
-        assert!(!w.covers(ID, 0, 210) && w.covers(ID, 100, 210));
-        w.track(ChunkId::new(7, 3), cut).unwrap();
-        w.add(ChunkId::new(7, 3), 200, 210);
-        assert!(w.covers(ChunkId::new(7, 3), 0, 210));
+        let (before, at, past) = (ChunkId::new(7, 1), ID, ChunkId::new(7, 3));
+        for id in [before, at, past] {
+            w.track(id, cut).unwrap();
+            w.add(id, 200, 210, WHOLE);
+        }
+        assert!(!w.covers(before, 0, 210), "before the cut: unknown");
+        assert!(!w.covers(at, 0, 210) && w.covers(at, 100, 210));
+        assert!(w.covers(past, 0, 210));
         w.track(ChunkId::new(7, 4), None).unwrap();
-        w.add(ChunkId::new(7, 4), 200, 210);
+        w.add(ChunkId::new(7, 4), 200, 210, WHOLE);
         assert!(!w.covers(ChunkId::new(7, 4), 0, 210), "no cut: unknown");
+    }
+
+    #[test]
+    fn a_cut_or_removal_forgets_the_bytes_it_dropped() {
+        let mut w = tracked(&[ID]);
+        w.add(ID, 0, 10, WHOLE);
+        w.add(ID, 20, 30, WHOLE);
+        w.cut(ID, 25);
+        assert_eq!(w.chunks[&ID], vec![(0, 10), (20, u64::MAX)]);
+        w.cut(ID, 15);
+        assert_eq!(w.chunks[&ID], vec![(0, 10), (15, u64::MAX)]);
+        assert!(w.covers(ID, 0, 10) && !w.covers(ID, 0, 15));
+        w.add(ID, 100, 110, WHOLE);
+        assert!(w.covers(ID, 15, 110), "past the cut: a hole, then written");
+        let gap = ChunkId::new(7, 1);
+        w.track(gap, None).unwrap();
+        w.add(gap, 200, 210, WHOLE);
+        w.cut(gap, 100);
+        assert!(
+            !w.covers(gap, 50, 60),
+            "a cut inside a gap leaves the gap's start"
+        );
+        w.cut(ID, 0);
+        assert!(!w.tracks(ID));
+        let other = ChunkId::new(8, 0);
+        let mut w = tracked(&[ID, ChunkId::new(7, 9), other]);
+        w.forget_file(7);
+        assert!(!w.tracks(ID) && !w.tracks(ChunkId::new(7, 9)) && w.tracks(other));
     }
 
     #[test]
@@ -422,20 +499,21 @@ mod tests {
         let mut w = Rewritten::open(Some(dir.path())).unwrap();
         assert!(!list.exists(), "nothing known, no file");
         w.track(ID, None).unwrap();
-        w.add(ID, 0, 100);
-        w.add(ID, 200, 210);
+        w.add(ID, 0, 100, WHOLE);
+        w.add(ID, 200, 210, WHOLE);
         let other = ChunkId::new(8, 0);
         w.track(other, None).unwrap();
-        w.add(other, 0, 5);
+        w.add(other, 0, 5, WHOLE);
         w.sync().unwrap();
         drop(w);
-        // A crash in the middle of an append leaves a torn line.
-        let mut text = std::fs::read_to_string(&list).unwrap();
-        text.push_str("a 7 2 100");
+        // A crash in the middle of an append leaves a line without its newline.
+        let mut text = std::fs::read(&list).unwrap();
+        text.extend_from_slice(b"a 7 2 100 200");
         std::fs::write(&list, text).unwrap();
 
         let mut w = Rewritten::open(Some(dir.path())).unwrap();
-        assert!(w.covers(ID, 0, 100) && !w.covers(ID, 0, 150) && w.covers(ID, 200, 210));
+        assert!(w.covers(ID, 0, 100) && w.covers(ID, 200, 210));
+        assert!(!w.covers(ID, 0, 150), "the torn line is not taken");
         assert!(w.made_earlier(ID) && w.made_earlier(other));
         w.found(ID, true);
         assert!(
@@ -450,44 +528,41 @@ mod tests {
         assert!(!w.tracks(ID) && !w.tracks(other));
         assert!(!list.exists(), "nothing known, no file");
 
-        // Made anew after a making the log still shows (its rewrite failed): the new
-        // making starts from nothing known.
-        std::fs::write(&list, "t 7 2\na 7 2 0 100\nt 7 2\na 7 2 200 210\n").unwrap();
+        // Made anew after a making the log still shows: the new one starts from nothing
+        // known. Lines that are not the log's (torn into each other) are skipped.
+        std::fs::write(
+            &list,
+            b"t 7 2\na 7 2 0 100\nt 7 2\na 7 2 200 210\nt 7 2a 7 2 0 1\n\xff\n",
+        )
+        .unwrap();
         let w = Rewritten::open(Some(dir.path())).unwrap();
         assert!(!w.covers(ID, 0, 100) && w.covers(ID, 200, 210));
         assert_eq!(
             std::fs::read_to_string(&list).unwrap(),
-            "t 7 2\nl 7 2 210\nk 7 2 200 210\n",
-            "rewritten whole at open"
+            "t 7 2\na 7 2 200 210\n",
+            "written again whole at open"
         );
     }
 
     #[test]
-    fn a_cut_or_removal_forgets_the_bytes_it_dropped() {
-        let mut w = Rewritten::default();
-        w.add(ID, 0, 10);
-        w.add(ID, 20, 30);
-        w.cut(ID, 25);
-        assert_eq!(w.chunks[&ID].known, vec![(0, 10), (20, u64::MAX)]);
-        w.cut(ID, 15);
-        assert_eq!(w.chunks[&ID].known, vec![(0, 10), (15, u64::MAX)]);
-        assert!(w.covers(ID, 0, 10) && !w.covers(ID, 0, 15));
-        w.add(ID, 100, 110);
-        assert!(w.covers(ID, 15, 110), "past the cut: a hole, then written");
-        w.cut(ID, 5);
-        w.add(ChunkId::new(7, 1), 200, 210);
-        w.cut(ChunkId::new(7, 1), 100);
-        assert!(
-            !w.covers(ChunkId::new(7, 1), 50, 60),
-            "a cut inside a gap leaves the gap's start"
-        );
-        w.cut(ID, 0);
-        assert!(!w.tracks(ID));
-        let other = ChunkId::new(8, 0);
-        w.add(ID, 0, 1);
-        w.add(ChunkId::new(7, 9), 0, 1);
-        w.add(other, 0, 1);
-        w.forget_file(7);
-        assert!(!w.tracks(ID) && !w.tracks(ChunkId::new(7, 9)) && w.tracks(other));
+    fn the_log_is_written_again_once_it_holds_many_more_lines_than_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join(REMADE_FILE);
+        let mut w = Rewritten::open(Some(dir.path())).unwrap();
+        w.track(ID, None).unwrap();
+        for i in 0..(3 * LOG_SLACK_LINES as u64) {
+            w.add(ID, 2 * i, 2 * i + 1, u64::MAX);
+        }
+        // Each write a range of its own: the log needs them all.
+        let needed = 1 + 3 * LOG_SLACK_LINES;
+        assert!(std::fs::read_to_string(&list).unwrap().lines().count() >= needed);
+        for i in 0..(3 * LOG_SLACK_LINES as u64) {
+            w.add(ID, 2 * i + 1, 2 * i + 2, u64::MAX);
+        }
+        let lines = std::fs::read_to_string(&list).unwrap().lines().count();
+        assert!(lines < 3 * LOG_SLACK_LINES, "{lines} lines for one range");
+        drop(w);
+        let w = Rewritten::open(Some(dir.path())).unwrap();
+        assert!(w.covers(ID, 0, 6 * LOG_SLACK_LINES as u64));
     }
 }
