@@ -52,6 +52,7 @@ pub use mapping::{free_huge_page_bytes, free_page_reporting, VIRTIO_DEVICES_DIR}
 pub use memory::{available_memory, InMemoryChunkStore};
 pub use pages::memory_room;
 pub use pages::ChunkView;
+pub use reserve::RESERVE_FILE as TIER_RESERVE_FILE;
 pub use tiered::TieredChunkStore;
 
 use limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};

@@ -16,8 +16,9 @@ use std::path::Path;
 use crate::StoreError;
 
 /// The reserve file in `data_dir`. Only its store uses it, so a run that did not stop
-/// leaves nothing there that a new run must keep.
-pub(crate) const RESERVE_FILE: &str = "tier-reserve";
+/// leaves nothing there that a new run must keep; its presence says a tiered store ran
+/// there.
+pub const RESERVE_FILE: &str = "tier-reserve";
 
 /// Held beyond what is asked, so a sequential writer grows the file once a step, not on
 /// every write. Given back once more than twice this is held beyond what is owed.

@@ -244,6 +244,11 @@ impl ServerState {
         let journal_missing = !journal_path.exists();
         let born_ns = store_born_ns(config, &store, journal_missing)?;
         let remade = open_remade(config, &store)?;
+        if store.backend() != benchfs_store::Backend::Tiered {
+            // Its crash is accounted for in the birth now; a later unclean stop of this
+            // backend loses nothing unwritten.
+            forget_tiered_run(&config.node.data_dir);
+        }
         // Records lost with the store (memory, or a new data directory) in a cluster that
         // ran with this node: born again (a store that kept its data keeps its birth, and
         // a tiered store that lost chunks keeps its records in the journal).
@@ -1357,6 +1362,17 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
 }
 
+/// Removes the reserve file a tiered store left in `data_dir`, if any.
+fn forget_tiered_run(data_dir: &std::path::Path) {
+    let reserve = data_dir.join(benchfs_store::TIER_RESERVE_FILE);
+    match std::fs::remove_file(&reserve) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %reserve.display(), error = %e, "a tiered store's reserve not removed");
+        }
+        _ => {}
+    }
+}
+
 /// What a disk store's earlier lives knew of the chunks they made anew (none for memory).
 fn open_remade(
     config: &ServerConfig,
@@ -1412,7 +1428,15 @@ fn store_born_ns(
         path: path.clone(),
         source,
     };
-    let lost_unwritten = store.backend() == benchfs_store::Backend::Tiered && !stopped_cleanly;
+    // A tiered store's crash loses its memory tier whatever backend starts next on its
+    // data (another one read the chunks it lost as holes of zeros).
+    let tiered_ran = config
+        .node
+        .data_dir
+        .join(benchfs_store::TIER_RESERVE_FILE)
+        .exists();
+    let lost_unwritten =
+        (store.backend() == benchfs_store::Backend::Tiered || tiered_ran) && !stopped_cleanly;
     let numbers_unknown = journal_missing && (path.exists() || store.usage().chunks > 0);
     if (lost_unwritten && path.exists()) || numbers_unknown {
         // After the last birth even if the clock went back: files made before the stop
