@@ -7,6 +7,7 @@
 mod common;
 
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
+use common::disk::SmallDisk;
 use common::files::{read_file, try_read_file, C, CHUNK};
 use common::{pattern, Cluster, ClusterSpec};
 
@@ -48,43 +49,16 @@ fn tiered_server_with(prepare: impl FnOnce(&Cluster) -> bool) -> Option<Cluster>
     Some(cluster)
 }
 
-/// [`tiered_server`] with its data directory on a tmpfs of `disk_bytes`, unmounted when
-/// the returned guard drops (after the cluster); `None` (with a note) where mounting needs
-/// root this process lacks, or the server cannot start.
+/// [`tiered_server`] with its data directory on a tmpfs of `disk_bytes`, detached when
+/// the returned guard drops; `None` (with a note) where mounting needs root this process
+/// lacks, or the server cannot start.
 fn tiered_server_on_small_disk(disk_bytes: u64) -> Option<(Cluster, SmallDisk)> {
     let mut disk = None;
     let cluster = tiered_server_with(|cluster| {
-        let data = cluster.data_dir(0);
-        std::fs::create_dir_all(&data).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={disk_bytes}"), "tmpfs"])
-            .arg(&data)
-            .status()
-            .is_ok_and(|s| s.success());
-        disk = mounted.then_some(SmallDisk(data));
-        mounted
-    });
-    match (cluster, disk) {
-        (Some(cluster), Some(disk)) => Some((cluster, disk)),
-        (_, None) => {
-            common::skip("a small disk", "mounting a tmpfs needs root");
-            None
-        }
-        (None, Some(_)) => None,
-    }
-}
-
-/// A tmpfs mounted for a test, unmounted when dropped: lazily, as the server on it may
-/// still run (the cluster it serves is dropped after).
-struct SmallDisk(std::path::PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
+        disk = SmallDisk::mount(&cluster.data_dir(0), &disk_bytes.to_string());
+        disk.is_some()
+    })?;
+    disk.map(|disk| (cluster, disk))
 }
 
 /// Two tiered servers, each holding a replica of everything, or `None` (with a note) if
