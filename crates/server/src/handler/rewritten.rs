@@ -14,10 +14,10 @@
 //! it is a hole (a sparse write into an old file): conservative, as for missing chunks.
 //!
 //! Known ranges rather than gaps, so that writes landing in any order leave the same
-//! set. A disk store logs them (`REMADE_FILE`) for its later lives, in which its chunk
-//! files no longer vouch for their ends either: a tiered store's file of a chunk made
-//! anew after a crash held a 4 KiB rewrite, and after a clean restart the lost rest of
-//! the chunk read as a hole of zeros.
+//! set. A disk store logs them (`REMADE_FILE`) for its later lives, in which such a
+//! chunk's file vouches for its end only where that is known to be a hole: a tiered
+//! store's file of a chunk made anew after a crash held a 4 KiB rewrite, and after a
+//! clean restart the lost rest of the chunk read as a hole of zeros.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
