@@ -129,16 +129,23 @@ impl DiskReserve {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let (Ok(at), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(io::Error::from_raw_os_error(libc::EFBIG));
-        };
-        // SAFETY: a plain system call on a descriptor this struct owns; no memory is passed.
-        if unsafe { libc::fallocate(file.as_raw_fd(), 0, at, n) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fallocate(file, offset, len)?;
         self.held.set(offset + len);
         Ok(())
     }
+}
+
+/// Allocates `len` bytes of `file` from `offset` (`fallocate(2)`, mode 0: the length
+/// grows to cover them). EOPNOTSUPP is the caller's to judge.
+pub(crate) fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(at), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: a plain system call on a descriptor `file` owns; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, at, n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

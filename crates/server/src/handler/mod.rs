@@ -202,8 +202,9 @@ pub struct ServerState {
     probe_running: Cell<bool>,
     /// Each file's last cut here, which an append claimed before it does not land past.
     cuts: RefCell<cuts::Cuts>,
-    /// The bytes written in this life of the chunks the store made after it began, for
-    /// files older than it: the rest of such a chunk may be bytes it lost.
+    /// The bytes known of the chunks the store made after it began, for files older than
+    /// it (written since, or a hole past a cut or vouched for by a repair): the rest of
+    /// such a chunk may be bytes it lost.
     rewritten: RefCell<rewritten::Rewritten>,
     /// Request counters.
     pub counters: Counters,
@@ -1136,14 +1137,20 @@ impl ServerState {
         id: ChunkId,
         req: &op::ChunkWrite,
     ) -> Result<bool, StoreError> {
+        // The chunk's length, once stat'd.
+        let mut stat_len = None;
         if self.rewritten.borrow().made_earlier(id) {
-            let exists = self.store.stat(id).await?.is_some();
-            self.rewritten.borrow_mut().found(id, exists);
+            let len = self.store.stat(id).await?.map(|s| s.len);
+            self.rewritten.borrow_mut().found(id, len.is_some());
+            stat_len = Some(len);
         }
         if !self.made_after_store_began(id, req.file_birth_ns) {
             return Ok(false);
         }
-        let len = self.store.stat(id).await?.map(|s| s.len);
+        let len = match stat_len {
+            Some(len) => len,
+            None => self.store.stat(id).await?.map(|s| s.len),
+        };
         let skipped_end = req.io.offset.min(req.chunk_held);
         let leaves = len.unwrap_or(0) < skipped_end;
         if len.is_none() && !leaves {
@@ -1168,15 +1175,7 @@ impl ServerState {
         // The copy into a buffer took a memory server about half its time reading.
         if let Some(view) = self.store.read_in_place(id, req.offset, len) {
             let read = view.len() as u64;
-            return match self.judge_read(id, &req, read) {
-                Ok(whole) => Reply {
-                    status: Status::Ok,
-                    body: op::ChunkIoReply { len: read, whole }.to_bytes(),
-                    payload: Some(ReplyPayload::View(view)),
-                    body_file_bytes: [0; 2],
-                },
-                Err(status) => Reply::error(status),
-            };
+            return self.read_reply(id, &req, read, ReplyPayload::View(view));
         }
         let buf = match self.store.buffer(len).await {
             Ok(b) => b,
@@ -1188,15 +1187,22 @@ impl ServerState {
             Err(e) => return Reply::error(store_status(e)),
         };
         buf.truncate(n);
-        match self.judge_read(id, &req, n as u64) {
+        self.read_reply(id, &req, n as u64, ReplyPayload::Buf(buf))
+    }
+
+    /// The reply to a read of `req` that found `read` bytes, carried by `payload`.
+    fn read_reply(
+        &self,
+        id: ChunkId,
+        req: &op::ChunkIo,
+        read: u64,
+        payload: ReplyPayload,
+    ) -> Reply {
+        match self.judge_read(id, req, read) {
             Ok(whole) => Reply {
                 status: Status::Ok,
-                body: op::ChunkIoReply {
-                    len: n as u64,
-                    whole,
-                }
-                .to_bytes(),
-                payload: Some(ReplyPayload::Buf(buf)),
+                body: op::ChunkIoReply { len: read, whole }.to_bytes(),
+                payload: Some(payload),
                 body_file_bytes: [0; 2],
             },
             Err(status) => Reply::error(status),

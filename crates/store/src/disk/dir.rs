@@ -562,19 +562,11 @@ fn probe_o_direct(data_dir: &Path) -> Result<(), StoreError> {
 /// Allocates the first `len` bytes of `file` (a file system that cannot allocate ahead
 /// leaves them to the writes).
 fn allocate(file: &File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(len) else {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
-    };
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: a plain system call on a descriptor `file` owns; no memory is passed.
-    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
-        return Ok(());
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
-        e => Err(e),
+    match crate::reserve::fallocate(file, 0, len) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        done => done,
     }
 }
