@@ -94,10 +94,12 @@ fn chunk_files(cluster: &Cluster) -> usize {
     let Ok(dirs) = std::fs::read_dir(chunks) else {
         return 0;
     };
+    // A `.partial` file holds disk room for a write-back; it is not a chunk yet.
     dirs.flatten()
         .filter_map(|dir| std::fs::read_dir(dir.path()).ok())
-        .map(|files| files.count())
-        .sum()
+        .flat_map(|files| files.flatten())
+        .filter(|file| !file.file_name().to_string_lossy().ends_with(".partial"))
+        .count()
 }
 
 #[test]
@@ -344,15 +346,17 @@ fn a_chunk_made_anew_after_a_crash_does_not_vouch_for_lost_bytes_after_a_clean_r
 /// more, a write-back on eviction gave back the room held for its chunk before it wrote
 /// it, and a concurrent write's hold took that room first: the write-back failed on a full
 /// disk, and the clean stop after lost a file every write of which was acknowledged.
+/// Later (CI): with the room given back and taken again in one step, a lower-tier write
+/// in flight in the kernel's io_uring workers still took it in between; the room is now
+/// held in the file the write-back writes.
 #[test]
 fn a_write_back_keeps_the_room_held_for_it_on_a_filling_disk() {
     let disk_chunks = 5 * TIER_CHUNKS as u64 / 2;
     let mut filled = 0;
-    // Well short of the disk's room less what the server keeps beside the chunks (its
-    // journal's reserve, the tier reserve's step): the old code lost the first file at
-    // each of these sizes. (Nearer the disk's end a clean stop failed once under CI's
-    // load, not understood yet.)
-    for first_chunks in (disk_chunks - 40..disk_chunks - 28).step_by(4) {
+    // Up to the disk's room less what the server keeps beside the chunks (its journal's
+    // reserve): the first design lost the first file at each size; the second one
+    // nearer the disk's end, in one run of two.
+    for first_chunks in (disk_chunks - 40..disk_chunks - 4).step_by(4) {
         let Some((mut cluster, _disk)) = tiered_server_on_small_disk(disk_chunks * CHUNK) else {
             return;
         };
@@ -386,7 +390,7 @@ fn a_write_back_keeps_the_room_held_for_it_on_a_filling_disk() {
             "{first_chunks} chunks: the first file after a clean stop"
         );
     }
-    assert!(filled >= 3, "the disk took the first file {filled} times");
+    assert!(filled >= 6, "the disk took the first file {filled} times");
 }
 
 /// Chunks a tiered server lost to kill -9 read as lost when the server comes back on

@@ -34,7 +34,6 @@ pub mod limits;
 mod mapping;
 mod memory;
 mod pages;
-mod reserve;
 mod tiered;
 
 use std::fmt;
@@ -52,8 +51,7 @@ pub use mapping::{free_huge_page_bytes, free_page_reporting, VIRTIO_DEVICES_DIR}
 pub use memory::{available_memory, InMemoryChunkStore};
 pub use pages::memory_room;
 pub use pages::ChunkView;
-pub use reserve::RESERVE_FILE as TIER_RESERVE_FILE;
-pub use tiered::TieredChunkStore;
+pub use tiered::{TieredChunkStore, TIERED_MARK_FILE};
 
 use limits::{CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};
 use limits::{MEMORY_TIER_BYTES_DEFAULT, QUEUE_DEPTH_DEFAULT, QUEUE_DEPTH_MAX};

@@ -45,12 +45,12 @@
 //! has it, so a dropped future leaves the index true.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 
 use tokio::sync::Notify;
 
 use crate::disk::{DiskChunkStore, IoEngine, UringEngine};
-use crate::reserve::DiskReserve;
 use crate::{check_range, ChunkBuf, ChunkId, ChunkStat, ChunkStore, InMemoryChunkStore};
 use crate::{StoreConfig, StoreError, StoreUsage};
 
@@ -71,13 +71,11 @@ pub struct TieredChunkStore<E: IoEngine = UringEngine> {
     used_bytes: Cell<u64>,
     /// Growth that operations in flight have checked against the capacity.
     reserved_bytes: Cell<u64>,
-    /// Disk held for what the memory tier owes the lower tier: `owed_bytes` and
-    /// `promised_bytes` together, or more.
-    disk_reserve: DiskReserve,
-    /// Sum of the entries' `owed`.
-    owed_bytes: Cell<u64>,
-    /// Growth of `owed` that operations in flight have held disk for.
-    promised_bytes: Cell<u64>,
+    /// Disk room held for each dirty resident chunk's write-back, at least its length in
+    /// disk blocks, allocated in the file the write-back will write (see
+    /// [`DiskChunkStore::hold_whole`]), so a full disk fails a write, never the
+    /// write-back of one acknowledged.
+    held: RefCell<HashMap<ChunkId, u64>>,
     /// Woken whenever a hold ends.
     released: Notify,
     /// The chunks the lower tier held at open that have not been removed since: whole,
@@ -87,6 +85,20 @@ pub struct TieredChunkStore<E: IoEngine = UringEngine> {
     /// writers holding the lower tier's pooled buffers, a write-back got a fresh heap
     /// buffer, whose page faults halved the write rate past the memory tier.
     spare: RefCell<Vec<ChunkBuf>>,
+}
+
+/// A file a tiered store keeps in its data directory: a crash there loses the chunks
+/// its memory tier had not written back, whichever backend starts next on the directory.
+pub const TIERED_MARK_FILE: &str = "tiered";
+
+/// Leaves [`TIERED_MARK_FILE`] in `data_dir`.
+fn mark_tiered(data_dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::create(data_dir.join(TIERED_MARK_FILE))
+        .map(drop)
+        .map_err(|source| StoreError::Io {
+            op: "create the tiered mark",
+            source,
+        })
 }
 
 /// Most buffers kept for write-backs.
@@ -108,9 +120,6 @@ struct State {
 struct Entry {
     len: u64,
     place: Place,
-    /// Disk blocks the chunk's write-back will add to its lower copy (dirty and resident
-    /// only): the lower tier has room held for them.
-    owed: u64,
 }
 
 /// The allocation unit assumed of the lower tier's file system.
@@ -158,11 +167,7 @@ impl State {
         self.index
             .entry(id)
             .and_modify(|e| e.place = place)
-            .or_insert(Entry {
-                len: 0,
-                place,
-                owed: 0,
-            });
+            .or_insert(Entry { len: 0, place });
     }
 
     /// Marks `id` as no longer resident; returns whether it was.
@@ -187,8 +192,6 @@ struct Hold<'a, E: IoEngine> {
     store: &'a TieredChunkStore<E>,
     id: ChunkId,
     reserved: u64,
-    /// Disk held for the chunk's write-back before it shows in `owed`.
-    promised: u64,
     /// A slot taken for this chunk that it does not occupy yet.
     slot: bool,
 }
@@ -199,9 +202,6 @@ impl<E: IoEngine> Drop for Hold<'_, E> {
         store
             .reserved_bytes
             .set(store.reserved_bytes.get() - self.reserved);
-        store
-            .promised_bytes
-            .set(store.promised_bytes.get() - self.promised);
         {
             let mut state = store.state.borrow_mut();
             state.busy.remove(&self.id);
@@ -232,7 +232,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             ..config.clone()
         };
         let lower = DiskChunkStore::<E>::open(&lower_config)?;
-        let disk_reserve = DiskReserve::open(&config.data_dir)?;
+        mark_tiered(&config.data_dir)?;
         let slots = usize::try_from(config.memory_tier_bytes / config.chunk_size)
             .unwrap_or(usize::MAX)
             .max(1);
@@ -250,7 +250,6 @@ impl<E: IoEngine> TieredChunkStore<E> {
                 Entry {
                     len,
                     place: Place::Disk,
-                    owed: 0,
                 },
             );
             used_bytes += len;
@@ -266,9 +265,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
             }),
             used_bytes: Cell::new(used_bytes),
             reserved_bytes: Cell::new(0),
-            disk_reserve,
-            owed_bytes: Cell::new(0),
-            promised_bytes: Cell::new(0),
+            held: RefCell::new(HashMap::new()),
             released: Notify::new(),
             kept: RefCell::new(kept),
             spare: RefCell::new(Vec::new()),
@@ -289,10 +286,10 @@ impl<E: IoEngine> TieredChunkStore<E> {
         (self.state.borrow().lru.len(), self.slots.get())
     }
 
-    /// Bytes of disk held for the memory tier's write-backs (`data_dir/tier-reserve`):
-    /// at least what its chunks written since their last write-back will add on disk.
+    /// Bytes of disk held for the memory tier's write-backs: at least what its chunks
+    /// written since their last write-back will take on disk.
     pub fn disk_held_bytes(&self) -> u64 {
-        self.disk_reserve.held()
+        self.held.borrow().values().sum()
     }
 
     /// Holds `id`, waiting while another operation does.
@@ -305,7 +302,6 @@ impl<E: IoEngine> TieredChunkStore<E> {
                     store: self,
                     id,
                     reserved: 0,
-                    promised: 0,
                     slot: false,
                 };
             }
@@ -314,31 +310,26 @@ impl<E: IoEngine> TieredChunkStore<E> {
     }
 
     /// Takes `id`'s length again from the tier that has it (the index's truth when no
-    /// operation holds it), and what its write-back owes the disk.
+    /// operation holds it), and holds disk room for its write-back if it is dirty, else
+    /// gives back what was held.
     fn refresh(&self, id: ChunkId) {
-        let owed_before = self.owed_bytes.get();
-        {
+        let dirty_len = {
             let mut state = self.state.borrow_mut();
             let place = state.index.get(&id).map(|e| e.place);
             let len = match place {
                 Some(Place::Memory { .. }) => self.upper.chunk_len(id),
                 Some(Place::Disk) | None => self.lower.chunk_len(id),
             };
-            let (old, old_owed) = state.index.get(&id).map_or((0, 0), |e| (e.len, e.owed));
-            let mut owed = 0;
+            let old = state.index.get(&id).map_or(0, |e| e.len);
             match (len, place) {
-                (Some(len), Some(place)) => {
-                    if place_is_dirty(place) {
-                        owed = self.owed_for(id, len);
-                    }
+                (Some(len), Some(_)) => {
                     if let Some(entry) = state.index.get_mut(&id) {
                         entry.len = len;
-                        entry.owed = owed;
                     }
                 }
                 (Some(len), None) => {
                     let place = Place::Disk;
-                    state.index.insert(id, Entry { len, place, owed });
+                    state.index.insert(id, Entry { len, place });
                 }
                 (None, _) => {
                     state.make_spilled(id);
@@ -347,36 +338,38 @@ impl<E: IoEngine> TieredChunkStore<E> {
             }
             let used = self.used_bytes.get() - old + len.unwrap_or(0);
             self.used_bytes.set(used);
-            self.owed_bytes.set(owed_before - old_owed + owed);
-        }
-        let owed = self.owed_bytes.get() + self.promised_bytes.get();
-        if self.owed_bytes.get() > owed_before {
-            // Each growth is held before it happens; this catches what no check saw
-            // (a lower copy gone from under a resident chunk).
-            if let Err(e) = self.disk_reserve.hold(owed) {
-                tracing::warn!(chunk = %id, error = %e, "no disk room held for a write-back");
+            len.filter(|_| place.is_some_and(place_is_dirty))
+        };
+        match dirty_len {
+            // Each growth is held before it happens; this catches what no check saw (a
+            // write-back that failed and gave its room back).
+            Some(len) => {
+                if let Err(e) = self.promise(id, len) {
+                    tracing::warn!(chunk = %id, error = %e, "no disk room held for a write-back");
+                }
             }
-        } else {
-            self.disk_reserve.settle(owed);
+            None => self.release_room(id),
         }
-    }
-
-    /// Disk blocks resident `id`'s write-back would add at `len` bytes.
-    fn owed_for(&self, id: ChunkId, len: u64) -> u64 {
-        disk_blocks(len).saturating_sub(disk_blocks(self.lower.chunk_len(id).unwrap_or(0)))
     }
 
     /// Holds disk room for resident (or about to be) `id` to be dirty at `len` bytes, so
-    /// its write-back cannot find the disk full; returns the growth held. Fails with
-    /// [`StoreError::NoSpace`] when the disk has no room for it.
-    fn promise(&self, id: ChunkId, len: u64) -> Result<u64, StoreError> {
-        let owed_now = self.state.borrow().index.get(&id).map_or(0, |e| e.owed);
-        let growth = self.owed_for(id, len).saturating_sub(owed_now);
-        if growth > 0 {
-            let owed = self.owed_bytes.get() + self.promised_bytes.get();
-            self.disk_reserve.hold(owed + growth)?;
+    /// its write-back cannot find the disk full. Fails with [`StoreError::NoSpace`] when
+    /// the disk has no room for it.
+    fn promise(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        let needed = disk_blocks(len);
+        let held = self.held.borrow().get(&id).copied().unwrap_or(0);
+        if needed > held {
+            self.lower.hold_whole(id, held, needed)?;
+            self.held.borrow_mut().insert(id, needed);
         }
-        Ok(growth)
+        Ok(())
+    }
+
+    /// Gives back the disk room held for `id`'s write-back, if any.
+    fn release_room(&self, id: ChunkId) {
+        if self.held.borrow_mut().remove(&id).is_some() {
+            self.lower.release_whole(id);
+        }
     }
 
     /// Checks that a chunk may grow from `old` to `new` bytes and reserves the growth in
@@ -472,16 +465,11 @@ impl<E: IoEngine> TieredChunkStore<E> {
             // acknowledged writes (see the durability contract).
             return self.lower.write(id, offset, buf).await;
         }
-        let admitted = self.admit(hold).await;
         // With no room on disk for its write-back, the chunk stays out of memory: the
         // lower tier, where the write takes only the room it needs, answers.
-        let promised = admitted.then(|| self.promise(id, end).ok()).flatten();
-        let Some(promised) = promised else {
+        if !self.admit(hold).await || self.promise(id, end).is_err() {
             return self.lower.write(id, offset, buf).await;
-        };
-        hold.promised += promised;
-        self.promised_bytes
-            .set(self.promised_bytes.get() + promised);
+        }
         if let Err(e) = self.upper.write_bytes(id, offset, buf.as_slice()) {
             self.upper.remove_chunk(id);
             if matches!(e, StoreError::NoSpace { .. }) {
@@ -582,7 +570,6 @@ impl<E: IoEngine> TieredChunkStore<E> {
             store: self,
             id: victim,
             reserved: 0,
-            promised: 0,
             slot: false,
         };
         if let Err(e) = self.write_back(victim).await {
@@ -606,20 +593,6 @@ impl<E: IoEngine> TieredChunkStore<E> {
             return Ok(());
         };
         let len = self.upper.chunk_len(id).unwrap_or(0);
-        // The room held for this chunk is what its write-back takes: given back just
-        // before the write-back allocates it, with no await in between, so that another
-        // operation's hold cannot take it first (a concurrent write did, and the
-        // write-back of an acknowledged chunk failed on a full disk). The hold's end
-        // takes the debt again if the write-back fails.
-        let release_owed = || {
-            let owed = match self.state.borrow_mut().index.get_mut(&id) {
-                Some(entry) => std::mem::take(&mut entry.owed),
-                None => 0,
-            };
-            self.owed_bytes.set(self.owed_bytes.get() - owed);
-            self.disk_reserve
-                .release_to(self.owed_bytes.get() + self.promised_bytes.get());
-        };
         if len > 0 {
             let spare = self.spare.borrow_mut().pop();
             let mut buf = match spare {
@@ -628,16 +601,17 @@ impl<E: IoEngine> TieredChunkStore<E> {
             };
             buf.set_len(len as usize);
             self.upper.read_bytes(id, 0, buf.as_mut_slice())?;
-            release_owed();
-            // Allocates the chunk's room before its first await (`begin_whole`).
+            // Into the file that holds its room (`promise`), which is the chunk's after
+            // this, or removed with a failed write (the hold's end holds room again).
             let (result, buf) = self.lower.write_whole(id, buf).await;
+            self.held.borrow_mut().remove(&id);
             let mut spare = self.spare.borrow_mut();
             if spare.len() < SPARE_BUFFERS_MAX {
                 spare.push(buf);
             }
             result?;
         } else {
-            release_owed();
+            self.release_room(id);
         }
         // Makes an empty chunk, which nothing above wrote.
         if self.lower.chunk_len(id) != Some(len) {
@@ -688,6 +662,7 @@ impl<E: IoEngine> TieredChunkStore<E> {
         let existed = self.state.borrow().index.contains_key(&id);
         // The lower copy first, so a failure leaves the chunk as it was.
         self.lower.remove(id).await?;
+        self.release_room(id);
         self.kept.borrow_mut().remove(&id);
         if self.state.borrow_mut().make_spilled(id) {
             self.upper.remove_chunk(id);

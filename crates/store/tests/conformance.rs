@@ -360,9 +360,9 @@ async fn names_stay_inside(mut h: Harness) {
         .map(|e| e.unwrap().file_name())
         .collect();
     outside.sort();
-    // The tiered store holds the disk room its write-backs need in one file.
+    // The tiered store marks the directory as one whose crash loses its memory tier.
     let expected: &[&str] = match h.config.backend {
-        Backend::Tiered => &["chunks", "tier-reserve"],
+        Backend::Tiered => &["chunks", benchfs_store::TIERED_MARK_FILE],
         _ => &["chunks"],
     };
     assert_eq!(outside, expected, "nothing else is written beside chunks/");

@@ -6,6 +6,8 @@
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use benchfs_store::TieredChunkStore;
 use benchfs_store::{AnyChunkStore, Backend, ChunkId, ChunkStat, ChunkStore, StoreError};
@@ -246,4 +248,71 @@ fn a_full_disk_refuses_writes_instead_of_losing_them_at_write_back() {
         assert!(chunk_file(&h.config.data_dir, ids[0]) == Some(pattern(9, CHUNK as usize)));
         assert!(chunk_file(&h.config.data_dir, ids[3]) == Some(pattern(3, CHUNK as usize)));
     });
+}
+
+/// Regression (CI): a write-back gave back the room held for its chunk and took it again
+/// in the next system call, and a writer racing it (another process on the disk, or an
+/// io_uring write of the store's own in the kernel's workers) took the room in between:
+/// the write-back of an acknowledged chunk failed on a full disk. The room is now held in
+/// the file the write-back writes, so no writer can take it first.
+#[test]
+fn a_writer_racing_for_the_last_room_never_takes_a_write_backs() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        return;
+    };
+    let disk = &disk;
+    run_in(&disk.dir, Backend::Tiered, false, None, |h| async move {
+        let s = &*h.store;
+        let ids: Vec<ChunkId> = (0..SLOTS as u64).map(|i| ChunkId::new(9, i)).collect();
+        for round in 0..20u64 {
+            // Room for the chunks alone, so no more than their room is held for them.
+            let filler = disk.dir.path().join("filler");
+            let room = SLOTS as u64 * CHUNK;
+            std::fs::write(&filler, vec![7u8; (disk.free_bytes() - room) as usize]).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                write(s, *id, 0, &pattern(round + i as u64, CHUNK as usize)).await;
+            }
+            // A writer takes every block the disk has left, and keeps trying.
+            let stop = Arc::new(AtomicBool::new(false));
+            let thief = {
+                let (path, stop) = (disk.dir.path().join("thief"), Arc::clone(&stop));
+                std::thread::spawn(move || take_every_free_block(&path, &stop))
+            };
+            while disk.free_bytes() > 0 {
+                std::thread::yield_now();
+            }
+            let synced = s.sync().await;
+            stop.store(true, Ordering::Relaxed);
+            thief.join().unwrap();
+            synced.unwrap_or_else(|e| panic!("round {round}: a write-back lost its room: {e}"));
+            for (i, id) in ids.iter().enumerate() {
+                let on_disk = chunk_file(&h.config.data_dir, *id);
+                assert!(
+                    on_disk == Some(pattern(round + i as u64, CHUNK as usize)),
+                    "{id}"
+                );
+            }
+            std::fs::remove_file(disk.dir.path().join("thief")).unwrap();
+            std::fs::remove_file(&filler).unwrap();
+            for id in &ids {
+                s.remove(*id).await.unwrap();
+            }
+        }
+    });
+}
+
+/// Appends to `path` until `stop`, whatever ENOSPC says.
+fn take_every_free_block(path: &Path, stop: &AtomicBool) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let block = [5u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = file.write_all(&block) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        }
+    }
 }

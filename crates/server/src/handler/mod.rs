@@ -1368,12 +1368,12 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
 }
 
-/// Removes the reserve file a tiered store left in `data_dir`, if any.
+/// Removes the mark a tiered store left in `data_dir`, if any.
 fn forget_tiered_run(data_dir: &std::path::Path) {
-    let reserve = data_dir.join(benchfs_store::TIER_RESERVE_FILE);
-    match std::fs::remove_file(&reserve) {
+    let mark = data_dir.join(benchfs_store::TIERED_MARK_FILE);
+    match std::fs::remove_file(&mark) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!(path = %reserve.display(), error = %e, "a tiered store's reserve not removed");
+            tracing::warn!(path = %mark.display(), error = %e, "a tiered store's mark not removed");
         }
         _ => {}
     }
@@ -1439,7 +1439,7 @@ fn store_born_ns(
     let tiered_ran = config
         .node
         .data_dir
-        .join(benchfs_store::TIER_RESERVE_FILE)
+        .join(benchfs_store::TIERED_MARK_FILE)
         .exists();
     let lost_unwritten =
         (store.backend() == benchfs_store::Backend::Tiered || tiered_ran) && !stopped_cleanly;

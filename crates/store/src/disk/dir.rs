@@ -70,6 +70,8 @@ pub(crate) struct ChunkDir {
     data_dir: PathBuf,
     chunk_size: u64,
     o_direct: bool,
+    /// Set once `fallocate` failed as unsupported here.
+    cannot_allocate: Cell<bool>,
     capacity_bytes: Option<u64>,
     index: RefCell<BTreeMap<ChunkId, u64>>,
     used_bytes: Cell<u64>,
@@ -102,6 +104,7 @@ impl ChunkDir {
             data_dir: config.data_dir.clone(),
             chunk_size: config.chunk_size,
             o_direct: config.o_direct,
+            cannot_allocate: Cell::new(false),
             capacity_bytes: config.capacity_bytes,
             index: RefCell::new(index),
             used_bytes: Cell::new(used_bytes),
@@ -258,21 +261,62 @@ impl ChunkDir {
         Ok(file)
     }
 
-    /// An empty file to write chunk `id` whole into, under a name of its own until
+    /// Holds room on disk for chunk `id` to be written whole at up to `len` bytes later,
+    /// where [`ChunkDir::begin_whole`] will write it: `len` bytes allocated in that file
+    /// (from `held`, what an earlier call allocated). The room is the file's own, so no
+    /// other writer, an in-flight write of this store's or another process's, can take
+    /// it before the write-back does (a shared reserve given back just before the
+    /// write-back was taken so). Fails with [`StoreError::NoSpace`] when the disk has no
+    /// room, holding what it held before.
+    pub(crate) fn hold_whole(&self, id: ChunkId, held: u64, len: u64) -> Result<(), StoreError> {
+        let partial = id::partial_path(&self.data_dir, id);
+        let file = self.create_in_file_dir(&partial, id)?;
+        if let Err(e) = self.allocate(&file.buffered, len) {
+            // A failed fallocate may keep part of what it allocated, and the length.
+            let _ = file.buffered.set_len(held);
+            if held == 0 {
+                self.release_whole(id);
+            }
+            return Err(StoreError::io(
+                "fallocate chunk",
+                e,
+                len.saturating_sub(held),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives back the room [`ChunkDir::hold_whole`] held for chunk `id`, if any.
+    pub(crate) fn release_whole(&self, id: ChunkId) {
+        let partial = id::partial_path(&self.data_dir, id);
+        match fs::remove_file(&partial) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %partial.display(), error = %e, "partial chunk not removed");
+            }
+            _ => {}
+        }
+    }
+
+    /// A file of `len` bytes to write chunk `id` whole into, under a name of its own until
     /// [`ChunkDir::commit_whole`] renames it over the chunk's: a crash leaves the chunk as
     /// it was or whole, never its start alone (the rest read as never written).
-    /// What a crash left of one is removed at the next open.
-    /// Its `len` bytes are allocated at once, before the caller's first await: a tiered
-    /// store gives back the room it held for the chunk just before, which another
-    /// operation's hold must not take in between.
+    /// What a crash left of one is removed at the next open. It is the file
+    /// [`ChunkDir::hold_whole`] held room in, if it did; its bytes are allocated before
+    /// the caller's first await.
     pub(crate) fn begin_whole(&self, id: ChunkId, len: u64) -> Result<Rc<ChunkFile>, StoreError> {
         let file = self.create_in_file_dir(&id::partial_path(&self.data_dir, id), id)?;
-        file.buffered
-            .set_len(0)
-            .map_err(|e| StoreError::io("ftruncate", e, 0))?;
-        if let Err(e) = allocate(&file.buffered, len) {
+        // Allocated before the length is cut, so that the room held is never given back.
+        let sized = self
+            .allocate(&file.buffered, len)
+            .map_err(|e| StoreError::io("fallocate chunk", e, len))
+            .and_then(|()| {
+                file.buffered
+                    .set_len(len)
+                    .map_err(|e| StoreError::io("ftruncate", e, 0))
+            });
+        if let Err(e) = sized {
             self.abort_whole(id);
-            return Err(StoreError::io("fallocate chunk", e, len));
+            return Err(e);
         }
         Ok(Rc::new(file))
     }
@@ -296,6 +340,28 @@ impl ChunkDir {
         let partial = id::partial_path(&self.data_dir, id);
         if let Err(e) = fs::remove_file(&partial) {
             tracing::warn!(path = %partial.display(), error = %e, "partial chunk not removed");
+        }
+    }
+
+    /// Allocates the first `len` bytes of `file`. A file system that cannot allocate
+    /// ahead leaves them to the writes (warned of once): a full disk then fails a tiered
+    /// store's write-back.
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        if len == 0 || self.cannot_allocate.get() {
+            return Ok(());
+        }
+        match fallocate(file, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::warn!(
+                    dir = %self.data_dir.display(),
+                    "this file system cannot allocate ahead (fallocate): the memory tier's \
+                     unsynced writes are not guaranteed room on disk, and a full disk fails \
+                     their write-back"
+                );
+                self.cannot_allocate.set(true);
+                Ok(())
+            }
+            done => done,
         }
     }
 
@@ -559,14 +625,16 @@ fn probe_o_direct(data_dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Allocates the first `len` bytes of `file` (a file system that cannot allocate ahead
-/// leaves them to the writes).
-fn allocate(file: &File, len: u64) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
+/// Allocates the first `len` bytes of `file` (`fallocate(2)`, mode 0: the length grows
+/// to cover them).
+fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: a plain system call on a descriptor `file` owns; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    match crate::reserve::fallocate(file, 0, len) {
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
-        done => done,
-    }
+    Ok(())
 }

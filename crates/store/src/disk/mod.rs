@@ -125,6 +125,17 @@ impl<E: IoEngine> DiskChunkStore<E> {
         self.dir.stat(id).map(|stat| stat.len)
     }
 
+    /// Holds room on disk for chunk `id` to be written whole at up to `len` bytes, from
+    /// `held` (see [`ChunkDir::hold_whole`](dir::ChunkDir::hold_whole)).
+    pub(crate) fn hold_whole(&self, id: ChunkId, held: u64, len: u64) -> Result<(), StoreError> {
+        self.dir.hold_whole(id, held, len)
+    }
+
+    /// Gives back the room held for chunk `id`'s write, if any.
+    pub(crate) fn release_whole(&self, id: ChunkId) {
+        self.dir.release_whole(id);
+    }
+
     /// Writes `buf` as the whole of chunk `id`, replacing what it held, so that a process
     /// killed meanwhile leaves the chunk as it was or whole, never its start alone (see
     /// [`ChunkDir::begin_whole`](dir::ChunkDir::begin_whole)). The capacity is not
