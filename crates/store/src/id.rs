@@ -52,7 +52,8 @@ pub(crate) fn chunk_path(data_dir: &Path, id: ChunkId) -> PathBuf {
 }
 
 /// Suffix of a chunk file written whole under another name before it is renamed into
-/// place (see `ChunkDir::begin_whole`).
+/// place, which holds disk room for that write until then (see `ChunkDir::hold_whole`
+/// and `ChunkDir::begin_whole`).
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 
 /// Where chunk `id` is written whole before its rename to [`chunk_path`].

@@ -355,13 +355,18 @@ impl<E: IoEngine> TieredChunkStore<E> {
     /// Holds disk room for resident (or about to be) `id` to be dirty at `len` bytes, so
     /// its write-back cannot find the disk full. Fails with [`StoreError::NoSpace`] when
     /// the disk has no room for it.
+    /// The room held grows to twice what it was (within the chunk size) where the disk has
+    /// that, so a chunk written in small appends makes a few calls, not one per write.
     fn promise(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
         let needed = disk_blocks(len);
         let held = self.held.borrow().get(&id).copied().unwrap_or(0);
-        if needed > held {
-            self.lower.hold_whole(id, held, needed)?;
-            self.held.borrow_mut().insert(id, needed);
+        if needed <= held {
+            return Ok(());
         }
+        let ahead = (2 * held).clamp(needed, disk_blocks(self.chunk_size()).max(needed));
+        let hold = |to| self.lower.hold_whole(id, held, to).map(|()| to);
+        let now = hold(ahead).or_else(|e| if ahead > needed { hold(needed) } else { Err(e) })?;
+        self.held.borrow_mut().insert(id, now);
         Ok(())
     }
 
@@ -475,8 +480,10 @@ impl<E: IoEngine> TieredChunkStore<E> {
             if matches!(e, StoreError::NoSpace { .. }) {
                 // The memory tier found too little memory for the chunk (the capacity was
                 // checked above): the lower tier takes it, and the tier holds no more
-                // chunks than it has now (this hold's slot ends with the hold).
+                // chunks than it has now (this hold's slot ends with the hold), with the
+                // room held for the write-back given back to it.
                 self.shrink_to_memory(self.state.borrow().resident - 1);
+                self.release_room(id);
                 return self.lower.write(id, offset, buf).await;
             }
             return (Err(e), buf);
@@ -601,10 +608,15 @@ impl<E: IoEngine> TieredChunkStore<E> {
             };
             buf.set_len(len as usize);
             self.upper.read_bytes(id, 0, buf.as_mut_slice())?;
-            // Into the file that holds its room (`promise`), which is the chunk's after
-            // this, or removed with a failed write (the hold's end holds room again).
+            // Into the file that holds its room (`promise`): the chunk's after this, or
+            // kept with its room for the next write-back.
             let (result, buf) = self.lower.write_whole(id, buf).await;
-            self.held.borrow_mut().remove(&id);
+            if result.is_ok() {
+                self.held.borrow_mut().remove(&id);
+            } else {
+                // Made if it was not there, so its removal goes with the chunk's.
+                self.held.borrow_mut().entry(id).or_insert(0);
+            }
             let mut spare = self.spare.borrow_mut();
             if spare.len() < SPARE_BUFFERS_MAX {
                 spare.push(buf);

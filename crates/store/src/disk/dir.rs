@@ -297,50 +297,38 @@ impl ChunkDir {
         }
     }
 
-    /// A file of `len` bytes to write chunk `id` whole into, under a name of its own until
-    /// [`ChunkDir::commit_whole`] renames it over the chunk's: a crash leaves the chunk as
-    /// it was or whole, never its start alone (the rest read as never written).
-    /// What a crash left of one is removed at the next open. It is the file
-    /// [`ChunkDir::hold_whole`] held room in, if it did; its bytes are allocated before
-    /// the caller's first await.
+    /// The file to write chunk `id` whole into, `len` bytes of it allocated, under a name
+    /// of its own until [`ChunkDir::commit_whole`] renames it over the chunk's: a crash
+    /// leaves the chunk as it was or whole, never its start alone (the rest read as never
+    /// written). What a crash left of one is removed at the next open. It is the file
+    /// [`ChunkDir::hold_whole`] held room in, if it did, and keeps that room: it is cut to
+    /// the chunk's length only at the commit, and a failed write leaves it for the next.
     pub(crate) fn begin_whole(&self, id: ChunkId, len: u64) -> Result<Rc<ChunkFile>, StoreError> {
         let file = self.create_in_file_dir(&id::partial_path(&self.data_dir, id), id)?;
-        // Allocated before the length is cut, so that the room held is never given back.
-        let sized = self
-            .allocate(&file.buffered, len)
-            .map_err(|e| StoreError::io("fallocate chunk", e, len))
-            .and_then(|()| {
-                file.buffered
-                    .set_len(len)
-                    .map_err(|e| StoreError::io("ftruncate", e, 0))
-            });
-        if let Err(e) = sized {
-            self.abort_whole(id);
-            return Err(e);
-        }
+        self.allocate(&file.buffered, len)
+            .map_err(|e| StoreError::io("fallocate chunk", e, len))?;
         Ok(Rc::new(file))
     }
 
-    /// Makes the file [`ChunkDir::begin_whole`] gave, now holding `len` bytes, chunk `id`;
-    /// on failure it is removed.
-    pub(crate) fn commit_whole(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+    /// Makes `file`, which [`ChunkDir::begin_whole`] gave and which now holds the chunk's
+    /// `len` bytes from its start, chunk `id`.
+    pub(crate) fn commit_whole(
+        &self,
+        id: ChunkId,
+        file: &ChunkFile,
+        len: u64,
+    ) -> Result<(), StoreError> {
+        // Past `len` it may hold room held for more, or bytes of a failed write.
+        file.buffered
+            .set_len(len)
+            .map_err(|e| StoreError::io("ftruncate", e, 0))?;
         let partial = id::partial_path(&self.data_dir, id);
-        if let Err(e) = fs::rename(&partial, id::chunk_path(&self.data_dir, id)) {
-            self.abort_whole(id);
-            return Err(StoreError::io("rename chunk", e, 0));
-        }
+        fs::rename(&partial, id::chunk_path(&self.data_dir, id))
+            .map_err(|e| StoreError::io("rename chunk", e, 0))?;
         self.files.borrow_mut().remove(&id);
         self.set_len(id, Some(len));
         self.mark_dirty(id);
         Ok(())
-    }
-
-    /// Removes the file [`ChunkDir::begin_whole`] gave, after its write failed.
-    pub(crate) fn abort_whole(&self, id: ChunkId) {
-        let partial = id::partial_path(&self.data_dir, id);
-        if let Err(e) = fs::remove_file(&partial) {
-            tracing::warn!(path = %partial.display(), error = %e, "partial chunk not removed");
-        }
     }
 
     /// Allocates the first `len` bytes of `file`. A file system that cannot allocate
@@ -568,7 +556,8 @@ fn scan(chunks: &Path) -> Result<(BTreeMap<ChunkId, u64>, u64), StoreError> {
                 .to_string_lossy()
                 .ends_with(id::PARTIAL_SUFFIX)
             {
-                // A chunk being written whole when the process died: never acknowledged.
+                // Room held for a chunk's write-back, or a chunk being written whole when
+                // the process died: never acknowledged as the chunk.
                 fs::remove_file(chunk.path()).map_err(|e| StoreError::io("unlink", e, 0))?;
                 continue;
             }
@@ -637,4 +626,47 @@ fn fallocate(file: &File, len: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Backend;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Bytes of disk `path` takes (0 if it does not exist).
+    fn allocated(path: &Path) -> u64 {
+        fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+    }
+
+    #[test]
+    fn room_held_for_a_whole_write_is_the_written_files_until_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = ChunkDir::open(&StoreConfig::new(Backend::File, dir.path())).unwrap();
+        let id = ChunkId::new(3, 1);
+        let partial = id::partial_path(dir.path(), id);
+        chunks.hold_whole(id, 0, 16384).unwrap();
+        chunks.hold_whole(id, 16384, 65536).unwrap();
+        assert!(
+            allocated(&partial) >= 65536,
+            "held in the file the write will write"
+        );
+        chunks.release_whole(id);
+        assert!(!partial.exists(), "given back");
+
+        chunks.hold_whole(id, 0, 65536).unwrap();
+        // A shorter chunk keeps the room held until its bytes are in.
+        let file = chunks.begin_whole(id, 4096).unwrap();
+        assert!(
+            allocated(&partial) >= 65536,
+            "begun: the room is still held"
+        );
+        std::os::unix::fs::FileExt::write_all_at(file.buffered(), &[7; 4096], 0).unwrap();
+        chunks.commit_whole(id, &file, 4096).unwrap();
+        let chunk = id::chunk_path(dir.path(), id);
+        assert_eq!(fs::read(&chunk).unwrap(), vec![7; 4096]);
+        assert!(allocated(&chunk) < 65536, "cut to the chunk at the commit");
+        assert!(!partial.exists());
+        assert_eq!(chunks.stat(id).map(|s| s.len), Some(4096));
+    }
 }

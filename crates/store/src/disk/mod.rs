@@ -139,7 +139,8 @@ impl<E: IoEngine> DiskChunkStore<E> {
     /// Writes `buf` as the whole of chunk `id`, replacing what it held, so that a process
     /// killed meanwhile leaves the chunk as it was or whole, never its start alone (see
     /// [`ChunkDir::begin_whole`](dir::ChunkDir::begin_whole)). The capacity is not
-    /// checked: the tiered store, whose lower tier has none, checks its own.
+    /// checked: the tiered store, whose lower tier has none, checks its own. On failure
+    /// the file written into stays, with the room it holds, for the next attempt.
     pub(crate) async fn write_whole(
         &self,
         id: ChunkId,
@@ -151,14 +152,8 @@ impl<E: IoEngine> DiskChunkStore<E> {
             Err(e) => return (Err(e), buf),
         };
         let (result, buf) = self.transfer_all(true, &file, buf, 0).await;
-        drop(file);
-        match result {
-            Ok(_) => (self.dir.commit_whole(id, len), buf),
-            Err(e) => {
-                self.dir.abort_whole(id);
-                (Err(e), buf)
-            }
-        }
+        let committed = result.and_then(|_| self.dir.commit_whole(id, &file, len));
+        (committed, buf)
     }
 
     /// Every chunk with its length, in id order, without I/O.
