@@ -1751,3 +1751,28 @@ fn running_servers(c: &ClusterDir) -> usize {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
+
+/// Regression (hostile-user run): a node's data directory that is a file system of its own
+/// (a node-local disk mounted there), empty, was taken for an earlier cluster's data, and
+/// `--wipe` then failed on the mount point ("Device or resource busy").
+#[test]
+fn a_data_directory_that_is_a_mount_point_starts_a_new_cluster_and_wipes() {
+    let c = ClusterDir::new("c");
+    let Some(_disk) = SmallDisk::mount(&c.dir.join("data").join("node0"), "16m") else {
+        return;
+    };
+    let up = ["cluster", "up", "--servers", "1", "--backend", "file"];
+    c.cli(&up);
+    let local = c.local("in.bin");
+    std::fs::write(&local, pattern(100_000, 12)).unwrap();
+    c.cli(&["put", arg(&local), "/kept"]);
+    c.cli(&["cluster", "down"]);
+    let stderr = c.run(&up).failed();
+    assert!(
+        stderr.contains("--wipe"),
+        "the cluster's data is refused: {stderr}"
+    );
+    c.cli(&[&up[..], &["--wipe"]].concat());
+    assert!(!c.cli(&["ls", "/"]).contains("kept"), "wiped");
+    c.cli(&["cluster", "down"]);
+}

@@ -677,3 +677,58 @@ fn a_chunk_restored_whole_restores_the_other_replica_after_it_lost_its_store_too
     let lost = pread_at(&fs, "/x", 0, C).expect_err("chunk 0 was lost on both replicas");
     assert_eq!(lost.errno(), libc::EIO, "{lost}");
 }
+
+/// Regression (hostile-user run): a tiered server killed with -9 on a full disk could not
+/// start again: making its new birth record durable (a new file renamed over the old)
+/// found no room, so it exited, and the files filling the disk could not be removed
+/// through BenchFS. It now starts, and deletes give the room back.
+#[test]
+fn a_tiered_server_killed_on_a_full_disk_starts_again_and_takes_deletes() {
+    let disk_bytes = 5 * TIER_CHUNKS as u64 / 2 * CHUNK;
+    let Some((mut cluster, disk)) = tiered_server_on_small_disk(disk_bytes) else {
+        return;
+    };
+    let fs = cluster.client();
+    let first = pattern(TIER_CHUNKS * C, 60);
+    let fd = write_open(&fs, "/first", &first);
+    fs.fsync(fd).unwrap();
+    fs.close(fd).unwrap();
+    // Small writes to the last block: past the memory tier's room they go to disk.
+    let fd = fs.create("/filler", 0o644).unwrap();
+    let piece = pattern(4096, 61);
+    let mut offset = 0u64;
+    let full = loop {
+        match fs.pwrite(fd, &piece, offset) {
+            Ok(n) => offset += n as u64,
+            Err(e) => break e,
+        }
+        assert!(offset < 2 * disk_bytes, "the disk never filled");
+    };
+    assert_eq!(full.errno(), libc::ENOSPC, "{full}");
+    let _ = fs.close(fd);
+    // Every server syncs its whole store: what the memory tier held is written back, so
+    // no room is held for it that a restart would give back.
+    let synced = fs.open("/first", OpenFlags::WRITE, 0).unwrap();
+    fs.fsync(synced).unwrap();
+    fs.close(synced).unwrap();
+    drop(fs);
+    assert_eq!(disk.free_bytes(), 0, "the disk is full");
+    cluster.kill(0);
+    cluster.restart(0);
+    assert!(cluster.is_running(0), "restarted on a full disk");
+    let fs = cluster.client();
+    assert!(
+        read_file(&fs, "/first") == first,
+        "the synced file after kill -9"
+    );
+    fs.unlink("/filler").unwrap();
+    fs.unlink("/first").unwrap();
+    let again = pattern(TIER_CHUNKS * C, 62);
+    let fd = write_open(&fs, "/again", &again);
+    fs.fsync(fd).unwrap();
+    fs.close(fd).unwrap();
+    assert!(
+        read_file(&fs, "/again") == again,
+        "the room deletes gave back takes a file"
+    );
+}

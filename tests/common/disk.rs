@@ -22,6 +22,16 @@ impl SmallDisk {
         }
         Some(SmallDisk(dir.to_path_buf()))
     }
+
+    /// Bytes free for an unprivileged writer now.
+    pub fn free_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs is plain integers, for which all zeros is a value.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a struct the call fills.
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
 }
 
 impl Drop for SmallDisk {

@@ -1356,16 +1356,38 @@ fn check_registry_knows_data(
 /// `cluster down` reports a server that exited without it.
 pub const CLEAN_STOP_FILE: &str = "stopped-cleanly";
 
+/// The smallest unit a device writes whole.
+const SECTOR: usize = 512;
+
 /// Writes `text` to `path` by a synced temporary file renamed over it, then syncs the
-/// directory: after a crash, `path` holds the old text or the new, whole.
+/// directory: after a crash, `path` holds the old text or the new, whole. On a full disk
+/// an existing `path` is overwritten in place instead, which takes no new block for a text
+/// of a sector or less (a server must start on a full disk, to take deletes): a
+/// crash mid-write could tear it only within one sector, which devices write whole.
 fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+    let replaced = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    match replaced {
+        Ok(()) => sync_dir(path.parent().unwrap_or(std::path::Path::new("."))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if e.kind() != std::io::ErrorKind::StorageFull || text.len() > SECTOR {
+                return Err(e);
+            }
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|_| e)?;
+            std::os::unix::fs::FileExt::write_all_at(&file, text.as_bytes(), 0)?;
+            file.set_len(text.len() as u64)?;
+            file.sync_all()
+        }
+    }
 }
 
 /// Removes the mark a tiered store left in `data_dir`, if any.

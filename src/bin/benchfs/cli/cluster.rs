@@ -331,7 +331,7 @@ fn prepare_new(args: &UpArgs, settings: &str) -> Result<Vec<String>, CliError> {
             )
             .into());
         }
-        std::fs::remove_dir_all(&data).map_err(|e| local_error("cannot remove", &data, e))?;
+        wipe(&data)?;
     }
     let config_path = dir.join("benchfs.toml");
     std::fs::write(&config_path, settings)
@@ -525,13 +525,70 @@ pub fn check_settings(args: &UpArgs) -> Result<String, CliError> {
     Ok(text)
 }
 
-/// Whether `data` (a cluster's data directory) holds anything.
+/// Whether `data` (a cluster's data directory) holds anything: a file, or a node's
+/// directory with anything in it but a `lost+found`.
 fn holds_data(data: &Path) -> Result<bool, CliError> {
-    match std::fs::read_dir(data) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(local_error("cannot read", data, e)),
+    let entries = match std::fs::read_dir(data) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(local_error("cannot read", data, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| local_error("cannot read", data, e))?;
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            return Ok(true);
+        }
+        // A node's data directory may be a file system of its own (a node-local NVMe or
+        // tmpfs mounted there): empty, or with only the `lost+found` mkfs made, it is new.
+        let node = std::fs::read_dir(&path).map_err(|e| local_error("cannot read", &path, e))?;
+        for inside in node {
+            let inside = inside.map_err(|e| local_error("cannot read", &path, e))?;
+            if inside.file_name() != "lost+found" {
+                return Ok(true);
+            }
+        }
     }
+    Ok(false)
+}
+
+/// Removes the cluster's data under `data`, keeping the directories that are mount
+/// points (a file system mounted for a node's data cannot be removed, only emptied).
+fn wipe(data: &Path) -> Result<(), CliError> {
+    let busy = |e: &std::io::Error| e.kind() == ErrorKind::ResourceBusy;
+    let entries = std::fs::read_dir(data).map_err(|e| local_error("cannot read", data, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| local_error("cannot read", data, e))?;
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_file(&path).map_err(|e| local_error("cannot remove", &path, e))?;
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if busy(&e) => empty_mount_point(&path)?,
+            removed => removed.map_err(|e| local_error("cannot remove", &path, e))?,
+        }
+    }
+    match std::fs::remove_dir(data) {
+        Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty || busy(&e) => Ok(()),
+        removed => removed.map_err(|e| local_error("cannot remove", data, e)),
+    }
+}
+
+/// Removes everything in `dir`, a mount point, but its `lost+found`.
+fn empty_mount_point(dir: &Path) -> Result<(), CliError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| local_error("cannot read", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| local_error("cannot read", dir, e))?;
+        let path = entry.path();
+        let removed = match entry.file_type().is_ok_and(|t| t.is_dir()) {
+            true if entry.file_name() == "lost+found" => continue,
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+        removed.map_err(|e| local_error("cannot remove", &path, e))?;
+    }
+    Ok(())
 }
 
 /// The node ids of the stopped cluster in `dir`: one per data directory under `data/`,
