@@ -1758,9 +1758,13 @@ fn running_servers(c: &ClusterDir) -> usize {
 #[test]
 fn a_data_directory_that_is_a_mount_point_starts_a_new_cluster_and_wipes() {
     let c = ClusterDir::new("c");
-    let Some(_disk) = SmallDisk::mount(&c.dir.join("data").join("node0"), "16m") else {
+    let node_dir = c.dir.join("data").join("node0");
+    let Some(_disk) = SmallDisk::mount(&node_dir, "16m") else {
         return;
     };
+    // As mkfs.ext4 leaves it.
+    let lost_found = node_dir.join("lost+found");
+    std::fs::create_dir(&lost_found).unwrap();
     let up = ["cluster", "up", "--servers", "1", "--backend", "file"];
     c.cli(&up);
     let local = c.local("in.bin");
@@ -1774,5 +1778,6 @@ fn a_data_directory_that_is_a_mount_point_starts_a_new_cluster_and_wipes() {
     );
     c.cli(&[&up[..], &["--wipe"]].concat());
     assert!(!c.cli(&["ls", "/"]).contains("kept"), "wiped");
+    assert!(lost_found.is_dir(), "the file system's lost+found is kept");
     c.cli(&["cluster", "down"]);
 }

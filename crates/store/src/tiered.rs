@@ -356,7 +356,9 @@ impl<E: IoEngine> TieredChunkStore<E> {
     /// its write-back cannot find the disk full. Fails with [`StoreError::NoSpace`] when
     /// the disk has no room for it.
     /// The room held grows to twice what it was (within the chunk size) where the disk has
-    /// that, so a chunk written in small appends makes a few calls, not one per write.
+    /// that, so a chunk written in small appends makes a few calls, not one per write; on
+    /// a disk too full for that, the other chunks give back what they hold beyond their
+    /// lengths first.
     fn promise(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
         let needed = disk_blocks(len);
         let held = self.held.borrow().get(&id).copied().unwrap_or(0);
@@ -364,10 +366,37 @@ impl<E: IoEngine> TieredChunkStore<E> {
             return Ok(());
         }
         let ahead = (2 * held).clamp(needed, disk_blocks(self.chunk_size()).max(needed));
-        let hold = |to| self.lower.hold_whole(id, held, to).map(|()| to);
-        let now = hold(ahead).or_else(|e| if ahead > needed { hold(needed) } else { Err(e) })?;
+        let hold = |to| self.lower.hold_whole(id, to).map(|()| to);
+        let now = hold(ahead)
+            .or_else(|e| if ahead > needed { hold(needed) } else { Err(e) })
+            .or_else(|e| {
+                if self.trim_room(id) {
+                    hold(needed)
+                } else {
+                    Err(e)
+                }
+            })?;
         self.held.borrow_mut().insert(id, now);
         Ok(())
+    }
+
+    /// Gives back the room held beyond their lengths for the chunks but `except` that no
+    /// operation holds; whether there was any.
+    fn trim_room(&self, except: ChunkId) -> bool {
+        let state = self.state.borrow();
+        let mut trimmed = false;
+        for (id, held) in self.held.borrow_mut().iter_mut() {
+            if *id == except || state.busy.contains(id) {
+                continue;
+            }
+            let needed = state.index.get(id).map_or(0, |e| disk_blocks(e.len));
+            if *held > needed {
+                self.lower.trim_whole(*id, needed);
+                *held = needed;
+                trimmed = true;
+            }
+        }
+        trimmed
     }
 
     /// Gives back the disk room held for `id`'s write-back, if any.
@@ -614,8 +643,9 @@ impl<E: IoEngine> TieredChunkStore<E> {
             if result.is_ok() {
                 self.held.borrow_mut().remove(&id);
             } else {
-                // Made if it was not there, so its removal goes with the chunk's.
-                self.held.borrow_mut().entry(id).or_insert(0);
+                // What the file holds after a failed commit is not known: the hold's end
+                // holds the room again (the file stays listed, so it goes with the chunk).
+                self.held.borrow_mut().insert(id, 0);
             }
             let mut spare = self.spare.borrow_mut();
             if spare.len() < SPARE_BUFFERS_MAX {

@@ -316,3 +316,37 @@ fn take_every_free_block(path: &Path, stop: &AtomicBool) {
         }
     }
 }
+
+/// The room a chunk written in small appends holds ahead of its length is given back when
+/// another chunk finds the disk full without it: a write the disk has room for is never
+/// refused for room held and unused.
+#[test]
+fn room_held_ahead_is_given_back_to_a_write_the_disk_has_room_for() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        return;
+    };
+    let disk = &disk;
+    run_in(&disk.dir, Backend::Tiered, false, None, |h| async move {
+        let s = &*h.store;
+        let (appended, other) = (ChunkId::new(10, 0), ChunkId::new(10, 1));
+        let piece = 4096;
+        let data = pattern(1, 9 * piece);
+        for at in (0..data.len()).step_by(piece) {
+            write(s, appended, at as u64, &data[at..at + piece]).await;
+        }
+        assert!(
+            tiered(&h).disk_held_bytes() > data.len() as u64,
+            "held ahead"
+        );
+        let filler = disk.dir.path().join("filler");
+        std::fs::write(&filler, vec![7u8; disk.free_bytes() as usize]).unwrap();
+        assert_eq!(disk.free_bytes(), 0);
+        let small = pattern(2, 2 * piece);
+        let buf = buf_from(s, &small).await;
+        let (written, _) = s.write(other, 0, buf).await;
+        written.expect("room held ahead for another chunk was given back");
+        s.sync().await.unwrap();
+        assert!(chunk_file(&h.config.data_dir, appended) == Some(data.clone()));
+        assert!(chunk_file(&h.config.data_dir, other) == Some(small));
+    });
+}

@@ -1376,7 +1376,11 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
         Ok(()) => sync_dir(path.parent().unwrap_or(std::path::Path::new("."))),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            if e.kind() != std::io::ErrorKind::StorageFull || text.len() > SECTOR {
+            let full = matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            );
+            if !full || text.len() > SECTOR {
                 return Err(e);
             }
             let file = std::fs::OpenOptions::new()

@@ -268,22 +268,36 @@ impl ChunkDir {
     /// it before the write-back does (a shared reserve given back just before the
     /// write-back was taken so). Fails with [`StoreError::NoSpace`] when the disk has no
     /// room, holding what it held before.
-    pub(crate) fn hold_whole(&self, id: ChunkId, held: u64, len: u64) -> Result<(), StoreError> {
+    pub(crate) fn hold_whole(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
         let partial = id::partial_path(&self.data_dir, id);
+        let size_before = fs::metadata(&partial).ok().map(|m| m.len());
         let file = self.create_in_file_dir(&partial, id)?;
         if let Err(e) = self.allocate(&file.buffered, len) {
             // A failed fallocate may keep part of what it allocated, and the length.
-            let _ = file.buffered.set_len(held);
-            if held == 0 {
-                self.release_whole(id);
+            match size_before {
+                Some(size) => {
+                    let _ = file.buffered.set_len(size);
+                }
+                None => self.release_whole(id),
             }
-            return Err(StoreError::io(
-                "fallocate chunk",
-                e,
-                len.saturating_sub(held),
-            ));
+            return Err(StoreError::io("fallocate chunk", e, len));
         }
         Ok(())
+    }
+
+    /// Gives back the room held for chunk `id`'s write past its first `len` bytes.
+    pub(crate) fn trim_whole(&self, id: ChunkId, len: u64) {
+        let partial = id::partial_path(&self.data_dir, id);
+        let trimmed = OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .and_then(|file| match file.metadata()?.len() > len {
+                true => file.set_len(len),
+                false => Ok(()),
+            });
+        if let Err(e) = trimmed {
+            tracing::warn!(path = %partial.display(), error = %e, "room held for a chunk not trimmed");
+        }
     }
 
     /// Gives back the room [`ChunkDir::hold_whole`] held for chunk `id`, if any.
@@ -645,8 +659,8 @@ mod tests {
         let chunks = ChunkDir::open(&StoreConfig::new(Backend::File, dir.path())).unwrap();
         let id = ChunkId::new(3, 1);
         let partial = id::partial_path(dir.path(), id);
-        chunks.hold_whole(id, 0, 16384).unwrap();
-        chunks.hold_whole(id, 16384, 65536).unwrap();
+        chunks.hold_whole(id, 16384).unwrap();
+        chunks.hold_whole(id, 65536).unwrap();
         assert!(
             allocated(&partial) >= 65536,
             "held in the file the write will write"
@@ -654,7 +668,10 @@ mod tests {
         chunks.release_whole(id);
         assert!(!partial.exists(), "given back");
 
-        chunks.hold_whole(id, 0, 65536).unwrap();
+        chunks.hold_whole(id, 65536).unwrap();
+        chunks.trim_whole(id, 32768);
+        assert_eq!(fs::metadata(&partial).unwrap().len(), 32768, "trimmed");
+        chunks.hold_whole(id, 65536).unwrap();
         // A shorter chunk keeps the room held until its bytes are in.
         let file = chunks.begin_whole(id, 4096).unwrap();
         assert!(

@@ -125,10 +125,15 @@ impl<E: IoEngine> DiskChunkStore<E> {
         self.dir.stat(id).map(|stat| stat.len)
     }
 
-    /// Holds room on disk for chunk `id` to be written whole at up to `len` bytes, from
-    /// `held` (see [`ChunkDir::hold_whole`](dir::ChunkDir::hold_whole)).
-    pub(crate) fn hold_whole(&self, id: ChunkId, held: u64, len: u64) -> Result<(), StoreError> {
-        self.dir.hold_whole(id, held, len)
+    /// Holds room on disk for chunk `id` to be written whole at up to `len` bytes (see
+    /// [`ChunkDir::hold_whole`](dir::ChunkDir::hold_whole)).
+    pub(crate) fn hold_whole(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
+        self.dir.hold_whole(id, len)
+    }
+
+    /// Gives back the room held for chunk `id`'s write past its first `len` bytes.
+    pub(crate) fn trim_whole(&self, id: ChunkId, len: u64) {
+        self.dir.trim_whole(id, len);
     }
 
     /// Gives back the room held for chunk `id`'s write, if any.

@@ -526,7 +526,9 @@ pub fn check_settings(args: &UpArgs) -> Result<String, CliError> {
 }
 
 /// Whether `data` (a cluster's data directory) holds anything: a file, or a node's
-/// directory with anything in it but a `lost+found`.
+/// directory with anything in it. A node's directory may be a file system of its own (a
+/// node-local NVMe or tmpfs mounted there), and `data` too: their `lost+found` (from
+/// mkfs) is no data.
 fn holds_data(data: &Path) -> Result<bool, CliError> {
     let entries = match std::fs::read_dir(data) {
         Ok(entries) => entries,
@@ -536,15 +538,16 @@ fn holds_data(data: &Path) -> Result<bool, CliError> {
     for entry in entries {
         let entry = entry.map_err(|e| local_error("cannot read", data, e))?;
         let path = entry.path();
+        if entry.file_name() == LOST_FOUND {
+            continue;
+        }
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             return Ok(true);
         }
-        // A node's data directory may be a file system of its own (a node-local NVMe or
-        // tmpfs mounted there): empty, or with only the `lost+found` mkfs made, it is new.
         let node = std::fs::read_dir(&path).map_err(|e| local_error("cannot read", &path, e))?;
         for inside in node {
             let inside = inside.map_err(|e| local_error("cannot read", &path, e))?;
-            if inside.file_name() != "lost+found" {
+            if inside.file_name() != LOST_FOUND {
                 return Ok(true);
             }
         }
@@ -552,39 +555,52 @@ fn holds_data(data: &Path) -> Result<bool, CliError> {
     Ok(false)
 }
 
-/// Removes the cluster's data under `data`, keeping the directories that are mount
-/// points (a file system mounted for a node's data cannot be removed, only emptied).
+/// Where mkfs puts what fsck finds, in the root of a file system.
+const LOST_FOUND: &str = "lost+found";
+
+/// Removes the cluster's data under `data`. A directory that is a mount point (a file
+/// system mounted for a node's data, or for all of it) is emptied instead, its
+/// `lost+found` kept; a symbolic link is removed, not what it names.
 fn wipe(data: &Path) -> Result<(), CliError> {
-    let busy = |e: &std::io::Error| e.kind() == ErrorKind::ResourceBusy;
-    let entries = std::fs::read_dir(data).map_err(|e| local_error("cannot read", data, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| local_error("cannot read", data, e))?;
-        let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_file(&path).map_err(|e| local_error("cannot remove", &path, e))?;
-            continue;
-        }
-        match std::fs::remove_dir_all(&path) {
-            Err(e) if busy(&e) => empty_mount_point(&path)?,
-            removed => removed.map_err(|e| local_error("cannot remove", &path, e))?,
-        }
+    use std::os::unix::fs::MetadataExt;
+    let stat = |path: &Path| {
+        std::fs::symlink_metadata(path).map_err(|e| local_error("cannot read", path, e))
+    };
+    let meta = stat(data)?;
+    if meta.file_type().is_symlink() {
+        return std::fs::remove_file(data).map_err(|e| local_error("cannot remove", data, e));
     }
+    let parent = data.parent().unwrap_or(Path::new("/"));
+    let mounted = meta.dev() != stat(parent)?.dev();
+    empty_dir(data, mounted)?;
     match std::fs::remove_dir(data) {
-        Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty || busy(&e) => Ok(()),
+        Err(e) if mounted || e.kind() == ErrorKind::DirectoryNotEmpty => Ok(()),
         removed => removed.map_err(|e| local_error("cannot remove", data, e)),
     }
 }
 
-/// Removes everything in `dir`, a mount point, but its `lost+found`.
-fn empty_mount_point(dir: &Path) -> Result<(), CliError> {
+/// Removes everything in `dir` (the root of a mounted file system if `mounted`, whose
+/// `lost+found` stays) but the mount points under it, which are emptied.
+fn empty_dir(dir: &Path, mounted: bool) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(dir)
+        .map_err(|e| local_error("cannot read", dir, e))?
+        .dev();
     let entries = std::fs::read_dir(dir).map_err(|e| local_error("cannot read", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| local_error("cannot read", dir, e))?;
         let path = entry.path();
-        let removed = match entry.file_type().is_ok_and(|t| t.is_dir()) {
-            true if entry.file_name() == "lost+found" => continue,
-            true => std::fs::remove_dir_all(&path),
-            false => std::fs::remove_file(&path),
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| local_error("cannot read", &path, e))?;
+        let removed = if !meta.is_dir() {
+            std::fs::remove_file(&path)
+        } else if meta.dev() != dev {
+            empty_dir(&path, true)?;
+            continue;
+        } else if mounted && entry.file_name() == LOST_FOUND {
+            continue;
+        } else {
+            std::fs::remove_dir_all(&path)
         };
         removed.map_err(|e| local_error("cannot remove", &path, e))?;
     }
