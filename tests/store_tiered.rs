@@ -732,3 +732,43 @@ fn a_tiered_server_killed_on_a_full_disk_starts_again_and_takes_deletes() {
         "the room deletes gave back takes a file"
     );
 }
+
+/// Regression (review): a server recorded its clean stop in a file it made at the stop,
+/// which a disk with no inode left refused: the stop counted as unclean, and a tiered
+/// store began anew at its next start. The mark now lives through the run under another
+/// name and is renamed back.
+#[test]
+fn a_server_stops_cleanly_on_a_disk_with_no_inode_left() {
+    let mut disk = None;
+    let Some(mut cluster) = tiered_server_with(|cluster| {
+        disk = SmallDisk::mount(&cluster.data_dir(0), "16m,nr_inodes=1024");
+        disk.is_some()
+    }) else {
+        return;
+    };
+    let fs = cluster.client();
+    let data = pattern(4 * C, 70);
+    let fd = write_open(&fs, "/kept", &data);
+    fs.close(fd).unwrap();
+    drop(fs);
+    let mut taken = 0;
+    let full = loop {
+        match std::fs::File::create(cluster.data_dir(0).join(format!("inode-{taken}"))) {
+            Ok(_) => taken += 1,
+            Err(e) => break e,
+        }
+        assert!(taken < 2048, "the disk's inodes never ran out");
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    assert!(
+        cluster.stop(0),
+        "a clean stop with no inode left; see {}",
+        cluster.log_path(0).display()
+    );
+    cluster.restart(0);
+    let fs = cluster.client();
+    assert!(
+        read_file(&fs, "/kept") == data,
+        "kept through the clean stop"
+    );
+}

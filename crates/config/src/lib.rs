@@ -1018,16 +1018,24 @@ impl ServerConfig {
             PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         // An empty file: it needs no block, so a full disk still passes (a server must
-        // start on it, or nothing it holds could be read or deleted).
+        // start on it, or nothing it holds could be read or deleted); one with no inode
+        // left refuses it as full, which is writable too.
         let made = std::fs::File::create(&probe);
         let _ = std::fs::remove_file(&probe);
-        made.map_err(|e| {
-            invalid(
-                "node.data_dir",
-                format!("{} is not writable: {e}", dir.display()),
-            )
-        })?;
-        Ok(())
+        match made {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                Err(invalid(
+                    "node.data_dir",
+                    format!("{} is not writable: {e}", dir.display()),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The chunk store settings this configuration describes.

@@ -332,7 +332,14 @@ impl ServerState {
     /// start then keeps its birth, and `cluster down` reports the stop clean (see
     /// [`CLEAN_STOP_FILE`]). Call it last, after both syncs succeeded.
     pub fn mark_clean_stop(&self, config: &ServerConfig) -> std::io::Result<()> {
-        write_durably(&config.node.data_dir.join(CLEAN_STOP_FILE), "")
+        let data_dir = &config.node.data_dir;
+        let mark = data_dir.join(CLEAN_STOP_FILE);
+        // A rename takes no new inode, which a full disk may lack.
+        match std::fs::rename(data_dir.join(RUNNING_FILE), &mark) {
+            Ok(()) => sync_dir(data_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_durably(&mark, ""),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes every metadata change so far durable.
@@ -1351,10 +1358,14 @@ fn check_registry_knows_data(
 }
 
 /// A server's mark of a clean stop, in its data directory: written after the final syncs
-/// succeeded, removed at start. A tiered store that finds none after an earlier run begins
+/// succeeded, renamed to `running` at start (and back at a clean stop, so a full
+/// disk with no inode left still takes it). A tiered store that finds none after an earlier run begins
 /// a new store birth, since the chunks its memory tier had not written back are gone;
 /// `cluster down` reports a server that exited without it.
 pub const CLEAN_STOP_FILE: &str = "stopped-cleanly";
+
+/// The clean-stop mark while its server runs (see [`CLEAN_STOP_FILE`]).
+const RUNNING_FILE: &str = "running";
 
 /// The smallest unit a device writes whole.
 const SECTOR: usize = 512;
@@ -1418,15 +1429,24 @@ fn open_remade(
     })
 }
 
-/// Whether `data_dir` holds the [`CLEAN_STOP_FILE`] of the last run; removes it (durably)
-/// if so, since only this run's own clean stop may write it again.
+/// Whether `data_dir` holds the [`CLEAN_STOP_FILE`] of the last run; renames it to
+/// [`RUNNING_FILE`] (durably), since only this run's own clean stop may put it back.
 fn take_clean_stop_mark(data_dir: &std::path::Path) -> Result<bool, OpenError> {
     let mark = data_dir.join(CLEAN_STOP_FILE);
-    match std::fs::remove_file(&mark).and_then(|()| sync_dir(data_dir)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(OpenError::Born { path: mark, source }),
-    }
+    let running = data_dir.join(RUNNING_FILE);
+    let taken = match std::fs::rename(&mark, &running) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Made now, while the disk may have an inode for it, for the stop to rename.
+            if let Err(e) = std::fs::File::create(&running) {
+                tracing::warn!(path = %running.display(), error = %e, "cannot make the mark a clean stop renames");
+            }
+            false
+        }
+        Err(source) => return Err(OpenError::Born { path: mark, source }),
+    };
+    sync_dir(data_dir).map_err(|source| OpenError::Born { path: mark, source })?;
+    Ok(taken)
 }
 
 fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
