@@ -262,8 +262,8 @@ impl ChunkDir {
     }
 
     /// Holds room on disk for chunk `id` to be written whole at up to `len` bytes later,
-    /// where [`ChunkDir::begin_whole`] will write it: `len` bytes allocated in that file
-    /// (from `held`, what an earlier call allocated). The room is the file's own, so no
+    /// where [`ChunkDir::begin_whole`] will write it: `len` bytes allocated in that file.
+    /// The room is the file's own, so no
     /// other writer, an in-flight write of this store's or another process's, can take
     /// it before the write-back does (a shared reserve given back just before the
     /// write-back was taken so). Fails with [`StoreError::NoSpace`] when the disk has no

@@ -572,20 +572,17 @@ fn wipe(data: &Path) -> Result<(), CliError> {
     }
     let parent = data.parent().unwrap_or(Path::new("/"));
     let mounted = meta.dev() != stat(parent)?.dev();
-    empty_dir(data, mounted)?;
+    empty_dir(data, meta.dev(), mounted)?;
     match std::fs::remove_dir(data) {
         Err(e) if mounted || e.kind() == ErrorKind::DirectoryNotEmpty => Ok(()),
         removed => removed.map_err(|e| local_error("cannot remove", data, e)),
     }
 }
 
-/// Removes everything in `dir` (the root of a mounted file system if `mounted`, whose
-/// `lost+found` stays) but the mount points under it, which are emptied.
-fn empty_dir(dir: &Path, mounted: bool) -> Result<(), CliError> {
+/// Removes everything in `dir`, on device `dev` (the root of a mounted file system if
+/// `mounted`, whose `lost+found` stays), but the mount points under it, which are emptied.
+fn empty_dir(dir: &Path, dev: u64, mounted: bool) -> Result<(), CliError> {
     use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::symlink_metadata(dir)
-        .map_err(|e| local_error("cannot read", dir, e))?
-        .dev();
     let entries = std::fs::read_dir(dir).map_err(|e| local_error("cannot read", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| local_error("cannot read", dir, e))?;
@@ -595,7 +592,7 @@ fn empty_dir(dir: &Path, mounted: bool) -> Result<(), CliError> {
         let removed = if !meta.is_dir() {
             std::fs::remove_file(&path)
         } else if meta.dev() != dev {
-            empty_dir(&path, true)?;
+            empty_dir(&path, meta.dev(), true)?;
             continue;
         } else if mounted && entry.file_name() == LOST_FOUND {
             continue;
