@@ -33,9 +33,13 @@
 #
 # The receive side is not alike: ucp_am_bw's receiver lands every message in one buffer,
 # which stays in the CPU's cache, while a benchfsd server lands each payload in a store
-# buffer of its own, as it must for chunks. At 4 MiB with 16 in flight that costs 10-25%
-# here: a throwaway server that received every ping into one buffer ran 0.92-0.99x of
-# perftest where this one ran 0.70-0.82x, alternated in one run.
+# buffer of its own, as it must for chunks. A Ping's buffer goes back to the store's page
+# pool after the reply, and the pool hands the run given back last out first, so pings
+# reuse as many buffers as the server receives into at once (network.inflight_payload_bytes:
+# two at 4 MiB). Where even two 4 MiB buffers outgrow the cache, each copy goes to memory:
+# on our 2-core VM one core copied 4 MiB by process_vm_writev at about 8,900 MiB/s into
+# one buffer, 5,500 into two in turn and 4,300 into sixteen. A chunk write, whose pages
+# the chunk keeps, always lands in fresh memory.
 #
 # ucx_perftest's "MB/s" is MiB/s (it divides by 2^20); rpc-bench prints MiB/s too.
 set -euo pipefail
