@@ -2,11 +2,13 @@
 //! seeded plan (`storage.inject_faults`: EIO, ENOSPC, a write torn half way, a delay).
 //! With two replicas, whatever a call acknowledged reads back exactly, a call that failed
 //! said so with EIO or ENOSPC, and a read never answers a byte that no call wrote there.
+//! And a disk that goes read-only under a server still serves what it holds.
 
 mod common;
 
 use benchfs::blocking::{ApiError, BenchFS, OpenFlags};
-use common::files::stats;
+use common::disk::Ext4Disk;
+use common::files::{read_file, stats, write_file};
 use common::{note, pattern, Cluster, ClusterSpec};
 
 /// Each plan is one cluster's run.
@@ -145,4 +147,81 @@ fn run(plan: &'static str) {
     ));
     assert!(injected > 0, "{plan}: nothing injected");
     assert!(sure > 0, "{plan}: no file to check exactly");
+}
+
+/// Files written before the disk goes read-only: more chunks than a server keeps open
+/// (256 descriptors), so reads must open chunk files again afterwards.
+const READ_ONLY_FILES: usize = 20;
+
+/// A server on an ext4 disk that an error turns read-only (`errors=remount-ro`, Debian's
+/// default), for each disk backend: every file it acknowledged before still reads back
+/// whole, a new file or a change fails as EROFS naming the path and the server, and the
+/// server stays up.
+#[test]
+fn a_disk_gone_read_only_serves_what_it_holds_and_refuses_changes() {
+    for backend in ["file", "iouring", "tiered"] {
+        let mut cluster = Cluster::start(ClusterSpec {
+            servers: 0,
+            backend,
+            ..ClusterSpec::default()
+        });
+        if backend == "tiered" {
+            // A memory tier of 8 chunks: most chunks live on the disk.
+            let text = std::fs::read_to_string(&cluster.config_path).unwrap();
+            let tier = format!(
+                "memory_tier_bytes = {}\n[network]",
+                8 * cluster.spec.chunk_size
+            );
+            std::fs::write(&cluster.config_path, text.replacen("[network]", &tier, 1)).unwrap();
+        }
+        let Some(disk) = Ext4Disk::mount(&cluster.data_dir(0), 64) else {
+            return;
+        };
+        cluster.spec.servers = 1;
+        cluster.children.push(None);
+        cluster.restart(0);
+        assert!(cluster.is_running(0), "{backend}: server did not start");
+        let fs = cluster.client();
+        let file_bytes = 16 * cluster.spec.chunk_size as usize;
+        let files: Vec<(String, Vec<u8>)> = (0..READ_ONLY_FILES)
+            .map(|i| (format!("/f{i}"), pattern(file_bytes, i as u64)))
+            .collect();
+        for (path, data) in &files {
+            write_file(&fs, path, data);
+        }
+        disk.fail();
+
+        for (path, data) in &files {
+            assert!(
+                read_file(&fs, path) == *data,
+                "{backend}: {path} reads back other bytes"
+            );
+        }
+        let refused = |what: &str, e: ApiError, path: &str| {
+            assert_eq!(e.errno(), libc::EROFS, "{backend}: {what}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(path) && text.contains("node0@") && text.contains("read-only"),
+                "{backend}: {what}: the error names the path, the server and the cause: {text}"
+            );
+        };
+        let created = fs
+            .open("/new", OpenFlags::WRITE | OpenFlags::CREATE, 0o644)
+            .and_then(|fd| {
+                let written = fs.pwrite(fd, &pattern(file_bytes, 99), 0).map(|_| ());
+                written.and(fs.close(fd))
+            });
+        refused("create", created.unwrap_err(), "/new");
+        let (path, _) = &files[0];
+        let changed = pwrite_and_close(&fs, path, OpenFlags::WRITE, &pattern(file_bytes, 7), 0);
+        refused("overwrite", changed.unwrap_err(), path);
+        // What failed changed nothing that reads.
+        for (path, data) in &files[1..] {
+            assert!(read_file(&fs, path) == *data, "{backend}: {path} changed");
+        }
+        assert!(cluster.is_running(0), "{backend}: the server stays up");
+        drop(fs);
+        drop(cluster);
+        drop(disk);
+    }
 }

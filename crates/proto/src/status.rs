@@ -61,11 +61,14 @@ pub enum Status {
     /// open or a truncation of it would act on the link's own target string. Clients refuse
     /// it themselves; servers never send it. A mount follows links (its kernel does).
     NotFollowed = 21,
+    /// The server's data directory cannot be written: its file system went read-only, as
+    /// ext4 does after an error (`errors=remount-ro`). What it holds still reads.
+    ReadOnly = 22,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 22] = [
+    pub const ALL: [Status; 23] = [
         Status::Ok,
         Status::NotFound,
         Status::Exists,
@@ -88,6 +91,7 @@ impl Status {
         Status::Lost,
         Status::InUse,
         Status::NotFollowed,
+        Status::ReadOnly,
     ];
 
     /// Decodes a wire value; unknown values are `None`.
@@ -125,6 +129,7 @@ impl Status {
             Status::Lost => libc::EIO,
             Status::InUse => libc::EBUSY,
             Status::NotFollowed => libc::ELOOP,
+            Status::ReadOnly => libc::EROFS,
         }
     }
 
@@ -157,6 +162,7 @@ impl Status {
             Status::NotFollowed => {
                 "a symbolic link: the API does not follow links (open its target, or use a mount)"
             }
+            Status::ReadOnly => "read-only file system: the server's data directory went read-only",
         }
     }
 }

@@ -75,12 +75,14 @@ impl From<&StoreError> for Status {
             // The request reaches past the chunk: the client's argument is wrong.
             StoreError::OutOfRange { .. } => Status::InvalidArgument,
             // The device or file system failed. Only errnos that say so unambiguously keep
-            // their meaning (a full disk or quota, an operation the kernel lacks); every
+            // their meaning (a full disk or quota, an operation the kernel lacks, a file
+            // system gone read-only); every
             // other one, EINVAL and EBADF included, is the server's failure and never the
             // client's argument or handle.
             StoreError::Io { source, .. } => match source.raw_os_error() {
                 Some(libc::ENOSPC | libc::EDQUOT) => Status::NoSpace,
                 Some(libc::EOPNOTSUPP | libc::ENOSYS) => Status::Unsupported,
+                Some(libc::EROFS) => Status::ReadOnly,
                 _ => Status::Io,
             },
             // The kernel or file system lacks a feature the server's configuration needs.
@@ -179,6 +181,7 @@ mod tests {
         assert_eq!(Status::from(&io(libc::ENOSPC)), Status::NoSpace);
         assert_eq!(Status::from(&io(libc::EDQUOT)), Status::NoSpace);
         assert_eq!(Status::from(&io(libc::EOPNOTSUPP)), Status::Unsupported);
+        assert_eq!(Status::from(&io(libc::EROFS)), Status::ReadOnly);
         assert_eq!(Status::from(&io(libc::EIO)), Status::Io);
         assert_eq!(Status::from(&io(libc::EINVAL)), Status::Io);
         assert_eq!(Status::from(&io(libc::ERANGE)), Status::Io);

@@ -535,11 +535,11 @@ impl ServerState {
         appended.map_err(|e| {
             tracing::error!(error = %e, "metadata journal append failed");
             match &e {
-                journal::JournalError::Io { source, .. }
-                    if source.kind() == std::io::ErrorKind::StorageFull =>
-                {
-                    Status::NoSpace
-                }
+                journal::JournalError::Io { source, .. } => match source.kind() {
+                    std::io::ErrorKind::StorageFull => Status::NoSpace,
+                    std::io::ErrorKind::ReadOnlyFilesystem => Status::ReadOnly,
+                    _ => Status::Io,
+                },
                 _ => Status::Io,
             }
         })?;

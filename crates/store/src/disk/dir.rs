@@ -375,10 +375,26 @@ impl ChunkDir {
         if !self.index.borrow().contains_key(&id) {
             return Ok(None);
         }
-        match self.open_file(&id::chunk_path(&self.data_dir, id), false) {
+        let path = id::chunk_path(&self.data_dir, id);
+        match self.open_file(&path, false) {
             Ok(file) => Ok(Some(self.insert_cached(id, file))),
+            // The file system went read-only (as ext4 does after an error): the bytes still
+            // read. Not cached, so no write ever finds this descriptor.
+            Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => self
+                .open_read_only(&path)
+                .map(|file| Some(Rc::new(file)))
+                .map_err(|e| self.vanished(id, e)),
             Err(e) => Err(self.vanished(id, e)),
         }
+    }
+
+    /// Opens `path` for reading only: buffered, as reads on a read-only file system are
+    /// rare enough not to need O_DIRECT.
+    fn open_read_only(&self, path: &Path) -> io::Result<ChunkFile> {
+        Ok(ChunkFile {
+            buffered: File::open(path)?,
+            direct: None,
+        })
     }
 
     fn open_file(&self, path: &Path, create: bool) -> io::Result<ChunkFile> {
