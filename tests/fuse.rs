@@ -1721,3 +1721,50 @@ fn names_another_client_removed_and_made_again_open_at_once() {
     assert_eq!(names, ["x"]);
     m.unmount();
 }
+
+#[test]
+fn an_open_after_another_clients_close_sees_the_size_it_published() {
+    // Found by a hostile-user run: within a second of this mount's last look at a file
+    // (ls -l), an open after another client's close still gave the old size to fstat and
+    // SEEK_END, from the kernel's attribute cache, so a writer seeking to the end wrote
+    // over the other client's closed bytes (close-to-open broken; git committed stale
+    // copies).
+    let Some(mut m) = Mounted::start("fuse close-to-open size", ClusterSpec::default(), "") else {
+        return;
+    };
+    let path = m.path("f");
+    fs::write(&path, b"short\n").unwrap();
+    let other = m.cluster.client();
+    for round in 0..3 {
+        // This mount looks at the file: the kernel keeps its attributes for a second.
+        let seen = fs::metadata(&path).unwrap().len();
+        let closed = format!("{round}: {}\n", "x".repeat(100 * (round + 1)));
+        assert_ne!(seen, closed.len() as u64);
+        common::files::write_file(&other, "/f", closed.as_bytes());
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let size = closed.len() as u64;
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            size,
+            "round {round}: fstat after open"
+        );
+        assert_eq!(
+            f.seek(SeekFrom::End(0)).unwrap(),
+            size,
+            "round {round}: SEEK_END"
+        );
+        f.write_all(b"<appended>\n").unwrap();
+        drop(f);
+        let got = common::files::read_file(&other, "/f");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!("{closed}<appended>\n"),
+            "round {round}"
+        );
+    }
+    m.unmount();
+}

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use benchfs_client::blocking::BenchFS;
@@ -71,6 +71,8 @@ pub struct BenchFuse {
     /// Who mounted: the root directory's owner.
     owner: Owner,
     mounted_ns: u64,
+    /// Tells the kernel to drop what it cached of a node; set once the session exists.
+    kernel: Arc<OnceLock<fuser::Notifier>>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -88,6 +90,26 @@ impl BenchFuse {
             next_listing: std::sync::atomic::AtomicU64::new(1),
             owner,
             mounted_ns: attr::ns(SystemTime::now()),
+            kernel: Arc::default(),
+        }
+    }
+
+    /// Where the session's notifier goes once the session exists (it takes this value).
+    pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.kernel)
+    }
+
+    /// Makes the kernel ask for node `ino`'s attributes again at their next use. An open
+    /// read the file's record afresh, but the kernel answers fstat and SEEK_END from the
+    /// attributes it cached at this mount's last look (up to `attr_timeout` ago), and a
+    /// size another client published since then would not show: not close-to-open.
+    fn forget_attributes(&self, ino: u64) {
+        let Some(kernel) = self.kernel.get() else {
+            return;
+        };
+        // A negative offset: the attributes only, no cached pages.
+        if let Err(e) = kernel.inval_inode(INodeNo(ino), -1, 0) {
+            tracing::debug!(ino, error = %e, "attributes not invalidated");
         }
     }
 
@@ -855,6 +877,7 @@ impl Filesystem for BenchFuse {
             Ok((_, meta)) if meta.is_dir() => reply.error(Errno::EISDIR),
             Ok((path, meta)) => {
                 let fh = self.open_handle(&path, &meta);
+                self.forget_attributes(ino.0);
                 reply.opened(FileHandle(fh), self.open_flags(flags.0));
             }
             Err(e) => reply.error(stale_node(e)),

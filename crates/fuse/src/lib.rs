@@ -252,11 +252,14 @@ impl Mount {
         config.n_threads = Some(settings.threads);
         config.clone_fd = true;
         let fs = BenchFuse::new(Arc::new(settings), owner);
+        let notifier = fs.notifier_slot();
         let session =
             fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Fuse {
                 path: mountpoint.display().to_string(),
                 source,
             })?;
+        // Set before the session serves its first request, so the slot is empty only here.
+        let _ = notifier.set(session.notifier());
         Ok(Mount {
             session,
             mountpoint: mountpoint.to_path_buf(),
