@@ -1768,3 +1768,41 @@ fn an_open_after_another_clients_close_sees_the_size_it_published() {
     }
     m.unmount();
 }
+
+#[test]
+fn a_file_unlinked_while_open_never_takes_or_removes_another_files_name() {
+    // Found by a hostile-user run: a file removed while open moved aside to
+    // `.benchfs-unlinked-<inode>` over any file of that name, and its last close removed
+    // whatever was there; a user's own file of such a name was removed at its close.
+    let Some(mut m) = Mounted::start("fuse hidden names", ClusterSpec::default(), "") else {
+        return;
+    };
+    let f = m.path("f");
+    fs::write(&f, b"removed while open").unwrap();
+    let taken = m.path(&format!(
+        ".benchfs-unlinked-{:x}",
+        fs::metadata(&f).unwrap().ino()
+    ));
+    fs::write(&taken, b"a user's file").unwrap();
+    let mut open = File::open(&f).unwrap();
+    fs::remove_file(&f).unwrap();
+    assert_eq!(read(&taken), b"a user's file");
+    let mut held = String::new();
+    open.read_to_string(&mut held).unwrap();
+    assert_eq!(held, "removed while open", "the open file still reads");
+    drop(open);
+    assert_eq!(read(&taken), b"a user's file", "the last close left it");
+    let names: Vec<String> = fs::read_dir(&m.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "the removed file is gone at its last close: {names:?}"
+    );
+    // A file of such a name that was never hidden outlives its own close.
+    drop(File::open(&taken).unwrap());
+    assert_eq!(read(&taken), b"a user's file");
+    m.unmount();
+}

@@ -31,12 +31,19 @@ use crate::{CacheMode, Settings};
 /// (as NFS clients do), so its data outlives the name as POSIX says.
 const UNLINKED_PREFIX: &str = ".benchfs-unlinked-";
 
-/// Where an open file of node `ino` at `path` goes when it is unlinked or replaced: its
-/// last close removes it.
-fn hidden_path(path: &str, ino: u64) -> Result<String> {
+/// Where an open file of node `ino` at `path` may go when it is unlinked or replaced,
+/// at the `attempt`th try (a name that exists is never taken): its last close removes it.
+fn hidden_path(path: &str, ino: u64, attempt: usize) -> Result<String> {
     let (parent, _) = path::split_parent(path).map_err(|_| Errno::EINVAL)?;
-    Ok(path::join(parent, &format!("{UNLINKED_PREFIX}{ino:x}")))
+    let name = match attempt {
+        0 => format!("{UNLINKED_PREFIX}{ino:x}"),
+        n => format!("{UNLINKED_PREFIX}{ino:x}-{n}"),
+    };
+    Ok(path::join(parent, &name))
 }
+
+/// How many hidden names an unlinked open file tries before the unlink fails (EEXIST).
+const HIDE_TRIES_MAX: usize = 16;
 
 /// Locks the nodes' size publishes and truncates are spread over.
 const SIZE_LOCKS: usize = 64;
@@ -73,6 +80,9 @@ pub struct BenchFuse {
     mounted_ns: u64,
     /// Tells the kernel to drop what it cached of a node; set once the session exists.
     kernel: Arc<OnceLock<fuser::Notifier>>,
+    /// The hidden names this mount moved open files to, which their last close removes:
+    /// only these, never a file someone else named alike.
+    hidden: Mutex<std::collections::HashSet<String>>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -91,6 +101,7 @@ impl BenchFuse {
             owner,
             mounted_ns: attr::ns(SystemTime::now()),
             kernel: Arc::default(),
+            hidden: Mutex::default(),
         }
     }
 
@@ -522,15 +533,12 @@ impl BenchFuse {
         // A file this mount has open and the rename replaces stays readable through its
         // handles, as one unlinked while open does: it moves aside first.
         let replaced = match self.handles.open_at(to) {
-            Some(ino) if from != to => {
-                let hidden = hidden_path(to, ino)?;
-                self.rename_inner(req, to, &hidden, RenameFlags::empty())?;
-                Some((hidden, ino))
-            }
+            Some(ino) if from != to => Some((self.hide(req, to, ino)?, ino)),
             _ => None,
         };
         if let Err(e) = self.call(req, |fs| fs.block_on(fs.client().rename(from, to))) {
             if let Some((hidden, _)) = replaced {
+                self.forget_hidden(&hidden);
                 if let Err(back) = self.rename_inner(req, &hidden, to, RenameFlags::empty()) {
                     tracing::warn!(path = to, hidden, errno = ?back, "a rename failed and the file it would have replaced stays under its hidden name");
                 }
@@ -539,6 +547,8 @@ impl BenchFuse {
         }
         self.inodes.renamed(from, to);
         self.handles.renamed(from, to);
+        // A hidden file renamed by its user is no longer this mount's to remove.
+        self.forget_hidden(from);
         if let Some((hidden, ino)) = replaced {
             self.remove_hidden_if_closed(req, &hidden, ino);
         }
@@ -555,7 +565,37 @@ impl BenchFuse {
         }
     }
 
+    /// Moves the open file of node `ino` at `path` to a hidden name that no file holds, and
+    /// returns that name.
+    fn hide(&self, req: &Request, path: &str, ino: u64) -> Result<String> {
+        for attempt in 0..HIDE_TRIES_MAX {
+            let hidden = hidden_path(path, ino, attempt)?;
+            match self.rename_inner(req, path, &hidden, RenameFlags::RENAME_NOREPLACE) {
+                Ok(()) => {
+                    self.hidden_names().insert(hidden.clone());
+                    return Ok(hidden);
+                }
+                Err(e) if e == Errno::EEXIST => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EEXIST)
+    }
+
+    fn hidden_names(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.hidden.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `path` is a hidden name this mount made; it no longer counts as one.
+    fn forget_hidden(&self, path: &str) -> bool {
+        self.hidden_names().remove(path)
+    }
+
+    /// Removes `hidden` if this mount still counts it as a hidden name it made, once.
     fn remove_hidden(&self, req: &Request, hidden: &str) {
+        if !self.forget_hidden(hidden) {
+            return;
+        }
         match self.call(req, |fs| fs.unlink(hidden)) {
             Err(e) if e != Errno::ENOENT => {
                 tracing::warn!(path = hidden, errno = ?e, "could not remove a file unlinked while open");
@@ -571,8 +611,7 @@ impl BenchFuse {
         }
         let ino = ino_of(&meta);
         if self.handles.is_open(ino) {
-            let hidden = hidden_path(path, ino)?;
-            self.rename_inner(req, path, &hidden, RenameFlags::empty())?;
+            let hidden = self.hide(req, path, ino)?;
             self.remove_hidden_if_closed(req, &hidden, ino);
             return Ok(());
         }
@@ -1010,8 +1049,7 @@ impl Filesystem for BenchFuse {
     ) {
         let published = self.publish(req, fh);
         if let Some((handle, others)) = self.handles.close(fh.0) {
-            let name = handle.path.rsplit('/').next().unwrap_or_default();
-            if !others && name.starts_with(UNLINKED_PREFIX) {
+            if !others {
                 self.remove_hidden(req, &handle.path);
             }
         }
