@@ -1806,3 +1806,58 @@ fn a_file_unlinked_while_open_never_takes_or_removes_another_files_name() {
     assert_eq!(read(&taken), b"a user's file");
     m.unmount();
 }
+
+#[test]
+fn a_write_by_another_user_clears_the_set_id_bits() {
+    // Found by a hostile-user run: a write by an unprivileged user left the set-user-ID
+    // and set-group-ID bits (Linux clears them, so a writable set-ID program cannot take
+    // new contents and stay set-ID).
+    let Some(mut m) = Mounted::start("fuse set-ID bits", ClusterSpec::default(), "allow_other")
+    else {
+        return;
+    };
+    // The user the writes run as must reach the mount.
+    fs::set_permissions(m.cluster.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let f = m.path("sx");
+    fs::write(&f, b"x\n").unwrap();
+    let as_nobody = |script: &str| {
+        let status = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-ec",
+            ])
+            .arg(script)
+            .current_dir(&m.root)
+            .status()
+            .expect("setpriv (util-linux)");
+        assert!(status.success(), "{script}");
+    };
+    let mode_of = |f: &Path| fs::metadata(f).unwrap().permissions().mode() & 0o7777;
+    for (mode, write, after) in [
+        (0o6777, "echo y >> sx", 0o777),
+        (
+            0o6777,
+            "printf z | dd of=sx bs=1 seek=1 conv=notrunc 2>/dev/null",
+            0o777,
+        ),
+        // Set-group-ID without group execute marks mandatory locking, not a program.
+        (0o6767, "echo y >> sx", 0o2767),
+    ] {
+        fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+        as_nobody(write);
+        assert_eq!(mode_of(&f), after, "mode {mode:o} after {write:?}");
+    }
+    // Root's writes keep them.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"root\n")
+        .unwrap();
+    assert_eq!(mode_of(&f), 0o6777);
+    m.unmount();
+}

@@ -565,6 +565,43 @@ impl BenchFuse {
         }
     }
 
+    /// Clears the set-user-ID bit, and the set-group-ID bit of a group-executable file,
+    /// before a write by anyone but root, as Linux does (`file_remove_privs`): a writable
+    /// set-ID program must not take new contents and stay set-ID. The kernel does it itself
+    /// only for writes through its page cache (`writeback_cache`).
+    fn drop_set_id_bits(&self, req: &Request, ino: INodeNo, handle: &Handle) -> Result<()> {
+        const GROUP_SET_ID: u32 = libc::S_ISGID | libc::S_IXGRP;
+        let set_id_bits = |mode: u32| {
+            let group = match mode & GROUP_SET_ID == GROUP_SET_ID {
+                true => libc::S_ISGID,
+                false => 0,
+            };
+            mode & libc::S_ISUID | group
+        };
+        if req.uid() == 0 || set_id_bits(handle.meta.mode) == 0 {
+            return Ok(());
+        }
+        let (path, meta) = self.record(req, ino)?;
+        let mode = meta.mode & !set_id_bits(meta.mode);
+        if mode != meta.mode {
+            let set = SetAttrRequest {
+                path,
+                file_id: meta.file_id,
+                set: set_attr::MODE,
+                mode: mode & 0o7777,
+                uid: 0,
+                gid: 0,
+                atime_ns: 0,
+                mtime_ns: 0,
+                ctime_ns: attr::ns(SystemTime::now()),
+            };
+            self.call(req, |fs| fs.block_on(fs.client().set_attr(set)))?;
+        }
+        self.handles.mode_set(ino.0, mode);
+        self.forget_attributes(ino.0);
+        Ok(())
+    }
+
     /// Moves the open file of node `ino` at `path` to a hidden name that no file holds, and
     /// returns that name.
     fn hide(&self, req: &Request, path: &str, ino: u64) -> Result<String> {
@@ -995,6 +1032,9 @@ impl Filesystem for BenchFuse {
         let Ok(len) = u32::try_from(data.len()) else {
             return reply.error(Errno::EINVAL);
         };
+        if let Err(e) = self.drop_set_id_bits(req, ino, &handle) {
+            return reply.error(e);
+        }
         // The kernel puts an appending write at the size it cached, which misses what
         // another mount appended since, or appends at the same time, or cut: the range is
         // claimed on the record instead, past what this mount's handles wrote and have

@@ -153,6 +153,13 @@ impl Handles {
         }
     }
 
+    /// `ino`'s mode is now `mode`, as every handle of it should know.
+    pub(crate) fn mode_set(&self, ino: u64, mode: u32) {
+        for h in self.lock().values_mut().filter(|h| h.ino == ino) {
+            h.meta.mode = mode;
+        }
+    }
+
     /// Times are being set on `ino`: what its handles wrote so far moves them no more.
     pub(crate) fn times_set(&self, ino: u64) {
         for h in self.lock().values_mut().filter(|h| h.ino == ino) {
