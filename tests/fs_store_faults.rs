@@ -190,6 +190,15 @@ fn a_disk_gone_read_only_serves_what_it_holds_and_refuses_changes() {
             write_file(&fs, path, data);
         }
         disk.fail();
+        if std::fs::read_dir(cluster.data_dir(0)).is_err() {
+            // Some kernels (about 6.6 to 6.14) shut an ext4 down after an error instead of
+            // making it read-only: nothing on it reads.
+            common::skip(
+                "a disk gone read-only",
+                "this kernel shuts ext4 down on an error",
+            );
+            return;
+        }
 
         for (path, data) in &files {
             assert!(

@@ -1791,18 +1791,28 @@ fn a_file_unlinked_while_open_never_takes_or_removes_another_files_name() {
     open.read_to_string(&mut held).unwrap();
     assert_eq!(held, "removed while open", "the open file still reads");
     drop(open);
-    assert_eq!(read(&taken), b"a user's file", "the last close left it");
-    let names: Vec<String> = fs::read_dir(&m.root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    // The kernel sends the last close (RELEASE) after close(2) returned.
+    let names = || -> Vec<String> {
+        fs::read_dir(&m.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while names().len() > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
-        names.len(),
+        names().len(),
         1,
-        "the removed file is gone at its last close: {names:?}"
+        "the removed file is gone at its last close: {:?}",
+        names()
     );
-    // A file of such a name that was never hidden outlives its own close.
+    assert_eq!(read(&taken), b"a user's file", "the last close left it");
+    // A file of such a name that was never hidden outlives its own close (which the
+    // kernel sends after close(2) returned: given time to arrive).
     drop(File::open(&taken).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read(&taken), b"a user's file");
     m.unmount();
 }

@@ -547,8 +547,7 @@ impl BenchFuse {
         }
         self.inodes.renamed(from, to);
         self.handles.renamed(from, to);
-        // A hidden file renamed by its user is no longer this mount's to remove.
-        self.forget_hidden(from);
+        self.hidden_moved(from, to);
         if let Some((hidden, ino)) = replaced {
             self.remove_hidden_if_closed(req, &hidden, ino);
         }
@@ -568,7 +567,8 @@ impl BenchFuse {
     /// Clears the set-user-ID bit, and the set-group-ID bit of a group-executable file,
     /// before a write by anyone but root, as Linux does (`file_remove_privs`): a writable
     /// set-ID program must not take new contents and stay set-ID. The kernel does it itself
-    /// only for writes through its page cache (`writeback_cache`).
+    /// only for writes through its page cache, not for direct I/O (the default mode, and
+    /// appends in every mode but `writeback_cache`).
     fn drop_set_id_bits(&self, req: &Request, ino: INodeNo, handle: &Handle) -> Result<()> {
         const GROUP_SET_ID: u32 = libc::S_ISGID | libc::S_IXGRP;
         let set_id_bits = |mode: u32| {
@@ -621,6 +621,21 @@ impl BenchFuse {
 
     fn hidden_names(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         self.hidden.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After `from` was renamed to `to`: hidden names under a renamed directory move with
+    /// it, and a hidden file renamed by its user is no longer this mount's to remove.
+    fn hidden_moved(&self, from: &str, to: &str) {
+        let mut hidden = self.hidden_names();
+        hidden.remove(from);
+        let moved: Vec<(String, String)> = hidden
+            .iter()
+            .filter_map(|h| path::moved(h, from, to).map(|to| (h.clone(), to)))
+            .collect();
+        for (old, new) in moved {
+            hidden.remove(&old);
+            hidden.insert(new);
+        }
     }
 
     /// Whether `path` is a hidden name this mount made; it no longer counts as one.

@@ -937,7 +937,14 @@ impl ServerState {
         self.store.sync().await.map_err(store_status)?;
         self.sync_metadata().map_err(|e| {
             tracing::error!(error = %e, "metadata sync failed");
-            Status::Io
+            match &e {
+                journal::JournalError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+                {
+                    Status::ReadOnly
+                }
+                _ => Status::Io,
+            }
         })?;
         Ok(Reply::ok(&op::Empty))
     }
