@@ -147,32 +147,23 @@ impl FreePages {
     /// pages are all still free. Taking them splits their extent where it was split before
     /// they came back, so this makes no extent shorter than it was then.
     fn take_recent(&mut self, count: usize) -> Option<NonNull<u8>> {
-        let position = self
-            .recent
-            .iter()
-            .rposition(|&(at, len)| len >= count && self.extent_holding(at, count).is_some())?;
+        let (position, (extent, extent_len)) =
+            self.recent
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(i, &(at, len))| {
+                    if len < count {
+                        return None;
+                    }
+                    self.extent_holding(at, count).map(|extent| (i, extent))
+                })?;
         let (at, len) = self.recent.remove(position)?;
-        let (extent, extent_len) = self.extent_holding(at, count)?;
         if len > count {
             self.recent
                 .push_back((at + count * PAGE_BYTES, len - count));
         }
-        let (ptr, _) = self.remove(extent, extent_len);
-        let head = (at - extent) / PAGE_BYTES;
-        if head > 0 {
-            self.insert(extent, ptr, head);
-        }
-        let tail = extent_len - head - count;
-        // SAFETY: `head + count <= extent_len` pages from the extent's first (checked by
-        // `extent_holding`): inside its segment.
-        let run = unsafe { ptr.add(head * PAGE_BYTES) };
-        if tail > 0 {
-            // SAFETY: as above, `tail > 0` pages of the extent follow the run.
-            let rest = unsafe { run.add(count * PAGE_BYTES) };
-            self.insert(at + count * PAGE_BYTES, rest, tail);
-        }
-        self.pages -= count;
-        Some(run)
+        Some(self.take_at(extent, extent_len, (at - extent) / PAGE_BYTES, count))
     }
 
     /// The free extent (address, pages) holding the `count` pages from address `at`.
@@ -183,14 +174,26 @@ impl FreePages {
 
     /// Takes the first `count` pages of the extent of `len` pages at `start`.
     fn take_from(&mut self, start: usize, len: usize, count: usize) -> NonNull<u8> {
+        self.take_at(start, len, 0, count)
+    }
+
+    /// Takes `count` pages from the `head`th page of the extent of `len` pages at `start`
+    /// (`head + count <= len`); the pages before and after stay free as extents.
+    fn take_at(&mut self, start: usize, len: usize, head: usize, count: usize) -> NonNull<u8> {
         let (ptr, _) = self.remove(start, len);
-        if len > count {
-            // SAFETY: `count < len` pages from the extent's first: inside its segment.
-            let rest = unsafe { ptr.add(count * PAGE_BYTES) };
-            self.insert(start + count * PAGE_BYTES, rest, len - count);
+        if head > 0 {
+            self.insert(start, ptr, head);
+        }
+        // SAFETY: `head + count <= len` pages from the extent's first: inside its segment.
+        let run = unsafe { ptr.add(head * PAGE_BYTES) };
+        let tail = len - head - count;
+        if tail > 0 {
+            // SAFETY: as above, `tail > 0` pages of the extent follow the run.
+            let rest = unsafe { run.add(count * PAGE_BYTES) };
+            self.insert(start + (head + count) * PAGE_BYTES, rest, tail);
         }
         self.pages -= count;
-        ptr
+        run
     }
 
     fn insert(&mut self, start: usize, ptr: NonNull<u8>, len: usize) {
