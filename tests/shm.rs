@@ -2,11 +2,15 @@
 //! default): the lanes UCX chose are shared-memory ones, not TCP, and turning the setting
 //! off gives TCP; a same-host server that dies in the middle of a transfer (killed, or
 //! killed and left a zombie) fails the call long before the RPC timeout, and a stopped one
-//! within it. Network-namespace hosts keep TCP: `tests/hosts.rs` checks every lane there.
+//! within it; a client that takes a reply by get after the server gave up on it reads the
+//! file's bytes, never another file's. Network-namespace hosts keep TCP: `tests/hosts.rs`
+//! checks every lane there.
 
 mod common;
 
+use std::future::Future;
 use std::sync::mpsc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use benchfs::blocking::BenchFS;
@@ -400,4 +404,85 @@ fn servers_sleep_while_a_blocking_client_sits_idle() {
         );
     }
     drop(fs);
+}
+
+#[test]
+fn a_client_that_takes_a_reply_after_the_server_gave_up_never_reads_other_files_bytes() {
+    // A server whose chunk memory lies in huge pages lets same-host clients read its
+    // replies themselves (get). A client that stops taking data (stopped, or a blocking
+    // caller busy elsewhere) past the transfer timeout loses its connection, but it may
+    // still read the reply's buffer when it runs again: that buffer must not have become
+    // another file's.
+    if ucx_overridden() {
+        common::skip("late reply", "the environment chose UCX's transports");
+        return;
+    }
+    const CHUNK: usize = 1 << 20;
+    let spec = ClusterSpec {
+        servers: 1,
+        chunk_size: CHUNK as u64,
+        rpc_timeout_ms: 1000,
+        ..ClusterSpec::default()
+    };
+    let transfer_timeout = Duration::from_millis(2 * spec.rpc_timeout_ms);
+    let mut cluster = Cluster::start(spec);
+    cluster.stop(0);
+    cluster.restart_with_env(0, &[("BENCHFS_STORAGE_HUGE_PAGES", "true")]);
+    // The server logs how it replies just after it publishes its address.
+    let logged = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(cluster.log_path(0))
+        .unwrap()
+        .contains("replies_by_get=true")
+    {
+        assert!(Instant::now() < logged, "the server does not reply by get");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut config = cluster.config();
+    config.network.rpc_timeout = Duration::from_secs(30);
+    // No spinning for the reply inside the read's poll: the progress task takes it in.
+    config.network.busy_poll = Duration::ZERO;
+    let first = pattern(CHUNK, 1);
+    common::files::write_file(&BenchFS::connect(&config).unwrap(), "/f", &first);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = runtime.block_on(async {
+        use benchfs::api::OpenFlags;
+        let fs = benchfs::api::BenchFS::new(config.clone()).await.unwrap();
+        let fd = fs.open("/f", OpenFlags::READ).await.unwrap();
+        let mut buf = vec![0u8; CHUNK];
+        let mut read = Box::pin(fs.pread(fd, &mut buf, 0));
+        // The first poll sends the request; the second takes the reply in (the client's
+        // progress task runs after the read's own poll), and the read comes for its bytes
+        // only at the third.
+        for _ in 0..2 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the read ended early");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Now the caller is away: the server gives up on the transfer, and another client
+        // removes the file and writes others, which take the pages the server's pool got
+        // back last.
+        let config = config.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(transfer_timeout + Duration::from_secs(1));
+            let other = BenchFS::connect(&config).unwrap();
+            other.unlink("/f").unwrap();
+            for i in 0..8 {
+                common::files::write_file(&other, &format!("/g{i}"), &pattern(CHUNK, 3));
+            }
+        })
+        .join()
+        .unwrap();
+        let result = read.await;
+        result.map(|n| buf[..n].to_vec())
+    });
+    match read {
+        Ok(got) => {
+            assert!(got == first, "a late reply read bytes the file never held");
+        }
+        Err(e) => assert!(e.to_string().contains("node0"), "{e}"),
+    }
 }

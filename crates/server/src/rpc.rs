@@ -81,6 +81,10 @@ pub struct ServeOptions {
     pub transfer_timeout: Duration,
     /// Rendezvous payload bytes held in transfer buffers at once.
     pub payload_budget: PayloadBudget,
+    /// Whether clients on this host may move payloads by shared memory, reaching this
+    /// server's buffers themselves: the buffers of transfers given up on are then kept
+    /// for good (see `bounded_transfer`).
+    pub shared_memory: bool,
     /// Progress calls the request loop makes itself, after a request, while no next one
     /// is queued ([`REQUEST_POLLS`] with busy polling on, none with it off).
     pub polls_for_next: u32,
@@ -991,12 +995,20 @@ fn reply_sent<T>(result: Option<Result<T, benchfs_ucx::UcxError>>) -> bool {
 }
 
 /// Runs a transfer with a client, or gives up on the client when it takes longer than the
-/// transfer timeout: its connection is closed, which ends the transfer (`None`).
-async fn bounded_transfer<T>(
+/// transfer timeout: its connection is closed, which ends the transfer (`None`). Over
+/// shared memory a client moves the payload itself, into or out of this server's buffer,
+/// and a stopped one may do so when it runs again, long after: so the buffers of every
+/// transfer on a connection given up on stay allocated, never reused, rather than let it
+/// write into another chunk's pages or read them as this reply's bytes.
+async fn bounded_transfer<T: 'static>(
     ep: &Endpoint,
     transfer: benchfs_ucx::Request<T>,
     options: &ServeOptions,
 ) -> Option<Result<T, benchfs_ucx::UcxError>> {
+    let transfer = match options.shared_memory {
+        true => transfer.keep_buffers_if_aborted(ep),
+        false => transfer,
+    };
     // Most replies are handed to UCX at once: no timer for those (its clock read was a
     // twentieth of a ping's handling).
     let mut transfer = std::pin::pin!(transfer);
@@ -1008,7 +1020,9 @@ async fn bounded_transfer<T>(
         Err(_) => {
             tracing::warn!(
                 timeout_ms = options.transfer_timeout.as_millis() as u64,
-                "a client stalled a transfer; closing its connection"
+                buffers_kept = options.shared_memory,
+                "a client stalled a transfer; closing its connection (with shared memory, \
+                 the buffers of its transfers are never reused: it may still reach them)"
             );
             ep.abort();
             None

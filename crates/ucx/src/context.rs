@@ -133,13 +133,22 @@ impl Drop for Context {
 /// ended (even a zombie) in milliseconds. UCX picks shared memory only for peers on the
 /// same host and in the same IPC namespace, so other hosts keep the network.
 ///
-/// Rendezvous is sender-driven (`RNDV_SCHEME=put_zcopy`): the sender writes into the
-/// receiver's buffer while its send is alive. With the default receiver-driven get, a
-/// receiver that was stopped (SIGSTOP) and resumes after the sender gave up, force-closed
-/// the connection and handed the buffer back to its owner, still reads the sender's memory
-/// through `cma`, as it is now, and a server stored bytes nobody wrote
-/// (`tests/write_behind.rs`). Within a host, one rendezvous lane: where the user turns
-/// tcp put back on, a put scheme otherwise adds a `tcp` lane beside `cma`.
+/// Within a host, a client's rendezvous sends go by put (`RNDV_SCHEME=put_zcopy`: the
+/// client writes into the server's receive buffer). A server's go by put as well, or by
+/// get (`get_zcopy`: the client reads the server's send buffer) when its role says
+/// `sends_by_get`; in UCX 1.13 the sender decides, by packing its buffer's key into the
+/// rendezvous request or not. Either way only a server's memory is reached by its peer,
+/// never a client's, whose buffers its caller takes back once a call fails: with get for a
+/// client's sends, a server that was stopped (SIGSTOP) and ran again after the client gave
+/// up read the client's reused buffer, and stored bytes nobody wrote
+/// (`tests/write_behind.rs`). A client that ran again after a server gave up on it can
+/// still reach the server's buffer, so a server never reuses the buffers of transfers on a
+/// connection it aborted ([`crate::Request::keep_buffers_if_aborted`]). Get pays where the
+/// server's buffers lie in huge pages: cross-memory attach pins every page of the other
+/// side, and a client pinning a server's huge pages read 1 MiB chunks at 1.5x the rate of a
+/// server pinning the client's small ones; from a server's small pages, scattered over
+/// its store, get ran at 0.85x of put. Within a host, one rendezvous lane: where the user
+/// turns tcp put back on, a put scheme otherwise adds a `tcp` lane beside `cma`.
 ///
 /// Over `tcp`, rendezvous data goes as Active Message fragments (`TCP_PUT_ENABLE=n`), still
 /// pushed by the sender: UCX 1.13's tcp PUT protocol aborts the process on an assertion
@@ -154,13 +163,17 @@ pub fn transport_config(enabled: bool, role: Role) -> Vec<(&'static str, &'stati
     let mut config = vec![
         ("MM_ERROR_HANDLING", "UCX_MM_ERROR_HANDLING", flag),
         ("MEMORY_INVALIDATE", "UCX_CMA_MEMORY_INVALIDATE", flag),
-        ("RNDV_SCHEME", "UCX_RNDV_SCHEME", "put_zcopy"),
+        (
+            "RNDV_SCHEME",
+            "UCX_RNDV_SCHEME",
+            rendezvous_scheme(enabled, role),
+        ),
         ("PUT_ENABLE", "UCX_TCP_PUT_ENABLE", "n"),
     ];
     if enabled {
         let keepalive = match role {
             Role::Client => "1s",
-            Role::Server => "inf",
+            Role::Server { .. } => "inf",
         };
         config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", keepalive));
         config.push(("MAX_RNDV_LANES", "UCX_MAX_RNDV_LANES", "1"));
@@ -172,6 +185,14 @@ pub fn transport_config(enabled: bool, role: Role) -> Vec<(&'static str, &'stati
         .collect()
 }
 
+/// How a context's rendezvous sends move their data (see [`transport_config`]).
+fn rendezvous_scheme(shared_memory: bool, role: Role) -> &'static str {
+    match (shared_memory, role) {
+        (true, Role::Server { sends_by_get: true }) => "get_zcopy",
+        _ => "put_zcopy",
+    }
+}
+
 /// Which end of BenchFS connections a context's workers are, for [`transport_config`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -179,7 +200,12 @@ pub enum Role {
     /// own context, a server's.)
     Client,
     /// Answers clients (`benchfsd`).
-    Server,
+    Server {
+        /// Whether peers on this host read this server's rendezvous sends themselves
+        /// (get) rather than have the server write them into their buffers (put): for a
+        /// server whose send buffers lie in huge pages (see [`transport_config`]).
+        sends_by_get: bool,
+    },
 }
 
 /// A `ucp_config_t`, released on drop.

@@ -47,6 +47,15 @@ pub struct EndpointId(usize);
 /// the close request finishes.
 pub(crate) struct Failure {
     status: Cell<Option<sys::ucs_status_t>>,
+    /// Set by [`Endpoint::abort`]: we gave up on a peer that may be alive.
+    aborted: Cell<bool>,
+}
+
+impl Failure {
+    /// Whether the endpoint was given up on by [`Endpoint::abort`], not closed or failed.
+    pub(crate) fn aborted(&self) -> bool {
+        self.aborted.get()
+    }
 }
 
 /// How an endpoint is reached.
@@ -94,6 +103,7 @@ impl Endpoint {
     fn create(worker: &Rc<Worker>, target: Target<'_>) -> Result<Endpoint, UcxError> {
         let failure = Rc::new(Failure {
             status: Cell::new(None),
+            aborted: Cell::new(false),
         });
         let mut params = sys::ucp_ep_params_t {
             field_mask: (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
@@ -222,12 +232,18 @@ impl Endpoint {
         EndpointId(Rc::as_ptr(&self.inner) as usize)
     }
 
+    /// The failure cell, which says whether this endpoint was aborted.
+    pub(crate) fn failure_cell(&self) -> Rc<Failure> {
+        Rc::clone(&self.inner.failure)
+    }
+
     /// Gives up on the connection now, though other clones still hold it: it is marked
     /// failed with [`Status::CANCELED`](crate::Status::CANCELED), so new operations fail
     /// at once, and it is closed in force mode, which completes the operations in flight
     /// on it with an error. For a peer that is alive but stopped taking data, which peer
     /// failure handling never reports.
     pub fn abort(&self) {
+        self.inner.failure.aborted.set(true);
         let failure = &self.inner.failure.status;
         if failure.get().is_none() {
             failure.set(Some(sys::UCS_ERR_CANCELED));

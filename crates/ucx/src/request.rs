@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
+use crate::endpoint::{Endpoint, Failure};
 use crate::error::{Status, UcxError};
 use crate::sys;
 use crate::worker::Worker;
@@ -31,6 +32,26 @@ pub(crate) struct Pending<T> {
     payload: RefCell<Option<T>>,
     /// The worker's count of operations in flight, which this one is in until completion.
     in_flight: Rc<Cell<usize>>,
+    /// The endpoint whose abort makes a failed operation keep its buffers for good (see
+    /// [`Request::keep_buffers_if_aborted`]).
+    kept_if_aborted: RefCell<Option<Rc<Failure>>>,
+}
+
+impl<T> Pending<T> {
+    /// After a failed completion: never frees the buffers of an operation on an endpoint we
+    /// aborted, since its peer may still be alive and reach them.
+    fn keep_buffers_if_aborted(&self, status: sys::ucs_status_t) {
+        let aborted = self
+            .kept_if_aborted
+            .borrow()
+            .as_ref()
+            .is_some_and(|failure| failure.aborted());
+        if status != sys::UCS_OK && aborted {
+            if let Some(payload) = self.payload.borrow_mut().take() {
+                std::mem::forget(payload);
+            }
+        }
+    }
 }
 
 /// Which completion callback type an operation uses.
@@ -102,6 +123,7 @@ impl<T: 'static> Request<T> {
             waker: Cell::new(None),
             payload: RefCell::new(Some(payload)),
             in_flight: Rc::clone(&worker.in_flight),
+            kept_if_aborted: RefCell::new(None),
         });
         let mut param = sys::ucp_request_param_t {
             op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA,
@@ -149,6 +171,24 @@ impl<T: 'static> Request<T> {
             immediate: None,
             _worker: Rc::clone(worker),
         }
+    }
+}
+
+impl<T> Request<T> {
+    /// Keeps this operation's buffers allocated for good, never freed or reused, if it
+    /// fails because `ep` was given up on ([`Endpoint::abort`]).
+    ///
+    /// For a peer on this host, which moves rendezvous data itself by cross-memory attach
+    /// (`process_vm_writev` into our receive buffers, `process_vm_readv` from our send
+    /// buffers) at addresses it was told: UCX cannot revoke that access. A peer that was
+    /// stopped when we aborted, and runs again, would otherwise write into or read from
+    /// memory that then belongs to something else. A peer that failed (its process ended or
+    /// it closed the connection) reaches nothing any more, so those buffers are freed.
+    pub fn keep_buffers_if_aborted(self, ep: &Endpoint) -> Self {
+        if let Some(state) = &self.state {
+            *state.kept_if_aborted.borrow_mut() = Some(ep.failure_cell());
+        }
+        self
     }
 }
 
@@ -219,6 +259,7 @@ unsafe fn complete<T>(request: *mut c_void, status: sys::ucs_status_t, user_data
     // SAFETY: per this function's contract, user_data owns one reference to the Pending.
     let state = unsafe { Rc::from_raw(user_data as *const Pending<T>) };
     state.status.set(Some(status));
+    state.keep_buffers_if_aborted(status);
     state.in_flight.set(state.in_flight.get() - 1);
     if state.abandoned.get() {
         // SAFETY: the future is gone and will not free the handle; UCX allows freeing a
