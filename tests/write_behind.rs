@@ -17,11 +17,14 @@ use common::{pattern, Cluster, ClusterSpec, FAIL_BOUND};
 /// wait for room and reads run out of what was read ahead.
 const WINDOW: u64 = 8 * CHUNK;
 
-/// A client of `cluster` with these windows (0 turns one off).
+/// A client of `cluster` with these windows (0 turns one off). One that reads ahead
+/// reaches the servers over tcp, as it would across a network: it reads nothing ahead
+/// from servers it reaches by shared memory.
 fn client_with(cluster: &Cluster, write_behind: u64, read_ahead: u64) -> BenchFS {
     let mut config = cluster.config();
     config.client.write_behind_bytes = write_behind;
     config.client.read_ahead_bytes = read_ahead;
+    config.network.shared_memory &= read_ahead == 0;
     BenchFS::connect(&config).expect("connect")
 }
 
@@ -107,6 +110,7 @@ fn the_async_api_writes_behind_and_reads_ahead() {
     let mut config = cluster.config();
     config.client.write_behind_bytes = WINDOW;
     config.client.read_ahead_bytes = WINDOW;
+    config.network.shared_memory = false;
     let data = pattern(24 * C + 5, 9);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -672,6 +676,43 @@ fn random_reads_fetch_nothing_ahead() {
     }
     assert!(fs.client().pipeline_counters().read_ahead_bytes > after.0.read_ahead_bytes);
     fs.close(fd).unwrap();
+}
+
+#[test]
+fn reads_fetch_nothing_ahead_from_servers_reached_by_shared_memory() {
+    let cluster = Cluster::start(ClusterSpec::default());
+    let data = pattern(32 * C, 6);
+    write_file(&cluster.client(), "/seq", &data);
+    // Fetches ahead made and bytes the reads took from them, for one pass of reads in
+    // order through a client that reaches the servers by shared memory or not.
+    let fetched = |shared_memory: bool| {
+        let mut config = cluster.config();
+        config.client.read_ahead_bytes = WINDOW;
+        config.network.shared_memory = shared_memory;
+        let fs = BenchFS::connect(&config).expect("connect");
+        let lanes = fs.block_on(fs.client().server_transports());
+        let by_memory = lanes
+            .iter()
+            .all(|(_, l)| l.as_ref().unwrap().iter().any(|t| t.ends_with("/memory")));
+        let fd = fs.open("/seq", OpenFlags::READ, 0).unwrap();
+        assert!(
+            read_rest(&fs, fd, C / 2) == data,
+            "shared memory {shared_memory}"
+        );
+        fs.close(fd).unwrap();
+        let counters = fs.client().pipeline_counters();
+        (by_memory, counters.read_ahead_bytes)
+    };
+    if std::env::var_os("UCX_TLS").is_some() {
+        common::skip("read-ahead by transport", "UCX_TLS in the environment");
+        return;
+    }
+    assert_eq!(fetched(true), (true, 0), "read ahead over shared memory");
+    let (by_memory, ahead) = fetched(false);
+    assert!(
+        !by_memory && ahead > 0,
+        "read ahead over tcp: {ahead} bytes"
+    );
 }
 
 #[test]

@@ -243,6 +243,7 @@ impl RpcClient {
             inflight: Semaphore::new(self.options.inflight_max),
             hello: None,
             clock: ServerClock::default(),
+            shared_memory: false,
         };
         let hello = conn
             .call_within::<Hello>(
@@ -277,6 +278,10 @@ impl RpcClient {
             }
         }
         conn.hello = Some(hello);
+        conn.shared_memory = conn
+            .transports()
+            .iter()
+            .any(|lane| lane.ends_with("/memory"));
         Ok(conn)
     }
 }
@@ -343,6 +348,9 @@ pub struct Connection {
     hello: Option<HelloReply>,
     /// The server's deadline clock, as its replies showed it.
     clock: ServerClock,
+    /// Whether UCX moves this connection's data by shared memory (the server is on this
+    /// host), as the lanes it chose at the handshake say.
+    shared_memory: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -370,6 +378,11 @@ impl Connection {
     /// `cma/memory`, ...), as [`Endpoint::transports`] names them.
     pub fn transports(&self) -> Vec<String> {
         self.ep.transports()
+    }
+
+    /// Whether this connection's data moves by shared memory: its server is on this host.
+    pub fn is_shared_memory(&self) -> bool {
+        self.shared_memory
     }
 
     /// What the server said in the handshake.
