@@ -249,17 +249,13 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
 
 /// A server's UCX context: SO_REUSEADDR on the listener, shared memory with processes on
 /// this host when `shared_memory` says, and only the network devices of [`net_devices`].
-fn ucx_context(
-    network: &NetworkConfig,
-    shared_memory: bool,
-    sends_by_get: bool,
-) -> Result<Arc<Context>, DaemonError> {
+fn ucx_context(network: &NetworkConfig, shared_memory: bool) -> Result<Arc<Context>, DaemonError> {
     // A restarted server binds the port it had while old connections sit in TIME_WAIT.
     // UCT keys go without their component's prefix: UCX_TCP_CM_REUSEADDR is CM_REUSEADDR
     // (TCP_CM_REUSEADDR is not applied, and UCX warns "invalid configuration").
     let mut overrides = vec![("CM_REUSEADDR", "y".to_string())];
     overrides.extend(
-        benchfs_ucx::transport_config(shared_memory, Role::Server { sends_by_get })
+        benchfs_ucx::transport_config(shared_memory, Role::Server)
             .into_iter()
             .map(|(key, value)| (key, value.to_string())),
     );
@@ -571,24 +567,14 @@ fn publish(
 /// the network only, since UCX 1.13 aborts a peer that takes no shared memory when a
 /// caller offers it, and a peer's setting may differ from ours. One context when this
 /// server takes none either.
-fn ucx_contexts(config: &ServerConfig) -> Result<(Arc<Context>, Arc<Context>), DaemonError> {
-    let network = &config.network;
-    let serving = ucx_context(network, network.shared_memory, replies_by_get(config))?;
+fn ucx_contexts(network: &NetworkConfig) -> Result<(Arc<Context>, Arc<Context>), DaemonError> {
+    let serving = ucx_context(network, network.shared_memory)?;
     let peers = if network.shared_memory {
-        ucx_context(network, false, false)?
+        ucx_context(network, false)?
     } else {
         Arc::clone(&serving)
     };
     Ok((serving, peers))
-}
-
-/// Whether clients on this host take this server's rendezvous replies by reading them
-/// (get) rather than have it write them (put): where chunk memory lies in huge pages, which
-/// the reader pins at a fraction of the cost of small ones (see
-/// [`benchfs_ucx::transport_config`]).
-fn replies_by_get(config: &ServerConfig) -> bool {
-    matches!(config.storage.backend, Backend::Memory | Backend::Tiered)
-        && config.store_config().huge_pages
 }
 
 /// How the request loop serves, from the network settings.
@@ -610,7 +596,7 @@ fn serve_options(network: &NetworkConfig) -> ServeOptions {
 
 async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(), DaemonError> {
     // First: a network device that does not exist is a configuration error.
-    let (context, peer_context) = ucx_contexts(&config)?;
+    let (context, peer_context) = ucx_contexts(&config.network)?;
     // Claimed before anything is opened: a duplicate must not touch the running one's data.
     let _data_dir_lock = crate::claim::lock_data_dir(&config.node.data_dir)?;
     crate::claim::check_node_free(&peer_context, &config, &secret).await?;
@@ -635,9 +621,6 @@ async fn serve_until_signal(config: ServerConfig, secret: Vec<u8>) -> Result<(),
         backend = %config.storage.backend,
         chunk_size = config.storage.chunk_size_bytes,
         huge_pages = %entry.settings.get(HUGE_PAGES_SETTING).map_or("", String::as_str),
-        // Whether same-host clients read rendezvous replies themselves (get) or have them
-        // written into their buffers (put).
-        replies_by_get = config.network.shared_memory && replies_by_get(&config),
         data_dir = %config.node.data_dir.display(),
         // Whether io_uring got its fixed buffers: without them every I/O maps pages.
         registered_bytes = state.store().registered_region().map_or(0, |(_, len)| len),

@@ -994,21 +994,44 @@ fn reply_sent<T>(result: Option<Result<T, benchfs_ucx::UcxError>>) -> bool {
     }
 }
 
+/// A transfer's buffers, which can be kept from reuse for good (see [`bounded_transfer`]).
+trait KeepForGood: Sized {
+    /// Never frees or reuses these buffers.
+    fn keep_for_good(self) {
+        std::mem::forget(self);
+    }
+}
+
+/// A request's data received into the heap.
+impl KeepForGood for Vec<u8> {}
+
+/// A request's payload received into a store buffer: its pages or slot never go back to
+/// the store's pools.
+impl KeepForGood for StoreBuf {}
+
+/// A reply's header and data.
+impl KeepForGood for (Vec<u8>, ReplyData) {
+    fn keep_for_good(self) {
+        // The header went eagerly, copied: only the data may still be read.
+        match self.1 {
+            ReplyData::Payload(ReplyPayload::View(view)) => view.retire(),
+            data => std::mem::forget(data),
+        }
+    }
+}
+
 /// Runs a transfer with a client, or gives up on the client when it takes longer than the
 /// transfer timeout: its connection is closed, which ends the transfer (`None`). Over
 /// shared memory a client moves the payload itself, into or out of this server's buffer,
-/// and a stopped one may do so when it runs again, long after: so the buffers of every
-/// transfer on a connection given up on stay allocated, never reused, rather than let it
+/// and a stopped one may do so when it runs again, long after: so then the buffers of
+/// every transfer on the connection are kept for good, never reused, rather than let it
 /// write into another chunk's pages or read them as this reply's bytes.
-async fn bounded_transfer<T: 'static>(
+async fn bounded_transfer<T: KeepForGood + 'static>(
     ep: &Endpoint,
     transfer: benchfs_ucx::Request<T>,
     options: &ServeOptions,
 ) -> Option<Result<T, benchfs_ucx::UcxError>> {
-    let transfer = match options.shared_memory {
-        true => transfer.keep_buffers_if_aborted(ep),
-        false => transfer,
-    };
+    let transfer = transfer.keep_buffers_if_aborted(ep, T::keep_for_good);
     // Most replies are handed to UCX at once: no timer for those (its clock read was a
     // twentieth of a ping's handling).
     let mut transfer = std::pin::pin!(transfer);
@@ -1018,13 +1041,20 @@ async fn bounded_transfer<T: 'static>(
     match tokio::time::timeout(options.transfer_timeout, transfer).await {
         Ok(result) => Some(result),
         Err(_) => {
+            let reachable = options.shared_memory
+                && ep.transports().iter().any(|lane| lane.ends_with("/memory"));
             tracing::warn!(
                 timeout_ms = options.transfer_timeout.as_millis() as u64,
-                buffers_kept = options.shared_memory,
-                "a client stalled a transfer; closing its connection (with shared memory, \
-                 the buffers of its transfers are never reused: it may still reach them)"
+                buffers_kept = reachable,
+                "a client stalled a transfer; closing its connection (over shared memory \
+                 the buffers of its transfers are kept, never reused: it may still reach \
+                 them)"
             );
-            ep.abort();
+            if reachable {
+                ep.abort_keeping_buffers();
+            } else {
+                ep.abort();
+            }
             None
         }
     }

@@ -20,7 +20,9 @@
 //! **Invariant:** a page lent to a send ([`ChunkView`]) is never handed to another chunk
 //! while the send may still read it: a page given back while a view covers it waits on a
 //! list of its own, and returns to the free list once none does (so no more waits than
-//! the views out cover).
+//! the views out cover). A view retired ([`ChunkView::retire`]: a peer may still read it
+//! at any time) keeps its pages out of the free list for good: they are never given to
+//! another chunk, and the pool's memory shrinks by them.
 //! **Drop order:** the segments are unmapped when the pool drops. Pages are only held by
 //! the chunks of the store that owns the pool, and that store drops its chunks first; a
 //! pool dropped with views still out leaks its segments instead. A growth still running
@@ -94,11 +96,13 @@ pub(crate) struct PagePool {
     waiting: RefCell<Vec<NonNull<u8>>>,
 }
 
-/// The address ranges of the views out, by view.
+/// The address ranges of the views out, by view, and of the views retired.
 #[derive(Debug, Default)]
 struct Lent {
     views: Vec<(u64, std::ops::Range<usize>)>,
     next_id: u64,
+    /// Ranges of retired views: their pages never return to the free list.
+    retired: Vec<std::ops::Range<usize>>,
 }
 
 impl Lent {
@@ -106,6 +110,19 @@ impl Lent {
     fn covers(&self, page: NonNull<u8>) -> bool {
         let start = page.as_ptr() as usize;
         self.overlaps(start..start + PAGE_BYTES)
+    }
+
+    /// Whether a retired view covers any byte of the page at `page`.
+    fn retires(&self, page: NonNull<u8>) -> bool {
+        let start = page.as_ptr() as usize;
+        self.retired_overlap(start..start + PAGE_BYTES)
+    }
+
+    /// Whether a retired view covers any byte of the address range `bytes`.
+    fn retired_overlap(&self, bytes: std::ops::Range<usize>) -> bool {
+        self.retired
+            .iter()
+            .any(|view| view.start < bytes.end && bytes.start < view.end)
     }
 
     /// Whether a view out covers any byte of the address range `bytes`.
@@ -137,6 +154,22 @@ pub struct ChunkView {
 }
 
 impl ChunkView {
+    /// Keeps the view's pages from ever going to another chunk, or back to the free list:
+    /// for a view whose send was given up on while its peer may still read it (by shared
+    /// memory, when it runs again). The pages stay the chunk's while it holds them.
+    pub fn retire(self) {
+        let view = std::mem::ManuallyDrop::new(self);
+        {
+            let mut lent = view.lent.borrow_mut();
+            if let Some(at) = lent.views.iter().position(|(id, _)| *id == view.id) {
+                let (_, range) = lent.views.swap_remove(at);
+                lent.retired.push(range);
+            }
+        }
+        // SAFETY: read once from a value that is never used or dropped again.
+        drop(unsafe { std::ptr::read(&view.lent) });
+    }
+
     /// Bytes in the view.
     pub fn len(&self) -> usize {
         self.len
@@ -254,6 +287,9 @@ impl PagePool {
         let lent = self.lent.borrow();
         let mut free = self.free.borrow_mut();
         waiting.retain(|&page| {
+            if lent.retires(page) {
+                return false;
+            }
             let keep = lent.covers(page);
             if !keep {
                 free.give_run(page, 1);
@@ -438,11 +474,12 @@ impl PagePool {
     /// or a chunk's): to the free extents, or those a view covers to the waiting list.
     pub(crate) fn give_run(&self, first: NonNull<u8>, pages: usize) {
         let start = first.as_ptr() as usize;
-        if !self
-            .lent
-            .borrow()
-            .overlaps(start..start + pages * PAGE_BYTES)
-        {
+        let bytes = start..start + pages * PAGE_BYTES;
+        let held_back = {
+            let lent = self.lent.borrow();
+            lent.overlaps(bytes.clone()) || lent.retired_overlap(bytes)
+        };
+        if !held_back {
             self.free.borrow_mut().give_run(first, pages);
             return;
         }
@@ -500,9 +537,14 @@ impl PagePool {
         pages
     }
 
-    /// Returns a page to the free list, or to the waiting list while a view covers it.
+    /// Returns a page to the free list, or to the waiting list while a view covers it;
+    /// a page a retired view covers goes to neither.
     fn give(&self, page: Page) {
-        if self.lent.borrow().covers(page.0) {
+        let lent = self.lent.borrow();
+        if lent.retires(page.0) {
+            return;
+        }
+        if lent.covers(page.0) {
             self.waiting.borrow_mut().push(page.0);
         } else {
             self.free.borrow_mut().give_run(page.0, 1);

@@ -62,12 +62,7 @@ fn worker(shared_memory: bool, role: Role) -> Result<Rc<Worker>, String> {
 }
 
 fn serve(port: u16, shared_memory: bool) -> Result<(), String> {
-    let worker = worker(
-        shared_memory,
-        Role::Server {
-            sends_by_get: false,
-        },
-    )?;
+    let worker = worker(shared_memory, Role::Server)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = Listener::bind(&worker, addr).map_err(|e| e.to_string())?;
     let requests = worker

@@ -133,22 +133,23 @@ impl Drop for Context {
 /// ended (even a zombie) in milliseconds. UCX picks shared memory only for peers on the
 /// same host and in the same IPC namespace, so other hosts keep the network.
 ///
-/// Within a host, a client's rendezvous sends go by put (`RNDV_SCHEME=put_zcopy`: the
-/// client writes into the server's receive buffer). A server's go by put as well, or by
-/// get (`get_zcopy`: the client reads the server's send buffer) when its role says
-/// `sends_by_get`; in UCX 1.13 the sender decides, by packing its buffer's key into the
-/// rendezvous request or not. Either way only a server's memory is reached by its peer,
-/// never a client's, whose buffers its caller takes back once a call fails: with get for a
-/// client's sends, a server that was stopped (SIGSTOP) and ran again after the client gave
-/// up read the client's reused buffer, and stored bytes nobody wrote
-/// (`tests/write_behind.rs`). A client that ran again after a server gave up on it can
-/// still reach the server's buffer, so a server never reuses the buffers of transfers on a
-/// connection it aborted ([`crate::Request::keep_buffers_if_aborted`]). Get pays where the
-/// server's buffers lie in huge pages: cross-memory attach pins every page of the other
-/// side, and a client pinning a server's huge pages read 1 MiB chunks at 1.5x the rate of a
-/// server pinning the client's small ones; from a server's small pages, scattered over
-/// its store, get ran at 0.85x of put. Within a host, one rendezvous lane: where the user
-/// turns tcp put back on, a put scheme otherwise adds a `tcp` lane beside `cma`.
+/// Within a host the client moves every rendezvous byte, both ways, by cross-memory
+/// attach: its own sends by put (`RNDV_SCHEME=put_zcopy`, it writes into the server's
+/// receive buffer), a server's by get (`get_zcopy`, it reads the server's send buffer); in
+/// UCX 1.13 the sender decides, by packing its buffer's key into the rendezvous request or
+/// not. So a server never reaches a client's memory, which its caller takes back once a
+/// call fails. With get for a client's sends, a server that was stopped (SIGSTOP) and ran
+/// again after the client gave up read the client's reused buffer and stored bytes nobody
+/// wrote (`tests/write_behind.rs`); with put for a server's replies, a server stopped with
+/// the client's ready-to-receive queued would write a stale reply into a buffer the caller
+/// had reused. A client that runs again after a server gave up on it can still reach the
+/// server's buffers, so a server keeps the buffers of transfers on a connection it aborted
+/// ([`crate::Endpoint::abort_keeping_buffers`]). Cost and gain: cross-memory attach pins each
+/// page of the side it reaches; a client reading a server's huge pages took one client's
+/// 1 MiB reads 1.5x faster than the server writing into the client's small pages, and
+/// from a server's small pages, scattered over its store, 0.86x. Within a host, one
+/// rendezvous lane: where the user turns tcp put back on, a put scheme otherwise adds a
+/// `tcp` lane beside `cma`.
 ///
 /// Over `tcp`, rendezvous data goes as Active Message fragments (`TCP_PUT_ENABLE=n`), still
 /// pushed by the sender: UCX 1.13's tcp PUT protocol aborts the process on an assertion
@@ -173,7 +174,7 @@ pub fn transport_config(enabled: bool, role: Role) -> Vec<(&'static str, &'stati
     if enabled {
         let keepalive = match role {
             Role::Client => "1s",
-            Role::Server { .. } => "inf",
+            Role::Server => "inf",
         };
         config.push(("KEEPALIVE_INTERVAL", "UCX_KEEPALIVE_INTERVAL", keepalive));
         config.push(("MAX_RNDV_LANES", "UCX_MAX_RNDV_LANES", "1"));
@@ -188,7 +189,7 @@ pub fn transport_config(enabled: bool, role: Role) -> Vec<(&'static str, &'stati
 /// How a context's rendezvous sends move their data (see [`transport_config`]).
 fn rendezvous_scheme(shared_memory: bool, role: Role) -> &'static str {
     match (shared_memory, role) {
-        (true, Role::Server { sends_by_get: true }) => "get_zcopy",
+        (true, Role::Server) => "get_zcopy",
         _ => "put_zcopy",
     }
 }
@@ -200,12 +201,7 @@ pub enum Role {
     /// own context, a server's.)
     Client,
     /// Answers clients (`benchfsd`).
-    Server {
-        /// Whether peers on this host read this server's rendezvous sends themselves
-        /// (get) rather than have the server write them into their buffers (put): for a
-        /// server whose send buffers lie in huge pages (see [`transport_config`]).
-        sends_by_get: bool,
-    },
+    Server,
 }
 
 /// A `ucp_config_t`, released on drop.

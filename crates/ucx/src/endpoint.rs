@@ -47,14 +47,15 @@ pub struct EndpointId(usize);
 /// the close request finishes.
 pub(crate) struct Failure {
     status: Cell<Option<sys::ucs_status_t>>,
-    /// Set by [`Endpoint::abort`]: we gave up on a peer that may be alive.
-    aborted: Cell<bool>,
+    /// Set by [`Endpoint::abort_keeping_buffers`]: we gave up on a peer that may still
+    /// reach the buffers of its operations.
+    keep_buffers: Cell<bool>,
 }
 
 impl Failure {
-    /// Whether the endpoint was given up on by [`Endpoint::abort`], not closed or failed.
-    pub(crate) fn aborted(&self) -> bool {
-        self.aborted.get()
+    /// Whether the buffers of operations that fail on this endpoint are kept for good.
+    pub(crate) fn keeps_buffers(&self) -> bool {
+        self.keep_buffers.get()
     }
 }
 
@@ -103,7 +104,7 @@ impl Endpoint {
     fn create(worker: &Rc<Worker>, target: Target<'_>) -> Result<Endpoint, UcxError> {
         let failure = Rc::new(Failure {
             status: Cell::new(None),
-            aborted: Cell::new(false),
+            keep_buffers: Cell::new(false),
         });
         let mut params = sys::ucp_ep_params_t {
             field_mask: (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
@@ -243,12 +244,20 @@ impl Endpoint {
     /// on it with an error. For a peer that is alive but stopped taking data, which peer
     /// failure handling never reports.
     pub fn abort(&self) {
-        self.inner.failure.aborted.set(true);
         let failure = &self.inner.failure.status;
         if failure.get().is_none() {
             failure.set(Some(sys::UCS_ERR_CANCELED));
         }
         self.inner.close();
+    }
+
+    /// [`Endpoint::abort`] for a peer that may still reach the buffers of the operations in
+    /// flight, by shared memory, when it runs again: the operations marked with
+    /// [`Request::keep_buffers_if_aborted`] hand their buffers to its keeper instead of
+    /// freeing them.
+    pub fn abort_keeping_buffers(&self) {
+        self.inner.failure.keep_buffers.set(true);
+        self.abort();
     }
 
     /// Completes when every operation started on this endpoint has completed remotely

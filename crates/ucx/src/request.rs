@@ -32,23 +32,24 @@ pub(crate) struct Pending<T> {
     payload: RefCell<Option<T>>,
     /// The worker's count of operations in flight, which this one is in until completion.
     in_flight: Rc<Cell<usize>>,
-    /// The endpoint whose abort makes a failed operation keep its buffers for good (see
-    /// [`Request::keep_buffers_if_aborted`]).
-    kept_if_aborted: RefCell<Option<Rc<Failure>>>,
+    /// The endpoint whose abort keeping buffers hands a failed operation's buffers to
+    /// the keeper (see [`Request::keep_buffers_if_aborted`]).
+    kept_if_aborted: Cell<Option<Keeper<T>>>,
 }
 
+/// The endpoint an operation's buffers are kept for, and what keeps them.
+type Keeper<T> = (Rc<Failure>, fn(T));
+
 impl<T> Pending<T> {
-    /// After a failed completion: never frees the buffers of an operation on an endpoint we
-    /// aborted, since its peer may still be alive and reach them.
+    /// After a completion: hands the buffers of an operation that failed on an endpoint
+    /// aborted keeping buffers to their keeper, since its peer may still reach them.
     fn keep_buffers_if_aborted(&self, status: sys::ucs_status_t) {
-        let aborted = self
-            .kept_if_aborted
-            .borrow()
-            .as_ref()
-            .is_some_and(|failure| failure.aborted());
-        if status != sys::UCS_OK && aborted {
+        let Some((failure, keep)) = self.kept_if_aborted.take() else {
+            return;
+        };
+        if status != sys::UCS_OK && failure.keeps_buffers() {
             if let Some(payload) = self.payload.borrow_mut().take() {
-                std::mem::forget(payload);
+                keep(payload);
             }
         }
     }
@@ -123,7 +124,7 @@ impl<T: 'static> Request<T> {
             waker: Cell::new(None),
             payload: RefCell::new(Some(payload)),
             in_flight: Rc::clone(&worker.in_flight),
-            kept_if_aborted: RefCell::new(None),
+            kept_if_aborted: Cell::new(None),
         });
         let mut param = sys::ucp_request_param_t {
             op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA,
@@ -175,8 +176,8 @@ impl<T: 'static> Request<T> {
 }
 
 impl<T> Request<T> {
-    /// Keeps this operation's buffers allocated for good, never freed or reused, if it
-    /// fails because `ep` was given up on ([`Endpoint::abort`]).
+    /// Hands this operation's buffers to `keep`, which must never free or reuse them, if
+    /// it fails because `ep` was given up on by [`Endpoint::abort_keeping_buffers`].
     ///
     /// For a peer on this host, which moves rendezvous data itself by cross-memory attach
     /// (`process_vm_writev` into our receive buffers, `process_vm_readv` from our send
@@ -184,9 +185,9 @@ impl<T> Request<T> {
     /// stopped when we aborted, and runs again, would otherwise write into or read from
     /// memory that then belongs to something else. A peer that failed (its process ended or
     /// it closed the connection) reaches nothing any more, so those buffers are freed.
-    pub fn keep_buffers_if_aborted(self, ep: &Endpoint) -> Self {
+    pub fn keep_buffers_if_aborted(self, ep: &Endpoint, keep: fn(T)) -> Self {
         if let Some(state) = &self.state {
-            *state.kept_if_aborted.borrow_mut() = Some(ep.failure_cell());
+            state.kept_if_aborted.set(Some((ep.failure_cell(), keep)));
         }
         self
     }
