@@ -58,7 +58,6 @@ fi
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 [ -z "${BUSY_POLL_US:-}" ] || export BENCHFS_NETWORK_BUSY_POLL_US=$BUSY_POLL_US
-[ -z "${HUGE_PAGES:-}" ] || export BENCHFS_STORAGE_HUGE_PAGES=$HUGE_PAGES
 export LD_LIBRARY_PATH=$peers/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=$peers/bin:$peers/sbin:$PATH
 bfs=$root/target/compare
@@ -104,7 +103,9 @@ run() {
         api=(-a CHFS)
         env=(-x CHFS_SERVER -x CHFS_CHUNK_SIZE=$chunk -x CHFS_RDMA_THRESH=$rdma_thresh)
     else
-        "$bfs/bin/benchfs" cluster up --wipe --dir "$work/benchfs" --servers $servers \
+        # The servers' setting only: a client with it refuses its default backend.
+        BENCHFS_STORAGE_HUGE_PAGES=${HUGE_PAGES:-auto} \
+            "$bfs/bin/benchfs" cluster up --wipe --dir "$work/benchfs" --servers $servers \
             --backend memory --chunk-size "$chunk" --rdma-threshold $rdma_thresh \
             ${BUSY_POLL_US:+--busy-poll-us "$BUSY_POLL_US"} \
             ${PREFAULT_BYTES:+--prefault-bytes "$PREFAULT_BYTES"} >/dev/null

@@ -191,7 +191,9 @@ async fn drain(inflight: &InFlight, connections: &RefCell<Connections>, options:
         .values()
         .map(|entry| entry.ep.clone())
         .collect();
-    clients.iter().for_each(Endpoint::abort);
+    for ep in &clients {
+        give_up_on(ep, options);
+    }
     inflight.drained().await;
 }
 
@@ -979,7 +981,10 @@ fn reply_request(
         }
         ReplyData::Bytes(data)
     };
+    // Kept from the start, not only once a transfer is bounded: a reply queued here may
+    // be failed by another transfer's give-up before its own bound begins.
     ep.am_send(REPLY_AM_ID, header, data, proto)
+        .keep_buffers_if_aborted(ep, KeepForGood::keep_for_good)
 }
 
 /// Whether a reply's send went (`None`: the transfer was given up).
@@ -1020,6 +1025,25 @@ impl KeepForGood for (Vec<u8>, ReplyData) {
     }
 }
 
+/// Closes the connection of a client the server gives up on (it is alive but takes no
+/// data), which fails the transfers in flight on it. A client that reaches this server's
+/// buffers by shared memory may still do so when it runs again: their buffers are then
+/// kept, never reused (see [`bounded_transfer`]).
+fn give_up_on(ep: &Endpoint, options: &ServeOptions) {
+    let reachable =
+        options.shared_memory && ep.transports().iter().any(|lane| lane.ends_with("/memory"));
+    tracing::debug!(
+        buffers_kept = reachable,
+        "closing a client's connection with transfers in flight (a client that reaches \
+         this server's memory keeps its transfers' buffers from reuse)"
+    );
+    if reachable {
+        ep.abort_keeping_buffers();
+    } else {
+        ep.abort();
+    }
+}
+
 /// Runs a transfer with a client, or gives up on the client when it takes longer than the
 /// transfer timeout: its connection is closed, which ends the transfer (`None`). Over
 /// shared memory a client moves the payload itself, into or out of this server's buffer,
@@ -1041,20 +1065,11 @@ async fn bounded_transfer<T: KeepForGood + 'static>(
     match tokio::time::timeout(options.transfer_timeout, transfer).await {
         Ok(result) => Some(result),
         Err(_) => {
-            let reachable = options.shared_memory
-                && ep.transports().iter().any(|lane| lane.ends_with("/memory"));
             tracing::warn!(
                 timeout_ms = options.transfer_timeout.as_millis() as u64,
-                buffers_kept = reachable,
-                "a client stalled a transfer; closing its connection (over shared memory \
-                 the buffers of its transfers are kept, never reused: it may still reach \
-                 them)"
+                "a client stalled a transfer; closing its connection"
             );
-            if reachable {
-                ep.abort_keeping_buffers();
-            } else {
-                ep.abort();
-            }
+            give_up_on(ep, options);
             None
         }
     }

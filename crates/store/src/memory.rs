@@ -742,39 +742,47 @@ mod tests {
     }
 
     /// A retired read in place (its send given up on while the peer may still read it)
-    /// keeps its pages from every later chunk, for good; other pages are reused as ever.
+    /// keeps its pages from every later chunk, for good, whether its chunk let go of them
+    /// before the retirement (they wait for the view) or after; other pages are reused.
     #[test]
     fn pages_of_a_retired_read_in_place_never_go_to_another_chunk() {
-        block_on(async {
-            let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
-            store.write_chunk(1, 0, 0, &vec![7; 1 << 20]).await.unwrap();
-            let view = store.read_in_place(ChunkId::new(1, 0), 0, 1 << 20).unwrap();
-            let (at, len) = (view.as_ref().as_ptr() as usize, view.len());
-            let retired = at..at + len;
-            view.retire();
-            assert!(store.remove(ChunkId::new(1, 0)).await.unwrap());
-            for file in 2..10u64 {
-                store
-                    .write_chunk(file, 0, 0, &vec![9; 1 << 20])
-                    .await
-                    .unwrap();
-                let other = store.read_in_place(ChunkId::new(file, 0), 0, 1 << 20);
-                let other = other.expect("a fresh chunk's pages lie in a row");
-                let start = other.as_ref().as_ptr() as usize;
+        for removed_first in [false, true] {
+            block_on(async {
+                let mut store = InMemoryChunkStore::with_chunk_size(1 << 20, u64::MAX).unwrap();
+                store.write_chunk(1, 0, 0, &vec![7; 1 << 20]).await.unwrap();
+                let view = store.read_in_place(ChunkId::new(1, 0), 0, 1 << 20).unwrap();
+                let (at, len) = (view.as_ref().as_ptr() as usize, view.len());
+                let retired = at..at + len;
+                if removed_first {
+                    assert!(store.remove(ChunkId::new(1, 0)).await.unwrap());
+                    view.retire();
+                } else {
+                    view.retire();
+                    assert!(store.remove(ChunkId::new(1, 0)).await.unwrap());
+                }
+                for file in 2..10u64 {
+                    store
+                        .write_chunk(file, 0, 0, &vec![9; 1 << 20])
+                        .await
+                        .unwrap();
+                    let other = store.read_in_place(ChunkId::new(file, 0), 0, 1 << 20);
+                    let other = other.expect("a fresh chunk's pages lie in a row");
+                    let start = other.as_ref().as_ptr() as usize;
+                    assert!(
+                        start + other.len() <= retired.start || retired.end <= start,
+                        "chunk {file} took a retired page (removed first: {removed_first})"
+                    );
+                    drop(other);
+                    assert!(store.remove(ChunkId::new(file, 0)).await.unwrap());
+                }
+                // SAFETY: the retired pages stay mapped while the store lives.
+                let kept = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
                 assert!(
-                    start + other.len() <= retired.start || retired.end <= start,
-                    "chunk {file} took a retired page"
+                    kept.iter().all(|&b| b == 7),
+                    "the retired pages kept their bytes"
                 );
-                drop(other);
-                assert!(store.remove(ChunkId::new(file, 0)).await.unwrap());
-            }
-            // SAFETY: the retired pages stay mapped while the store lives.
-            let kept = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
-            assert!(
-                kept.iter().all(|&b| b == 7),
-                "the retired pages kept their bytes"
-            );
-        });
+            });
+        }
     }
 
     /// A read in place holds back only its own pages: another chunk's freed pages are

@@ -135,8 +135,10 @@ impl Lent {
 
 impl Drop for PagePool {
     fn drop(&mut self) {
-        if !self.lent.borrow().views.is_empty() {
-            // A send may still read them (drop order, above).
+        let lent = self.lent.borrow();
+        if !lent.views.is_empty() || !lent.retired.is_empty() {
+            // A send may still read them, or a peer (drop order, above).
+            drop(lent);
             std::mem::forget(std::mem::take(self.segments.get_mut()));
         }
     }

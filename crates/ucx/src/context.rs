@@ -147,7 +147,8 @@ impl Drop for Context {
 /// ([`crate::Endpoint::abort_keeping_buffers`]). Cost and gain: cross-memory attach pins each
 /// page of the side it reaches; a client reading a server's huge pages took one client's
 /// 1 MiB reads 1.5x faster than the server writing into the client's small pages, and
-/// from a server's small pages or disk buffers 0.8-0.85x (`docs/network.md`). Within a host, one
+/// from a server's small pages or disk buffers 0.8-0.85x, the price of the rule
+/// (`docs/network.md`). Within a host, one
 /// rendezvous lane: where the user turns tcp put back on, a put scheme otherwise adds a
 /// `tcp` lane beside `cma`.
 ///

@@ -140,8 +140,9 @@ impl<T: 'static> Request<T> {
             let Some(payload) = payload.as_mut() else {
                 unreachable!("payload is set just above")
             };
-            // No callback touches `payload`, so holding the borrow across the call is fine
-            // even if UCX completes other requests inside it.
+            // This request's callback does not run inside the call, and other requests'
+            // callbacks touch only their own payloads: holding the borrow across the call
+            // is fine even if UCX completes other requests inside it.
             worker.in_flight.set(worker.in_flight.get() + 1);
             submit(payload, &mut param)
         };
