@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use benchfs::blocking::BenchFS;
 use benchfs::config::ServerConfig;
-use common::{pattern, Cluster, ClusterSpec};
+use common::{is_shared_memory, pattern, Cluster, ClusterSpec};
 
 /// An RPC timeout far above the failure bounds below, so that a call failing within them
 /// was failed by UCX's peer-failure detection, not by the timeout.
@@ -43,10 +43,6 @@ fn transports(fs: &BenchFS) -> Vec<(String, Vec<String>)> {
         .into_iter()
         .map(|(entry, r)| (entry.node_id, r.expect("connect")))
         .collect()
-}
-
-fn is_shared_memory(transport: &str) -> bool {
-    transport.ends_with("/memory")
 }
 
 /// Two servers, those in `off` restarted without shared memory; `None` (skipped) when the

@@ -692,9 +692,12 @@ fn reads_fetch_nothing_ahead_from_servers_reached_by_shared_memory() {
         config.network.shared_memory = shared_memory;
         let fs = BenchFS::connect(&config).expect("connect");
         let lanes = fs.block_on(fs.client().server_transports());
-        let by_memory = lanes
-            .iter()
-            .all(|(_, l)| l.as_ref().unwrap().iter().any(|t| t.ends_with("/memory")));
+        let by_memory = lanes.iter().all(|(_, l)| {
+            l.as_ref()
+                .unwrap()
+                .iter()
+                .any(|t| common::is_shared_memory(t))
+        });
         let fd = fs.open("/seq", OpenFlags::READ, 0).unwrap();
         assert!(
             read_rest(&fs, fd, C / 2) == data,

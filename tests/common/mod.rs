@@ -496,6 +496,12 @@ impl Cluster {
 
 /// Reports a skipped case loudly: straight to the process's stderr, which the test
 /// harness does not capture, so it shows even when the test passes.
+/// Whether a transport UCX chose (`sysv/memory`, `tcp/lo`, ...) moves data by shared
+/// memory, as `Endpoint::uses_shared_memory` tells it.
+pub fn is_shared_memory(transport: &str) -> bool {
+    transport.ends_with("/memory")
+}
+
 pub fn skip(what: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");

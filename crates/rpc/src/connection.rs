@@ -278,10 +278,7 @@ impl RpcClient {
             }
         }
         conn.hello = Some(hello);
-        conn.shared_memory = conn
-            .transports()
-            .iter()
-            .any(|lane| lane.ends_with("/memory"));
+        conn.shared_memory = conn.ep.uses_shared_memory();
         Ok(conn)
     }
 }

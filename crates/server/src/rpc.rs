@@ -1030,8 +1030,7 @@ impl KeepForGood for (Vec<u8>, ReplyData) {
 /// buffers by shared memory may still do so when it runs again: their buffers are then
 /// kept, never reused (see [`bounded_transfer`]).
 fn give_up_on(ep: &Endpoint, options: &ServeOptions) {
-    let reachable =
-        options.shared_memory && ep.transports().iter().any(|lane| lane.ends_with("/memory"));
+    let reachable = options.shared_memory && ep.uses_shared_memory();
     tracing::debug!(
         buffers_kept = reachable,
         "closing a client's connection with transfers in flight (a client that reaches \

@@ -204,6 +204,14 @@ impl Endpoint {
         lane_transports(&self.info())
     }
 
+    /// Whether some lane of the endpoint is a shared-memory one (`sysv/memory`,
+    /// `cma/memory`, ...): the peer is on this host, and may reach our buffers itself.
+    pub fn uses_shared_memory(&self) -> bool {
+        self.transports()
+            .iter()
+            .any(|lane| lane.ends_with("/memory"))
+    }
+
     /// The worker this endpoint belongs to.
     pub fn worker(&self) -> &Rc<Worker> {
         &self.inner.worker
