@@ -15,12 +15,6 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
-    /// `len` bytes, every page faulted in now (`MAP_POPULATE`), at a kernel-chosen address.
-    pub(crate) fn populated(len: usize) -> io::Result<Mapping> {
-        let ptr = map(len, libc::MAP_POPULATE)?;
-        Ok(Mapping { ptr, len })
-    }
-
     /// `len` bytes starting on a huge-page boundary, every page faulted in now, the first
     /// `huge_prefix` of them (a multiple of a huge page, see [`huge_page_prefix`]) advised
     /// `MADV_HUGEPAGE` first, so that the kernel backs them with transparent huge pages
@@ -258,6 +252,33 @@ pub(crate) fn thread_minor_faults() -> i64 {
     unsafe { usage.assume_init() }.ru_minflt
 }
 
+/// The `VmFlags` of the mapping that holds `addr`, from /proc/self/smaps (`hg`: advised
+/// huge pages).
+#[cfg(test)]
+pub(crate) fn vm_flags(addr: usize) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((start, end)) = range.split_once('-') {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = (start..end).contains(&addr);
+                    continue;
+                }
+            }
+        }
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if inside {
+                return flags.split_whitespace().map(str::to_owned).collect();
+            }
+        }
+    }
+    panic!("no mapping holds {addr:#x}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,31 +316,6 @@ mod tests {
             bytes.fill(0xa5);
             assert_eq!(bytes[len - 1], 0xa5);
         }
-    }
-
-    /// The `VmFlags` of the mapping that holds `addr`, from /proc/self/smaps.
-    fn vm_flags(addr: usize) -> Vec<String> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((start, end)) = range.split_once('-') {
-                    if let (Ok(start), Ok(end)) = (
-                        usize::from_str_radix(start, 16),
-                        usize::from_str_radix(end, 16),
-                    ) {
-                        inside = (start..end).contains(&addr);
-                        continue;
-                    }
-                }
-            }
-            if let Some(flags) = line.strip_prefix("VmFlags:") {
-                if inside {
-                    return flags.split_whitespace().map(str::to_owned).collect();
-                }
-            }
-        }
-        panic!("no mapping holds {addr:#x}");
     }
 
     /// A mapping's huge-page prefix is advised (`hg`), and with none nothing is.
