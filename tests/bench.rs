@@ -297,14 +297,18 @@ fn sweep_over_two_chunk_sizes_gives_a_point_each() {
         .map(|r| r.point["rdma_threshold"].as_str())
         .collect();
     assert_eq!(thresholds, ["16384", "16384", "32768", "32768"]);
-    // Each point ran on a cluster with its own chunk size: 4 MiB is 256 chunks, then 4.
-    let chunks: Vec<u64> = report
+    // Each point ran on a cluster with its own chunk size: 4 MiB is 256 chunks, then 4;
+    // each snapshot names its point.
+    let chunks: Vec<(&str, u64)> = report
         .servers
         .iter()
         .filter(|s| s.phase == "ior-easy-write")
-        .map(|s| s.servers.iter().map(|c| c.chunks.unwrap()).sum())
+        .map(|s| {
+            let chunks = s.servers.iter().map(|c| c.chunks.unwrap()).sum();
+            (s.point["chunk_size"].as_str(), chunks)
+        })
         .collect();
-    assert_eq!(chunks, [256, 4]);
+    assert_eq!(chunks, [("16k", 256), ("1m", 4)]);
     assert!(
         stdout.contains("[chunk_size=16k") && stdout.contains("[chunk_size=1m"),
         "{stdout}"
@@ -551,6 +555,72 @@ fn io500_runs_every_phase_in_order_and_scores() {
             && stdout.contains(io500::NOT_OFFICIAL),
         "{stdout}"
     );
+}
+
+/// Found by a hostile-user run: IO500's find, which rank 0 does alone, was reported as
+/// every rank's, and its "% limit" divided by one round trip per operation per rank.
+#[test]
+fn io500_find_counts_the_one_rank_that_did_it() {
+    let cluster = two_servers();
+    let out = out_dir();
+    bench(
+        &cluster,
+        &[
+            &["io500", "--clients", "2"][..],
+            &common::cli::TINY_IO500,
+            &["--out", arg(out.path())],
+        ]
+        .concat(),
+    )
+    .ok();
+    let report = read_report(out.path());
+    let limits = report.limits.as_ref().expect("limits were measured");
+    let find = result(&report, "benchfs", "find", 0);
+    assert_eq!(find.ranks, 1, "{find:?}");
+    assert_eq!(
+        find.ops,
+        2 * 20 + 2 * 20 + 3,
+        "every rank's files: {find:?}"
+    );
+    let efficiency = find.efficiency.as_ref().expect("find's % limit");
+    let one_process = 1e6 / limits.rtt_p50_us;
+    assert!(
+        (efficiency.limit - one_process).abs() <= 1e-9 * one_process,
+        "find's limit {} is not one process's {one_process}",
+        efficiency.limit
+    );
+    let create = result(&report, "benchfs", "mdtest-easy-write", 0);
+    assert_eq!(create.ranks, 2, "the other phases count every rank");
+}
+
+/// Found by a hostile-user run: IOR and mdtest under --ior-bin ran without the time limit
+/// and the check of the bytes read, and their column stood beside this run's with a ratio.
+#[test]
+fn ior_bin_refuses_what_ior_is_not_asked_to_do() {
+    let cluster = two_servers();
+    let bin = tempfile::tempdir_in(common::test_root()).unwrap();
+    for (extra, named) in [
+        (&["ior", "--verify"][..], "without --verify"),
+        (
+            &["mdtest", "-n", "10", "--stonewall", "1"][..],
+            "without --stonewall",
+        ),
+    ] {
+        let out = out_dir();
+        let mut args = extra.to_vec();
+        args.extend([
+            "--no-limits",
+            "--ior-bin",
+            arg(bin.path()),
+            "--out",
+            arg(out.path()),
+        ]);
+        let stderr = bench(&cluster, &args).failed();
+        assert!(
+            stderr.contains("--ior-bin runs IOR and mdtest") && stderr.contains(named),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -885,6 +955,7 @@ fn a_run_given_only_the_registry_reports_the_clusters_settings() {
         replicas: 2,
         backend: "file",
         chunk_size: 1 << 18,
+        rdma_threshold: 1 << 16,
         ..Default::default()
     });
     let out = out_dir();
@@ -911,6 +982,26 @@ fn a_run_given_only_the_registry_reports_the_clusters_settings() {
     // `auto` gives a disk backend no huge pages, whatever the host.
     assert_eq!(setting("huge_pages"), Some("false"), "{config:?}");
     assert_eq!(setting("servers"), Some("2"), "{config:?}");
+    // The servers' rendezvous threshold (their replies'), and this client's (its
+    // requests') where it differs: a hostile run found the client's alone, named as the
+    // cluster's.
+    assert_eq!(setting("rdma_threshold"), Some("65536"), "{config:?}");
+    assert_eq!(
+        setting("client_rdma_threshold"),
+        Some("32768"),
+        "{config:?}"
+    );
+    // The settings of a cluster the run would start are refused for one it is given.
+    let registry = cluster.registry();
+    for (flag, value) in [
+        ("--servers", "8"),
+        ("--chunk-size", "1m"),
+        ("--replicas", "2"),
+    ] {
+        let run = ["bench", "mdtest", "--registry", arg(&registry), flag, value];
+        let stderr = benchfs(&run, &[]).failed();
+        assert!(stderr.contains("cannot be used with"), "{run:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -1099,6 +1190,55 @@ fn a_reading_run_blames_a_stopped_server_not_a_missing_workspace() {
         "{stderr}"
     );
     run("read", &[]).ok();
+}
+
+/// Found by a hostile-user run: a run refused a workspace that was there (a directory of
+/// the user's, another run's kept files) and then removed it as its own, and `.` or `..`
+/// as the name reached the directory around the target's root.
+#[test]
+fn a_run_never_removes_a_directory_it_did_not_make() {
+    let cluster = two_servers();
+    let fs = cluster.client();
+    fs.mkdir("/results", 0o755).unwrap();
+    common::files::write_file(&fs, "/results/precious", b"precious");
+    let run = |extra: &[&str]| {
+        let out = out_dir();
+        let mut args = vec!["ior", "-b", "1m", "-t", "256k", "--no-limits"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", arg(out.path())]);
+        bench(&cluster, &args)
+    };
+    let stderr = run(&["--workspace", "results"]).failed();
+    assert!(
+        stderr.contains("workspace results is already on benchfs"),
+        "{stderr}"
+    );
+    assert_eq!(
+        common::files::read_file(&fs, "/results/precious"),
+        b"precious",
+        "the failed run removed a directory it did not make: {stderr}"
+    );
+    // On a local directory, the same, and no name reaches outside the root.
+    let around = tempfile::tempdir_in(common::test_root()).unwrap();
+    let root = around.path().join("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data/important"), b"keep").unwrap();
+    std::fs::create_dir(around.path().join("victim")).unwrap();
+    std::fs::write(around.path().join("victim/v"), b"keep").unwrap();
+    let stderr = run(&["--posix", arg(&root), "--workspace", "data"]).failed();
+    assert!(stderr.contains("workspace data is already on"), "{stderr}");
+    for name in [".", "..", "../victim", "a/b", ""] {
+        let stderr = run(&["--posix", arg(&root), "--workspace", name]).failed();
+        assert!(
+            stderr.contains("is not a plain name"),
+            "workspace {name:?}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(root.join("data/important")).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(around.path().join("victim/v")).unwrap(),
+        b"keep"
+    );
 }
 
 #[test]

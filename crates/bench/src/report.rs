@@ -151,6 +151,9 @@ pub struct ServerSnapshot {
     pub rep: u32,
     /// Per server.
     pub servers: Vec<ServerCounters>,
+    /// The swept parameters of the point it was taken at (empty outside a sweep).
+    #[serde(default)]
+    pub point: BTreeMap<String, String>,
 }
 
 /// A phase over its repetitions.
@@ -729,6 +732,7 @@ mod tests {
                 ServerCounters::new("node0", "10.0.0.1:1", Ok::<_, &str>(StatsReply::default())),
                 ServerCounters::new("node1", "10.0.0.2:1", node1),
             ],
+            point: BTreeMap::new(),
         };
         let answered = [
             snapshot("start", 0, Ok(StatsReply::default())),

@@ -170,6 +170,7 @@ impl Plan {
     /// Checks what [`Plan::validate`] does but the targets, which a caller may know only
     /// once the cluster it starts for them is up: a bad shape is refused before that.
     pub fn validate_workload(&self) -> Result<()> {
+        check_workspace_name(&self.workspace)?;
         if self.phases.is_empty() || self.reps == 0 {
             return Err("a run needs at least one phase and one repetition".into());
         }
@@ -389,6 +390,8 @@ struct Runner<'a> {
     done: BTreeMap<String, u64>,
     /// Requests of each server at the previous snapshot.
     requests_before: Vec<u64>,
+    /// Rank 0 made the workspace in this run: only then does a failure remove it.
+    made_workspace: bool,
 }
 
 impl<'a> Runner<'a> {
@@ -407,6 +410,7 @@ impl<'a> Runner<'a> {
             barrier,
             done: BTreeMap::new(),
             requests_before: Vec::new(),
+            made_workspace: false,
         }
     }
 
@@ -439,12 +443,18 @@ impl<'a> Runner<'a> {
             for (index, phase) in self.plan.phases.iter().enumerate() {
                 let shares = self.phase(rep, index, phase)?;
                 if self.ranks.rank == 0 {
+                    // IO500's find is rank 0's alone: the others' empty shares would count
+                    // as ranks that took part, and its limit is one process's.
+                    let shares = match phase {
+                        Phase::Find => &shares[..shares.len().min(1)],
+                        _ => &shares[..],
+                    };
                     outcome.results.push(PhaseResult::aggregate(
                         &self.target.label,
                         &phase.name(),
                         phase.kind(),
                         rep,
-                        &shares,
+                        shares,
                     ));
                     phase_of.push(index);
                     self.snapshot_servers(outcome, &phase.name(), rep);
@@ -493,7 +503,16 @@ impl<'a> Runner<'a> {
         }
         if self.ranks.rank == 0 {
             let made = (|| {
-                self.storage.mkdir(work)?;
+                if let Err(e) = self.storage.mkdir(work) {
+                    return Err(match self.storage.exists(work) {
+                        Ok(true) => BenchError(format!(
+                            "workspace {work} is already on {}: a run works only in a workspace it makes, and removes it when it ends; give another name, or read an earlier run's files with only read phases",
+                            self.target.label
+                        )),
+                        _ => e,
+                    });
+                }
+                self.made_workspace = true;
                 for s in self.plan.ior_specs() {
                     self.storage.mkdir(&format!("{work}/{}", s.name))?;
                     if !s.file_per_process {
@@ -738,6 +757,7 @@ impl<'a> Runner<'a> {
             phase: phase.to_owned(),
             rep,
             servers,
+            point: BTreeMap::new(),
         });
     }
 
@@ -764,12 +784,31 @@ impl<'a> Runner<'a> {
         self.barrier.wait()
     }
 
-    /// After a failure: removes what is left of the workspace, if anything.
+    /// After a failure: removes what is left of the workspace if this run made it (never
+    /// a directory that was there before, nor an earlier run's workspace it reads).
     fn remove_workspace(&self) -> Result<()> {
-        if self.storage.exists(&self.plan.workspace).unwrap_or(true) {
+        if self.made_workspace && self.storage.exists(&self.plan.workspace).unwrap_or(true) {
             remove_tree(self.storage, &self.plan.workspace)?;
         }
         Ok(())
+    }
+}
+
+/// Refuses a workspace name that is not one plain name: it is joined to every target's
+/// root (and to local run directories), and a run removes it when it ends, so `.`, `..`
+/// or a path would reach directories the run did not make.
+fn check_workspace_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name.len() <= benchfs_proto::limits::NAME_LEN_MAX;
+    match plain {
+        true => Ok(()),
+        false => Err(format!(
+            "workspace {name:?} is not a plain name: one path component, not . or .., without '/'"
+        )
+        .into()),
     }
 }
 

@@ -523,6 +523,11 @@ fn registry_entry(config: &ServerConfig, addr: SocketAddr, state: &ServerState) 
             ("backend", config.storage.backend.to_string()),
             ("chunk_size", config.storage.chunk_size_bytes.to_string()),
             ("inline_bytes", config.storage.inline_bytes.to_string()),
+            // Replies past it go by rendezvous, whatever a client's own threshold is.
+            (
+                "rdma_threshold",
+                config.network.rendezvous_threshold_bytes.to_string(),
+            ),
             // Whether chunk memory takes huge pages, as `storage.huge_pages` came out on
             // this host (`auto` asks it).
             (

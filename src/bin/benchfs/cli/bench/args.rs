@@ -53,6 +53,10 @@ pub enum Workload {
     Worker(WorkerArgs),
 }
 
+/// The options that name a running cluster, which the options of a cluster the benchmark
+/// starts conflict with (a hostile run found them ignored there without a word).
+const CLUSTER_GIVEN: [&str; 2] = ["dir", "registry"];
+
 /// What every workload takes: where to run, with how many processes, and where the report
 /// goes.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,20 +70,21 @@ pub struct Common {
     /// File holding the job secret of the cluster (default: $BENCHFS_SECRET_FILE).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
-    /// Servers of the cluster the benchmark starts.
-    #[arg(long, default_value_t = 4)]
+    /// Servers of the cluster the benchmark starts (not with --dir or --registry, whose
+    /// cluster is as it is).
+    #[arg(long, default_value_t = 4, conflicts_with_all = CLUSTER_GIVEN)]
     pub servers: usize,
     /// Backend of the cluster the benchmark starts: memory, file, iouring or tiered.
-    #[arg(long, default_value = "memory")]
+    #[arg(long, default_value = "memory", conflicts_with_all = CLUSTER_GIVEN)]
     pub backend: String,
     /// Chunk size of the cluster the benchmark starts (bytes; k, m, g suffixes).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, conflicts_with_all = CLUSTER_GIVEN)]
     pub chunk_size: Option<u64>,
     /// Rendezvous (RDMA) threshold of the cluster the benchmark starts.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, conflicts_with_all = CLUSTER_GIVEN)]
     pub rdma_threshold: Option<u64>,
     /// Replicas of the cluster the benchmark starts.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with_all = CLUSTER_GIVEN)]
     pub replicas: u32,
     /// Run on this directory (a FUSE mount, a local file system) instead of the native
     /// client; the run works in a new subdirectory of it.

@@ -17,8 +17,19 @@ use crate::cli::CliError;
 /// The label of IOR's and mdtest's results.
 pub const LABEL: &str = "ior-capi";
 
+/// How IOR and mdtest are launched: their ranks, and the client setting the C API takes
+/// from the environment, the native target's own, so that the two columns of a report
+/// (and of a sweep's point) move their bytes alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Mpi {
+    /// MPI ranks.
+    pub clients: u32,
+    /// Payloads above this many bytes go by rendezvous (`BENCHFS_RDMA_THRESH`).
+    pub rdma_threshold: u64,
+}
+
 /// Runs every phase of `phases` with IOR or mdtest from `bin` (which holds both), as
-/// `clients` MPI ranks against the servers in `registry`, in names under `workspace`,
+/// `mpi.clients` MPI ranks against the servers in `registry`, in names under `workspace`,
 /// `reps` times: one launch per IOR shape or mdtest tree and repetition, which runs all
 /// of that shape's phases (IOR's write and read), as the native target repeats them. An
 /// mdtest launch that creates makes a tree of its repetition's own: one without a remove
@@ -28,7 +39,7 @@ pub fn run(
     phases: &[Phase],
     reps: u32,
     registry: &Path,
-    clients: u32,
+    mpi: Mpi,
     workspace: &str,
     limits: Option<&Limits>,
 ) -> Result<Vec<PhaseResult>, CliError> {
@@ -39,11 +50,11 @@ pub fn run(
         let (name, launch): (&str, Launch) = match phase {
             Phase::IorWrite(s) | Phase::IorRead(s) => (
                 &s.name,
-                Box::new(move |_| ior(bin, s, phases, registry, clients, workspace)),
+                Box::new(move |_| ior(bin, s, phases, registry, mpi, workspace)),
             ),
             Phase::Md { spec, .. } => (
                 &spec.name,
-                Box::new(move |rep| mdtest(bin, spec, phases, rep, registry, clients, workspace)),
+                Box::new(move |rep| mdtest(bin, spec, phases, rep, registry, mpi, workspace)),
             ),
             Phase::Find => continue,
         };
@@ -67,9 +78,11 @@ pub fn run(
     Ok(results)
 }
 
-fn mpirun(clients: u32, program: &Path, args: &[String]) -> Result<String, CliError> {
+fn mpirun(mpi: Mpi, program: &Path, args: &[String]) -> Result<String, CliError> {
     let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-np", &clients.to_string()])
+    cmd.args(["--oversubscribe", "-np", &mpi.clients.to_string()])
+        .args(["-x", "BENCHFS_RDMA_THRESH"])
+        .env("BENCHFS_RDMA_THRESH", mpi.rdma_threshold.to_string())
         .arg(program)
         .args(args);
     let root =
@@ -125,7 +138,7 @@ fn ior(
     spec: &IorSpec,
     phases: &[Phase],
     registry: &Path,
-    clients: u32,
+    mpi: Mpi,
     workspace: &str,
 ) -> Result<Vec<PhaseResult>, CliError> {
     let mut args = vec![
@@ -145,7 +158,7 @@ fn ior(
         (spec.file_per_process, "-F"),
         (spec.random, "-z"),
         (spec.fsync, "-e"),
-        (clients > 1, "-C"),
+        (mpi.clients > 1, "-C"),
     ] {
         if on {
             args.push(flag.to_owned());
@@ -164,9 +177,9 @@ fn ior(
     {
         args.push("-r".into());
     }
-    let out = mpirun(clients, &bin.join("ior"), &args)?;
-    let bytes = spec.bytes_per_rank() * u64::from(clients);
-    let ops = spec.transfers() * u64::from(clients);
+    let out = mpirun(mpi, &bin.join("ior"), &args)?;
+    let bytes = spec.bytes_per_rank() * u64::from(mpi.clients);
+    let ops = spec.transfers() * u64::from(mpi.clients);
     let mut results = Vec::new();
     // IOR's per-iteration rows: access bw(MiB/s) IOPS Latency(s) block(KiB) xfer(KiB)
     // open(s) wr/rd(s) close(s) total(s) iter.
@@ -179,7 +192,7 @@ fn ior(
             results.push(result(
                 format!("{name}-{}", f[0]),
                 Kind::Bandwidth,
-                clients,
+                mpi.clients,
                 bytes,
                 ops,
                 bw,
@@ -198,7 +211,7 @@ fn mdtest(
     phases: &[Phase],
     rep: u32,
     registry: &Path,
-    clients: u32,
+    mpi: Mpi,
     workspace: &str,
 ) -> Result<Vec<PhaseResult>, CliError> {
     let ops_of: Vec<MdOp> = phases
@@ -242,8 +255,8 @@ fn mdtest(
             args.push(flag.into());
         }
     }
-    let out = mpirun(clients, &bin.join("mdtest"), &args)?;
-    let files = spec.files_per_rank * u64::from(clients);
+    let out = mpirun(mpi, &bin.join("mdtest"), &args)?;
+    let files = spec.files_per_rank * u64::from(mpi.clients);
     let mut results = Vec::new();
     for (label, op) in [
         ("File creation", MdOp::Create),
@@ -263,7 +276,7 @@ fn mdtest(
         results.push(result(
             format!("{}-{}", spec.name, op.name()),
             Kind::Metadata,
-            clients,
+            mpi.clients,
             bytes,
             files,
             mean,

@@ -193,6 +193,7 @@ pub fn measure(
     point: &Point,
 ) -> Result<Option<Measured>, CliError> {
     check_local_dirs(common)?;
+    check_ior_bin(common, &phases)?;
     if let Some(ranks) = Ranks::from_env()?.filter(|r| r.size > 1) {
         return measure_launched(common, phases, ranks);
     }
@@ -214,13 +215,17 @@ pub fn measure(
     let clients = common.clients.max(1);
     let outcome = run_local(&plan, &run_dir, clients).and_then(|mut outcome| {
         if let (Some(bin), None) = (&common.ior_bin, &common.posix) {
-            let registry = target.config()?.network.registry_dir;
+            let client = target.config()?;
+            let mpi = external::Mpi {
+                clients,
+                rdma_threshold: client.network.rendezvous_threshold_bytes,
+            };
             let ran = external::run(
                 bin,
                 &plan.phases,
                 plan.reps,
-                &registry,
-                clients,
+                &client.network.registry_dir,
+                mpi,
                 &plan.workspace,
                 outcome.limits.as_ref(),
             )?;
@@ -234,6 +239,9 @@ pub fn measure(
     stopped?;
     for r in &mut outcome.results {
         r.point.clone_from(point);
+    }
+    for s in &mut outcome.servers {
+        s.point.clone_from(point);
     }
     Ok(Some(Measured {
         plan,
@@ -352,6 +360,9 @@ fn targets(common: &Common, target: &Target) -> Vec<TargetSpec> {
 }
 
 /// The cluster's settings for the report; the network probe's payload fits its chunks.
+/// The setting a report names the rendezvous threshold by, as servers publish it.
+const RDMA_THRESHOLD: &str = "rdma_threshold";
+
 fn settings(
     common: &Common,
     target: &Target,
@@ -369,7 +380,7 @@ fn settings(
         ("backend", config.storage.backend.to_string()),
         ("chunk_size", config.storage.chunk_size_bytes.to_string()),
         (
-            "rdma_threshold",
+            RDMA_THRESHOLD,
             config.network.rendezvous_threshold_bytes.to_string(),
         ),
         ("replicas", config.replication.replicas.to_string()),
@@ -391,10 +402,23 @@ fn settings(
         .unwrap_or_default();
     // The servers' own settings, as they publish them, over this client's configuration
     // (which, given only the registry, is not the cluster's).
-    for key in ["backend", "chunk_size", "inline_bytes", "huge_pages"] {
+    let published_keys = [
+        "backend",
+        "chunk_size",
+        RDMA_THRESHOLD,
+        "inline_bytes",
+        "huge_pages",
+    ];
+    for key in published_keys {
         if let Some(value) = published(&servers, key, |e| e.settings.get(key).cloned()) {
             out.insert(key.into(), value);
         }
+    }
+    // Requests go by rendezvous past the client's threshold, replies past the servers':
+    // a client that differs says so.
+    let client_threshold = config.network.rendezvous_threshold_bytes.to_string();
+    if out.get(RDMA_THRESHOLD) != Some(&client_threshold) {
+        out.insert(format!("client_{RDMA_THRESHOLD}"), client_threshold);
     }
     if let Some(value) = published(&servers, "replicas", |e| e.replicas.map(|n| n.to_string())) {
         out.insert("replicas".into(), value);
@@ -637,6 +661,30 @@ impl OwnCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
         down
     }
+}
+
+/// Refuses --ior-bin with what IOR and mdtest are not asked to do (a time limit, checking
+/// the bytes read): their column would stand beside this run's, with a ratio, measured
+/// under other rules.
+fn check_ior_bin(common: &Common, phases: &[Phase]) -> Result<(), CliError> {
+    if common.ior_bin.is_none() {
+        return Ok(());
+    }
+    let verify = phases.iter().any(|p| match p {
+        Phase::IorWrite(s) | Phase::IorRead(s) => s.verify,
+        Phase::Md { spec, .. } => spec.verify,
+        Phase::Find => false,
+    });
+    let unmatched = match (common.stonewall.is_some(), verify) {
+        (false, false) => return Ok(()),
+        (true, false) => "--stonewall",
+        (false, true) => "--verify",
+        (true, true) => "--stonewall and --verify",
+    };
+    Err(format!(
+        "--ior-bin runs IOR and mdtest without {unmatched}, so the two columns would not measure the same: drop one or the other"
+    )
+    .into())
 }
 
 /// Checks that the local directories the run works in (--posix, --baseline) exist: the

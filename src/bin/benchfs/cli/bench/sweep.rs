@@ -136,7 +136,8 @@ pub fn run(args: &SweepArgs) -> Result<(), CliError> {
     // The workload and every point's settings are checked before the first point's
     // cluster starts: a bad combination found halfway would end the sweep with the points
     // before it measured and not reported.
-    super::plan(common, phases.clone(), String::new()).validate_workload()?;
+    // (Each point's run takes a fresh workspace of its own; the name here only passes.)
+    super::plan(common, phases.clone(), "sweep".to_owned()).validate_workload()?;
     let points = grid(&args.params);
     for point in &points {
         let target = Target {
