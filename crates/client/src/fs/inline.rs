@@ -360,8 +360,16 @@ impl FsClient {
         let parent = match parent {
             Ok(parent) => parent,
             Err(e) => {
-                if reply.created {
-                    self.undo_put(&path, None, &servers[..1]).await;
+                match reply.created {
+                    true => self.undo_put(&path, None, &servers[..1]).await,
+                    // The owner took the bytes into the file it found, and nothing undoes
+                    // that: the other replicas take them too, so the call fails without
+                    // parting them.
+                    false => {
+                        let _ = self
+                            .write_other_replicas(&path, record.meta, written, &servers)
+                            .await;
+                    }
                 }
                 return Err(e);
             }
@@ -407,8 +415,7 @@ impl FsClient {
         match created {
             true => self.copy_to_replicas(path, record, servers).await,
             false => {
-                let file_id = record.meta.file_id;
-                self.write_other_replicas(path, file_id, written, servers)
+                self.write_other_replicas(path, record.meta, written, servers)
                     .await
             }
         }
@@ -455,22 +462,26 @@ impl FsClient {
         Err(e)
     }
 
-    /// Writes `data` at the start of inline file `file_id` at `path` on the replicas but the
+    /// Writes `data` at the start of inline file `owners` at `path` on the replicas but the
     /// owner (`servers[0]`), which took it in a create that found the file: each takes the
-    /// write into the record it holds.
+    /// write into the record it holds. A replica with no record yet is asked again while
+    /// the file's creator may still be copying it there (two clients' creates of one new
+    /// file: the second's bytes had reached the owner alone, and its close failed with
+    /// ENOENT while the first's copy brought its own bytes to the others), and one that may
+    /// have lost its records gets the owner's copied, as for any inline write.
     async fn write_other_replicas(
         &self,
         path: &str,
-        file_id: u64,
+        owners: FileMetadata,
         data: Vec<u8>,
         servers: &[ServerIndex],
     ) -> Result<(), RpcError> {
-        if data.is_empty() {
+        if data.is_empty() || servers.len() < 2 {
             return Ok(());
         }
         let write = ops::WriteInlineRequest {
             path: path.to_string(),
-            file_id,
+            file_id: owners.file_id,
             offset: 0,
             data,
         };
@@ -480,13 +491,29 @@ impl FsClient {
                 .map(|&s| self.call_on::<ops::MetadataWriteInline>(s, &write, OutPayload::none())),
         )
         .await;
-        match writes.into_iter().find_map(Result::err) {
-            None => Ok(()),
-            Some(e) => {
+        let took = (servers[0], Ok(ops::MetadataReply { meta: owners }));
+        let mut answers: Vec<_> = std::iter::once(took)
+            .chain(
+                servers[1..]
+                    .iter()
+                    .copied()
+                    .zip(writes.into_iter().map(|w| w.map(|(reply, _)| reply))),
+            )
+            .collect();
+        self.ask_again_while_created::<ops::MetadataWriteInline>(&mut answers, &write)
+            .await;
+        self.copy_to_replicas_that_lost_it::<ops::MetadataWriteInline>(
+            path,
+            owners.file_id,
+            &mut answers,
+            &write,
+        )
+        .await;
+        super::routing::first_if_all_took(answers)
+            .map(|_| ())
+            .inspect_err(|e| {
                 tracing::error!(error = %e, path, "a replica did not take the bytes written: the replicas of this record differ");
-                Err(e)
-            }
-        }
+            })
     }
 
     /// The request of a deferred create at `path`, with the bytes `d` kept.
@@ -528,7 +555,24 @@ impl FsClient {
         }
         self.opened_as(fd, record)?;
         if !d.bytes.is_empty() {
-            Box::pin(self.pwrite_from(fd, WriteSource::Copied(&d.bytes), 0, None)).await?;
+            if let Err(e) =
+                Box::pin(self.pwrite_from(fd, WriteSource::Copied(&d.bytes), 0, None)).await
+            {
+                // Earlier writes took these bytes: their loss is the handle's to report
+                // at fsync and close too, not this write's alone (a retry of it would
+                // succeed over the zeros left in their place).
+                let lost = match &e {
+                    ApiError::Rpc { source, .. } => source.clone(),
+                    other => RpcError::Status {
+                        server: "this client".into(),
+                        status: other.cause_status(),
+                    },
+                };
+                self.with_file(fd, |f| {
+                    f.write_error.get_or_insert(lost);
+                })?;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -888,10 +932,13 @@ impl FsClient {
         };
         let moved = self
             .until_unsealed(|| async {
+                // Read before the seal goes out: each replica's lease runs from when it
+                // took it, and the calls that bring a seal to every replica can take most
+                // of a timeout.
+                let sealing_since = Instant::now();
                 let sealed = self
                     .write_all_inline::<ops::MetadataSealInline>(path, meta.file_id, &seal)
                     .await;
-                let sealed_at = Instant::now();
                 let sealed = match sealed {
                     Ok(sealed) => sealed,
                     Err(e) => {
@@ -904,7 +951,7 @@ impl FsClient {
                 }
                 // A seal holds for twice the RPC timeout: one that is half gone may lapse
                 // before these bytes land, so the move starts again instead.
-                if sealed_at.elapsed() >= self.rpc.options().rpc_timeout {
+                if sealing_since.elapsed() >= self.rpc.options().rpc_timeout {
                     self.end_move(path, meta.file_id, token, false).await;
                     return Err(RpcError::Status {
                         server: "the record's servers".into(),

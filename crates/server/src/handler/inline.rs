@@ -77,6 +77,10 @@ impl ServerState {
             _ => {
                 let req: op::DropInlineRequest = decode(body)?;
                 let was_inline = self.metadata.borrow().lookup(&req.path)?.inline;
+                let before = self
+                    .journal
+                    .is_some()
+                    .then(|| self.metadata.borrow().snapshot(&req.path));
                 let meta = self.metadata.borrow_mut().drop_inline(
                     &req.path,
                     req.file_id,
@@ -84,7 +88,15 @@ impl ServerState {
                     req.moved,
                 )?;
                 if was_inline && !meta.inline {
-                    self.log_put(&req.path)?;
+                    // A drop the journal refuses is undone, as `change_logged` undoes any
+                    // change: answered from memory, later calls would take the file as
+                    // moved while a restart brought its bytes back.
+                    if let Err(status) = self.log_put(&req.path) {
+                        if let Some(before) = before {
+                            self.metadata.borrow_mut().restore(&req.path, before);
+                        }
+                        return Err(status);
+                    }
                 }
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
