@@ -360,17 +360,8 @@ impl FsClient {
         let parent = match parent {
             Ok(parent) => parent,
             Err(e) => {
-                match reply.created {
-                    true => self.undo_put(&path, None, &servers[..1]).await,
-                    // The owner took the bytes into the file it found, and nothing undoes
-                    // that: the other replicas take them too, so the call fails without
-                    // parting them.
-                    false => {
-                        let _ = self
-                            .write_other_replicas(&path, record.meta, written, &servers)
-                            .await;
-                    }
-                }
+                self.leave_create(&path, &servers, reply.created, record.meta, written)
+                    .await;
                 return Err(e);
             }
         };
@@ -398,6 +389,28 @@ impl FsClient {
                 self.make_plain(fd, &path, deferred).await
             }
             Err(e) => Err(rpc_err("create", &path)(e)),
+        }
+    }
+
+    /// Leaves a deferred create that fails after the owner took it (its parent check
+    /// failed): a record it made is removed; bytes the owner took into the file it found
+    /// (`written`), which nothing undoes, go to the other replicas too, so the call fails
+    /// without parting them.
+    async fn leave_create(
+        &self,
+        path: &str,
+        servers: &[ServerIndex],
+        created: bool,
+        owners: FileMetadata,
+        written: Vec<u8>,
+    ) {
+        match created {
+            true => self.undo_put(path, None, &servers[..1]).await,
+            false => {
+                let _ = self
+                    .write_other_replicas(path, owners, written, servers)
+                    .await;
+            }
         }
     }
 
