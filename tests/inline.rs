@@ -863,3 +863,51 @@ fn kept_bytes_that_never_reach_the_file_fail_its_close() {
         "the close of a handle whose acknowledged bytes were lost: {closed:?}"
     );
 }
+
+/// Found by a review: a move to chunks that ended on some replicas only (a drop refused
+/// where a restart had ended its seal) left the others inline with the bytes of before,
+/// and a later move took the first replica's answer for done: appends failed with EFBIG
+/// for good, and a read from the other replica would get the old bytes.
+#[test]
+fn a_move_that_ended_on_some_replicas_is_finished_on_the_others() {
+    let cluster = Cluster::start(spec(2, "memory"));
+    let fs = cluster.client();
+    let small = pattern(100, 3);
+    make(&fs, "/m", &small);
+    let before = common::rpc::records(&cluster, "/m")[1].unwrap();
+    let more = pattern(2 * INLINE, 4);
+    let fd = fs.open("/m", OpenFlags::WRITE, 0).unwrap();
+    fs.pwrite(fd, &more, small.len() as u64).unwrap();
+    fs.close(fd).unwrap();
+    assert_eq!(replica_bytes(&cluster, "/m"), [None, None], "moved");
+    // The second replica's record as it was before the move.
+    let second = cluster.replicas_of(PlacementKey::Metadata("/m"))[1];
+    let undo = ops::InsertRequest {
+        path: "/m".into(),
+        meta: before,
+        exclusive: false,
+        settled_only: false,
+        newer_only: false,
+        data: small.clone(),
+    };
+    common::rpc::call_one::<ops::MetadataInsert>(cluster.addr(second), &undo).unwrap();
+    assert_eq!(replica_bytes(&cluster, "/m")[1].as_ref(), Some(&small));
+
+    let other = cluster.client();
+    let fd = other
+        .open("/m", OpenFlags::WRITE | OpenFlags::APPEND, 0)
+        .unwrap();
+    assert_eq!(other.write(fd, b"tail").unwrap(), 4);
+    other.close(fd).unwrap();
+    assert_eq!(replica_bytes(&cluster, "/m"), [None, None]);
+    // (Each replica stamps its own times on a change.)
+    let sizes: Vec<_> = common::rpc::records(&cluster, "/m")
+        .into_iter()
+        .map(|r| r.map(|m| (m.file_id, m.size, m.inline)))
+        .collect();
+    assert_eq!(sizes[0], sizes[1], "the replicas' records differ");
+    let mut want = small;
+    want.extend(&more);
+    want.extend(b"tail");
+    assert!(read_file(&other, "/m") == want, "wrong bytes");
+}

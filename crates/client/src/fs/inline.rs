@@ -694,13 +694,24 @@ impl FsClient {
         file_id: u64,
         req: &R::Request,
     ) -> Result<R::Reply, RpcError> {
+        let answers = self.write_all_inline_each::<R>(path, file_id, req).await;
+        super::routing::first_if_all_took(answers)
+    }
+
+    /// [`Self::write_all_inline`], with every replica's answer.
+    async fn write_all_inline_each<R: Rpc>(
+        &self,
+        path: &str,
+        file_id: u64,
+        req: &R::Request,
+    ) -> Vec<(ServerIndex, Result<R::Reply, RpcError>)> {
         let mut answers = self
             .write_each::<R>(PlacementKey::Metadata(path), req, WriteSource::NONE)
             .await;
         self.ask_again_while_created::<R>(&mut answers, req).await;
         self.copy_to_replicas_that_lost_it::<R>(path, file_id, &mut answers, req)
             .await;
-        super::routing::first_if_all_took(answers)
+        answers
     }
 
     /// Runs `call` again while it meets a record sealed for a move (`Busy`), backing off,
@@ -949,18 +960,27 @@ impl FsClient {
                 // took it, and the calls that bring a seal to every replica can take most
                 // of a timeout.
                 let sealing_since = Instant::now();
-                let sealed = self
-                    .write_all_inline::<ops::MetadataSealInline>(path, meta.file_id, &seal)
+                let answers = self
+                    .write_all_inline_each::<ops::MetadataSealInline>(path, meta.file_id, &seal)
                     .await;
-                let sealed = match sealed {
+                let (moved_on, still_inline): (Vec<_>, Vec<_>) = answers
+                    .iter()
+                    .filter_map(|(s, a)| a.as_ref().ok().map(|r| (*s, r.meta.inline)))
+                    .partition(|(_, inline)| !inline);
+                let sealed = match super::routing::first_if_all_took(answers) {
                     Ok(sealed) => sealed,
                     Err(e) => {
                         self.end_move(path, meta.file_id, token, false).await;
                         return Err(e);
                     }
                 };
-                if !sealed.meta.inline {
-                    return Ok(sealed.meta);
+                // A replica that holds no bytes any more took an earlier move's drop,
+                // which comes after chunk 0 has the bytes: that move ended on some
+                // replicas only (a drop refused after a restart ended a seal), and the
+                // others take the moved record now, their bytes stale beside chunk 0's.
+                if let Some(&(from, _)) = moved_on.first() {
+                    let to: Vec<_> = still_inline.iter().map(|(s, _)| *s).collect();
+                    return self.finish_move(path, meta.file_id, from, &to).await;
                 }
                 // A seal holds for twice the RPC timeout: one that is half gone may lapse
                 // before these bytes land, so the move starts again instead.
@@ -975,15 +995,7 @@ impl FsClient {
                     self.end_move(path, meta.file_id, token, false).await;
                     return Err(e);
                 }
-                let drop = ops::DropInlineRequest {
-                    path: path.to_string(),
-                    file_id: meta.file_id,
-                    token,
-                    moved: true,
-                };
-                self.write_all_inline::<ops::MetadataDropInline>(path, meta.file_id, &drop)
-                    .await
-                    .map(|reply| reply.meta)
+                self.drop_moved(path, meta.file_id, token).await
             })
             .await
             .map_err(rpc_err("write", path))?;
@@ -995,6 +1007,67 @@ impl FsClient {
             }
         }
         Ok(moved)
+    }
+
+    /// Copies the record of `file_id` at `path` from server `from`, where a move ended, over
+    /// the still inline (and sealed) ones of servers `to`, and returns it.
+    async fn finish_move(
+        &self,
+        path: &str,
+        file_id: u64,
+        from: ServerIndex,
+        to: &[ServerIndex],
+    ) -> Result<FileMetadata, RpcError> {
+        let lookup = ops::PathRequest {
+            path: path.to_string(),
+        };
+        let (record, _) = self
+            .call_on::<ops::MetadataOpen>(from, &lookup, OutPayload::none())
+            .await?;
+        if record.meta.file_id != file_id || record.meta.inline {
+            // Renamed, removed or made anew meanwhile: the caller's next step finds out.
+            return Err(RpcError::Status {
+                server: self.server_name(from),
+                status: Status::Stale,
+            });
+        }
+        let insert = ops::InsertRequest {
+            path: path.to_string(),
+            meta: record.meta,
+            exclusive: false,
+            settled_only: false,
+            newer_only: false,
+            data: Vec::new(),
+        };
+        for &server in to {
+            self.call_on::<ops::MetadataInsert>(server, &insert, OutPayload::none())
+                .await?;
+        }
+        tracing::warn!(
+            path,
+            replicas = to.len(),
+            "finished a move to chunks that had ended on some replicas only"
+        );
+        Ok(record.meta)
+    }
+
+    /// Ends a move sealed with `token` whose bytes are in chunk 0: every replica's record
+    /// drops its bytes (one that holds none answers as it is).
+    async fn drop_moved(
+        &self,
+        path: &str,
+        file_id: u64,
+        token: u64,
+    ) -> Result<FileMetadata, RpcError> {
+        let drop = ops::DropInlineRequest {
+            path: path.to_string(),
+            file_id,
+            token,
+            moved: true,
+        };
+        self.write_all_inline::<ops::MetadataDropInline>(path, file_id, &drop)
+            .await
+            .map(|reply| reply.meta)
     }
 
     /// Writes a sealed record's bytes to chunk 0 of its file on every replica, zero-padded

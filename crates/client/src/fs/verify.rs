@@ -372,7 +372,7 @@ impl FsClient {
     }
 
     /// Server `server`'s name, as errors give it.
-    fn server_name(&self, server: ServerIndex) -> String {
+    pub(super) fn server_name(&self, server: ServerIndex) -> String {
         self.servers[server as usize].name()
     }
 }
