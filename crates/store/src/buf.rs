@@ -257,24 +257,21 @@ pub struct BufPool {
 
 impl BufPool {
     /// Maps `small_slots` slots of `small_bytes` followed by `large_slots` of `large_bytes`,
-    /// in transparent huge pages as far as the kernel has free blocks for them
-    /// ([`huge_page_prefix`]), whatever `storage.huge_pages` says of chunk memory: every
-    /// transfer of a disk store lands in or leaves from these slots, and a same-host peer's
-    /// copy pins each page it touches, which for 4 KiB pages cost as much as the copy (1 MiB
-    /// pings into an io_uring server: 9.7 -> 20 GB/s). The fault-in cost that keeps chunk
-    /// memory in small pages on some VMs is paid here once, when the pool is made.
+    /// with `huge_pages` in transparent huge pages as far as the kernel has free blocks for
+    /// them ([`huge_page_prefix`]).
     pub(crate) fn new(
         small_slots: usize,
         small_bytes: usize,
         large_slots: usize,
         large_bytes: usize,
+        huge_pages: bool,
     ) -> io::Result<Rc<BufPool>> {
         assert!(small_bytes.is_multiple_of(ALIGN) && large_bytes.is_multiple_of(ALIGN));
         assert!(small_slots > 0 && large_slots > 0);
         let small = SlotClass::new(0, small_bytes, small_slots);
         let large = SlotClass::new(small.bytes(), large_bytes, large_slots);
         let len = small.bytes() + large.bytes();
-        let mapping = Mapping::aligned_populated(len, huge_page_prefix(len, true))?;
+        let mapping = Mapping::aligned_populated(len, huge_page_prefix(len, huge_pages))?;
         Ok(Rc::new(BufPool {
             mapping,
             small,
@@ -283,10 +280,12 @@ impl BufPool {
     }
 
     /// The pool a store of `chunk_size` with `queue_depth` operations in flight uses: small
-    /// slots for small requests and chunk-sized ones for the rest, within the limits.
+    /// slots for small requests and chunk-sized ones for the rest, within the limits, in
+    /// huge pages if `huge_pages` (see [`BufPool::new`]).
     pub(crate) fn for_chunks(
         chunk_size: u64,
         queue_depth: usize,
+        huge_pages: bool,
     ) -> Result<Rc<BufPool>, StoreError> {
         let large_bytes = (chunk_size as usize).next_multiple_of(ALIGN);
         BufPool::new(
@@ -294,6 +293,7 @@ impl BufPool {
             POOL_SMALL_SLOT_BYTES,
             (POOL_LARGE_BYTES_MAX / large_bytes).clamp(1, queue_depth.max(1)),
             large_bytes,
+            huge_pages,
         )
         .map_err(|source| StoreError::Io {
             op: "mmap buffer pool",
@@ -379,7 +379,7 @@ mod tests {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
             return skip("the kernel has no THP");
         }
-        let pool = BufPool::for_chunks(CHUNK_SIZE_DEFAULT, 16).unwrap();
+        let pool = BufPool::for_chunks(CHUNK_SIZE_DEFAULT, 16, true).unwrap();
         let (start, len) = pool.region();
         if free_huge_page_bytes().unwrap_or(0) < 4 * len as u64 {
             return skip("too few free huge-page blocks");
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn pool_slots_return() {
-        let pool = BufPool::new(2, 4096, 1, 8192).unwrap();
+        let pool = BufPool::new(2, 4096, 1, 8192, false).unwrap();
         let a = pool.take(10).unwrap();
         let b = pool.take(4096).unwrap();
         assert!(pool.take(1).is_none(), "small class is empty");

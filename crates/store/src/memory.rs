@@ -110,7 +110,13 @@ impl InMemoryChunkStore {
         if let Some(pool) = self.pool.get() {
             return Ok(pool);
         }
-        let pool = BufPool::for_chunks(self.chunk_size, MEMORY_POOL_IN_FLIGHT)?;
+        // Small transfers, mapped at the first: huge pages only as chunk memory takes them
+        // (faulting them in on a VM that hands free memory back stalls that transfer).
+        let pool = BufPool::for_chunks(
+            self.chunk_size,
+            MEMORY_POOL_IN_FLIGHT,
+            self.pages.huge_pages(),
+        )?;
         Ok(self.pool.get_or_init(|| pool))
     }
 

@@ -250,6 +250,11 @@ impl PagePool {
         self.huge_pages.set(on);
     }
 
+    /// What [`PagePool::use_huge_pages`] last set.
+    pub(crate) fn huge_pages(&self) -> bool {
+        self.huge_pages.get()
+    }
+
     /// A view of `len` bytes at `ptr`, which lie in pages of a chunk one after the other;
     /// `None` if they cross from one segment into another (two mappings that happen to
     /// lie side by side are still two).
