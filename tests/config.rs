@@ -291,3 +291,38 @@ fn launcher_rank_makes_servers_distinct() {
     assert_eq!(c.node.data_dir, d.path().join("r2"));
     assert!(c.node.data_dir.is_dir());
 }
+
+/// Found by a review: reading the `BENCHFS_*` variables went through `std::env::vars`,
+/// which panics on any variable that is not UTF-8, however unrelated (an `OLDPWD` in
+/// Latin-1). Such a variable is skipped; one of ours is an error naming it.
+#[test]
+fn a_variable_that_is_not_utf8_is_skipped_or_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("benchfs.toml");
+    // A config that fails once read, so that no server starts.
+    std::fs::write(&config, "[storage]\nbackend = \"nonsense\"\n").unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"/home/\xe9t\xe9");
+    let run = |var: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_benchfsd"))
+            .args(["--config", config.to_str().unwrap()])
+            .env(var, latin1)
+            .output()
+            .unwrap()
+    };
+    let unrelated = run("OLDPWD");
+    let stderr = String::from_utf8_lossy(&unrelated.stderr);
+    assert!(
+        !stderr.contains("panicked") && stderr.contains("nonsense"),
+        "{stderr}"
+    );
+    let ours = run("BENCHFS_NODE_DATA_DIR");
+    let stderr = String::from_utf8_lossy(&ours.stderr);
+    assert!(
+        !ours.status.success()
+            && !stderr.contains("panicked")
+            && stderr.contains("BENCHFS_NODE_DATA_DIR")
+            && stderr.contains("not UTF-8"),
+        "{stderr}"
+    );
+}

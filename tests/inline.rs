@@ -911,3 +911,40 @@ fn a_move_that_ended_on_some_replicas_is_finished_on_the_others() {
     want.extend(b"tail");
     assert!(read_file(&other, "/m") == want, "wrong bytes");
 }
+
+/// Found by a hostile run: a deferred create that found the file wrote its bytes on the
+/// owner, then met another replica sealed by another client's move and failed at once
+/// with EAGAIN, the owner having taken the bytes. It waits for the move to end.
+#[test]
+fn a_create_that_finds_a_replica_mid_move_waits_for_the_move() {
+    let cluster = Cluster::start(spec(2, "memory"));
+    let fs = cluster.client();
+    make(&fs, "/busy", b"old!");
+    let file_id = common::rpc::records(&cluster, "/busy")[0].unwrap().file_id;
+    // Another client's move has sealed the second replica, and ends it a moment later
+    // without moving (its seal's token is its own).
+    let second = cluster.addr(cluster.replicas_of(PlacementKey::Metadata("/busy"))[1]);
+    let seal = ops::SealInlineRequest {
+        path: "/busy".into(),
+        file_id,
+        token: 77,
+    };
+    common::rpc::call_one::<ops::MetadataSealInline>(second, &seal).unwrap();
+    let mover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let end = ops::DropInlineRequest {
+            path: "/busy".into(),
+            file_id,
+            token: 77,
+            moved: false,
+        };
+        common::rpc::call_one::<ops::MetadataDropInline>(second, &end).unwrap();
+    });
+    make(&cluster.client(), "/busy", b"new!");
+    mover.join().unwrap();
+    assert_eq!(
+        replica_bytes(&cluster, "/busy"),
+        vec![Some(b"new!".to_vec()); 2],
+        "the replicas differ"
+    );
+}

@@ -147,6 +147,10 @@ pub(crate) fn with_client<T>(
 /// Closes this thread's descriptors and its client.
 pub(crate) fn close_thread_client() -> Result<(), Failure> {
     refuse_in_forked_child()?;
+    // As in `with_client`: a thread whose first call this is would otherwise set up its
+    // client's slot before the runtime's thread state, which then goes first at exit, and
+    // the slot's closing of descriptors would panic (an abort, in a destructor).
+    benchfs_client::blocking::outlive_thread_locals();
     CLIENT_TOUCHED.with(|touched| touched.set(true));
     let client = CLIENT.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
     let Some(mut client) = client else {

@@ -430,6 +430,24 @@ struct RawClient {
     read_ahead_bytes: Option<i64>,
 }
 
+/// This process's `BENCHFS_*` environment variables. Others are skipped whatever they
+/// hold (`std::env::vars` panics on any variable that is not UTF-8, however unrelated);
+/// one of ours that is not UTF-8 is an error naming it.
+pub fn benchfs_vars() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let Some(key) = key.to_str().filter(|k| k.starts_with("BENCHFS_")) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| ConfigError::Env {
+            var: key.to_owned(),
+            reason: "not UTF-8".into(),
+        })?;
+        vars.push((key.to_owned(), value));
+    }
+    Ok(vars)
+}
+
 /// The environment variables that [`ServerConfig::from_env_and_str`] reads:
 /// `BENCHFS_<SECTION>_<KEY>`, with the kind of value each takes.
 const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
@@ -509,7 +527,7 @@ impl ServerConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, Some(path), std::env::vars())
+        Self::parse(&text, Some(path), benchfs_vars()?)
     }
 
     /// Parses TOML text (no environment overrides) and validates it.
@@ -519,7 +537,7 @@ impl ServerConfig {
 
     /// Defaults overlaid with `BENCHFS_*` environment variables, validated.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::parse("", None, std::env::vars())
+        Self::parse("", None, benchfs_vars()?)
     }
 
     /// Parses TOML text, overlays the given `BENCHFS_*` variables and validates.

@@ -132,7 +132,10 @@ pub fn load_config(args: &Args) -> Result<ServerConfig, DaemonError> {
         }
     }
     config.validate()?;
-    if let Some(rank) = launcher_rank(std::env::vars())? {
+    // Only variables that are UTF-8: `std::env::vars` panics on any other.
+    let utf8_vars = std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
+    if let Some(rank) = launcher_rank(utf8_vars)? {
         config = config.for_rank(rank)?;
         // One port per rank on a node; port 0 lets the OS choose.
         config.network.bind_addr.set_port(0);

@@ -498,20 +498,28 @@ impl FsClient {
             offset: 0,
             data,
         };
-        let writes = futures_util::future::join_all(
-            servers[1..]
-                .iter()
-                .map(|&s| self.call_on::<ops::MetadataWriteInline>(s, &write, OutPayload::none())),
-        )
+        // A replica sealed by another client's move answers `Busy` until the move ends;
+        // the move reads the owner's bytes, which took these before its seal (or the
+        // create would have met the seal there), so a record it left without bytes
+        // (`NeedsChunks`) holds them in chunk 0.
+        let taken = ops::MetadataReply { meta: owners };
+        let request = &write;
+        let writes = futures_util::future::join_all(servers[1..].iter().map(|&s| async move {
+            let wrote = self
+                .until_unsealed(|| {
+                    self.call_on::<ops::MetadataWriteInline>(s, request, OutPayload::none())
+                })
+                .await;
+            match wrote {
+                Ok((reply, _)) => Ok(reply),
+                Err(e) if e.status() == Status::NeedsChunks => Ok(taken),
+                Err(e) => Err(e),
+            }
+        }))
         .await;
-        let took = (servers[0], Ok(ops::MetadataReply { meta: owners }));
+        let took = (servers[0], Ok(taken));
         let mut answers: Vec<_> = std::iter::once(took)
-            .chain(
-                servers[1..]
-                    .iter()
-                    .copied()
-                    .zip(writes.into_iter().map(|w| w.map(|(reply, _)| reply))),
-            )
+            .chain(servers[1..].iter().copied().zip(writes))
             .collect();
         self.ask_again_while_created::<ops::MetadataWriteInline>(&mut answers, &write)
             .await;

@@ -894,7 +894,7 @@ fn config_text(args: &UpArgs) -> Result<String, CliError> {
     // servers apply them): recorded here, a server resumed later without them starts as
     // the others did. Each server's id, data directory and addresses stay the cluster's.
     let owned = owned_keys(&config);
-    benchfs::config::apply_env(&mut config, std::env::vars())?;
+    benchfs::config::apply_env(&mut config, benchfs::config::benchfs_vars()?)?;
     for (section, key, value) in owned {
         if let Some(Value::Table(table)) = config.get_mut(section) {
             match value {
@@ -921,7 +921,7 @@ fn check_resume_env(path: &Path, resumed: &ServerConfig) -> Result<(), CliError>
         return Ok(());
     }
     let mut with_env = recorded.clone();
-    benchfs::config::apply_env(&mut with_env, std::env::vars())?;
+    benchfs::config::apply_env(&mut with_env, benchfs::config::benchfs_vars()?)?;
     let mut changed = Vec::new();
     for (section, table) in &with_env {
         let Some(table) = table.as_table() else {
