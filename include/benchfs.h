@@ -65,7 +65,8 @@ int benchfs_set_rpc_timeout_msec(int msec);
 
 /* Files. flags as open(2): O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC,
  * O_APPEND, O_DIRECTORY (others are ignored). Descriptors are BenchFS's own, not the
- * kernel's. */
+ * kernel's. A file or directory made takes mode less the process's umask as it was at
+ * benchfs_init(), as open(2) and mkdir(2) do. */
 int benchfs_create(const char *path, int flags, mode_t mode); /* flags|O_CREAT|O_TRUNC */
 int benchfs_open(const char *path, int flags, mode_t mode);
 int benchfs_close(int fd);

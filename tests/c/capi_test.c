@@ -310,6 +310,19 @@ static void open_descriptors_outlive_their_client(void)
     CHECK(benchfs_unlink("/left-open") == 0);
 }
 
+/* Creates and mkdirs leave out the umask the process had at benchfs_init(), as open(2)
+ * and mkdir(2) do (a review found files made 0666 whatever the umask). */
+static void umask_applies(void)
+{
+    struct stat st;
+    int fd = benchfs_open("/masked", O_CREAT | O_WRONLY, 0666);
+    CHECK(fd >= 0 && benchfs_close(fd) == 0);
+    CHECK(benchfs_stat("/masked", &st) == 0 && (st.st_mode & 0777) == 0640);
+    CHECK(benchfs_mkdir("/masked-dir", 0777) == 0);
+    CHECK(benchfs_stat("/masked-dir", &st) == 0 && (st.st_mode & 0777) == 0750);
+    CHECK(benchfs_unlink("/masked") == 0 && benchfs_rmdir("/masked-dir") == 0);
+}
+
 /* A registry holding something other than servers' entries is EINVAL, naming the file. */
 static void malformed_registries(void)
 {
@@ -343,8 +356,10 @@ int main(void)
     open_descriptors_outlive_their_client();
     CHECK(benchfs_term() == 0);
     CHECK_ERR(benchfs_stat("/", &st), ENOTCONN);
+    umask(027);
     CHECK(benchfs_init(getenv("BENCHFS_REGISTRY")) == 0);
     CHECK(benchfs_stat("/", &st) == 0 && S_ISDIR(st.st_mode));
+    umask_applies();
     CHECK(benchfs_term() == 0);
     CHECK_ERR(benchfs_init("/nonexistent/registry"), ENOENT);
     malformed_registries();

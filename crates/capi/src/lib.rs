@@ -169,7 +169,8 @@ pub extern "C" fn benchfs_set_rpc_timeout_msec(msec: c_int) -> c_int {
 }
 
 /// Opens `path` with open(2) `flags` (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL,
-/// O_TRUNC, O_APPEND, O_DIRECTORY; others are ignored) and `mode` for a file it creates.
+/// O_TRUNC, O_APPEND, O_DIRECTORY; others are ignored) and `mode` for a file it creates,
+/// less the process's umask at `benchfs_init`.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string.
@@ -345,7 +346,10 @@ pub unsafe extern "C" fn benchfs_mkdir(path: *const c_char, mode: mode_t) -> c_i
     entry(|| {
         // SAFETY: the caller passes a NUL-terminated string.
         let path = unsafe { path_arg(path) }?;
-        with_client(|t| t.run(|fs| fs.mkdir(path, mode)).map(|()| 0))
+        with_client(|t| {
+            let mode = t.creation_mode(mode);
+            t.run(|fs| fs.mkdir(path, mode)).map(|()| 0)
+        })
     })
 }
 

@@ -20,6 +20,10 @@ pub(crate) struct Settings {
     pub config: ServerConfig,
     pub servers: Vec<ServerEntry>,
     pub secret: Vec<u8>,
+    /// The process's file mode creation mask at init, which creates and mkdirs apply as
+    /// open(2) and mkdir(2) do (read once: reading it costs a file read, and setting it to
+    /// read it would race other threads).
+    pub umask: u32,
 }
 
 /// Settings made by the setters before init; they win over the environment.
@@ -144,8 +148,20 @@ pub(crate) fn init(registry: Option<&str>) -> Result<(), Failure> {
         config,
         servers,
         secret,
+        umask: process_umask(),
     }));
     Ok(())
+}
+
+/// This process's umask (`Umask:` of /proc/self/status, Linux >= 4.7); none if unreadable.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(line.trim(), 8).ok()
+        })
+        .map_or(0, |mask| mask & 0o777)
 }
 
 /// Forgets the current settings and the setters' values; threads' clients notice at

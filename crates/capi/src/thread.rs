@@ -35,6 +35,8 @@ pub(crate) struct ThreadClient {
     generation: u64,
     fs: BenchFS,
     fds: HashMap<c_int, Fd>,
+    /// The permission bits creates and mkdirs leave out ([`Settings::umask`]).
+    umask: u32,
 }
 
 /// Descriptors are numbered across the process, so a descriptor used on a thread that
@@ -192,7 +194,13 @@ impl ThreadClient {
             generation: settings.generation,
             fs,
             fds: HashMap::new(),
+            umask: settings.umask,
         })
+    }
+
+    /// `mode` of a file or directory this thread creates, less the process's umask.
+    pub(crate) fn creation_mode(&self, mode: u32) -> u32 {
+        mode & 0o7777 & !self.umask
     }
 
     /// Runs a path operation of the blocking client.
@@ -228,7 +236,7 @@ impl ThreadClient {
         }
         // The chunk size may have been set on another thread since this one last opened.
         self.fs.client().set_chunk_size(settings::chunk_size())?;
-        let fd = self.fs.open(path, flags, mode & 0o7777)?;
+        let fd = self.fs.open(path, flags, self.creation_mode(mode))?;
         self.fds.insert(number, fd);
         Ok(number)
     }
