@@ -108,7 +108,8 @@ fn buffer_ok(buf: *const c_void, size: size_t) -> Result<(), Failure> {
 /// `registry` (NULL: `BENCHFS_REGISTRY`, else the configuration's `registry_dir`), and
 /// connects the calling thread. Calling it again reconnects every thread (at its next
 /// call, which first closes the descriptors the thread had open, publishing their sizes)
-/// with the environment and setters of then.
+/// with the environment and setters of then. One that fails leaves the library as
+/// before any init (calls fail with ENOTCONN, the setters work).
 ///
 /// # Safety
 /// `registry` is NULL or a NUL-terminated string.
@@ -122,8 +123,10 @@ pub unsafe extern "C" fn benchfs_init(registry: *const c_char) -> c_int {
             Some(unsafe { path_arg(registry) }?)
         };
         thread::watch_forks();
-        settings::init(registry)?;
-        with_client(|_| Ok(0))
+        let generation = settings::init(registry)?;
+        // One that cannot connect leaves nothing behind: no half-set-up library whose
+        // setters answer EBUSY and whose other threads try again at every call.
+        with_client(|_| Ok(0)).inspect_err(|_| settings::forget(generation))
     })
 }
 

@@ -80,7 +80,7 @@ fn env_u64(var: &str) -> Result<Option<u64>, Failure> {
 }
 
 /// Reads everything a client needs and makes it current.
-pub(crate) fn init(registry: Option<&str>) -> Result<(), Failure> {
+pub(crate) fn init(registry: Option<&str>) -> Result<u64, Failure> {
     let mut config = match std::env::var_os("BENCHFS_CONFIG") {
         Some(file) if !file.is_empty() => ServerConfig::from_file(&file),
         _ => ServerConfig::from_env(),
@@ -150,7 +150,18 @@ pub(crate) fn init(registry: Option<&str>) -> Result<(), Failure> {
         secret,
         umask: process_umask(),
     }));
-    Ok(())
+    Ok(generation)
+}
+
+/// Forgets the settings of init `generation` if they are still the current ones (its
+/// caller could not connect with them): the library is then as before any init, and
+/// threads' clients notice at their next call.
+pub(crate) fn forget(generation: u64) {
+    let mut current = CURRENT.write().unwrap_or_else(|e| e.into_inner());
+    if current.as_ref().is_some_and(|s| s.generation == generation) {
+        *current = None;
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// This process's umask (`Umask:` of /proc/self/status, Linux >= 4.7); none if unreadable.
