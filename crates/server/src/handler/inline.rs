@@ -10,11 +10,8 @@ use super::{decode, journal, Reply, ServerState};
 use crate::metadata::Owner;
 
 impl ServerState {
-    /// Journals the record `path` holds now, with its bytes if it is inline.
-    pub(super) fn log_put(&self, path: &str) -> Result<(), Status> {
-        self.log_put_with(path, false)
-    }
-
+    /// Journals the record `path` holds now, with its bytes if it is inline (see
+    /// [`Self::log_with`] for `freeing`).
     pub(super) fn log_put_with(&self, path: &str, freeing: bool) -> Result<(), Status> {
         if self.journal.is_none() {
             return Ok(());
@@ -77,27 +74,17 @@ impl ServerState {
             _ => {
                 let req: op::DropInlineRequest = decode(body)?;
                 let was_inline = self.metadata.borrow().lookup(&req.path)?.inline;
-                let before = self
-                    .journal
-                    .is_some()
-                    .then(|| self.metadata.borrow().snapshot(&req.path));
-                let meta = self.metadata.borrow_mut().drop_inline(
-                    &req.path,
-                    req.file_id,
-                    req.token,
-                    req.moved,
-                )?;
-                if was_inline && !meta.inline {
-                    // A drop the journal refuses is undone, as `change_logged` undoes any
-                    // change: answered from memory, later calls would take the file as
-                    // moved while a restart brought its bytes back.
-                    if let Err(status) = self.log_put(&req.path) {
-                        if let Some(before) = before {
-                            self.metadata.borrow_mut().restore(&req.path, before);
-                        }
-                        return Err(status);
-                    }
-                }
+                let drop = |table: &mut crate::metadata::MetadataTable| {
+                    table.drop_inline(&req.path, req.file_id, req.token, req.moved)
+                };
+                // Only a drop that moves an inline record's bytes out changes the record:
+                // it is journaled, and undone if the journal refuses it (answered from
+                // memory, later calls would take the file as moved while a restart
+                // brought its bytes back).
+                let meta = match was_inline && req.moved {
+                    true => self.change_logged(&req.path, false, drop)?,
+                    false => drop(&mut self.metadata.borrow_mut())?,
+                };
                 Ok(Reply::ok(&op::MetadataReply { meta }))
             }
         }

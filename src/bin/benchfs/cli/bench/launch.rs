@@ -359,10 +359,10 @@ fn targets(common: &Common, target: &Target) -> Vec<TargetSpec> {
     std::iter::once(main).chain(baseline).collect()
 }
 
-/// The cluster's settings for the report; the network probe's payload fits its chunks.
 /// The setting a report names the rendezvous threshold by, as servers publish it.
 const RDMA_THRESHOLD: &str = "rdma_threshold";
 
+/// The cluster's settings for the report; the network probe's payload fits its chunks.
 fn settings(
     common: &Common,
     target: &Target,
